@@ -1,0 +1,1 @@
+"""CLI commands grouped by area; each module registers on surge.cli.app."""

@@ -1,0 +1,179 @@
+"""The model config schema (`repo/<model>/config.yaml`). Unknown keys are rejected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from surge.datatypes import V2_DATATYPES
+from surge.errors import ConfigError
+
+CONFIG_FILE = "config.yaml"
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorConfig(_Strict):
+    """An input or output declared or overridden in the config."""
+
+    name: str = Field(description="Tensor name as the engine knows it.")
+    datatype: str = Field(description="V2 datatype: FP32, INT64, BYTES, ...")
+    shape: list[int] = Field(
+        description="Full shape including the batch dim for batched models; -1 = variable."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TensorConfig:
+        if self.datatype not in V2_DATATYPES:
+            raise ValueError(f"datatype {self.datatype!r} is not one of {', '.join(V2_DATATYPES)}")
+        if any(d < -1 or d == 0 for d in self.shape):
+            raise ValueError(f"shape {self.shape} may hold only positive sizes and -1")
+        return self
+
+
+class BatchingConfig(_Strict):
+    """Dynamic batching: requests queued together are run as one batch."""
+
+    enabled: bool = Field(True, description="Combine queued requests into batches.")
+    max_queue_delay_ms: float = Field(
+        2.0, ge=0, le=10_000, description="Longest a request waits for others to join its batch."
+    )
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list,
+        description="Batch sizes to form as soon as reached, without waiting out the delay.",
+    )
+
+
+class QueueConfig(_Strict):
+    """Admission limits of the model's request queue."""
+
+    max_size: int = Field(256, ge=1, description="Queued requests beyond this are rejected (503).")
+    default_timeout_ms: float | None = Field(
+        None, gt=0, description="Deadline for requests that carry no `timeout` parameter."
+    )
+
+
+class VersionPolicy(_Strict):
+    """Which versions to serve: exactly one of `latest`, `specific` or `all`."""
+
+    latest: int | None = Field(None, ge=1, description="Serve the N highest versions.")
+    specific: list[int] | None = Field(None, description="Serve exactly these versions.")
+    all: bool = Field(False, description="Serve every version present.")
+
+    @model_validator(mode="after")
+    def _one_policy(self) -> VersionPolicy:
+        chosen = [self.latest is not None, self.specific is not None, self.all]
+        if sum(chosen) > 1:
+            raise ValueError("version_policy takes exactly one of latest, specific, all")
+        if self.specific is not None and (not self.specific or min(self.specific) < 1):
+            raise ValueError("version_policy.specific must list positive version numbers")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve among `available`, ascending."""
+        ordered = sorted(available)
+        if self.all:
+            return ordered
+        if self.specific is not None:
+            return [v for v in ordered if v in set(self.specific)]
+        return ordered[-(self.latest or 1):]
+
+
+class ModelConfig(_Strict):
+    """Everything Surge needs to load and serve one model."""
+
+    schema_version: int = Field(SCHEMA_VERSION, description="Config format version.")
+    name: str | None = Field(None, description="Model name; must equal its directory name.")
+    engine: Literal["auto", "onnxruntime", "torch_export", "torch_factory", "keras"] = Field(
+        "auto", description="Engine; auto picks it from the model file's extension."
+    )
+    factory: str | None = Field(
+        None, description="torch_factory only: trusted 'package.module:function' building the model."
+    )
+    factory_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments passed to the factory."
+    )
+    inputs: list[TensorConfig] | None = Field(None, description="Input signature overrides.")
+    outputs: list[TensorConfig] | None = Field(None, description="Output signature overrides.")
+    max_batch_size: int = Field(
+        32, ge=0, description="Largest batch the model runs; 0 = the model takes no batch dim."
+    )
+    batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Dynamic batching.")
+    instances: int = Field(1, ge=1, le=64, description="Worker processes running this model.")
+    threads: int = Field(
+        0, ge=0, le=256, description="Intra-op threads per instance; 0 = cores / instances."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue limits.")
+    version_policy: VersionPolicy = Field(
+        default_factory=lambda: VersionPolicy(latest=1), description="Versions to serve."
+    )
+    variant: str | None = Field(
+        None, description="Serve this variant from variants/<name>/ instead of the original."
+    )
+    slo_p99_ms: float | None = Field(None, gt=0, description="Latency objective (p99, ms).")
+    labels: list[str] | None = Field(None, description="Class names for classifier outputs.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form parameters for pre/post-processing."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.engine == "torch_factory" and not self.factory:
+            raise ValueError("engine torch_factory needs 'factory: package.module:function'")
+        if self.factory and self.engine not in ("torch_factory", "auto"):
+            raise ValueError(f"'factory' is only used by engine torch_factory, not {self.engine}")
+        for size in self.batching.preferred_batch_sizes:
+            if size < 1 or (self.max_batch_size and size > self.max_batch_size):
+                raise ValueError(
+                    f"preferred batch size {size} must be between 1 and max_batch_size"
+                    f" {self.max_batch_size}"
+                )
+        return self
+
+    def resolved_engine(self) -> str:
+        return "torch_factory" if self.factory and self.engine == "auto" else self.engine
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {where!r}"
+    return f"{where}: {first['msg']}"
+
+
+def parse_config(data: Any, source: str) -> ModelConfig:
+    """Validate a config mapping; errors name the source file and the bad key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_format_validation_error(exc)}") from None
+
+
+def read_config(path: Path) -> ModelConfig:
+    """Read and validate a config.yaml."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_config(data, str(path))
+
+
+def write_config(path: Path, config: ModelConfig) -> None:
+    """Write a config, omitting fields left at their defaults."""
+    data = config.model_dump(mode="json", exclude_defaults=True)
+    data["schema_version"] = SCHEMA_VERSION
+    path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,289 @@
+"""A model repository on disk: `repo/<model>/config.yaml` + `repo/<model>/<version>/model.<ext>`.
+
+Variants made by the optimizer live in `repo/<model>/variants/<variant>/` with a `variant.yaml`
+and a `model.<ext>`; they are served by name (`model@variant` or the config's `variant`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from surge.errors import ConfigError, InvalidNameError, ModelLoadError, NotFoundError
+from surge.repository.config import CONFIG_FILE, ModelConfig, TensorConfig, read_config
+from surge.runtimes import ENGINE_BY_SUFFIX, Runner, RunnerOptions, load_runner
+from surge.runtimes.base import Signature, TensorSpec
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_VERSION = re.compile(r"^[1-9][0-9]{0,8}$")
+MODEL_FILES = ("model.onnx", "model.pt2", "model.keras", "model.safetensors")
+VARIANTS_DIR = "variants"
+VARIANT_FILE = "variant.yaml"
+
+
+def check_name(name: str, kind: str = "model") -> str:
+    """Allow only plain names: letters, digits, '_', '-', '.', no '..', no separators."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise InvalidNameError(
+            f"invalid {kind} name {name!r}: use letters, digits, '_', '-' and '.' (no '..', no '/')"
+        )
+    return name
+
+
+def check_version(version: str | int) -> int:
+    text = str(version)
+    if not _VERSION.match(text):
+        raise InvalidNameError(f"invalid version {text!r}: versions are positive integers")
+    return int(text)
+
+
+def split_model_ref(ref: str) -> tuple[str, str | None]:
+    """`name` or `name@variant` -> (name, variant)."""
+    name, sep, variant = ref.partition("@")
+    check_name(name)
+    if sep:
+        check_name(variant, "variant")
+        return name, variant
+    return name, None
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model as `surge models` lists it."""
+
+    name: str
+    versions: tuple[int, ...]
+    served: tuple[int, ...]
+    variants: tuple[str, ...]
+    state: str  # READY or UNAVAILABLE
+    reason: str = ""
+
+
+@dataclass
+class LoadedModel:
+    """A model resolved to one file and loaded into its engine."""
+
+    name: str
+    version: int
+    variant: str | None
+    path: Path
+    config: ModelConfig
+    runner: Runner
+
+    @property
+    def signature(self) -> Signature:
+        return self.runner.signature
+
+
+class Repository:
+    """Reads models from one directory; never resolves a path outside it."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise NotFoundError(f"model repository {root} is not a directory")
+
+    # -- paths -------------------------------------------------------------------------------
+    def _inside(self, path: Path) -> Path:
+        resolved = path.resolve()
+        if self.root not in resolved.parents and resolved != self.root:
+            raise InvalidNameError(f"{path} resolves outside the repository {self.root}")
+        return resolved
+
+    def model_dir(self, name: str) -> Path:
+        path = self._inside(self.root / check_name(name))
+        if not path.is_dir():
+            raise NotFoundError(f"model {name!r} not found in {self.root}")
+        return path
+
+    def config_path(self, name: str) -> Path:
+        return self.model_dir(name) / CONFIG_FILE
+
+    def config(self, name: str) -> ModelConfig:
+        path = self.config_path(name)
+        config = read_config(path) if path.exists() else ModelConfig()
+        if config.name is not None and config.name != name:
+            raise ConfigError(f"{path}: name {config.name!r} does not match its directory {name!r}")
+        return config
+
+    def model_names(self) -> list[str]:
+        return sorted(
+            p.name for p in self.root.iterdir()
+            if p.is_dir() and _NAME.match(p.name) and not p.name.startswith(".")
+        )
+
+    def versions(self, name: str) -> list[int]:
+        model_dir = self.model_dir(name)
+        return sorted(
+            int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION.match(p.name)
+        )
+
+    def variants(self, name: str) -> list[str]:
+        variants_dir = self.model_dir(name) / VARIANTS_DIR
+        if not variants_dir.is_dir():
+            return []
+        return sorted(p.name for p in variants_dir.iterdir() if (p / VARIANT_FILE).is_file())
+
+    def served_versions(self, name: str, config: ModelConfig | None = None) -> list[int]:
+        config = config or self.config(name)
+        return config.version_policy.select(self.versions(name))
+
+    def variant_dir(self, name: str, variant: str) -> Path:
+        path = self._inside(self.model_dir(name) / VARIANTS_DIR / check_name(variant, "variant"))
+        if not (path / VARIANT_FILE).is_file():
+            known = ", ".join(self.variants(name)) or "none"
+            raise NotFoundError(f"model {name!r} has no variant {variant!r} (variants: {known})")
+        return path
+
+    def variant_info(self, name: str, variant: str) -> dict[str, Any]:
+        path = self.variant_dir(name, variant) / VARIANT_FILE
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping")
+        return data
+
+    @staticmethod
+    def _model_file(directory: Path, what: str) -> Path:
+        found = [directory / f for f in MODEL_FILES if (directory / f).is_file()]
+        if not found:
+            raise ModelLoadError(f"{directory}: no model file for {what} (expected one of "
+                                 f"{', '.join(MODEL_FILES)})")
+        return found[0]
+
+    def model_file(self, name: str, version: int | None = None, variant: str | None = None) -> Path:
+        """The file that serves (name, version) or (name, variant)."""
+        if variant is not None:
+            return self._model_file(self.variant_dir(name, variant), f"variant {variant!r}")
+        version = self.resolve_version(name, version)
+        directory = self._inside(self.model_dir(name) / str(version))
+        return self._model_file(directory, f"model {name!r} version {version}")
+
+    def resolve_version(self, name: str, version: int | str | None = None) -> int:
+        config = self.config(name)
+        served = self.served_versions(name, config)
+        if version is None:
+            if not served:
+                raise NotFoundError(f"model {name!r} has no servable version in {self.model_dir(name)}")
+            return served[-1]
+        number = check_version(version)
+        if number not in served:
+            raise NotFoundError(f"model {name!r} has no served version {number} (served: {served})")
+        return number
+
+    # -- loading -----------------------------------------------------------------------------
+    def load(
+        self,
+        ref: str,
+        version: int | str | None = None,
+        options: RunnerOptions | None = None,
+    ) -> LoadedModel:
+        """Load `name`, `name@variant`, or the config's selected variant, into its engine."""
+        name, variant = split_model_ref(ref)
+        config = self.config(name)
+        variant = variant or config.variant
+        resolved_version = 0 if variant else self.resolve_version(name, version)
+        path = self.model_file(name, resolved_version or None, variant)
+        options = options or RunnerOptions(intra_op_threads=config.threads, device=config.device)
+        runner = build_runner(path, config, options)
+        runner = apply_overrides(runner, config, path)
+        return LoadedModel(name, resolved_version, variant, path, config, runner)
+
+    def entries(self) -> list[ModelEntry]:
+        """Every model with its versions, variants and whether it can be served."""
+        return [self._entry(name) for name in self.model_names()]
+
+    def _entry(self, name: str) -> ModelEntry:
+        versions: list[int] = []
+        try:
+            versions = self.versions(name)
+            config = self.config(name)
+            served = self.served_versions(name, config)
+            variants = self.variants(name)
+            if not served:
+                raise ModelLoadError(f"no version directory matches the version policy in {name}/")
+            for v in served:
+                self.model_file(name, v)
+            if config.variant:
+                self.model_file(name, variant=config.variant)
+        except (ConfigError, ModelLoadError, NotFoundError, InvalidNameError) as exc:
+            return ModelEntry(name, tuple(versions), (), (), "UNAVAILABLE", str(exc))
+        return ModelEntry(name, tuple(versions), tuple(served), tuple(variants), "READY")
+
+
+def build_runner(path: Path, config: ModelConfig, options: RunnerOptions) -> Runner:
+    engine = config.resolved_engine()
+    if engine == "torch_factory" or path.suffix == ".safetensors":
+        from surge.runtimes.torch_runner import FactoryRunner
+
+        if not config.factory:
+            raise ModelLoadError(f"{path}: safetensors weights need 'factory' in the model config")
+        return FactoryRunner(
+            config.factory, path, _specs(config.inputs), _specs(config.outputs),
+            config.factory_kwargs, options,
+        )
+    if engine != "auto" and ENGINE_BY_SUFFIX.get(path.suffix) != engine:
+        raise ModelLoadError(f"{path}: engine {engine!r} cannot load a {path.suffix} file")
+    return load_runner(path, options)
+
+
+def _specs(tensors: list[TensorConfig] | None) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in tensors or [])
+
+
+class _OverriddenRunner:
+    """A runner whose signature the config corrected (names kept, shapes/max batch set)."""
+
+    def __init__(self, inner: Runner, signature: Signature) -> None:
+        self._inner = inner
+        self._signature = signature
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    def warmup(self) -> None:
+        self._inner.warmup()
+
+    def run(self, inputs: Any) -> dict[str, Any]:
+        return self._inner.run(inputs)
+
+
+def _merge(found: tuple[TensorSpec, ...], declared: list[TensorConfig] | None, kind: str,
+           path: Path) -> tuple[TensorSpec, ...]:
+    if not declared:
+        return found
+    by_name = {s.name: s for s in found}
+    for tensor in declared:
+        if tensor.name not in by_name:
+            raise ModelLoadError(
+                f"{path}: config declares {kind} {tensor.name!r} but the model has {list(by_name)}"
+            )
+        spec = by_name[tensor.name]
+        if len(spec.shape) and len(tensor.shape) != len(spec.shape):
+            raise ModelLoadError(
+                f"{path}: config gives {kind} {tensor.name!r} shape {tensor.shape}, the model has "
+                f"{list(spec.shape)}"
+            )
+        by_name[tensor.name] = TensorSpec(tensor.name, tensor.datatype, tuple(tensor.shape))
+    return tuple(by_name[s.name] for s in found)
+
+
+def apply_overrides(runner: Runner, config: ModelConfig, path: Path) -> Runner:
+    """Apply config signature overrides and the max batch size to the runner's signature."""
+    found = runner.signature
+    inputs = _merge(found.inputs, config.inputs, "input", path)
+    outputs = _merge(found.outputs, config.outputs, "output", path)
+    batched = found.batched and config.max_batch_size > 0
+    signature = Signature(inputs, outputs, batched=batched,
+                          max_batch_size=config.max_batch_size if batched else 0,
+                          platform=found.platform)
+    if signature == found:
+        return runner
+    return _OverriddenRunner(runner, signature)

@@ -1,0 +1,50 @@
+"""Model engines behind one Runner interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from surge.errors import ModelLoadError
+from surge.runtimes.base import Runner, RunnerOptions, Signature, TensorSpec, example_inputs
+
+__all__ = [
+    "ENGINE_BY_SUFFIX",
+    "Runner",
+    "RunnerOptions",
+    "Signature",
+    "TensorSpec",
+    "engine_for_path",
+    "example_inputs",
+    "load_runner",
+]
+
+ENGINE_BY_SUFFIX = {".onnx": "onnxruntime", ".pt2": "torch_export", ".keras": "keras"}
+
+
+def engine_for_path(path: Path) -> str:
+    engine = ENGINE_BY_SUFFIX.get(Path(path).suffix)
+    if engine is None:
+        known = ", ".join(ENGINE_BY_SUFFIX)
+        raise ModelLoadError(f"{path}: unknown model file type; expected one of {known}")
+    return engine
+
+
+def load_runner(path: Path, options: RunnerOptions | None = None, engine: str | None = None) -> Runner:
+    """Load a self-describing model file (.onnx, .pt2, .keras) into its engine."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: model file not found")
+    engine = engine or engine_for_path(path)
+    if engine == "onnxruntime":
+        from surge.runtimes.onnx_runner import OnnxRunner
+
+        return OnnxRunner(path, options)
+    if engine == "torch_export":
+        from surge.runtimes.torch_runner import ExportedProgramRunner
+
+        return ExportedProgramRunner(path, options)
+    if engine == "keras":
+        from surge.runtimes.keras_runner import KerasRunner
+
+        return KerasRunner(path, options)
+    raise ModelLoadError(f"{path}: engine {engine!r} cannot load a file by itself")

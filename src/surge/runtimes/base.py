@@ -1,0 +1,143 @@
+"""The Runner contract: one model variant in one engine, run on numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from surge.datatypes import numpy_to_v2, v2_to_numpy
+from surge.errors import InputError, SurgeError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: V2 datatype and shape, -1 for a variable dimension.
+
+    When the owning signature is batched, `shape` includes the batch dimension as its first
+    element (always -1), as ONNX and Triton's V2 metadata show it.
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        v2_to_numpy(self.datatype)
+        if any(d < -1 for d in self.shape):
+            raise SurgeError(f"tensor {self.name!r} has an invalid shape {list(self.shape)}")
+
+    def describe(self) -> str:
+        return f"{self.datatype} {list(self.shape)}"
+
+    def matches_shape(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == len(self.shape) and all(
+            want in (-1, got) for want, got in zip(self.shape, shape, strict=True)
+        )
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Inputs and outputs of a model. `batched` means dim 0 of every tensor is the batch dim."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batched: bool = True
+    max_batch_size: int = 0  # 0: unlimited/unknown for a batched model; 0 for non-batched
+    platform: str = field(default="", compare=False)
+
+    def input(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise InputError(f"unknown input {name!r}; model inputs are {self.input_names}")
+
+    def output(self, name: str) -> TensorSpec:
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        raise InputError(f"unknown output {name!r}; model outputs are {self.output_names}")
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.outputs]
+
+    def with_max_batch_size(self, max_batch_size: int) -> Signature:
+        return replace(self, max_batch_size=max_batch_size)
+
+    def validate_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """Raise InputError with a precise message if `inputs` does not fit this signature."""
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; model inputs are {self.input_names}")
+        batch: int | None = None
+        for name, array in inputs.items():
+            spec = self.input(name)
+            actual = numpy_to_v2(array.dtype)
+            if actual != spec.datatype and not (spec.datatype == "BF16" and actual == "UINT16"):
+                raise InputError(
+                    f"input {name!r} expects {spec.describe()}, got {actual} {list(array.shape)}"
+                )
+            if not spec.matches_shape(tuple(array.shape)):
+                raise InputError(
+                    f"input {name!r} expects {spec.describe()}, got {actual} {list(array.shape)}"
+                )
+            if self.batched and array.ndim:
+                if batch is None:
+                    batch = array.shape[0]
+                elif array.shape[0] != batch:
+                    raise InputError(
+                        f"input {name!r} has batch size {array.shape[0]}, other inputs {batch}"
+                    )
+        if self.batched and self.max_batch_size and batch is not None and (
+            batch > self.max_batch_size
+        ):
+            raise InputError(f"batch size {batch} exceeds the model's max {self.max_batch_size}")
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """One model variant loaded in one engine."""
+
+    @property
+    def signature(self) -> Signature: ...
+
+    def warmup(self) -> None: ...
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """How an engine runs: threads and device. Engines ignore what they cannot use."""
+
+    intra_op_threads: int = 0  # 0: engine default
+    inter_op_threads: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+def example_inputs(signature: Signature, batch_size: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs that fit `signature` (variable non-batch dims become 1)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        dims = list(spec.shape)
+        if signature.batched and dims:
+            dims[0] = batch_size
+        dims = [1 if d == -1 else d for d in dims]
+        dtype = v2_to_numpy(spec.datatype)
+        if spec.datatype == "BYTES":
+            out[spec.name] = np.array([b"x"] * int(np.prod(dims)), dtype=object).reshape(dims)
+        elif dtype.kind == "f":
+            out[spec.name] = rng.random(dims, dtype=np.float32).astype(dtype)
+        elif dtype.kind == "b":
+            out[spec.name] = rng.integers(0, 2, dims).astype(bool)
+        else:
+            out[spec.name] = rng.integers(0, 10, dims).astype(dtype)
+    return out

@@ -1,0 +1,80 @@
+"""ONNX Runtime engine: CPU execution provider, CUDA provider when present."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from surge.datatypes import ONNX_TO_V2
+from surge.errors import ModelLoadError
+from surge.runtimes.base import RunnerOptions, Signature, TensorSpec, example_inputs
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    want_cuda = device.startswith("cuda") or device == "auto"
+    if want_cuda and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _spec(value_info: object) -> TensorSpec:
+    tensor_type = value_info.type.tensor_type  # type: ignore[attr-defined]
+    dims = tuple(
+        d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim
+    )
+    datatype = ONNX_TO_V2.get(tensor_type.elem_type, "FP32")
+    return TensorSpec(value_info.name, datatype, dims)  # type: ignore[attr-defined]
+
+
+def onnx_signature(path: Path) -> Signature:
+    """Read names, datatypes and shapes from the graph; dim 0 symbolic everywhere = batched."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({exc})") from None
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = tuple(_spec(v) for v in model.graph.input if v.name not in initializers)
+    outputs = tuple(_spec(v) for v in model.graph.output)
+    tensors = inputs + outputs
+    batched = bool(tensors) and all(t.shape and t.shape[0] == -1 for t in tensors)
+    return Signature(inputs, outputs, batched=batched, platform="onnxruntime_onnx")
+
+
+class OnnxRunner:
+    """Runs an `.onnx` file in an ONNX Runtime InferenceSession."""
+
+    def __init__(self, path: Path, options: RunnerOptions | None = None) -> None:
+        import onnxruntime as ort
+
+        options = options or RunnerOptions()
+        self.path = Path(path)
+        self._signature = onnx_signature(self.path)
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.inter_op_num_threads = options.inter_op_threads
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(
+                str(self.path), session_options, providers=_providers(options.device)
+            )
+        except Exception as exc:
+            raise ModelLoadError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from None
+        self._output_names = self._signature.output_names
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    def warmup(self) -> None:
+        self.run(example_inputs(self._signature, batch_size=1))
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self._session.run(self._output_names, dict(inputs))
+        return dict(zip(self._output_names, results, strict=True))

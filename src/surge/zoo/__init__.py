@@ -1,0 +1,1 @@
+"""Model builders Surge ships (trusted factories for the torch_factory engine)."""

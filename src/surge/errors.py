@@ -23,3 +23,48 @@ class InputError(SurgeError):
 
 class NotFoundError(SurgeError):
     """A model, version or variant does not exist."""
+
+
+class ServingError(SurgeError):
+    """An inference request could not be served; `status` is the HTTP status to answer with."""
+
+    status = 500
+
+
+class QueueFullError(ServingError):
+    """Rejected at admission: the queue is full or the deadline cannot be met (HTTP 503)."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(ServingError):
+    """The request's deadline passed before it was computed (HTTP 504)."""
+
+    status = 504
+
+
+class ModelNotReadyError(ServingError):
+    """The model exists but is not loaded or not warm yet (HTTP 503)."""
+
+    status = 503
+
+
+class WorkerCrashedError(ServingError):
+    """The worker computing the request died; the request was not completed (HTTP 503)."""
+
+    status = 503
+
+
+def http_status(error: Exception) -> int:
+    """The HTTP status for an error raised while serving a request."""
+    if isinstance(error, ServingError):
+        return error.status
+    if isinstance(error, NotFoundError):
+        return 404
+    if isinstance(error, InputError | InvalidNameError | ConfigError):
+        return 400
+    return 500

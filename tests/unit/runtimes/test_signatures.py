@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from surge.errors import InputError, ModelLoadError
+from surge.runtimes import load_runner
+from tests.unit.tiny_models import write_onnx, write_pt2
+
+
+def test_onnx_signature_has_dynamic_batch(tmp_path: Path) -> None:
+    runner = load_runner(write_onnx(tmp_path / "m.onnx"))
+    sig = runner.signature
+    assert sig.batched
+    assert [(s.name, s.datatype, s.shape) for s in sig.inputs] == [("x", "FP32", (-1, 4))]
+    assert [(s.name, s.datatype, s.shape) for s in sig.outputs] == [("y", "FP32", (-1, 4))]
+    out = runner.run({"x": np.ones((3, 4), np.float32)})["y"]
+    np.testing.assert_allclose(out, np.full((3, 4), 3.0))
+
+
+def test_pt2_signature_and_run(tmp_path: Path) -> None:
+    runner = load_runner(write_pt2(tmp_path / "m.pt2"))
+    sig = runner.signature
+    assert sig.batched
+    assert sig.inputs[0].name == "x"
+    assert sig.inputs[0].shape == (-1, 4)
+    assert sig.outputs[0].shape == (-1, 4)
+    out = runner.run({"x": np.ones((5, 4), np.float32)})
+    np.testing.assert_allclose(next(iter(out.values())), np.full((5, 4), 3.0), rtol=1e-6)
+
+
+def test_keras_signature_and_run(tmp_path: Path) -> None:
+    from surge.runtimes.keras_runner import import_keras
+
+    keras = import_keras()
+    inputs = keras.Input(shape=(6,), name="features")
+    outputs = keras.layers.Dense(3, name="scores")(inputs)
+    model = keras.Model(inputs, outputs)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    runner = load_runner(path)
+    sig = runner.signature
+    assert sig.batched
+    assert sig.inputs[0].shape == (-1, 6)
+    assert sig.outputs[0].shape == (-1, 3)
+    x = np.random.default_rng(0).random((2, 6), dtype=np.float32)
+    got = runner.run({sig.inputs[0].name: x})[sig.outputs[0].name]
+    want = np.asarray(model.predict(x, verbose=0))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_validate_inputs_names_expected_and_actual(tmp_path: Path) -> None:
+    sig = load_runner(write_onnx(tmp_path / "m.onnx")).signature
+    with pytest.raises(InputError, match=r"input 'x' expects FP32 \[-1, 4\], got INT64 \[2, 4\]"):
+        sig.validate_inputs({"x": np.ones((2, 4), np.int64)})
+    with pytest.raises(InputError, match=r"expects FP32 \[-1, 4\], got FP32 \[2, 5\]"):
+        sig.validate_inputs({"x": np.ones((2, 5), np.float32)})
+    with pytest.raises(InputError, match="missing input"):
+        sig.validate_inputs({})
+    with pytest.raises(InputError, match="unknown input 'z'"):
+        sig.validate_inputs({"x": np.ones((2, 4), np.float32), "z": np.ones(1)})
+
+
+def test_unknown_suffix_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "model.bin"
+    bad.write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="unknown model file type"):
+        load_runner(bad)
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_runner(tmp_path / "absent.onnx")
+
+
+def test_corrupt_onnx_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ModelLoadError, match=r"model.onnx"):
+        load_runner(bad)

@@ -62,7 +62,7 @@ def predict(
     loaded = Repository(repo).load(model, version)
     outputs = predict_files(loaded, input)
     if output is not None:
-        np.savez(output, **outputs)
+        np.savez(output, **outputs)  # type: ignore[arg-type]
         console.print(f"saved {', '.join(outputs)} to {output}")
         return
     labels = loaded.config.labels

@@ -6,6 +6,7 @@ Nothing here unpickles arbitrary objects: weights come from safetensors or from
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from collections.abc import Callable, Mapping
@@ -33,10 +34,9 @@ def set_torch_threads(options: RunnerOptions) -> None:
     if options.intra_op_threads > 0:
         torch.set_num_threads(options.intra_op_threads)
     if options.inter_op_threads > 0:
-        try:
+        # Can only be set once per process, before any parallel work starts.
+        with contextlib.suppress(RuntimeError):
             torch.set_num_interop_threads(options.inter_op_threads)
-        except RuntimeError:  # can only be set once per process, before parallel work starts
-            pass
 
 
 def load_state_dict(path: Path) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def resolve_factory(reference: str) -> Callable[..., Any]:
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ModelLoadError(f"factory {reference!r}: {attr} is not a callable in {module_name}")
-    return factory  # type: ignore[no-any-return]
+    return factory
 
 
 def _spec_from_value(name: str, value: Any, batched: bool) -> TensorSpec:

@@ -1,0 +1,37 @@
+"""Selection: the serving configuration with the highest throughput under an SLO and an
+accuracy budget, written into the model's config."""
+
+from surge.select.apply import apply_candidate, write_selection
+from surge.select.predict import Measurement, ServingCosts, predict
+from surge.select.search import CandidateResult, Rung, SelectionReport, feasible, select
+from surge.select.space import (
+    ORIGINAL,
+    AccuracyBudget,
+    Candidate,
+    Load,
+    Slo,
+    build_space,
+    parse_duration_s,
+    parse_rate,
+)
+
+__all__ = [
+    "ORIGINAL",
+    "AccuracyBudget",
+    "Candidate",
+    "CandidateResult",
+    "Load",
+    "Measurement",
+    "Rung",
+    "SelectionReport",
+    "ServingCosts",
+    "Slo",
+    "apply_candidate",
+    "build_space",
+    "feasible",
+    "parse_duration_s",
+    "parse_rate",
+    "predict",
+    "select",
+    "write_selection",
+]

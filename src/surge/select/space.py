@@ -1,0 +1,124 @@
+"""The search space: serving configurations, the load they face, the SLO and accuracy budget."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from surge.errors import ConfigError
+
+ORIGINAL = "original"  # the model as exported, before any optimizer variant
+
+
+@dataclass(frozen=True, order=True)
+class Candidate:
+    """One serving configuration: which variant, how it batches, how many workers and threads."""
+
+    variant: str
+    max_batch_size: int
+    max_queue_delay_ms: float
+    instances: int
+    threads: int
+
+    @property
+    def key(self) -> str:
+        return (f"{self.variant} b{self.max_batch_size} d{self.max_queue_delay_ms:g}ms "
+                f"{self.instances}x{self.threads}t")
+
+
+@dataclass(frozen=True)
+class Load:
+    """The load the SLO holds under: closed loop at a concurrency, or open loop at a rate."""
+
+    concurrency: int | None = None
+    rate: float | None = None  # requests per second (Poisson arrivals)
+
+    def __post_init__(self) -> None:
+        if (self.concurrency is None) == (self.rate is None):
+            raise ConfigError("give exactly one of --concurrency and --rate")
+        if (self.concurrency is not None and self.concurrency < 1) or (
+            self.rate is not None and self.rate <= 0
+        ):
+            raise ConfigError(f"load must be positive, got {self.describe()}")
+
+    def describe(self) -> str:
+        if self.concurrency is not None:
+            return f"{self.concurrency} concurrent clients"
+        return f"{self.rate:g} requests/s"
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Latency objective: p99 at most `p99_ms` under `load`."""
+
+    p99_ms: float
+    load: Load
+
+    def __post_init__(self) -> None:
+        if self.p99_ms <= 0:
+            raise ConfigError(f"--slo-p99 must be positive, got {self.p99_ms:g} ms")
+
+
+@dataclass(frozen=True)
+class AccuracyBudget:
+    """How much accuracy a variant may give up: a max drop from the reference (points of the
+    headline metric, in percent) and/or a minimum value of the metric."""
+
+    reference: float
+    max_drop: float | None = 1.0
+    min_metric: float | None = None
+
+    def rejects(self, metric: float) -> str | None:
+        """Why `metric` is outside the budget, or None if it is inside."""
+        drop = self.reference - metric
+        if self.max_drop is not None and drop > self.max_drop + 1e-9:
+            return (f"accuracy {metric:.2f} is {drop:.2f} points below the reference "
+                    f"{self.reference:.2f} (budget {self.max_drop:g})")
+        if self.min_metric is not None and metric < self.min_metric:
+            return f"accuracy {metric:.2f} is below the minimum {self.min_metric:g}"
+        return None
+
+
+def build_space(
+    variants: Iterable[str],
+    max_batch_sizes: Sequence[int] = (1, 4, 8, 16, 32, 64),
+    delays_ms: Sequence[float] = (0.0, 1.0, 2.0, 5.0),
+    settings: Sequence[tuple[int, int]] | None = None,
+) -> list[Candidate]:
+    """Every combination; max batch 1 takes no queue delay (there is nothing to wait for)."""
+    cores = os.cpu_count() or 1
+    settings = settings or [
+        (i, t) for i in range(1, cores + 1) for t in range(1, cores + 1) if i * t <= cores
+    ]
+    space = {
+        Candidate(v, b, 0.0 if b == 1 else d, i, t)
+        for v in variants for b in max_batch_sizes for d in delays_ms for i, t in settings
+    }
+    return sorted(space)
+
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|min|h)?\s*$")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration_s(text: str, option: str, default_unit: str = "s") -> float:
+    """'50ms', '2.5s', '10m' -> seconds; a bare number uses `default_unit`."""
+    match = _DURATION.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"{option} {text!r}: expected a positive duration like 50ms, 30s, 10m")
+    return float(match.group(1)) * _SECONDS[match.group(2) or default_unit]
+
+
+def parse_rate(text: str) -> float:
+    """'200/s', '200', '12000/min' -> requests per second."""
+    value, _, unit = text.strip().partition("/")
+    per = {"": 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0}.get(unit.strip())
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if per is None or rate <= 0:
+        raise ConfigError(f"--rate {text!r}: expected requests per second like 200/s")
+    return rate / per

@@ -1,0 +1,241 @@
+"""The selector on synthetic profiles, the queueing prediction and the config it writes."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+
+from surge.errors import ConfigError
+from surge.evaluate.metrics import latency_percentiles
+from surge.evaluate.profile import ProfilePoint, ProfileReport
+from surge.repository import Repository
+from surge.repository.config import read_config
+from surge.select import (
+    ORIGINAL,
+    AccuracyBudget,
+    Candidate,
+    Load,
+    Measurement,
+    Rung,
+    Slo,
+    build_space,
+    parse_duration_s,
+    parse_rate,
+    predict,
+    select,
+    write_selection,
+)
+
+SPEED = {ORIGINAL: 1.0, "int8": 2.5, "pruned": 1.6, "lowrank": 1.3}
+ACCURACY = {ORIGINAL: 91.0, "int8": 90.5, "pruned": 88.0, "lowrank": 90.8}
+SLO = Slo(50.0, Load(concurrency=64))
+BUDGET = AccuracyBudget(reference=91.0, max_drop=1.0)
+
+
+def synthetic(candidate: Candidate, rung: Rung) -> Measurement:
+    """A made-up but plausible system: batching and instances raise throughput, big batches
+    and long delays raise p99, two cores cap instances x threads."""
+    c = candidate
+    per_batch_ms = (2.0 + 0.25 * c.max_batch_size) / SPEED[c.variant] / min(c.threads, 2)
+    parallel = min(c.instances, 2) / max(1.0, c.instances * c.threads / 2)
+    throughput = parallel * c.max_batch_size * 1000.0 / (per_batch_ms + c.max_queue_delay_ms)
+    p99 = 64 * 1000.0 / throughput + per_batch_ms + c.max_queue_delay_ms
+    return Measurement(throughput, p99, rung=rung.name)
+
+
+def true_optimum(space: list[Candidate], slo: Slo, budget: AccuracyBudget) -> Candidate:
+    ok = [c for c in space if budget.rejects(ACCURACY[c.variant]) is None
+          and synthetic(c, Rung("x")).p99_ms <= slo.p99_ms]
+    return max(ok, key=lambda c: synthetic(c, Rung("x")).throughput)
+
+
+def test_brute_force_picks_the_true_optimum() -> None:
+    space = build_space([ORIGINAL, "int8"], (1, 8, 32), (0.0, 2.0), [(1, 2), (2, 1)])
+    report = select(space, ACCURACY, BUDGET, SLO, synthetic, brute_force_limit=100)
+    assert report.strategy == "brute force"
+    assert report.chosen is not None
+    assert report.chosen.candidate == true_optimum(space, SLO, BUDGET)
+    assert report.chosen.status == "chosen"
+    others = [r for r in report.candidates if r is not report.chosen]
+    assert all(r.status == "lost" and r.reason for r in others)
+
+
+def test_successive_halving_finds_the_optimum_with_fewer_full_runs() -> None:
+    space = build_space(list(SPEED), (1, 2, 4, 8, 16, 32, 64), (0.0, 1.0, 2.0, 5.0),
+                        [(1, 1), (1, 2), (2, 1)])
+    calls: dict[str, int] = {}
+
+    def measure(candidate: Candidate, rung: Rung) -> Measurement:
+        calls[rung.name] = calls.get(rung.name, 0) + 1
+        exact = synthetic(candidate, rung)
+        if rung.name == "predicted":  # a biased but order-keeping cheap estimate
+            return Measurement(exact.throughput * 1.3, exact.p99_ms * 0.8, rung=rung.name)
+        return exact
+
+    rungs = (Rung("predicted"), Rung("short run"), Rung("full run"))
+    report = select(space, ACCURACY, BUDGET, SLO, measure, rungs, brute_force_limit=16)
+    assert report.strategy == "successive halving"
+    assert report.chosen is not None
+    assert report.chosen.candidate == true_optimum(space, SLO, BUDGET)
+    admissible = sum(1 for c in space if BUDGET.rejects(ACCURACY[c.variant]) is None)
+    assert calls["predicted"] == admissible
+    assert calls["full run"] == 2
+    reasons = [r.reason for r in report.candidates]
+    assert any(r.startswith("dominated at predicted by") for r in reasons)
+
+
+def test_successive_halving_cuts_a_pareto_front_by_eta() -> None:
+    # throughput and p99 both grow with the batch: no point dominates another
+    space = [Candidate(ORIGINAL, b, 0.0, 1, 1) for b in range(1, 28)]
+    seen: list[str] = []
+
+    def measure(candidate: Candidate, rung: Rung) -> Measurement:
+        seen.append(rung.name)
+        b = candidate.max_batch_size
+        return Measurement(100.0 * b, float(b), rung=rung.name)
+
+    rungs = (Rung("predicted"), Rung("short run"), Rung("full run"))
+    report = select(space, ACCURACY, BUDGET, Slo(20.0, Load(concurrency=8)), measure, rungs,
+                    eta=3, finalists=2, brute_force_limit=4)
+    assert (seen.count("predicted"), seen.count("short run"), seen.count("full run")) == (27, 9, 2)
+    assert report.chosen is not None
+    assert report.chosen.candidate.max_batch_size == 20
+    cut = next(r for r in report.candidates if r.candidate.max_batch_size == 27)
+    # infeasible points rank after every feasible one
+    assert cut.reason == ("cut by successive halving after predicted: ranked 27 of 27 "
+                          "(2700 req/s, p99 27.0 ms)")
+
+
+def test_rejects_everything_when_no_point_meets_the_slo() -> None:
+    space = build_space([ORIGINAL, "int8"], (1, 8), (0.0,), [(1, 1)])
+    tight = Slo(0.5, Load(concurrency=64))
+    report = select(space, ACCURACY, BUDGET, tight, synthetic)
+    assert report.chosen is None
+    assert report.message.startswith("no configuration meets p99 <= 0.5 ms at 64 concurrent")
+    assert all(r.reason.startswith("misses the SLO") for r in report.candidates)
+
+
+def test_respects_the_accuracy_budget() -> None:
+    space = build_space(list(SPEED), (8, 32), (0.0,), [(1, 2)])
+    # int8 is fastest but 0.5 points down: a 0.3 budget must refuse it
+    strict = AccuracyBudget(reference=91.0, max_drop=0.3)
+    report = select(space, ACCURACY, strict, SLO, synthetic)
+    assert report.chosen is not None
+    assert report.chosen.candidate.variant == "lowrank"
+    int8 = next(r for r in report.candidates if r.candidate.variant == "int8")
+    assert int8.reason == "accuracy 90.50 is 0.50 points below the reference 91.00 (budget 0.3)"
+    assert not int8.measurements  # never measured: no time spent on it
+    floor = AccuracyBudget(reference=91.0, max_drop=None, min_metric=90.9)
+    assert select(space, ACCURACY, floor, SLO, synthetic).chosen.candidate.variant == ORIGINAL
+
+
+def test_respects_the_time_budget() -> None:
+    space = build_space(list(SPEED), (1, 8, 32), (0.0, 2.0), [(1, 2)])
+    now = [0.0]
+
+    def slow(candidate: Candidate, rung: Rung) -> Measurement:
+        now[0] += 3.0
+        return synthetic(candidate, rung)
+
+    report = select(space, ACCURACY, BUDGET, SLO, slow, (Rung("full run", cost_s=3.0),),
+                    brute_force_limit=100, time_budget_s=20.0, clock=lambda: now[0])
+    assert report.elapsed_s <= 20.0
+    measured = [r for r in report.candidates if r.measurements]
+    assert len(measured) == 6  # 6 x 3 s fits in 20 s, a 7th would not
+    assert report.message.endswith("(search stopped early: time budget spent)")
+    assert any("the time budget was spent" in r.reason for r in report.candidates)
+
+
+def test_open_loop_ranks_by_capacity_and_needs_to_keep_up() -> None:
+    slo = Slo(100.0, Load(rate=500.0))
+    a, b, c = (Candidate(ORIGINAL, n, 0.0, 1, 2) for n in (1, 8, 32))
+    table = {a: Measurement(400.0, 20.0, capacity=400.0),  # cannot keep up with 500/s
+             b: Measurement(500.0, 30.0, capacity=2000.0),
+             c: Measurement(500.0, 40.0, capacity=3000.0)}
+    report = select([a, b, c], ACCURACY, BUDGET, slo, lambda cand, _: table[cand])
+    assert report.chosen is not None
+    assert report.chosen.candidate == c
+    loser = next(r for r in report.candidates if r.candidate == a)
+    assert loser.reason.startswith("cannot keep up with 500 requests/s")
+
+
+# -- prediction --------------------------------------------------------------------------------
+def linear_profile(fixed_ms: float = 1.0, per_sample_ms: float = 0.1) -> ProfileReport:
+    report = ProfileReport("m", ORIGINAL, 2)
+    for b in (1, 2, 4, 8, 16, 32, 64):
+        ms = fixed_ms + per_sample_ms * b
+        report.points.append(ProfilePoint(b, 1, 1, latency_percentiles([ms / 1000.0]),
+                                          b * 1000.0 / ms))
+    return report
+
+
+def test_closed_loop_prediction_by_hand() -> None:
+    profile = linear_profile()
+    unbatched = predict(profile, Candidate(ORIGINAL, 1, 0.0, 1, 1), Load(concurrency=64))
+    assert unbatched.throughput == pytest.approx(1000.0 / 1.1)  # one 1.1 ms request at a time
+    assert unbatched.p99_ms == pytest.approx(64 * 1.1 + 1.1)  # Little's law + one service
+    batched = predict(profile, Candidate(ORIGINAL, 64, 2.0, 1, 1), Load(concurrency=64))
+    assert batched.throughput == pytest.approx(64 * 1000.0 / 7.4)  # full batches, no waiting
+    # 16 clients cannot fill a batch of 64: every batch waits out the 2 ms delay
+    waiting = predict(profile, Candidate(ORIGINAL, 64, 2.0, 1, 1), Load(concurrency=16))
+    assert waiting.throughput == pytest.approx(16 * 1000.0 / (2.6 + 2.0))
+
+
+def test_open_loop_prediction_saturates() -> None:
+    profile = linear_profile()
+    light = predict(profile, Candidate(ORIGINAL, 8, 1.0, 1, 1), Load(rate=100.0))
+    assert light.throughput == 100.0
+    assert 1.1 < light.p99_ms < 10.0
+    over = predict(profile, Candidate(ORIGINAL, 1, 0.0, 1, 1), Load(rate=2000.0))
+    assert math.isinf(over.p99_ms)
+    assert over.capacity == pytest.approx(1000.0 / 1.1)
+
+
+def test_profile_round_trips_json(tmp_path: Path) -> None:
+    profile = linear_profile()
+    loaded = ProfileReport.load(profile.save(tmp_path / "p.json"))
+    assert loaded == profile
+    assert loaded.service_ms(3, 1, 1) == pytest.approx(1.3)  # interpolated between 2 and 4
+
+
+# -- applying the choice and parsing options ---------------------------------------------------
+def test_write_selection_is_what_the_repository_serves(tmp_path: Path) -> None:
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.yaml").write_text(
+        "name: m\nmax_batch_size: 64\nbatching: {preferred_batch_sizes: [32, 64]}\nlabels: [a]\n")
+    write_selection(model_dir, Candidate("int8", 16, 5.0, 2, 1), 50.0)
+    config = Repository(tmp_path).config("m")
+    assert (config.variant, config.max_batch_size, config.instances, config.threads) == (
+        "int8", 16, 2, 1)
+    assert config.batching.max_queue_delay_ms == 5.0
+    assert config.batching.preferred_batch_sizes == []
+    assert (config.slo_p99_ms, config.labels) == (50.0, ["a"])
+    write_selection(model_dir, Candidate(ORIGINAL, 1, 0.0, 1, 2), 50.0)
+    assert read_config(model_dir / "config.yaml").variant is None
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("50ms", 0.05), ("2.5s", 2.5), ("10m", 600.0),
+                                               ("1h", 3600.0)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration_s(text, "--budget") == pytest.approx(seconds)
+
+
+def test_bad_options_name_the_value() -> None:
+    with pytest.raises(ConfigError, match=r"--slo-p99 'fast'"):
+        parse_duration_s("fast", "--slo-p99")
+    with pytest.raises(ConfigError, match=r"--rate '-3/s'"):
+        parse_rate("-3/s")
+    assert parse_rate("12000/min") == 200.0
+    with pytest.raises(ConfigError, match="exactly one of --concurrency and --rate"):
+        Load(concurrency=4, rate=10.0)
+
+
+def test_space_gives_max_batch_one_no_delay() -> None:
+    space = build_space([ORIGINAL], (1, 8), (0.0, 2.0), [(1, 1)])
+    assert [(c.max_batch_size, c.max_queue_delay_ms) for c in space] == [
+        (1, 0.0), (8, 0.0), (8, 2.0)]
+    assert len(set(itertools.chain(space))) == len(space)

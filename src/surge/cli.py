@@ -24,7 +24,7 @@ app = typer.Typer(
 console = Console()
 
 # Each area registers its own commands on `app` when imported.
-COMMAND_MODULES: tuple[str, ...] = ("surge.commands.demo",)
+COMMAND_MODULES: tuple[str, ...] = ("surge.commands.demo", "surge.commands.data")
 
 
 @app.command()

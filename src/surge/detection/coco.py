@@ -1,0 +1,98 @@
+"""COCO JSON for detection splits: a split directory holds `images.npy` + `annotations.json`.
+
+`images.npy` is uint8 [N, H, W]; image `id` i (1-based) is row i - 1, named `images.npy#<row>`.
+Boxes are COCO [x, y, width, height] in pixels; category ids are class index + 1. Each annotation
+also records how it was made (`source_split`, `source_index`, `scale`, `corner`), which COCO tools
+ignore.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from surge.detection.dataset import DetectionSplit
+from surge.errors import ConfigError
+
+IMAGES_FILE = "images.npy"
+ANNOTATIONS_FILE = "annotations.json"
+
+
+def categories(classes: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{"id": i + 1, "name": name, "supercategory": "fashion"} for i, name in enumerate(classes)]
+
+
+def to_coco(split: DetectionSplit) -> dict[str, Any]:
+    """The split's COCO dataset dict (images, annotations, categories)."""
+    n, height, width = split.images.shape
+    images = [{"id": i + 1, "file_name": f"{IMAGES_FILE}#{i}", "width": width, "height": height}
+              for i in range(n)]
+    xywh = np.concatenate([split.boxes[:, :2], split.boxes[:, 2:] - split.boxes[:, :2]], axis=1)
+    annotations = [
+        {
+            "id": j + 1, "image_id": int(split.image_index[j]) + 1,
+            "category_id": int(split.labels[j]) + 1, "bbox": [float(v) for v in xywh[j]],
+            "area": float(xywh[j, 2] * xywh[j, 3]), "iscrowd": 0,
+            "source_split": split.source_split, "source_index": int(split.source_index[j]),
+            "scale": int(split.scale[j]), "corner": [int(v) for v in split.corner[j]],
+        }
+        for j in range(len(split.labels))
+    ]
+    return {
+        "info": {"description": "Fashion-MNIST detection canvases", "version": "1"},
+        "images": images, "annotations": annotations, "categories": categories(split.classes),
+    }
+
+
+def save_split(split: DetectionSplit, directory: Path) -> Path:
+    """Write `images.npy` and `annotations.json` into `directory`; returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / IMAGES_FILE, split.images)
+    (directory / ANNOTATIONS_FILE).write_text(json.dumps(to_coco(split)))
+    return directory
+
+
+def load_split(directory: Path) -> DetectionSplit:
+    """Read a split directory written by `save_split`."""
+    directory = Path(directory)
+    for name in (IMAGES_FILE, ANNOTATIONS_FILE):
+        if not (directory / name).is_file():
+            raise ConfigError(f"{directory / name} not found: not a detection split directory")
+    images = np.load(directory / IMAGES_FILE, allow_pickle=False)
+    data = json.loads((directory / ANNOTATIONS_FILE).read_text())
+    anns = data["annotations"]
+    xywh = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
+    classes = tuple(c["name"] for c in sorted(data["categories"], key=lambda c: c["id"]))
+    return DetectionSplit(
+        images=images,
+        boxes=np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1),
+        labels=np.array([a["category_id"] - 1 for a in anns], np.int64),
+        image_index=np.array([a["image_id"] - 1 for a in anns], np.int64),
+        source_index=np.array([a.get("source_index", -1) for a in anns], np.int64),
+        scale=np.array([a.get("scale", 0) for a in anns], np.int64),
+        corner=np.array([a.get("corner", [0, 0]) for a in anns], np.int64).reshape(-1, 2),
+        source_split=anns[0].get("source_split", "") if anns else "",
+        classes=classes,
+    )
+
+
+def detections_to_coco(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                       image_ids: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Model outputs (boxes [N, K, 4] x1y1x2y2, scores [N, K], labels [N, K]) as COCO results.
+
+    Image ids default to row + 1, matching `to_coco`. Padding rows (score <= 0) are skipped.
+    """
+    n, k = scores.shape
+    ids = np.arange(1, n + 1) if image_ids is None else np.asarray(image_ids)
+    rows, cols = np.nonzero(scores > 0)
+    picked = boxes[rows, cols]
+    xywh = np.concatenate([picked[:, :2], picked[:, 2:] - picked[:, :2]], axis=1)
+    return [
+        {"image_id": int(ids[r]), "category_id": int(labels[r, c]) + 1,
+         "bbox": [float(v) for v in xywh[j]], "score": float(scores[r, c])}
+        for j, (r, c) in enumerate(zip(rows, cols, strict=True))
+    ]

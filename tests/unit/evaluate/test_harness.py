@@ -1,0 +1,116 @@
+"""evaluate() and the in-process profiler on the tiny 2x+1 model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+from rich.progress import Progress
+
+from surge.evaluate.harness import EvalDataset, evaluate, load_dataset, run_dataset
+from surge.evaluate.metrics import MetricError
+from surge.evaluate.profile import (
+    ProfileReport,
+    default_batch_sizes,
+    default_settings,
+    profile_variant,
+)
+from surge.repository import Repository
+from surge.runtimes import RunnerOptions
+from tests.unit.tiny_models import make_repo
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Repository:
+    return Repository(make_repo(tmp_path_factory.mktemp("repo")))
+
+
+def _dataset(n: int = 50) -> EvalDataset:
+    x = np.random.default_rng(0).random((n, 4), dtype=np.float32)
+    labels = x.argmax(axis=1)
+    labels[:5] = (labels[:5] + 1) % 4  # 5 of 50 wrong on purpose -> 90% accuracy
+    return EvalDataset("synthetic", {"x": x}, labels)
+
+
+def test_classification_accuracy_through_the_runner(tiny: Repository) -> None:
+    report = evaluate(tiny.load("tiny"), _dataset(), "classification", batch_size=7)
+    assert report.metric == pytest.approx(90.0)
+    assert report.count == 50
+    assert report.model == "tiny"
+    # outputs are 2x+1 of the inputs, concatenated in order across batches of 7
+    np.testing.assert_allclose(report.outputs["y"], 2 * _dataset().inputs["x"] + 1, rtol=1e-6)
+
+
+def test_batches_never_exceed_the_models_max(tiny: Repository) -> None:
+    loaded = tiny.load("tiny")  # max_batch_size 8 in its config
+    seen: list[int] = []
+    run_dataset(loaded.runner, _dataset(20), batch_size=256,
+                on_batch=lambda out, part: seen.append(part.stop - part.start))
+    assert seen == [8, 8, 4]
+
+
+def test_embedding_fidelity_against_a_reference(tiny: Repository) -> None:
+    data = _dataset()
+    reference = 2 * data.inputs["x"] + 1
+    perfect = evaluate(tiny.load("tiny"), data, "embedding", reference=reference)
+    assert perfect.metric == pytest.approx(100.0)
+    skewed = evaluate(tiny.load("tiny"), data, "embedding", reference=reference[::-1].copy())
+    assert skewed.metric < 99.0
+
+
+def test_detection_calls_the_decoder_per_batch(tiny: Repository) -> None:
+    x = np.zeros((3, 4), dtype=np.float32)
+    gt = {"images": [{"id": i} for i in (10, 11, 12)], "categories": [{"id": 1, "name": "box"}],
+          "annotations": [{"image_id": i, "category_id": 1, "bbox": [0, 0, 3, 3]}
+                          for i in (10, 11, 12)]}
+    data = EvalDataset("boxes", {"x": x}, ground_truth=gt, image_ids=np.array([10, 11, 12]))
+
+    def decoder(outputs: dict[str, np.ndarray], ids: np.ndarray) -> list[dict]:
+        # y = 2*0 + 1 = 1 -> a 3x3 box at (0, 0) when y[0] == 1: exactly the ground truth
+        return [{"image_id": int(i), "category_id": 1, "bbox": [0, 0, 3 * y[0], 3], "score": 0.9}
+                for i, y in zip(ids, outputs["y"], strict=True)]
+
+    report = evaluate(tiny.load("tiny"), data, "detection", batch_size=2, decoder=decoder)
+    assert report.metric_name == "mAP"
+    assert report.metric == pytest.approx(100.0)
+    with pytest.raises(MetricError, match="needs a decoder"):
+        evaluate(tiny.load("tiny"), data, "detection")
+
+
+def test_missing_targets_and_unknown_task_are_clear(tiny: Repository) -> None:
+    unlabeled = EvalDataset("u", {"x": np.zeros((2, 4), np.float32)})
+    with pytest.raises(MetricError, match="has no labels"):
+        evaluate(tiny.load("tiny"), unlabeled, "classification")
+    with pytest.raises(MetricError, match="unknown task 'segmentation'"):
+        evaluate(tiny.load("tiny"), unlabeled, "segmentation")
+    with pytest.raises(MetricError, match="lacks model input"):
+        evaluate(tiny.load("tiny"), EvalDataset("w", {"z": np.zeros((2, 4))}), "embedding")
+
+
+def test_load_dataset_from_npz(tmp_path: Path) -> None:
+    path = tmp_path / "val.npz"
+    np.savez(path, x=np.ones((3, 4), np.float32), labels=np.array([0, 1, 2]))
+    data = load_dataset(path)
+    assert (len(data), list(data.inputs), data.labels.tolist()) == (3, ["x"], [0, 1, 2])
+    with pytest.raises(MetricError, match="--data nowhere.csv"):
+        load_dataset("nowhere.csv")
+
+
+def test_profiler_measures_every_setting_and_batch(tiny: Repository, tmp_path: Path) -> None:
+    def factory(options: RunnerOptions):  # noqa: ANN202
+        return tiny.load("tiny", options=options).runner
+
+    with (tmp_path / "log").open("w") as log, Progress(console=Console(file=log)) as progress:
+        report = profile_variant(factory, "tiny", "original", [1, 4], [(1, 1), (2, 1)],
+                                 duration_s=0.02, progress=progress)
+    assert "profile tiny@original" in (tmp_path / "log").read_text()
+    assert [(p.instances, p.batch_size) for p in report.points] == [(1, 1), (1, 4), (2, 1), (2, 4)]
+    assert all(p.throughput > 0 and p.latency.count >= 5 for p in report.points)
+    assert ProfileReport.load(report.save(tmp_path / "p.json")) == report
+
+
+def test_default_grids() -> None:
+    assert default_batch_sizes(48) == [1, 2, 4, 8, 16, 32, 48]
+    assert default_settings(2) == [(1, 1), (1, 2), (2, 1)]

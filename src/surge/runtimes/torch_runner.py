@@ -91,6 +91,15 @@ def _spec_from_value(name: str, value: Any, batched: bool) -> TensorSpec:
     return TensorSpec(name, torch_to_v2(dtype), tuple(shape))
 
 
+def _output_names(program: Any, count: int) -> list[str]:
+    """A program whose forward returns a dict names its outputs by the keys (so an exported
+    variant keeps the original's output names); otherwise output / output0, output1, ..."""
+    spec = program.call_spec.out_spec
+    if spec is not None and spec.type is dict and len(spec.context) == count:
+        return [str(key) for key in spec.context]
+    return ["output"] if count == 1 else [f"output{i}" for i in range(count)]
+
+
 def exported_signature(program: Any) -> Signature:
     """Signature of a `torch.export.ExportedProgram`: dims marked dynamic become -1."""
     user_inputs = list(program.graph_signature.user_inputs)
@@ -105,7 +114,7 @@ def exported_signature(program: Any) -> Signature:
     # One exported input per model input; names follow the forward() parameters.
     names = [s.arg.name for s in program.graph_signature.input_specs if s.arg.name in user_inputs]
     inputs = tuple(_spec_from_value(n, v, batched) for n, v in zip(names, input_vals, strict=True))
-    out_names = ["output"] if len(output_vals) == 1 else [f"output{i}" for i in range(len(output_vals))]
+    out_names = _output_names(program, len(output_vals))
     outputs = tuple(
         _spec_from_value(n, v, batched) for n, v in zip(out_names, output_vals, strict=True)
     )

@@ -1,0 +1,296 @@
+"""The load generator: closed loop (fixed concurrency) or open loop (Poisson arrivals)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import resource
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+from surge.bench.payload import (
+    InputSpec,
+    grpc_request,
+    http_body,
+    http_request,
+    sample_inputs,
+    specs_from_metadata,
+)
+from surge.bench.transport import GrpcTransport, HttpTransport, Transport
+from surge.errors import SurgeError
+
+PROTOCOLS = ("http", "http-json", "grpc")
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """One load level: what was sent, what came back, and what the client itself cost."""
+
+    concurrency: int
+    rate: float | None  # arrivals per second (open loop); None for a closed loop
+    duration_s: float
+    requests: int
+    ok: int
+    throughput: float  # successful responses per second
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: dict[str, int]
+    client_cpu_s: float
+    client_cpu_share: float  # client CPU seconds / wall seconds (1.0 = one core)
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    url: str
+    model: str
+    protocol: str
+    batch_size: int
+    runs: list[BenchRun] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Tally:
+    latencies: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    sent: int = 0
+
+    def record(self, outcome: str, seconds: float) -> None:
+        self.sent += 1
+        if outcome == "ok":
+            self.latencies.append(seconds)
+        else:
+            self.errors[outcome] += 1
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _percentiles(latencies: list[float]) -> tuple[float, float, float, float]:
+    if not latencies:
+        nan = float("nan")
+        return nan, nan, nan, nan
+    ms = np.asarray(latencies) * 1000.0
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return float(p50), float(p90), float(p99), float(ms.max())
+
+
+async def _timed(transport: Transport, payload: bytes, tally: _Tally) -> None:
+    start = time.perf_counter()
+    outcome = await transport.send(payload)
+    tally.record(outcome, time.perf_counter() - start)
+
+
+async def _closed_loop(transport: Transport, payloads: list[bytes], concurrency: int,
+                       until: float, tally: _Tally) -> None:
+    async def client(offset: int) -> None:
+        cycle = itertools.cycle(payloads[offset % len(payloads):] + payloads)
+        while time.perf_counter() < until:
+            await _timed(transport, next(cycle), tally)
+
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+
+
+async def _open_loop(transport: Transport, payloads: list[bytes], rate: float, poisson: bool,
+                     until: float, tally: _Tally, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    pending: set[asyncio.Task[None]] = set()
+    cycle = itertools.cycle(payloads)
+    next_at = time.perf_counter()
+    while next_at < until:
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.ensure_future(_timed(transport, next(cycle), tally))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        next_at += rng.exponential(1.0 / rate) if poisson else 1.0 / rate
+    if pending:
+        await asyncio.wait(pending, timeout=max(5.0, until - time.perf_counter() + 30.0))
+
+
+async def _progress_loop(tally: _Tally, started: float, duration: float,
+                         report: Callable[[int, int, float], None]) -> None:
+    while True:
+        await asyncio.sleep(0.5)
+        report(tally.sent, sum(tally.errors.values()), min(1.0, (time.perf_counter() - started)
+                                                          / duration))
+
+
+async def run_level(
+    transport: Transport, payloads: list[bytes], *, concurrency: int, duration_s: float,
+    rate: float | None = None, poisson: bool = True, warmup_s: float = 1.0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> BenchRun:
+    """Drive one load level and measure it (after `warmup_s` of unmeasured load)."""
+    if warmup_s > 0:
+        await _closed_loop(transport, payloads, min(concurrency, 64),
+                           time.perf_counter() + warmup_s, _Tally())
+    tally = _Tally()
+    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+    until = wall0 + duration_s
+    ticker = asyncio.ensure_future(_progress_loop(tally, wall0, duration_s, progress)) \
+        if progress else None
+    try:
+        if rate is None:
+            await _closed_loop(transport, payloads, concurrency, until, tally)
+        else:
+            await _open_loop(transport, payloads, rate, poisson, until, tally)
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+    wall = time.perf_counter() - wall0
+    cpu = _cpu_seconds() - cpu0
+    p50, p90, p99, worst = _percentiles(tally.latencies)
+    return BenchRun(
+        concurrency=concurrency, rate=rate, duration_s=wall, requests=tally.sent,
+        ok=len(tally.latencies), throughput=len(tally.latencies) / wall, p50_ms=p50,
+        p90_ms=p90, p99_ms=p99, max_ms=worst, errors=dict(tally.errors), client_cpu_s=cpu,
+        client_cpu_share=cpu / wall,
+    )
+
+
+# -- setting up a target ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """Where to send and what: a transport factory plus prepared payloads."""
+
+    protocol: str
+    payloads: list[bytes]
+    make_transport: Callable[[int], Transport]
+
+
+def _split_url(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if not parts.hostname:
+        raise SurgeError(f"cannot read a host from URL {url!r}")
+    return parts.hostname, parts.port or default_port
+
+
+def _grpc_target(url: str) -> tuple[str, int]:
+    """`grpc://host:port`, `host:port` or `http://host:port` -> (host, port)."""
+    return _split_url(url.replace("grpc://", "http://", 1), 8001)
+
+
+def _auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def fetch_metadata(url: str, model: str, api_key: str | None = None,
+                   protocol: str = "http") -> dict[str, Any]:
+    """Model metadata over HTTP (for the http protocols) or gRPC."""
+    if protocol == "grpc":
+        return _grpc_metadata(url, model, api_key)
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/v2/models/{model}", timeout=10.0,
+                             headers=_auth_headers(api_key))
+    except httpx.HTTPError as exc:
+        raise SurgeError(f"cannot reach {url} ({exc})") from None
+    if response.status_code != 200:
+        raise SurgeError(f"{url}: model {model!r} metadata -> HTTP {response.status_code}: "
+                         f"{response.text[:200]}")
+    return dict(response.json())
+
+
+def _grpc_metadata(url: str, model: str, api_key: str | None) -> dict[str, Any]:
+    import grpc
+    from google.protobuf import json_format
+
+    from surge.protocol.grpc_gen import grpc_service_pb2 as pb
+    from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
+
+    host, port = _grpc_target(url)
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        try:
+            reply = stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=10.0,
+                                       metadata=metadata)
+        except grpc.RpcError as exc:
+            raise SurgeError(f"{url}: model {model!r} metadata -> {exc.code().name}") from None
+    return dict(json_format.MessageToDict(reply, preserving_proto_field_name=True))
+
+
+def prepare_target(url: str, model: str, protocol: str, *, batch_size: int = 1,
+                   api_key: str | None = None, variants: int = 16) -> Target:
+    """Fetch the model's metadata and serialize the request payloads once."""
+    if protocol not in PROTOCOLS:
+        raise SurgeError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    metadata = fetch_metadata(url, model, api_key, protocol)
+    specs: list[InputSpec] = specs_from_metadata(metadata)
+    batched = all(s.shape and s.shape[0] == -1 for s in specs)
+    sets = sample_inputs(specs, batch_size=batch_size, batched=batched, variants=variants,
+                         fashion=model.startswith("fashion"))
+    if protocol == "grpc":
+        host, port = _grpc_target(url)
+        grpc_meta = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        payloads = [grpc_request(model, s, specs) for s in sets]
+        return Target(protocol, payloads,
+                      lambda c: GrpcTransport(f"{host}:{port}", max(1, min(8, c // 16)),
+                                              grpc_meta))
+    host, port = _split_url(url, 8000)
+    path = f"/v2/models/{model}/infer"
+    payloads = [http_request(f"{host}:{port}", path, *http_body(s, specs, protocol == "http"),
+                             headers=_auth_headers(api_key)) for s in sets]
+    return Target(protocol, payloads, lambda _c: HttpTransport(host, port))
+
+
+def _level_progress(progress: Callable[[int, float, int, int, float], None], level: int,
+                    duration_s: float) -> Callable[[int, int, float], None]:
+    def hook(sent: int, errors: int, done: float) -> None:
+        progress(level, done, sent, errors, duration_s)
+
+    return hook
+
+
+async def bench_async(
+    url: str, model: str, concurrency: Sequence[int], duration_s: float, protocol: str = "http",
+    *, rate: float | None = None, poisson: bool = True, batch_size: int = 1,
+    api_key: str | None = None, warmup_s: float = 1.0,
+    progress: Callable[[int, float, int, int, float], None] | None = None,
+) -> BenchReport:
+    """Run every load level in turn against a live server."""
+    target = await asyncio.to_thread(prepare_target, url, model, protocol,
+                                     batch_size=batch_size, api_key=api_key)
+    report = BenchReport(url, model, protocol, batch_size)
+    for level in concurrency:
+        transport = target.make_transport(level)
+        hook = None if progress is None else _level_progress(progress, level, duration_s)
+        try:
+            run = await run_level(transport, target.payloads, concurrency=level,
+                                  duration_s=duration_s, rate=rate, poisson=poisson,
+                                  warmup_s=warmup_s, progress=hook)
+        finally:
+            await transport.close()
+        report.runs.append(run)
+    return report
+
+
+def run_bench(
+    url: str, model: str, concurrency: int | Sequence[int] = (1, 16, 64, 256),
+    duration_s: float = 20.0, protocol: str = "http", rate: float | None = None, **kwargs: Any,
+) -> BenchReport:
+    """Benchmark a running server; the Python face of `surge bench`."""
+    import uvloop
+
+    levels = [concurrency] if isinstance(concurrency, int) else list(concurrency)
+    if not levels or min(levels) < 1:
+        raise SurgeError(f"concurrency levels must be positive integers, got {levels}")
+    if duration_s <= 0:
+        raise SurgeError(f"duration must be positive, got {duration_s}")
+    if rate is not None and rate <= 0:
+        raise SurgeError(f"rate must be positive, got {rate}")
+    return uvloop.run(bench_async(url, model, levels, duration_s, protocol, rate=rate, **kwargs))

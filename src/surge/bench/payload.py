@@ -1,0 +1,132 @@
+"""Request payloads for the load generator, built once before the run starts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from surge.datatypes import v2_to_numpy
+from surge.errors import SurgeError
+from surge.protocol.tensors import tensor_to_bytes, tensor_to_list
+
+FASHION_INPUT = "image"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+def specs_from_metadata(metadata: Mapping[str, Any]) -> list[InputSpec]:
+    """Input specs from V2 model metadata (JSON form)."""
+    try:
+        return [InputSpec(i["name"], i["datatype"], tuple(int(d) for d in i["shape"]))
+                for i in metadata["inputs"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SurgeError(f"model metadata has no usable 'inputs' ({exc})") from None
+
+
+def _concrete(shape: tuple[int, ...], batch_size: int, batched: bool) -> list[int]:
+    dims = list(shape)
+    if batched and dims:
+        dims[0] = batch_size
+    return [1 if d == -1 else d for d in dims]
+
+
+def _fashion_images(count: int) -> np.ndarray | None:
+    try:
+        from surge.data.fashion_mnist import load_fashion_mnist, to_model_input
+
+        images, _ = load_fashion_mnist("test")
+    except SurgeError:
+        return None
+    return to_model_input(images[:count])
+
+
+def sample_inputs(
+    specs: list[InputSpec], *, batch_size: int = 1, batched: bool = True, variants: int = 16,
+    seed: int = 0, fashion: bool = False,
+) -> list[dict[str, np.ndarray]]:
+    """`variants` input sets that fit the specs (Fashion-MNIST test images when `fashion`)."""
+    rng = np.random.default_rng(seed)
+    images = _fashion_images(variants * batch_size) if fashion else None
+    sets: list[dict[str, np.ndarray]] = []
+    for v in range(variants):
+        inputs: dict[str, np.ndarray] = {}
+        for spec in specs:
+            dims = _concrete(spec.shape, batch_size, batched)
+            if images is not None and spec.name == FASHION_INPUT and spec.datatype == "FP32":
+                inputs[spec.name] = images[v * batch_size:(v + 1) * batch_size].reshape(dims)
+            else:
+                inputs[spec.name] = _random(spec.datatype, dims, rng)
+        sets.append(inputs)
+    return sets
+
+
+def _random(datatype: str, dims: list[int], rng: np.random.Generator) -> np.ndarray:
+    if datatype == "BYTES":
+        array = np.empty(int(np.prod(dims)), dtype=object)
+        array[:] = [b"surge"] * array.size
+        return array.reshape(dims)
+    dtype = v2_to_numpy(datatype)
+    if dtype.kind == "f":
+        return rng.random(dims, dtype=np.float32).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, dims).astype(bool)
+    return rng.integers(0, 10, dims).astype(dtype)
+
+
+def http_body(inputs: Mapping[str, np.ndarray], specs: list[InputSpec],
+              binary: bool) -> tuple[bytes, int | None]:
+    """V2 infer request body (binary extension or pure JSON) and its header length."""
+    entries = []
+    chunks = []
+    for spec in specs:
+        array = inputs[spec.name]
+        entry: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype,
+                                 "shape": list(array.shape)}
+        if binary:
+            raw = tensor_to_bytes(array, spec.datatype)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = tensor_to_list(array, spec.datatype)
+        entries.append(entry)
+    header: dict[str, Any] = {"inputs": entries}
+    if binary:
+        header["parameters"] = {"binary_data_output": True}
+    head = orjson.dumps(header)
+    if not binary:
+        return head, None
+    return head + b"".join(chunks), len(head)
+
+
+def http_request(host: str, path: str, body: bytes, header_length: int | None,
+                 headers: Mapping[str, str] | None = None) -> bytes:
+    """A complete HTTP/1.1 keep-alive POST, ready to write to a socket as is."""
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
+    if header_length is None:
+        lines.append("Content-Type: application/json")
+    else:
+        lines += ["Content-Type: application/octet-stream",
+                  f"Inference-Header-Content-Length: {header_length}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def grpc_request(model: str, inputs: Mapping[str, np.ndarray], specs: list[InputSpec]) -> bytes:
+    """A serialized ModelInferRequest with raw_input_contents."""
+    from surge.protocol.grpc_gen import grpc_service_pb2 as pb
+
+    message = pb.ModelInferRequest(model_name=model)
+    for spec in specs:
+        array = inputs[spec.name]
+        message.inputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
+        message.raw_input_contents.append(tensor_to_bytes(array, spec.datatype))
+    return bytes(message.SerializeToString())

@@ -1,0 +1,106 @@
+"""`surge bench`: load a running V2 server and print throughput and latency percentiles."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from surge.cli import app, console
+from surge.errors import SurgeError
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m)?\s*$")
+_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(/s)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """'20s', '500ms', '2m' or '20' (seconds) -> seconds."""
+    match = _DURATION.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise SurgeError(f"--duration {text!r} is not a positive duration like 20s, 500ms, 2m")
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def parse_rate(text: str | None) -> float | None:
+    """'200/s' or '200' -> 200.0 requests per second."""
+    if text is None:
+        return None
+    match = _RATE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise SurgeError(f"--rate {text!r} is not a positive rate like 200/s")
+    return float(match.group(1))
+
+
+def parse_levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SurgeError(f"--concurrency {text!r} must be integers like 1,16,64") from None
+    if not levels or min(levels) < 1:
+        raise SurgeError(f"--concurrency {text!r} must list positive integers")
+    return levels
+
+
+def _errors(errors: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())) or "-"
+
+
+@app.command()
+def bench(
+    url: Annotated[str, typer.Argument(help="Server URL: http://host:8000 (or host:8001 for grpc).")],
+    model: Annotated[str, typer.Option(help="Model to load.")],
+    concurrency: Annotated[str, typer.Option(help="Closed-loop levels, e.g. 1,16,64,256.")] =
+        "1,16,64,256",
+    duration: Annotated[str, typer.Option(help="Measured time per level (20s, 500ms).")] = "20s",
+    rate: Annotated[str | None, typer.Option(help="Open loop: arrivals per second (200/s).")] =
+        None,
+    poisson: Annotated[bool, typer.Option(help="Open loop: Poisson (else uniform) arrivals.")] =
+        False,
+    protocol: Annotated[str, typer.Option(help="http (binary), http-json or grpc.")] = "http",
+    batch_size: Annotated[int, typer.Option(min=1, help="Items per request.")] = 1,
+    api_key: Annotated[str | None, typer.Option(envvar="SURGE_API_KEY",
+                                                help="Bearer token.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] =
+        None,
+) -> None:
+    """Closed loop at each concurrency (or open loop at --rate): throughput, latency, errors."""
+    from surge.bench import PROTOCOLS, run_bench
+
+    if protocol not in PROTOCOLS:
+        raise SurgeError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    levels = parse_levels(concurrency)
+    seconds = parse_duration(duration)
+    arrivals = parse_rate(rate)
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.fields[sent]} sent, {task.fields[errors]} errors"),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        tasks: dict[int, TaskID] = {}
+
+        def progress(level: int, done: float, sent: int, errors: int, _d: float) -> None:
+            if level not in tasks:
+                tasks[level] = bar.add_task(f"c={level}", total=1.0, sent=0, errors=0)
+            bar.update(tasks[level], completed=done, sent=sent, errors=errors)
+
+        report = run_bench(url, model, levels, seconds, protocol, arrivals, poisson=poisson,
+                           batch_size=batch_size, api_key=api_key, progress=progress)
+    mode = f"open loop {arrivals:g}/s" if arrivals else "closed loop"
+    table = Table(title=f"{model} over {protocol} ({mode}, batch {batch_size})")
+    for column in ("concurrency", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "ok",
+                   "errors", "client CPU"):
+        table.add_column(column, justify="right")
+    for run in report.runs:
+        table.add_row(
+            str(run.concurrency), f"{run.throughput:,.1f}", f"{run.p50_ms:.2f}",
+            f"{run.p90_ms:.2f}", f"{run.p99_ms:.2f}", f"{run.max_ms:.2f}", str(run.ok),
+            _errors(run.errors), f"{run.client_cpu_share:.0%} core",
+        )
+    console.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+        console.print(f"wrote {json_out}")

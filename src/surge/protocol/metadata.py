@@ -1,0 +1,125 @@
+"""Model metadata, Triton-style model configuration and statistics as plain JSON values.
+
+HTTP sends these dicts as they are; the gRPC servicer builds its messages from the same dicts,
+so both protocols always agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from surge.datatypes import v2_to_triton
+from surge.repository.config import ModelConfig
+from surge.runtimes.base import Signature, TensorSpec
+
+
+class ModelView(Protocol):
+    """What the front end reads from the engine's model handle."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def versions(self) -> Any: ...
+    @property
+    def config(self) -> ModelConfig: ...
+    @property
+    def signature(self) -> Signature: ...
+    @property
+    def platform(self) -> str: ...
+
+
+def _tensor(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def model_metadata(model: ModelView) -> dict[str, Any]:
+    """V2 model metadata: name, versions, platform, inputs and outputs with -1 dims."""
+    signature = model.signature
+    return {
+        "name": model.name,
+        "versions": [str(v) for v in model.versions],
+        "platform": model.platform,
+        "inputs": [_tensor(s) for s in signature.inputs],
+        "outputs": [_tensor(s) for s in signature.outputs],
+    }
+
+
+def _config_tensor(spec: TensorSpec, batched: bool) -> dict[str, Any]:
+    # Triton's dims leave out the batch dimension of models with max_batch_size > 0.
+    dims = list(spec.shape[1:] if batched and spec.shape else spec.shape)
+    return {"name": spec.name, "data_type": v2_to_triton(spec.datatype), "dims": dims}
+
+
+def model_config(model: ModelView) -> dict[str, Any]:
+    """Triton model configuration JSON for `model`."""
+    signature = model.signature
+    config = model.config
+    batched = signature.batched
+    kind = "KIND_GPU" if config.device.startswith("cuda") else "KIND_CPU"
+    result: dict[str, Any] = {
+        "name": model.name,
+        "platform": model.platform,
+        "backend": "surge",
+        "max_batch_size": signature.max_batch_size if batched else 0,
+        "input": [_config_tensor(s, batched) for s in signature.inputs],
+        "output": [_config_tensor(s, batched) for s in signature.outputs],
+        "instance_group": [{"name": model.name, "kind": kind, "count": config.instances}],
+    }
+    if batched and config.batching.enabled:
+        result["dynamic_batching"] = {
+            "preferred_batch_size": list(config.batching.preferred_batch_sizes),
+            "max_queue_delay_microseconds": int(config.batching.max_queue_delay_ms * 1000),
+        }
+    return result
+
+
+def _duration(value: Any) -> dict[str, int]:
+    if isinstance(value, Mapping):
+        return {"count": int(value.get("count", 0)), "ns": int(value.get("ns", 0))}
+    if isinstance(value, tuple | list):
+        return {"count": int(value[0]), "ns": int(value[1])}
+    return {"count": int(getattr(value, "count", 0)), "ns": int(getattr(value, "ns", 0))}
+
+
+_DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output",
+              "cache_hit", "cache_miss")
+
+
+def _as_dict(stats: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
+        return dataclasses.asdict(stats)
+    if isinstance(stats, Mapping):
+        return dict(stats)
+    return dict(vars(stats))
+
+
+def _batch_stats(value: Any) -> list[dict[str, Any]]:
+    """Per batch size counters: {size: (count, ns)} (compute time) or Triton-shaped entries."""
+    if isinstance(value, Mapping):
+        zero = {"count": 0, "ns": 0}
+        return [{"batch_size": int(size), "compute_input": zero, "compute_infer": _duration(pair),
+                 "compute_output": zero} for size, pair in sorted(value.items())]
+    entries = (_as_dict(b) for b in value)
+    return [{"batch_size": int(e.get("batch_size", 0)),
+             **{k: _duration(e.get(k, {}))
+                for k in ("compute_input", "compute_infer", "compute_output")}}
+            for e in entries]
+
+
+def model_statistics(name: str, version: int | str, stats: Any) -> dict[str, Any]:
+    """One Triton `model_stats` entry from the engine's counters."""
+    data = _as_dict(stats)
+    inference = data.get("inference_stats", data)
+    return {
+        "name": name,
+        "version": str(version),
+        "last_inference": int(data.get("last_inference", 0)),
+        "inference_count": int(data.get("inference_count", 0)),
+        "execution_count": int(data.get("execution_count", 0)),
+        "inference_stats": {key: _duration(inference.get(key, {})) for key in _DURATIONS},
+        "batch_stats": _batch_stats(data.get("batch_stats", {})),
+    }

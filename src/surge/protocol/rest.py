@@ -1,0 +1,175 @@
+"""V2 REST inference codec: JSON tensors and the binary tensor extension.
+
+With the binary extension the body is a JSON header of `Inference-Header-Content-Length` bytes
+followed by the tensors' raw bytes, in the order the header lists them with `binary_data_size`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+
+from surge.datatypes import numpy_to_v2
+from surge.errors import InputError
+from surge.protocol.tensors import (
+    check_datatype,
+    check_shape,
+    tensor_from_bytes,
+    tensor_from_list,
+    tensor_to_bytes,
+    tensor_to_list,
+)
+from surge.protocol.types import InferRequest, RequestedOutput, parse_priority, parse_timeout
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def parse_header_length(value: str | None, body_size: int) -> int | None:
+    """The `Inference-Header-Content-Length` header value, checked against the body size."""
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise InputError(f"Inference-Header-Content-Length must be an integer, got {value!r}")
+    length = int(value)
+    if length > body_size:
+        raise InputError(
+            f"Inference-Header-Content-Length {length} exceeds the body size {body_size}"
+        )
+    return length
+
+
+def _object(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InputError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _parameters(value: object, what: str) -> dict[str, Any]:
+    return {} if value is None else _object(value, f"{what} 'parameters'")
+
+
+def decode_request(body: bytes, header_length: int | None) -> InferRequest:
+    """Request body (JSON, or JSON header + binary tensors) -> InferRequest."""
+    view = memoryview(body)
+    header_bytes = view if header_length is None else view[:header_length]
+    try:
+        header = orjson.loads(header_bytes)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"request body is not valid JSON ({exc})") from None
+    header = _object(header, "request body")
+    params = _parameters(header.get("parameters"), "request")
+    binary = view[len(header_bytes):]
+    inputs = _decode_inputs(header.get("inputs"), binary)
+    request_id = header.get("id", "")
+    if not isinstance(request_id, str):
+        raise InputError(f"request 'id' must be a string, got {request_id!r}")
+    return InferRequest(
+        inputs=inputs,
+        outputs=_decode_outputs(header.get("outputs"), params),
+        request_id=request_id,
+        priority=parse_priority(params.get("priority", 0)),
+        timeout_us=parse_timeout(params.get("timeout", 0)),
+        binary_default=bool(params.get("binary_data_output", False)),
+    )
+
+
+def _decode_inputs(items: object, binary: memoryview) -> dict[str, np.ndarray]:
+    if not isinstance(items, list) or not items:
+        raise InputError("request 'inputs' must be a non-empty list")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in items:
+        spec = _object(item, "each entry of 'inputs'")
+        name = spec.get("name")
+        if not isinstance(name, str):
+            raise InputError(f"input entry has no string 'name': {str(spec)[:80]}")
+        if name in inputs:
+            raise InputError(f"input {name!r} is given twice")
+        datatype = check_datatype(name, spec.get("datatype"))
+        shape = check_shape(name, spec.get("shape"))
+        size = _parameters(spec.get("parameters"), f"input {name!r}").get("binary_data_size")
+        if size is None:
+            if "data" not in spec:
+                raise InputError(f"input {name!r} has neither 'data' nor 'binary_data_size'")
+            inputs[name] = tensor_from_list(name, datatype, shape, spec["data"])
+            continue
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InputError(f"input {name!r}: binary_data_size must be a non-negative integer")
+        if offset + size > len(binary):
+            raise InputError(
+                f"input {name!r}: binary_data_size {size} exceeds the {len(binary) - offset} "
+                "binary bytes left in the body"
+            )
+        inputs[name] = tensor_from_bytes(name, datatype, shape, binary[offset:offset + size])
+        offset += size
+    if offset != len(binary):
+        raise InputError(f"request body has {len(binary) - offset} binary bytes no input claims")
+    return inputs
+
+
+def _decode_outputs(
+    items: object, params: Mapping[str, Any]
+) -> tuple[RequestedOutput, ...] | None:
+    if items is None:
+        return None
+    if not isinstance(items, list):
+        raise InputError("request 'outputs' must be a list")
+    default = bool(params.get("binary_data_output", False))
+    outputs: list[RequestedOutput] = []
+    for item in items:
+        spec = _object(item, "each entry of 'outputs'")
+        name = spec.get("name")
+        if not isinstance(name, str):
+            raise InputError(f"output entry has no string 'name': {str(spec)[:80]}")
+        out_params = _parameters(spec.get("parameters"), f"output {name!r}")
+        if out_params.get("classification"):
+            raise InputError(f"output {name!r}: the classification extension is not supported")
+        outputs.append(RequestedOutput(name, bool(out_params.get("binary_data", default))))
+    return tuple(outputs)
+
+
+def encode_response(
+    model: str,
+    version: int | str,
+    request: InferRequest,
+    outputs: Mapping[str, np.ndarray],
+) -> tuple[bytes, int | None]:
+    """Outputs -> (body, header length); the header length is None for a pure JSON body."""
+    binary_names = _binary_outputs(request, outputs)
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, array in outputs.items():
+        datatype = numpy_to_v2(array.dtype)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if name in binary_names:
+            raw = tensor_to_bytes(array, datatype)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = tensor_to_list(array, datatype)
+        entries.append(entry)
+    header: dict[str, Any] = {"model_name": model, "model_version": str(version),
+                              "outputs": entries}
+    if request.request_id:
+        header["id"] = request.request_id
+    head = orjson.dumps(header)
+    if not chunks:
+        return head, None
+    return b"".join([head, *chunks]), len(head)
+
+
+def _binary_outputs(request: InferRequest, outputs: Mapping[str, np.ndarray]) -> set[str]:
+    if request.outputs is None:
+        return set(outputs) if request.binary_default else set()
+    return {o.name for o in request.outputs if o.binary}
+
+
+def encode_json(value: object) -> bytes:
+    return orjson.dumps(value)
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})

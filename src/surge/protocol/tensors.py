@@ -1,0 +1,158 @@
+"""Tensor <-> bytes for the binary extension and gRPC raw contents.
+
+Fixed-size datatypes travel as their little-endian element bytes in row-major order. BYTES
+elements travel as a 4-byte little-endian length followed by the element's bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+
+from surge.datatypes import V2_DATATYPES, v2_to_numpy
+from surge.errors import InputError
+
+_LENGTH = struct.Struct("<I")
+
+
+def check_datatype(name: str, datatype: object) -> str:
+    if not isinstance(datatype, str) or datatype not in V2_DATATYPES:
+        raise InputError(
+            f"input {name!r} has unknown datatype {datatype!r}; expected one of "
+            f"{', '.join(V2_DATATYPES)}"
+        )
+    return datatype
+
+
+def check_shape(name: str, shape: object) -> tuple[int, ...]:
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InputError(f"input {name!r} has invalid shape {shape!r}; expected non-negative ints")
+    if len(shape) > 16:
+        raise InputError(f"input {name!r} has {len(shape)} dimensions; at most 16 are allowed")
+    return tuple(shape)
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """BYTES tensor -> length-prefixed elements (str elements are UTF-8 encoded)."""
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        data = item.encode() if isinstance(item, str) else bytes(item)
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def deserialize_bytes(name: str, buffer: bytes | memoryview, count: int) -> np.ndarray:
+    """Length-prefixed elements -> 1-D object array of `count` bytes objects."""
+    view = memoryview(buffer)
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise InputError(f"input {name!r}: BYTES data ends inside an element's length prefix")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise InputError(
+                f"input {name!r}: BYTES element {len(items)} declares {length} bytes, "
+                f"{len(view) - offset} remain"
+            )
+        items.append(bytes(view[offset:offset + length]))
+        offset += length
+    if len(items) != count:
+        raise InputError(f"input {name!r}: expected {count} BYTES elements, got {len(items)}")
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array
+
+
+def tensor_from_bytes(
+    name: str, datatype: str, shape: tuple[int, ...], buffer: bytes | memoryview
+) -> np.ndarray:
+    """Raw tensor bytes -> array of `shape`; the size must match exactly."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return deserialize_bytes(name, buffer, count).reshape(shape)
+    dtype = v2_to_numpy(datatype)
+    expected = count * dtype.itemsize
+    if len(buffer) != expected:
+        raise InputError(
+            f"input {name!r} expects {expected} bytes for {datatype} {list(shape)}, "
+            f"got {len(buffer)}"
+        )
+    return np.frombuffer(buffer, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def tensor_to_bytes(array: np.ndarray, datatype: str) -> bytes:
+    """Array -> raw bytes (BYTES: length-prefixed)."""
+    if datatype == "BYTES":
+        return serialize_bytes(array)
+    return np.ascontiguousarray(array).tobytes()
+
+
+def _bf16_words(values: np.ndarray) -> np.ndarray:
+    # BF16 is the upper half of an FP32 word; JSON numbers are rounded by truncation.
+    return (values.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def tensor_from_list(name: str, datatype: str, shape: tuple[int, ...], data: object) -> np.ndarray:
+    """JSON `data` (flat or nested) -> array of `shape`."""
+    count = math.prod(shape)
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        if datatype == "BYTES":
+            flat = np.array(data, dtype=object).reshape(-1)
+            array = np.empty(flat.size, dtype=object)
+            array[:] = [_to_bytes(name, item) for item in flat]
+        elif datatype == "BF16":
+            array = _bf16_words(np.array(data, dtype=np.float32).reshape(-1))
+        else:
+            array = _numbers(name, datatype, data)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InputError(
+            f"input {name!r}: data does not hold {datatype} values ({str(exc)[:80]})"
+        ) from None
+    if array.size != count:
+        raise InputError(
+            f"input {name!r} has shape {list(shape)} ({count} elements) but {array.size} data values"
+        )
+    return array.reshape(shape)
+
+
+def _numbers(name: str, datatype: str, data: list) -> np.ndarray:
+    raw = np.array(data).reshape(-1)
+    if raw.size and raw.dtype.kind not in "biuf":
+        raise InputError(f"input {name!r}: data does not hold {datatype} values")
+    dtype = v2_to_numpy(datatype)
+    if dtype.kind in "iu" and raw.dtype.kind == "f":
+        raise InputError(f"input {name!r}: {datatype} data holds non-integer values")
+    return raw.astype(dtype)
+
+
+def _to_bytes(name: str, item: object) -> bytes:
+    if isinstance(item, str):
+        return item.encode()
+    if isinstance(item, bytes):
+        return item
+    raise InputError(f"input {name!r}: BYTES data must be strings, got {type(item).__name__}")
+
+
+def tensor_to_list(array: np.ndarray, datatype: str) -> list:
+    """Array -> flat JSON list (BYTES as UTF-8 strings where they decode, as Triton does)."""
+    flat = array.reshape(-1)
+    if datatype == "BYTES":
+        return [_bytes_to_json(item) for item in flat]
+    if datatype == "BF16":
+        return (flat.astype(np.uint32) << 16).view(np.float32).tolist()
+    return flat.tolist()
+
+
+def _bytes_to_json(item: object) -> str:
+    if isinstance(item, bytes):
+        return item.decode("utf-8", errors="replace")
+    return str(item)

@@ -1,0 +1,58 @@
+"""What a decoded V2 inference request is, independent of the wire it came on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from surge.errors import InputError
+
+# Extensions of the V2 protocol this server implements (listed by GET /v2 and ServerMetadata).
+EXTENSIONS: tuple[str, ...] = (
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+)
+SERVER_NAME = "surge"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    """An output the client asked for; `binary` selects the binary extension for it (HTTP)."""
+
+    name: str
+    binary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """A decoded inference request: tensors plus the scheduling parameters it carried."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[RequestedOutput, ...] | None  # None: every output
+    request_id: str = ""
+    priority: int = 0
+    timeout_us: int | None = None
+    binary_default: bool = False  # answer un-listed outputs in binary (HTTP `binary_data_output`)
+
+    @property
+    def output_names(self) -> list[str] | None:
+        return None if self.outputs is None else [o.name for o in self.outputs]
+
+
+def parse_priority(value: object) -> int:
+    """The V2 `priority` parameter: a non-negative integer (0 = default, 1 = highest)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"parameter 'priority' must be a non-negative integer, got {value!r}")
+    return value
+
+
+def parse_timeout(value: object) -> int | None:
+    """The V2 `timeout` parameter in microseconds; 0 means no timeout."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(
+            f"parameter 'timeout' must be a non-negative integer of microseconds, got {value!r}"
+        )
+    return value or None

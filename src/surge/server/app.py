@@ -1,0 +1,304 @@
+"""The V2 HTTP front end as a raw ASGI app.
+
+Raw ASGI rather than a framework: on the hot path (POST .../infer) the app reads the body,
+decodes it, awaits the engine and writes one response, with no routing tables, middleware or
+request objects in between; on a tiny model that per-request overhead is the serving cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+import surge
+from surge.errors import InputError, NotFoundError, SurgeError
+from surge.protocol.errors import http_error, retry_after_header
+from surge.protocol.metadata import model_config, model_metadata, model_statistics
+from surge.protocol.rest import (
+    decode_request,
+    encode_json,
+    encode_response,
+    error_body,
+    parse_header_length,
+)
+from surge.protocol.types import EXTENSIONS, SERVER_NAME
+from surge.repository import check_name, check_version
+from surge.server.outcome import outcome_of
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+_JSON = [(b"content-type", b"application/json")]
+
+
+class HttpError(Exception):
+    """An answer other than 200 decided before the engine is involved."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away before the request was answered."""
+
+
+class V2App:
+    """ASGI app serving the V2 HTTP protocol over an Engine."""
+
+    def __init__(
+        self, engine: Any, *, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY
+    ) -> None:
+        self.engine = engine
+        self.max_body_bytes = max_body_bytes
+        self._auth = f"Bearer {api_key}".encode() if api_key else None
+        self.accepting = True  # cleared on drain: new requests get 503
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan and websockets: nothing to do
+        try:
+            await self._dispatch(scope, receive, send)
+        except ClientDisconnectedError:
+            return
+        except HttpError as exc:
+            await _respond(send, exc.status, error_body(str(exc)))
+        except SurgeError as exc:
+            await _send_error(send, exc)
+        except Exception as exc:  # a bug must answer 500, not drop the connection
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            await _send_error(send, exc)
+
+    # -- routing --------------------------------------------------------------------------
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        parts = scope["path"].strip("/").split("/")
+        if parts[0] != "v2":
+            raise HttpError(404, f"no route for {scope['path']}")
+        method = scope["method"]
+        rest = parts[1:]
+        if rest[:1] == ["health"] and len(rest) == 2 and method == "GET":
+            await self._health(rest[1], send)
+            return
+        self._check_auth(scope)
+        if not rest and method == "GET":
+            await _respond(send, 200, encode_json(self._server_metadata()))
+        elif rest[:1] == ["models"]:
+            await self._models(scope, receive, send, rest[1:])
+        elif rest[:1] == ["repository"] and method == "POST":
+            await self._repository(scope, receive, send, rest[1:])
+        else:
+            raise HttpError(404, f"no route for {method} {scope['path']}")
+
+    def _check_auth(self, scope: Scope) -> None:
+        if self._auth is None:
+            return
+        for key, value in scope["headers"]:
+            if key == b"authorization" and value == self._auth:
+                return
+        raise HttpError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
+
+    async def _health(self, what: str, send: Send) -> None:
+        if what == "live":
+            ok = self.engine.live()
+        elif what == "ready":
+            ok = self.accepting and self.engine.ready()
+        else:
+            raise HttpError(404, f"no health endpoint {what!r}")
+        await _respond(send, 200 if ok else 503, b"")
+
+    def _server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": surge.__version__, "extensions": list(EXTENSIONS)}
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send, rest: list[str]) -> None:
+        method = scope["method"]
+        if rest == ["stats"] and method == "GET":
+            await _respond(send, 200, encode_json(self._all_stats()))
+            return
+        if not rest:
+            raise HttpError(404, "no route for /v2/models")
+        name = check_name(rest[0])
+        version: int | None = None
+        action = rest[1:]
+        if action[:1] == ["versions"] and len(action) >= 2:
+            version = check_version(action[1])
+            action = action[2:]
+        if action == ["infer"] and method == "POST":
+            await self._infer(scope, receive, send, name, version)
+        elif method == "GET" and len(action) <= 1:
+            await self._model_get(send, name, version, action[0] if action else "")
+        else:
+            raise HttpError(404, f"no route for {method} {scope['path']}")
+
+    async def _model_get(self, send: Send, name: str, version: int | None, what: str) -> None:
+        if what == "ready":
+            self.engine.model(name, version)  # 404 for an unknown model or version
+            ready = self.engine.model_ready(name, version)
+            await _respond(send, 200 if ready else 503, b"")
+            return
+        handle = self.engine.model(name, version)
+        if what == "":
+            body = model_metadata(handle)
+        elif what == "config":
+            body = model_config(handle)
+        elif what == "stats":
+            stats = self.engine.stats(name, version)
+            body = {"model_stats": [model_statistics(name, handle.version, stats)]}
+        else:
+            raise HttpError(404, f"no model endpoint {what!r}")
+        await _respond(send, 200, encode_json(body))
+
+    def _all_stats(self) -> dict[str, Any]:
+        entries = []
+        for item in self.engine.index():
+            if item.get("state") != "READY":
+                continue
+            version = int(item["version"]) if str(item.get("version") or "").isdigit() else None
+            handle = self.engine.model(item["name"], version)
+            stats = self.engine.stats(item["name"], handle.version)
+            entries.append(model_statistics(item["name"], handle.version, stats))
+        return {"model_stats": entries}
+
+    async def _repository(
+        self, scope: Scope, receive: Receive, send: Send, rest: list[str]
+    ) -> None:
+        body = await _read_body(scope, receive, self.max_body_bytes)
+        if rest == ["index"]:
+            ready_only = bool(_json_or_empty(body).get("ready", False))
+            index = [dict(e) for e in self.engine.index()]
+            if ready_only:
+                index = [e for e in index if e.get("state") == "READY"]
+            await _respond(send, 200, encode_json(index))
+            return
+        if len(rest) == 3 and rest[0] == "models" and rest[2] in ("load", "unload"):
+            name = check_name(rest[1])
+            if rest[2] == "load":
+                await self.engine.load(name)
+            else:
+                await self.engine.unload(name)
+            await _respond(send, 200, b"")
+            return
+        raise HttpError(404, f"no route for POST {scope['path']}")
+
+    # -- inference: the hot path ----------------------------------------------------------
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: int | None
+    ) -> None:
+        start = time.perf_counter()
+        if not self.accepting:
+            raise HttpError(503, "server is shutting down")
+        body = await _read_body(scope, receive, self.max_body_bytes)
+        try:
+            request = decode_request(body, _header_length(scope, len(body)))
+            outputs = await _until_disconnect(receive, self.engine.infer(
+                name, version, request.inputs, outputs=request.output_names,
+                priority=request.priority, timeout_us=request.timeout_us,
+                request_id=request.request_id,
+            ))
+            handle_version = version if version is not None else self.engine.model(name).version
+            payload, header_length = encode_response(name, handle_version, request, outputs)
+        except ClientDisconnectedError:
+            self._observe(name, "cancelled", start)
+            raise
+        except Exception as exc:
+            self._observe(name, outcome_of(exc), start)
+            raise
+        self._observe(name, "success", start)
+        headers = _JSON
+        if header_length is not None:
+            headers = [(b"content-type", b"application/octet-stream"),
+                       (b"inference-header-content-length", str(header_length).encode())]
+        await _respond(send, 200, payload, headers)
+
+    def _observe(self, name: str, outcome: str, start: float) -> None:
+        self.engine.metrics.observe_request(name, outcome, time.perf_counter() - start)
+
+
+async def _until_disconnect(receive: Receive, work: Awaitable[dict[str, np.ndarray]]) -> Any:
+    """Await `work`; if the client disconnects first, cancel it (which dequeues the request)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(receive())
+
+    def on_message(done: asyncio.Future[dict[str, Any]]) -> None:
+        if not done.cancelled() and done.result().get("type") == "http.disconnect":
+            task.cancel()
+
+    watcher.add_done_callback(on_message)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            raise ClientDisconnectedError from None
+        raise
+    finally:
+        watcher.remove_done_callback(on_message)
+        watcher.cancel()
+
+
+def _header_length(scope: Scope, body_size: int) -> int | None:
+    for key, value in scope["headers"]:
+        if key == b"inference-header-content-length":
+            return parse_header_length(value.decode("latin-1"), body_size)
+        if key == b"content-encoding" and value not in (b"identity", b""):
+            raise InputError(f"unsupported Content-Encoding {value.decode('latin-1')!r}")
+    return None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for key, value in scope["headers"]:
+        if key == b"content-length" and value.isdigit() and int(value) > limit:
+            raise HttpError(413, f"request body of {int(value)} bytes exceeds the limit {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnectedError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _json_or_empty(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    import orjson
+
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"request body is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise InputError("request body must be a JSON object")
+    return value
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = _JSON
+) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, error: Exception) -> None:
+    status, message = http_error(error)
+    headers = list(_JSON)
+    retry_after = retry_after_header(error)
+    if retry_after is not None:
+        headers.append((b"retry-after", retry_after.encode()))
+    await _respond(send, status, error_body(message), headers)
+
+
+__all__ = ["DEFAULT_MAX_BODY", "NotFoundError", "V2App"]

@@ -1,0 +1,208 @@
+"""The V2 gRPC front end (`inference.GRPCInferenceService`) on grpc.aio."""
+# ruff: noqa: N802  (method names are the gRPC service's RPC names)
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+
+import surge
+from surge.errors import NotFoundError, ServingError, SurgeError
+from surge.protocol.errors import grpc_code, http_error
+from surge.protocol.grpc_codec import decode_infer_request, encode_infer_response
+from surge.protocol.grpc_gen import grpc_service_pb2 as pb
+from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
+from surge.protocol.metadata import model_config, model_metadata, model_statistics
+from surge.protocol.types import EXTENSIONS, SERVER_NAME
+from surge.repository import check_name, check_version
+from surge.server.outcome import outcome_of
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ShuttingDownError(ServingError):
+    """A new request arrived while the server drains (HTTP 503, gRPC UNAVAILABLE)."""
+
+    status = 503
+
+
+class UnauthenticatedError(SurgeError):
+    """No or a wrong API key (gRPC UNAUTHENTICATED)."""
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def _version(text: str) -> int | None:
+    return check_version(text) if text else None
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    _, message = http_error(error)
+    code = grpc.StatusCode.UNAUTHENTICATED if isinstance(error, UnauthenticatedError) \
+        else grpc_code(error)
+    await context.abort(code, message)
+
+
+def _guarded(
+    method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]:
+    """Turn Surge errors into gRPC status codes; unexpected ones into INTERNAL."""
+
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            if method.__name__ not in _OPEN_METHODS:
+                self.authorize(context)
+            return await method(self, request, context)
+        except SurgeError as exc:
+            await _abort(context, exc)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            log.exception("unhandled error in %s", method.__name__)
+            await _abort(context, exc)
+        raise AssertionError("unreachable: context.abort raises")
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+_OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})  # health stays open, as over HTTP
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Serves the V2 gRPC protocol over an Engine."""
+
+    def __init__(self, engine: Any, api_key: str | None = None) -> None:
+        self.engine = engine
+        self.accepting = True
+        self._auth = f"Bearer {api_key}" if api_key else None
+
+    def authorize(self, context: grpc.aio.ServicerContext) -> None:
+        """Require `authorization: Bearer <key>` metadata when an API key is set."""
+        if self._auth is None:
+            return
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and value == self._auth:
+                return
+        raise UnauthenticatedError("missing or wrong API key: send 'authorization: Bearer <key>'")
+
+    @_guarded
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=self.engine.live())
+
+    @_guarded
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.accepting and self.engine.ready())
+
+    @_guarded
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        name, version = check_name(request.name), _version(request.version)
+        self.engine.model(name, version)
+        return pb.ModelReadyResponse(ready=self.engine.model_ready(name, version))
+
+    @_guarded
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=surge.__version__, extensions=list(EXTENSIONS)
+        )
+
+    @_guarded
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        handle = self.engine.model(check_name(request.name), _version(request.version))
+        return json_format.ParseDict(model_metadata(handle), pb.ModelMetadataResponse())
+
+    @_guarded
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        handle = self.engine.model(check_name(request.name), _version(request.version))
+        config = json_format.ParseDict(model_config(handle), pb.ModelConfig())
+        return pb.ModelConfigResponse(config=config)
+
+    @_guarded
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        response = pb.ModelStatisticsResponse()
+        for name, version in self._stat_targets(request):
+            entry = model_statistics(name, version, self.engine.stats(name, version))
+            json_format.ParseDict(entry, response.model_stats.add())
+        return response
+
+    def _stat_targets(self, request: Any) -> list[tuple[str, int]]:
+        if request.name:
+            handle = self.engine.model(check_name(request.name), _version(request.version))
+            return [(handle.name, handle.version)]
+        ready = [e for e in self.engine.index() if e.get("state") == "READY"]
+        return [(e["name"], self.engine.model(e["name"]).version) for e in ready]
+
+    @_guarded
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        response = pb.RepositoryIndexResponse()
+        for entry in self.engine.index():
+            if request.ready and entry.get("state") != "READY":
+                continue
+            response.models.add(
+                name=entry["name"], version=str(entry.get("version") or ""),
+                state=str(entry.get("state", "")), reason=str(entry.get("reason") or ""),
+            )
+        return response
+
+    @_guarded
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await self.engine.load(check_name(request.model_name))
+        return pb.RepositoryModelLoadResponse()
+
+    @_guarded
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self.engine.unload(check_name(request.model_name))
+        return pb.RepositoryModelUnloadResponse()
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        # Not @_guarded: the hot path counts outcomes itself. A client cancel cancels this
+        # coroutine, and with it the engine's await, which removes the request from the queue.
+        start = time.perf_counter()
+        name = request.model_name
+        try:
+            self.authorize(context)
+            if not self.accepting:
+                raise ShuttingDownError("server is shutting down")
+            version = _version(request.model_version)
+            decoded = decode_infer_request(request)
+            outputs = await self.engine.infer(
+                name, version, decoded.inputs, outputs=decoded.output_names,
+                priority=decoded.priority, timeout_us=decoded.timeout_us,
+                request_id=decoded.request_id,
+            )
+            served = version if version is not None else self.engine.model(name).version
+            response = encode_infer_response(name, served, decoded, outputs)
+        except SurgeError as exc:
+            self.engine.metrics.observe_request(name, outcome_of(exc), time.perf_counter() - start)
+            await _abort(context, exc)
+            raise AssertionError("unreachable") from exc
+        self.engine.metrics.observe_request(name, "success", time.perf_counter() - start)
+        return response
+
+
+async def start_grpc_server(
+    engine: Any, host: str, port: int, api_key: str | None = None
+) -> tuple[grpc.aio.Server, InferenceServicer, int]:
+    """Start a grpc.aio server on host:port (0 = any free port); returns (server, servicer, port)."""
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+    ])
+    servicer = InferenceServicer(engine, api_key)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise SurgeError(f"cannot bind gRPC to {host}:{port}")
+    await server.start()
+    return server, servicer, bound
+
+
+__all__ = ["InferenceServicer", "NotFoundError", "start_grpc_server"]

@@ -24,7 +24,10 @@ app = typer.Typer(
 console = Console()
 
 # Each area registers its own commands on `app` when imported.
-COMMAND_MODULES: tuple[str, ...] = ("surge.commands.demo", "surge.commands.data")
+COMMAND_MODULES: tuple[str, ...] = (
+    "surge.commands.demo", "surge.commands.data", "surge.commands.train",
+    "surge.commands.serve", "surge.commands.bench",
+)
 
 
 @app.command()

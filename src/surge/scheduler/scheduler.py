@@ -1,0 +1,301 @@
+"""One model's scheduler: a pure state machine over a bounded priority queue.
+
+No sockets, threads or clocks: the caller hands in `now` (seconds, monotonic) and acts on what
+comes back. The driver's loop is
+
+    expired = expire(now)                       # answer these with DeadlineExceededError
+    while (batch := next_batch(now, idle)):     # hand each batch to an idle worker
+    wake at next_wakeup(now, idle)              # or earlier, when a request or result arrives
+    complete(batch, outputs, now) / fail(batch) # per-request outputs / the requests to fail
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import replace
+
+import numpy as np
+
+from surge.errors import QueueFullError
+from surge.scheduler.types import Batch, Completed, Request, SchedulerConfig, ShapeKey
+
+_Entry = tuple[int, int, Request]  # (priority, arrival sequence, request): heap order
+
+
+class _KeyQueue:
+    """Requests of one shape key: a priority heap plus arrival order for the delay rule."""
+
+    __slots__ = ("heap", "arrivals", "items")
+
+    def __init__(self) -> None:
+        self.heap: list[_Entry] = []
+        self.arrivals: deque[Request] = deque()  # may hold gone requests; cleaned from the left
+        self.items = 0
+
+
+class Scheduler:
+    """Dynamic batching, priorities, deadlines and admission control for one model."""
+
+    def __init__(self, config: SchedulerConfig, *, batched: bool = True) -> None:
+        self.config = config
+        self.batched = batched
+        self._queues: dict[ShapeKey, _KeyQueue] = {}
+        self._live: dict[int, Request] = {}
+        self._deadlines: list[tuple[float, int]] = []  # (deadline, request id), lazy deletion
+        self._items_by_priority: dict[int, int] = {}
+        self._inflight: dict[int, Batch] = {}
+        self._batch_time: dict[int, float] = {}  # EWMA of seconds per batch, by batch size
+        self._seq = 0
+        self._next_batch_id = 0
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        """Requests waiting in the queue."""
+        return len(self._live)
+
+    @property
+    def inflight(self) -> int:
+        """Batches handed out and not yet completed or failed."""
+        return len(self._inflight)
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing in flight."""
+        return not self._live and not self._inflight
+
+    def batch_time(self, size: int) -> float | None:
+        """Estimated seconds to compute a batch of `size` items, from measured batches.
+
+        An unmeasured size takes the nearest larger measured size (compute time grows with
+        size, so this errs towards admitting less), else scales the largest smaller one.
+        """
+        if size in self._batch_time:
+            return self._batch_time[size]
+        if not self._batch_time:
+            return None
+        larger = [s for s in self._batch_time if s > size]
+        if larger:
+            return self._batch_time[min(larger)]
+        biggest = max(self._batch_time)
+        return self._batch_time[biggest] * size / biggest
+
+    # -- admission ---------------------------------------------------------------------------
+    def add(self, request: Request, now: float) -> Request:
+        """Queue `request` or raise QueueFullError at once; returns it with its deadline set."""
+        if request.id in self._live:
+            raise ValueError(f"request id {request.id} is already queued")
+        if request.batch_size > self.config.max_batch_size:
+            raise ValueError(
+                f"request brings {request.batch_size} items, max batch size is "
+                f"{self.config.max_batch_size}"
+            )
+        if len(self._live) >= self.config.max_queue_size:
+            raise QueueFullError(
+                f"queue full ({self.config.max_queue_size} requests waiting)",
+                retry_after_s=self._drain_time(now),
+            )
+        if request.deadline is None and self.config.default_timeout_s is not None:
+            request = replace(request, deadline=now + self.config.default_timeout_s)
+        if request.deadline is not None:
+            predicted = self.predicted_completion(request, now)
+            if predicted is not None and predicted > request.deadline:
+                raise QueueFullError(
+                    f"cannot meet the deadline: predicted completion in "
+                    f"{(predicted - now) * 1e3:.1f} ms, deadline in "
+                    f"{(request.deadline - now) * 1e3:.1f} ms",
+                    retry_after_s=self._drain_time(now),
+                )
+            heapq.heappush(self._deadlines, (request.deadline, request.id))
+        self._push(request)
+        return request
+
+    def predicted_completion(self, request: Request, now: float) -> float | None:
+        """When `request` would finish: wait for a busy worker, then the work queued ahead.
+
+        Work ahead is every queued item at the same or a more urgent priority; None while no
+        batch has been measured yet.
+        """
+        full_time = self.batch_time(self.config.max_batch_size)
+        if full_time is None:
+            return None
+        items = request.batch_size + sum(
+            n for p, n in self._items_by_priority.items() if p <= request.priority
+        )
+        return now + self._busy_wait(now) + self._work_time(items)
+
+    def _work_time(self, items: int) -> float:
+        """Seconds the workers need for `items` queued items, batched as fully as possible."""
+        full, rest = divmod(items, self.config.max_batch_size)
+        total = full * (self.batch_time(self.config.max_batch_size) or 0.0)
+        if rest:
+            total += self.batch_time(rest) or 0.0
+        return total / self.config.workers
+
+    def _busy_wait(self, now: float) -> float:
+        """Seconds until a worker frees up when all of them are computing."""
+        if len(self._inflight) < self.config.workers:
+            return 0.0
+        return min(
+            max(0.0, b.dispatched + (self.batch_time(b.size) or 0.0) - now)
+            for b in self._inflight.values()
+        )
+
+    def _drain_time(self, now: float) -> float:
+        """Retry-After hint: time to work off the current queue (1 s before any measurement)."""
+        if self.batch_time(self.config.max_batch_size) is None:
+            return 1.0
+        items = sum(self._items_by_priority.values())
+        return max(0.001, self._busy_wait(now) + self._work_time(items))
+
+    def _push(self, request: Request) -> None:
+        queue = self._queues.get(request.key)
+        if queue is None:
+            queue = self._queues[request.key] = _KeyQueue()
+        self._seq += 1
+        heapq.heappush(queue.heap, (request.priority, self._seq, request))
+        queue.arrivals.append(request)
+        queue.items += request.batch_size
+        self._live[request.id] = request
+        self._count(request, +1)
+
+    def _count(self, request: Request, sign: int) -> None:
+        level = self._items_by_priority.get(request.priority, 0) + sign * request.batch_size
+        if level:
+            self._items_by_priority[request.priority] = level
+        else:
+            self._items_by_priority.pop(request.priority, None)
+
+    # -- removal -----------------------------------------------------------------------------
+    def cancel(self, request_id: int) -> Request | None:
+        """Remove a queued request; None when it is not queued (already dispatched or gone)."""
+        request = self._live.get(request_id)
+        if request is None:
+            return None
+        self._remove(request)
+        return request
+
+    def expire(self, now: float) -> list[Request]:
+        """Remove and return the queued requests whose deadline has passed."""
+        expired: list[Request] = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, request_id = heapq.heappop(self._deadlines)
+            request = self._live.get(request_id)
+            if request is not None:
+                self._remove(request)
+                expired.append(request)
+        return expired
+
+    def drain(self) -> list[Request]:
+        """Remove and return every queued request (shutdown past its grace period)."""
+        requests = list(self._live.values())
+        for request in requests:
+            self._remove(request)
+        return requests
+
+    def _remove(self, request: Request) -> None:
+        # Rare (cancel, expiry): an O(n) rebuild keeps the heaps free of dead entries.
+        queue = self._queues[request.key]
+        queue.heap = [e for e in queue.heap if e[2] is not request]
+        heapq.heapify(queue.heap)
+        queue.items -= request.batch_size
+        del self._live[request.id]
+        self._count(request, -1)
+        self._forget_empty(request.key, queue)
+
+    def _forget_empty(self, key: ShapeKey, queue: _KeyQueue) -> None:
+        if not queue.heap:
+            del self._queues[key]
+
+    # -- batching ----------------------------------------------------------------------------
+    def next_batch(self, now: float, idle_workers: int) -> Batch | None:
+        """The next batch to compute, or None (no idle worker, or waiting for more requests).
+
+        Call `expire(now)` first: expired requests still queued would be batched.
+        """
+        if idle_workers < 1 or not self._live:
+            return None
+        for key, queue in sorted(self._queues.items(), key=lambda kv: kv[1].heap[0][:2]):
+            taken = self._choose(queue, now)
+            if taken:
+                return self._dispatch(key, queue, taken, now)
+        return None
+
+    def _choose(self, queue: _KeyQueue, now: float) -> int:
+        """How many requests (from the head, in priority order) to dispatch now; 0 = wait."""
+        limit = self.config.max_batch_size
+        sizes = np.cumsum([e[2].batch_size for e in heapq.nsmallest(limit, queue.heap)])
+        fits = int(np.searchsorted(sizes, limit, side="right"))  # requests that fit one batch
+        if self._due(queue, now):
+            return fits
+        for preferred in sorted(self.config.preferred_batch_sizes, reverse=True):
+            hit = int(np.searchsorted(sizes[:fits], preferred))
+            if hit < fits and sizes[hit] == preferred:
+                return hit + 1
+        return 0
+
+    def _due(self, queue: _KeyQueue, now: float) -> bool:
+        """Dispatch without waiting: batch full, oldest request waited long enough, or no batching."""
+        if queue.items >= self.config.max_batch_size or self.config.max_batch_size == 1:
+            return True
+        return now >= self._oldest(queue).arrival + self.config.max_queue_delay_s
+
+    def _oldest(self, queue: _KeyQueue) -> Request:
+        while self._live.get(queue.arrivals[0].id) is not queue.arrivals[0]:
+            queue.arrivals.popleft()
+        return queue.arrivals[0]
+
+    def _dispatch(self, key: ShapeKey, queue: _KeyQueue, count: int, now: float) -> Batch:
+        requests = tuple(heapq.heappop(queue.heap)[2] for _ in range(count))
+        offsets = [0]
+        for request in requests:
+            offsets.append(offsets[-1] + request.batch_size)
+            del self._live[request.id]
+            self._count(request, -1)
+        queue.items -= offsets[-1]
+        self._forget_empty(key, queue)
+        self._next_batch_id += 1
+        batch = Batch(self._next_batch_id, requests, tuple(offsets), now, self.batched)
+        self._inflight[batch.id] = batch
+        return batch
+
+    def next_wakeup(self, now: float, idle_workers: int = 1) -> float | None:
+        """When to call again without news: the next deadline, or a batch delay running out.
+
+        Batch delays only count while a worker is idle; a completing batch wakes the driver
+        otherwise.
+        """
+        times: list[float] = []
+        while self._deadlines and self._deadlines[0][1] not in self._live:
+            heapq.heappop(self._deadlines)
+        if self._deadlines:
+            times.append(self._deadlines[0][0])
+        if idle_workers > 0:
+            times.extend(
+                self._oldest(q).arrival + self.config.max_queue_delay_s
+                for q in self._queues.values()
+            )
+        return min(times) if times else None
+
+    # -- results -----------------------------------------------------------------------------
+    def complete(
+        self, batch: Batch, outputs: Mapping[str, np.ndarray], now: float
+    ) -> list[Completed]:
+        """Record the batch's compute time and split its outputs back to its requests."""
+        self._inflight.pop(batch.id, None)
+        self._record(batch.size, now - batch.dispatched)
+        return [Completed(r, o) for r, o in zip(batch.requests, batch.split(outputs), strict=True)]
+
+    def fail(self, batch: Batch) -> tuple[Request, ...]:
+        """Forget a batch whose computation failed; returns its requests to answer."""
+        self._inflight.pop(batch.id, None)
+        return batch.requests
+
+    def _record(self, size: int, seconds: float) -> None:
+        previous = self._batch_time.get(size)
+        alpha = self.config.ewma_alpha
+        self._batch_time[size] = seconds if previous is None else (
+            alpha * seconds + (1 - alpha) * previous
+        )
+

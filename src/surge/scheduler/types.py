@@ -1,0 +1,96 @@
+"""Declared data the scheduler works on: queued requests, batches, its own config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# (input name, dtype, shape without the batch dim) for every input: requests share a batch only
+# when their keys are equal.
+ShapeKey = tuple[tuple[str, str, tuple[int, ...]], ...]
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The batching and admission rules of one model's queue (times in seconds)."""
+
+    max_batch_size: int = 1  # items per batch; 1 with batching off
+    max_queue_delay_s: float = 0.002  # longest the oldest request waits for others to join
+    preferred_batch_sizes: tuple[int, ...] = ()  # dispatch at once when one of these is reached
+    max_queue_size: int = 256  # queued requests beyond this are rejected
+    default_timeout_s: float | None = None  # deadline for requests that bring none
+    workers: int = 1  # batches computed in parallel, for the completion-time prediction
+    ewma_alpha: float = 0.2  # weight of the newest measurement in the compute-time average
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        bad = [s for s in self.preferred_batch_sizes if not 1 <= s <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"preferred batch sizes {bad} are outside 1..{self.max_batch_size}")
+
+
+def shape_key(inputs: Mapping[str, np.ndarray], batched: bool) -> ShapeKey:
+    """What must match for two requests to be computed in one batch."""
+    return tuple(
+        (name, array.dtype.str, tuple(array.shape[1:] if batched else array.shape))
+        for name, array in sorted(inputs.items())
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    """One queued inference request. `id` is unique per scheduler; `seq` orders arrivals."""
+
+    id: int
+    inputs: Mapping[str, np.ndarray]
+    batch_size: int  # items this request brings (its dim 0; 1 for non-batched models)
+    key: ShapeKey
+    arrival: float
+    deadline: float | None = None
+    priority: int = 0  # lower is served first; 0 is the default level
+    outputs: tuple[str, ...] | None = None  # requested outputs; None = all
+    request_id: str = ""  # the client's id, for logs
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """Requests computed together; request i owns rows offsets[i]:offsets[i+1] of each tensor."""
+
+    id: int
+    requests: tuple[Request, ...]
+    offsets: tuple[int, ...]
+    dispatched: float
+    batched: bool = True
+
+    @property
+    def size(self) -> int:
+        return self.offsets[-1]
+
+    def split(self, outputs: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Per-request outputs, in `requests` order, copied out of the batch buffers.
+
+        Copies because the batch buffers are reused (shared-memory slots) once this returns.
+        """
+        if not self.batched:
+            return [{n: np.array(a, copy=True) for n, a in outputs.items()}]
+        results = []
+        for i, request in enumerate(self.requests):
+            start, stop = self.offsets[i], self.offsets[i + 1]
+            names = request.outputs if request.outputs is not None else outputs.keys()
+            results.append({n: outputs[n][start:stop].copy() for n in names})
+        return results
+
+
+@dataclass(frozen=True)
+class Completed:
+    """What `Scheduler.complete` hands back: a request and its own outputs."""
+
+    request: Request
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)

@@ -1,0 +1,46 @@
+"""Prometheus metrics of one server, in a registry of its own (several servers per process in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets from 0.5 ms to 30 s: tiny models answer in about a millisecond, large
+# batches on CPU take seconds.
+_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            10.0, 30.0)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class SurgeMetrics:
+    """Request, queue, compute and worker metrics, labelled by model."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("surge_requests", "Finished inference requests by outcome.",
+                                ["model", "outcome"], registry=r)
+        self.request_duration = Histogram(
+            "surge_request_duration_seconds", "Time from receiving a request to answering it.",
+            ["model"], buckets=_SECONDS, registry=r)
+        self.queue_duration = Histogram(
+            "surge_queue_duration_seconds", "Time a request waited in the queue for its batch.",
+            ["model"], buckets=_SECONDS, registry=r)
+        self.compute_duration = Histogram(
+            "surge_compute_duration_seconds",
+            "Time from dispatching a batch to a worker to having its outputs back.",
+            ["model"], buckets=_SECONDS, registry=r)
+        self.batch_size = Histogram("surge_batch_size", "Items per computed batch.", ["model"],
+                                    buckets=_BATCH, registry=r)
+        self.queue_depth = Gauge("surge_queue_depth", "Requests waiting in the queue.", ["model"],
+                                 registry=r)
+        self.rejected = Counter("surge_rejected", "Requests rejected at admission.",
+                                ["model", "reason"], registry=r)
+        self.expired = Counter("surge_expired", "Requests whose deadline passed while queued.",
+                               ["model"], registry=r)
+        self.worker_restarts = Counter("surge_worker_restarts", "Worker processes restarted.",
+                                       ["model"], registry=r)
+
+    def observe_request(self, model: str, outcome: str, seconds: float) -> None:
+        """Count one finished request (outcome: success, rejected, expired, ...) and its duration."""
+        self.requests.labels(model, outcome).inc()
+        self.request_duration.labels(model).observe(seconds)

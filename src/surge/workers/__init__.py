@@ -1,0 +1,15 @@
+"""Compute workers: one process per model instance, tensors through shared memory."""
+
+from surge.workers.pool import Placement, WorkerPool, available_cores, plan_instances
+from surge.workers.transport import PipeTransport, ShmTransport, Transport, make_transport
+
+__all__ = [
+    "PipeTransport",
+    "Placement",
+    "ShmTransport",
+    "Transport",
+    "WorkerPool",
+    "available_cores",
+    "make_transport",
+    "plan_instances",
+]

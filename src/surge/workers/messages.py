@@ -1,0 +1,73 @@
+"""Control messages between the front end and a worker: small frozen dataclasses only.
+
+Tensors never travel inside these: they sit in a shared-memory slot (or follow as raw bytes on
+the pipe with the pipe transport), and `TensorMeta` says where.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from surge.runtimes.base import Signature
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """Where one tensor lies in a buffer. `dtype` is a numpy dtype string, or "BYTES"."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class RunBatch:
+    """Front end -> worker: compute the batch whose inputs are in `input_slot`.
+
+    An empty `input_slot` means the input bytes follow on the pipe. Outputs go to
+    `output_slot` when they fit (empty: always inline).
+    """
+
+    batch_id: int
+    tensors: tuple[TensorMeta, ...]
+    input_slot: str = ""
+    output_slot: str = ""
+    output_capacity: int = 0
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    """Worker -> front end: outputs are in the output slot, or follow on the pipe (`inline`)."""
+
+    batch_id: int
+    tensors: tuple[TensorMeta, ...] = ()
+    inline: bool = False
+    needed: int = 0  # bytes the outputs took: lets the front end grow a too small slot
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+    error: str = ""  # the runner raised: the batch's requests fail, the worker lives on
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Worker -> front end: model loaded and a warm-up batch run."""
+
+    pid: int
+    threads: int
+    device: str
+    signature: Signature
+
+
+@dataclass(frozen=True)
+class LoadFailed:
+    """Worker -> front end: the model could not be loaded; the worker exits."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Front end -> worker: finish and exit."""

@@ -1,0 +1,329 @@
+"""A pool of worker processes serving one model version, driven from the front end's event loop.
+
+Results are read without blocking the loop: each worker's pipe is registered with
+`loop.add_reader`. A worker that dies (even SIGKILL) closes its pipe: the reader sees EOF at
+once, its in-flight batch is failed with WorkerCrashedError, and it is restarted with
+exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+import numpy as np
+
+from surge.datatypes import v2_to_numpy
+from surge.errors import ConfigError, ModelLoadError, ServingError, WorkerCrashedError
+from surge.runtimes.base import Signature, TensorSpec
+from surge.scheduler.types import Batch
+from surge.workers.messages import BatchDone, LoadFailed, Ready, Stop
+from surge.workers.transport import Transport, make_transport
+from surge.workers.worker import WorkerSpec, worker_main
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START_S = 0.1
+BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 10.0  # a worker alive this long resets the backoff
+_BYTES_GUESS = 64  # bytes per BYTES element when sizing a slot
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one instance runs and with how many intra-op threads."""
+
+    device: str
+    threads: int
+
+
+def plan_instances(instances: int, threads: int, device: str, cores: int,
+                   cuda_devices: int = 0) -> list[Placement]:
+    """Instances x threads that fit `cores`; with CUDA, `instances` on every device."""
+    devices = [device]
+    if device == "cuda":
+        if cuda_devices < 1:
+            raise ConfigError("device 'cuda' requested but no CUDA device is available")
+        devices = [f"cuda:{i}" for i in range(cuda_devices)]
+    total = instances * len(devices)
+    per = threads or max(1, cores // total)
+    if total * per > cores:
+        raise ConfigError(
+            f"instances x threads = {total} x {per} = {total * per} does not fit {cores} cores; "
+            f"lower 'instances' or 'threads'"
+        )
+    return [Placement(d, per) for d in devices for _ in range(instances)]
+
+
+def cuda_device_count(device: str) -> int:
+    """CUDA devices, asked only when the config names CUDA (importing torch is slow)."""
+    if not device.startswith("cuda"):
+        return 0
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+def slot_bytes(specs: tuple[TensorSpec, ...], batch: int) -> int:
+    """Bytes for `batch` items of `specs`, variable dims taken as 1 (slots grow when needed)."""
+    total = 0
+    for spec in specs:
+        dims = spec.shape[1:] if batch > 1 else spec.shape
+        items = int(np.prod([max(d, 1) for d in dims])) * max(batch, 1)
+        size = _BYTES_GUESS if spec.datatype == "BYTES" else v2_to_numpy(spec.datatype).itemsize
+        total += items * size + 64
+    return total
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DEAD = "dead"
+
+
+@dataclass
+class Worker:
+    """The front end's view of one worker process."""
+
+    index: int
+    placement: Placement
+    process: BaseProcess
+    conn: Connection
+    started: float
+    state: State = State.STARTING
+    transport: Transport | None = None
+    batch: Batch | None = None
+    load_error: str = ""
+
+    @property
+    def idle(self) -> bool:
+        return self.state is State.READY and self.batch is None
+
+
+# Called with (batch, outputs or None, error or None, done message or None).
+DoneCallback = Callable[[Batch, "dict[str, np.ndarray] | None", "Exception | None",
+                         "BatchDone | None"], None]
+
+
+class WorkerPool:
+    """The instances of one model version: start, dispatch, crash handling, restart, stop."""
+
+    def __init__(
+        self,
+        root: str,
+        ref: str,
+        version: int | None,
+        placements: list[Placement],
+        on_done: DoneCallback,
+        *,
+        transport: str | None = None,
+        on_restart: Callable[[], None] | None = None,
+        max_batch_size: int = 1,
+    ) -> None:
+        self.root, self.ref, self.version = root, ref, version
+        self.placements = placements
+        self.signature: Signature | None = None
+        self._on_done = on_done
+        self._on_restart = on_restart
+        self._transport_kind = transport
+        self._max_batch = max(1, max_batch_size)
+        self._workers: list[Worker | None] = [None] * len(placements)
+        self._failures = [0] * len(placements)
+        self._restarts: dict[int, asyncio.TimerHandle] = {}
+        self._warm = False  # every instance has been ready once
+        self._stopping = False
+        self._changed = asyncio.Event()
+        self._ctx = mp.get_context("spawn")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.restarts = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Spawn every instance and wait until all have loaded and run a warm-up batch."""
+        self._loop = asyncio.get_running_loop()
+        for index in range(len(self.placements)):
+            self._spawn(index)
+        while not all(w is not None and w.state is State.READY for w in self._workers):
+            failed = [w for w in self._workers if w is not None and w.state is State.DEAD]
+            if failed:
+                await self.stop(0.0)
+                raise ModelLoadError(f"model {self.ref!r}: {failed[0].load_error or 'worker exited'}")
+            self._changed.clear()
+            await self._changed.wait()
+        self._warm = True
+
+    @property
+    def ready(self) -> bool:
+        """All instances warmed up once, and at least one alive now."""
+        return self._warm and not self._stopping and any(
+            w is not None and w.state is State.READY for w in self._workers
+        )
+
+    @property
+    def idle_count(self) -> int:
+        return sum(1 for w in self._workers if w is not None and w.idle)
+
+    @property
+    def busy_count(self) -> int:
+        return sum(1 for w in self._workers if w is not None and w.batch is not None)
+
+    @property
+    def transports(self) -> list[Transport]:
+        return [w.transport for w in self._workers if w is not None and w.transport is not None]
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers
+                if w is not None and w.state is State.READY and w.process.pid is not None]
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop every worker (after `timeout_s` they are killed) and free the shared memory.
+
+        The caller drains first: batches still in flight here fail with WorkerCrashedError.
+        """
+        self._stopping = True
+        for handle in self._restarts.values():
+            handle.cancel()
+        self._restarts.clear()
+        workers = [w for w in self._workers if w is not None]
+        for worker in workers:
+            if worker.state is not State.DEAD:
+                with contextlib.suppress(OSError):
+                    worker.conn.send(Stop())
+        deadline = time.monotonic() + timeout_s
+        for worker in workers:
+            await asyncio.to_thread(worker.process.join, max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                await asyncio.to_thread(worker.process.join, 5.0)
+            self._close(worker, WorkerCrashedError("model is being stopped"))
+        for worker in workers:
+            if worker.transport is not None:
+                worker.transport.close()
+                worker.transport = None
+
+    # -- processes ---------------------------------------------------------------------------
+    def _spawn(self, index: int) -> None:
+        self._restarts.pop(index, None)
+        placement = self.placements[index]
+        spec = WorkerSpec(self.root, self.ref, self.version, placement.threads, placement.device,
+                          index)
+        parent, child = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(target=worker_main, args=(spec, child), daemon=True,
+                                    name=f"surge-worker-{self.ref}-{index}")
+        process.start()
+        child.close()  # only the worker holds its end: its death is EOF here
+        old = self._workers[index]
+        worker = Worker(index, placement, process, parent, time.monotonic(),
+                        transport=old.transport if old is not None else None)
+        self._workers[index] = worker
+        assert self._loop is not None
+        self._loop.add_reader(parent.fileno(), self._readable, worker)
+
+    def _readable(self, worker: Worker) -> None:
+        try:
+            while worker.state is not State.DEAD and worker.conn.poll():
+                self._handle(worker, worker.conn.recv())
+        except (EOFError, OSError):
+            self._crashed(worker)
+
+    def _handle(self, worker: Worker, message: object) -> None:
+        if isinstance(message, BatchDone):
+            self._finished(worker, message)
+        elif isinstance(message, Ready):
+            self._ready(worker, message)
+        elif isinstance(message, LoadFailed):
+            worker.load_error = message.error
+
+    def _ready(self, worker: Worker, message: Ready) -> None:
+        if self.signature is None:
+            self.signature = message.signature
+        if worker.transport is None:
+            worker.transport = make_transport(
+                self._transport_kind,
+                slot_bytes(message.signature.inputs, self._max_batch),
+                slot_bytes(message.signature.outputs, self._max_batch),
+            )
+        worker.state = State.READY
+        log.info("worker %s[%d] ready (pid %d, %d threads, %s)", self.ref, worker.index,
+                 message.pid, message.threads, message.device)
+        self._changed.set()
+
+    def _crashed(self, worker: Worker) -> None:
+        was_ready = worker.state is State.READY or worker.batch is not None
+        code = worker.process.exitcode
+        self._close(worker, WorkerCrashedError(
+            f"worker {worker.index} of model {self.ref!r} died (exit code {code})"
+            " while computing this request"
+        ))
+        self._changed.set()
+        if self._stopping or not self._warm:
+            return  # start() reports a failed first load; stop() needs no restart
+        stable = time.monotonic() - worker.started >= STABLE_AFTER_S
+        self._failures[worker.index] = 0 if stable and was_ready else self._failures[worker.index]
+        delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** self._failures[worker.index])
+        self._failures[worker.index] += 1
+        self.restarts += 1
+        if self._on_restart is not None:
+            self._on_restart()
+        log.warning("worker %s[%d] died (exit code %s); restarting in %.1fs", self.ref,
+                    worker.index, code, delay)
+        assert self._loop is not None
+        self._restarts[worker.index] = self._loop.call_later(delay, self._spawn, worker.index)
+
+    def _close(self, worker: Worker, error: Exception) -> None:
+        """Forget a worker's process and pipe; fail its in-flight batch with `error`."""
+        if worker.state is not State.DEAD:
+            worker.state = State.DEAD
+            assert self._loop is not None
+            self._loop.remove_reader(worker.conn.fileno())
+            worker.conn.close()
+            if worker.process.is_alive():
+                worker.process.kill()
+            worker.process.join(1.0)
+        batch, worker.batch = worker.batch, None
+        if batch is not None:
+            self._on_done(batch, None, error, None)
+
+    # -- batches -----------------------------------------------------------------------------
+    def dispatch(self, batch: Batch) -> None:
+        """Send `batch` to an idle worker (the caller checked `idle_count`)."""
+        worker = next(w for w in self._workers if w is not None and w.idle)
+        assert worker.transport is not None
+        worker.batch = batch
+        parts = {name: [r.inputs[name] for r in batch.requests] for name in batch.requests[0].inputs}
+        try:
+            worker.transport.send(worker.conn, batch.id, parts)
+        except OSError:
+            self._crashed(worker)
+
+    def _finished(self, worker: Worker, done: BatchDone) -> None:
+        batch = worker.batch
+        assert worker.transport is not None
+        if batch is None or batch.id != done.batch_id:
+            log.error("worker %s[%d] answered batch %d it was not given", self.ref, worker.index,
+                      done.batch_id)
+            return
+        if done.error:
+            worker.batch = None
+            self._on_done(batch, None, ServingError(f"model {self.ref!r} failed: {done.error}"), done)
+            return
+        outputs = worker.transport.receive(worker.conn, done)
+        # Outputs view the worker's output slot: consume them before the worker gets more work.
+        self._on_done(batch, outputs, None, done)
+        worker.batch = None

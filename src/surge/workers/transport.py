@@ -1,0 +1,303 @@
+"""How batch tensors move between the front end and a worker.
+
+`ShmTransport` (the default) writes each batch straight from the requests' arrays into a
+per-worker shared-memory input slot and reads outputs from a per-worker output slot; only a
+`RunBatch`/`BatchDone` control message crosses the pipe. `PipeTransport` is the fallback that
+copies the same packed bytes through the pipe. Neither pickles a tensor.
+
+The front end creates (and so owns and unlinks) every segment; a worker only attaches, so a
+worker killed with SIGKILL leaks nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import time
+from collections.abc import Callable, Mapping, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from typing import Protocol
+
+import numpy as np
+
+from surge.workers.messages import BatchDone, RunBatch, TensorMeta
+
+ALIGN = 64  # cache-line aligned tensors
+BYTES = "BYTES"
+TRANSPORTS = ("shm", "pipe")
+TRANSPORT_ENV = "SURGE_TRANSPORT"
+_LEN = struct.Struct("<I")
+
+Parts = Mapping[str, Sequence[np.ndarray]]  # tensor name -> pieces joined along dim 0
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def encode_bytes(arrays: Sequence[np.ndarray]) -> bytes:
+    """BYTES elements as the V2 wire format does: 4-byte little-endian length, then the bytes."""
+    out = bytearray()
+    for array in arrays:
+        for item in array.reshape(-1):
+            data = item if isinstance(item, bytes) else str(item).encode()
+            out += _LEN.pack(len(data))
+            out += data
+    return bytes(out)
+
+
+def decode_bytes(buffer: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+    count = int(np.prod(shape))
+    items: list[bytes] = []
+    pos = 0
+    for _ in range(count):
+        (length,) = _LEN.unpack_from(buffer, pos)
+        items.append(bytes(buffer[pos + 4:pos + 4 + length]))
+        pos += 4 + length
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
+def _joined_shape(pieces: Sequence[np.ndarray]) -> tuple[int, ...]:
+    if len(pieces) == 1:
+        return tuple(pieces[0].shape)
+    return (sum(p.shape[0] for p in pieces), *pieces[0].shape[1:])
+
+
+def pack(parts: Parts, alloc: Callable[[int], memoryview]) -> tuple[TensorMeta, ...]:
+    """Lay out `parts` in one buffer from `alloc(total_bytes)` and copy them in.
+
+    Pieces of one tensor are copied next to each other, so a batch is formed without an
+    intermediate concatenation.
+    """
+    metas: list[TensorMeta] = []
+    encoded: dict[str, bytes] = {}
+    offset = 0
+    for name, pieces in parts.items():
+        shape = _joined_shape(pieces)
+        if pieces[0].dtype == object:
+            encoded[name] = encode_bytes(pieces)
+            dtype, nbytes = BYTES, len(encoded[name])
+        else:
+            dtype, nbytes = pieces[0].dtype.str, sum(p.nbytes for p in pieces)
+        metas.append(TensorMeta(name, dtype, shape, offset, nbytes))
+        offset = _aligned(offset + nbytes)
+    buffer = alloc(offset)
+    for meta in metas:
+        if meta.dtype == BYTES:
+            buffer[meta.offset:meta.offset + meta.nbytes] = encoded[meta.name]
+            continue
+        target = np.ndarray(meta.shape, np.dtype(meta.dtype), buffer, meta.offset)
+        pieces = parts[meta.name]
+        if len(pieces) == 1:
+            np.copyto(target, pieces[0], casting="no")
+            continue
+        row = 0
+        for piece in pieces:
+            target[row:row + piece.shape[0]] = piece
+            row += piece.shape[0]
+    return tuple(metas)
+
+
+def unpack(metas: Sequence[TensorMeta], buffer: memoryview) -> dict[str, np.ndarray]:
+    """Arrays viewing `buffer` (no copy; BYTES tensors are decoded)."""
+    out: dict[str, np.ndarray] = {}
+    for meta in metas:
+        if meta.dtype == BYTES:
+            out[meta.name] = decode_bytes(buffer[meta.offset:meta.offset + meta.nbytes], meta.shape)
+        else:
+            out[meta.name] = np.ndarray(meta.shape, np.dtype(meta.dtype), buffer, meta.offset)
+    return out
+
+
+class Transport(Protocol):
+    """The front end's end of one worker's tensor channel."""
+
+    kind: str
+
+    def send(self, conn: Connection, batch_id: int, parts: Parts) -> None:
+        """Write a batch's inputs and tell the worker to compute it."""
+
+    def receive(self, conn: Connection, done: BatchDone) -> dict[str, np.ndarray]:
+        """The outputs of `done`, valid until the next `send` (views of a reused buffer)."""
+
+    def close(self) -> None:
+        """Free the channel's buffers."""
+
+
+class Slot:
+    """A growable shared-memory segment created and unlinked by the front end."""
+
+    def __init__(self, size: int) -> None:
+        self.shm = SharedMemory(create=True, size=max(ALIGN, size))
+
+    @property
+    def name(self) -> str:
+        return self.shm.name
+
+    @property
+    def size(self) -> int:
+        return self.shm.size
+
+    @property
+    def buf(self) -> memoryview:
+        return _buffer(self.shm)
+
+    def ensure(self, size: int) -> memoryview:
+        """The segment's buffer, replaced by a bigger one (grown 1.5x) when `size` does not fit.
+
+        The worker attaches to the new name on its next batch; unlinking the old one here is
+        safe because a worker holds at most one batch, which is finished by now.
+        """
+        if size > self.shm.size:
+            self.close()
+            self.shm = SharedMemory(create=True, size=max(size, self.shm.size * 3 // 2))
+        return self.buf
+
+    def close(self) -> None:
+        self.shm.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.shm.unlink()
+
+
+class ShmTransport:
+    """Tensors in per-worker shared-memory slots; control messages on the pipe."""
+
+    kind = "shm"
+
+    def __init__(self, input_bytes: int, output_bytes: int) -> None:
+        self.inputs = Slot(input_bytes)
+        self.outputs = Slot(output_bytes)
+
+    def send(self, conn: Connection, batch_id: int, parts: Parts) -> None:
+        metas = pack(parts, self.inputs.ensure)
+        conn.send(RunBatch(batch_id, metas, self.inputs.name, self.outputs.name, self.outputs.size))
+
+    def receive(self, conn: Connection, done: BatchDone) -> dict[str, np.ndarray]:
+        if done.inline:
+            # The outputs did not fit: they came on the pipe; grow for the next batches.
+            outputs = unpack(done.tensors, memoryview(conn.recv_bytes()))
+            self.outputs.ensure(done.needed)
+            return outputs
+        return unpack(done.tensors, self.outputs.buf)
+
+    def close(self) -> None:
+        self.inputs.close()
+        self.outputs.close()
+
+
+class PipeTransport:
+    """Fallback: the packed tensor bytes are copied through the pipe after each message."""
+
+    kind = "pipe"
+
+    def send(self, conn: Connection, batch_id: int, parts: Parts) -> None:
+        payload = bytearray()
+
+        def alloc(size: int) -> memoryview:
+            payload.extend(bytes(size))
+            return memoryview(payload)
+
+        metas = pack(parts, alloc)
+        conn.send(RunBatch(batch_id, metas))
+        conn.send_bytes(payload)
+
+    def receive(self, conn: Connection, done: BatchDone) -> dict[str, np.ndarray]:
+        return unpack(done.tensors, memoryview(conn.recv_bytes()))
+
+    def close(self) -> None:
+        """Nothing to free."""
+
+
+def make_transport(kind: str | None, input_bytes: int, output_bytes: int) -> Transport:
+    """The transport named by `kind`, or by $SURGE_TRANSPORT, default shared memory."""
+    kind = kind or os.environ.get(TRANSPORT_ENV, "shm")
+    if kind == "shm":
+        return ShmTransport(input_bytes, output_bytes)
+    if kind == "pipe":
+        return PipeTransport()
+    from surge.errors import ConfigError
+
+    raise ConfigError(f"{TRANSPORT_ENV}={kind!r}: expected one of {', '.join(TRANSPORTS)}")
+
+
+class WorkerEnd:
+    """A worker's end: reads inputs and writes outputs for either transport."""
+
+    def __init__(self) -> None:
+        self._attached: dict[str, SharedMemory] = {}
+
+    def _segment(self, name: str) -> SharedMemory:
+        shm = self._attached.get(name)
+        if shm is None:
+            shm = self._attached[name] = SharedMemory(name=name)
+            self._forget_replaced(keep=name)
+        return shm
+
+    def _forget_replaced(self, keep: str) -> None:
+        # A grown slot replaced an older segment: drop mappings the front end unlinked.
+        for name in list(self._attached):
+            if name != keep and not os.path.exists(f"/dev/shm/{name.lstrip('/')}"):
+                self._attached.pop(name).close()
+
+    def inputs(self, conn: Connection, message: RunBatch) -> dict[str, np.ndarray]:
+        if message.input_slot:
+            return unpack(message.tensors, _buffer(self._segment(message.input_slot)))
+        return unpack(message.tensors, memoryview(conn.recv_bytes()))
+
+    def reply(self, conn: Connection, message: RunBatch, outputs: Mapping[str, np.ndarray],
+              done: BatchDone) -> None:
+        """Write `outputs` into the output slot when they fit, else inline on the pipe."""
+        start = time.perf_counter_ns()
+        parts = {n: [np.ascontiguousarray(a)] for n, a in outputs.items()}
+        if message.output_slot:
+            segment = self._segment(message.output_slot)
+            sized: list[int] = []
+
+            def alloc(size: int) -> memoryview:
+                sized.append(size)
+                if size > segment.size:
+                    raise _DoesNotFitError
+                return _buffer(segment)
+
+            try:
+                metas = pack(parts, alloc)
+            except _DoesNotFitError:
+                pass
+            else:
+                conn.send(_with(done, metas, False, sized[0], time.perf_counter_ns() - start))
+                return
+        payload = bytearray()
+
+        def grow(size: int) -> memoryview:
+            payload.extend(bytes(size))
+            return memoryview(payload)
+
+        metas = pack(parts, grow)
+        conn.send(_with(done, metas, True, len(payload), time.perf_counter_ns() - start))
+        conn.send_bytes(payload)
+
+    def close(self) -> None:
+        for shm in self._attached.values():
+            with contextlib.suppress(BufferError):  # a view still alive: unmapped at exit
+                shm.close()
+        self._attached.clear()
+
+
+def _buffer(shm: SharedMemory) -> memoryview:
+    buf = shm.buf
+    assert buf is not None, "shared memory segment is closed"
+    return buf
+
+
+class _DoesNotFitError(Exception):
+    """The outputs are larger than the output slot."""
+
+
+def _with(done: BatchDone, metas: tuple[TensorMeta, ...], inline: bool, needed: int,
+          output_ns: int) -> BatchDone:
+    return BatchDone(done.batch_id, metas, inline, needed, done.input_ns, done.infer_ns,
+                     output_ns, done.error)

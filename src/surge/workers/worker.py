@@ -1,0 +1,88 @@
+"""The worker process: load one model instance, warm it up, then compute batches until told to stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from surge.runtimes.base import Runner
+from surge.workers.messages import BatchDone, LoadFailed, Ready, RunBatch, Stop
+from surge.workers.transport import WorkerEnd
+
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to load its model itself (picklable: crosses the spawn)."""
+
+    root: str
+    ref: str  # model name, or name@variant
+    version: int | None
+    threads: int
+    device: str
+    index: int = 0
+
+
+def worker_main(spec: WorkerSpec, conn: Connection) -> None:
+    """Process entry point (spawn): load, warm up, report Ready, serve."""
+    # The front end owns shutdown: it sends Stop, or the pipe closes when it dies.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for name in _THREAD_ENV:  # before any engine is imported in this process
+        os.environ[name] = str(spec.threads)
+    try:
+        runner = _load(spec)
+    except Exception as exc:  # any failure is reported, then the worker exits
+        conn.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
+        conn.close()
+        return
+    conn.send(Ready(os.getpid(), spec.threads, spec.device, runner.signature))
+    serve(runner, conn)
+
+
+def _load(spec: WorkerSpec) -> Runner:
+    from surge.repository import Repository
+    from surge.runtimes import RunnerOptions
+
+    options = RunnerOptions(intra_op_threads=spec.threads, device=spec.device)
+    runner = Repository(spec.root).load(spec.ref, spec.version, options).runner
+    runner.warmup()
+    return runner
+
+
+def serve(runner: Runner, conn: Connection) -> None:
+    """Compute each RunBatch and answer BatchDone, until Stop or the front end goes away."""
+    end = WorkerEnd()
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            if isinstance(message, Stop):
+                break
+            if isinstance(message, RunBatch):
+                _run(runner, conn, end, message)
+    finally:
+        end.close()
+        conn.close()
+
+
+def _run(runner: Runner, conn: Connection, end: WorkerEnd, message: RunBatch) -> None:
+    started = time.perf_counter_ns()
+    inputs = end.inputs(conn, message)
+    loaded = time.perf_counter_ns()
+    try:
+        outputs = runner.run(inputs)
+    except Exception as exc:  # a bad batch fails its requests, not the worker
+        conn.send(BatchDone(message.batch_id, error=f"{type(exc).__name__}: {exc}"))
+        return
+    finally:
+        del inputs  # release the views of the input slot
+    done = BatchDone(message.batch_id, input_ns=loaded - started,
+                     infer_ns=time.perf_counter_ns() - loaded)
+    end.reply(conn, message, outputs, done)

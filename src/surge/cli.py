@@ -26,7 +26,7 @@ console = Console()
 # Each area registers its own commands on `app` when imported.
 COMMAND_MODULES: tuple[str, ...] = (
     "surge.commands.demo", "surge.commands.data", "surge.commands.train",
-    "surge.commands.serve", "surge.commands.bench",
+    "surge.commands.serve", "surge.commands.bench", "surge.commands.optimize",
 )
 
 

@@ -191,7 +191,10 @@ class Repository:
         resolved_version = 0 if variant else self.resolve_version(name, version)
         path = self.model_file(name, resolved_version or None, variant)
         options = options or RunnerOptions(intra_op_threads=config.threads, device=config.device)
-        runner = build_runner(path, config, options)
+        # A variant's own file decides its engine: a torch_factory model's int8 variant is ONNX.
+        engine_config = (config.model_copy(update={"engine": "auto", "factory": None})
+                         if variant and path.suffix != ".safetensors" else config)
+        runner = build_runner(path, engine_config, options)
         runner = apply_overrides(runner, config, path)
         return LoadedModel(name, resolved_version, variant, path, config, runner)
 

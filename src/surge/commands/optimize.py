@@ -1,0 +1,75 @@
+"""`surge optimize`: turn a repository model into checked, servable variants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from surge.cli import app, console
+
+
+@app.command()
+def optimize(
+    repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
+    model: Annotated[str, typer.Option(help="Model to optimize.")],
+    variants: Annotated[str, typer.Option(
+        help="Comma-separated: int8-static[-entropy|-percentile], int8-dynamic, prune-<percent>, "
+             "lowrank-<energy>|lowrank-r<rank>, bf16, fp16, fp16-torch, onnx.")],
+    calib: Annotated[Path | None, typer.Option(
+        help="Calibration inputs: .npy (one-input model) or .npz (one array per input).")] = None,
+    tolerance: Annotated[str | None, typer.Option(
+        help="e.g. top1=0.95,accuracy_drop=0.5,cosine=0.99,max_abs=0.1,mean_abs=0.01 "
+             "(default: top1>=0.9 and accuracy drop <= 1 point for classifiers, "
+             "cosine>=0.98 for embeddings).")] = None,
+    keep_failed: Annotated[bool, typer.Option(
+        help="Also keep variants that miss the tolerance (marked in variant.yaml).")] = False,
+    torch_model: Annotated[str | None, typer.Option(
+        help="A torch_factory model with the same weights (for prune/lowrank/bf16 on ONNX).")] = None,
+    finetune_epochs: Annotated[int, typer.Option(
+        min=0, help="Fine-tune epochs after pruning the Fashion-MNIST model (0 = none).")] = 1,
+    exclude: Annotated[list[str] | None, typer.Option(
+        help="ONNX node name left in fp32 by quantization (repeatable).")] = None,
+) -> None:
+    """Make variants of a model, check each against the original, keep those within tolerance."""
+    from surge.optimize import Tolerance, parse_variants
+    from surge.optimize.names import parse_tolerance
+    from surge.optimize.pipeline import OptimizeOptions, optimize_model
+
+    configs = parse_variants(variants)
+    options = OptimizeOptions(
+        calibration=calib, tolerance=Tolerance(**parse_tolerance(tolerance)) if tolerance else None,
+        keep_failed=keep_failed, torch_model=torch_model, finetune_epochs=finetune_epochs,
+        exclude=tuple(exclude or ()),
+    )
+    outcomes = optimize_model(repo, model, configs, options)
+    table = Table(title=f"variants of {model}")
+    for column in ("variant", "engine", "size", "max abs", "mean abs", "top-1 agree",
+                   "accuracy", "cosine", "result"):
+        table.add_column(column, justify="left" if column in ("variant", "engine", "result")
+                         else "right")
+    for outcome in outcomes:
+        variant = outcome.variant
+        if variant is None:
+            table.add_row(outcome.name, "-", "-", "-", "-", "-", "-", "-", f"[red]{outcome.error}")
+            continue
+        check = variant.check
+        verdict = ("[green]kept" if check.passed else "[yellow]kept, FAILED: "
+                   + "; ".join(check.failures)) if outcome.kept else (
+            "[red]NOT KEPT: " + "; ".join(check.failures))
+        table.add_row(
+            outcome.name, variant.engine, f"{variant.size_bytes / 1e6:.2f} MB",
+            f"{check.max_abs:.3g}", f"{check.mean_abs:.3g}", _pct(check.top1_agreement),
+            _pct(check.accuracy), "-" if check.cosine is None else f"{check.cosine:.4f}", verdict,
+        )
+    console.print(table)
+    rejected = [o.name for o in outcomes if not o.kept]
+    if rejected:
+        console.print(f"[red]not kept (outside tolerance): {', '.join(rejected)}[/red] — "
+                      "rerun with --keep-failed or a looser --tolerance to keep them")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"

@@ -1,0 +1,76 @@
+"""Compare a variant's outputs with the original's: error, top-1 agreement, cosine, accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from surge.optimize.source import ModelSource, run_runner
+from surge.optimize.variant import CheckResult, Tolerance
+from surge.runtimes import RunnerOptions, load_runner
+
+
+def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], task: str,
+            tolerance: Tolerance, labels: np.ndarray | None = None) -> CheckResult:
+    """Errors over every output; task-specific measures on the first output."""
+    diffs = [np.abs(candidate[name].astype(np.float64) - ref.astype(np.float64)).ravel()
+             for name, ref in reference.items()]
+    every = np.concatenate(diffs)
+    first = next(iter(reference))
+    ref, cand = reference[first], candidate[first]
+    top1 = cosine = accuracy = reference_accuracy = None
+    if task == "classifier" and ref.ndim == 2:
+        top1 = float((ref.argmax(1) == cand.argmax(1)).mean())
+        if labels is not None:
+            reference_accuracy = float((ref.argmax(1) == labels).mean())
+            accuracy = float((cand.argmax(1) == labels).mean())
+    if task == "embedding":
+        cosine = mean_cosine(ref, cand)
+    result = CheckResult(
+        samples=int(ref.shape[0]), max_abs=float(every.max(initial=0.0)),
+        mean_abs=float(every.mean()) if every.size else 0.0, top1_agreement=top1,
+        cosine=cosine, accuracy=accuracy, reference_accuracy=reference_accuracy,
+    )
+    return CheckResult(**{**result.__dict__, "failures": failures(result, tolerance)})
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a2 = a.reshape(len(a), -1).astype(np.float64)
+    b2 = b.reshape(len(b), -1).astype(np.float64)
+    norms = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+    return float(np.mean((a2 * b2).sum(1) / np.maximum(norms, 1e-12)))
+
+
+def failures(result: CheckResult, tol: Tolerance) -> tuple[str, ...]:
+    """One readable line per tolerance missed."""
+    out = []
+    if tol.max_abs is not None and result.max_abs > tol.max_abs:
+        out.append(f"max abs error {result.max_abs:.4g} > {tol.max_abs}")
+    if tol.mean_abs is not None and result.mean_abs > tol.mean_abs:
+        out.append(f"mean abs error {result.mean_abs:.4g} > {tol.mean_abs}")
+    if tol.min_top1 is not None and result.top1_agreement is not None and (
+        result.top1_agreement < tol.min_top1
+    ):
+        out.append(f"top-1 agreement {result.top1_agreement:.4f} < {tol.min_top1}")
+    if tol.min_cosine is not None and result.cosine is not None and result.cosine < tol.min_cosine:
+        out.append(f"cosine {result.cosine:.4f} < {tol.min_cosine}")
+    if (tol.max_accuracy_drop is not None and result.accuracy is not None
+            and result.reference_accuracy is not None):
+        drop = 100.0 * (result.reference_accuracy - result.accuracy)
+        if drop > tol.max_accuracy_drop:
+            out.append(f"accuracy drop {drop:.2f} points > {tol.max_accuracy_drop}")
+    return tuple(out)
+
+
+def verify(source: ModelSource, artifact: Path, tolerance: Tolerance, threads: int = 2) -> CheckResult:
+    """Load the artifact in the engine that will serve it and compare it with the original."""
+    runner = load_runner(artifact, RunnerOptions(intra_op_threads=threads))
+    candidate = run_runner(runner, {n: source.samples[n] for n in source.input_names})
+    reference = source.reference_outputs()
+    candidate = {name: candidate[name] for name in reference if name in candidate} or candidate
+    missing = [n for n in reference if n not in candidate]
+    if missing:  # the artifact changed the output names: never keep it
+        return CheckResult(0, float("inf"), float("inf"),
+                           failures=(f"outputs {missing} missing (variant has {list(candidate)})",))
+    return compare(reference, candidate, source.task, tolerance, source.labels)

@@ -1,0 +1,34 @@
+"""`surge train CONFIG [--nproc N] [--nnodes M --node-rank R --rdzv host:port] [key=value ...]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from surge.cli import app
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def train(
+    config: Annotated[Path, typer.Argument(help="Training recipe YAML (see recipes/).")],
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="key=value overrides, dotted for nested keys: precision=bf16 optimizer.lr=1e-3")] = None,
+    nproc: Annotated[int, typer.Option(help="Processes on this machine.")] = 1,
+    nnodes: Annotated[int, typer.Option(help="Machines taking part.")] = 1,
+    node_rank: Annotated[int | None, typer.Option(
+        help="This machine's rank (static rendezvous); omit for dynamic rendezvous.")] = None,
+    rdzv: Annotated[str | None, typer.Option(
+        help="Rendezvous endpoint host:port (multi-machine).")] = None,
+    max_restarts: Annotated[int, typer.Option(
+        help="Restart all workers up to K times after a failure, from the last checkpoint.")] = 0,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from the newest checkpoint in checkpoint.dir.")] = False,
+) -> None:
+    """Train a model from a recipe (DDP, pipeline or FSDP2; fp32, bf16 or fp16) via torchrun."""
+    from surge.train import LaunchOptions, launch, load_train_config
+
+    recipe = load_train_config(config, overrides or [])
+    launch(recipe, LaunchOptions(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv,
+                                 max_restarts=max_restarts, resume=resume))

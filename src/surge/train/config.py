@@ -1,0 +1,190 @@
+"""The training recipe config: one YAML file, `key=value` overrides, unknown keys rejected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from surge.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """What to train: a trusted builder and the tensors it takes and returns."""
+
+    builder: str = Field(description="Trusted 'package.module:factory' returning an nn.Module.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Arguments of the builder.")
+    input_name: str = Field("input", description="Input tensor name in the exported model.")
+    output_name: str = Field("output", description="Output tensor name in the exported model.")
+    input_shape: list[int] = Field(description="One sample's input shape, without the batch dim.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        module, sep, attr = self.builder.partition(":")
+        if not sep or not module or not attr:
+            raise ValueError(f"builder {self.builder!r} must look like 'package.module:factory'")
+        if not self.input_shape or min(self.input_shape) < 1:
+            raise ValueError(f"input_shape {self.input_shape} must list positive sizes")
+        return self
+
+
+class DataConfig(_Strict):
+    """The dataset: Fashion-MNIST from disk, or a synthetic learnable task for tests."""
+
+    dataset: Literal["fashion_mnist", "synthetic"] = Field(
+        "fashion_mnist", description="fashion_mnist (Debian's IDX files) or synthetic."
+    )
+    root: str | None = Field(None, description="Dataset directory (default: the loader's own).")
+    flip: bool = Field(True, description="Random horizontal flips while training (images only).")
+    train_size: int | None = Field(
+        None, ge=1, description="Use only this many training samples (synthetic: generate them)."
+    )
+    test_size: int | None = Field(
+        None, ge=1, description="Use only this many test samples (synthetic: generate them)."
+    )
+    classes: int = Field(10, ge=2, description="Synthetic only: number of classes.")
+
+
+class OptimizerConfig(_Strict):
+    """The optimizer; its parameters stay fp32 whatever the precision (master weights)."""
+
+    name: Literal["adamw", "sgd"] = Field("adamw", description="adamw or sgd.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="Decoupled (adamw) or L2 (sgd) decay.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only: momentum.")
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule, stepped once per optimizer step."""
+
+    name: Literal["onecycle", "cosine", "constant"] = Field("onecycle", description="Shape.")
+    warmup_fraction: float = Field(
+        0.3, gt=0, lt=1, description="onecycle only: fraction of steps spent warming up."
+    )
+
+
+class PipelineConfig(_Strict):
+    """Pipeline parallelism: one stage per process."""
+
+    schedule: Literal["gpipe", "1f1b"] = Field("1f1b", description="gpipe or 1f1b.")
+    microbatches: int = Field(4, ge=1, description="Micro-batches per (global) batch.")
+    split_points: list[str] = Field(
+        default_factory=list,
+        description="Module names each stage after the first begins at; empty = balance the "
+                    "stages by parameter count.",
+    )
+
+
+class CheckpointConfig(_Strict):
+    """Where and how often to checkpoint (weights, optimizer, schedule and sampler state)."""
+
+    dir: str = Field("runs/train/checkpoints", description="Checkpoint directory.")
+    interval: int = Field(1, ge=1, description="Save every N epochs (and always at the end).")
+
+
+class ExportConfig(_Strict):
+    """Where the best model goes once training ends."""
+
+    repo: str | None = Field(None, description="Surge model repository; None = do not export.")
+    name: str = Field("model", description="Model name in the repository.")
+    version: int | None = Field(None, ge=1, description="Version to write (default: next).")
+    formats: list[Literal["onnx", "pt2"]] = Field(
+        default_factory=lambda: ["onnx", "pt2"],  # type: ignore[arg-type]
+        description="Files written into the version.",
+    )
+    torch_name: str | None = Field(
+        None, description="Also write safetensors weights as this torch_factory model."
+    )
+    labels: list[str] | None = Field(None, description="Class names for the model config.")
+    max_batch_size: int = Field(64, ge=1, description="max_batch_size of a new model config.")
+
+
+class TrainConfig(_Strict):
+    """A training recipe: setup -> train -> validate -> checkpoint -> export."""
+
+    model: ModelSpec = Field(description="The model to train.")
+    data: DataConfig = Field(default_factory=DataConfig, description="The dataset.")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="Optimizer.")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="LR schedule.")
+    epochs: int = Field(5, ge=1, description="Passes over the training set.")
+    batch_size: int = Field(128, ge=1, description="Global batch size (all processes together).")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    parallelism: Literal["none", "ddp", "pipeline", "fsdp"] = Field(
+        "ddp", description="ddp, pipeline, fsdp, or none (one process)."
+    )
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Pipeline.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="fp32, bf16 (CPU or CUDA) or fp16 (CUDA, with a GradScaler)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA if present.")
+    threads: int = Field(0, ge=0, description="Torch threads per process; 0 = cores / processes.")
+    seed: int = Field(0, description="Seed for weights, data order and augmentation.")
+    log_dir: str = Field("runs/train", description="metrics.jsonl and loss.png go here.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Saves.")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="Export at the end.")
+
+
+def _format_error(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key {where!r}"
+    if first["type"] == "missing":
+        return f"{source}: missing key {where!r}"
+    return f"{source}: {where}: {first['msg']} (got {first.get('input')!r})"
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a nested mapping; the value is parsed as YAML (1e-3, true, [1, 2])."""
+    key, sep, text = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} must look like key=value (dotted keys allowed)")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"override {item!r}: value is not valid YAML") from None
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_train_config(data: Any, source: str, overrides: list[str] | None = None) -> TrainConfig:
+    """Validate a mapping plus overrides; errors name the source and the bad key."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
+    for item in overrides or []:
+        apply_override(data, item)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from None
+
+
+def load_train_config(path: Path | str, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a recipe YAML and apply `key=value` overrides."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_train_config(data, str(path), overrides)
+
+
+def dump_train_config(config: TrainConfig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return path

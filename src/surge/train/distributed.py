@@ -1,0 +1,95 @@
+"""Distributed state from torchrun's environment: gloo on CPU, NCCL on CUDA."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistState:
+    """This process's place in the job. A plain single process is rank 0 of world 1."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    restart_count: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.device.type == "cuda" else "gloo"
+
+
+def pick_device(preference: str, local_rank: int) -> torch.device:
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+
+
+def state_from_env(device: str = "auto", env: Mapping[str, str] | None = None) -> DistState:
+    """Read RANK, WORLD_SIZE, LOCAL_RANK, ... as torchrun sets them (absent: one process)."""
+    env = os.environ if env is None else env
+    local_rank = int(env.get("LOCAL_RANK", "0"))
+    return DistState(
+        rank=int(env.get("RANK", "0")),
+        world_size=int(env.get("WORLD_SIZE", "1")),
+        local_rank=local_rank,
+        local_world_size=int(env.get("LOCAL_WORLD_SIZE", "1")),
+        restart_count=int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
+        device=pick_device(device, local_rank),
+    )
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistState:
+    """Join the process group torchrun described (MASTER_ADDR/PORT); no-op for one process."""
+    state = state_from_env(device)
+    if state.device.type == "cuda":
+        torch.cuda.set_device(state.device)
+    if state.distributed and not dist.is_initialized():
+        dist.init_process_group(
+            backend=state.backend, timeout=timedelta(seconds=timeout_s),
+            device_id=state.device if state.device.type == "cuda" else None,
+        )
+    return state
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(state: DistState) -> None:
+    if state.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float], state: DistState) -> list[float]:
+    """Sum a few scalars over all ranks (metrics), in fp64 so counts stay exact."""
+    if not state.distributed:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=state.device)
+    dist.all_reduce(tensor)
+    return [float(v) for v in tensor.tolist()]
+
+
+def set_threads(threads: int, state: DistState) -> int:
+    """Give each process on this machine its share of the cores (they would fight otherwise)."""
+    if threads <= 0:
+        threads = max(1, len(os.sched_getaffinity(0)) // max(1, state.local_world_size))
+    torch.set_num_threads(threads)
+    return threads

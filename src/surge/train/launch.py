@@ -1,0 +1,155 @@
+"""`surge train`: validate the recipe, then run it here (one process) or under torchrun.
+
+Everything that can be checked before a process starts is checked here, so a bad config costs
+one line of error instead of N crashed workers.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from surge.errors import ConfigError, SurgeError
+from surge.repository.repository import check_name
+from surge.train.config import TrainConfig, dump_train_config
+from surge.train.distributed import pick_device
+from surge.train.parallel import build_model, resolve_split
+from surge.train.precision import check_precision
+
+RESOLVED_CONFIG = "config.yaml"
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How many processes on how many machines, and how to recover from failures."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int | None = None
+    rdzv: str | None = None
+    max_restarts: int = 0
+    resume: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
+
+    @property
+    def in_process(self) -> bool:
+        """One process and nothing to restart: no torchrun needed."""
+        return self.world_size == 1 and self.max_restarts == 0
+
+
+def _check_options(options: LaunchOptions) -> None:
+    if options.nproc < 1 or options.nnodes < 1:
+        raise ConfigError(f"--nproc {options.nproc} and --nnodes {options.nnodes} must be >= 1")
+    if options.max_restarts < 0:
+        raise ConfigError(f"--max-restarts {options.max_restarts} must be >= 0")
+    if options.nnodes > 1 and not options.rdzv:
+        raise ConfigError("--nnodes > 1 needs --rdzv host:port (the rendezvous endpoint)")
+    if options.node_rank is not None and not 0 <= options.node_rank < options.nnodes:
+        raise ConfigError(f"--node-rank {options.node_rank} must be in [0, {options.nnodes})")
+    if options.rdzv:
+        _host_port(options.rdzv)
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--rdzv {endpoint!r} must look like host:port")
+    return host, int(port)
+
+
+def _check_batch(config: TrainConfig, world: int) -> None:
+    mode, batch = config.parallelism, config.batch_size
+    if mode == "none" and world > 1:
+        raise ConfigError(f"parallelism none runs one process, but {world} were asked for; "
+                          "use parallelism=ddp, fsdp or pipeline")
+    if mode in ("ddp", "fsdp"):
+        if world > batch:
+            raise ConfigError(f"{world} processes but batch_size {batch}: each process needs at "
+                              "least one sample of the global batch")
+        if batch % world:
+            raise ConfigError(f"batch_size {batch} does not split evenly over {world} processes")
+    if mode == "pipeline":
+        micro = config.pipeline.microbatches
+        if micro > batch or batch % micro:
+            raise ConfigError(f"batch_size {batch} does not split into pipeline.microbatches "
+                              f"{micro} equal micro-batches")
+        if config.pipeline.schedule == "1f1b" and micro < world:
+            raise ConfigError(f"pipeline.schedule 1f1b needs pipeline.microbatches >= the "
+                              f"{world} stages (got {micro})")
+
+
+def _check_data(config: TrainConfig) -> None:
+    if config.data.dataset != "fashion_mnist":
+        return
+    from surge.data.fashion_mnist import _FILES, dataset_dir
+
+    root = Path(config.data.root) if config.data.root else dataset_dir()
+    missing = [name for pair in _FILES.values() for name in pair if not (root / name).is_file()]
+    if missing:
+        raise ConfigError(f"data.root {str(root)!r}: Fashion-MNIST file {missing[0]} not found")
+
+
+def validate(config: TrainConfig, options: LaunchOptions) -> None:
+    """Raise ConfigError (one line) for anything that would make the workers fail at start."""
+    _check_options(options)
+    world = options.world_size
+    _check_batch(config, world)
+    device = pick_device(config.device, 0)
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda: no CUDA device is visible")
+    check_precision(config.precision, device)
+    if config.parallelism == "pipeline" and config.precision == "fp16":
+        raise ConfigError("precision fp16 is not supported with parallelism pipeline; use bf16")
+    _check_data(config)
+    if config.export.repo is not None:
+        check_name(config.export.name)
+        if config.export.torch_name:
+            check_name(config.export.torch_name)
+    try:
+        model = build_model(config.model, config.seed)
+    except SurgeError as exc:
+        raise ConfigError(f"model.builder: {exc}") from None
+    if config.parallelism == "pipeline":
+        resolve_split(model, config.pipeline, world)
+
+
+def torchrun_command(config_path: Path, options: LaunchOptions) -> list[str]:
+    """The `python -m torch.distributed.run ...` line that starts this machine's workers."""
+    command = [sys.executable, "-m", "torch.distributed.run",
+               f"--nproc-per-node={options.nproc}", f"--max-restarts={options.max_restarts}"]
+    if options.rdzv is None:
+        command.append("--standalone")
+    elif options.node_rank is not None:
+        # Static rendezvous: fixed node ranks, node 0 hosts the store at host:port.
+        host, port = _host_port(options.rdzv)
+        command += [f"--nnodes={options.nnodes}", f"--node-rank={options.node_rank}",
+                    f"--master-addr={host}", f"--master-port={port}"]
+    else:
+        # Dynamic (c10d) rendezvous: node ranks are assigned as machines join.
+        command += [f"--nnodes={options.nnodes}", "--rdzv-backend=c10d",
+                    f"--rdzv-endpoint={options.rdzv}", "--rdzv-id=surge-train"]
+    command += ["-m", "surge.train.worker", str(config_path)]
+    return [*command, "--resume"] if options.resume else command
+
+
+def launch(config: TrainConfig, options: LaunchOptions) -> None:
+    """Validate, then train here or under torchrun; raise SurgeError if the run fails."""
+    validate(config, options)
+    if options.in_process:
+        from surge.train.recipe import run
+
+        run(config, resume=options.resume)
+        return
+    # The workers read the resolved config, so overrides need no second parse.
+    path = dump_train_config(config, Path(config.log_dir) / RESOLVED_CONFIG)
+    code = subprocess.run(torchrun_command(path, options), check=False).returncode
+    if code != 0:
+        raise SurgeError(f"training failed: torchrun exited with status {code} "
+                         "(the failing rank's error is above)")

@@ -329,6 +329,7 @@ class Engine:
         self._state: dict[str, tuple[str, str]] = {}  # name -> (state, reason) when not served
         self._locks: dict[str, asyncio.Lock] = {}
         self._live = False
+        self._started = False  # start() finished: every selected model loaded (or failed)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -342,11 +343,13 @@ class Engine:
                     await self.stop(0.0)
                     raise result
                 log.warning("model %s not loaded: %s", name, result)
+        self._started = True
 
     async def stop(self, grace_s: float = 30.0) -> None:
         """Drain accepted work (at most `grace_s`), then stop every worker."""
         served = [m for versions in self._served.values() for m in versions.values()]
         self._served.clear()
+        self._started = False
         await asyncio.gather(*(m.stop(grace_s) for m in served))
         self._live = False
 
@@ -354,8 +357,8 @@ class Engine:
         return self._live
 
     def ready(self) -> bool:
-        """Every loaded model is ready (all instances warm)."""
-        return self._live and all(
+        """Started, and every loaded model is ready (all instances warm)."""
+        return self._live and self._started and all(
             m.ready for versions in self._served.values() for m in versions.values()
         )
 

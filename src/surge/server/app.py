@@ -140,8 +140,10 @@ class V2App:
 
     async def _model_get(self, send: Send, name: str, version: int | None, what: str) -> None:
         if what == "ready":
-            self.engine.model(name, version)  # 404 for an unknown model or version
+            # 503 for a model that is in the repository but not (yet) served, 404 otherwise.
             ready = self.engine.model_ready(name, version)
+            if not ready and name not in {e["name"] for e in self.engine.index()}:
+                raise NotFoundError(f"model {name!r} is not in the repository")
             await _respond(send, 200 if ready else 503, b"")
             return
         handle = self.engine.model(name, version)
@@ -301,4 +303,4 @@ async def _send_error(send: Send, error: Exception) -> None:
     await _respond(send, status, error_body(message), headers)
 
 
-__all__ = ["DEFAULT_MAX_BODY", "NotFoundError", "V2App"]
+__all__ = ["DEFAULT_MAX_BODY", "V2App"]

@@ -104,8 +104,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_guarded
     async def ModelReady(self, request: Any, context: Any) -> Any:
         name, version = check_name(request.name), _version(request.version)
-        self.engine.model(name, version)
-        return pb.ModelReadyResponse(ready=self.engine.model_ready(name, version))
+        ready = self.engine.model_ready(name, version)
+        if not ready and name not in {e["name"] for e in self.engine.index()}:
+            raise NotFoundError(f"model {name!r} is not in the repository")
+        return pb.ModelReadyResponse(ready=ready)
 
     @_guarded
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
@@ -205,4 +207,4 @@ async def start_grpc_server(
     return server, servicer, bound
 
 
-__all__ = ["InferenceServicer", "NotFoundError", "start_grpc_server"]
+__all__ = ["InferenceServicer", "start_grpc_server"]

@@ -1,0 +1,118 @@
+"""A real `surge serve` process on loopback, on free ports, for each group of tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.server.models import make_repository
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[2]
+TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
+API_KEY = "test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    http: str
+    grpc: str
+    metrics: str
+    log: Path
+    handle: Any
+
+    @property
+    def grpc_port(self) -> int:
+        return int(self.grpc.rsplit(":", 1)[1])
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise
+        finally:
+            self.handle.close()
+
+    def worker_pids(self) -> list[int]:
+        """Direct children that are worker processes (not multiprocessing's helpers)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = []
+        for pid in children.read_text().split():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"resource_tracker" not in cmdline and b"forkserver" not in cmdline:
+                pids.append(int(pid))
+        return pids
+
+
+def start_server(repo: Path, log: Path, *args: str, api_key: str | None = None,
+                 timeout: float = 120.0) -> ServerProcess:
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    env = dict(os.environ, PYTHONPATH=str(HERE), SURGE_DEBUG="1")
+    command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
+               "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port",
+               str(metrics), *args]
+    if api_key:
+        command += ["--api-key", api_key]
+    handle = log.open("wb")
+    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    server = ServerProcess(process, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc}",
+                           f"http://127.0.0.1:{metrics}/metrics", log, handle)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
+        try:
+            if httpx.get(f"{server.http}/v2/health/ready", timeout=1.0).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"server not ready after {timeout} s:\n{server.output()}")
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_repository(tmp_path_factory.mktemp("repo"), with_slow=False)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The tiny model behind an API key, with a 1 MiB body limit."""
+    log = tmp_path_factory.mktemp("log") / "server.log"
+    proc = start_server(tiny_repo, log, "--max-body-mb", "1", api_key=API_KEY)
+    yield proc
+    assert proc.stop() == 0, proc.output()
+
+
+def triton_client(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run a client script with tritonclient's own venv (it needs numpy < 2)."""
+    if not TRITON_PYTHON.exists():
+        pytest.skip("tritonclient venv .venv-triton is missing (run scripts/setup.sh)")
+    return subprocess.run([str(TRITON_PYTHON), *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)

@@ -1,0 +1,144 @@
+"""Unmodified Triton clients (tritonclient.http binary + JSON, tritonclient.grpc, perf_analyzer)
+against a real `surge serve`; results must equal the in-process engine's."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from surge.repository import Repository
+from tests.integration.server.conftest import API_KEY, HERE, TRITON_PYTHON, ServerProcess, \
+    triton_client
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def conformance(server: ServerProcess) -> dict:
+    result = triton_client(str(HERE / "clients" / "triton_conformance.py"),
+                           server.http.removeprefix("http://"), server.grpc, "tiny", API_KEY)
+    assert result.returncode == 0, result.stderr[-3000:] + server.output()[-2000:]
+    return dict(json.loads(result.stdout))
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_repo: Path, conformance: dict) -> dict[str, np.ndarray]:
+    runner = Repository(tiny_repo).load("tiny").runner
+    inputs = conformance["inputs"]
+    return runner.run({"x": np.array(inputs["x"], np.float32),
+                       "n": np.array(inputs["n"], np.int64)})
+
+
+@pytest.mark.parametrize("mode", ["binary", "json"])
+def test_http_infer_equals_in_process_engine(conformance: dict, expected: dict,
+                                             mode: str) -> None:
+    result = conformance["http"][mode]
+    np.testing.assert_array_equal(np.array(result["y"], np.float32), expected["y"])
+    np.testing.assert_array_equal(np.array(result["m"]), expected["m"])
+    assert result["m_dtype"] == "int64"
+    assert (result["id"], result["version"]) == ("rq-1", "1")
+
+
+def test_grpc_infer_equals_in_process_engine(conformance: dict, expected: dict) -> None:
+    result = conformance["grpc"]["infer"]
+    np.testing.assert_array_equal(np.array(result["y"], np.float32), expected["y"])
+    np.testing.assert_array_equal(np.array(result["m"]), expected["m"])
+    assert result["m_dtype"] == "int64"
+    assert result["id"] == "rq-2"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_health_metadata_and_config(conformance: dict, protocol: str) -> None:
+    out = conformance[protocol]
+    assert out["live"] and out["ready"] and out["model_ready"]
+    assert out["server_metadata"]["name"] == "surge"
+    assert "binary_tensor_data" in out["server_metadata"]["extensions"]
+    metadata = out["metadata"]
+    assert metadata["name"] == "tiny" and metadata["versions"] == ["1"]
+    assert metadata["platform"] == "onnxruntime_onnx"
+    shapes = {t["name"]: (t["datatype"], [int(d) for d in t["shape"]])
+              for t in metadata["inputs"] + metadata["outputs"]}
+    assert shapes == {"x": ("FP32", [-1, 4]), "n": ("INT64", [-1, 3]),
+                      "y": ("FP32", [-1, 4]), "m": ("INT64", [-1, 3])}
+    config = out["config"]["config"] if protocol == "grpc" else out["config"]
+    assert config["name"] == "tiny" and int(config["max_batch_size"]) == 8
+    dims = {t["name"]: (t["data_type"], [int(d) for d in t["dims"]])
+            for t in config["input"] + config["output"]}
+    assert dims == {"x": ("TYPE_FP32", [4]), "n": ("TYPE_INT64", [3]),
+                    "y": ("TYPE_FP32", [4]), "m": ("TYPE_INT64", [3])}
+    assert "dynamic_batching" in config
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_statistics_count_the_requests(conformance: dict, protocol: str) -> None:
+    stats = conformance[protocol]["stats"]["model_stats"]
+    assert [s["name"] for s in stats] == ["tiny"]
+    inference = stats[0]["inference_stats"]
+    # http made two requests of 2 items before asking; grpc made one after http's reload
+    requests = {"http": 2, "grpc": 1}[protocol]
+    assert int(inference["success"]["count"]) == requests
+    assert int(stats[0]["inference_count"]) == 2 * requests
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_repository_index_unload_and_load(conformance: dict, protocol: str) -> None:
+    out = conformance[protocol]
+    index = out["index"] if protocol == "http" else out["index"]["models"]
+    assert {"name": "tiny", "version": "1", "state": "READY"}.items() <= index[0].items()
+    assert out["ready_after_unload"] is False
+    assert out["ready_after_load"] is True
+
+
+def test_unknown_model_and_missing_key_get_their_status(conformance: dict) -> None:
+    assert conformance["http"]["unknown_model"] == "404"
+    assert conformance["grpc"]["no_key"] == "StatusCode.UNAUTHENTICATED"
+
+
+def test_proto_matches_tritonclient_field_numbers() -> None:
+    """Every message and field Surge declares has Triton's number, type and message type."""
+    if not TRITON_PYTHON.exists():
+        pytest.skip("tritonclient venv .venv-triton is missing")
+    script = HERE / "clients" / "dump_descriptors.py"
+    theirs = triton_client(str(script), "tritonclient.grpc.service_pb2",
+                           "tritonclient.grpc.model_config_pb2")
+    assert theirs.returncode == 0, theirs.stderr
+    import subprocess
+
+    ours = subprocess.run([sys.executable, str(script),
+                           "surge.protocol.grpc_gen.grpc_service_pb2"],
+                          capture_output=True, text=True, check=True)
+    triton, surge = json.loads(theirs.stdout), json.loads(ours.stdout)
+    for message, fields in surge.items():
+        assert message in triton, message
+        for name, signature in fields.items():
+            assert triton[message].get(name) == signature, (message, name)
+
+
+def test_perf_analyzer_runs_10s_at_concurrency_8_without_errors(server: ServerProcess) -> None:
+    if not TRITON_PYTHON.exists():
+        pytest.skip("tritonclient venv .venv-triton is missing")
+    venv = TRITON_PYTHON.parents[1]
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    import os
+    import subprocess
+
+    env = dict(os.environ, LD_LIBRARY_PATH=str(site / "nvidia" / "cuda_runtime" / "lib"))
+    result = subprocess.run(
+        [str(venv / "bin" / "perf_analyzer"), "-m", "tiny", "-u",
+         server.http.removeprefix("http://"), "-i", "http", "--concurrency-range", "8",
+         # 3 s windows until three agree (its stability check): 9 s of load or a little more
+         "--measurement-mode", "time_windows", "--measurement-interval", "3000",
+         "--max-trials", "6", "--stability-percentage", "100",
+         "-H", f"Authorization: Bearer {API_KEY}"],
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )
+    output = result.stdout + result.stderr
+    assert "Concurrency: 8" in output, output[-3000:]
+    assert "error" not in output.lower().replace("errors: 0", ""), output[-3000:]
+    match = re.search(r"Throughput: ([0-9.]+) infer/sec", output)
+    assert match and float(match.group(1)) > 0, output[-3000:]

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from tests.integration.server.models import make_repository
 
 HERE = Path(__file__).resolve().parent

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.integration.server.conftest import API_KEY, HERE, TRITON_PYTHON, ServerProcess, triton_client
 
 from surge.repository import Repository
-from tests.integration.server.conftest import API_KEY, HERE, TRITON_PYTHON, ServerProcess, \
-    triton_client
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -55,18 +54,22 @@ def test_grpc_infer_equals_in_process_engine(conformance: dict, expected: dict) 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_health_metadata_and_config(conformance: dict, protocol: str) -> None:
     out = conformance[protocol]
-    assert out["live"] and out["ready"] and out["model_ready"]
+    assert out["live"]
+    assert out["ready"]
+    assert out["model_ready"]
     assert out["server_metadata"]["name"] == "surge"
     assert "binary_tensor_data" in out["server_metadata"]["extensions"]
     metadata = out["metadata"]
-    assert metadata["name"] == "tiny" and metadata["versions"] == ["1"]
+    assert metadata["name"] == "tiny"
+    assert metadata["versions"] == ["1"]
     assert metadata["platform"] == "onnxruntime_onnx"
     shapes = {t["name"]: (t["datatype"], [int(d) for d in t["shape"]])
               for t in metadata["inputs"] + metadata["outputs"]}
     assert shapes == {"x": ("FP32", [-1, 4]), "n": ("INT64", [-1, 3]),
                       "y": ("FP32", [-1, 4]), "m": ("INT64", [-1, 3])}
     config = out["config"]["config"] if protocol == "grpc" else out["config"]
-    assert config["name"] == "tiny" and int(config["max_batch_size"]) == 8
+    assert config["name"] == "tiny"
+    assert int(config["max_batch_size"]) == 8
     dims = {t["name"]: (t["data_type"], [int(d) for d in t["dims"]])
             for t in config["input"] + config["output"]}
     assert dims == {"x": ("TYPE_FP32", [4]), "n": ("TYPE_INT64", [3]),
@@ -141,4 +144,5 @@ def test_perf_analyzer_runs_10s_at_concurrency_8_without_errors(server: ServerPr
     assert "Concurrency: 8" in output, output[-3000:]
     assert "error" not in output.lower().replace("errors: 0", ""), output[-3000:]
     match = re.search(r"Throughput: ([0-9.]+) infer/sec", output)
-    assert match and float(match.group(1)) > 0, output[-3000:]
+    assert match is not None, output[-3000:]
+    assert float(match.group(1)) > 0

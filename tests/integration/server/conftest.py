@@ -58,14 +58,10 @@ class ServerProcess:
             self.handle.close()
 
     def worker_pids(self) -> list[int]:
-        """Direct children that are worker processes (not multiprocessing's helpers)."""
+        """Worker processes: the server's children other than multiprocessing's tracker."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        pids = []
-        for pid in children.read_text().split():
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            if b"resource_tracker" not in cmdline and b"forkserver" not in cmdline:
-                pids.append(int(pid))
-        return pids
+        return [int(pid) for pid in children.read_text().split()
+                if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def start_server(repo: Path, log: Path, *args: str, api_key: str | None = None,

@@ -65,7 +65,7 @@ factory_kwargs: {{delay_ms: {delay_ms}}}
 inputs: [{{name: x, datatype: FP32, shape: [-1, 4]}}]
 outputs: [{{name: output, datatype: FP32, shape: [-1, 4]}}]
 max_batch_size: {max_batch}
-instances: 1
+instances: {instances}
 threads: 1
 batching: {{max_queue_delay_ms: 1.0}}
 queue: {{max_size: {queue}}}
@@ -73,12 +73,15 @@ queue: {{max_size: {queue}}}
 
 
 def make_repository(root: Path, *, slow_delay_ms: float = 50.0, slow_queue: int = 4,
-                    slow_max_batch: int = 2, with_slow: bool = True) -> Path:
-    tiny_onnx(root / "tiny" / "1" / "model.onnx")
-    (root / "tiny" / "config.yaml").write_text(TINY_CONFIG)
+                    slow_max_batch: int = 2, slow_instances: int = 1, with_slow: bool = True,
+                    with_tiny: bool = True) -> Path:
+    if with_tiny:
+        tiny_onnx(root / "tiny" / "1" / "model.onnx")
+        (root / "tiny" / "config.yaml").write_text(TINY_CONFIG)
     if with_slow:
         (root / "slow" / "1").mkdir(parents=True)
         save_file({}, str(root / "slow" / "1" / "model.safetensors"))
         (root / "slow" / "config.yaml").write_text(SLOW_CONFIG.format(
-            delay_ms=slow_delay_ms, queue=slow_queue, max_batch=slow_max_batch))
+            delay_ms=slow_delay_ms, queue=slow_queue, max_batch=slow_max_batch,
+            instances=slow_instances))
     return root

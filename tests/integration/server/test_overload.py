@@ -1,0 +1,202 @@
+"""Overload behaviour of a real server with a slow model (50 ms per batch of up to 2, queue 16):
+503 + Retry-After when full, 504 past the deadline, cancelled requests leave the queue,
+a killed worker fails only its batch, SIGTERM finishes accepted requests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from tests.integration.server.conftest import ServerProcess, start_server
+from tests.integration.server.models import make_repository
+
+from surge.protocol.grpc_gen import grpc_service_pb2 as pb
+from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.timeout(180)
+BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    repo = make_repository(tmp_path_factory.mktemp("slow-repo"), slow_delay_ms=50,
+                           slow_queue=16, slow_max_batch=2, with_tiny=False)
+    proc = start_server(repo, tmp_path_factory.mktemp("log") / "server.log", "--grace", "10")
+    yield proc
+    assert proc.stop() == 0, proc.output()[-3000:]
+
+
+def _body(priority: int = 0, timeout_us: int = 0) -> dict:
+    return {**BODY, "parameters": {"priority": priority, "timeout": timeout_us}}
+
+
+async def _post(client: httpx.AsyncClient, body: dict) -> httpx.Response:
+    return await client.post("/v2/models/slow/infer", json=body)
+
+
+def _metric(server: ServerProcess, name: str, **labels: str) -> float:
+    text = httpx.get(server.metrics).text
+    selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    match = re.search(rf"^{name}\{{{selector}\}} ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def _stats(server: ServerProcess) -> dict:
+    return httpx.get(f"{server.http}/v2/models/slow/stats").json()["model_stats"][0]
+
+
+def test_full_queue_answers_503_with_retry_after(slow_server: ServerProcess) -> None:
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=slow_server.http, timeout=60.0) as client:
+            return await asyncio.gather(*(_post(client, _body()) for _ in range(60)))
+
+    responses = asyncio.run(flood())
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) == {200, 503}, statuses
+    rejected = [r for r in responses if r.status_code == 503]
+    assert all(int(r.headers["retry-after"]) >= 1 for r in rejected)
+    assert all("queue full" in r.json()["error"] or "deadline" in r.json()["error"]
+               for r in rejected)
+
+
+def test_deadline_passing_in_the_queue_answers_504(slow_server: ServerProcess) -> None:
+    async def scenario() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=slow_server.http, timeout=60.0) as client:
+            ahead = [asyncio.ensure_future(_post(client, _body())) for _ in range(4)]
+            await asyncio.sleep(0.02)
+            # admitted: about 100 ms of work ahead of it, a 200 ms deadline...
+            late = asyncio.ensure_future(_post(client, _body(timeout_us=200_000)))
+            await asyncio.sleep(0.01)
+            # ...then eight urgent requests (priority 1) take 200 ms of batches ahead of it
+            urgent = [asyncio.ensure_future(_post(client, _body(priority=1))) for _ in range(8)]
+            await asyncio.gather(*ahead, *urgent)
+            return await late
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 504, response.text
+    assert "deadline" in response.json()["error"]
+
+
+def test_disconnected_clients_leave_the_queue(slow_server: ServerProcess) -> None:
+    before = _stats(slow_server)["inference_count"]
+    cancelled_before = _metric(slow_server, "surge_requests_total", model="slow",
+                               outcome="cancelled")
+
+    async def impatient() -> int:
+        async with httpx.AsyncClient(base_url=slow_server.http, timeout=0.1) as client:
+            results = await asyncio.gather(*(_post(client, _body()) for _ in range(16)),
+                                           return_exceptions=True)
+        return sum(isinstance(r, httpx.TimeoutException) for r in results)
+
+    timed_out = asyncio.run(impatient())
+    time.sleep(0.8)  # long enough for all 16 to have been computed, had they stayed queued
+    computed = _stats(slow_server)["inference_count"] - before
+    assert timed_out >= 10
+    assert computed <= 10, computed  # only batches dispatched within the 100 ms
+    cancelled = _metric(slow_server, "surge_requests_total", model="slow",
+                        outcome="cancelled") - cancelled_before
+    assert cancelled == timed_out
+    assert _metric(slow_server, "surge_queue_depth", model="slow") == 0
+
+
+def test_grpc_status_codes_and_cancellation(slow_server: ServerProcess) -> None:
+    def request(**params: int) -> pb.ModelInferRequest:
+        message = pb.ModelInferRequest(model_name="slow")
+        message.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.fp32_contents \
+            .extend([1, 2, 3, 4])
+        for key, value in params.items():
+            message.parameters[key].int64_param = value
+        return message
+
+    async def scenario() -> tuple[Counter[str], grpc.StatusCode, grpc.StatusCode]:
+        async with grpc.aio.insecure_channel(slow_server.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            async def code(message: pb.ModelInferRequest, timeout: float = 30.0) -> str:
+                try:
+                    await stub.ModelInfer(message, timeout=timeout)
+                except grpc.aio.AioRpcError as exc:
+                    return str(exc.code().name)
+                return "OK"
+
+            flood = Counter(await asyncio.gather(*(code(request()) for _ in range(60))))
+            bad = request()
+            bad.inputs[0].shape[:] = [1, 5]
+            unknown = request()
+            unknown.model_name = "nope"
+            codes = await asyncio.gather(code(bad), code(unknown))
+            before = _stats(slow_server)["inference_count"]
+            cancelled = await asyncio.gather(*(code(request(), timeout=0.1) for _ in range(16)))
+            await asyncio.sleep(0.8)
+            computed = _stats(slow_server)["inference_count"] - before
+            assert Counter(cancelled)["DEADLINE_EXCEEDED"] >= 10, cancelled
+            assert computed <= 10, computed
+            return flood, *codes  # type: ignore[return-value]
+
+    flood, bad_code, unknown_code = asyncio.run(scenario())
+    assert set(flood) == {"OK", "UNAVAILABLE"}, flood
+    assert bad_code == "INVALID_ARGUMENT"
+    assert unknown_code == "NOT_FOUND"
+
+
+def test_killed_worker_fails_only_its_batch_then_recovers(tmp_path: Path) -> None:
+    # Two instances: the model stays ready while the killed one restarts.
+    repo = make_repository(tmp_path / "repo", slow_delay_ms=50, slow_queue=64, slow_max_batch=2,
+                           slow_instances=2, with_tiny=False)
+    proc = start_server(repo, tmp_path / "server.log")
+
+    async def load() -> list[int]:
+        statuses: list[int] = []
+        stop = time.monotonic() + 2.5
+
+        async def client_loop(client: httpx.AsyncClient) -> None:
+            while time.monotonic() < stop:
+                statuses.append((await _post(client, _body())).status_code)
+
+        async with httpx.AsyncClient(base_url=proc.http, timeout=30.0) as client:
+            loops = [asyncio.ensure_future(client_loop(client)) for _ in range(4)]
+            await asyncio.sleep(0.5)
+            os.kill(proc.worker_pids()[0], signal.SIGKILL)
+            await asyncio.wait_for(asyncio.gather(*loops), timeout=60.0)  # no hung request
+        return statuses
+
+    try:
+        statuses = Counter(asyncio.run(load()))
+        failed = sum(n for status, n in statuses.items() if status != 200)
+        assert set(statuses) <= {200, 503}, statuses
+        assert 1 <= failed <= 2, statuses  # the killed worker's batch (at most 2 requests)
+        response = httpx.post(f"{proc.http}/v2/models/slow/infer", json=BODY, timeout=30)
+        assert response.status_code == 200
+        assert "worker_restarts" in httpx.get(proc.metrics).text
+    finally:
+        assert proc.stop() == 0, proc.output()[-3000:]
+
+
+def test_sigterm_under_load_finishes_accepted_requests(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path / "repo", slow_delay_ms=50, slow_queue=32, slow_max_batch=2,
+                           with_tiny=False)
+    proc = start_server(repo, tmp_path / "server.log", "--grace", "20")
+
+    async def scenario() -> list[int]:
+        async with httpx.AsyncClient(base_url=proc.http, timeout=60.0) as client:
+            accepted = [asyncio.ensure_future(_post(client, _body())) for _ in range(12)]
+            await asyncio.sleep(0.3)  # all 12 are in the queue or computing (6 batches)
+            proc.process.send_signal(signal.SIGTERM)
+            return [r.status_code for r in await asyncio.gather(*accepted)]
+
+    try:
+        statuses = asyncio.run(scenario())
+    finally:
+        code = proc.stop()
+    assert statuses == [200] * 12
+    assert code == 0
+    assert "drained and stopped" in proc.output()

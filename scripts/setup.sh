@@ -30,3 +30,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
   echo "$want" > "$stamp"
 fi
+
+# Triton's clients for the protocol conformance tests: tritonclient 2.51 pins numpy < 2, so it
+# gets its own venv. Its wheel ships bin/perf_analyzer, which needs libb64-0d (above) and the
+# CUDA runtime library from nvidia-cuda-runtime-cu12 on LD_LIBRARY_PATH, even on CPU.
+if [ ! -x .venv-triton/bin/perf_analyzer ]; then
+  echo "setup: creating .venv-triton with tritonclient[all]==2.51.0"
+  "$PYTHON" -m venv .venv-triton
+  .venv-triton/bin/pip install -q --disable-pip-version-check \
+    'tritonclient[all]==2.51.0' nvidia-cuda-runtime-cu12
+fi

@@ -27,6 +27,7 @@ console = Console()
 COMMAND_MODULES: tuple[str, ...] = (
     "surge.commands.demo", "surge.commands.data", "surge.commands.train",
     "surge.commands.serve", "surge.commands.bench", "surge.commands.optimize",
+    "surge.commands.tune", "surge.commands.report",
 )
 
 

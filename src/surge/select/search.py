@@ -155,6 +155,7 @@ def select(
     eta: int = 3,
     finalists: int = 2,
     brute_force_limit: int = 16,
+    survivors: Sequence[int] = (),
     time_budget_s: float | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> SelectionReport:
@@ -162,6 +163,8 @@ def select(
 
     `accuracy` maps each variant to its headline metric (percent). `rungs` go from cheap to
     exact; brute force measures every admissible candidate at the last rung only.
+    `survivors[i]` caps how many candidates go on to rung i + 1 (the last rung always gets
+    `finalists`).
     """
     search = _Search(slo, measure, time_budget_s, clock)
     results = [CandidateResult(c, accuracy.get(c.variant)) for c in candidates]
@@ -170,7 +173,7 @@ def select(
     if strategy == "brute force":
         alive = search.run_rung(alive, rungs[-1])
     else:
-        alive = _halving(search, alive, rungs, eta, finalists)
+        alive = _halving(search, alive, rungs, eta, finalists, survivors)
     return _finish(results, alive, slo, strategy, clock() - search.started, search.out_of_time)
 
 
@@ -187,7 +190,7 @@ def _admissible(results: list[CandidateResult], budget: AccuracyBudget) -> list[
 
 
 def _halving(search: _Search, alive: list[CandidateResult], rungs: Sequence[Rung], eta: int,
-             finalists: int) -> list[CandidateResult]:
+             finalists: int, survivors: Sequence[int]) -> list[CandidateResult]:
     for index, rung in enumerate(rungs):
         alive = search.run_rung(alive, rung)
         if index == len(rungs) - 1 or search.out_of_time or not alive:
@@ -196,6 +199,8 @@ def _halving(search: _Search, alive: list[CandidateResult], rungs: Sequence[Rung
         remaining = len(rungs) - index - 1
         # shrink by eta per rung, but never below the number of finalists for the last rung
         keep = max(finalists, math.ceil(len(alive) / eta)) if remaining > 1 else finalists
+        if index < len(survivors):
+            keep = min(keep, max(finalists, survivors[index]))
         alive = search.halve(alive, rung, min(keep, len(alive)))
     return alive
 

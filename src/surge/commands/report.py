@@ -1,0 +1,26 @@
+"""`surge report`: render the last tuning report of a model as HTML + PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from surge.cli import app, console
+
+
+@app.command()
+def report(
+    repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
+    model: Annotated[str, typer.Option(help="Model whose tuning report to render.")],
+) -> None:
+    """Write REPO/MODEL/tuning/report.html with the Pareto front, latencies and every
+    configuration tried (from the JSON that `surge tune` saved)."""
+    from surge.report import render_report
+    from surge.repository import Repository
+
+    path = render_report(Repository(repo).model_dir(model))
+    console.print(f"report: {path}")
+    for png in sorted(path.parent.glob("*.png")):
+        console.print(f"  plot: {png}")

@@ -1,0 +1,223 @@
+"""Render a saved tuning report (`REPO/NAME/tuning/report.json`) as PNG plots and one HTML page.
+
+The JSON is the data; this module only draws it, so a report can be re-rendered at any time.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from surge.errors import NotFoundError
+from surge.select.serving import TUNING_DIR
+from surge.select.tune import REPORT_FILE
+
+HTML_FILE = "report.html"
+
+
+def load_report(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / TUNING_DIR / REPORT_FILE
+    if not path.is_file():
+        raise NotFoundError(f"no tuning report at {path}: run `surge tune` first")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _key(c: dict[str, Any]) -> str:
+    return (f"{c['variant']} b{c['max_batch_size']} d{c['max_queue_delay_ms']:g}ms "
+            f"{c['instances']}x{c['threads']}t")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points (throughput, accuracy) not beaten on both by another, by rising throughput."""
+    front = [p for p in points
+             if not any(q != p and q[0] >= p[0] and q[1] >= p[1] for q in points)]
+    return sorted(set(front))
+
+
+def plot_pareto(report: dict[str, Any], path: Path) -> Path:
+    """Accuracy vs best in-process throughput of every variant; the chosen one starred."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    chosen = (report.get("chosen") or {}).get("variant")
+    points = []
+    for v in report["variants"]:
+        if v["metric"] is None or v["inprocess_best"] is None:
+            continue
+        x, y = v["inprocess_best"], v["metric"]
+        points.append((x, y))
+        ax.scatter([x], [y], s=50, color="tab:blue" if v["accepted"] else "tab:gray", zorder=3)
+        ax.annotate(v["variant"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if v["variant"] == chosen:
+            ax.scatter([x], [y], s=300, marker="*", color="tab:red", zorder=4, label="chosen")
+    front = pareto_front(points)
+    if front:
+        ax.plot(*zip(*front, strict=True), "--", color="tab:blue", alpha=0.6, label="Pareto front")
+    if report.get("reference_metric") is not None and report.get("max_accuracy_drop") is not None:
+        ax.axhline(report["reference_metric"] - report["max_accuracy_drop"], color="tab:orange",
+                   linestyle=":", label="accuracy budget")
+    ax.set_xlabel("best in-process throughput (samples/s)")
+    ax.set_ylabel(next((v["metric_name"] for v in report["variants"] if v["metric_name"]),
+                       "metric") + " (%)")
+    ax.set_title(f"{report['model']}: accuracy vs throughput")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_latency(report: dict[str, Any], path: Path) -> Path:
+    """p50/p90/p99 of every configuration served for real, with the SLO line."""
+    plt = _pyplot()
+    runs = report["served"]
+    fig, ax = plt.subplots(figsize=(max(7, 0.6 * len(runs) + 2), 4.5))
+    labels = [f"{_key(r['candidate'])}\n({r['rung']})" for r in runs]
+    for offset, name in ((-0.25, "p50_ms"), (0.0, "p90_ms"), (0.25, "p99_ms")):
+        values = [r["measured"].get(name) or 0.0 for r in runs]
+        ax.bar([i + offset for i in range(len(runs))], values, width=0.25, label=name[:3])
+    ax.axhline(report["slo_p99_ms"], color="tab:red", linestyle="--", label="p99 SLO")
+    ax.set_xticks(range(len(runs)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"latency per configuration at {report['load']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_prediction(report: dict[str, Any], path: Path) -> Path:
+    """Predicted vs measured p99 for every served configuration."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    pairs = [(r["predicted"]["p99_ms"], r["measured"]["p99_ms"]) for r in report["served"]
+             if r["predicted"]["p99_ms"] is not None and r["measured"]["p99_ms"] is not None]
+    if pairs:
+        xs, ys = zip(*pairs, strict=True)
+        ax.scatter(xs, ys, color="tab:blue")
+        top = max(max(xs), max(ys)) * 1.1
+        ax.plot([0, top], [0, top], ":", color="gray", label="predicted = measured")
+    ax.axhline(report["slo_p99_ms"], color="tab:red", linestyle="--", label="p99 SLO")
+    ax.set_xlabel("predicted p99 (ms)")
+    ax.set_ylabel("measured p99 (ms)")
+    ax.set_title("queueing model vs measurement")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return html.escape(str(value))
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _summary(report: dict[str, Any]) -> str:
+    chosen = report.get("chosen")
+    selection = report.get("selection") or {}
+    rows: list[list[Any]] = [
+        ["SLO", f"p99 <= {report['slo_p99_ms']:g} ms at {report['load']}"],
+        ["accuracy budget", f"max drop {report['max_accuracy_drop']}, min {report['min_metric']}"],
+        ["reference metric", report.get("reference_metric")],
+        ["chosen", _key(chosen) if chosen else "none"],
+        ["selection", selection.get("message", "")],
+        ["strategy", selection.get("strategy", "")],
+        ["speed-up vs untuned (same run)", report.get("speedup")],
+        ["config written", report.get("config_path") or "no"],
+        ["tune time (s)", report.get("total_seconds")],
+    ]
+    for which in ("baseline", "tuned"):
+        run = report.get(which)
+        if run:
+            m, p = run["measured"], run["predicted"]
+            rows.append([f"{which}: {_key(run['candidate'])}",
+                         f"{_fmt(m['throughput'])} req/s, p99 {_fmt(m['p99_ms'])} ms measured "
+                         f"(predicted {_fmt(p['p99_ms'])} ms)"])
+    return _table(["", ""], rows)
+
+
+def _candidate_rows(report: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for r in (report.get("selection") or {}).get("candidates", []):
+        last = r["measurements"][-1] if r["measurements"] else {}
+        rows.append([_key(r["candidate"]), r["accuracy"], last.get("rung"),
+                     last.get("throughput"), last.get("p99_ms"), r["status"], r["reason"]])
+    # the chosen first, then the measured ones, then the rest
+    rows.sort(key=lambda row: (row[5] != "chosen", row[2] is None, row[2] != "full run"))
+    return rows
+
+
+def render_report(model_dir: Path) -> Path:
+    """Write the PNG plots and `tuning/report.html`; returns the HTML path."""
+    report = load_report(model_dir)
+    out = model_dir / TUNING_DIR
+    plot_pareto(report, out / "pareto.png")
+    plot_latency(report, out / "latency.png")
+    plot_prediction(report, out / "p99_predicted_vs_measured.png")
+    served = [[_key(r["candidate"]), r["rung"], r["measured"]["throughput"],
+               r["measured"]["p50_ms"], r["measured"]["p99_ms"], r["predicted"]["p99_ms"],
+               r["measured"]["errors"], r["startup_s"], r["error"]] for r in report["served"]]
+    variants = [[v["variant"], v["metric"], v["inprocess_best"], v["accepted"], v["reason"]]
+                for v in report["variants"]]
+    page = _PAGE.format(
+        title=html.escape(f"surge tune: {report['model']}"),
+        summary=_summary(report),
+        variants=_table(["variant", "metric (%)", "in-process samples/s", "accepted", "why"],
+                        variants),
+        served=_table(["configuration", "rung", "req/s", "p50 ms", "p99 ms", "predicted p99 ms",
+                       "errors", "startup s", "error"], served),
+        candidates=_table(["configuration", "accuracy", "last rung", "req/s", "p99 ms", "status",
+                           "why"], _candidate_rows(report)),
+    )
+    path = out / HTML_FILE
+    path.write_text(page)
+    return path
+
+
+_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1200px; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 13px; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
+th {{ background: #f0f0f0; }}
+img {{ max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }}
+</style></head><body>
+<h1>{title}</h1>
+{summary}
+<h2>Variants</h2>
+<img src="pareto.png" alt="accuracy vs throughput">
+{variants}
+<h2>Configurations served for real</h2>
+<img src="latency.png" alt="latency percentiles per configuration">
+<img src="p99_predicted_vs_measured.png" alt="predicted vs measured p99">
+{served}
+<h2>Every configuration considered</h2>
+{candidates}
+</body></html>
+"""

@@ -1,0 +1,150 @@
+"""Measure a candidate for real: stage a one-model repository with the candidate's config, run
+`surge serve` on it as a subprocess, and drive it with the built-in load generator.
+
+Staging (hard links, not copies) keeps the user's config.yaml untouched until the selection is
+final, and lets several configurations of one model be measured one after the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from surge.errors import SurgeError
+from surge.repository.config import CONFIG_FILE, read_config, write_config
+from surge.repository.repository import VARIANTS_DIR
+from surge.select.apply import apply_candidate
+from surge.select.predict import Measurement
+from surge.select.space import ORIGINAL, Candidate, Load
+
+TUNING_DIR = "tuning"
+
+
+class ServingTrialError(SurgeError):
+    """The server for a candidate configuration did not start or the load run failed."""
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(src, dst)
+
+
+def stage_model(model_dir: Path, candidate: Candidate, slo_p99_ms: float | None,
+                stage_root: Path) -> Path:
+    """A repository under `stage_root` holding only this model, configured as `candidate`."""
+    target = stage_root / model_dir.name
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for entry in model_dir.iterdir():
+        if entry.is_dir() and entry.name.isdigit():  # version directories
+            shutil.copytree(entry, target / entry.name, copy_function=_link_or_copy)
+    if candidate.variant != ORIGINAL:
+        shutil.copytree(model_dir / VARIANTS_DIR / candidate.variant,
+                        target / VARIANTS_DIR / candidate.variant, copy_function=_link_or_copy)
+    config = read_config(model_dir / CONFIG_FILE)
+    write_config(target / CONFIG_FILE, apply_candidate(config, candidate, slo_p99_ms))
+    return stage_root
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    startup_s: float
+
+
+def _wait_ready(process: subprocess.Popen[bytes], url: str, model: str, timeout_s: float,
+                log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise ServingTrialError(f"surge serve exited with {process.returncode}: "
+                                    f"{' | '.join(tail) or 'no output'}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/v2/models/{model}/ready", timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise ServingTrialError(f"surge serve did not get {model!r} ready within {timeout_s:.0f} s")
+
+
+@contextlib.contextmanager
+def serving(repo: Path, model: str, timeout_s: float = 120.0) -> Iterator[RunningServer]:
+    """`surge serve repo --models model` on free loopback ports until the block ends."""
+    http, grpc, metrics = _free_ports(3)
+    command = [sys.executable, "-c", "import sys; from surge.cli import main; main(sys.argv[1:])",
+               "serve", str(repo), "--models", model, "--http-port", str(http),
+               "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--grace", "2"]
+    log = repo / f"serve-{model}.log"
+    started = time.monotonic()
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{http}"
+    try:
+        _wait_ready(process, url, model, timeout_s, log)
+        yield RunningServer(url, process, time.monotonic() - started)
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass(frozen=True)
+class ServedResult:
+    """One real measurement and what it cost."""
+
+    measurement: Measurement
+    startup_s: float
+    bench: dict[str, Any]
+
+
+def measure_served(
+    model_dir: Path, candidate: Candidate, load: Load, duration_s: float,
+    slo_p99_ms: float | None = None, protocol: str = "http", warmup_s: float = 1.0,
+    rung: str = "measured",
+) -> ServedResult:
+    """Serve `candidate` and measure throughput and latency under `load` with `surge bench`."""
+    from surge.bench import run_bench
+
+    with tempfile.TemporaryDirectory(prefix="surge-tune-") as tmp:
+        stage = stage_model(model_dir, candidate, slo_p99_ms, Path(tmp))
+        with serving(stage, model_dir.name) as server:
+            report = run_bench(server.url, model_dir.name, load.concurrency or 1, duration_s,
+                               protocol, rate=load.rate, warmup_s=warmup_s)
+    run = report.runs[0]
+    errors = sum(run.errors.values())
+    measurement = Measurement(run.throughput, run.p99_ms, rung=rung, errors=errors,
+                              p50_ms=run.p50_ms, p90_ms=run.p90_ms)
+    return ServedResult(measurement, server.startup_s, report.to_dict())

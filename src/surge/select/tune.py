@@ -1,0 +1,421 @@
+"""`tune()`: optimize (if variants are missing) -> evaluate -> profile -> select -> write config.
+
+The search runs in rungs: every configuration is first *predicted* from the in-process profiles
+(milliseconds each), the best few are served for real in short runs, and the finalists in full
+runs. The untuned configuration (original model, max batch 1, one instance) and the chosen one
+are then measured back to back by the same load generator, so the speed-up is a same-run ratio.
+Everything lands in a `TuningReport`, saved as JSON under `REPO/NAME/tuning/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.progress import Progress
+
+from surge.errors import SurgeError
+from surge.evaluate.harness import TASKS, EvalDataset, EvalReport, evaluate, load_dataset
+from surge.evaluate.metrics import MetricError
+from surge.evaluate.profile import ProfileReport, default_batch_sizes, profile_variant
+from surge.repository import Repository
+from surge.runtimes import RunnerOptions
+from surge.select.apply import write_selection
+from surge.select.predict import Measurement, ServingCosts, predict
+from surge.select.search import Rung, SelectionReport, select
+from surge.select.serving import TUNING_DIR, ServingTrialError, measure_served
+from surge.select.space import ORIGINAL, AccuracyBudget, Candidate, Slo, build_space
+
+REPORT_FILE = "report.json"
+PREDICTED = "predicted"
+SHORT_RUN = "short run"
+FULL_RUN = "full run"
+BASELINE = "baseline"
+FINAL = "final"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """What to tune for and how much effort to spend."""
+
+    data: str
+    task: str
+    slo: Slo
+    max_accuracy_drop: float | None = 1.0  # points of the headline metric (percent)
+    min_metric: float | None = None
+    budget_s: float = 600.0
+    protocol: str = "http"
+    max_batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
+    delays_ms: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0)
+    settings: tuple[tuple[int, int], ...] | None = None  # (instances, threads); default: cores
+    profile_s: float = 0.25  # per in-process profile point
+    short_run_s: float = 3.0
+    full_run_s: float = 8.0
+    short_runs: int = 6  # configurations served in short runs (0: straight to full runs)
+    finalists: int = 2  # configurations served in full runs
+    eval_samples: int | None = None  # evaluate on the first N samples only
+    optimize: bool = True  # make variants when the model has none
+    variants: str | None = None  # what to make, in `surge optimize` names; None: a default set
+    write_config: bool = True
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise MetricError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
+
+
+@dataclass
+class VariantResult:
+    """A variant's evaluation and whether it is inside the accuracy budget."""
+
+    variant: str
+    metric_name: str
+    metric: float | None
+    accepted: bool
+    reason: str
+    eval_seconds: float = 0.0
+    inprocess_best: float | None = None  # best in-process samples/s over the profile
+
+
+@dataclass
+class ServedRun:
+    """One configuration served for real, with what the queueing model predicted for it."""
+
+    candidate: Candidate
+    rung: str
+    predicted: Measurement
+    measured: Measurement
+    startup_s: float
+    error: str = ""
+
+
+@dataclass
+class TuningReport:
+    """Everything `surge tune` found; `surge report` renders it."""
+
+    model: str
+    task: str
+    data: str
+    slo_p99_ms: float
+    load: str
+    concurrency: int | None
+    rate: float | None
+    max_accuracy_drop: float | None
+    min_metric: float | None
+    reference_metric: float | None = None
+    variants: list[VariantResult] = field(default_factory=list)
+    profiles: list[ProfileReport] = field(default_factory=list)
+    selection: SelectionReport | None = None
+    served: list[ServedRun] = field(default_factory=list)
+    baseline: ServedRun | None = None
+    tuned: ServedRun | None = None
+    speedup: float | None = None
+    chosen: Candidate | None = None
+    config_path: str | None = None
+    optimized: list[str] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    total_seconds: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+    def save(self, model_dir: Path) -> Path:
+        path = model_dir / TUNING_DIR / REPORT_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+
+def _jsonable(value: Any) -> Any:
+    """inf/nan are not JSON: store them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def baseline_candidate() -> Candidate:
+    """The untuned configuration: the original model, no batching, one instance, all cores."""
+    return Candidate(ORIGINAL, 1, 0.0, 1, os.cpu_count() or 1)
+
+
+class _Stages:
+    """Times each stage for the report."""
+
+    def __init__(self, report: TuningReport) -> None:
+        self.report = report
+        self.started = time.monotonic()
+        self._mark = self.started
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self.report.stage_seconds[name] = now - self._mark
+        self._mark = now
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def tune(repo_root: Path, model: str, options: TuneOptions,
+         progress: Progress | None = None,
+         on_stage: Callable[[str], None] | None = None) -> TuningReport:
+    """Tune `model` in the repository at `repo_root`; returns (and saves) the report."""
+    repo = Repository(repo_root)
+    model_dir = repo.model_dir(model)
+    slo = options.slo
+    report = TuningReport(model, options.task, options.data, slo.p99_ms, slo.load.describe(),
+                          slo.load.concurrency, slo.load.rate, options.max_accuracy_drop,
+                          options.min_metric)
+    stages = _Stages(report)
+    say = on_stage or (lambda _: None)
+    dataset = _reference_dataset(repo, model, options)  # a bad --data fails before any work
+
+    if options.optimize and not repo.variants(model):
+        say("optimize: making variants")
+        report.optimized = make_variants(repo, model, options.variants, report)
+        repo = Repository(repo_root)
+    stages.done("optimize")
+
+    say("evaluate")
+    variants = [ORIGINAL, *repo.variants(model)]
+    _evaluate_all(repo, model, variants, dataset, options, progress, report)
+    stages.done("evaluate")
+    accepted = [v.variant for v in report.variants if v.accepted]
+
+    say("profile")
+    # every evaluated variant is profiled, so the report can place it on the Pareto plot
+    evaluated = [v.variant for v in report.variants if v.metric is not None]
+    profiles = _profile_all(repo, model, evaluated, options, progress)
+    report.profiles = list(profiles.values())
+    for result in report.variants:
+        if result.variant in profiles:
+            result.inprocess_best = profiles[result.variant].best_throughput()
+    stages.done("profile")
+
+    say("measure the untuned baseline")
+    measurer = _Measurer(model_dir, profiles, options, report, progress)
+    first = measurer.serve(baseline_candidate(), BASELINE)
+    measurer.calibrate(first)
+    stages.done("baseline")
+
+    say("select")
+    reserve = 2 * (first.startup_s + options.full_run_s + 1.0)
+    remaining = options.budget_s - stages.elapsed() - reserve
+    report.selection = _search(options, report, measurer, accepted, remaining)
+    stages.done("select")
+
+    chosen = report.selection.chosen
+    if chosen is not None:
+        say("re-measure the untuned and the chosen configurations")
+        report.chosen = chosen.candidate
+        report.baseline = measurer.serve(baseline_candidate(), FINAL)
+        report.tuned = measurer.serve(chosen.candidate, FINAL)
+        if report.baseline.measured.throughput > 0:
+            report.speedup = report.tuned.measured.throughput / report.baseline.measured.throughput
+        if options.write_config:
+            report.config_path = str(write_selection(model_dir, chosen.candidate, slo.p99_ms))
+    stages.done("final")
+    report.total_seconds = stages.elapsed()
+    report.save(model_dir)
+    return report
+
+
+def _reference_dataset(repo: Repository, model: str, options: TuneOptions) -> EvalDataset:
+    loaded = repo.load(model)
+    dataset = load_dataset(options.data, loaded.signature.input_names[0])
+    return dataset.subset(options.eval_samples) if options.eval_samples else dataset
+
+
+def _evaluate_all(repo: Repository, model: str, variants: list[str], dataset: EvalDataset,
+                  options: TuneOptions, progress: Progress | None, report: TuningReport
+                  ) -> dict[str, EvalReport]:
+    decoder = _decoder(repo, model) if options.task == "detection" else None
+    out: dict[str, EvalReport] = {}
+    reference_outputs: np.ndarray | None = None
+    for variant in variants:
+        ref = model if variant == ORIGINAL else f"{model}@{variant}"
+        try:
+            loaded = repo.load(ref, options=RunnerOptions(device="cpu"))
+            result = evaluate(loaded, dataset, options.task, reference=reference_outputs,
+                              decoder=decoder, progress=progress)
+        except Exception as exc:  # a broken variant loses; the tune goes on
+            report.variants.append(VariantResult(variant, "", None, False,
+                                                 f"could not be evaluated: {exc}"))
+            if variant == ORIGINAL:
+                raise
+            continue
+        if variant == ORIGINAL and options.task == "embedding":
+            # the original scores itself perfectly; variants are scored against its outputs
+            reference_outputs = next(iter(result.outputs.values()))
+        out[variant] = result
+    reference = out[ORIGINAL].metric
+    report.reference_metric = reference
+    budget = AccuracyBudget(reference, options.max_accuracy_drop, options.min_metric)
+    for variant, result in out.items():
+        why = budget.rejects(result.metric)
+        report.variants.append(VariantResult(variant, result.metric_name, result.metric,
+                                             why is None, why or "within the accuracy budget",
+                                             result.seconds))
+    return out
+
+
+def _decoder(repo: Repository, model: str) -> Any:
+    """The model's `parameters.decoder` ('package.module:function', trusted like a factory),
+    else the built-in one for models that output boxes, scores and labels."""
+    import importlib
+
+    spec = repo.config(model).parameters.get("decoder")
+    if spec:
+        module, _, name = str(spec).partition(":")
+        return getattr(importlib.import_module(module), name)
+    from surge.detection.coco import detections_to_coco
+
+    def boxes_scores_labels(outputs: dict[str, np.ndarray], ids: np.ndarray) -> list[dict]:
+        try:
+            return detections_to_coco(outputs["boxes"], outputs["scores"], outputs["labels"], ids)
+        except KeyError:
+            raise MetricError(f"detection needs outputs boxes/scores/labels or a "
+                              f"'decoder' parameter; model outputs are {list(outputs)}") from None
+
+    return boxes_scores_labels
+
+
+def _settings(options: TuneOptions) -> list[tuple[int, int]]:
+    if options.settings:
+        return list(options.settings)
+    cores = os.cpu_count() or 1
+    return [(i, t) for i in range(1, cores + 1) for t in range(1, cores + 1) if i * t <= cores]
+
+
+def _profile_all(repo: Repository, model: str, variants: list[str], options: TuneOptions,
+                 progress: Progress | None) -> dict[str, ProfileReport]:
+    sizes = default_batch_sizes(max(options.max_batch_sizes))
+    # the untuned baseline's setting too: its prediction calibrates the serving overhead
+    baseline = baseline_candidate()
+    settings = sorted({*_settings(options), (baseline.instances, baseline.threads)})
+    out = {}
+    for variant in variants:
+        ref = model if variant == ORIGINAL else f"{model}@{variant}"
+
+        def factory(runner_options: RunnerOptions, ref: str = ref) -> Any:
+            return repo.load(ref, options=runner_options).runner
+
+        out[variant] = profile_variant(factory, model, variant, sizes, settings,
+                                       options.profile_s, progress)
+    return out
+
+
+class _Measurer:
+    """`measure(candidate, rung)` for the selector: a prediction or a real served run."""
+
+    def __init__(self, model_dir: Path, profiles: dict[str, ProfileReport], options: TuneOptions,
+                 report: TuningReport, progress: Progress | None) -> None:
+        self.model_dir = model_dir
+        self.profiles = profiles
+        self.options = options
+        self.report = report
+        self.costs = ServingCosts()
+        self.progress = progress
+        self.task = progress.add_task("serve + bench", total=None) if progress else None
+
+    def calibrate(self, baseline: ServedRun) -> None:
+        """Fit the per-batch serving cost so the model reproduces the measured baseline: at
+        max batch 1 each batch is one request, costing its engine time plus the overhead."""
+        c = baseline.candidate
+        if baseline.measured.throughput > 0 and self._profiled(c):
+            service = self.profiles[c.variant].service_ms(1, c.instances, c.threads)
+            overhead = 1000.0 * c.instances / baseline.measured.throughput - service
+            self.costs = ServingCosts(batch_overhead_ms=max(0.0, overhead))
+
+    def predicted(self, candidate: Candidate) -> Measurement:
+        return predict(self.profiles[candidate.variant], candidate, self.options.slo.load,
+                       self.costs)
+
+    def __call__(self, candidate: Candidate, rung: Rung) -> Measurement:
+        if rung.name == PREDICTED:
+            return self.predicted(candidate)
+        return self.serve(candidate, rung.name).measured
+
+    def serve(self, candidate: Candidate, rung: str) -> ServedRun:
+        duration = self.options.short_run_s if rung == SHORT_RUN else self.options.full_run_s
+        predicted = self.predicted(candidate) if self._profiled(candidate) else \
+            Measurement(0.0, math.inf)
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, description=f"serve + bench {candidate.key} ({rung})")
+        try:
+            result = measure_served(self.model_dir, candidate, self.options.slo.load, duration,
+                                    self.options.slo.p99_ms, self.options.protocol, rung=rung)
+            run = ServedRun(candidate, rung, predicted, result.measurement, result.startup_s)
+        except ServingTrialError as exc:
+            run = ServedRun(candidate, rung, predicted, Measurement(0.0, math.inf, rung, 1), 0.0,
+                            str(exc))
+        self.report.served.append(run)
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task)
+        return run
+
+    def _profiled(self, candidate: Candidate) -> bool:
+        profile = self.profiles.get(candidate.variant)
+        return profile is not None and (candidate.instances, candidate.threads) in \
+            profile.settings()
+
+
+def _search(options: TuneOptions, report: TuningReport, measurer: _Measurer,
+            accepted: list[str], budget_s: float) -> SelectionReport:
+    space = build_space(accepted, options.max_batch_sizes, options.delays_ms, _settings(options))
+    accuracy = {v.variant: v.metric for v in report.variants if v.metric is not None}
+    budget = AccuracyBudget(report.reference_metric or 0.0, options.max_accuracy_drop,
+                            options.min_metric)
+    startup = report.served[0].startup_s if report.served else 5.0
+    short = (Rung(SHORT_RUN, startup + options.short_run_s + 1.0),) if options.short_runs else ()
+    rungs = (Rung(PREDICTED, 0.0), *short, Rung(FULL_RUN, startup + options.full_run_s + 1.0))
+    survivors = (options.short_runs, options.finalists) if short else (options.finalists,)
+    return select(space, accuracy, budget, options.slo, measurer, rungs, finalists=options.finalists,
+                  brute_force_limit=0, survivors=survivors, time_budget_s=max(0.0, budget_s))
+
+
+def default_variants(repo: Repository, model: str) -> str:
+    """Variants worth trying: int8 (ONNX Runtime) always; pruning when a PyTorch module with the
+    same weights is at hand (a torch_factory model, or `parameters.torch_model`)."""
+    config = repo.config(model)
+    names = ["int8-dynamic", "int8-static"]
+    if config.resolved_engine() == "torch_factory" or config.parameters.get("torch_model"):
+        names.append("prune-50")
+    return ",".join(names)
+
+
+def make_variants(repo: Repository, model: str, spec: str | None,
+                  report: TuningReport) -> list[str]:
+    """Run the optimizer over `model` (variants under REPO/NAME/variants/); returns those kept.
+    Variants the optimizer cannot make or rejects are listed in the report with the reason."""
+    from surge.optimize import parse_variants
+    from surge.optimize.pipeline import optimize_model
+
+    kept = []
+    # one call per variant, so one that cannot be made (say, int8-static without calibration
+    # data) is reported and the others still get made
+    for name, config in parse_variants(spec or default_variants(repo, model)).items():
+        try:
+            outcome = optimize_model(repo.root, model, {name: config})[0]
+        except SurgeError as exc:
+            report.variants.append(VariantResult(name, "", None, False, f"not made: {exc}"))
+            continue
+        if outcome.kept:
+            kept.append(name)
+            continue
+        failures = outcome.variant.check.failures if outcome.variant else ()
+        why = outcome.error or "; ".join(failures)
+        report.variants.append(VariantResult(name, "", None, False,
+                                             f"the optimizer's check rejected it: {why}"))
+    return kept

@@ -134,13 +134,18 @@ class Scheduler:
         return total / self.config.workers
 
     def _busy_wait(self, now: float) -> float:
-        """Seconds until a worker frees up when all of them are computing."""
+        """Seconds until the workers are through the batches already handed to them.
+
+        Zero while a worker is idle. A batch waiting behind another in a worker counts as
+        its whole estimate left from its dispatch time: a slight underestimate.
+        """
         if len(self._inflight) < self.config.workers:
             return 0.0
-        return min(
+        left = sum(
             max(0.0, b.dispatched + (self.batch_time(b.size) or 0.0) - now)
             for b in self._inflight.values()
         )
+        return left / self.config.workers
 
     def _drain_time(self, now: float) -> float:
         """Retry-After hint: time to work off the current queue (1 s before any measurement)."""
@@ -149,13 +154,18 @@ class Scheduler:
         items = sum(self._items_by_priority.values())
         return max(0.001, self._busy_wait(now) + self._work_time(items))
 
-    def _push(self, request: Request) -> None:
+    def _push(self, request: Request, first: bool = False) -> None:
         queue = self._queues.get(request.key)
         if queue is None:
             queue = self._queues[request.key] = _KeyQueue()
         self._seq += 1
-        heapq.heappush(queue.heap, (request.priority, self._seq, request))
-        queue.arrivals.append(request)
+        # A requeued request goes ahead of everything of its priority that arrived later.
+        seq = -self._seq if first else self._seq
+        heapq.heappush(queue.heap, (request.priority, seq, request))
+        if first:
+            queue.arrivals.appendleft(request)
+        else:
+            queue.arrivals.append(request)
         queue.items += request.batch_size
         self._live[request.id] = request
         self._count(request, +1)
@@ -280,12 +290,27 @@ class Scheduler:
 
     # -- results -----------------------------------------------------------------------------
     def complete(
-        self, batch: Batch, outputs: Mapping[str, np.ndarray], now: float
+        self, batch: Batch, outputs: Mapping[str, np.ndarray], now: float,
+        compute_s: float | None = None,
     ) -> list[Completed]:
-        """Record the batch's compute time and split its outputs back to its requests."""
+        """Record the batch's compute time and split its outputs back to its requests.
+
+        `compute_s` is the time the worker spent on it; without it, the time since dispatch.
+        """
         self._inflight.pop(batch.id, None)
-        self._record(batch.size, now - batch.dispatched)
+        self._record(batch.size, now - batch.dispatched if compute_s is None else compute_s)
         return [Completed(r, o) for r, o in zip(batch.requests, batch.split(outputs), strict=True)]
+
+    def requeue(self, batch: Batch) -> None:
+        """Put the requests of a batch that never started back in the queue, in their order.
+
+        Admission is not checked again: these requests were accepted already.
+        """
+        self._inflight.pop(batch.id, None)
+        for request in reversed(batch.requests):  # each goes first: the batch's head ends first
+            if request.deadline is not None:
+                heapq.heappush(self._deadlines, (request.deadline, request.id))
+            self._push(request, first=True)
 
     def fail(self, batch: Batch) -> tuple[Request, ...]:
         """Forget a batch whose computation failed; returns its requests to answer."""

@@ -136,7 +136,8 @@ class ServedModel:
         self.pool = WorkerPool(
             str(engine.repository.root), variant_ref or name,
             None if variant_ref else version, placements, self._done,
-            on_restart=self._restarted, max_batch_size=max(1, config.max_batch_size),
+            on_restart=self._restarted, on_requeue=self._requeue,
+            max_batch_size=max(1, config.max_batch_size),
         )
         self.handle: ModelHandle | None = None
         self.accepting = False
@@ -287,7 +288,10 @@ class ServedModel:
                 self._reject(request, error or SurgeError("batch failed"), now)
         else:
             started = time.perf_counter_ns()
-            for completed in self.scheduler.complete(batch, outputs, now):
+            compute_s = None
+            if done is not None:
+                compute_s = (done.input_ns + done.infer_ns + done.output_ns) / 1e9
+            for completed in self.scheduler.complete(batch, outputs, now, compute_s):
                 future = self._futures.pop(completed.request.id, None)
                 if future is not None and not future.done():
                     future.set_result(completed.outputs)
@@ -313,6 +317,10 @@ class ServedModel:
             future.set_exception(error)
         now = self._loop.time() if now is None else now
         _Counters.add(self.counters.fail, int((now - request.arrival) * 1e9))
+
+    def _requeue(self, batch: Batch) -> None:
+        self.scheduler.requeue(batch)
+        self._wake()
 
     def _restarted(self) -> None:
         self.engine.metrics.worker_restarts.labels(self.name).inc()

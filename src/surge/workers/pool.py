@@ -2,8 +2,13 @@
 
 Results are read without blocking the loop: each worker's pipe is registered with
 `loop.add_reader`. A worker that dies (even SIGKILL) closes its pipe: the reader sees EOF at
-once, its in-flight batch is failed with WorkerCrashedError, and it is restarted with
-exponential backoff.
+once, the batch it was computing is failed with WorkerCrashedError, a batch still waiting in
+its second slot (never started) goes back to the queue, and it is restarted with exponential
+backoff.
+
+Each worker holds up to PIPELINE_DEPTH batches: it computes one while the next already waits in
+shared memory, so it does not idle while the front end hands out results and forms the next
+batch.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import logging
 import multiprocessing as mp
 import os
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
@@ -35,6 +41,7 @@ log = logging.getLogger(__name__)
 BACKOFF_START_S = 0.1
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 10.0  # a worker alive this long resets the backoff
+PIPELINE_DEPTH = 2  # batches a worker holds: one computing, one waiting in its slot
 _BYTES_GUESS = 64  # bytes per BYTES element when sizing a slot
 
 
@@ -108,12 +115,13 @@ class Worker:
     started: float
     state: State = State.STARTING
     transport: Transport | None = None
-    batch: Batch | None = None
+    batches: deque[Batch] = field(default_factory=deque)  # in send order; [0] is computing
     load_error: str = ""
 
     @property
-    def idle(self) -> bool:
-        return self.state is State.READY and self.batch is None
+    def free(self) -> int:
+        """Batches this worker can take now."""
+        return PIPELINE_DEPTH - len(self.batches) if self.state is State.READY else 0
 
 
 # Called with (batch, outputs or None, error or None, done message or None).
@@ -134,6 +142,7 @@ class WorkerPool:
         *,
         transport: str | None = None,
         on_restart: Callable[[], None] | None = None,
+        on_requeue: Callable[[Batch], None] | None = None,
         max_batch_size: int = 1,
     ) -> None:
         self.root, self.ref, self.version = root, ref, version
@@ -141,6 +150,7 @@ class WorkerPool:
         self.signature: Signature | None = None
         self._on_done = on_done
         self._on_restart = on_restart
+        self._on_requeue = on_requeue
         self._transport_kind = transport
         self._max_batch = max(1, max_batch_size)
         self._workers: list[Worker | None] = [None] * len(placements)
@@ -177,11 +187,13 @@ class WorkerPool:
 
     @property
     def idle_count(self) -> int:
-        return sum(1 for w in self._workers if w is not None and w.idle)
+        """Batches the pool can take now (free pipeline places over live workers)."""
+        return sum(w.free for w in self._workers if w is not None)
 
     @property
     def busy_count(self) -> int:
-        return sum(1 for w in self._workers if w is not None and w.batch is not None)
+        """Workers computing a batch."""
+        return sum(1 for w in self._workers if w is not None and w.batches)
 
     @property
     def transports(self) -> list[Transport]:
@@ -229,8 +241,10 @@ class WorkerPool:
         process.start()
         child.close()  # only the worker holds its end: its death is EOF here
         old = self._workers[index]
-        worker = Worker(index, placement, process, parent, time.monotonic(),
-                        transport=old.transport if old is not None else None)
+        transport = old.transport if old is not None else None
+        if transport is not None:
+            transport.reset()
+        worker = Worker(index, placement, process, parent, time.monotonic(), transport=transport)
         self._workers[index] = worker
         assert self._loop is not None
         self._loop.add_reader(parent.fileno(), self._readable, worker)
@@ -258,6 +272,7 @@ class WorkerPool:
                 self._transport_kind,
                 slot_bytes(message.signature.inputs, self._max_batch),
                 slot_bytes(message.signature.outputs, self._max_batch),
+                PIPELINE_DEPTH,
             )
         worker.state = State.READY
         log.info("worker %s[%d] ready (pid %d, %d threads, %s)", self.ref, worker.index,
@@ -265,7 +280,7 @@ class WorkerPool:
         self._changed.set()
 
     def _crashed(self, worker: Worker) -> None:
-        was_ready = worker.state is State.READY or worker.batch is not None
+        was_ready = worker.state is State.READY
         code = worker.process.exitcode
         self._close(worker, WorkerCrashedError(
             f"worker {worker.index} of model {self.ref!r} died (exit code {code})"
@@ -287,7 +302,11 @@ class WorkerPool:
         self._restarts[worker.index] = self._loop.call_later(delay, self._spawn, worker.index)
 
     def _close(self, worker: Worker, error: Exception) -> None:
-        """Forget a worker's process and pipe; fail its in-flight batch with `error`."""
+        """Forget a worker's process and pipe; fail the batch it computed with `error`.
+
+        Batches behind it were never started (results come in order), so they are safe to
+        queue again; without a requeue callback they fail too.
+        """
         if worker.state is not State.DEAD:
             worker.state = State.DEAD
             assert self._loop is not None
@@ -296,16 +315,21 @@ class WorkerPool:
             if worker.process.is_alive():
                 worker.process.kill()
             worker.process.join(1.0)
-        batch, worker.batch = worker.batch, None
-        if batch is not None:
-            self._on_done(batch, None, error, None)
+        batches = list(worker.batches)
+        worker.batches.clear()
+        for i, batch in enumerate(batches):
+            if i > 0 and self._on_requeue is not None:
+                self._on_requeue(batch)
+            else:
+                self._on_done(batch, None, error, None)
 
     # -- batches -----------------------------------------------------------------------------
     def dispatch(self, batch: Batch) -> None:
-        """Send `batch` to an idle worker (the caller checked `idle_count`)."""
-        worker = next(w for w in self._workers if w is not None and w.idle)
+        """Send `batch` to the least loaded worker (the caller checked `idle_count`)."""
+        worker = max((w for w in self._workers if w is not None), key=lambda w: w.free)
         assert worker.transport is not None
-        worker.batch = batch
+        assert worker.free > 0
+        worker.batches.append(batch)
         parts = {name: [r.inputs[name] for r in batch.requests] for name in batch.requests[0].inputs}
         try:
             worker.transport.send(worker.conn, batch.id, parts)
@@ -313,17 +337,19 @@ class WorkerPool:
             self._crashed(worker)
 
     def _finished(self, worker: Worker, done: BatchDone) -> None:
-        batch = worker.batch
         assert worker.transport is not None
-        if batch is None or batch.id != done.batch_id:
+        if not worker.batches or worker.batches[0].id != done.batch_id:
             log.error("worker %s[%d] answered batch %d it was not given", self.ref, worker.index,
                       done.batch_id)
             return
+        batch = worker.batches[0]
         if done.error:
-            worker.batch = None
-            self._on_done(batch, None, ServingError(f"model {self.ref!r} failed: {done.error}"), done)
+            worker.batches.popleft()
+            worker.transport.skip()
+            self._on_done(batch, None, ServingError(f"model {self.ref!r} failed: {done.error}"),
+                          done)
             return
         outputs = worker.transport.receive(worker.conn, done)
-        # Outputs view the worker's output slot: consume them before the worker gets more work.
+        # Outputs view the worker's output slot: consume them before its slot is reused.
         self._on_done(batch, outputs, None, done)
-        worker.batch = None
+        worker.batches.popleft()

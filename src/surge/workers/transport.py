@@ -12,7 +12,9 @@ worker killed with SIGKILL leaks nothing.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import secrets
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -122,17 +124,37 @@ class Transport(Protocol):
         """Write a batch's inputs and tell the worker to compute it."""
 
     def receive(self, conn: Connection, done: BatchDone) -> dict[str, np.ndarray]:
-        """The outputs of `done`, valid until the next `send` (views of a reused buffer)."""
+        """The outputs of `done` (views of a reused buffer: consume before sending more)."""
+
+    def skip(self) -> None:
+        """`done` carried an error instead of outputs."""
+
+    def reset(self) -> None:
+        """The worker was replaced: nothing is in flight any more."""
 
     def close(self) -> None:
         """Free the channel's buffers."""
+
+
+SEGMENT_PREFIX = "surge"
+_segments = itertools.count()
+
+
+def segment_prefix(pid: int | None = None) -> str:
+    """Names of the segments a front-end process creates start with this (see /dev/shm)."""
+    return f"{SEGMENT_PREFIX}-{os.getpid() if pid is None else pid}-"
+
+
+def _create(size: int) -> SharedMemory:
+    name = f"{segment_prefix()}{next(_segments)}-{secrets.token_hex(4)}"
+    return SharedMemory(name=name, create=True, size=size)
 
 
 class Slot:
     """A growable shared-memory segment created and unlinked by the front end."""
 
     def __init__(self, size: int) -> None:
-        self.shm = SharedMemory(create=True, size=max(ALIGN, size))
+        self.shm = _create(max(ALIGN, size))
 
     @property
     def name(self) -> str:
@@ -154,7 +176,7 @@ class Slot:
         """
         if size > self.shm.size:
             self.close()
-            self.shm = SharedMemory(create=True, size=max(size, self.shm.size * 3 // 2))
+            self.shm = _create(max(size, self.shm.size * 3 // 2))
         return self.buf
 
     def close(self) -> None:
@@ -164,29 +186,58 @@ class Slot:
 
 
 class ShmTransport:
-    """Tensors in per-worker shared-memory slots; control messages on the pipe."""
+    """Tensors in per-worker shared-memory slots; control messages on the pipe.
+
+    `depth` input/output slot pairs let a worker hold that many batches: it computes one
+    while the next already waits in its slot. Results come back in send order, so the
+    slots are used round-robin.
+    """
 
     kind = "shm"
 
-    def __init__(self, input_bytes: int, output_bytes: int) -> None:
-        self.inputs = Slot(input_bytes)
-        self.outputs = Slot(output_bytes)
+    def __init__(self, input_bytes: int, output_bytes: int, depth: int = 1) -> None:
+        self.pairs = [(Slot(input_bytes), Slot(output_bytes)) for _ in range(depth)]
+        self._sent = 0
+        self._received = 0
+
+    @property
+    def inputs(self) -> Slot:
+        """The input slot the next batch goes to."""
+        return self.pairs[self._sent % len(self.pairs)][0]
+
+    @property
+    def outputs(self) -> Slot:
+        """The output slot the next result comes from."""
+        return self.pairs[self._received % len(self.pairs)][1]
 
     def send(self, conn: Connection, batch_id: int, parts: Parts) -> None:
-        metas = pack(parts, self.inputs.ensure)
-        conn.send(RunBatch(batch_id, metas, self.inputs.name, self.outputs.name, self.outputs.size))
+        inputs, outputs = self.pairs[self._sent % len(self.pairs)]
+        metas = pack(parts, inputs.ensure)
+        conn.send(RunBatch(batch_id, metas, inputs.name, outputs.name, outputs.size))
+        self._sent += 1
 
     def receive(self, conn: Connection, done: BatchDone) -> dict[str, np.ndarray]:
+        slot = self.outputs
+        self._received += 1
         if done.inline:
             # The outputs did not fit: they came on the pipe; grow for the next batches.
             outputs = unpack(done.tensors, memoryview(conn.recv_bytes()))
-            self.outputs.ensure(done.needed)
+            slot.ensure(done.needed)
             return outputs
-        return unpack(done.tensors, self.outputs.buf)
+        return unpack(done.tensors, slot.buf)
+
+    def skip(self) -> None:
+        """A batch was answered without outputs (the runner failed): keep the rotation."""
+        self._received += 1
+
+    def reset(self) -> None:
+        """A new worker process starts with nothing in flight."""
+        self._sent = self._received = 0
 
     def close(self) -> None:
-        self.inputs.close()
-        self.outputs.close()
+        for inputs, outputs in self.pairs:
+            inputs.close()
+            outputs.close()
 
 
 class PipeTransport:
@@ -208,15 +259,22 @@ class PipeTransport:
     def receive(self, conn: Connection, done: BatchDone) -> dict[str, np.ndarray]:
         return unpack(done.tensors, memoryview(conn.recv_bytes()))
 
+    def skip(self) -> None:
+        """Nothing to keep in step."""
+
+    def reset(self) -> None:
+        """Nothing to keep in step."""
+
     def close(self) -> None:
         """Nothing to free."""
 
 
-def make_transport(kind: str | None, input_bytes: int, output_bytes: int) -> Transport:
+def make_transport(kind: str | None, input_bytes: int, output_bytes: int,
+                   depth: int = 1) -> Transport:
     """The transport named by `kind`, or by $SURGE_TRANSPORT, default shared memory."""
     kind = kind or os.environ.get(TRANSPORT_ENV, "shm")
     if kind == "shm":
-        return ShmTransport(input_bytes, output_bytes)
+        return ShmTransport(input_bytes, output_bytes, depth)
     if kind == "pipe":
         return PipeTransport()
     from surge.errors import ConfigError

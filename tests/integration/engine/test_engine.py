@@ -26,7 +26,8 @@ from surge.errors import (
 from surge.repository import Repository
 from surge.runtimes import RunnerOptions
 from surge.server.engine import Engine, ServedModel
-from surge.workers.transport import TRANSPORT_ENV, PipeTransport, ShmTransport
+from surge.workers.pool import PIPELINE_DEPTH
+from surge.workers.transport import TRANSPORT_ENV, PipeTransport, ShmTransport, segment_prefix
 
 T = TypeVar("T")
 AFFINE = ("affine", "max_batch_size: 8\nbatching: {max_queue_delay_ms: 5}\n")
@@ -39,7 +40,8 @@ def run(coro: Awaitable[T]) -> T:
 
 
 def shm_segments() -> set[str]:
-    return {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith("psm_")}
+    """This process's segments (other processes on the machine may create their own)."""
+    return {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(segment_prefix())}
 
 
 @asynccontextmanager
@@ -335,7 +337,8 @@ def test_stop_under_load_finishes_accepted_requests_and_frees_shared_memory(
         make_repo(tmp_path, {"slow": SLOW})
         engine = Engine(Repository(tmp_path))
         await engine.start()
-        assert len(shm_segments() - before) == 2  # the worker's input and output slots
+        # The worker's input and output slots, one pair per batch it can hold.
+        assert len(shm_segments() - before) == 2 * PIPELINE_DEPTH
         tasks = [asyncio.create_task(engine.infer("slow", None, rows(0.5, 2, 512)))
                  for _ in range(20)]
         await asyncio.sleep(0.01)

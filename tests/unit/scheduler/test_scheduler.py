@@ -286,6 +286,31 @@ def test_fail_forgets_the_batch_and_returns_its_requests() -> None:
     assert s.batch_time(2) is None  # a failed batch is no measurement
 
 
+def test_requeued_batch_goes_back_ahead_of_later_arrivals() -> None:
+    s = scheduler(max_batch_size=2)
+    a, b = s.add(req(deadline=5.0), 0.0), s.add(req(), 0.0)
+    batch = s.next_batch(0.0, 1)
+    assert batch is not None
+    c = s.add(req(), 0.1)
+    s.requeue(batch)
+    assert s.inflight == 0
+    assert s.queued == 3
+    assert s.next_wakeup(0.2, idle_workers=0) == pytest.approx(5.0)  # deadline kept
+    again = s.next_batch(0.2, 1)
+    assert again is not None
+    assert ids(again) == [a.id, b.id]
+    assert [r.id for r in s.drain()] == [c.id]
+
+
+def test_worker_compute_time_is_preferred_over_time_since_dispatch() -> None:
+    s = scheduler(max_batch_size=2)
+    s.add(req(2), 0.0)
+    batch = s.next_batch(0.0, 1)
+    assert batch is not None
+    s.complete(batch, {"y": np.zeros((2, 4), np.float32)}, 0.5, compute_s=0.2)
+    assert s.batch_time(2) == pytest.approx(0.2)
+
+
 def test_drain_empties_the_queue() -> None:
     s = scheduler()
     queued = [s.add(req(), 0.0) for _ in range(3)]

@@ -17,12 +17,13 @@ from surge.workers.transport import (
     WorkerEnd,
     make_transport,
     pack,
+    segment_prefix,
     unpack,
 )
 
 
 def _shm_names() -> set[str]:
-    return {p.name for p in Path("/dev/shm").iterdir()}
+    return {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(segment_prefix())}
 
 
 def test_pack_joins_pieces_along_dim0_and_unpack_views_them() -> None:

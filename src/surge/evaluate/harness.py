@@ -85,7 +85,8 @@ class EvalReport:
 
 
 def load_dataset(spec: str | Path, input_name: str = "image") -> EvalDataset:
-    """`fashion-mnist` (the built-in test split) or an .npz of input arrays plus `labels`.
+    """`fashion-mnist` (the built-in test split), an .npz of input arrays plus `labels`, or a
+    detection split directory (`images.npy` + COCO `annotations.json`).
 
     An .npz for detection holds the inputs and `image_ids`, with the COCO ground truth in a
     JSON file of the same name beside it.
@@ -97,8 +98,11 @@ def load_dataset(spec: str | Path, input_name: str = "image") -> EvalDataset:
         return EvalDataset(FASHION_MNIST, {input_name: to_model_input(images)}, labels,
                            list(FASHION_CLASSES))
     path = Path(spec)
+    if path.is_dir():
+        return _detection_split(path, input_name)
     if path.suffix != ".npz" or not path.is_file():
-        raise MetricError(f"--data {spec}: expected 'fashion-mnist' or an existing .npz file")
+        raise MetricError(f"--data {spec}: expected 'fashion-mnist', an existing .npz file or a "
+                          "detection split directory")
     with np.load(path, allow_pickle=False) as archive:
         arrays = {key: archive[key] for key in archive.files}
     labels = arrays.pop("labels", None)
@@ -112,6 +116,21 @@ def load_dataset(spec: str | Path, input_name: str = "image") -> EvalDataset:
             raise MetricError(f"{path} has image_ids but no COCO ground truth at {gt_path}")
         ground_truth = json.loads(gt_path.read_text())
     return EvalDataset(path.stem, arrays, labels, None, ground_truth, image_ids)
+
+
+def _detection_split(directory: Path, input_name: str) -> EvalDataset:
+    """A split as `surge data fashion-detection` writes it: row i of images.npy is COCO image
+    id i + 1."""
+    import json
+
+    images_file, annotations_file = directory / "images.npy", directory / "annotations.json"
+    if not images_file.is_file() or not annotations_file.is_file():
+        raise MetricError(f"--data {directory}: a detection split directory needs images.npy "
+                          "and annotations.json")
+    images = np.load(images_file, allow_pickle=False)
+    ground_truth = json.loads(annotations_file.read_text())
+    return EvalDataset(directory.name, {input_name: images}, ground_truth=ground_truth,
+                       image_ids=np.arange(1, len(images) + 1))
 
 
 def _runner_of(model: Runner | LoadedModel) -> tuple[Runner, str]:

@@ -114,3 +114,19 @@ def test_profiler_measures_every_setting_and_batch(tiny: Repository, tmp_path: P
 def test_default_grids() -> None:
     assert default_batch_sizes(48) == [1, 2, 4, 8, 16, 32, 48]
     assert default_settings(2) == [(1, 1), (1, 2), (2, 1)]
+
+
+def test_load_detection_split_directory(tmp_path: Path) -> None:
+    split = tmp_path / "val"
+    split.mkdir()
+    np.save(split / "images.npy", np.zeros((2, 8, 8), np.uint8))
+    gt = {"images": [{"id": 1}, {"id": 2}], "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"image_id": 2, "category_id": 1, "bbox": [1, 1, 2, 2]}]}
+    (split / "annotations.json").write_text(__import__("json").dumps(gt))
+    data = load_dataset(split, input_name="image")
+    assert data.inputs["image"].shape == (2, 8, 8)
+    assert data.image_ids.tolist() == [1, 2]
+    assert data.ground_truth == gt
+    (split / "annotations.json").unlink()
+    with pytest.raises(MetricError, match="needs images.npy and annotations.json"):
+        load_dataset(split)

@@ -20,6 +20,7 @@ from surge.select import (
     Load,
     Measurement,
     Rung,
+    ServingCosts,
     Slo,
     build_space,
     parse_duration_s,
@@ -182,6 +183,15 @@ def test_closed_loop_prediction_by_hand() -> None:
     # 16 clients cannot fill a batch of 64: every batch waits out the 2 ms delay
     waiting = predict(profile, Candidate(ORIGINAL, 64, 2.0, 1, 1), Load(concurrency=16))
     assert waiting.throughput == pytest.approx(16 * 1000.0 / (2.6 + 2.0))
+
+
+def test_serving_overhead_is_charged_per_batch() -> None:
+    costs = ServingCosts(batch_overhead_ms=2.0)
+    one = predict(linear_profile(), Candidate(ORIGINAL, 1, 0.0, 1, 1), Load(concurrency=64), costs)
+    assert one.throughput == pytest.approx(1000.0 / 3.1)
+    full = predict(linear_profile(), Candidate(ORIGINAL, 64, 0.0, 1, 1), Load(concurrency=64),
+                   costs)
+    assert full.throughput == pytest.approx(64 * 1000.0 / 9.4)  # amortized over 64 requests
 
 
 def test_open_loop_prediction_saturates() -> None:

@@ -356,9 +356,12 @@ class Engine:
     async def stop(self, grace_s: float = 30.0) -> None:
         """Drain accepted work (at most `grace_s`), then stop every worker."""
         served = [m for versions in self._served.values() for m in versions.values()]
-        self._served.clear()
         self._started = False
+        for model in served:  # at once, before any drain task runs
+            model.accepting = False
+        # Still found while draining: new requests get ModelNotReadyError (503), not 404.
         await asyncio.gather(*(m.stop(grace_s) for m in served))
+        self._served.clear()
         self._live = False
 
     def live(self) -> bool:
@@ -409,7 +412,8 @@ class Engine:
             if versions:
                 for version, served in sorted(versions.items()):
                     state = "READY" if served.ready else "UNAVAILABLE"
-                    reason = "" if served.ready else "no live worker"
+                    reason = "" if served.ready else (
+                        "no live worker" if served.accepting else "draining")
                     rows.append({"name": name, "version": str(version), "state": state,
                                  "reason": reason})
                 continue
@@ -463,11 +467,12 @@ class Engine:
     async def unload(self, name: str) -> None:
         """Stop serving `name` after its accepted requests finish."""
         async with self._lock(name):
-            old = self._served.pop(name, None)
+            old = self._served.get(name)
             if old is None:
                 self.repository.model_dir(name)  # NotFoundError for an unknown model
-            self._state[name] = ("UNAVAILABLE", "unloaded")
             await asyncio.gather(*(m.stop(UNLOAD_GRACE_S) for m in (old or {}).values()))
+            self._served.pop(name, None)
+            self._state[name] = ("UNAVAILABLE", "unloaded")
 
     # -- inference ---------------------------------------------------------------------------
     async def infer(

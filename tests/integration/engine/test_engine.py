@@ -342,7 +342,12 @@ def test_stop_under_load_finishes_accepted_requests_and_frees_shared_memory(
         tasks = [asyncio.create_task(engine.infer("slow", None, rows(0.5, 2, 512)))
                  for _ in range(20)]
         await asyncio.sleep(0.01)
-        await engine.stop(grace_s=30.0)
+        stopping = asyncio.create_task(engine.stop(grace_s=30.0))
+        await asyncio.sleep(0)
+        with pytest.raises(ModelNotReadyError):  # draining: accepted work only
+            await engine.infer("slow", None, rows(0.5, 1, 512))
+        assert engine.index()[0]["reason"] == "draining"
+        await stopping
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert all(isinstance(r, dict) for r in results), results
         assert not engine.ready()

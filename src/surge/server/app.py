@@ -28,7 +28,7 @@ from surge.protocol.rest import (
 )
 from surge.protocol.types import EXTENSIONS, SERVER_NAME
 from surge.repository import check_name, check_version
-from surge.server.outcome import outcome_of
+from surge.server.outcome import RequestObserver, outcome_of
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class V2App:
         self.max_body_bytes = max_body_bytes
         self._auth = f"Bearer {api_key}".encode() if api_key else None
         self.accepting = True  # cleared on drain: new requests get 503
+        self._observer = RequestObserver(engine.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -221,23 +222,32 @@ class V2App:
         await _respond(send, 200, payload, headers)
 
     def _observe(self, name: str, outcome: str, start: float) -> None:
-        self.engine.metrics.observe_request(name, outcome, time.perf_counter() - start)
+        self._observer.observe(name, outcome, time.perf_counter() - start)
 
 
 async def _until_disconnect(receive: Receive, work: Awaitable[dict[str, np.ndarray]]) -> Any:
-    """Await `work`; if the client disconnects first, cancel it (which dequeues the request)."""
-    task = asyncio.ensure_future(work)
+    """Await `work`; if the client disconnects first, cancel it (which dequeues the request).
+
+    `work` runs in this task (no task per request for it); only the disconnect watch needs
+    one, because ASGI reports a disconnect only through `receive()`.
+    """
+    task = asyncio.current_task()
+    assert task is not None
     watcher = asyncio.ensure_future(receive())
+    disconnected = False
 
     def on_message(done: asyncio.Future[dict[str, Any]]) -> None:
+        nonlocal disconnected
         if not done.cancelled() and done.result().get("type") == "http.disconnect":
+            disconnected = True
             task.cancel()
 
     watcher.add_done_callback(on_message)
     try:
-        return await task
+        return await work
     except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
+        if disconnected:
+            task.uncancel()
             raise ClientDisconnectedError from None
         raise
     finally:

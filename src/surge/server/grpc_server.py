@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 from surge.protocol.metadata import model_config, model_metadata, model_statistics
 from surge.protocol.types import EXTENSIONS, SERVER_NAME
 from surge.repository import check_name, check_version
-from surge.server.outcome import outcome_of
+from surge.server.outcome import RequestObserver, outcome_of
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.engine = engine
         self.accepting = True
         self._auth = f"Bearer {api_key}" if api_key else None
+        self._observer = RequestObserver(engine.metrics)
 
     def authorize(self, context: grpc.aio.ServicerContext) -> None:
         """Require `authorization: Bearer <key>` metadata when an API key is set."""
@@ -181,11 +183,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
             served = version if version is not None else self.engine.model(name).version
             response = encode_infer_response(name, served, decoded, outputs)
+        except asyncio.CancelledError:
+            self._observer.observe(name, "cancelled", time.perf_counter() - start)
+            raise
         except SurgeError as exc:
-            self.engine.metrics.observe_request(name, outcome_of(exc), time.perf_counter() - start)
+            self._observer.observe(name, outcome_of(exc), time.perf_counter() - start)
             await _abort(context, exc)
             raise AssertionError("unreachable") from exc
-        self.engine.metrics.observe_request(name, "success", time.perf_counter() - start)
+        self._observer.observe(name, "success", time.perf_counter() - start)
         return response
 
 

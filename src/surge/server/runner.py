@@ -78,7 +78,7 @@ class SurgeServer:
         self._http_socket = _bind(options.host, options.http_port)
         config = uvicorn.Config(
             self.app, http="httptools", loop="none", lifespan="off", access_log=False,
-            log_level="warning", server_header=False, date_header=False,
+            log_level="warning", server_header=False, date_header=False, proxy_headers=False,
             timeout_keep_alive=75, backlog=2048, timeout_graceful_shutdown=max(1, round(options.grace_s)),
         )
         # startup()/shutdown() rather than serve(): serve() installs its own signal handlers,

@@ -1,0 +1,312 @@
+"""Serving benchmark: in-process ceiling vs Surge (binary HTTP, gRPC) vs a naive server, one run.
+
+For each model (ResNet-18 at 3x224x224 and 3x64x64 with random weights, the fashion CNN):
+1. ceiling: the ONNX Runtime session's best throughput in this process over batch sizes and
+   thread counts on the same cores;
+2. `surge serve` in a subprocess, driven by Surge's load generator (this process) over binary
+   HTTP and gRPC at each concurrency; the front end's CPU time per request is read from
+   /proc/<pid>/stat of the server process (workers are its children and are not counted);
+3. the naive baseline (benchmarks/naive_server.py: starlette, JSON, one forward per request).
+Ratios are computed from numbers measured in this run only.
+
+    .venv/bin/python benchmarks/serving.py [--duration 5] [--models resnet224,resnet64,fashion]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CORES = os.cpu_count() or 2
+TICKS = os.sysconf("SC_CLK_TCK")
+console = Console()
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: str  # resnet | fashion
+    size: int  # image side
+    channels: int
+    max_batch: int
+    delay_ms: float
+    ceiling_batches: tuple[int, ...]
+
+
+CASES = {
+    "resnet224": Case("resnet224", "resnet", 224, 3, 32, 5.0, (1, 4, 8, 16, 32)),
+    "resnet64": Case("resnet64", "resnet", 64, 3, 64, 2.0, (1, 8, 16, 32, 64)),
+    "fashion": Case("fashion", "fashion", 28, 1, 64, 1.0, (1, 16, 64)),
+}
+
+
+@dataclass
+class CaseResult:
+    name: str
+    ceiling: dict[str, Any] = field(default_factory=dict)
+    surge: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    naive: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+# -- models ---------------------------------------------------------------------------------
+def export_model(case: Case, path: Path) -> Path:
+    import torch
+
+    from surge.export import export_onnx
+
+    torch.manual_seed(0)
+    if case.build == "fashion":
+        trained = ROOT / "examples" / "repository" / "fashion" / "1" / "model.onnx"
+        if trained.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(trained.read_bytes())
+            return path
+        from surge.zoo.fashion import fashion_cnn
+
+        module, name = fashion_cnn(), "image"
+    else:
+        from surge.zoo.resnet import resnet18
+
+        module, name = resnet18(), "image"
+    example = torch.rand(2, case.channels, case.size, case.size)
+    return export_onnx(module, (example,), path, [name], ["logits"])
+
+
+def measure_ceiling(case: Case, path: Path, seconds: float = 1.5) -> dict[str, Any]:
+    """Best items/s of the bare ORT session over batch sizes and thread counts."""
+    import onnxruntime as ort
+
+    best: dict[str, Any] = {"items_per_s": 0.0}
+    batch_ms: dict[str, float] = {}
+    for threads in sorted({1, CORES}):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for batch in case.ceiling_batches:
+            x = np.random.default_rng(0).random((batch, case.channels, case.size, case.size),
+                                                dtype=np.float32)
+            session.run(None, {name: x})
+            runs, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds or runs < 3:
+                session.run(None, {name: x})
+                runs += 1
+            elapsed = time.perf_counter() - start
+            rate = runs * batch / elapsed
+            batch_ms[f"b{batch}_t{threads}"] = elapsed / runs * 1000
+            console.log(f"  ceiling {case.name}: batch {batch} threads {threads}: "
+                        f"{rate:,.1f} items/s ({elapsed / runs * 1000:.2f} ms/batch)")
+            if rate > best["items_per_s"]:
+                best = {"items_per_s": rate, "batch": batch, "threads": threads}
+    # One worker process running `threads` intra-op threads; instances x threads fit the cores.
+    best["instances"] = max(1, CORES // best["threads"])
+    best["batch_ms"] = batch_ms
+    best["max_batch_ms"] = batch_ms[f"b{case.max_batch}_t{best['threads']}"] \
+        if f"b{case.max_batch}_t{best['threads']}" in batch_ms else None
+    return best
+
+
+def write_repository(case: Case, model: Path, root: Path, ceiling: dict[str, Any]) -> Path:
+    directory = root / case.name / "1"
+    directory.mkdir(parents=True)
+    (directory / "model.onnx").write_bytes(model.read_bytes())
+    (root / case.name / "config.yaml").write_text(
+        f"max_batch_size: {case.max_batch}\n"
+        f"instances: {ceiling['instances']}\n"
+        f"threads: {ceiling['threads']}\n"
+        f"batching: {{max_queue_delay_ms: {case.delay_ms}}}\n"
+        "queue: {max_size: 1024}\n"
+    )
+    return root
+
+
+# -- processes ------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime of this process only
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def bench_levels(url: str, model: str, protocol: str, levels: list[int], duration: float,
+                 pid: int) -> list[dict[str, Any]]:
+    from surge.bench import run_bench
+
+    rows = []
+    for level in levels:
+        before = cpu_seconds(pid)
+        report = run_bench(url, model, [level], duration, protocol, warmup_s=1.0)
+        front_cpu = cpu_seconds(pid) - before
+        run = asdict(report.runs[0])
+        # The warm-up second is included in the CPU delta: count its requests too (estimate).
+        sent = run["requests"] * (1 + 1.0 / duration)
+        run["front_end_cpu_us_per_request"] = front_cpu / max(sent, 1) * 1e6
+        rows.append(run)
+        console.log(f"  {model} {protocol} c={level}: {run['throughput']:,.1f} req/s, "
+                    f"p99 {run['p99_ms']:.1f} ms, errors {run['errors'] or 0}, client CPU "
+                    f"{run['client_cpu_share']:.0%}, front end "
+                    f"{run['front_end_cpu_us_per_request']:.0f} us/req")
+    return rows
+
+
+def run_surge(repo: Path, case: Case, levels: list[int], duration: float) -> dict[str, Any]:
+    http, grpc_port, metrics = free_port(), free_port(), free_port()
+    command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
+               "--http-port", str(http), "--grpc-port", str(grpc_port),
+               "--metrics-port", str(metrics)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{http}"
+    try:
+        wait_ready(url, process)
+        return {
+            "http": bench_levels(url, case.name, "http", levels, duration, process.pid),
+            "grpc": bench_levels(f"127.0.0.1:{grpc_port}", case.name, "grpc", levels, duration,
+                                 process.pid),
+        }
+    finally:
+        stop(process)
+
+
+def run_naive(model: Path, case: Case, levels: list[int], duration: float,
+              threads: int) -> list[dict[str, Any]]:
+    port = free_port()
+    command = [sys.executable, str(ROOT / "benchmarks" / "naive_server.py"), case.name,
+               str(model), str(port), str(threads)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        return bench_levels(url, case.name, "http-json", levels, duration, process.pid)
+    finally:
+        stop(process)
+
+
+# -- report ---------------------------------------------------------------------------------
+def _at(rows: list[dict[str, Any]], level: int) -> dict[str, Any] | None:
+    return next((r for r in rows if r["concurrency"] == level), None)
+
+
+def summarize(result: CaseResult, case: Case) -> dict[str, Any]:
+    ceiling = result.ceiling["items_per_s"]
+    summary: dict[str, Any] = {"ceiling_items_per_s": ceiling}
+    for protocol in ("http", "grpc"):
+        c64 = _at(result.surge.get(protocol, []), 64)
+        if c64:
+            summary[f"{protocol}_c64_over_ceiling"] = c64["throughput"] / ceiling
+            summary[f"{protocol}_c64_p99_ms"] = c64["p99_ms"]
+            if result.ceiling.get("max_batch_ms"):
+                summary[f"{protocol}_c64_p99_over_max_batch"] = (
+                    c64["p99_ms"] / result.ceiling["max_batch_ms"])
+    naive = _at(result.naive, 64)
+    http = _at(result.surge.get("http", []), 64)
+    if naive and http and naive["throughput"] > 0:
+        summary["http_c64_over_naive_c64"] = http["throughput"] / naive["throughput"]
+        summary["naive_c64_over_ceiling"] = naive["throughput"] / ceiling
+    return summary
+
+
+def print_tables(results: list[CaseResult], summaries: dict[str, dict[str, Any]]) -> None:
+    for result in results:
+        table = Table(title=f"{result.name}: ceiling {result.ceiling['items_per_s']:,.1f} items/s"
+                            f" (batch {result.ceiling['batch']}, {result.ceiling['threads']} "
+                            "threads)")
+        for column in ("server", "c", "req/s", "/ceiling", "p50 ms", "p99 ms", "errors",
+                       "client CPU", "front end us/req"):
+            table.add_column(column, justify="right")
+        rows = [(f"surge {p}", r) for p in ("http", "grpc") for r in result.surge.get(p, [])]
+        rows += [("naive json", r) for r in result.naive]
+        for label, r in rows:
+            table.add_row(label, str(r["concurrency"]), f"{r['throughput']:,.1f}",
+                          f"{r['throughput'] / result.ceiling['items_per_s']:.2f}",
+                          f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                          str(sum(r["errors"].values())), f"{r['client_cpu_share']:.0%}",
+                          f"{r['front_end_cpu_us_per_request']:.0f}")
+        console.print(table)
+        console.print({k: round(v, 3) if isinstance(v, float) else v
+                       for k, v in summaries[result.name].items()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet224,resnet64,fashion")
+    parser.add_argument("--levels", default="1,16,64,256")
+    parser.add_argument("--naive-levels", default="1,64")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per level")
+    parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    naive_levels = [int(x) for x in args.naive_levels.split(",") if x]
+    results: list[CaseResult] = []
+    summaries: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="surge-serving-bench-") as tmp:
+        for name in args.models.split(","):
+            case = CASES[name]
+            console.rule(case.name)
+            model = export_model(case, Path(tmp) / "models" / f"{case.name}.onnx")
+            result = CaseResult(case.name)
+            result.ceiling = measure_ceiling(case, model)
+            repo = write_repository(case, model, Path(tmp) / f"repo-{case.name}", result.ceiling)
+            result.config = {"max_batch_size": case.max_batch, "delay_ms": case.delay_ms,
+                             "instances": result.ceiling["instances"],
+                             "threads": result.ceiling["threads"]}
+            result.surge = run_surge(repo, case, levels, args.duration)
+            result.naive = run_naive(model, case, naive_levels, args.duration, CORES)
+            results.append(result)
+            summaries[case.name] = summarize(result, case)
+    print_tables(results, summaries)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "cores": CORES, "duration_s_per_level": args.duration,
+        "results": [asdict(r) for r in results], "summary": summaries,
+    }, indent=2))
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

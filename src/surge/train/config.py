@@ -6,7 +6,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from surge.errors import ConfigError
 
@@ -79,6 +86,13 @@ class PipelineConfig(_Strict):
         description="Module names each stage after the first begins at; empty = balance the "
                     "stages by parameter count.",
     )
+
+    @field_validator("split_points", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        # Children of nn.Sequential are named "0", "1", ...; YAML reads a bare 3 as an int.
+        return [str(v) if isinstance(v, int) else v for v in value] if isinstance(value, list) \
+            else value
 
 
 class CheckpointConfig(_Strict):

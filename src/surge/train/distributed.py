@@ -62,10 +62,27 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistStat
         torch.cuda.set_device(state.device)
     if state.distributed and not dist.is_initialized():
         dist.init_process_group(
-            backend=state.backend, timeout=timedelta(seconds=timeout_s),
+            backend=state.backend, store=_attempt_store(state, timeout_s),
+            rank=state.rank, world_size=state.world_size, timeout=timedelta(seconds=timeout_s),
             device_id=state.device if state.device.type == "cuda" else None,
         )
     return state
+
+
+def _attempt_store(state: DistState, timeout_s: float) -> dist.Store:
+    """The rendezvous store at MASTER_ADDR:MASTER_PORT, with keys private to this attempt.
+
+    After an elastic restart the agent's store still holds the dead attempt's gloo addresses
+    under the same keys, and the new ranks would try to connect to them; a per-attempt prefix
+    keeps each attempt's rendezvous apart.
+    """
+    agent_hosts_it = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500")),
+        world_size=state.world_size, is_master=not agent_hosts_it and state.rank == 0,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    return dist.PrefixStore(f"surge/attempt-{state.restart_count}", store)
 
 
 def shutdown() -> None:

@@ -35,12 +35,24 @@ def build_model(spec: ModelSpec, seed: int) -> nn.Module:
 
 # -- pipeline split points ---------------------------------------------------------------------
 def split_candidates(model: nn.Module) -> list[tuple[str, int]]:
-    """Leaf modules in registration order with their parameter counts: where a stage may begin.
+    """Where a stage may begin, in call order, with each unit's parameter count.
 
-    Registration order is the call order for sequential models such as the zoo's CNNs.
+    nn.Sequential containers (and the root) are opened up; any other module with children,
+    such as a residual block, stays whole, since its skip connection must not be cut.
+    Registration order is taken as call order, as it is for the zoo's CNNs.
     """
-    leaves = [(name, m) for name, m in model.named_modules() if name and not list(m.children())]
-    return [(name, sum(p.numel() for p in m.parameters())) for name, m in leaves]
+    units: list[tuple[str, int]] = []
+
+    def visit(name: str, module: nn.Module) -> None:
+        children = list(module.named_children())
+        if children and (not name or isinstance(module, nn.Sequential)):
+            for child_name, child in children:
+                visit(f"{name}.{child_name}" if name else child_name, child)
+            return
+        units.append((name, sum(p.numel() for p in module.parameters())))
+
+    visit("", model)
+    return units
 
 
 def balanced_split(model: nn.Module, stages: int) -> list[str]:

@@ -1,0 +1,123 @@
+"""`surge train` checks the recipe before any process starts, and builds torchrun's command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import surge.train.launcher as launch_module
+from surge.cli import main
+from surge.errors import ConfigError
+from surge.train.config import PipelineConfig, parse_train_config
+from surge.train.launcher import LaunchOptions, torchrun_command, validate
+from surge.train.parallel import balanced_split, resolve_split
+from tests.unit.train.tiny import recipe, tiny_mlp, write_recipe
+
+
+@pytest.fixture
+def no_processes(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record any attempt to start torchrun."""
+    started: list[object] = []
+    monkeypatch.setattr(launch_module.subprocess, "run", lambda *a, **k: started.append(a))
+    return started
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["learning_rate=0.1"], "unknown key 'learning_rate'"),
+    (["batch_size=4", "parallelism=ddp", "--nproc", "8"],
+     "8 processes but batch_size 4: each process needs at least one sample"),
+    (["parallelism=pipeline", "pipeline.split_points=[nope]", "--nproc", "2"],
+     "the model has no module 'nope'"),
+    (["parallelism=pipeline", "pipeline.split_points=['1', '3']", "--nproc", "2"],
+     "lists 2 points, but 2 processes make 2 stages and need 1"),
+    (["parallelism=pipeline", "--nproc", "1"], "pipeline needs at least 2 processes"),
+    (["parallelism=pipeline", "pipeline.microbatches=5", "--nproc", "2"],
+     "does not split into pipeline.microbatches 5"),
+    (["precision=fp16"], "fp16 needs a CUDA device"),
+    (["--nproc", "2"], "parallelism none runs one process"),
+    (["model.builder=tests.unit.train.tiny:missing"], "model.builder: factory"),
+])
+def test_bad_config_fails_in_one_line_before_any_process_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_processes: list[object],
+    args: list[str], message: str,
+) -> None:
+    if "fp16" in message and __import__("torch").cuda.is_available():
+        pytest.skip("fp16 is valid where CUDA is present")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(write_recipe(tmp_path)), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1
+    assert no_processes == []
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_valid_multi_process_recipe_starts_torchrun_with_the_resolved_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    commands: list[list[str]] = []
+
+    def fake_run(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(launch_module.subprocess, "run", fake_run)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(write_recipe(tmp_path)), "parallelism=ddp", "epochs=3",
+              "--nproc", "2", "--max-restarts", "1"])
+    assert exit_info.value.code == 0
+    (command,) = commands
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--nproc-per-node=2" in command
+    assert "--max-restarts=1" in command
+    resolved = Path(command[command.index("surge.train.worker") + 1])
+    assert "epochs: 3" in resolved.read_text()
+
+
+def test_torchrun_commands_for_one_and_many_machines(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    single = torchrun_command(config, LaunchOptions(nproc=2, resume=True))
+    assert "--standalone" in single
+    assert single[-1] == "--resume"
+    static = torchrun_command(config, LaunchOptions(nproc=2, nnodes=2, node_rank=1,
+                                                    rdzv="10.0.0.1:29500"))
+    assert {"--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.1",
+            "--master-port=29500"} <= set(static)
+    dynamic = torchrun_command(config, LaunchOptions(nproc=2, nnodes=2, rdzv="head:29400"))
+    assert {"--rdzv-backend=c10d", "--rdzv-endpoint=head:29400"} <= set(dynamic)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (LaunchOptions(nnodes=2), "--nnodes > 1 needs --rdzv"),
+    (LaunchOptions(nnodes=2, rdzv="nohostport"), "must look like host:port"),
+    (LaunchOptions(nnodes=2, node_rank=2, rdzv="h:1"), "--node-rank 2 must be in [0, 2)"),
+    (LaunchOptions(nproc=0), "must be >= 1"),
+])
+def test_bad_launch_options(tmp_path: Path, options: LaunchOptions, message: str) -> None:
+    config = parse_train_config(recipe(tmp_path, parallelism="ddp"), "r")
+    with pytest.raises(ConfigError) as info:
+        validate(config, options)
+    assert message in str(info.value)
+
+
+def test_balanced_split_starts_stages_where_parameter_counts_balance() -> None:
+    model = tiny_mlp(features=8, hidden=64)  # Linear 576, 4160 (heaviest), 260 parameters
+    assert balanced_split(model, 2) == ["3"]
+    assert balanced_split(model, 3) == ["3", "4"]
+    assert resolve_split(model, PipelineConfig(split_points=["5"]), 2) == ["5"]
+
+
+def test_split_points_must_be_in_call_order() -> None:
+    with pytest.raises(ConfigError, match="distinct and in call order"):
+        resolve_split(tiny_mlp(), PipelineConfig(split_points=["5", "3"]), 3)
+
+
+def test_torchrun_is_a_module_of_this_torch() -> None:
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--help"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0
+    assert "--nproc-per-node" in done.stdout

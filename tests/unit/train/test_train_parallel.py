@@ -1,0 +1,92 @@
+"""DDP, FSDP2 and pipeline stages on 2 gloo processes against one unsplit, unsharded model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from surge.train.config import PipelineConfig
+from surge.train.data import Split, train_batches
+from surge.train.distributed import DistState
+from surge.train.parallel import data_parallel_plan, pipeline_plan
+from surge.train.precision import make_precision
+from tests.unit.train.tiny import CLASSES, FEATURES, spawn, tiny_mlp
+
+GLOBAL_BATCH, STEPS = 16, 3
+
+
+def _data() -> Split:
+    generator = torch.Generator().manual_seed(7)
+    inputs = torch.randn(GLOBAL_BATCH * STEPS, FEATURES, generator=generator)
+    return Split(inputs, torch.randint(0, CLASSES, (GLOBAL_BATCH * STEPS,), generator=generator))
+
+
+def _train(state: DistState, mode: str, replicas: int, out: Path | None) -> dict[str, torch.Tensor]:
+    """STEPS AdamW steps of the tiny MLP; each rank takes its share of each global batch."""
+    torch.manual_seed(0)
+    precision = make_precision("fp32", state.device)
+    plan = data_parallel_plan(tiny_mlp(), mode, state, nn.CrossEntropyLoss(), precision)
+    optimizer = torch.optim.AdamW(plan.module.parameters(), lr=0.05)
+    for inputs, labels in train_batches(_data(), GLOBAL_BATCH, 0, 0, replicas, state.rank, False):
+        plan.step(inputs, labels)
+        optimizer.step()
+        optimizer.zero_grad()
+    from surge.train.checkpoint import full_model_state
+
+    weights = full_model_state(plan.module, mode, state)
+    if out is not None and state.is_main:
+        torch.save(weights, out)
+    return weights
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_one_with_the_same_global_batch(mode: str, tmp_path: Path) -> None:
+    expected = _train(DistState(), "none", 1, None)
+    spawn(_train, 2, mode, 2, tmp_path / "weights.pt")
+    got = torch.load(tmp_path / "weights.pt", weights_only=True)
+    assert got.keys() == expected.keys()
+    start = tiny_mlp().state_dict()
+    for name, value in expected.items():
+        assert not torch.allclose(value, start[name])  # training really moved the weights
+        torch.testing.assert_close(got[name], value, atol=1e-5, rtol=1e-5)
+
+
+def _pipeline_grads(state: DistState, out: Path) -> None:
+    batch = _data()
+    inputs, labels = batch.inputs[:GLOBAL_BATCH], batch.labels[:GLOBAL_BATCH]
+    precision = make_precision("fp32", state.device)
+    results = {}
+    for schedule in ("gpipe", "1f1b"):
+        torch.manual_seed(0)
+        config = PipelineConfig(schedule=schedule, microbatches=4)
+        plan = pipeline_plan(tiny_mlp(), config, [FEATURES], GLOBAL_BATCH, state,
+                             nn.CrossEntropyLoss(), precision)
+        loss = plan.step(inputs, labels)
+        grads = {n: p.grad.clone() for n, p in plan.module.named_parameters()}
+        results[schedule] = {"loss": loss, "grads": grads}
+    torch.save(results, out / f"stage{state.rank}.pt")
+
+
+def test_two_stage_pipeline_matches_the_unsplit_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    batch = _data()
+    loss = nn.functional.cross_entropy(model(batch.inputs[:GLOBAL_BATCH]),
+                                       batch.labels[:GLOBAL_BATCH])
+    loss.backward()
+    expected = {n: p.grad for n, p in model.named_parameters()}
+    spawn(_pipeline_grads, 2, tmp_path)
+    stages = [torch.load(tmp_path / f"stage{r}.pt", weights_only=True) for r in range(2)]
+    for schedule in ("gpipe", "1f1b"):
+        first, last = stages[0][schedule], stages[1][schedule]
+        assert first["loss"] is None  # only the last stage sees the loss
+        assert last["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
+        assert first["grads"]
+        assert last["grads"]
+        grads = {**first["grads"], **last["grads"]}
+        assert grads.keys() == expected.keys()
+        for name, grad in expected.items():
+            torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-5)

@@ -30,6 +30,8 @@ def optimize(
         help="A torch_factory model with the same weights (for prune/lowrank/bf16 on ONNX).")] = None,
     finetune_epochs: Annotated[int, typer.Option(
         min=0, help="Fine-tune epochs after pruning the Fashion-MNIST model (0 = none).")] = 1,
+    check_rows: Annotated[int, typer.Option(
+        min=1, help="Fashion-MNIST test images each variant is checked on.")] = 10_000,
     exclude: Annotated[list[str] | None, typer.Option(
         help="ONNX node name left in fp32 by quantization (repeatable).")] = None,
 ) -> None:
@@ -42,7 +44,7 @@ def optimize(
     options = OptimizeOptions(
         calibration=calib, tolerance=Tolerance(**parse_tolerance(tolerance)) if tolerance else None,
         keep_failed=keep_failed, torch_model=torch_model, finetune_epochs=finetune_epochs,
-        exclude=tuple(exclude or ()),
+        exclude=tuple(exclude or ()), check_rows=check_rows,
     )
     outcomes = optimize_model(repo, model, configs, options)
     table = Table(title=f"variants of {model}")

@@ -63,8 +63,9 @@ def failures(result: CheckResult, tol: Tolerance) -> tuple[str, ...]:
     return tuple(out)
 
 
-def verify(source: ModelSource, artifact: Path, tolerance: Tolerance, threads: int = 2) -> CheckResult:
-    """Load the artifact in the engine that will serve it and compare it with the original."""
+def verify(source: ModelSource, artifact: Path, tolerance: Tolerance, threads: int = 1) -> CheckResult:
+    """Load the artifact in the engine that will serve it and compare it with the original.
+    One thread: checks need no speed, and spinning thread pools crawl on a shared machine."""
     runner = load_runner(artifact, RunnerOptions(intra_op_threads=threads))
     candidate = run_runner(runner, {n: source.samples[n] for n in source.input_names})
     reference = source.reference_outputs()

@@ -53,6 +53,8 @@ class OptimizeOptions:
     """Fine-tune epochs for pruned Fashion-MNIST models (0 = none)."""
     exclude: tuple[str, ...] = ()
     """ONNX node names left in fp32 by quantization."""
+    check_rows: int = CHECK_ROWS
+    """Rows of the default check data (Fashion-MNIST test images) each variant is run on."""
 
 
 def default_tolerance(task: str, has_labels: bool) -> Tolerance:
@@ -158,7 +160,8 @@ def _defaults(signature: Signature, calibration: Inputs | None,
         else:
             finetune = fashion_finetune(options.finetune_epochs) if options.finetune_epochs else None
             name = signature.inputs[0].name
-            return {name: to_model_input(images[:CHECK_ROWS])}, labels[:CHECK_ROWS], finetune
+            rows = options.check_rows
+            return {name: to_model_input(images[:rows])}, labels[:rows], finetune
     if calibration is not None:
         return {k: v[:256] for k, v in calibration.items()}, None, None
     return example_inputs(signature, batch_size=64), None, None

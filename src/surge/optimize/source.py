@@ -112,7 +112,7 @@ def _as_tuple(result: Any, output_names: list[str]) -> tuple[Any, ...]:
     return (result,)
 
 
-def run_onnx(path: Path, inputs: Mapping[str, np.ndarray], threads: int = 2) -> Inputs:
+def run_onnx(path: Path, inputs: Mapping[str, np.ndarray], threads: int = 1) -> Inputs:
     from surge.runtimes import RunnerOptions, load_runner
 
     runner = load_runner(path, RunnerOptions(intra_op_threads=threads))

@@ -85,9 +85,22 @@ def _rank_key(result: CandidateResult, slo: Slo) -> tuple[int, float]:
     return (0, -score(m, slo)) if feasible(m, slo) else (1, m.p99_ms)
 
 
-def _dominates(a: Measurement, b: Measurement) -> bool:
-    return (a.throughput >= b.throughput and a.p99_ms <= b.p99_ms
-            and (a.throughput > b.throughput or a.p99_ms < b.p99_ms))
+def _dominates(a: CandidateResult, b: CandidateResult) -> bool:
+    """a is at least as good on both axes and better on one; on an exact tie (common among
+    predictions: a delay that full batches never wait for changes nothing) the simpler
+    configuration wins, so ties do not crowd the next rung with copies."""
+    ma, mb = a.last, b.last
+    assert ma is not None
+    assert mb is not None
+    if ma.throughput < mb.throughput or ma.p99_ms > mb.p99_ms:
+        return False
+    if ma.throughput > mb.throughput or ma.p99_ms < mb.p99_ms:
+        return True
+    return _simplicity(a.candidate) < _simplicity(b.candidate)
+
+
+def _simplicity(c: Candidate) -> tuple[float, int, int, int, str]:
+    return (c.max_queue_delay_ms, c.max_batch_size, c.instances, c.threads, c.variant)
 
 
 class _Search:
@@ -118,7 +131,7 @@ class _Search:
         for result in results:
             m = result.last
             assert m is not None
-            winner = next((o for o in results if o.last and _dominates(o.last, m)), None)
+            winner = next((o for o in results if _dominates(o, result)), None)
             if winner is None:
                 kept.append(result)
                 continue

@@ -110,6 +110,17 @@ def test_successive_halving_cuts_a_pareto_front_by_eta() -> None:
                           "(2700 req/s, p99 27.0 ms)")
 
 
+def test_exact_ties_keep_only_the_simplest_configuration() -> None:
+    space = [Candidate(ORIGINAL, 32, d, 1, 1) for d in (5.0, 0.0, 2.0)]
+    report = select(space, ACCURACY, BUDGET, SLO, lambda c, r: Measurement(900.0, 20.0, r.name),
+                    (Rung("predicted"), Rung("full run")), brute_force_limit=0)
+    assert report.chosen is not None
+    assert report.chosen.candidate.max_queue_delay_ms == 0.0
+    losers = [r for r in report.candidates if r is not report.chosen]
+    assert all(r.reason.startswith("dominated at predicted by original b32 d0ms") for r in losers)
+    assert all(len(r.measurements) == 1 for r in losers)
+
+
 def test_rejects_everything_when_no_point_meets_the_slo() -> None:
     space = build_space([ORIGINAL, "int8"], (1, 8), (0.0,), [(1, 1)])
     tight = Slo(0.5, Load(concurrency=64))

@@ -8,7 +8,7 @@ its p99 beside the measured one for every configuration run through the server.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from surge.evaluate.profile import ProfileReport
 from surge.select.space import Candidate, Load
@@ -36,6 +36,8 @@ class ServingCosts:
     much of why batching pays off in serving."""
 
     batch_overhead_ms: float = 0.0
+    p99_scale: float = 1.0  # measured / modelled p99 of the calibration run: the tail the
+    # model does not see (other processes on the cores, scheduling jitter)
 
 
 def predict(
@@ -44,9 +46,11 @@ def predict(
     """Predicted throughput and p99 of `candidate` (whose variant `profile` measured)."""
     costs = costs or ServingCosts()
     if load.concurrency is not None:
-        return _closed_loop(profile, candidate, load.concurrency, costs)
-    assert load.rate is not None
-    return _open_loop(profile, candidate, load.rate, costs)
+        m = _closed_loop(profile, candidate, load.concurrency, costs)
+    else:
+        assert load.rate is not None
+        m = _open_loop(profile, candidate, load.rate, costs)
+    return replace(m, p99_ms=m.p99_ms * costs.p99_scale)
 
 
 def _service_ms(profile: ProfileReport, c: Candidate, batch: float) -> float:

@@ -332,11 +332,16 @@ class _Measurer:
     def calibrate(self, baseline: ServedRun) -> None:
         """Fit the per-batch serving cost so the model reproduces the measured baseline: at
         max batch 1 each batch is one request, costing its engine time plus the overhead."""
-        c = baseline.candidate
-        if baseline.measured.throughput > 0 and self._profiled(c):
-            service = self.profiles[c.variant].service_ms(1, c.instances, c.threads)
-            overhead = 1000.0 * c.instances / baseline.measured.throughput - service
-            self.costs = ServingCosts(batch_overhead_ms=max(0.0, overhead))
+        c, measured = baseline.candidate, baseline.measured
+        if measured.throughput <= 0 or not self._profiled(c):
+            return
+        service = self.profiles[c.variant].service_ms(1, c.instances, c.threads)
+        overhead = max(0.0, 1000.0 * c.instances / measured.throughput - service)
+        p99 = predict(self.profiles[c.variant], c, self.options.slo.load,
+                      ServingCosts(batch_overhead_ms=overhead)).p99_ms
+        scale = measured.p99_ms / p99 if math.isfinite(p99) and p99 > 0 else 1.0
+        # bounded: one noisy run must not make every prediction absurd
+        self.costs = ServingCosts(overhead, min(max(scale, 0.5), 10.0))
 
     def predicted(self, candidate: Candidate) -> Measurement:
         return predict(self.profiles[candidate.variant], candidate, self.options.slo.load,

@@ -203,6 +203,11 @@ def test_serving_overhead_is_charged_per_batch() -> None:
     full = predict(linear_profile(), Candidate(ORIGINAL, 64, 0.0, 1, 1), Load(concurrency=64),
                    costs)
     assert full.throughput == pytest.approx(64 * 1000.0 / 9.4)  # amortized over 64 requests
+    tail = ServingCosts(batch_overhead_ms=2.0, p99_scale=3.0)
+    scaled = predict(linear_profile(), Candidate(ORIGINAL, 64, 0.0, 1, 1), Load(concurrency=64),
+                     tail)
+    assert scaled.p99_ms == pytest.approx(3.0 * full.p99_ms)
+    assert scaled.throughput == full.throughput
 
 
 def test_open_loop_prediction_saturates() -> None:
@@ -260,3 +265,22 @@ def test_space_gives_max_batch_one_no_delay() -> None:
     assert [(c.max_batch_size, c.max_queue_delay_ms) for c in space] == [
         (1, 0.0), (8, 0.0), (8, 2.0)]
     assert len(set(itertools.chain(space))) == len(space)
+
+
+def test_calibration_reproduces_the_measured_baseline(tmp_path: Path) -> None:
+    from surge.select.tune import ServedRun, TuneOptions, TuningReport, _Measurer
+
+    profile = linear_profile()  # 1.1 ms per single request at 1 instance x 1 thread
+    options = TuneOptions("d", "classification", SLO)
+    report = TuningReport("m", "classification", "d", 50.0, "64", 64, None, 1.0, None)
+    measurer = _Measurer(tmp_path, {ORIGINAL: profile}, options, report, None)
+    baseline = Candidate(ORIGINAL, 1, 0.0, 1, 1)
+    # measured 250 req/s -> 4 ms a request -> 2.9 ms outside the engine; p99 3x the model's
+    modelled_p99 = 64 * 4.0 + 4.0
+    measurer.calibrate(ServedRun(baseline, "baseline", Measurement(0.0, math.inf),
+                                 Measurement(250.0, 3 * modelled_p99), 1.0))
+    assert measurer.costs.batch_overhead_ms == pytest.approx(2.9)
+    assert measurer.costs.p99_scale == pytest.approx(3.0)
+    again = measurer.predicted(baseline)
+    assert (again.throughput, again.p99_ms) == (pytest.approx(250.0),
+                                                pytest.approx(3 * modelled_p99))

@@ -117,7 +117,8 @@ class _Search:
         """Measure each result at `rung` while the budget lasts; returns those measured."""
         done = []
         for result in results:
-            if self.clock() + rung.cost_s > self.deadline:
+            # free rungs (predictions) always run: they cost milliseconds
+            if rung.cost_s > 0 and self.clock() + rung.cost_s > self.deadline:
                 self.out_of_time = True
                 break
             result.measurements.append(self.measure(result.candidate, rung))
@@ -252,9 +253,10 @@ def _message(chosen: CandidateResult | None, measured: list[CandidateResult], sl
     budget_note = " (search stopped early: time budget spent)" if out_of_time else ""
     if chosen is not None:
         return f"chose {chosen.candidate.key}: {_describe(chosen.last)}{budget_note}"
+    if not measured and out_of_time:
+        return "no configuration chosen: the time budget was spent before any was served"
     if not measured:
-        return "no configuration qualified: none within the accuracy budget was measured" \
-            + budget_note
+        return "no configuration qualified: none is within the accuracy budget"
     closest = min(measured, key=lambda r: r.last.p99_ms if r.last else math.inf)
     return (f"no configuration meets p99 <= {slo.p99_ms:g} ms at {slo.load.describe()}; "
             f"closest was {closest.candidate.key} ({_describe(closest.last)}){budget_note}")

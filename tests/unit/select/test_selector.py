@@ -161,6 +161,24 @@ def test_respects_the_time_budget() -> None:
     assert any("the time budget was spent" in r.reason for r in report.candidates)
 
 
+def test_a_spent_budget_still_predicts_but_serves_nothing() -> None:
+    space = build_space(list(SPEED), (1, 8, 32), (0.0, 2.0), [(1, 2)])
+    rungs = (Rung("predicted"), Rung("full run", cost_s=5.0))
+    report = select(space, ACCURACY, BUDGET, SLO, synthetic, rungs, brute_force_limit=0,
+                    time_budget_s=0.0)
+    assert report.chosen is None
+    assert report.message == ("no configuration chosen: the time budget was spent before any "
+                              "was served")
+    assert all(len(r.measurements) <= 1 for r in report.candidates)
+    assert any(r.measurements for r in report.candidates)  # the predictions were made
+
+
+def test_nothing_within_the_accuracy_budget_says_so() -> None:
+    space = build_space(["pruned"], (8,), (0.0,), [(1, 2)])
+    report = select(space, ACCURACY, BUDGET, SLO, synthetic)
+    assert report.message == "no configuration qualified: none is within the accuracy budget"
+
+
 def test_open_loop_ranks_by_capacity_and_needs_to_keep_up() -> None:
     slo = Slo(100.0, Load(rate=500.0))
     a, b, c = (Candidate(ORIGINAL, n, 0.0, 1, 2) for n in (1, 8, 32))

@@ -156,17 +156,18 @@ def profile_variant(
     settings: Sequence[tuple[int, int]] | None = None,
     duration_s: float = 0.3,
     progress: Progress | None = None,
+    device: str = "auto",
 ) -> ProfileReport:
     """Profile one variant at every batch size under every (instances, threads) setting.
 
-    `factory(RunnerOptions)` loads a fresh runner with the given thread count.
+    `factory(RunnerOptions)` loads a fresh runner with the given thread count and device.
     """
     settings = list(settings or default_settings())
     report = ProfileReport(model, variant, os.cpu_count() or 1)
     task = progress.add_task(f"profile {model}@{variant}", total=len(settings) * len(batch_sizes)) \
         if progress else None
     for instances, threads in settings:
-        options = RunnerOptions(intra_op_threads=threads, inter_op_threads=1, device="cpu")
+        options = RunnerOptions(intra_op_threads=threads, inter_op_threads=1, device=device)
         runners = [factory(options) for _ in range(instances)]
         for runner in runners:
             runner.warmup()

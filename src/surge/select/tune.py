@@ -246,7 +246,7 @@ def _evaluate_all(repo: Repository, model: str, variants: list[str], dataset: Ev
     for variant in variants:
         ref = model if variant == ORIGINAL else f"{model}@{variant}"
         try:
-            loaded = repo.load(ref, options=RunnerOptions(device="cpu"))
+            loaded = repo.load(ref)  # the config's threads and device, as serving would
             result = evaluate(loaded, dataset, options.task, reference=reference_outputs,
                               decoder=decoder, progress=progress)
         except Exception as exc:  # a broken variant loses; the tune goes on
@@ -304,6 +304,7 @@ def _profile_all(repo: Repository, model: str, variants: list[str], options: Tun
     # the untuned baseline's setting too: its prediction calibrates the serving overhead
     baseline = baseline_candidate()
     settings = sorted({*_settings(options), (baseline.instances, baseline.threads)})
+    device = repo.config(model).device  # profile where serving will run
     out = {}
     for variant in variants:
         ref = model if variant == ORIGINAL else f"{model}@{variant}"
@@ -312,7 +313,7 @@ def _profile_all(repo: Repository, model: str, variants: list[str], options: Tun
             return repo.load(ref, options=runner_options).runner
 
         out[variant] = profile_variant(factory, model, variant, sizes, settings,
-                                       options.profile_s, progress)
+                                       options.profile_s, progress, device)
     return out
 
 

@@ -1,0 +1,64 @@
+"""Distributed state comes from torchrun's environment; data shards cover each batch once."""
+
+from __future__ import annotations
+
+import torch
+
+from surge.train.data import Split, eval_shard, train_batches
+from surge.train.distributed import state_from_env
+
+
+def test_state_from_torchrun_environment() -> None:
+    state = state_from_env("cpu", {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1",
+                                   "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RESTART_COUNT": "1"})
+    assert (state.rank, state.world_size, state.local_rank, state.local_world_size) == (3, 4, 1, 2)
+    assert state.restart_count == 1
+    assert state.distributed
+    assert not state.is_main
+    assert state.backend == "gloo"
+
+
+def test_no_environment_means_one_process() -> None:
+    state = state_from_env("cpu", {})
+    assert (state.rank, state.world_size, state.distributed, state.is_main) == (0, 1, False, True)
+
+
+def _split(n: int) -> Split:
+    return Split(torch.arange(n, dtype=torch.float32)[:, None], torch.arange(n))
+
+
+def test_rank_batches_together_are_the_single_process_global_batch() -> None:
+    split = _split(64)
+    whole = [labels for _, labels in train_batches(split, 16, 3, 0, 1, 0, flip=False)]
+    halves = [list(train_batches(split, 16, 3, 0, 2, rank, flip=False)) for rank in (0, 1)]
+    assert len(whole) == len(halves[0]) == len(halves[1]) == 4
+    for step, labels in enumerate(whole):
+        shards = torch.cat([halves[0][step][1], halves[1][step][1]])
+        assert sorted(shards.tolist()) == sorted(labels.tolist())
+
+
+def test_the_order_changes_with_the_epoch_and_repeats_with_it() -> None:
+    split = _split(64)
+
+    def order(epoch: int) -> list[int]:
+        return torch.cat([y for _, y in train_batches(split, 16, epoch, 0, 1, 0, False)]).tolist()
+
+    assert order(1) == order(1)
+    assert order(1) != order(2)
+
+
+def test_eval_shards_cover_the_test_set_exactly_once() -> None:
+    split = _split(10)
+    labels = torch.cat([eval_shard(split, 3, rank).labels for rank in range(3)])
+    assert sorted(labels.tolist()) == list(range(10))
+
+
+def test_flip_mirrors_about_half_the_images_left_to_right() -> None:
+    image = torch.arange(28 * 28, dtype=torch.float32).reshape(1, 1, 28, 28)
+    split = Split(image.repeat(64, 1, 1, 1), torch.zeros(64, dtype=torch.int64))
+    for flip, low, high in ((True, 16, 48), (False, 0, 0)):
+        inputs, _ = next(train_batches(split, 64, 0, 0, 1, 0, flip=flip))
+        mirrored = sum(bool(torch.equal(x, image[0].flip(2))) for x in inputs)
+        unchanged = sum(bool(torch.equal(x, image[0])) for x in inputs)
+        assert mirrored + unchanged == 64
+        assert low <= mirrored <= high

@@ -58,6 +58,7 @@ def test_tune_tiny_model_end_to_end(tiny_repo: tuple[Path, Path],
     rungs = [r["rung"] for r in report["served"]]
     assert rungs == ["baseline", "full run", "final", "final"]
     assert all(r["measured"]["throughput"] > 0 and not r["error"] for r in report["served"])
+    assert all(r["client_cpu_share"] > 0 for r in report["served"])  # the load generator's CPU
     assert report["tuned"]["predicted"]["p99_ms"] is not None
     assert report["speedup"] == pytest.approx(
         report["tuned"]["measured"]["throughput"] / report["baseline"]["measured"]["throughput"])

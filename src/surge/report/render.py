@@ -181,7 +181,8 @@ def render_report(model_dir: Path) -> Path:
     plot_prediction(report, out / "p99_predicted_vs_measured.png")
     served = [[_key(r["candidate"]), r["rung"], r["measured"]["throughput"],
                r["measured"]["p50_ms"], r["measured"]["p99_ms"], r["predicted"]["p99_ms"],
-               r["measured"]["errors"], r["startup_s"], r["error"]] for r in report["served"]]
+               r["measured"]["errors"], r.get("client_cpu_share"), r["startup_s"], r["error"]]
+              for r in report["served"]]
     variants = [[v["variant"], v["metric"], v["inprocess_best"], v["accepted"], v["reason"]]
                 for v in report["variants"]]
     page = _PAGE.format(
@@ -190,7 +191,7 @@ def render_report(model_dir: Path) -> Path:
         variants=_table(["variant", "metric (%)", "in-process samples/s", "accepted", "why"],
                         variants),
         served=_table(["configuration", "rung", "req/s", "p50 ms", "p99 ms", "predicted p99 ms",
-                       "errors", "startup s", "error"], served),
+                       "errors", "load generator cores", "startup s", "error"], served),
         candidates=_table(["configuration", "accuracy", "last rung", "req/s", "p99 ms", "status",
                            "why"], _candidate_rows(report)),
     )

@@ -94,6 +94,7 @@ class ServedRun:
     measured: Measurement
     startup_s: float
     error: str = ""
+    client_cpu_share: float | None = None  # cores the load generator itself used
 
 
 @dataclass
@@ -362,7 +363,9 @@ class _Measurer:
         try:
             result = measure_served(self.model_dir, candidate, self.options.slo.load, duration,
                                     self.options.slo.p99_ms, self.options.protocol, rung=rung)
-            run = ServedRun(candidate, rung, predicted, result.measurement, result.startup_s)
+            bench_run = result.bench["runs"][0]
+            run = ServedRun(candidate, rung, predicted, result.measurement, result.startup_s,
+                            client_cpu_share=bench_run.get("client_cpu_share"))
         except ServingTrialError as exc:
             run = ServedRun(candidate, rung, predicted, Measurement(0.0, math.inf, rung, 1), 0.0,
                             str(exc))

@@ -12,9 +12,11 @@ comes back. The driver's loop is
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import replace
+from itertools import accumulate
 
 import numpy as np
 
@@ -235,12 +237,12 @@ class Scheduler:
     def _choose(self, queue: _KeyQueue, now: float) -> int:
         """How many requests (from the head, in priority order) to dispatch now; 0 = wait."""
         limit = self.config.max_batch_size
-        sizes = np.cumsum([e[2].batch_size for e in heapq.nsmallest(limit, queue.heap)])
-        fits = int(np.searchsorted(sizes, limit, side="right"))  # requests that fit one batch
+        sizes = list(accumulate(e[2].batch_size for e in heapq.nsmallest(limit, queue.heap)))
+        fits = bisect_right(sizes, limit)  # requests that fit one batch, in priority order
         if self._due(queue, now):
             return fits
         for preferred in sorted(self.config.preferred_batch_sizes, reverse=True):
-            hit = int(np.searchsorted(sizes[:fits], preferred))
+            hit = bisect_left(sizes, preferred, 0, fits)
             if hit < fits and sizes[hit] == preferred:
                 return hit + 1
         return 0

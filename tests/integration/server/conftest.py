@@ -91,14 +91,14 @@ def start_server(repo: Path, log: Path, *args: str, api_key: str | None = None,
     raise RuntimeError(f"server not ready after {timeout} s:\n{server.output()}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_repository(tmp_path_factory.mktemp("repo"), with_slow=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The tiny model behind an API key, with a 1 MiB body limit."""
+    """The tiny model behind an API key, with a 1 MiB body limit (one for the whole session)."""
     log = tmp_path_factory.mktemp("log") / "server.log"
     proc = start_server(tiny_repo, log, "--max-body-mb", "1", api_key=API_KEY)
     yield proc

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
+from tests.conftest import EXAMPLE_REPOSITORY
 from tests.integration.engine.onnx_models import make_repo
 
 from surge.errors import (
@@ -84,6 +86,46 @@ def test_results_equal_the_in_process_runner(tmp_path: Path) -> None:
                 np.testing.assert_array_equal(got[name], want[name])
             only = await engine.infer("tiny", 1, {"x": x}, outputs=["z"])
             assert set(only) == {"z"}
+
+    run(body())
+
+
+@pytest.mark.skipif(not (EXAMPLE_REPOSITORY / "fashion" / "1" / "model.onnx").is_file(),
+                    reason="the example fashion model is produced by recipes/train_fashion.py")
+def test_example_fashion_model_matches_the_in_process_runner() -> None:
+    async def body() -> None:
+        engine = Engine(Repository(EXAMPLE_REPOSITORY), models=["fashion"])
+        await engine.start()
+        try:
+            images = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
+            parts = await asyncio.gather(
+                *(engine.infer("fashion", None, {"image": images[i:i + 1]}) for i in range(5))
+            )
+            got = np.concatenate([p["logits"] for p in parts])
+            runner = Repository(EXAMPLE_REPOSITORY).load(
+                "fashion", options=RunnerOptions(intra_op_threads=1)).runner
+            np.testing.assert_allclose(got, runner.run({"image": images})["logits"],
+                                       rtol=1e-4, atol=1e-5)
+        finally:
+            await engine.stop()
+
+    run(body())
+
+
+def test_engine_metrics(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with serving(tmp_path) as engine:
+            await asyncio.gather(*(engine.infer("tiny", None, rows(1.0)) for _ in range(10)))
+            engine.metrics.observe_request("tiny", "success", 0.003)
+            text = generate_latest(engine.metrics.registry).decode()
+            assert 'surge_queue_duration_seconds_count{model="tiny"} 10.0' in text
+            assert 'surge_batch_size_sum{model="tiny"} 10.0' in text
+            assert 'surge_requests_total{model="tiny",outcome="success"} 1.0' in text
+            assert 'surge_queue_depth{model="tiny"} 0.0' in text
+            for name in ("surge_compute_duration_seconds", "surge_request_duration_seconds",
+                         "surge_rejected_total", "surge_expired_total",
+                         "surge_worker_restarts_total"):
+                assert f"# TYPE {name.removesuffix('_total')}" in text
 
     run(body())
 

@@ -107,8 +107,10 @@ def fold_batchnorm(module: Any) -> Any:
         return module
 
 
-def _torch_variant(source: ModelSource, dtype: Any, out_dir: Path, channels_last: bool,
-                   fold: bool) -> Artifact:
+def torch_program(source: ModelSource, dtype: Any, out_dir: Path, channels_last: bool = False,
+                  fold: bool = True) -> Artifact:
+    """The source module as a torch.export program computing in `dtype` with FP32 I/O (fp32
+    too: the benchmark's baseline for the torch engine)."""
     import torch
 
     from surge.export import export_pt2
@@ -130,8 +132,8 @@ def _torch_variant(source: ModelSource, dtype: Any, out_dir: Path, channels_last
 def _make_bf16(source: ModelSource, config: Bf16Config, out_dir: Path) -> Artifact:
     import torch
 
-    return _torch_variant(source, torch.bfloat16, out_dir, config.channels_last,
-                          config.fold_batchnorm)
+    return torch_program(source, torch.bfloat16, out_dir, config.channels_last,
+                         config.fold_batchnorm)
 
 
 @register(Fp16Config)
@@ -139,7 +141,7 @@ def _make_fp16(source: ModelSource, config: Fp16Config, out_dir: Path) -> Artifa
     if config.engine == "torch":
         import torch
 
-        return _torch_variant(source, torch.float16, out_dir, False, True)
+        return torch_program(source, torch.float16, out_dir, False, True)
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 

@@ -256,12 +256,13 @@ async def _until_disconnect(receive: Receive, work: Awaitable[dict[str, np.ndarr
 
 
 def _header_length(scope: Scope, body_size: int) -> int | None:
+    length = None
     for key, value in scope["headers"]:
         if key == b"inference-header-content-length":
-            return parse_header_length(value.decode("latin-1"), body_size)
-        if key == b"content-encoding" and value not in (b"identity", b""):
+            length = parse_header_length(value.decode("latin-1"), body_size)
+        elif key == b"content-encoding" and value not in (b"identity", b""):
             raise InputError(f"unsupported Content-Encoding {value.decode('latin-1')!r}")
-    return None
+    return length
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

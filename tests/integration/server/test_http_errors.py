@@ -130,3 +130,19 @@ def test_metrics_endpoint_counts_requests_by_outcome(server: ServerProcess,
     text = httpx.get(server.metrics).text
     assert 'surge_requests_total{model="tiny",outcome="success"}' in text
     assert 'surge_requests_total{model="tiny",outcome="bad_request"}' in text
+
+
+def test_compressed_body_is_refused_clearly(client: httpx.Client) -> None:
+    response = client.post("/v2/models/tiny/infer", content=b"\x1f\x8b",
+                           headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "unsupported Content-Encoding 'gzip'"
+
+
+def test_unknown_routes_get_404_json(client: httpx.Client) -> None:
+    for method, path in (("GET", "/v3"), ("GET", "/v2/models/tiny/bogus"),
+                         ("DELETE", "/v2/models/tiny"), ("POST", "/v2/repository/zap")):
+        response = client.request(method, path)
+        assert response.status_code == 404, (method, path)
+        assert "no route" in response.json()["error"] or "no model endpoint" in \
+            response.json()["error"]

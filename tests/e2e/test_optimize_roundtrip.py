@@ -185,3 +185,24 @@ def test_wrong_calibration_shape_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"input 'x' expects FP32 \[-1, 4\], got float32 \[8, 5\]"):
         optimize_model(root, "tiny", parse_variants("int8-static"),
                        OptimizeOptions(calibration=tmp_path / "bad.npy"))
+
+
+def test_onnx_model_takes_pytorch_verbs_from_its_torch_twin(repo: Path) -> None:
+    """An ONNX model plus --torch-model (a torch_factory model with the same weights)."""
+    from safetensors.torch import load_file
+
+    from surge.export import export_onnx
+
+    module = fashion_cnn(width=4, hidden=16)
+    module.load_state_dict(load_file(str(repo / "tiny" / "1" / "model.safetensors")))
+    export_onnx(module, (torch.zeros(1, 1, 28, 28),), repo / "served" / "1" / "model.onnx",
+                ["image"], ["logits"])
+    (repo / "served" / "config.yaml").write_text("labels: [a, b, c, d, e, f, g, h, i, j]\n")
+    options = replace(FAST, torch_model="tiny", tolerance=Tolerance(min_top1=0.5))
+    outcome, = optimize_model(repo, "served", parse_variants("prune-30"), options)
+    assert outcome.kept
+    assert outcome.variant is not None
+    assert outcome.variant.details["params"] < outcome.variant.details["params_original"]
+    out = Repository(repo).load("served@prune-30").runner.run(
+        {"image": np.zeros((2, 1, 28, 28), np.float32)})
+    assert out["logits"].shape == (2, 10)

@@ -153,7 +153,8 @@ class CeilingProbe:
         return runs * self.batch / (time.perf_counter() - start)
 
 
-def write_repository(case: Case, model: Path, root: Path, ceiling: dict[str, Any]) -> Path:
+def write_repository(case: Case, model: Path, root: Path, ceiling: dict[str, Any],
+                     queue: str = "{max_size: 1024}") -> Path:
     directory = root / case.name / "1"
     directory.mkdir(parents=True)
     (directory / "model.onnx").write_bytes(model.read_bytes())
@@ -162,7 +163,7 @@ def write_repository(case: Case, model: Path, root: Path, ceiling: dict[str, Any
         f"instances: {ceiling['instances']}\n"
         f"threads: {ceiling['threads']}\n"
         f"batching: {{max_queue_delay_ms: {case.delay_ms}}}\n"
-        "queue: {max_size: 1024}\n"
+        f"queue: {queue}\n"
     )
     return root
 
@@ -260,6 +261,35 @@ def run_naive(model: Path, case: Case, levels: list[int], duration: float, threa
         stop(process)
 
 
+def run_overload(case: Case, model: Path, ceiling: dict[str, Any], root: Path, duration: float,
+                 deadline_ms: float) -> dict[str, Any]:
+    """c=256 against a queue limit of 64 and a default deadline: only 200 or 503 may come back,
+    and the accepted requests' p99 must stay within the deadline."""
+    from surge.bench import run_bench
+
+    repo = write_repository(case, model, root, ceiling,
+                            queue=f"{{max_size: 64, default_timeout_ms: {deadline_ms}}}")
+    http = free_port()
+    command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
+               "--http-port", str(http), "--grpc-port", str(free_port()),
+               "--metrics-port", str(free_port())]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{http}"
+    try:
+        wait_ready(url, process)
+        run = asdict(run_bench(url, case.name, [256], duration, "http", warmup_s=1.0).runs[0])
+        alive = process.poll() is None and httpx.get(f"{url}/v2/health/live").status_code == 200
+    finally:
+        stop(process)
+    result = {"queue_limit": 64, "deadline_ms": deadline_ms, "run": run, "server_alive": alive,
+              "only_200_or_503": set(run["errors"]) <= {"503"},
+              "p99_within_deadline": run["p99_ms"] <= deadline_ms}
+    console.log(f"  overload {case.name} c=256 queue 64: {run['throughput']:,.1f} req/s ok, "
+                f"errors {run['errors']}, p99 {run['p99_ms']:.1f} ms (deadline {deadline_ms} ms),"
+                f" server alive {alive}")
+    return result
+
+
 # -- report ---------------------------------------------------------------------------------
 def _at(rows: list[dict[str, Any]], level: int) -> dict[str, Any] | None:
     return next((r for r in rows if r["concurrency"] == level), None)
@@ -312,13 +342,26 @@ def main() -> None:
     parser.add_argument("--naive-levels", default="1,64")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per level")
     parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
+    parser.add_argument("--overload-models", default="fashion",
+                        help="models for the c=256 / queue 64 check ('' to skip)")
+    parser.add_argument("--overload-only", action="store_true",
+                        help="run only the overload check (no ceiling table)")
+    parser.add_argument("--deadline-ms", type=float, default=1000.0)
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     naive_levels = [int(x) for x in args.naive_levels.split(",") if x]
     results: list[CaseResult] = []
     summaries: dict[str, dict[str, Any]] = {}
+    overload: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="surge-serving-bench-") as tmp:
-        for name in args.models.split(","):
+        for name in [m for m in args.overload_models.split(",") if m]:
+            case = CASES[name]
+            console.rule(f"overload {case.name}")
+            model = export_model(case, Path(tmp) / "models" / f"{case.name}.onnx")
+            setting = {"threads": 1, "instances": CORES}
+            overload[name] = run_overload(case, model, setting, Path(tmp) / f"over-{name}",
+                                          args.duration, args.deadline_ms)
+        for name in [] if args.overload_only else args.models.split(","):
             case = CASES[name]
             console.rule(case.name)
             model = export_model(case, Path(tmp) / "models" / f"{case.name}.onnx")
@@ -334,10 +377,14 @@ def main() -> None:
             results.append(result)
             summaries[case.name] = summarize(result, case)
     print_tables(results, summaries)
+    for name, check in overload.items():
+        console.print(f"overload {name}: only 200/503 {check['only_200_or_503']}, p99 "
+                      f"{check['run']['p99_ms']:.1f} ms within {check['deadline_ms']} ms: "
+                      f"{check['p99_within_deadline']}, server alive {check['server_alive']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "cores": CORES, "duration_s_per_level": args.duration,
-        "results": [asdict(r) for r in results], "summary": summaries,
+        "results": [asdict(r) for r in results], "summary": summaries, "overload": overload,
     }, indent=2))
     console.print(f"wrote {args.out}")
 

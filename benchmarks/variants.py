@@ -164,8 +164,9 @@ def minilm_bench(work: Path, seq_len: int) -> Bench:
                          module=module, task="embedding", calibration=data, work_dir=work)
     configs = {
         "fp32": OnnxExportConfig(), "int8-dynamic": Int8DynamicConfig(),
-        "lowrank-0.9": LowRankConfig(energy=0.9), "lowrank-0.97": LowRankConfig(energy=0.97),
-        "lowrank-0.99": LowRankConfig(energy=0.99), "bf16": Bf16Config(), "fp16": Fp16Config(),
+        # 0.95 shows the cliff: trained BERT spectra are flat, so only 90% energy saves compute.
+        "lowrank-0.9": LowRankConfig(energy=0.9), "lowrank-0.95": LowRankConfig(energy=0.95),
+        "bf16": Bf16Config(), "fp16": Fp16Config(),
     }
     return Bench("minilm", source, configs, (8, 32),
                  lambda b: {k: v[:b] for k, v in data.items()}, torch_baseline=True)
@@ -292,13 +293,23 @@ def main() -> None:
             sweeps = time_variants(bench, ready, threads, args.rounds, args.min_time)
             rows += rows_for(bench, made, sweeps)
     print_table(rows)
+    save(args, rows)
+
+
+def save(args: argparse.Namespace, rows: list[Row]) -> None:
+    """Write this run's models into the JSON, keeping other models' entries from earlier runs
+    (each model's variants are always timed together in one run)."""
+    runs: dict[str, Any] = {}
+    if args.out.is_file():
+        runs = json.loads(args.out.read_text()).get("models", {})
+    run = {"host": {"cpus": os.cpu_count(), "machine": platform.machine(),
+                    "torch": torch.__version__, "load_average": os.getloadavg()},
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "settings": {k: str(v) for k, v in vars(args).items()}}
+    for model in dict.fromkeys(r.model for r in rows):
+        runs[model] = {**run, "rows": [asdict(r) for r in rows if r.model == model]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "host": {"cpus": os.cpu_count(), "machine": platform.machine(),
-                 "torch": torch.__version__, "load_average": os.getloadavg()},
-        "settings": {k: str(v) for k, v in vars(args).items()},
-        "rows": [asdict(r) for r in rows],
-    }, indent=2) + "\n")
+    args.out.write_text(json.dumps({"models": runs}, indent=2) + "\n")
     console.print(f"saved {args.out}")
 
 

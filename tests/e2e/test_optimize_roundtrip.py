@@ -206,3 +206,18 @@ def test_onnx_model_takes_pytorch_verbs_from_its_torch_twin(repo: Path) -> None:
     out = Repository(repo).load("served@prune-30").runner.run(
         {"image": np.zeros((2, 1, 28, 28), np.float32)})
     assert out["logits"].shape == (2, 10)
+
+
+def test_a_variant_that_fails_to_build_is_reported_and_the_rest_go_on(
+        repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from surge.optimize import Bf16Config, registry
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("export failed\nsecond line")
+
+    monkeypatch.setitem(registry._MAKERS, Bf16Config, broken)
+    bf16, dynamic = optimize_model(repo, "tiny", parse_variants("bf16,int8-dynamic"), FAST)
+    assert (bf16.kept, bf16.variant, bf16.error) == (False, None,
+                                                     "failed: RuntimeError: export failed")
+    assert dynamic.kept
+    assert Repository(repo).variants("tiny") == ["int8-dynamic"]

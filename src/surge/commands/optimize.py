@@ -67,7 +67,10 @@ def optimize(
             _pct(check.accuracy), "-" if check.cosine is None else f"{check.cosine:.4f}", verdict,
         )
     console.print(table)
-    rejected = [o.name for o in outcomes if not o.kept]
+    failed = [o.name for o in outcomes if o.variant is None]
+    if failed:
+        console.print(f"[red]could not be made: {', '.join(failed)}[/red]")
+    rejected = [o.name for o in outcomes if not o.kept and o.variant is not None]
     if rejected:
         console.print(f"[red]not kept (outside tolerance): {', '.join(rejected)}[/red] — "
                       "rerun with --keep-failed or a looser --tolerance to keep them")

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from surge.errors import ConfigError, ModelLoadError
+from surge.errors import ConfigError, ModelLoadError, SurgeError
 from surge.optimize.finetune import fashion_finetune
 from surge.optimize.mixed_precision import PrecisionConfig
 from surge.optimize.quantize import Int8StaticConfig
@@ -203,7 +204,13 @@ def _with_exclude(config: OptimizeConfig, exclude: tuple[str, ...]) -> OptimizeC
 def _one(source: ModelSource, name: str, config: OptimizeConfig, tolerance: Tolerance,
          variants_dir: Path, work: Path, keep_failed: bool) -> Outcome:
     staging = work / name
-    variant = apply(source, config, staging, tolerance, name=name)
+    try:
+        variant = apply(source, config, staging, tolerance, name=name)
+    except SurgeError:
+        raise
+    except Exception as exc:  # one variant's engine failure must not cost the others
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return Outcome(name, None, False, None, f"failed: {type(exc).__name__}: {first}")
     kept = variant.check.passed or keep_failed
     if not kept:
         return Outcome(name, variant, False, None)
@@ -215,7 +222,5 @@ def _one(source: ModelSource, name: str, config: OptimizeConfig, tolerance: Tole
     info = stored.as_dict()
     info["tolerance"] = tolerance.describe()
     info["kept_despite_failing"] = not variant.check.passed
-    import yaml
-
     (target / VARIANT_FILE).write_text(yaml.safe_dump(info, sort_keys=False))
     return Outcome(name, stored, True, target)

@@ -40,3 +40,7 @@ if [ ! -x .venv-triton/bin/perf_analyzer ]; then
   .venv-triton/bin/pip install -q --disable-pip-version-check \
     'tritonclient[all]==2.51.0' nvidia-cuda-runtime-cu12
 fi
+# examples/detection/client.py reads and draws PNGs with Pillow in the Triton venv.
+if ! .venv-triton/bin/python -c "import PIL" 2>/dev/null; then
+  .venv-triton/bin/pip install -q --disable-pip-version-check pillow
+fi

@@ -24,8 +24,12 @@ def fashion_detection(
     size: Annotated[int, typer.Option(min=32, max=1024, help="Canvas side in pixels.")] = 128,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same canvases).")] = 0,
 ) -> None:
-    """Fashion-MNIST items on textured canvases, with COCO JSON boxes, as train/val/test splits."""
-    from surge.detection.coco import save_split
+    """Fashion-MNIST items on textured canvases, with COCO JSON boxes, as train/val/test splits.
+
+    Each split gets OUT/<split>/images.npy + annotations.json; val and test also get
+    OUT/<split>.npz + OUT/<split>.json, the evaluation format `surge tune --data` reads.
+    """
+    from surge.detection.coco import save_eval_archive, save_split
     from surge.detection.dataset import CanvasSpec, generate_split
 
     spec = CanvasSpec(size=size, max_scale=min(CanvasSpec.max_scale, size))
@@ -34,6 +38,8 @@ def fashion_detection(
         started = time.perf_counter()
         data = generate_split(split, count, spec=spec, seed=seed)
         save_split(data, out / split)
+        if split != "train":
+            save_eval_archive(data, out / f"{split}.npz")
         table.add_row(split, str(count), str(len(data.labels)), f"fashion-mnist {data.source_split}",
                       f"{time.perf_counter() - started:.1f}")
     console.print(table)

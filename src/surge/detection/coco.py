@@ -96,3 +96,17 @@ def detections_to_coco(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
          "bbox": [float(v) for v in xywh[j]], "score": float(scores[r, c])}
         for j, (r, c) in enumerate(zip(rows, cols, strict=True))
     ]
+
+
+def save_eval_archive(split: DetectionSplit, path: Path, input_name: str = "image") -> Path:
+    """`path` (.npz: the model input and COCO `image_ids`) plus the ground truth beside it (.json).
+
+    This is the detection dataset format `surge tune --data` and `surge.evaluate` read.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = np.arange(1, len(split) + 1, dtype=np.int64)
+    arrays: dict[str, Any] = {input_name: split.images, "image_ids": ids}
+    np.savez(path, **arrays)
+    path.with_suffix(".json").write_text(json.dumps(to_coco(split)))
+    return path

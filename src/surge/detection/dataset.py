@@ -106,7 +106,7 @@ def source_pool(split: str) -> tuple[str, np.ndarray]:
 def _scaled_items(images: np.ndarray, scales: np.ndarray) -> list[np.ndarray]:
     """Resize each 28x28 item to its scale (antialiased bilinear), grouped by scale to vectorise."""
     out: list[np.ndarray] = [np.empty((0, 0), np.uint8)] * len(images)
-    source = torch.from_numpy(images).float()[:, None]
+    source = torch.tensor(images, dtype=torch.float32)[:, None]
     for scale in np.unique(scales):
         picked = np.flatnonzero(scales == scale)
         resized = F.interpolate(source[picked], size=(int(scale), int(scale)), mode="bilinear",

@@ -79,22 +79,26 @@ class Head(nn.Module):
 
 
 class CenterNet(nn.Sequential):
-    """image [N, H, W] -> maps [N, C + 4, H/4, W/4]: C heat logits, w, h (raw), dx, dy (raw)."""
+    """image [N, H, W] -> maps [N, C + 4, H/4, W/4]: C heat logits, w, h (raw), dx, dy (raw).
 
-    def __init__(self, width: int = 32, classes: int = 10) -> None:
+    Thin at high resolution, wide at 1/8 and 1/16, where similar garments are told apart and
+    where channels cost the fewest multiply-adds per image.
+    """
+
+    def __init__(self, width: int = 12, classes: int = 10) -> None:
         w = width
         super().__init__(
             Normalize(),
-            conv_bn(1, w // 2, 2),  # 1/2
-            conv_bn(w // 2, w, 2),  # 1/4
-            Residual(w),
-            conv_bn(w, 2 * w, 2),  # 1/8
-            Residual(2 * w),
-            conv_bn(2 * w, 4 * w, 2),  # 1/16
+            conv_bn(1, w, 2),  # 1/2
+            conv_bn(w, 2 * w, 2),  # 1/4
+            conv_bn(2 * w, 4 * w, 2),  # 1/8
             Residual(4 * w),
-            Up(4 * w, 2 * w),  # 1/8
-            Up(2 * w, w),  # 1/4
-            Head(w, classes),
+            conv_bn(4 * w, 8 * w, 2),  # 1/16
+            Residual(8 * w),
+            Residual(8 * w),
+            Up(8 * w, 4 * w),  # 1/8
+            Up(4 * w, 2 * w),  # 1/4
+            Head(2 * w, classes),
         )
         self.classes = classes
 
@@ -125,6 +129,9 @@ def decode(maps: torch.Tensor, classes: int, k: int = 32) -> tuple[torch.Tensor,
     cy = (ys.to(heat.dtype) + off[:, 1]) * STRIDE
     boxes = torch.stack([cx - wh[:, 0] / 2, cy - wh[:, 1] / 2,
                          cx + wh[:, 0] / 2, cy + wh[:, 1] / 2], dim=-1)
+    # Items never leave the canvas, so neither may their boxes.
+    boxes = torch.minimum(boxes.clamp(min=0), torch.tensor(
+        [w * STRIDE, h * STRIDE, w * STRIDE, h * STRIDE], dtype=boxes.dtype))
     return boxes, scores, labels
 
 
@@ -141,11 +148,11 @@ class Detector(nn.Module):
         return boxes, scores, labels
 
 
-def centernet(width: int = 32, classes: int = 10) -> CenterNet:
+def centernet(width: int = 12, classes: int = 10) -> CenterNet:
     """Factory for the raw-maps network (training, pipelining)."""
     return CenterNet(width=width, classes=classes)
 
 
-def detector(width: int = 32, classes: int = 10, k: int = 32) -> Detector:
+def detector(width: int = 12, classes: int = 10, k: int = 32) -> Detector:
     """Factory for the served model (used by the repository's torch_factory config)."""
     return Detector(CenterNet(width=width, classes=classes), k=k)

@@ -76,7 +76,7 @@ def test_decode_handles_a_batch_row_by_row() -> None:
 
 
 def test_network_maps_have_the_stride_4_layout() -> None:
-    net = centernet(width=16).eval()
+    net = centernet(width=8).eval()
     with torch.no_grad():
         maps = net(torch.zeros((2, 128, 128), dtype=torch.uint8))
     assert maps.shape == (2, CLASSES + 4, 32, 32)
@@ -84,7 +84,7 @@ def test_network_maps_have_the_stride_4_layout() -> None:
 
 def test_exported_onnx_model_matches_pytorch(tmp_path) -> None:  # noqa: ANN001
     torch.manual_seed(0)
-    model = detector(width=16, k=16).eval()
+    model = detector(width=8, k=16).eval()
     path = export_detector(model, tmp_path / "model.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [(i.name, i.type, i.shape) for i in session.get_inputs()] == [
@@ -99,3 +99,9 @@ def test_exported_onnx_model_matches_pytorch(tmp_path) -> None:  # noqa: ANN001
     np.testing.assert_allclose(boxes, ref_boxes.numpy(), atol=1e-3)
     np.testing.assert_allclose(scores, ref_scores.numpy(), atol=1e-5)
     np.testing.assert_array_equal(labels, ref_labels.numpy())
+
+
+def test_boxes_are_clipped_to_the_canvas() -> None:
+    maps = _maps([(0, 0, 31, 0.9, 40.0, 40.0, 0.01, 0.9)])
+    boxes, _, _ = decode(maps, CLASSES, k=1)
+    assert boxes[0, 0].tolist() == pytest.approx([0.0, 127.6 - 20, 20.04, 128.0], abs=1e-2)

@@ -159,7 +159,10 @@ async def drive(root: Path, name: str, ceiling: Ceiling, best_batch: int,
     try:
         for concurrency in args.concurrency:
             before = ceiling.measure(best_batch, args.ceiling_seconds, min_runs=2)
-            level = await _level(engine, name, x, concurrency, args.duration)
+            # Long enough for several full batches of a slow model, whatever --duration says.
+            batch_s = best_batch / before
+            seconds = max(args.duration, 6 * batch_s)
+            level = await _level(engine, name, x, concurrency, seconds, warmup=2 * batch_s)
             after = ceiling.measure(best_batch, args.ceiling_seconds, min_runs=2)
             level.ceiling_per_s = (before + after) / 2
             level.ratio = level.requests_per_s / level.ceiling_per_s
@@ -170,7 +173,7 @@ async def drive(root: Path, name: str, ceiling: Ceiling, best_batch: int,
 
 
 async def _level(engine: object, name: str, x: dict[str, np.ndarray], concurrency: int,
-                 seconds: float) -> Level:
+                 seconds: float, warmup: float) -> Level:
     latencies: list[float] = []
     errors = 0
     measuring = False
@@ -189,7 +192,7 @@ async def _level(engine: object, name: str, x: dict[str, np.ndarray], concurrenc
                 latencies.append(time.perf_counter() - start)
 
     tasks = [asyncio.create_task(client()) for _ in range(concurrency)]
-    await asyncio.sleep(min(2.0, seconds / 3))  # reach the steady state first
+    await asyncio.sleep(max(1.0, warmup))  # reach the steady state first
     stats0 = engine.stats(name)  # type: ignore[attr-defined]
     measuring = True
     cpu0, wall0 = time.process_time(), time.perf_counter()

@@ -78,8 +78,10 @@ class Batch:
 
         Copies because the batch buffers are reused (shared-memory slots) once this returns.
         """
-        if not self.batched:
-            return [{n: np.array(a, copy=True) for n, a in outputs.items()}]
+        if not self.batched:  # one request, whole tensors
+            (request,) = self.requests
+            names = request.outputs if request.outputs is not None else outputs.keys()
+            return [{n: np.array(outputs[n], copy=True) for n in names}]
         results = []
         for i, request in enumerate(self.requests):
             start, stop = self.offsets[i], self.offsets[i + 1]

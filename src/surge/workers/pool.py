@@ -281,6 +281,7 @@ class WorkerPool:
 
     def _crashed(self, worker: Worker) -> None:
         was_ready = worker.state is State.READY
+        worker.process.join(1.0)  # its pipe closed: it is exiting; reap it for the exit code
         code = worker.process.exitcode
         self._close(worker, WorkerCrashedError(
             f"worker {worker.index} of model {self.ref!r} died (exit code {code})"

@@ -344,6 +344,7 @@ def test_sigkill_fails_only_the_in_flight_batch_then_recovers(tmp_path: Path) ->
                 asyncio.gather(*tasks, return_exceptions=True), 60)
             crashed = [r for r in results if isinstance(r, WorkerCrashedError)]
             assert len(crashed) == 1
+            assert "exit code -9" in str(crashed[0])
             assert all(isinstance(r, dict | WorkerCrashedError) for r in results)
             assert engine.model_ready("slow")  # the other instance kept it ready
             await until(lambda: len(model.pool.pids()) == 2 and victim not in model.pool.pids())

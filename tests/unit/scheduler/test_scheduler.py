@@ -144,6 +144,20 @@ def test_batch_is_split_back_to_the_right_requests() -> None:
     assert s.idle()
 
 
+def test_unbatched_model_runs_requests_alone_with_whole_tensors() -> None:
+    s = Scheduler(SchedulerConfig(max_batch_size=1), batched=False)
+    x = np.ones((3, 4), np.float32)
+    first = Request(1, {"x": x}, 1, shape_key({"x": x}, False), 0.0, outputs=("y",))
+    s.add(first, 0.0)
+    s.add(Request(2, {"x": x}, 1, shape_key({"x": x}, False), 0.0), 0.0)
+    batch = s.next_batch(0.0, 1)
+    assert batch is not None
+    assert ids(batch) == [1]
+    (done,) = s.complete(batch, {"y": x * 3, "z": x}, 0.1)
+    assert set(done.outputs) == {"y"}
+    np.testing.assert_array_equal(done.outputs["y"], x * 3)
+
+
 # -- priorities ----------------------------------------------------------------------------
 def test_lower_priority_number_is_served_first() -> None:
     s = scheduler(max_batch_size=2)

@@ -114,8 +114,12 @@ def main() -> None:
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     detector = Detector(net).eval()
     export_detector(detector, model_dir / "1" / "model.onnx")
+    # The same weights for PyTorch (the `<name>-torch` torch_factory twin the optimizer's
+    # bf16/fp16-torch/prune variants start from).
+    twin = args.out / f"{args.name}-torch"
+    (twin / "1").mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in detector.state_dict().items()},
-              str(model_dir / "weights.safetensors"))
+              str(twin / "1" / "model.safetensors"))
     summary = {"width": args.width, "epochs": args.epochs, "batch_size": args.batch_size,
                "lr": args.lr, "threads": args.threads, "seed": args.seed,
                "train_seconds": train_seconds, "history": history, "validation": final}

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 STRIDE = 4
-# Pixel statistics of generated training canvases; normalization lives in the model.
+# About the pixel mean and std of generated canvases (measured 33 and 49); normalization lives
+# in the model, so clients send raw 0..255 canvases.
 MEAN, STD = 40.0, 60.0
 
 
@@ -57,10 +58,21 @@ class Up(nn.Module):
 
 
 class Normalize(nn.Module):
-    """uint8 or float canvas [N, H, W] -> normalized float [N, 1, H, W]."""
+    """uint8 or float canvas [N, H, W] -> normalized [N, 1, H, W] in the model's float dtype."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Buffers follow `model.to(dtype)`, and uint8 x float promotes to the buffer's dtype, so a
+        # bf16/fp16 copy of the model normalizes straight into bf16/fp16 (also when traced).
+        # Not persistent: checkpoints hold only the learned weights.
+        self.register_buffer("scale", torch.tensor([1.0 / STD]), persistent=False)
+        self.register_buffer("shift", torch.tensor([-MEAN / STD]), persistent=False)
+
+    scale: torch.Tensor
+    shift: torch.Tensor
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return ((image.float() - MEAN) / STD).unsqueeze(1)
+        return image.unsqueeze(1) * self.scale + self.shift
 
 
 class Head(nn.Module):

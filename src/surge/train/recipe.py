@@ -117,7 +117,6 @@ class Recipe:
             f"training {config.model.builder}: {config.parallelism} on {self.state.world_size} "
             f"process(es), {config.precision}, {self.steps} steps/epoch of {config.batch_size}"
         )
-        weights: dict[str, torch.Tensor] = {}
         for epoch in range(self.resumed_from, config.epochs):
             train_loss, samples_per_s, seconds = self.train_epoch(epoch)
             weights = ckpt.full_model_state(self.plan.module, config.parallelism, self.state)

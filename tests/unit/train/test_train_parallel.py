@@ -42,18 +42,6 @@ def _train(state: DistState, mode: str, replicas: int, out: Path | None) -> dict
     return weights
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_processes_match_one_with_the_same_global_batch(mode: str, tmp_path: Path) -> None:
-    expected = _train(DistState(), "none", 1, None)
-    spawn(_train, 2, mode, 2, tmp_path / "weights.pt")
-    got = torch.load(tmp_path / "weights.pt", weights_only=True)
-    assert got.keys() == expected.keys()
-    start = tiny_mlp().state_dict()
-    for name, value in expected.items():
-        assert not torch.allclose(value, start[name])  # training really moved the weights
-        torch.testing.assert_close(got[name], value, atol=1e-5, rtol=1e-5)
-
-
 def _pipeline_grads(state: DistState, out: Path) -> None:
     batch = _data()
     inputs, labels = batch.inputs[:GLOBAL_BATCH], batch.labels[:GLOBAL_BATCH]
@@ -70,7 +58,32 @@ def _pipeline_grads(state: DistState, out: Path) -> None:
     torch.save(results, out / f"stage{state.rank}.pt")
 
 
-def test_two_stage_pipeline_matches_the_unsplit_model(tmp_path: Path) -> None:
+def _two_ranks(state: DistState, out: Path) -> None:
+    """Everything the tests compare, in one pair of processes (starting them is the slow part)."""
+    for mode in ("ddp", "fsdp"):
+        _train(state, mode, 2, out / f"{mode}.pt")
+    _pipeline_grads(state, out)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("two_ranks")
+    spawn(_two_ranks, 2, out)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_one_with_the_same_global_batch(mode: str, two_ranks: Path) -> None:
+    expected = _train(DistState(), "none", 1, None)
+    got = torch.load(two_ranks / f"{mode}.pt", weights_only=True)
+    assert got.keys() == expected.keys()
+    start = tiny_mlp().state_dict()
+    for name, value in expected.items():
+        assert not torch.allclose(value, start[name])  # training really moved the weights
+        torch.testing.assert_close(got[name], value, atol=1e-5, rtol=1e-5)
+
+
+def test_two_stage_pipeline_matches_the_unsplit_model(two_ranks: Path) -> None:
     torch.manual_seed(0)
     model = tiny_mlp()
     batch = _data()
@@ -78,8 +91,7 @@ def test_two_stage_pipeline_matches_the_unsplit_model(tmp_path: Path) -> None:
                                        batch.labels[:GLOBAL_BATCH])
     loss.backward()
     expected = {n: p.grad for n, p in model.named_parameters()}
-    spawn(_pipeline_grads, 2, tmp_path)
-    stages = [torch.load(tmp_path / f"stage{r}.pt", weights_only=True) for r in range(2)]
+    stages = [torch.load(two_ranks / f"stage{r}.pt", weights_only=True) for r in range(2)]
     for schedule in ("gpipe", "1f1b"):
         first, last = stages[0][schedule], stages[1][schedule]
         assert first["loss"] is None  # only the last stage sees the loss

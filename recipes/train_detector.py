@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from surge.data.fashion_mnist import FASHION_CLASSES
 from surge.detection.coco import detections_to_coco, load_split, to_coco
@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from these Detector weights (.safetensors) instead of scratch")
     args = parser.parse_args()
 
     # setup
@@ -70,6 +72,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     images, targets = load_tensors(args.data / "train")
     net = centernet(width=args.width)
+    if args.init is not None:
+        Detector(net).load_state_dict(load_file(str(args.init)))
     loss_fn = CenterNetLoss(len(FASHION_CLASSES))
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     steps_per_epoch = len(images) // args.batch_size
@@ -120,7 +124,8 @@ def main() -> None:
     (twin / "1").mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in detector.state_dict().items()},
               str(twin / "1" / "model.safetensors"))
-    summary = {"width": args.width, "epochs": args.epochs, "batch_size": args.batch_size,
+    summary = {"init": str(args.init) if args.init else None, "width": args.width,
+               "epochs": args.epochs, "batch_size": args.batch_size,
                "lr": args.lr, "threads": args.threads, "seed": args.seed,
                "train_seconds": train_seconds, "history": history, "validation": final}
     (model_dir / "training.json").write_text(json.dumps(summary, indent=2))

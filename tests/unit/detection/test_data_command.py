@@ -1,0 +1,46 @@
+"""`surge data fashion-detection`: writes the three splits and the evaluation archives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from surge.cli import main
+from surge.detection.coco import load_split
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = 0
+    try:
+        main(args)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_command_writes_splits_and_eval_archives(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _run(["data", "fashion-detection", str(tmp_path), "--train", "12", "--val", "6",
+                      "--test", "5", "--seed", "3"], capsys)
+    assert code == 0, out
+    for split, count in (("train", 12), ("val", 6), ("test", 5)):
+        data = load_split(tmp_path / split)
+        assert data.images.shape == (count, 128, 128)
+        assert data.images.dtype == np.uint8
+    with np.load(tmp_path / "test.npz") as archive:
+        assert archive["image"].shape == (5, 128, 128)
+        assert archive["image_ids"].tolist() == [1, 2, 3, 4, 5]
+    truth = json.loads((tmp_path / "test.json").read_text())
+    assert {a["image_id"] for a in truth["annotations"]} == {1, 2, 3, 4, 5}
+    assert not (tmp_path / "train.npz").exists()
+
+
+def test_command_rejects_a_canvas_too_small(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _run(["data", "fashion-detection", str(tmp_path), "--size", "16"], capsys)
+    assert code == 2
+    assert "--size" in out

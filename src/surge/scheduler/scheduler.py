@@ -189,9 +189,15 @@ class Scheduler:
         return request
 
     def expire(self, now: float) -> list[Request]:
-        """Remove and return the queued requests whose deadline has passed."""
+        """Remove and return the queued requests that can no longer meet their deadline.
+
+        That is, the deadline has passed, or is closer than the earliest it could finish if
+        dispatched now (a worker freeing up, then the fastest batch ever measured): computing
+        such a request would only produce an answer nobody waits for.
+        """
         expired: list[Request] = []
-        while self._deadlines and self._deadlines[0][0] <= now:
+        horizon = now + self._earliest_finish(now)
+        while self._deadlines and self._deadlines[0][0] <= horizon:
             _, request_id = heapq.heappop(self._deadlines)
             request = self._live.get(request_id)
             if request is not None:
@@ -282,7 +288,7 @@ class Scheduler:
         while self._deadlines and self._deadlines[0][1] not in self._live:
             heapq.heappop(self._deadlines)
         if self._deadlines:
-            times.append(self._deadlines[0][0])
+            times.append(self._deadlines[0][0] - self._earliest_finish(now))
         if idle_workers > 0:
             times.extend(
                 self._oldest(q).arrival + self.config.max_queue_delay_s
@@ -318,6 +324,16 @@ class Scheduler:
         """Forget a batch whose computation failed; returns its requests to answer."""
         self._inflight.pop(batch.id, None)
         return batch.requests
+
+    def _earliest_finish(self, now: float) -> float:
+        """Seconds from now before a request dispatched now could be done (0: unmeasured)."""
+        fastest = min(self._batch_time.values(), default=0.0)
+        if not fastest or len(self._inflight) < self.config.workers:
+            return fastest
+        return fastest + min(
+            max(0.0, b.dispatched + (self.batch_time(b.size) or 0.0) - now)
+            for b in self._inflight.values()
+        )
 
     def _record(self, size: int, seconds: float) -> None:
         previous = self._batch_time.get(size)

@@ -33,6 +33,7 @@ from surge.scheduler import Batch, Request, Scheduler, SchedulerConfig, shape_ke
 from surge.server.metrics import SurgeMetrics
 from surge.workers.messages import BatchDone
 from surge.workers.pool import (
+    BatchResult,
     WorkerPool,
     available_cores,
     cuda_device_count,
@@ -279,7 +280,7 @@ class ServedModel:
         self.pool.dispatch(batch)
 
     def _done(self, batch: Batch, outputs: dict[str, np.ndarray] | None,
-              error: Exception | None, done: BatchDone | None) -> None:
+              error: Exception | None, result: BatchResult | None) -> None:
         """A worker finished `batch` (outputs) or failed it (error): answer its requests."""
         now = self._loop.time()
         self._m_compute.observe(now - batch.dispatched)
@@ -288,15 +289,14 @@ class ServedModel:
                 self._reject(request, error or SurgeError("batch failed"), now)
         else:
             started = time.perf_counter_ns()
-            compute_s = None
-            if done is not None:
-                compute_s = (done.input_ns + done.infer_ns + done.output_ns) / 1e9
+            compute_s = result.service_s if result is not None else None
             for completed in self.scheduler.complete(batch, outputs, now, compute_s):
                 future = self._futures.pop(completed.request.id, None)
                 if future is not None and not future.done():
                     future.set_result(completed.outputs)
                 _Counters.add(self.counters.success, int((now - completed.request.arrival) * 1e9))
-            self._count_batch(batch, done, time.perf_counter_ns() - started)
+            self._count_batch(batch, result.done if result else None,
+                              time.perf_counter_ns() - started)
         self._wake()
 
     def _count_batch(self, batch: Batch, done: BatchDone | None, split_ns: int) -> None:

@@ -116,6 +116,7 @@ class Worker:
     state: State = State.STARTING
     transport: Transport | None = None
     batches: deque[Batch] = field(default_factory=deque)  # in send order; [0] is computing
+    last_done: float = 0.0  # loop time of its last result
     load_error: str = ""
 
     @property
@@ -124,9 +125,17 @@ class Worker:
         return PIPELINE_DEPTH - len(self.batches) if self.state is State.READY else 0
 
 
-# Called with (batch, outputs or None, error or None, done message or None).
+@dataclass(frozen=True)
+class BatchResult:
+    """How a batch went: the worker's own timings and the service time the front end saw."""
+
+    done: BatchDone
+    service_s: float
+
+
+# Called with (batch, outputs or None, error or None, result or None).
 DoneCallback = Callable[[Batch, "dict[str, np.ndarray] | None", "Exception | None",
-                         "BatchDone | None"], None]
+                         "BatchResult | None"], None]
 
 
 class WorkerPool:
@@ -348,9 +357,19 @@ class WorkerPool:
             worker.batches.popleft()
             worker.transport.skip()
             self._on_done(batch, None, ServingError(f"model {self.ref!r} failed: {done.error}"),
-                          done)
+                          None)
             return
         outputs = worker.transport.receive(worker.conn, done)
+        # Service time as the front end sees it: from when the worker could start this batch
+        # (dispatch, or its previous result) to now. Unlike the worker's own timing it
+        # includes the hops and the front end's delays, which admission control must count.
+        assert self._loop is not None
+        now = self._loop.time()
+        # Two results read in one wakeup would make the second look free: never count less
+        # than the worker's own time.
+        own_s = (done.input_ns + done.infer_ns + done.output_ns) / 1e9
+        service_s = max(own_s, now - max(batch.dispatched, worker.last_done))
+        worker.last_done = now
         # Outputs view the worker's output slot: consume them before its slot is reused.
-        self._on_done(batch, outputs, None, done)
+        self._on_done(batch, outputs, None, BatchResult(done, service_s))
         worker.batches.popleft()

@@ -192,6 +192,16 @@ def test_expired_request_is_dropped_before_compute() -> None:
     assert ids(batch) == [kept.id]
 
 
+def test_request_that_cannot_finish_in_time_is_dropped_early() -> None:
+    s = scheduler(max_batch_size=4, max_queue_size=100)
+    _measure(s, 4, 0.050)  # the fastest batch takes 50 ms
+    now = 10.0
+    tight = s.add(req(now=now, deadline=now + 0.120), now)
+    assert s.next_wakeup(now, idle_workers=0) == pytest.approx(now + 0.070)
+    assert s.expire(now + 0.069) == []
+    assert [r.id for r in s.expire(now + 0.071)] == [tight.id]  # 49 ms left < 50 ms
+
+
 def test_default_timeout_sets_a_deadline() -> None:
     s = scheduler(default_timeout_s=0.5)
     stored = s.add(req(), 2.0)

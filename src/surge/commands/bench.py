@@ -91,7 +91,7 @@ def bench(
                            batch_size=batch_size, api_key=api_key, progress=progress)
     mode = f"open loop {arrivals:g}/s" if arrivals else "closed loop"
     table = Table(title=f"{model} over {protocol} ({mode}, batch {batch_size})")
-    for column in ("concurrency", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "ok",
+    for column in ("c", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "ok",
                    "errors", "client CPU"):
         table.add_column(column, justify="right")
     for run in report.runs:

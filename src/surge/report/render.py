@@ -151,6 +151,12 @@ def _summary(report: dict[str, Any]) -> str:
         ["config written", report.get("config_path") or "no"],
         ["tune time (s)", report.get("total_seconds")],
     ]
+    costs = report.get("serving_costs")
+    if costs:
+        rows.append(["fitted serving costs",
+                     f"{_fmt(costs['batch_overhead_ms'], 2)} ms per batch + "
+                     f"{_fmt(costs['request_overhead_ms'], 3)} ms per request, p99 x "
+                     f"{_fmt(costs['p99_scale'], 2)}"])
     for which in ("baseline", "tuned"):
         run = report.get(which)
         if run:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from surge.evaluate.profile import ProfileReport
 from surge.select.space import Candidate, Load
 
@@ -31,13 +33,75 @@ class Measurement:
 
 @dataclass(frozen=True)
 class ServingCosts:
-    """Time a batch spends outside the engine (decode, queue hand-off, shared-memory copies,
-    response), fitted to a measured run. Charged per batch: batching amortizes it, which is
-    much of why batching pays off in serving."""
+    """Time a batch spends outside the engine, fitted to measured runs: a fixed part per batch
+    (queue hand-off, dispatch to a worker, shared-memory slot) that batching amortizes, and a
+    part per request (HTTP parsing, tensor decode and copy, response) that it does not. On
+    few cores both include the CPU the front end and the load generator take from workers."""
 
     batch_overhead_ms: float = 0.0
-    p99_scale: float = 1.0  # measured / modelled p99 of the calibration run: the tail the
+    request_overhead_ms: float = 0.0
+    p99_scale: float = 1.0  # measured / modelled p99 over the fitted runs: the tail the
     # model does not see (other processes on the cores, scheduling jitter)
+
+    def outside_ms(self, batch: float) -> float:
+        return self.batch_overhead_ms + batch * self.request_overhead_ms
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A served run reduced to what the cost fit needs."""
+
+    batch: float  # requests per batch the model expects at this load
+    outside_ms: float  # measured batch time minus the profiled engine time
+    p99_ratio: float | None  # measured p99 / modelled p99 before scaling
+
+
+def expected_batch(candidate: Candidate, load: Load) -> float:
+    """Requests per batch under `load` as the closed-loop model sees it (open loop: 1)."""
+    if load.concurrency is None:
+        return 1.0
+    return min(candidate.max_batch_size, max(1.0, load.concurrency / candidate.instances))
+
+
+def observe(profile: ProfileReport, candidate: Candidate, load: Load, measured: Measurement
+            ) -> Observation | None:
+    """What a served run says about the costs outside the engine; None if it says nothing."""
+    if measured.errors or measured.throughput <= 0 or not math.isfinite(measured.p99_ms):
+        return None
+    batch = expected_batch(candidate, load)
+    engine = _service_ms(profile, candidate, batch)
+    if load.concurrency is not None:
+        delay = candidate.max_queue_delay_ms if batch < candidate.max_batch_size else 0.0
+        cycle = candidate.instances * batch * 1000.0 / measured.throughput
+        outside = cycle - engine - delay
+    elif measured.p50_ms is not None:  # open loop below saturation: the median is one pass
+        outside = measured.p50_ms - engine
+    else:
+        return None
+    modelled = predict(profile, candidate, load, ServingCosts(max(0.0, outside))).p99_ms
+    ratio = measured.p99_ms / modelled if math.isfinite(modelled) and modelled > 0 else None
+    return Observation(batch, outside, ratio)
+
+
+def fit_costs(observations: list[Observation]) -> ServingCosts:
+    """Least squares `outside = batch_overhead + batch x request_overhead`, both >= 0; the p99
+    scale is the median measured/modelled ratio, bounded so one noisy run cannot make every
+    prediction absurd."""
+    if not observations:
+        return ServingCosts()
+    b = np.array([o.batch for o in observations])
+    y = np.array([o.outside_ms for o in observations])
+    per_batch, per_request = float(max(0.0, y.mean())), 0.0
+    if len(set(b.tolist())) > 1:
+        (per_batch, per_request), *_ = np.linalg.lstsq(np.stack([np.ones_like(b), b], 1), y,
+                                                       rcond=None)
+        if per_request < 0:
+            per_batch, per_request = float(max(0.0, y.mean())), 0.0
+        elif per_batch < 0:
+            per_batch, per_request = 0.0, float(max(0.0, (y * b).sum() / (b * b).sum()))
+    ratios = [o.p99_ratio for o in observations if o.p99_ratio is not None]
+    scale = float(np.clip(np.median(ratios), 0.5, 10.0)) if ratios else 1.0
+    return ServingCosts(float(per_batch), float(per_request), scale)
 
 
 def predict(
@@ -60,9 +124,8 @@ def _service_ms(profile: ProfileReport, c: Candidate, batch: float) -> float:
 def _closed_loop(profile: ProfileReport, c: Candidate, clients: int, costs: ServingCosts
                  ) -> Measurement:
     # Each instance holds clients/instances requests; they go out in batches of up to B.
-    per_instance = clients / c.instances
-    batch = min(c.max_batch_size, max(1.0, per_instance))
-    service = _service_ms(profile, c, batch) + costs.batch_overhead_ms
+    batch = expected_batch(c, Load(concurrency=clients))
+    service = _service_ms(profile, c, batch) + costs.outside_ms(batch)
     # A batch that cannot fill waits out the whole queue delay: its clients are all inside it.
     cycle = service + (c.max_queue_delay_ms if batch < c.max_batch_size else 0.0)
     capacity = c.instances * batch * 1000.0 / cycle
@@ -75,7 +138,7 @@ def _closed_loop(profile: ProfileReport, c: Candidate, clients: int, costs: Serv
 def _open_loop(profile: ProfileReport, c: Candidate, rate: float, costs: ServingCosts
                ) -> Measurement:
     per_instance = rate / c.instances / 1000.0  # requests per ms
-    full = _service_ms(profile, c, c.max_batch_size) + costs.batch_overhead_ms
+    full = _service_ms(profile, c, c.max_batch_size) + costs.outside_ms(c.max_batch_size)
     capacity = c.instances * c.max_batch_size * 1000.0 / full
     if rate >= capacity:
         return Measurement(capacity, math.inf, capacity=capacity)
@@ -83,10 +146,10 @@ def _open_loop(profile: ProfileReport, c: Candidate, rate: float, costs: Serving
     batch = 1.0
     for _ in range(20):
         form = min(c.max_queue_delay_ms, max(0.0, (c.max_batch_size - batch) / per_instance))
-        service = _service_ms(profile, c, batch) + costs.batch_overhead_ms
+        service = _service_ms(profile, c, batch) + costs.outside_ms(batch)
         batch = min(float(c.max_batch_size), max(1.0, per_instance * (service + form)))
     form = 0.0 if batch >= c.max_batch_size else min(c.max_queue_delay_ms, 1.0 / per_instance)
-    service = _service_ms(profile, c, batch) + costs.batch_overhead_ms
+    service = _service_ms(profile, c, batch) + costs.outside_ms(batch)
     rho = per_instance * service / batch
     if rho >= 1.0:
         return Measurement(capacity, math.inf, capacity=capacity)

@@ -28,7 +28,14 @@ from surge.evaluate.profile import ProfileReport, default_batch_sizes, profile_v
 from surge.repository import Repository
 from surge.runtimes import RunnerOptions
 from surge.select.apply import write_selection
-from surge.select.predict import Measurement, ServingCosts, predict
+from surge.select.predict import (
+    Measurement,
+    Observation,
+    ServingCosts,
+    fit_costs,
+    observe,
+    predict,
+)
 from surge.select.search import Rung, SelectionReport, select
 from surge.select.serving import TUNING_DIR, ServingTrialError, measure_served
 from surge.select.space import ORIGINAL, AccuracyBudget, Candidate, Slo, build_space
@@ -120,6 +127,7 @@ class TuningReport:
     speedup: float | None = None
     chosen: Candidate | None = None
     config_path: str | None = None
+    serving_costs: ServingCosts | None = None  # the prediction model's final fit
     optimized: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     total_seconds: float = 0.0
@@ -207,7 +215,6 @@ def tune(repo_root: Path, model: str, options: TuneOptions,
     say("measure the untuned baseline")
     measurer = _Measurer(model_dir, profiles, options, report, progress)
     first = measurer.serve(baseline_candidate(), BASELINE)
-    measurer.calibrate(first)
     stages.done("baseline")
 
     say("select")
@@ -227,6 +234,7 @@ def tune(repo_root: Path, model: str, options: TuneOptions,
         if options.write_config:
             report.config_path = str(write_selection(model_dir, chosen.candidate, slo.p99_ms))
     stages.done("final")
+    report.serving_costs = measurer.costs
     report.total_seconds = stages.elapsed()
     report.save(model_dir)
     return report
@@ -328,22 +336,20 @@ class _Measurer:
         self.options = options
         self.report = report
         self.costs = ServingCosts()
+        self.observations: list[Observation] = []
         self.progress = progress
         self.task = progress.add_task("serve + bench", total=None) if progress else None
 
-    def calibrate(self, baseline: ServedRun) -> None:
-        """Fit the per-batch serving cost so the model reproduces the measured baseline: at
-        max batch 1 each batch is one request, costing its engine time plus the overhead."""
-        c, measured = baseline.candidate, baseline.measured
-        if measured.throughput <= 0 or not self._profiled(c):
+    def learn(self, run: ServedRun) -> None:
+        """Refit the serving costs to every served run so far (the first is the baseline), so
+        each prediction draws on all the measurements made before it."""
+        if run.error or not self._profiled(run.candidate):
             return
-        service = self.profiles[c.variant].service_ms(1, c.instances, c.threads)
-        overhead = max(0.0, 1000.0 * c.instances / measured.throughput - service)
-        p99 = predict(self.profiles[c.variant], c, self.options.slo.load,
-                      ServingCosts(batch_overhead_ms=overhead)).p99_ms
-        scale = measured.p99_ms / p99 if math.isfinite(p99) and p99 > 0 else 1.0
-        # bounded: one noisy run must not make every prediction absurd
-        self.costs = ServingCosts(overhead, min(max(scale, 0.5), 10.0))
+        seen = observe(self.profiles[run.candidate.variant], run.candidate,
+                       self.options.slo.load, run.measured)
+        if seen is not None:
+            self.observations.append(seen)
+            self.costs = fit_costs(self.observations)
 
     def predicted(self, candidate: Candidate) -> Measurement:
         return predict(self.profiles[candidate.variant], candidate, self.options.slo.load,
@@ -370,6 +376,7 @@ class _Measurer:
             run = ServedRun(candidate, rung, predicted, Measurement(0.0, math.inf, rung, 1), 0.0,
                             str(exc))
         self.report.served.append(run)
+        self.learn(run)
         if self.progress is not None and self.task is not None:
             self.progress.advance(self.task)
         return run

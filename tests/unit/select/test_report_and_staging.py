@@ -43,6 +43,8 @@ def _saved_report(model_dir: Path) -> None:
         "model": "m", "slo_p99_ms": 50.0, "load": "64 concurrent clients",
         "max_accuracy_drop": 1.0, "min_metric": None, "reference_metric": 91.0,
         "chosen": chosen, "speedup": 8.0, "config_path": None, "total_seconds": 12.0,
+        "serving_costs": {"batch_overhead_ms": 2.5, "request_overhead_ms": 0.125,
+                          "p99_scale": 1.5},
         "variants": [
             {"variant": ORIGINAL, "metric_name": "accuracy", "metric": 91.0, "accepted": True,
              "reason": "within the accuracy budget", "inprocess_best": 1000.0},
@@ -74,6 +76,7 @@ def test_render_report_writes_html_and_plots(tmp_path: Path) -> None:
     assert "int8 b32 d1ms 1x2t" in page
     assert "pruned&lt;b&gt;" in page  # names are escaped, not injected
     assert "30.0 ms measured (predicted 20.0 ms)" in page
+    assert "2.50 ms per batch + 0.125 ms per request, p99 x 1.50" in page
 
 
 def test_render_report_needs_a_tune(tmp_path: Path) -> None:

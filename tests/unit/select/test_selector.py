@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from surge.select import (
     select,
     write_selection,
 )
+from surge.select.predict import fit_costs, observe
 
 SPEED = {ORIGINAL: 1.0, "int8": 2.5, "pruned": 1.6, "lowrank": 1.3}
 ACCURACY = {ORIGINAL: 91.0, "int8": 90.5, "pruned": 88.0, "lowrank": 90.8}
@@ -285,20 +287,41 @@ def test_space_gives_max_batch_one_no_delay() -> None:
     assert len(set(itertools.chain(space))) == len(space)
 
 
-def test_calibration_reproduces_the_measured_baseline(tmp_path: Path) -> None:
+def test_cost_fit_recovers_per_batch_and_per_request_costs() -> None:
+    profile = linear_profile()  # engine: 1 ms + 0.1 ms per sample, one instance
+    truth = ServingCosts(batch_overhead_ms=2.0, request_overhead_ms=0.3)
+    load = Load(concurrency=64)
+    seen = []
+    for batch in (1, 16, 64):
+        c = Candidate(ORIGINAL, batch, 0.0, 1, 1)
+        true = predict(profile, c, load, truth)
+        seen.append(observe(profile, c, load, replace(true, p99_ms=true.p99_ms * 2.0)))
+    fitted = fit_costs([o for o in seen if o is not None])
+    assert fitted.batch_overhead_ms == pytest.approx(2.0)
+    assert fitted.request_overhead_ms == pytest.approx(0.3)
+    assert fitted.p99_scale == pytest.approx(2.0)
+    # one run (the baseline) cannot separate the two: all of it is charged per batch
+    alone = fit_costs([o for o in seen[:1] if o is not None])
+    assert (alone.batch_overhead_ms, alone.request_overhead_ms) == (pytest.approx(2.3), 0.0)
+    assert fit_costs([]) == ServingCosts()
+
+
+def test_failed_runs_teach_nothing() -> None:
+    c = Candidate(ORIGINAL, 8, 0.0, 1, 1)
+    assert observe(linear_profile(), c, SLO.load, Measurement(100.0, 30.0, errors=3)) is None
+    assert observe(linear_profile(), c, SLO.load, Measurement(0.0, math.inf)) is None
+
+
+def test_the_measurer_refits_after_each_served_run(tmp_path: Path) -> None:
     from surge.select.tune import ServedRun, TuneOptions, TuningReport, _Measurer
 
-    profile = linear_profile()  # 1.1 ms per single request at 1 instance x 1 thread
     options = TuneOptions("d", "classification", SLO)
     report = TuningReport("m", "classification", "d", 50.0, "64", 64, None, 1.0, None)
-    measurer = _Measurer(tmp_path, {ORIGINAL: profile}, options, report, None)
+    measurer = _Measurer(tmp_path, {ORIGINAL: linear_profile()}, options, report, None)
     baseline = Candidate(ORIGINAL, 1, 0.0, 1, 1)
-    # measured 250 req/s -> 4 ms a request -> 2.9 ms outside the engine; p99 3x the model's
-    modelled_p99 = 64 * 4.0 + 4.0
-    measurer.calibrate(ServedRun(baseline, "baseline", Measurement(0.0, math.inf),
-                                 Measurement(250.0, 3 * modelled_p99), 1.0))
+    # 250 req/s at max batch 1 -> 4 ms a request, 1.1 ms of it in the engine
+    measurer.learn(ServedRun(baseline, "baseline", Measurement(0.0, math.inf),
+                             Measurement(250.0, 600.0), 1.0))
     assert measurer.costs.batch_overhead_ms == pytest.approx(2.9)
-    assert measurer.costs.p99_scale == pytest.approx(3.0)
-    again = measurer.predicted(baseline)
-    assert (again.throughput, again.p99_ms) == (pytest.approx(250.0),
-                                                pytest.approx(3 * modelled_p99))
+    assert measurer.predicted(baseline).throughput == pytest.approx(250.0)
+    assert measurer.predicted(baseline).p99_ms == pytest.approx(600.0)

@@ -42,6 +42,7 @@ from surge.detection.coco import detections_to_coco, load_split, to_coco  # noqa
 from surge.evaluate.metrics import best_f1_threshold, coco_map, detection_prf  # noqa: E402
 from surge.repository import Repository  # noqa: E402
 from surge.repository.config import read_config, write_config  # noqa: E402
+from surge.repository.repository import MODEL_FILES  # noqa: E402
 from surge.runtimes import RunnerOptions, load_runner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def predict(runner: Any, images: np.ndarray, batch: int = 64) -> tuple[np.ndarra
 def accuracy(runner: Any, val: tuple[dict, np.ndarray], test: tuple[dict, np.ndarray]) -> dict:
     """Threshold chosen on validation, everything else measured on test."""
     val_dets = detections_to_coco(*predict(runner, val[1]))
-    chosen = best_f1_threshold(val[0], val_dets, np.arange(0.05, 0.95, 0.01).tolist())
+    chosen = best_f1_threshold(val[0], val_dets, np.arange(0.05, 0.95, 0.025).tolist())
     test_dets = detections_to_coco(*predict(runner, test[1]))
     report = coco_map(test[0], test_dets)
     prf = detection_prf(test[0], test_dets, chosen.score_threshold, 0.5)
@@ -91,8 +92,10 @@ def variants(repo: Path, model: str) -> list[tuple[str, str | None, Path]]:
     """(label, variant name, model file) for the original and each variant on disk."""
     loaded = Repository(repo).load(model)
     found = [("fp32", None, loaded.path)]
-    for entry in sorted((repo / model / "variants").glob("*/model.onnx")):
-        found.append((entry.parent.name, entry.parent.name, entry))
+    for entry in sorted((repo / model / "variants").glob("*/variant.yaml")):
+        files = [entry.parent / name for name in MODEL_FILES if (entry.parent / name).is_file()]
+        if files:
+            found.append((entry.parent.name, entry.parent.name, files[0]))
     return found
 
 
@@ -196,6 +199,39 @@ def training_rows(repo: Path, model: str, trainer_runs: list[Path]) -> list[dict
     return rows
 
 
+def train_step_speed(data: Path, width: int, steps: int) -> list[dict]:
+    """Samples/s of the recipe's training step (batch 32) by precision and threads, measured
+    back to back in this process on the same canvases."""
+    import torch
+
+    from surge.detection.model import centernet
+    from surge.detection.training import CenterNetLoss, load_tensors
+
+    images, targets = load_tensors(data / "val", limit=32 * (steps + 2))
+    rows = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for precision in ("fp32", "bf16"):
+            torch.manual_seed(0)
+            net, loss_fn = centernet(width=width), CenterNetLoss()
+            optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+            for step in range(steps + 2):
+                if step == 2:  # two warm-up steps
+                    started = time.perf_counter()
+                x, y = images[step * 32:(step + 1) * 32], targets[step * 32:(step + 1) * 32]
+                with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+                    maps = net(x)
+                loss = loss_fn(maps, y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            seconds = time.perf_counter() - started
+            rows.append({"run": f"train step, {threads} thread(s)", "parallelism": "none",
+                         "precision": precision, "processes": 1, "epoch": "-",
+                         "samples_per_s": steps * 32 / seconds, "epoch_s": None})
+    return rows
+
+
 # -- rendering -----------------------------------------------------------------------------------
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -238,7 +274,8 @@ def render(results: dict) -> str:
                   _table(["run", "parallelism", "precision", "processes", "epoch", "samples/s",
                           "epoch s"],
                          [[r["run"], r["parallelism"], r["precision"], str(r["processes"]),
-                           str(r["epoch"]), f"{r['samples_per_s']:.1f}", f"{r['epoch_s']:.0f}"]
+                           str(r["epoch"]), f"{r['samples_per_s']:.1f}",
+                           "-" if r["epoch_s"] is None else f"{r['epoch_s']:.0f}"]
                           for r in results["training"]])]
     return "\n".join(parts)
 
@@ -280,6 +317,8 @@ def main() -> None:
     parser.add_argument("--engine-seconds", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-serving", action="store_true")
+    parser.add_argument("--train-steps", type=int, default=20,
+                        help="timed training steps per precision/threads setting (0: skip)")
     parser.add_argument("--trainer-runs", type=Path, nargs="*", default=[],
                         help="metrics.jsonl files of `surge train` runs to tabulate")
     args = parser.parse_args()
@@ -323,6 +362,9 @@ def main() -> None:
         plot_serving(results["serving"])
 
     results["training"] = training_rows(args.repo, args.model, args.trainer_runs)
+    if args.train_steps:
+        width = int(json.loads((args.repo / args.model / "training.json").read_text())["width"])
+        results["training"] += train_step_speed(args.data, width, args.train_steps)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "detection.json").write_text(json.dumps(results, indent=2))
     write_doc(render(results))

@@ -1,4 +1,4 @@
-"""Overload behaviour of a real server with a slow model (50 ms per batch of up to 2, queue 16):
+"""Overload behaviour of a real server with a slow model (50 ms per batch of up to 2, queue 32):
 503 + Retry-After when full, 504 past the deadline, cancelled requests leave the queue,
 a killed worker fails only its batch, SIGTERM finishes accepted requests."""
 
@@ -29,7 +29,7 @@ BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = make_repository(tmp_path_factory.mktemp("slow-repo"), slow_delay_ms=50,
-                           slow_queue=16, slow_max_batch=2, with_tiny=False)
+                           slow_queue=32, slow_max_batch=2, with_tiny=False)
     proc = start_server(repo, tmp_path_factory.mktemp("log") / "server.log", "--grace", "10")
     yield proc
     assert proc.stop() == 0, proc.output()[-3000:]
@@ -57,7 +57,7 @@ def _stats(server: ServerProcess) -> dict:
 def test_full_queue_answers_503_with_retry_after(slow_server: ServerProcess) -> None:
     async def flood() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=slow_server.http, timeout=60.0) as client:
-            return await asyncio.gather(*(_post(client, _body()) for _ in range(60)))
+            return await asyncio.gather(*(_post(client, _body()) for _ in range(80)))
 
     responses = asyncio.run(flood())
     statuses = Counter(r.status_code for r in responses)
@@ -69,16 +69,18 @@ def test_full_queue_answers_503_with_retry_after(slow_server: ServerProcess) -> 
 
 
 def test_deadline_passing_in_the_queue_answers_504(slow_server: ServerProcess) -> None:
+    # A reloaded model has measured no batch yet, so admission cannot predict completion
+    # times and lets a request in whose deadline will pass in the queue.
+    reload = httpx.post(f"{slow_server.http}/v2/repository/models/slow/load", timeout=120)
+    assert reload.status_code == 200
+
     async def scenario() -> httpx.Response:
         async with httpx.AsyncClient(base_url=slow_server.http, timeout=60.0) as client:
-            ahead = [asyncio.ensure_future(_post(client, _body())) for _ in range(4)]
+            ahead = [asyncio.ensure_future(_post(client, _body())) for _ in range(12)]
             await asyncio.sleep(0.02)
-            # admitted: about 100 ms of work ahead of it, a 200 ms deadline...
-            late = asyncio.ensure_future(_post(client, _body(timeout_us=200_000)))
-            await asyncio.sleep(0.01)
-            # ...then eight urgent requests (priority 1) take 200 ms of batches ahead of it
-            urgent = [asyncio.ensure_future(_post(client, _body(priority=1))) for _ in range(8)]
-            await asyncio.gather(*ahead, *urgent)
+            # behind six batches (about 300 ms) of requests of its priority, a 100 ms deadline
+            late = asyncio.ensure_future(_post(client, _body(timeout_us=100_000)))
+            await asyncio.gather(*ahead)
             return await late
 
     response = asyncio.run(scenario())
@@ -104,7 +106,8 @@ def test_disconnected_clients_leave_the_queue(slow_server: ServerProcess) -> Non
     assert computed <= 10, computed  # only batches dispatched within the 100 ms
     cancelled = _metric(slow_server, "surge_requests_total", model="slow",
                         outcome="cancelled") - cancelled_before
-    assert cancelled == timed_out
+    # a batch finishing just as its clients give up is counted a success by the server
+    assert timed_out - 2 <= cancelled <= timed_out
     assert _metric(slow_server, "surge_queue_depth", model="slow") == 0
 
 
@@ -128,7 +131,7 @@ def test_grpc_status_codes_and_cancellation(slow_server: ServerProcess) -> None:
                     return str(exc.code().name)
                 return "OK"
 
-            flood = Counter(await asyncio.gather(*(code(request()) for _ in range(60))))
+            flood = Counter(await asyncio.gather(*(code(request()) for _ in range(80))))
             bad = request()
             bad.inputs[0].shape[:] = [1, 5]
             unknown = request()

@@ -1,0 +1,1 @@
+"""The serving front end: V2 HTTP (ASGI) and gRPC servers, the engine behind them, `surge serve`."""

@@ -37,6 +37,9 @@ def tune(
     short_run: Annotated[str, typer.Option(help="Length of a short served run.")] = "3s",
     full_run: Annotated[str, typer.Option(help="Length of a full served run.")] = "8s",
     finalists: Annotated[int, typer.Option(min=1, help="Configurations given full runs.")] = 2,
+    final_rounds: Annotated[int, typer.Option(
+        min=1, help="Times the untuned and the chosen configuration are re-measured, "
+                    "alternately.")] = 2,
     short_runs: Annotated[int, typer.Option(
         min=0, help="Configurations given short runs (0: straight to full runs).")] = 6,
     eval_samples: Annotated[int | None, typer.Option(
@@ -70,7 +73,8 @@ def tune(
         max_batch_sizes=_ints(max_batch, "--max-batch"), delays_ms=_floats(delays, "--delays"),
         short_run_s=parse_duration_s(short_run, "--short-run"),
         full_run_s=parse_duration_s(full_run, "--full-run"), short_runs=short_runs,
-        finalists=finalists, eval_samples=eval_samples, variants=variants,
+        finalists=finalists, final_rounds=final_rounds, eval_samples=eval_samples,
+        variants=variants,
         settings=_settings(settings), profile_s=parse_duration_s(profile_time, "--profile-time"),
         write_config=write,
     )

@@ -67,6 +67,7 @@ class TuneOptions:
     short_run_s: float = 3.0
     full_run_s: float = 8.0
     short_runs: int = 6  # configurations served in short runs (0: straight to full runs)
+    final_rounds: int = 2  # untuned vs chosen, served alternately this many times each
     finalists: int = 2  # configurations served in full runs
     eval_samples: int | None = None  # evaluate on the first N samples only
     optimize: bool = True  # make variants when the model has none
@@ -218,7 +219,7 @@ def tune(repo_root: Path, model: str, options: TuneOptions,
     stages.done("baseline")
 
     say("select")
-    reserve = 2 * (first.startup_s + options.full_run_s + 1.0)
+    reserve = 2 * options.final_rounds * (first.startup_s + options.full_run_s + 1.0)
     remaining = options.budget_s - stages.elapsed() - reserve
     report.selection = _search(options, report, measurer, accepted, remaining)
     stages.done("select")
@@ -227,10 +228,8 @@ def tune(repo_root: Path, model: str, options: TuneOptions,
     if chosen is not None:
         say("re-measure the untuned and the chosen configurations")
         report.chosen = chosen.candidate
-        report.baseline = measurer.serve(baseline_candidate(), FINAL)
-        report.tuned = measurer.serve(chosen.candidate, FINAL)
-        if report.baseline.measured.throughput > 0:
-            report.speedup = report.tuned.measured.throughput / report.baseline.measured.throughput
+        report.baseline, report.tuned, report.speedup = compare_back_to_back(
+            measurer.serve, baseline_candidate(), chosen.candidate, options.final_rounds)
         if options.write_config:
             report.config_path = str(write_selection(model_dir, chosen.candidate, slo.p99_ms))
     stages.done("final")
@@ -238,6 +237,27 @@ def tune(repo_root: Path, model: str, options: TuneOptions,
     report.total_seconds = stages.elapsed()
     report.save(model_dir)
     return report
+
+
+def compare_back_to_back(
+    serve: Callable[[Candidate, str], ServedRun], untuned: Candidate, tuned: Candidate,
+    rounds: int,
+) -> tuple[ServedRun, ServedRun, float | None]:
+    """Serve both configurations in alternating order (A B, B A, ...) so that load from other
+    processes drifting over time hits both alike; returns the run nearest each one's median
+    throughput and the ratio of the medians."""
+    runs: dict[Candidate, list[ServedRun]] = {untuned: [], tuned: []}
+    for index in range(max(1, rounds)):
+        order = (untuned, tuned) if index % 2 == 0 else (tuned, untuned)
+        for candidate in order:
+            runs[candidate].append(serve(candidate, FINAL))
+    medians = {c: float(np.median([r.measured.throughput for r in rs])) for c, rs in runs.items()}
+
+    def typical(c: Candidate) -> ServedRun:
+        return min(runs[c], key=lambda r: abs(r.measured.throughput - medians[c]))
+
+    ratio = medians[tuned] / medians[untuned] if medians[untuned] > 0 else None
+    return typical(untuned), typical(tuned), ratio
 
 
 def _reference_dataset(repo: Repository, model: str, options: TuneOptions) -> EvalDataset:

@@ -325,3 +325,21 @@ def test_the_measurer_refits_after_each_served_run(tmp_path: Path) -> None:
     assert measurer.costs.batch_overhead_ms == pytest.approx(2.9)
     assert measurer.predicted(baseline).throughput == pytest.approx(250.0)
     assert measurer.predicted(baseline).p99_ms == pytest.approx(600.0)
+
+
+def test_final_comparison_alternates_and_takes_medians() -> None:
+    from surge.select.tune import ServedRun, compare_back_to_back
+
+    untuned, tuned = Candidate(ORIGINAL, 1, 0.0, 1, 2), Candidate("int8", 32, 0.0, 1, 1)
+    speeds = {untuned: iter([100.0, 80.0, 120.0]), tuned: iter([400.0, 300.0, 900.0])}
+    order: list[Candidate] = []
+
+    def serve(candidate: Candidate, rung: str) -> ServedRun:
+        order.append(candidate)
+        m = Measurement(next(speeds[candidate]), 10.0, rung)
+        return ServedRun(candidate, rung, m, m, 1.0)
+
+    base, best, ratio = compare_back_to_back(serve, untuned, tuned, rounds=3)
+    assert order == [untuned, tuned, tuned, untuned, untuned, tuned]
+    assert ratio == pytest.approx(400.0 / 100.0)  # medians, so one odd run does not decide
+    assert (base.measured.throughput, best.measured.throughput) == (100.0, 400.0)

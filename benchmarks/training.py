@@ -122,7 +122,7 @@ def main() -> None:
         "cuda" if torch.cuda.is_available() else "cpu")
     gpus = torch.cuda.device_count() if device == "cuda" else 0
     scale = 0.25 if args.quick else 1.0
-    console = Console()
+    console = Console(width=130)
     rows: list[Row] = []
     load_before = os.getloadavg()[0]
     for model, mode, nproc, threads, precision in plan(device, gpus):

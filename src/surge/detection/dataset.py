@@ -77,6 +77,14 @@ class DetectionSplit:
         keep = self.image_index == index
         return self.boxes[keep], self.labels[keep]
 
+    def head(self, count: int) -> DetectionSplit:
+        """The first `count` canvases and their objects."""
+        keep = self.image_index < count
+        return DetectionSplit(
+            self.images[:count], self.boxes[keep], self.labels[keep], self.image_index[keep],
+            self.source_index[keep], self.scale[keep], self.corner[keep], self.source_split,
+            self.classes)
+
     def padded(self, max_objects: int) -> tuple[np.ndarray, np.ndarray]:
         """Boxes [N, max_objects, 4] and labels [N, max_objects] with -1 where there is none."""
         n = len(self)

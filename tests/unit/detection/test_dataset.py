@@ -133,3 +133,12 @@ def test_bad_specs_and_splits_are_rejected(tmp_path) -> None:  # noqa: ANN001
         generate_split("dev", 1)
     with pytest.raises(ConfigError, match="not a detection split directory"):
         load_split(tmp_path)
+
+
+def test_head_keeps_the_first_canvases_with_their_objects() -> None:
+    split = generate_split("val", 10, seed=0)
+    head = split.head(4)
+    assert len(head) == 4
+    assert set(head.image_index.tolist()) == {0, 1, 2, 3}
+    for index in range(4):
+        assert np.array_equal(head.objects_of(index)[0], split.objects_of(index)[0])

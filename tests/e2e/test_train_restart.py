@@ -17,11 +17,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_killed_rank_restarts_from_the_last_checkpoint_and_completes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # 128 samples / batch 16 = 8 steps per epoch; rank 1 dies in its 12th step (epoch 2).
+    # 128 samples / batch 16 = 8 steps per epoch; checkpoints after epochs 2 and 4; rank 1 dies
+    # in its 28th step (epoch 4), after epoch 3 was logged but not checkpointed.
     config = write_recipe(
-        tmp_path, epochs=3, parallelism="ddp",
+        tmp_path, epochs=4, parallelism="ddp", checkpoint={"dir": str(tmp_path / "run" / "ckpt"),
+                                                           "interval": 2},
         model={"builder": "tests.unit.train.tiny:crashing_mlp",
-               "kwargs": {"crash_rank": 1, "crash_at_call": 12},
+               "kwargs": {"crash_rank": 1, "crash_at_call": 28},
                "input_name": "x", "output_name": "y", "input_shape": [8]},
     )
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))  # the workers import the test model
@@ -30,9 +32,10 @@ def test_killed_rank_restarts_from_the_last_checkpoint_and_completes(
     assert exit_info.value.code == 0
     records = [json.loads(line)
                for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # The restarted workers replayed epoch 3 from the epoch-2 checkpoint.
     assert [(r["epoch"], r["attempt"], r["resumed_from"]) for r in records] == [
-        (1, 0, 0), (2, 1, 1), (3, 1, 1)]
-    assert json.loads((tmp_path / "run" / "ckpt" / "latest.json").read_text())["epoch"] == 3
+        (1, 0, 0), (2, 0, 0), (3, 1, 2), (4, 1, 2)]
+    assert json.loads((tmp_path / "run" / "ckpt" / "latest.json").read_text())["epoch"] == 4
     assert Repository(tmp_path / "repo").load("tiny").signature.input_names == ["x"]
 
 

@@ -91,7 +91,7 @@ class Recipe:
                                          parallelism=config.parallelism)
         self.checkpoint_dir = Path(config.checkpoint.dir)
         self.resumed_from = self.restore() if resume else 0
-        self.log = RunLog(Path(config.log_dir), state.is_main, append=self.resumed_from > 0)
+        self.log = RunLog(Path(config.log_dir), state.is_main, self.trainer.history)
         self._eval_model: nn.Module | None = None
 
     def restore(self) -> int:

@@ -24,14 +24,18 @@ LOSS_PLOT = "loss.png"
 class RunLog:
     """Writes what rank 0 reports; other ranks get a RunLog with `enabled=False` (silent)."""
 
-    def __init__(self, log_dir: Path, enabled: bool, append: bool) -> None:
+    def __init__(self, log_dir: Path, enabled: bool, history: list[dict[str, Any]]) -> None:
+        """Start the JSONL file over from `history`: the epochs the run resumes after (if any).
+
+        Epochs a crashed attempt logged after its last checkpoint are dropped with it.
+        """
         self.log_dir = Path(log_dir)
         self.enabled = enabled
         self.console = Console(stderr=False, highlight=False)
         if enabled:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            if not append:
-                (self.log_dir / METRICS_FILE).unlink(missing_ok=True)
+            lines = "".join(json.dumps(record) + "\n" for record in history)
+            (self.log_dir / METRICS_FILE).write_text(lines)
 
     def say(self, message: str) -> None:
         if self.enabled:

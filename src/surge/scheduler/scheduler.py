@@ -227,25 +227,30 @@ class Scheduler:
             del self._queues[key]
 
     # -- batching ----------------------------------------------------------------------------
-    def next_batch(self, now: float, idle_workers: int) -> Batch | None:
+    def next_batch(self, now: float, idle_workers: int, spread: int = 1) -> Batch | None:
         """The next batch to compute, or None (no idle worker, or waiting for more requests).
 
+        `idle_workers` is how many batches the workers can take now; `spread` how many
+        workers have nothing at all to do: a partial batch whose delay ran out is shared
+        among them rather than computed by one while the others idle.
         Call `expire(now)` first: expired requests still queued would be batched.
         """
         if idle_workers < 1 or not self._live:
             return None
         for key, queue in sorted(self._queues.items(), key=lambda kv: kv[1].heap[0][:2]):
-            taken = self._choose(queue, now)
+            taken = self._choose(queue, now, spread)
             if taken:
                 return self._dispatch(key, queue, taken, now)
         return None
 
-    def _choose(self, queue: _KeyQueue, now: float) -> int:
+    def _choose(self, queue: _KeyQueue, now: float, spread: int) -> int:
         """How many requests (from the head, in priority order) to dispatch now; 0 = wait."""
         limit = self.config.max_batch_size
         sizes = list(accumulate(e[2].batch_size for e in heapq.nsmallest(limit, queue.heap)))
         fits = bisect_right(sizes, limit)  # requests that fit one batch, in priority order
         if self._due(queue, now):
+            if spread > 1 and queue.items < limit:  # partial batch, several idle workers
+                return max(1, bisect_right(sizes, -(-queue.items // spread)))
             return fits
         for preferred in sorted(self.config.preferred_batch_sizes, reverse=True):
             hit = bisect_left(sizes, preferred, 0, fits)

@@ -258,7 +258,9 @@ class ServedModel:
             self.engine.metrics.expired.labels(self.name).inc()
             self._reject(request, DeadlineExceededError(
                 f"deadline exceeded after {(now - request.arrival) * 1e3:.1f} ms in the queue"))
-        while (batch := self.scheduler.next_batch(now, self.pool.idle_count)) is not None:
+        pool = self.pool
+        while (batch := self.scheduler.next_batch(now, pool.idle_count,
+                                                  pool.idle_workers)) is not None:
             self._send(batch, now)
         self._m_depth.set(self.scheduler.queued)
         if self.scheduler.idle():

@@ -200,6 +200,12 @@ class WorkerPool:
         return sum(w.free for w in self._workers if w is not None)
 
     @property
+    def idle_workers(self) -> int:
+        """Live workers with nothing to compute."""
+        return sum(1 for w in self._workers
+                   if w is not None and w.state is State.READY and not w.batches)
+
+    @property
     def busy_count(self) -> int:
         """Workers computing a batch."""
         return sum(1 for w in self._workers if w is not None and w.batches)

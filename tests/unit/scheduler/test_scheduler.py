@@ -56,6 +56,28 @@ def test_partial_batch_waits_for_the_delay_then_goes() -> None:
     assert batch.size == 2
 
 
+def test_partial_batch_is_shared_among_idle_workers() -> None:
+    s = scheduler(max_batch_size=8, max_queue_delay_s=0.010)
+    for _ in range(5):
+        s.add(req(), 0.0)
+    assert s.next_batch(0.005, idle_workers=4, spread=2) is None  # still within the delay
+    first = s.next_batch(0.010, idle_workers=4, spread=2)
+    assert first is not None
+    assert first.size == 3  # ceil(5 / 2)
+    rest = s.next_batch(0.010, idle_workers=3, spread=1)
+    assert rest is not None
+    assert rest.size == 2
+
+
+def test_full_batch_is_not_split_among_idle_workers() -> None:
+    s = scheduler(max_batch_size=4)
+    for _ in range(4):
+        s.add(req(), 0.0)
+    batch = s.next_batch(0.0, idle_workers=4, spread=2)
+    assert batch is not None
+    assert batch.size == 4
+
+
 def test_no_idle_worker_no_batch_and_no_delay_wakeup() -> None:
     s = scheduler(max_batch_size=2)
     s.add(req(), 0.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from surge.datatypes import ONNX_TO_V2
-from surge.errors import ModelLoadError
+from surge.errors import InputError, ModelLoadError
 from surge.runtimes.base import RunnerOptions, Signature, TensorSpec, example_inputs
 
 
@@ -67,6 +67,8 @@ class OnnxRunner:
         except Exception as exc:
             raise ModelLoadError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from None
         self._output_names = self._signature.output_names
+        self._bytes_inputs = {s.name for s in self._signature.inputs if s.datatype == "BYTES"}
+        self._bytes_outputs = {s.name for s in self._signature.outputs if s.datatype == "BYTES"}
 
     @property
     def signature(self) -> Signature:
@@ -76,5 +78,27 @@ class OnnxRunner:
         self.run(example_inputs(self._signature, batch_size=1))
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self._session.run(self._output_names, dict(inputs))
-        return dict(zip(self._output_names, results, strict=True))
+        feed = dict(inputs)
+        for name in self._bytes_inputs & feed.keys():
+            feed[name] = _to_str(name, feed[name])  # ONNX Runtime strings are str; V2 BYTES are bytes
+        results = dict(zip(self._output_names, self._session.run(self._output_names, feed), strict=True))
+        for name in self._bytes_outputs:
+            results[name] = _to_bytes(results[name])
+        return results
+
+
+def _to_str(name: str, array: np.ndarray) -> np.ndarray:
+    out = np.empty(array.shape, dtype=object)
+    try:
+        out.ravel()[:] = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.ravel()]
+    except UnicodeDecodeError:
+        raise InputError(f"input {name!r}: ONNX string tensors take UTF-8 text only") from None
+    return out
+
+
+def _to_bytes(array: np.ndarray) -> np.ndarray:
+    out = np.empty(array.shape, dtype=object)
+    out.ravel()[:] = [
+        v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in array.ravel()
+    ]
+    return out

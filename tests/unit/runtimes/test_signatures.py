@@ -75,3 +75,24 @@ def test_corrupt_onnx_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ModelLoadError, match=r"model.onnx"):
         load_runner(bad)
+
+
+def test_onnx_bytes_tensors_round_trip(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["echo"])], "echo",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 2])],
+        [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "echo.onnx")
+    runner = load_runner(tmp_path / "echo.onnx")
+    assert runner.signature.inputs[0].datatype == "BYTES"
+    words = np.array([[b"ab", "é".encode()], [b"", b"z"]], dtype=object)
+    echo = runner.run({"text": words})["echo"]
+    assert echo.tolist() == words.tolist()
+    with pytest.raises(InputError, match="UTF-8"):
+        runner.run({"text": np.array([[b"\xff", b"a"]], dtype=object)})

@@ -157,7 +157,8 @@ def _wait_ready(url: str, model: str, server: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("server not ready in 180 s")
 
 
-def serving_configs(repo: Path, model: str, selected: str | None) -> list[tuple[str, dict]]:
+def serving_configs(repo: Path, model: str, selected: str | None,
+                    served_variants: list[str]) -> list[tuple[str, dict]]:
     """Untuned baseline first, then what changes what, then the tuned configuration (if any)."""
     configs: list[tuple[str, dict]] = [
         ("fp32 batch 1 (untuned)", {"variant": None, "max_batch_size": 1, "instances": 1,
@@ -169,6 +170,8 @@ def serving_configs(repo: Path, model: str, selected: str | None) -> list[tuple[
           "batching": {"enabled": True, "max_queue_delay_ms": 2.0}}),
     ]
     for label, variant, _ in variants(repo, model)[1:]:
+        if label not in served_variants:
+            continue
         configs.append((f"{label} batch 32", {"variant": variant, "max_batch_size": 32,
                                               "instances": 1, "threads": 0,
                                               "batching": {"enabled": True}}))
@@ -317,6 +320,8 @@ def main() -> None:
     parser.add_argument("--engine-seconds", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-serving", action="store_true")
+    parser.add_argument("--serve-variants", default="int8-static",
+                        help="variants served at batch 32 besides fp32 (comma-separated)")
     parser.add_argument("--train-steps", type=int, default=20,
                         help="timed training steps per precision/threads setting (0: skip)")
     parser.add_argument("--trainer-runs", type=Path, nargs="*", default=[],
@@ -346,7 +351,8 @@ def main() -> None:
                  f"{selected.instances} inst x {selected.threads or 'auto'} thr") if tuned else None
         results["serving"] = {}
         with tempfile.TemporaryDirectory() as work:
-            for name, changes in serving_configs(args.repo, args.model, label):
+            for name, changes in serving_configs(args.repo, args.model, label,
+                                                 args.serve_variants.split(",")):
                 repo = serving_repo(args.repo, args.model, Path(work), f"r{len(results['serving'])}",
                                     **changes)
                 runs = serve_and_bench(repo, args.model, args.duration, Path(work) / "serve.log")

@@ -6,11 +6,13 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.table import Table
 
 from surge.cli import app, console
 
+CALIBRATION_CANVASES = 256
 data_app = typer.Typer(help="Build datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -27,7 +29,8 @@ def fashion_detection(
     """Fashion-MNIST items on textured canvases, with COCO JSON boxes, as train/val/test splits.
 
     Each split gets OUT/<split>/images.npy + annotations.json; val and test also get
-    OUT/<split>.npz + OUT/<split>.json, the evaluation format `surge tune --data` reads.
+    OUT/<split>.npz + OUT/<split>.json, the evaluation format `surge tune --data` reads;
+    OUT/calib.npy holds the first validation canvases for `surge optimize --calib`.
     """
     from surge.detection.coco import save_eval_archive, save_split
     from surge.detection.dataset import CanvasSpec, generate_split
@@ -40,6 +43,8 @@ def fashion_detection(
         save_split(data, out / split)
         if split != "train":
             save_eval_archive(data, out / f"{split}.npz")
+        if split == "val":  # calibration inputs for static quantization (`surge optimize --calib`)
+            np.save(out / "calib.npy", data.images[:CALIBRATION_CANVASES])
         table.add_row(split, str(count), str(len(data.labels)), f"fashion-mnist {data.source_split}",
                       f"{time.perf_counter() - started:.1f}")
     console.print(table)

@@ -37,6 +37,7 @@ def test_command_writes_splits_and_eval_archives(tmp_path: Path,
     truth = json.loads((tmp_path / "test.json").read_text())
     assert {a["image_id"] for a in truth["annotations"]} == {1, 2, 3, 4, 5}
     assert not (tmp_path / "train.npz").exists()
+    assert np.load(tmp_path / "calib.npy").shape == (6, 128, 128)
 
 
 def test_command_rejects_a_canvas_too_small(tmp_path: Path,

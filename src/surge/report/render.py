@@ -143,11 +143,11 @@ def _summary(report: dict[str, Any]) -> str:
     rows: list[list[Any]] = [
         ["SLO", f"p99 <= {report['slo_p99_ms']:g} ms at {report['load']}"],
         ["accuracy budget", f"max drop {report['max_accuracy_drop']}, min {report['min_metric']}"],
-        ["reference metric", report.get("reference_metric")],
+        ["reference metric", _fmt(report.get("reference_metric"), 2)],
         ["chosen", _key(chosen) if chosen else "none"],
         ["selection", selection.get("message", "")],
         ["strategy", selection.get("strategy", "")],
-        ["speed-up vs untuned (same run)", report.get("speedup")],
+        ["speed-up vs untuned (same run, median req/s)", _fmt(report.get("speedup"), 2)],
         ["config written", report.get("config_path") or "no"],
         ["tune time (s)", report.get("total_seconds")],
     ]
@@ -171,7 +171,7 @@ def _candidate_rows(report: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for r in (report.get("selection") or {}).get("candidates", []):
         last = r["measurements"][-1] if r["measurements"] else {}
-        rows.append([_key(r["candidate"]), r["accuracy"], last.get("rung"),
+        rows.append([_key(r["candidate"]), _fmt(r["accuracy"], 2), last.get("rung"),
                      last.get("throughput"), last.get("p99_ms"), r["status"], r["reason"]])
     # the chosen first, then the measured ones, then the rest
     rows.sort(key=lambda row: (row[5] != "chosen", row[2] is None, row[2] != "full run"))
@@ -187,10 +187,11 @@ def render_report(model_dir: Path) -> Path:
     plot_prediction(report, out / "p99_predicted_vs_measured.png")
     served = [[_key(r["candidate"]), r["rung"], r["measured"]["throughput"],
                r["measured"]["p50_ms"], r["measured"]["p99_ms"], r["predicted"]["p99_ms"],
-               r["measured"]["errors"], r.get("client_cpu_share"), r["startup_s"], r["error"]]
+               r["measured"]["errors"], _fmt(r.get("client_cpu_share"), 2), r["startup_s"],
+               r["error"]]
               for r in report["served"]]
-    variants = [[v["variant"], v["metric"], v["inprocess_best"], v["accepted"], v["reason"]]
-                for v in report["variants"]]
+    variants = [[v["variant"], _fmt(v["metric"], 2), v["inprocess_best"], v["accepted"],
+                 v["reason"]] for v in report["variants"]]
     page = _PAGE.format(
         title=html.escape(f"surge tune: {report['model']}"),
         summary=_summary(report),

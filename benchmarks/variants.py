@@ -107,8 +107,9 @@ def fashion_bench(work: Path, finetune_epochs: int) -> Bench:
     )
     configs = {
         "fp32": OnnxExportConfig(), "int8-static": Int8StaticConfig(),
-        "int8-dynamic": Int8DynamicConfig(), "prune-30": PruneConfig(ratio=0.3),
-        "prune-50": PruneConfig(ratio=0.5), "lowrank-0.9": LowRankConfig(energy=0.9),
+        # Widths kept multiples of 8: 32 * 0.7 = 22 channels ran far slower than 24 would.
+        "int8-dynamic": Int8DynamicConfig(), "prune-30": PruneConfig(ratio=0.3, round_to=8),
+        "prune-50": PruneConfig(ratio=0.5, round_to=8), "lowrank-0.9": LowRankConfig(energy=0.9),
         "bf16": Bf16Config(), "fp16": Fp16Config(),
     }
     inputs = to_model_input(test_x[:512])
@@ -272,7 +273,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="intra-op thread settings to try")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--min-time", type=float, default=0.6, help="seconds per measurement")
-    parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=64, help="MiniLM tokens per sentence")
     parser.add_argument("--out", type=Path, default=RESULTS / "variants.json")
     args = parser.parse_args()

@@ -92,11 +92,14 @@ def resolve_split(model: nn.Module, config: PipelineConfig, stages: int) -> list
     for name in config.split_points:
         if name not in known or not name:
             raise ConfigError(f"pipeline.split_points: the model has no module {name!r}")
-        first_leaf = next((i for i, leaf in enumerate(order)
-                           if leaf == name or leaf.startswith(name + ".")), None)
-        if not first_leaf:
+        first_unit = next((i for i, unit in enumerate(order)
+                           if unit == name or unit.startswith(name + ".")), None)
+        if first_unit is None:
+            raise ConfigError(f"pipeline.split_points: {name!r} is inside a block that cannot be "
+                              f"cut; stages may begin at {', '.join(order[1:])}")
+        if first_unit == 0:
             raise ConfigError(f"pipeline.split_points: {name!r} leaves the first stage empty")
-        positions.append(first_leaf)
+        positions.append(first_unit)
     if positions != sorted(set(positions)):
         raise ConfigError(
             f"pipeline.split_points {config.split_points} must be distinct and in call order"

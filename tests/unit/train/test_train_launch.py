@@ -111,6 +111,17 @@ def test_balanced_split_starts_stages_where_parameter_counts_balance() -> None:
     assert resolve_split(model, PipelineConfig(split_points=["5"]), 2) == ["5"]
 
 
+def test_residual_blocks_are_not_cut() -> None:
+    from surge.zoo.resnet import resnet18
+
+    model = resnet18(classes=10, in_channels=1, width=8)
+    assert resolve_split(model, PipelineConfig(split_points=["layers.4"]), 2) == ["layers.4"]
+    with pytest.raises(ConfigError, match="'layers.4.conv1' is inside a block that cannot be cut"):
+        resolve_split(model, PipelineConfig(split_points=["layers.4.conv1"]), 2)
+    with pytest.raises(ConfigError, match="leaves the first stage empty"):
+        resolve_split(model, PipelineConfig(split_points=["stem"]), 2)
+
+
 def test_split_points_must_be_in_call_order() -> None:
     with pytest.raises(ConfigError, match="distinct and in call order"):
         resolve_split(tiny_mlp(), PipelineConfig(split_points=["5", "3"]), 3)

@@ -209,13 +209,19 @@ def _halving(search: _Search, alive: list[CandidateResult], rungs: Sequence[Rung
         alive = search.run_rung(alive, rung)
         if index == len(rungs) - 1 or search.out_of_time or not alive:
             break
-        alive = search.prune_dominated(alive, rung)
         remaining = len(rungs) - index - 1
         # shrink by eta per rung, but never below the number of finalists for the last rung
         keep = max(finalists, math.ceil(len(alive) / eta)) if remaining > 1 else finalists
         if index < len(survivors):
             keep = min(keep, max(finalists, survivors[index]))
-        alive = search.halve(alive, rung, min(keep, len(alive)))
+        front = search.prune_dominated(alive, rung)
+        if len(front) < keep:
+            # a cheap rung's front can be a single point; the next rung still gets `keep`
+            # candidates, the best of the dominated ones by rank, so it has a real choice
+            spare = sorted((r for r in alive if r not in front),
+                           key=lambda r: _rank_key(r, search.slo))
+            front += spare[:keep - len(front)]
+        alive = search.halve(front, rung, min(keep, len(front)))
     return alive
 
 

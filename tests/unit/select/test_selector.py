@@ -90,6 +90,28 @@ def test_successive_halving_finds_the_optimum_with_fewer_full_runs() -> None:
     assert any(r.startswith("dominated at predicted by") for r in reasons)
 
 
+def test_a_thin_front_is_refilled_so_the_next_rung_has_a_choice() -> None:
+    # the cheap rung thinks b64 beats everything; the real runs disagree
+    space = [Candidate(ORIGINAL, b, 0.0, 1, 1) for b in (8, 16, 32, 64)]
+    real = {8: 700.0, 16: 1500.0, 32: 1200.0, 64: 900.0}
+
+    def measure(candidate: Candidate, rung: Rung) -> Measurement:
+        b = candidate.max_batch_size
+        if rung.name == "predicted":
+            return Measurement(100.0 * b, 10.0 - b / 100, rung=rung.name)
+        return Measurement(real[b], 30.0, rung=rung.name)
+
+    report = select(space, ACCURACY, BUDGET, SLO, measure,
+                    (Rung("predicted"), Rung("full run")), brute_force_limit=0, finalists=3)
+    assert report.chosen is not None
+    assert report.chosen.candidate.max_batch_size == 16
+    full = sorted(r.candidate.max_batch_size for r in report.candidates
+                  if r.last is not None and r.last.rung == "full run")
+    assert full == [16, 32, 64]
+    b8 = next(r for r in report.candidates if r.candidate.max_batch_size == 8)
+    assert b8.reason.startswith("dominated at predicted by original b")
+
+
 def test_successive_halving_cuts_a_pareto_front_by_eta() -> None:
     # throughput and p99 both grow with the batch: no point dominates another
     space = [Candidate(ORIGINAL, b, 0.0, 1, 1) for b in range(1, 28)]
@@ -115,7 +137,7 @@ def test_successive_halving_cuts_a_pareto_front_by_eta() -> None:
 def test_exact_ties_keep_only_the_simplest_configuration() -> None:
     space = [Candidate(ORIGINAL, 32, d, 1, 1) for d in (5.0, 0.0, 2.0)]
     report = select(space, ACCURACY, BUDGET, SLO, lambda c, r: Measurement(900.0, 20.0, r.name),
-                    (Rung("predicted"), Rung("full run")), brute_force_limit=0)
+                    (Rung("predicted"), Rung("full run")), brute_force_limit=0, finalists=1)
     assert report.chosen is not None
     assert report.chosen.candidate.max_queue_delay_ms == 0.0
     losers = [r for r in report.candidates if r is not report.chosen]

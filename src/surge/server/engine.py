@@ -137,7 +137,7 @@ class ServedModel:
         self.pool = WorkerPool(
             str(engine.repository.root), variant_ref or name,
             None if variant_ref else version, placements, self._done,
-            on_restart=self._restarted, on_requeue=self._requeue,
+            on_restart=self._restarted, on_requeue=self._requeue, on_ready=self._wake,
             max_batch_size=max(1, config.max_batch_size),
         )
         self.handle: ModelHandle | None = None

@@ -152,6 +152,7 @@ class WorkerPool:
         transport: str | None = None,
         on_restart: Callable[[], None] | None = None,
         on_requeue: Callable[[Batch], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
         max_batch_size: int = 1,
     ) -> None:
         self.root, self.ref, self.version = root, ref, version
@@ -160,6 +161,7 @@ class WorkerPool:
         self._on_done = on_done
         self._on_restart = on_restart
         self._on_requeue = on_requeue
+        self._on_ready = on_ready
         self._transport_kind = transport
         self._max_batch = max(1, max_batch_size)
         self._workers: list[Worker | None] = [None] * len(placements)
@@ -293,6 +295,8 @@ class WorkerPool:
         log.info("worker %s[%d] ready (pid %d, %d threads, %s)", self.ref, worker.index,
                  message.pid, message.threads, message.device)
         self._changed.set()
+        if self._on_ready is not None:  # a (re)started worker can take the batches queued meanwhile
+            self._on_ready()
 
     def _crashed(self, worker: Worker) -> None:
         was_ready = worker.state is State.READY

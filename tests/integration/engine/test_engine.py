@@ -371,6 +371,24 @@ def test_single_instance_crash_is_not_ready_until_restarted(tmp_path: Path) -> N
     run(body())
 
 
+def test_single_instance_crash_serves_the_queued_requests_after_restart(tmp_path: Path) -> None:
+    config = "max_batch_size: 4\ninstances: 1\nthreads: 1\nqueue: {max_size: 256}\n"
+
+    async def body() -> None:
+        async with serving(tmp_path, {"slow": ("slow", config)}) as engine:
+            model = served(engine, "slow")
+            tasks = [asyncio.create_task(engine.infer("slow", None, rows(0.5, 4, 512)))
+                     for _ in range(12)]
+            await until(lambda: model.pool.busy_count == 1)
+            os.kill(model.pool.pids()[0], signal.SIGKILL)
+            # No request arrives after the crash: the restarted worker alone must drain the queue.
+            results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+            assert all(isinstance(r, dict | WorkerCrashedError) for r in results)
+            assert sum(isinstance(r, dict) for r in results) >= 10
+
+    run(body())
+
+
 def test_stop_under_load_finishes_accepted_requests_and_frees_shared_memory(
     tmp_path: Path,
 ) -> None:

@@ -99,6 +99,11 @@ def _dominates(a: CandidateResult, b: CandidateResult) -> bool:
     return _simplicity(a.candidate) < _simplicity(b.candidate)
 
 
+def _point(result: CandidateResult) -> tuple[float, float]:
+    m = result.last
+    return (m.throughput, m.p99_ms) if m is not None else (0.0, math.inf)
+
+
 def _simplicity(c: Candidate) -> tuple[float, int, int, int, str]:
     return (c.max_queue_delay_ms, c.max_batch_size, c.instances, c.threads, c.variant)
 
@@ -217,9 +222,11 @@ def _halving(search: _Search, alive: list[CandidateResult], rungs: Sequence[Rung
         front = search.prune_dominated(alive, rung)
         if len(front) < keep:
             # a cheap rung's front can be a single point; the next rung still gets `keep`
-            # candidates, the best of the dominated ones by rank, so it has a real choice
+            # candidates, the best dominated ones by rank, so it has a real choice; exact
+            # ties of a kept point (a delay that full batches never wait for) come last
+            seen = {_point(r) for r in front}
             spare = sorted((r for r in alive if r not in front),
-                           key=lambda r: _rank_key(r, search.slo))
+                           key=lambda r: (_point(r) in seen, _rank_key(r, search.slo)))
             front += spare[:keep - len(front)]
         alive = search.halve(front, rung, min(keep, len(front)))
     return alive

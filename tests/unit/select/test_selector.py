@@ -93,6 +93,7 @@ def test_successive_halving_finds_the_optimum_with_fewer_full_runs() -> None:
 def test_a_thin_front_is_refilled_so_the_next_rung_has_a_choice() -> None:
     # the cheap rung thinks b64 beats everything; the real runs disagree
     space = [Candidate(ORIGINAL, b, 0.0, 1, 1) for b in (8, 16, 32, 64)]
+    space.append(Candidate(ORIGINAL, 64, 2.0, 1, 1))  # predicted exactly as b64 d0
     real = {8: 700.0, 16: 1500.0, 32: 1200.0, 64: 900.0}
 
     def measure(candidate: Candidate, rung: Rung) -> Measurement:
@@ -105,9 +106,9 @@ def test_a_thin_front_is_refilled_so_the_next_rung_has_a_choice() -> None:
                     (Rung("predicted"), Rung("full run")), brute_force_limit=0, finalists=3)
     assert report.chosen is not None
     assert report.chosen.candidate.max_batch_size == 16
-    full = sorted(r.candidate.max_batch_size for r in report.candidates
-                  if r.last is not None and r.last.rung == "full run")
-    assert full == [16, 32, 64]
+    full = sorted((r.candidate.max_batch_size, r.candidate.max_queue_delay_ms)
+                  for r in report.candidates if r.last is not None and r.last.rung == "full run")
+    assert full == [(16, 0.0), (32, 0.0), (64, 0.0)]  # not the copy of b64 with a delay
     b8 = next(r for r in report.candidates if r.candidate.max_batch_size == 8)
     assert b8.reason.startswith("dominated at predicted by original b")
 

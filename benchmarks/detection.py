@@ -346,7 +346,9 @@ def main() -> None:
 
     if not args.skip_serving:
         selected = read_config(args.repo / args.model / "config.yaml")
-        tuned = (args.repo / args.model / "tuning").is_dir()
+        report = args.repo / args.model / "tuning" / "report.json"
+        # Only a configuration `surge tune` chose (and wrote) is served as "tuned".
+        tuned = report.is_file() and json.loads(report.read_text()).get("chosen") is not None
         label = (f"{selected.variant or 'fp32'} batch {selected.max_batch_size}, "
                  f"{selected.instances} inst x {selected.threads or 'auto'} thr") if tuned else None
         results["serving"] = {}

@@ -91,7 +91,7 @@ def test_results_equal_the_in_process_runner(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not (EXAMPLE_REPOSITORY / "fashion" / "1" / "model.onnx").is_file(),
-                    reason="the example fashion model is produced by recipes/train_fashion.py")
+                    reason="the example fashion model is produced by surge train recipes/fashion.yaml")
 def test_example_fashion_model_matches_the_in_process_runner() -> None:
     async def body() -> None:
         engine = Engine(Repository(EXAMPLE_REPOSITORY), models=["fashion"])

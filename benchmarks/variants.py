@@ -187,7 +187,8 @@ def make_variants(bench: Bench, work: Path) -> dict[str, Variant | str]:
     if bench.torch_baseline:
         path = torch_program(bench.source, torch.float32, work / bench.name / "fp32-torch").path
         made["fp32-torch"] = Variant("fp32-torch", path, "torch_export", "torch_export/fp32", {},
-                                     verify(bench.source, path, Tolerance()), bench.name)
+                                     verify(bench.source, path, Tolerance()), bench.name,
+                                     size_bytes=path.stat().st_size)
     return made
 
 

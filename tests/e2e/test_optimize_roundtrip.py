@@ -121,6 +121,8 @@ def test_failing_variant_is_kept_only_when_asked(repo: Path) -> None:
     assert not outcome.kept
     assert outcome.variant is not None
     assert outcome.variant.check.failures[0].startswith("max abs error")
+    assert outcome.variant.size_bytes > 0  # still reported after the rejected file is gone
+    assert not outcome.variant.path.exists()
     assert Repository(repo).variants("tiny") == []
     keep = replace(strict, keep_failed=True)
     outcome, = optimize_model(repo, "tiny", parse_variants("bf16"), keep)

@@ -68,7 +68,7 @@ def apply(source: ModelSource, config: OptimizeConfig, out_dir: Path,
     return Variant(
         name=name or config.variant_name(), path=artifact.path, engine=artifact.engine,
         method=f"{config.verb}/{config.format}", parameters=config.parameters(), check=check,
-        source=source.name, details=artifact.details,
+        source=source.name, details=artifact.details, size_bytes=artifact.path.stat().st_size,
     )
 
 

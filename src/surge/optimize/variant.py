@@ -73,10 +73,8 @@ class Variant:
     source: str = ""
     details: Mapping[str, Any] = field(default_factory=dict)
     """Measured facts about the transformation (parameter counts, ranks, excluded nodes)."""
-
-    @property
-    def size_bytes(self) -> int:
-        return self.path.stat().st_size if self.path.exists() else 0
+    size_bytes: int = 0
+    """The artifact's size when it was made (it stays known after a rejected file is deleted)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -17,6 +17,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PYTHON=${PYTHON:-python3.11}
+# pip warns about every missing folder of a local package index this machine may list; hide those.
+pip_install() {
+  local pip=$1; shift
+  "$pip" install -q --disable-pip-version-check "$@" 2> >(grep -v 'is ignored: it is neither' >&2)
+}
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $PYTHON"
   "$PYTHON" -m venv .venv
@@ -26,8 +31,8 @@ stamp=.venv/.surge-installed
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing torch==2.13.0 and surge[dev] into .venv"
-  .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  pip_install .venv/bin/pip torch==2.13.0
+  pip_install .venv/bin/pip -e '.[dev]'
   echo "$want" > "$stamp"
 fi
 
@@ -37,10 +42,9 @@ fi
 if [ ! -x .venv-triton/bin/perf_analyzer ]; then
   echo "setup: creating .venv-triton with tritonclient[all]==2.51.0"
   "$PYTHON" -m venv .venv-triton
-  .venv-triton/bin/pip install -q --disable-pip-version-check \
-    'tritonclient[all]==2.51.0' nvidia-cuda-runtime-cu12
+  pip_install .venv-triton/bin/pip 'tritonclient[all]==2.51.0' nvidia-cuda-runtime-cu12
 fi
 # examples/detection/client.py reads and draws PNGs with Pillow in the Triton venv.
 if ! .venv-triton/bin/python -c "import PIL" 2>/dev/null; then
-  .venv-triton/bin/pip install -q --disable-pip-version-check pillow
+  pip_install .venv-triton/bin/pip pillow
 fi

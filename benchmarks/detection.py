@@ -40,7 +40,6 @@ from rich.table import Table  # noqa: E402
 
 from surge.detection.coco import detections_to_coco, load_split, to_coco  # noqa: E402
 from surge.evaluate.metrics import best_f1_threshold, coco_map, detection_prf  # noqa: E402
-from surge.repository import Repository  # noqa: E402
 from surge.repository.config import read_config, write_config  # noqa: E402
 from surge.repository.repository import MODEL_FILES  # noqa: E402
 from surge.runtimes import RunnerOptions, load_runner  # noqa: E402
@@ -90,8 +89,9 @@ def engine_speed(path: Path, images: np.ndarray, threads: int, seconds: float) -
 
 def variants(repo: Path, model: str) -> list[tuple[str, str | None, Path]]:
     """(label, variant name, model file) for the original and each variant on disk."""
-    loaded = Repository(repo).load(model)
-    found = [("fp32", None, loaded.path)]
+    # The original file itself: loading `model` would serve the config's selected variant.
+    versions = sorted((repo / model).glob("[0-9]*/model.onnx"), key=lambda p: int(p.parent.name))
+    found = [("fp32", None, versions[-1])]
     for entry in sorted((repo / model / "variants").glob("*/variant.yaml")):
         files = [entry.parent / name for name in MODEL_FILES if (entry.parent / name).is_file()]
         if files:
@@ -335,9 +335,8 @@ def main() -> None:
         "machine": f"{os.cpu_count()} CPU cores (shared)", "test_canvases": len(test_split),
         "test_objects": len(test_split.labels), "accuracy": {},
     }
-    for label, variant, path in variants(args.repo, args.model):
-        ref = f"{args.model}@{variant}" if variant else args.model
-        runner = Repository(args.repo).load(ref).runner
+    for label, _variant, path in variants(args.repo, args.model):
+        runner = load_runner(path, RunnerOptions(intra_op_threads=args.threads))
         row = accuracy(runner, val, test)
         row.update(engine_speed(path, test_split.images, args.threads, args.engine_seconds))
         results["accuracy"][label] = row

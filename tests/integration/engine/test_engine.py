@@ -372,19 +372,21 @@ def test_single_instance_crash_is_not_ready_until_restarted(tmp_path: Path) -> N
 
 
 def test_single_instance_crash_serves_the_queued_requests_after_restart(tmp_path: Path) -> None:
-    config = "max_batch_size: 4\ninstances: 1\nthreads: 1\nqueue: {max_size: 256}\n"
+    config = "max_batch_size: 4\ninstances: 1\nthreads: 1\nqueue: {max_size: 512}\n"
 
     async def body() -> None:
         async with serving(tmp_path, {"slow": ("slow", config)}) as engine:
             model = served(engine, "slow")
+            # Enough full batches that the worker is still busy when it is killed.
             tasks = [asyncio.create_task(engine.infer("slow", None, rows(0.5, 4, 512)))
-                     for _ in range(12)]
+                     for _ in range(300)]
             await until(lambda: model.pool.busy_count == 1)
             os.kill(model.pool.pids()[0], signal.SIGKILL)
             # No request arrives after the crash: the restarted worker alone must drain the queue.
             results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
             assert all(isinstance(r, dict | WorkerCrashedError) for r in results)
-            assert sum(isinstance(r, dict) for r in results) >= 10
+            assert sum(isinstance(r, WorkerCrashedError) for r in results) <= 1
+            assert engine.metrics.worker_restarts.labels("slow")._value.get() == 1
 
     run(body())
 

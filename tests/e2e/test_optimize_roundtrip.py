@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import save_file
+from tests.cli_runner import run_cli
 from tests.unit.tiny_models import make_repo
 
-from surge.cli import main
 from surge.data.fashion_mnist import load_fashion_mnist, to_model_input
 from surge.errors import ConfigError
 from surge.optimize import Tolerance, parse_variants
@@ -65,16 +65,6 @@ def repo(tmp_path: Path, weights: Path) -> Path:
     (model_dir / "1" / "model.safetensors").write_bytes(weights.read_bytes())
     (model_dir / "config.yaml").write_text(CONFIG)
     return tmp_path / "repo"
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_variants_are_made_checked_stored_and_served_by_name(repo: Path) -> None:

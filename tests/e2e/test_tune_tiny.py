@@ -8,20 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.cli_runner import run_cli
 from tests.unit.tiny_models import make_repo
 
-from surge.cli import main
 from surge.repository import Repository
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

@@ -7,19 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from surge.cli import main
 from surge.data.fashion_mnist import load_fashion_mnist, to_model_input
+from tests.cli_runner import run_cli
 from tests.unit.tiny_models import make_repo
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_inspect_file_and_directory(example_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:

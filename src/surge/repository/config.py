@@ -8,6 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from surge.configfile import describe_validation_error, read_yaml
 from surge.datatypes import V2_DATATYPES
 from surge.errors import ConfigError
 
@@ -141,14 +142,6 @@ class ModelConfig(_Strict):
         return "torch_factory" if self.factory and self.engine == "auto" else self.engine
 
 
-def _format_validation_error(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "config"
-    if first["type"] == "extra_forbidden":
-        return f"unknown key {where!r}"
-    return f"{where}: {first['msg']}"
-
-
 def parse_config(data: Any, source: str) -> ModelConfig:
     """Validate a config mapping; errors name the source file and the bad key."""
     if data is None:
@@ -158,18 +151,12 @@ def parse_config(data: Any, source: str) -> ModelConfig:
     try:
         return ModelConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_format_validation_error(exc)}") from None
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
 
 
 def read_config(path: Path) -> ModelConfig:
     """Read and validate a config.yaml."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_config(data, str(path))
+    return parse_config(read_yaml(path), str(path))
 
 
 def write_config(path: Path, config: ModelConfig) -> None:

@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from surge.configfile import describe_validation_error, read_yaml
 from surge.errors import ConfigError
 
 
@@ -144,16 +145,6 @@ class TrainConfig(_Strict):
     export: ExportConfig = Field(default_factory=ExportConfig, description="Export at the end.")
 
 
-def _format_error(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "config"
-    if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key {where!r}"
-    if first["type"] == "missing":
-        return f"{source}: missing key {where!r}"
-    return f"{source}: {where}: {first['msg']} (got {first.get('input')!r})"
-
-
 def apply_override(data: dict[str, Any], item: str) -> None:
     """Set `a.b.c=value` in a nested mapping; the value is parsed as YAML (1e-3, true, [1, 2])."""
     key, sep, text = item.partition("=")
@@ -183,19 +174,13 @@ def parse_train_config(data: Any, source: str, overrides: list[str] | None = Non
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, source)) from None
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
 
 
 def load_train_config(path: Path | str, overrides: list[str] | None = None) -> TrainConfig:
     """Read a recipe YAML and apply `key=value` overrides."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_train_config(data, str(path), overrides)
+    return parse_train_config(read_yaml(path), str(path), overrides)
 
 
 def dump_train_config(config: TrainConfig, path: Path) -> Path:

@@ -8,18 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from surge.cli import main
 from surge.detection.coco import load_split
+from tests.cli_runner import run_cli
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    code, out, err = run_cli(args, capsys)
+    return code, out + err
 
 
 def test_command_writes_splits_and_eval_archives(tmp_path: Path,

@@ -56,11 +56,25 @@ class EvalDataset:
 
     def subset(self, count: int) -> EvalDataset:
         """The first `count` samples (for quick evaluations in a time budget)."""
+        image_ids = None if self.image_ids is None else self.image_ids[:count]
+        ground_truth = self.ground_truth
+        if ground_truth is not None and image_ids is not None:
+            ground_truth = _coco_subset(ground_truth, {int(i) for i in image_ids})
         return EvalDataset(
             self.name, {k: v[:count] for k, v in self.inputs.items()},
             None if self.labels is None else self.labels[:count], self.class_names,
-            self.ground_truth, None if self.image_ids is None else self.image_ids[:count],
+            ground_truth, image_ids,
         )
+
+
+def _coco_subset(ground_truth: dict[str, Any], keep: set[int]) -> dict[str, Any]:
+    """COCO ground truth restricted to the images in `keep`: images left out would otherwise
+    count as missed objects and pull mAP down."""
+    return {
+        **ground_truth,
+        "images": [im for im in ground_truth.get("images", []) if im["id"] in keep],
+        "annotations": [a for a in ground_truth.get("annotations", []) if a["image_id"] in keep],
+    }
 
 
 @dataclass

@@ -75,6 +75,11 @@ def test_detection_calls_the_decoder_per_batch(tiny: Repository) -> None:
     report = evaluate(tiny.load("tiny"), data, "detection", batch_size=2, decoder=decoder)
     assert report.metric_name == "mAP"
     assert report.metric == pytest.approx(100.0)
+    # A subset is scored against its own images only, not against the whole ground truth.
+    first_two = data.subset(2)
+    assert {im["id"] for im in first_two.ground_truth["images"]} == {10, 11}
+    assert evaluate(tiny.load("tiny"), first_two, "detection", decoder=decoder).metric == \
+        pytest.approx(100.0)
     with pytest.raises(MetricError, match="needs a decoder"):
         evaluate(tiny.load("tiny"), data, "detection")
 

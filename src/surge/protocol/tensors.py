@@ -129,7 +129,7 @@ def _numbers(name: str, datatype: str, data: list) -> np.ndarray:
     if raw.size and raw.dtype.kind not in "biuf":
         raise InputError(f"input {name!r}: data does not hold {datatype} values")
     dtype = v2_to_numpy(datatype)
-    if dtype.kind in "iu" and raw.dtype.kind == "f":
+    if dtype.kind in "iu" and raw.dtype.kind == "f" and raw.size:  # [] parses as float64
         raise InputError(f"input {name!r}: {datatype} data holds non-integer values")
     return raw.astype(dtype)
 

@@ -100,6 +100,8 @@ def test_binary_size_errors_name_the_input_and_sizes(header: dict, binary: bytes
      r"input 'x' has shape \[3\] \(3 elements\) but 2 data values"),
     (b'{"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [1.5]}]}',
      "input 'x': INT64 data holds non-integer values"),
+    (b'{"inputs": [{"name": "x", "datatype": "UINT8", "shape": [2, 2], "data": []}]}',
+     r"input 'x' has shape \[2, 2\] \(4 elements\) but 0 data values"),
     (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ["a"]}]}',
      "input 'x': data does not hold FP32 values"),
     (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}',

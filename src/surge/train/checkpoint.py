@@ -72,8 +72,11 @@ def full_model_state(module: nn.Module, parallelism: str, state: DistState) -> d
 
 def load_model_state(module: nn.Module, weights: dict[str, torch.Tensor], parallelism: str) -> None:
     if parallelism == "pipeline":
-        own = module.state_dict().keys()
-        module.load_state_dict({k: weights[k] for k in own})
+        # A traced stage's constant buffers are not saved (see the recipe): they keep their
+        # values; every parameter and saved buffer must be there.
+        params = {name for name, _ in module.named_parameters()}
+        module.load_state_dict({k: weights[k] if k in weights or k in params else v
+                                for k, v in module.state_dict().items()})
         return
     set_model_state_dict(module, dict(weights),
                          options=StateDictOptions(full_state_dict=True))

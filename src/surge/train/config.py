@@ -43,12 +43,17 @@ class ModelSpec(_Strict):
 
 
 class DataConfig(_Strict):
-    """The dataset: Fashion-MNIST from disk, or a synthetic learnable task for tests."""
+    """The dataset: Fashion-MNIST from disk, a synthetic learnable task for tests, or detection
+    canvases written by `surge data fashion-detection`."""
 
-    dataset: Literal["fashion_mnist", "synthetic"] = Field(
-        "fashion_mnist", description="fashion_mnist (Debian's IDX files) or synthetic."
+    dataset: Literal["fashion_mnist", "synthetic", "fashion_detection"] = Field(
+        "fashion_mnist",
+        description="fashion_mnist (Debian's IDX files), synthetic, or fashion_detection.",
     )
     root: str | None = Field(None, description="Dataset directory (default: the loader's own).")
+    path: str | None = Field(
+        None, description="fashion_detection only: the directory holding train/ and val/."
+    )
     flip: bool = Field(True, description="Random horizontal flips while training (images only).")
     train_size: int | None = Field(
         None, ge=1, description="Use only this many training samples (synthetic: generate them)."
@@ -123,6 +128,11 @@ class ExportConfig(_Strict):
 class TrainConfig(_Strict):
     """A training recipe: setup -> train -> validate -> checkpoint -> export."""
 
+    task: Literal["classification", "detection"] = Field(
+        "classification",
+        description="classification (cross-entropy, accuracy) or detection (CenterNet loss, "
+                    "COCO mAP@0.5, exported with its box decoding).",
+    )
     model: ModelSpec = Field(description="The model to train.")
     data: DataConfig = Field(default_factory=DataConfig, description="The dataset.")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="Optimizer.")
@@ -143,6 +153,19 @@ class TrainConfig(_Strict):
     log_dir: str = Field("runs/train", description="metrics.jsonl and loss.png go here.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Saves.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="Export at the end.")
+
+    @model_validator(mode="after")
+    def _check_task(self) -> TrainConfig:
+        detection_data = self.data.dataset == "fashion_detection"
+        if self.task == "detection":
+            if not detection_data or not self.data.path:
+                raise ValueError("task detection needs data.dataset fashion_detection and "
+                                 "data.path (a directory from `surge data fashion-detection`)")
+            if self.export.torch_name:
+                raise ValueError("export.torch_name is for classification models only")
+        elif detection_data:
+            raise ValueError("data.dataset fashion_detection needs task: detection")
+        return self
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

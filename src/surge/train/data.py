@@ -19,7 +19,8 @@ from surge.train.config import DataConfig
 
 @dataclass(frozen=True)
 class Split:
-    """Inputs [N, ...] (float32) and integer class labels [N]."""
+    """Inputs [N, ...] and their labels: integer classes [N], or packed detection targets
+    [N, M, 5] (x1, y1, x2, y2, class; class -1 = padding) for uint8 canvases [N, H, W]."""
 
     inputs: torch.Tensor
     labels: torch.Tensor
@@ -53,10 +54,27 @@ def _synthetic(config: DataConfig, input_shape: list[int], seed: int) -> tuple[S
     return splits[0], splits[1]
 
 
+def _fashion_detection(config: DataConfig) -> tuple[Split, Split]:
+    """The train and val splits of a `surge data fashion-detection` directory."""
+    from surge.detection.training import load_tensors
+
+    assert config.path is not None
+    root = Path(config.path)
+    splits = []
+    for name, size in (("train", config.train_size), ("val", config.test_size)):
+        if not (root / name).is_dir():
+            raise ConfigError(f"{root / name}: no detection split (run `surge data "
+                              f"fashion-detection {root}` first)")
+        splits.append(Split(*load_tensors(root / name, size)))
+    return splits[0], splits[1]
+
+
 def load_dataset(config: DataConfig, input_shape: list[int], seed: int) -> tuple[Split, Split]:
-    """(train, test) splits for the config's dataset."""
+    """(train, test) splits for the config's dataset (for detection: train and val)."""
     if config.dataset == "synthetic":
         return _synthetic(config, input_shape, seed)
+    if config.dataset == "fashion_detection":
+        return _fashion_detection(config)
     return _fashion_mnist(config)
 
 
@@ -78,7 +96,12 @@ def train_batches(
     for indices in BatchSampler(sampler, global_batch // replicas, drop_last=True):
         index = torch.tensor(indices)
         inputs, labels = split.inputs[index], split.labels[index]
-        if flip and inputs.dim() == 4:  # clothing is left/right symmetric
+        if flip and labels.dim() == 3:  # detection canvases: mirror their boxes too
+            from surge.detection.training import hflip
+
+            mask = torch.rand(len(index), generator=generator) < 0.5
+            inputs, labels = hflip(inputs, labels, mask)
+        elif flip and inputs.dim() == 4:  # clothing is left/right symmetric
             mask = torch.rand(len(index), generator=generator) < 0.5
             inputs[mask] = inputs[mask].flip(3)
         yield inputs, labels

@@ -203,11 +203,37 @@ class PipelinePlan:
         return float(torch.stack([loss.detach().float() for loss in losses]).mean())
 
 
+def _stage_examples(pipe: Any, example: torch.Tensor, state: DistState,
+                    precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's stage input and output for `example`, run through the stages in eval mode
+    (running statistics untouched) under the training precision (same dtypes)."""
+    value = example.to(state.device)
+    stage_input = stage_output = value
+    with precision.autocast():
+        for index in range(pipe.num_stages):
+            stage = pipe.get_stage_module(index).to(state.device)
+            training = stage.training
+            output = stage.eval()(value)
+            stage.train(training)
+            # Activations carry gradients between stages, as in training.
+            output = output.detach().requires_grad_(output.requires_grad)
+            if index == state.rank:
+                stage_input, stage_output = value, output
+            value = output
+    return stage_input, stage_output
+
+
 def pipeline_plan(
     model: nn.Module, config: PipelineConfig, input_shape: list[int], batch_size: int,
     state: DistState, loss_fn: LossFn, precision: Precision,
+    input_dtype: torch.dtype = torch.float32,
 ) -> PipelinePlan:
-    """Trace the model into stages at the split points and build this rank's stage."""
+    """Trace the model into stages at the split points and build this rank's stage.
+
+    Each stage is given its input and output shapes up front: left to infer them, a stage runs
+    its first forward on uninitialized tensors in training mode, which would corrupt the running
+    statistics of its BatchNorm layers.
+    """
     from torch.distributed.pipelining import (
         PipelineStage,
         Schedule1F1B,
@@ -218,11 +244,13 @@ def pipeline_plan(
 
     points = resolve_split(model, config, state.world_size)
     micro = batch_size // config.microbatches
-    example = torch.zeros(micro, *input_shape)
+    example = torch.zeros(micro, *input_shape, dtype=input_dtype)
     pipe = pipeline(model, mb_args=(example,),
                     split_spec=dict.fromkeys(points, SplitPoint.BEGINNING))
     stage_module = pipe.get_stage_module(state.rank).to(state.device)
-    stage = PipelineStage(stage_module, state.rank, pipe.num_stages, state.device)
+    stage_input, stage_output = _stage_examples(pipe, example, state, precision)
+    stage = PipelineStage(stage_module, state.rank, pipe.num_stages, state.device,
+                          input_args=stage_input, output_args=stage_output)
     schedule_cls = ScheduleGPipe if config.schedule == "gpipe" else Schedule1F1B
 
     def scored(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,37 @@ def publish(model: nn.Module, config: TrainConfig, metrics: dict[str, Any]) -> P
     return Published(repo, name, version, tuple(files))
 
 
+def publish_detector(model: nn.Module, config: TrainConfig, metrics: dict[str, Any]) -> Published:
+    """Write the detector with its decoding as ONNX (image -> boxes, scores, labels); verify."""
+    from surge.detection.export import INPUT_NAME, export_detector
+    from surge.detection.model import CenterNet, Detector
+
+    if not isinstance(model, CenterNet):
+        raise ModelLoadError(f"task detection exports a CenterNet, not {type(model).__name__}")
+    export = config.export
+    assert export.repo is not None
+    repo = Path(export.repo)
+    name = check_name(export.name)
+    model_dir = repo / name
+    version = export.version or next_version(model_dir)
+    detector = Detector(model.eval().cpu()).eval()
+    size = config.model.input_shape[-1]
+    example = np.random.default_rng(0).integers(0, 256, (2, size, size), dtype=np.uint8)
+    with torch.inference_mode():
+        expected = [t.numpy() for t in detector(torch.from_numpy(example))]
+    path = export_detector(detector, model_dir / str(version) / "model.onnx", size)
+    _write_config_once(model_dir, ModelConfig(
+        name=name, max_batch_size=export.max_batch_size, labels=export.labels))
+    (model_dir / "metrics.json").write_text(json.dumps({**metrics, "version": version},
+                                                       indent=2) + "\n")
+    loaded = Repository(repo).load(name, version)
+    got = loaded.runner.run({INPUT_NAME: example})
+    # Scores decide which peaks top-K keeps, so they are compared; near-ties may swap boxes.
+    if not np.allclose(got["scores"], expected[1], atol=1e-3, rtol=1e-3):
+        raise ModelLoadError(f"{loaded.path}: exported detector differs from the trained one")
+    return Published(repo, name, version, (path,))
+
+
 def _publish_weights(model: nn.Module, config: TrainConfig, repo: Path, version: int,
                      example: np.ndarray, expected: np.ndarray) -> Path:
     """The same weights for the torch_factory engine: the builder plus a safetensors file."""

@@ -27,13 +27,14 @@ from surge.train.distributed import (
 )
 from surge.train.parallel import (
     DataParallelPlan,
+    LossFn,
     PipelinePlan,
     build_model,
     data_parallel_plan,
     pipeline_plan,
 )
 from surge.train.precision import Precision, make_precision
-from surge.train.publish import Published, publish
+from surge.train.publish import Published, publish, publish_detector
 from surge.train.runlog import RunLog
 
 EVAL_BATCH = 1000
@@ -76,12 +77,12 @@ class Recipe:
         self.train_split, self.test_split = load_dataset(
             config.data, config.model.input_shape, config.seed)
         self.steps = steps_per_epoch(self.train_split, config.batch_size)
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.loss_fn = make_loss(config)
         self.precision: Precision = make_precision(config.precision, state.device)
         model = build_model(config.model, config.seed)
         self.plan: DataParallelPlan | PipelinePlan = (
             pipeline_plan(model, config.pipeline, config.model.input_shape, config.batch_size,
-                          state, self.loss_fn, self.precision)
+                          state, self.loss_fn, self.precision, self.train_split.inputs.dtype)
             if self.pipelined else
             data_parallel_plan(model, config.parallelism, state, self.loss_fn, self.precision)
         )
@@ -119,7 +120,7 @@ class Recipe:
         )
         for epoch in range(self.resumed_from, config.epochs):
             train_loss, samples_per_s, seconds = self.train_epoch(epoch)
-            weights = ckpt.full_model_state(self.plan.module, config.parallelism, self.state)
+            weights = self.full_weights()
             val_loss, val_accuracy = self.validate(weights)
             self.record(epoch + 1, train_loss, val_loss, val_accuracy, samples_per_s, seconds)
             if val_accuracy > self.trainer.best_metric:
@@ -168,16 +169,31 @@ class Recipe:
         self.scheduler.step()
         self.trainer.step += 1
 
+    def full_weights(self) -> dict[str, torch.Tensor]:
+        weights = ckpt.full_model_state(self.plan.module, self.config.parallelism, self.state)
+        if self.pipelined:
+            # Tracing turns non-persistent buffers (e.g. input normalization constants) into
+            # stage state; the model's own state dict does not hold them.
+            keep = self.eval_model().state_dict().keys()
+            weights = {k: v for k, v in weights.items() if k in keep}
+        return weights
+
     # -- validate ------------------------------------------------------------------------------
     def validate(self, weights: dict[str, torch.Tensor]) -> tuple[float, float]:
-        """fp32 loss and accuracy of the full model, each rank scoring a shard of the test set.
+        """fp32 loss and metric of the full model, each rank scoring a shard of the test set.
 
-        A fresh unwrapped copy scores them: pipeline stages are traced graphs and FSDP shards are
-        partial, and the exported model is exactly this fp32 module.
+        The metric is accuracy, or for detection COCO mAP@0.5 on the whole validation split
+        (scored on rank 0). A fresh unwrapped copy scores them: pipeline stages are traced graphs
+        and FSDP shards are partial, and the exported model is exactly this fp32 module.
         """
         model = self.eval_model()
         model.load_state_dict(weights)
         shard = eval_shard(self.test_split, self.state.world_size, self.state.rank)
+        if self.config.task == "detection":
+            loss_sum = _detection_loss_sum(model, shard, self.loss_fn, self.state.device)
+            map50 = _map50(model, self.test_split) if self.state.is_main else 0.0
+            loss_sum, map50, count = all_reduce_sum([loss_sum, map50, len(shard)], self.state)
+            return loss_sum / count, map50
         loss_sum, correct = _score(model, shard, self.state.device)
         loss_sum, correct, count = all_reduce_sum([loss_sum, correct, len(shard)], self.state)
         return loss_sum / count, correct / count
@@ -193,7 +209,7 @@ class Recipe:
                samples_per_s: float, seconds: float) -> None:
         record = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-            "val_accuracy": val_accuracy, "samples_per_s": samples_per_s, "epoch_s": seconds,
+            self.metric_key: val_accuracy, "samples_per_s": samples_per_s, "epoch_s": seconds,
             "lr": self.optimizer.param_groups[0]["lr"], "world_size": self.state.world_size,
             "parallelism": self.config.parallelism, "precision": self.config.precision,
             "attempt": self.state.restart_count, "resumed_from": self.resumed_from,
@@ -201,6 +217,10 @@ class Recipe:
         self.trainer.history.append(record)
         self.trainer.epoch = epoch
         self.log.epoch(record, self.trainer.history)
+
+    @property
+    def metric_key(self) -> str:
+        return "val_map50" if self.config.task == "detection" else "val_accuracy"
 
     def keep_best(self, weights: dict[str, torch.Tensor], accuracy: float, epoch: int) -> None:
         self.trainer.best_metric, self.trainer.best_epoch = accuracy, epoch
@@ -224,16 +244,20 @@ class Recipe:
 
         model = build_model(config.model, config.seed)
         model.load_state_dict(load_file(str(self.checkpoint_dir / ckpt.BEST)))
+        detection = config.task == "detection"
+        metric = "val_map50" if detection else "test_accuracy"
         metrics = {
-            "test_accuracy": self.trainer.best_metric, "epochs": config.epochs,
+            metric: self.trainer.best_metric, "epochs": config.epochs,
             "best_epoch": self.trainer.best_epoch, "seed": config.seed,
             "precision": config.precision, "parallelism": config.parallelism,
             "world_size": self.state.world_size,
             "train_seconds": sum(h["epoch_s"] for h in self.trainer.history),
         }
-        published = publish(model, config, metrics)
+        published = (publish_detector(model, config, metrics) if detection
+                     else publish(model, config, metrics))
         self.log.say(
-            f"exported {published.name} version {published.version} (accuracy "
+            f"exported {published.name} version {published.version} "
+            f"({'mAP@0.5' if detection else 'accuracy'} "
             f"{self.trainer.best_metric:.4f}, epoch {self.trainer.best_epoch}) to {published.repo}"
         )
         return published
@@ -249,6 +273,67 @@ def _score(model: nn.Module, split: Split, device: torch.device) -> tuple[float,
             loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
             correct += float((logits.argmax(dim=1) == labels).sum())
     return loss_sum, correct
+
+
+def _detection_loss_sum(model: nn.Module, split: Split, loss_fn: LossFn,
+                        device: torch.device) -> float:
+    """Sum over the canvases of the per-batch mean detection loss, weighted by batch size."""
+    loss_sum = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(split), EVAL_BATCH):
+            inputs = split.inputs[start:start + EVAL_BATCH].to(device)
+            targets = split.labels[start:start + EVAL_BATCH].to(device)
+            loss_sum += float(loss_fn(model(inputs).float(), targets)) * len(inputs)
+    return loss_sum
+
+
+def _map50(net: nn.Module, split: Split) -> float:
+    """COCO mAP@0.5 of the decoded detections on the whole validation split."""
+    from surge.detection.coco import detections_to_coco
+    from surge.detection.model import CenterNet, Detector
+    from surge.detection.training import unpack_targets
+    from surge.evaluate.metrics import coco_map
+
+    assert isinstance(net, CenterNet)
+    detector = Detector(net).eval()
+    device = next(net.parameters()).device
+    parts: list[list[torch.Tensor]] = []
+    with torch.inference_mode():
+        for start in range(0, len(split), EVAL_BATCH):
+            outputs = detector(split.inputs[start:start + EVAL_BATCH].to(device))
+            parts.append([t.cpu() for t in outputs])
+    boxes, scores, labels = (torch.cat(p).numpy() for p in zip(*parts, strict=True))
+    gt_boxes, gt_labels = unpack_targets(split.labels)
+    return coco_map(_coco_truth(split.inputs.shape, gt_boxes, gt_labels),
+                    detections_to_coco(boxes, scores, labels)).map50
+
+
+def _coco_truth(shape: torch.Size, boxes: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """COCO ground truth of padded boxes [N, M, 4] and labels [N, M] (-1 = padding)."""
+    from surge.data.fashion_mnist import FASHION_CLASSES
+    from surge.detection.coco import categories
+
+    n, height, width = shape
+    images = [{"id": i + 1, "width": width, "height": height} for i in range(n)]
+    annotations: list[dict[str, Any]] = []
+    for image, slot in zip(*torch.nonzero(labels >= 0, as_tuple=True), strict=True):
+        x1, y1, x2, y2 = (float(v) for v in boxes[image, slot])
+        annotations.append({
+            "id": len(annotations) + 1, "image_id": int(image) + 1,
+            "category_id": int(labels[image, slot]) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "area": (x2 - x1) * (y2 - y1), "iscrowd": 0,
+        })
+    return {"images": images, "annotations": annotations,
+            "categories": categories(FASHION_CLASSES)}
+
+
+def make_loss(config: TrainConfig) -> LossFn:
+    """Cross-entropy with label smoothing, or CenterNet's loss for detection."""
+    if config.task == "detection":
+        from surge.detection.training import CenterNetLoss
+
+        return CenterNetLoss(int(config.model.kwargs.get("classes", 10)))
+    return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
 
 def make_optimizer(module: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

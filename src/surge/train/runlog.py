@@ -53,7 +53,8 @@ class RunLog:
             return
         self.console.print(
             f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  "
-            f"val loss {record['val_loss']:.4f}  val accuracy {record['val_accuracy']:.4f}  "
+            f"val loss {record['val_loss']:.4f}  {metric_label(record)} "
+            f"{record[metric_key(record)]:.4f}  "
             f"{record['samples_per_s']:.0f} samples/s  ({record['epoch_s']:.1f}s)"
         )
         with (self.log_dir / METRICS_FILE).open("a") as handle:
@@ -61,8 +62,17 @@ class RunLog:
         plot_loss(history, self.log_dir / LOSS_PLOT)
 
 
+def metric_key(record: dict[str, Any]) -> str:
+    """The validation metric of a record: val_accuracy, or val_map50 for detection."""
+    return "val_map50" if "val_map50" in record else "val_accuracy"
+
+
+def metric_label(record: dict[str, Any]) -> str:
+    return "val mAP@0.5" if metric_key(record) == "val_map50" else "val accuracy"
+
+
 def plot_loss(history: list[dict[str, Any]], path: Path) -> Path:
-    """Training and validation loss per epoch, with validation accuracy on a second axis."""
+    """Training and validation loss per epoch, with the validation metric on a second axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,9 +85,11 @@ def plot_loss(history: list[dict[str, Any]], path: Path) -> Path:
     axis.set_xlabel("epoch")
     axis.set_ylabel("loss")
     accuracy = axis.twinx()
-    accuracy.plot(epochs, [h["val_accuracy"] for h in history], color="tab:green",
-                  linestyle="--", marker=".", label="validation accuracy")
-    accuracy.set_ylabel("accuracy")
+    key = metric_key(history[-1])
+    name = "mAP@0.5" if key == "val_map50" else "accuracy"
+    accuracy.plot(epochs, [h[key] for h in history], color="tab:green",
+                  linestyle="--", marker=".", label=f"validation {name}")
+    accuracy.set_ylabel(name)
     lines = axis.get_legend_handles_labels()
     more = accuracy.get_legend_handles_labels()
     axis.legend(lines[0] + more[0], lines[1] + more[1], loc="center right")

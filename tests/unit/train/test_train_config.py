@@ -32,6 +32,9 @@ def test_overrides_set_nested_keys_with_yaml_typed_values(tmp_path: Path) -> Non
     (["model.builder=no_colon"], "must look like 'package.module:factory'"),
     (["epochs"], "override 'epochs' must look like key=value"),
     (["epochs.x=1"], "'epochs' is not a section"),
+    (["task=segmentation"], "task: Input should be 'classification' or 'detection'"),
+    (["task=detection"], "task detection needs data.dataset fashion_detection and data.path"),
+    (["data.dataset=fashion_detection"], "fashion_detection needs task: detection"),
 ])
 def test_bad_values_name_the_key(tmp_path: Path, overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match="^.*$") as info:
@@ -62,3 +65,16 @@ def test_the_default_model_recipe_is_valid() -> None:
     config = load_train_config(Path(__file__).parents[3] / "recipes" / "fashion.yaml")
     assert config.model.builder == "surge.zoo.fashion:fashion_cnn"
     assert config.export.name == "fashion"
+
+
+def test_the_detector_recipe_is_valid() -> None:
+    config = load_train_config(Path(__file__).parents[3] / "recipes" / "detector.yaml")
+    assert config.task == "detection"
+    assert config.data.dataset == "fashion_detection"
+    assert config.data.path == "out/fashion-det"
+    assert config.model.builder == "surge.detection.model:centernet"
+    assert config.parallelism == "ddp"
+
+
+def test_classification_stays_the_default(tmp_path: Path) -> None:
+    assert load_train_config(write_recipe(tmp_path)).task == "classification"

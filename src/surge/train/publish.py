@@ -40,14 +40,19 @@ def _write_config_once(model_dir: Path, config: ModelConfig) -> None:
         write_config(model_dir / CONFIG_FILE, config)
 
 
+def _target(config: TrainConfig) -> tuple[Path, str, Path, int]:
+    """(repository, model name, model directory, version) the export writes to."""
+    assert config.export.repo is not None
+    repo = Path(config.export.repo)
+    name = check_name(config.export.name)
+    model_dir = repo / name
+    return repo, name, model_dir, config.export.version or next_version(model_dir)
+
+
 def publish(model: nn.Module, config: TrainConfig, metrics: dict[str, Any]) -> Published:
     """Write ONNX/.pt2 (and optionally safetensors) files, configs and metrics.json; verify."""
     export = config.export
-    assert export.repo is not None
-    repo = Path(export.repo)
-    name = check_name(export.name)
-    model_dir = repo / name
-    version = export.version or next_version(model_dir)
+    repo, name, model_dir, version = _target(config)
     model = model.eval().cpu()
     example = torch.rand(2, *config.model.input_shape)
     with torch.inference_mode():
@@ -77,11 +82,7 @@ def publish_detector(model: nn.Module, config: TrainConfig, metrics: dict[str, A
     if not isinstance(model, CenterNet):
         raise ModelLoadError(f"task detection exports a CenterNet, not {type(model).__name__}")
     export = config.export
-    assert export.repo is not None
-    repo = Path(export.repo)
-    name = check_name(export.name)
-    model_dir = repo / name
-    version = export.version or next_version(model_dir)
+    repo, name, model_dir, version = _target(config)
     detector = Detector(model.eval().cpu()).eval()
     size = config.model.input_shape[-1]
     example = np.random.default_rng(0).integers(0, 256, (2, size, size), dtype=np.uint8)

@@ -30,13 +30,13 @@ def build_targets(boxes: torch.Tensor, labels: torch.Tensor, classes: int,
     valid = labels >= 0
     center = (boxes[..., :2] + boxes[..., 2:]) / (2 * STRIDE)
     cell_xy = center.floor().clamp(min=0)
-    cell_xy = torch.minimum(cell_xy, torch.tensor([w - 1.0, h - 1.0]))
+    cell_xy = torch.minimum(cell_xy, torch.tensor([w - 1.0, h - 1.0], device=boxes.device))
     size = boxes[..., 2:] - boxes[..., :2]
     # Gaussian radius grows with the smaller side; exactly 1.0 at the center cell (a positive).
     radius = (0.25 * size.min(-1).values / STRIDE).floor().clamp(min=0)
     sigma = (2 * radius + 1) / 6
-    ys = torch.arange(h, dtype=boxes.dtype).view(1, 1, h, 1)
-    xs = torch.arange(w, dtype=boxes.dtype).view(1, 1, 1, w)
+    ys = torch.arange(h, dtype=boxes.dtype, device=boxes.device).view(1, 1, h, 1)
+    xs = torch.arange(w, dtype=boxes.dtype, device=boxes.device).view(1, 1, 1, w)
     d2 = (xs - cell_xy[..., 0, None, None]) ** 2 + (ys - cell_xy[..., 1, None, None]) ** 2
     gauss = torch.exp(-d2 / (2 * sigma[..., None, None] ** 2)) * valid[..., None, None]
     onehot = torch.nn.functional.one_hot(labels.clamp(min=0), classes).to(boxes.dtype)

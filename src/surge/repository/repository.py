@@ -251,6 +251,10 @@ class _OverriddenRunner:
     def signature(self) -> Signature:
         return self._signature
 
+    @property
+    def device(self) -> str:
+        return str(getattr(self._inner, "device", "cpu"))
+
     def warmup(self) -> None:
         self._inner.warmup()
 

@@ -132,6 +132,11 @@ class _TorchRunnerBase:
     def signature(self) -> Signature:
         return self._signature
 
+    @property
+    def device(self) -> str:
+        """Where the module runs: 'cpu', 'cuda:0', ..."""
+        return str(self._device)
+
     def warmup(self) -> None:
         self.run(example_inputs(self._signature, batch_size=1))
 

@@ -57,6 +57,14 @@ def _check_options(options: LaunchOptions) -> None:
         _host_port(options.rdzv)
 
 
+def _check_gpus_per_process(device: torch.device, nproc: int, gpus: int) -> None:
+    """NCCL allows one rank per GPU: --nproc on a CUDA machine may not exceed its GPUs."""
+    if device.type == "cuda" and nproc > gpus:
+        raise ConfigError(
+            f"--nproc {nproc}: this machine has {gpus} CUDA device(s) and each process needs its "
+            f"own; pass --nproc {gpus} or device=cpu")
+
+
 def _host_port(endpoint: str) -> tuple[str, int]:
     host, sep, port = endpoint.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -104,6 +112,7 @@ def validate(config: TrainConfig, options: LaunchOptions) -> None:
     device = pick_device(config.device, 0)
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda: no CUDA device is visible")
+    _check_gpus_per_process(device, options.nproc, torch.cuda.device_count())
     check_precision(config.precision, device)
     if config.parallelism == "pipeline" and config.precision == "fp16":
         raise ConfigError("precision fp16 is not supported with parallelism pipeline; use bf16")

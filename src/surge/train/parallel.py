@@ -137,19 +137,24 @@ def data_parallel_plan(
         device_ids = [state.device.index] if state.device.type == "cuda" else None
         model = DistributedDataParallel(model, device_ids=device_ids)
     elif mode == "fsdp":
-        model = shard_model(model, precision)
+        model = shard_model(model, precision, state)
         # FSDP2's policy casts parameters for compute; an autocast region on top is redundant.
         precision = Precision("fp32", precision.device_type, precision.scaler)
     return DataParallelPlan(model, loss_fn, precision)
 
 
-def shard_model(model: nn.Module, precision: Precision) -> nn.Module:
+def shard_model(model: nn.Module, precision: Precision, state: DistState) -> nn.Module:
     """FSDP2: shard each top-level child that holds parameters, then the root.
 
     Normalization layers keep fp32 parameters (their running statistics are fp32 buffers, and
-    low-precision statistics drift); everything else computes in the policy's dtype.
+    low-precision statistics drift); everything else computes in the policy's dtype. The mesh
+    is built on this rank's device type: FSDP's default mesh would pick CUDA whenever a GPU is
+    visible, even for ranks that train on the CPU.
     """
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(state.device.type, (state.world_size,))
 
     policy = MixedPrecisionPolicy(
         param_dtype=None if precision.name == "fp32" else DTYPES[precision.name],
@@ -159,11 +164,11 @@ def shard_model(model: nn.Module, precision: Precision) -> nn.Module:
         norm_policy = MixedPrecisionPolicy(reduce_dtype=torch.float32, cast_forward_inputs=False)
         for layer in model.modules():
             if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                fully_shard(layer, mp_policy=norm_policy)
+                fully_shard(layer, mesh=mesh, mp_policy=norm_policy)
     for child in model.children():
         if any(True for _ in child.parameters()):
-            fully_shard(child, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+            fully_shard(child, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 

@@ -110,3 +110,12 @@ def test_a_short_training_run_lowers_the_loss() -> None:
             optimizer.step()
             losses.append(float(loss.detach()))
     assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4, losses
+
+
+def test_targets_are_built_on_the_device_of_the_boxes() -> None:
+    # The meta device stands in for a GPU: a constant made on the CPU would not combine with it.
+    boxes = torch.tensor([[[10.0, 20.0, 40.0, 60.0]]], device="meta")
+    labels = torch.tensor([[3]], device="meta")
+    targets = build_targets(boxes, labels, 10, (32, 32))
+    assert {t.device.type for t in (targets.heat, targets.cell, targets.size, targets.offset)} == {
+        "meta"}

@@ -132,3 +132,12 @@ def test_torchrun_is_a_module_of_this_torch() -> None:
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0
     assert "--nproc-per-node" in done.stdout
+
+
+def test_more_processes_than_gpus_is_refused_before_any_process_starts() -> None:
+    from surge.train.launcher import _check_gpus_per_process
+
+    with pytest.raises(ConfigError, match=r"--nproc 2: this machine has 1 CUDA device"):
+        _check_gpus_per_process(__import__("torch").device("cuda", 0), 2, 1)
+    _check_gpus_per_process(__import__("torch").device("cuda", 0), 2, 2)
+    _check_gpus_per_process(__import__("torch").device("cpu"), 2, 0)

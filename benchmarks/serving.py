@@ -4,7 +4,9 @@ For each model (ResNet-18 at 3x224x224 and 3x64x64 with random weights, the fash
 1. ceiling: the ONNX Runtime session's best throughput in this process over batch sizes and
    thread counts on the same cores;
 2. `surge serve` in a subprocess, driven by Surge's load generator (this process) over binary
-   HTTP and gRPC at each concurrency; the front end's CPU time per request is read from
+   HTTP and gRPC at each concurrency, in the layout `--layout` names (default spread: one
+   single-threaded instance per core, max batch split between them; ceiling: one instance
+   with the ceiling's threads); the front end's CPU time per request is read from
    /proc/<pid>/stat of the server process (workers are its children and are not counted);
 3. the naive baseline (benchmarks/naive_server.py: starlette, JSON, one forward per request).
 Ratios are computed from numbers measured in this run only.
@@ -53,7 +55,7 @@ class Case:
 CASES = {
     "resnet224": Case("resnet224", "resnet", 224, 3, 32, 5.0, (1, 4, 8, 16, 32)),
     "resnet64": Case("resnet64", "resnet", 64, 3, 64, 2.0, (1, 8, 16, 32, 64)),
-    "fashion": Case("fashion", "fashion", 28, 1, 64, 1.0, (1, 16, 64)),
+    "fashion": Case("fashion", "fashion", 28, 1, 64, 1.0, (1, 16, 32, 64)),
 }
 
 
@@ -153,15 +155,28 @@ class CeilingProbe:
         return runs * self.batch / (time.perf_counter() - start)
 
 
-def write_repository(case: Case, model: Path, root: Path, ceiling: dict[str, Any],
+def serving_layout(case: Case, ceiling: dict[str, Any], layout: str) -> dict[str, Any]:
+    """How the server runs the model: instances x threads and the largest batch.
+
+    ceiling: one instance with the ceiling's threads and batches up to the case's max batch.
+    spread: one single-threaded instance per core, each batching up to max batch / cores, so
+    that one instance computes while the other's batch fills (no idle core between batches).
+    """
+    if layout == "ceiling":
+        return {"instances": ceiling["instances"], "threads": ceiling["threads"],
+                "max_batch_size": case.max_batch}
+    return {"instances": CORES, "threads": 1, "max_batch_size": max(1, case.max_batch // CORES)}
+
+
+def write_repository(case: Case, model: Path, root: Path, setting: dict[str, Any],
                      queue: str = "{max_size: 1024}") -> Path:
     directory = root / case.name / "1"
     directory.mkdir(parents=True)
     (directory / "model.onnx").write_bytes(model.read_bytes())
     (root / case.name / "config.yaml").write_text(
-        f"max_batch_size: {case.max_batch}\n"
-        f"instances: {ceiling['instances']}\n"
-        f"threads: {ceiling['threads']}\n"
+        f"max_batch_size: {setting.get('max_batch_size', case.max_batch)}\n"
+        f"instances: {setting['instances']}\n"
+        f"threads: {setting['threads']}\n"
         f"batching: {{max_queue_delay_ms: {case.delay_ms}}}\n"
         f"queue: {queue}\n"
     )
@@ -261,13 +276,13 @@ def run_naive(model: Path, case: Case, levels: list[int], duration: float, threa
         stop(process)
 
 
-def run_overload(case: Case, model: Path, ceiling: dict[str, Any], root: Path, duration: float,
+def run_overload(case: Case, model: Path, setting: dict[str, Any], root: Path, duration: float,
                  deadline_ms: float) -> dict[str, Any]:
     """c=256 against a queue limit of 64 and a default deadline: only 200 or 503 may come back,
     and the accepted requests' p99 must stay within the deadline."""
     from surge.bench import run_bench
 
-    repo = write_repository(case, model, root, ceiling,
+    repo = write_repository(case, model, root, setting,
                             queue=f"{{max_size: 64, default_timeout_ms: {deadline_ms}}}")
     http = free_port()
     command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
@@ -303,9 +318,10 @@ def summarize(result: CaseResult, case: Case) -> dict[str, Any]:
         if c64:
             summary[f"{protocol}_c64_over_ceiling"] = c64["over_ceiling"]
             summary[f"{protocol}_c64_p99_ms"] = c64["p99_ms"]
-            if result.ceiling.get("max_batch_ms"):
-                summary[f"{protocol}_c64_p99_over_max_batch"] = (
-                    c64["p99_ms"] / result.ceiling["max_batch_ms"])
+            largest = result.ceiling["batch_ms"].get(
+                f"b{result.config['max_batch_size']}_t{result.config['threads']}")
+            if largest:
+                summary[f"{protocol}_c64_p99_over_max_batch"] = c64["p99_ms"] / largest
     naive = _at(result.naive, 64)
     http = _at(result.surge.get("http", []), 64)
     if naive and http and naive["throughput"] > 0:
@@ -347,6 +363,8 @@ def main() -> None:
     parser.add_argument("--overload-only", action="store_true",
                         help="run only the overload check (no ceiling table)")
     parser.add_argument("--deadline-ms", type=float, default=1000.0)
+    parser.add_argument("--layout", choices=["spread", "ceiling"], default="spread",
+                        help="server instances x threads (see serving_layout)")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     naive_levels = [int(x) for x in args.naive_levels.split(",") if x]
@@ -367,10 +385,9 @@ def main() -> None:
             model = export_model(case, Path(tmp) / "models" / f"{case.name}.onnx")
             result = CaseResult(case.name)
             result.ceiling = measure_ceiling(case, model)
-            repo = write_repository(case, model, Path(tmp) / f"repo-{case.name}", result.ceiling)
-            result.config = {"max_batch_size": case.max_batch, "delay_ms": case.delay_ms,
-                             "instances": result.ceiling["instances"],
-                             "threads": result.ceiling["threads"]}
+            setting = serving_layout(case, result.ceiling, args.layout)
+            repo = write_repository(case, model, Path(tmp) / f"repo-{case.name}", setting)
+            result.config = {**setting, "delay_ms": case.delay_ms, "layout": args.layout}
             probe = CeilingProbe(case, model, result.ceiling["batch"], result.ceiling["threads"])
             result.surge = run_surge(repo, case, levels, args.duration, probe)
             result.naive = run_naive(model, case, naive_levels, args.duration, CORES, probe)

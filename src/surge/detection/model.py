@@ -143,7 +143,7 @@ def decode(maps: torch.Tensor, classes: int, k: int = 32) -> tuple[torch.Tensor,
                          cx + wh[:, 0] / 2, cy + wh[:, 1] / 2], dim=-1)
     # Items never leave the canvas, so neither may their boxes.
     boxes = torch.minimum(boxes.clamp(min=0), torch.tensor(
-        [w * STRIDE, h * STRIDE, w * STRIDE, h * STRIDE], dtype=boxes.dtype))
+        [w * STRIDE, h * STRIDE, w * STRIDE, h * STRIDE], dtype=boxes.dtype, device=boxes.device))
     return boxes, scores, labels
 
 

@@ -111,6 +111,10 @@ class ModelConfig(_Strict):
         0, ge=0, le=256, description="Intra-op threads per instance; 0 = cores / instances."
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    spin_wait: bool = Field(
+        False, description="Engine threads spin while idle between operators (ONNX Runtime "
+        "allow_spinning, OpenMP active wait). Off: a served instance leaves the cores it is not "
+        "using to the front end and the other instances.")
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue limits.")
     version_policy: VersionPolicy = Field(
         default_factory=lambda: VersionPolicy(latest=1), description="Versions to serve."

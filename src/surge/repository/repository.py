@@ -190,7 +190,8 @@ class Repository:
         variant = variant or config.variant
         resolved_version = 0 if variant else self.resolve_version(name, version)
         path = self.model_file(name, resolved_version or None, variant)
-        options = options or RunnerOptions(intra_op_threads=config.threads, device=config.device)
+        options = options or RunnerOptions(intra_op_threads=config.threads, device=config.device,
+                                           spin_wait=config.spin_wait)
         # A variant's own file decides its engine: a torch_factory model's int8 variant is ONNX.
         engine_config = (config.model_copy(update={"engine": "auto", "factory": None})
                          if variant and path.suffix != ".safetensors" else config)

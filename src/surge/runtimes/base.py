@@ -120,6 +120,7 @@ class RunnerOptions:
     intra_op_threads: int = 0  # 0: engine default
     inter_op_threads: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    spin_wait: bool = True  # idle engine threads spin (lowest latency) or sleep (free the core)
 
 
 def example_inputs(signature: Signature, batch_size: int = 1, seed: int = 0) -> dict[str, np.ndarray]:

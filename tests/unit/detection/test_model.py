@@ -105,3 +105,11 @@ def test_boxes_are_clipped_to_the_canvas() -> None:
     maps = _maps([(0, 0, 31, 0.9, 40.0, 40.0, 0.01, 0.9)])
     boxes, _, _ = decode(maps, CLASSES, k=1)
     assert boxes[0, 0].tolist() == pytest.approx([0.0, 127.6 - 20, 20.04, 128.0], abs=1e-2)
+
+
+def test_decoding_stays_on_the_device_of_the_maps() -> None:
+    # The meta device stands in for a GPU: a constant made on the CPU would not combine with it.
+    maps = torch.zeros(2, 14, 32, 32, device="meta")
+    assert {t.device.type for t in decode(maps, 10)} == {"meta"}
+    model = centernet(width=4).to("meta")
+    assert model(torch.zeros(1, 128, 128, dtype=torch.uint8, device="meta")).device.type == "meta"

@@ -64,7 +64,7 @@ def recipe(tmp: Path, **changes: Any) -> dict[str, Any]:
         "data": {"dataset": "synthetic", "train_size": 128, "test_size": 64, "classes": CLASSES},
         "optimizer": {"name": "adamw", "lr": 0.02},
         "schedule": {"name": "constant"},
-        "epochs": 2, "batch_size": 16, "parallelism": "none", "seed": 0,
+        "epochs": 2, "batch_size": 16, "parallelism": "none", "seed": 0, "device": "cpu",
         "log_dir": str(tmp / "run"), "checkpoint": {"dir": str(tmp / "run" / "ckpt")},
         "export": {"repo": str(tmp / "repo"), "name": "tiny"},
     }

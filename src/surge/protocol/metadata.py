@@ -30,6 +30,8 @@ class ModelView(Protocol):
     def signature(self) -> Signature: ...
     @property
     def platform(self) -> str: ...
+    @property
+    def devices(self) -> tuple[str, ...]: ...
 
 
 def _tensor(spec: TensorSpec) -> dict[str, Any]:
@@ -59,7 +61,8 @@ def model_config(model: ModelView) -> dict[str, Any]:
     signature = model.signature
     config = model.config
     batched = signature.batched
-    kind = "KIND_GPU" if config.device.startswith("cuda") else "KIND_CPU"
+    on_gpu = any(d.startswith("cuda") for d in (*model.devices, config.device))
+    kind = "KIND_GPU" if on_gpu else "KIND_CPU"
     result: dict[str, Any] = {
         "name": model.name,
         "platform": model.platform,

@@ -77,6 +77,11 @@ class OnnxRunner:
     def signature(self) -> Signature:
         return self._signature
 
+    @property
+    def device(self) -> str:
+        """'cuda' when the CUDA provider runs the session, else 'cpu'."""
+        return "cuda" if "CUDAExecutionProvider" in self._session.get_providers() else "cpu"
+
     def warmup(self) -> None:
         self.run(example_inputs(self._signature, batch_size=1))
 

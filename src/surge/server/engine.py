@@ -58,6 +58,7 @@ class ModelHandle:
     config: ModelConfig
     signature: Signature
     platform: str
+    devices: tuple[str, ...] = ()  # where the instances run, as their workers reported it
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ class ServedModel:
         assert self.pool.signature is not None
         signature = self.pool.signature
         self.handle = ModelHandle(self.name, self.version, self.versions, self.config, signature,
-                                  signature.platform)
+                                  signature.platform, self.pool.devices())
         self._task = asyncio.create_task(self._dispatcher(), name=f"surge-dispatch-{self.name}")
         self.accepting = True
 

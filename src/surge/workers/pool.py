@@ -118,6 +118,7 @@ class Worker:
     batches: deque[Batch] = field(default_factory=deque)  # in send order; [0] is computing
     last_done: float = 0.0  # loop time of its last result
     load_error: str = ""
+    device: str = ""  # where its engine runs, from its Ready message
 
     @property
     def free(self) -> int:
@@ -188,6 +189,11 @@ class WorkerPool:
             self._changed.clear()
             await self._changed.wait()
         self._warm = True
+
+    def devices(self) -> tuple[str, ...]:
+        """Where each ready instance's engine runs ('cpu', 'cuda:0', ...)."""
+        return tuple(w.device for w in self._workers
+                     if w is not None and w.state is State.READY and w.device)
 
     @property
     def ready(self) -> bool:
@@ -292,6 +298,7 @@ class WorkerPool:
                 PIPELINE_DEPTH,
             )
         worker.state = State.READY
+        worker.device = message.device
         log.info("worker %s[%d] ready (pid %d, %d threads, %s)", self.ref, worker.index,
                  message.pid, message.threads, message.device)
         self._changed.set()

@@ -42,7 +42,8 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         conn.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
         conn.close()
         return
-    conn.send(Ready(os.getpid(), spec.threads, spec.device, runner.signature))
+    device = str(getattr(runner, "device", spec.device))
+    conn.send(Ready(os.getpid(), spec.threads, device, runner.signature))
     serve(runner, conn)
 
 

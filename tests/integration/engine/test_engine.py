@@ -137,6 +137,9 @@ def test_handle_index_and_stats(tmp_path: Path) -> None:
             assert (handle.name, handle.version, handle.versions) == ("tiny", 1, (1,))
             assert handle.signature.max_batch_size == 8
             assert handle.platform == "onnxruntime_onnx"
+            # Each instance reports where its engine runs (ONNX Runtime here: CPU provider).
+            assert handle.devices
+            assert set(handle.devices) <= {"cpu", "cuda"}
             assert engine.index() == [
                 {"name": "tiny", "version": "1", "state": "READY", "reason": ""}
             ]

@@ -49,7 +49,9 @@ def _recipe(tmp: Path, data: Path, **changes: Any) -> dict[str, Any]:
 def test_one_process_run_lowers_the_loss_and_exports_a_served_detector(
     tmp_path: Path, canvases: Path,
 ) -> None:
-    result = run(parse_train_config(_recipe(tmp_path, canvases), "r"))
+    recipe = _recipe(tmp_path, canvases)
+    recipe["export"]["torch_name"] = "detector-torch"
+    result = run(parse_train_config(recipe, "r"))
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < losses[0]
     assert all(0.0 <= h["val_map50"] <= 1.0 for h in result.history)
@@ -64,6 +66,12 @@ def test_one_process_run_lowers_the_loss_and_exports_a_served_detector(
     assert outputs["boxes"].shape == (3, 32, 4)
     assert outputs["scores"].shape == outputs["labels"].shape == (3, 32)
     assert ((outputs["labels"] >= 0) & (outputs["labels"] < 10)).all()
+    # The PyTorch twin: same weights and decoding, run from the factory + safetensors.
+    twin = Repository(tmp_path / "repo").load("detector-torch")
+    assert twin.config.engine == "torch_factory"
+    assert twin.signature.input_names == ["image"]
+    twin_outputs = twin.runner.run({"image": images})
+    np.testing.assert_allclose(twin_outputs["scores"], outputs["scores"], atol=1e-4)
 
 
 @pytest.mark.parametrize("parallelism", ["ddp", "pipeline"])

@@ -119,7 +119,8 @@ class ExportConfig(_Strict):
         description="Files written into the version.",
     )
     torch_name: str | None = Field(
-        None, description="Also write safetensors weights as this torch_factory model."
+        None, description="Also write the weights (safetensors) as this torch_factory model; "
+        "for detection, the detector with its decoding."
     )
     labels: list[str] | None = Field(None, description="Class names for the model config.")
     max_batch_size: int = Field(64, ge=1, description="max_batch_size of a new model config.")
@@ -161,8 +162,6 @@ class TrainConfig(_Strict):
             if not detection_data or not self.data.path:
                 raise ValueError("task detection needs data.dataset fashion_detection and "
                                  "data.path (a directory from `surge data fashion-detection`)")
-            if self.export.torch_name:
-                raise ValueError("export.torch_name is for classification models only")
         elif detection_data:
             raise ValueError("data.dataset fashion_detection needs task: detection")
         return self

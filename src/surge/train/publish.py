@@ -76,7 +76,7 @@ def publish(model: nn.Module, config: TrainConfig, metrics: dict[str, Any]) -> P
 
 def publish_detector(model: nn.Module, config: TrainConfig, metrics: dict[str, Any]) -> Published:
     """Write the detector with its decoding as ONNX (image -> boxes, scores, labels); verify."""
-    from surge.detection.export import INPUT_NAME, export_detector
+    from surge.detection.export import export_detector
     from surge.detection.model import CenterNet, Detector
 
     if not isinstance(model, CenterNet):
@@ -93,12 +93,50 @@ def publish_detector(model: nn.Module, config: TrainConfig, metrics: dict[str, A
         name=name, max_batch_size=export.max_batch_size, labels=export.labels))
     (model_dir / "metrics.json").write_text(json.dumps({**metrics, "version": version},
                                                        indent=2) + "\n")
+    _verify_detector(repo, name, version, example, expected[1])
+    files = [path]
+    if export.torch_name:
+        files.append(_publish_detector_weights(detector, config, repo, version, example,
+                                               expected[1]))
+    return Published(repo, name, version, tuple(files))
+
+
+def _verify_detector(repo: Path, name: str, version: int, example: np.ndarray,
+                     scores: np.ndarray) -> None:
+    from surge.detection.export import INPUT_NAME
+
     loaded = Repository(repo).load(name, version)
     got = loaded.runner.run({INPUT_NAME: example})
     # Scores decide which peaks top-K keeps, so they are compared; near-ties may swap boxes.
-    if not np.allclose(got["scores"], expected[1], atol=1e-3, rtol=1e-3):
+    if not np.allclose(got["scores"], scores, atol=1e-3, rtol=1e-3):
         raise ModelLoadError(f"{loaded.path}: exported detector differs from the trained one")
-    return Published(repo, name, version, (path,))
+
+
+def _publish_detector_weights(detector: nn.Module, config: TrainConfig, repo: Path, version: int,
+                              example: np.ndarray, scores: np.ndarray) -> Path:
+    """The detector (decoding included) for the torch_factory engine: safetensors + factory."""
+    from safetensors.torch import save_file
+
+    from surge.detection.export import INPUT_NAME
+
+    assert config.export.torch_name is not None
+    name = check_name(config.export.torch_name)
+    model_dir = repo / name
+    path = model_dir / str(version) / "model.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in detector.state_dict().items()}, str(path))
+    size, k = config.model.input_shape[-1], scores.shape[1]
+    _write_config_once(model_dir, ModelConfig(
+        name=name, engine="torch_factory", factory="surge.detection.model:detector",
+        factory_kwargs={**config.model.kwargs, "k": k},
+        inputs=[TensorConfig(name=INPUT_NAME, datatype="UINT8", shape=[-1, size, size])],
+        outputs=[TensorConfig(name="boxes", datatype="FP32", shape=[-1, k, 4]),
+                 TensorConfig(name="scores", datatype="FP32", shape=[-1, k]),
+                 TensorConfig(name="labels", datatype="INT64", shape=[-1, k])],
+        max_batch_size=config.export.max_batch_size, labels=config.export.labels,
+    ))
+    _verify_detector(repo, name, version, example, scores)
+    return path
 
 
 def _publish_weights(model: nn.Module, config: TrainConfig, repo: Path, version: int,

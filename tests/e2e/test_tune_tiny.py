@@ -88,6 +88,7 @@ def test_report_without_a_tune_is_a_one_line_error(tiny_repo: tuple[Path, Path],
     (["--max-batch", "0,8"], "--max-batch '0,8'"),
     (["--settings", "2by1"], "--settings '2by1'"),
     (["--task", "segmentation"], "unknown task 'segmentation'"),
+    (["--metric", "mAP50"], "metric 'mAP50' is not one of accuracy, macro_f1"),
 ])
 def test_tune_bad_options_name_the_value(tiny_repo: tuple[Path, Path], args: list[str],
                                          message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -30,6 +30,10 @@ def tune(
         help="Largest drop of the metric from the original, in points (percent).")] = 1.0,
     min_metric: Annotated[float | None, typer.Option(
         help="Smallest acceptable metric (percent).")] = None,
+    metric: Annotated[str | None, typer.Option(
+        help="Metric the accuracy budget applies to: accuracy or macro_f1 (classification), "
+             "mAP, mAP50 or mAP75 (detection), cosine or min_cosine (embedding). Default: "
+             "the first of the task's.")] = None,
     budget: Annotated[str, typer.Option(help="Time budget for the whole tune, e.g. 10m.")] =
         "10m",
     protocol: Annotated[str, typer.Option(help="Load protocol: http, http-json or grpc.")] =
@@ -57,6 +61,7 @@ def tune(
     write: Annotated[bool, typer.Option(help="Write the choice into config.yaml.")] = True,
 ) -> None:
     """optimize (if no variants) -> evaluate -> profile -> select -> write config -> report."""
+    from surge.evaluate.harness import TASKS, check_metric
     from surge.report import render_report
     from surge.repository import Repository
     from surge.select import Load, Slo, parse_duration_s, parse_rate
@@ -69,6 +74,7 @@ def tune(
     options = TuneOptions(
         data=data, task=task, slo=Slo(parse_duration_s(slo_p99, "--slo-p99", "ms") * 1000, load),
         max_accuracy_drop=max_accuracy_drop, min_metric=min_metric,
+        metric=check_metric(task, metric) if task in TASKS else metric,
         budget_s=parse_duration_s(budget, "--budget"), protocol=protocol,
         max_batch_sizes=_ints(max_batch, "--max-batch"), delays_ms=_floats(delays, "--delays"),
         short_run_s=parse_duration_s(short_run, "--short-run"),

@@ -195,8 +195,12 @@ def evaluate(
     reference: np.ndarray | None = None,
     decoder: Decoder | None = None,
     progress: Progress | None = None,
+    metric: str | None = None,
 ) -> EvalReport:
     """Run `model` over `dataset` and score it for `task`.
+
+    `metric` names the headline (the number an accuracy budget applies to): one of
+    `METRICS[task]`, default the first (accuracy, mAP@[.5:.95], mean cosine).
 
     classification: accuracy/top-k/F1 of output `output` (default: the first) against labels.
     embedding: cosine fidelity of `output` to `reference` (the fp32 model's outputs).
@@ -204,6 +208,7 @@ def evaluate(
     """
     if task not in TASKS:
         raise MetricError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    metric = check_metric(task, metric)
     runner, name = _runner_of(model)
     output = output or runner.signature.output_names[0]
     detections: list[dict[str, Any]] = []
@@ -212,11 +217,26 @@ def evaluate(
     outputs = run_dataset(runner, dataset, batch_size, progress, f"evaluate {name}", on_batch)
     seconds = time.perf_counter() - started
     details = _score(task, dataset, outputs[output], reference, detections)
-    return EvalReport(task, name, dataset.name, len(dataset), seconds, _METRIC_NAMES[task],
-                      details.headline, details, outputs)
+    return EvalReport(task, name, dataset.name, len(dataset), seconds, metric,
+                      100.0 * float(getattr(details, METRICS[task][metric])), details, outputs)
 
 
-_METRIC_NAMES = {"classification": "accuracy", "embedding": "cosine", "detection": "mAP"}
+# task -> headline metric name -> report field (a fraction; headlines are in percent)
+METRICS: dict[str, dict[str, str]] = {
+    "classification": {"accuracy": "accuracy", "macro_f1": "macro_f1"},
+    "detection": {"mAP": "map", "mAP50": "map50", "mAP75": "map75"},
+    "embedding": {"cosine": "mean_cosine", "min_cosine": "min_cosine"},
+}
+
+
+def check_metric(task: str, metric: str | None) -> str:
+    """The headline metric's name for `task` (the task's default when None)."""
+    names = METRICS.get(task, {})
+    if metric is None:
+        return next(iter(names))
+    if metric not in names:
+        raise MetricError(f"metric {metric!r} is not one of {', '.join(names)} for task {task}")
+    return metric
 
 
 def _detection_collector(

@@ -58,6 +58,7 @@ class TuneOptions:
     slo: Slo
     max_accuracy_drop: float | None = 1.0  # points of the headline metric (percent)
     min_metric: float | None = None
+    metric: str | None = None  # headline metric (surge.evaluate.harness.METRICS); None: default
     budget_s: float = 600.0
     protocol: str = "http"
     max_batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
@@ -277,7 +278,7 @@ def _evaluate_all(repo: Repository, model: str, variants: list[str], dataset: Ev
         try:
             loaded = repo.load(ref)  # the config's threads and device, as serving would
             result = evaluate(loaded, dataset, options.task, reference=reference_outputs,
-                              decoder=decoder, progress=progress)
+                              decoder=decoder, progress=progress, metric=options.metric)
         except Exception as exc:  # a broken variant loses; the tune goes on
             report.variants.append(VariantResult(variant, "", None, False,
                                                  f"could not be evaluated: {exc}"))

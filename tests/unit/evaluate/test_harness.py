@@ -84,6 +84,29 @@ def test_detection_calls_the_decoder_per_batch(tiny: Repository) -> None:
         evaluate(tiny.load("tiny"), data, "detection")
 
 
+def test_the_headline_metric_can_be_chosen(tiny: Repository) -> None:
+    x = np.zeros((2, 4), dtype=np.float32)
+    gt = {"images": [{"id": 1}, {"id": 2}], "categories": [{"id": 1, "name": "box"}],
+          "annotations": [{"image_id": i, "category_id": 1, "bbox": [0, 0, 10, 10]}
+                          for i in (1, 2)]}
+    data = EvalDataset("boxes", {"x": x}, ground_truth=gt, image_ids=np.array([1, 2]))
+
+    def decoder(outputs: dict[str, np.ndarray], ids: np.ndarray) -> list[dict]:
+        # IoU 0.6 with the ground truth: a hit at IoU 0.5, a miss at 0.75 and above
+        return [{"image_id": int(i), "category_id": 1, "bbox": [0, 0, 10, 6], "score": 0.9}
+                for i in ids]
+
+    model = tiny.load("tiny")
+    default = evaluate(model, data, "detection", decoder=decoder)
+    at_50 = evaluate(model, data, "detection", decoder=decoder, metric="mAP50")
+    assert (default.metric_name, at_50.metric_name) == ("mAP", "mAP50")
+    assert at_50.metric == pytest.approx(100.0)
+    assert default.metric == pytest.approx(100.0 * default.details.map)
+    assert default.metric < 50.0
+    with pytest.raises(MetricError, match="metric 'map50' is not one of mAP, mAP50, mAP75"):
+        evaluate(model, data, "detection", decoder=decoder, metric="map50")
+
+
 def test_missing_targets_and_unknown_task_are_clear(tiny: Repository) -> None:
     unlabeled = EvalDataset("u", {"x": np.zeros((2, 4), np.float32)})
     with pytest.raises(MetricError, match="has no labels"):

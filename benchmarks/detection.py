@@ -13,7 +13,7 @@ table comes from this run, side by side, on the same cores.
 4. training: the recipe's samples/s per epoch (training.json), and the trainer's runs by
    parallelism and precision when their metrics.jsonl files are given.
 
-    .venv/bin/python benchmarks/detection.py --data data/fashion-detection
+    .venv/bin/python benchmarks/detection.py --data out/fashion-det
 """
 
 from __future__ import annotations
@@ -184,11 +184,12 @@ def serving_configs(repo: Path, model: str, selected: str | None,
 def training_rows(repo: Path, model: str, trainer_runs: list[Path]) -> list[dict]:
     rows = []
     summary = repo / model / "training.json"
-    if summary.is_file():
+    if summary.is_file():  # the committed weights' run: `surge train` epochs as metrics.jsonl
         data = json.loads(summary.read_text())
         for epoch in data["history"]:
-            rows.append({"run": "recipes/train_detector.py", "parallelism": "none",
-                         "precision": "fp32", "processes": 1, "epoch": epoch["epoch"],
+            rows.append({"run": f"{data['recipe']} (committed weights)",
+                         "parallelism": epoch["parallelism"], "precision": epoch["precision"],
+                         "processes": epoch["world_size"], "epoch": epoch["epoch"],
                          "samples_per_s": epoch["samples_per_s"], "epoch_s": epoch["epoch_s"]})
     for path in trainer_runs:
         for line in path.read_text().splitlines():
@@ -313,7 +314,7 @@ def write_doc(markdown: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT / "data" / "fashion-detection")
+    parser.add_argument("--data", type=Path, default=ROOT / "out" / "fashion-det")
     parser.add_argument("--repo", type=Path, default=ROOT / "examples" / "repository")
     parser.add_argument("--model", default="detector")
     parser.add_argument("--duration", default="4s", help="surge bench time per level")

@@ -8,7 +8,8 @@ For each model (ResNet-18 at 3x224x224 and 3x64x64 with random weights, the fash
    single-threaded instance per core, max batch split between them; ceiling: one instance
    with the ceiling's threads); the front end's CPU time per request is read from
    /proc/<pid>/stat of the server process (workers are its children and are not counted);
-3. the naive baseline (benchmarks/naive_server.py: starlette, JSON, one forward per request).
+3. the naive baseline (benchmarks/naive_server.py: FastAPI with pydantic request models, JSON,
+   one forward per request), and the same routes on bare starlette for reference.
 Ratios are computed from numbers measured in this run only.
 
     .venv/bin/python benchmarks/serving.py [--duration 5] [--models resnet224,resnet64,fashion]
@@ -64,7 +65,8 @@ class CaseResult:
     name: str
     ceiling: dict[str, Any] = field(default_factory=dict)
     surge: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    naive: list[dict[str, Any]] = field(default_factory=list)
+    naive: list[dict[str, Any]] = field(default_factory=list)  # FastAPI: the baseline
+    naive_starlette: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -263,10 +265,10 @@ def run_surge(repo: Path, case: Case, levels: list[int], duration: float,
 
 
 def run_naive(model: Path, case: Case, levels: list[int], duration: float, threads: int,
-              probe: CeilingProbe) -> list[dict[str, Any]]:
+              probe: CeilingProbe, framework: str = "fastapi") -> list[dict[str, Any]]:
     port = free_port()
     command = [sys.executable, str(ROOT / "benchmarks" / "naive_server.py"), case.name,
-               str(model), str(port), str(threads)]
+               str(model), str(port), str(threads), framework]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -327,6 +329,9 @@ def summarize(result: CaseResult, case: Case) -> dict[str, Any]:
     if naive and http and naive["throughput"] > 0:
         summary["http_c64_over_naive_c64"] = http["throughput"] / naive["throughput"]
         summary["naive_c64_over_ceiling"] = naive["over_ceiling"]
+    bare = _at(result.naive_starlette, 64)
+    if bare and http and bare["throughput"] > 0:
+        summary["http_c64_over_starlette_c64"] = http["throughput"] / bare["throughput"]
     return summary
 
 
@@ -339,7 +344,8 @@ def print_tables(results: list[CaseResult], summaries: dict[str, dict[str, Any]]
                        "client CPU", "front end us/req"):
             table.add_column(column, justify="right")
         rows = [(f"surge {p}", r) for p in ("http", "grpc") for r in result.surge.get(p, [])]
-        rows += [("naive json", r) for r in result.naive]
+        rows += [("naive fastapi", r) for r in result.naive]
+        rows += [("naive starlette", r) for r in result.naive_starlette]
         for label, r in rows:
             table.add_row(label, str(r["concurrency"]), f"{r['throughput']:,.1f}",
                           f"{r['over_ceiling']:.2f}",
@@ -391,6 +397,8 @@ def main() -> None:
             probe = CeilingProbe(case, model, result.ceiling["batch"], result.ceiling["threads"])
             result.surge = run_surge(repo, case, levels, args.duration, probe)
             result.naive = run_naive(model, case, naive_levels, args.duration, CORES, probe)
+            result.naive_starlette = run_naive(model, case, naive_levels, args.duration, CORES,
+                                               probe, "starlette")
             results.append(result)
             summaries[case.name] = summarize(result, case)
     print_tables(results, summaries)

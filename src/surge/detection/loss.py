@@ -10,6 +10,7 @@ from surge.detection.model import STRIDE, split_maps
 
 SIZE_WEIGHT = 0.1  # CenterNet's weight for the size L1 (in stride units)
 OFFSET_WEIGHT = 1.0
+CLASS_WEIGHT = 0.5  # cross-entropy between the classes' logits at each object's center cell
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,19 @@ def _at_cells(maps: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     return torch.gather(maps.reshape(n, ch, -1), 2, index).transpose(1, 2)
 
 
+def _center_class_loss(heat: torch.Tensor, targets: Targets, labels: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy of the class logits at each object's center cell.
+
+    The focal loss scores each class's heatmap on its own (sigmoids); this term makes the
+    classes compete where an object is, which is what tells similar garments apart.
+    """
+    logits = _at_cells(heat, targets.cell)  # [N, M, C]
+    valid = targets.valid
+    if not bool(valid.any()):
+        return heat.sum() * 0.0
+    return torch.nn.functional.cross_entropy(logits[valid], labels[valid].long())
+
+
 def detection_loss(maps: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
                    classes: int) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss of raw maps against padded boxes/labels, and its parts (for logging)."""
@@ -72,7 +86,9 @@ def detection_loss(maps: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor
     size_loss = ((_at_cells(size, targets.cell) - targets.size).abs() * mask).sum() / (
         count * STRIDE)
     offset_loss = ((_at_cells(offset, targets.cell) - targets.offset).abs() * mask).sum() / count
-    total = heat_loss + SIZE_WEIGHT * size_loss + OFFSET_WEIGHT * offset_loss
+    class_loss = _center_class_loss(heat, targets, labels)
+    total = (heat_loss + SIZE_WEIGHT * size_loss + OFFSET_WEIGHT * offset_loss
+             + CLASS_WEIGHT * class_loss)
     parts = {"heat": float(heat_loss.detach()), "size": float(size_loss.detach()),
-             "offset": float(offset_loss.detach())}
+             "offset": float(offset_loss.detach()), "class": float(class_loss.detach())}
     return total, parts

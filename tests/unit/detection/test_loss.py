@@ -59,6 +59,18 @@ def test_perfect_maps_have_near_zero_loss_and_wrong_maps_do_not() -> None:
     assert float(wrong) > 5
 
 
+def test_classes_compete_at_the_center_cell() -> None:
+    boxes, labels = _one_object()
+    maps = _perfect_maps(boxes, labels)
+    _, right = detection_loss(maps, boxes, labels, CLASSES)
+    assert right["class"] < 1e-6  # logit 12 against -12 elsewhere: softmax ~ 1
+    # A rival class as strong as the right one at the center: the heatmap loss of the right
+    # class is unchanged, the cross-entropy between classes sees the tie (log 2).
+    maps[0, 3, 7, 6] = 12.0
+    _, tied = detection_loss(maps, boxes, labels, CLASSES)
+    assert tied["class"] == pytest.approx(math.log(2), rel=1e-4)
+
+
 def test_packed_targets_round_trip_and_loss_module_matches_the_function() -> None:
     boxes, labels = _one_object()
     packed = pack_targets(boxes, labels)

@@ -61,7 +61,7 @@ def tune(
     write: Annotated[bool, typer.Option(help="Write the choice into config.yaml.")] = True,
 ) -> None:
     """optimize (if no variants) -> evaluate -> profile -> select -> write config -> report."""
-    from surge.evaluate.harness import TASKS, check_metric
+    from surge.evaluate.harness import check_metric
     from surge.report import render_report
     from surge.repository import Repository
     from surge.select import Load, Slo, parse_duration_s, parse_rate
@@ -74,7 +74,7 @@ def tune(
     options = TuneOptions(
         data=data, task=task, slo=Slo(parse_duration_s(slo_p99, "--slo-p99", "ms") * 1000, load),
         max_accuracy_drop=max_accuracy_drop, min_metric=min_metric,
-        metric=check_metric(task, metric) if task in TASKS else metric,
+        metric=check_metric(task, metric),
         budget_s=parse_duration_s(budget, "--budget"), protocol=protocol,
         max_batch_sizes=_ints(max_batch, "--max-batch"), delays_ms=_floats(delays, "--delays"),
         short_run_s=parse_duration_s(short_run, "--short-run"),

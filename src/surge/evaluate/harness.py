@@ -206,8 +206,6 @@ def evaluate(
     embedding: cosine fidelity of `output` to `reference` (the fp32 model's outputs).
     detection: `decoder` turns each batch's outputs into COCO detections, scored by COCO mAP.
     """
-    if task not in TASKS:
-        raise MetricError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     metric = check_metric(task, metric)
     runner, name = _runner_of(model)
     output = output or runner.signature.output_names[0]
@@ -230,8 +228,10 @@ METRICS: dict[str, dict[str, str]] = {
 
 
 def check_metric(task: str, metric: str | None) -> str:
-    """The headline metric's name for `task` (the task's default when None)."""
-    names = METRICS.get(task, {})
+    """The headline metric's name for `task` (the task's default when None); checks both."""
+    if task not in TASKS:
+        raise MetricError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    names = METRICS[task]
     if metric is None:
         return next(iter(names))
     if metric not in names:

@@ -57,7 +57,7 @@ class ClassificationReport:
 
     @property
     def headline(self) -> float:
-        """The metric the selector budgets: accuracy, in percent."""
+        """Accuracy in percent: the default headline (`surge.evaluate.harness.METRICS`)."""
         return 100.0 * self.accuracy
 
 
@@ -149,7 +149,7 @@ class CocoReport:
 
     @property
     def headline(self) -> float:
-        """The metric the selector budgets: mAP, in percent."""
+        """mAP in percent: the default headline (`surge.evaluate.harness.METRICS`)."""
         return 100.0 * self.map
 
 
@@ -328,7 +328,7 @@ class EmbeddingReport:
 
     @property
     def headline(self) -> float:
-        """The metric the selector budgets: mean cosine, in percent."""
+        """Mean cosine in percent: the default headline (`surge.evaluate.harness.METRICS`)."""
         return 100.0 * self.mean_cosine
 
 

@@ -254,7 +254,7 @@ class _OverriddenRunner:
 
     @property
     def device(self) -> str:
-        return str(getattr(self._inner, "device", "cpu"))
+        return self._inner.device
 
     def warmup(self) -> None:
         self._inner.warmup()

@@ -68,6 +68,12 @@ class KerasRunner:
     def signature(self) -> Signature:
         return self._signature
 
+    @property
+    def device(self) -> str:
+        """The torch device holding the weights (Keras puts them on the GPU when there is one)."""
+        weights = self._model.weights
+        return str(weights[0].value.device) if weights else "cpu"
+
     def warmup(self) -> None:
         self.run(example_inputs(self._signature, batch_size=1))
 

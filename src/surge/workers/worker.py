@@ -42,8 +42,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         conn.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
         conn.close()
         return
-    device = str(getattr(runner, "device", spec.device))
-    conn.send(Ready(os.getpid(), spec.threads, device, runner.signature))
+    conn.send(Ready(os.getpid(), spec.threads, runner.device, runner.signature))
     serve(runner, conn)
 
 

@@ -20,7 +20,7 @@ def test_onnx_and_torch_engines_agree(example_repo: Path, batch: int) -> None:
     got_torch = torch_model.runner.run({"image": x})["logits"]
     assert got_onnx.shape == got_torch.shape == (batch, 10)
     # On a GPU, PyTorch's convolutions run in TF32 (10-bit mantissa) by default.
-    tolerance = 1e-4 if getattr(torch_model.runner, "device", "cpu") == "cpu" else 5e-3
+    tolerance = 1e-4 if torch_model.runner.device == "cpu" else 5e-3
     np.testing.assert_allclose(got_onnx, got_torch, atol=tolerance, rtol=tolerance)
 
 

@@ -139,7 +139,7 @@ class ServedModel:
             str(engine.repository.root), variant_ref or name,
             None if variant_ref else version, placements, self._done,
             on_restart=self._restarted, on_requeue=self._requeue, on_ready=self._wake,
-            max_batch_size=max(1, config.max_batch_size),
+            max_batch_size=max(1, config.max_batch_size), spin_wait=config.spin_wait,
         )
         self.handle: ModelHandle | None = None
         self.accepting = False

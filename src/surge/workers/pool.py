@@ -155,8 +155,10 @@ class WorkerPool:
         on_requeue: Callable[[Batch], None] | None = None,
         on_ready: Callable[[], None] | None = None,
         max_batch_size: int = 1,
+        spin_wait: bool = False,
     ) -> None:
         self.root, self.ref, self.version = root, ref, version
+        self.spin_wait = spin_wait
         self.placements = placements
         self.signature: Signature | None = None
         self._on_done = on_done
@@ -253,11 +255,16 @@ class WorkerPool:
                 worker.transport = None
 
     # -- processes ---------------------------------------------------------------------------
+    def spec(self, index: int) -> WorkerSpec:
+        """What instance `index` is told to load, and how to run it."""
+        placement = self.placements[index]
+        return WorkerSpec(self.root, self.ref, self.version, placement.threads, placement.device,
+                          index, self.spin_wait)
+
     def _spawn(self, index: int) -> None:
         self._restarts.pop(index, None)
         placement = self.placements[index]
-        spec = WorkerSpec(self.root, self.ref, self.version, placement.threads, placement.device,
-                          index)
+        spec = self.spec(index)
         parent, child = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(target=worker_main, args=(spec, child), daemon=True,
                                     name=f"surge-worker-{self.ref}-{index}")

@@ -25,6 +25,7 @@ class WorkerSpec:
     threads: int
     device: str
     index: int = 0
+    spin_wait: bool = False  # the model config's: idle engine threads spin or sleep
 
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
@@ -32,12 +33,11 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     # The front end owns shutdown: it sends Stop, or the pipe closes when it dies.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    spin_wait = _spin_wait(spec)
     for name in _THREAD_ENV:  # before any engine is imported in this process
         os.environ[name] = str(spec.threads)
-    os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if spin_wait else "PASSIVE"
+    os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if spec.spin_wait else "PASSIVE"
     try:
-        runner = _load(spec, spin_wait)
+        runner = _load(spec)
     except Exception as exc:  # any failure is reported, then the worker exits
         conn.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
         conn.close()
@@ -46,23 +46,12 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     serve(runner, conn)
 
 
-def _spin_wait(spec: WorkerSpec) -> bool:
-    """The model config's spin_wait (read before any engine import; a bad config fails later)."""
-    from surge.repository import Repository
-    from surge.repository.repository import split_model_ref
-
-    try:
-        return Repository(spec.root).config(split_model_ref(spec.ref)[0]).spin_wait
-    except Exception:
-        return False
-
-
-def _load(spec: WorkerSpec, spin_wait: bool) -> Runner:
+def _load(spec: WorkerSpec) -> Runner:
     from surge.repository import Repository
     from surge.runtimes import RunnerOptions
 
     options = RunnerOptions(intra_op_threads=spec.threads, device=spec.device,
-                            spin_wait=spin_wait)
+                            spin_wait=spec.spin_wait)
     runner = Repository(spec.root).load(spec.ref, spec.version, options).runner
     runner.warmup()
     return runner

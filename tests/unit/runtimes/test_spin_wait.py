@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from surge.repository import Repository
 from surge.runtimes import RunnerOptions
 from surge.runtimes.onnx_runner import OnnxRunner
-from surge.workers.worker import WorkerSpec, _spin_wait
+from surge.server.engine import Engine, ServedModel
 
 SPIN = "session.intra_op.allow_spinning"
 
@@ -37,4 +38,9 @@ def test_the_model_config_decides_for_the_repository_and_the_workers(
     inner = getattr(loaded.runner, "_inner", loaded.runner)
     assert isinstance(inner, OnnxRunner)
     assert _entry(inner) == ("1" if spin else "0")
-    assert _spin_wait(WorkerSpec(str(tmp_path), "fashion", None, 1, "cpu")) is spin
+    # The workers get it from the front end's copy of the config, in what each is told to load.
+    async def specs() -> list[bool]:  # a served model is built inside the server's event loop
+        served = ServedModel(Engine(Repository(tmp_path)), "fashion", 1, (1,), loaded.config, None)
+        return [served.pool.spec(i).spin_wait for i in range(len(served.pool.placements))]
+
+    assert set(asyncio.run(specs())) == {spin}

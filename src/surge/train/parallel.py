@@ -38,7 +38,8 @@ def split_candidates(model: nn.Module) -> list[tuple[str, int]]:
     """Where a stage may begin, in call order, with each unit's parameter count.
 
     nn.Sequential containers (and the root) are opened up; any other module with children,
-    such as a residual block, stays whole, since its skip connection must not be cut.
+    such as a residual block, stays a unit of its own. Tensors still needed after a split point
+    (a skip connection across it) are handed to the next stage with the main path.
     Registration order is taken as call order, as it is for the zoo's CNNs.
     """
     units: list[tuple[str, int]] = []
@@ -208,23 +209,31 @@ class PipelinePlan:
         return float(torch.stack([loss.detach().float() for loss in losses]).mean())
 
 
-def _stage_examples(pipe: Any, example: torch.Tensor, state: DistState,
-                    precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's stage input and output for `example`, run through the stages in eval mode
-    (running statistics untouched) under the training precision (same dtypes)."""
-    value = example.to(state.device)
-    stage_input = stage_output = value
+def _as_args(value: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _stage_examples(pipe: Any, example: torch.Tensor, state: DistState, precision: Precision,
+                    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """This rank's stage inputs and outputs for `example`, run through the stages in eval mode
+    (running statistics untouched) under the training precision (same dtypes).
+
+    A stage may take and give several tensors: a skip connection that crosses a split point
+    travels to the next stage beside the main path.
+    """
+    args: tuple[torch.Tensor, ...] = (example.to(state.device),)
+    stage_input = stage_output = args
     with precision.autocast():
         for index in range(pipe.num_stages):
             stage = pipe.get_stage_module(index).to(state.device)
             training = stage.training
-            output = stage.eval()(value)
+            outputs = _as_args(stage.eval()(*args))
             stage.train(training)
             # Activations carry gradients between stages, as in training.
-            output = output.detach().requires_grad_(output.requires_grad)
+            outputs = tuple(out.detach().requires_grad_(out.requires_grad) for out in outputs)
             if index == state.rank:
-                stage_input, stage_output = value, output
-            value = output
+                stage_input, stage_output = args, outputs
+            args = outputs
     return stage_input, stage_output
 
 

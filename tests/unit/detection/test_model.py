@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from surge.detection.export import export_detector
-from surge.detection.model import STRIDE, centernet, decode, detector
+from surge.detection.model import STRIDE, centernet, decode, detector, suppress_other_classes
 
 CLASSES = 10
 GRID = 32
@@ -54,7 +54,7 @@ def test_decode_turns_peaks_into_pixel_boxes_best_first() -> None:
     assert (scores[0, 2:] < 1e-4).all()  # the rest is padding with near-zero scores
 
 
-def test_neighbours_of_a_peak_are_suppressed_but_other_classes_are_not() -> None:
+def test_neighbours_of_a_peak_are_suppressed_and_other_classes_softly() -> None:
     # A 3x3 blob around (10, 10) in class 2: only its maximum survives, as NMS would keep one box.
     blob = [(2, 10 + dx, 10 + dy, 0.6, 20.0, 20.0, 0.5, 0.5) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
     blob[4] = (2, 10, 10, 0.95, 20.0, 20.0, 0.5, 0.5)
@@ -64,7 +64,25 @@ def test_neighbours_of_a_peak_are_suppressed_but_other_classes_are_not() -> None
                                    CLASSES, k=5)
     kept = [(int(c), round(float(s), 3)) for c, s in zip(labels[0], scores[0], strict=True)
             if s > 0.01]
-    assert kept == [(2, 0.95), (6, 0.8), (2, 0.5)]
+    # Class 6 overlaps the class-2 box (IoU 0.67): kept, at 0.7 of its score.
+    assert kept == [(2, 0.95), (6, 0.56), (2, 0.5)]
+
+
+def test_cross_class_suppression_scales_only_boxes_beaten_by_an_overlapping_other_class() -> None:
+    boxes = torch.tensor([[[0.0, 0, 20, 20], [1, 1, 21, 21], [2, 0, 22, 20], [60, 60, 80, 80],
+                           [61, 60, 81, 80]]])
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5]])
+    labels = torch.tensor([[1, 2, 1, 3, 3]])
+    _, got_scores, got_labels = suppress_other_classes(boxes, scores, labels)
+    # Box 1 (class 2) overlaps box 0 (class 1): 0.8 -> 0.56. Box 2 is beaten by box 1 of another
+    # class: 0.7 -> 0.49. Its own class's box 0 does not count (max-pool peaks handle that),
+    # nor do the class-3 boxes, which overlap only each other.
+    assert got_scores[0].tolist() == pytest.approx([0.9, 0.6, 0.56, 0.5, 0.49])
+    assert got_labels[0].tolist() == [1, 3, 2, 3, 1]
+    far = torch.tensor([[[0.0, 0, 20, 20], [15, 15, 35, 35]]])  # IoU 0.03: untouched
+    _, far_scores, _ = suppress_other_classes(far, torch.tensor([[0.9, 0.8]]),
+                                              torch.tensor([[1, 2]]))
+    assert far_scores[0].tolist() == pytest.approx([0.9, 0.8])
 
 
 def test_decode_handles_a_batch_row_by_row() -> None:

@@ -13,9 +13,11 @@ from surge.train.data import Split, train_batches
 from surge.train.distributed import DistState
 from surge.train.parallel import data_parallel_plan, pipeline_plan
 from surge.train.precision import make_precision
-from tests.unit.train.tiny import CLASSES, FEATURES, spawn, tiny_mlp
+from tests.unit.train.tiny import CLASSES, FEATURES, SkipMLP, spawn, tiny_mlp
 
 GLOBAL_BATCH, STEPS = 16, 3
+# Pipelined models: name -> (factory, split points). The skip model's shortcut crosses the split.
+PIPELINED = {"sequential": (tiny_mlp, []), "skip": (SkipMLP, ["last"])}
 
 
 def _data() -> Split:
@@ -47,14 +49,15 @@ def _pipeline_grads(state: DistState, out: Path) -> None:
     inputs, labels = batch.inputs[:GLOBAL_BATCH], batch.labels[:GLOBAL_BATCH]
     precision = make_precision("fp32", state.device)
     results = {}
-    for schedule in ("gpipe", "1f1b"):
-        torch.manual_seed(0)
-        config = PipelineConfig(schedule=schedule, microbatches=4)
-        plan = pipeline_plan(tiny_mlp(), config, [FEATURES], GLOBAL_BATCH, state,
-                             nn.CrossEntropyLoss(), precision)
-        loss = plan.step(inputs, labels)
-        grads = {n: p.grad.clone() for n, p in plan.module.named_parameters()}
-        results[schedule] = {"loss": loss, "grads": grads}
+    for model_name, (factory, points) in PIPELINED.items():
+        for schedule in ("gpipe", "1f1b"):
+            torch.manual_seed(0)
+            config = PipelineConfig(schedule=schedule, microbatches=4, split_points=points)
+            plan = pipeline_plan(factory(), config, [FEATURES], GLOBAL_BATCH, state,
+                                 nn.CrossEntropyLoss(), precision)
+            loss = plan.step(inputs, labels)
+            grads = {n: p.grad.clone() for n, p in plan.module.named_parameters()}
+            results[model_name, schedule] = {"loss": loss, "grads": grads}
     torch.save(results, out / f"stage{state.rank}.pt")
 
 
@@ -83,9 +86,10 @@ def test_two_processes_match_one_with_the_same_global_batch(mode: str, two_ranks
         torch.testing.assert_close(got[name], value, atol=1e-5, rtol=1e-5)
 
 
-def test_two_stage_pipeline_matches_the_unsplit_model(two_ranks: Path) -> None:
+@pytest.mark.parametrize("model_name", sorted(PIPELINED))
+def test_two_stage_pipeline_matches_the_unsplit_model(model_name: str, two_ranks: Path) -> None:
     torch.manual_seed(0)
-    model = tiny_mlp()
+    model = PIPELINED[model_name][0]()
     batch = _data()
     loss = nn.functional.cross_entropy(model(batch.inputs[:GLOBAL_BATCH]),
                                        batch.labels[:GLOBAL_BATCH])
@@ -93,7 +97,7 @@ def test_two_stage_pipeline_matches_the_unsplit_model(two_ranks: Path) -> None:
     expected = {n: p.grad for n, p in model.named_parameters()}
     stages = [torch.load(two_ranks / f"stage{r}.pt", weights_only=True) for r in range(2)]
     for schedule in ("gpipe", "1f1b"):
-        first, last = stages[0][schedule], stages[1][schedule]
+        first, last = stages[0][model_name, schedule], stages[1][model_name, schedule]
         assert first["loss"] is None  # only the last stage sees the loss
         assert last["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
         assert first["grads"]

@@ -32,6 +32,22 @@ def tiny_mlp(features: int = FEATURES, hidden: int = 16, classes: int = CLASSES)
     return TinyMLP(features, hidden, classes)
 
 
+class SkipMLP(nn.Module):
+    """Linear layers with a shortcut around the middle ones: split at `last`, the first stage
+    hands the next two tensors (the main path and the shortcut's input)."""
+
+    def __init__(self, features: int = FEATURES, hidden: int = 16, classes: int = CLASSES) -> None:
+        super().__init__()
+        self.first = nn.Linear(features, hidden)
+        self.middle = nn.Linear(hidden, hidden)
+        self.last = nn.Linear(hidden, classes)
+        self.shortcut = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.first(x))
+        return self.last(torch.relu(self.middle(h))) + self.shortcut(h)
+
+
 class CrashingMLP(TinyMLP):
     """Kills its own process (as a crashed rank would die) at a given training forward call.
 

@@ -74,7 +74,7 @@ def test_one_process_run_lowers_the_loss_and_exports_a_served_detector(
     np.testing.assert_allclose(twin_outputs["scores"], outputs["scores"], atol=1e-4)
 
 
-@pytest.mark.parametrize("parallelism", ["ddp", "pipeline"])
+@pytest.mark.parametrize("parallelism", ["ddp", "pipeline", "fsdp"])
 def test_two_process_run_completes(
     parallelism: str, tmp_path: Path, canvases: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -31,6 +31,10 @@ class ModelSpec(_Strict):
     input_name: str = Field("input", description="Input tensor name in the exported model.")
     output_name: str = Field("output", description="Output tensor name in the exported model.")
     input_shape: list[int] = Field(description="One sample's input shape, without the batch dim.")
+    channels_last: bool = Field(
+        False, description="Train with 4-D weights (and so activations) channels-last, the "
+        "layout oneDNN and cuDNN convolutions run fastest in; with parallelism none or ddp "
+        "(FSDP2 and pipeline stages need the default layout and keep it).")
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:

@@ -21,6 +21,9 @@ from surge.train.distributed import DistState
 from surge.train.precision import DTYPES, Precision
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Where `model.channels_last` applies: FSDP2 shards only contiguous parameters, and pipeline
+# stages send activations point to point, which takes only contiguous tensors.
+CHANNELS_LAST_MODES = ("none", "ddp")
 
 
 def build_model(spec: ModelSpec, seed: int) -> nn.Module:
@@ -129,9 +132,12 @@ class DataParallelPlan:
 
 
 def data_parallel_plan(
-    model: nn.Module, mode: str, state: DistState, loss_fn: LossFn, precision: Precision
+    model: nn.Module, mode: str, state: DistState, loss_fn: LossFn, precision: Precision,
+    channels_last: bool = False,
 ) -> DataParallelPlan:
     model = model.to(state.device)
+    if channels_last and mode in CHANNELS_LAST_MODES:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if mode == "ddp" and state.distributed:
         from torch.nn.parallel import DistributedDataParallel
 

@@ -26,6 +26,7 @@ from surge.train.distributed import (
     shutdown,
 )
 from surge.train.parallel import (
+    CHANNELS_LAST_MODES,
     DataParallelPlan,
     LossFn,
     PipelinePlan,
@@ -84,7 +85,8 @@ class Recipe:
             pipeline_plan(model, config.pipeline, config.model.input_shape, config.batch_size,
                           state, self.loss_fn, self.precision, self.train_split.inputs.dtype)
             if self.pipelined else
-            data_parallel_plan(model, config.parallelism, state, self.loss_fn, self.precision)
+            data_parallel_plan(model, config.parallelism, state, self.loss_fn, self.precision,
+                               config.model.channels_last)
         )
         self.optimizer = make_optimizer(self.plan.module, config)
         self.scheduler = make_schedule(self.optimizer, config, self.steps * config.epochs)
@@ -114,9 +116,12 @@ class Recipe:
         config = self.config
         if self.resumed_from:
             self.log.say(f"resumed from {self.checkpoint_dir} at epoch {self.resumed_from}")
+        layout = (", channels-last" if config.model.channels_last
+                  and config.parallelism in CHANNELS_LAST_MODES else "")
         self.log.say(
             f"training {config.model.builder}: {config.parallelism} on {self.state.world_size} "
-            f"process(es), {config.precision}, {self.steps} steps/epoch of {config.batch_size}"
+            f"process(es), {config.precision}{layout}, {self.steps} steps/epoch of "
+            f"{config.batch_size}"
         )
         for epoch in range(self.resumed_from, config.epochs):
             train_loss, samples_per_s, seconds = self.train_epoch(epoch)

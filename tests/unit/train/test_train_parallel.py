@@ -106,3 +106,14 @@ def test_two_stage_pipeline_matches_the_unsplit_model(model_name: str, two_ranks
         assert grads.keys() == expected.keys()
         for name, grad in expected.items():
             torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-5)
+
+
+def test_channels_last_is_applied_in_one_process_and_ddp_plans() -> None:
+    precision = make_precision("fp32", torch.device("cpu"))
+    for channels_last in (False, True):
+        model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten())
+        plan = data_parallel_plan(model, "none", DistState(), nn.CrossEntropyLoss(), precision,
+                                  channels_last)
+        weight = plan.module[0].weight
+        assert weight.is_contiguous(memory_format=torch.channels_last) is channels_last
+        assert weight.is_contiguous() is not channels_last

@@ -10,7 +10,7 @@ from surge.detection.model import STRIDE, split_maps
 
 SIZE_WEIGHT = 0.1  # CenterNet's weight for the size L1 (in stride units)
 OFFSET_WEIGHT = 1.0
-CLASS_WEIGHT = 0.5  # cross-entropy between the classes' logits at each object's center cell
+CLASS_WEIGHT = 1.0  # cross-entropy between the classes' logits at each object's center cell
 
 
 @dataclass(frozen=True)

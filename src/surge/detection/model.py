@@ -56,17 +56,6 @@ class Residual(nn.Module):
         return F.relu(x + self.body(x))
 
 
-class Up(nn.Module):
-    """Nearest 2x upsampling then a 3x3 conv."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.conv = conv_bn(cin, cout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
 class Normalize(nn.Module):
     """uint8 or float canvas [N, H, W] -> normalized [N, 1, H, W] in the model's float dtype."""
 

@@ -21,9 +21,13 @@ from surge.train.distributed import DistState
 from surge.train.precision import DTYPES, Precision
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# Where `model.channels_last` applies: FSDP2 shards only contiguous parameters, and pipeline
-# stages send activations point to point, which takes only contiguous tensors.
-CHANNELS_LAST_MODES = ("none", "ddp")
+
+
+def trains_channels_last(requested: bool, mode: str) -> bool:
+    """Whether `model.channels_last` applies to `mode`: FSDP2 shards only contiguous
+    parameters, and pipeline stages send activations point to point, which takes only
+    contiguous tensors, so only one process and DDP train channels-last."""
+    return requested and mode in ("none", "ddp")
 
 
 def build_model(spec: ModelSpec, seed: int) -> nn.Module:
@@ -136,7 +140,7 @@ def data_parallel_plan(
     channels_last: bool = False,
 ) -> DataParallelPlan:
     model = model.to(state.device)
-    if channels_last and mode in CHANNELS_LAST_MODES:
+    if trains_channels_last(channels_last, mode):
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if mode == "ddp" and state.distributed:
         from torch.nn.parallel import DistributedDataParallel

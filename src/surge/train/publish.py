@@ -112,29 +112,38 @@ def _verify_detector(repo: Path, name: str, version: int, example: np.ndarray,
         raise ModelLoadError(f"{loaded.path}: exported detector differs from the trained one")
 
 
-def _publish_detector_weights(detector: nn.Module, config: TrainConfig, repo: Path, version: int,
-                              example: np.ndarray, scores: np.ndarray) -> Path:
-    """The detector (decoding included) for the torch_factory engine: safetensors + factory."""
+def _write_torch_model(module: nn.Module, config: TrainConfig, repo: Path, version: int,
+                       model_config: dict[str, Any]) -> tuple[str, Path]:
+    """`module`'s weights as safetensors in `export.torch_name`'s version directory, with a
+    torch_factory config (fields from `model_config`) unless one exists; -> (name, file)."""
     from safetensors.torch import save_file
-
-    from surge.detection.export import INPUT_NAME
 
     assert config.export.torch_name is not None
     name = check_name(config.export.torch_name)
     model_dir = repo / name
     path = model_dir / str(version) / "model.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in detector.state_dict().items()}, str(path))
-    size, k = config.model.input_shape[-1], scores.shape[1]
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
     _write_config_once(model_dir, ModelConfig(
-        name=name, engine="torch_factory", factory="surge.detection.model:detector",
-        factory_kwargs={**config.model.kwargs, "k": k},
-        inputs=[TensorConfig(name=INPUT_NAME, datatype="UINT8", shape=[-1, size, size])],
-        outputs=[TensorConfig(name="boxes", datatype="FP32", shape=[-1, k, 4]),
-                 TensorConfig(name="scores", datatype="FP32", shape=[-1, k]),
-                 TensorConfig(name="labels", datatype="INT64", shape=[-1, k])],
-        max_batch_size=config.export.max_batch_size, labels=config.export.labels,
-    ))
+        name=name, engine="torch_factory", max_batch_size=config.export.max_batch_size,
+        labels=config.export.labels, **model_config))
+    return name, path
+
+
+def _publish_detector_weights(detector: nn.Module, config: TrainConfig, repo: Path, version: int,
+                              example: np.ndarray, scores: np.ndarray) -> Path:
+    """The detector (decoding included) for the torch_factory engine: safetensors + factory."""
+    from surge.detection.export import INPUT_NAME
+
+    size, k = config.model.input_shape[-1], scores.shape[1]
+    name, path = _write_torch_model(detector, config, repo, version, {
+        "factory": "surge.detection.model:detector",
+        "factory_kwargs": {**config.model.kwargs, "k": k},
+        "inputs": [TensorConfig(name=INPUT_NAME, datatype="UINT8", shape=[-1, size, size])],
+        "outputs": [TensorConfig(name="boxes", datatype="FP32", shape=[-1, k, 4]),
+                    TensorConfig(name="scores", datatype="FP32", shape=[-1, k]),
+                    TensorConfig(name="labels", datatype="INT64", shape=[-1, k])],
+    })
     _verify_detector(repo, name, version, example, scores)
     return path
 
@@ -142,23 +151,14 @@ def _publish_detector_weights(detector: nn.Module, config: TrainConfig, repo: Pa
 def _publish_weights(model: nn.Module, config: TrainConfig, repo: Path, version: int,
                      example: np.ndarray, expected: np.ndarray) -> Path:
     """The same weights for the torch_factory engine: the builder plus a safetensors file."""
-    from safetensors.torch import save_file
-
-    assert config.export.torch_name is not None
-    name = check_name(config.export.torch_name)
-    model_dir = repo / name
-    path = model_dir / str(version) / "model.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    _write_config_once(model_dir, ModelConfig(
-        name=name, engine="torch_factory", factory=config.model.builder,
-        factory_kwargs=config.model.kwargs,
-        inputs=[TensorConfig(name=config.model.input_name, datatype="FP32",
-                             shape=[-1, *config.model.input_shape])],
-        outputs=[TensorConfig(name=config.model.output_name, datatype="FP32",
-                              shape=[-1, *expected.shape[1:]])],
-        max_batch_size=config.export.max_batch_size, labels=config.export.labels,
-    ))
+    name, path = _write_torch_model(model, config, repo, version, {
+        "factory": config.model.builder,
+        "factory_kwargs": config.model.kwargs,
+        "inputs": [TensorConfig(name=config.model.input_name, datatype="FP32",
+                                shape=[-1, *config.model.input_shape])],
+        "outputs": [TensorConfig(name=config.model.output_name, datatype="FP32",
+                                 shape=[-1, *expected.shape[1:]])],
+    })
     verify(repo, name, version, config.model.input_name, example, expected)
     return path
 

@@ -26,13 +26,13 @@ from surge.train.distributed import (
     shutdown,
 )
 from surge.train.parallel import (
-    CHANNELS_LAST_MODES,
     DataParallelPlan,
     LossFn,
     PipelinePlan,
     build_model,
     data_parallel_plan,
     pipeline_plan,
+    trains_channels_last,
 )
 from surge.train.precision import Precision, make_precision
 from surge.train.publish import Published, publish, publish_detector
@@ -116,8 +116,9 @@ class Recipe:
         config = self.config
         if self.resumed_from:
             self.log.say(f"resumed from {self.checkpoint_dir} at epoch {self.resumed_from}")
-        layout = (", channels-last" if config.model.channels_last
-                  and config.parallelism in CHANNELS_LAST_MODES else "")
+        layout = (", channels-last"
+                  if trains_channels_last(config.model.channels_last, config.parallelism)
+                  else "")
         self.log.say(
             f"training {config.model.builder}: {config.parallelism} on {self.state.world_size} "
             f"process(es), {config.precision}{layout}, {self.steps} steps/epoch of "

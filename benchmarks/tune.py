@@ -23,10 +23,10 @@ from rich.console import Console
 from rich.table import Table
 
 from surge.report import render_report
-from surge.select import Load, Slo
-from surge.select.serving import measure_served
-from surge.select.space import Candidate
-from surge.select.tune import (
+from surge.tuning import Load, Slo
+from surge.tuning.serving import measure_served
+from surge.tuning.space import Candidate
+from surge.tuning.tune import (
     FINAL,
     FULL_RUN,
     SHORT_RUN,

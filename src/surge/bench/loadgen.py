@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
+from surge.bench.clients import GrpcTransport, HttpTransport, Transport
 from surge.bench.payload import (
     InputSpec,
     grpc_request,
@@ -23,7 +24,6 @@ from surge.bench.payload import (
     sample_inputs,
     specs_from_metadata,
 )
-from surge.bench.transport import GrpcTransport, HttpTransport, Transport
 from surge.errors import SurgeError
 
 PROTOCOLS = ("http", "http-json", "grpc")

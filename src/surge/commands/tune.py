@@ -64,9 +64,9 @@ def tune(
     from surge.evaluate.harness import check_metric
     from surge.report import render_report
     from surge.repository import Repository
-    from surge.select import Load, Slo, parse_duration_s, parse_rate
-    from surge.select.tune import TuneOptions
-    from surge.select.tune import tune as run_tune
+    from surge.tuning import Load, Slo, parse_duration_s, parse_rate
+    from surge.tuning.tune import TuneOptions
+    from surge.tuning.tune import tune as run_tune
 
     if rate is not None and concurrency is not None:
         raise ConfigError("give --rate or --concurrency, not both")
@@ -127,7 +127,7 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
 
 
 def _print_summary(report: object) -> None:
-    from surge.select.tune import TuningReport
+    from surge.tuning.tune import TuningReport
 
     assert isinstance(report, TuningReport)
     table = Table(title=f"surge tune {report.model}: p99 <= {report.slo_p99_ms:g} ms at "

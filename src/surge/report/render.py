@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from surge.errors import NotFoundError
-from surge.select.serving import TUNING_DIR
-from surge.select.tune import REPORT_FILE
+from surge.tuning.serving import TUNING_DIR
+from surge.tuning.tune import REPORT_FILE
 
 HTML_FILE = "report.html"
 

@@ -144,7 +144,7 @@ def torchrun_command(config_path: Path, options: LaunchOptions) -> list[str]:
         # Dynamic (c10d) rendezvous: node ranks are assigned as machines join.
         command += [f"--nnodes={options.nnodes}", "--rdzv-backend=c10d",
                     f"--rdzv-endpoint={options.rdzv}", "--rdzv-id=surge-train"]
-    command += ["-m", "surge.train.worker", str(config_path)]
+    command += ["-m", "surge.train.rank", str(config_path)]
     return [*command, "--resume"] if options.resume else command
 
 

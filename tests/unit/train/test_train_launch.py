@@ -74,7 +74,7 @@ def test_a_valid_multi_process_recipe_starts_torchrun_with_the_resolved_config(
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--nproc-per-node=2" in command
     assert "--max-restarts=1" in command
-    resolved = Path(command[command.index("surge.train.worker") + 1])
+    resolved = Path(command[command.index("surge.train.rank") + 1])
     assert "epochs: 3" in resolved.read_text()
 
 

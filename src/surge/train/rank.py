@@ -1,4 +1,4 @@
-"""What each torchrun process runs: `python -m surge.train.worker CONFIG [--resume]`.
+"""What each torchrun process runs: `python -m surge.train.rank CONFIG [--resume]`.
 
 CONFIG is the resolved recipe `surge train` wrote (overrides applied, already validated).
 """
@@ -16,7 +16,7 @@ from surge.train.recipe import run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="surge.train.worker")
+    parser = argparse.ArgumentParser(prog="surge.train.rank")
     parser.add_argument("config")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)

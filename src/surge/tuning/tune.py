@@ -27,8 +27,8 @@ from surge.evaluate.metrics import MetricError
 from surge.evaluate.profile import ProfileReport, default_batch_sizes, profile_variant
 from surge.repository import Repository
 from surge.runtimes import RunnerOptions
-from surge.select.apply import write_selection
-from surge.select.predict import (
+from surge.tuning.apply import write_selection
+from surge.tuning.predict import (
     Measurement,
     Observation,
     ServingCosts,
@@ -36,9 +36,9 @@ from surge.select.predict import (
     observe,
     predict,
 )
-from surge.select.search import Rung, SelectionReport, select
-from surge.select.serving import TUNING_DIR, ServingTrialError, measure_served
-from surge.select.space import ORIGINAL, AccuracyBudget, Candidate, Slo, build_space
+from surge.tuning.search import Rung, SelectionReport, select
+from surge.tuning.serving import TUNING_DIR, ServingTrialError, measure_served
+from surge.tuning.space import ORIGINAL, AccuracyBudget, Candidate, Slo, build_space
 
 REPORT_FILE = "report.json"
 PREDICTED = "predicted"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from surge.repository.config import CONFIG_FILE, ModelConfig, read_config, write_config
-from surge.select.space import ORIGINAL, Candidate
+from surge.tuning.space import ORIGINAL, Candidate
 
 
 def apply_candidate(config: ModelConfig, candidate: Candidate, slo_p99_ms: float | None

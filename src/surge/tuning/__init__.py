@@ -1,10 +1,10 @@
 """Selection: the serving configuration with the highest throughput under an SLO and an
 accuracy budget, written into the model's config."""
 
-from surge.select.apply import apply_candidate, write_selection
-from surge.select.predict import Measurement, ServingCosts, predict
-from surge.select.search import CandidateResult, Rung, SelectionReport, feasible, select
-from surge.select.space import (
+from surge.tuning.apply import apply_candidate, write_selection
+from surge.tuning.predict import Measurement, ServingCosts, predict
+from surge.tuning.search import CandidateResult, Rung, SelectionReport, feasible, select
+from surge.tuning.space import (
     ORIGINAL,
     AccuracyBudget,
     Candidate,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from surge.evaluate.profile import ProfileReport
-from surge.select.space import Candidate, Load
+from surge.tuning.space import Candidate, Load
 
 _P99_EXP = math.log(100.0)  # p99 of an exponential tail is ln(100) ~ 4.6 times its mean
 

@@ -26,9 +26,9 @@ import httpx
 from surge.errors import SurgeError
 from surge.repository.config import CONFIG_FILE, read_config, write_config
 from surge.repository.repository import VARIANTS_DIR
-from surge.select.apply import apply_candidate
-from surge.select.predict import Measurement
-from surge.select.space import ORIGINAL, Candidate, Load
+from surge.tuning.apply import apply_candidate
+from surge.tuning.predict import Measurement
+from surge.tuning.space import ORIGINAL, Candidate, Load
 
 TUNING_DIR = "tuning"
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from surge.select.predict import Measurement
-from surge.select.space import AccuracyBudget, Candidate, Slo
+from surge.tuning.predict import Measurement
+from surge.tuning.space import AccuracyBudget, Candidate, Slo
 
 Measure = Callable[[Candidate, "Rung"], Measurement]
 

@@ -11,8 +11,8 @@ import pytest
 from surge.errors import NotFoundError
 from surge.report import pareto_front, render_report
 from surge.repository import Repository
-from surge.select.serving import stage_model
-from surge.select.space import ORIGINAL, Candidate
+from surge.tuning.serving import stage_model
+from surge.tuning.space import ORIGINAL, Candidate
 from tests.unit.tiny_models import make_repo
 
 

@@ -14,7 +14,7 @@ from surge.evaluate.metrics import latency_percentiles
 from surge.evaluate.profile import ProfilePoint, ProfileReport
 from surge.repository import Repository
 from surge.repository.config import read_config
-from surge.select import (
+from surge.tuning import (
     ORIGINAL,
     AccuracyBudget,
     Candidate,
@@ -30,7 +30,7 @@ from surge.select import (
     select,
     write_selection,
 )
-from surge.select.predict import fit_costs, observe
+from surge.tuning.predict import fit_costs, observe
 
 SPEED = {ORIGINAL: 1.0, "int8": 2.5, "pruned": 1.6, "lowrank": 1.3}
 ACCURACY = {ORIGINAL: 91.0, "int8": 90.5, "pruned": 88.0, "lowrank": 90.8}
@@ -336,7 +336,7 @@ def test_failed_runs_teach_nothing() -> None:
 
 
 def test_the_measurer_refits_after_each_served_run(tmp_path: Path) -> None:
-    from surge.select.tune import ServedRun, TuneOptions, TuningReport, _Measurer
+    from surge.tuning.tune import ServedRun, TuneOptions, TuningReport, _Measurer
 
     options = TuneOptions("d", "classification", SLO)
     report = TuningReport("m", "classification", "d", 50.0, "64", 64, None, 1.0, None)
@@ -351,7 +351,7 @@ def test_the_measurer_refits_after_each_served_run(tmp_path: Path) -> None:
 
 
 def test_final_comparison_alternates_and_takes_medians() -> None:
-    from surge.select.tune import ServedRun, compare_back_to_back
+    from surge.tuning.tune import ServedRun, compare_back_to_back
 
     untuned, tuned = Candidate(ORIGINAL, 1, 0.0, 1, 2), Candidate("int8", 32, 0.0, 1, 1)
     speeds = {untuned: iter([100.0, 80.0, 120.0]), tuned: iter([400.0, 300.0, 900.0])}

@@ -148,8 +148,8 @@ def best_ceiling(root: Path, name: str, input_name: str, shape: tuple[int, ...],
 # -- engine ---------------------------------------------------------------------------------------
 async def drive(root: Path, name: str, ceiling: Ceiling, best_batch: int,
                 args: argparse.Namespace) -> list[Level]:
+    from surge.engine import Engine
     from surge.repository import Repository
-    from surge.server.engine import Engine
 
     engine = Engine(Repository(root), models=[name])
     await engine.start()

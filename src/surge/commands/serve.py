@@ -39,8 +39,8 @@ def serve(
         64.0,
 ) -> None:
     """Serve models until SIGTERM/SIGINT, then drain accepted requests and exit 0."""
-    from surge.server.runner import Endpoints, ServeOptions
-    from surge.server.runner import serve as run_server
+    from surge.server.process import Endpoints, ServeOptions
+    from surge.server.process import serve as run_server
 
     options = ServeOptions(
         host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,

@@ -16,6 +16,7 @@ from prometheus_client import generate_latest
 from tests.conftest import EXAMPLE_REPOSITORY
 from tests.integration.engine.onnx_models import make_repo
 
+from surge.engine import Engine, ServedModel
 from surge.errors import (
     DeadlineExceededError,
     InputError,
@@ -27,7 +28,6 @@ from surge.errors import (
 )
 from surge.repository import Repository
 from surge.runtimes import RunnerOptions
-from surge.server.engine import Engine, ServedModel
 from surge.workers.pool import PIPELINE_DEPTH
 from surge.workers.transport import TRANSPORT_ENV, PipeTransport, ShmTransport, segment_prefix
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from surge.engine import ModelHandle
 from surge.protocol.metadata import model_config
 from surge.repository.config import ModelConfig
 from surge.runtimes.base import Signature, TensorSpec
-from surge.server.engine import ModelHandle
 
 SIGNATURE = Signature((TensorSpec("x", "FP32", (-1, 4)),), (TensorSpec("y", "FP32", (-1, 2)),),
                       batched=True, max_batch_size=8, platform="onnxruntime_onnx")

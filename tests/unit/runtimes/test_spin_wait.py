@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from surge.engine import Engine, ServedModel
 from surge.repository import Repository
 from surge.runtimes import RunnerOptions
 from surge.runtimes.onnx_runner import OnnxRunner
-from surge.server.engine import Engine, ServedModel
 
 SPIN = "session.intra_op.allow_spinning"
 

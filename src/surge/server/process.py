@@ -148,7 +148,7 @@ def serve(
     """Serve a model repository until SIGTERM/SIGINT (the `surge serve` command)."""
     import uvloop
 
-    from surge.server.engine import Engine
+    from surge.engine import Engine
 
     options = options or ServeOptions()
     models = list(options.models) if options.models else None

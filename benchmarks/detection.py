@@ -38,11 +38,12 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from surge.detection.coco import detections_to_coco, load_split, to_coco  # noqa: E402
-from surge.evaluate.metrics import best_f1_threshold, coco_map, detection_prf  # noqa: E402
 from surge.repository.config import read_config, write_config  # noqa: E402
 from surge.repository.repository import MODEL_FILES  # noqa: E402
 from surge.runtimes import RunnerOptions, load_runner  # noqa: E402
+from surge.tasks.coco import detections_to_coco  # noqa: E402
+from surge.tasks.coco_metrics import best_f1_threshold, coco_map, detection_prf  # noqa: E402
+from surge_examples.detection.coco import load_split, to_coco  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -208,8 +209,8 @@ def train_step_speed(data: Path, width: int, steps: int) -> list[dict]:
     back to back in this process on the same canvases."""
     import torch
 
-    from surge.detection.model import centernet
-    from surge.detection.training import CenterNetLoss, load_tensors
+    from surge_examples.detection.model import centernet
+    from surge_examples.detection.training import CenterNetLoss, load_tensors
 
     images, targets = load_tensors(data / "val", limit=32 * (steps + 2))
     rows = []

@@ -79,7 +79,7 @@ def prepare(root: Path, name: str) -> tuple[str, tuple[int, ...]]:
             target.parent.mkdir(parents=True)
             shutil.copy(trained, target)
         else:  # the same architecture with random weights: throughput does not depend on them
-            from surge.zoo.fashion import fashion_cnn
+            from surge_examples.fashion.model import fashion_cnn
 
             _export(fashion_cnn(), (1, 28, 28), target, "image", "logits")
         shape: tuple[int, ...] = (1, 28, 28)

@@ -83,7 +83,7 @@ def export_model(case: Case, path: Path) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(trained.read_bytes())
             return path
-        from surge.zoo.fashion import fashion_cnn
+        from surge_examples.fashion.model import fashion_cnn
 
         module: torch.nn.Module = fashion_cnn()
     else:

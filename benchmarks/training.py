@@ -40,7 +40,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 # name -> (builder, kwargs, input shape, training samples per epoch, batch size)
 MODELS: dict[str, tuple[str, dict[str, Any], list[int], int, int]] = {
-    "fashion_cnn": ("surge.zoo.fashion:fashion_cnn", {}, [1, 28, 28], 3072, 128),
+    "fashion_cnn": ("surge_examples.fashion.model:fashion_cnn", {}, [1, 28, 28], 3072, 128),
     "resnet18": ("surge.zoo.resnet:resnet18", {"classes": 10, "in_channels": 1, "width": 32},
                  [1, 32, 32], 1024, 64),
 }

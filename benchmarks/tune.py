@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from surge.report import render_report
-from surge.tuning import Load, Slo
+from surge.tuning import AccuracyBudget, Effort, Load, Slo
 from surge.tuning.serving import measure_served
 from surge.tuning.space import Candidate
 from surge.tuning.tune import (
@@ -65,13 +65,13 @@ def _closest_if_none_met(report: TuningReport, model_dir: Path, options: TuneOpt
     closest = min(served, key=lambda r: r.measured.p99_ms).candidate
 
     def serve(candidate: Candidate, rung: str) -> ServedRun:
-        result = measure_served(model_dir, candidate, options.slo.load, options.full_run_s,
+        result = measure_served(model_dir, candidate, options.slo.load, options.effort.full_run_s,
                                 rung=rung)
         return ServedRun(candidate, rung, result.measurement, result.measurement,
                          result.startup_s)
 
     untuned, best, ratio = compare_back_to_back(serve, baseline_candidate(), closest,
-                                                options.final_rounds)
+                                                options.effort.final_rounds)
     out: dict[str, Any] = {"ratio": ratio}
     for name, run in (("untuned", untuned), ("closest", best)):
         m = run.measured
@@ -96,8 +96,8 @@ def main() -> None:
     options = TuneOptions(
         data=args.data, task="classification",
         slo=Slo(args.slo_p99, Load(concurrency=args.concurrency)),
-        max_accuracy_drop=args.max_accuracy_drop, budget_s=args.budget,
-        full_run_s=args.full_run,
+        accuracy=AccuracyBudget(max_drop=args.max_accuracy_drop),
+        effort=Effort(budget_s=args.budget, full_run_s=args.full_run),
     )
     with tempfile.TemporaryDirectory(prefix="surge-bench-tune-") as tmp:
         repo = _scratch_copy(args.model_dir, Path(tmp))

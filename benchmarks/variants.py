@@ -88,10 +88,10 @@ class Bench:
 # -- models --------------------------------------------------------------------------------------
 def fashion_bench(work: Path, finetune_epochs: int) -> Bench:
     from safetensors.torch import load_file
-
-    from surge.data.fashion_mnist import load_fashion_mnist, to_model_input
     from surge.optimize.finetune import fashion_finetune
-    from surge.zoo.fashion import fashion_cnn
+
+    from surge_examples.fashion.data import load_fashion_mnist, to_model_input
+    from surge_examples.fashion.model import fashion_cnn
 
     if not FASHION_WEIGHTS.is_file():
         raise SystemExit(f"{FASHION_WEIGHTS} missing: run recipes/train_fashion.py first")

@@ -48,3 +48,18 @@ fi
 if ! .venv-triton/bin/python -c "import PIL" 2>/dev/null; then
   pip_install .venv-triton/bin/pip pillow
 fi
+
+# Model converters, each in its own venv because their pins clash with the serving venv:
+# TensorFlow + tf2onnx (SavedModel and TF-Keras .h5 -> ONNX; TF-Keras needs h5py < 3.15) and
+# caffe-onnx (Caffe -> ONNX; its generated caffe_pb2 needs protobuf < 4, and it installs
+# top-level modules named `src` and `proto`). Surge runs them as subprocesses (src/surge/convert).
+if ! .venv-tf/bin/python -c "import tensorflow, tf_keras, tf2onnx" 2>/dev/null; then
+  echo "setup: creating .venv-tf with tensorflow-cpu, tf-keras and tf2onnx"
+  "$PYTHON" -m venv .venv-tf
+  pip_install .venv-tf/bin/pip tensorflow-cpu==2.21.0 tf-keras==2.21.0 tf2onnx==1.17.0
+fi
+if ! .venv-caffe/bin/python -c "import proto.caffe_pb2, src.caffe2onnx" 2>/dev/null; then
+  echo "setup: creating .venv-caffe with caffe-onnx"
+  "$PYTHON" -m venv .venv-caffe
+  pip_install .venv-caffe/bin/pip caffe-onnx==0.1.2
+fi

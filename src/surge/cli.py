@@ -1,103 +1,69 @@
-"""The `surge` command line: a thin layer over the Python API."""
+"""The `surge` command line: a thin layer over the Python API (`surge.api`).
+
+`build_app` registers the built-in commands of `surge.commands`, then every plugin: an entry
+point in the group `surge.cli` naming a callable `register(app: typer.Typer) -> None`.
+"""
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-from pathlib import Path
-from typing import Annotated
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
 
-import numpy as np
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from surge.commands import bench, convert, data, demo, models, optimize, report, serve, train, tune
 from surge.errors import SurgeError
 
-app = typer.Typer(
-    help="Serve, optimize, evaluate and train deep-learning models under high concurrency.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-console = Console()
+PLUGIN_GROUP = "surge.cli"
+HELP = "Serve, optimize, evaluate and train deep-learning models under high concurrency."
 
-# Each area registers its own commands on `app` when imported.
-COMMAND_MODULES: tuple[str, ...] = (
-    "surge.commands.demo", "surge.commands.data", "surge.commands.train",
-    "surge.commands.serve", "surge.commands.bench", "surge.commands.optimize",
-    "surge.commands.tune", "surge.commands.report",
+# top-level commands in the order `surge --help` lists them
+COMMANDS: tuple[Callable[..., Any], ...] = (
+    models.inspect, models.predict, models.models, models.evaluate, demo.demo, serve.serve,
+    bench.bench, convert.convert, optimize.optimize, tune.tune, report.report,
 )
 
 
-@app.command()
-def inspect(
-    path: Annotated[Path, typer.Argument(help="A model file (.onnx, .pt2, .keras) or repo/model dir.")],
-) -> None:
-    """Print a model's engine and signature."""
-    from surge.inspection import describe_path
-
-    engine, signature, source = describe_path(path)
-    console.print(f"[bold]{source}[/bold]  engine: {engine}  platform: {signature.platform}")
-    batch = f"batched, max batch {signature.max_batch_size or 'unlimited'}" if signature.batched \
-        else "not batched"
-    console.print(f"dim 0: {batch}")
-    table = Table("kind", "name", "datatype", "shape")
-    for kind, specs in (("input", signature.inputs), ("output", signature.outputs)):
-        for spec in specs:
-            table.add_row(kind, spec.name, spec.datatype, str(list(spec.shape)))
-    console.print(table)
+def build_app(plugins: bool = True) -> typer.Typer:
+    """The Typer app: built-in commands, then plugins (which may add or extend commands)."""
+    app = typer.Typer(help=HELP, no_args_is_help=True, pretty_exceptions_enable=False,
+                      add_completion=False)
+    for command in COMMANDS:
+        app.command()(command)
+    # recipes take `key=value` arguments, so -h is the short help there as well
+    app.command(context_settings={"help_option_names": ["-h", "--help"]})(train.train)
+    data_app = typer.Typer(help=data.HELP, no_args_is_help=True)
+    data_app.command("list")(data.list_registered)
+    app.add_typer(data_app, name="data")
+    if plugins:
+        register_plugins(app)
+    return app
 
 
-@app.command()
-def predict(
-    repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
-    model: Annotated[str, typer.Option(help="Model name, or name@variant.")],
-    input: Annotated[list[str], typer.Option(  # noqa: A002
-        "--input", help="file.npy for a one-input model, or NAME=file.npy (repeatable).")],
-    version: Annotated[int | None, typer.Option(help="Version (default: newest served).")] = None,
-    output: Annotated[Path | None, typer.Option(help="Save outputs to this .npz file.")] = None,
-) -> None:
-    """Run one inference locally and print (or save) the outputs."""
-    from surge.inspection import predict_files
-    from surge.repository import Repository
-
-    loaded = Repository(repo).load(model, version)
-    outputs = predict_files(loaded, input)
-    if output is not None:
-        np.savez(output, **outputs)  # type: ignore[arg-type]
-        console.print(f"saved {', '.join(outputs)} to {output}")
-        return
-    labels = loaded.config.labels
-    for name, array in outputs.items():
-        console.print(f"[bold]{name}[/bold] {array.dtype} {list(array.shape)}")
-        if labels and array.ndim == 2 and array.shape[1] == len(labels):
-            for row, best in enumerate(array.argmax(axis=1)):
-                console.print(f"  [{row}] {labels[best]} (class {best}, score {array[row, best]:.3f})")
-        else:
-            console.print(np.array2string(array, threshold=64, precision=4))
+def command_group(app: typer.Typer, name: str) -> typer.Typer:
+    """The sub-command group `name` of `app` (e.g. "data"), for a plugin to add commands to."""
+    for group in app.registered_groups:
+        if group.name == name and group.typer_instance is not None:
+            return group.typer_instance
+    raise SurgeError(f"the CLI has no command group {name!r}")
 
 
-@app.command()
-def models(repo: Annotated[Path, typer.Argument(help="Model repository directory.")]) -> None:
-    """List models, their versions, variants and state."""
-    from surge.repository import Repository
-
-    table = Table("model", "versions", "served", "variants", "state", "reason")
-    for entry in Repository(repo).entries():
-        table.add_row(
-            entry.name, ",".join(map(str, entry.versions)) or "-",
-            ",".join(map(str, entry.served)) or "-", ",".join(entry.variants) or "-",
-            "[green]READY[/green]" if entry.state == "READY" else "[red]UNAVAILABLE[/red]",
-            entry.reason,
-        )
-    console.print(table)
-
-
-def _register_commands() -> None:
-    for module in COMMAND_MODULES:
-        importlib.import_module(module)
+def register_plugins(app: typer.Typer) -> list[str]:
+    """Call each `surge.cli` entry point's `register(app)`; returns the names registered."""
+    names = []
+    for point in sorted(entry_points(group=PLUGIN_GROUP), key=lambda p: p.name):
+        try:
+            register = point.load()
+            register(app)
+        except Exception as exc:
+            raise SurgeError(f"CLI plugin {point.name!r} ({point.value}) failed to register: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        names.append(point.name)
+    return names
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,9 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("SURGE_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
-    _register_commands()
     try:
-        app(args, prog_name="surge")
+        build_app()(args, prog_name="surge")
     except SurgeError as exc:
         if debug:
             raise

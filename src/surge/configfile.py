@@ -1,4 +1,5 @@
-"""Reading YAML config files and turning validation errors into one line naming the bad key."""
+"""Config files: the strict base every config schema derives from, reading YAML, and turning
+validation errors into one line naming the bad key."""
 
 from __future__ import annotations
 
@@ -6,9 +7,26 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from surge.errors import ConfigError
+from surge.errors import ConfigError, clipped, shown
+
+# A config is a few kilobytes (1,000 class labels are about 20 KB). These bounds keep a hostile
+# one from stalling the process that reads it (256 KiB of YAML takes about 1 s to parse and
+# validate on a busy core) or from expanding aliases into a "billion laughs".
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_CONFIG_DEPTH = 64
+
+
+class StrictConfig(BaseModel):
+    """Base of every config schema (model configs, training recipes).
+
+    Unknown keys are rejected rather than ignored: a misspelt key (`batchign:`) would otherwise
+    silently leave its default in force. Configs are frozen: a loaded config is a fact about a
+    file, changed only by writing the file (or by `model_copy(update=...)` for a new value).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -17,17 +35,59 @@ def describe_validation_error(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "config"
     if first["type"] == "extra_forbidden":
-        return f"unknown key {where!r}"
+        return f"unknown key {shown(where)}"
     if first["type"] == "missing":
-        return f"missing key {where!r}"
-    return f"{where}: {first['msg']} (got {first.get('input')!r})"
+        return f"missing key {shown(where)}"
+    return f"{clipped(where)}: {clipped(first['msg'])} (got {shown(first.get('input'))})"
 
 
 def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; a missing file or bad YAML is a ConfigError naming the file."""
+    """Parse a YAML file of plain data; a missing, oversized or bad file (aliases included) is a
+    ConfigError naming the file."""
     try:
-        return yaml.safe_load(Path(path).read_text())
+        with Path(path).open("rb") as file:
+            text = file.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than the {MAX_CONFIG_BYTES} bytes a config may have")
+    try:
+        return parse_yaml(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse_yaml(text: str | bytes) -> Any:
+    """Plain YAML data (safe tags only) without aliases: an alias shares a node, and a few shared
+    nodes nested in each other validate and print as an exponentially large value."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_tree(node)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"invalid YAML ({clipped(str(exc).splitlines()[0])})") from None
+    finally:
+        loader.dispose()
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _check_tree(root: yaml.Node) -> None:
+    """Refuse aliases (a node reached twice) and nesting deeper than MAX_CONFIG_DEPTH."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if id(node) in seen:
+            raise ConfigError("YAML aliases (*name) are not allowed in a config; write the value out")
+        seen.add(id(node))
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"nested deeper than {MAX_CONFIG_DEPTH} levels")
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend((part, depth + 1) for pair in node.value for part in pair)

@@ -68,3 +68,25 @@ def http_status(error: Exception) -> int:
     if isinstance(error, InputError | InvalidNameError | ConfigError):
         return 400
     return 500
+
+
+# Messages may embed client input (a model name, a header, a config value): they show at most
+# this much of it, so that an error body or a repository index never grows with the input.
+MAX_SHOWN_CHARS = 200
+
+
+def shown(value: object, limit: int = MAX_SHOWN_CHARS) -> str:
+    """`repr(value)` cut to about `limit` characters, without building the whole repr first."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel = 3
+    short.maxstring = short.maxother = short.maxlong = limit
+    return clipped(short.repr(value), limit)
+
+
+def clipped(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    """`text`, or its first `limit` characters and a marker naming how many were left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"

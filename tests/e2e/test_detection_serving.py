@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from tests.integration.server.conftest import ServerProcess, start_server, triton_client
 
-from surge.detection.dataset import DetectionSplit, generate_split
 from surge.repository import Repository
 from surge.repository.config import read_config
+from surge_examples.detection.dataset import DetectionSplit, generate_split
 
 ROOT = Path(__file__).resolve().parents[2]
 REPOSITORY = ROOT / "examples" / "repository"

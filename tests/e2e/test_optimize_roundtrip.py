@@ -14,16 +14,16 @@ from safetensors.torch import save_file
 from tests.cli_runner import run_cli
 from tests.unit.tiny_models import make_repo
 
-from surge.data.fashion_mnist import load_fashion_mnist, to_model_input
 from surge.errors import ConfigError
 from surge.optimize import Tolerance, parse_variants
 from surge.optimize.pipeline import OptimizeOptions, optimize_model
 from surge.repository import Repository
-from surge.zoo.fashion import fashion_cnn
+from surge_examples.fashion.data import load_fashion_mnist, to_model_input
+from surge_examples.fashion.model import fashion_cnn
 
 CONFIG = """\
 engine: torch_factory
-factory: surge.zoo.fashion:fashion_cnn
+factory: surge_examples.fashion.model:fashion_cnn
 factory_kwargs: {width: 4, hidden: 16}
 inputs:
   - {name: image, datatype: FP32, shape: [-1, 1, 28, 28]}

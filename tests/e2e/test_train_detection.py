@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from surge.cli import main
-from surge.detection.coco import save_split
-from surge.detection.dataset import CanvasSpec, generate_split
 from surge.repository import Repository
 from surge.train.config import parse_train_config
 from surge.train.recipe import run
+from surge_examples.detection.coco import save_split
+from surge_examples.detection.dataset import CanvasSpec, generate_split
 
 SIZE = 64
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from surge.data.fashion_mnist import load_fashion_mnist, to_model_input
+from surge_examples.fashion.data import load_fashion_mnist, to_model_input
 from tests.cli_runner import run_cli
 from tests.unit.tiny_models import make_repo
 

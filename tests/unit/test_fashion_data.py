@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from surge.data.fashion_mnist import load_fashion_mnist, to_model_input
 from surge.errors import SurgeError
+from surge_examples.fashion.data import load_fashion_mnist, to_model_input
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:

@@ -225,15 +225,17 @@ def _grpc_metadata(url: str, model: str, api_key: str | None) -> dict[str, Any]:
 
 
 def prepare_target(url: str, model: str, protocol: str, *, batch_size: int = 1,
-                   api_key: str | None = None, variants: int = 16) -> Target:
-    """Fetch the model's metadata and serialize the request payloads once."""
+                   api_key: str | None = None, variants: int = 16,
+                   dataset: str | None = None) -> Target:
+    """Fetch the model's metadata and serialize the request payloads once (rows of `dataset`
+    where it has the model's inputs, random values otherwise)."""
     if protocol not in PROTOCOLS:
         raise SurgeError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     metadata = fetch_metadata(url, model, api_key, protocol)
     specs: list[InputSpec] = specs_from_metadata(metadata)
     batched = all(s.shape and s.shape[0] == -1 for s in specs)
     sets = sample_inputs(specs, batch_size=batch_size, batched=batched, variants=variants,
-                         fashion=model.startswith("fashion"))
+                         dataset=dataset)
     if protocol == "grpc":
         host, port = _grpc_target(url)
         grpc_meta = (("authorization", f"Bearer {api_key}"),) if api_key else ()
@@ -261,10 +263,11 @@ async def bench_async(
     *, rate: float | None = None, poisson: bool = True, batch_size: int = 1,
     api_key: str | None = None, warmup_s: float = 1.0,
     progress: Callable[[int, float, int, int, float], None] | None = None,
+    dataset: str | None = None,
 ) -> BenchReport:
     """Run every load level in turn against a live server."""
     target = await asyncio.to_thread(prepare_target, url, model, protocol,
-                                     batch_size=batch_size, api_key=api_key)
+                                     batch_size=batch_size, api_key=api_key, dataset=dataset)
     report = BenchReport(url, model, protocol, batch_size)
     for level in concurrency:
         transport = target.make_transport(level)

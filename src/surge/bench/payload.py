@@ -13,8 +13,6 @@ from surge.datatypes import v2_to_numpy
 from surge.errors import SurgeError
 from surge.protocol.tensors import tensor_to_bytes, tensor_to_list
 
-FASHION_INPUT = "image"
-
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -39,34 +37,46 @@ def _concrete(shape: tuple[int, ...], batch_size: int, batched: bool) -> list[in
     return [1 if d == -1 else d for d in dims]
 
 
-def _fashion_images(count: int) -> np.ndarray | None:
-    try:
-        from surge.data.fashion_mnist import load_fashion_mnist, to_model_input
+def dataset_inputs(dataset: str, specs: list[InputSpec], count: int) -> dict[str, np.ndarray]:
+    """The first `count` evaluation rows of a registered dataset (or .npz, ...) for the inputs
+    it has; empty when its data is not at hand (the payloads are random then)."""
+    from surge.tasks import DataOptions, get_dataset
 
-        images, _ = load_fashion_mnist("test")
+    if not specs:
+        return {}
+    try:
+        held_out = get_dataset(dataset).evaluation(specs[0].name, DataOptions())
     except SurgeError:
-        return None
-    return to_model_input(images[:count])
+        return {}
+    return {name: array[:count] for name, array in held_out.inputs.items()}
 
 
 def sample_inputs(
     specs: list[InputSpec], *, batch_size: int = 1, batched: bool = True, variants: int = 16,
-    seed: int = 0, fashion: bool = False,
+    seed: int = 0, dataset: str | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """`variants` input sets that fit the specs (Fashion-MNIST test images when `fashion`)."""
+    """`variants` input sets that fit the specs: rows of `dataset` where it has an input of the
+    right datatype and enough rows, random values elsewhere."""
     rng = np.random.default_rng(seed)
-    images = _fashion_images(variants * batch_size) if fashion else None
+    real = dataset_inputs(dataset, specs, variants * batch_size) if dataset else {}
     sets: list[dict[str, np.ndarray]] = []
     for v in range(variants):
         inputs: dict[str, np.ndarray] = {}
         for spec in specs:
             dims = _concrete(spec.shape, batch_size, batched)
-            if images is not None and spec.name == FASHION_INPUT and spec.datatype == "FP32":
-                inputs[spec.name] = images[v * batch_size:(v + 1) * batch_size].reshape(dims)
+            rows = real.get(spec.name)
+            if _fits(rows, spec, variants * batch_size):
+                assert rows is not None
+                inputs[spec.name] = rows[v * batch_size:(v + 1) * batch_size].reshape(dims)
             else:
                 inputs[spec.name] = _random(spec.datatype, dims, rng)
         sets.append(inputs)
     return sets
+
+
+def _fits(rows: np.ndarray | None, spec: InputSpec, count: int) -> bool:
+    return (rows is not None and len(rows) >= count and spec.datatype != "BYTES"
+            and rows.dtype == v2_to_numpy(spec.datatype))
 
 
 def _random(datatype: str, dims: list[int], rng: np.random.Generator) -> np.ndarray:

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from surge.cli import app, console
+from surge.commands import console
 from surge.errors import SurgeError
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m)?\s*$")
@@ -51,7 +51,6 @@ def _errors(errors: dict[str, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())) or "-"
 
 
-@app.command()
 def bench(
     url: Annotated[str, typer.Argument(help="Server URL: http://host:8000 (or host:8001 for grpc).")],
     model: Annotated[str, typer.Option(help="Model to load.")],

@@ -1,50 +1,21 @@
-"""`surge data`: build datasets, e.g. `surge data fashion-detection OUT --train 20000`."""
+"""`surge data`: datasets. `surge data list` shows what the registry knows; plugins add their
+own dataset builders to this group (e.g. the examples' `surge data fashion-detection`)."""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-from typing import Annotated
-
-import numpy as np
-import typer
 from rich.table import Table
 
-from surge.cli import app, console
+from surge.commands import console
 
-CALIBRATION_CANVASES = 256
-data_app = typer.Typer(help="Build datasets.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
+HELP = "Datasets: list them, and build those plugins know how to make."
 
 
-@data_app.command("fashion-detection")
-def fashion_detection(
-    out: Annotated[Path, typer.Argument(help="Output directory (gets train/ val/ test/).")],
-    train: Annotated[int, typer.Option(min=0, help="Training canvases.")] = 20_000,
-    val: Annotated[int, typer.Option(min=0, help="Validation canvases.")] = 2_000,
-    test: Annotated[int, typer.Option(min=0, help="Test canvases.")] = 2_000,
-    size: Annotated[int, typer.Option(min=32, max=1024, help="Canvas side in pixels.")] = 128,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same canvases).")] = 0,
-) -> None:
-    """Fashion-MNIST items on textured canvases, with COCO JSON boxes, as train/val/test splits.
+def list_registered() -> None:
+    """Registered tasks, datasets and model builders (the library's and its plugins')."""
+    from surge.tasks import REGISTRY
 
-    Each split gets OUT/<split>/images.npy + annotations.json; val and test also get
-    OUT/<split>.npz + OUT/<split>.json, the evaluation format `surge tune --data` reads;
-    OUT/calib.npy holds the first validation canvases for `surge optimize --calib`.
-    """
-    from surge.detection.coco import save_eval_archive, save_split
-    from surge.detection.dataset import CanvasSpec, generate_split
-
-    spec = CanvasSpec(size=size, max_scale=min(CanvasSpec.max_scale, size))
-    table = Table("split", "canvases", "objects", "source images", "seconds", title=str(out))
-    for split, count in (("train", train), ("val", val), ("test", test)):
-        started = time.perf_counter()
-        data = generate_split(split, count, spec=spec, seed=seed)
-        save_split(data, out / split)
-        if split != "train":
-            save_eval_archive(data, out / f"{split}.npz")
-        if split == "val":  # calibration inputs for static quantization (`surge optimize --calib`)
-            np.save(out / "calib.npy", data.images[:CALIBRATION_CANVASES])
-        table.add_row(split, str(count), str(len(data.labels)), f"fashion-mnist {data.source_split}",
-                      f"{time.perf_counter() - started:.1f}")
+    table = Table("kind", "names")
+    table.add_row("tasks", ", ".join(REGISTRY.task_names()))
+    table.add_row("datasets", ", ".join(REGISTRY.dataset_names()))
+    table.add_row("models", ", ".join(REGISTRY.model_names()) or "-")
     console.print(table)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from surge.cli import app, console
+from surge.commands import console
+
+if TYPE_CHECKING:
+    from surge.optimize.pipeline import Outcome
 
 
-@app.command()
 def optimize(
     repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
     model: Annotated[str, typer.Option(help="Model to optimize.")],
@@ -36,17 +38,28 @@ def optimize(
         help="ONNX node name left in fp32 by quantization (repeatable).")] = None,
 ) -> None:
     """Make variants of a model, check each against the original, keep those within tolerance."""
-    from surge.optimize import Tolerance, parse_variants
+    from surge.api import optimize as run_optimize
+    from surge.optimize import Tolerance
     from surge.optimize.names import parse_tolerance
-    from surge.optimize.pipeline import OptimizeOptions, optimize_model
+    from surge.optimize.pipeline import OptimizeOptions
 
-    configs = parse_variants(variants)
     options = OptimizeOptions(
         calibration=calib, tolerance=Tolerance(**parse_tolerance(tolerance)) if tolerance else None,
         keep_failed=keep_failed, torch_model=torch_model, finetune_epochs=finetune_epochs,
         exclude=tuple(exclude or ()), check_rows=check_rows,
     )
-    outcomes = optimize_model(repo, model, configs, options)
+    outcomes = run_optimize(repo, model, variants, options)
+    console.print(_outcome_table(model, outcomes))
+    failed = [o.name for o in outcomes if o.variant is None]
+    if failed:
+        console.print(f"[red]could not be made: {', '.join(failed)}[/red]")
+    rejected = [o.name for o in outcomes if not o.kept and o.variant is not None]
+    if rejected:
+        console.print(f"[red]not kept (outside tolerance): {', '.join(rejected)}[/red] — "
+                      "rerun with --keep-failed or a looser --tolerance to keep them")
+
+
+def _outcome_table(model: str, outcomes: list[Outcome]) -> Table:
     table = Table(title=f"variants of {model}")
     for column in ("variant", "engine", "size", "max abs", "mean abs", "top-1 agree",
                    "accuracy", "cosine", "result"):
@@ -66,14 +79,7 @@ def optimize(
             f"{check.max_abs:.3g}", f"{check.mean_abs:.3g}", _pct(check.top1_agreement),
             _pct(check.accuracy), "-" if check.cosine is None else f"{check.cosine:.4f}", verdict,
         )
-    console.print(table)
-    failed = [o.name for o in outcomes if o.variant is None]
-    if failed:
-        console.print(f"[red]could not be made: {', '.join(failed)}[/red]")
-    rejected = [o.name for o in outcomes if not o.kept and o.variant is not None]
-    if rejected:
-        console.print(f"[red]not kept (outside tolerance): {', '.join(rejected)}[/red] — "
-                      "rerun with --keep-failed or a looser --tolerance to keep them")
+    return table
 
 
 def _pct(value: float | None) -> str:

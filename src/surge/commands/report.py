@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from surge.cli import app, console
+from surge.commands import console
 
 
-@app.command()
 def report(
     repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
     model: Annotated[str, typer.Option(help="Model whose tuning report to render.")],

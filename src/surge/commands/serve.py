@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from surge.cli import app, console
+from surge.commands import console
 from surge.errors import SurgeError
 
 
@@ -20,7 +21,6 @@ def _models(value: str | None) -> tuple[str, ...] | None:
     return names
 
 
-@app.command()
 def serve(
     repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
     http_port: Annotated[int, typer.Option(min=0, max=65535, help="V2 HTTP port.")] = 8000,
@@ -37,15 +37,29 @@ def serve(
                                                        "requests.")] = 30.0,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body (MiB).")] =
         64.0,
+    idle_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a connection with no "
+                                                "request in progress stays open.")] = 75.0,
+    header_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a request's headers "
+                                                  "(gRPC: the handshake) may take.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(min=0.001, help="Longest pause (s) while a "
+                                                "request body arrives.")] = 60.0,
+    max_connections: Annotated[int | None, typer.Option(min=1, help="Open connections per port "
+                               "(default: a quarter of the open-file limit, at most 4096).")] =
+        None,
 ) -> None:
     """Serve models until SIGTERM/SIGINT, then drain accepted requests and exit 0."""
+    from surge.api import serve as run_server
+    from surge.server.limits import ConnectionLimits
     from surge.server.process import Endpoints, ServeOptions
-    from surge.server.process import serve as run_server
 
+    limits = ConnectionLimits(idle_timeout_s=idle_timeout, header_timeout_s=header_timeout,
+                              body_timeout_s=body_timeout)
+    if max_connections is not None:
+        limits = replace(limits, max_connections=max_connections)
     options = ServeOptions(
         host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
         api_key=api_key, models=_models(models), grace_s=grace,
-        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        max_body_bytes=int(max_body_mb * 1024 * 1024), limits=limits,
     )
 
     def started(endpoints: Endpoints) -> None:

@@ -7,10 +7,7 @@ from typing import Annotated
 
 import typer
 
-from surge.cli import app
 
-
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def train(
     config: Annotated[Path, typer.Argument(help="Training recipe YAML (see recipes/).")],
     overrides: Annotated[list[str] | None, typer.Argument(
@@ -27,8 +24,9 @@ def train(
         "--resume", help="Continue from the newest checkpoint in checkpoint.dir.")] = False,
 ) -> None:
     """Train a model from a recipe (DDP, pipeline or FSDP2; fp32, bf16 or fp16) via torchrun."""
-    from surge.train import LaunchOptions, launch, load_train_config
+    from surge.api import train as run_train
+    from surge.train import LaunchOptions
 
-    recipe = load_train_config(config, overrides or [])
-    launch(recipe, LaunchOptions(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv,
-                                 max_restarts=max_restarts, resume=resume))
+    options = LaunchOptions(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv,
+                            max_restarts=max_restarts, resume=resume)
+    run_train(config, overrides or [], options)

@@ -3,86 +3,89 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from surge.cli import app, console
+from surge.commands import console
 from surge.errors import ConfigError
 
+if TYPE_CHECKING:
+    from surge.tuning import Slo
 
-@app.command()
+
+Repo = Annotated[Path, typer.Argument(help="Model repository directory.")]
+Model = Annotated[str, typer.Option(help="Model to tune.")]
+Data = Annotated[str, typer.Option(
+    help="A registered dataset (`surge data list`, e.g. fashion-mnist), an .npz of inputs + "
+         "labels (or image_ids with a COCO .json beside it), a COCO split directory, or "
+         "'package.module:function'.")]
+Task = Annotated[str, typer.Option(
+    help="A registered task (classification, detection, embedding, ...) or "
+         "'package.module:Class'.")]
+SloP99 = Annotated[str, typer.Option(help="p99 latency objective, e.g. 50ms.")]
+Rate = Annotated[str | None, typer.Option(help="Open-loop Poisson load, e.g. 200/s.")]
+Concurrency = Annotated[int | None, typer.Option(
+    help="Closed-loop clients (default 64 unless --rate).")]
+MaxDrop = Annotated[float | None, typer.Option(
+    help="Largest drop of the metric from the original, in points (percent).")]
+MinMetric = Annotated[float | None, typer.Option(help="Smallest acceptable metric (percent).")]
+Metric = Annotated[str | None, typer.Option(
+    help="Metric the accuracy budget applies to: accuracy or macro_f1 (classification), "
+         "mAP, mAP50 or mAP75 (detection), cosine or min_cosine (embedding). Default: "
+         "the first of the task's.")]
+Budget = Annotated[str, typer.Option(help="Time budget for the whole tune, e.g. 10m.")]
+Protocol = Annotated[str, typer.Option(help="Load protocol: http, http-json or grpc.")]
+ShortRun = Annotated[str, typer.Option(help="Length of a short served run.")]
+FullRun = Annotated[str, typer.Option(help="Length of a full served run.")]
+Finalists = Annotated[int, typer.Option(min=1, help="Configurations given full runs.")]
+FinalRounds = Annotated[int, typer.Option(
+    min=1, help="Times the untuned and the chosen configuration are re-measured, alternately.")]
+ShortRuns = Annotated[int, typer.Option(
+    min=0, help="Configurations given short runs (0: straight to full runs).")]
+EvalSamples = Annotated[int | None, typer.Option(
+    min=1, help="Evaluate on the first N samples only.")]
+MaxBatch = Annotated[str, typer.Option(help="Max batch sizes to try.")]
+Delays = Annotated[str, typer.Option(help="Max queue delays to try (ms).")]
+Settings = Annotated[str | None, typer.Option(
+    help="INSTANCESxTHREADS settings to try, e.g. 1x2,2x1 (default: all that fit the cores).")]
+ProfileTime = Annotated[str, typer.Option(
+    help="In-process profiling time per batch size and setting.")]
+Variants = Annotated[str | None, typer.Option(
+    help="Variants to make when the model has none, as `surge optimize` names them "
+         "(default: int8-dynamic,int8-static, plus prune-50 with a PyTorch module).")]
+Write = Annotated[bool, typer.Option(help="Write the choice into config.yaml.")]
+
+
 def tune(
-    repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
-    model: Annotated[str, typer.Option(help="Model to tune.")],
-    data: Annotated[str, typer.Option(
-        help="'fashion-mnist' (built-in test split), an .npz of inputs + labels, or a detection "
-             ".npz with image_ids and a COCO .json beside it.")],
-    task: Annotated[str, typer.Option(help="classification, detection or embedding.")] =
-        "classification",
-    slo_p99: Annotated[str, typer.Option(help="p99 latency objective, e.g. 50ms.")] = "50ms",
-    rate: Annotated[str | None, typer.Option(help="Open-loop Poisson load, e.g. 200/s.")] = None,
-    concurrency: Annotated[int | None, typer.Option(
-        help="Closed-loop clients (default 64 unless --rate).")] = None,
-    max_accuracy_drop: Annotated[float | None, typer.Option(
-        help="Largest drop of the metric from the original, in points (percent).")] = 1.0,
-    min_metric: Annotated[float | None, typer.Option(
-        help="Smallest acceptable metric (percent).")] = None,
-    metric: Annotated[str | None, typer.Option(
-        help="Metric the accuracy budget applies to: accuracy or macro_f1 (classification), "
-             "mAP, mAP50 or mAP75 (detection), cosine or min_cosine (embedding). Default: "
-             "the first of the task's.")] = None,
-    budget: Annotated[str, typer.Option(help="Time budget for the whole tune, e.g. 10m.")] =
-        "10m",
-    protocol: Annotated[str, typer.Option(help="Load protocol: http, http-json or grpc.")] =
-        "http",
-    short_run: Annotated[str, typer.Option(help="Length of a short served run.")] = "3s",
-    full_run: Annotated[str, typer.Option(help="Length of a full served run.")] = "8s",
-    finalists: Annotated[int, typer.Option(min=1, help="Configurations given full runs.")] = 2,
-    final_rounds: Annotated[int, typer.Option(
-        min=1, help="Times the untuned and the chosen configuration are re-measured, "
-                    "alternately.")] = 2,
-    short_runs: Annotated[int, typer.Option(
-        min=0, help="Configurations given short runs (0: straight to full runs).")] = 6,
-    eval_samples: Annotated[int | None, typer.Option(
-        min=1, help="Evaluate on the first N samples only.")] = None,
-    max_batch: Annotated[str, typer.Option(help="Max batch sizes to try.")] = "1,4,8,16,32,64",
-    delays: Annotated[str, typer.Option(help="Max queue delays to try (ms).")] = "0,1,2,5",
-    settings: Annotated[str | None, typer.Option(
-        help="INSTANCESxTHREADS settings to try, e.g. 1x2,2x1 (default: all that fit the "
-             "cores).")] = None,
-    profile_time: Annotated[str, typer.Option(
-        help="In-process profiling time per batch size and setting.")] = "0.25s",
-    variants: Annotated[str | None, typer.Option(
-        help="Variants to make when the model has none, as `surge optimize` names them "
-             "(default: int8-dynamic,int8-static, plus prune-50 with a PyTorch module).")] = None,
-    write: Annotated[bool, typer.Option(help="Write the choice into config.yaml.")] = True,
+    repo: Repo, model: Model, data: Data, task: Task = "classification",
+    slo_p99: SloP99 = "50ms", rate: Rate = None, concurrency: Concurrency = None,
+    max_accuracy_drop: MaxDrop = 1.0, min_metric: MinMetric = None, metric: Metric = None,
+    budget: Budget = "10m", protocol: Protocol = "http", short_run: ShortRun = "3s",
+    full_run: FullRun = "8s", finalists: Finalists = 2, final_rounds: FinalRounds = 2,
+    short_runs: ShortRuns = 6, eval_samples: EvalSamples = None,
+    max_batch: MaxBatch = "1,4,8,16,32,64", delays: Delays = "0,1,2,5",
+    settings: Settings = None, profile_time: ProfileTime = "0.25s", variants: Variants = None,
+    write: Write = True,
 ) -> None:
     """optimize (if no variants) -> evaluate -> profile -> select -> write config -> report."""
-    from surge.evaluate.harness import check_metric
+    from surge.api import tune as run_tune
     from surge.report import render_report
     from surge.repository import Repository
-    from surge.tuning import Load, Slo, parse_duration_s, parse_rate
+    from surge.tuning import AccuracyBudget, Effort, SearchSpace
     from surge.tuning.tune import TuneOptions
-    from surge.tuning.tune import tune as run_tune
 
-    if rate is not None and concurrency is not None:
-        raise ConfigError("give --rate or --concurrency, not both")
-    load = Load(rate=parse_rate(rate)) if rate else Load(concurrency=concurrency or 64)
     options = TuneOptions(
-        data=data, task=task, slo=Slo(parse_duration_s(slo_p99, "--slo-p99", "ms") * 1000, load),
-        max_accuracy_drop=max_accuracy_drop, min_metric=min_metric,
-        metric=check_metric(task, metric),
-        budget_s=parse_duration_s(budget, "--budget"), protocol=protocol,
-        max_batch_sizes=_ints(max_batch, "--max-batch"), delays_ms=_floats(delays, "--delays"),
-        short_run_s=parse_duration_s(short_run, "--short-run"),
-        full_run_s=parse_duration_s(full_run, "--full-run"), short_runs=short_runs,
-        finalists=finalists, final_rounds=final_rounds, eval_samples=eval_samples,
-        variants=variants,
-        settings=_settings(settings), profile_s=parse_duration_s(profile_time, "--profile-time"),
-        write_config=write,
+        data=data, task=task, slo=_slo(slo_p99, rate, concurrency),
+        accuracy=AccuracyBudget(max_accuracy_drop, min_metric, _metric(task, metric)),
+        space=SearchSpace(_ints(max_batch, "--max-batch"), _floats(delays, "--delays"),
+                          _settings(settings), variants=variants),
+        effort=Effort(_seconds(budget, "--budget"), _seconds(profile_time, "--profile-time"),
+                      _seconds(short_run, "--short-run"), _seconds(full_run, "--full-run"),
+                      short_runs, finalists, final_rounds, eval_samples),
+        protocol=protocol, write_config=write,
     )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -92,6 +95,27 @@ def tune(
     html = render_report(Repository(repo).model_dir(model))
     _print_summary(report)
     console.print(f"report: {html}")
+
+
+def _slo(slo_p99: str, rate: str | None, concurrency: int | None) -> Slo:
+    from surge.tuning import Load, Slo, parse_duration_s, parse_rate
+
+    if rate is not None and concurrency is not None:
+        raise ConfigError("give --rate or --concurrency, not both")
+    load = Load(rate=parse_rate(rate)) if rate else Load(concurrency=concurrency or 64)
+    return Slo(parse_duration_s(slo_p99, "--slo-p99", "ms") * 1000, load)
+
+
+def _metric(task: str, metric: str | None) -> str:
+    from surge.evaluate.harness import check_metric
+
+    return check_metric(task, metric)
+
+
+def _seconds(text: str, option: str) -> float:
+    from surge.tuning import parse_duration_s
+
+    return parse_duration_s(text, option)
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:

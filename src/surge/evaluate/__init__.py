@@ -1,18 +1,14 @@
-"""Evaluation: metrics as pure functions, the evaluate() harness, and the profiler."""
+"""Evaluation: metrics as pure functions, the evaluate() harness, and the profiler (each task's
+own metrics, such as COCO mAP, live with it in `surge.tasks`)."""
 
 from surge.evaluate.metrics import (
     ClassificationReport,
     ClassMetrics,
-    CocoReport,
-    DetectionPRReport,
     EmbeddingReport,
     LatencyReport,
     MetricError,
     accuracy,
-    best_f1_threshold,
     classification_report,
-    coco_map,
-    detection_prf,
     embedding_fidelity,
     latency_percentiles,
     report_dict,
@@ -22,16 +18,11 @@ from surge.evaluate.metrics import (
 __all__ = [
     "ClassMetrics",
     "ClassificationReport",
-    "CocoReport",
-    "DetectionPRReport",
     "EmbeddingReport",
     "LatencyReport",
     "MetricError",
     "accuracy",
-    "best_f1_threshold",
     "classification_report",
-    "coco_map",
-    "detection_prf",
     "embedding_fidelity",
     "latency_percentiles",
     "report_dict",

@@ -1,16 +1,14 @@
 """Metrics as pure functions over numpy arrays and COCO dicts; each returns a dataclass report.
 
-Classification metrics use scikit-learn, detection mAP uses pycocotools' COCOeval: the
-definitions (averaging, interpolation, crowd handling) are the ones the field reports.
+Classification metrics use scikit-learn: the definitions (averaging, crowd handling) are the
+ones the field reports. Box metrics (COCO mAP, P/R/F1) live with their task, in
+`surge.tasks.coco_metrics`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -132,188 +130,6 @@ def classification_report(
         per_class=per_class,
         confusion=confusion_matrix(labels, predictions, labels=ids).tolist(),
     )
-
-
-# -- detection: COCO mAP -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class CocoReport:
-    """COCO box mAP (IoU 0.50:0.95), mAP at IoU 0.50 and 0.75, and AP50 per category name."""
-
-    map: float
-    map50: float
-    map75: float
-    per_class_ap50: dict[str, float]
-    images: int
-    detections: int
-    stats: list[float] = field(default_factory=list)  # COCOeval's 12 summary numbers
-
-    @property
-    def headline(self) -> float:
-        """mAP in percent: the default headline (`surge.evaluate.harness.METRICS`)."""
-        return 100.0 * self.map
-
-
-def _normalized_ground_truth(ground_truth: dict[str, Any]) -> dict[str, Any]:
-    for key in ("images", "annotations", "categories"):
-        if key not in ground_truth:
-            raise MetricError(f"COCO ground truth has no {key!r} list")
-    data = copy.deepcopy(ground_truth)
-    for index, ann in enumerate(data["annotations"]):
-        if "bbox" not in ann or len(ann["bbox"]) != 4:
-            raise MetricError(f"ground-truth annotation {index} has no [x, y, w, h] 'bbox'")
-        ann.setdefault("id", index + 1)
-        ann.setdefault("iscrowd", 0)
-        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
-    return data
-
-
-def _coco_objects(ground_truth: dict[str, Any]) -> Any:
-    from pycocotools.coco import COCO
-
-    coco = COCO()
-    coco.dataset = _normalized_ground_truth(ground_truth)
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-        coco.createIndex()
-    return coco
-
-
-def _check_detections(detections: list[dict[str, Any]], image_ids: set[int]) -> None:
-    for index, det in enumerate(detections):
-        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in det]
-        if missing:
-            raise MetricError(f"detection {index} lacks {missing} (COCO results format)")
-        if det["image_id"] not in image_ids:
-            raise MetricError(f"detection {index} names image_id {det['image_id']} not in the "
-                              "ground truth")
-
-
-def coco_map(ground_truth: dict[str, Any], detections: list[dict[str, Any]]) -> CocoReport:
-    """COCO box mAP of `detections` (COCO results format) against `ground_truth` (COCO JSON)."""
-    from pycocotools.cocoeval import COCOeval
-
-    gt = _coco_objects(ground_truth)
-    names = {c["id"]: str(c.get("name", c["id"])) for c in gt.dataset["categories"]}
-    _check_detections(detections, set(gt.getImgIds()))
-    if not gt.dataset["annotations"]:
-        raise MetricError("COCO ground truth has no annotations: mAP is undefined")
-    if not detections:
-        # COCO.loadRes cannot load an empty list; with nothing detected every AP is 0.
-        zeros = dict.fromkeys(_categories_with_gt(gt, names), 0.0)
-        return CocoReport(0.0, 0.0, 0.0, zeros, len(gt.getImgIds()), 0, [0.0] * 12)
-    with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(copy.deepcopy(detections))
-        evaluator = COCOeval(gt, dt, iouType="bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    stats = [max(float(s), 0.0) for s in evaluator.stats]
-    return CocoReport(
-        map=stats[0], map50=stats[1], map75=stats[2],
-        per_class_ap50=_per_class_ap50(evaluator, names),
-        images=len(gt.getImgIds()), detections=len(detections), stats=stats,
-    )
-
-
-def _categories_with_gt(gt: Any, names: dict[int, str]) -> list[str]:
-    return [names[c] for c in sorted(names) if gt.getAnnIds(catIds=[c])]
-
-
-def _per_class_ap50(evaluator: Any, names: dict[int, str]) -> dict[str, float]:
-    # precision: [IoU thresholds, recall points, categories, area ranges, max dets];
-    # IoU index 0 is 0.50, area 0 is "all", max-dets index -1 is 100. -1 marks "no ground truth".
-    precision = evaluator.eval["precision"][0, :, :, 0, -1]
-    out: dict[str, float] = {}
-    for k, cat_id in enumerate(evaluator.params.catIds):
-        column = precision[:, k]
-        if (column > -1).any():
-            out[names[cat_id]] = float(column[column > -1].mean())
-    return out
-
-
-# -- detection: precision / recall / F1 at a score threshold -----------------------------------
-@dataclass(frozen=True)
-class DetectionPRReport:
-    """Detection precision/recall/F1 at one score threshold, matching at IoU >= `iou`."""
-
-    score_threshold: float
-    iou: float
-    precision: float
-    recall: float
-    f1: float
-    true_positives: int
-    false_positives: int
-    false_negatives: int
-
-
-def _match_counts(
-    gt_boxes: list[list[float]], det_boxes: list[list[float]], iou_threshold: float
-) -> int:
-    """True positives: greedy one-to-one matching, detections in descending score order."""
-    from pycocotools import mask as mask_utils
-
-    if not gt_boxes or not det_boxes:
-        return 0
-    ious = np.asarray(mask_utils.iou(det_boxes, gt_boxes, [0] * len(gt_boxes)))
-    used = np.zeros(len(gt_boxes), dtype=bool)
-    matched = 0
-    for row in ious:
-        candidates = np.where(~used & (row >= iou_threshold))[0]
-        if len(candidates):
-            used[candidates[row[candidates].argmax()]] = True
-            matched += 1
-    return matched
-
-
-def _group_boxes(
-    items: list[dict[str, Any]], min_score: float | None = None
-) -> dict[tuple[Any, Any], list[dict[str, Any]]]:
-    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
-    for item in items:
-        if min_score is not None and item["score"] < min_score:
-            continue
-        groups.setdefault((item["image_id"], item["category_id"]), []).append(item)
-    return groups
-
-
-def detection_prf(
-    ground_truth: dict[str, Any],
-    detections: list[dict[str, Any]],
-    score_threshold: float = 0.5,
-    iou: float = 0.5,
-) -> DetectionPRReport:
-    """Precision, recall and F1 of detections scoring >= `score_threshold`, same-class IoU match."""
-    data = _normalized_ground_truth(ground_truth)
-    _check_detections(detections, {img["id"] for img in data["images"]})
-    gt_groups = _group_boxes([dict(a, score=1.0) for a in data["annotations"]
-                              if not a.get("iscrowd")])
-    det_groups = _group_boxes(detections, score_threshold)
-    tp = 0
-    for key, dets in det_groups.items():
-        ordered = sorted(dets, key=lambda d: -float(d["score"]))
-        tp += _match_counts([g["bbox"] for g in gt_groups.get(key, [])],
-                            [d["bbox"] for d in ordered], iou)
-    n_det = sum(len(d) for d in det_groups.values())
-    n_gt = sum(len(g) for g in gt_groups.values())
-    precision = tp / n_det if n_det else 0.0
-    recall = tp / n_gt if n_gt else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return DetectionPRReport(score_threshold, iou, precision, recall, f1, tp, n_det - tp, n_gt - tp)
-
-
-def best_f1_threshold(
-    ground_truth: dict[str, Any],
-    detections: list[dict[str, Any]],
-    thresholds: Sequence[float] | None = None,
-    iou: float = 0.5,
-) -> DetectionPRReport:
-    """The score threshold maximising F1 on a validation set (the highest threshold on ties).
-
-    Candidates default to every distinct detection score, so the optimum is exact.
-    """
-    if thresholds is None:
-        thresholds = sorted({float(d["score"]) for d in detections}) or [0.5]
-    reports = [detection_prf(ground_truth, detections, t, iou) for t in sorted(thresholds)]
-    return max(reversed(reports), key=lambda r: r.f1)
 
 
 # -- embeddings --------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ way serving workers would, without the serving overhead.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 from rich.progress import Progress
 
 from surge.evaluate.metrics import LatencyReport, MetricError, latency_percentiles
+from surge.platform import available_cores, settings_grid
 from surge.runtimes import Runner, RunnerOptions
 from surge.runtimes.base import example_inputs
 
@@ -99,8 +99,7 @@ class ProfileReport:
 
 def default_settings(cores: int | None = None) -> list[tuple[int, int]]:
     """(instances, threads) pairs with instances x threads <= cores, the pairs worth serving."""
-    cores = cores or os.cpu_count() or 1
-    return [(i, t) for i in range(1, cores + 1) for t in range(1, cores + 1) if i * t <= cores]
+    return settings_grid(cores or available_cores())
 
 
 def default_batch_sizes(max_batch_size: int) -> list[int]:
@@ -163,7 +162,7 @@ def profile_variant(
     `factory(RunnerOptions)` loads a fresh runner with the given thread count and device.
     """
     settings = list(settings or default_settings())
-    report = ProfileReport(model, variant, os.cpu_count() or 1)
+    report = ProfileReport(model, variant, available_cores())
     task = progress.add_task(f"profile {model}@{variant}", total=len(settings) * len(batch_sizes)) \
         if progress else None
     for instances, threads in settings:

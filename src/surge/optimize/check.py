@@ -1,4 +1,5 @@
-"""Compare a variant's outputs with the original's: error, top-1 agreement, cosine, accuracy."""
+"""Compare a variant's outputs with the original's: raw errors, plus the task's measures (top-1
+agreement and accuracy for classification, cosine for embeddings, ...)."""
 
 from __future__ import annotations
 
@@ -9,37 +10,26 @@ import numpy as np
 from surge.optimize.source import ModelSource, run_runner
 from surge.optimize.variant import CheckResult, Tolerance
 from surge.runtimes import RunnerOptions, load_runner
+from surge.tasks import CheckMeasures, get_task
 
 
-def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], task: str,
-            tolerance: Tolerance, labels: np.ndarray | None = None) -> CheckResult:
-    """Errors over every output; task-specific measures on the first output."""
+def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+            task: str | None, tolerance: Tolerance, labels: np.ndarray | None = None
+            ) -> CheckResult:
+    """Errors over every output; the task's measures on the first output (none without one)."""
     diffs = [np.abs(candidate[name].astype(np.float64) - ref.astype(np.float64)).ravel()
              for name, ref in reference.items()]
     every = np.concatenate(diffs)
     first = next(iter(reference))
     ref, cand = reference[first], candidate[first]
-    top1 = cosine = accuracy = reference_accuracy = None
-    if task == "classifier" and ref.ndim == 2:
-        top1 = float((ref.argmax(1) == cand.argmax(1)).mean())
-        if labels is not None:
-            reference_accuracy = float((ref.argmax(1) == labels).mean())
-            accuracy = float((cand.argmax(1) == labels).mean())
-    if task == "embedding":
-        cosine = mean_cosine(ref, cand)
+    measures = get_task(task).check(ref, cand, labels) if task else CheckMeasures()
     result = CheckResult(
         samples=int(ref.shape[0]), max_abs=float(every.max(initial=0.0)),
-        mean_abs=float(every.mean()) if every.size else 0.0, top1_agreement=top1,
-        cosine=cosine, accuracy=accuracy, reference_accuracy=reference_accuracy,
+        mean_abs=float(every.mean()) if every.size else 0.0,
+        top1_agreement=measures.top1_agreement, cosine=measures.cosine,
+        accuracy=measures.accuracy, reference_accuracy=measures.reference_accuracy,
     )
     return CheckResult(**{**result.__dict__, "failures": failures(result, tolerance)})
-
-
-def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a2 = a.reshape(len(a), -1).astype(np.float64)
-    b2 = b.reshape(len(b), -1).astype(np.float64)
-    norms = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
-    return float(np.mean((a2 * b2).sum(1) / np.maximum(norms, 1e-12)))
 
 
 def failures(result: CheckResult, tol: Tolerance) -> tuple[str, ...]:

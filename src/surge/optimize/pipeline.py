@@ -13,7 +13,6 @@ import numpy as np
 import yaml
 
 from surge.errors import ConfigError, ModelLoadError, SurgeError
-from surge.optimize.finetune import fashion_finetune
 from surge.optimize.mixed_precision import PrecisionConfig
 from surge.optimize.quantize import Int8StaticConfig
 from surge.optimize.registry import OptimizeConfig, apply
@@ -22,8 +21,9 @@ from surge.optimize.variant import Tolerance, Variant
 from surge.repository import Repository
 from surge.repository.repository import VARIANT_FILE, VARIANTS_DIR
 from surge.runtimes import Signature, example_inputs
+from surge.tasks import DataOptions, Split, get_dataset, get_task
 
-CHECK_ROWS = 10_000  # the whole Fashion-MNIST test split; other models use fewer (see below)
+CHECK_ROWS = 10_000  # rows of the model's dataset; all of a 10,000-image test split
 CALIBRATION_ROWS = 512
 
 
@@ -51,20 +51,28 @@ class OptimizeOptions:
     torch_model: str | None = None
     """A torch_factory model with the same weights, for the PyTorch verbs on an ONNX model."""
     finetune_epochs: int = 2
-    """Fine-tune epochs for pruned Fashion-MNIST models (0 = none); one epoch left prune-50
-    1.1-1.2 accuracy points down, two brought it within 0.7."""
+    """Fine-tune epochs for pruned models whose config names a dataset with a training split
+    (0 = none); on the example classifier one epoch left prune-50 1.1-1.2 accuracy points down,
+    two brought it within 0.7."""
     exclude: tuple[str, ...] = ()
     """ONNX node names left in fp32 by quantization."""
     check_rows: int = CHECK_ROWS
-    """Rows of the default check data (Fashion-MNIST test images) each variant is run on."""
+    """Rows of the default check data (the evaluation split of the model's
+    `parameters.dataset`) each variant is run on."""
 
 
-def default_tolerance(task: str, has_labels: bool) -> Tolerance:
-    if task == "classifier":
-        return Tolerance(min_top1=0.9, max_accuracy_drop=1.0 if has_labels else None)
-    if task == "embedding":
-        return Tolerance(min_cosine=0.98)
-    return Tolerance()
+@dataclass(frozen=True)
+class CheckData:
+    """What the variants are checked on and made with when the command line gives nothing."""
+
+    samples: Inputs
+    labels: np.ndarray | None = None
+    calibration: Inputs | None = None
+    finetune: Any = None
+
+
+def default_tolerance(task: str | None, has_labels: bool) -> Tolerance:
+    return get_task(task).tolerance(has_labels) if task else Tolerance()
 
 
 def _module_from_factory(repo: Repository, name: str) -> Any:
@@ -80,12 +88,6 @@ def _module_from_factory(repo: Repository, name: str) -> Any:
 
 def _signature(repo: Repository, name: str) -> Signature:
     return repo.load(name).signature
-
-
-def _is_fashion(signature: Signature) -> bool:
-    first, out = signature.inputs[0], signature.outputs[0]
-    return (len(signature.inputs) == 1 and first.datatype == "FP32"
-            and tuple(first.shape[1:]) == (1, 28, 28) and tuple(out.shape[1:]) == (10,))
 
 
 def _load_calibration(path: Path, signature: Signature) -> Inputs:
@@ -127,46 +129,64 @@ def build_source(repo: Repository, name: str, options: OptimizeOptions, work_dir
         raise ModelLoadError(f"{path}: optimize starts from an ONNX or torch_factory model")
     calibration = (_load_calibration(options.calibration, signature)
                    if options.calibration else None)
-    samples, labels, finetune = _defaults(signature, calibration, options)
-    if calibration is None and _is_fashion(signature) and samples is not None:
-        calibration = _fashion_calibration()
-    task = config.parameters.get("task") or ("classifier" if config.labels else "other")
-    if task not in ("classifier", "embedding", "other"):
-        raise ConfigError(f"{name}: parameters.task {task!r} must be classifier, embedding or other")
+    task = _task_of(name, config.parameters, bool(config.labels))
+    data = _check_data(signature, config.parameters.get("dataset"), task, calibration, options)
     return ModelSource(
         name=name, input_names=signature.input_names, output_names=signature.output_names,
-        samples=samples, module=module, onnx_path=onnx_path, task=task, labels=labels,  # type: ignore[arg-type]
-        calibration=calibration, finetune=finetune, work_dir=work_dir,
+        samples=data.samples, module=module, onnx_path=onnx_path, task=task, labels=data.labels,
+        calibration=calibration or data.calibration, finetune=data.finetune, work_dir=work_dir,
     )
 
 
-def _fashion_calibration() -> Inputs:
-    from surge.data.fashion_mnist import load_fashion_mnist, to_model_input
-
-    images, _ = load_fashion_mnist("train")
-    order = np.random.default_rng(0).permutation(len(images))[:CALIBRATION_ROWS]
-    return {"image": to_model_input(images[np.sort(order)])}
-
-
-def _defaults(signature: Signature, calibration: Inputs | None,
-              options: OptimizeOptions) -> tuple[Any, Any, Any]:
-    """Check samples, their labels and the default fine-tune: Fashion-MNIST's test split for the
-    Fashion-MNIST model, else calibration rows, else random inputs."""
-    if _is_fashion(signature):
+def _task_of(name: str, parameters: dict[str, Any], has_labels: bool) -> str | None:
+    """`parameters.task`; else classification for a model with class labels; else none."""
+    task = parameters.get("task") or ("classification" if has_labels else None)
+    if task is not None:
         try:
-            from surge.data.fashion_mnist import load_fashion_mnist, to_model_input
+            get_task(str(task))
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: parameters.task: {exc}") from None
+    return task
 
-            images, labels = load_fashion_mnist("test")
-        except Exception:  # data not installed: fall through to the generic samples
-            pass
-        else:
-            finetune = fashion_finetune(options.finetune_epochs) if options.finetune_epochs else None
-            name = signature.inputs[0].name
-            rows = options.check_rows
-            return {name: to_model_input(images[:rows])}, labels[:rows], finetune
+
+def _check_data(signature: Signature, dataset: str | None, task: str | None,
+                calibration: Inputs | None, options: OptimizeOptions) -> CheckData:
+    """The evaluation split of the model's `parameters.dataset` (calibration and fine-tune from
+    its training split), else the given calibration rows, else random inputs."""
+    data = _dataset_check_data(signature, dataset, task, calibration, options) if dataset else None
+    if data is not None:
+        return data
     if calibration is not None:
-        return {k: v[:256] for k, v in calibration.items()}, None, None
-    return example_inputs(signature, batch_size=64), None, None
+        return CheckData({k: v[:256] for k, v in calibration.items()})
+    return CheckData(example_inputs(signature, batch_size=64))
+
+
+def _dataset_check_data(signature: Signature, dataset: str, task: str | None,
+                        calibration: Inputs | None, options: OptimizeOptions) -> CheckData | None:
+    input_name = signature.inputs[0].name
+    reader = get_dataset(dataset)
+    try:
+        held_out = reader.evaluation(input_name, DataOptions()).subset(options.check_rows)
+    except SurgeError:  # data not installed: fall through to the generic samples
+        return None
+    if any(n not in held_out.inputs for n in signature.input_names):
+        return None
+    train = _training_split(reader) if task and (
+        calibration is None or options.finetune_epochs) else None
+    if train is None or task is None:
+        return CheckData(held_out.inputs, held_out.labels)
+    kind = get_task(task)
+    finetune = (kind.finetune(train, options.finetune_epochs)
+                if options.finetune_epochs else None)
+    return CheckData(held_out.inputs, held_out.labels,
+                     kind.calibration(train, input_name, CALIBRATION_ROWS), finetune)
+
+
+def _training_split(reader: Any) -> Split | None:
+    try:
+        return reader.training(DataOptions())[0]
+    except SurgeError:  # an evaluation-only dataset
+        return None
 
 
 def _check_requests(source: ModelSource, configs: dict[str, OptimizeConfig]) -> None:

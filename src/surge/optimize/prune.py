@@ -35,8 +35,8 @@ class PruneConfig(PruneBase):
     norm: str = "l1"
     """Channel importance: 'l1' or 'l2' norm of its weights."""
     finetune: FineTune | str | None = "auto"
-    """A function training the pruned module in place; 'auto' = the source's default (for the
-    Fashion-MNIST model: a short pass over its training set); None = no fine-tune."""
+    """A function training the pruned module in place; 'auto' = the source's default (a short
+    pass over the training split of the model's dataset, when it names one); None = none."""
     ignore: tuple[str, ...] = ()
     """Module names never pruned (the output layer is always kept)."""
     round_to: int | None = None

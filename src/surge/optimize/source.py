@@ -6,13 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from surge.errors import ConfigError
 
-Task = Literal["classifier", "embedding", "other"]
 Inputs = dict[str, np.ndarray]
 
 
@@ -31,9 +30,10 @@ class ModelSource:
     """Inputs every variant is checked on (a few hundred rows is plenty)."""
     module: Any = None
     onnx_path: Path | None = None
-    task: Task = "other"
+    task: str | None = None
+    """The task (surge.tasks) whose measures the checks report; None = raw errors only."""
     labels: np.ndarray | None = None
-    """True classes of `samples` (classifiers), to report accuracy next to agreement."""
+    """Targets of `samples` (class ids), for the task's measures next to agreement."""
     calibration: Inputs | None = None
     """Representative inputs for static quantization; None = none given."""
     finetune: Any = None

@@ -9,14 +9,17 @@ import grpc
 from surge.errors import (
     DeadlineExceededError,
     InputError,
+    InvalidNameError,
     NotFoundError,
     QueueFullError,
     ServingError,
     SurgeError,
+    clipped,
     http_status,
 )
+from surge.protocol.types import MAX_ERROR_CHARS
 
-__all__ = ["grpc_code", "http_error", "retry_after_header"]
+__all__ = ["LoadFailedError", "grpc_code", "http_error", "load_failure", "retry_after_header"]
 
 
 def retry_after_header(error: Exception) -> str | None:
@@ -29,8 +32,11 @@ def retry_after_header(error: Exception) -> str | None:
 def http_error(error: Exception) -> tuple[int, str]:
     """(status, message) for an error raised while serving a request."""
     if isinstance(error, SurgeError):
-        return http_status(error), str(error)
+        return http_status(error), clipped(str(error), MAX_ERROR_CHARS)
     return 500, f"internal error: {type(error).__name__}"
+
+
+_GRPC_BY_STATUS = {503: grpc.StatusCode.UNAVAILABLE, 400: grpc.StatusCode.INVALID_ARGUMENT}
 
 
 def grpc_code(error: Exception) -> grpc.StatusCode:
@@ -38,9 +44,23 @@ def grpc_code(error: Exception) -> grpc.StatusCode:
     if isinstance(error, DeadlineExceededError):
         return grpc.StatusCode.DEADLINE_EXCEEDED
     if isinstance(error, ServingError):
-        return grpc.StatusCode.UNAVAILABLE if error.status == 503 else grpc.StatusCode.INTERNAL
+        return _GRPC_BY_STATUS.get(error.status, grpc.StatusCode.INTERNAL)
     if isinstance(error, NotFoundError):
         return grpc.StatusCode.NOT_FOUND
     if isinstance(error, InputError) or http_status(error) == 400:
         return grpc.StatusCode.INVALID_ARGUMENT
     return grpc.StatusCode.INTERNAL
+
+
+class LoadFailedError(ServingError):
+    """A repository load request whose model could not be loaded: HTTP 400 with the reason (as
+    Triton answers), gRPC INVALID_ARGUMENT."""
+
+    status = 400
+
+
+def load_failure(error: SurgeError) -> SurgeError:
+    """The error a repository load request answers with when loading raised `error`."""
+    if isinstance(error, NotFoundError | InvalidNameError):
+        return error
+    return LoadFailedError(f"failed to load: {error}")

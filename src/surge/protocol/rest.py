@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 
 from surge.datatypes import numpy_to_v2
-from surge.errors import InputError
+from surge.errors import InputError, clipped, shown
 from surge.protocol.tensors import (
     check_datatype,
     check_shape,
@@ -22,17 +22,28 @@ from surge.protocol.tensors import (
     tensor_to_bytes,
     tensor_to_list,
 )
-from surge.protocol.types import InferRequest, RequestedOutput, parse_priority, parse_timeout
+from surge.protocol.types import (
+    MAX_ERROR_CHARS,
+    InferRequest,
+    RequestedOutput,
+    parse_priority,
+    parse_timeout,
+)
 
 HEADER_LENGTH = "inference-header-content-length"
+# Longest header value taken as a length: ASCII digits only (`str.isdigit` also accepts '²',
+# which int() refuses), and few enough that int() stays cheap and in range.
+_MAX_LENGTH_DIGITS = 18
 
 
 def parse_header_length(value: str | None, body_size: int) -> int | None:
     """The `Inference-Header-Content-Length` header value, checked against the body size."""
     if value is None:
         return None
-    if not value.isdigit():
-        raise InputError(f"Inference-Header-Content-Length must be an integer, got {value!r}")
+    if not (0 < len(value) <= _MAX_LENGTH_DIGITS and value.isascii() and value.isdigit()):
+        raise InputError(
+            f"Inference-Header-Content-Length must be a non-negative integer, got {shown(value)}"
+        )
     length = int(value)
     if length > body_size:
         raise InputError(
@@ -65,7 +76,7 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
     inputs = _decode_inputs(header.get("inputs"), binary)
     request_id = header.get("id", "")
     if not isinstance(request_id, str):
-        raise InputError(f"request 'id' must be a string, got {request_id!r}")
+        raise InputError(f"request 'id' must be a string, got {shown(request_id)}")
     return InferRequest(
         inputs=inputs,
         outputs=_decode_outputs(header.get("outputs"), params),
@@ -172,4 +183,4 @@ def encode_json(value: object) -> bytes:
 
 
 def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
+    return orjson.dumps({"error": clipped(message, MAX_ERROR_CHARS)})

@@ -37,13 +37,21 @@ def check_shape(name: str, shape: object) -> tuple[int, ...]:
 
 
 def serialize_bytes(array: np.ndarray) -> bytes:
-    """BYTES tensor -> length-prefixed elements (str elements are UTF-8 encoded)."""
+    """BYTES tensor -> length-prefixed elements (the V2 wire format, and the one BYTES codec:
+    the workers' shared-memory transport uses it too). Non-bytes elements go as UTF-8 text."""
     parts: list[bytes] = []
     for item in array.reshape(-1):
-        data = item.encode() if isinstance(item, str) else bytes(item)
+        data = _element_bytes(item)
         parts.append(_LENGTH.pack(len(data)))
         parts.append(data)
     return b"".join(parts)
+
+
+def _element_bytes(item: object) -> bytes:
+    # as tritonclient does: bytes as they are, anything else as its UTF-8 text
+    if isinstance(item, bytes | bytearray | memoryview):
+        return bytes(item)
+    return str(item).encode()
 
 
 def deserialize_bytes(name: str, buffer: bytes | memoryview, count: int) -> np.ndarray:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from surge.errors import InputError
+from surge.errors import InputError, shown
 
 # Extensions of the V2 protocol this server implements (listed by GET /v2 and ServerMetadata).
 EXTENSIONS: tuple[str, ...] = (
@@ -16,6 +16,9 @@ EXTENSIONS: tuple[str, ...] = (
     "statistics",
 )
 SERVER_NAME = "surge"
+# Longest error message sent back (HTTP `error`, gRPC status details): messages quote client
+# input, and the input may be megabytes.
+MAX_ERROR_CHARS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +48,7 @@ class InferRequest:
 def parse_priority(value: object) -> int:
     """The V2 `priority` parameter: a non-negative integer (0 = default, 1 = highest)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InputError(f"parameter 'priority' must be a non-negative integer, got {value!r}")
+        raise InputError(f"parameter 'priority' must be a non-negative integer, got {shown(value)}")
     return value
 
 
@@ -53,6 +56,6 @@ def parse_timeout(value: object) -> int | None:
     """The V2 `timeout` parameter in microseconds; 0 means no timeout."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InputError(
-            f"parameter 'timeout' must be a non-negative integer of microseconds, got {value!r}"
+            f"parameter 'timeout' must be a non-negative integer of microseconds, got {shown(value)}"
         )
     return value or None

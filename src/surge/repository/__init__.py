@@ -1,6 +1,6 @@
 """Model repository: configs, versions, variants, safe names."""
 
-from surge.repository.config import ModelConfig, read_config, write_config
+from surge.repository.config import ModelConfig, read_config, served_version, write_config
 from surge.repository.repository import (
     LoadedModel,
     ModelEntry,
@@ -18,6 +18,7 @@ __all__ = [
     "check_name",
     "check_version",
     "read_config",
+    "served_version",
     "split_model_ref",
     "write_config",
 ]

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from surge.configfile import describe_validation_error, read_yaml
+from surge.configfile import StrictConfig, describe_validation_error, read_yaml
 from surge.datatypes import V2_DATATYPES
-from surge.errors import ConfigError
+from surge.errors import ConfigError, NotFoundError
 
 CONFIG_FILE = "config.yaml"
 SCHEMA_VERSION = 1
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TensorConfig(_Strict):
+class TensorConfig(StrictConfig):
     """An input or output declared or overridden in the config."""
 
     name: str = Field(description="Tensor name as the engine knows it.")
@@ -38,7 +35,7 @@ class TensorConfig(_Strict):
         return self
 
 
-class BatchingConfig(_Strict):
+class BatchingConfig(StrictConfig):
     """Dynamic batching: requests queued together are run as one batch."""
 
     enabled: bool = Field(True, description="Combine queued requests into batches.")
@@ -51,7 +48,7 @@ class BatchingConfig(_Strict):
     )
 
 
-class QueueConfig(_Strict):
+class QueueConfig(StrictConfig):
     """Admission limits of the model's request queue."""
 
     max_size: int = Field(256, ge=1, description="Queued requests beyond this are rejected (503).")
@@ -60,7 +57,7 @@ class QueueConfig(_Strict):
     )
 
 
-class VersionPolicy(_Strict):
+class VersionPolicy(StrictConfig):
     """Which versions to serve: exactly one of `latest`, `specific` or `all`."""
 
     latest: int | None = Field(None, ge=1, description="Serve the N highest versions.")
@@ -86,12 +83,27 @@ class VersionPolicy(_Strict):
         return ordered[-(self.latest or 1):]
 
 
-class ModelConfig(_Strict):
+def served_version(name: str, served: Sequence[int], requested: int | None = None) -> int:
+    """The version a request for `requested` gets among the `served` ones: the newest when none
+    is named. The repository (what is on disk) and the engine (what is loaded) both answer
+    requests by this rule."""
+    if requested is None:
+        if not served:
+            raise NotFoundError(f"model {name!r} has no servable version")
+        return max(served)
+    if requested not in served:
+        raise NotFoundError(
+            f"model {name!r} has no served version {requested} (served: {sorted(served)})")
+    return requested
+
+
+class ModelConfig(StrictConfig):
     """Everything Surge needs to load and serve one model."""
 
     schema_version: int = Field(SCHEMA_VERSION, description="Config format version.")
     name: str | None = Field(None, description="Model name; must equal its directory name.")
-    engine: Literal["auto", "onnxruntime", "torch_export", "torch_factory", "keras"] = Field(
+    engine: Literal["auto", "onnxruntime", "torch_export", "torch_factory", "keras", "tflite",
+                    "openvino"] = Field(
         "auto", description="Engine; auto picks it from the model file's extension."
     )
     factory: str | None = Field(
@@ -110,11 +122,19 @@ class ModelConfig(_Strict):
     threads: int = Field(
         0, ge=0, le=256, description="Intra-op threads per instance; 0 = cores / instances."
     )
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N; for ONNX Runtime also "
+                        "tensorrt[:N] and openvino (its execution providers, CPU as fallback).")
     spin_wait: bool = Field(
         False, description="Engine threads spin while idle between operators (ONNX Runtime "
         "allow_spinning, OpenMP active wait). Off: a served instance leaves the cores it is not "
         "using to the front end and the other instances.")
+    hang_multiple: float = Field(
+        10.0, ge=1, le=1000, description="A batch still computing after this multiple of its "
+        "predicted time (and at least hang_min_ms) marks its worker hung: the worker is killed "
+        "and restarted, the batch is retried once on another instance when its deadline allows.")
+    hang_min_ms: float = Field(
+        2000.0, ge=10, le=3_600_000, description="Least time a batch may compute before its "
+        "worker can be taken as hung, so that short batches never trip on a scheduling hiccup.")
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue limits.")
     version_policy: VersionPolicy = Field(
         default_factory=lambda: VersionPolicy(latest=1), description="Versions to serve."

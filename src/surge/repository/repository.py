@@ -11,33 +11,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from surge.errors import ConfigError, InvalidNameError, ModelLoadError, NotFoundError
-from surge.repository.config import CONFIG_FILE, ModelConfig, TensorConfig, read_config
-from surge.runtimes import ENGINE_BY_SUFFIX, Runner, RunnerOptions, load_runner
+from surge.configfile import read_yaml
+from surge.errors import ConfigError, InvalidNameError, ModelLoadError, NotFoundError, shown
+from surge.repository.config import (
+    CONFIG_FILE,
+    ModelConfig,
+    TensorConfig,
+    read_config,
+    served_version,
+)
+from surge.runtimes import Runner, RunnerOptions, engine_loads, load_runner
 from surge.runtimes.base import Signature, TensorSpec
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-_VERSION = re.compile(r"^[1-9][0-9]{0,8}$")
-MODEL_FILES = ("model.onnx", "model.pt2", "model.keras", "model.safetensors")
+# Matched with fullmatch: `$` would also accept a trailing newline.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+_VERSION = re.compile(r"[1-9][0-9]{0,8}")
+MODEL_FILES = ("model.onnx", "model.pt2", "model.keras", "model.safetensors", "model.tflite", "model.xml")
 VARIANTS_DIR = "variants"
 VARIANT_FILE = "variant.yaml"
 
 
 def check_name(name: str, kind: str = "model") -> str:
     """Allow only plain names: letters, digits, '_', '-', '.', no '..', no separators."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise InvalidNameError(
-            f"invalid {kind} name {name!r}: use letters, digits, '_', '-' and '.' (no '..', no '/')"
+            f"invalid {kind} name {shown(name)}: use up to 128 letters, digits, '_', '-' and '.'"
+            " (no '..', no '/')"
         )
     return name
 
 
 def check_version(version: str | int) -> int:
     text = str(version)
-    if not _VERSION.match(text):
-        raise InvalidNameError(f"invalid version {text!r}: versions are positive integers")
+    if not _VERSION.fullmatch(text):
+        raise InvalidNameError(f"invalid version {shown(text)}: versions are positive integers")
     return int(text)
 
 
@@ -105,7 +112,7 @@ class Repository:
 
     def config(self, name: str) -> ModelConfig:
         path = self.config_path(name)
-        config = read_config(path) if path.exists() else ModelConfig()
+        config = read_config(self._inside(path)) if path.exists() else ModelConfig()
         if config.name is not None and config.name != name:
             raise ConfigError(f"{path}: name {config.name!r} does not match its directory {name!r}")
         return config
@@ -113,13 +120,13 @@ class Repository:
     def model_names(self) -> list[str]:
         return sorted(
             p.name for p in self.root.iterdir()
-            if p.is_dir() and _NAME.match(p.name) and not p.name.startswith(".")
+            if p.is_dir() and _NAME.fullmatch(p.name) and not p.name.startswith(".")
         )
 
     def versions(self, name: str) -> list[int]:
         model_dir = self.model_dir(name)
         return sorted(
-            int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION.match(p.name)
+            int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION.fullmatch(p.name)
         )
 
     def variants(self, name: str) -> list[str]:
@@ -140,22 +147,26 @@ class Repository:
         return path
 
     def variant_info(self, name: str, variant: str) -> dict[str, Any]:
-        path = self.variant_dir(name, variant) / VARIANT_FILE
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        path = self._inside(self.variant_dir(name, variant) / VARIANT_FILE)
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping")
         return data
 
-    @staticmethod
-    def _model_file(directory: Path, what: str) -> Path:
+    def _model_file(self, directory: Path, what: str) -> Path:
         found = [directory / f for f in MODEL_FILES if (directory / f).is_file()]
         if not found:
+            from surge.convert import SOURCE_NAMES, converted_model
+
+            # TensorFlow and Caffe models are served from their checked ONNX conversion.
+            converted = converted_model(directory)
+            if converted is not None:
+                return self._inside(converted)
             raise ModelLoadError(f"{directory}: no model file for {what} (expected one of "
-                                 f"{', '.join(MODEL_FILES)})")
-        return found[0]
+                                 f"{', '.join(MODEL_FILES + SOURCE_NAMES)})")
+        # A model file is data from the repository: a symlink out of it is refused like a
+        # directory that leaves it.
+        return self._inside(found[0])
 
     def model_file(self, name: str, version: int | None = None, variant: str | None = None) -> Path:
         """The file that serves (name, version) or (name, variant)."""
@@ -166,16 +177,8 @@ class Repository:
         return self._model_file(directory, f"model {name!r} version {version}")
 
     def resolve_version(self, name: str, version: int | str | None = None) -> int:
-        config = self.config(name)
-        served = self.served_versions(name, config)
-        if version is None:
-            if not served:
-                raise NotFoundError(f"model {name!r} has no servable version in {self.model_dir(name)}")
-            return served[-1]
-        number = check_version(version)
-        if number not in served:
-            raise NotFoundError(f"model {name!r} has no served version {number} (served: {served})")
-        return number
+        served = self.served_versions(name)
+        return served_version(name, served, None if version is None else check_version(version))
 
     # -- loading -----------------------------------------------------------------------------
     def load(
@@ -232,9 +235,9 @@ def build_runner(path: Path, config: ModelConfig, options: RunnerOptions) -> Run
             config.factory, path, _specs(config.inputs), _specs(config.outputs),
             config.factory_kwargs, options,
         )
-    if engine != "auto" and ENGINE_BY_SUFFIX.get(path.suffix) != engine:
+    if engine != "auto" and not engine_loads(engine, path):
         raise ModelLoadError(f"{path}: engine {engine!r} cannot load a {path.suffix} file")
-    return load_runner(path, options)
+    return load_runner(path, options, None if engine == "auto" else engine)
 
 
 def _specs(tensors: list[TensorConfig] | None) -> tuple[TensorSpec, ...]:

@@ -14,11 +14,21 @@ __all__ = [
     "Signature",
     "TensorSpec",
     "engine_for_path",
+    "engine_loads",
     "example_inputs",
     "load_runner",
 ]
 
-ENGINE_BY_SUFFIX = {".onnx": "onnxruntime", ".pt2": "torch_export", ".keras": "keras"}
+ENGINE_BY_SUFFIX = {".onnx": "onnxruntime", ".pt2": "torch_export", ".keras": "keras",
+                    ".tflite": "tflite", ".xml": "openvino"}
+# Engines that also load files of another engine's suffix: OpenVINO reads ONNX natively.
+ALSO_LOADS = {"openvino": (".onnx",)}
+
+
+def engine_loads(engine: str, path: Path) -> bool:
+    """Whether `engine` can load a file with `path`'s suffix."""
+    suffix = Path(path).suffix
+    return ENGINE_BY_SUFFIX.get(suffix) == engine or suffix in ALSO_LOADS.get(engine, ())
 
 
 def engine_for_path(path: Path) -> str:
@@ -30,7 +40,7 @@ def engine_for_path(path: Path) -> str:
 
 
 def load_runner(path: Path, options: RunnerOptions | None = None, engine: str | None = None) -> Runner:
-    """Load a self-describing model file (.onnx, .pt2, .keras) into its engine."""
+    """Load a self-describing model file (.onnx, .pt2, .keras, .tflite, .xml) into its engine."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: model file not found")
@@ -47,4 +57,12 @@ def load_runner(path: Path, options: RunnerOptions | None = None, engine: str | 
         from surge.runtimes.keras_runner import KerasRunner
 
         return KerasRunner(path, options)
+    if engine == "tflite":
+        from surge.runtimes.tflite_runner import TfliteRunner
+
+        return TfliteRunner(path, options)
+    if engine == "openvino" and engine_loads(engine, path):
+        from surge.runtimes.openvino_runner import OpenVinoRunner
+
+        return OpenVinoRunner(path, options)
     raise ModelLoadError(f"{path}: engine {engine!r} cannot load a file by itself")

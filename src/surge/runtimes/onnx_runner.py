@@ -1,7 +1,8 @@
-"""ONNX Runtime engine: CPU execution provider, CUDA provider when present."""
+"""ONNX Runtime engine: the execution provider the device asks for, the CPU provider as fallback."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,14 +13,43 @@ from surge.errors import InputError, ModelLoadError
 from surge.runtimes.base import RunnerOptions, Signature, TensorSpec, example_inputs
 
 
-def _providers(device: str) -> list[str]:
-    import onnxruntime as ort
+log = logging.getLogger(__name__)
+CPU_EP = "CPUExecutionProvider"
+# device kind -> the providers it asks for, in ONNX Runtime's order of preference
+DEVICE_PROVIDERS = {
+    "auto": ("CUDAExecutionProvider",),
+    "cpu": (),
+    "cuda": ("CUDAExecutionProvider",),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider"),
+    "openvino": ("OpenVINOExecutionProvider",),
+}
+PROVIDER_PACKAGE = {"CUDAExecutionProvider": "onnxruntime-gpu (pip install 'surge[gpu]')",
+                    "TensorrtExecutionProvider": "onnxruntime-gpu with TensorRT",
+                    "OpenVINOExecutionProvider": "onnxruntime-openvino"}
 
-    available = ort.get_available_providers()
-    want_cuda = device.startswith("cuda") or device == "auto"
-    if want_cuda and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+
+def parse_device(device: str) -> tuple[str, int]:
+    """'tensorrt:1' -> ('tensorrt', 1); the kinds are DEVICE_PROVIDERS' keys."""
+    kind, _, index = device.partition(":")
+    if kind not in DEVICE_PROVIDERS or (index and not index.isdigit()) or (
+            index and kind not in ("cuda", "tensorrt")):
+        raise ModelLoadError(f"device {device!r} is not one of auto, cpu, cuda[:N], tensorrt[:N], "
+                             "openvino")
+    return kind, int(index or 0)
+
+
+def select_providers(device: str, available: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """The providers to ask ONNX Runtime for, each with its options, the CPU provider last."""
+    kind, index = parse_device(device)
+    chosen = [p for p in DEVICE_PROVIDERS[kind] if p in available]
+    missing = [p for p in DEVICE_PROVIDERS[kind] if p not in available]
+    if missing and kind != "auto":
+        log.warning("device %s: %s not available in this ONNX Runtime (needs %s); falling back to %s",
+                    device, ", ".join(missing), PROVIDER_PACKAGE[missing[0]],
+                    ", ".join([*chosen, CPU_EP]))
+    per_device = {"device_id": str(index)}
+    return [(p, per_device if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else {})
+            for p in chosen] + [(CPU_EP, {})]
 
 
 def _spec(value_info: object) -> TensorSpec:
@@ -63,12 +93,16 @@ class OnnxRunner:
         spin = "1" if options.spin_wait else "0"
         session_options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         session_options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        providers = select_providers(options.device, ort.get_available_providers())
         try:
             self._session = ort.InferenceSession(
-                str(self.path), session_options, providers=_providers(options.device)
+                str(self.path), session_options, providers=[p for p, _ in providers],
+                provider_options=[o for _, o in providers],
             )
         except Exception as exc:
             raise ModelLoadError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from None
+        log.info("%s: ONNX Runtime runs it on %s (device %s)", self.path.name,
+                 ", ".join(self._session.get_providers()), options.device)
         self._output_names = self._signature.output_names
         self._bytes_inputs = {s.name for s in self._signature.inputs if s.datatype == "BYTES"}
         self._bytes_outputs = {s.name for s in self._signature.outputs if s.datatype == "BYTES"}
@@ -79,8 +113,9 @@ class OnnxRunner:
 
     @property
     def device(self) -> str:
-        """'cuda' when the CUDA provider runs the session, else 'cpu'."""
-        return "cuda" if "CUDAExecutionProvider" in self._session.get_providers() else "cpu"
+        """'cuda' when a GPU provider (CUDA, TensorRT) runs the session, else 'cpu'."""
+        gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
+        return "cuda" if gpu & set(self._session.get_providers()) else "cpu"
 
     def warmup(self) -> None:
         self.run(example_inputs(self._signature, batch_size=1))

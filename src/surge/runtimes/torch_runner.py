@@ -1,7 +1,8 @@
 """PyTorch engine: `torch.export` programs (`.pt2`) and trusted factories plus safetensors weights.
 
 Nothing here unpickles arbitrary objects: weights come from safetensors or from
-`torch.load(weights_only=True)`, which refuses anything but tensors and plain containers.
+`torch.load(weights_only=True)`, which refuses anything but tensors and plain containers, and a
+`.pt2` archive is checked entry by entry before `torch.export.load` reads it (torch_archive.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from surge.datatypes import torch_to_v2
 from surge.errors import ModelLoadError
 from surge.runtimes.base import RunnerOptions, Signature, TensorSpec, example_inputs
+from surge.runtimes.torch_archive import read_checked_archive
 
 
 def torch_device(device: str) -> Any:
@@ -168,8 +170,9 @@ class ExportedProgramRunner(_TorchRunnerBase):
         options = options or RunnerOptions()
         self.path = Path(path)
         set_torch_threads(options)
+        archive = read_checked_archive(self.path)
         try:
-            program = torch.export.load(str(self.path))
+            program = torch.export.load(archive)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelLoadError(f"{self.path}: not a valid torch.export program ({first})") from None

@@ -7,6 +7,7 @@ comes back. The driver's loop is
     while (batch := next_batch(now, idle)):     # hand each batch to an idle worker
     wake at next_wakeup(now, idle)              # or earlier, when a request or result arrives
     complete(batch, outputs, now) / fail(batch) # per-request outputs / the requests to fail
+    retry(batch, now)                           # a hung worker's batch: queued again, or failed
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from itertools import accumulate
 import numpy as np
 
 from surge.errors import QueueFullError
+from surge.scheduler.estimate import BatchTimes
 from surge.scheduler.types import Batch, Completed, Request, SchedulerConfig, ShapeKey
 
 _Entry = tuple[int, int, Request]  # (priority, arrival sequence, request): heap order
@@ -48,7 +50,9 @@ class Scheduler:
         self._deadlines: list[tuple[float, int]] = []  # (deadline, request id), lazy deletion
         self._items_by_priority: dict[int, int] = {}
         self._inflight: dict[int, Batch] = {}
-        self._batch_time: dict[int, float] = {}  # EWMA of seconds per batch, by batch size
+        self._times = BatchTimes(config.ewma_alpha, config.outlier_multiple)
+        self._probe: int | None = None  # the request admitted to re-measure a stale estimate
+        self._last_probe = float("-inf")
         self._seq = 0
         self._next_batch_id = 0
 
@@ -68,20 +72,8 @@ class Scheduler:
         return not self._live and not self._inflight
 
     def batch_time(self, size: int) -> float | None:
-        """Estimated seconds to compute a batch of `size` items, from measured batches.
-
-        An unmeasured size takes the nearest larger measured size (compute time grows with
-        size, so this errs towards admitting less), else scales the largest smaller one.
-        """
-        if size in self._batch_time:
-            return self._batch_time[size]
-        if not self._batch_time:
-            return None
-        larger = [s for s in self._batch_time if s > size]
-        if larger:
-            return self._batch_time[min(larger)]
-        biggest = max(self._batch_time)
-        return self._batch_time[biggest] * size / biggest
+        """Estimated seconds to compute a batch of `size` items (see `BatchTimes.estimate`)."""
+        return self._times.estimate(size)
 
     # -- admission ---------------------------------------------------------------------------
     def add(self, request: Request, now: float) -> Request:
@@ -101,17 +93,35 @@ class Scheduler:
         if request.deadline is None and self.config.default_timeout_s is not None:
             request = replace(request, deadline=now + self.config.default_timeout_s)
         if request.deadline is not None:
-            predicted = self.predicted_completion(request, now)
-            if predicted is not None and predicted > request.deadline:
-                raise QueueFullError(
-                    f"cannot meet the deadline: predicted completion in "
-                    f"{(predicted - now) * 1e3:.1f} ms, deadline in "
-                    f"{(request.deadline - now) * 1e3:.1f} ms",
-                    retry_after_s=self._drain_time(now),
-                )
+            self._admit_deadline(request, request.deadline, now)
             heapq.heappush(self._deadlines, (request.deadline, request.id))
         self._push(request)
         return request
+
+    def _admit_deadline(self, request: Request, deadline: float, now: float) -> None:
+        """Raise QueueFullError when `request` is predicted to finish after `deadline`.
+
+        Unless the refusal rests on the estimate alone (a worker idle, nothing queued) and no
+        probe ran lately: then the estimate may be stale (measured while a worker stalled,
+        say) and nothing else would ever measure it again while every request carries a
+        deadline, so this request is admitted as a probe.
+        """
+        predicted = self.predicted_completion(request, now)
+        if predicted is None or predicted <= deadline:
+            return
+        if self._may_probe(now):
+            self._probe, self._last_probe = request.id, now
+            return
+        raise QueueFullError(
+            f"cannot meet the deadline: predicted completion in "
+            f"{(predicted - now) * 1e3:.1f} ms, deadline in {(deadline - now) * 1e3:.1f} ms",
+            retry_after_s=self._drain_time(now),
+        )
+
+    def _may_probe(self, now: float) -> bool:
+        return (self._probe is None and not self._live
+                and len(self._inflight) < self.config.workers
+                and now - self._last_probe >= self.config.probe_interval_s)
 
     def predicted_completion(self, request: Request, now: float) -> float | None:
         """When `request` would finish: wait for a busy worker, then the work queued ahead.
@@ -196,13 +206,20 @@ class Scheduler:
         such a request would only produce an answer nobody waits for.
         """
         expired: list[Request] = []
+        kept: list[tuple[float, int]] = []
         horizon = now + self._earliest_finish(now)
         while self._deadlines and self._deadlines[0][0] <= horizon:
-            _, request_id = heapq.heappop(self._deadlines)
+            deadline, request_id = heapq.heappop(self._deadlines)
             request = self._live.get(request_id)
-            if request is not None:
-                self._remove(request)
-                expired.append(request)
+            if request is None:
+                continue
+            if request_id == self._probe and deadline > now:  # admitted to be measured
+                kept.append((deadline, request_id))
+                continue
+            self._remove(request)
+            expired.append(request)
+        for entry in kept:
+            heapq.heappush(self._deadlines, entry)
         return expired
 
     def drain(self) -> list[Request]:
@@ -221,6 +238,8 @@ class Scheduler:
         del self._live[request.id]
         self._count(request, -1)
         self._forget_empty(request.key, queue)
+        if request.id == self._probe:
+            self._probe = None
 
     def _forget_empty(self, key: ShapeKey, queue: _KeyQueue) -> None:
         if not queue.heap:
@@ -293,7 +312,10 @@ class Scheduler:
         while self._deadlines and self._deadlines[0][1] not in self._live:
             heapq.heappop(self._deadlines)
         if self._deadlines:
-            times.append(self._deadlines[0][0] - self._earliest_finish(now))
+            deadline, request_id = self._deadlines[0]
+            # The probe is kept until its deadline itself: waking earlier would find it kept.
+            times.append(deadline if request_id == self._probe
+                         else deadline - self._earliest_finish(now))
         if idle_workers > 0:
             times.extend(
                 self._oldest(q).arrival + self.config.max_queue_delay_s
@@ -311,7 +333,12 @@ class Scheduler:
         `compute_s` is the time the worker spent on it; without it, the time since dispatch.
         """
         self._inflight.pop(batch.id, None)
-        self._record(batch.size, now - batch.dispatched if compute_s is None else compute_s)
+        seconds = now - batch.dispatched if compute_s is None else compute_s
+        if self._holds_probe(batch):
+            self._probe = None
+            self._times.remeasure(batch.size, seconds)
+        else:
+            self._times.record(batch.size, seconds)
         return [Completed(r, o) for r, o in zip(batch.requests, batch.split(outputs), strict=True)]
 
     def requeue(self, batch: Batch) -> None:
@@ -320,7 +347,28 @@ class Scheduler:
         Admission is not checked again: these requests were accepted already.
         """
         self._inflight.pop(batch.id, None)
-        for request in reversed(batch.requests):  # each goes first: the batch's head ends first
+        self._push_first(batch.requests)
+
+    def retry(self, batch: Batch, now: float) -> tuple[Request, ...]:
+        """Queue again, once, the requests of a batch whose worker hung; returns the others.
+
+        A request goes back (ahead of later arrivals) while it has retries left and its
+        deadline leaves time for a batch of its size; the caller fails the ones returned.
+        The hung batch's time is no measurement.
+        """
+        self.fail(batch)
+        again = [r for r in batch.requests if self._retriable(r, now)]
+        self._push_first(tuple(replace(r, retries=r.retries + 1) for r in again))
+        return tuple(r for r in batch.requests if r not in again)
+
+    def _retriable(self, request: Request, now: float) -> bool:
+        if request.retries >= self.config.retries:
+            return False
+        need = self.batch_time(request.batch_size) or 0.0
+        return request.deadline is None or request.deadline > now + need
+
+    def _push_first(self, requests: tuple[Request, ...]) -> None:
+        for request in reversed(requests):  # each goes first: the first one ends first
             if request.deadline is not None:
                 heapq.heappush(self._deadlines, (request.deadline, request.id))
             self._push(request, first=True)
@@ -328,22 +376,20 @@ class Scheduler:
     def fail(self, batch: Batch) -> tuple[Request, ...]:
         """Forget a batch whose computation failed; returns its requests to answer."""
         self._inflight.pop(batch.id, None)
+        if self._holds_probe(batch):
+            self._probe = None
         return batch.requests
+
+    def _holds_probe(self, batch: Batch) -> bool:
+        return self._probe is not None and any(r.id == self._probe for r in batch.requests)
 
     def _earliest_finish(self, now: float) -> float:
         """Seconds from now before a request dispatched now could be done (0: unmeasured)."""
-        fastest = min(self._batch_time.values(), default=0.0)
+        fastest = self._times.fastest()
         if not fastest or len(self._inflight) < self.config.workers:
             return fastest
         return fastest + min(
             max(0.0, b.dispatched + (self.batch_time(b.size) or 0.0) - now)
             for b in self._inflight.values()
-        )
-
-    def _record(self, size: int, seconds: float) -> None:
-        previous = self._batch_time.get(size)
-        alpha = self.config.ewma_alpha
-        self._batch_time[size] = seconds if previous is None else (
-            alpha * seconds + (1 - alpha) * previous
         )
 

@@ -23,6 +23,12 @@ class SchedulerConfig:
     default_timeout_s: float | None = None  # deadline for requests that bring none
     workers: int = 1  # batches computed in parallel, for the completion-time prediction
     ewma_alpha: float = 0.2  # weight of the newest measurement in the compute-time average
+    # A measured batch counts as at most this multiple of the estimate (a stall is no news).
+    outlier_multiple: float = 4.0
+    # Least time between two probes: requests admitted although the estimate refused them,
+    # because the model was idle (the estimate is stale); their time replaces the estimate.
+    probe_interval_s: float = 1.0
+    retries: int = 1  # times a request is sent back to the queue after its worker hung
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -31,6 +37,8 @@ class SchedulerConfig:
             raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
         bad = [s for s in self.preferred_batch_sizes if not 1 <= s <= self.max_batch_size]
         if bad:
             raise ValueError(f"preferred batch sizes {bad} are outside 1..{self.max_batch_size}")
@@ -57,6 +65,7 @@ class Request:
     priority: int = 0  # lower is served first; 0 is the default level
     outputs: tuple[str, ...] | None = None  # requested outputs; None = all
     request_id: str = ""  # the client's id, for logs
+    retries: int = 0  # times a hung worker's batch sent it back to the queue
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,15 +13,18 @@ import grpc
 from google.protobuf import json_format
 
 import surge
+from surge.engine import InferenceEngine
 from surge.errors import NotFoundError, ServingError, SurgeError
-from surge.protocol.errors import grpc_code, http_error
+from surge.protocol.auth import authorized, bearer
+from surge.protocol.errors import grpc_code, http_error, load_failure
 from surge.protocol.grpc_codec import decode_infer_request, encode_infer_response
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 from surge.protocol.metadata import model_config, model_metadata, model_statistics
 from surge.protocol.types import EXTENSIONS, SERVER_NAME
 from surge.repository import check_name, check_version
-from surge.server.outcome import RequestObserver, outcome_of
+from surge.server.limits import ConnectionLimits
+from surge.server.outcome import RequestObserver, outcome_of, served_by
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +83,20 @@ _OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})  # health stays open, a
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Serves the V2 gRPC protocol over an Engine."""
 
-    def __init__(self, engine: Any, api_key: str | None = None) -> None:
+    def __init__(self, engine: InferenceEngine, api_key: str | None = None) -> None:
         self.engine = engine
         self.accepting = True
-        self._auth = f"Bearer {api_key}" if api_key else None
-        self._observer = RequestObserver(engine.metrics)
+        self._auth = bearer(api_key) if api_key else None
+        self._observer = RequestObserver(engine.metrics, served_by(engine))
 
     def authorize(self, context: grpc.aio.ServicerContext) -> None:
         """Require `authorization: Bearer <key>` metadata when an API key is set."""
         if self._auth is None:
             return
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and value == self._auth:
-                return
+        values = (_as_bytes(value) for key, value in context.invocation_metadata() or ()
+                  if key == "authorization")
+        if authorized(values, self._auth):
+            return
         raise UnauthenticatedError("missing or wrong API key: send 'authorization: Bearer <key>'")
 
     @_guarded
@@ -157,7 +161,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_guarded
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        await self.engine.load(check_name(request.model_name))
+        try:
+            await self.engine.load(check_name(request.model_name))
+        except SurgeError as exc:
+            raise load_failure(exc) from None
         return pb.RepositoryModelLoadResponse()
 
     @_guarded
@@ -169,12 +176,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Not @_guarded: the hot path counts outcomes itself. A client cancel cancels this
         # coroutine, and with it the engine's await, which removes the request from the queue.
         start = time.perf_counter()
-        name = request.model_name
+        # Checked before anything is counted, as over HTTP: a request without the key, or with a
+        # name that is not a model name, leaves no trace in the per-model metrics.
+        name, version = await self._admit(request, context)
         try:
-            self.authorize(context)
             if not self.accepting:
                 raise ShuttingDownError("server is shutting down")
-            version = _version(request.model_version)
             decoded = decode_infer_request(request)
             outputs = await self.engine.infer(
                 name, version, decoded.inputs, outputs=decoded.output_names,
@@ -193,15 +200,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._observer.observe(name, "success", time.perf_counter() - start)
         return response
 
+    async def _admit(self, request: Any, context: Any) -> tuple[str, int | None]:
+        """(model name, version) of an authorized ModelInfer call, checked as HTTP checks them."""
+        try:
+            self.authorize(context)
+            return check_name(request.model_name), _version(request.model_version)
+        except SurgeError as exc:
+            await _abort(context, exc)
+            raise AssertionError("unreachable") from exc
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
 
 async def start_grpc_server(
-    engine: Any, host: str, port: int, api_key: str | None = None
+    engine: InferenceEngine, host: str, port: int, api_key: str | None = None, *,
+    limits: ConnectionLimits | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> tuple[grpc.aio.Server, InferenceServicer, int]:
     """Start a grpc.aio server on host:port (0 = any free port); returns (server, servicer, port)."""
+    limits = limits or ConnectionLimits()
     server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
+        *limits.grpc_options(),
     ])
     servicer = InferenceServicer(engine, api_key)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)

@@ -39,6 +39,16 @@ class SurgeMetrics:
                                ["model"], registry=r)
         self.worker_restarts = Counter("surge_worker_restarts", "Worker processes restarted.",
                                        ["model"], registry=r)
+        self.worker_spawn_failures = Counter(
+            "surge_worker_spawn_failures",
+            "Worker restarts that could not start a process (tried again with backoff).",
+            ["model"], registry=r)
+        self.worker_hangs = Counter(
+            "surge_worker_hangs", "Workers killed because a batch ran far past its estimate.",
+            ["model"], registry=r)
+        self.live_instances = Gauge("surge_live_instances",
+                                    "Worker processes loaded and taking batches.", ["model"],
+                                    registry=r)
 
     def observe_request(self, model: str, outcome: str, seconds: float) -> None:
         """Count one finished request (outcome: success, rejected, expired, ...) and its duration."""

@@ -8,17 +8,19 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import uvicorn
-from prometheus_client import start_http_server
+from prometheus_client import make_asgi_app
 
+from surge.engine import InferenceEngine
 from surge.errors import SurgeError
 from surge.repository import Repository
 from surge.server.app import DEFAULT_MAX_BODY, V2App
 from surge.server.grpc_server import start_grpc_server
+from surge.server.limits import ConnectionLimits, guarded_protocol
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class ServeOptions:
     models: tuple[str, ...] | None = None  # serve only these models (default: all)
     grace_s: float = 30.0  # how long a drain waits for accepted requests
     max_body_bytes: int = DEFAULT_MAX_BODY
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)  # every listener's
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ def _url_host(host: str) -> str:
 class SurgeServer:
     """Starts the engine and the three front ends; `drain()` stops them in order."""
 
-    def __init__(self, engine: Any, options: ServeOptions) -> None:
+    def __init__(self, engine: InferenceEngine, options: ServeOptions) -> None:
         self.engine = engine
         self.options = options
         self.app = V2App(engine, api_key=options.api_key, max_body_bytes=options.max_body_bytes)
@@ -70,32 +73,25 @@ class SurgeServer:
         self._http_socket: socket.socket | None = None
         self._grpc: Any = None
         self._grpc_servicer: Any = None
-        self._metrics: Any = None
+        self._metrics: uvicorn.Server | None = None
+        self._metrics_socket: socket.socket | None = None
 
     async def start(self) -> Endpoints:
         options = self.options
         await self.engine.start()
         self._http_socket = _bind(options.host, options.http_port)
-        config = uvicorn.Config(
-            self.app, http="httptools", loop="none", lifespan="off", access_log=False,
-            log_level="warning", server_header=False, date_header=False, proxy_headers=False,
-            timeout_keep_alive=75, backlog=2048, timeout_graceful_shutdown=max(1, round(options.grace_s)),
-        )
-        # startup()/shutdown() rather than serve(): serve() installs its own signal handlers,
-        # and the drain order (front ends first, then the engine) is decided here.
-        config.load()
-        self._http = uvicorn.Server(config)
-        self._http.lifespan = config.lifespan_class(config)
-        await self._http.startup(sockets=[self._http_socket])
+        self._http = await _start_uvicorn(self.app, self._http_socket, options)
         self._grpc, self._grpc_servicer, grpc_port = await start_grpc_server(
-            self.engine, options.host, options.grpc_port, options.api_key
+            self.engine, options.host, options.grpc_port, options.api_key,
+            limits=options.limits, max_message_bytes=options.max_body_bytes,
         )
-        self._metrics = start_http_server(
-            options.metrics_port, addr=options.host, registry=self.engine.metrics.registry
-        )
+        # On the event loop like HTTP, so that the same connection limits guard it.
+        self._metrics_socket = _bind(options.host, options.metrics_port)
+        metrics_app = make_asgi_app(registry=self.engine.metrics.registry)
+        self._metrics = await _start_uvicorn(metrics_app, self._metrics_socket, options)
         host = _url_host(options.host)
         http_port = self._http_socket.getsockname()[1]
-        metrics_port = self._metrics[0].server_address[1]
+        metrics_port = self._metrics_socket.getsockname()[1]
         return Endpoints(f"http://{host}:{http_port}", f"{host}:{grpc_port}",
                          f"http://{host}:{metrics_port}/metrics")
 
@@ -114,13 +110,32 @@ class SurgeServer:
         await asyncio.gather(*waits)
         remaining = max(1.0, self.options.grace_s - (time.monotonic() - started))
         await self.engine.stop(remaining)
-        if self._metrics is not None:
-            self._metrics[0].shutdown()
-            self._metrics[0].server_close()
+        if self._metrics is not None and self._metrics_socket is not None:
+            await self._metrics.shutdown(sockets=[self._metrics_socket])
+
+
+async def _start_uvicorn(app: Any, sock: socket.socket, options: ServeOptions) -> uvicorn.Server:
+    """A uvicorn server on `sock` whose connections obey `options.limits`."""
+    limits = options.limits
+    config = uvicorn.Config(
+        app, http=guarded_protocol(limits), loop="none", lifespan="off", access_log=False,
+        log_level="warning", server_header=False, date_header=False, proxy_headers=False,
+        # Typed int, but handed to loop.call_later: fractions of a second work.
+        timeout_keep_alive=limits.idle_timeout_s,  # type: ignore[arg-type]
+        backlog=2048,
+        timeout_graceful_shutdown=max(1, round(options.grace_s)),
+    )
+    # startup()/shutdown() rather than serve(): serve() installs its own signal handlers,
+    # and the drain order (front ends first, then the engine) is decided by SurgeServer.
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)
+    await server.startup(sockets=[sock])
+    return server
 
 
 async def serve_until_signal(
-    engine: Any, options: ServeOptions, on_started: Callable[[Endpoints], None] | None = None
+    engine: InferenceEngine, options: ServeOptions, on_started: Callable[[Endpoints], None] | None = None
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return."""
     loop = asyncio.get_running_loop()

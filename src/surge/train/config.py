@@ -7,26 +7,21 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from surge.configfile import describe_validation_error, read_yaml
+from surge.configfile import StrictConfig, describe_validation_error, read_yaml
 from surge.errors import ConfigError
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelSpec(_Strict):
+class ModelSpec(StrictConfig):
     """What to train: a trusted builder and the tensors it takes and returns."""
 
-    builder: str = Field(description="Trusted 'package.module:factory' returning an nn.Module.")
+    builder: str = Field(description="A registered model (see `surge data list`) or a trusted "
+                         "'package.module:factory' returning an nn.Module.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Arguments of the builder.")
     input_name: str = Field("input", description="Input tensor name in the exported model.")
     output_name: str = Field("output", description="Output tensor name in the exported model.")
@@ -38,26 +33,23 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
-        module, sep, attr = self.builder.partition(":")
+        from surge.tasks import resolve_builder
+
+        module, sep, attr = resolve_builder(self.builder).partition(":")
         if not sep or not module or not attr:
-            raise ValueError(f"builder {self.builder!r} must look like 'package.module:factory'")
+            raise ValueError(f"builder {self.builder!r} is not a registered model; a builder "
+                             "must look like 'package.module:factory'")
         if not self.input_shape or min(self.input_shape) < 1:
             raise ValueError(f"input_shape {self.input_shape} must list positive sizes")
         return self
 
 
-class DataConfig(_Strict):
-    """The dataset: Fashion-MNIST from disk, a synthetic learnable task for tests, or detection
-    canvases written by `surge data fashion-detection`."""
+class DataConfig(StrictConfig):
+    """The dataset: a registered one (see `surge data list`) or a trusted
+    'package.module:function' returning a `surge.tasks.Dataset`."""
 
-    dataset: Literal["fashion_mnist", "synthetic", "fashion_detection"] = Field(
-        "fashion_mnist",
-        description="fashion_mnist (Debian's IDX files), synthetic, or fashion_detection.",
-    )
-    root: str | None = Field(None, description="Dataset directory (default: the loader's own).")
-    path: str | None = Field(
-        None, description="fashion_detection only: the directory holding train/ and val/."
-    )
+    dataset: str = Field(description="Dataset name, e.g. synthetic, or 'package.module:function'.")
+    root: str | None = Field(None, description="Dataset directory (default: the reader's own).")
     flip: bool = Field(True, description="Random horizontal flips while training (images only).")
     train_size: int | None = Field(
         None, ge=1, description="Use only this many training samples (synthetic: generate them)."
@@ -65,10 +57,10 @@ class DataConfig(_Strict):
     test_size: int | None = Field(
         None, ge=1, description="Use only this many test samples (synthetic: generate them)."
     )
-    classes: int = Field(10, ge=2, description="Synthetic only: number of classes.")
+    classes: int = Field(10, ge=2, description="Generated datasets only: number of classes.")
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(StrictConfig):
     """The optimizer; its parameters stay fp32 whatever the precision (master weights)."""
 
     name: Literal["adamw", "sgd"] = Field("adamw", description="adamw or sgd.")
@@ -77,7 +69,7 @@ class OptimizerConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only: momentum.")
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(StrictConfig):
     """Learning-rate schedule, stepped once per optimizer step."""
 
     name: Literal["onecycle", "cosine", "constant"] = Field("onecycle", description="Shape.")
@@ -86,7 +78,7 @@ class ScheduleConfig(_Strict):
     )
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(StrictConfig):
     """Pipeline parallelism: one stage per process."""
 
     schedule: Literal["gpipe", "1f1b"] = Field("1f1b", description="gpipe or 1f1b.")
@@ -105,14 +97,14 @@ class PipelineConfig(_Strict):
             else value
 
 
-class CheckpointConfig(_Strict):
+class CheckpointConfig(StrictConfig):
     """Where and how often to checkpoint (weights, optimizer, schedule and sampler state)."""
 
     dir: str = Field("runs/train/checkpoints", description="Checkpoint directory.")
     interval: int = Field(1, ge=1, description="Save every N epochs (and always at the end).")
 
 
-class ExportConfig(_Strict):
+class ExportConfig(StrictConfig):
     """Where the best model goes once training ends."""
 
     repo: str | None = Field(None, description="Surge model repository; None = do not export.")
@@ -124,22 +116,22 @@ class ExportConfig(_Strict):
     )
     torch_name: str | None = Field(
         None, description="Also write the weights (safetensors) as this torch_factory model; "
-        "for detection, the detector with its decoding."
+        "the task decides what is served (e.g. the network with its box decoding)."
     )
     labels: list[str] | None = Field(None, description="Class names for the model config.")
     max_batch_size: int = Field(64, ge=1, description="max_batch_size of a new model config.")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictConfig):
     """A training recipe: setup -> train -> validate -> checkpoint -> export."""
 
-    task: Literal["classification", "detection"] = Field(
+    task: str = Field(
         "classification",
-        description="classification (cross-entropy, accuracy) or detection (CenterNet loss, "
-                    "COCO mAP@0.5, exported with its box decoding).",
+        description="A registered task (see `surge data list`: its loss, validation metric and "
+                    "export) or a 'package.module:Class' subclassing surge.tasks.Task.",
     )
     model: ModelSpec = Field(description="The model to train.")
-    data: DataConfig = Field(default_factory=DataConfig, description="The dataset.")
+    data: DataConfig = Field(description="The dataset.")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="Optimizer.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="LR schedule.")
     epochs: int = Field(5, ge=1, description="Passes over the training set.")
@@ -159,16 +151,16 @@ class TrainConfig(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Saves.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="Export at the end.")
 
-    @model_validator(mode="after")
-    def _check_task(self) -> TrainConfig:
-        detection_data = self.data.dataset == "fashion_detection"
-        if self.task == "detection":
-            if not detection_data or not self.data.path:
-                raise ValueError("task detection needs data.dataset fashion_detection and "
-                                 "data.path (a directory from `surge data fashion-detection`)")
-        elif detection_data:
-            raise ValueError("data.dataset fashion_detection needs task: detection")
-        return self
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        from surge.tasks import get_task
+
+        try:
+            get_task(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

@@ -10,6 +10,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from surge.platform import available_cores
+
 
 @dataclass(frozen=True)
 class DistState:
@@ -107,6 +109,6 @@ def all_reduce_sum(values: list[float], state: DistState) -> list[float]:
 def set_threads(threads: int, state: DistState) -> int:
     """Give each process on this machine its share of the cores (they would fight otherwise)."""
     if threads <= 0:
-        threads = max(1, len(os.sched_getaffinity(0)) // max(1, state.local_world_size))
+        threads = max(1, available_cores() // max(1, state.local_world_size))
     torch.set_num_threads(threads)
     return threads

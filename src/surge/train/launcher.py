@@ -15,6 +15,7 @@ import torch
 
 from surge.errors import ConfigError, SurgeError
 from surge.repository.repository import check_name
+from surge.tasks import get_task
 from surge.train.config import TrainConfig, dump_train_config
 from surge.train.distributed import pick_device
 from surge.train.parallel import build_model, resolve_split
@@ -94,14 +95,10 @@ def _check_batch(config: TrainConfig, world: int) -> None:
 
 
 def _check_data(config: TrainConfig) -> None:
-    if config.data.dataset != "fashion_mnist":
-        return
-    from surge.data.fashion_mnist import _FILES, dataset_dir
+    """The dataset is known and its files are there (each reader says what it needs)."""
+    from surge.train.data import data_options, dataset_of
 
-    root = Path(config.data.root) if config.data.root else dataset_dir()
-    missing = [name for pair in _FILES.values() for name in pair if not (root / name).is_file()]
-    if missing:
-        raise ConfigError(f"data.root {str(root)!r}: Fashion-MNIST file {missing[0]} not found")
+    dataset_of(config.data).check(data_options(config.data, config.model.input_shape, config.seed))
 
 
 def validate(config: TrainConfig, options: LaunchOptions) -> None:
@@ -116,6 +113,7 @@ def validate(config: TrainConfig, options: LaunchOptions) -> None:
     check_precision(config.precision, device)
     if config.parallelism == "pipeline" and config.precision == "fp16":
         raise ConfigError("precision fp16 is not supported with parallelism pipeline; use bf16")
+    get_task(config.task).trained_metric()
     _check_data(config)
     if config.export.repo is not None:
         check_name(config.export.name)

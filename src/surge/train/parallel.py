@@ -16,6 +16,7 @@ from torch import nn
 
 from surge.errors import ConfigError
 from surge.runtimes.torch_runner import resolve_factory
+from surge.tasks import resolve_builder
 from surge.train.config import ModelSpec, PipelineConfig
 from surge.train.distributed import DistState
 from surge.train.precision import DTYPES, Precision
@@ -33,7 +34,7 @@ def trains_channels_last(requested: bool, mode: str) -> bool:
 def build_model(spec: ModelSpec, seed: int) -> nn.Module:
     """The builder's module with weights drawn from `seed` (the same on every rank)."""
     torch.manual_seed(seed)
-    module = resolve_factory(spec.builder)(**spec.kwargs)
+    module = resolve_factory(resolve_builder(spec.builder))(**spec.kwargs)
     if not isinstance(module, nn.Module):
         raise ConfigError(f"model.builder {spec.builder!r} returned {type(module).__name__}, "
                           "not a torch.nn.Module")

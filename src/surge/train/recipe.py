@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from surge.tasks import Task, TrainMetric, get_task
 from surge.train import checkpoint as ckpt
 from surge.train.config import TrainConfig
-from surge.train.data import Split, eval_shard, load_dataset, steps_per_epoch, train_batches
+from surge.train.data import eval_shard, load_dataset, steps_per_epoch, train_batches
 from surge.train.distributed import (
     DistState,
     all_reduce_sum,
@@ -27,7 +28,6 @@ from surge.train.distributed import (
 )
 from surge.train.parallel import (
     DataParallelPlan,
-    LossFn,
     PipelinePlan,
     build_model,
     data_parallel_plan,
@@ -35,10 +35,8 @@ from surge.train.parallel import (
     trains_channels_last,
 )
 from surge.train.precision import Precision, make_precision
-from surge.train.publish import Published, publish, publish_detector
+from surge.train.publish import Published
 from surge.train.runlog import RunLog
-
-EVAL_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -70,6 +68,8 @@ class Recipe:
         self.config = config
         self.state = state
         self.pipelined = config.parallelism == "pipeline"
+        self.task: Task = get_task(config.task)
+        self.metric: TrainMetric = self.task.trained_metric()
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self, resume: bool) -> None:
@@ -78,9 +78,9 @@ class Recipe:
         self.train_split, self.test_split = load_dataset(
             config.data, config.model.input_shape, config.seed)
         self.steps = steps_per_epoch(self.train_split, config.batch_size)
-        self.loss_fn = make_loss(config)
         self.precision: Precision = make_precision(config.precision, state.device)
         model = build_model(config.model, config.seed)
+        self.loss_fn = self.task.loss(model, config.label_smoothing)
         self.plan: DataParallelPlan | PipelinePlan = (
             pipeline_plan(model, config.pipeline, config.model.input_shape, config.batch_size,
                           state, self.loss_fn, self.precision, self.train_split.inputs.dtype)
@@ -94,7 +94,8 @@ class Recipe:
                                          parallelism=config.parallelism)
         self.checkpoint_dir = Path(config.checkpoint.dir)
         self.resumed_from = self.restore() if resume else 0
-        self.log = RunLog(Path(config.log_dir), state.is_main, self.trainer.history)
+        self.log = RunLog(Path(config.log_dir), state.is_main, self.trainer.history,
+                          (self.metric.record, self.metric.label))
         self._eval_model: nn.Module | None = None
 
     def restore(self) -> int:
@@ -129,7 +130,7 @@ class Recipe:
             weights = self.full_weights()
             val_loss, val_accuracy = self.validate(weights)
             self.record(epoch + 1, train_loss, val_loss, val_accuracy, samples_per_s, seconds)
-            if val_accuracy > self.trainer.best_metric:
+            if self.improves(val_accuracy):
                 self.keep_best(weights, val_accuracy, epoch + 1)
             if (epoch + 1) % config.checkpoint.interval == 0 or epoch + 1 == config.epochs:
                 self.save(weights)
@@ -144,7 +145,7 @@ class Recipe:
         state, config = self.state, self.config
         replicas, rank = (state.world_size, state.rank) if self._data_parallel else (1, 0)
         batches = train_batches(self.train_split, config.batch_size, epoch, config.seed,
-                                replicas, rank, config.data.flip)
+                                replicas, rank, self.task.flip() if config.data.flip else None)
         self.plan.module.train()
         loss_sum, loss_count = 0.0, 0.0
         started = time.perf_counter()
@@ -186,23 +187,24 @@ class Recipe:
 
     # -- validate ------------------------------------------------------------------------------
     def validate(self, weights: dict[str, torch.Tensor]) -> tuple[float, float]:
-        """fp32 loss and metric of the full model, each rank scoring a shard of the test set.
+        """fp32 loss and metric of the full model: each rank scores a shard of the validation
+        split, or rank 0 the whole split for a metric that is not a mean over samples (mAP).
 
-        The metric is accuracy, or for detection COCO mAP@0.5 on the whole validation split
-        (scored on rank 0). A fresh unwrapped copy scores them: pipeline stages are traced graphs
-        and FSDP shards are partial, and the exported model is exactly this fp32 module.
+        A fresh unwrapped copy scores them: pipeline stages are traced graphs and FSDP shards are
+        partial, and the exported model is exactly this fp32 module.
         """
         model = self.eval_model()
         model.load_state_dict(weights)
-        shard = eval_shard(self.test_split, self.state.world_size, self.state.rank)
-        if self.config.task == "detection":
-            loss_sum = _detection_loss_sum(model, shard, self.loss_fn, self.state.device)
-            map50 = _map50(model, self.test_split) if self.state.is_main else 0.0
-            loss_sum, map50, count = all_reduce_sum([loss_sum, map50, len(shard)], self.state)
-            return loss_sum / count, map50
-        loss_sum, correct = _score(model, shard, self.state.device)
-        loss_sum, correct, count = all_reduce_sum([loss_sum, correct, len(shard)], self.state)
-        return loss_sum / count, correct / count
+        device, split = self.state.device, self.test_split
+        shard = eval_shard(split, self.state.world_size, self.state.rank)
+        loss_sum = self.task.validation_loss_sum(model, shard, self.loss_fn, device)
+        if self.metric.per_sample:
+            weighted = self.task.validation_metric(model, shard, device) * len(shard)
+        else:
+            weighted = (self.task.validation_metric(model, split, device) * len(split)
+                        if self.state.is_main else 0.0)
+        loss_sum, weighted, count = all_reduce_sum([loss_sum, weighted, len(shard)], self.state)
+        return loss_sum / count, weighted / count
 
     def eval_model(self) -> nn.Module:
         if self._eval_model is None:
@@ -226,7 +228,13 @@ class Recipe:
 
     @property
     def metric_key(self) -> str:
-        return "val_map50" if self.config.task == "detection" else "val_accuracy"
+        return self.metric.record
+
+    def improves(self, value: float) -> bool:
+        if self.trainer.best_epoch == 0:
+            return True
+        best = self.trainer.best_metric
+        return value > best if self.metric.higher_is_better else value < best
 
     def keep_best(self, weights: dict[str, torch.Tensor], accuracy: float, epoch: int) -> None:
         self.trainer.best_metric, self.trainer.best_epoch = accuracy, epoch
@@ -250,96 +258,20 @@ class Recipe:
 
         model = build_model(config.model, config.seed)
         model.load_state_dict(load_file(str(self.checkpoint_dir / ckpt.BEST)))
-        detection = config.task == "detection"
-        metric = "val_map50" if detection else "test_accuracy"
         metrics = {
-            metric: self.trainer.best_metric, "epochs": config.epochs,
+            self.metric.published: self.trainer.best_metric, "epochs": config.epochs,
             "best_epoch": self.trainer.best_epoch, "seed": config.seed,
             "precision": config.precision, "parallelism": config.parallelism,
             "world_size": self.state.world_size,
             "train_seconds": sum(h["epoch_s"] for h in self.trainer.history),
         }
-        published = (publish_detector(model, config, metrics) if detection
-                     else publish(model, config, metrics))
+        example = self.test_split.inputs[:2].cpu()
+        published = self.task.publish(model, config, metrics, example)
         self.log.say(
-            f"exported {published.name} version {published.version} "
-            f"({'mAP@0.5' if detection else 'accuracy'} "
+            f"exported {published.name} version {published.version} ({self.metric.label} "
             f"{self.trainer.best_metric:.4f}, epoch {self.trainer.best_epoch}) to {published.repo}"
         )
         return published
-
-
-def _score(model: nn.Module, split: Split, device: torch.device) -> tuple[float, float]:
-    loss_sum, correct = 0.0, 0.0
-    with torch.inference_mode():
-        for start in range(0, len(split), EVAL_BATCH):
-            inputs = split.inputs[start:start + EVAL_BATCH].to(device)
-            labels = split.labels[start:start + EVAL_BATCH].to(device)
-            logits = model(inputs).float()
-            loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            correct += float((logits.argmax(dim=1) == labels).sum())
-    return loss_sum, correct
-
-
-def _detection_loss_sum(model: nn.Module, split: Split, loss_fn: LossFn,
-                        device: torch.device) -> float:
-    """Sum over the canvases of the per-batch mean detection loss, weighted by batch size."""
-    loss_sum = 0.0
-    with torch.inference_mode():
-        for start in range(0, len(split), EVAL_BATCH):
-            inputs = split.inputs[start:start + EVAL_BATCH].to(device)
-            targets = split.labels[start:start + EVAL_BATCH].to(device)
-            loss_sum += float(loss_fn(model(inputs).float(), targets)) * len(inputs)
-    return loss_sum
-
-
-def _map50(net: nn.Module, split: Split) -> float:
-    """COCO mAP@0.5 of the decoded detections on the whole validation split."""
-    from surge.detection.coco import detections_to_coco
-    from surge.detection.model import CenterNet, Detector
-    from surge.detection.training import unpack_targets
-    from surge.evaluate.metrics import coco_map
-
-    assert isinstance(net, CenterNet)
-    detector = Detector(net).eval()
-    device = next(net.parameters()).device
-    parts: list[list[torch.Tensor]] = []
-    with torch.inference_mode():
-        for start in range(0, len(split), EVAL_BATCH):
-            outputs = detector(split.inputs[start:start + EVAL_BATCH].to(device))
-            parts.append([t.cpu() for t in outputs])
-    boxes, scores, labels = (torch.cat(p).numpy() for p in zip(*parts, strict=True))
-    gt_boxes, gt_labels = unpack_targets(split.labels)
-    return coco_map(_coco_truth(split.inputs.shape, gt_boxes, gt_labels),
-                    detections_to_coco(boxes, scores, labels)).map50
-
-
-def _coco_truth(shape: torch.Size, boxes: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-    """COCO ground truth of padded boxes [N, M, 4] and labels [N, M] (-1 = padding)."""
-    from surge.data.fashion_mnist import FASHION_CLASSES
-    from surge.detection.coco import categories
-
-    n, height, width = shape
-    images = [{"id": i + 1, "width": width, "height": height} for i in range(n)]
-    annotations: list[dict[str, Any]] = []
-    for image, slot in zip(*torch.nonzero(labels >= 0, as_tuple=True), strict=True):
-        x1, y1, x2, y2 = (float(v) for v in boxes[image, slot])
-        annotations.append({
-            "id": len(annotations) + 1, "image_id": int(image) + 1,
-            "category_id": int(labels[image, slot]) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
-            "area": (x2 - x1) * (y2 - y1), "iscrowd": 0,
-        })
-    return {"images": images, "annotations": annotations,
-            "categories": categories(FASHION_CLASSES)}
-
-
-def make_loss(config: TrainConfig) -> LossFn:
-    """Cross-entropy with label smoothing, or CenterNet's loss for detection."""
-    if config.task == "detection":
-        from surge.detection.training import CenterNetLoss
-
-        return CenterNetLoss(int(config.model.kwargs.get("classes", 10)))
-    return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
 
 def make_optimizer(module: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -24,13 +24,16 @@ LOSS_PLOT = "loss.png"
 class RunLog:
     """Writes what rank 0 reports; other ranks get a RunLog with `enabled=False` (silent)."""
 
-    def __init__(self, log_dir: Path, enabled: bool, history: list[dict[str, Any]]) -> None:
+    def __init__(self, log_dir: Path, enabled: bool, history: list[dict[str, Any]],
+                 metric: tuple[str, str] = ("val_accuracy", "accuracy")) -> None:
         """Start the JSONL file over from `history`: the epochs the run resumes after (if any).
 
-        Epochs a crashed attempt logged after its last checkpoint are dropped with it.
+        Epochs a crashed attempt logged after its last checkpoint are dropped with it. `metric`
+        is the validation metric's (record key, label), e.g. ("val_accuracy", "accuracy").
         """
         self.log_dir = Path(log_dir)
         self.enabled = enabled
+        self.metric_key, self.metric_label = metric
         self.console = Console(stderr=False, highlight=False)
         if enabled:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -53,25 +56,17 @@ class RunLog:
             return
         self.console.print(
             f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  "
-            f"val loss {record['val_loss']:.4f}  {metric_label(record)} "
-            f"{record[metric_key(record)]:.4f}  "
+            f"val loss {record['val_loss']:.4f}  val {self.metric_label} "
+            f"{record[self.metric_key]:.4f}  "
             f"{record['samples_per_s']:.0f} samples/s  ({record['epoch_s']:.1f}s)"
         )
         with (self.log_dir / METRICS_FILE).open("a") as handle:
             handle.write(json.dumps(record) + "\n")
-        plot_loss(history, self.log_dir / LOSS_PLOT)
+        plot_loss(history, self.log_dir / LOSS_PLOT, self.metric_key, self.metric_label)
 
 
-def metric_key(record: dict[str, Any]) -> str:
-    """The validation metric of a record: val_accuracy, or val_map50 for detection."""
-    return "val_map50" if "val_map50" in record else "val_accuracy"
-
-
-def metric_label(record: dict[str, Any]) -> str:
-    return "val mAP@0.5" if metric_key(record) == "val_map50" else "val accuracy"
-
-
-def plot_loss(history: list[dict[str, Any]], path: Path) -> Path:
+def plot_loss(history: list[dict[str, Any]], path: Path, key: str = "val_accuracy",
+              name: str = "accuracy") -> Path:
     """Training and validation loss per epoch, with the validation metric on a second axis."""
     import matplotlib
 
@@ -85,8 +80,6 @@ def plot_loss(history: list[dict[str, Any]], path: Path) -> Path:
     axis.set_xlabel("epoch")
     axis.set_ylabel("loss")
     accuracy = axis.twinx()
-    key = metric_key(history[-1])
-    name = "mAP@0.5" if key == "val_map50" else "accuracy"
     accuracy.plot(epochs, [h[key] for h in history], color="tab:green",
                   linestyle="--", marker=".", label=f"validation {name}")
     accuracy.set_ylabel(name)

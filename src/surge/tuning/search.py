@@ -171,6 +171,7 @@ def select(
     measure: Measure,
     rungs: Sequence[Rung] = (Rung("full run"),),
     *,
+    reference: float,
     eta: int = 3,
     finalists: int = 2,
     brute_force_limit: int = 16,
@@ -180,14 +181,15 @@ def select(
 ) -> SelectionReport:
     """Search `candidates` for the highest sustainable throughput meeting `slo` and `budget`.
 
-    `accuracy` maps each variant to its headline metric (percent). `rungs` go from cheap to
+    `accuracy` maps each variant to its headline metric (percent), `reference` is the original
+    model's value the budget's drop is counted from. `rungs` go from cheap to
     exact; brute force measures every admissible candidate at the last rung only.
     `survivors[i]` caps how many candidates go on to rung i + 1 (the last rung always gets
     `finalists`).
     """
     search = _Search(slo, measure, time_budget_s, clock)
     results = [CandidateResult(c, accuracy.get(c.variant)) for c in candidates]
-    alive = _admissible(results, budget)
+    alive = _admissible(results, budget, reference)
     strategy = "brute force" if len(alive) <= brute_force_limit else "successive halving"
     if strategy == "brute force":
         alive = search.run_rung(alive, rungs[-1])
@@ -196,11 +198,12 @@ def select(
     return _finish(results, alive, slo, strategy, clock() - search.started, search.out_of_time)
 
 
-def _admissible(results: list[CandidateResult], budget: AccuracyBudget) -> list[CandidateResult]:
+def _admissible(results: list[CandidateResult], budget: AccuracyBudget,
+                reference: float) -> list[CandidateResult]:
     alive = []
     for result in results:
         why = ("no accuracy measured for this variant" if result.accuracy is None
-               else budget.rejects(result.accuracy))
+               else budget.rejects(result.accuracy, reference))
         if why:
             result.reason = why
         else:

@@ -1,13 +1,14 @@
-"""The search space: serving configurations, the load they face, the SLO and accuracy budget."""
+"""What a tune is for and may try: serving configurations, the load they face, the SLO, the
+accuracy budget, the search space and the effort to spend."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from surge.errors import ConfigError
+from surge.platform import available_cores, settings_grid
 
 ORIGINAL = "original"  # the model as exported, before any optimizer variant
 
@@ -63,22 +64,56 @@ class Slo:
 
 @dataclass(frozen=True)
 class AccuracyBudget:
-    """How much accuracy a variant may give up: a max drop from the reference (points of the
-    headline metric, in percent) and/or a minimum value of the metric."""
+    """How much accuracy a variant may give up, on the headline `metric` (None: the task's
+    first): at most `max_drop` points (percent) below the original model's value, and/or no
+    lower than `min_metric`."""
 
-    reference: float
     max_drop: float | None = 1.0
     min_metric: float | None = None
+    metric: str | None = None
 
-    def rejects(self, metric: float) -> str | None:
-        """Why `metric` is outside the budget, or None if it is inside."""
-        drop = self.reference - metric
+    def rejects(self, value: float, reference: float) -> str | None:
+        """Why `value` is outside the budget when the original scores `reference`, or None."""
+        drop = reference - value
         if self.max_drop is not None and drop > self.max_drop + 1e-9:
-            return (f"accuracy {metric:.2f} is {drop:.2f} points below the reference "
-                    f"{self.reference:.2f} (budget {self.max_drop:g})")
-        if self.min_metric is not None and metric < self.min_metric:
-            return f"accuracy {metric:.2f} is below the minimum {self.min_metric:g}"
+            return (f"accuracy {value:.2f} is {drop:.2f} points below the reference "
+                    f"{reference:.2f} (budget {self.max_drop:g})")
+        if self.min_metric is not None and value < self.min_metric:
+            return f"accuracy {value:.2f} is below the minimum {self.min_metric:g}"
         return None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What the tuner may choose from: variants (made when the model has none), max batch
+    sizes, queue delays and (instances, threads) layouts."""
+
+    max_batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
+    delays_ms: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0)
+    settings: tuple[tuple[int, int], ...] | None = None  # (instances, threads); None: all that fit
+    optimize: bool = True  # make variants when the model has none
+    variants: str | None = None  # what to make, in `surge optimize` names; None: a default set
+
+    def layouts(self) -> list[tuple[int, int]]:
+        """The (instances, threads) layouts to try: the given ones, else every one that fits."""
+        return list(self.settings) if self.settings else settings_grid(available_cores())
+
+    def candidates(self, variants: Iterable[str]) -> list[Candidate]:
+        return build_space(variants, self.max_batch_sizes, self.delays_ms, self.layouts())
+
+
+@dataclass(frozen=True)
+class Effort:
+    """How much time the tune may spend, and on what."""
+
+    budget_s: float = 600.0  # the whole tune
+    profile_s: float = 0.25  # per in-process profile point
+    short_run_s: float = 3.0
+    full_run_s: float = 8.0
+    short_runs: int = 6  # configurations served in short runs (0: straight to full runs)
+    finalists: int = 2  # configurations served in full runs
+    final_rounds: int = 2  # untuned vs chosen, served alternately this many times each
+    eval_samples: int | None = None  # evaluate on the first N samples only
 
 
 def build_space(
@@ -88,10 +123,7 @@ def build_space(
     settings: Sequence[tuple[int, int]] | None = None,
 ) -> list[Candidate]:
     """Every combination; max batch 1 takes no queue delay (there is nothing to wait for)."""
-    cores = os.cpu_count() or 1
-    settings = settings or [
-        (i, t) for i in range(1, cores + 1) for t in range(1, cores + 1) if i * t <= cores
-    ]
+    settings = settings or settings_grid(available_cores())
     space = {
         Candidate(v, b, 0.0 if b == 1 else d, i, t)
         for v in variants for b in max_batch_sizes for d in delays_ms for i, t in settings

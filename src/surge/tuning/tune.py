@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,11 +21,12 @@ import numpy as np
 from rich.progress import Progress
 
 from surge.errors import SurgeError
-from surge.evaluate.harness import TASKS, EvalDataset, EvalReport, evaluate, load_dataset
-from surge.evaluate.metrics import MetricError
+from surge.evaluate.harness import EvalDataset, EvalReport, evaluate, load_dataset
 from surge.evaluate.profile import ProfileReport, default_batch_sizes, profile_variant
+from surge.platform import available_cores
 from surge.repository import Repository
 from surge.runtimes import RunnerOptions
+from surge.tasks import get_task
 from surge.tuning.apply import write_selection
 from surge.tuning.predict import (
     Measurement,
@@ -38,7 +38,7 @@ from surge.tuning.predict import (
 )
 from surge.tuning.search import Rung, SelectionReport, select
 from surge.tuning.serving import TUNING_DIR, ServingTrialError, measure_served
-from surge.tuning.space import ORIGINAL, AccuracyBudget, Candidate, Slo, build_space
+from surge.tuning.space import ORIGINAL, AccuracyBudget, Candidate, Effort, SearchSpace, Slo
 
 REPORT_FILE = "report.json"
 PREDICTED = "predicted"
@@ -51,33 +51,20 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class TuneOptions:
-    """What to tune for and how much effort to spend."""
+    """What to tune for (the data, the task, the SLO, the accuracy budget), what may be tried
+    and how much effort to spend."""
 
     data: str
     task: str
     slo: Slo
-    max_accuracy_drop: float | None = 1.0  # points of the headline metric (percent)
-    min_metric: float | None = None
-    metric: str | None = None  # headline metric (surge.evaluate.harness.METRICS); None: default
-    budget_s: float = 600.0
-    protocol: str = "http"
-    max_batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
-    delays_ms: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0)
-    settings: tuple[tuple[int, int], ...] | None = None  # (instances, threads); default: cores
-    profile_s: float = 0.25  # per in-process profile point
-    short_run_s: float = 3.0
-    full_run_s: float = 8.0
-    short_runs: int = 6  # configurations served in short runs (0: straight to full runs)
-    final_rounds: int = 2  # untuned vs chosen, served alternately this many times each
-    finalists: int = 2  # configurations served in full runs
-    eval_samples: int | None = None  # evaluate on the first N samples only
-    optimize: bool = True  # make variants when the model has none
-    variants: str | None = None  # what to make, in `surge optimize` names; None: a default set
+    accuracy: AccuracyBudget = AccuracyBudget()
+    space: SearchSpace = SearchSpace()
+    effort: Effort = Effort()
+    protocol: str = "http"  # how the load generator talks to the served trials
     write_config: bool = True
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise MetricError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
+        get_task(self.task)  # an unknown task fails here, before any work
 
 
 @dataclass
@@ -158,7 +145,7 @@ def _jsonable(value: Any) -> Any:
 
 def baseline_candidate() -> Candidate:
     """The untuned configuration: the original model, no batching, one instance, all cores."""
-    return Candidate(ORIGINAL, 1, 0.0, 1, os.cpu_count() or 1)
+    return Candidate(ORIGINAL, 1, 0.0, 1, available_cores())
 
 
 class _Stages:
@@ -186,15 +173,15 @@ def tune(repo_root: Path, model: str, options: TuneOptions,
     model_dir = repo.model_dir(model)
     slo = options.slo
     report = TuningReport(model, options.task, options.data, slo.p99_ms, slo.load.describe(),
-                          slo.load.concurrency, slo.load.rate, options.max_accuracy_drop,
-                          options.min_metric)
+                          slo.load.concurrency, slo.load.rate, options.accuracy.max_drop,
+                          options.accuracy.min_metric)
     stages = _Stages(report)
     say = on_stage or (lambda _: None)
     dataset = _reference_dataset(repo, model, options)  # a bad --data fails before any work
 
-    if options.optimize and not repo.variants(model):
+    if options.space.optimize and not repo.variants(model):
         say("optimize: making variants")
-        report.optimized = make_variants(repo, model, options.variants, report)
+        report.optimized = make_variants(repo, model, options.space.variants, report)
         repo = Repository(repo_root)
     stages.done("optimize")
 
@@ -220,8 +207,8 @@ def tune(repo_root: Path, model: str, options: TuneOptions,
     stages.done("baseline")
 
     say("select")
-    reserve = 2 * options.final_rounds * (first.startup_s + options.full_run_s + 1.0)
-    remaining = options.budget_s - stages.elapsed() - reserve
+    reserve = 2 * options.effort.final_rounds * (first.startup_s + options.effort.full_run_s + 1.0)
+    remaining = options.effort.budget_s - stages.elapsed() - reserve
     report.selection = _search(options, report, measurer, accepted, remaining)
     stages.done("select")
 
@@ -230,7 +217,7 @@ def tune(repo_root: Path, model: str, options: TuneOptions,
         say("re-measure the untuned and the chosen configurations")
         report.chosen = chosen.candidate
         report.baseline, report.tuned, report.speedup = compare_back_to_back(
-            measurer.serve, baseline_candidate(), chosen.candidate, options.final_rounds)
+            measurer.serve, baseline_candidate(), chosen.candidate, options.effort.final_rounds)
         if options.write_config:
             report.config_path = str(write_selection(model_dir, chosen.candidate, slo.p99_ms))
     stages.done("final")
@@ -264,76 +251,48 @@ def compare_back_to_back(
 def _reference_dataset(repo: Repository, model: str, options: TuneOptions) -> EvalDataset:
     loaded = repo.load(model)
     dataset = load_dataset(options.data, loaded.signature.input_names[0])
-    return dataset.subset(options.eval_samples) if options.eval_samples else dataset
+    samples = options.effort.eval_samples
+    return dataset.subset(samples) if samples else dataset
 
 
 def _evaluate_all(repo: Repository, model: str, variants: list[str], dataset: EvalDataset,
                   options: TuneOptions, progress: Progress | None, report: TuningReport
                   ) -> dict[str, EvalReport]:
-    decoder = _decoder(repo, model) if options.task == "detection" else None
+    task = get_task(options.task)
     out: dict[str, EvalReport] = {}
     reference_outputs: np.ndarray | None = None
     for variant in variants:
         ref = model if variant == ORIGINAL else f"{model}@{variant}"
         try:
             loaded = repo.load(ref)  # the config's threads and device, as serving would
-            result = evaluate(loaded, dataset, options.task, reference=reference_outputs,
-                              decoder=decoder, progress=progress, metric=options.metric)
+            result = evaluate(loaded, dataset, task, reference=reference_outputs,
+                              progress=progress, metric=options.accuracy.metric)
         except Exception as exc:  # a broken variant loses; the tune goes on
             report.variants.append(VariantResult(variant, "", None, False,
                                                  f"could not be evaluated: {exc}"))
             if variant == ORIGINAL:
                 raise
             continue
-        if variant == ORIGINAL and options.task == "embedding":
+        if variant == ORIGINAL and task.scores_against_reference:
             # the original scores itself perfectly; variants are scored against its outputs
             reference_outputs = next(iter(result.outputs.values()))
         out[variant] = result
     reference = out[ORIGINAL].metric
     report.reference_metric = reference
-    budget = AccuracyBudget(reference, options.max_accuracy_drop, options.min_metric)
     for variant, result in out.items():
-        why = budget.rejects(result.metric)
+        why = options.accuracy.rejects(result.metric, reference)
         report.variants.append(VariantResult(variant, result.metric_name, result.metric,
                                              why is None, why or "within the accuracy budget",
                                              result.seconds))
     return out
 
 
-def _decoder(repo: Repository, model: str) -> Any:
-    """The model's `parameters.decoder` ('package.module:function', trusted like a factory),
-    else the built-in one for models that output boxes, scores and labels."""
-    import importlib
-
-    spec = repo.config(model).parameters.get("decoder")
-    if spec:
-        module, _, name = str(spec).partition(":")
-        return getattr(importlib.import_module(module), name)
-    from surge.detection.coco import detections_to_coco
-
-    def boxes_scores_labels(outputs: dict[str, np.ndarray], ids: np.ndarray) -> list[dict]:
-        try:
-            return detections_to_coco(outputs["boxes"], outputs["scores"], outputs["labels"], ids)
-        except KeyError:
-            raise MetricError(f"detection needs outputs boxes/scores/labels or a "
-                              f"'decoder' parameter; model outputs are {list(outputs)}") from None
-
-    return boxes_scores_labels
-
-
-def _settings(options: TuneOptions) -> list[tuple[int, int]]:
-    if options.settings:
-        return list(options.settings)
-    cores = os.cpu_count() or 1
-    return [(i, t) for i in range(1, cores + 1) for t in range(1, cores + 1) if i * t <= cores]
-
-
 def _profile_all(repo: Repository, model: str, variants: list[str], options: TuneOptions,
                  progress: Progress | None) -> dict[str, ProfileReport]:
-    sizes = default_batch_sizes(max(options.max_batch_sizes))
+    sizes = default_batch_sizes(max(options.space.max_batch_sizes))
     # the untuned baseline's setting too: its prediction calibrates the serving overhead
     baseline = baseline_candidate()
-    settings = sorted({*_settings(options), (baseline.instances, baseline.threads)})
+    settings = sorted({*options.space.layouts(), (baseline.instances, baseline.threads)})
     device = repo.config(model).device  # profile where serving will run
     out = {}
     for variant in variants:
@@ -343,7 +302,7 @@ def _profile_all(repo: Repository, model: str, variants: list[str], options: Tun
             return repo.load(ref, options=runner_options).runner
 
         out[variant] = profile_variant(factory, model, variant, sizes, settings,
-                                       options.profile_s, progress, device)
+                                       options.effort.profile_s, progress, device)
     return out
 
 
@@ -382,7 +341,8 @@ class _Measurer:
         return self.serve(candidate, rung.name).measured
 
     def serve(self, candidate: Candidate, rung: str) -> ServedRun:
-        duration = self.options.short_run_s if rung == SHORT_RUN else self.options.full_run_s
+        effort = self.options.effort
+        duration = effort.short_run_s if rung == SHORT_RUN else effort.full_run_s
         predicted = self.predicted(candidate) if self._profiled(candidate) else \
             Measurement(0.0, math.inf)
         if self.progress is not None and self.task is not None:
@@ -410,15 +370,15 @@ class _Measurer:
 
 def _search(options: TuneOptions, report: TuningReport, measurer: _Measurer,
             accepted: list[str], budget_s: float) -> SelectionReport:
-    space = build_space(accepted, options.max_batch_sizes, options.delays_ms, _settings(options))
+    space = options.space.candidates(accepted)
     accuracy = {v.variant: v.metric for v in report.variants if v.metric is not None}
-    budget = AccuracyBudget(report.reference_metric or 0.0, options.max_accuracy_drop,
-                            options.min_metric)
+    effort = options.effort
     startup = report.served[0].startup_s if report.served else 5.0
-    short = (Rung(SHORT_RUN, startup + options.short_run_s + 1.0),) if options.short_runs else ()
-    rungs = (Rung(PREDICTED, 0.0), *short, Rung(FULL_RUN, startup + options.full_run_s + 1.0))
-    survivors = (options.short_runs, options.finalists) if short else (options.finalists,)
-    return select(space, accuracy, budget, options.slo, measurer, rungs, finalists=options.finalists,
+    short = (Rung(SHORT_RUN, startup + effort.short_run_s + 1.0),) if effort.short_runs else ()
+    rungs = (Rung(PREDICTED, 0.0), *short, Rung(FULL_RUN, startup + effort.full_run_s + 1.0))
+    survivors = (effort.short_runs, effort.finalists) if short else (effort.finalists,)
+    return select(space, accuracy, options.accuracy, options.slo, measurer, rungs,
+                  reference=report.reference_metric or 0.0, finalists=effort.finalists,
                   brute_force_limit=0, survivors=survivors, time_budget_s=max(0.0, budget_s))
 
 

@@ -1,6 +1,6 @@
 """Compute workers: one process per model instance, tensors through shared memory."""
 
-from surge.workers.pool import Placement, WorkerPool, available_cores, plan_instances
+from surge.workers.pool import Placement, WorkerPool, plan_instances
 from surge.workers.transport import PipeTransport, ShmTransport, Transport, make_transport
 
 __all__ = [
@@ -9,7 +9,6 @@ __all__ = [
     "ShmTransport",
     "Transport",
     "WorkerPool",
-    "available_cores",
     "make_transport",
     "plan_instances",
 ]

@@ -4,7 +4,9 @@ Results are read without blocking the loop: each worker's pipe is registered wit
 `loop.add_reader`. A worker that dies (even SIGKILL) closes its pipe: the reader sees EOF at
 once, the batch it was computing is failed with WorkerCrashedError, a batch still waiting in
 its second slot (never started) goes back to the queue, and it is restarted with exponential
-backoff.
+backoff; a restart that cannot even start a process (no file descriptors left, no memory) is
+tried again on the same backoff, never given up. A worker whose batch runs far past its
+estimate (`HangRule`) is taken as hung: killed, its batch handed back, restarted the same way.
 
 Each worker holds up to PIPELINE_DEPTH batches: it computes one while the next already waits in
 shared memory, so it does not idle while the front end hands out results and forms the next
@@ -18,7 +20,6 @@ import contextlib
 import enum
 import logging
 import multiprocessing as mp
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,8 +31,10 @@ import numpy as np
 
 from surge.datatypes import v2_to_numpy
 from surge.errors import ConfigError, ModelLoadError, ServingError, WorkerCrashedError
+from surge.platform import fits
 from surge.runtimes.base import Signature, TensorSpec
 from surge.scheduler.types import Batch
+from surge.workers.hang import HangRule
 from surge.workers.messages import BatchDone, LoadFailed, Ready, Stop
 from surge.workers.transport import Transport, make_transport
 from surge.workers.worker import WorkerSpec, worker_main
@@ -43,13 +46,6 @@ BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 10.0  # a worker alive this long resets the backoff
 PIPELINE_DEPTH = 2  # batches a worker holds: one computing, one waiting in its slot
 _BYTES_GUESS = 64  # bytes per BYTES element when sizing a slot
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,7 @@ def plan_instances(instances: int, threads: int, device: str, cores: int,
         devices = [f"cuda:{i}" for i in range(cuda_devices)]
     total = instances * len(devices)
     per = threads or max(1, cores // total)
-    if total * per > cores:
+    if not fits(total, per, cores):
         raise ConfigError(
             f"instances x threads = {total} x {per} = {total * per} does not fit {cores} cores; "
             f"lower 'instances' or 'threads'"
@@ -119,6 +115,7 @@ class Worker:
     last_done: float = 0.0  # loop time of its last result
     load_error: str = ""
     device: str = ""  # where its engine runs, from its Ready message
+    watch: asyncio.TimerHandle | None = None  # fires when batches[0] computes too long
 
     @property
     def free(self) -> int:
@@ -156,6 +153,10 @@ class WorkerPool:
         on_ready: Callable[[], None] | None = None,
         max_batch_size: int = 1,
         spin_wait: bool = False,
+        hang: HangRule | None = None,
+        estimate: Callable[[int], float | None] | None = None,
+        on_hung: Callable[[Batch], None] | None = None,
+        on_spawn_failure: Callable[[], None] | None = None,
     ) -> None:
         self.root, self.ref, self.version = root, ref, version
         self.spin_wait = spin_wait
@@ -175,14 +176,25 @@ class WorkerPool:
         self._changed = asyncio.Event()
         self._ctx = mp.get_context("spawn")
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Hang detection needs both: the rule, and the seconds a batch of a size should take.
+        self._hang = hang if estimate is not None else None
+        self._estimate = estimate
+        self._on_hung = on_hung  # the hung batch's requests: retry or fail (default: fail)
+        self._on_spawn_failure = on_spawn_failure
         self.restarts = 0
+        self.spawn_failures = 0  # restarts whose process could not even be started
+        self.hangs = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Spawn every instance and wait until all have loaded and run a warm-up batch."""
         self._loop = asyncio.get_running_loop()
         for index in range(len(self.placements)):
-            self._spawn(index)
+            try:
+                self._start_worker(index)
+            except OSError as exc:
+                await self.stop(0.0)
+                raise ModelLoadError(f"model {self.ref!r}: cannot start a worker: {exc}") from None
         while not all(w is not None and w.state is State.READY for w in self._workers):
             failed = [w for w in self._workers if w is not None and w.state is State.DEAD]
             if failed:
@@ -198,11 +210,19 @@ class WorkerPool:
                      if w is not None and w.state is State.READY and w.device)
 
     @property
+    def instances(self) -> int:
+        """How many worker processes this pool runs (when all are alive)."""
+        return len(self.placements)
+
+    @property
+    def live(self) -> int:
+        """Instances loaded and taking batches now (the others are restarting)."""
+        return sum(1 for w in self._workers if w is not None and w.state is State.READY)
+
+    @property
     def ready(self) -> bool:
-        """All instances warmed up once, and at least one alive now."""
-        return self._warm and not self._stopping and any(
-            w is not None and w.state is State.READY for w in self._workers
-        )
+        """All instances warmed up once, and at least one alive now: it serves from those."""
+        return self._warm and not self._stopping and self.live > 0
 
     @property
     def idle_count(self) -> int:
@@ -262,14 +282,40 @@ class WorkerPool:
                           index, self.spin_wait)
 
     def _spawn(self, index: int) -> None:
+        """Restart instance `index` (a timer callback); one that cannot start is tried again."""
         self._restarts.pop(index, None)
+        if self._stopping:
+            return
+        try:
+            self._start_worker(index)
+        except Exception as exc:  # EMFILE, EAGAIN, ENOMEM: the instance must come back later
+            self.spawn_failures += 1
+            if self._on_spawn_failure is not None:
+                self._on_spawn_failure()
+            delay = self._schedule_spawn(index)
+            log.error("worker %s[%d] could not be started (%s: %s); retrying in %.1fs",
+                      self.ref, index, type(exc).__name__, exc, delay)
+
+    def _schedule_spawn(self, index: int) -> float:
+        """Start instance `index` after its backoff (which doubles each time); the delay."""
+        delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** self._failures[index])
+        self._failures[index] += 1
+        assert self._loop is not None
+        self._restarts[index] = self._loop.call_later(delay, self._spawn, index)
+        return delay
+
+    def _start_worker(self, index: int) -> None:
         placement = self.placements[index]
-        spec = self.spec(index)
         parent, child = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=worker_main, args=(spec, child), daemon=True,
-                                    name=f"surge-worker-{self.ref}-{index}")
-        process.start()
-        child.close()  # only the worker holds its end: its death is EOF here
+        try:
+            process = self._ctx.Process(target=worker_main, args=(self.spec(index), child),
+                                        daemon=True, name=f"surge-worker-{self.ref}-{index}")
+            process.start()
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()  # only the worker holds its end: its death is EOF here
         old = self._workers[index]
         transport = old.transport if old is not None else None
         if transport is not None:
@@ -312,35 +358,40 @@ class WorkerPool:
         if self._on_ready is not None:  # a (re)started worker can take the batches queued meanwhile
             self._on_ready()
 
-    def _crashed(self, worker: Worker) -> None:
+    def _crashed(self, worker: Worker, cause: str = "", started: int = 1) -> None:
+        """Its pipe closed, or (`cause`) the worker must go: fail its batches, restart it.
+
+        `started`: how many of its batches it had begun (see `_close`).
+        """
         was_ready = worker.state is State.READY
+        if cause:
+            worker.process.kill()  # SIGKILL ends a stopped (SIGSTOP) process too
         worker.process.join(1.0)  # its pipe closed: it is exiting; reap it for the exit code
-        code = worker.process.exitcode
+        what = cause or f"died (exit code {worker.process.exitcode})"
         self._close(worker, WorkerCrashedError(
-            f"worker {worker.index} of model {self.ref!r} died (exit code {code})"
-            " while computing this request"
-        ))
+            f"worker {worker.index} of model {self.ref!r} {what} while computing this request"
+        ), started)
         self._changed.set()
         if self._stopping or not self._warm:
             return  # start() reports a failed first load; stop() needs no restart
-        stable = time.monotonic() - worker.started >= STABLE_AFTER_S
-        self._failures[worker.index] = 0 if stable and was_ready else self._failures[worker.index]
-        delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** self._failures[worker.index])
-        self._failures[worker.index] += 1
+        if was_ready and time.monotonic() - worker.started >= STABLE_AFTER_S:
+            self._failures[worker.index] = 0
         self.restarts += 1
         if self._on_restart is not None:
             self._on_restart()
-        log.warning("worker %s[%d] died (exit code %s); restarting in %.1fs", self.ref,
-                    worker.index, code, delay)
-        assert self._loop is not None
-        self._restarts[worker.index] = self._loop.call_later(delay, self._spawn, worker.index)
+        delay = self._schedule_spawn(worker.index)
+        log.warning("worker %s[%d] %s; restarting in %.1fs", self.ref, worker.index, what, delay)
 
-    def _close(self, worker: Worker, error: Exception) -> None:
+    def _close(self, worker: Worker, error: Exception, started: int = 1) -> None:
         """Forget a worker's process and pipe; fail the batch it computed with `error`.
 
         Batches behind it were never started (results come in order), so they are safe to
-        queue again; without a requeue callback they fail too.
+        queue again; without a requeue callback they fail too. `started` is 0 when the one it
+        computed was taken out already (a hang).
         """
+        if worker.watch is not None:
+            worker.watch.cancel()
+            worker.watch = None
         if worker.state is not State.DEAD:
             worker.state = State.DEAD
             assert self._loop is not None
@@ -352,7 +403,7 @@ class WorkerPool:
         batches = list(worker.batches)
         worker.batches.clear()
         for i, batch in enumerate(batches):
-            if i > 0 and self._on_requeue is not None:
+            if i >= started and self._on_requeue is not None:
                 self._on_requeue(batch)
             else:
                 self._on_done(batch, None, error, None)
@@ -364,6 +415,8 @@ class WorkerPool:
         assert worker.transport is not None
         assert worker.free > 0
         worker.batches.append(batch)
+        if len(worker.batches) == 1:  # it starts computing this one now
+            self._watch(worker)
         parts = {name: [r.inputs[name] for r in batch.requests] for name in batch.requests[0].inputs}
         try:
             worker.transport.send(worker.conn, batch.id, parts)
@@ -379,6 +432,7 @@ class WorkerPool:
         batch = worker.batches[0]
         if done.error:
             worker.batches.popleft()
+            self._watch(worker)
             worker.transport.skip()
             self._on_done(batch, None, ServingError(f"model {self.ref!r} failed: {done.error}"),
                           None)
@@ -397,3 +451,36 @@ class WorkerPool:
         # Outputs view the worker's output slot: consume them before its slot is reused.
         self._on_done(batch, outputs, None, BatchResult(done, service_s))
         worker.batches.popleft()
+        self._watch(worker)
+
+    # -- hangs -------------------------------------------------------------------------------
+    def _watch(self, worker: Worker) -> None:
+        """Time the batch `worker` computes now (its first), against the hang rule."""
+        if worker.watch is not None:
+            worker.watch.cancel()
+            worker.watch = None
+        if not worker.batches or self._hang is None or self._estimate is None:
+            return
+        batch = worker.batches[0]
+        limit = self._hang.limit(self._estimate(batch.size))
+        if limit is not None:
+            assert self._loop is not None
+            worker.watch = self._loop.call_later(limit, self._overdue, worker, batch, limit)
+
+    def _overdue(self, worker: Worker, batch: Batch, limit: float) -> None:
+        """The hang timer fired: kill the worker, hand its batch back, restart it."""
+        worker.watch = None
+        if worker.state is not State.READY or not worker.batches or worker.batches[0] is not batch:
+            return
+        worker.batches.popleft()  # answered below, not failed as a crash
+        self.hangs += 1
+        cause = f"hung (no result after {limit:.2f} s) and was killed"
+        log.error("worker %s[%d] computed a batch of %d for %.2f s: taken as hung", self.ref,
+                  worker.index, batch.size, limit)
+        self._crashed(worker, cause, started=0)
+        if self._on_hung is not None:
+            self._on_hung(batch)
+        else:
+            self._on_done(batch, None, WorkerCrashedError(
+                f"worker {worker.index} of model {self.ref!r} {cause} while computing this "
+                "request"), None)

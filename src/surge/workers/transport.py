@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import secrets
-import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
@@ -24,13 +24,13 @@ from typing import Protocol
 
 import numpy as np
 
+from surge.protocol.tensors import deserialize_bytes, serialize_bytes
 from surge.workers.messages import BatchDone, RunBatch, TensorMeta
 
 ALIGN = 64  # cache-line aligned tensors
 BYTES = "BYTES"
 TRANSPORTS = ("shm", "pipe")
 TRANSPORT_ENV = "SURGE_TRANSPORT"
-_LEN = struct.Struct("<I")
 
 Parts = Mapping[str, Sequence[np.ndarray]]  # tensor name -> pieces joined along dim 0
 
@@ -40,27 +40,12 @@ def _aligned(n: int) -> int:
 
 
 def encode_bytes(arrays: Sequence[np.ndarray]) -> bytes:
-    """BYTES elements as the V2 wire format does: 4-byte little-endian length, then the bytes."""
-    out = bytearray()
-    for array in arrays:
-        for item in array.reshape(-1):
-            data = item if isinstance(item, bytes) else str(item).encode()
-            out += _LEN.pack(len(data))
-            out += data
-    return bytes(out)
+    """BYTES pieces of one tensor in the V2 wire format, so the worker decodes them alike."""
+    return b"".join(serialize_bytes(array) for array in arrays)
 
 
-def decode_bytes(buffer: memoryview, shape: tuple[int, ...]) -> np.ndarray:
-    count = int(np.prod(shape))
-    items: list[bytes] = []
-    pos = 0
-    for _ in range(count):
-        (length,) = _LEN.unpack_from(buffer, pos)
-        items.append(bytes(buffer[pos + 4:pos + 4 + length]))
-        pos += 4 + length
-    array = np.empty(count, dtype=object)
-    array[:] = items
-    return array.reshape(shape)
+def decode_bytes(name: str, buffer: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+    return deserialize_bytes(name, buffer, math.prod(shape)).reshape(shape)
 
 
 def _joined_shape(pieces: Sequence[np.ndarray]) -> tuple[int, ...]:
@@ -109,7 +94,8 @@ def unpack(metas: Sequence[TensorMeta], buffer: memoryview) -> dict[str, np.ndar
     out: dict[str, np.ndarray] = {}
     for meta in metas:
         if meta.dtype == BYTES:
-            out[meta.name] = decode_bytes(buffer[meta.offset:meta.offset + meta.nbytes], meta.shape)
+            out[meta.name] = decode_bytes(meta.name, buffer[meta.offset:meta.offset + meta.nbytes],
+                                          meta.shape)
         else:
             out[meta.name] = np.ndarray(meta.shape, np.dtype(meta.dtype), buffer, meta.offset)
     return out

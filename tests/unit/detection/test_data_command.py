@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from surge.detection.coco import load_split
+from surge_examples.detection.coco import load_split
 from tests.cli_runner import run_cli
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from surge.data.fashion_mnist import load_fashion_mnist
-from surge.detection.coco import ANNOTATIONS_FILE, load_split, save_split, to_coco
-from surge.detection.dataset import CanvasSpec, generate_split, render_item, source_pool
 from surge.errors import ConfigError
+from surge_examples.detection.coco import ANNOTATIONS_FILE, load_split, save_split, to_coco
+from surge_examples.detection.dataset import CanvasSpec, generate_split, render_item, source_pool
+from surge_examples.fashion.data import load_fashion_mnist
 
 PLAIN = CanvasSpec(texture=0.0, noise=0.0)  # items on black: every nonzero pixel is an item's
 

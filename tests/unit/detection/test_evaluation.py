@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surge.detection.coco import detections_to_coco, to_coco
-from surge.detection.dataset import DetectionSplit, generate_split
-from surge.evaluate.metrics import coco_map, detection_prf
+from surge.tasks.coco import detections_to_coco
+from surge.tasks.coco_metrics import coco_map, detection_prf
+from surge_examples.detection.coco import to_coco
+from surge_examples.detection.dataset import DetectionSplit, generate_split
 
 K = 8
 

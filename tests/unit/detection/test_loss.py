@@ -8,10 +8,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from surge.detection.dataset import generate_split
-from surge.detection.loss import build_targets, detection_loss
-from surge.detection.model import centernet
-from surge.detection.training import CenterNetLoss, hflip, pack_targets, unpack_targets
+from surge.tasks.coco import hflip, pack_targets, unpack_targets
+from surge_examples.detection.dataset import generate_split
+from surge_examples.detection.loss import build_targets, detection_loss
+from surge_examples.detection.model import centernet
+from surge_examples.detection.training import CenterNetLoss
 
 CLASSES = 10
 

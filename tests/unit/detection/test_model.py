@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from surge.detection.export import export_detector
-from surge.detection.model import STRIDE, centernet, decode, detector, suppress_other_classes
+from surge.tasks.export import export_boxes_model
+from surge_examples.detection.model import STRIDE, centernet, decode, detector, suppress_other_classes
 
 CLASSES = 10
 GRID = 32
@@ -103,7 +103,8 @@ def test_network_maps_have_the_stride_4_layout() -> None:
 def test_exported_onnx_model_matches_pytorch(tmp_path) -> None:  # noqa: ANN001
     torch.manual_seed(0)
     model = detector(width=8, k=16).eval()
-    path = export_detector(model, tmp_path / "model.onnx")
+    example = torch.zeros((2, 128, 128), dtype=torch.uint8)
+    path = export_boxes_model(model, example, tmp_path / "model.onnx", "image", model.k)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [(i.name, i.type, i.shape) for i in session.get_inputs()] == [
         ("image", "tensor(uint8)", ["batch", 128, 128])]

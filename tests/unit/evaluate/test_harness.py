@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 from rich.progress import Progress
 
+from surge.errors import ConfigError
 from surge.evaluate.harness import EvalDataset, evaluate, load_dataset, run_dataset
 from surge.evaluate.metrics import MetricError
 from surge.evaluate.profile import (
@@ -60,7 +61,7 @@ def test_embedding_fidelity_against_a_reference(tiny: Repository) -> None:
     assert skewed.metric < 99.0
 
 
-def test_detection_calls_the_decoder_per_batch(tiny: Repository) -> None:
+def test_detection_scores_the_decoded_outputs(tiny: Repository) -> None:
     x = np.zeros((3, 4), dtype=np.float32)
     gt = {"images": [{"id": i} for i in (10, 11, 12)], "categories": [{"id": 1, "name": "box"}],
           "annotations": [{"image_id": i, "category_id": 1, "bbox": [0, 0, 3, 3]}
@@ -80,7 +81,8 @@ def test_detection_calls_the_decoder_per_batch(tiny: Repository) -> None:
     assert {im["id"] for im in first_two.ground_truth["images"]} == {10, 11}
     assert evaluate(tiny.load("tiny"), first_two, "detection", decoder=decoder).metric == \
         pytest.approx(100.0)
-    with pytest.raises(MetricError, match="needs a decoder"):
+    # without a decoder the outputs must be boxes, scores and labels
+    with pytest.raises(MetricError, match=r"needs outputs boxes/scores/labels .* are \['y'\]"):
         evaluate(tiny.load("tiny"), data, "detection")
 
 
@@ -111,7 +113,7 @@ def test_missing_targets_and_unknown_task_are_clear(tiny: Repository) -> None:
     unlabeled = EvalDataset("u", {"x": np.zeros((2, 4), np.float32)})
     with pytest.raises(MetricError, match="has no labels"):
         evaluate(tiny.load("tiny"), unlabeled, "classification")
-    with pytest.raises(MetricError, match="unknown task 'segmentation'"):
+    with pytest.raises(ConfigError, match="unknown task 'segmentation'"):
         evaluate(tiny.load("tiny"), unlabeled, "segmentation")
     with pytest.raises(MetricError, match="lacks model input"):
         evaluate(tiny.load("tiny"), EvalDataset("w", {"z": np.zeros((2, 4))}), "embedding")
@@ -122,7 +124,7 @@ def test_load_dataset_from_npz(tmp_path: Path) -> None:
     np.savez(path, x=np.ones((3, 4), np.float32), labels=np.array([0, 1, 2]))
     data = load_dataset(path)
     assert (len(data), list(data.inputs), data.labels.tolist()) == (3, ["x"], [0, 1, 2])
-    with pytest.raises(MetricError, match="--data nowhere.csv"):
+    with pytest.raises(ConfigError, match="dataset 'nowhere.csv': expected one of"):
         load_dataset("nowhere.csv")
 
 
@@ -156,5 +158,5 @@ def test_load_detection_split_directory(tmp_path: Path) -> None:
     assert data.image_ids.tolist() == [1, 2]
     assert data.ground_truth == gt
     (split / "annotations.json").unlink()
-    with pytest.raises(MetricError, match="needs images.npy and annotations.json"):
+    with pytest.raises(ConfigError, match="needs images.npy and annotations.json"):
         load_dataset(split)

@@ -10,15 +10,13 @@ import pytest
 from surge.evaluate.metrics import (
     MetricError,
     accuracy,
-    best_f1_threshold,
     classification_report,
-    coco_map,
-    detection_prf,
     embedding_fidelity,
     latency_percentiles,
     report_dict,
     top_k_accuracy,
 )
+from surge.tasks.coco_metrics import best_f1_threshold, coco_map, detection_prf
 
 # -- classification ----------------------------------------------------------------------------
 LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])

@@ -53,15 +53,15 @@ def seeded(module: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def image_source(tmp_path: Path, module: nn.Module | None = None, rows: int = 64,
-                 task: str = "classifier") -> ModelSource:
+                 task: str | None = "classification") -> ModelSource:
     module = module or seeded(TinyCNN())
     x = np.random.default_rng(0).random((rows, 1, 8, 8), dtype=np.float32)
-    return ModelSource("tiny", ["image"], ["logits"], {"image": x}, module=module, task=task,  # type: ignore[arg-type]
+    return ModelSource("tiny", ["image"], ["logits"], {"image": x}, module=module, task=task,
                        calibration={"image": x}, work_dir=tmp_path)
 
 
 def vector_source(tmp_path: Path, module: nn.Module, features: int = 8,
                   rows: int = 64) -> ModelSource:
     x = np.random.default_rng(1).standard_normal((rows, features)).astype(np.float32)
-    return ModelSource("mlp", ["x"], ["y"], {"x": x}, module=module.eval(), task="other",
+    return ModelSource("mlp", ["x"], ["y"], {"x": x}, module=module.eval(), task=None,
                        calibration={"x": x}, work_dir=tmp_path)

@@ -18,7 +18,8 @@ from surge.optimize import (
     parse_variant,
     parse_variants,
 )
-from surge.optimize.check import compare, mean_cosine
+from surge.optimize.check import compare
+from surge.tasks.embedding import mean_cosine
 from surge.optimize.names import parse_tolerance
 
 
@@ -72,7 +73,7 @@ def test_compare_measures_classifier_agreement_and_accuracy() -> None:
     ref = np.array([[2.0, 1.0], [0.0, 1.0], [3.0, 0.0], [0.0, 2.0]], np.float32)
     cand = np.array([[2.0, 1.5], [1.5, 1.0], [3.0, 0.0], [0.0, 2.0]], np.float32)
     labels = np.array([0, 1, 0, 0])
-    result = compare({"y": ref}, {"y": cand}, "classifier",
+    result = compare({"y": ref}, {"y": cand}, "classification",
                      Tolerance(min_top1=0.8, max_accuracy_drop=10.0), labels)
     assert result.top1_agreement == 0.75
     assert (result.reference_accuracy, result.accuracy) == (0.75, 0.5)

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from surge.data.fashion_mnist import load_fashion_mnist, to_model_input
 from surge.repository import Repository
+from surge_examples.fashion.data import load_fashion_mnist, to_model_input
 
 
 @pytest.mark.parametrize("batch", [1, 7])

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from surge.errors import ConfigError
+from surge.tasks import resolve_builder
 from surge.train.config import dump_train_config, load_train_config, parse_train_config
 from tests.unit.train.tiny import recipe, write_recipe
 
@@ -29,12 +30,14 @@ def test_overrides_set_nested_keys_with_yaml_typed_values(tmp_path: Path) -> Non
     (["epochs=many"], "epochs: Input should be a valid integer"),
     (["precision=fp8"], "precision: Input should be 'fp32', 'bf16' or 'fp16'"),
     (["batch_size=0"], "batch_size: Input should be greater than or equal to 1"),
-    (["model.builder=no_colon"], "must look like 'package.module:factory'"),
+    (["model.builder=no_colon"], "'no_colon' is not a registered model; a builder must look "
+                                 "like 'package.module:factory'"),
     (["epochs"], "override 'epochs' must look like key=value"),
     (["epochs.x=1"], "'epochs' is not a section"),
-    (["task=segmentation"], "task: Input should be 'classification' or 'detection'"),
-    (["task=detection"], "task detection needs data.dataset fashion_detection and data.path"),
-    (["data.dataset=fashion_detection"], "fashion_detection needs task: detection"),
+    (["task=segmentation"], "task: Value error, unknown task 'segmentation'; expected one of "
+                            "classification, detection, embedding"),
+    (["task=tests.unit.train.tiny:TinyMLP"], "is type, not a surge.tasks.Task class"),
+    (["task=tests.unit.train.nowhere:Task"], "cannot import 'tests.unit.train.nowhere'"),
 ])
 def test_bad_values_name_the_key(tmp_path: Path, overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match="^.*$") as info:
@@ -63,16 +66,18 @@ def test_dumped_config_reads_back_equal(tmp_path: Path) -> None:
 
 def test_the_default_model_recipe_is_valid() -> None:
     config = load_train_config(Path(__file__).parents[3] / "recipes" / "fashion.yaml")
-    assert config.model.builder == "surge.zoo.fashion:fashion_cnn"
+    assert config.model.builder == "fashion-cnn"
+    assert resolve_builder(config.model.builder) == "surge_examples.fashion.model:fashion_cnn"
+    assert config.data.dataset == "fashion-mnist"
     assert config.export.name == "fashion"
 
 
 def test_the_detector_recipe_is_valid() -> None:
     config = load_train_config(Path(__file__).parents[3] / "recipes" / "detector.yaml")
     assert config.task == "detection"
-    assert config.data.dataset == "fashion_detection"
-    assert config.data.path == "out/fashion-det"
-    assert config.model.builder == "surge.detection.model:centernet"
+    assert config.data.dataset == "fashion-detection"
+    assert config.data.root == "out/fashion-det"
+    assert resolve_builder(config.model.builder) == "surge_examples.detection.model:centernet"
     assert config.parallelism == "ddp"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from surge.tasks.classification import flip_images
 from surge.train.data import Split, eval_shard, train_batches
 from surge.train.distributed import state_from_env
 
@@ -29,8 +30,8 @@ def _split(n: int) -> Split:
 
 def test_rank_batches_together_are_the_single_process_global_batch() -> None:
     split = _split(64)
-    whole = [labels for _, labels in train_batches(split, 16, 3, 0, 1, 0, flip=False)]
-    halves = [list(train_batches(split, 16, 3, 0, 2, rank, flip=False)) for rank in (0, 1)]
+    whole = [labels for _, labels in train_batches(split, 16, 3, 0, 1, 0, flip=None)]
+    halves = [list(train_batches(split, 16, 3, 0, 2, rank, flip=None)) for rank in (0, 1)]
     assert len(whole) == len(halves[0]) == len(halves[1]) == 4
     for step, labels in enumerate(whole):
         shards = torch.cat([halves[0][step][1], halves[1][step][1]])
@@ -41,7 +42,7 @@ def test_the_order_changes_with_the_epoch_and_repeats_with_it() -> None:
     split = _split(64)
 
     def order(epoch: int) -> list[int]:
-        return torch.cat([y for _, y in train_batches(split, 16, epoch, 0, 1, 0, False)]).tolist()
+        return torch.cat([y for _, y in train_batches(split, 16, epoch, 0, 1, 0, None)]).tolist()
 
     assert order(1) == order(1)
     assert order(1) != order(2)
@@ -56,7 +57,7 @@ def test_eval_shards_cover_the_test_set_exactly_once() -> None:
 def test_flip_mirrors_about_half_the_images_left_to_right() -> None:
     image = torch.arange(28 * 28, dtype=torch.float32).reshape(1, 1, 28, 28)
     split = Split(image.repeat(64, 1, 1, 1), torch.zeros(64, dtype=torch.int64))
-    for flip, low, high in ((True, 16, 48), (False, 0, 0)):
+    for flip, low, high in ((flip_images, 16, 48), (None, 0, 0)):
         inputs, _ = next(train_batches(split, 64, 0, 0, 1, 0, flip=flip))
         mirrored = sum(bool(torch.equal(x, image[0].flip(2))) for x in inputs)
         unchanged = sum(bool(torch.equal(x, image[0])) for x in inputs)

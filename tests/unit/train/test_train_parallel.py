@@ -32,7 +32,7 @@ def _train(state: DistState, mode: str, replicas: int, out: Path | None) -> dict
     precision = make_precision("fp32", state.device)
     plan = data_parallel_plan(tiny_mlp(), mode, state, nn.CrossEntropyLoss(), precision)
     optimizer = torch.optim.AdamW(plan.module.parameters(), lr=0.05)
-    for inputs, labels in train_batches(_data(), GLOBAL_BATCH, 0, 0, replicas, state.rank, False):
+    for inputs, labels in train_batches(_data(), GLOBAL_BATCH, 0, 0, replicas, state.rank, None):
         plan.step(inputs, labels)
         optimizer.step()
         optimizer.zero_grad()

@@ -29,7 +29,7 @@ def _train(precision_name: str, device: torch.device) -> tuple[list[float], list
                             [FEATURES], seed=0)
     losses = []
     for epoch in range(4):
-        for inputs, labels in train_batches(train, 64, epoch, 0, 1, 0, flip=False):
+        for inputs, labels in train_batches(train, 64, epoch, 0, 1, 0, flip=None):
             losses.append(plan.step(inputs.to(device), labels.to(device)))
             precision.scaler.step(optimizer)
             precision.scaler.update()

@@ -35,7 +35,8 @@ from surge.tuning.predict import fit_costs, observe
 SPEED = {ORIGINAL: 1.0, "int8": 2.5, "pruned": 1.6, "lowrank": 1.3}
 ACCURACY = {ORIGINAL: 91.0, "int8": 90.5, "pruned": 88.0, "lowrank": 90.8}
 SLO = Slo(50.0, Load(concurrency=64))
-BUDGET = AccuracyBudget(reference=91.0, max_drop=1.0)
+REFERENCE = 91.0  # the original model's accuracy
+BUDGET = AccuracyBudget(max_drop=1.0)
 
 
 def synthetic(candidate: Candidate, rung: Rung) -> Measurement:
@@ -50,14 +51,14 @@ def synthetic(candidate: Candidate, rung: Rung) -> Measurement:
 
 
 def true_optimum(space: list[Candidate], slo: Slo, budget: AccuracyBudget) -> Candidate:
-    ok = [c for c in space if budget.rejects(ACCURACY[c.variant]) is None
+    ok = [c for c in space if budget.rejects(ACCURACY[c.variant], REFERENCE) is None
           and synthetic(c, Rung("x")).p99_ms <= slo.p99_ms]
     return max(ok, key=lambda c: synthetic(c, Rung("x")).throughput)
 
 
 def test_brute_force_picks_the_true_optimum() -> None:
     space = build_space([ORIGINAL, "int8"], (1, 8, 32), (0.0, 2.0), [(1, 2), (2, 1)])
-    report = select(space, ACCURACY, BUDGET, SLO, synthetic, brute_force_limit=100)
+    report = select(space, ACCURACY, BUDGET, SLO, synthetic, brute_force_limit=100, reference=REFERENCE)
     assert report.strategy == "brute force"
     assert report.chosen is not None
     assert report.chosen.candidate == true_optimum(space, SLO, BUDGET)
@@ -79,11 +80,11 @@ def test_successive_halving_finds_the_optimum_with_fewer_full_runs() -> None:
         return exact
 
     rungs = (Rung("predicted"), Rung("short run"), Rung("full run"))
-    report = select(space, ACCURACY, BUDGET, SLO, measure, rungs, brute_force_limit=16)
+    report = select(space, ACCURACY, BUDGET, SLO, measure, rungs, brute_force_limit=16, reference=REFERENCE)
     assert report.strategy == "successive halving"
     assert report.chosen is not None
     assert report.chosen.candidate == true_optimum(space, SLO, BUDGET)
-    admissible = sum(1 for c in space if BUDGET.rejects(ACCURACY[c.variant]) is None)
+    admissible = sum(1 for c in space if BUDGET.rejects(ACCURACY[c.variant], REFERENCE) is None)
     assert calls["predicted"] == admissible
     assert calls["full run"] == 2
     reasons = [r.reason for r in report.candidates]
@@ -103,7 +104,8 @@ def test_a_thin_front_is_refilled_so_the_next_rung_has_a_choice() -> None:
         return Measurement(real[b], 30.0, rung=rung.name)
 
     report = select(space, ACCURACY, BUDGET, SLO, measure,
-                    (Rung("predicted"), Rung("full run")), brute_force_limit=0, finalists=3)
+                    (Rung("predicted"), Rung("full run")), brute_force_limit=0, finalists=3,
+                    reference=REFERENCE)
     assert report.chosen is not None
     assert report.chosen.candidate.max_batch_size == 16
     full = sorted((r.candidate.max_batch_size, r.candidate.max_queue_delay_ms)
@@ -125,7 +127,7 @@ def test_successive_halving_cuts_a_pareto_front_by_eta() -> None:
 
     rungs = (Rung("predicted"), Rung("short run"), Rung("full run"))
     report = select(space, ACCURACY, BUDGET, Slo(20.0, Load(concurrency=8)), measure, rungs,
-                    eta=3, finalists=2, brute_force_limit=4)
+                    eta=3, finalists=2, brute_force_limit=4, reference=REFERENCE)
     assert (seen.count("predicted"), seen.count("short run"), seen.count("full run")) == (27, 9, 2)
     assert report.chosen is not None
     assert report.chosen.candidate.max_batch_size == 20
@@ -138,7 +140,8 @@ def test_successive_halving_cuts_a_pareto_front_by_eta() -> None:
 def test_exact_ties_keep_only_the_simplest_configuration() -> None:
     space = [Candidate(ORIGINAL, 32, d, 1, 1) for d in (5.0, 0.0, 2.0)]
     report = select(space, ACCURACY, BUDGET, SLO, lambda c, r: Measurement(900.0, 20.0, r.name),
-                    (Rung("predicted"), Rung("full run")), brute_force_limit=0, finalists=1)
+                    (Rung("predicted"), Rung("full run")), brute_force_limit=0, finalists=1,
+                    reference=REFERENCE)
     assert report.chosen is not None
     assert report.chosen.candidate.max_queue_delay_ms == 0.0
     losers = [r for r in report.candidates if r is not report.chosen]
@@ -149,7 +152,7 @@ def test_exact_ties_keep_only_the_simplest_configuration() -> None:
 def test_rejects_everything_when_no_point_meets_the_slo() -> None:
     space = build_space([ORIGINAL, "int8"], (1, 8), (0.0,), [(1, 1)])
     tight = Slo(0.5, Load(concurrency=64))
-    report = select(space, ACCURACY, BUDGET, tight, synthetic)
+    report = select(space, ACCURACY, BUDGET, tight, synthetic, reference=REFERENCE)
     assert report.chosen is None
     assert report.message.startswith("no configuration meets p99 <= 0.5 ms at 64 concurrent")
     assert all(r.reason.startswith("misses the SLO") for r in report.candidates)
@@ -158,15 +161,17 @@ def test_rejects_everything_when_no_point_meets_the_slo() -> None:
 def test_respects_the_accuracy_budget() -> None:
     space = build_space(list(SPEED), (8, 32), (0.0,), [(1, 2)])
     # int8 is fastest but 0.5 points down: a 0.3 budget must refuse it
-    strict = AccuracyBudget(reference=91.0, max_drop=0.3)
-    report = select(space, ACCURACY, strict, SLO, synthetic)
+    strict = AccuracyBudget(max_drop=0.3)
+    report = select(space, ACCURACY, strict, SLO, synthetic, reference=REFERENCE)
     assert report.chosen is not None
     assert report.chosen.candidate.variant == "lowrank"
     int8 = next(r for r in report.candidates if r.candidate.variant == "int8")
     assert int8.reason == "accuracy 90.50 is 0.50 points below the reference 91.00 (budget 0.3)"
     assert not int8.measurements  # never measured: no time spent on it
-    floor = AccuracyBudget(reference=91.0, max_drop=None, min_metric=90.9)
-    assert select(space, ACCURACY, floor, SLO, synthetic).chosen.candidate.variant == ORIGINAL
+    floor = AccuracyBudget(max_drop=None, min_metric=90.9)
+    chosen = select(space, ACCURACY, floor, SLO, synthetic, reference=REFERENCE).chosen
+    assert chosen is not None
+    assert chosen.candidate.variant == ORIGINAL
 
 
 def test_respects_the_time_budget() -> None:
@@ -178,7 +183,7 @@ def test_respects_the_time_budget() -> None:
         return synthetic(candidate, rung)
 
     report = select(space, ACCURACY, BUDGET, SLO, slow, (Rung("full run", cost_s=3.0),),
-                    brute_force_limit=100, time_budget_s=20.0, clock=lambda: now[0])
+                    brute_force_limit=100, time_budget_s=20.0, clock=lambda: now[0], reference=REFERENCE)
     assert report.elapsed_s <= 20.0
     measured = [r for r in report.candidates if r.measurements]
     assert len(measured) == 6  # 6 x 3 s fits in 20 s, a 7th would not
@@ -190,7 +195,7 @@ def test_a_spent_budget_still_predicts_but_serves_nothing() -> None:
     space = build_space(list(SPEED), (1, 8, 32), (0.0, 2.0), [(1, 2)])
     rungs = (Rung("predicted"), Rung("full run", cost_s=5.0))
     report = select(space, ACCURACY, BUDGET, SLO, synthetic, rungs, brute_force_limit=0,
-                    time_budget_s=0.0)
+                    time_budget_s=0.0, reference=REFERENCE)
     assert report.chosen is None
     assert report.message == ("no configuration chosen: the time budget was spent before any "
                               "was served")
@@ -200,7 +205,7 @@ def test_a_spent_budget_still_predicts_but_serves_nothing() -> None:
 
 def test_nothing_within_the_accuracy_budget_says_so() -> None:
     space = build_space(["pruned"], (8,), (0.0,), [(1, 2)])
-    report = select(space, ACCURACY, BUDGET, SLO, synthetic)
+    report = select(space, ACCURACY, BUDGET, SLO, synthetic, reference=REFERENCE)
     assert report.message == "no configuration qualified: none is within the accuracy budget"
 
 
@@ -210,7 +215,7 @@ def test_open_loop_ranks_by_capacity_and_needs_to_keep_up() -> None:
     table = {a: Measurement(400.0, 20.0, capacity=400.0),  # cannot keep up with 500/s
              b: Measurement(500.0, 30.0, capacity=2000.0),
              c: Measurement(500.0, 40.0, capacity=3000.0)}
-    report = select([a, b, c], ACCURACY, BUDGET, slo, lambda cand, _: table[cand])
+    report = select([a, b, c], ACCURACY, BUDGET, slo, lambda cand, _: table[cand], reference=REFERENCE)
     assert report.chosen is not None
     assert report.chosen.candidate == c
     loser = next(r for r in report.candidates if r.candidate == a)

@@ -1,0 +1,44 @@
+"""`surge convert`: turn a TensorFlow or Caffe model into a checked ONNX file beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from surge.commands import console
+from surge.errors import NotFoundError
+
+
+def convert(
+    repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
+    model: Annotated[str, typer.Option(help="Model whose version directory holds a "
+                                            "model.savedmodel/, model.h5 or Caffe model.")],
+    version: Annotated[int | None, typer.Option(help="Version (default: newest served).")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="Real inputs for the parity check: .npy (one-input model) or .npz (one array per "
+             "input), in addition to random ones.")] = None,
+    force: Annotated[bool, typer.Option(help="Convert again even if the cached one is current.")] = False,
+) -> None:
+    """Convert once to VERSION/converted/model.onnx and record its error against the original
+    framework in VERSION/converted/conversion.yaml (Surge also converts on first load)."""
+    from surge.convert import SOURCE_NAMES, convert as convert_source, find_source
+    from surge.repository import Repository
+
+    repository = Repository(repo)
+    number = repository.resolve_version(model, version)
+    directory = repository.model_dir(model) / str(number)
+    source = find_source(directory)
+    if source is None:
+        raise NotFoundError(f"{directory}: nothing to convert (expected {', '.join(SOURCE_NAMES)})")
+    if data is not None and not data.is_file():
+        raise NotFoundError(f"--data {data}: no such file")
+    conversion = convert_source(source, real=data, force=force)
+    state = "cached, unchanged source" if conversion.cached else "converted"
+    console.print(f"{source.path} -> {conversion.model} ({state}; {conversion.converter})")
+    table = Table("inputs", "rows", "max abs error", "mean abs error", title=f"against {conversion.reference}")
+    for parity in conversion.parity:
+        table.add_row(parity.inputs, str(parity.rows), f"{parity.max_abs:.3g}", f"{parity.mean_abs:.3g}")
+    console.print(table)

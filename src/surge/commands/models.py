@@ -1,0 +1,93 @@
+"""`surge inspect`, `surge predict`, `surge models`, `surge evaluate`: one model, in process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from surge.commands import console
+
+
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A model file (.onnx, .pt2, .keras) or repo/model dir.")],
+) -> None:
+    """Print a model's engine and signature."""
+    from surge.inspection import describe_path
+
+    engine, signature, source = describe_path(path)
+    console.print(f"[bold]{source}[/bold]  engine: {engine}  platform: {signature.platform}")
+    batch = f"batched, max batch {signature.max_batch_size or 'unlimited'}" if signature.batched \
+        else "not batched"
+    console.print(f"dim 0: {batch}")
+    table = Table("kind", "name", "datatype", "shape")
+    for kind, specs in (("input", signature.inputs), ("output", signature.outputs)):
+        for spec in specs:
+            table.add_row(kind, spec.name, spec.datatype, str(list(spec.shape)))
+    console.print(table)
+
+
+def predict(
+    repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
+    model: Annotated[str, typer.Option(help="Model name, or name@variant.")],
+    input: Annotated[list[str], typer.Option(  # noqa: A002
+        "--input", help="file.npy for a one-input model, or NAME=file.npy (repeatable).")],
+    version: Annotated[int | None, typer.Option(help="Version (default: newest served).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Save outputs to this .npz file.")] = None,
+) -> None:
+    """Run one inference locally and print (or save) the outputs."""
+    from surge.inspection import predict_files
+    from surge.repository import Repository
+
+    loaded = Repository(repo).load(model, version)
+    outputs = predict_files(loaded, input)
+    if output is not None:
+        np.savez(output, **outputs)  # type: ignore[arg-type]
+        console.print(f"saved {', '.join(outputs)} to {output}")
+        return
+    labels = loaded.config.labels
+    for name, array in outputs.items():
+        console.print(f"[bold]{name}[/bold] {array.dtype} {list(array.shape)}")
+        if labels and array.ndim == 2 and array.shape[1] == len(labels):
+            for row, best in enumerate(array.argmax(axis=1)):
+                console.print(f"  [{row}] {labels[best]} (class {best}, score {array[row, best]:.3f})")
+        else:
+            console.print(np.array2string(array, threshold=64, precision=4))
+
+
+def models(repo: Annotated[Path, typer.Argument(help="Model repository directory.")]) -> None:
+    """List models, their versions, variants and state."""
+    from surge.repository import Repository
+
+    table = Table("model", "versions", "served", "variants", "state", "reason")
+    for entry in Repository(repo).entries():
+        table.add_row(
+            entry.name, ",".join(map(str, entry.versions)) or "-",
+            ",".join(map(str, entry.served)) or "-", ",".join(entry.variants) or "-",
+            "[green]READY[/green]" if entry.state == "READY" else "[red]UNAVAILABLE[/red]",
+            entry.reason,
+        )
+    console.print(table)
+
+
+def evaluate(
+    repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
+    model: Annotated[str, typer.Option(help="Model name, or name@variant.")],
+    data: Annotated[str, typer.Option(
+        help="'fashion-mnist', an .npz of inputs + labels, or a detection .npz with a COCO "
+             ".json beside it.")],
+    task: Annotated[str, typer.Option(help="classification, detection or embedding.")] =
+        "classification",
+    metric: Annotated[str | None, typer.Option(
+        help="Headline metric (default: the task's first).")] = None,
+    samples: Annotated[int | None, typer.Option(min=1, help="The first N samples only.")] = None,
+) -> None:
+    """Score a model on a dataset and print its headline metric."""
+    from surge.api import evaluate as run_evaluate
+
+    report = run_evaluate(repo, model, data, task, metric=metric, samples=samples)
+    console.print(f"{report.model} on {report.dataset} ({report.count} samples): "
+                  f"{report.metric_name} {report.metric:.2f}% in {report.seconds:.1f} s")

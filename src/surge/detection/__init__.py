@@ -1,1 +1,0 @@
-"""Object detection on canvases of Fashion-MNIST items: data, COCO I/O, model and decoding."""

@@ -1,0 +1,277 @@
+"""One served model version: the pure scheduler, a pool of instances and the loop that drives both.
+
+The driver lives in the front end's asyncio loop and is all a request meets between the
+protocol layer and an instance:
+
+    make_request(inputs) -> Request (validated, deadline, priority)
+    infer(request)       -> Scheduler.add (admission) -> await the request's future
+    step(), on a wake-up -> expire(now) -> next_batch(now, idle) -> pool.dispatch(batch)
+    on_done(batch)       -> Scheduler.complete -> per-request slices -> the awaiting futures
+
+The pool and the clock come from the host (the Engine), so the driver runs unchanged against a
+scripted pool and a hand-advanced clock in unit tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+
+from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolSpec
+from surge.engine.interface import ModelHandle
+from surge.engine.stats import Counters
+from surge.errors import (
+    DeadlineExceededError,
+    InputError,
+    ModelNotReadyError,
+    QueueFullError,
+    SurgeError,
+)
+from surge.repository import ModelConfig
+from surge.scheduler import Batch, Request, Scheduler, SchedulerConfig, shape_key
+from surge.server.metrics import SurgeMetrics
+from surge.workers.pool import BatchResult
+
+log = logging.getLogger(__name__)
+
+# Priority 0 means "default", as in Triton: it maps to this level. Levels 1..7 are served
+# before default traffic, higher numbers after it.
+DEFAULT_PRIORITY_LEVEL = 8
+
+
+class ModelHost(Protocol):
+    """What a served model takes from the engine that holds it."""
+
+    @property
+    def metrics(self) -> SurgeMetrics: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def make_pool(self, spec: PoolSpec, events: PoolEvents) -> InstancePool: ...
+
+
+def scheduler_config(config: ModelConfig, workers: int) -> SchedulerConfig:
+    """The scheduler's own sub-config, from the model config."""
+    batching = config.batching.enabled and config.max_batch_size > 0
+    timeout = config.queue.default_timeout_ms
+    return SchedulerConfig(
+        max_batch_size=config.max_batch_size if batching else 1,
+        max_queue_delay_s=config.batching.max_queue_delay_ms / 1e3,
+        preferred_batch_sizes=tuple(config.batching.preferred_batch_sizes) if batching else (),
+        max_queue_size=config.queue.max_size,
+        default_timeout_s=timeout / 1e3 if timeout is not None else None,
+        workers=workers,
+    )
+
+
+class ServedModel:
+    """One model version being served: scheduler + instance pool + driver task."""
+
+    def __init__(self, host: ModelHost, name: str, version: int, versions: tuple[int, ...],
+                 config: ModelConfig, variant_ref: str | None) -> None:
+        self.name, self.version, self.versions, self.config = name, version, versions, config
+        self.metrics = host.metrics
+        self._clock = host.clock
+        self.pool = host.make_pool(
+            PoolSpec(variant_ref or name, None if variant_ref else version, config), self)
+        self.scheduler = Scheduler(scheduler_config(config, self.pool.instances),
+                                   batched=config.max_batch_size > 0)
+        self.handle: ModelHandle | None = None
+        self.accepting = False
+        self.counters = Counters()
+        self._futures: dict[int, asyncio.Future[dict[str, np.ndarray]]] = {}
+        self._ids = itertools.count(1)
+        self._wake_event = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._m_queue = self.metrics.queue_duration.labels(name)
+        self._m_compute = self.metrics.compute_duration.labels(name)
+        self._m_batch = self.metrics.batch_size.labels(name)
+        self._m_depth = self.metrics.queue_depth.labels(name)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.pool.start()
+        signature = self.pool.signature
+        assert signature is not None, "a started pool knows the model's signature"
+        self.handle = ModelHandle(self.name, self.version, self.versions, self.config, signature,
+                                  signature.platform, self.pool.devices())
+        self._task = asyncio.create_task(self._drive(), name=f"surge-dispatch-{self.name}")
+        self.accepting = True
+
+    @property
+    def ready(self) -> bool:
+        return self.accepting and self.pool.ready
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop accepting, let accepted requests finish within `grace_s`, stop the instances."""
+        self.accepting = False
+        self.wake()
+        deadline = self._clock() + grace_s
+        while not self.scheduler.idle() and self._clock() < deadline:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), deadline - self._clock())
+            except TimeoutError:
+                break
+        self._reject_queued()
+        if self._task is not None:
+            self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.pool.stop()
+        # Stopping the pool sends the batches still waiting behind a computing one back to the
+        # queue, which nothing drives any more: answer them too, or their clients would hang.
+        self._reject_queued()
+        self._m_depth.set(0)
+
+    def _reject_queued(self) -> None:
+        for request in self.scheduler.drain():
+            self._reject(request, ModelNotReadyError(f"model {self.name!r} was stopped"))
+
+    # -- requests ----------------------------------------------------------------------------
+    def make_request(self, inputs: Mapping[str, np.ndarray], outputs: list[str] | None,
+                     priority: int, timeout_us: int | None, request_id: str) -> Request:
+        """Validate against the signature and build the queued Request."""
+        assert self.handle is not None, "requests reach a model only once it started"
+        signature = self.handle.signature
+        signature.validate_inputs(inputs)
+        if outputs is not None:
+            for name in outputs:
+                signature.output(name)
+        if priority < 0:
+            raise InputError(f"priority must be >= 0, got {priority}")
+        if timeout_us is not None and timeout_us < 0:
+            raise InputError(f"timeout must be >= 0 microseconds, got {timeout_us}")
+        batch = 1
+        if signature.batched:
+            batch = next(iter(inputs.values())).shape[0]
+            if batch < 1:
+                raise InputError(f"batch size must be at least 1, got {batch}")
+        now = self._clock()
+        return Request(
+            next(self._ids), inputs, batch, shape_key(inputs, signature.batched), now,
+            now + timeout_us / 1e6 if timeout_us else None,
+            priority or DEFAULT_PRIORITY_LEVEL,
+            tuple(outputs) if outputs is not None else None, request_id,
+        )
+
+    async def infer(self, request: Request) -> dict[str, np.ndarray]:
+        if not self.accepting:
+            raise ModelNotReadyError(f"model {self.name!r} is not accepting requests")
+        try:
+            request = self.scheduler.add(request, request.arrival)
+        except QueueFullError:
+            self.metrics.rejected.labels(self.name, "admission").inc()
+            raise
+        future: asyncio.Future[dict[str, np.ndarray]] = self._loop.create_future()
+        self._futures[request.id] = future
+        self._m_depth.set(self.scheduler.queued)
+        self.wake()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Client went away: a queued request leaves the queue; a computing one is dropped.
+            self._futures.pop(request.id, None)
+            if self.scheduler.cancel(request.id) is not None:
+                self._m_depth.set(self.scheduler.queued)
+                self.wake()
+            raise
+
+    # -- driver ------------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Run a driver step soon: a request, a result, a free instance or a timer arrived."""
+        self._wake_event.set()
+
+    async def _drive(self) -> None:
+        while True:
+            await self._wake_event.wait()
+            self._wake_event.clear()
+            try:
+                self.step()
+            except Exception:  # a bug here must not silently stop the model
+                log.exception("dispatcher of model %s failed a step", self.name)
+
+    def step(self) -> None:
+        """Expire what is late, hand out every batch the pool can take, set the next timer."""
+        now = self._clock()
+        for request in self.scheduler.expire(now):
+            self.metrics.expired.labels(self.name).inc()
+            self._reject(request, DeadlineExceededError(
+                f"deadline exceeded after {(now - request.arrival) * 1e3:.1f} ms in the queue"))
+        pool = self.pool
+        while (batch := self.scheduler.next_batch(now, pool.idle_count,
+                                                  pool.idle_workers)) is not None:
+            self._send(batch, now)
+        self._m_depth.set(self.scheduler.queued)
+        if self.scheduler.idle():
+            self._idle.set()
+        self._schedule_wakeup(self.scheduler.next_wakeup(now, pool.idle_count))
+
+    def _schedule_wakeup(self, wakeup: float | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if wakeup is not None:
+            # A delay, not loop.call_at: `wakeup` is on the driver's clock.
+            self._timer = self._loop.call_later(wakeup - self._clock(), self.wake)
+
+    def _send(self, batch: Batch, now: float) -> None:
+        waited = 0
+        for request in batch.requests:
+            waited += int((now - request.arrival) * 1e9)
+            self._m_queue.observe(now - request.arrival)
+        self.counters.queue.add(waited, len(batch.requests))
+        self._m_batch.observe(batch.size)
+        self.pool.dispatch(batch)
+
+    # -- what the pool reports (PoolEvents) ----------------------------------------------------
+    def on_done(self, batch: Batch, outputs: dict[str, np.ndarray] | None,
+                error: Exception | None, result: BatchResult | None) -> None:
+        """An instance finished `batch` (outputs) or failed it (error): answer its requests."""
+        now = self._clock()
+        self._m_compute.observe(now - batch.dispatched)
+        if outputs is None:
+            for request in self.scheduler.fail(batch):
+                self._reject(request, error or SurgeError("batch failed"), now)
+        else:
+            self._answer(batch, outputs, result, now)
+        self.wake()
+
+    def _answer(self, batch: Batch, outputs: dict[str, np.ndarray], result: BatchResult | None,
+                now: float) -> None:
+        started = time.perf_counter_ns()
+        compute_s = result.service_s if result is not None else None
+        for completed in self.scheduler.complete(batch, outputs, now, compute_s):
+            future = self._futures.pop(completed.request.id, None)
+            if future is not None and not future.done():
+                future.set_result(completed.outputs)
+            self.counters.success.add(int((now - completed.request.arrival) * 1e9))
+        self.counters.count_batch(batch.size, result.done if result else None,
+                                  time.perf_counter_ns() - started, int(time.time() * 1e3))
+
+    def on_requeue(self, batch: Batch) -> None:
+        self.scheduler.requeue(batch)
+        self.wake()
+
+    def on_restart(self) -> None:
+        self.metrics.worker_restarts.labels(self.name).inc()
+
+    def on_ready(self) -> None:
+        self.wake()
+
+    def _reject(self, request: Request, error: Exception, now: float | None = None) -> None:
+        future = self._futures.pop(request.id, None)
+        if future is not None and not future.done():
+            future.set_exception(error)
+        now = self._clock() if now is None else now
+        self.counters.fail.add(int((now - request.arrival) * 1e9))

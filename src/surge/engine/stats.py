@@ -1,0 +1,82 @@
+"""Statistics of one served model version: running counters and the snapshot the front ends get."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from surge.workers.messages import BatchDone
+
+# (count, total ns): how Triton reports every duration.
+Duration = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Triton-style statistics of one model version. Durations are (count, total ns)."""
+
+    name: str
+    version: int
+    inference_count: int
+    execution_count: int
+    last_inference: int  # ms since the epoch, 0 before the first
+    success: Duration
+    fail: Duration
+    queue: Duration
+    compute_input: Duration
+    compute_infer: Duration
+    compute_output: Duration
+    batch_stats: dict[int, Duration] = field(default_factory=dict)
+
+
+class DurationCounter:
+    """A running (count, total ns) pair."""
+
+    __slots__ = ("count", "ns")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ns = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+    def pair(self) -> Duration:
+        return (self.count, self.ns)
+
+
+class Counters:
+    """Mutable running totals behind ModelStats, updated by the driver of one model version."""
+
+    def __init__(self) -> None:
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_inference = 0
+        self.success = DurationCounter()
+        self.fail = DurationCounter()
+        self.queue = DurationCounter()
+        self.compute_input = DurationCounter()
+        self.compute_infer = DurationCounter()
+        self.compute_output = DurationCounter()
+        self.batch_stats: dict[int, DurationCounter] = {}
+
+    def count_batch(self, size: int, done: BatchDone | None, split_ns: int, now_ms: int) -> None:
+        """One computed batch of `size` items; `split_ns` is the front end's share of its output."""
+        self.inference_count += size
+        self.execution_count += 1
+        self.last_inference = now_ms
+        if done is None:
+            return
+        self.compute_input.add(done.input_ns)
+        self.compute_infer.add(done.infer_ns)
+        self.compute_output.add(done.output_ns + split_ns)
+        per_size = self.batch_stats.setdefault(size, DurationCounter())
+        per_size.add(done.input_ns + done.infer_ns + done.output_ns)
+
+    def snapshot(self, name: str, version: int) -> ModelStats:
+        return ModelStats(
+            name, version, self.inference_count, self.execution_count, self.last_inference,
+            self.success.pair(), self.fail.pair(), self.queue.pair(),
+            self.compute_input.pair(), self.compute_infer.pair(), self.compute_output.pair(),
+            {size: counter.pair() for size, counter in sorted(self.batch_stats.items())},
+        )

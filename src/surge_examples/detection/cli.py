@@ -1,0 +1,55 @@
+"""`surge data fashion-detection OUT`: the canvases as COCO split directories (entry point group
+`surge.cli`: `register(app)` adds the command to the library's `surge data` group)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+CALIBRATION_CANVASES = 256
+COMMAND = "fashion-detection"
+
+
+def fashion_detection(
+    out: Annotated[Path, typer.Argument(help="Output directory (gets train/ val/ test/).")],
+    train: Annotated[int, typer.Option(min=0, help="Training canvases.")] = 20_000,
+    val: Annotated[int, typer.Option(min=0, help="Validation canvases.")] = 2_000,
+    test: Annotated[int, typer.Option(min=0, help="Test canvases.")] = 2_000,
+    size: Annotated[int, typer.Option(min=32, max=1024, help="Canvas side in pixels.")] = 128,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same canvases).")] = 0,
+) -> None:
+    """Fashion-MNIST items on textured canvases, with COCO JSON boxes, as train/val/test splits.
+
+    Each split gets OUT/<split>/images.npy + annotations.json; val and test also get
+    OUT/<split>.npz + OUT/<split>.json, the evaluation format `surge tune --data` reads;
+    OUT/calib.npy holds the first validation canvases for `surge optimize --calib`.
+    """
+    from surge.commands import console
+    from surge_examples.detection.coco import save_eval_archive, save_split
+    from surge_examples.detection.dataset import CanvasSpec, generate_split
+
+    spec = CanvasSpec(size=size, max_scale=min(CanvasSpec.max_scale, size))
+    table = Table("split", "canvases", "objects", "source images", "seconds", title=str(out))
+    for split, count in (("train", train), ("val", val), ("test", test)):
+        started = time.perf_counter()
+        data = generate_split(split, count, spec=spec, seed=seed)
+        save_split(data, out / split)
+        if split != "train":
+            save_eval_archive(data, out / f"{split}.npz")
+        if split == "val":  # calibration inputs for static quantization (`surge optimize --calib`)
+            np.save(out / "calib.npy", data.images[:CALIBRATION_CANVASES])
+        table.add_row(split, str(count), str(len(data.labels)), f"fashion-mnist {data.source_split}",
+                      f"{time.perf_counter() - started:.1f}")
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `fashion-detection` to the `surge data` group."""
+    from surge.cli import command_group
+
+    command_group(app, "data").command(COMMAND)(fashion_detection)

@@ -1,0 +1,141 @@
+"""The HTTP app's guards, driven through raw ASGI with a fake engine: large JSON is decoded off the
+event loop, keys are compared in constant time, only served models get metric labels."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+import surge.protocol.auth
+import surge.server.app
+from surge.errors import ModelLoadError, NotFoundError
+from surge.server.app import OFFLOAD_DECODE_BYTES, V2App
+from surge.server.metrics import SurgeMetrics
+
+
+class _Handle:
+    version = 1
+
+
+class FakeEngine:
+    """Serves one model, `double`, computing y = 2x; loading anything fails."""
+
+    def __init__(self) -> None:
+        self.metrics = SurgeMetrics()
+
+    def model(self, name: str, version: int | None = None) -> _Handle:
+        if name != "double":
+            raise NotFoundError(f"model {name!r} is not loaded")
+        return _Handle()
+
+    async def infer(self, name: str, version: int | None, inputs: dict[str, np.ndarray],
+                    **_: Any) -> dict[str, np.ndarray]:
+        self.model(name)
+        return {"y": inputs["x"] * 2}
+
+    async def load(self, name: str) -> None:
+        raise ModelLoadError(f"{name}/1/model.onnx: not a valid ONNX model")
+
+
+async def _call(app: V2App, method: str, path: str, body: bytes = b"",
+                headers: tuple[tuple[bytes, bytes], ...] = ()) -> tuple[int, bytes]:
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": list(headers)}
+    await app(scope, receive, send)
+    return sent[0]["status"], sent[1]["body"]
+
+
+def _infer_body(count: int) -> bytes:
+    return orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, count],
+                                     "data": [1.0] * count}]})
+
+
+@pytest.mark.parametrize(("count", "in_thread"), [(4, False), (OFFLOAD_DECODE_BYTES // 4, True)])
+def test_large_json_is_decoded_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch, count: int, in_thread: bool
+) -> None:
+    threads: list[threading.Thread] = []
+    decode = surge.server.app.decode_request
+
+    def recording_decode(body: bytes, header_length: int | None) -> Any:
+        threads.append(threading.current_thread())
+        return decode(body, header_length)
+
+    monkeypatch.setattr(surge.server.app, "decode_request", recording_decode)
+    app = V2App(FakeEngine())
+    body = _infer_body(count)
+    assert (len(body) >= OFFLOAD_DECODE_BYTES) == in_thread
+    status, answer = asyncio.run(_call(app, "POST", "/v2/models/double/infer", body))
+    assert status == 200
+    assert orjson.loads(answer)["outputs"][0]["data"][:2] == [2.0, 2.0]
+    assert (threads[0] is not threading.main_thread()) == in_thread
+
+
+def test_api_key_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return a == b
+
+    monkeypatch.setattr(surge.protocol.auth.hmac, "compare_digest", spy)
+    app = V2App(FakeEngine(), api_key="k")
+    wrong = asyncio.run(_call(app, "GET", "/v2", headers=((b"authorization", b"Bearer x"),)))
+    right = asyncio.run(_call(app, "GET", "/v2", headers=((b"authorization", b"Bearer k"),)))
+    assert (wrong[0], right[0]) == (401, 200)
+    assert compared == [(b"Bearer x", b"Bearer k"), (b"Bearer k", b"Bearer k")]
+
+
+def test_only_served_models_get_a_metric_label() -> None:
+    engine = FakeEngine()
+    app = V2App(engine)
+
+    async def requests() -> None:
+        for i in range(50):
+            await _call(app, "POST", f"/v2/models/client-name-{i}/infer", b"{")
+            await _call(app, "POST", f"/v2/models/client-name-{i}/infer", _infer_body(4))
+        await _call(app, "POST", "/v2/models/double/infer", _infer_body(4))
+        await _call(app, "POST", "/v2/models/double/infer", b"{")
+
+    asyncio.run(requests())
+    labels = {s.labels["model"] for m in engine.metrics.requests.collect() for s in m.samples}
+    assert labels == {"_unknown", "double"}
+    counted = engine.metrics.registry.get_sample_value
+    assert counted("surge_requests_total", {"model": "_unknown", "outcome": "bad_request"}) == 50
+    assert counted("surge_requests_total", {"model": "_unknown", "outcome": "not_found"}) == 50
+    assert counted("surge_requests_total", {"model": "double", "outcome": "bad_request"}) == 1
+
+
+def test_failed_load_answers_400_with_the_reason() -> None:
+    status, body = asyncio.run(_call(V2App(FakeEngine()), "POST",
+                                     "/v2/repository/models/broken/load"))
+    assert status == 400
+    assert orjson.loads(body)["error"] == \
+        "failed to load: broken/1/model.onnx: not a valid ONNX model"
+
+
+def test_error_bodies_are_bounded() -> None:
+    body = orjson.dumps({"inputs": [{"name": "x" * 1_000_000, "datatype": "FP32",
+                                     "shape": [1], "data": [1.0]}],
+                         "parameters": {"priority": "p" * 1_000_000}})
+    status, answer = asyncio.run(_call(V2App(FakeEngine()), "POST", "/v2/models/double/infer",
+                                       body))
+    assert status == 400
+    assert len(answer) < 1500
+    assert "more characters]" in orjson.loads(answer)["error"] or len(answer) < 400

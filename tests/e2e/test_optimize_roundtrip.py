@@ -31,6 +31,7 @@ outputs:
   - {name: logits, datatype: FP32, shape: [-1, 10]}
 max_batch_size: 64
 labels: [t-shirt, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, boot]
+parameters: {task: classification, dataset: fashion-mnist}  # the check data comes from here
 """
 FAST = OptimizeOptions(finetune_epochs=0, check_rows=1000)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tests.cli_runner import run_cli
 
 from surge.evaluate.harness import evaluate, load_dataset
 from surge.repository import Repository
-from tests.cli_runner import run_cli
 
 TOY = "tests.e2e.toy_regression"
 
@@ -22,9 +22,9 @@ def _recipe(tmp_path: Path) -> Path:
         "task": f"{TOY}:ToyRegression",
         "model": {"builder": f"{TOY}:linear", "input_name": "x", "output_name": "y",
                   "input_shape": [4]},
-        "data": {"dataset": f"{TOY}:toy_data", "train_size": 512, "test_size": 64},
+        "data": {"dataset": f"{TOY}:toy_data"},  # the reader's defaults, as evaluation reads it
         "optimizer": {"name": "adamw", "lr": 0.05}, "schedule": {"name": "constant"},
-        "epochs": 1, "batch_size": 16, "parallelism": "none", "device": "cpu",
+        "epochs": 1, "batch_size": 8, "parallelism": "none", "device": "cpu",
         "log_dir": str(tmp_path / "run"), "checkpoint": {"dir": str(tmp_path / "run" / "ckpt")},
         "export": {"repo": str(tmp_path / "repo"), "name": "toy", "formats": ["onnx"]},
     }

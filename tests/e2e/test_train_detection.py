@@ -40,7 +40,7 @@ def _recipe(tmp: Path, data: Path, **changes: Any) -> dict[str, Any]:
         **changes,
     })
     recipe["model"].update(input_shape=[SIZE, SIZE], kwargs={"width": 4, "classes": 10})
-    recipe["data"]["path"] = str(data)
+    recipe["data"]["root"] = str(data)
     recipe["optimizer"]["lr"] = 1e-2
     recipe["export"]["repo"] = str(tmp / "repo")
     return recipe

@@ -24,7 +24,8 @@ def convert(
 ) -> None:
     """Convert once to VERSION/converted/model.onnx and record its error against the original
     framework in VERSION/converted/conversion.yaml (Surge also converts on first load)."""
-    from surge.convert import SOURCE_NAMES, convert as convert_source, find_source
+    from surge.convert import SOURCE_NAMES, find_source
+    from surge.convert import convert as convert_source
     from surge.repository import Repository
 
     repository = Repository(repo)
@@ -38,7 +39,8 @@ def convert(
     conversion = convert_source(source, real=data, force=force)
     state = "cached, unchanged source" if conversion.cached else "converted"
     console.print(f"{source.path} -> {conversion.model} ({state}; {conversion.converter})")
-    table = Table("inputs", "rows", "max abs error", "mean abs error", title=f"against {conversion.reference}")
+    table = Table("inputs", "rows", "max abs error", "mean abs error",
+                  title=f"against {conversion.reference}")
     for parity in conversion.parity:
         table.add_row(parity.inputs, str(parity.rows), f"{parity.max_abs:.3g}", f"{parity.mean_abs:.3g}")
     console.print(table)

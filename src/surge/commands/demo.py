@@ -54,7 +54,8 @@ def demo(
     table.add_column("value", justify="right")
     table.add_row("test samples", f"{report.count}")
     table.add_row(f"test {report.metric_name}", f"{report.metric:.2f}%")
-    table.add_row(f"throughput (batch {batch_size})",
+    batch = min(batch_size, loaded.signature.max_batch_size or batch_size)  # as evaluate runs it
+    table.add_row(f"throughput (batch {batch})",
                   f"{report.count / report.seconds:,.0f} samples/s")
     table.add_row("latency batch 1 p50", f"{_percentile_ms(single, 50):.3f} ms")
     table.add_row("latency batch 1 p99", f"{_percentile_ms(single, 99):.3f} ms")

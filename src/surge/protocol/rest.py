@@ -42,7 +42,8 @@ def parse_header_length(value: str | None, body_size: int) -> int | None:
         return None
     if not (0 < len(value) <= _MAX_LENGTH_DIGITS and value.isascii() and value.isdigit()):
         raise InputError(
-            f"Inference-Header-Content-Length must be a non-negative integer, got {shown(value)}"
+            "Inference-Header-Content-Length must be an integer of at most "
+            f"{_MAX_LENGTH_DIGITS} ASCII digits, got {shown(value)}"
         )
     length = int(value)
     if length > body_size:

@@ -195,9 +195,11 @@ class Repository:
         path = self.model_file(name, resolved_version or None, variant)
         options = options or RunnerOptions(intra_op_threads=config.threads, device=config.device,
                                            spin_wait=config.spin_wait)
-        # A variant's own file decides its engine: a torch_factory model's int8 variant is ONNX.
+        # A variant's own file decides its engine (a torch_factory model's int8 variant is ONNX),
+        # unless the configured engine loads it too (`engine: openvino` runs ONNX variants).
+        keep = config.engine != "auto" and engine_loads(config.engine, path)
         engine_config = (config.model_copy(update={"engine": "auto", "factory": None})
-                         if variant and path.suffix != ".safetensors" else config)
+                         if variant and path.suffix != ".safetensors" and not keep else config)
         runner = build_runner(path, engine_config, options)
         runner = apply_overrides(runner, config, path)
         return LoadedModel(name, resolved_version, variant, path, config, runner)

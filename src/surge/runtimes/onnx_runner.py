@@ -12,7 +12,6 @@ from surge.datatypes import ONNX_TO_V2
 from surge.errors import InputError, ModelLoadError
 from surge.runtimes.base import RunnerOptions, Signature, TensorSpec, example_inputs
 
-
 log = logging.getLogger(__name__)
 CPU_EP = "CPUExecutionProvider"
 # device kind -> the providers it asks for, in ONNX Runtime's order of preference

@@ -41,8 +41,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 # Repository requests carry a few bytes of JSON ({"ready": true}).
 MAX_REPOSITORY_BODY = 64 * 1024
-# JSON above this size is decoded in a thread: decoding takes about 25 ms per MiB (1.4 s for a
-# 59 MiB body), during which the event loop would answer nobody, health checks included.
+# JSON above this size is decoded in a thread: decoding costs tens of milliseconds per MiB (a
+# 59 MiB body held the loop 1.4 s), during which the loop would answer nobody, health included.
 OFFLOAD_DECODE_BYTES = 256 * 1024
 _JSON = [(b"content-type", b"application/json")]
 

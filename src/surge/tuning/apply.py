@@ -36,3 +36,13 @@ def write_selection(model_dir: Path, candidate: Candidate, slo_p99_ms: float | N
     config = read_config(path) if path.exists() else ModelConfig(name=model_dir.name)
     write_config(path, apply_candidate(config, candidate, slo_p99_ms))
     return path
+
+
+def write_engine(model_dir: Path, engine: str) -> Path:
+    """Set the engine in `model_dir/config.yaml`; ONNX Runtime stays `auto` where it was."""
+    path = model_dir / CONFIG_FILE
+    config = read_config(path) if path.exists() else ModelConfig(name=model_dir.name)
+    if config.engine == "auto" and engine == "onnxruntime":
+        return path
+    write_config(path, ModelConfig.model_validate({**config.model_dump(), "engine": engine}))
+    return path

@@ -27,7 +27,8 @@ from surge.platform import available_cores
 from surge.repository import Repository
 from surge.runtimes import RunnerOptions
 from surge.tasks import get_task
-from surge.tuning.apply import write_selection
+from surge.tuning.apply import write_engine, write_selection
+from surge.tuning.engines import EngineChoice, choose_engine
 from surge.tuning.predict import (
     Measurement,
     Observation,
@@ -109,6 +110,7 @@ class TuningReport:
     reference_metric: float | None = None
     variants: list[VariantResult] = field(default_factory=list)
     profiles: list[ProfileReport] = field(default_factory=list)
+    engine: EngineChoice | None = None  # ONNX Runtime vs OpenVINO, measured in process
     selection: SelectionReport | None = None
     served: list[ServedRun] = field(default_factory=list)
     baseline: ServedRun | None = None
@@ -190,6 +192,10 @@ def tune(repo_root: Path, model: str, options: TuneOptions,
     _evaluate_all(repo, model, variants, dataset, options, progress, report)
     stages.done("evaluate")
     accepted = [v.variant for v in report.variants if v.accepted]
+
+    say("engine")
+    report.engine = _choose_engine(repo, model, options)
+    stages.done("engine")
 
     say("profile")
     # every evaluated variant is profiled, so the report can place it on the Pareto plot
@@ -285,6 +291,19 @@ def _evaluate_all(repo: Repository, model: str, variants: list[str], dataset: Ev
                                              why is None, why or "within the accuracy budget",
                                              result.seconds))
     return out
+
+
+def _choose_engine(repo: Repository, model: str, options: TuneOptions) -> EngineChoice | None:
+    """Chosen before profiling and written to config.yaml at once, so the profiles and the
+    served trials all run on the chosen engine."""
+    config = repo.config(model)
+    if config.engine not in ("auto", "onnxruntime", "openvino") or config.factory:
+        return None
+    choice = choose_engine(repo.model_file(model), max(options.space.max_batch_sizes),
+                           seconds=max(4 * options.effort.profile_s, 0.5))
+    if choice is not None and options.write_config:
+        write_engine(repo.model_dir(model), choice.engine)
+    return choice
 
 
 def _profile_all(repo: Repository, model: str, variants: list[str], options: TuneOptions,

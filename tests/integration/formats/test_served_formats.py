@@ -57,7 +57,8 @@ def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     assert proc.stop() == 0, proc.output()
 
 
-def _expected(sources: dict[str, Path], repo: Path, work: Path) -> dict[str, tuple[str, str, Path, np.ndarray]]:
+def _expected(sources: dict[str, Path], repo: Path,
+              work: Path) -> dict[str, tuple[str, str, Path, np.ndarray]]:
     tf, caffe = sources["tf"], sources["caffe"]
     tf_out = np.load(tf / "expected.npz")
     x = np.random.default_rng(3).standard_normal((6, 4)).astype(np.float32)
@@ -90,6 +91,8 @@ def test_each_format_served_equals_its_own_framework(
             np.testing.assert_allclose(got[f"{protocol}/{model}"], reference, atol=1e-5,
                                        err_msg=f"{model} over {protocol}")
     platforms = {m: str(got[f"platform/{m}"]) for m in expected}
-    assert platforms["tflite"] == "tflite" and platforms["openvino-ir"] == "openvino"
-    assert platforms["onnx-on-openvino"] == "openvino" and platforms["tf-h5"] == "onnxruntime_onnx"
+    assert platforms["tflite"] == "tflite"
+    assert platforms["openvino-ir"] == "openvino"
+    assert platforms["onnx-on-openvino"] == "openvino"
+    assert platforms["tf-h5"] == "onnxruntime_onnx"
     assert (repo / "tf-savedmodel" / "1" / "converted" / "conversion.yaml").is_file()

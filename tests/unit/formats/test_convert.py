@@ -33,12 +33,15 @@ def test_tensorflow_model_is_served_from_its_checked_conversion(
         tf_models: Path, tmp_path: Path, source: str) -> None:
     model = _repo(tmp_path, "m", tf_models / source).load("m")
     assert model.path == tmp_path / "m" / "1" / "converted" / "model.onnx"
-    assert [(s.name, s.datatype, s.shape) for s in model.signature.inputs] == [("image", "FP32", (-1, 8, 8, 3))]
-    assert model.signature.output_names == ["logits"] and model.signature.batched
+    specs = [(s.name, s.datatype, s.shape) for s in model.signature.inputs]
+    assert specs == [("image", "FP32", (-1, 8, 8, 3))]
+    assert model.signature.output_names == ["logits"]
+    assert model.signature.batched
     got = model.runner.run({"image": np.load(tf_models / "inputs.npy")})["logits"]
     np.testing.assert_allclose(got, np.load(tf_models / "expected.npz")["tf"], atol=1e-5)
     record = yaml.safe_load((model.path.parent / "conversion.yaml").read_text())
-    assert record["converter"].startswith("tf2onnx") and record["parity"][0]["inputs"] == "random"
+    assert record["converter"].startswith("tf2onnx")
+    assert record["parity"][0]["inputs"] == "random"
     assert record["parity"][0]["max_abs"] < 1e-4
 
 
@@ -47,7 +50,8 @@ def test_conversion_is_cached_until_the_source_changes(tf_models: Path, tmp_path
     source = find_source(tmp_path / "m" / "1")
     assert source is not None
     first = convert(source)
-    assert not first.cached and convert(source).cached
+    assert not first.cached
+    assert convert(source).cached
     with (tmp_path / "m" / "1" / "model.h5").open("ab") as handle:
         handle.write(b"\0")  # HDF5 ignores trailing bytes; the fingerprint does not
     assert not convert(source).cached
@@ -70,7 +74,9 @@ def test_cli_convert_without_a_convertible_model_is_a_one_line_error(
     (tmp_path / "m" / "1").mkdir(parents=True)
     tiny_onnx(tmp_path / "m" / "1" / "model.onnx")
     code, _, err = run_cli(["convert", str(tmp_path), "--model", "m"], capsys)
-    assert code == 2 and "nothing to convert" in err and len(err.strip().splitlines()) == 1
+    assert code == 2
+    assert "nothing to convert" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_h5_with_a_lambda_layer_is_refused_before_it_is_loaded(tf_models: Path, tmp_path: Path) -> None:

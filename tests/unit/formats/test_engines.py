@@ -20,7 +20,8 @@ from tests.unit.formats.builders import build_openvino_ir, tiny_onnx
 def test_tflite_fp32_equals_litert(tf_models: Path) -> None:
     runner = load_runner(tf_models / "model.tflite")
     assert isinstance(runner, TfliteRunner)
-    assert [(s.name, s.datatype, s.shape) for s in runner.signature.inputs] == [("image", "FP32", (-1, 8, 8, 3))]
+    specs = [(s.name, s.datatype, s.shape) for s in runner.signature.inputs]
+    assert specs == [("image", "FP32", (-1, 8, 8, 3))]
     assert runner.signature.batched
     got = runner.run({"image": np.load(tf_models / "inputs.npy")})["logits"]
     np.testing.assert_allclose(got, np.load(tf_models / "expected.npz")["tflite"], atol=1e-5)
@@ -28,7 +29,8 @@ def test_tflite_fp32_equals_litert(tf_models: Path) -> None:
 
 def test_tflite_int8_takes_and_returns_floats_with_the_models_quantization(tf_models: Path) -> None:
     runner = TfliteRunner(tf_models / "model_int8.tflite")
-    assert runner.signature.inputs[0].datatype == "FP32" and runner.signature.outputs[0].datatype == "FP32"
+    assert runner.signature.inputs[0].datatype == "FP32"
+    assert runner.signature.outputs[0].datatype == "FP32"
     assert set(runner.quantized) == {"image", "logits"}
     expected = np.load(tf_models / "expected.npz")
     got = runner.run({"image": np.load(tf_models / "inputs.npy")})["logits"]
@@ -61,7 +63,8 @@ def test_truncated_tflite_is_refused_naming_the_file(tf_models: Path, tmp_path: 
 def test_openvino_ir_equals_onnx_runtime_on_the_same_network(tmp_path: Path) -> None:
     xml = build_openvino_ir(tmp_path / "ir")
     runner = load_runner(xml)
-    assert runner.signature.platform == "openvino" and runner.signature.batched
+    assert runner.signature.platform == "openvino"
+    assert runner.signature.batched
     assert [(s.name, s.datatype, s.shape) for s in runner.signature.inputs] == [("x", "FP32", (-1, 4))]
     x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
     reference = OnnxRunner(tiny_onnx(tmp_path / "ref.onnx")).run({"x": x})["y"]

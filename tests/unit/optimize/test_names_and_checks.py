@@ -19,8 +19,8 @@ from surge.optimize import (
     parse_variants,
 )
 from surge.optimize.check import compare
-from surge.tasks.embedding import mean_cosine
 from surge.optimize.names import parse_tolerance
+from surge.tasks.embedding import mean_cosine
 
 
 @pytest.mark.parametrize(("name", "config"), [

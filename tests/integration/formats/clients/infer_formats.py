@@ -19,7 +19,9 @@ def main(http_url: str, grpc_url: str, jobs_path: str, out: str) -> None:
     http = httpclient.InferenceServerClient(http_url)
     grpc = grpcclient.InferenceServerClient(grpc_url)
     arrays: dict[str, np.ndarray] = {}
-    for job in json.load(open(jobs_path)):
+    with open(jobs_path) as handle:
+        jobs = json.load(handle)
+    for job in jobs:
         x = np.load(job["inputs"])
         model, name, output = job["model"], job["input"], job["output"]
         h = httpclient.InferInput(name, list(x.shape), "FP32")

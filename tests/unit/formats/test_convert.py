@@ -179,3 +179,16 @@ def test_fixed_batch_graph_gets_a_free_batch_dim(tmp_path: Path) -> None:
 def test_graph_without_one_fixed_batch_is_left_alone(tmp_path: Path) -> None:
     model = onnx.load(str(tiny_onnx(tmp_path / "t.onnx")))
     assert not make_batch_dynamic(model)
+
+
+def test_optimize_makes_variants_of_a_converted_model(tf_models: Path, tmp_path: Path) -> None:
+    from surge.optimize import Tolerance, parse_variants
+    from surge.optimize.pipeline import OptimizeOptions, optimize_model
+
+    _repo(tmp_path, "m", tf_models / "model.h5")
+    outcomes = optimize_model(tmp_path, "m", parse_variants("int8-dynamic"),
+                              OptimizeOptions(tolerance=Tolerance(max_abs=1.0)))
+    assert [o.kept for o in outcomes] == [True]
+    variant = Repository(tmp_path).load("m@int8-dynamic")
+    got = variant.runner.run({"image": np.load(tf_models / "inputs.npy")})["logits"]
+    assert np.abs(got - np.load(tf_models / "expected.npz")["tf"]).max() < 0.1

@@ -58,7 +58,7 @@ if ! .venv-tf/bin/python -c "import tensorflow, tf_keras, tf2onnx" 2>/dev/null; 
   "$PYTHON" -m venv .venv-tf
   pip_install .venv-tf/bin/pip tensorflow-cpu==2.21.0 tf-keras==2.21.0 tf2onnx==1.17.0
 fi
-if ! .venv-caffe/bin/python -c "import proto.caffe_pb2, src.caffe2onnx" 2>/dev/null; then
+if ! .venv-caffe/bin/python -c "import src.caffe2onnx" 2>/dev/null; then
   echo "setup: creating .venv-caffe with caffe-onnx"
   "$PYTHON" -m venv .venv-caffe
   pip_install .venv-caffe/bin/pip caffe-onnx==0.1.2

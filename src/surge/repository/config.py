@@ -57,6 +57,47 @@ class QueueConfig(StrictConfig):
     )
 
 
+class ClusterConfig(StrictConfig):
+    """Instances on the compute nodes of a Ray cluster (`surge serve --ray ADDRESS`)."""
+
+    instances: int = Field(1, ge=1, le=1024, description="Ray actors started for this model; "
+                           "also the floor when scaling down.")
+    max_instances: int | None = Field(
+        None, ge=1, le=1024, description="Scale up to this many actors while the queue stays "
+        "full (none: no scaling beyond `instances`).")
+    cpus: float = Field(1.0, ge=0, le=1024, description="CPUs one instance reserves on its node.")
+    gpus: float = Field(0.0, ge=0, le=64, description="GPUs one instance reserves on its node.")
+    threads: int = Field(0, ge=0, le=256, description="Intra-op threads per instance; 0 = its "
+                         "CPUs (at least 1).")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources one instance reserves "
+        "(a node started with `--resources` offers them).")
+    node_labels: dict[str, str] = Field(
+        default_factory=dict, description="Ray label selector: instances only go to nodes whose "
+        "labels match (`ray start --labels`), e.g. {pool: compute}.")
+    start_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="Longest an instance may wait for a node and load its "
+        "model before the model is marked not ready.")
+    heartbeat_ms: float = Field(
+        500.0, ge=10, le=60_000, description="How often each instance is pinged.")
+    heartbeat_misses: int = Field(
+        4, ge=1, le=100, description="Pings in a row without an answer that declare an instance "
+        "lost (its node silent): it is replaced and its batches retried.")
+    scale_up_after_s: float = Field(
+        2.0, gt=0, le=3600, description="Every instance full this long adds one (up to "
+        "max_instances).")
+    scale_down_idle_s: float = Field(
+        30.0, gt=0, le=86_400, description="An instance idle this long is removed (down to "
+        "instances).")
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterConfig:
+        if self.max_instances is not None and self.max_instances < self.instances:
+            raise ValueError(f"cluster.max_instances ({self.max_instances}) is below "
+                             f"cluster.instances ({self.instances})")
+        return self
+
+
 class VersionPolicy(StrictConfig):
     """Which versions to serve: exactly one of `latest`, `specific` or `all`."""
 
@@ -136,6 +177,11 @@ class ModelConfig(StrictConfig):
         2000.0, ge=10, le=3_600_000, description="Least time a batch may compute before its "
         "worker can be taken as hung, so that short batches never trip on a scheduling hiccup.")
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue limits.")
+    placement: Literal["local", "cluster", "auto"] = Field(
+        "local", description="Where instances run: local worker processes, Ray actors on compute "
+        "nodes (`cluster`, needs `surge serve --ray`), or `auto`: the cluster when serving on one.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig,
+                                   description="Instances on Ray compute nodes.")
     version_policy: VersionPolicy = Field(
         default_factory=lambda: VersionPolicy(latest=1), description="Versions to serve."
     )

@@ -198,13 +198,7 @@ def tune(repo_root: Path, model: str, options: TuneOptions,
     stages.done("engine")
 
     say("profile")
-    # every evaluated variant is profiled, so the report can place it on the Pareto plot
-    evaluated = [v.variant for v in report.variants if v.metric is not None]
-    profiles = _profile_all(repo, model, evaluated, options, progress)
-    report.profiles = list(profiles.values())
-    for result in report.variants:
-        if result.variant in profiles:
-            result.inprocess_best = profiles[result.variant].best_throughput()
+    profiles = _profile_evaluated(repo, model, options, progress, report)
     stages.done("profile")
 
     say("measure the untuned baseline")
@@ -291,6 +285,18 @@ def _evaluate_all(repo: Repository, model: str, variants: list[str], dataset: Ev
                                              why is None, why or "within the accuracy budget",
                                              result.seconds))
     return out
+
+
+def _profile_evaluated(repo: Repository, model: str, options: TuneOptions,
+                       progress: Progress | None, report: TuningReport) -> dict[str, ProfileReport]:
+    """Every evaluated variant is profiled, so the report can place it on the Pareto plot."""
+    evaluated = [v.variant for v in report.variants if v.metric is not None]
+    profiles = _profile_all(repo, model, evaluated, options, progress)
+    report.profiles = list(profiles.values())
+    for result in report.variants:
+        if result.variant in profiles:
+            result.inprocess_best = profiles[result.variant].best_throughput()
+    return profiles
 
 
 def _choose_engine(repo: Repository, model: str, options: TuneOptions) -> EngineChoice | None:

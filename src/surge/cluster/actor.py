@@ -1,0 +1,144 @@
+"""One model instance as a Ray actor on a compute node, and the messages it exchanges.
+
+Tensors travel as one contiguous uint8 array per batch laid out by the worker transport's
+`pack` (`TensorMeta` says where each tensor lies): Ray hands a numpy array over as an
+out-of-band buffer, so the payload is never pickled, arguments over 100 KiB go through the
+object store, and the receiving node reads them in place (zero-copy). Small ones travel inline
+with the call.
+
+Two concurrency groups: `compute` runs one batch at a time, `health` answers heartbeats while a
+batch computes, so a long batch is not taken for a silent node.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from surge.runtimes.base import Runner, Signature
+from surge.workers.messages import TensorMeta
+from surge.workers.transport import pack, unpack
+
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+CONCURRENCY_GROUPS = {"compute": 1, "health": 1}
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """What an instance loads: the same repository path must exist on its node."""
+
+    root: str
+    ref: str  # model name, or name@variant
+    version: int | None
+    threads: int
+    device: str
+    spin_wait: bool = False
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """Actor -> front end, once loaded and warmed up (or `error` when it could not load)."""
+
+    node_id: str = ""
+    node_ip: str = ""
+    pid: int = 0
+    device: str = ""
+    signature: Signature | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class TensorBatch:
+    """A batch's tensors: one contiguous buffer and where each tensor lies in it."""
+
+    metas: tuple[TensorMeta, ...]
+    buffer: np.ndarray  # uint8, 1-d
+
+
+@dataclass(frozen=True)
+class BatchReply:
+    """Actor -> front end: the outputs of one batch, or the error the runner raised."""
+
+    batch_id: int
+    outputs: TensorBatch | None
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+    error: str = ""
+
+
+def pack_batch(parts: dict[str, list[np.ndarray]]) -> TensorBatch:
+    """Copy the pieces of each tensor once, side by side, into a fresh contiguous buffer."""
+    holder: list[np.ndarray] = []
+
+    def alloc(size: int) -> memoryview:
+        holder.append(np.empty(max(size, 1), np.uint8))
+        return memoryview(holder[0])
+
+    metas = pack(parts, alloc)
+    return TensorBatch(metas, holder[0])
+
+
+def unpack_batch(batch: TensorBatch) -> dict[str, np.ndarray]:
+    """Arrays viewing the batch's buffer (read-only when it came from the object store)."""
+    return unpack(batch.metas, memoryview(batch.buffer))
+
+
+class InstanceActor:
+    """Loads one model instance on its node and computes the batches sent to it."""
+
+    def __init__(self, spec: ActorSpec) -> None:
+        self.spec = spec
+        self.runner: Runner | None = None
+
+    def load(self) -> InstanceInfo:
+        """Load and warm up the model; the error as text when it cannot be loaded."""
+        import ray
+
+        context = ray.get_runtime_context()
+        where = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+                 "pid": os.getpid()}
+        for name in _THREAD_ENV:  # before the engine is imported in this process
+            os.environ[name] = str(self.spec.threads)
+        os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if self.spec.spin_wait else "PASSIVE"
+        try:
+            self.runner = _load(self.spec)
+        except Exception as exc:  # reported to the front end, which marks the model not ready
+            return InstanceInfo(**where, error=f"{type(exc).__name__}: {exc}")
+        return InstanceInfo(**where, device=self.runner.device, signature=self.runner.signature)
+
+    def run(self, batch_id: int, inputs: TensorBatch) -> BatchReply:
+        """Compute one batch; a runner error fails the batch, not the instance."""
+        assert self.runner is not None, "load() runs before any batch"
+        started = time.perf_counter_ns()
+        arrays = unpack_batch(inputs)
+        loaded = time.perf_counter_ns()
+        try:
+            outputs = self.runner.run(arrays)
+        except Exception as exc:
+            return BatchReply(batch_id, None, error=f"{type(exc).__name__}: {exc}")
+        computed = time.perf_counter_ns()
+        packed = pack_batch({name: [np.ascontiguousarray(a)] for name, a in outputs.items()})
+        return BatchReply(batch_id, packed, loaded - started, computed - loaded,
+                          time.perf_counter_ns() - computed)
+
+    def ping(self) -> int:
+        """Heartbeat: answered by the health group even while a batch computes."""
+        return os.getpid()
+
+
+def _load(spec: ActorSpec) -> Runner:
+    from surge.repository import Repository
+    from surge.runtimes import RunnerOptions
+
+    if not os.path.isdir(spec.root):
+        raise FileNotFoundError(f"model repository {spec.root} is not on this node (compute "
+                                "nodes need it at the same path, e.g. on shared storage)")
+    options = RunnerOptions(intra_op_threads=spec.threads, device=spec.device,
+                            spin_wait=spec.spin_wait)
+    runner = Repository(spec.root).load(spec.ref, spec.version, options).runner
+    runner.warmup()
+    return runner

@@ -1,0 +1,22 @@
+"""Prometheus metrics of the cluster instances, registered beside the engine's own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class ClusterMetrics:
+    """Instances per model and node state, scale events, lost instances, retried batches."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.instances = Gauge("surge_cluster_instances", "Ray actor instances per model.",
+                               ["model", "state"], registry=registry)
+        self.scale_events = Counter("surge_cluster_scale_events_total",
+                                    "Cluster instances added (up) or removed (down).",
+                                    ["model", "direction"], registry=registry)
+        self.lost = Counter("surge_cluster_instances_lost_total",
+                            "Cluster instances lost: actor died, node gone or silent.",
+                            ["model", "cause"], registry=registry)
+        self.retried = Counter("surge_cluster_batches_retried_total",
+                               "Batches of a lost instance queued again for another one.",
+                               ["model"], registry=registry)

@@ -162,8 +162,10 @@ class Engine:
             await asyncio.gather(*(m.stop(UNLOAD_GRACE_S) for m in old.values()))
 
     async def _start_model(self, name: str) -> dict[int, ServedModel]:
-        config = self.repository.config(name)
-        served_versions = tuple(self.repository.served_versions(name, config))
+        # config.yaml is untrusted data: parsing a large one must not hold the event loop.
+        config = await asyncio.to_thread(self.repository.config, name)
+        served_versions = tuple(
+            await asyncio.to_thread(self.repository.served_versions, name, config))
         if config.variant:
             targets: list[tuple[int, str | None]] = [
                 (served_versions[-1] if served_versions else 1, f"{name}@{config.variant}")

@@ -115,3 +115,39 @@ def test_the_drivers_clock_is_the_event_loops_unless_one_is_given(tmp_path: Path
         assert Engine(Repository(tmp_path), clock=clock).clock is clock
 
     asyncio.run(body())
+
+
+def test_loading_reads_the_config_off_the_event_loop(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow config.yaml read (a large file) must not stop the loop answering health checks."""
+    import time
+
+    make_repo(tmp_path, "instances: 1\n")
+    real_config = Repository.config
+
+    def slow_config(self: Repository, name: str):  # type: ignore[no-untyped-def]
+        time.sleep(0.3)
+        return real_config(self, name)
+
+    monkeypatch.setattr(Repository, "config", slow_config)
+
+    async def body() -> int:
+        engine, _ = engine_on_fakes(tmp_path)
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0)
+        try:
+            await engine.load("m")
+        finally:
+            ticker.cancel()
+            await engine.stop(0.0)
+        return ticks
+
+    assert asyncio.run(body()) >= 10  # the loop kept running during the 0.3 s read

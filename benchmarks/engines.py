@@ -1,13 +1,21 @@
-"""Engine benchmark: ONNX Runtime vs OpenVINO on the same ONNX files, fp32 and int8, side by side.
+"""Engine benchmark: ONNX Runtime vs OpenVINO vs TensorFlow native, fp32 and int8, side by side.
 
-ResNet-18 (random weights, 3x64x64) and the default model (`examples/repository/fashion`), each
-as fp32 ONNX and as the int8-static QDQ variant `surge.optimize` makes. In process: items/s at
-batch 1 and at the best of 8/32, rounds interleaved across engines so a noisy neighbour slows
-them alike, each setting's best kept. Served: `surge serve` with `engine:` set, 64 clients.
-Then what `surge tune` would choose (tuning.engines.decide, 10% noise margin) next to the
-measured winner. TensorFlow native needs a TensorFlow-born model: see docs/formats.md.
+ResNet-18 (random weights, 3x64x64) and the default model (`examples/repository/fashion`, its
+trained weights). ONNX Runtime and OpenVINO run the same ONNX files: fp32 and the int8-static QDQ
+variant `surge.optimize` makes. TensorFlow runs the same network built in Keras with the torch
+weights copied in (benchmarks/engines_tf.py, in `.venv-tf`, a subprocess answering in JSON):
+fp32 in a `tf.function`, and int8 as TensorFlow does it, a full-integer TFLite file from its
+converter (calibrated on the same rows as the QDQ variant), run by LiteRT; the fp32 TFLite file
+is measured too.
 
-    .venv/bin/python benchmarks/engines.py                       # both models, ~6 min on 2 cores
+In process: items/s at batch 1 and at the best of 8/32, every engine on the same number of
+threads, rounds interleaved across engines so a noisy neighbour slows them alike, each setting's
+best kept. Served: `surge serve`, 64 clients; Surge serves TFLite natively (LiteRT), and the
+TensorFlow SavedModel as its ONNX conversion (`surge convert`, then ONNX Runtime). Parity: every
+file against TensorFlow's own fp32 outputs on the same 32 rows. Then what `surge tune` would
+choose between the ONNX engines (tuning.engines.decide, 10% noise margin) next to the winner.
+
+    .venv/bin/python benchmarks/engines.py                       # both models, ~12 min on 2 cores
     .venv/bin/python benchmarks/engines.py --models fashion --rounds 2 --duration 5
 """
 
@@ -15,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +36,38 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from surge.convert import convert, find_source
+from surge.convert.toolchains import interpreter
 from surge.optimize import Int8StaticConfig, ModelSource, Tolerance, apply
-from surge.runtimes import RunnerOptions, load_runner
-from surge.tuning.engines import EngineFigure, decide, items_per_second
+from surge.platform import available_cores
+from surge.runtimes import Runner, RunnerOptions, load_runner
+from surge.tuning.engines import BATCH_SIZES, EngineFigure, decide, items_per_second
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import free_port, stop, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "engines.json"
-ENGINES = ("onnxruntime", "openvino")
-console = Console()
+TF_SCRIPT = Path(__file__).resolve().parent / "engines_tf.py"
+FASHION = ROOT / "examples" / "repository" / "fashion"
+FASHION_WEIGHTS = ROOT / "examples" / "repository" / "fashion-torch" / "1" / "model.safetensors"
+ONNX_ENGINES = ("onnxruntime", "openvino")  # what `surge tune` chooses between for an ONNX model
+TENSORFLOW, LITERT = "tensorflow", "litert"
+ENGINE_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
+                TENSORFLOW: "TensorFlow", LITERT: "TFLite on LiteRT"}
+PARITY_ROWS = 32
+CALIBRATION_ROWS = 128
+console = Console(width=200)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One precision on one engine: the file it runs and how Surge serves it."""
+
+    precision: str  # fp32 | int8
+    engine: str  # onnxruntime | openvino | tensorflow | litert
+    path: Path  # for tensorflow: the SavedModel (measured in .venv-tf, served as its conversion)
+    served_as: str
 
 
 def resnet_source(work: Path) -> ModelSource:
@@ -46,54 +77,138 @@ def resnet_source(work: Path) -> ModelSource:
     rng = np.random.default_rng(0)
     return ModelSource("resnet18", ["image"], ["logits"], {"image": rng.random((64, 3, 64, 64), np.float32)},
                        module=resnet18().eval(), task="classification", work_dir=work,
-                       calibration={"image": rng.random((128, 3, 64, 64), np.float32)})
+                       calibration={"image": rng.random((CALIBRATION_ROWS, 3, 64, 64), np.float32)})
 
 
 def fashion_source(work: Path) -> ModelSource:
     rng = np.random.default_rng(0)
-    onnx = ROOT / "examples" / "repository" / "fashion" / "1" / "model.onnx"
     return ModelSource("fashion", ["image"], ["logits"], {"image": rng.random((256, 1, 28, 28), np.float32)},
-                       onnx_path=onnx, task="classification", work_dir=work,
+                       onnx_path=FASHION / "1" / "model.onnx", task="classification", work_dir=work,
                        calibration={"image": rng.random((256, 1, 28, 28), np.float32)})
 
 
-def make_files(source: ModelSource, work: Path) -> dict[str, Path]:
+def torch_weights(source: ModelSource) -> dict[str, np.ndarray]:
+    """The state dict the ONNX files were made from, for the Keras copy of the network."""
+    if source.module is not None:
+        return {k: v.detach().numpy() for k, v in source.module.state_dict().items()}
+    from safetensors.numpy import load_file
+
+    return load_file(str(FASHION_WEIGHTS))  # `fashion`'s ONNX file was exported from these
+
+
+def onnx_files(source: ModelSource, work: Path) -> dict[str, Path]:
     fp32 = source.ensure_onnx() if source.onnx_path is None else source.onnx_path
-    int8 = apply(source, Int8StaticConfig(calibration_samples=128), work / "int8", Tolerance(), "int8-static")
+    config = Int8StaticConfig(calibration_samples=CALIBRATION_ROWS)
+    int8 = apply(source, config, work / "int8", Tolerance(), "int8-static")
     return {"fp32": Path(fp32), "int8": int8.path}
 
 
-def in_process(files: dict[str, Path], rounds: int, seconds: float) -> list[dict[str, Any]]:
-    runners = {(p, e): load_runner(path, RunnerOptions(), e) for p, path in files.items() for e in ENGINES}
+class TensorFlowProcess:
+    """benchmarks/engines_tf.py in `.venv-tf`: builds the Keras network and its files, then
+    measures TensorFlow's items/s on request (one JSON line each way)."""
+
+    def __init__(self, arch: str, source: ModelSource, work: Path, threads: int) -> None:
+        python = interpreter("tf")
+        if python is None:
+            raise SystemExit("TensorFlow native needs .venv-tf (scripts/setup.sh) or SURGE_TF_PYTHON")
+        work.mkdir(parents=True, exist_ok=True)
+        np.savez(work / "weights.npz", **torch_weights(source))  # type: ignore[arg-type]
+        assert source.calibration is not None
+        np.savez(work / "samples.npz", image=source.samples["image"][:PARITY_ROWS],
+                 calibration=source.calibration["image"][:CALIBRATION_ROWS])
+        normalize: list[str] = []
+        if arch == "fashion":
+            from surge_examples.fashion.model import MEAN, STD
+
+            normalize = ["--mean", str(MEAN), "--std", str(STD)]
+        self.log = work / "tensorflow.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [str(python), str(TF_SCRIPT), "--arch", arch, "--weights", str(work / "weights.npz"),
+                 "--samples", str(work / "samples.npz"), "--out", str(work), "--threads", str(threads),
+                 *normalize], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+        self.files = self._receive()
+
+    def _receive(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            tail = self.log.read_text().strip().splitlines()[-3:]
+            raise RuntimeError(f"{TF_SCRIPT.name} exited {self.process.wait()}: {' | '.join(tail)}")
+        return dict(json.loads(line))
+
+    def items_per_second(self, batch: int, seconds: float) -> float:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"batch": batch, "seconds": seconds}) + "\n")
+        self.process.stdin.flush()
+        return float(self._receive()["items_per_s"])
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(60)
+
+
+def candidates(onnx: dict[str, Path], tf: dict[str, Any]) -> list[Candidate]:
+    rows = [Candidate(p, e, onnx[p], "the same ONNX file")
+            for p in ("fp32", "int8") for e in ONNX_ENGINES]
+    rows.append(Candidate("fp32", TENSORFLOW, Path(tf["savedmodel"]),
+                          "its ONNX conversion, ONNX Runtime"))
+    rows += [Candidate(p, LITERT, Path(tf[f"tflite_{p}"]), "the .tflite file, natively")
+             for p in ("fp32", "int8")]
+    return rows
+
+
+def in_process(runners: dict[tuple[str, str], Runner], tf: TensorFlowProcess, rounds: int,
+               seconds: float) -> list[dict[str, Any]]:
+    """Every (precision, engine) at every batch size, round by round; TensorFlow in its
+    process takes its turn in each round like the others."""
     best: dict[tuple[str, str, int], float] = {}
     for _ in range(rounds):
-        for (precision, engine), runner in runners.items():
-            for batch in (1, 8, 32):
+        for key, runner in runners.items():
+            for batch in BATCH_SIZES:
                 rate = items_per_second(runner, batch, seconds)
-                key = (precision, engine, batch)
-                best[key] = max(best.get(key, 0.0), rate)
+                best[(*key, batch)] = max(best.get((*key, batch), 0.0), rate)
+        for batch in BATCH_SIZES:
+            rate = tf.items_per_second(batch, seconds)
+            best[("fp32", TENSORFLOW, batch)] = max(best.get(("fp32", TENSORFLOW, batch), 0.0), rate)
     return [{"precision": p, "engine": e, "batch": b, "items_per_s": r} for (p, e, b), r in best.items()]
 
 
-def parity(files: dict[str, Path], source: ModelSource) -> dict[str, float]:
-    """Max abs difference between the engines on the same file (the converted models' parity
-    is recorded by `surge convert`; here it is engine against engine)."""
-    x = {"image": source.samples["image"][:32]}
-    out = {}
-    for precision, path in files.items():
-        a, b = (load_runner(path, RunnerOptions(), e).run(x)["logits"] for e in ENGINES)
-        out[precision] = float(np.abs(a - b).max())
-    return out
+def max_abs(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
 
 
-def served(path: Path, engine: str, duration: float, work: Path) -> dict[str, Any]:
+def serving_repo(candidate: Candidate, work: Path) -> Path:
+    """A one-model repository serving `candidate` the way Surge serves its format."""
+    repo = work / f"repo-{candidate.precision}-{candidate.engine}"
+    version = repo / "m" / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    suffix = {TENSORFLOW: ".savedmodel", LITERT: ".tflite"}.get(candidate.engine, ".onnx")
+    if candidate.path.is_dir():
+        shutil.copytree(candidate.path, version / f"model{suffix}", dirs_exist_ok=True)
+    else:
+        shutil.copyfile(candidate.path, version / f"model{suffix}")
+    engine = f"engine: {candidate.engine}\n" if candidate.engine in ONNX_ENGINES else ""
+    (repo / "m" / "config.yaml").write_text(f"{engine}max_batch_size: 32\n"
+                                            "batching: {max_queue_delay_ms: 2.0}\n")
+    return repo
+
+
+def converted(repo: Path, samples: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """Convert the SavedModel in `repo` as `surge convert` does (the server then finds it
+    cached): the parity it recorded, and the converted model's on the benchmark's rows."""
+    source = find_source(repo / "m" / "1")
+    assert source is not None
+    conversion = convert(source)
+    runner = load_runner(conversion.model, RunnerOptions(intra_op_threads=available_cores()))
+    return {"converter": conversion.converter, "recorded": [asdict(p) for p in conversion.parity],
+            "max_abs": max_abs(runner.run({"image": samples})["logits"], reference)}
+
+
+def served(repo: Path, duration: float) -> dict[str, Any]:
     from surge.bench import run_bench
 
-    repo = work / f"repo-{engine}"
-    (repo / "m" / "1").mkdir(parents=True, exist_ok=True)
-    (repo / "m" / "1" / "model.onnx").write_bytes(path.read_bytes())
-    (repo / "m" / "config.yaml").write_text(f"engine: {engine}\nmax_batch_size: 32\n"
-                                            "batching: {max_queue_delay_ms: 2.0}\n")
     http, grpc, metrics = free_port(), free_port(), free_port()
     process = subprocess.Popen([sys.executable, "-c", "from surge.cli import main; main()", "serve",
                                 str(repo), "--http-port", str(http), "--grpc-port", str(grpc),
@@ -103,44 +218,94 @@ def served(path: Path, engine: str, duration: float, work: Path) -> dict[str, An
     try:
         wait_ready(url, process)
         run = run_bench(url, "m", [64], duration, "http", warmup_s=1.0).runs[0]
-        return {"engine": engine, "throughput": run.throughput, "p99_ms": run.p99_ms, "errors": run.errors}
+        return {"throughput": run.throughput, "p99_ms": run.p99_ms, "errors": run.errors}
     finally:
         stop(process)
 
 
-def run_model(name: str, rounds: int, seconds: float, duration: float, work: Path) -> dict[str, Any]:
+def tune_choices(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per precision: the ONNX engine `surge tune` would pick on these figures, and the faster."""
+    out = {}
+    for precision in ("fp32", "int8"):
+        choice = decide([EngineFigure(r["engine"], r["batch"], r["items_per_s"]) for r in rows
+                         if r["precision"] == precision and r["engine"] in ONNX_ENGINES])
+        best = {e: choice.best(e) for e in ONNX_ENGINES}
+        out[f"tune_choice_{precision}"] = {"engine": choice.engine, "reason": choice.reason,
+                                           "faster": max(best, key=lambda e: best[e])}
+    return out
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One model's in-process figures and parity, and what serving it needs next."""
+
+    result: dict[str, Any]
+    candidates: list[Candidate]
+    samples: np.ndarray  # the parity rows
+    reference: np.ndarray  # TensorFlow's own fp32 outputs on them
+
+
+def measure(name: str, rounds: int, seconds: float, work: Path) -> Measured:
+    """In-process figures and each file's parity against TensorFlow's own outputs."""
     source = (resnet_source if name == "resnet" else fashion_source)(work)
-    files = make_files(source, work)
-    rows = in_process(files, rounds, seconds)
-    result: dict[str, Any] = {"model": name, "in_process": rows,
-                              "engine_parity_max_abs": parity(files, source)}
-    result["served_fp32_c64"] = [served(files["fp32"], e, duration, work) for e in ENGINES]
-    for precision in files:
-        figures = [EngineFigure(r["engine"], r["batch"], r["items_per_s"]) for r in rows
-                   if r["precision"] == precision]
-        choice = decide(figures)
-        best = {e: choice.best(e) for e in ENGINES}
-        result[f"tune_choice_{precision}"] = {"engine": choice.engine, "reason": choice.reason,
-                                              "faster": max(best, key=lambda e: best[e])}
+    onnx = onnx_files(source, work)
+    tf = TensorFlowProcess(name, source, work / "tensorflow", available_cores())
+    try:
+        cands = candidates(onnx, tf.files)
+        options = RunnerOptions(intra_op_threads=available_cores())
+        runners = {(c.precision, c.engine): load_runner(c.path, options, c.engine if c.engine in ONNX_ENGINES
+                                                        else None) for c in cands if c.engine != TENSORFLOW}
+        rows = in_process(runners, tf, rounds, seconds)
+    finally:
+        tf.close()
+    samples = source.samples["image"][:PARITY_ROWS]
+    reference = np.load(tf.files["reference"])
+    logits = {key: runner.run({"image": samples})["logits"] for key, runner in runners.items()}
+    result: dict[str, Any] = {
+        "model": name, "threads": available_cores(), "in_process": rows,
+        "tf_reference_max_abs": float(np.abs(reference).max()),
+        "parity_vs_tf_max_abs": {f"{p}/{e}": max_abs(v, reference) for (p, e), v in logits.items()},
+        "engine_parity_max_abs": {p: max_abs(logits[(p, "onnxruntime")], logits[(p, "openvino")])
+                                  for p in ("fp32", "int8")},
+        **tune_choices(rows),
+    }
+    return Measured(result, cands, samples, reference)
+
+
+def run_model(name: str, rounds: int, seconds: float, duration: float, work: Path) -> dict[str, Any]:
+    measured = measure(name, rounds, seconds, work)
+    result = measured.result
+    result["served_c64"] = []
+    for candidate in measured.candidates:
+        repo = serving_repo(candidate, work)
+        if candidate.engine == TENSORFLOW:  # served as its conversion: convert first, as `surge convert`
+            conversion = converted(repo, measured.samples, measured.reference)
+            result["conversion"] = conversion
+            result["parity_vs_tf_max_abs"][f"fp32/{TENSORFLOW}"] = conversion["max_abs"]
+        result["served_c64"].append({"precision": candidate.precision, "engine": candidate.engine,
+                                     "served_as": candidate.served_as, **served(repo, duration)})
     return result
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
     table = Table("model", "precision", "engine", "b=1 items/s", "best items/s", "served c=64 req/s",
-                  "tune picks")
+                  "served as", "max abs vs TF")
     for res in results:
-        served_by = {s["engine"]: s for s in res["served_fp32_c64"]}
-        for precision in ("fp32", "int8"):
-            for engine in ENGINES:
-                rows = [r for r in res["in_process"] if r["precision"] == precision and r["engine"] == engine]
-                b1 = next(r["items_per_s"] for r in rows if r["batch"] == 1)
-                top = max(rows, key=lambda r: r["items_per_s"])
-                s = served_by[engine] if precision == "fp32" else None
-                table.add_row(res["model"], precision, engine, f"{b1:,.0f}",
-                              f"{top['items_per_s']:,.0f} (b={top['batch']})",
-                              f"{s['throughput']:,.0f} (p99 {s['p99_ms']:.0f} ms)" if s else "-",
-                              res[f"tune_choice_{precision}"]["engine"])
+        for s in res["served_c64"]:
+            precision, engine = s["precision"], s["engine"]
+            rows = [r for r in res["in_process"] if r["precision"] == precision and r["engine"] == engine]
+            b1 = next(r["items_per_s"] for r in rows if r["batch"] == 1)
+            top = max(rows, key=lambda r: r["items_per_s"])
+            table.add_row(res["model"], precision, ENGINE_NAMES[engine], f"{b1:,.0f}",
+                          f"{top['items_per_s']:,.0f} (b={top['batch']})",
+                          f"{s['throughput']:,.0f} (p99 {s['p99_ms']:.0f} ms)", s["served_as"],
+                          f"{res['parity_vs_tf_max_abs'][f'{precision}/{engine}']:.2g}")
     console.print(table)
+    for res in results:
+        picks = ", ".join(f"{p}: {res[f'tune_choice_{p}']['engine']} ({res[f'tune_choice_{p}']['reason']})"
+                          for p in ("fp32", "int8"))
+        console.print(f"{res['model']}: TensorFlow's largest output {res['tf_reference_max_abs']:.3g}; "
+                      f"surge tune picks {picks}")
 
 
 def main() -> None:
@@ -149,13 +314,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.0, help="per in-process point")
     parser.add_argument("--duration", type=float, default=10.0, help="per served run")
+    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the results")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         results = [run_model(m, args.rounds, args.seconds, args.duration, Path(tmp) / m)
                    for m in args.models.split(",")]
     print_table(results)
-    RESULTS.write_text(json.dumps(results, indent=1))
-    console.print(f"wrote {RESULTS}")
+    args.json.write_text(json.dumps(results, indent=1))
+    console.print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

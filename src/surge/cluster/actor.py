@@ -76,7 +76,7 @@ def pack_batch(parts: dict[str, list[np.ndarray]]) -> TensorBatch:
 
     def alloc(size: int) -> memoryview:
         holder.append(np.empty(max(size, 1), np.uint8))
-        return memoryview(holder[0])
+        return holder[0].data
 
     metas = pack(parts, alloc)
     return TensorBatch(metas, holder[0])
@@ -84,7 +84,7 @@ def pack_batch(parts: dict[str, list[np.ndarray]]) -> TensorBatch:
 
 def unpack_batch(batch: TensorBatch) -> dict[str, np.ndarray]:
     """Arrays viewing the batch's buffer (read-only when it came from the object store)."""
-    return unpack(batch.metas, memoryview(batch.buffer))
+    return unpack(batch.metas, batch.buffer.data)
 
 
 class InstanceActor:

@@ -9,9 +9,12 @@ The dashboard and usage statistics stay off unless the environment asks for them
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from surge.errors import SurgeError
@@ -48,14 +51,29 @@ def quiet_ray_environment() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def check_token(address: str) -> None:
     """One authenticated call to the cluster's GCS: a wrong token fails here within a second,
     where `ray.init` would retry for about 20 s and then report a bare connection failure."""
-    from ray._raylet import GcsClient
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
     from ray.exceptions import AuthenticationError
 
     try:
-        GcsClient(address=address).internal_kv_get(b"surge-probe", None, timeout=PROBE_TIMEOUT_S)
+        with _native_stderr_silenced():  # the C++ client logs every refused retry there
+            GcsClient(address=address).internal_kv_get(b"surge-probe", None,
+                                                       timeout=PROBE_TIMEOUT_S)
     except AuthenticationError:
         raise ClusterError(
             f"the Ray cluster at {address} refused this front end's token: set RAY_AUTH_TOKEN "

@@ -17,6 +17,15 @@ class ClusterMetrics:
         self.lost = Counter("surge_cluster_instances_lost_total",
                             "Cluster instances lost: actor died, node gone or silent.",
                             ["model", "cause"], registry=registry)
+        self.batches = Counter("surge_cluster_batches_total",
+                               "Batches computed by cluster instances, per node.",
+                               ["model", "node"], registry=registry)
         self.retried = Counter("surge_cluster_batches_retried_total",
                                "Batches of a lost instance queued again for another one.",
                                ["model"], registry=registry)
+
+    def register(self, registry: CollectorRegistry) -> None:
+        """Also expose these on `registry` (the engine's, which `/metrics` serves)."""
+        for metric in (self.instances, self.scale_events, self.lost, self.batches,
+                       self.retried):
+            registry.register(metric)

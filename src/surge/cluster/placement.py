@@ -51,6 +51,8 @@ def actor_options(config: ClusterConfig, avoid: Iterable[str] = ()) -> dict[str,
         "num_cpus": config.cpus,
         "num_gpus": config.gpus,
         "max_restarts": 0,  # the pool replaces a lost instance itself, on a healthy node
+        # One node's loss should take as few of a model's instances as possible.
+        "scheduling_strategy": "SPREAD",
     }
     if custom:
         options["resources"] = custom

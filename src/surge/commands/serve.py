@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from surge.commands import console
 from surge.errors import SurgeError
+
+if TYPE_CHECKING:
+    from surge.server.production import ProductionOptions
 
 
 def _models(value: str | None) -> tuple[str, ...] | None:
@@ -19,6 +22,43 @@ def _models(value: str | None) -> tuple[str, ...] | None:
     if not names:
         raise SurgeError(f"--models {value!r} names no model")
     return names
+
+
+def _production(tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
+                api_keys_file: Path | None, metrics_auth: bool, access_log: str | None,
+                access_log_sample: float, tracing: str | None, model_control: str | None,
+                poll_interval: float | None) -> ProductionOptions:
+    """The production options of `surge serve`, checked together."""
+    from surge.server.access_log import AccessLogConfig
+    from surge.server.keys import read_key_file
+    from surge.server.production import DEFAULT_POLL_INTERVAL_S, ProductionOptions
+    from surge.server.tls import TlsConfig
+
+    if (tls_cert is None) != (tls_key is None):
+        raise SurgeError("--tls-cert and --tls-key go together: give both or neither")
+    if tls_ca is not None and tls_cert is None:
+        raise SurgeError("--tls-ca (client certificates) needs --tls-cert and --tls-key")
+    mode = model_control or ("poll" if poll_interval is not None else "explicit")
+    if mode not in ("explicit", "poll"):
+        raise SurgeError(f"--model-control {mode!r}: use explicit or poll")
+    if poll_interval is not None and mode != "poll":
+        raise SurgeError("--poll-interval needs --model-control poll")
+    return ProductionOptions(
+        tls=TlsConfig(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None,
+        keys=tuple(read_key_file(api_keys_file)) if api_keys_file else (),
+        metrics_auth=metrics_auth,
+        access_log=AccessLogConfig(access_log, access_log_sample) if access_log else None,
+        tracing=_tracing(tracing), model_control=mode,  # type: ignore[arg-type]
+        poll_interval_s=poll_interval or DEFAULT_POLL_INTERVAL_S,
+    )
+
+
+def _tracing(exporter: str | None) -> object:
+    if exporter is None:
+        return None
+    from surge.server.tracing import tracer_provider
+
+    return tracer_provider(exporter)
 
 
 def serve(
@@ -46,6 +86,32 @@ def serve(
     max_connections: Annotated[int | None, typer.Option(min=1, help="Open connections per port "
                                "(default: a quarter of the open-file limit, at most 4096).")] =
         None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="Join this Ray cluster (host:port of its head, or 'auto') as a driver: "
+        "models with placement cluster|auto run as actors on its compute nodes. The cluster's "
+        "token comes from RAY_AUTH_TOKEN.", envvar="SURGE_RAY_ADDRESS")] = None,
+    reuse_port: Annotated[bool, typer.Option(
+        help="Share the ports with other front ends on this machine (SO_REUSEPORT).")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain: HTTPS and gRPC "
+                                                  "over TLS on every port.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="PEM CA bundle: require client "
+                                                "certificates it signed (mutual TLS).")] = None,
+    api_keys_file: Annotated[Path | None, typer.Option(help="Keys with scopes, one 'KEY "
+                             "read|infer|admin' per line.", envvar="SURGE_API_KEYS_FILE")] = None,
+    metrics_auth: Annotated[bool, typer.Option(help="With keys, the metrics port asks for one "
+                                               "(scope read).")] = True,
+    access_log: Annotated[str | None, typer.Option(help="JSON-lines access log: a file, or - "
+                                                   "for standard output.")] = None,
+    access_log_sample: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of "
+                                 "successful requests logged (failures always are).")] = 1.0,
+    tracing: Annotated[str | None, typer.Option(help="OpenTelemetry spans to 'otlp' "
+                       "(OTEL_EXPORTER_OTLP_*) or 'console'.")] = None,
+    model_control: Annotated[str | None, typer.Option(help="explicit (load/unload API) or poll "
+                             "(follow the repository; the API is refused).")] = None,
+    poll_interval: Annotated[float | None, typer.Option(min=0.05, help="Seconds between "
+                             "repository polls (implies --model-control poll; default 5).")] =
+        None,
 ) -> None:
     """Serve models until SIGTERM/SIGINT, then drain accepted requests and exit 0."""
     from surge.api import serve as run_server
@@ -59,7 +125,11 @@ def serve(
     options = ServeOptions(
         host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
         api_key=api_key, models=_models(models), grace_s=grace,
-        max_body_bytes=int(max_body_mb * 1024 * 1024), limits=limits,
+        max_body_bytes=int(max_body_mb * 1024 * 1024), limits=limits, ray_address=ray,
+        reuse_port=reuse_port,
+        production=_production(tls_cert, tls_key, tls_ca, api_keys_file, metrics_auth,
+                               access_log, access_log_sample, tracing, model_control,
+                               poll_interval),
     )
 
     def started(endpoints: Endpoints) -> None:
@@ -67,8 +137,12 @@ def serve(
         console.print(f"  HTTP    {endpoints.http}/v2")
         console.print(f"  gRPC    {endpoints.grpc}")
         console.print(f"  metrics {endpoints.metrics}", highlight=False)
-        if api_key:
+        if api_key or api_keys_file:
             console.print("  API key required (Authorization: Bearer ...)")
+        if tls_cert:
+            console.print(f"  TLS     {tls_cert}", highlight=False)
+        if ray:
+            console.print(f"  Ray     {ray}")
 
     run_server(repo, options, started)
     console.print("surge: drained and stopped")

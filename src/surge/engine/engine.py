@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolFactory, PoolSpec
 from surge.engine.interface import ModelHandle
+from surge.engine.reload import override_config
 from surge.engine.served import ServedModel
 from surge.engine.stats import ModelStats
-from surge.errors import ModelNotReadyError, NotFoundError, SurgeError
+from surge.errors import ConfigError, ModelNotReadyError, NotFoundError, SurgeError
 from surge.platform import available_cores
 from surge.repository import Repository, served_version
 from surge.server.metrics import SurgeMetrics
+from surge.workers.hang import HangRule
 from surge.workers.pool import WorkerPool, cuda_device_count, plan_instances
 
 log = logging.getLogger(__name__)
@@ -31,11 +35,14 @@ class Engine:
     """Serves the models of one repository: load/unload, readiness, inference, statistics."""
 
     def __init__(self, repository: Repository, *, models: list[str] | None = None,
-                 pool_factory: PoolFactory | None = None, clock: Clock | None = None) -> None:
+                 pool_factory: PoolFactory | None = None, clock: Clock | None = None,
+                 cluster_pools: PoolFactory | None = None) -> None:
         self.repository = repository
         self.metrics = SurgeMetrics()
         self._selected = models
-        self._pool_factory = pool_factory or self._worker_pool
+        self._pool_factory = pool_factory or self._placed_pool
+        # Ray actor pools (`surge serve --ray`), for models whose placement says so.
+        self._cluster_pools = cluster_pools
         self._clock = clock
         self._served: dict[str, dict[int, ServedModel]] = {}
         self._state: dict[str, tuple[str, str]] = {}  # name -> (state, reason) when not served
@@ -86,6 +93,17 @@ class Engine:
     def make_pool(self, spec: PoolSpec, events: PoolEvents) -> InstancePool:
         return self._pool_factory(spec, events)
 
+    def _placed_pool(self, spec: PoolSpec, events: PoolEvents) -> InstancePool:
+        """Ray actors when the config's placement asks for the cluster, worker processes else."""
+        from surge.cluster.placement import wants_cluster
+
+        if not wants_cluster(spec.config.placement, self._cluster_pools is not None):
+            return self._worker_pool(spec, events)
+        if self._cluster_pools is None:
+            raise ConfigError(f"model {spec.ref!r} has placement: cluster; serve it with "
+                              "--ray ADDRESS")
+        return self._cluster_pools(spec, events)
+
     def _worker_pool(self, spec: PoolSpec, events: PoolEvents) -> InstancePool:
         """Production pools: one worker process per instance, placed to fit the cores."""
         config = spec.config
@@ -95,6 +113,9 @@ class Engine:
             str(self.repository.root), spec.ref, spec.version, placements, events.on_done,
             on_restart=events.on_restart, on_requeue=events.on_requeue, on_ready=events.on_ready,
             max_batch_size=max(1, config.max_batch_size), spin_wait=config.spin_wait,
+            hang=HangRule(config.hang_multiple, config.hang_min_ms / 1e3),
+            estimate=events.batch_estimate, on_hung=events.on_hung,
+            on_spawn_failure=events.on_spawn_failure,
         )
 
     # -- lookup ------------------------------------------------------------------------------
@@ -104,7 +125,8 @@ class Engine:
             state = self._state.get(name)
             if state is not None and state[0] == "LOADING":
                 raise ModelNotReadyError(f"model {name!r} is loading")
-            raise NotFoundError(f"model {name!r} is not loaded")
+            reason = f": {state[1]}" if state is not None and state[1] else ""
+            raise NotFoundError(f"model {name!r} is not loaded{reason}")
         return versions[served_version(name, list(versions),
                                        None if version is None else int(version))]
 
@@ -130,10 +152,14 @@ class Engine:
             if versions:
                 for version, served in sorted(versions.items()):
                     state = "READY" if served.ready else "UNAVAILABLE"
-                    reason = "" if served.ready else (
+                    reason = served.instances_note() if served.ready else (
                         "no live worker" if served.accepting else "draining")
                     rows.append({"name": name, "version": str(version), "state": state,
                                  "reason": reason})
+                if name in self._state:  # a reload in progress, or one that failed
+                    state, reason = self._state[name]
+                    rows.append({"name": name, "version": self._pending_version(name),
+                                 "state": state, "reason": reason})
                 continue
             state, reason = self._state.get(name, ("UNAVAILABLE", "unloaded"))
             rows.append({"name": name, "version": "", "state": state, "reason": reason})
@@ -147,23 +173,46 @@ class Engine:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    async def load(self, name: str) -> None:
-        """(Re)load `name`: the new instances start before the old ones drain."""
+    async def load(self, name: str, config: Mapping[str, Any] | None = None) -> None:
+        """(Re)load `name`, with `config` fields replacing config.yaml's when given: the new
+        instances start and warm up before requests switch to them and the old ones drain. A
+        failed reload leaves the old version serving and says why in the index."""
         async with self._lock(name):
             self._state[name] = ("LOADING", "")
             try:
-                fresh = await self._start_model(name)
+                fresh = await self._start_model(name, config)
             except Exception as exc:
-                self._state[name] = ("UNAVAILABLE", str(exc))
+                self._load_failed(name, exc)
                 raise
+            self.metrics.model_loads.labels(name, "success").inc()
             old = self._served.get(name, {})
             self._served[name] = fresh
             self._state.pop(name, None)
             await asyncio.gather(*(m.stop(UNLOAD_GRACE_S) for m in old.values()))
 
-    async def _start_model(self, name: str) -> dict[int, ServedModel]:
+    def _load_failed(self, name: str, error: Exception) -> None:
+        self._state[name] = ("UNAVAILABLE", str(error))
+        if isinstance(error, NotFoundError) and name not in self.repository.model_names():
+            return  # a name that is not in the repository gets no metric label
+        self.metrics.model_loads.labels(name, "failure").inc()
+        if name in self._served:
+            log.error("model %s: reload failed, the served version stays: %s", name, error)
+
+    def _pending_version(self, name: str) -> str:
+        """The newest version on disk that is not served (what a reload is about), or ''."""
+        try:
+            versions = self.repository.versions(name)
+        except SurgeError:
+            return ""
+        fresh = [v for v in versions if v not in self._served.get(name, {})]
+        return str(max(fresh)) if fresh else ""
+
+    async def _start_model(self, name: str,
+                           override: Mapping[str, Any] | None = None) -> dict[int, ServedModel]:
         # config.yaml is untrusted data: parsing a large one must not hold the event loop.
         config = await asyncio.to_thread(self.repository.config, name)
+        if override:
+            config = override_config(config, override)
         served_versions = tuple(
             await asyncio.to_thread(self.repository.served_versions, name, config))
         if config.variant:

@@ -48,6 +48,15 @@ class PoolEvents(Protocol):
     def on_ready(self) -> None:
         """An instance became ready: it can take batches queued meanwhile."""
 
+    def on_hung(self, batch: Batch) -> None:
+        """The instance computing `batch` hung and was killed (and is being restarted)."""
+
+    def on_spawn_failure(self) -> None:
+        """A restart could not start its instance; the pool tries again after a backoff."""
+
+    def batch_estimate(self, size: int) -> float | None:
+        """Seconds a batch of `size` should take (None before any was measured)."""
+
 
 class InstancePool(Protocol):
     """The instances of one served model version, as the driver of that version uses them."""

@@ -6,8 +6,9 @@ put any object with these members behind a front end.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -58,7 +59,8 @@ class InferenceEngine(Protocol):
 
     def stats(self, name: str, version: int | None = None) -> ModelStats: ...
 
-    async def load(self, name: str) -> None: ...
+    async def load(self, name: str, config: Mapping[str, Any] | None = None) -> None:
+        """(Re)load a model; `config` fields replace its config.yaml's for this load."""
 
     async def unload(self, name: str) -> None: ...
 

@@ -26,12 +26,14 @@ import numpy as np
 from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolSpec
 from surge.engine.interface import ModelHandle
 from surge.engine.stats import Counters
+from surge.engine.timing import RequestTiming, request_timing
 from surge.errors import (
     DeadlineExceededError,
     InputError,
     ModelNotReadyError,
     QueueFullError,
     SurgeError,
+    WorkerCrashedError,
 )
 from surge.repository import ModelConfig
 from surge.scheduler import Batch, Request, Scheduler, SchedulerConfig, shape_key
@@ -87,6 +89,7 @@ class ServedModel:
         self.accepting = False
         self.counters = Counters()
         self._futures: dict[int, asyncio.Future[dict[str, np.ndarray]]] = {}
+        self._timings: dict[int, RequestTiming] = {}  # requests whose front end times them
         self._ids = itertools.count(1)
         self._wake_event = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -97,6 +100,8 @@ class ServedModel:
         self._m_compute = self.metrics.compute_duration.labels(name)
         self._m_batch = self.metrics.batch_size.labels(name)
         self._m_depth = self.metrics.queue_depth.labels(name)
+        self._m_live = self.metrics.live_instances.labels(name)
+        self.live = 0  # instances taking batches, as the pool reported them
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -105,6 +110,7 @@ class ServedModel:
         assert signature is not None, "a started pool knows the model's signature"
         self.handle = ModelHandle(self.name, self.version, self.versions, self.config, signature,
                                   signature.platform, self.pool.devices())
+        self._set_live(self.pool.instances)
         self._task = asyncio.create_task(self._drive(), name=f"surge-dispatch-{self.name}")
         self.accepting = True
 
@@ -133,6 +139,7 @@ class ServedModel:
         # queue, which nothing drives any more: answer them too, or their clients would hang.
         self._reject_queued()
         self._m_depth.set(0)
+        self._set_live(0)
 
     def _reject_queued(self) -> None:
         for request in self.scheduler.drain():
@@ -175,6 +182,10 @@ class ServedModel:
             raise
         future: asyncio.Future[dict[str, np.ndarray]] = self._loop.create_future()
         self._futures[request.id] = future
+        timing = request_timing.get()
+        if timing is not None:
+            timing.queued = request.arrival
+            self._timings[request.id] = timing
         self._m_depth.set(self.scheduler.queued)
         self.wake()
         try:
@@ -186,6 +197,9 @@ class ServedModel:
                 self._m_depth.set(self.scheduler.queued)
                 self.wake()
             raise
+        finally:
+            if timing is not None:
+                self._timings.pop(request.id, None)
 
     # -- driver ------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -230,6 +244,8 @@ class ServedModel:
         for request in batch.requests:
             waited += int((now - request.arrival) * 1e9)
             self._m_queue.observe(now - request.arrival)
+            if self._timings and (timing := self._timings.get(request.id)) is not None:
+                timing.dispatched, timing.batch_size = now, batch.size
         self.counters.queue.add(waited, len(batch.requests))
         self._m_batch.observe(batch.size)
         self.pool.dispatch(batch)
@@ -253,6 +269,9 @@ class ServedModel:
         compute_s = result.service_s if result is not None else None
         for completed in self.scheduler.complete(batch, outputs, now, compute_s):
             future = self._futures.pop(completed.request.id, None)
+            if self._timings and (timing := self._timings.get(completed.request.id)) is not None:
+                timing.done = now
+                timing.compute_s = _worker_seconds(result)
             if future is not None and not future.done():
                 future.set_result(completed.outputs)
             self.counters.success.add(int((now - completed.request.arrival) * 1e9))
@@ -265,9 +284,39 @@ class ServedModel:
 
     def on_restart(self) -> None:
         self.metrics.worker_restarts.labels(self.name).inc()
+        self._set_live(self.live - 1)
 
     def on_ready(self) -> None:
+        self._set_live(self.live + 1)
         self.wake()
+
+    def on_hung(self, batch: Batch) -> None:
+        """Its instance hung: the requests go again once if their deadline allows, or fail."""
+        now = self._clock()
+        self.metrics.worker_hangs.labels(self.name).inc()
+        for request in self.scheduler.retry(batch, now):
+            why = ("it hung on the retry too" if request.retries else
+                   "no time left before its deadline to retry it")
+            self._reject(request, WorkerCrashedError(
+                f"the instance of model {self.name!r} computing this request hung and was "
+                f"killed; {why}"), now)
+        self.wake()
+
+    def on_spawn_failure(self) -> None:
+        self.metrics.worker_spawn_failures.labels(self.name).inc()
+
+    def batch_estimate(self, size: int) -> float | None:
+        return self.scheduler.batch_time(size)
+
+    def _set_live(self, live: int) -> None:
+        self.live = max(0, min(self.pool.instances, live))
+        self._m_live.set(self.live)
+
+    def instances_note(self) -> str:
+        """'' with every instance live, else how many are (for the repository index)."""
+        if self.live >= self.pool.instances:
+            return ""
+        return f"{self.live} of {self.pool.instances} instances live"
 
     def _reject(self, request: Request, error: Exception, now: float | None = None) -> None:
         future = self._futures.pop(request.id, None)
@@ -275,3 +324,11 @@ class ServedModel:
             future.set_exception(error)
         now = self._clock() if now is None else now
         self.counters.fail.add(int((now - request.arrival) * 1e9))
+
+
+def _worker_seconds(result: BatchResult | None) -> float:
+    """The worker's own time for a batch: inputs in, run, outputs out."""
+    if result is None:
+        return 0.0
+    done = result.done
+    return (done.input_ns + done.infer_ns + done.output_ns) / 1e9

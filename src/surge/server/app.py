@@ -17,8 +17,8 @@ import numpy as np
 
 import surge
 from surge.engine import InferenceEngine
+from surge.engine.timing import request_timing
 from surge.errors import InputError, NotFoundError, SurgeError
-from surge.protocol.auth import authorized, bearer
 from surge.protocol.errors import http_error, load_failure, retry_after_header
 from surge.protocol.metadata import model_config, model_metadata, model_statistics
 from surge.protocol.rest import (
@@ -30,11 +30,15 @@ from surge.protocol.rest import (
 )
 from surge.protocol.types import EXTENSIONS, SERVER_NAME, InferRequest
 from surge.repository import check_name, check_version
+from surge.server.keys import ApiKey, KeyRing, Scope
+from surge.server.observe import RequestIds, RequestLog, RequestRecord
+from surge.server.openapi import OPENAPI_PATH, openapi_document
 from surge.server.outcome import RequestObserver, outcome_of, served_by
+from surge.server.repository_load import load_parameters
 
 log = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
+AsgiScope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -63,17 +67,22 @@ class V2App:
     """ASGI app serving the V2 HTTP protocol over an Engine."""
 
     def __init__(
-        self, engine: InferenceEngine, *, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY
+        self, engine: InferenceEngine, *, api_key: str | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY, keys: KeyRing | None = None,
+        request_log: RequestLog | None = None, repository_api: bool = True,
     ) -> None:
         self.engine = engine
         self.max_body_bytes = max_body_bytes
-        self._auth = bearer(api_key) if api_key else None
+        self._keys = keys if keys is not None else KeyRing([ApiKey(api_key)] if api_key else [])
+        self._log = request_log or RequestLog()
+        self._ids = RequestIds()
+        self.repository_api = repository_api  # load/unload requests allowed (explicit control)
         self.accepting = True  # cleared on drain: new requests get 503
         self._observer = RequestObserver(engine.metrics, served_by(engine))
         # One large decode at a time: each holds about 20 bytes of Python objects per JSON byte.
         self._large_decode = asyncio.Semaphore(1)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan and websockets: nothing to do
         try:
@@ -89,7 +98,7 @@ class V2App:
             await _send_error(send, exc)
 
     # -- routing --------------------------------------------------------------------------
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _dispatch(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         parts = scope["path"].strip("/").split("/")
         if parts[0] != "v2":
             raise HttpError(404, f"no route for {scope['path']}")
@@ -98,9 +107,11 @@ class V2App:
         if rest[:1] == ["health"] and len(rest) == 2 and method == "GET":
             await self._health(rest[1], send)
             return
-        self._check_auth(scope)
+        self._check_auth(scope, _scope_needed(method, rest))
         if not rest and method == "GET":
             await _respond(send, 200, encode_json(self._server_metadata()))
+        elif rest == [OPENAPI_PATH] and method == "GET":
+            await _respond(send, 200, encode_json(openapi_document()))
         elif rest[:1] == ["models"]:
             await self._models(scope, receive, send, rest[1:])
         elif rest[:1] == ["repository"] and method == "POST":
@@ -108,13 +119,9 @@ class V2App:
         else:
             raise HttpError(404, f"no route for {method} {scope['path']}")
 
-    def _check_auth(self, scope: Scope) -> None:
-        if self._auth is None:
-            return
-        keys = (value for key, value in scope["headers"] if key == b"authorization")
-        if authorized(keys, self._auth):
-            return
-        raise HttpError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
+    def _check_auth(self, scope: AsgiScope, needed: Scope) -> None:
+        if self._keys:
+            self._keys.check((v for k, v in scope["headers"] if k == b"authorization"), needed)
 
     async def _health(self, what: str, send: Send) -> None:
         if what == "live":
@@ -123,12 +130,12 @@ class V2App:
             ok = self.accepting and self.engine.ready()
         else:
             raise HttpError(404, f"no health endpoint {what!r}")
-        await _respond(send, 200 if ok else 503, b"")
+        await _respond(send, 200 if ok else 503, b"", [])
 
     def _server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": surge.__version__, "extensions": list(EXTENSIONS)}
 
-    async def _models(self, scope: Scope, receive: Receive, send: Send, rest: list[str]) -> None:
+    async def _models(self, scope: AsgiScope, receive: Receive, send: Send, rest: list[str]) -> None:
         method = scope["method"]
         if rest == ["stats"] and method == "GET":
             await _respond(send, 200, encode_json(self._all_stats()))
@@ -154,7 +161,7 @@ class V2App:
             ready = self.engine.model_ready(name, version)
             if not ready and name not in {e["name"] for e in self.engine.index()}:
                 raise NotFoundError(f"model {name!r} is not in the repository")
-            await _respond(send, 200 if ready else 503, b"")
+            await _respond(send, 200 if ready else 503, b"", [])
             return
         handle = self.engine.model(name, version)
         if what == "":
@@ -180,7 +187,7 @@ class V2App:
         return {"model_stats": entries}
 
     async def _repository(
-        self, scope: Scope, receive: Receive, send: Send, rest: list[str]
+        self, scope: AsgiScope, receive: Receive, send: Send, rest: list[str]
     ) -> None:
         body = await _read_body(scope, receive, min(self.max_body_bytes, MAX_REPOSITORY_BODY))
         if rest == ["index"]:
@@ -192,47 +199,86 @@ class V2App:
             return
         if len(rest) == 3 and rest[0] == "models" and rest[2] in ("load", "unload"):
             name = check_name(rest[1])
+            self._check_model_control(rest[2])
             if rest[2] == "load":
-                await self._load(name)
+                await self._load(name, load_parameters(_json_or_empty(body)))
             else:
                 await self.engine.unload(name)
-            await _respond(send, 200, b"")
+            await _respond(send, 200, b"", [])
             return
         raise HttpError(404, f"no route for POST {scope['path']}")
 
     # -- inference: the hot path ----------------------------------------------------------
     async def _infer(
-        self, scope: Scope, receive: Receive, send: Send, name: str, version: int | None
+        self, scope: AsgiScope, receive: Receive, send: Send, name: str, version: int | None
     ) -> None:
+        headers = _request_headers(scope)
+        request_id = self._ids.accept(headers.get(b"x-request-id"))
+        record = self._log.begin("http", name, request_id, _client(scope),
+                                 _text(headers.get(b"traceparent")),
+                                 asyncio.get_running_loop().time())
+        echo = (b"x-request-id", request_id.encode())
+        try:
+            payload, answer_headers = await self._infer_once(
+                scope, receive, name, version, headers, record)
+        except ClientDisconnectedError:
+            self._log.finish(record, 499, failed=True)  # nginx's "client closed request"
+            raise
+        except Exception as exc:
+            if not isinstance(exc, SurgeError | HttpError):
+                log.exception("unhandled error on POST %s", scope["path"])
+            await _send_error(send, exc, echo)
+            self._log.finish(record, _status(exc), failed=True)
+            return
+        await _respond(send, 200, payload, [*answer_headers, echo])
+        self._log.finish(record, 200, failed=False)
+
+    async def _infer_once(
+        self, scope: AsgiScope, receive: Receive, name: str, version: int | None,
+        headers: dict[bytes, bytes], record: RequestRecord | None,
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         start = time.perf_counter()
         if not self.accepting:
             raise HttpError(503, "server is shutting down")
         body = await _read_body(scope, receive, self.max_body_bytes)
+        token = request_timing.set(record.timing) if record is not None else None
         try:
-            request = await self._decode(body, _header_length(scope, len(body)))
+            request = await self._decode(body, _header_length(headers, len(body)))
+            if record is not None:
+                record.decoded = time.perf_counter()
             outputs = await _until_disconnect(receive, self.engine.infer(
                 name, version, request.inputs, outputs=request.output_names,
                 priority=request.priority, timeout_us=request.timeout_us,
                 request_id=request.request_id,
             ))
-            handle_version = version if version is not None else self.engine.model(name).version
-            payload, header_length = encode_response(name, handle_version, request, outputs)
+            handle = self.engine.model(name, version)
+            if record is not None:
+                record.computed = time.perf_counter()
+                record.version, record.variant = handle.version, handle.config.variant
+            payload, header_length = encode_response(name, handle.version, request, outputs)
         except ClientDisconnectedError:
             self._observe(name, "cancelled", start)
             raise
         except Exception as exc:
             self._observe(name, outcome_of(exc), start)
             raise
+        finally:
+            if token is not None:
+                request_timing.reset(token)
         self._observe(name, "success", start)
-        headers = _JSON
-        if header_length is not None:
-            headers = [(b"content-type", b"application/octet-stream"),
-                       (b"inference-header-content-length", str(header_length).encode())]
-        await _respond(send, 200, payload, headers)
+        if header_length is None:
+            return payload, _JSON
+        return payload, [(b"content-type", b"application/octet-stream"),
+                         (b"inference-header-content-length", str(header_length).encode())]
 
-    async def _load(self, name: str) -> None:
+    def _check_model_control(self, action: str) -> None:
+        if not self.repository_api:
+            raise HttpError(400, f"model {action} requests are refused: the server follows its "
+                            "repository (--model-control poll)")
+
+    async def _load(self, name: str, config: dict[str, Any] | None) -> None:
         try:
-            await self.engine.load(name)
+            await (self.engine.load(name, config) if config else self.engine.load(name))
         except SurgeError as exc:
             raise load_failure(exc) from None
 
@@ -277,17 +323,46 @@ async def _until_disconnect(receive: Receive, work: Awaitable[dict[str, np.ndarr
         watcher.cancel()
 
 
-def _header_length(scope: Scope, body_size: int) -> int | None:
-    length = None
-    for key, value in scope["headers"]:
-        if key == b"inference-header-content-length":
-            length = parse_header_length(value.decode("latin-1"), body_size)
-        elif key == b"content-encoding" and value not in (b"identity", b""):
-            raise InputError(f"unsupported Content-Encoding {value.decode('latin-1')!r}")
-    return length
+# The request headers the inference path reads, found in one pass over the list.
+_INFER_HEADERS = frozenset({b"inference-header-content-length", b"content-encoding",
+                            b"x-request-id", b"traceparent"})
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+def _request_headers(scope: AsgiScope) -> dict[bytes, bytes]:
+    return {key: value for key, value in scope["headers"] if key in _INFER_HEADERS}
+
+
+def _header_length(headers: dict[bytes, bytes], body_size: int) -> int | None:
+    encoding = headers.get(b"content-encoding")
+    if encoding not in (None, b"identity", b""):
+        raise InputError(f"unsupported Content-Encoding {_text(encoding)!r}")
+    length = headers.get(b"inference-header-content-length")
+    return None if length is None else parse_header_length(length.decode("latin-1"), body_size)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+def _client(scope: AsgiScope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else ""
+
+
+def _scope_needed(method: str, rest: list[str]) -> Scope:
+    """The key scope a request needs: admin to change the repository, infer to infer."""
+    if rest[:1] == ["repository"] and rest[-1:] in (["load"], ["unload"]):
+        return Scope.ADMIN
+    if rest[-1:] == ["infer"] and method == "POST":
+        return Scope.INFER
+    return Scope.READ
+
+
+def _status(error: Exception) -> int:
+    return error.status if isinstance(error, HttpError) else http_error(error)[0]
+
+
+async def _read_body(scope: AsgiScope, receive: Receive, limit: int) -> bytes:
     for key, value in scope["headers"]:
         if key == b"content-length" and len(value) <= 18 and value.isdigit() and int(value) > limit:
             raise HttpError(413, f"request body of {int(value)} bytes exceeds the limit {limit}")
@@ -327,9 +402,12 @@ async def _respond(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_error(send: Send, error: Exception) -> None:
-    status, message = http_error(error)
-    headers = list(_JSON)
+async def _send_error(send: Send, error: Exception, *extra: tuple[bytes, bytes]) -> None:
+    if isinstance(error, HttpError):
+        status, message = error.status, str(error)
+    else:
+        status, message = http_error(error)
+    headers = [*_JSON, *extra]
     retry_after = retry_after_header(error)
     if retry_after is not None:
         headers.append((b"retry-after", retry_after.encode()))

@@ -14,8 +14,8 @@ from google.protobuf import json_format
 
 import surge
 from surge.engine import InferenceEngine
+from surge.engine.timing import request_timing
 from surge.errors import NotFoundError, ServingError, SurgeError
-from surge.protocol.auth import authorized, bearer
 from surge.protocol.errors import grpc_code, http_error, load_failure
 from surge.protocol.grpc_codec import decode_infer_request, encode_infer_response
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
@@ -23,8 +23,11 @@ from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 from surge.protocol.metadata import model_config, model_metadata, model_statistics
 from surge.protocol.types import EXTENSIONS, SERVER_NAME
 from surge.repository import check_name, check_version
+from surge.server.keys import ApiKey, KeyRing, Scope
 from surge.server.limits import ConnectionLimits
+from surge.server.observe import REQUEST_ID_HEADER, RequestIds, RequestLog, RequestRecord
 from surge.server.outcome import RequestObserver, outcome_of, served_by
+from surge.server.repository_load import config_override
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +40,6 @@ class ShuttingDownError(ServingError):
     status = 503
 
 
-class UnauthenticatedError(SurgeError):
-    """No or a wrong API key (gRPC UNAUTHENTICATED)."""
-
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -47,11 +47,17 @@ def _version(text: str) -> int | None:
     return check_version(text) if text else None
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+_BY_STATUS = {401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED}
+
+
+def _code(error: Exception) -> grpc.StatusCode:
+    return _BY_STATUS.get(getattr(error, "status", 0)) or grpc_code(error)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception, request_id: str = "") -> None:
     _, message = http_error(error)
-    code = grpc.StatusCode.UNAUTHENTICATED if isinstance(error, UnauthenticatedError) \
-        else grpc_code(error)
-    await context.abort(code, message)
+    trailer = ((REQUEST_ID_HEADER, request_id),) if request_id else ()
+    await context.abort(_code(error), message, trailer)
 
 
 def _guarded(
@@ -62,7 +68,7 @@ def _guarded(
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
             if method.__name__ not in _OPEN_METHODS:
-                self.authorize(context)
+                self.authorize(context, _SCOPES.get(method.__name__, Scope.READ))
             return await method(self, request, context)
         except SurgeError as exc:
             await _abort(context, exc)
@@ -78,26 +84,31 @@ def _guarded(
 
 
 _OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})  # health stays open, as over HTTP
+_SCOPES = {"ModelInfer": Scope.INFER, "RepositoryModelLoad": Scope.ADMIN,
+           "RepositoryModelUnload": Scope.ADMIN}  # every other RPC needs Scope.READ
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Serves the V2 gRPC protocol over an Engine."""
 
-    def __init__(self, engine: InferenceEngine, api_key: str | None = None) -> None:
+    def __init__(self, engine: InferenceEngine, api_key: str | None = None, *,
+                 keys: KeyRing | None = None, request_log: RequestLog | None = None,
+                 repository_api: bool = True) -> None:
         self.engine = engine
         self.accepting = True
-        self._auth = bearer(api_key) if api_key else None
+        self._keys = keys if keys is not None else KeyRing([ApiKey(api_key)] if api_key else [])
+        self._log = request_log or RequestLog()
+        self._ids = RequestIds()
+        self.repository_api = repository_api  # load/unload requests allowed (explicit control)
         self._observer = RequestObserver(engine.metrics, served_by(engine))
 
-    def authorize(self, context: grpc.aio.ServicerContext) -> None:
-        """Require `authorization: Bearer <key>` metadata when an API key is set."""
-        if self._auth is None:
+    def authorize(self, context: grpc.aio.ServicerContext, needed: Scope = Scope.READ) -> None:
+        """Require `authorization: Bearer <key>` metadata granting `needed` when keys are set."""
+        if not self._keys:
             return
         values = (_as_bytes(value) for key, value in context.invocation_metadata() or ()
                   if key == "authorization")
-        if authorized(values, self._auth):
-            return
-        raise UnauthenticatedError("missing or wrong API key: send 'authorization: Bearer <key>'")
+        self._keys.check(values, needed, header="authorization")
 
     @_guarded
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -161,53 +172,113 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_guarded
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        name = check_name(request.model_name)
+        self._check_model_control("load")
+        config = config_override({key: _parameter(value)
+                                  for key, value in request.parameters.items()})
         try:
-            await self.engine.load(check_name(request.model_name))
+            await (self.engine.load(name, config) if config else self.engine.load(name))
         except SurgeError as exc:
             raise load_failure(exc) from None
         return pb.RepositoryModelLoadResponse()
 
     @_guarded
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        await self.engine.unload(check_name(request.model_name))
+        name = check_name(request.model_name)
+        self._check_model_control("unload")
+        await self.engine.unload(name)
         return pb.RepositoryModelUnloadResponse()
+
+    def _check_model_control(self, action: str) -> None:
+        if not self.repository_api:
+            raise LoadRefusedError(f"model {action} requests are refused: the server follows "
+                                   "its repository (--model-control poll)")
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         # Not @_guarded: the hot path counts outcomes itself. A client cancel cancels this
         # coroutine, and with it the engine's await, which removes the request from the queue.
-        start = time.perf_counter()
         # Checked before anything is counted, as over HTTP: a request without the key, or with a
         # name that is not a model name, leaves no trace in the per-model metrics.
         name, version = await self._admit(request, context)
+        metadata = _metadata(context, (REQUEST_ID_HEADER, "traceparent"))
+        request_id = self._ids.accept(metadata.get(REQUEST_ID_HEADER))
+        record = self._log.begin("grpc", name, request_id, context.peer() or "",
+                                 _str(metadata.get("traceparent")),
+                                 asyncio.get_running_loop().time())
+        try:
+            response = await self._infer(name, version, request, record)
+        except asyncio.CancelledError:
+            self._log.finish(record, "CANCELLED", failed=True)
+            raise
+        except SurgeError as exc:
+            self._log.finish(record, _code(exc).name, failed=True)
+            await _abort(context, exc, request_id)
+            raise AssertionError("unreachable") from exc
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        self._log.finish(record, "OK", failed=False)
+        return response
+
+    async def _infer(self, name: str, version: int | None, request: Any,
+                     record: RequestRecord | None) -> Any:
+        start = time.perf_counter()
+        token = request_timing.set(record.timing) if record is not None else None
         try:
             if not self.accepting:
                 raise ShuttingDownError("server is shutting down")
             decoded = decode_infer_request(request)
+            if record is not None:
+                record.decoded = time.perf_counter()
             outputs = await self.engine.infer(
                 name, version, decoded.inputs, outputs=decoded.output_names,
                 priority=decoded.priority, timeout_us=decoded.timeout_us,
                 request_id=decoded.request_id,
             )
-            served = version if version is not None else self.engine.model(name).version
-            response = encode_infer_response(name, served, decoded, outputs)
+            handle = self.engine.model(name, version)
+            if record is not None:
+                record.computed = time.perf_counter()
+                record.version, record.variant = handle.version, handle.config.variant
+            response = encode_infer_response(name, handle.version, decoded, outputs)
         except asyncio.CancelledError:
             self._observer.observe(name, "cancelled", time.perf_counter() - start)
             raise
         except SurgeError as exc:
             self._observer.observe(name, outcome_of(exc), time.perf_counter() - start)
-            await _abort(context, exc)
-            raise AssertionError("unreachable") from exc
+            raise
+        finally:
+            if token is not None:
+                request_timing.reset(token)
         self._observer.observe(name, "success", time.perf_counter() - start)
         return response
 
     async def _admit(self, request: Any, context: Any) -> tuple[str, int | None]:
         """(model name, version) of an authorized ModelInfer call, checked as HTTP checks them."""
         try:
-            self.authorize(context)
+            self.authorize(context, Scope.INFER)
             return check_name(request.model_name), _version(request.model_version)
         except SurgeError as exc:
             await _abort(context, exc)
             raise AssertionError("unreachable") from exc
+
+
+class LoadRefusedError(ServingError):
+    """A load or unload request the model control mode does not allow (400)."""
+
+    status = 400
+
+
+def _metadata(context: Any, keys: tuple[str, ...]) -> dict[str, bytes]:
+    return {key: _as_bytes(value) for key, value in context.invocation_metadata() or ()
+            if key in keys}
+
+
+def _str(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+def _parameter(value: Any) -> Any:
+    """The value of a ModelRepositoryParameter (bool, int, string or bytes)."""
+    kind = value.WhichOneof("parameter_choice")
+    return getattr(value, kind) if kind else None
 
 
 def _as_bytes(value: str | bytes) -> bytes:
@@ -217,18 +288,23 @@ def _as_bytes(value: str | bytes) -> bytes:
 async def start_grpc_server(
     engine: InferenceEngine, host: str, port: int, api_key: str | None = None, *,
     limits: ConnectionLimits | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES,
+    reuse_port: bool = False, servicer: InferenceServicer | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, InferenceServicer, int]:
-    """Start a grpc.aio server on host:port (0 = any free port); returns (server, servicer, port)."""
+    """Start a grpc.aio server on host:port (0 = any free port); returns (server, servicer, port).
+    With `credentials` the port speaks TLS only."""
     limits = limits or ConnectionLimits()
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),  # only when front ends share the port
         *limits.grpc_options(),
     ])
-    servicer = InferenceServicer(engine, api_key)
+    servicer = servicer or InferenceServicer(engine, api_key)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = (server.add_secure_port(address, credentials) if credentials is not None
+             else server.add_insecure_port(address))
     if bound == 0:
         raise SurgeError(f"cannot bind gRPC to {host}:{port}")
     await server.start()

@@ -46,6 +46,9 @@ class SurgeMetrics:
         self.worker_hangs = Counter(
             "surge_worker_hangs", "Workers killed because a batch ran far past its estimate.",
             ["model"], registry=r)
+        self.model_loads = Counter(
+            "surge_model_loads", "Model loads and reloads by outcome (success, failure); a failed "
+            "reload leaves the served version in place.", ["model", "outcome"], registry=r)
         self.live_instances = Gauge("surge_live_instances",
                                     "Worker processes loaded and taking batches.", ["model"],
                                     registry=r)

@@ -19,8 +19,9 @@ from surge.engine import InferenceEngine
 from surge.errors import SurgeError
 from surge.repository import Repository
 from surge.server.app import DEFAULT_MAX_BODY, V2App
-from surge.server.grpc_server import start_grpc_server
+from surge.server.grpc_server import InferenceServicer, start_grpc_server
 from surge.server.limits import ConnectionLimits, guarded_protocol
+from surge.server.production import Production, ProductionOptions
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,14 @@ class ServeOptions:
     grace_s: float = 30.0  # how long a drain waits for accepted requests
     max_body_bytes: int = DEFAULT_MAX_BODY
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)  # every listener's
+    # TLS, scoped keys, access log, tracing, repository polling (docs/production.md)
+    production: ProductionOptions = field(default_factory=ProductionOptions)
+    # Join this Ray cluster as a driver ("auto": the one this machine belongs to), so that
+    # models placed on the cluster run as actors on its compute nodes.
+    ray_address: str | None = None
+    # Let several front ends on this machine listen on the same ports (SO_REUSEPORT): the
+    # kernel spreads connections among them.
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,9 +58,9 @@ class Endpoints:
     metrics: str
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     try:
-        sock = socket.create_server((host, port), backlog=2048)
+        sock = socket.create_server((host, port), backlog=2048, reuse_port=reuse_port)
     except OSError as exc:
         raise SurgeError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
     sock.setblocking(False)
@@ -68,7 +77,10 @@ class SurgeServer:
     def __init__(self, engine: InferenceEngine, options: ServeOptions) -> None:
         self.engine = engine
         self.options = options
-        self.app = V2App(engine, api_key=options.api_key, max_body_bytes=options.max_body_bytes)
+        self.site = Production(options.production, options.api_key)
+        self.app = V2App(engine, max_body_bytes=options.max_body_bytes, keys=self.site.keys,
+                         request_log=self.site.request_log,
+                         repository_api=self.site.repository_api)
         self._http: uvicorn.Server | None = None
         self._http_socket: socket.socket | None = None
         self._grpc: Any = None
@@ -78,26 +90,37 @@ class SurgeServer:
 
     async def start(self) -> Endpoints:
         options = self.options
+        self.site.before_engine(self.engine, options.models)
         await self.engine.start()
-        self._http_socket = _bind(options.host, options.http_port)
-        self._http = await _start_uvicorn(self.app, self._http_socket, options)
+        self._http_socket = _bind(options.host, options.http_port, options.reuse_port)
+        self._http = await _start_uvicorn(self.app, self._http_socket, options,
+                                          self.site.ssl_context)
+        servicer = InferenceServicer(self.engine, keys=self.site.keys,
+                                     request_log=self.site.request_log,
+                                     repository_api=self.site.repository_api)
         self._grpc, self._grpc_servicer, grpc_port = await start_grpc_server(
-            self.engine, options.host, options.grpc_port, options.api_key,
+            self.engine, options.host, options.grpc_port,
             limits=options.limits, max_message_bytes=options.max_body_bytes,
+            reuse_port=options.reuse_port, servicer=servicer,
+            credentials=self.site.grpc_credentials(),
         )
         # On the event loop like HTTP, so that the same connection limits guard it.
-        self._metrics_socket = _bind(options.host, options.metrics_port)
-        metrics_app = make_asgi_app(registry=self.engine.metrics.registry)
-        self._metrics = await _start_uvicorn(metrics_app, self._metrics_socket, options)
+        self._metrics_socket = _bind(options.host, options.metrics_port, options.reuse_port)
+        metrics_app = self.site.metrics_app(make_asgi_app(registry=self.engine.metrics.registry))
+        self._metrics = await _start_uvicorn(metrics_app, self._metrics_socket, options,
+                                             self.site.ssl_context)
+        self.site.after_start()
         host = _url_host(options.host)
         http_port = self._http_socket.getsockname()[1]
         metrics_port = self._metrics_socket.getsockname()[1]
-        return Endpoints(f"http://{host}:{http_port}", f"{host}:{grpc_port}",
-                         f"http://{host}:{metrics_port}/metrics")
+        scheme = "https" if self.site.ssl_context is not None else "http"
+        return Endpoints(f"{scheme}://{host}:{http_port}", f"{host}:{grpc_port}",
+                         f"{scheme}://{host}:{metrics_port}/metrics")
 
     async def drain(self) -> None:
         """Refuse new work, finish what was accepted (within the grace period), stop."""
         started = time.monotonic()
+        await self.site.stop_watching()
         self.app.accepting = False
         if self._grpc_servicer is not None:
             self._grpc_servicer.accepting = False
@@ -112,10 +135,13 @@ class SurgeServer:
         await self.engine.stop(remaining)
         if self._metrics is not None and self._metrics_socket is not None:
             await self._metrics.shutdown(sockets=[self._metrics_socket])
+        self.site.close()
 
 
-async def _start_uvicorn(app: Any, sock: socket.socket, options: ServeOptions) -> uvicorn.Server:
-    """A uvicorn server on `sock` whose connections obey `options.limits`."""
+async def _start_uvicorn(app: Any, sock: socket.socket, options: ServeOptions,
+                         ssl_context: Any = None) -> uvicorn.Server:
+    """A uvicorn server on `sock` whose connections obey `options.limits` (TLS with a context:
+    the one context is shared, so a certificate reload reaches every listener)."""
     limits = options.limits
     config = uvicorn.Config(
         app, http=guarded_protocol(limits), loop="none", lifespan="off", access_log=False,
@@ -124,6 +150,7 @@ async def _start_uvicorn(app: Any, sock: socket.socket, options: ServeOptions) -
         timeout_keep_alive=limits.idle_timeout_s,  # type: ignore[arg-type]
         backlog=2048,
         timeout_graceful_shutdown=max(1, round(options.grace_s)),
+        ssl_context_factory=(lambda _config, _default: ssl_context) if ssl_context else None,
     )
     # startup()/shutdown() rather than serve(): serve() installs its own signal handlers,
     # and the drain order (front ends first, then the engine) is decided by SurgeServer.
@@ -167,5 +194,17 @@ def serve(
 
     options = options or ServeOptions()
     models = list(options.models) if options.models else None
-    engine = Engine(Repository(repository), models=models)
-    uvloop.run(serve_until_signal(engine, options, on_started))
+    repo = Repository(repository)
+    if options.ray_address is None:
+        uvloop.run(serve_until_signal(Engine(repo, models=models), options, on_started))
+        return
+    from surge.cluster import ClusterSite, connect, disconnect
+
+    connect(options.ray_address)  # before the loop: joining blocks
+    try:
+        site = ClusterSite(str(repo.root.resolve()))
+        engine = Engine(repo, models=models, cluster_pools=site)
+        site.metrics.register(engine.metrics.registry)
+        uvloop.run(serve_until_signal(engine, options, on_started))
+    finally:
+        disconnect()

@@ -114,6 +114,14 @@ class FakePool:
         self._lose(index, WorkerCrashedError(f"worker {index} died while computing this request"))
         self.events.on_restart()
 
+    def hang(self, index: int = 0) -> Batch:
+        """Instance `index` is found hung on the batch it computes: killed, as WorkerPool does."""
+        batch = self.held[index].popleft()
+        self._lose(index, WorkerCrashedError(f"worker {index} hung"), started=0)
+        self.events.on_restart()
+        self.events.on_hung(batch)
+        return batch
+
     def restart(self, index: int = 0) -> None:
         self.alive[index] = True
         self.events.on_ready()
@@ -121,12 +129,12 @@ class FakePool:
     def _free(self, index: int) -> int:
         return self.depth - len(self.held[index]) if self.alive[index] else 0
 
-    def _lose(self, index: int, error: Exception) -> None:
+    def _lose(self, index: int, error: Exception, started: int = 1) -> None:
         self.alive[index] = False
         held = list(self.held[index])
         self.held[index].clear()
         for position, batch in enumerate(held):
-            if position == 0:
+            if position < started:
                 self.events.on_done(batch, None, error, None)
             else:
                 self.events.on_requeue(batch)

@@ -11,8 +11,8 @@ import numpy as np
 import orjson
 import pytest
 
-import surge.protocol.auth
 import surge.server.app
+import surge.server.keys
 from surge.errors import ModelLoadError, NotFoundError
 from surge.server.app import OFFLOAD_DECODE_BYTES, V2App
 from surge.server.metrics import SurgeMetrics
@@ -94,7 +94,7 @@ def test_api_key_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> N
         compared.append((a, b))
         return a == b
 
-    monkeypatch.setattr(surge.protocol.auth.hmac, "compare_digest", spy)
+    monkeypatch.setattr(surge.server.keys.hmac, "compare_digest", spy)
     app = V2App(FakeEngine(), api_key="k")
     wrong = asyncio.run(_call(app, "GET", "/v2", headers=((b"authorization", b"Bearer x"),)))
     right = asyncio.run(_call(app, "GET", "/v2", headers=((b"authorization", b"Bearer k"),)))

@@ -1,0 +1,428 @@
+"""The instances of one model version as Ray actors on compute nodes: an `InstancePool`.
+
+The served model's scheduler stays the only queue: this pool only takes a batch when one of
+its live instances has a free place (two per instance: one computing, one waiting on the
+node), sends it to the least loaded (then the fastest), and reports the result back on the
+event loop. Everything Ray does blocking (a large put, the node table) runs off the loop.
+
+Faults: an actor that dies, a node that goes away, or a node that stops answering heartbeats
+loses that instance. Its batches go back to the head of the queue once (another instance
+computes them) while their deadlines allow, else fail with WorkerCrashedError; the instance is
+replaced with backoff, away from a silent node. Scaling: see `ScalePolicy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from surge.cluster.actor import ActorSpec, BatchReply, pack_batch, unpack_batch
+from surge.cluster.placement import (
+    actor_options,
+    describe_demand,
+    fitting_nodes,
+    instance_threads,
+)
+from surge.cluster.scaling import ScalePolicy
+from surge.cluster.site import ClusterSite
+from surge.engine.instances import PoolEvents, PoolSpec
+from surge.errors import ModelLoadError, ServingError, WorkerCrashedError
+from surge.runtimes.base import Signature
+from surge.scheduler import Batch
+from surge.workers.messages import BatchDone
+from surge.workers.pool import BatchResult
+
+log = logging.getLogger(__name__)
+
+PIPELINE_DEPTH = 2  # batches an instance holds: one computing, one waiting on its node
+OFFLOAD_BYTES = 100 * 1024  # Ray copies bigger arguments into its object store: off the loop
+BACKOFF_START_S = 0.2
+BACKOFF_MAX_S = 30.0
+EWMA_ALPHA = 0.2
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DEAD = "dead"
+
+
+@dataclass(eq=False)
+class Instance:
+    """The front end's view of one actor."""
+
+    index: int
+    actor: Any  # ray.actor.ActorHandle
+    started: float
+    state: State = State.STARTING
+    node_id: str = ""
+    device: str = ""
+    error: str = ""
+    inflight: dict[int, Batch] = field(default_factory=dict)
+    last_seen: float = 0.0  # loop time of its last heartbeat answer or result
+    last_done: float = 0.0
+    idle_since: float = 0.0
+    pinging: bool = False
+    item_s: float | None = None  # its own EWMA of seconds per batch item: nodes differ
+
+    @property
+    def free(self) -> int:
+        return PIPELINE_DEPTH - len(self.inflight) if self.state is State.READY else 0
+
+    def record(self, size: int, seconds: float) -> None:
+        per_item = seconds / max(1, size)
+        self.item_s = per_item if self.item_s is None else (
+            EWMA_ALPHA * per_item + (1 - EWMA_ALPHA) * self.item_s)
+
+
+class RayPool:
+    """Start, dispatch to, watch, replace and scale the Ray actors of one model version."""
+
+    def __init__(self, spec: PoolSpec, events: PoolEvents, site: ClusterSite) -> None:
+        self.spec, self._events, self._site = spec, events, site
+        self.model = spec.ref.split("@", 1)[0]
+        self._config = spec.config.cluster
+        self.signature: Signature | None = None
+        self._instances: list[Instance] = []
+        self._indexes = 0
+        self._failures = 0  # launches in a row that did not become ready: the backoff
+        self._warm = False
+        self._stopping = False
+        self._changed = asyncio.Event()
+        self._retried: set[int] = set()  # ids of requests already sent back to the queue once
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        ceiling = self._config.max_instances or self._config.instances
+        self._policy = ScalePolicy(self._config.instances, ceiling,
+                                   self._config.scale_up_after_s, self._config.scale_down_idle_s)
+
+    # -- what the driver reads (InstancePool) ------------------------------------------------
+    @property
+    def instances(self) -> int:
+        return max(self._config.instances, len(self._instances))
+
+    @property
+    def live(self) -> list[Instance]:
+        return [i for i in self._instances if i.state is State.READY]
+
+    @property
+    def ready(self) -> bool:
+        return self._warm and not self._stopping and bool(self.live)
+
+    @property
+    def idle_count(self) -> int:
+        return sum(i.free for i in self._instances)
+
+    @property
+    def idle_workers(self) -> int:
+        return sum(1 for i in self.live if not i.inflight)
+
+    def devices(self) -> tuple[str, ...]:
+        return tuple(i.device for i in self.live if i.device)
+
+    def nodes(self) -> dict[str, int]:
+        """Live instances per node id."""
+        count: dict[str, int] = {}
+        for instance in self.live:
+            count[instance.node_id] = count.get(instance.node_id, 0) + 1
+        return count
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Place every instance, wait until all loaded the model (ModelLoadError otherwise)."""
+        import ray
+
+        nodes = await asyncio.to_thread(ray.nodes)
+        if not fitting_nodes(self._config, nodes):
+            raise ModelLoadError(f"model {self.spec.ref!r}: no node of the Ray cluster can hold "
+                                 f"an instance (one needs {describe_demand(self._config)})")
+        for _ in range(self._config.instances):
+            self._launch()
+        try:
+            await asyncio.wait_for(self._all_loaded(), self._config.start_timeout_s)
+        except TimeoutError:
+            waiting = sum(1 for i in self._instances if i.state is State.STARTING)
+            await self.stop(0.0)
+            raise ModelLoadError(
+                f"model {self.spec.ref!r}: {waiting} cluster instance(s) not placed and loaded "
+                f"within {self._config.start_timeout_s:g} s (each needs "
+                f"{describe_demand(self._config)})") from None
+        except ModelLoadError:
+            await self.stop(0.0)
+            raise
+        self._warm = True
+        self._watcher = asyncio.create_task(self._watch(), name=f"surge-cluster-{self.model}")
+
+    async def _all_loaded(self) -> None:
+        while not all(i.state is State.READY for i in self._instances):
+            failed = [i for i in self._instances if i.state is State.DEAD]
+            if failed:
+                raise ModelLoadError(f"model {self.spec.ref!r}: {failed[0].error}")
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Kill every actor; batches still held fail with WorkerCrashedError."""
+        self._stopping = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+        for instance in list(self._instances):
+            self._retire(instance, WorkerCrashedError("model is being stopped"))
+        self._instances.clear()
+        self._update_gauge()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _retire(self, instance: Instance, error: Exception | None) -> None:
+        """Take an instance out and kill its actor; fail what it held with `error`."""
+        instance.state = State.DEAD
+        with contextlib.suppress(Exception):
+            import ray
+
+            ray.kill(instance.actor, no_restart=True)
+        batches = list(instance.inflight.values())
+        instance.inflight.clear()
+        for batch in batches:
+            self._events.on_done(batch, None, error or WorkerCrashedError("instance removed"),
+                                 None)
+
+    # -- instances ---------------------------------------------------------------------------
+    def _launch(self) -> Instance:
+        """Create one actor (Ray places it) and load the model in it, in the background."""
+        spec = self.spec
+        options = actor_options(self._config, self._site.suspects)
+        actor = self._site.actor_class().options(**options).remote(ActorSpec(
+            self._site.root, spec.ref, spec.version, instance_threads(self._config),
+            "cpu" if not self._config.gpus else "cuda", spec.config.spin_wait))
+        self._indexes += 1
+        instance = Instance(self._indexes, actor, self._loop.time())
+        self._instances.append(instance)
+        self._spawn(self._load(instance))
+        self._update_gauge()
+        return instance
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _load(self, instance: Instance) -> None:
+        from ray.exceptions import RayError
+
+        try:
+            info = await instance.actor.load.remote()
+        except RayError as exc:
+            info = None
+            instance.error = f"its actor died while loading ({type(exc).__name__}: {exc})"
+        if instance.state is State.DEAD:  # stopped or replaced meanwhile
+            return
+        if info is None or info.error:
+            instance.error = instance.error or f"on node {info.node_ip}: {info.error}"
+            self._failed_load(instance)
+            return
+        if self.signature is None:
+            self.signature = info.signature
+        now = self._loop.time()
+        instance.state, instance.node_id, instance.device = State.READY, info.node_id, info.device
+        instance.last_seen = instance.idle_since = now
+        self._failures = 0
+        log.info("instance %s[%d] ready on node %s (%s, pid %d)", self.spec.ref, instance.index,
+                 info.node_ip, info.device, info.pid)
+        self._changed.set()
+        self._update_gauge()
+        self._events.on_ready()
+
+    def _failed_load(self, instance: Instance) -> None:
+        instance.state = State.DEAD
+        self._changed.set()
+        if not self._warm or self._stopping:
+            return  # start() reports it
+        log.error("instance %s[%d] could not load: %s", self.spec.ref, instance.index,
+                  instance.error)
+        self._instances.remove(instance)
+        self._replace_later()
+
+    def _replace_later(self) -> None:
+        delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** self._failures)
+        self._failures += 1
+        self._loop.call_later(delay, self._replace)
+
+    def _replace(self) -> None:
+        if not self._stopping:
+            self._launch()
+
+    # -- batches -----------------------------------------------------------------------------
+    def dispatch(self, batch: Batch) -> None:
+        """Send `batch` to the least loaded live instance, the fastest among equals."""
+        instance = min((i for i in self._instances if i.free > 0),
+                       key=lambda i: (len(i.inflight), i.item_s or 0.0))
+        instance.inflight[batch.id] = batch
+        self._spawn(self._compute(instance, batch))
+
+    async def _compute(self, instance: Instance, batch: Batch) -> None:
+        from ray.exceptions import RayError, RayTaskError
+
+        parts = {name: [r.inputs[name] for r in batch.requests]
+                 for name in batch.requests[0].inputs}
+        try:
+            payload = await self._payload(parts)
+            reply = await instance.actor.run.remote(batch.id, payload)
+        except RayTaskError as exc:  # raised by the actor's own code: this batch only
+            if instance.inflight.pop(batch.id, None) is not None:
+                self._events.on_done(batch, None, ServingError(
+                    f"model {self.spec.ref!r} failed: {exc.cause}"), None)
+            return
+        except RayError as exc:
+            if batch.id in instance.inflight:
+                self._lose(instance, f"{type(exc).__name__}")
+            return
+        except Exception as exc:  # packing failed: this batch's inputs, not the instance
+            if instance.inflight.pop(batch.id, None) is not None:
+                self._events.on_done(batch, None, ServingError(f"batch not sent: {exc}"), None)
+            return
+        if instance.inflight.pop(batch.id, None) is None:
+            return  # the instance was lost meanwhile: its batches are answered already
+        self._finished(instance, batch, reply)
+
+    async def _payload(self, parts: dict[str, list[Any]]) -> Any:
+        """The batch as one buffer: inline when small, else put into the object store by a
+        thread (Ray's put copies synchronously, which would stall every other request)."""
+        size = sum(p.nbytes for pieces in parts.values() for p in pieces)
+        if size < OFFLOAD_BYTES:
+            return pack_batch(parts)
+        import ray
+
+        return await asyncio.to_thread(lambda: ray.put(pack_batch(parts)))
+
+    def _finished(self, instance: Instance, batch: Batch, reply: BatchReply) -> None:
+        now = self._loop.time()
+        instance.last_seen = now
+        if not instance.inflight:
+            instance.idle_since = now
+        self._retried.difference_update(r.id for r in batch.requests)
+        if reply.error or reply.outputs is None:
+            self._events.on_done(batch, None, ServingError(
+                f"model {self.spec.ref!r} failed: {reply.error}"), None)
+            return
+        own_s = (reply.input_ns + reply.infer_ns + reply.output_ns) / 1e9
+        # As the front end sees it, from when the instance could start this batch (see
+        # WorkerPool): admission must count the hops too.
+        service_s = max(own_s, now - max(batch.dispatched, instance.last_done))
+        instance.last_done = now
+        instance.record(batch.size, service_s)
+        self._site.metrics.batches.labels(self.model, instance.node_id[:12]).inc()
+        done = BatchDone(batch.id, input_ns=reply.input_ns, infer_ns=reply.infer_ns,
+                         output_ns=reply.output_ns)
+        self._events.on_done(batch, unpack_batch(reply.outputs), None,
+                             BatchResult(done, service_s))
+
+    # -- faults ------------------------------------------------------------------------------
+    def _lose(self, instance: Instance, cause: str) -> None:
+        """The instance is gone (or silent): retry or fail its batches, replace it."""
+        if instance.state is State.DEAD:
+            return
+        was_ready = instance.state is State.READY
+        instance.state = State.DEAD
+        with contextlib.suppress(Exception):
+            import ray
+
+            ray.kill(instance.actor, no_restart=True)
+        if instance in self._instances:
+            self._instances.remove(instance)
+        batches = list(instance.inflight.values())
+        instance.inflight.clear()
+        now = self._loop.time()
+        for batch in batches:
+            self._retry_or_fail(batch, instance, cause, now)
+        self._site.metrics.lost.labels(self.model, cause).inc()
+        log.warning("instance %s[%d] on node %s lost (%s): %d batch(es) in flight; replacing it",
+                    self.spec.ref, instance.index, instance.node_id[:12], cause, len(batches))
+        self._update_gauge()
+        if self._stopping:
+            return
+        if was_ready:
+            self._events.on_restart()
+        self._replace_later()
+
+    def _retry_or_fail(self, batch: Batch, instance: Instance, cause: str, now: float) -> None:
+        estimate = self._estimate(batch.size)
+        again = all(r.id not in self._retried and (r.deadline is None or r.deadline > now +
+                                                   estimate) for r in batch.requests)
+        if again:
+            self._retried.update(r.id for r in batch.requests)
+            self._site.metrics.retried.labels(self.model).inc()
+            self._events.on_requeue(batch)
+            return
+        self._events.on_done(batch, None, WorkerCrashedError(
+            f"instance {instance.index} of model {self.spec.ref!r} on node "
+            f"{instance.node_id[:12]} was lost ({cause}) while computing this request"), None)
+
+    def _estimate(self, size: int) -> float:
+        times = [i.item_s for i in self.live if i.item_s is not None]
+        return min(times) * size if times else 0.0
+
+    # -- heartbeat and scaling ---------------------------------------------------------------
+    async def _watch(self) -> None:
+        period = self._config.heartbeat_ms / 1e3
+        while not self._stopping:
+            await asyncio.sleep(period)
+            try:
+                self._tick(self._loop.time(), period)
+            except Exception:  # a bug here must not stop the heartbeat for good
+                log.exception("cluster watch of model %s failed a tick", self.model)
+
+    def _tick(self, now: float, period: float) -> None:
+        limit = period * self._config.heartbeat_misses
+        for instance in self.live:
+            if now - instance.last_seen > limit:
+                self._site.suspect(instance.node_id)
+                self._lose(instance, "heartbeat")
+            elif not instance.pinging:
+                instance.pinging = True
+                self._spawn(self._ping(instance))
+        live = self.live
+        self._policy.sample(now, bool(live) and all(i.free == 0 for i in live))
+        self._scale(now)
+
+    async def _ping(self, instance: Instance) -> None:
+        from ray.exceptions import RayError
+
+        try:
+            await instance.actor.ping.remote()
+        except RayError as exc:
+            self._lose(instance, type(exc).__name__)
+            return
+        instance.pinging = False
+        instance.last_seen = max(instance.last_seen, self._loop.time())
+
+    def _scale(self, now: float) -> None:
+        live = self.live
+        starting = sum(1 for i in self._instances if i.state is State.STARTING)
+        idle = [i for i in live if not i.inflight]
+        longest = max((now - i.idle_since for i in idle), default=0.0)
+        step = self._policy.decide(now, len(self._instances), starting, longest)
+        if step > 0:
+            instance = self._launch()
+            self._scaled("up", f"instance {instance.index} added")
+        elif step < 0:
+            oldest = max(idle, key=lambda i: now - i.idle_since)
+            self._instances.remove(oldest)
+            self._retire(oldest, None)
+            self._scaled("down", f"instance {oldest.index} idle for {longest:.0f} s removed")
+
+    def _scaled(self, direction: str, what: str) -> None:
+        self._site.metrics.scale_events.labels(self.model, direction).inc()
+        self._update_gauge()
+        log.info("model %s scaled %s: %s (%d instances)", self.spec.ref, direction, what,
+                 len(self._instances))
+
+    def _update_gauge(self) -> None:
+        gauge = self._site.metrics.instances
+        for state in State:
+            count = sum(1 for i in self._instances if i.state is state)
+            gauge.labels(self.model, state.value).set(count)

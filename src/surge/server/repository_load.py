@@ -1,0 +1,52 @@
+"""The parameters of a repository load request (HTTP body, gRPC `parameters`), as Triton has them.
+
+`{"parameters": {"config": "<JSON object>"}}` loads the model with those configuration fields
+instead of its `config.yaml`'s; the JSON may also be given as an object. Triton's
+`file:<path>` parameters (model files sent in the request) are refused: the server loads only
+what is in its repository.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from surge.errors import InputError, shown
+
+
+def load_parameters(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The config override a load request carries, or None (load as configured on disk)."""
+    unknown = set(body) - {"parameters"}
+    if unknown:
+        raise InputError(f"unknown field {sorted(unknown)[0]!r} in the load request; "
+                         "expected {'parameters': {'config': ...}}")
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, Mapping):
+        raise InputError(f"load 'parameters' must be an object, got {shown(parameters)}")
+    return config_override(parameters)
+
+
+def config_override(parameters: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The `config` parameter as a dict; any other parameter is refused by name."""
+    for key in parameters:
+        if key.startswith("file:"):
+            raise InputError(f"load parameter {shown(key)}: sending model files is not "
+                             "supported; put them in the repository")
+        if key != "config":
+            raise InputError(f"unknown load parameter {shown(key)}; expected 'config'")
+    config = parameters.get("config")
+    if config is None:
+        return None
+    if isinstance(config, str | bytes):
+        try:
+            config = orjson.loads(config)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(f"load parameter 'config' is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"load parameter 'config' must be a JSON object, got {shown(config)}")
+    return config
+
+
+__all__ = ["config_override", "load_parameters"]

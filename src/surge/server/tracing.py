@@ -1,0 +1,89 @@
+"""OpenTelemetry spans for inference requests (the optional `tracing` extra).
+
+Spans are made after the answer is sent, from timestamps taken along the way: one SERVER span
+`surge.infer` per request (child of the caller's W3C `traceparent` when there is one), with
+children `decode`, `queue`, `batch` (with `compute`, the worker's own time, inside it) and
+`encode`. Building them after the fact keeps the SDK off the request path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from surge.errors import SurgeError
+
+if TYPE_CHECKING:
+    from surge.server.observe import RequestRecord
+
+_INSTALL = "pip install 'surge[tracing]' (opentelemetry-sdk)"
+
+
+def tracer_provider(exporter: str) -> Any:
+    """An SDK TracerProvider exporting spans to `console` or `otlp` (OTEL_EXPORTER_OTLP_*)."""
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    except ImportError:
+        raise SurgeError(f"--tracing needs the OpenTelemetry SDK: {_INSTALL}") from None
+    if exporter == "console":
+        span_exporter: Any = ConsoleSpanExporter()
+    elif exporter == "otlp":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            raise SurgeError("--tracing otlp needs opentelemetry-exporter-otlp-proto-http") \
+                from None
+        span_exporter = OTLPSpanExporter()
+    else:
+        raise SurgeError(f"unknown --tracing exporter {exporter!r}: use console or otlp")
+    service = os.environ.get("OTEL_SERVICE_NAME", "surge")
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    return provider
+
+
+class Tracer:
+    """Turns finished RequestRecords into spans on `provider` (the global one when None)."""
+
+    def __init__(self, provider: Any = None) -> None:
+        try:
+            from opentelemetry import trace
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
+        except ImportError:
+            raise SurgeError(f"tracing needs OpenTelemetry: {_INSTALL}") from None
+        self._trace = trace
+        self._tracer = (provider or trace.get_tracer_provider()).get_tracer("surge.server")
+        self._propagator = TraceContextTextMapPropagator()
+
+    def record(self, record: RequestRecord) -> None:
+        """The request's span and its children, timed from `record`."""
+        carrier = {"traceparent": record.traceparent} if record.traceparent else {}
+        parent = self._propagator.extract(carrier)
+        attributes = {"surge.request_id": record.request_id, "surge.model": record.model,
+                      "surge.protocol": record.protocol, "surge.status": str(record.status),
+                      "client.address": record.client}
+        if record.version is not None:
+            attributes["surge.model_version"] = str(record.version)
+        root = self._tracer.start_span("surge.infer", context=parent,
+                                       kind=self._trace.SpanKind.SERVER,
+                                       start_time=record.wall(record.started),
+                                       attributes=attributes)
+        if record.failed:
+            root.set_status(self._trace.Status(self._trace.StatusCode.ERROR, str(record.status)))
+        inside = self._trace.set_span_in_context(root)
+        batch = inside
+        for name, start, end, extra in record.phases():
+            # compute happens inside its batch; every other phase is a child of the request
+            span = self._tracer.start_span(name, context=batch if name == "compute" else inside,
+                                           start_time=record.wall(start), attributes=extra)
+            span.end(end_time=record.wall(end))
+            if name == "batch":
+                batch = self._trace.set_span_in_context(span)
+        root.end(end_time=record.wall(record.finished))
+
+
+__all__ = ["Tracer", "tracer_provider"]

@@ -1,0 +1,104 @@
+"""A `surge serve` process with production options (TLS, keys, logs, polling) on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.integration.production.certs import Pair, issue, make_ca
+from tests.integration.server.conftest import HERE as SERVER_TESTS
+from tests.integration.server.conftest import free_port
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[bytes]
+    http: str
+    grpc: str
+    metrics: str
+    log: Path
+    verify: ssl.SSLContext | bool = True
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.http, verify=self.verify, timeout=30.0, **kwargs)  # type: ignore[arg-type]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise
+
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()
+                if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def serve_command(repo: Path, ports: tuple[int, int, int], *args: str) -> list[str]:
+    http, grpc, metrics = ports
+    return [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
+            "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+            *args]
+
+
+def launch(repo: Path, log: Path, *args: str, ca: Path | None = None,
+           client_cert: Pair | None = None, prefix: tuple[str, ...] = (),
+           timeout: float = 120.0) -> Served:
+    """Start the server and wait until /v2/health/ready answers 200 (over HTTPS with `ca`)."""
+    ports = (free_port(), free_port(), free_port())
+    env = dict(os.environ, PYTHONPATH=str(SERVER_TESTS), SURGE_DEBUG="1")
+    scheme = "https" if ca is not None else "http"
+    verify: ssl.SSLContext | bool = True
+    if ca is not None:
+        verify = ssl.create_default_context(cafile=str(ca))
+        if client_cert is not None:
+            verify.load_cert_chain(str(client_cert.cert), str(client_cert.key))
+    with log.open("wb") as handle:
+        process = subprocess.Popen([*prefix, *serve_command(repo, ports, *args)], stdout=handle,
+                                   stderr=subprocess.STDOUT, env=env)
+    served = Served(process, f"{scheme}://127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}",
+                    f"{scheme}://127.0.0.1:{ports[2]}/metrics", log, verify)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{served.output()}")
+        try:
+            answer = httpx.get(f"{served.http}/v2/health/ready", timeout=1.0, verify=verify)
+            if answer.status_code == 200:
+                return served
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    served.stop(signal.SIGKILL)
+    raise RuntimeError(f"server not ready after {timeout} s:\n{served.output()}")
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Pair
+    server: Pair
+    client: Pair
+    folder: Path
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    folder = tmp_path_factory.mktemp("pki")
+    ca, ca_key = make_ca(folder)
+    return Pki(ca, issue(folder, ca, ca_key, "server"), issue(folder, ca, ca_key, "client",
+                                                             client=True), folder)

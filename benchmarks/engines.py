@@ -3,19 +3,20 @@
 ResNet-18 (random weights, 3x64x64) and the default model (`examples/repository/fashion`, its
 trained weights). ONNX Runtime and OpenVINO run the same ONNX files: fp32 and the int8-static QDQ
 variant `surge.optimize` makes. TensorFlow runs the same network built in Keras with the torch
-weights copied in (benchmarks/engines_tf.py, in `.venv-tf`, a subprocess answering in JSON):
-fp32 in a `tf.function`, and int8 as TensorFlow does it, a full-integer TFLite file from its
-converter (calibrated on the same rows as the QDQ variant), run by LiteRT; the fp32 TFLite file
-is measured too.
+weights copied in (benchmarks/engines_tf.py in `.venv-tf`, a subprocess answering in JSON lines):
+fp32 in a `tf.function`; int8 as TensorFlow does it, a full-integer TFLite file from its converter
+(calibrated on the same rows as the QDQ variant) run by LiteRT; the fp32 TFLite file too.
 
 In process: items/s at batch 1 and at the best of 8/32, every engine on the same number of
-threads, rounds interleaved across engines so a noisy neighbour slows them alike, each setting's
-best kept. Served: `surge serve`, 64 clients; Surge serves TFLite natively (LiteRT), and the
-TensorFlow SavedModel as its ONNX conversion (`surge convert`, then ONNX Runtime). Parity: every
-file against TensorFlow's own fp32 outputs on the same 32 rows. Then what `surge tune` would
-choose between the ONNX engines (tuning.engines.decide, 10% noise margin) next to the winner.
+threads, rounds interleaved across engines (TensorFlow's process takes its turn in each) so a
+noisy neighbour slows them alike, each setting's best kept. Served: `surge serve`, 64 clients.
+Surge serves TFLite natively (LiteRT) but a TensorFlow SavedModel as its ONNX conversion
+(`surge convert`, then ONNX Runtime): that conversion is a row of its own, in process and served;
+TensorFlow itself is not served. Parity: every file on its engine against TensorFlow's own fp32
+outputs on the same 32 rows. Then what `surge tune` would choose between the ONNX engines
+(tuning.engines.decide, 10% noise margin).
 
-    .venv/bin/python benchmarks/engines.py                       # both models, ~12 min on 2 cores
+    .venv/bin/python benchmarks/engines.py                       # both models, ~15 min on 2 cores
     .venv/bin/python benchmarks/engines.py --models fashion --rounds 2 --duration 5
 """
 
@@ -52,9 +53,10 @@ TF_SCRIPT = Path(__file__).resolve().parent / "engines_tf.py"
 FASHION = ROOT / "examples" / "repository" / "fashion"
 FASHION_WEIGHTS = ROOT / "examples" / "repository" / "fashion-torch" / "1" / "model.safetensors"
 ONNX_ENGINES = ("onnxruntime", "openvino")  # what `surge tune` chooses between for an ONNX model
-TENSORFLOW, LITERT = "tensorflow", "litert"
-ENGINE_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
-                TENSORFLOW: "TensorFlow", LITERT: "TFLite on LiteRT"}
+TENSORFLOW, CONVERTED, LITERT = "tensorflow", "tf2onnx", "litert"
+ENGINE_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", TENSORFLOW: "TensorFlow",
+                CONVERTED: "TF SavedModel -> ONNX, ONNX Runtime", LITERT: "TFLite on LiteRT"}
+MODEL_FILE = {".onnx": "model.onnx", ".tflite": "model.tflite", ".savedmodel": "model.savedmodel"}
 PARITY_ROWS = 32
 CALIBRATION_ROWS = 128
 console = Console(width=200)
@@ -62,11 +64,12 @@ console = Console(width=200)
 
 @dataclass(frozen=True)
 class Candidate:
-    """One precision on one engine: the file it runs and how Surge serves it."""
+    """One precision on one engine: the file measured in process and what `surge serve` gets."""
 
     precision: str  # fp32 | int8
-    engine: str  # onnxruntime | openvino | tensorflow | litert
-    path: Path  # for tensorflow: the SavedModel (measured in .venv-tf, served as its conversion)
+    engine: str  # a key of ENGINE_NAMES
+    path: Path | None  # what the runner loads; None: TensorFlow, measured in its own process
+    served: Path | None  # the file or SavedModel put in the served version directory
     served_as: str
 
 
@@ -149,12 +152,15 @@ class TensorFlowProcess:
         self.process.wait(60)
 
 
-def candidates(onnx: dict[str, Path], tf: dict[str, Any]) -> list[Candidate]:
-    rows = [Candidate(p, e, onnx[p], "the same ONNX file")
+def candidates(onnx: dict[str, Path], tf: dict[str, Any], conversion: Path) -> list[Candidate]:
+    """The ONNX files on both ONNX engines; TensorFlow's Keras model (not served: Surge serves
+    a SavedModel as its conversion, the next row); the TFLite files on LiteRT."""
+    savedmodel = Path(tf["savedmodel"])
+    rows = [Candidate(p, e, onnx[p], onnx[p], f"{p} ONNX ({e})")
             for p in ("fp32", "int8") for e in ONNX_ENGINES]
-    rows.append(Candidate("fp32", TENSORFLOW, Path(tf["savedmodel"]),
-                          "its ONNX conversion, ONNX Runtime"))
-    rows += [Candidate(p, LITERT, Path(tf[f"tflite_{p}"]), "the .tflite file, natively")
+    rows.append(Candidate("fp32", TENSORFLOW, None, None, "- (its SavedModel: next row)"))
+    rows.append(Candidate("fp32", CONVERTED, conversion, savedmodel, "the SavedModel, converted once"))
+    rows += [Candidate(p, LITERT, Path(tf[f"tflite_{p}"]), Path(tf[f"tflite_{p}"]), f"{p} TFLite, natively")
              for p in ("fp32", "int8")]
     return rows
 
@@ -179,31 +185,31 @@ def max_abs(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
 
 
-def serving_repo(candidate: Candidate, work: Path) -> Path:
-    """A one-model repository serving `candidate` the way Surge serves its format."""
-    repo = work / f"repo-{candidate.precision}-{candidate.engine}"
+def serving_repo(work: Path, name: str, served: Path, engine: str | None) -> Path:
+    """A one-model repository `work/repo-NAME` serving `served` as Surge serves its format
+    (made again over itself, it keeps a SavedModel's cached conversion)."""
+    repo = work / f"repo-{name}"
     version = repo / "m" / "1"
     version.mkdir(parents=True, exist_ok=True)
-    suffix = {TENSORFLOW: ".savedmodel", LITERT: ".tflite"}.get(candidate.engine, ".onnx")
-    if candidate.path.is_dir():
-        shutil.copytree(candidate.path, version / f"model{suffix}", dirs_exist_ok=True)
+    target = version / MODEL_FILE[served.suffix]
+    if served.is_dir():
+        shutil.copytree(served, target, dirs_exist_ok=True)
     else:
-        shutil.copyfile(candidate.path, version / f"model{suffix}")
-    engine = f"engine: {candidate.engine}\n" if candidate.engine in ONNX_ENGINES else ""
-    (repo / "m" / "config.yaml").write_text(f"{engine}max_batch_size: 32\n"
+        shutil.copyfile(served, target)
+    config = f"engine: {engine}\n" if engine else ""
+    (repo / "m" / "config.yaml").write_text(f"{config}max_batch_size: 32\n"
                                             "batching: {max_queue_delay_ms: 2.0}\n")
     return repo
 
 
-def converted(repo: Path, samples: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
-    """Convert the SavedModel in `repo` as `surge convert` does (the server then finds it
-    cached): the parity it recorded, and the converted model's on the benchmark's rows."""
-    source = find_source(repo / "m" / "1")
+def convert_savedmodel(savedmodel: Path, work: Path) -> tuple[Path, dict[str, Any]]:
+    """Convert as `surge convert` does, in the repository that will serve it (the server then
+    finds the conversion cached): the ONNX file and what the conversion recorded."""
+    source = find_source(serving_repo(work, f"fp32-{CONVERTED}", savedmodel, None) / "m" / "1")
     assert source is not None
     conversion = convert(source)
-    runner = load_runner(conversion.model, RunnerOptions(intra_op_threads=available_cores()))
-    return {"converter": conversion.converter, "recorded": [asdict(p) for p in conversion.parity],
-            "max_abs": max_abs(runner.run({"image": samples})["logits"], reference)}
+    return conversion.model, {"converter": conversion.converter,
+                              "recorded": [asdict(p) for p in conversion.parity]}
 
 
 def served(repo: Path, duration: float) -> dict[str, Any]:
@@ -237,12 +243,16 @@ def tune_choices(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Measured:
-    """One model's in-process figures and parity, and what serving it needs next."""
+    """One model's in-process figures and parity, and the candidates to serve next."""
 
     result: dict[str, Any]
     candidates: list[Candidate]
-    samples: np.ndarray  # the parity rows
-    reference: np.ndarray  # TensorFlow's own fp32 outputs on them
+
+
+def load_runners(cands: list[Candidate]) -> dict[tuple[str, str], Runner]:
+    options = RunnerOptions(intra_op_threads=available_cores())  # every engine on the same threads
+    return {(c.precision, c.engine): load_runner(c.path, options, c.engine if c.engine in ONNX_ENGINES
+                                                 else None) for c in cands if c.path is not None}
 
 
 def measure(name: str, rounds: int, seconds: float, work: Path) -> Measured:
@@ -251,61 +261,63 @@ def measure(name: str, rounds: int, seconds: float, work: Path) -> Measured:
     onnx = onnx_files(source, work)
     tf = TensorFlowProcess(name, source, work / "tensorflow", available_cores())
     try:
-        cands = candidates(onnx, tf.files)
-        options = RunnerOptions(intra_op_threads=available_cores())
-        runners = {(c.precision, c.engine): load_runner(c.path, options, c.engine if c.engine in ONNX_ENGINES
-                                                        else None) for c in cands if c.engine != TENSORFLOW}
+        converted, conversion = convert_savedmodel(Path(tf.files["savedmodel"]), work)
+        cands = candidates(onnx, tf.files, converted)
+        runners = load_runners(cands)
         rows = in_process(runners, tf, rounds, seconds)
     finally:
         tf.close()
-    samples = source.samples["image"][:PARITY_ROWS]
+    samples = {"image": source.samples["image"][:PARITY_ROWS]}
     reference = np.load(tf.files["reference"])
-    logits = {key: runner.run({"image": samples})["logits"] for key, runner in runners.items()}
+    logits = {key: runner.run(samples)["logits"] for key, runner in runners.items()}
     result: dict[str, Any] = {
         "model": name, "threads": available_cores(), "in_process": rows,
         "tf_reference_max_abs": float(np.abs(reference).max()),
         "parity_vs_tf_max_abs": {f"{p}/{e}": max_abs(v, reference) for (p, e), v in logits.items()},
         "engine_parity_max_abs": {p: max_abs(logits[(p, "onnxruntime")], logits[(p, "openvino")])
                                   for p in ("fp32", "int8")},
-        **tune_choices(rows),
+        "conversion": conversion, **tune_choices(rows),
     }
-    return Measured(result, cands, samples, reference)
+    return Measured(result, cands)
 
 
 def run_model(name: str, rounds: int, seconds: float, duration: float, work: Path) -> dict[str, Any]:
     measured = measure(name, rounds, seconds, work)
-    result = measured.result
-    result["served_c64"] = []
-    for candidate in measured.candidates:
-        repo = serving_repo(candidate, work)
-        if candidate.engine == TENSORFLOW:  # served as its conversion: convert first, as `surge convert`
-            conversion = converted(repo, measured.samples, measured.reference)
-            result["conversion"] = conversion
-            result["parity_vs_tf_max_abs"][f"fp32/{TENSORFLOW}"] = conversion["max_abs"]
-        result["served_c64"].append({"precision": candidate.precision, "engine": candidate.engine,
-                                     "served_as": candidate.served_as, **served(repo, duration)})
-    return result
+    measured.result["served_c64"] = [
+        {"precision": c.precision, "engine": c.engine, "served_as": c.served_as,
+         **served(serving_repo(work, f"{c.precision}-{c.engine}", c.served,
+                               c.engine if c.engine in ONNX_ENGINES else None), duration)}
+        for c in measured.candidates if c.served is not None]
+    measured.result["candidates"] = [{"precision": c.precision, "engine": c.engine, "served_as": c.served_as}
+                                     for c in measured.candidates]
+    return measured.result
+
+
+def table_row(res: dict[str, Any], candidate: dict[str, Any]) -> list[str]:
+    precision, engine = candidate["precision"], candidate["engine"]
+    rows = [r for r in res["in_process"] if r["precision"] == precision and r["engine"] == engine]
+    b1 = next(r["items_per_s"] for r in rows if r["batch"] == 1)
+    top = max(rows, key=lambda r: r["items_per_s"])
+    served = next((s for s in res["served_c64"] if (s["precision"], s["engine"]) == (precision, engine)),
+                  None)
+    parity = res["parity_vs_tf_max_abs"].get(f"{precision}/{engine}")
+    return [res["model"], precision, ENGINE_NAMES[engine], f"{b1:,.0f}",
+            f"{top['items_per_s']:,.0f} (b={top['batch']})",
+            f"{served['throughput']:,.0f} (p99 {served['p99_ms']:.0f} ms)" if served else "-",
+            candidate["served_as"], "(reference)" if parity is None else f"{parity:.2g}"]
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
     table = Table("model", "precision", "engine", "b=1 items/s", "best items/s", "served c=64 req/s",
                   "served as", "max abs vs TF")
     for res in results:
-        for s in res["served_c64"]:
-            precision, engine = s["precision"], s["engine"]
-            rows = [r for r in res["in_process"] if r["precision"] == precision and r["engine"] == engine]
-            b1 = next(r["items_per_s"] for r in rows if r["batch"] == 1)
-            top = max(rows, key=lambda r: r["items_per_s"])
-            table.add_row(res["model"], precision, ENGINE_NAMES[engine], f"{b1:,.0f}",
-                          f"{top['items_per_s']:,.0f} (b={top['batch']})",
-                          f"{s['throughput']:,.0f} (p99 {s['p99_ms']:.0f} ms)", s["served_as"],
-                          f"{res['parity_vs_tf_max_abs'][f'{precision}/{engine}']:.2g}")
+        for candidate in res["candidates"]:
+            table.add_row(*table_row(res, candidate))
     console.print(table)
     for res in results:
-        picks = ", ".join(f"{p}: {res[f'tune_choice_{p}']['engine']} ({res[f'tune_choice_{p}']['reason']})"
-                          for p in ("fp32", "int8"))
-        console.print(f"{res['model']}: TensorFlow's largest output {res['tf_reference_max_abs']:.3g}; "
-                      f"surge tune picks {picks}")
+        picks = "; ".join(f"{p}: {res[f'tune_choice_{p}']['reason']}" for p in ("fp32", "int8"))
+        console.print(f"{res['model']}: TensorFlow's largest output {res['tf_reference_max_abs']:.3g}, "
+                      f"conversion recorded {res['conversion']['recorded']}; surge tune: {picks}")
 
 
 def main() -> None:

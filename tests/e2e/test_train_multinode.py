@@ -45,6 +45,8 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
 
 def test_two_nodes_train_what_one_node_trains_with_the_same_global_batch(
         tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
     one = write_recipe(tmp_path / "one", epochs=2, parallelism="ddp")
     two = write_recipe(tmp_path / "two", epochs=2, parallelism="ddp")
     single = surge_train(one, "--nproc", "2")  # 2 ranks x batch 16 on one node

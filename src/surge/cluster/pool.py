@@ -66,7 +66,7 @@ class Instance:
     last_seen: float = 0.0  # loop time of its last heartbeat answer or result
     last_done: float = 0.0
     idle_since: float = 0.0
-    pinging: bool = False
+    ping: Any = None  # the heartbeat call awaiting its answer (an ObjectRef)
     item_s: float | None = None  # its own EWMA of seconds per batch item: nodes differ
 
     @property
@@ -379,25 +379,25 @@ class RayPool:
     def _tick(self, now: float, period: float) -> None:
         limit = period * self._config.heartbeat_misses
         for instance in self.live:
-            if now - instance.last_seen > limit:
+            if now - instance.last_seen > limit and not _answered(instance.ping):
                 self._site.suspect(instance.node_id)
                 self._lose(instance, "heartbeat")
-            elif not instance.pinging:
-                instance.pinging = True
-                self._spawn(self._ping(instance))
+            elif instance.ping is None:
+                instance.ping = instance.actor.ping.remote()
+                self._spawn(self._ping(instance, instance.ping))
         live = self.live
         self._policy.sample(now, bool(live) and all(i.free == 0 for i in live))
         self._scale(now)
 
-    async def _ping(self, instance: Instance) -> None:
+    async def _ping(self, instance: Instance, ping: Any) -> None:
         from ray.exceptions import RayError
 
         try:
-            await instance.actor.ping.remote()
+            await ping
         except RayError as exc:
             self._lose(instance, type(exc).__name__)
             return
-        instance.pinging = False
+        instance.ping = None
         instance.last_seen = max(instance.last_seen, self._loop.time())
 
     def _scale(self, now: float) -> None:
@@ -426,3 +426,14 @@ class RayPool:
         for state in State:
             count = sum(1 for i in self._instances if i.state is state)
             gauge.labels(self.model, state.value).set(count)
+
+
+def _answered(ping: Any) -> bool:
+    """Whether a heartbeat's answer has arrived, even if the event loop (stalled by a busy
+    machine) has not run its callback yet: a late loop must not declare a node silent."""
+    if ping is None:
+        return False
+    import ray
+
+    ready, _ = ray.wait([ping], timeout=0)
+    return bool(ready)

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+# A module reference: surge.pipeline.served imports this package back (ModelHandle, Counters).
+import surge.pipeline.served as pipelines
 from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolFactory, PoolSpec
 from surge.engine.interface import ModelHandle
 from surge.engine.reload import override_config
@@ -44,7 +46,7 @@ class Engine:
         # Ray actor pools (`surge serve --ray`), for models whose placement says so.
         self._cluster_pools = cluster_pools
         self._clock = clock
-        self._served: dict[str, dict[int, ServedModel]] = {}
+        self._served: dict[str, dict[int, ServedModel | pipelines.ServedPipeline]] = {}
         self._state: dict[str, tuple[str, str]] = {}  # name -> (state, reason) when not served
         self._locks: dict[str, asyncio.Lock] = {}
         self._live = False
@@ -55,7 +57,9 @@ class Engine:
         """Load the selected models (all in the repository when none were named)."""
         names = self._selected if self._selected is not None else self.repository.model_names()
         self._live = True
-        results = await asyncio.gather(*(self.load(n) for n in names), return_exceptions=True)
+        # ensure_served, not load: a pipeline may have started its model steps already.
+        results = await asyncio.gather(*(self.ensure_served(n) for n in names),
+                                       return_exceptions=True)
         for name, result in zip(names, results, strict=True):
             if isinstance(result, BaseException):
                 if self._selected is not None:
@@ -119,7 +123,7 @@ class Engine:
         )
 
     # -- lookup ------------------------------------------------------------------------------
-    def _find(self, name: str, version: int | None) -> ServedModel:
+    def _find(self, name: str, version: int | None) -> ServedModel | pipelines.ServedPipeline:
         versions = self._served.get(name)
         if not versions:
             state = self._state.get(name)
@@ -178,17 +182,26 @@ class Engine:
         instances start and warm up before requests switch to them and the old ones drain. A
         failed reload leaves the old version serving and says why in the index."""
         async with self._lock(name):
-            self._state[name] = ("LOADING", "")
-            try:
-                fresh = await self._start_model(name, config)
-            except Exception as exc:
-                self._load_failed(name, exc)
-                raise
-            self.metrics.model_loads.labels(name, "success").inc()
-            old = self._served.get(name, {})
-            self._served[name] = fresh
-            self._state.pop(name, None)
-            await asyncio.gather(*(m.stop(UNLOAD_GRACE_S) for m in old.values()))
+            await self._load_locked(name, config)
+
+    async def ensure_served(self, name: str) -> None:
+        """Load `name` unless it is served already (a pipeline's model steps, at start)."""
+        async with self._lock(name):
+            if not self._served.get(name):
+                await self._load_locked(name, None)
+
+    async def _load_locked(self, name: str, config: Mapping[str, Any] | None) -> None:
+        self._state[name] = ("LOADING", "")
+        try:
+            fresh = await self._start_model(name, config)
+        except Exception as exc:
+            self._load_failed(name, exc)
+            raise
+        self.metrics.model_loads.labels(name, "success").inc()
+        old = self._served.get(name, {})
+        self._served[name] = fresh
+        self._state.pop(name, None)
+        await asyncio.gather(*(m.stop(UNLOAD_GRACE_S) for m in old.values()))
 
     def _load_failed(self, name: str, error: Exception) -> None:
         self._state[name] = ("UNAVAILABLE", str(error))
@@ -207,12 +220,16 @@ class Engine:
         fresh = [v for v in versions if v not in self._served.get(name, {})]
         return str(max(fresh)) if fresh else ""
 
-    async def _start_model(self, name: str,
-                           override: Mapping[str, Any] | None = None) -> dict[int, ServedModel]:
+    async def _start_model(self, name: str, override: Mapping[str, Any] | None = None
+                           ) -> dict[int, ServedModel | pipelines.ServedPipeline]:
         # config.yaml is untrusted data: parsing a large one must not hold the event loop.
         config = await asyncio.to_thread(self.repository.config, name)
         if override:
             config = override_config(config, override)
+        if config.kind == "pipeline":
+            pipeline = pipelines.ServedPipeline(self, name, config)
+            await pipeline.start()
+            return {pipeline.version: pipeline}
         served_versions = tuple(
             await asyncio.to_thread(self.repository.served_versions, name, config))
         if config.variant:
@@ -223,8 +240,9 @@ class Engine:
             if not served_versions:
                 raise NotFoundError(f"model {name!r} has no servable version")
             targets = [(v, None) for v in served_versions]
-        models = {v: ServedModel(self, name, v, served_versions or (v,), config, ref)
-                  for v, ref in targets}
+        models: dict[int, ServedModel | pipelines.ServedPipeline] = {
+            v: ServedModel(self, name, v, served_versions or (v,), config, ref)
+            for v, ref in targets}
         try:
             await asyncio.gather(*(m.start() for m in models.values()))
         except BaseException:
@@ -259,5 +277,8 @@ class Engine:
         served = self._find(name, version)
         if not served.ready:
             raise ModelNotReadyError(f"model {name!r} is not ready")
+        if isinstance(served, pipelines.ServedPipeline):
+            return await served.infer(
+                served.make_request(inputs, outputs, priority, timeout_us, request_id))
         request = served.make_request(inputs, outputs, priority, timeout_us, request_id)
         return await served.infer(request)

@@ -7,6 +7,7 @@ so both protocols always agree.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -72,12 +73,21 @@ def model_config(model: ModelView) -> dict[str, Any]:
         "output": [_config_tensor(s, batched) for s in signature.outputs],
         "instance_group": [{"name": model.name, "kind": kind, "count": config.instances}],
     }
+    if config.parameters:
+        result["parameters"] = config_parameters(config.parameters)
     if batched and config.batching.enabled:
         result["dynamic_batching"] = {
             "preferred_batch_size": list(config.batching.preferred_batch_sizes),
             "max_queue_delay_microseconds": int(config.batching.max_queue_delay_ms * 1000),
         }
     return result
+
+
+def config_parameters(parameters: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """The config's `parameters` as Triton's map of `{"string_value": ...}`: strings as they are,
+    other values as JSON (`0.375`, `true`, `[1, 2]`), so that a client parses them back."""
+    return {str(key): {"string_value": value if isinstance(value, str) else json.dumps(value)}
+            for key, value in parameters.items()}
 
 
 def _duration(value: Any) -> dict[str, int]:

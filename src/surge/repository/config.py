@@ -124,6 +124,33 @@ class VersionPolicy(StrictConfig):
         return ordered[-(self.latest or 1):]
 
 
+class StepConfig(StrictConfig):
+    """One step of a pipeline: a model of the repository or a processor over numpy arrays."""
+
+    name: str = Field(description="Step name, unique in the pipeline; errors and metrics name it.")
+    model: str | None = Field(None, description="A model of the repository, served with its "
+                              "own batching and instances (its config's `variant` included).")
+    processor: str | None = Field(None, description="A built-in processor (`image.decode`, "
+                                  "`labels.topk`, `detection.boxes`, `text.tokenize`) or a "
+                                  "trusted `package.module:function`.")
+    inputs: dict[str, str] = Field(description="Step input name -> pipeline tensor it reads.")
+    outputs: dict[str, str] = Field(description="Step output name -> pipeline tensor it writes.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Processor arguments.")
+    params_from: str | None = Field(
+        None, description="A model of the repository whose `labels` and `parameters` the "
+        "processor also gets (its own `params` win); default: the pipeline's own.")
+
+    @model_validator(mode="after")
+    def _check(self) -> StepConfig:
+        if (self.model is None) == (self.processor is None):
+            raise ValueError(f"step {self.name!r} takes exactly one of model, processor")
+        if self.model is not None and (self.params or self.params_from):
+            raise ValueError(f"step {self.name!r}: params and params_from are for processors")
+        if not self.inputs or not self.outputs:
+            raise ValueError(f"step {self.name!r} needs inputs and outputs")
+        return self
+
+
 def served_version(name: str, served: Sequence[int], requested: int | None = None) -> int:
     """The version a request for `requested` gets among the `served` ones: the newest when none
     is named. The repository (what is on disk) and the engine (what is loaded) both answer
@@ -143,6 +170,11 @@ class ModelConfig(StrictConfig):
 
     schema_version: int = Field(SCHEMA_VERSION, description="Config format version.")
     name: str | None = Field(None, description="Model name; must equal its directory name.")
+    kind: Literal["model", "pipeline"] = Field(
+        "model", description="model: a file in a version directory; pipeline: `steps` over other "
+        "models and processors, with the V2 signature its `inputs` and `outputs` declare.")
+    steps: list[StepConfig] = Field(default_factory=list,
+                                    description="pipeline only: its steps (a DAG by tensor name).")
     engine: Literal["auto", "onnxruntime", "torch_export", "torch_factory", "keras", "tflite",
                     "openvino"] = Field(
         "auto", description="Engine; auto picks it from the model file's extension."
@@ -196,6 +228,10 @@ class ModelConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
+        if self.kind == "pipeline" and not (self.steps and self.inputs and self.outputs):
+            raise ValueError("kind pipeline needs steps, inputs and outputs")
+        if self.kind == "model" and self.steps:
+            raise ValueError("steps are for kind pipeline")
         if self.engine == "torch_factory" and not self.factory:
             raise ValueError("engine torch_factory needs 'factory: package.module:function'")
         if self.factory and self.engine not in ("torch_factory", "auto"):

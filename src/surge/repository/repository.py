@@ -213,6 +213,11 @@ class Repository:
         try:
             versions = self.versions(name)
             config = self.config(name)
+            if config.kind == "pipeline":  # config only: its steps name the models it serves
+                from surge.pipeline.graph import plan
+
+                plan(name, config, self.model_names())
+                return ModelEntry(name, (), (1,), (), "READY")
             served = self.served_versions(name, config)
             variants = self.variants(name)
             if not served:

@@ -138,9 +138,13 @@ def _builtin() -> Registry:
     from surge.tasks.coco import CocoSplits
     from surge.tasks.detection import Detection
     from surge.tasks.embedding import Embedding
+    from surge.tasks.forecasting import Forecasting, Regression
+    from surge.tasks.ranking import Ranking
+    from surge.tasks.tabular import TabularClassification
 
     registry = Registry()
-    for task in (Classification, Detection, Embedding):
+    for task in (Classification, Detection, Embedding, Ranking, TabularClassification,
+                 Regression, Forecasting):
         registry.add_task(task)
     registry.add_dataset("synthetic", SyntheticDataset)
     registry.add_dataset("coco", CocoSplits)

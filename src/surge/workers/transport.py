@@ -133,7 +133,16 @@ def segment_prefix(pid: int | None = None) -> str:
 
 def _create(size: int) -> SharedMemory:
     name = f"{segment_prefix()}{next(_segments)}-{secrets.token_hex(4)}"
-    return SharedMemory(name=name, create=True, size=size)
+    shm = SharedMemory(name=name, create=True, size=size)
+    # ftruncate leaves the segment sparse: on a full /dev/shm the first write to a page then
+    # kills the process with SIGBUS. Reserving the pages now turns that into ENOSPC here.
+    try:
+        os.posix_fallocate(shm._fd, 0, size)  # type: ignore[attr-defined]
+    except OSError:
+        shm.close()
+        shm.unlink()
+        raise
+    return shm
 
 
 class Slot:

@@ -58,3 +58,36 @@ def minilm_tokenizer() -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(minilm_dir()))
+
+
+def tokenizer_file() -> Path:
+    """The encoder's own tokenizer (Hugging Face `tokenizers` JSON)."""
+    return minilm_dir() / "tokenizer.json"
+
+
+def export_minilm_onnx(path: Path, opset: int = 18) -> Path:
+    """The encoder as ONNX: `input_ids`, `attention_mask` INT64 [batch, sequence] -> `embedding`
+    FP32 [batch, 384], pooled and normalised inside the graph."""
+    example = (torch.ones(2, 8, dtype=torch.int64), torch.ones(2, 8, dtype=torch.int64))
+    return export_sequence_onnx(minilm_encoder(), example, path, ["input_ids", "attention_mask"],
+                                ["embedding"], opset)
+
+
+def export_sequence_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path,
+                         input_names: list[str], output_names: list[str],
+                         opset: int = 18) -> Path:
+    """Export a model of token sequences with dims 0 (batch) and 1 (sequence) of every input
+    symbolic, so that a served batch is padded only to its own longest text; outputs keep a
+    symbolic batch dim."""
+    import warnings
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    axes.update({name: {0: "batch"} for name in output_names})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), example, str(path), input_names=input_names,
+                          output_names=output_names, opset_version=opset, dynamo=False,
+                          dynamic_axes=axes)
+    return path

@@ -17,7 +17,7 @@ TOKEN = "surge-test-" + "0" * 21  # what the cluster and its drivers share
 TINY_CLUSTER_CONFIG = """\
 max_batch_size: 8
 placement: cluster
-cluster: {instances: 2, cpus: 0.5, heartbeat_ms: 250}
+cluster: {instances: 2, cpus: 0.5, heartbeat_ms: 500, heartbeat_misses: 8}
 batching: {max_queue_delay_ms: 1.0}
 """
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,14 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from tests.integration.server.conftest import (
-    HERE as SERVER_TESTS,
-)
-from tests.integration.server.conftest import (
-    ServerProcess,
-    start_server,
-    triton_client,
-)
+from tests.integration.server.conftest import ServerProcess, start_server, triton_client
 
 from surge.repository import Repository
 
@@ -31,7 +23,6 @@ pytestmark = pytest.mark.timeout(300)
 CLIENTS = Path(__file__).resolve().parent / "clients"
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]},
                    {"name": "n", "datatype": "INT64", "shape": [1, 3], "data": [1, 2, 3]}]}
-assert SERVER_TESTS.exists()
 
 
 @pytest.fixture(scope="module")
@@ -145,15 +136,15 @@ def test_node_removed_under_load(front: ServerProcess, ray_cluster: Any) -> None
     statuses = [status for _, status in results]
     assert all(isinstance(s, int) for s in statuses), statuses  # nothing hung or was cut off
     failed = [(t, s) for t, s in results if s != 200]
-    assert set(s for _, s in failed) <= {503, 504}
+    assert {s for _, s in failed} <= {503, 504}
     assert len(failed) <= 8, failed  # at most the batches in flight on the lost node
     later = [s for t, s in results if t > removed + 3.0]
-    assert later and set(later) == {200}
+    assert later
+    assert set(later) == {200}
     lost = metric(front, "surge_cluster_instances_lost_total", model="tiny")
     assert sum(count for _, count in lost) == 1
     deadline = time.monotonic() + 30
     while metric(front, "surge_cluster_instances", model="tiny", state="ready")[0][1] < 2:
         assert time.monotonic() < deadline, front.output()[-3000:]
         time.sleep(0.2)
-    assert "lost" in front.output()
-    front.process.send_signal(signal.SIGCONT)  # harmless: the server never stopped
+    assert "lost (" in front.output()

@@ -77,7 +77,7 @@ def _closed_by_server(sock: socket.socket, wait_s: float) -> bool:
 
 def _answers(server: ServerProcess) -> bool:
     live = httpx.get(f"{server.http}/v2/health/live", timeout=5.0).status_code == 200
-    metrics = httpx.get(server.metrics, timeout=5.0).status_code == 200
+    metrics = httpx.get(server.metrics, headers=AUTH, timeout=5.0).status_code == 200
     with grpc.insecure_channel(server.grpc) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         grpc_live = stub.ServerLive(pb.ServerLiveRequest(), timeout=5.0).live
@@ -128,7 +128,7 @@ def test_oversized_request_head_gets_400(attacked: ServerProcess) -> None:
 
 
 def _metrics_text(server: ServerProcess) -> str:
-    return httpx.get(server.metrics, timeout=10.0).text
+    return httpx.get(server.metrics, headers=AUTH, timeout=10.0).text
 
 
 def test_unknown_model_names_share_one_metric_label(attacked: ServerProcess) -> None:

@@ -127,7 +127,7 @@ def test_metrics_endpoint_counts_requests_by_outcome(server: ServerProcess,
                                                      client: httpx.Client) -> None:
     client.post("/v2/models/tiny/infer", json=_inputs())
     client.post("/v2/models/tiny/infer", json=_inputs([1, 5]))
-    text = httpx.get(server.metrics).text
+    text = httpx.get(server.metrics, headers=AUTH).text
     assert 'surge_requests_total{model="tiny",outcome="success"}' in text
     assert 'surge_requests_total{model="tiny",outcome="bad_request"}' in text
 

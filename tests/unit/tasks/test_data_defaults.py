@@ -67,8 +67,8 @@ def test_without_a_dataset_the_checks_use_random_inputs(tmp_path: Path) -> None:
 
 
 def test_an_unknown_task_in_the_config_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="tiny: parameters.task: unknown task 'ranking'"):
-        build_source(_repo(tmp_path, "{task: ranking}"), "tiny", OptimizeOptions(), tmp_path)
+    with pytest.raises(ConfigError, match="tiny: parameters.task: unknown task 'segmentation'"):
+        build_source(_repo(tmp_path, "{task: segmentation}"), "tiny", OptimizeOptions(), tmp_path)
 
 
 def test_bench_payloads_are_dataset_rows_where_the_dataset_has_the_input() -> None:

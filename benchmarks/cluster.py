@@ -1,0 +1,225 @@
+"""Instances on Ray compute nodes against local worker processes, side by side in one run.
+
+A Ray cluster on this machine (a head with no model CPUs, two compute nodes with one CPU each);
+this process is the front end (a Ray driver) with one Engine serving every model:
+
+1. ResNet-18 3x64x64 at 64 closed-loop clients: two single-core cluster instances against two
+   single-threaded local workers: throughput ratio and p99.
+2. Dispatch overhead: an identity model on payloads from 4 KB to 8 MB, one client, local and
+   cluster: p50 per batch and the front end's CPU per request; the difference is what the remote
+   path adds.
+3. Node loss under ResNet-18 load: a compute node is removed (a spare one waits, as a machine
+   Ray's autoscaler adds would): failed requests, requests left without an answer, and seconds
+   until throughput is back to 90% of what it was.
+
+Usage: .venv/bin/python benchmarks/cluster.py [--duration 8] [--json benchmarks/results/cluster.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+PAYLOADS = (4 << 10, 64 << 10, 1 << 20, 8 << 20)
+RESNET = "resnet64"
+
+
+@dataclass
+class Level:
+    model: str
+    clients: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float
+    errors: int
+
+
+def write_models(root: Path) -> None:
+    import onnx
+    import torch
+    from onnx import TensorProto, helper
+
+    from surge.export import export_onnx
+    from surge.zoo.resnet import resnet18
+
+    torch.manual_seed(0)
+    target = root / f"{RESNET}-local" / "1" / "model.onnx"
+    export_onnx(resnet18(), (torch.zeros(2, 3, 64, 64),), target, ["image"], ["logits"])  # type: ignore[arg-type]
+    twin = root / f"{RESNET}-cluster" / "1"
+    twin.mkdir(parents=True)
+    (twin / "model.onnx").write_bytes(target.read_bytes())
+    batching = "max_batch_size: 16\nbatching: {max_queue_delay_ms: 2.0}\n"
+    (root / f"{RESNET}-local" / "config.yaml").write_text(batching + "instances: 2\nthreads: 1\n")
+    (root / f"{RESNET}-cluster" / "config.yaml").write_text(
+        batching + "placement: cluster\n"
+        "cluster: {instances: 2, cpus: 0.75, threads: 1, heartbeat_ms: 250}\n")
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, ["batch", "n"])
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, ["batch", "n"])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "echo", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for where in ("local", "cluster"):
+        (root / f"echo-{where}" / "1").mkdir(parents=True)
+        onnx.save(model, str(root / f"echo-{where}" / "1" / "model.onnx"))
+        place = "placement: cluster\ncluster: {instances: 1, cpus: 0.25}\n" if where == "cluster" \
+            else "instances: 1\nthreads: 1\n"
+        (root / f"echo-{where}" / "config.yaml").write_text("max_batch_size: 1\n" + place)
+
+
+async def closed_loop(engine: Any, model: str, inputs: dict[str, np.ndarray], clients: int,
+                      seconds: float) -> Level:
+    latencies: list[float] = []
+    errors = 0
+    end = time.perf_counter() + seconds
+
+    async def client() -> None:
+        nonlocal errors
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            try:
+                await engine.infer(model, None, inputs)
+            except Exception:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - start)
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    latencies.sort()
+    done = max(1, len(latencies))
+    return Level(model, clients, len(latencies) / wall, statistics.median(latencies) * 1e3,
+                 latencies[int(0.99 * (done - 1))] * 1e3, cpu / done * 1e6, errors)
+
+
+async def node_loss(engine: Any, cluster: Any, seconds: float) -> dict[str, float]:
+    """Throughput per 0.5 s window around the loss of the node that holds an instance."""
+    model = f"{RESNET}-cluster"
+    image = {"image": np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)}
+    done: list[float] = []
+    failed = 0
+    end = time.perf_counter() + seconds
+
+    async def client() -> None:
+        nonlocal failed
+        while time.perf_counter() < end:
+            try:
+                await asyncio.wait_for(engine.infer(model, None, image), 30.0)
+                done.append(time.perf_counter())
+            except Exception:
+                failed += 1
+
+    # A spare node first (Ray starts nodes only from the main thread): the replacement goes
+    # there, as it would to a machine the autoscaler adds.
+    cluster.add_node(num_cpus=1)
+    clients = [asyncio.create_task(client()) for _ in range(64)]
+    await asyncio.sleep(seconds / 3)
+    lost_at = time.perf_counter()
+    before = sum(1 for t in done if t > lost_at - 2.0) / 2.0
+    victim = next(n for n in cluster.list_all_nodes() if not n.head)
+    await asyncio.to_thread(cluster.remove_node, victim)
+    results = await asyncio.gather(*clients, return_exceptions=True)
+    hung = sum(1 for r in results if isinstance(r, BaseException))
+    back = next((t - lost_at for t in np.arange(lost_at, end, 0.5)
+                 if sum(1 for d in done if t <= d < t + 1.0) >= 0.9 * before), float("nan"))
+    return {"before_per_s": before, "failed": failed, "hung": hung,
+            "seconds_to_full_throughput": float(back)}
+
+
+async def measure(root: Path, cluster: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from surge.cluster import ClusterSite
+    from surge.engine import Engine
+    from surge.repository import Repository
+
+    engine = Engine(Repository(root), cluster_pools=ClusterSite(str(root)))
+    await engine.start()
+    out: dict[str, Any] = {"throughput": [], "overhead": []}
+    try:
+        image = {"image": np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)}
+        for where in ("local", "cluster"):
+            await closed_loop(engine, f"{RESNET}-{where}", image, 64, 2.0)  # warm up
+            out["throughput"].append(asdict(await closed_loop(
+                engine, f"{RESNET}-{where}", image, 64, args.duration)))
+        for size in PAYLOADS:
+            payload = {"x": np.ones((1, size), np.uint8)}
+            for where in ("local", "cluster"):
+                await closed_loop(engine, f"echo-{where}", payload, 1, 0.5)
+                level = await closed_loop(engine, f"echo-{where}", payload, 1, args.duration / 2)
+                out["overhead"].append({"bytes": size, **asdict(level)})
+        out["node_loss"] = await node_loss(engine, cluster, 3 * args.duration)
+    finally:
+        await engine.stop(5.0)
+    return out
+
+
+def render(out: dict[str, Any], console: Console) -> None:
+    local, remote = out["throughput"]
+    table = Table(title="ResNet-18 3x64x64, 64 clients: 2 cluster instances vs 2 local workers")
+    for column in ("placement", "req/s", "p50 ms", "p99 ms", "front-end CPU us/req"):
+        table.add_column(column)
+    for name, level in (("local", local), ("cluster", remote)):
+        table.add_row(name, f"{level['requests_per_s']:.1f}", f"{level['p50_ms']:.1f}",
+                      f"{level['p99_ms']:.1f}", f"{level['cpu_us_per_request']:.0f}")
+    console.print(table)
+    console.print(f"cluster/local throughput {remote['requests_per_s'] / local['requests_per_s']:.2f}"
+                  f" (target >= 0.85), p99 {remote['p99_ms'] / local['p99_ms']:.2f}x (<= 1.3)")
+    table = Table(title="Dispatch overhead, one client, identity model")
+    for column in ("payload", "local p50 ms", "cluster p50 ms", "added ms",
+                   "local CPU us/req", "cluster CPU us/req"):
+        table.add_column(column)
+    rows = out["overhead"]
+    for lo, cl in zip(rows[::2], rows[1::2], strict=True):
+        table.add_row(f"{lo['bytes'] >> 10} KiB", f"{lo['p50_ms']:.2f}", f"{cl['p50_ms']:.2f}",
+                      f"{cl['p50_ms'] - lo['p50_ms']:.2f}", f"{lo['cpu_us_per_request']:.0f}",
+                      f"{cl['cpu_us_per_request']:.0f}")
+    console.print(table)
+    loss = out["node_loss"]
+    console.print(f"node loss under load: {loss['failed']} failed, {loss['hung']} hung, full "
+                  f"throughput ({loss['before_per_s']:.0f}/s) back after "
+                  f"{loss['seconds_to_full_throughput']:.1f} s (targets: <= 1% of in flight, 0, "
+                  "<= 10 s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per level")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from ray.cluster_utils import Cluster
+
+    from surge.cluster import connect, disconnect
+
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 0, "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_models(root)
+        connect(cluster.address)
+        try:
+            out = asyncio.run(measure(root, cluster, args))
+        finally:
+            disconnect()
+            cluster.shutdown()
+    render(out, Console())
+    if args.json is not None:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""One served pipeline: its steps run in order for each request, each a model or a processor.
+
+    make_request(inputs) -> PipelineRequest (validated against the pipeline's own signature)
+    infer(request)       -> for each step in DAG order:
+                              model step:     Engine.infer(model, ...) -- the model's own
+                                              scheduler batches it with every other request
+                              processor step: the function on the request's rows, in the
+                                              processor threads (never on the event loop)
+                         -> the pipeline's outputs
+
+A failing step fails the request with an error that names the step, keeping the error's kind
+(bad input stays 400, a full queue 503). Statistics are the pipeline's own (Triton-style) and
+every step's time and failures are Prometheus metrics labelled by pipeline and step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from surge.engine.instances import Clock
+from surge.engine.interface import ModelHandle
+from surge.engine.stats import Counters
+from surge.errors import (
+    ConfigError,
+    DeadlineExceededError,
+    InputError,
+    ModelNotReadyError,
+    ServingError,
+    SurgeError,
+)
+from surge.pipeline.graph import StepTypes, check_types, plan
+from surge.pipeline.metrics import step_metrics
+from surge.pipeline.steps import ProcessorStep, processor_step
+from surge.repository import ModelConfig, Repository
+from surge.runtimes.base import Signature, TensorSpec
+from surge.server.metrics import SurgeMetrics
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "pipeline"
+
+
+class PipelineHost(Protocol):
+    """What a pipeline takes from the engine that serves it and its models."""
+
+    repository: Repository
+
+    @property
+    def metrics(self) -> SurgeMetrics: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def model(self, name: str, version: int | None = None) -> ModelHandle: ...
+
+    def model_ready(self, name: str, version: int | None = None) -> bool: ...
+
+    async def ensure_served(self, name: str) -> None: ...
+
+    async def infer(self, name: str, version: int | None, inputs: dict[str, np.ndarray], *,
+                    outputs: list[str] | None = None, priority: int = 0,
+                    timeout_us: int | None = None, request_id: str = "") -> dict[str, np.ndarray]:
+        ...
+
+
+@dataclass(frozen=True)
+class PipelineRequest:
+    """One validated request to a pipeline."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[str, ...] | None
+    rows: int
+    arrival: float
+    deadline: float | None
+    priority: int
+    request_id: str
+
+
+def _specs(config: ModelConfig, kind: str) -> tuple[TensorSpec, ...]:
+    tensors = config.inputs if kind == "inputs" else config.outputs
+    return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in tensors or [])
+
+
+def pipeline_signature(config: ModelConfig) -> Signature:
+    """The V2 signature a pipeline's config declares."""
+    batched = config.max_batch_size > 0
+    return Signature(_specs(config, "inputs"), _specs(config, "outputs"), batched=batched,
+                     max_batch_size=config.max_batch_size if batched else 0, platform=PLATFORM)
+
+
+def named(error: SurgeError, step: str) -> SurgeError:
+    """The same error (same kind, same status) with the step's name in front of its message."""
+    renamed = copy.copy(error)
+    renamed.args = (f"step {step!r}: {error}",)
+    return renamed
+
+
+class ServedPipeline:
+    """A pipeline being served: its plan, its processors, its statistics."""
+
+    version = 1
+    versions = (1,)
+
+    def __init__(self, host: PipelineHost, name: str, config: ModelConfig) -> None:
+        self.name, self.config, self._host = name, config, host
+        self.steps = plan(name, config, host.repository.model_names())
+        self.signature = pipeline_signature(config)
+        self.processors: dict[str, ProcessorStep] = {}
+        self.handle: ModelHandle | None = None
+        self.accepting = False
+        self.counters = Counters()
+        self._metrics = step_metrics(host.metrics)
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Serve the model steps (loading those not served yet), then check every step's types."""
+        models = sorted({s.model for s in self.steps if s.model is not None})
+        await asyncio.gather(*(self._host.ensure_served(m) for m in models))
+        types: dict[str, StepTypes] = {}
+        for step in self.steps:
+            if step.model is not None:
+                types[step.name] = self._model_types(step.name, step.model)
+            else:
+                base = await asyncio.to_thread(self._params_source, step.params_from)
+                self.processors[step.name] = processor_step(self.name, step, base)
+                types[step.name] = self.processors[step.name].types
+        check_types(self.name, self.steps, types, self.signature.inputs, self.signature.outputs)
+        self.handle = ModelHandle(self.name, self.version, self.versions, self.config,
+                                  self.signature, PLATFORM)
+        self.accepting = True
+
+    def _model_types(self, step: str, model: str) -> StepTypes:
+        handle = self._host.model(model)
+        if handle.platform == PLATFORM:
+            raise ConfigError(f"pipeline {self.name!r}, step {step!r}: {model!r} is a pipeline; "
+                              "a step names a model")
+        signature = handle.signature
+        return StepTypes({s.name: s for s in signature.inputs},
+                         {s.name: s for s in signature.outputs})
+
+    def _params_source(self, model: str | None) -> ModelConfig:
+        return self.config if model is None else self._host.repository.config(model)
+
+    @property
+    def ready(self) -> bool:
+        return self.accepting and all(
+            self._host.model_ready(s.model) for s in self.steps if s.model is not None)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop accepting; let requests in flight finish within `grace_s`."""
+        self.accepting = False
+        if self._inflight:
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace_s)
+            except TimeoutError:
+                log.warning("pipeline %s stopped with %d requests in flight", self.name,
+                            self._inflight)
+
+    def instances_note(self) -> str:
+        return ""
+
+    # -- requests ----------------------------------------------------------------------------
+    def make_request(self, inputs: Mapping[str, np.ndarray], outputs: list[str] | None,
+                     priority: int, timeout_us: int | None, request_id: str) -> PipelineRequest:
+        """Validate against the pipeline's signature."""
+        self.signature.validate_inputs(inputs)
+        for name in outputs or []:
+            self.signature.output(name)
+        if priority < 0:
+            raise InputError(f"priority must be >= 0, got {priority}")
+        if timeout_us is not None and timeout_us < 0:
+            raise InputError(f"timeout must be >= 0 microseconds, got {timeout_us}")
+        rows = next(iter(inputs.values())).shape[0] if self.signature.batched else 1
+        if rows < 1:
+            raise InputError(f"batch size must be at least 1, got {rows}")
+        now = self._host.clock()
+        return PipelineRequest(dict(inputs), tuple(outputs) if outputs is not None else None,
+                               rows, now, now + timeout_us / 1e6 if timeout_us else None,
+                               priority, request_id)
+
+    async def infer(self, request: PipelineRequest) -> dict[str, np.ndarray]:
+        if not self.accepting:
+            raise ModelNotReadyError(f"pipeline {self.name!r} is not accepting requests")
+        self._inflight += 1
+        self._idle.clear()
+        started = time.perf_counter_ns()
+        try:
+            tensors = await self._run(request)
+        except BaseException:
+            self.counters.fail.add(time.perf_counter_ns() - started)
+            raise
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+        elapsed = time.perf_counter_ns() - started
+        self._count_success(request.rows, elapsed)
+        wanted = request.outputs or tuple(self.signature.output_names)
+        return {name: tensors[name] for name in wanted}
+
+    def _count_success(self, rows: int, elapsed_ns: int) -> None:
+        counters = self.counters
+        counters.success.add(elapsed_ns)
+        counters.compute_infer.add(elapsed_ns)
+        counters.inference_count += rows
+        counters.execution_count += 1
+        counters.last_inference = int(time.time() * 1e3)
+
+    async def _run(self, request: PipelineRequest) -> dict[str, np.ndarray]:
+        tensors = dict(request.inputs)
+        for step in self.steps:
+            inputs = {own: tensors[tensor] for own, tensor in step.inputs.items()}
+            started = time.perf_counter()
+            try:
+                if step.model is not None:
+                    produced = await self._host.infer(
+                        step.model, None, inputs, outputs=list(step.outputs),
+                        priority=request.priority, timeout_us=self._remaining_us(request),
+                        request_id=request.request_id)
+                else:
+                    produced = await self.processors[step.name].run(inputs, request.rows)
+            except SurgeError as exc:
+                self._metrics.failures.labels(self.name, step.name).inc()
+                raise named(exc, step.name) from None
+            except Exception as exc:
+                self._metrics.failures.labels(self.name, step.name).inc()
+                log.exception("pipeline %s: step %s failed", self.name, step.name)
+                raise ServingError(f"step {step.name!r} failed: {type(exc).__name__}: "
+                                   f"{exc}") from None
+            self._metrics.duration.labels(self.name, step.name).observe(
+                time.perf_counter() - started)
+            for own, tensor in step.outputs.items():
+                tensors[tensor] = produced[own]
+        return tensors
+
+    def _remaining_us(self, request: PipelineRequest) -> int | None:
+        if request.deadline is None:
+            return None
+        left = request.deadline - self._host.clock()
+        if left <= 0:
+            raise DeadlineExceededError(
+                f"deadline exceeded after {(self._host.clock() - request.arrival) * 1e3:.1f} ms")
+        return max(1, int(left * 1e6))

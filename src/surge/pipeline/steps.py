@@ -1,0 +1,92 @@
+"""Processor steps: a processor bound to its params, run on a request's rows in the processor threads.
+
+Processors run in a thread pool of the front-end process, not on its event loop and not in
+worker processes. The built-in decoders and resizers (simplejpeg, Pillow) and numpy release the
+GIL while they work, so threads compute in parallel with each other and with the loop
+(benchmarks/pipelines.py measures it), and a request's bytes are handed over without a copy;
+worker processes would have to copy every payload through shared memory both ways (tensors are
+never pickled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from surge.errors import ConfigError, ServingError
+from surge.pipeline.graph import StepTypes
+from surge.platform import available_cores
+from surge.processors import Processor, resolve
+from surge.repository.config import ModelConfig, StepConfig
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def processor_pool() -> ThreadPoolExecutor:
+    """The front end's processor threads: one per available core, shared by every pipeline."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max(2, available_cores()), "surge-processor")
+        return _pool
+
+
+def step_params(step: StepConfig, source: ModelConfig) -> dict[str, Any]:
+    """The params a processor gets: `labels` and `parameters` of its source config, then its own."""
+    params: dict[str, Any] = dict(source.parameters)
+    if source.labels is not None:
+        params["labels"] = list(source.labels)
+    params.update(step.params)
+    return params
+
+
+@dataclass(frozen=True)
+class ProcessorStep:
+    """One processor step, resolved: the function, its params, what it declares."""
+
+    step: str
+    processor: Processor
+    params: Mapping[str, Any]
+    types: StepTypes
+
+    async def run(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        produced = await loop.run_in_executor(processor_pool(), self.processor.run, inputs,
+                                              self.params)
+        self._check(produced, rows)
+        return produced
+
+    def _check(self, produced: Any, rows: int) -> None:
+        """A processor's result must hold every output the step maps, one row per request row."""
+        if not isinstance(produced, dict):
+            raise ServingError(f"processor {self.processor.name!r} returned "
+                               f"{type(produced).__name__}, not a dict of arrays")
+        for name in self.types.outputs or produced:
+            array = produced.get(name)
+            if not isinstance(array, np.ndarray):
+                raise ServingError(f"processor {self.processor.name!r} returned no array "
+                                   f"{name!r}")
+            if array.ndim == 0 or array.shape[0] != rows:
+                raise ServingError(f"processor {self.processor.name!r} returned {name!r} with "
+                                   f"shape {list(array.shape)} for {rows} row(s)")
+
+
+def processor_step(pipeline: str, step: StepConfig, source: ModelConfig) -> ProcessorStep:
+    """Resolve a processor step; bad params or a missing processor name the step."""
+    assert step.processor is not None
+    where = f"pipeline {pipeline!r}, step {step.name!r}"
+    try:
+        processor = resolve(step.processor)
+        params = step_params(step, source)
+        spec = processor.describe(params) if processor.describe is not None else None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    types = StepTypes(None, None) if spec is None else StepTypes(spec.inputs, spec.outputs)
+    return ProcessorStep(step.name, processor, params, types)

@@ -1,0 +1,91 @@
+"""Processors: the pre- and post-processing steps of pipelines, plain functions over numpy arrays.
+
+The contract every processor keeps:
+
+    fn(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, np.ndarray]
+
+It works on a whole batch (dim 0 = request rows; BYTES tensors are numpy object arrays of
+`bytes`) and raises `surge.errors.InputError` naming the input for bad data (HTTP 400, gRPC
+INVALID_ARGUMENT). A pipeline step names one by a built-in short name (`image.decode`,
+`labels.topk`, `detection.boxes`, `text.tokenize`: `<area>.<function>` of the modules below) or
+as a trusted `package.module:function`, like model factories.
+
+A processor may declare what it reads and writes with `@declares(describe)`: `describe(params)`
+returns its tensors' specs (and raises ConfigError for bad params), so a pipeline's dtypes and
+shapes are checked when it loads. An undeclared processor's tensors are checked at run time only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from surge.errors import ConfigError
+from surge.runtimes.base import TensorSpec
+
+ProcessorFn = Callable[[dict[str, np.ndarray], Mapping[str, Any]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ProcessorSpec:
+    """The tensors a processor reads and writes for given params; shapes include the batch dim."""
+
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
+
+
+Describe = Callable[[Mapping[str, Any]], ProcessorSpec]
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Built-in short names: `<area>.<function>` is `surge.processors.<module>:<function>`.
+AREAS = {"image": "images", "labels": "classification", "detection": "detection", "text": "text"}
+
+_DESCRIBED: dict[Callable[..., Any], Describe] = {}
+
+
+def declares(describe: Describe) -> Callable[[F], F]:
+    """Mark a processor with the function that tells its tensors' specs for given params."""
+
+    def mark(fn: F) -> F:
+        _DESCRIBED[fn] = describe
+        return fn
+
+    return mark
+
+
+@dataclass(frozen=True)
+class Processor:
+    """A resolved processor: its name as configured, the function, and its specs if declared."""
+
+    name: str
+    run: ProcessorFn
+    describe: Describe | None
+
+
+def target(name: str) -> str:
+    """`package.module:function` of a processor name (a built-in short name or a target)."""
+    if ":" in name:
+        return name
+    area, _, function = name.partition(".")
+    if area not in AREAS or not function.isidentifier():
+        known = ", ".join(f"{a}.*" for a in AREAS)
+        raise ConfigError(f"unknown processor {name!r}: use a built-in ({known}) or "
+                          "'package.module:function'")
+    return f"surge.processors.{AREAS[area]}:{function}"
+
+
+def resolve(name: str) -> Processor:
+    """Import the processor `name`; ConfigError when it cannot be found."""
+    module_name, _, attribute = target(name).partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"processor {name!r}: cannot import {module_name} ({exc})") from None
+    fn = getattr(module, attribute, None)
+    if not callable(fn):
+        raise ConfigError(f"processor {name!r}: {module_name} has no function {attribute!r}")
+    return Processor(name, fn, _DESCRIBED.get(fn))

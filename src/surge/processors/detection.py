@@ -1,0 +1,69 @@
+"""Detector outputs -> the boxes scoring at least the threshold, with label names (`detection.boxes`).
+
+Takes what a detector with its decoding inside answers (boxes FP32 [N, K, 4], scores FP32 [N, K],
+labels INT64 [N, K] class indices) and keeps, per row, the boxes whose score reaches
+`score_threshold` (the model config's `parameters.score_threshold` through `params_from`), best
+first. Rows keep the fixed width K so that they batch: `count` INT32 [N] says how many lead each
+row; the rest have score 0, box 0 and label b"".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from surge.errors import ConfigError, InputError
+from surge.processors import ProcessorSpec, declares
+from surge.runtimes.base import TensorSpec
+
+
+def _threshold(params: Mapping[str, Any]) -> float:
+    value = params.get("score_threshold")
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise ConfigError(f"params.score_threshold must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def describe_boxes(params: Mapping[str, Any]) -> ProcessorSpec:
+    _threshold(params)
+    return ProcessorSpec(
+        {"boxes": TensorSpec("boxes", "FP32", (-1, -1, 4)),
+         "scores": TensorSpec("scores", "FP32", (-1, -1)),
+         "labels": TensorSpec("labels", "INT64", (-1, -1))},
+        {"boxes": TensorSpec("boxes", "FP32", (-1, -1, 4)),
+         "scores": TensorSpec("scores", "FP32", (-1, -1)),
+         "labels": TensorSpec("labels", "BYTES", (-1, -1)),
+         "count": TensorSpec("count", "INT32", (-1,))})
+
+
+@declares(describe_boxes)
+def boxes(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Keep the boxes at or above the threshold, best first; name their classes."""
+    threshold = _threshold(params)
+    found, scores, classes = inputs["boxes"], inputs["scores"], inputs["labels"]
+    if found.ndim != 3 or found.shape[2] != 4 or scores.shape != found.shape[:2] \
+            or classes.shape != scores.shape:
+        raise InputError(f"inputs 'boxes' [N, K, 4], 'scores' and 'labels' [N, K] disagree: "
+                         f"{list(found.shape)}, {list(scores.shape)}, {list(classes.shape)}")
+    names = params.get("labels")
+    table = np.array([b""] + [str(n).encode() for n in names or []], dtype=object)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    sorted_scores = np.take_along_axis(scores, order, axis=1)
+    keep = sorted_scores >= threshold
+    sorted_classes = np.take_along_axis(classes, order, axis=1)
+    if names is None:
+        label_names = np.array([str(int(c)).encode() for c in sorted_classes.ravel()],
+                               dtype=object).reshape(sorted_classes.shape)
+    else:
+        # Index 0 of `table` is b"": an unknown class index reads as no name, never a crash.
+        index = np.where((sorted_classes >= 0) & (sorted_classes < len(names)), sorted_classes + 1, 0)
+        label_names = table[index]
+    return {
+        "boxes": np.where(keep[..., None], np.take_along_axis(found, order[..., None], axis=1),
+                          0).astype(np.float32),
+        "scores": np.where(keep, sorted_scores, 0).astype(np.float32),
+        "labels": np.where(keep, label_names, b""),
+        "count": keep.sum(axis=1).astype(np.int32),
+    }

@@ -1,0 +1,210 @@
+"""Image bytes -> a decoded, resized, normalised batch tensor (`image.decode`).
+
+Each request row is one JPEG or PNG file (V2 BYTES). JPEGs are decoded by libjpeg-turbo through
+simplejpeg, which also scales in the DCT domain (1/2, 1/4, 1/8) when the target is much smaller
+than the photo: a 12-megapixel photo for a 224x224 model decodes at an eighth of the pixels
+(benchmarks/pipelines.py measures it against Pillow). PNGs go through Pillow. The size is read
+from the header and checked before anything is decoded, so a small file cannot expand into a huge
+bitmap.
+
+params: size [H, W] (required); crop_fraction (1.0: the whole image scaled to cover H x W and
+center-cropped; 0.875: the ImageNet recipe, shorter side to 256 then a 224 crop); color rgb|gray;
+layout nchw|nhwc|hw (hw: gray only, [N, H, W]); dtype float32|uint8; scale (float32: 1/255),
+mean and std per channel; max_bytes (20 MiB) and max_pixels (40 M) per image; decoder
+simplejpeg|pillow (JPEGs only; for comparisons).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import simplejpeg
+from PIL import Image, UnidentifiedImageError
+
+from surge.errors import ConfigError, InputError
+from surge.processors import ProcessorSpec, declares
+from surge.runtimes.base import TensorSpec
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MAX_SIDE = 8192
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    """Validated params of `image.decode`."""
+
+    height: int
+    width: int
+    crop_fraction: float
+    gray: bool
+    layout: str
+    dtype: str
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    max_bytes: int
+    max_pixels: int
+    decoder: str
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.gray else 3
+
+
+def _choice(params: Mapping[str, Any], key: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = str(params.get(key, default)).lower()
+    if value not in allowed:
+        raise ConfigError(f"params.{key} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _positive(params: Mapping[str, Any], key: str, default: float, upper: float) -> float:
+    value = params.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= upper:
+        raise ConfigError(f"params.{key} must be a number in (0, {upper:g}], got {value!r}")
+    return float(value)
+
+
+def _per_channel(params: Mapping[str, Any], key: str, default: float, channels: int,
+                 ) -> tuple[float, ...]:
+    value = params.get(key, [default] * channels)
+    values = value if isinstance(value, list) else [value] * channels
+    if len(values) != channels or not all(isinstance(v, int | float) for v in values):
+        raise ConfigError(f"params.{key} must be {channels} number(s), got {value!r}")
+    if key == "std" and any(v == 0 for v in values):
+        raise ConfigError("params.std may not hold 0")
+    return tuple(float(v) for v in values)
+
+
+def decode_params(params: Mapping[str, Any]) -> DecodeParams:
+    """Check `image.decode`'s params; ConfigError names the bad one."""
+    size = params.get("size")
+    if not (isinstance(size, list) and len(size) == 2
+            and all(isinstance(d, int) and 0 < d <= MAX_SIDE for d in size)):
+        raise ConfigError(f"params.size must be [height, width] up to {MAX_SIDE}, got {size!r}")
+    gray = _choice(params, "color", "rgb", ("rgb", "gray")) == "gray"
+    layout = _choice(params, "layout", "nchw", ("nchw", "nhwc", "hw"))
+    if layout == "hw" and not gray:
+        raise ConfigError("params.layout hw is for color: gray")
+    dtype = _choice(params, "dtype", "float32", ("float32", "uint8"))
+    channels = 1 if gray else 3
+    return DecodeParams(
+        size[0], size[1], _positive(params, "crop_fraction", 1.0, 1.0), gray, layout, dtype,
+        _positive(params, "scale", 1 / 255 if dtype == "float32" else 1.0, 1e6),
+        _per_channel(params, "mean", 0.0, channels), _per_channel(params, "std", 1.0, channels),
+        int(_positive(params, "max_bytes", 20 * 2**20, 2**30)),
+        int(_positive(params, "max_pixels", 40e6, 1e9)),
+        _choice(params, "decoder", "simplejpeg", ("simplejpeg", "pillow")))
+
+
+def _output_shape(p: DecodeParams) -> list[int]:
+    if p.layout == "hw":
+        return [-1, p.height, p.width]
+    if p.layout == "nhwc":
+        return [-1, p.height, p.width, p.channels]
+    return [-1, p.channels, p.height, p.width]
+
+
+def describe_decode(params: Mapping[str, Any]) -> ProcessorSpec:
+    p = decode_params(params)
+    datatype = "FP32" if p.dtype == "float32" else "UINT8"
+    return ProcessorSpec({"image": TensorSpec("image", "BYTES", (-1,))},
+                         {"pixels": TensorSpec("pixels", datatype, tuple(_output_shape(p)))})
+
+
+@declares(describe_decode)
+def decode(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """BYTES [N] (or [N, 1]) of JPEG/PNG files -> `pixels` [N, C, H, W] (per params)."""
+    p = decode_params(params)
+    images = inputs["image"]
+    rows = images.shape[0] if images.ndim else 0
+    if images.dtype != object or images.size != rows:
+        raise InputError(f"input 'image' expects BYTES [-1] (one file per row), got "
+                         f"{list(images.shape)}")
+    batch = np.stack([_decode_one(images.reshape(-1)[i], i, p) for i in range(rows)])
+    return {"pixels": _normalise(batch, p)}
+
+
+def _decode_one(data: Any, row: int, p: DecodeParams) -> np.ndarray:
+    """One file -> uint8 [H, W, C]."""
+    where = f"input 'image' row {row}"
+    if not isinstance(data, bytes | bytearray | memoryview) or len(data) == 0:
+        raise InputError(f"{where} is empty")
+    data = bytes(data)
+    if len(data) > p.max_bytes:
+        raise InputError(f"{where} is {len(data)} bytes, over the limit of {p.max_bytes}")
+    if data.startswith(JPEG_MAGIC) and p.decoder == "simplejpeg":
+        return _decode_jpeg(data, where, p)
+    if data.startswith(PNG_MAGIC):
+        _check_pixels(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"),
+                      where, p)
+    elif not data.startswith(JPEG_MAGIC):
+        raise InputError(f"{where} is not a JPEG or PNG file (it starts with {data[:8]!r})")
+    return _decode_pillow(data, where, p)
+
+
+def _check_pixels(height: int, width: int, where: str, p: DecodeParams) -> None:
+    if height * width > p.max_pixels:
+        raise InputError(f"{where} is {width}x{height} pixels, over the limit of "
+                         f"{p.max_pixels} pixels")
+    if height < 1 or width < 1:
+        raise InputError(f"{where} has no pixels ({width}x{height})")
+
+
+def _scale(height: int, width: int, p: DecodeParams) -> float:
+    """The factor that makes the image cover the target before the center crop."""
+    return max(p.height / height, p.width / width) / p.crop_fraction
+
+
+def _decode_jpeg(data: bytes, where: str, p: DecodeParams) -> np.ndarray:
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        _check_pixels(height, width, where, p)
+        scale = _scale(height, width, p)
+        pixels = simplejpeg.decode_jpeg(
+            data, colorspace="GRAY" if p.gray else "RGB", fastdct=False, fastupsample=False,
+            min_height=math.ceil(height * scale), min_width=math.ceil(width * scale))
+    except ValueError as exc:
+        raise InputError(f"{where} is not a valid JPEG ({exc})") from None
+    return _resize(Image.fromarray(pixels[..., 0] if p.gray else pixels), p)
+
+
+def _decode_pillow(data: bytes, where: str, p: DecodeParams) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            _check_pixels(image.height, image.width, where, p)
+            converted = image.convert("L" if p.gray else "RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{where} is not a valid image ({exc})") from None
+    return _resize(converted, p)
+
+
+def _resize(image: Image.Image, p: DecodeParams) -> np.ndarray:
+    """Scale to cover H x W, center-crop; one Pillow call (antialiased bilinear) on the crop box."""
+    if image.size != (p.width, p.height) or p.crop_fraction != 1.0:
+        scale = _scale(image.height, image.width, p)
+        box_w, box_h = p.width / scale, p.height / scale
+        left, top = (image.width - box_w) / 2, (image.height - box_h) / 2
+        image = image.resize((p.width, p.height), Image.Resampling.BILINEAR,
+                             box=(left, top, left + box_w, top + box_h))
+    array = np.asarray(image)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _normalise(batch: np.ndarray, p: DecodeParams) -> np.ndarray:
+    """uint8 [N, H, W, C] -> the configured dtype and layout."""
+    if p.dtype == "float32":
+        mean = np.asarray(p.mean, np.float32)
+        std = np.asarray(p.std, np.float32)
+        batch = (batch.astype(np.float32) * np.float32(p.scale) - mean) / std
+    if p.layout == "hw":
+        return np.ascontiguousarray(batch[..., 0])
+    if p.layout == "nchw":
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+    return batch

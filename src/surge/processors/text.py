@@ -1,0 +1,166 @@
+"""Text processors: UTF-8 strings (V2 BYTES) -> token ids, with the model's own tokenizer files.
+
+    tokenize({"text": np.array([b"a sentence", ...], dtype=object)},
+             {"tokenizer": "minilm/tokenizer.json", "max_length": 256})
+    -> {"input_ids": INT64 [N, L], "attention_mask": INT64 [N, L], "token_type_ids": INT64 [N, L]}
+
+L is the longest row of the batch after truncation to `max_length`: a batch of short sentences
+costs the model short sequences. Pooling is not a processor: the served sentence encoders pool
+and normalise inside their ONNX graph (`surge.zoo.minilm`), so one model call returns the final
+vector and `surge optimize` quantizes the whole computation.
+
+Parameters (`params` of the pipeline step):
+
+- `tokenizer` (required): a `tokenizer.json` (Hugging Face `tokenizers` format), a directory
+  holding one (a relative path starts from `root`), or a trusted `package.module:function`
+  returning such a path (`surge.zoo.minilm:tokenizer_file`: the files the model's package ships,
+  wherever it is installed).
+- `root` (default: the current directory): where relative tokenizer paths start.
+- `max_length` (256): tokens per row, special tokens included; longer texts are truncated.
+- `input` (`text`): the BYTES input to read.
+- `outputs` (all three): which of `input_ids`, `attention_mask`, `token_type_ids` to return.
+
+The input is BYTES [-1, 1] (one text per row, as Triton clients send strings); every output is
+INT64 [-1, -1].
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from surge.errors import ConfigError, InputError
+from surge.processors import ProcessorSpec, declares
+from surge.runtimes.base import TensorSpec
+
+TOKENIZER_FILE = "tokenizer.json"
+DEFAULT_MAX_LENGTH = 256
+MAX_LENGTH_LIMIT = 8192
+TOKEN_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# A row longer than this is refused before tokenizing: the tokenizer's cost grows with the text,
+# while truncation keeps only the first `max_length` tokens anyway.
+MAX_TEXT_BYTES = 1 << 20
+
+_lock = threading.Lock()
+
+
+def describe_tokenize(params: Mapping[str, Any]) -> ProcessorSpec:
+    """What `tokenize` reads and writes; bad params (a missing tokenizer file) fail here, when
+    the pipeline loads, rather than on its first request."""
+    name = str(params.get("input", "text"))
+    load_tokenizer(str(tokenizer_path(params)), max_length(params))
+    return ProcessorSpec({name: TensorSpec(name, "BYTES", (-1, 1))},
+                         {key: TensorSpec(key, "INT64", (-1, -1)) for key in _outputs(params)})
+
+
+@declares(describe_tokenize)
+def tokenize(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A batch of UTF-8 texts -> INT64 token ids, attention mask and token type ids."""
+    name = str(params.get("input", "text"))
+    texts = decode_texts(inputs, name)
+    wanted = _outputs(params)
+    tokenizer = load_tokenizer(str(tokenizer_path(params)), max_length(params))
+    encodings = tokenizer.encode_batch(texts)
+    columns = {"input_ids": "ids", "attention_mask": "attention_mask",
+               "token_type_ids": "type_ids"}
+    return {key: np.array([getattr(e, columns[key]) for e in encodings], dtype=np.int64)
+            for key in wanted}
+
+
+def decode_texts(inputs: Mapping[str, np.ndarray], name: str) -> list[str]:
+    """The rows of BYTES input `name` as str; empty, oversized or non-UTF-8 rows are refused
+    with an InputError naming the input and the row."""
+    if name not in inputs:
+        raise InputError(f"input {name!r} is missing (got {', '.join(sorted(inputs)) or 'none'})")
+    array = np.asarray(inputs[name])
+    if array.dtype != object and array.dtype.kind not in "SU":
+        raise InputError(f"input {name!r} expects BYTES (UTF-8 text), got {array.dtype}")
+    rows = array.reshape(len(array), -1) if array.ndim else array.reshape(1, 1)
+    if rows.shape[1] != 1:
+        raise InputError(f"input {name!r} expects one text per row, got shape {list(array.shape)}")
+    return [_decode_row(name, i, value) for i, value in enumerate(rows[:, 0])]
+
+
+def _decode_row(name: str, row: int, value: Any) -> str:
+    if isinstance(value, str):
+        raw = value.encode("utf-8")
+    elif isinstance(value, bytes | bytearray | memoryview | np.bytes_):
+        raw = bytes(value)
+    else:
+        raise InputError(f"input {name!r} row {row}: expected bytes, got {type(value).__name__}")
+    if len(raw) > MAX_TEXT_BYTES:
+        raise InputError(f"input {name!r} row {row}: {len(raw)} bytes of text, more than the "
+                         f"{MAX_TEXT_BYTES} allowed")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"input {name!r} row {row}: not valid UTF-8 (byte {exc.start})") from None
+    if not text.strip():
+        raise InputError(f"input {name!r} row {row}: empty text")
+    return text
+
+
+def max_length(params: Mapping[str, Any]) -> int:
+    value = params.get("max_length", DEFAULT_MAX_LENGTH)
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_LENGTH_LIMIT:
+        raise ConfigError(f"text.tokenize: max_length must be an integer in [2, "
+                          f"{MAX_LENGTH_LIMIT}], got {value!r}")
+    return value
+
+
+def _outputs(params: Mapping[str, Any]) -> Sequence[str]:
+    wanted = params.get("outputs", TOKEN_OUTPUTS)
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    unknown = [w for w in wanted if w not in TOKEN_OUTPUTS]
+    if unknown or not wanted:
+        raise ConfigError(f"text.tokenize: outputs must be some of {', '.join(TOKEN_OUTPUTS)}, "
+                          f"got {wanted!r}")
+    return list(wanted)
+
+
+def tokenizer_path(params: Mapping[str, Any]) -> Path:
+    """The tokenizer.json `params` name (a file, or a directory holding one)."""
+    given = params.get("tokenizer")
+    if not given:
+        raise ConfigError("text.tokenize: params.tokenizer must name a tokenizer.json or its "
+                          "directory")
+    if ":" in str(given) and not Path(str(given)).exists():
+        from surge.tasks.registry import import_object
+
+        given = import_object(str(given), "text.tokenize: tokenizer")()
+    path = Path(str(given))
+    if not path.is_absolute():
+        path = Path(str(params.get("root", "."))) / path
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise ConfigError(f"text.tokenize: tokenizer file {str(path)!r} not found")
+    return path
+
+
+@lru_cache(maxsize=16)
+def load_tokenizer(path: str, length: int) -> Any:
+    """The tokenizer in `path`, truncating to `length` and padding to each batch's longest row.
+
+    Cached per (file, length): a pipeline tokenizes every batch with the same one, and its
+    padding and truncation settings are fixed here, never changed on a shared object.
+    """
+    from tokenizers import Tokenizer
+
+    with _lock:
+        try:
+            tokenizer = Tokenizer.from_file(path)
+        except Exception as exc:  # the library raises a bare Exception for a malformed file
+            raise ConfigError(f"text.tokenize: {path}: not a tokenizers file ({exc})") from None
+        padding = tokenizer.padding or {}
+        tokenizer.enable_truncation(max_length=length)
+        tokenizer.enable_padding(pad_id=padding.get("pad_id", 0),
+                                 pad_token=padding.get("pad_token", "[PAD]"),
+                                 pad_type_id=padding.get("pad_type_id", 0))
+    return tokenizer

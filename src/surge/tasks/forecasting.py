@@ -1,0 +1,98 @@
+"""Regression and forecasting: real-valued outputs scored by MAE, RMSE and MAPE.
+
+Headlines grow with quality, as the accuracy budget of `surge tune` assumes: they are the
+negated errors (MAE and RMSE in the target's units, MAPE in percent), so a budget of 1.0 lets
+MAE grow by one unit or MAPE by one point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from surge.evaluate.metrics import MetricError
+from surge.tasks.base import EVAL_BATCH, Decoder, LossFn, Task, TrainMetric
+from surge.tasks.data import EvalDataset, Split
+from surge.tasks.tabular import publish_columns
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from surge.train.config import TrainConfig
+    from surge.train.publish import Published
+
+
+@dataclass(frozen=True)
+class RegressionReport:
+    count: int
+    mae: float
+    rmse: float
+    mape: float
+    """Mean |error| / |target| as a fraction, over the targets that are not zero."""
+
+
+def regression_report(targets: np.ndarray, predictions: np.ndarray) -> RegressionReport:
+    targets = np.asarray(targets, dtype=np.float64).reshape(-1)
+    predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    if len(targets) != len(predictions):
+        raise MetricError(f"{len(predictions)} predictions for {len(targets)} targets")
+    if not len(targets):
+        raise MetricError("no targets to score")
+    error = predictions - targets
+    nonzero = targets != 0
+    if not nonzero.any():
+        raise MetricError("MAPE is undefined: every target is zero")
+    return RegressionReport(len(targets), float(np.abs(error).mean()),
+                            float(np.sqrt((error ** 2).mean())),
+                            float(np.abs(error[nonzero] / targets[nonzero]).mean()))
+
+
+class Regression(Task):
+    """Outputs [N] or [N, H] scored against targets of the same size."""
+
+    name = "regression"
+    metrics: ClassVar[dict[str, str]] = {"mae": "mae", "rmse": "rmse", "mape": "mape"}
+    train_metric = TrainMetric(record="val_mae", published="val_mae", label="MAE",
+                               higher_is_better=False)
+
+    def score(self, dataset: EvalDataset, outputs: Mapping[str, np.ndarray], output: str,
+              reference: np.ndarray | None, decoder: Decoder | None) -> RegressionReport:
+        if dataset.labels is None:
+            raise MetricError(f"dataset {dataset.name!r} has no targets to score {self.name}")
+        return regression_report(dataset.labels, outputs[output])
+
+    def headline(self, report: Any, metric: str) -> float:
+        value = float(getattr(report, self.metrics[metric]))
+        return -100.0 * value if metric == "mape" else -value
+
+    def loss(self, model: nn.Module, label_smoothing: float) -> LossFn:
+        from torch.nn import functional
+
+        return lambda outputs, targets: functional.mse_loss(
+            outputs.reshape(-1).float(), targets.reshape(-1).float())
+
+    def validation_metric(self, model: nn.Module, split: Split, device: torch.device) -> float:
+        import torch
+
+        total = 0.0
+        with torch.inference_mode():
+            for start in range(0, len(split), EVAL_BATCH):
+                out = model(split.inputs[start:start + EVAL_BATCH].to(device)).float().cpu()
+                targets = split.labels[start:start + EVAL_BATCH].float()
+                total += float((out.reshape(-1) - targets.reshape(-1)).abs().sum())
+        return total / split.labels.numel()
+
+    def publish(self, model: nn.Module, config: TrainConfig, metrics: dict[str, Any],
+                example: torch.Tensor) -> Published:
+        return publish_columns(model, config, metrics, example, probability=False)
+
+
+class Forecasting(Regression):
+    """Regression whose inputs are a window of a series' past and whose targets are its next
+    value(s): the same errors, a name of its own so recipes and reports say what they are."""
+
+    name = "forecasting"

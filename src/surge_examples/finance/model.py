@@ -1,0 +1,39 @@
+"""The neural finance models: a small MLP for tabular risk and a price forecaster."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def tabular_mlp(features: int = 12, hidden: int = 64, depth: int = 2) -> nn.Module:
+    """Feature rows [N, features] -> one logit [N, 1]. The first BatchNorm standardises the raw
+    columns with statistics learnt in training, so clients send values as they are."""
+    layers: list[nn.Module] = [nn.BatchNorm1d(features)]
+    width = features
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
+class PriceForecaster(nn.Module):
+    """Past prices [N, window] in dollars -> next price [N, 1] in dollars. The network sees
+    log prices relative to the last one and predicts the next log return, so one model serves
+    a $20 stock and a $600 one alike."""
+
+    def __init__(self, window: int = 12, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(window, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.net[-1].weight)  # start at the naive forecast: next = last
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, prices: torch.Tensor) -> torch.Tensor:
+        last = prices[:, -1:]
+        relative = torch.log(prices.clamp_min(1e-6) / last.clamp_min(1e-6))
+        return last * torch.exp(self.net(relative))
+
+
+def price_forecaster(window: int = 12, hidden: int = 32) -> nn.Module:
+    return PriceForecaster(window, hidden)

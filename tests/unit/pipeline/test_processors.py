@@ -1,0 +1,168 @@
+"""Built-in processors on small and bad inputs: bad data is an InputError naming the input."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+import simplejpeg
+from PIL import Image
+
+from surge.errors import ConfigError, InputError
+from surge.processors import resolve, target
+
+RNG = np.random.default_rng(0)
+
+
+def jpeg(height: int = 60, width: int = 80, quality: int = 95) -> bytes:
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:, : width // 2] = (250, 10, 10)  # left half red, right half blue
+    pixels[:, width // 2:] = (10, 10, 250)
+    return bytes(simplejpeg.encode_jpeg(pixels, quality=quality))
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def decode(*files: Any, **params: Any) -> np.ndarray:
+    params = {"size": [8, 8], **params}
+    result = resolve("image.decode").run({"image": np.array(files, dtype=object)}, params)
+    return result["pixels"]
+
+
+def test_short_names_map_to_the_builtin_modules() -> None:
+    assert target("image.decode") == "surge.processors.images:decode"
+    assert target("text.tokenize") == "surge.processors.text:tokenize"
+    assert target("pkg.mod:fn") == "pkg.mod:fn"
+    with pytest.raises(ConfigError, match="unknown processor 'audio.decode'"):
+        target("audio.decode")
+    with pytest.raises(ConfigError, match="has no function 'nope'"):
+        resolve("image.nope")
+    with pytest.raises(ConfigError, match="cannot import"):
+        resolve("no_such_package.mod:fn")
+
+
+def test_jpeg_and_png_decode_to_the_same_normalised_batch() -> None:
+    pixels = np.zeros((60, 80, 3), np.uint8)
+    pixels[:, :40] = (250, 10, 10)
+    pixels[:, 40:] = (10, 10, 250)
+    out = decode(jpeg(), png(pixels), size=[6, 8], mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+    assert out.shape == (2, 3, 6, 8)
+    assert out.dtype == np.float32
+    red = out[:, 0]
+    assert red[:, :, :3].mean() > 0.9 and red[:, :, 5:].mean() < -0.9  # (x/255 - .5) / .5
+    # JPEG's chroma subsampling blurs the edge between the halves: compare away from it.
+    np.testing.assert_allclose(out[0][..., :3], out[1][..., :3], atol=0.05)
+    np.testing.assert_allclose(out[0][..., 5:], out[1][..., 5:], atol=0.05)
+
+
+def test_a_crop_keeps_the_center_and_gray_hw_is_uint8_for_detectors() -> None:
+    gray = np.tile(np.arange(16, dtype=np.uint8) * 16, (16, 1))
+    out = decode(png(gray), size=[4, 4], crop_fraction=0.5, color="gray", layout="hw",
+                 dtype="uint8")
+    assert out.shape == (1, 4, 4) and out.dtype == np.uint8
+    assert 64 <= out.min() and out.max() <= 192  # only the middle half of the ramp
+    same = decode(png(gray), size=[16, 16], color="gray", layout="nhwc", dtype="uint8")
+    np.testing.assert_array_equal(same[0, :, :, 0], gray)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"", "row 0 is empty"),
+    (b"GIF89a....", r"row 0 is not a JPEG or PNG file \(it starts with b'GIF89a"),
+    (jpeg()[:200], "row 0 is not a valid JPEG"),
+    (b"\xff\xd8\xff" + b"\x00" * 100, "row 0 is not a valid JPEG"),
+    (png(np.zeros((4, 4), np.uint8))[:40], "row 0 is not a valid image"),
+])
+def test_bad_files_name_the_input_and_row(data: bytes, message: str) -> None:
+    with pytest.raises(InputError, match=f"input 'image' {message}"):
+        decode(data)
+
+
+def test_a_50_mb_image_is_refused_before_decoding() -> None:
+    huge = jpeg() + bytes(50 * 2**20)
+    with pytest.raises(InputError, match=r"input 'image' row 1 is 524\d{5} bytes, over the limit "
+                                         r"of 20971520"):
+        decode(jpeg(), huge)
+
+
+def test_the_pixel_cap_reads_the_header_so_a_small_file_cannot_expand() -> None:
+    header = png(np.zeros((2, 2), np.uint8))
+    # The IHDR chunk claims 30000 x 30000 pixels; nothing is decoded.
+    bomb = header[:16] + (30000).to_bytes(4, "big") * 2 + header[24:]
+    with pytest.raises(InputError, match="30000x30000 pixels, over the limit of 40000000"):
+        decode(bomb)
+    with pytest.raises(InputError, match="80x60 pixels, over the limit of 1000"):
+        decode(jpeg(), max_pixels=1000)
+
+
+def test_pillow_decodes_jpegs_when_asked() -> None:
+    np.testing.assert_allclose(decode(jpeg(), decoder="pillow"), decode(jpeg()), atol=0.08)
+
+
+def test_non_bytes_rows_are_refused() -> None:
+    with pytest.raises(InputError, match="expects BYTES"):
+        resolve("image.decode").run({"image": np.zeros((2, 3), np.float32)}, {"size": [8, 8]})
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({}, "params.size must be"),
+    ({"size": [8, 8], "layout": "hw"}, "layout hw is for color: gray"),
+    ({"size": [8, 8], "mean": [1, 2]}, "params.mean must be 3 number"),
+    ({"size": [8, 8], "std": [1, 0, 1]}, "params.std may not hold 0"),
+    ({"size": [8, 8], "crop_fraction": 2}, r"params.crop_fraction must be a number in \(0, 1\]"),
+])
+def test_bad_decode_params_are_config_errors(params: dict[str, Any], message: str) -> None:
+    describe = resolve("image.decode").describe
+    assert describe is not None
+    with pytest.raises(ConfigError, match=message):
+        describe(params)
+
+
+def test_topk_names_the_best_classes_with_probabilities() -> None:
+    logits = np.array([[0.0, 3.0, 1.0, 2.0], [5.0, 0.0, 0.0, 0.0]], np.float32)
+    out = resolve("labels.topk").run({"logits": logits}, {"k": 2, "labels": ["a", "b", "c", "d"]})
+    assert out["labels"].tolist() == [[b"b", b"d"], [b"a", b"b"]]
+    assert out["scores"].shape == (2, 2)
+    assert out["scores"][0, 0] == pytest.approx(np.exp(3) / np.exp([0, 3, 1, 2]).sum())
+    raw = resolve("labels.topk").run({"logits": logits}, {"k": 1, "softmax": False})
+    assert raw["labels"].tolist() == [[b"1"], [b"0"]] and raw["scores"].ravel().tolist() == [3, 5]
+
+
+def test_topk_declares_its_class_count_so_a_label_mismatch_fails_at_load() -> None:
+    describe = resolve("labels.topk").describe
+    assert describe is not None
+    assert describe({"k": 2, "labels": ["a", "b", "c"]}).inputs["logits"].shape == (-1, 3)
+    with pytest.raises(ConfigError, match="at least k=5"):
+        describe({"labels": ["a"]})
+    with pytest.raises(InputError, match="expects .N, C. with C >= 5"):
+        resolve("labels.topk").run({"logits": np.zeros((1, 3), np.float32)}, {})
+
+
+def test_detection_keeps_the_boxes_at_or_above_the_threshold_with_names() -> None:
+    boxes = RNG.random((2, 3, 4), dtype=np.float32)
+    scores = np.array([[0.2, 0.9, 0.375], [0.1, 0.0, 0.3]], np.float32)
+    labels = np.array([[0, 1, 2], [1, 1, 7]], np.int64)
+    out = resolve("detection.boxes").run(
+        {"boxes": boxes, "scores": scores, "labels": labels},
+        {"score_threshold": 0.375, "labels": ["shirt", "shoe", "bag"]})
+    assert out["count"].tolist() == [2, 0]
+    assert out["labels"].tolist() == [[b"shoe", b"bag", b""], [b"", b"", b""]]
+    assert out["scores"][0].tolist() == pytest.approx([0.9, 0.375, 0.0])
+    np.testing.assert_array_equal(out["boxes"][0, 0], boxes[0, 1])
+    assert not out["boxes"][1].any()
+
+
+def test_detection_needs_a_threshold_and_matching_shapes() -> None:
+    describe = resolve("detection.boxes").describe
+    assert describe is not None
+    with pytest.raises(ConfigError, match="score_threshold must be a number"):
+        describe({})
+    with pytest.raises(InputError, match="disagree"):
+        resolve("detection.boxes").run(
+            {"boxes": np.zeros((1, 3, 4), np.float32), "scores": np.zeros((1, 2), np.float32),
+             "labels": np.zeros((1, 3), np.int64)}, {"score_threshold": 0.5})

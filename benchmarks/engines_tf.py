@@ -187,7 +187,7 @@ def items_per_second(serve: Any, shape: tuple[int, ...], batch: int, seconds: fl
 
 def answer(serve: Any, shape: tuple[int, ...], requests: TextIO,
            reply: Callable[[dict[str, Any]], None]) -> None:
-    for line in requests:
+    for line in filter(str.strip, requests):
         request = json.loads(line)
         rate = items_per_second(serve, shape, int(request["batch"]), float(request["seconds"]))
         reply({"items_per_s": rate})
@@ -216,6 +216,7 @@ def main() -> None:
     with np.load(args.weights) as w, np.load(args.samples) as s:
         weights, image, calibration = dict(w), s["image"], s["calibration"]
     shape = tuple(image.shape[1:])
+    args.out.mkdir(parents=True, exist_ok=True)
     model = build(args.arch, weights, shape, args.mean, args.std)
     serve = serving_function(model, shape)
     np.save(args.out / "reference.npy", serve(image)["logits"].numpy())

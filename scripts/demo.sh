@@ -32,7 +32,7 @@ for _ in $(seq 120); do
   kill -0 $SERVER 2>/dev/null || { cat "$WORK/serve.log"; exit 1; }
   sleep 0.5
 done
-$SURGE bench "http://127.0.0.1:$HTTP" --model fashion --concurrency 1,16,64 --duration 8s \
+$SURGE bench "http://127.0.0.1:$HTTP" --model fashion --data fashion-mnist --concurrency 1,16,64 --duration 8s \
   --json "$WORK/bench.json"
 kill -TERM $SERVER && wait $SERVER || true
 trap - EXIT

@@ -33,10 +33,16 @@ def main() -> None:
     parser.add_argument("files", type=Path, nargs="+", help="JPEG or PNG files")
     parser.add_argument("--url", default="127.0.0.1:8000", help="server HTTP host:port")
     parser.add_argument("--model", default="imagenet")
+    parser.add_argument("--batch", type=int, default=8, help="files per request")
     parser.add_argument("--json", type=Path, help="also save {file: [[label, score], ...]} here")
     args = parser.parse_args()
 
-    labels, scores = classify(args.url, args.model, [f.read_bytes() for f in args.files])
+    # A few files per request: the pipeline takes at most its max_batch_size rows at once.
+    files = [f.read_bytes() for f in args.files]
+    chunks = [classify(args.url, args.model, files[i:i + args.batch])
+              for i in range(0, len(files), args.batch)]
+    labels = np.concatenate([c[0] for c in chunks])
+    scores = np.concatenate([c[1] for c in chunks])
     answers = {}
     for path, names, probs in zip(args.files, labels, scores, strict=True):
         answers[path.name] = [[n, float(p)] for n, p in zip(names, probs, strict=True)]

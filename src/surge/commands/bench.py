@@ -67,6 +67,9 @@ def bench(
                                                 help="Bearer token.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] =
         None,
+    data: Annotated[str | None, typer.Option(
+        help="Registered dataset whose evaluation rows make the request payloads "
+             "(e.g. fashion-mnist); default: random inputs.")] = None,
 ) -> None:
     """Closed loop at each concurrency (or open loop at --rate): throughput, latency, errors."""
     from surge.bench import PROTOCOLS, run_bench
@@ -87,7 +90,8 @@ def bench(
             bar.update(tasks[level], completed=done, sent=sent, errors=errors)
 
         report = run_bench(url, model, levels, seconds, protocol, arrivals, poisson=poisson,
-                           batch_size=batch_size, api_key=api_key, progress=progress)
+                           batch_size=batch_size, api_key=api_key, progress=progress,
+                           dataset=data)
     mode = f"open loop {arrivals:g}/s" if arrivals else "closed loop"
     table = Table(title=f"{model} over {protocol} ({mode}, batch {batch_size})")
     for column in ("c", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "ok",

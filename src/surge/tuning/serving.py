@@ -121,6 +121,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def _payload_dataset(model_dir: Path) -> str | None:
+    """The dataset the model's config names (`parameters.dataset`): requests carry its rows,
+    so a served measurement computes on real inputs rather than random ones."""
+    dataset = read_config(model_dir / CONFIG_FILE).parameters.get("dataset")
+    return str(dataset) if dataset else None
+
+
 @dataclass(frozen=True)
 class ServedResult:
     """One real measurement and what it cost."""
@@ -142,7 +149,8 @@ def measure_served(
         stage = stage_model(model_dir, candidate, slo_p99_ms, Path(tmp))
         with serving(stage, model_dir.name) as server:
             report = run_bench(server.url, model_dir.name, load.concurrency or 1, duration_s,
-                               protocol, rate=load.rate, warmup_s=warmup_s)
+                               protocol, rate=load.rate, warmup_s=warmup_s,
+                               dataset=_payload_dataset(model_dir))
     run = report.runs[0]
     errors = sum(run.errors.values())
     measurement = Measurement(run.throughput, run.p99_ms, rung=rung, errors=errors,

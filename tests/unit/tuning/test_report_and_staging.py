@@ -12,7 +12,7 @@ from surge.errors import NotFoundError
 from surge.report import pareto_front, render_report
 from surge.repository import Repository
 from surge.tuning.serving import stage_model
-from surge.tuning.space import ORIGINAL, Candidate
+from surge.tuning.space import ORIGINAL, Candidate, Load
 from tests.unit.tiny_models import make_repo
 
 
@@ -103,3 +103,31 @@ def test_stage_model_serves_the_candidate_and_leaves_the_original(tmp_path: Path
     assert (stage / "tiny" / "1" / "model.onnx").stat().st_ino == \
         (model_dir / "1" / "model.onnx").stat().st_ino
     assert Repository(repo).config("tiny").max_batch_size == 8
+
+
+def test_served_measurements_send_rows_of_the_dataset_the_config_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tuning measures the served model on its own data, not random inputs."""
+    import contextlib
+
+    import surge.bench
+    from surge.tuning import serving as serving_module
+
+    repo = make_repo(tmp_path / "repo",
+                     config="name: tiny\nparameters: {task: classification, dataset: toy}\n")
+    seen: dict[str, object] = {}
+
+    def fake_bench(url: str, model: str, *args: object, **kwargs: object) -> object:
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    @contextlib.contextmanager
+    def fake_serving(stage: Path, name: str):  # type: ignore[no-untyped-def]
+        yield serving_module.RunningServer("http://127.0.0.1:1", None, 0.0)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(surge.bench, "run_bench", fake_bench)
+    monkeypatch.setattr(serving_module, "serving", fake_serving)
+    with pytest.raises(RuntimeError, match="stop here"):
+        serving_module.measure_served(repo / "tiny", Candidate("original", 4, 1.0, 1, 1),
+                                      Load(concurrency=2), 1.0)
+    assert seen["dataset"] == "toy"

@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from surge.convert import convert, find_source
+from surge.convert.pipeline import RELATIVE_TOLERANCE
 from surge.convert.toolchains import interpreter
 from surge.optimize import Int8StaticConfig, ModelSource, Tolerance, apply
 from surge.platform import available_cores
@@ -249,6 +250,15 @@ class Measured:
     candidates: list[Candidate]
 
 
+def check_same_function(onnx: np.ndarray, reference: np.ndarray) -> None:
+    """The figures compare engines only if they run one function: stop if the Keras copy of the
+    network and the ONNX file disagree beyond fp32 reordering (the tolerance `surge convert` uses)."""
+    error, scale = max_abs(onnx, reference), float(np.abs(reference).max())
+    if error > RELATIVE_TOLERANCE * max(scale, 1.0):
+        raise SystemExit(f"the Keras network differs from the ONNX file: max abs {error:.3g} "
+                         f"(largest output {scale:.3g}); its weights were not copied right")
+
+
 def load_runners(cands: list[Candidate]) -> dict[tuple[str, str], Runner]:
     options = RunnerOptions(intra_op_threads=available_cores())  # every engine on the same threads
     return {(c.precision, c.engine): load_runner(c.path, options, c.engine if c.engine in ONNX_ENGINES
@@ -270,6 +280,7 @@ def measure(name: str, rounds: int, seconds: float, work: Path) -> Measured:
     samples = {"image": source.samples["image"][:PARITY_ROWS]}
     reference = np.load(tf.files["reference"])
     logits = {key: runner.run(samples)["logits"] for key, runner in runners.items()}
+    check_same_function(logits[("fp32", "onnxruntime")], reference)
     result: dict[str, Any] = {
         "model": name, "threads": available_cores(), "in_process": rows,
         "tf_reference_max_abs": float(np.abs(reference).max()),

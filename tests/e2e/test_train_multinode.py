@@ -1,6 +1,5 @@
 """`surge train` as two nodes: two separate `surge train --nnodes 2` processes meeting at a
-loopback rendezvous train the same weights as one node with the same global batch, and a rank
-that dies on one node restarts both from the last checkpoint (`--max-restarts`)."""
+loopback rendezvous train the same weights as one node with the same global batch."""
 
 from __future__ import annotations
 
@@ -50,7 +49,8 @@ def test_two_nodes_train_what_one_node_trains_with_the_same_global_batch(
     one = write_recipe(tmp_path / "one", epochs=2, parallelism="ddp")
     two = write_recipe(tmp_path / "two", epochs=2, parallelism="ddp")
     single = surge_train(one, "--nproc", "2")  # 2 ranks x batch 16 on one node
-    assert single.wait(240) == 0, single.communicate()[0][-4000:]
+    output = single.communicate(timeout=240)[0]
+    assert single.returncode == 0, output[-4000:]
     two_nodes(two)  # 1 rank x batch 16 on each of two nodes
     expected, got = final_weights(tmp_path / "one" / "run"), final_weights(tmp_path / "two" / "run")
     assert expected.keys() == got.keys()
@@ -59,22 +59,3 @@ def test_two_nodes_train_what_one_node_trains_with_the_same_global_batch(
     records = [json.loads(line) for line in
                (tmp_path / "two" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
-
-
-def test_a_rank_killed_on_one_node_restarts_both_from_the_last_checkpoint(
-        tmp_path: Path) -> None:
-    # 128 samples / (2 ranks x 16) = 4 steps per epoch; checkpoint after epochs 2 and 4; the
-    # rank on the second node dies in its 14th step (epoch 4), after epoch 3 was logged.
-    config = write_recipe(
-        tmp_path, epochs=4, parallelism="ddp",
-        checkpoint={"dir": str(tmp_path / "run" / "ckpt"), "interval": 2},
-        model={"builder": "tests.unit.train.tiny:crashing_mlp",
-               "kwargs": {"crash_rank": 1, "crash_at_call": 14},
-               "input_name": "x", "output_name": "y", "input_shape": [8]},
-    )
-    two_nodes(config, "--max-restarts", "1")
-    records = [json.loads(line)
-               for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["epoch"], r["attempt"], r["resumed_from"]) for r in records] == [
-        (1, 0, 0), (2, 0, 0), (3, 1, 2), (4, 1, 2)]
-    assert json.loads((tmp_path / "run" / "ckpt" / "latest.json").read_text())["epoch"] == 4

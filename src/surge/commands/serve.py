@@ -12,6 +12,8 @@ from surge.commands import console
 from surge.errors import SurgeError
 
 if TYPE_CHECKING:
+    from surge.server.limits import ConnectionLimits
+    from surge.server.process import Endpoints, ServeOptions
     from surge.server.production import ProductionOptions
 
 
@@ -61,6 +63,29 @@ def _tracing(exporter: str | None) -> object:
     return tracer_provider(exporter)
 
 
+# The production options (docs/production.md), named once here to keep serve() short.
+TlsCert = Annotated[Path | None, typer.Option(help="PEM certificate chain: HTTPS and gRPC over "
+                                              "TLS on every port.")]
+TlsKey = Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")]
+TlsCa = Annotated[Path | None, typer.Option(help="PEM CA bundle: require client certificates it "
+                                            "signed (mutual TLS).")]
+KeysFile = Annotated[Path | None, typer.Option(help="Keys with scopes, one 'KEY read|infer|admin' "
+                                               "per line.", envvar="SURGE_API_KEYS_FILE")]
+MetricsAuth = Annotated[bool, typer.Option(help="With keys, the metrics port asks for one "
+                                           "(scope read).")]
+AccessLogPath = Annotated[str | None, typer.Option(help="JSON-lines access log: a file, or - for "
+                                                   "standard output.")]
+AccessLogSample = Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of successful "
+                                                "requests logged (failures always are).")]
+Tracing = Annotated[str | None, typer.Option(help="OpenTelemetry spans to 'otlp' "
+                                             "(OTEL_EXPORTER_OTLP_*) or 'console'.")]
+ModelControlMode = Annotated[str | None, typer.Option(help="explicit (load/unload API) or poll "
+                                                      "(follow the repository; API refused).")]
+PollInterval = Annotated[float | None, typer.Option(min=0.05, help="Seconds between repository "
+                                                    "polls (implies --model-control poll; "
+                                                    "default 5).")]
+
+
 def serve(
     repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
     http_port: Annotated[int, typer.Option(min=0, max=65535, help="V2 HTTP port.")] = 8000,
@@ -92,36 +117,22 @@ def serve(
         "token comes from RAY_AUTH_TOKEN.", envvar="SURGE_RAY_ADDRESS")] = None,
     reuse_port: Annotated[bool, typer.Option(
         help="Share the ports with other front ends on this machine (SO_REUSEPORT).")] = False,
-    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain: HTTPS and gRPC "
-                                                  "over TLS on every port.")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
-    tls_ca: Annotated[Path | None, typer.Option(help="PEM CA bundle: require client "
-                                                "certificates it signed (mutual TLS).")] = None,
-    api_keys_file: Annotated[Path | None, typer.Option(help="Keys with scopes, one 'KEY "
-                             "read|infer|admin' per line.", envvar="SURGE_API_KEYS_FILE")] = None,
-    metrics_auth: Annotated[bool, typer.Option(help="With keys, the metrics port asks for one "
-                                               "(scope read).")] = True,
-    access_log: Annotated[str | None, typer.Option(help="JSON-lines access log: a file, or - "
-                                                   "for standard output.")] = None,
-    access_log_sample: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of "
-                                 "successful requests logged (failures always are).")] = 1.0,
-    tracing: Annotated[str | None, typer.Option(help="OpenTelemetry spans to 'otlp' "
-                       "(OTEL_EXPORTER_OTLP_*) or 'console'.")] = None,
-    model_control: Annotated[str | None, typer.Option(help="explicit (load/unload API) or poll "
-                             "(follow the repository; the API is refused).")] = None,
-    poll_interval: Annotated[float | None, typer.Option(min=0.05, help="Seconds between "
-                             "repository polls (implies --model-control poll; default 5).")] =
-        None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
+    api_keys_file: KeysFile = None,
+    metrics_auth: MetricsAuth = True,
+    access_log: AccessLogPath = None,
+    access_log_sample: AccessLogSample = 1.0,
+    tracing: Tracing = None,
+    model_control: ModelControlMode = None,
+    poll_interval: PollInterval = None,
 ) -> None:
     """Serve models until SIGTERM/SIGINT, then drain accepted requests and exit 0."""
     from surge.api import serve as run_server
-    from surge.server.limits import ConnectionLimits
-    from surge.server.process import Endpoints, ServeOptions
+    from surge.server.process import ServeOptions
 
-    limits = ConnectionLimits(idle_timeout_s=idle_timeout, header_timeout_s=header_timeout,
-                              body_timeout_s=body_timeout)
-    if max_connections is not None:
-        limits = replace(limits, max_connections=max_connections)
+    limits = _limits(idle_timeout, header_timeout, body_timeout, max_connections)
     options = ServeOptions(
         host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
         api_key=api_key, models=_models(models), grace_s=grace,
@@ -132,17 +143,25 @@ def serve(
                                poll_interval),
     )
 
-    def started(endpoints: Endpoints) -> None:
-        console.print(f"[bold green]surge serving[/bold green] {repo}")
-        console.print(f"  HTTP    {endpoints.http}/v2")
-        console.print(f"  gRPC    {endpoints.grpc}")
-        console.print(f"  metrics {endpoints.metrics}", highlight=False)
-        if api_key or api_keys_file:
-            console.print("  API key required (Authorization: Bearer ...)")
-        if tls_cert:
-            console.print(f"  TLS     {tls_cert}", highlight=False)
-        if ray:
-            console.print(f"  Ray     {ray}")
-
-    run_server(repo, options, started)
+    run_server(repo, options, lambda endpoints: _announce(repo, endpoints, options))
     console.print("surge: drained and stopped")
+
+
+def _limits(idle: float, header: float, body: float, connections: int | None) -> ConnectionLimits:
+    from surge.server.limits import ConnectionLimits
+
+    limits = ConnectionLimits(idle_timeout_s=idle, header_timeout_s=header, body_timeout_s=body)
+    return limits if connections is None else replace(limits, max_connections=connections)
+
+
+def _announce(repo: Path, endpoints: Endpoints, options: ServeOptions) -> None:
+    console.print(f"[bold green]surge serving[/bold green] {repo}")
+    console.print(f"  HTTP    {endpoints.http}/v2")
+    console.print(f"  gRPC    {endpoints.grpc}")
+    console.print(f"  metrics {endpoints.metrics}", highlight=False)
+    if options.api_key or options.production.keys:
+        console.print("  API key required (Authorization: Bearer ...)")
+    if options.production.tls is not None:
+        console.print(f"  TLS     {options.production.tls.cert}", highlight=False)
+    if options.ray_address:
+        console.print(f"  Ray     {options.ray_address}")

@@ -13,6 +13,9 @@ from surge.repository.config import CONFIG_FILE, parse_config
 # The tokenizer files the model's package ships, found wherever the package is installed.
 MINILM_TOKENIZER = "surge.zoo.minilm:tokenizer_file"
 MAX_LENGTH = 256  # all-MiniLM-L6-v2 was trained on at most 256 tokens (sentence_bert_config.json)
+# A batch's compute grows with its longest text, which the hang detector's per-batch-size estimate
+# does not see: a batch of long documents after short sentences is slow, not hung.
+HANG_MIN_MS = 60_000.0
 TEXT_INPUT = {"name": "text", "datatype": "BYTES", "shape": [-1, 1]}
 
 
@@ -27,6 +30,7 @@ def encoder_config(name: str, dataset: str = "20newsgroups") -> dict[str, Any]:
     """The ONNX sentence encoder: token ids in, normalised embedding out."""
     return {"name": name, "max_batch_size": 64,
             "batching": {"enabled": True, "max_queue_delay_ms": 2.0},
+            "hang_min_ms": HANG_MIN_MS,
             "parameters": {"task": "embedding", "dataset": dataset}}
 
 

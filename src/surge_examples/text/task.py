@@ -45,14 +45,14 @@ class TextClassification(Classification):
             write_metrics,
         )
         from surge.zoo.minilm import export_sequence_onnx
-        from surge_examples.text.pipelines import classifier_pipeline, write_entry
+        from surge_examples.text.pipelines import HANG_MIN_MS, classifier_pipeline, write_entry
 
         repo, name, model_dir, version = target(config)
         model = model.eval().cpu()
         input_name, output_name = config.model.input_name, config.model.output_name
         path = export_sequence_onnx(model, (example,), model_dir / str(version) / "model.onnx",
                                     [input_name], [output_name])
-        model_config = serving_config(config, name)
+        model_config = serving_config(config, name, hang_min_ms=HANG_MIN_MS)
         model_config.parameters["dataset"] = config.data.dataset
         write_config_once(model_dir, model_config)
         write_metrics(model_dir, metrics, version)

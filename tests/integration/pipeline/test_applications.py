@@ -36,7 +36,8 @@ pytestmark = [
 def _framework() -> object:
     """examples/images/import_weights.py as a module (the script, not a package)."""
     spec = importlib.util.spec_from_file_location("import_weights", IMAGES / "import_weights.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -111,10 +112,12 @@ def test_the_detector_client_gets_the_same_boxes_from_png_bytes(server: ServerPr
 
 
 def _infer_bytes(server: ServerProcess, model: str, data: bytes) -> httpx.Response:
+    """One file as a binary BYTES element (4-byte little-endian length, then the bytes)."""
+    element = len(data).to_bytes(4, "little") + data
     body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                        "parameters": {"binary_data_size": len(data)}}]}
+                        "parameters": {"binary_data_size": len(element)}}]}
     head = json.dumps(body).encode()
-    return httpx.post(f"{server.http}/v2/models/{model}/infer", content=head + data, timeout=120,
+    return httpx.post(f"{server.http}/v2/models/{model}/infer", content=head + element, timeout=120,
                       headers={"Inference-Header-Content-Length": str(len(head))})
 
 

@@ -55,7 +55,8 @@ def test_jpeg_and_png_decode_to_the_same_normalised_batch() -> None:
     assert out.shape == (2, 3, 6, 8)
     assert out.dtype == np.float32
     red = out[:, 0]
-    assert red[:, :, :3].mean() > 0.9 and red[:, :, 5:].mean() < -0.9  # (x/255 - .5) / .5
+    assert red[:, :, :3].mean() > 0.9
+    assert red[:, :, 5:].mean() < -0.9
     # JPEG's chroma subsampling blurs the edge between the halves: compare away from it.
     np.testing.assert_allclose(out[0][..., :3], out[1][..., :3], atol=0.05)
     np.testing.assert_allclose(out[0][..., 5:], out[1][..., 5:], atol=0.05)
@@ -65,8 +66,10 @@ def test_a_crop_keeps_the_center_and_gray_hw_is_uint8_for_detectors() -> None:
     gray = np.tile(np.arange(16, dtype=np.uint8) * 16, (16, 1))
     out = decode(png(gray), size=[4, 4], crop_fraction=0.5, color="gray", layout="hw",
                  dtype="uint8")
-    assert out.shape == (1, 4, 4) and out.dtype == np.uint8
-    assert 64 <= out.min() and out.max() <= 192  # only the middle half of the ramp
+    assert out.shape == (1, 4, 4)
+    assert out.dtype == np.uint8
+    assert out.min() >= 64
+    assert out.max() <= 192
     same = decode(png(gray), size=[16, 16], color="gray", layout="nhwc", dtype="uint8")
     np.testing.assert_array_equal(same[0, :, :, 0], gray)
 
@@ -130,7 +133,8 @@ def test_topk_names_the_best_classes_with_probabilities() -> None:
     assert out["scores"].shape == (2, 2)
     assert out["scores"][0, 0] == pytest.approx(np.exp(3) / np.exp([0, 3, 1, 2]).sum())
     raw = resolve("labels.topk").run({"logits": logits}, {"k": 1, "softmax": False})
-    assert raw["labels"].tolist() == [[b"1"], [b"0"]] and raw["scores"].ravel().tolist() == [3, 5]
+    assert raw["labels"].tolist() == [[b"1"], [b"0"]]
+    assert raw["scores"].ravel().tolist() == [3, 5]
 
 
 def test_topk_declares_its_class_count_so_a_label_mismatch_fails_at_load() -> None:

@@ -81,14 +81,16 @@ def values(value: float, rows: int = 1) -> dict[str, np.ndarray]:
 
 async def _requests_flow_through_the_model_and_the_processor(tmp_path: Path) -> None:
     async with serving(repository(tmp_path), models=["p"]) as (engine, pools):
-        assert engine.ready() and engine.model_ready("m")  # the model step was loaded with it
+        assert engine.ready()
+        assert engine.model_ready("m")
         results = await asyncio.gather(*(engine.infer("p", None, values(v)) for v in (1, 2, 3)))
         # 4 values of 2v + 1 summed, scaled by 2; `flavour` from the pipeline's parameters.
         assert [float(r["total"][0, 0]) for r in results] == [24.0, 40.0, 56.0]
         assert results[0]["flavour"].tolist() == [b"plain"]
         assert [b.size for b in pools.built[0].dispatched] == [3]  # batched together
         only = await engine.infer("p", None, values(1, rows=2), outputs=["total"])
-        assert list(only) == ["total"] and only["total"].shape == (2, 1)
+        assert list(only) == ["total"]
+        assert only["total"].shape == (2, 1)
 
 
 async def _statistics_and_step_metrics_are_the_pipelines(tmp_path: Path) -> None:
@@ -98,7 +100,8 @@ async def _statistics_and_step_metrics_are_the_pipelines(tmp_path: Path) -> None
             await engine.infer("p", None, values(-5))
         stats = engine.stats("p")
         assert (stats.inference_count, stats.execution_count) == (3, 1)
-        assert stats.success[0] == 1 and stats.fail[0] == 1
+        assert stats.success[0] == 1
+        assert stats.fail[0] == 1
         text = generate_latest(engine.metrics.registry).decode()
         assert 'surge_pipeline_step_duration_seconds_count{model="p",step="double"} 2.0' in text
         assert 'surge_pipeline_step_duration_seconds_count{model="p",step="sum"} 1.0' in text
@@ -121,7 +124,8 @@ async def _errors_name_the_step_and_keep_their_kind(tmp_path: Path) -> None:
 
 async def _a_type_mismatch_fails_the_load_naming_the_step(tmp_path: Path) -> None:
     async with serving(repository(tmp_path, width=3)) as (engine, _):
-        assert engine.model_ready("m") and not engine.model_ready("p")
+        assert engine.model_ready("m")
+        assert not engine.model_ready("p")
         row = next(r for r in engine.index() if r["name"] == "p")
         assert row["state"] == "UNAVAILABLE"
         assert "step 'double': input 'x' expects FP32 [-1, 4], tensor 'values' is FP32 [-1, 3]" \
@@ -134,7 +138,8 @@ async def _metadata_and_config_describe_the_pipeline(tmp_path: Path) -> None:
     async with serving(repository(tmp_path)) as (engine, _):
         handle = engine.model("p")
         metadata = model_metadata(handle)
-        assert metadata["platform"] == "pipeline" and metadata["versions"] == ["1"]
+        assert metadata["platform"] == "pipeline"
+        assert metadata["versions"] == ["1"]
         assert [t["name"] for t in metadata["outputs"]] == ["total", "flavour"]
         config = model_config(handle)
         assert config["parameters"] == {"flavour": {"string_value": "plain"},
@@ -160,7 +165,8 @@ def test_the_repository_lists_a_pipeline(tmp_path: Path) -> None:
     (tmp_path / "p" / "config.yaml").write_text(
         PIPELINE.format(width=4, function="row_sum").replace("model: m", "model: gone"))
     entry = Repository(tmp_path)._entry("p")
-    assert entry.state == "UNAVAILABLE" and "unknown model 'gone'" in entry.reason
+    assert entry.state == "UNAVAILABLE"
+    assert "unknown model 'gone'" in entry.reason
 
 
 # The scenarios above, each on its own event loop.

@@ -233,7 +233,10 @@ def publish_columns(model: nn.Module, config: TrainConfig, metrics: dict[str, An
                                  [config.model.output_name]))
     if "pt2" in config.export.formats:
         files.append(export_pt2(served, tensors, version_dir / "model.pt2"))
-    write_config_once(model_dir, serving_config(config, name))
+    served_config = serving_config(config, name)
+    # The dataset rides along, so evaluate, optimize and bench find rows with these columns.
+    write_config_once(model_dir, served_config.model_copy(update={"parameters": {
+        **served_config.parameters, "dataset": config.data.dataset}}))
     write_metrics(model_dir, metrics, version)
     verify_columns(repo, name, version, arrays, expected)
     return Published(repo, name, version, tuple(files))

@@ -6,8 +6,8 @@ this process is the front end (a Ray driver) with one Engine serving every model
 1. ResNet-18 3x64x64 at 64 closed-loop clients: two single-core cluster instances against two
    single-threaded local workers: throughput ratio and p99.
 2. Dispatch overhead: an identity model on payloads from 4 KB to 8 MB, one client, local and
-   cluster: p50 per batch and the front end's CPU per request; the difference is what the remote
-   path adds.
+   cluster (tensors on the direct channel to the actor, and as Ray actor calls): p50 per batch
+   and the front end's CPU per request; the difference is what the remote path adds.
 3. Node loss under ResNet-18 load: a compute node is removed (a spare one waits, as a machine
    Ray's autoscaler adds would): failed requests, requests left without an answer, and seconds
    until throughput is back to 90% of what it was.
@@ -139,33 +139,49 @@ async def node_loss(engine: Any, cluster: Any, seconds: float) -> dict[str, floa
             "seconds_to_full_throughput": float(back)}
 
 
+async def overhead(engines: tuple[Any, Any], duration: float) -> list[dict[str, Any]]:
+    """Per payload: local, cluster on the channel (engines[0]), cluster as Ray calls."""
+    rows = []
+    for size in PAYLOADS:
+        payload = {"x": np.ones((1, size), np.uint8)}
+        for engine, model in ((engines[0], "echo-local"), (engines[0], "echo-cluster"),
+                              (engines[1], "echo-cluster")):
+            await closed_loop(engine, model, payload, 1, 0.5)
+            level = await closed_loop(engine, model, payload, 1, duration / 2)
+            rows.append({"bytes": size, **asdict(level)})
+    return rows
+
+
 async def measure(root: Path, cluster: Any, args: argparse.Namespace) -> dict[str, Any]:
     from surge.cluster import ClusterSite
     from surge.engine import Engine
     from surge.repository import Repository
 
     engine = Engine(Repository(root), cluster_pools=ClusterSite(str(root)))
+    ray_calls = Engine(Repository(root), models=["echo-cluster"],
+                       cluster_pools=ClusterSite(str(root), channel=False))
     await engine.start()
     out: dict[str, Any] = {"throughput": [], "overhead": []}
     try:
         image = {"image": np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)}
-        for where in ("local", "cluster"):
-            await closed_loop(engine, f"{RESNET}-{where}", image, 64, 2.0)  # warm up
-            out["throughput"].append(asdict(await closed_loop(
-                engine, f"{RESNET}-{where}", image, 64, args.duration)))
-        for size in PAYLOADS:
-            payload = {"x": np.ones((1, size), np.uint8)}
+        if not args.skip_throughput:
             for where in ("local", "cluster"):
-                await closed_loop(engine, f"echo-{where}", payload, 1, 0.5)
-                level = await closed_loop(engine, f"echo-{where}", payload, 1, args.duration / 2)
-                out["overhead"].append({"bytes": size, **asdict(level)})
-        out["node_loss"] = await node_loss(engine, cluster, 3 * args.duration)
+                await closed_loop(engine, f"{RESNET}-{where}", image, 64, 2.0)  # warm up
+                out["throughput"].append(asdict(await closed_loop(
+                    engine, f"{RESNET}-{where}", image, 64, args.duration)))
+        await ray_calls.start()
+        try:
+            out["overhead"] = await overhead((engine, ray_calls), args.duration)
+        finally:
+            await ray_calls.stop(5.0)
+        if not args.skip_node_loss:
+            out["node_loss"] = await node_loss(engine, cluster, 3 * args.duration)
     finally:
         await engine.stop(5.0)
     return out
 
 
-def render(out: dict[str, Any], console: Console) -> None:
+def render_throughput(out: dict[str, Any], console: Console) -> None:
     local, remote = out["throughput"]
     table = Table(title="ResNet-18 3x64x64, 64 clients: 2 cluster instances vs 2 local workers")
     for column in ("placement", "req/s", "p50 ms", "p99 ms", "front-end CPU us/req"):
@@ -176,16 +192,28 @@ def render(out: dict[str, Any], console: Console) -> None:
     console.print(table)
     console.print(f"cluster/local throughput {remote['requests_per_s'] / local['requests_per_s']:.2f}"
                   f" (target >= 0.85), p99 {remote['p99_ms'] / local['p99_ms']:.2f}x (<= 1.3)")
-    table = Table(title="Dispatch overhead, one client, identity model")
-    for column in ("payload", "local p50 ms", "cluster p50 ms", "added ms",
-                   "local CPU us/req", "cluster CPU us/req"):
+
+
+def render_overhead(out: dict[str, Any], console: Console) -> None:
+    table = Table(title="Dispatch overhead, one client, identity model (p50 ms; CPU us/req)")
+    for column in ("payload", "local", "channel", "added", "Ray calls", "added",
+                   "CPU local", "CPU channel", "CPU Ray calls"):
         table.add_column(column)
     rows = out["overhead"]
-    for lo, cl in zip(rows[::2], rows[1::2], strict=True):
-        table.add_row(f"{lo['bytes'] >> 10} KiB", f"{lo['p50_ms']:.2f}", f"{cl['p50_ms']:.2f}",
-                      f"{cl['p50_ms'] - lo['p50_ms']:.2f}", f"{lo['cpu_us_per_request']:.0f}",
-                      f"{cl['cpu_us_per_request']:.0f}")
+    for lo, ch, rc in zip(rows[::3], rows[1::3], rows[2::3], strict=True):
+        table.add_row(f"{lo['bytes'] >> 10} KiB", f"{lo['p50_ms']:.2f}", f"{ch['p50_ms']:.2f}",
+                      f"{ch['p50_ms'] - lo['p50_ms']:.2f}", f"{rc['p50_ms']:.2f}",
+                      f"{rc['p50_ms'] - lo['p50_ms']:.2f}", f"{lo['cpu_us_per_request']:.0f}",
+                      f"{ch['cpu_us_per_request']:.0f}", f"{rc['cpu_us_per_request']:.0f}")
     console.print(table)
+
+
+def render(out: dict[str, Any], console: Console) -> None:
+    if out["throughput"]:
+        render_throughput(out, console)
+    render_overhead(out, console)
+    if "node_loss" not in out:
+        return
     loss = out["node_loss"]
     console.print(f"node loss under load: {loss['failed']} failed, {loss['hung']} hung, full "
                   f"throughput ({loss['before_per_s']:.0f}/s) back after "
@@ -197,6 +225,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per level")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--skip-throughput", action="store_true", help="no ResNet-18 levels")
+    parser.add_argument("--skip-node-loss", action="store_true", help="no node removal")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from ray.cluster_utils import Cluster

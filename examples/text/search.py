@@ -21,7 +21,7 @@ import numpy as np
 import tritonclient.http as httpclient
 
 HEADER_LINES = 3
-BATCH = 32  # rows per request: the server batches further across requests
+BATCH = 16  # rows per request: the server batches further across requests
 
 
 def read_corpus(path: Path, docs: int) -> tuple[list[str], list[str]]:

@@ -40,7 +40,8 @@ def test_trees_and_network_serve_the_same_columns_and_both_learn_credit_risk(
     export = export_trees(repo, params=TreeParams(trees=60))
     _train("credit-mlp.yaml", tmp_path, repo, epochs=3)
     dataset = load_dataset("hmda-credit")
-    assert len(dataset) == 476 and "afam" not in dataset.inputs  # race is not a feature
+    assert len(dataset) == 476
+    assert "afam" not in dataset.inputs  # race is not a feature
     reports = {}
     for name in ("credit-gbm", "credit-mlp"):
         loaded = Repository(repo).load(name)

@@ -59,3 +59,23 @@ def test_two_nodes_train_what_one_node_trains_with_the_same_global_batch(
     records = [json.loads(line) for line in
                (tmp_path / "two" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
+
+
+def test_a_rank_killed_on_one_node_restarts_both_nodes_from_the_last_checkpoint(
+        tmp_path: Path) -> None:
+    # 128 samples / global batch 16 = 8 steps per epoch; checkpoints after epochs 2 and 4;
+    # global rank 1 dies in its 28th step (epoch 4). Its node's agent restarts it; the other
+    # node's agent restarts its own worker when the first one rejoins the rendezvous.
+    config = write_recipe(
+        tmp_path, epochs=4, parallelism="ddp",
+        checkpoint={"dir": str(tmp_path / "run" / "ckpt"), "interval": 2},
+        model={"builder": "tests.unit.train.tiny:crashing_mlp",
+               "kwargs": {"crash_rank": 1, "crash_at_call": 28},
+               "input_name": "x", "output_name": "y", "input_shape": [8]},
+    )
+    two_nodes(config, "--max-restarts", "1")
+    records = [json.loads(line)
+               for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # Epochs 3 and 4 were trained again from the epoch-2 checkpoint, by both nodes together.
+    assert [(r["epoch"], r["resumed_from"]) for r in records] == [(1, 0), (2, 0), (3, 2), (4, 2)]
+    assert json.loads((tmp_path / "run" / "ckpt" / "latest.json").read_text())["epoch"] == 4

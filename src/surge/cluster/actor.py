@@ -1,10 +1,10 @@
 """One model instance as a Ray actor on a compute node, and the messages it exchanges.
 
 Tensors travel as one contiguous uint8 array per batch laid out by the worker transport's
-`pack` (`TensorMeta` says where each tensor lies): Ray hands a numpy array over as an
-out-of-band buffer, so the payload is never pickled, arguments over 100 KiB go through the
-object store, and the receiving node reads them in place (zero-copy). Small ones travel inline
-with the call.
+`pack` (`TensorMeta` says where each tensor lies), never pickled: on the instance's direct
+channel (`surge.cluster.channel`, the default), or, when that cannot be opened, as arguments of
+Ray actor calls (Ray hands a numpy array over as an out-of-band buffer; over 100 KiB it goes
+through the object store and the receiving node reads it in place).
 
 Two concurrency groups: `compute` runs one batch at a time, `health` answers heartbeats while a
 batch computes, so a long batch is not taken for a silent node.
@@ -15,12 +15,16 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from surge.runtimes.base import Runner, Signature
 from surge.workers.messages import TensorMeta
 from surge.workers.transport import pack, unpack
+
+if TYPE_CHECKING:
+    from surge.cluster.channel import ChannelServer
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 CONCURRENCY_GROUPS = {"compute": 1, "health": 1}
@@ -93,6 +97,7 @@ class InstanceActor:
     def __init__(self, spec: ActorSpec) -> None:
         self.spec = spec
         self.runner: Runner | None = None
+        self._server: ChannelServer | None = None
 
     def load(self) -> InstanceInfo:
         """Load and warm up the model; the error as text when it cannot be loaded."""
@@ -124,6 +129,16 @@ class InstanceActor:
         packed = pack_batch({name: [np.ascontiguousarray(a)] for name, a in outputs.items()})
         return BatchReply(batch_id, packed, loaded - started, computed - loaded,
                           time.perf_counter_ns() - computed)
+
+    def open_channel(self, secret: bytes) -> tuple[str, int]:
+        """Serve batches on a direct channel (see `surge.cluster.channel`); its host:port."""
+        import ray
+
+        from surge.cluster.channel import ChannelServer
+
+        if self._server is None:
+            self._server = ChannelServer(self.run, secret, ray.util.get_node_ip_address())
+        return self._server.address
 
     def ping(self) -> int:
         """Heartbeat: answered by the health group even while a batch computes."""

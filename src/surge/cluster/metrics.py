@@ -18,8 +18,9 @@ class ClusterMetrics:
                             "Cluster instances lost: actor died, node gone or silent.",
                             ["model", "cause"], registry=registry)
         self.batches = Counter("surge_cluster_batches_total",
-                               "Batches computed by cluster instances, per node.",
-                               ["model", "node"], registry=registry)
+                               "Batches computed by cluster instances, per node and tensor "
+                               "path (channel: direct to the actor; ray: as Ray actor calls).",
+                               ["model", "node", "path"], registry=registry)
         self.retried = Counter("surge_cluster_batches_retried_total",
                                "Batches of a lost instance queued again for another one.",
                                ["model"], registry=registry)

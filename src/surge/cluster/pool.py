@@ -2,8 +2,10 @@
 
 The served model's scheduler stays the only queue: this pool only takes a batch when one of
 its live instances has a free place (two per instance: one computing, one waiting on the
-node), sends it to the least loaded (then the fastest), and reports the result back on the
-event loop. Everything Ray does blocking (a large put, the node table) runs off the loop.
+node), sends it to the least loaded (then the fastest) on the instance's direct channel (Ray
+calls when there is none), and reports the result, with the instance that computed it, back
+on the event loop. Everything blocking (packing a large batch, a put, the node table) runs
+off the loop.
 
 Faults: an actor that dies, a node that goes away, or a node that stops answering heartbeats
 loses that instance. Its batches go back to the head of the queue once (another instance
@@ -17,10 +19,12 @@ import asyncio
 import contextlib
 import enum
 import logging
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from surge.cluster.actor import ActorSpec, BatchReply, pack_batch, unpack_batch
+from surge.cluster.actor import ActorSpec, BatchReply, TensorBatch, pack_batch, unpack_batch
+from surge.cluster.channel import SECRET_BYTES, Channel, ChannelClosedError
 from surge.cluster.placement import (
     actor_options,
     describe_demand,
@@ -43,6 +47,7 @@ OFFLOAD_BYTES = 100 * 1024  # Ray copies bigger arguments into its object store:
 BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 30.0
 EWMA_ALPHA = 0.2
+CHANNEL_TIMEOUT_S = 5.0  # to open an instance's channel before falling back to Ray calls
 
 
 class State(enum.Enum):
@@ -68,6 +73,7 @@ class Instance:
     idle_since: float = 0.0
     ping: Any = None  # the heartbeat call awaiting its answer (an ObjectRef)
     item_s: float | None = None  # its own EWMA of seconds per batch item: nodes differ
+    channel: Channel | None = None  # the direct tensor path; None: batches as Ray calls
 
     @property
     def free(self) -> int:
@@ -181,6 +187,7 @@ class RayPool:
     def _retire(self, instance: Instance, error: Exception | None) -> None:
         """Take an instance out and kill its actor; fail what it held with `error`."""
         instance.state = State.DEAD
+        _close(instance)
         with contextlib.suppress(Exception):
             import ray
 
@@ -227,6 +234,11 @@ class RayPool:
             return
         if self.signature is None:
             self.signature = info.signature
+        if self._site.channel:
+            instance.channel = await self._open_channel(instance)
+            if instance.state is State.DEAD:
+                _close(instance)
+                return
         now = self._loop.time()
         instance.state, instance.node_id, instance.device = State.READY, info.node_id, info.device
         instance.last_seen = instance.idle_since = now
@@ -236,6 +248,19 @@ class RayPool:
         self._changed.set()
         self._update_gauge()
         self._events.on_ready()
+
+    async def _open_channel(self, instance: Instance) -> Channel | None:
+        """The instance's direct channel, or None (batches go as Ray calls) when it cannot
+        be opened: a firewall between the nodes, say."""
+        secret = secrets.token_bytes(SECRET_BYTES)
+        try:
+            host, port = await asyncio.wait_for(instance.actor.open_channel.remote(secret),
+                                                CHANNEL_TIMEOUT_S)
+            return await Channel.open(host, port, secret, CHANNEL_TIMEOUT_S)
+        except Exception as exc:  # anything: Ray calls still work
+            log.warning("instance %s[%d]: no direct channel (%s: %s); batches go as Ray calls",
+                        self.spec.ref, instance.index, type(exc).__name__, exc)
+            return None
 
     def _failed_load(self, instance: Instance) -> None:
         instance.state = State.DEAD
@@ -270,8 +295,11 @@ class RayPool:
         parts = {name: [r.inputs[name] for r in batch.requests]
                  for name in batch.requests[0].inputs}
         try:
-            payload = await self._payload(parts)
-            reply = await instance.actor.run.remote(batch.id, payload)
+            reply = await self._send(instance, batch.id, parts)
+        except ChannelClosedError as exc:  # a dead channel is a lost instance
+            if batch.id in instance.inflight:
+                self._lose(instance, f"channel: {exc}")
+            return
         except RayTaskError as exc:  # raised by the actor's own code: this batch only
             if instance.inflight.pop(batch.id, None) is not None:
                 self._events.on_done(batch, None, ServingError(
@@ -288,6 +316,21 @@ class RayPool:
         if instance.inflight.pop(batch.id, None) is None:
             return  # the instance was lost meanwhile: its batches are answered already
         self._finished(instance, batch, reply)
+
+    async def _send(self, instance: Instance, batch_id: int,
+                    parts: dict[str, list[Any]]) -> BatchReply:
+        """Compute the batch on `instance`: on its channel, else as a Ray call."""
+        if instance.channel is None:
+            payload = await self._payload(parts)
+            reply: BatchReply = await instance.actor.run.remote(batch_id, payload)
+            return reply
+        return await instance.channel.run(batch_id, await self._packed(parts))
+
+    async def _packed(self, parts: dict[str, list[Any]]) -> TensorBatch:
+        """The batch as one buffer; a large one packed by a thread, off the event loop."""
+        if sum(p.nbytes for pieces in parts.values() for p in pieces) < OFFLOAD_BYTES:
+            return pack_batch(parts)
+        return await asyncio.to_thread(pack_batch, parts)
 
     async def _payload(self, parts: dict[str, list[Any]]) -> Any:
         """The batch as one buffer: inline when small, else put into the object store by a
@@ -315,11 +358,12 @@ class RayPool:
         service_s = max(own_s, now - max(batch.dispatched, instance.last_done))
         instance.last_done = now
         instance.record(batch.size, service_s)
-        self._site.metrics.batches.labels(self.model, instance.node_id[:12]).inc()
+        path = "channel" if instance.channel is not None else "ray"
+        self._site.metrics.batches.labels(self.model, instance.node_id[:12], path).inc()
         done = BatchDone(batch.id, input_ns=reply.input_ns, infer_ns=reply.infer_ns,
                          output_ns=reply.output_ns)
         self._events.on_done(batch, unpack_batch(reply.outputs), None,
-                             BatchResult(done, service_s))
+                             BatchResult(done, service_s, instance.index))
 
     # -- faults ------------------------------------------------------------------------------
     def _lose(self, instance: Instance, cause: str) -> None:
@@ -328,6 +372,7 @@ class RayPool:
             return
         was_ready = instance.state is State.READY
         instance.state = State.DEAD
+        _close(instance)
         with contextlib.suppress(Exception):
             import ray
 
@@ -426,6 +471,12 @@ class RayPool:
         for state in State:
             count = sum(1 for i in self._instances if i.state is state)
             gauge.labels(self.model, state.value).set(count)
+
+
+def _close(instance: Instance) -> None:
+    if instance.channel is not None:
+        instance.channel.close()
+        instance.channel = None
 
 
 def _answered(ping: Any) -> bool:

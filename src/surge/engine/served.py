@@ -223,6 +223,8 @@ class ServedModel:
             self._reject(request, DeadlineExceededError(
                 f"deadline exceeded after {(now - request.arrival) * 1e3:.1f} ms in the queue"))
         pool = self.pool
+        if self.live > pool.instances:  # the pool scaled down: predict with what is left
+            self._set_live(self.live)
         while (batch := self.scheduler.next_batch(now, pool.idle_count,
                                                   pool.idle_workers)) is not None:
             self._send(batch, now)
@@ -266,8 +268,8 @@ class ServedModel:
     def _answer(self, batch: Batch, outputs: dict[str, np.ndarray], result: BatchResult | None,
                 now: float) -> None:
         started = time.perf_counter_ns()
-        compute_s = result.service_s if result is not None else None
-        for completed in self.scheduler.complete(batch, outputs, now, compute_s):
+        compute_s, instance = (result.service_s, result.instance) if result else (None, 0)
+        for completed in self.scheduler.complete(batch, outputs, now, compute_s, instance):
             future = self._futures.pop(completed.request.id, None)
             if self._timings and (timing := self._timings.get(completed.request.id)) is not None:
                 timing.done = now
@@ -309,8 +311,11 @@ class ServedModel:
         return self.scheduler.batch_time(size)
 
     def _set_live(self, live: int) -> None:
+        """Instances taking batches: admission and deadlines predict with these (a Ray pool
+        grows and shrinks; an instance lost meanwhile computes nothing)."""
         self.live = max(0, min(self.pool.instances, live))
         self._m_live.set(self.live)
+        self.scheduler.set_workers(self.live)
 
     def instances_note(self) -> str:
         """'' with every instance live, else how many are (for the repository index)."""

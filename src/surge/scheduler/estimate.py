@@ -69,3 +69,73 @@ class BatchTimes:
         when this one is unmeasured)."""
         current = self.estimate(size)
         return seconds if current is None else min(seconds, self.outlier_multiple * current)
+
+
+class InstanceTimes:
+    """`BatchTimes` per instance (nodes differ), and which of them are live.
+
+    The pool reports the instance that computed each batch, and the driver how many instances
+    take batches now (`live`). The live ones are taken to be the `live` instances that reported
+    most recently: a lost instance stops reporting and its replacement starts to, so neither
+    needs announcing. A live instance not measured yet counts as the slowest measured one.
+    """
+
+    def __init__(self, alpha: float = 0.2, outlier_multiple: float = 4.0, live: int = 1) -> None:
+        BatchTimes(alpha, outlier_multiple)  # checks the settings
+        self.alpha, self.outlier_multiple = alpha, outlier_multiple
+        self.live = max(1, live)
+        self._times: dict[int, BatchTimes] = {}  # least recently reporting first
+
+    def __bool__(self) -> bool:
+        """Whether any live instance has been measured."""
+        return bool(self._measured())
+
+    def record(self, instance: int, size: int, seconds: float) -> None:
+        """Fold one batch computed by `instance` into its own estimate."""
+        times, seconds = self._touch(instance, size, seconds)
+        times.record(size, seconds)
+
+    def remeasure(self, instance: int, size: int, seconds: float) -> None:
+        """Take `seconds` as `instance`'s estimate of `size` (a probe found it stale)."""
+        times, seconds = self._touch(instance, size, seconds)
+        times.remeasure(size, seconds)
+
+    def _touch(self, instance: int, size: int, seconds: float) -> tuple[BatchTimes, float]:
+        """The instance's times, now the most recent; a first sample bounded by the others'
+        (a new instance whose first batch stalls must not rule admission either)."""
+        times = self._times.pop(instance, None)
+        if times is None:
+            times = BatchTimes(self.alpha, self.outlier_multiple)
+            slowest = self.estimates(size)
+            if slowest:
+                seconds = min(seconds, self.outlier_multiple * slowest[-1])
+        self._times[instance] = times
+        while len(self._times) > 4 * self.live + 4:  # forget long-gone instances
+            del self._times[next(iter(self._times))]
+        return times, seconds
+
+    def _measured(self) -> list[BatchTimes]:
+        return [t for t in list(self._times.values())[-self.live:] if t]
+
+    def estimates(self, size: int) -> list[float]:
+        """Seconds for a batch of `size` on each live instance, fastest first ([] unmeasured)."""
+        known = sorted(t.estimate(size) or 0.0 for t in self._measured())
+        if not known:
+            return []
+        return known + [known[-1]] * (self.live - len(known))
+
+    def estimate(self, size: int, instance: int | None = None) -> float | None:
+        """`instance`'s own estimate; without one (or unmeasured), the slowest live instance's."""
+        own = self._times.get(instance) if instance is not None else None
+        if own:
+            return own.estimate(size)
+        known = self.estimates(size)
+        return known[-1] if known else None
+
+    def rate(self, size: int) -> float:
+        """Batches of `size` per second that the live instances compute together."""
+        return sum(1.0 / max(t, 1e-9) for t in self.estimates(size))
+
+    def fastest(self) -> float:
+        """The smallest estimate of any size on any live instance (0.0 before any)."""
+        return min((t.fastest() for t in self._measured()), default=0.0)

@@ -6,7 +6,9 @@ comes back. The driver's loop is
     expired = expire(now)                       # answer these with DeadlineExceededError
     while (batch := next_batch(now, idle)):     # hand each batch to an idle worker
     wake at next_wakeup(now, idle)              # or earlier, when a request or result arrives
-    complete(batch, outputs, now) / fail(batch) # per-request outputs / the requests to fail
+    complete(batch, outputs, now, instance=i)   # per-request outputs; i's batch time learnt
+    fail(batch)                                 # the requests to fail
+    set_workers(n)                              # the pool's live instances changed
     retry(batch, now)                           # a hung worker's batch: queued again, or failed
 """
 
@@ -22,7 +24,7 @@ from itertools import accumulate
 import numpy as np
 
 from surge.errors import QueueFullError
-from surge.scheduler.estimate import BatchTimes
+from surge.scheduler.estimate import InstanceTimes
 from surge.scheduler.types import Batch, Completed, Request, SchedulerConfig, ShapeKey
 
 _Entry = tuple[int, int, Request]  # (priority, arrival sequence, request): heap order
@@ -50,7 +52,7 @@ class Scheduler:
         self._deadlines: list[tuple[float, int]] = []  # (deadline, request id), lazy deletion
         self._items_by_priority: dict[int, int] = {}
         self._inflight: dict[int, Batch] = {}
-        self._times = BatchTimes(config.ewma_alpha, config.outlier_multiple)
+        self._times = InstanceTimes(config.ewma_alpha, config.outlier_multiple, config.workers)
         self._probe: int | None = None  # the request admitted to re-measure a stale estimate
         self._last_probe = float("-inf")
         self._seq = 0
@@ -71,9 +73,19 @@ class Scheduler:
         """Nothing queued and nothing in flight."""
         return not self._live and not self._inflight
 
-    def batch_time(self, size: int) -> float | None:
-        """Estimated seconds to compute a batch of `size` items (see `BatchTimes.estimate`)."""
-        return self._times.estimate(size)
+    @property
+    def workers(self) -> int:
+        """Instances computing batches in parallel, as the pool last reported them."""
+        return self._times.live
+
+    def set_workers(self, live: int) -> None:
+        """The pool's live instances changed (lost, replaced, scaled): predict with them."""
+        self._times.live = max(1, live)
+
+    def batch_time(self, size: int, instance: int | None = None) -> float | None:
+        """Estimated seconds for a batch of `size` items on `instance`; without one, on the
+        slowest live instance (see `InstanceTimes.estimate`)."""
+        return self._times.estimate(size, instance)
 
     # -- admission ---------------------------------------------------------------------------
     def add(self, request: Request, now: float) -> Request:
@@ -120,7 +132,7 @@ class Scheduler:
 
     def _may_probe(self, now: float) -> bool:
         return (self._probe is None and not self._live
-                and len(self._inflight) < self.config.workers
+                and len(self._inflight) < self.workers
                 and now - self._last_probe >= self.config.probe_interval_s)
 
     def predicted_completion(self, request: Request, now: float) -> float | None:
@@ -135,15 +147,30 @@ class Scheduler:
         items = request.batch_size + sum(
             n for p, n in self._items_by_priority.items() if p <= request.priority
         )
-        return now + self._busy_wait(now) + self._work_time(items)
+        return now + self._finish_time(items, now)
+
+    def _finish_time(self, items: int, now: float) -> float:
+        """Seconds until the last of `items` queued items is computed.
+
+        When the batches fit the idle instances, the last one runs on the slowest instance
+        it reaches: the pool hands batches to the fastest idle instance first, so the busy
+        ones are taken to be the fastest. Otherwise the live instances work the queue off
+        together, after the batches they hold.
+        """
+        limit = self.config.max_batch_size
+        batches = -(-items // limit)
+        busy = min(len(self._inflight), self.workers)
+        if batches <= self.workers - busy:
+            return self._times.estimates(items - (batches - 1) * limit)[busy + batches - 1]
+        return self._busy_wait(now) + self._work_time(items)
 
     def _work_time(self, items: int) -> float:
-        """Seconds the workers need for `items` queued items, batched as fully as possible."""
+        """Seconds the live instances need together for `items` items, in full batches."""
         full, rest = divmod(items, self.config.max_batch_size)
-        total = full * (self.batch_time(self.config.max_batch_size) or 0.0)
+        total = full / (self._times.rate(self.config.max_batch_size) or float("inf"))
         if rest:
-            total += self.batch_time(rest) or 0.0
-        return total / self.config.workers
+            total += 1.0 / (self._times.rate(rest) or float("inf"))
+        return total
 
     def _busy_wait(self, now: float) -> float:
         """Seconds until the workers are through the batches already handed to them.
@@ -151,13 +178,17 @@ class Scheduler:
         Zero while a worker is idle. A batch waiting behind another in a worker counts as
         its whole estimate left from its dispatch time: a slight underestimate.
         """
-        if len(self._inflight) < self.config.workers:
+        if len(self._inflight) < self.workers:
             return 0.0
         left = sum(
-            max(0.0, b.dispatched + (self.batch_time(b.size) or 0.0) - now)
-            for b in self._inflight.values()
+            max(0.0, b.dispatched + self._typical(b.size) - now) for b in self._inflight.values()
         )
-        return left / self.config.workers
+        return left / self.workers
+
+    def _typical(self, size: int) -> float:
+        """A batch's time on a live instance of average speed (0.0 before any measurement)."""
+        times = self._times.estimates(size)
+        return sum(times) / len(times) if times else 0.0
 
     def _drain_time(self, now: float) -> float:
         """Retry-After hint: time to work off the current queue (1 s before any measurement)."""
@@ -326,19 +357,20 @@ class Scheduler:
     # -- results -----------------------------------------------------------------------------
     def complete(
         self, batch: Batch, outputs: Mapping[str, np.ndarray], now: float,
-        compute_s: float | None = None,
+        compute_s: float | None = None, instance: int = 0,
     ) -> list[Completed]:
         """Record the batch's compute time and split its outputs back to its requests.
 
         `compute_s` is the time the worker spent on it; without it, the time since dispatch.
+        `instance` is the one that computed it: each instance's time is learnt on its own.
         """
         self._inflight.pop(batch.id, None)
         seconds = now - batch.dispatched if compute_s is None else compute_s
         if self._holds_probe(batch):
             self._probe = None
-            self._times.remeasure(batch.size, seconds)
+            self._times.remeasure(instance, batch.size, seconds)
         else:
-            self._times.record(batch.size, seconds)
+            self._times.record(instance, batch.size, seconds)
         return [Completed(r, o) for r, o in zip(batch.requests, batch.split(outputs), strict=True)]
 
     def requeue(self, batch: Batch) -> None:
@@ -386,7 +418,7 @@ class Scheduler:
     def _earliest_finish(self, now: float) -> float:
         """Seconds from now before a request dispatched now could be done (0: unmeasured)."""
         fastest = self._times.fastest()
-        if not fastest or len(self._inflight) < self.config.workers:
+        if not fastest or len(self._inflight) < self.workers:
             return fastest
         return fastest + min(
             max(0.0, b.dispatched + (self.batch_time(b.size) or 0.0) - now)

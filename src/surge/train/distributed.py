@@ -76,7 +76,12 @@ def _attempt_store(state: DistState, timeout_s: float) -> dist.Store:
 
     After an elastic restart the agent's store still holds the dead attempt's gloo addresses
     under the same keys, and the new ranks would try to connect to them; a per-attempt prefix
-    keeps each attempt's rendezvous apart.
+    keeps each attempt's rendezvous apart. The attempt is counted in the store itself, not
+    taken from TORCHELASTIC_RESTART_COUNT: across machines that count differs between nodes
+    (the node whose rank died restarts with 1; an agent that restarts its workers because a
+    node rejoined keeps 0), and ranks with different prefixes would wait for each other until
+    the timeout. Every rank of every attempt counts itself once, so all ranks of one attempt
+    get the same number.
     """
     agent_hosts_it = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(
@@ -84,7 +89,8 @@ def _attempt_store(state: DistState, timeout_s: float) -> dist.Store:
         world_size=state.world_size, is_master=not agent_hosts_it and state.rank == 0,
         timeout=timedelta(seconds=timeout_s),
     )
-    return dist.PrefixStore(f"surge/attempt-{state.restart_count}", store)
+    attempt = (store.add("surge/ranks-started", 1) - 1) // state.world_size
+    return dist.PrefixStore(f"surge/attempt-{attempt}", store)
 
 
 def shutdown() -> None:

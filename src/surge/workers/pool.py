@@ -129,6 +129,7 @@ class BatchResult:
 
     done: BatchDone
     service_s: float
+    instance: int = 0  # which instance computed it: the scheduler learns each one's time
 
 
 # Called with (batch, outputs or None, error or None, result or None).

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ def aer_dir(root: Path | None = None) -> Path:
     return installed if installed.is_dir() else UNPACKED / AER_PACKAGE_DIR
 
 
-def read_rda(path: Path, name: str) -> object:
+def read_rda(path: Path, name: str) -> Any:
     """One data frame of an .rda file."""
     import rdata
 
@@ -60,12 +61,12 @@ def read_rda(path: Path, name: str) -> object:
 def load_hmda(root: Path | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Feature columns (FP32 [N] each) and denial labels (INT64 [N], 1 = denied)."""
     frame = read_rda(aer_dir(root) / "HMDA.rda", "HMDA")
-    columns = {name: frame[name].to_numpy(np.float32) for name in NUMERIC}  # type: ignore[attr-defined]
+    columns = {name: frame[name].to_numpy(np.float32) for name in NUMERIC}
     for name in ORDINAL:
-        columns[name] = frame[name].astype(int).to_numpy(np.float32)  # type: ignore[attr-defined]
+        columns[name] = frame[name].astype(int).to_numpy(np.float32)
     for name in YES_NO:
-        columns[name] = (frame[name].astype(str) == "yes").to_numpy(np.float32)  # type: ignore[attr-defined]
-    labels = (frame["deny"].astype(str) == "yes").to_numpy(np.int64)  # type: ignore[index]
+        columns[name] = (frame[name].astype(str) == "yes").to_numpy(np.float32)
+    labels = (frame["deny"].astype(str) == "yes").to_numpy(np.int64)
     return columns, labels
 
 

@@ -25,9 +25,10 @@ class PriceForecaster(nn.Module):
 
     def __init__(self, window: int = 12, hidden: int = 32) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(window, hidden), nn.Tanh(), nn.Linear(hidden, 1))
-        nn.init.zeros_(self.net[-1].weight)  # start at the naive forecast: next = last
-        nn.init.zeros_(self.net[-1].bias)
+        head = nn.Linear(hidden, 1)
+        nn.init.zeros_(head.weight)  # start at the naive forecast: next = last
+        nn.init.zeros_(head.bias)
+        self.net = nn.Sequential(nn.Linear(window, hidden), nn.Tanh(), head)
 
     def forward(self, prices: torch.Tensor) -> torch.Tensor:
         last = prices[:, -1:]

@@ -15,16 +15,19 @@ class Dlrm(nn.Module):
     def __init__(self, users: int = 2000, items: int = 1000, categories: int = 20,
                  dense: int = 2, dim: int = 16, hidden: int = 64) -> None:
         super().__init__()
-        self.tables = nn.ModuleList(nn.Embedding(n, dim) for n in (users, items, categories))
+        tables = [nn.Embedding(n, dim) for n in (users, items, categories)]
+        for table in tables:
+            nn.init.normal_(table.weight, std=0.05)
+        self.tables = nn.ModuleList(tables)
         self.bottom = nn.Sequential(nn.Linear(dense, dim), nn.ReLU())
         vectors = len(self.tables) + 1
         pairs = vectors * (vectors - 1) // 2
         self.top = nn.Sequential(nn.Linear(dim + pairs, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         rows, cols = torch.triu_indices(vectors, vectors, offset=1)
+        self.rows: torch.Tensor
+        self.cols: torch.Tensor
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
-        for table in self.tables:
-            nn.init.normal_(table.weight, std=0.05)
 
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
         ids = packed[:, :len(self.tables)].long()

@@ -79,7 +79,7 @@ def test_search_example_finds_the_newsgroup_of_a_query(server: ServerProcess) ->
     queries = ["nasa launched the space shuttle into orbit",
                "which team won the hockey playoffs in overtime"]
     result = triton_client(str(EXAMPLES / "search.py"), str(corpus), *queries, "--url",
-                           server.http.removeprefix("http://"), "--docs", "400", "--json")
+                           server.http.removeprefix("http://"), "--docs", "120", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     hits = json.loads(result.stdout)
     assert [hit[0]["category"] for hit in hits] == ["sci.space", "rec.sport.hockey"]

@@ -86,9 +86,12 @@ def test_triton_clients_get_what_onnxruntime_computes(front: ServerProcess,
 def test_batches_reach_both_compute_nodes(front: ServerProcess, ray_cluster: Any) -> None:
     results = asyncio.run(load(front.http, clients=8, seconds=3.0))
     assert {status for _, status in results} == {200}
-    nodes = {labels["node"] for labels, count in metric(front, "surge_cluster_batches_total",
-                                                         model="tiny") if count > 0}
-    assert nodes == compute_node_ids(ray_cluster)
+    batches = [(labels, count) for labels, count in metric(
+        front, "surge_cluster_batches_total", model="tiny") if count > 0]
+    assert {labels["node"] for labels, _ in batches} == compute_node_ids(ray_cluster)
+    # The tensors went on the direct channel to each actor, not as Ray actor calls.
+    assert {labels["path"] for labels, _ in batches} == {"channel"}
+    assert "no direct channel" not in front.output()
 
 
 def test_model_that_fits_no_node_is_not_ready_with_the_reason(front: ServerProcess) -> None:

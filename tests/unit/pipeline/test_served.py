@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.protobuf import json_format
 from prometheus_client import generate_latest
 
 from surge.engine import Engine, PoolEvents, PoolSpec
 from surge.errors import ConfigError, InputError, ModelNotReadyError, ServingError
+from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.metadata import model_config, model_metadata
 from surge.repository import Repository
 from surge.scheduler import Batch
@@ -145,6 +147,9 @@ async def _metadata_and_config_describe_the_pipeline(tmp_path: Path) -> None:
         assert config["parameters"] == {"flavour": {"string_value": "plain"},
                                         "score_threshold": {"string_value": "0.5"}}
         assert config["input"] == [{"name": "values", "data_type": "TYPE_FP32", "dims": [4]}]
+        # gRPC builds its ModelConfig message from the same dict, Triton's parameters map included.
+        message = json_format.ParseDict(config, pb.ModelConfig())
+        assert message.parameters["score_threshold"].string_value == "0.5"
 
 
 async def _a_stopped_pipeline_refuses_requests(tmp_path: Path) -> None:

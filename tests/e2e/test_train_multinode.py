@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,8 @@ def surge_train(config: Path, *args: str) -> subprocess.Popen[str]:
     env.pop("SURGE_DEBUG", None)
     return subprocess.Popen(
         [sys.executable, "-c", "from surge.cli import main; main()", "train", str(config),
-         *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)  # its own process group: torchrun and the ranks with it
 
 
 def two_nodes(config: Path, *args: str) -> None:
@@ -32,7 +34,13 @@ def two_nodes(config: Path, *args: str) -> None:
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = [surge_train(config, "--nproc", "1", "--nnodes", "2", "--rdzv", endpoint, *args)
              for _ in range(2)]
-    outputs = [node.communicate(timeout=240)[0] for node in nodes]
+    try:
+        outputs = [node.communicate(timeout=240)[0] for node in nodes]
+    finally:
+        for node in nodes:  # a hung node must not outlive the test
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.communicate()
     for node, output in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, output[-4000:]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import torch
@@ -63,15 +63,18 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistStat
     if state.device.type == "cuda":
         torch.cuda.set_device(state.device)
     if state.distributed and not dist.is_initialized():
+        attempt, store = _attempt_store(state, timeout_s)
+        # The attempt every rank agrees on: it decides whether to resume from a checkpoint.
+        state = replace(state, restart_count=attempt)
         dist.init_process_group(
-            backend=state.backend, store=_attempt_store(state, timeout_s),
+            backend=state.backend, store=store,
             rank=state.rank, world_size=state.world_size, timeout=timedelta(seconds=timeout_s),
             device_id=state.device if state.device.type == "cuda" else None,
         )
     return state
 
 
-def _attempt_store(state: DistState, timeout_s: float) -> dist.Store:
+def _attempt_store(state: DistState, timeout_s: float) -> tuple[int, dist.Store]:
     """The rendezvous store at MASTER_ADDR:MASTER_PORT, with keys private to this attempt.
 
     After an elastic restart the agent's store still holds the dead attempt's gloo addresses
@@ -80,8 +83,8 @@ def _attempt_store(state: DistState, timeout_s: float) -> dist.Store:
     taken from TORCHELASTIC_RESTART_COUNT: across machines that count differs between nodes
     (the node whose rank died restarts with 1; an agent that restarts its workers because a
     node rejoined keeps 0), and ranks with different prefixes would wait for each other until
-    the timeout. Every rank of every attempt counts itself once, so all ranks of one attempt
-    get the same number.
+    the timeout, or one would resume from the checkpoint and the other start over. Every rank
+    of every attempt counts itself once, so all ranks of one attempt get the same number.
     """
     agent_hosts_it = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(
@@ -90,7 +93,7 @@ def _attempt_store(state: DistState, timeout_s: float) -> dist.Store:
         timeout=timedelta(seconds=timeout_s),
     )
     attempt = (store.add("surge/ranks-started", 1) - 1) // state.world_size
-    return dist.PrefixStore(f"surge/attempt-{attempt}", store)
+    return attempt, dist.PrefixStore(f"surge/attempt-{attempt}", store)
 
 
 def shutdown() -> None:

@@ -2,9 +2,10 @@
 tokenizer (`surge.processors.text`, the same code a serving pipeline tokenizes with) into
 INT64 token ids padded with 0 to a fixed length.
 
-The length is the recipe's `model.input_shape` ([128] by default). Training splits carry
-`input_ids` only (the models find padding from the id); evaluation sets also carry
-`attention_mask`, so one set serves the classifiers and the sentence encoder alike.
+The length is the recipe's `model.input_shape` ([128] by default). Training splits carry the
+token ids only (the classifiers find padding from the id). Evaluation sets carry them under the
+model's input name; the `<corpus>-tokens` sets carry the tokenizer's `input_ids` and
+`attention_mask` instead, the inputs of a sentence encoder.
 """
 
 from __future__ import annotations
@@ -47,20 +48,22 @@ def sequence_length(options: DataOptions) -> int:
 class TextCorpus(Dataset):
     """A corpus's train and test splits as token ids and class ids (classes sorted by name)."""
 
-    def __init__(self, corpus: str) -> None:
-        self.name = corpus
+    def __init__(self, corpus: str, encoder_inputs: bool = False) -> None:
+        self.name = f"{corpus}-tokens" if encoder_inputs else corpus
+        self.corpus = corpus
+        self.encoder_inputs = encoder_inputs
 
     def check(self, options: DataOptions) -> None:
         for split in ("train", "test"):
-            corpus_file(self.name, split, options.root)
+            corpus_file(self.corpus, split, options.root)
 
     def classes(self, root: Path | None) -> list[str]:
-        return sorted(set(read_corpus(self.name, "train", root).categories))
+        return sorted(set(read_corpus(self.corpus, "train", root).categories))
 
     def documents(self, split: str, options: DataOptions) -> Documents:
         """The split, shuffled once by seed (the files are sorted by category) and cut to the
         options' size."""
-        documents = read_corpus(self.name, split, options.root)
+        documents = read_corpus(self.corpus, split, options.root)
         size = options.train_size if split == "train" else options.test_size
         order = np.random.default_rng(options.seed).permutation(len(documents))[:size]
         return Documents([documents.texts[i] for i in order],
@@ -90,5 +93,5 @@ class TextCorpus(Dataset):
     def evaluation(self, input_name: str, options: DataOptions) -> EvalDataset:
         classes = self.classes(options.root)
         ids, mask, labels = self.labelled("test", options, classes)
-        inputs = {INPUT_IDS: ids, ATTENTION_MASK: mask, input_name: ids}
+        inputs = {INPUT_IDS: ids, ATTENTION_MASK: mask} if self.encoder_inputs else {input_name: ids}
         return EvalDataset(self.name, inputs, labels, classes)

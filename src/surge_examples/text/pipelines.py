@@ -26,7 +26,7 @@ def tokenize_step(outputs: list[str], max_length: int = MAX_LENGTH) -> dict[str,
                        "outputs": outputs}}
 
 
-def encoder_config(name: str, dataset: str = "20newsgroups") -> dict[str, Any]:
+def encoder_config(name: str, dataset: str = "20newsgroups-tokens") -> dict[str, Any]:
     """The ONNX sentence encoder: token ids in, normalised embedding out."""
     return {"name": name, "max_batch_size": 64,
             "batching": {"enabled": True, "max_queue_delay_ms": 2.0},

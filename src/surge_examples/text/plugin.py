@@ -18,5 +18,6 @@ def register(registry: Registry) -> None:
     registry.add_task(TextClassification)
     for corpus in CORPORA:
         registry.add_dataset(corpus, partial(TextCorpus, corpus))
+        registry.add_dataset(f"{corpus}-tokens", partial(TextCorpus, corpus, encoder_inputs=True))
     for name, builder in MODELS.items():
         registry.add_model(name, builder)

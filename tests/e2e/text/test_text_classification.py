@@ -1,6 +1,6 @@
 """Text classification end to end at small size: `surge train` two short epochs of the
-bag-of-tokens model on a Reuters R8 subset, export, serve the `-text` pipeline, and one tritonclient request
-of plain text comes back as a label from the recipe's label list."""
+bag-of-tokens model on a Reuters R8 subset, export, serve the `-text` pipeline, and one
+tritonclient request of plain text comes back as labels from the recipe's label list."""
 
 from __future__ import annotations
 

@@ -54,8 +54,12 @@ def test_splits_are_token_ids_padded_to_the_length_with_sorted_class_ids(corpus:
     assert (train.inputs[:, 0] == 101).all()  # [CLS]
     assert sorted(train.labels.tolist()) == [0, 1, 2, 2]  # acq, crude, earn, earn
     assert test.labels.tolist() == [0]
-    evaluation = dataset.evaluation("tokens", DataOptions())
-    assert set(evaluation.inputs) == {"tokens", "input_ids", "attention_mask"}
+    # a classifier's evaluation set holds exactly its one input, under its name
+    assert set(dataset.evaluation("tokens", DataOptions()).inputs) == {"tokens"}
+    encoder_set = get_dataset("reuters-r8-tokens")
+    evaluation = encoder_set.evaluation("input_ids", DataOptions())
+    assert (encoder_set.name, set(evaluation.inputs)) == (
+        "reuters-r8-tokens", {"input_ids", "attention_mask"})
     assert evaluation.inputs["input_ids"].shape == (1, 128)
     np.testing.assert_array_equal(evaluation.inputs["attention_mask"],
                                   evaluation.inputs["input_ids"] != 0)

@@ -16,7 +16,7 @@ TensorFlow itself is not served. Parity: every file on its engine against Tensor
 outputs on the same 32 rows. Then what `surge tune` would choose between the ONNX engines
 (tuning.engines.decide, 10% noise margin).
 
-    .venv/bin/python benchmarks/engines.py                       # both models, ~15 min on 2 cores
+    .venv/bin/python benchmarks/engines.py                       # both models, ~17 min on 2 busy cores
     .venv/bin/python benchmarks/engines.py --models fashion --rounds 2 --duration 5
 """
 
@@ -274,13 +274,13 @@ def measure(name: str, rounds: int, seconds: float, work: Path) -> Measured:
         converted, conversion = convert_savedmodel(Path(tf.files["savedmodel"]), work)
         cands = candidates(onnx, tf.files, converted)
         runners = load_runners(cands)
+        samples = {"image": source.samples["image"][:PARITY_ROWS]}
+        reference = np.load(tf.files["reference"])
+        logits = {key: runner.run(samples)["logits"] for key, runner in runners.items()}
+        check_same_function(logits[("fp32", "onnxruntime")], reference)  # before minutes of timing
         rows = in_process(runners, tf, rounds, seconds)
     finally:
         tf.close()
-    samples = {"image": source.samples["image"][:PARITY_ROWS]}
-    reference = np.load(tf.files["reference"])
-    logits = {key: runner.run(samples)["logits"] for key, runner in runners.items()}
-    check_same_function(logits[("fp32", "onnxruntime")], reference)
     result: dict[str, Any] = {
         "model": name, "threads": available_cores(), "in_process": rows,
         "tf_reference_max_abs": float(np.abs(reference).max()),

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -38,24 +39,25 @@ WORDS = 16  # words per sentence: a short query or title, as search clients send
 
 
 # -- the naive baseline ---------------------------------------------------------------------------
+# Request models at module level: FastAPI resolves the handler's (string) annotations here.
+class InferInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[str]
+
+
+class InferRequest(BaseModel):
+    inputs: list[InferInput]
+
+
 def naive_app(model_path: str, threads: int) -> Any:
     """FastAPI + tokenizers + ONNX Runtime, one forward per request."""
     import onnxruntime as ort
     from fastapi import FastAPI
-    from pydantic import BaseModel
+    from tokenizers import Tokenizer
 
     from surge.zoo.minilm import tokenizer_file
-
-    class InferInput(BaseModel):
-        name: str
-        shape: list[int]
-        datatype: str
-        data: list[str]
-
-    class InferRequest(BaseModel):
-        inputs: list[InferInput]
-
-    from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tokenizer_file()))
     tokenizer.enable_truncation(max_length=256)

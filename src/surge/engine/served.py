@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
+from surge.datatypes import v2_to_numpy
 from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolSpec
 from surge.engine.interface import ModelHandle
 from surge.engine.stats import Counters
@@ -36,6 +37,7 @@ from surge.errors import (
     WorkerCrashedError,
 )
 from surge.repository import ModelConfig
+from surge.runtimes.base import Signature
 from surge.scheduler import Batch, Request, Scheduler, SchedulerConfig, shape_key
 from surge.server.metrics import SurgeMetrics
 from surge.workers.pool import BatchResult
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 # Priority 0 means "default", as in Triton: it maps to this level. Levels 1..7 are served
 # before default traffic, higher numbers after it.
 DEFAULT_PRIORITY_LEVEL = 8
+# The load-time latency probe gives up after this long: a model that slow still loads, and
+# learns its batch times from traffic instead.
+PROBE_TIMEOUT_S = 60.0
 
 
 class ModelHost(Protocol):
@@ -70,6 +75,7 @@ def scheduler_config(config: ModelConfig, workers: int) -> SchedulerConfig:
         max_queue_size=config.queue.max_size,
         default_timeout_s=timeout / 1e3 if timeout is not None else None,
         workers=workers,
+        slo_s=config.slo_p99_ms / 1e3 if config.slo_p99_ms is not None else None,
     )
 
 
@@ -88,6 +94,7 @@ class ServedModel:
         self.handle: ModelHandle | None = None
         self.accepting = False
         self.counters = Counters()
+        self.counters.latency_line = self.scheduler.latency_line
         self._futures: dict[int, asyncio.Future[dict[str, np.ndarray]]] = {}
         self._timings: dict[int, RequestTiming] = {}  # requests whose front end times them
         self._ids = itertools.count(1)
@@ -101,7 +108,16 @@ class ServedModel:
         self._m_batch = self.metrics.batch_size.labels(name)
         self._m_depth = self.metrics.queue_depth.labels(name)
         self._m_live = self.metrics.live_instances.labels(name)
+        self._m_wait = self.metrics.batch_wait.labels(name)
+        self._m_ratio = self.metrics.batch_time_ratio.labels(name)
+        self._m_fit = (self.metrics.batch_time_fit.labels(name, "intercept"),
+                       self.metrics.batch_time_fit.labels(name, "per_item"))
+        slo = config.slo_p99_ms
+        self._slo_s = slo / 1e3 if slo is not None else None
+        self._m_slo = (self.metrics.slo_requests.labels(name, "yes"),
+                       self.metrics.slo_requests.labels(name, "no"))
         self.live = 0  # instances taking batches, as the pool reported them
+        self._probes: set[int] = set()  # ids of the latency probe's batches in flight
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -112,7 +128,36 @@ class ServedModel:
                                   signature.platform, self.pool.devices())
         self._set_live(self.pool.instances)
         self._task = asyncio.create_task(self._drive(), name=f"surge-dispatch-{self.name}")
+        if self.config.slo_p99_ms is not None:
+            await self._probe_latency(signature)
         self.accepting = True
+
+    async def _probe_latency(self, signature: Signature) -> None:
+        """Time a batch of 1 and a full batch before accepting requests, so admission and the
+        SLO batching predict from the first request (else the first burst after a load is
+        admitted blind). The probe's batches count in no statistics."""
+        for size in sorted({1, self.scheduler.config.max_batch_size}):
+            inputs = probe_inputs(signature, size)
+            if inputs is None:
+                log.info("model %s: no latency probe (an input has a variable dim or is BYTES)",
+                         self.name)
+                return
+            now = self._clock()
+            request = Request(next(self._ids), inputs, size if signature.batched else 1,
+                              shape_key(inputs, signature.batched), now)
+            future: asyncio.Future[dict[str, np.ndarray]] = self._loop.create_future()
+            self._futures[request.id] = future
+            batch = self.scheduler.batch_of((request,), now)
+            self._probes.add(batch.id)
+            self.pool.dispatch(batch)
+            try:
+                await asyncio.wait_for(future, PROBE_TIMEOUT_S)
+            except (SurgeError, TimeoutError) as error:
+                log.warning("model %s: latency probe of batch %d failed: %s", self.name, size,
+                            error)
+                return
+            finally:
+                self._futures.pop(request.id, None)
 
     @property
     def ready(self) -> bool:
@@ -249,6 +294,7 @@ class ServedModel:
             if self._timings and (timing := self._timings.get(request.id)) is not None:
                 timing.dispatched, timing.batch_size = now, batch.size
         self.counters.queue.add(waited, len(batch.requests))
+        self._m_wait.observe(now - min(r.arrival for r in batch.requests))
         self._m_batch.observe(batch.size)
         self.pool.dispatch(batch)
 
@@ -257,6 +303,9 @@ class ServedModel:
                 error: Exception | None, result: BatchResult | None) -> None:
         """An instance finished `batch` (outputs) or failed it (error): answer its requests."""
         now = self._clock()
+        if batch.id in self._probes:
+            self._probe_done(batch, outputs, error, result, now)
+            return
         self._m_compute.observe(now - batch.dispatched)
         if outputs is None:
             for request in self.scheduler.fail(batch):
@@ -269,6 +318,7 @@ class ServedModel:
                 now: float) -> None:
         started = time.perf_counter_ns()
         compute_s, instance = (result.service_s, result.instance) if result else (None, 0)
+        self._observe_fit(batch, now - batch.dispatched if compute_s is None else compute_s)
         for completed in self.scheduler.complete(batch, outputs, now, compute_s, instance):
             future = self._futures.pop(completed.request.id, None)
             if self._timings and (timing := self._timings.get(completed.request.id)) is not None:
@@ -277,8 +327,38 @@ class ServedModel:
             if future is not None and not future.done():
                 future.set_result(completed.outputs)
             self.counters.success.add(int((now - completed.request.arrival) * 1e9))
+            if self._slo_s is not None:
+                within = now - completed.request.arrival <= self._slo_s
+                self._m_slo[0 if within else 1].inc()
         self.counters.count_batch(batch.size, result.done if result else None,
                                   time.perf_counter_ns() - started, int(time.time() * 1e3))
+
+    def _probe_done(self, batch: Batch, outputs: dict[str, np.ndarray] | None,
+                    error: Exception | None, result: BatchResult | None, now: float) -> None:
+        """The latency probe's batch: its time is learnt, nothing else is counted."""
+        self._probes.discard(batch.id)
+        (request,) = batch.requests
+        future = self._futures.get(request.id)
+        if outputs is None:
+            self.scheduler.fail(batch)
+            if future is not None and not future.done():
+                future.set_exception(error or SurgeError("latency probe failed"))
+        else:
+            compute_s, instance = (result.service_s, result.instance) if result else (None, 0)
+            self.scheduler.complete(batch, outputs, now, compute_s, instance)
+            if future is not None and not future.done():
+                future.set_result({})
+        self.wake()
+
+    def _observe_fit(self, batch: Batch, seconds: float) -> None:
+        """The latency model against this batch (before learning from it), and its line."""
+        predicted = self.scheduler.fitted_time(batch.size)
+        if predicted:
+            self._m_ratio.observe(seconds / predicted)
+        line = self.scheduler.latency_line()
+        if line is not None:
+            self._m_fit[0].set(line[0])
+            self._m_fit[1].set(line[1])
 
     def on_requeue(self, batch: Batch) -> None:
         self.scheduler.requeue(batch)
@@ -337,3 +417,16 @@ def _worker_seconds(result: BatchResult | None) -> float:
         return 0.0
     done = result.done
     return (done.input_ns + done.infer_ns + done.output_ns) / 1e9
+
+
+def probe_inputs(signature: Signature, size: int) -> dict[str, np.ndarray] | None:
+    """Zeros for every input with `size` rows (batched models); None when an input has a
+    variable non-batch dim or is BYTES, whose probe size the signature cannot tell."""
+    inputs: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        dims = tuple(spec.shape[1:] if signature.batched else spec.shape)
+        if spec.datatype == "BYTES" or any(d < 0 for d in dims):
+            return None
+        shape = (size, *dims) if signature.batched else dims
+        inputs[spec.name] = np.zeros(shape, v2_to_numpy(spec.datatype))
+    return inputs

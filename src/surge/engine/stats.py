@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from surge.workers.messages import BatchDone
@@ -26,6 +27,9 @@ class ModelStats:
     compute_infer: Duration
     compute_output: Duration
     batch_stats: dict[int, Duration] = field(default_factory=dict)
+    # The fitted batch-time line and its predictions beside the measured means, per batch
+    # size (see `latency_report`); empty before any batch was timed.
+    latency: dict[str, object] = field(default_factory=dict)
 
 
 class DurationCounter:
@@ -59,6 +63,8 @@ class Counters:
         self.compute_infer = DurationCounter()
         self.compute_output = DurationCounter()
         self.batch_stats: dict[int, DurationCounter] = {}
+        # The line (a, b) in seconds of the slowest live instance, asked for at snapshot time.
+        self.latency_line: Callable[[], tuple[float, float] | None] = lambda: None
 
     def count_batch(self, size: int, done: BatchDone | None, split_ns: int, now_ms: int) -> None:
         """One computed batch of `size` items; `split_ns` is the front end's share of its output."""
@@ -79,4 +85,21 @@ class Counters:
             self.success.pair(), self.fail.pair(), self.queue.pair(),
             self.compute_input.pair(), self.compute_infer.pair(), self.compute_output.pair(),
             {size: counter.pair() for size, counter in sorted(self.batch_stats.items())},
+            latency_report(self.latency_line(), self.batch_stats),
         )
+
+
+def latency_report(line: tuple[float, float] | None,
+                   measured: dict[int, DurationCounter]) -> dict[str, object]:
+    """The fitted `a + b * n` in ms, and per measured batch size the predicted and the mean
+    measured ms (the worker's own time: the fit also counts the hops, so it runs a little
+    above)."""
+    if line is None:
+        return {}
+    a, b = line
+    sizes = {
+        str(size): {"predicted_ms": round((a + b * size) * 1e3, 4),
+                    "measured_ms": round(c.ns / c.count / 1e6, 4) if c.count else None}
+        for size, c in sorted(measured.items())
+    }
+    return {"a_ms": round(a * 1e3, 4), "b_ms": round(b * 1e3, 4), "sizes": sizes}

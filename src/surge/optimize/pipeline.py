@@ -22,6 +22,7 @@ from surge.repository import Repository
 from surge.repository.repository import VARIANT_FILE, VARIANTS_DIR
 from surge.runtimes import Signature, example_inputs
 from surge.tasks import DataOptions, Split, get_dataset, get_task
+from surge.tasks.tabular import unpack
 
 CHECK_ROWS = 10_000  # rows of the model's dataset; all of a 10,000-image test split
 CALIBRATION_ROWS = 512
@@ -179,7 +180,19 @@ def _dataset_check_data(signature: Signature, dataset: str, task: str | None,
     finetune = (kind.finetune(train, options.finetune_epochs)
                 if options.finetune_epochs else None)
     return CheckData(held_out.inputs, held_out.labels,
-                     kind.calibration(train, input_name, CALIBRATION_ROWS), finetune)
+                     _calibration_rows(kind, reader, train, input_name), finetune)
+
+
+def _calibration_rows(kind: Any, reader: Any, train: Split, input_name: str) -> Inputs:
+    """The task's calibration rows, split back into the served columns when the dataset's
+    training split packs them into one tensor (ranking and tabular models): fed packed, static
+    int8 calibration of a multi-input model fails on its missing inputs."""
+    rows = kind.calibration(train, input_name, CALIBRATION_ROWS)
+    columns = getattr(reader, "columns", ())
+    if not columns:
+        return dict(rows)
+    packed = rows[input_name]
+    return unpack(columns, packed.reshape(len(packed), -1))
 
 
 def _training_split(reader: Any) -> Split | None:

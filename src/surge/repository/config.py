@@ -220,7 +220,10 @@ class ModelConfig(StrictConfig):
     variant: str | None = Field(
         None, description="Serve this variant from variants/<name>/ instead of the original."
     )
-    slo_p99_ms: float | None = Field(None, gt=0, description="Latency objective (p99, ms).")
+    slo_p99_ms: float | None = Field(
+        None, gt=0, description="Latency objective (p99, ms). When set, batch times are probed "
+        "on load (a batch of 1 and a full batch) and partial batches wait only while more "
+        "requests are coming and the oldest stays within it, instead of max_queue_delay_ms.")
     labels: list[str] | None = Field(None, description="Class names for classifier outputs.")
     parameters: dict[str, Any] = Field(
         default_factory=dict, description="Free-form parameters for pre/post-processing."

@@ -12,6 +12,8 @@ from ruling admission for long:
 
 from __future__ import annotations
 
+from surge.scheduler.latency import LinearLatency
+
 
 class BatchTimes:
     """Estimated seconds to compute a batch, per batch size."""
@@ -24,6 +26,7 @@ class BatchTimes:
         self.alpha = alpha
         self.outlier_multiple = outlier_multiple
         self._times: dict[int, float] = {}
+        self.line = LinearLatency()  # the same samples as a + b * n, for any size
 
     def __bool__(self) -> bool:
         """Whether any batch has been measured."""
@@ -52,6 +55,7 @@ class BatchTimes:
     def record(self, size: int, seconds: float) -> None:
         """Fold one measured batch into the estimate of its size."""
         sample = self._bounded(size, seconds)
+        self.line.record(size, sample)
         previous = self._times.get(size)
         self._times[size] = sample if previous is None else (
             self.alpha * sample + (1 - self.alpha) * previous
@@ -63,6 +67,7 @@ class BatchTimes:
         Still bounded by the outlier rule, so a probe that itself stalls cannot poison it.
         """
         self._times[size] = self._bounded(size, seconds)
+        self.line.record(size, self._times[size])
 
     def _bounded(self, size: int, seconds: float) -> float:
         """`seconds`, cut to the outlier multiple of the current estimate (of a nearby size
@@ -131,6 +136,17 @@ class InstanceTimes:
             return own.estimate(size)
         known = self.estimates(size)
         return known[-1] if known else None
+
+    def fitted(self, size: int) -> float | None:
+        """Seconds for a batch of `size` on the slowest live instance by its fitted line
+        (`a + b * n`); None before any measurement."""
+        known = [t.line.predict(size) for t in self._measured()]
+        return max((k for k in known if k is not None), default=None)
+
+    def lines(self) -> dict[int, tuple[float, float]]:
+        """Each measured live instance's fitted (a, b), by instance."""
+        live = list(self._times.items())[-self.live:]
+        return {i: c for i, t in live if (c := t.line.coefficients) is not None}
 
     def rate(self, size: int) -> float:
         """Batches of `size` per second that the live instances compute together."""

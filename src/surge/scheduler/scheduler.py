@@ -25,6 +25,8 @@ import numpy as np
 
 from surge.errors import QueueFullError
 from surge.scheduler.estimate import InstanceTimes
+from surge.scheduler.latency import ArrivalRate
+from surge.scheduler.policy import QueueView, slo_wait, static_due
 from surge.scheduler.types import Batch, Completed, Request, SchedulerConfig, ShapeKey
 
 _Entry = tuple[int, int, Request]  # (priority, arrival sequence, request): heap order
@@ -53,6 +55,7 @@ class Scheduler:
         self._items_by_priority: dict[int, int] = {}
         self._inflight: dict[int, Batch] = {}
         self._times = InstanceTimes(config.ewma_alpha, config.outlier_multiple, config.workers)
+        self.arrivals = ArrivalRate()
         self._probe: int | None = None  # the request admitted to re-measure a stale estimate
         self._last_probe = float("-inf")
         self._seq = 0
@@ -87,6 +90,16 @@ class Scheduler:
         slowest live instance (see `InstanceTimes.estimate`)."""
         return self._times.estimate(size, instance)
 
+    def fitted_time(self, size: int) -> float | None:
+        """Seconds for a batch of `size` by the slowest live instance's fitted `a + b * n`."""
+        return self._times.fitted(size)
+
+    def latency_line(self) -> tuple[float, float] | None:
+        """The fitted (a, b) of the slowest measured live instance; None before any batch."""
+        lines = self._times.lines().values()
+        return max(lines, key=lambda ab: ab[0] + ab[1] * self.config.max_batch_size,
+                   default=None)
+
     # -- admission ---------------------------------------------------------------------------
     def add(self, request: Request, now: float) -> Request:
         """Queue `request` or raise QueueFullError at once; returns it with its deadline set."""
@@ -97,6 +110,7 @@ class Scheduler:
                 f"request brings {request.batch_size} items, max batch size is "
                 f"{self.config.max_batch_size}"
             )
+        self.arrivals.arrive(now)  # offered load, refused requests included
         if len(self._live) >= self.config.max_queue_size:
             raise QueueFullError(
                 f"queue full ({self.config.max_queue_size} requests waiting)",
@@ -309,10 +323,24 @@ class Scheduler:
         return 0
 
     def _due(self, queue: _KeyQueue, now: float) -> bool:
-        """Dispatch without waiting: batch full, oldest request waited long enough, or no batching."""
-        if queue.items >= self.config.max_batch_size or self.config.max_batch_size == 1:
-            return True
-        return now >= self._oldest(queue).arrival + self.config.max_queue_delay_s
+        """Dispatch without waiting: batch full, no batching, or the batching policy says go."""
+        return self._due_at(queue, now) <= now
+
+    def _due_at(self, queue: _KeyQueue, now: float) -> float:
+        """When this queue's partial batch stops waiting for more requests (`now`: go now)."""
+        config = self.config
+        if queue.items >= config.max_batch_size or config.max_batch_size == 1:
+            return now
+        oldest = self._oldest(queue).arrival
+        if config.slo_s is not None:
+            view = QueueView(queue.items, now - oldest, self.arrivals.gap(now), self.workers)
+            wait = slo_wait(view, self._times.fitted, config.slo_s * config.slo_headroom,
+                            config.max_batch_size)
+            return now + wait if wait > 0.0 else now
+        if static_due(now - oldest, config.max_queue_delay_s, self.arrivals.typical_gap,
+                      self.arrivals.since_last(now)):
+            return now
+        return oldest + config.max_queue_delay_s
 
     def _oldest(self, queue: _KeyQueue) -> Request:
         while self._live.get(queue.arrivals[0].id) is not queue.arrivals[0]:
@@ -333,6 +361,15 @@ class Scheduler:
         self._inflight[batch.id] = batch
         return batch
 
+    def batch_of(self, requests: tuple[Request, ...], now: float) -> Batch:
+        """A batch of `requests` that never queued (the latency probe run on load): held in
+        flight and timed on completion like any other."""
+        offsets = tuple(accumulate((r.batch_size for r in requests), initial=0))
+        self._next_batch_id += 1
+        batch = Batch(self._next_batch_id, requests, offsets, now, self.batched)
+        self._inflight[batch.id] = batch
+        return batch
+
     def next_wakeup(self, now: float, idle_workers: int = 1) -> float | None:
         """When to call again without news: the next deadline, or a batch delay running out.
 
@@ -348,10 +385,7 @@ class Scheduler:
             times.append(deadline if request_id == self._probe
                          else deadline - self._earliest_finish(now))
         if idle_workers > 0:
-            times.extend(
-                self._oldest(q).arrival + self.config.max_queue_delay_s
-                for q in self._queues.values()
-            )
+            times.extend(self._due_at(q, now) for q in self._queues.values())
         return min(times) if times else None
 
     # -- results -----------------------------------------------------------------------------

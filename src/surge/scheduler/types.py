@@ -29,6 +29,12 @@ class SchedulerConfig:
     # because the model was idle (the estimate is stale); their time replaces the estimate.
     probe_interval_s: float = 1.0
     retries: int = 1  # times a request is sent back to the queue after its worker hung
+    # The model's latency objective (`slo_p99_ms`): with one, partial batches wait by
+    # `policy.slo_wait` instead of the fixed delay.
+    slo_s: float | None = None
+    # Share of the SLO the batching plans to use; the rest absorbs the spread of batch times
+    # around the fitted line (the SLO is a p99, the fit a mean).
+    slo_headroom: float = 0.8
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -37,6 +43,10 @@ class SchedulerConfig:
             raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.slo_s is not None and self.slo_s <= 0:
+            raise ValueError(f"slo_s must be > 0, got {self.slo_s}")
+        if not 0.0 < self.slo_headroom <= 1.0:
+            raise ValueError(f"slo_headroom must be in (0, 1], got {self.slo_headroom}")
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         bad = [s for s in self.preferred_batch_sizes if not 1 <= s <= self.max_batch_size]

@@ -49,6 +49,20 @@ class SurgeMetrics:
         self.model_loads = Counter(
             "surge_model_loads", "Model loads and reloads by outcome (success, failure); a failed "
             "reload leaves the served version in place.", ["model", "outcome"], registry=r)
+        self.slo_requests = Counter(
+            "surge_slo_requests", "Answered requests of a model with slo_p99_ms, by whether they "
+            "finished within it (within=yes: goodput; yes / all: attainment).",
+            ["model", "within"], registry=r)
+        self.batch_wait = Histogram(
+            "surge_batch_wait_seconds", "How long the oldest request of each batch waited for "
+            "it: the wait the batching chose.", ["model"], buckets=_SECONDS, registry=r)
+        self.batch_time_fit = Gauge(
+            "surge_batch_time_fit_seconds", "The fitted batch time a + b * n: term=intercept "
+            "is a, term=per_item is b (slowest live instance).", ["model", "term"], registry=r)
+        self.batch_time_ratio = Histogram(
+            "surge_batch_time_ratio", "Measured over predicted time of each batch (1 = the "
+            "latency model was right).", ["model"],
+            buckets=(0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0), registry=r)
         self.live_instances = Gauge("surge_live_instances",
                                     "Worker processes loaded and taking batches.", ["model"],
                                     registry=r)

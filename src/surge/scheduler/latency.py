@@ -1,0 +1,117 @@
+"""Online models of what the SLO-aware batching decides with: batch time and arrival rate.
+
+- `LinearLatency`: batch time as `a + b * n`, least squares over the recent batches of one
+  instance. A fixed part (the hops, the engine's per-call overhead) plus a per-item part is how
+  batch time grows on CPU and GPU alike, and two numbers fitted over a window follow a drift
+  without remembering every size separately.
+- `ArrivalRate`: requests per second, from the typical gap between recent arrivals, which also
+  grows while nothing arrives, so "nothing else is coming" is seen without a timer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class LinearLatency:
+    """Seconds for a batch of `n` items as `a + b * n`, fitted over the last `window` batches."""
+
+    def __init__(self, window: int = 64) -> None:
+        if window < 2:
+            raise ValueError(f"window must be >= 2, got {window}")
+        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self._fit: tuple[float, float] | None = None
+
+    def __bool__(self) -> bool:
+        """Whether any batch has been measured."""
+        return bool(self._samples)
+
+    def record(self, size: int, seconds: float) -> None:
+        """Add one measured batch and refit."""
+        if size < 1:
+            raise ValueError(f"batch size must be >= 1, got {size}")
+        self._samples.append((size, max(0.0, seconds)))
+        self._fit = _least_squares(self._samples)
+
+    @property
+    def coefficients(self) -> tuple[float, float] | None:
+        """(a, b) in seconds and seconds per item; None before any measurement."""
+        return self._fit
+
+    def predict(self, size: int) -> float | None:
+        """Seconds for a batch of `size` items; None before any measurement."""
+        if self._fit is None:
+            return None
+        a, b = self._fit
+        return a + b * size
+
+
+def _least_squares(samples: deque[tuple[int, float]]) -> tuple[float, float]:
+    """(a, b) minimising the squared error of `a + b * n`, with both kept >= 0.
+
+    With a single size measured there is no slope to fit: the time is taken as proportional to
+    the size (b = t / n), which errs towards larger batches costing more. A negative slope
+    (noise over a narrow range of sizes) or intercept is clipped: batch time never falls as
+    batches grow, and is never below zero for one item.
+    """
+    count = len(samples)
+    mean_n = sum(n for n, _ in samples) / count
+    mean_t = sum(t for _, t in samples) / count
+    var_n = sum((n - mean_n) ** 2 for n, _ in samples)
+    if var_n == 0.0:
+        return 0.0, mean_t / mean_n
+    b = sum((n - mean_n) * (t - mean_t) for n, t in samples) / var_n
+    b = max(0.0, b)
+    a = mean_t - b * mean_n
+    if a < 0.0:  # keep the line through the mean, pivoting to a zero intercept
+        a, b = 0.0, mean_t / mean_n
+    return a, b
+
+
+class ArrivalRate:
+    """Requests per second: the median gap between the last `window` arrivals.
+
+    A median, so one long idle gap before a surge does not hide the surge for long (a mean
+    would need dozens of arrivals to forget it). The rate at `now` uses the time since the last
+    arrival when that is longer than the median: a stream that stopped is seen as stopped at
+    once, not after its next request.
+    """
+
+    def __init__(self, window: int = 8) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self._gaps: deque[float] = deque(maxlen=window)
+        self._last: float | None = None
+
+    def arrive(self, now: float) -> None:
+        """A request arrived at `now`."""
+        if self._last is not None:
+            self._gaps.append(max(0.0, now - self._last))
+        self._last = now
+
+    @property
+    def typical_gap(self) -> float | None:
+        """The typical (median) gap between arrivals; None before two arrivals."""
+        if not self._gaps:
+            return None
+        ordered = sorted(self._gaps)
+        return ordered[len(ordered) // 2]
+
+    def since_last(self, now: float) -> float:
+        """Seconds since the last arrival (inf before any)."""
+        return float("inf") if self._last is None else max(0.0, now - self._last)
+
+    def gap(self, now: float) -> float | None:
+        """The gap between arrivals as it stands at `now`: the median, or the time since the
+        last arrival when that is longer; None before two arrivals."""
+        typical = self.typical_gap
+        if typical is None:
+            return None
+        return max(typical, self.since_last(now))
+
+    def rate(self, now: float) -> float:
+        """Requests per second expected now (0.0 before two arrivals)."""
+        gap = self.gap(now)
+        if gap is None:
+            return 0.0
+        return float("inf") if gap == 0.0 else 1.0 / gap

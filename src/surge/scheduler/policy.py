@@ -1,0 +1,65 @@
+"""When a partial batch waits for more requests and when it goes: the batching policies.
+
+Pure functions of what the scheduler knows (queue, fitted batch time, arrival gap), so each is
+tested with plain numbers.
+
+- `slo_wait` (a model with `slo_p99_ms`): waiting only pays when more requests are coming and
+  the batch as it stands cannot keep up with them; it never waits so long that the oldest
+  request's predicted completion passes the SLO. Idle traffic goes at once; as load rises the
+  batch grows until it keeps pace with arrivals.
+- `static_due` (no SLO): today's fixed `max_queue_delay_ms`, except that a batch does not wait
+  for a request the arrival rate says will come after the delay has run out anyway (one
+  closed-loop client would otherwise pay the full delay on every request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """What a batching decision sees of one shape key's queue (times in seconds)."""
+
+    items: int  # queued rows
+    oldest_age: float  # how long the oldest queued request has waited
+    gap: float | None  # expected time to the next arrival; None when unknown
+    workers: int  # instances computing in parallel
+
+
+def slo_wait(view: QueueView, batch_time: Callable[[int], float | None], slo_s: float,
+             max_batch: int) -> float:
+    """Seconds the queue should still wait for more requests; 0.0 means dispatch now.
+
+    Dispatch now when the batch is full, when nothing is known to be coming, when batch time is
+    not known yet, when the batch keeps pace with arrivals (`items * workers` per batch time is
+    at least the arrival rate), or when waiting for the next request would put the oldest past
+    `slo_s`. Otherwise wait, at most until that last bound would be reached.
+    """
+    items = min(view.items, max_batch)
+    if items >= max_batch or view.gap is None:
+        return 0.0
+    now_time, next_time = batch_time(items), batch_time(items + 1)
+    if now_time is None or next_time is None:
+        return 0.0
+    slack = slo_s - view.oldest_age - view.gap - next_time
+    if slack <= 0.0:
+        return 0.0
+    if items * view.workers * view.gap >= now_time:  # keeps pace: more waiting is pure latency
+        return 0.0
+    return slack
+
+
+def static_due(oldest_age: float, delay_s: float, gap: float | None, since_last: float) -> bool:
+    """Whether a partial batch goes now under the fixed delay rule.
+
+    It goes once the oldest request waited `delay_s`, or when the next request is expected
+    (`gap` after the last arrival, `since_last` ago) only after the delay would have run out.
+    Without a measured gap the delay is waited as before.
+    """
+    if oldest_age >= delay_s:
+        return True
+    if gap is None:
+        return False
+    return gap - since_last > delay_s - oldest_age

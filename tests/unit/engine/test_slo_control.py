@@ -1,0 +1,140 @@
+"""A model with `slo_p99_ms` on a scripted pool: the load-time latency probe, admission from the
+first request, SLO batching in the driver and the metrics of the loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pytest
+
+from surge.engine import Engine
+from surge.engine.served import probe_inputs
+from surge.errors import QueueFullError
+from surge.repository import Repository
+from surge.runtimes.base import Signature, TensorSpec
+from tests.unit.engine.fakes import FakeClock, FakePools, Served, make_repo, settle
+
+T = TypeVar("T")
+SLO = "max_batch_size: 8\nslo_p99_ms: 50\n"
+
+
+def run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def probed(root: Path, config: str = SLO) -> AsyncIterator[Served]:
+    """Serving a model whose probe batches (1, then 8) take 2.5 ms and 6 ms: a = 2, b = 0.5 ms."""
+    make_repo(root, config)
+    pools, clock = FakePools(), FakeClock()
+    engine = Engine(Repository(root), pool_factory=pools, clock=clock)
+    starting = asyncio.create_task(engine.start())
+    served = Served(engine, pools, clock)
+    for probe, (size, seconds) in enumerate(((1, 0.0025), (8, 0.006))):
+        for _ in range(500):  # the config is read in a thread: wait for the probe's batch
+            if pools.built and len(served.pool.dispatched) > probe:
+                break
+            await asyncio.sleep(0.01)
+        assert served.pool.dispatched[-1].size == size
+        served.pool.finish(service_s=seconds)
+    await starting
+    try:
+        yield served
+    finally:
+        await engine.stop(grace_s=0.0)
+
+
+def test_load_probes_batch_times_and_counts_them_nowhere(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with probed(tmp_path) as s:
+            assert s.model.scheduler.batch_time(1) == pytest.approx(0.0025)
+            assert s.model.scheduler.fitted_time(4) == pytest.approx(0.004)
+            stats = s.engine.stats("m")
+            assert stats.inference_count == 0
+            assert stats.success == (0, 0)
+            assert stats.latency["a_ms"] == pytest.approx(2.0)
+            assert stats.latency["b_ms"] == pytest.approx(0.5)
+
+    run(body())
+
+
+def test_a_model_without_slo_is_not_probed(tmp_path: Path) -> None:
+    async def body() -> None:
+        make_repo(tmp_path, "max_batch_size: 8\n")
+        pools = FakePools()
+        engine = Engine(Repository(tmp_path), pool_factory=pools, clock=FakeClock())
+        await engine.start()
+        assert pools.built[-1].dispatched == []
+        assert engine.stats("m").latency == {}
+        await engine.stop(grace_s=0.0)
+
+    run(body())
+
+
+def test_first_burst_after_load_is_refused_past_what_the_deadline_allows(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with probed(tmp_path) as s:
+            # 10 ms each: one batch of 8 (6 ms) fits, a second one (12 ms in all) does not.
+            tasks = await s.infer(*range(20), timeout_us=10_000)
+            refused = [t for t in tasks if t.done() and isinstance(t.exception(), QueueFullError)]
+            assert len(refused) == 20 - 8 - 1  # the first went at once; 8 more fill one batch
+            error = refused[0].exception()
+            assert isinstance(error, QueueFullError)
+            assert error.retry_after_s is not None
+            assert error.retry_after_s > 0
+            assert s.engine.metrics.rejected.labels("m", "admission")._value.get() == 11
+            admitted = [t for t in tasks if t not in refused]
+            for _ in range(20):
+                if all(t.done() for t in admitted):
+                    break
+                if s.pool.held[0]:
+                    s.pool.finish(service_s=0.006)
+                await s.tick(0.001)
+            assert all(t.done() and t.exception() is None for t in admitted)
+
+    run(body())
+
+
+def test_idle_slo_model_dispatches_at_once_and_counts_slo_attainment(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with probed(tmp_path) as s:
+            probes = len(s.pool.dispatched)
+            (task,) = await s.infer(1.0)
+            assert len(s.pool.dispatched) == probes + 1  # no batching delay paid
+            await s.tick(0.003)
+            s.pool.finish(service_s=0.003)
+            await settle()
+            assert task.done()
+            (late,) = await s.infer(2.0)
+            await s.tick(0.080)  # answered after 80 ms: outside the 50 ms SLO
+            s.pool.finish(service_s=0.080)
+            await settle()
+            assert late.done()
+            metrics = s.engine.metrics
+            assert metrics.slo_requests.labels("m", "yes")._value.get() == 1
+            assert metrics.slo_requests.labels("m", "no")._value.get() == 1
+            assert metrics.batch_time_fit.labels("m", "intercept")._value.get() > 0
+
+    run(body())
+
+
+def test_probe_inputs_follow_the_signature_or_give_up() -> None:
+    fixed = Signature((TensorSpec("x", "FP32", (-1, 3, 2)), TensorSpec("k", "INT64", (-1, 1))),
+                      (), batched=True)
+    inputs = probe_inputs(fixed, 4)
+    assert inputs is not None
+    assert inputs["x"].shape == (4, 3, 2)
+    assert inputs["k"].dtype == np.int64
+    variable = Signature((TensorSpec("ids", "INT64", (-1, -1)),), (), batched=True)
+    assert probe_inputs(variable, 4) is None
+    text = Signature((TensorSpec("s", "BYTES", (-1, 1)),), (), batched=True)
+    assert probe_inputs(text, 1) is None
+    single = Signature((TensorSpec("x", "FP32", (3,)),), (), batched=False)
+    one = probe_inputs(single, 1)
+    assert one is not None
+    assert one["x"].shape == (3,)

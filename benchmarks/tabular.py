@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ from rich.console import Console
 from rich.table import Table
 
 from surge.evaluate.harness import evaluate, load_dataset
-from surge.repository import Repository
+from surge.repository import LoadedModel, Repository
+from surge.runtimes import load_runner
 
 MODELS = ("credit-gbm", "credit-mlp")
 BATCHES = (1, 8, 32, 128)
@@ -54,26 +56,43 @@ def in_process_speeds(runner: Any, inputs: dict[str, Any]) -> dict[int, float]:
     return {b: in_process(runner, {k: v[:b] for k, v in inputs.items()}) for b in BATCHES}
 
 
-def measure(repo: Path, model: str, args: argparse.Namespace) -> dict[str, Any]:
-    loaded = Repository(repo).load(model)
-    dataset = load_dataset(DATASET)
+def original_and_served(repo: Path, model: str) -> tuple[LoadedModel, LoadedModel]:
+    """The trained model and what its config serves (a tuned config may name a variant)."""
+    found = Repository(repo)
+    served = found.load(model)
+    if served.variant is None:
+        return served, served
+    path = found.model_file(model, found.resolve_version(model, None))
+    return replace(served, variant=None, path=path, runner=load_runner(path)), served
+
+
+def quality_and_speed(loaded: LoadedModel, dataset: Any) -> dict[str, Any]:
     details = evaluate(loaded, dataset, "tabular-classification").details
     speeds = in_process_speeds(loaded.runner, dataset.inputs)
     best = max(speeds, key=lambda b: speeds[b])
+    return {"auc": details.auc, "f1": details.f1, "calibration": details.calibration,
+            "in_process_rows_per_s": speeds, "rows_per_s_batch_1": speeds[1],
+            "best_batch": best, "rows_per_s_best": speeds[best]}
+
+
+def measure(repo: Path, model: str, args: argparse.Namespace) -> dict[str, Any]:
+    dataset = load_dataset(DATASET)
+    original, served_model = original_and_served(repo, model)
+    result = quality_and_speed(original, dataset)
+    if served_model.variant is not None:
+        result["served_variant"] = {"variant": served_model.variant,
+                                    **quality_and_speed(served_model, dataset)}
     tuned, source = tuned_settings(repo / model, {
         **UNTUNED, "instances": args.tuned_instances, "max_batch_size": args.tuned_batch,
         "batching": {"enabled": True, "max_queue_delay_ms": args.tuned_delay_ms}})
     served = compare_served(repo, model, 1, args.duration, DATASET,
                             {"untuned": UNTUNED, "tuned": tuned}, args.rounds)
-    return {"auc": details.auc, "f1": details.f1, "calibration": details.calibration,
-            "in_process_rows_per_s": speeds, "rows_per_s_batch_1": speeds[1],
-            "best_batch": best, "rows_per_s_best": speeds[best],
-            "tuned_settings": tuned, "tuned_source": source, "served": served}
+    return {**result, "tuned_settings": tuned, "tuned_source": source, "served": served}
 
 
 def print_results(results: dict[str, Any]) -> None:
     table = Table(title=f"HMDA credit risk, test split; served to {CLIENTS} clients x 1 row "
-                        "(median run)")
+                        "(mean of runs, worst p99)")
     for column in ("model", "AUC", "F1@0.5", "calibration", "rows/s b=1", "rows/s best (b)",
                    "served untuned rows/s (p99 ms)", "served tuned rows/s (p99 ms)",
                    "tuned/untuned"):
@@ -90,6 +109,11 @@ def print_results(results: dict[str, Any]) -> None:
     console.print(table)
     for model, r in results["models"].items():
         console.print(f"{model} tuned ({r['tuned_source']}): {r['tuned_settings']}")
+        if "served_variant" in r:
+            v = r["served_variant"]
+            console.print(f"  {v['variant']} in process: AUC {100 * v['auc']:.2f}, "
+                          f"{v['rows_per_s_batch_1']:,.0f} rows/s at b=1, "
+                          f"{v['rows_per_s_best']:,.0f} at b={v['best_batch']}")
 
 
 def main() -> int:

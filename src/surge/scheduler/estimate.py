@@ -35,14 +35,22 @@ class BatchTimes:
     def estimate(self, size: int) -> float | None:
         """Seconds for a batch of `size` items; None before any measurement.
 
-        An unmeasured size takes the nearest larger measured size (compute time grows with
-        size, so this errs towards admitting less), else scales the largest smaller one.
+        An unmeasured size between two measured ones lies on the straight line joining them
+        (batch time is close to a + b * n; taking the larger size instead would price a batch
+        of 2 as a full one when only 1 and the full size were probed on load). Below every
+        measured size it takes the nearest larger one (errs towards admitting less), above
+        every one it scales the largest.
         """
         if size in self._times:
             return self._times[size]
         if not self._times:
             return None
         larger = [s for s in self._times if s > size]
+        smaller = [s for s in self._times if s < size]
+        if larger and smaller:
+            low, high = max(smaller), min(larger)
+            share = (size - low) / (high - low)
+            return self._times[low] + share * (self._times[high] - self._times[low])
         if larger:
             return self._times[min(larger)]
         biggest = max(self._times)

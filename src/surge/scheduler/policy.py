@@ -3,10 +3,11 @@
 Pure functions of what the scheduler knows (queue, fitted batch time, arrival gap), so each is
 tested with plain numbers.
 
-- `slo_wait` (a model with `slo_p99_ms`): waiting only pays when more requests are coming and
-  the batch as it stands cannot keep up with them; it never waits so long that the oldest
-  request's predicted completion passes the SLO. Idle traffic goes at once; as load rises the
-  batch grows until it keeps pace with arrivals.
+- `slo_wait` (a model with `slo_p99_ms`): a worker with nothing to do gets the queue at once
+  (what arrives while it computes forms the next, larger batch). Only a batch that would wait
+  in a busy worker's second slot waits for more, while more requests are coming and the batch
+  as it stands cannot keep up with them, and never so long that the oldest request's predicted
+  completion passes the SLO. So batches grow with load and light traffic pays no delay.
 - `static_due` (no SLO): today's fixed `max_queue_delay_ms`, except that a batch does not wait
   for a request the arrival rate says will come after the delay has run out anyway (one
   closed-loop client would otherwise pay the full delay on every request).
@@ -26,19 +27,22 @@ class QueueView:
     oldest_age: float  # how long the oldest queued request has waited
     gap: float | None  # expected time to the next arrival; None when unknown
     workers: int  # instances computing in parallel
+    idle: int = 0  # instances with nothing at all to do (not even a batch computing)
 
 
 def slo_wait(view: QueueView, batch_time: Callable[[int], float | None], slo_s: float,
              max_batch: int) -> float:
     """Seconds the queue should still wait for more requests; 0.0 means dispatch now.
 
-    Dispatch now when the batch is full, when nothing is known to be coming, when batch time is
+    Dispatch now when the batch is full, when an instance has nothing to do (waiting would
+    leave it idle: measured, a closed-loop client otherwise waits for a request that only its
+    own answer brings), when nothing is known to be coming, when batch time is
     not known yet, when the batch keeps pace with arrivals (`items * workers` per batch time is
     at least the arrival rate), or when waiting for the next request would put the oldest past
     `slo_s`. Otherwise wait, at most until that last bound would be reached.
     """
     items = min(view.items, max_batch)
-    if items >= max_batch or view.gap is None:
+    if items >= max_batch or view.idle > 0 or view.gap is None:
         return 0.0
     now_time, next_time = batch_time(items), batch_time(items + 1)
     if now_time is None or next_time is None:

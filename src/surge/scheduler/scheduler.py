@@ -312,7 +312,7 @@ class Scheduler:
         limit = self.config.max_batch_size
         sizes = list(accumulate(e[2].batch_size for e in heapq.nsmallest(limit, queue.heap)))
         fits = bisect_right(sizes, limit)  # requests that fit one batch, in priority order
-        if self._due(queue, now):
+        if self._due(queue, now, spread):
             if spread > 1 and queue.items < limit:  # partial batch, several idle workers
                 return max(1, bisect_right(sizes, -(-queue.items // spread)))
             return fits
@@ -322,18 +322,22 @@ class Scheduler:
                 return hit + 1
         return 0
 
-    def _due(self, queue: _KeyQueue, now: float) -> bool:
+    def _due(self, queue: _KeyQueue, now: float, spread: int) -> bool:
         """Dispatch without waiting: batch full, no batching, or the batching policy says go."""
-        return self._due_at(queue, now) <= now
+        return self._due_at(queue, now, spread) <= now
 
-    def _due_at(self, queue: _KeyQueue, now: float) -> float:
-        """When this queue's partial batch stops waiting for more requests (`now`: go now)."""
+    def _due_at(self, queue: _KeyQueue, now: float, spread: int = 0) -> float:
+        """When this queue's partial batch stops waiting for more requests (`now`: go now).
+
+        `spread` is how many workers have nothing at all to do (0 when only a busy worker's
+        second slot is free, or when not known)."""
         config = self.config
         if queue.items >= config.max_batch_size or config.max_batch_size == 1:
             return now
         oldest = self._oldest(queue).arrival
         if config.slo_s is not None:
-            view = QueueView(queue.items, now - oldest, self.arrivals.gap(now), self.workers)
+            view = QueueView(queue.items, now - oldest, self.arrivals.gap(now), self.workers,
+                             spread)
             wait = slo_wait(view, self._times.fitted, config.slo_s * config.slo_headroom,
                             config.max_batch_size)
             return now + wait if wait > 0.0 else now

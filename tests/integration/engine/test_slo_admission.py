@@ -29,18 +29,20 @@ def test_first_burst_after_a_load_is_refused_where_the_deadline_cannot_be_met(
             assert full is not None  # known before any request
             assert model.scheduler.batch_time(1) is not None
             assert engine.stats("slow").inference_count == 0  # the probe is no traffic
-            # Time for about two full batches: 16 of the 40 can make it, not 40.
-            timeout_us = int(2 * full * 1e6)
-            x = np.full((1, 512), 0.5, np.float32)
+            # Full batches (8 rows a request) with time for about a third of them: long
+            # enough (>= 100 ms) that a busy machine's hiccups do not decide the outcome.
+            timeout_s = max(0.1, 4 * full)
+            count = 3 * int(timeout_s / full) + 10
+            x = np.full((8, 512), 0.5, np.float32)
             outcomes = await asyncio.gather(
-                *(engine.infer("slow", None, {"x": x}, timeout_us=timeout_us)
-                  for _ in range(40)), return_exceptions=True)
+                *(engine.infer("slow", None, {"x": x}, timeout_us=int(timeout_s * 1e6))
+                  for _ in range(count)), return_exceptions=True)
             refused = [o for o in outcomes if isinstance(o, QueueFullError)]
             answered = [o for o in outcomes if isinstance(o, dict)]
             late = [o for o in outcomes if isinstance(o, DeadlineExceededError)]
-            assert len(refused) + len(answered) + len(late) == 40, outcomes
-            assert len(refused) >= 16
-            assert answered
+            assert len(refused) + len(answered) + len(late) == count, outcomes
+            assert len(refused) >= count // 2, (len(refused), len(late), full)
+            assert answered, (len(refused), len(late), full)
             assert all(r.retry_after_s and r.retry_after_s > 0 for r in refused)
             latency = engine.stats("slow").latency
             assert latency["b_ms"] >= 0  # the fitted line is reported

@@ -78,3 +78,11 @@ def test_arrival_rate_sees_a_surge_after_an_idle_spell_within_a_few_requests() -
 def test_arrival_rate_refuses_a_bad_window() -> None:
     with pytest.raises(ValueError, match="window"):
         ArrivalRate(window=0)
+
+
+def test_a_size_between_two_measured_ones_is_interpolated() -> None:
+    times = InstanceTimes()
+    times.record(0, 1, 0.002)
+    times.record(0, 64, 0.034)  # as the load-time probe leaves it: only 1 and the full size
+    assert times.estimate(2) == pytest.approx(0.002 + 0.032 / 63)
+    assert times.estimate(33) == pytest.approx(0.002 + 0.032 * 32 / 63)

@@ -28,6 +28,12 @@ def test_waits_for_more_when_the_batch_cannot_keep_pace() -> None:
     assert wait > 0.0
 
 
+def test_an_idle_instance_gets_the_queue_at_once_whatever_the_load() -> None:
+    busy, idle = QueueView(1, 0.0, 0.0005, 1), QueueView(1, 0.0, 0.0005, 1, idle=1)
+    assert slo_wait(busy, line(), SLO, 32) > 0.0
+    assert slo_wait(idle, line(), SLO, 32) == 0.0
+
+
 def test_batches_grow_with_load() -> None:
     def size_it_goes_at(gap: float) -> int:
         for items in range(1, 33):

@@ -52,9 +52,10 @@ def test_slo_model_waits_under_load_and_the_batch_grows_within_the_slo() -> None
     s = measured(slo_s=0.050)
     prime(s, 0.0, gap=0.001)
     now, batch = 0.0, None
+    # spread=0: the worker computes a batch, only its second slot is free
     while batch is None:  # 1000 requests/s: a batch of one (2.5 ms) cannot keep pace
         s.add(req(now), now)
-        batch = s.next_batch(now, 1)
+        batch = s.next_batch(now, 1, spread=0)
         if batch is None:
             wakeup = s.next_wakeup(now, 1)
             assert wakeup is not None
@@ -69,14 +70,23 @@ def test_slo_model_dispatches_when_waiting_more_would_pass_the_slo() -> None:
     s = measured(slo_s=0.050)
     prime(s, 0.0)
     s.add(req(0.0), 0.0)
-    assert s.next_batch(0.0, 1) is None
+    assert s.next_batch(0.0, 1, spread=0) is None
     prime(s, 0.030)
     s.add(req(0.030), 0.030)
-    assert s.next_batch(0.030, 1) is None  # 30 ms old, 2 items: 3 ms of work, room to wait
+    assert s.next_batch(0.030, 1, spread=0) is None  # 30 ms old, 2 items: 3 ms of work, room to wait
     prime(s, 0.0375)
-    batch = s.next_batch(0.0375, 1)  # one more arrival and its batch would pass 80% of 50 ms
+    batch = s.next_batch(0.0375, 1, spread=0)  # one more arrival and its batch would pass 80% of 50 ms
     assert batch is not None
     assert batch.size == 2
+
+
+def test_slo_model_gives_a_worker_with_nothing_to_do_the_queue_at_once() -> None:
+    s = measured(slo_s=0.050)
+    prime(s, 0.0, gap=0.001)  # a batch of one cannot keep pace at 1000/s...
+    s.add(req(0.0), 0.0)
+    assert s.next_batch(0.0, 2, spread=0) is None
+    batch = s.next_batch(0.0, 2, spread=1)  # ...but an idle worker would only sit waiting
+    assert batch is not None
 
 
 def test_static_delay_is_not_paid_when_requests_come_one_at_a_time() -> None:

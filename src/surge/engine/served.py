@@ -376,6 +376,9 @@ class ServedModel:
         """Its instance hung: the requests go again once if their deadline allows, or fail."""
         now = self._clock()
         self.metrics.worker_hangs.labels(self.name).inc()
+        if batch.id in self._probes:  # not retried: the model loads and learns from traffic
+            self._probe_done(batch, None, WorkerCrashedError("latency probe hung"), None, now)
+            return
         for request in self.scheduler.retry(batch, now):
             why = ("it hung on the retry too" if request.retries else
                    "no time left before its deadline to retry it")

@@ -36,7 +36,7 @@ from surge.runtimes.base import Signature, TensorSpec
 from surge.scheduler.types import Batch
 from surge.workers.hang import HangRule
 from surge.workers.messages import BatchDone, LoadFailed, Ready, Stop
-from surge.workers.transport import Transport, make_transport
+from surge.workers.transport import Transport, make_transport, whole_messages
 from surge.workers.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
@@ -328,9 +328,13 @@ class WorkerPool:
 
     def _readable(self, worker: Worker) -> None:
         try:
-            while worker.state is not State.DEAD and worker.conn.poll():
-                self._handle(worker, worker.conn.recv())
-        except (EOFError, OSError):
+            with whole_messages(worker.conn):
+                while worker.state is not State.DEAD and worker.conn.poll():
+                    self._handle(worker, worker.conn.recv())
+        except EOFError:
+            self._crashed(worker)
+        except OSError as exc:  # the pipe or a shared-memory slot failed: the worker is lost
+            log.warning("worker %s[%d]: %s", self.ref, worker.index, exc, exc_info=True)
             self._crashed(worker)
 
     def _handle(self, worker: Worker, message: object) -> None:

@@ -17,7 +17,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Protocol
@@ -233,6 +233,25 @@ class ShmTransport:
         for inputs, outputs in self.pairs:
             inputs.close()
             outputs.close()
+
+
+@contextlib.contextmanager
+def whole_messages(conn: Connection) -> Iterator[None]:
+    """Read whole messages from a pipe the event loop watches.
+
+    uvloop puts a watched descriptor in non-blocking mode, and a message larger than the pipe's
+    buffer (outputs that did not fit their slot come on the pipe) is still being written when
+    the first bytes wake the reader: a non-blocking read of it fails half way with EAGAIN. The
+    writer is mid-message, so blocking until the message is whole is brief.
+    """
+    fd = conn.fileno()
+    was_blocking = os.get_blocking(fd)
+    os.set_blocking(fd, True)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            os.set_blocking(fd, was_blocking)
 
 
 class PipeTransport:

@@ -139,3 +139,26 @@ def test_probe_inputs_follow_the_signature_or_give_up() -> None:
     one = probe_inputs(single, 1)
     assert one is not None
     assert one["x"].shape == (3,)
+
+
+def test_a_hung_probe_is_not_retried_and_the_model_still_loads(tmp_path: Path) -> None:
+    async def body() -> None:
+        make_repo(tmp_path, SLO)
+        pools = FakePools()
+        engine = Engine(Repository(tmp_path), pool_factory=pools, clock=FakeClock())
+        starting = asyncio.create_task(engine.start())
+        for _ in range(500):
+            if pools.built and pools.built[-1].dispatched:
+                break
+            await asyncio.sleep(0.01)
+        pool = pools.built[-1]
+        pool.hang()
+        pool.restart()
+        await starting
+        served = Served(engine, pools, engine.clock)  # type: ignore[arg-type]
+        assert len(pool.dispatched) == 1  # neither retried nor followed by the full batch
+        assert served.model.scheduler.queued == 0
+        assert engine.stats("m").inference_count == 0
+        await engine.stop(grace_s=0.0)
+
+    run(body())

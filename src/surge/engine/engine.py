@@ -18,13 +18,13 @@ import numpy as np
 import surge.pipeline.served as pipelines
 from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolFactory, PoolSpec
 from surge.engine.interface import ModelHandle
+from surge.engine.metrics import SurgeMetrics
 from surge.engine.reload import override_config
 from surge.engine.served import ServedModel
 from surge.engine.stats import ModelStats
 from surge.errors import ConfigError, ModelNotReadyError, NotFoundError, SurgeError
 from surge.platform import available_cores
 from surge.repository import Repository, served_version
-from surge.server.metrics import SurgeMetrics
 from surge.workers.hang import HangRule
 from surge.workers.pool import WorkerPool, cuda_device_count, plan_instances
 

@@ -12,10 +12,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from surge.engine.metrics import SurgeMetrics
 from surge.engine.stats import ModelStats
 from surge.repository import ModelConfig
 from surge.runtimes.base import Signature
-from surge.server.metrics import SurgeMetrics
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import numpy as np
 from surge.datatypes import v2_to_numpy
 from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolSpec
 from surge.engine.interface import ModelHandle
+from surge.engine.metrics import SurgeMetrics
 from surge.engine.stats import Counters
 from surge.engine.timing import RequestTiming, request_timing
 from surge.errors import (
@@ -39,7 +40,6 @@ from surge.errors import (
 from surge.repository import ModelConfig
 from surge.runtimes.base import Signature
 from surge.scheduler import Batch, Request, Scheduler, SchedulerConfig, shape_key
-from surge.server.metrics import SurgeMetrics
 from surge.workers.pool import BatchResult
 
 log = logging.getLogger(__name__)

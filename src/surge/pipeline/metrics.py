@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
 
-from surge.server.metrics import SurgeMetrics
+from surge.engine.metrics import SurgeMetrics
 
 # Steps range from a few microseconds (top-k labels) to a model's batch (tens of ms or more).
 _SECONDS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

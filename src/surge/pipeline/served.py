@@ -27,6 +27,7 @@ import numpy as np
 
 from surge.engine.instances import Clock
 from surge.engine.interface import ModelHandle
+from surge.engine.metrics import SurgeMetrics
 from surge.engine.stats import Counters
 from surge.errors import (
     ConfigError,
@@ -41,7 +42,6 @@ from surge.pipeline.metrics import step_metrics
 from surge.pipeline.steps import ProcessorStep, processor_step
 from surge.repository import ModelConfig, Repository
 from surge.runtimes.base import Signature, TensorSpec
-from surge.server.metrics import SurgeMetrics
 
 log = logging.getLogger(__name__)
 

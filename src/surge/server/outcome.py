@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from surge.engine.metrics import SurgeMetrics
 from surge.errors import (
     DeadlineExceededError,
     InputError,
@@ -15,7 +16,6 @@ from surge.errors import (
     SurgeError,
     WorkerCrashedError,
 )
-from surge.server.metrics import SurgeMetrics
 
 if TYPE_CHECKING:
     from surge.engine import InferenceEngine

@@ -13,9 +13,9 @@ import pytest
 
 import surge.server.app
 import surge.server.keys
+from surge.engine.metrics import SurgeMetrics
 from surge.errors import ModelLoadError, NotFoundError
 from surge.server.app import OFFLOAD_DECODE_BYTES, V2App
-from surge.server.metrics import SurgeMetrics
 
 
 class _Handle:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from tests.integration.production.certs import Pair, issue, make_ca
 from tests.integration.server.conftest import HERE as SERVER_TESTS
-from tests.integration.server.conftest import free_port
+from tests.integration.server.conftest import free_port, stop_process, worker_pids
 
 
 @dataclass
@@ -34,19 +34,10 @@ class Served:
         return httpx.Client(base_url=self.http, verify=self.verify, timeout=30.0, **kwargs)  # type: ignore[arg-type]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-            raise
+        return stop_process(self.process, sig, timeout)
 
     def worker_pids(self) -> list[int]:
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return [int(pid) for pid in children.read_text().split()
-                if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        return worker_pids(self.process)
 
 
 def serve_command(repo: Path, ports: tuple[int, int, int], *args: str) -> list[str]:

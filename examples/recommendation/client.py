@@ -1,6 +1,6 @@
 """Score one user against N candidate items with one request and print the top 10.
 
-    surge serve out/recommendation &
+    surge serve examples/recommendation/repository &   # or out/recommendation
     .venv/bin/python examples/recommendation/client.py --user 7 --candidates 100
 """
 

@@ -100,7 +100,8 @@ class BackgroundServer:
 
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         models = list(self.options.models) if self.options.models else None
-        server = SurgeServer(Engine(Repository(self.repo), models=models), self.options)
+        engine = Engine(Repository(self.repo), models=models, residency=self.options.residency)
+        server = SurgeServer(engine, self.options)
         try:
             self._endpoints.set_result(await server.start())
             await self._stop.wait()

@@ -36,9 +36,11 @@ class QueueFullError(ServingError):
 
     status = 503
 
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+    def __init__(self, message: str, retry_after_s: float = 1.0,
+                 reason: str = "queue_full") -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.reason = reason  # queue_full, or predicted_miss: the deadline cannot be met
 
 
 class DeadlineExceededError(ServingError):

@@ -58,7 +58,13 @@ def test_tune_tiny_model_end_to_end(tiny_repo: tuple[Path, Path],
     config = Repository(repo).config("tiny")
     assert (config.max_batch_size, config.instances, config.threads, config.slo_p99_ms) == (
         chosen["max_batch_size"], chosen["instances"], chosen["threads"], 2000.0)
-    assert config.variant == (None if chosen["variant"] == "original" else chosen["variant"])
+    if config.ladder:  # a faster variant within the budget: the ladder starts at the original
+        assert config.variant is None
+        assert config.ladder[0] == "original"
+        assert set(config.ladder_accuracy) == set(config.ladder)
+        assert config.max_accuracy_drop == report["max_accuracy_drop"]
+    else:
+        assert config.variant == (None if chosen["variant"] == "original" else chosen["variant"])
     selection = report["selection"]
     assert sum(c["status"] == "chosen" for c in selection["candidates"]) == 1
     assert all(c["reason"] for c in selection["candidates"])

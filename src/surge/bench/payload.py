@@ -75,8 +75,11 @@ def sample_inputs(
 
 
 def _fits(rows: np.ndarray | None, spec: InputSpec, count: int) -> bool:
-    return (rows is not None and len(rows) >= count and spec.datatype != "BYTES"
-            and rows.dtype == v2_to_numpy(spec.datatype))
+    if rows is None or len(rows) < count:
+        return False
+    if spec.datatype == "BYTES":  # files or texts, one per row (a pipeline's input)
+        return rows.dtype == object
+    return rows.dtype == v2_to_numpy(spec.datatype)
 
 
 def _random(datatype: str, dims: list[int], rng: np.random.Generator) -> np.ndarray:

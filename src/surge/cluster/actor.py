@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from surge.cluster.shared import Probe, shares_memory
 from surge.runtimes.base import Runner, Signature
 from surge.workers.messages import TensorMeta
-from surge.workers.transport import pack, unpack
+from surge.workers.transport import Parts, pack, unpack
 
 if TYPE_CHECKING:
     from surge.cluster.channel import ChannelServer
@@ -74,12 +76,18 @@ class BatchReply:
     error: str = ""
 
 
-def pack_batch(parts: dict[str, list[np.ndarray]]) -> TensorBatch:
-    """Copy the pieces of each tensor once, side by side, into a fresh contiguous buffer."""
+Into = Callable[[int], "memoryview | None"]  # a buffer of at least that size, or None
+
+
+def pack_batch(parts: Parts, into: Into | None = None) -> TensorBatch:
+    """Copy the pieces of each tensor once, side by side, into one contiguous buffer: the one
+    `into` offers (a shared-memory slot), else a fresh one."""
     holder: list[np.ndarray] = []
 
     def alloc(size: int) -> memoryview:
-        holder.append(np.empty(max(size, 1), np.uint8))
+        offered = into(max(size, 1)) if into is not None else None
+        holder.append(np.frombuffer(offered, np.uint8, max(size, 1)) if offered is not None
+                      else np.empty(max(size, 1), np.uint8))
         return holder[0].data
 
     metas = pack(parts, alloc)
@@ -115,8 +123,9 @@ class InstanceActor:
             return InstanceInfo(**where, error=f"{type(exc).__name__}: {exc}")
         return InstanceInfo(**where, device=self.runner.device, signature=self.runner.signature)
 
-    def run(self, batch_id: int, inputs: TensorBatch) -> BatchReply:
-        """Compute one batch; a runner error fails the batch, not the instance."""
+    def run(self, batch_id: int, inputs: TensorBatch, into: Into | None = None) -> BatchReply:
+        """Compute one batch (outputs packed where `into` says); a runner error fails the
+        batch, not the instance."""
         assert self.runner is not None, "load() runs before any batch"
         started = time.perf_counter_ns()
         arrays = unpack_batch(inputs)
@@ -126,19 +135,22 @@ class InstanceActor:
         except Exception as exc:
             return BatchReply(batch_id, None, error=f"{type(exc).__name__}: {exc}")
         computed = time.perf_counter_ns()
-        packed = pack_batch({name: [np.ascontiguousarray(a)] for name, a in outputs.items()})
+        packed = pack_batch({name: [np.ascontiguousarray(a)] for name, a in outputs.items()},
+                            into)
         return BatchReply(batch_id, packed, loaded - started, computed - loaded,
                           time.perf_counter_ns() - computed)
 
-    def open_channel(self, secret: bytes) -> tuple[str, int]:
-        """Serve batches on a direct channel (see `surge.cluster.channel`); its host:port."""
+    def open_channel(self, secret: bytes, probe: Probe | None = None) -> tuple[str, int, bool]:
+        """Serve batches on a direct channel (see `surge.cluster.channel`): its host and port,
+        and whether this node shares the front end's memory (`probe` found here)."""
         import ray
 
         from surge.cluster.channel import ChannelServer
 
         if self._server is None:
             self._server = ChannelServer(self.run, secret, ray.util.get_node_ip_address())
-        return self._server.address
+        host, port = self._server.address
+        return host, port, probe is not None and shares_memory(probe)
 
     def ping(self) -> int:
         """Heartbeat: answered by the health group even while a batch computes."""

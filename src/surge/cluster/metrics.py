@@ -19,7 +19,9 @@ class ClusterMetrics:
                             ["model", "cause"], registry=registry)
         self.batches = Counter("surge_cluster_batches_total",
                                "Batches computed by cluster instances, per node and tensor "
-                               "path (channel: direct to the actor; ray: as Ray actor calls).",
+                               "path (shm: shared memory, the direct channel carrying only "
+                               "slot names; channel: on the direct channel's socket; ray: as "
+                               "Ray actor calls).",
                                ["model", "node", "path"], registry=registry)
         self.retried = Counter("surge_cluster_batches_retried_total",
                                "Batches of a lost instance queued again for another one.",

@@ -8,9 +8,10 @@ on the event loop. Everything blocking (packing a large batch, a put, the node t
 off the loop.
 
 Faults: an actor that dies, a node that goes away, or a node that stops answering heartbeats
-loses that instance. Its batches go back to the head of the queue once (another instance
-computes them) while their deadlines allow, else fail with WorkerCrashedError; the instance is
-replaced with backoff, away from a silent node. Scaling: see `ScalePolicy`.
+(`surge.cluster.heartbeat`, on its own thread) loses that instance. Its batches go back to the
+head of the queue once (another instance computes them) while their deadlines allow, else
+fail with WorkerCrashedError; the instance is replaced with backoff, away from a silent node
+for a while. Scaling: see `ScalePolicy`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import asyncio
 import contextlib
 import enum
 import logging
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from surge.cluster.actor import ActorSpec, BatchReply, TensorBatch, pack_batch, unpack_batch
-from surge.cluster.channel import SECRET_BYTES, Channel, ChannelClosedError
+from surge.cluster.actor import ActorSpec, BatchReply, unpack_batch
+from surge.cluster.channel import Channel, ChannelClosedError
+from surge.cluster.heartbeat import Heartbeat
+from surge.cluster.paths import open_channel, path_name, ray_call
 from surge.cluster.placement import (
     actor_options,
     describe_demand,
@@ -43,7 +45,6 @@ from surge.workers.pool import BatchResult
 log = logging.getLogger(__name__)
 
 PIPELINE_DEPTH = 2  # batches an instance holds: one computing, one waiting on its node
-OFFLOAD_BYTES = 100 * 1024  # Ray copies bigger arguments into its object store: off the loop
 BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 30.0
 EWMA_ALPHA = 0.2
@@ -68,10 +69,8 @@ class Instance:
     device: str = ""
     error: str = ""
     inflight: dict[int, Batch] = field(default_factory=dict)
-    last_seen: float = 0.0  # loop time of its last heartbeat answer or result
     last_done: float = 0.0
     idle_since: float = 0.0
-    ping: Any = None  # the heartbeat call awaiting its answer (an ObjectRef)
     item_s: float | None = None  # its own EWMA of seconds per batch item: nodes differ
     channel: Channel | None = None  # the direct tensor path; None: batches as Ray calls
 
@@ -96,6 +95,7 @@ class RayPool:
         self._instances: list[Instance] = []
         self._indexes = 0
         self._failures = 0  # launches in a row that did not become ready: the backoff
+        self._replacements = 0  # lost instances whose replacement waits out its backoff
         self._warm = False
         self._stopping = False
         self._changed = asyncio.Event()
@@ -104,6 +104,8 @@ class RayPool:
         self._watcher: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         ceiling = self._config.max_instances or self._config.instances
+        self._heartbeat = Heartbeat(self._config.heartbeat_ms / 1e3,
+                                    self._config.heartbeat_misses, self._heard_threadsafe)
         self._policy = ScalePolicy(self._config.instances, ceiling,
                                    self._config.scale_up_after_s, self._config.scale_down_idle_s)
 
@@ -163,6 +165,7 @@ class RayPool:
             raise
         self._warm = True
         self._watcher = asyncio.create_task(self._watch(), name=f"surge-cluster-{self.model}")
+        self._heartbeat.start()
 
     async def _all_loaded(self) -> None:
         while not all(i.state is State.READY for i in self._instances):
@@ -175,6 +178,7 @@ class RayPool:
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Kill every actor; batches still held fail with WorkerCrashedError."""
         self._stopping = True
+        self._heartbeat.stop()
         if self._watcher is not None:
             self._watcher.cancel()
         for instance in list(self._instances):
@@ -187,6 +191,7 @@ class RayPool:
     def _retire(self, instance: Instance, error: Exception | None) -> None:
         """Take an instance out and kill its actor; fail what it held with `error`."""
         instance.state = State.DEAD
+        self._heartbeat.forget(instance.index)
         _close(instance)
         with contextlib.suppress(Exception):
             import ray
@@ -241,7 +246,9 @@ class RayPool:
                 return
         now = self._loop.time()
         instance.state, instance.node_id, instance.device = State.READY, info.node_id, info.device
-        instance.last_seen = instance.idle_since = now
+        instance.idle_since = now
+        self._heartbeat.watch(instance.index, instance.actor,
+                              instance.channel is not None and instance.channel.shared)
         self._failures = 0
         log.info("instance %s[%d] ready on node %s (%s, pid %d)", self.spec.ref, instance.index,
                  info.node_ip, info.device, info.pid)
@@ -252,11 +259,9 @@ class RayPool:
     async def _open_channel(self, instance: Instance) -> Channel | None:
         """The instance's direct channel, or None (batches go as Ray calls) when it cannot
         be opened: a firewall between the nodes, say."""
-        secret = secrets.token_bytes(SECRET_BYTES)
         try:
-            host, port = await asyncio.wait_for(instance.actor.open_channel.remote(secret),
-                                                CHANNEL_TIMEOUT_S)
-            return await Channel.open(host, port, secret, CHANNEL_TIMEOUT_S)
+            return await open_channel(instance.actor, self._site.shared_memory,
+                                      CHANNEL_TIMEOUT_S)
         except Exception as exc:  # anything: Ray calls still work
             log.warning("instance %s[%d]: no direct channel (%s: %s); batches go as Ray calls",
                         self.spec.ref, instance.index, type(exc).__name__, exc)
@@ -275,9 +280,11 @@ class RayPool:
     def _replace_later(self) -> None:
         delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** self._failures)
         self._failures += 1
+        self._replacements += 1
         self._loop.call_later(delay, self._replace)
 
     def _replace(self) -> None:
+        self._replacements -= 1
         if not self._stopping:
             self._launch()
 
@@ -294,6 +301,7 @@ class RayPool:
 
         parts = {name: [r.inputs[name] for r in batch.requests]
                  for name in batch.requests[0].inputs}
+        channel = instance.channel
         try:
             reply = await self._send(instance, batch.id, parts)
         except ChannelClosedError as exc:  # a dead channel is a lost instance
@@ -313,38 +321,24 @@ class RayPool:
             if instance.inflight.pop(batch.id, None) is not None:
                 self._events.on_done(batch, None, ServingError(f"batch not sent: {exc}"), None)
             return
-        if instance.inflight.pop(batch.id, None) is None:
-            return  # the instance was lost meanwhile: its batches are answered already
-        self._finished(instance, batch, reply)
+        try:
+            if instance.inflight.pop(batch.id, None) is None:
+                return  # the instance was lost meanwhile: its batches are answered already
+            self._finished(instance, batch, reply)
+        finally:
+            if channel is not None:  # the outputs are consumed: its slots take the next
+                channel.release(batch.id)
 
     async def _send(self, instance: Instance, batch_id: int,
                     parts: dict[str, list[Any]]) -> BatchReply:
         """Compute the batch on `instance`: on its channel, else as a Ray call."""
         if instance.channel is None:
-            payload = await self._payload(parts)
-            reply: BatchReply = await instance.actor.run.remote(batch_id, payload)
-            return reply
-        return await instance.channel.run(batch_id, await self._packed(parts))
-
-    async def _packed(self, parts: dict[str, list[Any]]) -> TensorBatch:
-        """The batch as one buffer; a large one packed by a thread, off the event loop."""
-        if sum(p.nbytes for pieces in parts.values() for p in pieces) < OFFLOAD_BYTES:
-            return pack_batch(parts)
-        return await asyncio.to_thread(pack_batch, parts)
-
-    async def _payload(self, parts: dict[str, list[Any]]) -> Any:
-        """The batch as one buffer: inline when small, else put into the object store by a
-        thread (Ray's put copies synchronously, which would stall every other request)."""
-        size = sum(p.nbytes for pieces in parts.values() for p in pieces)
-        if size < OFFLOAD_BYTES:
-            return pack_batch(parts)
-        import ray
-
-        return await asyncio.to_thread(lambda: ray.put(pack_batch(parts)))
+            return await ray_call(instance.actor, batch_id, parts)
+        return await instance.channel.run(batch_id, parts)
 
     def _finished(self, instance: Instance, batch: Batch, reply: BatchReply) -> None:
         now = self._loop.time()
-        instance.last_seen = now
+        self._heartbeat.beat(instance.index)
         if not instance.inflight:
             instance.idle_since = now
         self._retried.difference_update(r.id for r in batch.requests)
@@ -358,8 +352,8 @@ class RayPool:
         service_s = max(own_s, now - max(batch.dispatched, instance.last_done))
         instance.last_done = now
         instance.record(batch.size, service_s)
-        path = "channel" if instance.channel is not None else "ray"
-        self._site.metrics.batches.labels(self.model, instance.node_id[:12], path).inc()
+        self._site.metrics.batches.labels(self.model, instance.node_id[:12],
+                                          path_name(instance.channel)).inc()
         done = BatchDone(batch.id, input_ns=reply.input_ns, infer_ns=reply.infer_ns,
                          output_ns=reply.output_ns)
         self._events.on_done(batch, unpack_batch(reply.outputs), None,
@@ -372,6 +366,7 @@ class RayPool:
             return
         was_ready = instance.state is State.READY
         instance.state = State.DEAD
+        self._heartbeat.forget(instance.index)
         _close(instance)
         with contextlib.suppress(Exception):
             import ray
@@ -412,45 +407,43 @@ class RayPool:
         return min(times) * size if times else 0.0
 
     # -- heartbeat and scaling ---------------------------------------------------------------
+    def _heard_threadsafe(self, index: int, cause: str) -> None:
+        """The heartbeat's verdict on an instance, from its thread."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the pool is gone
+            self._loop.call_soon_threadsafe(self._heard, index, cause)
+
+    def _heard(self, index: int, cause: str) -> None:
+        instance = next((i for i in self.live if i.index == index), None)
+        if instance is None:
+            return
+        if cause == "heartbeat":
+            self._site.suspect(instance.node_id)
+        self._lose(instance, cause)
+
     async def _watch(self) -> None:
         period = self._config.heartbeat_ms / 1e3
         while not self._stopping:
             await asyncio.sleep(period)
             try:
-                self._tick(self._loop.time(), period)
-            except Exception:  # a bug here must not stop the heartbeat for good
+                self._tick(self._loop.time())
+            except Exception:  # a bug here must not stop scaling for good
                 log.exception("cluster watch of model %s failed a tick", self.model)
 
-    def _tick(self, now: float, period: float) -> None:
-        limit = period * self._config.heartbeat_misses
-        for instance in self.live:
-            if now - instance.last_seen > limit and not _answered(instance.ping):
-                self._site.suspect(instance.node_id)
-                self._lose(instance, "heartbeat")
-            elif instance.ping is None:
-                instance.ping = instance.actor.ping.remote()
-                self._spawn(self._ping(instance, instance.ping))
+    def _tick(self, now: float) -> None:
         live = self.live
         self._policy.sample(now, bool(live) and all(i.free == 0 for i in live))
         self._scale(now)
 
-    async def _ping(self, instance: Instance, ping: Any) -> None:
-        from ray.exceptions import RayError
-
-        try:
-            await ping
-        except RayError as exc:
-            self._lose(instance, type(exc).__name__)
-            return
-        instance.ping = None
-        instance.last_seen = max(instance.last_seen, self._loop.time())
-
     def _scale(self, now: float) -> None:
         live = self.live
-        starting = sum(1 for i in self._instances if i.state is State.STARTING)
+        # A replacement on its way counts as starting: a lost instance is not a reason to
+        # scale up beside it (that once made three instances of a model capped at two).
+        starting = self._replacements + sum(
+            1 for i in self._instances if i.state is State.STARTING)
         idle = [i for i in live if not i.inflight]
         longest = max((now - i.idle_since for i in idle), default=0.0)
-        step = self._policy.decide(now, len(self._instances), starting, longest)
+        step = self._policy.decide(now, len(self._instances) + self._replacements, starting,
+                                   longest)
         if step > 0:
             instance = self._launch()
             self._scaled("up", f"instance {instance.index} added")
@@ -463,8 +456,10 @@ class RayPool:
     def _scaled(self, direction: str, what: str) -> None:
         self._site.metrics.scale_events.labels(self.model, direction).inc()
         self._update_gauge()
-        log.info("model %s scaled %s: %s (%d instances)", self.spec.ref, direction, what,
-                 len(self._instances))
+        # A warning, as a lost instance is: the server's log shows warnings and above, and a
+        # change of capacity (and of what it costs) is for the operator to see.
+        log.warning("model %s scaled %s: %s (%d instances)", self.spec.ref, direction, what,
+                    len(self._instances))
 
     def _update_gauge(self) -> None:
         gauge = self._site.metrics.instances
@@ -477,14 +472,3 @@ def _close(instance: Instance) -> None:
     if instance.channel is not None:
         instance.channel.close()
         instance.channel = None
-
-
-def _answered(ping: Any) -> bool:
-    """Whether a heartbeat's answer has arrived, even if the event loop (stalled by a busy
-    machine) has not run its callback yet: a late loop must not declare a node silent."""
-    if ping is None:
-        return False
-    import ray
-
-    ready, _ = ray.wait([ping], timeout=0)
-    return bool(ready)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -51,6 +52,22 @@ def _errors(errors: dict[str, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())) or "-"
 
 
+def _print_table(report: Any, model: str, protocol: str, arrivals: float | None,
+                 batch_size: int) -> None:
+    mode = f"open loop {arrivals:g}/s" if arrivals else "closed loop"
+    table = Table(title=f"{model} over {protocol} ({mode}, batch {batch_size})")
+    for column in ("c", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "ok",
+                   "errors", "client CPU"):
+        table.add_column(column, justify="right")
+    for run in report.runs:
+        table.add_row(
+            str(run.concurrency), f"{run.throughput:,.1f}", f"{run.p50_ms:.2f}",
+            f"{run.p90_ms:.2f}", f"{run.p99_ms:.2f}", f"{run.max_ms:.2f}", str(run.ok),
+            _errors(run.errors), f"{run.client_cpu_share:.0%} core",
+        )
+    console.print(table)
+
+
 def bench(
     url: Annotated[str, typer.Argument(help="Server URL: http://host:8000 (or host:8001 for grpc).")],
     model: Annotated[str, typer.Option(help="Model to load.")],
@@ -70,16 +87,24 @@ def bench(
     data: Annotated[str | None, typer.Option(
         help="Registered dataset whose evaluation rows make the request payloads "
              "(e.g. fashion-mnist); default: random inputs.")] = None,
+    metrics_url: Annotated[str | None, typer.Option(
+        "--metrics-url", help="The server's metrics endpoint (http://host:8002/metrics): "
+        "print a line per second of requests/s, p99, goodput, shed and variant mix from it."
+    )] = None,
 ) -> None:
     """Closed loop at each concurrency (or open loop at --rate): throughput, latency, errors."""
     from surge.bench import PROTOCOLS, run_bench
+    from surge.bench.live import LiveWatch
 
     if protocol not in PROTOCOLS:
         raise SurgeError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     levels = parse_levels(concurrency)
     seconds = parse_duration(duration)
     arrivals = parse_rate(rate)
-    with Progress(TextColumn("{task.description}"), BarColumn(),
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else None
+    live = (LiveWatch(metrics_url, model, console.print, headers=headers)
+            if metrics_url else nullcontext())
+    with live, Progress(TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.fields[sent]} sent, {task.fields[errors]} errors"),
                   TimeRemainingColumn(), console=console, transient=True) as bar:
         tasks: dict[int, TaskID] = {}
@@ -92,18 +117,7 @@ def bench(
         report = run_bench(url, model, levels, seconds, protocol, arrivals, poisson=poisson,
                            batch_size=batch_size, api_key=api_key, progress=progress,
                            dataset=data)
-    mode = f"open loop {arrivals:g}/s" if arrivals else "closed loop"
-    table = Table(title=f"{model} over {protocol} ({mode}, batch {batch_size})")
-    for column in ("c", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "ok",
-                   "errors", "client CPU"):
-        table.add_column(column, justify="right")
-    for run in report.runs:
-        table.add_row(
-            str(run.concurrency), f"{run.throughput:,.1f}", f"{run.p50_ms:.2f}",
-            f"{run.p90_ms:.2f}", f"{run.p99_ms:.2f}", f"{run.max_ms:.2f}", str(run.ok),
-            _errors(run.errors), f"{run.client_cpu_share:.0%} core",
-        )
-    console.print(table)
+    _print_table(report, model, protocol, arrivals, batch_size)
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_dict(), indent=2))
         console.print(f"wrote {json_out}")

@@ -19,7 +19,8 @@ def optimize(
     model: Annotated[str, typer.Option(help="Model to optimize.")],
     variants: Annotated[str, typer.Option(
         help="Comma-separated: int8-static[-entropy|-percentile], int8-dynamic, prune-<percent>, "
-             "lowrank-<energy>|lowrank-r<rank>, bf16, fp16, fp16-torch, onnx.")],
+             "lowrank-<energy>|lowrank-r<rank>, bf16, fp16, fp16-torch, onnx, int8-tables, "
+             "fp16-tables (embedding tables only).")],
     calib: Annotated[Path | None, typer.Option(
         help="Calibration inputs: .npy (one-input model) or .npz (one array per input).")] = None,
     tolerance: Annotated[str | None, typer.Option(

@@ -13,13 +13,16 @@ from surge.commands import console
 def report(
     repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
     model: Annotated[str, typer.Option(help="Model whose tuning report to render.")],
+    trace: Annotated[Path | None, typer.Option(
+        help="JSON of benchmarks/surge_load.py: add its load-trace plot (p99, goodput, "
+             "variant mix over time) and summary.")] = None,
 ) -> None:
     """Write REPO/MODEL/tuning/report.html with the Pareto front, latencies and every
     configuration tried (from the JSON that `surge tune` saved)."""
     from surge.report import render_report
     from surge.repository import Repository
 
-    path = render_report(Repository(repo).model_dir(model))
+    path = render_report(Repository(repo).model_dir(model), trace)
     console.print(f"report: {path}")
     for png in sorted(path.parent.glob("*.png")):
         console.print(f"  plot: {png}")

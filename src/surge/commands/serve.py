@@ -10,8 +10,10 @@ import typer
 
 from surge.commands import console
 from surge.errors import SurgeError
+from surge.server.frontends import frontend_count
 
 if TYPE_CHECKING:
+    from surge.engine.ondemand import ResidencyOptions
     from surge.server.limits import ConnectionLimits
     from surge.server.process import Endpoints, ServeOptions
     from surge.server.production import ProductionOptions
@@ -55,6 +57,25 @@ def _production(tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None
     )
 
 
+def _residency(load: str, budget: str | None, group_budgets: list[str] | None
+               ) -> ResidencyOptions:
+    """`--load`, `--memory-budget` and `--group-memory-budget GROUP=SIZE`, checked."""
+    from surge.engine.ondemand import ResidencyOptions
+    from surge.engine.residency import MemoryBudget, parse_bytes
+
+    if load not in ("eager", "on-demand"):
+        raise SurgeError(f"--load {load!r}: use eager or on-demand")
+    groups: dict[str, int] = {}
+    for item in group_budgets or ():
+        group, sep, size = item.partition("=")
+        if not sep or not group.strip():
+            raise SurgeError(f"--group-memory-budget {item!r}: expected GROUP=SIZE, e.g. "
+                             "shared=800MB")
+        groups[group.strip()] = parse_bytes(size)
+    machine = parse_bytes(budget) if budget is not None else None
+    return ResidencyOptions(load, MemoryBudget(machine, groups))  # type: ignore[arg-type]
+
+
 def _tracing(exporter: str | None) -> object:
     if exporter is None:
         return None
@@ -85,6 +106,29 @@ PollInterval = Annotated[float | None, typer.Option(min=0.05, help="Seconds betw
                                                     "polls (implies --model-control poll; "
                                                     "default 5).")]
 
+RayAddress = Annotated[str | None, typer.Option(
+    "--ray", help="Join this Ray cluster (host:port of its head, or 'auto') as a driver: "
+    "models with placement cluster|auto run as actors on its compute nodes. The cluster's "
+    "token comes from RAY_AUTH_TOKEN.", envvar="SURGE_RAY_ADDRESS")]
+ReusePort = Annotated[bool, typer.Option(
+    help="Share the ports with other front ends on this machine (SO_REUSEPORT).")]
+
+# Load on demand and the memory budget (docs/many-models.md).
+LoadMode = Annotated[str, typer.Option(help="eager: load every model at start; on-demand: list "
+                                       "them, load each on its first request (a model's "
+                                       "config.yaml `load:` wins).")]
+MemoryBudgetSize = Annotated[str | None, typer.Option(
+    help="Resident memory the loaded models may use, e.g. 1.5GB: the least recently used "
+    "unpinned models are unloaded to fit.")]
+GroupBudgets = Annotated[list[str] | None, typer.Option(
+    help="GROUP=SIZE: the memory budget of one worker group (repeatable).")]
+
+# A SurgeError from the parser reaches the CLI's one-line error (a ValueError would become
+# click's usage message).
+FrontEnds = Annotated[int, typer.Option(parser=frontend_count, metavar="N|auto", help="Front-end "
+                                        "processes sharing the ports, each scheduling its own "
+                                        "share of the instances ('auto': one per core).")]
+
 
 def serve(
     repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
@@ -111,12 +155,12 @@ def serve(
     max_connections: Annotated[int | None, typer.Option(min=1, help="Open connections per port "
                                "(default: a quarter of the open-file limit, at most 4096).")] =
         None,
-    ray: Annotated[str | None, typer.Option(
-        "--ray", help="Join this Ray cluster (host:port of its head, or 'auto') as a driver: "
-        "models with placement cluster|auto run as actors on its compute nodes. The cluster's "
-        "token comes from RAY_AUTH_TOKEN.", envvar="SURGE_RAY_ADDRESS")] = None,
-    reuse_port: Annotated[bool, typer.Option(
-        help="Share the ports with other front ends on this machine (SO_REUSEPORT).")] = False,
+    ray: RayAddress = None,
+    reuse_port: ReusePort = False,
+    frontends: FrontEnds = 1,
+    load: LoadMode = "eager",
+    memory_budget: MemoryBudgetSize = None,
+    group_memory_budget: GroupBudgets = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
@@ -137,7 +181,8 @@ def serve(
         host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
         api_key=api_key, models=_models(models), grace_s=grace,
         max_body_bytes=int(max_body_mb * 1024 * 1024), limits=limits, ray_address=ray,
-        reuse_port=reuse_port,
+        reuse_port=reuse_port, frontends=frontends,
+        residency=_residency(load, memory_budget, group_memory_budget),
         production=_production(tls_cert, tls_key, tls_ca, api_keys_file, metrics_auth,
                                access_log, access_log_sample, tracing, model_control,
                                poll_interval),
@@ -165,3 +210,5 @@ def _announce(repo: Path, endpoints: Endpoints, options: ServeOptions) -> None:
         console.print(f"  TLS     {options.production.tls.cert}", highlight=False)
     if options.ray_address:
         console.print(f"  Ray     {options.ray_address}")
+    if options.frontends > 1:
+        console.print(f"  front ends {options.frontends} (SO_REUSEPORT)")

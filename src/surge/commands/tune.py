@@ -17,7 +17,10 @@ if TYPE_CHECKING:
 
 
 Repo = Annotated[Path, typer.Argument(help="Model repository directory.")]
-Model = Annotated[str, typer.Option(help="Model to tune.")]
+Model = Annotated[str, typer.Option(help="Model (or pipeline) to tune.")]
+Step = Annotated[str | None, typer.Option(
+    help="Tuning a pipeline: the model step to tune (optional when it has one). Its model's "
+         "config.yaml gets the choice; trials serve and load the whole pipeline.")]
 Data = Annotated[str, typer.Option(
     help="A registered dataset (`surge data list`, e.g. fashion-mnist), an .npz of inputs + "
          "labels (or image_ids with a COCO .json beside it), a COCO split directory, or "
@@ -29,6 +32,9 @@ SloP99 = Annotated[str, typer.Option(help="p99 latency objective, e.g. 50ms.")]
 Rate = Annotated[str | None, typer.Option(help="Open-loop Poisson load, e.g. 200/s.")]
 Concurrency = Annotated[int | None, typer.Option(
     help="Closed-loop clients (default 64 unless --rate).")]
+RowsPerRequest = Annotated[int, typer.Option(
+    min=1, help="Rows per request (a ranking request's candidates); max batch counts rows, so "
+                "max batch sizes below it are not tried.")]
 MaxDrop = Annotated[float | None, typer.Option(
     help="Largest drop of the metric from the original, in points (percent).")]
 MinMetric = Annotated[float | None, typer.Option(help="Smallest acceptable metric (percent).")]
@@ -62,13 +68,14 @@ Write = Annotated[bool, typer.Option(help="Write the choice into config.yaml.")]
 def tune(
     repo: Repo, model: Model, data: Data, task: Task = "classification",
     slo_p99: SloP99 = "50ms", rate: Rate = None, concurrency: Concurrency = None,
+    rows_per_request: RowsPerRequest = 1,
     max_accuracy_drop: MaxDrop = 1.0, min_metric: MinMetric = None, metric: Metric = None,
     budget: Budget = "10m", protocol: Protocol = "http", short_run: ShortRun = "3s",
     full_run: FullRun = "8s", finalists: Finalists = 2, final_rounds: FinalRounds = 2,
     short_runs: ShortRuns = 6, eval_samples: EvalSamples = None,
     max_batch: MaxBatch = "1,4,8,16,32,64", delays: Delays = "0,1,2,5",
     settings: Settings = None, profile_time: ProfileTime = "0.25s", variants: Variants = None,
-    write: Write = True,
+    write: Write = True, step: Step = None,
 ) -> None:
     """optimize (if no variants) -> evaluate -> profile -> select -> write config -> report."""
     from surge.api import tune as run_tune
@@ -78,31 +85,32 @@ def tune(
     from surge.tuning.tune import TuneOptions
 
     options = TuneOptions(
-        data=data, task=task, slo=_slo(slo_p99, rate, concurrency),
+        data=data, task=task, slo=_slo(slo_p99, rate, concurrency, rows_per_request),
         accuracy=AccuracyBudget(max_accuracy_drop, min_metric, _metric(task, metric)),
         space=SearchSpace(_ints(max_batch, "--max-batch"), _floats(delays, "--delays"),
                           _settings(settings), variants=variants),
         effort=Effort(_seconds(budget, "--budget"), _seconds(profile_time, "--profile-time"),
                       _seconds(short_run, "--short-run"), _seconds(full_run, "--full-run"),
                       short_runs, finalists, final_rounds, eval_samples),
-        protocol=protocol, write_config=write,
+        protocol=protocol, write_config=write, step=step,
     )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         report = run_tune(repo, model, options, progress,
                           on_stage=lambda s: progress.console.print(f"[bold]{s}[/bold]"))
-    html = render_report(Repository(repo).model_dir(model))
+    html = render_report(Repository(repo).model_dir(report.model))  # a pipeline: its step's model
     _print_summary(report)
     console.print(f"report: {html}")
 
 
-def _slo(slo_p99: str, rate: str | None, concurrency: int | None) -> Slo:
+def _slo(slo_p99: str, rate: str | None, concurrency: int | None, rows: int = 1) -> Slo:
     from surge.tuning import Load, Slo, parse_duration_s, parse_rate
 
     if rate is not None and concurrency is not None:
         raise ConfigError("give --rate or --concurrency, not both")
-    load = Load(rate=parse_rate(rate)) if rate else Load(concurrency=concurrency or 64)
+    load = (Load(rate=parse_rate(rate), rows=rows) if rate
+            else Load(concurrency=concurrency or 64, rows=rows))
     return Slo(parse_duration_s(slo_p99, "--slo-p99", "ms") * 1000, load)
 
 
@@ -154,8 +162,9 @@ def _print_summary(report: object) -> None:
     from surge.tuning.tune import TuningReport
 
     assert isinstance(report, TuningReport)
-    table = Table(title=f"surge tune {report.model}: p99 <= {report.slo_p99_ms:g} ms at "
-                        f"{report.load}")
+    through = f" (step {report.step!r} of {report.pipeline})" if report.pipeline else ""
+    table = Table(title=f"surge tune {report.model}{through}: p99 <= {report.slo_p99_ms:g} ms "
+                        f"at {report.load}")
     table.add_column("variant")
     table.add_column("metric", justify="right")
     table.add_column("in-process best/s", justify="right")

@@ -16,9 +16,12 @@ import numpy as np
 
 # A module reference: surge.pipeline.served imports this package back (ModelHandle, Counters).
 import surge.pipeline.served as pipelines
+from surge.engine.groups import SharedGroups
 from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolFactory, PoolSpec
 from surge.engine.interface import ModelHandle
+from surge.engine.ladder import ServedLadder, start_ladder
 from surge.engine.metrics import SurgeMetrics
+from surge.engine.ondemand import OnDemand, ResidencyOptions
 from surge.engine.reload import override_config
 from surge.engine.served import ServedModel
 from surge.engine.stats import ModelStats
@@ -31,6 +34,11 @@ from surge.workers.pool import WorkerPool, cuda_device_count, plan_instances
 log = logging.getLogger(__name__)
 
 UNLOAD_GRACE_S = 30.0
+# What serves one version of a model: a model, a pipeline, or a model's accuracy ladder.
+Served = ServedModel | pipelines.ServedPipeline | ServedLadder
+COLD_REASON = "loads on its first request"
+EVICTED_REASON = ("unloaded to fit the memory budget (least recently used); loads on its next "
+                  "request")
 
 
 class Engine:
@@ -38,15 +46,21 @@ class Engine:
 
     def __init__(self, repository: Repository, *, models: list[str] | None = None,
                  pool_factory: PoolFactory | None = None, clock: Clock | None = None,
-                 cluster_pools: PoolFactory | None = None) -> None:
+                 cluster_pools: PoolFactory | None = None,
+                 residency: ResidencyOptions | None = None) -> None:
         self.repository = repository
         self.metrics = SurgeMetrics()
+        self.metrics.models_loaded.set_function(lambda: sum(1 for v in self._served.values() if v))
+        # Load on demand, the memory budget and LRU eviction (docs/many-models.md).
+        self.on_demand = OnDemand(self, residency or ResidencyOptions())
         self._selected = models
         self._pool_factory = pool_factory or self._placed_pool
         # Ray actor pools (`surge serve --ray`), for models whose placement says so.
         self._cluster_pools = cluster_pools
+        # Models whose config asks for a shared worker group (docs/many-models.md).
+        self.groups = SharedGroups(str(repository.root))
         self._clock = clock
-        self._served: dict[str, dict[int, ServedModel | pipelines.ServedPipeline]] = {}
+        self._served: dict[str, dict[int, Served]] = {}
         self._state: dict[str, tuple[str, str]] = {}  # name -> (state, reason) when not served
         self._locks: dict[str, asyncio.Lock] = {}
         self._live = False
@@ -57,6 +71,10 @@ class Engine:
         """Load the selected models (all in the repository when none were named)."""
         names = self._selected if self._selected is not None else self.repository.model_names()
         self._live = True
+        for name in names:  # the index says so while config.yaml is read
+            self._state[name] = ("LOADING", "")
+        now = await asyncio.gather(*(self._loads_at_start(n) for n in names))
+        names = [name for name, eager in zip(names, now, strict=True) if eager]
         # ensure_served, not load: a pipeline may have started its model steps already.
         results = await asyncio.gather(*(self.ensure_served(n) for n in names),
                                        return_exceptions=True)
@@ -68,8 +86,22 @@ class Engine:
                 log.warning("model %s not loaded: %s", name, result)
         self._started = True
 
+    async def _loads_at_start(self, name: str) -> bool:
+        """Whether `name` loads now; one that loads on demand is listed cold (a config that does
+        not parse loads now, so that start reports it as before)."""
+        try:
+            config = await asyncio.to_thread(self.repository.config, name)
+        except SurgeError:
+            return True
+        if self.on_demand.loads_eagerly(config):
+            return True
+        self.on_demand.cold.add(name)
+        self._state[name] = ("UNLOADED", COLD_REASON)
+        return False
+
     async def stop(self, grace_s: float = 30.0) -> None:
         """Drain accepted work (at most `grace_s`), then stop every worker."""
+        await self.on_demand.stop()
         served = [m for versions in self._served.values() for m in versions.values()]
         self._started = False
         for model in served:  # at once, before any drain task runs
@@ -109,8 +141,11 @@ class Engine:
         return self._cluster_pools(spec, events)
 
     def _worker_pool(self, spec: PoolSpec, events: PoolEvents) -> InstancePool:
-        """Production pools: one worker process per instance, placed to fit the cores."""
+        """Production pools: one worker process per instance, placed to fit the cores, or a view
+        onto the shared worker group the config names."""
         config = spec.config
+        if config.worker is not None:
+            return self.groups.member(spec, events)
         placements = plan_instances(config.instances, config.threads, config.device,
                                     available_cores(), cuda_device_count(config.device))
         return WorkerPool(
@@ -123,7 +158,7 @@ class Engine:
         )
 
     # -- lookup ------------------------------------------------------------------------------
-    def _find(self, name: str, version: int | None) -> ServedModel | pipelines.ServedPipeline:
+    def _find(self, name: str, version: int | None) -> Served:
         versions = self._served.get(name)
         if not versions:
             state = self._state.get(name)
@@ -202,6 +237,7 @@ class Engine:
         self._served[name] = fresh
         self._state.pop(name, None)
         await asyncio.gather(*(m.stop(UNLOAD_GRACE_S) for m in old.values()))
+        await self.on_demand.after_load(name, fresh.values(), next(iter(fresh.values())).config)
 
     def _load_failed(self, name: str, error: Exception) -> None:
         self._state[name] = ("UNAVAILABLE", str(error))
@@ -221,17 +257,21 @@ class Engine:
         return str(max(fresh)) if fresh else ""
 
     async def _start_model(self, name: str, override: Mapping[str, Any] | None = None
-                           ) -> dict[int, ServedModel | pipelines.ServedPipeline]:
+                           ) -> dict[int, Served]:
         # config.yaml is untrusted data: parsing a large one must not hold the event loop.
         config = await asyncio.to_thread(self.repository.config, name)
         if override:
             config = override_config(config, override)
+        await self.on_demand.make_room(name, config)
         if config.kind == "pipeline":
             pipeline = pipelines.ServedPipeline(self, name, config)
             await pipeline.start()
             return {pipeline.version: pipeline}
         served_versions = tuple(
             await asyncio.to_thread(self.repository.served_versions, name, config))
+        if config.ladder:
+            ladder = await start_ladder(self, self.repository, name, served_versions, config)
+            return {ladder.version: ladder}
         if config.variant:
             targets: list[tuple[int, str | None]] = [
                 (served_versions[-1] if served_versions else 1, f"{name}@{config.variant}")
@@ -240,7 +280,7 @@ class Engine:
             if not served_versions:
                 raise NotFoundError(f"model {name!r} has no servable version")
             targets = [(v, None) for v in served_versions]
-        models: dict[int, ServedModel | pipelines.ServedPipeline] = {
+        models: dict[int, Served] = {
             v: ServedModel(self, name, v, served_versions or (v,), config, ref)
             for v, ref in targets}
         try:
@@ -260,6 +300,30 @@ class Engine:
             await asyncio.gather(*(m.stop(UNLOAD_GRACE_S) for m in (old or {}).values()))
             self._served.pop(name, None)
             self._state[name] = ("UNAVAILABLE", "unloaded")
+            self.on_demand.forget(name)
+
+    async def evict(self, name: str) -> bool:
+        """Unload `name` to make room (its accepted requests finish first); its next request
+        loads it again. False when it is busy loading or unloading, or not loaded."""
+        lock = self._lock(name)
+        if lock.locked() or not self._served.get(name):
+            return False
+        async with lock:  # free: taken at once, so nothing can slip in between
+            old = self._served.pop(name)
+            self._state[name] = ("EVICTED", EVICTED_REASON)
+            self.on_demand.evicted(name)
+            await asyncio.gather(*(m.stop(UNLOAD_GRACE_S) for m in old.values()))
+        return True
+
+    def busy(self) -> set[str]:
+        """Models being loaded or unloaded now, and the models of loaded pipelines (a pipeline
+        is ready only while its models are: evicting one would refuse the pipeline's requests)."""
+        busy = {name for name, lock in self._locks.items() if lock.locked()}
+        for versions in self._served.values():
+            for served in versions.values():
+                if isinstance(served, pipelines.ServedPipeline):
+                    busy.update(step.model for step in served.steps if step.model)
+        return busy
 
     # -- inference ---------------------------------------------------------------------------
     async def infer(
@@ -274,10 +338,17 @@ class Engine:
         request_id: str = "",
     ) -> dict[str, np.ndarray]:
         """Queue one request and await its outputs (see the module docstring for the path)."""
+        if name in self.on_demand.cold and not self._served.get(name):
+            timeout_us = await self.on_demand.wait_loaded(name, timeout_us)
         served = self._find(name, version)
+        if self.on_demand.tracking:
+            self.on_demand.touch(name)
         if not served.ready:
             raise ModelNotReadyError(f"model {name!r} is not ready")
         if isinstance(served, pipelines.ServedPipeline):
+            return await served.infer(
+                served.make_request(inputs, outputs, priority, timeout_us, request_id))
+        if isinstance(served, ServedLadder):
             return await served.infer(
                 served.make_request(inputs, outputs, priority, timeout_us, request_id))
         request = served.make_request(inputs, outputs, priority, timeout_us, request_id)

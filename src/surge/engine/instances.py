@@ -11,12 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
-
 from surge.repository import ModelConfig
 from surge.runtimes.base import Signature
 from surge.scheduler import Batch
-from surge.workers.pool import BatchResult
+from surge.workers.events import PoolEvents as PoolEvents  # re-exported
 
 # A monotonic time source in seconds. Production uses the event loop's own clock, which the
 # worker pool also reads when it times batches; unit tests hand in a clock they advance.
@@ -30,32 +28,6 @@ class PoolSpec:
     ref: str  # the model name, or "name@variant"
     version: int | None  # None: a variant's own files (variants are not versioned)
     config: ModelConfig
-
-
-class PoolEvents(Protocol):
-    """What a pool reports back, on the event loop, to the model it serves."""
-
-    def on_done(self, batch: Batch, outputs: dict[str, np.ndarray] | None,
-                error: Exception | None, result: BatchResult | None) -> None:
-        """`batch` was computed (`outputs`, `result`) or failed (`error`)."""
-
-    def on_requeue(self, batch: Batch) -> None:
-        """`batch` was handed out but never started (its instance died): queue it again."""
-
-    def on_restart(self) -> None:
-        """An instance died and is being restarted."""
-
-    def on_ready(self) -> None:
-        """An instance became ready: it can take batches queued meanwhile."""
-
-    def on_hung(self, batch: Batch) -> None:
-        """The instance computing `batch` hung and was killed (and is being restarted)."""
-
-    def on_spawn_failure(self) -> None:
-        """A restart could not start its instance; the pool tries again after a backoff."""
-
-    def batch_estimate(self, size: int) -> float | None:
-        """Seconds a batch of `size` should take (None before any was measured)."""
 
 
 class InstancePool(Protocol):

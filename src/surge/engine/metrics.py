@@ -12,7 +12,8 @@ _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class SurgeMetrics:
-    """Request, queue, compute and worker metrics, labelled by model."""
+    """Request, queue, compute and worker metrics, labelled by model. A gauge's
+    multiprocess_mode says how several front ends' values combine (surge/server/frontends.py)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -32,7 +33,7 @@ class SurgeMetrics:
         self.batch_size = Histogram("surge_batch_size", "Items per computed batch.", ["model"],
                                     buckets=_BATCH, registry=r)
         self.queue_depth = Gauge("surge_queue_depth", "Requests waiting in the queue.", ["model"],
-                                 registry=r)
+                                 registry=r, multiprocess_mode="livesum")
         self.rejected = Counter("surge_rejected", "Requests rejected at admission.",
                                 ["model", "reason"], registry=r)
         self.expired = Counter("surge_expired", "Requests whose deadline passed while queued.",
@@ -49,6 +50,26 @@ class SurgeMetrics:
         self.model_loads = Counter(
             "surge_model_loads", "Model loads and reloads by outcome (success, failure); a failed "
             "reload leaves the served version in place.", ["model", "outcome"], registry=r)
+        self._add_control_metrics(r)
+        self.live_instances = Gauge("surge_live_instances",
+                                    "Worker processes loaded and taking batches.", ["model"],
+                                    registry=r, multiprocess_mode="livesum")
+        self.models_loaded = Gauge("surge_models_loaded", "Models loaded (serving or "
+                                   "draining), whatever their number of versions.", registry=r)
+        self.model_evictions = Counter(
+            "surge_model_evictions", "Models unloaded to fit the memory budget (least recently "
+            "used first); the next request loads them again.", ["model"], registry=r)
+        self.cold_start = Histogram(
+            "surge_cold_start_seconds", "Time to load a model for the request that found it "
+            "unloaded (listed on demand, or evicted).", ["model"], buckets=_SECONDS, registry=r)
+        self.model_memory = Gauge(
+            "surge_model_memory_bytes", "Resident memory of a model, measured after its last "
+            "load (its worker processes, or what it added to a shared group).", ["model"],
+            registry=r)
+
+    def _add_control_metrics(self, r: CollectorRegistry) -> None:
+        """The run-time SLO control's metrics: attainment, the chosen waits, the latency
+        model, shed requests by reason and the accuracy ladder (docs/slo-control.md)."""
         self.slo_requests = Counter(
             "surge_slo_requests", "Answered requests of a model with slo_p99_ms, by whether they "
             "finished within it (within=yes: goodput; yes / all: attainment).",
@@ -58,14 +79,28 @@ class SurgeMetrics:
             "it: the wait the batching chose.", ["model"], buckets=_SECONDS, registry=r)
         self.batch_time_fit = Gauge(
             "surge_batch_time_fit_seconds", "The fitted batch time a + b * n: term=intercept "
-            "is a, term=per_item is b (slowest live instance).", ["model", "term"], registry=r)
+            "is a, term=per_item is b (slowest live instance).", ["model", "term"],
+            registry=r, multiprocess_mode="livemax")
         self.batch_time_ratio = Histogram(
             "surge_batch_time_ratio", "Measured over predicted time of each batch (1 = the "
             "latency model was right).", ["model"],
             buckets=(0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0), registry=r)
-        self.live_instances = Gauge("surge_live_instances",
-                                    "Worker processes loaded and taking batches.", ["model"],
-                                    registry=r)
+        self.shed = Counter(
+            "surge_shed_requests", "Requests refused or dropped unanswered, by reason: "
+            "queue_full (admission, queue at max_size), predicted_miss (admission, predicted to "
+            "finish past its deadline), deadline (expired while queued).", ["model", "reason"],
+            registry=r)
+        self.variant_requests = Counter(
+            "surge_variant_requests", "Answered requests of a laddered model by the variant that "
+            "computed them (the variant mix).", ["model", "variant"], registry=r)
+        self.ladder_share = Gauge(
+            "surge_ladder_share", "Share of the unpinned traffic the accuracy ladder sends to "
+            "each variant now (several front ends: the largest).", ["model", "variant"],
+            registry=r, multiprocess_mode="livemax")
+        self.ladder_predicted_p99 = Gauge(
+            "surge_ladder_predicted_p99_seconds", "The ladder's predicted p99 of its current "
+            "mix at the measured arrival rate (-1: no mix keeps up).", ["model"], registry=r,
+            multiprocess_mode="livemax")
 
     def observe_request(self, model: str, outcome: str, seconds: float) -> None:
         """Count one finished request (outcome: success, rejected, expired, ...) and its duration."""

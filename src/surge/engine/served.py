@@ -27,6 +27,7 @@ from surge.datatypes import v2_to_numpy
 from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolSpec
 from surge.engine.interface import ModelHandle
 from surge.engine.metrics import SurgeMetrics
+from surge.engine.route import check_pin, request_route
 from surge.engine.stats import Counters
 from surge.engine.timing import RequestTiming, request_timing
 from surge.errors import (
@@ -38,6 +39,7 @@ from surge.errors import (
     WorkerCrashedError,
 )
 from surge.repository import ModelConfig
+from surge.repository.config import ORIGINAL
 from surge.runtimes.base import Signature
 from surge.scheduler import Batch, Request, Scheduler, SchedulerConfig, shape_key
 from surge.workers.pool import BatchResult
@@ -85,6 +87,7 @@ class ServedModel:
     def __init__(self, host: ModelHost, name: str, version: int, versions: tuple[int, ...],
                  config: ModelConfig, variant_ref: str | None) -> None:
         self.name, self.version, self.versions, self.config = name, version, versions, config
+        self.variant_name = config.variant or ORIGINAL  # what responses say served them
         self.metrics = host.metrics
         self._clock = host.clock
         self.pool = host.make_pool(
@@ -95,6 +98,7 @@ class ServedModel:
         self.accepting = False
         self.counters = Counters()
         self.counters.latency_line = self.scheduler.latency_line
+        self.counters.instance_lines = self.scheduler.instance_lines
         self._futures: dict[int, asyncio.Future[dict[str, np.ndarray]]] = {}
         self._timings: dict[int, RequestTiming] = {}  # requests whose front end times them
         self._ids = itertools.count(1)
@@ -202,6 +206,7 @@ class ServedModel:
                 signature.output(name)
         if priority < 0:
             raise InputError(f"priority must be >= 0, got {priority}")
+        check_pin(request_route.get(), (self.variant_name,))
         if timeout_us is not None and timeout_us < 0:
             raise InputError(f"timeout must be >= 0 microseconds, got {timeout_us}")
         batch = 1
@@ -222,8 +227,9 @@ class ServedModel:
             raise ModelNotReadyError(f"model {self.name!r} is not accepting requests")
         try:
             request = self.scheduler.add(request, request.arrival)
-        except QueueFullError:
+        except QueueFullError as error:
             self.metrics.rejected.labels(self.name, "admission").inc()
+            self.metrics.shed.labels(self.name, error.reason).inc()
             raise
         future: asyncio.Future[dict[str, np.ndarray]] = self._loop.create_future()
         self._futures[request.id] = future
@@ -234,7 +240,10 @@ class ServedModel:
         self._m_depth.set(self.scheduler.queued)
         self.wake()
         try:
-            return await future
+            outputs = await future
+            if (route := request_route.get()) is not None:
+                route.served = self.variant_name
+            return outputs
         except asyncio.CancelledError:
             # Client went away: a queued request leaves the queue; a computing one is dropped.
             self._futures.pop(request.id, None)
@@ -265,6 +274,7 @@ class ServedModel:
         now = self._clock()
         for request in self.scheduler.expire(now):
             self.metrics.expired.labels(self.name).inc()
+            self.metrics.shed.labels(self.name, "deadline").inc()
             self._reject(request, DeadlineExceededError(
                 f"deadline exceeded after {(now - request.arrival) * 1e3:.1f} ms in the queue"))
         pool = self.pool

@@ -65,6 +65,8 @@ class Counters:
         self.batch_stats: dict[int, DurationCounter] = {}
         # The line (a, b) in seconds of the slowest live instance, asked for at snapshot time.
         self.latency_line: Callable[[], tuple[float, float] | None] = lambda: None
+        # Each live instance's own line, by instance (instances on different nodes differ).
+        self.instance_lines: Callable[[], dict[int, tuple[float, float]]] = dict
 
     def count_batch(self, size: int, done: BatchDone | None, split_ns: int, now_ms: int) -> None:
         """One computed batch of `size` items; `split_ns` is the front end's share of its output."""
@@ -85,15 +87,15 @@ class Counters:
             self.success.pair(), self.fail.pair(), self.queue.pair(),
             self.compute_input.pair(), self.compute_infer.pair(), self.compute_output.pair(),
             {size: counter.pair() for size, counter in sorted(self.batch_stats.items())},
-            latency_report(self.latency_line(), self.batch_stats),
+            latency_report(self.latency_line(), self.batch_stats, self.instance_lines()),
         )
 
 
-def latency_report(line: tuple[float, float] | None,
-                   measured: dict[int, DurationCounter]) -> dict[str, object]:
-    """The fitted `a + b * n` in ms, and per measured batch size the predicted and the mean
-    measured ms (the worker's own time: the fit also counts the hops, so it runs a little
-    above)."""
+def latency_report(line: tuple[float, float] | None, measured: dict[int, DurationCounter],
+                   instances: dict[int, tuple[float, float]] | None = None) -> dict[str, object]:
+    """The fitted `a + b * n` in ms (the slowest live instance's, and each instance's own), and
+    per measured batch size the predicted and the mean measured ms (the worker's own time:
+    the fit also counts the hops, so it runs a little above)."""
     if line is None:
         return {}
     a, b = line
@@ -102,4 +104,7 @@ def latency_report(line: tuple[float, float] | None,
                     "measured_ms": round(c.ns / c.count / 1e6, 4) if c.count else None}
         for size, c in sorted(measured.items())
     }
-    return {"a_ms": round(a * 1e3, 4), "b_ms": round(b * 1e3, 4), "sizes": sizes}
+    lines = {str(i): {"a_ms": round(ia * 1e3, 4), "b_ms": round(ib * 1e3, 4)}
+             for i, (ia, ib) in sorted((instances or {}).items())}
+    return {"a_ms": round(a * 1e3, 4), "b_ms": round(b * 1e3, 4), "sizes": sizes,
+            "instances": lines}

@@ -17,14 +17,17 @@ from surge.optimize.prune import PruneConfig, prune
 from surge.optimize.quantize import Int8DynamicConfig, Int8StaticConfig, quantize
 from surge.optimize.registry import OptimizeConfig, apply, register, registered
 from surge.optimize.source import ModelSource
+from surge.optimize.tables import Fp16TablesConfig, Int8TablesConfig
 from surge.optimize.variant import CheckResult, Tolerance, Variant
 
 __all__ = [
     "Bf16Config",
     "CheckResult",
     "Fp16Config",
+    "Fp16TablesConfig",
     "Int8DynamicConfig",
     "Int8StaticConfig",
+    "Int8TablesConfig",
     "LowRankConfig",
     "ModelSource",
     "OnnxExportConfig",

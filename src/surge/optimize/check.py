@@ -3,6 +3,7 @@ agreement and accuracy for classification, cosine for embeddings, ...)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +26,9 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
     measures = get_task(task).check(ref, cand, labels) if task else CheckMeasures()
     result = CheckResult(
         samples=int(ref.shape[0]), max_abs=float(every.max(initial=0.0)),
-        mean_abs=float(every.mean()) if every.size else 0.0,
-        top1_agreement=measures.top1_agreement, cosine=measures.cosine,
-        accuracy=measures.accuracy, reference_accuracy=measures.reference_accuracy,
+        mean_abs=float(every.mean()) if every.size else 0.0, **asdict(measures),
     )
-    return CheckResult(**{**result.__dict__, "failures": failures(result, tolerance)})
+    return replace(result, failures=failures(result, tolerance))
 
 
 def failures(result: CheckResult, tol: Tolerance) -> tuple[str, ...]:
@@ -50,7 +49,21 @@ def failures(result: CheckResult, tol: Tolerance) -> tuple[str, ...]:
         drop = 100.0 * (result.reference_accuracy - result.accuracy)
         if drop > tol.max_accuracy_drop:
             out.append(f"accuracy drop {drop:.2f} points > {tol.max_accuracy_drop}")
+    out += _drop("NDCG", result.reference_ndcg, result.ndcg, tol.max_ndcg_drop)
+    out += _drop("AUC", result.reference_auc, result.auc, tol.max_auc_drop)
     return tuple(out)
+
+
+def _drop(metric: str, reference: float | None, value: float | None,
+          budget: float | None) -> list[str]:
+    """The line for a metric (a fraction) that fell more than `budget` points, if it did."""
+    if budget is None or reference is None or value is None:
+        return []
+    drop = 100.0 * (reference - value)
+    if drop <= budget:
+        return []
+    return [f"{metric} drop {drop:.2f} points > {budget} ({100 * reference:.2f} -> "
+            f"{100 * value:.2f})"]
 
 
 def verify(source: ModelSource, artifact: Path, tolerance: Tolerance, threads: int = 1) -> CheckResult:

@@ -12,9 +12,10 @@ from surge.optimize.mixed_precision import Bf16Config, Fp16Config
 from surge.optimize.prune import PruneConfig
 from surge.optimize.quantize import Int8DynamicConfig, Int8StaticConfig
 from surge.optimize.registry import OptimizeConfig
+from surge.optimize.tables import Fp16TablesConfig, Int8TablesConfig
 
 KNOWN = ("onnx, int8-dynamic, int8-static[-minmax|-entropy|-percentile], prune-<percent>[-l2], "
-         "lowrank-<energy> or lowrank-r<rank>, bf16, fp16, fp16-torch")
+         "lowrank-<energy> or lowrank-r<rank>, bf16, fp16, fp16-torch, int8-tables, fp16-tables")
 
 
 def _number(text: str, name: str) -> float:
@@ -50,6 +51,8 @@ _PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str], str], OptimizeCo
     (re.compile(r"bf16"), lambda m, n: Bf16Config()),
     (re.compile(r"fp16"), lambda m, n: Fp16Config()),
     (re.compile(r"fp16-torch"), lambda m, n: Fp16Config(engine="torch")),
+    (re.compile(r"int8-tables"), lambda m, n: Int8TablesConfig()),
+    (re.compile(r"fp16-tables"), lambda m, n: Fp16TablesConfig()),
 ]
 
 
@@ -74,9 +77,11 @@ def parse_variants(spec: str) -> dict[str, OptimizeConfig]:
 
 
 def parse_tolerance(spec: str) -> dict[str, float]:
-    """'top1=0.99,cosine=0.98,max_abs=0.5,mean_abs=0.01,accuracy_drop=0.5' -> Tolerance kwargs."""
+    """'top1=0.99,cosine=0.98,max_abs=0.5,mean_abs=0.01,accuracy_drop=0.5,ndcg_drop=2,
+    auc_drop=1' -> Tolerance kwargs."""
     keys = {"max_abs": "max_abs", "mean_abs": "mean_abs", "top1": "min_top1",
-            "cosine": "min_cosine", "accuracy_drop": "max_accuracy_drop"}
+            "cosine": "min_cosine", "accuracy_drop": "max_accuracy_drop",
+            "ndcg_drop": "max_ndcg_drop", "auc_drop": "max_auc_drop"}
     out: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         key, sep, value = part.partition("=")

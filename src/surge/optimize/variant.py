@@ -28,6 +28,10 @@ class Tolerance:
     """Smallest allowed mean cosine similarity to the original (embeddings)."""
     max_accuracy_drop: float | None = None
     """Largest allowed drop of accuracy, in points (0.5 = half a percent), when labels are known."""
+    max_ndcg_drop: float | None = None
+    """Largest allowed drop of NDCG@k, in points, when candidate lists are labelled (ranking)."""
+    max_auc_drop: float | None = None
+    """Largest allowed drop of AUC, in points, when rows are labelled (ranking)."""
 
     def describe(self) -> str:
         parts = [f"{k}={v}" for k, v in asdict(self).items() if v is not None]
@@ -45,6 +49,10 @@ class CheckResult:
     cosine: float | None = None
     accuracy: float | None = None
     reference_accuracy: float | None = None
+    ndcg: float | None = None
+    reference_ndcg: float | None = None
+    auc: float | None = None
+    reference_auc: float | None = None
     failures: tuple[str, ...] = ()
     """One line per tolerance the variant missed; empty when it passed."""
 

@@ -5,7 +5,8 @@ worker processes. The built-in decoders and resizers (simplejpeg, Pillow) and nu
 GIL while they work, so threads compute in parallel with each other and with the loop
 (benchmarks/pipelines.py measures it), and a request's bytes are handed over without a copy;
 worker processes would have to copy every payload through shared memory both ways (tensors are
-never pickled).
+never pickled). Processors declared `inline` (top-k labels, detection boxes: microseconds of
+numpy on a request's rows) run on the loop itself: the hand-off to a thread and back costs more.
 """
 
 from __future__ import annotations
@@ -57,9 +58,12 @@ class ProcessorStep:
     types: StepTypes
 
     async def run(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        loop = asyncio.get_running_loop()
-        produced = await loop.run_in_executor(processor_pool(), self.processor.run, inputs,
-                                              self.params)
+        if self.processor.inline:
+            produced = self.processor.run(inputs, self.params)
+        else:
+            loop = asyncio.get_running_loop()
+            produced = await loop.run_in_executor(processor_pool(), self.processor.run, inputs,
+                                                  self.params)
         self._check(produced, rows)
         return produced
 

@@ -38,7 +38,7 @@ def describe_topk(params: Mapping[str, Any]) -> ProcessorSpec:
                           "scores": TensorSpec("scores", "FP32", (-1, k))})
 
 
-@declares(describe_topk)
+@declares(describe_topk, inline=True)
 def topk(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """FP32 logits [N, C] -> labels BYTES [N, k] and scores FP32 [N, k], best first."""
     k = _k(params)

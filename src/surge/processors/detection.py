@@ -38,7 +38,7 @@ def describe_boxes(params: Mapping[str, Any]) -> ProcessorSpec:
          "count": TensorSpec("count", "INT32", (-1,))})
 
 
-@declares(describe_boxes)
+@declares(describe_boxes, inline=True)
 def boxes(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Keep the boxes at or above the threshold, best first; name their classes."""
     threshold = _threshold(params)

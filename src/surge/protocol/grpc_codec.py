@@ -12,7 +12,13 @@ from surge.datatypes import numpy_to_v2, v2_to_numpy
 from surge.errors import InputError
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.tensors import check_datatype, check_shape, tensor_from_bytes, tensor_to_bytes
-from surge.protocol.types import InferRequest, RequestedOutput, parse_priority, parse_timeout
+from surge.protocol.types import (
+    InferRequest,
+    RequestedOutput,
+    parse_pin,
+    parse_priority,
+    parse_timeout,
+)
 
 # Which typed-contents field carries each datatype (V2 gRPC protocol).
 _CONTENTS_FIELD = {
@@ -53,12 +59,16 @@ def decode_infer_request(message: Any) -> InferRequest:
     priority = parameter_value(params["priority"]) if "priority" in params else 0
     timeout = parameter_value(params["timeout"]) if "timeout" in params else 0
     outputs = tuple(RequestedOutput(o.name) for o in message.outputs) or None
+    variant, full = parse_pin(*(parameter_value(params[k]) if k in params else None
+                                for k in ("accuracy", "variant")))
     return InferRequest(
         inputs=inputs,
         outputs=outputs,
         request_id=message.id,
         priority=parse_priority(priority),
         timeout_us=parse_timeout(timeout),
+        variant=variant,
+        full_accuracy=full,
     )
 
 
@@ -84,11 +94,15 @@ def _from_contents(name: str, datatype: str, shape: tuple[int, ...], contents: A
 
 
 def encode_infer_response(
-    model: str, version: int | str, request: InferRequest, outputs: Mapping[str, np.ndarray]
+    model: str, version: int | str, request: InferRequest, outputs: Mapping[str, np.ndarray],
+    parameters: Mapping[str, str] | None = None,
 ) -> Any:
-    """Outputs -> ModelInferResponse with raw_output_contents (what Triton's clients read)."""
+    """Outputs -> ModelInferResponse with raw_output_contents (what Triton's clients read);
+    `parameters` are the response's (`variant`: the variant that computed it)."""
     response = pb.ModelInferResponse(model_name=model, model_version=str(version),
                                      id=request.request_id)
+    for key, value in (parameters or {}).items():
+        response.parameters[key].string_param = value
     for name, array in outputs.items():
         datatype = numpy_to_v2(array.dtype)
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)

@@ -127,7 +127,7 @@ def model_statistics(name: str, version: int | str, stats: Any) -> dict[str, Any
     """One Triton `model_stats` entry from the engine's counters."""
     data = _as_dict(stats)
     inference = data.get("inference_stats", data)
-    return {
+    entry = {
         "name": name,
         "version": str(version),
         "last_inference": int(data.get("last_inference", 0)),
@@ -136,3 +136,6 @@ def model_statistics(name: str, version: int | str, stats: Any) -> dict[str, Any
         "inference_stats": {key: _duration(inference.get(key, {})) for key in _DURATIONS},
         "batch_stats": _batch_stats(data.get("batch_stats", {})),
     }
+    if data.get("latency"):  # Surge's own: the latency model (HTTP only; gRPC has no field)
+        entry["latency"] = data["latency"]
+    return entry

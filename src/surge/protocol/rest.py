@@ -26,6 +26,7 @@ from surge.protocol.types import (
     MAX_ERROR_CHARS,
     InferRequest,
     RequestedOutput,
+    parse_pin,
     parse_priority,
     parse_timeout,
 )
@@ -85,7 +86,13 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
         priority=parse_priority(params.get("priority", 0)),
         timeout_us=parse_timeout(params.get("timeout", 0)),
         binary_default=bool(params.get("binary_data_output", False)),
+        **_pin(params),
     )
+
+
+def _pin(params: dict[str, Any]) -> dict[str, Any]:
+    variant, full = parse_pin(params.get("accuracy"), params.get("variant"))
+    return {"variant": variant, "full_accuracy": full}
 
 
 def _decode_inputs(items: object, binary: memoryview) -> dict[str, np.ndarray]:
@@ -148,8 +155,10 @@ def encode_response(
     version: int | str,
     request: InferRequest,
     outputs: Mapping[str, np.ndarray],
+    parameters: Mapping[str, str] | None = None,
 ) -> tuple[bytes, int | None]:
-    """Outputs -> (body, header length); the header length is None for a pure JSON body."""
+    """Outputs -> (body, header length); the header length is None for a pure JSON body.
+    `parameters` are the response's (`variant`: the variant that computed it)."""
     binary_names = _binary_outputs(request, outputs)
     entries: list[dict[str, Any]] = []
     chunks: list[bytes] = []
@@ -167,6 +176,8 @@ def encode_response(
                               "outputs": entries}
     if request.request_id:
         header["id"] = request.request_id
+    if parameters:
+        header["parameters"] = dict(parameters)
     head = orjson.dumps(header)
     if not chunks:
         return head, None

@@ -39,6 +39,8 @@ class InferRequest:
     priority: int = 0
     timeout_us: int | None = None
     binary_default: bool = False  # answer un-listed outputs in binary (HTTP `binary_data_output`)
+    variant: str | None = None  # `"variant": NAME`: computed by this variant only
+    full_accuracy: bool = False  # `"accuracy": "full"`: by the most accurate variant served
 
     @property
     def output_names(self) -> list[str] | None:
@@ -50,6 +52,18 @@ def parse_priority(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InputError(f"parameter 'priority' must be a non-negative integer, got {shown(value)}")
     return value
+
+
+def parse_pin(accuracy: object, variant: object) -> tuple[str | None, bool]:
+    """The `variant` and `accuracy` parameters (None when absent) as (variant, full accuracy):
+    a request pins at most one variant, and `accuracy` takes only "full"."""
+    if accuracy is not None and accuracy != "full":
+        raise InputError(f"parameter 'accuracy' must be 'full', got {shown(accuracy)}")
+    if variant is not None and (not isinstance(variant, str) or not variant):
+        raise InputError(f"parameter 'variant' must be a variant name, got {shown(variant)}")
+    if accuracy is not None and variant is not None:
+        raise InputError("give parameter 'accuracy' or parameter 'variant', not both")
+    return variant, accuracy is not None
 
 
 def parse_timeout(value: object) -> int | None:

@@ -178,9 +178,13 @@ def _candidate_rows(report: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def render_report(model_dir: Path) -> Path:
-    """Write the PNG plots and `tuning/report.html`; returns the HTML path."""
+def render_report(model_dir: Path, trace: Path | None = None) -> Path:
+    """Write the PNG plots and `tuning/report.html`; returns the HTML path. `trace` is the JSON
+    of `benchmarks/surge_load.py`, whose load-trace plot and summary the page then shows."""
+    from surge.report.trace import TRACE_PNG, load_trace, plot_trace, trace_section
+
     report = load_report(model_dir)
+    trace_data = load_trace(trace) if trace is not None else None
     out = model_dir / TUNING_DIR
     plot_pareto(report, out / "pareto.png")
     plot_latency(report, out / "latency.png")
@@ -201,7 +205,10 @@ def render_report(model_dir: Path) -> Path:
                        "errors", "load generator cores", "startup s", "error"], served),
         candidates=_table(["configuration", "accuracy", "last rung", "req/s", "p99 ms", "status",
                            "why"], _candidate_rows(report)),
+        trace=trace_section(trace_data, TRACE_PNG) if trace_data is not None else "",
     )
+    if trace_data is not None:
+        plot_trace(trace_data, out / TRACE_PNG)
     path = out / HTML_FILE
     path.write_text(page)
     return path
@@ -227,5 +234,6 @@ img {{ max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }}
 {served}
 <h2>Every configuration considered</h2>
 {candidates}
+{trace}
 </body></html>
 """

@@ -7,14 +7,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from surge.configfile import StrictConfig, describe_validation_error, read_yaml
 from surge.datatypes import V2_DATATYPES
-from surge.errors import ConfigError, NotFoundError
+from surge.errors import ConfigError, NotFoundError, SurgeError
 
 CONFIG_FILE = "config.yaml"
 SCHEMA_VERSION = 1
+# The name of a model's own version files on a ladder, in `surge tune` and in responses
+# (the variants `surge optimize` makes have their own names).
+ORIGINAL = "original"
 
 
 class TensorConfig(StrictConfig):
@@ -57,6 +60,44 @@ class QueueConfig(StrictConfig):
     )
 
 
+DEFAULT_WORKER_GROUP = "default"
+
+
+class WorkerConfig(StrictConfig):
+    """A shared worker group: processes that each host several models (docs/many-models.md).
+
+    `worker: shared` is `{group: default}`; `worker: dedicated` (or no `worker`) gives the model
+    processes of its own, one per instance.
+    """
+
+    group: str = Field(DEFAULT_WORKER_GROUP, description="Models naming the same group share "
+                       "its processes: each process loads every model of the group.")
+    processes: int = Field(1, ge=1, le=64, description="Worker processes of the group; every "
+                           "model of the group must ask for the same number.")
+
+    @field_validator("group")
+    @classmethod
+    def _plain_name(cls, group: str) -> str:
+        from surge.repository.repository import check_name
+
+        try:
+            check_name(group, "worker group")
+        except SurgeError as exc:
+            raise ValueError(str(exc)) from None
+        return group
+
+
+def _worker_form(value: Any) -> Any:
+    """`dedicated` -> None, `shared` -> the default group; a mapping is a group's own config."""
+    if value is None or isinstance(value, dict | WorkerConfig):
+        return value
+    if value == "dedicated":
+        return None
+    if value == "shared":
+        return {}
+    raise ValueError("expected 'dedicated', 'shared' or a mapping {group: NAME, processes: N}")
+
+
 class ClusterConfig(StrictConfig):
     """Instances on the compute nodes of a Ray cluster (`surge serve --ray ADDRESS`)."""
 
@@ -82,7 +123,9 @@ class ClusterConfig(StrictConfig):
         500.0, ge=10, le=60_000, description="How often each instance is pinged.")
     heartbeat_misses: int = Field(
         4, ge=1, le=100, description="Pings in a row without an answer that declare an instance "
-        "lost (its node silent): it is replaced and its batches retried.")
+        "lost (its node silent): it is replaced and its batches retried. The least silence "
+        "allowed: an instance that has shown more jitter, or runs on a saturated front-end "
+        "machine, gets more (up to 10 s; docs/scale-out.md).")
     scale_up_after_s: float = Field(
         2.0, gt=0, le=3600, description="Every instance full this long adds one (up to "
         "max_instances).")
@@ -214,6 +257,15 @@ class ModelConfig(StrictConfig):
         "nodes (`cluster`, needs `surge serve --ray`), or `auto`: the cluster when serving on one.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig,
                                    description="Instances on Ray compute nodes.")
+    worker: WorkerConfig | None = Field(
+        None, description="Processes the model runs in: none (or `dedicated`) = its own, one per "
+        "instance; `shared` or {group: NAME, processes: N} = the processes of a worker group, "
+        "each hosting every model of the group (small models then share one runtime).")
+    load: Literal["eager", "on-demand"] | None = Field(
+        None, description="eager: loaded when the server starts; on-demand: listed at start and "
+        "loaded by its first request; default: `surge serve --load` (eager).")
+    pinned: bool = Field(False, description="Never unloaded to fit the memory budget "
+                         "(`surge serve --memory-budget`).")
     version_policy: VersionPolicy = Field(
         default_factory=lambda: VersionPolicy(latest=1), description="Versions to serve."
     )
@@ -224,10 +276,26 @@ class ModelConfig(StrictConfig):
         None, gt=0, description="Latency objective (p99, ms). When set, batch times are probed "
         "on load (a batch of 1 and a full batch) and partial batches wait only while more "
         "requests are coming and the oldest stays within it, instead of max_queue_delay_ms.")
+    ladder: list[str] = Field(
+        default_factory=list, description="Accuracy ladder (needs slo_p99_ms and "
+        "max_accuracy_drop): `original` and variant names, most accurate first, all loaded and "
+        "warm. When the predicted p99 passes slo_p99_ms, a share of the traffic moves down to "
+        "rungs within max_accuracy_drop of the first, before any request is shed.")
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=100, description="Ladder only: points (percent) of accuracy a rung may "
+        "lose against the first rung and still take traffic under load.")
+    ladder_accuracy: dict[str, float] = Field(
+        default_factory=dict, description="Ladder only: the measured accuracy (percent) of each "
+        "rung, as `surge tune` writes it; a rung not listed takes it from its variant.yaml.")
     labels: list[str] | None = Field(None, description="Class names for classifier outputs.")
     parameters: dict[str, Any] = Field(
         default_factory=dict, description="Free-form parameters for pre/post-processing."
     )
+
+    @field_validator("worker", mode="before")
+    @classmethod
+    def _worker_shorthand(cls, value: Any) -> Any:
+        return _worker_form(value)
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -239,13 +307,42 @@ class ModelConfig(StrictConfig):
             raise ValueError("engine torch_factory needs 'factory: package.module:function'")
         if self.factory and self.engine not in ("torch_factory", "auto"):
             raise ValueError(f"'factory' is only used by engine torch_factory, not {self.engine}")
+        self._check_ladder()
         for size in self.batching.preferred_batch_sizes:
             if size < 1 or (self.max_batch_size and size > self.max_batch_size):
                 raise ValueError(
                     f"preferred batch size {size} must be between 1 and max_batch_size"
                     f" {self.max_batch_size}"
                 )
+        if self.worker is not None:
+            self._check_shared()
         return self
+
+    def _check_shared(self) -> None:
+        """A shared group hosts plain models in local processes, one copy per process."""
+        if self.kind == "pipeline":
+            raise ValueError("worker: a pipeline has no worker; set it on its models")
+        if self.placement != "local":
+            raise ValueError(f"worker: a shared group runs local processes, not placement "
+                             f"{self.placement!r}")
+        if "instances" in self.model_fields_set:
+            raise ValueError(f"instances ({self.instances}) is for dedicated workers: a model "
+                             "of a shared group runs in each of the group's worker.processes")
+
+    def _check_ladder(self) -> None:
+        if not self.ladder:
+            if self.ladder_accuracy:
+                raise ValueError("ladder_accuracy is for a model with a ladder")
+            return
+        if len(self.ladder) < 2 or len(set(self.ladder)) != len(self.ladder):
+            raise ValueError(f"ladder needs two or more different rungs, got {self.ladder}")
+        if self.slo_p99_ms is None or self.max_accuracy_drop is None:
+            raise ValueError("a ladder needs slo_p99_ms and max_accuracy_drop")
+        if self.variant is not None or self.kind != "model":
+            raise ValueError("a ladder replaces `variant` and is for kind model")
+        unknown = sorted(set(self.ladder_accuracy) - set(self.ladder))
+        if unknown:
+            raise ValueError(f"ladder_accuracy names {unknown}, which are not on the ladder")
 
     def resolved_engine(self) -> str:
         return "torch_factory" if self.factory and self.engine == "auto" else self.engine

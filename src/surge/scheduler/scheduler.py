@@ -94,6 +94,10 @@ class Scheduler:
         """Seconds for a batch of `size` by the slowest live instance's fitted `a + b * n`."""
         return self._times.fitted(size)
 
+    def instance_lines(self) -> dict[int, tuple[float, float]]:
+        """Each measured live instance's fitted (a, b) in seconds, by instance."""
+        return self._times.lines()
+
     def latency_line(self) -> tuple[float, float] | None:
         """The fitted (a, b) of the slowest measured live instance; None before any batch."""
         lines = self._times.lines().values()
@@ -141,7 +145,7 @@ class Scheduler:
         raise QueueFullError(
             f"cannot meet the deadline: predicted completion in "
             f"{(predicted - now) * 1e3:.1f} ms, deadline in {(deadline - now) * 1e3:.1f} ms",
-            retry_after_s=self._drain_time(now),
+            retry_after_s=self._drain_time(now), reason="predicted_miss",
         )
 
     def _may_probe(self, now: float) -> bool:

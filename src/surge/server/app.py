@@ -17,6 +17,7 @@ import numpy as np
 
 import surge
 from surge.engine import InferenceEngine
+from surge.engine.route import VariantRoute, request_route
 from surge.engine.timing import request_timing
 from surge.errors import InputError, NotFoundError, SurgeError
 from surge.protocol.errors import http_error, load_failure, retry_after_header
@@ -157,11 +158,7 @@ class V2App:
 
     async def _model_get(self, send: Send, name: str, version: int | None, what: str) -> None:
         if what == "ready":
-            # 503 for a model that is in the repository but not (yet) served, 404 otherwise.
-            ready = self.engine.model_ready(name, version)
-            if not ready and name not in {e["name"] for e in self.engine.index()}:
-                raise NotFoundError(f"model {name!r} is not in the repository")
-            await _respond(send, 200 if ready else 503, b"", [])
+            await self._model_ready(send, name, version)
             return
         handle = self.engine.model(name, version)
         if what == "":
@@ -174,6 +171,20 @@ class V2App:
         else:
             raise HttpError(404, f"no model endpoint {what!r}")
         await _respond(send, 200, encode_json(body))
+
+    async def _model_ready(self, send: Send, name: str, version: int | None) -> None:
+        """200 when loaded and ready; 503 for a model of the repository that is not, with its
+        state and reason (UNLOADED or EVICTED: loadable, its next request loads it); 404 else."""
+        if self.engine.model_ready(name, version):
+            await _respond(send, 200, b"", [])
+            return
+        rows = [e for e in self.engine.index() if e["name"] == name]
+        if not rows:
+            raise NotFoundError(f"model {name!r} is not in the repository")
+        row = next((r for r in rows if r["state"] != "READY"), rows[-1])
+        body = {"error": f"model {name!r} is not ready: {row['state']}", "state": row["state"],
+                "reason": row["reason"]}
+        await _respond(send, 503, encode_json(body))
 
     def _all_stats(self) -> dict[str, Any]:
         entries = []
@@ -246,16 +257,23 @@ class V2App:
             request = await self._decode(body, _header_length(headers, len(body)))
             if record is not None:
                 record.decoded = time.perf_counter()
-            outputs = await _until_disconnect(receive, self.engine.infer(
-                name, version, request.inputs, outputs=request.output_names,
-                priority=request.priority, timeout_us=request.timeout_us,
-                request_id=request.request_id,
-            ))
+            route = VariantRoute(request.variant, request.full_accuracy)
+            route_token = request_route.set(route)
+            try:
+                outputs = await _until_disconnect(receive, self.engine.infer(
+                    name, version, request.inputs, outputs=request.output_names,
+                    priority=request.priority, timeout_us=request.timeout_us,
+                    request_id=request.request_id,
+                ))
+            finally:
+                request_route.reset(route_token)
             handle = self.engine.model(name, version)
             if record is not None:
                 record.computed = time.perf_counter()
-                record.version, record.variant = handle.version, handle.config.variant
-            payload, header_length = encode_response(name, handle.version, request, outputs)
+                record.version, record.variant = handle.version, route.served
+            payload, header_length = encode_response(
+                name, handle.version, request, outputs,
+                {"variant": route.served} if route.served else None)
         except ClientDisconnectedError:
             self._observe(name, "cancelled", start)
             raise

@@ -14,6 +14,7 @@ from google.protobuf import json_format
 
 import surge
 from surge.engine import InferenceEngine
+from surge.engine.route import VariantRoute, request_route
 from surge.engine.timing import request_timing
 from surge.errors import NotFoundError, ServingError, SurgeError
 from surge.protocol.errors import grpc_code, http_error, load_failure
@@ -148,7 +149,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         response = pb.ModelStatisticsResponse()
         for name, version in self._stat_targets(request):
             entry = model_statistics(name, version, self.engine.stats(name, version))
-            json_format.ParseDict(entry, response.model_stats.add())
+            # `latency` (the latency model) has no field in the V2 message: HTTP only.
+            json_format.ParseDict(entry, response.model_stats.add(), ignore_unknown_fields=True)
         return response
 
     def _stat_targets(self, request: Any) -> list[tuple[str, int]]:
@@ -228,16 +230,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             decoded = decode_infer_request(request)
             if record is not None:
                 record.decoded = time.perf_counter()
-            outputs = await self.engine.infer(
-                name, version, decoded.inputs, outputs=decoded.output_names,
-                priority=decoded.priority, timeout_us=decoded.timeout_us,
-                request_id=decoded.request_id,
-            )
+            route = VariantRoute(decoded.variant, decoded.full_accuracy)
+            route_token = request_route.set(route)
+            try:
+                outputs = await self.engine.infer(
+                    name, version, decoded.inputs, outputs=decoded.output_names,
+                    priority=decoded.priority, timeout_us=decoded.timeout_us,
+                    request_id=decoded.request_id,
+                )
+            finally:
+                request_route.reset(route_token)
             handle = self.engine.model(name, version)
             if record is not None:
                 record.computed = time.perf_counter()
-                record.version, record.variant = handle.version, handle.config.variant
-            response = encode_infer_response(name, handle.version, decoded, outputs)
+                record.version, record.variant = handle.version, route.served
+            response = encode_infer_response(
+                name, handle.version, decoded, outputs,
+                {"variant": route.served} if route.served else None)
         except asyncio.CancelledError:
             self._observer.observe(name, "cancelled", time.perf_counter() - start)
             raise

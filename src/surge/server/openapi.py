@@ -14,6 +14,8 @@ import surge
 OPENAPI_PATH = "openapi.json"  # under /v2
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_NOT_READY = {"type": "object", "required": ["error", "state", "reason"], "properties": {
+    "error": {"type": "string"}, "state": {"type": "string"}, "reason": {"type": "string"}}}
 _NAME = {"name": "model", "in": "path", "required": True,
          "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"}}
 _VERSION = {"name": "version", "in": "path", "required": True,
@@ -58,7 +60,9 @@ def _model_paths() -> dict[str, Any]:
     _versioned(paths, "/stats", _get("Triton statistics", {"$ref": ref + "Statistics"},
                                      400, 404))
     _versioned(paths, "/ready", {"get": {"summary": "model readiness", "responses": {
-        "200": _ok(None, "ready"), "503": _ok(None, "in the repository, not served"),
+        "200": _ok(None, "ready"),
+        "503": {"description": "in the repository, not ready: its state (LOADING, UNLOADED, "
+                "EVICTED, UNAVAILABLE) and the reason", **_json(_NOT_READY)},
         **_errors(400, 401, 403, 404)}}})
     infer = {"post": {
         "summary": "inference (JSON; the binary extension uses application/octet-stream)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import time
@@ -13,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from prometheus_client import make_asgi_app
+from prometheus_client import CollectorRegistry, make_asgi_app, multiprocess
 
 from surge.engine import InferenceEngine
+from surge.engine.ondemand import ResidencyOptions
 from surge.errors import SurgeError
 from surge.repository import Repository
 from surge.server.app import DEFAULT_MAX_BODY, V2App
+from surge.server.frontends import METRICS_DIR_ENV
 from surge.server.grpc_server import InferenceServicer, start_grpc_server
 from surge.server.limits import ConnectionLimits, guarded_protocol
 from surge.server.production import Production, ProductionOptions
@@ -47,6 +50,12 @@ class ServeOptions:
     # Let several front ends on this machine listen on the same ports (SO_REUSEPORT): the
     # kernel spreads connections among them.
     reuse_port: bool = False
+    # Front-end processes sharing the ports, each with its own share of the instances
+    # (surge/server/frontends.py); 1 serves from this process.
+    frontends: int = 1
+    # When models load (eager / on demand) and the memory budget eviction keeps
+    # (docs/many-models.md).
+    residency: ResidencyOptions = field(default_factory=ResidencyOptions)
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,16 @@ def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
         raise SurgeError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
     sock.setblocking(False)
     return sock
+
+
+def _exported(engine: InferenceEngine) -> CollectorRegistry:
+    """What the metrics port exports: this engine's registry, or with several front ends
+    (the multiprocess directory set) the sums over all of them."""
+    if not os.environ.get(METRICS_DIR_ENV):
+        return engine.metrics.registry
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
 
 
 def _url_host(host: str) -> str:
@@ -106,7 +125,7 @@ class SurgeServer:
         )
         # On the event loop like HTTP, so that the same connection limits guard it.
         self._metrics_socket = _bind(options.host, options.metrics_port, options.reuse_port)
-        metrics_app = self.site.metrics_app(make_asgi_app(registry=self.engine.metrics.registry))
+        metrics_app = self.site.metrics_app(make_asgi_app(registry=_exported(self.engine)))
         self._metrics = await _start_uvicorn(metrics_app, self._metrics_socket, options,
                                              self.site.ssl_context)
         self.site.after_start()
@@ -193,17 +212,23 @@ def serve(
     from surge.engine import Engine
 
     options = options or ServeOptions()
+    if options.frontends > 1:
+        from surge.server.frontends import serve_frontends
+
+        serve_frontends(repository, options, on_started)
+        return
     models = list(options.models) if options.models else None
     repo = Repository(repository)
     if options.ray_address is None:
-        uvloop.run(serve_until_signal(Engine(repo, models=models), options, on_started))
+        engine = Engine(repo, models=models, residency=options.residency)
+        uvloop.run(serve_until_signal(engine, options, on_started))
         return
     from surge.cluster import ClusterSite, connect, disconnect
 
     connect(options.ray_address)  # before the loop: joining blocks
     try:
         site = ClusterSite(str(repo.root.resolve()))
-        engine = Engine(repo, models=models, cluster_pools=site)
+        engine = Engine(repo, models=models, cluster_pools=site, residency=options.residency)
         site.metrics.register(engine.metrics.registry)
         uvloop.run(serve_until_signal(engine, options, on_started))
     finally:

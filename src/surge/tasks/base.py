@@ -61,6 +61,12 @@ class CheckMeasures:
     cosine: float | None = None
     accuracy: float | None = None
     reference_accuracy: float | None = None
+    ndcg: float | None = None
+    """Ranking: NDCG@k of the variant's scores on labelled candidate lists (0-1)."""
+    reference_ndcg: float | None = None
+    auc: float | None = None
+    """Ranking and binary tasks: AUC of the variant's scores over the labelled rows (0-1)."""
+    reference_auc: float | None = None
 
 
 class Task(ABC):

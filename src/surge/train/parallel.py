@@ -177,11 +177,23 @@ def shard_model(model: nn.Module, precision: Precision, state: DistState) -> nn.
         for layer in model.modules():
             if isinstance(layer, nn.modules.batchnorm._BatchNorm):
                 fully_shard(layer, mesh=mesh, mp_policy=norm_policy)
-    for child in model.children():
-        if any(True for _ in child.parameters()):
-            fully_shard(child, mesh=mesh, mp_policy=policy)
+    for unit in shard_units(model):
+        fully_shard(unit, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules FSDP2 shards one by one: each top-level child that holds parameters, and the
+    members of a ModuleList or ModuleDict (a container without `forward` cannot be sharded as
+    one unit: embedding tables kept in a ModuleList become one shard group per table)."""
+    units: list[nn.Module] = []
+    for child in model.children():
+        if isinstance(child, nn.ModuleList | nn.ModuleDict):
+            units += shard_units(child)
+        elif any(True for _ in child.parameters()):
+            units.append(child)
+    return units
 
 
 @dataclass

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from surge.errors import ModelLoadError
 from surge.runtimes import Runner, RunnerOptions, example_inputs, load_runner
 
 ENGINES = ("onnxruntime", "openvino")
@@ -82,7 +83,12 @@ def measure_engines(path: Path, max_batch_size: int, seconds: float = 1.0, threa
     sizes = [b for b in BATCH_SIZES if b <= max(max_batch_size, 1)]
     figures = []
     for engine in engines or candidate_engines():
-        runner = load_runner(path, RunnerOptions(intra_op_threads=threads), engine)
+        try:
+            runner = load_runner(path, RunnerOptions(intra_op_threads=threads), engine)
+        except ModelLoadError:
+            if engine == DEFAULT_ENGINE:
+                raise
+            continue  # e.g. OpenVINO has no ai.onnx.ml operators (tree ensembles): not a choice
         if not runner.signature.batched:
             sizes = [1]
         figures += [EngineFigure(engine, b, items_per_second(runner, b, seconds)) for b in sizes]

@@ -56,11 +56,16 @@ class Observation:
     p99_ratio: float | None  # measured p99 / modelled p99 before scaling
 
 
+def full_batch(candidate: Candidate, load: Load) -> int:
+    """Requests in a full batch: as many whole requests of `load.rows` rows as max batch holds."""
+    return max(1, load.requests_per_batch(candidate.max_batch_size))
+
+
 def expected_batch(candidate: Candidate, load: Load) -> float:
     """Requests per batch under `load` as the closed-loop model sees it (open loop: 1)."""
     if load.concurrency is None:
         return 1.0
-    return min(candidate.max_batch_size, max(1.0, load.concurrency / candidate.instances))
+    return min(full_batch(candidate, load), max(1.0, load.concurrency / candidate.instances))
 
 
 def observe(profile: ProfileReport, candidate: Candidate, load: Load, measured: Measurement
@@ -69,9 +74,9 @@ def observe(profile: ProfileReport, candidate: Candidate, load: Load, measured: 
     if measured.errors or measured.throughput <= 0 or not math.isfinite(measured.p99_ms):
         return None
     batch = expected_batch(candidate, load)
-    engine = _service_ms(profile, candidate, batch)
+    engine = _service_ms(profile, candidate, batch, load.rows)
     if load.concurrency is not None:
-        delay = candidate.max_queue_delay_ms if batch < candidate.max_batch_size else 0.0
+        delay = candidate.max_queue_delay_ms if batch < full_batch(candidate, load) else 0.0
         cycle = candidate.instances * batch * 1000.0 / measured.throughput
         outside = cycle - engine - delay
     elif measured.p50_ms is not None:  # open loop below saturation: the median is one pass
@@ -110,24 +115,26 @@ def predict(
     """Predicted throughput and p99 of `candidate` (whose variant `profile` measured)."""
     costs = costs or ServingCosts()
     if load.concurrency is not None:
-        m = _closed_loop(profile, candidate, load.concurrency, costs)
+        m = _closed_loop(profile, candidate, load, costs)
     else:
-        assert load.rate is not None
-        m = _open_loop(profile, candidate, load.rate, costs)
+        m = _open_loop(profile, candidate, load, costs)
     return replace(m, p99_ms=m.p99_ms * costs.p99_scale)
 
 
-def _service_ms(profile: ProfileReport, c: Candidate, batch: float) -> float:
-    return profile.service_ms(max(1, math.ceil(batch)), c.instances, c.threads)
+def _service_ms(profile: ProfileReport, c: Candidate, batch: float, rows: int) -> float:
+    """Engine time of a batch of `batch` requests of `rows` rows each."""
+    return profile.service_ms(max(1, math.ceil(batch)) * rows, c.instances, c.threads)
 
 
-def _closed_loop(profile: ProfileReport, c: Candidate, clients: int, costs: ServingCosts
+def _closed_loop(profile: ProfileReport, c: Candidate, load: Load, costs: ServingCosts
                  ) -> Measurement:
-    # Each instance holds clients/instances requests; they go out in batches of up to B.
-    batch = expected_batch(c, Load(concurrency=clients))
-    service = _service_ms(profile, c, batch) + costs.outside_ms(batch)
+    # Each instance holds clients/instances requests; they go out in batches of up to B rows.
+    assert load.concurrency is not None
+    clients = load.concurrency
+    batch = expected_batch(c, load)
+    service = _service_ms(profile, c, batch, load.rows) + costs.outside_ms(batch)
     # A batch that cannot fill waits out the whole queue delay: its clients are all inside it.
-    cycle = service + (c.max_queue_delay_ms if batch < c.max_batch_size else 0.0)
+    cycle = service + (c.max_queue_delay_ms if batch < full_batch(c, load) else 0.0)
     capacity = c.instances * batch * 1000.0 / cycle
     mean_ms = clients * 1000.0 / capacity  # Little's law
     # A request that just missed a batch waits for it to finish before its own starts.
@@ -135,21 +142,23 @@ def _closed_loop(profile: ProfileReport, c: Candidate, clients: int, costs: Serv
     return Measurement(capacity, p99, capacity=capacity, p50_ms=mean_ms)
 
 
-def _open_loop(profile: ProfileReport, c: Candidate, rate: float, costs: ServingCosts
+def _open_loop(profile: ProfileReport, c: Candidate, load: Load, costs: ServingCosts
                ) -> Measurement:
+    assert load.rate is not None
+    rate, rows, most = load.rate, load.rows, full_batch(c, load)
     per_instance = rate / c.instances / 1000.0  # requests per ms
-    full = _service_ms(profile, c, c.max_batch_size) + costs.outside_ms(c.max_batch_size)
-    capacity = c.instances * c.max_batch_size * 1000.0 / full
+    full = _service_ms(profile, c, most, rows) + costs.outside_ms(most)
+    capacity = c.instances * most * 1000.0 / full
     if rate >= capacity:
         return Measurement(capacity, math.inf, capacity=capacity)
     # Fixed point: a batch holds what arrives during one service plus the time spent forming it.
     batch = 1.0
     for _ in range(20):
-        form = min(c.max_queue_delay_ms, max(0.0, (c.max_batch_size - batch) / per_instance))
-        service = _service_ms(profile, c, batch) + costs.outside_ms(batch)
-        batch = min(float(c.max_batch_size), max(1.0, per_instance * (service + form)))
-    form = 0.0 if batch >= c.max_batch_size else min(c.max_queue_delay_ms, 1.0 / per_instance)
-    service = _service_ms(profile, c, batch) + costs.outside_ms(batch)
+        form = min(c.max_queue_delay_ms, max(0.0, (most - batch) / per_instance))
+        service = _service_ms(profile, c, batch, rows) + costs.outside_ms(batch)
+        batch = min(float(most), max(1.0, per_instance * (service + form)))
+    form = 0.0 if batch >= most else min(c.max_queue_delay_ms, 1.0 / per_instance)
+    service = _service_ms(profile, c, batch, rows) + costs.outside_ms(batch)
     rho = per_instance * service / batch
     if rho >= 1.0:
         return Measurement(capacity, math.inf, capacity=capacity)

@@ -62,6 +62,28 @@ def stage_model(model_dir: Path, candidate: Candidate, slo_p99_ms: float | None,
     return stage_root
 
 
+def stage_as_is(model_dir: Path, stage_root: Path) -> None:
+    """`model_dir` under `stage_root` with its own config: a pipeline (its config.yaml alone)
+    or another model of the pipeline a trial serves (versions, variants, config)."""
+    target = stage_root / model_dir.name
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for entry in model_dir.iterdir():
+        if entry.is_dir() and (entry.name.isdigit() or entry.name == VARIANTS_DIR):
+            shutil.copytree(entry, target / entry.name, copy_function=_link_or_copy)
+    shutil.copy2(model_dir / CONFIG_FILE, target / CONFIG_FILE)
+
+
+def stage_pipeline(repo_root: Path, pipeline: str, tuned: str, stage_root: Path) -> None:
+    """The pipeline and its models other than `tuned` (staged with its candidate's config)."""
+    from surge.tuning.target import pipeline_models
+
+    for name in [pipeline, *pipeline_models(repo_root, pipeline)]:
+        if name != tuned:
+            stage_as_is(repo_root / name, stage_root)
+
+
 def _free_ports(count: int) -> list[int]:
     sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
     ports = [s.getsockname()[1] for s in sockets]
@@ -140,17 +162,23 @@ class ServedResult:
 def measure_served(
     model_dir: Path, candidate: Candidate, load: Load, duration_s: float,
     slo_p99_ms: float | None = None, protocol: str = "http", warmup_s: float = 1.0,
-    rung: str = "measured",
+    rung: str = "measured", pipeline: str | None = None,
 ) -> ServedResult:
-    """Serve `candidate` and measure throughput and latency under `load` with `surge bench`."""
+    """Serve `candidate` and measure throughput and latency under `load` with `surge bench`;
+    with `pipeline`, the model is one of its steps and the pipeline is served and loaded (with
+    the rows of the pipeline's own `parameters.dataset`)."""
     from surge.bench import run_bench
 
+    served = pipeline or model_dir.name
     with tempfile.TemporaryDirectory(prefix="surge-tune-") as tmp:
         stage = stage_model(model_dir, candidate, slo_p99_ms, Path(tmp))
-        with serving(stage, model_dir.name) as server:
-            report = run_bench(server.url, model_dir.name, load.concurrency or 1, duration_s,
+        if pipeline is not None:
+            stage_pipeline(model_dir.parent, pipeline, model_dir.name, stage)
+        with serving(stage, served) as server:
+            report = run_bench(server.url, served, load.concurrency or 1, duration_s,
                                protocol, rate=load.rate, warmup_s=warmup_s,
-                               dataset=_payload_dataset(model_dir))
+                               batch_size=load.rows,
+                               dataset=_payload_dataset(model_dir.parent / served))
     run = report.runs[0]
     errors = sum(run.errors.values())
     measurement = Measurement(run.throughput, run.p99_ms, rung=rung, errors=errors,

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 from surge.errors import ConfigError
 from surge.platform import available_cores, settings_grid
-
-ORIGINAL = "original"  # the model as exported, before any optimizer variant
+from surge.repository.config import ORIGINAL as ORIGINAL  # the model as exported
 
 
 @dataclass(frozen=True, order=True)
@@ -35,6 +34,10 @@ class Load:
 
     concurrency: int | None = None
     rate: float | None = None  # requests per second (Poisson arrivals)
+    rows: int = 1
+    """Rows (batch items) per request: a ranking request carries one user's candidates. The
+    scheduler counts rows against max batch, so a configuration whose max batch is below this
+    cannot serve the load and is not tried."""
 
     def __post_init__(self) -> None:
         if (self.concurrency is None) == (self.rate is None):
@@ -43,11 +46,18 @@ class Load:
             self.rate is not None and self.rate <= 0
         ):
             raise ConfigError(f"load must be positive, got {self.describe()}")
+        if self.rows < 1:
+            raise ConfigError(f"--rows-per-request must be at least 1, got {self.rows}")
 
     def describe(self) -> str:
+        rows = f" x {self.rows} rows" if self.rows > 1 else ""
         if self.concurrency is not None:
-            return f"{self.concurrency} concurrent clients"
-        return f"{self.rate:g} requests/s"
+            return f"{self.concurrency} concurrent clients{rows}"
+        return f"{self.rate:g} requests/s{rows}"
+
+    def requests_per_batch(self, max_batch_size: int) -> int:
+        """Whole requests one batch holds at most (0: not even one fits)."""
+        return max_batch_size // self.rows
 
 
 @dataclass(frozen=True)
@@ -98,8 +108,10 @@ class SearchSpace:
         """The (instances, threads) layouts to try: the given ones, else every one that fits."""
         return list(self.settings) if self.settings else settings_grid(available_cores())
 
-    def candidates(self, variants: Iterable[str]) -> list[Candidate]:
-        return build_space(variants, self.max_batch_sizes, self.delays_ms, self.layouts())
+    def candidates(self, variants: Iterable[str], rows: int = 1) -> list[Candidate]:
+        """Every combination whose max batch holds a request of `rows` rows."""
+        return [c for c in build_space(variants, self.max_batch_sizes, self.delays_ms,
+                                       self.layouts()) if c.max_batch_size >= rows]
 
 
 @dataclass(frozen=True)

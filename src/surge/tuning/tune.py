@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
-from surge.errors import SurgeError
-from surge.evaluate.harness import EvalDataset, EvalReport, evaluate, load_dataset
+from surge.errors import ConfigError, SurgeError
+from surge.evaluate.harness import EvalDataset, EvalReport, evaluate, load_dataset, run_dataset
 from surge.evaluate.profile import ProfileReport, default_batch_sizes, profile_variant
 from surge.platform import available_cores
 from surge.repository import Repository
 from surge.runtimes import RunnerOptions
 from surge.tasks import get_task
-from surge.tuning.apply import write_engine, write_selection
+from surge.tuning.apply import Measured, choose_ladder, write_engine, write_selection
 from surge.tuning.engines import EngineChoice, choose_engine
 from surge.tuning.predict import (
     Measurement,
@@ -40,6 +40,7 @@ from surge.tuning.predict import (
 from surge.tuning.search import Rung, SelectionReport, select
 from surge.tuning.serving import TUNING_DIR, ServingTrialError, measure_served
 from surge.tuning.space import ORIGINAL, AccuracyBudget, Candidate, Effort, SearchSpace, Slo
+from surge.tuning.target import TuneTarget, resolve_target
 
 REPORT_FILE = "report.json"
 PREDICTED = "predicted"
@@ -63,9 +64,15 @@ class TuneOptions:
     effort: Effort = Effort()
     protocol: str = "http"  # how the load generator talks to the served trials
     write_config: bool = True
+    step: str | None = None  # tuning a pipeline: its model step to tune (surge.tuning.target)
 
     def __post_init__(self) -> None:
         get_task(self.task)  # an unknown task fails here, before any work
+        rows, sizes = self.slo.load.rows, self.space.max_batch_sizes
+        if max(sizes) < rows:
+            raise ConfigError(f"--max-batch {','.join(map(str, sizes))}: every size is below "
+                              f"--rows-per-request {rows}; max batch counts rows, so give "
+                              f"sizes of at least {rows}, e.g. {rows},{2 * rows},{5 * rows}")
 
 
 @dataclass
@@ -92,6 +99,7 @@ class ServedRun:
     startup_s: float
     error: str = ""
     client_cpu_share: float | None = None  # cores the load generator itself used
+    served: str = ""  # what the load went to: the model, or the pipeline it is a step of
 
 
 @dataclass
@@ -122,6 +130,8 @@ class TuningReport:
     optimized: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     total_seconds: float = 0.0
+    pipeline: str | None = None  # the pipeline the served trials ran through, if any
+    step: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,9 +155,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def baseline_candidate() -> Candidate:
-    """The untuned configuration: the original model, no batching, one instance, all cores."""
-    return Candidate(ORIGINAL, 1, 0.0, 1, available_cores())
+def baseline_candidate(rows: int = 1) -> Candidate:
+    """The untuned configuration: the original model, no batching (a batch is one request of
+    `rows` rows), one instance, all cores."""
+    return Candidate(ORIGINAL, rows, 0.0, 1, available_cores())
 
 
 class _Stages:
@@ -170,13 +181,14 @@ class _Stages:
 def tune(repo_root: Path, model: str, options: TuneOptions,
          progress: Progress | None = None,
          on_stage: Callable[[str], None] | None = None) -> TuningReport:
-    """Tune `model` in the repository at `repo_root`; returns (and saves) the report."""
+    """Tune `model` in the repository at `repo_root` (a pipeline: its model step
+    `options.step`, measured through the pipeline); returns (and saves) the report."""
     repo = Repository(repo_root)
+    target = resolve_target(repo, model, options.step)
+    model = target.model
     model_dir = repo.model_dir(model)
     slo = options.slo
-    report = TuningReport(model, options.task, options.data, slo.p99_ms, slo.load.describe(),
-                          slo.load.concurrency, slo.load.rate, options.accuracy.max_drop,
-                          options.accuracy.min_metric)
+    report = _new_report(target, options)
     stages = _Stages(report)
     say = on_stage or (lambda _: None)
     dataset = _reference_dataset(repo, model, options)  # a bad --data fails before any work
@@ -203,7 +215,7 @@ def tune(repo_root: Path, model: str, options: TuneOptions,
 
     say("measure the untuned baseline")
     measurer = _Measurer(model_dir, profiles, options, report, progress)
-    first = measurer.serve(baseline_candidate(), BASELINE)
+    first = measurer.serve(baseline_candidate(slo.load.rows), BASELINE)
     stages.done("baseline")
 
     say("select")
@@ -217,14 +229,23 @@ def tune(repo_root: Path, model: str, options: TuneOptions,
         say("re-measure the untuned and the chosen configurations")
         report.chosen = chosen.candidate
         report.baseline, report.tuned, report.speedup = compare_back_to_back(
-            measurer.serve, baseline_candidate(), chosen.candidate, options.effort.final_rounds)
+            measurer.serve, baseline_candidate(slo.load.rows), chosen.candidate,
+            options.effort.final_rounds)
         if options.write_config:
-            report.config_path = str(write_selection(model_dir, chosen.candidate, slo.p99_ms))
+            report.config_path = _write_config(model_dir, chosen.candidate, report, options)
     stages.done("final")
     report.serving_costs = measurer.costs
     report.total_seconds = stages.elapsed()
     report.save(model_dir)
     return report
+
+
+def _new_report(target: TuneTarget, options: TuneOptions) -> TuningReport:
+    slo = options.slo
+    return TuningReport(target.model, options.task, options.data, slo.p99_ms,
+                        slo.load.describe(), slo.load.concurrency, slo.load.rate,
+                        options.accuracy.max_drop, options.accuracy.min_metric,
+                        pipeline=target.pipeline, step=target.step)
 
 
 def compare_back_to_back(
@@ -265,6 +286,10 @@ def _evaluate_all(repo: Repository, model: str, variants: list[str], dataset: Ev
         ref = model if variant == ORIGINAL else f"{model}@{variant}"
         try:
             loaded = repo.load(ref)  # the config's threads and device, as serving would
+            if variant == ORIGINAL and task.scores_against_reference:
+                # the original is the reference: it scores itself perfectly, and the variants
+                # are scored against its outputs
+                reference_outputs = _first_output(loaded, dataset, progress)
             result = evaluate(loaded, dataset, task, reference=reference_outputs,
                               progress=progress, metric=options.accuracy.metric)
         except Exception as exc:  # a broken variant loses; the tune goes on
@@ -273,9 +298,6 @@ def _evaluate_all(repo: Repository, model: str, variants: list[str], dataset: Ev
             if variant == ORIGINAL:
                 raise
             continue
-        if variant == ORIGINAL and task.scores_against_reference:
-            # the original scores itself perfectly; variants are scored against its outputs
-            reference_outputs = next(iter(result.outputs.values()))
         out[variant] = result
     reference = out[ORIGINAL].metric
     report.reference_metric = reference
@@ -285,6 +307,22 @@ def _evaluate_all(repo: Repository, model: str, variants: list[str], dataset: Ev
                                              why is None, why or "within the accuracy budget",
                                              result.seconds))
     return out
+
+
+def _write_config(model_dir: Path, chosen: Candidate, report: TuningReport,
+                  options: TuneOptions) -> str:
+    """Write the chosen configuration with the SLO and the accuracy ladder of the measured
+    variants (see `choose_ladder`); returns the config's path."""
+    measured = [Measured(v.variant, v.metric, v.accepted, v.inprocess_best)
+                for v in report.variants]
+    ladder = choose_ladder(measured, options.accuracy.max_drop)
+    return str(write_selection(model_dir, chosen, options.slo.p99_ms, ladder))
+
+
+def _first_output(loaded: Any, dataset: EvalDataset, progress: Progress | None) -> np.ndarray:
+    runner = loaded.runner
+    outputs = run_dataset(runner, dataset, 256, progress, "reference outputs")
+    return outputs[runner.signature.output_names[0]]
 
 
 def _profile_evaluated(repo: Repository, model: str, options: TuneOptions,
@@ -314,7 +352,7 @@ def _choose_engine(repo: Repository, model: str, options: TuneOptions) -> Engine
 
 def _profile_all(repo: Repository, model: str, variants: list[str], options: TuneOptions,
                  progress: Progress | None) -> dict[str, ProfileReport]:
-    sizes = default_batch_sizes(max(options.space.max_batch_sizes))
+    sizes = profile_sizes(max(options.space.max_batch_sizes), options.slo.load.rows)
     # the untuned baseline's setting too: its prediction calibrates the serving overhead
     baseline = baseline_candidate()
     settings = sorted({*options.space.layouts(), (baseline.instances, baseline.threads)})
@@ -329,6 +367,13 @@ def _profile_all(repo: Repository, model: str, variants: list[str], options: Tun
         out[variant] = profile_variant(factory, model, variant, sizes, settings,
                                        options.effort.profile_s, progress, device)
     return out
+
+
+def profile_sizes(max_batch_size: int, rows: int) -> list[int]:
+    """Batch sizes (rows) to profile: powers of two up to the largest max batch, and every
+    whole number of `rows`-row requests that fits, the batches the server will really run."""
+    whole = range(rows, max_batch_size + 1, rows) if rows > 1 else ()
+    return sorted({*default_batch_sizes(max_batch_size), *whole})
 
 
 class _Measurer:
@@ -374,10 +419,12 @@ class _Measurer:
             self.progress.update(self.task, description=f"serve + bench {candidate.key} ({rung})")
         try:
             result = measure_served(self.model_dir, candidate, self.options.slo.load, duration,
-                                    self.options.slo.p99_ms, self.options.protocol, rung=rung)
+                                    self.options.slo.p99_ms, self.options.protocol, rung=rung,
+                                    pipeline=self.report.pipeline)
             bench_run = result.bench["runs"][0]
             run = ServedRun(candidate, rung, predicted, result.measurement, result.startup_s,
-                            client_cpu_share=bench_run.get("client_cpu_share"))
+                            client_cpu_share=bench_run.get("client_cpu_share"),
+                            served=result.bench["model"])
         except ServingTrialError as exc:
             run = ServedRun(candidate, rung, predicted, Measurement(0.0, math.inf, rung, 1), 0.0,
                             str(exc))
@@ -395,7 +442,7 @@ class _Measurer:
 
 def _search(options: TuneOptions, report: TuningReport, measurer: _Measurer,
             accepted: list[str], budget_s: float) -> SelectionReport:
-    space = options.space.candidates(accepted)
+    space = options.space.candidates(accepted, options.slo.load.rows)
     accuracy = {v.variant: v.metric for v in report.variants if v.metric is not None}
     effort = options.effort
     startup = report.served[0].startup_s if report.served else 5.0

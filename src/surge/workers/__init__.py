@@ -1,4 +1,5 @@
-"""Compute workers: one process per model instance, tensors through shared memory."""
+"""Compute workers: one process per model instance, or shared worker groups hosting several
+models per process (`surge.workers.group`); tensors through shared memory."""
 
 from surge.workers.pool import Placement, WorkerPool, plan_instances
 from surge.workers.transport import PipeTransport, ShmTransport, Transport, make_transport

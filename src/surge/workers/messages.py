@@ -35,6 +35,7 @@ class RunBatch:
     input_slot: str = ""
     output_slot: str = ""
     output_capacity: int = 0
+    model: str = ""  # a shared worker hosts several models: the one to run ("" for a dedicated)
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,57 @@ class LoadFailed:
 @dataclass(frozen=True)
 class Stop:
     """Front end -> worker: finish and exit."""
+
+
+# -- a shared worker: several models in one process, each addressed by its member id ----------
+@dataclass(frozen=True)
+class GroupReady:
+    """Shared worker -> front end: the process is up (empty: models are loaded one by one)."""
+
+    pid: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class LoadModel:
+    """Front end -> shared worker: load a model as `member` and warm it up."""
+
+    member: str
+    ref: str  # model name, or name@variant
+    version: int | None
+    threads: int
+    device: str
+    spin_wait: bool = False
+
+
+@dataclass(frozen=True)
+class ModelLoaded:
+    """Shared worker -> front end: `member` is loaded and warm; batches for it may come."""
+
+    member: str
+    signature: Signature
+    device: str
+    added_bytes: int  # how much the process's resident memory grew with this load
+
+
+@dataclass(frozen=True)
+class ModelLoadFailed:
+    """Shared worker -> front end: `member` could not be loaded; the others are unaffected."""
+
+    member: str
+    error: str
+
+
+@dataclass(frozen=True)
+class UnloadModel:
+    """Front end -> shared worker: drop `member` (its batches were all answered before this)."""
+
+    member: str
+
+
+@dataclass(frozen=True)
+class ModelUnloaded:
+    """Shared worker -> front end: `member` is gone from the process."""
+
+    member: str
+    rss_bytes: int

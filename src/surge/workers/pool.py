@@ -26,16 +26,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import numpy as np
 
-from surge.datatypes import v2_to_numpy
-from surge.errors import ConfigError, ModelLoadError, ServingError, WorkerCrashedError
-from surge.platform import fits
-from surge.runtimes.base import Signature, TensorSpec
+from surge.errors import ModelLoadError, ServingError, WorkerCrashedError
+from surge.runtimes.base import Signature
 from surge.scheduler.types import Batch
 from surge.workers.hang import HangRule
 from surge.workers.messages import BatchDone, LoadFailed, Ready, Stop
+from surge.workers.placement import Placement, slot_bytes
+from surge.workers.placement import cuda_device_count as cuda_device_count  # re-exported
+from surge.workers.placement import plan_instances as plan_instances  # re-exported
 from surge.workers.transport import Transport, make_transport, whole_messages
 from surge.workers.worker import WorkerSpec, worker_main
 
@@ -45,53 +47,6 @@ BACKOFF_START_S = 0.1
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 10.0  # a worker alive this long resets the backoff
 PIPELINE_DEPTH = 2  # batches a worker holds: one computing, one waiting in its slot
-_BYTES_GUESS = 64  # bytes per BYTES element when sizing a slot
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where one instance runs and with how many intra-op threads."""
-
-    device: str
-    threads: int
-
-
-def plan_instances(instances: int, threads: int, device: str, cores: int,
-                   cuda_devices: int = 0) -> list[Placement]:
-    """Instances x threads that fit `cores`; with CUDA, `instances` on every device."""
-    devices = [device]
-    if device == "cuda":
-        if cuda_devices < 1:
-            raise ConfigError("device 'cuda' requested but no CUDA device is available")
-        devices = [f"cuda:{i}" for i in range(cuda_devices)]
-    total = instances * len(devices)
-    per = threads or max(1, cores // total)
-    if not fits(total, per, cores):
-        raise ConfigError(
-            f"instances x threads = {total} x {per} = {total * per} does not fit {cores} cores; "
-            f"lower 'instances' or 'threads'"
-        )
-    return [Placement(d, per) for d in devices for _ in range(instances)]
-
-
-def cuda_device_count(device: str) -> int:
-    """CUDA devices, asked only when the config names CUDA (importing torch is slow)."""
-    if not device.startswith("cuda"):
-        return 0
-    import torch
-
-    return int(torch.cuda.device_count())
-
-
-def slot_bytes(specs: tuple[TensorSpec, ...], batch: int) -> int:
-    """Bytes for `batch` items of `specs`, variable dims taken as 1 (slots grow when needed)."""
-    total = 0
-    for spec in specs:
-        dims = spec.shape[1:] if batch > 1 else spec.shape
-        items = int(np.prod([max(d, 1) for d in dims])) * max(batch, 1)
-        size = _BYTES_GUESS if spec.datatype == "BYTES" else v2_to_numpy(spec.datatype).itemsize
-        total += items * size + 64
-    return total
 
 
 class State(enum.Enum):
@@ -121,6 +76,15 @@ class Worker:
     def free(self) -> int:
         """Batches this worker can take now."""
         return PIPELINE_DEPTH - len(self.batches) if self.state is State.READY else 0
+
+
+def dispatch_order(worker: Worker) -> tuple[int, float]:
+    """Which worker takes the next batch (the largest key): the most free places first; among
+    busy ones, the one whose computing batch started first, which should finish first, so the
+    new batch waits the least behind it."""
+    if not worker.batches:
+        return worker.free, 0.0
+    return worker.free, -max(worker.batches[0].dispatched, worker.last_done)
 
 
 @dataclass(frozen=True)
@@ -160,6 +124,7 @@ class WorkerPool:
         on_spawn_failure: Callable[[], None] | None = None,
     ) -> None:
         self.root, self.ref, self.version = root, ref, version
+        self.label = f"model {ref!r}"  # what its errors and logs call the pool's model
         self.spin_wait = spin_wait
         self.placements = placements
         self.signature: Signature | None = None
@@ -305,11 +270,16 @@ class WorkerPool:
         self._restarts[index] = self._loop.call_later(delay, self._spawn, index)
         return delay
 
+    def _entry(self, index: int) -> tuple[Callable[[Any, Connection], None], object]:
+        """The function process `index` runs, and the spec it is handed (picklable)."""
+        return worker_main, self.spec(index)
+
     def _start_worker(self, index: int) -> None:
         placement = self.placements[index]
         parent, child = self._ctx.Pipe(duplex=True)
+        entry, spec = self._entry(index)
         try:
-            process = self._ctx.Process(target=worker_main, args=(self.spec(index), child),
+            process = self._ctx.Process(target=entry, args=(spec, child),
                                         daemon=True, name=f"surge-worker-{self.ref}-{index}")
             process.start()
         except BaseException:
@@ -355,10 +325,14 @@ class WorkerPool:
                 slot_bytes(message.signature.outputs, self._max_batch),
                 PIPELINE_DEPTH,
             )
+        self._mark_ready(worker, message.pid, message.threads, message.device)
+
+    def _mark_ready(self, worker: Worker, pid: int, threads: int, device: str) -> None:
+        """`worker` takes batches from now on."""
         worker.state = State.READY
-        worker.device = message.device
-        log.info("worker %s[%d] ready (pid %d, %d threads, %s)", self.ref, worker.index,
-                 message.pid, message.threads, message.device)
+        worker.device = device
+        log.info("worker %s[%d] ready (pid %d, %d threads, %s)", self.ref, worker.index, pid,
+                 threads, device)
         self._changed.set()
         if self._on_ready is not None:  # a (re)started worker can take the batches queued meanwhile
             self._on_ready()
@@ -374,7 +348,7 @@ class WorkerPool:
         worker.process.join(1.0)  # its pipe closed: it is exiting; reap it for the exit code
         what = cause or f"died (exit code {worker.process.exitcode})"
         self._close(worker, WorkerCrashedError(
-            f"worker {worker.index} of model {self.ref!r} {what} while computing this request"
+            f"worker {worker.index} of {self.label} {what} while computing this request"
         ), started)
         self._changed.set()
         if self._stopping or not self._warm:
@@ -382,10 +356,14 @@ class WorkerPool:
         if was_ready and time.monotonic() - worker.started >= STABLE_AFTER_S:
             self._failures[worker.index] = 0
         self.restarts += 1
-        if self._on_restart is not None:
-            self._on_restart()
+        self._restarting(worker)
         delay = self._schedule_spawn(worker.index)
         log.warning("worker %s[%d] %s; restarting in %.1fs", self.ref, worker.index, what, delay)
+
+    def _restarting(self, worker: Worker) -> None:
+        """`worker` died and will be restarted: tell the model."""
+        if self._on_restart is not None:
+            self._on_restart()
 
     def _close(self, worker: Worker, error: Exception, started: int = 1) -> None:
         """Forget a worker's process and pipe; fail the batch it computed with `error`.
@@ -416,7 +394,11 @@ class WorkerPool:
     # -- batches -----------------------------------------------------------------------------
     def dispatch(self, batch: Batch) -> None:
         """Send `batch` to the least loaded worker (the caller checked `idle_count`)."""
-        worker = max((w for w in self._workers if w is not None), key=lambda w: w.free)
+        worker = max((w for w in self._workers if w is not None), key=dispatch_order)
+        self._send_to(worker, batch)
+
+    def _send_to(self, worker: Worker, batch: Batch, model: str = "") -> None:
+        """Queue `batch` on `worker` (for `model` of a worker hosting several) and send it."""
         assert worker.transport is not None
         assert worker.free > 0
         worker.batches.append(batch)
@@ -424,7 +406,7 @@ class WorkerPool:
             self._watch(worker)
         parts = {name: [r.inputs[name] for r in batch.requests] for name in batch.requests[0].inputs}
         try:
-            worker.transport.send(worker.conn, batch.id, parts)
+            worker.transport.send(worker.conn, batch.id, parts, model)
         except OSError:
             self._crashed(worker)
 
@@ -439,7 +421,7 @@ class WorkerPool:
             worker.batches.popleft()
             self._watch(worker)
             worker.transport.skip()
-            self._on_done(batch, None, ServingError(f"model {self.ref!r} failed: {done.error}"),
+            self._on_done(batch, None, ServingError(f"{self._owner(batch)} failed: {done.error}"),
                           None)
             return
         outputs = worker.transport.receive(worker.conn, done)
@@ -458,19 +440,29 @@ class WorkerPool:
         worker.batches.popleft()
         self._watch(worker)
 
+    def _owner(self, batch: Batch) -> str:
+        """The model `batch` belongs to, as errors name it."""
+        return self.label
+
     # -- hangs -------------------------------------------------------------------------------
     def _watch(self, worker: Worker) -> None:
         """Time the batch `worker` computes now (its first), against the hang rule."""
         if worker.watch is not None:
             worker.watch.cancel()
             worker.watch = None
-        if not worker.batches or self._hang is None or self._estimate is None:
+        if not worker.batches:
             return
         batch = worker.batches[0]
-        limit = self._hang.limit(self._estimate(batch.size))
+        limit = self._batch_limit(batch)
         if limit is not None:
             assert self._loop is not None
             worker.watch = self._loop.call_later(limit, self._overdue, worker, batch, limit)
+
+    def _batch_limit(self, batch: Batch) -> float | None:
+        """Seconds `batch` may compute before its worker counts as hung (None: no limit)."""
+        if self._hang is None or self._estimate is None:
+            return None
+        return self._hang.limit(self._estimate(batch.size))
 
     def _overdue(self, worker: Worker, batch: Batch, limit: float) -> None:
         """The hang timer fired: kill the worker, hand its batch back, restart it."""
@@ -487,5 +479,5 @@ class WorkerPool:
             self._on_hung(batch)
         else:
             self._on_done(batch, None, WorkerCrashedError(
-                f"worker {worker.index} of model {self.ref!r} {cause} while computing this "
+                f"worker {worker.index} of {self.label} {cause} while computing this "
                 "request"), None)

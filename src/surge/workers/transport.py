@@ -106,8 +106,9 @@ class Transport(Protocol):
 
     kind: str
 
-    def send(self, conn: Connection, batch_id: int, parts: Parts) -> None:
-        """Write a batch's inputs and tell the worker to compute it."""
+    def send(self, conn: Connection, batch_id: int, parts: Parts, model: str = "") -> None:
+        """Write a batch's inputs and tell the worker to compute it (with `model`, when the
+        worker hosts several)."""
 
     def receive(self, conn: Connection, done: BatchDone) -> dict[str, np.ndarray]:
         """The outputs of `done` (views of a reused buffer: consume before sending more)."""
@@ -205,10 +206,10 @@ class ShmTransport:
         """The output slot the next result comes from."""
         return self.pairs[self._received % len(self.pairs)][1]
 
-    def send(self, conn: Connection, batch_id: int, parts: Parts) -> None:
+    def send(self, conn: Connection, batch_id: int, parts: Parts, model: str = "") -> None:
         inputs, outputs = self.pairs[self._sent % len(self.pairs)]
         metas = pack(parts, inputs.ensure)
-        conn.send(RunBatch(batch_id, metas, inputs.name, outputs.name, outputs.size))
+        conn.send(RunBatch(batch_id, metas, inputs.name, outputs.name, outputs.size, model))
         self._sent += 1
 
     def receive(self, conn: Connection, done: BatchDone) -> dict[str, np.ndarray]:
@@ -259,7 +260,7 @@ class PipeTransport:
 
     kind = "pipe"
 
-    def send(self, conn: Connection, batch_id: int, parts: Parts) -> None:
+    def send(self, conn: Connection, batch_id: int, parts: Parts, model: str = "") -> None:
         payload = bytearray()
 
         def alloc(size: int) -> memoryview:
@@ -267,7 +268,7 @@ class PipeTransport:
             return memoryview(payload)
 
         metas = pack(parts, alloc)
-        conn.send(RunBatch(batch_id, metas))
+        conn.send(RunBatch(batch_id, metas, model=model))
         conn.send_bytes(payload)
 
     def receive(self, conn: Connection, done: BatchDone) -> dict[str, np.ndarray]:

@@ -30,14 +30,9 @@ class WorkerSpec:
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     """Process entry point (spawn): load, warm up, report Ready, serve."""
-    # The front end owns shutdown: it sends Stop, or the pipe closes when it dies.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    for name in _THREAD_ENV:  # before any engine is imported in this process
-        os.environ[name] = str(spec.threads)
-    os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if spec.spin_wait else "PASSIVE"
+    prepare_process(spec.threads, spec.spin_wait)
     try:
-        runner = _load(spec)
+        runner = load(spec)
     except Exception as exc:  # any failure is reported, then the worker exits
         conn.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
         conn.close()
@@ -46,7 +41,18 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     serve(runner, conn)
 
 
-def _load(spec: WorkerSpec) -> Runner:
+def prepare_process(threads: int, spin_wait: bool) -> None:
+    """Signals and thread settings of a worker process, before any engine is imported."""
+    # The front end owns shutdown: it sends Stop, or the pipe closes when it dies.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for name in _THREAD_ENV:
+        os.environ[name] = str(threads)
+    os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if spin_wait else "PASSIVE"
+
+
+def load(spec: WorkerSpec) -> Runner:
+    """The runner `spec` names, warmed up."""
     from surge.repository import Repository
     from surge.runtimes import RunnerOptions
 
@@ -69,13 +75,14 @@ def serve(runner: Runner, conn: Connection) -> None:
             if isinstance(message, Stop):
                 break
             if isinstance(message, RunBatch):
-                _run(runner, conn, end, message)
+                run_batch(runner, conn, end, message)
     finally:
         end.close()
         conn.close()
 
 
-def _run(runner: Runner, conn: Connection, end: WorkerEnd, message: RunBatch) -> None:
+def run_batch(runner: Runner, conn: Connection, end: WorkerEnd, message: RunBatch) -> None:
+    """Compute one batch and answer its BatchDone (an error fails the batch, not the worker)."""
     started = time.perf_counter_ns()
     inputs = end.inputs(conn, message)
     loaded = time.perf_counter_ns()

@@ -95,3 +95,25 @@ class TextCorpus(Dataset):
         ids, mask, labels = self.labelled("test", options, classes)
         inputs = {INPUT_IDS: ids, ATTENTION_MASK: mask} if self.encoder_inputs else {input_name: ids}
         return EvalDataset(self.name, inputs, labels, classes)
+
+
+class CorpusTexts(Dataset):
+    """A corpus's test split as the UTF-8 texts themselves, BYTES [N, 1] (a text pipeline's
+    input: `surge bench --data reuters-r8-text` and tuning a text pipeline send them)."""
+
+    def __init__(self, corpus: str) -> None:
+        self.name = f"{corpus}-text"
+        self.corpus = corpus
+
+    def check(self, options: DataOptions) -> None:
+        corpus_file(self.corpus, "test", options.root)
+
+    def evaluation(self, input_name: str, options: DataOptions) -> EvalDataset:
+        reader = TextCorpus(self.corpus)
+        classes = reader.classes(options.root)
+        documents = reader.documents("test", options)
+        rows = np.empty((len(documents), 1), dtype=object)
+        rows[:, 0] = [text.encode() for text in documents.texts]
+        index = {name: i for i, name in enumerate(classes)}
+        labels = np.array([index.get(c, -1) for c in documents.categories], np.int64)
+        return EvalDataset(self.name, {input_name: rows}, labels, classes)

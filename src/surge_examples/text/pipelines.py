@@ -34,9 +34,12 @@ def encoder_config(name: str, dataset: str = "20newsgroups-tokens") -> dict[str,
             "parameters": {"task": "embedding", "dataset": dataset}}
 
 
-def embedding_pipeline(name: str, encoder: str) -> dict[str, Any]:
-    """text BYTES [-1, 1] -> tokenize -> the encoder -> embedding FP32 [-1, 384]."""
+def embedding_pipeline(name: str, encoder: str, texts: str = "20newsgroups-text"
+                       ) -> dict[str, Any]:
+    """text BYTES [-1, 1] -> tokenize -> the encoder -> embedding FP32 [-1, 384]; `texts` (the
+    pipeline's `parameters.dataset`) loads it in `surge bench` and `surge tune`."""
     return {"name": name, "kind": "pipeline", "max_batch_size": 64,
+            "parameters": {"dataset": texts},
             "inputs": [TEXT_INPUT],
             "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
             "steps": [tokenize_step(["input_ids", "attention_mask"]),
@@ -45,9 +48,11 @@ def embedding_pipeline(name: str, encoder: str) -> dict[str, Any]:
                        "outputs": {"embedding": "embedding"}}]}
 
 
-def classifier_pipeline(name: str, classifier: str, max_length: int, k: int = 3) -> dict[str, Any]:
+def classifier_pipeline(name: str, classifier: str, max_length: int, k: int = 3,
+                        texts: str = "reuters-r8-text") -> dict[str, Any]:
     """text BYTES [-1, 1] -> tokenize -> the classifier -> its `labels` and scores, best k first."""
     return {"name": name, "kind": "pipeline", "max_batch_size": 64,
+            "parameters": {"dataset": texts},
             "inputs": [TEXT_INPUT],
             "outputs": [{"name": "labels", "datatype": "BYTES", "shape": [-1, k]},
                         {"name": "scores", "datatype": "FP32", "shape": [-1, k]}],

@@ -7,7 +7,7 @@ from functools import partial
 
 from surge.tasks import Registry
 from surge_examples.text.corpus import CORPORA
-from surge_examples.text.data import TextCorpus
+from surge_examples.text.data import CorpusTexts, TextCorpus
 from surge_examples.text.task import TextClassification
 
 MODELS = {"text-bag": "surge_examples.text.model:bag_classifier",
@@ -19,5 +19,6 @@ def register(registry: Registry) -> None:
     for corpus in CORPORA:
         registry.add_dataset(corpus, partial(TextCorpus, corpus))
         registry.add_dataset(f"{corpus}-tokens", partial(TextCorpus, corpus, encoder_inputs=True))
+        registry.add_dataset(f"{corpus}-text", partial(CorpusTexts, corpus))
     for name, builder in MODELS.items():
         registry.add_model(name, builder)

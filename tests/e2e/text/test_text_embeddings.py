@@ -102,3 +102,13 @@ def test_int8_variant_keeps_the_cosine_on_newsgroup_documents(repo: Path) -> Non
     vectors = variant.runner.run(tokens)["embedding"]
     cosine = (vectors * reference_embeddings(SENTENCES)).sum(1) / np.linalg.norm(vectors, axis=1)
     assert cosine.min() > 0.97
+
+
+def test_bench_loads_the_text_pipeline_with_corpus_texts(server: ServerProcess) -> None:
+    from surge.bench import run_bench
+
+    report = run_bench(server.http, "minilm-text", 2, 3.0, warmup_s=0.5,
+                       dataset="20newsgroups-text")
+    run = report.runs[0]
+    assert run.throughput > 0
+    assert not run.errors, run.errors

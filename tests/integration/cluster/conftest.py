@@ -5,10 +5,13 @@ starting one takes about ten seconds of CI's two cores."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from tests.integration.server.conftest import ServerProcess
 from tests.integration.server.models import tiny_onnx
 
 pytest.importorskip("ray")
@@ -58,3 +61,15 @@ def cluster_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiny_onnx(root / "huge" / "1" / "model.onnx")
     (root / "huge" / "config.yaml").write_text("placement: cluster\ncluster: {cpus: 64}\n")
     return root
+
+
+def metric(server: ServerProcess, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    """Samples of one metric, with their labels, filtered by `labels`."""
+    found = []
+    for line in httpx.get(server.metrics, timeout=10).text.splitlines():
+        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
+        if match:
+            sample = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+            if all(sample.get(k) == v for k, v in labels.items()):
+                found.append((sample, float(match.group(2))))
+    return found

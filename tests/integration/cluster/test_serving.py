@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from tests.integration.cluster.conftest import metric
 from tests.integration.server.conftest import ServerProcess, start_server, triton_client
 
 from surge.repository import Repository
@@ -32,18 +32,6 @@ def front(cluster_repo: Path, ray_cluster: Any,
     server = start_server(cluster_repo, log, "--ray", ray_cluster.address)
     yield server
     assert server.stop() == 0, server.output()[-3000:]
-
-
-def metric(server: ServerProcess, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
-    """Samples of one metric, with their labels, filtered by `labels`."""
-    found = []
-    for line in httpx.get(server.metrics, timeout=10).text.splitlines():
-        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if match:
-            sample = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-            if all(sample.get(k) == v for k, v in labels.items()):
-                found.append((sample, float(match.group(2))))
-    return found
 
 
 def compute_node_ids(cluster: Any) -> set[str]:
@@ -89,8 +77,9 @@ def test_batches_reach_both_compute_nodes(front: ServerProcess, ray_cluster: Any
     batches = [(labels, count) for labels, count in metric(
         front, "surge_cluster_batches_total", model="tiny") if count > 0]
     assert {labels["node"] for labels, _ in batches} == compute_node_ids(ray_cluster)
-    # The tensors went on the direct channel to each actor, not as Ray actor calls.
-    assert {labels["path"] for labels, _ in batches} == {"channel"}
+    # The tensors went through shared memory (the nodes share this machine) with the direct
+    # channel to each actor carrying only the slots' names, not as Ray actor calls.
+    assert {labels["path"] for labels, _ in batches} == {"shm"}
     assert "no direct channel" not in front.output()
 
 

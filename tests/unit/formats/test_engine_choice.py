@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import yaml
 
+from surge.errors import ModelLoadError
 from surge.repository import Repository
 from surge.runtimes.base import Signature, TensorSpec
+from surge.tuning import engines
 from surge.tuning.apply import write_engine
 from surge.tuning.engines import EngineFigure, choose_engine, decide, items_per_second
 from tests.unit.formats.builders import tiny_onnx
@@ -59,6 +61,24 @@ def test_both_engines_are_measured_on_an_onnx_model(tmp_path: Path) -> None:
     assert measured == {(e, b) for e in ("onnxruntime", "openvino") for b in (1, 8)}
     assert all(f.items_per_s > 0 for f in choice.figures)
     assert choice.engine in ("onnxruntime", "openvino")
+
+
+def test_an_engine_that_cannot_read_the_model_is_no_choice(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenVINO cannot read a LightGBM model's tree operators: ONNX Runtime is kept, and the
+    tune goes on instead of failing."""
+    real = engines.load_runner
+
+    def load(path: Path, options: object, engine: str) -> object:
+        if engine == "openvino":
+            raise ModelLoadError(f"{path}: OpenVINO cannot read it (TreeEnsembleClassifier)")
+        return real(path, options, engine)
+
+    monkeypatch.setattr(engines, "load_runner", load)
+    choice = choose_engine(tiny_onnx(tmp_path / "m.onnx"), max_batch_size=8, seconds=0.05)
+    assert choice is not None
+    assert choice.engine == "onnxruntime"
+    assert {f.engine for f in choice.figures} == {"onnxruntime"}
 
 
 def test_only_onnx_models_have_an_engine_to_choose(tmp_path: Path) -> None:

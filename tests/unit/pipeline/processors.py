@@ -25,3 +25,11 @@ def broken(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str
 
 def one_row(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {"total": np.zeros((1, 1), np.float32)}
+
+
+def thread_name(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """where [N] = the name of the thread the processor ran on."""
+    import threading
+
+    rows = len(next(iter(inputs.values())))
+    return {"where": np.array([threading.current_thread().name.encode()] * rows, dtype=object)}

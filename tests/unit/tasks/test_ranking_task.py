@@ -7,6 +7,9 @@ import pytest
 import torch
 
 from surge.evaluate.metrics import MetricError
+from surge.optimize import Tolerance
+from surge.optimize.check import compare
+from surge.optimize.names import parse_tolerance
 from surge.tasks import EvalDataset, Split, get_task
 from surge.tasks.ranking import ndcg_at_k, ranking_report, recall_at_k
 from surge.tasks.tabular import binary_loss
@@ -73,3 +76,47 @@ def test_loss_and_validation_use_the_relevance_column() -> None:
         model.bias.zero_()
     split = Split(torch.tensor([[2.0], [-1.0], [0.5]]), torch.tensor([[1, 1], [1, 0], [2, 0]]))
     assert task.validation_metric(model, split, torch.device("cpu")) == pytest.approx(1.0)
+
+
+def _lists(queries: int = 40, candidates: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled candidate lists and scores that rank each list's clicks first."""
+    rng = np.random.default_rng(0)
+    user = np.repeat(np.arange(queries), candidates)
+    clicks = (rng.random(len(user)) < 0.2).astype(np.int64)
+    scores = clicks + 0.5 * rng.random(len(user))
+    return np.stack([user, clicks], 1), scores.astype(np.float32).reshape(-1, 1)
+
+
+def test_variant_check_measures_the_ranking_metric_of_both_models() -> None:
+    labels, reference = _lists()
+    measures = get_task("ranking").check(reference, reference[::-1].copy(), labels)
+    assert measures.reference_ndcg == pytest.approx(ranking_report(labels, reference).ndcg_at_k)
+    assert measures.reference_auc == pytest.approx(1.0)
+    assert measures.auc is not None
+    assert measures.ndcg is not None
+    assert measures.ndcg < 0.5 < measures.reference_ndcg
+    assert get_task("ranking").check(reference, reference, None).ndcg is None
+
+
+def test_a_variant_that_scrambles_the_order_fails_the_default_ranking_tolerance() -> None:
+    """Scores that move little but lose the order (what int8-static did to the DLRM's tables)
+    pass every raw-error budget, and the ranking task's default tolerance rejects them."""
+    labels, reference = _lists()
+    task = get_task("ranking")
+    tolerance = task.tolerance(has_labels=True)
+    assert tolerance == Tolerance(max_ndcg_drop=2.0, max_auc_drop=1.0)
+    noise = np.random.default_rng(1).random(reference.shape).astype(np.float32)
+    scrambled = compare({"p": reference}, {"p": 0.1 * noise}, "ranking", tolerance, labels)
+    assert [f.split(" drop")[0] for f in scrambled.failures] == ["NDCG", "AUC"]
+    assert not scrambled.passed
+    assert scrambled.reference_ndcg == pytest.approx(1.0)
+    nudged = compare({"p": reference}, {"p": reference + 1e-3 * noise}, "ranking", tolerance,
+                     labels)
+    assert nudged.passed
+    assert nudged.ndcg is not None
+
+
+def test_ranking_tolerance_parses_and_needs_labels() -> None:
+    assert Tolerance(**parse_tolerance("ndcg_drop=0.5,auc_drop=0.2")) == Tolerance(
+        max_ndcg_drop=0.5, max_auc_drop=0.2)
+    assert get_task("ranking").tolerance(has_labels=False) == Tolerance()

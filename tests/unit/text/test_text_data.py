@@ -127,3 +127,14 @@ def test_export_keeps_the_sequence_dim_symbolic_and_writes_the_text_pipeline(
     assert pipeline["steps"][0]["params"]["max_length"] == 12
     assert Repository(tmp_path).config("topics").parameters == {
         "task": "text-classification", "dataset": "reuters-r8"}
+
+
+def test_text_rows_make_bench_payloads_for_a_text_pipeline(corpus: Path) -> None:
+    from surge.bench.payload import InputSpec, sample_inputs
+
+    held_out = get_dataset("reuters-r8-text").evaluation("text", DataOptions())
+    assert held_out.inputs["text"].tolist() == [[b"the bank bought shares"]]
+    assert held_out.labels.tolist() == [0]  # acq, first of the training classes
+    sets = sample_inputs([InputSpec("text", "BYTES", (-1, 1))], variants=1,
+                         dataset="reuters-r8-text")
+    assert sets[0]["text"].tolist() == [[b"the bank bought shares"]]

@@ -1,0 +1,112 @@
+"""The models and configurations `benchmarks/surge_load.py` replays its trace against.
+
+Each model gets one repository with its original and its int8-static variant, and three
+configurations of it (model names in that repository):
+
+- `untuned`: the committed config (batches up to 64, 2 ms delay, one instance, no SLO);
+- `peak`: a static config for the peak: the int8-static variant, same batching, no run-time
+  control (what a tune picks for the 3x load when it may only pick one configuration);
+- `adaptive`: `slo_p99_ms` with the accuracy ladder [original, int8-static] (load-time probe,
+  SLO batching, ladder controller).
+
+Accuracy per rung: fashion's from its `variant.yaml` check (10,000 labelled test images, made by
+`surge demo`); ResNet-18 has random weights (no labels mean anything), so its rungs carry the
+top-1 agreement with the original on 256 random images as their accuracy proxy.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION_DEMO = ROOT / "out" / "demo" / "repo" / "fashion"  # made by `surge demo`
+CONFIGS = ("untuned", "peak", "adaptive")
+
+
+@dataclass(frozen=True)
+class LoadModel:
+    """One model of the trace: its repository, input and ladder accuracies."""
+
+    name: str
+    repo: Path
+    onnx: Path  # the original's file (for the naive server and the in-process time)
+    inputs: dict[str, np.ndarray]
+    accuracy: dict[str, float]  # per rung, percent
+    max_accuracy_drop: float
+
+
+def base_config(max_batch: int) -> dict[str, Any]:
+    return {"max_batch_size": max_batch, "batching": {"max_queue_delay_ms": 2.0},
+            "instances": 1, "threads": 0, "queue": {"max_size": 256}}
+
+
+def write_configs(root: Path, source: Path, accuracy: dict[str, float], max_drop: float,
+                  slo_ms: float, max_batch: int) -> None:
+    """The three configurations of `source` (a model dir with 1/ and variants/) under `root`."""
+    settings = {
+        "untuned": base_config(max_batch),
+        "peak": {**base_config(max_batch), "variant": "int8-static"},
+        "adaptive": {**base_config(max_batch), "slo_p99_ms": slo_ms,
+                     "ladder": ["original", "int8-static"], "max_accuracy_drop": max_drop,
+                     "ladder_accuracy": accuracy},
+    }
+    for name, config in settings.items():
+        target = root / name
+        shutil.copytree(source / "1", target / "1")
+        shutil.copytree(source / "variants" / "int8-static", target / "variants" / "int8-static")
+        (target / "config.yaml").write_text(yaml.safe_dump({"name": name, **config}))
+
+
+def fashion(work: Path, slo_ms: float) -> LoadModel:
+    """The default model with the int8-static variant `surge demo` made and checked."""
+    check_file = FASHION_DEMO / "variants" / "int8-static" / "variant.yaml"
+    if not check_file.exists():
+        raise SystemExit(f"{check_file} is missing: run `surge demo` first")
+    check = yaml.safe_load(check_file.read_text())["check"]
+    accuracy = {"original": 100 * check["reference_accuracy"],
+                "int8-static": 100 * check["accuracy"]}
+    root = work / "fashion-repo"
+    write_configs(root, FASHION_DEMO, accuracy, 1.0, slo_ms, 64)
+    x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    return LoadModel("fashion", root, FASHION_DEMO / "1" / "model.onnx", {"image": x},
+                     accuracy, 1.0)
+
+
+def resnet64(work: Path, slo_ms: float) -> LoadModel:
+    """ResNet-18 at 3x64x64 (random weights) and its int8-static variant, made here."""
+    import torch
+
+    from surge.export import export_onnx
+    from surge.optimize import Int8StaticConfig, ModelSource, Tolerance, apply
+    from surge.zoo.resnet import resnet18
+
+    torch.manual_seed(0)
+    module = resnet18(classes=1000).eval()
+    rng = np.random.default_rng(0)
+    samples = rng.random((256, 3, 64, 64), dtype=np.float32)
+    source_dir = work / "resnet64-source"
+    onnx = export_onnx(module, (torch.from_numpy(samples[:2]),), source_dir / "1" / "model.onnx",
+                       ["image"], ["logits"])
+    source = ModelSource("resnet64", ["image"], ["logits"], {"image": samples}, onnx_path=onnx,
+                         task="classification", work_dir=work / "resnet64-work",
+                         calibration={"image": rng.random((128, 3, 64, 64), dtype=np.float32)})
+    variant = apply(source, Int8StaticConfig(calibration_samples=128),
+                    source_dir / "variants" / "int8-static", Tolerance(), "int8-static")
+    variant.write_yaml(source_dir / "variants" / "int8-static" / "variant.yaml")
+    agreement = variant.check.top1_agreement or 0.0
+    accuracy = {"original": 100.0, "int8-static": round(100 * agreement, 2)}
+    # The budget admits the measured agreement: with random weights the logits lie close
+    # together and int8 rounding flips more top-1 answers than a trained model's would.
+    max_drop = max(1.0, round(100 - accuracy["int8-static"] + 0.5, 1))
+    root = work / "resnet64-repo"
+    write_configs(root, source_dir, accuracy, max_drop, slo_ms, 64)
+    return LoadModel("resnet64", root, onnx, {"image": samples[:1].copy()}, accuracy, max_drop)
+
+
+BUILDERS = {"fashion": fashion, "resnet64": resnet64}

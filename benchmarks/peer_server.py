@@ -1,0 +1,128 @@
+"""Other serving frameworks around the same ONNX model, for benchmarks/peers.py.
+
+Runs in its own virtual environment (`.venv-peers`, made by peers.py), so it imports nothing
+from Surge. Each server answers the V2 routes the load generator needs: readiness, model
+metadata and inference, with dynamic batching up to MAX_BATCH after at most DELAY_S, ONNX
+Runtime on THREADS intra-op threads (as the in-process ceiling runs it).
+
+- litserve: LitServe's LitAPI with its own batching; V2 JSON tensors (the load generator's
+  `http-json` protocol), one inference worker;
+- pytriton: NVIDIA PyTriton: Triton's C++ HTTP front end and dynamic batcher in front of a
+  Python model; V2 binary tensors (`http`).
+
+Usage: python benchmarks/peer_server.py litserve|pytriton MODEL_NAME MODEL.onnx PORT THREADS
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+try:
+    from litserve import LitAPI
+except ImportError:  # only PyTriton installed
+    LitAPI = object
+
+MAX_BATCH = 32
+DELAY_S = 0.002  # Surge's default max_queue_delay_ms
+
+
+def session(path: str, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def metadata(name: str, sess: ort.InferenceSession) -> dict[str, Any]:
+    def spec(item: Any) -> dict[str, Any]:
+        return {"name": item.name, "datatype": "FP32",
+                "shape": [-1 if not isinstance(d, int) else d for d in item.shape]}
+
+    return {"name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
+            "inputs": [spec(i) for i in sess.get_inputs()],
+            "outputs": [spec(o) for o in sess.get_outputs()]}
+
+
+class OnnxApi(LitAPI):  # type: ignore[misc,valid-type]
+    """LitServe's API around the ONNX session; module level: LitServe pickles it into its
+    inference worker process."""
+
+    def __init__(self, name: str, path: str, threads: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.name, self.path, self.threads = name, path, threads
+
+    def setup(self, device: str) -> None:
+        self.session = session(self.path, self.threads)
+        self.input = self.session.get_inputs()[0].name
+
+    # No annotations on these two: LitServe reads them as the route's request and response
+    # types (the default is its plain JSON request and response).
+    def decode_request(self, request):  # type: ignore[no-untyped-def]
+        tensor = request["inputs"][0]
+        return np.asarray(tensor["data"], np.float32).reshape(tensor["shape"][1:])
+
+    def predict(self, x: Any) -> Any:
+        return self.session.run(None, {self.input: np.stack(list(x))})[0]
+
+    def unbatch(self, output: np.ndarray) -> list[np.ndarray]:
+        return list(output)
+
+    def encode_response(self, output):  # type: ignore[no-untyped-def]
+        return {"model_name": self.name, "model_version": "1", "outputs": [
+            {"name": "logits", "datatype": "FP32", "shape": [1, *output.shape],
+             "data": output.reshape(-1).tolist()}]}
+
+
+def run_litserve(name: str, path: str, port: int, threads: int) -> None:
+    import litserve as ls
+
+    api = OnnxApi(name, path, threads, max_batch_size=MAX_BATCH, batch_timeout=DELAY_S,
+                  api_path=f"/v2/models/{name}/infer")
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1)
+    meta = metadata(name, session(path, 1))
+    server.app.add_api_route("/v2/health/ready", lambda: {}, methods=["GET"])
+    server.app.add_api_route(f"/v2/models/{name}", lambda: meta, methods=["GET"])
+    server.run(port=port, host="127.0.0.1", generate_client_file=False)
+
+
+def run_pytriton(name: str, path: str, port: int, threads: int) -> None:
+    from pytriton.decorators import batch
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+
+    sess = session(path, threads)
+    inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+
+    @batch  # type: ignore[misc]
+    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+        return {out.name: sess.run(None, {inp.name: inputs[inp.name]})[0]}
+
+    config = TritonConfig(http_address="127.0.0.1", http_port=port, grpc_port=free_port(),
+                          metrics_port=free_port())
+    with Triton(config=config) as triton:
+        triton.bind(
+            model_name=name, infer_func=infer,
+            inputs=[Tensor(name=inp.name, dtype=np.float32, shape=tuple(inp.shape[1:]))],
+            outputs=[Tensor(name=out.name, dtype=np.float32, shape=tuple(out.shape[1:]))],
+            config=ModelConfig(max_batch_size=MAX_BATCH, batcher=DynamicBatcher(
+                max_queue_delay_microseconds=int(DELAY_S * 1e6))),
+            strict=False,
+        )
+        triton.serve()
+
+
+if __name__ == "__main__":
+    framework, model_name, model_path, port_text, threads_text = sys.argv[1:6]
+    runner = {"litserve": run_litserve, "pytriton": run_pytriton}[framework]
+    runner(model_name, model_path, int(port_text), int(threads_text))

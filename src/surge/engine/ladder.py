@@ -1,0 +1,238 @@
+"""One model served as an accuracy ladder: a `ServedModel` per rung, one `LadderController`.
+
+    make_request(inputs) -> LadderRequest (the client's pin checked against the rungs)
+    infer(request)       -> arrival rate -> controller.update -> controller.choose(pin)
+                         -> that rung's ServedModel: make_request, infer (its own queue,
+                            admission, SLO batching and instances)
+
+Every rung is loaded and warm (each probes its batch times on load, as any model with
+`slo_p99_ms` does), so a move down the ladder costs nothing at the moment of the surge. The
+rungs keep their own queues: a pinned request waits only behind the traffic of its own rung.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from surge.engine.interface import ModelHandle
+from surge.engine.route import check_pin, request_route
+from surge.engine.served import ModelHost, ServedModel
+from surge.engine.stats import ModelStats
+from surge.errors import ConfigError, ModelNotReadyError, NotFoundError
+from surge.repository import ModelConfig, Repository
+from surge.repository.config import ORIGINAL
+from surge.scheduler.ladder import LadderController, LadderSettings, Rung, WindowRate
+
+log = logging.getLogger(__name__)
+
+
+def ladder_rungs(repository: Repository, name: str, config: ModelConfig) -> list[Rung]:
+    """The rungs of `config.ladder` with their accuracy (percent): `ladder_accuracy` (what
+    `surge tune` measured) first, else the variant's `variant.yaml` check (the original's is
+    the reference accuracy the variants were checked against)."""
+    checks = {r: _check(repository, name, r) for r in config.ladder if r != ORIGINAL}
+    reference = next((c["reference_accuracy"] for c in checks.values()
+                      if isinstance(c.get("reference_accuracy"), int | float)), None)
+    rungs = []
+    for rung in config.ladder:
+        accuracy = config.ladder_accuracy.get(rung)
+        if accuracy is None:
+            found = reference if rung == ORIGINAL else checks[rung].get("accuracy")
+            accuracy = 100.0 * found if isinstance(found, int | float) else None
+        if accuracy is None:
+            raise ConfigError(
+                f"{name}/config.yaml: ladder rung {rung!r} has no measured accuracy: run "
+                "`surge tune` (it writes ladder_accuracy) or `surge optimize` with labelled data")
+        rungs.append(Rung(rung, float(accuracy), config.instances, max(1, config.max_batch_size)))
+    return rungs
+
+
+def _check(repository: Repository, name: str, variant: str) -> dict[str, Any]:
+    check = repository.variant_info(name, variant).get("check", {})
+    return check if isinstance(check, dict) else {}
+
+
+def rung_config(config: ModelConfig, rung: str) -> ModelConfig:
+    """The config one rung is served with: the model's, as a plain model of that variant."""
+    return config.model_copy(update={
+        "ladder": [], "ladder_accuracy": {}, "max_accuracy_drop": None,
+        "variant": None if rung == ORIGINAL else rung})
+
+
+@dataclass(frozen=True)
+class LadderRequest:
+    """One request to a laddered model, before the controller picks its rung."""
+
+    inputs: Mapping[str, np.ndarray]
+    outputs: list[str] | None
+    priority: int
+    timeout_us: int | None
+    request_id: str
+    pinned: str | None  # the rung the client pinned, or None: the controller chooses
+
+
+class ServedLadder:
+    """The rungs of one model version and the controller that routes among them."""
+
+    def __init__(self, host: ModelHost, name: str, version: int, versions: tuple[int, ...],
+                 config: ModelConfig, rungs: list[Rung]) -> None:
+        self.name, self.version, self.versions, self.config = name, version, versions, config
+        assert config.slo_p99_ms is not None, "a ladder's config has an SLO"
+        assert config.max_accuracy_drop is not None, "and an accuracy budget"
+        self._clock = host.clock
+        self.rungs = {
+            r.name: ServedModel(host, name, version, versions, rung_config(config, r.name),
+                                None if r.name == ORIGINAL else f"{name}@{r.name}")
+            for r in rungs}
+        self.controller = LadderController(
+            rungs, LadderSettings(config.slo_p99_ms / 1e3, config.max_accuracy_drop),
+            self._batch_time)
+        if self.controller.excluded:
+            log.info("model %s: ladder rungs %s are outside max_accuracy_drop %s and take only "
+                     "pinned requests", name, ", ".join(self.controller.excluded),
+                     config.max_accuracy_drop)
+        self._rate = WindowRate()
+        self.handle: ModelHandle | None = None
+        self.counters = LadderCounters(self)
+        metrics = host.metrics
+        self._m_served = {r: metrics.variant_requests.labels(name, r) for r in self.rungs}
+        self._m_share = {r: metrics.ladder_share.labels(name, r) for r in self.rungs}
+        self._m_predicted = metrics.ladder_predicted_p99.labels(name)
+
+    def _batch_time(self, rung: str, size: int) -> float | None:
+        return self.rungs[rung].scheduler.fitted_time(size)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        for rung in self.rungs.values():  # one at a time: each probes its batch times alone
+            await rung.start()
+        top = self.rungs[self.controller.top]
+        assert top.handle is not None
+        self.handle = top.handle
+        self._publish_shares()
+
+    @property
+    def accepting(self) -> bool:
+        return all(r.accepting for r in self.rungs.values())
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None:
+        for rung in self.rungs.values():
+            rung.accepting = value
+
+    @property
+    def ready(self) -> bool:
+        return all(r.ready for r in self.rungs.values())
+
+    async def stop(self, grace_s: float) -> None:
+        for rung in self.rungs.values():
+            await rung.stop(grace_s)
+
+    def instances_note(self) -> str:
+        notes = [f"{name}: {note}" for name, rung in self.rungs.items()
+                 if (note := rung.instances_note())]
+        return "; ".join(notes)
+
+    # -- requests ----------------------------------------------------------------------------
+    def make_request(self, inputs: Mapping[str, np.ndarray], outputs: list[str] | None,
+                     priority: int, timeout_us: int | None, request_id: str) -> LadderRequest:
+        """The request with its pin checked (inputs are checked by the rung that takes it)."""
+        pinned = check_pin(request_route.get(), self.controller.names)
+        return LadderRequest(inputs, outputs, priority, timeout_us, request_id, pinned)
+
+    async def infer(self, request: LadderRequest) -> dict[str, np.ndarray]:
+        if not self.accepting:
+            raise ModelNotReadyError(f"model {self.name!r} is not accepting requests")
+        now = self._clock()
+        self._rate.arrive(now, self._rows(request.inputs))
+        level = self.controller.level
+        self.controller.update(now, self._rate.rate(now))
+        if self.controller.level != level:
+            log.info("model %s: ladder shares now %s (predicted p99 %.1f ms)", self.name,
+                     self.controller.shares(), self.controller.predicted_p99 * 1e3)
+            self._publish_shares()
+        rung = self.rungs[self.controller.choose(request.pinned)]
+        queued = rung.make_request(request.inputs, request.outputs, request.priority,
+                                   request.timeout_us, request.request_id)
+        outputs = await rung.infer(queued)
+        self._m_served[rung.variant_name].inc()
+        return outputs
+
+    def _rows(self, inputs: Mapping[str, np.ndarray]) -> int:
+        """Items the request brings: the controller plans in items, as batches are sized."""
+        batched = self.handle is not None and self.handle.signature.batched
+        first = next(iter(inputs.values()), None)
+        return int(first.shape[0]) if batched and first is not None and first.ndim else 1
+
+    def _publish_shares(self) -> None:
+        shares = self.controller.shares()
+        for name, gauge in self._m_share.items():
+            gauge.set(shares.get(name, 0.0))
+        predicted = self.controller.predicted_p99
+        self._m_predicted.set(predicted if predicted != float("inf") else -1.0)
+
+
+async def start_ladder(host: ModelHost, repository: Repository, name: str,
+                       versions: tuple[int, ...], config: ModelConfig) -> ServedLadder:
+    """Load every rung of `name`'s ladder (the newest served version for `original`) and
+    return it serving; a rung that fails to load stops the others and fails the load."""
+    rungs = await asyncio.to_thread(ladder_rungs, repository, name, config)
+    if ORIGINAL in config.ladder and not versions:
+        raise NotFoundError(f"model {name!r} has no servable version for its ladder's "
+                            f"{ORIGINAL!r} rung")
+    ladder = ServedLadder(host, name, versions[-1] if versions else 1, versions or (1,),
+                          config, rungs)
+    try:
+        await ladder.start()
+    except BaseException:
+        await ladder.stop(0.0)
+        raise
+    return ladder
+
+
+class LadderCounters:
+    """The statistics of a laddered model: the rungs' counters summed, and the latency model of
+    each rung with the controller's state beside them."""
+
+    def __init__(self, ladder: ServedLadder) -> None:
+        self._ladder = ladder
+
+    def snapshot(self, name: str, version: int) -> ModelStats:
+        ladder = self._ladder
+        parts = {r: m.counters.snapshot(name, version) for r, m in ladder.rungs.items()}
+        batches: dict[int, tuple[int, int]] = {}
+        for part in parts.values():
+            for size, (count, ns) in part.batch_stats.items():
+                old = batches.get(size, (0, 0))
+                batches[size] = (old[0] + count, old[1] + ns)
+        controller = ladder.controller
+        predicted = controller.predicted_p99
+        latency: dict[str, object] = {
+            "variants": {r: p.latency for r, p in parts.items()},
+            "ladder": {"shares": controller.shares(), "level": controller.level,
+                       "predicted_p99_ms": round(predicted * 1e3, 3)
+                       if predicted != float("inf") else None,
+                       "excluded": list(controller.excluded)},
+        }
+        def total(field: str) -> tuple[int, int]:
+            return _sum_pairs([getattr(p, field) for p in parts.values()])
+
+        return ModelStats(
+            name, version, sum(p.inference_count for p in parts.values()),
+            sum(p.execution_count for p in parts.values()),
+            max(p.last_inference for p in parts.values()), total("success"), total("fail"),
+            total("queue"), total("compute_input"), total("compute_infer"),
+            total("compute_output"), dict(sorted(batches.items())), latency)
+
+
+def _sum_pairs(pairs: list[tuple[int, int]]) -> tuple[int, int]:
+    return (sum(p[0] for p in pairs), sum(p[1] for p in pairs))
+
+
+__all__ = ["LadderRequest", "ServedLadder", "ladder_rungs", "rung_config", "start_ladder"]

@@ -1,0 +1,287 @@
+"""Load on demand and eviction: models listed at start, loaded by their first request, and the
+least recently used unpinned ones unloaded when another would not fit the memory budget.
+
+The engine calls four hooks: `at_start` (load now, or leave cold), `wait_loaded` (a request
+for a cold model), `make_room` / `after_load` (around every load) and `forget` (an explicit
+unload). Everything that happens to a model goes through the engine's own `load` and `evict`,
+so a dedicated worker pool and a view onto a shared worker group are handled alike.
+
+How much memory a loaded model uses is measured, not guessed: a pool that reports it
+(`ReportsMemory.resident_bytes`, which a shared group answers with its RSS growth from loading
+that model) is asked; a pool of dedicated processes (`HasPids`) is measured as the resident
+memory of its processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from surge.engine.instances import Clock
+from surge.engine.metrics import SurgeMetrics
+from surge.engine.residency import MemoryBudget, NoRoomError, Residency, format_bytes
+from surge.errors import ModelNotReadyError
+from surge.repository import ModelConfig
+
+log = logging.getLogger(__name__)
+
+LoadMode = Literal["eager", "on-demand"]
+# A failed load is tried again by a request only after this backoff, doubled per failure in a
+# row: a broken model must not cost a worker spawn per request.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class ResidencyOptions:
+    """When models load and how much memory the loaded ones may hold (`surge serve --load,
+    --memory-budget, --group-memory-budget`)."""
+
+    load: LoadMode = "eager"  # for models whose config.yaml sets no `load:`
+    budget: MemoryBudget = field(default_factory=MemoryBudget)
+
+
+@runtime_checkable
+class ReportsMemory(Protocol):
+    """A pool that knows the memory its model added (a shared group: its RSS growth)."""
+
+    def resident_bytes(self) -> int: ...
+
+
+@runtime_checkable
+class HasPids(Protocol):
+    """A pool of dedicated worker processes: all their memory is the model's."""
+
+    def pids(self) -> list[int]: ...
+
+
+def process_rss(pid: int) -> int:
+    """Resident bytes of process `pid` (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def measure(pools: Iterable[object]) -> int:
+    """Resident bytes of a model, from the pools of its served versions."""
+    total = 0
+    for pool in pools:
+        if isinstance(pool, ReportsMemory):
+            total += pool.resident_bytes()
+        elif isinstance(pool, HasPids):
+            total += sum(process_rss(pid) for pid in pool.pids())
+    return total
+
+
+def pools_of(served: Iterable[object]) -> list[object]:
+    """The instance pools behind served versions: a model's own, each rung's of an accuracy
+    ladder; none for a pipeline (its steps are models of their own, measured as such)."""
+    pools: list[object] = []
+    for item in served:
+        pool = getattr(item, "pool", None)
+        if pool is not None:
+            pools.append(pool)
+        pools += pools_of(getattr(item, "rungs", {}).values())
+    return pools
+
+
+def group_of(config: ModelConfig) -> str | None:
+    """The worker group a model runs in; None for dedicated workers."""
+    return config.worker.group if config.worker is not None else None
+
+
+class ResidencyHost(Protocol):
+    """What load on demand needs from the engine."""
+
+    @property
+    def metrics(self) -> SurgeMetrics: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    async def ensure_served(self, name: str) -> None:
+        """Load `name` unless it is served (its load calls `make_room` and `after_load`)."""
+
+    async def evict(self, name: str) -> bool:
+        """Unload `name` to make room; False when it is busy (loading or unloading)."""
+
+    def busy(self) -> set[str]:
+        """Models never to evict now: being loaded or unloaded, or needed by a loaded one."""
+
+
+@dataclass(frozen=True)
+class _Failure:
+    count: int  # failed loads in a row
+    retry_at: float  # host clock
+    reason: str
+
+
+class OnDemand:
+    """Cold models, one load at a time per model, and the memory budget around every load."""
+
+    def __init__(self, host: ResidencyHost, options: ResidencyOptions) -> None:
+        self.options = options
+        self.residency = Residency(options.budget)
+        self.cold: set[str] = set()  # listed, not loaded: the next request loads them
+        self._host = host
+        self._loads: dict[str, asyncio.Task[Exception | None]] = {}
+        self._failures: dict[str, _Failure] = {}
+        self._load_s: dict[str, float] = {}  # the last cold start of each model
+        self._room = asyncio.Lock()  # one eviction decision at a time
+
+    @property
+    def tracking(self) -> bool:
+        """Whether requests must record their model's last use (a budget may evict)."""
+        return self.options.budget.limited
+
+    def loads_eagerly(self, config: ModelConfig) -> bool:
+        return (config.load or self.options.load) == "eager"
+
+    def touch(self, name: str) -> None:
+        self.residency.touch(name, self._host.clock())
+
+    # -- a request for a cold model ------------------------------------------------------------
+    async def wait_loaded(self, name: str, timeout_us: int | None) -> int | None:
+        """Start (or join) the load of `name` and wait for it within the request's deadline;
+        returns the timeout left to the request (its wait counts against it). ModelNotReadyError
+        with the reason when the deadline cannot allow the wait or the load fails."""
+        now = self._host.clock()
+        failure = self._failures.get(name)
+        if failure is not None and now < failure.retry_at and name not in self._loads:
+            raise ModelNotReadyError(
+                f"model {name!r} failed to load ({failure.reason}); it is tried again on a "
+                f"request after {failure.retry_at - now:.1f} s")
+        task = self._loads.get(name) or self._start_load(name)
+        timeout_s = timeout_us / 1e6 if timeout_us else None
+        expected = self._load_s.get(name)
+        if timeout_s is not None and expected is not None and expected > timeout_s:
+            raise ModelNotReadyError(
+                f"model {name!r} is loading: its cold start takes about {expected:.2f} s, more "
+                f"than the request's timeout of {timeout_s * 1e3:.0f} ms allows")
+        error = await self._join(name, task, timeout_s)
+        if error is not None:
+            raise ModelNotReadyError(f"model {name!r} failed to load: {error}")
+        if not timeout_us:
+            return timeout_us
+        return max(1, timeout_us - int((self._host.clock() - now) * 1e6))
+
+    async def _join(self, name: str, task: asyncio.Task[Exception | None],
+                    timeout_s: float | None) -> Exception | None:
+        try:
+            # shield: a request that gives up (deadline, client gone) leaves the load running.
+            return await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except TimeoutError:
+            raise ModelNotReadyError(
+                f"model {name!r} is loading: not loaded within the request's timeout of "
+                f"{(timeout_s or 0) * 1e3:.0f} ms") from None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                raise ModelNotReadyError(f"model {name!r} was stopped while loading") from None
+            raise
+
+    def _start_load(self, name: str) -> asyncio.Task[Exception | None]:
+        task = asyncio.create_task(self._cold_start(name), name=f"surge-cold-start-{name}")
+        self._loads[name] = task
+        return task
+
+    async def _cold_start(self, name: str) -> Exception | None:
+        """The load a request triggered, off the requests' path: every request for `name`
+        awaits this one task, while requests for other models are served meanwhile."""
+        clock = self._host.clock
+        started = clock()
+        try:
+            await self._host.ensure_served(name)
+        except Exception as exc:  # answered to every waiter, with the reason
+            self._failed(name, exc, clock())
+            return exc
+        finally:
+            self._loads.pop(name, None)
+        seconds = clock() - started
+        self._load_s[name] = seconds
+        self._failures.pop(name, None)
+        self._host.metrics.cold_start.labels(name).observe(seconds)
+        return None
+
+    def _failed(self, name: str, error: Exception, now: float) -> None:
+        previous = self._failures.get(name)
+        count = previous.count + 1 if previous else 1
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (count - 1))
+        self._failures[name] = _Failure(count, now + delay, str(error))
+        log.warning("model %s: load on demand failed (%s); next try after %.0f s", name, error,
+                    delay)
+
+    # -- around every load ---------------------------------------------------------------------
+    async def make_room(self, name: str, config: ModelConfig) -> None:
+        """Evict the least recently used unpinned models until `name` is expected to fit;
+        NoRoomError (the load fails with it) when pinned or busy models hold the budget and
+        `name` was measured before (a first load is tried: its size is only a guess)."""
+        if not self.tracking:
+            return
+        async with self._room:
+            group = group_of(config)
+            needed = self.residency.estimate(name, group)
+            try:
+                victims = self.residency.victims(name, needed, group, self._host.busy())
+            except NoRoomError:
+                if self.residency.measured(name):
+                    raise
+                # Only a guess from other models: load and measure it, then evict if need be.
+                log.info("model %s: loaded without room by its estimate (%s), to measure it",
+                         name, format_bytes(needed))
+                return
+            for victim in victims:
+                await self._evict(victim)
+
+    async def after_load(self, name: str, served: Iterable[object], config: ModelConfig) -> None:
+        """Record what the `served` versions of `name` were measured to use; evict others if
+        they did not fit after all."""
+        self.cold.discard(name)
+        size = measure(pools_of(served))
+        self.residency.loaded(name, size, group_of(config), config.pinned, self._host.clock())
+        self._host.metrics.model_memory.labels(name).set(size)
+        if not self.tracking:
+            return
+        async with self._room:
+            try:
+                victims = self.residency.over_budget(name, self._host.busy())
+            except NoRoomError as exc:
+                log.warning("memory budget exceeded: %s", exc)
+                return
+            for victim in victims:
+                await self._evict(victim)
+
+    async def _evict(self, name: str) -> None:
+        size = self.residency.size_of(name) or 0
+        if not await self._host.evict(name):
+            return
+        log.info("model %s evicted (least recently used, %s)", name, format_bytes(size))
+
+    def evicted(self, name: str) -> None:
+        """The engine unloaded `name` to make room: its next request loads it again."""
+        self.residency.unloaded(name)
+        self.cold.add(name)
+        self._host.metrics.model_evictions.labels(name).inc()
+
+    def forget(self, name: str) -> None:
+        """An explicit unload: `name` stays unloaded until loaded explicitly."""
+        self.residency.unloaded(name)
+        self.cold.discard(name)
+
+    async def stop(self) -> None:
+        """Cancel the loads in progress (each stops what it started)."""
+        tasks = list(self._loads.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+__all__ = ["HasPids", "LoadMode", "OnDemand", "ReportsMemory", "ResidencyHost",
+           "ResidencyOptions", "group_of", "measure", "pools_of", "process_rss"]

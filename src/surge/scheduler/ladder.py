@@ -1,0 +1,211 @@
+"""The accuracy ladder: which variant of a model answers the next request while load surges.
+
+A model may list a ladder of variants (`config.yaml`: `ladder: [original, int8-static, ...]`),
+all loaded and warm, each with its measured accuracy. `LadderController` is a pure state
+machine over them (no clocks or sockets; the caller hands in `now` and the arrival rate):
+
+- every `interval_s` it predicts the p99 latency of the current mix at the measured arrival
+  rate from each rung's batch-time model; above the SLO it moves a further `step` of the
+  traffic one rung down, but only onto rungs whose accuracy lies within `max_accuracy_drop`
+  of the top rung, so the budget holds for every answer (and their mean). What the lowest
+  usable rung cannot absorb is left to admission control, which sheds it;
+- it moves a step back up only after the mix one step up has been predicted within
+  `up_margin` of the SLO for `hold_s` without a break (hysteresis: a surge that pauses for a
+  moment does not bounce traffic back to the expensive rung);
+- `choose(pinned)` routes one request: a pinned one to its rung, always; the others by the
+  current shares, deterministically (smooth weighted round robin), so a share of 0.25 sends
+  exactly every fourth request down.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+# Seconds for a batch of `size` items on rung `name`; None before the rung was measured.
+LatencyModel = Callable[[str, int], float | None]
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One variant on the ladder."""
+
+    name: str
+    accuracy: float  # the headline metric, percent (higher is better)
+    workers: int = 1  # instances computing its batches in parallel
+    max_batch: int = 1  # largest batch it computes
+
+
+@dataclass(frozen=True)
+class LadderSettings:
+    """How the controller moves (times in seconds)."""
+
+    slo_s: float  # the model's p99 objective
+    max_accuracy_drop: float  # points below the top rung a rung may be and still take traffic
+    step: float = 0.25  # share of the traffic moved per decision
+    interval_s: float = 0.05  # least time between two decisions
+    hold_s: float = 2.0  # the calm one step up must last this long before moving up
+    up_margin: float = 0.6  # "calm": the mix one step up predicted within this share of the SLO
+    # Plan rungs at most this busy: near saturation Poisson queueing, not the batch time,
+    # makes the p99.
+    max_utilisation: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.slo_s <= 0:
+            raise ValueError(f"slo_s must be > 0, got {self.slo_s}")
+        if self.max_accuracy_drop < 0:
+            raise ValueError(f"max_accuracy_drop must be >= 0, got {self.max_accuracy_drop}")
+        if not 0.0 < self.step <= 1.0:
+            raise ValueError(f"step must be in (0, 1], got {self.step}")
+        if not 0.0 < self.up_margin <= 1.0 or not 0.0 < self.max_utilisation <= 1.0:
+            raise ValueError("up_margin and max_utilisation must be in (0, 1]")
+
+
+def usable_rungs(rungs: Sequence[Rung], max_drop: float) -> tuple[Rung, ...]:
+    """The top rung and every rung within `max_drop` points of its accuracy, in ladder order."""
+    if not rungs:
+        raise ValueError("a ladder needs at least one rung")
+    top = rungs[0].accuracy
+    return (rungs[0], *(r for r in rungs[1:] if top - r.accuracy <= max_drop + 1e-9))
+
+
+def shares_at(level: float, rungs: int) -> tuple[float, ...]:
+    """Traffic share per rung at `level` (0: all on the top rung; 1.5: half on rung 1, half on
+    rung 2): at most two neighbouring rungs take traffic."""
+    level = min(max(level, 0.0), rungs - 1)
+    low = math.floor(level)
+    shares = [0.0] * rungs
+    shares[low] = 1.0 - (level - low)
+    if low + 1 < rungs:
+        shares[low + 1] = level - low
+    return tuple(shares)
+
+
+def rung_p99(rate: float, batch_time: Callable[[int], float | None], rung: Rung,
+             max_utilisation: float) -> float:
+    """Predicted p99 seconds of one rung taking `rate` items/s.
+
+    The smallest batch whose throughput keeps the rung under `max_utilisation` at that rate
+    is the batch it settles at; a request then waits for the batch in progress and computes in
+    the next one: twice its time. Infinite when no batch keeps up; 0.0 while unmeasured (no
+    model, no move).
+    """
+    for size in range(1, rung.max_batch + 1):
+        seconds = batch_time(size)
+        if seconds is None:
+            return 0.0
+        if rate <= 0.0 or size * rung.workers * max_utilisation >= rate * seconds:
+            return 2.0 * seconds
+    return math.inf
+
+
+class WindowRate:
+    """Items (rows) per second over the last `window_s` (a count, so Poisson arrivals read
+    right: a median gap would read them 1/ln 2 = 1.44 times too fast)."""
+
+    def __init__(self, window_s: float = 0.5) -> None:
+        if window_s <= 0:
+            raise ValueError(f"window_s must be > 0, got {window_s}")
+        self.window_s = window_s
+        self._times: deque[tuple[float, int]] = deque()
+        self._items = 0
+
+    def arrive(self, now: float, items: int = 1) -> None:
+        self._times.append((now, items))
+        self._items += items
+        self._forget(now)
+
+    def rate(self, now: float) -> float:
+        self._forget(now)
+        return self._items / self.window_s
+
+    def _forget(self, now: float) -> None:
+        while self._times and self._times[0][0] <= now - self.window_s:
+            self._items -= self._times.popleft()[1]
+
+
+class LadderController:
+    """Moves a share of the traffic down the ladder under load, and back up with hysteresis."""
+
+    def __init__(self, rungs: Sequence[Rung], settings: LadderSettings,
+                 latency: LatencyModel) -> None:
+        self.rungs = usable_rungs(rungs, settings.max_accuracy_drop)
+        self.excluded = tuple(r.name for r in rungs if r not in self.rungs)
+        self.names = tuple(r.name for r in rungs)
+        self.settings = settings
+        self._latency = latency
+        self.level = 0.0
+        self.predicted_p99 = 0.0  # of the current mix, at the last decision
+        self._credit = [0.0] * len(self.rungs)
+        self._decided = -math.inf
+        self._calm_since: float | None = None
+
+    @property
+    def top(self) -> str:
+        return self.rungs[0].name
+
+    @property
+    def depth(self) -> float:
+        """The lowest level: all unpinned traffic on the last usable rung."""
+        return float(len(self.rungs) - 1)
+
+    def shares(self) -> dict[str, float]:
+        """Share of the unpinned traffic each usable rung takes now."""
+        return dict(zip((r.name for r in self.rungs), shares_at(self.level, len(self.rungs)),
+                        strict=True))
+
+    @property
+    def saturated(self) -> bool:
+        """At the bottom of the budget and still predicted past the SLO: admission sheds."""
+        return self.level >= self.depth and self.predicted_p99 > self.settings.slo_s
+
+    def predict(self, level: float, rate: float) -> float:
+        """Predicted p99 seconds of the mix at `level` under `rate` items/s."""
+        worst = 0.0
+        for rung, share in zip(self.rungs, shares_at(level, len(self.rungs)), strict=True):
+            if share > 0.0:
+                def batch_time(size: int, name: str = rung.name) -> float | None:
+                    return self._latency(name, size)
+                worst = max(worst, rung_p99(rate * share, batch_time, rung,
+                                            self.settings.max_utilisation))
+        return worst
+
+    def update(self, now: float, rate: float) -> None:
+        """Decide, at most once per `interval_s`: a step down, a step up, or stay."""
+        settings = self.settings
+        if now - self._decided < settings.interval_s - 1e-9:  # float ticks of exactly it
+            return
+        self._decided = now
+        self.predicted_p99 = self.predict(self.level, rate)
+        if self.predicted_p99 > settings.slo_s and self.level < self.depth:
+            self._move(min(self.depth, self.level + settings.step))
+            self._calm_since = None
+            return
+        up = max(0.0, self.level - settings.step)
+        if self.level == 0.0 or self.predict(up, rate) > settings.up_margin * settings.slo_s:
+            self._calm_since = None
+            return
+        if self._calm_since is None:
+            self._calm_since = now
+        elif now - self._calm_since >= settings.hold_s:
+            self._move(up)
+            self._calm_since = now  # the next step up needs its own calm period
+
+    def _move(self, level: float) -> None:
+        self.level = level
+        self._credit = [0.0] * len(self.rungs)
+
+    def choose(self, pinned: str | None = None) -> str:
+        """The rung that computes the next request: its pin, or the next by the shares."""
+        if pinned is not None:
+            if pinned not in self.names:
+                raise ValueError(f"{pinned!r} is not on the ladder ({', '.join(self.names)})")
+            return pinned
+        shares = shares_at(self.level, len(self.rungs))
+        for index, share in enumerate(shares):
+            self._credit[index] += share
+        chosen = max(range(len(shares)), key=lambda i: (self._credit[i], -i))
+        self._credit[chosen] -= 1.0
+        return self.rungs[chosen].name

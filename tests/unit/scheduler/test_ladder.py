@@ -1,0 +1,194 @@
+"""The accuracy ladder controller with a fake clock and a fake latency model: it moves down only
+within the accuracy budget, back up only after a calm period, and never moves a pinned request."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+
+from surge.scheduler.ladder import (
+    LadderController,
+    LadderSettings,
+    Rung,
+    WindowRate,
+    rung_p99,
+    shares_at,
+    usable_rungs,
+)
+
+# Batch time a + b * n in seconds: the original 4 ms + 2 ms per item, int8 three times faster,
+# prune-50 faster still but 3 points less accurate.
+TIMES = {"original": (0.004, 0.002), "int8": (0.0013, 0.0007), "prune": (0.001, 0.0004)}
+RUNGS = (Rung("original", 91.0, workers=1, max_batch=32),
+         Rung("int8", 90.6, workers=1, max_batch=32),
+         Rung("prune", 88.0, workers=1, max_batch=32))
+SLO = 0.05
+
+
+def latency(name: str, size: int) -> float | None:
+    a, b = TIMES[name]
+    return a + b * size
+
+
+def controller(max_drop: float = 1.0, **kwargs: float) -> LadderController:
+    return LadderController(RUNGS, LadderSettings(SLO, max_drop, **kwargs), latency)
+
+
+def run(ladder: LadderController, start: float, seconds: float, rate: float,
+        tick: float = 0.05) -> float:
+    """Decide every `tick` for `seconds` at `rate`; returns the time reached."""
+    now = start
+    for _ in range(round(seconds / tick)):
+        now += tick
+        ladder.update(now, rate)
+    return now
+
+
+def capacity(name: str) -> float:
+    """Requests/s the rung computes at its largest batch."""
+    return 32 / latency(name, 32)  # type: ignore[operator]
+
+
+def test_only_rungs_within_the_budget_take_traffic() -> None:
+    assert [r.name for r in usable_rungs(RUNGS, 1.0)] == ["original", "int8"]
+    assert [r.name for r in usable_rungs(RUNGS, 3.0)] == ["original", "int8", "prune"]
+    assert [r.name for r in usable_rungs(RUNGS, 0.1)] == ["original"]
+
+
+def test_shares_split_between_two_neighbouring_rungs() -> None:
+    assert shares_at(0.0, 3) == (1.0, 0.0, 0.0)
+    assert shares_at(1.5, 3) == (0.0, 0.5, 0.5)
+    assert shares_at(9.0, 3) == (0.0, 0.0, 1.0)
+
+
+def test_rung_p99_is_twice_the_batch_that_keeps_up_and_infinite_past_capacity() -> None:
+    rung = RUNGS[0]
+
+    def times(n: int) -> float | None:
+        return latency("original", n)
+
+    assert rung_p99(0.0, times, rung, 0.8) == pytest.approx(2 * 0.006)
+    # 200/s: a batch of n keeps up when 0.8 n >= 200 (0.004 + 0.002 n): n = 2 (0.008 s)
+    assert rung_p99(200.0, times, rung, 0.8) == pytest.approx(2 * 0.008)
+    assert rung_p99(2 * capacity("original"), times, rung, 0.8) == math.inf
+    assert rung_p99(100.0, lambda n: None, rung, 0.8) == 0.0  # unmeasured: no move
+
+
+def test_stays_on_the_top_rung_while_it_meets_the_slo() -> None:
+    ladder = controller()
+    run(ladder, 0.0, 5.0, rate=0.5 * capacity("original"))
+    assert ladder.level == 0.0
+    assert ladder.shares()["original"] == 1.0
+    assert {ladder.choose() for _ in range(20)} == {"original"}
+
+
+def test_a_surge_moves_traffic_down_only_as_far_as_the_budget_allows() -> None:
+    ladder = controller(max_drop=1.0)
+    run(ladder, 0.0, 5.0, rate=3 * capacity("original"))
+    # int8 alone cannot take 3x either: the ladder stops at its bottom within the budget
+    assert ladder.level == ladder.depth == 1.0
+    assert ladder.shares() == {"original": 0.0, "int8": 1.0}
+    assert ladder.saturated  # what is left is admission's to shed
+    assert "prune" not in {ladder.choose() for _ in range(50)}
+
+
+def test_moves_only_as_far_as_needed() -> None:
+    ladder = controller(max_drop=1.0)
+    run(ladder, 0.0, 5.0, rate=1.3 * capacity("original"))
+    assert 0.0 < ladder.level < 1.0
+    assert ladder.predict(ladder.level, 1.3 * capacity("original")) <= SLO
+    assert ladder.predict(ladder.level - ladder.settings.step,
+                          1.3 * capacity("original")) > SLO
+
+
+def test_a_wider_budget_uses_the_lower_rung() -> None:
+    ladder = controller(max_drop=3.0)
+    run(ladder, 0.0, 5.0, rate=3 * capacity("original"))
+    assert ladder.level > 1.0
+    assert ladder.shares()["prune"] > 0.0
+
+
+def test_moves_back_up_only_after_the_calm_has_lasted() -> None:
+    ladder = controller(hold_s=2.0)
+    now = run(ladder, 0.0, 3.0, rate=3 * capacity("original"))
+    assert ladder.level == 1.0
+    now = run(ladder, now, 1.0, rate=0.3 * capacity("original"))
+    assert ladder.level == 1.0  # calm for 1 s: still down
+    now = run(ladder, now, 1.2, rate=0.3 * capacity("original"))
+    assert ladder.level == 0.75  # one step after 2 s of calm
+    run(ladder, now, 10.0, rate=0.3 * capacity("original"))
+    assert ladder.level == 0.0
+
+
+def test_a_break_in_the_calm_restarts_the_hold() -> None:
+    ladder = controller(hold_s=2.0)
+    now = run(ladder, 0.0, 3.0, rate=3 * capacity("original"))
+    now = run(ladder, now, 1.5, rate=0.3 * capacity("original"))
+    now = run(ladder, now, 0.1, rate=3 * capacity("original"))  # a short burst
+    now = run(ladder, now, 1.5, rate=0.3 * capacity("original"))
+    assert ladder.level == 1.0
+    run(ladder, now, 0.6, rate=0.3 * capacity("original"))
+    assert ladder.level == 0.75
+
+
+def test_load_between_thresholds_does_not_bounce() -> None:
+    """Predicted one step up above up_margin * SLO but below the SLO: no move either way."""
+    ladder = controller(hold_s=0.5)
+    rate = 1.3 * capacity("original")
+    now = run(ladder, 0.0, 3.0, rate)
+    level = ladder.level
+    run(ladder, now, 10.0, rate)
+    assert ladder.level == level
+
+
+def test_pinned_requests_are_never_downgraded() -> None:
+    ladder = controller()
+    run(ladder, 0.0, 5.0, rate=3 * capacity("original"))
+    assert ladder.shares()["original"] == 0.0
+    assert {ladder.choose("original") for _ in range(20)} == {"original"}
+    # a pin may name a rung outside the budget: the client asked for it
+    assert ladder.choose("prune") == "prune"
+    with pytest.raises(ValueError, match="not on the ladder"):
+        ladder.choose("fp16")
+
+
+def test_shares_route_exact_counts() -> None:
+    ladder = controller(step=0.25)
+    ladder.update(0.0, 1.3 * capacity("original"))  # one step down
+    assert ladder.level == 0.25
+    counts = Counter(ladder.choose() for _ in range(100))
+    assert counts == {"original": 75, "int8": 25}
+
+
+def test_decides_at_most_once_per_interval() -> None:
+    ladder = controller(interval_s=0.1)
+    ladder.update(1.0, 3 * capacity("original"))
+    ladder.update(1.05, 3 * capacity("original"))
+    assert ladder.level == 0.25
+    ladder.update(1.1, 3 * capacity("original"))
+    assert ladder.level == 0.5
+
+
+def test_window_rate_counts_recent_arrivals() -> None:
+    rate = WindowRate(window_s=0.5)
+    for i in range(100):
+        rate.arrive(i * 0.01)  # 100/s for 1 s
+    assert rate.rate(0.99) == pytest.approx(100.0)
+    assert rate.rate(2.0) == 0.0
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="slo_s"):
+        LadderSettings(0.0, 1.0)
+    with pytest.raises(ValueError, match="max_accuracy_drop"):
+        LadderSettings(0.05, -1.0)
+
+
+def test_window_rate_counts_items() -> None:
+    rate = WindowRate(window_s=1.0)
+    rate.arrive(0.0, 8)
+    rate.arrive(0.5, 8)
+    assert rate.rate(0.9) == 16.0
+    assert rate.rate(1.2) == 8.0

@@ -1,0 +1,76 @@
+"""`--frontends`: how many front-end processes a value asks for."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from surge.errors import SurgeError
+from surge.platform import available_cores
+from surge.server.frontends import frontend_count
+
+
+def test_auto_is_one_front_end_per_usable_core() -> None:
+    assert frontend_count("auto") == frontend_count("AUTO") == available_cores()
+
+
+def test_a_number_is_taken_as_given() -> None:
+    assert frontend_count("1") == frontend_count(1) == 1
+    assert frontend_count(" 3 ") == 3
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5", ""])
+def test_anything_else_says_what_is_accepted(value: str) -> None:
+    with pytest.raises(SurgeError, match=r"--frontends .*positive number.*'auto'"):
+        frontend_count(value)
+
+
+def test_a_port_taken_by_another_program_is_refused_before_any_front_end_starts() -> None:
+    from surge.server.frontends import Supervisor
+    from surge.server.process import ServeOptions
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # listening, without SO_REUSEPORT
+        port = taken.getsockname()[1]
+        options = ServeOptions(http_port=port, grpc_port=0, metrics_port=0, frontends=2)
+        with pytest.raises(SurgeError, match=rf"cannot listen on 127.0.0.1:{port}"):
+            Supervisor("repo", options, 2)
+
+
+def test_ports_given_as_0_are_chosen_once_for_every_front_end() -> None:
+    from surge.server.frontends import Supervisor
+    from surge.server.process import ServeOptions
+
+    supervisor = Supervisor("repo", ServeOptions(http_port=0, grpc_port=0, metrics_port=0,
+                                                 frontends=2), 2)
+    try:
+        ports = (supervisor.options.http_port, supervisor.options.grpc_port,
+                 supervisor.options.metrics_port)
+        assert 0 not in ports
+        assert len(set(ports)) == 3
+        assert supervisor.options.reuse_port
+        assert supervisor.options.frontends == 1  # what each front end runs
+    finally:
+        supervisor.close()
+
+
+def test_options_a_front_end_process_cannot_receive_are_refused_in_one_line() -> None:
+    import threading
+
+    from surge.server.frontends import Supervisor
+    from surge.server.process import ServeOptions
+    from surge.server.production import ProductionOptions
+
+    # A tracer provider holds locks: it cannot cross to another process.
+    options = ServeOptions(http_port=0, grpc_port=0, metrics_port=0, frontends=2,
+                           production=ProductionOptions(tracing=threading.Lock()))
+    with pytest.raises(SurgeError, match="cannot be handed to front-end processes"):
+        Supervisor("repo", options, 2)
+
+
+def test_a_front_end_that_keeps_dying_young_is_restarted_ever_more_slowly() -> None:
+    from surge.server.frontends import restart_delay
+
+    assert restart_delay(0) == 0.0  # it had served a while: at once
+    assert [restart_delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
+    assert restart_delay(20) == 30.0

@@ -1,0 +1,54 @@
+"""`surge report --trace`: the load-trace plot and summary of benchmarks/surge_load.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from surge.errors import ConfigError
+from surge.report import render_report
+from surge.report.trace import load_trace
+from tests.unit.tuning.test_report_and_staging import _saved_report
+
+
+def window(second: int, p99: float, mix: dict[str, int]) -> dict[str, object]:
+    return {"second": second, "offered": 10, "p99_ms": p99, "goodput": 9, "shed": 1,
+            "variants": mix, "accuracy": 91.0}
+
+
+TRACE = {"slo_ms": 50.0, "phase_s": 2.0, "models": [{
+    "name": "fashion", "capacity_per_s": 400.0, "top": "original", "runs": [
+        {"config": "untuned", "windows": [window(0, 3.0, {"original": 9}),
+                                          window(1, 900.0, {"original": 9})],
+         "summary": {"surge_goodput_per_s": 120.0, "surge_windows_within_slo": 0.0}},
+        {"config": "adaptive<x>", "windows": [window(0, 3.0, {"original": 9}),
+                                              window(1, 40.0, {"original": 2, "int8": 7})],
+         "summary": {"surge_goodput_per_s": 350.0, "surge_windows_within_slo": 1.0,
+                     "mean_accuracy": 90.9}},
+    ]}]}
+
+
+def test_report_with_a_trace_shows_its_plot_and_summary(tmp_path: Path) -> None:
+    _saved_report(tmp_path / "m")
+    trace = tmp_path / "surge_load.json"
+    trace.write_text(json.dumps(TRACE))
+    page = render_report(tmp_path / "m", trace).read_text()
+    assert (tmp_path / "m" / "tuning" / "load_trace.png").read_bytes()[:4] == b"\x89PNG"
+    assert 'src="load_trace.png"' in page
+    assert "Load trace (SLO p99 50.0 ms)" in page
+    assert "adaptive&lt;x&gt;" in page  # escaped
+    assert "<td>350.0</td>" in page
+    without = render_report(tmp_path / "m").read_text()
+    assert "Load trace" not in without
+
+
+def test_a_file_that_is_no_trace_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "x.json"
+    bad.write_text('{"runs": []}')
+    with pytest.raises(ConfigError, match="no 'models' list"):
+        load_trace(bad)
+    bad.write_text("not json")
+    with pytest.raises(ConfigError, match="not a load-trace JSON"):
+        load_trace(bad)

@@ -456,10 +456,8 @@ class RayPool:
     def _scaled(self, direction: str, what: str) -> None:
         self._site.metrics.scale_events.labels(self.model, direction).inc()
         self._update_gauge()
-        # A warning, as a lost instance is: the server's log shows warnings and above, and a
-        # change of capacity (and of what it costs) is for the operator to see.
-        log.warning("model %s scaled %s: %s (%d instances)", self.spec.ref, direction, what,
-                    len(self._instances))
+        log.info("model %s scaled %s: %s (%d instances)", self.spec.ref, direction, what,
+                 len(self._instances))
 
     def _update_gauge(self) -> None:
         gauge = self._site.metrics.instances

@@ -139,7 +139,21 @@ def _numbers(name: str, datatype: str, data: list) -> np.ndarray:
     dtype = v2_to_numpy(datatype)
     if dtype.kind in "iu" and raw.dtype.kind == "f" and raw.size:  # [] parses as float64
         raise InputError(f"input {name!r}: {datatype} data holds non-integer values")
-    return raw.astype(dtype)
+    if raw.size and not _within_range(raw, dtype):
+        raise InputError(f"input {name!r}: {datatype} data holds values outside its range")
+    with np.errstate(over="ignore"):  # a range was checked above: no silent wrap or inf
+        return raw.astype(dtype)
+
+
+def _within_range(raw: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether every value of `raw` fits `dtype` (JSON numbers arrive as int64 or float64)."""
+    if dtype.kind in "iu" and raw.dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return bool(raw.min() >= info.min and raw.max() <= info.max)
+    if dtype.kind == "f" and raw.dtype.kind in "iuf":
+        finite = (raw[np.isfinite(raw)] if raw.dtype.kind == "f" else raw).astype(np.float64)
+        return not finite.size or bool(np.abs(finite).max() <= np.finfo(dtype).max)
+    return True
 
 
 def _to_bytes(name: str, item: object) -> bytes:

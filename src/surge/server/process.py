@@ -56,6 +56,9 @@ class ServeOptions:
     # When models load (eager / on demand) and the memory budget eviction keeps
     # (docs/many-models.md).
     residency: ResidencyOptions = field(default_factory=ResidencyOptions)
+    # The server's log level (debug, info, warning, error) on stderr; None leaves logging as
+    # the embedding application configured it.
+    log_level: str | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,17 @@ async def serve_until_signal(
             loop.remove_signal_handler(sig)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """Log records at `level` and above to stderr, one line each (the server's own log)."""
+    if level not in LOG_LEVELS:
+        raise SurgeError(f"log level {level!r}: use one of {', '.join(LOG_LEVELS)}")
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
+
+
 def serve(
     repository: Path | str,
     options: ServeOptions | None = None,
@@ -212,6 +226,8 @@ def serve(
     from surge.engine import Engine
 
     options = options or ServeOptions()
+    if options.log_level is not None:
+        configure_logging(options.log_level)
     if options.frontends > 1:
         from surge.server.frontends import serve_frontends
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -82,3 +83,21 @@ def test_grpc_requests_decode_or_raise_input_error(tensors: list, raw: bool) -> 
             tensor.contents.fp32_contents.extend(np.frombuffer(data[: len(data) // 4 * 4],
                                                                dtype=np.float32).tolist())
     _only_input_errors(lambda: decode_infer_request(message))
+
+
+@pytest.mark.parametrize(("datatype", "value"), [
+    ("FP32", 1e300), ("FP16", 70000), ("INT8", 300), ("UINT8", -1), ("INT32", 2**40),
+])
+def test_a_json_value_outside_the_datatype_range_is_an_input_error(datatype: str,
+                                                                   value: float) -> None:
+    head = {"inputs": [{"name": "x", "datatype": datatype, "shape": [1], "data": [value]}]}
+    with pytest.raises(InputError, match="outside its range"):
+        decode_request(json.dumps(head).encode(), None)
+
+
+def test_values_at_the_edge_of_the_range_are_kept_exactly() -> None:
+    head = {"inputs": [{"name": "x", "datatype": "INT8", "shape": [2], "data": [-128, 127]},
+                       {"name": "y", "datatype": "FP16", "shape": [1], "data": [65504.0]}]}
+    inputs = decode_request(json.dumps(head).encode(), None).inputs
+    assert inputs["x"].tolist() == [-128, 127]
+    assert inputs["y"].tolist() == [65504.0]

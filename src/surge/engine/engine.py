@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 
 UNLOAD_GRACE_S = 30.0
 # What serves one version of a model: a model, a pipeline, or a model's accuracy ladder.
-Served = ServedModel | pipelines.ServedPipeline | ServedLadder
+# A string: surge.pipeline.served may still be loading when this module is (it imports this
+# package back), so its class cannot be looked up at import time.
+Served: TypeAlias = "ServedModel | pipelines.ServedPipeline | ServedLadder"
 COLD_REASON = "loads on its first request"
 EVICTED_REASON = ("unloaded to fit the memory budget (least recently used); loads on its next "
                   "request")

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from serving import free_port, stop, wait_ready  # noqa: E402
 
 
-def write_repository(root: Path, max_batch: int = 8) -> Path:
+def write_repository(root: Path, max_batch: int = 8, delay_ms: float = 0.5) -> Path:
     """A repository with `noop`: y = x on FP32 [-1, 4], one single-threaded instance."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
@@ -55,7 +55,7 @@ def write_repository(root: Path, max_batch: int = 8) -> Path:
     onnx.save(model, str(directory / "model.onnx"))
     (root / "noop" / "config.yaml").write_text(
         f"max_batch_size: {max_batch}\ninstances: 1\nthreads: 1\n"
-        "batching: {max_queue_delay_ms: 0.5}\nqueue: {max_size: 4096}\n")
+        f"batching: {{max_queue_delay_ms: {delay_ms}}}\nqueue: {{max_size: 4096}}\n")
     return root
 
 
@@ -231,12 +231,15 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=8,
                         help="the model's max_batch_size (1: every protocol pays one batch "
                         "per request, which isolates the protocol's own cost)")
+    parser.add_argument("--max-queue-delay-ms", type=float, default=0.5,
+                        help="the model's batching delay (longer than the arrival gap: "
+                        "requests that arrive spread out are batched too)")
     parser.add_argument("--out", type=Path, default=RESULTS / "frontend.json")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="surge-frontend-bench-") as tmp:
-        repo = write_repository(Path(tmp) / "repo", args.max_batch)
+        repo = write_repository(Path(tmp) / "repo", args.max_batch, args.max_queue_delay_ms)
         for _ in range(args.repeat):  # rounds interleaved: the load drifts over a run
             rows += run_round(repo, args)
     add_ratios(rows)
@@ -250,7 +253,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "cores": os.cpu_count(), "clients": args.clients, "duration_s": args.duration,
-        "max_batch": args.max_batch,
+        "max_batch": args.max_batch, "max_queue_delay_ms": args.max_queue_delay_ms,
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "rows": rows, "summary": summary}, indent=2))
     console.print(f"load average {os.getloadavg()}; wrote {args.out}")

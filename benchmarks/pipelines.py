@@ -11,7 +11,12 @@
    clients, processor threads), worker CPU (the detector's worker processes), p99. The extra CPU
    of the pipeline is compared with the decode cost itself (target: at most 10% above it).
    A third leg, `detector-boxes` with its box step handed to a processor thread as before it
-   was declared inline, measures what running cheap steps on the event loop saves.
+   was declared inline, measures what running cheap steps on the event loop saves; a fourth,
+   with every decode handed to a processor thread as before small images were decoded on the
+   loop, what that saves; a fifth does the pipeline's work by hand (decode, detector, boxes on
+   the loop, no pipeline) under the same load: the pipeline's own cost is the difference, and
+   what the steps cost under load is set apart from what they cost alone. The legs run in
+   turn `--rounds` times (load from other processes drifts); each figure is the mean over them.
 4. Hand-off: the box step alone on one request's outputs (1 x 32 boxes), awaited on an event
    loop one call after another, inline and through the processor threads: process CPU per call.
 
@@ -28,7 +33,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,7 +46,7 @@ from surge.engine import Engine
 from surge.platform import available_cores
 from surge.processors import declares
 from surge.processors.detection import boxes, describe_boxes
-from surge.processors.images import decode
+from surge.processors.images import decode, describe_decode
 from surge.repository import Repository
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,17 +62,23 @@ def boxes_in_thread(inputs: dict[str, np.ndarray], params: dict[str, Any]) -> di
     return boxes(inputs, params)
 
 
-def _threaded_copy(repo: Path) -> str:
-    """`detector-boxes-threads`: detector-boxes with its box step in a processor thread."""
+@declares(describe_decode)  # the same decode, without inline_when: always in a processor thread
+def decode_in_thread(inputs: dict[str, np.ndarray], params: dict[str, Any]) -> dict[str, np.ndarray]:
+    return decode(inputs, params)
+
+
+def _threaded_copy(repo: Path, processor: str, replacement: str) -> str:
+    """A copy of detector-boxes with one processor step replaced (one run in a thread)."""
     import yaml
 
     config = yaml.safe_load((repo / "detector-boxes" / "config.yaml").read_text())
     for step in config["steps"]:
-        if step.get("processor") == "detection.boxes":
-            step["processor"] = "__main__:boxes_in_thread"  # this script, run in process
-    (repo / "detector-boxes-threads").mkdir()
-    (repo / "detector-boxes-threads" / "config.yaml").write_text(yaml.safe_dump(config))
-    return "detector-boxes-threads"
+        if step.get("processor") == processor:
+            step["processor"] = f"__main__:{replacement}"  # this script, run in process
+    name = f"detector-boxes-{replacement.replace('_', '-')}"
+    (repo / name).mkdir()
+    (repo / name / "config.yaml").write_text(yaml.safe_dump(config))
+    return name
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -144,7 +155,10 @@ def _worker_cpu_s() -> float:
     return total
 
 
-async def _level(engine: Engine, model: str, payloads: list[dict[str, np.ndarray]],
+Call = Callable[[dict[str, np.ndarray]], Awaitable[object]]
+
+
+async def _level(call: Call, payloads: list[dict[str, np.ndarray]],
                  concurrency: int, duration: float) -> dict[str, float]:
     latencies: list[float] = []
     stop = time.perf_counter() + duration
@@ -152,7 +166,7 @@ async def _level(engine: Engine, model: str, payloads: list[dict[str, np.ndarray
     async def client(index: int) -> None:
         while time.perf_counter() < stop:
             started = time.perf_counter()
-            await engine.infer(model, None, payloads[index % len(payloads)])
+            await call(payloads[index % len(payloads)])
             latencies.append(time.perf_counter() - started)
             index += concurrency
 
@@ -167,7 +181,44 @@ async def _level(engine: Engine, model: str, payloads: list[dict[str, np.ndarray
             "frontend_cpu_us": cpu / count * 1e6, "worker_cpu_us": workers / count * 1e6}
 
 
-async def overhead(concurrency: int, duration: float) -> dict[str, Any]:
+def _mean(levels: list[dict[str, float]]) -> dict[str, float]:
+    return {key: float(np.mean([level[key] for level in levels])) for key in levels[0]}
+
+
+def _extra(level: dict[str, float], model: dict[str, float]) -> float:
+    return (level["frontend_cpu_us"] + level["worker_cpu_us"]
+            - model["frontend_cpu_us"] - model["worker_cpu_us"])
+
+
+async def _legs(legs: dict[str, tuple[Call, list[dict[str, np.ndarray]]]], concurrency: int,
+                duration: float, rounds: int) -> dict[str, dict[str, float]]:
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in legs}
+    for _ in range(rounds):
+        for name, (call, payloads) in legs.items():
+            runs[name].append(await _level(call, payloads, concurrency, duration))
+    return {name: _mean(levels) for name, levels in runs.items()}
+
+
+def _served(engine: Engine, model: str) -> Call:
+    async def call(inputs: dict[str, np.ndarray]) -> object:
+        return await engine.infer(model, None, inputs)
+    return call
+
+
+def _by_hand(engine: Engine) -> Call:
+    """The pipeline's work without the pipeline: decode and boxes on the loop, the detector."""
+    config = Repository(EXAMPLES).config("detector")
+    params = {**config.parameters, "labels": list(config.labels or [])}
+
+    async def call(inputs: dict[str, np.ndarray]) -> object:
+        pixels = decode(inputs, CANVAS)["pixels"]
+        found = await engine.infer("detector", None, {"image": pixels},
+                                   outputs=["boxes", "scores", "labels"])
+        return boxes(found, params)
+    return call
+
+
+async def overhead(concurrency: int, duration: float, rounds: int = 1) -> dict[str, Any]:
     canvases = _canvases(64)
     raw = [{"image": canvases[i:i + 1]} for i in range(len(canvases))]
     files = [{"image": np.array([_png(c)], dtype=object)} for c in canvases]
@@ -176,31 +227,35 @@ async def overhead(concurrency: int, duration: float) -> dict[str, Any]:
         for name in ("detector", "detector-boxes"):
             shutil.copytree(EXAMPLES / name, Path(tmp) / name,
                             ignore=shutil.ignore_patterns("tuning"))
-        threaded = _threaded_copy(Path(tmp))
-        engine = Engine(Repository(tmp), models=["detector-boxes", threaded])
+        boxes_thread = _threaded_copy(Path(tmp), "detection.boxes", "boxes_in_thread")
+        decode_thread = _threaded_copy(Path(tmp), "image.decode", "decode_in_thread")
+        engine = Engine(Repository(tmp), models=["detector-boxes", boxes_thread, decode_thread])
         await engine.start()
         try:
-            levels = {"detector (decoded canvas)": await _level(engine, "detector", raw,
-                                                                 concurrency, duration),
-                      "detector-boxes (PNG bytes)": await _level(engine, "detector-boxes", files,
-                                                                  concurrency, duration),
-                      "detector-boxes, box step in a thread": await _level(
-                          engine, threaded, files, concurrency, duration)}
+            levels = await _legs({
+                "detector (decoded canvas)": (_served(engine, "detector"), raw),
+                "detector-boxes (PNG bytes)": (_served(engine, "detector-boxes"), files),
+                "detector-boxes, box step in a thread": (_served(engine, boxes_thread), files),
+                "detector-boxes, decode in a thread": (_served(engine, decode_thread), files),
+                "by hand: decode, detector, boxes": (_by_hand(engine), files)},
+                concurrency, duration, rounds)
         finally:
             await engine.stop(5.0)
-    model, pipeline, before = levels.values()
-    extra = (pipeline["frontend_cpu_us"] + pipeline["worker_cpu_us"]
-             - model["frontend_cpu_us"] - model["worker_cpu_us"])
+    model, pipeline, boxes_before, decode_before, by_hand = levels.values()
+    extra = _extra(pipeline, model)
     for name, level in levels.items():
-        print(f"{name:<28} {level['requests_per_s']:8.0f} req/s  p99 {level['p99_ms']:6.1f} ms  "
+        print(f"{name:<36} {level['requests_per_s']:6.0f} req/s  p99 {level['p99_ms']:6.1f} ms  "
               f"front end {level['frontend_cpu_us']:6.0f} us  workers {level['worker_cpu_us']:6.0f} us")
-    threaded_extra = (before["frontend_cpu_us"] + before["worker_cpu_us"]
-                      - model["frontend_cpu_us"] - model["worker_cpu_us"])
-    print(f"extra CPU per request {extra:.0f} us ({threaded_extra:.0f} us with the box step in "
-          f"a thread); decode alone {decode_us:.0f} us ({extra / decode_us:.2f}x the decode)")
-    return {"levels": levels, "extra_cpu_us": extra, "extra_cpu_us_box_step_in_thread":
-            threaded_extra, "decode_us": decode_us, "extra_over_decode": extra / decode_us,
-            "concurrency": concurrency, "load_average": os.getloadavg()}
+    print(f"extra CPU per request {extra:.0f} us ({_extra(boxes_before, model):.0f} us with the "
+          f"box step in a thread, {_extra(decode_before, model):.0f} us with the decode in a "
+          f"thread); decode alone {decode_us:.0f} us ({extra / decode_us:.2f}x the decode); "
+          f"the same steps by hand {_extra(by_hand, model):.0f} us")
+    return {"levels": levels, "extra_cpu_us": extra,
+            "extra_cpu_us_box_step_in_thread": _extra(boxes_before, model),
+            "extra_cpu_us_decode_in_thread": _extra(decode_before, model),
+            "extra_cpu_us_by_hand": _extra(by_hand, model),
+            "decode_us": decode_us, "extra_over_decode": extra / decode_us,
+            "concurrency": concurrency, "rounds": rounds, "load_average": os.getloadavg()}
 
 
 def handoff(count: int) -> dict[str, float]:
@@ -237,11 +292,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2, help="turns of the overhead legs")
     parser.add_argument("--json", type=Path, default=RESULTS / "pipelines.json")
     args = parser.parse_args()
     result = {"decoders_ms": decoders(args.repeats), "threads": thread_scaling(200),
               "handoff_cpu_us": handoff(2000),
-              "overhead": asyncio.run(overhead(args.concurrency, args.duration))}
+              "overhead": asyncio.run(overhead(args.concurrency, args.duration, args.rounds))}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     print(f"saved {args.json}")

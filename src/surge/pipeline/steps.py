@@ -7,6 +7,8 @@ GIL while they work, so threads compute in parallel with each other and with the
 worker processes would have to copy every payload through shared memory both ways (tensors are
 never pickled). Processors declared `inline` (top-k labels, detection boxes: microseconds of
 numpy on a request's rows) run on the loop itself: the hand-off to a thread and back costs more.
+So do calls a processor's `inline_when` accepts (`image.decode` of small images): under load the
+hand-off cost more CPU than decoding a 128x128 PNG (benchmarks/pipelines.py).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class ProcessorStep:
     types: StepTypes
 
     async def run(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        if self.processor.inline:
+        if self.processor.runs_inline(inputs, self.params):
             produced = self.processor.run(inputs, self.params)
         else:
             loop = asyncio.get_running_loop()

@@ -15,7 +15,9 @@ returns its tensors' specs (and raises ConfigError for bad params), so a pipelin
 shapes are checked when it loads. An undeclared processor's tensors are checked at run time only.
 `@declares(describe, inline=True)` also says the processor is cheap enough to run on the event
 loop: handing a call to a processor thread and waking the loop back costs tens of microseconds,
-more than picking the top k of a few rows of logits.
+more than picking the top k of a few rows of logits. `inline_when=fn` makes that choice per
+call: `fn(inputs, params)` says whether this call's inputs are small enough (a 128x128 PNG decodes
+in less CPU than the hand-off to a thread and back costs under load).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class ProcessorSpec:
 
 
 Describe = Callable[[Mapping[str, Any]], ProcessorSpec]
+InlineWhen = Callable[[dict[str, np.ndarray], Mapping[str, Any]], bool]
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Built-in short names: `<area>.<function>` is `surge.processors.<module>:<function>`.
@@ -49,16 +52,21 @@ AREAS = {"image": "images", "labels": "classification", "detection": "detection"
 
 _DESCRIBED: dict[Callable[..., Any], Describe] = {}
 _INLINE: set[Callable[..., Any]] = set()
+_INLINE_WHEN: dict[Callable[..., Any], InlineWhen] = {}
 
 
-def declares(describe: Describe, inline: bool = False) -> Callable[[F], F]:
+def declares(describe: Describe, inline: bool = False,
+             inline_when: InlineWhen | None = None) -> Callable[[F], F]:
     """Mark a processor with the function that tells its tensors' specs for given params, and
-    whether it is cheap enough to run on the event loop rather than in a processor thread."""
+    whether it is cheap enough to run on the event loop rather than in a processor thread
+    (always, or for the calls `inline_when` accepts)."""
 
     def mark(fn: F) -> F:
         _DESCRIBED[fn] = describe
         if inline:
             _INLINE.add(fn)
+        if inline_when is not None:
+            _INLINE_WHEN[fn] = inline_when
         return fn
 
     return mark
@@ -72,6 +80,10 @@ class Processor:
     run: ProcessorFn
     describe: Describe | None
     inline: bool = False  # run on the event loop: cheaper than the hand-off to a thread
+    inline_when: InlineWhen | None = None  # on the loop for the calls it accepts
+
+    def runs_inline(self, inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> bool:
+        return self.inline or (self.inline_when is not None and self.inline_when(inputs, params))
 
 
 def target(name: str) -> str:
@@ -96,4 +108,4 @@ def resolve(name: str) -> Processor:
     fn = getattr(module, attribute, None)
     if not callable(fn):
         raise ConfigError(f"processor {name!r}: {module_name} has no function {attribute!r}")
-    return Processor(name, fn, _DESCRIBED.get(fn), fn in _INLINE)
+    return Processor(name, fn, _DESCRIBED.get(fn), fn in _INLINE, _INLINE_WHEN.get(fn))

@@ -170,3 +170,15 @@ def test_detection_needs_a_threshold_and_matching_shapes() -> None:
         resolve("detection.boxes").run(
             {"boxes": np.zeros((1, 3, 4), np.float32), "scores": np.zeros((1, 2), np.float32),
              "labels": np.zeros((1, 3), np.int64)}, {"score_threshold": 0.5})
+
+
+def test_detection_names_classes_by_index_without_labels_and_unknown_ones_by_nothing() -> None:
+    boxes = RNG.random((1, 3, 4), dtype=np.float32)
+    scores = np.array([[0.5, 0.9, 0.7]], np.float32)
+    labels = np.array([[4, 0, 9]], np.int64)
+    inputs = {"boxes": boxes, "scores": scores, "labels": labels}
+    by_index = resolve("detection.boxes").run(inputs, {"score_threshold": 0.6})
+    assert by_index["labels"].tolist() == [[b"0", b"9", b""]]
+    named = resolve("detection.boxes").run(inputs, {"score_threshold": 0.0, "labels": ["a", "b"]})
+    assert named["labels"].tolist() == [[b"a", b"", b""]]  # 9 and 4 are past the labels
+    np.testing.assert_array_equal(named["boxes"][0], boxes[0, [1, 2, 0]])

@@ -47,6 +47,7 @@ from serving import (  # noqa: E402
     measure_ceiling,
     run_naive,
     stop,
+    surge_server,
     wait_ready,
 )
 
@@ -138,17 +139,9 @@ def run_surge(config: str, model: Path, case: Case, root: Path, levels: list[int
     directory.mkdir(parents=True)
     (directory / "model.onnx").write_bytes(model.read_bytes())
     (root / case.name / "config.yaml").write_text(config)
-    http = free_port()
-    command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(root),
-               "--http-port", str(http), "--grpc-port", str(free_port()),
-               "--metrics-port", str(free_port())]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{http}"
-    try:
-        wait_ready(url, process)
-        return bench_levels(url, case.name, "http", levels, duration, process.pid, probe)
-    finally:
-        stop(process)
+    with surge_server(root) as server:
+        return bench_levels(server.url, case.name, "http", levels, duration, server.process.pid,
+                            probe)
 
 
 def run_one(peer: str, model: Path, case: Case, tmp: Path, args: argparse.Namespace,

@@ -18,6 +18,7 @@ Ratios are computed from numbers measured in this run only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,6 +222,29 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+@dataclass(frozen=True)
+class SurgeServer:
+    process: subprocess.Popen[bytes]
+    url: str  # http://127.0.0.1:PORT
+    grpc: str  # 127.0.0.1:PORT
+
+
+@contextlib.contextmanager
+def surge_server(repo: Path, *options: str) -> Iterator[SurgeServer]:
+    """`surge serve repo` on free loopback ports, ready, stopped when the block ends."""
+    http, grpc_port = free_port(), free_port()
+    command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
+               "--http-port", str(http), "--grpc-port", str(grpc_port),
+               "--metrics-port", str(free_port()), *options]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = SurgeServer(process, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}")
+    try:
+        wait_ready(server.url, process)
+        yield server
+    finally:
+        stop(process)
+
+
 def bench_levels(url: str, model: str, protocol: str, levels: list[int], duration: float,
                  pid: int, probe: CeilingProbe) -> list[dict[str, Any]]:
     from surge.bench import run_bench
@@ -247,21 +272,12 @@ def bench_levels(url: str, model: str, protocol: str, levels: list[int], duratio
 
 def run_surge(repo: Path, case: Case, levels: list[int], duration: float,
               probe: CeilingProbe) -> dict[str, Any]:
-    http, grpc_port, metrics = free_port(), free_port(), free_port()
-    command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
-               "--http-port", str(http), "--grpc-port", str(grpc_port),
-               "--metrics-port", str(metrics)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{http}"
-    try:
-        wait_ready(url, process)
+    with surge_server(repo) as server:
+        pid = server.process.pid
         return {
-            "http": bench_levels(url, case.name, "http", levels, duration, process.pid, probe),
-            "grpc": bench_levels(f"127.0.0.1:{grpc_port}", case.name, "grpc", levels, duration,
-                                 process.pid, probe),
+            "http": bench_levels(server.url, case.name, "http", levels, duration, pid, probe),
+            "grpc": bench_levels(server.grpc, case.name, "grpc", levels, duration, pid, probe),
         }
-    finally:
-        stop(process)
 
 
 def run_naive(model: Path, case: Case, levels: list[int], duration: float, threads: int,
@@ -286,18 +302,11 @@ def run_overload(case: Case, model: Path, setting: dict[str, Any], root: Path, d
 
     repo = write_repository(case, model, root, setting,
                             queue=f"{{max_size: 64, default_timeout_ms: {deadline_ms}}}")
-    http = free_port()
-    command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
-               "--http-port", str(http), "--grpc-port", str(free_port()),
-               "--metrics-port", str(free_port())]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{http}"
-    try:
-        wait_ready(url, process)
+    with surge_server(repo) as server:
+        url = server.url
         run = asdict(run_bench(url, case.name, [256], duration, "http", warmup_s=1.0).runs[0])
+        process = server.process
         alive = process.poll() is None and httpx.get(f"{url}/v2/health/live").status_code == 200
-    finally:
-        stop(process)
     result = {"queue_limit": 64, "deadline_ms": deadline_ms, "run": run, "server_alive": alive,
               "only_200_or_503": set(run["errors"]) <= {"503"},
               "p99_within_deadline": run["p99_ms"] <= deadline_ms}

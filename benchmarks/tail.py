@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,25 +22,17 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from serving import CASES, export_model, free_port, stop, wait_ready  # noqa: E402
+from serving import CASES, export_model, surge_server  # noqa: E402
 
 
 def measure(repo: Path, log: Path, clients: int, duration: float) -> tuple[Any, list[dict[str, Any]]]:
     from surge.bench import run_bench
 
-    http = free_port()
-    command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
-               "--http-port", str(http), "--grpc-port", str(free_port()),
-               "--metrics-port", str(free_port()), "--access-log", str(log)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{http}"
-    try:
-        wait_ready(url, server)
-        run_bench(url, "resnet64", [clients], 4.0, "http", warmup_s=0.0)  # reach steady state
+    with surge_server(repo, "--access-log", str(log)) as server:
+        run_bench(server.url, "resnet64", [clients], 4.0, "http", warmup_s=0.0)  # steady state
         mark = log.stat().st_size
-        run = run_bench(url, "resnet64", [clients], duration, "http", warmup_s=0.0).runs[0]
-    finally:
-        stop(server)
+        run = run_bench(server.url, "resnet64", [clients], duration, "http",
+                        warmup_s=0.0).runs[0]
     lines = log.read_bytes()[mark:].decode().splitlines()
     return run, [json.loads(line) for line in lines if line.strip()]
 

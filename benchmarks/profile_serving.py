@@ -35,7 +35,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from serving import CASES, TICKS, export_model, free_port, stop, wait_ready  # noqa: E402
+from serving import CASES, TICKS, export_model, surge_server  # noqa: E402
 
 CORES = os.cpu_count() or 2
 PY_SPY = Path(sys.executable).with_name("py-spy")
@@ -185,14 +185,8 @@ def write_repository(root: Path, model: Path, config: str) -> Path:
 def profile(repo: Path, args: argparse.Namespace, spy_dir: Path) -> dict[str, Any]:
     from surge.bench import run_bench
 
-    http = free_port()
-    command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
-               "--http-port", str(http), "--grpc-port", str(free_port()),
-               "--metrics-port", str(free_port())]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{http}"
-    try:
-        wait_ready(url, server)
+    with surge_server(repo) as running:
+        server, url = running.process, running.url
         run_bench(url, "resnet64", [args.clients], 3.0, "http", warmup_s=0.0)  # warm
         workers = [p for p in children(server.pid) if "spawn_main" in _cmdline(p)]
         pids = {"front end": server.pid} | {f"worker {i}": p for i, p in enumerate(workers)}
@@ -207,8 +201,6 @@ def profile(repo: Path, args: argparse.Namespace, spy_dir: Path) -> dict[str, An
         for spy in spies:
             if spy is not None:
                 spy.wait(60)
-    finally:
-        stop(server)
     return {"run": asdict(report.runs[0]), "wall_s": wall,
             "cpu": shares(before, after, wall), "engine": engine_split(stats_before, stats_after),
             "front_end_py_spy": fold(spy_dir / "front.txt", FRONT_END_RULES),

@@ -182,6 +182,8 @@ def _print_summary(report: object) -> None:
                           f"{m.p99_ms:.1f} ms (predicted {run.predicted.p99_ms:.1f} ms)")
     if report.speedup is not None:
         console.print(f"speed-up (same run): [bold]{report.speedup:.2f}x[/bold]")
+    if report.kept_untuned:
+        console.print("kept the untuned configuration: the chosen one served slower back to back")
     if report.config_path:
         console.print(f"wrote {report.config_path}")
     console.print(f"tuned in {report.total_seconds:.0f} s")

@@ -148,7 +148,9 @@ def _summary(report: dict[str, Any]) -> str:
         ["selection", selection.get("message", "")],
         ["strategy", selection.get("strategy", "")],
         ["speed-up vs untuned (same run, median req/s)", _fmt(report.get("speedup"), 2)],
-        ["config written", report.get("config_path") or "no"],
+        ["config written", (report.get("config_path") or "no")
+         + (" (the untuned one: the choice served slower back to back)"
+            if report.get("kept_untuned") else "")],
         ["tune time (s)", report.get("total_seconds")],
     ]
     costs = report.get("serving_costs")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
-from surge.errors import ConfigError, SurgeError
+from surge.errors import ConfigError
 from surge.evaluate.harness import EvalDataset, EvalReport, evaluate, load_dataset, run_dataset
 from surge.evaluate.profile import ProfileReport, default_batch_sizes, profile_variant
 from surge.platform import available_cores
@@ -41,6 +41,7 @@ from surge.tuning.search import Rung, SelectionReport, select
 from surge.tuning.serving import TUNING_DIR, ServingTrialError, measure_served
 from surge.tuning.space import ORIGINAL, AccuracyBudget, Candidate, Effort, SearchSpace, Slo
 from surge.tuning.target import TuneTarget, resolve_target
+from surge.tuning.variants import VariantResult, make_variants
 
 REPORT_FILE = "report.json"
 PREDICTED = "predicted"
@@ -73,19 +74,6 @@ class TuneOptions:
             raise ConfigError(f"--max-batch {','.join(map(str, sizes))}: every size is below "
                               f"--rows-per-request {rows}; max batch counts rows, so give "
                               f"sizes of at least {rows}, e.g. {rows},{2 * rows},{5 * rows}")
-
-
-@dataclass
-class VariantResult:
-    """A variant's evaluation and whether it is inside the accuracy budget."""
-
-    variant: str
-    metric_name: str
-    metric: float | None
-    accepted: bool
-    reason: str
-    eval_seconds: float = 0.0
-    inprocess_best: float | None = None  # best in-process samples/s over the profile
 
 
 @dataclass
@@ -125,6 +113,7 @@ class TuningReport:
     tuned: ServedRun | None = None
     speedup: float | None = None
     chosen: Candidate | None = None
+    kept_untuned: bool = False  # the chosen one lost the back-to-back re-measurement
     config_path: str | None = None
     serving_costs: ServingCosts | None = None  # the prediction model's final fit
     optimized: list[str] = field(default_factory=list)
@@ -227,12 +216,7 @@ def tune(repo_root: Path, model: str, options: TuneOptions,
     chosen = report.selection.chosen
     if chosen is not None:
         say("re-measure the untuned and the chosen configurations")
-        report.chosen = chosen.candidate
-        report.baseline, report.tuned, report.speedup = compare_back_to_back(
-            measurer.serve, baseline_candidate(slo.load.rows), chosen.candidate,
-            options.effort.final_rounds)
-        if options.write_config:
-            report.config_path = _write_config(model_dir, chosen.candidate, report, options)
+        finish(report, measurer.serve, chosen.candidate, model_dir, options)
     stages.done("final")
     report.serving_costs = measurer.costs
     report.total_seconds = stages.elapsed()
@@ -267,6 +251,26 @@ def compare_back_to_back(
 
     ratio = medians[tuned] / medians[untuned] if medians[untuned] > 0 else None
     return typical(untuned), typical(tuned), ratio
+
+
+def finish(report: TuningReport, serve: Callable[[Candidate, str], ServedRun],
+           chosen: Candidate, model_dir: Path, options: TuneOptions) -> None:
+    """Re-measure the untuned and the chosen configurations back to back; write the chosen
+    one into config.yaml unless the untuned one won there (`keeps_untuned`)."""
+    report.chosen = chosen
+    report.baseline, report.tuned, report.speedup = compare_back_to_back(
+        serve, baseline_candidate(options.slo.load.rows), chosen, options.effort.final_rounds)
+    report.kept_untuned = keeps_untuned(report.baseline, report.speedup, options.slo.p99_ms)
+    written = report.baseline.candidate if report.kept_untuned else chosen
+    if options.write_config:
+        report.config_path = _write_config(model_dir, written, report, options)
+
+
+def keeps_untuned(untuned: ServedRun, speedup: float | None, slo_p99_ms: float) -> bool:
+    """The untuned configuration served faster than the chosen one back to back and met the
+    SLO there: the search's runs favoured a choice that would make serving slower."""
+    return (speedup is not None and speedup < 1.0
+            and untuned.measured.p99_ms is not None and untuned.measured.p99_ms <= slo_p99_ms)
 
 
 def _reference_dataset(repo: Repository, model: str, options: TuneOptions) -> EvalDataset:
@@ -452,39 +456,3 @@ def _search(options: TuneOptions, report: TuningReport, measurer: _Measurer,
     return select(space, accuracy, options.accuracy, options.slo, measurer, rungs,
                   reference=report.reference_metric or 0.0, finalists=effort.finalists,
                   brute_force_limit=0, survivors=survivors, time_budget_s=max(0.0, budget_s))
-
-
-def default_variants(repo: Repository, model: str) -> str:
-    """Variants worth trying: int8 (ONNX Runtime) always; pruning when a PyTorch module with the
-    same weights is at hand (a torch_factory model, or `parameters.torch_model`)."""
-    config = repo.config(model)
-    names = ["int8-dynamic", "int8-static"]
-    if config.resolved_engine() == "torch_factory" or config.parameters.get("torch_model"):
-        names.append("prune-50")
-    return ",".join(names)
-
-
-def make_variants(repo: Repository, model: str, spec: str | None,
-                  report: TuningReport) -> list[str]:
-    """Run the optimizer over `model` (variants under REPO/NAME/variants/); returns those kept.
-    Variants the optimizer cannot make or rejects are listed in the report with the reason."""
-    from surge.optimize import parse_variants
-    from surge.optimize.pipeline import optimize_model
-
-    kept = []
-    # one call per variant, so one that cannot be made (say, int8-static without calibration
-    # data) is reported and the others still get made
-    for name, config in parse_variants(spec or default_variants(repo, model)).items():
-        try:
-            outcome = optimize_model(repo.root, model, {name: config})[0]
-        except SurgeError as exc:
-            report.variants.append(VariantResult(name, "", None, False, f"not made: {exc}"))
-            continue
-        if outcome.kept:
-            kept.append(name)
-            continue
-        failures = outcome.variant.check.failures if outcome.variant else ()
-        why = outcome.error or "; ".join(failures)
-        report.variants.append(VariantResult(name, "", None, False,
-                                             f"the optimizer's check rejected it: {why}"))
-    return kept

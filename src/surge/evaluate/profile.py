@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
+from surge.datatypes import v2_to_numpy
 from surge.evaluate.metrics import LatencyReport, MetricError, latency_percentiles
 from surge.platform import available_cores, settings_grid
 from surge.runtimes import Runner, RunnerOptions
-from surge.runtimes.base import example_inputs
+from surge.runtimes.base import Signature, example_inputs
 
 RunnerFactory = Callable[[RunnerOptions], Runner]
 
@@ -121,12 +122,24 @@ def _time_runner(
         runs += 1
 
 
+def batch_inputs(signature: Signature, batch_size: int,
+                 samples: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """A batch of `batch_size` rows: the first rows of `samples` (repeated when there are
+    fewer), cast to the model's dtypes, or random inputs without samples. Real rows matter
+    where a dim is variable: random inputs make it 1 (a one-token text), which a model
+    computes hundreds of times faster than the texts it will serve."""
+    if not samples or set(samples) != set(signature.input_names):
+        return example_inputs(signature, batch_size)
+    return {spec.name: np.resize(samples[spec.name], (batch_size, *samples[spec.name].shape[1:]))
+            .astype(v2_to_numpy(spec.datatype), copy=False) for spec in signature.inputs}
+
+
 def measure_point(
     runners: Sequence[Runner], batch_size: int, threads: int, duration_s: float = 0.3,
-    min_runs: int = 5,
+    min_runs: int = 5, samples: dict[str, np.ndarray] | None = None,
 ) -> ProfilePoint:
     """Drive every runner (one per instance) at once with batches of `batch_size`."""
-    inputs = example_inputs(runners[0].signature, batch_size)
+    inputs = batch_inputs(runners[0].signature, batch_size, samples)
     for runner in runners:  # first runs of a new shape are slow in every engine
         runner.run(inputs)
     per_instance: list[list[float]] = [[] for _ in runners]
@@ -156,10 +169,12 @@ def profile_variant(
     duration_s: float = 0.3,
     progress: Progress | None = None,
     device: str = "auto",
+    samples: dict[str, np.ndarray] | None = None,
 ) -> ProfileReport:
     """Profile one variant at every batch size under every (instances, threads) setting.
 
-    `factory(RunnerOptions)` loads a fresh runner with the given thread count and device.
+    `factory(RunnerOptions)` loads a fresh runner with the given thread count and device;
+    batches are made of `samples` rows when given (see `batch_inputs`).
     """
     settings = list(settings or default_settings())
     report = ProfileReport(model, variant, available_cores())
@@ -171,7 +186,8 @@ def profile_variant(
         for runner in runners:
             runner.warmup()
         for batch_size in batch_sizes:
-            report.points.append(measure_point(runners, batch_size, threads, duration_s))
+            report.points.append(measure_point(runners, batch_size, threads, duration_s,
+                                               samples=samples))
             if progress is not None and task is not None:
                 progress.advance(task)
     return report

@@ -199,7 +199,7 @@ def tune(repo_root: Path, model: str, options: TuneOptions,
     stages.done("engine")
 
     say("profile")
-    profiles = _profile_evaluated(repo, model, options, progress, report)
+    profiles = _profile_evaluated(repo, model, options, progress, report, dataset.inputs)
     stages.done("profile")
 
     say("measure the untuned baseline")
@@ -330,10 +330,12 @@ def _first_output(loaded: Any, dataset: EvalDataset, progress: Progress | None) 
 
 
 def _profile_evaluated(repo: Repository, model: str, options: TuneOptions,
-                       progress: Progress | None, report: TuningReport) -> dict[str, ProfileReport]:
-    """Every evaluated variant is profiled, so the report can place it on the Pareto plot."""
+                       progress: Progress | None, report: TuningReport,
+                       samples: dict[str, np.ndarray]) -> dict[str, ProfileReport]:
+    """Every evaluated variant is profiled (on the evaluation data's rows), so the report can
+    place it on the Pareto plot."""
     evaluated = [v.variant for v in report.variants if v.metric is not None]
-    profiles = _profile_all(repo, model, evaluated, options, progress)
+    profiles = _profile_all(repo, model, evaluated, options, progress, samples)
     report.profiles = list(profiles.values())
     for result in report.variants:
         if result.variant in profiles:
@@ -355,7 +357,8 @@ def _choose_engine(repo: Repository, model: str, options: TuneOptions) -> Engine
 
 
 def _profile_all(repo: Repository, model: str, variants: list[str], options: TuneOptions,
-                 progress: Progress | None) -> dict[str, ProfileReport]:
+                 progress: Progress | None, samples: dict[str, np.ndarray] | None = None
+                 ) -> dict[str, ProfileReport]:
     sizes = profile_sizes(max(options.space.max_batch_sizes), options.slo.load.rows)
     # the untuned baseline's setting too: its prediction calibrates the serving overhead
     baseline = baseline_candidate()
@@ -369,7 +372,7 @@ def _profile_all(repo: Repository, model: str, variants: list[str], options: Tun
             return repo.load(ref, options=runner_options).runner
 
         out[variant] = profile_variant(factory, model, variant, sizes, settings,
-                                       options.effort.profile_s, progress, device)
+                                       options.effort.profile_s, progress, device, samples)
     return out
 
 

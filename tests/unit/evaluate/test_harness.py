@@ -14,6 +14,7 @@ from surge.evaluate.harness import EvalDataset, evaluate, load_dataset, run_data
 from surge.evaluate.metrics import MetricError
 from surge.evaluate.profile import (
     ProfileReport,
+    batch_inputs,
     default_batch_sizes,
     default_settings,
     profile_variant,
@@ -139,6 +140,36 @@ def test_profiler_measures_every_setting_and_batch(tiny: Repository, tmp_path: P
     assert [(p.instances, p.batch_size) for p in report.points] == [(1, 1), (1, 4), (2, 1), (2, 4)]
     assert all(p.throughput > 0 and p.latency.count >= 5 for p in report.points)
     assert ProfileReport.load(report.save(tmp_path / "p.json")) == report
+
+
+def test_profile_batches_are_made_of_real_rows_when_given(tiny: Repository) -> None:
+    signature = tiny.load("tiny").signature
+    rows = np.arange(12, dtype=np.float64).reshape(3, 4)  # 3 rows, float64: cast to FP32
+    batch = batch_inputs(signature, 5, {"x": rows})["x"]
+    assert batch.dtype == np.float32
+    assert batch.tolist() == [*rows.tolist(), *rows[:2].tolist()]  # repeated past the end
+    assert batch_inputs(signature, 2, {"other": rows})["x"].shape == (2, 4)  # names differ
+
+
+def test_profiler_runs_the_samples_it_is_given(tiny: Repository) -> None:
+    seen: list[np.ndarray] = []
+
+    class Recording:
+        def __init__(self, runner: object) -> None:
+            self.runner = runner
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.runner, name)
+
+        def run(self, inputs: dict[str, np.ndarray]) -> object:
+            seen.append(inputs["x"])
+            return self.runner.run(inputs)  # type: ignore[attr-defined]
+
+    rows = np.full((2, 4), 7.0, np.float32)
+    profile_variant(lambda options: Recording(tiny.load("tiny", options=options).runner),  # type: ignore[arg-type,return-value]
+                    "tiny", "original", [3], [(1, 1)], duration_s=0.01, samples={"x": rows})
+    assert seen
+    assert all(x.shape == (3, 4) and (x == 7.0).all() for x in seen)
 
 
 def test_default_grids() -> None:

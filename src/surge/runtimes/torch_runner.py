@@ -8,7 +8,6 @@ Nothing here unpickles arbitrary objects: weights come from safetensors or from
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from surge.datatypes import torch_to_v2
 from surge.errors import ModelLoadError
 from surge.runtimes.base import RunnerOptions, Signature, TensorSpec, example_inputs
 from surge.runtimes.torch_archive import read_checked_archive
+from surge.trusted import import_object
 
 
 def torch_device(device: str) -> Any:
@@ -69,16 +69,8 @@ def load_state_dict(path: Path) -> dict[str, Any]:
 
 def resolve_factory(reference: str) -> Callable[..., Any]:
     """`package.module:factory` -> the callable. Only trusted code named by the operator."""
-    module_name, sep, attr = reference.partition(":")
-    if not sep or not module_name or not attr:
-        raise ModelLoadError(f"factory {reference!r} must look like 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelLoadError(f"factory {reference!r}: cannot import {module_name} ({exc})") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ModelLoadError(f"factory {reference!r}: {attr} is not a callable in {module_name}")
+    factory: Callable[..., Any] = import_object(reference, "factory", ModelLoadError,
+                                                callable_only=True)
     return factory
 
 

@@ -7,7 +7,6 @@ its loss on packed box targets, and the module that wraps it with its decoding.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -19,6 +18,7 @@ from surge.tasks.base import EVAL_BATCH, Decoder, Flip, LossFn, Task, TrainMetri
 from surge.tasks.coco import detections_to_coco, hflip, truth_from_targets
 from surge.tasks.coco_metrics import CocoReport, coco_map
 from surge.tasks.data import EvalDataset, Split
+from surge.trusted import import_object
 
 if TYPE_CHECKING:
     import torch
@@ -86,8 +86,7 @@ class Detection(Task):
         spec = parameters.get("decoder")
         if not spec:
             return boxes_scores_labels
-        module, _, name = str(spec).partition(":")
-        decoder: Decoder = getattr(importlib.import_module(module), name)
+        decoder: Decoder = import_object(str(spec), "parameters.decoder", callable_only=True)
         return decoder
 
     # -- training ------------------------------------------------------------------------------

@@ -9,15 +9,14 @@ or a function returning a Dataset), trusted like a model factory.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
 
 from surge.errors import ConfigError
 from surge.tasks.base import Task
 from surge.tasks.data import Dataset, NpzDataset, SyntheticDataset
+from surge.trusted import import_object
 
 PLUGIN_GROUP = "surge.plugins"
 DatasetFactory = Callable[[], Dataset]
@@ -26,21 +25,6 @@ DatasetFactory = Callable[[], Dataset]
 def normalize(name: str) -> str:
     """Registered names are case- and separator-insensitive: fashion_mnist == fashion-mnist."""
     return name.strip().lower().replace("_", "-")
-
-
-def import_object(spec: str, what: str) -> Any:
-    """The attribute `spec` ('package.module:attr') names; a one-line ConfigError if none."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"{what} {spec!r} must look like 'package.module:name'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{what} {spec!r}: cannot import {module_name!r} ({exc})") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"{what} {spec!r}: {module_name!r} has no {attr!r}") from None
 
 
 class Registry:

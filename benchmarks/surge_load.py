@@ -11,8 +11,10 @@ variant's measured accuracy). Then one closed-loop client's p50 on each configur
 the in-process batch-1 time, and, for `resnet64`, one closed-loop client over HTTP against
 Surge (adaptive config) and against the naive FastAPI server (benchmarks/naive_server.py).
 
-Configurations: `untuned` (committed config), `peak` (static: the int8-static variant for the
-peak), `adaptive` (SLO control with the accuracy ladder [original, int8-static]).
+Configurations: `untuned` (committed config), `peak` (the static config `surge tune` picks for
+the peak rate over [original, int8-static], about 3 minutes a model; its report is saved beside
+the results as `<out>_tune_<model>.json`; `--hand-peak`: int8-static with the untuned batching
+instead), `adaptive` (SLO control with the accuracy ladder [original, int8-static]).
 
     .venv/bin/python benchmarks/surge_load.py                       # the recorded run: 30 s phases
     .venv/bin/python benchmarks/surge_load.py --phase 5 --models fashion   # a quick look
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from load_models import BUILDERS, CONFIGS, LoadModel
+from load_models import BUILDERS, CONFIGS, LoadModel, tune_peak
 
 from surge.engine import Engine
 from surge.engine.route import VariantRoute, request_route
@@ -66,6 +68,9 @@ class Run:
     closed_loop_p50_ms: float = 0.0
     closed_loop_per_s: float = 0.0
     summary: dict[str, Any] = field(default_factory=dict)
+    # Over the trace, from the engine's metrics: shed requests by reason, mean batch rows.
+    shed_reasons: dict[str, int] = field(default_factory=dict)
+    mean_batch: float | None = None
 
 
 Outcome = tuple[float, float | None, str | None]  # (arrival offset, latency or None, variant)
@@ -186,6 +191,19 @@ def summarise(run: Run, model: LoadModel, phase: float, slo_ms: float, batch1_ms
     }
 
 
+def engine_figures(engine: Engine, model: str) -> tuple[dict[str, int], float | None]:
+    """Shed requests by reason and the mean batch (rows) the engine's metrics counted."""
+    shed: dict[str, int] = {}
+    for family in engine.metrics.shed.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels.get("model") == model:
+                shed[sample.labels["reason"]] = int(sample.value)
+    totals = {sample.name: sample.value for family in engine.metrics.batch_size.collect()
+              for sample in family.samples if sample.labels.get("model") == model}
+    count = totals.get("surge_batch_size_count", 0.0)
+    return shed, (totals.get("surge_batch_size_sum", 0.0) / count if count else None)
+
+
 async def measure(model: LoadModel, config: str, rates: list[tuple[float, float]], slo_s: float,
                   phase: float) -> Run:
     engine = Engine(Repository(model.repo), models=[config])
@@ -194,6 +212,7 @@ async def measure(model: LoadModel, config: str, rates: list[tuple[float, float]
         outcomes = await trace(engine, config, model.inputs, rates, slo_s)
         run = Run(config, windows(outcomes, slo_s, model.accuracy),
                   half_load_p50(outcomes, phase))
+        run.shed_reasons, run.mean_batch = engine_figures(engine, config)
         run.closed_loop_p50_ms, run.closed_loop_per_s = await closed_loop_one(
             engine, config, model.inputs)
         return run
@@ -201,8 +220,7 @@ async def measure(model: LoadModel, config: str, rates: list[tuple[float, float]
         await engine.stop(grace_s=10.0)
 
 
-async def run_model(model: LoadModel, args: argparse.Namespace) -> dict[str, Any]:
-    slo_s = args.slo_ms / 1e3
+async def untuned_capacity(model: LoadModel) -> float:
     engine = Engine(Repository(model.repo), models=["untuned"])
     await engine.start()
     try:
@@ -210,6 +228,23 @@ async def run_model(model: LoadModel, args: argparse.Namespace) -> dict[str, Any
     finally:
         await engine.stop(grace_s=10.0)
     print(f"{model.name}: capacity (closed loop, 64 clients, untuned): {cap:.0f} requests/s")
+    return cap
+
+
+def peak_by_tune(model: LoadModel, rate: float, args: argparse.Namespace) -> dict[str, Any]:
+    """`surge tune` picks the peak config; its report goes beside the results."""
+    tuned = tune_peak(model, rate, args.slo_ms)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{Path(args.out).stem}_tune_{model.name}.json"
+    path.write_text(json.dumps(tuned.pop("report"), indent=1))
+    tuned["report_file"] = str(path.relative_to(ROOT))
+    print(f"{model.name}: surge tune picked {tuned['chosen']} for the peak "
+          f"({rate:.0f}/s) in {tuned['seconds']:.0f} s; report {path}")
+    return tuned
+
+
+async def run_model(model: LoadModel, args: argparse.Namespace, cap: float) -> dict[str, Any]:
+    slo_s = args.slo_ms / 1e3
     rates = [(cap / 2, args.phase), (cap * args.surge, args.phase), (cap / 2, args.phase)]
     runs = [await measure(model, config, rates, slo_s, args.phase) for config in CONFIGS]
     batch1 = in_process_batch1_ms(model.onnx, model.inputs)
@@ -283,7 +318,8 @@ def versus_naive(model: LoadModel, seconds: float) -> dict[str, Any]:
 
 def print_model(result: dict[str, Any], phase: float, slo_ms: float) -> None:
     print(f"\n== {result['name']} (capacity {result['capacity_per_s']:.0f}/s, accuracy "
-          f"{result['accuracy']}, budget {result['max_accuracy_drop']} points)")
+          f"{result['accuracy']}, budget {result['max_accuracy_drop']} points, peak config "
+          f"{result.get('peak', {}).get('chosen')})")
     for run in result["runs"]:
         print(f"\n{run['config']}: second offered p99_ms goodput shed accuracy mix")
         for w in run["windows"]:
@@ -297,7 +333,8 @@ def print_model(result: dict[str, Any], phase: float, slo_ms: float) -> None:
               f"{slo_ms:g} ms: {s['surge_windows_within_slo']:.0%}, shed {s['shed']}, mean "
               f"accuracy {s['mean_accuracy']}, half-load p50 {s['half_load_p50_ms']} ms "
               f"(target <= {s['half_load_p50_target_ms']:.2f}); 1 client p50 "
-              f"{run['closed_loop_p50_ms']:.2f} ms ({run['closed_loop_per_s']:.0f}/s)")
+              f"{run['closed_loop_p50_ms']:.2f} ms ({run['closed_loop_per_s']:.0f}/s); shed by "
+              f"reason {run['shed_reasons']}, mean batch {run['mean_batch']}")
     goodput = {r["config"]: r["summary"]["surge_goodput_per_s"] for r in result["runs"]}
     if goodput.get("untuned") and goodput.get("peak"):
         print(f"  adaptive surge goodput: {goodput['adaptive'] / goodput['untuned']:.2f}x "
@@ -323,7 +360,12 @@ def run_all(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             model = BUILDERS[name](Path(tmp) / name, args.slo_ms)
-            result = asyncio.run(run_model(model, args))
+            cap = (args.capacity[name] if name in args.capacity
+                   else asyncio.run(untuned_capacity(model)))
+            peak = ({"chosen": "int8-static (hand-set)"} if args.hand_peak
+                    else peak_by_tune(model, cap * args.surge, args))
+            result = asyncio.run(run_model(model, args, cap))
+            result["peak"] = peak
             if name == "resnet64" and not args.no_naive:  # its own event loops: not in one
                 result["one_client_http"] = versus_naive(model, args.closed_s)
             models.append(result)
@@ -332,6 +374,14 @@ def run_all(args: argparse.Namespace) -> None:
         print_model(result, args.phase, args.slo_ms)
     print(f"\nload average before {load_before}, after {os.getloadavg()}")
     print(f"wrote {RESULTS / args.out} and {ROOT / args.plot}")
+
+
+def capacities(text: str) -> dict[str, float]:
+    """`fashion=3795,resnet64=548` -> {model: requests/s}."""
+    try:
+        return {name: float(rate) for name, rate in (p.split("=") for p in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=RATE,... got {text!r}") from None
 
 
 def main() -> None:
@@ -343,6 +393,11 @@ def main() -> None:
     parser.add_argument("--closed-s", type=float, default=5.0,
                         help="seconds of the 1-client HTTP comparison")
     parser.add_argument("--no-naive", action="store_true", help="skip the FastAPI comparison")
+    parser.add_argument("--capacity", type=capacities, default={},
+                        help="NAME=RATE,...: take these capacities (requests/s) instead of "
+                             "measuring them, to replay another run's trace")
+    parser.add_argument("--hand-peak", action="store_true",
+                        help="peak = int8-static with the untuned batching, not tuned")
     parser.add_argument("--out", default="surge_load.json", help="under benchmarks/results/")
     parser.add_argument("--plot", default=str(PLOT.relative_to(ROOT)))
     run_all(parser.parse_args())

@@ -88,7 +88,8 @@ class SurgeMetrics:
         self.shed = Counter(
             "surge_shed_requests", "Requests refused or dropped unanswered, by reason: "
             "queue_full (admission, queue at max_size), predicted_miss (admission, predicted to "
-            "finish past its deadline), deadline (expired while queued).", ["model", "reason"],
+            "finish past its deadline), deadline (expired while queued), late (refused at dispatch: "
+            "its batch predicted to finish past its deadline).", ["model", "reason"],
             registry=r)
         self.variant_requests = Counter(
             "surge_variant_requests", "Answered requests of a laddered model by the variant that "

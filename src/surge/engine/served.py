@@ -29,7 +29,7 @@ from surge.engine.interface import ModelHandle
 from surge.engine.metrics import SurgeMetrics
 from surge.engine.route import check_pin, request_route
 from surge.engine.stats import Counters
-from surge.engine.timing import RequestTiming, request_timing
+from surge.engine.timing import LoopLag, RequestTiming, request_timing
 from surge.errors import (
     DeadlineExceededError,
     InputError,
@@ -120,6 +120,11 @@ class ServedModel:
         self._slo_s = slo / 1e3 if slo is not None else None
         self._m_slo = (self.metrics.slo_requests.labels(name, "yes"),
                        self.metrics.slo_requests.labels(name, "no"))
+        # Children looked up once: the refusal path runs thousands of times a second in a surge.
+        self._m_refused = self.metrics.rejected.labels(name, "admission")
+        self._m_shed = {reason: self.metrics.shed.labels(name, reason)
+                        for reason in ("queue_full", "predicted_miss", "deadline", "late")}
+        self._lag = LoopLag(self._loop, self._clock, self._set_lag)
         self.live = 0  # instances taking batches, as the pool reported them
         self._probes: set[int] = set()  # ids of the latency probe's batches in flight
 
@@ -225,11 +230,12 @@ class ServedModel:
     async def infer(self, request: Request) -> dict[str, np.ndarray]:
         if not self.accepting:
             raise ModelNotReadyError(f"model {self.name!r} is not accepting requests")
+        self._lag.sample(request.arrival)
         try:
             request = self.scheduler.add(request, request.arrival)
         except QueueFullError as error:
-            self.metrics.rejected.labels(self.name, "admission").inc()
-            self.metrics.shed.labels(self.name, error.reason).inc()
+            self._m_refused.inc()
+            self._m_shed[error.reason].inc()
             raise
         future: asyncio.Future[dict[str, np.ndarray]] = self._loop.create_future()
         self._futures[request.id] = future
@@ -274,7 +280,7 @@ class ServedModel:
         now = self._clock()
         for request in self.scheduler.expire(now):
             self.metrics.expired.labels(self.name).inc()
-            self.metrics.shed.labels(self.name, "deadline").inc()
+            self._m_shed["deadline"].inc()
             self._reject(request, DeadlineExceededError(
                 f"deadline exceeded after {(now - request.arrival) * 1e3:.1f} ms in the queue"))
         pool = self.pool
@@ -283,6 +289,10 @@ class ServedModel:
         while (batch := self.scheduler.next_batch(now, pool.idle_count,
                                                   pool.idle_workers)) is not None:
             self._send(batch, now)
+        for request in self.scheduler.take_late():
+            self._m_shed["late"].inc()
+            self._reject(request, DeadlineExceededError(
+                "refused before computing: its batch was predicted to finish past the deadline"))
         self._m_depth.set(self.scheduler.queued)
         if self.scheduler.idle():
             self._idle.set()
@@ -402,6 +412,10 @@ class ServedModel:
 
     def batch_estimate(self, size: int) -> float | None:
         return self.scheduler.batch_time(size)
+
+    def _set_lag(self, seconds: float) -> None:
+        """The front end's lag changed: admission and dispatch allow for it."""
+        self.scheduler.lag_s = seconds
 
     def _set_live(self, live: int) -> None:
         """Instances taking batches: admission and deadlines predict with these (a Ray pool

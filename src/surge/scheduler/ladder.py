@@ -5,10 +5,11 @@ all loaded and warm, each with its measured accuracy. `LadderController` is a pu
 machine over them (no clocks or sockets; the caller hands in `now` and the arrival rate):
 
 - every `interval_s` it predicts the p99 latency of the current mix at the measured arrival
-  rate from each rung's batch-time model; above the SLO it moves a further `step` of the
-  traffic one rung down, but only onto rungs whose accuracy lies within `max_accuracy_drop`
-  of the top rung, so the budget holds for every answer (and their mean). What the lowest
-  usable rung cannot absorb is left to admission control, which sheds it;
+  rate from each rung's batch-time model; once that has stayed above the SLO for `down_hold_s`
+  it moves a further `step` of the traffic one rung down at each decision, but only onto rungs
+  whose accuracy lies within `max_accuracy_drop` of the top rung, so the budget holds for
+  every answer (and their mean). What the lowest usable rung cannot absorb is left to
+  admission control, which sheds it;
 - it moves a step back up only after the mix one step up has been predicted within
   `up_margin` of the SLO for `hold_s` without a break (hysteresis: a surge that pauses for a
   moment does not bounce traffic back to the expensive rung);
@@ -47,6 +48,12 @@ class LadderSettings:
     step: float = 0.25  # share of the traffic moved per decision
     interval_s: float = 0.05  # least time between two decisions
     hold_s: float = 2.0  # the calm one step up must last this long before moving up
+    # The pressure (predicted past the SLO) must last this long before the first step down:
+    # one slow stretch of batches at half load (another process taking the core) inflates the
+    # fitted batch time for a moment and, measured, moved traffic down with no surge at all.
+    # The fit spans the last 64 batches, most of a second at a few hundred requests/s; a real
+    # surge still moves all the way down a two-rung ladder in 0.65 s (+ 3 intervals).
+    down_hold_s: float = 0.5
     up_margin: float = 0.6  # "calm": the mix one step up predicted within this share of the SLO
     # Plan rungs at most this busy: near saturation Poisson queueing, not the batch time,
     # makes the p99.
@@ -61,6 +68,8 @@ class LadderSettings:
             raise ValueError(f"step must be in (0, 1], got {self.step}")
         if not 0.0 < self.up_margin <= 1.0 or not 0.0 < self.max_utilisation <= 1.0:
             raise ValueError("up_margin and max_utilisation must be in (0, 1]")
+        if self.hold_s < 0 or self.down_hold_s < 0:
+            raise ValueError("hold_s and down_hold_s must be >= 0")
 
 
 def usable_rungs(rungs: Sequence[Rung], max_drop: float) -> tuple[Rung, ...]:
@@ -141,6 +150,7 @@ class LadderController:
         self._credit = [0.0] * len(self.rungs)
         self._decided = -math.inf
         self._calm_since: float | None = None
+        self._pressed_since: float | None = None  # predicted past the SLO since
 
     @property
     def top(self) -> str:
@@ -180,9 +190,13 @@ class LadderController:
         self._decided = now
         self.predicted_p99 = self.predict(self.level, rate)
         if self.predicted_p99 > settings.slo_s and self.level < self.depth:
-            self._move(min(self.depth, self.level + settings.step))
             self._calm_since = None
+            if self._pressed_since is None:
+                self._pressed_since = now
+            if now - self._pressed_since >= settings.down_hold_s - 1e-9:
+                self._move(min(self.depth, self.level + settings.step))
             return
+        self._pressed_since = None
         up = max(0.0, self.level - settings.step)
         if self.level == 0.0 or self.predict(up, rate) > settings.up_margin * settings.slo_s:
             self._calm_since = None

@@ -11,12 +11,16 @@ tested with plain numbers.
 - `static_due` (no SLO): today's fixed `max_queue_delay_ms`, except that a batch does not wait
   for a request the arrival rate says will come after the delay has run out anyway (one
   closed-loop client would otherwise pay the full delay on every request).
+- `late_requests` (any model, at dispatch): which requests of a batch about to go would finish
+  past their deadline, so they are refused instead of computed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from surge.scheduler.types import Request
 
 
 @dataclass(frozen=True)
@@ -67,3 +71,30 @@ def static_due(oldest_age: float, delay_s: float, gap: float | None, since_last:
     if gap is None:
         return False
     return gap - since_last > delay_s - oldest_age
+
+
+def late_requests(requests: Sequence[Request], start: float,
+                  batch_time: Callable[[int], float | None], exempt: int | None = None
+                  ) -> frozenset[int]:
+    """Ids of the requests to refuse rather than compute, of a batch that starts at `start`.
+
+    A request finishes at `start` plus the batch time of what is computed with it. The earliest
+    deadlines are dropped first until every remaining request finishes by its own: each drop
+    makes the batch shorter, and dropping the tightest deadline is the drop that keeps the most
+    requests. Requests without a deadline, the `exempt` one (a probe admitted to re-measure a
+    stale estimate) and every request while batch time is unknown are kept.
+    """
+    dated = [(r.deadline, r.id, r.batch_size) for r in requests
+             if r.deadline is not None and r.id != exempt]
+    size = sum(r.batch_size for r in requests)
+    whole = batch_time(size) if dated else None
+    if whole is None or min(dated)[0] >= start + whole:  # the common case: all on time
+        return frozenset()
+    late: list[int] = []
+    for deadline, request_id, rows in sorted(dated):
+        seconds = batch_time(size)
+        if seconds is None or deadline >= start + seconds:
+            break
+        late.append(request_id)
+        size -= rows
+    return frozenset(late)

@@ -5,6 +5,7 @@ comes back. The driver's loop is
 
     expired = expire(now)                       # answer these with DeadlineExceededError
     while (batch := next_batch(now, idle)):     # hand each batch to an idle worker
+    late = take_late()                          # refused at dispatch: answer these too
     wake at next_wakeup(now, idle)              # or earlier, when a request or result arrives
     complete(batch, outputs, now, instance=i)   # per-request outputs; i's batch time learnt
     fail(batch)                                 # the requests to fail
@@ -26,7 +27,7 @@ import numpy as np
 from surge.errors import QueueFullError
 from surge.scheduler.estimate import InstanceTimes
 from surge.scheduler.latency import ArrivalRate
-from surge.scheduler.policy import QueueView, slo_wait, static_due
+from surge.scheduler.policy import QueueView, late_requests, slo_wait, static_due
 from surge.scheduler.types import Batch, Completed, Request, SchedulerConfig, ShapeKey
 
 _Entry = tuple[int, int, Request]  # (priority, arrival sequence, request): heap order
@@ -56,6 +57,10 @@ class Scheduler:
         self._inflight: dict[int, Batch] = {}
         self._times = InstanceTimes(config.ewma_alpha, config.outlier_multiple, config.workers)
         self.arrivals = ArrivalRate()
+        # Seconds a request loses outside the scheduler (the front end's backlog before it
+        # arrives and after it is answered), set by the driver; every deadline allows for it.
+        self.lag_s = 0.0
+        self._late: list[Request] = []  # refused at dispatch, for the driver to answer
         self._probe: int | None = None  # the request admitted to re-measure a stale estimate
         self._last_probe = float("-inf")
         self._seq = 0
@@ -154,7 +159,8 @@ class Scheduler:
                 and now - self._last_probe >= self.config.probe_interval_s)
 
     def predicted_completion(self, request: Request, now: float) -> float | None:
-        """When `request` would finish: wait for a busy worker, then the work queued ahead.
+        """When `request`'s answer would be out: wait for a busy worker, then the work queued
+        ahead, then the front end's lag.
 
         Work ahead is every queued item at the same or a more urgent priority; None while no
         batch has been measured yet.
@@ -165,7 +171,7 @@ class Scheduler:
         items = request.batch_size + sum(
             n for p, n in self._items_by_priority.items() if p <= request.priority
         )
-        return now + self._finish_time(items, now)
+        return now + self._finish_time(items, now) + self.lag_s
 
     def _finish_time(self, items: int, now: float) -> float:
         """Seconds until the last of `items` queued items is computed.
@@ -250,9 +256,9 @@ class Scheduler:
     def expire(self, now: float) -> list[Request]:
         """Remove and return the queued requests that can no longer meet their deadline.
 
-        That is, the deadline has passed, or is closer than the earliest it could finish if
-        dispatched now (a worker freeing up, then the fastest batch ever measured): computing
-        such a request would only produce an answer nobody waits for.
+        That is, the deadline has passed, or is closer than the earliest it could be answered
+        if dispatched now (`_earliest_finish`): computing such a request would only produce an
+        answer nobody waits for.
         """
         expired: list[Request] = []
         kept: list[tuple[float, int]] = []
@@ -306,10 +312,17 @@ class Scheduler:
         if idle_workers < 1 or not self._live:
             return None
         for key, queue in sorted(self._queues.items(), key=lambda kv: kv[1].heap[0][:2]):
-            taken = self._choose(queue, now, spread)
-            if taken:
-                return self._dispatch(key, queue, taken, now)
+            while key in self._queues and (taken := self._choose(queue, now, spread)):
+                batch = self._dispatch(key, queue, taken, now)
+                if batch is not None:
+                    return batch
         return None
+
+    def take_late(self) -> list[Request]:
+        """The requests `next_batch` refused rather than compute: the batch they would have
+        joined was predicted to finish past their deadline. The driver answers them."""
+        late, self._late = self._late, []
+        return late
 
     def _choose(self, queue: _KeyQueue, now: float, spread: int) -> int:
         """How many requests (from the head, in priority order) to dispatch now; 0 = wait."""
@@ -355,17 +368,26 @@ class Scheduler:
             queue.arrivals.popleft()
         return queue.arrivals[0]
 
-    def _dispatch(self, key: ShapeKey, queue: _KeyQueue, count: int, now: float) -> Batch:
+    def _dispatch(self, key: ShapeKey, queue: _KeyQueue, count: int, now: float
+                  ) -> Batch | None:
+        """The first `count` requests as a batch, less those it would finish too late for
+        (None when that is all of them)."""
         requests = tuple(heapq.heappop(queue.heap)[2] for _ in range(count))
-        offsets = [0]
         for request in requests:
-            offsets.append(offsets[-1] + request.batch_size)
             del self._live[request.id]
             self._count(request, -1)
-        queue.items -= offsets[-1]
+        queue.items -= sum(r.batch_size for r in requests)
         self._forget_empty(key, queue)
+        start = now + self._first_free(now) + self.lag_s
+        late = late_requests(requests, start, self.batch_time, self._probe)
+        if late:
+            self._late.extend(r for r in requests if r.id in late)
+            requests = tuple(r for r in requests if r.id not in late)
+            if not requests:
+                return None
+        offsets = tuple(accumulate((r.batch_size for r in requests), initial=0))
         self._next_batch_id += 1
-        batch = Batch(self._next_batch_id, requests, tuple(offsets), now, self.batched)
+        batch = Batch(self._next_batch_id, requests, offsets, now, self.batched)
         self._inflight[batch.id] = batch
         return batch
 
@@ -458,11 +480,16 @@ class Scheduler:
         return self._probe is not None and any(r.id == self._probe for r in batch.requests)
 
     def _earliest_finish(self, now: float) -> float:
-        """Seconds from now before a request dispatched now could be done (0: unmeasured)."""
+        """Seconds from now before a request dispatched now could be answered (0: unmeasured):
+        a worker freeing up, the fastest batch ever measured, the front end's lag."""
         fastest = self._times.fastest()
-        if not fastest or len(self._inflight) < self.workers:
-            return fastest
-        return fastest + min(
+        return fastest + self._first_free(now) + self.lag_s if fastest else 0.0
+
+    def _first_free(self, now: float) -> float:
+        """Seconds until a worker can start a batch handed out now (0.0 while one is idle)."""
+        if len(self._inflight) < self.workers:
+            return 0.0
+        return min(
             max(0.0, b.dispatched + (self.batch_time(b.size) or 0.0) - now)
             for b in self._inflight.values()
         )

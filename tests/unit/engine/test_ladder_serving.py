@@ -154,7 +154,7 @@ async def overload(s: Ladder, waves: int, per_wave: int, route: VariantRoute | N
 def test_a_surge_moves_unpinned_traffic_down_and_never_a_pinned_request(tmp_path: Path) -> None:
     async def body() -> None:
         async with laddered(tmp_path) as s:
-            flood = await overload(s, waves=10, per_wave=80)
+            flood = await overload(s, waves=20, per_wave=80)
             assert all(t.done() for t in flood)
             assert s.served.controller.level == 1.0
             assert s.served.controller.shares() == {"original": 0.0, "fast": 1.0}

@@ -14,7 +14,8 @@ import pytest
 
 from surge.engine import Engine
 from surge.engine.served import probe_inputs
-from surge.errors import QueueFullError
+from surge.engine.timing import LAG_HOPS, LoopLag
+from surge.errors import DeadlineExceededError, QueueFullError
 from surge.repository import Repository
 from surge.runtimes.base import Signature, TensorSpec
 from tests.unit.engine.fakes import FakeClock, FakePools, Served, make_repo, settle
@@ -161,5 +162,76 @@ def test_a_hung_probe_is_not_retried_and_the_model_still_loads(tmp_path: Path) -
         assert served.model.scheduler.queued == 0
         assert engine.stats("m").inference_count == 0
         await engine.stop(grace_s=0.0)
+
+    run(body())
+
+
+def test_requests_the_dispatch_finds_late_are_answered_and_never_computed(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with probed(tmp_path) as s:
+            await s.infer(0.0)  # the worker computes it (2.5 ms)
+            # 7 wait behind it: 2.5 + 5.5 ms predicted against 10 ms each, all admitted
+            queued = await s.infer(*range(1, 8), timeout_us=10_000)
+            assert not any(t.done() for t in queued)
+            s.model._set_lag(0.0052)  # the front end's lag, learnt meanwhile
+            s.pool.finish(service_s=0.0025)
+            await settle()
+            # 5.2 ms of lag + a batch of 7 (5.5 ms) or 6 (5 ms) passes 10 ms; of 5 (4.5 ms) not
+            late = [t for t in queued if t.done()]
+            assert len(late) == 2
+            for task in late:
+                error = task.exception()
+                assert isinstance(error, DeadlineExceededError)
+                assert "refused before computing" in str(error)
+            assert s.pool.dispatched[-1].size == 5
+            assert s.engine.metrics.shed.labels("m", "late")._value.get() == 2
+            s.pool.finish(service_s=0.0045)
+            await settle()
+            assert all(t.done() and t.exception() is None for t in queued if t not in late)
+
+    run(body())
+
+
+def test_the_loop_lag_probe_sets_what_admission_allows_for(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with probed(tmp_path) as s:
+            first = asyncio.create_task(s.engine.infer("m", None, {"x": np.ones((1, 4),
+                                                                             np.float32)}))
+            await asyncio.sleep(0)  # it arrived and queued its probe of the loop...
+            s.clock.advance(0.030)  # ...which the loop runs 30 ms later
+            await asyncio.sleep(0)
+            lag = s.model.scheduler.lag_s
+            assert lag == pytest.approx(LAG_HOPS * 0.2 * 0.030)  # first sample: a fifth of it
+            # 2.5-5 ms of batches plus `lag` (12 ms): 12 ms is too little, 100 ms enough
+            (tight,) = await s.infer(1.0, timeout_us=12_000)
+            (loose,) = await s.infer(2.0, timeout_us=100_000)
+            assert isinstance(tight.exception(), QueueFullError)
+            assert not loose.done()
+            for _ in range(3):
+                if s.pool.held[0]:
+                    s.pool.finish(service_s=0.0025)
+                await settle()
+            assert first.done()
+            assert loose.done()
+            assert loose.exception() is None
+
+    run(body())
+
+
+def test_loop_lag_probes_one_at_a_time_and_at_most_every_interval() -> None:
+    async def body() -> None:
+        clock, seen = FakeClock(), []
+        lag = LoopLag(asyncio.get_running_loop(), clock, seen.append, every_s=0.005)
+        lag.sample(clock())
+        lag.sample(clock())  # one probe waits already
+        clock.advance(0.040)  # the loop is busy for 40 ms before the probe runs
+        await asyncio.sleep(0)
+        assert seen == [pytest.approx(LAG_HOPS * 0.2 * 0.040)]
+        lag.sample(clock())
+        await asyncio.sleep(0)
+        lag.sample(clock() + 0.001)  # within 5 ms of the last probe
+        await asyncio.sleep(0)
+        assert len(seen) == 2
+        assert seen[1] < seen[0]  # a probe that ran at once brings the level down
 
     run(body())

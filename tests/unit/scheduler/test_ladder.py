@@ -133,6 +133,25 @@ def test_a_break_in_the_calm_restarts_the_hold() -> None:
     assert ladder.level == 0.75
 
 
+def test_an_isolated_spike_in_the_prediction_moves_nothing_down() -> None:
+    ladder = controller(down_hold_s=0.3)
+    calm, surge = 0.3 * capacity("original"), 3 * capacity("original")
+    now = run(ladder, 0.0, 2.0, calm)
+    for _ in range(3):  # three spikes of 0.2 s each, calm in between
+        now = run(ladder, now, 0.2, surge)
+        now = run(ladder, now, 0.5, calm)
+    assert ladder.level == 0.0
+
+
+def test_a_lasting_surge_moves_all_the_way_down_within_half_a_second() -> None:
+    ladder = controller(down_hold_s=0.3)
+    now = run(ladder, 0.0, 2.0, rate=0.3 * capacity("original"))
+    now = run(ladder, now, 0.25, rate=3 * capacity("original"))
+    assert ladder.level == 0.0  # not yet: the pressure has lasted 0.2 s
+    run(ladder, now, 0.25, rate=3 * capacity("original"))
+    assert ladder.level == ladder.depth
+
+
 def test_load_between_thresholds_does_not_bounce() -> None:
     """Predicted one step up above up_margin * SLO but below the SLO: no move either way."""
     ladder = controller(hold_s=0.5)
@@ -155,7 +174,7 @@ def test_pinned_requests_are_never_downgraded() -> None:
 
 
 def test_shares_route_exact_counts() -> None:
-    ladder = controller(step=0.25)
+    ladder = controller(step=0.25, down_hold_s=0.0)
     ladder.update(0.0, 1.3 * capacity("original"))  # one step down
     assert ladder.level == 0.25
     counts = Counter(ladder.choose() for _ in range(100))
@@ -163,7 +182,7 @@ def test_shares_route_exact_counts() -> None:
 
 
 def test_decides_at_most_once_per_interval() -> None:
-    ladder = controller(interval_s=0.1)
+    ladder = controller(interval_s=0.1, down_hold_s=0.0)
     ladder.update(1.0, 3 * capacity("original"))
     ladder.update(1.05, 3 * capacity("original"))
     assert ladder.level == 0.25
@@ -184,6 +203,8 @@ def test_settings_are_checked() -> None:
         LadderSettings(0.0, 1.0)
     with pytest.raises(ValueError, match="max_accuracy_drop"):
         LadderSettings(0.05, -1.0)
+    with pytest.raises(ValueError, match="down_hold_s"):
+        LadderSettings(0.05, 1.0, down_hold_s=-0.1)
 
 
 def test_window_rate_counts_items() -> None:

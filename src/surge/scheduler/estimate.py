@@ -26,6 +26,9 @@ class BatchTimes:
         self.alpha = alpha
         self.outlier_multiple = outlier_multiple
         self._times: dict[int, float] = {}
+        # The estimates capped by every larger size's: a batch does not take longer than a
+        # larger one, though a size measured rarely (or last in a stall) can say so for long.
+        self._capped: dict[int, float] = {}
         self.line = LinearLatency()  # the same samples as a + b * n, for any size
 
     def __bool__(self) -> bool:
@@ -41,20 +44,21 @@ class BatchTimes:
         measured size it takes the nearest larger one (errs towards admitting less), above
         every one it scales the largest.
         """
-        if size in self._times:
-            return self._times[size]
-        if not self._times:
+        times = self._capped
+        if size in times:
+            return times[size]
+        if not times:
             return None
-        larger = [s for s in self._times if s > size]
-        smaller = [s for s in self._times if s < size]
+        larger = [s for s in times if s > size]
+        smaller = [s for s in times if s < size]
         if larger and smaller:
             low, high = max(smaller), min(larger)
             share = (size - low) / (high - low)
-            return self._times[low] + share * (self._times[high] - self._times[low])
+            return times[low] + share * (times[high] - times[low])
         if larger:
-            return self._times[min(larger)]
-        biggest = max(self._times)
-        return self._times[biggest] * size / biggest
+            return times[min(larger)]
+        biggest = max(times)
+        return times[biggest] * size / biggest
 
     def fastest(self) -> float:
         """The smallest estimate of any size (0.0 before any measurement)."""
@@ -68,6 +72,7 @@ class BatchTimes:
         self._times[size] = sample if previous is None else (
             self.alpha * sample + (1 - self.alpha) * previous
         )
+        self._cap()
 
     def remeasure(self, size: int, seconds: float) -> None:
         """Take `seconds` as the estimate of `size`: the old one was found stale.
@@ -76,6 +81,15 @@ class BatchTimes:
         """
         self._times[size] = self._bounded(size, seconds)
         self.line.record(size, self._times[size])
+        self._cap()
+
+    def _cap(self) -> None:
+        smallest_above = float("inf")
+        capped = {}
+        for size in sorted(self._times, reverse=True):
+            smallest_above = min(smallest_above, self._times[size])
+            capped[size] = smallest_above
+        self._capped = capped
 
     def _bounded(self, size: int, seconds: float) -> float:
         """`seconds`, cut to the outlier multiple of the current estimate (of a nearby size

@@ -45,11 +45,23 @@ def test_a_real_slowdown_takes_over_within_a_few_batches() -> None:
 
 def test_first_sample_of_a_size_is_bounded_by_its_neighbours() -> None:
     times = BatchTimes(outlier_multiple=4.0)
-    times.record(8, 0.040)
-    times.record(2, 10.0)  # estimated from size 8 before: 40 ms
-    assert times.estimate(2) == pytest.approx(0.160)
-    times.record(16, 0.070)  # scaled from size 8: 80 ms; a faster sample is kept as is
-    assert times.estimate(16) == pytest.approx(0.070)
+    times.record(2, 0.010)
+    times.record(8, 10.0)  # estimated from size 2 before: 40 ms
+    assert times.estimate(8) == pytest.approx(0.160)
+    times.record(16, 0.170)  # scaled from size 8: 320 ms; a faster sample is kept as is
+    assert times.estimate(16) == pytest.approx(0.170)
+
+
+def test_a_batch_is_never_estimated_slower_than_a_larger_one() -> None:
+    times = BatchTimes(alpha=0.2, outlier_multiple=4.0)
+    times.record(8, 0.0048)
+    times.record(4, 0.0197)  # a size run rarely, last during a stall
+    assert times.estimate(4) == pytest.approx(0.0048)
+    assert times.estimate(6) == pytest.approx(0.0048)  # between two capped sizes
+    assert times.estimate(2) == pytest.approx(0.0048)
+    times.record(2, 0.001)
+    assert times.estimate(2) == pytest.approx(0.001)  # smaller ones keep their own
+    assert times.estimate(16) == pytest.approx(0.0096)  # above: scaled from the largest
 
 
 def test_remeasure_replaces_the_estimate() -> None:

@@ -8,19 +8,26 @@
 3. Overhead at 64 clients: the Engine in process serving `detector` fed decoded UINT8 canvases
    and `detector-boxes` (PNG bytes -> decode -> detector -> thresholded, labelled boxes), one
    canvas per request, closed loop. Per request: front-end CPU (this process: event loop,
-   clients, processor threads), worker CPU (the detector's worker processes), p99. The extra CPU
-   of the pipeline is compared with the decode cost itself (target: at most 10% above it).
+   clients, processor threads), worker CPU (the detector's worker processes), p99, and the thread
+   CPU of the decode and box steps as the server itself measured them in the same window (the
+   pipeline's `steps` statistics: what the steps cost in situ, under this load, where the shared
+   cores make them dearer than alone). The extra CPU of the pipeline is compared with the decode
+   cost itself (target: at most 10% above it), and with decode + boxes in situ.
    A third leg, `detector-boxes` with its box step handed to a processor thread as before it
    was declared inline, measures what running cheap steps on the event loop saves; a fourth,
    with every decode handed to a processor thread as before small images were decoded on the
    loop, what that saves; a fifth does the pipeline's work by hand (decode, detector, boxes on
    the loop, no pipeline) under the same load: the pipeline's own cost is the difference, and
-   what the steps cost under load is set apart from what they cost alone. The legs run in
-   turn `--rounds` times (load from other processes drifts); each figure is the mean over them.
-4. Hand-off: the box step alone on one request's outputs (1 x 32 boxes), awaited on an event
+   what the steps cost under load is set apart from what they cost alone (this leg times its own
+   decode and boxes the same way). The legs run in turn `--rounds` times (load from other
+   processes drifts); each figure is the mean over them. `--legs` picks some (py-spy profiles).
+4. Steps alone (`--only steps`): CPU per call of the decode and box steps on one request and of
+   a top-5 over 1,000 named classes, on one thread.
+5. Hand-off: the box step alone on one request's outputs (1 x 32 boxes), awaited on an event
    loop one call after another, inline and through the processor threads: process CPU per call.
 
     .venv/bin/python benchmarks/pipelines.py --duration 10 --concurrency 64
+    .venv/bin/python benchmarks/pipelines.py --only overhead --legs model,pipeline --rounds 1
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +134,27 @@ def decoders(repeats: int) -> dict[str, dict[str, float]]:
     return rows
 
 
+def steps_alone(repeats: int) -> dict[str, float]:
+    """CPU us per call of the steps on one request, alone on one thread: the detector's decode
+    and box steps, and a top-5 over 1,000 named classes (the `imagenet` pipelines' last step)."""
+    from surge.processors.classification import topk
+
+    rng = np.random.default_rng(0)
+    found = {"boxes": rng.random((1, 32, 4), dtype=np.float32) * 128,
+             "scores": rng.random((1, 32), dtype=np.float32),
+             "labels": rng.integers(0, 10, (1, 32))}
+    config = Repository(EXAMPLES).config("detector")
+    box_params = {**config.parameters, "labels": list(config.labels or [])}
+    logits = {"logits": rng.random((1, 1000), dtype=np.float32)}
+    top5 = {"k": 5, "labels": [f"class {i}" for i in range(1000)]}
+    canvas = {"image": np.array([_png(_canvases(1)[0])], dtype=object)}
+    result = {"decode PNG 128x128": _cpu_ms(lambda: decode(canvas, CANVAS), repeats) * 1e3,
+              "boxes 1x32": _cpu_ms(lambda: boxes(found, box_params), repeats) * 1e3,
+              "top-5 of 1000": _cpu_ms(lambda: topk(logits, top5), repeats) * 1e3}
+    print("steps alone, CPU per call: " + ", ".join(f"{k} {v:.1f} us" for k, v in result.items()))
+    return result
+
+
 def thread_scaling(count: int) -> dict[str, float]:
     data, params = _inputs()["JPEG 512x512 -> 224"]
     batch = {"image": np.array([data], dtype=object)}
@@ -156,46 +185,63 @@ def _worker_cpu_s() -> float:
 
 
 Call = Callable[[dict[str, np.ndarray]], Awaitable[object]]
+Probe = Callable[[], dict[str, int]]  # running thread CPU ns by step name
 
 
-async def _level(call: Call, payloads: list[dict[str, np.ndarray]],
-                 concurrency: int, duration: float) -> dict[str, float]:
+@dataclass(frozen=True)
+class Leg:
+    """One overhead leg: what its clients call, with what, and where its steps' CPU is read."""
+
+    title: str
+    call: Call
+    payloads: list[dict[str, np.ndarray]]
+    probe: Probe = dict
+    # (items, batches) the detector has computed: its mean batch explains most of the worker
+    # CPU per request (a batch's fixed cost is shared by fewer requests in a smaller batch)
+    batches: Callable[[], tuple[int, int]] = lambda: (0, 0)
+
+
+LEGS = ("model", "pipeline", "boxes-thread", "decode-thread", "by-hand")
+STEPS = ("decode", "keep")  # detector-boxes' processor steps (the by-hand leg names its own so)
+
+
+async def _level(leg: Leg, concurrency: int, duration: float) -> dict[str, float]:
     latencies: list[float] = []
     stop = time.perf_counter() + duration
 
     async def client(index: int) -> None:
         while time.perf_counter() < stop:
             started = time.perf_counter()
-            await call(payloads[index % len(payloads)])
+            await leg.call(leg.payloads[index % len(leg.payloads)])
             latencies.append(time.perf_counter() - started)
             index += concurrency
 
     await asyncio.gather(*(client(i) for i in range(concurrency)))  # warm-up pass below
     latencies.clear()
     stop = time.perf_counter() + duration
+    steps, batches = leg.probe(), leg.batches()
     cpu, workers, wall = time.process_time(), _worker_cpu_s(), time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(concurrency)))
     cpu, workers = time.process_time() - cpu, _worker_cpu_s() - workers
     wall, count = time.perf_counter() - wall, len(latencies)
+    items, batched = (now - then for now, then in zip(leg.batches(), batches, strict=True))
+    in_situ = {f"{step}_cpu_us": (ns - steps.get(step, 0)) / count / 1e3
+               for step, ns in leg.probe().items()}
     return {"requests_per_s": count / wall, "p99_ms": float(np.percentile(latencies, 99) * 1e3),
-            "frontend_cpu_us": cpu / count * 1e6, "worker_cpu_us": workers / count * 1e6}
+            "frontend_cpu_us": cpu / count * 1e6, "worker_cpu_us": workers / count * 1e6,
+            "detector_batch": items / batched if batched else float("nan"), **in_situ}
 
 
 def _mean(levels: list[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.mean([level[key] for level in levels])) for key in levels[0]}
 
 
-def _extra(level: dict[str, float], model: dict[str, float]) -> float:
-    return (level["frontend_cpu_us"] + level["worker_cpu_us"]
-            - model["frontend_cpu_us"] - model["worker_cpu_us"])
-
-
-async def _legs(legs: dict[str, tuple[Call, list[dict[str, np.ndarray]]]], concurrency: int,
-                duration: float, rounds: int) -> dict[str, dict[str, float]]:
+async def _legs(legs: dict[str, Leg], concurrency: int, duration: float,
+                rounds: int) -> dict[str, dict[str, float]]:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in legs}
     for _ in range(rounds):
-        for name, (call, payloads) in legs.items():
-            runs[name].append(await _level(call, payloads, concurrency, duration))
+        for name, leg in legs.items():
+            runs[name].append(await _level(leg, concurrency, duration))
     return {name: _mean(levels) for name, levels in runs.items()}
 
 
@@ -205,24 +251,100 @@ def _served(engine: Engine, model: str) -> Call:
     return call
 
 
-def _by_hand(engine: Engine) -> Call:
-    """The pipeline's work without the pipeline: decode and boxes on the loop, the detector."""
+def _steps_cpu(engine: Engine, pipeline: str) -> Probe:
+    """The pipeline's processor steps' CPU, as the server measures it (its `steps` statistics)."""
+    def probe() -> dict[str, int]:
+        steps = getattr(engine.stats(pipeline), "steps", {})
+        return {step: cpu["cpu_ns"] for step, cpu in steps.items()}
+    return probe
+
+
+def _by_hand(engine: Engine) -> tuple[Call, Probe]:
+    """The pipeline's work without the pipeline: decode and boxes on the loop, the detector;
+    each step's thread CPU timed the way the server times its steps."""
     config = Repository(EXAMPLES).config("detector")
     params = {**config.parameters, "labels": list(config.labels or [])}
+    totals = dict.fromkeys(STEPS, 0)
 
     async def call(inputs: dict[str, np.ndarray]) -> object:
+        started = time.thread_time_ns()
         pixels = decode(inputs, CANVAS)["pixels"]
+        totals["decode"] += time.thread_time_ns() - started
         found = await engine.infer("detector", None, {"image": pixels},
                                    outputs=["boxes", "scores", "labels"])
-        return boxes(found, params)
-    return call
+        started = time.thread_time_ns()
+        kept = boxes(found, params)
+        totals["keep"] += time.thread_time_ns() - started
+        return kept
+    return call, lambda: dict(totals)
 
 
-async def overhead(concurrency: int, duration: float, rounds: int = 1) -> dict[str, Any]:
+def _make_legs(engine: Engine, raw: list[dict[str, np.ndarray]],
+               files: list[dict[str, np.ndarray]], boxes_thread: str,
+               decode_thread: str) -> dict[str, Leg]:
+    by_hand, by_hand_cpu = _by_hand(engine)
+
+    def batches() -> tuple[int, int]:
+        stats = engine.stats("detector")
+        return stats.inference_count, stats.execution_count
+
+    return {
+        "model": Leg("detector (decoded canvas)", _served(engine, "detector"), raw, dict,
+                     batches),
+        "pipeline": Leg("detector-boxes (PNG bytes)", _served(engine, "detector-boxes"), files,
+                        _steps_cpu(engine, "detector-boxes"), batches),
+        "boxes-thread": Leg("detector-boxes, box step in a thread",
+                            _served(engine, boxes_thread), files,
+                            _steps_cpu(engine, boxes_thread), batches),
+        "decode-thread": Leg("detector-boxes, decode in a thread",
+                             _served(engine, decode_thread), files,
+                             _steps_cpu(engine, decode_thread), batches),
+        "by-hand": Leg("by hand: decode, detector, boxes", by_hand, files, by_hand_cpu,
+                       batches)}
+
+
+def _extra(level: dict[str, float], model: dict[str, float]) -> dict[str, float]:
+    """A leg's CPU per request above the model fed decoded canvases, against its steps in situ."""
+    frontend = level["frontend_cpu_us"] - model["frontend_cpu_us"]
+    workers = level["worker_cpu_us"] - model["worker_cpu_us"]
+    extra = frontend + workers
+    decode_us, keep_us = level.get("decode_cpu_us", 0.0), level.get("keep_cpu_us", 0.0)
+    steps = decode_us + keep_us
+    return {"extra_us": extra, "frontend_us": frontend, "workers_us": workers,
+            "decode_in_situ_us": decode_us, "boxes_in_situ_us": keep_us,
+            "rest_us": extra - steps,  # what the pipeline (or the hand-written path) adds
+            "over_decode": extra / decode_us if decode_us else float("nan"),
+            "over_decode_and_boxes": extra / steps if steps else float("nan"),
+            "target_decode_met": extra <= 1.1 * decode_us,
+            "target_decode_and_boxes_met": extra <= 1.1 * steps}
+
+
+def _print_overhead(levels: dict[str, dict[str, float]], titles: dict[str, str],
+                    extras: dict[str, dict[str, float]], decode_us: float) -> None:
+    for name, level in levels.items():
+        steps = "  ".join(f"{step} {level[f'{step}_cpu_us']:4.0f} us" for step in STEPS
+                          if f"{step}_cpu_us" in level)
+        print(f"{titles[name]:<36} {level['requests_per_s']:6.0f} req/s  p99 "
+              f"{level['p99_ms']:6.1f} ms  front end {level['frontend_cpu_us']:6.0f} us  "
+              f"workers {level['worker_cpu_us']:6.0f} us  batch {level['detector_batch']:.2f}  "
+              f"{steps}")
+    for name, extra in extras.items():
+        print(f"{titles[name]:<36} extra {extra['extra_us']:5.0f} us (front end "
+              f"{extra['frontend_us']:.0f}, workers {extra['workers_us']:.0f}); in situ decode "
+              f"{extra['decode_in_situ_us']:.0f} + boxes {extra['boxes_in_situ_us']:.0f} us; "
+              f"rest {extra['rest_us']:.0f} us; {extra['over_decode']:.2f}x decode, "
+              f"{extra['over_decode_and_boxes']:.2f}x decode + boxes")
+    print(f"decode alone, idle thread: {decode_us:.0f} us")
+
+
+async def overhead(concurrency: int, duration: float, rounds: int = 1,
+                   legs: tuple[str, ...] = LEGS) -> dict[str, Any]:
     canvases = _canvases(64)
     raw = [{"image": canvases[i:i + 1]} for i in range(len(canvases))]
     files = [{"image": np.array([_png(c)], dtype=object)} for c in canvases]
-    decode_us = float(np.mean([_cpu_ms(lambda f=f: decode(f, CANVAS), 5) for f in files[:16]])) * 1e3
+    # Alone, for reference: 100 calls a file (5 read ~40% higher: caches still cold).
+    decode_us = float(np.mean([_cpu_ms(lambda f=f: decode(f, CANVAS), 100)
+                               for f in files[:16]])) * 1e3
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("detector", "detector-boxes"):
             shutil.copytree(EXAMPLES / name, Path(tmp) / name,
@@ -232,30 +354,18 @@ async def overhead(concurrency: int, duration: float, rounds: int = 1) -> dict[s
         engine = Engine(Repository(tmp), models=["detector-boxes", boxes_thread, decode_thread])
         await engine.start()
         try:
-            levels = await _legs({
-                "detector (decoded canvas)": (_served(engine, "detector"), raw),
-                "detector-boxes (PNG bytes)": (_served(engine, "detector-boxes"), files),
-                "detector-boxes, box step in a thread": (_served(engine, boxes_thread), files),
-                "detector-boxes, decode in a thread": (_served(engine, decode_thread), files),
-                "by hand: decode, detector, boxes": (_by_hand(engine), files)},
-                concurrency, duration, rounds)
+            chosen = {name: leg for name, leg in _make_legs(
+                engine, raw, files, boxes_thread, decode_thread).items() if name in legs}
+            levels = await _legs(chosen, concurrency, duration, rounds)
         finally:
             await engine.stop(5.0)
-    model, pipeline, boxes_before, decode_before, by_hand = levels.values()
-    extra = _extra(pipeline, model)
-    for name, level in levels.items():
-        print(f"{name:<36} {level['requests_per_s']:6.0f} req/s  p99 {level['p99_ms']:6.1f} ms  "
-              f"front end {level['frontend_cpu_us']:6.0f} us  workers {level['worker_cpu_us']:6.0f} us")
-    print(f"extra CPU per request {extra:.0f} us ({_extra(boxes_before, model):.0f} us with the "
-          f"box step in a thread, {_extra(decode_before, model):.0f} us with the decode in a "
-          f"thread); decode alone {decode_us:.0f} us ({extra / decode_us:.2f}x the decode); "
-          f"the same steps by hand {_extra(by_hand, model):.0f} us")
-    return {"levels": levels, "extra_cpu_us": extra,
-            "extra_cpu_us_box_step_in_thread": _extra(boxes_before, model),
-            "extra_cpu_us_decode_in_thread": _extra(decode_before, model),
-            "extra_cpu_us_by_hand": _extra(by_hand, model),
-            "decode_us": decode_us, "extra_over_decode": extra / decode_us,
-            "concurrency": concurrency, "rounds": rounds, "load_average": os.getloadavg()}
+    extras = {name: _extra(level, levels["model"])
+              for name, level in levels.items() if name != "model" and "model" in levels}
+    _print_overhead(levels, {name: leg.title for name, leg in chosen.items()}, extras,
+                    decode_us)
+    return {"levels": levels, "extra": extras, "target": extras.get("pipeline"),
+            "decode_alone_us": decode_us, "concurrency": concurrency, "rounds": rounds,
+            "duration_s": duration, "load_average": os.getloadavg()}
 
 
 def handoff(count: int) -> dict[str, float]:
@@ -286,6 +396,14 @@ def handoff(count: int) -> dict[str, float]:
     return result
 
 
+def _chosen_legs(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]:
+    legs = tuple(leg for leg in text.split(",") if leg)
+    unknown = sorted(set(legs) - set(LEGS))
+    if unknown or not legs:
+        parser.error(f"--legs: unknown {unknown or text!r}; choose from {', '.join(LEGS)}")
+    return legs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -293,11 +411,23 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2, help="turns of the overhead legs")
+    parser.add_argument("--only", choices=("all", "overhead", "steps"), default="all",
+                        help="overhead: skip the decoder, step, thread and hand-off parts; "
+                        "steps: the steps alone only")
+    parser.add_argument("--legs", default=",".join(LEGS),
+                        help=f"overhead legs to run, of {','.join(LEGS)}")
     parser.add_argument("--json", type=Path, default=RESULTS / "pipelines.json")
     args = parser.parse_args()
-    result = {"decoders_ms": decoders(args.repeats), "threads": thread_scaling(200),
-              "handoff_cpu_us": handoff(2000),
-              "overhead": asyncio.run(overhead(args.concurrency, args.duration, args.rounds))}
+    legs = _chosen_legs(parser, args.legs)
+    result: dict[str, Any] = {}
+    if args.only in ("all", "steps"):
+        result["steps_alone_cpu_us"] = steps_alone(max(args.repeats, 2000))
+    if args.only == "all":
+        result.update(decoders_ms=decoders(args.repeats), threads=thread_scaling(200),
+                      handoff_cpu_us=handoff(2000))
+    if args.only != "steps":
+        result["overhead"] = asyncio.run(
+            overhead(args.concurrency, args.duration, args.rounds, legs))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     print(f"saved {args.json}")

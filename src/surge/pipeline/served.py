@@ -9,8 +9,9 @@
                          -> the pipeline's outputs
 
 A failing step fails the request with an error that names the step, keeping the error's kind
-(bad input stays 400, a full queue 503). Statistics are the pipeline's own (Triton-style) and
-every step's time and failures are Prometheus metrics labelled by pipeline and step.
+(bad input stays 400, a full queue 503). Statistics are the pipeline's own (Triton-style, plus
+`steps`: each processor step's calls and thread CPU time); every step's time and failures, and each
+processor step's CPU, are Prometheus metrics labelled by pipeline and step.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import copy
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 import numpy as np
@@ -28,7 +29,7 @@ import numpy as np
 from surge.engine.instances import Clock
 from surge.engine.interface import ModelHandle
 from surge.engine.metrics import SurgeMetrics
-from surge.engine.stats import Counters
+from surge.engine.stats import Counters, ModelStats
 from surge.errors import (
     ConfigError,
     DeadlineExceededError,
@@ -38,7 +39,7 @@ from surge.errors import (
     SurgeError,
 )
 from surge.pipeline.graph import StepTypes, check_types, plan
-from surge.pipeline.metrics import step_metrics
+from surge.pipeline.metrics import StepCpu, step_metrics
 from surge.pipeline.steps import ProcessorStep, processor_step
 from surge.repository import ModelConfig, Repository
 from surge.runtimes.base import Signature, TensorSpec
@@ -96,6 +97,27 @@ def pipeline_signature(config: ModelConfig) -> Signature:
                      max_batch_size=config.max_batch_size if batched else 0, platform=PLATFORM)
 
 
+@dataclass(frozen=True)
+class PipelineStats(ModelStats):
+    """A pipeline's statistics: a model's, and per processor step its calls and the CPU they
+    took in the front end ({step: {calls, cpu_ns, inline_calls, inline_cpu_ns}})."""
+
+    steps: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+class PipelineCounters(Counters):
+    """A pipeline's running totals; its snapshot adds the processor steps' CPU."""
+
+    def __init__(self, cpu: Mapping[str, StepCpu]) -> None:
+        super().__init__()
+        self._cpu = cpu
+
+    def snapshot(self, name: str, version: int) -> PipelineStats:
+        base = super().snapshot(name, version)
+        return PipelineStats(**{f.name: getattr(base, f.name) for f in fields(base)},
+                             steps={step: cpu.snapshot() for step, cpu in self._cpu.items()})
+
+
 def named(error: SurgeError, step: str) -> SurgeError:
     """The same error (same kind, same status) with the step's name in front of its message."""
     renamed = copy.copy(error)
@@ -116,8 +138,10 @@ class ServedPipeline:
         self.processors: dict[str, ProcessorStep] = {}
         self.handle: ModelHandle | None = None
         self.accepting = False
-        self.counters = Counters()
         self._metrics = step_metrics(host.metrics)
+        self._cpu = {s.name: StepCpu(self._metrics.cpu.labels(name, s.name))
+                     for s in self.steps if s.model is None}
+        self.counters = PipelineCounters(self._cpu)
         # Each step's histogram child, labelled once: labels() per step per request costs more
         # than the observation itself.
         self._timers = {s.name: self._metrics.duration.labels(name, s.name) for s in self.steps}
@@ -232,7 +256,8 @@ class ServedPipeline:
                         priority=request.priority, timeout_us=self._remaining_us(request),
                         request_id=request.request_id)
                 else:
-                    produced = await self.processors[step.name].run(inputs, request.rows)
+                    produced = await self.processors[step.name].run(inputs, request.rows,
+                                                                    self._cpu[step.name])
             except SurgeError as exc:
                 self._metrics.failures.labels(self.name, step.name).inc()
                 raise named(exc, step.name) from None

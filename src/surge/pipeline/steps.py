@@ -9,23 +9,29 @@ never pickled). Processors declared `inline` (top-k labels, detection boxes: mic
 numpy on a request's rows) run on the loop itself: the hand-off to a thread and back costs more.
 So do calls a processor's `inline_when` accepts (`image.decode` of small images): under load the
 hand-off cost more CPU than decoding a 128x128 PNG (benchmarks/pipelines.py).
+
+Each call's thread CPU time is measured where it runs (on the loop, or in the processor thread,
+which hands its figure back with the result) and given to the step's `StepCpu`: what a step costs
+inside a loaded server, where two cores shared with the workers make it dearer than alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from surge.errors import ConfigError, ServingError
 from surge.pipeline.graph import StepTypes
+from surge.pipeline.metrics import StepCpu
 from surge.platform import available_cores
-from surge.processors import Processor, resolve
+from surge.processors import Processor, ProcessorFn, resolve
 from surge.repository.config import ModelConfig, StepConfig
 
 _pool: ThreadPoolExecutor | None = None
@@ -50,6 +56,30 @@ def step_params(step: StepConfig, source: ModelConfig) -> dict[str, Any]:
     return params
 
 
+class Ran(NamedTuple):
+    """One processor call's outcome and the CPU time of the thread that ran it (a tuple: made
+    for every step of every request)."""
+
+    produced: Any
+    error: Exception | None
+    cpu_ns: int
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.produced
+
+
+def timed(fn: ProcessorFn, inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> Ran:
+    """Call a processor, timing its thread's CPU (a failed call costs CPU too)."""
+    started = time.thread_time_ns()
+    try:
+        produced, error = fn(inputs, params), None
+    except Exception as exc:
+        produced, error = None, exc
+    return Ran(produced, error, time.thread_time_ns() - started)
+
+
 @dataclass(frozen=True)
 class ProcessorStep:
     """One processor step, resolved: the function, its params, what it declares."""
@@ -59,13 +89,19 @@ class ProcessorStep:
     params: Mapping[str, Any]
     types: StepTypes
 
-    async def run(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        if self.processor.runs_inline(inputs, self.params):
-            produced = self.processor.run(inputs, self.params)
+    async def run(self, inputs: dict[str, np.ndarray], rows: int,
+                  cpu: StepCpu | None = None) -> dict[str, np.ndarray]:
+        """The step's outputs for a request's rows; its CPU time goes to `cpu`."""
+        inline = self.processor.runs_inline(inputs, self.params)
+        if inline:
+            ran = timed(self.processor.run, inputs, self.params)
         else:
             loop = asyncio.get_running_loop()
-            produced = await loop.run_in_executor(processor_pool(), self.processor.run, inputs,
-                                                  self.params)
+            ran = await loop.run_in_executor(processor_pool(), timed, self.processor.run, inputs,
+                                             self.params)
+        if cpu is not None:
+            cpu.add(ran.cpu_ns, inline)
+        produced = ran.result()
         self._check(produced, rows)
         return produced
 

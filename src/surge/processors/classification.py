@@ -7,13 +7,14 @@ logits).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from surge.errors import ConfigError, InputError, ServingError
-from surge.processors import ProcessorSpec, declares
+from surge.processors import ProcessorSpec, declares, once_per
 from surge.runtimes.base import TensorSpec
 
 MAX_K = 1000
@@ -53,6 +54,15 @@ def topk(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, 
         shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
         scores = shifted / shifted.sum(axis=1, keepdims=True)
     best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    table = np.array([str(n).encode() for n in names] if names is not None else
-                     [str(i).encode() for i in range(logits.shape[1])], dtype=object)
+    table = once_per(names, _label_table) if names is not None else _index_table(logits.shape[1])
     return {"labels": table[best], "scores": np.take_along_axis(scores, best, axis=1)}
+
+
+def _label_table(names: list[Any]) -> np.ndarray:
+    return np.array([str(n).encode() for n in names], dtype=object)
+
+
+@functools.lru_cache(maxsize=16)
+def _index_table(classes: int) -> np.ndarray:
+    """Class i is named b"i" when the config has no labels."""
+    return np.array([str(i).encode() for i in range(classes)], dtype=object)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from surge.errors import ConfigError, InputError
-from surge.processors import ProcessorSpec, declares
+from surge.processors import ProcessorSpec, declares, once_per
 from surge.runtimes.base import TensorSpec
 
 
@@ -47,27 +47,34 @@ def boxes(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str,
             or classes.shape != scores.shape:
         raise InputError(f"inputs 'boxes' [N, K, 4], 'scores' and 'labels' [N, K] disagree: "
                          f"{list(found.shape)}, {list(scores.shape)}, {list(classes.shape)}")
-    names = params.get("labels")
     # Fancy indexing by row, not np.take_along_axis: a request's few rows of K boxes cost
     # microseconds of numpy, and take_along_axis builds its index in Python on every call.
     rows = np.arange(found.shape[0])[:, None]
     order = np.argsort(-scores, axis=1, kind="stable")
     sorted_scores = scores[rows, order]
     keep = sorted_scores >= threshold
-    sorted_classes = classes[rows, order]
+    zero = np.float32(0)  # FP32 inputs stay FP32: no cast, no copy
     return {
-        "boxes": np.where(keep[..., None], found[rows, order], 0).astype(np.float32),
-        "scores": np.where(keep, sorted_scores, 0).astype(np.float32),
-        "labels": np.where(keep, _label_names(sorted_classes, names), b""),
-        "count": keep.sum(axis=1).astype(np.int32),
+        "boxes": np.where(keep[..., None], found[rows, order], zero).astype(np.float32,
+                                                                             copy=False),
+        "scores": np.where(keep, sorted_scores, zero).astype(np.float32, copy=False),
+        "labels": _label_names(classes[rows, order], keep, params.get("labels")),
+        "count": keep.sum(axis=1, dtype=np.int32),
     }
 
 
-def _label_names(classes: np.ndarray, names: list[Any] | None) -> np.ndarray:
-    """Class indices -> their names as bytes (the index itself when the config has no labels)."""
+def _label_names(classes: np.ndarray, keep: np.ndarray, names: list[Any] | None) -> np.ndarray:
+    """Class indices -> their names as bytes (the index itself when the config has no labels);
+    b"" for the boxes not kept."""
     if names is None:
-        return np.array([str(int(c)).encode() for c in classes.ravel()],
-                        dtype=object).reshape(classes.shape)
-    table = np.array([b""] + [str(n).encode() for n in names], dtype=object)
-    # Index 0 of `table` is b"": an unknown class index reads as no name, never a crash.
-    return table[np.where((classes >= 0) & (classes < len(names)), classes + 1, 0)]
+        named = np.array([str(int(c)).encode() for c in classes.ravel()],
+                         dtype=object).reshape(classes.shape)
+        return np.where(keep, named, b"")
+    table = once_per(names, _label_table)
+    # Index 0 of `table` is b"": an unknown class index, or a box not kept, reads as no name.
+    known = keep & (classes >= 0) & (classes < len(names))
+    return table[np.where(known, classes + 1, 0)]
+
+
+def _label_table(names: list[Any]) -> np.ndarray:
+    return np.array([b""] + [str(n).encode() for n in names], dtype=object)

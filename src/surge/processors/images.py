@@ -27,7 +27,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from surge.errors import ConfigError, InputError
-from surge.processors import ProcessorSpec, declares
+from surge.processors import ProcessorSpec, declares, once_per
 from surge.runtimes.base import TensorSpec
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -161,13 +161,16 @@ def small_images(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> bo
 @declares(describe_decode, inline_when=small_images)
 def decode(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """BYTES [N] (or [N, 1]) of JPEG/PNG files -> `pixels` [N, C, H, W] (per params)."""
-    p = decode_params(params)
+    p = once_per(params, decode_params)
     images = inputs["image"]
     rows = images.shape[0] if images.ndim else 0
     if images.dtype != object or images.size != rows:
         raise InputError(f"input 'image' expects BYTES [-1] (one file per row), got "
                          f"{list(images.shape)}")
-    batch = np.stack([_decode_one(images.reshape(-1)[i], i, p) for i in range(rows)])
+    files = images.reshape(-1)
+    decoded = [_decode_one(files[i], i, p) for i in range(rows)]
+    # One image (most requests): a view with the batch dim, not np.stack's copy.
+    batch = decoded[0][None] if rows == 1 else np.stack(decoded)
     return {"pixels": _normalise(batch, p)}
 
 
@@ -217,13 +220,15 @@ def _decode_jpeg(data: bytes, where: str, p: DecodeParams) -> np.ndarray:
 
 
 def _decode_pillow(data: bytes, where: str, p: DecodeParams) -> np.ndarray:
+    mode = "L" if p.gray else "RGB"
     try:
         with Image.open(io.BytesIO(data)) as image:
             _check_pixels(image.height, image.width, where, p)
-            converted = image.convert("L" if p.gray else "RGB")
+            # Read before the file closes; a file already in the mode (the detector's gray
+            # canvases) is used as decoded: convert() would copy it.
+            return _resize(image if image.mode == mode else image.convert(mode), p)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise InputError(f"{where} is not a valid image ({exc})") from None
-    return _resize(converted, p)
 
 
 def _resize(image: Image.Image, p: DecodeParams) -> np.ndarray:

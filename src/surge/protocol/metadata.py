@@ -138,4 +138,6 @@ def model_statistics(name: str, version: int | str, stats: Any) -> dict[str, Any
     }
     if data.get("latency"):  # Surge's own: the latency model (HTTP only; gRPC has no field)
         entry["latency"] = data["latency"]
+    if data.get("steps"):  # a pipeline's processor steps: calls and CPU (HTTP only, likewise)
+        entry["steps"] = data["steps"]
     return entry

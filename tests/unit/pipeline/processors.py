@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,3 +34,15 @@ def thread_name(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dic
 
     rows = len(next(iter(inputs.values())))
     return {"where": np.array([threading.current_thread().name.encode()] * rows, dtype=object)}
+
+
+def burn(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """row_sum after spinning for params cpu_ms of this thread's CPU and sleeping sleep_ms (wall
+    time, no CPU); fails with bad input after that when params fail is set."""
+    until = time.thread_time() + params.get("cpu_ms", 0) / 1e3
+    while time.thread_time() < until:
+        pass
+    time.sleep(params.get("sleep_ms", 0) / 1e3)
+    if params.get("fail"):
+        raise InputError("input 'y' is refused after the work")
+    return row_sum(inputs, params)

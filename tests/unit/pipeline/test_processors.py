@@ -11,7 +11,7 @@ import simplejpeg
 from PIL import Image
 
 from surge.errors import ConfigError, InputError
-from surge.processors import resolve, target
+from surge.processors import once_per, resolve, target
 
 RNG = np.random.default_rng(0)
 
@@ -182,3 +182,44 @@ def test_detection_names_classes_by_index_without_labels_and_unknown_ones_by_not
     named = resolve("detection.boxes").run(inputs, {"score_threshold": 0.0, "labels": ["a", "b"]})
     assert named["labels"].tolist() == [[b"a", b"", b""]]  # 9 and 4 are past the labels
     np.testing.assert_array_equal(named["boxes"][0], boxes[0, [1, 2, 0]])
+
+
+def test_once_per_builds_once_for_the_same_params_and_again_when_they_change() -> None:
+    built: list[object] = []
+
+    def build(source: dict[str, Any]) -> int:
+        built.append(source)
+        return len(built)
+
+    params: dict[str, Any] = {"size": [2, 2]}
+    assert once_per(params, build) == once_per(params, build) == 1
+    params["size"][0] = 3  # edited in place: checked against the copy kept, built again
+    assert once_per(params, build) == 2
+    assert once_per({"size": [3, 2]}, build) == 3  # another object, however equal
+    assert len(built) == 3
+
+
+def test_label_tables_follow_edited_labels() -> None:
+    logits = np.array([[0.0, 3.0]], np.float32)
+    labels = ["a", "b"]
+    topk = resolve("labels.topk").run
+    assert topk({"logits": logits}, {"k": 1, "labels": labels})["labels"].tolist() == [[b"b"]]
+    labels[1] = "bee"
+    assert topk({"logits": logits}, {"k": 1, "labels": labels})["labels"].tolist() == [[b"bee"]]
+    found = {"boxes": np.zeros((1, 1, 4), np.float32), "scores": np.ones((1, 1), np.float32),
+             "labels": np.ones((1, 1), np.int64)}
+    boxes = resolve("detection.boxes").run
+    assert boxes(found, {"score_threshold": 0.5, "labels": labels})["labels"].tolist() == [[b"bee"]]
+    labels[1] = "b"
+    assert boxes(found, {"score_threshold": 0.5, "labels": labels})["labels"].tolist() == [[b"b"]]
+
+
+def test_a_png_already_in_the_wanted_mode_decodes_to_the_same_pixels() -> None:
+    gray = RNG.integers(0, 256, (6, 5), dtype=np.uint8)
+    params = {"size": [6, 5], "color": "gray", "layout": "hw", "dtype": "uint8"}
+    out = resolve("image.decode").run({"image": np.array([png(gray)], dtype=object)}, params)
+    np.testing.assert_array_equal(out["pixels"][0], gray)
+    rgb = resolve("image.decode").run({"image": np.array([png(gray)] * 2, dtype=object)},
+                                      {**params, "color": "rgb", "layout": "nhwc"})
+    assert rgb["pixels"].shape == (2, 6, 5, 3)
+    np.testing.assert_array_equal(rgb["pixels"][1, ..., 2], gray)

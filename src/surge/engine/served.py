@@ -118,6 +118,7 @@ class ServedModel:
                        self.metrics.batch_time_fit.labels(name, "per_item"))
         slo = config.slo_p99_ms
         self._slo_s = slo / 1e3 if slo is not None else None
+        self._slo_aim_s = (self._slo_s or 0.0) * self.scheduler.config.slo_headroom
         self._m_slo = (self.metrics.slo_requests.labels(name, "yes"),
                        self.metrics.slo_requests.labels(name, "no"))
         # Children looked up once: the refusal path runs thousands of times a second in a surge.
@@ -339,6 +340,7 @@ class ServedModel:
         started = time.perf_counter_ns()
         compute_s, instance = (result.service_s, result.instance) if result else (None, 0)
         self._observe_fit(batch, now - batch.dispatched if compute_s is None else compute_s)
+        feedback = self.scheduler.slo_feedback
         for completed in self.scheduler.complete(batch, outputs, now, compute_s, instance):
             future = self._futures.pop(completed.request.id, None)
             if self._timings and (timing := self._timings.get(completed.request.id)) is not None:
@@ -350,6 +352,8 @@ class ServedModel:
             if self._slo_s is not None:
                 within = now - completed.request.arrival <= self._slo_s
                 self._m_slo[0 if within else 1].inc()
+                if feedback is not None:  # aims inside the SLO: the front end adds its lag
+                    feedback.observe(now - completed.request.arrival <= self._slo_aim_s, now)
         self.counters.count_batch(batch.size, result.done if result else None,
                                   time.perf_counter_ns() - started, int(time.time() * 1e3))
 

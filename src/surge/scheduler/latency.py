@@ -153,3 +153,45 @@ class DecayingLevel:
         if not self._level:
             return 0.0
         return self._level * 0.5 ** (max(0.0, now - self._at) / self.half_life_s)
+
+
+class SloFeedback:
+    """The share of a request's deadline admission may plan to fill, steered by the answers.
+
+    Admission predicts with mean batch times, and the tail of real batch times and of the front
+    end's jitter is not in them: with every admitted request predicted on time, a model run
+    at its capacity still answered a fifth of them late. So the answers close the loop, the way
+    Clipper sizes its batches (additive increase, multiplicative decrease): when more than
+    `target_miss` of a window's answers missed the SLO, the share is cut by `decrease`; while
+    at most half that many miss, it grows back by `increase` a window, up to the whole deadline.
+    Windows with fewer than `min_answers` answers decide nothing.
+    """
+
+    def __init__(self, window_s: float = 0.25, target_miss: float = 0.01, decrease: float = 0.75,
+                 increase: float = 0.03, floor: float = 0.3, min_answers: int = 20) -> None:
+        if not 0.0 < floor <= 1.0 or not 0.0 < decrease < 1.0 or increase <= 0 or window_s <= 0:
+            raise ValueError("need 0 < floor <= 1, 0 < decrease < 1, increase > 0, window_s > 0")
+        self.window_s, self.target_miss, self.min_answers = window_s, target_miss, min_answers
+        self.decrease, self.increase, self.floor = decrease, increase, floor
+        self.share = 1.0
+        self._start: float | None = None
+        self._answers = self._missed = 0
+
+    def observe(self, met: bool, now: float) -> None:
+        """One answer, on time or not, given at `now`."""
+        if self._start is None:
+            self._start = now
+        elif now - self._start >= self.window_s:
+            self._close_window()
+            self._start = now
+        self._answers += 1
+        self._missed += not met
+
+    def _close_window(self) -> None:
+        if self._answers >= self.min_answers:
+            missed = self._missed / self._answers
+            if missed > self.target_miss:
+                self.share = max(self.floor, self.share * self.decrease)
+            elif missed <= self.target_miss / 2:
+                self.share = min(1.0, self.share + self.increase)
+        self._answers = self._missed = 0

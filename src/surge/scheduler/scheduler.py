@@ -26,7 +26,7 @@ import numpy as np
 
 from surge.errors import QueueFullError
 from surge.scheduler.estimate import InstanceTimes
-from surge.scheduler.latency import ArrivalRate
+from surge.scheduler.latency import ArrivalRate, SloFeedback
 from surge.scheduler.policy import QueueView, late_requests, slo_wait, static_due
 from surge.scheduler.types import Batch, Completed, Request, SchedulerConfig, ShapeKey
 
@@ -60,6 +60,8 @@ class Scheduler:
         # Seconds a request loses outside the scheduler (the front end's backlog before it
         # arrives and after it is answered), set by the driver; every deadline allows for it.
         self.lag_s = 0.0
+        # With an SLO, the answers steer how much of a deadline admission plans to fill.
+        self.slo_feedback = SloFeedback() if config.slo_s is not None else None
         self._late: list[Request] = []  # refused at dispatch, for the driver to answer
         self._probe: int | None = None  # the request admitted to re-measure a stale estimate
         self._last_probe = float("-inf")
@@ -142,6 +144,8 @@ class Scheduler:
         deadline, so this request is admitted as a probe.
         """
         predicted = self.predicted_completion(request, now)
+        if self.slo_feedback is not None:
+            deadline = now + self.slo_feedback.share * (deadline - now)
         if predicted is None or predicted <= deadline:
             return
         if self._may_probe(now):

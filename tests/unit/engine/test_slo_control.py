@@ -235,3 +235,24 @@ def test_loop_lag_probes_one_at_a_time_and_at_most_every_interval() -> None:
         assert seen[1] < seen[0]  # a probe that ran at once brings the level down
 
     run(body())
+
+
+def test_late_answers_shrink_the_share_of_the_deadline_admission_plans_with(
+        tmp_path: Path) -> None:
+    async def body() -> None:
+        async with probed(tmp_path) as s:
+            feedback = s.model.scheduler.slo_feedback
+            assert feedback is not None
+            assert feedback.share == 1.0
+            for _ in range(2):  # two windows of 24 answers, every one 45 ms: inside the SLO
+                for _ in range(3):  # but past the 40 ms it aims at
+                    tasks = await s.infer(*range(8))
+                    await s.tick(0.045)
+                    s.pool.finish(service_s=0.045)
+                    await settle()
+                    assert all(t.done() for t in tasks)
+                await s.tick(feedback.window_s)
+            assert feedback.share < 1.0
+            assert s.engine.metrics.slo_requests.labels("m", "yes")._value.get() == 48
+
+    run(body())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -71,6 +72,7 @@ class Run:
     # Over the trace, from the engine's metrics: shed requests by reason, mean batch rows.
     shed_reasons: dict[str, int] = field(default_factory=dict)
     mean_batch: float | None = None
+    gc_pauses_ms: list[float] = field(default_factory=list)  # this process's, over 20 ms
 
 
 Outcome = tuple[float, float | None, str | None]  # (arrival offset, latency or None, variant)
@@ -109,7 +111,10 @@ async def trace(engine: Engine, model: str, inputs: dict[str, np.ndarray],
         except (QueueFullError, DeadlineExceededError):
             outcomes.append((offset, None, None))
 
-    tasks: list[asyncio.Task[None]] = []
+    # Only the requests in flight are held: a list of every task of the trace (340,000 on
+    # the default model) made each full garbage collection walk them all, stalling the engine
+    # that shares this process for 0.3-1 s every few seconds.
+    pending: set[asyncio.Task[None]] = set()
     at = 0.0
     for rate, seconds in rates:
         phase_end = at + seconds
@@ -117,9 +122,11 @@ async def trace(engine: Engine, model: str, inputs: dict[str, np.ndarray],
             delay = at - (time.perf_counter() - start)
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(at)))
+            task = asyncio.create_task(one(at))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
         at = phase_end
-    await asyncio.gather(*tasks)
+    await asyncio.gather(*pending)
     return outcomes
 
 
@@ -204,14 +211,32 @@ def engine_figures(engine: Engine, model: str) -> tuple[dict[str, int], float | 
     return shed, (totals.get("surge_batch_size_sum", 0.0) / count if count else None)
 
 
+class GcPauses:
+    """A gc callback keeping the collections of this process (the engine's and the load
+    generator's, which share it) that stopped everything for over 20 ms."""
+
+    def __init__(self) -> None:
+        self.long_ms: list[float] = []
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif (took := time.perf_counter() - self._started) > 0.020:
+            self.long_ms.append(round(took * 1e3, 1))
+
+
 async def measure(model: LoadModel, config: str, rates: list[tuple[float, float]], slo_s: float,
                   phase: float) -> Run:
     engine = Engine(Repository(model.repo), models=[config])
     await engine.start()
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
     try:
         outcomes = await trace(engine, config, model.inputs, rates, slo_s)
+        gc.callbacks.remove(pauses)
         run = Run(config, windows(outcomes, slo_s, model.accuracy),
-                  half_load_p50(outcomes, phase))
+                  half_load_p50(outcomes, phase), gc_pauses_ms=pauses.long_ms)
         run.shed_reasons, run.mean_batch = engine_figures(engine, config)
         run.closed_loop_p50_ms, run.closed_loop_per_s = await closed_loop_one(
             engine, config, model.inputs)
@@ -334,7 +359,8 @@ def print_model(result: dict[str, Any], phase: float, slo_ms: float) -> None:
               f"accuracy {s['mean_accuracy']}, half-load p50 {s['half_load_p50_ms']} ms "
               f"(target <= {s['half_load_p50_target_ms']:.2f}); 1 client p50 "
               f"{run['closed_loop_p50_ms']:.2f} ms ({run['closed_loop_per_s']:.0f}/s); shed by "
-              f"reason {run['shed_reasons']}, mean batch {run['mean_batch']}")
+              f"reason {run['shed_reasons']}, mean batch {run['mean_batch']}; gc pauses over "
+              f"20 ms: {run['gc_pauses_ms']}")
     goodput = {r["config"]: r["summary"]["surge_goodput_per_s"] for r in result["runs"]}
     if goodput.get("untuned") and goodput.get("peak"):
         print(f"  adaptive surge goodput: {goodput['adaptive'] / goodput['untuned']:.2f}x "

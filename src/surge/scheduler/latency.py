@@ -164,7 +164,9 @@ class SloFeedback:
     Clipper sizes its batches (additive increase, multiplicative decrease): when more than
     `target_miss` of a window's answers missed the SLO, the share is cut by `decrease`; while
     at most half that many miss, it grows back by `increase` a window, up to the whole deadline.
-    Windows with fewer than `min_answers` answers decide nothing.
+    A window with fewer than `min_answers` answers cuts nothing, and grows the share if none of
+    them missed; so does a window with no answer at all (read through `value`): a share cut so
+    low that it refused everything would otherwise never hear an answer to grow back on.
     """
 
     def __init__(self, window_s: float = 0.25, target_miss: float = 0.01, decrease: float = 0.75,
@@ -179,19 +181,32 @@ class SloFeedback:
 
     def observe(self, met: bool, now: float) -> None:
         """One answer, on time or not, given at `now`."""
-        if self._start is None:
-            self._start = now
-        elif now - self._start >= self.window_s:
-            self._close_window()
-            self._start = now
+        self._roll(now)
         self._answers += 1
         self._missed += not met
 
+    def value(self, now: float) -> float:
+        """The share at `now`, the windows passed since the last answer counted."""
+        self._roll(now)
+        return self.share
+
+    def _roll(self, now: float) -> None:
+        if self._start is None:
+            self._start = now
+            return
+        passed = int((now - self._start) / self.window_s)
+        if passed < 1:
+            return
+        self._close_window()
+        if passed > 1:  # windows without a single answer: nothing was late
+            self.share = min(1.0, self.share + (passed - 1) * self.increase)
+        self._start += passed * self.window_s
+
     def _close_window(self) -> None:
-        if self._answers >= self.min_answers:
-            missed = self._missed / self._answers
-            if missed > self.target_miss:
-                self.share = max(self.floor, self.share * self.decrease)
-            elif missed <= self.target_miss / 2:
-                self.share = min(1.0, self.share + self.increase)
+        missed = self._missed / self._answers if self._answers else 0.0
+        if self._answers >= self.min_answers and missed > self.target_miss:
+            self.share = max(self.floor, self.share * self.decrease)
+        elif missed <= self.target_miss / 2 and (self._answers >= self.min_answers
+                                                 or not self._missed):
+            self.share = min(1.0, self.share + self.increase)
         self._answers = self._missed = 0

@@ -145,7 +145,7 @@ class Scheduler:
         """
         predicted = self.predicted_completion(request, now)
         if self.slo_feedback is not None:
-            deadline = now + self.slo_feedback.share * (deadline - now)
+            deadline = now + self.slo_feedback.value(now) * (deadline - now)
         if predicted is None or predicted <= deadline:
             return
         if self._may_probe(now):

@@ -67,6 +67,7 @@ def test_admission_plans_within_the_share_only_with_an_slo() -> None:
         assert batch.requests == (warm,)
         s.complete(batch, {"y": np.zeros((1, 1), np.float32)}, -9.0, 0.020)  # 20 ms an item
         if s.slo_feedback is not None:
+            s.slo_feedback.value(0.0)  # its windows caught up to now (none of them cut it)
             s.slo_feedback.share = 0.5
         s.add(req(10.0), 0.0)  # queued ahead: with it, a batch of 2 is predicted at 40 ms
         if refused:  # 60 ms of deadline, half of it planned: refused
@@ -74,3 +75,16 @@ def test_admission_plans_within_the_share_only_with_an_slo() -> None:
                 s.add(req(0.060), 0.0)
         else:
             s.add(req(0.060), 0.0)
+
+
+def test_a_share_that_refuses_everything_grows_back_with_time_alone() -> None:
+    feedback = SloFeedback(window_s=0.25, decrease=0.5, increase=0.05, floor=0.3)
+    at = 0.0
+    for _ in range(4):  # every answer late: down to the floor
+        at = answers(feedback, at, late=40, on_time=0) - 0.25
+    assert feedback.value(at) == pytest.approx(0.3)
+    assert feedback.value(at + 0.25 * 5) == pytest.approx(0.55)  # five windows, no answer
+    few = SloFeedback(window_s=0.25, increase=0.05, min_answers=20)
+    few.share = 0.5
+    answers(few, 0.0, late=0, on_time=5)  # five answers, all on time: grows
+    assert few.value(0.3) == pytest.approx(0.55)

@@ -44,6 +44,7 @@ from surge.engine import Engine
 from surge.engine.route import VariantRoute, request_route
 from surge.errors import DeadlineExceededError, QueueFullError
 from surge.repository import Repository
+from surge.server.process import freeze_loaded_heap
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -230,6 +231,7 @@ async def measure(model: LoadModel, config: str, rates: list[tuple[float, float]
                   phase: float) -> Run:
     engine = Engine(Repository(model.repo), models=[config])
     await engine.start()
+    freeze_loaded_heap()  # as `surge serve` does once it has started
     pauses = GcPauses()
     gc.callbacks.append(pauses)
     try:

@@ -350,10 +350,10 @@ class ServedModel:
                 future.set_result(completed.outputs)
             self.counters.success.add(int((now - completed.request.arrival) * 1e9))
             if self._slo_s is not None:
-                within = now - completed.request.arrival <= self._slo_s
-                self._m_slo[0 if within else 1].inc()
+                latency = now - completed.request.arrival
+                self._m_slo[0 if latency <= self._slo_s else 1].inc()
                 if feedback is not None:  # aims inside the SLO: the front end adds its lag
-                    feedback.observe(now - completed.request.arrival <= self._slo_aim_s, now)
+                    feedback.observe(latency <= self._slo_aim_s, now)
         self.counters.count_batch(batch.size, result.done if result else None,
                                   time.perf_counter_ns() - started, int(time.time() * 1e3))
 

@@ -284,60 +284,29 @@ async def run_model(model: LoadModel, args: argparse.Namespace, cap: float) -> d
     return result
 
 
-def _serve(command: list[str], url: str) -> subprocess.Popen[bytes]:
-    import httpx
-
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"{command[:4]} did not become ready")
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def versus_naive(model: LoadModel, seconds: float) -> dict[str, Any]:
     """One closed-loop client over HTTP: Surge (adaptive and untuned) vs the naive server."""
+    from serving import free_port, stop, surge_server, wait_ready
+
     from surge.bench import run_bench
     from surge.platform import available_cores
 
     out: dict[str, Any] = {}
-    http = _port()
-    surge = _serve([sys.executable, "-c", "from surge.cli import main; main()", "serve",
-                    str(model.repo), "--models", "adaptive,untuned", "--http-port", str(http),
-                    "--grpc-port", str(_port()), "--metrics-port", str(_port())],
-                   f"http://127.0.0.1:{http}")
-    try:
+    with surge_server(model.repo, "--models", "adaptive,untuned") as surge:
         for config in ("adaptive", "untuned"):
-            run = run_bench(f"http://127.0.0.1:{http}", config, [1], seconds, "http",
-                            warmup_s=1.0).runs[0]
+            run = run_bench(surge.url, config, [1], seconds, "http", warmup_s=1.0).runs[0]
             out[f"surge_{config}"] = {"per_s": run.throughput, "p50_ms": run.p50_ms}
-    finally:
-        surge.terminate()
-        surge.wait(30)
-    naive_port = _port()
-    naive = _serve([sys.executable, str(ROOT / "benchmarks" / "naive_server.py"), model.name,
-                    str(model.onnx), str(naive_port), str(available_cores()), "fastapi"],
-                   f"http://127.0.0.1:{naive_port}")
+    port = free_port()
+    naive = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "naive_server.py"),
+                              model.name, str(model.onnx), str(port), str(available_cores()),
+                              "fastapi"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        run = run_bench(f"http://127.0.0.1:{naive_port}", model.name, [1], seconds,
+        wait_ready(f"http://127.0.0.1:{port}", naive)
+        run = run_bench(f"http://127.0.0.1:{port}", model.name, [1], seconds,
                         "http-json", warmup_s=1.0).runs[0]
         out["naive_fastapi"] = {"per_s": run.throughput, "p50_ms": run.p50_ms}
     finally:
-        naive.terminate()
-        naive.wait(30)
+        stop(naive)
     out["adaptive_over_naive"] = out["surge_adaptive"]["per_s"] / max(
         out["naive_fastapi"]["per_s"], 1e-9)
     return out

@@ -8,7 +8,9 @@ configurations of it (model names in that repository):
   [original, int8-static], a small grid, the 3x rate, no run-time control); without the tune
   (`surge_load.py --hand-peak`) the hand-set stand-in: int8-static with the untuned batching;
 - `adaptive`: `slo_p99_ms` with the accuracy ladder [original, int8-static] (load-time probe,
-  SLO batching, ladder controller).
+  SLO batching, ladder controller), on the batching and layout `surge tune` picked for the peak,
+  as `surge tune --slo-p99` writes it (`adaptive_from_tune`); with the hand-set peak, or
+  `surge_load.py --adaptive-layout untuned`, on the untuned batching and layout.
 
 Accuracy per rung: fashion's from its `variant.yaml` check (10,000 labelled test images, made by
 `surge demo`); ResNet-18 has random weights (no labels mean anything), so its rungs carry the
@@ -118,12 +120,13 @@ def resnet64(work: Path, slo_ms: float) -> LoadModel:
                      str(data))
 
 
-def tune_peak(model: LoadModel, rate: float, slo_ms: float, budget_s: float = 200.0
-              ) -> dict[str, Any]:
+def tune_peak(model: LoadModel, rate: float, slo_ms: float, budget_s: float = 200.0,
+              adaptive: bool = True) -> dict[str, Any]:
     """Let `surge tune` pick the `peak` config for `rate` requests/s (open loop) within the SLO
     and the accuracy budget, and write it as a static config (no SLO control, no ladder: the
-    tune would add a ladder when a variant is faster). Returns what it picked, the seconds it
-    took and its report (also left in the model's tuning folder)."""
+    tune would add a ladder when a variant is faster); with `adaptive`, the same pick with the
+    SLO and the ladder as the `adaptive` config. Returns what it picked, the seconds it took and
+    its report (also left in the model's tuning folder)."""
     from surge.api import tune
     from surge.tuning import AccuracyBudget, Effort, SearchSpace
     from surge.tuning.apply import write_selection
@@ -141,8 +144,19 @@ def tune_peak(model: LoadModel, rate: float, slo_ms: float, budget_s: float = 20
     report = tune(model.repo, "peak", options)
     chosen = report.chosen or closest(report)
     write_selection(model.repo / "peak", chosen, None)
+    if adaptive:
+        adaptive_from_tune(model, chosen, slo_ms)
     return {"chosen": chosen.key, "met_slo": report.chosen is not None, "rate_per_s": rate,
             "seconds": time.perf_counter() - started, "report": report.to_dict()}
+
+
+def adaptive_from_tune(model: LoadModel, chosen: Any, slo_ms: float) -> None:
+    """The adaptive config as `surge tune` writes it with an SLO and a ladder: the tune's pick's
+    batching and layout serving every rung of [original, int8-static], the SLO, the budget."""
+    from surge.tuning.apply import Ladder, write_selection
+
+    ladder = Ladder(("original", "int8-static"), model.max_accuracy_drop, dict(model.accuracy))
+    write_selection(model.repo / "adaptive", chosen, slo_ms, ladder)
 
 
 def closest(report: Any) -> Any:

@@ -14,7 +14,9 @@ Surge (adaptive config) and against the naive FastAPI server (benchmarks/naive_s
 Configurations: `untuned` (committed config), `peak` (the static config `surge tune` picks for
 the peak rate over [original, int8-static], about 3 minutes a model; its report is saved beside
 the results as `<out>_tune_<model>.json`; `--hand-peak`: int8-static with the untuned batching
-instead), `adaptive` (SLO control with the accuracy ladder [original, int8-static]).
+instead), `adaptive` (SLO control with the accuracy ladder [original, int8-static], on the
+tune's pick's batching and layout as `surge tune --slo-p99` writes them; `--adaptive-layout
+untuned` keeps the untuned config's).
 
     .venv/bin/python benchmarks/surge_load.py                       # the recorded run: 30 s phases
     .venv/bin/python benchmarks/surge_load.py --phase 5 --models fashion   # a quick look
@@ -260,7 +262,7 @@ async def untuned_capacity(model: LoadModel) -> float:
 
 def peak_by_tune(model: LoadModel, rate: float, args: argparse.Namespace) -> dict[str, Any]:
     """`surge tune` picks the peak config; its report goes beside the results."""
-    tuned = tune_peak(model, rate, args.slo_ms)
+    tuned = tune_peak(model, rate, args.slo_ms, adaptive=args.adaptive_layout == "tuned")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{Path(args.out).stem}_tune_{model.name}.json"
     path.write_text(json.dumps(tuned.pop("report"), indent=1))
@@ -363,6 +365,7 @@ def run_all(args: argparse.Namespace) -> None:
                     else peak_by_tune(model, cap * args.surge, args))
             result = asyncio.run(run_model(model, args, cap))
             result["peak"] = peak
+            result["adaptive_layout"] = "untuned" if args.hand_peak else args.adaptive_layout
             if name == "resnet64" and not args.no_naive:  # its own event loops: not in one
                 result["one_client_http"] = versus_naive(model, args.closed_s)
             models.append(result)
@@ -395,6 +398,9 @@ def main() -> None:
                              "measuring them, to replay another run's trace")
     parser.add_argument("--hand-peak", action="store_true",
                         help="peak = int8-static with the untuned batching, not tuned")
+    parser.add_argument("--adaptive-layout", choices=("tuned", "untuned"), default="tuned",
+                        help="the adaptive config's batching and layout: the tune's peak pick "
+                             "(as `surge tune --slo-p99` writes it) or the untuned config's")
     parser.add_argument("--out", default="surge_load.json", help="under benchmarks/results/")
     parser.add_argument("--plot", default=str(PLOT.relative_to(ROOT)))
     run_all(parser.parse_args())

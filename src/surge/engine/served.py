@@ -19,6 +19,7 @@ import itertools
 import logging
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -29,7 +30,7 @@ from surge.engine.interface import ModelHandle
 from surge.engine.metrics import SurgeMetrics
 from surge.engine.route import check_pin, request_route
 from surge.engine.stats import Counters
-from surge.engine.timing import LoopLag, RequestTiming, request_timing
+from surge.engine.timing import LAG_HOPS, LoopLag, RequestTiming, request_timing
 from surge.errors import (
     DeadlineExceededError,
     InputError,
@@ -297,7 +298,7 @@ class ServedModel:
         self._m_depth.set(self.scheduler.queued)
         if self.scheduler.idle():
             self._idle.set()
-        self._schedule_wakeup(self.scheduler.next_wakeup(now, pool.idle_count))
+        self._schedule_wakeup(self.scheduler.next_wakeup(now, pool.idle_count, pool.idle_workers))
 
     def _schedule_wakeup(self, wakeup: float | None) -> None:
         if self._timer is not None:
@@ -348,14 +349,26 @@ class ServedModel:
                 timing.compute_s = _worker_seconds(result)
             if future is not None and not future.done():
                 future.set_result(completed.outputs)
+                if feedback is not None:
+                    future.add_done_callback(partial(self._judge, completed.request.arrival))
             self.counters.success.add(int((now - completed.request.arrival) * 1e9))
             if self._slo_s is not None:
                 latency = now - completed.request.arrival
                 self._m_slo[0 if latency <= self._slo_s else 1].inc()
-                if feedback is not None:  # aims inside the SLO: the front end adds its lag
-                    feedback.observe(latency <= self._slo_aim_s, now)
         self.counters.count_batch(batch.size, result.done if result else None,
                                   time.perf_counter_ns() - started, int(time.time() * 1e3))
+
+    def _judge(self, arrival: float, _: object) -> None:
+        """Feed the admission feedback one answer's latency as its client saw it: this runs
+        after the awaiting task has resumed (its wake-up was queued first), so the loop's
+        backlog on the way out is in it; the backlog on the way in, before `arrival`, is the
+        lag's one hop. Judged when the answer is set, a saturated loop's delay after it is
+        never seen, and admission keeps planning past what clients see."""
+        feedback = self.scheduler.slo_feedback
+        if feedback is not None:
+            now = self._clock()
+            seen = now - arrival + self.scheduler.lag_s / LAG_HOPS
+            feedback.observe(seen <= self._slo_aim_s, now)
 
     def _probe_done(self, batch: Batch, outputs: dict[str, np.ndarray] | None,
                     error: Exception | None, result: BatchResult | None, now: float) -> None:

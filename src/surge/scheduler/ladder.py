@@ -6,10 +6,11 @@ machine over them (no clocks or sockets; the caller hands in `now` and the arriv
 
 - every `interval_s` it predicts the p99 latency of the current mix at the measured arrival
   rate from each rung's batch-time model; once that has stayed above the SLO for `down_hold_s`
-  it moves a further `step` of the traffic one rung down at each decision, but only onto rungs
-  whose accuracy lies within `max_accuracy_drop` of the top rung, so the budget holds for
-  every answer (and their mean). What the lowest usable rung cannot absorb is left to
-  admission control, which sheds it;
+  (at once when the arrival rate itself has risen `surge_ratio` times over the last calm
+  decision's) it moves down, in one decision, to the least share of cheaper rungs predicted
+  within the SLO (in steps of `step`), but only onto rungs whose accuracy lies within
+  `max_accuracy_drop` of the top rung, so the budget holds for every answer (and their mean).
+  What the lowest usable rung cannot absorb is left to admission control, which sheds it;
 - it moves a step back up only after the mix one step up has been predicted within
   `up_margin` of the SLO for `hold_s` without a break (hysteresis: a surge that pauses for a
   moment does not bounce traffic back to the expensive rung);
@@ -45,7 +46,7 @@ class LadderSettings:
 
     slo_s: float  # the model's p99 objective
     max_accuracy_drop: float  # points below the top rung a rung may be and still take traffic
-    step: float = 0.25  # share of the traffic moved per decision
+    step: float = 0.25  # granularity of the shares (a move up is one step per decision)
     interval_s: float = 0.05  # least time between two decisions
     hold_s: float = 2.0  # the calm one step up must last this long before moving up
     # The pressure (predicted past the SLO) must last this long before the first step down:
@@ -54,6 +55,10 @@ class LadderSettings:
     # The fit spans the last 64 batches, most of a second at a few hundred requests/s; a real
     # surge still moves all the way down a two-rung ladder in 0.65 s (+ 3 intervals).
     down_hold_s: float = 0.5
+    # ...but a measured rise of the arrival rate by this factor over the last calm decision's
+    # is a surge, not a blip: waiting out the hold then let 0.5 s of a 3x surge queue on the
+    # expensive rung, the one window of the trace past the SLO.
+    surge_ratio: float = 1.5
     up_margin: float = 0.6  # "calm": the mix one step up predicted within this share of the SLO
     # Plan rungs at most this busy: near saturation Poisson queueing, not the batch time,
     # makes the p99.
@@ -68,6 +73,8 @@ class LadderSettings:
             raise ValueError(f"step must be in (0, 1], got {self.step}")
         if not 0.0 < self.up_margin <= 1.0 or not 0.0 < self.max_utilisation <= 1.0:
             raise ValueError("up_margin and max_utilisation must be in (0, 1]")
+        if self.surge_ratio <= 1.0:
+            raise ValueError(f"surge_ratio must be > 1, got {self.surge_ratio}")
         if self.hold_s < 0 or self.down_hold_s < 0:
             raise ValueError("hold_s and down_hold_s must be >= 0")
 
@@ -151,6 +158,7 @@ class LadderController:
         self._decided = -math.inf
         self._calm_since: float | None = None
         self._pressed_since: float | None = None  # predicted past the SLO since
+        self._calm_rate = 0.0  # the arrival rate at the last decision within the SLO
 
     @property
     def top(self) -> str:
@@ -193,10 +201,13 @@ class LadderController:
             self._calm_since = None
             if self._pressed_since is None:
                 self._pressed_since = now
-            if now - self._pressed_since >= settings.down_hold_s - 1e-9:
-                self._move(min(self.depth, self.level + settings.step))
+            surging = rate >= settings.surge_ratio * self._calm_rate
+            if surging or now - self._pressed_since >= settings.down_hold_s - 1e-9:
+                self._move(self.needed_level(rate))
             return
         self._pressed_since = None
+        if self.predicted_p99 <= settings.slo_s:
+            self._calm_rate = rate
         up = max(0.0, self.level - settings.step)
         if self.level == 0.0 or self.predict(up, rate) > settings.up_margin * settings.slo_s:
             self._calm_since = None
@@ -206,6 +217,16 @@ class LadderController:
         elif now - self._calm_since >= settings.hold_s:
             self._move(up)
             self._calm_since = now  # the next step up needs its own calm period
+
+    def needed_level(self, rate: float) -> float:
+        """The least level below the current one, in steps, predicted within the SLO at
+        `rate`; the bottom of the budget when none is."""
+        level = self.level
+        while level < self.depth:
+            level = min(self.depth, level + self.settings.step)
+            if self.predict(level, rate) <= self.settings.slo_s:
+                break
+        return level
 
     def _move(self, level: float) -> None:
         self.level = level

@@ -256,3 +256,24 @@ def test_late_answers_shrink_the_share_of_the_deadline_admission_plans_with(
             assert s.engine.metrics.slo_requests.labels("m", "yes")._value.get() == 48
 
     run(body())
+
+
+def test_the_feedback_judges_answers_as_late_as_their_clients_see_them(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with probed(tmp_path) as s:
+            feedback = s.model.scheduler.slo_feedback
+            assert feedback is not None
+            for _ in range(2):  # two windows of 24 answers, computed in 20 ms: on time...
+                for _ in range(3):
+                    tasks = await s.infer(*range(8))
+                    await s.tick(0.020)
+                    s.pool.finish(service_s=0.020)
+                    s.clock.advance(0.025)  # ...but the loop reaches their clients 25 ms later
+                    await settle()
+                    assert all(t.done() for t in tasks)
+                await s.tick(feedback.window_s)
+            assert feedback.share < 1.0
+            # the server-side SLO counter still counts them within the SLO, as answered
+            assert s.engine.metrics.slo_requests.labels("m", "yes")._value.get() == 48
+
+    run(body())

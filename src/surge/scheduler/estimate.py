@@ -110,8 +110,27 @@ class InstanceTimes:
     def __init__(self, alpha: float = 0.2, outlier_multiple: float = 4.0, live: int = 1) -> None:
         BatchTimes(alpha, outlier_multiple)  # checks the settings
         self.alpha, self.outlier_multiple = alpha, outlier_multiple
-        self.live = max(1, live)
+        self._live = max(1, live)
         self._times: dict[int, BatchTimes] = {}  # least recently reporting first
+        # Per size, what `estimates` and `rate` answer until the next batch or live change:
+        # admission asks on every arrival (10,000 a second in a surge of the default model,
+        # where working them out again took a tenth of the event loop) and batches are rarer.
+        self._estimates: dict[int, tuple[float, ...]] = {}
+        self._rates: dict[int, float] = {}
+
+    @property
+    def live(self) -> int:
+        return self._live
+
+    @live.setter
+    def live(self, value: int) -> None:
+        if value != self._live:
+            self._live = value
+            self._forget_answers()
+
+    def _forget_answers(self) -> None:
+        self._estimates.clear()
+        self._rates.clear()
 
     def __bool__(self) -> bool:
         """Whether any live instance has been measured."""
@@ -121,11 +140,13 @@ class InstanceTimes:
         """Fold one batch computed by `instance` into its own estimate."""
         times, seconds = self._touch(instance, size, seconds)
         times.record(size, seconds)
+        self._forget_answers()
 
     def remeasure(self, instance: int, size: int, seconds: float) -> None:
         """Take `seconds` as `instance`'s estimate of `size` (a probe found it stale)."""
         times, seconds = self._touch(instance, size, seconds)
         times.remeasure(size, seconds)
+        self._forget_answers()
 
     def _touch(self, instance: int, size: int, seconds: float) -> tuple[BatchTimes, float]:
         """The instance's times, now the most recent; a first sample bounded by the others'
@@ -144,12 +165,14 @@ class InstanceTimes:
     def _measured(self) -> list[BatchTimes]:
         return [t for t in list(self._times.values())[-self.live:] if t]
 
-    def estimates(self, size: int) -> list[float]:
-        """Seconds for a batch of `size` on each live instance, fastest first ([] unmeasured)."""
-        known = sorted(t.estimate(size) or 0.0 for t in self._measured())
-        if not known:
-            return []
-        return known + [known[-1]] * (self.live - len(known))
+    def estimates(self, size: int) -> tuple[float, ...]:
+        """Seconds for a batch of `size` on each live instance, fastest first (() unmeasured)."""
+        answer = self._estimates.get(size)
+        if answer is None:
+            known = sorted(t.estimate(size) or 0.0 for t in self._measured())
+            answer = tuple(known + [known[-1]] * (self.live - len(known))) if known else ()
+            self._estimates[size] = answer
+        return answer
 
     def estimate(self, size: int, instance: int | None = None) -> float | None:
         """`instance`'s own estimate; without one (or unmeasured), the slowest live instance's."""
@@ -172,7 +195,10 @@ class InstanceTimes:
 
     def rate(self, size: int) -> float:
         """Batches of `size` per second that the live instances compute together."""
-        return sum(1.0 / max(t, 1e-9) for t in self.estimates(size))
+        answer = self._rates.get(size)
+        if answer is None:
+            answer = self._rates[size] = sum(1.0 / max(t, 1e-9) for t in self.estimates(size))
+        return answer
 
     def fastest(self) -> float:
         """The smallest estimate of any size on any live instance (0.0 before any)."""

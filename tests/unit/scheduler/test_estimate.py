@@ -7,7 +7,7 @@ import pytest
 
 from surge.errors import QueueFullError
 from surge.scheduler import Batch, Scheduler
-from surge.scheduler.estimate import BatchTimes
+from surge.scheduler.estimate import BatchTimes, InstanceTimes
 from tests.unit.scheduler.test_scheduler import ids, req, scheduler
 
 
@@ -189,3 +189,20 @@ def test_retries_setting_zero_never_requeues() -> None:
     batch = dispatch_one(s, 1, 0.0)
     assert len(s.retry(batch, 1.0)) == 1
     assert s.idle()
+
+
+def test_instance_answers_follow_every_new_batch_and_live_count() -> None:
+    """`estimates` and `rate` are kept between batches: each new sample, re-measure or change
+    of the live instances must still show at once."""
+    times = InstanceTimes(alpha=1.0, live=2)
+    times.record(0, 4, 0.010)
+    assert times.estimates(4) == (0.010, 0.010)  # the unmeasured live one counts as slowest
+    assert times.rate(4) == pytest.approx(200.0)
+    times.record(1, 4, 0.020)
+    assert times.estimates(4) == (0.010, 0.020)
+    assert times.rate(4) == pytest.approx(150.0)
+    times.remeasure(1, 4, 0.040)
+    assert times.estimates(4) == (0.010, 0.040)
+    times.live = 1  # the most recently reporting instance alone
+    assert times.estimates(4) == (0.040,)
+    assert times.rate(4) == pytest.approx(25.0)

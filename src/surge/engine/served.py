@@ -298,7 +298,7 @@ class ServedModel:
         self._m_depth.set(self.scheduler.queued)
         if self.scheduler.idle():
             self._idle.set()
-        self._schedule_wakeup(self.scheduler.next_wakeup(now, pool.idle_count, pool.idle_workers))
+        self._schedule_wakeup(self.scheduler.next_wakeup(now, pool.idle_count))
 
     def _schedule_wakeup(self, wakeup: float | None) -> None:
         if self._timer is not None:

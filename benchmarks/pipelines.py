@@ -5,22 +5,28 @@
    photo (JPEG quality 90) and the detector's 128x128 PNG canvas.
 2. Processor threads: the same JPEG decodes on 1 thread and on one thread per core (wall time):
    the decoders release the GIL, so the threads scale instead of queueing on it.
-3. Overhead at 64 clients: the Engine in process serving `detector` fed decoded UINT8 canvases
-   and `detector-boxes` (PNG bytes -> decode -> detector -> thresholded, labelled boxes), one
-   canvas per request, closed loop. Per request: front-end CPU (this process: event loop,
-   clients, processor threads), worker CPU (the detector's worker processes), p99, and the thread
-   CPU of the decode and box steps as the server itself measured them in the same window (the
-   pipeline's `steps` statistics: what the steps cost in situ, under this load, where the shared
-   cores make them dearer than alone). The extra CPU of the pipeline is compared with the decode
-   cost itself (target: at most 10% above it), and with decode + boxes in situ.
-   A third leg, `detector-boxes` with its box step handed to a processor thread as before it
-   was declared inline, measures what running cheap steps on the event loop saves; a fourth,
+3. Overhead at 64 clients: the Engine in process serving `detector` fed decoded UINT8 canvases,
+   `detector-decode` (PNG bytes -> decode -> detector, its raw outputs: the target's
+   comparison, "decode + model vs the model fed decoded tensors") and `detector-boxes` (PNG
+   bytes -> decode -> detector -> thresholded, labelled boxes), one canvas per request, closed
+   loop. Per request: front-end CPU (this process: event loop, clients, processor threads), the
+   workers' CPU (each detector batch's thread CPU as its worker reports it, and the worker
+   processes' whole CPU; the workers' share of a leg's extra is its extra batches priced at the
+   model leg's CPU per batch: see `_extra`), p99, and the thread CPU of the decode and box
+   steps as the server itself measured them in the same window (the pipeline's `steps`
+   statistics: what the steps cost in situ, under this load, where the shared cores make them
+   dearer than alone). The extra CPU of `detector-decode` is compared with the decode cost
+   itself (target: at most 10% above it; `target` in the JSON), and that of `detector-boxes`
+   with decode + boxes in situ.
+   A fourth leg, `detector-boxes` with its box step handed to a processor thread as before it
+   was declared inline, measures what running cheap steps on the event loop saves; a fifth,
    with every decode handed to a processor thread as before small images were decoded on the
-   loop, what that saves; a fifth does the pipeline's work by hand (decode, detector, boxes on
+   loop, what that saves; a sixth does the pipeline's work by hand (decode, detector, boxes on
    the loop, no pipeline) under the same load: the pipeline's own cost is the difference, and
    what the steps cost under load is set apart from what they cost alone (this leg times its own
    decode and boxes the same way). The legs run in turn `--rounds` times (load from other
    processes drifts); each figure is the mean over them. `--legs` picks some (py-spy profiles).
+   The pipeline's own Python on its own, without sockets or workers: benchmarks/pipeline_path.py.
 4. Steps alone (`--only steps`): CPU per call of the decode and box steps on one request and of
    a top-5 over 1,000 named classes, on one thread.
 5. Hand-off: the box step alone on one request's outputs (1 x 32 boxes), awaited on an event
@@ -84,6 +90,25 @@ def _threaded_copy(repo: Path, processor: str, replacement: str) -> str:
         if step.get("processor") == processor:
             step["processor"] = f"__main__:{replacement}"  # this script, run in process
     name = f"detector-boxes-{replacement.replace('_', '-')}"
+    (repo / name).mkdir()
+    (repo / name / "config.yaml").write_text(yaml.safe_dump(config))
+    return name
+
+
+def _decode_only_copy(repo: Path) -> str:
+    """detector-boxes without its box step: PNG bytes -> decode -> detector, the detector's own
+    outputs out. Against the detector fed decoded canvases this is the issue's comparison
+    ("decode + model vs the model fed decoded tensors"): the only step it adds is the decode."""
+    import yaml
+
+    config = yaml.safe_load((repo / "detector-boxes" / "config.yaml").read_text())
+    config["steps"] = [step for step in config["steps"] if step["name"] != "keep"]
+    detect = next(step for step in config["steps"] if step.get("model") == "detector")
+    detect["outputs"] = {"boxes": "boxes", "scores": "scores", "labels": "labels"}
+    config["outputs"] = [{"name": "boxes", "datatype": "FP32", "shape": [-1, 32, 4]},
+                         {"name": "scores", "datatype": "FP32", "shape": [-1, 32]},
+                         {"name": "labels", "datatype": "INT64", "shape": [-1, 32]}]
+    name = "detector-decode"
     (repo / name).mkdir()
     (repo / name / "config.yaml").write_text(yaml.safe_dump(config))
     return name
@@ -196,12 +221,13 @@ class Leg:
     call: Call
     payloads: list[dict[str, np.ndarray]]
     probe: Probe = dict
-    # (items, batches) the detector has computed: its mean batch explains most of the worker
-    # CPU per request (a batch's fixed cost is shared by fewer requests in a smaller batch)
-    batches: Callable[[], tuple[int, int]] = lambda: (0, 0)
+    # (items, batches, worker ns) the detector has computed: its mean batch explains most of
+    # the worker CPU per request (a batch's fixed cost is shared by fewer requests in a smaller
+    # batch); the ns are the CPU of the worker threads' batches, as the workers report them
+    batches: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
 
 
-LEGS = ("model", "pipeline", "boxes-thread", "decode-thread", "by-hand")
+LEGS = ("model", "decode", "pipeline", "boxes-thread", "decode-thread", "by-hand")
 STEPS = ("decode", "keep")  # detector-boxes' processor steps (the by-hand leg names its own so)
 
 
@@ -224,11 +250,15 @@ async def _level(leg: Leg, concurrency: int, duration: float) -> dict[str, float
     await asyncio.gather(*(client(i) for i in range(concurrency)))
     cpu, workers = time.process_time() - cpu, _worker_cpu_s() - workers
     wall, count = time.perf_counter() - wall, len(latencies)
-    items, batched = (now - then for now, then in zip(leg.batches(), batches, strict=True))
+    items, batched, batch_ns = (now - then for now, then in zip(leg.batches(), batches,
+                                                                 strict=True))
     in_situ = {f"{step}_cpu_us": (ns - steps.get(step, 0)) / count / 1e3
                for step, ns in leg.probe().items()}
     return {"requests_per_s": count / wall, "p99_ms": float(np.percentile(latencies, 99) * 1e3),
             "frontend_cpu_us": cpu / count * 1e6, "worker_cpu_us": workers / count * 1e6,
+            "worker_batch_cpu_us": batch_ns / count / 1e3,
+            "batches_per_request": batched / count,
+            "worker_cpu_per_batch_us": batch_ns / batched / 1e3 if batched else float("nan"),
             "detector_batch": items / batched if batched else float("nan"), **in_situ}
 
 
@@ -281,16 +311,18 @@ def _by_hand(engine: Engine) -> tuple[Call, Probe]:
 
 def _make_legs(engine: Engine, raw: list[dict[str, np.ndarray]],
                files: list[dict[str, np.ndarray]], boxes_thread: str,
-               decode_thread: str) -> dict[str, Leg]:
+               decode_thread: str, decode_only: str) -> dict[str, Leg]:
     by_hand, by_hand_cpu = _by_hand(engine)
 
-    def batches() -> tuple[int, int]:
+    def batches() -> tuple[int, int, int]:
         stats = engine.stats("detector")
-        return stats.inference_count, stats.execution_count
+        return stats.inference_count, stats.execution_count, stats.compute_cpu[1]
 
     return {
         "model": Leg("detector (decoded canvas)", _served(engine, "detector"), raw, dict,
                      batches),
+        "decode": Leg("detector-decode (PNG bytes, raw out)", _served(engine, decode_only),
+                      files, _steps_cpu(engine, decode_only), batches),
         "pipeline": Leg("detector-boxes (PNG bytes)", _served(engine, "detector-boxes"), files,
                         _steps_cpu(engine, "detector-boxes"), batches),
         "boxes-thread": Leg("detector-boxes, box step in a thread",
@@ -304,17 +336,37 @@ def _make_legs(engine: Engine, raw: list[dict[str, np.ndarray]],
 
 
 def _extra(level: dict[str, float], model: dict[str, float]) -> dict[str, float]:
-    """A leg's CPU per request above the model fed decoded canvases, against its steps in situ."""
+    """A leg's CPU per request above the model fed decoded canvases, against its steps in situ.
+
+    Both legs feed the detector the same canvases, so their workers compute the same batches
+    but for the batches' sizes. The workers' share of the extra is therefore priced: the extra
+    batches per request the leg made, at the model leg's CPU per batch (a whole batch's price,
+    so an upper bound). What the workers' threads measured per batch (`workers_measured_us`)
+    and the worker processes' whole CPU (`workers_process_us`) are kept beside it: both swing
+    by 100-150 us per request between legs whose batches are identical, as load from other
+    processes makes the same compute dearer or cheaper, and so prove nothing either way."""
     frontend = level["frontend_cpu_us"] - model["frontend_cpu_us"]
-    workers = level["worker_cpu_us"] - model["worker_cpu_us"]
+    workers = (level["batches_per_request"] - model["batches_per_request"]) * model[
+        "worker_cpu_per_batch_us"]
+    measured = level["worker_batch_cpu_us"] - model["worker_batch_cpu_us"]
+    process = level["worker_cpu_us"] - model["worker_cpu_us"]
     extra = frontend + workers
     decode_us, keep_us = level.get("decode_cpu_us", 0.0), level.get("keep_cpu_us", 0.0)
     steps = decode_us + keep_us
+
+    def over(value: float, base: float) -> float:
+        return value / base if base else float("nan")
+
     return {"extra_us": extra, "frontend_us": frontend, "workers_us": workers,
+            "workers_measured_us": measured, "workers_process_us": process,
+            "extra_measured_us": frontend + measured, "extra_process_us": frontend + process,
             "decode_in_situ_us": decode_us, "boxes_in_situ_us": keep_us,
             "rest_us": extra - steps,  # what the pipeline (or the hand-written path) adds
-            "over_decode": extra / decode_us if decode_us else float("nan"),
-            "over_decode_and_boxes": extra / steps if steps else float("nan"),
+            "frontend_over_steps": over(frontend, steps),
+            "over_decode": over(extra, decode_us),
+            "over_decode_measured": over(frontend + measured, decode_us),
+            "over_decode_process": over(frontend + process, decode_us),
+            "over_decode_and_boxes": over(extra, steps),
             "target_decode_met": extra <= 1.1 * decode_us,
             "target_decode_and_boxes_met": extra <= 1.1 * steps}
 
@@ -326,14 +378,20 @@ def _print_overhead(levels: dict[str, dict[str, float]], titles: dict[str, str],
                           if f"{step}_cpu_us" in level)
         print(f"{titles[name]:<36} {level['requests_per_s']:6.0f} req/s  p99 "
               f"{level['p99_ms']:6.1f} ms  front end {level['frontend_cpu_us']:6.0f} us  "
-              f"workers {level['worker_cpu_us']:6.0f} us  batch {level['detector_batch']:.2f}  "
+              f"workers {level['worker_batch_cpu_us']:5.0f} us in batches "
+              f"({level['worker_cpu_us']:5.0f} process)  batch {level['detector_batch']:.2f}  "
               f"{steps}")
     for name, extra in extras.items():
         print(f"{titles[name]:<36} extra {extra['extra_us']:5.0f} us (front end "
-              f"{extra['frontend_us']:.0f}, workers {extra['workers_us']:.0f}); in situ decode "
+              f"{extra['frontend_us']:.0f}, workers' extra batches {extra['workers_us']:.0f}; "
+              f"as measured: batches {extra['workers_measured_us']:.0f}, processes "
+              f"{extra['workers_process_us']:.0f}); in situ decode "
               f"{extra['decode_in_situ_us']:.0f} + boxes {extra['boxes_in_situ_us']:.0f} us; "
-              f"rest {extra['rest_us']:.0f} us; {extra['over_decode']:.2f}x decode, "
-              f"{extra['over_decode_and_boxes']:.2f}x decode + boxes")
+              f"rest {extra['rest_us']:.0f} us; {extra['over_decode']:.2f}x decode "
+              f"({extra['over_decode_measured']:.2f}x, {extra['over_decode_process']:.2f}x as "
+              "measured), "
+              f"{extra['over_decode_and_boxes']:.2f}x decode + boxes; front end "
+              f"{extra['frontend_over_steps']:.2f}x its steps")
     print(f"decode alone, idle thread: {decode_us:.0f} us")
 
 
@@ -351,11 +409,14 @@ async def overhead(concurrency: int, duration: float, rounds: int = 1,
                             ignore=shutil.ignore_patterns("tuning"))
         boxes_thread = _threaded_copy(Path(tmp), "detection.boxes", "boxes_in_thread")
         decode_thread = _threaded_copy(Path(tmp), "image.decode", "decode_in_thread")
-        engine = Engine(Repository(tmp), models=["detector-boxes", boxes_thread, decode_thread])
+        decode_only = _decode_only_copy(Path(tmp))
+        engine = Engine(Repository(tmp), models=["detector-boxes", boxes_thread, decode_thread,
+                                                 decode_only])
         await engine.start()
         try:
             chosen = {name: leg for name, leg in _make_legs(
-                engine, raw, files, boxes_thread, decode_thread).items() if name in legs}
+                engine, raw, files, boxes_thread, decode_thread, decode_only).items()
+                if name in legs}
             levels = await _legs(chosen, concurrency, duration, rounds)
         finally:
             await engine.stop(5.0)
@@ -363,7 +424,7 @@ async def overhead(concurrency: int, duration: float, rounds: int = 1,
               for name, level in levels.items() if name != "model" and "model" in levels}
     _print_overhead(levels, {name: leg.title for name, leg in chosen.items()}, extras,
                     decode_us)
-    return {"levels": levels, "extra": extras, "target": extras.get("pipeline"),
+    return {"levels": levels, "extra": extras, "target": extras.get("decode"),
             "decode_alone_us": decode_us, "concurrency": concurrency, "rounds": rounds,
             "duration_s": duration, "load_average": os.getloadavg()}
 

@@ -30,6 +30,8 @@ class ModelStats:
     # The fitted batch-time line and its predictions beside the measured means, per batch
     # size (see `latency_report`); empty before any batch was timed.
     latency: dict[str, object] = field(default_factory=dict)
+    # The worker threads' CPU for the batches' inputs and runs, as the workers report it.
+    compute_cpu: Duration = (0, 0)
 
 
 class DurationCounter:
@@ -62,6 +64,7 @@ class Counters:
         self.compute_input = DurationCounter()
         self.compute_infer = DurationCounter()
         self.compute_output = DurationCounter()
+        self.compute_cpu = DurationCounter()
         self.batch_stats: dict[int, DurationCounter] = {}
         # The line (a, b) in seconds of the slowest live instance, asked for at snapshot time.
         self.latency_line: Callable[[], tuple[float, float] | None] = lambda: None
@@ -78,6 +81,7 @@ class Counters:
         self.compute_input.add(done.input_ns)
         self.compute_infer.add(done.infer_ns)
         self.compute_output.add(done.output_ns + split_ns)
+        self.compute_cpu.add(done.cpu_ns)
         per_size = self.batch_stats.setdefault(size, DurationCounter())
         per_size.add(done.input_ns + done.infer_ns + done.output_ns)
 
@@ -88,6 +92,7 @@ class Counters:
             self.compute_input.pair(), self.compute_infer.pair(), self.compute_output.pair(),
             {size: counter.pair() for size, counter in sorted(self.batch_stats.items())},
             latency_report(self.latency_line(), self.batch_stats, self.instance_lines()),
+            compute_cpu=self.compute_cpu.pair(),
         )
 
 

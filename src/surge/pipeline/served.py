@@ -38,10 +38,12 @@ from surge.errors import (
     ServingError,
     SurgeError,
 )
+from surge.pipeline.accept import Accept
 from surge.pipeline.graph import StepTypes, check_types, plan
-from surge.pipeline.metrics import StepCpu, step_metrics
+from surge.pipeline.metrics import StepCpu, StepTimes, step_metrics
 from surge.pipeline.steps import ProcessorStep, processor_step
 from surge.repository import ModelConfig, Repository
+from surge.repository.config import StepConfig
 from surge.runtimes.base import Signature, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class PipelineHost(Protocol):
 class PipelineRequest:
     """One validated request to a pipeline."""
 
-    inputs: dict[str, np.ndarray]
+    inputs: Mapping[str, np.ndarray]  # as the caller gave them: the run copies them once
     outputs: tuple[str, ...] | None
     rows: int
     arrival: float
@@ -118,6 +120,26 @@ class PipelineCounters(Counters):
                              steps={step: cpu.snapshot() for step, cpu in self._cpu.items()})
 
 
+@dataclass(frozen=True, slots=True)
+class StepRun:
+    """One step as each request walks it, resolved when the pipeline starts: the tensors it
+    reads and writes as (step's name, pipeline's name) pairs, and where its time and CPU go."""
+
+    name: str
+    model: str | None
+    reads: tuple[tuple[str, str], ...]
+    writes: tuple[tuple[str, str], ...]
+    processor: ProcessorStep | None
+    cpu: StepCpu | None
+    times: StepTimes
+
+    @classmethod
+    def of(cls, step: StepConfig, processor: ProcessorStep | None, cpu: StepCpu | None,
+           times: StepTimes) -> StepRun:
+        return cls(step.name, step.model, tuple(step.inputs.items()),
+                   tuple(step.outputs.items()), processor, cpu, times)
+
+
 def named(error: SurgeError, step: str) -> SurgeError:
     """The same error (same kind, same status) with the step's name in front of its message."""
     renamed = copy.copy(error)
@@ -135,16 +157,19 @@ class ServedPipeline:
         self.name, self.config, self._host = name, config, host
         self.steps = plan(name, config, host.repository.model_names())
         self.signature = pipeline_signature(config)
+        self._accept = Accept(self.signature)
+        self._output_names = tuple(self.signature.output_names)
+        self._models = tuple(sorted({s.model for s in self.steps if s.model is not None}))
         self.processors: dict[str, ProcessorStep] = {}
         self.handle: ModelHandle | None = None
         self.accepting = False
         self._metrics = step_metrics(host.metrics)
-        self._cpu = {s.name: StepCpu(self._metrics.cpu.labels(name, s.name))
-                     for s in self.steps if s.model is None}
+        totals = self._metrics.totals
+        self._cpu = {s.name: totals.step_cpu(name, s.name) for s in self.steps if s.model is None}
         self.counters = PipelineCounters(self._cpu)
-        # Each step's histogram child, labelled once: labels() per step per request costs more
-        # than the observation itself.
-        self._timers = {s.name: self._metrics.duration.labels(name, s.name) for s in self.steps}
+        self._times = {s.name: totals.step_times(name, s.name) for s in self.steps}
+        # What each request walks, resolved at start (see `_run`).
+        self._runs: tuple[StepRun, ...] = ()
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -152,8 +177,7 @@ class ServedPipeline:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Serve the model steps (loading those not served yet), then check every step's types."""
-        models = sorted({s.model for s in self.steps if s.model is not None})
-        await asyncio.gather(*(self._host.ensure_served(m) for m in models))
+        await asyncio.gather(*(self._host.ensure_served(m) for m in self._models))
         types: dict[str, StepTypes] = {}
         for step in self.steps:
             if step.model is not None:
@@ -163,6 +187,9 @@ class ServedPipeline:
                 self.processors[step.name] = processor_step(self.name, step, base)
                 types[step.name] = self.processors[step.name].types
         check_types(self.name, self.steps, types, self.signature.inputs, self.signature.outputs)
+        self._runs = tuple(StepRun.of(step, self.processors.get(step.name),
+                                      self._cpu.get(step.name), self._times[step.name])
+                           for step in self.steps)
         self.handle = ModelHandle(self.name, self.version, self.versions, self.config,
                                   self.signature, PLATFORM)
         self.accepting = True
@@ -181,8 +208,7 @@ class ServedPipeline:
 
     @property
     def ready(self) -> bool:
-        return self.accepting and all(
-            self._host.model_ready(s.model) for s in self.steps if s.model is not None)
+        return self.accepting and all(self._host.model_ready(m) for m in self._models)
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting; let requests in flight finish within `grace_s`."""
@@ -201,7 +227,7 @@ class ServedPipeline:
     def make_request(self, inputs: Mapping[str, np.ndarray], outputs: list[str] | None,
                      priority: int, timeout_us: int | None, request_id: str) -> PipelineRequest:
         """Validate against the pipeline's signature."""
-        self.signature.validate_inputs(inputs)
+        self._accept.check(inputs)
         for name in outputs or []:
             self.signature.output(name)
         if priority < 0:
@@ -212,7 +238,7 @@ class ServedPipeline:
         if rows < 1:
             raise InputError(f"batch size must be at least 1, got {rows}")
         now = self._host.clock()
-        return PipelineRequest(dict(inputs), tuple(outputs) if outputs is not None else None,
+        return PipelineRequest(inputs, tuple(outputs) if outputs is not None else None,
                                rows, now, now + timeout_us / 1e6 if timeout_us else None,
                                priority, request_id)
 
@@ -233,7 +259,7 @@ class ServedPipeline:
                 self._idle.set()
         elapsed = time.perf_counter_ns() - started
         self._count_success(request.rows, elapsed)
-        wanted = request.outputs or tuple(self.signature.output_names)
+        wanted = request.outputs or self._output_names
         return {name: tensors[name] for name in wanted}
 
     def _count_success(self, rows: int, elapsed_ns: int) -> None:
@@ -246,30 +272,32 @@ class ServedPipeline:
 
     async def _run(self, request: PipelineRequest) -> dict[str, np.ndarray]:
         tensors = dict(request.inputs)
-        for step in self.steps:
-            inputs = {own: tensors[tensor] for own, tensor in step.inputs.items()}
+        for step in self._runs:
+            inputs = {own: tensors[tensor] for own, tensor in step.reads}
             started = time.perf_counter()
             try:
-                if step.model is not None:
+                if step.processor is not None:
+                    produced = await step.processor.run(inputs, request.rows, step.cpu)
+                else:
+                    assert step.model is not None
                     produced = await self._host.infer(
-                        step.model, None, inputs, outputs=list(step.outputs),
+                        step.model, None, inputs, outputs=[own for own, _ in step.writes],
                         priority=request.priority, timeout_us=self._remaining_us(request),
                         request_id=request.request_id)
-                else:
-                    produced = await self.processors[step.name].run(inputs, request.rows,
-                                                                    self._cpu[step.name])
-            except SurgeError as exc:
-                self._metrics.failures.labels(self.name, step.name).inc()
-                raise named(exc, step.name) from None
             except Exception as exc:
-                self._metrics.failures.labels(self.name, step.name).inc()
-                log.exception("pipeline %s: step %s failed", self.name, step.name)
-                raise ServingError(f"step {step.name!r} failed: {type(exc).__name__}: "
-                                   f"{exc}") from None
-            self._timers[step.name].observe(time.perf_counter() - started)
-            for own, tensor in step.outputs.items():
+                raise self._failed(step.name, exc) from None
+            step.times.observe(time.perf_counter() - started)
+            for own, tensor in step.writes:
                 tensors[tensor] = produced[own]
         return tensors
+
+    def _failed(self, step: str, exc: Exception) -> SurgeError:
+        """The error a failed step fails its request with: its own, or a ServingError, named."""
+        self._metrics.failures.labels(self.name, step).inc()
+        if isinstance(exc, SurgeError):
+            return named(exc, step)
+        log.exception("pipeline %s: step %s failed", self.name, step, exc_info=exc)
+        return ServingError(f"step {step!r} failed: {type(exc).__name__}: {exc}")
 
     def _remaining_us(self, request: PipelineRequest) -> int | None:
         if request.deadline is None:

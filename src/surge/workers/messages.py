@@ -50,6 +50,9 @@ class BatchDone:
     infer_ns: int = 0
     output_ns: int = 0
     error: str = ""  # the runner raised: the batch's requests fail, the worker lives on
+    # The worker thread's CPU for reading the inputs and running the batch: unlike the wall
+    # times above, it does not grow while the worker waits for a core on a busy machine.
+    cpu_ns: int = 0
 
 
 @dataclass(frozen=True)

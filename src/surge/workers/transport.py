@@ -373,4 +373,4 @@ class _DoesNotFitError(Exception):
 def _with(done: BatchDone, metas: tuple[TensorMeta, ...], inline: bool, needed: int,
           output_ns: int) -> BatchDone:
     return BatchDone(done.batch_id, metas, inline, needed, done.input_ns, done.infer_ns,
-                     output_ns, done.error)
+                     output_ns, done.error, done.cpu_ns)

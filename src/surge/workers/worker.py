@@ -83,7 +83,7 @@ def serve(runner: Runner, conn: Connection) -> None:
 
 def run_batch(runner: Runner, conn: Connection, end: WorkerEnd, message: RunBatch) -> None:
     """Compute one batch and answer its BatchDone (an error fails the batch, not the worker)."""
-    started = time.perf_counter_ns()
+    started, cpu = time.perf_counter_ns(), time.thread_time_ns()
     inputs = end.inputs(conn, message)
     loaded = time.perf_counter_ns()
     try:
@@ -94,5 +94,6 @@ def run_batch(runner: Runner, conn: Connection, end: WorkerEnd, message: RunBatc
     finally:
         del inputs  # release the views of the input slot
     done = BatchDone(message.batch_id, input_ns=loaded - started,
-                     infer_ns=time.perf_counter_ns() - loaded)
+                     infer_ns=time.perf_counter_ns() - loaded,
+                     cpu_ns=time.thread_time_ns() - cpu)
     end.reply(conn, message, outputs, done)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import generate_latest
 
 from surge.errors import InputError
 from surge.pipeline.metrics import StepCpu
@@ -23,8 +23,7 @@ BURN_MS = 30
 
 
 def _cpu() -> StepCpu:
-    counter = Counter("cpu_seconds", "test", ["step"], registry=CollectorRegistry())
-    return StepCpu(counter.labels("s"))
+    return StepCpu()
 
 
 def _step(inline: bool, **params: object) -> ProcessorStep:

@@ -1,6 +1,8 @@
 """The tail when clients outnumber capacity: p99 at 256 closed-loop clients against the mean
 latency that throughput alone dictates (256 / requests per second, Little's law), with the
-server's own per-request times from its access log beside the client's.
+server's own per-request times from its access log beside the client's: the total, its split
+into the queue wait and dispatch to answer (a batch's wait in its instance's slot and its
+compute), and where the slowest 1% spent theirs.
 
 ResNet-18 3x64x64, binary HTTP; `--config` is the model's config.yaml (default: name only).
 Run it once per source tree (`PYTHONPATH=other/src`) for a before/after side by side.
@@ -52,6 +54,7 @@ def main() -> None:
         run, rows = measure(repo, Path(tmp) / "access.jsonl", args.clients, args.duration)
     mean_s = args.clients / run.throughput
     server = np.array([r["total_ms"] for r in rows], float)
+    split = {part: spread(rows, part) for part in ("queue_ms", "compute_ms", "batch_size")}
     print(json.dumps({
         "config": args.config or "name only", "load_average": load, "throughput": run.throughput,
         "mean_latency_by_littles_law_ms": mean_s * 1e3, "client_p50_ms": run.p50_ms,
@@ -59,7 +62,27 @@ def main() -> None:
         "errors": run.errors, "server_total_ms": {
             "mean": float(server.mean()), "p50": float(np.percentile(server, 50)),
             "p99": float(np.percentile(server, 99))} if len(server) else {},
+        "server_split": split, "slowest_1pct": slowest(rows, server),
     }, indent=2))
+
+
+def spread(rows: list[dict[str, Any]], part: str) -> dict[str, float]:
+    """Mean, p50 and p99 of one field of the access log (queue wait, batch time, batch size)."""
+    values = np.array([r[part] or 0 for r in rows], float)
+    if not len(values):
+        return {}
+    return {"mean": float(values.mean()), "p50": float(np.percentile(values, 50)),
+            "p99": float(np.percentile(values, 99))}
+
+
+def slowest(rows: list[dict[str, Any]], total: np.ndarray) -> dict[str, float]:
+    """Where the slowest 1% of requests (server time) spent it: queue or batch, and in what size."""
+    if not len(total):
+        return {}
+    cut = np.percentile(total, 99)
+    tail = [r for r, t in zip(rows, total, strict=True) if t >= cut]
+    return {part: float(np.mean([r[part] or 0 for r in tail]))
+            for part in ("queue_ms", "compute_ms", "batch_size", "total_ms")}
 
 
 if __name__ == "__main__":

@@ -15,8 +15,11 @@ Usage: python benchmarks/peer_server.py litserve|pytriton MODEL_NAME MODEL.onnx 
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import sys
+import sysconfig
 from typing import Any
 
 import numpy as np
@@ -96,7 +99,36 @@ def run_litserve(name: str, path: str, port: int, threads: int) -> None:
     server.run(port=port, host="127.0.0.1", generate_client_file=False)
 
 
+def stub_runtime_path(environ: dict[str, str]) -> str:
+    """LD_LIBRARY_PATH for Triton's Python backend stub: this interpreter's own libpython first.
+
+    The stub links `libpython3.X.so.1.0` by name only (its RPATH holds just PyTriton's CUDA
+    libraries), so the loader picks the system's copy (Debian's 3.11.2 here), while the standard
+    library it imports is this interpreter's (pyenv's 3.11.7: PyTriton puts the venv's bin, and
+    so its `python3` and pyvenv.cfg, first on PATH, where the embedded runtime looks for home).
+    3.11.7's `multiprocessing.resource_tracker` calls `RLock._recursion_count()`, which the
+    3.11.2 runtime's C RLock lacks, so PyTriton's tensor store fails to start and the model never
+    loads. Loading the interpreter's own libpython keeps runtime and standard library one version.
+    """
+    library = sysconfig.get_config_var("INSTSONAME") or ""
+    directory = sysconfig.get_config_var("LIBDIR") or ""
+    current = environ.get("LD_LIBRARY_PATH", "")
+    if not library or not os.path.exists(os.path.join(directory, library)):
+        return current  # a static interpreter: nothing of its own to offer the stub
+    return os.pathsep.join(part for part in (directory, current) if part)
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (how peers.py stops a peer) stop PyTriton as Ctrl+C does: through its
+    context manager, which stops tritonserver and removes its workspace (22 MB under
+    ~/.cache/pytriton) and shared-memory region, instead of leaving them behind on every run."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def run_pytriton(name: str, path: str, port: int, threads: int) -> None:
+    # PyTriton starts tritonserver (and so the stub) with a copy of this environment.
+    os.environ["LD_LIBRARY_PATH"] = stub_runtime_path(dict(os.environ))
+    stop_on_sigterm()
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig

@@ -119,6 +119,7 @@ class ServedModel:
                        self.metrics.batch_time_fit.labels(name, "per_item"))
         slo = config.slo_p99_ms
         self._slo_s = slo / 1e3 if slo is not None else None
+        self._slo_aim_s = (self._slo_s or 0.0) * self.scheduler.config.slo_headroom
         self._m_slo = (self.metrics.slo_requests.labels(name, "yes"),
                        self.metrics.slo_requests.labels(name, "no"))
         # Children looked up once: the refusal path runs thousands of times a second in a surge.
@@ -348,8 +349,8 @@ class ServedModel:
                 timing.compute_s = _worker_seconds(result)
             if future is not None and not future.done():
                 future.set_result(completed.outputs)
-                if feedback is not None and completed.request.predicted is not None:
-                    future.add_done_callback(partial(self._judge, completed.request.predicted))
+                if feedback is not None:
+                    future.add_done_callback(partial(self._judge, completed.request.arrival))
             self.counters.success.add(int((now - completed.request.arrival) * 1e9))
             if self._slo_s is not None:
                 latency = now - completed.request.arrival
@@ -357,16 +358,17 @@ class ServedModel:
         self.counters.count_batch(batch.size, result.done if result else None,
                                   time.perf_counter_ns() - started, int(time.time() * 1e3))
 
-    def _judge(self, predicted: float, _: object) -> None:
-        """Feed the admission margin one answer's error: when its client saw it less when
-        admission predicted it. This runs after the awaiting task has resumed (its wake-up was
-        queued first), so the loop's backlog on the way out is in it; the backlog on the way
-        in, before the arrival, is the lag's one hop (the prediction holds both hops). Judged
-        when the answer is set, a saturated loop's delay after it is never seen."""
+    def _judge(self, arrival: float, _: object) -> None:
+        """Feed the admission feedback one answer's latency as its client saw it: this runs
+        after the awaiting task has resumed (its wake-up was queued first), so the loop's
+        backlog on the way out is in it; the backlog on the way in, before `arrival`, is the
+        lag's one hop. Judged when the answer is set, a saturated loop's delay after it is
+        never seen, and admission keeps planning past what clients see."""
         feedback = self.scheduler.slo_feedback
         if feedback is not None:
             now = self._clock()
-            feedback.observe(now + self.scheduler.lag_s / LAG_HOPS - predicted, now)
+            seen = now - arrival + self.scheduler.lag_s / LAG_HOPS
+            feedback.observe(seen <= self._slo_aim_s, now)
 
     def _probe_done(self, batch: Batch, outputs: dict[str, np.ndarray] | None,
                     error: Exception | None, result: BatchResult | None, now: float) -> None:

@@ -8,13 +8,10 @@
   grows while nothing arrives, so "nothing else is coming" is seen without a timer.
 - `DecayingLevel`: the level of a noisy delay (the front end's event-loop lag) that follows a
   lasting rise within a few samples and forgets a single stall within a second or two.
-- `CompletionMargin`: how much later than predicted the answers reach their clients (the p99
-  of the recent errors), which admission adds to every prediction.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 
 
@@ -158,50 +155,58 @@ class DecayingLevel:
         return self._level * 0.5 ** (max(0.0, now - self._at) / self.half_life_s)
 
 
-class CompletionMargin:
-    """How much later than admission predicted the answers reached their clients: the
-    `quantile` of the recent errors, which admission adds to every prediction.
+class SloFeedback:
+    """The share of a request's deadline admission may plan to fill, steered by the answers.
 
-    Admission predicts with mean batch times, and the tail of real batch times, of the worker
-    hand-off and of the front end's jitter is not in them: with every admitted request
-    predicted on time, a model run at its capacity still answered a fifth of them late. An
-    answer's error is when its client saw it less when admission said it would be out; the
-    p99 of the errors of the last `window_s` is the margin a prediction needs for 99% of the
-    admitted answers to be on time, measured rather than searched for. (It replaced an AIMD
-    share of the deadline steered by the late answers, Clipper-style, whose cut-and-grow cycle
-    left whole seconds of a surge past the SLO: 67-90% of ResNet-18's surge windows within it.)
-    Errors age out of the window, so a margin that refused everything comes back to zero
-    within `window_s` with no answer to learn from. The quantile is worked out at most every
-    `refresh_s`: admission asks on every arrival.
+    Admission predicts with mean batch times, and the tail of real batch times and of the front
+    end's jitter is not in them: with every admitted request predicted on time, a model run
+    at its capacity still answered a fifth of them late. So the answers close the loop, the way
+    Clipper sizes its batches (additive increase, multiplicative decrease): when more than
+    `target_miss` of a window's answers missed the SLO, the share is cut by `decrease`; while
+    at most half that many miss, it grows back by `increase` a window, up to the whole deadline.
+    A window with fewer than `min_answers` answers cuts nothing, and grows the share if none of
+    them missed; so does a window with no answer at all (read through `value`): a share cut so
+    low that it refused everything would otherwise never hear an answer to grow back on.
     """
 
-    def __init__(self, window_s: float = 1.0, quantile: float = 0.99, refresh_s: float = 0.05,
-                 max_samples: int = 4096) -> None:
-        if window_s <= 0 or refresh_s < 0 or not 0.0 < quantile <= 1.0 or max_samples < 1:
-            raise ValueError("need window_s > 0, refresh_s >= 0, 0 < quantile <= 1, "
-                             "max_samples >= 1")
-        self.window_s, self.quantile, self.refresh_s = window_s, quantile, refresh_s
-        self._samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
-        self._margin = 0.0
-        self._worked_out = float("-inf")
+    def __init__(self, window_s: float = 0.25, target_miss: float = 0.01, decrease: float = 0.75,
+                 increase: float = 0.03, floor: float = 0.3, min_answers: int = 20) -> None:
+        if not 0.0 < floor <= 1.0 or not 0.0 < decrease < 1.0 or increase <= 0 or window_s <= 0:
+            raise ValueError("need 0 < floor <= 1, 0 < decrease < 1, increase > 0, window_s > 0")
+        self.window_s, self.target_miss, self.min_answers = window_s, target_miss, min_answers
+        self.decrease, self.increase, self.floor = decrease, increase, floor
+        self.share = 1.0
+        self._start: float | None = None
+        self._answers = self._missed = 0
 
-    def observe(self, error_s: float, now: float) -> None:
-        """One answer, seen by its client `error_s` after (negative: before) the prediction."""
-        self._samples.append((now, error_s))
+    def observe(self, met: bool, now: float) -> None:
+        """One answer, on time or not, given at `now`."""
+        self._roll(now)
+        self._answers += 1
+        self._missed += not met
 
     def value(self, now: float) -> float:
-        """Seconds to add to a predicted completion (0.0 without recent answers)."""
-        if now - self._worked_out >= self.refresh_s:
-            self._worked_out = now
-            samples = self._samples
-            while samples and samples[0][0] <= now - self.window_s:
-                samples.popleft()
-            errors = [error for _, error in samples]
-            self._margin = max(0.0, _quantile(errors, self.quantile)) if errors else 0.0
-        return self._margin
+        """The share at `now`, the windows passed since the last answer counted."""
+        self._roll(now)
+        return self.share
 
+    def _roll(self, now: float) -> None:
+        if self._start is None:
+            self._start = now
+            return
+        passed = int((now - self._start) / self.window_s)
+        if passed < 1:
+            return
+        self._close_window()
+        if passed > 1:  # windows without a single answer: nothing was late
+            self.share = min(1.0, self.share + (passed - 1) * self.increase)
+        self._start += passed * self.window_s
 
-def _quantile(values: list[float], q: float) -> float:
-    """The `q` quantile of `values` (nearest rank: the value at least `q` of them reach)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+    def _close_window(self) -> None:
+        missed = self._missed / self._answers if self._answers else 0.0
+        if self._answers >= self.min_answers and missed > self.target_miss:
+            self.share = max(self.floor, self.share * self.decrease)
+        elif missed <= self.target_miss / 2 and (self._answers >= self.min_answers
+                                                 or not self._missed):
+            self.share = min(1.0, self.share + self.increase)
+        self._answers = self._missed = 0

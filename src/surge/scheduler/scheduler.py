@@ -26,7 +26,7 @@ import numpy as np
 
 from surge.errors import QueueFullError
 from surge.scheduler.estimate import InstanceTimes
-from surge.scheduler.latency import ArrivalRate, CompletionMargin
+from surge.scheduler.latency import ArrivalRate, SloFeedback
 from surge.scheduler.policy import QueueView, late_requests, slo_wait, static_due
 from surge.scheduler.types import Batch, Completed, Request, SchedulerConfig, ShapeKey
 
@@ -60,8 +60,8 @@ class Scheduler:
         # Seconds a request loses outside the scheduler (the front end's backlog before it
         # arrives and after it is answered), set by the driver; every deadline allows for it.
         self.lag_s = 0.0
-        # With an SLO, how much later than predicted the answers came out: admission adds it.
-        self.slo_feedback = CompletionMargin() if config.slo_s is not None else None
+        # With an SLO, the answers steer how much of a deadline admission plans to fill.
+        self.slo_feedback = SloFeedback() if config.slo_s is not None else None
         self._late: list[Request] = []  # refused at dispatch, for the driver to answer
         self._probe: int | None = None  # the request admitted to re-measure a stale estimate
         self._last_probe = float("-inf")
@@ -117,45 +117,45 @@ class Scheduler:
         if request.id in self._live:
             raise ValueError(f"request id {request.id} is already queued")
         if request.batch_size > self.config.max_batch_size:
-            raise ValueError(f"request brings {request.batch_size} items, max batch size is "
-                             f"{self.config.max_batch_size}")
+            raise ValueError(
+                f"request brings {request.batch_size} items, max batch size is "
+                f"{self.config.max_batch_size}"
+            )
         self.arrivals.arrive(now)  # offered load, refused requests included
         if len(self._live) >= self.config.max_queue_size:
-            raise QueueFullError(f"queue full ({self.config.max_queue_size} requests waiting)",
-                                 retry_after_s=self._drain_time(now))
+            raise QueueFullError(
+                f"queue full ({self.config.max_queue_size} requests waiting)",
+                retry_after_s=self._drain_time(now),
+            )
         if request.deadline is None and self.config.default_timeout_s is not None:
             request = replace(request, deadline=now + self.config.default_timeout_s)
-        predicted = None
         if request.deadline is not None:
-            predicted = self._admit_deadline(request, request.deadline, now)
+            self._admit_deadline(request, request.deadline, now)
             heapq.heappush(self._deadlines, (request.deadline, request.id))
-        elif self.slo_feedback is not None:  # every answer's error counts, deadline or not
-            predicted = self.predicted_completion(request, now)
-        if predicted is not None and self.slo_feedback is not None:
-            request = replace(request, predicted=predicted)  # its answer feeds the margin
         self._push(request)
         return request
 
-    def _admit_deadline(self, request: Request, deadline: float, now: float) -> float | None:
-        """Raise QueueFullError when `request` is predicted (plus, with an SLO, the measured
-        `CompletionMargin`) to finish after `deadline`; returns the prediction (None before any
-        batch was measured). Unless the refusal rests on the estimate alone (a worker idle,
-        nothing queued) and no probe ran lately: the estimate may be stale (measured while a
-        worker stalled, say) and nothing else would measure it again while every request
-        carries a deadline, so this request is admitted as a probe."""
+    def _admit_deadline(self, request: Request, deadline: float, now: float) -> None:
+        """Raise QueueFullError when `request` is predicted to finish after `deadline`.
+
+        Unless the refusal rests on the estimate alone (a worker idle, nothing queued) and no
+        probe ran lately: then the estimate may be stale (measured while a worker stalled,
+        say) and nothing else would ever measure it again while every request carries a
+        deadline, so this request is admitted as a probe.
+        """
         predicted = self.predicted_completion(request, now)
-        if predicted is None:
-            return None
-        margin = self.slo_feedback.value(now) if self.slo_feedback is not None else 0.0
-        if predicted + margin <= deadline:
-            return predicted
+        if self.slo_feedback is not None:
+            deadline = now + self.slo_feedback.value(now) * (deadline - now)
+        if predicted is None or predicted <= deadline:
+            return
         if self._may_probe(now):
             self._probe, self._last_probe = request.id, now
-            return predicted
-        raise QueueFullError(f"cannot meet the deadline: predicted completion in "
-                             f"{(predicted + margin - now) * 1e3:.1f} ms, deadline in "
-                             f"{(deadline - now) * 1e3:.1f} ms",
-                             retry_after_s=self._drain_time(now), reason="predicted_miss")
+            return
+        raise QueueFullError(
+            f"cannot meet the deadline: predicted completion in "
+            f"{(predicted - now) * 1e3:.1f} ms, deadline in {(deadline - now) * 1e3:.1f} ms",
+            retry_after_s=self._drain_time(now), reason="predicted_miss",
+        )
 
     def _may_probe(self, now: float) -> bool:
         return (self._probe is None and not self._live

@@ -76,9 +76,6 @@ class Request:
     outputs: tuple[str, ...] | None = None  # requested outputs; None = all
     request_id: str = ""  # the client's id, for logs
     retries: int = 0  # times a hung worker's batch sent it back to the queue
-    # When admission predicted the answer out (models with an SLO): the answer's error feeds
-    # the margin admission adds to its predictions.
-    predicted: float | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -368,7 +368,7 @@ class ServedModel:
         if feedback is not None:
             now = self._clock()
             seen = now - arrival + self.scheduler.lag_s / LAG_HOPS
-            feedback.observe(seen <= self._slo_aim_s, now)
+            feedback.observe(seen <= self._slo_aim_s, now, arrival)
 
     def _probe_done(self, batch: Batch, outputs: dict[str, np.ndarray] | None,
                     error: Exception | None, result: BatchResult | None, now: float) -> None:

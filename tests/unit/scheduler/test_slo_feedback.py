@@ -12,6 +12,7 @@ from surge.scheduler import Request, Scheduler, SchedulerConfig, shape_key
 from surge.scheduler.latency import SloFeedback
 
 _ids = itertools.count(1)
+LATE = 10**6  # early cuts off: these tests are about whole windows
 
 
 def answers(feedback: SloFeedback, start: float, late: int, on_time: int) -> float:
@@ -22,7 +23,8 @@ def answers(feedback: SloFeedback, start: float, late: int, on_time: int) -> flo
 
 
 def test_late_answers_cut_the_share_and_timely_ones_grow_it_back() -> None:
-    feedback = SloFeedback(window_s=0.5, target_miss=0.01, decrease=0.8, increase=0.05)
+    feedback = SloFeedback(window_s=0.5, target_miss=0.01, decrease=0.8, increase=0.05,
+                           early_misses=LATE)
     at = answers(feedback, 0.0, late=10, on_time=90)  # 10% late
     at = answers(feedback, at, late=0, on_time=100)  # closes the first window
     assert feedback.share == pytest.approx(0.8)
@@ -34,19 +36,19 @@ def test_late_answers_cut_the_share_and_timely_ones_grow_it_back() -> None:
 
 
 def test_the_share_has_a_floor_and_small_windows_decide_nothing() -> None:
-    feedback = SloFeedback(window_s=0.5, floor=0.3, min_answers=20)
+    feedback = SloFeedback(window_s=0.5, floor=0.3, min_answers=20, early_misses=LATE)
     at = 0.0
     for _ in range(20):
         at = answers(feedback, at, late=50, on_time=0)
     assert feedback.share == pytest.approx(0.3)
-    quiet = SloFeedback(window_s=0.5, min_answers=20)
+    quiet = SloFeedback(window_s=0.5, min_answers=20, early_misses=LATE)
     at = answers(quiet, 0.0, late=10, on_time=0)  # ten answers, all late: too few to judge
     answers(quiet, at, late=0, on_time=1)
     assert quiet.share == 1.0
 
 
 def test_a_miss_rate_between_half_and_the_target_holds_the_share() -> None:
-    feedback = SloFeedback(window_s=0.5, target_miss=0.02, decrease=0.8)
+    feedback = SloFeedback(window_s=0.5, target_miss=0.02, decrease=0.8, early_misses=LATE)
     at = answers(feedback, 0.0, late=10, on_time=90)
     at = answers(feedback, at, late=3, on_time=197)  # 10% cuts; then 1.5%: between, held
     answers(feedback, at, late=0, on_time=1)
@@ -88,3 +90,28 @@ def test_a_share_that_refuses_everything_grows_back_with_time_alone() -> None:
     few.share = 0.5
     answers(few, 0.0, late=0, on_time=5)  # five answers, all on time: grows
     assert few.value(0.3) == pytest.approx(0.55)
+
+
+def test_misses_past_the_early_count_cut_at_once_and_start_a_new_window() -> None:
+    feedback = SloFeedback(window_s=0.25, target_miss=0.01, decrease=0.5, early_misses=5)
+    for i in range(100):
+        feedback.observe(True, 0.001 * i)
+    for i in range(4):
+        feedback.observe(False, 0.1 + 0.001 * i)
+    assert feedback.share == 1.0  # four misses: not yet
+    feedback.observe(False, 0.105)
+    assert feedback.share == 0.5  # the fifth, 5% of the window: cut before the window's end
+
+
+def test_answers_to_requests_admitted_before_a_cut_cut_nothing_more() -> None:
+    feedback = SloFeedback(window_s=0.25, target_miss=0.01, decrease=0.5, early_misses=5,
+                           floor=0.1)
+    for i in range(5):
+        feedback.observe(False, 0.1 + 0.001 * i, arrival=0.05)
+    assert feedback.share == 0.5
+    for i in range(20):  # the rest of what was in flight, as late: admitted under the old share
+        feedback.observe(False, 0.11 + 0.001 * i, arrival=0.06)
+    assert feedback.share == 0.5
+    for i in range(5):  # admitted after the cut, and still late: a new cut
+        feedback.observe(False, 0.2 + 0.001 * i, arrival=0.15)
+    assert feedback.share == 0.25

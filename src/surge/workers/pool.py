@@ -436,7 +436,7 @@ class WorkerPool:
         service_s = max(own_s, now - max(batch.dispatched, worker.last_done))
         worker.last_done = now
         # Outputs view the worker's output slot: consume them before its slot is reused.
-        self._on_done(batch, outputs, None, BatchResult(done, service_s))
+        self._on_done(batch, outputs, None, BatchResult(done, service_s, worker.index))
         worker.batches.popleft()
         self._watch(worker)
 

@@ -330,6 +330,25 @@ def test_cancelled_request_leaves_the_queue(tmp_path: Path) -> None:
     run(body())
 
 
+def test_each_instance_learns_its_own_batch_times(tmp_path: Path) -> None:
+    config = "max_batch_size: 8\ninstances: 2\nthreads: 1\n"
+
+    async def body() -> None:
+        async with serving(tmp_path, {"tiny": ("affine", config)}) as engine:
+            model = served(engine, "tiny")
+            for _ in range(200):  # batches of several sizes until both instances have a line
+                await asyncio.gather(*(engine.infer("tiny", None, rows(1.0, 1 + i % 4))
+                                       for i in range(8)))
+                if len(model.scheduler.instance_lines()) == 2:
+                    break
+            assert sorted(model.scheduler.instance_lines()) == [0, 1]
+            latency = engine.stats("tiny").latency
+            assert isinstance(latency["instances"], dict)
+            assert sorted(latency["instances"]) == ["0", "1"]
+
+    run(body())
+
+
 # -- crashes and shutdown --------------------------------------------------------------------
 def test_sigkill_fails_only_the_in_flight_batch_then_recovers(tmp_path: Path) -> None:
     config = "max_batch_size: 4\ninstances: 2\nthreads: 1\nqueue: {max_size: 256}\n"

@@ -172,10 +172,6 @@ class SloFeedback:
     quarter second be admitted on the whole deadline (p99 122 ms in ResNet-18's first surge
     second). Answers to requests that arrived before a cut are not counted (they were admitted
     under the old share; one cut per overshoot, as TCP cuts once per round trip).
-    Within a tenth below the share that last overshot, and past it, a window's answers grow the
-    share a quarter as fast (as TCP CUBIC slows near its last loss): growing back at full speed
-    into the same overshoot put a second of the surge past the SLO every few seconds. (Windows
-    with no answer at all grow it at full speed: nothing is known there.)
     """
 
     def __init__(self, window_s: float = 0.25, target_miss: float = 0.01, decrease: float = 0.75,
@@ -190,7 +186,6 @@ class SloFeedback:
         self._start: float | None = None
         self._answers = self._missed = 0
         self._cut_at = float("-inf")
-        self._overshot: float | None = None  # the share at the last cut
 
     def observe(self, met: bool, now: float, arrival: float | None = None) -> None:
         """One answer, on time or not, given at `now` to a request that arrived at `arrival`."""
@@ -200,7 +195,7 @@ class SloFeedback:
         self._answers += 1
         self._missed += not met
         if self._missed >= self.early_misses and self._missed > self.target_miss * self._answers:
-            self._cut()
+            self.share = max(self.floor, self.share * self.decrease)
             self._cut_at = self._start = now
             self._answers = self._missed = 0
 
@@ -224,19 +219,10 @@ class SloFeedback:
     def _close_window(self) -> None:
         missed = self._missed / self._answers if self._answers else 0.0
         if self._answers >= self.min_answers and missed > self.target_miss:
-            self._cut()
+            self.share = max(self.floor, self.share * self.decrease)
             if self._start is not None:  # the window's end: what arrived before it is old news
                 self._cut_at = self._start + self.window_s
         elif missed <= self.target_miss / 2 and (self._answers >= self.min_answers
                                                  or not self._missed):
-            self._grow()
+            self.share = min(1.0, self.share + self.increase)
         self._answers = self._missed = 0
-
-    def _cut(self) -> None:
-        self._overshot = self.share
-        self.share = max(self.floor, self.share * self.decrease)
-
-    def _grow(self) -> None:
-        near = (self._answers > 0 and self._overshot is not None
-                and self.share >= 0.9 * self._overshot - 1e-9)
-        self.share = min(1.0, self.share + (self.increase / 4 if near else self.increase))

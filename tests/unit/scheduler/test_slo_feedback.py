@@ -115,16 +115,3 @@ def test_answers_to_requests_admitted_before_a_cut_cut_nothing_more() -> None:
     for i in range(5):  # admitted after the cut, and still late: a new cut
         feedback.observe(False, 0.2 + 0.001 * i, arrival=0.15)
     assert feedback.share == 0.25
-
-
-def test_the_share_grows_slowly_near_the_level_that_last_overshot() -> None:
-    feedback = SloFeedback(window_s=0.5, decrease=0.5, increase=0.1, early_misses=LATE)
-    at = answers(feedback, 0.0, late=0, on_time=100)
-    at = answers(feedback, at, late=50, on_time=50)  # closes the first window: grows to 1.0
-    at = answers(feedback, at, late=0, on_time=100)  # closes the late one: cut 1.0 -> 0.5
-    assert feedback.share == pytest.approx(0.5)
-    for _ in range(4):  # full speed while well below the level that overshot
-        at = answers(feedback, at, late=0, on_time=100)
-    assert feedback.share == pytest.approx(0.9)
-    at = answers(feedback, at, late=0, on_time=100)  # within a tenth of 1.0: a quarter step
-    assert feedback.share == pytest.approx(0.925)

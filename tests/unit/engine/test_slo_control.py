@@ -237,6 +237,21 @@ def test_loop_lag_probes_one_at_a_time_and_at_most_every_interval() -> None:
     run(body())
 
 
+async def answer_windows(s: Served, window_s: float, compute_s: float,
+                         loop_delay_s: float = 0.0) -> None:
+    """Two feedback windows of three batches of 8, each computed in `compute_s`, their clients
+    reached `loop_delay_s` after the answers are set."""
+    for _ in range(2):
+        for _ in range(3):
+            tasks = await s.infer(*range(8))
+            await s.tick(compute_s)
+            s.pool.finish(service_s=compute_s)
+            s.clock.advance(loop_delay_s)
+            await settle()
+            assert all(t.done() for t in tasks)
+        await s.tick(window_s)
+
+
 def test_late_answers_shrink_the_share_of_the_deadline_admission_plans_with(
         tmp_path: Path) -> None:
     async def body() -> None:
@@ -244,14 +259,8 @@ def test_late_answers_shrink_the_share_of_the_deadline_admission_plans_with(
             feedback = s.model.scheduler.slo_feedback
             assert feedback is not None
             assert feedback.share == 1.0
-            for _ in range(2):  # two windows of 24 answers, every one 45 ms: inside the SLO
-                for _ in range(3):  # but past the 40 ms it aims at
-                    tasks = await s.infer(*range(8))
-                    await s.tick(0.045)
-                    s.pool.finish(service_s=0.045)
-                    await settle()
-                    assert all(t.done() for t in tasks)
-                await s.tick(feedback.window_s)
+            # two windows of 24 answers, every one 45 ms: inside the SLO but past its 40 ms aim
+            await answer_windows(s, feedback.window_s, compute_s=0.045)
             assert feedback.share < 1.0
             assert s.engine.metrics.slo_requests.labels("m", "yes")._value.get() == 48
 
@@ -263,15 +272,9 @@ def test_the_feedback_judges_answers_as_late_as_their_clients_see_them(tmp_path:
         async with probed(tmp_path) as s:
             feedback = s.model.scheduler.slo_feedback
             assert feedback is not None
-            for _ in range(2):  # two windows of 24 answers, computed in 20 ms: on time...
-                for _ in range(3):
-                    tasks = await s.infer(*range(8))
-                    await s.tick(0.020)
-                    s.pool.finish(service_s=0.020)
-                    s.clock.advance(0.025)  # ...but the loop reaches their clients 25 ms later
-                    await settle()
-                    assert all(t.done() for t in tasks)
-                await s.tick(feedback.window_s)
+            # two windows of 24 answers, computed in 20 ms: on time, but the loop reaches
+            # their clients 25 ms later
+            await answer_windows(s, feedback.window_s, compute_s=0.020, loop_delay_s=0.025)
             assert feedback.share < 1.0
             # the server-side SLO counter still counts them within the SLO, as answered
             assert s.engine.metrics.slo_requests.labels("m", "yes")._value.get() == 48

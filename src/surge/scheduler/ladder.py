@@ -57,7 +57,7 @@ class LadderSettings:
     down_hold_s: float = 0.5
     # ...but a measured rise of the arrival rate by this factor over the last calm decision's
     # is a surge, not a blip: waiting out the hold then let 0.5 s of a 3x surge queue on the
-    # expensive rung, the one window of the trace past the SLO.
+    # expensive rung. (Before any calm decision every pressure counts as a surge.)
     surge_ratio: float = 1.5
     up_margin: float = 0.6  # "calm": the mix one step up predicted within this share of the SLO
     # Plan rungs at most this busy: near saturation Poisson queueing, not the batch time,

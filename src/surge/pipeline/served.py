@@ -129,15 +129,21 @@ class StepRun:
     model: str | None
     reads: tuple[tuple[str, str], ...]
     writes: tuple[tuple[str, str], ...]
+    wanted: list[str] | None  # a model step's outputs to ask for; None: all it has
     processor: ProcessorStep | None
     cpu: StepCpu | None
     times: StepTimes
 
     @classmethod
-    def of(cls, step: StepConfig, processor: ProcessorStep | None, cpu: StepCpu | None,
-           times: StepTimes) -> StepRun:
+    def of(cls, step: StepConfig, types: StepTypes, processor: ProcessorStep | None,
+           cpu: StepCpu | None, times: StepTimes) -> StepRun:
+        # A model step that reads every output of its model asks for none by name: the engine
+        # then looks none up and filters nothing
+        every = (step.model is not None and types.outputs is not None
+                 and set(step.outputs) == set(types.outputs))
         return cls(step.name, step.model, tuple(step.inputs.items()),
-                   tuple(step.outputs.items()), processor, cpu, times)
+                   tuple(step.outputs.items()), None if every else list(step.outputs),
+                   processor, cpu, times)
 
 
 def named(error: SurgeError, step: str) -> SurgeError:
@@ -170,6 +176,8 @@ class ServedPipeline:
         self._times = {s.name: totals.step_times(name, s.name) for s in self.steps}
         # What each request walks, resolved at start (see `_run`).
         self._runs: tuple[StepRun, ...] = ()
+        # The host's clock, read through the host until start resolves it (the loop's own)
+        self._clock: Clock = lambda: self._host.clock()
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -187,11 +195,12 @@ class ServedPipeline:
                 self.processors[step.name] = processor_step(self.name, step, base)
                 types[step.name] = self.processors[step.name].types
         check_types(self.name, self.steps, types, self.signature.inputs, self.signature.outputs)
-        self._runs = tuple(StepRun.of(step, self.processors.get(step.name),
+        self._runs = tuple(StepRun.of(step, types[step.name], self.processors.get(step.name),
                                       self._cpu.get(step.name), self._times[step.name])
                            for step in self.steps)
         self.handle = ModelHandle(self.name, self.version, self.versions, self.config,
                                   self.signature, PLATFORM)
+        self._clock = self._host.clock
         self.accepting = True
 
     def _model_types(self, step: str, model: str) -> StepTypes:
@@ -237,7 +246,7 @@ class ServedPipeline:
         rows = next(iter(inputs.values())).shape[0] if self.signature.batched else 1
         if rows < 1:
             raise InputError(f"batch size must be at least 1, got {rows}")
-        now = self._host.clock()
+        now = self._clock()
         return PipelineRequest(inputs, tuple(outputs) if outputs is not None else None,
                                rows, now, now + timeout_us / 1e6 if timeout_us else None,
                                priority, request_id)
@@ -275,15 +284,19 @@ class ServedPipeline:
         for step in self._runs:
             inputs = {own: tensors[tensor] for own, tensor in step.reads}
             started = time.perf_counter()
+            processor = step.processor
             try:
-                if step.processor is not None:
-                    produced = await step.processor.run(inputs, request.rows, step.cpu)
-                else:
+                if processor is None:
                     assert step.model is not None
                     produced = await self._host.infer(
-                        step.model, None, inputs, outputs=[own for own, _ in step.writes],
-                        priority=request.priority, timeout_us=self._remaining_us(request),
+                        step.model, None, inputs, outputs=step.wanted,
+                        priority=request.priority,
+                        timeout_us=None if request.deadline is None else self._remaining_us(request),
                         request_id=request.request_id)
+                elif processor.runs_here(inputs):  # no coroutine for a call on the loop
+                    produced = processor.run_here(inputs, request.rows, step.cpu)
+                else:
+                    produced = await processor.run_in_thread(inputs, request.rows, step.cpu)
             except Exception as exc:
                 raise self._failed(step.name, exc) from None
             step.times.observe(time.perf_counter() - started)
@@ -302,8 +315,8 @@ class ServedPipeline:
     def _remaining_us(self, request: PipelineRequest) -> int | None:
         if request.deadline is None:
             return None
-        left = request.deadline - self._host.clock()
+        left = request.deadline - self._clock()
         if left <= 0:
             raise DeadlineExceededError(
-                f"deadline exceeded after {(self._host.clock() - request.arrival) * 1e3:.1f} ms")
+                f"deadline exceeded after {(self._clock() - request.arrival) * 1e3:.1f} ms")
         return max(1, int(left * 1e6))

@@ -92,13 +92,29 @@ class ProcessorStep:
     async def run(self, inputs: dict[str, np.ndarray], rows: int,
                   cpu: StepCpu | None = None) -> dict[str, np.ndarray]:
         """The step's outputs for a request's rows; its CPU time goes to `cpu`."""
-        inline = self.processor.runs_inline(inputs, self.params)
-        if inline:
-            ran = timed(self.processor.run, inputs, self.params)
-        else:
-            loop = asyncio.get_running_loop()
-            ran = await loop.run_in_executor(processor_pool(), timed, self.processor.run, inputs,
-                                             self.params)
+        if self.runs_here(inputs):
+            return self.run_here(inputs, rows, cpu)
+        return await self.run_in_thread(inputs, rows, cpu)
+
+    def runs_here(self, inputs: dict[str, np.ndarray]) -> bool:
+        """Whether this call runs on the event loop (`run_here`) rather than in a thread."""
+        return self.processor.runs_inline(inputs, self.params)
+
+    def run_here(self, inputs: dict[str, np.ndarray], rows: int,
+                 cpu: StepCpu | None = None) -> dict[str, np.ndarray]:
+        """The call on the event loop itself: no coroutine, no hand-off."""
+        return self._outputs(timed(self.processor.run, inputs, self.params), True, rows, cpu)
+
+    async def run_in_thread(self, inputs: dict[str, np.ndarray], rows: int,
+                            cpu: StepCpu | None = None) -> dict[str, np.ndarray]:
+        """The call in a processor thread, awaited on the loop."""
+        loop = asyncio.get_running_loop()
+        ran = await loop.run_in_executor(processor_pool(), timed, self.processor.run, inputs,
+                                         self.params)
+        return self._outputs(ran, False, rows, cpu)
+
+    def _outputs(self, ran: Ran, inline: bool, rows: int,
+                 cpu: StepCpu | None) -> dict[str, np.ndarray]:
         if cpu is not None:
             cpu.add(ran.cpu_ns, inline)
         produced = ran.result()

@@ -24,7 +24,10 @@
    loop, what that saves; a sixth does the pipeline's work by hand (decode, detector, boxes on
    the loop, no pipeline) under the same load: the pipeline's own cost is the difference, and
    what the steps cost under load is set apart from what they cost alone (this leg times its own
-   decode and boxes the same way). The legs run in turn `--rounds` times (load from other
+   decode and boxes the same way), and `decode-by-hand` does `detector-decode`'s work by hand
+   (decode on the loop, then the detector): the decode as a hand-written server pays it, call
+   and all, so the decode leg's extra above it is the pipeline's own cost under this load
+   (`pipeline_own_in_situ_us` in the JSON). The legs run in turn `--rounds` times (load from other
    processes drifts); each figure is the mean over them. `--legs` picks some (py-spy profiles).
    The pipeline's own Python on its own, without sockets or workers: benchmarks/pipeline_path.py.
 4. Steps alone (`--only steps`): CPU per call of the decode and box steps on one request and of
@@ -227,7 +230,8 @@ class Leg:
     batches: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
 
 
-LEGS = ("model", "decode", "pipeline", "boxes-thread", "decode-thread", "by-hand")
+LEGS = ("model", "decode", "decode-by-hand", "pipeline", "boxes-thread", "decode-thread",
+        "by-hand")
 STEPS = ("decode", "keep")  # detector-boxes' processor steps (the by-hand leg names its own so)
 
 
@@ -289,12 +293,14 @@ def _steps_cpu(engine: Engine, pipeline: str) -> Probe:
     return probe
 
 
-def _by_hand(engine: Engine) -> tuple[Call, Probe]:
-    """The pipeline's work without the pipeline: decode and boxes on the loop, the detector;
-    each step's thread CPU timed the way the server times its steps."""
+def _by_hand(engine: Engine, with_boxes: bool = True) -> tuple[Call, Probe]:
+    """The pipeline's work without the pipeline: decode (and boxes) on the loop, the detector;
+    each step's thread CPU timed the way the server times its steps. Without boxes it is
+    `detector-decode` by hand: its extra over the model leg is the decode as a hand-written
+    server would pay it, and the decode leg's extra above that is the pipeline's own."""
     config = Repository(EXAMPLES).config("detector")
     params = {**config.parameters, "labels": list(config.labels or [])}
-    totals = dict.fromkeys(STEPS, 0)
+    totals = dict.fromkeys(STEPS if with_boxes else STEPS[:1], 0)
 
     async def call(inputs: dict[str, np.ndarray]) -> object:
         started = time.thread_time_ns()
@@ -302,6 +308,8 @@ def _by_hand(engine: Engine) -> tuple[Call, Probe]:
         totals["decode"] += time.thread_time_ns() - started
         found = await engine.infer("detector", None, {"image": pixels},
                                    outputs=["boxes", "scores", "labels"])
+        if not with_boxes:
+            return found
         started = time.thread_time_ns()
         kept = boxes(found, params)
         totals["keep"] += time.thread_time_ns() - started
@@ -313,6 +321,7 @@ def _make_legs(engine: Engine, raw: list[dict[str, np.ndarray]],
                files: list[dict[str, np.ndarray]], boxes_thread: str,
                decode_thread: str, decode_only: str) -> dict[str, Leg]:
     by_hand, by_hand_cpu = _by_hand(engine)
+    decode_by_hand, decode_by_hand_cpu = _by_hand(engine, with_boxes=False)
 
     def batches() -> tuple[int, int, int]:
         stats = engine.stats("detector")
@@ -332,7 +341,9 @@ def _make_legs(engine: Engine, raw: list[dict[str, np.ndarray]],
                              _served(engine, decode_thread), files,
                              _steps_cpu(engine, decode_thread), batches),
         "by-hand": Leg("by hand: decode, detector, boxes", by_hand, files, by_hand_cpu,
-                       batches)}
+                       batches),
+        "decode-by-hand": Leg("by hand: decode, detector", decode_by_hand, files,
+                              decode_by_hand_cpu, batches)}
 
 
 def _extra(level: dict[str, float], model: dict[str, float]) -> dict[str, float]:
@@ -424,7 +435,13 @@ async def overhead(concurrency: int, duration: float, rounds: int = 1,
               for name, level in levels.items() if name != "model" and "model" in levels}
     _print_overhead(levels, {name: leg.title for name, leg in chosen.items()}, extras,
                     decode_us)
+    own = (extras["decode"]["extra_us"] - extras["decode-by-hand"]["extra_us"]
+           if "decode" in extras and "decode-by-hand" in extras else None)
+    if own is not None:
+        print(f"the pipeline's own cost under this load: {own:.0f} us per request (detector-"
+              "decode's extra above the same work by hand)")
     return {"levels": levels, "extra": extras, "target": extras.get("decode"),
+            "pipeline_own_in_situ_us": own,
             "decode_alone_us": decode_us, "concurrency": concurrency, "rounds": rounds,
             "duration_s": duration, "load_average": os.getloadavg()}
 

@@ -132,15 +132,29 @@ class Engine:
         return self._pool_factory(spec, events)
 
     def _placed_pool(self, spec: PoolSpec, events: PoolEvents) -> InstancePool:
-        """Ray actors when the config's placement asks for the cluster, worker processes else."""
+        """Ray actors when the config's placement asks for the cluster, threads of this
+        process for `in-process`, worker processes else."""
         from surge.cluster.placement import wants_cluster
 
+        if spec.config.placement == "in-process":
+            return self._thread_pool(spec, events)
         if not wants_cluster(spec.config.placement, self._cluster_pools is not None):
             return self._worker_pool(spec, events)
         if self._cluster_pools is None:
             raise ConfigError(f"model {spec.ref!r} has placement: cluster; serve it with "
                               "--ray ADDRESS")
         return self._cluster_pools(spec, events)
+
+    def _thread_pool(self, spec: PoolSpec, events: PoolEvents) -> InstancePool:
+        """Instances on threads of this process, laid out on the cores as worker processes
+        would be."""
+        from surge.workers.threads import InProcessPool
+
+        config = spec.config
+        placements = plan_instances(config.instances, config.threads, config.device,
+                                    available_cores(), cuda_device_count(config.device))
+        return InProcessPool(str(self.repository.root), spec.ref, spec.version, placements,
+                             events, spin_wait=config.spin_wait)
 
     def _worker_pool(self, spec: PoolSpec, events: PoolEvents) -> InstancePool:
         """Production pools: one worker process per instance, placed to fit the cores, or a view

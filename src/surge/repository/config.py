@@ -252,9 +252,11 @@ class ModelConfig(StrictConfig):
         2000.0, ge=10, le=3_600_000, description="Least time a batch may compute before its "
         "worker can be taken as hung, so that short batches never trip on a scheduling hiccup.")
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue limits.")
-    placement: Literal["local", "cluster", "auto"] = Field(
+    placement: Literal["local", "cluster", "auto", "in-process"] = Field(
         "local", description="Where instances run: local worker processes, Ray actors on compute "
-        "nodes (`cluster`, needs `surge serve --ray`), or `auto`: the cluster when serving on one.")
+        "nodes (`cluster`, needs `surge serve --ray`), `auto`: the cluster when serving on one, "
+        "or `in-process`: threads of the serving process itself (no hand-off to a worker: the "
+        "lowest latency for small models; no crash isolation, no hang restart).")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig,
                                    description="Instances on Ray compute nodes.")
     worker: WorkerConfig | None = Field(

@@ -16,7 +16,8 @@ the peak rate over [original, int8-static], about 3 minutes a model; its report 
 the results as `<out>_tune_<model>.json`; `--hand-peak`: int8-static with the untuned batching
 instead), `adaptive` (SLO control with the accuracy ladder [original, int8-static], on the
 tune's pick's batching and layout as `surge tune --slo-p99` writes them; `--adaptive-layout
-untuned` keeps the untuned config's).
+untuned` keeps the untuned config's; `--adaptive-placement in-process` serves its instances on
+threads of the engine's process instead of worker processes).
 
     .venv/bin/python benchmarks/surge_load.py                       # the recorded run: 30 s phases
     .venv/bin/python benchmarks/surge_load.py --phase 5 --models fashion   # a quick look
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from load_models import BUILDERS, CONFIGS, LoadModel, tune_peak
 
 from surge.engine import Engine
@@ -76,9 +78,13 @@ class Run:
     shed_reasons: dict[str, int] = field(default_factory=dict)
     mean_batch: float | None = None
     gc_pauses_ms: list[float] = field(default_factory=list)  # this process's, over 20 ms
+    half_load_sent_late_ms: float | None = None  # p50: see Outcome
 
 
-Outcome = tuple[float, float | None, str | None]  # (arrival offset, latency or None, variant)
+# (arrival offset, latency or None, variant, how late the generator sent it): latency counts
+# from the scheduled arrival; the event loop's timers fire to the millisecond, so a request
+# leaves up to about a millisecond after its arrival time even on an idle machine
+Outcome = tuple[float, float | None, str | None, float]
 
 
 async def capacity(engine: Engine, model: str, inputs: dict[str, np.ndarray],
@@ -106,13 +112,14 @@ async def trace(engine: Engine, model: str, inputs: dict[str, np.ndarray],
     start = time.perf_counter()
 
     async def one(offset: float) -> None:
+        late = time.perf_counter() - start - offset
         route = VariantRoute()
         request_route.set(route)  # this task's own context: the engine names the variant
         try:
             await engine.infer(model, None, inputs, timeout_us=int(slo_s * 1e6))
-            outcomes.append((offset, time.perf_counter() - start - offset, route.served))
+            outcomes.append((offset, time.perf_counter() - start - offset, route.served, late))
         except (QueueFullError, DeadlineExceededError):
-            outcomes.append((offset, None, None))
+            outcomes.append((offset, None, None, late))
 
     # Only the requests in flight are held: a list of every task of the trace (340,000 on
     # the default model) made each full garbage collection walk them all, stalling the engine
@@ -159,6 +166,13 @@ def half_load_p50(outcomes: list[Outcome], phase: float) -> float | None:
     return statistics.median(first) * 1e3 if first else None
 
 
+def half_load_sent_late(outcomes: list[Outcome], phase: float) -> float | None:
+    """p50 ms of how late the generator sent the first half-load phase's requests (the part of
+    `half_load_p50` that is the generator's timer, not the server)."""
+    first = [o[3] for o in outcomes if 1.0 <= o[0] < phase]
+    return statistics.median(first) * 1e3 if first else None
+
+
 async def closed_loop_one(engine: Engine, model: str, inputs: dict[str, np.ndarray],
                           seconds: float = 3.0) -> tuple[float, float]:
     """p50 ms and requests/s of one closed-loop client."""
@@ -198,6 +212,7 @@ def summarise(run: Run, model: LoadModel, phase: float, slo_ms: float, batch1_ms
                              ) / weights if weights else None,
         "half_load_p50_ms": run.half_load_p50_ms,
         "half_load_p50_target_ms": 1.3 * batch1_ms + 1.0,
+        "half_load_sent_late_ms": run.half_load_sent_late_ms,
     }
 
 
@@ -240,7 +255,8 @@ async def measure(model: LoadModel, config: str, rates: list[tuple[float, float]
         outcomes = await trace(engine, config, model.inputs, rates, slo_s)
         gc.callbacks.remove(pauses)
         run = Run(config, windows(outcomes, slo_s, model.accuracy),
-                  half_load_p50(outcomes, phase), gc_pauses_ms=pauses.long_ms)
+                  half_load_p50(outcomes, phase), gc_pauses_ms=pauses.long_ms,
+                  half_load_sent_late_ms=half_load_sent_late(outcomes, phase))
         run.shed_reasons, run.mean_batch = engine_figures(engine, config)
         run.closed_loop_p50_ms, run.closed_loop_per_s = await closed_loop_one(
             engine, config, model.inputs)
@@ -330,7 +346,8 @@ def print_model(result: dict[str, Any], phase: float, slo_ms: float) -> None:
         print(f"  surge goodput {s['surge_goodput_per_s']:.0f}/s, surge windows within "
               f"{slo_ms:g} ms: {s['surge_windows_within_slo']:.0%}, shed {s['shed']}, mean "
               f"accuracy {s['mean_accuracy']}, half-load p50 {s['half_load_p50_ms']} ms "
-              f"(target <= {s['half_load_p50_target_ms']:.2f}); 1 client p50 "
+              f"(target <= {s['half_load_p50_target_ms']:.2f}; sent late by "
+              f"{s['half_load_sent_late_ms']} ms); 1 client p50 "
               f"{run['closed_loop_p50_ms']:.2f} ms ({run['closed_loop_per_s']:.0f}/s); shed by "
               f"reason {run['shed_reasons']}, mean batch {run['mean_batch']}; gc pauses over "
               f"20 ms: {run['gc_pauses_ms']}")
@@ -363,8 +380,10 @@ def run_all(args: argparse.Namespace) -> None:
                    else asyncio.run(untuned_capacity(model)))
             peak = ({"chosen": "int8-static (hand-set)"} if args.hand_peak
                     else peak_by_tune(model, cap * args.surge, args))
+            place_adaptive(model, args.adaptive_placement)
             result = asyncio.run(run_model(model, args, cap))
             result["peak"] = peak
+            result["adaptive_placement"] = args.adaptive_placement
             result["adaptive_layout"] = "untuned" if args.hand_peak else args.adaptive_layout
             if name == "resnet64" and not args.no_naive:  # its own event loops: not in one
                 result["one_client_http"] = versus_naive(model, args.closed_s)
@@ -374,6 +393,14 @@ def run_all(args: argparse.Namespace) -> None:
         print_model(result, args.phase, args.slo_ms)
     print(f"\nload average before {load_before}, after {os.getloadavg()}")
     print(f"wrote {RESULTS / args.out} and {ROOT / args.plot}")
+
+
+def place_adaptive(model: LoadModel, placement: str) -> None:
+    """The adaptive config with its instances where `placement` says."""
+    path = model.repo / "adaptive" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["placement"] = placement
+    path.write_text(yaml.safe_dump(config))
 
 
 def capacities(text: str) -> dict[str, float]:
@@ -401,6 +428,9 @@ def main() -> None:
     parser.add_argument("--adaptive-layout", choices=("tuned", "untuned"), default="tuned",
                         help="the adaptive config's batching and layout: the tune's peak pick "
                              "(as `surge tune --slo-p99` writes it) or the untuned config's")
+    parser.add_argument("--adaptive-placement", choices=("local", "in-process"), default="local",
+                        help="the adaptive config's instances: worker processes or threads of "
+                             "the engine's process")
     parser.add_argument("--out", default="surge_load.json", help="under benchmarks/results/")
     parser.add_argument("--plot", default=str(PLOT.relative_to(ROOT)))
     run_all(parser.parse_args())

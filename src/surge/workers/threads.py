@@ -17,7 +17,7 @@ docs/configuration.md.
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,8 +33,6 @@ from surge.workers.messages import BatchDone
 from surge.workers.placement import Placement
 from surge.workers.pool import PIPELINE_DEPTH, BatchResult
 from surge.workers.worker import WorkerSpec, load
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -145,10 +143,15 @@ class InProcessPool:
         assert instance.free > 0
         instance.batches.append(batch)
         future = instance.thread.submit(compute, instance.runner, batch)
-        loop = self._loop
-        assert loop is not None
-        future.add_done_callback(
-            lambda done: loop.call_soon_threadsafe(self._finished, instance, batch, done))
+        future.add_done_callback(lambda done: self._back_on_loop(instance, batch, done))
+
+    def _back_on_loop(self, instance: ThreadInstance, batch: Batch,
+                      future: Future[tuple[dict[str, np.ndarray], BatchDone]]) -> None:
+        """From the instance's thread: hand the result to the event loop, unless it has closed
+        (a batch that outlived stop()'s grace: its requests were failed then)."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._finished, instance, batch, future)
 
     def _finished(self, instance: ThreadInstance, batch: Batch,
                   future: Future[tuple[dict[str, np.ndarray], BatchDone]]) -> None:

@@ -30,9 +30,12 @@ def pool_of(engine: Engine, name: str) -> InProcessPool:
 
 
 def test_answers_equal_the_runner_and_no_worker_process_starts(tmp_path: Path) -> None:
+    before = {p.pid for p in multiprocessing.active_children()}
+
     async def body() -> None:
         async with serving(tmp_path, {"tiny": ("affine", IN_PROCESS)}) as engine:
-            assert not multiprocessing.active_children()  # no worker processes
+            started = {p.pid for p in multiprocessing.active_children()} - before
+            assert not started  # no worker processes
             pool = pool_of(engine, "tiny")
             assert pool.instances == 2
             assert pool.ready

@@ -35,6 +35,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load_models import BUILDERS, LoadModel  # noqa: E402
+from surge_load import capacity as closed_loop  # noqa: E402
+from surge_load import closed_loop_one  # noqa: E402
 
 from surge.engine import Engine  # noqa: E402
 from surge.repository import Repository  # noqa: E402
@@ -53,33 +55,6 @@ def write_config(model: LoadModel, name: str, layout: tuple[int, int], placement
     config = {"name": name, "max_batch_size": 16, "batching": {"max_queue_delay_ms": 0.0},
               "instances": layout[0], "threads": layout[1], "placement": placement}
     (target / "config.yaml").write_text(yaml.safe_dump(config))
-
-
-async def one_client(engine: Engine, name: str, inputs: dict[str, np.ndarray],
-                     seconds: float) -> dict[str, float]:
-    latencies = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        started = time.perf_counter()
-        await engine.infer(name, None, inputs)
-        latencies.append(time.perf_counter() - started)
-    return {"p50_ms": statistics.median(latencies) * 1e3, "per_s": len(latencies) / seconds}
-
-
-async def closed_loop(engine: Engine, name: str, inputs: dict[str, np.ndarray], seconds: float,
-                      clients: int = 64) -> float:
-    done = 0
-    end = time.perf_counter() + seconds
-
-    async def client() -> None:
-        nonlocal done
-        while time.perf_counter() < end:
-            await engine.infer(name, None, inputs)
-            done += 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return done / (time.perf_counter() - started)
 
 
 async def open_loop(engine: Engine, name: str, inputs: dict[str, np.ndarray], rate: float,
@@ -120,9 +95,9 @@ async def measure(model: LoadModel, name: str, rate: float | None,
     engine = Engine(Repository(model.repo), models=[name])
     await engine.start()
     try:
-        await one_client(engine, name, model.inputs, 0.5)  # warm-up
-        result: dict[str, Any] = {"one_client": await one_client(engine, name, model.inputs,
-                                                                 args.seconds)}
+        await closed_loop_one(engine, name, model.inputs, 0.5)  # warm-up
+        p50_ms, per_s = await closed_loop_one(engine, name, model.inputs, args.seconds)
+        result: dict[str, Any] = {"one_client": {"p50_ms": p50_ms, "per_s": per_s}}
         result["clients_64_per_s"] = await closed_loop(engine, name, model.inputs, args.seconds)
         if rate is not None:
             result["half_load"] = await open_loop(engine, name, model.inputs, rate,

@@ -74,6 +74,16 @@ async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def until_two_instances_have_lines(engine: Engine, name: str) -> ServedModel:
+    """Batches of several sizes until both instances of `name` have a batch-time line."""
+    model = served(engine, name)
+    for _ in range(200):
+        await asyncio.gather(*(engine.infer(name, None, rows(1.0, 1 + i % 4)) for i in range(8)))
+        if len(model.scheduler.instance_lines()) == 2:
+            break
+    return model
+
+
 # -- results -------------------------------------------------------------------------------
 def test_results_equal_the_in_process_runner(tmp_path: Path) -> None:
     async def body() -> None:
@@ -335,12 +345,7 @@ def test_each_instance_learns_its_own_batch_times(tmp_path: Path) -> None:
 
     async def body() -> None:
         async with serving(tmp_path, {"tiny": ("affine", config)}) as engine:
-            model = served(engine, "tiny")
-            for _ in range(200):  # batches of several sizes until both instances have a line
-                await asyncio.gather(*(engine.infer("tiny", None, rows(1.0, 1 + i % 4))
-                                       for i in range(8)))
-                if len(model.scheduler.instance_lines()) == 2:
-                    break
+            model = await until_two_instances_have_lines(engine, "tiny")
             assert sorted(model.scheduler.instance_lines()) == [0, 1]
             latency = engine.stats("tiny").latency
             assert isinstance(latency["instances"], dict)

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 from tests.integration.engine.onnx_models import make_repo
-from tests.integration.engine.test_engine import rows, run, served, serving
+from tests.integration.engine.test_engine import (
+    rows,
+    run,
+    served,
+    serving,
+    until_two_instances_have_lines,
+)
 
 from surge.engine import Engine
 from surge.errors import ModelLoadError, ServingError
@@ -63,12 +69,7 @@ def test_answers_equal_the_runner_and_no_worker_process_starts(tmp_path: Path) -
 def test_each_instance_reports_its_own_batches(tmp_path: Path) -> None:
     async def body() -> None:
         async with serving(tmp_path, {"tiny": ("affine", IN_PROCESS)}) as engine:
-            model = served(engine, "tiny")
-            for _ in range(200):  # batches of several sizes until both instances have a line
-                await asyncio.gather(*(engine.infer("tiny", None, rows(1.0, 1 + i % 4))
-                                       for i in range(8)))
-                if len(model.scheduler.instance_lines()) == 2:
-                    break
+            model = await until_two_instances_have_lines(engine, "tiny")
             assert sorted(model.scheduler.instance_lines()) == [0, 1]
 
     run(body())

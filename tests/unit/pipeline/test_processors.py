@@ -47,6 +47,32 @@ def test_short_names_map_to_the_builtin_modules() -> None:
         resolve("no_such_package.mod:fn")
 
 
+@pytest.mark.parametrize(("params", "layout"), [
+    ({"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, "nchw"),
+    ({"layout": "nhwc", "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.4], "scale": 0.5}, "nhwc"),
+    ({"color": "gray", "layout": "hw", "mean": [0.5], "std": [0.25]}, "hw"),
+    ({"color": "gray"}, "nchw"),
+])
+def test_normalised_pixels_are_scale_mean_and_std_of_the_decoded_ones(
+        params: dict[str, Any], layout: str) -> None:
+    """Whatever way the float pixels are computed, they are `(x * scale - mean) / std` of the
+    uint8 decode, in the configured layout, one contiguous array."""
+    pixels = RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    if params.get("color") == "gray":
+        pixels = np.repeat(pixels[..., :1], 3, axis=-1)
+    files = (png(pixels), png(pixels[::-1].copy()))
+    raw = decode(*files, **{**params, "dtype": "uint8", "layout": "nhwc"}).astype(np.float32)
+    out = decode(*files, **params)
+    p = {"scale": 1 / 255, "mean": [0.0], "std": [1.0], **params}
+    expected = (raw * np.float32(p["scale"]) - np.asarray(p["mean"], np.float32)) / np.asarray(
+        p["std"], np.float32)
+    expected = {"nchw": expected.transpose(0, 3, 1, 2), "nhwc": expected,
+                "hw": expected[..., 0]}[layout]
+    assert out.dtype == np.float32
+    assert out.flags.c_contiguous
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_jpeg_and_png_decode_to_the_same_normalised_batch() -> None:
     pixels = np.zeros((60, 80, 3), np.uint8)
     pixels[:, :40] = (250, 10, 10)

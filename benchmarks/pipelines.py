@@ -30,6 +30,12 @@
    (`pipeline_own_in_situ_us` in the JSON). The legs run in turn `--rounds` times (load from other
    processes drifts); each figure is the mean over them. `--legs` picks some (py-spy profiles).
    The pipeline's own Python on its own, without sockets or workers: benchmarks/pipeline_path.py.
+   On photos (`--only photos`, also part of the default run): `imagenet-decode` (the `imagenet`
+   pipeline without its top-5 step: JPEG bytes -> decode on the processor threads ->
+   mobilenetv2, its logits out) against mobilenetv2 fed the same decode's FP32 tensors, and
+   the same work by hand (the decode on the same processor threads, then the model), over the
+   18 photos scikit-image ships as JPEG quality 90. examples/images/import_weights.py makes
+   mobilenetv2's ONNX file first if it is not there.
 4. Steps alone (`--only steps`): CPU per call of the decode and box steps on one request and of
    a top-5 over 1,000 named classes, on one thread.
 5. Hand-off: the box step alone on one request's outputs (1 x 32 boxes), awaited on an event
@@ -37,6 +43,7 @@
 
     .venv/bin/python benchmarks/pipelines.py --duration 10 --concurrency 64
     .venv/bin/python benchmarks/pipelines.py --only overhead --legs model,pipeline --rounds 1
+    .venv/bin/python benchmarks/pipelines.py --only photos --rounds 3 --duration 5
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +77,7 @@ from surge.repository import Repository
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 EXAMPLES = ROOT / "examples" / "repository"
+IMAGES = ROOT / "examples" / "images" / "repository"  # mobilenetv2 and the imagenet pipelines
 IMAGENET = {"size": [224, 224], "crop_fraction": 0.875, "mean": [0.485, 0.456, 0.406],
             "std": [0.229, 0.224, 0.225]}
 CANVAS = {"size": [128, 128], "color": "gray", "layout": "hw", "dtype": "uint8"}
@@ -317,16 +326,19 @@ def _by_hand(engine: Engine, with_boxes: bool = True) -> tuple[Call, Probe]:
     return call, lambda: dict(totals)
 
 
+def _model_batches(engine: Engine, model: str) -> Callable[[], tuple[int, int, int]]:
+    def batches() -> tuple[int, int, int]:
+        stats = engine.stats(model)
+        return stats.inference_count, stats.execution_count, stats.compute_cpu[1]
+    return batches
+
+
 def _make_legs(engine: Engine, raw: list[dict[str, np.ndarray]],
                files: list[dict[str, np.ndarray]], boxes_thread: str,
                decode_thread: str, decode_only: str) -> dict[str, Leg]:
     by_hand, by_hand_cpu = _by_hand(engine)
     decode_by_hand, decode_by_hand_cpu = _by_hand(engine, with_boxes=False)
-
-    def batches() -> tuple[int, int, int]:
-        stats = engine.stats("detector")
-        return stats.inference_count, stats.execution_count, stats.compute_cpu[1]
-
+    batches = _model_batches(engine, "detector")
     return {
         "model": Leg("detector (decoded canvas)", _served(engine, "detector"), raw, dict,
                      batches),
@@ -446,6 +458,104 @@ async def overhead(concurrency: int, duration: float, rounds: int = 1,
             "duration_s": duration, "load_average": os.getloadavg()}
 
 
+def _imagenet_decode_copy(repo: Path) -> str:
+    """`imagenet` without its top-5 step: JPEG bytes -> decode -> mobilenetv2, its logits out.
+    Against mobilenetv2 fed the decoded tensors the only step it adds is the decode."""
+    import yaml
+
+    config = yaml.safe_load((IMAGES / "imagenet" / "config.yaml").read_text())
+    config["steps"] = [step for step in config["steps"] if step["name"] != "top5"]
+    config["outputs"] = [{"name": "logits", "datatype": "FP32", "shape": [-1, 1000]}]
+    name = "imagenet-decode"
+    (repo / name).mkdir()
+    (repo / name / "config.yaml").write_text(yaml.safe_dump(config))
+    return name
+
+
+def _photo_files() -> list[dict[str, np.ndarray]]:
+    """The photos scikit-image ships (18, 300x451 to 1,000x872 pixels) as JPEG quality 90."""
+    from surge_examples.images.photos import jpeg, photos
+
+    return [{"image": np.array([jpeg(rgb, 90)], dtype=object)} for rgb in photos().values()]
+
+
+def _photo_by_hand(engine: Engine, params: dict[str, Any]) -> tuple[Call, Probe]:
+    """`imagenet-decode` by hand: the decode where the pipeline runs it (the processor threads
+    for a photo, the loop for a small image), then mobilenetv2; the decode's thread CPU timed
+    the way the server times its steps."""
+    from surge.pipeline.steps import processor_pool
+    from surge.processors.images import small_images
+
+    totals = {"decode": 0}
+    lock = threading.Lock()
+
+    def timed(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        started = time.thread_time_ns()
+        pixels = decode(inputs, params)["pixels"]
+        with lock:
+            totals["decode"] += time.thread_time_ns() - started
+        return pixels
+
+    async def call(inputs: dict[str, np.ndarray]) -> object:
+        if small_images(inputs, params):
+            pixels = timed(inputs)
+        else:
+            pixels = await asyncio.get_running_loop().run_in_executor(processor_pool(), timed,
+                                                                      inputs)
+        return await engine.infer("mobilenetv2", None, {"image": pixels})
+    return call, lambda: dict(totals)
+
+
+def _mobilenet_onnx() -> None:
+    if not (IMAGES / "mobilenetv2" / "1" / "model.onnx").exists():
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, str(ROOT / "examples" / "images" / "import_weights.py"),
+                        "--model", "mobilenetv2"], check=True)
+
+
+async def photo_overhead(concurrency: int, duration: float, rounds: int = 1) -> dict[str, Any]:
+    """The issue's comparison on photos: `imagenet-decode` (JPEG bytes -> decode ->
+    mobilenetv2) against mobilenetv2 fed the same decode's tensors, and the same work by hand."""
+    _mobilenet_onnx()
+    files = _photo_files()
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(IMAGES / "mobilenetv2", Path(tmp) / "mobilenetv2",
+                        ignore=shutil.ignore_patterns("tuning"))
+        pipeline = _imagenet_decode_copy(Path(tmp))
+        repo = Repository(tmp)
+        params = next(step.params for step in repo.config(pipeline).steps
+                      if step.name == "decode")
+        raw = [{"image": decode(f, params)["pixels"]} for f in files]
+        decode_us = float(np.mean([_cpu_ms(lambda f=f: decode(f, params), 20)
+                                   for f in files])) * 1e3
+        engine = Engine(repo, models=[pipeline])
+        await engine.start()
+        try:
+            batches = _model_batches(engine, "mobilenetv2")
+            by_hand, by_hand_cpu = _photo_by_hand(engine, params)
+            legs = {
+                "model": Leg("mobilenetv2 (decoded tensors)", _served(engine, "mobilenetv2"),
+                             raw, dict, batches),
+                "decode": Leg("imagenet-decode (JPEG bytes)", _served(engine, pipeline), files,
+                              _steps_cpu(engine, pipeline), batches),
+                "decode-by-hand": Leg("by hand: decode, mobilenetv2", by_hand, files,
+                                      by_hand_cpu, batches)}
+            levels = await _legs(legs, concurrency, duration, rounds)
+        finally:
+            await engine.stop(5.0)
+    extras = {name: _extra(level, levels["model"])
+              for name, level in levels.items() if name != "model"}
+    _print_overhead(levels, {name: leg.title for name, leg in legs.items()}, extras, decode_us)
+    own = extras["decode"]["extra_us"] - extras["decode-by-hand"]["extra_us"]
+    print(f"the pipeline's own cost under this load: {own:.0f} us per request")
+    return {"levels": levels, "extra": extras, "target": extras["decode"],
+            "pipeline_own_in_situ_us": own, "decode_alone_us": decode_us,
+            "photos": len(files), "concurrency": concurrency, "rounds": rounds,
+            "duration_s": duration, "load_average": os.getloadavg()}
+
+
 def handoff(count: int) -> dict[str, float]:
     from surge.pipeline.steps import processor_step
     from surge.repository.config import ModelConfig, StepConfig
@@ -489,9 +599,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2, help="turns of the overhead legs")
-    parser.add_argument("--only", choices=("all", "overhead", "steps"), default="all",
+    parser.add_argument("--only", choices=("all", "overhead", "photos", "steps"), default="all",
                         help="overhead: skip the decoder, step, thread and hand-off parts; "
-                        "steps: the steps alone only")
+                        "photos: the overhead on photos only; steps: the steps alone only")
     parser.add_argument("--legs", default=",".join(LEGS),
                         help=f"overhead legs to run, of {','.join(LEGS)}")
     parser.add_argument("--json", type=Path, default=RESULTS / "pipelines.json")
@@ -503,9 +613,12 @@ def main() -> None:
     if args.only == "all":
         result.update(decoders_ms=decoders(args.repeats), threads=thread_scaling(200),
                       handoff_cpu_us=handoff(2000))
-    if args.only != "steps":
+    if args.only in ("all", "overhead"):
         result["overhead"] = asyncio.run(
             overhead(args.concurrency, args.duration, args.rounds, legs))
+    if args.only in ("all", "photos"):
+        result["photo_overhead"] = asyncio.run(
+            photo_overhead(args.concurrency, args.duration, args.rounds))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     print(f"saved {args.json}")

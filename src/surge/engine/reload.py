@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # as it loads the model, so an override of them would not reach the model.
 OVERRIDABLE_FIELDS = frozenset({
     "batching", "instances", "threads", "device", "spin_wait", "hang_multiple", "hang_min_ms",
-    "queue", "version_policy", "variant", "slo_p99_ms", "labels", "parameters",
+    "queue", "version_policy", "variant", "slo_p99_ms", "labels", "parameters", "placement",
 })
 
 

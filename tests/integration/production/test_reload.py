@@ -143,8 +143,25 @@ def test_load_takes_a_config_override(explicit: Served) -> None:
     assert _instances(explicit) == 1
 
 
+def test_load_can_move_the_instances_into_the_server(explicit: Served) -> None:
+    """`placement: in-process` on load: the instances become threads of the server (no worker
+    process), the answers stay the same; a load without a body brings the workers back."""
+    before = httpx.post(f"{explicit.http}/v2/models/tiny/infer", json=TINY).json()
+    override = {"parameters": {"config": json.dumps({"placement": "in-process"})}}
+    answer = httpx.post(f"{explicit.http}/v2/repository/models/tiny/load", json=override,
+                        timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert explicit.worker_pids() == []
+    assert httpx.post(f"{explicit.http}/v2/models/tiny/infer", json=TINY).json()["outputs"] == \
+        before["outputs"]
+    assert httpx.post(f"{explicit.http}/v2/repository/models/tiny/load",
+                      timeout=120).status_code == 200
+    assert len(explicit.worker_pids()) == 1
+
+
 @pytest.mark.parametrize(("config", "message"), [
     ({"max_batch_size": 4}, "'max_batch_size' is read from config.yaml"),
+    ({"placement": "cluster"}, "--ray"),
     ({"instanses": 2}, "unknown key 'instanses'"),
     ({"instances": 0}, "instances"),
     ("{not json", "not valid JSON"),

@@ -112,6 +112,10 @@ def test_config_override() -> None:
         override_config(base, {"instanses": 2})
     with pytest.raises(ConfigError, match="config override: instances"):
         override_config(base, {"instances": 0})
+    assert override_config(base, {"placement": "in-process"}).placement == "in-process"
+    grouped = ModelConfig.model_validate({"worker": "shared"})
+    with pytest.raises(ConfigError, match="a shared group runs local processes"):
+        override_config(grouped, {"placement": "in-process"})
 
 
 @pytest.mark.parametrize(("body", "expected"), [

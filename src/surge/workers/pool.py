@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -78,8 +78,21 @@ class Worker:
         return PIPELINE_DEPTH - len(self.batches) if self.state is State.READY else 0
 
 
-def dispatch_order(worker: Worker) -> tuple[int, float]:
-    """Which worker takes the next batch (the largest key): the most free places first; among
+class Instance(Protocol):
+    """What dispatch reads of an instance, whether a worker process or a thread of the server."""
+
+    @property
+    def batches(self) -> deque[Batch]: ...  # in dispatch order; [0] computes
+
+    @property
+    def free(self) -> int: ...  # places left for batches
+
+    @property
+    def last_done(self) -> float: ...  # loop time of its last result
+
+
+def dispatch_order(worker: Instance) -> tuple[int, float]:
+    """Which instance takes the next batch (the largest key): the most free places first; among
     busy ones, the one whose computing batch started first, which should finish first, so the
     new batch waits the least behind it."""
     if not worker.batches:

@@ -31,7 +31,7 @@ from surge.scheduler import Batch
 from surge.workers.events import PoolEvents
 from surge.workers.messages import BatchDone
 from surge.workers.placement import Placement
-from surge.workers.pool import PIPELINE_DEPTH, BatchResult
+from surge.workers.pool import PIPELINE_DEPTH, BatchResult, dispatch_order
 from surge.workers.worker import WorkerSpec, load
 
 
@@ -139,7 +139,7 @@ class InProcessPool:
     def dispatch(self, batch: Batch) -> None:
         """Hand `batch` to the instance with the most room (an idle one first; among busy
         ones, the one whose batch started first)."""
-        instance = max(self._instances, key=_dispatch_order)
+        instance = max(self._instances, key=dispatch_order)
         assert instance.free > 0
         instance.batches.append(batch)
         future = instance.thread.submit(compute, instance.runner, batch)
@@ -170,9 +170,3 @@ class InProcessPool:
         service_s = max(own_s, now - max(batch.dispatched, instance.last_done))
         instance.last_done = now
         self._events.on_done(batch, outputs, None, BatchResult(done, service_s, instance.index))
-
-
-def _dispatch_order(instance: ThreadInstance) -> tuple[int, float]:
-    if not instance.batches:
-        return instance.free, 0.0
-    return instance.free, -max(instance.batches[0].dispatched, instance.last_done)

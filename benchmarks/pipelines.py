@@ -35,7 +35,8 @@
    mobilenetv2, its logits out) against mobilenetv2 fed the same decode's FP32 tensors, and
    the same work by hand (the decode on the same processor threads, then the model), over the
    18 photos scikit-image ships as JPEG quality 90. examples/images/import_weights.py makes
-   mobilenetv2's ONNX file first if it is not there.
+   mobilenetv2's ONNX file first if it is not there. `--model-threads N` serves mobilenetv2 as
+   one instance on N threads (1: the decode has the other core of two to itself).
 4. Steps alone (`--only steps`): CPU per call of the decode and box steps on one request and of
    a top-5 over 1,000 named classes, on one thread.
 5. Hand-off: the box step alone on one request's outputs (1 x 32 boxes), awaited on an event
@@ -506,6 +507,14 @@ def _photo_by_hand(engine: Engine, params: dict[str, Any]) -> tuple[Call, Probe]
     return call, lambda: dict(totals)
 
 
+def _one_instance(path: Path, threads: int) -> None:
+    import yaml
+
+    config = yaml.safe_load(path.read_text())
+    config.update(instances=1, threads=threads)
+    path.write_text(yaml.safe_dump(config))
+
+
 def _mobilenet_onnx() -> None:
     if not (IMAGES / "mobilenetv2" / "1" / "model.onnx").exists():
         import subprocess
@@ -515,14 +524,19 @@ def _mobilenet_onnx() -> None:
                         "--model", "mobilenetv2"], check=True)
 
 
-async def photo_overhead(concurrency: int, duration: float, rounds: int = 1) -> dict[str, Any]:
+async def photo_overhead(concurrency: int, duration: float, rounds: int = 1,
+                         model_threads: int | None = None) -> dict[str, Any]:
     """The issue's comparison on photos: `imagenet-decode` (JPEG bytes -> decode ->
-    mobilenetv2) against mobilenetv2 fed the same decode's tensors, and the same work by hand."""
+    mobilenetv2) against mobilenetv2 fed the same decode's tensors, and the same work by hand.
+    `model_threads`: mobilenetv2 as one instance on that many threads (its config's layout
+    otherwise), e.g. 1 to leave the decode a core of its own on two."""
     _mobilenet_onnx()
     files = _photo_files()
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(IMAGES / "mobilenetv2", Path(tmp) / "mobilenetv2",
                         ignore=shutil.ignore_patterns("tuning"))
+        if model_threads is not None:
+            _one_instance(Path(tmp) / "mobilenetv2" / "config.yaml", model_threads)
         pipeline = _imagenet_decode_copy(Path(tmp))
         repo = Repository(tmp)
         params = next(step.params for step in repo.config(pipeline).steps
@@ -552,7 +566,8 @@ async def photo_overhead(concurrency: int, duration: float, rounds: int = 1) -> 
     print(f"the pipeline's own cost under this load: {own:.0f} us per request")
     return {"levels": levels, "extra": extras, "target": extras["decode"],
             "pipeline_own_in_situ_us": own, "decode_alone_us": decode_us,
-            "photos": len(files), "concurrency": concurrency, "rounds": rounds,
+            "photos": len(files), "model_threads": model_threads,
+            "concurrency": concurrency, "rounds": rounds,
             "duration_s": duration, "load_average": os.getloadavg()}
 
 
@@ -604,6 +619,8 @@ def main() -> None:
                         "photos: the overhead on photos only; steps: the steps alone only")
     parser.add_argument("--legs", default=",".join(LEGS),
                         help=f"overhead legs to run, of {','.join(LEGS)}")
+    parser.add_argument("--model-threads", type=int, default=None,
+                        help="photos: mobilenetv2 as one instance on this many threads")
     parser.add_argument("--json", type=Path, default=RESULTS / "pipelines.json")
     args = parser.parse_args()
     legs = _chosen_legs(parser, args.legs)
@@ -618,7 +635,7 @@ def main() -> None:
             overhead(args.concurrency, args.duration, args.rounds, legs))
     if args.only in ("all", "photos"):
         result["photo_overhead"] = asyncio.run(
-            photo_overhead(args.concurrency, args.duration, args.rounds))
+            photo_overhead(args.concurrency, args.duration, args.rounds, args.model_threads))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     print(f"saved {args.json}")

@@ -234,9 +234,10 @@ class Leg:
     call: Call
     payloads: list[dict[str, np.ndarray]]
     probe: Probe = dict
-    # (items, batches, worker ns) the detector has computed: its mean batch explains most of
-    # the worker CPU per request (a batch's fixed cost is shared by fewer requests in a smaller
-    # batch); the ns are the CPU of the worker threads' batches, as the workers report them
+    # (items, batches, worker ns) the model (the detector or mobilenetv2) has computed: its
+    # mean batch explains most of the worker CPU per request (a batch's fixed cost is shared by
+    # fewer requests in a smaller batch); the ns are the CPU of the worker threads' batches, as
+    # the workers report them
     batches: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
 
 
@@ -273,7 +274,7 @@ async def _level(leg: Leg, concurrency: int, duration: float) -> dict[str, float
             "worker_batch_cpu_us": batch_ns / count / 1e3,
             "batches_per_request": batched / count,
             "worker_cpu_per_batch_us": batch_ns / batched / 1e3 if batched else float("nan"),
-            "detector_batch": items / batched if batched else float("nan"), **in_situ}
+            "model_batch": items / batched if batched else float("nan"), **in_situ}
 
 
 def _mean(levels: list[dict[str, float]]) -> dict[str, float]:
@@ -403,7 +404,7 @@ def _print_overhead(levels: dict[str, dict[str, float]], titles: dict[str, str],
         print(f"{titles[name]:<36} {level['requests_per_s']:6.0f} req/s  p99 "
               f"{level['p99_ms']:6.1f} ms  front end {level['frontend_cpu_us']:6.0f} us  "
               f"workers {level['worker_batch_cpu_us']:5.0f} us in batches "
-              f"({level['worker_cpu_us']:5.0f} process)  batch {level['detector_batch']:.2f}  "
+              f"({level['worker_cpu_us']:5.0f} process)  batch {level['model_batch']:.2f}  "
               f"{steps}")
     for name, extra in extras.items():
         print(f"{titles[name]:<36} extra {extra['extra_us']:5.0f} us (front end "

@@ -55,6 +55,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -66,6 +68,7 @@ from typing import Any
 
 import numpy as np
 import simplejpeg
+import yaml
 from PIL import Image
 
 from surge.engine import Engine
@@ -94,26 +97,26 @@ def decode_in_thread(inputs: dict[str, np.ndarray], params: dict[str, Any]) -> d
     return decode(inputs, params)
 
 
+def _add_model(repo: Path, name: str, config: dict[str, Any]) -> str:
+    """`config` as model `name` of `repo` (a pipeline: a config.yaml and nothing else)."""
+    (repo / name).mkdir()
+    (repo / name / "config.yaml").write_text(yaml.safe_dump(config))
+    return name
+
+
 def _threaded_copy(repo: Path, processor: str, replacement: str) -> str:
     """A copy of detector-boxes with one processor step replaced (one run in a thread)."""
-    import yaml
-
     config = yaml.safe_load((repo / "detector-boxes" / "config.yaml").read_text())
     for step in config["steps"]:
         if step.get("processor") == processor:
             step["processor"] = f"__main__:{replacement}"  # this script, run in process
-    name = f"detector-boxes-{replacement.replace('_', '-')}"
-    (repo / name).mkdir()
-    (repo / name / "config.yaml").write_text(yaml.safe_dump(config))
-    return name
+    return _add_model(repo, f"detector-boxes-{replacement.replace('_', '-')}", config)
 
 
 def _decode_only_copy(repo: Path) -> str:
     """detector-boxes without its box step: PNG bytes -> decode -> detector, the detector's own
     outputs out. Against the detector fed decoded canvases this is the issue's comparison
     ("decode + model vs the model fed decoded tensors"): the only step it adds is the decode."""
-    import yaml
-
     config = yaml.safe_load((repo / "detector-boxes" / "config.yaml").read_text())
     config["steps"] = [step for step in config["steps"] if step["name"] != "keep"]
     detect = next(step for step in config["steps"] if step.get("model") == "detector")
@@ -121,10 +124,7 @@ def _decode_only_copy(repo: Path) -> str:
     config["outputs"] = [{"name": "boxes", "datatype": "FP32", "shape": [-1, 32, 4]},
                          {"name": "scores", "datatype": "FP32", "shape": [-1, 32]},
                          {"name": "labels", "datatype": "INT64", "shape": [-1, 32]}]
-    name = "detector-decode"
-    (repo / name).mkdir()
-    (repo / name / "config.yaml").write_text(yaml.safe_dump(config))
-    return name
+    return _add_model(repo, "detector-decode", config)
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -445,33 +445,34 @@ async def overhead(concurrency: int, duration: float, rounds: int = 1,
             levels = await _legs(chosen, concurrency, duration, rounds)
         finally:
             await engine.stop(5.0)
+    return _report(levels, chosen, decode_us, concurrency=concurrency, rounds=rounds,
+                   duration_s=duration)
+
+
+def _report(levels: dict[str, dict[str, float]], legs: dict[str, Leg], decode_us: float,
+            **run: Any) -> dict[str, Any]:
+    """Each leg's extra over the `model` leg, printed, and the pipeline's own cost under load:
+    the `decode` leg's extra above the same work by hand (`decode-by-hand`)."""
     extras = {name: _extra(level, levels["model"])
               for name, level in levels.items() if name != "model" and "model" in levels}
-    _print_overhead(levels, {name: leg.title for name, leg in chosen.items()}, extras,
-                    decode_us)
+    _print_overhead(levels, {name: leg.title for name, leg in legs.items()}, extras, decode_us)
     own = (extras["decode"]["extra_us"] - extras["decode-by-hand"]["extra_us"]
            if "decode" in extras and "decode-by-hand" in extras else None)
     if own is not None:
-        print(f"the pipeline's own cost under this load: {own:.0f} us per request (detector-"
-              "decode's extra above the same work by hand)")
+        print(f"the pipeline's own cost under this load: {own:.0f} us per request (the decode "
+              "leg's extra above the same work by hand)")
     return {"levels": levels, "extra": extras, "target": extras.get("decode"),
-            "pipeline_own_in_situ_us": own,
-            "decode_alone_us": decode_us, "concurrency": concurrency, "rounds": rounds,
-            "duration_s": duration, "load_average": os.getloadavg()}
+            "pipeline_own_in_situ_us": own, "decode_alone_us": decode_us, **run,
+            "load_average": os.getloadavg()}
 
 
 def _imagenet_decode_copy(repo: Path) -> str:
     """`imagenet` without its top-5 step: JPEG bytes -> decode -> mobilenetv2, its logits out.
     Against mobilenetv2 fed the decoded tensors the only step it adds is the decode."""
-    import yaml
-
     config = yaml.safe_load((IMAGES / "imagenet" / "config.yaml").read_text())
     config["steps"] = [step for step in config["steps"] if step["name"] != "top5"]
     config["outputs"] = [{"name": "logits", "datatype": "FP32", "shape": [-1, 1000]}]
-    name = "imagenet-decode"
-    (repo / name).mkdir()
-    (repo / name / "config.yaml").write_text(yaml.safe_dump(config))
-    return name
+    return _add_model(repo, "imagenet-decode", config)
 
 
 def _photo_files() -> list[dict[str, np.ndarray]]:
@@ -509,8 +510,6 @@ def _photo_by_hand(engine: Engine, params: dict[str, Any]) -> tuple[Call, Probe]
 
 
 def _one_instance(path: Path, threads: int) -> None:
-    import yaml
-
     config = yaml.safe_load(path.read_text())
     config.update(instances=1, threads=threads)
     path.write_text(yaml.safe_dump(config))
@@ -518,9 +517,6 @@ def _one_instance(path: Path, threads: int) -> None:
 
 def _mobilenet_onnx() -> None:
     if not (IMAGES / "mobilenetv2" / "1" / "model.onnx").exists():
-        import subprocess
-        import sys
-
         subprocess.run([sys.executable, str(ROOT / "examples" / "images" / "import_weights.py"),
                         "--model", "mobilenetv2"], check=True)
 
@@ -560,16 +556,8 @@ async def photo_overhead(concurrency: int, duration: float, rounds: int = 1,
             levels = await _legs(legs, concurrency, duration, rounds)
         finally:
             await engine.stop(5.0)
-    extras = {name: _extra(level, levels["model"])
-              for name, level in levels.items() if name != "model"}
-    _print_overhead(levels, {name: leg.title for name, leg in legs.items()}, extras, decode_us)
-    own = extras["decode"]["extra_us"] - extras["decode-by-hand"]["extra_us"]
-    print(f"the pipeline's own cost under this load: {own:.0f} us per request")
-    return {"levels": levels, "extra": extras, "target": extras["decode"],
-            "pipeline_own_in_situ_us": own, "decode_alone_us": decode_us,
-            "photos": len(files), "model_threads": model_threads,
-            "concurrency": concurrency, "rounds": rounds,
-            "duration_s": duration, "load_average": os.getloadavg()}
+    return _report(levels, legs, decode_us, photos=len(files), model_threads=model_threads,
+                   concurrency=concurrency, rounds=rounds, duration_s=duration)
 
 
 def handoff(count: int) -> dict[str, float]:

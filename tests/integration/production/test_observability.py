@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,9 +108,17 @@ def traced(repo: Path) -> Iterator[tuple[surge.api.BackgroundServer, object]]:
 
 
 def _spans_of(exporter: object, request_id: str) -> dict[str, object]:
-    spans = exporter.get_finished_spans()  # type: ignore[attr-defined]
-    root = next(s for s in spans if s.name == "surge.infer"
-                and s.attributes["surge.request_id"] == request_id)
+    """The request's spans, once its root has ended: the server ends it after the answer is
+    written, so the client can hold the answer a moment before the span is exported."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        spans = exporter.get_finished_spans()  # type: ignore[attr-defined]
+        root = next((s for s in spans if s.name == "surge.infer"
+                     and s.attributes["surge.request_id"] == request_id), None)
+        if root is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert root is not None, f"no surge.infer span for {request_id}"
     return {s.name: s for s in spans if s.context.trace_id == root.context.trace_id}
 
 

@@ -34,6 +34,7 @@ from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 from surge.protocol.metadata import model_metadata
 from surge.repository import Repository
 from surge.server import process
+from surge.server.grpc_h2 import start_grpc_h2_server
 from surge.server.grpc_server import MAX_MESSAGE_BYTES, InferenceServicer, start_grpc_server
 
 TUNED = [("grpc.optimization_target", "throughput"), ("grpc.http2.bdp_probe", 0),
@@ -148,7 +149,7 @@ async def _start_grpclib(engine: Any, host: str, port: int, **_: Any) -> Any:
 
 VARIANTS = {"aio": start_grpc_server, "aio-tuned": _aio(TUNED, InferenceServicer),
             "aio-lean": _aio([], LeanServicer), "sync-pool": _start_sync,
-            "grpclib": _start_grpclib}
+            "grpclib": _start_grpclib, "h2": start_grpc_h2_server}
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from surge.errors import SurgeError
 from surge.repository import Repository
 from surge.server.app import DEFAULT_MAX_BODY, V2App
 from surge.server.frontends import METRICS_DIR_ENV
+from surge.server.grpc_h2 import start_grpc_h2_server
 from surge.server.grpc_server import InferenceServicer, start_grpc_server
 from surge.server.limits import ConnectionLimits, guarded_protocol
 from surge.server.production import Production, ProductionOptions
@@ -121,12 +122,19 @@ class SurgeServer:
         servicer = InferenceServicer(self.engine, keys=self.site.keys,
                                      request_log=self.site.request_log,
                                      repository_api=self.site.repository_api)
-        self._grpc, self._grpc_servicer, grpc_port = await start_grpc_server(
-            self.engine, options.host, options.grpc_port,
-            limits=options.limits, max_message_bytes=options.max_body_bytes,
-            reuse_port=options.reuse_port, servicer=servicer,
-            credentials=self.site.grpc_credentials(),
-        )
+        credentials = self.site.grpc_credentials()
+        if credentials is None and os.environ.get("SURGE_GRPC_H2"):
+            self._grpc, self._grpc_servicer, grpc_port = await start_grpc_h2_server(
+                self.engine, options.host, options.grpc_port,
+                limits=options.limits, max_message_bytes=options.max_body_bytes,
+                reuse_port=options.reuse_port, servicer=servicer)
+        else:
+            self._grpc, self._grpc_servicer, grpc_port = await start_grpc_server(
+                self.engine, options.host, options.grpc_port,
+                limits=options.limits, max_message_bytes=options.max_body_bytes,
+                reuse_port=options.reuse_port, servicer=servicer,
+                credentials=credentials,
+            )
         # On the event loop like HTTP, so that the same connection limits guard it.
         self._metrics_socket = _bind(options.host, options.metrics_port, options.reuse_port)
         metrics_app = self.site.metrics_app(make_asgi_app(registry=_exported(self.engine)))

@@ -1,0 +1,650 @@
+"""The V2 gRPC front end on an HTTP/2 protocol of Surge's own, on the server's event loop.
+
+gRPC's unary calls need a small part of HTTP/2: one HEADERS frame (or a few CONTINUATIONs) and
+DATA frames in, HEADERS + DATA + trailing HEADERS out, flow control, SETTINGS and PING. This
+module speaks exactly that part as an asyncio protocol, decodes header blocks with `hpack`, and
+calls the same `InferenceServicer` methods as the grpc.aio server, through a context that offers
+what those methods use (metadata, peer, abort, trailing metadata). Streaming RPCs answer
+UNIMPLEMENTED, as they do on the grpc.aio server.
+
+The frames of a request are parsed where they arrive, with no thread hop: grpc.aio runs its
+HTTP/2 stack in grpc core's threads and hands each call to the event loop, which on a tiny model
+costs several times the inference's own front-end work (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import hpack
+
+from surge.protocol.grpc_gen import grpc_service_pb2 as pb
+from surge.server.limits import ConnectionLimits
+
+log = logging.getLogger(__name__)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+FRAME_HEADER = struct.Struct(">IBI")  # 24-bit length (with the type in the low byte), flags, id
+
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
+    CONTINUATION = range(10)
+END_STREAM = ACK = 0x1
+END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
+
+# SETTINGS identifiers (RFC 9113 6.5.2) and error codes (7).
+HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, \
+    MAX_HEADER_LIST_SIZE = range(1, 7)
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, _, STREAM_CLOSED, FRAME_SIZE_ERROR, \
+    REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = range(10)
+ENHANCE_YOUR_CALM = 0xB
+
+DEFAULT_WINDOW = 65_535
+RECEIVE_WINDOW = 16 * 1024 * 1024  # what each stream and the connection may send ahead
+RECEIVE_FRAME = 1024 * 1024  # the largest frame a client may send us
+MAX_HEADER_LIST = 64 * 1024  # as MAX_HEAD_BYTES for HTTP
+SERVICE = "/inference.GRPCInferenceService/"
+
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def _integer(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    """An HPACK integer (RFC 7541 5.1) with `first` in the bits above the prefix."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = bytearray([first | limit])
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    """A header field as a literal without indexing (new name): no table state to keep."""
+    return b"".join((b"\x00", _integer(len(name), 7), name, _integer(len(value), 7), value))
+
+
+def encode_headers(headers: list[tuple[bytes, bytes]], *, status_200: bool = False) -> bytes:
+    """A header block: `:status: 200` from the static table (index 8), then literals."""
+    return (b"\x88" if status_200 else b"") + b"".join(_literal(k, v) for k, v in headers)
+
+
+RESPONSE_HEADERS = encode_headers([(b"content-type", b"application/grpc"),
+                                   (b"grpc-accept-encoding", b"identity,deflate,gzip")],
+                                  status_200=True)
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return FRAME_HEADER.pack((len(payload) << 8) | kind, flags, stream_id) + payload
+
+
+def parse_timeout(text: str) -> float | None:
+    """Seconds in a `grpc-timeout` header ("100m", "5S"); None when absent or malformed."""
+    if len(text) < 2 or text[-1] not in _TIMEOUT_UNITS or not text[:-1].isdigit():
+        return None
+    return int(text[:-1]) * _TIMEOUT_UNITS[text[-1]]
+
+
+class CallAborted(Exception):
+    """A handler ended the call with a status (`context.abort`)."""
+
+
+class CallContext:
+    """What InferenceServicer's methods use of grpc.aio's ServicerContext."""
+
+    def __init__(self, metadata: tuple[tuple[str, Any], ...], peer: str) -> None:
+        self._metadata = metadata
+        self._peer = peer
+        self.code = grpc.StatusCode.OK
+        self.details = ""
+        self.trailing: tuple[tuple[str, Any], ...] = ()
+
+    def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
+        return self._metadata
+
+    def peer(self) -> str:
+        return self._peer
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self.trailing = tuple(metadata)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    async def abort(self, code: grpc.StatusCode, details: str = "",
+                    trailing_metadata: Any = ()) -> None:
+        self.code, self.details = code, details
+        if trailing_metadata:
+            self.trailing = tuple(trailing_metadata)
+        raise grpc.aio.AbortError(f"{code.name}: {details}")
+
+
+Handler = Callable[[Any, CallContext], Any]
+
+
+def unary_methods(servicer: Any) -> dict[str, tuple[Handler, Any]]:
+    """`/package.Service/Method` -> (bound handler, request class) for each unary RPC."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    return {
+        SERVICE + method.name: (getattr(servicer, method.name), getattr(pb, method.input_type.name))
+        for method in service.methods
+        if not (method.client_streaming or method.server_streaming)
+    }
+
+
+class Stream:
+    """One call: its headers, the request bytes so far, its task and its send window."""
+
+    __slots__ = ("id", "headers", "body", "task", "send_window", "pending", "closed")
+
+    def __init__(self, stream_id: int, headers: list[tuple[str, str]], send_window: int) -> None:
+        self.id = stream_id
+        self.headers = headers
+        self.body = bytearray()
+        self.task: asyncio.Task[None] | None = None
+        self.send_window = send_window
+        self.pending = b""  # DATA the client's windows do not yet allow
+        self.closed = False
+
+
+def _status_trailers(code: grpc.StatusCode, details: str,
+                     metadata: tuple[tuple[str, Any], ...]) -> bytes:
+    fields = [(b"grpc-status", str(code.value[0]).encode())]
+    if details:
+        fields.append((b"grpc-message", _percent(details)))
+    fields.extend(_metadata_field(key, value) for key, value in metadata)
+    return encode_headers(fields)
+
+
+def _percent(text: str) -> bytes:
+    """grpc-message's percent-encoding (everything outside printable ASCII, and '%')."""
+    raw = text.encode()
+    return b"".join(bytes([b]) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in raw)
+
+
+def _metadata_field(key: str, value: Any) -> tuple[bytes, bytes]:
+    if key.endswith("-bin"):
+        import base64
+
+        return key.encode(), base64.b64encode(value).rstrip(b"=")
+    return key.encode(), value.encode() if isinstance(value, str) else value
+
+
+class ServerState:
+    """What every connection of one listener shares: the calls it serves and its limits."""
+
+    def __init__(self, methods: dict[str, tuple[Handler, Any]], limits: ConnectionLimits,
+                 max_message_bytes: int) -> None:
+        self.methods = methods
+        self.limits = limits
+        self.max_message_bytes = max_message_bytes
+        self.connections: set[GrpcProtocol] = set()
+        self.draining = False
+
+
+class GrpcProtocol(asyncio.Protocol):
+    """One client connection: HTTP/2 frames in, gRPC calls dispatched, answers framed out."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.transport: Any = None
+        self.buffer = bytearray()
+        self.preface = False
+        self.decoder = hpack.Decoder()
+        self.decoder.max_header_list_size = MAX_HEADER_LIST
+        self.streams: dict[int, Stream] = {}
+        self.last_stream = 0
+        self.header_block: tuple[int, int, bytearray] | None = None  # (stream, flags, fragments)
+        self.send_window = DEFAULT_WINDOW  # the client's connection window for our DATA
+        self.initial_send_window = DEFAULT_WINDOW
+        self.max_send_frame = 16_384
+        self.unacked = 0  # received DATA bytes not yet credited back (connection)
+        self.peer = ""
+        self.timer: asyncio.TimerHandle | None = None
+        self.paused = False
+        self.drained: asyncio.Event | None = None
+
+    # --- connection ------------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:  # uvloop's are not asyncio.Transport
+        self.transport = transport
+        if len(self.state.connections) >= self.state.limits.max_connections:
+            transport.abort()
+            return
+        self.state.connections.add(self)
+        address = transport.get_extra_info("peername")
+        if isinstance(address, tuple):
+            family = "ipv6" if ":" in address[0] else "ipv4"
+            self.peer = f"{family}:{address[0]}:{address[1]}"
+        transport.write(frame(SETTINGS, 0, 0, struct.pack(
+            ">HIHIHIHI", MAX_CONCURRENT_STREAMS, self.state.limits.max_streams,
+            INITIAL_WINDOW_SIZE, RECEIVE_WINDOW, MAX_FRAME_SIZE, RECEIVE_FRAME,
+            MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST))
+            + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", RECEIVE_WINDOW - DEFAULT_WINDOW)))
+        self._arm(self.state.limits.header_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.connections.discard(self)
+        self._disarm()
+        for stream in self.streams.values():
+            if stream.task is not None:
+                stream.task.cancel()
+        self.streams.clear()
+        if self.drained is not None:
+            self.drained.set()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            self._parse()
+        except _ConnectionError as exc:
+            self._goaway(exc.code, str(exc))
+        except hpack.HPACKError as exc:
+            self._goaway(COMPRESSION_ERROR, f"header block: {exc}")
+
+    def _parse(self) -> None:
+        buffer = self.buffer
+        if not self.preface:
+            if len(buffer) < len(PREFACE):
+                if not PREFACE.startswith(bytes(buffer)):
+                    raise _ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                return
+            if buffer[:len(PREFACE)] != PREFACE:
+                raise _ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+            del buffer[:len(PREFACE)]
+            self.preface = True
+        offset, end = 0, len(buffer)
+        while end - offset >= 9:
+            head, flags, stream_id = FRAME_HEADER.unpack_from(buffer, offset)
+            length, kind = head >> 8, head & 0xFF
+            if length > RECEIVE_FRAME:
+                raise _ConnectionError(FRAME_SIZE_ERROR, f"frame of {length} bytes")
+            if end - offset - 9 < length:
+                break
+            payload = bytes(buffer[offset + 9:offset + 9 + length])
+            offset += 9 + length
+            self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload)
+            if self.transport is None or self.transport.is_closing():
+                break
+        del buffer[:offset]
+
+    # --- frames ----------------------------------------------------------------------------
+
+    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self.header_block is not None and kind != CONTINUATION:
+            raise _ConnectionError(PROTOCOL_ERROR, "header block interrupted")
+        if kind == DATA:
+            self._data(flags, stream_id, payload)
+        elif kind == HEADERS:
+            self._headers(flags, stream_id, payload)
+        elif kind == CONTINUATION:
+            self._continuation(flags, stream_id, payload)
+        elif kind == SETTINGS:
+            self._settings(flags, stream_id, payload)
+        elif kind == WINDOW_UPDATE:
+            self._window_update(stream_id, payload)
+        elif kind == PING:
+            if stream_id or len(payload) != 8:
+                raise _ConnectionError(PROTOCOL_ERROR, "bad PING")
+            if not flags & ACK:
+                self._write(frame(PING, ACK, 0, payload))
+        elif kind == RST_STREAM:
+            self._reset_by_client(stream_id)
+        elif kind == GOAWAY:
+            self._goaway(NO_ERROR, "")
+        elif kind == PUSH_PROMISE:
+            raise _ConnectionError(PROTOCOL_ERROR, "a client may not push")
+        # PRIORITY and unknown frame types are ignored (RFC 9113 4.1, 5.3.2).
+
+    def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise _ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
+        start, end = 0, len(payload)
+        if flags & PADDED:
+            start, end = 1, end - payload[0]
+        if flags & PRIORITY_FLAG:
+            start += 5
+        if start > end:
+            raise _ConnectionError(PROTOCOL_ERROR, "HEADERS padding exceeds the frame")
+        self.header_block = (stream_id, flags, bytearray(payload[start:end]))
+        if flags & END_HEADERS:
+            self._end_headers()
+
+    def _continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if self.header_block is None or self.header_block[0] != stream_id:
+            raise _ConnectionError(PROTOCOL_ERROR, "unexpected CONTINUATION")
+        self.header_block[2].extend(payload)
+        if len(self.header_block[2]) > MAX_HEADER_LIST:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "header block too large")
+        if flags & END_HEADERS:
+            self._end_headers()
+
+    def _end_headers(self) -> None:
+        assert self.header_block is not None
+        stream_id, flags, block = self.header_block
+        self.header_block = None
+        headers = self.decoder.decode(bytes(block))  # always: it updates the decoder's table
+        stream = self.streams.get(stream_id)
+        if stream is not None:  # trailers from the client: only END_STREAM matters
+            if flags & END_STREAM:
+                self._request_complete(stream)
+            return
+        if stream_id % 2 == 0 or stream_id <= self.last_stream:
+            raise _ConnectionError(PROTOCOL_ERROR, f"stream {stream_id} reused or even")
+        self.last_stream = stream_id
+        if self.state.draining or len(self.streams) >= self.state.limits.max_streams:
+            self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", REFUSED_STREAM)))
+            return
+        self._disarm()
+        stream = Stream(stream_id, headers, self.initial_send_window)
+        self.streams[stream_id] = stream
+        if flags & END_STREAM:
+            self._request_complete(stream)
+        else:
+            self._arm(self.state.limits.body_timeout_s)
+
+    def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        self._credit(len(payload))
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.task is not None:
+            return  # a stream we reset or refused, or DATA after END_STREAM: dropped
+        start, end = 0, len(payload)
+        if flags & PADDED:
+            start, end = 1, end - payload[0]
+        stream.body += payload[start:end]
+        if len(stream.body) > self.state.max_message_bytes + 5:
+            self._finish(stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"Received message larger than max ({len(stream.body) - 5} vs. "
+                         f"{self.state.max_message_bytes})")
+            self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", NO_ERROR)))
+            return
+        if flags & END_STREAM:
+            self._request_complete(stream)
+        else:
+            self._arm(self.state.limits.body_timeout_s)
+
+    def _credit(self, size: int) -> None:
+        """Give received bytes back to the client's windows once half of one is used."""
+        self.unacked += size
+        if self.unacked >= RECEIVE_WINDOW // 2:
+            self._write(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.unacked)))
+            for stream in self.streams.values():  # long messages: their stream windows too
+                if stream.task is None and len(stream.body) >= RECEIVE_WINDOW // 2:
+                    self._write(frame(WINDOW_UPDATE, 0, stream.id,
+                                      struct.pack(">I", len(stream.body))))
+            self.unacked = 0
+
+    def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id or len(payload) % 6:
+            raise _ConnectionError(PROTOCOL_ERROR, "bad SETTINGS")
+        if flags & ACK:
+            return
+        for offset in range(0, len(payload), 6):
+            key, value = struct.unpack_from(">HI", payload, offset)
+            if key == INITIAL_WINDOW_SIZE:
+                delta = value - self.initial_send_window
+                self.initial_send_window = value
+                for stream in self.streams.values():
+                    stream.send_window += delta
+            elif key == MAX_FRAME_SIZE:
+                self.max_send_frame = value
+            elif key == HEADER_TABLE_SIZE:
+                pass  # we never index what we send: the client's table size does not matter
+        self._write(frame(SETTINGS, ACK, 0))
+        self._flush_pending()
+
+    def _window_update(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise _ConnectionError(FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
+        increment = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
+        if stream_id == 0:
+            self.send_window += increment
+        elif (stream := self.streams.get(stream_id)) is not None:
+            stream.send_window += increment
+        self._flush_pending()
+
+    def _reset_by_client(self, stream_id: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            stream.closed = True
+            if stream.task is not None:
+                stream.task.cancel()  # as grpc.aio: the handler's await is cancelled
+        self._idle_check()
+
+    # --- calls -----------------------------------------------------------------------------
+
+    def _request_complete(self, stream: Stream) -> None:
+        self._disarm()
+        stream.task = asyncio.get_running_loop().create_task(self._call(stream))
+
+    async def _call(self, stream: Stream) -> None:
+        context = None
+        try:
+            path, metadata, timeout, encoding = _call_headers(stream.headers)
+            context = CallContext(metadata, self.peer)
+            method = self.state.methods.get(path)
+            if method is None:
+                self._finish(stream, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path}")
+                return
+            handler, request_class = method
+            request = request_class.FromString(_message(stream.body, encoding))
+            stream.body = bytearray()
+            if timeout is None:
+                response = await handler(request, context)
+            else:
+                response = await asyncio.wait_for(handler(request, context), timeout)
+        except grpc.aio.AbortError:
+            assert context is not None
+            self._finish(stream, context.code, context.details, context.trailing)
+            return
+        except TimeoutError:
+            self._finish(stream, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            return
+        except _CallError as exc:
+            self._finish(stream, exc.code, str(exc))
+            return
+        except asyncio.CancelledError:
+            if not stream.closed:
+                self._finish(stream, grpc.StatusCode.CANCELLED, "Cancelled")
+            raise
+        except Exception:
+            log.exception("unhandled error in %s", stream.headers)
+            self._finish(stream, grpc.StatusCode.INTERNAL, "Unexpected error")
+            return
+        self._finish(stream, grpc.StatusCode.OK, "", context.trailing,
+                     response.SerializeToString())
+
+    def _finish(self, stream: Stream, code: grpc.StatusCode, details: str,
+                metadata: tuple[tuple[str, Any], ...] = (), message: bytes | None = None) -> None:
+        """Answer the call (headers, the message if any, status trailers) and forget it."""
+        if stream.closed or self.transport is None or self.transport.is_closing():
+            return
+        stream.closed = True
+        trailers = _status_trailers(code, details, metadata)
+        if message is None:  # trailers-only response
+            block = RESPONSE_HEADERS + trailers[0:]
+            self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
+        else:
+            self._write(frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS))
+            stream.pending = struct.pack(">BI", 0, len(message)) + message
+            stream.body = bytearray(trailers)  # reused: the trailers wait behind the data
+            self._send_data(stream)
+            return
+        self._forget(stream)
+
+    def _send_data(self, stream: Stream) -> None:
+        """Send what the windows allow of the stream's message; the trailers after the last."""
+        data = stream.pending
+        allowed = min(len(data), self.send_window, stream.send_window)
+        chunks = [frame(DATA, 0, stream.id, data[i:i + self.max_send_frame])
+                  for i in range(0, allowed, self.max_send_frame)]
+        self.send_window -= allowed
+        stream.send_window -= allowed
+        stream.pending = data[allowed:]
+        if not stream.pending:
+            chunks.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, bytes(stream.body)))
+        self._write(b"".join(chunks))
+        if not stream.pending:
+            self._forget(stream)
+
+    def _flush_pending(self) -> None:
+        for stream in list(self.streams.values()):
+            if stream.pending and self.send_window > 0 and stream.send_window > 0:
+                self._send_data(stream)
+
+    def _forget(self, stream: Stream) -> None:
+        self.streams.pop(stream.id, None)
+        self._idle_check()
+
+    def _idle_check(self) -> None:
+        if self.streams:
+            return
+        if self.state.draining:
+            self._goaway(NO_ERROR, "")
+        elif self.transport is not None and not self.transport.is_closing():
+            self._arm(self.state.limits.idle_timeout_s)
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _goaway(self, code: int, reason: str) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream, code)
+                          + reason.encode()[:256]))
+        if code == NO_ERROR and self.streams:
+            return  # the calls in progress finish; the last one closes the connection
+        self.transport.close()
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expired(self) -> None:
+        self.timer = None
+        if self.streams and all(s.task is not None for s in self.streams.values()):
+            return  # every call is being answered: not idle
+        self._goaway(NO_ERROR if not self.streams else ENHANCE_YOUR_CALM, "timeout")
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _ConnectionError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _CallError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _call_headers(
+    headers: list[tuple[str, str]],
+) -> tuple[str, tuple[tuple[str, Any], ...], float | None, str]:
+    """(path, metadata, timeout in s, grpc-encoding) of a call's request headers."""
+    path, timeout, encoding = "", None, "identity"
+    metadata: list[tuple[str, Any]] = []
+    for key, value in headers:
+        if key == ":path":
+            path = value
+        elif key == "grpc-timeout":
+            timeout = parse_timeout(value)
+        elif key == "grpc-encoding":
+            encoding = value
+        elif key.startswith(":") or key in ("content-type", "te"):
+            continue
+        elif key.endswith("-bin"):
+            import base64
+
+            metadata.append((key, base64.b64decode(value + "=" * (-len(value) % 4))))
+        else:
+            metadata.append((key, value))
+    return path, tuple(metadata), timeout, encoding
+
+
+def _message(body: bytearray, encoding: str) -> bytes:
+    """The one length-prefixed message of a unary request, decompressed."""
+    if len(body) < 5:
+        raise _CallError(grpc.StatusCode.INTERNAL, "the request carries no message")
+    compressed, length = struct.unpack_from(">BI", body)
+    if len(body) != 5 + length:
+        raise _CallError(grpc.StatusCode.INTERNAL, "a unary request carries one message")
+    payload = bytes(body[5:])
+    if not compressed:
+        return payload
+    if encoding == "gzip":
+        return _decompress(payload, 16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return _decompress(payload, zlib.MAX_WBITS)
+    raise _CallError(grpc.StatusCode.UNIMPLEMENTED, f"compression {encoding!r} is not supported")
+
+
+def _decompress(payload: bytes, wbits: int) -> bytes:
+    try:
+        return zlib.decompress(payload, wbits)
+    except zlib.error as exc:
+        raise _CallError(grpc.StatusCode.INTERNAL, f"cannot decompress the message: {exc}") from None
+
+
+class GrpcH2Server:
+    """The listener; `stop(grace)` refuses new calls, lets calls in progress finish, closes."""
+
+    def __init__(self, server: asyncio.base_events.Server, state: ServerState) -> None:
+        self.server = server
+        self.state = state
+
+    async def stop(self, grace: float | None) -> None:
+        self.state.draining = True
+        self.server.close()
+        connections = list(self.state.connections)
+        for connection in connections:
+            connection.drained = asyncio.Event()
+            connection._goaway(NO_ERROR, "")
+        waits = [c.drained.wait() for c in connections if c.drained is not None]
+        if waits:
+            try:
+                await asyncio.wait_for(asyncio.gather(*waits), grace)
+            except TimeoutError:
+                pass
+        for connection in connections:
+            if connection.transport is not None:
+                connection.transport.abort()
+
+
+async def start_grpc_h2_server(
+    engine: Any, host: str, port: int, api_key: str | None = None, *,
+    limits: ConnectionLimits | None = None, max_message_bytes: int = 64 * 1024 * 1024,
+    reuse_port: bool = False, servicer: Any = None, ssl_context: Any = None, credentials: Any = None,
+) -> tuple[GrpcH2Server, Any, int]:
+    """Serve gRPC on host:port (0 = any free port); returns (server, servicer, port)."""
+    from surge.server.grpc_server import InferenceServicer
+
+    servicer = servicer or InferenceServicer(engine, api_key)
+    state = ServerState(unary_methods(servicer), limits or ConnectionLimits(), max_message_bytes)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: GrpcProtocol(state), host, port,
+                                      reuse_port=reuse_port or None, ssl=ssl_context)
+    bound = server.sockets[0].getsockname()[1]
+    return GrpcH2Server(server, state), servicer, bound

@@ -4,7 +4,9 @@
 serves REPO as `surge serve` does (HTTP and metrics unchanged) with the gRPC front end started
 by VARIANT:
 
-- aio: the shipped server (`surge.server.grpc_server.start_grpc_server`);
+- h2: the shipped server (Surge's HTTP/2 on the event loop, `surge.server.grpc_h2`);
+- aio: grpc.aio as `surge serve --grpc-server grpcio` serves it
+  (`surge.server.grpc_server.start_grpc_server`);
 - aio-tuned: grpc.aio with throughput-oriented channel arguments (optimization target
   throughput, no BDP probing, 1,000 concurrent streams, one completion queue poller);
 - aio-lean: grpc.aio whose ModelInfer skips request ids, the request log and the trailing
@@ -160,9 +162,9 @@ def main() -> None:
     parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
     args = parser.parse_args()
-    process.start_grpc_server = VARIANTS[args.variant]
+    process.start_grpc_server = VARIANTS[args.variant]  # the grpcio stack's start, replaced
     options = process.ServeOptions(http_port=args.http_port, grpc_port=args.grpc_port,
-                                   metrics_port=args.metrics_port)
+                                   metrics_port=args.metrics_port, grpc_server="grpcio")
     uvloop.run(process.serve_until_signal(Engine(Repository(args.repo)), options))
 
 

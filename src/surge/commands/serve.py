@@ -128,6 +128,9 @@ GroupBudgets = Annotated[list[str] | None, typer.Option(
 FrontEnds = Annotated[int, typer.Option(parser=frontend_count, metavar="N|auto", help="Front-end "
                                         "processes sharing the ports, each scheduling its own "
                                         "share of the instances ('auto': one per core).")]
+GrpcServer = Annotated[str, typer.Option(metavar="surge|grpcio", help="The gRPC listener: "
+                                         "Surge's HTTP/2 on the event loop, or grpc core's "
+                                         "server (grpc.aio).")]
 LogLevel = Annotated[str, typer.Option(metavar="debug|info|warning|error",
                                        help="The server's log on stderr: this level and above.")]
 
@@ -174,6 +177,7 @@ def serve(
     model_control: ModelControlMode = None,
     poll_interval: PollInterval = None,
     log_level: LogLevel = "info",
+    grpc_server: GrpcServer = "surge",
 ) -> None:
     """Serve models until SIGTERM/SIGINT, then drain accepted requests and exit 0."""
     from surge.api import serve as run_server
@@ -184,7 +188,7 @@ def serve(
         host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
         api_key=api_key, models=_models(models), grace_s=grace,
         max_body_bytes=int(max_body_mb * 1024 * 1024), limits=limits, ray_address=ray,
-        reuse_port=reuse_port, frontends=frontends, log_level=log_level,
+        reuse_port=reuse_port, frontends=frontends, log_level=log_level, grpc_server=grpc_server,
         residency=_residency(load, memory_budget, group_memory_budget),
         production=_production(tls_cert, tls_key, tls_ca, api_keys_file, metrics_auth,
                                access_log, access_log_sample, tracing, model_control,

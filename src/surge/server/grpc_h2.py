@@ -15,11 +15,12 @@ costs several times the inference's own front-end work (docs/performance.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import hpack
@@ -93,10 +94,6 @@ def parse_timeout(text: str) -> float | None:
     return int(text[:-1]) * _TIMEOUT_UNITS[text[-1]]
 
 
-class CallAborted(Exception):
-    """A handler ended the call with a status (`context.abort`)."""
-
-
 class CallContext:
     """What InferenceServicer's methods use of grpc.aio's ServicerContext."""
 
@@ -144,14 +141,16 @@ def unary_methods(servicer: Any) -> dict[str, tuple[Handler, Any]]:
 
 
 class Stream:
-    """One call: its headers, the request bytes so far, its task and its send window."""
+    """One call: what its headers say, the request bytes so far, its task and send window."""
 
-    __slots__ = ("id", "headers", "body", "task", "send_window", "pending", "closed")
+    __slots__ = ("id", "path", "metadata", "timeout", "encoding", "body", "unacked", "task",
+                 "send_window", "pending", "closed")
 
     def __init__(self, stream_id: int, headers: list[tuple[str, str]], send_window: int) -> None:
         self.id = stream_id
-        self.headers = headers
+        self.path, self.metadata, self.timeout, self.encoding = _call_headers(headers)
         self.body = bytearray()
+        self.unacked = 0  # received bytes not yet credited back to the stream's window
         self.task: asyncio.Task[None] | None = None
         self.send_window = send_window
         self.pending = b""  # DATA the client's windows do not yet allow
@@ -214,6 +213,11 @@ class GrpcProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.paused = False
         self.drained: asyncio.Event | None = None
+        self.by_type: dict[int, Callable[[int, int, bytes], None]] = {
+            DATA: self._data, HEADERS: self._headers, CONTINUATION: self._continuation,
+            SETTINGS: self._settings, WINDOW_UPDATE: self._window_update, PING: self._ping,
+            RST_STREAM: self._reset_by_client, GOAWAY: self._goaway_from_client,
+            PUSH_PROMISE: self._push_promise}
 
     # --- connection ------------------------------------------------------------------------
 
@@ -252,6 +256,9 @@ class GrpcProtocol(asyncio.Protocol):
             self._goaway(exc.code, str(exc))
         except hpack.HPACKError as exc:
             self._goaway(COMPRESSION_ERROR, f"header block: {exc}")
+        except (ValueError, IndexError, struct.error, UnicodeDecodeError) as exc:
+            log.debug("gRPC connection from %s closed: %s", self.peer, exc)
+            self._goaway(PROTOCOL_ERROR, "malformed frame")
 
     def _parse(self) -> None:
         buffer = self.buffer
@@ -284,39 +291,30 @@ class GrpcProtocol(asyncio.Protocol):
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self.header_block is not None and kind != CONTINUATION:
             raise _ConnectionError(PROTOCOL_ERROR, "header block interrupted")
-        if kind == DATA:
-            self._data(flags, stream_id, payload)
-        elif kind == HEADERS:
-            self._headers(flags, stream_id, payload)
-        elif kind == CONTINUATION:
-            self._continuation(flags, stream_id, payload)
-        elif kind == SETTINGS:
-            self._settings(flags, stream_id, payload)
-        elif kind == WINDOW_UPDATE:
-            self._window_update(stream_id, payload)
-        elif kind == PING:
-            if stream_id or len(payload) != 8:
-                raise _ConnectionError(PROTOCOL_ERROR, "bad PING")
-            if not flags & ACK:
-                self._write(frame(PING, ACK, 0, payload))
-        elif kind == RST_STREAM:
-            self._reset_by_client(stream_id)
-        elif kind == GOAWAY:
-            self._goaway(NO_ERROR, "")
-        elif kind == PUSH_PROMISE:
-            raise _ConnectionError(PROTOCOL_ERROR, "a client may not push")
-        # PRIORITY and unknown frame types are ignored (RFC 9113 4.1, 5.3.2).
+        handler = self.by_type.get(kind)
+        if handler is not None:  # PRIORITY and unknown types are ignored (RFC 9113 4.1, 5.3.2)
+            handler(flags, stream_id, payload)
+
+    def _ping(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id or len(payload) != 8:
+            raise _ConnectionError(PROTOCOL_ERROR, "bad PING")
+        if not flags & ACK:
+            self._write(frame(PING, ACK, 0, payload))
+
+    def _goaway_from_client(self, flags: int, stream_id: int, payload: bytes) -> None:
+        self._goaway(NO_ERROR, "")  # the calls in progress finish, then the connection closes
+
+    def _push_promise(self, flags: int, stream_id: int, payload: bytes) -> None:
+        raise _ConnectionError(PROTOCOL_ERROR, "a client may not push")
 
     def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             raise _ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
-        start, end = 0, len(payload)
-        if flags & PADDED:
-            start, end = 1, end - payload[0]
+        start, end = _padding(flags, payload)
         if flags & PRIORITY_FLAG:
             start += 5
         if start > end:
-            raise _ConnectionError(PROTOCOL_ERROR, "HEADERS padding exceeds the frame")
+            raise _ConnectionError(PROTOCOL_ERROR, "HEADERS priority exceeds the frame")
         self.header_block = (stream_id, flags, bytearray(payload[start:end]))
         if flags & END_HEADERS:
             self._end_headers()
@@ -334,7 +332,8 @@ class GrpcProtocol(asyncio.Protocol):
         assert self.header_block is not None
         stream_id, flags, block = self.header_block
         self.header_block = None
-        headers = self.decoder.decode(bytes(block))  # always: it updates the decoder's table
+        # Always decoded, even for a stream refused: decoding updates the decoder's table.
+        headers = cast(list[tuple[str, str]], self.decoder.decode(bytes(block)))
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client: only END_STREAM matters
             if flags & END_STREAM:
@@ -349,19 +348,21 @@ class GrpcProtocol(asyncio.Protocol):
         self._disarm()
         stream = Stream(stream_id, headers, self.initial_send_window)
         self.streams[stream_id] = stream
-        if flags & END_STREAM:
+        if stream.path not in self.state.methods:  # answered now: a streaming client waits
+            self._finish(stream, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {stream.path}")
+            self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", NO_ERROR)))
+        elif flags & END_STREAM:
             self._request_complete(stream)
         else:
             self._arm(self.state.limits.body_timeout_s)
 
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        self._credit(len(payload))
         stream = self.streams.get(stream_id)
         if stream is None or stream.task is not None:
+            self._credit(None, len(payload))
             return  # a stream we reset or refused, or DATA after END_STREAM: dropped
-        start, end = 0, len(payload)
-        if flags & PADDED:
-            start, end = 1, end - payload[0]
+        self._credit(stream, len(payload))
+        start, end = _padding(flags, payload)
         stream.body += payload[start:end]
         if len(stream.body) > self.state.max_message_bytes + 5:
             self._finish(stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -374,16 +375,18 @@ class GrpcProtocol(asyncio.Protocol):
         else:
             self._arm(self.state.limits.body_timeout_s)
 
-    def _credit(self, size: int) -> None:
+    def _credit(self, stream: Stream | None, size: int) -> None:
         """Give received bytes back to the client's windows once half of one is used."""
         self.unacked += size
         if self.unacked >= RECEIVE_WINDOW // 2:
             self._write(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.unacked)))
-            for stream in self.streams.values():  # long messages: their stream windows too
-                if stream.task is None and len(stream.body) >= RECEIVE_WINDOW // 2:
-                    self._write(frame(WINDOW_UPDATE, 0, stream.id,
-                                      struct.pack(">I", len(stream.body))))
             self.unacked = 0
+        if stream is None:
+            return
+        stream.unacked += size
+        if stream.unacked >= RECEIVE_WINDOW // 2:  # a long message: its stream window too
+            self._write(frame(WINDOW_UPDATE, 0, stream.id, struct.pack(">I", stream.unacked)))
+            stream.unacked = 0
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id or len(payload) % 6:
@@ -404,7 +407,7 @@ class GrpcProtocol(asyncio.Protocol):
         self._write(frame(SETTINGS, ACK, 0))
         self._flush_pending()
 
-    def _window_update(self, stream_id: int, payload: bytes) -> None:
+    def _window_update(self, flags: int, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise _ConnectionError(FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
         increment = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
@@ -414,7 +417,7 @@ class GrpcProtocol(asyncio.Protocol):
             stream.send_window += increment
         self._flush_pending()
 
-    def _reset_by_client(self, stream_id: int) -> None:
+    def _reset_by_client(self, flags: int, stream_id: int, payload: bytes = b"") -> None:
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             stream.closed = True
@@ -429,23 +432,16 @@ class GrpcProtocol(asyncio.Protocol):
         stream.task = asyncio.get_running_loop().create_task(self._call(stream))
 
     async def _call(self, stream: Stream) -> None:
-        context = None
+        context = CallContext(stream.metadata, self.peer)
         try:
-            path, metadata, timeout, encoding = _call_headers(stream.headers)
-            context = CallContext(metadata, self.peer)
-            method = self.state.methods.get(path)
-            if method is None:
-                self._finish(stream, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path}")
-                return
-            handler, request_class = method
-            request = request_class.FromString(_message(stream.body, encoding))
+            handler, request_class = self.state.methods[stream.path]
+            request = request_class.FromString(_message(stream.body, stream.encoding))
             stream.body = bytearray()
-            if timeout is None:
+            if stream.timeout is None:
                 response = await handler(request, context)
             else:
-                response = await asyncio.wait_for(handler(request, context), timeout)
+                response = await asyncio.wait_for(handler(request, context), stream.timeout)
         except grpc.aio.AbortError:
-            assert context is not None
             self._finish(stream, context.code, context.details, context.trailing)
             return
         except TimeoutError:
@@ -459,7 +455,7 @@ class GrpcProtocol(asyncio.Protocol):
                 self._finish(stream, grpc.StatusCode.CANCELLED, "Cancelled")
             raise
         except Exception:
-            log.exception("unhandled error in %s", stream.headers)
+            log.exception("unhandled error in %s", stream.path)
             self._finish(stream, grpc.StatusCode.INTERNAL, "Unexpected error")
             return
         self._finish(stream, grpc.StatusCode.OK, "", context.trailing,
@@ -548,6 +544,15 @@ class GrpcProtocol(asyncio.Protocol):
             self.transport.close()
 
 
+def _padding(flags: int, payload: bytes) -> tuple[int, int]:
+    """Where a DATA or HEADERS frame's content starts and ends (RFC 9113 6.1: PADDED)."""
+    if not flags & PADDED:
+        return 0, len(payload)
+    if not payload or payload[0] >= len(payload):
+        raise _ConnectionError(PROTOCOL_ERROR, "padding exceeds the frame")
+    return 1, len(payload) - payload[0]
+
+
 class _ConnectionError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -624,10 +629,8 @@ class GrpcH2Server:
             connection._goaway(NO_ERROR, "")
         waits = [c.drained.wait() for c in connections if c.drained is not None]
         if waits:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits), grace)
-            except TimeoutError:
-                pass
         for connection in connections:
             if connection.transport is not None:
                 connection.transport.abort()
@@ -636,7 +639,7 @@ class GrpcH2Server:
 async def start_grpc_h2_server(
     engine: Any, host: str, port: int, api_key: str | None = None, *,
     limits: ConnectionLimits | None = None, max_message_bytes: int = 64 * 1024 * 1024,
-    reuse_port: bool = False, servicer: Any = None, ssl_context: Any = None, credentials: Any = None,
+    reuse_port: bool = False, servicer: Any = None, ssl_context: Any = None,
 ) -> tuple[GrpcH2Server, Any, int]:
     """Serve gRPC on host:port (0 = any free port); returns (server, servicer, port)."""
     from surge.server.grpc_server import InferenceServicer

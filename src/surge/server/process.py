@@ -31,6 +31,9 @@ from surge.server.production import Production, ProductionOptions
 log = logging.getLogger(__name__)
 
 
+GRPC_SERVERS = ("surge", "grpcio")
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     """Where and how the server listens."""
@@ -61,6 +64,14 @@ class ServeOptions:
     # The server's log level (debug, info, warning, error) on stderr; None leaves logging as
     # the embedding application configured it.
     log_level: str | None = None
+    # The gRPC listener's stack: "surge" (HTTP/2 on the event loop, surge/server/grpc_h2.py)
+    # or "grpcio" (grpc core's server through grpc.aio).
+    grpc_server: str = "surge"
+
+    def __post_init__(self) -> None:
+        if self.grpc_server not in GRPC_SERVERS:
+            raise SurgeError(f"--grpc-server {self.grpc_server!r}: use "
+                             f"{' or '.join(GRPC_SERVERS)}")
 
 
 @dataclass(frozen=True)
@@ -122,19 +133,7 @@ class SurgeServer:
         servicer = InferenceServicer(self.engine, keys=self.site.keys,
                                      request_log=self.site.request_log,
                                      repository_api=self.site.repository_api)
-        credentials = self.site.grpc_credentials()
-        if credentials is None and os.environ.get("SURGE_GRPC_H2"):
-            self._grpc, self._grpc_servicer, grpc_port = await start_grpc_h2_server(
-                self.engine, options.host, options.grpc_port,
-                limits=options.limits, max_message_bytes=options.max_body_bytes,
-                reuse_port=options.reuse_port, servicer=servicer)
-        else:
-            self._grpc, self._grpc_servicer, grpc_port = await start_grpc_server(
-                self.engine, options.host, options.grpc_port,
-                limits=options.limits, max_message_bytes=options.max_body_bytes,
-                reuse_port=options.reuse_port, servicer=servicer,
-                credentials=credentials,
-            )
+        self._grpc, self._grpc_servicer, grpc_port = await self._start_grpc(servicer)
         # On the event loop like HTTP, so that the same connection limits guard it.
         self._metrics_socket = _bind(options.host, options.metrics_port, options.reuse_port)
         metrics_app = self.site.metrics_app(make_asgi_app(registry=_exported(self.engine)))
@@ -147,6 +146,17 @@ class SurgeServer:
         scheme = "https" if self.site.ssl_context is not None else "http"
         return Endpoints(f"{scheme}://{host}:{http_port}", f"{host}:{grpc_port}",
                          f"{scheme}://{host}:{metrics_port}/metrics")
+
+    async def _start_grpc(self, servicer: InferenceServicer) -> tuple[Any, Any, int]:
+        options = self.options
+        common: dict[str, Any] = {"limits": options.limits, "reuse_port": options.reuse_port,
+                                  "max_message_bytes": options.max_body_bytes,
+                                  "servicer": servicer}
+        if options.grpc_server == "grpcio":
+            return await start_grpc_server(self.engine, options.host, options.grpc_port,
+                                           credentials=self.site.grpc_credentials(), **common)
+        return await start_grpc_h2_server(self.engine, options.host, options.grpc_port,
+                                          ssl_context=self.site.grpc_ssl_context, **common)
 
     async def drain(self) -> None:
         """Refuse new work, finish what was accepted (within the grace period), stop."""

@@ -113,6 +113,10 @@ class Production:
     def ssl_context(self) -> Any:
         return self.certificates.context if self.certificates is not None else None
 
+    @property
+    def grpc_ssl_context(self) -> Any:
+        return self.certificates.grpc_context if self.certificates is not None else None
+
     def grpc_credentials(self) -> grpc.ServerCredentials | None:
         return self.certificates.grpc_credentials() if self.certificates is not None else None
 

@@ -1,8 +1,9 @@
 """TLS for the HTTP, gRPC and metrics listeners, with the certificate reloaded while serving.
 
-One `Certificates` object reads the key pair (and the client CA) and hands it to both stacks:
-HTTP and metrics share one `ssl.SSLContext`, into which a reload loads the new pair (new
-handshakes get it, open connections keep theirs); gRPC asks for its certificate through
+One `Certificates` object reads the key pair (and the client CA) and hands it to every listener:
+HTTP and metrics share one `ssl.SSLContext` and gRPC has one of its own (ALPN "h2"); a reload
+loads the new pair into both (new handshakes get it, open connections keep theirs). With
+`--grpc-server grpcio`, gRPC asks for its certificate through
 `grpc.dynamic_ssl_server_credentials`, whose fetcher returns the new pair once after a reload.
 Files are re-read when their modification time changes (checked every `check_interval_s`)
 or on SIGHUP; a new pair that does not load leaves the old one in use and is logged.
@@ -117,6 +118,9 @@ class Certificates:
         self.config = config
         self._pair = read_pair(config)  # TlsError at startup: the server does not start
         self.context = _context_for(config)
+        # gRPC's own HTTP/2 listener: the same pair, and ALPN "h2", which gRPC clients require.
+        self.grpc_context = _context_for(config)
+        self.grpc_context.set_alpn_protocols(["h2"])
         self._stamp = _stamp(config)
         self._lock = threading.Lock()  # gRPC's fetcher runs on gRPC's own threads
         self._grpc_pending = False
@@ -134,7 +138,8 @@ class Certificates:
         self._stamp = stamp if stamp is not None else _stamp(self.config)
         try:
             pair = read_pair(self.config)
-            _load_chain(self.context, self.config)  # new handshakes use it; open ones keep theirs
+            for context in (self.context, self.grpc_context):
+                _load_chain(context, self.config)  # new handshakes use it; open ones keep theirs
         except TlsError as exc:
             log.error("TLS certificate not reloaded, the previous one stays in use: %s", exc)
             return False

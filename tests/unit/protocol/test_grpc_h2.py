@@ -1,0 +1,282 @@
+"""Surge's own HTTP/2 gRPC listener against grpc core's client: calls, status, metadata,
+deadlines, cancellation, flow control, limits and protocol errors."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import hpack
+import pytest
+
+from surge.protocol.grpc_gen import grpc_service_pb2 as pb
+from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
+from surge.server.grpc_h2 import (
+    PREFACE,
+    _integer,
+    encode_headers,
+    parse_timeout,
+    start_grpc_h2_server,
+)
+from surge.server.limits import ConnectionLimits
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class FakeServicer:
+    """The RPCs the tests call, with what each saw."""
+
+    def __init__(self) -> None:
+        self.metadata: tuple[tuple[str, Any], ...] = ()
+        self.cancelled = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.metadata = context.invocation_metadata()
+        context.set_trailing_metadata((("request-id", "rq-7"),))
+        return pb.ModelInferResponse(model_name=request.model_name,
+                                     raw_output_contents=list(request.raw_input_contents))
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.name!r} é not here",
+                            (("request-id", "rq-9"),))
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
+        raise RuntimeError("a bug")
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        async def unused(request: Any, context: Any) -> Any:
+            raise AssertionError(f"{name} is not called by these tests")
+        return unused
+
+
+Served = tuple[Any, FakeServicer, str]  # (server, servicer, host:port)
+
+
+def served(body: Callable[[Served], Awaitable[None]]) -> Callable[[], None]:
+    """A test running `body` against a fresh listener on its own event loop."""
+
+    def test() -> None:
+        async def main() -> None:
+            servicer = FakeServicer()
+            limits = ConnectionLimits(idle_timeout_s=0.5, header_timeout_s=0.5,
+                                      max_connections=4, max_streams=8)
+            server, _, port = await start_grpc_h2_server(
+                None, "127.0.0.1", 0, servicer=servicer, limits=limits,
+                max_message_bytes=4 << 20)
+            try:
+                await body((server, servicer, f"127.0.0.1:{port}"))
+            finally:
+                await server.stop(0.5)
+
+        asyncio.run(main())
+
+    test.__name__ = body.__name__
+    return test
+
+
+def _stub(channel: Any) -> Any:
+    return pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+@served
+async def test_a_call_round_trips_large_messages_both_ways(served: Served) -> None:
+    _, servicer, address = served
+    blob = bytes(range(256)) * 12_000  # 3 MB: beyond every default window and frame size
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = _stub(channel).ModelInfer(
+            pb.ModelInferRequest(model_name="m", raw_input_contents=[blob, b"x"]),
+            metadata=(("authorization", "Bearer k"), ("trace-bin", b"\x00\xff")))
+        response = await call
+        trailing = await call.trailing_metadata()
+    assert list(response.raw_output_contents) == [blob, b"x"]
+    assert ("request-id", "rq-7") in list(trailing)
+    assert ("authorization", "Bearer k") in servicer.metadata
+    assert ("trace-bin", b"\x00\xff") in servicer.metadata
+
+
+@served
+async def test_many_concurrent_calls_on_one_connection(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served[2]) as channel:
+        stub = _stub(channel)
+        replies = await asyncio.gather(*(
+            stub.ModelInfer(pb.ModelInferRequest(model_name=str(i))) for i in range(100)))
+    assert [r.model_name for r in replies] == [str(i) for i in range(100)]
+
+
+@served
+async def test_gzip_compressed_request_is_decoded(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served[2], compression=grpc.Compression.Gzip) as channel:
+        response = await _stub(channel).ModelInfer(
+            pb.ModelInferRequest(model_name="z", raw_input_contents=[b"a" * 100_000]))
+    assert response.raw_output_contents[0] == b"a" * 100_000
+
+
+@served
+async def test_abort_gives_the_status_details_and_trailers(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served[2]) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await _stub(channel).ModelReady(pb.ModelReadyRequest(name="nope"))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error.value.details() == "model 'nope' é not here"
+    assert ("request-id", "rq-9") in list(error.value.trailing_metadata())
+
+
+@served
+async def test_unexpected_error_is_internal(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served[2]) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await _stub(channel).ServerReady(pb.ServerReadyRequest())
+    assert error.value.code() == grpc.StatusCode.INTERNAL
+
+
+@served
+async def test_streaming_and_unknown_methods_are_unimplemented(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served[2]) as channel:
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")()
+        # The client keeps its side open, waiting for answers: the status comes at once.
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await asyncio.wait_for(stream.read(), 5)
+        assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        unknown = channel.unary_unary("/inference.GRPCInferenceService/Nope")
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await unknown(b"")
+        assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+@served
+async def test_deadline_cancels_the_handler(served: Served) -> None:
+    _, servicer, address = served
+    async with grpc.aio.insecure_channel(address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await _stub(channel).ServerLive(pb.ServerLiveRequest(), timeout=0.3)
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await asyncio.wait_for(servicer.cancelled.wait(), 5)
+
+
+@served
+async def test_client_cancel_cancels_the_handler(served: Served) -> None:
+    _, servicer, address = served
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = _stub(channel).ServerLive(pb.ServerLiveRequest())
+        await asyncio.wait_for(servicer.started.wait(), 5)
+        call.cancel()
+        await asyncio.wait_for(servicer.cancelled.wait(), 5)
+
+
+@served
+async def test_message_above_the_cap_is_resource_exhausted(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served[2]) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await _stub(channel).ModelInfer(
+                pb.ModelInferRequest(raw_input_contents=[b"x" * (5 << 20)]))
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        ok = await _stub(channel).ModelInfer(pb.ModelInferRequest(model_name="after"))
+    assert ok.model_name == "after"
+
+
+@served
+async def test_drain_finishes_calls_in_progress_and_refuses_new_ones(served: Served) -> None:
+    server, servicer, address = served
+
+    async def slow_infer(request: Any, context: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return pb.ModelInferResponse(model_name="finished")
+
+    server.state.methods["/inference.GRPCInferenceService/ModelInfer"] = (
+        slow_infer, pb.ModelInferRequest)
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = _stub(channel).ModelInfer(pb.ModelInferRequest())
+        await asyncio.sleep(0.1)
+        await server.stop(5.0)
+        assert (await call).model_name == "finished"
+    async with grpc.aio.insecure_channel(address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await _stub(channel).ModelInfer(pb.ModelInferRequest(), timeout=2)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(type, payload) of each HTTP/2 frame in `data`."""
+    frames, offset = [], 0
+    while offset + 9 <= len(data):
+        head, _, _ = struct.unpack_from(">IBI", data, offset)
+        frames.append((head & 0xFF, data[offset + 9:offset + 9 + (head >> 8)]))
+        offset += 9 + (head >> 8)
+    return frames
+
+
+async def _read_until_closed(reader: asyncio.StreamReader, wait_s: float) -> bytes:
+    data = bytearray()
+    async with asyncio.timeout(wait_s):
+        while chunk := await reader.read(65536):
+            data += chunk
+    return bytes(data)
+
+
+@served
+async def test_not_http2_gets_goaway_and_close(served: Served) -> None:
+    host, port = served[2].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = await _read_until_closed(reader, 5)
+    writer.close()
+    goaway = [payload for kind, payload in _frames(data) if kind == 7]
+    assert [struct.unpack_from(">I", p, 4)[0] for p in goaway] == [1]  # PROTOCOL_ERROR
+
+
+@served
+async def test_silent_connections_are_closed_and_extras_refused(served: Served) -> None:
+    host, port = served[2].split(":")
+    connections = [await asyncio.open_connection(host, int(port)) for _ in range(6)]
+    started = asyncio.get_running_loop().time()
+    for reader, writer in connections:
+        await _read_until_closed(reader, 5)  # the cap (4) at once, the others after 0.5 s
+        writer.close()
+    assert asyncio.get_running_loop().time() - started < 4
+
+
+@served
+async def test_idle_connection_is_closed_after_its_calls(served: Served) -> None:
+    host, port = served[2].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # preface, empty SETTINGS
+    block = encode_headers([(b":method", b"POST"), (b":scheme", b"http"),
+                            (b":path", b"/inference.GRPCInferenceService/ModelInfer"),
+                            (b"content-type", b"application/grpc")])
+    message = pb.ModelInferRequest(model_name="raw").SerializeToString()
+    writer.write(struct.pack(">IBI", len(block) << 8 | 1, 4, 1) + block)
+    body = struct.pack(">BI", 0, len(message)) + message
+    writer.write(struct.pack(">IBI", len(body) << 8 | 0, 1, 1) + body)
+    data = await _read_until_closed(reader, 5)  # answered, then closed as idle after 0.5 s
+    writer.close()
+    assert pb.ModelInferResponse(model_name="raw").SerializeToString() in data
+
+
+def test_hpack_integers_and_literals_decode_with_hpack() -> None:
+    for value in (0, 126, 127, 128, 300, 16_383, 2**20):
+        assert _integer(value, 7)[0] & 0x7F == min(value, 127)
+    long_value = b"v" * 5_000
+    block = encode_headers([(b"grpc-message", long_value), (b"x", b"")], status_200=True)
+    assert hpack.Decoder().decode(block, raw=True) == [
+        (b":status", b"200"), (b"grpc-message", long_value), (b"x", b"")]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("100m", 0.1), ("5S", 5.0), ("2H", 7200.0),
+                                                ("7u", 7e-6), ("", None), ("5", None),
+                                                ("xS", None), ("5Q", None)])
+def test_grpc_timeout_header(text: str, seconds: float | None) -> None:
+    assert parse_timeout(text) == seconds
+

@@ -211,6 +211,8 @@ class GrpcProtocol(asyncio.Protocol):
         self.unacked = 0  # received DATA bytes not yet credited back (connection)
         self.peer = ""
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_kind = ""  # handshake, body or idle
+        self.going_away = False  # a GOAWAY was sent: close once the open calls are answered
         self.paused = False
         self.drained: asyncio.Event | None = None
         self.by_type: dict[int, Callable[[int, int, bytes], None]] = {
@@ -236,7 +238,7 @@ class GrpcProtocol(asyncio.Protocol):
             INITIAL_WINDOW_SIZE, RECEIVE_WINDOW, MAX_FRAME_SIZE, RECEIVE_FRAME,
             MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST))
             + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", RECEIVE_WINDOW - DEFAULT_WINDOW)))
-        self._arm(self.state.limits.header_timeout_s)
+        self._arm("handshake", self.state.limits.header_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
@@ -252,6 +254,7 @@ class GrpcProtocol(asyncio.Protocol):
         self.buffer += data
         try:
             self._parse()
+            self._rearm()
         except _ConnectionError as exc:
             self._goaway(exc.code, str(exc))
         except hpack.HPACKError as exc:
@@ -345,7 +348,6 @@ class GrpcProtocol(asyncio.Protocol):
         if self.state.draining or len(self.streams) >= self.state.limits.max_streams:
             self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", REFUSED_STREAM)))
             return
-        self._disarm()
         stream = Stream(stream_id, headers, self.initial_send_window)
         self.streams[stream_id] = stream
         if stream.path not in self.state.methods:  # answered now: a streaming client waits
@@ -353,8 +355,6 @@ class GrpcProtocol(asyncio.Protocol):
             self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", NO_ERROR)))
         elif flags & END_STREAM:
             self._request_complete(stream)
-        else:
-            self._arm(self.state.limits.body_timeout_s)
 
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         stream = self.streams.get(stream_id)
@@ -372,8 +372,6 @@ class GrpcProtocol(asyncio.Protocol):
             return
         if flags & END_STREAM:
             self._request_complete(stream)
-        else:
-            self._arm(self.state.limits.body_timeout_s)
 
     def _credit(self, stream: Stream | None, size: int) -> None:
         """Give received bytes back to the client's windows once half of one is used."""
@@ -423,12 +421,10 @@ class GrpcProtocol(asyncio.Protocol):
             stream.closed = True
             if stream.task is not None:
                 stream.task.cancel()  # as grpc.aio: the handler's await is cancelled
-        self._idle_check()
 
     # --- calls -----------------------------------------------------------------------------
 
     def _request_complete(self, stream: Stream) -> None:
-        self._disarm()
         stream.task = asyncio.get_running_loop().create_task(self._call(stream))
 
     async def _call(self, stream: Stream) -> None:
@@ -501,15 +497,23 @@ class GrpcProtocol(asyncio.Protocol):
 
     def _forget(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)
-        self._idle_check()
+        self._rearm()
 
-    def _idle_check(self) -> None:
-        if self.streams:
-            return
-        if self.state.draining:
+    def _rearm(self) -> None:
+        """The connection's one timer: the body timeout while a request arrives, the idle
+        timeout while no call is open, none while calls are being answered."""
+        if not self.preface or self.transport is None or self.transport.is_closing():
+            return  # before the preface, the handshake deadline set at connect stands
+        limits = self.state.limits
+        if any(stream.task is None for stream in self.streams.values()):
+            self._arm("body", limits.body_timeout_s)
+        elif self.streams:
+            self._disarm()
+        elif self.going_away or self.state.draining:
             self._goaway(NO_ERROR, "")
-        elif self.transport is not None and not self.transport.is_closing():
-            self._arm(self.state.limits.idle_timeout_s)
+            self.transport.close()
+        elif self.timer_kind != "idle":
+            self._arm("idle", limits.idle_timeout_s)
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -520,26 +524,30 @@ class GrpcProtocol(asyncio.Protocol):
     def _goaway(self, code: int, reason: str) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        self._write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream, code)
-                          + reason.encode()[:256]))
+        if not self.going_away:
+            self._write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream, code)
+                              + reason.encode()[:256]))
+        self.going_away = True
         if code == NO_ERROR and self.streams:
             return  # the calls in progress finish; the last one closes the connection
         self.transport.close()
 
-    def _arm(self, seconds: float) -> None:
+    def _arm(self, kind: str, seconds: float) -> None:
         self._disarm()
+        self.timer_kind = kind
         self.timer = asyncio.get_running_loop().call_later(seconds, self._expired)
 
     def _disarm(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.timer_kind = ""
 
     def _expired(self) -> None:
-        self.timer = None
-        if self.streams and all(s.task is not None for s in self.streams.values()):
-            return  # every call is being answered: not idle
-        self._goaway(NO_ERROR if not self.streams else ENHANCE_YOUR_CALM, "timeout")
+        """A handshake, a request body or an idle spell took too long: the connection closes
+        (calls being answered are cancelled with it)."""
+        kind, self.timer, self.timer_kind = self.timer_kind, None, ""
+        self._goaway(ENHANCE_YOUR_CALM if kind == "body" else NO_ERROR, f"{kind} timeout")
         if self.transport is not None:
             self.transport.close()
 

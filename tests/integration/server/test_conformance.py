@@ -10,7 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.integration.server.conftest import API_KEY, HERE, TRITON_PYTHON, ServerProcess, triton_client
+from tests.integration.server.conftest import (
+    API_KEY,
+    HERE,
+    TRITON_PYTHON,
+    ServerProcess,
+    start_server,
+    triton_client,
+)
 
 from surge.repository import Repository
 
@@ -150,3 +157,17 @@ def test_perf_analyzer_runs_10s_at_concurrency_8_without_errors(server: ServerPr
     match = re.search(r"Throughput: ([0-9.]+) infer/sec", output)
     assert match is not None, output[-3000:]
     assert float(match.group(1)) > 0
+
+
+def test_grpcio_listener_still_serves_the_tritonclient_calls(
+        tiny_repo: Path, tmp_path: Path) -> None:
+    """`--grpc-server grpcio` (grpc core's server) instead of Surge's own HTTP/2."""
+    served = start_server(tiny_repo, tmp_path / "server.log", "--grpc-server", "grpcio",
+                          api_key=API_KEY)
+    try:
+        result = triton_client(str(HERE / "clients" / "triton_conformance.py"),
+                               served.http.removeprefix("http://"), served.grpc, "tiny", API_KEY)
+    finally:
+        assert served.stop() == 0, served.output()
+    assert result.returncode == 0, result.stderr[-3000:] + served.output()[-2000:]
+    assert json.loads(result.stdout)["grpc"]["infer"]["m_dtype"] == "int64"

@@ -22,6 +22,7 @@ from surge.server.grpc_h2 import (
     start_grpc_h2_server,
 )
 from surge.server.limits import ConnectionLimits
+from tests.cli_runner import run_cli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -72,7 +73,7 @@ def served(body: Callable[[Served], Awaitable[None]]) -> Callable[[], None]:
         async def main() -> None:
             servicer = FakeServicer()
             limits = ConnectionLimits(idle_timeout_s=0.5, header_timeout_s=0.5,
-                                      max_connections=4, max_streams=8)
+                                      body_timeout_s=0.5, max_connections=4, max_streams=8)
             server, _, port = await start_grpc_h2_server(
                 None, "127.0.0.1", 0, servicer=servicer, limits=limits,
                 max_message_bytes=4 << 20)
@@ -248,21 +249,45 @@ async def test_silent_connections_are_closed_and_extras_refused(served: Served) 
     assert asyncio.get_running_loop().time() - started < 4
 
 
+def _raw_call(stream_id: int, message: bytes, *, complete: bool = True) -> bytes:
+    """HEADERS and DATA frames of a ModelInfer call (the DATA cut short unless complete)."""
+    block = encode_headers([(b":method", b"POST"), (b":scheme", b"http"),
+                            (b":path", b"/inference.GRPCInferenceService/ModelInfer"),
+                            (b"content-type", b"application/grpc")])
+    body = struct.pack(">BI", 0, len(message)) + message
+    if not complete:
+        body = body[:len(body) // 2]
+    return (struct.pack(">IBI", len(block) << 8 | 1, 4, stream_id) + block
+            + struct.pack(">IBI", len(body) << 8 | 0, int(complete), stream_id) + body)
+
+
+_SETTINGS = PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # preface, empty SETTINGS
+
+
 @served
 async def test_idle_connection_is_closed_after_its_calls(served: Served) -> None:
     host, port = served[2].split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # preface, empty SETTINGS
-    block = encode_headers([(b":method", b"POST"), (b":scheme", b"http"),
-                            (b":path", b"/inference.GRPCInferenceService/ModelInfer"),
-                            (b"content-type", b"application/grpc")])
     message = pb.ModelInferRequest(model_name="raw").SerializeToString()
-    writer.write(struct.pack(">IBI", len(block) << 8 | 1, 4, 1) + block)
-    body = struct.pack(">BI", 0, len(message)) + message
-    writer.write(struct.pack(">IBI", len(body) << 8 | 0, 1, 1) + body)
+    writer.write(_SETTINGS + _raw_call(1, message))
     data = await _read_until_closed(reader, 5)  # answered, then closed as idle after 0.5 s
     writer.close()
     assert pb.ModelInferResponse(model_name="raw").SerializeToString() in data
+
+
+@served
+async def test_a_stalled_body_closes_the_connection_though_other_calls_finish(
+        served: Served) -> None:
+    host, port = served[2].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    stalled = pb.ModelInferRequest(model_name="stalled").SerializeToString()
+    message = pb.ModelInferRequest(model_name="whole").SerializeToString()
+    writer.write(_SETTINGS + _raw_call(1, stalled, complete=False) + _raw_call(3, message))
+    data = await _read_until_closed(reader, 5)  # the body timeout is 0.5 s
+    writer.close()
+    assert pb.ModelInferResponse(model_name="whole").SerializeToString() in data
+    goaway = [payload for kind, payload in _frames(data) if kind == 7]
+    assert [struct.unpack_from(">I", p, 4)[0] for p in goaway] == [0xB]  # ENHANCE_YOUR_CALM
 
 
 def test_hpack_integers_and_literals_decode_with_hpack() -> None:
@@ -280,3 +305,11 @@ def test_hpack_integers_and_literals_decode_with_hpack() -> None:
 def test_grpc_timeout_header(text: str, seconds: float | None) -> None:
     assert parse_timeout(text) == seconds
 
+
+
+def test_serve_refuses_an_unknown_grpc_server_in_one_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["serve", "no-such-repo", "--grpc-server", "h3"], capsys)
+    assert code == 2
+    assert "--grpc-server 'h3': use surge or grpcio" in out + err
+    assert len((out + err).strip().splitlines()) == 1

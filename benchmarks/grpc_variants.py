@@ -162,9 +162,11 @@ def main() -> None:
     parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
     args = parser.parse_args()
-    process.start_grpc_server = VARIANTS[args.variant]  # the grpcio stack's start, replaced
+    stack = "surge" if args.variant == "h2" else "grpcio"
+    if stack == "grpcio":
+        process.start_grpc_server = VARIANTS[args.variant]  # the grpcio stack's start, replaced
     options = process.ServeOptions(http_port=args.http_port, grpc_port=args.grpc_port,
-                                   metrics_port=args.metrics_port, grpc_server="grpcio")
+                                   metrics_port=args.metrics_port, grpc_server=stack)
     uvloop.run(process.serve_until_signal(Engine(Repository(args.repo)), options))
 
 

@@ -140,15 +140,19 @@ def unary_methods(servicer: Any) -> dict[str, tuple[Handler, Any]]:
     }
 
 
+# (path, metadata, timeout in s, grpc-encoding) of a call's request headers
+CallHeaders = tuple[str, tuple[tuple[str, Any], ...], float | None, str]
+
+
 class Stream:
     """One call: what its headers say, the request bytes so far, its task and send window."""
 
     __slots__ = ("id", "path", "metadata", "timeout", "encoding", "body", "unacked", "task",
                  "send_window", "pending", "closed")
 
-    def __init__(self, stream_id: int, headers: list[tuple[str, str]], send_window: int) -> None:
+    def __init__(self, stream_id: int, call: CallHeaders, send_window: int) -> None:
         self.id = stream_id
-        self.path, self.metadata, self.timeout, self.encoding = _call_headers(headers)
+        self.path, self.metadata, self.timeout, self.encoding = call
         self.body = bytearray()
         self.unacked = 0  # received bytes not yet credited back to the stream's window
         self.task: asyncio.Task[None] | None = None
@@ -203,6 +207,7 @@ class GrpcProtocol(asyncio.Protocol):
         self.decoder = hpack.Decoder()
         self.decoder.max_header_list_size = MAX_HEADER_LIST
         self.streams: dict[int, Stream] = {}
+        self.known_blocks: dict[bytes, CallHeaders] = {}  # see _decode
         self.last_stream = 0
         self.header_block: tuple[int, int, bytearray] | None = None  # (stream, flags, fragments)
         self.send_window = DEFAULT_WINDOW  # the client's connection window for our DATA
@@ -213,6 +218,7 @@ class GrpcProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.timer_kind = ""  # handshake, body or idle
         self.going_away = False  # a GOAWAY was sent: close once the open calls are answered
+        self.out: list[bytes] = []  # frames to send at the end of this turn of the loop
         self.paused = False
         self.drained: asyncio.Event | None = None
         self.by_type: dict[int, Callable[[int, int, bytes], None]] = {
@@ -335,8 +341,7 @@ class GrpcProtocol(asyncio.Protocol):
         assert self.header_block is not None
         stream_id, flags, block = self.header_block
         self.header_block = None
-        # Always decoded, even for a stream refused: decoding updates the decoder's table.
-        headers = cast(list[tuple[str, str]], self.decoder.decode(bytes(block)))
+        call = self._decode(bytes(block))  # even for a stream refused: it updates the table
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client: only END_STREAM matters
             if flags & END_STREAM:
@@ -348,13 +353,28 @@ class GrpcProtocol(asyncio.Protocol):
         if self.state.draining or len(self.streams) >= self.state.limits.max_streams:
             self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", REFUSED_STREAM)))
             return
-        stream = Stream(stream_id, headers, self.initial_send_window)
+        stream = Stream(stream_id, call, self.initial_send_window)
         self.streams[stream_id] = stream
         if stream.path not in self.state.methods:  # answered now: a streaming client waits
             self._finish(stream, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {stream.path}")
             self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", NO_ERROR)))
         elif flags & END_STREAM:
             self._request_complete(stream)
+
+    def _decode(self, block: bytes) -> CallHeaders:
+        """What a header block says. A block of one-byte indexed fields only (a client's
+        repeated call, once its headers are in the table) changes no table and decodes the
+        same until another block does: those are kept, decoded once."""
+        call = self.known_blocks.get(block)
+        if call is not None:
+            return call
+        call = _call_headers(cast(list[tuple[str, str]], self.decoder.decode(block)))
+        if block and min(block) >= 0x80:
+            if len(self.known_blocks) < 64:
+                self.known_blocks[block] = call
+        else:
+            self.known_blocks.clear()  # the table may have changed
+        return call
 
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         stream = self.streams.get(stream_id)
@@ -465,7 +485,7 @@ class GrpcProtocol(asyncio.Protocol):
         stream.closed = True
         trailers = _status_trailers(code, details, metadata)
         if message is None:  # trailers-only response
-            block = RESPONSE_HEADERS + trailers[0:]
+            block = RESPONSE_HEADERS + trailers
             self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
         else:
             self._write(frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS))
@@ -511,15 +531,28 @@ class GrpcProtocol(asyncio.Protocol):
             self._disarm()
         elif self.going_away or self.state.draining:
             self._goaway(NO_ERROR, "")
-            self.transport.close()
+            self._close()
         elif self.timer_kind != "idle":
             self._arm("idle", limits.idle_timeout_s)
 
     # --- plumbing --------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
+        """Queue frames; they go out in one write when this turn of the event loop ends, with
+        those of every other call answered in it (a write per answer cost a system call)."""
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.out.append(data)
+
+    def _flush(self) -> None:
+        if self.out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.out))
+        self.out.clear()
+
+    def _close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            self._flush()
+            self.transport.close()
 
     def _goaway(self, code: int, reason: str) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -530,7 +563,7 @@ class GrpcProtocol(asyncio.Protocol):
         self.going_away = True
         if code == NO_ERROR and self.streams:
             return  # the calls in progress finish; the last one closes the connection
-        self.transport.close()
+        self._close()
 
     def _arm(self, kind: str, seconds: float) -> None:
         self._disarm()
@@ -548,8 +581,7 @@ class GrpcProtocol(asyncio.Protocol):
         (calls being answered are cancelled with it)."""
         kind, self.timer, self.timer_kind = self.timer_kind, None, ""
         self._goaway(ENHANCE_YOUR_CALM if kind == "body" else NO_ERROR, f"{kind} timeout")
-        if self.transport is not None:
-            self.transport.close()
+        self._close()
 
 
 def _padding(flags: int, payload: bytes) -> tuple[int, int]:
@@ -573,9 +605,7 @@ class _CallError(Exception):
         self.code = code
 
 
-def _call_headers(
-    headers: list[tuple[str, str]],
-) -> tuple[str, tuple[tuple[str, Any], ...], float | None, str]:
+def _call_headers(headers: list[tuple[str, str]]) -> CallHeaders:
     """(path, metadata, timeout in s, grpc-encoding) of a call's request headers."""
     path, timeout, encoding = "", None, "identity"
     metadata: list[tuple[str, Any]] = []

@@ -3,7 +3,8 @@
 Every open connection holds a file descriptor. Without limits, clients that connect and send
 nothing (or trickle a request a byte at a time) exhaust the process's descriptors, and then the
 HTTP, gRPC and metrics listeners all stop accepting. The HTTP and metrics listeners run uvicorn
-with `GuardedHttpProtocol`; the gRPC listener gets the same limits as channel arguments.
+with `GuardedHttpProtocol`; the gRPC listener (surge/server/grpc_h2.py) applies them itself, or,
+with `--grpc-server grpcio`, gets them as channel arguments.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class ConnectionLimits:
             raise ValueError("max_connections and max_streams must be at least 1")
 
     def grpc_options(self) -> list[tuple[str, int]]:
-        """The same limits as grpc.aio server options (channel arguments)."""
+        """The same limits as grpc.aio server options (channel arguments, `--grpc-server
+        grpcio`)."""
         return [
             ("grpc.max_connection_idle_ms", _ms(self.idle_timeout_s)),
             ("grpc.server_handshake_timeout_ms", _ms(self.header_timeout_s)),

@@ -16,6 +16,9 @@ from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 from surge.server.grpc_h2 import (
     PREFACE,
+    GrpcProtocol,
+    ServerState,
+    _call_headers,
     _integer,
     encode_headers,
     parse_timeout,
@@ -313,3 +316,23 @@ def test_serve_refuses_an_unknown_grpc_server_in_one_line(
     assert code == 2
     assert "--grpc-server 'h3': use surge or grpcio" in out + err
     assert len((out + err).strip().splitlines()) == 1
+
+
+def test_repeated_header_blocks_decode_as_hpack_decodes_them() -> None:
+    """Blocks kept decoded (all fields indexed) are dropped once the table changes: the same
+    bytes then name other entries."""
+    connection = GrpcProtocol(ServerState({}, ConnectionLimits(), 1 << 20))
+    reference, encoder = hpack.Decoder(), hpack.Encoder()
+
+    def call(path: str) -> list[tuple[str, str]]:
+        return [(":method", "POST"), (":path", path), ("content-type", "application/grpc"),
+                ("authorization", f"Bearer {path}")]
+
+    first, repeat = encoder.encode(call("/s/A")), encoder.encode(call("/s/A"))
+    other = encoder.encode(call("/s/B"))  # new entries: every index moves
+    assert min(repeat) >= 0x80
+    assert min(other) < 0x80
+    for block in (first, repeat, repeat, other, repeat, repeat):
+        expected = _call_headers(reference.decode(block))
+        assert connection._decode(block) == expected
+    assert _call_headers(reference.decode(repeat))[0] == "/s/B"  # the same bytes, moved on

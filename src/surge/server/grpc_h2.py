@@ -50,6 +50,8 @@ RECEIVE_WINDOW = 16 * 1024 * 1024  # what each stream and the connection may sen
 RECEIVE_FRAME = 1024 * 1024  # the largest frame a client may send us
 MAX_HEADER_LIST = 64 * 1024  # as MAX_HEAD_BYTES for HTTP
 SERVICE = "/inference.GRPCInferenceService/"
+# Requests of the largest size one connection may hold in memory while they arrive.
+MESSAGES_PER_CONNECTION = 4
 
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
@@ -148,7 +150,7 @@ class Stream:
     """One call: what its headers say, the request bytes so far, its task and send window."""
 
     __slots__ = ("id", "path", "metadata", "timeout", "encoding", "body", "unacked", "task",
-                 "send_window", "pending", "closed")
+                 "send_window", "pending", "trailers", "closed")
 
     def __init__(self, stream_id: int, call: CallHeaders, send_window: int) -> None:
         self.id = stream_id
@@ -158,6 +160,7 @@ class Stream:
         self.task: asyncio.Task[None] | None = None
         self.send_window = send_window
         self.pending = b""  # DATA the client's windows do not yet allow
+        self.trailers = b""  # the status block, sent after the last of `pending`
         self.closed = False
 
 
@@ -214,6 +217,7 @@ class GrpcProtocol(asyncio.Protocol):
         self.initial_send_window = DEFAULT_WINDOW
         self.max_send_frame = 16_384
         self.unacked = 0  # received DATA bytes not yet credited back (connection)
+        self.buffered = 0  # bytes of requests received and not yet parsed
         self.peer = ""
         self.timer: asyncio.TimerHandle | None = None
         self.timer_kind = ""  # handshake, body or idle
@@ -384,14 +388,29 @@ class GrpcProtocol(asyncio.Protocol):
         self._credit(stream, len(payload))
         start, end = _padding(flags, payload)
         stream.body += payload[start:end]
-        if len(stream.body) > self.state.max_message_bytes + 5:
-            self._finish(stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"Received message larger than max ({len(stream.body) - 5} vs. "
-                         f"{self.state.max_message_bytes})")
+        self.buffered += end - start
+        refusal = self._too_much(stream)
+        if refusal:
+            self._finish(stream, grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
             self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", NO_ERROR)))
             return
         if flags & END_STREAM:
             self._request_complete(stream)
+
+    def _too_much(self, stream: Stream) -> str:
+        """Why the bytes received so far are refused ("" when they are not): a message over
+        the size cap, or the connection's messages in progress over a few times that."""
+        limit = self.state.max_message_bytes
+        if len(stream.body) > limit + 5:
+            return f"Received message larger than max ({len(stream.body) - 5} vs. {limit})"
+        if self.buffered > MESSAGES_PER_CONNECTION * (limit + 5):
+            return (f"the connection's calls in progress hold more than "
+                    f"{MESSAGES_PER_CONNECTION} x {limit} bytes of requests")
+        return ""
+
+    def _release(self, stream: Stream) -> None:
+        self.buffered -= len(stream.body)
+        stream.body = bytearray()
 
     def _credit(self, stream: Stream | None, size: int) -> None:
         """Give received bytes back to the client's windows once half of one is used."""
@@ -438,6 +457,7 @@ class GrpcProtocol(asyncio.Protocol):
     def _reset_by_client(self, flags: int, stream_id: int, payload: bytes = b"") -> None:
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
+            self._release(stream)
             stream.closed = True
             if stream.task is not None:
                 stream.task.cancel()  # as grpc.aio: the handler's await is cancelled
@@ -452,7 +472,7 @@ class GrpcProtocol(asyncio.Protocol):
         try:
             handler, request_class = self.state.methods[stream.path]
             request = request_class.FromString(_message(stream.body, stream.encoding))
-            stream.body = bytearray()
+            self._release(stream)
             if stream.timeout is None:
                 response = await handler(request, context)
             else:
@@ -490,7 +510,7 @@ class GrpcProtocol(asyncio.Protocol):
         else:
             self._write(frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS))
             stream.pending = struct.pack(">BI", 0, len(message)) + message
-            stream.body = bytearray(trailers)  # reused: the trailers wait behind the data
+            stream.trailers = trailers
             self._send_data(stream)
             return
         self._forget(stream)
@@ -505,7 +525,7 @@ class GrpcProtocol(asyncio.Protocol):
         stream.send_window -= allowed
         stream.pending = data[allowed:]
         if not stream.pending:
-            chunks.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, bytes(stream.body)))
+            chunks.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, stream.trailers))
         self._write(b"".join(chunks))
         if not stream.pending:
             self._forget(stream)
@@ -516,6 +536,7 @@ class GrpcProtocol(asyncio.Protocol):
                 self._send_data(stream)
 
     def _forget(self, stream: Stream) -> None:
+        self._release(stream)
         self.streams.pop(stream.id, None)
         self._rearm()
 

@@ -260,8 +260,11 @@ def _raw_call(stream_id: int, message: bytes, *, complete: bool = True) -> bytes
     body = struct.pack(">BI", 0, len(message)) + message
     if not complete:
         body = body[:len(body) // 2]
+    chunks = [body[i:i + (1 << 20)] for i in range(0, len(body), 1 << 20)]  # frames <= 1 MiB
     return (struct.pack(">IBI", len(block) << 8 | 1, 4, stream_id) + block
-            + struct.pack(">IBI", len(body) << 8 | 0, int(complete), stream_id) + body)
+            + b"".join(struct.pack(">IBI", len(chunk) << 8 | 0,
+                                   int(complete and i == len(chunks) - 1), stream_id) + chunk
+                       for i, chunk in enumerate(chunks)))
 
 
 _SETTINGS = PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # preface, empty SETTINGS
@@ -336,3 +339,18 @@ def test_repeated_header_blocks_decode_as_hpack_decodes_them() -> None:
         expected = _call_headers(reference.decode(block))
         assert connection._decode(block) == expected
     assert _call_headers(reference.decode(repeat))[0] == "/s/B"  # the same bytes, moved on
+
+
+@served
+async def test_a_connection_holds_a_few_largest_messages_at_most(served: Served) -> None:
+    """Requests that arrive slowly side by side: beyond 4 x the message cap, refused."""
+    host, port = served[2].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    message = pb.ModelInferRequest(raw_input_contents=[b"x" * 7_000_000]).SerializeToString()
+    writer.write(_SETTINGS + b"".join(_raw_call(2 * i + 1, message, complete=False)
+                                      for i in range(6)))  # 6 x 3.5 MB: over 4 x 4 MiB
+    data = await _read_until_closed(reader, 5)  # then the body timeout closes it
+    writer.close()
+    refused = [payload for kind, payload in _frames(data) if kind == 3]  # RST_STREAM
+    assert len(refused) == 2  # the first four fit in 16 MiB
+    assert b"calls in progress hold more than 4 x" in data

@@ -133,7 +133,8 @@ def test_proto_matches_tritonclient_field_numbers() -> None:
             assert triton[message].get(name) == signature, (message, name)
 
 
-def test_perf_analyzer_runs_10s_at_concurrency_8_without_errors(server: ServerProcess) -> None:
+def _perf_analyzer(url: str, protocol: str, *args: str) -> str:
+    """perf_analyzer's output after ~10 s at concurrency 8 over `protocol`."""
     if not TRITON_PYTHON.exists():
         pytest.skip("tritonclient venv .venv-triton is missing")
     venv = TRITON_PYTHON.parents[1]
@@ -143,20 +144,38 @@ def test_perf_analyzer_runs_10s_at_concurrency_8_without_errors(server: ServerPr
 
     env = dict(os.environ, LD_LIBRARY_PATH=str(site / "nvidia" / "cuda_runtime" / "lib"))
     result = subprocess.run(
-        [str(venv / "bin" / "perf_analyzer"), "-m", "tiny", "-u",
-         server.http.removeprefix("http://"), "-i", "http", "--concurrency-range", "8",
+        [str(venv / "bin" / "perf_analyzer"), "-m", "tiny", "-u", url, "-i", protocol,
+         "--concurrency-range", "8",
          # 3 s windows until three agree (its stability check): 9 s of load or a little more
          "--measurement-mode", "time_windows", "--measurement-interval", "3000",
-         "--max-trials", "6", "--stability-percentage", "100",
-         "-H", f"Authorization: Bearer {API_KEY}"],
+         "--max-trials", "6", "--stability-percentage", "100", *args],
         capture_output=True, text=True, timeout=120, env=env, check=False,
     )
-    output = result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def _ran_without_errors(output: str) -> None:
     assert "Concurrency: 8" in output, output[-3000:]
     assert "error" not in output.lower().replace("errors: 0", ""), output[-3000:]
     match = re.search(r"Throughput: ([0-9.]+) infer/sec", output)
     assert match is not None, output[-3000:]
     assert float(match.group(1)) > 0
+
+
+def test_perf_analyzer_runs_10s_at_concurrency_8_without_errors(server: ServerProcess) -> None:
+    _ran_without_errors(_perf_analyzer(server.http.removeprefix("http://"), "http",
+                                       "-H", f"Authorization: Bearer {API_KEY}"))
+
+
+def test_perf_analyzer_grpc_runs_10s_at_concurrency_8_without_errors(
+        tiny_repo: Path, tmp_path: Path) -> None:
+    # A server without a key: perf_analyzer sends -H headers over HTTP only.
+    served = start_server(tiny_repo, tmp_path / "server.log")
+    try:
+        output = _perf_analyzer(served.grpc, "grpc")
+    finally:
+        assert served.stop() == 0, served.output()
+    _ran_without_errors(output)
 
 
 def test_grpcio_listener_still_serves_the_tritonclient_calls(

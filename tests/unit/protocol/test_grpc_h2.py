@@ -11,6 +11,8 @@ from typing import Any
 import grpc
 import hpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
@@ -354,3 +356,53 @@ async def test_a_connection_holds_a_few_largest_messages_at_most(served: Served)
     refused = [payload for kind, payload in _frames(data) if kind == 3]  # RST_STREAM
     assert len(refused) == 2  # the first four fit in 16 MiB
     assert b"calls in progress hold more than 4 x" in data
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.sent = bytearray()
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closing
+        self.sent += data
+
+    def close(self) -> None:
+        self.closing = True
+
+    abort = close
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 5) if name == "peername" else None
+
+
+_FRAMES = st.lists(st.tuples(st.integers(0, 10), st.integers(0, 255), st.integers(0, 6),
+                             st.binary(max_size=40)), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames=_FRAMES, tail=st.binary(max_size=30))
+def test_arbitrary_frames_never_raise_out_of_the_protocol(
+        frames: list[tuple[int, int, int, bytes]], tail: bytes) -> None:
+    """Whatever a client sends, the protocol answers, refuses or closes: it never raises."""
+    servicer = FakeServicer()
+    methods = {"/inference.GRPCInferenceService/ModelInfer":
+               (servicer.ModelInfer, pb.ModelInferRequest)}
+
+    async def main() -> None:
+        connection = GrpcProtocol(ServerState(methods, ConnectionLimits(), 1 << 16))
+        transport = FakeTransport()
+        connection.connection_made(transport)
+        opened = _raw_call(1, b"", complete=False)  # a call whose body the frames go on
+        data = _SETTINGS + opened + b"".join(
+            struct.pack(">IBI", len(p) << 8 | kind, flags, stream) + p
+            for kind, flags, stream, p in frames) + tail
+        for start in range(0, len(data), 97):  # in pieces, as a socket delivers them
+            connection.data_received(data[start:start + 97])
+        await asyncio.sleep(0.01)  # the calls completed run
+        connection.connection_lost(None)
+
+    asyncio.run(main())

@@ -26,26 +26,43 @@ import grpc
 import hpack
 
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
+from surge.protocol.http2 import (
+    ACK,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADER_TABLE_SIZE,
+    HEADERS,
+    INITIAL_WINDOW_SIZE,
+    MAX_CONCURRENT_STREAMS,
+    MAX_FRAME_SIZE,
+    MAX_HEADER_LIST_SIZE,
+    NO_ERROR,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    Http2Error,
+    encode_headers,
+    frame,
+    frame_content,
+    read_frames,
+)
 from surge.server.limits import ConnectionLimits
 
 log = logging.getLogger(__name__)
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-FRAME_HEADER = struct.Struct(">IBI")  # 24-bit length (with the type in the low byte), flags, id
-
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
-    CONTINUATION = range(10)
-END_STREAM = ACK = 0x1
-END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
-
-# SETTINGS identifiers (RFC 9113 6.5.2) and error codes (7).
-HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, \
-    MAX_HEADER_LIST_SIZE = range(1, 7)
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, _, STREAM_CLOSED, FRAME_SIZE_ERROR, \
-    REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = range(10)
-ENHANCE_YOUR_CALM = 0xB
-
-DEFAULT_WINDOW = 65_535
 RECEIVE_WINDOW = 16 * 1024 * 1024  # what each stream and the connection may send ahead
 RECEIVE_FRAME = 1024 * 1024  # the largest frame a client may send us
 MAX_HEADER_LIST = 64 * 1024  # as MAX_HEAD_BYTES for HTTP
@@ -55,38 +72,9 @@ MESSAGES_PER_CONNECTION = 4
 
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
-
-def _integer(value: int, prefix_bits: int, first: int = 0) -> bytes:
-    """An HPACK integer (RFC 7541 5.1) with `first` in the bits above the prefix."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes([first | value])
-    out = bytearray([first | limit])
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _literal(name: bytes, value: bytes) -> bytes:
-    """A header field as a literal without indexing (new name): no table state to keep."""
-    return b"".join((b"\x00", _integer(len(name), 7), name, _integer(len(value), 7), value))
-
-
-def encode_headers(headers: list[tuple[bytes, bytes]], *, status_200: bool = False) -> bytes:
-    """A header block: `:status: 200` from the static table (index 8), then literals."""
-    return (b"\x88" if status_200 else b"") + b"".join(_literal(k, v) for k, v in headers)
-
-
 RESPONSE_HEADERS = encode_headers([(b"content-type", b"application/grpc"),
                                    (b"grpc-accept-encoding", b"identity,deflate,gzip")],
                                   status_200=True)
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return FRAME_HEADER.pack((len(payload) << 8) | kind, flags, stream_id) + payload
 
 
 def parse_timeout(text: str) -> float | None:
@@ -265,7 +253,7 @@ class GrpcProtocol(asyncio.Protocol):
         try:
             self._parse()
             self._rearm()
-        except _ConnectionError as exc:
+        except Http2Error as exc:
             self._goaway(exc.code, str(exc))
         except hpack.HPACKError as exc:
             self._goaway(COMPRESSION_ERROR, f"header block: {exc}")
@@ -278,39 +266,29 @@ class GrpcProtocol(asyncio.Protocol):
         if not self.preface:
             if len(buffer) < len(PREFACE):
                 if not PREFACE.startswith(bytes(buffer)):
-                    raise _ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                    raise Http2Error(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
                 return
             if buffer[:len(PREFACE)] != PREFACE:
-                raise _ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                raise Http2Error(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
             del buffer[:len(PREFACE)]
             self.preface = True
-        offset, end = 0, len(buffer)
-        while end - offset >= 9:
-            head, flags, stream_id = FRAME_HEADER.unpack_from(buffer, offset)
-            length, kind = head >> 8, head & 0xFF
-            if length > RECEIVE_FRAME:
-                raise _ConnectionError(FRAME_SIZE_ERROR, f"frame of {length} bytes")
-            if end - offset - 9 < length:
-                break
-            payload = bytes(buffer[offset + 9:offset + 9 + length])
-            offset += 9 + length
-            self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload)
+        for kind, flags, stream_id, payload in read_frames(buffer, RECEIVE_FRAME):
             if self.transport is None or self.transport.is_closing():
-                break
-        del buffer[:offset]
+                break  # a GOAWAY went out: what follows it is not read
+            self._frame(kind, flags, stream_id, payload)
 
     # --- frames ----------------------------------------------------------------------------
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self.header_block is not None and kind != CONTINUATION:
-            raise _ConnectionError(PROTOCOL_ERROR, "header block interrupted")
+            raise Http2Error(PROTOCOL_ERROR, "header block interrupted")
         handler = self.by_type.get(kind)
         if handler is not None:  # PRIORITY and unknown types are ignored (RFC 9113 4.1, 5.3.2)
             handler(flags, stream_id, payload)
 
     def _ping(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id or len(payload) != 8:
-            raise _ConnectionError(PROTOCOL_ERROR, "bad PING")
+            raise Http2Error(PROTOCOL_ERROR, "bad PING")
         if not flags & ACK:
             self._write(frame(PING, ACK, 0, payload))
 
@@ -318,26 +296,26 @@ class GrpcProtocol(asyncio.Protocol):
         self._goaway(NO_ERROR, "")  # the calls in progress finish, then the connection closes
 
     def _push_promise(self, flags: int, stream_id: int, payload: bytes) -> None:
-        raise _ConnectionError(PROTOCOL_ERROR, "a client may not push")
+        raise Http2Error(PROTOCOL_ERROR, "a client may not push")
 
     def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
-            raise _ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
-        start, end = _padding(flags, payload)
+            raise Http2Error(PROTOCOL_ERROR, "HEADERS on stream 0")
+        start, end = frame_content(flags, payload)
         if flags & PRIORITY_FLAG:
             start += 5
         if start > end:
-            raise _ConnectionError(PROTOCOL_ERROR, "HEADERS priority exceeds the frame")
+            raise Http2Error(PROTOCOL_ERROR, "HEADERS priority exceeds the frame")
         self.header_block = (stream_id, flags, bytearray(payload[start:end]))
         if flags & END_HEADERS:
             self._end_headers()
 
     def _continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         if self.header_block is None or self.header_block[0] != stream_id:
-            raise _ConnectionError(PROTOCOL_ERROR, "unexpected CONTINUATION")
+            raise Http2Error(PROTOCOL_ERROR, "unexpected CONTINUATION")
         self.header_block[2].extend(payload)
         if len(self.header_block[2]) > MAX_HEADER_LIST:
-            raise _ConnectionError(ENHANCE_YOUR_CALM, "header block too large")
+            raise Http2Error(ENHANCE_YOUR_CALM, "header block too large")
         if flags & END_HEADERS:
             self._end_headers()
 
@@ -352,7 +330,7 @@ class GrpcProtocol(asyncio.Protocol):
                 self._request_complete(stream)
             return
         if stream_id % 2 == 0 or stream_id <= self.last_stream:
-            raise _ConnectionError(PROTOCOL_ERROR, f"stream {stream_id} reused or even")
+            raise Http2Error(PROTOCOL_ERROR, f"stream {stream_id} reused or even")
         self.last_stream = stream_id
         if self.state.draining or len(self.streams) >= self.state.limits.max_streams:
             self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", REFUSED_STREAM)))
@@ -386,7 +364,7 @@ class GrpcProtocol(asyncio.Protocol):
             self._credit(None, len(payload))
             return  # a stream we reset or refused, or DATA after END_STREAM: dropped
         self._credit(stream, len(payload))
-        start, end = _padding(flags, payload)
+        start, end = frame_content(flags, payload)
         stream.body += payload[start:end]
         self.buffered += end - start
         refusal = self._too_much(stream)
@@ -427,7 +405,7 @@ class GrpcProtocol(asyncio.Protocol):
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id or len(payload) % 6:
-            raise _ConnectionError(PROTOCOL_ERROR, "bad SETTINGS")
+            raise Http2Error(PROTOCOL_ERROR, "bad SETTINGS")
         if flags & ACK:
             return
         for offset in range(0, len(payload), 6):
@@ -446,7 +424,7 @@ class GrpcProtocol(asyncio.Protocol):
 
     def _window_update(self, flags: int, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise _ConnectionError(FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
+            raise Http2Error(FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
         increment = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
         if stream_id == 0:
             self.send_window += increment
@@ -603,21 +581,6 @@ class GrpcProtocol(asyncio.Protocol):
         kind, self.timer, self.timer_kind = self.timer_kind, None, ""
         self._goaway(ENHANCE_YOUR_CALM if kind == "body" else NO_ERROR, f"{kind} timeout")
         self._close()
-
-
-def _padding(flags: int, payload: bytes) -> tuple[int, int]:
-    """Where a DATA or HEADERS frame's content starts and ends (RFC 9113 6.1: PADDED)."""
-    if not flags & PADDED:
-        return 0, len(payload)
-    if not payload or payload[0] >= len(payload):
-        raise _ConnectionError(PROTOCOL_ERROR, "padding exceeds the frame")
-    return 1, len(payload) - payload[0]
-
-
-class _ConnectionError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class _CallError(Exception):

@@ -16,13 +16,11 @@ from hypothesis import strategies as st
 
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
+from surge.protocol.http2 import PREFACE, encode_headers, hpack_integer
 from surge.server.grpc_h2 import (
-    PREFACE,
     GrpcProtocol,
     ServerState,
     _call_headers,
-    _integer,
-    encode_headers,
     parse_timeout,
     start_grpc_h2_server,
 )
@@ -300,7 +298,7 @@ async def test_a_stalled_body_closes_the_connection_though_other_calls_finish(
 
 def test_hpack_integers_and_literals_decode_with_hpack() -> None:
     for value in (0, 126, 127, 128, 300, 16_383, 2**20):
-        assert _integer(value, 7)[0] & 0x7F == min(value, 127)
+        assert hpack_integer(value, 7)[0] & 0x7F == min(value, 127)
     long_value = b"v" * 5_000
     block = encode_headers([(b"grpc-message", long_value), (b"x", b"")], status_200=True)
     assert hpack.Decoder().decode(block, raw=True) == [

@@ -1,0 +1,90 @@
+"""The HTTP/2 framing (RFC 9113) that gRPC's unary calls use, for Surge's gRPC listener and the
+load generator's gRPC client: frame layout, types, flags, settings, error codes, and header
+blocks written as HPACK literals (RFC 7541), which keep no table state. Header blocks are read
+with `hpack`."""
+
+from __future__ import annotations
+
+import struct
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+FRAME_HEADER = struct.Struct(">IBI")  # 24-bit length (with the type in the low byte), flags, id
+
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
+    CONTINUATION = range(10)
+END_STREAM = ACK = 0x1
+END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
+
+# SETTINGS identifiers (6.5.2) and error codes (7).
+HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, \
+    MAX_HEADER_LIST_SIZE = range(1, 7)
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, _, STREAM_CLOSED, FRAME_SIZE_ERROR, \
+    REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = range(10)
+ENHANCE_YOUR_CALM = 0xB
+
+DEFAULT_WINDOW = 65_535  # every window's size until SETTINGS or WINDOW_UPDATE say otherwise
+DEFAULT_FRAME = 16_384  # the largest frame a peer accepts until its SETTINGS say otherwise
+
+
+class Http2Error(Exception):
+    """A connection error: the peer broke the protocol (GOAWAY with `code`, then close)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return FRAME_HEADER.pack((len(payload) << 8) | kind, flags, stream_id) + payload
+
+
+def read_frames(buffer: bytearray, max_length: int) -> list[tuple[int, int, int, bytes]]:
+    """(type, flags, stream id, payload) of each complete frame at the start of `buffer`, which
+    loses their bytes (a frame not yet complete stays)."""
+    frames, offset, end = [], 0, len(buffer)
+    while end - offset >= 9:
+        head, flags, stream_id = FRAME_HEADER.unpack_from(buffer, offset)
+        length = head >> 8
+        if length > max_length:
+            raise Http2Error(FRAME_SIZE_ERROR, f"frame of {length} bytes")
+        if end - offset - 9 < length:
+            break
+        frames.append((head & 0xFF, flags, stream_id & 0x7FFFFFFF,
+                       bytes(buffer[offset + 9:offset + 9 + length])))
+        offset += 9 + length
+    del buffer[:offset]
+    return frames
+
+
+def frame_content(flags: int, payload: bytes) -> tuple[int, int]:
+    """Where a DATA or HEADERS frame's content starts and ends (6.1: PADDED)."""
+    if not flags & PADDED:
+        return 0, len(payload)
+    if not payload or payload[0] >= len(payload):
+        raise Http2Error(PROTOCOL_ERROR, "padding exceeds the frame")
+    return 1, len(payload) - payload[0]
+
+
+def hpack_integer(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    """An HPACK integer (RFC 7541 5.1) with `first` in the bits above the prefix."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = bytearray([first | limit])
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    """A header field as a literal without indexing (new name): no table state to keep."""
+    return b"".join((b"\x00", hpack_integer(len(name), 7), name,
+                     hpack_integer(len(value), 7), value))
+
+
+def encode_headers(headers: list[tuple[bytes, bytes]], *, status_200: bool = False) -> bytes:
+    """A header block: `:status: 200` from the static table (index 8), then literals."""
+    return (b"\x88" if status_200 else b"") + b"".join(_literal(k, v) for k, v in headers)

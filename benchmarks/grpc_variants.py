@@ -36,7 +36,7 @@ from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 from surge.protocol.metadata import model_metadata
 from surge.repository import Repository
 from surge.server import process
-from surge.server.grpc_h2 import start_grpc_h2_server
+from surge.server.grpc_listener import start_grpc_h2_server
 from surge.server.grpc_server import MAX_MESSAGE_BYTES, InferenceServicer, start_grpc_server
 
 TUNED = [("grpc.optimization_target", "throughput"), ("grpc.http2.bdp_probe", 0),

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 
 from surge.bench.clients import GrpcTransport, HttpTransport, Transport
+from surge.bench.grpc_client import LeanGrpcTransport
 from surge.bench.payload import (
     InputSpec,
     grpc_request,
@@ -224,11 +225,17 @@ def _grpc_metadata(url: str, model: str, api_key: str | None) -> dict[str, Any]:
     return dict(json_format.MessageToDict(reply, preserving_proto_field_name=True))
 
 
+def _grpc_connections(clients: int) -> int:
+    """Connections for `clients` concurrent calls: one per 16, at most 8."""
+    return max(1, min(8, clients // 16))
+
+
 def prepare_target(url: str, model: str, protocol: str, *, batch_size: int = 1,
                    api_key: str | None = None, variants: int = 16,
-                   dataset: str | None = None) -> Target:
+                   dataset: str | None = None, grpc_client: str = "surge") -> Target:
     """Fetch the model's metadata and serialize the request payloads once (rows of `dataset`
-    where it has the model's inputs, random values otherwise)."""
+    where it has the model's inputs, random values otherwise). gRPC goes over the load
+    generator's own HTTP/2 client, or grpc.aio's with `grpc_client="grpcio"`."""
     if protocol not in PROTOCOLS:
         raise SurgeError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     metadata = fetch_metadata(url, model, api_key, protocol)
@@ -240,9 +247,11 @@ def prepare_target(url: str, model: str, protocol: str, *, batch_size: int = 1,
         host, port = _grpc_target(url)
         grpc_meta = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         payloads = [grpc_request(model, s, specs) for s in sets]
-        return Target(protocol, payloads,
-                      lambda c: GrpcTransport(f"{host}:{port}", max(1, min(8, c // 16)),
-                                              grpc_meta))
+        if grpc_client == "grpcio":
+            return Target(protocol, payloads, lambda c: GrpcTransport(
+                f"{host}:{port}", _grpc_connections(c), grpc_meta))
+        return Target(protocol, payloads, lambda c: LeanGrpcTransport(
+            host, port, _grpc_connections(c), grpc_meta))
     host, port = _split_url(url, 8000)
     path = f"/v2/models/{model}/infer"
     payloads = [http_request(f"{host}:{port}", path, *http_body(s, specs, protocol == "http"),
@@ -263,11 +272,12 @@ async def bench_async(
     *, rate: float | None = None, poisson: bool = True, batch_size: int = 1,
     api_key: str | None = None, warmup_s: float = 1.0,
     progress: Callable[[int, float, int, int, float], None] | None = None,
-    dataset: str | None = None,
+    dataset: str | None = None, grpc_client: str = "surge",
 ) -> BenchReport:
     """Run every load level in turn against a live server."""
     target = await asyncio.to_thread(prepare_target, url, model, protocol,
-                                     batch_size=batch_size, api_key=api_key, dataset=dataset)
+                                     batch_size=batch_size, api_key=api_key, dataset=dataset,
+                                     grpc_client=grpc_client)
     report = BenchReport(url, model, protocol, batch_size)
     for level in concurrency:
         transport = target.make_transport(level)

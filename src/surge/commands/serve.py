@@ -163,6 +163,7 @@ def serve(
     ray: RayAddress = None,
     reuse_port: ReusePort = False,
     frontends: FrontEnds = 1,
+    grpc_server: GrpcServer = "surge",
     load: LoadMode = "eager",
     memory_budget: MemoryBudgetSize = None,
     group_memory_budget: GroupBudgets = None,
@@ -177,22 +178,20 @@ def serve(
     model_control: ModelControlMode = None,
     poll_interval: PollInterval = None,
     log_level: LogLevel = "info",
-    grpc_server: GrpcServer = "surge",
 ) -> None:
     """Serve models until SIGTERM/SIGINT, then drain accepted requests and exit 0."""
     from surge.api import serve as run_server
     from surge.server.process import ServeOptions
 
-    limits = _limits(idle_timeout, header_timeout, body_timeout, max_connections)
     options = ServeOptions(
         host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-        api_key=api_key, models=_models(models), grace_s=grace,
-        max_body_bytes=int(max_body_mb * 1024 * 1024), limits=limits, ray_address=ray,
+        api_key=api_key, models=_models(models), grace_s=grace, ray_address=ray,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        limits=_limits(idle_timeout, header_timeout, body_timeout, max_connections),
         reuse_port=reuse_port, frontends=frontends, log_level=log_level, grpc_server=grpc_server,
         residency=_residency(load, memory_budget, group_memory_budget),
-        production=_production(tls_cert, tls_key, tls_ca, api_keys_file, metrics_auth,
-                               access_log, access_log_sample, tracing, model_control,
-                               poll_interval),
+        production=_production(tls_cert, tls_key, tls_ca, api_keys_file, metrics_auth, access_log,
+                               access_log_sample, tracing, model_control, poll_interval),
     )
     run_server(repo, options, lambda endpoints: _announce(repo, endpoints, options))
     console.print("surge: drained and stopped")

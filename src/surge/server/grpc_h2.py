@@ -15,17 +15,14 @@ costs several times the inference's own front-end work (docs/performance.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import struct
-import zlib
 from collections.abc import Callable
 from typing import Any, cast
 
 import grpc
 import hpack
 
-from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.http2 import (
     ACK,
     COMPRESSION_ERROR,
@@ -59,6 +56,16 @@ from surge.protocol.http2 import (
     frame_content,
     read_frames,
 )
+from surge.server.grpc_calls import (
+    CallContext,
+    CallError,
+    CallHeaders,
+    Handler,
+    Stream,
+    call_headers,
+    request_message,
+    status_trailers,
+)
 from surge.server.limits import ConnectionLimits
 
 log = logging.getLogger(__name__)
@@ -66,113 +73,12 @@ log = logging.getLogger(__name__)
 RECEIVE_WINDOW = 16 * 1024 * 1024  # what each stream and the connection may send ahead
 RECEIVE_FRAME = 1024 * 1024  # the largest frame a client may send us
 MAX_HEADER_LIST = 64 * 1024  # as MAX_HEAD_BYTES for HTTP
-SERVICE = "/inference.GRPCInferenceService/"
 # Requests of the largest size one connection may hold in memory while they arrive.
 MESSAGES_PER_CONNECTION = 4
-
-_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 RESPONSE_HEADERS = encode_headers([(b"content-type", b"application/grpc"),
                                    (b"grpc-accept-encoding", b"identity,deflate,gzip")],
                                   status_200=True)
-
-
-def parse_timeout(text: str) -> float | None:
-    """Seconds in a `grpc-timeout` header ("100m", "5S"); None when absent or malformed."""
-    if len(text) < 2 or text[-1] not in _TIMEOUT_UNITS or not text[:-1].isdigit():
-        return None
-    return int(text[:-1]) * _TIMEOUT_UNITS[text[-1]]
-
-
-class CallContext:
-    """What InferenceServicer's methods use of grpc.aio's ServicerContext."""
-
-    def __init__(self, metadata: tuple[tuple[str, Any], ...], peer: str) -> None:
-        self._metadata = metadata
-        self._peer = peer
-        self.code = grpc.StatusCode.OK
-        self.details = ""
-        self.trailing: tuple[tuple[str, Any], ...] = ()
-
-    def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
-        return self._metadata
-
-    def peer(self) -> str:
-        return self._peer
-
-    def set_trailing_metadata(self, metadata: Any) -> None:
-        self.trailing = tuple(metadata)
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self.code = code
-
-    def set_details(self, details: str) -> None:
-        self.details = details
-
-    async def abort(self, code: grpc.StatusCode, details: str = "",
-                    trailing_metadata: Any = ()) -> None:
-        self.code, self.details = code, details
-        if trailing_metadata:
-            self.trailing = tuple(trailing_metadata)
-        raise grpc.aio.AbortError(f"{code.name}: {details}")
-
-
-Handler = Callable[[Any, CallContext], Any]
-
-
-def unary_methods(servicer: Any) -> dict[str, tuple[Handler, Any]]:
-    """`/package.Service/Method` -> (bound handler, request class) for each unary RPC."""
-    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    return {
-        SERVICE + method.name: (getattr(servicer, method.name), getattr(pb, method.input_type.name))
-        for method in service.methods
-        if not (method.client_streaming or method.server_streaming)
-    }
-
-
-# (path, metadata, timeout in s, grpc-encoding) of a call's request headers
-CallHeaders = tuple[str, tuple[tuple[str, Any], ...], float | None, str]
-
-
-class Stream:
-    """One call: what its headers say, the request bytes so far, its task and send window."""
-
-    __slots__ = ("id", "path", "metadata", "timeout", "encoding", "body", "unacked", "task",
-                 "send_window", "pending", "trailers", "closed")
-
-    def __init__(self, stream_id: int, call: CallHeaders, send_window: int) -> None:
-        self.id = stream_id
-        self.path, self.metadata, self.timeout, self.encoding = call
-        self.body = bytearray()
-        self.unacked = 0  # received bytes not yet credited back to the stream's window
-        self.task: asyncio.Task[None] | None = None
-        self.send_window = send_window
-        self.pending = b""  # DATA the client's windows do not yet allow
-        self.trailers = b""  # the status block, sent after the last of `pending`
-        self.closed = False
-
-
-def _status_trailers(code: grpc.StatusCode, details: str,
-                     metadata: tuple[tuple[str, Any], ...]) -> bytes:
-    fields = [(b"grpc-status", str(code.value[0]).encode())]
-    if details:
-        fields.append((b"grpc-message", _percent(details)))
-    fields.extend(_metadata_field(key, value) for key, value in metadata)
-    return encode_headers(fields)
-
-
-def _percent(text: str) -> bytes:
-    """grpc-message's percent-encoding (everything outside printable ASCII, and '%')."""
-    raw = text.encode()
-    return b"".join(bytes([b]) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in raw)
-
-
-def _metadata_field(key: str, value: Any) -> tuple[bytes, bytes]:
-    if key.endswith("-bin"):
-        import base64
-
-        return key.encode(), base64.b64encode(value).rstrip(b"=")
-    return key.encode(), value.encode() if isinstance(value, str) else value
 
 
 class ServerState:
@@ -350,7 +256,7 @@ class GrpcProtocol(asyncio.Protocol):
         call = self.known_blocks.get(block)
         if call is not None:
             return call
-        call = _call_headers(cast(list[tuple[str, str]], self.decoder.decode(block)))
+        call = call_headers(cast(list[tuple[str, str]], self.decoder.decode(block)))
         if block and min(block) >= 0x80:
             if len(self.known_blocks) < 64:
                 self.known_blocks[block] = call
@@ -449,7 +355,7 @@ class GrpcProtocol(asyncio.Protocol):
         context = CallContext(stream.metadata, self.peer)
         try:
             handler, request_class = self.state.methods[stream.path]
-            request = request_class.FromString(_message(stream.body, stream.encoding))
+            request = request_class.FromString(request_message(stream.body, stream.encoding))
             self._release(stream)
             if stream.timeout is None:
                 response = await handler(request, context)
@@ -461,7 +367,7 @@ class GrpcProtocol(asyncio.Protocol):
         except TimeoutError:
             self._finish(stream, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             return
-        except _CallError as exc:
+        except CallError as exc:
             self._finish(stream, exc.code, str(exc))
             return
         except asyncio.CancelledError:
@@ -481,7 +387,7 @@ class GrpcProtocol(asyncio.Protocol):
         if stream.closed or self.transport is None or self.transport.is_closing():
             return
         stream.closed = True
-        trailers = _status_trailers(code, details, metadata)
+        trailers = status_trailers(code, details, metadata)
         if message is None:  # trailers-only response
             block = RESPONSE_HEADERS + trailers
             self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
@@ -581,95 +487,3 @@ class GrpcProtocol(asyncio.Protocol):
         kind, self.timer, self.timer_kind = self.timer_kind, None, ""
         self._goaway(ENHANCE_YOUR_CALM if kind == "body" else NO_ERROR, f"{kind} timeout")
         self._close()
-
-
-class _CallError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _call_headers(headers: list[tuple[str, str]]) -> CallHeaders:
-    """(path, metadata, timeout in s, grpc-encoding) of a call's request headers."""
-    path, timeout, encoding = "", None, "identity"
-    metadata: list[tuple[str, Any]] = []
-    for key, value in headers:
-        if key == ":path":
-            path = value
-        elif key == "grpc-timeout":
-            timeout = parse_timeout(value)
-        elif key == "grpc-encoding":
-            encoding = value
-        elif key.startswith(":") or key in ("content-type", "te"):
-            continue
-        elif key.endswith("-bin"):
-            import base64
-
-            metadata.append((key, base64.b64decode(value + "=" * (-len(value) % 4))))
-        else:
-            metadata.append((key, value))
-    return path, tuple(metadata), timeout, encoding
-
-
-def _message(body: bytearray, encoding: str) -> bytes:
-    """The one length-prefixed message of a unary request, decompressed."""
-    if len(body) < 5:
-        raise _CallError(grpc.StatusCode.INTERNAL, "the request carries no message")
-    compressed, length = struct.unpack_from(">BI", body)
-    if len(body) != 5 + length:
-        raise _CallError(grpc.StatusCode.INTERNAL, "a unary request carries one message")
-    payload = bytes(body[5:])
-    if not compressed:
-        return payload
-    if encoding == "gzip":
-        return _decompress(payload, 16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return _decompress(payload, zlib.MAX_WBITS)
-    raise _CallError(grpc.StatusCode.UNIMPLEMENTED, f"compression {encoding!r} is not supported")
-
-
-def _decompress(payload: bytes, wbits: int) -> bytes:
-    try:
-        return zlib.decompress(payload, wbits)
-    except zlib.error as exc:
-        raise _CallError(grpc.StatusCode.INTERNAL, f"cannot decompress the message: {exc}") from None
-
-
-class GrpcH2Server:
-    """The listener; `stop(grace)` refuses new calls, lets calls in progress finish, closes."""
-
-    def __init__(self, server: asyncio.base_events.Server, state: ServerState) -> None:
-        self.server = server
-        self.state = state
-
-    async def stop(self, grace: float | None) -> None:
-        self.state.draining = True
-        self.server.close()
-        connections = list(self.state.connections)
-        for connection in connections:
-            connection.drained = asyncio.Event()
-            connection._goaway(NO_ERROR, "")
-        waits = [c.drained.wait() for c in connections if c.drained is not None]
-        if waits:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*waits), grace)
-        for connection in connections:
-            if connection.transport is not None:
-                connection.transport.abort()
-
-
-async def start_grpc_h2_server(
-    engine: Any, host: str, port: int, api_key: str | None = None, *,
-    limits: ConnectionLimits | None = None, max_message_bytes: int = 64 * 1024 * 1024,
-    reuse_port: bool = False, servicer: Any = None, ssl_context: Any = None,
-) -> tuple[GrpcH2Server, Any, int]:
-    """Serve gRPC on host:port (0 = any free port); returns (server, servicer, port)."""
-    from surge.server.grpc_server import InferenceServicer
-
-    servicer = servicer or InferenceServicer(engine, api_key)
-    state = ServerState(unary_methods(servicer), limits or ConnectionLimits(), max_message_bytes)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: GrpcProtocol(state), host, port,
-                                      reuse_port=reuse_port or None, ssl=ssl_context)
-    bound = server.sockets[0].getsockname()[1]
-    return GrpcH2Server(server, state), servicer, bound

@@ -23,7 +23,7 @@ from surge.errors import SurgeError
 from surge.repository import Repository
 from surge.server.app import DEFAULT_MAX_BODY, V2App
 from surge.server.frontends import METRICS_DIR_ENV
-from surge.server.grpc_h2 import start_grpc_h2_server
+from surge.server.grpc_listener import start_grpc_h2_server
 from surge.server.grpc_server import InferenceServicer, start_grpc_server
 from surge.server.limits import ConnectionLimits, guarded_protocol
 from surge.server.production import Production, ProductionOptions

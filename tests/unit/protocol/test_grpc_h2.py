@@ -17,13 +17,9 @@ from hypothesis import strategies as st
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 from surge.protocol.http2 import PREFACE, encode_headers, hpack_integer
-from surge.server.grpc_h2 import (
-    GrpcProtocol,
-    ServerState,
-    _call_headers,
-    parse_timeout,
-    start_grpc_h2_server,
-)
+from surge.server.grpc_calls import call_headers, parse_timeout
+from surge.server.grpc_h2 import GrpcProtocol, ServerState
+from surge.server.grpc_listener import start_grpc_h2_server
 from surge.server.limits import ConnectionLimits
 from tests.cli_runner import run_cli
 
@@ -336,9 +332,9 @@ def test_repeated_header_blocks_decode_as_hpack_decodes_them() -> None:
     assert min(repeat) >= 0x80
     assert min(other) < 0x80
     for block in (first, repeat, repeat, other, repeat, repeat):
-        expected = _call_headers(reference.decode(block))
+        expected = call_headers(reference.decode(block))
         assert connection._decode(block) == expected
-    assert _call_headers(reference.decode(repeat))[0] == "/s/B"  # the same bytes, moved on
+    assert call_headers(reference.decode(repeat))[0] == "/s/B"  # the same bytes, moved on
 
 
 @served

@@ -1,0 +1,165 @@
+"""The gRPC side of a call on Surge's HTTP/2 listener (surge/server/grpc_h2.py): which method a
+path names, what the request headers say (metadata, deadline, compression), the context the
+servicer's methods are given, and the status trailers of the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from surge.protocol.grpc_gen import grpc_service_pb2 as pb
+from surge.protocol.http2 import encode_headers
+
+SERVICE = "/inference.GRPCInferenceService/"
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+def parse_timeout(text: str) -> float | None:
+    """Seconds in a `grpc-timeout` header ("100m", "5S"); None when absent or malformed."""
+    if len(text) < 2 or text[-1] not in _TIMEOUT_UNITS or not text[:-1].isdigit():
+        return None
+    return int(text[:-1]) * _TIMEOUT_UNITS[text[-1]]
+
+
+class CallContext:
+    """What InferenceServicer's methods use of grpc.aio's ServicerContext."""
+
+    def __init__(self, metadata: tuple[tuple[str, Any], ...], peer: str) -> None:
+        self._metadata = metadata
+        self._peer = peer
+        self.code = grpc.StatusCode.OK
+        self.details = ""
+        self.trailing: tuple[tuple[str, Any], ...] = ()
+
+    def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
+        return self._metadata
+
+    def peer(self) -> str:
+        return self._peer
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self.trailing = tuple(metadata)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    async def abort(self, code: grpc.StatusCode, details: str = "",
+                    trailing_metadata: Any = ()) -> None:
+        self.code, self.details = code, details
+        if trailing_metadata:
+            self.trailing = tuple(trailing_metadata)
+        raise grpc.aio.AbortError(f"{code.name}: {details}")
+
+
+Handler = Callable[[Any, CallContext], Any]
+
+
+def unary_methods(servicer: Any) -> dict[str, tuple[Handler, Any]]:
+    """`/package.Service/Method` -> (bound handler, request class) for each unary RPC."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    return {
+        SERVICE + method.name: (getattr(servicer, method.name), getattr(pb, method.input_type.name))
+        for method in service.methods
+        if not (method.client_streaming or method.server_streaming)
+    }
+
+
+# (path, metadata, timeout in s, grpc-encoding) of a call's request headers
+CallHeaders = tuple[str, tuple[tuple[str, Any], ...], float | None, str]
+
+
+def status_trailers(code: grpc.StatusCode, details: str,
+                     metadata: tuple[tuple[str, Any], ...]) -> bytes:
+    fields = [(b"grpc-status", str(code.value[0]).encode())]
+    if details:
+        fields.append((b"grpc-message", _percent(details)))
+    fields.extend(_metadata_field(key, value) for key, value in metadata)
+    return encode_headers(fields)
+
+
+def _percent(text: str) -> bytes:
+    """grpc-message's percent-encoding (everything outside printable ASCII, and '%')."""
+    raw = text.encode()
+    return b"".join(bytes([b]) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in raw)
+
+
+def _metadata_field(key: str, value: Any) -> tuple[bytes, bytes]:
+    if key.endswith("-bin"):
+        return key.encode(), base64.b64encode(value).rstrip(b"=")
+    return key.encode(), value.encode() if isinstance(value, str) else value
+
+
+class CallError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def call_headers(headers: list[tuple[str, str]]) -> CallHeaders:
+    """(path, metadata, timeout in s, grpc-encoding) of a call's request headers."""
+    path, timeout, encoding = "", None, "identity"
+    metadata: list[tuple[str, Any]] = []
+    for key, value in headers:
+        if key == ":path":
+            path = value
+        elif key == "grpc-timeout":
+            timeout = parse_timeout(value)
+        elif key == "grpc-encoding":
+            encoding = value
+        elif key.startswith(":") or key in ("content-type", "te"):
+            continue
+        elif key.endswith("-bin"):
+                metadata.append((key, base64.b64decode(value + "=" * (-len(value) % 4))))
+        else:
+            metadata.append((key, value))
+    return path, tuple(metadata), timeout, encoding
+
+
+def request_message(body: bytearray, encoding: str) -> bytes:
+    """The one length-prefixed message of a unary request, decompressed."""
+    if len(body) < 5:
+        raise CallError(grpc.StatusCode.INTERNAL, "the request carries no message")
+    compressed, length = struct.unpack_from(">BI", body)
+    if len(body) != 5 + length:
+        raise CallError(grpc.StatusCode.INTERNAL, "a unary request carries one message")
+    payload = bytes(body[5:])
+    if not compressed:
+        return payload
+    if encoding == "gzip":
+        return _decompress(payload, 16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return _decompress(payload, zlib.MAX_WBITS)
+    raise CallError(grpc.StatusCode.UNIMPLEMENTED, f"compression {encoding!r} is not supported")
+
+
+def _decompress(payload: bytes, wbits: int) -> bytes:
+    try:
+        return zlib.decompress(payload, wbits)
+    except zlib.error as exc:
+        raise CallError(grpc.StatusCode.INTERNAL, f"cannot decompress the message: {exc}") from None
+
+
+class Stream:
+    """One call: what its headers say, the request bytes so far, its task and send window."""
+
+    __slots__ = ("id", "path", "metadata", "timeout", "encoding", "body", "unacked", "task",
+                 "send_window", "pending", "trailers", "closed")
+
+    def __init__(self, stream_id: int, call: CallHeaders, send_window: int) -> None:
+        self.id = stream_id
+        self.path, self.metadata, self.timeout, self.encoding = call
+        self.body = bytearray()
+        self.unacked = 0  # received bytes not yet credited back to the stream's window
+        self.task: asyncio.Task[None] | None = None
+        self.send_window = send_window
+        self.pending = b""  # DATA the client's windows do not yet allow
+        self.trailers = b""  # the status block, sent after the last of `pending`
+        self.closed = False

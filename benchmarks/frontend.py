@@ -114,28 +114,33 @@ def measure(url: str, grpc_target: str, metrics: str, server: int, clients: int,
     before = cpu_seconds(pids)
     time.sleep(2.0)
     idle_cores = (cpu_seconds(pids) - before) / 2.0  # a poller that spins shows here
-    for protocol in protocols:
+    for entry in protocols:
+        protocol, _, client = entry.partition(":")  # "grpc:grpcio": grpc.aio's client
         target = grpc_target if protocol == "grpc" else url
         pids = front_end_pids(server)
         items, batches = batch_totals(metrics)
         before, started = cpu_seconds(pids), time.perf_counter()
-        report = run_bench(target, "noop", [clients], duration, protocol, warmup_s=1.0)
+        report = run_bench(target, "noop", [clients], duration, protocol, warmup_s=1.0,
+                           grpc_client=client or "surge")
         wall = time.perf_counter() - started
         front_cpu = cpu_seconds(pids) - before
         items_after, batches_after = batch_totals(metrics)
         run = report.runs[0]
         # The warm-up second is inside the CPU delta: count its requests too (estimate).
         sent = run.requests * (1 + 1.0 / duration)
-        row = {"server": label, "protocol": protocol, "front_ends": len(pids) - (len(pids) > 1),
+        row = {"server": label, "protocol": entry, "front_ends": len(pids) - (len(pids) > 1),
                "requests_per_s": run.throughput, "p50_ms": run.p50_ms, "p99_ms": run.p99_ms,
                "errors": sum(run.errors.values()), "client_cpu_share": run.client_cpu_share,
+               "client_cpu_us_per_request": run.client_cpu_share / max(run.throughput, 1e-9)
+               * 1e6,
                "front_end_cpu_us_per_request": front_cpu / max(sent, 1) * 1e6,
                "mean_batch": (items_after - items) / max(batches_after - batches, 1),
                "front_end_cores": front_cpu / wall, "idle_front_end_cores": idle_cores,
                "load_average": os.getloadavg()[0], "run": run_id}
         rows.append(row)
-        console.log(f"{label} {protocol}: {row['requests_per_s']:,.0f} req/s, front end "
-                    f"{row['front_end_cpu_us_per_request']:.0f} us/req, errors {row['errors']}")
+        console.log(f"{label} {entry}: {row['requests_per_s']:,.0f} req/s, front end "
+                    f"{row['front_end_cpu_us_per_request']:.0f} us/req, client "
+                    f"{row['client_cpu_us_per_request']:.0f} us/req, errors {row['errors']}")
     return rows
 
 
@@ -208,7 +213,7 @@ def run_round(repo: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for count in [int(n) for n in args.frontends.split(",") if n]:
         rows += run_server(surge_command(repo, count), args.clients, args.duration,
-                           f"frontends={count}")
+                           f"frontends={count}", tuple(args.protocols.split(",")))
     for variant in [v for v in args.grpc_variants.split(",") if v]:
         try:
             rows += run_server(variant_command(repo, variant), args.clients, args.duration,
@@ -227,6 +232,9 @@ def main() -> None:
                         help="gRPC server variants of benchmarks/grpc_variants.py (a,b)")
     parser.add_argument("--variant-protocols", default="http,grpc",
                         help="protocols measured on each gRPC variant's server")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS),
+                        help="measured on each --frontends server; grpc:grpcio is gRPC from "
+                        "grpc.aio's client instead of the load generator's own")
     parser.add_argument("--repeat", type=int, default=1, help="rounds over every server")
     parser.add_argument("--max-batch", type=int, default=8,
                         help="the model's max_batch_size (1: every protocol pays one batch "

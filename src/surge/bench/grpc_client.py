@@ -44,7 +44,7 @@ from surge.protocol.http2 import (
 )
 
 RECEIVE_WINDOW = 16 * 1024 * 1024
-MAX_FRAME = 16 * 1024 * 1024  # the largest frame we accept (what SETTINGS may allow)
+MAX_FRAME = (1 << 24) - 1  # the largest frame we accept: the most SETTINGS may allow
 STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 

@@ -107,7 +107,7 @@ class GrpcConnection(asyncio.Protocol):
             raise
 
     def _send_data(self, stream_id: int, call: _Call) -> None:
-        allowed = min(len(call.pending), self.send_window, call.send_window)
+        allowed = max(0, min(len(call.pending), self.send_window, call.send_window))
         data, call.pending = call.pending[:allowed], call.pending[allowed:]
         self.send_window -= allowed
         call.send_window -= allowed

@@ -28,13 +28,13 @@ from surge.protocol.http2 import (
     COMPRESSION_ERROR,
     CONTINUATION,
     DATA,
+    DEFAULT_FRAME,
     DEFAULT_WINDOW,
     END_HEADERS,
     END_STREAM,
     ENHANCE_YOUR_CALM,
     FRAME_SIZE_ERROR,
     GOAWAY,
-    HEADER_TABLE_SIZE,
     HEADERS,
     INITIAL_WINDOW_SIZE,
     MAX_CONCURRENT_STREAMS,
@@ -109,7 +109,7 @@ class GrpcProtocol(asyncio.Protocol):
         self.header_block: tuple[int, int, bytearray] | None = None  # (stream, flags, fragments)
         self.send_window = DEFAULT_WINDOW  # the client's connection window for our DATA
         self.initial_send_window = DEFAULT_WINDOW
-        self.max_send_frame = 16_384
+        self.max_send_frame = DEFAULT_FRAME
         self.unacked = 0  # received DATA bytes not yet credited back (connection)
         self.buffered = 0  # bytes of requests received and not yet parsed
         self.peer = ""
@@ -117,7 +117,6 @@ class GrpcProtocol(asyncio.Protocol):
         self.timer_kind = ""  # handshake, body or idle
         self.going_away = False  # a GOAWAY was sent: close once the open calls are answered
         self.out: list[bytes] = []  # frames to send at the end of this turn of the loop
-        self.paused = False
         self.drained: asyncio.Event | None = None
         self.by_type: dict[int, Callable[[int, int, bytes], None]] = {
             DATA: self._data, HEADERS: self._headers, CONTINUATION: self._continuation,
@@ -322,9 +321,10 @@ class GrpcProtocol(asyncio.Protocol):
                 for stream in self.streams.values():
                     stream.send_window += delta
             elif key == MAX_FRAME_SIZE:
+                if not DEFAULT_FRAME <= value < 1 << 24:
+                    raise Http2Error(PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value}")
                 self.max_send_frame = value
-            elif key == HEADER_TABLE_SIZE:
-                pass  # we never index what we send: the client's table size does not matter
+            # HEADER_TABLE_SIZE does not matter: nothing we send is indexed.
         self._write(frame(SETTINGS, ACK, 0))
         self._flush_pending()
 
@@ -402,7 +402,7 @@ class GrpcProtocol(asyncio.Protocol):
     def _send_data(self, stream: Stream) -> None:
         """Send what the windows allow of the stream's message; the trailers after the last."""
         data = stream.pending
-        allowed = min(len(data), self.send_window, stream.send_window)
+        allowed = max(0, min(len(data), self.send_window, stream.send_window))
         chunks = [frame(DATA, 0, stream.id, data[i:i + self.max_send_frame])
                   for i in range(0, allowed, self.max_send_frame)]
         self.send_window -= allowed

@@ -9,9 +9,10 @@ import base64
 import struct
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import grpc
+import hpack
 
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.http2 import encode_headers
@@ -62,13 +63,22 @@ class CallContext:
 Handler = Callable[[Any, CallContext], Any]
 
 
-def unary_methods(servicer: Any) -> dict[str, tuple[Handler, Any]]:
-    """`/package.Service/Method` -> (bound handler, request class) for each unary RPC."""
+class Method(NamedTuple):
+    handler: Handler  # (request, context) -> response; streaming: (requests, context) -> answers
+    request_class: Any
+    streaming: bool  # requests and answers both streamed
+
+
+def service_methods(servicer: Any) -> dict[str, Method]:
+    """`/package.Service/Method` -> the servicer's method for each RPC of the service (the
+    servicer's own, or grpc's UNIMPLEMENTED one). One-sided streams are not served."""
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     return {
-        SERVICE + method.name: (getattr(servicer, method.name), getattr(pb, method.input_type.name))
+        SERVICE + method.name: Method(getattr(servicer, method.name),
+                                      getattr(pb, method.input_type.name),
+                                      method.client_streaming)
         for method in service.methods
-        if not (method.client_streaming or method.server_streaming)
+        if method.client_streaming == method.server_streaming
     }
 
 
@@ -123,14 +133,29 @@ def call_headers(headers: list[tuple[str, str]]) -> CallHeaders:
     return path, tuple(metadata), timeout, encoding
 
 
+def take_messages(body: bytearray) -> list[tuple[int, bytes]]:
+    """(compressed flag, payload) of each complete length-prefixed message at the start of
+    `body`, which loses their bytes."""
+    messages, offset = [], 0
+    while len(body) - offset >= 5:
+        compressed, length = struct.unpack_from(">BI", body, offset)
+        if len(body) - offset - 5 < length:
+            break
+        messages.append((compressed, bytes(body[offset + 5:offset + 5 + length])))
+        offset += 5 + length
+    del body[:offset]
+    return messages
+
+
 def request_message(body: bytearray, encoding: str) -> bytes:
-    """The one length-prefixed message of a unary request, decompressed."""
-    if len(body) < 5:
-        raise CallError(grpc.StatusCode.INTERNAL, "the request carries no message")
-    compressed, length = struct.unpack_from(">BI", body)
-    if len(body) != 5 + length:
+    """The one message of a unary request, decompressed."""
+    messages = take_messages(body)
+    if len(messages) != 1 or body:
         raise CallError(grpc.StatusCode.INTERNAL, "a unary request carries one message")
-    payload = bytes(body[5:])
+    return decompressed(*messages[0], encoding)
+
+
+def decompressed(compressed: int, payload: bytes, encoding: str) -> bytes:
     if not compressed:
         return payload
     if encoding == "gzip":
@@ -147,11 +172,35 @@ def _decompress(payload: bytes, wbits: int) -> bytes:
         raise CallError(grpc.StatusCode.INTERNAL, f"cannot decompress the message: {exc}") from None
 
 
+class HeaderBlocks:
+    """A connection's header blocks read: HPACK-decoded, then what they say of the call."""
+
+    def __init__(self, max_list_size: int) -> None:
+        self.decoder = hpack.Decoder()
+        self.decoder.max_header_list_size = max_list_size
+        self.known: dict[bytes, CallHeaders] = {}
+
+    def decode(self, block: bytes) -> CallHeaders:
+        """A block of one-byte indexed fields only (a client's repeated call, once its headers
+        are in the table) changes no table and decodes the same until another block does:
+        those are kept, decoded once."""
+        call = self.known.get(block)
+        if call is not None:
+            return call
+        call = call_headers(cast(list[tuple[str, str]], self.decoder.decode(block)))
+        if block and min(block) >= 0x80:
+            if len(self.known) < 64:
+                self.known[block] = call
+        else:
+            self.known.clear()  # the table may have changed
+        return call
+
+
 class Stream:
     """One call: what its headers say, the request bytes so far, its task and send window."""
 
     __slots__ = ("id", "path", "metadata", "timeout", "encoding", "body", "unacked", "task",
-                 "send_window", "pending", "trailers", "closed")
+                 "inbox", "send_window", "headers_sent", "pending", "trailers", "closed")
 
     def __init__(self, stream_id: int, call: CallHeaders, send_window: int) -> None:
         self.id = stream_id
@@ -159,7 +208,10 @@ class Stream:
         self.body = bytearray()
         self.unacked = 0  # received bytes not yet credited back to the stream's window
         self.task: asyncio.Task[None] | None = None
+        # A streaming call's requests as they arrive (None after the client's last one).
+        self.inbox: asyncio.Queue[bytes | None] | None = None
         self.send_window = send_window
+        self.headers_sent = False
         self.pending = b""  # DATA the client's windows do not yet allow
         self.trailers = b""  # the status block, sent after the last of `pending`
         self.closed = False

@@ -8,7 +8,7 @@ import contextlib
 from typing import Any
 
 from surge.protocol.http2 import NO_ERROR
-from surge.server.grpc_calls import unary_methods
+from surge.server.grpc_calls import service_methods
 from surge.server.grpc_h2 import GrpcProtocol, ServerState
 from surge.server.limits import ConnectionLimits
 
@@ -45,7 +45,7 @@ async def start_grpc_h2_server(
     from surge.server.grpc_server import InferenceServicer
 
     servicer = servicer or InferenceServicer(engine, api_key)
-    state = ServerState(unary_methods(servicer), limits or ConnectionLimits(), max_message_bytes)
+    state = ServerState(service_methods(servicer), limits or ConnectionLimits(), max_message_bytes)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: GrpcProtocol(state), host, port,
                                       reuse_port=reuse_port or None, ssl=ssl_context)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -220,6 +220,36 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._log.finish(record, "OK", failed=False)
         return response
 
+    async def ModelStreamInfer(self, requests: AsyncIterator[Any],
+                               context: Any) -> AsyncIterator[Any]:
+        """The stream's requests, answered concurrently, each answer sent as it completes; a
+        request that fails gets its error in the stream, which goes on (as Triton does)."""
+        try:
+            self.authorize(context, Scope.INFER)
+        except SurgeError as exc:
+            await _abort(context, exc)
+        async for answer in answered_as_completed(
+                requests, lambda request: self._stream_answer(request, context)):
+            yield answer
+
+    async def _stream_answer(self, request: Any, context: Any) -> Any:
+        try:
+            name, version = check_name(request.model_name), _version(request.model_version)
+        except SurgeError as exc:
+            return _stream_error(request, exc)
+        record = self._log.begin("grpc", name, self._ids.accept(None), context.peer() or "",
+                                 None, asyncio.get_running_loop().time())
+        try:
+            response = await self._infer(name, version, request, record)
+        except asyncio.CancelledError:
+            self._log.finish(record, "CANCELLED", failed=True)
+            raise
+        except SurgeError as exc:
+            self._log.finish(record, _code(exc).name, failed=True)
+            return _stream_error(request, exc)
+        self._log.finish(record, "OK", failed=False)
+        return pb.ModelStreamInferResponse(infer_response=response)
+
     async def _infer(self, name: str, version: int | None, request: Any,
                      record: RequestRecord | None) -> Any:
         start = time.perf_counter()
@@ -267,6 +297,59 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except SurgeError as exc:
             await _abort(context, exc)
             raise AssertionError("unreachable") from exc
+
+
+# Requests of one stream computed at once; the stream's next requests wait to be read.
+STREAM_IN_FLIGHT = 256
+
+
+async def answered_as_completed(
+    requests: AsyncIterator[Any], answer: Callable[[Any], Awaitable[Any]],
+    limit: int = STREAM_IN_FLIGHT,
+) -> AsyncIterator[Any]:
+    """`answer(request)` for every request, up to `limit` at once, yielded as each completes.
+    Leaving early (the client cancelled) cancels the answers in progress."""
+    answers: asyncio.Queue[Any] = asyncio.Queue()
+    slots = asyncio.Semaphore(limit)
+    running: set[asyncio.Task[None]] = set()
+
+    async def one(request: Any) -> None:
+        try:
+            answers.put_nowait(await answer(request))
+        finally:
+            slots.release()
+
+    async def read_all() -> None:
+        async for request in requests:
+            await slots.acquire()
+            task = asyncio.create_task(one(request))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        await asyncio.gather(*running)
+        answers.put_nowait(_END_OF_STREAM)
+
+    def failed(task: asyncio.Task[None]) -> None:  # the loop below must not wait forever
+        if not task.cancelled() and task.exception() is not None:
+            answers.put_nowait(_END_OF_STREAM)
+
+    reader = asyncio.create_task(read_all())
+    reader.add_done_callback(failed)
+    try:
+        while (item := await answers.get()) is not _END_OF_STREAM:
+            yield item
+        await reader  # a failed read of the requests fails the call
+    finally:
+        for task in (reader, *running):
+            task.cancel()
+
+
+_END_OF_STREAM = object()
+
+
+def _stream_error(request: Any, error: Exception) -> Any:
+    _, message = http_error(error)
+    return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(
+        model_name=request.model_name, model_version=request.model_version, id=request.id))
 
 
 class LoadRefusedError(ServingError):

@@ -50,6 +50,18 @@ def test_http_infer_equals_in_process_engine(conformance: dict, expected: dict,
     assert (result["id"], result["version"]) == ("rq-1", "1")
 
 
+def test_grpc_stream_answers_each_request_and_reports_a_failed_one(
+        conformance: dict, expected: dict) -> None:
+    answers = conformance["grpc"]["stream"]
+    errors = [a["error"] for a in answers if "error" in a]
+    assert len(errors) == 1
+    assert "no-such-model" in errors[0]
+    results = sorted((a for a in answers if "error" not in a), key=lambda a: a["id"])
+    assert [a["id"] for a in results] == ["s-0", "s-2"]
+    for result in results:
+        np.testing.assert_array_equal(np.array(result["y"], np.float32), expected["y"])
+
+
 def test_grpc_infer_equals_in_process_engine(conformance: dict, expected: dict) -> None:
     result = conformance["grpc"]["infer"]
     np.testing.assert_array_equal(np.array(result["y"], np.float32), expected["y"])
@@ -167,12 +179,14 @@ def test_perf_analyzer_runs_10s_at_concurrency_8_without_errors(server: ServerPr
                                        "-H", f"Authorization: Bearer {API_KEY}"))
 
 
+@pytest.mark.parametrize("mode", ["unary", "streaming"])
 def test_perf_analyzer_grpc_runs_10s_at_concurrency_8_without_errors(
-        tiny_repo: Path, tmp_path: Path) -> None:
+        tiny_repo: Path, tmp_path: Path, mode: str) -> None:
     # A server without a key: perf_analyzer sends -H headers over HTTP only.
     served = start_server(tiny_repo, tmp_path / "server.log")
     try:
-        output = _perf_analyzer(served.grpc, "grpc")
+        output = _perf_analyzer(served.grpc, "grpc",
+                                *(["--streaming"] if mode == "streaming" else []))
     finally:
         assert served.stop() == 0, served.output()
     _ran_without_errors(output)

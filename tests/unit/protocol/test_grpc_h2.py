@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 from surge.protocol.http2 import PREFACE, encode_headers, hpack_integer
-from surge.server.grpc_calls import call_headers, parse_timeout
+from surge.server.grpc_calls import HeaderBlocks, Method, call_headers, parse_timeout
 from surge.server.grpc_h2 import GrpcProtocol, ServerState
 from surge.server.grpc_listener import start_grpc_h2_server
+from surge.server.grpc_server import answered_as_completed
 from surge.server.limits import ConnectionLimits
 from tests.cli_runner import run_cli
 
@@ -55,6 +56,14 @@ class FakeServicer:
 
     async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
         raise RuntimeError("a bug")
+
+    async def ModelStreamInfer(self, requests: Any, context: Any) -> Any:  # noqa: N802
+        """Each request echoed as it arrives; a model named "boom" ends the call."""
+        async for request in requests:
+            if request.model_name == "boom":
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "boom")
+            yield pb.ModelStreamInferResponse(infer_response=pb.ModelInferResponse(
+                model_name=request.model_name, raw_output_contents=request.raw_input_contents))
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         async def unused(request: Any, context: Any) -> Any:
@@ -145,7 +154,7 @@ async def test_unexpected_error_is_internal(served: Served) -> None:
 @served
 async def test_streaming_and_unknown_methods_are_unimplemented(served: Served) -> None:
     async with grpc.aio.insecure_channel(served[2]) as channel:
-        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")()
+        stream = channel.stream_stream("/inference.GRPCInferenceService/StreamNope")()
         # The client keeps its side open, waiting for answers: the status comes at once.
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await asyncio.wait_for(stream.read(), 5)
@@ -195,8 +204,8 @@ async def test_drain_finishes_calls_in_progress_and_refuses_new_ones(served: Ser
         await asyncio.sleep(0.3)
         return pb.ModelInferResponse(model_name="finished")
 
-    server.state.methods["/inference.GRPCInferenceService/ModelInfer"] = (
-        slow_infer, pb.ModelInferRequest)
+    server.state.methods["/inference.GRPCInferenceService/ModelInfer"] = Method(
+        slow_infer, pb.ModelInferRequest, False)
     async with grpc.aio.insecure_channel(address) as channel:
         call = _stub(channel).ModelInfer(pb.ModelInferRequest())
         await asyncio.sleep(0.1)
@@ -320,7 +329,7 @@ def test_serve_refuses_an_unknown_grpc_server_in_one_line(
 def test_repeated_header_blocks_decode_as_hpack_decodes_them() -> None:
     """Blocks kept decoded (all fields indexed) are dropped once the table changes: the same
     bytes then name other entries."""
-    connection = GrpcProtocol(ServerState({}, ConnectionLimits(), 1 << 20))
+    blocks = HeaderBlocks(1 << 16)
     reference, encoder = hpack.Decoder(), hpack.Encoder()
 
     def call(path: str) -> list[tuple[str, str]]:
@@ -333,7 +342,7 @@ def test_repeated_header_blocks_decode_as_hpack_decodes_them() -> None:
     assert min(other) < 0x80
     for block in (first, repeat, repeat, other, repeat, repeat):
         expected = call_headers(reference.decode(block))
-        assert connection._decode(block) == expected
+        assert blocks.decode(block) == expected
     assert call_headers(reference.decode(repeat))[0] == "/s/B"  # the same bytes, moved on
 
 
@@ -384,7 +393,7 @@ def test_arbitrary_frames_never_raise_out_of_the_protocol(
     """Whatever a client sends, the protocol answers, refuses or closes: it never raises."""
     servicer = FakeServicer()
     methods = {"/inference.GRPCInferenceService/ModelInfer":
-               (servicer.ModelInfer, pb.ModelInferRequest)}
+               Method(servicer.ModelInfer, pb.ModelInferRequest, False)}
 
     async def main() -> None:
         connection = GrpcProtocol(ServerState(methods, ConnectionLimits(), 1 << 16))
@@ -400,3 +409,82 @@ def test_arbitrary_frames_never_raise_out_of_the_protocol(
         connection.connection_lost(None)
 
     asyncio.run(main())
+
+
+@served
+async def test_a_stream_answers_each_request_while_the_client_still_sends(
+        served: Served) -> None:
+    async with grpc.aio.insecure_channel(served[2]) as channel:
+        call = _stub(channel).ModelStreamInfer()
+        for i in range(3):  # each answer read before the next request is written
+            await call.write(pb.ModelInferRequest(model_name=str(i), raw_input_contents=[b"x"]))
+            answer = await asyncio.wait_for(call.read(), 5)
+            assert answer.infer_response.model_name == str(i)
+        blob = b"y" * 3_000_000  # past the windows, both ways
+        await call.write(pb.ModelInferRequest(model_name="big", raw_input_contents=[blob]))
+        assert (await call.read()).infer_response.raw_output_contents == [blob]
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
+
+
+@served
+async def test_a_stream_ends_with_the_status_its_handler_gives(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served[2]) as channel:
+        call = _stub(channel).ModelStreamInfer()
+        await call.write(pb.ModelInferRequest(model_name="a"))
+        assert (await call.read()).infer_response.model_name == "a"
+        await call.write(pb.ModelInferRequest(model_name="boom"))
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await asyncio.wait_for(call.read(), 5)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@served
+async def test_an_idle_open_stream_is_not_cut_by_the_body_timeout(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served[2]) as channel:
+        call = _stub(channel).ModelStreamInfer()
+        await call.write(pb.ModelInferRequest(model_name="a"))
+        await call.read()
+        await asyncio.sleep(1.2)  # body and idle timeouts are 0.5 s here
+        await call.write(pb.ModelInferRequest(model_name="b"))
+        assert (await asyncio.wait_for(call.read(), 5)).infer_response.model_name == "b"
+        await call.done_writing()
+        assert await call.code() == grpc.StatusCode.OK
+
+
+def test_stream_answers_come_as_they_complete_within_the_limit() -> None:
+    running, most, cancelled = 0, 0, []
+
+    async def answer(delay: float) -> float:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            cancelled.append(delay)
+            raise
+        finally:
+            running -= 1
+        return delay
+
+    async def requests(delays: list[float]) -> AsyncIterator[float]:
+        for delay in delays:
+            yield delay
+
+    async def main() -> tuple[list[float], int, list[float]]:
+        whole = [a async for a in answered_as_completed(requests([0.3, 0.0, 0.1, 0.05]),
+                                                        answer, limit=2)]
+        at_once = most
+        early = answered_as_completed(requests([5.0, 0.0, 5.0]), answer)
+        first = [await anext(early)]
+        await early.aclose()  # the client went away: the answers still running stop
+        await asyncio.sleep(0)
+        return whole, at_once, first
+
+    whole, at_once, first = asyncio.run(main())
+    assert whole == [0.0, 0.1, 0.05, 0.3]  # 0.05 waited for the slot 0.1 held (limit 2)
+    assert at_once == 2
+    assert first == [0.0]
+    assert sorted(cancelled) == [5.0, 5.0]

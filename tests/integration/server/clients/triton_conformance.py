@@ -8,6 +8,7 @@ Usage: triton_conformance.py HTTP_HOST:PORT GRPC_HOST:PORT MODEL API_KEY
 from __future__ import annotations
 
 import json
+import queue
 import sys
 
 import numpy as np
@@ -93,7 +94,24 @@ def run_grpc(url: str, model: str, key: str) -> dict:
         out["no_key"] = "no error"
     except grpcclient.InferenceServerException as exc:
         out["no_key"] = exc.status()
+    out["stream"] = run_stream(client, model, inputs, headers)
     return out
+
+
+def run_stream(client: grpcclient.InferenceServerClient, model: str, inputs: list,
+               headers: dict) -> list:
+    """Three requests on one ModelStreamInfer stream, the second for a model that is not there:
+    what the callback got, in the order it got it."""
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)),
+                        headers=headers)
+    for i, name in enumerate([model, "no-such-model", model]):
+        client.async_stream_infer(name, inputs, request_id=f"s-{i}")
+    got = [answers.get(timeout=60) for _ in range(3)]
+    client.stop_stream()
+    return [{"error": str(error)} if error is not None else
+            {"id": result.get_response().id, "y": result.as_numpy("y").tolist()}
+            for result, error in got]
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ from surge.protocol.http2 import (
     SETTINGS,
     WINDOW_UPDATE,
     Http2Error,
+    data_frames,
     encode_headers,
     frame,
     frame_content,
@@ -111,11 +112,9 @@ class GrpcConnection(asyncio.Protocol):
         data, call.pending = call.pending[:allowed], call.pending[allowed:]
         self.send_window -= allowed
         call.send_window -= allowed
-        last = len(data)
-        for start in range(0, last, self.max_send_frame):
-            end = min(start + self.max_send_frame, last)
-            done = end == last and not call.pending
-            self._write(frame(DATA, END_STREAM if done else 0, stream_id, data[start:end]))
+        if data:
+            self._write(data_frames(stream_id, data, self.max_send_frame,
+                                    end_stream=not call.pending))
 
     # --- frames in -------------------------------------------------------------------------
 

@@ -38,6 +38,14 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return FRAME_HEADER.pack((len(payload) << 8) | kind, flags, stream_id) + payload
 
 
+def data_frames(stream_id: int, data: bytes, max_frame: int, *, end_stream: bool = False) -> bytes:
+    """`data` as DATA frames of at most `max_frame` bytes, END_STREAM on the last if asked."""
+    starts = range(0, len(data), max_frame)
+    last = starts[-1] if starts else -1
+    return b"".join(frame(DATA, END_STREAM if end_stream and start == last else 0, stream_id,
+                          data[start:start + max_frame]) for start in starts)
+
+
 def read_frames(buffer: bytearray, max_length: int) -> list[tuple[int, int, int, bytes]]:
     """(type, flags, stream id, payload) of each complete frame at the start of `buffer`, which
     loses their bytes (a frame not yet complete stays)."""

@@ -104,11 +104,12 @@ class GrpcProtocol(asyncio.Protocol):
         if isinstance(address, tuple):
             family = "ipv6" if ":" in address[0] else "ipv4"
             self.peer = f"{family}:{address[0]}:{address[1]}"
-        transport.write(h2.frame(h2.SETTINGS, 0, 0, struct.pack(
-            ">HIHIHIHI", h2.MAX_CONCURRENT_STREAMS, self.state.limits.max_streams,
-            h2.INITIAL_WINDOW_SIZE, RECEIVE_WINDOW, h2.MAX_FRAME_SIZE, RECEIVE_FRAME,
-            h2.MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST))
-            + h2.frame(h2.WINDOW_UPDATE, 0, 0, struct.pack(">I", RECEIVE_WINDOW - h2.DEFAULT_WINDOW)))
+        settings = struct.pack(">HIHIHIHI", h2.MAX_CONCURRENT_STREAMS, self.state.limits.max_streams,
+                               h2.INITIAL_WINDOW_SIZE, RECEIVE_WINDOW, h2.MAX_FRAME_SIZE,
+                               RECEIVE_FRAME, h2.MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST)
+        window = struct.pack(">I", RECEIVE_WINDOW - h2.DEFAULT_WINDOW)
+        transport.write(h2.frame(h2.SETTINGS, 0, 0, settings)
+                        + h2.frame(h2.WINDOW_UPDATE, 0, 0, window))
         self._arm("handshake", self.state.limits.header_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -399,15 +400,15 @@ class GrpcProtocol(asyncio.Protocol):
         once the call has ended."""
         data = stream.pending
         allowed = max(0, min(len(data), self.send_window, stream.send_window))
-        chunks = [h2.frame(h2.DATA, 0, stream.id, data[i:i + self.max_send_frame])
-                  for i in range(0, allowed, self.max_send_frame)]
+        frames = h2.data_frames(stream.id, data[:allowed], self.max_send_frame)
         self.send_window -= allowed
         stream.send_window -= allowed
         stream.pending = data[allowed:]
         done = not stream.pending and bool(stream.trailers)
         if done:
-            chunks.append(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream.id, stream.trailers))
-        self._write(b"".join(chunks))
+            frames += h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream.id,
+                               stream.trailers)
+        self._write(frames)
         if done:
             self._forget(stream)
 

@@ -208,16 +208,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                  _str(metadata.get("traceparent")),
                                  asyncio.get_running_loop().time())
         try:
-            response = await self._infer(name, version, request, record)
-        except asyncio.CancelledError:
-            self._log.finish(record, "CANCELLED", failed=True)
-            raise
+            response = await self._logged_infer(name, version, request, record)
         except SurgeError as exc:
-            self._log.finish(record, _code(exc).name, failed=True)
             await _abort(context, exc, request_id)
             raise AssertionError("unreachable") from exc
         context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-        self._log.finish(record, "OK", failed=False)
         return response
 
     async def ModelStreamInfer(self, requests: AsyncIterator[Any],
@@ -240,15 +235,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         record = self._log.begin("grpc", name, self._ids.accept(None), context.peer() or "",
                                  None, asyncio.get_running_loop().time())
         try:
+            response = await self._logged_infer(name, version, request, record)
+        except SurgeError as exc:
+            return _stream_error(request, exc)
+        return pb.ModelStreamInferResponse(infer_response=response)
+
+    async def _logged_infer(self, name: str, version: int | None, request: Any,
+                            record: RequestRecord | None) -> Any:
+        """`_infer`, with the request log's line finished by how it ended."""
+        try:
             response = await self._infer(name, version, request, record)
         except asyncio.CancelledError:
             self._log.finish(record, "CANCELLED", failed=True)
             raise
         except SurgeError as exc:
             self._log.finish(record, _code(exc).name, failed=True)
-            return _stream_error(request, exc)
+            raise
         self._log.finish(record, "OK", failed=False)
-        return pb.ModelStreamInferResponse(infer_response=response)
+        return response
 
     async def _infer(self, name: str, version: int | None, request: Any,
                      record: RequestRecord | None) -> Any:

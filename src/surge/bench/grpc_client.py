@@ -36,6 +36,7 @@ from surge.protocol.http2 import (
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
+    CoalescedWrites,
     Http2Error,
     data_frames,
     encode_headers,
@@ -57,12 +58,12 @@ class _Call:
     unacked: int = 0  # answer bytes received, not yet credited back to the stream
 
 
-class GrpcConnection(asyncio.Protocol):
+class GrpcConnection(CoalescedWrites):
     """One HTTP/2 connection carrying any number of concurrent unary calls."""
 
     def __init__(self, header_block: bytes) -> None:
+        super().__init__()
         self.header_block = header_block
-        self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.decoder = hpack.Decoder()
         self.calls: dict[int, _Call] = {}
@@ -74,10 +75,9 @@ class GrpcConnection(asyncio.Protocol):
         self.block = bytearray()  # the header block being read (HEADERS, CONTINUATIONs)
         self.block_ends_stream = False
         self.closed = False
-        self.out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
         self._write(PREFACE + frame(SETTINGS, 0, 0, struct.pack(
             ">HIHIHI", ENABLE_PUSH, 0, INITIAL_WINDOW_SIZE, RECEIVE_WINDOW, MAX_FRAME_SIZE,
             MAX_FRAME)) + frame(WINDOW_UPDATE, 0, 0, struct.pack(
@@ -211,18 +211,6 @@ class GrpcConnection(asyncio.Protocol):
         if self.closed and not self.calls and self.transport is not None:
             self.transport.close()
 
-    # --- frames out ------------------------------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        if not self.out:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self.out.append(data)
-
-    def _flush(self) -> None:
-        if self.out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self.out))
-        self.out.clear()
-
 
 def _outcome(status: str) -> str:
     code = int(status) if status.isdigit() else 2  # UNKNOWN
@@ -275,4 +263,4 @@ class LeanGrpcTransport:
             if opened is None or not opened.done() or opened.exception() is not None:
                 continue
             if opened.result().transport is not None:
-                opened.result().transport.close()  # type: ignore[union-attr]
+                opened.result().transport.close()

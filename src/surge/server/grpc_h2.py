@@ -63,12 +63,12 @@ class ServerState:
         self.draining = False
 
 
-class GrpcProtocol(asyncio.Protocol):
+class GrpcProtocol(h2.CoalescedWrites):
     """One client connection: HTTP/2 frames in, gRPC calls dispatched, answers framed out."""
 
     def __init__(self, state: ServerState) -> None:
+        super().__init__()
         self.state = state
-        self.transport: Any = None
         self.buffer = bytearray()
         self.preface = False
         self.header_blocks = HeaderBlocks(MAX_HEADER_LIST)
@@ -84,7 +84,6 @@ class GrpcProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.timer_kind = ""  # handshake, body or idle
         self.going_away = False  # a GOAWAY was sent: close once the open calls are answered
-        self.out: list[bytes] = []  # frames to send at the end of this turn of the loop
         self.drained: asyncio.Event | None = None
         self.by_type: dict[int, Callable[[int, int, bytes], None]] = {
             h2.DATA: self._data, h2.HEADERS: self._headers, h2.CONTINUATION: self._continuation,
@@ -441,18 +440,6 @@ class GrpcProtocol(asyncio.Protocol):
             self._arm("idle", limits.idle_timeout_s)
 
     # --- plumbing --------------------------------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        """Queue frames; they go out in one write when this turn of the event loop ends, with
-        those of every other call answered in it (a write per answer cost a system call)."""
-        if not self.out:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self.out.append(data)
-
-    def _flush(self) -> None:
-        if self.out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self.out))
-        self.out.clear()
 
     def _close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

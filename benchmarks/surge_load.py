@@ -3,13 +3,15 @@
 For each model (`fashion`, the default; `resnet64`, ResNet-18 at 3x64x64) the capacity of the
 untuned config is measured first (closed loop, 64 clients), then an open-loop trace with
 Poisson arrivals is replayed against each configuration (benchmarks/load_models.py): `--phase`
-seconds at half that capacity, at `--surge` times it, and at half again. Every request
-carries the SLO as its deadline, so what cannot be answered in time is refused at admission
-or expires in the queue. Per 1-s window: p99, goodput (answers within the SLO per second),
-shed requests, the variant mix and the mean accuracy of the answers (each answer carries its
-variant's measured accuracy). Then one closed-loop client's p50 on each configuration beside
-the in-process batch-1 time, and, for `resnet64`, one closed-loop client over HTTP against
-Surge (adaptive config) and against the naive FastAPI server (benchmarks/naive_server.py).
+seconds at half that capacity, at `--surge` times it, and at half again. Every request carries
+the SLO as its deadline, counted from its scheduled arrival (as a client with an absolute
+deadline sends it: a request the generator sends late has that much less left), so what cannot
+be answered in time is refused at admission or expires in the queue. Per 1-s window: p99,
+goodput (answers within the SLO per second), shed requests, the variant mix and the mean
+accuracy of the answers (each answer carries its variant's measured accuracy). Then one
+closed-loop client's p50 on each configuration beside the in-process batch-1 time, and, for
+`resnet64`, one closed-loop client over HTTP against Surge (adaptive config) and against the
+naive FastAPI server (benchmarks/naive_server.py).
 
 Configurations: `untuned` (committed config), `peak` (the static config `surge tune` picks for
 the peak rate over [original, int8-static], about 3 minutes a model; its report is saved beside
@@ -17,7 +19,9 @@ the results as `<out>_tune_<model>.json`; `--hand-peak`: int8-static with the un
 instead), `adaptive` (SLO control with the accuracy ladder [original, int8-static], on the
 tune's pick's batching and layout as `surge tune --slo-p99` writes them; `--adaptive-layout
 untuned` keeps the untuned config's; `--adaptive-placement in-process` serves its instances on
-threads of the engine's process instead of worker processes).
+threads of the engine's process instead of worker processes, `shared` in worker processes that
+the ladder's rungs share, a worker group; `--configs adaptive` replays the trace against that
+one only).
 
     .venv/bin/python benchmarks/surge_load.py                       # the recorded run: 30 s phases
     .venv/bin/python benchmarks/surge_load.py --phase 5 --models fashion   # a quick look
@@ -106,7 +110,8 @@ async def capacity(engine: Engine, model: str, inputs: dict[str, np.ndarray],
 
 async def trace(engine: Engine, model: str, inputs: dict[str, np.ndarray],
                 rates: list[tuple[float, float]], slo_s: float) -> list[Outcome]:
-    """Open-loop Poisson arrivals at each (rate, seconds)."""
+    """Open-loop Poisson arrivals at each (rate, seconds); each request's deadline is its
+    scheduled arrival plus `slo_s`, and its latency counts from that arrival too."""
     outcomes: list[Outcome] = []
     rng = random.Random(0)
     start = time.perf_counter()
@@ -116,7 +121,7 @@ async def trace(engine: Engine, model: str, inputs: dict[str, np.ndarray],
         route = VariantRoute()
         request_route.set(route)  # this task's own context: the engine names the variant
         try:
-            await engine.infer(model, None, inputs, timeout_us=int(slo_s * 1e6))
+            await engine.infer(model, None, inputs, timeout_us=max(1, int((slo_s - late) * 1e6)))
             outcomes.append((offset, time.perf_counter() - start - offset, route.served, late))
         except (QueueFullError, DeadlineExceededError):
             outcomes.append((offset, None, None, late))
@@ -291,7 +296,7 @@ def peak_by_tune(model: LoadModel, rate: float, args: argparse.Namespace) -> dic
 async def run_model(model: LoadModel, args: argparse.Namespace, cap: float) -> dict[str, Any]:
     slo_s = args.slo_ms / 1e3
     rates = [(cap / 2, args.phase), (cap * args.surge, args.phase), (cap / 2, args.phase)]
-    runs = [await measure(model, config, rates, slo_s, args.phase) for config in CONFIGS]
+    runs = [await measure(model, config, rates, slo_s, args.phase) for config in args.configs]
     batch1 = in_process_batch1_ms(model.onnx, model.inputs)
     for run in runs:
         summarise(run, model, args.phase, args.slo_ms, batch1)
@@ -352,7 +357,7 @@ def print_model(result: dict[str, Any], phase: float, slo_ms: float) -> None:
               f"reason {run['shed_reasons']}, mean batch {run['mean_batch']}; gc pauses over "
               f"20 ms: {run['gc_pauses_ms']}")
     goodput = {r["config"]: r["summary"]["surge_goodput_per_s"] for r in result["runs"]}
-    if goodput.get("untuned") and goodput.get("peak"):
+    if goodput.get("untuned") and goodput.get("peak") and "adaptive" in goodput:
         print(f"  adaptive surge goodput: {goodput['adaptive'] / goodput['untuned']:.2f}x "
               f"untuned, {goodput['adaptive'] / goodput['peak']:.2f}x peak")
     if "one_client_http" in result:
@@ -396,10 +401,16 @@ def run_all(args: argparse.Namespace) -> None:
 
 
 def place_adaptive(model: LoadModel, placement: str) -> None:
-    """The adaptive config with its instances where `placement` says."""
+    """The adaptive config with its instances where `placement` says: `shared` keeps them in
+    worker processes, but the ladder's rungs share them (a worker group of as many processes
+    as the config has instances), so the rungs never compute beside each other."""
     path = model.repo / "adaptive" / "config.yaml"
     config = yaml.safe_load(path.read_text())
-    config["placement"] = placement
+    if placement == "shared":
+        processes = config.pop("instances", 1)
+        config["worker"] = {"group": "adaptive-rungs", "processes": processes}
+    else:
+        config["placement"] = placement
     path.write_text(yaml.safe_dump(config))
 
 
@@ -428,9 +439,12 @@ def main() -> None:
     parser.add_argument("--adaptive-layout", choices=("tuned", "untuned"), default="tuned",
                         help="the adaptive config's batching and layout: the tune's peak pick "
                              "(as `surge tune --slo-p99` writes it) or the untuned config's")
-    parser.add_argument("--adaptive-placement", choices=("local", "in-process"), default="local",
-                        help="the adaptive config's instances: worker processes or threads of "
-                             "the engine's process")
+    parser.add_argument("--adaptive-placement", choices=("local", "in-process", "shared"),
+                        default="local",
+                        help="the adaptive config's instances: worker processes, threads of "
+                             "the engine's process, or worker processes the rungs share")
+    parser.add_argument("--configs", type=lambda t: t.split(","), default=list(CONFIGS),
+                        help=f"which of {','.join(CONFIGS)} to replay the trace against")
     parser.add_argument("--out", default="surge_load.json", help="under benchmarks/results/")
     parser.add_argument("--plot", default=str(PLOT.relative_to(ROOT)))
     run_all(parser.parse_args())

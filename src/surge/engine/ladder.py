@@ -65,7 +65,7 @@ def rung_config(config: ModelConfig, rung: str) -> ModelConfig:
         "variant": None if rung == ORIGINAL else rung})
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LadderRequest:
     """One request to a laddered model, before the controller picks its rung."""
 
@@ -151,18 +151,22 @@ class ServedLadder:
             raise ModelNotReadyError(f"model {self.name!r} is not accepting requests")
         now = self._clock()
         self._rate.arrive(now, self._rows(request.inputs))
-        level = self.controller.level
-        self.controller.update(now, self._rate.rate(now))
-        if self.controller.level != level:
-            log.info("model %s: ladder shares now %s (predicted p99 %.1f ms)", self.name,
-                     self.controller.shares(), self.controller.predicted_p99 * 1e3)
-            self._publish_shares()
+        if self.controller.due(now):
+            self._decide(now)
         rung = self.rungs[self.controller.choose(request.pinned)]
         queued = rung.make_request(request.inputs, request.outputs, request.priority,
                                    request.timeout_us, request.request_id)
         outputs = await rung.infer(queued)
         self._m_served[rung.variant_name].inc()
         return outputs
+
+    def _decide(self, now: float) -> None:
+        level = self.controller.level
+        self.controller.update(now, self._rate.rate(now))
+        if self.controller.level != level:
+            log.info("model %s: ladder shares now %s (predicted p99 %.1f ms)", self.name,
+                     self.controller.shares(), self.controller.predicted_p99 * 1e3)
+            self._publish_shares()
 
     def _rows(self, inputs: Mapping[str, np.ndarray]) -> int:
         """Items the request brings: the controller plans in items, as batches are sized."""

@@ -118,17 +118,40 @@ def rung_p99(rate: float, batch_time: Callable[[int], float | None], rung: Rung,
 
 
 class WindowRate:
-    """Items (rows) per second over the last `window_s` (a count, so Poisson arrivals read
-    right: a median gap would read them 1/ln 2 = 1.44 times too fast)."""
+    """Items (rows) per second: the larger of the counts over the last `window_s` and over the
+    last `quick_s` (a count, so Poisson arrivals read right: a median gap would read them
+    1/ln 2 = 1.44 times too fast).
 
-    def __init__(self, window_s: float = 0.5) -> None:
-        if window_s <= 0:
-            raise ValueError(f"window_s must be > 0, got {window_s}")
+    The quick window sees a surge within a tenth of a second: over the long window alone a
+    3x surge read as a ramp for half a second, so the ladder moved down step by step behind it
+    while the expensive rung took most of the surge's first half second. A fall still takes the
+    long window to show, which is the side where waiting costs nothing."""
+
+    def __init__(self, window_s: float = 0.5, quick_s: float | None = 0.1) -> None:
+        if window_s <= 0 or (quick_s is not None and not 0 < quick_s <= window_s):
+            raise ValueError(f"need 0 < quick_s <= window_s, got {quick_s} and {window_s}")
+        self._long = _Count(window_s)
+        self._quick = _Count(quick_s) if quick_s is not None else None
+
+    def arrive(self, now: float, items: int = 1) -> None:
+        self._long.arrive(now, items)
+        if self._quick is not None:
+            self._quick.arrive(now, items)
+
+    def rate(self, now: float) -> float:
+        long = self._long.rate(now)
+        return long if self._quick is None else max(long, self._quick.rate(now))
+
+
+class _Count:
+    """Items that arrived within the last `window_s`."""
+
+    def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self._times: deque[tuple[float, int]] = deque()
         self._items = 0
 
-    def arrive(self, now: float, items: int = 1) -> None:
+    def arrive(self, now: float, items: int) -> None:
         self._times.append((now, items))
         self._items += items
         self._forget(now)
@@ -155,6 +178,8 @@ class LadderController:
         self.level = 0.0
         self.predicted_p99 = 0.0  # of the current mix, at the last decision
         self._credit = [0.0] * len(self.rungs)
+        self._shares = shares_at(0.0, len(self.rungs))
+        self._whole: str | None = self.rungs[0].name  # the rung taking all unpinned traffic
         self._decided = -math.inf
         self._calm_since: float | None = None
         self._pressed_since: float | None = None  # predicted past the SLO since
@@ -190,10 +215,14 @@ class LadderController:
                                             self.settings.max_utilisation))
         return worst
 
+    def due(self, now: float) -> bool:
+        """Whether `update` would decide at `now` (the caller measures the rate only then)."""
+        return now - self._decided >= self.settings.interval_s - 1e-9  # float ticks of it
+
     def update(self, now: float, rate: float) -> None:
         """Decide, at most once per `interval_s`: a step down, a step up, or stay."""
         settings = self.settings
-        if now - self._decided < settings.interval_s - 1e-9:  # float ticks of exactly it
+        if not self.due(now):
             return
         self._decided = now
         self.predicted_p99 = self.predict(self.level, rate)
@@ -231,6 +260,10 @@ class LadderController:
     def _move(self, level: float) -> None:
         self.level = level
         self._credit = [0.0] * len(self.rungs)
+        self._shares = shares_at(level, len(self.rungs))
+        whole = [r.name for r, share in zip(self.rungs, self._shares, strict=True)
+                 if share == 1.0]
+        self._whole = whole[0] if whole else None
 
     def choose(self, pinned: str | None = None) -> str:
         """The rung that computes the next request: its pin, or the next by the shares."""
@@ -238,7 +271,9 @@ class LadderController:
             if pinned not in self.names:
                 raise ValueError(f"{pinned!r} is not on the ladder ({', '.join(self.names)})")
             return pinned
-        shares = shares_at(self.level, len(self.rungs))
+        if self._whole is not None:  # one rung takes it all: no round robin to keep
+            return self._whole
+        shares = self._shares
         for index, share in enumerate(shares):
             self._credit[index] += share
         chosen = max(range(len(shares)), key=lambda i: (self._credit[i], -i))

@@ -201,7 +201,8 @@ class WorkerPool:
     @property
     def ready(self) -> bool:
         """All instances warmed up once, and at least one alive now: it serves from those."""
-        return self._warm and not self._stopping and self.live > 0
+        return self._warm and not self._stopping and any(
+            w is not None and w.state is State.READY for w in self._workers)
 
     @property
     def idle_count(self) -> int:

@@ -252,3 +252,49 @@ def test_window_rate_counts_items() -> None:
     rate.arrive(0.5, 8)
     assert rate.rate(0.9) == 16.0
     assert rate.rate(1.2) == 8.0
+
+
+def test_window_rate_shows_a_rise_within_the_quick_window_and_a_fall_over_the_long() -> None:
+    rate = WindowRate(window_s=0.5, quick_s=0.1)
+    for i in range(100):
+        rate.arrive(i * 0.01)  # 100/s for 1 s, then 1,000/s
+    for i in range(50):
+        rate.arrive(1.0 + i * 0.001)
+    assert rate.rate(1.049) == pytest.approx(550.0)  # (50 + 5) in the last 0.1 s
+    assert WindowRate(window_s=0.5, quick_s=None).rate(0.0) == 0.0
+    slow = WindowRate(window_s=0.5, quick_s=None)
+    for i in range(100):
+        slow.arrive(i * 0.01)
+    for i in range(50):
+        slow.arrive(1.0 + i * 0.001)
+    assert slow.rate(1.049) == pytest.approx(190.0)  # (45 + 50) / 0.5: a ramp
+    assert rate.rate(1.4) == slow.rate(1.4) > 0.0  # a fall shows over the long window
+    with pytest.raises(ValueError, match="quick_s"):
+        WindowRate(window_s=0.5, quick_s=1.0)
+
+
+def surge_mix_reached_after(quick_s: float | None) -> float:
+    """Seconds after a 2.5x surge starts until the controller's mix is the one the surge's
+    rate needs, with the controller fed each arrival's rate as `ServedLadder.infer` feeds it."""
+    ladder = controller()
+    rate = WindowRate(window_s=0.5, quick_s=quick_s)
+    calm, surge = 0.5 * capacity("original"), 2.5 * capacity("original")
+    needed = controller().needed_level(surge)
+    assert 0.0 < needed <= ladder.depth
+    now = 0.0
+    while now < 2.0:
+        now += 1.0 / calm
+        rate.arrive(now)
+        ladder.update(now, rate.rate(now))
+    assert ladder.level == 0.0
+    start = now
+    while ladder.level < needed:
+        now += 1.0 / surge
+        rate.arrive(now)
+        ladder.update(now, rate.rate(now))
+    return now - start
+
+
+def test_the_ladder_moves_within_a_tenth_of_a_second_of_a_surge() -> None:
+    assert surge_mix_reached_after(0.1) <= 0.1
+    assert surge_mix_reached_after(None) > 0.2  # the long window alone reads a ramp

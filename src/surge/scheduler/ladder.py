@@ -196,8 +196,7 @@ class LadderController:
 
     def shares(self) -> dict[str, float]:
         """Share of the unpinned traffic each usable rung takes now."""
-        return dict(zip((r.name for r in self.rungs), shares_at(self.level, len(self.rungs)),
-                        strict=True))
+        return dict(zip((r.name for r in self.rungs), self._shares, strict=True))
 
     @property
     def saturated(self) -> bool:

@@ -190,7 +190,11 @@ def test_onnx_model_takes_pytorch_verbs_from_its_torch_twin(repo: Path) -> None:
     module.load_state_dict(load_file(str(repo / "tiny" / "1" / "model.safetensors")))
     export_onnx(module, (torch.zeros(1, 1, 28, 28),), repo / "served" / "1" / "model.onnx",
                 ["image"], ["logits"])
-    (repo / "served" / "config.yaml").write_text("labels: [a, b, c, d, e, f, g, h, i, j]\n")
+    # checked on the test images, as the twin would be: on random pixels the agreement of a
+    # model this small after pruning is a coin toss (0.23 after a package update, 0.5 before)
+    (repo / "served" / "config.yaml").write_text(
+        "labels: [a, b, c, d, e, f, g, h, i, j]\n"
+        "parameters: {task: classification, dataset: fashion-mnist}\n")
     options = replace(FAST, torch_model="tiny", tolerance=Tolerance(min_top1=0.5))
     outcome, = optimize_model(repo, "served", parse_variants("prune-30"), options)
     assert outcome.kept

@@ -65,7 +65,7 @@ def rung_config(config: ModelConfig, rung: str) -> ModelConfig:
         "variant": None if rung == ORIGINAL else rung})
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True)
 class LadderRequest:
     """One request to a laddered model, before the controller picks its rung."""
 

@@ -179,7 +179,6 @@ class LadderController:
         self.predicted_p99 = 0.0  # of the current mix, at the last decision
         self._credit = [0.0] * len(self.rungs)
         self._shares = shares_at(0.0, len(self.rungs))
-        self._whole: str | None = self.rungs[0].name  # the rung taking all unpinned traffic
         self._decided = -math.inf
         self._calm_since: float | None = None
         self._pressed_since: float | None = None  # predicted past the SLO since
@@ -260,9 +259,6 @@ class LadderController:
         self.level = level
         self._credit = [0.0] * len(self.rungs)
         self._shares = shares_at(level, len(self.rungs))
-        whole = [r.name for r, share in zip(self.rungs, self._shares, strict=True)
-                 if share == 1.0]
-        self._whole = whole[0] if whole else None
 
     def choose(self, pinned: str | None = None) -> str:
         """The rung that computes the next request: its pin, or the next by the shares."""
@@ -270,9 +266,9 @@ class LadderController:
             if pinned not in self.names:
                 raise ValueError(f"{pinned!r} is not on the ladder ({', '.join(self.names)})")
             return pinned
-        if self._whole is not None:  # one rung takes it all: no round robin to keep
-            return self._whole
         shares = self._shares
+        if 1.0 in shares:  # one rung takes it all: no round robin to keep
+            return self.rungs[shares.index(1.0)].name
         for index, share in enumerate(shares):
             self._credit[index] += share
         chosen = max(range(len(shares)), key=lambda i: (self._credit[i], -i))

@@ -201,8 +201,7 @@ class WorkerPool:
     @property
     def ready(self) -> bool:
         """All instances warmed up once, and at least one alive now: it serves from those."""
-        return self._warm and not self._stopping and any(
-            w is not None and w.state is State.READY for w in self._workers)
+        return self._warm and not self._stopping and self.live > 0
 
     @property
     def idle_count(self) -> int:

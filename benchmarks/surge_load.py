@@ -414,6 +414,16 @@ def place_adaptive(model: LoadModel, placement: str) -> None:
     path.write_text(yaml.safe_dump(config))
 
 
+def config_names(text: str) -> list[str]:
+    """`untuned,adaptive` -> the configurations to replay, each one of CONFIGS."""
+    names = text.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown configuration {unknown[0]!r}: expected some "
+                                         f"of {','.join(CONFIGS)}")
+    return names
+
+
 def capacities(text: str) -> dict[str, float]:
     """`fashion=3795,resnet64=548` -> {model: requests/s}."""
     try:
@@ -443,7 +453,7 @@ def main() -> None:
                         default="local",
                         help="the adaptive config's instances: worker processes, threads of "
                              "the engine's process, or worker processes the rungs share")
-    parser.add_argument("--configs", type=lambda t: t.split(","), default=list(CONFIGS),
+    parser.add_argument("--configs", type=config_names, default=list(CONFIGS),
                         help=f"which of {','.join(CONFIGS)} to replay the trace against")
     parser.add_argument("--out", default="surge_load.json", help="under benchmarks/results/")
     parser.add_argument("--plot", default=str(PLOT.relative_to(ROOT)))

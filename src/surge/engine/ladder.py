@@ -15,8 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -65,9 +64,9 @@ def rung_config(config: ModelConfig, rung: str) -> ModelConfig:
         "variant": None if rung == ORIGINAL else rung})
 
 
-@dataclass(frozen=True)
-class LadderRequest:
-    """One request to a laddered model, before the controller picks its rung."""
+class LadderRequest(NamedTuple):
+    """One request to a laddered model, before the controller picks its rung (a tuple: it is
+    made for every request, and a frozen dataclass costs several times as much to build)."""
 
     inputs: Mapping[str, np.ndarray]
     outputs: list[str] | None
@@ -98,6 +97,9 @@ class ServedLadder:
                      "pinned requests", name, ", ".join(self.controller.excluded),
                      config.max_accuracy_drop)
         self._rate = WindowRate()
+        self._serving = tuple(self.rungs.values())
+        self._accepting = False
+        self._batched = False  # whether requests carry a batch dimension (known once started)
         self.handle: ModelHandle | None = None
         self.counters = LadderCounters(self)
         metrics = host.metrics
@@ -115,22 +117,26 @@ class ServedLadder:
         top = self.rungs[self.controller.top]
         assert top.handle is not None
         self.handle = top.handle
+        self._batched = top.handle.signature.batched
+        self._accepting = True
         self._publish_shares()
 
     @property
     def accepting(self) -> bool:
-        return all(r.accepting for r in self.rungs.values())
+        return self._accepting
 
     @accepting.setter
     def accepting(self, value: bool) -> None:
-        for rung in self.rungs.values():
+        self._accepting = value
+        for rung in self._serving:
             rung.accepting = value
 
     @property
     def ready(self) -> bool:
-        return all(r.ready for r in self.rungs.values())
+        return all(rung.ready for rung in self._serving)
 
     async def stop(self, grace_s: float) -> None:
+        self._accepting = False
         for rung in self.rungs.values():
             await rung.stop(grace_s)
 
@@ -147,10 +153,10 @@ class ServedLadder:
         return LadderRequest(inputs, outputs, priority, timeout_us, request_id, pinned)
 
     async def infer(self, request: LadderRequest) -> dict[str, np.ndarray]:
-        if not self.accepting:
+        if not self._accepting:
             raise ModelNotReadyError(f"model {self.name!r} is not accepting requests")
         now = self._clock()
-        self._rate.arrive(now, self._rows(request.inputs))
+        self._rate.arrive(now, self._rows(request.inputs) if self._batched else 1)
         if self.controller.due(now):
             self._decide(now)
         rung = self.rungs[self.controller.choose(request.pinned)]
@@ -169,10 +175,9 @@ class ServedLadder:
             self._publish_shares()
 
     def _rows(self, inputs: Mapping[str, np.ndarray]) -> int:
-        """Items the request brings: the controller plans in items, as batches are sized."""
-        batched = self.handle is not None and self.handle.signature.batched
+        """Items a batched request brings: the controller plans in items, as batches are sized."""
         first = next(iter(inputs.values()), None)
-        return int(first.shape[0]) if batched and first is not None and first.ndim else 1
+        return int(first.shape[0]) if first is not None and first.ndim else 1
 
     def _publish_shares(self) -> None:
         shares = self.controller.shares()

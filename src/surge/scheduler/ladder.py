@@ -22,7 +22,7 @@ machine over them (no clocks or sockets; the caller hands in `now` and the arriv
 from __future__ import annotations
 
 import math
-from collections import deque
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -125,44 +125,43 @@ class WindowRate:
     The quick window sees a surge within a tenth of a second: over the long window alone a
     3x surge read as a ramp for half a second, so the ladder moved down step by step behind it
     while the expensive rung took most of the surge's first half second. A fall still takes the
-    long window to show, which is the side where waiting costs nothing."""
+    long window to show, which is the side where waiting costs nothing.
+
+    An arrival costs two appends (it is on every request's path); the windows are moved and
+    counted only when a rate is read (once per controller decision)."""
 
     def __init__(self, window_s: float = 0.5, quick_s: float | None = 0.1) -> None:
         if window_s <= 0 or (quick_s is not None and not 0 < quick_s <= window_s):
             raise ValueError(f"need 0 < quick_s <= window_s, got {quick_s} and {window_s}")
-        self._long = _Count(window_s)
-        self._quick = _Count(quick_s) if quick_s is not None else None
+        self.window_s, self.quick_s = window_s, quick_s
+        self._times: list[float] = []
+        self._total: list[int] = []  # items that arrived up to and including each arrival
+        self._sum = 0
+        self._dropped = 0  # items of the arrivals forgotten from the front of the lists
 
     def arrive(self, now: float, items: int = 1) -> None:
-        self._long.arrive(now, items)
-        if self._quick is not None:
-            self._quick.arrive(now, items)
+        self._times.append(now)
+        self._sum += items
+        self._total.append(self._sum)
 
     def rate(self, now: float) -> float:
-        long = self._long.rate(now)
-        return long if self._quick is None else max(long, self._quick.rate(now))
+        self._forget(now - self.window_s)
+        long = self._since(now - self.window_s) / self.window_s
+        if self.quick_s is None:
+            return long
+        return max(long, self._since(now - self.quick_s) / self.quick_s)
 
+    def _since(self, start: float) -> int:
+        """Items that arrived after `start`."""
+        first = bisect_right(self._times, start)
+        before = self._total[first - 1] if first else self._dropped
+        return self._sum - before
 
-class _Count:
-    """Items that arrived within the last `window_s`."""
-
-    def __init__(self, window_s: float) -> None:
-        self.window_s = window_s
-        self._times: deque[tuple[float, int]] = deque()
-        self._items = 0
-
-    def arrive(self, now: float, items: int) -> None:
-        self._times.append((now, items))
-        self._items += items
-        self._forget(now)
-
-    def rate(self, now: float) -> float:
-        self._forget(now)
-        return self._items / self.window_s
-
-    def _forget(self, now: float) -> None:
-        while self._times and self._times[0][0] <= now - self.window_s:
-            self._items -= self._times.popleft()[1]
+    def _forget(self, start: float) -> None:
+        old = bisect_right(self._times, start)
+        if old:
+            self._dropped = self._total[old - 1]
+            del self._times[:old], self._total[:old]
 
 
 class LadderController:

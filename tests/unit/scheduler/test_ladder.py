@@ -254,6 +254,19 @@ def test_window_rate_counts_items() -> None:
     assert rate.rate(1.2) == 8.0
 
 
+def test_window_rate_keeps_counting_after_forgetting_old_arrivals() -> None:
+    rate = WindowRate(window_s=0.5, quick_s=0.1)
+    for i in range(300):  # 2 items 100 times a second for 3 s, read every 50 ms (as the
+        rate.arrive((i + 0.5) * 0.01, 2)  # controller reads it) once both windows are full
+        if i >= 50 and i % 5 == 0:
+            assert rate.rate((i + 1) * 0.01) == pytest.approx(200.0)
+    assert rate.rate(3.0) == pytest.approx(200.0)
+    assert rate.rate(3.3) == pytest.approx(80.0)  # 20 arrivals left in (2.8, 3.3]
+    assert rate.rate(10.0) == 0.0
+    rate.arrive(10.0, 5)
+    assert rate.rate(10.0) == pytest.approx(50.0)  # the quick window: 5 / 0.1
+
+
 def test_window_rate_shows_a_rise_within_the_quick_window_and_a_fall_over_the_long() -> None:
     rate = WindowRate(window_s=0.5, quick_s=0.1)
     for i in range(100):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -103,7 +103,8 @@ class ServedLadder:
         self.handle: ModelHandle | None = None
         self.counters = LadderCounters(self)
         metrics = host.metrics
-        self._m_served = {r: metrics.variant_requests.labels(name, r) for r in self.rungs}
+        for rung_name, rung in self.rungs.items():
+            rung.answers_counter = metrics.variant_requests.labels(name, rung_name)
         self._m_share = {r: metrics.ladder_share.labels(name, r) for r in self.rungs}
         self._m_predicted = metrics.ladder_predicted_p99.labels(name)
 
@@ -152,7 +153,9 @@ class ServedLadder:
         pinned = check_pin(request_route.get(), self.controller.names)
         return LadderRequest(inputs, outputs, priority, timeout_us, request_id, pinned)
 
-    async def infer(self, request: LadderRequest) -> dict[str, np.ndarray]:
+    def infer(self, request: LadderRequest) -> Coroutine[Any, Any, dict[str, np.ndarray]]:
+        """The chosen rung's `infer` for `request`, to be awaited (one coroutine per request,
+        the rung's: the laddered path adds no frame of its own)."""
         if not self._accepting:
             raise ModelNotReadyError(f"model {self.name!r} is not accepting requests")
         now = self._clock()
@@ -162,9 +165,7 @@ class ServedLadder:
         rung = self.rungs[self.controller.choose(request.pinned)]
         queued = rung.make_request(request.inputs, request.outputs, request.priority,
                                    request.timeout_us, request.request_id)
-        outputs = await rung.infer(queued)
-        self._m_served[rung.variant_name].inc()
-        return outputs
+        return rung.infer(queued)
 
     def _decide(self, now: float) -> None:
         level = self.controller.level

@@ -23,6 +23,7 @@ from functools import partial
 from typing import Protocol
 
 import numpy as np
+from prometheus_client import Counter
 
 from surge.datatypes import v2_to_numpy
 from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolSpec
@@ -126,6 +127,8 @@ class ServedModel:
         self._m_refused = self.metrics.rejected.labels(name, "admission")
         self._m_shed = {reason: self.metrics.shed.labels(name, reason)
                         for reason in ("queue_full", "predicted_miss", "deadline", "late")}
+        # A ladder rung counts its answers into the variant mix (one add per batch).
+        self.answers_counter: Counter | None = None
         self._lag = LoopLag(self._loop, self._clock, self._set_lag)
         self.live = 0  # instances taking batches, as the pool reported them
         self._probes: set[int] = set()  # ids of the latency probe's batches in flight
@@ -342,6 +345,7 @@ class ServedModel:
         compute_s, instance = (result.service_s, result.instance) if result else (None, 0)
         self._observe_fit(batch, now - batch.dispatched if compute_s is None else compute_s)
         feedback = self.scheduler.slo_feedback
+        answered = 0
         for completed in self.scheduler.complete(batch, outputs, now, compute_s, instance):
             future = self._futures.pop(completed.request.id, None)
             if self._timings and (timing := self._timings.get(completed.request.id)) is not None:
@@ -349,12 +353,15 @@ class ServedModel:
                 timing.compute_s = _worker_seconds(result)
             if future is not None and not future.done():
                 future.set_result(completed.outputs)
+                answered += 1
                 if feedback is not None:
                     future.add_done_callback(partial(self._judge, completed.request.arrival))
             self.counters.success.add(int((now - completed.request.arrival) * 1e9))
             if self._slo_s is not None:
                 latency = now - completed.request.arrival
                 self._m_slo[0 if latency <= self._slo_s else 1].inc()
+        if self.answers_counter is not None and answered:
+            self.answers_counter.inc(answered)
         self.counters.count_batch(batch.size, result.done if result else None,
                                   time.perf_counter_ns() - started, int(time.time() * 1e3))
 

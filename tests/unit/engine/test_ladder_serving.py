@@ -17,7 +17,7 @@ import yaml
 from surge.engine import Engine
 from surge.engine.ladder import ServedLadder
 from surge.engine.route import VariantRoute, request_route
-from surge.errors import ConfigError, DeadlineExceededError, InputError
+from surge.errors import ConfigError, DeadlineExceededError, InputError, WorkerCrashedError
 from surge.protocol.metadata import model_statistics
 from surge.repository import Repository
 from tests.unit.engine.fakes import WIDTH, FakeClock, FakePool, FakePools, make_repo, settle
@@ -214,6 +214,8 @@ def test_a_plain_model_reports_its_variant_and_refuses_other_pins(tmp_path: Path
                    for t in late if t.done()) == 2
         assert engine.metrics.shed.labels("m", "deadline")._value.get() == 2
         await engine.stop(grace_s=0.0)
+        outcomes = await asyncio.gather(*late, return_exceptions=True)
+        assert sum(isinstance(o, WorkerCrashedError) for o in outcomes) == 1  # stopped mid-batch
 
     run(body())
 

@@ -1,5 +1,7 @@
 """Errors Surge raises on purpose: each carries a one-line message naming the bad value."""
 
+from collections.abc import Callable
+
 
 class SurgeError(Exception):
     """Base class: a user-facing error whose message is safe to print as one line."""
@@ -36,11 +38,23 @@ class QueueFullError(ServingError):
 
     status = 503
 
-    def __init__(self, message: str, retry_after_s: float = 1.0,
+    def __init__(self, message: str, retry_after_s: float | Callable[[], float] = 1.0,
                  reason: str = "queue_full") -> None:
         super().__init__(message)
-        self.retry_after_s = retry_after_s
+        self._retry_after = retry_after_s
         self.reason = reason  # queue_full, or predicted_miss: the deadline cannot be met
+
+    @property
+    def retry_after_s(self) -> float:
+        """Seconds a client should wait before retrying. The scheduler hands in how to compute
+        it, computed when read: in a surge most refusals are never asked (an in-process
+        caller), and the computation was a tenth of a refusal's cost."""
+        if callable(self._retry_after):
+            self._retry_after = self._retry_after()
+        return self._retry_after
+
+    def __reduce__(self) -> tuple[type, tuple[str, float, str]]:
+        return (type(self), (str(self), self.retry_after_s, self.reason))  # the value, resolved
 
 
 class DeadlineExceededError(ServingError):

@@ -125,7 +125,7 @@ class Scheduler:
         if len(self._live) >= self.config.max_queue_size:
             raise QueueFullError(
                 f"queue full ({self.config.max_queue_size} requests waiting)",
-                retry_after_s=self._drain_time(now),
+                retry_after_s=lambda: self._drain_time(now),
             )
         if request.deadline is None and self.config.default_timeout_s is not None:
             request = replace(request, deadline=now + self.config.default_timeout_s)
@@ -154,7 +154,7 @@ class Scheduler:
         raise QueueFullError(
             f"cannot meet the deadline: predicted completion in "
             f"{(predicted - now) * 1e3:.1f} ms, deadline in {(deadline - now) * 1e3:.1f} ms",
-            retry_after_s=self._drain_time(now), reason="predicted_miss",
+            retry_after_s=lambda: self._drain_time(now), reason="predicted_miss",
         )
 
     def _may_probe(self, now: float) -> bool:

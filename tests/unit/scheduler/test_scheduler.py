@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import pickle
+from functools import partial
 
 import numpy as np
 import pytest
@@ -370,3 +372,25 @@ def test_config_is_validated() -> None:
         SchedulerConfig(max_batch_size=4, preferred_batch_sizes=(8,))
     with pytest.raises(ValueError, match="max_queue_size"):
         SchedulerConfig(max_queue_size=0)
+
+
+def test_a_refusal_computes_its_retry_after_only_when_asked() -> None:
+    """In a surge most refusals are never asked for a Retry-After (an in-process caller); the
+    scheduler hands over how to compute it, and the error computes it once, when read."""
+    calls: list[float] = []
+
+    def drain_time() -> float:
+        calls.append(0.3)
+        return 0.3
+
+    error = QueueFullError("queue full", retry_after_s=drain_time)
+    assert calls == []
+    assert error.retry_after_s == error.retry_after_s == 0.3
+    assert calls == [0.3]
+    copy = pickle.loads(pickle.dumps(QueueFullError("late", partial(drain_time), "predicted_miss")))
+    assert (str(copy), copy.retry_after_s, copy.reason) == ("late", 0.3, "predicted_miss")
+    s = scheduler(max_batch_size=4, max_queue_size=1)
+    s.add(req(now=0.0), 0.0)
+    with pytest.raises(QueueFullError, match="queue full") as info:
+        s.add(req(now=0.0), 0.0)
+    assert info.value.retry_after_s == 1.0  # nothing measured yet: the 1-s default

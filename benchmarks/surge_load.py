@@ -99,19 +99,21 @@ class Outcomes:
     all, 15-30 ms inside the windows being measured, in the engine's own process."""
 
     def __init__(self) -> None:
-        self._columns = (array("d"), array("d"), array("d"), array("H"))  # offset, latency, late, variant
+        self._offset, self._latency, self._late = array("d"), array("d"), array("d")
+        self._variant = array("H")  # index into _variants
         self._variants: dict[str | None, int] = {}
 
     def add(self, offset: float, latency: float | None, variant: str | None, late: float) -> None:
-        index = self._variants.setdefault(variant, len(self._variants))
-        for column, value in zip(self._columns, (offset, math.nan if latency is None else latency,
-                                                 late, index), strict=True):
-            column.append(value)
+        self._offset.append(offset)
+        self._latency.append(math.nan if latency is None else latency)
+        self._late.append(late)
+        self._variant.append(self._variants.setdefault(variant, len(self._variants)))
 
     def listed(self) -> list[Outcome]:
         names = {index: name for name, index in self._variants.items()}
         return [(offset, None if math.isnan(latency) else latency, names[index], late)
-                for offset, latency, late, index in zip(*self._columns, strict=True)]
+                for offset, latency, late, index
+                in zip(self._offset, self._latency, self._late, self._variant, strict=True)]
 
 
 async def capacity(engine: Engine, model: str, inputs: dict[str, np.ndarray],

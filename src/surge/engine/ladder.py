@@ -97,7 +97,6 @@ class ServedLadder:
                      "pinned requests", name, ", ".join(self.controller.excluded),
                      config.max_accuracy_drop)
         self._rate = WindowRate()
-        self._serving = tuple(self.rungs.values())
         self._accepting = False
         self._batched = False  # whether requests carry a batch dimension (known once started)
         self.handle: ModelHandle | None = None
@@ -129,12 +128,12 @@ class ServedLadder:
     @accepting.setter
     def accepting(self, value: bool) -> None:
         self._accepting = value
-        for rung in self._serving:
+        for rung in self.rungs.values():
             rung.accepting = value
 
     @property
     def ready(self) -> bool:
-        return all(rung.ready for rung in self._serving)
+        return all(rung.ready for rung in self.rungs.values())
 
     async def stop(self, grace_s: float) -> None:
         self._accepting = False

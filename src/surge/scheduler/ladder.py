@@ -145,8 +145,8 @@ class WindowRate:
         self._total.append(self._sum)
 
     def rate(self, now: float) -> float:
-        self._forget(now - self.window_s)
-        long = self._since(now - self.window_s) / self.window_s
+        self._forget(now - self.window_s)  # what is left is the long window
+        long = (self._sum - self._dropped) / self.window_s
         if self.quick_s is None:
             return long
         return max(long, self._since(now - self.quick_s) / self.quick_s)

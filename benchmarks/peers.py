@@ -5,6 +5,7 @@ ResNet-18 3x64x64 (random weights) under the same closed-loop load generator at 
 - surge default: `surge serve` with the model's name only (every config field at its default),
   binary HTTP;
 - surge tuned: one single-threaded instance per core, binary HTTP;
+- surge spin-run (not in the default list): the default with `spin_wait: run`, binary HTTP;
 - naive FastAPI (benchmarks/naive_server.py), V2 JSON, one forward pass per request;
 - LitServe and PyTriton (benchmarks/peer_server.py), installed by this script into their own
   virtual environment `.venv-peers` on first use; a peer that cannot be installed or started
@@ -61,6 +62,7 @@ PEER_PROTOCOL = {"litserve": "http-json", "pytriton": "http"}
 SURGE_CONFIGS = {
     "surge-default": "{}\n",
     "surge-tuned": f"instances: {CORES}\nthreads: 1\nmax_batch_size: 32\n",
+    "surge-spin-run": "spin_wait: run\n",
 }
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from surge.cluster.shared import Probe, shares_memory
-from surge.runtimes.base import Runner, Signature
+from surge.runtimes.base import Runner, Signature, SpinWait, openmp_wait_policy
 from surge.workers.messages import TensorMeta
 from surge.workers.transport import Parts, pack, unpack
 
@@ -41,7 +41,7 @@ class ActorSpec:
     version: int | None
     threads: int
     device: str
-    spin_wait: bool = False
+    spin_wait: SpinWait = False
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class InstanceActor:
                  "pid": os.getpid()}
         for name in _THREAD_ENV:  # before the engine is imported in this process
             os.environ[name] = str(self.spec.threads)
-        os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if self.spec.spin_wait else "PASSIVE"
+        os.environ["OMP_WAIT_POLICY"] = openmp_wait_policy(self.spec.spin_wait)
         try:
             self.runner = _load(self.spec)
         except Exception as exc:  # reported to the front end, which marks the model not ready

@@ -240,10 +240,12 @@ class ModelConfig(StrictConfig):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N; for ONNX Runtime also "
                         "tensorrt[:N] and openvino (its execution providers, CPU as fallback).")
-    spin_wait: bool = Field(
-        False, description="Engine threads spin while idle between operators (ONNX Runtime "
-        "allow_spinning, OpenMP active wait). Off: a served instance leaves the cores it is not "
-        "using to the front end and the other instances.")
+    spin_wait: bool | Literal["run"] = Field(
+        False, description="How engine threads wait for work. false: they sleep, leaving the "
+        "cores they are not using to the front end and the other instances. run: ONNX Runtime's "
+        "threads spin between operators while a batch computes and sleep between batches "
+        "(lower latency on cores the server has to itself; far slower where other work takes "
+        "the cores). true: they always spin (ONNX Runtime allow_spinning, OpenMP active wait).")
     hang_multiple: float = Field(
         10.0, ge=1, le=1000, description="A batch still computing after this multiple of its "
         "predicted time (and at least hang_min_ms) marks its worker hung: the worker is killed "

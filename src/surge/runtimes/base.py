@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -118,6 +118,18 @@ class Runner(Protocol):
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+# How an engine's idle threads wait for work: True spins (lowest latency, a core each, always);
+# False sleeps (frees the cores between operators and between batches); "run" spins while a
+# batch computes and sleeps between batches (ONNX Runtime's force_spinning_stop; other engines
+# sleep). See docs/serving-engine.md for what each costs.
+SpinWait = bool | Literal["run"]
+
+
+def openmp_wait_policy(spin_wait: SpinWait) -> str:
+    """OMP_WAIT_POLICY for `spin_wait`: OpenMP cannot stop spinning when a run returns."""
+    return "ACTIVE" if spin_wait is True else "PASSIVE"
+
+
 @dataclass(frozen=True)
 class RunnerOptions:
     """How an engine runs: threads and device. Engines ignore what they cannot use."""
@@ -125,7 +137,7 @@ class RunnerOptions:
     intra_op_threads: int = 0  # 0: engine default
     inter_op_threads: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    spin_wait: bool = True  # idle engine threads spin (lowest latency) or sleep (free the core)
+    spin_wait: SpinWait = True  # see SpinWait
 
 
 def example_inputs(signature: Signature, batch_size: int = 1, seed: int = 0) -> dict[str, np.ndarray]:

@@ -89,9 +89,11 @@ class OnnxRunner:
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = options.inter_op_threads
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        spin = "1" if options.spin_wait else "0"
+        spin = "1" if options.spin_wait else "0"  # "run" spins too, and stops when a run returns
         session_options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         session_options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        if options.spin_wait == "run":
+            session_options.add_session_config_entry("session.force_spinning_stop", "1")
         providers = select_providers(options.device, ort.get_available_providers())
         try:
             self._session = ort.InferenceSession(

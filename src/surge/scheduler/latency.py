@@ -16,13 +16,21 @@ from collections import deque
 
 
 class LinearLatency:
-    """Seconds for a batch of `n` items as `a + b * n`, fitted over the last `window` batches."""
+    """Seconds for a batch of `n` items as `a + b * n`, fitted over the last `window` batches.
+
+    Recording a batch is on every batch's path (at one client, every request's): the fit is
+    kept as running sums over the window, the sizes' sums exact in integers and the times'
+    refreshed from the samples once a window so that rounding cannot build up, so a record
+    costs the same whatever the window (four passes over 64 samples took 36 us a batch)."""
 
     def __init__(self, window: int = 64) -> None:
         if window < 2:
             raise ValueError(f"window must be >= 2, got {window}")
         self._samples: deque[tuple[int, float]] = deque(maxlen=window)
         self._fit: tuple[float, float] | None = None
+        self._sum_n = self._sum_nn = 0  # exact
+        self._sum_t = self._sum_nt = 0.0
+        self._until_refresh = window
 
     def __bool__(self) -> bool:
         """Whether any batch has been measured."""
@@ -32,8 +40,26 @@ class LinearLatency:
         """Add one measured batch and refit."""
         if size < 1:
             raise ValueError(f"batch size must be >= 1, got {size}")
-        self._samples.append((size, max(0.0, seconds)))
-        self._fit = _least_squares(self._samples)
+        seconds = max(0.0, seconds)
+        samples = self._samples
+        if len(samples) == samples.maxlen:
+            old_n, old_t = samples[0]
+            self._sum_n -= old_n
+            self._sum_nn -= old_n * old_n
+            self._sum_t -= old_t
+            self._sum_nt -= old_n * old_t
+        samples.append((size, seconds))
+        self._sum_n += size
+        self._sum_nn += size * size
+        self._sum_t += seconds
+        self._sum_nt += size * seconds
+        self._until_refresh -= 1
+        if self._until_refresh <= 0:
+            self._sum_t = sum(t for _, t in samples)
+            self._sum_nt = sum(n * t for n, t in samples)
+            self._until_refresh = len(samples)
+        self._fit = _least_squares(len(samples), self._sum_n, self._sum_nn, self._sum_t,
+                                   self._sum_nt)
 
     @property
     def coefficients(self) -> tuple[float, float] | None:
@@ -48,25 +74,25 @@ class LinearLatency:
         return a + b * size
 
 
-def _least_squares(samples: deque[tuple[int, float]]) -> tuple[float, float]:
-    """(a, b) minimising the squared error of `a + b * n`, with both kept >= 0.
+def _least_squares(count: int, sum_n: int, sum_nn: int, sum_t: float,
+                   sum_nt: float) -> tuple[float, float]:
+    """(a, b) minimising the squared error of `a + b * n` over `count` samples given by their
+    sums, with both kept >= 0.
 
     With a single size measured there is no slope to fit: the time is taken as proportional to
     the size (b = t / n), which errs towards larger batches costing more. A negative slope
     (noise over a narrow range of sizes) or intercept is clipped: batch time never falls as
     batches grow, and is never below zero for one item.
     """
-    count = len(samples)
-    mean_n = sum(n for n, _ in samples) / count
-    mean_t = sum(t for _, t in samples) / count
-    var_n = sum((n - mean_n) ** 2 for n, _ in samples)
-    if var_n == 0.0:
-        return 0.0, mean_t / mean_n
-    b = sum((n - mean_n) * (t - mean_t) for n, t in samples) / var_n
-    b = max(0.0, b)
+    mean_n = sum_n / count
+    mean_t = sum_t / count
+    spread_n = count * sum_nn - sum_n * sum_n  # count^2 x the variance of n, exact
+    if spread_n == 0:
+        return 0.0, max(0.0, mean_t) / mean_n
+    b = max(0.0, (count * sum_nt - sum_n * sum_t) / spread_n)
     a = mean_t - b * mean_n
     if a < 0.0:  # keep the line through the mean, pivoting to a zero intercept
-        a, b = 0.0, mean_t / mean_n
+        a, b = 0.0, max(0.0, mean_t) / mean_n
     return a, b
 
 

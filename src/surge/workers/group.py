@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from surge.errors import ModelLoadError, ServingError, WorkerCrashedError
-from surge.runtimes.base import Signature
+from surge.runtimes.base import Signature, SpinWait
 from surge.scheduler.types import Batch
 from surge.workers.events import PoolEvents
 from surge.workers.hang import HangRule
@@ -70,7 +70,7 @@ class Member:
     placements: list[Placement]  # its threads and device in process i: placements[i % len]
     events: PoolEvents
     hang: HangRule = field(default_factory=HangRule)
-    spin_wait: bool = False
+    spin_wait: SpinWait = False
     id: str = ""
     signature: Signature | None = None
     warm: bool = False  # loaded by every process once

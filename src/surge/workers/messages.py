@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from surge.runtimes.base import Signature
+from surge.runtimes.base import Signature, SpinWait
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class LoadModel:
     version: int | None
     threads: int
     device: str
-    spin_wait: bool = False
+    spin_wait: SpinWait = False
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from surge.errors import ModelLoadError, ServingError, WorkerCrashedError
-from surge.runtimes.base import Signature
+from surge.runtimes.base import Signature, SpinWait
 from surge.scheduler.types import Batch
 from surge.workers.hang import HangRule
 from surge.workers.messages import BatchDone, LoadFailed, Ready, Stop
@@ -130,7 +130,7 @@ class WorkerPool:
         on_requeue: Callable[[Batch], None] | None = None,
         on_ready: Callable[[], None] | None = None,
         max_batch_size: int = 1,
-        spin_wait: bool = False,
+        spin_wait: SpinWait = False,
         hang: HangRule | None = None,
         estimate: Callable[[int], float | None] | None = None,
         on_hung: Callable[[Batch], None] | None = None,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from surge.errors import ModelLoadError, ServingError, WorkerCrashedError
-from surge.runtimes.base import Runner, Signature
+from surge.runtimes.base import Runner, Signature, SpinWait
 from surge.scheduler import Batch
 from surge.workers.events import PoolEvents
 from surge.workers.messages import BatchDone
@@ -74,7 +74,7 @@ class InProcessPool:
     """The instances of one model version as threads of this process (`InstancePool`)."""
 
     def __init__(self, root: str, ref: str, version: int | None, placements: list[Placement],
-                 events: PoolEvents, *, spin_wait: bool = False) -> None:
+                 events: PoolEvents, *, spin_wait: SpinWait = False) -> None:
         self.root, self.ref, self.version = root, ref, version
         self.placements = placements
         self.signature: Signature | None = None

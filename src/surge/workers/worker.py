@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from surge.runtimes.base import Runner
+from surge.runtimes.base import Runner, SpinWait, openmp_wait_policy
 from surge.workers.messages import BatchDone, LoadFailed, Ready, RunBatch, Stop
 from surge.workers.transport import WorkerEnd
 
@@ -25,7 +25,7 @@ class WorkerSpec:
     threads: int
     device: str
     index: int = 0
-    spin_wait: bool = False  # the model config's: idle engine threads spin or sleep
+    spin_wait: SpinWait = False  # the model config's: how idle engine threads wait
 
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
@@ -41,14 +41,14 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     serve(runner, conn)
 
 
-def prepare_process(threads: int, spin_wait: bool) -> None:
+def prepare_process(threads: int, spin_wait: SpinWait) -> None:
     """Signals and thread settings of a worker process, before any engine is imported."""
     # The front end owns shutdown: it sends Stop, or the pipe closes when it dies.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for name in _THREAD_ENV:
         os.environ[name] = str(threads)
-    os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if spin_wait else "PASSIVE"
+    os.environ["OMP_WAIT_POLICY"] = openmp_wait_policy(spin_wait)
 
 
 def load(spec: WorkerSpec) -> Runner:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from surge.scheduler.estimate import InstanceTimes
@@ -38,6 +40,38 @@ def test_line_with_one_size_is_proportional_and_never_falls() -> None:
     a, b = noisy.coefficients or (0.0, -1.0)
     assert b == 0.0
     assert a == pytest.approx(0.0025)
+
+
+def _fit_of(samples: list[tuple[int, float]]) -> tuple[float, float]:
+    """The window's least-squares line worked out from the samples themselves, clipped as the
+    running fit clips it."""
+    count = len(samples)
+    mean_n = sum(n for n, _ in samples) / count
+    mean_t = sum(t for _, t in samples) / count
+    var_n = sum((n - mean_n) ** 2 for n, _ in samples)
+    if var_n == 0.0:
+        return 0.0, mean_t / mean_n
+    b = max(0.0, sum((n - mean_n) * (t - mean_t) for n, t in samples) / var_n)
+    a = mean_t - b * mean_n
+    return (0.0, mean_t / mean_n) if a < 0.0 else (a, b)
+
+
+@pytest.mark.parametrize("window", [2, 5, 64])
+def test_the_running_fit_matches_the_window_worked_out_afresh(window: int) -> None:
+    # Thousands of batches through a small window: the sums it keeps must not drift from what
+    # the samples in the window say, across sizes that repeat (no slope) and that spread.
+    rng = random.Random(window)
+    line = LinearLatency(window=window)
+    kept: list[tuple[int, float]] = []
+    for step in range(5_000):
+        size = 8 if step % 1000 < 100 else rng.choice((1, 2, 3, 16, 64))
+        seconds = 1e-4 + 2e-5 * size * rng.uniform(0.5, 1.5) + rng.expovariate(1e3) * 1e-2
+        line.record(size, seconds)
+        kept = [*kept, (size, seconds)][-window:]
+        a, b = line.coefficients or (-1.0, -1.0)
+        want_a, want_b = _fit_of(kept)
+        assert a == pytest.approx(want_a, rel=1e-6, abs=1e-12)
+        assert b == pytest.approx(want_b, rel=1e-6, abs=1e-12)
 
 
 def test_line_refuses_an_empty_batch() -> None:

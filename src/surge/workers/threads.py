@@ -11,7 +11,7 @@ another; ONNX Runtime (and numpy) release the GIL while they compute, so the ins
 event loop run in parallel. What this gives up: a crash in the engine takes the server down with
 it, a hung batch cannot be killed (its instance stays busy; no restart), and the engines share
 the process's memory and thread settings. For small models served for latency; see
-docs/configuration.md.
+docs/serving-engine.md (`placement`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,13 @@ machine over them (no clocks or sockets; the caller hands in `now` and the arriv
   What the lowest usable rung cannot absorb is left to admission control, which sheds it;
 - it moves a step back up only after the mix one step up has been predicted within
   `up_margin` of the SLO for `hold_s` without a break (hysteresis: a surge that pauses for a
-  moment does not bounce traffic back to the expensive rung);
+  moment does not bounce traffic back to the expensive rung). That prediction prices each rung
+  at the better of its batch times now and its *settled* ones, those it showed at the last
+  decision where it took all the unpinned traffic: rungs share the cores, and a rung taking a
+  small share computes its few batches beside the others' (measured: ResNet-18's original
+  at a quarter of half load took 2.5 times as long a batch as when it took all of it), so
+  priced by its times now the ladder never climbed back after a surge. Should a step up
+  then meet pressure within `hold_s`, the settled times misled it and are dropped;
 - `choose(pinned)` routes one request: a pinned one to its rung, always; the others by the
   current shares, deterministically (smooth weighted round robin), so a share of 0.25 sends
   exactly every fourth request down.
@@ -25,6 +31,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 # Seconds for a batch of `size` items on rung `name`; None before the rung was measured.
 LatencyModel = Callable[[str, int], float | None]
@@ -182,6 +189,10 @@ class LadderController:
         self._calm_since: float | None = None
         self._pressed_since: float | None = None  # predicted past the SLO since
         self._calm_rate = 0.0  # the arrival rate at the last decision within the SLO
+        # Per rung, its batch times by size at the last decision where it took all the
+        # unpinned traffic (see the module docstring), and when the last step up was made.
+        self._settled: dict[str, tuple[float | None, ...]] = {}
+        self._stepped_up = -math.inf
 
     @property
     def top(self) -> str:
@@ -201,16 +212,33 @@ class LadderController:
         """At the bottom of the budget and still predicted past the SLO: admission sheds."""
         return self.level >= self.depth and self.predicted_p99 > self.settings.slo_s
 
-    def predict(self, level: float, rate: float) -> float:
-        """Predicted p99 seconds of the mix at `level` under `rate` items/s."""
+    def predict(self, level: float, rate: float, settled: bool = False) -> float:
+        """Predicted p99 seconds of the mix at `level` under `rate` items/s; with `settled`,
+        each rung at the better of its batch times now and its settled ones."""
         worst = 0.0
         for rung, share in zip(self.rungs, shares_at(level, len(self.rungs)), strict=True):
             if share > 0.0:
-                def batch_time(size: int, name: str = rung.name) -> float | None:
-                    return self._latency(name, size)
+                batch_time = self._settled_time(rung.name) if settled else partial(
+                    self._latency, rung.name)
                 worst = max(worst, rung_p99(rate * share, batch_time, rung,
                                             self.settings.max_utilisation))
         return worst
+
+    def _settled_time(self, name: str) -> Callable[[int], float | None]:
+        kept = self._settled.get(name, ())
+
+        def batch_time(size: int) -> float | None:
+            now = self._latency(name, size)
+            then = kept[size - 1] if size <= len(kept) else None
+            return now if then is None else then if now is None else min(now, then)
+        return batch_time
+
+    def _settle(self) -> None:
+        """Keep the batch times of the rung taking all the unpinned traffic."""
+        if 1.0 in self._shares:
+            rung = self.rungs[self._shares.index(1.0)]
+            self._settled[rung.name] = tuple(self._latency(rung.name, size)
+                                             for size in range(1, rung.max_batch + 1))
 
     def due(self, now: float) -> bool:
         """Whether `update` would decide at `now` (the caller measures the rate only then)."""
@@ -222,6 +250,7 @@ class LadderController:
         if not self.due(now):
             return
         self._decided = now
+        self._settle()
         self.predicted_p99 = self.predict(self.level, rate)
         if self.predicted_p99 > settings.slo_s and self.level < self.depth:
             self._calm_since = None
@@ -229,13 +258,16 @@ class LadderController:
                 self._pressed_since = now
             surging = rate >= settings.surge_ratio * self._calm_rate
             if surging or now - self._pressed_since >= settings.down_hold_s - 1e-9:
+                if now - self._stepped_up <= settings.hold_s:
+                    self._settled.clear()  # the step up they priced did not hold
                 self._move(self.needed_level(rate))
             return
         self._pressed_since = None
         if self.predicted_p99 <= settings.slo_s:
             self._calm_rate = rate
         up = max(0.0, self.level - settings.step)
-        if self.level == 0.0 or self.predict(up, rate) > settings.up_margin * settings.slo_s:
+        if self.level == 0.0 or (self.predict(up, rate, settled=True)
+                                 > settings.up_margin * settings.slo_s):
             self._calm_since = None
             return
         if self._calm_since is None:
@@ -243,6 +275,7 @@ class LadderController:
         elif now - self._calm_since >= settings.hold_s:
             self._move(up)
             self._calm_since = now  # the next step up needs its own calm period
+            self._stepped_up = now
 
     def needed_level(self, rate: float) -> float:
         """The least level below the current one, in steps, predicted within the SLO at

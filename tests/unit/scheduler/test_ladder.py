@@ -172,6 +172,67 @@ def test_slow_batches_that_last_move_down_after_the_hold() -> None:
     assert ladder.level > 0.0
 
 
+class SharedCores:
+    """The fake latency model with the rungs sharing the cores: the original computes its
+    batches `contention` times slower at no share of the traffic, less so as its share grows
+    (its few batches wait behind the other rung's), and `slower` times slower throughout once
+    `slower` is set (the machine itself got slower)."""
+
+    def __init__(self, contention: float) -> None:
+        self.contention, self.slower = contention, 1.0
+        self.ladder: LadderController | None = None
+
+    def __call__(self, name: str, size: int) -> float | None:
+        seconds = latency(name, size)
+        assert seconds is not None
+        assert self.ladder is not None
+        if name != "original":
+            return seconds
+        share = self.ladder.shares()["original"]
+        return seconds * (1.0 + (self.contention - 1.0) * (1.0 - share)) * self.slower
+
+
+def shared_cores_ladder(contention: float) -> tuple[LadderController, SharedCores]:
+    times = SharedCores(contention)
+    ladder = LadderController(RUNGS, LadderSettings(SLO, 1.0, hold_s=2.0), times)
+    times.ladder = ladder
+    return ladder, times
+
+
+def test_climbs_back_after_a_surge_though_a_small_share_computes_slower() -> None:
+    # Half load, a surge, half load again: at a quarter of the traffic the original's batches
+    # read 2.1 times as long as when it took all of it, which priced by its times now keeps
+    # the mix one step up past the calm margin for good. Priced at the times it showed when
+    # it took all the traffic, the ladder climbs back a step per hold.
+    ladder, _ = shared_cores_ladder(contention=2.5)
+    half = capacity("original") / 2
+    now = run(ladder, 0.0, 3.0, rate=half)
+    assert ladder.level == 0.0
+    now = run(ladder, now, 3.0, rate=3 * capacity("original"))
+    assert ladder.level == 1.0
+    now = run(ladder, now, 4 * 2.0 + 1.0, rate=half)
+    assert ladder.level == 0.0
+
+
+def test_a_step_up_that_meets_pressure_is_not_tried_again() -> None:
+    # The machine got slower during the surge: the settled times promise a step up that the
+    # times now cannot carry. The ladder steps up, meets the pressure, steps back down and
+    # stays there instead of bouncing every hold.
+    ladder, times = shared_cores_ladder(contention=1.0)
+    half = capacity("original") / 2
+    now = run(ladder, 0.0, 3.0, rate=half)
+    now = run(ladder, now, 3.0, rate=3 * capacity("original"))
+    times.slower = 3.0
+    levels = []
+    for _ in range(200):  # 20 s at half load, 0.1 s at a time
+        now = run(ladder, now, 0.1, rate=half)
+        levels.append(ladder.level)
+    moves = sum(1 for a, b in zip(levels, levels[1:], strict=False) if a != b)
+    assert moves <= 3
+    assert ladder.predict(ladder.level, half) <= SLO
+    assert levels[-1] == levels[-40]  # settled for the last 4 s
+
+
 def test_a_rate_surge_moves_all_the_way_down_at_the_first_decision() -> None:
     ladder = controller(down_hold_s=0.5)
     now = run(ladder, 0.0, 2.0, rate=0.3 * capacity("original"))

@@ -243,7 +243,19 @@ def summarise(run: Run, model: LoadModel, phase: float, slo_ms: float, batch1_ms
         "half_load_p50_ms": run.half_load_p50_ms,
         "half_load_p50_target_ms": 1.3 * batch1_ms + 1.0,
         "half_load_sent_late_ms": run.half_load_sent_late_ms,
+        # How far accuracy came back after the surge: the share of the last phase's answers
+        # (and of its last 10 s) that the top rung gave.
+        "after_surge_top_share": top_share(run.windows, 2 * phase, 3 * phase),
+        "after_surge_last_10s_top_share": top_share(run.windows, 3 * phase - 10, 3 * phase),
     }
+
+
+def top_share(windows: list[Window], start: float, end: float, top: str = "original"
+              ) -> float | None:
+    """The share of the answers of the seconds in [start, end) that `top` gave."""
+    counts = [w.variants for w in windows if start <= w.second < end]
+    answers = sum(sum(v.values()) for v in counts)
+    return sum(v.get(top, 0) for v in counts) / answers if answers else None
 
 
 def engine_figures(engine: Engine, model: str) -> tuple[dict[str, int], float | None]:
@@ -377,7 +389,9 @@ def print_model(result: dict[str, Any], phase: float, slo_ms: float) -> None:
               f"{slo_ms:g} ms: {s['surge_windows_within_slo']:.0%}, shed {s['shed']}, mean "
               f"accuracy {s['mean_accuracy']}, half-load p50 {s['half_load_p50_ms']} ms "
               f"(target <= {s['half_load_p50_target_ms']:.2f}; sent late by "
-              f"{s['half_load_sent_late_ms']} ms); 1 client p50 "
+              f"{s['half_load_sent_late_ms']} ms); after the surge the original gave "
+              f"{s['after_surge_top_share']} of the answers ({s['after_surge_last_10s_top_share']}"
+              f" in the last 10 s); 1 client p50 "
               f"{run['closed_loop_p50_ms']:.2f} ms ({run['closed_loop_per_s']:.0f}/s); shed by "
               f"reason {run['shed_reasons']}, mean batch {run['mean_batch']}; gc pauses over "
               f"20 ms: {run['gc_pauses_ms']}")

@@ -1,7 +1,8 @@
 """A model repository on disk: `repo/<model>/config.yaml` + `repo/<model>/<version>/model.<ext>`.
 
 Variants made by the optimizer live in `repo/<model>/variants/<variant>/` with a `variant.yaml`
-and a `model.<ext>`; they are served by name (`model@variant` or the config's `variant`).
+and a `model.<ext>`; they are served by name (`model@variant` or the config's `variant`);
+`model@original` is the version files themselves, whatever the config selects.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from surge.configfile import read_yaml
 from surge.errors import ConfigError, InvalidNameError, ModelLoadError, NotFoundError, shown
 from surge.repository.config import (
     CONFIG_FILE,
+    ORIGINAL,
     ModelConfig,
     TensorConfig,
     read_config,
@@ -187,10 +189,11 @@ class Repository:
         version: int | str | None = None,
         options: RunnerOptions | None = None,
     ) -> LoadedModel:
-        """Load `name`, `name@variant`, or the config's selected variant, into its engine."""
+        """Load `name` (the config's selected variant, if it names one), `name@variant`, or
+        `name@original` (the version files, whatever variant the config selects)."""
         name, variant = split_model_ref(ref)
         config = self.config(name)
-        variant = variant or config.variant
+        variant = None if variant == ORIGINAL else variant or config.variant
         resolved_version = 0 if variant else self.resolve_version(name, version)
         path = self.model_file(name, resolved_version or None, variant)
         options = options or RunnerOptions(intra_op_threads=config.threads, device=config.device,

@@ -287,7 +287,9 @@ def _evaluate_all(repo: Repository, model: str, variants: list[str], dataset: Ev
     out: dict[str, EvalReport] = {}
     reference_outputs: np.ndarray | None = None
     for variant in variants:
-        ref = model if variant == ORIGINAL else f"{model}@{variant}"
+        # `model@original`: the version files, even when the config already selects a variant
+        # (as a tune before this one left it); a plain `model` would load that variant.
+        ref = f"{model}@{variant}"
         try:
             loaded = repo.load(ref)  # the config's threads and device, as serving would
             if variant == ORIGINAL and task.scores_against_reference:
@@ -366,7 +368,7 @@ def _profile_all(repo: Repository, model: str, variants: list[str], options: Tun
     device = repo.config(model).device  # profile where serving will run
     out = {}
     for variant in variants:
-        ref = model if variant == ORIGINAL else f"{model}@{variant}"
+        ref = f"{model}@{variant}"  # `@original`: the version files (see _evaluate_all)
 
         def factory(runner_options: RunnerOptions, ref: str = ref) -> Any:
             return repo.load(ref, options=runner_options).runner

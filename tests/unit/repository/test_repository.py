@@ -131,6 +131,10 @@ def test_variant_by_name_and_by_config(tmp_path: Path) -> None:
     config = read_config(tmp_path / "tiny" / "config.yaml")
     write_config(tmp_path / "tiny" / "config.yaml", config.model_copy(update={"variant": "fast"}))
     assert repo.load("tiny").variant == "fast"
+    # `@original`: the version files, whatever variant the config selects.
+    original = repo.load("tiny@original")
+    assert original.variant is None
+    assert original.path == tmp_path / "tiny" / "1" / "model.onnx"
 
 
 def test_split_model_ref() -> None:

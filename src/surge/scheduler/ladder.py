@@ -35,6 +35,7 @@ from functools import partial
 
 # Seconds for a batch of `size` items on rung `name`; None before the rung was measured.
 LatencyModel = Callable[[str, int], float | None]
+SETTLE_EVERY_S = 0.25  # how often the settled batch times are taken (see LadderController)
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,7 @@ class LadderController:
         # Per rung, its batch times by size at the last decision where it took all the
         # unpinned traffic (see the module docstring), and when the last step up was made.
         self._settled: dict[str, tuple[float | None, ...]] = {}
+        self._settled_at = -math.inf  # taken at most every SETTLE_EVERY_S: max batch reads each
         self._stepped_up = -math.inf
 
     @property
@@ -233,9 +235,10 @@ class LadderController:
             return now if then is None else then if now is None else min(now, then)
         return batch_time
 
-    def _settle(self) -> None:
+    def _settle(self, now: float) -> None:
         """Keep the batch times of the rung taking all the unpinned traffic."""
-        if 1.0 in self._shares:
+        if 1.0 in self._shares and now - self._settled_at >= SETTLE_EVERY_S:
+            self._settled_at = now
             rung = self.rungs[self._shares.index(1.0)]
             self._settled[rung.name] = tuple(self._latency(rung.name, size)
                                              for size in range(1, rung.max_batch + 1))
@@ -250,7 +253,7 @@ class LadderController:
         if not self.due(now):
             return
         self._decided = now
-        self._settle()
+        self._settle(now)
         self.predicted_p99 = self.predict(self.level, rate)
         if self.predicted_p99 > settings.slo_s and self.level < self.depth:
             self._calm_since = None

@@ -32,7 +32,9 @@ def inspect(
 
 def predict(
     repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
-    model: Annotated[str, typer.Option(help="Model name, or name@variant.")],
+    model: Annotated[str, typer.Option(
+        help="Model name (its config's variant, if it selects one), name@variant, or "
+             "name@original (the version files).")],
     input: Annotated[list[str], typer.Option(  # noqa: A002
         "--input", help="file.npy for a one-input model, or NAME=file.npy (repeatable).")],
     version: Annotated[int | None, typer.Option(help="Version (default: newest served).")] = None,
@@ -75,7 +77,9 @@ def models(repo: Annotated[Path, typer.Argument(help="Model repository directory
 
 def evaluate(
     repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
-    model: Annotated[str, typer.Option(help="Model name, or name@variant.")],
+    model: Annotated[str, typer.Option(
+        help="Model name (its config's variant, if it selects one), name@variant, or "
+             "name@original (the version files).")],
     data: Annotated[str, typer.Option(
         help="'fashion-mnist', an .npz of inputs + labels, or a detection .npz with a COCO "
              ".json beside it.")],

@@ -4,6 +4,8 @@ within the accuracy budget, back up only after a calm period, and never moves a 
 from __future__ import annotations
 
 import math
+import random
+import statistics
 from collections import Counter
 
 import pytest
@@ -294,6 +296,24 @@ def test_window_rate_counts_recent_arrivals() -> None:
         rate.arrive(i * 0.01)  # 100/s for 1 s
     assert rate.rate(0.99) == pytest.approx(100.0)
     assert rate.rate(2.0) == 0.0
+
+
+def test_window_rate_reads_a_steady_poisson_stream_without_the_quick_windows_noise() -> None:
+    # 390 arrivals/s for 30 s, read every 50 ms as the controller reads it: the larger of the
+    # two windows always read it up to 1.56x too fast (1.26x in one read of 20), enough to
+    # move a rung near its capacity down the ladder with no surge at all.
+    rng, rate, now, reads = random.Random(1), WindowRate(), 0.0, []
+    next_read = 1.0
+    while now < 30.0:
+        now += rng.expovariate(390.0)
+        rate.arrive(now)
+        if now >= next_read:
+            reads.append(rate.rate(now) / 390.0)
+            next_read += 0.05
+    reads.sort()
+    assert statistics.mean(reads) == pytest.approx(1.0, abs=0.02)
+    assert reads[int(0.95 * len(reads))] < 1.15
+    assert reads[-1] < 1.25
 
 
 def test_settings_are_checked() -> None:

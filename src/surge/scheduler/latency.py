@@ -21,7 +21,7 @@ class LinearLatency:
     Recording a batch is on every batch's path (at one client, every request's): the fit is
     kept as running sums over the window, the sizes' sums exact in integers and the times'
     refreshed from the samples once a window so that rounding cannot build up, so a record
-    costs the same whatever the window (four passes over 64 samples took 36 us a batch)."""
+    costs the same whatever the window (0.7 us; four passes over 64 samples took 6.5-10.6 us)."""
 
     def __init__(self, window: int = 64) -> None:
         if window < 2:

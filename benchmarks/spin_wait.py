@@ -35,13 +35,8 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from in_process import open_loop  # noqa: E402
+from in_process import closed_loop_capacity, measure  # noqa: E402
 from load_models import BUILDERS, LoadModel  # noqa: E402
-from surge_load import capacity as closed_loop  # noqa: E402
-from surge_load import closed_loop_one  # noqa: E402
-
-from surge.engine import Engine  # noqa: E402
-from surge.repository import Repository  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -60,29 +55,6 @@ def write_config(model: LoadModel, way: str, threads: int) -> str:
     return name
 
 
-async def measure(model: LoadModel, name: str, rate: float, seconds: float) -> dict[str, Any]:
-    engine = Engine(Repository(model.repo), models=[name])
-    await engine.start()
-    try:
-        await closed_loop_one(engine, name, model.inputs, 0.5)  # warm-up
-        p50_ms, per_s = await closed_loop_one(engine, name, model.inputs, seconds)
-        return {"one_client": {"p50_ms": p50_ms, "per_s": per_s},
-                "clients_64_per_s": await closed_loop(engine, name, model.inputs, seconds),
-                "half_load": await open_loop(engine, name, model.inputs, rate, seconds + 1.0)}
-    finally:
-        await engine.stop(grace_s=10.0)
-
-
-async def capacity_of(model: LoadModel, name: str, seconds: float) -> float:
-    engine = Engine(Repository(model.repo), models=[name])
-    await engine.start()
-    try:
-        await closed_loop(engine, name, model.inputs, 1.0)
-        return await closed_loop(engine, name, model.inputs, seconds)
-    finally:
-        await engine.stop(grace_s=10.0)
-
-
 def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median of each figure over the rounds (nested dicts alike)."""
     out: dict[str, Any] = {}
@@ -94,11 +66,11 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_model(model: LoadModel, args: argparse.Namespace) -> dict[str, Any]:
     names = {way: write_config(model, way, args.threads) for way in WAYS}
-    capacity = asyncio.run(capacity_of(model, names["false"], args.seconds))
+    capacity = asyncio.run(closed_loop_capacity(model, names["false"], args.seconds))
     rounds: dict[str, list[dict[str, Any]]] = {way: [] for way in WAYS}
     for _ in range(args.rounds):
         for way, name in names.items():
-            rounds[way].append(asyncio.run(measure(model, name, capacity / 2, args.seconds)))
+            rounds[way].append(asyncio.run(measure(model, name, capacity / 2, args)))
     row = {"model": model.name, "threads": args.threads, "capacity_per_s": capacity,
            **{way: medians(rounds[way]) for way in WAYS}, "rounds": rounds}
     print_row(row)

@@ -12,6 +12,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from surge.configfile import StrictConfig, describe_validation_error, read_yaml
 from surge.datatypes import V2_DATATYPES
 from surge.errors import ConfigError, NotFoundError, SurgeError
+from surge.runtimes.base import SpinWait
 
 CONFIG_FILE = "config.yaml"
 SCHEMA_VERSION = 1
@@ -240,7 +241,7 @@ class ModelConfig(StrictConfig):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N; for ONNX Runtime also "
                         "tensorrt[:N] and openvino (its execution providers, CPU as fallback).")
-    spin_wait: bool | Literal["run"] = Field(
+    spin_wait: SpinWait = Field(
         False, description="How engine threads wait for work. false: they sleep, leaving the "
         "cores they are not using to the front end and the other instances. run: ONNX Runtime's "
         "threads spin between operators while a batch computes and sleep between batches "

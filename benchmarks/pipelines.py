@@ -97,6 +97,20 @@ def decode_in_thread(inputs: dict[str, np.ndarray], params: dict[str, Any]) -> d
     return decode(inputs, params)
 
 
+def _in_worker_copy(repo: Path) -> str:
+    """`detector-bytes`: the detector (same files, variant and instances) taking PNG bytes,
+    decoded by a `preprocess:` step in its own workers, batch by batch."""
+    shutil.copytree(EXAMPLES / "detector", repo / "detector-bytes",
+                    ignore=shutil.ignore_patterns("tuning"))
+    path = repo / "detector-bytes" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config.update(name="detector-bytes", preprocess=[{
+        "name": "decode", "processor": "image.decode", "inputs": {"image": "image"},
+        "outputs": {"pixels": "image"}, "params": CANVAS}])
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return "detector-bytes"
+
+
 def _add_model(repo: Path, name: str, config: dict[str, Any]) -> str:
     """`config` as model `name` of `repo` (a pipeline: a config.yaml and nothing else)."""
     (repo / name).mkdir()
@@ -239,10 +253,11 @@ class Leg:
     # fewer requests in a smaller batch); the ns are the CPU of the worker threads' batches, as
     # the workers report them
     batches: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
+    decode_in_workers: bool = False  # the decode is part of the workers' batches
 
 
-LEGS = ("model", "decode", "decode-by-hand", "pipeline", "boxes-thread", "decode-thread",
-        "by-hand")
+LEGS = ("model", "decode", "in-worker", "decode-by-hand", "pipeline", "boxes-thread",
+        "decode-thread", "by-hand")
 STEPS = ("decode", "keep")  # detector-boxes' processor steps (the by-hand leg names its own so)
 
 
@@ -274,7 +289,8 @@ async def _level(leg: Leg, concurrency: int, duration: float) -> dict[str, float
             "worker_batch_cpu_us": batch_ns / count / 1e3,
             "batches_per_request": batched / count,
             "worker_cpu_per_batch_us": batch_ns / batched / 1e3 if batched else float("nan"),
-            "model_batch": items / batched if batched else float("nan"), **in_situ}
+            "model_batch": items / batched if batched else float("nan"),
+            "decode_in_workers": float(leg.decode_in_workers), **in_situ}
 
 
 def _mean(levels: list[dict[str, float]]) -> dict[str, float]:
@@ -328,6 +344,11 @@ def _by_hand(engine: Engine, with_boxes: bool = True) -> tuple[Call, Probe]:
     return call, lambda: dict(totals)
 
 
+def _preprocess_cpu(engine: Engine, model: str) -> Probe:
+    """A model's preprocess steps' CPU in its workers, as the workers report it."""
+    return lambda: {"decode": engine.stats(model).preprocess_cpu[1]}
+
+
 def _model_batches(engine: Engine, model: str) -> Callable[[], tuple[int, int, int]]:
     def batches() -> tuple[int, int, int]:
         stats = engine.stats(model)
@@ -337,7 +358,7 @@ def _model_batches(engine: Engine, model: str) -> Callable[[], tuple[int, int, i
 
 def _make_legs(engine: Engine, raw: list[dict[str, np.ndarray]],
                files: list[dict[str, np.ndarray]], boxes_thread: str,
-               decode_thread: str, decode_only: str) -> dict[str, Leg]:
+               decode_thread: str, decode_only: str, in_worker: str) -> dict[str, Leg]:
     by_hand, by_hand_cpu = _by_hand(engine)
     decode_by_hand, decode_by_hand_cpu = _by_hand(engine, with_boxes=False)
     batches = _model_batches(engine, "detector")
@@ -346,6 +367,9 @@ def _make_legs(engine: Engine, raw: list[dict[str, np.ndarray]],
                      batches),
         "decode": Leg("detector-decode (PNG bytes, raw out)", _served(engine, decode_only),
                       files, _steps_cpu(engine, decode_only), batches),
+        "in-worker": Leg("detector-bytes (PNG decoded in workers)", _served(engine, in_worker),
+                         files, _preprocess_cpu(engine, in_worker),
+                         _model_batches(engine, in_worker), decode_in_workers=True),
         "pipeline": Leg("detector-boxes (PNG bytes)", _served(engine, "detector-boxes"), files,
                         _steps_cpu(engine, "detector-boxes"), batches),
         "boxes-thread": Leg("detector-boxes, box step in a thread",
@@ -371,12 +395,14 @@ def _extra(level: dict[str, float], model: dict[str, float]) -> dict[str, float]
     by 100-150 us per request between legs whose batches are identical, as load from other
     processes makes the same compute dearer or cheaper, and so prove nothing either way."""
     frontend = level["frontend_cpu_us"] - model["frontend_cpu_us"]
+    decode_us, keep_us = level.get("decode_cpu_us", 0.0), level.get("keep_cpu_us", 0.0)
+    # A leg that decodes in the workers (`in-worker`) adds its decode, measured there, to the
+    # priced batches: the same engine work as the model leg's, plus the decode.
     workers = (level["batches_per_request"] - model["batches_per_request"]) * model[
-        "worker_cpu_per_batch_us"]
+        "worker_cpu_per_batch_us"] + decode_us * level.get("decode_in_workers", 0.0)
     measured = level["worker_batch_cpu_us"] - model["worker_batch_cpu_us"]
     process = level["worker_cpu_us"] - model["worker_cpu_us"]
     extra = frontend + workers
-    decode_us, keep_us = level.get("decode_cpu_us", 0.0), level.get("keep_cpu_us", 0.0)
     steps = decode_us + keep_us
 
     def over(value: float, base: float) -> float:
@@ -435,12 +461,13 @@ async def overhead(concurrency: int, duration: float, rounds: int = 1,
         boxes_thread = _threaded_copy(Path(tmp), "detection.boxes", "boxes_in_thread")
         decode_thread = _threaded_copy(Path(tmp), "image.decode", "decode_in_thread")
         decode_only = _decode_only_copy(Path(tmp))
+        in_worker = _in_worker_copy(Path(tmp))
         engine = Engine(Repository(tmp), models=["detector-boxes", boxes_thread, decode_thread,
-                                                 decode_only])
+                                                 decode_only, in_worker])
         await engine.start()
         try:
             chosen = {name: leg for name, leg in _make_legs(
-                engine, raw, files, boxes_thread, decode_thread, decode_only).items()
+                engine, raw, files, boxes_thread, decode_thread, decode_only, in_worker).items()
                 if name in legs}
             levels = await _legs(chosen, concurrency, duration, rounds)
         finally:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from surge.cluster.shared import Probe, shares_memory
-from surge.runtimes.base import Runner, Signature, SpinWait, openmp_wait_policy
+from surge.runtimes.base import Runner, Signature, SpinWait, openmp_wait_policy, run_rows
 from surge.workers.messages import TensorMeta
 from surge.workers.transport import Parts, pack, unpack
 
@@ -74,6 +74,7 @@ class BatchReply:
     infer_ns: int = 0
     output_ns: int = 0
     error: str = ""
+    rejected: tuple[tuple[int, str], ...] = ()  # rows preprocessing refused (BatchDone's)
 
 
 Into = Callable[[int], "memoryview | None"]  # a buffer of at least that size, or None
@@ -131,14 +132,14 @@ class InstanceActor:
         arrays = unpack_batch(inputs)
         loaded = time.perf_counter_ns()
         try:
-            outputs = self.runner.run(arrays)
+            ran = run_rows(self.runner, arrays)
         except Exception as exc:
             return BatchReply(batch_id, None, error=f"{type(exc).__name__}: {exc}")
         computed = time.perf_counter_ns()
-        packed = pack_batch({name: [np.ascontiguousarray(a)] for name, a in outputs.items()},
+        packed = pack_batch({name: [np.ascontiguousarray(a)] for name, a in ran.outputs.items()},
                             into)
         return BatchReply(batch_id, packed, loaded - started, computed - loaded,
-                          time.perf_counter_ns() - computed)
+                          time.perf_counter_ns() - computed, rejected=ran.rejected)
 
     def open_channel(self, secret: bytes, probe: Probe | None = None) -> tuple[str, int, bool]:
         """Serve batches on a direct channel (see `surge.cluster.channel`): its host and port,
@@ -158,6 +159,7 @@ class InstanceActor:
 
 
 def _load(spec: ActorSpec) -> Runner:
+    from surge.processors.in_worker import serving_runner
     from surge.repository import Repository
     from surge.runtimes import RunnerOptions
 
@@ -166,6 +168,6 @@ def _load(spec: ActorSpec) -> Runner:
                                 "nodes need it at the same path, e.g. on shared storage)")
     options = RunnerOptions(intra_op_threads=spec.threads, device=spec.device,
                             spin_wait=spec.spin_wait)
-    runner = Repository(spec.root).load(spec.ref, spec.version, options).runner
+    runner = serving_runner(Repository(spec.root).load(spec.ref, spec.version, options))
     runner.warmup()
     return runner

@@ -355,7 +355,7 @@ class RayPool:
         self._site.metrics.batches.labels(self.model, instance.node_id[:12],
                                           path_name(instance.channel)).inc()
         done = BatchDone(batch.id, input_ns=reply.input_ns, infer_ns=reply.infer_ns,
-                         output_ns=reply.output_ns)
+                         output_ns=reply.output_ns, rejected=reply.rejected)
         self._events.on_done(batch, unpack_batch(reply.outputs), None,
                              BatchResult(done, service_s, instance.index))
 

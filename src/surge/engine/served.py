@@ -341,12 +341,22 @@ class ServedModel:
 
     def _answer(self, batch: Batch, outputs: dict[str, np.ndarray], result: BatchResult | None,
                 now: float) -> None:
+        refused = batch.refused(result.done.rejected) if result is not None else {}
+        if len(refused) == len(batch.requests):  # every row refused: nothing was computed
+            self.scheduler.fail(batch)
+            for i, request in enumerate(batch.requests):
+                self._reject(request, InputError(refused[i]), now)
+            return
         started = time.perf_counter_ns()
         compute_s, instance = (result.service_s, result.instance) if result else (None, 0)
         self._observe_fit(batch, now - batch.dispatched if compute_s is None else compute_s)
         feedback = self.scheduler.slo_feedback
         answered = 0
-        for completed in self.scheduler.complete(batch, outputs, now, compute_s, instance):
+        completed_all = self.scheduler.complete(batch, outputs, now, compute_s, instance)
+        for i, completed in enumerate(completed_all):
+            if i in refused:  # its preprocessing refused it: bad input, the others answered
+                self._reject(completed.request, InputError(refused[i]), now)
+                continue
             future = self._futures.pop(completed.request.id, None)
             if self._timings and (timing := self._timings.get(completed.request.id)) is not None:
                 timing.done = now

@@ -32,6 +32,8 @@ class ModelStats:
     latency: dict[str, object] = field(default_factory=dict)
     # The worker threads' CPU for the batches' inputs and runs, as the workers report it.
     compute_cpu: Duration = (0, 0)
+    # Of compute_cpu: the model's preprocessing steps run in its workers (`preprocess:`).
+    preprocess_cpu: Duration = (0, 0)
 
 
 class DurationCounter:
@@ -65,6 +67,7 @@ class Counters:
         self.compute_infer = DurationCounter()
         self.compute_output = DurationCounter()
         self.compute_cpu = DurationCounter()
+        self.preprocess_cpu = DurationCounter()
         self.batch_stats: dict[int, DurationCounter] = {}
         # The line (a, b) in seconds of the slowest live instance, asked for at snapshot time.
         self.latency_line: Callable[[], tuple[float, float] | None] = lambda: None
@@ -82,6 +85,8 @@ class Counters:
         self.compute_infer.add(done.infer_ns)
         self.compute_output.add(done.output_ns + split_ns)
         self.compute_cpu.add(done.cpu_ns)
+        if done.preprocess_cpu_ns:
+            self.preprocess_cpu.add(done.preprocess_cpu_ns)
         per_size = self.batch_stats.setdefault(size, DurationCounter())
         per_size.add(done.input_ns + done.infer_ns + done.output_ns)
 
@@ -92,7 +97,7 @@ class Counters:
             self.compute_input.pair(), self.compute_infer.pair(), self.compute_output.pair(),
             {size: counter.pair() for size, counter in sorted(self.batch_stats.items())},
             latency_report(self.latency_line(), self.batch_stats, self.instance_lines()),
-            compute_cpu=self.compute_cpu.pair(),
+            compute_cpu=self.compute_cpu.pair(), preprocess_cpu=self.preprocess_cpu.pair(),
         )
 
 

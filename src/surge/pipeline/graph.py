@@ -12,6 +12,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from surge.errors import ConfigError
+from surge.processors import compatible
 from surge.repository.config import ModelConfig, StepConfig
 from surge.runtimes.base import TensorSpec
 
@@ -74,12 +75,6 @@ def _ordered(where: str, steps: list[StepConfig],
         for needs in waiting.values():
             needs.difference_update(ready)
     return tuple(order)
-
-
-def compatible(want: TensorSpec, have: TensorSpec) -> bool:
-    """Same datatype and rank, each dim equal or variable on either side."""
-    return want.datatype == have.datatype and len(want.shape) == len(have.shape) and all(
-        w == -1 or h == -1 or w == h for w, h in zip(want.shape, have.shape, strict=True))
 
 
 def check_types(pipeline: str, steps: tuple[StepConfig, ...], types: Mapping[str, StepTypes],

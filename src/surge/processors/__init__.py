@@ -89,6 +89,12 @@ class Processor:
         return self.inline or (self.inline_when is not None and self.inline_when(inputs, params))
 
 
+def compatible(want: TensorSpec, have: TensorSpec) -> bool:
+    """Same datatype and rank, each dim equal or variable on either side."""
+    return want.datatype == have.datatype and len(want.shape) == len(have.shape) and all(
+        w == -1 or h == -1 or w == h for w, h in zip(want.shape, have.shape, strict=True))
+
+
 def target(name: str) -> str:
     """`package.module:function` of a processor name (a built-in short name or a target)."""
     if ":" in name:

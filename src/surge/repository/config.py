@@ -219,6 +219,11 @@ class ModelConfig(StrictConfig):
         "models and processors, with the V2 signature its `inputs` and `outputs` declare.")
     steps: list[StepConfig] = Field(default_factory=list,
                                     description="pipeline only: its steps (a DAG by tensor name).")
+    preprocess: list[StepConfig] = Field(
+        default_factory=list, description="model only: processor steps its workers run on each "
+        "batch before the engine (e.g. `image.decode` of JPEG/PNG bytes into its image input), "
+        "in order; the served signature takes their inputs in place of the model inputs they "
+        "write. A row a step refuses fails its own request (HTTP 400), not the batch.")
     engine: Literal["auto", "onnxruntime", "torch_export", "torch_factory", "keras", "tflite",
                     "openvino"] = Field(
         "auto", description="Engine; auto picks it from the model file's extension."
@@ -308,6 +313,8 @@ class ModelConfig(StrictConfig):
             raise ValueError("kind pipeline needs steps, inputs and outputs")
         if self.kind == "model" and self.steps:
             raise ValueError("steps are for kind pipeline")
+        if self.preprocess:
+            self._check_preprocess()
         if self.engine == "torch_factory" and not self.factory:
             raise ValueError("engine torch_factory needs 'factory: package.module:function'")
         if self.factory and self.engine not in ("torch_factory", "auto"):
@@ -322,6 +329,17 @@ class ModelConfig(StrictConfig):
         if self.worker is not None:
             self._check_shared()
         return self
+
+    def _check_preprocess(self) -> None:
+        if self.kind != "model":
+            raise ValueError("preprocess is for kind model; a pipeline has processor steps")
+        names = [step.name for step in self.preprocess]
+        for step in self.preprocess:
+            if step.processor is None or step.params_from is not None:
+                raise ValueError(f"preprocess step {step.name!r} takes a processor (and its "
+                                 "params), not a model or params_from")
+            if names.count(step.name) > 1:
+                raise ValueError(f"preprocess step name {step.name!r} is used twice")
 
     def _check_shared(self) -> None:
         """A shared group hosts plain models in local processes, one copy per process."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -116,6 +116,36 @@ class Runner(Protocol):
     def warmup(self) -> None: ...
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class RowsRejectedError(Exception):
+    """Some rows of a batch were bad input (a preprocessing step refused them); the others were
+    computed. `outputs` holds every row (the refused ones' rows are filler), or is empty when no
+    row was left to compute; `rows` pairs each refused row of the batch with its error text.
+    The front end answers the refused rows' requests with their error (HTTP 400) and the rest
+    with their outputs, so one bad file does not fail the requests batched with it."""
+
+    def __init__(self, outputs: dict[str, np.ndarray], rows: tuple[tuple[int, str], ...]) -> None:
+        super().__init__(f"{len(rows)} row(s) refused: {rows[0][1] if rows else ''}")
+        self.outputs = outputs
+        self.rows = rows
+
+
+class RowsRun(NamedTuple):
+    """A batch as `run_rows` computed it."""
+
+    outputs: dict[str, np.ndarray]
+    rejected: tuple[tuple[int, str], ...]  # rows refused by preprocessing, with the error
+    preprocess_cpu_ns: int  # the thread CPU the runner's preprocessing took, if it has any
+
+
+def run_rows(runner: Runner, inputs: Mapping[str, np.ndarray]) -> RowsRun:
+    """`runner.run(inputs)`, with the rows its preprocessing refused set apart (RowsRejectedError);
+    any other error propagates and fails the whole batch."""
+    try:
+        return RowsRun(runner.run(inputs), (), getattr(runner, "preprocess_cpu_ns", 0))
+    except RowsRejectedError as refused:
+        return RowsRun(refused.outputs, refused.rows, getattr(runner, "preprocess_cpu_ns", 0))
 
 
 # How an engine's idle threads wait for work: True spins (lowest latency, a core each, always);

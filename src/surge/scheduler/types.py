@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,6 +108,18 @@ class Batch:
             names = request.outputs if request.outputs is not None else outputs.keys()
             results.append({n: outputs[n][start:stop].copy() for n in names})
         return results
+
+    def refused(self, rows: Iterable[tuple[int, str]]) -> dict[int, str]:
+        """Request index -> the error of its first refused row, from (batch row, error) pairs;
+        the row is named within the request when the request brings several."""
+        found: dict[int, str] = {}
+        for row, error in rows:
+            i = bisect.bisect_right(self.offsets, row) - 1
+            if i in found or not 0 <= i < len(self.requests):
+                continue
+            start, stop = self.offsets[i], self.offsets[i + 1]
+            found[i] = error if stop - start == 1 else f"{error} (row {row - start})"
+        return found
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,10 @@ class BatchDone:
     # The worker thread's CPU for reading the inputs and running the batch: unlike the wall
     # times above, it does not grow while the worker waits for a core on a busy machine.
     cpu_ns: int = 0
+    # Rows of the batch its preprocessing refused, with the error: their requests fail with it
+    # (HTTP 400), the others are answered (see runtimes.base.RowsRejectedError).
+    rejected: tuple[tuple[int, str], ...] = ()
+    preprocess_cpu_ns: int = 0  # of `cpu_ns`: the model's preprocessing steps in this worker
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from surge.errors import ModelLoadError, ServingError, WorkerCrashedError
-from surge.runtimes.base import Runner, Signature, SpinWait
+from surge.runtimes.base import Runner, Signature, SpinWait, run_rows
 from surge.scheduler import Batch
 from surge.workers.events import PoolEvents
 from surge.workers.messages import BatchDone
@@ -64,10 +64,11 @@ def compute(runner: Runner, batch: Batch) -> tuple[dict[str, np.ndarray], BatchD
     started, cpu = time.perf_counter_ns(), time.thread_time_ns()
     inputs = batch_inputs(batch)
     joined = time.perf_counter_ns()
-    outputs = runner.run(inputs)
-    return outputs, BatchDone(batch.id, input_ns=joined - started,
-                              infer_ns=time.perf_counter_ns() - joined,
-                              cpu_ns=time.thread_time_ns() - cpu)
+    ran = run_rows(runner, inputs)
+    return ran.outputs, BatchDone(batch.id, input_ns=joined - started,
+                                  infer_ns=time.perf_counter_ns() - joined,
+                                  cpu_ns=time.thread_time_ns() - cpu, rejected=ran.rejected,
+                                  preprocess_cpu_ns=ran.preprocess_cpu_ns)
 
 
 class InProcessPool:

@@ -18,6 +18,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Protocol
@@ -372,5 +373,4 @@ class _DoesNotFitError(Exception):
 
 def _with(done: BatchDone, metas: tuple[TensorMeta, ...], inline: bool, needed: int,
           output_ns: int) -> BatchDone:
-    return BatchDone(done.batch_id, metas, inline, needed, done.input_ns, done.infer_ns,
-                     output_ns, done.error, done.cpu_ns)
+    return replace(done, tensors=metas, inline=inline, needed=needed, output_ns=output_ns)

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from surge.runtimes.base import Runner, SpinWait, openmp_wait_policy
+from surge.runtimes.base import Runner, SpinWait, openmp_wait_policy, run_rows
 from surge.workers.messages import BatchDone, LoadFailed, Ready, RunBatch, Stop
 from surge.workers.transport import WorkerEnd
 
@@ -53,12 +53,13 @@ def prepare_process(threads: int, spin_wait: SpinWait) -> None:
 
 def load(spec: WorkerSpec) -> Runner:
     """The runner `spec` names, warmed up."""
+    from surge.processors.in_worker import serving_runner
     from surge.repository import Repository
     from surge.runtimes import RunnerOptions
 
     options = RunnerOptions(intra_op_threads=spec.threads, device=spec.device,
                             spin_wait=spec.spin_wait)
-    runner = Repository(spec.root).load(spec.ref, spec.version, options).runner
+    runner = serving_runner(Repository(spec.root).load(spec.ref, spec.version, options))
     runner.warmup()
     return runner
 
@@ -87,7 +88,7 @@ def run_batch(runner: Runner, conn: Connection, end: WorkerEnd, message: RunBatc
     inputs = end.inputs(conn, message)
     loaded = time.perf_counter_ns()
     try:
-        outputs = runner.run(inputs)
+        ran = run_rows(runner, inputs)
     except Exception as exc:  # a bad batch fails its requests, not the worker
         conn.send(BatchDone(message.batch_id, error=f"{type(exc).__name__}: {exc}"))
         return
@@ -95,5 +96,6 @@ def run_batch(runner: Runner, conn: Connection, end: WorkerEnd, message: RunBatc
         del inputs  # release the views of the input slot
     done = BatchDone(message.batch_id, input_ns=loaded - started,
                      infer_ns=time.perf_counter_ns() - loaded,
-                     cpu_ns=time.thread_time_ns() - cpu)
-    end.reply(conn, message, outputs, done)
+                     cpu_ns=time.thread_time_ns() - cpu, rejected=ran.rejected,
+                     preprocess_cpu_ns=ran.preprocess_cpu_ns)
+    end.reply(conn, message, ran.outputs, done)

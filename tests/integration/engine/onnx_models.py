@@ -50,9 +50,18 @@ def slow(path: Path, width: int = 512, depth: int = 24) -> Path:
     return _save(graph, path)
 
 
+def image_sum(path: Path, side: int = 8) -> Path:
+    """total = the sum of each image's pixels: FP32 [-1, side, side] -> FP32 [-1]."""
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", side, side])
+    total = helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch"])
+    axes = numpy_helper.from_array(np.array([1, 2], np.int64), "axes")
+    nodes = [helper.make_node("ReduceSum", ["image", "axes"], ["total"], keepdims=0)]
+    return _save(helper.make_graph(nodes, "image_sum", [x], [total], [axes]), path)
+
+
 def make_repo(root: Path, models: dict[str, tuple[str, str]]) -> Path:
-    """models: name -> (kind 'affine' | 'slow', config.yaml text); version 1 of each."""
-    builders = {"affine": affine, "slow": slow}
+    """models: name -> (kind 'affine' | 'slow' | 'image_sum', config.yaml text); version 1."""
+    builders = {"affine": affine, "slow": slow, "image_sum": image_sum}
     for name, (kind, config) in models.items():
         builders[kind](root / name / "1" / "model.onnx")
         (root / name / "config.yaml").write_text(config)

@@ -1,0 +1,217 @@
+"""Processor steps a model's own workers run on each batch before the engine (`preprocess:`).
+
+A model whose config lists preprocess steps is served with the steps' inputs: the front end
+hands the worker each request's tensors as they came (JPEG/PNG files as V2 BYTES go through the
+same shared memory as any tensor, and are smaller than the decoded images), and the worker runs
+the steps on the whole batch, then the engine. Beside a pipeline whose decode step runs in the
+front end, the front end decodes nothing, and the decoding runs where the model's instances
+run, batch by batch, on as many processes as the model has instances.
+
+A step that refuses its batch (InputError) is run again row by row to find the rows at fault.
+Their rows are filled with zeros for the engine and reported (`RowsRejectedError`), so the front end
+fails only their requests, with the step's error (HTTP 400), and answers the others.
+
+`surge evaluate`, `optimize` and `tune` load the model itself (its own tensors): the steps are
+part of serving.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from surge.errors import ConfigError, InputError
+from surge.processors import Processor, compatible, resolve
+from surge.repository.config import ModelConfig, StepConfig
+from surge.repository.repository import LoadedModel
+from surge.runtimes.base import RowsRejectedError, Runner, Signature, TensorSpec
+
+
+@dataclass(frozen=True)
+class BoundStep:
+    """A preprocess step resolved: its processor, params, and the batch tensors it reads and
+    writes as (processor's name, batch tensor) pairs."""
+
+    name: str
+    processor: Processor
+    params: Mapping[str, Any]
+    reads: tuple[tuple[str, str], ...]
+    writes: tuple[tuple[str, str], ...]
+
+    def error(self, exc: InputError) -> str:
+        """The error of a one-row call, worded with the served input names it read and without
+        the call's row 0 (the front end names the row within a request of several)."""
+        text = str(exc)
+        for own, tensor in self.reads:
+            text = text.replace(f"input '{own}' row 0", f"input '{tensor}'")
+            text = text.replace(f"input '{own}'", f"input '{tensor}'")
+        return text
+
+
+def serving_runner(loaded: LoadedModel) -> Runner:
+    """The runner a worker serves: the model's, behind its preprocess steps if it has any."""
+    if not loaded.config.preprocess:
+        return loaded.runner
+    return PreprocessedRunner(loaded.runner, loaded.config)
+
+
+def step_params(config: ModelConfig, step: StepConfig) -> dict[str, Any]:
+    """A preprocess step's params: the model's `parameters` and `labels`, then its own."""
+    params: dict[str, Any] = dict(config.parameters)
+    if config.labels is not None:
+        params["labels"] = list(config.labels)
+    params.update(step.params)
+    return params
+
+
+class _Binder:
+    """Walks the steps in order, tracking the tensors each makes, to bind them and find the
+    served signature; ConfigError names the step and tensor at fault."""
+
+    def __init__(self, model: Signature) -> None:
+        self.model_inputs = {spec.name: spec for spec in model.inputs}
+        self.served: dict[str, TensorSpec] = {}  # inputs the requests bring, first read first
+        self.made: dict[str, TensorSpec] = {}  # tensors the steps so far wrote
+        self.unread: dict[str, str] = {}  # written, not a model input, not read yet -> step
+
+    def bind(self, config: ModelConfig, step: StepConfig) -> BoundStep:
+        where = f"preprocess step {step.name!r}"
+        assert step.processor is not None  # the config checks it
+        processor = resolve(step.processor)
+        if processor.describe is None:
+            raise ConfigError(f"{where}: processor {step.processor!r} does not declare its "
+                              "tensors (@declares), so the served inputs cannot be known")
+        params = step_params(config, step)
+        spec = processor.describe(params)
+        for own, tensor in step.inputs.items():
+            self._read(where, own, tensor, _declared(where, spec.inputs, own, "input"))
+        for own, tensor in step.outputs.items():
+            self._write(where, step.name, tensor, _declared(where, spec.outputs, own, "output"))
+        return BoundStep(step.name, processor, params, tuple(step.inputs.items()),
+                         tuple(step.outputs.items()))
+
+    def _read(self, where: str, own: str, tensor: str, want: TensorSpec) -> None:
+        have = self.made.get(tensor, self.served.get(tensor))
+        if have is None:
+            self.served[tensor] = TensorSpec(tensor, want.datatype, want.shape)
+        elif not compatible(want, have):
+            raise ConfigError(f"{where}: input {own!r} expects {want.datatype} "
+                              f"{list(want.shape)}, {tensor!r} is {have.datatype} "
+                              f"{list(have.shape)}")
+        self.unread.pop(tensor, None)
+
+    def _write(self, where: str, step: str, tensor: str, have: TensorSpec) -> None:
+        want = self.model_inputs.get(tensor)
+        if tensor in self.served and want is None:
+            raise ConfigError(f"{where} writes {tensor!r}, an input the requests bring")
+        if want is not None and not compatible(want, have):
+            raise ConfigError(f"{where} writes {have.datatype} {list(have.shape)} to the model "
+                              f"input {tensor!r}, which takes {want.datatype} {list(want.shape)}")
+        if want is None:
+            self.unread[tensor] = step
+        self.made[tensor] = have
+
+    def signature(self, model: Signature) -> Signature:
+        if self.unread:
+            tensor, step = next(iter(self.unread.items()))
+            raise ConfigError(f"preprocess step {step!r} writes {tensor!r}, which neither a "
+                              f"later step nor the model reads (model inputs: "
+                              f"{list(self.model_inputs)})")
+        kept = tuple(s for s in model.inputs if s.name not in self.made)
+        clash = [spec.name for spec in kept if spec.name in self.served]
+        if clash:
+            raise ConfigError(f"preprocess steps read {clash[0]!r} from requests, but no step "
+                              "writes the model input of that name")
+        return Signature(tuple(self.served.values()) + kept, model.outputs, model.batched,
+                         model.max_batch_size, model.platform)
+
+
+def _declared(where: str, specs: Mapping[str, TensorSpec], name: str, kind: str) -> TensorSpec:
+    spec = specs.get(name)
+    if spec is None:
+        raise ConfigError(f"{where}: the processor has no {kind} {name!r} (its {kind}s: "
+                          f"{list(specs)})")
+    return spec
+
+
+def bind_steps(config: ModelConfig, model: Signature) -> tuple[tuple[BoundStep, ...], Signature]:
+    """The config's preprocess steps bound and checked against the model's inputs, and the
+    signature served: the inputs the steps read from requests, then the model inputs no step
+    writes."""
+    binder = _Binder(model)
+    steps = tuple(binder.bind(config, step) for step in config.preprocess)
+    return steps, binder.signature(model)
+
+
+class PreprocessedRunner:
+    """A model runner behind its preprocess steps (a `Runner`)."""
+
+    def __init__(self, inner: Runner, config: ModelConfig) -> None:
+        self._inner = inner
+        self._steps, self._signature = bind_steps(config, inner.signature)
+        self._model_inputs = inner.signature.input_names
+        self.preprocess_cpu_ns = 0  # the thread CPU the steps took on the last batch
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    @property
+    def device(self) -> str:
+        return self._inner.device
+
+    def warmup(self) -> None:
+        self._inner.warmup()
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.thread_time_ns()
+        tensors = dict(inputs)
+        refused: dict[int, str] = {}
+        computed = all(_apply(step, tensors, refused) for step in self._steps)
+        self.preprocess_cpu_ns = time.thread_time_ns() - started
+        if not computed:  # a step refused every row: nothing left for the engine
+            raise RowsRejectedError({}, tuple(sorted(refused.items())))
+        outputs = self._inner.run({name: tensors[name] for name in self._model_inputs})
+        if refused:
+            raise RowsRejectedError(outputs, tuple(sorted(refused.items())))
+        return outputs
+
+
+def _apply(step: BoundStep, tensors: dict[str, np.ndarray], refused: dict[int, str]) -> bool:
+    """Run `step` on the batch, writing its outputs into `tensors`; False when it refused every
+    row. A refused batch is run row by row: the refused rows go into `refused`."""
+    given = {own: tensors[tensor] for own, tensor in step.reads}
+    try:
+        produced = step.processor.run(given, step.params)
+    except InputError:
+        rows = _row_by_row(step, given, refused)
+        if rows is None:
+            return False
+        produced = rows
+    for own, tensor in step.writes:
+        tensors[tensor] = produced[own]
+    return True
+
+
+def _row_by_row(step: BoundStep, given: dict[str, np.ndarray], refused: dict[int, str]
+                ) -> dict[str, np.ndarray] | None:
+    """The step's outputs computed a row at a time, zeros in the rows it refuses."""
+    rows = len(next(iter(given.values())))
+    pieces: list[dict[str, np.ndarray] | None] = []
+    for row in range(rows):
+        try:
+            pieces.append(step.processor.run({k: v[row:row + 1] for k, v in given.items()},
+                                             step.params))
+        except InputError as exc:
+            refused.setdefault(row, step.error(exc))
+            pieces.append(None)
+    good = next((piece for piece in pieces if piece is not None), None)
+    if good is None:
+        return None
+    filler = {name: np.zeros_like(array) for name, array in good.items()}
+    return {name: np.concatenate([(piece or filler)[name] for piece in pieces])
+            for name in good}

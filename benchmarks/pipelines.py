@@ -97,20 +97,6 @@ def decode_in_thread(inputs: dict[str, np.ndarray], params: dict[str, Any]) -> d
     return decode(inputs, params)
 
 
-def _in_worker_copy(repo: Path) -> str:
-    """`detector-bytes`: the detector (same files, variant and instances) taking PNG bytes,
-    decoded by a `preprocess:` step in its own workers, batch by batch."""
-    shutil.copytree(EXAMPLES / "detector", repo / "detector-bytes",
-                    ignore=shutil.ignore_patterns("tuning"))
-    path = repo / "detector-bytes" / "config.yaml"
-    config = yaml.safe_load(path.read_text())
-    config.update(name="detector-bytes", preprocess=[{
-        "name": "decode", "processor": "image.decode", "inputs": {"image": "image"},
-        "outputs": {"pixels": "image"}, "params": CANVAS}])
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return "detector-bytes"
-
-
 def _add_model(repo: Path, name: str, config: dict[str, Any]) -> str:
     """`config` as model `name` of `repo` (a pipeline: a config.yaml and nothing else)."""
     (repo / name).mkdir()
@@ -125,6 +111,19 @@ def _threaded_copy(repo: Path, processor: str, replacement: str) -> str:
         if step.get("processor") == processor:
             step["processor"] = f"__main__:{replacement}"  # this script, run in process
     return _add_model(repo, f"detector-boxes-{replacement.replace('_', '-')}", config)
+
+
+def _with_preprocess(source: Path, repo: Path, name: str, params: dict[str, Any]) -> str:
+    """A copy of the model at `source` (same files, variant and instances) named `name`,
+    taking image files: a `preprocess:` step decodes them in its own workers, batch by batch."""
+    shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("tuning"))
+    path = repo / name / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config.update(name=name, preprocess=[{
+        "name": "decode", "processor": "image.decode", "inputs": {"image": "image"},
+        "outputs": {"pixels": "image"}, "params": params}])
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return name
 
 
 def _decode_only_copy(repo: Path) -> str:
@@ -461,7 +460,7 @@ async def overhead(concurrency: int, duration: float, rounds: int = 1,
         boxes_thread = _threaded_copy(Path(tmp), "detection.boxes", "boxes_in_thread")
         decode_thread = _threaded_copy(Path(tmp), "image.decode", "decode_in_thread")
         decode_only = _decode_only_copy(Path(tmp))
-        in_worker = _in_worker_copy(Path(tmp))
+        in_worker = _with_preprocess(EXAMPLES / "detector", Path(tmp), "detector-bytes", CANVAS)
         engine = Engine(Repository(tmp), models=["detector-boxes", boxes_thread, decode_thread,
                                                  decode_only, in_worker])
         await engine.start()
@@ -565,10 +564,12 @@ async def photo_overhead(concurrency: int, duration: float, rounds: int = 1,
         repo = Repository(tmp)
         params = next(step.params for step in repo.config(pipeline).steps
                       if step.name == "decode")
+        in_worker = _with_preprocess(Path(tmp) / "mobilenetv2", Path(tmp), "mobilenetv2-bytes",
+                                     params)
         raw = [{"image": decode(f, params)["pixels"]} for f in files]
         decode_us = float(np.mean([_cpu_ms(lambda f=f: decode(f, params), 20)
                                    for f in files])) * 1e3
-        engine = Engine(repo, models=[pipeline])
+        engine = Engine(repo, models=[pipeline, in_worker])
         await engine.start()
         try:
             batches = _model_batches(engine, "mobilenetv2")
@@ -578,6 +579,10 @@ async def photo_overhead(concurrency: int, duration: float, rounds: int = 1,
                              raw, dict, batches),
                 "decode": Leg("imagenet-decode (JPEG bytes)", _served(engine, pipeline), files,
                               _steps_cpu(engine, pipeline), batches),
+                "in-worker": Leg("mobilenetv2-bytes (JPEG decoded in workers)",
+                                 _served(engine, in_worker), files,
+                                 _preprocess_cpu(engine, in_worker),
+                                 _model_batches(engine, in_worker), decode_in_workers=True),
                 "decode-by-hand": Leg("by hand: decode, mobilenetv2", by_hand, files,
                                       by_hand_cpu, batches)}
             levels = await _legs(legs, concurrency, duration, rounds)

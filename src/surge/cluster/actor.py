@@ -168,6 +168,7 @@ def _load(spec: ActorSpec) -> Runner:
                                 "nodes need it at the same path, e.g. on shared storage)")
     options = RunnerOptions(intra_op_threads=spec.threads, device=spec.device,
                             spin_wait=spec.spin_wait)
-    runner = serving_runner(Repository(spec.root).load(spec.ref, spec.version, options))
+    runner = serving_runner(Repository(spec.root).load(spec.ref, spec.version, options),
+                            spec.threads)
     runner.warmup()
     return runner

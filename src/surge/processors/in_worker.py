@@ -17,8 +17,10 @@ part of serving.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,11 +54,12 @@ class BoundStep:
         return text
 
 
-def serving_runner(loaded: LoadedModel) -> Runner:
-    """The runner a worker serves: the model's, behind its preprocess steps if it has any."""
+def serving_runner(loaded: LoadedModel, threads: int = 1) -> Runner:
+    """The runner a worker serves: the model's, behind its preprocess steps if it has any
+    (a batch's rows split over `threads` threads, the instance's own)."""
     if not loaded.config.preprocess:
         return loaded.runner
-    return PreprocessedRunner(loaded.runner, loaded.config)
+    return PreprocessedRunner(loaded.runner, loaded.config, threads)
 
 
 def step_params(config: ModelConfig, step: StepConfig) -> dict[str, Any]:
@@ -150,11 +153,13 @@ def bind_steps(config: ModelConfig, model: Signature) -> tuple[tuple[BoundStep, 
 class PreprocessedRunner:
     """A model runner behind its preprocess steps (a `Runner`)."""
 
-    def __init__(self, inner: Runner, config: ModelConfig) -> None:
+    def __init__(self, inner: Runner, config: ModelConfig, threads: int = 1) -> None:
         self._inner = inner
         self._steps, self._signature = bind_steps(config, inner.signature)
         self._model_inputs = inner.signature.input_names
-        self.preprocess_cpu_ns = 0  # the thread CPU the steps took on the last batch
+        self._parts = Parts(threads)
+        self.preprocess_cpu_ns = 0  # the CPU the steps took on the last batch, all threads
+        self.other_threads_cpu_ns = 0  # of which the part threads', not the caller's
 
     @property
     def signature(self) -> Signature:
@@ -168,11 +173,12 @@ class PreprocessedRunner:
         self._inner.warmup()
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        started = time.thread_time_ns()
+        started, before = time.thread_time_ns(), self._parts.cpu_ns
         tensors = dict(inputs)
         refused: dict[int, str] = {}
-        computed = all(_apply(step, tensors, refused) for step in self._steps)
-        self.preprocess_cpu_ns = time.thread_time_ns() - started
+        computed = all(_apply(step, tensors, refused, self._parts) for step in self._steps)
+        self.other_threads_cpu_ns = self._parts.cpu_ns - before
+        self.preprocess_cpu_ns = time.thread_time_ns() - started + self.other_threads_cpu_ns
         if not computed:  # a step refused every row: nothing left for the engine
             raise RowsRejectedError({}, tuple(sorted(refused.items())))
         outputs = self._inner.run({name: tensors[name] for name in self._model_inputs})
@@ -181,12 +187,50 @@ class PreprocessedRunner:
         return outputs
 
 
-def _apply(step: BoundStep, tensors: dict[str, np.ndarray], refused: dict[int, str]) -> bool:
+class Parts:
+    """A step's batch split over the instance's `threads`: the first part on the calling
+    thread, the others at the same time on `threads - 1` more (the decoders release the GIL),
+    so an instance of several engine threads decodes on as many cores as it computes on."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, threads)
+        self._pool = (ThreadPoolExecutor(self.threads - 1, "surge-preprocess")
+                      if self.threads > 1 else None)
+        self.cpu_ns = 0  # the thread CPU of the parts run on the pool, all batches
+        self._lock = threading.Lock()
+
+    def run(self, step: BoundStep, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = len(next(iter(given.values())))
+        parts = min(rows, self.threads)
+        if self._pool is None or parts < 2:
+            return step.processor.run(given, step.params)
+        bounds = np.linspace(0, rows, parts + 1).astype(int).tolist()
+        pieces = [{k: v[a:b] for k, v in given.items()}
+                  for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        others = [self._pool.submit(self._timed, step, piece) for piece in pieces[1:]]
+        try:
+            first = step.processor.run(pieces[0], step.params)
+        finally:
+            wait(others)
+        results = [first] + [future.result() for future in others]  # a part's error raises
+        return {name: np.concatenate([result[name] for result in results]) for name in first}
+
+    def _timed(self, step: BoundStep, piece: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.thread_time_ns()
+        try:
+            return step.processor.run(piece, step.params)
+        finally:
+            with self._lock:
+                self.cpu_ns += time.thread_time_ns() - started
+
+
+def _apply(step: BoundStep, tensors: dict[str, np.ndarray], refused: dict[int, str],
+           parts: Parts) -> bool:
     """Run `step` on the batch, writing its outputs into `tensors`; False when it refused every
     row. A refused batch is run row by row: the refused rows go into `refused`."""
     given = {own: tensors[tensor] for own, tensor in step.reads}
     try:
-        produced = step.processor.run(given, step.params)
+        produced = parts.run(step, given)
     except InputError:
         rows = _row_by_row(step, given, refused)
         if rows is None:

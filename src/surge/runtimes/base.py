@@ -136,16 +136,20 @@ class RowsRun(NamedTuple):
 
     outputs: dict[str, np.ndarray]
     rejected: tuple[tuple[int, str], ...]  # rows refused by preprocessing, with the error
-    preprocess_cpu_ns: int  # the thread CPU the runner's preprocessing took, if it has any
+    preprocess_cpu_ns: int  # the CPU the runner's preprocessing took, if it has any
+    other_threads_cpu_ns: int  # of which on threads other than the caller's
 
 
 def run_rows(runner: Runner, inputs: Mapping[str, np.ndarray]) -> RowsRun:
     """`runner.run(inputs)`, with the rows its preprocessing refused set apart (RowsRejectedError);
     any other error propagates and fails the whole batch."""
+    rejected: tuple[tuple[int, str], ...] = ()
     try:
-        return RowsRun(runner.run(inputs), (), getattr(runner, "preprocess_cpu_ns", 0))
+        outputs = runner.run(inputs)
     except RowsRejectedError as refused:
-        return RowsRun(refused.outputs, refused.rows, getattr(runner, "preprocess_cpu_ns", 0))
+        outputs, rejected = refused.outputs, refused.rows
+    return RowsRun(outputs, rejected, getattr(runner, "preprocess_cpu_ns", 0),
+                   getattr(runner, "other_threads_cpu_ns", 0))
 
 
 # How an engine's idle threads wait for work: True spins (lowest latency, a core each, always);

@@ -65,10 +65,10 @@ def compute(runner: Runner, batch: Batch) -> tuple[dict[str, np.ndarray], BatchD
     inputs = batch_inputs(batch)
     joined = time.perf_counter_ns()
     ran = run_rows(runner, inputs)
+    cpu_ns = time.thread_time_ns() - cpu + ran.other_threads_cpu_ns
     return ran.outputs, BatchDone(batch.id, input_ns=joined - started,
-                                  infer_ns=time.perf_counter_ns() - joined,
-                                  cpu_ns=time.thread_time_ns() - cpu, rejected=ran.rejected,
-                                  preprocess_cpu_ns=ran.preprocess_cpu_ns)
+                                  infer_ns=time.perf_counter_ns() - joined, cpu_ns=cpu_ns,
+                                  rejected=ran.rejected, preprocess_cpu_ns=ran.preprocess_cpu_ns)
 
 
 class InProcessPool:

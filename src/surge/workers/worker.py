@@ -59,7 +59,8 @@ def load(spec: WorkerSpec) -> Runner:
 
     options = RunnerOptions(intra_op_threads=spec.threads, device=spec.device,
                             spin_wait=spec.spin_wait)
-    runner = serving_runner(Repository(spec.root).load(spec.ref, spec.version, options))
+    runner = serving_runner(Repository(spec.root).load(spec.ref, spec.version, options),
+                            spec.threads)
     runner.warmup()
     return runner
 
@@ -96,6 +97,7 @@ def run_batch(runner: Runner, conn: Connection, end: WorkerEnd, message: RunBatc
         del inputs  # release the views of the input slot
     done = BatchDone(message.batch_id, input_ns=loaded - started,
                      infer_ns=time.perf_counter_ns() - loaded,
-                     cpu_ns=time.thread_time_ns() - cpu, rejected=ran.rejected,
+                     cpu_ns=time.thread_time_ns() - cpu + ran.other_threads_cpu_ns,
+                     rejected=ran.rejected,
                      preprocess_cpu_ns=ran.preprocess_cpu_ns)
     end.reply(conn, message, ran.outputs, done)

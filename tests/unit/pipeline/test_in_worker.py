@@ -136,3 +136,19 @@ def test_a_batch_names_the_requests_of_refused_rows_and_the_row_within_each() ->
         1: "bad (row 1)", 2: "also"}
     assert batch.refused([(0, "bad")]) == {0: "bad"}
     assert batch.refused([]) == {}
+
+
+def test_an_instance_of_several_threads_runs_a_batch_in_parts_at_once() -> None:
+    files = np.array([png(v) for v in range(1, 8)] + [b"GIF89a", png(9)], object)
+    given = {"png": files, "scale": np.ones(len(files), np.float32)}
+    alone = run_rows(PreprocessedRunner(Summing(), config(step())), given)
+    inner = Summing()
+    split = PreprocessedRunner(inner, config(step()), threads=3)
+    assert split.run({"png": files[:7], "scale": np.ones(7, np.float32)})["total"].tolist() == [
+        64.0 * v for v in range(1, 8)]
+    assert split.other_threads_cpu_ns > 0  # two of the three parts ran on the pool's threads
+    assert split.preprocess_cpu_ns > split.other_threads_cpu_ns
+    parted = run_rows(split, given)  # a refused row: the whole batch again, row by row
+    np.testing.assert_array_equal(parted.outputs["total"], alone.outputs["total"])
+    assert parted.rejected == alone.rejected
+    assert [row for row, _ in parted.rejected] == [7]

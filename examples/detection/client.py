@@ -10,7 +10,8 @@ The input is a grayscale PNG or a .npy canvas (uint8 [128, 128], or [N, 128, 128
 `detector` takes the decoded canvas and answers boxes FP32 [1, K, 4] (x1, y1, x2, y2 pixels),
 scores FP32 [1, K] and labels INT64 [1, K]; the client keeps the detections scoring at least the
 model config's parameters.score_threshold (or --threshold). The pipeline `detector-boxes` takes
-the PNG file itself (BYTES) and answers only the kept boxes, with their class names.
+the PNG file itself (BYTES) and answers only the kept boxes, with their class names; a detector
+whose config decodes in its workers (`preprocess:`) takes the PNG file and answers every box.
 """
 
 from __future__ import annotations
@@ -39,15 +40,26 @@ def read_canvas(path: Path, index: int) -> np.ndarray:
     return np.asarray(Image.open(path).convert("L"))
 
 
-def detect(url: str, model: str, canvas: np.ndarray) -> tuple[np.ndarray, ...]:
-    """boxes [K, 4], scores [K], labels [K] for one canvas."""
+def detect(url: str, model: str, canvas: np.ndarray, as_png: bool = False
+           ) -> tuple[np.ndarray, ...]:
+    """boxes [K, 4], scores [K], labels [K] for one canvas, sent decoded or as a PNG file."""
     client = httpclient.InferenceServerClient(url)
-    image = httpclient.InferInput("image", [1, *canvas.shape], "UINT8")
-    image.set_data_from_numpy(canvas[None], binary_data=True)
+    if as_png:
+        image = httpclient.InferInput("image", [1], "BYTES")
+        image.set_data_from_numpy(np.array([png_bytes(canvas)], dtype=object), binary_data=True)
+    else:
+        image = httpclient.InferInput("image", [1, *canvas.shape], "UINT8")
+        image.set_data_from_numpy(canvas[None], binary_data=True)
     outputs = [httpclient.InferRequestedOutput(name, binary_data=True)
                for name in ("boxes", "scores", "labels")]
     result = client.infer(model, [image], outputs=outputs)
     return tuple(result.as_numpy(name)[0] for name in ("boxes", "scores", "labels"))
+
+
+def png_bytes(canvas: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def config_threshold(url: str, model: str) -> float:
@@ -56,13 +68,11 @@ def config_threshold(url: str, model: str) -> float:
     return float(config["parameters"]["score_threshold"]["string_value"])
 
 
-def detect_png(url: str, model: str, canvas: np.ndarray) -> tuple[np.ndarray, ...]:
+def detect_kept(url: str, model: str, canvas: np.ndarray) -> tuple[np.ndarray, ...]:
     """The pipeline: PNG bytes in; the kept boxes [K, 4], scores [K], class names [K] out."""
-    buffer = io.BytesIO()
-    Image.fromarray(canvas).save(buffer, "PNG")
     client = httpclient.InferenceServerClient(url)
     image = httpclient.InferInput("image", [1], "BYTES")
-    image.set_data_from_numpy(np.array([buffer.getvalue()], dtype=object), binary_data=True)
+    image.set_data_from_numpy(np.array([png_bytes(canvas)], dtype=object), binary_data=True)
     result = client.infer(model, [image])
     count = int(result.as_numpy("count")[0])
     names = [n.decode() for n in result.as_numpy("labels")[0][:count]]
@@ -70,9 +80,12 @@ def detect_png(url: str, model: str, canvas: np.ndarray) -> tuple[np.ndarray, ..
     return result.as_numpy("boxes")[0][:count], result.as_numpy("scores")[0][:count], labels
 
 
-def is_pipeline(url: str, model: str) -> bool:
+def served_as(url: str, model: str) -> tuple[bool, bool]:
+    """Whether the model takes PNG files (BYTES), and whether it answers only the kept boxes
+    (the pipeline's `count` output) rather than every box with its score."""
     metadata = httpclient.InferenceServerClient(url).get_model_metadata(model)
-    return bool(metadata["inputs"][0]["datatype"] == "BYTES")
+    takes_files = metadata["inputs"][0]["datatype"] == "BYTES"
+    return takes_files, any(output["name"] == "count" for output in metadata["outputs"])
 
 
 def draw(canvas: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
@@ -103,12 +116,14 @@ def main() -> None:
     args = parser.parse_args()
 
     canvas = read_canvas(args.image, args.index)
-    pipeline = is_pipeline(args.url, args.model)
-    detector = detect_png if pipeline else detect
-    boxes, scores, labels = detector(args.url, args.model, canvas)
+    takes_files, kept = served_as(args.url, args.model)
+    if kept:
+        boxes, scores, labels = detect_kept(args.url, args.model, canvas)
+    else:
+        boxes, scores, labels = detect(args.url, args.model, canvas, as_png=takes_files)
     threshold = args.threshold
     if threshold is None:  # a pipeline answers only the boxes at the config's threshold
-        threshold = 0.0 if pipeline else config_threshold(args.url, args.model)
+        threshold = 0.0 if kept else config_threshold(args.url, args.model)
     keep = scores >= threshold
     for box, score, label in zip(boxes[keep], scores[keep], labels[keep], strict=True):
         print(f"{CLASSES[int(label)]:<12} {score:.3f}  box {np.round(box, 1).tolist()}")

@@ -78,3 +78,22 @@ def test_bytes_in_answers_out_and_a_bad_file_fails_only_its_request(
             assert again["total"].tolist() == [64 * 9.0]
 
     run(body())
+
+
+def test_a_second_entry_serves_the_same_files_as_bytes_through_links(tmp_path: Path) -> None:
+    """The model fed tensors and the same files fed PNGs: the second entry's version directory
+    is a link to the first's (inside the repository, so the repository follows it)."""
+    plain = DECODE.format(placement="in-process").split("preprocess:")[0]
+
+    async def body() -> None:
+        (tmp_path / "files").mkdir()
+        (tmp_path / "files" / "1").symlink_to(Path("..") / "sum" / "1")
+        (tmp_path / "files" / "config.yaml").write_text(
+            DECODE.format(placement="in-process"))
+        async with serving(tmp_path, {"sum": ("image_sum", plain)}) as engine:
+            tensors = await engine.infer("sum", None, {"image": np.full((1, 8, 8), 2.0,
+                                                                        np.float32)})
+            decoded = await engine.infer("files", None, files(png(2)))
+            assert tensors["total"].tolist() == decoded["total"].tolist() == [128.0]
+
+    run(body())

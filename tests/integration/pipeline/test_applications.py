@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import simplejpeg
 import torch
+import yaml
 from PIL import Image
 from tests.integration.server.conftest import ServerProcess, start_server, triton_client
 
@@ -44,13 +46,32 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
                    check=True, capture_output=True, timeout=600)
     for name in ("detector", "detector-boxes"):
         shutil.copytree(EXAMPLES / name, root / name, ignore=shutil.ignore_patterns("tuning"))
+    _detector_bytes(root)
     return root
+
+
+def readme_preprocess() -> dict[str, object]:
+    """The `preprocess:` block the README shows for the detector."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("# a copy of examples/repository/detector/config.yaml, plus:\n", 1)[1]
+    return yaml.safe_load(block.split("```", 1)[0])
+
+
+def _detector_bytes(root: Path) -> None:
+    """`detector-bytes`: the detector with the README's preprocess block (PNG files in)."""
+    shutil.copytree(EXAMPLES / "detector", root / "detector-bytes",
+                    ignore=shutil.ignore_patterns("tuning"))
+    path = root / "detector-bytes" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config.update(name="detector-bytes", **readme_preprocess())
+    path.write_text(yaml.safe_dump(config))
 
 
 @pytest.fixture(scope="module")
 def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("log") / "server.log"
-    proc = start_server(repo, log, "--models", "imagenet,imagenet-efficientnet,detector-boxes",
+    proc = start_server(repo, log, "--models",
+                        "imagenet,imagenet-efficientnet,detector-boxes,detector-bytes",
                         timeout=300)
     yield proc
     assert proc.stop() == 0, proc.output()
@@ -108,7 +129,7 @@ def test_the_detector_client_gets_the_same_boxes_from_png_bytes(server: ServerPr
     (tmp_path / "canvas.png").write_bytes(png)
     url = server.http.removeprefix("http://")
     runs = {}
-    for model in ("detector", "detector-boxes"):
+    for model in ("detector", "detector-boxes", "detector-bytes"):
         done = triton_client(str(ROOT / "examples" / "detection" / "client.py"),
                              str(tmp_path / "canvas.png"), "--url", url, "--model", model,
                              "--out", str(tmp_path / f"{model}.png"))
@@ -116,7 +137,7 @@ def test_the_detector_client_gets_the_same_boxes_from_png_bytes(server: ServerPr
         runs[model] = done.stdout
     # The raw model's client applies the config's score_threshold itself; the pipeline's server
     # does: both keep the same labelled boxes.
-    assert runs["detector"] == runs["detector-boxes"]
+    assert runs["detector"] == runs["detector-boxes"] == runs["detector-bytes"]
     assert runs["detector"].strip(), "no detection on a canvas with an item"
 
 
@@ -140,6 +161,24 @@ def test_bad_files_get_400_naming_the_step_and_input(server: ServerProcess, data
     reply = _infer_bytes(server, "imagenet", data)
     assert reply.status_code == 400, reply.text
     assert message in reply.json()["error"]
+
+
+def test_a_bad_file_fails_its_own_request_not_the_files_batched_with_it(
+        server: ServerProcess) -> None:
+    png, canvas = _canvas_png()
+    bad = png[:60]
+    with ThreadPoolExecutor(16) as pool:  # at once: the detector batches up to 8
+        replies = list(pool.map(lambda data: _infer_bytes(server, "detector-bytes", data),
+                                [bad if i % 4 == 1 else png for i in range(32)]))
+    for i, reply in enumerate(replies):
+        if i % 4 == 1:
+            assert reply.status_code == 400, reply.text
+            assert "input 'image' is not a valid image" in reply.json()["error"]
+        else:
+            assert reply.status_code == 200, reply.text
+    stats = httpx.get(f"{server.http}/v2/models/detector-bytes/stats", timeout=30).json()
+    executions = stats["model_stats"][0]["execution_count"]
+    assert executions < 32, "no two requests were batched together"
 
 
 def test_the_config_response_carries_parameters(server: ServerProcess) -> None:

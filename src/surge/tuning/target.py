@@ -41,6 +41,7 @@ def resolve_target(repo: Repository, name: str, step: str | None) -> TuneTarget:
     if config.kind != "pipeline":
         if step is not None:
             raise ConfigError(f"--step {step!r}: {name!r} is a model, not a pipeline")
+        _check_tensors_in(repo, name)
         return TuneTarget(name)
     models = {s.name: s.model for s in config.steps if s.model is not None}
     if step is None:
@@ -54,7 +55,17 @@ def resolve_target(repo: Repository, name: str, step: str | None) -> TuneTarget:
                           f"{sorted(models)}")
     model = models[step]
     assert model is not None
+    _check_tensors_in(repo, model)
     return TuneTarget(model, name, step)
+
+
+def _check_tensors_in(repo: Repository, model: str) -> None:
+    """A tune evaluates, profiles and serves a model on its own tensors: one that decodes
+    files in its workers (`preprocess:`) would be measured on requests its steps refuse."""
+    if repo.config(model).preprocess:
+        raise ConfigError(f"model {model!r} has preprocess steps, which surge tune does not "
+                          "measure: tune an entry of the same files without them (its version "
+                          "directory a link to this one's) and copy the settings it writes")
 
 
 def pipeline_models(repo_root: Path, pipeline: str) -> list[str]:

@@ -62,6 +62,18 @@ def test_bad_steps_are_config_errors(repo: Path, name: str, step: str | None,
         resolve_target(Repository(repo), name, step)
 
 
+@pytest.mark.parametrize(("name", "step"), [("other", None), ("pipe", "second")])
+def test_a_model_that_decodes_in_its_workers_is_refused_with_what_to_do(
+        repo: Path, name: str, step: str | None) -> None:
+    (repo / "other" / "config.yaml").write_text(
+        "max_batch_size: 4\npreprocess:\n- {name: decode, processor: image.decode, "
+        "inputs: {image: files}, outputs: {pixels: x}, params: {size: [2, 2], layout: hw, "
+        "color: gray}}\n")
+    with pytest.raises(ConfigError, match="model 'other' has preprocess steps, which surge "
+                                          "tune does not measure: tune an entry"):
+        resolve_target(Repository(repo), name, step)
+
+
 def test_the_only_model_step_is_chosen_without_step(repo: Path) -> None:
     config = (repo / "pipe" / "config.yaml").read_text()
     single = config.replace("- {name: second, model: other, inputs: {x: h}, outputs: {y: z}}\n",

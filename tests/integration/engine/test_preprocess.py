@@ -18,9 +18,8 @@ from surge.protocol.metadata import model_metadata
 DECODE = """\
 max_batch_size: 8
 batching: {{max_queue_delay_ms: 100.0}}
-instances: 1
 threads: 1
-placement: {placement}
+{placement}
 preprocess:
   - name: decode
     processor: image.decode
@@ -40,7 +39,8 @@ def files(*contents: bytes) -> dict[str, np.ndarray]:
     return {"png": np.array(contents, dtype=object)}
 
 
-@pytest.mark.parametrize("placement", ["local", "in-process"])
+@pytest.mark.parametrize("placement", [
+    "instances: 1\nplacement: local", "instances: 1\nplacement: in-process", "worker: shared"])
 def test_bytes_in_answers_out_and_a_bad_file_fails_only_its_request(
         tmp_path: Path, placement: str) -> None:
     async def body() -> None:
@@ -83,13 +83,13 @@ def test_bytes_in_answers_out_and_a_bad_file_fails_only_its_request(
 def test_a_second_entry_serves_the_same_files_as_bytes_through_links(tmp_path: Path) -> None:
     """The model fed tensors and the same files fed PNGs: the second entry's version directory
     is a link to the first's (inside the repository, so the repository follows it)."""
-    plain = DECODE.format(placement="in-process").split("preprocess:")[0]
+    plain = DECODE.format(placement="placement: in-process").split("preprocess:")[0]
 
     async def body() -> None:
         (tmp_path / "files").mkdir()
         (tmp_path / "files" / "1").symlink_to(Path("..") / "sum" / "1")
         (tmp_path / "files" / "config.yaml").write_text(
-            DECODE.format(placement="in-process"))
+            DECODE.format(placement="placement: in-process"))
         async with serving(tmp_path, {"sum": ("image_sum", plain)}) as engine:
             tensors = await engine.infer("sum", None, {"image": np.full((1, 8, 8), 2.0,
                                                                         np.float32)})

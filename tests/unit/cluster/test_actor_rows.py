@@ -4,10 +4,10 @@ outputs and the refused rows, as a worker process does."""
 from __future__ import annotations
 
 import numpy as np
-from tests.unit.pipeline.test_in_worker import Summing, config, png, step
 
 from surge.cluster.actor import ActorSpec, InstanceActor, pack_batch, unpack_batch
 from surge.processors.in_worker import PreprocessedRunner
+from tests.unit.pipeline.test_in_worker import Summing, config, png, step
 
 
 def test_refused_rows_travel_back_beside_the_outputs() -> None:

@@ -7,9 +7,10 @@ the steps on the whole batch, then the engine. Beside a pipeline whose decode st
 front end, the front end decodes nothing, and the decoding runs where the model's instances
 run, batch by batch, on as many processes as the model has instances.
 
-A step that refuses its batch (InputError) is run again row by row to find the rows at fault.
-Their rows are filled with zeros for the engine and reported (`RowsRejectedError`), so the front end
-fails only their requests, with the step's error (HTTP 400), and answers the others.
+A step that refuses its batch (InputError) is run again row by row to find the rows at fault,
+then once on the rows it takes. The refused rows are filled with zeros for the engine and
+reported (`RowsRejectedError`), so the front end fails only their requests, with the step's
+error (HTTP 400), and answers the others.
 
 `surge evaluate`, `optimize` and `tune` load the model itself (its own tensors): the steps are
 part of serving.
@@ -43,6 +44,7 @@ class BoundStep:
     params: Mapping[str, Any]
     reads: tuple[tuple[str, str], ...]
     writes: tuple[tuple[str, str], ...]
+    fixed: bool  # every output's shape past the batch dim is fixed: a batch may run in parts
 
     def error(self, exc: InputError) -> str:
         """The error of a one-row call, worded with the served input names it read and without
@@ -94,8 +96,9 @@ class _Binder:
             self._read(where, own, tensor, _declared(where, spec.inputs, own, "input"))
         for own, tensor in step.outputs.items():
             self._write(where, step.name, tensor, _declared(where, spec.outputs, own, "output"))
+        fixed = all(-1 not in out.shape[1:] for out in spec.outputs.values())
         return BoundStep(step.name, processor, params, tuple(step.inputs.items()),
-                         tuple(step.outputs.items()))
+                         tuple(step.outputs.items()), fixed)
 
     def _read(self, where: str, own: str, tensor: str, want: TensorSpec) -> None:
         have = self.made.get(tensor, self.served.get(tensor))
@@ -190,7 +193,9 @@ class PreprocessedRunner:
 class Parts:
     """A step's batch split over the instance's `threads`: the first part on the calling
     thread, the others at the same time on `threads - 1` more (the decoders release the GIL),
-    so an instance of several engine threads decodes on as many cores as it computes on."""
+    so an instance of several engine threads decodes on as many cores as it computes on.
+    Only steps whose outputs have a fixed width are split (token ids padded to the longest
+    text of each part would not join)."""
 
     def __init__(self, threads: int) -> None:
         self.threads = max(1, threads)
@@ -202,7 +207,7 @@ class Parts:
     def run(self, step: BoundStep, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = len(next(iter(given.values())))
         parts = min(rows, self.threads)
-        if self._pool is None or parts < 2:
+        if self._pool is None or parts < 2 or not step.fixed:
             return step.processor.run(given, step.params)
         bounds = np.linspace(0, rows, parts + 1).astype(int).tolist()
         pieces = [{k: v[a:b] for k, v in given.items()}
@@ -243,19 +248,27 @@ def _apply(step: BoundStep, tensors: dict[str, np.ndarray], refused: dict[int, s
 
 def _row_by_row(step: BoundStep, given: dict[str, np.ndarray], refused: dict[int, str]
                 ) -> dict[str, np.ndarray] | None:
-    """The step's outputs computed a row at a time, zeros in the rows it refuses."""
+    """The step's outputs with zeros in the rows it refuses, found a row at a time; the rows it
+    takes are then run together, so outputs whose width follows the batch (token ids padded to
+    its longest text) come out as the batch's. None when it refuses every row."""
     rows = len(next(iter(given.values())))
-    pieces: list[dict[str, np.ndarray] | None] = []
+    good: list[int] = []
     for row in range(rows):
         try:
-            pieces.append(step.processor.run({k: v[row:row + 1] for k, v in given.items()},
-                                             step.params))
+            step.processor.run({k: v[row:row + 1] for k, v in given.items()}, step.params)
+            good.append(row)
         except InputError as exc:
             refused.setdefault(row, step.error(exc))
-            pieces.append(None)
-    good = next((piece for piece in pieces if piece is not None), None)
-    if good is None:
+    if not good:
         return None
-    filler = {name: np.zeros_like(array) for name, array in good.items()}
-    return {name: np.concatenate([(piece or filler)[name] for piece in pieces])
-            for name in good}
+    try:
+        taken = step.processor.run({k: v[good] for k, v in given.items()}, step.params)
+    except InputError as exc:  # each row alone passes, together they do not: refuse them all
+        for row in good:
+            refused.setdefault(row, step.error(exc))
+        return None
+    outputs = {}
+    for name, array in taken.items():
+        outputs[name] = np.zeros((rows, *array.shape[1:]), array.dtype)
+        outputs[name][good] = array
+    return outputs

@@ -152,3 +152,37 @@ def test_an_instance_of_several_threads_runs_a_batch_in_parts_at_once() -> None:
     np.testing.assert_array_equal(parted.outputs["total"], alone.outputs["total"])
     assert parted.rejected == alone.rejected
     assert [row for row, _ in parted.rejected] == [7]
+
+
+class Counting:
+    """A runner over token ids: the number of real tokens in each row."""
+
+    signature = Signature((TensorSpec("input_ids", "INT64", (-1, -1)),
+                           TensorSpec("attention_mask", "INT64", (-1, -1))),
+                          (TensorSpec("tokens", "INT64", (-1,)),), batched=True,
+                          max_batch_size=8)
+    device = "cpu"
+
+    def warmup(self) -> None:
+        pass
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert inputs["input_ids"].shape == inputs["attention_mask"].shape
+        return {"tokens": inputs["attention_mask"].sum(axis=1)}
+
+
+def test_a_step_whose_width_follows_the_batch_is_not_split_and_refuses_rows_alike() -> None:
+    tokenize = {"name": "tokenize", "processor": "text.tokenize",
+                "inputs": {"text": "text"},
+                "outputs": {"input_ids": "input_ids", "attention_mask": "attention_mask"},
+                "params": {"tokenizer": "surge.zoo.minilm:tokenizer_file", "max_length": 32,
+                           "outputs": ["input_ids", "attention_mask"]}}
+    runner = PreprocessedRunner(Counting(), config(tokenize), threads=3)
+    texts = np.array([[b"hi"], [b"a longer sentence than the first"], [b"\xff\xfe"], [b"ok"]],
+                     object)
+    ran = run_rows(runner, {"text": texts})
+    alone = [run_rows(runner, {"text": texts[i:i + 1]}).outputs["tokens"][0] for i in (0, 1, 3)]
+    assert ran.outputs["tokens"].tolist() == [alone[0], alone[1], 0, alone[2]]
+    assert [row for row, _ in ran.rejected] == [2]
+    assert ran.rejected[0][1].startswith("input 'text'")
+    assert "row" not in ran.rejected[0][1]

@@ -140,4 +140,7 @@ def model_statistics(name: str, version: int | str, stats: Any) -> dict[str, Any
         entry["latency"] = data["latency"]
     if data.get("steps"):  # a pipeline's processor steps: calls and CPU (HTTP only, likewise)
         entry["steps"] = data["steps"]
+    preprocess = data.get("preprocess_cpu") or (0, 0)
+    if preprocess[0]:  # a model's preprocess steps in its workers: batches and CPU (likewise)
+        entry["preprocess"] = {"batches": int(preprocess[0]), "cpu_ns": int(preprocess[1])}
     return entry

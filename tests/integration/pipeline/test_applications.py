@@ -179,6 +179,8 @@ def test_a_bad_file_fails_its_own_request_not_the_files_batched_with_it(
     stats = httpx.get(f"{server.http}/v2/models/detector-bytes/stats", timeout=30).json()
     executions = stats["model_stats"][0]["execution_count"]
     assert executions < 32, "no two requests were batched together"
+    assert stats["model_stats"][0]["preprocess"]["batches"] == executions
+    assert stats["model_stats"][0]["preprocess"]["cpu_ns"] > 0
 
 
 def test_the_config_response_carries_parameters(server: ServerProcess) -> None:

@@ -2,6 +2,10 @@
 the `minilm-text` pipeline (UTF-8 text -> tokenizer -> all-MiniLM-L6-v2) served by Surge in fp32
 and int8, against a naive server in the same run.
 
+`--in-worker` adds Surge runs of `minilm-text-worker`: the encoder itself (its version and variant
+directories linked) with the pipeline's tokenize step as a `preprocess:` step, so the tokenizer
+runs in the encoder's worker on each batch instead of in the front end.
+
 The naive server is what a first text-embedding service usually looks like: FastAPI with
 pydantic request models, the same `tokenizers` tokenizer and the same ONNX model in ONNX Runtime,
 one forward pass per request in the framework's thread pool, V2 JSON in and out so that the same
@@ -35,6 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from serving import cpu_seconds, free_port, stop, wait_ready  # noqa: E402
 
 PIPELINE, ENCODER, INT8 = "minilm-text", "minilm", "int8-dynamic"
+IN_WORKER = "minilm-text-worker"  # the encoder tokenizing in its own workers (`preprocess:`)
 WORDS = 16  # words per sentence: a short query or title, as search clients send
 
 
@@ -99,18 +104,19 @@ def sentences(count: int) -> list[str]:
     return [" ".join(texts[i].split()[:WORDS]) for i in picked if texts[i].strip()]
 
 
-def payloads(host: str, port: int, texts: list[str], binary: bool) -> list[bytes]:
+def payloads(host: str, port: int, texts: list[str], binary: bool,
+             model: str = PIPELINE) -> list[bytes]:
     from surge.bench.payload import InputSpec, http_body, http_request
 
     spec = InputSpec("text", "BYTES", (-1, 1))
-    path = f"/v2/models/{PIPELINE}/infer"
+    path = f"/v2/models/{model}/infer"
     return [http_request(f"{host}:{port}", path,
                          *http_body({"text": np.array([[t.encode()]], dtype=object)}, [spec],
                                     binary)) for t in texts]
 
 
 def measure(port: int, pid: int, texts: list[str], level: int, duration: float,
-            binary: bool) -> dict[str, Any]:
+            binary: bool, model: str = PIPELINE) -> dict[str, Any]:
     from dataclasses import asdict
 
     from surge.bench.clients import HttpTransport
@@ -119,7 +125,7 @@ def measure(port: int, pid: int, texts: list[str], level: int, duration: float,
     async def run() -> Any:
         transport = HttpTransport("127.0.0.1", port)
         try:
-            return await run_level(transport, payloads("127.0.0.1", port, texts, binary),
+            return await run_level(transport, payloads("127.0.0.1", port, texts, binary, model),
                                    concurrency=level, duration_s=duration, warmup_s=2.0)
         finally:
             await transport.close()
@@ -149,8 +155,23 @@ def prepare(repo: Path) -> None:
             raise SystemExit(f"int8 variant not kept: {outcome}")
 
 
-def set_variant(repo: Path, variant: str | None) -> None:
-    path = repo / ENCODER / "config.yaml"
+def prepare_in_worker(repo: Path) -> None:
+    """`IN_WORKER`: the encoder's files through links, its config plus the tokenize step."""
+    from surge_examples.text.pipelines import tokenize_step
+
+    entry = repo / IN_WORKER
+    entry.mkdir(exist_ok=True)
+    for name in ("1", "variants"):
+        if not (entry / name).exists():
+            (entry / name).symlink_to(Path("..") / ENCODER / name)
+    config = yaml.safe_load((repo / ENCODER / "config.yaml").read_text())
+    config.update(name=IN_WORKER, preprocess=[tokenize_step(["input_ids", "attention_mask"])])
+    config.get("parameters", {}).pop("dataset", None)  # it takes texts, not token ids
+    (entry / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def set_variant(repo: Path, variant: str | None, model: str = ENCODER) -> None:
+    path = repo / model / "config.yaml"
     config = yaml.safe_load(path.read_text())
     config.pop("variant", None)
     if variant:
@@ -159,27 +180,30 @@ def set_variant(repo: Path, variant: str | None) -> None:
 
 
 def run_server(command: list[str], port: int, texts: list[str], levels: list[int],
-               duration: float, binary: bool) -> list[dict[str, Any]]:
+               duration: float, binary: bool, model: str = PIPELINE) -> list[dict[str, Any]]:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(f"http://127.0.0.1:{port}", process)
-        return [measure(port, process.pid, texts, level, duration, binary) for level in levels]
+        return [measure(port, process.pid, texts, level, duration, binary, model)
+                for level in levels]
     finally:
         stop(process)
 
 
 def run_surge(repo: Path, variant: str | None, texts: list[str], levels: list[int],
-              duration: float) -> list[dict[str, Any]]:
-    set_variant(repo, variant)
+              duration: float, model: str = PIPELINE) -> list[dict[str, Any]]:
+    """Surge serving `model` alone (the pipeline loads the encoder with it)."""
+    served = ENCODER if model == PIPELINE else model
+    set_variant(repo, variant, served)
     port = free_port()
-    print(f"  surge {variant or 'fp32'}", flush=True)
+    print(f"  surge {model} {variant or 'fp32'}", flush=True)
     command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
-               "--http-port", str(port), "--grpc-port", str(free_port()),
+               "--models", model, "--http-port", str(port), "--grpc-port", str(free_port()),
                "--metrics-port", str(free_port())]
     try:
-        return run_server(command, port, texts, levels, duration, binary=True)
+        return run_server(command, port, texts, levels, duration, True, model)
     finally:
-        set_variant(repo, None)
+        set_variant(repo, None, served)
 
 
 def run_naive(repo: Path, texts: list[str], levels: list[int], duration: float,
@@ -197,6 +221,9 @@ def main() -> None:
     parser.add_argument("--levels", default="64")
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--sentences", type=int, default=512)
+    parser.add_argument("--in-worker", action="store_true",
+                        help=f"also serve {IN_WORKER} (tokenizing in the encoder's workers)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "text.json")
     parser.add_argument("--naive-server", nargs=3, metavar=("MODEL", "PORT", "THREADS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -212,6 +239,11 @@ def main() -> None:
     runs = {"naive": run_naive(args.repo, texts, levels, args.duration, cores),
             "surge_fp32": run_surge(args.repo, None, texts, levels, args.duration),
             "surge_int8": run_surge(args.repo, INT8, texts, levels, args.duration)}
+    if args.in_worker:
+        prepare_in_worker(args.repo)
+        for name, variant in (("fp32", None), ("int8", INT8)):
+            runs[f"surge_{name}_in_worker"] = run_surge(args.repo, variant, texts, levels,
+                                                        args.duration, IN_WORKER)
     top = levels[-1]
     naive = runs["naive"][-1]["throughput"]
     summary = {f"{name}_over_naive_c{top}": rows[-1]["throughput"] / naive
@@ -220,8 +252,8 @@ def main() -> None:
               "load_average_before": os.getloadavg(), "seconds": time.time() - started,
               "sentences": len(texts), "words_per_sentence": WORDS, "runs": runs,
               "summary": summary}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "text.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     for key, value in summary.items():
         print(f"{key}: {value:.2f}x")
 

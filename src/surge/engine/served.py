@@ -25,10 +25,10 @@ from typing import Protocol
 import numpy as np
 from prometheus_client import Counter
 
-from surge.datatypes import v2_to_numpy
 from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolSpec
 from surge.engine.interface import ModelHandle
 from surge.engine.metrics import SurgeMetrics
+from surge.engine.probe import probe_rows
 from surge.engine.route import check_pin, request_route
 from surge.engine.stats import Counters
 from surge.engine.timing import LAG_HOPS, LoopLag, RequestTiming, request_timing
@@ -151,7 +151,7 @@ class ServedModel:
         SLO batching predict from the first request (else the first burst after a load is
         admitted blind). The probe's batches count in no statistics."""
         for size in sorted({1, self.scheduler.config.max_batch_size}):
-            inputs = probe_inputs(signature, size)
+            inputs = probe_rows(self.config, signature, size)
             if inputs is None:
                 log.info("model %s: no latency probe (an input has a variable dim or is BYTES)",
                          self.name)
@@ -478,16 +478,3 @@ def _worker_seconds(result: BatchResult | None) -> float:
         return 0.0
     done = result.done
     return (done.input_ns + done.infer_ns + done.output_ns) / 1e9
-
-
-def probe_inputs(signature: Signature, size: int) -> dict[str, np.ndarray] | None:
-    """Zeros for every input with `size` rows (batched models); None when an input has a
-    variable non-batch dim or is BYTES, whose probe size the signature cannot tell."""
-    inputs: dict[str, np.ndarray] = {}
-    for spec in signature.inputs:
-        dims = tuple(spec.shape[1:] if signature.batched else spec.shape)
-        if spec.datatype == "BYTES" or any(d < 0 for d in dims):
-            return None
-        shape = (size, *dims) if signature.batched else dims
-        inputs[spec.name] = np.zeros(shape, v2_to_numpy(spec.datatype))
-    return inputs

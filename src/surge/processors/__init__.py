@@ -46,6 +46,7 @@ class ProcessorSpec:
 
 Describe = Callable[[Mapping[str, Any]], ProcessorSpec]
 InlineWhen = Callable[[dict[str, np.ndarray], Mapping[str, Any]], bool]
+Example = Callable[[Mapping[str, Any]], dict[str, np.ndarray]]
 F = TypeVar("F", bound=Callable[..., Any])
 S = TypeVar("S")
 T = TypeVar("T")
@@ -56,13 +57,17 @@ AREAS = {"image": "images", "labels": "classification", "detection": "detection"
 _DESCRIBED: dict[Callable[..., Any], Describe] = {}
 _INLINE: set[Callable[..., Any]] = set()
 _INLINE_WHEN: dict[Callable[..., Any], InlineWhen] = {}
+_EXAMPLE: dict[Callable[..., Any], Example] = {}
 
 
 def declares(describe: Describe, inline: bool = False,
-             inline_when: InlineWhen | None = None) -> Callable[[F], F]:
+             inline_when: InlineWhen | None = None,
+             example: Example | None = None) -> Callable[[F], F]:
     """Mark a processor with the function that tells its tensors' specs for given params, and
     whether it is cheap enough to run on the event loop rather than in a processor thread
-    (always, or for the calls `inline_when` accepts)."""
+    (always, or for the calls `inline_when` accepts). `example(params)` makes one valid row of
+    each input (a blank image file, a word): what a model's latency probe sends through a
+    `preprocess:` step."""
 
     def mark(fn: F) -> F:
         _DESCRIBED[fn] = describe
@@ -70,6 +75,8 @@ def declares(describe: Describe, inline: bool = False,
             _INLINE.add(fn)
         if inline_when is not None:
             _INLINE_WHEN[fn] = inline_when
+        if example is not None:
+            _EXAMPLE[fn] = example
         return fn
 
     return mark
@@ -84,6 +91,7 @@ class Processor:
     describe: Describe | None
     inline: bool = False  # run on the event loop: cheaper than the hand-off to a thread
     inline_when: InlineWhen | None = None  # on the loop for the calls it accepts
+    example: Example | None = None  # one valid row of each input, for given params
 
     def runs_inline(self, inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> bool:
         return self.inline or (self.inline_when is not None and self.inline_when(inputs, params))
@@ -117,7 +125,8 @@ def resolve(name: str) -> Processor:
     fn = getattr(module, attribute, None)
     if not callable(fn):
         raise ConfigError(f"processor {name!r}: {module_name} has no function {attribute!r}")
-    return Processor(name, fn, _DESCRIBED.get(fn), fn in _INLINE, _INLINE_WHEN.get(fn))
+    return Processor(name, fn, _DESCRIBED.get(fn), fn in _INLINE, _INLINE_WHEN.get(fn),
+                     _EXAMPLE.get(fn))
 
 
 # (build, id(source)) -> (source, a deep copy of it, build(source))

@@ -159,7 +159,16 @@ def small_images(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> bo
     return True
 
 
-@declares(describe_decode, inline_when=small_images)
+def example_file(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """One blank PNG of the target size and color: a valid row for `decode`."""
+    p = once_per(params, decode_params)
+    pixels = np.zeros((p.height, p.width) if p.gray else (p.height, p.width, 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return {"image": np.array([buffer.getvalue()], dtype=object)}
+
+
+@declares(describe_decode, inline_when=small_images, example=example_file)
 def decode(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """BYTES [N] (or [N, 1]) of JPEG/PNG files -> `pixels` [N, C, H, W] (per params)."""
     p = once_per(params, decode_params)

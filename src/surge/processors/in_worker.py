@@ -64,6 +64,25 @@ def serving_runner(loaded: LoadedModel, threads: int = 1) -> Runner:
     return PreprocessedRunner(loaded.runner, loaded.config, threads)
 
 
+def example_rows(config: ModelConfig, served: Signature, size: int) -> dict[str, np.ndarray]:
+    """`size` valid rows of each input the preprocess steps read from requests, made from their
+    processors' examples (a blank image file of the target size): what the latency probe sends.
+    An input whose processor has no example is left out."""
+    rows: dict[str, np.ndarray] = {}
+    wanted = set(served.input_names)
+    for step in config.preprocess:
+        assert step.processor is not None  # the config checks it
+        processor = resolve(step.processor)
+        for own, tensor in step.inputs.items():
+            if tensor in rows or tensor not in wanted or processor.example is None:
+                continue
+            example = processor.example(step_params(config, step)).get(own)
+            if example is not None:
+                rows[tensor] = np.repeat(example, size, axis=0)
+        wanted -= set(step.outputs.values())  # read after this: made, not brought
+    return rows
+
+
 def step_params(config: ModelConfig, step: StepConfig) -> dict[str, Any]:
     """A preprocess step's params: the model's `parameters` and `labels`, then its own."""
     params: dict[str, Any] = dict(config.parameters)

@@ -58,7 +58,12 @@ def describe_tokenize(params: Mapping[str, Any]) -> ProcessorSpec:
                          {key: TensorSpec(key, "INT64", (-1, -1)) for key in _outputs(params)})
 
 
-@declares(describe_tokenize)
+def example_text(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """One short text: a valid row for `tokenize`."""
+    return {str(params.get("input", "text")): np.array([[b"surge"]], dtype=object)}
+
+
+@declares(describe_tokenize, example=example_text)
 def tokenize(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """A batch of UTF-8 texts -> INT64 token ids, attention mask and token type ids."""
     name = str(params.get("input", "text"))

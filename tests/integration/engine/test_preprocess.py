@@ -97,3 +97,20 @@ def test_a_second_entry_serves_the_same_files_as_bytes_through_links(tmp_path: P
             assert tensors["total"].tolist() == decoded["total"].tolist() == [128.0]
 
     run(body())
+
+
+def test_the_latency_probe_sends_files_the_decoder_takes(tmp_path: Path) -> None:
+    """With `slo_p99_ms`, batch times are known before the first request: the probe sends blank
+    PNGs of the target size through the decode step."""
+    config = DECODE.format(placement="instances: 1\nplacement: local") + "slo_p99_ms: 50\n"
+
+    async def body() -> None:
+        async with serving(tmp_path, {"sum": ("image_sum", config)}) as engine:
+            model = engine._find("sum", None)
+            assert model.scheduler.batch_time(1) is not None
+            assert model.scheduler.batch_time(8) is not None
+            assert engine.stats("sum").inference_count == 0  # the probe is no traffic
+            got = await engine.infer("sum", None, files(png(1)))
+            assert got["total"].tolist() == [64.0]
+
+    run(body())

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from surge.engine import Engine
-from surge.engine.served import probe_inputs
+from surge.engine.probe import probe_inputs
 from surge.engine.timing import LAG_HOPS, LoopLag
 from surge.errors import DeadlineExceededError, QueueFullError
 from surge.repository import Repository

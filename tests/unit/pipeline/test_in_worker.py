@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from surge.errors import ConfigError
-from surge.processors.in_worker import PreprocessedRunner, bind_steps
+from surge.processors.in_worker import PreprocessedRunner, bind_steps, example_rows
 from surge.repository.config import parse_config
 from surge.runtimes.base import RowsRejectedError, Signature, TensorSpec, run_rows
 from surge.scheduler import Batch
@@ -186,3 +186,21 @@ def test_a_step_whose_width_follows_the_batch_is_not_split_and_refuses_rows_alik
     assert [row for row, _ in ran.rejected] == [2]
     assert ran.rejected[0][1].startswith("input 'text'")
     assert "row" not in ran.rejected[0][1]
+    probe = example_rows(config(tokenize), runner.signature, 2)  # the latency probe's rows
+    assert probe["text"].shape == (2, 1)
+    assert runner.run(probe)["tokens"].tolist() == [3, 3]  # [CLS] surge [SEP]
+
+
+def test_the_probe_gets_valid_rows_for_the_inputs_the_steps_read() -> None:
+    from surge.engine.probe import probe_rows
+
+    cfg = config(step())
+    runner = PreprocessedRunner(Summing(), cfg)
+    rows = probe_rows(cfg, runner.signature, 3)
+    assert rows is not None
+    assert rows["png"].shape == (3,)
+    assert rows["scale"].shape == (3,)  # a model input no step writes: zeros
+    assert runner.run(rows)["total"].tolist() == [0.0, 0.0, 0.0]  # blank images decode
+    # No example for an input: no probe (the signature cannot tell a valid file).
+    bare = Signature((TensorSpec("png", "BYTES", (-1,)),), MODEL.outputs, batched=True)
+    assert probe_rows(config(), bare, 1) is None

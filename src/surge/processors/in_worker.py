@@ -12,8 +12,10 @@ then once on the rows it takes. The refused rows are filled with zeros for the e
 reported (`RowsRejectedError`), so the front end fails only their requests, with the step's
 error (HTTP 400), and answers the others.
 
-`surge evaluate`, `optimize` and `tune` load the model itself (its own tensors): the steps are
-part of serving.
+`surge evaluate` and `optimize` load the model itself (its own tensors): the steps are part of
+serving, and `surge tune` refuses such a model (`docs/tuning.md`). What the decode costs here
+against the front end: `docs/applications/detector.md`; for short texts the front end's
+tokenizer is faster (`docs/applications/embeddings.md`).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from surge.errors import ConfigError, ServingError
 from surge.pipeline.graph import StepTypes
 from surge.pipeline.metrics import StepCpu
 from surge.platform import available_cores
-from surge.processors import Processor, ProcessorFn, resolve
+from surge.processors import Processor, ProcessorFn, resolve, step_params
 from surge.repository.config import ModelConfig, StepConfig
 
 _pool: ThreadPoolExecutor | None = None
@@ -45,15 +45,6 @@ def processor_pool() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(max(2, available_cores()), "surge-processor")
         return _pool
-
-
-def step_params(step: StepConfig, source: ModelConfig) -> dict[str, Any]:
-    """The params a processor gets: `labels` and `parameters` of its source config, then its own."""
-    params: dict[str, Any] = dict(source.parameters)
-    if source.labels is not None:
-        params["labels"] = list(source.labels)
-    params.update(step.params)
-    return params
 
 
 class Ran(NamedTuple):

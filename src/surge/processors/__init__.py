@@ -26,12 +26,15 @@ import copy
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from surge.errors import ConfigError
 from surge.runtimes.base import TensorSpec
+
+if TYPE_CHECKING:
+    from surge.repository.config import ModelConfig, StepConfig
 
 ProcessorFn = Callable[[dict[str, np.ndarray], Mapping[str, Any]], dict[str, np.ndarray]]
 
@@ -101,6 +104,17 @@ def compatible(want: TensorSpec, have: TensorSpec) -> bool:
     """Same datatype and rank, each dim equal or variable on either side."""
     return want.datatype == have.datatype and len(want.shape) == len(have.shape) and all(
         w == -1 or h == -1 or w == h for w, h in zip(want.shape, have.shape, strict=True))
+
+
+def step_params(step: StepConfig, source: ModelConfig) -> dict[str, Any]:
+    """The params a processor step gets: `labels` and `parameters` of its source config (a
+    pipeline's, its `params_from` model's, or the model a `preprocess:` step runs in), then its
+    own."""
+    params: dict[str, Any] = dict(source.parameters)
+    if source.labels is not None:
+        params["labels"] = list(source.labels)
+    params.update(step.params)
+    return params
 
 
 def target(name: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from surge.errors import ConfigError, InputError
-from surge.processors import Processor, compatible, resolve
+from surge.processors import Processor, compatible, resolve, step_params
 from surge.repository.config import ModelConfig, StepConfig
 from surge.repository.repository import LoadedModel
 from surge.runtimes.base import RowsRejectedError, Runner, Signature, TensorSpec
@@ -78,20 +78,11 @@ def example_rows(config: ModelConfig, served: Signature, size: int) -> dict[str,
         for own, tensor in step.inputs.items():
             if tensor in rows or tensor not in wanted or processor.example is None:
                 continue
-            example = processor.example(step_params(config, step)).get(own)
+            example = processor.example(step_params(step, config)).get(own)
             if example is not None:
                 rows[tensor] = np.repeat(example, size, axis=0)
         wanted -= set(step.outputs.values())  # read after this: made, not brought
     return rows
-
-
-def step_params(config: ModelConfig, step: StepConfig) -> dict[str, Any]:
-    """A preprocess step's params: the model's `parameters` and `labels`, then its own."""
-    params: dict[str, Any] = dict(config.parameters)
-    if config.labels is not None:
-        params["labels"] = list(config.labels)
-    params.update(step.params)
-    return params
 
 
 class _Binder:
@@ -111,7 +102,7 @@ class _Binder:
         if processor.describe is None:
             raise ConfigError(f"{where}: processor {step.processor!r} does not declare its "
                               "tensors (@declares), so the served inputs cannot be known")
-        params = step_params(config, step)
+        params = step_params(step, config)
         spec = processor.describe(params)
         for own, tensor in step.inputs.items():
             self._read(where, own, tensor, _declared(where, spec.inputs, own, "input"))

@@ -33,7 +33,7 @@ from surge.errors import ConfigError, InputError
 from surge.processors import Processor, compatible, resolve, step_params
 from surge.repository.config import ModelConfig, StepConfig
 from surge.repository.repository import LoadedModel
-from surge.runtimes.base import RowsRejectedError, Runner, Signature, TensorSpec
+from surge.runtimes.base import RowsRejectedError, Runner, Signature, TensorSpec, WrappedRunner
 
 
 @dataclass(frozen=True)
@@ -165,27 +165,16 @@ def bind_steps(config: ModelConfig, model: Signature) -> tuple[tuple[BoundStep, 
     return steps, binder.signature(model)
 
 
-class PreprocessedRunner:
+class PreprocessedRunner(WrappedRunner):
     """A model runner behind its preprocess steps (a `Runner`)."""
 
     def __init__(self, inner: Runner, config: ModelConfig, threads: int = 1) -> None:
-        self._inner = inner
-        self._steps, self._signature = bind_steps(config, inner.signature)
+        self._steps, signature = bind_steps(config, inner.signature)
+        super().__init__(inner, signature)
         self._model_inputs = inner.signature.input_names
         self._parts = Parts(threads)
         self.preprocess_cpu_ns = 0  # the CPU the steps took on the last batch, all threads
         self.other_threads_cpu_ns = 0  # of which the part threads', not the caller's
-
-    @property
-    def signature(self) -> Signature:
-        return self._signature
-
-    @property
-    def device(self) -> str:
-        return self._inner.device
-
-    def warmup(self) -> None:
-        self._inner.warmup()
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         started, before = time.thread_time_ns(), self._parts.cpu_ns

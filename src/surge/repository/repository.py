@@ -23,7 +23,7 @@ from surge.repository.config import (
     served_version,
 )
 from surge.runtimes import Runner, RunnerOptions, engine_loads, load_runner
-from surge.runtimes.base import Signature, TensorSpec
+from surge.runtimes.base import Signature, TensorSpec, WrappedRunner
 
 # Matched with fullmatch: `$` would also accept a trailing newline.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
@@ -254,28 +254,6 @@ def _specs(tensors: list[TensorConfig] | None) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in tensors or [])
 
 
-class _OverriddenRunner:
-    """A runner whose signature the config corrected (names kept, shapes/max batch set)."""
-
-    def __init__(self, inner: Runner, signature: Signature) -> None:
-        self._inner = inner
-        self._signature = signature
-
-    @property
-    def signature(self) -> Signature:
-        return self._signature
-
-    @property
-    def device(self) -> str:
-        return self._inner.device
-
-    def warmup(self) -> None:
-        self._inner.warmup()
-
-    def run(self, inputs: Any) -> dict[str, Any]:
-        return self._inner.run(inputs)
-
-
 def _merge(found: tuple[TensorSpec, ...], declared: list[TensorConfig] | None, kind: str,
            path: Path) -> tuple[TensorSpec, ...]:
     if not declared:
@@ -307,4 +285,4 @@ def apply_overrides(runner: Runner, config: ModelConfig, path: Path) -> Runner:
                           platform=found.platform)
     if signature == found:
         return runner
-    return _OverriddenRunner(runner, signature)
+    return WrappedRunner(runner, signature)  # names kept, shapes and max batch set

@@ -118,6 +118,30 @@ class Runner(Protocol):
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+class WrappedRunner:
+    """A runner in front of another with a signature of its own (`Runner`): the config's
+    corrected signature, or the inputs a model's preprocess steps take. It runs `inner` as
+    it is; a subclass changes `run`."""
+
+    def __init__(self, inner: Runner, signature: Signature) -> None:
+        self._inner = inner
+        self._signature = signature
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    @property
+    def device(self) -> str:
+        return self._inner.device
+
+    def warmup(self) -> None:
+        self._inner.warmup()
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._inner.run(inputs)
+
+
 class RowsRejectedError(Exception):
     """Some rows of a batch were bad input (a preprocessing step refused them); the others were
     computed. `outputs` holds every row (the refused ones' rows are filler), or is empty when no

@@ -341,8 +341,9 @@ class ServedModel:
 
     def _answer(self, batch: Batch, outputs: dict[str, np.ndarray], result: BatchResult | None,
                 now: float) -> None:
-        refused = batch.refused(result.done.rejected) if result is not None else {}
-        if len(refused) == len(batch.requests):  # every row refused: nothing was computed
+        rejected = result.done.rejected if result is not None else ()
+        refused = batch.refused(rejected) if rejected else {}
+        if refused and len(refused) == len(batch.requests):  # every row refused: none computed
             self.scheduler.fail(batch)
             for i, request in enumerate(batch.requests):
                 self._reject(request, InputError(refused[i]), now)

@@ -1,5 +1,6 @@
 """Errors Surge raises on purpose: each carries a one-line message naming the bad value."""
 
+import os
 from collections.abc import Callable
 
 
@@ -106,3 +107,10 @@ def clipped(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+def cannot_listen(host: str, port: int, error: OSError) -> SurgeError:
+    """A port the server cannot have, said once: the OS's reason without the address that
+    Python and uvloop repeat inside it."""
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    return SurgeError(f"cannot listen on {host}:{port} ({reason})")

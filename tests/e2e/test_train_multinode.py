@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.unit.train.tiny import free_port, write_recipe
+from tests.ports import free_port
+from tests.unit.train.tiny import write_recipe
 
 pytestmark = pytest.mark.timeout(300)
 REPO_ROOT = Path(__file__).resolve().parents[2]

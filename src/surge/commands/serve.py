@@ -133,6 +133,9 @@ GrpcServer = Annotated[str, typer.Option(metavar="surge|grpcio", help="The gRPC 
                                          "server (grpc.aio).")]
 LogLevel = Annotated[str, typer.Option(metavar="debug|info|warning|error",
                                        help="The server's log on stderr: this level and above.")]
+EndpointsFile = Annotated[Path | None, typer.Option(
+    help="Once listening, write the endpoints as JSON here ({http, grpc, metrics}): the ports "
+    "a script asked as 0 and the system chose.")]
 
 
 def serve(
@@ -178,6 +181,7 @@ def serve(
     model_control: ModelControlMode = None,
     poll_interval: PollInterval = None,
     log_level: LogLevel = "info",
+    endpoints_file: EndpointsFile = None,
 ) -> None:
     """Serve models until SIGTERM/SIGINT, then drain accepted requests and exit 0."""
     from surge.api import serve as run_server
@@ -193,7 +197,16 @@ def serve(
         production=_production(tls_cert, tls_key, tls_ca, api_keys_file, metrics_auth, access_log,
                                access_log_sample, tracing, model_control, poll_interval),
     )
-    run_server(repo, options, lambda endpoints: _announce(repo, endpoints, options))
+    if endpoints_file is not None and not endpoints_file.parent.is_dir():
+        raise SurgeError(f"--endpoints-file {endpoints_file}: no directory "
+                         f"{endpoints_file.parent}")
+
+    def started(endpoints: Endpoints) -> None:
+        _announce(repo, endpoints, options)
+        if endpoints_file is not None:
+            _write_endpoints(endpoints_file, endpoints)
+
+    run_server(repo, options, started)
     console.print("surge: drained and stopped")
 
 
@@ -202,6 +215,16 @@ def _limits(idle: float, header: float, body: float, connections: int | None) ->
 
     limits = ConnectionLimits(idle_timeout_s=idle, header_timeout_s=header, body_timeout_s=body)
     return limits if connections is None else replace(limits, max_connections=connections)
+
+
+def _write_endpoints(path: Path, endpoints: Endpoints) -> None:
+    """All at once (a rename): a reader polling for the file never sees half of it."""
+    import json
+    from dataclasses import asdict
+
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(asdict(endpoints)) + "\n")
+    partial.replace(path)
 
 
 def _announce(repo: Path, endpoints: Endpoints, options: ServeOptions) -> None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from surge.errors import SurgeError
+from surge.errors import SurgeError, cannot_listen
 from surge.platform import available_cores
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def _reserve(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise SurgeError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+        raise cannot_listen(host, port, exc) from None
     return sock
 
 

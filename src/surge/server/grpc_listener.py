@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+from surge.errors import cannot_listen
 from surge.protocol.http2 import NO_ERROR
 from surge.server.grpc_calls import service_methods
 from surge.server.grpc_h2 import GrpcProtocol, ServerState
@@ -47,7 +48,10 @@ async def start_grpc_h2_server(
     servicer = servicer or InferenceServicer(engine, api_key)
     state = ServerState(service_methods(servicer), limits or ConnectionLimits(), max_message_bytes)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: GrpcProtocol(state), host, port,
-                                      reuse_port=reuse_port or None, ssl=ssl_context)
+    try:
+        server = await loop.create_server(lambda: GrpcProtocol(state), host, port,
+                                          reuse_port=reuse_port or None, ssl=ssl_context)
+    except OSError as exc:
+        raise cannot_listen(host, port, exc) from None
     bound = server.sockets[0].getsockname()[1]
     return GrpcH2Server(server, state), servicer, bound

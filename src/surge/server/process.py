@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, make_asgi_app, multiprocess
 
 from surge.engine import InferenceEngine
 from surge.engine.ondemand import ResidencyOptions
-from surge.errors import SurgeError
+from surge.errors import SurgeError, cannot_listen
 from surge.repository import Repository
 from surge.server.app import DEFAULT_MAX_BODY, V2App
 from surge.server.frontends import METRICS_DIR_ENV
@@ -87,7 +87,7 @@ def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     try:
         sock = socket.create_server((host, port), backlog=2048, reuse_port=reuse_port)
     except OSError as exc:
-        raise SurgeError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+        raise cannot_listen(host, port, exc) from None
     sock.setblocking(False)
     return sock
 

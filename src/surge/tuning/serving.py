@@ -8,10 +8,10 @@ final, and lets several configurations of one model be measured one after the ot
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -84,14 +84,6 @@ def stage_pipeline(repo_root: Path, pipeline: str, tuned: str, stage_root: Path)
             stage_as_is(repo_root / name, stage_root)
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @dataclass
 class RunningServer:
     url: str
@@ -99,35 +91,44 @@ class RunningServer:
     startup_s: float
 
 
-def _wait_ready(process: subprocess.Popen[bytes], url: str, model: str, timeout_s: float,
-                log: Path) -> None:
+def _http_url(endpoints: Path) -> str | None:
+    """The HTTP address `surge serve --endpoints-file` wrote, once it has."""
+    if not endpoints.exists():
+        return None
+    return str(json.loads(endpoints.read_text())["http"])
+
+
+def _wait_ready(process: subprocess.Popen[bytes], endpoints: Path, model: str, timeout_s: float,
+                log: Path) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
             raise ServingTrialError(f"surge serve exited with {process.returncode}: "
                                     f"{' | '.join(tail) or 'no output'}")
+        url = _http_url(endpoints)
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/v2/models/{model}/ready", timeout=1.0).status_code == 200:
-                return
+            if url and httpx.get(f"{url}/v2/models/{model}/ready", timeout=1.0).status_code == 200:
+                return url
         time.sleep(0.1)
     raise ServingTrialError(f"surge serve did not get {model!r} ready within {timeout_s:.0f} s")
 
 
 @contextlib.contextmanager
 def serving(repo: Path, model: str, timeout_s: float = 120.0) -> Iterator[RunningServer]:
-    """`surge serve repo --models model` on free loopback ports until the block ends."""
-    http, grpc, metrics = _free_ports(3)
+    """`surge serve repo --models model` on loopback ports the system chooses (0, read back
+    from its endpoints file: no port chosen here can be taken before the server binds it)
+    until the block ends."""
+    endpoints = repo / f"serve-{model}.endpoints.json"
     command = [sys.executable, "-c", "import sys; from surge.cli import main; main(sys.argv[1:])",
-               "serve", str(repo), "--models", model, "--http-port", str(http),
-               "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--grace", "2"]
+               "serve", str(repo), "--models", model, "--http-port", "0", "--grpc-port", "0",
+               "--metrics-port", "0", "--endpoints-file", str(endpoints), "--grace", "2"]
     log = repo / f"serve-{model}.log"
     started = time.monotonic()
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{http}"
     try:
-        _wait_ready(process, url, model, timeout_s, log)
+        url = _wait_ready(process, endpoints, model, timeout_s, log)
         yield RunningServer(url, process, time.monotonic() - started)
     finally:
         _stop(process)

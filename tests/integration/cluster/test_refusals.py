@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.integration.server.conftest import free_port
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import ssl
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from tests.integration.production.certs import Pair, issue, make_ca
 from tests.integration.server.conftest import HERE as SERVER_TESTS
-from tests.integration.server.conftest import free_port, stop_process, worker_pids
+from tests.integration.server.conftest import read_endpoints, stop_process, worker_pids
 
 
 @dataclass
@@ -40,40 +41,39 @@ class Served:
         return worker_pids(self.process)
 
 
-def serve_command(repo: Path, ports: tuple[int, int, int], *args: str) -> list[str]:
-    http, grpc, metrics = ports
+def serve_command(repo: Path, *args: str) -> list[str]:
+    """`surge serve` on ports the system chooses (0)."""
     return [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
-            "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-            *args]
+            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args]
 
 
 def launch(repo: Path, log: Path, *args: str, ca: Path | None = None,
            client_cert: Pair | None = None, prefix: tuple[str, ...] = (),
            timeout: float = 120.0) -> Served:
     """Start the server and wait until /v2/health/ready answers 200 (over HTTPS with `ca`)."""
-    ports = (free_port(), free_port(), free_port())
+    endpoints = log.with_name(log.name + ".endpoints.json")
     env = dict(os.environ, PYTHONPATH=str(SERVER_TESTS), SURGE_DEBUG="1")
-    scheme = "https" if ca is not None else "http"
     verify: ssl.SSLContext | bool = True
     if ca is not None:
         verify = ssl.create_default_context(cafile=str(ca))
         if client_cert is not None:
             verify.load_cert_chain(str(client_cert.cert), str(client_cert.key))
+    command = serve_command(repo, "--endpoints-file", str(endpoints), *args)
     with log.open("wb") as handle:
-        process = subprocess.Popen([*prefix, *serve_command(repo, ports, *args)], stdout=handle,
-                                   stderr=subprocess.STDOUT, env=env)
-    served = Served(process, f"{scheme}://127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}",
-                    f"{scheme}://127.0.0.1:{ports[2]}/metrics", log, verify)
+        process = subprocess.Popen([*prefix, *command], stdout=handle, stderr=subprocess.STDOUT,
+                                   env=env)
+    served = Served(process, "", "", "", log, verify)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{served.output()}")
-        try:
-            answer = httpx.get(f"{served.http}/v2/health/ready", timeout=1.0, verify=verify)
-            if answer.status_code == 200:
-                return served
-        except httpx.HTTPError:
-            pass
+        bound = read_endpoints(endpoints)
+        if bound is not None:
+            served.http, served.grpc, served.metrics = bound
+            with contextlib.suppress(httpx.HTTPError):
+                answer = httpx.get(f"{served.http}/v2/health/ready", timeout=1.0, verify=verify)
+                if answer.status_code == 200:
+                    return served
         time.sleep(0.2)
     served.stop(signal.SIGKILL)
     raise RuntimeError(f"server not ready after {timeout} s:\n{served.output()}")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from tests.integration.production.certs import issue, make_ca, stray_key
 from tests.integration.production.conftest import Pki, Served, launch, serve_command
-from tests.integration.server.conftest import free_port, triton_client
+from tests.integration.server.conftest import triton_client
 from tests.integration.server.models import make_repository
 
 HERE = Path(__file__).resolve().parent
@@ -146,8 +146,7 @@ def test_bad_key_pair_is_one_clear_line(repo: Path, pki: Pki, tmp_path: Path,
            "garbage": tmp_path / "garbage.key"}[problem]
     if problem == "garbage":
         key.write_text("-----BEGIN PRIVATE KEY-----\nnonsense\n-----END PRIVATE KEY-----\n")
-    ports = (free_port(), free_port(), free_port())
-    result = subprocess.run(serve_command(repo, ports, "--tls-cert", str(pki.server.cert),
+    result = subprocess.run(serve_command(repo, "--tls-cert", str(pki.server.cert),
                                           "--tls-key", str(key)),
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -159,8 +158,7 @@ def test_bad_key_pair_is_one_clear_line(repo: Path, pki: Pki, tmp_path: Path,
 
 
 def test_cert_without_key_is_refused(repo: Path, pki: Pki) -> None:
-    ports = (free_port(), free_port(), free_port())
-    result = subprocess.run(serve_command(repo, ports, "--tls-cert", str(pki.server.cert)),
+    result = subprocess.run(serve_command(repo, "--tls-cert", str(pki.server.cert)),
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert "--tls-cert and --tls-key go together" in result.stdout + result.stderr

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,12 +22,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
 API_KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -74,28 +69,37 @@ def worker_pids(process: subprocess.Popen[bytes]) -> list[int]:
             if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
+def read_endpoints(path: Path) -> tuple[str, str, str] | None:
+    """HTTP, gRPC and metrics addresses from `surge serve --endpoints-file`, once written."""
+    if not path.exists():
+        return None
+    bound = json.loads(path.read_text())
+    return bound["http"], bound["grpc"], bound["metrics"]
+
+
 def start_server(repo: Path, log: Path, *args: str, api_key: str | None = None,
                  timeout: float = 120.0) -> ServerProcess:
-    http, grpc, metrics = free_port(), free_port(), free_port()
+    """`surge serve` on ports the system chooses (0), read back from its endpoints file."""
+    endpoints = log.with_name(log.name + ".endpoints.json")
     env = dict(os.environ, PYTHONPATH=str(HERE), SURGE_DEBUG="1")
     command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
-               "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port",
-               str(metrics), *args]
+               "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+               "--endpoints-file", str(endpoints), *args]
     if api_key:
         command += ["--api-key", api_key]
     handle = log.open("wb")
     process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
-    server = ServerProcess(process, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc}",
-                           f"http://127.0.0.1:{metrics}/metrics", log, handle)
+    server = ServerProcess(process, "", "", "", log, handle)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
-        try:
-            if httpx.get(f"{server.http}/v2/health/ready", timeout=1.0).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
+        bound = read_endpoints(endpoints)
+        if bound is not None:
+            server.http, server.grpc, server.metrics = bound
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{server.http}/v2/health/ready", timeout=1.0).status_code == 200:
+                    return server
         time.sleep(0.2)
     server.stop(signal.SIGKILL)
     raise RuntimeError(f"server not ready after {timeout} s:\n{server.output()}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import yaml
 from torch import nn
 
 from surge.train.distributed import init_distributed, shutdown
+from tests.ports import free_port
 
 FEATURES, CLASSES = 8, 4
 
@@ -97,12 +97,6 @@ def write_recipe(tmp: Path, **changes: Any) -> Path:
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe(tmp, **changes)))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _entry(rank: int, world: int, port: int, fn: Callable[..., None], args: tuple[Any, ...]) -> None:

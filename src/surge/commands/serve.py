@@ -13,6 +13,8 @@ from surge.errors import SurgeError
 from surge.server.frontends import frontend_count
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from surge.engine.ondemand import ResidencyOptions
     from surge.server.limits import ConnectionLimits
     from surge.server.process import Endpoints, ServeOptions
@@ -133,6 +135,7 @@ GrpcServer = Annotated[str, typer.Option(metavar="surge|grpcio", help="The gRPC 
                                          "server (grpc.aio).")]
 LogLevel = Annotated[str, typer.Option(metavar="debug|info|warning|error",
                                        help="The server's log on stderr: this level and above.")]
+HostAddress = Annotated[str, typer.Option(help="Address to bind (loopback by default).")]
 EndpointsFile = Annotated[Path | None, typer.Option(
     help="Once listening, write the endpoints as JSON here ({http, grpc, metrics}): the ports "
     "a script asked as 0 and the system chose.")]
@@ -144,8 +147,7 @@ def serve(
     grpc_port: Annotated[int, typer.Option(min=0, max=65535, help="V2 gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(min=0, max=65535,
                                               help="Prometheus metrics port.")] = 8002,
-    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] =
-        "127.0.0.1",
+    host: HostAddress = "127.0.0.1",
     api_key: Annotated[str | None, typer.Option(
         help="Require 'Authorization: Bearer KEY' on all but health endpoints.",
         envvar="SURGE_API_KEY")] = None,
@@ -197,6 +199,21 @@ def serve(
         production=_production(tls_cert, tls_key, tls_ca, api_keys_file, metrics_auth, access_log,
                                access_log_sample, tracing, model_control, poll_interval),
     )
+    run_server(repo, options, _on_started(repo, options, endpoints_file))
+    console.print("surge: drained and stopped")
+
+
+def _limits(idle: float, header: float, body: float, connections: int | None) -> ConnectionLimits:
+    from surge.server.limits import ConnectionLimits
+
+    limits = ConnectionLimits(idle_timeout_s=idle, header_timeout_s=header, body_timeout_s=body)
+    return limits if connections is None else replace(limits, max_connections=connections)
+
+
+def _on_started(repo: Path, options: ServeOptions,
+                endpoints_file: Path | None) -> Callable[[Endpoints], None]:
+    """What the server does once listening: announce, and write the endpoints file (whose
+    folder is checked now, before any model loads)."""
     if endpoints_file is not None and not endpoints_file.parent.is_dir():
         raise SurgeError(f"--endpoints-file {endpoints_file}: no directory "
                          f"{endpoints_file.parent}")
@@ -206,15 +223,7 @@ def serve(
         if endpoints_file is not None:
             _write_endpoints(endpoints_file, endpoints)
 
-    run_server(repo, options, started)
-    console.print("surge: drained and stopped")
-
-
-def _limits(idle: float, header: float, body: float, connections: int | None) -> ConnectionLimits:
-    from surge.server.limits import ConnectionLimits
-
-    limits = ConnectionLimits(idle_timeout_s=idle, header_timeout_s=header, body_timeout_s=body)
-    return limits if connections is None else replace(limits, max_connections=connections)
+    return started
 
 
 def _write_endpoints(path: Path, endpoints: Endpoints) -> None:

@@ -232,17 +232,22 @@ def _grpc_connections(clients: int) -> int:
 
 def prepare_target(url: str, model: str, protocol: str, *, batch_size: int = 1,
                    api_key: str | None = None, variants: int = 16,
-                   dataset: str | None = None, grpc_client: str = "surge") -> Target:
-    """Fetch the model's metadata and serialize the request payloads once (rows of `dataset`
-    where it has the model's inputs, random values otherwise). gRPC goes over the load
-    generator's own HTTP/2 client, or grpc.aio's with `grpc_client="grpcio"`."""
+                   dataset: str | None = None, grpc_client: str = "surge",
+                   files: Sequence[bytes] = ()) -> Target:
+    """Fetch the model's metadata and serialize the request payloads once (`files` as the rows
+    of BYTES inputs, rows of `dataset` where it has the model's inputs, random values
+    otherwise). gRPC goes over the load generator's own HTTP/2 client, or grpc.aio's with
+    `grpc_client="grpcio"`."""
     if protocol not in PROTOCOLS:
         raise SurgeError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     metadata = fetch_metadata(url, model, api_key, protocol)
     specs: list[InputSpec] = specs_from_metadata(metadata)
     batched = all(s.shape and s.shape[0] == -1 for s in specs)
+    if files and not any(spec.datatype == "BYTES" for spec in specs):
+        raise SurgeError(f"--files: model {model!r} has no BYTES input to send them in")
+    variants = max(variants, -(-len(files) // batch_size))  # every file sent
     sets = sample_inputs(specs, batch_size=batch_size, batched=batched, variants=variants,
-                         dataset=dataset)
+                         dataset=dataset, files=files)
     if protocol == "grpc":
         host, port = _grpc_target(url)
         grpc_meta = (("authorization", f"Bearer {api_key}"),) if api_key else ()
@@ -272,12 +277,12 @@ async def bench_async(
     *, rate: float | None = None, poisson: bool = True, batch_size: int = 1,
     api_key: str | None = None, warmup_s: float = 1.0,
     progress: Callable[[int, float, int, int, float], None] | None = None,
-    dataset: str | None = None, grpc_client: str = "surge",
+    dataset: str | None = None, grpc_client: str = "surge", files: Sequence[bytes] = (),
 ) -> BenchReport:
     """Run every load level in turn against a live server."""
     target = await asyncio.to_thread(prepare_target, url, model, protocol,
                                      batch_size=batch_size, api_key=api_key, dataset=dataset,
-                                     grpc_client=grpc_client)
+                                     grpc_client=grpc_client, files=files)
     report = BenchReport(url, model, protocol, batch_size)
     for level in concurrency:
         transport = target.make_transport(level)

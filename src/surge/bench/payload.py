@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,14 +52,44 @@ def dataset_inputs(dataset: str, specs: list[InputSpec], count: int) -> dict[str
     return {name: array[:count] for name, array in held_out.inputs.items()}
 
 
+MAX_FILES = 4096
+
+
+def read_files(folder: Path) -> list[bytes]:
+    """The regular, visible files of `folder`, by name: each a row of a BYTES input."""
+    if not folder.is_dir():
+        raise SurgeError(f"--files {folder}: not a directory")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not paths:
+        raise SurgeError(f"--files {folder}: no files in it")
+    if len(paths) > MAX_FILES:
+        raise SurgeError(f"--files {folder}: {len(paths)} files, more than the {MAX_FILES} "
+                         "a run sends; pick a smaller folder")
+    return [p.read_bytes() for p in paths]
+
+
+def _file_rows(files: Sequence[bytes], spec: InputSpec, count: int) -> np.ndarray | None:
+    """`count` rows cycling through `files`, for a BYTES input."""
+    if not files or spec.datatype != "BYTES":
+        return None
+    rows = np.empty(count, dtype=object)
+    rows[:] = [files[i % len(files)] for i in range(count)]
+    return rows
+
+
 def sample_inputs(
     specs: list[InputSpec], *, batch_size: int = 1, batched: bool = True, variants: int = 16,
-    seed: int = 0, dataset: str | None = None,
+    seed: int = 0, dataset: str | None = None, files: Sequence[bytes] = (),
 ) -> list[dict[str, np.ndarray]]:
-    """`variants` input sets that fit the specs: rows of `dataset` where it has an input of the
-    right datatype and enough rows, random values elsewhere."""
+    """`variants` input sets that fit the specs: `files` one a row for BYTES inputs, rows of
+    `dataset` where it has an input of the right datatype and enough rows, random values
+    elsewhere."""
     rng = np.random.default_rng(seed)
     real = dataset_inputs(dataset, specs, variants * batch_size) if dataset else {}
+    for spec in specs:
+        rows = _file_rows(files, spec, variants * batch_size)
+        if rows is not None:
+            real[spec.name] = rows
     sets: list[dict[str, np.ndarray]] = []
     for v in range(variants):
         inputs: dict[str, np.ndarray] = {}

@@ -87,6 +87,9 @@ def bench(
     data: Annotated[str | None, typer.Option(
         help="Registered dataset whose evaluation rows make the request payloads "
              "(e.g. fashion-mnist); default: random inputs.")] = None,
+    files: Annotated[Path | None, typer.Option(
+        help="A folder whose files (by name, each request the next) are the rows of the "
+             "model's BYTES inputs: images or texts for a model that decodes them.")] = None,
     metrics_url: Annotated[str | None, typer.Option(
         "--metrics-url", help="The server's metrics endpoint (http://host:8002/metrics): "
         "print a line per second of requests/s, p99, goodput, shed and variant mix from it."
@@ -95,12 +98,14 @@ def bench(
     """Closed loop at each concurrency (or open loop at --rate): throughput, latency, errors."""
     from surge.bench import PROTOCOLS, run_bench
     from surge.bench.live import LiveWatch
+    from surge.bench.payload import read_files
 
     if protocol not in PROTOCOLS:
         raise SurgeError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     levels = parse_levels(concurrency)
     seconds = parse_duration(duration)
     arrivals = parse_rate(rate)
+    rows = read_files(files) if files is not None else []
     headers = {"authorization": f"Bearer {api_key}"} if api_key else None
     live = (LiveWatch(metrics_url, model, console.print, headers=headers)
             if metrics_url else nullcontext())
@@ -116,7 +121,7 @@ def bench(
 
         report = run_bench(url, model, levels, seconds, protocol, arrivals, poisson=poisson,
                            batch_size=batch_size, api_key=api_key, progress=progress,
-                           dataset=data)
+                           dataset=data, files=rows)
     _print_table(report, model, protocol, arrivals, batch_size)
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_dict(), indent=2))

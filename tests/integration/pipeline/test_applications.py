@@ -199,3 +199,34 @@ def test_bench_loads_the_image_pipeline_with_jpeg_files(server: ServerProcess) -
     run = report.runs[0]
     assert run.throughput > 0
     assert not run.errors, run.errors  # real files: no row refused by the decoder
+
+
+def test_surge_bench_sends_a_folder_of_pngs_to_the_detector_that_decodes_them(
+        server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.cli_runner import run_cli
+
+    from surge_examples.detection.dataset import generate_split
+
+    folder = tmp_path / "canvases"
+    folder.mkdir()
+    for k, canvas in enumerate(generate_split("test", 3, seed=5).images):
+        Image.fromarray(canvas).save(folder / f"{k}.png", "PNG")
+    common = ["bench", server.http, "--model", "detector-bytes", "--concurrency", "2",
+              "--duration", "1s"]
+    code, _, err = run_cli([*common, "--files", str(folder), "--json",
+                            str(tmp_path / "files.json")], capsys)
+    assert code == 0, err
+    run = json.loads((tmp_path / "files.json").read_text())["runs"][0]
+    assert run["ok"] > 0
+    assert not run["errors"], run["errors"]
+    # without them the placeholder row is no image: every request is refused by the decoder
+    code, _, err = run_cli([*common, "--json", str(tmp_path / "placeholder.json")], capsys)
+    assert code == 0, err
+    run = json.loads((tmp_path / "placeholder.json").read_text())["runs"][0]
+    assert run["ok"] == 0
+    assert set(run["errors"]) == {"400"}, run["errors"]
+    # a model without a BYTES input has nowhere to put them
+    code, _, err = run_cli(["bench", server.http, "--model", "detector", "--concurrency", "1",
+                            "--duration", "1s", "--files", str(folder)], capsys)
+    assert code == 2
+    assert "--files: model 'detector' has no BYTES input" in err

@@ -120,3 +120,30 @@ def test_bench_sends_the_photo_files_to_an_image_pipeline() -> None:
     # without rows of its own a BYTES input still gets a placeholder, as before
     assert sample_inputs([InputSpec("image", "BYTES", (-1,))], variants=1)[0]["image"].tolist() \
         == [b"surge"]
+
+
+def test_bench_files_are_the_rows_of_bytes_inputs_each_one_sent(tmp_path: Path) -> None:
+    from surge.bench.payload import InputSpec, read_files, sample_inputs
+
+    for name, content in [("b.png", b"\x89PNG-b"), ("a.jpg", b"\xff\xd8-a"), (".hidden", b"x")]:
+        (tmp_path / name).write_bytes(content)
+    files = read_files(tmp_path)
+    assert files == [b"\xff\xd8-a", b"\x89PNG-b"]  # by name, hidden files left out
+    specs = [InputSpec("image", "BYTES", (-1,)), InputSpec("x", "FP32", (-1, 2))]
+    sets = sample_inputs(specs, batch_size=3, variants=2, files=files)
+    assert [s["image"].tolist() for s in sets] == [files + files[:1], files[1:] + files]
+    assert sets[0]["x"].shape == (3, 2)  # other inputs as before
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda d: d / "absent", "not a directory"),
+    (lambda d: d, "no files in it"),
+])
+def test_bench_files_folder_problems_name_the_folder(tmp_path: Path, make: object,
+                                                     message: str) -> None:
+    from surge.bench.payload import read_files
+    from surge.errors import SurgeError
+
+    folder = make(tmp_path)  # type: ignore[operator]
+    with pytest.raises(SurgeError, match=rf"--files {folder}: {message}"):
+        read_files(folder)

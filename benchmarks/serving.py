@@ -229,20 +229,34 @@ class SurgeServer:
     grpc: str  # 127.0.0.1:PORT
 
 
+def _endpoints(path: Path, process: subprocess.Popen[bytes], timeout: float = 180.0
+               ) -> dict[str, str]:
+    """The addresses `surge serve --endpoints-file` wrote once listening."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"surge serve wrote no endpoints (exit {process.poll()})")
+        time.sleep(0.1)
+    return dict(json.loads(path.read_text()))
+
+
 @contextlib.contextmanager
 def surge_server(repo: Path, *options: str) -> Iterator[SurgeServer]:
-    """`surge serve repo` on free loopback ports, ready, stopped when the block ends."""
-    http, grpc_port = free_port(), free_port()
-    command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
-               "--http-port", str(http), "--grpc-port", str(grpc_port),
-               "--metrics-port", str(free_port()), *options]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = SurgeServer(process, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc_port}")
-    try:
-        wait_ready(server.url, process)
-        yield server
-    finally:
-        stop(process)
+    """`surge serve repo` on loopback ports the system chooses, ready, stopped when the block
+    ends."""
+    with tempfile.TemporaryDirectory(prefix="surge-bench-") as tmp:
+        endpoints = Path(tmp) / "endpoints.json"
+        command = [sys.executable, "-c", "from surge.cli import main; main()", "serve",
+                   str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+                   "--endpoints-file", str(endpoints), *options]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            bound = _endpoints(endpoints, process)
+            server = SurgeServer(process, bound["http"], bound["grpc"])
+            wait_ready(server.url, process)
+            yield server
+        finally:
+            stop(process)
 
 
 def bench_levels(url: str, model: str, protocol: str, levels: list[int], duration: float,

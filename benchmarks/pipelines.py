@@ -27,7 +27,9 @@
    decode and boxes the same way), and `decode-by-hand` does `detector-decode`'s work by hand
    (decode on the loop, then the detector): the decode as a hand-written server pays it, call
    and all, so the decode leg's extra above it is the pipeline's own cost under this load
-   (`pipeline_own_in_situ_us` in the JSON). The legs run in turn `--rounds` times (load from other
+   (`pipeline_own_in_situ_us` in the JSON). `in-worker` serves the detector with a
+   `preprocess:` decode (PNG bytes decoded in its own workers) and `pipeline-in-worker` the boxes
+   pipeline over that model (no decode step of its own). The legs run in turn `--rounds` times (load from other
    processes drifts); each figure is the mean over them. `--legs` picks some (py-spy profiles).
    The pipeline's own Python on its own, without sockets or workers: benchmarks/pipeline_path.py.
    On photos (`--only photos`, also part of the default run): `imagenet-decode` (the `imagenet`
@@ -138,6 +140,16 @@ def _decode_only_copy(repo: Path) -> str:
                          {"name": "scores", "datatype": "FP32", "shape": [-1, 32]},
                          {"name": "labels", "datatype": "INT64", "shape": [-1, 32]}]
     return _add_model(repo, "detector-decode", config)
+
+
+def _bytes_boxes_copy(repo: Path, in_worker: str) -> str:
+    """detector-boxes without its decode step, its model step the detector that decodes PNGs in
+    its own workers (`in_worker`): the files go to the workers, the boxes step stays."""
+    config = yaml.safe_load((repo / "detector-boxes" / "config.yaml").read_text())
+    config["steps"] = [step for step in config["steps"] if step["name"] != "decode"]
+    detect = next(step for step in config["steps"] if step.get("model") == "detector")
+    detect.update(model=in_worker, inputs={"image": "image"})
+    return _add_model(repo, "detector-bytes-boxes", config)
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -255,8 +267,8 @@ class Leg:
     decode_in_workers: bool = False  # the decode is part of the workers' batches
 
 
-LEGS = ("model", "decode", "in-worker", "decode-by-hand", "pipeline", "boxes-thread",
-        "decode-thread", "by-hand")
+LEGS = ("model", "decode", "in-worker", "decode-by-hand", "pipeline", "pipeline-in-worker",
+        "boxes-thread", "decode-thread", "by-hand")
 STEPS = ("decode", "keep")  # detector-boxes' processor steps (the by-hand leg names its own so)
 
 
@@ -355,6 +367,10 @@ def _model_batches(engine: Engine, model: str) -> Callable[[], tuple[int, int, i
     return batches
 
 
+def _both_cpu(steps: Probe, preprocess: Probe) -> Probe:
+    return lambda: {**steps(), **preprocess()}
+
+
 def _make_legs(engine: Engine, raw: list[dict[str, np.ndarray]],
                files: list[dict[str, np.ndarray]], boxes_thread: str,
                decode_thread: str, decode_only: str, in_worker: str) -> dict[str, Leg]:
@@ -371,6 +387,12 @@ def _make_legs(engine: Engine, raw: list[dict[str, np.ndarray]],
                          _model_batches(engine, in_worker), decode_in_workers=True),
         "pipeline": Leg("detector-boxes (PNG bytes)", _served(engine, "detector-boxes"), files,
                         _steps_cpu(engine, "detector-boxes"), batches),
+        "pipeline-in-worker": Leg(
+            "detector-bytes-boxes (PNG decoded in workers)",
+            _served(engine, "detector-bytes-boxes"), files,
+            _both_cpu(_steps_cpu(engine, "detector-bytes-boxes"),
+                      _preprocess_cpu(engine, in_worker)),
+            _model_batches(engine, in_worker), decode_in_workers=True),
         "boxes-thread": Leg("detector-boxes, box step in a thread",
                             _served(engine, boxes_thread), files,
                             _steps_cpu(engine, boxes_thread), batches),
@@ -461,8 +483,9 @@ async def overhead(concurrency: int, duration: float, rounds: int = 1,
         decode_thread = _threaded_copy(Path(tmp), "image.decode", "decode_in_thread")
         decode_only = _decode_only_copy(Path(tmp))
         in_worker = _with_preprocess(EXAMPLES / "detector", Path(tmp), "detector-bytes", CANVAS)
+        bytes_boxes = _bytes_boxes_copy(Path(tmp), in_worker)
         engine = Engine(Repository(tmp), models=["detector-boxes", boxes_thread, decode_thread,
-                                                 decode_only, in_worker])
+                                                 decode_only, in_worker, bytes_boxes])
         await engine.start()
         try:
             chosen = {name: leg for name, leg in _make_legs(

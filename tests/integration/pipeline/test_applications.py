@@ -65,13 +65,21 @@ def _detector_bytes(root: Path) -> None:
     config = yaml.safe_load(path.read_text())
     config.update(name="detector-bytes", **readme_preprocess())
     path.write_text(yaml.safe_dump(config))
+    # and its boxes pipeline with no decode step of its own: the files go to the model
+    pipeline = yaml.safe_load((EXAMPLES / "detector-boxes" / "config.yaml").read_text())
+    steps = {step["name"]: step for step in pipeline["steps"]}
+    steps["detect"].update(model="detector-bytes", inputs={"image": "image"})
+    pipeline["steps"] = [steps["detect"], steps["keep"]]
+    (root / "detector-bytes-boxes").mkdir()
+    (root / "detector-bytes-boxes" / "config.yaml").write_text(yaml.safe_dump(pipeline))
 
 
 @pytest.fixture(scope="module")
 def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("log") / "server.log"
     proc = start_server(repo, log, "--models",
-                        "imagenet,imagenet-efficientnet,detector-boxes,detector-bytes",
+                        "imagenet,imagenet-efficientnet,detector-boxes,detector-bytes,"
+                        "detector-bytes-boxes",
                         timeout=300)
     yield proc
     assert proc.stop() == 0, proc.output()
@@ -129,7 +137,7 @@ def test_the_detector_client_gets_the_same_boxes_from_png_bytes(server: ServerPr
     (tmp_path / "canvas.png").write_bytes(png)
     url = server.http.removeprefix("http://")
     runs = {}
-    for model in ("detector", "detector-boxes", "detector-bytes"):
+    for model in ("detector", "detector-boxes", "detector-bytes", "detector-bytes-boxes"):
         done = triton_client(str(ROOT / "examples" / "detection" / "client.py"),
                              str(tmp_path / "canvas.png"), "--url", url, "--model", model,
                              "--out", str(tmp_path / f"{model}.png"))
@@ -137,7 +145,8 @@ def test_the_detector_client_gets_the_same_boxes_from_png_bytes(server: ServerPr
         runs[model] = done.stdout
     # The raw model's client applies the config's score_threshold itself; the pipeline's server
     # does: both keep the same labelled boxes.
-    assert runs["detector"] == runs["detector-boxes"] == runs["detector-bytes"]
+    assert runs["detector"] == runs["detector-boxes"] == runs["detector-bytes"] == \
+        runs["detector-bytes-boxes"]
     assert runs["detector"].strip(), "no detection on a canvas with an item"
 
 
@@ -230,3 +239,22 @@ def test_surge_bench_sends_a_folder_of_pngs_to_the_detector_that_decodes_them(
                             "--duration", "1s", "--files", str(folder)], capsys)
     assert code == 2
     assert "--files: model 'detector' has no BYTES input" in err
+
+
+def test_a_pipeline_step_model_that_decodes_its_files_refuses_a_bad_one_alone(
+        server: ServerProcess) -> None:
+    png, _ = _canvas_png()
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda data: _infer_bytes(server, "detector-bytes-boxes", data),
+                                [png[:60] if i % 4 == 1 else png for i in range(16)]))
+    for i, reply in enumerate(replies):
+        if i % 4 == 1:
+            assert reply.status_code == 400, reply.text
+            error = reply.json()["error"]
+            assert "step 'detect'" in error
+            assert "input 'image' is not a valid image" in error
+        else:
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["outputs"][3]["name"] == "count"
+    steps = httpx.get(f"{server.http}/v2/models/detector-bytes-boxes/stats", timeout=30).json()
+    assert "decode" not in json.dumps(steps)  # no step of the pipeline decoded anything

@@ -28,9 +28,10 @@
    (decode on the loop, then the detector): the decode as a hand-written server pays it, call
    and all, so the decode leg's extra above it is the pipeline's own cost under this load
    (`pipeline_own_in_situ_us` in the JSON). `in-worker` serves the detector with a
-   `preprocess:` decode (PNG bytes decoded in its own workers) and `pipeline-in-worker` the boxes
-   pipeline over that model (no decode step of its own). The legs run in turn `--rounds` times (load from other
-   processes drifts); each figure is the mean over them. `--legs` picks some (py-spy profiles).
+   `preprocess:` decode (PNG bytes decoded in its own workers) and `pipeline-in-worker` the
+   boxes pipeline over that model (no decode step of its own). The legs run in turn `--rounds`
+   times (load from other processes drifts); each figure is the mean over them. `--legs` picks
+   some (py-spy profiles).
    The pipeline's own Python on its own, without sockets or workers: benchmarks/pipeline_path.py.
    On photos (`--only photos`, also part of the default run): `imagenet-decode` (the `imagenet`
    pipeline without its top-5 step: JPEG bytes -> decode on the processor threads ->

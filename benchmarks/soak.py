@@ -105,25 +105,25 @@ def build_repository(folder: Path) -> Path:
     return repo
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
-    """`surge serve` in a subprocess on free ports."""
+    """`surge serve` in a subprocess on ports the system chooses (read from its endpoints
+    file)."""
 
     def __init__(self, repo: Path, log: Path, *args: str) -> None:
-        self.ports = (free_port(), free_port(), free_port())
+        endpoints = log.with_name(log.name + ".endpoints.json")
         command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
-                   "--http-port", str(self.ports[0]), "--grpc-port", str(self.ports[1]),
-                   "--metrics-port", str(self.ports[2]), *args]
+                   "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+                   "--endpoints-file", str(endpoints), *args]
         with log.open("wb") as handle:
             self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
-        self.http = f"http://127.0.0.1:{self.ports[0]}"
-        self.grpc = f"127.0.0.1:{self.ports[1]}"
         deadline = time.monotonic() + 180
+        while not endpoints.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"server did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        bound = json.loads(endpoints.read_text())
+        self.http, self.grpc = bound["http"], bound["grpc"]
+        self.http_port = int(self.http.rsplit(":", 1)[1])
         while not self._ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"server did not start:\n{log.read_text()[-3000:]}")
@@ -245,7 +245,7 @@ class Clients:
                 f"{len(body)}\r\nContent-Type: application/json\r\n\r\n").encode()
         while not self.stop.is_set():
             start = time.monotonic()
-            with socket.create_connection(("127.0.0.1", self.server.ports[0]), timeout=5) as sock:
+            with socket.create_connection(("127.0.0.1", self.server.http_port), timeout=5) as sock:
                 sock.sendall(head + body)
                 time.sleep(random.uniform(0.0, 0.01))
             self._record(start, "hung_up")

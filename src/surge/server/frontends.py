@@ -28,7 +28,6 @@ import os
 import pickle
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -37,8 +36,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from surge.errors import SurgeError, cannot_listen
+from surge.errors import SurgeError
 from surge.platform import available_cores
+from surge.server.sockets import reserve_all
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -87,32 +87,6 @@ class _Started:
     endpoints: Endpoints
 
 
-def _reserve(host: str, port: int) -> socket.socket:
-    """Bind (never listen) with SO_REUSEPORT: picks the port when 0 and holds it for the front
-    ends; a socket that does not listen takes no connections."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise cannot_listen(host, port, exc) from None
-    return sock
-
-
-def _reserve_all(host: str, ports: tuple[int, ...]) -> list[socket.socket]:
-    sockets: list[socket.socket] = []
-    try:
-        for port in ports:
-            sockets.append(_reserve(host, port))
-    except SurgeError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
 def _stop_with_parent(supervisor: int) -> None:
     """Ask Linux for SIGTERM (a drain) when the supervisor dies, even by SIGKILL."""
     if sys.platform != "linux":
@@ -145,8 +119,8 @@ class Supervisor:
 
     def __init__(self, repo: Path | str, options: ServeOptions, count: int) -> None:
         self.repo, self.count = repo, count
-        self._sockets = _reserve_all(options.host, (options.http_port, options.grpc_port,
-                                                    options.metrics_port))
+        self._sockets = reserve_all(options.host, (options.http_port, options.grpc_port,
+                                                   options.metrics_port), reuse_port=True)
         http, grpc, metrics = (sock.getsockname()[1] for sock in self._sockets)
         self.options = replace(options, http_port=http, grpc_port=grpc, metrics_port=metrics,
                                reuse_port=True, frontends=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Any
 
 from surge.errors import cannot_listen
@@ -41,16 +42,22 @@ async def start_grpc_h2_server(
     engine: Any, host: str, port: int, api_key: str | None = None, *,
     limits: ConnectionLimits | None = None, max_message_bytes: int = 64 * 1024 * 1024,
     reuse_port: bool = False, servicer: Any = None, ssl_context: Any = None,
+    sock: socket.socket | None = None,
 ) -> tuple[GrpcH2Server, Any, int]:
-    """Serve gRPC on host:port (0 = any free port); returns (server, servicer, port)."""
+    """Serve gRPC on host:port (0 = any free port), or on `sock` (bound, `surge.server.sockets.
+    reserve`); returns (server, servicer, port)."""
     from surge.server.grpc_server import InferenceServicer
 
     servicer = servicer or InferenceServicer(engine, api_key)
     state = ServerState(service_methods(servicer), limits or ConnectionLimits(), max_message_bytes)
     loop = asyncio.get_running_loop()
     try:
-        server = await loop.create_server(lambda: GrpcProtocol(state), host, port,
-                                          reuse_port=reuse_port or None, ssl=ssl_context)
+        if sock is not None:
+            server = await loop.create_server(lambda: GrpcProtocol(state), sock=sock,
+                                              ssl=ssl_context, backlog=2048)
+        else:
+            server = await loop.create_server(lambda: GrpcProtocol(state), host, port,
+                                              reuse_port=reuse_port or None, ssl=ssl_context)
     except OSError as exc:
         raise cannot_listen(host, port, exc) from None
     bound = server.sockets[0].getsockname()[1]

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, make_asgi_app, multiprocess
 
 from surge.engine import InferenceEngine
 from surge.engine.ondemand import ResidencyOptions
-from surge.errors import SurgeError, cannot_listen
+from surge.errors import SurgeError
 from surge.repository import Repository
 from surge.server.app import DEFAULT_MAX_BODY, V2App
 from surge.server.frontends import METRICS_DIR_ENV
@@ -27,6 +27,7 @@ from surge.server.grpc_listener import start_grpc_h2_server
 from surge.server.grpc_server import InferenceServicer, start_grpc_server
 from surge.server.limits import ConnectionLimits, guarded_protocol
 from surge.server.production import Production, ProductionOptions
+from surge.server.sockets import reserve_all
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +84,6 @@ class Endpoints:
     metrics: str
 
 
-def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    try:
-        sock = socket.create_server((host, port), backlog=2048, reuse_port=reuse_port)
-    except OSError as exc:
-        raise cannot_listen(host, port, exc) from None
-    sock.setblocking(False)
-    return sock
-
-
 def _exported(engine: InferenceEngine) -> CollectorRegistry:
     """What the metrics port exports: this engine's registry, or with several front ends
     (the multiprocess directory set) the sums over all of them."""
@@ -125,17 +117,24 @@ class SurgeServer:
 
     async def start(self) -> Endpoints:
         options = self.options
-        self.site.before_engine(self.engine, options.models)
-        await self.engine.start()
-        self._http_socket = _bind(options.host, options.http_port, options.reuse_port)
+        # The ports first: one another program holds is refused before any model loads.
+        sockets = reserve_all(options.host, (options.http_port, options.grpc_port,
+                                             options.metrics_port), reuse_port=options.reuse_port)
+        self._http_socket, grpc_socket, self._metrics_socket = sockets
+        try:
+            self.site.before_engine(self.engine, options.models)
+            await self.engine.start()
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
         self._http = await _start_uvicorn(self.app, self._http_socket, options,
                                           self.site.ssl_context)
         servicer = InferenceServicer(self.engine, keys=self.site.keys,
                                      request_log=self.site.request_log,
                                      repository_api=self.site.repository_api)
-        self._grpc, self._grpc_servicer, grpc_port = await self._start_grpc(servicer)
+        self._grpc, self._grpc_servicer, grpc_port = await self._start_grpc(servicer, grpc_socket)
         # On the event loop like HTTP, so that the same connection limits guard it.
-        self._metrics_socket = _bind(options.host, options.metrics_port, options.reuse_port)
         metrics_app = self.site.metrics_app(make_asgi_app(registry=_exported(self.engine)))
         self._metrics = await _start_uvicorn(metrics_app, self._metrics_socket, options,
                                              self.site.ssl_context)
@@ -147,16 +146,22 @@ class SurgeServer:
         return Endpoints(f"{scheme}://{host}:{http_port}", f"{host}:{grpc_port}",
                          f"{scheme}://{host}:{metrics_port}/metrics")
 
-    async def _start_grpc(self, servicer: InferenceServicer) -> tuple[Any, Any, int]:
+    async def _start_grpc(self, servicer: InferenceServicer,
+                          reserved: socket.socket) -> tuple[Any, Any, int]:
+        """Surge's listener serves the reserved socket; grpc core binds its own port, so it
+        gets the reserved one's number (port 0 chosen there) once the socket is closed."""
         options = self.options
         common: dict[str, Any] = {"limits": options.limits, "reuse_port": options.reuse_port,
                                   "max_message_bytes": options.max_body_bytes,
                                   "servicer": servicer}
         if options.grpc_server == "grpcio":
-            return await start_grpc_server(self.engine, options.host, options.grpc_port,
+            port = reserved.getsockname()[1]
+            reserved.close()
+            return await start_grpc_server(self.engine, options.host, port,
                                            credentials=self.site.grpc_credentials(), **common)
         return await start_grpc_h2_server(self.engine, options.host, options.grpc_port,
-                                          ssl_context=self.site.grpc_ssl_context, **common)
+                                          ssl_context=self.site.grpc_ssl_context, sock=reserved,
+                                          **common)
 
     async def drain(self) -> None:
         """Refuse new work, finish what was accepted (within the grace period), stop."""

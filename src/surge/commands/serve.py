@@ -217,6 +217,8 @@ def _on_started(repo: Path, options: ServeOptions,
     if endpoints_file is not None and not endpoints_file.parent.is_dir():
         raise SurgeError(f"--endpoints-file {endpoints_file}: no directory "
                          f"{endpoints_file.parent}")
+    if endpoints_file is not None and endpoints_file.is_dir():
+        raise SurgeError(f"--endpoints-file {endpoints_file}: is a directory, not a file name")
 
     def started(endpoints: Endpoints) -> None:
         _announce(repo, endpoints, options)
@@ -232,8 +234,11 @@ def _write_endpoints(path: Path, endpoints: Endpoints) -> None:
     from dataclasses import asdict
 
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(asdict(endpoints)) + "\n")
-    partial.replace(path)
+    try:
+        partial.write_text(json.dumps(asdict(endpoints)) + "\n")
+        partial.replace(path)
+    except OSError as exc:
+        raise SurgeError(f"--endpoints-file {path}: cannot write it ({exc.strerror})") from None
 
 
 def _announce(repo: Path, endpoints: Endpoints, options: ServeOptions) -> None:

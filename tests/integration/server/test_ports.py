@@ -60,9 +60,12 @@ def test_a_port_another_program_holds_is_refused_before_loading(tiny_repo: Path,
         f"error: cannot listen on 127.0.0.1:{number} (Address already in use)", result.stderr
 
 
-def test_an_endpoints_file_in_a_missing_folder_is_refused_before_loading(
-        tiny_repo: Path, tmp_path: Path) -> None:
-    target = tmp_path / "absent" / "endpoints.json"
+@pytest.mark.parametrize(("where", "message"), [("absent/endpoints.json", "no directory"),
+                                               (".", "is a directory")])
+def test_an_endpoints_file_that_cannot_be_is_refused_before_loading(
+        tiny_repo: Path, tmp_path: Path, where: str, message: str) -> None:
+    target = tmp_path / where
     result = serve(tiny_repo, "--http-port", "0", "--endpoints-file", str(target))
     assert result.returncode == 2, result.stdout + result.stderr
-    assert f"--endpoints-file {target}: no directory" in result.stderr
+    assert result.stderr.strip().startswith(f"error: --endpoints-file {target}: {message}"), \
+        result.stderr

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -101,12 +100,6 @@ def variants(repo: Path, model: str) -> list[tuple[str, str | None, Path]]:
 
 
 # -- 3. serving ----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def serving_repo(source: Path, model: str, work: Path, name: str, **changes: Any) -> Path:
     """A one-model repository whose config differs from `source`'s by `changes`."""
     target = work / name
@@ -123,39 +116,18 @@ def serving_repo(source: Path, model: str, work: Path, name: str, **changes: Any
     return target
 
 
-def serve_and_bench(repo: Path, model: str, duration: str, log: Path) -> list[dict]:
-    http, grpc, metrics = free_port(), free_port(), free_port()
+def serve_and_bench(repo: Path, model: str, duration: str) -> list[dict]:
+    """`surge serve` on `repo` (ports the system chooses; its log in the repository) loaded by
+    `surge bench` at each level."""
+    from surge.tuning.serving import serving
+
     surge = [sys.executable, "-c", "from surge.cli import main; main()"]
-    with log.open("wb") as handle:
-        server = subprocess.Popen(
-            [*surge, "serve", str(repo), "--http-port", str(http), "--grpc-port", str(grpc),
-             "--metrics-port", str(metrics)], stdout=handle, stderr=subprocess.STDOUT)
-        try:
-            _wait_ready(f"http://127.0.0.1:{http}", model, server)
-            report = Path(tempfile.mkstemp(suffix=".json")[1])
-            subprocess.run([*surge, "bench", f"http://127.0.0.1:{http}", "--model", model,
-                            "--concurrency", ",".join(map(str, LEVELS)), "--duration", duration,
-                            "--json", str(report)], check=True, capture_output=True)
-            return list(json.loads(report.read_text())["runs"])
-        finally:
-            server.terminate()
-            server.wait(60)
-
-
-def _wait_ready(url: str, model: str, server: subprocess.Popen[bytes]) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"surge serve exited with {server.returncode}")
-        try:
-            if httpx.get(f"{url}/v2/models/{model}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("server not ready in 180 s")
+    with serving(repo, model, timeout_s=180) as server:
+        report = Path(tempfile.mkstemp(suffix=".json")[1])
+        subprocess.run([*surge, "bench", server.url, "--model", model,
+                        "--concurrency", ",".join(map(str, LEVELS)), "--duration", duration,
+                        "--json", str(report)], check=True, capture_output=True)
+        return list(json.loads(report.read_text())["runs"])
 
 
 def serving_configs(repo: Path, model: str, selected: str | None,
@@ -358,7 +330,7 @@ def main() -> None:
                                                  args.serve_variants.split(",")):
                 repo = serving_repo(args.repo, args.model, Path(work), f"r{len(results['serving'])}",
                                     **changes)
-                runs = serve_and_bench(repo, args.model, args.duration, Path(work) / "serve.log")
+                runs = serve_and_bench(repo, args.model, args.duration)
                 results["serving"][name] = runs
                 console.print(f"{name}: " + ", ".join(
                     f"c{r['concurrency']} {r['throughput']:.0f}/s p99 {r['p99_ms']:.0f}ms"

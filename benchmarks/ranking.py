@@ -18,8 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +27,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import yaml
 from rich.console import Console
@@ -39,6 +36,7 @@ from surge.bench import run_bench
 from surge.errors import SurgeError
 from surge.evaluate.harness import evaluate, load_dataset
 from surge.repository import Repository
+from surge.tuning.serving import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -87,24 +85,6 @@ def train_if_missing(repo: Path, model: str, recipe: str, overrides: Sequence[st
                               f"checkpoint.dir={runs / 'checkpoints'}"), f"training {model}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"surge serve at {url} did not become ready (exit {process.poll()})")
-
-
 def serve_and_bench(repo: Path, model: str, rows: int, clients: int, duration: float,
                     dataset: str, config: dict[str, Any]) -> Served:
     """Copy `model` into a scratch repository with `config` merged into its config.yaml, serve
@@ -114,20 +94,13 @@ def serve_and_bench(repo: Path, model: str, rows: int, clients: int, duration: f
     path = scratch / model / "config.yaml"
     merged = {**yaml.safe_load(path.read_text()), **config}
     path.write_text(yaml.safe_dump({k: v for k, v in merged.items() if v is not None}))
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    process = subprocess.Popen(
-        surge_command("serve", str(scratch), "--http-port", str(http), "--grpc-port", str(grpc),
-                      "--metrics-port", str(metrics)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
-    url = f"http://127.0.0.1:{http}"
     try:
-        wait_ready(url, process)
-        run = run_bench(url, model, clients, duration, batch_size=rows, dataset=dataset).runs[0]
+        with serving(scratch, model) as server:  # on ports the system chooses
+            run = run_bench(server.url, model, clients, duration, batch_size=rows,
+                            dataset=dataset).runs[0]
         return Served(run.throughput * rows, run.throughput, run.p50_ms, run.p99_ms,
                       sum(run.errors.values()))
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -46,7 +46,7 @@ from surge.runtimes import Runner, RunnerOptions, load_runner
 from surge.tuning.engines import BATCH_SIZES, EngineFigure, decide, items_per_second
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import free_port, stop, wait_ready  # noqa: E402
+from serving import surge_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "engines.json"
@@ -216,18 +216,9 @@ def convert_savedmodel(savedmodel: Path, work: Path) -> tuple[Path, dict[str, An
 def served(repo: Path, duration: float) -> dict[str, Any]:
     from surge.bench import run_bench
 
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    process = subprocess.Popen([sys.executable, "-c", "from surge.cli import main; main()", "serve",
-                                str(repo), "--http-port", str(http), "--grpc-port", str(grpc),
-                                "--metrics-port", str(metrics)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{http}"
-    try:
-        wait_ready(url, process)
-        run = run_bench(url, "m", [64], duration, "http", warmup_s=1.0).runs[0]
-        return {"throughput": run.throughput, "p99_ms": run.p99_ms, "errors": run.errors}
-    finally:
-        stop(process)
+    with surge_server(repo) as server:  # on ports the system chooses
+        run = run_bench(server.url, "m", [64], duration, "http", warmup_s=1.0).runs[0]
+    return {"throughput": run.throughput, "p99_ms": run.p99_ms, "errors": run.errors}
 
 
 def tune_choices(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -37,6 +37,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from surge.server.process import Endpoints, read_endpoints
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CORES = os.cpu_count() or 2
@@ -230,14 +232,14 @@ class SurgeServer:
 
 
 def _endpoints(path: Path, process: subprocess.Popen[bytes], timeout: float = 180.0
-               ) -> dict[str, str]:
+               ) -> Endpoints:
     """The addresses `surge serve --endpoints-file` wrote once listening."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while (bound := read_endpoints(path)) is None:
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"surge serve wrote no endpoints (exit {process.poll()})")
         time.sleep(0.1)
-    return dict(json.loads(path.read_text()))
+    return bound
 
 
 @contextlib.contextmanager
@@ -252,7 +254,7 @@ def surge_server(repo: Path, *options: str) -> Iterator[SurgeServer]:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             bound = _endpoints(endpoints, process)
-            server = SurgeServer(process, bound["http"], bound["grpc"])
+            server = SurgeServer(process, bound.http, bound.grpc)
             wait_ready(server.url, process)
             yield server
         finally:

@@ -42,6 +42,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
+from surge.server.process import read_endpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -117,12 +118,11 @@ class Server:
         with log.open("wb") as handle:
             self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
-        while not endpoints.exists():
+        while (bound := read_endpoints(endpoints)) is None:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"server did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
-        bound = json.loads(endpoints.read_text())
-        self.http, self.grpc = bound["http"], bound["grpc"]
+        self.http, self.grpc = bound.http, bound.grpc
         self.http_port = int(self.http.rsplit(":", 1)[1])
         while not self._ready():
             if self.process.poll() is not None or time.monotonic() > deadline:

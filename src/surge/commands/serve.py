@@ -220,25 +220,14 @@ def _on_started(repo: Path, options: ServeOptions,
     if endpoints_file is not None and endpoints_file.is_dir():
         raise SurgeError(f"--endpoints-file {endpoints_file}: is a directory, not a file name")
 
+    from surge.server.process import write_endpoints
+
     def started(endpoints: Endpoints) -> None:
         _announce(repo, endpoints, options)
         if endpoints_file is not None:
-            _write_endpoints(endpoints_file, endpoints)
+            write_endpoints(endpoints_file, endpoints)
 
     return started
-
-
-def _write_endpoints(path: Path, endpoints: Endpoints) -> None:
-    """All at once (a rename): a reader polling for the file never sees half of it."""
-    import json
-    from dataclasses import asdict
-
-    partial = path.with_name(path.name + ".partial")
-    try:
-        partial.write_text(json.dumps(asdict(endpoints)) + "\n")
-        partial.replace(path)
-    except OSError as exc:
-        raise SurgeError(f"--endpoints-file {path}: cannot write it ({exc.strerror})") from None
 
 
 def _announce(repo: Path, endpoints: Endpoints, options: ServeOptions) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import os
 import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,24 @@ class Endpoints:
     http: str
     grpc: str
     metrics: str
+
+
+def write_endpoints(path: Path, endpoints: Endpoints) -> None:
+    """`surge serve --endpoints-file`: all at once (a rename), so a reader polling for the file
+    never sees half of it."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        partial.write_text(json.dumps(asdict(endpoints)) + "\n")
+        partial.replace(path)
+    except OSError as exc:
+        raise SurgeError(f"--endpoints-file {path}: cannot write it ({exc.strerror})") from None
+
+
+def read_endpoints(path: Path) -> Endpoints | None:
+    """What `write_endpoints` wrote, or None while the server is not listening yet."""
+    if not path.exists():
+        return None
+    return Endpoints(**json.loads(path.read_text()))
 
 
 def _exported(engine: InferenceEngine) -> CollectorRegistry:

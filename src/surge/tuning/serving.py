@@ -8,7 +8,6 @@ final, and lets several configurations of one model be measured one after the ot
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -26,6 +25,7 @@ import httpx
 from surge.errors import SurgeError
 from surge.repository.config import CONFIG_FILE, read_config, write_config
 from surge.repository.repository import VARIANTS_DIR
+from surge.server.process import read_endpoints
 from surge.tuning.apply import apply_candidate
 from surge.tuning.predict import Measurement
 from surge.tuning.space import ORIGINAL, Candidate, Load
@@ -91,13 +91,6 @@ class RunningServer:
     startup_s: float
 
 
-def _http_url(endpoints: Path) -> str | None:
-    """The HTTP address `surge serve --endpoints-file` wrote, once it has."""
-    if not endpoints.exists():
-        return None
-    return str(json.loads(endpoints.read_text())["http"])
-
-
 def _wait_ready(process: subprocess.Popen[bytes], endpoints: Path, model: str, timeout_s: float,
                 log: Path) -> str:
     deadline = time.monotonic() + timeout_s
@@ -106,7 +99,8 @@ def _wait_ready(process: subprocess.Popen[bytes], endpoints: Path, model: str, t
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
             raise ServingTrialError(f"surge serve exited with {process.returncode}: "
                                     f"{' | '.join(tail) or 'no output'}")
-        url = _http_url(endpoints)
+        bound = read_endpoints(endpoints)
+        url = bound.http if bound else None
         with contextlib.suppress(httpx.HTTPError):
             if url and httpx.get(f"{url}/v2/models/{model}/ready", timeout=1.0).status_code == 200:
                 return url

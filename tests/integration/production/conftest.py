@@ -16,7 +16,9 @@ import httpx
 import pytest
 from tests.integration.production.certs import Pair, issue, make_ca
 from tests.integration.server.conftest import HERE as SERVER_TESTS
-from tests.integration.server.conftest import read_endpoints, stop_process, worker_pids
+from tests.integration.server.conftest import stop_process, worker_pids
+
+from surge.server.process import read_endpoints
 
 
 @dataclass
@@ -69,7 +71,7 @@ def launch(repo: Path, log: Path, *args: str, ca: Path | None = None,
             raise RuntimeError(f"server exited with {process.returncode}:\n{served.output()}")
         bound = read_endpoints(endpoints)
         if bound is not None:
-            served.http, served.grpc, served.metrics = bound
+            served.http, served.grpc, served.metrics = bound.http, bound.grpc, bound.metrics
             with contextlib.suppress(httpx.HTTPError):
                 answer = httpx.get(f"{served.http}/v2/health/ready", timeout=1.0, verify=verify)
                 if answer.status_code == 200:

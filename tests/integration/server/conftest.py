@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 from tests.integration.server.models import make_repository
+
+from surge.server.process import read_endpoints
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -69,14 +70,6 @@ def worker_pids(process: subprocess.Popen[bytes]) -> list[int]:
             if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
-def read_endpoints(path: Path) -> tuple[str, str, str] | None:
-    """HTTP, gRPC and metrics addresses from `surge serve --endpoints-file`, once written."""
-    if not path.exists():
-        return None
-    bound = json.loads(path.read_text())
-    return bound["http"], bound["grpc"], bound["metrics"]
-
-
 def start_server(repo: Path, log: Path, *args: str, api_key: str | None = None,
                  timeout: float = 120.0) -> ServerProcess:
     """`surge serve` on ports the system chooses (0), read back from its endpoints file."""
@@ -96,7 +89,7 @@ def start_server(repo: Path, log: Path, *args: str, api_key: str | None = None,
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
         bound = read_endpoints(endpoints)
         if bound is not None:
-            server.http, server.grpc, server.metrics = bound
+            server.http, server.grpc, server.metrics = bound.http, bound.grpc, bound.metrics
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{server.http}/v2/health/ready", timeout=1.0).status_code == 200:
                     return server

@@ -40,7 +40,9 @@ console = Console()
 _RUNS = itertools.count()  # one id per server started: ratios compare rows of one server
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from serving import free_port, stop, wait_ready  # noqa: E402
+from serving import stop, wait_ready  # noqa: E402
+
+from surge.server.sockets import unused_port  # noqa: E402
 
 
 def write_repository(root: Path, max_batch: int = 8, delay_ms: float = 0.5) -> Path:
@@ -146,7 +148,7 @@ def measure(url: str, grpc_target: str, metrics: str, server: int, clients: int,
 
 def run_server(command: list[str], clients: int, duration: float, label: str,
                protocols: tuple[str, ...] = PROTOCOLS) -> list[dict]:
-    http, grpc_port, metrics = free_port(), free_port(), free_port()
+    http, grpc_port, metrics = unused_port(), unused_port(), unused_port()
     command = [*command, "--http-port", str(http), "--grpc-port", str(grpc_port),
                "--metrics-port", str(metrics)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

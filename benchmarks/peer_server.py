@@ -10,14 +10,14 @@ Runtime on THREADS intra-op threads (as the in-process ceiling runs it).
 - pytriton: NVIDIA PyTriton: Triton's C++ HTTP front end and dynamic batcher in front of a
   Python model; V2 binary tensors (`http`).
 
-Usage: python benchmarks/peer_server.py litserve|pytriton MODEL_NAME MODEL.onnx PORT THREADS
+Usage: python benchmarks/peer_server.py litserve|pytriton MODEL_NAME MODEL.onnx PORT THREADS \
+       GRPC_PORT METRICS_PORT (the ports Triton also opens; peers.py chooses all three)
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import sysconfig
 from typing import Any
@@ -39,12 +39,6 @@ def session(path: str, threads: int) -> ort.InferenceSession:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def metadata(name: str, sess: ort.InferenceSession) -> dict[str, Any]:
@@ -87,7 +81,7 @@ class OnnxApi(LitAPI):  # type: ignore[misc,valid-type]
              "data": output.reshape(-1).tolist()}]}
 
 
-def run_litserve(name: str, path: str, port: int, threads: int) -> None:
+def run_litserve(name: str, path: str, port: int, threads: int, *_: int) -> None:
     import litserve as ls
 
     api = OnnxApi(name, path, threads, max_batch_size=MAX_BATCH, batch_timeout=DELAY_S,
@@ -125,7 +119,8 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
-def run_pytriton(name: str, path: str, port: int, threads: int) -> None:
+def run_pytriton(name: str, path: str, port: int, threads: int, grpc_port: int,
+                 metrics_port: int) -> None:
     # PyTriton starts tritonserver (and so the stub) with a copy of this environment.
     os.environ["LD_LIBRARY_PATH"] = stub_runtime_path(dict(os.environ))
     stop_on_sigterm()
@@ -140,8 +135,8 @@ def run_pytriton(name: str, path: str, port: int, threads: int) -> None:
     def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
         return {out.name: sess.run(None, {inp.name: inputs[inp.name]})[0]}
 
-    config = TritonConfig(http_address="127.0.0.1", http_port=port, grpc_port=free_port(),
-                          metrics_port=free_port())
+    config = TritonConfig(http_address="127.0.0.1", http_port=port, grpc_port=grpc_port,
+                          metrics_port=metrics_port)
     with Triton(config=config) as triton:
         triton.bind(
             model_name=name, infer_func=infer,
@@ -155,6 +150,7 @@ def run_pytriton(name: str, path: str, port: int, threads: int) -> None:
 
 
 if __name__ == "__main__":
-    framework, model_name, model_path, port_text, threads_text = sys.argv[1:6]
+    framework, model_name, model_path, *numbers = sys.argv[1:8]
     runner = {"litserve": run_litserve, "pytriton": run_pytriton}[framework]
-    runner(model_name, model_path, int(port_text), int(threads_text))
+    port, threads, grpc_port, metrics_port = (int(n) for n in numbers)
+    runner(model_name, model_path, port, threads, grpc_port, metrics_port)

@@ -44,13 +44,14 @@ from serving import (  # noqa: E402
     CeilingProbe,
     bench_levels,
     export_model,
-    free_port,
     measure_ceiling,
     run_naive,
     stop,
     surge_server,
     wait_ready,
 )
+
+from surge.server.sockets import unused_port  # noqa: E402
 
 PEERS_VENV = ROOT / ".venv-peers"
 # What each peer needs, pinned to the versions measured (ONNX Runtime as in Surge's venv).
@@ -88,9 +89,10 @@ def ensure_peer(peer: str) -> str | None:
 
 def run_peer(peer: str, model: Path, case: Case, levels: list[int], duration: float,
              probe: CeilingProbe) -> list[dict[str, Any]]:
-    port = free_port()
+    port = unused_port()
     command = [str(PEERS_VENV / "bin" / "python"), str(ROOT / "benchmarks" / "peer_server.py"),
-               peer, case.name, str(model), str(port), str(CORES)]
+               peer, case.name, str(model), str(port), str(CORES), str(unused_port()),
+               str(unused_port())]
     log = model.with_name(f"{peer}.log")
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,

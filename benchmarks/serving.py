@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from surge.server.process import Endpoints, read_endpoints
+from surge.server.sockets import unused_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -190,12 +190,6 @@ def write_repository(case: Case, model: Path, root: Path, setting: dict[str, Any
 
 
 # -- processes ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -298,7 +292,7 @@ def run_surge(repo: Path, case: Case, levels: list[int], duration: float,
 
 def run_naive(model: Path, case: Case, levels: list[int], duration: float, threads: int,
               probe: CeilingProbe, framework: str = "fastapi") -> list[dict[str, Any]]:
-    port = free_port()
+    port = unused_port()
     command = [sys.executable, str(ROOT / "benchmarks" / "naive_server.py"), case.name,
                str(model), str(port), str(threads), framework]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -346,17 +346,18 @@ async def run_model(model: LoadModel, args: argparse.Namespace, cap: float) -> d
 
 def versus_naive(model: LoadModel, seconds: float) -> dict[str, Any]:
     """One closed-loop client over HTTP: Surge (adaptive and untuned) vs the naive server."""
-    from serving import free_port, stop, surge_server, wait_ready
+    from serving import stop, surge_server, wait_ready
 
     from surge.bench import run_bench
     from surge.platform import available_cores
+    from surge.server.sockets import unused_port
 
     out: dict[str, Any] = {}
     with surge_server(model.repo, "--models", "adaptive,untuned") as surge:
         for config in ("adaptive", "untuned"):
             run = run_bench(surge.url, config, [1], seconds, "http", warmup_s=1.0).runs[0]
             out[f"surge_{config}"] = {"per_s": run.throughput, "p50_ms": run.p50_ms}
-    port = free_port()
+    port = unused_port()
     naive = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "naive_server.py"),
                               model.name, str(model.onnx), str(port), str(available_cores()),
                               "fastapi"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -36,7 +36,9 @@ from pydantic import BaseModel
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from serving import cpu_seconds, free_port, stop, wait_ready  # noqa: E402
+from serving import cpu_seconds, stop, wait_ready  # noqa: E402
+
+from surge.server.sockets import unused_port  # noqa: E402
 
 PIPELINE, ENCODER, INT8 = "minilm-text", "minilm", "int8-dynamic"
 IN_WORKER = "minilm-text-worker"  # the encoder tokenizing in its own workers (`preprocess:`)
@@ -195,11 +197,11 @@ def run_surge(repo: Path, variant: str | None, texts: list[str], levels: list[in
     """Surge serving `model` alone (the pipeline loads the encoder with it)."""
     served = ENCODER if model == PIPELINE else model
     set_variant(repo, variant, served)
-    port = free_port()
+    port = unused_port()
     print(f"  surge {model} {variant or 'fp32'}", flush=True)
     command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
-               "--models", model, "--http-port", str(port), "--grpc-port", str(free_port()),
-               "--metrics-port", str(free_port())]
+               "--models", model, "--http-port", str(port), "--grpc-port", str(unused_port()),
+               "--metrics-port", str(unused_port())]
     try:
         return run_server(command, port, texts, levels, duration, True, model)
     finally:
@@ -208,7 +210,7 @@ def run_surge(repo: Path, variant: str | None, texts: list[str], levels: list[in
 
 def run_naive(repo: Path, texts: list[str], levels: list[int], duration: float,
               threads: int) -> list[dict[str, Any]]:
-    port = free_port()
+    port = unused_port()
     print("  naive FastAPI + tokenizers + ONNX Runtime (fp32)", flush=True)
     command = [sys.executable, __file__, "--naive-server", str(repo / ENCODER / "1" / "model.onnx"),
                str(port), str(threads)]

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.ports import free_port
 from tests.unit.train.tiny import write_recipe
+
+from surge.server.sockets import unused_port
 
 pytestmark = pytest.mark.timeout(300)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +33,7 @@ def surge_train(config: Path, *args: str) -> subprocess.Popen[str]:
 
 def two_nodes(config: Path, *args: str) -> None:
     """Node 0 and node 1 as separate processes; both must finish with exit code 0."""
-    endpoint = f"127.0.0.1:{free_port()}"
+    endpoint = f"127.0.0.1:{unused_port()}"
     nodes = [surge_train(config, "--nproc", "1", "--nnodes", "2", "--rdzv", endpoint, *args)
              for _ in range(2)]
     try:

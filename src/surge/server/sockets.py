@@ -1,10 +1,16 @@
-"""The ports a server listens on, bound before anything loads."""
+"""The ports a server listens on, bound before anything loads, and ports to name before a
+server that cannot report what it bound has started."""
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 
 from surge.errors import cannot_listen
+
+LOWEST_UNUSED = 20000  # Ray's workers take 10002-19999 by default
+_handed_out: set[int] = set()
 
 
 def reserve(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -38,3 +44,37 @@ def reserve_all(host: str, ports: tuple[int, ...], *,
             sock.close()
         raise
     return sockets
+
+
+def _ephemeral_range() -> range:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return range(32768, 61000)
+    return range(int(low), int(high) + 1)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def unused_port() -> int:
+    """A port nothing listens on, for a server that must be told its port before it starts (a
+    torch rendezvous, a Ray head, another framework's server): drawn from below the kernel's
+    ephemeral range, so that no socket the system numbers itself (client connections, Ray's
+    workers) can take it between this choice and the server's bind, and never handed out twice
+    by this process. A server that can report what it bound (`surge serve --endpoints-file`)
+    takes port 0 instead."""
+    ephemeral = _ephemeral_range()
+    ports = [p for p in range(LOWEST_UNUSED, 32768) if p not in ephemeral and p not in _handed_out]
+    random.shuffle(ports)  # other processes choose too
+    for port in ports:
+        if _bindable(port):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free port in {LOWEST_UNUSED}-32767 outside the ephemeral range")

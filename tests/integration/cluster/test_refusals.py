@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.ports import free_port
+
+from surge.server.sockets import unused_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,7 +31,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_unreachable_address(cluster_repo: Path) -> None:
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{unused_port()}"
     line = one_line_error(serve(cluster_repo, address))
     assert f"cannot reach the Ray cluster at {address}" in line
 

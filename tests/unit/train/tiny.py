@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 import yaml
 from torch import nn
 
+from surge.server.sockets import unused_port
 from surge.train.distributed import init_distributed, shutdown
-from tests.ports import free_port
 
 FEATURES, CLASSES = 8, 4
 
@@ -113,5 +113,5 @@ def _entry(rank: int, world: int, port: int, fn: Callable[..., None], args: tupl
 
 def spawn(fn: Callable[..., None], world: int, *args: Any) -> None:
     """Run fn(state, *args) on `world` gloo ranks and wait for them all."""
-    mp.start_processes(_entry, args=(world, free_port(), fn, args), nprocs=world,
+    mp.start_processes(_entry, args=(world, unused_port(), fn, args), nprocs=world,
                        start_method="spawn")

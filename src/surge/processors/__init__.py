@@ -69,7 +69,7 @@ def declares(describe: Describe, inline: bool = False,
     """Mark a processor with the function that tells its tensors' specs for given params, and
     whether it is cheap enough to run on the event loop rather than in a processor thread
     (always, or for the calls `inline_when` accepts). `example(params)` makes one valid row of
-    each input (a blank image file, a word): what a model's latency probe sends through a
+    each input (a JPEG of the target size, a word): what a model's latency probe sends through a
     `preprocess:` step."""
 
     def mark(fn: F) -> F:

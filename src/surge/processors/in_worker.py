@@ -68,7 +68,7 @@ def serving_runner(loaded: LoadedModel, threads: int = 1) -> Runner:
 
 def example_rows(config: ModelConfig, served: Signature, size: int) -> dict[str, np.ndarray]:
     """`size` valid rows of each input the preprocess steps read from requests, made from their
-    processors' examples (a blank image file of the target size): what the latency probe sends.
+    processors' examples (a JPEG of the target size): what the latency probe sends.
     An input whose processor has no example is left out."""
     rows: dict[str, np.ndarray] = {}
     wanted = set(served.input_names)

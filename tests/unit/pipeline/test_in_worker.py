@@ -200,7 +200,7 @@ def test_the_probe_gets_valid_rows_for_the_inputs_the_steps_read() -> None:
     assert rows is not None
     assert rows["png"].shape == (3,)
     assert rows["scale"].shape == (3,)  # a model input no step writes: zeros
-    assert runner.run(rows)["total"].tolist() == [0.0, 0.0, 0.0]  # blank images decode
+    assert runner.run(rows)["total"].tolist() == [0.0, 0.0, 0.0]  # the images decode (scale 0)
     # No example for an input: no probe (the signature cannot tell a valid file).
     bare = Signature((TensorSpec("png", "BYTES", (-1,)),), MODEL.outputs, batched=True)
     assert probe_rows(config(), bare, 1) is None

@@ -249,3 +249,17 @@ def test_a_png_already_in_the_wanted_mode_decodes_to_the_same_pixels() -> None:
                                       {**params, "color": "rgb", "layout": "nhwc"})
     assert rgb["pixels"].shape == (2, 6, 5, 3)
     np.testing.assert_array_equal(rgb["pixels"][1, ..., 2], gray)
+
+
+@pytest.mark.parametrize("params", [{"size": [224, 224]}, {"size": [28, 28], "mode": "gray"}])
+def test_the_probes_example_is_a_photo_like_jpeg_of_the_target_size(params: dict[str, Any]
+                                                                    ) -> None:
+    # A uniform image decodes faster than a photo, so the latency probe would predict the
+    # first batches of real images too fast.
+    from surge.processors.images import example_file
+
+    data = example_file(params)["image"][0]
+    assert data.startswith(b"\xff\xd8")
+    pixels = decode(data, **params)
+    assert pixels.shape[-2:] == tuple(params["size"])
+    assert pixels.std() > 0.2

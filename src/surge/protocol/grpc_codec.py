@@ -11,7 +11,13 @@ import numpy as np
 from surge.datatypes import numpy_to_v2, v2_to_numpy
 from surge.errors import InputError
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
-from surge.protocol.tensors import check_datatype, check_shape, tensor_from_bytes, tensor_to_bytes
+from surge.protocol.tensors import (
+    check_datatype,
+    check_shape,
+    tensor_from_bytes,
+    tensor_to_bytes,
+    within_range,
+)
 from surge.protocol.types import (
     InferRequest,
     RequestedOutput,
@@ -26,6 +32,12 @@ _CONTENTS_FIELD = {
     "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
     "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
     "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+_FIELD_DTYPE = {
+    "bool_contents": np.bool_, "int_contents": np.int32, "int64_contents": np.int64,
+    "uint_contents": np.uint32, "uint64_contents": np.uint64, "fp32_contents": np.float32,
+    "fp64_contents": np.float64,
 }
 
 
@@ -50,6 +62,8 @@ def decode_infer_request(message: Any) -> InferRequest:
         datatype = check_datatype(name, tensor.datatype)
         shape = check_shape(name, list(tensor.shape))
         if raw:
+            if tensor.HasField("contents"):
+                raise InputError(f"input {name!r} has both contents and raw_input_contents")
             inputs[name] = tensor_from_bytes(name, datatype, shape, raw[index])
         else:
             inputs[name] = _from_contents(name, datatype, shape, tensor.contents)
@@ -58,7 +72,7 @@ def decode_infer_request(message: Any) -> InferRequest:
     params = message.parameters
     priority = parameter_value(params["priority"]) if "priority" in params else 0
     timeout = parameter_value(params["timeout"]) if "timeout" in params else 0
-    outputs = tuple(RequestedOutput(o.name) for o in message.outputs) or None
+    outputs = tuple(_requested(o) for o in message.outputs) or None
     variant, full = parse_pin(*(parameter_value(params[k]) if k in params else None
                                 for k in ("accuracy", "variant")))
     return InferRequest(
@@ -70,6 +84,14 @@ def decode_infer_request(message: Any) -> InferRequest:
         variant=variant,
         full_accuracy=full,
     )
+
+
+def _requested(output: Any) -> RequestedOutput:
+    if "classification" in output.parameters and parameter_value(
+            output.parameters["classification"]):
+        raise InputError(f"output {output.name!r}: the classification extension is not "
+                         f"supported")
+    return RequestedOutput(output.name)
 
 
 def _from_contents(name: str, datatype: str, shape: tuple[int, ...], contents: Any) -> np.ndarray:
@@ -87,10 +109,12 @@ def _from_contents(name: str, datatype: str, shape: tuple[int, ...], contents: A
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    try:
-        return np.array(values, dtype=v2_to_numpy(datatype)).reshape(shape)
-    except OverflowError:
-        raise InputError(f"input {name!r}: a value does not fit {datatype}") from None
+    dtype = v2_to_numpy(datatype)
+    # Read at the field's own width, then checked: a cast straight to a narrower type wraps.
+    wide = np.array(values, dtype=_FIELD_DTYPE[field])
+    if wide.size and not within_range(wide, dtype):
+        raise InputError(f"input {name!r}: {field} holds values outside {datatype}'s range")
+    return wide.astype(dtype).reshape(shape)
 
 
 def encode_infer_response(

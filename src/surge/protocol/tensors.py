@@ -15,6 +15,7 @@ from surge.datatypes import V2_DATATYPES, v2_to_numpy
 from surge.errors import InputError
 
 _LENGTH = struct.Struct("<I")
+MAX_ELEMENTS = 2**32  # far past any request body; numpy refuses shapes past 2**63 bytes
 
 
 def check_datatype(name: str, datatype: object) -> str:
@@ -33,6 +34,11 @@ def check_shape(name: str, shape: object) -> tuple[int, ...]:
         raise InputError(f"input {name!r} has invalid shape {shape!r}; expected non-negative ints")
     if len(shape) > 16:
         raise InputError(f"input {name!r} has {len(shape)} dimensions; at most 16 are allowed")
+    # An empty tensor may name any other dimensions, but numpy (and every engine) must still
+    # be able to make that shape: the product of the non-zero ones is bounded too.
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise InputError(f"input {name!r} has shape {list(shape)}: over {MAX_ELEMENTS} elements "
+                         f"(zero dimensions counted as 1)")
     return tuple(shape)
 
 
@@ -139,14 +145,15 @@ def _numbers(name: str, datatype: str, data: list) -> np.ndarray:
     dtype = v2_to_numpy(datatype)
     if dtype.kind in "iu" and raw.dtype.kind == "f" and raw.size:  # [] parses as float64
         raise InputError(f"input {name!r}: {datatype} data holds non-integer values")
-    if raw.size and not _within_range(raw, dtype):
+    if raw.size and not within_range(raw, dtype):
         raise InputError(f"input {name!r}: {datatype} data holds values outside its range")
     with np.errstate(over="ignore"):  # a range was checked above: no silent wrap or inf
         return raw.astype(dtype)
 
 
-def _within_range(raw: np.ndarray, dtype: np.dtype) -> bool:
-    """Whether every value of `raw` fits `dtype` (JSON numbers arrive as int64 or float64)."""
+def within_range(raw: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether every value of `raw` fits `dtype` (JSON numbers arrive as int64 or float64,
+    gRPC's typed contents at their field's width)."""
     if dtype.kind in "iu" and raw.dtype.kind in "iu":
         info = np.iinfo(dtype)
         return bool(raw.min() >= info.min and raw.max() <= info.max)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import numpy as np
 import pytest
@@ -50,6 +52,11 @@ def test_typed_contents_decode_with_their_datatype() -> None:
     assert request.outputs is None
 
 
+def _classification(message: Any, count: int) -> None:
+    message.inputs.add(name="x", datatype="FP32", shape=[1]).contents.fp32_contents.append(1.0)
+    message.outputs.add(name="y").parameters["classification"].int64_param = count
+
+
 @pytest.mark.parametrize(("build", "message"), [
     (lambda m: (m.inputs.add(name="x", datatype="FP32", shape=[2]),
                 m.raw_input_contents.append(b"\0" * 4)),
@@ -63,12 +70,27 @@ def test_typed_contents_decode_with_their_datatype() -> None:
     (lambda m: m.inputs.add(name="x", datatype="FP16", shape=[1]),
      "FP16 travels only in raw_input_contents"),
     (lambda m: None, "request has no inputs"),
+    # Typed contents outside the datatype's range are refused, not wrapped (300 -> 44).
+    (lambda m: m.inputs.add(name="x", datatype="UINT8", shape=[2]).contents.uint_contents.extend(
+        [1, 300]), "input 'x': uint_contents holds values outside UINT8's range"),
+    (lambda m: m.inputs.add(name="x", datatype="INT16", shape=[1]).contents.int_contents.extend(
+        [100000]), "outside INT16's range"),
+    (lambda m: (m.inputs.add(name="x", datatype="FP32", shape=[1]).contents.fp32_contents.extend(
+        [1.0]), m.raw_input_contents.append(b"\0" * 4)),
+     "input 'x' has both contents and raw_input_contents"),
+    (lambda m: _classification(m, 3), "output 'y': the classification extension is not supported"),
 ])
 def test_bad_grpc_requests_raise_input_errors(build: object, message: str) -> None:
     request = pb.ModelInferRequest(model_name="m")
     build(request)  # type: ignore[operator]
     with pytest.raises(InputError, match=message):
         decode_infer_request(request)
+
+
+def test_a_class_count_of_zero_asks_for_no_classification_as_over_http() -> None:
+    message = pb.ModelInferRequest(model_name="m")
+    _classification(message, 0)
+    assert decode_infer_request(message).outputs[0].name == "y"  # type: ignore[index]
 
 
 def test_response_carries_raw_output_contents() -> None:

@@ -96,6 +96,11 @@ def test_binary_size_errors_name_the_input_and_sizes(header: dict, binary: bytes
      "input 'x' has unknown datatype 'FP33'"),
     (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]}',
      "input 'x' has invalid shape"),
+    # Empty, but a shape numpy cannot make: refused, not a 500.
+    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [4611686018427387904,'
+     b' 4611686018427387904, 0], "data": []}]}', r"over 4294967296 elements"),
+    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [9223372036854775808, 0],'
+     b' "data": []}]}', r"over 4294967296 elements"),
     (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2]}]}',
      r"input 'x' has shape \[3\] \(3 elements\) but 2 data values"),
     (b'{"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [1.5]}]}',

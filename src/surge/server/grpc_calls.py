@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, cast
 
 import grpc
 import hpack
+from google.protobuf.message import DecodeError
 
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.http2 import encode_headers
@@ -20,11 +21,15 @@ from surge.protocol.http2 import encode_headers
 SERVICE = "/inference.GRPCInferenceService/"
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
+
 def parse_timeout(text: str) -> float | None:
-    """Seconds in a `grpc-timeout` header ("100m", "5S"); None when absent or malformed."""
-    if len(text) < 2 or text[-1] not in _TIMEOUT_UNITS or not text[:-1].isdigit():
+    """Seconds in a `grpc-timeout` header ("100m", "5S": at most 8 ASCII digits and a unit);
+    None when absent or malformed."""
+    digits = text[:-1]
+    if not 1 <= len(digits) <= 8 or text[-1] not in _TIMEOUT_UNITS or not (
+            digits.isascii() and digits.isdigit()):
         return None
-    return int(text[:-1]) * _TIMEOUT_UNITS[text[-1]]
+    return int(digits) * _TIMEOUT_UNITS[text[-1]]
 
 
 class CallContext:
@@ -82,8 +87,14 @@ def service_methods(servicer: Any) -> dict[str, Method]:
     }
 
 
-# (path, metadata, timeout in s, grpc-encoding) of a call's request headers
-CallHeaders = tuple[str, tuple[tuple[str, Any], ...], float | None, str]
+class CallHeaders(NamedTuple):
+    """What a call's request headers say."""
+
+    path: str
+    metadata: tuple[tuple[str, Any], ...]
+    timeout: float | None  # seconds
+    encoding: str  # grpc-encoding
+    problem: str = ""  # why the call is refused before it runs ("" when it is not)
 
 
 def status_trailers(code: grpc.StatusCode, details: str,
@@ -114,8 +125,9 @@ class CallError(Exception):
 
 
 def call_headers(headers: list[tuple[str, str]]) -> CallHeaders:
-    """(path, metadata, timeout in s, grpc-encoding) of a call's request headers."""
-    path, timeout, encoding = "", None, "identity"
+    """What a call's request headers say; a binary metadata value that is not base64 refuses
+    that call (INVALID_ARGUMENT), not the connection."""
+    path, timeout, encoding, problem = "", None, "identity", ""
     metadata: list[tuple[str, Any]] = []
     for key, value in headers:
         if key == ":path":
@@ -127,10 +139,14 @@ def call_headers(headers: list[tuple[str, str]]) -> CallHeaders:
         elif key.startswith(":") or key in ("content-type", "te"):
             continue
         elif key.endswith("-bin"):
-                metadata.append((key, base64.b64decode(value + "=" * (-len(value) % 4))))
+            try:
+                metadata.append((key, base64.b64decode(value + "=" * (-len(value) % 4),
+                                                       validate=True)))
+            except ValueError:
+                problem = f"metadata {key!r} is not base64"
         else:
             metadata.append((key, value))
-    return path, tuple(metadata), timeout, encoding
+    return CallHeaders(path, tuple(metadata), timeout, encoding, problem)
 
 
 def take_messages(body: bytearray) -> list[tuple[int, bytes]]:
@@ -147,29 +163,47 @@ def take_messages(body: bytearray) -> list[tuple[int, bytes]]:
     return messages
 
 
-def request_message(body: bytearray, encoding: str) -> bytes:
-    """The one message of a unary request, decompressed."""
+def request_message(body: bytearray, encoding: str, limit: int) -> bytes:
+    """The one message of a unary request, decompressed (at most `limit` bytes)."""
     messages = take_messages(body)
     if len(messages) != 1 or body:
         raise CallError(grpc.StatusCode.INTERNAL, "a unary request carries one message")
-    return decompressed(*messages[0], encoding)
+    return decompressed(*messages[0], encoding, limit)
 
 
-def decompressed(compressed: int, payload: bytes, encoding: str) -> bytes:
+def decompressed(compressed: int, payload: bytes, encoding: str, limit: int) -> bytes:
+    """A message's bytes; a compressed one may not expand past `limit` (the cap that holds
+    for uncompressed messages: a few kilobytes of gzip would otherwise fill the memory)."""
     if not compressed:
         return payload
     if encoding == "gzip":
-        return _decompress(payload, 16 + zlib.MAX_WBITS)
+        return _decompress(payload, 16 + zlib.MAX_WBITS, limit)
     if encoding == "deflate":
-        return _decompress(payload, zlib.MAX_WBITS)
+        return _decompress(payload, zlib.MAX_WBITS, limit)
     raise CallError(grpc.StatusCode.UNIMPLEMENTED, f"compression {encoding!r} is not supported")
 
 
-def _decompress(payload: bytes, wbits: int) -> bytes:
+def _decompress(payload: bytes, wbits: int, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits)
     try:
-        return zlib.decompress(payload, wbits)
+        message = inflater.decompress(payload, limit + 1)
     except zlib.error as exc:
         raise CallError(grpc.StatusCode.INTERNAL, f"cannot decompress the message: {exc}") from None
+    if len(message) <= limit and not inflater.eof:
+        raise CallError(grpc.StatusCode.INTERNAL, "cannot decompress the message: truncated")
+    if len(message) > limit:
+        raise CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"Received message larger than max (over {limit} bytes decompressed)")
+    return message
+
+
+def parsed(request_class: Any, message: bytes) -> Any:
+    """A request message parsed; one that is not a `request_class` is the client's error."""
+    try:
+        return request_class.FromString(message)
+    except DecodeError as exc:
+        raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"cannot parse the {request_class.__name__}: {exc}") from None
 
 
 class HeaderBlocks:
@@ -204,7 +238,7 @@ class Stream:
 
     def __init__(self, stream_id: int, call: CallHeaders, send_window: int) -> None:
         self.id = stream_id
-        self.path, self.metadata, self.timeout, self.encoding = call
+        self.path, self.metadata, self.timeout, self.encoding, _ = call
         self.body = bytearray()
         self.unacked = 0  # received bytes not yet credited back to the stream's window
         self.task: asyncio.Task[None] | None = None

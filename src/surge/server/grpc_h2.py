@@ -32,6 +32,7 @@ from surge.server.grpc_calls import (
     Method,
     Stream,
     decompressed,
+    parsed,
     request_message,
     status_trailers,
     take_messages,
@@ -212,8 +213,10 @@ class GrpcProtocol(h2.CoalescedWrites):
         stream = Stream(stream_id, call, self.initial_send_window)
         self.streams[stream_id] = stream
         method = self.state.methods.get(stream.path)
-        if method is None:  # answered now: a streaming client waits
-            self._finish(stream, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {stream.path}")
+        if method is None or call.problem:  # answered now: a streaming client waits
+            refusal = ((grpc.StatusCode.INVALID_ARGUMENT, call.problem) if call.problem else
+                       (grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {stream.path}"))
+            self._finish(stream, *refusal)
             self._write(h2.frame(h2.RST_STREAM, 0, stream_id, struct.pack(">I", h2.NO_ERROR)))
         elif method.streaming:  # answers go out while requests still arrive
             stream.inbox = asyncio.Queue()
@@ -250,7 +253,8 @@ class GrpcProtocol(h2.CoalescedWrites):
         self.buffered -= before - len(stream.body)
         try:
             for message in messages:
-                stream.inbox.put_nowait(decompressed(*message, stream.encoding))
+                stream.inbox.put_nowait(decompressed(*message, stream.encoding,
+                                                     self.state.max_message_bytes))
         except CallError as exc:
             self._finish(stream, exc.code, str(exc))
             return
@@ -335,7 +339,8 @@ class GrpcProtocol(h2.CoalescedWrites):
             handler, request_class, _ = self.state.methods[stream.path]
             body = stream.body
             self._release(stream)
-            request = request_class.FromString(request_message(body, stream.encoding))
+            request = parsed(request_class, request_message(
+                body, stream.encoding, self.state.max_message_bytes))
             self._send_message(stream, (await handler(request, context)).SerializeToString())
 
         await self._answer(stream, context, unary())
@@ -480,4 +485,4 @@ async def _requests(stream: Stream, request_class: Any) -> AsyncIterator[Any]:
     """A streaming call's requests, parsed as its handler reads them."""
     assert stream.inbox is not None
     while (message := await stream.inbox.get()) is not None:
-        yield request_class.FromString(message)
+        yield parsed(request_class, message)

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -312,7 +312,9 @@ async def answered_as_completed(
     limit: int = STREAM_IN_FLIGHT,
 ) -> AsyncIterator[Any]:
     """`answer(request)` for every request, up to `limit` at once, yielded as each completes.
-    Leaving early (the client cancelled) cancels the answers in progress."""
+    A request that cannot be read (a malformed message) ends the call with its error after
+    the requests read before it are answered; leaving early (the client cancelled) cancels
+    the answers in progress."""
     answers: asyncio.Queue[Any] = asyncio.Queue()
     slots = asyncio.Semaphore(limit)
     running: set[asyncio.Task[None]] = set()
@@ -320,26 +322,28 @@ async def answered_as_completed(
     async def one(request: Any) -> None:
         try:
             answers.put_nowait(await answer(request))
+        except Exception as exc:  # noqa: BLE001 - not an answer: it fails the call below
+            answers.put_nowait(_Failed(exc))
         finally:
             slots.release()
 
     async def read_all() -> None:
-        async for request in requests:
-            await slots.acquire()
-            task = asyncio.create_task(one(request))
-            running.add(task)
-            task.add_done_callback(running.discard)
-        await asyncio.gather(*running)
-        answers.put_nowait(_END_OF_STREAM)
-
-    def failed(task: asyncio.Task[None]) -> None:  # the loop below must not wait forever
-        if not task.cancelled() and task.exception() is not None:
+        try:
+            async for request in requests:
+                await slots.acquire()
+                task = asyncio.create_task(one(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            if running:
+                await asyncio.wait(running)
             answers.put_nowait(_END_OF_STREAM)
 
     reader = asyncio.create_task(read_all())
-    reader.add_done_callback(failed)
     try:
         while (item := await answers.get()) is not _END_OF_STREAM:
+            if isinstance(item, _Failed):
+                raise item.error
             yield item
         await reader  # a failed read of the requests fails the call
     finally:
@@ -348,6 +352,10 @@ async def answered_as_completed(
 
 
 _END_OF_STREAM = object()
+
+
+class _Failed(NamedTuple):
+    error: Exception  # what answering one request raised
 
 
 def _stream_error(request: Any, error: Exception) -> Any:

@@ -257,11 +257,12 @@ async def test_silent_connections_are_closed_and_extras_refused(served: Served) 
     assert asyncio.get_running_loop().time() - started < 4
 
 
-def _raw_call(stream_id: int, message: bytes, *, complete: bool = True) -> bytes:
+def _raw_call(stream_id: int, message: bytes, *, complete: bool = True,
+              headers: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
     """HEADERS and DATA frames of a ModelInfer call (the DATA cut short unless complete)."""
     block = encode_headers([(b":method", b"POST"), (b":scheme", b"http"),
                             (b":path", b"/inference.GRPCInferenceService/ModelInfer"),
-                            (b"content-type", b"application/grpc")])
+                            (b"content-type", b"application/grpc"), *headers])
     body = struct.pack(">BI", 0, len(message)) + message
     if not complete:
         body = body[:len(body) // 2]
@@ -312,7 +313,9 @@ def test_hpack_integers_and_literals_decode_with_hpack() -> None:
 
 @pytest.mark.parametrize(("text", "seconds"), [("100m", 0.1), ("5S", 5.0), ("2H", 7200.0),
                                                 ("7u", 7e-6), ("", None), ("5", None),
-                                                ("xS", None), ("5Q", None)])
+                                                ("xS", None), ("5Q", None),
+                                                ("\u00b2S", None), ("9" * 400 + "S", None),
+                                                ("123456789S", None), ("12345678S", 12345678.0)])
 def test_grpc_timeout_header(text: str, seconds: float | None) -> None:
     assert parse_timeout(text) == seconds
 
@@ -488,3 +491,75 @@ def test_stream_answers_come_as_they_complete_within_the_limit() -> None:
     assert at_once == 2
     assert first == [0.0]
     assert sorted(cancelled) == [5.0, 5.0]
+
+
+@served
+async def test_a_bad_call_header_refuses_that_call_not_the_connection(served: Served) -> None:
+    host, port = served[2].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    calls = [(b"x-trace-bin", b"a"), (b"grpc-timeout", b"9" * 400 + b"S"),
+             (b"grpc-timeout", "\u00b2S".encode()), (b"x-plain", b"fine")]
+    writer.write(_SETTINGS + b"".join(
+        _raw_call(2 * i + 1, pb.ModelInferRequest(model_name=f"call{i}").SerializeToString(),
+                  headers=(header,)) for i, header in enumerate(calls)))
+    data = await _read_until_closed(reader, 5)  # answered, then closed as idle after 0.5 s
+    writer.close()
+    assert b"metadata 'x-trace-bin' is not base64" in data
+    answered = [i for i in range(4)
+                if pb.ModelInferResponse(model_name=f"call{i}").SerializeToString() in data]
+    assert answered == [1, 2, 3]
+    goaway = [payload for kind, payload in _frames(data) if kind == 7]
+    assert [struct.unpack_from(">I", p, 4)[0] for p in goaway] == [0]  # NO_ERROR: idle
+
+
+@served
+async def test_a_compressed_message_may_not_expand_past_the_cap(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served[2], compression=grpc.Compression.Gzip) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:  # 5 MiB in about 5 KB of gzip
+            await _stub(channel).ModelInfer(
+                pb.ModelInferRequest(raw_input_contents=[bytes(5 << 20)]))
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "decompressed" in (error.value.details() or "")
+        ok = await _stub(channel).ModelInfer(pb.ModelInferRequest(model_name="after"))
+    assert ok.model_name == "after"
+
+
+@served
+async def test_a_message_that_is_not_the_request_type_is_invalid_argument(
+        served: Served) -> None:
+    async with grpc.aio.insecure_channel(served[2]) as channel:
+        raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await raw(b"\xff\xff\xff\xff")
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "cannot parse the ModelInferRequest" in (error.value.details() or "")
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")()
+        await stream.write(pb.ModelInferRequest(model_name="a").SerializeToString())
+        assert pb.ModelStreamInferResponse.FromString(await stream.read()).infer_response \
+            .model_name == "a"
+        await stream.write(b"\xff\xff\xff\xff")
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await asyncio.wait_for(stream.read(), 5)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_stream_whose_request_cannot_be_read_answers_those_read_before_it() -> None:
+    async def answer(delay: float) -> float:
+        await asyncio.sleep(delay)
+        return delay
+
+    async def requests() -> AsyncIterator[float]:
+        yield 0.2
+        yield 0.1
+        raise ValueError("a malformed message")
+
+    async def main() -> tuple[list[float], str]:
+        answered: list[float] = []
+        try:
+            async for a in answered_as_completed(requests(), answer):
+                answered.append(a)
+        except ValueError as exc:
+            return answered, str(exc)
+        return answered, ""
+
+    assert asyncio.run(main()) == ([0.1, 0.2], "a malformed message")

@@ -135,8 +135,9 @@ def _header_pixels(data: Any) -> int:
     too many."""
     if not isinstance(data, bytes) or len(data) > INLINE_BYTES:
         return INLINE_PIXELS + 1
-    if data.startswith(PNG_MAGIC) and len(data) >= 24:
-        return int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
+    if data.startswith(PNG_MAGIC):
+        size = _png_size(data)
+        return 0 if size is None else size[0] * size[1]  # not a PNG: refused at once
     if data.startswith(JPEG_MAGIC):
         try:
             height, width, _, _ = simplejpeg.decode_jpeg_header(data)
@@ -199,11 +200,21 @@ def _decode_one(data: Any, row: int, p: DecodeParams) -> np.ndarray:
     if data.startswith(JPEG_MAGIC) and p.decoder == "simplejpeg":
         return _decode_jpeg(data, where, p)
     if data.startswith(PNG_MAGIC):
-        _check_pixels(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"),
-                      where, p)
+        size = _png_size(data)
+        if size is None:
+            raise InputError(f"{where} is not a valid PNG (its first chunk is not IHDR)")
+        _check_pixels(*size, where, p)
     elif not data.startswith(JPEG_MAGIC):
         raise InputError(f"{where} is not a JPEG or PNG file (it starts with {data[:8]!r})")
     return _decode_pillow(data, where, p)
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) of a PNG's IHDR, which the format puts first; None when it is not
+    there (Pillow would find a later one, past the size checks made from the first)."""
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
 
 
 def _check_pixels(height: int, width: int, where: str, p: DecodeParams) -> None:
@@ -241,7 +252,8 @@ def _decode_pillow(data: bytes, where: str, p: DecodeParams) -> np.ndarray:
             # Read before the file closes; a file already in the mode (the detector's gray
             # canvases) is used as decoded: convert() would copy it.
             return _resize(image if image.mode == mode else image.convert(mode), p)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as exc:
         raise InputError(f"{where} is not a valid image ({exc})") from None
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from surge.errors import ConfigError, InputError
 from surge.processors import once_per, resolve, target
+from surge.processors.images import small_images
 
 RNG = np.random.default_rng(0)
 
@@ -127,6 +128,26 @@ def test_the_pixel_cap_reads_the_header_so_a_small_file_cannot_expand() -> None:
         decode(bomb)
     with pytest.raises(InputError, match="80x60 pixels, over the limit of 1000"):
         decode(jpeg(), max_pixels=1000)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import zlib
+
+    return (len(data).to_bytes(4, "big") + kind + data
+            + zlib.crc32(kind + data).to_bytes(4, "big"))
+
+
+def test_a_png_whose_first_chunk_is_not_ihdr_is_refused_before_decoding() -> None:
+    # A text chunk whose first 8 bytes read as 1x1 before the real 20000 x 20000 IHDR: the
+    # size checks read the first chunk, Pillow the IHDR (its own bomb check was a 500).
+    real = png(np.zeros((2, 2), np.uint8))
+    ihdr = real[8:33]
+    big = ihdr[:8] + (20000).to_bytes(4, "big") * 2 + ihdr[16:21]
+    sneaky = real[:8] + _chunk(b"tEXt", (1).to_bytes(4, "big") * 2 + b"x") + _chunk(
+        b"IHDR", big[8:21]) + real[33:]
+    with pytest.raises(InputError, match="row 0 is not a valid PNG \\(its first chunk is not IHDR"):
+        decode(sneaky)
+    assert small_images({"image": np.array([sneaky], dtype=object)}, {})  # refused at once
 
 
 def test_pillow_decodes_jpegs_when_asked() -> None:

@@ -181,7 +181,10 @@ class V2App:
         rows = [e for e in self.engine.index() if e["name"] == name]
         if not rows:
             raise NotFoundError(f"model {name!r} is not in the repository")
-        row = next((r for r in rows if r["state"] != "READY"), rows[-1])
+        waiting = [r for r in rows if r["state"] != "READY"]
+        if not waiting:  # ready, but not at the version asked: the 404 naming what is served
+            self.engine.model(name, version)
+        row = waiting[0] if waiting else rows[-1]
         body = {"error": f"model {name!r} is not ready: {row['state']}", "state": row["state"],
                 "reason": row["reason"]}
         await _respond(send, 503, encode_json(body))
@@ -202,7 +205,9 @@ class V2App:
     ) -> None:
         body = await _read_body(scope, receive, min(self.max_body_bytes, MAX_REPOSITORY_BODY))
         if rest == ["index"]:
-            ready_only = bool(_json_or_empty(body).get("ready", False))
+            ready_only = _json_or_empty(body).get("ready", False)
+            if not isinstance(ready_only, bool):
+                raise InputError(f"'ready' must be true or false, got {ready_only!r}")
             index = [dict(e) for e in self.engine.index()]
             if ready_only:
                 index = [e for e in index if e.get("state") == "READY"]

@@ -100,6 +100,21 @@ def test_unknown_model_or_version_gets_404(client: httpx.Client, path: str, mess
     assert message in response.json()["error"]
 
 
+def test_readiness_of_a_version_not_served_is_404_not_a_503_saying_ready(
+        client: httpx.Client) -> None:
+    assert client.get("/v2/models/tiny/versions/1/ready").status_code == 200
+    response = client.get("/v2/models/tiny/versions/7/ready")
+    assert response.status_code == 404
+    assert "no served version 7" in response.json()["error"]
+
+
+def test_the_index_filter_must_be_a_boolean(client: httpx.Client) -> None:
+    response = client.post("/v2/repository/index", json={"ready": "no"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "'ready' must be true or false, got 'no'"
+    assert client.post("/v2/repository/index", json={"ready": True}).status_code == 200
+
+
 def test_body_over_the_limit_gets_413(client: httpx.Client) -> None:
     response = client.post("/v2/models/tiny/infer", content=b"0" * (1024 * 1024 + 1))
     assert response.status_code == 413

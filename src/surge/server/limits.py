@@ -81,6 +81,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0
+        self._unanswered: list[Any] = []  # request cycles read and not yet answered
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
@@ -93,6 +94,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         if self in self.connections:
             super().connection_lost(exc)
+        # uvicorn marks only the newest request disconnected; pipelined ones read before it
+        # would write their answers to the closed transport (uvloop raises there).
+        for cycle in self._unanswered:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self._unanswered.clear()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -115,6 +123,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        self._unanswered = [c for c in self._unanswered if not c.response_complete]
+        if self.cycle is not None:
+            self._unanswered.append(self.cycle)
         self._arm(self.limits.body_timeout_s)
 
     def on_body(self, body: bytes) -> None:

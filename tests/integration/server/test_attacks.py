@@ -221,3 +221,23 @@ def test_wrong_key_refused_on_every_rpc(attacked: ServerProcess) -> None:
     response = httpx.get(f"{attacked.http}/v2/models/tiny",
                          headers={"Authorization": "Bearer test-kez"})
     assert response.status_code == 401
+
+
+def test_pipelined_requests_of_a_closed_connection_leave_no_errors(
+        attacked: ServerProcess) -> None:
+    """uvicorn marks only the newest request of a connection disconnected; the older pipelined
+    ones wrote to the closed transport, each an ERROR traceback in the log."""
+    body = (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]},'
+            b' {"name": "n", "datatype": "INT64", "shape": [1, 3], "data": [1, 2, 3]}]}')
+    request = (b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+               b"\r\nAuthorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: "
+               + str(len(body)).encode() + b"\r\n\r\n" + body)
+    before = attacked.output().count("ERROR")
+    for half_close in (False, True) * 5:
+        with socket.create_connection(("127.0.0.1", _port(attacked.http))) as sock:
+            sock.sendall(request * 3)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+    time.sleep(1.0)
+    assert httpx.get(f"{attacked.http}/v2/health/ready").status_code == 200
+    assert attacked.output().count("ERROR") == before, attacked.output()[-2000:]

@@ -140,7 +140,7 @@ def tensor_from_list(name: str, datatype: str, shape: tuple[int, ...], data: obj
 
 def _numbers(name: str, datatype: str, data: list) -> np.ndarray:
     raw = np.array(data).reshape(-1)
-    if raw.size and raw.dtype.kind not in "biuf":
+    if raw.size and raw.dtype.kind not in ("biuf" if datatype == "BOOL" else "iuf"):
         raise InputError(f"input {name!r}: data does not hold {datatype} values")
     dtype = v2_to_numpy(datatype)
     if dtype.kind in "iu" and raw.dtype.kind == "f" and raw.size:  # [] parses as float64

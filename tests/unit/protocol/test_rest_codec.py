@@ -109,6 +109,8 @@ def test_binary_size_errors_name_the_input_and_sizes(header: dict, binary: bytes
      r"input 'x' has shape \[2, 2\] \(4 elements\) but 0 data values"),
     (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ["a"]}]}',
      "input 'x': data does not hold FP32 values"),
+    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [true, false]}]}',
+     "input 'x': data does not hold FP32 values"),
     (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}',
      "input 'x' has neither 'data' nor 'binary_data_size'"),
     (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]},'

@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from surge.commands import bench, convert, data, demo, models, optimize, report, serve, train, tune
 from surge.errors import SurgeError
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     except SurgeError as exc:
         if debug:
             raise
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False,
+                                   soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

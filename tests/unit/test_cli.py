@@ -79,6 +79,19 @@ def test_models_lists_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "nonsense" in out
 
 
+def test_bad_values_are_printed_as_given_not_as_markup(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["inspect", str(tmp_path / "[/x]y.onnx")], capsys)
+    assert code == 2
+    assert "[/x]y.onnx" in err  # a closing tag with no opening one was a MarkupError
+    code, _, err = run_cli(["inspect", str(tmp_path / "[b]x.onnx")], capsys)
+    assert "[b]x.onnx" in err  # an opening tag was eaten
+    make_repo(tmp_path, name="odd", config="max_batch_size: '[/x]'\n")
+    code, out, _ = run_cli(["models", str(tmp_path)], capsys)
+    assert code == 0
+    assert "[/x]" in out
+
+
 def test_console_script_debug_shows_traceback(tmp_path: Path) -> None:
     surge = Path(sys.executable).with_name("surge")
     plain = subprocess.run([str(surge), "models", str(tmp_path / "absent")],

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from surge.commands import console
@@ -66,11 +67,11 @@ def models(repo: Annotated[Path, typer.Argument(help="Model repository directory
 
     table = Table("model", "versions", "served", "variants", "state", "reason")
     for entry in Repository(repo).entries():
-        table.add_row(
-            entry.name, ",".join(map(str, entry.versions)) or "-",
-            ",".join(map(str, entry.served)) or "-", ",".join(entry.variants) or "-",
+        table.add_row(  # names and reasons are the repository's text, not markup
+            escape(entry.name), ",".join(map(str, entry.versions)) or "-",
+            ",".join(map(str, entry.served)) or "-", escape(",".join(entry.variants)) or "-",
             "[green]READY[/green]" if entry.state == "READY" else "[red]UNAVAILABLE[/red]",
-            entry.reason,
+            escape(entry.reason),
         )
     console.print(table)
 

@@ -1,6 +1,7 @@
 """Errors Surge raises on purpose: each carries a one-line message naming the bad value."""
 
 import os
+import socket
 from collections.abc import Callable
 
 
@@ -112,5 +113,7 @@ def clipped(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
 def cannot_listen(host: str, port: int, error: OSError) -> SurgeError:
     """A port the server cannot have, said once: the OS's reason without the address that
     Python and uvloop repeat inside it."""
-    reason = os.strerror(error.errno) if error.errno else str(error)
+    # getaddrinfo's errors carry their own text (their negative codes mean nothing to strerror)
+    reason = (error.strerror if isinstance(error, socket.gaierror) else
+              os.strerror(error.errno) if error.errno else str(error))
     return SurgeError(f"cannot listen on {host}:{port} ({reason})")

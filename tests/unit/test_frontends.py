@@ -26,6 +26,13 @@ def test_anything_else_says_what_is_accepted(value: str) -> None:
         frontend_count(value)
 
 
+def test_more_than_four_front_ends_per_core_are_refused() -> None:
+    most = 4 * available_cores()
+    assert frontend_count(str(most)) == most
+    with pytest.raises(SurgeError, match=f"--frontends 100000: at most {most} here"):
+        frontend_count("100000")
+
+
 def test_a_port_taken_by_another_program_is_refused_before_any_front_end_starts() -> None:
     from surge.server.frontends import Supervisor
     from surge.server.process import ServeOptions

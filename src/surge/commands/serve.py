@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def _models(value: str | None) -> tuple[str, ...] | None:
-    if not value:
+    if value is None:
         return None
     names = tuple(n.strip() for n in value.split(",") if n.strip())
     if not names:
@@ -40,6 +40,8 @@ def _production(tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None
     from surge.server.production import DEFAULT_POLL_INTERVAL_S, ProductionOptions
     from surge.server.tls import TlsConfig
 
+    if access_log is not None and not access_log.strip():
+        raise SurgeError("--access-log '': give a file, or - for standard output")
     if (tls_cert is None) != (tls_key is None):
         raise SurgeError("--tls-cert and --tls-key go together: give both or neither")
     if tls_ca is not None and tls_cert is None:
@@ -192,10 +194,10 @@ def serve(
     options = ServeOptions(
         host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
         api_key=api_key, models=_models(models), grace_s=grace, ray_address=ray,
-        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        max_body_bytes=int(max_body_mb * 1024 * 1024), residency=_residency(
+            load, memory_budget, group_memory_budget),
         limits=_limits(idle_timeout, header_timeout, body_timeout, max_connections),
         reuse_port=reuse_port, frontends=frontends, log_level=log_level, grpc_server=grpc_server,
-        residency=_residency(load, memory_budget, group_memory_budget),
         production=_production(tls_cert, tls_key, tls_ca, api_keys_file, metrics_auth, access_log,
                                access_log_sample, tracing, model_control, poll_interval),
     )

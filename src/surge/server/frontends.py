@@ -51,6 +51,7 @@ METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when 
 STARTUP_TIMEOUT_S = 600.0  # a front end loads every model before it reports started
 RESTART_BACKOFF_S = (0.5, 30.0)  # first and longest wait before restarting a dead front end
 STABLE_AFTER_S = 60.0  # a front end that lived this long restarts without waiting again
+MAX_FRONTENDS_PER_CORE = 4  # past this the front ends only take turns on the cores
 
 
 def frontend_count(value: str | int) -> int:
@@ -66,6 +67,10 @@ def frontend_count(value: str | int) -> int:
     if count < 1:
         raise SurgeError(f"--frontends {value!r}: use a positive number of front-end "
                          "processes or 'auto' (one per core)")
+    most = MAX_FRONTENDS_PER_CORE * available_cores()
+    if count > most:
+        raise SurgeError(f"--frontends {count}: at most {most} here ({MAX_FRONTENDS_PER_CORE} "
+                         f"per core; 'auto' gives one per core)")
     return count
 
 

@@ -74,6 +74,26 @@ class ServeOptions:
         if self.grpc_server not in GRPC_SERVERS:
             raise SurgeError(f"--grpc-server {self.grpc_server!r}: use "
                              f"{' or '.join(GRPC_SERVERS)}")
+        _check_exposure(self.host, (self.http_port, self.grpc_port, self.metrics_port),
+                        self.api_key)
+
+
+def _check_exposure(host: str, ports: tuple[int, int, int], api_key: str | None) -> None:
+    """An address to bind (an empty one would be every interface), a port per listener, and
+    a key that is not empty (one would leave the server open)."""
+    if api_key is not None and not api_key.strip():
+        raise SurgeError("--api-key '' (or SURGE_API_KEY set empty) would leave the server "
+                         "open: give a key, or leave the option out")
+    if not host.strip():
+        raise SurgeError(f"--host {host!r}: name the address to bind, e.g. 127.0.0.1 (this "
+                         "machine only) or 0.0.0.0 (every interface)")
+    named = [(f"--{kind}-port", port) for kind, port in
+             zip(("http", "grpc", "metrics"), ports, strict=True) if port]
+    for index, (option, port) in enumerate(named):
+        for other, other_port in named[index + 1:]:
+            if port == other_port:
+                raise SurgeError(f"{option} {port} and {other} {port}: each listener needs its "
+                                 f"own port")
 
 
 @dataclass(frozen=True)

@@ -40,3 +40,9 @@ def test_a_port_in_use_is_one_line_naming_it() -> None:
         port = first.getsockname()[1]
         with pytest.raises(SurgeError, match=f"cannot listen on 127.0.0.1:{port}"):
             sockets.reserve("127.0.0.1", port)
+
+
+def test_a_host_that_does_not_resolve_says_why() -> None:
+    with pytest.raises(SurgeError, match=r"cannot listen on 999\.1\.1\.1:0 \(") as error:
+        sockets.reserve("999.1.1.1", 0)
+    assert "Unknown error" not in str(error.value)  # strerror of getaddrinfo's negative code

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
     from surge.tuning import Slo
 
 
+MAX_BATCH = 4096  # the largest batch size a search may try
 Repo = Annotated[Path, typer.Argument(help="Model repository directory.")]
 Model = Annotated[str, typer.Option(help="Model (or pipeline) to tune.")]
 Step = Annotated[str | None, typer.Option(
@@ -84,6 +87,7 @@ def tune(
     from surge.tuning import AccuracyBudget, Effort, SearchSpace
     from surge.tuning.tune import TuneOptions
 
+    _check_before_work(repo, model, protocol, write)
     options = TuneOptions(
         data=data, task=task, slo=_slo(slo_p99, rate, concurrency, rows_per_request),
         accuracy=AccuracyBudget(max_accuracy_drop, min_metric, _metric(task, metric)),
@@ -104,13 +108,29 @@ def tune(
     console.print(f"report: {html}")
 
 
+def _check_before_work(repo: Path, model: str, protocol: str, write: bool) -> None:
+    """What would otherwise fail only after the variants, profiles and load runs are done."""
+    from surge.bench import PROTOCOLS
+    from surge.repository import Repository
+
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol {protocol!r}: use {', '.join(PROTOCOLS)}")
+    if not write:
+        return
+    folder = Repository(repo).model_dir(model)
+    config = folder / "config.yaml"
+    if not os.access(config if config.exists() else folder, os.W_OK):
+        raise ConfigError(f"cannot write the choice into {config} (not writable); fix the "
+                          f"permissions or pass --no-write")
+
+
 def _slo(slo_p99: str, rate: str | None, concurrency: int | None, rows: int = 1) -> Slo:
     from surge.tuning import Load, Slo, parse_duration_s, parse_rate
 
     if rate is not None and concurrency is not None:
         raise ConfigError("give --rate or --concurrency, not both")
     load = (Load(rate=parse_rate(rate), rows=rows) if rate
-            else Load(concurrency=concurrency or 64, rows=rows))
+            else Load(concurrency=64 if concurrency is None else concurrency, rows=rows))
     return Slo(parse_duration_s(slo_p99, "--slo-p99", "ms") * 1000, load)
 
 
@@ -131,8 +151,9 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         values = ()
-    if not values or min(values) < 1:
-        raise ConfigError(f"{option} {text!r}: expected positive integers like 1,8,32")
+    if not values or min(values) < 1 or max(values) > MAX_BATCH:
+        raise ConfigError(f"{option} {text!r}: expected integers from 1 to {MAX_BATCH} like "
+                          f"1,8,32")
     return values
 
 
@@ -153,7 +174,7 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         values = ()
-    if not values or min(values) < 0:
+    if not values or min(values) < 0 or not all(math.isfinite(v) for v in values):
         raise ConfigError(f"{option} {text!r}: expected non-negative numbers like 0,1,2")
     return values
 

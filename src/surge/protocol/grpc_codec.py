@@ -111,7 +111,7 @@ def _from_contents(name: str, datatype: str, shape: tuple[int, ...], contents: A
         return array.reshape(shape)
     dtype = v2_to_numpy(datatype)
     # Read at the field's own width, then checked: a cast straight to a narrower type wraps.
-    wide = np.array(values, dtype=_FIELD_DTYPE[field])
+    wide: np.ndarray = np.array(values, dtype=_FIELD_DTYPE[field])
     if wide.size and not within_range(wide, dtype):
         raise InputError(f"input {name!r}: {field} holds values outside {datatype}'s range")
     return wide.astype(dtype).reshape(shape)

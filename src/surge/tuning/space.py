@@ -3,6 +3,7 @@ accuracy budget, the search space and the effort to spend."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -81,6 +82,13 @@ class AccuracyBudget:
     max_drop: float | None = 1.0
     min_metric: float | None = None
     metric: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_drop is not None and not 0 <= self.max_drop < math.inf:
+            raise ConfigError(f"--max-accuracy-drop {self.max_drop}: expected points >= 0, "
+                              f"e.g. 1.0")
+        if self.min_metric is not None and not math.isfinite(self.min_metric):
+            raise ConfigError(f"--min-metric {self.min_metric}: expected a number")
 
     def rejects(self, value: float, reference: float) -> str | None:
         """Why `value` is outside the budget when the original scores `reference`, or None."""

@@ -99,27 +99,29 @@ def test_served_trials_send_the_rows_in_every_request(monkeypatch: pytest.Monkey
     assert result.measurement.throughput == 10.0
 
 
-def test_surge_tune_takes_rows_per_request(monkeypatch: pytest.MonkeyPatch,
+def test_surge_tune_takes_rows_per_request(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[tuple[Any, ...]] = []
+    (tmp_path / "dlrm").mkdir()
+    monkeypatch.chdir(tmp_path)  # the repository below: this folder
 
     def fake_tune(*args: Any, **kwargs: Any) -> None:
         calls.append(args)
         raise SurgeError("stopped after the API call")
 
     monkeypatch.setattr(surge.api, "tune", fake_tune)
-    code, _, _ = run_cli(["tune", "repo", "--model", "dlrm", "--data", "d", "--task", "ranking",
+    code, _, _ = run_cli(["tune", ".", "--model", "dlrm", "--data", "d", "--task", "ranking",
                           "--rows-per-request", "100", "--concurrency", "64",
                           "--max-batch", "100,500"], capsys)
     assert code == 2
     options = calls[0][2]
     assert (options.slo.load.rows, options.slo.load.concurrency) == (100, 64)
-    code, _, err = run_cli(["tune", "repo", "--model", "dlrm", "--data", "d", "--task",
+    code, _, err = run_cli(["tune", ".", "--model", "dlrm", "--data", "d", "--task",
                             "ranking", "--rows-per-request", "100"], capsys)
     assert code == 2
     assert "every size is below --rows-per-request 100" in err
     assert len(calls) == 1  # refused before the tune started
-    code, _, err = run_cli(["tune", "repo", "--model", "dlrm", "--data", "d",
+    code, _, err = run_cli(["tune", ".", "--model", "dlrm", "--data", "d",
                             "--rows-per-request", "0"], capsys)
     assert code == 2
     assert "rows-per-request" in err

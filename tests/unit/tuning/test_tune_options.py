@@ -1,0 +1,70 @@
+"""`surge tune` refuses, before any work, what would otherwise run the whole search on a value
+it did not mean or fail only once the search is done."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import surge.api
+from surge.errors import SurgeError
+from surge.tuning import AccuracyBudget
+from tests.cli_runner import run_cli
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Any]:
+    """A repository with model `m` as the working folder; the tune's API call, recorded and
+    stopped."""
+    calls: list[Any] = []
+
+    def fake_tune(*args: Any, **kwargs: Any) -> None:
+        calls.append(args)
+        raise SurgeError("stopped after the API call")
+
+    (tmp_path / "m").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(surge.api, "tune", fake_tune)
+    return calls
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--concurrency", "0"], "load must be positive"),  # was taken as the default 64
+    (["--delays", "nan"], "--delays 'nan': expected non-negative numbers"),
+    (["--delays", "1,inf"], "--delays '1,inf': expected non-negative numbers"),
+    (["--max-accuracy-drop", "nan"], "--max-accuracy-drop nan: expected points >= 0"),
+    (["--max-accuracy-drop", "-1"], "--max-accuracy-drop -1.0: expected points >= 0"),
+    (["--max-batch", "100000"], "--max-batch '100000': expected integers from 1 to 4096"),
+    (["--protocol", "nosuch"], "--protocol 'nosuch': use http, http-json, grpc"),
+])
+def test_refused_before_the_search_starts(started: list[Any], args: list[str], message: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["tune", ".", "--model", "m", "--data", "d", *args], capsys)
+    assert code == 2
+    assert message in err.replace("\n", " ")
+    assert started == []
+
+
+def test_a_config_it_cannot_write_is_refused_before_the_search(
+        started: list[Any], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    (Path("m") / "config.yaml").write_text("max_batch_size: 8\n")
+    writable = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: not str(path).endswith("config.yaml")
+                        and writable(path, mode))
+    code, _, err = run_cli(["tune", ".", "--model", "m", "--data", "d"], capsys)
+    assert code == 2
+    assert "cannot write the choice into" in err
+    assert started == []
+    code, _, err = run_cli(["tune", ".", "--model", "m", "--data", "d", "--no-write"], capsys)
+    assert "stopped after the API call" in err  # nothing to write: the search goes ahead
+    assert len(started) == 1
+
+
+def test_the_accuracy_budget_refuses_what_is_no_budget() -> None:
+    assert AccuracyBudget(0.0).max_drop == 0.0
+    with pytest.raises(SurgeError, match="--min-metric nan"):
+        AccuracyBudget(1.0, float("nan"))

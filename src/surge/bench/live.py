@@ -90,6 +90,21 @@ def live_line(before: MetricsSample, after: MetricsSample, seconds: float, secon
     return "  ".join(parts)
 
 
+def check_metrics(url: str, headers: dict[str, str] | None = None,
+                  timeout_s: float = 5.0) -> None:
+    """Read `url` once: a metrics endpoint that cannot be read is refused before the run."""
+    from surge.errors import SurgeError
+
+    try:
+        response = httpx.get(url, headers=headers or {}, timeout=timeout_s)
+        response.raise_for_status()
+        text = response.text
+        list(text_string_to_metric_families(text))
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, IndexError, KeyError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SurgeError(f"--metrics-url {url!r} cannot be read ({reason})") from None
+
+
 class LiveWatch:
     """Polls `url` (the server's /metrics) every `interval_s` and emits one line per poll."""
 

@@ -18,16 +18,19 @@ import numpy as np
 from surge.bench.clients import GrpcTransport, HttpTransport, Transport
 from surge.bench.grpc_client import LeanGrpcTransport
 from surge.bench.payload import (
+    MAX_REQUEST_BYTES,
     InputSpec,
     grpc_request,
     http_body,
     http_request,
+    request_bytes,
     sample_inputs,
     specs_from_metadata,
 )
 from surge.errors import SurgeError
 
 PROTOCOLS = ("http", "http-json", "grpc")
+MAX_RATE = 1_000_000.0  # arrivals per second: far past what one Python client can send
 
 
 @dataclass(frozen=True)
@@ -115,12 +118,18 @@ async def _open_loop(transport: Transport, payloads: list[bytes], rate: float, p
         delay = next_at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        elif time.perf_counter() >= until:
+            break  # behind the schedule at the end: the run still ends at its duration
+        else:
+            await asyncio.sleep(0)  # behind: let the requests already sent make progress
         task = asyncio.ensure_future(_timed(transport, next(cycle), tally))
         pending.add(task)
         task.add_done_callback(pending.discard)
         next_at += rng.exponential(1.0 / rate) if poisson else 1.0 / rate
     if pending:
         await asyncio.wait(pending, timeout=max(5.0, until - time.perf_counter() + 30.0))
+    for task in list(pending):  # still unanswered after the grace period
+        task.cancel()
 
 
 async def _progress_loop(tally: _Tally, started: float, duration: float,
@@ -175,10 +184,36 @@ class Target:
 
 
 def _split_url(url: str, default_port: int) -> tuple[str, int]:
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if not parts.hostname:
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise SurgeError(f"URL {url!r} is not a valid URL ({exc})") from None
+    if not host:
         raise SurgeError(f"cannot read a host from URL {url!r}")
-    return parts.hostname, parts.port or default_port
+    return host, port or default_port
+
+
+def check_model_name(model: str) -> None:
+    """Refuse a name no request line can carry (not UTF-8, blank, `/`, `?`, `#`, spaces)."""
+    try:
+        model.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SurgeError(f"--model {model!r} is not valid UTF-8") from None
+    if not model or any(c in "/?#" or c.isspace() or not c.isprintable() for c in model):
+        raise SurgeError(f"--model {model!r} is not a model name")
+
+
+def check_url(url: str, protocol: str) -> None:
+    """Refuse a server URL that cannot be parsed, before anything is sent."""
+    if protocol == "grpc":
+        _grpc_target(url)
+        return
+    _split_url(url, 8000)
+    try:
+        httpx.URL(url)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise SurgeError(f"URL {url!r} is not a valid URL ({exc})") from None
 
 
 def _grpc_target(url: str) -> tuple[str, int]:
@@ -198,7 +233,7 @@ def fetch_metadata(url: str, model: str, api_key: str | None = None,
     try:
         response = httpx.get(f"{url.rstrip('/')}/v2/models/{model}", timeout=10.0,
                              headers=_auth_headers(api_key))
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise SurgeError(f"cannot reach {url} ({exc})") from None
     if response.status_code != 200:
         raise SurgeError(f"{url}: model {model!r} metadata -> HTTP {response.status_code}: "
@@ -225,6 +260,54 @@ def _grpc_metadata(url: str, model: str, api_key: str | None) -> dict[str, Any]:
     return dict(json_format.MessageToDict(reply, preserving_proto_field_name=True))
 
 
+def fetch_max_batch(url: str, model: str, api_key: str | None = None,
+                    protocol: str = "http") -> int | None:
+    """The model configuration's max_batch_size (0: no batch dimension); None when the server
+    does not say."""
+    try:
+        if protocol == "grpc":
+            return _grpc_max_batch(url, model, api_key)
+        response = httpx.get(f"{url.rstrip('/')}/v2/models/{model}/config", timeout=10.0,
+                             headers=_auth_headers(api_key))
+        if response.status_code != 200:
+            return None
+        return int(response.json().get("max_batch_size", 0))
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _grpc_max_batch(url: str, model: str, api_key: str | None) -> int | None:
+    import grpc
+
+    from surge.protocol.grpc_gen import grpc_service_pb2 as pb
+    from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
+
+    host, port = _grpc_target(url)
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        try:
+            reply = stub.ModelConfig(pb.ModelConfigRequest(name=model), timeout=10.0,
+                                     metadata=metadata)
+        except grpc.RpcError:
+            return None
+    return int(reply.config.max_batch_size)
+
+
+def check_batch_size(url: str, model: str, protocol: str, batch_size: int,
+                     specs: list[InputSpec], batched: bool, api_key: str | None) -> None:
+    """Refuse a batch the model cannot take, or one too large to build, before building it."""
+    if batch_size > 1:
+        max_batch = fetch_max_batch(url, model, api_key, protocol)
+        if max_batch and batch_size > max_batch:
+            raise SurgeError(f"--batch-size {batch_size} is larger than model {model!r}'s "
+                             f"max batch size {max_batch}")
+    size = request_bytes(specs, batch_size, batched)
+    if size > MAX_REQUEST_BYTES:
+        raise SurgeError(f"--batch-size {batch_size}: a request would carry {size >> 20} MiB "
+                         f"of tensors, more than {MAX_REQUEST_BYTES >> 20} MiB")
+
+
 def _grpc_connections(clients: int) -> int:
     """Connections for `clients` concurrent calls: one per 16, at most 8."""
     return max(1, min(8, clients // 16))
@@ -233,21 +316,25 @@ def _grpc_connections(clients: int) -> int:
 def prepare_target(url: str, model: str, protocol: str, *, batch_size: int = 1,
                    api_key: str | None = None, variants: int = 16,
                    dataset: str | None = None, grpc_client: str = "surge",
-                   files: Sequence[bytes] = ()) -> Target:
+                   files: Sequence[bytes] = (), strict_dataset: bool = False) -> Target:
     """Fetch the model's metadata and serialize the request payloads once (`files` as the rows
     of BYTES inputs, rows of `dataset` where it has the model's inputs, random values
     otherwise). gRPC goes over the load generator's own HTTP/2 client, or grpc.aio's with
-    `grpc_client="grpcio"`."""
+    `grpc_client="grpcio"`; with `strict_dataset`, a `dataset` that cannot fill every input
+    is an error."""
     if protocol not in PROTOCOLS:
         raise SurgeError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    check_url(url, protocol)
+    check_model_name(model)
     metadata = fetch_metadata(url, model, api_key, protocol)
     specs: list[InputSpec] = specs_from_metadata(metadata)
     batched = all(s.shape and s.shape[0] == -1 for s in specs)
     if files and not any(spec.datatype == "BYTES" for spec in specs):
         raise SurgeError(f"--files: model {model!r} has no BYTES input to send them in")
+    check_batch_size(url, model, protocol, batch_size, specs, batched, api_key)
     variants = max(variants, -(-len(files) // batch_size))  # every file sent
     sets = sample_inputs(specs, batch_size=batch_size, batched=batched, variants=variants,
-                         dataset=dataset, files=files)
+                         dataset=dataset, files=files, strict_dataset=strict_dataset)
     if protocol == "grpc":
         host, port = _grpc_target(url)
         grpc_meta = (("authorization", f"Bearer {api_key}"),) if api_key else ()
@@ -278,11 +365,13 @@ async def bench_async(
     api_key: str | None = None, warmup_s: float = 1.0,
     progress: Callable[[int, float, int, int, float], None] | None = None,
     dataset: str | None = None, grpc_client: str = "surge", files: Sequence[bytes] = (),
+    strict_dataset: bool = False,
 ) -> BenchReport:
     """Run every load level in turn against a live server."""
     target = await asyncio.to_thread(prepare_target, url, model, protocol,
                                      batch_size=batch_size, api_key=api_key, dataset=dataset,
-                                     grpc_client=grpc_client, files=files)
+                                     grpc_client=grpc_client, files=files,
+                                     strict_dataset=strict_dataset)
     report = BenchReport(url, model, protocol, batch_size)
     for level in concurrency:
         transport = target.make_transport(level)
@@ -309,6 +398,6 @@ def run_bench(
         raise SurgeError(f"concurrency levels must be positive integers, got {levels}")
     if duration_s <= 0:
         raise SurgeError(f"duration must be positive, got {duration_s}")
-    if rate is not None and rate <= 0:
-        raise SurgeError(f"rate must be positive, got {rate}")
+    if rate is not None and not 0 < rate <= MAX_RATE:
+        raise SurgeError(f"rate must be positive and at most {MAX_RATE:g}/s, got {rate}")
     return uvloop.run(bench_async(url, model, levels, duration_s, protocol, rate=rate, **kwargs))

@@ -38,18 +38,50 @@ def _concrete(shape: tuple[int, ...], batch_size: int, batched: bool) -> list[in
     return [1 if d == -1 else d for d in dims]
 
 
-def dataset_inputs(dataset: str, specs: list[InputSpec], count: int) -> dict[str, np.ndarray]:
+def dataset_inputs(dataset: str, specs: list[InputSpec], count: int,
+                   strict: bool = False) -> dict[str, np.ndarray]:
     """The first `count` evaluation rows of a registered dataset (or .npz, ...) for the inputs
-    it has; empty when its data is not at hand (the payloads are random then)."""
+    it has; empty when its data is not at hand (the payloads are random then), or with
+    `strict` an error naming the dataset."""
     from surge.tasks import DataOptions, get_dataset
 
     if not specs:
         return {}
     try:
         held_out = get_dataset(dataset).evaluation(specs[0].name, DataOptions())
-    except SurgeError:
+    except (SurgeError, OSError) as exc:
+        if strict:
+            raise SurgeError(f"--data {dataset!r}: cannot read its rows ({exc})") from None
         return {}
     return {name: array[:count] for name, array in held_out.inputs.items()}
+
+
+def _require_rows(dataset: str, real: Mapping[str, np.ndarray], specs: list[InputSpec],
+                  count: int) -> None:
+    """Every input must come from `dataset` (or files): refuse one it cannot fill."""
+    for spec in specs:
+        rows = real.get(spec.name)
+        if _fits(rows, spec, count):
+            continue
+        if rows is None:
+            why = f"has no input {spec.name!r}"
+        elif len(rows) < count:
+            why = f"has {len(rows)} rows of {spec.name!r}, fewer than the {count} needed"
+        else:
+            why = (f"input {spec.name!r} is {rows.dtype}, not the model's {spec.datatype}")
+        raise SurgeError(f"--data {dataset!r} {why}; it cannot make this model's requests")
+
+
+MAX_REQUEST_BYTES = 256 << 20  # one request's tensors: past this a batch is a mistake
+
+
+def request_bytes(specs: list[InputSpec], batch_size: int, batched: bool) -> int:
+    """About how many bytes one request's tensors take (BYTES inputs: 8 a row)."""
+    total = 0
+    for spec in specs:
+        size = 8 if spec.datatype == "BYTES" else v2_to_numpy(spec.datatype).itemsize
+        total += int(np.prod(_concrete(spec.shape, batch_size, batched), dtype=np.int64)) * size
+    return total
 
 
 MAX_FILES = 4096
@@ -80,16 +112,20 @@ def _file_rows(files: Sequence[bytes], spec: InputSpec, count: int) -> np.ndarra
 def sample_inputs(
     specs: list[InputSpec], *, batch_size: int = 1, batched: bool = True, variants: int = 16,
     seed: int = 0, dataset: str | None = None, files: Sequence[bytes] = (),
+    strict_dataset: bool = False,
 ) -> list[dict[str, np.ndarray]]:
     """`variants` input sets that fit the specs: `files` one a row for BYTES inputs, rows of
     `dataset` where it has an input of the right datatype and enough rows, random values
-    elsewhere."""
+    elsewhere (with `strict_dataset`, an input `dataset` cannot fill is an error)."""
     rng = np.random.default_rng(seed)
-    real = dataset_inputs(dataset, specs, variants * batch_size) if dataset else {}
+    count = variants * batch_size
+    real = dataset_inputs(dataset, specs, count, strict_dataset) if dataset else {}
     for spec in specs:
-        rows = _file_rows(files, spec, variants * batch_size)
+        rows = _file_rows(files, spec, count)
         if rows is not None:
             real[spec.name] = rows
+    if dataset and strict_dataset:
+        _require_rows(dataset, real, specs, count)
     sets: list[dict[str, np.ndarray]] = []
     for v in range(variants):
         inputs: dict[str, np.ndarray] = {}

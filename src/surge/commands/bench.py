@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from contextlib import nullcontext
 from pathlib import Path
@@ -28,6 +29,10 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * scale
 
 
+MAX_RATE = 1_000_000.0  # as surge.bench.loadgen.MAX_RATE
+DEFAULT_LEVELS = "1,16,64,256"
+
+
 def parse_rate(text: str | None) -> float | None:
     """'200/s' or '200' -> 200.0 requests per second."""
     if text is None:
@@ -35,7 +40,34 @@ def parse_rate(text: str | None) -> float | None:
     match = _RATE.match(text)
     if not match or float(match.group(1)) <= 0:
         raise SurgeError(f"--rate {text!r} is not a positive rate like 200/s")
+    if float(match.group(1)) > MAX_RATE:
+        raise SurgeError(f"--rate {text!r} is more than the {MAX_RATE:,.0f}/s one load "
+                         "generator can send")
     return float(match.group(1))
+
+
+def check_json_out(path: Path) -> None:
+    """Refuse a --json path the report could not be written to, before the run."""
+    parent = path.parent
+    if path.is_dir():
+        raise SurgeError(f"--json {str(path)!r} is a directory, not a file")
+    if not parent.is_dir():
+        raise SurgeError(f"--json {str(path)!r}: directory {str(parent)!r} does not exist")
+    writable = os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK)
+    if not writable:
+        raise SurgeError(f"--json {str(path)!r} is not writable")
+
+
+def parse_load(concurrency: str | None, rate: str | None, poisson: bool
+               ) -> tuple[list[int], float | None]:
+    """The closed-loop levels, or one open loop at --rate (as `surge tune`, not both)."""
+    if rate is not None and concurrency is not None:
+        raise SurgeError(f"give --rate or --concurrency, not both (--rate {rate!r}, "
+                         f"--concurrency {concurrency!r})")
+    if poisson and rate is None:
+        raise SurgeError("--poisson needs --rate (it shapes the open loop's arrivals)")
+    arrivals = parse_rate(rate)
+    return ([1] if arrivals else parse_levels(concurrency or DEFAULT_LEVELS)), arrivals
 
 
 def parse_levels(text: str) -> list[int]:
@@ -68,14 +100,35 @@ def _print_table(report: Any, model: str, protocol: str, arrivals: float | None,
     console.print(table)
 
 
+def _check_target(url: str, model: str, protocol: str) -> None:
+    from surge.bench import PROTOCOLS
+    from surge.bench.loadgen import check_model_name, check_url
+
+    if protocol not in PROTOCOLS:
+        raise SurgeError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    check_url(url, protocol)
+    check_model_name(model)
+
+
+def _write_json(path: Path, report: Any) -> None:
+    text = json.dumps(report.to_dict(), indent=2)
+    try:
+        path.write_text(text)
+    except OSError as exc:  # checked before the run; the report still reaches stdout
+        print(text)
+        raise SurgeError(f"--json {str(path)!r}: cannot write the report ({exc}); "
+                         "printed it above") from None
+    console.print(f"wrote {path}")
+
+
 def bench(
     url: Annotated[str, typer.Argument(help="Server URL: http://host:8000 (or host:8001 for grpc).")],
     model: Annotated[str, typer.Option(help="Model to load.")],
-    concurrency: Annotated[str, typer.Option(help="Closed-loop levels, e.g. 1,16,64,256.")] =
-        "1,16,64,256",
+    concurrency: Annotated[str | None, typer.Option(
+        help=f"Closed-loop levels (default {DEFAULT_LEVELS}); not with --rate.")] = None,
     duration: Annotated[str, typer.Option(help="Measured time per level (20s, 500ms).")] = "20s",
-    rate: Annotated[str | None, typer.Option(help="Open loop: arrivals per second (200/s).")] =
-        None,
+    rate: Annotated[str | None, typer.Option(
+        help="Open loop: arrivals per second (200/s), instead of --concurrency.")] = None,
     poisson: Annotated[bool, typer.Option(help="Open loop: Poisson (else uniform) arrivals.")] =
         False,
     protocol: Annotated[str, typer.Option(help="http (binary), http-json or grpc.")] = "http",
@@ -96,17 +149,19 @@ def bench(
     )] = None,
 ) -> None:
     """Closed loop at each concurrency (or open loop at --rate): throughput, latency, errors."""
-    from surge.bench import PROTOCOLS, run_bench
-    from surge.bench.live import LiveWatch
+    from surge.bench import run_bench
+    from surge.bench.live import LiveWatch, check_metrics
     from surge.bench.payload import read_files
 
-    if protocol not in PROTOCOLS:
-        raise SurgeError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    levels = parse_levels(concurrency)
+    _check_target(url, model, protocol)
+    levels, arrivals = parse_load(concurrency, rate, poisson)
     seconds = parse_duration(duration)
-    arrivals = parse_rate(rate)
+    if json_out is not None:
+        check_json_out(json_out)
     rows = read_files(files) if files is not None else []
     headers = {"authorization": f"Bearer {api_key}"} if api_key else None
+    if metrics_url:
+        check_metrics(metrics_url, headers)  # read once: a bad one is refused, not warned about
     live = (LiveWatch(metrics_url, model, console.print, headers=headers)
             if metrics_url else nullcontext())
     with live, Progress(TextColumn("{task.description}"), BarColumn(),
@@ -121,8 +176,7 @@ def bench(
 
         report = run_bench(url, model, levels, seconds, protocol, arrivals, poisson=poisson,
                            batch_size=batch_size, api_key=api_key, progress=progress,
-                           dataset=data, files=rows)
+                           dataset=data, files=rows, strict_dataset=True)
     _print_table(report, model, protocol, arrivals, batch_size)
     if json_out is not None:
-        json_out.write_text(json.dumps(report.to_dict(), indent=2))
-        console.print(f"wrote {json_out}")
+        _write_json(json_out, report)

@@ -1,0 +1,129 @@
+"""`surge bench` refuses bad input in one line (exit 2) before any load is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from surge.bench import loadgen, payload
+from surge.bench.loadgen import _open_loop, _Tally, prepare_target
+from surge.bench.payload import InputSpec, sample_inputs
+from surge.cli import main
+from surge.errors import SurgeError
+
+URL = "http://127.0.0.1:9"  # nothing listens: a check that lets the run start fails later
+METADATA = {"name": "m", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 784]}]}
+
+
+def refused(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.replace("\n", "")
+
+
+@pytest.fixture
+def metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loadgen, "fetch_metadata", lambda *_a, **_k: METADATA)
+    monkeypatch.setattr(loadgen, "fetch_max_batch", lambda *_a, **_k: 64)
+
+
+def test_json_path_in_a_missing_directory_or_a_directory_is_refused_before_the_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nodir" / "r.json"
+    assert "does not exist" in refused(capsys, URL, "--model", "m", "--json", str(missing))
+    assert "is a directory" in refused(capsys, URL, "--model", "m", "--json", str(tmp_path))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--rate", "10", "--concurrency", "1,2,3"], "give --rate or --concurrency, not both"),
+    (["--rate", "10", "--concurrency", "4"], "give --rate or --concurrency, not both"),
+    (["--poisson"], "--poisson needs --rate"),
+    (["--rate", "100000000"], "--rate '100000000' is more than"),
+])
+def test_load_shape_conflicts_are_refused(args: list[str], message: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert message in refused(capsys, URL, "--model", "m", *args)
+
+
+def test_an_unparsable_url_and_a_model_name_that_is_not_utf8_are_refused(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert "'http://[::1' is not a valid URL" in refused(capsys, "http://[::1", "--model", "m")
+    assert "--model '\\udcff' is not valid UTF-8" in refused(capsys, URL, "--model", "\udcff")
+    assert "is not a model name" in refused(capsys, URL, "--model", "a/b")
+
+
+@pytest.mark.parametrize("metrics", ["notaurl", "http://127.0.0.1:9/metrics"])
+def test_a_metrics_url_that_cannot_be_read_is_refused(
+        metrics: str, capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused(capsys, URL, "--model", "m", "--metrics-url", metrics)
+    assert f"--metrics-url '{metrics}' cannot be read" in err
+
+
+def test_a_batch_over_the_models_max_batch_is_refused(metadata: None) -> None:
+    with pytest.raises(SurgeError, match="--batch-size 65 is larger than model 'm'.s max "
+                                         "batch size 64"):
+        prepare_target(URL, "m", "http", batch_size=65)
+
+
+def test_a_batch_too_large_to_build_is_refused_before_building_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loadgen, "fetch_metadata", lambda *_a, **_k: METADATA)
+    monkeypatch.setattr(loadgen, "fetch_max_batch", lambda *_a, **_k: None)  # not said
+
+    def never(*_a: Any, **_k: Any) -> None:
+        raise AssertionError("payloads built")
+
+    monkeypatch.setattr(loadgen, "sample_inputs", never)
+    with pytest.raises(SurgeError, match="--batch-size 1000000: a request would carry"):
+        prepare_target(URL, "m", "http", batch_size=1_000_000)
+
+
+def test_cli_refuses_an_unknown_dataset(metadata: None,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused(capsys, URL, "--model", "m", "--duration", "100ms", "--data", "nosuch")
+    assert "--data 'nosuch'" in err
+
+
+def test_a_dataset_of_the_wrong_dtype_is_an_error_only_when_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = {"x": np.zeros((64, 784), dtype=np.uint8)}
+    monkeypatch.setattr(payload, "dataset_inputs", lambda *_a, **_k: dict(rows))
+    specs = [InputSpec("x", "FP32", (-1, 784))]
+    with pytest.raises(SurgeError, match="--data 'pixels' input 'x' is uint8, not .* FP32"):
+        sample_inputs(specs, dataset="pixels", strict_dataset=True)
+    lenient = sample_inputs(specs, dataset="pixels")  # `surge tune`'s config default
+    assert lenient[0]["x"].dtype == np.float32
+
+
+class _Instant:
+    def __init__(self) -> None:
+        self.first: float | None = None
+
+    async def send(self, payload: bytes) -> str:
+        if self.first is None:
+            self.first = time.perf_counter()
+        return "ok"
+
+    async def close(self) -> None:
+        pass
+
+
+def test_an_open_loop_behind_its_schedule_lets_requests_run_and_ends() -> None:
+    transport, tally = _Instant(), _Tally()
+    until = time.perf_counter() + 0.05
+
+    async def drive() -> None:
+        await _open_loop(transport, [b"x"], 1_000_000.0, False, until, tally)
+
+    asyncio.run(drive())
+    assert tally.sent > 0
+    assert transport.first is not None
+    assert transport.first < until  # sent while still scheduling

@@ -27,11 +27,18 @@ def describe_path(path: Path) -> tuple[str, Signature, str]:
 
 def _load_npy(path: str) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise SurgeError(f"input file {path!r} not found") from None
-    except ValueError as exc:
+    except IsADirectoryError:
+        raise SurgeError(f"input file {path!r} is a directory") from None
+    except (ValueError, OSError) as exc:
         raise SurgeError(f"input file {path!r} is not a plain .npy array ({exc})") from None
+    if not isinstance(loaded, np.ndarray):  # an .npz archive
+        loaded.close()
+        raise SurgeError(f"input file {path!r} is an .npz archive: save each input as its own "
+                         f".npy (np.save) and pass NAME=file.npy")
+    return loaded
 
 
 def _with_batch_dim(array: np.ndarray, name: str, signature: Signature) -> np.ndarray:

@@ -57,6 +57,29 @@ def test_predict_bad_input_is_one_line(example_repo: Path, tmp_path: Path,
     assert len(err.strip().splitlines()) == 1
 
 
+def test_predict_files_it_cannot_use_are_one_line_before_the_model_runs(
+        example_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))
+    np.savez(tmp_path / "in.npz", image=np.zeros((1, 1, 28, 28), np.float32))
+    (tmp_path / "dir.npz").mkdir()
+    predict = ["predict", str(example_repo), "--model", "fashion", "--input"]
+    for args, message in [
+        ([str(tmp_path / "in.npz")], "is an .npz archive"),
+        ([str(tmp_path)], "is a directory"),
+        ([str(tmp_path / "x.npy"), "--output", str(tmp_path / "no" / "o.npz")], "does not exist"),
+        ([str(tmp_path / "x.npy"), "--output", str(tmp_path / "dir.npz")], "is a directory"),
+    ]:
+        code, out, err = run_cli([*predict, *args], capsys)
+        assert code == 2, args
+        assert message in err
+        assert "Traceback" not in err + out
+    code, out, _ = run_cli([*predict, str(tmp_path / "x.npy"), "--output",
+                            str(tmp_path / "o.txt")], capsys)
+    assert code == 0
+    assert f"to {tmp_path / 'o.txt.npz'}" in out.replace("\n", "")  # the file np.savez wrote
+    assert (tmp_path / "o.txt.npz").is_file()
+
+
 def test_unknown_model_and_bad_name(example_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["predict", str(example_repo), "--model", "nope", "--input", "x.npy"],
                            capsys)

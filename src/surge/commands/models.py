@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from surge.commands import console
+from surge.errors import SurgeError
 
 
 def inspect(
@@ -45,6 +47,8 @@ def predict(
     from surge.inspection import predict_files
     from surge.repository import Repository
 
+    if output is not None:
+        output = _npz_path(output)
     loaded = Repository(repo).load(model, version)
     outputs = predict_files(loaded, input)
     if output is not None:
@@ -59,6 +63,19 @@ def predict(
                 console.print(f"  [{row}] {labels[best]} (class {best}, score {array[row, best]:.3f})")
         else:
             console.print(np.array2string(array, threshold=64, precision=4))
+
+
+def _npz_path(path: Path) -> Path:
+    """The file --output names (np.savez adds .npz to any other name), checked before the
+    model runs."""
+    path = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+    if path.is_dir():
+        raise SurgeError(f"--output {str(path)!r} is a directory")
+    if not path.parent.is_dir():
+        raise SurgeError(f"--output {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise SurgeError(f"--output {str(path)!r} is not writable")
+    return path
 
 
 def models(repo: Annotated[Path, typer.Argument(help="Model repository directory.")]) -> None:

@@ -11,9 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from surge.errors import NotFoundError
+from surge.errors import ConfigError, NotFoundError
 from surge.tuning.serving import TUNING_DIR
-from surge.tuning.tune import REPORT_FILE
+from surge.tuning.tune import REPORT_FILE, SCHEMA_VERSION
 
 HTML_FILE = "report.html"
 
@@ -22,7 +22,16 @@ def load_report(model_dir: Path) -> dict[str, Any]:
     path = model_dir / TUNING_DIR / REPORT_FILE
     if not path.is_file():
         raise NotFoundError(f"no tuning report at {path}: run `surge tune` first")
-    data: dict[str, Any] = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a report of `surge tune` ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a report of `surge tune` (not a JSON object)")
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ConfigError(f"{path}: schema_version {version!r}; this surge reads "
+                          f"{SCHEMA_VERSION}: run `surge tune` again")
     return data
 
 
@@ -188,6 +197,30 @@ def render_report(model_dir: Path, trace: Path | None = None) -> Path:
     report = load_report(model_dir)
     trace_data = load_trace(trace) if trace is not None else None
     out = model_dir / TUNING_DIR
+    try:
+        page = _page(report, out)
+    except _MALFORMED as exc:
+        raise ConfigError(f"{out / REPORT_FILE}: not a report of `surge tune` "
+                          f"({type(exc).__name__}: {exc})") from None
+    if trace_data is not None:
+        try:
+            page = page.replace(_TRACE_SLOT, trace_section(trace_data, TRACE_PNG))
+            plot_trace(trace_data, out / TRACE_PNG)
+        except _MALFORMED as exc:
+            raise ConfigError(f"{trace}: not a load-trace JSON ({type(exc).__name__}: "
+                              f"{exc})") from None
+    path = out / HTML_FILE
+    path.write_text(page.replace(_TRACE_SLOT, ""))
+    return path
+
+
+# What a report or trace of the wrong shape raises while it is read
+_MALFORMED = (KeyError, TypeError, AttributeError, ValueError, IndexError)
+_TRACE_SLOT = "<!-- trace -->"
+
+
+def _page(report: dict[str, Any], out: Path) -> str:
+    """The plots of `report` written to `out`, and the page that shows them."""
     plot_pareto(report, out / "pareto.png")
     plot_latency(report, out / "latency.png")
     plot_prediction(report, out / "p99_predicted_vs_measured.png")
@@ -198,7 +231,7 @@ def render_report(model_dir: Path, trace: Path | None = None) -> Path:
               for r in report["served"]]
     variants = [[v["variant"], _fmt(v["metric"], 2), v["inprocess_best"], v["accepted"],
                  v["reason"]] for v in report["variants"]]
-    page = _PAGE.format(
+    return _PAGE.format(
         title=html.escape(f"surge tune: {report['model']}"),
         summary=_summary(report),
         variants=_table(["variant", "metric (%)", "in-process samples/s", "accepted", "why"],
@@ -207,13 +240,8 @@ def render_report(model_dir: Path, trace: Path | None = None) -> Path:
                        "errors", "load generator cores", "startup s", "error"], served),
         candidates=_table(["configuration", "accuracy", "last rung", "req/s", "p99 ms", "status",
                            "why"], _candidate_rows(report)),
-        trace=trace_section(trace_data, TRACE_PNG) if trace_data is not None else "",
+        trace=_TRACE_SLOT,
     )
-    if trace_data is not None:
-        plot_trace(trace_data, out / TRACE_PNG)
-    path = out / HTML_FILE
-    path.write_text(page)
-    return path
 
 
 _PAGE = """<!doctype html>

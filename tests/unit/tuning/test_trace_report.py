@@ -52,3 +52,29 @@ def test_a_file_that_is_no_trace_is_refused(tmp_path: Path) -> None:
     bad.write_text("not json")
     with pytest.raises(ConfigError, match="not a load-trace JSON"):
         load_trace(bad)
+
+
+@pytest.mark.parametrize("models", [[1], [{}], []])
+def test_a_trace_of_the_wrong_shape_is_refused_naming_it(tmp_path: Path,
+                                                         models: list[object]) -> None:
+    _saved_report(tmp_path / "m")
+    trace = tmp_path / "t.json"
+    trace.write_text(json.dumps({"models": models}))
+    with pytest.raises(ConfigError, match=f"{trace}: not a load-trace JSON"):
+        render_report(tmp_path / "m", trace)
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("garbage", "not a report of `surge tune` .Expecting value"),
+    ("[]", "not a JSON object"),
+    ("{}", "KeyError"),
+    ('{"schema_version": 99}', "schema_version 99; this surge reads 1"),
+])
+def test_a_report_of_the_wrong_shape_is_refused_naming_it(tmp_path: Path, text: str,
+                                                          why: str) -> None:
+    report = _saved_report(tmp_path / "m")
+    path = tmp_path / "m" / "tuning" / "report.json"
+    assert path.is_file(), report
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=why):
+        render_report(tmp_path / "m")

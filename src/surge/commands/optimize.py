@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from surge.commands import console
+from surge.errors import SurgeError
 
 if TYPE_CHECKING:
     from surge.optimize.pipeline import Outcome
@@ -45,13 +46,17 @@ def optimize(
     from surge.optimize.pipeline import OptimizeOptions
 
     options = OptimizeOptions(
-        calibration=calib, tolerance=Tolerance(**parse_tolerance(tolerance)) if tolerance else None,
+        calibration=calib,
+        tolerance=Tolerance(**parse_tolerance(tolerance)) if tolerance is not None else None,
         keep_failed=keep_failed, torch_model=torch_model, finetune_epochs=finetune_epochs,
         exclude=tuple(exclude or ()), check_rows=check_rows,
     )
     outcomes = run_optimize(repo, model, variants, options)
     console.print(_outcome_table(model, outcomes))
     failed = [o.name for o in outcomes if o.variant is None]
+    if failed and len(failed) == len(outcomes):
+        raise SurgeError(f"no variant of {model} could be made ({', '.join(failed)}): see "
+                         f"the table above")
     if failed:
         console.print(f"[red]could not be made: {', '.join(failed)}[/red]")
     rejected = [o.name for o in outcomes if not o.kept and o.variant is not None]

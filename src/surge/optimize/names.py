@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 
@@ -88,5 +89,21 @@ def parse_tolerance(spec: str) -> dict[str, float]:
         if not sep or key.strip() not in keys:
             raise ConfigError(f"bad tolerance {part!r}; use KEY=VALUE with KEY one of "
                               f"{', '.join(keys)}")
-        out[keys[key.strip()]] = _number(value, part)
+        number = _tolerance_number(value, part)
+        if key.strip() in ("top1", "cosine") and number > 1:
+            raise ConfigError(f"tolerance {part!r}: {key.strip()} is a share, at most 1")
+        out[keys[key.strip()]] = number
+    if not out:
+        raise ConfigError(f"tolerance {spec!r} names no bound; use KEY=VALUE with KEY one of "
+                          f"{', '.join(keys)}")
     return out
+
+
+def _tolerance_number(text: str, part: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not 0 <= number < math.inf:
+        raise ConfigError(f"tolerance {part!r}: {text.strip()!r} is not a number >= 0")
+    return number

@@ -65,8 +65,13 @@ def test_tolerance_parsing() -> None:
         min_top1=0.99, min_cosine=0.98, max_accuracy_drop=0.5)
     with pytest.raises(ConfigError, match="bad tolerance 'speed=2'"):
         parse_tolerance("speed=2")
-    with pytest.raises(ConfigError, match="'x' is not a number"):
+    with pytest.raises(ConfigError, match="tolerance 'top1=x': 'x' is not a number >= 0"):
         parse_tolerance("top1=x")
+    for bad, why in [("top1=nan", "'nan' is not a number >= 0"), ("top1=-1", "'-1' is not"),
+                     ("max_abs=inf", "'inf' is not"), ("top1=5", "top1 is a share, at most 1"),
+                     ("", "names no bound"), (" , ", "names no bound")]:
+        with pytest.raises(ConfigError, match=why):  # nan had every variant "kept"
+            parse_tolerance(bad)
 
 
 def test_compare_measures_classifier_agreement_and_accuracy() -> None:

@@ -13,15 +13,19 @@ from rich.table import Table
 
 CALIBRATION_CANVASES = 256
 COMMAND = "fashion-detection"
+MAX_CANVASES = 1_000_000  # 16 GiB of 128x128 canvases; more is a typo
 
 
 def fashion_detection(
     out: Annotated[Path, typer.Argument(help="Output directory (gets train/ val/ test/).")],
-    train: Annotated[int, typer.Option(min=0, help="Training canvases.")] = 20_000,
-    val: Annotated[int, typer.Option(min=0, help="Validation canvases.")] = 2_000,
-    test: Annotated[int, typer.Option(min=0, help="Test canvases.")] = 2_000,
+    train: Annotated[int, typer.Option(min=0, max=MAX_CANVASES, help="Training canvases.")] =
+        20_000,
+    val: Annotated[int, typer.Option(min=0, max=MAX_CANVASES, help="Validation canvases.")] =
+        2_000,
+    test: Annotated[int, typer.Option(min=0, max=MAX_CANVASES, help="Test canvases.")] = 2_000,
     size: Annotated[int, typer.Option(min=32, max=1024, help="Canvas side in pixels.")] = 128,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same canvases).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1,
+                                      help="Random seed (same seed, same canvases).")] = 0,
 ) -> None:
     """Fashion-MNIST items on textured canvases, with COCO JSON boxes, as train/val/test splits.
 
@@ -30,9 +34,15 @@ def fashion_detection(
     OUT/calib.npy holds the first validation canvases for `surge optimize --calib`.
     """
     from surge.commands import console
+    from surge.errors import ConfigError
     from surge_examples.detection.coco import save_eval_archive, save_split
     from surge_examples.detection.dataset import CanvasSpec, generate_split
 
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"OUT {str(out)!r} is a file: name a directory to write the splits "
+                          f"into")
+    if train + val + test == 0:
+        raise ConfigError("--train, --val and --test are all 0: nothing to write")
     spec = CanvasSpec(size=size, max_scale=min(CanvasSpec.max_scale, size))
     table = Table("split", "canvases", "objects", "source images", "seconds", title=str(out))
     for split, count in (("train", train), ("val", val), ("test", test)):

@@ -40,3 +40,26 @@ def test_command_rejects_a_canvas_too_small(tmp_path: Path,
     code, out = _run(["data", "fashion-detection", str(tmp_path), "--size", "16"], capsys)
     assert code == 2
     assert "--size" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--seed", "-1"], "--seed"),  # numpy refused it after the table had started
+    (["--train", "100000000000"], "--train"),  # a 745 GiB allocation
+    (["--train", "0", "--val", "0", "--test", "0"], "nothing to write"),
+])
+def test_counts_and_seeds_it_cannot_use_are_refused_at_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+        message: str) -> None:
+    code, out = _run(["data", "fashion-detection", str(tmp_path / "out"), *args], capsys)
+    assert code == 2
+    assert message in out
+    assert "Traceback" not in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "f").write_text("x")
+    code, out = _run(["data", "fashion-detection", str(tmp_path / "f"), "--train", "1"], capsys)
+    assert code == 2
+    assert "is a file: name a directory" in out

@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zipfile import BadZipFile
 
 import numpy as np
 from rich.progress import Progress
 
+from surge.errors import ConfigError, InputError, SurgeError
 from surge.evaluate.metrics import MetricError
 from surge.repository import LoadedModel, Repository
 from surge.runtimes import Runner
@@ -50,7 +52,13 @@ def load_dataset(spec: str | Path, input_name: str = "image") -> EvalDataset:
     """The evaluation set of a registered dataset (see `surge data list`), an .npz of input
     arrays plus `labels` (or `image_ids` with a COCO .json beside it), a COCO split directory
     (`images.npy` + `annotations.json`), or a 'package.module:function' returning a Dataset."""
-    return get_dataset(spec).evaluation(input_name, DataOptions())
+    try:
+        return get_dataset(spec).evaluation(input_name, DataOptions())
+    except SurgeError:
+        raise
+    except (ValueError, KeyError, TypeError, OSError, BadZipFile) as exc:  # wrong content
+        raise ConfigError(f"dataset {str(spec)!r} cannot be read ({type(exc).__name__}: "
+                          f"{str(exc)[:200]})") from None
 
 
 def _runner_of(model: Runner | LoadedModel) -> tuple[Runner, str]:
@@ -78,6 +86,11 @@ def run_dataset(
     if missing:
         raise MetricError(f"dataset {dataset.name!r} lacks model input(s) {missing}; "
                           f"it has {list(dataset.inputs)}")
+    if len(dataset):
+        try:  # here, not as an engine's error on the first batch
+            signature.validate_inputs({n: dataset.inputs[n][:1] for n in signature.input_names})
+        except InputError as exc:
+            raise MetricError(f"dataset {dataset.name!r} does not fit the model: {exc}") from None
     task_id = progress.add_task(description, total=len(dataset)) if progress else None
     chunks: dict[str, list[np.ndarray]] = {}
     for part in _batches(len(dataset), batch_size):

@@ -121,7 +121,7 @@ class NpzDataset(Dataset):
     def evaluation(self, input_name: str, options: DataOptions) -> EvalDataset:
         import json
 
-        with np.load(self.path, allow_pickle=False) as archive:
+        with self.path.open("rb") as file, np.load(file, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
         labels = arrays.pop("labels", None)
         image_ids = arrays.pop("image_ids", None)

@@ -129,6 +129,25 @@ def test_load_dataset_from_npz(tmp_path: Path) -> None:
         load_dataset("nowhere.csv")
 
 
+def test_a_dataset_of_the_wrong_shape_is_refused_before_the_engine_sees_it(
+        tiny: Repository) -> None:
+    wrong = EvalDataset("w", {"x": np.zeros((2, 5), np.float32)}, np.zeros(2, np.int64))
+    with pytest.raises(MetricError, match=r"dataset 'w' does not fit the model: input 'x' "
+                                          r"expects FP32 \[-1, 4\], got FP32 \[1, 5\]"):
+        evaluate(tiny.load("tiny"), wrong, "classification")
+
+
+def test_a_file_that_is_no_dataset_is_refused_naming_it(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ConfigError, match=f"dataset '{garbage}' cannot be read"):
+        load_dataset(garbage)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, x=np.array([{"a": 1}], dtype=object), labels=np.zeros(1))
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_dataset(pickled)
+
+
 def test_profiler_measures_every_setting_and_batch(tiny: Repository, tmp_path: Path) -> None:
     def factory(options: RunnerOptions):  # noqa: ANN202
         return tiny.load("tiny", options=options).runner

@@ -87,7 +87,7 @@ def tune(
     from surge.tuning import AccuracyBudget, Effort, SearchSpace
     from surge.tuning.tune import TuneOptions
 
-    _check_before_work(repo, model, protocol, write)
+    _check_before_work(repo, model, protocol, write, variants)
     options = TuneOptions(
         data=data, task=task, slo=_slo(slo_p99, rate, concurrency, rows_per_request),
         accuracy=AccuracyBudget(max_accuracy_drop, min_metric, _metric(task, metric)),
@@ -108,13 +108,17 @@ def tune(
     console.print(f"report: {html}")
 
 
-def _check_before_work(repo: Path, model: str, protocol: str, write: bool) -> None:
+def _check_before_work(repo: Path, model: str, protocol: str, write: bool,
+                       variants: str | None) -> None:
     """What would otherwise fail only after the variants, profiles and load runs are done."""
     from surge.bench import PROTOCOLS
+    from surge.optimize.names import parse_variants
     from surge.repository import Repository
 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol {protocol!r}: use {', '.join(PROTOCOLS)}")
+    if variants is not None:
+        parse_variants(variants)  # named wrong: refused even when the model has variants
     if not write:
         return
     folder = Repository(repo).model_dir(model)
@@ -163,8 +167,10 @@ def _settings(text: str | None) -> tuple[tuple[int, int], ...] | None:
     pairs = []
     for item in text.split(","):
         instances, _, threads = item.strip().partition("x")
-        if not (instances.isdigit() and threads.isdigit() and int(instances) and int(threads)):
-            raise ConfigError(f"--settings {text!r}: expected INSTANCESxTHREADS like 1x2,2x1")
+        if not (instances.isdigit() and threads.isdigit() and 0 < int(instances) <= 64
+                and 0 < int(threads) <= 256):
+            raise ConfigError(f"--settings {text!r}: expected INSTANCESxTHREADS like 1x2,2x1 "
+                              f"(at most 64 instances of 256 threads, as config.yaml allows)")
         pairs.append((int(instances), int(threads)))
     return tuple(pairs)
 

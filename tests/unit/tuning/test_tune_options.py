@@ -39,6 +39,8 @@ def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Any]:
     (["--max-accuracy-drop", "-1"], "--max-accuracy-drop -1.0: expected points >= 0"),
     (["--max-batch", "100000"], "--max-batch '100000': expected integers from 1 to 4096"),
     (["--protocol", "nosuch"], "--protocol 'nosuch': use http, http-json, grpc"),
+    (["--settings", "100x100"], "at most 64 instances of 256 threads"),
+    (["--variants", "nosuch"], "nosuch"),  # ignored when the model already had variants
 ])
 def test_refused_before_the_search_starts(started: list[Any], args: list[str], message: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:

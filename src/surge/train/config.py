@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
+    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -17,7 +18,21 @@ from surge.configfile import StrictConfig, describe_validation_error, read_yaml
 from surge.errors import ConfigError
 
 
-class ModelSpec(StrictConfig):
+class RecipeSection(StrictConfig):
+    """Base of the recipe's sections: strict, and numbers must be finite (an `inf` learning rate
+    or weight decay passes `> 0` but trains nothing)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+def _named_directory(value: str | None) -> str | None:
+    # An empty value would mean the current directory: almost certainly a mistyped override.
+    if value is not None and not value.strip():
+        raise ValueError("must name a directory, not be empty")
+    return value
+
+
+class ModelSpec(RecipeSection):
     """What to train: a trusted builder and the tensors it takes and returns."""
 
     builder: str = Field(description="A registered model (see `surge data list`) or a trusted "
@@ -44,7 +59,7 @@ class ModelSpec(StrictConfig):
         return self
 
 
-class DataConfig(StrictConfig):
+class DataConfig(RecipeSection):
     """The dataset: a registered one (see `surge data list`) or a trusted
     'package.module:function' returning a `surge.tasks.Dataset`."""
 
@@ -60,7 +75,7 @@ class DataConfig(StrictConfig):
     classes: int = Field(10, ge=2, description="Generated datasets only: number of classes.")
 
 
-class OptimizerConfig(StrictConfig):
+class OptimizerConfig(RecipeSection):
     """The optimizer; its parameters stay fp32 whatever the precision (master weights)."""
 
     name: Literal["adamw", "sgd"] = Field("adamw", description="adamw or sgd.")
@@ -69,7 +84,7 @@ class OptimizerConfig(StrictConfig):
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only: momentum.")
 
 
-class ScheduleConfig(StrictConfig):
+class ScheduleConfig(RecipeSection):
     """Learning-rate schedule, stepped once per optimizer step."""
 
     name: Literal["onecycle", "cosine", "constant"] = Field("onecycle", description="Shape.")
@@ -78,7 +93,7 @@ class ScheduleConfig(StrictConfig):
     )
 
 
-class PipelineConfig(StrictConfig):
+class PipelineConfig(RecipeSection):
     """Pipeline parallelism: one stage per process."""
 
     schedule: Literal["gpipe", "1f1b"] = Field("1f1b", description="gpipe or 1f1b.")
@@ -97,19 +112,24 @@ class PipelineConfig(StrictConfig):
             else value
 
 
-class CheckpointConfig(StrictConfig):
+class CheckpointConfig(RecipeSection):
     """Where and how often to checkpoint (weights, optimizer, schedule and sampler state)."""
 
     dir: str = Field("runs/train/checkpoints", description="Checkpoint directory.")
     interval: int = Field(1, ge=1, description="Save every N epochs (and always at the end).")
 
+    _dir = field_validator("dir")(_named_directory)
 
-class ExportConfig(StrictConfig):
+
+class ExportConfig(RecipeSection):
     """Where the best model goes once training ends."""
 
     repo: str | None = Field(None, description="Surge model repository; None = do not export.")
     name: str = Field("model", description="Model name in the repository.")
     version: int | None = Field(None, ge=1, description="Version to write (default: next).")
+    overwrite: bool = Field(
+        False, description="Replace `version` if it already holds files; without it a recipe "
+        "whose version exists is refused before training.")
     formats: list[Literal["onnx", "pt2"]] = Field(
         default_factory=lambda: ["onnx", "pt2"],  # type: ignore[arg-type]
         description="Files written into the version.",
@@ -121,8 +141,10 @@ class ExportConfig(StrictConfig):
     labels: list[str] | None = Field(None, description="Class names for the model config.")
     max_batch_size: int = Field(64, ge=1, description="max_batch_size of a new model config.")
 
+    _repo = field_validator("repo")(_named_directory)
 
-class TrainConfig(StrictConfig):
+
+class TrainConfig(RecipeSection):
     """A training recipe: setup -> train -> validate -> checkpoint -> export."""
 
     task: str = Field(
@@ -150,6 +172,8 @@ class TrainConfig(StrictConfig):
     log_dir: str = Field("runs/train", description="metrics.jsonl and loss.png go here.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Saves.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="Export at the end.")
+
+    _log_dir = field_validator("log_dir")(_named_directory)
 
     @field_validator("task")
     @classmethod
@@ -198,7 +222,13 @@ def parse_train_config(data: Any, source: str, overrides: list[str] | None = Non
 def load_train_config(path: Path | str, overrides: list[str] | None = None) -> TrainConfig:
     """Read a recipe YAML and apply `key=value` overrides."""
     path = Path(path)
-    return parse_train_config(read_yaml(path), str(path), overrides)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; CONFIG must be a recipe YAML file")
+    try:
+        data = read_yaml(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from None
+    return parse_train_config(data, str(path), overrides)
 
 
 def dump_train_config(config: TrainConfig, path: Path) -> Path:

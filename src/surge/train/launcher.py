@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from surge.errors import ConfigError, SurgeError
+from surge.errors import ConfigError, SurgeError, shown
 from surge.repository.repository import check_name
 from surge.tasks import get_task
+from surge.train.checkpoint import latest_checkpoint
 from surge.train.config import TrainConfig, dump_train_config
 from surge.train.distributed import pick_device
 from surge.train.parallel import build_model, resolve_split
@@ -101,6 +102,36 @@ def _check_data(config: TrainConfig) -> None:
     dataset_of(config.data).check(data_options(config.data, config.model.input_shape, config.seed))
 
 
+def _check_directory(key: str, value: str) -> None:
+    """`value` is a directory or can become one: no part of it that exists is a file."""
+    path = Path(value)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "" if part == path else f" ({part} is a file)"
+                raise ConfigError(f"{key} {shown(value)}: not a directory{where}")
+            return
+
+
+def _check_paths(config: TrainConfig, options: LaunchOptions) -> None:
+    """Where the run writes can hold directories, --resume has a checkpoint to resume from,
+    and the export replaces no model unless asked to."""
+    from surge.train.publish import check_target
+
+    _check_directory("log_dir", config.log_dir)
+    _check_directory("checkpoint.dir", config.checkpoint.dir)
+    if options.resume and latest_checkpoint(Path(config.checkpoint.dir)) is None:
+        raise ConfigError(f"--resume: no checkpoint in checkpoint.dir "
+                          f"{shown(config.checkpoint.dir)} (no latest.json there); drop --resume "
+                          "to start a new run")
+    if config.export.repo is not None:
+        _check_directory("export.repo", config.export.repo)
+        check_name(config.export.name)
+        if config.export.torch_name:
+            check_name(config.export.torch_name)
+        check_target(config)
+
+
 def validate(config: TrainConfig, options: LaunchOptions) -> None:
     """Raise ConfigError (one line) for anything that would make the workers fail at start."""
     _check_options(options)
@@ -115,10 +146,7 @@ def validate(config: TrainConfig, options: LaunchOptions) -> None:
         raise ConfigError("precision fp16 is not supported with parallelism pipeline; use bf16")
     get_task(config.task).trained_metric()
     _check_data(config)
-    if config.export.repo is not None:
-        check_name(config.export.name)
-        if config.export.torch_name:
-            check_name(config.export.torch_name)
+    _check_paths(config, options)
     try:
         model = build_model(config.model, config.seed)
     except SurgeError as exc:

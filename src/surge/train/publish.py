@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from surge.datatypes import numpy_to_v2
-from surge.errors import ModelLoadError
+from surge.errors import ConfigError, ModelLoadError
 from surge.export import export_onnx, export_pt2
 from surge.repository import Repository
 from surge.repository.config import CONFIG_FILE, ModelConfig, TensorConfig, write_config
@@ -43,11 +43,32 @@ def write_config_once(model_dir: Path, config: ModelConfig) -> None:
 
 def target(config: TrainConfig) -> tuple[Path, str, Path, int]:
     """(repository, model name, model directory, version) the export writes to."""
-    assert config.export.repo is not None
-    repo = Path(config.export.repo)
-    name = check_name(config.export.name)
+    export = config.export
+    assert export.repo is not None
+    repo = Path(export.repo)
+    name = check_name(export.name)
     model_dir = repo / name
-    return repo, name, model_dir, config.export.version or next_version(model_dir)
+    if export.version is not None:
+        return repo, name, model_dir, export.version
+    # The next version free in both `name` and `torch_name`, which share the number.
+    names = filter(None, (name, export.torch_name and check_name(export.torch_name)))
+    return repo, name, model_dir, max(next_version(repo / n) for n in names)
+
+
+def check_target(config: TrainConfig) -> None:
+    """Refuse an export that would silently replace a model: `export.version` (of `name` or
+    `torch_name`) already holding files, without `export.overwrite`. Without a version the
+    export goes to the next free one, which this leaves alone."""
+    export = config.export
+    if export.repo is None or export.version is None or export.overwrite:
+        return
+    repo = Path(export.repo)
+    for name in filter(None, (export.name, export.torch_name)):
+        version_dir = repo / check_name(name) / str(export.version)
+        if version_dir.is_file() or (version_dir.is_dir() and any(version_dir.iterdir())):
+            raise ConfigError(
+                f"export: {version_dir} already holds a model; pass export.overwrite=true to "
+                f"replace it, or another export.version (or none: the next free version)")
 
 
 def write_metrics(model_dir: Path, metrics: dict[str, Any], version: int) -> None:
@@ -67,6 +88,7 @@ def publish(model: nn.Module, config: TrainConfig, metrics: dict[str, Any],
     """Write ONNX/.pt2 (and optionally safetensors) files, configs and metrics.json; verify.
     `example` (two inputs) is what the exports are traced and checked with."""
     export = config.export
+    check_target(config)  # again: the version may have appeared while the model trained
     repo, name, model_dir, version = target(config)
     model = model.eval().cpu()
     with torch.inference_mode():

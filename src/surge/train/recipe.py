@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from surge.errors import ConfigError
 from surge.tasks import Task, TrainMetric, get_task
 from surge.train import checkpoint as ckpt
 from surge.train.config import TrainConfig
@@ -35,7 +36,7 @@ from surge.train.parallel import (
     trains_channels_last,
 )
 from surge.train.precision import Precision, make_precision
-from surge.train.publish import Published
+from surge.train.publish import Published, check_target
 from surge.train.runlog import RunLog
 
 
@@ -99,9 +100,15 @@ class Recipe:
         self._eval_model: nn.Module | None = None
 
     def restore(self) -> int:
-        """Load the newest complete checkpoint; return the epochs it had done (0: none)."""
+        """Load the newest complete checkpoint; return the epochs it had done (0: none, only
+        after an elastic restart)."""
         path = ckpt.latest_checkpoint(self.checkpoint_dir)
         if path is None:
+            if self.state.restart_count == 0:
+                # Asked to resume, not an elastic restart before the first checkpoint: a
+                # mistyped checkpoint.dir must not retrain from scratch unnoticed.
+                raise ConfigError(f"resume: no checkpoint in {self.checkpoint_dir} (no "
+                                  f"{ckpt.LATEST} there)")
             return 0
         saved = ckpt.load_checkpoint(path, self.config.parallelism, self.state)
         ckpt.load_model_state(self.plan.module, saved.weights, self.config.parallelism)
@@ -256,8 +263,13 @@ class Recipe:
             return None
         from safetensors.torch import load_file
 
+        best = self.checkpoint_dir / ckpt.BEST
+        try:
+            check_target(config)  # checked before training too; the version may be new since
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; the trained weights are kept in {best}") from None
         model = build_model(config.model, config.seed)
-        model.load_state_dict(load_file(str(self.checkpoint_dir / ckpt.BEST)))
+        model.load_state_dict(load_file(str(best)))
         metrics = {
             self.metric.published: self.trainer.best_metric, "epochs": config.epochs,
             "best_epoch": self.trainer.best_epoch, "seed": config.seed,

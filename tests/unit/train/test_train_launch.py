@@ -17,14 +17,6 @@ from surge.train.parallel import balanced_split, resolve_split
 from tests.unit.train.tiny import recipe, tiny_mlp, write_recipe
 
 
-@pytest.fixture
-def no_processes(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Record any attempt to start torchrun."""
-    started: list[object] = []
-    monkeypatch.setattr(launch_module.subprocess, "run", lambda *a, **k: started.append(a))
-    return started
-
-
 @pytest.mark.parametrize(("args", "message"), [
     (["learning_rate=0.1"], "unknown key 'learning_rate'"),
     (["batch_size=4", "parallelism=ddp", "--nproc", "8"],

@@ -1,0 +1,15 @@
+"""Fixtures shared by the training tests."""
+
+from __future__ import annotations
+
+import pytest
+
+import surge.train.launcher as launch_module
+
+
+@pytest.fixture
+def no_processes(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record any attempt to start torchrun."""
+    started: list[object] = []
+    monkeypatch.setattr(launch_module.subprocess, "run", lambda *a, **k: started.append(a))
+    return started

@@ -160,7 +160,15 @@ def latest_checkpoint(directory: Path) -> Path | None:
     pointer = directory / LATEST
     if not pointer.is_file():
         return None
-    return directory / json.loads(pointer.read_text())["checkpoint"]
+    try:
+        name = json.loads(pointer.read_text())["checkpoint"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{pointer} is not a checkpoint pointer ({type(exc).__name__}: "
+                          f"{exc}); remove it to start afresh") from None
+    checkpoint = directory / str(name)
+    if not checkpoint.is_dir() or checkpoint.parent != directory:
+        raise ConfigError(f"{pointer} names {name!r}, which is not a checkpoint in {directory}")
+    return checkpoint
 
 
 def load_checkpoint(path: Path, parallelism: str, state: DistState) -> Checkpoint:

@@ -155,3 +155,21 @@ def test_without_a_version_the_export_takes_a_number_free_for_both_models(tmp_pa
     config = parse_train_config(recipe(tmp_path, **{"export.torch_name": "tiny-torch"}), "r")
     assert target(config)[3] == 3
     assert target(parse_train_config(recipe(tmp_path), "r"))[3] == 2
+
+
+@pytest.mark.parametrize(("pointer", "message"), [
+    ("garbage", "is not a checkpoint pointer"),
+    ('{"epoch": 2}', "is not a checkpoint pointer"),
+    ('{"checkpoint": "epoch-0009"}', "names 'epoch-0009', which is not a checkpoint"),
+    ('{"checkpoint": "../elsewhere"}', "which is not a checkpoint"),
+])
+def test_a_broken_latest_pointer_is_one_line_not_a_traceback(tmp_path: Path, pointer: str,
+                                                             message: str) -> None:
+    from surge.train.checkpoint import latest_checkpoint
+
+    (tmp_path / "epoch-0001").mkdir()
+    (tmp_path / "latest.json").write_text(pointer)
+    with pytest.raises(ConfigError, match=message):
+        latest_checkpoint(tmp_path)
+    (tmp_path / "latest.json").write_text('{"checkpoint": "epoch-0001", "epoch": 1}')
+    assert latest_checkpoint(tmp_path) == tmp_path / "epoch-0001"

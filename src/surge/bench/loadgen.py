@@ -241,22 +241,29 @@ def fetch_metadata(url: str, model: str, api_key: str | None = None,
     return dict(response.json())
 
 
-def _grpc_metadata(url: str, model: str, api_key: str | None) -> dict[str, Any]:
+def _grpc_call(url: str, api_key: str | None, method: str, request: Any) -> Any:
+    """One unary call of the inference service (10 s); grpc.RpcError when it fails."""
     import grpc
-    from google.protobuf import json_format
 
-    from surge.protocol.grpc_gen import grpc_service_pb2 as pb
     from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 
     host, port = _grpc_target(url)
     with grpc.insecure_channel(f"{host}:{port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
-        try:
-            reply = stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=10.0,
-                                       metadata=metadata)
-        except grpc.RpcError as exc:
-            raise SurgeError(f"{url}: model {model!r} metadata -> {exc.code().name}") from None
+        return getattr(stub, method)(request, timeout=10.0, metadata=metadata)
+
+
+def _grpc_metadata(url: str, model: str, api_key: str | None) -> dict[str, Any]:
+    import grpc
+    from google.protobuf import json_format
+
+    from surge.protocol.grpc_gen import grpc_service_pb2 as pb
+
+    try:
+        reply = _grpc_call(url, api_key, "ModelMetadata", pb.ModelMetadataRequest(name=model))
+    except grpc.RpcError as exc:
+        raise SurgeError(f"{url}: model {model!r} metadata -> {exc.code().name}") from None
     return dict(json_format.MessageToDict(reply, preserving_proto_field_name=True))
 
 
@@ -280,17 +287,11 @@ def _grpc_max_batch(url: str, model: str, api_key: str | None) -> int | None:
     import grpc
 
     from surge.protocol.grpc_gen import grpc_service_pb2 as pb
-    from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 
-    host, port = _grpc_target(url)
-    with grpc.insecure_channel(f"{host}:{port}") as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
-        try:
-            reply = stub.ModelConfig(pb.ModelConfigRequest(name=model), timeout=10.0,
-                                     metadata=metadata)
-        except grpc.RpcError:
-            return None
+    try:
+        reply = _grpc_call(url, api_key, "ModelConfig", pb.ModelConfigRequest(name=model))
+    except grpc.RpcError:
+        return None
     return int(reply.config.max_batch_size)
 
 

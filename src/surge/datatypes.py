@@ -30,6 +30,10 @@ _NUMPY_TO_V2: dict[np.dtype, str] = {
 }
 
 V2_DATATYPES: tuple[str, ...] = tuple(_V2_TO_NUMPY)
+# The BF16 words of a request: a dtype equal to uint16 (every check and engine sees uint16)
+# that keeps the name the client sent, for the errors that name it.
+_SENT_AS = "v2_datatype"
+BF16_WORDS = np.dtype("<u2", metadata={_SENT_AS: "BF16"})
 
 
 def v2_to_numpy(datatype: str) -> np.dtype:
@@ -86,3 +90,11 @@ def torch_to_v2(dtype: object) -> str:
         return table[dtype]  # type: ignore[index]
     except KeyError:
         raise SurgeError(f"torch dtype {dtype} has no V2 datatype") from None
+
+
+def sent_datatype(array: np.ndarray) -> str:
+    """The V2 datatype `array` was sent as: its dtype's, or BF16 for BF16 words."""
+    metadata = array.dtype.metadata
+    if metadata and _SENT_AS in metadata:
+        return str(metadata[_SENT_AS])
+    return numpy_to_v2(array.dtype)

@@ -11,7 +11,7 @@ import struct
 
 import numpy as np
 
-from surge.datatypes import V2_DATATYPES, v2_to_numpy
+from surge.datatypes import BF16_WORDS, V2_DATATYPES, v2_to_numpy
 from surge.errors import InputError
 
 _LENGTH = struct.Struct("<I")
@@ -91,14 +91,14 @@ def tensor_from_bytes(
     count = math.prod(shape)
     if datatype == "BYTES":
         return deserialize_bytes(name, buffer, count).reshape(shape)
-    dtype = v2_to_numpy(datatype)
+    dtype = BF16_WORDS if datatype == "BF16" else v2_to_numpy(datatype).newbyteorder("<")
     expected = count * dtype.itemsize
     if len(buffer) != expected:
         raise InputError(
             f"input {name!r} expects {expected} bytes for {datatype} {list(shape)}, "
             f"got {len(buffer)}"
         )
-    return np.frombuffer(buffer, dtype=dtype.newbyteorder("<")).reshape(shape)
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
 def tensor_to_bytes(array: np.ndarray, datatype: str) -> bytes:
@@ -110,23 +110,23 @@ def tensor_to_bytes(array: np.ndarray, datatype: str) -> bytes:
 
 def _bf16_words(values: np.ndarray) -> np.ndarray:
     # BF16 is the upper half of an FP32 word; JSON numbers are rounded by truncation.
-    return (values.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    return (values.astype(np.float32).view(np.uint32) >> 16).astype(BF16_WORDS)
 
 
 def tensor_from_list(name: str, datatype: str, shape: tuple[int, ...], data: object) -> np.ndarray:
-    """JSON `data` (flat or nested) -> array of `shape`."""
+    """JSON `data`, flat or nested to exactly `shape` -> array of `shape`."""
     count = math.prod(shape)
     if not isinstance(data, list):
         data = [data]
     try:
         if datatype == "BYTES":
-            flat = np.array(data, dtype=object).reshape(-1)
+            flat = _flat(name, shape, np.array(data, dtype=object))
             array = np.empty(flat.size, dtype=object)
             array[:] = [_to_bytes(name, item) for item in flat]
         elif datatype == "BF16":
-            array = _bf16_words(np.array(data, dtype=np.float32).reshape(-1))
+            array = _bf16_words(_flat(name, shape, np.array(data, dtype=np.float32)))
         else:
-            array = _numbers(name, datatype, data)
+            array = _numbers(name, datatype, _flat(name, shape, np.array(data)))
     except (ValueError, TypeError, OverflowError) as exc:
         raise InputError(
             f"input {name!r}: data does not hold {datatype} values ({str(exc)[:80]})"
@@ -138,8 +138,16 @@ def tensor_from_list(name: str, datatype: str, shape: tuple[int, ...], data: obj
     return array.reshape(shape)
 
 
-def _numbers(name: str, datatype: str, data: list) -> np.ndarray:
-    raw = np.array(data).reshape(-1)
+def _flat(name: str, shape: tuple[int, ...], values: np.ndarray) -> np.ndarray:
+    # V2 `data` is flat or nested to exactly the shape: flattening any other nesting would
+    # accept data whose element count merely happens to match.
+    if values.ndim > 1 and values.shape != shape:
+        raise InputError(f"input {name!r} has shape {list(shape)} but its data is nested as "
+                         f"{list(values.shape)}; give it flat or nested to exactly that shape")
+    return values.reshape(-1)
+
+
+def _numbers(name: str, datatype: str, raw: np.ndarray) -> np.ndarray:
     if raw.size and raw.dtype.kind not in ("biuf" if datatype == "BOOL" else "iuf"):
         raise InputError(f"input {name!r}: data does not hold {datatype} values")
     dtype = v2_to_numpy(datatype)

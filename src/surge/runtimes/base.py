@@ -8,7 +8,7 @@ from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from surge.datatypes import numpy_to_v2, v2_to_numpy
+from surge.datatypes import numpy_to_v2, sent_datatype, v2_to_numpy
 from surge.errors import InputError, SurgeError
 
 
@@ -80,14 +80,11 @@ class Signature:
         for name, array in inputs.items():
             spec = self.input(name)
             actual = numpy_to_v2(array.dtype)
-            if actual != spec.datatype and not (spec.datatype == "BF16" and actual == "UINT16"):
-                raise InputError(
-                    f"input {name!r} expects {spec.describe()}, got {actual} {list(array.shape)}"
-                )
-            if not spec.matches_shape(tuple(array.shape)):
-                raise InputError(
-                    f"input {name!r} expects {spec.describe()}, got {actual} {list(array.shape)}"
-                )
+            other_type = actual != spec.datatype and not (spec.datatype == "BF16" and actual == "UINT16")
+            if other_type or not spec.matches_shape(tuple(array.shape)):
+                # named as sent: BF16 words are uint16 to numpy
+                raise InputError(f"input {name!r} expects {spec.describe()}, "
+                                 f"got {sent_datatype(array)} {list(array.shape)}")
             if self.batched and array.ndim:
                 if batch is None:
                     batch = array.shape[0]

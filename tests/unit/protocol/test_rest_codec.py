@@ -187,3 +187,43 @@ def test_classification_extension_is_refused_clearly() -> None:
            b' "outputs": [{"name": "y", "parameters": {"classification": 3}}]}'
     with pytest.raises(InputError, match="classification extension is not supported"):
         decode_request(body, None)
+
+
+def _one_input(datatype: str, shape: list[int], data: object) -> bytes:
+    return orjson.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": shape,
+                                     "data": data}]})
+
+
+@pytest.mark.parametrize(("datatype", "shape", "data", "nested"), [
+    ("BYTES", [1], [["a"]], [1, 1]),  # deeper than the shape
+    ("BYTES", [2, 1], [[["a"]], [["b"]]], [2, 1, 1]),
+    ("BYTES", [2, 3], [["a", "b"], ["c", "d"], ["e", "f"]], [3, 2]),  # same count, other shape
+    ("FP32", [1], [[1.0]], [1, 1]),
+    ("INT64", [2, 3], [[1, 2], [3, 4], [5, 6]], [3, 2]),
+    ("BOOL", [2], [[True, False]], [1, 2]),
+    ("BF16", [1], [[1.0]], [1, 1]),
+])
+def test_data_nested_other_than_the_shape_is_refused(datatype: str, shape: list[int],
+                                                     data: object, nested: list[int]) -> None:
+    """V2 `data` is flat or nested to exactly the shape; anything else is a 400 naming it."""
+    with pytest.raises(InputError) as refused:
+        decode_request(_one_input(datatype, shape, data), None)
+    assert str(refused.value) == (
+        f"input 'x' has shape {shape} but its data is nested as {nested}; "
+        "give it flat or nested to exactly that shape")
+
+
+@pytest.mark.parametrize(("datatype", "shape", "data"), [
+    ("BYTES", [2, 1], [["a"], ["b"]]),
+    ("BYTES", [2, 1], ["a", "b"]),
+    ("BYTES", [1], "a"),
+    ("FP32", [2, 2], [[1, 2], [3, 4]]),
+    ("FP32", [2, 2], [1, 2, 3, 4]),
+    ("INT32", [2, 0], [[], []]),
+    ("INT32", [2, 0], []),
+    ("BF16", [1, 2], [[1.0, 2.0]]),
+])
+def test_data_flat_or_nested_to_the_shape_is_accepted(datatype: str, shape: list[int],
+                                                      data: object) -> None:
+    array = decode_request(_one_input(datatype, shape, data), None).inputs["x"]
+    assert list(array.shape) == shape

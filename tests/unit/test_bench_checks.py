@@ -127,3 +127,28 @@ def test_an_open_loop_behind_its_schedule_lets_requests_run_and_ends() -> None:
     assert tally.sent > 0
     assert transport.first is not None
     assert transport.first < until  # sent while still scheduling
+
+
+UNBATCHED = {"name": "m", "inputs": [{"name": "x", "datatype": "FP32", "shape": [784]}]}
+
+
+@pytest.mark.parametrize(("metadata_", "max_batch"), [
+    (UNBATCHED, None),  # the shapes say so; the server does not give its config
+    (METADATA, 0),  # the config says so, whatever the leading -1 of a shape means
+])
+def test_a_batch_for_a_model_without_a_batch_dimension_is_refused(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        metadata_: dict[str, Any], max_batch: int | None) -> None:
+    monkeypatch.setattr(loadgen, "fetch_metadata", lambda *_a, **_k: metadata_)
+    monkeypatch.setattr(loadgen, "fetch_max_batch", lambda *_a, **_k: max_batch)
+    err = refused(capsys, URL, "--model", "m", "--duration", "100ms", "--concurrency", "1",
+                  "--batch-size", "4")
+    assert "--batch-size 4: model 'm' has no batch dimension" in err
+
+
+def test_batch_size_one_on_a_model_without_a_batch_dimension_is_sent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loadgen, "fetch_metadata", lambda *_a, **_k: UNBATCHED)
+    monkeypatch.setattr(loadgen, "fetch_max_batch", lambda *_a, **_k: 0)
+    target = prepare_target(URL, "m", "http-json", batch_size=1, variants=1)
+    assert b'"shape":[784]' in target.payloads[0]

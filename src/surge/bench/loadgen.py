@@ -300,6 +300,9 @@ def check_batch_size(url: str, model: str, protocol: str, batch_size: int,
     """Refuse a batch the model cannot take, or one too large to build, before building it."""
     if batch_size > 1:
         max_batch = fetch_max_batch(url, model, api_key, protocol)
+        # Without a batch dimension each request carries one row, not the batch asked for.
+        if max_batch == 0 or not batched:
+            raise SurgeError(f"--batch-size {batch_size}: model {model!r} has no batch dimension")
         if max_batch and batch_size > max_batch:
             raise SurgeError(f"--batch-size {batch_size} is larger than model {model!r}'s "
                              f"max batch size {max_batch}")

@@ -51,21 +51,41 @@ def target(config: TrainConfig) -> tuple[Path, str, Path, int]:
     if export.version is not None:
         return repo, name, model_dir, export.version
     # The next version free in both `name` and `torch_name`, which share the number.
-    names = filter(None, (name, export.torch_name and check_name(export.torch_name)))
-    return repo, name, model_dir, max(next_version(repo / n) for n in names)
+    return repo, name, model_dir, max(next_version(repo / n) for n in export_names(config))
+
+
+def export_names(config: TrainConfig) -> list[str]:
+    """The models the export writes: `export.name`, and `export.torch_name` when set."""
+    export = config.export
+    return [check_name(name) for name in filter(None, (export.name, export.torch_name))]
+
+
+def refuse_file(path: Path, instead: str) -> None:
+    """The export makes directories where a file would stop it only after training."""
+    if path.is_file():
+        raise ConfigError(f"export: {path} is a file, not a {instead}; move it or export "
+                          "elsewhere")
 
 
 def check_target(config: TrainConfig) -> None:
-    """Refuse an export that would silently replace a model: `export.version` (of `name` or
-    `torch_name`) already holding files, without `export.overwrite`. Without a version the
-    export goes to the next free one, which this leaves alone."""
+    """Refuse an export that would fail on or silently replace what is in the repository: a
+    file where one of its models or `export.version` goes, or that version (of `name` or
+    `torch_name`) already holding files without `export.overwrite`. Without a version the
+    export goes to the next free one, which needs only its model directories."""
     export = config.export
-    if export.repo is None or export.version is None or export.overwrite:
+    if export.repo is None:
         return
     repo = Path(export.repo)
-    for name in filter(None, (export.name, export.torch_name)):
-        version_dir = repo / check_name(name) / str(export.version)
-        if version_dir.is_file() or (version_dir.is_dir() and any(version_dir.iterdir())):
+    names = export_names(config)
+    for name in names:
+        refuse_file(repo / name, "model directory")
+    if export.version is None:
+        return
+    for name in names:
+        version_dir = repo / name / str(export.version)
+        if export.overwrite:  # replaces a version's files, not a file in its place
+            refuse_file(version_dir, "version directory")
+        elif version_dir.is_file() or (version_dir.is_dir() and any(version_dir.iterdir())):
             raise ConfigError(
                 f"export: {version_dir} already holds a model; pass export.overwrite=true to "
                 f"replace it, or another export.version (or none: the next free version)")

@@ -173,3 +173,32 @@ def test_a_broken_latest_pointer_is_one_line_not_a_traceback(tmp_path: Path, poi
         latest_checkpoint(tmp_path)
     (tmp_path / "latest.json").write_text('{"checkpoint": "epoch-0001", "epoch": 1}')
     assert latest_checkpoint(tmp_path) == tmp_path / "epoch-0001"
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-torch"])
+@pytest.mark.parametrize("changes", [[], ["export.version=1"],
+                                     ["export.version=1", "export.overwrite=true"]])
+def test_a_file_where_an_exported_model_goes_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_processes: list[object],
+    name: str, changes: list[str],
+) -> None:
+    model_path = tmp_path / "repo" / name
+    model_path.parent.mkdir()
+    model_path.write_text("not a model directory\n")
+    err = _refused([str(write_recipe(tmp_path)), "export.torch_name=tiny-torch", *changes],
+                   capsys)
+    assert f"export: {model_path} is a file" in err
+    assert not (tmp_path / "run").exists()
+    assert model_path.read_text() == "not a model directory\n"
+
+
+def test_a_file_as_the_version_to_overwrite_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_processes: list[object],
+) -> None:
+    version = tmp_path / "repo" / "tiny" / "1"
+    version.parent.mkdir(parents=True)
+    version.write_text("not a version directory\n")
+    err = _refused([str(write_recipe(tmp_path)), "export.version=1", "export.overwrite=true"],
+                   capsys)
+    assert f"export: {version} is a file" in err
+    assert not (tmp_path / "run").exists()

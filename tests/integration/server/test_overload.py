@@ -5,9 +5,12 @@ a killed worker fails only its batch, SIGTERM finishes accepted requests."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
+import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -108,6 +111,26 @@ def test_disconnected_clients_leave_the_queue(slow_server: ServerProcess) -> Non
                         outcome="cancelled") - cancelled_before
     # a batch finishing just as its clients give up is counted a success by the server
     assert timed_out - 2 <= cancelled <= timed_out
+    assert _metric(slow_server, "surge_queue_depth", model="slow") == 0
+
+
+def test_reset_connections_leave_the_queue(slow_server: ServerProcess) -> None:
+    """A connection reset cancels its queued requests, as a close (or a half-close) does."""
+    before = _stats(slow_server)["inference_count"]
+    body = json.dumps(_body()).encode()
+    request = (b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: "
+               b"application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+               + body)
+    port = int(slow_server.http.rsplit(":", 1)[1])
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=5.0) for _ in range(16)]
+    for sock in sockets:
+        sock.sendall(request)
+    time.sleep(0.1)
+    for sock in sockets:  # linger 0: close() sends a reset
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    time.sleep(0.8)  # long enough for all 16 to have been computed, had they stayed queued
+    assert _stats(slow_server)["inference_count"] - before <= 10
     assert _metric(slow_server, "surge_queue_depth", model="slow") == 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from surge.engine.ondemand import ResidencyOptions
+    from surge.repository import Repository
     from surge.server.limits import ConnectionLimits
     from surge.server.process import Endpoints, ServeOptions
     from surge.server.production import ProductionOptions
@@ -138,6 +140,15 @@ GrpcServer = Annotated[str, typer.Option(metavar="surge|grpcio", help="The gRPC 
 LogLevel = Annotated[str, typer.Option(metavar="debug|info|warning|error",
                                        help="The server's log on stderr: this level and above.")]
 HostAddress = Annotated[str, typer.Option(help="Address to bind (loopback by default).")]
+MaxBodyMb = Annotated[float, typer.Option(min=0.001, help="Largest request body (MiB).")]
+IdleTimeout = Annotated[float, typer.Option(min=0.001, help="Seconds a connection with no "
+                                            "request in progress stays open.")]
+HeaderTimeout = Annotated[float, typer.Option(min=0.001, help="Seconds a request's headers "
+                                              "(gRPC: the handshake) may take.")]
+BodyTimeout = Annotated[float, typer.Option(min=0.001, help="Longest pause (s) while a request "
+                                            "body arrives.")]
+MaxConnections = Annotated[int | None, typer.Option(min=1, help="Open connections per port "
+                           "(default: a quarter of the open-file limit, at most 4096).")]
 EndpointsFile = Annotated[Path | None, typer.Option(
     help="Once listening, write the endpoints as JSON here ({http, grpc, metrics}): the ports "
     "a script asked as 0 and the system chose.")]
@@ -156,17 +167,11 @@ def serve(
     models: Annotated[str | None, typer.Option(help="Serve only these models (a,b).")] = None,
     grace: Annotated[float, typer.Option(min=0.0, help="Seconds SIGTERM waits for accepted "
                                                        "requests.")] = 30.0,
-    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body (MiB).")] =
-        64.0,
-    idle_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a connection with no "
-                                                "request in progress stays open.")] = 75.0,
-    header_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a request's headers "
-                                                  "(gRPC: the handshake) may take.")] = 10.0,
-    body_timeout: Annotated[float, typer.Option(min=0.001, help="Longest pause (s) while a "
-                                                "request body arrives.")] = 60.0,
-    max_connections: Annotated[int | None, typer.Option(min=1, help="Open connections per port "
-                               "(default: a quarter of the open-file limit, at most 4096).")] =
-        None,
+    max_body_mb: MaxBodyMb = 64.0,
+    idle_timeout: IdleTimeout = 75.0,
+    header_timeout: HeaderTimeout = 10.0,
+    body_timeout: BodyTimeout = 60.0,
+    max_connections: MaxConnections = None,
     ray: RayAddress = None,
     reuse_port: ReusePort = False,
     frontends: FrontEnds = 1,
@@ -194,15 +199,93 @@ def serve(
     options = ServeOptions(
         host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
         api_key=api_key, models=_models(models), grace_s=grace, ray_address=ray,
-        max_body_bytes=int(max_body_mb * 1024 * 1024), residency=_residency(
+        max_body_bytes=_body_bytes(max_body_mb), residency=_residency(
             load, memory_budget, group_memory_budget),
         limits=_limits(idle_timeout, header_timeout, body_timeout, max_connections),
-        reuse_port=reuse_port, frontends=frontends, log_level=log_level, grpc_server=grpc_server,
+        reuse_port=reuse_port, frontends=frontends, log_level=_log_level(log_level),
+        grpc_server=grpc_server,
         production=_production(tls_cert, tls_key, tls_ca, api_keys_file, metrics_auth, access_log,
                                access_log_sample, tracing, model_control, poll_interval),
     )
-    run_server(repo, options, _on_started(repo, options, endpoints_file))
+    started = _on_started(repo, options, endpoints_file)
+    _check_repository(repo, group_memory_budget or [], model_control, poll_interval)
+    run_server(repo, options, started)
     console.print("surge: drained and stopped")
+
+
+def _body_bytes(max_body_mb: float) -> int:
+    if not math.isfinite(max_body_mb):
+        raise SurgeError(f"--max-body-mb {max_body_mb}: give a finite size in MiB")
+    return int(max_body_mb * 1024 * 1024)
+
+
+def _log_level(level: str) -> str:
+    """The level, checked now: before the repository is opened (the server checks it again)."""
+    from surge.server.process import LOG_LEVELS
+
+    if level not in LOG_LEVELS:
+        raise SurgeError(f"log level {level!r}: use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+NO_MODEL = ("no model to serve: a model is a folder NAME/ holding a config.yaml, or a version "
+            "folder such as NAME/1/ with its model file (to start without models and add them "
+            "while serving, give --model-control poll or explicit)")
+
+
+def _check_repository(repo: Path, group_budgets: list[str], model_control: str | None,
+                      poll_interval: float | None) -> None:
+    """Refuse, before any port is bound, a repository with no model, and a budget for a worker
+    group no model runs in (a misspelt group would limit nothing). Not when a model-control
+    mode is chosen: models may then be added while serving (found by the poll, or loaded by
+    the API), as in Triton's explicit mode. A missing repository is the server's to report."""
+    from surge.repository import Repository
+
+    if model_control is not None or poll_interval is not None or not repo.is_dir():
+        return
+    repository = Repository(repo)
+    names = [name for name in repository.model_names() if _is_model(repository, name)]
+    if not names:
+        raise SurgeError(f"{repo}: {NO_MODEL}")
+    groups = _worker_groups(repository, names)
+    for item in group_budgets:
+        group = item.partition("=")[0].strip()
+        if group not in groups:
+            known = (f"groups: {', '.join(sorted(groups))}" if groups else "none runs in a "
+                     "worker group: config.yaml's `worker: shared` or `worker: {group: NAME}` "
+                     "puts it in one")
+            raise SurgeError(f"--group-memory-budget {item}: no model of the repository runs "
+                             f"in worker group {group!r} ({known})")
+
+
+def _is_model(repository: Repository, name: str) -> bool:
+    """Whether folder `name` is laid out as a model (its load says what else it lacks)."""
+    from surge.repository.config import CONFIG_FILE
+    from surge.repository.repository import VARIANTS_DIR
+
+    folder = repository.root / name
+    if (folder / CONFIG_FILE).is_file() or (folder / VARIANTS_DIR).is_dir():
+        return True
+    try:
+        return bool(repository.versions(name))
+    except SurgeError:  # e.g. a link out of the repository: refused when it loads
+        return True
+
+
+def _worker_groups(repository: Repository, names: list[str]) -> set[str]:
+    """The worker groups the models `names` run in (a config that cannot be read is reported
+    by its model's load)."""
+    from surge.engine.ondemand import group_of
+
+    groups: set[str] = set()
+    for name in names:
+        try:
+            group = group_of(repository.config(name))
+        except SurgeError:
+            continue
+        if group is not None:
+            groups.add(group)
+    return groups
 
 
 def _limits(idle: float, header: float, body: float, connections: int | None) -> ConnectionLimits:

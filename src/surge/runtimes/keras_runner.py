@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,14 +50,28 @@ def keras_signature(model: Any) -> Signature:
     return Signature(inputs, outputs, batched=batched, platform="keras")
 
 
+def check_keras_archive(path: Path) -> None:
+    """Refuse a .keras file that is not a zip archive: Keras itself says "File not found"."""
+    try:
+        with path.open("rb") as handle:
+            archive = zipfile.is_zipfile(handle)
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not archive:
+        raise ModelLoadError(f"{path}: not a Keras zip archive (a .keras file is the zip that "
+                             "model.save() writes)")
+
+
 class KerasRunner:
     """Runs a functional or sequential Keras 3 model on the torch backend."""
 
     def __init__(self, path: Path, options: RunnerOptions | None = None) -> None:
         options = options or RunnerOptions()
+        self.path = Path(path)
+        if self.path.suffix == ".keras":
+            check_keras_archive(self.path)
         set_torch_threads(options)
         keras = import_keras()
-        self.path = Path(path)
         try:
             self._model = keras.saving.load_model(str(self.path), safe_mode=True, compile=False)
         except Exception as exc:

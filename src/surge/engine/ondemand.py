@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -34,6 +35,9 @@ LoadMode = Literal["eager", "on-demand"]
 # row: a broken model must not cost a worker spawn per request.
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
+# Event-loop turns the requests that waited for a finished load get to queue on it before an
+# eviction may take it (they resume within a few turns; the cap only guards against a bug).
+HANDOVER_TURNS = 100
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -116,6 +120,10 @@ class ResidencyHost(Protocol):
         """Models never to evict now: being loaded or unloaded, or needed by a loaded one."""
 
 
+class _UnloadedMeanwhileError(ModelNotReadyError):
+    """A request's load found its model unloaded explicitly while it waited its turn."""
+
+
 @dataclass(frozen=True)
 class _Failure:
     count: int  # failed loads in a row
@@ -135,6 +143,11 @@ class OnDemand:
         self._failures: dict[str, _Failure] = {}
         self._load_s: dict[str, float] = {}  # the last cold start of each model
         self._room = asyncio.Lock()  # one eviction decision at a time
+        # Under a budget, requests' loads go one at a time: loads started together would each
+        # fit the budget alone and together hold several times it.
+        self._gate = asyncio.Lock()
+        self._waiting: Counter[str] = Counter()  # requests awaiting each model's load
+        self._unloads: Counter[str] = Counter()  # explicit unloads of each model so far
 
     @property
     def tracking(self) -> bool:
@@ -165,7 +178,13 @@ class OnDemand:
             raise ModelNotReadyError(
                 f"model {name!r} is loading: its cold start takes about {expected:.2f} s, more "
                 f"than the request's timeout of {timeout_s * 1e3:.0f} ms allows")
-        error = await self._join(name, task, timeout_s)
+        self._waiting[name] += 1
+        try:
+            error = await self._join(name, task, timeout_s)
+        finally:
+            self._waiting[name] -= 1
+            if not self._waiting[name]:
+                del self._waiting[name]
         if error is not None:
             raise ModelNotReadyError(f"model {name!r} failed to load: {error}")
         if not timeout_us:
@@ -198,9 +217,10 @@ class OnDemand:
         clock = self._host.clock
         started = clock()
         try:
-            await self._host.ensure_served(name)
+            await self._load_gated(name)
         except Exception as exc:  # answered to every waiter, with the reason
-            self._failed(name, exc, clock())
+            if not isinstance(exc, _UnloadedMeanwhileError):  # no failure of the model's own
+                self._failed(name, exc, clock())
             return exc
         finally:
             self._loads.pop(name, None)
@@ -209,6 +229,25 @@ class OnDemand:
         self._failures.pop(name, None)
         self._host.metrics.cold_start.labels(name).observe(seconds)
         return None
+
+    async def _load_gated(self, name: str) -> None:
+        """`ensure_served`, behind the other requests' loads when a budget may evict."""
+        if not self.tracking:
+            await self._host.ensure_served(name)
+            return
+        unloads = self._unloads[name]
+        async with self._gate:
+            if self._unloads[name] != unloads:  # an explicit unload meanwhile: it stays so
+                raise _UnloadedMeanwhileError(f"model {name!r} was unloaded while its load waited")
+            await self._host.ensure_served(name)
+
+    async def _handed_over(self) -> None:
+        """Wait until the requests that waited for a finished load have queued on it: a model
+        evicted before they resume is gone when they look for it (404 for a loadable model)."""
+        for _ in range(HANDOVER_TURNS):
+            if all(name in self._loads for name in self._waiting):
+                return
+            await asyncio.sleep(0)
 
     def _failed(self, name: str, error: Exception, now: float) -> None:
         previous = self._failures.get(name)
@@ -226,6 +265,7 @@ class OnDemand:
         if not self.tracking:
             return
         async with self._room:
+            await self._handed_over()
             group = group_of(config)
             needed = self.residency.estimate(name, group)
             try:
@@ -250,6 +290,7 @@ class OnDemand:
         if not self.tracking:
             return
         async with self._room:
+            await self._handed_over()
             try:
                 victims = self.residency.over_budget(name, self._host.busy())
             except NoRoomError as exc:
@@ -274,6 +315,7 @@ class OnDemand:
         """An explicit unload: `name` stays unloaded until loaded explicitly."""
         self.residency.unloaded(name)
         self.cold.discard(name)
+        self._unloads[name] += 1
 
     async def stop(self) -> None:
         """Cancel the loads in progress (each stops what it started)."""

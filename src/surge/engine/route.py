@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from surge.errors import InputError
 from surge.repository.config import ORIGINAL
+
+if TYPE_CHECKING:
+    from surge.engine.interface import InferenceEngine
 
 
 @dataclass
@@ -23,6 +27,9 @@ class VariantRoute:
     variant: str | None = None  # pinned to this variant
     full_accuracy: bool = False  # pinned to the most accurate variant served
     served: str | None = None  # filled in by the served model
+    # The version that answered, filled in by the served model (a pipeline: its own): the
+    # front end must not look the model up again, an eviction may have removed it since.
+    version: int | None = None
 
     def __post_init__(self) -> None:
         if self.variant is not None and self.full_accuracy:
@@ -42,7 +49,16 @@ def check_pin(route: VariantRoute | None, served: tuple[str, ...]) -> str | None
     return route.variant
 
 
+def answered_version(route: VariantRoute, engine: InferenceEngine, name: str,
+                     version: int | None) -> int:
+    """The version that computed an answer: as the served model recorded it, else (an engine
+    that records none) the version served now."""
+    if route.version is not None:
+        return route.version
+    return engine.model(name, version).version
+
+
 # Set by the front end around one `infer` await; read and filled by the served model.
 request_route: ContextVar[VariantRoute | None] = ContextVar("surge_request_route", default=None)
 
-__all__ = ["ORIGINAL", "VariantRoute", "check_pin", "request_route"]
+__all__ = ["ORIGINAL", "VariantRoute", "answered_version", "check_pin", "request_route"]

@@ -254,6 +254,8 @@ class ServedModel:
             outputs = await future
             if (route := request_route.get()) is not None:
                 route.served = self.variant_name
+                if route.version is None:
+                    route.version = self.version
             return outputs
         except asyncio.CancelledError:
             # Client went away: a queued request leaves the queue; a computing one is dropped.

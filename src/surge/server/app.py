@@ -17,7 +17,7 @@ import numpy as np
 
 import surge
 from surge.engine import InferenceEngine
-from surge.engine.route import VariantRoute, request_route
+from surge.engine.route import VariantRoute, answered_version, request_route
 from surge.engine.timing import request_timing
 from surge.errors import InputError, NotFoundError, SurgeError
 from surge.protocol.errors import http_error, load_failure, retry_after_header
@@ -35,7 +35,7 @@ from surge.server.keys import ApiKey, KeyRing, Scope
 from surge.server.observe import RequestIds, RequestLog, RequestRecord
 from surge.server.openapi import OPENAPI_PATH, openapi_document
 from surge.server.outcome import RequestObserver, outcome_of, served_by
-from surge.server.repository_load import load_parameters
+from surge.server.repository_load import check_unload, load_parameters
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +219,7 @@ class V2App:
             if rest[2] == "load":
                 await self._load(name, load_parameters(_json_or_empty(body)))
             else:
+                check_unload(_json_or_empty(body))
                 await self.engine.unload(name)
             await _respond(send, 200, b"", [])
             return
@@ -272,12 +273,12 @@ class V2App:
                 ))
             finally:
                 request_route.reset(route_token)
-            handle = self.engine.model(name, version)
+            answered = answered_version(route, self.engine, name, version)
             if record is not None:
                 record.computed = time.perf_counter()
-                record.version, record.variant = handle.version, route.served
+                record.version, record.variant = answered, route.served
             payload, header_length = encode_response(
-                name, handle.version, request, outputs,
+                name, answered, request, outputs,
                 {"variant": route.served} if route.served else None)
         except ClientDisconnectedError:
             self._observe(name, "cancelled", start)

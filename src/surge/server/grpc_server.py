@@ -14,7 +14,7 @@ from google.protobuf import json_format
 
 import surge
 from surge.engine import InferenceEngine
-from surge.engine.route import VariantRoute, request_route
+from surge.engine.route import VariantRoute, answered_version, request_route
 from surge.engine.timing import request_timing
 from surge.errors import NotFoundError, ServingError, SurgeError
 from surge.protocol.errors import grpc_code, http_error, load_failure
@@ -28,7 +28,7 @@ from surge.server.keys import ApiKey, KeyRing, Scope
 from surge.server.limits import ConnectionLimits
 from surge.server.observe import REQUEST_ID_HEADER, RequestIds, RequestLog, RequestRecord
 from surge.server.outcome import RequestObserver, outcome_of, served_by
-from surge.server.repository_load import config_override
+from surge.server.repository_load import check_unload_parameters, config_override
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         name = check_name(request.model_name)
         self._check_model_control("unload")
+        check_unload_parameters({key: _parameter(value)
+                                 for key, value in request.parameters.items()})
         await self.engine.unload(name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -274,12 +276,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
             finally:
                 request_route.reset(route_token)
-            handle = self.engine.model(name, version)
+            answered = answered_version(route, self.engine, name, version)
             if record is not None:
                 record.computed = time.perf_counter()
-                record.version, record.variant = handle.version, route.served
+                record.version, record.variant = answered, route.served
             response = encode_infer_response(
-                name, handle.version, decoded, outputs,
+                name, answered, decoded, outputs,
                 {"variant": route.served} if route.served else None)
         except asyncio.CancelledError:
             self._observer.observe(name, "cancelled", time.perf_counter() - start)

@@ -3,7 +3,9 @@
 `{"parameters": {"config": "<JSON object>"}}` loads the model with those configuration fields
 instead of its `config.yaml`'s; the JSON may also be given as an object. Triton's
 `file:<path>` parameters (model files sent in the request) are refused: the server loads only
-what is in its repository.
+what is in its repository. An unload request may carry Triton's
+`{"parameters": {"unload_dependents": <bool>}}` (a model's dependents are not unloaded with it:
+a pipeline keeps its steps loaded itself); anything else is refused, as for a load.
 """
 
 from __future__ import annotations
@@ -22,10 +24,36 @@ def load_parameters(body: Mapping[str, Any]) -> dict[str, Any] | None:
     if unknown:
         raise InputError(f"unknown field {sorted(unknown)[0]!r} in the load request; "
                          "expected {'parameters': {'config': ...}}")
-    parameters = body.get("parameters") or {}
+    return config_override(_parameters(body, "load"))
+
+
+def check_unload(body: Mapping[str, Any]) -> None:
+    """Refuse an unload request with fields or parameters Triton's does not have."""
+    unknown = set(body) - {"parameters"}
+    if unknown:
+        raise InputError(f"unknown field {sorted(unknown)[0]!r} in the unload request; "
+                         "expected {'parameters': {'unload_dependents': true|false}}")
+    check_unload_parameters(_parameters(body, "unload"))
+
+
+def check_unload_parameters(parameters: Mapping[str, Any]) -> None:
+    for key, value in parameters.items():
+        if key != "unload_dependents":
+            raise InputError(f"unknown unload parameter {shown(key)}; expected "
+                             "'unload_dependents'")
+        if not isinstance(value, bool):
+            raise InputError(f"unload parameter 'unload_dependents' must be true or false, "
+                             f"got {shown(value)}")
+
+
+def _parameters(body: Mapping[str, Any], action: str) -> Mapping[str, Any]:
+    # Only a missing or null `parameters` means none: 0, "" or [] are mistakes, not defaults.
+    parameters = body.get("parameters")
+    if parameters is None:
+        return {}
     if not isinstance(parameters, Mapping):
-        raise InputError(f"load 'parameters' must be an object, got {shown(parameters)}")
-    return config_override(parameters)
+        raise InputError(f"{action} 'parameters' must be an object, got {shown(parameters)}")
+    return parameters
 
 
 def config_override(parameters: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -49,4 +77,4 @@ def config_override(parameters: Mapping[str, Any]) -> dict[str, Any] | None:
     return config
 
 
-__all__ = ["config_override", "load_parameters"]
+__all__ = ["check_unload", "check_unload_parameters", "config_override", "load_parameters"]

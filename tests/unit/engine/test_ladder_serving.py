@@ -126,7 +126,7 @@ def test_each_answer_says_which_variant_computed_it(tmp_path: Path) -> None:
             s.finish_all()
             await settle()
             assert task.result()["y"][0, 0] == 3.0
-            assert route.served == "original"
+            assert (route.served, route.version) == ("original", 1)
             pinned = VariantRoute(variant="fast")
             task = await s.infer(1.0, pinned)
             s.finish_all()
@@ -202,7 +202,7 @@ def test_a_plain_model_reports_its_variant_and_refuses_other_pins(tmp_path: Path
         s.finish_all()
         await settle()
         assert task.done()
-        assert route.served == "original"
+        assert (route.served, route.version) == ("original", 1)
         refused = await s.infer(1.0, VariantRoute(variant="fast"))
         with pytest.raises(InputError, match="served: original"):
             refused.result()

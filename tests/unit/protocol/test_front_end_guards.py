@@ -14,6 +14,7 @@ import pytest
 import surge.server.app
 import surge.server.keys
 from surge.engine.metrics import SurgeMetrics
+from surge.engine.route import request_route
 from surge.errors import ModelLoadError, NotFoundError
 from surge.server.app import OFFLOAD_DECODE_BYTES, V2App
 
@@ -139,3 +140,34 @@ def test_error_bodies_are_bounded() -> None:
     assert status == 400
     assert len(answer) < 1500
     assert "more characters]" in orjson.loads(answer)["error"] or len(answer) < 400
+
+
+class EvictingEngine(FakeEngine):
+    """Answers as version 3 of `double`, then evicts it before the front end goes on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.evicted = False
+
+    def model(self, name: str, version: int | None = None) -> _Handle:
+        if self.evicted:
+            raise NotFoundError(f"model {name!r} is not loaded: unloaded to fit the memory budget")
+        return super().model(name, version)
+
+    async def infer(self, name: str, version: int | None, inputs: dict[str, np.ndarray],
+                    **_: Any) -> dict[str, np.ndarray]:
+        outputs = await super().infer(name, version, inputs)
+        route = request_route.get()
+        assert route is not None
+        route.version = 3  # as the served model records it
+        self.evicted = True
+        return outputs
+
+
+def test_an_answer_computed_before_an_eviction_is_delivered() -> None:
+    status, body = asyncio.run(_call(V2App(EvictingEngine()), "POST", "/v2/models/double/infer",
+                                     _infer_body(4)))
+    assert status == 200, body
+    answer = orjson.loads(body)
+    assert answer["model_version"] == "3"
+    assert answer["outputs"][0]["data"] == [2.0] * 4

@@ -25,9 +25,10 @@ from surge.engine.ondemand import OnDemand, ResidencyOptions
 from surge.engine.reload import override_config
 from surge.engine.served import ServedModel
 from surge.engine.stats import ModelStats
-from surge.errors import ConfigError, ModelNotReadyError, NotFoundError, SurgeError
+from surge.errors import ConfigError, ModelLoadError, ModelNotReadyError, NotFoundError, SurgeError
 from surge.platform import available_cores
 from surge.repository import Repository, served_version
+from surge.repository.config import CONFIG_FILE
 from surge.workers.hang import HangRule
 from surge.workers.pool import WorkerPool, cuda_device_count, plan_instances
 
@@ -293,8 +294,9 @@ class Engine:
                 (served_versions[-1] if served_versions else 1, f"{name}@{config.variant}")
             ]
         else:
-            if not served_versions:
-                raise NotFoundError(f"model {name!r} has no servable version")
+            if not served_versions:  # the model is there: its config or files are at fault (400)
+                raise ModelLoadError(f"model {name!r}: no version directory matches the "
+                                     f"version_policy of its {CONFIG_FILE}")
             targets = [(v, None) for v in served_versions]
         models: dict[int, Served] = {
             v: ServedModel(self, name, v, served_versions or (v,), config, ref)

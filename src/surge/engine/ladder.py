@@ -23,7 +23,7 @@ from surge.engine.interface import ModelHandle
 from surge.engine.route import check_pin, request_route
 from surge.engine.served import ModelHost, ServedModel
 from surge.engine.stats import ModelStats
-from surge.errors import ConfigError, ModelNotReadyError, NotFoundError
+from surge.errors import ConfigError, ModelLoadError, ModelNotReadyError, NotFoundError
 from surge.repository import ModelConfig, Repository
 from surge.repository.config import ORIGINAL
 from surge.scheduler.ladder import LadderController, LadderSettings, Rung, WindowRate
@@ -37,13 +37,13 @@ def ladder_rungs(repository: Repository, name: str, config: ModelConfig) -> list
     the reference accuracy the variants were checked against)."""
     checks = {r: _check(repository, name, r) for r in config.ladder if r != ORIGINAL}
     reference = next((c["reference_accuracy"] for c in checks.values()
-                      if isinstance(c.get("reference_accuracy"), int | float)), None)
+                      if _fraction(c.get("reference_accuracy")) is not None), None)
     rungs = []
     for rung in config.ladder:
         accuracy = config.ladder_accuracy.get(rung)
         if accuracy is None:
-            found = reference if rung == ORIGINAL else checks[rung].get("accuracy")
-            accuracy = 100.0 * found if isinstance(found, int | float) else None
+            found = _fraction(reference if rung == ORIGINAL else checks[rung].get("accuracy"))
+            accuracy = 100.0 * found if found is not None else None
         if accuracy is None:
             raise ConfigError(
                 f"{name}/config.yaml: ladder rung {rung!r} has no measured accuracy: run "
@@ -53,8 +53,19 @@ def ladder_rungs(repository: Repository, name: str, config: ModelConfig) -> list
 
 
 def _check(repository: Repository, name: str, variant: str) -> dict[str, Any]:
-    check = repository.variant_info(name, variant).get("check", {})
+    try:
+        check = repository.variant_info(name, variant).get("check", {})
+    except NotFoundError as exc:  # the config names it: a bad config (400), not a missing model
+        raise ConfigError(f"{name}/config.yaml: ladder rung {variant!r}: {exc}") from None
     return check if isinstance(check, dict) else {}
+
+
+def _fraction(value: Any) -> float | None:
+    """An accuracy from a variant.yaml (0 to 1), or None: that file is data, and a `true` or
+    `.nan` there would route traffic by a made-up accuracy."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0.0 <= value <= 1.0 else None
 
 
 def rung_config(config: ModelConfig, rung: str) -> ModelConfig:
@@ -193,8 +204,8 @@ async def start_ladder(host: ModelHost, repository: Repository, name: str,
     return it serving; a rung that fails to load stops the others and fails the load."""
     rungs = await asyncio.to_thread(ladder_rungs, repository, name, config)
     if ORIGINAL in config.ladder and not versions:
-        raise NotFoundError(f"model {name!r} has no servable version for its ladder's "
-                            f"{ORIGINAL!r} rung")
+        raise ModelLoadError(f"model {name!r} has no servable version for its ladder's "
+                             f"{ORIGINAL!r} rung")
     ladder = ServedLadder(host, name, versions[-1] if versions else 1, versions or (1,),
                           config, rungs)
     try:

@@ -8,7 +8,7 @@ signatures known (`check_types`). Every error is a ConfigError naming the step.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from surge.errors import ConfigError
@@ -40,6 +40,15 @@ def plan(pipeline: str, config: ModelConfig, models: Collection[str]) -> tuple[S
         if producers.get(output.name, "") == "":
             raise ConfigError(f"{where}: output {output.name!r} is written by no step")
     return _ordered(where, config.steps, producers)
+
+
+def check_step_models(pipeline: str, config: ModelConfig, kind_of: Callable[[str], str]) -> None:
+    """Refuse a model step naming a pipeline (`kind_of(model)` reads its config's kind): two
+    pipelines naming each other would each wait for the other to load, for ever."""
+    for step in config.steps:
+        if step.model is not None and kind_of(step.model) == "pipeline":
+            raise ConfigError(f"pipeline {pipeline!r}, step {step.name!r}: {step.model!r} is a "
+                              "pipeline; a step names a model")
 
 
 def _producers(where: str, config: ModelConfig) -> dict[str, str]:

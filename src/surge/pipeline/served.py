@@ -29,6 +29,7 @@ import numpy as np
 from surge.engine.instances import Clock
 from surge.engine.interface import ModelHandle
 from surge.engine.metrics import SurgeMetrics
+from surge.engine.route import request_route
 from surge.engine.stats import Counters, ModelStats
 from surge.errors import (
     ConfigError,
@@ -39,7 +40,7 @@ from surge.errors import (
     SurgeError,
 )
 from surge.pipeline.accept import Accept
-from surge.pipeline.graph import StepTypes, check_types, plan
+from surge.pipeline.graph import StepTypes, check_step_models, check_types, plan
 from surge.pipeline.metrics import StepCpu, StepTimes, step_metrics
 from surge.pipeline.steps import ProcessorStep, processor_step
 from surge.repository import ModelConfig, Repository
@@ -185,6 +186,8 @@ class ServedPipeline:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Serve the model steps (loading those not served yet), then check every step's types."""
+        await asyncio.to_thread(check_step_models, self.name, self.config,
+                                self._host.repository.kind_of)
         await asyncio.gather(*(self._host.ensure_served(m) for m in self._models))
         types: dict[str, StepTypes] = {}
         for step in self.steps:
@@ -254,6 +257,8 @@ class ServedPipeline:
     async def infer(self, request: PipelineRequest) -> dict[str, np.ndarray]:
         if not self.accepting:
             raise ModelNotReadyError(f"pipeline {self.name!r} is not accepting requests")
+        if (route := request_route.get()) is not None:
+            route.version = self.version  # before its steps' models fill in theirs
         self._inflight += 1
         self._idle.clear()
         started = time.perf_counter_ns()

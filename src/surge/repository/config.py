@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, Strict, ValidationError, field_validator, model_validator
 
 from surge.configfile import StrictConfig, describe_validation_error, read_yaml
 from surge.datatypes import V2_DATATYPES
@@ -19,6 +19,16 @@ SCHEMA_VERSION = 1
 # The name of a model's own version files on a ladder, in `surge tune` and in responses
 # (the variants `surge optimize` makes have their own names).
 ORIGINAL = "original"
+# Numbers are taken as written: lax pydantic would read `true` as 1 and '64' as 64, serving a
+# value the file does not say. A float field still takes an integer (`slo_p99_ms: 50`).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+# The largest batch a model may declare: its transport buffers are sized for it.
+MAX_BATCH_SIZE = 65_536
+# Times in ms are finite (`.inf` is no deadline in disguise): an hour for a p99, a day for a
+# request's deadline.
+MAX_SLO_MS = 3_600_000
+MAX_TIMEOUT_MS = 86_400_000
 
 
 class TensorConfig(StrictConfig):
@@ -26,7 +36,7 @@ class TensorConfig(StrictConfig):
 
     name: str = Field(description="Tensor name as the engine knows it.")
     datatype: str = Field(description="V2 datatype: FP32, INT64, BYTES, ...")
-    shape: list[int] = Field(
+    shape: list[Int] = Field(
         description="Full shape including the batch dim for batched models; -1 = variable."
     )
 
@@ -43,10 +53,10 @@ class BatchingConfig(StrictConfig):
     """Dynamic batching: requests queued together are run as one batch."""
 
     enabled: bool = Field(True, description="Combine queued requests into batches.")
-    max_queue_delay_ms: float = Field(
+    max_queue_delay_ms: Float = Field(
         2.0, ge=0, le=10_000, description="Longest a request waits for others to join its batch."
     )
-    preferred_batch_sizes: list[int] = Field(
+    preferred_batch_sizes: list[Int] = Field(
         default_factory=list,
         description="Batch sizes to form as soon as reached, without waiting out the delay.",
     )
@@ -55,9 +65,10 @@ class BatchingConfig(StrictConfig):
 class QueueConfig(StrictConfig):
     """Admission limits of the model's request queue."""
 
-    max_size: int = Field(256, ge=1, description="Queued requests beyond this are rejected (503).")
-    default_timeout_ms: float | None = Field(
-        None, gt=0, description="Deadline for requests that carry no `timeout` parameter."
+    max_size: Int = Field(256, ge=1, le=1_000_000_000,
+                          description="Queued requests beyond this are rejected (503).")
+    default_timeout_ms: Float | None = Field(
+        None, gt=0, le=MAX_TIMEOUT_MS, description="Deadline for requests that carry no `timeout` parameter."
     )
 
 
@@ -73,19 +84,31 @@ class WorkerConfig(StrictConfig):
 
     group: str = Field(DEFAULT_WORKER_GROUP, description="Models naming the same group share "
                        "its processes: each process loads every model of the group.")
-    processes: int = Field(1, ge=1, le=64, description="Worker processes of the group; every "
+    processes: Int = Field(1, ge=1, le=64, description="Worker processes of the group; every "
                            "model of the group must ask for the same number.")
 
     @field_validator("group")
     @classmethod
     def _plain_name(cls, group: str) -> str:
-        from surge.repository.repository import check_name
+        return _plain(group, "worker group")
 
-        try:
-            check_name(group, "worker group")
-        except SurgeError as exc:
-            raise ValueError(str(exc)) from None
-        return group
+
+def _plain(name: str, kind: str) -> str:
+    """`name` if it is a plain name (repository.check_name), else a ValueError saying why."""
+    from surge.repository.repository import check_name
+
+    try:
+        return check_name(name, kind)
+    except SurgeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_unique(tensors: list[TensorConfig] | None, key: str) -> None:
+    """Two overrides of one tensor would leave the served signature to whichever came last."""
+    names = [t.name for t in tensors or []]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{key} names {repeated[0]!r} twice")
 
 
 def _worker_form(value: Any) -> Any:
@@ -102,35 +125,35 @@ def _worker_form(value: Any) -> Any:
 class ClusterConfig(StrictConfig):
     """Instances on the compute nodes of a Ray cluster (`surge serve --ray ADDRESS`)."""
 
-    instances: int = Field(1, ge=1, le=1024, description="Ray actors started for this model; "
+    instances: Int = Field(1, ge=1, le=1024, description="Ray actors started for this model; "
                            "also the floor when scaling down.")
-    max_instances: int | None = Field(
+    max_instances: Int | None = Field(
         None, ge=1, le=1024, description="Scale up to this many actors while the queue stays "
         "full (none: no scaling beyond `instances`).")
-    cpus: float = Field(1.0, ge=0, le=1024, description="CPUs one instance reserves on its node.")
-    gpus: float = Field(0.0, ge=0, le=64, description="GPUs one instance reserves on its node.")
-    threads: int = Field(0, ge=0, le=256, description="Intra-op threads per instance; 0 = its "
+    cpus: Float = Field(1.0, ge=0, le=1024, description="CPUs one instance reserves on its node.")
+    gpus: Float = Field(0.0, ge=0, le=64, description="GPUs one instance reserves on its node.")
+    threads: Int = Field(0, ge=0, le=256, description="Intra-op threads per instance; 0 = its "
                          "CPUs (at least 1).")
-    resources: dict[str, float] = Field(
+    resources: dict[str, Annotated[Float, Field(ge=0, allow_inf_nan=False)]] = Field(
         default_factory=dict, description="Custom Ray resources one instance reserves "
         "(a node started with `--resources` offers them).")
     node_labels: dict[str, str] = Field(
         default_factory=dict, description="Ray label selector: instances only go to nodes whose "
         "labels match (`ray start --labels`), e.g. {pool: compute}.")
-    start_timeout_s: float = Field(
+    start_timeout_s: Float = Field(
         120.0, gt=0, le=3600, description="Longest an instance may wait for a node and load its "
         "model before the model is marked not ready.")
-    heartbeat_ms: float = Field(
+    heartbeat_ms: Float = Field(
         500.0, ge=10, le=60_000, description="How often each instance is pinged.")
-    heartbeat_misses: int = Field(
+    heartbeat_misses: Int = Field(
         4, ge=1, le=100, description="Pings in a row without an answer that declare an instance "
         "lost (its node silent): it is replaced and its batches retried. The least silence "
         "allowed: an instance that has shown more jitter, or runs on a saturated front-end "
         "machine, gets more (up to 10 s; docs/scale-out.md).")
-    scale_up_after_s: float = Field(
+    scale_up_after_s: Float = Field(
         2.0, gt=0, le=3600, description="Every instance full this long adds one (up to "
         "max_instances).")
-    scale_down_idle_s: float = Field(
+    scale_down_idle_s: Float = Field(
         30.0, gt=0, le=86_400, description="An instance idle this long is removed (down to "
         "instances).")
 
@@ -145,8 +168,8 @@ class ClusterConfig(StrictConfig):
 class VersionPolicy(StrictConfig):
     """Which versions to serve: exactly one of `latest`, `specific` or `all`."""
 
-    latest: int | None = Field(None, ge=1, description="Serve the N highest versions.")
-    specific: list[int] | None = Field(None, description="Serve exactly these versions.")
+    latest: Int | None = Field(None, ge=1, description="Serve the N highest versions.")
+    specific: list[Int] | None = Field(None, description="Serve exactly these versions.")
     all: bool = Field(False, description="Serve every version present.")
 
     @model_validator(mode="after")
@@ -212,7 +235,7 @@ def served_version(name: str, served: Sequence[int], requested: int | None = Non
 class ModelConfig(StrictConfig):
     """Everything Surge needs to load and serve one model."""
 
-    schema_version: int = Field(SCHEMA_VERSION, description="Config format version.")
+    schema_version: Int = Field(SCHEMA_VERSION, description="Config format version.")
     name: str | None = Field(None, description="Model name; must equal its directory name.")
     kind: Literal["model", "pipeline"] = Field(
         "model", description="model: a file in a version directory; pipeline: `steps` over other "
@@ -236,12 +259,13 @@ class ModelConfig(StrictConfig):
     )
     inputs: list[TensorConfig] | None = Field(None, description="Input signature overrides.")
     outputs: list[TensorConfig] | None = Field(None, description="Output signature overrides.")
-    max_batch_size: int = Field(
-        32, ge=0, description="Largest batch the model runs; 0 = the model takes no batch dim."
+    max_batch_size: Int = Field(
+        32, ge=0, le=MAX_BATCH_SIZE,
+        description="Largest batch the model runs; 0 = the model takes no batch dim."
     )
     batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Dynamic batching.")
-    instances: int = Field(1, ge=1, le=64, description="Worker processes running this model.")
-    threads: int = Field(
+    instances: Int = Field(1, ge=1, le=64, description="Worker processes running this model.")
+    threads: Int = Field(
         0, ge=0, le=256, description="Intra-op threads per instance; 0 = cores / instances."
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N; for ONNX Runtime also "
@@ -252,11 +276,11 @@ class ModelConfig(StrictConfig):
         "threads spin between operators while a batch computes and sleep between batches "
         "(lower latency on cores the server has to itself; far slower where other work takes "
         "the cores). true: they always spin (ONNX Runtime allow_spinning, OpenMP active wait).")
-    hang_multiple: float = Field(
+    hang_multiple: Float = Field(
         10.0, ge=1, le=1000, description="A batch still computing after this multiple of its "
         "predicted time (and at least hang_min_ms) marks its worker hung: the worker is killed "
         "and restarted, the batch is retried once on another instance when its deadline allows.")
-    hang_min_ms: float = Field(
+    hang_min_ms: Float = Field(
         2000.0, ge=10, le=3_600_000, description="Least time a batch may compute before its "
         "worker can be taken as hung, so that short batches never trip on a scheduling hiccup.")
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue limits.")
@@ -282,8 +306,9 @@ class ModelConfig(StrictConfig):
     variant: str | None = Field(
         None, description="Serve this variant from variants/<name>/ instead of the original."
     )
-    slo_p99_ms: float | None = Field(
-        None, gt=0, description="Latency objective (p99, ms). When set, batch times are probed "
+    slo_p99_ms: Float | None = Field(
+        None, gt=0, le=MAX_SLO_MS,
+        description="Latency objective (p99, ms). When set, batch times are probed "
         "on load (a batch of 1 and a full batch) and partial batches wait only while more "
         "requests are coming and the oldest stays within it, instead of max_queue_delay_ms.")
     ladder: list[str] = Field(
@@ -291,10 +316,10 @@ class ModelConfig(StrictConfig):
         "max_accuracy_drop): `original` and variant names, most accurate first, all loaded and "
         "warm. When the predicted p99 passes slo_p99_ms, a share of the traffic moves down to "
         "rungs within max_accuracy_drop of the first, before any request is shed.")
-    max_accuracy_drop: float | None = Field(
+    max_accuracy_drop: Float | None = Field(
         None, ge=0, le=100, description="Ladder only: points (percent) of accuracy a rung may "
         "lose against the first rung and still take traffic under load.")
-    ladder_accuracy: dict[str, float] = Field(
+    ladder_accuracy: dict[str, Annotated[Float, Field(ge=0, le=100)]] = Field(
         default_factory=dict, description="Ladder only: the measured accuracy (percent) of each "
         "rung, as `surge tune` writes it; a rung not listed takes it from its variant.yaml.")
     labels: list[str] | None = Field(None, description="Class names for classifier outputs.")
@@ -320,15 +345,32 @@ class ModelConfig(StrictConfig):
         if self.factory and self.engine not in ("torch_factory", "auto"):
             raise ValueError(f"'factory' is only used by engine torch_factory, not {self.engine}")
         self._check_ladder()
-        for size in self.batching.preferred_batch_sizes:
-            if size < 1 or (self.max_batch_size and size > self.max_batch_size):
+        self._check_batching()
+        _check_unique(self.inputs, "inputs")
+        _check_unique(self.outputs, "outputs")
+        if self.worker is not None:
+            self._check_shared()
+        return self
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, version: int) -> int:
+        if version != SCHEMA_VERSION:  # a newer format's keys could mean something else
+            raise ValueError(f"schema_version {version} is not supported (this Surge reads "
+                             f"{SCHEMA_VERSION})")
+        return version
+
+    def _check_batching(self) -> None:
+        sizes = self.batching.preferred_batch_sizes
+        if sizes and self.max_batch_size == 0:
+            raise ValueError("batching.preferred_batch_sizes needs max_batch_size above 0 "
+                             "(0 = the model takes no batch dim)")
+        for size in sizes:
+            if size < 1 or size > self.max_batch_size:
                 raise ValueError(
                     f"preferred batch size {size} must be between 1 and max_batch_size"
                     f" {self.max_batch_size}"
                 )
-        if self.worker is not None:
-            self._check_shared()
-        return self
 
     def _check_preprocess(self) -> None:
         if self.kind != "model":
@@ -359,6 +401,8 @@ class ModelConfig(StrictConfig):
             return
         if len(self.ladder) < 2 or len(set(self.ladder)) != len(self.ladder):
             raise ValueError(f"ladder needs two or more different rungs, got {self.ladder}")
+        for rung in self.ladder:
+            _plain(rung, "ladder rung")
         if self.slo_p99_ms is None or self.max_accuracy_drop is None:
             raise ValueError("a ladder needs slo_p99_ms and max_accuracy_drop")
         if self.variant is not None or self.kind != "model":

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from surge.configfile import read_yaml
-from surge.errors import ConfigError, InvalidNameError, ModelLoadError, NotFoundError, shown
+from surge.errors import (
+    ConfigError,
+    InvalidNameError,
+    ModelLoadError,
+    NotFoundError,
+    SurgeError,
+    shown,
+)
 from surge.repository.config import (
     CONFIG_FILE,
     ORIGINAL,
@@ -103,6 +110,21 @@ class Repository:
             raise InvalidNameError(f"{path} resolves outside the repository {self.root}")
         return resolved
 
+    def _regular(self, path: Path) -> Path:
+        """`path`, a regular file inside the repository that can be read: a directory raises
+        IsADirectoryError and opening a FIFO waits for a writer forever."""
+        resolved = self._inside(path)
+        try:
+            regular = resolved.is_file()
+            if regular:
+                with resolved.open("rb"):
+                    pass
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        if not regular:
+            raise ConfigError(f"{path}: not a regular file")
+        return resolved
+
     def model_dir(self, name: str) -> Path:
         path = self._inside(self.root / check_name(name))
         if not path.is_dir():
@@ -114,10 +136,19 @@ class Repository:
 
     def config(self, name: str) -> ModelConfig:
         path = self.config_path(name)
-        config = read_config(self._inside(path)) if path.exists() else ModelConfig()
+        exists = path.exists() or path.is_symlink()
+        config = read_config(self._regular(path)) if exists else ModelConfig()
         if config.name is not None and config.name != name:
             raise ConfigError(f"{path}: name {config.name!r} does not match its directory {name!r}")
         return config
+
+    def kind_of(self, name: str) -> str:
+        """`model` or `pipeline`; a model whose config cannot be read counts as a model (loading
+        it reports why)."""
+        try:
+            return self.config(name).kind
+        except SurgeError:
+            return "model"
 
     def model_names(self) -> list[str]:
         return sorted(
@@ -149,7 +180,7 @@ class Repository:
         return path
 
     def variant_info(self, name: str, variant: str) -> dict[str, Any]:
-        path = self._inside(self.variant_dir(name, variant) / VARIANT_FILE)
+        path = self._regular(self.variant_dir(name, variant) / VARIANT_FILE)
         data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping")
@@ -217,9 +248,10 @@ class Repository:
             versions = self.versions(name)
             config = self.config(name)
             if config.kind == "pipeline":  # config only: its steps name the models it serves
-                from surge.pipeline.graph import plan
+                from surge.pipeline.graph import check_step_models, plan
 
                 plan(name, config, self.model_names())
+                check_step_models(name, config, self.kind_of)
                 return ModelEntry(name, (), (1,), (), "READY")
             served = self.served_versions(name, config)
             variants = self.variants(name)
@@ -227,8 +259,11 @@ class Repository:
                 raise ModelLoadError(f"no version directory matches the version policy in {name}/")
             for v in served:
                 self.model_file(name, v)
-            if config.variant:
-                self.model_file(name, variant=config.variant)
+            for variant in (config.variant, *config.ladder):
+                if variant not in (None, ORIGINAL):
+                    self.model_file(name, variant=variant)
+            for rung in set(config.ladder) - {ORIGINAL}:
+                self.variant_info(name, rung)  # the ladder reads its rungs' accuracy there
         except (ConfigError, ModelLoadError, NotFoundError, InvalidNameError) as exc:
             return ModelEntry(name, tuple(versions), (), (), "UNAVAILABLE", str(exc))
         return ModelEntry(name, tuple(versions), tuple(served), tuple(variants), "READY")
@@ -264,14 +299,27 @@ def _merge(found: tuple[TensorSpec, ...], declared: list[TensorConfig] | None, k
             raise ModelLoadError(
                 f"{path}: config declares {kind} {tensor.name!r} but the model has {list(by_name)}"
             )
-        spec = by_name[tensor.name]
-        if len(spec.shape) and len(tensor.shape) != len(spec.shape):
-            raise ModelLoadError(
-                f"{path}: config gives {kind} {tensor.name!r} shape {tensor.shape}, the model has "
-                f"{list(spec.shape)}"
-            )
+        _check_override(by_name[tensor.name], tensor, kind, path)
         by_name[tensor.name] = TensorSpec(tensor.name, tensor.datatype, tuple(tensor.shape))
     return tuple(by_name[s.name] for s in found)
+
+
+def _check_override(spec: TensorSpec, tensor: TensorConfig, kind: str, path: Path) -> None:
+    """An override may name a variable size, not change what the model computes on: requests
+    shaped or typed by a signature the model does not have would fail inside the engine."""
+    if spec.datatype != tensor.datatype:
+        raise ModelLoadError(f"{path}: config gives {kind} {tensor.name!r} datatype "
+                             f"{tensor.datatype}, the model has {spec.datatype}")
+    if not len(spec.shape):
+        return
+    pairs = zip(tensor.shape, spec.shape, strict=False)  # ranks compared first
+    clash = len(tensor.shape) != len(spec.shape) or any(
+        mine > 0 and theirs > 0 and mine != theirs for mine, theirs in pairs)
+    if clash:
+        raise ModelLoadError(
+            f"{path}: config gives {kind} {tensor.name!r} shape {tensor.shape}, the model has "
+            f"{list(spec.shape)}"
+        )
 
 
 def apply_overrides(runner: Runner, config: ModelConfig, path: Path) -> Runner:

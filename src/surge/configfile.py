@@ -38,6 +38,8 @@ def describe_validation_error(error: ValidationError) -> str:
         return f"unknown key {shown(where)}"
     if first["type"] == "missing":
         return f"missing key {shown(where)}"
+    if not first["loc"]:  # a check of the whole config: its input is the whole config
+        return f"{clipped(where)}: {clipped(first['msg'])}"
     return f"{clipped(where)}: {clipped(first['msg'])} (got {shown(first.get('input'))})"
 
 
@@ -90,4 +92,18 @@ def _check_tree(root: yaml.Node) -> None:
         if isinstance(node, yaml.SequenceNode):
             stack.extend((child, depth + 1) for child in node.value)
         elif isinstance(node, yaml.MappingNode):
+            _check_unique_keys(node)
             stack.extend((part, depth + 1) for pair in node.value for part in pair)
+
+
+def _check_unique_keys(node: yaml.MappingNode) -> None:
+    """Refuse a key given twice in one mapping: YAML loaders keep the last silently, so the
+    file would say two things and the server act on one."""
+    seen: set[str] = set()
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode):
+            continue
+        if key.value in seen:
+            raise ConfigError(f"key {shown(key.value)} is given twice in one mapping "
+                              f"(line {key.start_mark.line + 1}); give it once")
+        seen.add(key.value)

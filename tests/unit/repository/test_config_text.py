@@ -1,0 +1,37 @@
+"""What a config file says is what is served: a key given twice is refused, and an error of the
+whole config says what is wrong without repeating the config."""
+
+from __future__ import annotations
+
+import pytest
+
+from surge.configfile import parse_yaml
+from surge.errors import ConfigError
+from surge.repository.config import parse_config
+
+
+@pytest.mark.parametrize(("text", "key", "line"), [
+    ("max_batch_size: 8\ninstances: 1\nmax_batch_size: 16\n", "max_batch_size", 3),
+    ("batching:\n  max_queue_delay_ms: 1\n  max_queue_delay_ms: 5\n", "max_queue_delay_ms", 3),
+    ("{a: 1, a: 1}\n", "a", 1),
+])
+def test_a_key_given_twice_is_refused(text: str, key: str, line: int) -> None:
+    with pytest.raises(ConfigError, match=f"key '{key}' is given twice in one mapping "
+                                          f"\\(line {line}\\)"):
+        parse_yaml(text)
+
+
+def test_the_same_key_in_different_mappings_is_fine() -> None:
+    data = parse_yaml("batching: {enabled: true}\ncluster: {instances: 1}\n"
+                      "inputs: [{name: a}, {name: b}]\n")
+    assert data["inputs"] == [{"name": "a"}, {"name": "b"}]
+
+
+def test_an_error_of_the_whole_config_does_not_repeat_it() -> None:
+    labels = [f"class-{i}" for i in range(200)]
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"ladder": ["original", "fast"], "labels": labels}, "m/config.yaml")
+    message = str(caught.value)
+    assert "a ladder needs slo_p99_ms and max_accuracy_drop" in message
+    assert "class-1" not in message
+    assert "(got" not in message

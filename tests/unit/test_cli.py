@@ -84,7 +84,7 @@ def test_unknown_model_and_bad_name(example_repo: Path, capsys: pytest.CaptureFi
     code, _, err = run_cli(["predict", str(example_repo), "--model", "nope", "--input", "x.npy"],
                            capsys)
     assert code == 2
-    assert "model 'nope' not found" in err
+    assert "model 'nope' is not in the repository" in err
     code, _, err = run_cli(["predict", str(example_repo), "--model", "../x", "--input", "x.npy"],
                            capsys)
     assert code == 2

@@ -257,9 +257,13 @@ class Engine:
         await self.on_demand.after_load(name, fresh.values(), next(iter(fresh.values())).config)
 
     def _load_failed(self, name: str, error: Exception) -> None:
-        self._state[name] = ("UNAVAILABLE", str(error))
         if isinstance(error, NotFoundError) and name not in self.repository.model_names():
-            return  # a name that is not in the repository gets no metric label
+            # Nothing kept for a name the repository lacks (no state, lock or metric label):
+            # clients asking to load made-up names must not grow the server.
+            self._state.pop(name, None)
+            self._locks.pop(name, None)
+            return
+        self._state[name] = ("UNAVAILABLE", str(error))
         self.metrics.model_loads.labels(name, "failure").inc()
         if name in self._served:
             log.error("model %s: reload failed, the served version stays: %s", name, error)

@@ -128,7 +128,7 @@ class Repository:
     def model_dir(self, name: str) -> Path:
         path = self._inside(self.root / check_name(name))
         if not path.is_dir():
-            raise NotFoundError(f"model {name!r} not found in {self.root}")
+            raise NotFoundError(f"model {name!r} is not in the repository")  # no server path
         return path
 
     def config_path(self, name: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import subprocess
 import sys
@@ -12,15 +13,6 @@ from surge.errors import SurgeError
 from surge.server.process import configure_logging
 
 
-@pytest.fixture(autouse=True)
-def _restore_root_logger():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 def test_info_lines_are_written_once_the_level_is_info(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("info")
     logging.getLogger("surge.cluster.pool").info("model m scaled up: 1 -> 2")
@@ -28,6 +20,17 @@ def test_info_lines_are_written_once_the_level_is_info(capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "INFO surge.cluster.pool: model m scaled up: 1 -> 2" in err
     assert "not shown" not in err
+
+
+def test_the_log_follows_stderr_when_it_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure_logging("info")
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    logging.getLogger("surge.engine").info("one")
+    first.close()  # as a finished capture is
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("surge.engine").info("two")
+    assert second.getvalue().endswith("INFO surge.engine: two\n")
 
 
 def test_an_unknown_level_names_itself_and_the_accepted_ones() -> None:

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -286,7 +287,22 @@ def configure_logging(level: str) -> None:
     """Log records at `level` and above to stderr, one line each (the server's own log)."""
     if level not in LOG_LEVELS:
         raise SurgeError(f"log level {level!r}: use one of {', '.join(LOG_LEVELS)}")
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, handlers=[_StderrHandler()],
+                        force=True)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to the `sys.stderr` of the moment, not of its creation: a caller that
+    swaps stderr (a test's capture, an embedding application) and closes the old one must not
+    leave the log writing to a closed stream."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
 
 
 def serve(

@@ -232,8 +232,9 @@ class Engine:
     async def load(self, name: str, config: Mapping[str, Any] | None = None) -> None:
         """(Re)load `name`, with `config` fields replacing config.yaml's when given: the new
         instances start and warm up before requests switch to them and the old ones drain. A
-        failed reload leaves the old version serving and says why in the index."""
-        async with self._lock(name):
+        failed reload leaves the old version serving and says why in the index. Under a memory
+        budget it waits for the loads in progress (see `OnDemand.gated`)."""
+        async with self.on_demand.gated(), self._lock(name):
             await self._load_locked(name, config)
 
     async def ensure_served(self, name: str) -> None:

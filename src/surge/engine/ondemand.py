@@ -18,7 +18,8 @@ import asyncio
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -143,8 +144,8 @@ class OnDemand:
         self._failures: dict[str, _Failure] = {}
         self._load_s: dict[str, float] = {}  # the last cold start of each model
         self._room = asyncio.Lock()  # one eviction decision at a time
-        # Under a budget, requests' loads go one at a time: loads started together would each
-        # fit the budget alone and together hold several times it.
+        # Under a budget, top-level loads (requests' and explicit ones) go one at a time: loads
+        # started together would each fit the budget alone and together hold several times it.
         self._gate = asyncio.Lock()
         self._waiting: Counter[str] = Counter()  # requests awaiting each model's load
         self._unloads: Counter[str] = Counter()  # explicit unloads of each model so far
@@ -230,13 +231,22 @@ class OnDemand:
         self._host.metrics.cold_start.labels(name).observe(seconds)
         return None
 
-    async def _load_gated(self, name: str) -> None:
-        """`ensure_served`, behind the other requests' loads when a budget may evict."""
+    @asynccontextmanager
+    async def gated(self) -> AsyncIterator[None]:
+        """Behind the other top-level loads when a budget may evict, so that `make_room` sees
+        each finished load before the next one decides; no wait without a budget. Taken before
+        a model's own lock and never by nested loads (a pipeline's steps: `ensure_served`),
+        which run under their parent's turn."""
         if not self.tracking:
-            await self._host.ensure_served(name)
+            yield
             return
-        unloads = self._unloads[name]
         async with self._gate:
+            yield
+
+    async def _load_gated(self, name: str) -> None:
+        """`ensure_served`, behind the other loads when a budget may evict."""
+        unloads = self._unloads[name]
+        async with self.gated():
             if self._unloads[name] != unloads:  # an explicit unload meanwhile: it stays so
                 raise _UnloadedMeanwhileError(f"model {name!r} was unloaded while its load waited")
             await self._host.ensure_served(name)

@@ -85,7 +85,7 @@ def example_rows(config: ModelConfig, served: Signature, size: int) -> dict[str,
     return rows
 
 
-class _Binder:
+class Binder:
     """Walks the steps in order, tracking the tensors each makes, to bind them and find the
     served signature; ConfigError names the step and tensor at fault."""
 
@@ -160,7 +160,7 @@ def bind_steps(config: ModelConfig, model: Signature) -> tuple[tuple[BoundStep, 
     """The config's preprocess steps bound and checked against the model's inputs, and the
     signature served: the inputs the steps read from requests, then the model inputs no step
     writes."""
-    binder = _Binder(model)
+    binder = Binder(model)
     steps = tuple(binder.bind(config, step) for step in config.preprocess)
     return steps, binder.signature(model)
 

@@ -29,7 +29,7 @@ from surge.repository.config import (
     read_config,
     served_version,
 )
-from surge.runtimes import Runner, RunnerOptions, engine_loads, load_runner
+from surge.runtimes import Runner, RunnerOptions, check_device, engine_loads, load_runner
 from surge.runtimes.base import Signature, TensorSpec, WrappedRunner
 
 # Matched with fullmatch: `$` would also accept a trailing newline.
@@ -229,13 +229,9 @@ class Repository:
         path = self.model_file(name, resolved_version or None, variant)
         options = options or RunnerOptions(intra_op_threads=config.threads, device=config.device,
                                            spin_wait=config.spin_wait)
-        # A variant's own file decides its engine (a torch_factory model's int8 variant is ONNX),
-        # unless the configured engine loads it too (`engine: openvino` runs ONNX variants).
-        keep = config.engine != "auto" and engine_loads(config.engine, path)
-        engine_config = (config.model_copy(update={"engine": "auto", "factory": None})
-                         if variant and path.suffix != ".safetensors" and not keep else config)
-        runner = build_runner(path, engine_config, options)
+        runner = build_runner(path, engine_config(config, variant, path), options)
         runner = apply_overrides(runner, config, path)
+        check_labels(name, config, runner.signature, path)
         return LoadedModel(name, resolved_version, variant, path, config, runner)
 
     def entries(self) -> list[ModelEntry]:
@@ -257,31 +253,93 @@ class Repository:
             variants = self.variants(name)
             if not served:
                 raise ModelLoadError(f"no version directory matches the version policy in {name}/")
-            for v in served:
-                self.model_file(name, v)
-            for variant in (config.variant, *config.ladder):
-                if variant not in (None, ORIGINAL):
-                    self.model_file(name, variant=variant)
+            for path, variant in self._served_files(name, config, served):
+                check_loadable(path, engine_config(config, variant, path))
             for rung in set(config.ladder) - {ORIGINAL}:
                 self.variant_info(name, rung)  # the ladder reads its rungs' accuracy there
+            check_preprocess(config)
         except (ConfigError, ModelLoadError, NotFoundError, InvalidNameError) as exc:
             return ModelEntry(name, tuple(versions), (), (), "UNAVAILABLE", str(exc))
         return ModelEntry(name, tuple(versions), tuple(served), tuple(variants), "READY")
 
+    def _served_files(self, name: str, config: ModelConfig, served: list[int]
+                      ) -> list[tuple[Path, str | None]]:
+        """The files a load of `name` reads (its served versions, its variant or ladder
+        rungs), each with its variant; NotFoundError or ModelLoadError when one is missing."""
+        files: list[tuple[Path, str | None]] = [(self.model_file(name, v), None) for v in served]
+        for variant in (config.variant, *config.ladder):
+            if variant not in (None, ORIGINAL):
+                files.append((self.model_file(name, variant=variant), variant))
+        return files
 
-def build_runner(path: Path, config: ModelConfig, options: RunnerOptions) -> Runner:
+
+def engine_config(config: ModelConfig, variant: str | None, path: Path) -> ModelConfig:
+    """The config `path` is loaded with. A variant's own file decides its engine (a torch_factory
+    model's int8 variant is ONNX), unless the configured engine loads it too (`engine: openvino`
+    runs ONNX variants)."""
+    keep = config.engine != "auto" and engine_loads(config.engine, path)
+    if variant and path.suffix != ".safetensors" and not keep:
+        return config.model_copy(update={"engine": "auto", "factory": None})
+    return config
+
+
+def check_engine(path: Path, config: ModelConfig) -> str:
+    """The engine that loads `path` under `config` (auto: its suffix decides, torch_factory for
+    safetensors weights); ModelLoadError when the configured engine cannot load it."""
     engine = config.resolved_engine()
     if engine == "torch_factory" or path.suffix == ".safetensors":
-        from surge.runtimes.torch_runner import FactoryRunner
-
         if not config.factory:
             raise ModelLoadError(f"{path}: safetensors weights need 'factory' in the model config")
+        return "torch_factory"
+    if engine != "auto" and not engine_loads(engine, path):
+        raise ModelLoadError(f"{path}: engine {engine!r} cannot load a {path.suffix} file")
+    return engine
+
+
+def check_loadable(path: Path, config: ModelConfig) -> None:
+    """What a load of `path` under `config` refuses that is known without loading the model:
+    the engine for the file and the device for the engine (`surge models` lists it)."""
+    check_device(check_engine(path, config), path, config.device)
+
+
+def check_preprocess(config: ModelConfig) -> None:
+    """The preprocess steps bound as a load binds them (processors, params, the tensors they pass
+    each other), less what needs the model's inputs: a binder over a model without inputs
+    refuses only what the real model's binder refuses too."""
+    from surge.processors.in_worker import Binder
+
+    binder = Binder(Signature((), ()))
+    for step in config.preprocess:
+        binder.bind(config, step)
+
+
+def check_labels(name: str, config: ModelConfig, signature: Signature, path: Path) -> None:
+    """A classifier's `labels` name the classes of its first output, as `surge evaluate` and
+    the optimizer read them (task classification, the default of a model with labels): a
+    count that differs would name the wrong classes at request time. A variable class
+    dimension cannot be checked."""
+    if config.labels is None or config.parameters.get("task", "classification") != "classification":
+        return
+    output = signature.outputs[0] if signature.outputs else None
+    if output is None or not output.shape or output.shape[-1] < 0:
+        return
+    if output.shape[-1] != len(config.labels):
+        raise ModelLoadError(
+            f"model {name!r}: {CONFIG_FILE} gives {len(config.labels)} labels, but its output "
+            f"{output.name!r} ({path.name}) has {output.shape[-1]} classes "
+            f"(shape {list(output.shape)})")
+
+
+def build_runner(path: Path, config: ModelConfig, options: RunnerOptions) -> Runner:
+    if check_engine(path, config) == "torch_factory":
+        from surge.runtimes.torch_runner import FactoryRunner
+
+        assert config.factory is not None  # check_engine refuses a factory runner without one
         return FactoryRunner(
             config.factory, path, _specs(config.inputs), _specs(config.outputs),
             config.factory_kwargs, options,
         )
-    if engine != "auto" and not engine_loads(engine, path):
-        raise ModelLoadError(f"{path}: engine {engine!r} cannot load a {path.suffix} file")
+    engine = config.resolved_engine()
     return load_runner(path, options, None if engine == "auto" else engine)
 
 

@@ -13,6 +13,7 @@ __all__ = [
     "RunnerOptions",
     "Signature",
     "TensorSpec",
+    "check_device",
     "engine_for_path",
     "engine_loads",
     "example_inputs",
@@ -37,6 +38,21 @@ def engine_for_path(path: Path) -> str:
         known = ", ".join(ENGINE_BY_SUFFIX)
         raise ModelLoadError(f"{path}: unknown model file type; expected one of {known}")
     return engine
+
+
+def check_device(engine: str, path: Path, device: str) -> None:
+    """The device check `engine`'s runner makes when it loads `path`, made without loading it
+    (`surge models`). Torch parses its devices itself: importing it costs seconds, so a torch
+    device is checked at load only."""
+    engine = ENGINE_BY_SUFFIX.get(Path(path).suffix, "") if engine == "auto" else engine
+    if engine == "onnxruntime":
+        from surge.runtimes.onnx_runner import parse_device
+
+        parse_device(device)
+    elif engine == "openvino":
+        from surge.runtimes.openvino_runner import check_openvino_device
+
+        check_openvino_device(Path(path), device)
 
 
 def load_runner(path: Path, options: RunnerOptions | None = None, engine: str | None = None) -> Runner:

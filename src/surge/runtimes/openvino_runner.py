@@ -36,6 +36,11 @@ def openvino_signature(model: Any) -> Signature:
     return Signature(inputs, outputs, batched=batched, platform="openvino")
 
 
+def check_openvino_device(path: Path, device: str) -> None:
+    if device not in ("auto", "cpu"):
+        raise ModelLoadError(f"{path}: the OpenVINO engine runs on cpu, not {device!r}")
+
+
 def _read(core: Any, path: Path) -> Any:
     if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
         raise ModelLoadError(f"{path}: OpenVINO IR needs its weights file {path.with_suffix('.bin').name}")
@@ -50,11 +55,10 @@ class OpenVinoRunner:
     """Compiles a model for OpenVINO's CPU plugin; one infer request per calling thread."""
 
     def __init__(self, path: Path, options: RunnerOptions | None = None) -> None:
-        ov = import_openvino()
         options = options or RunnerOptions()
         self.path = Path(path)
-        if options.device not in ("auto", "cpu"):
-            raise ModelLoadError(f"{self.path}: the OpenVINO engine runs on cpu, not {options.device!r}")
+        check_openvino_device(self.path, options.device)  # the config's fault before the host's
+        ov = import_openvino()
         core = ov.Core()
         model = _read(core, self.path)
         self._signature = openvino_signature(model)

@@ -8,7 +8,7 @@ from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from surge.datatypes import numpy_to_v2, sent_datatype, v2_to_numpy
+from surge.datatypes import sent_datatype, v2_to_numpy
 from surge.errors import InputError, SurgeError
 
 
@@ -79,12 +79,13 @@ class Signature:
         batch: int | None = None
         for name, array in inputs.items():
             spec = self.input(name)
-            actual = numpy_to_v2(array.dtype)
-            other_type = actual != spec.datatype and not (spec.datatype == "BF16" and actual == "UINT16")
+            # As sent: BF16 words are uint16 to numpy. Plain uint16 words fit a BF16 input (an
+            # in-process caller has no other way to give them); BF16 ones no UINT16 input.
+            sent = sent_datatype(array)
+            other_type = sent != spec.datatype and not (spec.datatype == "BF16" and sent == "UINT16")
             if other_type or not spec.matches_shape(tuple(array.shape)):
-                # named as sent: BF16 words are uint16 to numpy
                 raise InputError(f"input {name!r} expects {spec.describe()}, "
-                                 f"got {sent_datatype(array)} {list(array.shape)}")
+                                 f"got {sent} {list(array.shape)}")
             if self.batched and array.ndim:
                 if batch is None:
                     batch = array.shape[0]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from surge.errors import InputError
+from surge.pipeline.accept import Accept
 from surge.protocol.grpc_codec import decode_infer_request
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.rest import decode_request
@@ -74,3 +75,14 @@ def test_uint16_sent_to_an_fp32_input_is_still_named_uint16() -> None:
                                    "data": [1, 2, 3, 4]}]}).encode()
     with pytest.raises(InputError, match=r"got UINT16 \[1, 4\]$"):
         _signature("FP32", (-1, 4)).validate_inputs(decode_request(body, None).inputs)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_bf16_sent_to_a_uint16_input_is_refused(transport: str) -> None:
+    inputs = TRANSPORTS[transport]()
+    signature = _signature("UINT16", (-1, 4))
+    for check in (signature.validate_inputs, Accept(signature).check):
+        with pytest.raises(InputError) as refused:
+            check(inputs)
+        assert str(refused.value) == "input 'x' expects UINT16 [-1, 4], got BF16 [1, 4]"
+    assert Accept(_signature("BF16", (-1, 4))).check(inputs) is None

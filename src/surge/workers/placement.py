@@ -49,6 +49,17 @@ def cuda_device_count(device: str) -> int:
     return int(torch.cuda.device_count())
 
 
+# A worker's slots start at most this large and grow with the batches that need more: sized
+# for max_batch_size up front, a large max batch of large rows reserved (fallocate) more of
+# /dev/shm than there is before the first request, and the model failed to load.
+FIRST_SLOT_MAX_BYTES = 64 * 2**20
+
+
+def first_slot_bytes(specs: tuple[TensorSpec, ...], batch: int) -> int:
+    """A worker's first slot for `specs`: a full batch of `batch`, up to FIRST_SLOT_MAX_BYTES."""
+    return min(slot_bytes(specs, batch), FIRST_SLOT_MAX_BYTES)
+
+
 def slot_bytes(specs: tuple[TensorSpec, ...], batch: int) -> int:
     """Bytes for `batch` items of `specs`, variable dims taken as 1 (slots grow when needed)."""
     total = 0

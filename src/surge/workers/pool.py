@@ -35,7 +35,7 @@ from surge.runtimes.base import Signature, SpinWait
 from surge.scheduler.types import Batch
 from surge.workers.hang import HangRule
 from surge.workers.messages import BatchDone, LoadFailed, Ready, Stop
-from surge.workers.placement import Placement, slot_bytes
+from surge.workers.placement import Placement, first_slot_bytes
 from surge.workers.placement import cuda_device_count as cuda_device_count  # re-exported
 from surge.workers.placement import plan_instances as plan_instances  # re-exported
 from surge.workers.transport import Transport, make_transport, whole_messages
@@ -334,8 +334,8 @@ class WorkerPool:
         if worker.transport is None:
             worker.transport = make_transport(
                 self._transport_kind,
-                slot_bytes(message.signature.inputs, self._max_batch),
-                slot_bytes(message.signature.outputs, self._max_batch),
+                first_slot_bytes(message.signature.inputs, self._max_batch),
+                first_slot_bytes(message.signature.outputs, self._max_batch),
                 PIPELINE_DEPTH,
             )
         self._mark_ready(worker, message.pid, message.threads, message.device)

@@ -346,3 +346,27 @@ def test_a_stalled_batch_does_not_shut_out_requests_with_deadlines(tmp_path: Pat
                 np.testing.assert_array_equal(out["y"], np.full((1, 4), 2.0 * i + 1))
 
     run(body())
+
+
+# -- shared memory ---------------------------------------------------------------------------
+def test_a_huge_max_batch_does_not_reserve_shared_memory_for_it_up_front(tmp_path: Path) -> None:
+    """A full batch of 10^10 rows is more /dev/shm than any machine has: the slots start small
+    and grow with the batches that come (the load failed with ENOSPC)."""
+    recorder = Recorder()
+    make_repo(tmp_path, {"tiny": AFFINE})
+    workers = WorkerPool(str(tmp_path), "tiny", 1, [Placement("cpu", 1)], recorder.on_done,
+                         max_batch_size=10**10)
+
+    async def body() -> None:
+        await workers.start()
+        try:
+            workers.dispatch(batch(asyncio.get_running_loop(), 1.0, n=3))
+            await until(lambda: bool(recorder.done), timeout=30.0)
+        finally:
+            await workers.stop(5.0)
+
+    run(body())
+    [(_, outputs, error)] = recorder.done
+    assert error is None
+    assert outputs is not None
+    np.testing.assert_array_equal(outputs["y"], np.full((3, 4), 3.0))

@@ -6,7 +6,8 @@ import pytest
 
 from surge.errors import ConfigError
 from surge.runtimes.base import TensorSpec
-from surge.workers.pool import Placement, plan_instances, slot_bytes
+from surge.workers.placement import slot_bytes
+from surge.workers.pool import Placement, plan_instances
 
 
 def test_threads_default_to_cores_per_instance() -> None:

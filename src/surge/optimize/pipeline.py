@@ -18,7 +18,7 @@ from surge.optimize.quantize import Int8StaticConfig
 from surge.optimize.registry import OptimizeConfig, apply
 from surge.optimize.source import Inputs, ModelSource
 from surge.optimize.variant import Tolerance, Variant
-from surge.repository import Repository
+from surge.repository import ModelConfig, Repository
 from surge.repository.repository import VARIANT_FILE, VARIANTS_DIR
 from surge.runtimes import Signature, example_inputs
 from surge.tasks import DataOptions, Split, get_dataset, get_task
@@ -130,7 +130,7 @@ def build_source(repo: Repository, name: str, options: OptimizeOptions, work_dir
         raise ModelLoadError(f"{path}: optimize starts from an ONNX or torch_factory model")
     calibration = (_load_calibration(options.calibration, signature)
                    if options.calibration else None)
-    task = _task_of(name, config.parameters, bool(config.labels))
+    task = _checked_task(name, config)
     data = _check_data(signature, config.parameters.get("dataset"), task, calibration, options)
     return ModelSource(
         name=name, input_names=signature.input_names, output_names=signature.output_names,
@@ -139,9 +139,9 @@ def build_source(repo: Repository, name: str, options: OptimizeOptions, work_dir
     )
 
 
-def _task_of(name: str, parameters: dict[str, Any], has_labels: bool) -> str | None:
-    """`parameters.task`; else classification for a model with class labels; else none."""
-    task = parameters.get("task") or ("classification" if has_labels else None)
+def _checked_task(name: str, config: ModelConfig) -> str | None:
+    """The model's task (`ModelConfig.task`), checked to be a registered one."""
+    task = config.task()
     if task is not None:
         try:
             get_task(str(task))

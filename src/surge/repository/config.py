@@ -414,6 +414,11 @@ class ModelConfig(StrictConfig):
     def resolved_engine(self) -> str:
         return "torch_factory" if self.factory and self.engine == "auto" else self.engine
 
+    def task(self) -> str | None:
+        """`parameters.task`; else classification for a model with class labels; else none."""
+        task = self.parameters.get("task")
+        return str(task) if task else ("classification" if self.labels else None)
+
 
 def parse_config(data: Any, source: str) -> ModelConfig:
     """Validate a config mapping; errors name the source file and the bad key."""

@@ -318,7 +318,7 @@ def check_labels(name: str, config: ModelConfig, signature: Signature, path: Pat
     the optimizer read them (task classification, the default of a model with labels): a
     count that differs would name the wrong classes at request time. A variable class
     dimension cannot be checked."""
-    if config.labels is None or config.parameters.get("task", "classification") != "classification":
+    if config.labels is None or config.task() != "classification":
         return
     output = signature.outputs[0] if signature.outputs else None
     if output is None or not output.shape or output.shape[-1] < 0:

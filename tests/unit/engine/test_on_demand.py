@@ -393,18 +393,26 @@ def test_200_load_and_evict_cycles_leave_no_tasks_pools_or_memory_behind(
     asyncio.run(body())
 
 
-def test_the_models_of_a_loaded_pipeline_are_not_evicted(tmp_path: Path) -> None:
-    from tests.unit.pipeline.test_served import AutoPool, repository, values
+def pipeline_engine(root: Path, budget_mb: int) -> Engine:
+    """Pipeline p over model m, and a model `other`, on pools of 100 MB each, on demand under
+    a budget of `budget_mb`."""
+    from tests.unit.pipeline.test_served import AutoPool, repository
 
     class SizedAutoPool(AutoPool):
         def resident_bytes(self) -> int:
             return 100 * MB
 
+    repo = repository(root)
+    make_repo(root, "", "other")
+    return Engine(repo, pool_factory=SizedAutoPool, residency=ResidencyOptions(
+        "on-demand", MemoryBudget(budget_mb * MB)))
+
+
+def test_the_models_of_a_loaded_pipeline_are_not_evicted(tmp_path: Path) -> None:
+    from tests.unit.pipeline.test_served import values
+
     async def body() -> None:
-        repo = repository(tmp_path)  # pipeline p over model m
-        make_repo(tmp_path, "", "other")
-        engine = Engine(repo, pool_factory=SizedAutoPool, residency=ResidencyOptions(
-            "on-demand", MemoryBudget(150 * MB)))
+        engine = pipeline_engine(tmp_path, 150)
         await engine.start()
         try:
             assert (await engine.infer("p", None, values(1.0)))["total"].shape == (1, 1)

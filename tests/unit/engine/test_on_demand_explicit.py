@@ -8,11 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surge.engine import Engine
-from surge.engine.ondemand import ResidencyOptions
-from surge.engine.residency import MemoryBudget
-from tests.unit.engine.fakes import make_repo
-from tests.unit.engine.test_on_demand import MB, Models, models
+from tests.unit.engine.test_on_demand import Models, models, pipeline_engine
 
 NAMES = "bcdefg"  # loaded together, after "a"
 
@@ -75,17 +71,10 @@ def test_explicit_loads_without_a_budget_run_together(tmp_path: Path) -> None:
 def test_explicit_pipeline_loads_under_a_budget_do_not_deadlock(tmp_path: Path) -> None:
     """A pipeline's explicit load loads its model step within its own turn; an explicit load of
     that model and a reload of the pipeline at once all finish, and the pipeline answers."""
-    from tests.unit.pipeline.test_served import AutoPool, repository, values
-
-    class SizedAutoPool(AutoPool):
-        def resident_bytes(self) -> int:
-            return 100 * MB
+    from tests.unit.pipeline.test_served import values
 
     async def body() -> None:
-        repo = repository(tmp_path)  # pipeline p over model m
-        make_repo(tmp_path, "", "other")
-        engine = Engine(repo, pool_factory=SizedAutoPool, residency=ResidencyOptions(
-            "on-demand", MemoryBudget(250 * MB)))
+        engine = pipeline_engine(tmp_path, 250)
         await engine.start()
         try:
             await asyncio.wait_for(engine.load("p"), 10.0)

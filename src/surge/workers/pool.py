@@ -38,7 +38,7 @@ from surge.workers.messages import BatchDone, LoadFailed, Ready, Stop
 from surge.workers.placement import Placement, first_slot_bytes
 from surge.workers.placement import cuda_device_count as cuda_device_count  # re-exported
 from surge.workers.placement import plan_instances as plan_instances  # re-exported
-from surge.workers.transport import Transport, make_transport, whole_messages
+from surge.workers.transport import SlotSpaceError, Transport, make_transport, whole_messages
 from surge.workers.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
@@ -420,6 +420,10 @@ class WorkerPool:
         parts = {name: [r.inputs[name] for r in batch.requests] for name in batch.requests[0].inputs}
         try:
             worker.transport.send(worker.conn, batch.id, parts, model)
+        except SlotSpaceError as error:  # nothing was sent: the worker is as it was
+            worker.batches.pop()
+            self._watch(worker)
+            self._on_done(batch, None, error, None)
         except OSError:
             self._crashed(worker)
 

@@ -25,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from surge.errors import ServingError
 from surge.protocol.tensors import deserialize_bytes, serialize_bytes
 from surge.workers.messages import BatchDone, RunBatch, TensorMeta
 
@@ -147,6 +148,13 @@ def _create(size: int) -> SharedMemory:
     return shm
 
 
+class SlotSpaceError(ServingError):
+    """A batch's tensors do not fit in the shared memory left: that batch fails (503), the
+    worker and its slots stay as they were."""
+
+    status = 503
+
+
 class Slot:
     """A growable shared-memory segment created and unlinked by the front end."""
 
@@ -172,8 +180,14 @@ class Slot:
         safe because a worker holds at most one batch, which is finished by now.
         """
         if size > self.shm.size:
+            try:  # the new segment first: the old one stays usable when there is no room
+                bigger = _create(max(size, self.shm.size * 3 // 2))
+            except OSError as exc:
+                raise SlotSpaceError(
+                    f"no shared memory left for a batch of {size} bytes "
+                    f"({exc.strerror or exc}): /dev/shm is full") from None
             self.close()
-            self.shm = _create(max(size, self.shm.size * 3 // 2))
+            self.shm = bigger
         return self.buf
 
     def close(self) -> None:
@@ -219,7 +233,8 @@ class ShmTransport:
         if done.inline:
             # The outputs did not fit: they came on the pipe; grow for the next batches.
             outputs = unpack(done.tensors, memoryview(conn.recv_bytes()))
-            slot.ensure(done.needed)
+            with contextlib.suppress(SlotSpaceError):  # no room: outputs keep coming inline
+                slot.ensure(done.needed)
             return outputs
         return unpack(done.tensors, slot.buf)
 

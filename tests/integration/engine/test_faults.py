@@ -24,6 +24,7 @@ from surge.errors import ModelLoadError, ModelNotReadyError, WorkerCrashedError
 from surge.scheduler import Batch, Request, shape_key
 from surge.workers.hang import HangRule
 from surge.workers.pool import Placement, WorkerPool
+from surge.workers.transport import SlotSpaceError
 
 Outcome = tuple[Batch, "dict[str, np.ndarray] | None", "Exception | None"]
 
@@ -370,3 +371,44 @@ def test_a_huge_max_batch_does_not_reserve_shared_memory_for_it_up_front(tmp_pat
     assert error is None
     assert outputs is not None
     np.testing.assert_array_equal(outputs["y"], np.full((3, 4), 3.0))
+
+
+def test_a_batch_without_room_in_shared_memory_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch whose slot cannot grow (a full /dev/shm) fails with 503 naming shared memory;
+    the worker keeps its process and slots and computes the next batch (it was restarted as
+    crashed, and the slot it had closed stayed closed)."""
+    import surge.workers.placement
+    import surge.workers.transport
+
+    monkeypatch.setattr(surge.workers.placement, "FIRST_SLOT_MAX_BYTES", 4096)
+    create = surge.workers.transport._create
+
+    def full_above_4096(size: int) -> Any:
+        if size > 4096:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return create(size)
+
+    monkeypatch.setattr(surge.workers.transport, "_create", full_above_4096)
+    recorder = Recorder()
+
+    async def body() -> None:
+        async with pool(tmp_path, 1, recorder) as workers:
+            loop = asyncio.get_running_loop()
+            pids = workers.pids()
+            workers.dispatch(batch(loop, 1.0, n=300))  # 300 rows of 4 FP32: 4,800 bytes
+            await until(lambda: len(recorder.done) == 1)
+            workers.dispatch(batch(loop, 2.0, n=1))
+            await until(lambda: len(recorder.done) == 2)
+            assert workers.pids() == pids
+
+    run(body())
+    (_, outputs, error), (_, small, small_error) = recorder.done
+    assert outputs is None
+    assert isinstance(error, SlotSpaceError)
+    assert error.status == 503
+    assert "no shared memory left for a batch" in str(error)
+    assert small_error is None
+    assert small is not None
+    np.testing.assert_array_equal(small["y"], np.full((1, 4), 5.0))

@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from tests.integration.production.certs import Pair, issue, make_ca
 from tests.integration.server.conftest import HERE as SERVER_TESTS
 from tests.integration.server.conftest import stop_process, worker_pids
+from tests.integration.server.models import make_repository
 
 from surge.server.process import read_endpoints
 
@@ -95,3 +97,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     ca, ca_key = make_ca(folder)
     return Pki(ca, issue(folder, ca, ca_key, "server"), issue(folder, ca, ca_key, "client",
                                                              client=True), folder)
+
+
+@pytest.fixture(scope="module")
+def explicit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A module's own server of the test repository, models changed by the load API only."""
+    root = tmp_path_factory.mktemp("explicit")
+    served = launch(make_repository(root / "repo", with_slow=False), root / "server.log")
+    yield served
+    assert served.stop() == 0, served.output()

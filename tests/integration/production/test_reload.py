@@ -117,14 +117,6 @@ def test_broken_version_leaves_the_old_one_serving(polled: Served) -> None:
     assert "--model-control poll" in refused.json()["error"]
 
 
-@pytest.fixture(scope="module")
-def explicit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("explicit")
-    served = launch(make_repository(root / "repo", with_slow=False), root / "server.log")
-    yield served
-    assert served.stop() == 0, served.output()
-
-
 def _instances(served: Served) -> int:
     config = httpx.get(f"{served.http}/v2/models/tiny/config").json()
     return int(config["instance_group"][0]["count"])

@@ -20,20 +20,13 @@ from surge.errors import InputError, shown
 
 def load_parameters(body: Mapping[str, Any]) -> dict[str, Any] | None:
     """The config override a load request carries, or None (load as configured on disk)."""
-    unknown = set(body) - {"parameters"}
-    if unknown:
-        raise InputError(f"unknown field {sorted(unknown)[0]!r} in the load request; "
-                         "expected {'parameters': {'config': ...}}")
-    return config_override(_parameters(body, "load"))
+    return config_override(_parameters(body, "load", "{'parameters': {'config': ...}}"))
 
 
 def check_unload(body: Mapping[str, Any]) -> None:
     """Refuse an unload request with fields or parameters Triton's does not have."""
-    unknown = set(body) - {"parameters"}
-    if unknown:
-        raise InputError(f"unknown field {sorted(unknown)[0]!r} in the unload request; "
-                         "expected {'parameters': {'unload_dependents': true|false}}")
-    check_unload_parameters(_parameters(body, "unload"))
+    check_unload_parameters(_parameters(
+        body, "unload", "{'parameters': {'unload_dependents': true|false}}"))
 
 
 def check_unload_parameters(parameters: Mapping[str, Any]) -> None:
@@ -46,7 +39,12 @@ def check_unload_parameters(parameters: Mapping[str, Any]) -> None:
                              f"got {shown(value)}")
 
 
-def _parameters(body: Mapping[str, Any], action: str) -> Mapping[str, Any]:
+def _parameters(body: Mapping[str, Any], action: str, expected: str) -> Mapping[str, Any]:
+    """The `parameters` of a load or unload request's body, which may hold nothing else."""
+    unknown = set(body) - {"parameters"}
+    if unknown:
+        raise InputError(f"unknown field {sorted(unknown)[0]!r} in the {action} request; "
+                         f"expected {expected}")
     # Only a missing or null `parameters` means none: 0, "" or [] are mistakes, not defaults.
     parameters = body.get("parameters")
     if parameters is None:

@@ -202,7 +202,7 @@ def serve(
         max_body_bytes=_body_bytes(max_body_mb), residency=_residency(
             load, memory_budget, group_memory_budget),
         limits=_limits(idle_timeout, header_timeout, body_timeout, max_connections),
-        reuse_port=reuse_port, frontends=frontends, log_level=_log_level(log_level),
+        reuse_port=reuse_port, frontends=frontends, log_level=log_level,
         grpc_server=grpc_server,
         production=_production(tls_cert, tls_key, tls_ca, api_keys_file, metrics_auth, access_log,
                                access_log_sample, tracing, model_control, poll_interval),
@@ -217,15 +217,6 @@ def _body_bytes(max_body_mb: float) -> int:
     if not math.isfinite(max_body_mb):
         raise SurgeError(f"--max-body-mb {max_body_mb}: give a finite size in MiB")
     return int(max_body_mb * 1024 * 1024)
-
-
-def _log_level(level: str) -> str:
-    """The level, checked now: before the repository is opened (the server checks it again)."""
-    from surge.server.process import LOG_LEVELS
-
-    if level not in LOG_LEVELS:
-        raise SurgeError(f"log level {level!r}: use one of {', '.join(LOG_LEVELS)}")
-    return level
 
 
 NO_MODEL = ("no model to serve: a model is a folder NAME/ holding a config.yaml, or a version "

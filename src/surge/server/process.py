@@ -77,6 +77,8 @@ class ServeOptions:
                              f"{' or '.join(GRPC_SERVERS)}")
         _check_exposure(self.host, (self.http_port, self.grpc_port, self.metrics_port),
                         self.api_key)
+        if self.log_level is not None:  # before any model loads, not when logging starts
+            check_log_level(self.log_level)
 
 
 def _check_exposure(host: str, ports: tuple[int, int, int], api_key: str | None) -> None:
@@ -283,10 +285,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure_logging(level: str) -> None:
-    """Log records at `level` and above to stderr, one line each (the server's own log)."""
+def check_log_level(level: str) -> None:
     if level not in LOG_LEVELS:
         raise SurgeError(f"log level {level!r}: use one of {', '.join(LOG_LEVELS)}")
+
+
+def configure_logging(level: str) -> None:
+    """Log records at `level` and above to stderr, one line each (the server's own log)."""
+    check_log_level(level)
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, handlers=[_StderrHandler()],
                         force=True)
 

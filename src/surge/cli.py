@@ -122,7 +122,8 @@ def usage_error_line(error: UsageError) -> str:
     (a missing argument, an unknown option) with the command's --help to read."""
     if isinstance(error, BadParameter) and not isinstance(error, MissingParameter) \
             and error.param is not None:
-        return f"{parameter_label(error.param)}{_given(error)}: {_reason(error)}"
+        check = _first_check(error)
+        return f"{parameter_label(error.param)}{_given(check)}: {_reason(error, check)}"
     command = error.ctx.command_path if error.ctx is not None else "surge"
     message = error.format_message().strip().rstrip(".")
     return f"{command}: {message[:1].lower()}{message[1:]} (see '{command} --help')"
@@ -135,13 +136,11 @@ def _first_check(error: BadParameter) -> dict[str, Any] | None:
     return dict(found[0]) if found else None
 
 
-def _given(error: BadParameter) -> str:
-    check = _first_check(error)
+def _given(check: dict[str, Any] | None) -> str:
     return f" {shown(check['input'])}" if check is not None and "input" in check else ""
 
 
-def _reason(error: BadParameter) -> str:
-    check = _first_check(error)
+def _reason(error: BadParameter, check: dict[str, Any] | None) -> str:
     reason = REASONS.get(check["type"]) if check is not None else None
     if reason is not None and check is not None:
         return reason.format(**check.get("ctx", {}))

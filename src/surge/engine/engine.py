@@ -78,8 +78,7 @@ class Engine:
             self._state[name] = ("LOADING", "")
         now = await asyncio.gather(*(self._loads_at_start(n) for n in names))
         names = [name for name, eager in zip(names, now, strict=True) if eager]
-        # ensure_served, not load: a pipeline may have started its model steps already.
-        results = await asyncio.gather(*(self.ensure_served(n) for n in names),
+        results = await asyncio.gather(*(self._load_at_start(n) for n in names),
                                        return_exceptions=True)
         for name, result in zip(names, results, strict=True):
             if isinstance(result, BaseException):
@@ -88,6 +87,12 @@ class Engine:
                     raise result
                 log.warning("model %s not loaded: %s", name, result)
         self._started = True
+
+    async def _load_at_start(self, name: str) -> None:
+        """ensure_served, not load: a pipeline may have started its model steps already; under
+        a memory budget behind the other loads, as loads at run time are (`OnDemand.gated`)."""
+        async with self.on_demand.gated():
+            await self.ensure_served(name)
 
     async def _loads_at_start(self, name: str) -> bool:
         """Whether `name` loads now; one that loads on demand is listed cold (a config that does

@@ -68,7 +68,9 @@ class QueueConfig(StrictConfig):
     max_size: Int = Field(256, ge=1, le=1_000_000_000,
                           description="Queued requests beyond this are rejected (503).")
     default_timeout_ms: Float | None = Field(
-        None, gt=0, le=MAX_TIMEOUT_MS, description="Deadline for requests that carry no `timeout` parameter."
+        None, ge=0.001, le=MAX_TIMEOUT_MS,
+        description="Deadline for requests that carry no `timeout` parameter (at least a "
+                    "microsecond, the unit of the `timeout` parameter).",
     )
 
 

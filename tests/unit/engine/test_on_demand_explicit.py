@@ -89,3 +89,41 @@ def test_explicit_pipeline_loads_under_a_budget_do_not_deadlock(tmp_path: Path) 
             await engine.stop(grace_s=0.0)
 
     asyncio.run(body())
+
+
+def test_eager_loads_at_start_take_turns_under_a_budget(tmp_path: Path) -> None:
+    """Six models loaded at start with a budget for one: never more than one loaded or loading
+    at once (they all loaded together, each finding the budget empty), and start finishes with
+    one of them resident."""
+    from surge.engine import Engine
+    from surge.engine.ondemand import ResidencyOptions
+    from surge.engine.residency import MemoryBudget
+    from surge.repository import Repository
+    from tests.unit.engine.fakes import FakeClock, make_repo
+    from tests.unit.engine.test_on_demand import MB, SizedPools
+
+    async def body() -> None:
+        for name in NAMES:
+            make_repo(tmp_path, "max_batch_size: 1\n", name)
+        pools = SizedPools(FakeClock())
+        for name in NAMES:
+            pools.gates[name] = asyncio.Event()
+        engine = Engine(Repository(tmp_path), pool_factory=pools, clock=pools.clock,
+                        residency=ResidencyOptions("eager", MemoryBudget(150 * MB)))
+        start = asyncio.create_task(engine.start())
+        peak = 0
+        try:
+            while not start.done():
+                for _ in range(20):
+                    peak = max(peak, sum(1 for p in pools.built if not p.stopped))
+                    await asyncio.sleep(0.001)
+                for name in NAMES:
+                    if pools.starts[name]:
+                        pools.gates[name].set()
+            await start
+            assert peak == 1
+            assert sum(engine.model_ready(name) for name in NAMES) == 1
+        finally:
+            await engine.stop(grace_s=0.0)
+
+    asyncio.run(asyncio.wait_for(body(), 20.0))

@@ -29,6 +29,8 @@ LADDER = "slo_p99_ms: 50\nmax_accuracy_drop: 2\n"
     ({"queue": {"max_size": 10**12}}, "queue.max_size: Input should be less than or equal"),
     ({"slo_p99_ms": float("inf")}, "slo_p99_ms: Input should be less than or equal to 3600000"),
     ({"queue": {"default_timeout_ms": float("inf")}}, "default_timeout_ms: Input should be less"),
+    ({"queue": {"default_timeout_ms": 1e-300}},
+     "default_timeout_ms: Input should be greater than or equal to 0.001"),
     ({"ladder_accuracy": {"original": float("nan")}}, "ladder_accuracy.original"),
     ({"cluster": {"resources": {"x": float("inf")}}}, "cluster.resources.x"),
     ({"schema_version": 99}, "schema_version 99 is not supported (this Surge reads 1)"),

@@ -20,6 +20,7 @@ from tests.cli_runner import run_cli
      "--grpc-port 18556 and --metrics-port 18556: each listener needs its own port"),
     (["--models", ""], "--models '' names no model"),
     (["--access-log", ""], "--access-log '': give a file, or - for standard output"),
+    (["--shared-memory", "cuda"], "--shared-memory 'cuda': use system or none"),
 ])
 def test_refused_in_one_line_before_anything_loads(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],

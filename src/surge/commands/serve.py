@@ -137,6 +137,9 @@ FrontEnds = Annotated[int, typer.Option(parser=frontend_count, metavar="N|auto",
 GrpcServer = Annotated[str, typer.Option(metavar="surge|grpcio", help="The gRPC listener: "
                                          "Surge's HTTP/2 on the event loop, or grpc core's "
                                          "server (grpc.aio).")]
+SharedMemory = Annotated[str, typer.Option(metavar="system|none", help="Triton's system "
+                                           "shared-memory extension: clients register regions "
+                                           "and name them instead of sending tensor bytes.")]
 LogLevel = Annotated[str, typer.Option(metavar="debug|info|warning|error",
                                        help="The server's log on stderr: this level and above.")]
 HostAddress = Annotated[str, typer.Option(help="Address to bind (loopback by default).")]
@@ -176,6 +179,7 @@ def serve(
     reuse_port: ReusePort = False,
     frontends: FrontEnds = 1,
     grpc_server: GrpcServer = "surge",
+    shared_memory: SharedMemory = "system",
     load: LoadMode = "eager",
     memory_budget: MemoryBudgetSize = None,
     group_memory_budget: GroupBudgets = None,
@@ -203,7 +207,7 @@ def serve(
             load, memory_budget, group_memory_budget),
         limits=_limits(idle_timeout, header_timeout, body_timeout, max_connections),
         reuse_port=reuse_port, frontends=frontends, log_level=log_level,
-        grpc_server=grpc_server,
+        grpc_server=grpc_server, shared_memory=shared_memory,
         production=_production(tls_cert, tls_key, tls_ca, api_keys_file, metrics_auth, access_log,
                                access_log_sample, tracing, model_control, poll_interval),
     )

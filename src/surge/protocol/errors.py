@@ -40,7 +40,11 @@ _GRPC_BY_STATUS = {503: grpc.StatusCode.UNAVAILABLE, 400: grpc.StatusCode.INVALI
 
 
 def grpc_code(error: Exception) -> grpc.StatusCode:
-    """The gRPC status code matching `http_error`."""
+    """The gRPC status code matching `http_error` (or the one an error names, as Triton
+    answers it: NOT_FOUND for a shared-memory region no one registered)."""
+    named = getattr(error, "grpc_status", None)
+    if named is not None:
+        return getattr(grpc.StatusCode, named)
     if isinstance(error, DeadlineExceededError):
         return grpc.StatusCode.DEADLINE_EXCEEDED
     if isinstance(error, ServingError):

@@ -11,6 +11,14 @@ import numpy as np
 from surge.datatypes import numpy_to_v2, v2_to_numpy
 from surge.errors import InputError
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
+from surge.protocol.shared_memory import (
+    Placement,
+    Regions,
+    SharedMemoryError,
+    placement,
+    read_input,
+    write_output,
+)
 from surge.protocol.tensors import (
     check_datatype,
     check_shape,
@@ -47,32 +55,44 @@ def parameter_value(param: Any) -> object:
     return None if which is None else getattr(param, which)
 
 
-def decode_infer_request(message: Any) -> InferRequest:
-    """ModelInferRequest -> InferRequest; raw_input_contents, when present, cover every input."""
+def decode_infer_request(message: Any, regions: Regions | None = None) -> InferRequest:
+    """ModelInferRequest -> InferRequest; raw_input_contents, when present, cover every input
+    not placed in the shared-memory `regions` (None: shared memory is off)."""
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
-        raise InputError(
-            f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs"
-        )
+    places = [_placement(regions, "input", tensor) for tensor in message.inputs]
+    carried = sum(place is None for place in places)
+    if raw and len(raw) != carried:
+        raise InputError(f"raw_input_contents has {len(raw)} entries for {carried} inputs"
+                         + ("" if carried == len(places) else " not in shared memory"))
+    raw_entries = iter(raw)
     inputs: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(message.inputs):
+    for tensor, place in zip(message.inputs, places, strict=True):
         name = tensor.name
         if name in inputs:
             raise InputError(f"input {name!r} is given twice")
         datatype = check_datatype(name, tensor.datatype)
         shape = check_shape(name, list(tensor.shape))
-        if raw:
-            if tensor.HasField("contents"):
-                raise InputError(f"input {name!r} has both contents and raw_input_contents")
-            inputs[name] = tensor_from_bytes(name, datatype, shape, raw[index])
+        if (raw or place is not None) and tensor.HasField("contents"):
+            raise (SharedMemoryError if place else InputError)(
+                f"input {name!r} has both contents and "
+                f"{'a shared memory region' if place else 'raw_input_contents'}")
+        if place is not None:
+            inputs[name] = read_input(name, datatype, shape, place)
+        elif raw:
+            inputs[name] = tensor_from_bytes(name, datatype, shape, next(raw_entries))
         else:
             inputs[name] = _from_contents(name, datatype, shape, tensor.contents)
     if not inputs:
         raise InputError("request has no inputs")
+    return _request(message, inputs, regions)
+
+
+def _request(message: Any, inputs: dict[str, np.ndarray], regions: Regions | None
+             ) -> InferRequest:
     params = message.parameters
     priority = parameter_value(params["priority"]) if "priority" in params else 0
     timeout = parameter_value(params["timeout"]) if "timeout" in params else 0
-    outputs = tuple(_requested(o) for o in message.outputs) or None
+    outputs = tuple(_requested(o, regions) for o in message.outputs) or None
     variant, full = parse_pin(*(parameter_value(params[k]) if k in params else None
                                 for k in ("accuracy", "variant")))
     return InferRequest(
@@ -86,12 +106,19 @@ def decode_infer_request(message: Any) -> InferRequest:
     )
 
 
-def _requested(output: Any) -> RequestedOutput:
+def _placement(regions: Regions | None, kind: str, tensor: Any) -> Placement | None:
+    if not tensor.parameters:
+        return None
+    params = {key: parameter_value(value) for key, value in tensor.parameters.items()}
+    return placement(regions, f"{kind} {tensor.name!r}", params)
+
+
+def _requested(output: Any, regions: Regions | None) -> RequestedOutput:
     if "classification" in output.parameters and parameter_value(
             output.parameters["classification"]):
         raise InputError(f"output {output.name!r}: the classification extension is not "
                          f"supported")
-    return RequestedOutput(output.name)
+    return RequestedOutput(output.name, place=_placement(regions, "output", output))
 
 
 def _from_contents(name: str, datatype: str, shape: tuple[int, ...], contents: Any) -> np.ndarray:
@@ -122,13 +149,21 @@ def encode_infer_response(
     parameters: Mapping[str, str] | None = None,
 ) -> Any:
     """Outputs -> ModelInferResponse with raw_output_contents (what Triton's clients read);
-    `parameters` are the response's (`variant`: the variant that computed it)."""
+    `parameters` are the response's (`variant`: the variant that computed it). An output
+    written into shared memory has, as from Triton, an empty raw_output_contents entry
+    (clients find each output's entry by its index)."""
     response = pb.ModelInferResponse(model_name=model, model_version=str(version),
                                      id=request.request_id)
     for key, value in (parameters or {}).items():
         response.parameters[key].string_param = value
+    places = request.places()
     for name, array in outputs.items():
         datatype = numpy_to_v2(array.dtype)
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        response.raw_output_contents.append(tensor_to_bytes(array, datatype))
+        place = places.get(name)
+        if place is None:
+            response.raw_output_contents.append(tensor_to_bytes(array, datatype))
+            continue
+        write_output(name, array, datatype, place)
+        response.raw_output_contents.append(b"")
     return response

@@ -14,6 +14,13 @@ import orjson
 
 from surge.datatypes import numpy_to_v2
 from surge.errors import InputError, clipped, shown
+from surge.protocol.shared_memory import (
+    Regions,
+    SharedMemoryError,
+    placement,
+    read_input,
+    write_output,
+)
 from surge.protocol.tensors import (
     check_datatype,
     check_shape,
@@ -64,8 +71,10 @@ def _parameters(value: object, what: str) -> dict[str, Any]:
     return {} if value is None else _object(value, f"{what} 'parameters'")
 
 
-def decode_request(body: bytes, header_length: int | None) -> InferRequest:
-    """Request body (JSON, or JSON header + binary tensors) -> InferRequest."""
+def decode_request(body: bytes, header_length: int | None,
+                   regions: Regions | None = None) -> InferRequest:
+    """Request body (JSON, or JSON header + binary tensors) -> InferRequest; inputs and
+    outputs may name the shared-memory `regions` (None: shared memory is off)."""
     view = memoryview(body)
     header_bytes = view if header_length is None else view[:header_length]
     try:
@@ -75,13 +84,13 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
     header = _object(header, "request body")
     params = _parameters(header.get("parameters"), "request")
     binary = view[len(header_bytes):]
-    inputs = _decode_inputs(header.get("inputs"), binary)
+    inputs = _decode_inputs(header.get("inputs"), binary, regions)
     request_id = header.get("id", "")
     if not isinstance(request_id, str):
         raise InputError(f"request 'id' must be a string, got {shown(request_id)}")
     return InferRequest(
         inputs=inputs,
-        outputs=_decode_outputs(header.get("outputs"), params),
+        outputs=_decode_outputs(header.get("outputs"), params, regions),
         request_id=request_id,
         priority=parse_priority(params.get("priority", 0)),
         timeout_us=parse_timeout(params.get("timeout", 0)),
@@ -95,7 +104,8 @@ def _pin(params: dict[str, Any]) -> dict[str, Any]:
     return {"variant": variant, "full_accuracy": full}
 
 
-def _decode_inputs(items: object, binary: memoryview) -> dict[str, np.ndarray]:
+def _decode_inputs(items: object, binary: memoryview,
+                   regions: Regions | None) -> dict[str, np.ndarray]:
     if not isinstance(items, list) or not items:
         raise InputError("request 'inputs' must be a non-empty list")
     inputs: dict[str, np.ndarray] = {}
@@ -109,7 +119,10 @@ def _decode_inputs(items: object, binary: memoryview) -> dict[str, np.ndarray]:
             raise InputError(f"input {name!r} is given twice")
         datatype = check_datatype(name, spec.get("datatype"))
         shape = check_shape(name, spec.get("shape"))
-        size = _parameters(spec.get("parameters"), f"input {name!r}").get("binary_data_size")
+        params = _parameters(spec.get("parameters"), f"input {name!r}")
+        size = params.get("binary_data_size")
+        if params and _shared(spec, params, regions, inputs, (name, datatype, shape)):
+            continue
         if size is None:
             if "data" not in spec:
                 raise InputError(f"input {name!r} has neither 'data' nor 'binary_data_size'")
@@ -129,8 +142,22 @@ def _decode_inputs(items: object, binary: memoryview) -> dict[str, np.ndarray]:
     return inputs
 
 
+def _shared(spec: dict[str, Any], params: dict[str, Any], regions: Regions | None,
+            inputs: dict[str, np.ndarray], tensor: tuple[str, str, tuple[int, ...]]) -> bool:
+    """Whether the input's parameters place it in shared memory (then read into `inputs`)."""
+    name, datatype, shape = tensor
+    place = placement(regions, f"input {name!r}", params)
+    if place is None:
+        return False
+    if "data" in spec or "binary_data_size" in params:
+        raise SharedMemoryError(f"input {name!r} names shared memory region "
+                                f"{place.region.name!r} and also carries data: give one")
+    inputs[name] = read_input(name, datatype, shape, place)
+    return True
+
+
 def _decode_outputs(
-    items: object, params: Mapping[str, Any]
+    items: object, params: Mapping[str, Any], regions: Regions | None
 ) -> tuple[RequestedOutput, ...] | None:
     if items is None:
         return None
@@ -146,7 +173,8 @@ def _decode_outputs(
         out_params = _parameters(spec.get("parameters"), f"output {name!r}")
         if out_params.get("classification"):
             raise InputError(f"output {name!r}: the classification extension is not supported")
-        outputs.append(RequestedOutput(name, bool(out_params.get("binary_data", default))))
+        place = placement(regions, f"output {name!r}", out_params) if out_params else None
+        outputs.append(RequestedOutput(name, bool(out_params.get("binary_data", default)), place))
     return tuple(outputs)
 
 
@@ -160,12 +188,18 @@ def encode_response(
     """Outputs -> (body, header length); the header length is None for a pure JSON body.
     `parameters` are the response's (`variant`: the variant that computed it)."""
     binary_names = _binary_outputs(request, outputs)
+    places = request.places()
     entries: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name, array in outputs.items():
         datatype = numpy_to_v2(array.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if name in binary_names:
+        place = places.get(name)
+        if place is not None:
+            # No data and, as from Triton, no parameters: tritonclient's C++ client (and with
+            # it perf_analyzer) takes an output's parameters to announce binary data.
+            write_output(name, array, datatype, place)
+        elif name in binary_names:
             raw = tensor_to_bytes(array, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

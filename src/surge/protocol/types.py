@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from surge.errors import InputError, shown
+from surge.protocol.shared_memory import Placement
 
 # Extensions of the V2 protocol this server implements (listed by GET /v2 and ServerMetadata).
 EXTENSIONS: tuple[str, ...] = (
@@ -15,18 +16,27 @@ EXTENSIONS: tuple[str, ...] = (
     "model_repository",
     "statistics",
 )
+# Listed besides EXTENSIONS while shared memory is on (`surge serve --shared-memory system`).
+SHARED_MEMORY_EXTENSION = "system_shared_memory"
 SERVER_NAME = "surge"
 # Longest error message sent back (HTTP `error`, gRPC status details): messages quote client
 # input, and the input may be megabytes.
 MAX_ERROR_CHARS = 1000
 
 
+def extensions(shared_memory: bool) -> list[str]:
+    """The extensions a server lists (GET /v2, ServerMetadata)."""
+    return [*EXTENSIONS, SHARED_MEMORY_EXTENSION] if shared_memory else list(EXTENSIONS)
+
+
 @dataclass(frozen=True, slots=True)
 class RequestedOutput:
-    """An output the client asked for; `binary` selects the binary extension for it (HTTP)."""
+    """An output the client asked for; `binary` selects the binary extension for it (HTTP),
+    `place` a registered shared-memory region to write it into instead."""
 
     name: str
     binary: bool = False
+    place: Placement | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,12 @@ class InferRequest:
     @property
     def output_names(self) -> list[str] | None:
         return None if self.outputs is None else [o.name for o in self.outputs]
+
+    def places(self) -> dict[str, Placement]:
+        """The requested outputs to write into shared memory, by name."""
+        if self.outputs is None:
+            return {}
+        return {o.name: o.place for o in self.outputs if o.place is not None}
 
 
 def parse_priority(value: object) -> int:

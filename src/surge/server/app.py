@@ -29,13 +29,15 @@ from surge.protocol.rest import (
     error_body,
     parse_header_length,
 )
-from surge.protocol.types import EXTENSIONS, SERVER_NAME, InferRequest
+from surge.protocol.types import SERVER_NAME, InferRequest, extensions
 from surge.repository import check_name, check_version
 from surge.server.keys import ApiKey, KeyRing, Scope
 from surge.server.observe import RequestIds, RequestLog, RequestRecord
 from surge.server.openapi import OPENAPI_PATH, openapi_document
 from surge.server.outcome import RequestObserver, outcome_of, served_by
 from surge.server.repository_load import check_unload, load_parameters
+from surge.server.shared_memory import SharedMemoryRegistry
+from surge.server.shared_memory_api import CHANGES, ROOTS, http_answer
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +73,10 @@ class V2App:
         self, engine: InferenceEngine, *, api_key: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY, keys: KeyRing | None = None,
         request_log: RequestLog | None = None, repository_api: bool = True,
+        shared_memory: SharedMemoryRegistry | None = None,
     ) -> None:
         self.engine = engine
+        self.shared_memory = shared_memory  # registered regions (None: --shared-memory none)
         self.max_body_bytes = max_body_bytes
         self._keys = keys if keys is not None else KeyRing([ApiKey(api_key)] if api_key else [])
         self._log = request_log or RequestLog()
@@ -117,6 +121,12 @@ class V2App:
             await self._models(scope, receive, send, rest[1:])
         elif rest[:1] == ["repository"] and method == "POST":
             await self._repository(scope, receive, send, rest[1:])
+        elif rest[:1] and rest[0] in ROOTS:
+            body = await _read_body(scope, receive, min(self.max_body_bytes, MAX_REPOSITORY_BODY))
+            client = scope.get("client")
+            answer = http_answer(self.shared_memory, method, rest, body,
+                                 client[0] if client else "")
+            await _respond(send, 200, answer, _JSON if answer else [])
         else:
             raise HttpError(404, f"no route for {method} {scope['path']}")
 
@@ -134,7 +144,8 @@ class V2App:
         await _respond(send, 200 if ok else 503, b"", [])
 
     def _server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": surge.__version__, "extensions": list(EXTENSIONS)}
+        return {"name": SERVER_NAME, "version": surge.__version__,
+                "extensions": extensions(self.shared_memory is not None)}
 
     async def _models(self, scope: AsgiScope, receive: Receive, send: Send, rest: list[str]) -> None:
         method = scope["method"]
@@ -309,9 +320,10 @@ class V2App:
     async def _decode(self, body: bytes, header_length: int | None) -> InferRequest:
         json_bytes = len(body) if header_length is None else header_length
         if json_bytes < OFFLOAD_DECODE_BYTES:
-            return decode_request(body, header_length)
+            return decode_request(body, header_length, self.shared_memory)
         async with self._large_decode:
-            return await asyncio.to_thread(decode_request, body, header_length)
+            return await asyncio.to_thread(decode_request, body, header_length,
+                                           self.shared_memory)
 
     def _observe(self, name: str, outcome: str, start: float) -> None:
         self._observer.observe(name, outcome, time.perf_counter() - start)
@@ -377,6 +389,8 @@ def _scope_needed(method: str, rest: list[str]) -> Scope:
     """The key scope a request needs: admin to change the repository, infer to infer."""
     if rest[:1] == ["repository"] and rest[-1:] in (["load"], ["unload"]):
         return Scope.ADMIN
+    if rest[:1] and rest[0] in ROOTS and rest[-1] in CHANGES:
+        return Scope.ADMIN  # a registration makes the server map memory a client names
     if rest[-1:] == ["infer"] and method == "POST":
         return Scope.INFER
     return Scope.READ

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when imported
+# The shared-memory registrations every front end sees (surge/server/shared_memory.py).
+SHARED_MEMORY_DIR_ENV = "SURGE_SHARED_MEMORY_DIR"
 STARTUP_TIMEOUT_S = 600.0  # a front end loads every model before it reports started
 RESTART_BACKOFF_S = (0.5, 30.0)  # first and longest wait before restarting a dead front end
 STABLE_AFTER_S = 60.0  # a front end that lived this long restarts without waiting again
@@ -105,9 +107,11 @@ def _stop_with_parent(supervisor: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _frontend_main(payload: bytes, metrics_dir: str, report: Any, supervisor: int) -> None:
-    """A front end's process: the multiprocess metrics directory first, then the server."""
-    os.environ[METRICS_DIR_ENV] = metrics_dir
+def _frontend_main(payload: bytes, directories: tuple[str, str], report: Any,
+                   supervisor: int) -> None:
+    """A front end's process: the multiprocess metrics directory and the shared-memory
+    registrations' first, then the server."""
+    os.environ[METRICS_DIR_ENV], os.environ[SHARED_MEMORY_DIR_ENV] = directories
     _stop_with_parent(supervisor)
     from surge.server.process import serve
 
@@ -137,6 +141,7 @@ class Supervisor:
             raise SurgeError(f"these serve options cannot be handed to front-end processes "
                              f"({exc}); serve them with one front end") from None
         self._metrics_dir = tempfile.mkdtemp(prefix="surge-metrics-")
+        self._shared_memory_dir = tempfile.mkdtemp(prefix="surge-shm-registry-")
         self._context = multiprocessing.get_context("spawn")
         self._processes: list[BaseProcess | None] = [None] * count
         self._started_at = [0.0] * count
@@ -162,10 +167,11 @@ class Supervisor:
             self.close()
 
     def close(self) -> None:
-        """Release the reserved ports and the metrics directory (after the front ends)."""
+        """Release the reserved ports and the directories (after the front ends)."""
         for sock in self._sockets:
             sock.close()
         shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        shutil.rmtree(self._shared_memory_dir, ignore_errors=True)
 
     def _request_stop(self, _signum: int, _frame: Any) -> None:
         self._stop = True  # only a flag: the loop notices within half a second
@@ -178,7 +184,8 @@ class Supervisor:
         """Start front end `index`; returns the end of the pipe it reports on."""
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=_frontend_main, args=(self._payload, self._metrics_dir, send, os.getpid()),
+            target=_frontend_main,
+            args=(self._payload, (self._metrics_dir, self._shared_memory_dir), send, os.getpid()),
             name=f"surge-frontend-{index}", daemon=False)
         process.start()
         send.close()

@@ -22,13 +22,15 @@ from surge.protocol.grpc_codec import decode_infer_request, encode_infer_respons
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 from surge.protocol.metadata import model_config, model_metadata, model_statistics
-from surge.protocol.types import EXTENSIONS, SERVER_NAME
+from surge.protocol.types import SERVER_NAME, extensions
 from surge.repository import check_name, check_version
+from surge.server import shared_memory_api as shm
 from surge.server.keys import ApiKey, KeyRing, Scope
 from surge.server.limits import ConnectionLimits
 from surge.server.observe import REQUEST_ID_HEADER, RequestIds, RequestLog, RequestRecord
 from surge.server.outcome import RequestObserver, outcome_of, served_by
 from surge.server.repository_load import check_unload_parameters, config_override
+from surge.server.shared_memory import SharedMemoryRegistry
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,9 @@ def _guarded(
 
 _OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})  # health stays open, as over HTTP
 _SCOPES = {"ModelInfer": Scope.INFER, "RepositoryModelLoad": Scope.ADMIN,
-           "RepositoryModelUnload": Scope.ADMIN}  # every other RPC needs Scope.READ
+           "RepositoryModelUnload": Scope.ADMIN,
+           **{f"{kind}SharedMemory{change}": Scope.ADMIN for kind in ("System", "Cuda")
+              for change in ("Register", "Unregister")}}  # every other RPC needs Scope.READ
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -94,8 +98,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, engine: InferenceEngine, api_key: str | None = None, *,
                  keys: KeyRing | None = None, request_log: RequestLog | None = None,
-                 repository_api: bool = True) -> None:
+                 repository_api: bool = True,
+                 shared_memory: SharedMemoryRegistry | None = None) -> None:
         self.engine = engine
+        self.shared_memory = shared_memory  # registered regions (None: --shared-memory none)
         self.accepting = True
         self._keys = keys if keys is not None else KeyRing([ApiKey(api_key)] if api_key else [])
         self._log = request_log or RequestLog()
@@ -130,8 +136,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_guarded
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=surge.__version__, extensions=list(EXTENSIONS)
-        )
+            name=SERVER_NAME, version=surge.__version__,
+            extensions=extensions(self.shared_memory is not None))
 
     @_guarded
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
@@ -192,6 +198,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                  for key, value in request.parameters.items()})
         await self.engine.unload(name)
         return pb.RepositoryModelUnloadResponse()
+
+    # -- the shared-memory extension (surge/server/shared_memory_api.py) ------------------
+    @_guarded
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return shm.system_status(self.shared_memory, request)
+
+    @_guarded
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return shm.system_register(self.shared_memory, request, context.peer())
+
+    @_guarded
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return shm.system_unregister(self.shared_memory, request)
+
+    @_guarded
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return shm.cuda_status(self.shared_memory, request)
+
+    @_guarded
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return shm.cuda_register(self.shared_memory, request)
+
+    @_guarded
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return shm.cuda_unregister(self.shared_memory, request)
 
     def _check_model_control(self, action: str) -> None:
         if not self.repository_api:
@@ -263,7 +294,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             if not self.accepting:
                 raise ShuttingDownError("server is shutting down")
-            decoded = decode_infer_request(request)
+            decoded = decode_infer_request(request, self.shared_memory)
             if record is not None:
                 record.decoded = time.perf_counter()
             route = VariantRoute(decoded.variant, decoded.full_accuracy)

@@ -2,7 +2,8 @@
 
 Scopes are ordered: `read` (metadata, configuration, statistics, the repository index,
 readiness of a model, metrics), `infer` (read + inference), `admin` (infer + repository load
-and unload, which make the server read files). Health (`/v2/health/*`, ServerLive,
+and unload, which make the server read files, and shared-memory registration, which makes it
+map memory a client names). Health (`/v2/health/*`, ServerLive,
 ServerReady) stays open so that probes need no secret.
 """
 

@@ -94,6 +94,28 @@ def _repository_paths() -> dict[str, Any]:
     }
 
 
+def _shared_memory_paths() -> dict[str, Any]:
+    """The shared-memory extension's system regions and CUDA's (whose register is refused)."""
+    region = {"name": "region", "in": "path", "required": True, "schema": {"type": "string"}}
+    status = {**_get("registered regions", {"type": "array", "items": {"type": "object"}},
+                     400, 404)}
+    change = {"post": {"responses": {"200": _ok(None), **_errors(400, 401, 403, 404)}}}
+    register = {"post": {
+        "requestBody": {"required": True, **_json({"type": "object", "properties": {
+            "key": {"type": "string"}, "offset": {"type": "integer"},
+            "byte_size": {"type": "integer"}}})},
+        "responses": {"200": _ok(None), **_errors(400, 401, 403, 404)}},
+        "parameters": [region]}
+    paths: dict[str, Any] = {}
+    for kind in ("systemsharedmemory", "cudasharedmemory"):
+        paths[f"/v2/{kind}/status"] = status
+        paths[f"/v2/{kind}/unregister"] = change
+        paths[f"/v2/{kind}/region/{{region}}/status"] = {**status, "parameters": [region]}
+        paths[f"/v2/{kind}/region/{{region}}/unregister"] = {**change, "parameters": [region]}
+        paths[f"/v2/{kind}/region/{{region}}/register"] = register
+    return paths
+
+
 def _schemas() -> dict[str, Any]:
     tensor_fields: dict[str, Any] = {
         "name": {"type": "string"}, "datatype": {"type": "string"},
@@ -152,6 +174,7 @@ def openapi_document() -> dict[str, Any]:
                                  {"$ref": "#/components/schemas/Statistics"}),
         **_model_paths(),
         **_repository_paths(),
+        **_shared_memory_paths(),
     }
     return {
         "openapi": "3.0.3",

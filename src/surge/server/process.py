@@ -29,6 +29,8 @@ from surge.server.grpc_listener import start_grpc_h2_server
 from surge.server.grpc_server import InferenceServicer, start_grpc_server
 from surge.server.limits import ConnectionLimits, guarded_protocol
 from surge.server.production import Production, ProductionOptions
+from surge.server.shared_memory import MODES as SHARED_MEMORY_MODES
+from surge.server.shared_memory import registry_for
 from surge.server.sockets import reserve_all
 
 log = logging.getLogger(__name__)
@@ -70,11 +72,17 @@ class ServeOptions:
     # The gRPC listener's stack: "surge" (HTTP/2 on the event loop, surge/server/grpc_h2.py)
     # or "grpcio" (grpc core's server through grpc.aio).
     grpc_server: str = "surge"
+    # Triton's system shared-memory extension: "system" (clients register regions and name
+    # them in place of tensor bytes) or "none" (its endpoints refused).
+    shared_memory: str = "system"
 
     def __post_init__(self) -> None:
         if self.grpc_server not in GRPC_SERVERS:
             raise SurgeError(f"--grpc-server {self.grpc_server!r}: use "
                              f"{' or '.join(GRPC_SERVERS)}")
+        if self.shared_memory not in SHARED_MEMORY_MODES:
+            raise SurgeError(f"--shared-memory {self.shared_memory!r}: use "
+                             f"{' or '.join(SHARED_MEMORY_MODES)}")
         _check_exposure(self.host, (self.http_port, self.grpc_port, self.metrics_port),
                         self.api_key)
         if self.log_level is not None:  # before any model loads, not when logging starts
@@ -147,9 +155,11 @@ class SurgeServer:
         self.engine = engine
         self.options = options
         self.site = Production(options.production, options.api_key)
+        self.shared_memory = registry_for(options.shared_memory)
         self.app = V2App(engine, max_body_bytes=options.max_body_bytes, keys=self.site.keys,
                          request_log=self.site.request_log,
-                         repository_api=self.site.repository_api)
+                         repository_api=self.site.repository_api,
+                         shared_memory=self.shared_memory)
         self._http: uvicorn.Server | None = None
         self._http_socket: socket.socket | None = None
         self._grpc: Any = None
@@ -174,7 +184,8 @@ class SurgeServer:
                                           self.site.ssl_context)
         servicer = InferenceServicer(self.engine, keys=self.site.keys,
                                      request_log=self.site.request_log,
-                                     repository_api=self.site.repository_api)
+                                     repository_api=self.site.repository_api,
+                                     shared_memory=self.shared_memory)
         self._grpc, self._grpc_servicer, grpc_port = await self._start_grpc(servicer, grpc_socket)
         # On the event loop like HTTP, so that the same connection limits guard it.
         metrics_app = self.site.metrics_app(make_asgi_app(registry=_exported(self.engine)))

@@ -84,6 +84,31 @@ def test_grpc_scopes(keyed: Served, scope: str | None, infer_code: grpc.StatusCo
         assert refused.value.code() == load_code
 
 
+@pytest.mark.parametrize(("scope", "status", "register", "grpc_register"), [
+    ("read", 200, 403, grpc.StatusCode.PERMISSION_DENIED),
+    ("infer", 200, 403, grpc.StatusCode.PERMISSION_DENIED),
+    # admin passes: the registration itself then fails (no such object)
+    ("admin", 200, 400, grpc.StatusCode.INVALID_ARGUMENT),
+])
+def test_shared_memory_registration_needs_admin(keyed: Served, scope: str, status: int,
+                                                register: int,
+                                                grpc_register: grpc.StatusCode) -> None:
+    headers = _auth(scope)
+    assert httpx.get(f"{keyed.http}/v2/systemsharedmemory/status",
+                     headers=headers).status_code == status
+    for path in ("region/r/register", "unregister"):
+        answer = httpx.post(f"{keyed.http}/v2/systemsharedmemory/{path}", headers=headers,
+                            json={"key": "/surge_keys_test_none", "byte_size": 8})
+        assert answer.status_code == (register if path.endswith("/register")
+                                      else 200 if scope == "admin" else 403), answer.text
+    with grpc.insecure_channel(keyed.grpc) as channel, pytest.raises(grpc.RpcError) as refused:
+        pb_grpc.GRPCInferenceServiceStub(channel).SystemSharedMemoryRegister(
+            pb.SystemSharedMemoryRegisterRequest(name="r", key="/surge_keys_test_none",
+                                                 byte_size=8),
+            metadata=(("authorization", f"Bearer {KEYS[scope]}"),), timeout=30)
+    assert refused.value.code() == grpc_register
+
+
 def test_metrics_can_be_left_open(tmp_path: Path) -> None:
     repo = make_repository(tmp_path / "repo", with_slow=False)
     served = launch(repo, tmp_path / "server.log", "--api-key", "k", "--no-metrics-auth")

@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from tests.integration.server.conftest import (
@@ -145,8 +146,9 @@ def test_proto_matches_tritonclient_field_numbers() -> None:
             assert triton[message].get(name) == signature, (message, name)
 
 
-def _perf_analyzer(url: str, protocol: str, *args: str) -> str:
-    """perf_analyzer's output after ~10 s at concurrency 8 over `protocol`."""
+def _perf_analyzer(url: str, protocol: str, *args: str, concurrency: int = 8,
+                   window_ms: int = 3000) -> str:
+    """perf_analyzer's output after three windows (~10 s) at concurrency 8 over `protocol`."""
     if not TRITON_PYTHON.exists():
         pytest.skip("tritonclient venv .venv-triton is missing")
     venv = TRITON_PYTHON.parents[1]
@@ -157,17 +159,17 @@ def _perf_analyzer(url: str, protocol: str, *args: str) -> str:
     env = dict(os.environ, LD_LIBRARY_PATH=str(site / "nvidia" / "cuda_runtime" / "lib"))
     result = subprocess.run(
         [str(venv / "bin" / "perf_analyzer"), "-m", "tiny", "-u", url, "-i", protocol,
-         "--concurrency-range", "8",
+         "--concurrency-range", str(concurrency),
          # 3 s windows until three agree (its stability check): 9 s of load or a little more
-         "--measurement-mode", "time_windows", "--measurement-interval", "3000",
+         "--measurement-mode", "time_windows", "--measurement-interval", str(window_ms),
          "--max-trials", "6", "--stability-percentage", "100", *args],
         capture_output=True, text=True, timeout=120, env=env, check=False,
     )
     return result.stdout + result.stderr
 
 
-def _ran_without_errors(output: str) -> None:
-    assert "Concurrency: 8" in output, output[-3000:]
+def _ran_without_errors(output: str, concurrency: int = 8) -> None:
+    assert f"Concurrency: {concurrency}" in output, output[-3000:]
     assert "error" not in output.lower().replace("errors: 0", ""), output[-3000:]
     match = re.search(r"Throughput: ([0-9.]+) infer/sec", output)
     assert match is not None, output[-3000:]
@@ -190,6 +192,24 @@ def test_perf_analyzer_grpc_runs_10s_at_concurrency_8_without_errors(
     finally:
         assert served.stop() == 0, served.output()
     _ran_without_errors(output)
+
+
+def test_perf_analyzer_with_system_shared_memory_runs_without_errors(
+        tiny_repo: Path, tmp_path: Path) -> None:
+    """`--shared-memory system`: perf_analyzer registers regions, sends every input and asks
+    every output through them, and unregisters them, over HTTP and gRPC (~3 s each)."""
+    served = start_server(tiny_repo, tmp_path / "server.log")
+    try:
+        outputs = {protocol: _perf_analyzer(url, protocol, "--shared-memory", "system",
+                                            concurrency=2, window_ms=1000)
+                   for protocol, url in (("http", served.http.removeprefix("http://")),
+                                         ("grpc", served.grpc))}
+        left = httpx.get(f"{served.http}/v2/systemsharedmemory/status", timeout=10).json()
+    finally:
+        assert served.stop() == 0, served.output()
+    for output in outputs.values():
+        _ran_without_errors(output, concurrency=2)
+    assert left == []
 
 
 def test_grpcio_listener_still_serves_the_tritonclient_calls(

@@ -92,6 +92,50 @@ def test_http_and_grpc_connections_reach_both_front_ends(frontends: ServerProces
         assert set(connection_owners(frontends.grpc_port, pids)) == set(pids)
 
 
+SHM_BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": {
+                "shared_memory_region": "in", "shared_memory_byte_size": 16}},
+                       {"name": "n", "datatype": "INT64", "shape": [1, 3], "data": [1, 2, 3]}]}
+
+
+def _shm_body(slot: int) -> dict:
+    """SHM_BODY with output y written to the region at the slot's own offset."""
+    return {**SHM_BODY, "outputs": [{"name": "y", "parameters": {
+        "shared_memory_region": "in", "shared_memory_byte_size": 16,
+        "shared_memory_offset": 16 * (slot + 1)}}]}
+
+
+def test_a_region_registered_on_one_front_end_serves_every_front_end(
+        frontends: ServerProcess) -> None:
+    from multiprocessing import shared_memory
+
+    pids = worker_pids(frontends.process)
+    http_port = int(frontends.http.rsplit(":", 1)[1])
+    block = shared_memory.SharedMemory(create=True, size=16 * (CONNECTIONS + 1))
+    try:
+        block.buf[:16] = np.array([1, 2, 3, 4], np.float32).tobytes()
+        registered = httpx.post(f"{frontends.http}/v2/systemsharedmemory/region/in/register",
+                                json={"key": "/" + block.name.lstrip("/"), "offset": 0,
+                                      "byte_size": block.size}, timeout=30)
+        assert registered.status_code == 200, registered.text
+        with ExitStack() as stack:
+            for slot in range(CONNECTIONS):
+                client = stack.enter_context(httpx.Client(base_url=frontends.http, timeout=30))
+                answer = client.post("/v2/models/tiny/infer", json=_shm_body(slot))
+                assert answer.status_code == 200, answer.text
+                written = bytes(block.buf[16 * (slot + 1):16 * (slot + 2)])
+                assert np.frombuffer(written, np.float32).tolist() == [2.0, 3.0, 4.0, 5.0]
+            assert set(connection_owners(http_port, pids)) == set(pids)
+        httpx.post(f"{frontends.http}/v2/systemsharedmemory/unregister", timeout=30)
+        for _ in range(CONNECTIONS):  # a new connection each time: either front end
+            answer = httpx.post(f"{frontends.http}/v2/models/tiny/infer", json=SHM_BODY,
+                                timeout=30)
+            assert answer.status_code == 400
+            assert "Unable to find system shared memory region: 'in'" in answer.json()["error"]
+    finally:
+        block.close()
+        block.unlink()
+
+
 def _requests_total(metrics: str) -> float:
     text = httpx.get(metrics, timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()

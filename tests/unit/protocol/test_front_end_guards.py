@@ -74,9 +74,9 @@ def test_large_json_is_decoded_off_the_event_loop(
     threads: list[threading.Thread] = []
     decode = surge.server.app.decode_request
 
-    def recording_decode(body: bytes, header_length: int | None) -> Any:
+    def recording_decode(body: bytes, header_length: int | None, regions: Any = None) -> Any:
         threads.append(threading.current_thread())
-        return decode(body, header_length)
+        return decode(body, header_length, regions)
 
     monkeypatch.setattr(surge.server.app, "decode_request", recording_decode)
     app = V2App(FakeEngine())

@@ -17,7 +17,6 @@ import numpy as np
 
 import surge
 from surge.engine import InferenceEngine
-from surge.engine.route import VariantRoute, answered_version, request_route
 from surge.engine.timing import request_timing
 from surge.errors import InputError, NotFoundError, SurgeError
 from surge.protocol.errors import http_error, load_failure, retry_after_header
@@ -34,7 +33,7 @@ from surge.repository import check_name, check_version
 from surge.server.keys import ApiKey, KeyRing, Scope
 from surge.server.observe import RequestIds, RequestLog, RequestRecord
 from surge.server.openapi import OPENAPI_PATH, openapi_document
-from surge.server.outcome import RequestObserver, outcome_of, served_by
+from surge.server.outcome import RequestObserver, infer_routed, outcome_of, served_by
 from surge.server.repository_load import check_unload, load_parameters
 from surge.server.shared_memory import SharedMemoryRegistry
 from surge.server.shared_memory_api import CHANGES, ROOTS, http_answer
@@ -274,23 +273,11 @@ class V2App:
             request = await self._decode(body, _header_length(headers, len(body)))
             if record is not None:
                 record.decoded = time.perf_counter()
-            route = VariantRoute(request.variant, request.full_accuracy)
-            route_token = request_route.set(route)
-            try:
-                outputs = await _until_disconnect(receive, self.engine.infer(
-                    name, version, request.inputs, outputs=request.output_names,
-                    priority=request.priority, timeout_us=request.timeout_us,
-                    request_id=request.request_id,
-                ))
-            finally:
-                request_route.reset(route_token)
-            answered = answered_version(route, self.engine, name, version)
-            if record is not None:
-                record.computed = time.perf_counter()
-                record.version, record.variant = answered, route.served
+            outputs, answered, served = await infer_routed(
+                self.engine, name, version, request, record,
+                lambda work: _until_disconnect(receive, work))
             payload, header_length = encode_response(
-                name, answered, request, outputs,
-                {"variant": route.served} if route.served else None)
+                name, answered, request, outputs, {"variant": served} if served else None)
         except ClientDisconnectedError:
             self._observe(name, "cancelled", start)
             raise

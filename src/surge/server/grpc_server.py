@@ -14,7 +14,6 @@ from google.protobuf import json_format
 
 import surge
 from surge.engine import InferenceEngine
-from surge.engine.route import VariantRoute, answered_version, request_route
 from surge.engine.timing import request_timing
 from surge.errors import NotFoundError, ServingError, SurgeError
 from surge.protocol.errors import grpc_code, http_error, load_failure
@@ -28,7 +27,7 @@ from surge.server import shared_memory_api as shm
 from surge.server.keys import ApiKey, KeyRing, Scope
 from surge.server.limits import ConnectionLimits
 from surge.server.observe import REQUEST_ID_HEADER, RequestIds, RequestLog, RequestRecord
-from surge.server.outcome import RequestObserver, outcome_of, served_by
+from surge.server.outcome import RequestObserver, infer_routed, outcome_of, served_by
 from surge.server.repository_load import check_unload_parameters, config_override
 from surge.server.shared_memory import SharedMemoryRegistry
 
@@ -297,23 +296,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             decoded = decode_infer_request(request, self.shared_memory)
             if record is not None:
                 record.decoded = time.perf_counter()
-            route = VariantRoute(decoded.variant, decoded.full_accuracy)
-            route_token = request_route.set(route)
-            try:
-                outputs = await self.engine.infer(
-                    name, version, decoded.inputs, outputs=decoded.output_names,
-                    priority=decoded.priority, timeout_us=decoded.timeout_us,
-                    request_id=decoded.request_id,
-                )
-            finally:
-                request_route.reset(route_token)
-            answered = answered_version(route, self.engine, name, version)
-            if record is not None:
-                record.computed = time.perf_counter()
-                record.version, record.variant = answered, route.served
+            outputs, answered, served = await infer_routed(
+                self.engine, name, version, decoded, record)
             response = encode_infer_response(
-                name, answered, decoded, outputs,
-                {"variant": route.served} if route.served else None)
+                name, answered, decoded, outputs, {"variant": served} if served else None)
         except asyncio.CancelledError:
             self._observer.observe(name, "cancelled", time.perf_counter() - start)
             raise

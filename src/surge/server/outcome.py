@@ -1,11 +1,17 @@
-"""The outcome label a finished request is counted under in the request metrics."""
+"""What both front ends do around one engine call: the call on the request's variant route
+(`infer_routed`), and the outcome label a finished request is counted under in the request
+metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from surge.engine.metrics import SurgeMetrics
+from surge.engine.route import VariantRoute, answered_version, request_route
 from surge.errors import (
     DeadlineExceededError,
     InputError,
@@ -19,6 +25,10 @@ from surge.errors import (
 
 if TYPE_CHECKING:
     from surge.engine import InferenceEngine
+    from surge.protocol.types import InferRequest
+    from surge.server.observe import RequestRecord
+
+Outputs = dict[str, np.ndarray]
 
 _OUTCOMES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], str], ...] = (
     (QueueFullError, "rejected"),
@@ -85,3 +95,28 @@ def served_by(engine: InferenceEngine) -> Callable[[str], bool]:
         return True
 
     return served
+
+
+async def infer_routed(
+    engine: InferenceEngine, name: str, version: int | None, request: InferRequest,
+    record: RequestRecord | None,
+    watch: Callable[[Awaitable[Outputs]], Awaitable[Outputs]] | None = None,
+) -> tuple[Outputs, int, str | None]:
+    """`engine.infer` of a decoded request under its variant pin (awaited through `watch`, e.g.
+    one that cancels it when the client goes); returns the outputs, the version that computed
+    them and the variant that served them (None for a model without a ladder), and records
+    both in `record`."""
+    route = VariantRoute(request.variant, request.full_accuracy)
+    token = request_route.set(route)
+    try:
+        work = engine.infer(name, version, request.inputs, outputs=request.output_names,
+                            priority=request.priority, timeout_us=request.timeout_us,
+                            request_id=request.request_id)
+        outputs = await (watch(work) if watch is not None else work)
+    finally:
+        request_route.reset(token)
+    answered = answered_version(route, engine, name, version)
+    if record is not None:
+        record.computed = time.perf_counter()
+        record.version, record.variant = answered, route.served
+    return outputs, answered, route.served

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -110,6 +111,15 @@ def server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     proc = start_server(tiny_repo, log, "--max-body-mb", "1", api_key=API_KEY)
     yield proc
     assert proc.stop() == 0, proc.output()
+
+
+def client_results(script: str, served: ServerProcess, key: str = API_KEY) -> dict:
+    """The JSON a client script of `clients/` prints after its calls to `served`'s HTTP and
+    gRPC ports, with the tiny model and `key`."""
+    result = triton_client(str(Path(__file__).parent / "clients" / script),
+                           served.http.removeprefix("http://"), served.grpc, "tiny", key)
+    assert result.returncode == 0, result.stderr[-3000:] + served.output()[-2000:]
+    return dict(json.loads(result.stdout))
 
 
 def triton_client(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:

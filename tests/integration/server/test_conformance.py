@@ -16,6 +16,7 @@ from tests.integration.server.conftest import (
     HERE,
     TRITON_PYTHON,
     ServerProcess,
+    client_results,
     start_server,
     triton_client,
 )
@@ -27,10 +28,7 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def conformance(server: ServerProcess) -> dict:
-    result = triton_client(str(HERE / "clients" / "triton_conformance.py"),
-                           server.http.removeprefix("http://"), server.grpc, "tiny", API_KEY)
-    assert result.returncode == 0, result.stderr[-3000:] + server.output()[-2000:]
-    return dict(json.loads(result.stdout))
+    return client_results("triton_conformance.py", server)
 
 
 @pytest.fixture(scope="module")
@@ -218,9 +216,7 @@ def test_grpcio_listener_still_serves_the_tritonclient_calls(
     served = start_server(tiny_repo, tmp_path / "server.log", "--grpc-server", "grpcio",
                           api_key=API_KEY)
     try:
-        result = triton_client(str(HERE / "clients" / "triton_conformance.py"),
-                               served.http.removeprefix("http://"), served.grpc, "tiny", API_KEY)
+        results = client_results("triton_conformance.py", served)
     finally:
         assert served.stop() == 0, served.output()
-    assert result.returncode == 0, result.stderr[-3000:] + served.output()[-2000:]
-    assert json.loads(result.stdout)["grpc"]["infer"]["m_dtype"] == "int64"
+    assert results["grpc"]["infer"]["m_dtype"] == "int64"

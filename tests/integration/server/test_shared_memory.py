@@ -3,7 +3,6 @@ tritonclient.utils.shared_memory against a real `surge serve`; and `--shared-mem
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -11,11 +10,9 @@ import httpx
 import numpy as np
 import pytest
 from tests.integration.server.conftest import (
-    API_KEY,
-    HERE,
     ServerProcess,
+    client_results,
     start_server,
-    triton_client,
 )
 from tests.integration.server.models import make_repository
 
@@ -27,10 +24,7 @@ N = np.array([[1, -2, 3], [40, 50, 60]], dtype=np.int64)
 
 @pytest.fixture(scope="module")
 def shared(server: ServerProcess) -> dict:
-    result = triton_client(str(HERE / "clients" / "triton_shared_memory.py"),
-                           server.http.removeprefix("http://"), server.grpc, "tiny", API_KEY)
-    assert result.returncode == 0, result.stderr[-3000:] + server.output()[-2000:]
-    return dict(json.loads(result.stdout))
+    return client_results("triton_shared_memory.py", server)
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -107,12 +101,9 @@ def test_grpcio_listener_serves_the_shared_memory_rpcs(tiny_repo: Path, tmp_path
     """`--grpc-server grpcio` routes the same RPCs (grpc core's server, not Surge's HTTP/2)."""
     served = start_server(tiny_repo, tmp_path / "server.log", "--grpc-server", "grpcio")
     try:
-        result = triton_client(str(HERE / "clients" / "triton_shared_memory.py"),
-                               served.http.removeprefix("http://"), served.grpc, "tiny", "")
+        out = client_results("triton_shared_memory.py", served, key="")["grpc"]
     finally:
         assert served.stop() == 0, served.output()
-    assert result.returncode == 0, result.stderr[-3000:] + served.output()[-2000:]
-    out = json.loads(result.stdout)["grpc"]
     np.testing.assert_array_equal(np.array(out["y"], np.float32), X + 1)
     assert out["errors"]["unknown_region"].startswith("StatusCode.NOT_FOUND|")
     assert out["status_after"] == []

@@ -42,9 +42,13 @@ def engine_for_path(path: Path) -> str:
 
 def check_device(engine: str, path: Path, device: str) -> None:
     """The device check `engine`'s runner makes when it loads `path`, made without loading it
-    (`surge models`). Torch parses its devices itself: importing it costs seconds, so a torch
-    device is checked at load only."""
+    (`surge models`). Torch parses its devices itself (importing it costs seconds: only for a
+    device other than auto or cpu)."""
     engine = ENGINE_BY_SUFFIX.get(Path(path).suffix, "") if engine == "auto" else engine
+    if engine in ("torch_export", "torch_factory") and device not in ("auto", "cpu"):
+        from surge.runtimes.torch_runner import torch_device
+
+        torch_device(device)
     if engine == "onnxruntime":
         from surge.runtimes.onnx_runner import parse_device
 

@@ -23,11 +23,28 @@ from surge.trusted import import_object
 
 
 def torch_device(device: str) -> Any:
+    """The torch device a model's `device` names (auto: CUDA when there is one); ModelLoadError
+    for a string torch does not parse, or a device this machine does not have."""
     import torch
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        reason = str(exc).split(" device type at start")[0]
+        raise ModelLoadError(f"device {device!r} is not a torch device ({reason})") from None
+    if parsed.type == "cpu":
+        return parsed
+    count_devices = getattr(getattr(torch, parsed.type, None), "device_count", None)
+    count = count_devices() if callable(count_devices) else 0
+    if count == 0:
+        raise ModelLoadError(f"device {device!r}: this machine has no {parsed.type} device "
+                             f"that torch can use; use cpu or auto")
+    if parsed.index is not None and parsed.index >= count:
+        raise ModelLoadError(f"device {device!r}: this machine has {count} {parsed.type} "
+                             f"device{'s' if count > 1 else ''} (0-{count - 1})")
+    return parsed
 
 
 def set_torch_threads(options: RunnerOptions) -> None:

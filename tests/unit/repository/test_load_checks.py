@@ -4,6 +4,7 @@ the load gives."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,26 @@ def test_models_leaves_the_model_inputs_to_the_load(tmp_path: Path) -> None:
     config = DECODE_STEP.format(processor="image.decode", params="{size: [2, 2]}")
     repo = Repository(make_repo(tmp_path, config="max_batch_size: 8\n" + config))
     assert repo.entries()[0].state == "READY"
+
+
+@pytest.mark.parametrize(("device", "reason"), [
+    ("gpu", r"device 'gpu' is not a torch device \(Expected one of cpu, cuda"),
+    ("cuda:99", r"device 'cuda:99': this machine has (no cuda device|\d+ cuda device)"),
+    ("meta", r"device 'meta': this machine has no meta device"),
+])
+def test_a_torch_device_the_machine_lacks_is_refused_by_models_and_the_load(
+        tmp_path: Path, device: str, reason: str) -> None:
+    """Torch's own RuntimeError (and, without CUDA, an AssertionError) were tracebacks at load,
+    and `surge models` said READY."""
+    from tests.unit.tiny_models import write_pt2
+
+    folder = tmp_path / "tiny"
+    (folder / "1").mkdir(parents=True)
+    write_pt2(folder / "1" / "model.pt2")
+    (folder / "config.yaml").write_text(f"max_batch_size: 8\ndevice: '{device}'\n")
+    repo = Repository(tmp_path)
+    entry = repo.entries()[0]
+    assert entry.state == "UNAVAILABLE"
+    assert re.match(reason, entry.reason), entry.reason
+    with pytest.raises(ModelLoadError, match=reason):
+        serving_runner(repo.load("tiny"))

@@ -271,7 +271,9 @@ class ModelConfig(StrictConfig):
         0, ge=0, le=256, description="Intra-op threads per instance; 0 = cores / instances."
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N; for ONNX Runtime also "
-                        "tensorrt[:N] and openvino (its execution providers, CPU as fallback).")
+                        "tensorrt[:N] and openvino (its execution providers, CPU as fallback); "
+                        "for PyTorch any device torch names that the machine has; LiteRT: "
+                        "auto or cpu.")
     spin_wait: SpinWait = Field(
         False, description="How engine threads wait for work. false: they sleep, leaving the "
         "cores they are not using to the front end and the other instances. run: ONNX Runtime's "

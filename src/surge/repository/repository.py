@@ -331,6 +331,7 @@ def check_labels(name: str, config: ModelConfig, signature: Signature, path: Pat
 
 
 def build_runner(path: Path, config: ModelConfig, options: RunnerOptions) -> Runner:
+    check_loadable(path, config)  # what `surge models` checks, refused the same way
     if check_engine(path, config) == "torch_factory":
         from surge.runtimes.torch_runner import FactoryRunner
 

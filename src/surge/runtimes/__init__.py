@@ -45,6 +45,9 @@ def check_device(engine: str, path: Path, device: str) -> None:
     (`surge models`). Torch parses its devices itself (importing it costs seconds: only for a
     device other than auto or cpu)."""
     engine = ENGINE_BY_SUFFIX.get(Path(path).suffix, "") if engine == "auto" else engine
+    if engine == "tflite" and device not in ("auto", "cpu"):
+        raise ModelLoadError(f"device {device!r}: the tflite engine runs on the CPU only "
+                             "(auto or cpu)")
     if engine in ("torch_export", "torch_factory") and device not in ("auto", "cpu"):
         from surge.runtimes.torch_runner import torch_device
 

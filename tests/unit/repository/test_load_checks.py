@@ -84,3 +84,16 @@ def test_a_torch_device_the_machine_lacks_is_refused_by_models_and_the_load(
     assert re.match(reason, entry.reason), entry.reason
     with pytest.raises(ModelLoadError, match=reason):
         serving_runner(repo.load("tiny"))
+
+
+def test_a_tflite_model_asking_for_a_gpu_is_refused_not_run_on_the_cpu(tmp_path: Path) -> None:
+    """LiteRT runs on the CPU: `device: cuda` was ignored, the model served on the CPU."""
+    folder = tmp_path / "tiny"
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.tflite").write_bytes(b"not read: the device is refused first")
+    (folder / "config.yaml").write_text("max_batch_size: 8\ndevice: cuda\n")
+    repo = Repository(tmp_path)
+    reason = "device 'cuda': the tflite engine runs on the CPU only (auto or cpu)"
+    assert (repo.entries()[0].state, repo.entries()[0].reason) == ("UNAVAILABLE", reason)
+    with pytest.raises(ModelLoadError, match=re.escape(reason)):
+        repo.load("tiny")

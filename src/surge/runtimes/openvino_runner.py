@@ -47,8 +47,15 @@ def _read(core: Any, path: Path) -> Any:
     try:
         return core.read_model(str(path))
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelLoadError(f"{path}: OpenVINO cannot read it ({first[:300]})") from None
+        raise ModelLoadError(f"{path}: OpenVINO cannot read it ({_reason(exc)[:300]})") from None
+
+
+def _reason(exc: Exception) -> str:
+    """The line of an OpenVINO error that says what is wrong: its messages start with lines
+    naming the C++ source that threw ("Exception from src/inference/src/cpp/core.cpp:84:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith("Exception from ")]
+    return (said or lines or [type(exc).__name__])[0]
 
 
 class OpenVinoRunner:

@@ -66,7 +66,8 @@ def load_runner(path: Path, options: RunnerOptions | None = None, engine: str | 
     """Load a self-describing model file (.onnx, .pt2, .keras, .tflite, .xml) into its engine."""
     path = Path(path)
     if not path.is_file():
-        raise ModelLoadError(f"{path}: model file not found")
+        raise ModelLoadError(f"{path}: " + ("not a regular file" if path.exists() else
+                                            "model file not found"))
     engine = engine or engine_for_path(path)
     if engine == "onnxruntime":
         from surge.runtimes.onnx_runner import OnnxRunner

@@ -66,3 +66,16 @@ def test_factory_model_refuses_pickled_weights(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not a valid safetensors file"):
         Repository(tmp_path / "repo").load("evil")
     assert not marker.exists()
+
+
+def test_a_model_path_that_is_not_a_regular_file_says_so(tmp_path: Path) -> None:
+    """A FIFO or a directory named model.onnx is not a missing file (it said "not found")."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo.onnx")
+    (tmp_path / "dir.onnx").mkdir()
+    for name in ("fifo.onnx", "dir.onnx"):
+        with pytest.raises(ModelLoadError, match=rf"{name}: not a regular file"):
+            load_runner(tmp_path / name)
+    with pytest.raises(ModelLoadError, match=r"gone.onnx: model file not found"):
+        load_runner(tmp_path / "gone.onnx")

@@ -46,8 +46,7 @@ def check_device(engine: str, path: Path, device: str) -> None:
     device other than auto or cpu)."""
     engine = ENGINE_BY_SUFFIX.get(Path(path).suffix, "") if engine == "auto" else engine
     if engine == "tflite" and device not in ("auto", "cpu"):
-        raise ModelLoadError(f"device {device!r}: the tflite engine runs on the CPU only "
-                             "(auto or cpu)")
+        raise ModelLoadError(f"{path}: the LiteRT engine runs on cpu, not {device!r}")
     if engine in ("torch_export", "torch_factory") and device not in ("auto", "cpu"):
         from surge.runtimes.torch_runner import torch_device
 

@@ -93,7 +93,7 @@ def test_a_tflite_model_asking_for_a_gpu_is_refused_not_run_on_the_cpu(tmp_path:
     (folder / "1" / "model.tflite").write_bytes(b"not read: the device is refused first")
     (folder / "config.yaml").write_text("max_batch_size: 8\ndevice: cuda\n")
     repo = Repository(tmp_path)
-    reason = "device 'cuda': the tflite engine runs on the CPU only (auto or cpu)"
+    reason = f"{folder / '1' / 'model.tflite'}: the LiteRT engine runs on cpu, not 'cuda'"
     assert (repo.entries()[0].state, repo.entries()[0].reason) == ("UNAVAILABLE", reason)
     with pytest.raises(ModelLoadError, match=re.escape(reason)):
         repo.load("tiny")

@@ -5,15 +5,22 @@ from this process to the actors' nodes. Token authentication follows Ray 2.60: a
 started with `RAY_AUTH_MODE=token` accepts drivers that bring the same token in
 `RAY_AUTH_TOKEN` (or a file named by `RAY_AUTH_TOKEN_PATH`, default `~/.ray/auth_token`).
 The dashboard and usage statistics stay off unless the environment asks for them.
+
+What cannot work is refused in seconds with one line, before Ray spends its own long retries
+on it: a malformed address, a port nothing listens on or where no gRPC server (a GCS) answers,
+token mode without a token (Ray's C++ client would abort the process), a token the cluster
+refuses.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,9 +29,18 @@ from surge.errors import SurgeError
 log = logging.getLogger(__name__)
 
 # Ray reads these when it is imported: set them first, without overriding the user's own.
-_QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_IMPORT_WARNING": "1"}
+# Ray ends a driver whose GCS stays unreachable for 60 s (its default), with the requests in
+# flight and the models served by local workers: the front end outlives its cluster instead
+# (cluster models go unavailable as their nodes go; Ray reconnects if the GCS comes back).
+_DRIVER_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_IMPORT_WARNING": "1",
+               "RAY_gcs_rpc_server_reconnect_timeout_s": str(10 * 365 * 86400)}
 PROBE_TIMEOUT_S = 3.0
+SHUTDOWN_TIMEOUT_S = 10.0  # ray.shutdown waits on a GCS that may be gone
 NAMESPACE = "surge"
+# The HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (the GCS) answers with
+# a SETTINGS frame of its own; anything else (an HTTP/1 server, a silent port) does not.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+H2_SETTINGS = 4
 
 
 class ClusterError(SurgeError):
@@ -42,8 +58,8 @@ class ClusterInfo:
     gpus: float
 
 
-def quiet_ray_environment() -> None:
-    for name, value in _QUIET_ENV.items():
+def driver_environment() -> None:
+    for name, value in _DRIVER_ENV.items():
         os.environ.setdefault(name, value)
     # A token given without a mode is meant to be used: Ray would otherwise not send it.
     if "RAY_AUTH_MODE" not in os.environ and (
@@ -70,6 +86,7 @@ def check_token(address: str) -> None:
     from ray._raylet import GcsClient  # type: ignore[attr-defined]
     from ray.exceptions import AuthenticationError
 
+    check_token_present()
     try:
         with _native_stderr_silenced():  # the C++ client logs every refused retry there
             GcsClient(address=address).internal_kv_get(b"surge-probe", None,
@@ -82,6 +99,27 @@ def check_token(address: str) -> None:
         raise ClusterError(f"cannot join the Ray cluster at {address}: {exc}") from None
 
 
+def check_token_present() -> None:
+    """In token mode, a token must be there: Ray's C++ client aborts the process without one."""
+    from ray._raylet import (  # type: ignore[attr-defined]
+        AuthenticationMode,
+        AuthenticationTokenLoader,
+        get_authentication_mode,
+    )
+    from ray.exceptions import AuthenticationError
+
+    if get_authentication_mode() != AuthenticationMode.TOKEN:
+        return
+    with contextlib.suppress(AuthenticationError):
+        if AuthenticationTokenLoader.instance().has_token():
+            return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    where = (f"RAY_AUTH_TOKEN_PATH {path!r} cannot be read or is empty" if path else
+             "RAY_AUTH_TOKEN is empty or unset and ~/.ray/auth_token is missing")
+    raise ClusterError(f"token authentication is on (RAY_AUTH_MODE=token) but {where}: set "
+                       "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token")
+
+
 def check_address(address: str) -> None:
     """Refuse what cannot work before Ray spends its own (long) timeouts on it."""
     if address.startswith("ray://"):
@@ -92,22 +130,67 @@ def check_address(address: str) -> None:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise ClusterError(f"--ray {address!r}: expected host:port or 'auto'")
+    if not 0 < int(port) < 65536:  # else the resolver takes it modulo 65536
+        raise ClusterError(f"--ray {address!r}: port {port} is not in 1-65535")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), PROBE_TIMEOUT_S):
-            pass
+        sock = socket.create_connection((host.strip("[]"), int(port)), PROBE_TIMEOUT_S)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ClusterError(f"cannot reach the Ray cluster at {address} ({reason})") from None
+    with sock:
+        if not _tls() and not answers_grpc(sock):
+            raise ClusterError(
+                f"{address} does not answer as a Ray cluster's GCS (no gRPC server there "
+                f"within {PROBE_TIMEOUT_S:g} s): give the head's GCS port (ray start --port, "
+                "6379 by default)")
+
+
+def answers_grpc(sock: socket.socket) -> bool:
+    """Whether the server on `sock` answers the HTTP/2 preface as a gRPC server does."""
+    try:
+        sock.settimeout(PROBE_TIMEOUT_S)
+        sock.sendall(H2_PREFACE)
+        head = b""
+        while len(head) < 9:
+            got = sock.recv(9 - len(head))
+            if not got:
+                return False
+            head += got
+    except OSError:  # silent (timed out) or reset: not a GCS
+        return False
+    return head[3] == H2_SETTINGS
+
+
+def _tls() -> bool:
+    """Ray's TLS mode: the GCS then speaks TLS first, and the preface would prove nothing."""
+    return os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+
+
+def find_cluster() -> str:
+    """What 'auto' means: the address of the cluster this machine belongs to (the latest
+    `ray start` here, or RAY_ADDRESS)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        found = canonicalize_bootstrap_address("auto")
+    except Exception:  # ConnectionError: no cluster found on this machine
+        found = None
+    if not found:
+        raise ClusterError("--ray auto: no Ray cluster runs on this machine (ray start), and "
+                           "RAY_ADDRESS is not set; give the head's host:port")
+    return found
 
 
 def connect(address: str) -> ClusterInfo:
     """Join the cluster at `address` ('auto': the one this machine belongs to) as a driver."""
-    check_address(address)
-    quiet_ray_environment()
+    check_address(address)  # 'auto' passes: it is found, then checked, below
+    driver_environment()
     import ray
 
-    if address != "auto":
-        check_token(address)
+    if address == "auto":  # checked as any other: Ray would retry a refused token for 20 s
+        address = find_cluster()
+        check_address(address)
+    check_token(address)
     try:
         ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING,
                  log_to_driver=False, configure_logging=False)
@@ -130,8 +213,16 @@ def describe() -> ClusterInfo:
     return info
 
 
-def disconnect() -> None:
+def disconnect(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """Leave the cluster; without waiting longer than `timeout_s` on a GCS that is gone."""
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
+    if not ray.is_initialized():
+        return
+    leaving = threading.Thread(target=ray.shutdown, name="surge-ray-shutdown", daemon=True)
+    leaving.start()
+    leaving.join(timeout_s)
+    if leaving.is_alive():
+        atexit.unregister(ray.shutdown)  # it would wait once more as the interpreter exits
+        log.warning("left the Ray cluster without its goodbye: ray.shutdown() did not return "
+                    "within %g s (its GCS is gone?)", timeout_s)

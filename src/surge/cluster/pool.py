@@ -11,21 +11,23 @@ Faults: an actor that dies, a node that goes away, or a node that stops answerin
 (`surge.cluster.heartbeat`, on its own thread) loses that instance. Its batches go back to the
 head of the queue once (another instance computes them) while their deadlines allow, else
 fail with WorkerCrashedError; the instance is replaced with backoff, away from a silent node
-for a while. Scaling: see `ScalePolicy`.
+for a while (a replacement still waiting for a node after that while starts afresh). With no
+instance left, what waits for one fails once a replacement cannot load the model, or none is
+ready within `start_timeout_s` (it would wait for ever otherwise). Actors are killed on a
+thread (`ClusterSite.kill`). Scaling: see `ScalePolicy`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from surge.cluster.actor import ActorSpec, BatchReply, unpack_batch
 from surge.cluster.channel import Channel, ChannelClosedError
 from surge.cluster.heartbeat import Heartbeat
+from surge.cluster.instance import Instance, State, close_channel
 from surge.cluster.paths import open_channel, path_name, ray_call
 from surge.cluster.placement import (
     actor_options,
@@ -44,44 +46,9 @@ from surge.workers.pool import BatchResult
 
 log = logging.getLogger(__name__)
 
-PIPELINE_DEPTH = 2  # batches an instance holds: one computing, one waiting on its node
 BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 30.0
-EWMA_ALPHA = 0.2
 CHANNEL_TIMEOUT_S = 5.0  # to open an instance's channel before falling back to Ray calls
-
-
-class State(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    DEAD = "dead"
-
-
-@dataclass(eq=False)
-class Instance:
-    """The front end's view of one actor."""
-
-    index: int
-    actor: Any  # ray.actor.ActorHandle
-    started: float
-    state: State = State.STARTING
-    node_id: str = ""
-    device: str = ""
-    error: str = ""
-    inflight: dict[int, Batch] = field(default_factory=dict)
-    last_done: float = 0.0
-    idle_since: float = 0.0
-    item_s: float | None = None  # its own EWMA of seconds per batch item: nodes differ
-    channel: Channel | None = None  # the direct tensor path; None: batches as Ray calls
-
-    @property
-    def free(self) -> int:
-        return PIPELINE_DEPTH - len(self.inflight) if self.state is State.READY else 0
-
-    def record(self, size: int, seconds: float) -> None:
-        per_item = seconds / max(1, size)
-        self.item_s = per_item if self.item_s is None else (
-            EWMA_ALPHA * per_item + (1 - EWMA_ALPHA) * self.item_s)
 
 
 class RayPool:
@@ -103,6 +70,7 @@ class RayPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
+        self._empty_since: float | None = None  # when the last live instance was lost
         ceiling = self._config.max_instances or self._config.instances
         self._heartbeat = Heartbeat(self._config.heartbeat_ms / 1e3,
                                     self._config.heartbeat_misses, self._heard_threadsafe)
@@ -143,9 +111,7 @@ class RayPool:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Place every instance, wait until all loaded the model (ModelLoadError otherwise)."""
-        import ray
-
-        nodes = await asyncio.to_thread(ray.nodes)
+        nodes = await self._site.node_table()
         if not fitting_nodes(self._config, nodes):
             raise ModelLoadError(f"model {self.spec.ref!r}: no node of the Ray cluster can hold "
                                  f"an instance (one needs {describe_demand(self._config)})")
@@ -192,11 +158,8 @@ class RayPool:
         """Take an instance out and kill its actor; fail what it held with `error`."""
         instance.state = State.DEAD
         self._heartbeat.forget(instance.index)
-        _close(instance)
-        with contextlib.suppress(Exception):
-            import ray
-
-            ray.kill(instance.actor, no_restart=True)
+        close_channel(instance)
+        self._site.kill(instance.actor)
         batches = list(instance.inflight.values())
         instance.inflight.clear()
         for batch in batches:
@@ -207,12 +170,13 @@ class RayPool:
     def _launch(self) -> Instance:
         """Create one actor (Ray places it) and load the model in it, in the background."""
         spec = self.spec
-        options = actor_options(self._config, self._site.suspects)
+        avoided = frozenset(self._site.suspects)
+        options = actor_options(self._config, avoided)
         actor = self._site.actor_class().options(**options).remote(ActorSpec(
             self._site.root, spec.ref, spec.version, instance_threads(self._config),
             "cpu" if not self._config.gpus else "cuda", spec.config.spin_wait))
         self._indexes += 1
-        instance = Instance(self._indexes, actor, self._loop.time())
+        instance = Instance(self._indexes, actor, self._loop.time(), avoided=avoided)
         self._instances.append(instance)
         self._spawn(self._load(instance))
         self._update_gauge()
@@ -235,18 +199,18 @@ class RayPool:
             return
         if info is None or info.error:
             instance.error = instance.error or f"on node {info.node_ip}: {info.error}"
-            self._failed_load(instance)
+            self._failed_load(instance, model_error=info is not None)
             return
         if self.signature is None:
             self.signature = info.signature
         if self._site.channel:
             instance.channel = await self._open_channel(instance)
             if instance.state is State.DEAD:
-                _close(instance)
+                close_channel(instance)
                 return
         now = self._loop.time()
         instance.state, instance.node_id, instance.device = State.READY, info.node_id, info.device
-        instance.idle_since = now
+        instance.idle_since, self._empty_since = now, None
         self._heartbeat.watch(instance.index, instance.actor,
                               instance.channel is not None and instance.channel.shared)
         self._failures = 0
@@ -267,7 +231,8 @@ class RayPool:
                         self.spec.ref, instance.index, type(exc).__name__, exc)
             return None
 
-    def _failed_load(self, instance: Instance) -> None:
+    def _failed_load(self, instance: Instance, model_error: bool = True) -> None:
+        """`model_error`: the model itself did not load (not: the actor or its node died)."""
         instance.state = State.DEAD
         self._changed.set()
         if not self._warm or self._stopping:
@@ -276,6 +241,16 @@ class RayPool:
                   instance.error)
         self._instances.remove(instance)
         self._replace_later()
+        if model_error and not self.live:
+            self._unavailable(f"instance {instance.index} could not load: {instance.error}",
+                              self._loop.time())
+
+    def _unavailable(self, why: str, now: float) -> None:
+        """No instance lives and none is sure to come (its load failed, or none was ready
+        within `start_timeout_s`): the requests waiting for one fail now rather than hang."""
+        self._empty_since = now  # once more after as long, should any wait then
+        self._events.on_unavailable(WorkerCrashedError(
+            f"model {self.spec.ref!r} has no live instance: {why}"))
 
     def _replace_later(self) -> None:
         delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** self._failures)
@@ -367,16 +342,15 @@ class RayPool:
         was_ready = instance.state is State.READY
         instance.state = State.DEAD
         self._heartbeat.forget(instance.index)
-        _close(instance)
-        with contextlib.suppress(Exception):
-            import ray
-
-            ray.kill(instance.actor, no_restart=True)
+        close_channel(instance)
+        self._site.kill(instance.actor)
         if instance in self._instances:
             self._instances.remove(instance)
         batches = list(instance.inflight.values())
         instance.inflight.clear()
         now = self._loop.time()
+        if was_ready and not self.live:
+            self._empty_since = now
         for batch in batches:
             self._retry_or_fail(batch, instance, cause, now)
         self._site.metrics.lost.labels(self.model, cause).inc()
@@ -433,6 +407,24 @@ class RayPool:
         live = self.live
         self._policy.sample(now, bool(live) and all(i.free == 0 for i in live))
         self._scale(now)
+        self._unshun()
+        waited = self._config.start_timeout_s
+        if self._empty_since is not None and now - self._empty_since >= waited:
+            self._unavailable(f"none became ready within {waited:g} s (start_timeout_s) of "
+                              "the loss of the last one", now)
+
+    def _unshun(self) -> None:
+        """An instance started while a node was suspected never goes there (Ray fixed its
+        label selector): once that suspicion lapses, one still waiting for a node starts
+        afresh, that node allowed (else, with no room elsewhere, it would wait for ever)."""
+        suspects = self._site.suspects
+        for instance in [i for i in self._instances
+                         if i.state is State.STARTING and i.avoided - suspects]:
+            self._instances.remove(instance)
+            self._retire(instance, None)
+            log.info("instance %s[%d] waited for a node while one was avoided; started "
+                     "again, that node allowed now", self.spec.ref, instance.index)
+            self._launch()
 
     def _scale(self, now: float) -> None:
         live = self.live
@@ -465,8 +457,3 @@ class RayPool:
             count = sum(1 for i in self._instances if i.state is state)
             gauge.labels(self.model, state.value).set(count)
 
-
-def _close(instance: Instance) -> None:
-    if instance.channel is not None:
-        instance.channel.close()
-        instance.channel = None

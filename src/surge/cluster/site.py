@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,6 +27,7 @@ from surge.cluster.actor import (
 from surge.cluster.metrics import ClusterMetrics
 from surge.cluster.shared import Probe
 from surge.engine.instances import InstancePool, PoolEvents, PoolSpec
+from surge.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from surge.cluster.pool import RayPool
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUSPECT_S = 60.0  # Ray declares a silent node dead after about 15-55 s with its defaults
+NODE_TABLE_TIMEOUT_S = 30.0
 
 
 @functools.cache
@@ -97,6 +102,34 @@ class ClusterSite:
                         "%g s", node_id[:12], SUSPECT_S)
             self._suspected[node_id] = self._clock()
 
+    def kill(self, actor: Any) -> None:
+        """Kill `actor`, on a thread of its own: `ray.kill` waits on the GCS, which may be
+        slow or gone, and must hold up neither the event loop nor the front end's exit."""
+        threading.Thread(target=_kill, args=(actor,), name="surge-kill", daemon=True).start()
+
+    async def node_table(self, timeout_s: float = NODE_TABLE_TIMEOUT_S) -> list[dict[str, Any]]:
+        """Ray's node table, read on a thread of its own: it waits on the GCS, which may be
+        gone (a thread of the loop's executor stuck there would hold up the exit too)."""
+        loop = asyncio.get_running_loop()
+        table: asyncio.Future[list[dict[str, Any]]] = loop.create_future()
+
+        def read() -> None:
+            import ray
+
+            try:
+                nodes, error = ray.nodes(), None
+            except Exception as exc:
+                nodes, error = [], exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_settle, table, nodes, error)
+
+        threading.Thread(target=read, name="surge-ray-nodes", daemon=True).start()
+        try:
+            return await asyncio.wait_for(table, timeout_s)
+        except TimeoutError:
+            raise ModelLoadError(f"the Ray cluster's GCS did not answer within {timeout_s:g} s "
+                                 "(is its head down?)") from None
+
     def __call__(self, spec: PoolSpec, events: PoolEvents) -> InstancePool:
         """The pool factory: Ray actors for one served version."""
         from surge.cluster.pool import RayPool
@@ -104,3 +137,20 @@ class ClusterSite:
         pool = RayPool(spec, events, self)
         self.pools.append(pool)
         return pool
+
+
+def _kill(actor: Any) -> None:
+    import ray
+
+    with contextlib.suppress(Exception):  # gone already, or Ray is shut down
+        ray.kill(actor, no_restart=True)
+
+
+def _settle(table: asyncio.Future[list[dict[str, Any]]], nodes: list[dict[str, Any]],
+            error: Exception | None) -> None:
+    if table.done():
+        return
+    if error is not None:
+        table.set_exception(error)
+    else:
+        table.set_result(nodes)

@@ -444,6 +444,11 @@ class ServedModel:
                 f"killed; {why}"), now)
         self.wake()
 
+    def on_unavailable(self, error: Exception) -> None:
+        for request in self.scheduler.drain():
+            self._reject(request, error)
+        self._m_depth.set(0)
+
     def on_spawn_failure(self) -> None:
         self.metrics.worker_spawn_failures.labels(self.name).inc()
 

@@ -38,6 +38,9 @@ class PoolEvents(Protocol):
     def on_spawn_failure(self) -> None:
         """A restart could not start its instance; the pool tries again after a backoff."""
 
+    def on_unavailable(self, error: Exception) -> None:
+        """No instance lives and none is sure to come: fail the queued requests with `error`."""
+
     def batch_estimate(self, size: int) -> float | None:
         """Seconds a batch of `size` should take (None before any was measured)."""
 

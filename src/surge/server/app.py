@@ -89,6 +89,8 @@ class V2App:
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan and websockets: nothing to do
+        if not self.accepting:  # draining: no next request on this connection
+            send = _closing_connection(send)
         try:
             await self._dispatch(scope, receive, send)
         except ClientDisconnectedError:
@@ -425,6 +427,20 @@ async def _respond(
 ) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _closing_connection(send: Send) -> Send:
+    """`send` with `Connection: close` on the response (uvicorn then closes the connection
+    after it), so that a client sends its next request elsewhere instead of racing the
+    close of its idle keep-alive connection."""
+
+    async def closing(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []),
+                                              (b"connection", b"close")]}
+        await send(message)
+
+    return closing
 
 
 async def _send_error(send: Send, error: Exception, *extra: tuple[bytes, bytes]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 
 GRPC_SERVERS = ("surge", "grpcio")
+# How long a drain still answers requests arriving on open HTTP keep-alive connections.
+HTTP_LINGER_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -224,9 +227,8 @@ class SurgeServer:
         if self._grpc_servicer is not None:
             self._grpc_servicer.accepting = False
         waits = []
-        if self._http is not None and self._http_socket is not None:
-            # Closes the listener, lets open requests finish, closes idle keep-alive connections.
-            waits.append(self._http.shutdown(sockets=[self._http_socket]))
+        if self._http is not None:
+            waits.append(self._drain_http(self._http))
         if self._grpc is not None:
             waits.append(self._grpc.stop(self.options.grace_s))
         await asyncio.gather(*waits)
@@ -235,6 +237,16 @@ class SurgeServer:
         if self._metrics is not None and self._metrics_socket is not None:
             await self._metrics.shutdown(sockets=[self._metrics_socket])
         self.site.close()
+
+    async def _drain_http(self, http: uvicorn.Server) -> None:
+        """Stop taking connections, then give requests already on their way over open
+        keep-alive connections HTTP_LINGER_S to arrive and be answered (503 "server is shutting
+        down", with `Connection: close`); then uvicorn lets open requests finish and closes the
+        idle connections, which would have cut such a request off without an answer."""
+        for listener in http.servers:
+            listener.close()
+        await asyncio.sleep(HTTP_LINGER_S)
+        await http.shutdown(sockets=[self._http_socket] if self._http_socket else None)
 
 
 async def _start_uvicorn(app: Any, sock: socket.socket, options: ServeOptions,
@@ -270,7 +282,10 @@ async def serve_until_signal(
         loop.add_signal_handler(sig, stop.set)
     server = SurgeServer(engine, options)
     try:
-        endpoints = await server.start()
+        endpoints = await _started_unless_stopped(server, stop)
+        if endpoints is None:
+            log.info("stopping before every model loaded")
+            return
         freeze_loaded_heap()
         if on_started is not None:
             on_started(endpoints)
@@ -280,6 +295,23 @@ async def serve_until_signal(
         await server.drain()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def _started_unless_stopped(server: SurgeServer, stop: asyncio.Event) -> Endpoints | None:
+    """`server.start()`, or None when `stop` is set first: the loads in progress are cancelled
+    (each stops what it started), as a signal must not wait for models that take minutes."""
+    starting = asyncio.ensure_future(server.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if starting.done():
+        return starting.result()
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
+    return None
 
 
 def freeze_loaded_heap() -> None:

@@ -51,6 +51,12 @@ def slow_double(delay_ms: float = 50.0) -> SlowDouble:
     return SlowDouble(delay_ms)
 
 
+def slow_to_load(load_s: float = 60.0) -> SlowDouble:
+    """A model whose load takes `load_s`: the worker sits in this call meanwhile."""
+    time.sleep(load_s)
+    return SlowDouble(0.0)
+
+
 TINY_CONFIG = """\
 max_batch_size: 8
 instances: 1

@@ -96,14 +96,17 @@ class BackgroundServer:
     async def _serve(self) -> None:
         from surge.engine import Engine
         from surge.repository import Repository
-        from surge.server.process import SurgeServer
+        from surge.server.process import SurgeServer, started_unless_stopped
 
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         models = list(self.options.models) if self.options.models else None
         engine = Engine(Repository(self.repo), models=models, residency=self.options.residency)
         server = SurgeServer(engine, self.options)
         try:
-            self._endpoints.set_result(await server.start())
+            endpoints = await started_unless_stopped(server, self._stop)
+            if endpoints is None:  # stop() while models loaded: start() gave up waiting
+                return
+            self._endpoints.set_result(endpoints)
             await self._stop.wait()
         finally:
             await server.drain()

@@ -282,7 +282,7 @@ async def serve_until_signal(
         loop.add_signal_handler(sig, stop.set)
     server = SurgeServer(engine, options)
     try:
-        endpoints = await _started_unless_stopped(server, stop)
+        endpoints = await started_unless_stopped(server, stop)
         if endpoints is None:
             log.info("stopping before every model loaded")
             return
@@ -297,7 +297,7 @@ async def serve_until_signal(
             loop.remove_signal_handler(sig)
 
 
-async def _started_unless_stopped(server: SurgeServer, stop: asyncio.Event) -> Endpoints | None:
+async def started_unless_stopped(server: SurgeServer, stop: asyncio.Event) -> Endpoints | None:
     """`server.start()`, or None when `stop` is set first: the loads in progress are cancelled
     (each stops what it started), as a signal must not wait for models that take minutes."""
     starting = asyncio.ensure_future(server.start())

@@ -16,7 +16,9 @@ from safetensors.torch import save_file
 from tests.integration.server.conftest import HERE, worker_pids
 from tests.integration.server.models import make_repository
 
+from surge.api import start_server
 from surge.engine import Engine
+from surge.errors import SurgeError
 from surge.repository import Repository
 from surge.server.process import ServeOptions, SurgeServer
 
@@ -73,16 +75,21 @@ def test_a_request_reaching_an_idle_keep_alive_connection_as_the_drain_begins_is
     asyncio.run(body())
 
 
-def test_sigterm_while_models_load_stops_the_server_without_waiting_for_them(
-        tmp_path: Path) -> None:
-    """SIGTERM was taken only once every model had loaded (a minute here)."""
-    repo = make_repository(tmp_path / "repo", with_slow=False)
+def _repository_with_a_minute_long_load(root: Path) -> Path:
+    repo = make_repository(root, with_slow=False)
     (repo / "late" / "1").mkdir(parents=True)
     save_file({}, str(repo / "late" / "1" / "model.safetensors"))
     (repo / "late" / "config.yaml").write_text(
         "engine: torch_factory\nfactory: models:slow_to_load\nfactory_kwargs: {load_s: 60}\n"
         "inputs: [{name: x, datatype: FP32, shape: [-1, 4]}]\n"
         "outputs: [{name: output, datatype: FP32, shape: [-1, 4]}]\n")
+    return repo
+
+
+def test_sigterm_while_models_load_stops_the_server_without_waiting_for_them(
+        tmp_path: Path) -> None:
+    """SIGTERM was taken only once every model had loaded (a minute here)."""
+    repo = _repository_with_a_minute_long_load(tmp_path / "repo")
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
@@ -106,3 +113,14 @@ def test_sigterm_while_models_load_stops_the_server_without_waiting_for_them(
             process.wait()
         log.close()
 
+
+
+def test_a_background_server_that_does_not_start_in_time_stops_without_waiting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`surge.start_server` giving up after its timeout waited for the loads to finish."""
+    repo = _repository_with_a_minute_long_load(tmp_path / "repo")
+    monkeypatch.syspath_prepend(str(HERE))  # the workers import models:slow_to_load
+    began = time.monotonic()
+    with pytest.raises(SurgeError, match="did not start within 3 s"):
+        start_server(repo, ServeOptions(http_port=0, grpc_port=0, metrics_port=0), timeout_s=3)
+    assert time.monotonic() - began < 20

@@ -228,7 +228,8 @@ class WorkerPool:
                 if w is not None and w.state is State.READY and w.process.pid is not None]
 
     async def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop every worker (after `timeout_s` they are killed) and free the shared memory.
+        """Stop every worker (after `timeout_s` they are killed; one still loading its model
+        at once) and free the shared memory.
 
         The caller drains first: batches still in flight here fail with WorkerCrashedError.
         """
@@ -238,7 +239,9 @@ class WorkerPool:
         self._restarts.clear()
         workers = [w for w in self._workers if w is not None]
         for worker in workers:
-            if worker.state is not State.DEAD:
+            if worker.state is State.STARTING:  # a load reads no Stop before it ends: no use
+                worker.process.kill()
+            elif worker.state is not State.DEAD:
                 with contextlib.suppress(OSError):
                     worker.conn.send(Stop())
         deadline = time.monotonic() + timeout_s

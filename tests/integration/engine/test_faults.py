@@ -412,3 +412,30 @@ def test_a_batch_without_room_in_shared_memory_fails_alone(
     assert small_error is None
     assert small is not None
     np.testing.assert_array_equal(small["y"], np.full((1, 4), 5.0))
+
+
+def test_stopping_a_pool_kills_a_worker_still_loading_its_model_at_once(tmp_path: Path) -> None:
+    """A loading worker reads no Stop before its load ends: stop waited out its whole timeout
+    (a drain, an unload, or a start given up, for a model that takes minutes to load)."""
+    from safetensors.torch import save_file
+
+    (tmp_path / "late" / "1").mkdir(parents=True)
+    save_file({}, str(tmp_path / "late" / "1" / "model.safetensors"))
+    (tmp_path / "late" / "config.yaml").write_text(
+        "engine: torch_factory\nfactory: tests.integration.server.models:slow_to_load\n"
+        "factory_kwargs: {load_s: 120}\ninputs: [{name: x, datatype: FP32, shape: [-1, 4]}]\n"
+        "outputs: [{name: output, datatype: FP32, shape: [-1, 4]}]\n")
+
+    async def body() -> float:
+        recorder = Recorder()
+        workers = WorkerPool(str(tmp_path), "late", 1, [Placement("cpu", 1)], recorder.on_done)
+        starting = asyncio.create_task(workers.start())
+        await asyncio.sleep(3.0)  # the worker is inside the model's factory by now
+        began = asyncio.get_running_loop().time()
+        await workers.stop(60.0)
+        took = asyncio.get_running_loop().time() - began
+        with contextlib.suppress(ModelLoadError):
+            await starting
+        return took
+
+    assert asyncio.run(body()) < 30.0

@@ -229,17 +229,15 @@ class WorkerPool:
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Stop every worker (after `timeout_s` they are killed; one still loading its model
-        at once) and free the shared memory.
-
-        The caller drains first: batches still in flight here fail with WorkerCrashedError.
-        """
+        at once: a load reads no Stop before it ends) and free the shared memory. The caller
+        drains first: batches still in flight here fail with WorkerCrashedError."""
         self._stopping = True
         for handle in self._restarts.values():
             handle.cancel()
         self._restarts.clear()
         workers = [w for w in self._workers if w is not None]
         for worker in workers:
-            if worker.state is State.STARTING:  # a load reads no Stop before it ends: no use
+            if worker.state is State.STARTING:
                 worker.process.kill()
             elif worker.state is not State.DEAD:
                 with contextlib.suppress(OSError):
@@ -251,7 +249,6 @@ class WorkerPool:
                 worker.process.kill()
                 await asyncio.to_thread(worker.process.join, 5.0)
             self._close(worker, WorkerCrashedError("model is being stopped"))
-        for worker in workers:
             if worker.transport is not None:
                 worker.transport.close()
                 worker.transport = None

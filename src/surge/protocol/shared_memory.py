@@ -127,8 +127,10 @@ def _size(what: str, key: str, value: object) -> int:
 
 def read_input(name: str, datatype: str, shape: tuple[int, ...], place: Placement) -> np.ndarray:
     """The input's array over the region's bytes, not a copy: the scheduler copies it into
-    the worker's slot as it does the bytes of a binary body. BYTES: length-prefixed
-    elements filling `shared_memory_byte_size` exactly."""
+    the worker's slot as it does the bytes of a binary body. Read-only, as an array over a
+    body's bytes is: a step that would change it in place fails instead of writing into the
+    client's memory. BYTES: length-prefixed elements filling `shared_memory_byte_size`
+    exactly."""
     if datatype != "BYTES":
         dtype = BF16_WORDS if datatype == "BF16" else v2_to_numpy(datatype)
         expected = math.prod(shape) * dtype.itemsize
@@ -136,7 +138,7 @@ def read_input(name: str, datatype: str, shape: tuple[int, ...], place: Placemen
             raise SharedMemoryError(
                 f"input {name!r} expects {expected} bytes for {datatype} {list(shape)}, got "
                 f"{BYTE_SIZE} {place.byte_size}")
-    return tensor_from_bytes(name, datatype, shape, place.view)
+    return tensor_from_bytes(name, datatype, shape, place.view.toreadonly())
 
 
 def write_output(name: str, array: np.ndarray, datatype: str, place: Placement) -> int:

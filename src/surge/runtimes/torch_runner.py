@@ -132,6 +132,13 @@ def exported_signature(program: Any) -> Signature:
     return Signature(inputs, outputs, batched=batched, platform="pytorch_export")
 
 
+def _writable(array: np.ndarray) -> np.ndarray:
+    """A contiguous array the module may change: torch ignores numpy's read-only flag, and an
+    in-process instance is handed a request's own arrays, so a module changing its input in
+    place would write into the request's body or the client's shared-memory region."""
+    return np.ascontiguousarray(array) if array.flags.writeable else np.array(array)
+
+
 class _TorchRunnerBase:
     """Shared run loop: numpy in, module forward under inference_mode, numpy out."""
 
@@ -154,10 +161,8 @@ class _TorchRunnerBase:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        args = [
-            torch.from_numpy(np.ascontiguousarray(inputs[spec.name])).to(self._device)
-            for spec in self._signature.inputs
-        ]
+        args = [torch.from_numpy(_writable(inputs[spec.name])).to(self._device)
+                for spec in self._signature.inputs]
         with torch.inference_mode():
             result = self._module(*args)
         if isinstance(result, torch.Tensor):

@@ -16,13 +16,18 @@ whether its mapping is still the registered one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import ipaddress
 import json
+import math
 import mmap
 import os
 import stat
 import threading
+import time
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 from surge.errors import shown
@@ -38,6 +43,12 @@ from surge.workers.transport import SEGMENT_PREFIX
 
 SHM_ROOT = Path("/dev/shm")  # where Linux keeps POSIX shared-memory objects (shm_open)
 MAX_NAME_CHARS = 256
+# Each region is one mapping, and a process has vm.max_map_count of them (65,530 by default)
+# for everything it maps: past this many registrations the server would run out of its own.
+MAX_REGIONS = 4096
+# How often, at most, a front end checks its mappings of regions registered through another
+# (`SharedMemoryRegistry._sweep`): a stat per mapping, 20 ms for 4,096 of them.
+SWEEP_EVERY_S = 1.0
 MODES = ("system", "none")
 
 
@@ -102,8 +113,9 @@ def _is_local(peer: str) -> bool:
     return address.is_loopback
 
 
-def map_region(name: str, key: str, offset: int, byte_size: int) -> Region:
-    """Map `byte_size` bytes from `offset` of object `key`, read-write and shared."""
+def map_region(name: str, key: str, offset: int, byte_size: int) -> tuple[Region, int]:
+    """Map `byte_size` bytes from `offset` of object `key`, read-write and shared; with the
+    object's inode number."""
     try:
         fd = os.open(SHM_ROOT / key[1:], os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -120,10 +132,66 @@ def map_region(name: str, key: str, offset: int, byte_size: int) -> Region:
             raise SharedMemoryError(
                 f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} = "
                 f"{offset + byte_size} is past the end of {key!r} ({info.st_size} bytes)")
-        mapping = mmap.mmap(fd, offset + byte_size)
+        buffer = _mapped(fd, offset, byte_size)
+    except OSError as exc:
+        raise SharedMemoryError(f"cannot map shared memory region {name!r} of {key!r} "
+                                f"({exc.strerror})") from None
     finally:
         os.close(fd)
-    return Region(name, key, offset, byte_size, memoryview(mapping)[offset:])
+    return Region(name, key, offset, byte_size, buffer), info.st_ino
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_int64)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _mapped(fd: int, offset: int, byte_size: int) -> memoryview:
+    """`byte_size` bytes from `offset` of `fd`, mapped shared; unmapped when the last view of
+    them goes. Not Python's mmap, which keeps a duplicate of the descriptor as long as the
+    mapping lives: one per region, until registrations use up the process's open files and
+    the server can accept no connection."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    length = offset + byte_size - start
+    address = _libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED,
+                         fd, start)
+    if address is None or address == _MAP_FAILED:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    pages = (ctypes.c_char * length).from_address(address)
+    weakref.finalize(pages, _libc.munmap, address, length)
+    return memoryview(pages).cast("B")[offset - start:]
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A region this front end mapped: `stamp` of its record in the shared directory ((0, 0)
+    without one), `inode` of its object."""
+
+    region: Region
+    stamp: tuple[int, int]
+    inode: int
+
+
+def _check_not_shrunk(held: _Held) -> None:
+    """Refuse a region whose object the client has since shrunk below it: touching the mapping
+    past the object's end would stop the process (SIGBUS). One stat per request; an object
+    removed, or replaced under its name, keeps what was mapped and is not checked. (An object
+    shrunk while a request uses the region is not caught: see docs/protocol.md.)"""
+    region = held.region
+    try:
+        info = os.stat(os.fspath(SHM_ROOT) + region.key)  # the key starts with its "/"
+    except OSError:
+        return
+    end = region.offset + region.byte_size
+    if info.st_ino == held.inode and info.st_size < end:
+        raise SharedMemoryError(
+            f"shared memory key {region.key!r} is now {info.st_size} bytes, shorter than region "
+            f"{region.name!r} (offset {region.offset} + byte_size {region.byte_size} = {end}): "
+            "unregister the region and register it again")
 
 
 class SharedMemoryRegistry:
@@ -133,55 +201,72 @@ class SharedMemoryRegistry:
 
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = directory
-        self._regions: dict[str, tuple[Region, tuple[int, int]]] = {}
+        self._regions: dict[str, _Held] = {}
         self._lock = threading.Lock()
+        self._swept = -math.inf  # time.monotonic() of the last sweep
 
     def register(self, name: object, key: object, offset: object, byte_size: object) -> None:
         name, key = check_region_name(name), check_key(key)
         offset, byte_size = check_extent(offset, byte_size)
         with self._lock:
+            self._sweep()
             if self._known(name):
                 raise RegionExistsError(f"shared memory region {name!r} is already registered")
-            region = map_region(name, key, offset, byte_size)
+            if self._count() >= MAX_REGIONS:
+                raise SharedMemoryError(f"{MAX_REGIONS} shared memory regions are registered, "
+                                        "the most this server keeps: unregister some first")
+            region, inode = map_region(name, key, offset, byte_size)
             stamp = self._publish(region) if self.directory is not None else (0, 0)
-            self._regions[name] = (region, stamp)
+            self._regions[name] = _Held(region, stamp, inode)
 
     def unregister(self, name: str = "") -> None:
         """Forget region `name` (every region when empty); an unknown name is no error."""
         with self._lock:
-            names = [name] if name else [*self._regions, *self._published()]
+            names = [name] if name else [*self._regions,
+                                         *(record[0] for record in self._published())]
             for each in names:
                 self._regions.pop(each, None)
                 if self.directory is not None:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self._record(each))
+            self._sweep()
 
     def get(self, name: str) -> Region:
-        """The region `name`, as registered now (RegionNotFoundError when it is not)."""
+        """The region `name`, as registered now (RegionNotFoundError when it is not), for a
+        request to read or write."""
+        held = self._held(name)
+        _check_not_shrunk(held)
+        return held.region
+
+    def _held(self, name: str) -> _Held:
         known = self._regions.get(name)
         if self.directory is None:
             if known is None:
                 raise _not_found(name)
-            return known[0]
+            return known
         stamp = self._stamp(name)
         if stamp is None:
             self._regions.pop(name, None)
             raise _not_found(name)
-        if known is not None and known[1] == stamp:
-            return known[0]
-        region = map_region(*self._read(name))
-        self._regions[name] = (region, stamp)
-        return region
+        if known is not None and known.stamp == stamp:
+            return known
+        region, inode = map_region(*self._read(name))
+        held = _Held(region, stamp, inode)
+        self._sweep()
+        self._regions[name] = held
+        return held
 
     def status(self, name: str = "") -> list[dict[str, object]]:
         """Triton's status entries: of region `name`, or of every region when empty."""
-        if name:
-            region = self.get(name)
-            return [region.status()]
         if self.directory is None:
-            return [region.status() for region, _ in self._regions.values()]
-        return [dict(zip(("name", "key", "offset", "byte_size"), self._read(each), strict=True))
-                for each in sorted(self._published())]
+            if name:
+                return [self._held(name).region.status()]
+            return [held.region.status() for held in self._regions.values()]
+        self._sweep()
+        # from the records, not mappings: one front end's status maps nothing
+        records = [self._read(name)] if name else sorted(self._published())
+        return [dict(zip(("name", "key", "offset", "byte_size"), record, strict=True))
+                for record in records]
 
     # -- the shared directory -------------------------------------------------------------
     def _known(self, name: str) -> bool:
@@ -225,14 +310,33 @@ class SharedMemoryRegistry:
             raise _not_found(name) from None
         return stored, key, offset, byte_size
 
-    def _published(self) -> list[str]:
+    def _published(self) -> list[tuple[str, str, int, int]]:
+        """Every region's record, each read once: one unregistered meanwhile is left out."""
         if self.directory is None:
             return []
-        names = []
+        records = []
         for path in self.directory.glob("*.json"):
             with contextlib.suppress(FileNotFoundError):
-                names.append(json.loads(path.read_text())[0])
-        return names
+                stored, key, offset, byte_size = json.loads(path.read_text())
+                records.append((stored, key, offset, byte_size))
+        return records
+
+    def _count(self) -> int:
+        if self.directory is None:
+            return len(self._regions)
+        return sum(entry.endswith(".json") for entry in os.listdir(self.directory))
+
+    def _sweep(self) -> None:
+        """Let go of the mappings of regions unregistered, or registered anew, through another
+        front end: nothing else would while no request here names them again, and each holds
+        its object's memory even once the client removed the object."""
+        now = time.monotonic()
+        if self.directory is None or now - self._swept < SWEEP_EVERY_S:
+            return
+        self._swept = now
+        for name, held in list(self._regions.items()):
+            if self._stamp(name) != held.stamp:
+                self._regions.pop(name, None)
 
 
 def _not_found(name: str) -> RegionNotFoundError:

@@ -29,7 +29,8 @@ OFF = "shared memory is off on this server (surge serve --shared-memory none)"
 def http_route(rest: list[str]) -> tuple[str, str, str]:
     """(kind, region name or "", action) of a path below /v2 (`rest[0]` is one of ROOTS)."""
     kind, tail = rest[0], rest[1:]
-    if len(tail) == 3 and tail[0] == "region" and tail[2] in ("status", *CHANGES):
+    # `region//unregister` names no region: not the unregister of every region
+    if len(tail) == 3 and tail[0] == "region" and tail[1] and tail[2] in ("status", *CHANGES):
         return kind, tail[1], tail[2]
     if len(tail) == 1 and tail[0] in ("status", "unregister"):
         return kind, "", tail[0]

@@ -214,7 +214,7 @@ def print_table(summary: dict[str, dict[str, float]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per mode")
     parser.add_argument("--clients", type=int, default=16, help="closed-loop concurrency")
     parser.add_argument("--repeat", type=int, default=3, help="rounds over every mode")

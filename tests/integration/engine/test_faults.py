@@ -417,14 +417,9 @@ def test_a_batch_without_room_in_shared_memory_fails_alone(
 def test_stopping_a_pool_kills_a_worker_still_loading_its_model_at_once(tmp_path: Path) -> None:
     """A loading worker reads no Stop before its load ends: stop waited out its whole timeout
     (a drain, an unload, or a start given up, for a model that takes minutes to load)."""
-    from safetensors.torch import save_file
+    from tests.integration.server.models import write_slow_to_load
 
-    (tmp_path / "late" / "1").mkdir(parents=True)
-    save_file({}, str(tmp_path / "late" / "1" / "model.safetensors"))
-    (tmp_path / "late" / "config.yaml").write_text(
-        "engine: torch_factory\nfactory: tests.integration.server.models:slow_to_load\n"
-        "factory_kwargs: {load_s: 120}\ninputs: [{name: x, datatype: FP32, shape: [-1, 4]}]\n"
-        "outputs: [{name: output, datatype: FP32, shape: [-1, 4]}]\n")
+    write_slow_to_load(tmp_path, 120, module="tests.integration.server.models")
 
     async def body() -> float:
         recorder = Recorder()

@@ -57,6 +57,19 @@ def slow_to_load(load_s: float = 60.0) -> SlowDouble:
     return SlowDouble(0.0)
 
 
+def write_slow_to_load(root: Path, load_s: float, module: str = "models") -> Path:
+    """Model `late` of repository `root`, built by `slow_to_load` (imported as `module`: the
+    workers of a server started with this directory on PYTHONPATH find it as `models`)."""
+    (root / "late" / "1").mkdir(parents=True)
+    save_file({}, str(root / "late" / "1" / "model.safetensors"))
+    (root / "late" / "config.yaml").write_text(
+        f"engine: torch_factory\nfactory: {module}:slow_to_load\n"
+        f"factory_kwargs: {{load_s: {load_s}}}\n"
+        "inputs: [{name: x, datatype: FP32, shape: [-1, 4]}]\n"
+        "outputs: [{name: output, datatype: FP32, shape: [-1, 4]}]\n")
+    return root
+
+
 TINY_CONFIG = """\
 max_batch_size: 8
 instances: 1

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import save_file
 from tests.integration.server.conftest import HERE, worker_pids
-from tests.integration.server.models import make_repository
+from tests.integration.server.models import make_repository, write_slow_to_load
 
 from surge.api import start_server
 from surge.engine import Engine
@@ -76,14 +75,7 @@ def test_a_request_reaching_an_idle_keep_alive_connection_as_the_drain_begins_is
 
 
 def _repository_with_a_minute_long_load(root: Path) -> Path:
-    repo = make_repository(root, with_slow=False)
-    (repo / "late" / "1").mkdir(parents=True)
-    save_file({}, str(repo / "late" / "1" / "model.safetensors"))
-    (repo / "late" / "config.yaml").write_text(
-        "engine: torch_factory\nfactory: models:slow_to_load\nfactory_kwargs: {load_s: 60}\n"
-        "inputs: [{name: x, datatype: FP32, shape: [-1, 4]}]\n"
-        "outputs: [{name: output, datatype: FP32, shape: [-1, 4]}]\n")
-    return repo
+    return write_slow_to_load(make_repository(root, with_slow=False), 60)
 
 
 def test_sigterm_while_models_load_stops_the_server_without_waiting_for_them(

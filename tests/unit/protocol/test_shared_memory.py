@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -36,14 +37,22 @@ from surge.server.shared_memory_api import http_answer
 LOCAL = "127.0.0.1"
 
 
+@contextmanager
+def shm_object(size: int) -> Iterator[shared_memory.SharedMemory]:
+    """A POSIX shared-memory object of `size` zero bytes, as a client makes one."""
+    memory = shared_memory.SharedMemory(create=True, size=size)
+    memory.buf[:] = bytes(size)
+    try:
+        yield memory
+    finally:
+        memory.close()
+        memory.unlink()
+
+
 @pytest.fixture
 def block() -> Iterator[shared_memory.SharedMemory]:
-    """A POSIX shared-memory object of 256 bytes, as a client makes one."""
-    memory = shared_memory.SharedMemory(create=True, size=256)
-    memory.buf[:] = bytes(256)
-    yield memory
-    memory.close()
-    memory.unlink()
+    with shm_object(256) as memory:
+        yield memory
 
 
 def key_of(memory: shared_memory.SharedMemory) -> str:

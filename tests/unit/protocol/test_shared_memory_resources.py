@@ -17,21 +17,13 @@ from surge.protocol.shared_memory import SharedMemoryError, placement, read_inpu
 from surge.server import shared_memory as registry_module
 from surge.server.shared_memory import SHM_ROOT, SharedMemoryRegistry
 from surge.server.shared_memory_api import http_answer
-
-LOCAL = "127.0.0.1"
+from tests.unit.protocol.test_shared_memory import LOCAL, key_of, shm_object
 
 
 @pytest.fixture
 def block() -> Iterator[shared_memory.SharedMemory]:
-    memory = shared_memory.SharedMemory(create=True, size=8192)
-    memory.buf[:] = bytes(8192)
-    yield memory
-    memory.close()
-    memory.unlink()
-
-
-def key_of(memory: shared_memory.SharedMemory) -> str:
-    return "/" + memory.name.lstrip("/")
+    with shm_object(8192) as memory:
+        yield memory
 
 
 def open_files() -> int:

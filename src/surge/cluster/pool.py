@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 30.0
+RETRIED_KEPT = 100_000  # retried requests remembered (see RayPool._retried)
 CHANNEL_TIMEOUT_S = 5.0  # to open an instance's channel before falling back to Ray calls
 
 
@@ -66,7 +67,9 @@ class RayPool:
         self._warm = False
         self._stopping = False
         self._changed = asyncio.Event()
-        self._retried: set[int] = set()  # ids of requests already sent back to the queue once
+        # Ids of requests already sent back to the queue once, oldest first; one that then
+        # expires in the queue is never seen here again, hence the bound (RETRIED_KEPT).
+        self._retried: dict[int, None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
@@ -316,7 +319,7 @@ class RayPool:
         self._heartbeat.beat(instance.index)
         if not instance.inflight:
             instance.idle_since = now
-        self._retried.difference_update(r.id for r in batch.requests)
+        self._forget_retried(batch)
         if reply.error or reply.outputs is None:
             self._events.on_done(batch, None, ServingError(
                 f"model {self.spec.ref!r} failed: {reply.error}"), None)
@@ -368,13 +371,20 @@ class RayPool:
         again = all(r.id not in self._retried and (r.deadline is None or r.deadline > now +
                                                    estimate) for r in batch.requests)
         if again:
-            self._retried.update(r.id for r in batch.requests)
+            self._retried.update(dict.fromkeys(r.id for r in batch.requests))
+            for oldest in list(self._retried)[:max(0, len(self._retried) - RETRIED_KEPT)]:
+                del self._retried[oldest]
             self._site.metrics.retried.labels(self.model).inc()
             self._events.on_requeue(batch)
             return
+        self._forget_retried(batch)
         self._events.on_done(batch, None, WorkerCrashedError(
             f"instance {instance.index} of model {self.spec.ref!r} on node "
             f"{instance.node_id[:12]} was lost ({cause}) while computing this request"), None)
+
+    def _forget_retried(self, batch: Batch) -> None:
+        for request in batch.requests:
+            self._retried.pop(request.id, None)
 
     def _estimate(self, size: int) -> float:
         times = [i.item_s for i in self.live if i.item_s is not None]

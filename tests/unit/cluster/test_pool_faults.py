@@ -27,6 +27,8 @@ class Events:
     def __init__(self) -> None:
         self.unavailable: list[Exception] = []
         self.restarts = 0
+        self.requeued = 0
+        self.failed: list[Exception | None] = []
 
     def on_unavailable(self, error: Exception) -> None:
         self.unavailable.append(error)
@@ -36,6 +38,13 @@ class Events:
 
     def batch_estimate(self, size: int) -> float | None:
         return None
+
+    def on_requeue(self, batch: object) -> None:
+        self.requeued += 1
+
+    def on_done(self, batch: object, outputs: object, error: Exception | None,
+                result: object) -> None:
+        self.failed.append(error)
 
 
 def one_instance_pool(tmp_path: Path) -> tuple[RayPool, Events, Instance]:
@@ -227,3 +236,29 @@ def test_reading_the_node_table_of_a_gone_gcs_fails_in_time(
     started = time.perf_counter()
     asyncio.run(body())
     assert time.perf_counter() - started < 2.5  # nor does the exit wait for the 3-s read
+
+
+def test_retried_requests_are_remembered_within_a_bound(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request sent back to the queue once and then expiring there was never forgotten (a
+    slow leak over node losses); one lost a second time is failed and forgotten."""
+    from surge.cluster import pool as pool_module
+    from surge.scheduler import Batch, Request
+
+    monkeypatch.setattr(pool_module, "RETRIED_KEPT", 10)
+
+    def batch(request_id: int) -> Batch:
+        request = Request(request_id, {}, 1, (), 0.0)
+        return Batch(request_id, (request,), (0, 1), 0.0)
+
+    async def body() -> tuple[RayPool, Events]:
+        pool, events, live = one_instance_pool(tmp_path)
+        for request_id in range(100):  # each retried once, none seen again
+            pool._retry_or_fail(batch(request_id), live, "node", 0.0)
+        pool._retry_or_fail(batch(99), live, "node", 0.0)  # lost a second time
+        return pool, events
+
+    pool, events = run(body())
+    assert events.requeued == 100
+    assert [type(error) for error in events.failed] == [WorkerCrashedError]
+    assert list(pool._retried) == list(range(90, 99))

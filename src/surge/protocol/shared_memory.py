@@ -108,8 +108,8 @@ def placement(regions: Regions | None, what: str,
         raise SharedMemoryError(f"{what}: {REGION} must be a region name, got {shown(name)}")
     if BYTE_SIZE not in params:
         raise SharedMemoryError(f"{what}: {REGION} needs {BYTE_SIZE}")
-    size = _size(what, BYTE_SIZE, params[BYTE_SIZE])
-    offset = _size(what, OFFSET, params.get(OFFSET, 0))
+    size = byte_count(f"{what}: {BYTE_SIZE}", params[BYTE_SIZE])
+    offset = byte_count(f"{what}: {OFFSET}", params.get(OFFSET, 0))
     region = regions.get(name)
     if offset + size > region.byte_size:
         raise SharedMemoryError(
@@ -118,10 +118,10 @@ def placement(regions: Regions | None, what: str,
     return Placement(region, offset, size)
 
 
-def _size(what: str, key: str, value: object) -> int:
+def byte_count(what: str, value: object) -> int:
+    """An offset or a byte size (`what` names it): a non-negative integer, not a bool."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SharedMemoryError(f"{what}: {key} must be a non-negative integer, got "
-                                f"{shown(value)}")
+        raise SharedMemoryError(f"{what} must be a non-negative integer, got {shown(value)}")
     return value
 
 
@@ -156,6 +156,7 @@ def write_output(name: str, array: np.ndarray, datatype: str, place: Placement) 
     return raw.nbytes
 
 
-__all__ = ["BYTE_SIZE", "OFFSET", "REGION", "Placement", "Region",
-           "RegionExistsError", "RegionNotFoundError", "Regions", "RemoteClientError", "SharedMemoryError",
-           "SharedMemoryUnsupportedError", "placement", "read_input", "write_output"]
+__all__ = ["BYTE_SIZE", "OFFSET", "REGION", "Placement", "Region", "RegionExistsError",
+           "RegionNotFoundError", "Regions", "RemoteClientError", "SharedMemoryError",
+           "SharedMemoryUnsupportedError", "byte_count", "placement", "read_input",
+           "write_output"]

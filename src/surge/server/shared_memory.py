@@ -37,6 +37,7 @@ from surge.protocol.shared_memory import (
     RegionNotFoundError,
     RemoteClientError,
     SharedMemoryError,
+    byte_count,
 )
 from surge.server.frontends import SHARED_MEMORY_DIR_ENV
 from surge.workers.transport import SEGMENT_PREFIX
@@ -74,17 +75,11 @@ def check_key(key: object) -> str:
 
 def check_extent(offset: object, byte_size: object) -> tuple[int, int]:
     """A registration's offset and byte size: non-negative integers, the size above zero."""
-    start, size = _whole("offset", offset), _whole("byte_size", byte_size)
+    start = byte_count("shared memory offset", offset)
+    size = byte_count("shared memory byte_size", byte_size)
     if size == 0:
         raise SharedMemoryError("shared memory byte_size must be above 0")
     return start, size
-
-
-def _whole(label: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SharedMemoryError(f"shared memory {label} must be a non-negative integer, got "
-                                f"{shown(value)}")
-    return value
 
 
 def check_local_client(peer: str) -> None:

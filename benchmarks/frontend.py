@@ -45,10 +45,12 @@ from serving import stop, wait_ready  # noqa: E402
 from surge.server.sockets import unused_port  # noqa: E402
 
 
-def write_repository(root: Path, max_batch: int = 8, delay_ms: float = 0.5) -> Path:
-    """A repository with `noop`: y = x on FP32 [-1, 4], one single-threaded instance."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+def write_repository(root: Path, max_batch: int = 8, delay_ms: float = 0.5,
+                     row: tuple[int, ...] = (4,)) -> Path:
+    """A repository with `noop`: y = x on FP32 [-1, *row], one single-threaded instance."""
+    dims: list[int | str] = ["batch", *row]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "noop", [x], [y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

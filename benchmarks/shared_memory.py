@@ -30,9 +30,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-import onnx
 import orjson
-from onnx import TensorProto, helper
 from rich.console import Console
 from rich.table import Table
 
@@ -44,7 +42,7 @@ BYTES = int(np.prod(SHAPE)) * 4
 console = Console()
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from frontend import cpu_seconds  # noqa: E402
+from frontend import cpu_seconds, write_repository  # noqa: E402
 from serving import stop, wait_ready  # noqa: E402
 
 from surge.bench.clients import HttpTransport  # noqa: E402
@@ -53,22 +51,6 @@ from surge.bench.loadgen import run_level  # noqa: E402
 from surge.bench.payload import http_request  # noqa: E402
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb  # noqa: E402
 from surge.server.sockets import unused_port  # noqa: E402
-
-
-def write_repository(root: Path, max_batch: int, delay_ms: float) -> Path:
-    """`noop`: y = x on FP32 [-1, 3, 64, 64], one single-threaded instance."""
-    dims: list[int | str] = ["batch", *SHAPE[1:]]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "noop", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    (root / "noop" / "1").mkdir(parents=True)
-    onnx.save(model, str(root / "noop" / "1" / "model.onnx"))
-    (root / "noop" / "config.yaml").write_text(
-        f"max_batch_size: {max_batch}\ninstances: 1\nthreads: 1\n"
-        f"batching: {{max_queue_delay_ms: {delay_ms}}}\nqueue: {{max_size: 4096}}\n")
-    return root
 
 
 def _place(region: str, offset: int = 0) -> dict[str, Any]:
@@ -225,7 +207,8 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="surge-shm-bench-") as tmp:
-        repo = write_repository(Path(tmp) / "repo", args.max_batch, args.max_queue_delay_ms)
+        repo = write_repository(Path(tmp) / "repo", args.max_batch, args.max_queue_delay_ms,
+                                tuple(SHAPE[1:]))
         rows = run(repo, args)
     summary = summarize(rows)
     print_table(summary)

@@ -40,28 +40,38 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return FRAME_HEADER.pack((len(payload) << 8) | kind, flags, stream_id) + payload
 
 
-def data_frames(stream_id: int, data: bytes, max_frame: int, *, end_stream: bool = False) -> bytes:
-    """`data` as DATA frames of at most `max_frame` bytes, END_STREAM on the last if asked."""
-    starts = range(0, len(data), max_frame)
-    last = starts[-1] if starts else -1
-    return b"".join(frame(DATA, END_STREAM if end_stream and start == last else 0, stream_id,
-                          data[start:start + max_frame]) for start in starts)
+def data_frames(stream_id: int, data: bytes | bytearray | memoryview, max_frame: int, *,
+                end_stream: bool = False) -> bytearray:
+    """`data` as DATA frames of at most `max_frame` bytes, END_STREAM on the last if asked:
+    written into one buffer, so a tensor's bytes are copied once on their way out."""
+    view = memoryview(data)
+    frames = bytearray()
+    starts = range(0, len(view), max_frame)
+    for start in starts:
+        chunk = view[start:start + max_frame]
+        last = end_stream and start == starts[-1]
+        frames += FRAME_HEADER.pack((len(chunk) << 8) | DATA, END_STREAM if last else 0,
+                                    stream_id)
+        frames += chunk
+    return frames
 
 
 def read_frames(buffer: bytearray, max_length: int) -> list[tuple[int, int, int, bytes]]:
     """(type, flags, stream id, payload) of each complete frame at the start of `buffer`, which
-    loses their bytes (a frame not yet complete stays)."""
+    loses their bytes (a frame not yet complete stays). Each payload is copied once, through
+    a view of the buffer (a slice of a bytearray would be copied twice)."""
     frames, offset, end = [], 0, len(buffer)
-    while end - offset >= 9:
-        head, flags, stream_id = FRAME_HEADER.unpack_from(buffer, offset)
-        length = head >> 8
-        if length > max_length:
-            raise Http2Error(FRAME_SIZE_ERROR, f"frame of {length} bytes")
-        if end - offset - 9 < length:
-            break
-        frames.append((head & 0xFF, flags, stream_id & 0x7FFFFFFF,
-                       bytes(buffer[offset + 9:offset + 9 + length])))
-        offset += 9 + length
+    with memoryview(buffer) as view:
+        while end - offset >= 9:
+            head, flags, stream_id = FRAME_HEADER.unpack_from(view, offset)
+            length = head >> 8
+            if length > max_length:
+                raise Http2Error(FRAME_SIZE_ERROR, f"frame of {length} bytes")
+            if end - offset - 9 < length:
+                break
+            frames.append((head & 0xFF, flags, stream_id & 0x7FFFFFFF,
+                           bytes(view[offset + 9:offset + 9 + length])))
+            offset += 9 + length
     del buffer[:offset]
     return frames
 
@@ -107,9 +117,9 @@ class CoalescedWrites(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: Any = None
-        self.out: list[bytes] = []
+        self.out: list[bytes | bytearray] = []
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | bytearray) -> None:
         if not self.out:
             asyncio.get_running_loop().call_soon(self._flush)
         self.out.append(data)

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, cast
 import grpc
 import hpack
 from google.protobuf.message import DecodeError
+from hpack.table import HeaderTable
 
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.http2 import encode_headers
@@ -153,25 +154,27 @@ def take_messages(body: bytearray) -> list[tuple[int, bytes]]:
     """(compressed flag, payload) of each complete length-prefixed message at the start of
     `body`, which loses their bytes."""
     messages, offset = [], 0
-    while len(body) - offset >= 5:
-        compressed, length = struct.unpack_from(">BI", body, offset)
-        if len(body) - offset - 5 < length:
-            break
-        messages.append((compressed, bytes(body[offset + 5:offset + 5 + length])))
-        offset += 5 + length
+    with memoryview(body) as view:
+        while len(view) - offset >= 5:
+            compressed, length = struct.unpack_from(">BI", view, offset)
+            if len(view) - offset - 5 < length:
+                break
+            messages.append((compressed, bytes(view[offset + 5:offset + 5 + length])))
+            offset += 5 + length
     del body[:offset]
     return messages
 
 
-def request_message(body: bytearray, encoding: str, limit: int) -> bytes:
-    """The one message of a unary request, decompressed (at most `limit` bytes)."""
-    messages = take_messages(body)
-    if len(messages) != 1 or body:
+def request_message(body: bytearray, encoding: str, limit: int) -> bytes | memoryview:
+    """The one message of a unary request, decompressed (at most `limit` bytes): a view of
+    `body` when it is not compressed (parsed in place, not copied first)."""
+    if len(body) < 5 or struct.unpack_from(">I", body, 1)[0] != len(body) - 5:
         raise CallError(grpc.StatusCode.INTERNAL, "a unary request carries one message")
-    return decompressed(*messages[0], encoding, limit)
+    return decompressed(body[0], memoryview(body)[5:], encoding, limit)
 
 
-def decompressed(compressed: int, payload: bytes, encoding: str, limit: int) -> bytes:
+def decompressed(compressed: int, payload: bytes | memoryview, encoding: str,
+                 limit: int) -> bytes | memoryview:
     """A message's bytes; a compressed one may not expand past `limit` (the cap that holds
     for uncompressed messages: a few kilobytes of gzip would otherwise fill the memory)."""
     if not compressed:
@@ -183,7 +186,7 @@ def decompressed(compressed: int, payload: bytes, encoding: str, limit: int) -> 
     raise CallError(grpc.StatusCode.UNIMPLEMENTED, f"compression {encoding!r} is not supported")
 
 
-def _decompress(payload: bytes, wbits: int, limit: int) -> bytes:
+def _decompress(payload: bytes | memoryview, wbits: int, limit: int) -> bytes:
     inflater = zlib.decompressobj(wbits)
     try:
         message = inflater.decompress(payload, limit + 1)
@@ -197,7 +200,7 @@ def _decompress(payload: bytes, wbits: int, limit: int) -> bytes:
     return message
 
 
-def parsed(request_class: Any, message: bytes) -> Any:
+def parsed(request_class: Any, message: bytes | memoryview) -> Any:
     """A request message parsed; one that is not a `request_class` is the client's error."""
     try:
         return request_class.FromString(message)
@@ -206,27 +209,55 @@ def parsed(request_class: Any, message: bytes) -> Any:
                         f"cannot parse the {request_class.__name__}: {exc}") from None
 
 
+class _CountedTable(HeaderTable):
+    """hpack's dynamic table, counting its changes (an entry added, a size set)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes = 0
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.changes += 1
+        super().add(name, value)
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    @maxsize.setter
+    def maxsize(self, value: int) -> None:
+        self.changes += 1
+        HeaderTable.maxsize.fset(self, value)  # type: ignore[attr-defined]
+
+
 class HeaderBlocks:
     """A connection's header blocks read: HPACK-decoded, then what they say of the call."""
 
+    KEPT = 64  # blocks kept decoded
+    KEPT_BYTES = 1024  # the largest block kept
+
     def __init__(self, max_list_size: int) -> None:
         self.decoder = hpack.Decoder()
+        self.decoder.header_table = self.table = _CountedTable()
         self.decoder.max_header_list_size = max_list_size
         self.known: dict[bytes, CallHeaders] = {}
 
     def decode(self, block: bytes) -> CallHeaders:
-        """A block of one-byte indexed fields only (a client's repeated call, once its headers
-        are in the table) changes no table and decodes the same until another block does:
-        those are kept, decoded once."""
+        """A block that changed no entry of the table (a client's repeated call: indexed
+        fields, literals not indexed) decodes the same until another block changes the
+        table: those are kept, decoded once (decoding cost more than the rest of a small
+        call's front-end work)."""
         call = self.known.get(block)
         if call is not None:
             return call
+        changes = self.table.changes
         call = call_headers(cast(list[tuple[str, str]], self.decoder.decode(block)))
-        if block and min(block) >= 0x80:
-            if len(self.known) < 64:
-                self.known[block] = call
-        else:
-            self.known.clear()  # the table may have changed
+        if self.table.changes != changes:
+            self.known.clear()  # the same bytes may now name other entries
+        elif len(block) <= self.KEPT_BYTES:
+            if len(self.known) >= self.KEPT:
+                self.known.clear()
+            self.known[block] = call
         return call
 
 
@@ -243,9 +274,9 @@ class Stream:
         self.unacked = 0  # received bytes not yet credited back to the stream's window
         self.task: asyncio.Task[None] | None = None
         # A streaming call's requests as they arrive (None after the client's last one).
-        self.inbox: asyncio.Queue[bytes | None] | None = None
+        self.inbox: asyncio.Queue[bytes | memoryview | None] | None = None
         self.send_window = send_window
         self.headers_sent = False
-        self.pending = b""  # DATA the client's windows do not yet allow
+        self.pending = bytearray()  # DATA the client's windows do not yet allow
         self.trailers = b""  # the status block, sent after the last of `pending`
         self.closed = False

@@ -381,7 +381,8 @@ class GrpcProtocol(h2.CoalescedWrites):
         if not stream.headers_sent:
             self._write(h2.frame(h2.HEADERS, h2.END_HEADERS, stream.id, RESPONSE_HEADERS))
             stream.headers_sent = True
-        stream.pending += struct.pack(">BI", 0, len(message)) + message
+        stream.pending += struct.pack(">BI", 0, len(message))
+        stream.pending += message
         self._send_data(stream)
 
     def _finish(self, stream: Stream, code: grpc.StatusCode, details: str,
@@ -404,10 +405,10 @@ class GrpcProtocol(h2.CoalescedWrites):
         once the call has ended."""
         data = stream.pending
         allowed = max(0, min(len(data), self.send_window, stream.send_window))
-        frames = h2.data_frames(stream.id, data[:allowed], self.max_send_frame)
+        frames = h2.data_frames(stream.id, memoryview(data)[:allowed], self.max_send_frame)
         self.send_window -= allowed
         stream.send_window -= allowed
-        stream.pending = data[allowed:]
+        del data[:allowed]  # the view above is gone: data_frames copied what it framed
         done = not stream.pending and bool(stream.trailers)
         if done:
             frames += h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream.id,

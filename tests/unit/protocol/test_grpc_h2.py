@@ -349,6 +349,26 @@ def test_repeated_header_blocks_decode_as_hpack_decodes_them() -> None:
     assert call_headers(reference.decode(repeat))[0] == "/s/B"  # the same bytes, moved on
 
 
+
+def test_blocks_that_change_no_table_entry_are_decoded_once() -> None:
+    """A repeated block of literals not indexed (what simple clients send on every call) is
+    decoded once; one that names a table entry is decoded anew once the table changes (an
+    entry added, a size update)."""
+    blocks = HeaderBlocks(1 << 16)
+    decoded: list[bytes] = []
+    decode = blocks.decoder.decode
+    blocks.decoder.decode = lambda block: decoded.append(block) or decode(block)  # type: ignore
+    reference, encoder = hpack.Decoder(), hpack.Encoder()
+    plain = encode_headers([(b":path", b"/s/A"), (b"content-type", b"application/grpc")])
+    named = bytes([0x0F, 0x2F, 1]) + b"v"  # literal not indexed, named by dynamic entry 62
+    resize = hpack_integer(4096, 5, 0x20) + plain
+    for block in (plain, plain, encoder.encode([(":path", "/s/A"), ("x-a", "1")]), named,
+                  named, encoder.encode([("x-b", "2")]), named, plain, plain, resize, plain):
+        assert blocks.decode(block) == call_headers(reference.decode(block))
+    assert decoded.count(plain) == 3  # the first time, and after the table changed
+    assert decoded.count(named) == 2
+    assert [name for name, _ in call_headers(reference.decode(named)).metadata] == ["x-b"]
+
 @served
 async def test_a_connection_holds_a_few_largest_messages_at_most(served: Served) -> None:
     """Requests that arrive slowly side by side: beyond 4 x the message cap, refused."""

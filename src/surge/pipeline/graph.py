@@ -2,18 +2,20 @@
 
 Structure is checked from the config alone (`plan`): step names unique, every tensor a step
 reads is a pipeline input or another step's output, each tensor written once, every declared
-output produced, no cycle. Dtypes and shapes are checked once the model steps are loaded and their
-signatures known (`check_types`). Every error is a ConfigError naming the step.
+input read and every declared output produced, no cycle, every model a step or its
+`params_from` names in the repository (and none the pipeline itself). Dtypes and shapes are
+checked once the model steps are loaded and their signatures known (`check_types`). Every error
+is a ConfigError naming the step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from surge.errors import ConfigError
 from surge.processors import compatible
-from surge.repository.config import ModelConfig, StepConfig
+from surge.repository.config import ModelConfig, StepConfig, TensorConfig
 from surge.runtimes.base import TensorSpec
 
 
@@ -25,13 +27,17 @@ class StepTypes:
     outputs: Mapping[str, TensorSpec] | None
 
 
+def declared(tensors: Sequence[TensorConfig] | None) -> tuple[TensorSpec, ...]:
+    """The specs of a config's `inputs` or `outputs`."""
+    return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in tensors or [])
+
+
 def plan(pipeline: str, config: ModelConfig, models: Collection[str]) -> tuple[StepConfig, ...]:
     """The steps in an order that runs each after the steps it reads from."""
     where = f"pipeline {pipeline!r}"
     producers = _producers(where, config)
     for step in config.steps:
-        if step.model is not None and (step.model == pipeline or step.model not in models):
-            raise ConfigError(f"{where}, step {step.name!r}: unknown model {step.model!r}")
+        _check_models(where, pipeline, step, models)
         for tensor in step.inputs.values():
             if tensor not in producers:
                 raise ConfigError(f"{where}, step {step.name!r} reads {tensor!r}, which no step "
@@ -39,7 +45,24 @@ def plan(pipeline: str, config: ModelConfig, models: Collection[str]) -> tuple[S
     for output in config.outputs or []:
         if producers.get(output.name, "") == "":
             raise ConfigError(f"{where}: output {output.name!r} is written by no step")
-    return _ordered(where, config.steps, producers)
+    order = _ordered(where, config.steps, producers)
+    read = {name for step in config.steps for name in step.inputs.values()}
+    for given in config.inputs or []:
+        if given.name not in read:  # every request would have to bring it, for nothing
+            raise ConfigError(f"{where}: input {given.name!r} is read by no step")
+    return order
+
+
+def _check_models(where: str, pipeline: str, step: StepConfig, models: Collection[str]) -> None:
+    """A step's model, and the model its params come from, must be in the repository; a step
+    naming its own pipeline would wait for itself to load."""
+    where = f"{where}, step {step.name!r}"
+    if step.model == pipeline:
+        raise ConfigError(f"{where}: {pipeline!r} is this pipeline; a step names a model")
+    if step.model is not None and step.model not in models:
+        raise ConfigError(f"{where}: unknown model {step.model!r}")
+    if step.params_from is not None and step.params_from not in models:
+        raise ConfigError(f"{where}: params_from names unknown model {step.params_from!r}")
 
 
 def check_step_models(pipeline: str, config: ModelConfig, kind_of: Callable[[str], str]) -> None:

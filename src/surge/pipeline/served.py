@@ -29,7 +29,7 @@ import numpy as np
 from surge.engine.instances import Clock
 from surge.engine.interface import ModelHandle
 from surge.engine.metrics import SurgeMetrics
-from surge.engine.route import request_route
+from surge.engine.route import check_pin, request_route
 from surge.engine.stats import Counters, ModelStats
 from surge.errors import (
     ConfigError,
@@ -40,12 +40,12 @@ from surge.errors import (
     SurgeError,
 )
 from surge.pipeline.accept import Accept
-from surge.pipeline.graph import StepTypes, check_step_models, check_types, plan
+from surge.pipeline.graph import StepTypes, check_step_models, check_types, declared, plan
 from surge.pipeline.metrics import StepCpu, StepTimes, step_metrics
 from surge.pipeline.steps import ProcessorStep, processor_step
 from surge.repository import ModelConfig, Repository
-from surge.repository.config import StepConfig
-from surge.runtimes.base import Signature, TensorSpec
+from surge.repository.config import ORIGINAL, StepConfig
+from surge.runtimes.base import Signature
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,10 @@ class PipelineRequest:
     request_id: str
 
 
-def _specs(config: ModelConfig, kind: str) -> tuple[TensorSpec, ...]:
-    tensors = config.inputs if kind == "inputs" else config.outputs
-    return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in tensors or [])
-
-
 def pipeline_signature(config: ModelConfig) -> Signature:
     """The V2 signature a pipeline's config declares."""
     batched = config.max_batch_size > 0
-    return Signature(_specs(config, "inputs"), _specs(config, "outputs"), batched=batched,
+    return Signature(declared(config.inputs), declared(config.outputs), batched=batched,
                      max_batch_size=config.max_batch_size if batched else 0, platform=PLATFORM)
 
 
@@ -244,6 +239,8 @@ class ServedPipeline:
             self.signature.output(name)
         if priority < 0:
             raise InputError(f"priority must be >= 0, got {priority}")
+        if not self._models:  # no model step to check a pin: none but the original is served
+            check_pin(request_route.get(), (ORIGINAL,))
         if timeout_us is not None and timeout_us < 0:
             raise InputError(f"timeout must be >= 0 microseconds, got {timeout_us}")
         rows = next(iter(inputs.values())).shape[0] if self.signature.batched else 1

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from surge.errors import ConfigError, ServingError
-from surge.pipeline.graph import StepTypes
+from surge.pipeline.graph import StepTypes, check_types, declared, plan
 from surge.pipeline.metrics import StepCpu
 from surge.platform import available_cores
 from surge.processors import Processor, ProcessorFn, resolve, step_params
@@ -139,3 +139,16 @@ def processor_step(pipeline: str, step: StepConfig, source: ModelConfig) -> Proc
         raise ConfigError(f"{where}: {exc}") from None
     types = StepTypes(None, None) if spec is None else StepTypes(spec.inputs, spec.outputs)
     return ProcessorStep(step.name, processor, params, types)
+
+
+def check_config(pipeline: str, config: ModelConfig, models: Collection[str],
+                 config_of: Callable[[str], ModelConfig]) -> tuple[StepConfig, ...]:
+    """What a pipeline's config alone shows (`surge models`): its plan, each processor step
+    resolved with its params, and the types of the tensors processor steps and the pipeline's
+    own inputs and outputs pass each other (a model step's are checked when its model loads)."""
+    steps = plan(pipeline, config, models)
+    types = {step.name: StepTypes(None, None) if step.model is not None else processor_step(
+        pipeline, step, config if step.params_from is None else config_of(step.params_from)
+    ).types for step in steps}
+    check_types(pipeline, steps, types, declared(config.inputs), declared(config.outputs))
+    return steps

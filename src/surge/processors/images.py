@@ -5,7 +5,8 @@ simplejpeg, which also scales in the DCT domain (1/2, 1/4, 1/8) when the target 
 than the photo: a 12-megapixel photo for a 224x224 model decodes at an eighth of the pixels
 (benchmarks/pipelines.py measures it against Pillow). PNGs go through Pillow. The size is read
 from the header and checked before anything is decoded, so a small file cannot expand into a huge
-bitmap.
+bitmap; nor can it cost more than its pixels: a JPEG of more than MAX_JPEG_SCANS scans, or a PNG
+of more chunks than MAX_PNG_CHUNKS and one per KiB, is refused before decoding.
 
 params: size [H, W] (required); crop_fraction (1.0: the whole image scaled to cover H x W and
 center-cropped; 0.875: the ImageNet recipe, shorter side to 256 then a 224 crop); color rgb|gray;
@@ -45,6 +46,16 @@ DCT_MARGIN = 2.0
 # blocks the loop ~1 ms at most.
 INLINE_PIXELS = 256 * 256
 INLINE_BYTES = 256 * 1024
+# A progressive JPEG is decoded scan by scan, each scan over every block of the image: 8,000
+# repeated scans of a blank 4000x4000 image are a 206 KB file that took 3.2 s to refuse, and a
+# 240 KB one of 256x256 pixels, small enough to decode on the event loop, held it 0.18 s
+# (health checks waited 1.5 s behind eight such clients). Encoders write 1 (baseline) to about
+# 10 scans; libjpeg-turbo leaves such a limit to its callers (TJPARAM_SCANLIMIT).
+MAX_JPEG_SCANS = 256
+# Pillow reads a PNG's chunks one at a time in Python, holding the GIL (2.7 us a chunk: 20 MB of
+# empty chunks, seconds). Encoders write image data in chunks of 8-64 KiB.
+MAX_PNG_CHUNKS = 1024
+SOS = b"\xff\xda"  # a scan's marker; never inside entropy-coded data, where 0xff is escaped
 
 
 @dataclass(frozen=True)
@@ -197,16 +208,55 @@ def _decode_one(data: Any, row: int, p: DecodeParams) -> np.ndarray:
     data = bytes(data)
     if len(data) > p.max_bytes:
         raise InputError(f"{where} is {len(data)} bytes, over the limit of {p.max_bytes}")
-    if data.startswith(JPEG_MAGIC) and p.decoder == "simplejpeg":
-        return _decode_jpeg(data, where, p)
-    if data.startswith(PNG_MAGIC):
+    if data.startswith(JPEG_MAGIC):
+        if not _one_scan(data) and (scans := data.count(SOS)) > MAX_JPEG_SCANS:
+            raise InputError(f"{where} is a JPEG of {scans} scans, over the limit of "
+                             f"{MAX_JPEG_SCANS}")
+        if p.decoder == "simplejpeg":
+            return _decode_jpeg(data, where, p)
+    elif data.startswith(PNG_MAGIC):
         size = _png_size(data)
         if size is None:
             raise InputError(f"{where} is not a valid PNG (its first chunk is not IHDR)")
         _check_pixels(*size, where, p)
-    elif not data.startswith(JPEG_MAGIC):
+        _check_chunks(data, where)
+    else:
         raise InputError(f"{where} is not a JPEG or PNG file (it starts with {data[:8]!r})")
     return _decode_pillow(data, where, p)
+
+
+def _one_scan(data: bytes) -> bool:
+    """Whether a JPEG's markers read cleanly to a sequential frame whose first scan holds all
+    its components: libjpeg refuses a second scan of such a file at once, so only the others
+    (progressive, one component a scan, anything odd) need their scans counted (a count is 3%
+    of a photo's decode; reading the markers, microseconds)."""
+    offset, components = 2, 0
+    while offset + 9 < len(data) and data[offset] == 0xFF:
+        marker = data[offset + 1]
+        if marker == 0xFF:  # a fill byte before a marker
+            offset += 1
+            continue
+        if marker in (0xC0, 0xC1):  # baseline or extended sequential frame: Nf at +9
+            components = data[offset + 9]
+        elif 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # another frame
+            return False
+        elif marker == 0xDA:  # the first scan: Ns at +4
+            return components > 0 and data[offset + 4] == components
+        offset += 2 + int.from_bytes(data[offset + 2:offset + 4], "big")
+    return False
+
+
+def _check_chunks(data: bytes, where: str) -> None:
+    """Refuse a PNG of more than MAX_PNG_CHUNKS chunks and one per KiB, counted up to IEND
+    (the walk stops at the limit, so it costs at most what Pillow's reading would)."""
+    limit = MAX_PNG_CHUNKS + len(data) // 1024
+    offset, chunks = 8, 0
+    while offset + 8 <= len(data) and data[offset + 4:offset + 8] != b"IEND":
+        chunks += 1
+        if chunks > limit:
+            raise InputError(f"{where} is a PNG of more than {limit} chunks (at most "
+                             f"{MAX_PNG_CHUNKS} and one per KiB)")
+        offset += 12 + int.from_bytes(data[offset:offset + 4], "big")
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:

@@ -69,12 +69,28 @@ def tokenize(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[s
     name = str(params.get("input", "text"))
     texts = decode_texts(inputs, name)
     wanted = _outputs(params)
-    tokenizer = load_tokenizer(str(tokenizer_path(params)), max_length(params))
+    length = max_length(params)
+    tokenizer = load_tokenizer(str(tokenizer_path(params)), length)
     encodings = tokenizer.encode_batch(texts)
     columns = {"input_ids": "ids", "attention_mask": "attention_mask",
                "token_type_ids": "type_ids"}
-    return {key: np.array([getattr(e, columns[key]) for e in encodings], dtype=np.int64)
-            for key in wanted}
+    arrays = {key: np.array([getattr(e, columns[key]) for e in encodings], dtype=np.int64)
+              for key in {*wanted, "attention_mask"}}
+    _refuse_empty(name, arrays["attention_mask"], tokenizer.num_special_tokens_to_add(False),
+                  length)
+    return {key: arrays[key] for key in wanted}
+
+
+def _refuse_empty(name: str, mask: np.ndarray, special: int, length: int) -> None:
+    """A row of special tokens only held no text the tokenizer keeps (control or format
+    characters alone: NUL, a zero-width space, a byte-order mark): empty, like a blank row,
+    which would otherwise be answered as the empty string's embedding."""
+    if length <= special:  # truncation leaves no room for a token: every row looks empty
+        return
+    empty = np.flatnonzero(mask.sum(axis=1) <= special)
+    if empty.size:
+        raise InputError(f"input {name!r} row {int(empty[0])}: empty text (no tokens once "
+                         "normalised)")
 
 
 def decode_texts(inputs: Mapping[str, np.ndarray], name: str) -> list[str]:

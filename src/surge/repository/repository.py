@@ -244,9 +244,10 @@ class Repository:
             versions = self.versions(name)
             config = self.config(name)
             if config.kind == "pipeline":  # config only: its steps name the models it serves
-                from surge.pipeline.graph import check_step_models, plan
+                from surge.pipeline.graph import check_step_models
+                from surge.pipeline.steps import check_config
 
-                plan(name, config, self.model_names())
+                check_config(name, config, self.model_names(), self.config)
                 check_step_models(name, config, self.kind_of)
                 return ModelEntry(name, (), (1,), (), "READY")
             served = self.served_versions(name, config)

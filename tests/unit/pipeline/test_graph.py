@@ -35,7 +35,10 @@ def test_steps_are_ordered_by_what_they_read() -> None:
 
 @pytest.mark.parametrize(("steps", "message"), [
     ((DECODE, {**CLASSIFY, "model": "nope"}, TOPK), "step 'classify': unknown model 'nope'"),
-    ((DECODE, {**CLASSIFY, "model": "p"}, TOPK), "step 'classify': unknown model 'p'"),
+    ((DECODE, {**CLASSIFY, "model": "p"}, TOPK),
+     "step 'classify': 'p' is this pipeline; a step names a model"),
+    ((DECODE, CLASSIFY, {**TOPK, "params_from": "nett"}),
+     "step 'top5': params_from names unknown model 'nett'"),
     ((DECODE, {**CLASSIFY, "inputs": {"x": "pixles"}}, TOPK),
      "step 'classify' reads 'pixles', which no step writes"),
     ((DECODE, CLASSIFY, {**TOPK, "outputs": {"labels": "pixels"}}),
@@ -48,6 +51,14 @@ def test_steps_are_ordered_by_what_they_read() -> None:
 def test_structure_errors_name_the_step(steps: tuple[dict[str, Any], ...], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         plan("p", pipeline(*steps), ["net", "p"])
+
+
+def test_an_input_no_step_reads_is_refused() -> None:
+    config = parse_config({"kind": "pipeline", "inputs": [IMAGE, {**IMAGE, "name": "extra"}],
+                           "outputs": [LABELS], "steps": [DECODE, CLASSIFY, TOPK]},
+                          "p/config.yaml")
+    with pytest.raises(ConfigError, match="pipeline 'p': input 'extra' is read by no step"):
+        plan("p", config, ["net"])
 
 
 def test_a_cycle_is_refused_naming_its_steps() -> None:

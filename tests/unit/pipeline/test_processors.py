@@ -284,3 +284,21 @@ def test_the_probes_example_is_a_photo_like_jpeg_of_the_target_size(params: dict
     pixels = decode(data, **params)
     assert pixels.shape[-2:] == tuple(params["size"])
     assert pixels.std() > 0.2
+
+
+@pytest.mark.parametrize("text", ["\x00", "\x00\x00 \x00", "\u200b", "\ufeff", "\x07\u200d"])
+def test_text_the_tokenizer_drops_whole_is_refused_as_empty(text: str) -> None:
+    """Control and format characters alone tokenize to nothing: such a row is empty, as a blank
+    one is (it was answered with the empty string's tokens)."""
+    tokenize = resolve("text.tokenize").run
+    params = {"tokenizer": "surge.zoo.minilm:tokenizer_file", "max_length": 16}
+    rows = np.array([[b"hello"], [text.encode()]], dtype=object)
+    with pytest.raises(InputError, match=r"input 'text' row 1: empty text \(no tokens once "
+                                         r"normalised\)"):
+        tokenize({"text": rows}, params)
+    kept = tokenize({"text": np.array([[b"hello\x00world"]], dtype=object)},
+                    {**params, "outputs": ["input_ids"]})
+    assert kept["input_ids"].shape == (1, 4)  # [CLS] hello world [SEP]: NUL dropped, text kept
+    # max_length 2 leaves room for the special tokens only: nothing is refused for it
+    short = tokenize({"text": rows[:1]}, {**params, "max_length": 2})
+    assert short["attention_mask"].tolist() == [[1, 1]]

@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from prometheus_client import generate_latest
 
 from surge.engine import Engine, PoolEvents, PoolSpec
+from surge.engine.route import VariantRoute, request_route
 from surge.errors import ConfigError, InputError, ModelNotReadyError, ServingError
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.metadata import model_config, model_metadata
@@ -164,6 +165,41 @@ async def _a_stopped_pipeline_refuses_requests(tmp_path: Path) -> None:
             await engine.infer("p", None, values(1))
 
 
+PROCESSORS_ONLY = """\
+kind: pipeline
+max_batch_size: 8
+inputs: [{name: values, datatype: FP32, shape: [-1, 4]}]
+outputs: [{name: total, datatype: FP32, shape: [-1, 1]}]
+steps:
+  - {name: sum, processor: "tests.unit.pipeline.processors:row_sum", inputs: {y: values},
+     outputs: {total: total}}
+"""
+
+
+async def _a_pipeline_without_model_steps_refuses_a_variant_pin(tmp_path: Path) -> None:
+    repo = repository(tmp_path)
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "config.yaml").write_text(PROCESSORS_ONLY)
+    async with serving(repo, models=["q"]) as (engine, _):
+        for pin, served in ((VariantRoute(), True), (VariantRoute(full_accuracy=True), True),
+                            (VariantRoute(variant="original"), True),
+                            (VariantRoute(variant="int8-static"), False)):
+            token = request_route.set(pin)
+            try:
+                if served:
+                    assert (await engine.infer("q", None, values(1)))["total"][0, 0] == 4.0
+                else:
+                    with pytest.raises(InputError, match="parameter 'variant': 'int8-static' "
+                                       r"is not served by this model \(served: original\)"):
+                        await engine.infer("q", None, values(1))
+            finally:
+                request_route.reset(token)
+
+
+def test_a_pipeline_without_model_steps_refuses_a_variant_pin(tmp_path: Path) -> None:
+    asyncio.run(_a_pipeline_without_model_steps_refuses_a_variant_pin(tmp_path))
+
+
 def test_the_repository_lists_a_pipeline(tmp_path: Path) -> None:
     entries = {e.name: e for e in repository(tmp_path).entries()}
     assert (entries["p"].state, entries["p"].served) == ("READY", (1,))
@@ -172,6 +208,38 @@ def test_the_repository_lists_a_pipeline(tmp_path: Path) -> None:
     entry = Repository(tmp_path)._entry("p")
     assert entry.state == "UNAVAILABLE"
     assert "unknown model 'gone'" in entry.reason
+
+
+TOP = """\
+kind: pipeline
+max_batch_size: 8
+inputs: [{{name: values, datatype: FP32, shape: [-1, 4]}}]
+outputs: [{{name: labels, datatype: BYTES, shape: [-1, 2]}}]
+steps:
+  - {{name: double, model: m, inputs: {{x: values}}, outputs: {{y: y}}}}
+  - {{name: top, processor: {processor}, inputs: {{logits: y}}, outputs: {{labels: labels}},
+     params: {{k: {k}}}}}
+"""
+
+
+@pytest.mark.parametrize(("processor", "k", "reason"), [
+    ("labels.topk", 2, ""),
+    ("labels.topz", 2, "step 'top': processor 'labels.topz': surge.processors.classification has "
+                       "no function 'topz'"),
+    ("labels.topk", 0, "step 'top': params.k must be an integer from 1 to 1000, got 0"),
+    ("labels.topk", 3, "output 'labels' is declared BYTES [-1, 2], its step writes BYTES [-1, 3]"),
+])
+def test_the_repository_checks_a_pipelines_processor_steps(tmp_path: Path, processor: str, k: int,
+                                                           reason: str) -> None:
+    """`surge models` lists a pipeline whose processors or their params are wrong as loading it
+    would find it (it said READY)."""
+    make_repo(tmp_path, MODEL)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "config.yaml").write_text(TOP.format(processor=processor, k=k))
+    entry = Repository(tmp_path)._entry("p")
+    assert (entry.state, entry.reason) == ("UNAVAILABLE" if reason else "READY",
+                                           f"pipeline 'p', {reason}" if reason.startswith("step")
+                                           else f"pipeline 'p': {reason}" if reason else "")
 
 
 # The scenarios above, each on its own event loop.

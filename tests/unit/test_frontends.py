@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +86,32 @@ def test_a_front_end_that_keeps_dying_young_is_restarted_ever_more_slowly() -> N
     assert restart_delay(0) == 0.0  # it had served a while: at once
     assert [restart_delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
     assert restart_delay(20) == 30.0
+
+
+def test_directories_of_supervisors_killed_outright_are_removed_by_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A supervisor killed with SIGKILL leaves its metrics and registry directories; the next
+    one removes those whose process is gone, and keeps those of live ones."""
+    from surge.server.frontends import Supervisor
+    from surge.server.process import ServeOptions
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = [tmp_path / f"surge-metrics-{gone.pid}-x1", tmp_path / f"surge-shm-registry-{gone.pid}-x2"]
+    kept = [tmp_path / f"surge-metrics-{os.getpid()}-x3", tmp_path / "surge-metrics-old",
+            tmp_path / f"other-{gone.pid}-x4"]
+    for path in dead + kept:
+        path.mkdir()
+    (dead[0] / "counter_1.db").write_bytes(b"x")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    supervisor = Supervisor("repo", ServeOptions(http_port=0, grpc_port=0, metrics_port=0,
+                                                 frontends=2), 2)
+    try:
+        assert not any(path.exists() for path in dead)
+        assert all(path.exists() for path in kept)
+        made = sorted(p.name for p in tmp_path.iterdir() if p not in kept)
+        assert [name.rsplit("-", 1)[0] for name in made] == [
+            f"surge-metrics-{os.getpid()}", f"surge-shm-registry-{os.getpid()}"]
+    finally:
+        supervisor.close()
+    assert sorted(tmp_path.iterdir()) == sorted(kept)

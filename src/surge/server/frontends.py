@@ -54,6 +54,8 @@ STARTUP_TIMEOUT_S = 600.0  # a front end loads every model before it reports sta
 RESTART_BACKOFF_S = (0.5, 30.0)  # first and longest wait before restarting a dead front end
 STABLE_AFTER_S = 60.0  # a front end that lived this long restarts without waiting again
 MAX_FRONTENDS_PER_CORE = 4  # past this the front ends only take turns on the cores
+# The supervisor's directories in the temp dir, named `<prefix><its pid>-<random>`.
+DIR_PREFIXES = ("surge-metrics-", "surge-shm-registry-")
 
 
 def frontend_count(value: str | int) -> int:
@@ -123,6 +125,32 @@ def _frontend_main(payload: bytes, directories: tuple[str, str], report: Any,
         sys.exit(2)
 
 
+def remove_orphaned_dirs(root: Path | str | None = None) -> list[Path]:
+    """The metrics and registry directories that supervisors of this user left behind when
+    killed outright (SIGKILL, OOM: `close` never ran), found by the process id in their names
+    once that process is gone: removed. Returns them."""
+    removed = []
+    for prefix in DIR_PREFIXES:
+        for path in Path(root or tempfile.gettempdir()).glob(prefix + "*"):
+            owner = path.name[len(prefix):].partition("-")[0]
+            with contextlib.suppress(OSError):
+                if owner.isdigit() and path.stat().st_uid == os.getuid() and not _alive(
+                        int(owner)):
+                    shutil.rmtree(path)
+                    removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 class Supervisor:
     """Starts `count` front ends on shared ports, keeps them running, stops them together."""
 
@@ -140,8 +168,9 @@ class Supervisor:
                 sock.close()
             raise SurgeError(f"these serve options cannot be handed to front-end processes "
                              f"({exc}); serve them with one front end") from None
-        self._metrics_dir = tempfile.mkdtemp(prefix="surge-metrics-")
-        self._shared_memory_dir = tempfile.mkdtemp(prefix="surge-shm-registry-")
+        remove_orphaned_dirs()
+        self._metrics_dir, self._shared_memory_dir = (
+            tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-") for prefix in DIR_PREFIXES)
         self._context = multiprocessing.get_context("spawn")
         self._processes: list[BaseProcess | None] = [None] * count
         self._started_at = [0.0] * count

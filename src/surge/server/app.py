@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -105,7 +106,7 @@ class V2App:
 
     # -- routing --------------------------------------------------------------------------
     async def _dispatch(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
-        parts = scope["path"].strip("/").split("/")
+        parts = _path_parts(scope)
         if parts[0] != "v2":
             raise HttpError(404, f"no route for {scope['path']}")
         method = scope["method"]
@@ -351,6 +352,21 @@ async def _until_disconnect(receive: Receive, work: Awaitable[dict[str, np.ndarr
 # The request headers the inference path reads, found in one pass over the list.
 _INFER_HEADERS = frozenset({b"inference-header-content-length", b"content-encoding",
                             b"x-request-id", b"traceparent"})
+
+
+def _path_parts(scope: AsgiScope) -> list[str]:
+    """The path's segments, each percent-decoded on its own when the client encoded any: `%2F`
+    stays inside its segment (a shared-memory region's name may hold a '/'), and bytes that
+    are not UTF-8 are refused (the server's `path` turns them into U+FFFD, so that `%FF` and
+    `%FE` would name the same region)."""
+    raw = scope.get("raw_path")
+    if not raw or b"%" not in raw:
+        return str(scope["path"]).strip("/").split("/")
+    try:
+        return [unquote(part, errors="strict")
+                for part in raw.decode("ascii").strip("/").split("/")]
+    except UnicodeError:
+        raise HttpError(400, "the request path is not UTF-8 once percent-decoded") from None
 
 
 def _request_headers(scope: AsgiScope) -> dict[bytes, bytes]:

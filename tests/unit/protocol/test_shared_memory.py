@@ -3,11 +3,13 @@ directory), its checks, and the codecs reading inputs from and writing outputs i
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing import shared_memory
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -318,3 +320,39 @@ def test_registering_needs_the_admin_scope_and_status_only_read() -> None:
     assert _scope_needed("POST", ["cudasharedmemory", "region", "r", "unregister"]) \
         == Scope.ADMIN
     assert _scope_needed("GET", ["systemsharedmemory", "status"]) == Scope.READ
+
+
+def _over_http(app: Any, method: str, raw_path: bytes, body: bytes = b"") -> tuple[int, Any]:
+    """One request through the ASGI app, its `path` decoded from `raw_path` as uvicorn does."""
+    from urllib.parse import unquote
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": unquote(raw_path.decode("ascii")),
+             "raw_path": raw_path, "headers": [], "client": ("127.0.0.1", 40000)}
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], json.loads(sent[1]["body"] or b"null")
+
+
+def test_a_region_name_is_read_from_its_own_url_segment(
+        block: shared_memory.SharedMemory) -> None:
+    """`%2F` in a region's name stays in the name; a name that is not UTF-8 is refused, not
+    read as U+FFFD (where `%FF` and `%FE` would name one region)."""
+    from surge.server.app import V2App
+    from tests.unit.protocol.test_front_end_guards import FakeEngine
+
+    app = V2App(FakeEngine(), shared_memory=SharedMemoryRegistry())
+    key = json.dumps({"key": "/" + block.name.lstrip("/"), "byte_size": 16}).encode()
+    assert _over_http(app, "POST", b"/v2/systemsharedmemory/region/a%2Fb/register", key)[0] == 200
+    status, regions = _over_http(app, "GET", b"/v2/systemsharedmemory/region/a%2Fb/status")
+    assert (status, [region["name"] for region in regions]) == (200, ["a/b"])
+    status, answer = _over_http(app, "POST", b"/v2/systemsharedmemory/region/%FF/register", key)
+    assert status == 400
+    assert "not UTF-8" in answer["error"]
+    assert _over_http(app, "GET", b"/v2/systemsharedmemory/status")[1] == regions

@@ -50,6 +50,8 @@ JOIN_BELOW = 64 * 1024  # smaller bodies go out joined with their header: one se
 # Packing a batch bigger than this runs on a thread: a copy of 1 MiB takes ~0.1 ms, less than
 # the hop to a thread on a busy machine; a bigger one would hold every other request back.
 PACK_OFF_LOOP_BYTES = 1 << 20
+# A scratch buffer larger than this is let go once batches use under a quarter of it.
+SCRATCH_KEPT = 16 * 1024 * 1024
 
 Compute = Callable[[int, TensorBatch, "Into | None"], BatchReply]
 Frame = list[Any]  # bytes and memoryviews, sent in order
@@ -157,14 +159,20 @@ class Scratch:
         self._outputs = np.empty(0, np.uint8)
 
     def inputs(self, size: int) -> np.ndarray:
-        if size > self._inputs.nbytes:
-            self._inputs = np.empty(size, np.uint8)
+        self._inputs = _fitted(self._inputs, size)
         return self._inputs[:size]
 
     def outputs(self, size: int) -> memoryview:
-        if size > self._outputs.nbytes:
-            self._outputs = np.empty(size, np.uint8)
+        self._outputs = _fitted(self._outputs, size)
         return self._outputs[:size].data
+
+
+def _fitted(buffer: np.ndarray, size: int) -> np.ndarray:
+    """`buffer`, or a new one when it is too small, or large and mostly unused: one huge
+    batch would otherwise hold its memory for the connection's life."""
+    if size > buffer.nbytes or (buffer.nbytes > SCRATCH_KEPT and 4 * size < buffer.nbytes):
+        return np.empty(size, np.uint8)
+    return buffer
 
 
 def _recv_exactly(conn: socket.socket, size: int) -> bytes:

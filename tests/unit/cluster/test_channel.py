@@ -239,3 +239,17 @@ def test_the_actor_reuses_its_buffers_batch_after_batch() -> None:
     assert not np.shares_memory(scratch.inputs(2 << 20), first)  # grown for a larger one
     out = np.frombuffer(scratch.outputs(1 << 20), np.uint8)
     assert np.shares_memory(np.frombuffer(scratch.outputs(64), np.uint8), out)
+
+
+def test_the_actor_lets_go_of_a_huge_buffer_once_batches_are_small_again() -> None:
+    """One 64 MiB batch, then 4 MiB ones: the buffers shrink to what those need (they held
+    the 64 MiB for the connection's life); a 16 MiB one used at a quarter or more is kept."""
+    scratch = Scratch()
+    scratch.inputs(64 << 20)
+    scratch.outputs(64 << 20)
+    small = scratch.inputs(4 << 20)
+    scratch.outputs(4 << 20)
+    assert (scratch._inputs.nbytes, scratch._outputs.nbytes) == (4 << 20, 4 << 20)
+    assert np.shares_memory(scratch.inputs(1 << 20), small)  # small buffers stay for reuse
+    kept = scratch.inputs(16 << 20)
+    assert np.shares_memory(scratch.inputs(4 << 20), kept)

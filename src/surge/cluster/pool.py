@@ -12,9 +12,9 @@ Faults: an actor that dies, a node that goes away, or a node that stops answerin
 head of the queue once (another instance computes them) while their deadlines allow, else
 fail with WorkerCrashedError; the instance is replaced with backoff, away from a silent node
 for a while (a replacement still waiting for a node after that while starts afresh). With no
-instance left, what waits for one fails once a replacement cannot load the model, or none is
-ready within `start_timeout_s` (it would wait for ever otherwise). Actors are killed on a
-thread (`ClusterSite.kill`). Scaling: see `ScalePolicy`.
+instance left, what waits for one fails once a replacement cannot load the model, no live node
+could hold one, or none is ready within `start_timeout_s` (it would wait for ever otherwise).
+Actors are killed on a thread (`ClusterSite.kill`). Scaling: see `ScalePolicy`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Any
 
 from surge.cluster.actor import ActorSpec, BatchReply, unpack_batch
@@ -50,6 +51,7 @@ BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 30.0
 RETRIED_KEPT = 100_000  # retried requests remembered (see RayPool._retried)
 CHANNEL_TIMEOUT_S = 5.0  # to open an instance's channel before falling back to Ray calls
+NODE_CHECK_S = 2.0  # how often the node table is read while no instance lives
 
 
 class RayPool:
@@ -74,6 +76,8 @@ class RayPool:
         self._watcher: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._empty_since: float | None = None  # when the last live instance was lost
+        # When the last node check ended (None while one runs).
+        self._nodes_checked: float | None = -math.inf
         ceiling = self._config.max_instances or self._config.instances
         self._heartbeat = Heartbeat(self._config.heartbeat_ms / 1e3,
                                     self._config.heartbeat_misses, self._heard_threadsafe)
@@ -422,6 +426,23 @@ class RayPool:
         if self._empty_since is not None and now - self._empty_since >= waited:
             self._unavailable(f"none became ready within {waited:g} s (start_timeout_s) of "
                               "the loss of the last one", now)
+        checked = self._nodes_checked
+        if self._empty_since is not None and checked is not None and now - checked >= NODE_CHECK_S:
+            self._nodes_checked = None
+            self._spawn(self._check_nodes())
+
+    async def _check_nodes(self) -> None:
+        """With no instance live and no live node that could hold one (every node gone, or
+        those left too small), what waits fails now, not after `start_timeout_s`."""
+        try:
+            nodes = await self._site.node_table()
+            if self._empty_since is not None and not fitting_nodes(self._config, nodes):
+                self._unavailable(f"no live node of the Ray cluster can hold one (each needs "
+                                  f"{describe_demand(self._config)})", self._loop.time())
+        except Exception as exc:  # the GCS unread: start_timeout_s decides
+            log.debug("node table of model %s unread: %s", self.model, exc)
+        finally:
+            self._nodes_checked = self._loop.time()
 
     def _unshun(self) -> None:
         """An instance started while a node was suspected never goes there (Ray fixed its

@@ -116,3 +116,28 @@ def test_instances_scale_onto_a_joining_node_and_back_down(elastic: ServerProces
     assert log.count("model elastic scaled up") == 2
     assert log.count("model elastic scaled down") == 2
     assert "lost (" not in log  # no instance was taken for dead on the way
+
+
+def test_with_the_only_node_that_fits_gone_requests_fail_at_once(ray_cluster: Any,
+                                                                  tmp_path: Path) -> None:
+    """The model's one node leaves: a request gets 503 naming why within seconds, not once
+    `start_timeout_s` (120 s) has passed without an instance."""
+    node = ray_cluster.add_node(num_cpus=1, labels={"pool": "lonely"})
+    tiny_onnx(tmp_path / "repo" / "lonely" / "1" / "model.onnx")
+    (tmp_path / "repo" / "lonely" / "config.yaml").write_text(
+        "placement: cluster\ncluster: {instances: 1, cpus: 1, node_labels: {pool: lonely}}\n")
+    server = start_server(tmp_path / "repo", tmp_path / "lonely.log", "--ray",
+                          ray_cluster.address)
+    try:
+        url = f"{server.http}/v2/models/lonely/infer"
+        assert httpx.post(url, json=BODY, timeout=30).status_code == 200
+        ray_cluster.remove_node(node)
+        node = None
+        answer = httpx.post(url, json=BODY, timeout=150)
+    finally:
+        if node is not None:
+            ray_cluster.remove_node(node)
+        assert server.stop() == 0, server.output()[-3000:]
+    assert answer.status_code == 503, answer.text
+    assert "no live node of the Ray cluster can hold one (each needs CPU 1" in answer.json()[
+        "error"]

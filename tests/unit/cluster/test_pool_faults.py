@@ -262,3 +262,41 @@ def test_retried_requests_are_remembered_within_a_bound(tmp_path: Path,
     assert events.requeued == 100
     assert [type(error) for error in events.failed] == [WorkerCrashedError]
     assert list(pool._retried) == list(range(90, 99))
+
+
+def _node(alive: bool, cpus: float) -> dict[str, Any]:
+    return {"NodeID": f"node-{cpus}", "Alive": alive, "Resources": {"CPU": cpus}, "Labels": {}}
+
+
+@pytest.mark.parametrize(("nodes", "fails"), [
+    ([], True),  # every node gone
+    ([_node(False, 8.0), _node(True, 0.5)], True),  # the big one dead, a small one left
+    ([_node(True, 8.0)], False),  # a replacement may yet start there
+])
+def test_with_no_instance_and_no_node_to_hold_one_what_waits_fails_at_once(
+        tmp_path: Path, nodes: list[dict[str, Any]], fails: bool) -> None:
+    """Not after start_timeout_s (30 s here): the node table is read every 2 s meanwhile."""
+    reads: list[float] = []
+
+    async def body() -> Events:
+        pool, events, live = one_instance_pool(tmp_path)
+
+        async def table() -> list[dict[str, Any]]:
+            reads.append(pool._loop.time())
+            return nodes
+
+        pool._site.node_table = table  # type: ignore[method-assign]
+        pool._lose(live, "ActorDiedError")
+        pool._stopping = True
+        start = pool._loop.time()
+        for after in (0.5, 1.0, 3.0):
+            pool._tick(start + after)
+            await asyncio.sleep(0)  # the check runs
+        return events
+
+    events = asyncio.run(body())
+    assert len(reads) == 2  # at the first tick, then once 2 s had passed since it ended
+    assert len(events.unavailable) == (2 if fails else 0)
+    if fails:
+        assert "no live node of the Ray cluster can hold one (each needs CPU 1)" in str(
+            events.unavailable[0])

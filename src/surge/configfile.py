@@ -3,6 +3,7 @@ validation errors into one line naming the bad key."""
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,11 @@ class StrictConfig(BaseModel):
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    """The first problem of a pydantic error as `unknown key 'a.b'`, `missing key 'x'` or
-    `a.b: <message> (got <value>)`."""
-    first = error.errors()[0]
+    """The first problem of a pydantic error (missing keys last) as `unknown key 'a.b'`,
+    `missing key 'x'` or `a.b: <message> (got <value>)`."""
+    # a key given wrong (misspelt, mistyped) before one left out: a file that says `epoch: 3`
+    # lacks `epochs` only because of the misspelling
+    first = min(error.errors(), key=lambda e: e["type"] == "missing")
     where = ".".join(str(p) for p in first["loc"]) or "config"
     if first["type"] == "extra_forbidden":
         return f"unknown key {shown(where)}"
@@ -47,6 +50,8 @@ def read_yaml(path: Path) -> Any:
     """Parse a YAML file of plain data; a missing, oversized or bad file (aliases included) is a
     ConfigError naming the file."""
     try:
+        if not stat.S_ISREG(Path(path).stat().st_mode):  # a FIFO would block the read forever
+            raise ConfigError(f"{path}: not a regular file")
         with Path(path).open("rb") as file:
             text = file.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:

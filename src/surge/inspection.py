@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from surge.datafiles import load_npy
 from surge.errors import InputError, SurgeError
 from surge.repository import LoadedModel, Repository
 from surge.runtimes import Signature, engine_for_path, load_runner
@@ -26,19 +27,8 @@ def describe_path(path: Path) -> tuple[str, Signature, str]:
 
 
 def _load_npy(path: str) -> np.ndarray:
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise SurgeError(f"input file {path!r} not found") from None
-    except IsADirectoryError:
-        raise SurgeError(f"input file {path!r} is a directory") from None
-    except (ValueError, OSError) as exc:
-        raise SurgeError(f"input file {path!r} is not a plain .npy array ({exc})") from None
-    if not isinstance(loaded, np.ndarray):  # an .npz archive
-        loaded.close()
-        raise SurgeError(f"input file {path!r} is an .npz archive: save each input as its own "
-                         f".npy (np.save) and pass NAME=file.npy")
-    return loaded
+    return load_npy(path, "input file", npz_hint=": save each input as its own .npy "
+                    "(np.save) and pass NAME=file.npy")
 
 
 def _with_batch_dim(array: np.ndarray, name: str, signature: Signature) -> np.ndarray:

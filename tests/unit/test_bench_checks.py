@@ -47,6 +47,8 @@ def test_json_path_in_a_missing_directory_or_a_directory_is_refused_before_the_r
     (["--rate", "10", "--concurrency", "4"], "give --rate or --concurrency, not both"),
     (["--poisson"], "--poisson needs --rate"),
     (["--rate", "100000000"], "--rate '100000000' is more than"),
+    # 100 million clients: 2.4 GB within 15 s, and still no request sent
+    (["--concurrency", "1,100000000"], "--concurrency '1,100000000': at most 10,000 clients"),
 ])
 def test_load_shape_conflicts_are_refused(args: list[str], message: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -152,3 +154,8 @@ def test_batch_size_one_on_a_model_without_a_batch_dimension_is_sent(
     monkeypatch.setattr(loadgen, "fetch_max_batch", lambda *_a, **_k: 0)
     target = prepare_target(URL, "m", "http-json", batch_size=1, variants=1)
     assert b'"shape":[784]' in target.payloads[0]
+
+
+def test_run_bench_refuses_more_clients_than_it_can_run() -> None:
+    with pytest.raises(SurgeError, match="concurrency levels must be integers from 1 to 10,000"):
+        loadgen.run_bench(URL, "m", [1, 10_001], 1.0)

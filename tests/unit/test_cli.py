@@ -126,3 +126,20 @@ def test_console_script_debug_shows_traceback(tmp_path: Path) -> None:
                            capture_output=True, text=True, check=False)
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr
+
+
+def test_predict_refuses_an_empty_npy_and_a_fifo_in_one_line(
+        example_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty .npy raised EOFError, which click reported as a bare "aborted" (exit 1); a FIFO
+    blocked the read forever."""
+    from tests.unit.fifo import bounded, make_fifo
+
+    (tmp_path / "empty.npy").write_bytes(b"")
+    fifo = make_fifo(tmp_path / "fifo.npy")
+    predict = ["predict", str(example_repo), "--model", "fashion", "--input"]
+    for path, message in [(tmp_path / "empty.npy", "is not a plain .npy array (EOFError"),
+                          (fifo, "is not a regular file")]:
+        code, out, err = bounded(fifo, lambda p=path: run_cli([*predict, str(p)], capsys))
+        assert code == 2, out + err
+        assert err.startswith(f"error: input file '{path}' {message}"), err
+        assert len(err.strip().splitlines()) == 1

@@ -4,7 +4,9 @@ nothing to serve)."""
 
 from __future__ import annotations
 
+import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -206,3 +208,83 @@ def test_inspect_still_hands_a_zip_keras_file_to_keras(
     line = one_line_error(["inspect", str(archive)], capsys)
     assert "Keras cannot load it" in line
     assert "not a Keras zip archive" not in line
+
+
+# -- SIGTERM: the offline commands unwind instead of dying where they stand ---------------------
+
+class _TerminatedError(Exception):
+    """What this test's own SIGTERM handler raises where no command handles the signal."""
+
+
+@pytest.fixture
+def sigterm_guard() -> Iterator[object]:
+    """A SIGTERM handler of the test's own, so that a command that does not handle SIGTERM
+    fails the test instead of killing pytest; restored afterwards."""
+    import signal
+
+    def guard(signum: int, frame: object) -> None:
+        raise _TerminatedError
+
+    previous = signal.signal(signal.SIGTERM, guard)
+    yield guard
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize(("api", "args"), [
+    ("optimize", ["optimize", "repo", "--model", "m", "--variants", "int8-dynamic"]),
+    ("tune", ["tune", ".", "--model", "m", "--data", "d", "--no-write"]),
+    ("train", ["train", "recipe.yaml", "--nproc", "2"]),
+])
+def test_sigterm_ends_an_offline_command_by_unwinding_it(
+        api: str, args: list[str], sigterm_guard: object, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGTERM killed these on the spot: `surge tune` left its staged repositories (hard links
+    to the model files) in /tmp, `surge optimize` its work folder in variants/, and `surge
+    train --nproc N` left torchrun and its ranks training, orphaned. Now it raises SystemExit
+    (143) where the command is, so its `finally` blocks and temporary folders clean up."""
+    import os
+    import signal
+    import tempfile
+
+    import surge.api
+
+    def work(*_a: object, **_k: object) -> None:
+        with tempfile.TemporaryDirectory(dir=tmp_path, prefix="staged-"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):  # the handler runs between these
+                time.sleep(0.05)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    (tmp_path / "m").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(surge.api, api, work)
+    code, _, _ = run_cli(args, capsys)
+    assert code == 128 + signal.SIGTERM
+    assert not list(tmp_path.glob("staged-*"))
+    assert signal.getsignal(signal.SIGTERM) is sigterm_guard  # handed back
+
+
+@pytest.mark.parametrize("command", [
+    ["predict", "--input", "x.npy"], ["evaluate", "--data", "d.npz"],
+    ["optimize", "--variants", "int8-dynamic"],
+])
+def test_a_pipeline_where_one_model_is_needed_says_it_is_a_pipeline(
+        command: list[str], example_repo: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """It said "model 'boxes' has no servable version", as if its files were missing."""
+    import shutil
+
+    import numpy as np
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(example_repo / "detector-boxes", repo / "boxes")
+    monkeypatch_free_cwd = tmp_path
+    np.savez(monkeypatch_free_cwd / "d.npz", image=np.zeros((2, 4), np.float32))
+    np.save(monkeypatch_free_cwd / "x.npy", np.zeros((2, 4), np.float32))
+    command = [str(tmp_path / c) if c.endswith((".npz", ".npy")) else c for c in command]
+    name, *options = command
+    line = one_line_error([name, str(repo), "--model", "boxes", *options], capsys)
+    assert line == "error: model 'boxes' is a pipeline: `surge serve` runs it; name one of its " \
+                   "steps' models to load, optimize or evaluate it alone"
+    assert sorted(p.name for p in (repo / "boxes").iterdir()) == ["config.yaml"]

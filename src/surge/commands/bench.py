@@ -76,8 +76,13 @@ def parse_levels(text: str) -> list[int]:
         levels = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise SurgeError(f"--concurrency {text!r} must be integers like 1,16,64") from None
+    from surge.bench.loadgen import MAX_CONCURRENCY
+
     if not levels or min(levels) < 1:
         raise SurgeError(f"--concurrency {text!r} must list positive integers")
+    if max(levels) > MAX_CONCURRENCY:
+        raise SurgeError(f"--concurrency {text!r}: at most {MAX_CONCURRENCY:,} clients, as one "
+                         "load generator can run")
     return levels
 
 

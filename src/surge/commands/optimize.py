@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from surge.commands import console
+from surge.commands import console, exit_on_sigterm
 from surge.errors import SurgeError
 
 if TYPE_CHECKING:
@@ -51,7 +51,8 @@ def optimize(
         keep_failed=keep_failed, torch_model=torch_model, finetune_epochs=finetune_epochs,
         exclude=tuple(exclude or ()), check_rows=check_rows,
     )
-    outcomes = run_optimize(repo, model, variants, options)
+    with exit_on_sigterm():
+        outcomes = run_optimize(repo, model, variants, options)
     console.print(_outcome_table(model, outcomes))
     failed = [o.name for o in outcomes if o.variant is None]
     if failed and len(failed) == len(outcomes):

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from surge.commands import exit_on_sigterm
+
 
 def train(
     config: Annotated[Path, typer.Argument(help="Training recipe YAML (see recipes/).")],
@@ -29,4 +31,5 @@ def train(
 
     options = LaunchOptions(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv,
                             max_restarts=max_restarts, resume=resume)
-    run_train(config, overrides or [], options)
+    with exit_on_sigterm():
+        run_train(config, overrides or [], options)

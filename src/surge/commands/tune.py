@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -11,8 +10,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from surge.commands import console
+from surge.commands import console, exit_on_sigterm
 from surge.errors import ConfigError
+from surge.repository.config import MAX_QUEUE_DELAY_MS
 
 if TYPE_CHECKING:
     from surge.tuning import Slo
@@ -100,7 +100,7 @@ def tune(
     )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with exit_on_sigterm(), Progress(*columns, console=console, transient=True) as progress:
         report = run_tune(repo, model, options, progress,
                           on_stage=lambda s: progress.console.print(f"[bold]{s}[/bold]"))
     html = render_report(Repository(repo).model_dir(report.model))  # a pipeline: its step's model
@@ -180,8 +180,9 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         values = ()
-    if not values or min(values) < 0 or not all(math.isfinite(v) for v in values):
-        raise ConfigError(f"{option} {text!r}: expected non-negative numbers like 0,1,2")
+    if not values or min(values) < 0 or not max(values) <= MAX_QUEUE_DELAY_MS:
+        raise ConfigError(f"{option} {text!r}: expected non-negative numbers up to "
+                          f"{MAX_QUEUE_DELAY_MS:g} like 0,1,2")
     return values
 
 

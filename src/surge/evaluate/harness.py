@@ -86,11 +86,12 @@ def run_dataset(
     if missing:
         raise MetricError(f"dataset {dataset.name!r} lacks model input(s) {missing}; "
                           f"it has {list(dataset.inputs)}")
-    if len(dataset):
-        try:  # here, not as an engine's error on the first batch
-            signature.validate_inputs({n: dataset.inputs[n][:1] for n in signature.input_names})
-        except InputError as exc:
-            raise MetricError(f"dataset {dataset.name!r} does not fit the model: {exc}") from None
+    if not len(dataset):  # no outputs to score: every task would fail on them differently
+        raise MetricError(f"dataset {dataset.name!r} has no samples")
+    try:  # here, not as an engine's error on the first batch
+        signature.validate_inputs({n: dataset.inputs[n][:1] for n in signature.input_names})
+    except InputError as exc:
+        raise MetricError(f"dataset {dataset.name!r} does not fit the model: {exc}") from None
     task_id = progress.add_task(description, total=len(dataset)) if progress else None
     chunks: dict[str, list[np.ndarray]] = {}
     for part in _batches(len(dataset), batch_size):

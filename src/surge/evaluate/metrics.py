@@ -66,6 +66,36 @@ def _labels_1d(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+def _class_ids(labels: np.ndarray, num_classes: int | None) -> np.ndarray:
+    """Labels as class ids, refused unless whole numbers in [0, num_classes): a cast would turn
+    2.5 into 2 and NaN into a huge number, and a class the model has no score for would
+    silently count as a miss."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise MetricError(f"labels must be 1-D, got shape {list(labels.shape)}")
+    if not len(labels):
+        raise MetricError("no samples to score")
+    if labels.dtype.kind not in "iub" and not (
+            labels.dtype.kind == "f" and np.isfinite(labels).all()
+            and (labels == np.round(labels)).all()):
+        raise MetricError(f"labels must be whole class ids, got {labels.dtype} values such as "
+                          f"{_first_odd(labels)}")
+    top = num_classes if num_classes is not None else np.inf
+    outside = labels[(labels < 0) | (labels >= top)]
+    if len(outside):
+        scored = f"0 to {num_classes - 1}" if num_classes is not None else "from 0"
+        raise MetricError(f"label {outside[0].item()!r} is out of range: the model scores "
+                          f"class ids {scored}")
+    return labels.astype(np.int64)
+
+
+def _first_odd(labels: np.ndarray) -> str:
+    if labels.dtype.kind != "f":
+        return repr(labels[0].item())
+    odd = labels[~np.isfinite(labels) | (labels != np.round(labels))]
+    return repr(float(odd[0])) if len(odd) else repr(float(labels[0]))
+
+
 def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
     """Fraction of predictions equal to the labels."""
     from sklearn.metrics import accuracy_score
@@ -101,7 +131,7 @@ def classification_report(
     """Score class scores/logits [N, C] (or predicted class ids [N]) against labels [N]."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    labels = _labels_1d(labels)
+    labels = _class_ids(labels, scores.shape[1] if np.ndim(scores) == 2 else None)
     scores = np.asarray(scores)
     num_classes = scores.shape[1] if scores.ndim == 2 else int(max(labels.max(), scores.max())) + 1
     if class_names is not None:

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from surge.datafiles import load_npy, load_npz
+from surge.datatypes import sent_datatype
 from surge.errors import ConfigError, ModelLoadError, SurgeError
 from surge.optimize.mixed_precision import PrecisionConfig
 from surge.optimize.quantize import Int8StaticConfig
@@ -20,7 +22,7 @@ from surge.optimize.source import Inputs, ModelSource
 from surge.optimize.variant import Tolerance, Variant
 from surge.repository import ModelConfig, Repository
 from surge.repository.repository import VARIANT_FILE, VARIANTS_DIR
-from surge.runtimes import Signature, example_inputs
+from surge.runtimes import Signature, TensorSpec, example_inputs
 from surge.tasks import DataOptions, Split, get_dataset, get_task
 from surge.tasks.tabular import unpack
 
@@ -92,33 +94,40 @@ def _signature(repo: Repository, name: str) -> Signature:
 
 
 def _load_calibration(path: Path, signature: Signature) -> Inputs:
-    if not path.is_file():
-        raise ConfigError(f"calibration data {path} not found")
+    """The --calib arrays by input name, each checked against its input: datatype, shape, at
+    least one row, finite values (NaN or inf would become the quantization scales)."""
     if path.suffix == ".npz":
-        with np.load(path) as archive:
-            data = {k: archive[k] for k in archive.files}
+        data = load_npz(path, "calibration data")
     elif path.suffix == ".npy":
         if len(signature.inputs) != 1:
             raise ConfigError(f"{path}: a .npy holds one array; this model has inputs "
                               f"{signature.input_names}: give a .npz with one array per input")
-        data = {signature.inputs[0].name: np.load(path, allow_pickle=False)}
+        data = {signature.inputs[0].name: load_npy(path, "calibration data")}
     else:
         raise ConfigError(f"calibration data {path}: expected a .npy or .npz file")
     for spec in signature.inputs:
         if spec.name not in data:
             raise ConfigError(f"{path}: no array for input {spec.name!r}")
-        array = data[spec.name]
-        if not spec.matches_shape(array.shape):
-            raise ConfigError(f"{path}: input {spec.name!r} expects {spec.describe()}, "
-                              f"got {array.dtype} {list(array.shape)}")
+        _check_calibration_array(path, spec, data[spec.name])
     return data
+
+
+def _check_calibration_array(path: Path, spec: TensorSpec, array: np.ndarray) -> None:
+    sent = sent_datatype(array)
+    if sent != spec.datatype or not spec.matches_shape(array.shape):
+        raise ConfigError(f"{path}: input {spec.name!r} expects {spec.describe()}, "
+                          f"got {sent} {list(array.shape)}")
+    if array.ndim and not len(array):
+        raise ConfigError(f"{path}: input {spec.name!r} has no rows to calibrate with")
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        raise ConfigError(f"{path}: input {spec.name!r} holds NaN or infinite values")
 
 
 def build_source(repo: Repository, name: str, options: OptimizeOptions, work_dir: Path) -> ModelSource:
     """The original model (module and/or ONNX), its check samples and calibration data."""
     config = repo.config(name)
+    signature = _signature(repo, name)  # first: it says what a pipeline or a bad model is
     path = repo.model_file(name)
-    signature = _signature(repo, name)
     module = onnx_path = None
     if config.resolved_engine() == "torch_factory":
         module = _module_from_factory(repo, name)
@@ -219,14 +228,20 @@ def optimize_model(repo_path: Path, name: str, configs: dict[str, OptimizeConfig
     options = options or OptimizeOptions()
     repo = Repository(repo_path)
     variants_dir = repo.model_dir(name) / VARIANTS_DIR
-    variants_dir.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=variants_dir, prefix=".work-") as tmp:
-        source = build_source(repo, name, options, Path(tmp))
-        tolerance = options.tolerance or default_tolerance(source.task, source.labels is not None)
-        _check_requests(source, configs)
-        return [_one(source, variant_name, _with_exclude(config, options.exclude), tolerance,
-                     variants_dir, Path(tmp), options.keep_failed)
-                for variant_name, config in configs.items()]
+    created = not variants_dir.exists()
+    variants_dir.mkdir(exist_ok=True)  # the work folder is in it: renames then move variants
+    try:
+        with tempfile.TemporaryDirectory(dir=variants_dir, prefix=".work-") as tmp:
+            source = build_source(repo, name, options, Path(tmp))
+            tolerance = options.tolerance or default_tolerance(source.task,
+                                                               source.labels is not None)
+            _check_requests(source, configs)
+            return [_one(source, variant_name, _with_exclude(config, options.exclude),
+                         tolerance, variants_dir, Path(tmp), options.keep_failed)
+                    for variant_name, config in configs.items()]
+    finally:
+        if created and not any(variants_dir.iterdir()):  # a refused request writes nothing
+            variants_dir.rmdir()
 
 
 def _with_exclude(config: OptimizeConfig, exclude: tuple[str, ...]) -> OptimizeConfig:
@@ -248,13 +263,23 @@ def _one(source: ModelSource, name: str, config: OptimizeConfig, tolerance: Tole
     kept = variant.check.passed or keep_failed
     if not kept:
         return Outcome(name, variant, False, None)
-    target = variants_dir / name
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.move(str(staging), target)
+    stored = _store(staging, variant, tolerance, variants_dir / name)
+    return Outcome(name, stored, True, stored.path.parent)
+
+
+def _store(staging: Path, variant: Variant, tolerance: Tolerance, target: Path) -> Variant:
+    """Move the staged variant, its variant.yaml written first, to `target` by renames (one
+    file system), so that an interrupted run leaves the old variant or the new one, never a
+    model file without its record."""
     stored = replace(variant, path=target / variant.path.name)
     info = stored.as_dict()
     info["tolerance"] = tolerance.describe()
     info["kept_despite_failing"] = not variant.check.passed
-    (target / VARIANT_FILE).write_text(yaml.safe_dump(info, sort_keys=False))
-    return Outcome(name, stored, True, target)
+    (staging / VARIANT_FILE).write_text(yaml.safe_dump(info, sort_keys=False))
+    replaced = staging.with_name(f"{staging.name}.replaced")
+    if target.exists():
+        target.rename(replaced)
+    staging.rename(target)
+    if replaced.exists():
+        shutil.rmtree(replaced)
+    return stored

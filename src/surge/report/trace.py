@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,10 @@ MAX_TRACE_BYTES = 64 << 20  # a 90 s trace of two models is well under 1 MB
 def load_trace(path: Path) -> dict[str, Any]:
     """The benchmark's JSON; ConfigError when it is not one."""
     try:
-        if path.stat().st_size > MAX_TRACE_BYTES:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the read forever
+            raise ValueError("not a regular file")
+        if info.st_size > MAX_TRACE_BYTES:
             raise ValueError(f"larger than {MAX_TRACE_BYTES >> 20} MiB")
         data = json.loads(path.read_text())
     except (OSError, ValueError) as error:

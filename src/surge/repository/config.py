@@ -49,12 +49,16 @@ class TensorConfig(StrictConfig):
         return self
 
 
+MAX_QUEUE_DELAY_MS = 10_000.0  # a wait past 10 s is no batching delay but a stall
+
+
 class BatchingConfig(StrictConfig):
     """Dynamic batching: requests queued together are run as one batch."""
 
     enabled: bool = Field(True, description="Combine queued requests into batches.")
     max_queue_delay_ms: Float = Field(
-        2.0, ge=0, le=10_000, description="Longest a request waits for others to join its batch."
+        2.0, ge=0, le=MAX_QUEUE_DELAY_MS,
+        description="Longest a request waits for others to join its batch."
     )
     preferred_batch_sizes: list[Int] = Field(
         default_factory=list,

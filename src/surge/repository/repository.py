@@ -224,6 +224,9 @@ class Repository:
         `name@original` (the version files, whatever variant the config selects)."""
         name, variant = split_model_ref(ref)
         config = self.config(name)
+        if config.kind == "pipeline":  # it has no file of its own to load
+            raise NotFoundError(f"model {name!r} is a pipeline: `surge serve` runs it; name one "
+                                "of its steps' models to load, optimize or evaluate it alone")
         variant = None if variant == ORIGINAL else variant or config.variant
         resolved_version = 0 if variant else self.resolve_version(name, version)
         path = self.model_file(name, resolved_version or None, variant)

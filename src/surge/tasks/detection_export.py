@@ -18,6 +18,7 @@ from surge.tasks.export import export_boxes_model
 from surge.train.config import TrainConfig
 from surge.train.publish import (
     Published,
+    removed_if_failed,
     serving_config,
     target,
     write_config_once,
@@ -36,15 +37,16 @@ def publish_detector(net: DetectionModel, config: TrainConfig, metrics: dict[str
     with torch.inference_mode():
         expected = [t.numpy() for t in detector(example)]
     k = expected[1].shape[1]
-    path = export_boxes_model(detector, example, model_dir / str(version) / "model.onnx",
-                              config.model.input_name, k)
-    write_config_once(model_dir, serving_config(config, name))
+    with removed_if_failed(config, repo, version):
+        files = [export_boxes_model(detector, example, model_dir / str(version) / "model.onnx",
+                                    config.model.input_name, k)]
+        write_config_once(model_dir, serving_config(config, name))
+        verify_detector(repo, name, version, config.model.input_name, example.numpy(),
+                        expected[1])
+        if config.export.torch_name:
+            files.append(_publish_weights(net, detector, config, repo, version,
+                                          example.numpy(), expected[1]))
     write_metrics(model_dir, metrics, version)
-    verify_detector(repo, name, version, config.model.input_name, example.numpy(), expected[1])
-    files = [path]
-    if config.export.torch_name:
-        files.append(_publish_weights(net, detector, config, repo, version, example.numpy(),
-                                      expected[1]))
     return Published(repo, name, version, tuple(files))
 
 

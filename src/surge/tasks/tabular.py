@@ -211,6 +211,7 @@ def publish_columns(model: nn.Module, config: TrainConfig, metrics: dict[str, An
     from surge.export import export_onnx, export_pt2
     from surge.train.publish import (
         Published,
+        removed_if_failed,
         serving_config,
         target,
         write_config_once,
@@ -228,17 +229,18 @@ def publish_columns(model: nn.Module, config: TrainConfig, metrics: dict[str, An
     version_dir = model_dir / str(version)
     names = [c.name for c in columns]
     files = []
-    if "onnx" in config.export.formats:
-        files.append(export_onnx(served, tensors, version_dir / "model.onnx", names,
-                                 [config.model.output_name]))
-    if "pt2" in config.export.formats:
-        files.append(export_pt2(served, tensors, version_dir / "model.pt2"))
-    served_config = serving_config(config, name)
-    # The dataset rides along, so evaluate, optimize and bench find rows with these columns.
-    write_config_once(model_dir, served_config.model_copy(update={"parameters": {
-        **served_config.parameters, "dataset": config.data.dataset}}))
+    with removed_if_failed(config, repo, version):
+        if "onnx" in config.export.formats:
+            files.append(export_onnx(served, tensors, version_dir / "model.onnx", names,
+                                     [config.model.output_name]))
+        if "pt2" in config.export.formats:
+            files.append(export_pt2(served, tensors, version_dir / "model.pt2"))
+        served_config = serving_config(config, name)
+        # The dataset rides along, so evaluate, optimize and bench find rows with its columns.
+        write_config_once(model_dir, served_config.model_copy(update={"parameters": {
+            **served_config.parameters, "dataset": config.data.dataset}}))
+        verify_columns(repo, name, version, arrays, expected)
     write_metrics(model_dir, metrics, version)
-    verify_columns(repo, name, version, arrays, expected)
     return Published(repo, name, version, tuple(files))
 
 

@@ -16,7 +16,8 @@ from surge.errors import ConfigError
 from surge.tasks import DataOptions, Dataset, Flip, Split, get_dataset
 from surge.train.config import DataConfig
 
-__all__ = ["Split", "eval_shard", "load_dataset", "steps_per_epoch", "train_batches"]
+__all__ = ["Split", "check_validation", "eval_shard", "load_dataset", "steps_per_epoch",
+           "train_batches"]
 
 
 def data_options(config: DataConfig, input_shape: list[int], seed: int) -> DataOptions:
@@ -66,6 +67,14 @@ def steps_per_epoch(split: Split, global_batch: int) -> int:
             f"batch_size {global_batch} is larger than the training set ({len(split)} samples)"
         )
     return steps
+
+
+def check_validation(split: Split) -> None:
+    """Each epoch is validated and the best one exported: with no validation samples the run
+    would train to the end and then fail on an empty metric."""
+    if not len(split):
+        raise ConfigError("the validation split of data.dataset has no samples: nothing to "
+                          "score the epochs and choose the best one by")
 
 
 def eval_shard(split: Split, replicas: int, rank: int) -> Split:

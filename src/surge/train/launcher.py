@@ -6,6 +6,7 @@ one line of error instead of N crashed workers.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -147,12 +148,23 @@ def validate(config: TrainConfig, options: LaunchOptions) -> None:
     get_task(config.task).trained_metric()
     _check_data(config)
     _check_paths(config, options)
-    try:
-        model = build_model(config.model, config.seed)
-    except SurgeError as exc:
-        raise ConfigError(f"model.builder: {exc}") from None
+    model = _built_model(config)
     if config.parallelism == "pipeline":
         resolve_split(model, config.pipeline, world)
+
+
+def _built_model(config: TrainConfig) -> torch.nn.Module:
+    """The recipe's model, built once here: a builder that refuses its `model.kwargs` (an
+    unknown name, a negative width) is a recipe error, not a traceback in every rank."""
+    try:
+        return build_model(config.model, config.seed)
+    except SurgeError as exc:
+        raise ConfigError(f"model.builder: {exc}") from None
+    except Exception as exc:  # the builder is the recipe's own code: any refusal is its own
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"model.builder {config.model.builder!r} with model.kwargs "
+                          f"{shown(config.model.kwargs)}: {type(exc).__name__}: {reason}"
+                          ) from None
 
 
 def torchrun_command(config_path: Path, options: LaunchOptions) -> list[str]:
@@ -184,7 +196,28 @@ def launch(config: TrainConfig, options: LaunchOptions) -> None:
         return
     # The workers read the resolved config, so overrides need no second parse.
     path = dump_train_config(config, Path(config.log_dir) / RESOLVED_CONFIG)
-    code = subprocess.run(torchrun_command(path, options), check=False).returncode
+    code = run_torchrun(torchrun_command(path, options))
     if code != 0:
         raise SurgeError(f"training failed: torchrun exited with status {code} "
                          "(the failing rank's error is above)")
+
+
+TORCHRUN_STOP_S = 60.0  # time torchrun gets to stop its ranks before it is killed
+
+
+def run_torchrun(command: list[str]) -> int:
+    """torchrun's exit status. When this process is stopped (Ctrl-C, or SIGTERM through
+    `exit_on_sigterm`), torchrun is sent SIGTERM and waited for: it stops its ranks, which
+    would otherwise keep training, orphaned, and export when done."""
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    except BaseException:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=TORCHRUN_STOP_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        raise

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +94,21 @@ def check_target(config: TrainConfig) -> None:
                 f"replace it, or another export.version (or none: the next free version)")
 
 
+@contextmanager
+def removed_if_failed(config: TrainConfig, repo: Path, version: int) -> Iterator[None]:
+    """Remove the version folders the block created when it fails (a check against PyTorch, or
+    Ctrl-C): left behind, a new version would be the newest, which `surge serve` serves as if
+    it were good. Folders that were there before (`export.overwrite`) are left alone."""
+    new = [repo / n / str(version) for n in export_names(config)
+           if not (repo / n / str(version)).exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in new:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def write_metrics(model_dir: Path, metrics: dict[str, Any], version: int) -> None:
     (model_dir / "metrics.json").write_text(json.dumps({**metrics, "version": version},
                                                        indent=2) + "\n")
@@ -107,25 +125,33 @@ def publish(model: nn.Module, config: TrainConfig, metrics: dict[str, Any],
             example: torch.Tensor) -> Published:
     """Write ONNX/.pt2 (and optionally safetensors) files, configs and metrics.json; verify.
     `example` (two inputs) is what the exports are traced and checked with."""
-    export = config.export
     check_target(config)  # again: the version may have appeared while the model trained
     repo, name, model_dir, version = target(config)
     model = model.eval().cpu()
     with torch.inference_mode():
         expected = model(example).numpy()
+    with removed_if_failed(config, repo, version):
+        files = _write_version(model, config, repo, version, example, expected)
+    write_metrics(model_dir, metrics, version)
+    return Published(repo, name, version, tuple(files))
+
+
+def _write_version(model: nn.Module, config: TrainConfig, repo: Path, version: int,
+                   example: torch.Tensor, expected: np.ndarray) -> list[Path]:
+    """The version's files of `export.name` (and `export.torch_name`), each checked."""
+    export, name = config.export, check_name(config.export.name)
+    version_dir = repo / name / str(version)
     files: list[Path] = []
-    version_dir = model_dir / str(version)
     if "onnx" in export.formats:
         files.append(export_onnx(model, (example,), version_dir / "model.onnx",
                                  [config.model.input_name], [config.model.output_name]))
     if "pt2" in export.formats:
         files.append(export_pt2(model, (example,), version_dir / "model.pt2"))
-    write_config_once(model_dir, serving_config(config, name))
-    write_metrics(model_dir, metrics, version)
+    write_config_once(repo / name, serving_config(config, name))
     verify(repo, name, version, config.model.input_name, example.numpy(), expected)
     if export.torch_name:
         files.append(_publish_weights(model, config, repo, version, example.numpy(), expected))
-    return Published(repo, name, version, tuple(files))
+    return files
 
 
 def write_torch_model(module: nn.Module, config: TrainConfig, repo: Path, version: int,

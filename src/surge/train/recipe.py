@@ -18,7 +18,13 @@ from surge.errors import ConfigError
 from surge.tasks import Task, TrainMetric, get_task
 from surge.train import checkpoint as ckpt
 from surge.train.config import TrainConfig
-from surge.train.data import eval_shard, load_dataset, steps_per_epoch, train_batches
+from surge.train.data import (
+    check_validation,
+    eval_shard,
+    load_dataset,
+    steps_per_epoch,
+    train_batches,
+)
 from surge.train.distributed import (
     DistState,
     all_reduce_sum,
@@ -79,6 +85,7 @@ class Recipe:
         self.train_split, self.test_split = load_dataset(
             config.data, config.model.input_shape, config.seed)
         self.steps = steps_per_epoch(self.train_split, config.batch_size)
+        check_validation(self.test_split)
         self.precision: Precision = make_precision(config.precision, state.device)
         model = build_model(config.model, config.seed)
         self.loss_fn = self.task.loss(model, config.label_smoothing)

@@ -41,12 +41,17 @@ class Load:
     cannot serve the load and is not tried."""
 
     def __post_init__(self) -> None:
+        from surge.bench.loadgen import MAX_CONCURRENCY, MAX_RATE  # what the trials can send
+
         if (self.concurrency is None) == (self.rate is None):
             raise ConfigError("give exactly one of --concurrency and --rate")
         if (self.concurrency is not None and self.concurrency < 1) or (
-            self.rate is not None and self.rate <= 0
+            self.rate is not None and not self.rate > 0
         ):
             raise ConfigError(f"load must be positive, got {self.describe()}")
+        if (self.concurrency or 0) > MAX_CONCURRENCY or (self.rate or 0) > MAX_RATE:
+            raise ConfigError(f"load {self.describe()} is more than one load generator sends "
+                              f"(at most {MAX_CONCURRENCY:,} clients or {MAX_RATE:,.0f}/s)")
         if self.rows < 1:
             raise ConfigError(f"--rows-per-request must be at least 1, got {self.rows}")
 
@@ -171,6 +176,6 @@ def parse_rate(text: str) -> float:
         rate = float(value)
     except ValueError:
         rate = -1.0
-    if per is None or rate <= 0:
+    if per is None or not 0 < rate < math.inf:
         raise ConfigError(f"--rate {text!r}: expected requests per second like 200/s")
     return rate / per

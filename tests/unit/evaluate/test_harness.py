@@ -53,6 +53,14 @@ def test_batches_never_exceed_the_models_max(tiny: Repository) -> None:
     assert seen == [8, 8, 4]
 
 
+def test_an_empty_dataset_is_refused_before_scoring(tiny: Repository) -> None:
+    """Its outputs had no arrays, and scoring them raised KeyError: 'y' (a traceback)."""
+    empty = EvalDataset("empty", {"x": np.zeros((0, 4), np.float32)}, np.zeros(0, np.int64))
+    for task in ("classification", "embedding"):
+        with pytest.raises(MetricError, match="dataset 'empty' has no samples"):
+            evaluate(tiny.load("tiny"), empty, task, reference=np.zeros((0, 4), np.float32))
+
+
 def test_embedding_fidelity_against_a_reference(tiny: Repository) -> None:
     data = _dataset()
     reference = 2 * data.inputs["x"] + 1

@@ -27,6 +27,27 @@ def test_accuracy_counts_matches() -> None:
     assert accuracy(LABELS, PREDS) == pytest.approx(6 / 10)
 
 
+@pytest.mark.parametrize(("labels", "message"), [
+    ([0, 1, 3], r"label 3 is out of range: the model scores class ids 0 to 2"),
+    ([0, -1, 2], r"label -1 is out of range"),
+    ([0.0, 0.5, 2.0], r"labels must be whole class ids, got float64 values such as 0\.5"),
+    ([0.0, np.nan, 2.0], r"labels must be whole class ids, got float64 values such as nan"),
+    ([], r"no samples to score"),
+])
+def test_classification_refuses_labels_that_are_not_class_ids_of_the_model(
+        labels: list[float], message: str) -> None:
+    """They were scored anyway: 3 of a 3-class model counted as a miss, 0.5 as class 0, NaN as a
+    huge id; -1 and no labels at all raised from inside scikit-learn."""
+    scores = np.eye(3, dtype=np.float32)[: len(labels)]
+    with pytest.raises(MetricError, match=message):
+        classification_report(np.array(labels), scores)
+
+
+def test_classification_takes_whole_float_labels() -> None:
+    report = classification_report(np.array([0.0, 1.0, 2.0]), np.eye(3, dtype=np.float32))
+    assert report.accuracy == 1.0
+
+
 def test_confusion_matrix_and_per_class_by_hand() -> None:
     report = classification_report(LABELS, PREDS, class_names=["a", "b", "c"])
     # rows: true class, columns: predicted class

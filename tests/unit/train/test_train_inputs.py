@@ -11,6 +11,8 @@ import torch
 
 from surge.cli import main
 from surge.errors import ConfigError
+from surge.tasks import DataOptions, Split
+from surge.tasks.data import SyntheticDataset
 from surge.train.config import parse_train_config
 from surge.train.distributed import DistState
 from surge.train.launcher import LaunchOptions, validate
@@ -52,6 +54,22 @@ def test_bad_paths_and_values_are_refused_before_training(
     assert no_processes == []
     assert not (tmp_path / "run").exists()
     assert file.read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ("model.kwargs.nosuch=1", "TypeError: tiny_mlp() got an unexpected keyword argument"),
+    ("model.kwargs.hidden=-3", "RuntimeError: Trying to create tensor with negative dimension"),
+])
+def test_model_kwargs_its_builder_refuses_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_processes: list[object],
+    kwargs: str, message: str,
+) -> None:
+    """The builder's own exception escaped as a traceback (exit 1)."""
+    err = _refused([str(write_recipe(tmp_path)), kwargs], capsys)
+    assert err.startswith("error: model.builder 'tests.unit.train.tiny:tiny_mlp' with "
+                          "model.kwargs {"), err
+    assert message in err
+    assert no_processes == []
 
 
 def test_a_directory_as_config_is_refused_in_one_line(
@@ -202,3 +220,73 @@ def test_a_file_as_the_version_to_overwrite_is_refused_before_training(
                    capsys)
     assert f"export: {version} is a file" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_fifo_as_config_is_refused_not_waited_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Reading the recipe from a FIFO blocked forever."""
+    from tests.unit.fifo import bounded, make_fifo
+
+    fifo = make_fifo(tmp_path / "recipe.yaml")
+    err = bounded(fifo, lambda: _refused([str(fifo)], capsys))
+    assert err == f"error: {fifo}: not a regular file"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("foo: 1\n", "unknown key 'foo'"),
+    ("epochs: abc\n", "epochs: Input should be a valid integer"),
+])
+def test_a_key_given_wrong_is_named_before_keys_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str,
+) -> None:
+    """A recipe with a misspelt or mistyped key and no `model` section was refused as
+    "missing key 'model'", naming nothing the user wrote."""
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    assert _refused([str(path)], capsys) == f"error: {path}: {message}" + (
+        "" if "unknown" in message else ", unable to parse string as an integer (got 'abc')")
+
+
+def test_an_export_that_fails_its_check_leaves_no_version_to_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The files stayed in the repository when the check against PyTorch failed, as the newest
+    version, which `surge serve` then served; a version that was there before is kept."""
+    import surge.train.publish as publish_module
+    from surge.errors import ModelLoadError
+    from surge.repository import Repository
+
+    def differs(*_a: object, **_k: object) -> None:
+        raise ModelLoadError("exported model differs from the trained one")
+
+    monkeypatch.setattr(publish_module, "verify", differs)
+    config = parse_train_config(recipe(tmp_path, **{"export.torch_name": "tiny-torch"}), "r")
+    with pytest.raises(ModelLoadError, match="differs"):
+        publish(tiny_mlp(), config, {"accuracy": 0.5}, torch.zeros(2, FEATURES))
+    assert not (tmp_path / "repo" / "tiny" / "1").exists()
+    assert not (tmp_path / "repo" / "tiny-torch" / "1").exists()
+    assert not (tmp_path / "repo" / "tiny" / "metrics.json").exists()
+    monkeypatch.undo()
+    publish(tiny_mlp(), config, {"accuracy": 0.5}, torch.zeros(2, FEATURES))
+    assert Repository(tmp_path / "repo").served_versions("tiny") == [1]
+
+
+class _NoValidation(SyntheticDataset):
+    def training(self, options: DataOptions) -> tuple[Split, Split]:
+        train, validation = super().training(options)
+        return train, Split(validation.inputs[:0], validation.labels[:0])
+
+
+def no_validation() -> _NoValidation:
+    return _NoValidation()
+
+
+def test_a_dataset_with_no_validation_samples_is_refused_before_training(tmp_path: Path) -> None:
+    """It trained a whole epoch and then raised a traceback: ZeroDivisionError validating a
+    classifier, ValueError (no detections to concatenate) validating the detector."""
+    config = parse_train_config(recipe(tmp_path, **{
+        "data.dataset": "tests.unit.train.test_train_inputs:no_validation"}), "r")
+    with pytest.raises(ConfigError, match="the validation split of data.dataset has no samples"):
+        run(config)
+    assert not (tmp_path / "repo").exists()

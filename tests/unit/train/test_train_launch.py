@@ -53,11 +53,11 @@ def test_a_valid_multi_process_recipe_starts_torchrun_with_the_resolved_config(
 ) -> None:
     commands: list[list[str]] = []
 
-    def fake_run(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+    def fake_run(command: list[str]) -> int:
         commands.append(command)
-        return subprocess.CompletedProcess(command, 0)
+        return 0
 
-    monkeypatch.setattr(launch_module.subprocess, "run", fake_run)
+    monkeypatch.setattr(launch_module, "run_torchrun", fake_run)
     with pytest.raises(SystemExit) as exit_info:
         main(["train", str(write_recipe(tmp_path)), "parallelism=ddp", "epochs=3",
               "--nproc", "2", "--max-restarts", "1"])
@@ -133,3 +133,45 @@ def test_more_processes_than_gpus_is_refused_before_any_process_starts() -> None
         _check_gpus_per_process(__import__("torch").device("cuda", 0), 2, 1)
     _check_gpus_per_process(__import__("torch").device("cuda", 0), 2, 2)
     _check_gpus_per_process(__import__("torch").device("cpu"), 2, 0)
+
+
+FAKE_TORCHRUN = """
+import pathlib, signal, sys, time
+folder = pathlib.Path(sys.argv[1])
+def stop(signum, frame):
+    (folder / "stopped").write_text("ranks stopped")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+(folder / "ready").write_text("")
+time.sleep(60)
+"""
+
+LAUNCHER = """
+import sys
+from surge.commands import exit_on_sigterm
+from surge.train.launcher import run_torchrun
+with exit_on_sigterm():
+    run_torchrun([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+"""
+
+
+def test_a_stopped_train_stops_torchrun_rather_than_orphan_it(tmp_path: Path) -> None:
+    """SIGTERM to `surge train --nproc 2` killed only surge: torchrun and its ranks went on
+    training (and would have exported) with no parent. Now torchrun is sent SIGTERM, which it
+    passes to its ranks, and waited for."""
+    import signal
+    import time
+
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, FAKE_TORCHRUN, str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "ready").exists() and launcher.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (tmp_path / "ready").exists(), "the fake torchrun did not start"
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert (tmp_path / "stopped").read_text() == "ranks stopped"

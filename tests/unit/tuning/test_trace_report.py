@@ -78,3 +78,12 @@ def test_a_report_of_the_wrong_shape_is_refused_naming_it(tmp_path: Path, text: 
     path.write_text(text)
     with pytest.raises(ConfigError, match=why):
         render_report(tmp_path / "m")
+
+
+def test_a_fifo_as_trace_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """`surge report --trace FIFO` blocked forever reading it."""
+    from tests.unit.fifo import bounded, make_fifo
+
+    fifo = make_fifo(tmp_path / "trace.json")
+    with pytest.raises(ConfigError, match=f"{fifo}: not a load-trace JSON .not a regular file"):
+        bounded(fifo, lambda: load_trace(fifo))

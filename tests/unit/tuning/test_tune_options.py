@@ -41,6 +41,13 @@ def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Any]:
     (["--protocol", "nosuch"], "--protocol 'nosuch': use http, http-json, grpc"),
     (["--settings", "100x100"], "at most 64 instances of 256 threads"),
     (["--variants", "nosuch"], "nosuch"),  # ignored when the model already had variants
+    # a pydantic traceback once the search wrote its first config
+    (["--delays", "1e9"], "--delays '1e9': expected non-negative numbers up to 10000"),
+    # 100 million clients took gigabytes before the baseline sent a request
+    (["--concurrency", "100000000"], "load 100000000 concurrent clients is more than one load "
+                                     "generator sends (at most 10,000 clients"),
+    (["--rate", "1e12/s"], "at most 10,000 clients or 1,000,000/s"),  # refused after the work
+    (["--rate", "nan/s"], "--rate 'nan/s': expected requests per second"),
 ])
 def test_refused_before_the_search_starts(started: list[Any], args: list[str], message: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:

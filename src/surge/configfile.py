@@ -3,6 +3,7 @@ validation errors into one line naming the bad key."""
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -112,3 +113,14 @@ def _check_unique_keys(node: yaml.MappingNode) -> None:
             raise ConfigError(f"key {shown(key.value)} is given twice in one mapping "
                               f"(line {key.start_mark.line + 1}); give it once")
         seen.add(key.value)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: a reader (a server polling its repository, the next
+    command) never sees it half-written, and a stop mid-write leaves the previous file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -9,7 +9,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, Strict, ValidationError, field_validator, model_validator
 
-from surge.configfile import StrictConfig, describe_validation_error, read_yaml
+from surge.configfile import (
+    StrictConfig,
+    describe_validation_error,
+    read_yaml,
+    write_text_atomically,
+)
 from surge.datatypes import V2_DATATYPES
 from surge.errors import ConfigError, NotFoundError, SurgeError
 from surge.runtimes.base import SpinWait
@@ -449,4 +454,4 @@ def write_config(path: Path, config: ModelConfig) -> None:
     """Write a config, omitting fields left at their defaults."""
     data = config.model_dump(mode="json", exclude_defaults=True)
     data["schema_version"] = SCHEMA_VERSION
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    write_text_atomically(path, yaml.safe_dump(data, sort_keys=False))

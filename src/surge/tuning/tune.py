@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
+from surge.configfile import write_text_atomically
 from surge.errors import ConfigError
 from surge.evaluate.harness import EvalDataset, EvalReport, evaluate, load_dataset, run_dataset
 from surge.evaluate.profile import ProfileReport, default_batch_sizes, profile_variant
@@ -129,7 +130,7 @@ class TuningReport:
     def save(self, model_dir: Path) -> Path:
         path = model_dir / TUNING_DIR / REPORT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
+        write_text_atomically(path, json.dumps(self.to_dict(), indent=1))
         return path
 
 

@@ -3,6 +3,8 @@ whole config says what is wrong without repeating the config."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from surge.configfile import parse_yaml
@@ -35,3 +37,25 @@ def test_an_error_of_the_whole_config_does_not_repeat_it() -> None:
     assert "a ladder needs slo_p99_ms and max_accuracy_drop" in message
     assert "class-1" not in message
     assert "(got" not in message
+
+
+def test_a_config_written_is_whole_or_not_written_at_all(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails half-way (a full disk, a stop) leaves the previous config.yaml, not
+    half a file that a server polling its repository would read."""
+    from surge.repository.config import ModelConfig, read_config, write_config
+
+    path = tmp_path / "config.yaml"
+    write_config(path, ModelConfig(max_batch_size=8))
+    real = Path.write_text
+
+    def half_then_full_disk(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        real(self, text[: len(text) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_config(path, ModelConfig(max_batch_size=16))
+    monkeypatch.undo()
+    assert read_config(path).max_batch_size == 8
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

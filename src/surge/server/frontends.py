@@ -29,7 +29,6 @@ import pickle
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from surge.errors import SurgeError
 from surge.platform import available_cores
 from surge.server.sockets import reserve_all
+from surge.tempdirs import owned_dir, remove_orphaned
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -125,32 +125,6 @@ def _frontend_main(payload: bytes, directories: tuple[str, str], report: Any,
         sys.exit(2)
 
 
-def remove_orphaned_dirs(root: Path | str | None = None) -> list[Path]:
-    """The metrics and registry directories that supervisors of this user left behind when
-    killed outright (SIGKILL, OOM: `close` never ran), found by the process id in their names
-    once that process is gone: removed. Returns them."""
-    removed = []
-    for prefix in DIR_PREFIXES:
-        for path in Path(root or tempfile.gettempdir()).glob(prefix + "*"):
-            owner = path.name[len(prefix):].partition("-")[0]
-            with contextlib.suppress(OSError):
-                if owner.isdigit() and path.stat().st_uid == os.getuid() and not _alive(
-                        int(owner)):
-                    shutil.rmtree(path)
-                    removed.append(path)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
-
-
 class Supervisor:
     """Starts `count` front ends on shared ports, keeps them running, stops them together."""
 
@@ -168,9 +142,8 @@ class Supervisor:
                 sock.close()
             raise SurgeError(f"these serve options cannot be handed to front-end processes "
                              f"({exc}); serve them with one front end") from None
-        remove_orphaned_dirs()
-        self._metrics_dir, self._shared_memory_dir = (
-            tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-") for prefix in DIR_PREFIXES)
+        remove_orphaned(DIR_PREFIXES)  # those of supervisors killed outright
+        self._metrics_dir, self._shared_memory_dir = (owned_dir(p) for p in DIR_PREFIXES)
         self._context = multiprocessing.get_context("spawn")
         self._processes: list[BaseProcess | None] = [None] * count
         self._started_at = [0.0] * count

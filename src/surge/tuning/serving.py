@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from surge.errors import SurgeError
 from surge.repository.config import CONFIG_FILE, read_config, write_config
 from surge.repository.repository import VARIANTS_DIR
 from surge.server.process import read_endpoints
+from surge.tempdirs import owned_tempdir
 from surge.tuning.apply import apply_candidate
 from surge.tuning.predict import Measurement
 from surge.tuning.space import ORIGINAL, Candidate, Load
@@ -165,7 +165,7 @@ def measure_served(
     from surge.bench import run_bench
 
     served = pipeline or model_dir.name
-    with tempfile.TemporaryDirectory(prefix="surge-tune-") as tmp:
+    with owned_tempdir("surge-tune-") as tmp:
         stage = stage_model(model_dir, candidate, slo_p99_ms, Path(tmp))
         if pipeline is not None:
             stage_pipeline(model_dir.parent, pipeline, model_dir.name, stage)

@@ -262,21 +262,27 @@ class HeaderBlocks:
 
 
 class Stream:
-    """One call: what its headers say, the request bytes so far, its task and send window."""
+    """One call: what its headers say, the request bytes so far, its task and windows."""
 
     __slots__ = ("id", "path", "metadata", "timeout", "encoding", "body", "unacked", "task",
-                 "inbox", "send_window", "headers_sent", "pending", "trailers", "closed")
+                 "inbox", "held", "deferred", "receive_window", "send_window", "headers_sent",
+                 "pending", "drained", "trailers", "closed")
 
-    def __init__(self, stream_id: int, call: CallHeaders, send_window: int) -> None:
+    def __init__(self, stream_id: int, call: CallHeaders, windows: tuple[int, int]) -> None:
         self.id = stream_id
         self.path, self.metadata, self.timeout, self.encoding, _ = call
         self.body = bytearray()
         self.unacked = 0  # received bytes not yet credited back to the stream's window
         self.task: asyncio.Task[None] | None = None
-        # A streaming call's requests as they arrive (None after the client's last one).
-        self.inbox: asyncio.Queue[bytes | memoryview | None] | None = None
-        self.send_window = send_window
+        # A streaming call's requests as they arrive, with their bytes on the wire (None after
+        # the client's last one); `held`: their bytes not yet read by the handler; `deferred`:
+        # the credit kept back while the handler is behind.
+        self.inbox: asyncio.Queue[tuple[bytes | memoryview, int] | None] | None = None
+        self.held = 0
+        self.deferred = 0
+        self.receive_window, self.send_window = windows  # what the client / we may send
         self.headers_sent = False
         self.pending = bytearray()  # DATA the client's windows do not yet allow
+        self.drained: asyncio.Future[None] | None = None  # set once `pending` is small again
         self.trailers = b""  # the status block, sent after the last of `pending`
         self.closed = False

@@ -37,15 +37,16 @@ from surge.server.grpc_calls import (
     status_trailers,
     take_messages,
 )
+from surge.server.grpc_flow import RECEIVE_WINDOW, ReceiveFlow
 from surge.server.limits import ConnectionLimits
 
 log = logging.getLogger(__name__)
 
-RECEIVE_WINDOW = 16 * 1024 * 1024  # what each stream and the connection may send ahead
 RECEIVE_FRAME = 1024 * 1024  # the largest frame a client may send us
 MAX_HEADER_LIST = 64 * 1024  # as MAX_HEAD_BYTES for HTTP
-# Requests of the largest size one connection may hold in memory while they arrive.
-MESSAGES_PER_CONNECTION = 4
+# A streaming call's answers not yet sent, past which its handler waits: a client that does
+# not read them holds no more memory (nor, once STREAM_HELD waits, sends more requests).
+STREAM_PENDING = 4 * 1024 * 1024
 
 RESPONSE_HEADERS = h2.encode_headers([(b"content-type", b"application/grpc"),
                                    (b"grpc-accept-encoding", b"identity,deflate,gzip")],
@@ -79,8 +80,7 @@ class GrpcProtocol(h2.CoalescedWrites):
         self.send_window = h2.DEFAULT_WINDOW  # the client's connection window for our DATA
         self.initial_send_window = h2.DEFAULT_WINDOW
         self.max_send_frame = h2.DEFAULT_FRAME
-        self.unacked = 0  # received DATA bytes not yet credited back (connection)
-        self.buffered = 0  # bytes of requests received and not yet parsed
+        self.flow = ReceiveFlow(self._write, state.max_message_bytes)
         self.peer = ""
         self.timer: asyncio.TimerHandle | None = None
         self.timer_kind = ""  # handshake, body or idle
@@ -210,7 +210,7 @@ class GrpcProtocol(h2.CoalescedWrites):
         if self.state.draining or len(self.streams) >= self.state.limits.max_streams:
             self._write(h2.frame(h2.RST_STREAM, 0, stream_id, struct.pack(">I", h2.REFUSED_STREAM)))
             return
-        stream = Stream(stream_id, call, self.initial_send_window)
+        stream = Stream(stream_id, call, (RECEIVE_WINDOW, self.initial_send_window))
         self.streams[stream_id] = stream
         method = self.state.methods.get(stream.path)
         if method is None or call.problem:  # answered now: a streaming client waits
@@ -227,15 +227,14 @@ class GrpcProtocol(h2.CoalescedWrites):
             self._request_complete(stream)
 
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        self.flow.received(len(payload))
         stream = self.streams.get(stream_id)
         if stream is None or stream.closed or (stream.task is not None and stream.inbox is None):
-            self._credit(None, len(payload))
             return  # a stream we reset or refused, or DATA after END_STREAM: dropped
-        self._credit(stream, len(payload))
+        self.flow.stream_received(stream, len(payload))
         start, end = h2.frame_content(flags, payload)
         stream.body += payload[start:end]
-        self.buffered += end - start
-        refusal = self._too_much(stream)
+        refusal = self.flow.arrived(stream, end - start)
         if refusal:
             self._finish(stream, grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
             self._write(h2.frame(h2.RST_STREAM, 0, stream_id, struct.pack(">I", h2.NO_ERROR)))
@@ -248,46 +247,17 @@ class GrpcProtocol(h2.CoalescedWrites):
     def _deliver(self, stream: Stream, last: bool) -> None:
         """A streaming call's complete requests to its handler (None after the last)."""
         assert stream.inbox is not None
-        before = len(stream.body)
-        messages = take_messages(stream.body)
-        self.buffered -= before - len(stream.body)
         try:
-            for message in messages:
-                stream.inbox.put_nowait(decompressed(*message, stream.encoding,
-                                                     self.state.max_message_bytes))
+            for compressed, payload in take_messages(stream.body):  # held: still buffered
+                stream.held += 5 + len(payload)
+                stream.inbox.put_nowait((decompressed(compressed, payload, stream.encoding,
+                                                      self.state.max_message_bytes),
+                                         5 + len(payload)))
         except CallError as exc:
             self._finish(stream, exc.code, str(exc))
             return
         if last:
             stream.inbox.put_nowait(None)
-
-    def _too_much(self, stream: Stream) -> str:
-        """Why the bytes received so far are refused ("" when they are not): a message over
-        the size cap, or the connection's messages in progress over a few times that."""
-        limit = self.state.max_message_bytes
-        if len(stream.body) > limit + 5:
-            return f"Received message larger than max ({len(stream.body) - 5} vs. {limit})"
-        if self.buffered > MESSAGES_PER_CONNECTION * (limit + 5):
-            return (f"the connection's calls in progress hold more than "
-                    f"{MESSAGES_PER_CONNECTION} x {limit} bytes of requests")
-        return ""
-
-    def _release(self, stream: Stream) -> None:
-        self.buffered -= len(stream.body)
-        stream.body = bytearray()
-
-    def _credit(self, stream: Stream | None, size: int) -> None:
-        """Give received bytes back to the client's windows once half of one is used."""
-        self.unacked += size
-        if self.unacked >= RECEIVE_WINDOW // 2:
-            self._write(h2.frame(h2.WINDOW_UPDATE, 0, 0, struct.pack(">I", self.unacked)))
-            self.unacked = 0
-        if stream is None:
-            return
-        stream.unacked += size
-        if stream.unacked >= RECEIVE_WINDOW // 2:  # a long message: its stream window too
-            self._write(h2.frame(h2.WINDOW_UPDATE, 0, stream.id, struct.pack(">I", stream.unacked)))
-            stream.unacked = 0
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id or len(payload) % 6:
@@ -322,7 +292,7 @@ class GrpcProtocol(h2.CoalescedWrites):
     def _reset_by_client(self, flags: int, stream_id: int, payload: bytes = b"") -> None:
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
-            self._release(stream)
+            self.flow.release(stream)
             stream.closed = True
             if stream.task is not None:
                 stream.task.cancel()  # as grpc.aio: the handler's await is cancelled
@@ -338,7 +308,7 @@ class GrpcProtocol(h2.CoalescedWrites):
         async def unary() -> None:
             handler, request_class, _ = self.state.methods[stream.path]
             body = stream.body
-            self._release(stream)
+            self.flow.release(stream)
             request = parsed(request_class, request_message(
                 body, stream.encoding, self.state.max_message_bytes))
             self._send_message(stream, (await handler(request, context)).SerializeToString())
@@ -350,8 +320,11 @@ class GrpcProtocol(h2.CoalescedWrites):
 
         async def streamed() -> None:
             handler, request_class, _ = self.state.methods[stream.path]
-            async for answer in handler(_requests(stream, request_class), context):
+            async for answer in handler(self._requests(stream, request_class), context):
                 self._send_message(stream, answer.SerializeToString())
+                while len(stream.pending) > STREAM_PENDING:  # the client is not reading
+                    stream.drained = asyncio.get_running_loop().create_future()
+                    await stream.drained
 
         await self._answer(stream, context, streamed())
 
@@ -374,6 +347,14 @@ class GrpcProtocol(h2.CoalescedWrites):
             self._finish(stream, grpc.StatusCode.INTERNAL, "Unexpected error")
         else:
             self._finish(stream, grpc.StatusCode.OK, "", context.trailing)
+
+    async def _requests(self, stream: Stream, request_class: Any) -> AsyncIterator[Any]:
+        """A streaming call's requests, parsed as its handler reads them."""
+        assert stream.inbox is not None
+        while (item := await stream.inbox.get()) is not None:
+            message, wire = item
+            self.flow.read_by_handler(stream, wire)
+            yield parsed(request_class, message)
 
     def _send_message(self, stream: Stream, message: bytes) -> None:
         if stream.closed:
@@ -409,6 +390,9 @@ class GrpcProtocol(h2.CoalescedWrites):
         self.send_window -= allowed
         stream.send_window -= allowed
         del data[:allowed]  # the view above is gone: data_frames copied what it framed
+        drained = stream.drained
+        if drained is not None and len(data) <= STREAM_PENDING and not drained.done():
+            drained.set_result(None)  # a streaming handler waiting for the client goes on
         done = not stream.pending and bool(stream.trailers)
         if done:
             frames += h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream.id,
@@ -423,7 +407,7 @@ class GrpcProtocol(h2.CoalescedWrites):
                 self._send_data(stream)
 
     def _forget(self, stream: Stream) -> None:
-        self._release(stream)
+        self.flow.release(stream)
         self.streams.pop(stream.id, None)
         if stream.task is not None and stream.task is not asyncio.current_task():
             stream.task.cancel()  # a streaming call refused mid-way stops reading
@@ -480,10 +464,3 @@ class GrpcProtocol(h2.CoalescedWrites):
         kind, self.timer, self.timer_kind = self.timer_kind, None, ""
         self._goaway(h2.ENHANCE_YOUR_CALM if kind == "body" else h2.NO_ERROR, f"{kind} timeout")
         self._close()
-
-
-async def _requests(stream: Stream, request_class: Any) -> AsyncIterator[Any]:
-    """A streaming call's requests, parsed as its handler reads them."""
-    assert stream.inbox is not None
-    while (message := await stream.inbox.get()) is not None:
-        yield parsed(request_class, message)

@@ -331,9 +331,11 @@ async def answered_as_completed(
     limit: int = STREAM_IN_FLIGHT,
 ) -> AsyncIterator[Any]:
     """`answer(request)` for every request, up to `limit` at once, yielded as each completes.
-    A request that cannot be read (a malformed message) ends the call with its error after
-    the requests read before it are answered; leaving early (the client cancelled) cancels
-    the answers in progress."""
+    A request counts against `limit` until its answer is taken from here, so a caller that
+    takes answers slowly (its client does not read them) stops the reading of requests. A
+    request that cannot be read (a malformed message) ends the call with its error after the
+    requests read before it are answered; leaving early (the client cancelled) cancels the
+    answers in progress."""
     answers: asyncio.Queue[Any] = asyncio.Queue()
     slots = asyncio.Semaphore(limit)
     running: set[asyncio.Task[None]] = set()
@@ -343,8 +345,6 @@ async def answered_as_completed(
             answers.put_nowait(await answer(request))
         except Exception as exc:  # noqa: BLE001 - not an answer: it fails the call below
             answers.put_nowait(_Failed(exc))
-        finally:
-            slots.release()
 
     async def read_all() -> None:
         try:
@@ -361,6 +361,7 @@ async def answered_as_completed(
     reader = asyncio.create_task(read_all())
     try:
         while (item := await answers.get()) is not _END_OF_STREAM:
+            slots.release()
             if isinstance(item, _Failed):
                 raise item.error
             yield item

@@ -4,6 +4,7 @@ deadlines, cancellation, flow control, limits and protocol errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -34,6 +35,7 @@ class FakeServicer:
         self.metadata: tuple[tuple[str, Any], ...] = ()
         self.cancelled = asyncio.Event()
         self.started = asyncio.Event()
+        self.stream_reads = 0
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.metadata = context.invocation_metadata()
@@ -58,10 +60,14 @@ class FakeServicer:
         raise RuntimeError("a bug")
 
     async def ModelStreamInfer(self, requests: Any, context: Any) -> Any:  # noqa: N802
-        """Each request echoed as it arrives; a model named "boom" ends the call."""
+        """Each request echoed as it arrives; a model named "boom" ends the call, one named
+        "hold" stops the reading for 30 s ("pause": for 1 s)."""
         async for request in requests:
+            self.stream_reads += 1
             if request.model_name == "boom":
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "boom")
+            if request.model_name in ("hold", "pause"):
+                await asyncio.sleep(30 if request.model_name == "hold" else 1)
             yield pb.ModelStreamInferResponse(infer_response=pb.ModelInferResponse(
                 model_name=request.model_name, raw_output_contents=request.raw_input_contents))
 
@@ -583,3 +589,128 @@ def test_a_stream_whose_request_cannot_be_read_answers_those_read_before_it() ->
         return answered, ""
 
     assert asyncio.run(main()) == ([0.1, 0.2], "a malformed message")
+
+
+def _raw_stream(messages: list[bytes]) -> bytes:
+    """HEADERS of a ModelStreamInfer call on stream 1, and DATA frames (<= 1 MiB) carrying
+    `messages`, the call left open; whatever the windows say."""
+    block = encode_headers([(b":method", b"POST"), (b":scheme", b"http"),
+                            (b":path", b"/inference.GRPCInferenceService/ModelStreamInfer"),
+                            (b"content-type", b"application/grpc")])
+    body = b"".join(struct.pack(">BI", 0, len(m)) + m for m in messages)
+    chunks = [body[i:i + (1 << 20)] for i in range(0, len(body), 1 << 20)]
+    return (struct.pack(">IBI", len(block) << 8 | 1, 4, 1) + block
+            + b"".join(struct.pack(">IBI", len(c) << 8, 0, 1) + c for c in chunks))
+
+
+def _stream_requests(model: str, count: int, size: int) -> list[bytes]:
+    return [pb.ModelInferRequest(model_name=model, raw_input_contents=[b"x" * size])
+            .SerializeToString() for _ in range(count)]
+
+
+async def _read_while_writing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                              data: bytes, wait_s: float) -> bytes:
+    """What the server sends until it closes, read while `data` goes out (a server that
+    closes with our bytes unread resets the connection, which would lose what it sent)."""
+    received = bytearray()
+
+    async def read() -> None:
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await reader.read(65536):
+                received.extend(chunk)
+
+    reading = asyncio.create_task(read())
+    writer.write(data)
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+        await writer.drain()
+    async with asyncio.timeout(wait_s):
+        await reading
+    writer.close()
+    return bytes(received)
+
+
+def _window_updates(data: bytes) -> dict[int, int]:
+    """Stream id -> the credit the server's WINDOW_UPDATE frames gave it (0: the connection)."""
+    credit: dict[int, int] = {}
+    offset = 0
+    while offset + 9 <= len(data):
+        head, _, stream_id = struct.unpack_from(">IBI", data, offset)
+        if head & 0xFF == 8:
+            credit[stream_id] = credit.get(stream_id, 0) + struct.unpack_from(
+                ">I", data, offset + 9)[0]
+        offset += 9 + (head >> 8)
+    return credit
+
+
+@served
+async def test_a_streaming_call_whose_handler_is_behind_gets_no_more_credit(
+        served: Served) -> None:
+    """Its requests wait unread: the stream's window is no longer given back, and a client
+    sending past it breaks the protocol (before, every byte was credited as it arrived, so a
+    client could fill the server's memory through one call)."""
+    host, port = served[2].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    flood = _stream_requests("hold", 1, 0) + _stream_requests("m", 300, 64 * 1024)  # 19 MiB
+    data = await _read_while_writing(reader, writer, _SETTINGS + _raw_stream(flood), 10)
+    credit = _window_updates(data)
+    assert credit.get(0, 0) >= 8 << 20  # the connection's window is still given back
+    assert 1 not in credit  # the stream's is not
+    goaway = [payload for kind, payload in _frames(data) if kind == 7]
+    assert goaway
+    assert struct.unpack(">I", goaway[0][4:8])[0] == 3  # FLOW_CONTROL_ERROR
+    assert b"past stream 1's window" in goaway[0]
+    assert served[1].stream_reads == 1
+
+
+@served
+async def test_a_streaming_call_whose_client_does_not_read_stops_its_handler(
+        served: Served) -> None:
+    """The client's window for answers is 0: the handler stops once 4 MiB of answers wait,
+    and so stops reading requests (before, it echoed all 100 into memory)."""
+    host, port = served[2].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    no_window = PREFACE + struct.pack(">IBI", 6 << 8 | 4, 0, 0) + struct.pack(">HI", 4, 0)
+    writer.write(no_window + _raw_stream(_stream_requests("m", 100, 100 * 1024)))  # 10 MiB
+    await asyncio.sleep(1.5)
+    writer.close()
+    assert 30 <= served[1].stream_reads <= 60
+
+
+@served
+async def test_a_streaming_call_held_back_goes_on_once_its_handler_reads(
+        served: Served) -> None:
+    """30 MiB through one call whose handler pauses at first: the credit kept back is given
+    once it reads again, and every request is answered."""
+    async with grpc.aio.insecure_channel(served[2]) as channel:
+        messages = [pb.ModelInferRequest(model_name="pause")] + [
+            pb.ModelInferRequest(model_name=str(i), raw_input_contents=[b"y" * (100 << 10)])
+            for i in range(300)]
+        answers = [a async for a in _stub(channel).ModelStreamInfer(iter(messages))]
+    assert [a.infer_response.model_name for a in answers][-1] == "299"
+    assert len(answers) == 301
+
+
+def test_answers_not_taken_stop_the_reading_of_requests() -> None:
+    """A caller that takes answers slowly (its client does not read them) has at most `limit`
+    requests read ahead; before, a slot was freed once an answer was computed, and every
+    request was read."""
+    read = 0
+
+    async def requests() -> AsyncIterator[int]:
+        nonlocal read
+        for i in range(100):
+            read += 1
+            yield i
+
+    async def answer(i: int) -> int:
+        return i
+
+    async def main() -> int:
+        answers = answered_as_completed(requests(), answer, limit=4)
+        first = await anext(answers)
+        await asyncio.sleep(0.1)
+        await answers.aclose()
+        return first
+
+    assert asyncio.run(main()) == 0
+    assert read <= 6

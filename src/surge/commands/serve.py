@@ -147,7 +147,8 @@ MaxBodyMb = Annotated[float, typer.Option(min=0.001, help="Largest request body 
 IdleTimeout = Annotated[float, typer.Option(min=0.001, help="Seconds a connection with no "
                                             "request in progress stays open.")]
 HeaderTimeout = Annotated[float, typer.Option(min=0.001, help="Seconds a request's headers "
-                                              "(gRPC: the handshake) may take.")]
+                                              "(gRPC: the handshake; with TLS, the TLS "
+                                              "handshake too) may take.")]
 BodyTimeout = Annotated[float, typer.Option(min=0.001, help="Longest pause (s) while a request "
                                             "body arrives.")]
 MaxConnections = Annotated[int | None, typer.Option(min=1, help="Open connections per port "

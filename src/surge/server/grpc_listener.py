@@ -51,13 +51,18 @@ async def start_grpc_h2_server(
     servicer = servicer or InferenceServicer(engine, api_key)
     state = ServerState(service_methods(servicer), limits or ConnectionLimits(), max_message_bytes)
     loop = asyncio.get_running_loop()
+    # The TLS handshake gets the header timeout too (asyncio's default is 60 s): GrpcProtocol
+    # arms its own deadline only once the handshake is done.
+    tls: dict[str, Any] = ({"ssl": ssl_context,
+                            "ssl_handshake_timeout": state.limits.header_timeout_s}
+                           if ssl_context is not None else {})
     try:
         if sock is not None:
             server = await loop.create_server(lambda: GrpcProtocol(state), sock=sock,
-                                              ssl=ssl_context, backlog=2048)
+                                              backlog=2048, **tls)
         else:
             server = await loop.create_server(lambda: GrpcProtocol(state), host, port,
-                                              reuse_port=reuse_port or None, ssl=ssl_context)
+                                              reuse_port=reuse_port or None, **tls)
     except OSError as exc:
         raise cannot_listen(host, port, exc) from None
     bound = server.sockets[0].getsockname()[1]

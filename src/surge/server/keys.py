@@ -10,7 +10,7 @@ ServerReady) stays open so that probes need no secret.
 from __future__ import annotations
 
 import enum
-import hmac
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +46,9 @@ class ApiKey:
     scope: Scope = Scope.ADMIN
 
     def __post_init__(self) -> None:
-        if not self.key or any(c.isspace() for c in self.key) or not self.key.isprintable():
-            raise SurgeError("an API key must be non-empty printable text without spaces")
+        # Headers and gRPC metadata carry ASCII: another key could never be sent.
+        if not self.key or not all("!" <= c <= "~" for c in self.key):
+            raise SurgeError("an API key must be visible ASCII characters, without spaces")
 
     def __repr__(self) -> str:  # never print the secret
         return f"ApiKey(scope={self.scope.name.lower()})"
@@ -57,27 +58,30 @@ class KeyRing:
     """The server's keys; `check` raises unless a request's key grants the scope it needs."""
 
     def __init__(self, keys: Sequence[ApiKey]) -> None:
-        self._tokens = tuple((f"Bearer {k.key}".encode(), k.scope) for k in keys)
+        self._scopes: dict[bytes, Scope] = {}  # SHA-256 of each key -> its widest scope
+        for key in keys:
+            digest = _digest(key.key.encode())
+            self._scopes[digest] = max(key.scope, self._scopes.get(digest, key.scope))
 
     def __bool__(self) -> bool:
-        return bool(self._tokens)
+        return bool(self._scopes)
 
     def scope_of(self, values: Iterable[bytes]) -> Scope | None:
         """The widest scope any of the `Authorization` values grants; None when none is a key.
 
-        Every value is compared with every key, each with compare_digest: the time taken does
-        not depend on which key matched or on how much of a guess was right.
+        Each value's token is hashed and looked up among the keys' hashes: the time taken
+        depends neither on which key matched nor on how much of a guess was right (a lookup
+        compares hashes, which a guess cannot steer), nor on how many keys there are. Comparing
+        every value with every key let one request carrying a thousand `Authorization` values
+        hold the event loop for seconds against a large key file.
         """
-        best: Scope | None = None
-        for value in values:
-            for token, scope in self._tokens:
-                if hmac.compare_digest(value, token) and (best is None or scope > best):
-                    best = scope
-        return best
+        found = [scope for scope in (self._scopes.get(_digest(_bearer_token(v))) for v in values)
+                 if scope is not None]
+        return max(found) if found else None
 
     def check(self, values: Iterable[bytes], needed: Scope, header: str = "Authorization") -> None:
         """Raise UnauthenticatedError or ForbiddenError unless a value grants `needed`."""
-        if not self._tokens:
+        if not self._scopes:
             return
         scope = self.scope_of(values)
         if scope is None:
@@ -85,6 +89,17 @@ class KeyRing:
         if scope < needed:
             raise ForbiddenError(f"this API key has scope '{scope.name.lower()}'; the request "
                                  f"needs '{needed.name.lower()}'")
+
+
+def _digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
+
+
+def _bearer_token(value: bytes) -> bytes:
+    """The credentials of an `Authorization: Bearer <key>` value (the scheme is
+    case-insensitive, RFC 7235); b"" for any other scheme, which matches no key."""
+    scheme, _, token = value.partition(b" ")
+    return token.lstrip(b" ") if scheme.lower() == b"bearer" else b""
 
 
 def parse_scope(text: str) -> Scope:
@@ -97,23 +112,45 @@ def parse_scope(text: str) -> Scope:
 
 def read_key_file(path: Path) -> list[ApiKey]:
     """Keys from a file: one `KEY SCOPE` per line (scope read, infer or admin; admin when
-    left out); blank lines and lines starting with # are skipped."""
+    left out); blank lines, lines starting with # and the rest of a line from a ` #` are
+    skipped. A key given twice is refused: which of its scopes held would be a guess."""
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no part of a key
     except (OSError, UnicodeDecodeError) as exc:
         raise SurgeError(f"cannot read the API key file {path} ({exc})") from None
-    keys = []
+    keys: list[ApiKey] = []
+    first_line: dict[str, int] = {}
     for number, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
+        fields = _fields(line)
+        if not fields:
             continue
-        if len(fields) > 2:
-            raise SurgeError(f"{path}:{number}: expected 'KEY [read|infer|admin]', got "
-                             f"{len(fields)} fields")
-        keys.append(ApiKey(fields[0], parse_scope(fields[1]) if len(fields) == 2 else Scope.ADMIN))
+        key = _key_of(fields, f"{path}:{number}")
+        if key.key in first_line:
+            raise SurgeError(f"{path}:{number}: this key is already on line "
+                             f"{first_line[key.key]}; give each key once, with one scope")
+        first_line[key.key] = number
+        keys.append(key)
     if not keys:
         raise SurgeError(f"the API key file {path} holds no key")
     return keys
+
+
+def _fields(line: str) -> list[str]:
+    """A line's fields before its comment."""
+    fields = line.split()
+    for index, field in enumerate(fields):
+        if field.startswith("#"):
+            return fields[:index]
+    return fields
+
+
+def _key_of(fields: list[str], where: str) -> ApiKey:
+    if len(fields) > 2:
+        raise SurgeError(f"{where}: expected 'KEY [read|infer|admin]', got {len(fields)} fields")
+    try:
+        return ApiKey(fields[0], parse_scope(fields[1]) if len(fields) == 2 else Scope.ADMIN)
+    except SurgeError as exc:
+        raise SurgeError(f"{where}: {exc}") from None
 
 
 __all__ = ["ApiKey", "ForbiddenError", "KeyRing", "Scope", "UnauthenticatedError",

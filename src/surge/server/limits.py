@@ -37,8 +37,8 @@ class ConnectionLimits:
     """Timeouts and the connection cap every listener applies."""
 
     idle_timeout_s: float = 75.0  # a connection with no request in progress closes after this
-    header_timeout_s: float = 10.0  # a request's line and headers (gRPC: the handshake) must
-    # arrive within this of the connection or the request starting
+    header_timeout_s: float = 10.0  # a request's line and headers (gRPC: the handshake; with
+    # TLS, the TLS handshake too) must arrive within this of the connection or the request starting
     body_timeout_s: float = 60.0  # longest pause while a request body arrives
     max_connections: int = field(default_factory=default_max_connections)  # per listener; a
     # connection beyond it is closed as soon as it is accepted (gRPC: refused)

@@ -133,6 +133,8 @@ class RequestLog:
     def close(self) -> None:
         if self.access_log is not None:
             self.access_log.close()
+        if self.tracer is not None:
+            self.tracer.close()
 
 
 __all__ = ["REQUEST_ID_HEADER", "RequestIds", "RequestLog", "RequestRecord"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from prometheus_client import CollectorRegistry, make_asgi_app, multiprocess
+from prometheus_client import CollectorRegistry, multiprocess
 
 from surge.engine import InferenceEngine
 from surge.engine.ondemand import ResidencyOptions
@@ -29,6 +29,7 @@ from surge.server.frontends import METRICS_DIR_ENV
 from surge.server.grpc_listener import start_grpc_h2_server
 from surge.server.grpc_server import InferenceServicer, start_grpc_server
 from surge.server.limits import ConnectionLimits, guarded_protocol
+from surge.server.metrics_port import MetricsApp
 from surge.server.production import Production, ProductionOptions
 from surge.server.shared_memory import MODES as SHARED_MEMORY_MODES
 from surge.server.shared_memory import registry_for
@@ -191,7 +192,7 @@ class SurgeServer:
                                      shared_memory=self.shared_memory)
         self._grpc, self._grpc_servicer, grpc_port = await self._start_grpc(servicer, grpc_socket)
         # On the event loop like HTTP, so that the same connection limits guard it.
-        metrics_app = self.site.metrics_app(make_asgi_app(registry=_exported(self.engine)))
+        metrics_app = self.site.metrics_app(MetricsApp(_exported(self.engine)))
         self._metrics = await _start_uvicorn(metrics_app, self._metrics_socket, options,
                                              self.site.ssl_context)
         self.site.after_start()
@@ -268,8 +269,27 @@ async def _start_uvicorn(app: Any, sock: socket.socket, options: ServeOptions,
     config.load()
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[sock])
+    await _listen(server, sock, limits.header_timeout_s)
     return server
+
+
+async def _listen(server: uvicorn.Server, sock: socket.socket, handshake_s: float) -> None:
+    """uvicorn's `startup(sockets=[sock])`, with a TLS handshake deadline: uvicorn passes none,
+    and asyncio's default (60 s) let a client that connects and never finishes its handshake
+    hold a descriptor six times as long as the header timeout a plain-text client gets (and
+    uncounted by the connection cap, which sees a connection only once its handshake is done)."""
+    config = server.config
+
+    def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+        return config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=server.server_state,
+            app_state=server.lifespan.state, _loop=_loop)
+
+    listener = await asyncio.get_running_loop().create_server(
+        create_protocol, sock=sock, ssl=config.ssl, backlog=config.backlog,
+        ssl_handshake_timeout=handshake_s if config.ssl is not None else None)
+    server.servers = [listener]
+    server.started = True
 
 
 async def serve_until_signal(

@@ -1,8 +1,11 @@
 """TLS for the HTTP, gRPC and metrics listeners, with the certificate reloaded while serving.
 
 One `Certificates` object reads the key pair (and the client CA) and hands it to every listener:
-HTTP and metrics share one `ssl.SSLContext` and gRPC has one of its own (ALPN "h2"); a reload
-loads the new pair into both (new handshakes get it, open connections keep theirs). With
+HTTP and metrics share one `ssl.SSLContext` and gRPC has one of its own (ALPN "h2"). A reload
+builds fresh contexts from the files and, only once both loaded, makes them the current
+generation: the listeners' contexts switch each new handshake to it as the ClientHello arrives
+(`sni_callback`), so a pair that fails half way never reaches a listener, a new client CA
+replaces the old one, and open connections keep theirs. With
 `--grpc-server grpcio`, gRPC asks for its certificate through
 `grpc.dynamic_ssl_server_credentials`, whose fetcher returns the new pair once after a reload.
 Files are re-read when their modification time changes (checked every `check_interval_s`)
@@ -14,9 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -54,6 +60,9 @@ class KeyPair:
 
 def _read(path: Path, what: str) -> bytes:
     try:
+        # A FIFO (or a device) would block the event loop that reloads: regular files only.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise TlsError(f"the TLS {what} {path} is not a regular file")
         return path.read_bytes()
     except OSError as exc:
         raise TlsError(f"cannot read the TLS {what} {path} ({exc.strerror})") from None
@@ -61,10 +70,14 @@ def _read(path: Path, what: str) -> bytes:
 
 def read_pair(config: TlsConfig) -> KeyPair:
     """The files' bytes, checked: the key must match the certificate, the CA must parse."""
-    pair = KeyPair(_read(config.cert, "certificate"), _read(config.key, "key"),
-                   _read(config.ca, "CA bundle") if config.ca is not None else None)
+    pair = _pair_bytes(config)
     _context_for(config)  # OpenSSL's own check of the pair and the CA
     return pair
+
+
+def _pair_bytes(config: TlsConfig) -> KeyPair:
+    return KeyPair(_read(config.cert, "certificate"), _read(config.key, "key"),
+                   _read(config.ca, "CA bundle") if config.ca is not None else None)
 
 
 def _context_for(config: TlsConfig) -> ssl.SSLContext:
@@ -98,16 +111,25 @@ def _reason(exc: Exception) -> str:
     return getattr(exc, "reason", None) or str(exc).splitlines()[0][:200]
 
 
+def _generation(config: TlsConfig) -> tuple[KeyPair, tuple[ssl.SSLContext, ssl.SSLContext]]:
+    """The pair's bytes (for gRPC core) and fresh HTTP and gRPC contexts loaded from the files:
+    all or nothing, so that a pair that fails to load changes nothing in use."""
+    pair = _pair_bytes(config)  # first: a file that is not regular is refused before OpenSSL
+    grpc_context = _context_for(config)
+    grpc_context.set_alpn_protocols(["h2"])  # which gRPC clients require
+    return pair, (_context_for(config), grpc_context)
+
+
 def _stamp(config: TlsConfig) -> tuple[int, ...]:
     paths = [config.cert, config.key, *([config.ca] if config.ca is not None else [])]
     stamps: list[int] = []
     for path in paths:
         try:
-            stat = os.stat(path)
+            status = os.stat(path)
         except OSError:
             stamps += [-1, -1]
             continue
-        stamps += [stat.st_mtime_ns, stat.st_size]
+        stamps += [status.st_mtime_ns, status.st_size]
     return tuple(stamps)
 
 
@@ -116,15 +138,23 @@ class Certificates:
 
     def __init__(self, config: TlsConfig) -> None:
         self.config = config
-        self._pair = read_pair(config)  # TlsError at startup: the server does not start
-        self.context = _context_for(config)
-        # gRPC's own HTTP/2 listener: the same pair, and ALPN "h2", which gRPC clients require.
-        self.grpc_context = _context_for(config)
-        self.grpc_context.set_alpn_protocols(["h2"])
+        self._pair, live = _generation(config)  # TlsError at startup: the server does not start
+        self._live = live  # (HTTP, gRPC) contexts of the current generation
+        # The listeners keep these objects; each handshake is switched to the current ones.
+        self.context, self.grpc_context = live
+        for index, context in enumerate(live):
+            context.sni_callback = self._switch_to(index)
         self._stamp = _stamp(config)
         self._lock = threading.Lock()  # gRPC's fetcher runs on gRPC's own threads
         self._grpc_pending = False
         self.generation = 1  # how many pairs were loaded: 2 after the first reload
+
+    def _switch_to(self, index: int) -> Callable[[Any, str | None, ssl.SSLContext], None]:
+        def switch(connection: Any, _server_name: str | None, _context: ssl.SSLContext) -> None:
+            current = self._live[index]
+            if connection.context is not current:
+                connection.context = current  # certificate, key and client CA of the generation
+        return switch
 
     def reload_if_changed(self) -> bool:
         """Load the files again if they changed on disk; True when a new pair is in use."""
@@ -137,14 +167,12 @@ class Certificates:
         """Load the files again; on failure keep the pair in use and log why."""
         self._stamp = stamp if stamp is not None else _stamp(self.config)
         try:
-            pair = read_pair(self.config)
-            for context in (self.context, self.grpc_context):
-                _load_chain(context, self.config)  # new handshakes use it; open ones keep theirs
+            pair, live = _generation(self.config)
         except TlsError as exc:
             log.error("TLS certificate not reloaded, the previous one stays in use: %s", exc)
             return False
         with self._lock:
-            self._pair = pair
+            self._pair, self._live = pair, live  # new handshakes use it; open ones keep theirs
             self._grpc_pending = True
             self.generation += 1
         log.warning("TLS certificate reloaded from %s (generation %d)", self.config.cert,

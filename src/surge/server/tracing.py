@@ -4,11 +4,18 @@ Spans are made after the answer is sent, from timestamps taken along the way: on
 `surge.infer` per request (child of the caller's W3C `traceparent` when there is one), with
 children `decode`, `queue`, `batch` (with `compute`, the worker's own time, inside it) and
 `encode`. Building them after the fact keeps the SDK off the request path.
+
+A provider made here (`--tracing`) is shut down when the server stops, for at most
+`FLUSH_ON_STOP_S`: the SDK's own exit hook waits up to 30 s per batch for a collector that
+does not answer, which held a drained server's exit past its grace period.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from surge.errors import SurgeError
@@ -16,7 +23,13 @@ from surge.errors import SurgeError
 if TYPE_CHECKING:
     from surge.server.observe import RequestRecord
 
+log = logging.getLogger(__name__)
+
 _INSTALL = "pip install 'surge[tracing]' (opentelemetry-sdk)"
+FLUSH_ON_STOP_S = 5.0  # how long a stopping server gives the collector the last spans
+# A traceparent the W3C propagator would refuse (with a warning per request): left out first.
+_MAX_TRACEPARENT = 512
+_MADE_HERE: weakref.WeakSet[Any] = weakref.WeakSet()  # providers this module shuts down
 
 
 def tracer_provider(exporter: str) -> Any:
@@ -39,8 +52,10 @@ def tracer_provider(exporter: str) -> Any:
     else:
         raise SurgeError(f"unknown --tracing exporter {exporter!r}: use console or otlp")
     service = os.environ.get("OTEL_SERVICE_NAME", "surge")
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider = TracerProvider(resource=Resource.create({"service.name": service}),
+                              shutdown_on_exit=False)  # Tracer.close, bounded, instead
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    _MADE_HERE.add(provider)
     return provider
 
 
@@ -56,12 +71,28 @@ class Tracer:
         except ImportError:
             raise SurgeError(f"tracing needs OpenTelemetry: {_INSTALL}") from None
         self._trace = trace
+        self._provider = provider
         self._tracer = (provider or trace.get_tracer_provider()).get_tracer("surge.server")
         self._propagator = TraceContextTextMapPropagator()
 
+    def close(self) -> None:
+        """Hand the queued spans to the collector, for at most FLUSH_ON_STOP_S (a provider
+        made by `tracer_provider`; one given by the caller is the caller's to shut down)."""
+        if self._provider is None or self._provider not in _MADE_HERE:
+            return
+        stopping = threading.Thread(target=self._provider.shutdown, daemon=True,
+                                    name="surge-tracing-stop")
+        stopping.start()
+        stopping.join(FLUSH_ON_STOP_S)
+        if stopping.is_alive():
+            log.warning("tracing: the collector did not take the last spans within %.0f s; "
+                        "they are dropped", FLUSH_ON_STOP_S)
+
     def record(self, record: RequestRecord) -> None:
         """The request's span and its children, timed from `record`."""
-        carrier = {"traceparent": record.traceparent} if record.traceparent else {}
+        traceparent = record.traceparent
+        carrier = ({"traceparent": traceparent}
+                   if traceparent and len(traceparent) <= _MAX_TRACEPARENT else {})
         parent = self._propagator.extract(carrier)
         attributes = {"surge.request_id": record.request_id, "surge.model": record.model,
                       "surge.protocol": record.protocol, "surge.status": str(record.status),

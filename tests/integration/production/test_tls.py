@@ -3,6 +3,7 @@ certificate replaced while serving, and clear errors for a key that is not the c
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import socket
@@ -163,3 +164,27 @@ def test_cert_without_key_is_refused(repo: Path, pki: Pki) -> None:
     assert result.returncode == 2
     assert "--tls-cert and --tls-key go together" in result.stdout + result.stderr
 
+
+
+def test_a_stalled_tls_handshake_is_cut_at_the_header_timeout(repo: Path, pki: Pki,
+                                                              tmp_path: Path) -> None:
+    """A client that connects and never sends its ClientHello is closed at --header-timeout on
+    every port, as a plain-text client that sends no request head is (asyncio's own handshake
+    deadline, 60 s, held the descriptor before)."""
+    served = launch(repo, tmp_path / "server.log", "--tls-cert", str(pki.server.cert),
+                    "--tls-key", str(pki.server.key), "--header-timeout", "1",
+                    ca=pki.ca.cert)
+    try:
+        with contextlib.ExitStack() as stack:
+            silent = []
+            for address in (served.http, served.grpc, served.metrics):
+                host, port = address.removeprefix("https://").split("/")[0].rsplit(":", 1)
+                silent.append(stack.enter_context(
+                    socket.create_connection((host, int(port)), timeout=30)))
+            started = time.monotonic()
+            for connection in silent:
+                assert connection.recv(1) == b""  # closed by the server
+        assert time.monotonic() - started < 10, "a silent TLS connection was held too long"
+        assert httpx.get(f"{served.http}/v2/health/live", verify=served.verify).status_code == 200
+    finally:
+        assert served.stop() == 0, served.output()

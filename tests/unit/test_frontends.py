@@ -115,3 +115,24 @@ def test_directories_of_supervisors_killed_outright_are_removed_by_the_next(
     finally:
         supervisor.close()
     assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+
+def test_tracing_by_exporter_name_crosses_to_the_front_ends() -> None:
+    """`--tracing console --frontends 2`: the serve options carry the exporter's name, and each
+    front end makes its own provider (a provider holds locks: the options were refused)."""
+    pytest.importorskip("opentelemetry.sdk")
+    import pickle
+
+    from surge.commands.serve import _production
+    from surge.server.frontends import Supervisor
+    from surge.server.process import ServeOptions
+    from surge.server.production import Production
+
+    production = _production(None, None, None, None, True, None, 1.0, "console", None, None)
+    options = ServeOptions(http_port=0, grpc_port=0, metrics_port=0, frontends=2,
+                           production=production)
+    Supervisor("repo", options, 2).close()
+    received = pickle.loads(pickle.dumps(production))
+    tracer = Production(received).request_log.tracer
+    assert type(tracer._provider).__name__ == "TracerProvider"
+    tracer.close()

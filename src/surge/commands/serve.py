@@ -82,12 +82,15 @@ def _residency(load: str, budget: str | None, group_budgets: list[str] | None
     return ResidencyOptions(load, MemoryBudget(machine, groups))  # type: ignore[arg-type]
 
 
-def _tracing(exporter: str | None) -> object:
+def _tracing(exporter: str | None) -> str | None:
+    """`--tracing`, checked here; each front end makes its own provider from the name (a
+    provider holds locks and threads: it cannot be handed to front-end processes)."""
     if exporter is None:
         return None
-    from surge.server.tracing import tracer_provider
+    from surge.server.tracing import check_exporter
 
-    return tracer_provider(exporter)
+    check_exporter(exporter)
+    return exporter
 
 
 # The production options (docs/production.md), named once here to keep serve() short.

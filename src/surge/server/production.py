@@ -38,7 +38,9 @@ class ProductionOptions:
     keys: tuple[ApiKey, ...] = ()  # scoped keys, besides ServeOptions.api_key (scope admin)
     metrics_auth: bool = True  # the metrics port asks for a key (scope read) when keys are set
     access_log: AccessLogConfig | None = None
-    tracing: Any = None  # an OpenTelemetry TracerProvider (or "global" for the global one)
+    # An exporter's name (console, otlp: the server makes the provider), an OpenTelemetry
+    # TracerProvider, or "global" for the global one.
+    tracing: Any = None
     # explicit: models change only through the load/unload API; poll: the server follows the
     # repository every poll_interval_s and refuses load/unload requests, as Triton does.
     model_control: ModelControl = "explicit"
@@ -153,8 +155,10 @@ class KeyedApp:
 def _tracer(tracing: Any) -> Any:
     if tracing is None:
         return None
-    from surge.server.tracing import Tracer
+    from surge.server.tracing import EXPORTERS, Tracer, tracer_provider
 
+    if tracing in EXPORTERS:
+        return Tracer(tracer_provider(tracing))
     return Tracer(None if tracing == "global" else tracing)
 
 

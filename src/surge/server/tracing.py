@@ -32,25 +32,37 @@ _MAX_TRACEPARENT = 512
 _MADE_HERE: weakref.WeakSet[Any] = weakref.WeakSet()  # providers this module shuts down
 
 
-def tracer_provider(exporter: str) -> Any:
-    """An SDK TracerProvider exporting spans to `console` or `otlp` (OTEL_EXPORTER_OTLP_*)."""
+EXPORTERS = ("console", "otlp")
+
+
+def check_exporter(exporter: str) -> None:
+    """That `exporter` is one of EXPORTERS and its packages are installed (SurgeError)."""
+    _span_exporter_class(exporter)
+
+
+def _span_exporter_class(exporter: str) -> Any:
     try:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
     except ImportError:
         raise SurgeError(f"--tracing needs the OpenTelemetry SDK: {_INSTALL}") from None
     if exporter == "console":
-        span_exporter: Any = ConsoleSpanExporter()
-    elif exporter == "otlp":
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        except ImportError:
-            raise SurgeError("--tracing otlp needs opentelemetry-exporter-otlp-proto-http") \
-                from None
-        span_exporter = OTLPSpanExporter()
-    else:
+        return ConsoleSpanExporter
+    if exporter != "otlp":
         raise SurgeError(f"unknown --tracing exporter {exporter!r}: use console or otlp")
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        raise SurgeError("--tracing otlp needs opentelemetry-exporter-otlp-proto-http") from None
+    return OTLPSpanExporter
+
+
+def tracer_provider(exporter: str) -> Any:
+    """An SDK TracerProvider exporting spans to `console` or `otlp` (OTEL_EXPORTER_OTLP_*)."""
+    span_exporter = _span_exporter_class(exporter)()
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
     service = os.environ.get("OTEL_SERVICE_NAME", "surge")
     provider = TracerProvider(resource=Resource.create({"service.name": service}),
                               shutdown_on_exit=False)  # Tracer.close, bounded, instead

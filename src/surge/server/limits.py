@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # Share of the descriptor limit (RLIMIT_NOFILE) each listener may hold by default: the rest is
@@ -101,6 +103,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 cycle.disconnected = True
                 cycle.message_event.set()
         self._unanswered.clear()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are not an HTTP request, as JSON naming why (it sent
+        plain text, "Invalid HTTP request received."); called while the parser's error is
+        being handled, whose cause is the reason (a head over MAX_HEAD_BYTES: ours)."""
+        error = sys.exc_info()[1]
+        cause = error.__context__ or error if error is not None else None
+        reason = f"invalid HTTP request: {cause}" if cause is not None else msg
+        body = orjson.dumps({"error": reason[:300]})
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                             % (len(body), body))
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -4,6 +4,7 @@ client-chosen names leave the metrics alone, broken or hostile models fail with 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import socket
@@ -125,6 +126,21 @@ def test_oversized_request_head_gets_400(attacked: ServerProcess) -> None:
     response = httpx.get(f"{attacked.http}/v2/health/live",
                          headers={"x-filler": "a" * 100_000}, timeout=10.0)
     assert response.status_code == 400
+    assert "request line and headers exceed 65536 bytes" in response.json()["error"]
+
+
+def test_bytes_that_are_no_http_request_get_a_json_400(attacked: ServerProcess) -> None:
+    """As every 4xx: JSON naming why (uvicorn answered in plain text)."""
+    port = int(attacked.http.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nBad\x01Name: y\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"content-type: application/json" in head
+    assert json.loads(body)["error"].startswith("invalid HTTP request: ")
 
 
 def _metrics_text(server: ServerProcess) -> str:

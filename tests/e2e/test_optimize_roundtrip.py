@@ -157,7 +157,7 @@ def test_onnx_model_with_calibration_file(tmp_path: Path, capsys: pytest.Capture
     ("prune-150", [], "error: variant 'prune-150': prune ratio 150% is out of range (1-99)"),
     ("int8-static", [], "error: variant 'int8-static' needs calibration data: pass --calib"),
     ("prune-30", [], "error: variant 'prune-30' needs the PyTorch model, but 'tiny' is only an ONNX"),
-    ("int8-static", ["--calib", "missing.npy"], "error: calibration data missing.npy not found"),
+    ("int8-static", ["--calib", "missing.npy"], "error: calibration data 'missing.npy' not found"),
     ("onnx", ["--tolerance", "speed=1"], "error: bad tolerance 'speed=1'"),
 ])
 def test_bad_requests_give_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -175,7 +175,7 @@ def test_bad_requests_give_one_line_errors(tmp_path: Path, capsys: pytest.Captur
 def test_wrong_calibration_shape_is_named(tmp_path: Path) -> None:
     root = make_repo(tmp_path / "r")
     np.save(tmp_path / "bad.npy", np.zeros((8, 5), np.float32))
-    with pytest.raises(ConfigError, match=r"input 'x' expects FP32 \[-1, 4\], got float32 \[8, 5\]"):
+    with pytest.raises(ConfigError, match=r"input 'x' expects FP32 \[-1, 4\], got FP32 \[8, 5\]"):
         optimize_model(root, "tiny", parse_variants("int8-static"),
                        OptimizeOptions(calibration=tmp_path / "bad.npy"))
 

@@ -157,21 +157,73 @@ class RowsRun(NamedTuple):
     """A batch as `run_rows` computed it."""
 
     outputs: dict[str, np.ndarray]
-    rejected: tuple[tuple[int, str], ...]  # rows refused by preprocessing, with the error
+    rejected: tuple[tuple[int, str], ...]  # rows refused as bad input, with the error
     preprocess_cpu_ns: int  # the CPU the runner's preprocessing took, if it has any
     other_threads_cpu_ns: int  # of which on threads other than the caller's
 
 
 def run_rows(runner: Runner, inputs: Mapping[str, np.ndarray]) -> RowsRun:
-    """`runner.run(inputs)`, with the rows its preprocessing refused set apart (RowsRejectedError);
-    any other error propagates and fails the whole batch."""
+    """`runner.run(inputs)`, with the rows its preprocessing refused set apart (RowsRejectedError).
+    A batch the runner refuses as bad input (InputError: an id past an embedding table, text
+    ONNX cannot take) is searched for the rows that fail on their own (`_isolate`): those are
+    refused and the others computed, so one poisoned row does not fail the requests batched
+    with it. Any other error fails the batch at once (a broken model is not run row by row)."""
     rejected: tuple[tuple[int, str], ...] = ()
     try:
         outputs = runner.run(inputs)
     except RowsRejectedError as refused:
         outputs, rejected = refused.outputs, refused.rows
+    except InputError as error:
+        outputs, rejected = _isolate(runner, inputs, error)
     return RowsRun(outputs, rejected, getattr(runner, "preprocess_cpu_ns", 0),
                    getattr(runner, "other_threads_cpu_ns", 0))
+
+
+_Failures = dict[int, tuple[str, bool]]  # batch row -> (error text, whether it is an InputError)
+
+
+def _isolate(runner: Runner, inputs: Mapping[str, np.ndarray],
+             error: Exception) -> tuple[dict[str, np.ndarray], tuple[tuple[int, str], ...]]:
+    """The batch failed as a whole: halve it until the failing rows are found, then compute the
+    others in one run. Rows are bad input only when others succeed (or the error says so, an
+    InputError): a model that fails every row, or fails only in a batch, fails the batch (500)."""
+    rows = next(iter(inputs.values())).shape[0] if runner.signature.batched and inputs else 1
+    failed = (_failing_rows(runner, inputs, 0, rows // 2)
+              | _failing_rows(runner, inputs, rows // 2, rows)) if rows > 1 else {
+        0: (str(error), isinstance(error, InputError))}
+    refused = tuple((row, text) for row, (text, _) in sorted(failed.items()))
+    if not failed or (len(failed) == rows and not all(bad for _, bad in failed.values())):
+        raise error
+    if len(failed) == rows:
+        return {}, refused
+    good = np.array([row for row in range(rows) if row not in failed])
+    computed = runner.run({name: array[good] for name, array in inputs.items()})
+    outputs = {}
+    for name, array in computed.items():  # the refused rows' places hold filler (row 0 again)
+        full = np.repeat(array[:1], rows, axis=0)
+        full[good] = array
+        outputs[name] = full
+    return outputs, refused
+
+
+def _failing_rows(runner: Runner, inputs: Mapping[str, np.ndarray], start: int,
+                  stop: int) -> _Failures:
+    """The rows in [start, stop) that fail when run without the others, by halving."""
+    if stop <= start:
+        return {}
+    try:
+        runner.run({name: array[start:stop] for name, array in inputs.items()})
+    except RowsRejectedError as refused:
+        return {start + row: (text, True) for row, text in refused.rows}
+    except Exception as error:
+        if stop - start == 1:
+            bad = isinstance(error, InputError)
+            text = str(error) if bad else f"the model fails on this row: {type(error).__name__}: {error}"
+            return {start: (text, bad)}
+        middle = (start + stop) // 2
+        return (_failing_rows(runner, inputs, start, middle)
+                | _failing_rows(runner, inputs, middle, stop))
+    return {}
 
 
 # How an engine's idle threads wait for work: True spins (lowest latency, a core each, always);

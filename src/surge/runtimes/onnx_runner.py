@@ -105,6 +105,7 @@ class OnnxRunner:
         log.info("%s: ONNX Runtime runs it on %s (device %s)", self.path.name,
                  ", ".join(self._session.get_providers()), options.device)
         self._output_names = self._signature.output_names
+        self._invalid_argument = _invalid_argument_error()
         self._bytes_inputs = {s.name for s in self._signature.inputs if s.datatype == "BYTES"}
         self._bytes_outputs = {s.name for s in self._signature.outputs if s.datatype == "BYTES"}
 
@@ -125,10 +126,29 @@ class OnnxRunner:
         feed = dict(inputs)
         for name in self._bytes_inputs & feed.keys():
             feed[name] = _to_str(name, feed[name])  # ONNX Runtime strings are str; V2 BYTES are bytes
-        results = dict(zip(self._output_names, self._session.run(self._output_names, feed), strict=True))
+        try:
+            computed = self._session.run(self._output_names, feed)
+        except self._invalid_argument as error:
+            # ONNX Runtime's INVALID_ARGUMENT at run time is about the values fed (an index past
+            # a Gather's table, a shape computed from the input): bad input, not a broken model
+            # (that fails its warm-up). Other failures stay the model's.
+            raise InputError(f"ONNX Runtime refused the input: {error}") from None
+        results = dict(zip(self._output_names, computed, strict=True))
         for name in self._bytes_outputs:
             results[name] = _to_bytes(results[name])
         return results
+
+
+def _invalid_argument_error() -> type[Exception]:
+    """The exception class of ONNX Runtime's INVALID_ARGUMENT status."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    found = getattr(state, "InvalidArgument", None)
+    return found if isinstance(found, type) and issubclass(found, Exception) else _NeverRaisedError
+
+
+class _NeverRaisedError(Exception):
+    """Stands in for an ONNX Runtime error class this version does not have."""
 
 
 def _to_str(name: str, array: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from surge.datatypes import torch_to_v2
-from surge.errors import ModelLoadError
+from surge.errors import InputError, ModelLoadError
 from surge.runtimes.base import RunnerOptions, Signature, TensorSpec, example_inputs
 from surge.runtimes.torch_archive import read_checked_archive
 from surge.trusted import import_object
@@ -132,6 +132,9 @@ def exported_signature(program: Any) -> Signature:
     return Signature(inputs, outputs, batched=batched, platform="pytorch_export")
 
 
+# What torch's indexing kernels say of an index past the tensor (negative ones included).
+TORCH_INDEX_ERROR = "index out of range in self"
+
 def _writable(array: np.ndarray) -> np.ndarray:
     """A contiguous array the module may change: torch ignores numpy's read-only flag, and an
     in-process instance is handed a request's own arrays, so a module changing its input in
@@ -164,7 +167,14 @@ class _TorchRunnerBase:
         args = [torch.from_numpy(_writable(inputs[spec.name])).to(self._device)
                 for spec in self._signature.inputs]
         with torch.inference_mode():
-            result = self._module(*args)
+            try:
+                result = self._module(*args)
+            except IndexError as error:
+                if TORCH_INDEX_ERROR not in str(error):
+                    raise  # the module's own code
+                # An index tensor past a table (nn.Embedding, index_select): the values fed,
+                # which run_rows then finds among the batch's rows.
+                raise InputError(f"PyTorch refused the input: {error}") from None
         if isinstance(result, torch.Tensor):
             result = (result,)
         elif isinstance(result, Mapping):

@@ -13,8 +13,7 @@ import numpy as np
 import yaml
 
 from surge.datafiles import load_npy, load_npz
-from surge.datatypes import sent_datatype
-from surge.errors import ConfigError, ModelLoadError, SurgeError
+from surge.errors import ConfigError, InputError, ModelLoadError, SurgeError
 from surge.optimize.mixed_precision import PrecisionConfig
 from surge.optimize.quantize import Int8StaticConfig
 from surge.optimize.registry import OptimizeConfig, apply
@@ -22,7 +21,7 @@ from surge.optimize.source import Inputs, ModelSource
 from surge.optimize.variant import Tolerance, Variant
 from surge.repository import ModelConfig, Repository
 from surge.repository.repository import VARIANT_FILE, VARIANTS_DIR
-from surge.runtimes import Signature, TensorSpec, example_inputs
+from surge.runtimes import Signature, example_inputs
 from surge.tasks import DataOptions, Split, get_dataset, get_task
 from surge.tasks.tabular import unpack
 
@@ -108,19 +107,20 @@ def _load_calibration(path: Path, signature: Signature) -> Inputs:
     for spec in signature.inputs:
         if spec.name not in data:
             raise ConfigError(f"{path}: no array for input {spec.name!r}")
-        _check_calibration_array(path, spec, data[spec.name])
+        _check_calibration_array(path, signature, spec.name, data[spec.name])
     return data
 
 
-def _check_calibration_array(path: Path, spec: TensorSpec, array: np.ndarray) -> None:
-    sent = sent_datatype(array)
-    if sent != spec.datatype or not spec.matches_shape(array.shape):
-        raise ConfigError(f"{path}: input {spec.name!r} expects {spec.describe()}, "
-                          f"got {sent} {list(array.shape)}")
+def _check_calibration_array(path: Path, signature: Signature, name: str,
+                             array: np.ndarray) -> None:
+    try:
+        signature.check_input(name, array)
+    except InputError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if array.ndim and not len(array):
-        raise ConfigError(f"{path}: input {spec.name!r} has no rows to calibrate with")
+        raise ConfigError(f"{path}: input {name!r} has no rows to calibrate with")
     if array.dtype.kind in "fc" and not np.isfinite(array).all():
-        raise ConfigError(f"{path}: input {spec.name!r} holds NaN or infinite values")
+        raise ConfigError(f"{path}: input {name!r} holds NaN or infinite values")
 
 
 def build_source(repo: Repository, name: str, options: OptimizeOptions, work_dir: Path) -> ModelSource:

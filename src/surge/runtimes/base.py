@@ -71,6 +71,17 @@ class Signature:
     def with_max_batch_size(self, max_batch_size: int) -> Signature:
         return replace(self, max_batch_size=max_batch_size)
 
+    def check_input(self, name: str, array: np.ndarray) -> None:
+        """Raise InputError unless `array` has input `name`'s datatype and shape."""
+        spec = self.input(name)
+        # As sent: BF16 words are uint16 to numpy. Plain uint16 words fit a BF16 input (an
+        # in-process caller has no other way to give them); BF16 ones no UINT16 input.
+        sent = sent_datatype(array)
+        other_type = sent != spec.datatype and not (spec.datatype == "BF16" and sent == "UINT16")
+        if other_type or not spec.matches_shape(tuple(array.shape)):
+            raise InputError(f"input {name!r} expects {spec.describe()}, "
+                             f"got {sent} {list(array.shape)}")
+
     def validate_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
         """Raise InputError with a precise message if `inputs` does not fit this signature."""
         missing = [n for n in self.input_names if n not in inputs]
@@ -78,14 +89,7 @@ class Signature:
             raise InputError(f"missing input(s) {missing}; model inputs are {self.input_names}")
         batch: int | None = None
         for name, array in inputs.items():
-            spec = self.input(name)
-            # As sent: BF16 words are uint16 to numpy. Plain uint16 words fit a BF16 input (an
-            # in-process caller has no other way to give them); BF16 ones no UINT16 input.
-            sent = sent_datatype(array)
-            other_type = sent != spec.datatype and not (spec.datatype == "BF16" and sent == "UINT16")
-            if other_type or not spec.matches_shape(tuple(array.shape)):
-                raise InputError(f"input {name!r} expects {spec.describe()}, "
-                                 f"got {sent} {list(array.shape)}")
+            self.check_input(name, array)
             if self.batched and array.ndim:
                 if batch is None:
                     batch = array.shape[0]
@@ -184,13 +188,14 @@ _Failures = dict[int, tuple[str, bool]]  # batch row -> (error text, whether it 
 
 def _isolate(runner: Runner, inputs: Mapping[str, np.ndarray],
              error: Exception) -> tuple[dict[str, np.ndarray], tuple[tuple[int, str], ...]]:
-    """The batch failed as a whole: halve it until the failing rows are found, then compute the
-    others in one run. Rows are bad input only when others succeed (or the error says so, an
-    InputError): a model that fails every row, or fails only in a batch, fails the batch (500)."""
+    """The batch was refused as bad input: halve it until the rows that fail on their own are
+    found, then compute the others in one run. A batch whose rows pass alone (it fails only as
+    a whole), or whose every row fails alone with an error not of the input, fails."""
     rows = next(iter(inputs.values())).shape[0] if runner.signature.batched and inputs else 1
+    if rows == 1:
+        return {}, ((0, str(error)),)
     failed = (_failing_rows(runner, inputs, 0, rows // 2)
-              | _failing_rows(runner, inputs, rows // 2, rows)) if rows > 1 else {
-        0: (str(error), isinstance(error, InputError))}
+              | _failing_rows(runner, inputs, rows // 2, rows))
     refused = tuple((row, text) for row, (text, _) in sorted(failed.items()))
     if not failed or (len(failed) == rows and not all(bad for _, bad in failed.values())):
         raise error

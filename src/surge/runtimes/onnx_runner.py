@@ -81,6 +81,7 @@ class OnnxRunner:
 
     def __init__(self, path: Path, options: RunnerOptions | None = None) -> None:
         import onnxruntime as ort
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
         options = options or RunnerOptions()
         self.path = Path(path)
@@ -105,7 +106,7 @@ class OnnxRunner:
         log.info("%s: ONNX Runtime runs it on %s (device %s)", self.path.name,
                  ", ".join(self._session.get_providers()), options.device)
         self._output_names = self._signature.output_names
-        self._invalid_argument = _invalid_argument_error()
+        self._invalid_argument = InvalidArgument  # ONNX Runtime's INVALID_ARGUMENT status
         self._bytes_inputs = {s.name for s in self._signature.inputs if s.datatype == "BYTES"}
         self._bytes_outputs = {s.name for s in self._signature.outputs if s.datatype == "BYTES"}
 
@@ -137,18 +138,6 @@ class OnnxRunner:
         for name in self._bytes_outputs:
             results[name] = _to_bytes(results[name])
         return results
-
-
-def _invalid_argument_error() -> type[Exception]:
-    """The exception class of ONNX Runtime's INVALID_ARGUMENT status."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    found = getattr(state, "InvalidArgument", None)
-    return found if isinstance(found, type) and issubclass(found, Exception) else _NeverRaisedError
-
-
-class _NeverRaisedError(Exception):
-    """Stands in for an ONNX Runtime error class this version does not have."""
 
 
 def _to_str(name: str, array: np.ndarray) -> np.ndarray:

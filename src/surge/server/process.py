@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 from prometheus_client import CollectorRegistry, multiprocess
 
+from surge.configfile import write_text_atomically
 from surge.engine import InferenceEngine
 from surge.engine.ondemand import ResidencyOptions
 from surge.errors import SurgeError
@@ -123,10 +124,8 @@ class Endpoints:
 def write_endpoints(path: Path, endpoints: Endpoints) -> None:
     """`surge serve --endpoints-file`: all at once (a rename), so a reader polling for the file
     never sees half of it."""
-    partial = path.with_name(path.name + ".partial")
     try:
-        partial.write_text(json.dumps(asdict(endpoints)) + "\n")
-        partial.replace(path)
+        write_text_atomically(path, json.dumps(asdict(endpoints)) + "\n")
     except OSError as exc:
         raise SurgeError(f"--endpoints-file {path}: cannot write it ({exc.strerror})") from None
 

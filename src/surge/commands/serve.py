@@ -38,7 +38,6 @@ def _production(tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None
                 poll_interval: float | None) -> ProductionOptions:
     """The production options of `surge serve`, checked together."""
     from surge.server.access_log import AccessLogConfig
-    from surge.server.keys import read_key_file
     from surge.server.production import DEFAULT_POLL_INTERVAL_S, ProductionOptions
     from surge.server.tls import TlsConfig
 
@@ -55,12 +54,22 @@ def _production(tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None
         raise SurgeError("--poll-interval needs --model-control poll")
     return ProductionOptions(
         tls=TlsConfig(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None,
-        keys=tuple(read_key_file(api_keys_file)) if api_keys_file else (),
+        keys_file=_checked_keys_file(api_keys_file),
         metrics_auth=metrics_auth,
         access_log=AccessLogConfig(access_log, access_log_sample) if access_log else None,
         tracing=_tracing(tracing), model_control=mode,  # type: ignore[arg-type]
         poll_interval_s=poll_interval or DEFAULT_POLL_INTERVAL_S,
     )
+
+
+def _checked_keys_file(path: Path | None) -> Path | None:
+    """The key file, read once here so that a mistake stops `surge serve` before the models
+    load; the server reads it again as it starts and whenever it changes."""
+    from surge.server.keys import read_key_file
+
+    if path is not None:
+        read_key_file(path)
+    return path
 
 
 def _residency(load: str, budget: str | None, group_budgets: list[str] | None

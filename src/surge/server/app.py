@@ -31,7 +31,7 @@ from surge.protocol.rest import (
 )
 from surge.protocol.types import SERVER_NAME, InferRequest, extensions
 from surge.repository import check_name, check_version
-from surge.server.keys import ApiKey, KeyRing, Scope
+from surge.server.keys import ApiKey, ForbiddenError, KeyRing, Scope, UnauthenticatedError
 from surge.server.observe import RequestIds, RequestLog, RequestRecord
 from surge.server.openapi import OPENAPI_PATH, openapi_document
 from surge.server.outcome import RequestObserver, infer_routed, outcome_of, served_by
@@ -133,8 +133,14 @@ class V2App:
             raise HttpError(404, f"no route for {method} {scope['path']}")
 
     def _check_auth(self, scope: AsgiScope, needed: Scope) -> None:
-        if self._keys:
+        if not self._keys:
+            return
+        try:
             self._keys.check((v for k, v in scope["headers"] if k == b"authorization"), needed)
+        except (UnauthenticatedError, ForbiddenError) as exc:
+            self._log.refused("http", _client(scope), f"{scope['method']} {scope['path']}",
+                              exc.status)
+            raise
 
     async def _health(self, what: str, send: Send) -> None:
         if what == "live":

@@ -114,6 +114,7 @@ def _frontend_main(payload: bytes, directories: tuple[str, str], report: Any,
     """A front end's process: the multiprocess metrics directory and the shared-memory
     registrations' first, then the server."""
     os.environ[METRICS_DIR_ENV], os.environ[SHARED_MEMORY_DIR_ENV] = directories
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the server takes it (a reload)
     _stop_with_parent(supervisor)
     from surge.server.process import serve
 
@@ -154,6 +155,7 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT, then stop every front end and return."""
         previous = {sig: signal.signal(sig, self._request_stop)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._forward_reload)
         try:
             # Started together (each loads its models at once), announced once all listen.
             pipes = [self._spawn(index) for index in range(self.count)]
@@ -177,6 +179,13 @@ class Supervisor:
 
     def _request_stop(self, _signum: int, _frame: Any) -> None:
         self._stop = True  # only a flag: the loop notices within half a second
+
+    def _forward_reload(self, _signum: int, _frame: Any) -> None:
+        """SIGHUP: each front end re-reads the certificate and the key file."""
+        for process in self._processes:
+            if process is not None and process.pid is not None and process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGHUP)
 
     def _start(self, index: int) -> Endpoints | None:
         """Start front end `index` and wait until it listens (None: stopped meanwhile)."""

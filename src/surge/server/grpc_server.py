@@ -24,7 +24,7 @@ from surge.protocol.metadata import model_config, model_metadata, model_statisti
 from surge.protocol.types import SERVER_NAME, extensions
 from surge.repository import check_name, check_version
 from surge.server import shared_memory_api as shm
-from surge.server.keys import ApiKey, KeyRing, Scope
+from surge.server.keys import ApiKey, ForbiddenError, KeyRing, Scope, UnauthenticatedError
 from surge.server.limits import ConnectionLimits
 from surge.server.observe import REQUEST_ID_HEADER, RequestIds, RequestLog, RequestRecord
 from surge.server.outcome import RequestObserver, infer_routed, outcome_of, served_by
@@ -70,7 +70,8 @@ def _guarded(
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
             if method.__name__ not in _OPEN_METHODS:
-                self.authorize(context, _SCOPES.get(method.__name__, Scope.READ))
+                self.authorize(context, _SCOPES.get(method.__name__, Scope.READ),
+                               method.__name__)
             return await method(self, request, context)
         except SurgeError as exc:
             await _abort(context, exc)
@@ -108,13 +109,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.repository_api = repository_api  # load/unload requests allowed (explicit control)
         self._observer = RequestObserver(engine.metrics, served_by(engine))
 
-    def authorize(self, context: grpc.aio.ServicerContext, needed: Scope = Scope.READ) -> None:
-        """Require `authorization: Bearer <key>` metadata granting `needed` when keys are set."""
+    def authorize(self, context: grpc.aio.ServicerContext, needed: Scope = Scope.READ,
+                  method: str = "") -> None:
+        """Require `authorization: Bearer <key>` metadata granting `needed` when keys are set;
+        a refusal is written to the access log."""
         if not self._keys:
             return
         values = (_as_bytes(value) for key, value in context.invocation_metadata() or ()
                   if key == "authorization")
-        self._keys.check(values, needed, header="authorization")
+        try:
+            self._keys.check(values, needed, header="authorization")
+        except (UnauthenticatedError, ForbiddenError) as exc:
+            self._log.refused("grpc", context.peer() or "", method, _code(exc).name)
+            raise
 
     @_guarded
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -252,7 +259,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """The stream's requests, answered concurrently, each answer sent as it completes; a
         request that fails gets its error in the stream, which goes on (as Triton does)."""
         try:
-            self.authorize(context, Scope.INFER)
+            self.authorize(context, Scope.INFER, "ModelStreamInfer")
         except SurgeError as exc:
             await _abort(context, exc)
         async for answer in answered_as_completed(
@@ -315,7 +322,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _admit(self, request: Any, context: Any) -> tuple[str, int | None]:
         """(model name, version) of an authorized ModelInfer call, checked as HTTP checks them."""
         try:
-            self.authorize(context, Scope.INFER)
+            self.authorize(context, Scope.INFER, "ModelInfer")
             return check_name(request.model_name), _version(request.model_version)
         except SurgeError as exc:
             await _abort(context, exc)

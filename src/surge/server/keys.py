@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
+import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from surge.errors import ServingError, SurgeError
+
+log = logging.getLogger(__name__)
 
 
 class Scope(enum.IntEnum):
@@ -58,10 +63,11 @@ class KeyRing:
     """The server's keys; `check` raises unless a request's key grants the scope it needs."""
 
     def __init__(self, keys: Sequence[ApiKey]) -> None:
-        self._scopes: dict[bytes, Scope] = {}  # SHA-256 of each key -> its widest scope
-        for key in keys:
-            digest = _digest(key.key.encode())
-            self._scopes[digest] = max(key.scope, self._scopes.get(digest, key.scope))
+        self._scopes = _scopes_of(keys)  # SHA-256 of each key -> its widest scope
+
+    def replace(self, keys: Sequence[ApiKey]) -> None:
+        """Hold `keys` instead of the ones held: every later check sees the new set whole."""
+        self._scopes = _scopes_of(keys)
 
     def __bool__(self) -> bool:
         return bool(self._scopes)
@@ -91,6 +97,14 @@ class KeyRing:
                                  f"needs '{needed.name.lower()}'")
 
 
+def _scopes_of(keys: Sequence[ApiKey]) -> dict[bytes, Scope]:
+    scopes: dict[bytes, Scope] = {}
+    for key in keys:
+        digest = _digest(key.key.encode())
+        scopes[digest] = max(key.scope, scopes.get(digest, key.scope))
+    return scopes
+
+
 def _digest(token: bytes) -> bytes:
     return hashlib.sha256(token).digest()
 
@@ -115,6 +129,9 @@ def read_key_file(path: Path) -> list[ApiKey]:
     left out); blank lines, lines starting with # and the rest of a line from a ` #` are
     skipped. A key given twice is refused: which of its scopes held would be a guess."""
     try:
+        # A FIFO (or a device) would block the event loop that re-reads it: regular files only.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise SurgeError(f"the API key file {path} is not a regular file")
         lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no part of a key
     except (OSError, UnicodeDecodeError) as exc:
         raise SurgeError(f"cannot read the API key file {path} ({exc})") from None
@@ -153,5 +170,48 @@ def _key_of(fields: list[str], where: str) -> ApiKey:
         raise SurgeError(f"{where}: {exc}") from None
 
 
-__all__ = ["ApiKey", "ForbiddenError", "KeyRing", "Scope", "UnauthenticatedError",
-           "parse_scope", "read_key_file"]
+class FollowedKeyFile:
+    """A key file whose keys a ring holds beside fixed ones, read again when it changes.
+
+    `reload_if_changed` compares the file's modification time, size and inode with the last
+    read (a rename over it, as editors and Kubernetes secrets do, changes the inode); `reload`
+    reads it whatever changed (SIGHUP). A file that cannot be used (removed, half written, a
+    mistake on a line) leaves the keys in use and is logged: a typo must not lock every
+    client out, nor let anyone in.
+    """
+
+    def __init__(self, path: Path, ring: KeyRing, fixed: Sequence[ApiKey] = ()) -> None:
+        self.path, self.ring, self.fixed = path, ring, tuple(fixed)
+        self._stamp = _stamp(path)
+        ring.replace([*self.fixed, *read_key_file(path)])  # SurgeError at start: no start
+
+    def reload_if_changed(self) -> bool:
+        """Read the file again if it changed on disk; True when its keys are now in use."""
+        stamp = _stamp(self.path)
+        if stamp == self._stamp:
+            return False
+        return self.reload(stamp)
+
+    def reload(self, stamp: tuple[int, ...] | None = None) -> bool:
+        """Read the file again; on failure keep the keys in use and log why."""
+        self._stamp = stamp if stamp is not None else _stamp(self.path)
+        try:
+            keys = read_key_file(self.path)
+        except SurgeError as exc:
+            log.error("API keys not reloaded, the previous ones stay in use: %s", exc)
+            return False
+        self.ring.replace([*self.fixed, *keys])
+        log.warning("API keys reloaded from %s (%d keys)", self.path, len(keys))
+        return True
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return (-1,)
+    return (status.st_mtime_ns, status.st_size, status.st_ino)
+
+
+__all__ = ["ApiKey", "FollowedKeyFile", "ForbiddenError", "KeyRing", "Scope",
+           "UnauthenticatedError", "parse_scope", "read_key_file"]

@@ -130,6 +130,16 @@ class RequestLog:
         if self.tracer is not None:
             self.tracer.record(record)
 
+    def refused(self, protocol: str, client: str, request: str, status: int | str) -> None:
+        """An access-log line for a request refused for its key (401/403, UNAUTHENTICATED /
+        PERMISSION_DENIED) before any work: who tried what, on every route, for an audit."""
+        if self.access_log is None:
+            return
+        self.access_log.write({
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "protocol": protocol, "client": client, "request": request, "status": status,
+        })
+
     def close(self) -> None:
         if self.access_log is not None:
             self.access_log.close()

@@ -300,6 +300,9 @@ async def serve_until_signal(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = SurgeServer(engine, options)
+    # SIGHUP re-reads the certificate and the key file; it never ends the server (its
+    # default action would, with no drain, as `kill -HUP` or a closed terminal sends it).
+    loop.add_signal_handler(signal.SIGHUP, server.site.reload_files)
     try:
         endpoints = await started_unless_stopped(server, stop)
         if endpoints is None:
@@ -312,7 +315,7 @@ async def serve_until_signal(
         log.info("draining: finishing accepted requests (grace %.0f s)", options.grace_s)
     finally:
         await server.drain()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 

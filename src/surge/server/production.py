@@ -6,11 +6,10 @@ builds the pieces once and the serving process hands them to each front end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import grpc
@@ -20,7 +19,7 @@ from surge.engine.reload import RepositoryPoller
 from surge.errors import SurgeError
 from surge.protocol.rest import error_body
 from surge.server.access_log import AccessLog, AccessLogConfig
-from surge.server.keys import ApiKey, KeyRing, Scope
+from surge.server.keys import ApiKey, FollowedKeyFile, KeyRing, Scope
 from surge.server.observe import RequestLog
 from surge.server.tls import Certificates, TlsConfig
 
@@ -36,6 +35,10 @@ class ProductionOptions:
 
     tls: TlsConfig | None = None  # HTTPS, gRPC over TLS and HTTPS metrics when set
     keys: tuple[ApiKey, ...] = ()  # scoped keys, besides ServeOptions.api_key (scope admin)
+    # A key file (`KEY SCOPE` lines) whose keys are added, read again when it changes (its
+    # modification time, size and inode compared every keys_check_interval_s) and on SIGHUP.
+    keys_file: Path | None = None
+    keys_check_interval_s: float = 5.0
     metrics_auth: bool = True  # the metrics port asks for a key (scope read) when keys are set
     access_log: AccessLogConfig | None = None
     # An exporter's name (console, otlp: the server makes the provider), an OpenTelemetry
@@ -51,6 +54,9 @@ class ProductionOptions:
             raise ValueError(f"model_control must be explicit or poll, got {self.model_control!r}")
         if self.poll_interval_s <= 0:
             raise ValueError(f"poll_interval_s must be positive, got {self.poll_interval_s}")
+        if self.keys_check_interval_s <= 0:
+            raise ValueError("keys_check_interval_s must be positive, got "
+                             f"{self.keys_check_interval_s}")
 
 
 class Production:
@@ -58,15 +64,17 @@ class Production:
 
     def __init__(self, options: ProductionOptions, api_key: str | None = None) -> None:
         self.options = options
-        keys = [ApiKey(api_key)] if api_key else []
-        self.keys = KeyRing([*keys, *options.keys])
+        fixed = [*([ApiKey(api_key)] if api_key else []), *options.keys]
+        self.keys = KeyRing(fixed)
+        self.key_file = (FollowedKeyFile(options.keys_file, self.keys, fixed)
+                         if options.keys_file is not None else None)
         self.certificates = Certificates(options.tls) if options.tls is not None else None
         self.request_log = RequestLog(
             AccessLog(options.access_log) if options.access_log is not None else None,
             _tracer(options.tracing))
         self.repository_api = options.model_control == "explicit"
         self._poller: RepositoryPoller | None = None
-        self._watch: asyncio.Task[None] | None = None
+        self._watches: list[asyncio.Task[None]] = []
 
     # -- lifecycle (around engine.start / engine.stop) ---------------------------------------
     def before_engine(self, engine: InferenceEngine, models: tuple[str, ...] | None) -> None:
@@ -80,35 +88,39 @@ class Production:
         self._poller.snapshot()
 
     def after_start(self) -> None:
-        """Start polling the repository and watching the certificate files."""
+        """Start polling the repository and following the certificate and key files."""
         if self._poller is not None:
             self._poller.start()
         if self.certificates is not None:
-            self._watch = asyncio.create_task(self._watch_certificates(),
-                                              name="surge-tls-watch")
-            with contextlib.suppress(ValueError, RuntimeError):  # not the main thread
-                asyncio.get_running_loop().add_signal_handler(
-                    signal.SIGHUP, self.certificates.reload)
+            self._watches.append(asyncio.create_task(_every(
+                self.certificates.config.check_interval_s, self.certificates.reload_if_changed),
+                name="surge-tls-watch"))
+        if self.key_file is not None:
+            self._watches.append(asyncio.create_task(_every(
+                self.options.keys_check_interval_s, self.key_file.reload_if_changed),
+                name="surge-keys-watch"))
+
+    def reload_files(self) -> None:
+        """Read the certificate and the key file again, whatever changed (SIGHUP)."""
+        if self.certificates is None and self.key_file is None:
+            log.warning("SIGHUP: nothing to reload (no --tls-cert, no --api-keys-file)")
+        if self.certificates is not None:
+            self.certificates.reload()
+        if self.key_file is not None:
+            self.key_file.reload()
 
     async def stop_watching(self) -> None:
-        """Stop following the repository and the certificate files (the drain begins)."""
+        """Stop following the repository and the certificate and key files (the drain)."""
         if self._poller is not None:
             await self._poller.stop()
-        if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
-            with contextlib.suppress(ValueError, RuntimeError):
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        for watch in self._watches:
+            watch.cancel()
+        await asyncio.gather(*self._watches, return_exceptions=True)
+        self._watches.clear()
 
     def close(self) -> None:
         """Write out the access log (the drain is over)."""
         self.request_log.close()
-
-    async def _watch_certificates(self) -> None:
-        assert self.certificates is not None
-        while True:
-            await asyncio.sleep(self.certificates.config.check_interval_s)
-            self.certificates.reload_if_changed()
 
     # -- what the front ends are given -------------------------------------------------------
     @property
@@ -150,6 +162,12 @@ class KeyedApp:
                 await send({"type": "http.response.body", "body": error_body(str(exc))})
                 return
         await self.app(scope, receive, send)
+
+
+async def _every(interval_s: float, check: Callable[[], object]) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        check()
 
 
 def _tracer(tracing: Any) -> Any:

@@ -46,6 +46,7 @@ def prepare_process(threads: int, spin_wait: SpinWait) -> None:
     # The front end owns shutdown: it sends Stop, or the pipe closes when it dies.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the front end's reload, to a process group
     for name in _THREAD_ENV:
         os.environ[name] = str(threads)
     os.environ["OMP_WAIT_POLICY"] = openmp_wait_policy(spin_wait)

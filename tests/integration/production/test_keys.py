@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -126,3 +130,79 @@ def test_bad_key_file_is_one_clear_line(tmp_path: Path,
     code, out, err = run_cli(["serve", str(tmp_path), "--api-keys-file", str(key_file)], capsys)
     assert code == 2
     assert "unknown API key scope 'superuser'" in out + err
+
+
+def _answers(served: Served, key: str, tries: int = 8) -> set[int]:
+    """The statuses of `tries` inference requests, each on a new connection (so that
+    several front ends answer them)."""
+    return {httpx.post(f"{served.http}/v2/models/tiny/infer", json=TINY,
+                       headers={"Authorization": f"Bearer {key}"}).status_code
+            for _ in range(tries)}
+
+
+def _until(condition: Callable[[], bool], served: Served, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, served.output()
+        time.sleep(0.2)
+
+
+def test_key_file_reloaded_by_every_front_end_on_sighup_and_refusals_logged(
+        tmp_path: Path) -> None:
+    repo = make_repository(tmp_path / "repo", with_slow=False)
+    key_file, access = tmp_path / "keys", tmp_path / "access.log"
+    key_file.write_text("client-2 infer\n")
+    served = launch(repo, tmp_path / "server.log", "--api-keys-file", str(key_file),
+                    "--frontends", "2", "--access-log", str(access))
+    try:
+        assert _answers(served, "client-2") == {200}
+        assert _answers(served, "client-9", tries=1) == {401}
+        # The same size and modification time: only SIGHUP makes the server read it again.
+        stamp = key_file.stat()
+        key_file.write_text("client-9 infer\n")
+        os.utime(key_file, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        served.process.send_signal(signal.SIGHUP)  # to the supervisor: it tells each front end
+        _until(lambda: served.output().count("API keys reloaded") == 2, served)
+        assert _answers(served, "client-9") == {200}
+        assert _answers(served, "client-2") == {401}
+        # A broken file is seen by its change and leaves the keys in use.
+        key_file.write_text("client-9 superuser\n")
+        _until(lambda: "API keys not reloaded" in served.output(), served)
+        assert _answers(served, "client-9") == {200}
+        assert served.process.poll() is None
+    finally:
+        assert served.stop() == 0, served.output()
+    refusals = [json.loads(line) for line in access.read_text().splitlines()
+                if '"request"' in line]
+    assert {(r["protocol"], r["request"], r["status"]) for r in refusals} == {
+        ("http", "POST /v2/models/tiny/infer", 401)}
+    assert len(refusals) == 1 + 8  # client-9 before the reload, client-2 after it
+
+
+def test_sighup_without_files_to_reload_leaves_the_server_serving(tmp_path: Path) -> None:
+    served = launch(make_repository(tmp_path / "repo", with_slow=False), tmp_path / "server.log")
+    try:
+        served.process.send_signal(signal.SIGHUP)
+        _until(lambda: "SIGHUP: nothing to reload" in served.output(), served)
+        assert httpx.post(f"{served.http}/v2/models/tiny/infer", json=TINY).status_code == 200
+    finally:
+        assert served.stop() == 0, served.output()
+
+
+def test_grpc_refusals_are_in_the_access_log(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path / "repo", with_slow=False)
+    key_file, access = tmp_path / "keys", tmp_path / "access.log"
+    key_file.write_text("reader read\n")
+    served = launch(repo, tmp_path / "server.log", "--api-keys-file", str(key_file),
+                    "--access-log", str(access))
+    try:
+        with grpc.insecure_channel(served.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for metadata in ((), (("authorization", "Bearer reader"),)):
+                with pytest.raises(grpc.RpcError):
+                    stub.ModelInfer(pb.ModelInferRequest(model_name="tiny"), metadata=metadata)
+    finally:
+        assert served.stop() == 0, served.output()
+    refusals = [json.loads(line) for line in access.read_text().splitlines()]
+    assert [(r["protocol"], r["request"], r["status"]) for r in refusals] == [
+        ("grpc", "ModelInfer", "UNAUTHENTICATED"), ("grpc", "ModelInfer", "PERMISSION_DENIED")]

@@ -35,6 +35,7 @@ from surge.server.keys import ApiKey, ForbiddenError, KeyRing, Scope, Unauthenti
 from surge.server.observe import RequestIds, RequestLog, RequestRecord
 from surge.server.openapi import OPENAPI_PATH, openapi_document
 from surge.server.outcome import RequestObserver, infer_routed, outcome_of, served_by
+from surge.server.peers import http_peer
 from surge.server.repository_load import check_unload, load_parameters
 from surge.server.shared_memory import SharedMemoryRegistry
 from surge.server.shared_memory_api import CHANGES, ROOTS, http_answer
@@ -125,9 +126,8 @@ class V2App:
             await self._repository(scope, receive, send, rest[1:])
         elif rest[:1] and rest[0] in ROOTS:
             body = await _read_body(scope, receive, min(self.max_body_bytes, MAX_REPOSITORY_BODY))
-            client = scope.get("client")
             answer = http_answer(self.shared_memory, method, rest, body,
-                                 client[0] if client else "")
+                                 http_peer(scope.get("client")))
             await _respond(send, 200, answer, _JSON if answer else [])
         else:
             raise HttpError(404, f"no route for {method} {scope['path']}")

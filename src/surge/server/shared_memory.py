@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import ipaddress
 import json
 import math
 import mmap
@@ -40,6 +39,7 @@ from surge.protocol.shared_memory import (
     byte_count,
 )
 from surge.server.frontends import SHARED_MEMORY_DIR_ENV
+from surge.server.peers import client_uid, is_local
 from surge.workers.transport import SEGMENT_PREFIX
 
 SHM_ROOT = Path("/dev/shm")  # where Linux keeps POSIX shared-memory objects (shm_open)
@@ -87,30 +87,34 @@ def check_local_client(peer: str) -> None:
     with the server, and a registration maps any object of the server's user that it names
     (and lets inference write into it). `peer`: an ASGI client host, or a gRPC peer
     (`ipv4:127.0.0.1:5000`, `ipv6:[::1]:5000`, `unix:/path`)."""
-    if not _is_local(peer):
+    if not is_local(peer):
         raise RemoteClientError(f"shared memory can be registered only by a client on this "
                                 f"machine; this request came from {shown(peer)}")
 
 
-def _is_local(peer: str) -> bool:
-    family, _, rest = peer.partition(":")
-    if family in ("unix", "unix-abstract"):
-        return True
-    # a gRPC peer loses its port; an ASGI client's host stands alone
-    host = rest.rsplit(":", 1)[0] if family in ("ipv4", "ipv6") else peer
-    host = host.replace("%5B", "[").replace("%5D", "]").strip("[]")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback  # an IPv4 client of a dual-stack socket
-    return address.is_loopback
+class ForeignObjectError(SharedMemoryError):
+    """A registration of an object another user owns (HTTP 403, gRPC PERMISSION_DENIED)."""
+
+    status = 403
+    grpc_status = "PERMISSION_DENIED"
 
 
-def map_region(name: str, key: str, offset: int, byte_size: int) -> tuple[Region, int]:
+def check_owner(key: str, owner: int, client: int | None) -> None:
+    """Map only an object of the registering client's user (any object for root, who can read
+    them all anyway; the server's own user's when the client's is unknown): a server running
+    as root must not become every local user's way into the others' memory."""
+    allowed = os.geteuid() if client is None else client
+    if client != 0 and owner != allowed:
+        who = "the server's user" if client is None else "the registering client's user"
+        raise ForeignObjectError(f"shared memory key {key!r} belongs to uid {owner}, not to "
+                                 f"{who} (uid {allowed}): register objects your user created")
+
+
+def map_region(name: str, key: str, offset: int, byte_size: int,
+               client: int | None = None, check_client: bool = False) -> tuple[Region, int]:
     """Map `byte_size` bytes from `offset` of object `key`, read-write and shared; with the
-    object's inode number."""
+    object's inode number. With `check_client`, only an object of user `client` (see
+    `check_owner`)."""
     try:
         fd = os.open(SHM_ROOT / key[1:], os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -123,6 +127,8 @@ def map_region(name: str, key: str, offset: int, byte_size: int) -> tuple[Region
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise SharedMemoryError(f"shared memory key {key!r} is not a shared memory object")
+        if check_client:
+            check_owner(key, info.st_uid, client)
         if offset + byte_size > info.st_size:
             raise SharedMemoryError(
                 f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} = "
@@ -200,7 +206,9 @@ class SharedMemoryRegistry:
         self._lock = threading.Lock()
         self._swept = -math.inf  # time.monotonic() of the last sweep
 
-    def register(self, name: object, key: object, offset: object, byte_size: object) -> None:
+    def register(self, name: object, key: object, offset: object, byte_size: object,
+                 peer: str | None = None) -> None:
+        """Register a region; from a client at `peer`, only of an object its user owns."""
         name, key = check_region_name(name), check_key(key)
         offset, byte_size = check_extent(offset, byte_size)
         with self._lock:
@@ -210,7 +218,8 @@ class SharedMemoryRegistry:
             if self._count() >= MAX_REGIONS:
                 raise SharedMemoryError(f"{MAX_REGIONS} shared memory regions are registered, "
                                         "the most this server keeps: unregister some first")
-            region, inode = map_region(name, key, offset, byte_size)
+            region, inode = map_region(name, key, offset, byte_size,
+                                       client_uid(peer) if peer else None, peer is not None)
             stamp = self._publish(region) if self.directory is not None else (0, 0)
             self._regions[name] = _Held(region, stamp, inode)
 
@@ -347,5 +356,5 @@ def registry_for(mode: str) -> SharedMemoryRegistry | None:
     return SharedMemoryRegistry(Path(directory) if directory else None)
 
 
-__all__ = ["MODES", "SharedMemoryRegistry", "check_key", "check_local_client", "map_region",
-           "registry_for"]
+__all__ = ["MODES", "ForeignObjectError", "SharedMemoryRegistry", "check_key",
+           "check_local_client", "map_region", "registry_for"]

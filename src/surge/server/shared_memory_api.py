@@ -39,8 +39,8 @@ def http_route(rest: list[str]) -> tuple[str, str, str]:
 
 def http_answer(registry: SharedMemoryRegistry | None, method: str, rest: list[str],
                 body: bytes, client: str) -> bytes:
-    """The JSON body answering a shared-memory request from host `client` (its errors
-    raise)."""
+    """The JSON body answering a shared-memory request from `client` (a gRPC-style peer,
+    `surge.server.peers`; its errors raise)."""
     kind, name, action = http_route(rest)
     if (method == "GET") != (action == "status"):
         raise NotFoundError(f"no route for {method} /v2/{'/'.join(rest)}")
@@ -55,7 +55,8 @@ def http_answer(registry: SharedMemoryRegistry | None, method: str, rest: list[s
         return b""
     check_local_client(client)
     fields = _register_body(body)
-    registry.register(name, fields.get("key"), fields.get("offset", 0), fields.get("byte_size"))
+    registry.register(name, fields.get("key"), fields.get("offset", 0), fields.get("byte_size"),
+                      client)
     return b""
 
 
@@ -97,7 +98,8 @@ def system_register(registry: SharedMemoryRegistry | None, request: Any, peer: s
     """A registration from gRPC peer `peer`."""
     _registry(registry)
     check_local_client(peer)
-    _registry(registry).register(request.name, request.key, request.offset, request.byte_size)
+    _registry(registry).register(request.name, request.key, request.offset, request.byte_size,
+                                 peer)
     return pb.SystemSharedMemoryRegisterResponse()
 
 

@@ -3,6 +3,9 @@ tritonclient.utils.shared_memory against a real `surge serve`; and `--shared-mem
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -159,3 +162,47 @@ def test_shared_memory_none_refuses_the_endpoints(tiny_repo: Path, tmp_path: Pat
         assert answer.status_code == 400
         assert "shared memory is off" in answer.json()["error"]
     assert "system_shared_memory" not in extensions
+
+
+def _register_as(uid: int, served: ServerProcess, name: str, key: str) -> tuple[int, bytes]:
+    """A registration over a connection whose socket user `uid` holds (made under that
+    effective uid, as another user's client would be)."""
+    host, port = served.http.removeprefix("http://").rsplit(":", 1)
+    os.seteuid(uid)
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=10)
+    finally:
+        os.seteuid(0)
+    body = json.dumps({"key": key, "offset": 0, "byte_size": 8}).encode()
+    with sock:
+        sock.sendall(b"POST /v2/systemsharedmemory/region/%s/register HTTP/1.1\r\nhost: x\r\n"
+                     b"content-type: application/json\r\nconnection: close\r\n"
+                     b"content-length: %d\r\n\r\n%s" % (name.encode(), len(body), body))
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1]), answer
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="connects as another user: needs root")
+def test_a_registration_maps_only_objects_of_the_clients_user(tiny_repo: Path,
+                                                              tmp_path: Path) -> None:
+    objects = {"surge_test_theirs": 65534, "surge_test_others": 12345}
+    for key, owner in objects.items():
+        path = Path("/dev/shm") / key
+        path.write_bytes(bytes(64))
+        os.chown(path, owner, owner)
+    served = start_server(tiny_repo, tmp_path / "server.log")
+    try:
+        theirs = _register_as(65534, served, "theirs", "/surge_test_theirs")
+        others = _register_as(65534, served, "others", "/surge_test_others")
+        by_root = _register_as(0, served, "by-root", "/surge_test_others")
+    finally:
+        assert served.stop() == 0, served.output()
+        for key in objects:
+            (Path("/dev/shm") / key).unlink(missing_ok=True)
+    assert theirs[0] == 200, theirs
+    assert others[0] == 403, others
+    assert b"belongs to uid 12345, not to the registering client's user (uid 65534)" in others[1]
+    assert by_root[0] == 200, by_root

@@ -159,3 +159,33 @@ def test_batch_size_one_on_a_model_without_a_batch_dimension_is_sent(
 def test_run_bench_refuses_more_clients_than_it_can_run() -> None:
     with pytest.raises(SurgeError, match="concurrency levels must be integers from 1 to 10,000"):
         loadgen.run_bench(URL, "m", [1, 10_001], 1.0)
+
+
+class _StallsOnce:
+    """Answers at once, but its first send holds the event loop for `stall_s`."""
+
+    def __init__(self, stall_s: float) -> None:
+        self.stall_s, self.stalled = stall_s, False
+
+    async def send(self, payload: bytes) -> str:
+        if not self.stalled:
+            self.stalled = True
+            time.sleep(self.stall_s)  # the client falls behind its schedule
+        return "ok"
+
+    async def close(self) -> None:
+        pass
+
+
+def test_open_loop_latency_counts_from_the_schedule_not_the_late_send() -> None:
+    tally = _Tally()
+    until = time.perf_counter() + 0.2
+
+    async def drive() -> None:
+        await _open_loop(_StallsOnce(0.08), [b"x"], 1000.0, False, until, tally)
+
+    asyncio.run(drive())
+    # The requests due during the 80 ms stall went late; timed from their late send they
+    # would all look instant (coordinated omission).
+    assert tally.sent_late >= 40
+    assert sum(latency >= 0.01 for latency in tally.latencies) >= 30

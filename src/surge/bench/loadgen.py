@@ -53,6 +53,9 @@ class BenchRun:
     errors: dict[str, int]
     client_cpu_s: float
     client_cpu_share: float  # client CPU seconds / wall seconds (1.0 = one core)
+    # Open loop: requests sent more than SENT_LATE_S after their scheduled time (the client
+    # fell behind). Their latency counts from the schedule all the same.
+    sent_late: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,16 @@ class BenchReport:
         return asdict(self)
 
 
+# An open-loop request sent this long after its scheduled time is counted as sent late.
+SENT_LATE_S = 0.001
+
+
 @dataclass
 class _Tally:
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     sent: int = 0
+    sent_late: int = 0
 
     def record(self, outcome: str, seconds: float) -> None:
         self.sent += 1
@@ -95,8 +103,15 @@ def _percentiles(latencies: list[float]) -> tuple[float, float, float, float]:
     return float(p50), float(p90), float(p99), float(ms.max())
 
 
-async def _timed(transport: Transport, payload: bytes, tally: _Tally) -> None:
+async def _timed(transport: Transport, payload: bytes, tally: _Tally,
+                 scheduled: float | None = None) -> None:
+    """Send one request; its latency counts from `scheduled` when given (open loop), so that
+    a client that falls behind its schedule does not hide the wait (coordinated omission:
+    a request sent late because the server was slow would be timed from the late send)."""
     start = time.perf_counter()
+    if scheduled is not None:
+        tally.sent_late += start - scheduled > SENT_LATE_S
+        start = min(start, scheduled)
     outcome = await transport.send(payload)
     tally.record(outcome, time.perf_counter() - start)
 
@@ -125,7 +140,7 @@ async def _open_loop(transport: Transport, payloads: list[bytes], rate: float, p
             break  # behind the schedule at the end: the run still ends at its duration
         else:
             await asyncio.sleep(0)  # behind: let the requests already sent make progress
-        task = asyncio.ensure_future(_timed(transport, next(cycle), tally))
+        task = asyncio.ensure_future(_timed(transport, next(cycle), tally, next_at))
         pending.add(task)
         task.add_done_callback(pending.discard)
         next_at += rng.exponential(1.0 / rate) if poisson else 1.0 / rate
@@ -172,7 +187,7 @@ async def run_level(
         concurrency=concurrency, rate=rate, duration_s=wall, requests=tally.sent,
         ok=len(tally.latencies), throughput=len(tally.latencies) / wall, p50_ms=p50,
         p90_ms=p90, p99_ms=p99, max_ms=worst, errors=dict(tally.errors), client_cpu_s=cpu,
-        client_cpu_share=cpu / wall,
+        client_cpu_share=cpu / wall, sent_late=tally.sent_late,
     )
 
 

@@ -104,6 +104,10 @@ def _print_table(report: Any, model: str, protocol: str, arrivals: float | None,
             _errors(run.errors), f"{run.client_cpu_share:.0%} core",
         )
     console.print(table)
+    late = sum(run.sent_late for run in report.runs)
+    if arrivals and late:
+        console.print(f"{late:,} requests were sent over 1 ms behind their schedule (this "
+                      "client fell behind); their latency counts from the schedule")
 
 
 def _write_json(path: Path, report: Any) -> None:

@@ -13,11 +13,11 @@ import enum
 import hashlib
 import logging
 import os
-import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from surge.datafiles import regular_file
 from surge.errors import ServingError, SurgeError
 
 log = logging.getLogger(__name__)
@@ -128,10 +128,9 @@ def read_key_file(path: Path) -> list[ApiKey]:
     """Keys from a file: one `KEY SCOPE` per line (scope read, infer or admin; admin when
     left out); blank lines, lines starting with # and the rest of a line from a ` #` are
     skipped. A key given twice is refused: which of its scopes held would be a guess."""
+    # A FIFO (or a device) would block the event loop that re-reads it: regular files only.
+    regular_file(path, "the API key file")
     try:
-        # A FIFO (or a device) would block the event loop that re-reads it: regular files only.
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise SurgeError(f"the API key file {path} is not a regular file")
         lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no part of a key
     except (OSError, UnicodeDecodeError) as exc:
         raise SurgeError(f"cannot read the API key file {path} ({exc})") from None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ from typing import Any
 
 import grpc
 
-from surge.errors import SurgeError
+from surge.datafiles import regular_file
+from surge.errors import ConfigError, SurgeError
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,10 @@ class KeyPair:
 def _read(path: Path, what: str) -> bytes:
     try:
         # A FIFO (or a device) would block the event loop that reloads: regular files only.
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise TlsError(f"the TLS {what} {path} is not a regular file")
+        regular_file(path, f"the TLS {what}")
         return path.read_bytes()
+    except ConfigError as exc:
+        raise TlsError(str(exc)) from None
     except OSError as exc:
         raise TlsError(f"cannot read the TLS {what} {path} ({exc.strerror})") from None
 

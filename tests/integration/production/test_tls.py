@@ -153,7 +153,7 @@ def test_bad_key_pair_is_one_clear_line(repo: Path, pki: Pki, tmp_path: Path,
     assert result.returncode == 2, result.stdout + result.stderr
     message = (result.stdout + result.stderr).strip()
     assert len(message.splitlines()) == 1, message
-    expected = {"mismatch": "is not the key of --tls-cert", "missing": "cannot read",
+    expected = {"mismatch": "is not the key of --tls-cert", "missing": "not found",
                 "garbage": "not a PEM certificate and key"}[problem]
     assert expected in message, message
 

@@ -1,14 +1,17 @@
 """The recommendation and finance repository entries under examples/: trained models with their
 tuned serving configurations, loaded as `surge serve` loads them and scored on their data; the
-forecaster against the last-price forecast."""
+forecaster against the last-price forecast; the values each entry's inputs may hold."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from surge.errors import InputError
 from surge.evaluate.harness import EvalDataset, evaluate, load_dataset
 from surge.repository import Repository
 from surge.runtimes import RunnerOptions, load_runner
@@ -81,3 +84,24 @@ def test_dlrm_entry_and_its_table_variants_rank_as_documented() -> None:
     assert ndcg["dlrm"] - 0.005 < dynamic < ndcg["dlrm"]
     assert ndcg == pytest.approx({"dlrm": 0.7711, "dlrm@int8-tables": 0.7700,
                                   "dlrm@fp16-tables": 0.7711}, abs=5e-4)
+
+
+def test_entries_refuse_values_their_engines_would_answer_silently() -> None:
+    """ONNX's Gather reads an id of -1 as the table's last row and the int8-dynamic credit
+    network turns a NaN into a plausible score: the entries' configs refuse both."""
+    dlrm = RECOMMENDATION.load("dlrm")
+    rows = {"item": np.array([4, 4]), "category": np.array([2, 2]),
+            "dense": np.zeros((2, 2), np.float32)}
+    scores = dlrm.runner.run({"user": np.array([-1, 1999]), **rows})["probability"]
+    assert scores[0] == scores[1]  # the engine alone: -1 is user 1999
+    with pytest.raises(InputError, match=re.escape(
+            "input 'user' holds -1, but its config declares values in [0, 1999]")):
+        dlrm.signature.validate_inputs({"user": np.array([-1, 1999]), **rows})
+    credit = FINANCE.load("credit-mlp")
+    assert credit.variant == "int8-dynamic"
+    columns = {spec.name: np.ones(1, np.float32) for spec in credit.signature.inputs}
+    columns["lvrat"] = np.array([np.nan], np.float32)
+    assert np.isfinite(credit.runner.run(columns)["probability"]).all()
+    with pytest.raises(InputError, match="input 'lvrat' holds NaN, but its config declares "
+                       "finite values"):
+        credit.signature.validate_inputs(columns)

@@ -50,6 +50,10 @@ def test_trees_and_network_serve_the_same_columns_and_both_learn_credit_risk(
         assert reports[name].metric_name == "auc"
         assert reports[name].details.auc > 0.7  # a constant score would be 0.5
     assert reports["credit-gbm"].details.auc == pytest.approx(export.val_auc, abs=1e-6)
+    # the export declares every column finite: a NaN is refused, not scored
+    specs = Repository(repo).load("credit-mlp").signature.inputs
+    assert [(s.name, s.values and s.values.describe()) for s in specs] == [
+        (name, "finite values") for name in dataset.inputs]
 
 
 def test_forecaster_trains_on_the_past_and_is_scored_on_2008_to_2010(tmp_path: Path) -> None:

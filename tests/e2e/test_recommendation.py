@@ -1,7 +1,8 @@
 """The recommendation application at small size: `surge train` fits the DLRM on simulated
 clicks and exports it with one input per feature column; the ranking task scores it against
 the simulator's known preferences; served, one request scores a user against N candidates as
-one request of N batch items, and too many candidates or a missing column get a clear 400."""
+one request of N batch items, and too many candidates, a missing column or an id outside its
+table get a clear 400."""
 
 from __future__ import annotations
 
@@ -114,3 +115,23 @@ def test_a_missing_feature_column_gets_400_naming_it(server: ServerProcess) -> N
                           json=_body(_candidates(10), drop="category"), timeout=30)
     assert response.status_code == 400
     assert "missing input(s) ['category']" in response.json()["error"]
+
+
+def test_the_export_declares_its_tables_and_a_negative_id_gets_400(server: ServerProcess,
+                                                                   repo: Path) -> None:
+    config = Repository(repo).config("dlrm")
+    assert config.inputs is not None
+    declared = {t.name: (t.min, t.max, t.finite) for t in config.inputs}
+    # the recipe's tables: 2,000 users, 1,000 items, 20 categories; dense values finite
+    assert declared == {"user": (0, 1999, False), "item": (0, 999, False),
+                        "category": (0, 19, False), "dense": (None, None, True)}
+    columns = _candidates(5)
+    columns["item"] = columns["item"].copy()
+    columns["item"][2] = -1
+    response = httpx.post(f"{server.http}/v2/models/dlrm/infer", json=_body(columns), timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"] == ("input 'item' holds -1, but its config declares values "
+                                        "in [0, 999]")
+    good = httpx.post(f"{server.http}/v2/models/dlrm/infer", json=_body(_candidates(5)),
+                      timeout=30)
+    assert good.status_code == 200, good.text

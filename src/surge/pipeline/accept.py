@@ -6,7 +6,8 @@ walks its shape: 4 us per request of a one-input pipeline, a tenth of the pipeli
 a request that plainly fits in well under a microsecond. It accepts only what
 `validate_inputs` accepts; anything else (a wrong dtype, a missing input, a byte-swapped array
 that may still be fine) goes to `validate_inputs`, which stays the one place that decides and
-words the error.
+words the error. Inputs with a declared range (`min`, `max`, `finite`) have their values
+checked too, a request that fits or not.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from surge.runtimes.base import Signature
 class Accept:
     """The checks of one signature's inputs, resolved: dtype, rank and fixed dims by name."""
 
-    __slots__ = ("_inputs", "_max_batch", "_names", "signature")
+    __slots__ = ("_inputs", "_max_batch", "_names", "_ranged", "signature")
 
     def __init__(self, signature: Signature) -> None:
         self.signature = signature
@@ -34,11 +35,15 @@ class Accept:
                         for spec in signature.inputs}
         batched = signature.batched
         self._max_batch = (signature.max_batch_size or None) if batched else None
+        self._ranged = tuple(spec.name for spec in signature.inputs if spec.values is not None)
 
     def check(self, inputs: Mapping[str, np.ndarray]) -> None:
         """Raise InputError (from `validate_inputs`) unless `inputs` fit the signature."""
         if not self._fits(inputs):
             self.signature.validate_inputs(inputs)
+        elif self._ranged:
+            for name in self._ranged:
+                self.signature.check_input(name, inputs[name])
 
     def _fits(self, inputs: Mapping[str, np.ndarray]) -> bool:
         if inputs.keys() != self._names:

@@ -29,7 +29,7 @@ class StepTypes:
 
 def declared(tensors: Sequence[TensorConfig] | None) -> tuple[TensorSpec, ...]:
     """The specs of a config's `inputs` or `outputs`."""
-    return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in tensors or [])
+    return tuple(t.spec() for t in tensors or [])
 
 
 def plan(pipeline: str, config: ModelConfig, models: Collection[str]) -> tuple[StepConfig, ...]:

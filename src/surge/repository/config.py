@@ -17,7 +17,8 @@ from surge.configfile import (
 )
 from surge.datatypes import V2_DATATYPES
 from surge.errors import ConfigError, NotFoundError, SurgeError
-from surge.runtimes.base import SpinWait
+from surge.runtimes.base import SpinWait, TensorSpec
+from surge.runtimes.values import ValueRange, range_problem, written_bound
 
 CONFIG_FILE = "config.yaml"
 SCHEMA_VERSION = 1
@@ -44,6 +45,17 @@ class TensorConfig(StrictConfig):
     shape: list[Int] = Field(
         description="Full shape including the batch dim for batched models; -1 = variable."
     )
+    min: int | float | None = Field(None, description="inputs only: the least value a request may "
+                              "send (inclusive; an integer for an integer input).")
+    max: int | float | None = Field(None, description="inputs only: the greatest value a request "
+                              "may send (inclusive; an integer for an integer input).")
+    finite: Annotated[bool, Strict()] = Field(
+        False, description="inputs only, float ones: refuse NaN and infinity.")
+
+    @field_validator("min", "max", mode="before")
+    @classmethod
+    def _number(cls, bound: Any) -> Any:
+        return written_bound(bound)
 
     @model_validator(mode="after")
     def _check(self) -> TensorConfig:
@@ -51,7 +63,20 @@ class TensorConfig(StrictConfig):
             raise ValueError(f"datatype {self.datatype!r} is not one of {', '.join(V2_DATATYPES)}")
         if any(d < -1 or d == 0 for d in self.shape):
             raise ValueError(f"shape {self.shape} may hold only positive sizes and -1")
+        values = self.values()
+        problem = range_problem(self.datatype, values) if values is not None else None
+        if problem:
+            raise ValueError(f"{self.name!r}: {problem}")
         return self
+
+    def values(self) -> ValueRange | None:
+        """The declared range of its values; None when it declares none."""
+        if self.min is None and self.max is None and not self.finite:
+            return None
+        return ValueRange(self.min, self.max, self.finite)
+
+    def spec(self) -> TensorSpec:
+        return TensorSpec(self.name, self.datatype, tuple(self.shape), self.values())
 
 
 MAX_QUEUE_DELAY_MS = 10_000.0  # a wait past 10 s is no batching delay but a stall
@@ -120,6 +145,14 @@ def _check_unique(tensors: list[TensorConfig] | None, key: str) -> None:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"{key} names {repeated[0]!r} twice")
+
+
+def _check_outputs(tensors: list[TensorConfig] | None) -> None:
+    """A range says what a request may send: it is the inputs' alone."""
+    for tensor in tensors or []:
+        if tensor.values() is not None:
+            raise ValueError(f"outputs: {tensor.name!r} declares min, max or finite, which "
+                             "are for inputs")
 
 
 def _worker_form(value: Any) -> Any:
@@ -361,6 +394,7 @@ class ModelConfig(StrictConfig):
         self._check_batching()
         _check_unique(self.inputs, "inputs")
         _check_unique(self.outputs, "outputs")
+        _check_outputs(self.outputs)
         if self.worker is not None:
             self._check_shared()
         return self

@@ -349,7 +349,7 @@ def build_runner(path: Path, config: ModelConfig, options: RunnerOptions) -> Run
 
 
 def _specs(tensors: list[TensorConfig] | None) -> tuple[TensorSpec, ...]:
-    return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in tensors or [])
+    return tuple(t.spec() for t in tensors or [])
 
 
 def _merge(found: tuple[TensorSpec, ...], declared: list[TensorConfig] | None, kind: str,
@@ -363,7 +363,7 @@ def _merge(found: tuple[TensorSpec, ...], declared: list[TensorConfig] | None, k
                 f"{path}: config declares {kind} {tensor.name!r} but the model has {list(by_name)}"
             )
         _check_override(by_name[tensor.name], tensor, kind, path)
-        by_name[tensor.name] = TensorSpec(tensor.name, tensor.datatype, tuple(tensor.shape))
+        by_name[tensor.name] = tensor.spec()
     return tuple(by_name[s.name] for s in found)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from surge.datatypes import sent_datatype, v2_to_numpy
 from surge.errors import InputError, SurgeError
+from surge.runtimes.values import ValueRange, widened
 
 
 @dataclass(frozen=True)
@@ -17,12 +18,14 @@ class TensorSpec:
     """One input or output: V2 datatype and shape, -1 for a variable dimension.
 
     When the owning signature is batched, `shape` includes the batch dimension as its first
-    element (always -1), as ONNX and Triton's V2 metadata show it.
+    element (always -1), as ONNX and Triton's V2 metadata show it. `values`: the range an
+    input's values must lie in, as its config declares it (none: any value of the datatype).
     """
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    values: ValueRange | None = None
 
     def __post_init__(self) -> None:
         v2_to_numpy(self.datatype)
@@ -72,7 +75,8 @@ class Signature:
         return replace(self, max_batch_size=max_batch_size)
 
     def check_input(self, name: str, array: np.ndarray) -> None:
-        """Raise InputError unless `array` has input `name`'s datatype and shape."""
+        """Raise InputError unless `array` has input `name`'s datatype and shape, and its
+        values lie in the input's declared range."""
         spec = self.input(name)
         # As sent: BF16 words are uint16 to numpy. Plain uint16 words fit a BF16 input (an
         # in-process caller has no other way to give them); BF16 ones no UINT16 input.
@@ -81,6 +85,8 @@ class Signature:
         if other_type or not spec.matches_shape(tuple(array.shape)):
             raise InputError(f"input {name!r} expects {spec.describe()}, "
                              f"got {sent} {list(array.shape)}")
+        if spec.values is not None:
+            spec.values.check(name, widened(array, spec.datatype))
 
     def validate_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
         """Raise InputError with a precise message if `inputs` does not fit this signature."""
@@ -262,13 +268,21 @@ def example_inputs(signature: Signature, batch_size: int = 1, seed: int = 0) -> 
         if signature.batched and dims:
             dims[0] = batch_size
         dims = [1 if d == -1 else d for d in dims]
-        dtype = v2_to_numpy(spec.datatype)
-        if spec.datatype == "BYTES":
-            out[spec.name] = np.array([b"x"] * int(np.prod(dims)), dtype=object).reshape(dims)
-        elif dtype.kind == "f":
-            out[spec.name] = rng.random(dims, dtype=np.float32).astype(dtype)
-        elif dtype.kind == "b":
-            out[spec.name] = rng.integers(0, 2, dims).astype(bool)
-        else:
-            out[spec.name] = rng.integers(0, 10, dims).astype(dtype)
+        out[spec.name] = _example(spec, dims, rng)
     return out
+
+
+def _example(spec: TensorSpec, dims: list[int], rng: np.random.Generator) -> np.ndarray:
+    """Random values of `spec`'s datatype in `dims`, within its declared range."""
+    dtype = v2_to_numpy(spec.datatype)
+    if spec.datatype == "BYTES":
+        return np.array([b"x"] * int(np.prod(dims)), dtype=object).reshape(dims)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, dims).astype(bool)
+    if dtype.kind == "f":
+        array = rng.random(dims, dtype=np.float32).astype(dtype)
+    else:
+        array = rng.integers(0, 10, dims).astype(dtype)  # BF16: words of tiny numbers
+    if spec.values is None or spec.datatype == "BF16":
+        return array
+    return spec.values.clip(array)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from surge.evaluate.metrics import MetricError
+from surge.repository.config import TensorConfig
 from surge.tasks.base import EVAL_BATCH, Decoder, LossFn, Task, TrainMetric
 from surge.tasks.data import EvalDataset, Split
 
@@ -236,12 +237,32 @@ def publish_columns(model: nn.Module, config: TrainConfig, metrics: dict[str, An
         if "pt2" in config.export.formats:
             files.append(export_pt2(served, tensors, version_dir / "model.pt2"))
         served_config = serving_config(config, name)
-        # The dataset rides along, so evaluate, optimize and bench find rows with its columns.
+        # The dataset rides along, so evaluate, optimize and bench find rows with its columns;
+        # the inputs say which values each column may hold (the names are the ONNX file's).
+        inputs = declared_inputs(model, columns) if "onnx" in config.export.formats else None
         write_config_once(model_dir, served_config.model_copy(update={"parameters": {
-            **served_config.parameters, "dataset": config.data.dataset}}))
+            **served_config.parameters, "dataset": config.data.dataset}, "inputs": inputs}))
         verify_columns(repo, name, version, arrays, expected)
     write_metrics(model_dir, metrics, version)
     return Published(repo, name, version, tuple(files))
+
+
+def declared_inputs(model: nn.Module, columns: Sequence[Column]) -> list[TensorConfig]:
+    """The served inputs with the values each may hold: a float column finite (a NaN would
+    come out as a plausible score), an id column within the table it indexes when the model
+    tells its tables' sizes (`id_rows()`: rows per id column, in column order)."""
+    id_rows = getattr(model, "id_rows", None)
+    rows = iter(id_rows() if callable(id_rows) else ())
+    inputs = []
+    for column in columns:
+        shape = [-1] if column.width == 0 else [-1, column.width]
+        values: dict[str, Any] = {"finite": True}
+        if column.datatype != "FP32":
+            count = next(rows, None)
+            values = {} if count is None else {"min": 0, "max": int(count) - 1}
+        inputs.append(TensorConfig(name=column.name, datatype=column.datatype, shape=shape,
+                                   **values))
+    return inputs
 
 
 def verify_columns(repo: Any, name: str, version: int, arrays: dict[str, np.ndarray],

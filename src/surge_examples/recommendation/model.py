@@ -29,6 +29,11 @@ class Dlrm(nn.Module):
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
 
+    def id_rows(self) -> list[int]:
+        """Rows of the table each id column (user, item, category) indexes: a served id must lie
+        in [0, rows - 1] (the ONNX export's Gather would read row rows - 1 for an id of -1)."""
+        return [table.num_embeddings for table in self.tables]
+
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
         ids = packed[:, :len(self.tables)].long()
         dense = self.bottom(packed[:, len(self.tables):])

@@ -1,8 +1,10 @@
 """One client's poisoned ids among other clients' good ones, through a real `surge serve` of the
 recommendation entry (`examples/recommendation/repository/dlrm`, batching with a queue delay so
 that the requests share batches): an id past an embedding table, a negative one past it, INT64's
-limits. Each poisoned request gets its own 400 (gRPC INVALID_ARGUMENT) naming the Gather that
-refused it; the requests batched with it are answered, with the scores they get alone."""
+limits. The entry is served without its declared id ranges, so that the ids reach the tables
+(test_declared_ranges.py serves it as it is). Each poisoned request gets its own 400 (gRPC
+INVALID_ARGUMENT) naming the Gather that refused it; the requests batched with it are answered,
+with the scores they get alone."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     shutil.copytree(ENTRY / "1", root / "dlrm" / "1")
     config = yaml.safe_load((ENTRY / "config.yaml").read_text())
     config.pop("slo_p99_ms")
+    config.pop("inputs")  # their ranges would refuse these ids before the engine sees them
     config.update(instances=1, threads=1, batching={"max_queue_delay_ms": 300.0})
     (root / "dlrm" / "config.yaml").write_text(yaml.safe_dump(config))
     proc = start_server(root, tmp_path_factory.mktemp("log") / "server.log")

@@ -22,6 +22,9 @@ class StartedServer:
     async def start(self) -> str:
         return "endpoints"
 
+    def reload_files(self) -> None:
+        pass
+
     async def drain(self) -> None:
         self.drained = True
 

@@ -219,6 +219,10 @@ class SurgeServer:
                                           ssl_context=self.site.grpc_ssl_context, sock=reserved,
                                           **common)
 
+    def reload_files(self) -> None:
+        """Read the certificate and the key file again (SIGHUP)."""
+        self.site.reload_files()
+
     async def drain(self) -> None:
         """Refuse new work, finish what was accepted (within the grace period), stop."""
         started = time.monotonic()
@@ -302,7 +306,7 @@ async def serve_until_signal(
     server = SurgeServer(engine, options)
     # SIGHUP re-reads the certificate and the key file; it never ends the server (its
     # default action would, with no drain, as `kill -HUP` or a closed terminal sends it).
-    loop.add_signal_handler(signal.SIGHUP, server.site.reload_files)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_files)
     try:
         endpoints = await started_unless_stopped(server, stop)
         if endpoints is None:

@@ -16,7 +16,10 @@ Parameters (`params` of the pipeline step):
   returning such a path (`surge.zoo.minilm:tokenizer_file`: the files the model's package ships,
   wherever it is installed).
 - `root` (default: the current directory): where relative tokenizer paths start.
-- `max_length` (256): tokens per row, special tokens included; longer texts are truncated.
+- `max_length` (256): tokens per row, special tokens included; longer texts are truncated. A
+  row is refused over MAX_TEXT_BYTES (1 MiB); below that, with a WordPiece-style tokenizer (the
+  MiniLM one), only about the first 8 * max_length characters of a long row are tokenized
+  (`surge.processors.token_prefix`), with the same ids as tokenizing all of it.
 - `input` (`text`): the BYTES input to read.
 - `outputs` (all three): which of `input_ids`, `attention_mask`, `token_type_ids` to return.
 
@@ -26,6 +29,7 @@ INT64 [-1, -1].
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -36,14 +40,16 @@ import numpy as np
 
 from surge.errors import ConfigError, InputError
 from surge.processors import ProcessorSpec, declares
+from surge.processors.token_prefix import PrefixPlan, encode_rows, prefix_plan
 from surge.runtimes.base import TensorSpec
 
 TOKENIZER_FILE = "tokenizer.json"
 DEFAULT_MAX_LENGTH = 256
 MAX_LENGTH_LIMIT = 8192
 TOKEN_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# A row longer than this is refused before tokenizing: the tokenizer's cost grows with the text,
-# while truncation keeps only the first `max_length` tokens anyway.
+# A row longer than this is refused before tokenizing. Below it, a long row costs the tokenizer
+# only the part truncation keeps where the tokenizer allows cutting it (`token_prefix`), and the
+# whole row otherwise.
 MAX_TEXT_BYTES = 1 << 20
 
 _lock = threading.Lock()
@@ -70,8 +76,9 @@ def tokenize(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[s
     texts = decode_texts(inputs, name)
     wanted = _outputs(params)
     length = max_length(params)
-    tokenizer = load_tokenizer(str(tokenizer_path(params)), length)
-    encodings = tokenizer.encode_batch(texts)
+    path = str(tokenizer_path(params))
+    tokenizer = load_tokenizer(path, length)
+    encodings = encode_rows(tokenizer, texts, length, load_prefix_plan(path, length))
     columns = {"input_ids": "ids", "attention_mask": "attention_mask",
                "token_type_ids": "type_ids"}
     arrays = {key: np.array([getattr(e, columns[key]) for e in encodings], dtype=np.int64)
@@ -185,3 +192,9 @@ def load_tokenizer(path: str, length: int) -> Any:
                                  pad_token=padding.get("pad_token", "[PAD]"),
                                  pad_type_id=padding.get("pad_type_id", 0))
     return tokenizer
+
+
+@lru_cache(maxsize=16)
+def load_prefix_plan(path: str, length: int) -> PrefixPlan | None:
+    """Where long texts may be cut for the tokenizer in `path` (None: nowhere, tokenize whole)."""
+    return prefix_plan(json.loads(load_tokenizer(path, length).to_str()), length)

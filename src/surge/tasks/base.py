@@ -8,6 +8,7 @@ only through this class, so a new task is one subclass registered by name (see
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -91,6 +92,14 @@ class Task(ABC):
     def headline(self, report: Any, metric: str) -> float:
         """The headline number of `report` for `metric` (one of `metrics`), in percent."""
         return 100.0 * float(getattr(report, self.metrics[metric]))
+
+    def headline_range(self, metric: str) -> tuple[float, float]:
+        """The values `metric`'s headline can take (`surge tune` refuses a `--min-metric`
+        outside): 0 to 100 for the default headline, a fraction in percent; any number for a
+        task with its own `headline` that does not say."""
+        if type(self).headline is Task.headline:
+            return 0.0, 100.0
+        return -math.inf, math.inf
 
     def check_metric(self, metric: str | None) -> str:
         """The headline metric's name (the default when None); an unknown one is an error."""

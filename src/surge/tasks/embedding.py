@@ -30,6 +30,9 @@ class Embedding(Task):
     metrics: ClassVar[dict[str, str]] = {"cosine": "mean_cosine", "min_cosine": "min_cosine"}
     scores_against_reference = True
 
+    def headline_range(self, metric: str) -> tuple[float, float]:
+        return -100.0, 100.0  # cosines, in percent
+
     def score(self, dataset: EvalDataset, outputs: Mapping[str, np.ndarray], output: str,
               reference: np.ndarray | None, decoder: Decoder | None) -> EmbeddingReport:
         if reference is None:

@@ -7,6 +7,7 @@ MAE grow by one unit or MAPE by one point.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -68,6 +69,9 @@ class Regression(Task):
     def headline(self, report: Any, metric: str) -> float:
         value = float(getattr(report, self.metrics[metric]))
         return -100.0 * value if metric == "mape" else -value
+
+    def headline_range(self, metric: str) -> tuple[float, float]:
+        return -math.inf, 0.0  # negated errors
 
     def loss(self, model: nn.Module, label_smoothing: float) -> LossFn:
         from torch.nn import functional

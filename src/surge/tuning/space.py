@@ -95,6 +95,17 @@ class AccuracyBudget:
         if self.min_metric is not None and not math.isfinite(self.min_metric):
             raise ConfigError(f"--min-metric {self.min_metric}: expected a number")
 
+    def check_range(self, metric: str, low: float, high: float) -> None:
+        """Refuse a `min_metric` that `metric`, whose headline runs from `low` to `high`, can
+        never reach or always does."""
+        if self.min_metric is None or low <= self.min_metric <= high:
+            return
+        if math.isfinite(low) and math.isfinite(high):
+            span = f"runs from {low:g} to {high:g} (percent)"
+        else:
+            span = f"is at most {high:g}" if math.isfinite(high) else f"is at least {low:g}"
+        raise ConfigError(f"--min-metric {self.min_metric:g}: {metric} {span}")
+
     def rejects(self, value: float, reference: float) -> str | None:
         """Why `value` is outside the budget when the original scores `reference`, or None."""
         drop = reference - value

@@ -69,7 +69,9 @@ class TuneOptions:
     step: str | None = None  # tuning a pipeline: its model step to tune (surge.tuning.target)
 
     def __post_init__(self) -> None:
-        get_task(self.task)  # an unknown task fails here, before any work
+        task = get_task(self.task)  # an unknown task fails here, before any work
+        metric = task.check_metric(self.accuracy.metric)
+        self.accuracy.check_range(metric, *task.headline_range(metric))
         rows, sizes = self.slo.load.rows, self.space.max_batch_sizes
         if max(sizes) < rows:
             raise ConfigError(f"--max-batch {','.join(map(str, sizes))}: every size is below "

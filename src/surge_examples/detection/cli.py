@@ -14,15 +14,16 @@ from rich.table import Table
 CALIBRATION_CANVASES = 256
 COMMAND = "fashion-detection"
 MAX_CANVASES = 1_000_000  # 16 GiB of 128x128 canvases; more is a typo
+MAX_SPLIT_BYTES = 16 << 30  # one split's uint8 canvases, held in memory at once
 
 
 def fashion_detection(
     out: Annotated[Path, typer.Argument(help="Output directory (gets train/ val/ test/).")],
-    train: Annotated[int, typer.Option(min=0, max=MAX_CANVASES, help="Training canvases.")] =
+    train: Annotated[int, typer.Option(min=1, max=MAX_CANVASES, help="Training canvases.")] =
         20_000,
-    val: Annotated[int, typer.Option(min=0, max=MAX_CANVASES, help="Validation canvases.")] =
+    val: Annotated[int, typer.Option(min=1, max=MAX_CANVASES, help="Validation canvases.")] =
         2_000,
-    test: Annotated[int, typer.Option(min=0, max=MAX_CANVASES, help="Test canvases.")] = 2_000,
+    test: Annotated[int, typer.Option(min=1, max=MAX_CANVASES, help="Test canvases.")] = 2_000,
     size: Annotated[int, typer.Option(min=32, max=1024, help="Canvas side in pixels.")] = 128,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1,
                                       help="Random seed (same seed, same canvases).")] = 0,
@@ -41,8 +42,7 @@ def fashion_detection(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"OUT {str(out)!r} is a file: name a directory to write the splits "
                           f"into")
-    if train + val + test == 0:
-        raise ConfigError("--train, --val and --test are all 0: nothing to write")
+    _refuse_oversized_splits({"train": train, "val": val, "test": test}, size)
     spec = CanvasSpec(size=size, max_scale=min(CanvasSpec.max_scale, size))
     table = Table("split", "canvases", "objects", "source images", "seconds", title=str(out))
     for split, count in (("train", train), ("val", val), ("test", test)):
@@ -56,6 +56,18 @@ def fashion_detection(
         table.add_row(split, str(count), str(len(data.labels)), f"fashion-mnist {data.source_split}",
                       f"{time.perf_counter() - started:.1f}")
     console.print(table)
+
+
+def _refuse_oversized_splits(counts: dict[str, int], size: int) -> None:
+    """A split is drawn in memory whole: refuse one larger than MAX_SPLIT_BYTES before any."""
+    from surge.errors import ConfigError
+
+    for split, count in counts.items():
+        if count * size * size > MAX_SPLIT_BYTES:
+            raise ConfigError(
+                f"--{split} {count} at --size {size}: {count * size * size / 2**30:,.0f} GiB of "
+                f"canvases, more than the {MAX_SPLIT_BYTES / 2**30:.0f} GiB one split may hold "
+                f"(at most {MAX_SPLIT_BYTES // (size * size):,} canvases of that size)")
 
 
 def register(app: typer.Typer) -> None:

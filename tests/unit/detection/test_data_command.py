@@ -45,7 +45,17 @@ def test_command_rejects_a_canvas_too_small(tmp_path: Path,
 @pytest.mark.parametrize(("args", "message"), [
     (["--seed", "-1"], "--seed"),  # numpy refused it after the table had started
     (["--train", "100000000000"], "--train"),  # a 745 GiB allocation
-    (["--train", "0", "--val", "0", "--test", "0"], "nothing to write"),
+    # an empty split was written: train/ with no canvases, a test.npz with no images
+    (["--train", "0"], "--train '0': must be at least 1"),
+    (["--val", "0"], "--val '0': must be at least 1"),
+    (["--test", "0"], "--test '0': must be at least 1"),
+    (["--train", "-5"], "--train '-5': must be at least 1"),
+    (["--train", "nan"], "--train 'nan': must be a whole number"),
+    (["--val", "0.5"], "--val '0.5': must be a whole number"),
+    # 98 GiB of canvases, drawn in memory at once
+    (["--size", "1024", "--train", "100000"], "--train 100000 at --size 1024: 98 GiB of "
+                                              "canvases, more than the 16 GiB"),
+    (["--size", "1024", "--train", "10", "--test", "20000"], "--test 20000 at --size 1024"),
 ])
 def test_counts_and_seeds_it_cannot_use_are_refused_at_once(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],

@@ -48,6 +48,16 @@ def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Any]:
                                      "generator sends (at most 10,000 clients"),
     (["--rate", "1e12/s"], "at most 10,000 clients or 1,000,000/s"),  # refused after the work
     (["--rate", "nan/s"], "--rate 'nan/s': expected requests per second"),
+    # a floor no variant can reach: every one rejected after the whole evaluation
+    (["--min-metric", "150"], "--min-metric 150: accuracy runs from 0 to 100 (percent)"),
+    (["--min-metric", "-1"], "--min-metric -1: accuracy runs from 0 to 100 (percent)"),
+    (["--min-metric", "nan"], "--min-metric nan: expected a number"),
+    (["--task", "detection", "--metric", "mAP50", "--min-metric", "100.5"],
+     "--min-metric 100.5: mAP50 runs from 0 to 100 (percent)"),
+    (["--task", "embedding", "--min-metric", "-101"],
+     "--min-metric -101: cosine runs from -100 to 100 (percent)"),
+    (["--task", "regression", "--metric", "mae", "--min-metric", "5"],
+     "--min-metric 5: mae is at most 0"),
 ])
 def test_refused_before_the_search_starts(started: list[Any], args: list[str], message: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,6 +65,18 @@ def test_refused_before_the_search_starts(started: list[Any], args: list[str], m
     assert code == 2
     assert message in err.replace("\n", " ")
     assert started == []
+
+
+@pytest.mark.parametrize("args", [
+    ["--min-metric", "100"], ["--min-metric", "0"], ["--min-metric", "93.5"],
+    ["--task", "embedding", "--min-metric", "-50"],
+    ["--task", "regression", "--metric", "mape", "--min-metric", "-12.5"],
+])
+def test_a_min_metric_within_the_headline_s_range_is_taken(
+        started: list[Any], args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["tune", ".", "--model", "m", "--data", "d", *args], capsys)
+    assert "stopped after the API call" in err
+    assert len(started) == 1
 
 
 def test_a_config_it_cannot_write_is_refused_before_the_search(

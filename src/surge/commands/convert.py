@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.table import Table
@@ -36,7 +40,8 @@ def convert(
         raise NotFoundError(f"{directory}: nothing to convert (expected {', '.join(SOURCE_NAMES)})")
     if data is not None and not data.is_file():
         raise NotFoundError(f"--data {data}: no such file")
-    conversion = convert_source(source, real=data, force=force)
+    with _terminate_as_exit():
+        conversion = convert_source(source, real=data, force=force)
     state = "cached, unchanged source" if conversion.cached else "converted"
     console.print(f"{source.path} -> {conversion.model} ({state}; {conversion.converter})")
     table = Table("inputs", "rows", "max abs error", "mean abs error",
@@ -44,3 +49,21 @@ def convert(
     for parity in conversion.parity:
         table.add_row(parity.inputs, str(parity.rows), f"{parity.max_abs:.3g}", f"{parity.mean_abs:.3g}")
     console.print(table)
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C: the converter's processes are killed and its unfinished
+    work directory removed, instead of both left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> NoReturn:
+    raise SystemExit(128 + signum)

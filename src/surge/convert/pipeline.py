@@ -7,8 +7,12 @@ converted model's error against the original framework, on random and, when give
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import shutil
 import tempfile
+import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,9 @@ from surge.runtimes.base import RunnerOptions, example_inputs
 CONVERTED_DIR = "converted"
 CONVERTED_MODEL = "model.onnx"
 RECORD_FILE = "conversion.yaml"
+LOCK_FILE = ".converting.lock"
+WORK_PREFIX = ".converting-"
+NUMPY_MAGIC = (b"\x93NUMPY", b"PK")  # .npy, and the zip archive that an .npz file is
 CONVERTER = {"savedmodel": "tf2onnx (opset 17)", "h5": "tf2onnx (opset 17)", "caffe": "caffe-onnx"}
 REFERENCE = {"savedmodel": "TensorFlow", "h5": "TF-Keras",
              "caffe": "caffe-onnx's fixed-batch graph, row by row (no Caffe runtime exists to run)"}
@@ -96,13 +103,39 @@ def _rows(runner: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([o[name] for o in outs]) for name in outs[0]}
 
 
+def read_real(path: Path) -> np.ndarray | dict[str, np.ndarray]:
+    """The arrays of a real-inputs file: a .npy array, or a .npz file's arrays by name; refused
+    unless NumPy reads every one of them without unpickling."""
+    try:
+        with path.open("rb") as handle:
+            if not handle.read(6).startswith(NUMPY_MAGIC):
+                raise ValueError("no .npy or .npz header")
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:
+                return {key: data[key] for key in data.files}
+        return np.asarray(data)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"{path}: not a .npy or .npz file of plain arrays ({first})") from None
+
+
+def _caffe_real(signature: Any, real: Path) -> dict[str, np.ndarray]:
+    array = read_real(real)
+    if not isinstance(array, np.ndarray) or len(signature.inputs) != 1:
+        raise ModelLoadError(f"{real}: give real inputs of a Caffe model as one .npy array")
+    spec = signature.inputs[0]
+    if array.dtype.kind not in "biuf" or array.shape[1:] != tuple(spec.shape[1:]) or not array.size:
+        raise ModelLoadError(f"{real}: {array.dtype} array of shape {list(array.shape)}; the Caffe "
+                             f"model's input {spec.name!r} takes float rows of shape "
+                             f"{list(spec.shape[1:])}")
+    return {spec.name: array.astype(np.float32)}
+
+
 def _caffe_inputs(signature: Any, real: Path | None) -> dict[str, tuple[str, dict[str, np.ndarray]]]:
     sets = {"random": ("random", example_inputs(signature, batch_size=1, seed=0))}
     if real is not None:
-        array = np.load(real, allow_pickle=False)
-        if not isinstance(array, np.ndarray) or len(signature.inputs) != 1:
-            raise ModelLoadError(f"{real}: give real inputs of a Caffe model as one .npy array")
-        sets["real"] = ("real", {signature.inputs[0].name: array.astype(np.float32)})
+        sets["real"] = ("real", _caffe_real(signature, real))
     return sets
 
 
@@ -157,7 +190,10 @@ def _cached(source: Source, fingerprint: str) -> Conversion | None:
     if not isinstance(record, dict) or record.get("source_sha256") != fingerprint \
             or not (out / CONVERTED_MODEL).is_file():
         return None
-    parity = tuple(Parity(**p) for p in record.get("parity") or [])
+    try:
+        parity = tuple(Parity(**p) for p in record.get("parity") or [])
+    except TypeError:  # an edited record: convert again
+        return None
     return Conversion(source, out / CONVERTED_MODEL, str(record.get("converter")),
                       str(record.get("reference")), parity, cached=True)
 
@@ -175,13 +211,37 @@ def _publish(work: Path, out: Path) -> None:
 
 def convert(source: Source, real: Path | None = None, force: bool = False) -> Conversion:
     """The checked ONNX conversion of `source`, made now or taken from the cache."""
+    if real is not None:
+        read_real(real)
     fingerprint = source.fingerprint()
     cached = None if force or real is not None else _cached(source, fingerprint)
     if cached is not None:
         return cached
+    with _conversion_lock(source.path.parent):
+        cached = None if force or real is not None else _cached(source, fingerprint)
+        return cached or _convert_now(source, real, fingerprint)
+
+
+@contextlib.contextmanager
+def _conversion_lock(directory: Path) -> Iterator[None]:
+    """One conversion at a time per version directory (two workers loading the model, or a
+    `surge convert` beside a server): the second waits and finds the first one's result. Work
+    directories left by a conversion that was killed are removed under it."""
+    try:
+        handle = (directory / LOCK_FILE).open("a")
+    except OSError as exc:
+        raise ModelLoadError(f"{directory}: cannot write its conversion ({exc.strerror})") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        for stale in directory.glob(f"{WORK_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        yield
+
+
+def _convert_now(source: Source, real: Path | None, fingerprint: str) -> Conversion:
     directory = source.path.parent
     try:
-        work = Path(tempfile.mkdtemp(prefix=".converting-", dir=directory))
+        work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=directory))
     except OSError as exc:
         raise ModelLoadError(f"{directory}: cannot write its conversion ({exc.strerror})") from None
     try:

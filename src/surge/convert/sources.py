@@ -44,12 +44,17 @@ def _all_files(paths: tuple[Path, ...]) -> list[Path]:
     return files
 
 
-def _refuse_links(paths: tuple[Path, ...]) -> None:
+def _refuse_links_and_special_files(paths: tuple[Path, ...]) -> None:
+    """Symlinks could lead out of the repository; a FIFO or device would block or never end
+    the converter's read of it."""
     for path in paths:
         inner = list(path.rglob("*")) if path.is_dir() and not path.is_symlink() else []
         for item in (path, *inner):
             if item.is_symlink():
                 raise ModelLoadError(f"{item}: refused to load: model files may not be symlinks")
+            if not (item.is_file() or item.is_dir()):
+                raise ModelLoadError(f"{item}: refused to load: not a regular file "
+                                     "(a FIFO, socket or device)")
 
 
 def _savedmodel(directory: Path) -> Source:
@@ -80,5 +85,5 @@ def find_source(directory: Path) -> Source | None:
     elif (directory / CAFFE_PROTOTXT).exists() or (directory / CAFFE_WEIGHTS).exists():
         source = _caffe(directory)
     if source is not None:
-        _refuse_links(source.files)
+        _refuse_links_and_special_files(source.files)
     return source

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,11 +48,28 @@ def run_script(fmt: str, args: list[str], what: Path) -> None:
             f"{what}: converting a {fmt} model needs the {toolchain} toolchain: "
             + INSTALL_HINT.format(toolchain, toolchain.upper()))
     command = [str(python), str(SCRIPT[toolchain]), *args]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise ModelLoadError(f"{what}: conversion took longer than {TIMEOUT_S} s") from None
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        detail = lines[-1] if lines else f"exit status {done.returncode}"
-        raise ModelLoadError(detail if done.returncode == 3 else f"{what}: conversion failed ({detail})")
+    returncode, stderr = _run_group(command, what)
+    if returncode != 0:
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        detail = lines[-1] if lines else f"exit status {returncode}"
+        raise ModelLoadError(detail if returncode == 3 else f"{what}: conversion failed ({detail})")
+
+
+def _run_group(command: list[str], what: Path) -> tuple[int, str]:
+    """Run `command` in a process group of its own; its exit status and stderr. A timeout, an
+    interrupt or any other exception here kills the whole group: the converter's own children
+    (tf2onnx runs in one) would otherwise go on, orphaned, writing a conversion nobody awaits."""
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as process:
+        try:
+            _, stderr = process.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ModelLoadError(f"{what}: conversion took longer than {TIMEOUT_S} s") from None
+        finally:
+            _kill_group(process)  # interrupted, or a child the converter left running
+    return process.returncode, stderr
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)

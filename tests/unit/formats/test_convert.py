@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -115,6 +117,15 @@ def test_symlinked_model_files_are_refused(tmp_path: Path) -> None:
         Repository(tmp_path / "repo").load("m")
 
 
+def test_fifo_inside_a_savedmodel_is_refused_before_tensorflow_reads_it(tmp_path: Path) -> None:
+    variables = tmp_path / "model.savedmodel" / "variables"
+    variables.mkdir(parents=True)
+    (variables.parent / "saved_model.pb").write_bytes(b"")
+    os.mkfifo(variables / "variables.index")  # TensorFlow's read of it would wait forever
+    with pytest.raises(ModelLoadError, match=r"variables\.index: refused to load: not a regular file"):
+        find_source(tmp_path)
+
+
 def test_caffe_model_is_served_equal_to_its_layers(caffe_model: Path, tmp_path: Path) -> None:
     repo = _repo(tmp_path, "m", caffe_model / "deploy.prototxt", caffe_model / "model.caffemodel")
     model = repo.load("m")
@@ -135,6 +146,28 @@ def test_corrupt_caffemodel_is_refused_naming_the_file(caffe_model: Path, tmp_pa
     (tmp_path / "m" / "1" / "model.caffemodel").write_bytes(b"\xff\xff\xff garbage")
     with pytest.raises(ModelLoadError, match=r"model\.caffemodel: not a Caffe weights file"):
         repo.load("m")
+
+
+@pytest.mark.parametrize(("data", "refusal"), [
+    (b"not numpy", r"bad\.npy: not a \.npy or \.npz file of plain arrays \(no \.npy or \.npz header\)"),
+    (np.ones((2, 5), np.float32), r"bad\.npy: float32 array of shape \[2, 5\]; the Caffe model's "
+                                  r"input 'data' takes float rows of shape \[1, 12, 12\]"),
+], ids=["not-numpy", "wrong-shape"])
+def test_cli_convert_refuses_real_inputs_the_model_cannot_take(
+        caffe_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        data: bytes | np.ndarray, refusal: str) -> None:
+    _repo(tmp_path / "repo", "m", caffe_model / "deploy.prototxt", caffe_model / "model.caffemodel")
+    bad = tmp_path / "bad.npy"
+    if isinstance(data, bytes):
+        bad.write_bytes(data)
+    else:
+        np.save(bad, data)
+    code, _, err = run_cli(["convert", str(tmp_path / "repo"), "--model", "m", "--data", str(bad)],
+                           capsys)
+    assert code == 2
+    assert re.search(refusal, err), err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "repo" / "m" / "1" / "converted").exists()
 
 
 def test_missing_toolchain_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

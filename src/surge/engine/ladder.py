@@ -4,6 +4,8 @@
     infer(request)       -> arrival rate -> controller.update -> controller.choose(pin)
                          -> that rung's ServedModel: make_request, infer (its own queue,
                             admission, SLO batching and instances)
+                         -> an unpinned answer of a rung below the top with NaN or infinite
+                            floats: computed again on the top rung
 
 Every rung is loaded and warm (each probes its batch times on load, as any model with
 `slo_p99_ms` does), so a move down the ladder costs nothing at the moment of the surge. The
@@ -23,7 +25,13 @@ from surge.engine.interface import ModelHandle
 from surge.engine.route import check_pin, request_route
 from surge.engine.served import ModelHost, ServedModel
 from surge.engine.stats import ModelStats
-from surge.errors import ConfigError, ModelLoadError, ModelNotReadyError, NotFoundError
+from surge.errors import (
+    ConfigError,
+    DeadlineExceededError,
+    ModelLoadError,
+    ModelNotReadyError,
+    NotFoundError,
+)
 from surge.repository import ModelConfig, Repository
 from surge.repository.config import ORIGINAL
 from surge.scheduler.ladder import LadderController, LadderSettings, Rung, WindowRate
@@ -117,6 +125,8 @@ class ServedLadder:
             rung.answers_counter = metrics.variant_requests.labels(name, rung_name)
         self._m_share = {r: metrics.ladder_share.labels(name, r) for r in self.rungs}
         self._m_predicted = metrics.ladder_predicted_p99.labels(name)
+        self._m_recomputed = {r: metrics.ladder_recomputed.labels(name, r) for r in self.rungs}
+        self._warned: set[str] = set()  # rungs whose non-finite answers were logged
 
     def _batch_time(self, rung: str, size: int) -> float | None:
         return self.rungs[rung].scheduler.fitted_time(size)
@@ -165,17 +175,53 @@ class ServedLadder:
 
     def infer(self, request: LadderRequest) -> Coroutine[Any, Any, dict[str, np.ndarray]]:
         """The chosen rung's `infer` for `request`, to be awaited (one coroutine per request,
-        the rung's: the laddered path adds no frame of its own)."""
+        the rung's: the laddered path adds no frame of its own, but for an unpinned request
+        on a rung below the top, whose answer is checked for non-finite values)."""
         if not self._accepting:
             raise ModelNotReadyError(f"model {self.name!r} is not accepting requests")
         now = self._clock()
         self._rate.arrive(now, self._rows(request.inputs) if self._batched else 1)
         if self.controller.due(now):
             self._decide(now)
-        rung = self.rungs[self.controller.choose(request.pinned)]
+        chosen = self.controller.choose(request.pinned)
+        rung = self.rungs[chosen]
         queued = rung.make_request(request.inputs, request.outputs, request.priority,
                                    request.timeout_us, request.request_id)
-        return rung.infer(queued)
+        if request.pinned is not None or chosen == self.controller.top:
+            return rung.infer(queued)
+        return self._finite_or_top(rung.infer(queued), request, chosen, now)
+
+    async def _finite_or_top(self, work: Coroutine[Any, Any, dict[str, np.ndarray]],
+                             request: LadderRequest, rung: str,
+                             arrival: float) -> dict[str, np.ndarray]:
+        """A cheaper rung's answer when its floats are all finite, else the top rung's: moving
+        down the ladder must not turn the model's finite answer into NaN or infinity (fp16
+        overflows past 65504). The top rung's own answer stands, whatever it holds."""
+        outputs = await work
+        if all_finite(outputs):
+            return outputs
+        top = self.controller.top
+        self._m_recomputed[rung].inc()
+        if rung not in self._warned:
+            self._warned.add(rung)
+            log.warning("model %s: variant %s answered NaN or infinite values; such requests "
+                        "are computed again on %s (counted in surge_ladder_recomputed_total)",
+                        self.name, rung, top)
+        timeout_us = self._time_left(request.timeout_us, arrival, rung)
+        queued = self.rungs[top].make_request(request.inputs, request.outputs, request.priority,
+                                              timeout_us, request.request_id)
+        return await self.rungs[top].infer(queued)
+
+    def _time_left(self, timeout_us: int | None, arrival: float, rung: str) -> int | None:
+        """What is left of a request's timeout (microseconds) for its second computation."""
+        if not timeout_us:
+            return timeout_us
+        left = timeout_us - (self._clock() - arrival) * 1e6
+        if left < 1.0:
+            raise DeadlineExceededError(
+                f"model {self.name!r}: variant {rung!r} answered NaN or infinite values and the "
+                f"deadline passed before {self.controller.top!r} could compute the request again")
+        return int(left)
 
     def _decide(self, now: float) -> None:
         level = self.controller.level
@@ -251,8 +297,15 @@ class LadderCounters:
             total("compute_output"), dict(sorted(batches.items())), latency)
 
 
+def all_finite(outputs: Mapping[str, np.ndarray]) -> bool:
+    """Whether every float output holds only finite values."""
+    return all(array.dtype.kind != "f" or bool(np.isfinite(array).all())
+               for array in outputs.values())
+
+
 def _sum_pairs(pairs: list[tuple[int, int]]) -> tuple[int, int]:
     return (sum(p[0] for p in pairs), sum(p[1] for p in pairs))
 
 
-__all__ = ["LadderRequest", "ServedLadder", "ladder_rungs", "rung_config", "start_ladder"]
+__all__ = ["LadderRequest", "ServedLadder", "all_finite", "ladder_rungs", "rung_config",
+           "start_ladder"]

@@ -94,6 +94,10 @@ class SurgeMetrics:
         self.variant_requests = Counter(
             "surge_variant_requests", "Answered requests of a laddered model by the variant that "
             "computed them (the variant mix).", ["model", "variant"], registry=r)
+        self.ladder_recomputed = Counter(
+            "surge_ladder_recomputed", "Unpinned requests of a laddered model a cheaper variant "
+            "answered with NaN or infinite values, computed again on the top variant, by the "
+            "variant that answered them so.", ["model", "variant"], registry=r)
         self.ladder_share = Gauge(
             "surge_ladder_share", "Share of the unpinned traffic the accuracy ladder sends to "
             "each variant now (several front ends: the largest).", ["model", "variant"],

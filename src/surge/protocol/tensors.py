@@ -180,13 +180,27 @@ def _to_bytes(name: str, item: object) -> bytes:
 
 
 def tensor_to_list(array: np.ndarray, datatype: str) -> list:
-    """Array -> flat JSON list (BYTES as UTF-8 strings where they decode, as Triton does)."""
+    """Array -> flat JSON list (BYTES as UTF-8 strings where they decode, as Triton does;
+    non-finite floats as the strings of `NON_FINITE_JSON`)."""
     flat = array.reshape(-1)
     if datatype == "BYTES":
         return [_bytes_to_json(item) for item in flat]
     if datatype == "BF16":
-        return (flat.astype(np.uint32) << 16).view(np.float32).tolist()
-    return flat.tolist()
+        flat = (flat.astype(np.uint32) << 16).view(np.float32)
+    values = flat.tolist()
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        return [_json_float(value) for value in values]
+    return values
+
+
+# JSON has no NaN or infinity (orjson writes them as null, which reads as a missing value):
+# they travel as these strings, which numpy's float conversion (and with it tritonclient's and
+# the KServe client's `as_numpy`) reads back as the IEEE values.
+NON_FINITE_JSON = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _json_float(value: float) -> float | str:
+    return value if math.isfinite(value) else NON_FINITE_JSON[repr(value)]
 
 
 def _bytes_to_json(item: object) -> str:

@@ -14,6 +14,8 @@ from surge.protocol.rest import decode_request, encode_response, parse_header_le
 from surge.protocol.tensors import deserialize_bytes, serialize_bytes
 from surge.protocol.types import InferRequest, RequestedOutput
 
+V2_NUMPY = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+
 
 def binary_body(header: dict, *chunks: bytes) -> tuple[bytes, int]:
     head = json.dumps(header).encode()
@@ -155,6 +157,25 @@ def test_json_response_carries_data_and_version_as_string() -> None:
     assert by_name["y"] == {"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [1.5, -2.0]}
     assert by_name["m"]["data"] == [3]
     assert by_name["t"]["data"] == ["ok", "é"]
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
+def test_json_answers_carry_nan_and_infinity_as_strings_numpy_reads_back(datatype: str) -> None:
+    # orjson writes NaN and infinity as null: a client read a missing value, not the answer
+    values = np.array([1.5, np.nan, np.inf, -np.inf], V2_NUMPY[datatype])
+    request = InferRequest(inputs={}, outputs=None)
+    body, _ = encode_response("tiny", 1, request, {"y": values})
+    data = orjson.loads(body)["outputs"][0]["data"]
+    assert data == [1.5, "NaN", "Infinity", "-Infinity"]
+    np.testing.assert_array_equal(np.array(data, V2_NUMPY[datatype]), values)
+
+
+def test_binary_answers_keep_the_ieee_bits_of_non_finite_values() -> None:
+    values = np.array([np.nan, np.inf, -np.inf, 2.0], np.float32)
+    request = InferRequest(inputs={}, outputs=None, binary_default=True)
+    body, length = encode_response("tiny", 1, request, {"y": values})
+    assert length is not None
+    np.testing.assert_array_equal(np.frombuffer(body[length:], np.float32), values)
 
 
 def test_binary_outputs_follow_the_header_in_order() -> None:

@@ -185,8 +185,25 @@ def run_rows(runner: Runner, inputs: Mapping[str, np.ndarray]) -> RowsRun:
         outputs, rejected = refused.outputs, refused.rows
     except InputError as error:
         outputs, rejected = _isolate(runner, inputs, error)
+    _check_output_rows(runner, inputs, outputs)
     return RowsRun(outputs, rejected, getattr(runner, "preprocess_cpu_ns", 0),
                    getattr(runner, "other_threads_cpu_ns", 0))
+
+
+def _check_output_rows(runner: Runner, inputs: Mapping[str, np.ndarray],
+                       outputs: Mapping[str, np.ndarray]) -> None:
+    """A batched model answers one output row per input row; an output of another length
+    cannot be split among the requests of a batch (each would get another's rows, or part of
+    its own), so the batch fails as the model's error instead of answering wrongly."""
+    if not runner.signature.batched or not inputs:
+        return
+    rows = next(iter(inputs.values())).shape[0]
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != rows:
+            raise SurgeError(
+                f"output {name!r} has shape {list(array.shape)} for a batch of {rows} rows: a "
+                "model with max_batch_size above 0 must answer one row per input row (serve "
+                "this one with max_batch_size: 0)")
 
 
 _Failures = dict[int, tuple[str, bool]]  # batch row -> (error text, whether it is an InputError)

@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from surge.errors import InputError
+from surge.errors import InputError, SurgeError
 from surge.runtimes.base import Signature, TensorSpec, run_rows
 from surge.runtimes.onnx_runner import OnnxRunner
 from tests.unit.test_cli_inputs import one_line_error
@@ -116,3 +116,19 @@ def test_predict_names_the_refused_index_with_exit_code_2(
                            "--input", str(tmp_path / "ids.npy")], capsys)
     assert "ONNX Runtime refused the input" in line
     assert "out of data bounds" in line
+
+
+class Flattening(Table):
+    """Answers a batch of n rows with one row of all their values (an output the batch cannot
+    be split by)."""
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"y": self.table[inputs["id"]].reshape(-1)}
+
+
+def test_outputs_of_another_row_count_than_the_batch_fail_it_instead_of_answering_wrongly(
+        ) -> None:
+    with pytest.raises(SurgeError, match=r"output 'y' has shape \[6\] for a batch of 3 rows"):
+        run_rows(Flattening(), {"id": np.array([0, 1, 2], np.int64)})
+    one = run_rows(Table(), {"id": np.array([1], np.int64)})  # the usual shape passes
+    assert one.outputs["y"].shape == (1, 2)

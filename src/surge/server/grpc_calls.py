@@ -14,13 +14,23 @@ from typing import Any, NamedTuple, cast
 import grpc
 import hpack
 from google.protobuf.message import DecodeError
+from hpack.hpack import decode_integer
 from hpack.table import HeaderTable
 
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
-from surge.protocol.http2 import encode_headers
+from surge.protocol.http2 import ENHANCE_YOUR_CALM, Http2Error, encode_headers
 
 SERVICE = "/inference.GRPCInferenceService/"
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+# A call whose header list (RFC 9113 6.5.2) exceeds MAX_HEADER_LIST, advertised as
+# SETTINGS_MAX_HEADER_LIST_SIZE, is refused on its stream (RESOURCE_EXHAUSTED); the connection
+# goes on. Past the hard limits a block is not decoded, or not to its end, and the HPACK table
+# is lost: so is the connection (GOAWAY ENHANCE_YOUR_CALM). Decoding a block within them holds
+# the event loop 25-35 ms at worst (docs/protocol.md).
+MAX_HEADER_LIST = 64 * 1024  # as MAX_HEAD_BYTES for HTTP
+MAX_HEADER_BLOCK = 256 * 1024  # a block's encoded bytes: its HEADERS and CONTINUATION frames
+HARD_HEADER_LIST = 256 * 1024  # a block's decoded size
 
 
 def parse_timeout(text: str) -> float | None:
@@ -96,6 +106,7 @@ class CallHeaders(NamedTuple):
     timeout: float | None  # seconds
     encoding: str  # grpc-encoding
     problem: str = ""  # why the call is refused before it runs ("" when it is not)
+    size: int = 0  # the header list's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it
 
 
 def status_trailers(code: grpc.StatusCode, details: str,
@@ -130,7 +141,9 @@ def call_headers(headers: list[tuple[str, str]]) -> CallHeaders:
     that call (INVALID_ARGUMENT), not the connection."""
     path, timeout, encoding, problem = "", None, "identity", ""
     metadata: list[tuple[str, Any]] = []
+    size = 32 * len(headers)  # RFC 9113 6.5.2: name, value and 32 bytes a field
     for key, value in headers:
+        size += len(key.encode()) + len(value.encode())
         if key == ":path":
             path = value
         elif key == "grpc-timeout":
@@ -147,7 +160,7 @@ def call_headers(headers: list[tuple[str, str]]) -> CallHeaders:
                 problem = f"metadata {key!r} is not base64"
         else:
             metadata.append((key, value))
-    return CallHeaders(path, tuple(metadata), timeout, encoding, problem)
+    return CallHeaders(path, tuple(metadata), timeout, encoding, problem, size)
 
 
 def take_messages(body: bytearray) -> list[tuple[int, bytes]]:
@@ -209,6 +222,18 @@ def parsed(request_class: Any, message: bytes | memoryview) -> Any:
                         f"cannot parse the {request_class.__name__}: {exc}") from None
 
 
+def oversized(size: int) -> str:
+    return (f"request headers of {size} bytes exceed the limit of {MAX_HEADER_LIST} bytes "
+            "(SETTINGS_MAX_HEADER_LIST_SIZE)")
+
+
+def check_block_size(size: int) -> None:
+    """A header block's fragments so far: past MAX_HEADER_BLOCK the connection ends."""
+    if size > MAX_HEADER_BLOCK:
+        raise Http2Error(ENHANCE_YOUR_CALM,
+                         f"header block over {MAX_HEADER_BLOCK} bytes ({size} so far)")
+
+
 class _CountedTable(HeaderTable):
     """hpack's dynamic table, counting its changes (an entry added, a size set)."""
 
@@ -230,14 +255,40 @@ class _CountedTable(HeaderTable):
         HeaderTable.maxsize.fset(self, value)  # type: ignore[attr-defined]
 
 
+def _literal_length(data: memoryview, should_index: bool) -> int:
+    """The bytes of the literal field at the start of `data` (RFC 7541 6.2): its first
+    byte and name index, or its name's length and name, then its value's length and value."""
+    prefix = 6 if should_index else 4
+    if data[0] & (0xFF >> (8 - prefix)):
+        offset = decode_integer(data, prefix)[1]
+    else:
+        length, consumed = decode_integer(data[1:], 7)
+        offset = 1 + consumed + length
+    length, consumed = decode_integer(data[offset:], 7)
+    return offset + consumed + length
+
+
+class _Decoder(hpack.Decoder):
+    """hpack's decoder, given each literal field alone: hpack copies the rest of the block
+    for each literal, so a block of many small fields took time growing with its square
+    (1 MiB: 3.4 s; 0.41 s given each field alone)."""
+
+    def _decode_literal(self, data: bytes | memoryview,
+                        should_index: bool) -> tuple[Any, int]:
+        view = memoryview(data)
+        return super()._decode_literal(view[:_literal_length(view, should_index)], should_index)
+
+
 class HeaderBlocks:
-    """A connection's header blocks read: HPACK-decoded, then what they say of the call."""
+    """A connection's header blocks read: HPACK-decoded, then what they say of the call.
+    A block decoding past `max_list_size` raises hpack.OversizedHeaderListError, with the
+    table left part-way: the connection cannot go on."""
 
     KEPT = 64  # blocks kept decoded
     KEPT_BYTES = 1024  # the largest block kept
 
     def __init__(self, max_list_size: int) -> None:
-        self.decoder = hpack.Decoder()
+        self.decoder = _Decoder()
         self.decoder.header_table = self.table = _CountedTable()
         self.decoder.max_header_list_size = max_list_size
         self.known: dict[bytes, CallHeaders] = {}
@@ -270,7 +321,7 @@ class Stream:
 
     def __init__(self, stream_id: int, call: CallHeaders, windows: tuple[int, int]) -> None:
         self.id = stream_id
-        self.path, self.metadata, self.timeout, self.encoding, _ = call
+        self.path, self.metadata, self.timeout, self.encoding = call[:4]
         self.body = bytearray()
         self.unacked = 0  # received bytes not yet credited back to the stream's window
         self.task: asyncio.Task[None] | None = None

@@ -26,12 +26,17 @@ import hpack
 
 from surge.protocol import http2 as h2
 from surge.server.grpc_calls import (
+    HARD_HEADER_LIST,
+    MAX_HEADER_LIST,
     CallContext,
     CallError,
+    CallHeaders,
     HeaderBlocks,
     Method,
     Stream,
+    check_block_size,
     decompressed,
+    oversized,
     parsed,
     request_message,
     status_trailers,
@@ -41,9 +46,9 @@ from surge.server.grpc_flow import RECEIVE_WINDOW, ReceiveFlow
 from surge.server.limits import ConnectionLimits
 
 log = logging.getLogger(__name__)
+CLOSED_ON_ERROR = "gRPC connection from %s closed: %s"  # bounded by surge/server/log_limits.py
 
 RECEIVE_FRAME = 1024 * 1024  # the largest frame a client may send us
-MAX_HEADER_LIST = 64 * 1024  # as MAX_HEAD_BYTES for HTTP
 # A streaming call's answers not yet sent, past which its handler waits: a client that does
 # not read them holds no more memory (nor, once STREAM_HELD waits, sends more requests).
 STREAM_PENDING = 4 * 1024 * 1024
@@ -73,7 +78,7 @@ class GrpcProtocol(h2.CoalescedWrites):
         self.state = state
         self.buffer = bytearray()
         self.preface = False
-        self.header_blocks = HeaderBlocks(MAX_HEADER_LIST)
+        self.header_blocks = HeaderBlocks(HARD_HEADER_LIST)
         self.streams: dict[int, Stream] = {}
         self.last_stream = 0
         self.header_block: tuple[int, int, bytearray] | None = None  # (stream, flags, fragments)
@@ -128,12 +133,19 @@ class GrpcProtocol(h2.CoalescedWrites):
             self._parse()
             self._rearm()
         except h2.Http2Error as exc:
-            self._goaway(exc.code, str(exc))
+            self._connection_error(exc.code, str(exc))
+        except hpack.OversizedHeaderListError:
+            self._connection_error(h2.ENHANCE_YOUR_CALM,
+                                   f"header list over {HARD_HEADER_LIST} bytes")
         except hpack.HPACKError as exc:
-            self._goaway(h2.COMPRESSION_ERROR, f"header block: {exc}")
+            self._connection_error(h2.COMPRESSION_ERROR, f"header block: {exc}")
         except (ValueError, IndexError, struct.error, UnicodeDecodeError) as exc:
-            log.debug("gRPC connection from %s closed: %s", self.peer, exc)
+            log.debug(CLOSED_ON_ERROR, self.peer, exc)
             self._goaway(h2.PROTOCOL_ERROR, "malformed frame")
+
+    def _connection_error(self, code: int, reason: str) -> None:
+        log.debug(CLOSED_ON_ERROR, self.peer, reason)
+        self._goaway(code, reason)
 
     def _parse(self) -> None:
         buffer = self.buffer
@@ -180,6 +192,7 @@ class GrpcProtocol(h2.CoalescedWrites):
             start += 5
         if start > end:
             raise h2.Http2Error(h2.PROTOCOL_ERROR, "HEADERS priority exceeds the frame")
+        check_block_size(end - start)
         self.header_block = (stream_id, flags, bytearray(payload[start:end]))
         if flags & h2.END_HEADERS:
             self._end_headers()
@@ -188,8 +201,7 @@ class GrpcProtocol(h2.CoalescedWrites):
         if self.header_block is None or self.header_block[0] != stream_id:
             raise h2.Http2Error(h2.PROTOCOL_ERROR, "unexpected CONTINUATION")
         self.header_block[2].extend(payload)
-        if len(self.header_block[2]) > MAX_HEADER_LIST:
-            raise h2.Http2Error(h2.ENHANCE_YOUR_CALM, "header block too large")
+        check_block_size(len(self.header_block[2]))
         if flags & h2.END_HEADERS:
             self._end_headers()
 
@@ -200,8 +212,10 @@ class GrpcProtocol(h2.CoalescedWrites):
         call = self.header_blocks.decode(bytes(block))  # even for a stream refused: it updates
         # the table
         stream = self.streams.get(stream_id)
-        if stream is not None:  # trailers from the client: only END_STREAM matters
-            if flags & h2.END_STREAM:
+        if stream is not None:  # trailers from the client: only their size and END_STREAM matter
+            if call.size > MAX_HEADER_LIST:
+                self._refuse(stream, grpc.StatusCode.RESOURCE_EXHAUSTED, oversized(call.size))
+            elif flags & h2.END_STREAM:
                 self._request_complete(stream)
             return
         if stream_id % 2 == 0 or stream_id <= self.last_stream:
@@ -212,19 +226,32 @@ class GrpcProtocol(h2.CoalescedWrites):
             return
         stream = Stream(stream_id, call, (RECEIVE_WINDOW, self.initial_send_window))
         self.streams[stream_id] = stream
-        method = self.state.methods.get(stream.path)
-        if method is None or call.problem:  # answered now: a streaming client waits
-            refusal = ((grpc.StatusCode.INVALID_ARGUMENT, call.problem) if call.problem else
-                       (grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {stream.path}"))
-            self._finish(stream, *refusal)
-            self._write(h2.frame(h2.RST_STREAM, 0, stream_id, struct.pack(">I", h2.NO_ERROR)))
-        elif method.streaming:  # answers go out while requests still arrive
+        refusal = self._refusal(call)
+        if refusal is not None:
+            self._refuse(stream, *refusal)
+        elif self.state.methods[stream.path].streaming:  # answers go out while requests arrive
             stream.inbox = asyncio.Queue()
             stream.task = asyncio.get_running_loop().create_task(self._stream_call(stream))
             if flags & h2.END_STREAM:
                 stream.inbox.put_nowait(None)
         elif flags & h2.END_STREAM:
             self._request_complete(stream)
+
+    def _refusal(self, call: CallHeaders) -> tuple[grpc.StatusCode, str] | None:
+        """Why a call is answered before it runs; None when it runs."""
+        if call.size > MAX_HEADER_LIST:
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, oversized(call.size)
+        if call.problem:
+            return grpc.StatusCode.INVALID_ARGUMENT, call.problem
+        if call.path not in self.state.methods:
+            return grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {call.path}"
+        return None
+
+    def _refuse(self, stream: Stream, code: grpc.StatusCode, details: str) -> None:
+        """End a call now (a streaming client waits for the answer) and reset its stream:
+        what the client still sends on it is dropped."""
+        self._finish(stream, code, details)
+        self._write(h2.frame(h2.RST_STREAM, 0, stream.id, struct.pack(">I", h2.NO_ERROR)))
 
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         self.flow.received(len(payload))
@@ -236,8 +263,7 @@ class GrpcProtocol(h2.CoalescedWrites):
         stream.body += payload[start:end]
         refusal = self.flow.arrived(stream, end - start)
         if refusal:
-            self._finish(stream, grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
-            self._write(h2.frame(h2.RST_STREAM, 0, stream_id, struct.pack(">I", h2.NO_ERROR)))
+            self._refuse(stream, grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
             return
         if stream.inbox is not None:
             self._deliver(stream, bool(flags & h2.END_STREAM))

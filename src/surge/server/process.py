@@ -270,6 +270,9 @@ async def _start_uvicorn(app: Any, sock: socket.socket, options: ServeOptions,
     # startup()/shutdown() rather than serve(): serve() installs its own signal handlers,
     # and the drain order (front ends first, then the engine) is decided by SurgeServer.
     config.load()
+    from surge.server.log_limits import limit_protocol_warnings
+
+    limit_protocol_warnings()  # after uvicorn's logging setup, which leaves filters alone
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)
     await _listen(server, sock, limits.header_timeout_s)

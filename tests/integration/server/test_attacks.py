@@ -257,3 +257,15 @@ def test_pipelined_requests_of_a_closed_connection_leave_no_errors(
     time.sleep(1.0)
     assert httpx.get(f"{attacked.http}/v2/health/ready").status_code == 200
     assert attacked.output().count("ERROR") == before, attacked.output()[-2000:]
+
+
+def test_a_flood_of_bad_requests_writes_a_few_log_lines(attacked: ServerProcess) -> None:
+    """500 connections sending bytes that are no HTTP request: each is answered 400, and
+    the log gets at most a line and a count (before, one warning line each)."""
+    before = attacked.output().count("Invalid HTTP request received.")
+    for _ in range(500):
+        with socket.create_connection(("127.0.0.1", _port(attacked.http)), timeout=5) as sock:
+            sock.sendall(b"\x16\x03\x01\x00\xa5garbage\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+    assert _answers(attacked)
+    assert attacked.output().count("Invalid HTTP request received.") - before <= 2

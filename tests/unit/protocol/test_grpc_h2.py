@@ -714,3 +714,132 @@ def test_answers_not_taken_stop_the_reading_of_requests() -> None:
 
     assert asyncio.run(main()) == 0
     assert read <= 6
+
+
+_INFER_PATH = [(":method", "POST"), (":scheme", "http"),
+               (":path", "/inference.GRPCInferenceService/ModelInfer"),
+               (":authority", "x"), ("content-type", "application/grpc")]
+
+
+def _header_frames(stream_id: int, block: bytes, *, end_stream: bool = True) -> bytes:
+    """`block` as a HEADERS frame and CONTINUATIONs of 16 KiB."""
+    pieces = [block[i:i + 16_384] for i in range(0, len(block), 16_384)] or [b""]
+    last = len(pieces) - 1
+    return b"".join(
+        struct.pack(">IBI", len(piece) << 8 | (1 if i == 0 else 9),
+                    (1 if end_stream and i == 0 else 0) | (4 if i == last else 0), stream_id)
+        + piece for i, piece in enumerate(pieces))
+
+
+def _answers_by_stream(data: bytes) -> dict[int, list[tuple[str, str]]]:
+    """Stream id -> the fields of every HEADERS frame the server sent on it."""
+    fields: dict[int, list[tuple[str, str]]] = {}
+    offset = 0
+    while offset + 9 <= len(data):
+        head, _, stream_id = struct.unpack_from(">IBI", data, offset)
+        if head & 0xFF == 1:
+            block = data[offset + 9:offset + 9 + (head >> 8)]
+            fields.setdefault(stream_id, []).extend(hpack.Decoder().decode(block))
+        offset += 9 + (head >> 8)
+    return fields
+
+
+@served
+async def test_oversized_metadata_refuses_that_call_and_the_connection_goes_on(
+        served: Served) -> None:
+    """A block of 100 KiB metadata, in CONTINUATIONs: its call is RESOURCE_EXHAUSTED, and the
+    next call on the connection, whose block refers to a table entry the big one added,
+    succeeds (before, the whole connection got GOAWAY)."""
+    host, port = served[2].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    encoder = hpack.Encoder()  # indexes what it sends, as grpc core's does
+    fields = [*_INFER_PATH, ("x-big", "a" * 100_000), ("x-tag", "kept")]
+    big = encoder.encode(fields, huffman=False)
+    small = encoder.encode([*_INFER_PATH, ("x-tag", "kept")])
+    assert len(small) < 60  # x-tag refers to the entry the big block added
+    message = pb.ModelInferRequest(model_name="after").SerializeToString()
+    data_frame = struct.pack(">IBI", (5 + len(message)) << 8, 1, 3) + struct.pack(
+        ">BI", 0, len(message)) + message
+    writer.write(_SETTINGS + _header_frames(1, big)
+                 + _header_frames(3, small, end_stream=False) + data_frame)
+    data = await _read_until_closed(reader, 5)  # answered, then closed as idle after 0.5 s
+    writer.close()
+    refused = dict(_answers_by_stream(data)[1])
+    assert refused["grpc-status"] == "8"
+    size = sum(len(name) + len(value) + 32 for name, value in fields)
+    assert refused["grpc-message"] == (
+        f"request headers of {size} bytes exceed the limit of 65536 bytes "
+        "(SETTINGS_MAX_HEADER_LIST_SIZE)")
+    assert pb.ModelInferResponse(model_name="after").SerializeToString() in data
+    assert ("x-tag", "kept") in served[1].metadata
+    goaway = [payload for kind, payload in _frames(data) if kind == 7]
+    assert [struct.unpack_from(">I", p, 4)[0] for p in goaway] == [0]  # NO_ERROR: idle
+
+
+def _bomb_block() -> bytes:
+    """A 4 KB entry added to the table, then named again and again: 12 KB that decode to
+    about 48 MB."""
+    entry = hpack.Encoder().encode([("x-bomb", "b" * 4000)], huffman=False)
+    return hpack.Encoder().encode(_INFER_PATH) + entry + bytes([0x80 | 62]) * 12_000
+
+
+@pytest.mark.parametrize(("block", "reason"), [
+    (hpack.Encoder().encode([*_INFER_PATH, ("x-big", "a" * 300_000)], huffman=False),
+     b"header block over 262144 bytes"),
+    (_bomb_block(), b"header list over 262144 bytes"),
+], ids=["encoded", "decoded"])
+def test_a_header_block_past_the_hard_limit_ends_the_connection(
+        block: bytes, reason: bytes) -> None:
+    """Past 256 KiB, encoded or decoded, a block is not decoded to its end and the HPACK table
+    is lost: GOAWAY ENHANCE_YOUR_CALM naming the limit (before: COMPRESSION_ERROR once the
+    block decoded past 64 KiB, however long it was)."""
+
+    @served
+    async def body(served: Served) -> None:
+        host, port = served[2].split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(_SETTINGS + struct.pack(">IBI", len(block) << 8 | 1, 5, 1) + block)
+        data = await _read_until_closed(reader, 5)
+        writer.close()
+        goaway = [payload for kind, payload in _frames(data) if kind == 7]
+        assert [struct.unpack_from(">I", p, 4)[0] for p in goaway] == [0xB]
+        assert reason in goaway[0]
+
+    body()
+
+
+@served
+async def test_grpcio_call_with_100_kib_metadata_is_refused_and_the_channel_goes_on(
+        served: Served) -> None:
+    async with grpc.aio.insecure_channel(served[2]) as channel:
+        stub = _stub(channel)
+        await stub.ModelInfer(pb.ModelInferRequest(model_name="first"))
+        big = stub.ModelInfer(pb.ModelInferRequest(model_name="big"),
+                              metadata=(("x-big", "a" * 100 * 1024),))
+        beside = stub.ModelInfer(pb.ModelInferRequest(model_name="beside"))
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await big
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "exceed the limit of 65536 bytes" in (error.value.details() or "")
+        assert (await beside).model_name == "beside"
+        after = await stub.ModelInfer(pb.ModelInferRequest(model_name="after"))
+    assert after.model_name == "after"
+
+
+@served
+async def test_oversized_trailers_from_the_client_refuse_that_call(served: Served) -> None:
+    host, port = served[2].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    encoder = hpack.Encoder()
+    message = pb.ModelInferRequest(model_name="t").SerializeToString()
+    data_frame = struct.pack(">IBI", (5 + len(message)) << 8, 0, 1) + struct.pack(
+        ">BI", 0, len(message)) + message
+    trailers = encoder.encode([("x-big", "a" * 100_000)], huffman=False)
+    writer.write(_SETTINGS + _header_frames(1, encoder.encode(_INFER_PATH), end_stream=False)
+                 + data_frame + _header_frames(1, trailers) + _raw_call(3, message))
+    data = await _read_until_closed(reader, 5)
+    writer.close()
+    assert dict(_answers_by_stream(data)[1])["grpc-status"] == "8"
+    assert pb.ModelInferResponse(model_name="t").SerializeToString() in data  # call 3's
+    goaway = [payload for kind, payload in _frames(data) if kind == 7]
+    assert [struct.unpack_from(">I", p, 4)[0] for p in goaway] == [0]  # NO_ERROR: idle

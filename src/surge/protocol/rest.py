@@ -6,6 +6,8 @@ followed by the tensors' raw bytes, in the order the header lists them with `bin
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,17 +73,29 @@ def _parameters(value: object, what: str) -> dict[str, Any]:
     return {} if value is None else _object(value, f"{what} 'parameters'")
 
 
+def _json_header(header: memoryview) -> Any:
+    """The request's JSON. Python's `json.dumps` (and with it tritonclient's JSON inputs)
+    writes NaN and infinities as the literals `NaN`, `Infinity`, `-Infinity`, which orjson
+    refuses: a body that fails with one of them is read again by Python's parser, which takes
+    them, as Triton's does."""
+    try:
+        return orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        error = exc
+    text = bytes(header)
+    if b"NaN" in text or b"Infinity" in text:
+        with contextlib.suppress(ValueError, RecursionError):  # RecursionError: deep nesting
+            return json.loads(text)
+    raise InputError(f"request body is not valid JSON ({error})")
+
+
 def decode_request(body: bytes, header_length: int | None,
                    regions: Regions | None = None) -> InferRequest:
     """Request body (JSON, or JSON header + binary tensors) -> InferRequest; inputs and
     outputs may name the shared-memory `regions` (None: shared memory is off)."""
     view = memoryview(body)
     header_bytes = view if header_length is None else view[:header_length]
-    try:
-        header = orjson.loads(header_bytes)
-    except orjson.JSONDecodeError as exc:
-        raise InputError(f"request body is not valid JSON ({exc})") from None
-    header = _object(header, "request body")
+    header = _object(_json_header(header_bytes), "request body")
     params = _parameters(header.get("parameters"), "request")
     binary = view[len(header_bytes):]
     inputs = _decode_inputs(header.get("inputs"), binary, regions)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import struct
+from typing import Any
 
 import numpy as np
 
 from surge.datatypes import BF16_WORDS, V2_DATATYPES, v2_to_numpy
-from surge.errors import InputError
+from surge.errors import InputError, shown
 
 _LENGTH = struct.Struct("<I")
 MAX_ELEMENTS = 2**32  # far past any request body; numpy refuses shapes past 2**63 bytes
@@ -126,7 +127,10 @@ def tensor_from_list(name: str, datatype: str, shape: tuple[int, ...], data: obj
         elif datatype == "BF16":
             array = _bf16_words(_flat(name, shape, np.array(data, dtype=np.float32)))
         else:
-            array = _numbers(name, datatype, _flat(name, shape, np.array(data)))
+            raw = np.array(data)
+            if raw.dtype.kind in "UO" and datatype in FLOAT_TYPES:
+                raw = _with_non_finite_words(name, datatype, data)
+            array = _numbers(name, datatype, _flat(name, shape, raw))
     except (ValueError, TypeError, OverflowError) as exc:
         raise InputError(
             f"input {name!r}: data does not hold {datatype} values ({str(exc)[:80]})"
@@ -136,6 +140,28 @@ def tensor_from_list(name: str, datatype: str, shape: tuple[int, ...], data: obj
             f"input {name!r} has shape {list(shape)} ({count} elements) but {array.size} data values"
         )
     return array.reshape(shape)
+
+
+FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})  # BF16 is parsed as float32 words above
+_NON_FINITE_WORDS = {word: float(key) for key, word in {
+    "nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}.items()}
+
+
+def _with_non_finite_words(name: str, datatype: str, data: list[Any]) -> np.ndarray:
+    """Float data holding NaN and infinities as the strings answers carry them (`"NaN"`,
+    `"Infinity"`, `"-Infinity"`, so that an answer can be sent back): float64 values, nested
+    as given. Any other string is refused, as before."""
+    items = np.array(data, dtype=object)
+    values = np.empty(items.shape, dtype=np.float64)
+    for index, item in np.ndenumerate(items):
+        if isinstance(item, str) and item in _NON_FINITE_WORDS:
+            values[index] = _NON_FINITE_WORDS[item]
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            values[index] = item
+        else:
+            raise InputError(f"input {name!r}: data does not hold {datatype} values "
+                             f"({shown(item)} is not a number, NaN, Infinity or -Infinity)")
+    return values
 
 
 def _flat(name: str, shape: tuple[int, ...], values: np.ndarray) -> np.ndarray:

@@ -170,6 +170,36 @@ def test_json_answers_carry_nan_and_infinity_as_strings_numpy_reads_back(datatyp
     np.testing.assert_array_equal(np.array(data, V2_NUMPY[datatype]), values)
 
 
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
+def test_json_inputs_take_nan_and_infinity_as_python_and_as_answers_write_them(
+        datatype: str) -> None:
+    values = np.array([1.5, np.nan, np.inf, -np.inf], V2_NUMPY[datatype])
+    # Python's json.dumps (tritonclient's JSON inputs) writes the literals NaN, Infinity
+    python = json.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": [2, 2],
+                                     "data": values.tolist()}]}).encode()
+    assert b"NaN" in python
+    # an answer's strings, sent back, nested to the shape
+    answered = orjson.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": [2, 2],
+                                         "data": [[1.5, "NaN"], ["Infinity", "-Infinity"]]}]})
+    for body in (python, answered):
+        decoded = decode_request(body, None).inputs["x"]
+        assert decoded.dtype == V2_NUMPY[datatype]
+        np.testing.assert_array_equal(decoded, values.reshape(2, 2))
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ["nan"]}]}',
+     r"data does not hold FP32 values \('nan' is not a number, NaN, Infinity or -Infinity\)"),
+    (b'{"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [NaN]}]}',
+     "INT64 data holds non-integer values"),
+    (b"[" * 100_000 + b"NaN" + b"]" * 100_000, "request body is not valid JSON"),
+])
+def test_non_finite_words_are_taken_only_where_they_mean_a_float(body: bytes,
+                                                                 message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        decode_request(body, None)
+
+
 def test_binary_answers_keep_the_ieee_bits_of_non_finite_values() -> None:
     values = np.array([np.nan, np.inf, -np.inf, 2.0], np.float32)
     request = InferRequest(inputs={}, outputs=None, binary_default=True)

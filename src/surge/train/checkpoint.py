@@ -5,21 +5,25 @@ Layout of `checkpoint.dir`:
     epoch-0003/model.safetensors    full (unsharded, unsplit) weights, written by rank 0
     epoch-0003/optimizer.pt         optimizer + LR schedule + GradScaler (pipeline: one per stage)
     epoch-0003/trainer.json         epochs done, step, best metric, history, how it was run
+    epoch-0003/best.safetensors     best.safetensors as it was then (a hard link where possible)
     best.safetensors                weights of the best validation epoch so far
     latest.json                     names the newest complete checkpoint; written last
 
 A checkpoint counts only once `latest.json` names it, so a crash while saving leaves the
-previous one in force.
+previous one in force. A checkpoint that cannot be read, or that was saved for another model,
+optimizer or a newer Surge, is refused in one line naming the file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -33,11 +37,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from surge.errors import ConfigError
+from surge.errors import ConfigError, shown
+from surge.train.config import ModelSpec, TrainConfig
 from surge.train.distributed import DistState, barrier
 
 LATEST = "latest.json"
 BEST = "best.safetensors"
+SCHEMA = 1  # the trainer.json layout this Surge writes and reads
+T = TypeVar("T")
 
 
 @dataclass
@@ -51,6 +58,9 @@ class TrainerState:
     world_size: int = 1
     parallelism: str = "none"
     history: list[dict[str, Any]] = field(default_factory=list)
+    model: dict[str, Any] = field(default_factory=dict)  # builder and kwargs (empty: unknown)
+    optimizer: str = ""  # optimizer.name ("": unknown, an older checkpoint)
+    schema: int = SCHEMA
 
 
 # -- full weights from any plan ------------------------------------------------------------------
@@ -88,6 +98,25 @@ def save_weights(weights: dict[str, torch.Tensor], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def link_or_copy(source: Path, target: Path) -> None:
+    """Put `source`'s content at `target` atomically: a hard link costs no space and keeps the
+    content when `source` is replaced later (save_weights replaces, never rewrites)."""
+    tmp = target.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def restore_best(checkpoint: Path, state: DistState) -> None:
+    """Put back the best weights the checkpoint knew: a run that stopped after it may have
+    replaced best.safetensors with an epoch the resumed run does not count as its best."""
+    if state.is_main and (checkpoint / BEST).is_file():
+        link_or_copy(checkpoint / BEST, checkpoint.parent / BEST)
+
+
 # -- optimizer -----------------------------------------------------------------------------------
 def _optimizer_file(parallelism: str, rank: int) -> str:
     return f"optimizer-stage{rank}.pt" if parallelism == "pipeline" else "optimizer.pt"
@@ -110,9 +139,17 @@ def optimizer_bundle(module: nn.Module, optimizer: torch.optim.Optimizer, schedu
 def restore_optimizer(bundle: dict[str, Any], module: nn.Module, optimizer: torch.optim.Optimizer,
                       scheduler: Any, steps_done: int, scaler: torch.amp.GradScaler,
                       parallelism: str) -> None:
+    """Load the optimizer's state (moments, step counts), keep the recipe's hyperparameters,
+    and replay the schedule from its start: the saved param groups hold the old run's lr (and
+    a one-cycle's max_lr), which would ignore a changed optimizer.lr and start a chained
+    schedule (cosine) from the saved lr rather than from the beginning."""
     options = StateDictOptions(full_state_dict=parallelism == "fsdp")
+    recipe_groups = [{k: v for k, v in group.items() if k != "params"}
+                     for group in optimizer.param_groups]
     set_optimizer_state_dict(module, optimizer, optim_state_dict=bundle["optimizer"],
                              options=options)
+    for group, hyperparameters in zip(optimizer.param_groups, recipe_groups, strict=True):
+        group.update(hyperparameters)
     with warnings.catch_warnings():
         # Replaying the schedule without optimizer steps is the point here, not a mistake.
         warnings.simplefilter("ignore", UserWarning)
@@ -136,6 +173,8 @@ def save_checkpoint(
         torch.save(bundle, target / _optimizer_file(trainer.parallelism, state.rank))
     if state.is_main:
         save_weights(weights, target / "model.safetensors")
+        if (directory / BEST).is_file():
+            link_or_copy(directory / BEST, target / BEST)
         (target / "trainer.json").write_text(json.dumps(asdict(trainer), indent=1) + "\n")
     barrier(state)
     if state.is_main:
@@ -171,8 +210,11 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return checkpoint
 
 
-def load_checkpoint(path: Path, parallelism: str, state: DistState) -> Checkpoint:
-    trainer = TrainerState(**json.loads((path / "trainer.json").read_text()))
+def load_checkpoint(path: Path, config: TrainConfig, state: DistState) -> Checkpoint:
+    """The checkpoint at `path`, refused in one line when it cannot be read or resumed by
+    `config` on `state`'s processes (the weights are checked by `check_weights_fit`)."""
+    trainer = read_trainer(path / "trainer.json")
+    parallelism = config.parallelism
     if parallelism != trainer.parallelism or (
         parallelism in ("pipeline", "fsdp") and trainer.world_size != state.world_size
     ):
@@ -180,7 +222,61 @@ def load_checkpoint(path: Path, parallelism: str, state: DistState) -> Checkpoin
             f"{path} was saved by {trainer.parallelism} on {trainer.world_size} processes; "
             f"cannot resume it with {parallelism} on {state.world_size}"
         )
-    weights = load_file(str(path / "model.safetensors"))
-    bundle = torch.load(path / _optimizer_file(parallelism, state.rank), map_location="cpu",
-                        weights_only=True)
+    if trainer.optimizer and trainer.optimizer != config.optimizer.name:
+        raise ConfigError(
+            f"{path} was saved with optimizer.name {trainer.optimizer}; cannot resume it with "
+            f"{config.optimizer.name} (its state would be dropped): set optimizer.name="
+            f"{trainer.optimizer}, or start a new run without --resume")
+    weights = read_file(path / "model.safetensors", lambda f: load_file(str(f)))
+    bundle = read_file(path / _optimizer_file(parallelism, state.rank),
+                       lambda f: torch.load(f, map_location="cpu", weights_only=True))
     return Checkpoint(path, trainer, weights, bundle)
+
+
+def read_file(file: Path, loader: Callable[[Path], T]) -> T:
+    """loader(file), or a one-line ConfigError for a missing, truncated or foreign file (a
+    pickle that holds code is refused by torch.load's weights_only)."""
+    try:
+        return loader(file)
+    except Exception as exc:  # any reader's failure means the same: not a usable checkpoint
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(
+            f"checkpoint file {file} cannot be read ({type(exc).__name__}: {reason}); restore "
+            f"it, or remove {file.parent.parent / LATEST} to start afresh") from None
+
+
+def read_trainer(file: Path) -> TrainerState:
+    """trainer.json, refused when a newer Surge wrote it (a later schema, or fields this one
+    does not know, whose meaning it would drop)."""
+    data = read_file(file, lambda f: json.loads(f.read_text()))
+    if not isinstance(data, dict):
+        raise ConfigError(f"checkpoint file {file} holds {type(data).__name__}, not a mapping")
+    unknown = sorted(set(data) - {f.name for f in fields(TrainerState)})
+    schema = data.get("schema", SCHEMA)
+    if unknown or schema != SCHEMA:
+        raise ConfigError(
+            f"checkpoint file {file} has schema {schema!r}"
+            + (f" and unknown fields {', '.join(unknown)}" if unknown else "")
+            + f"; this Surge reads schema {SCHEMA}: resume it with the Surge that wrote it")
+    try:
+        return TrainerState(**data)
+    except TypeError as exc:
+        raise ConfigError(f"checkpoint file {file}: {exc}") from None
+
+
+def check_weights_fit(path: Path, weights: dict[str, torch.Tensor],
+                      expected: dict[str, torch.Tensor], spec: ModelSpec,
+                      saved_for: dict[str, Any]) -> None:
+    """The checkpoint's weights have the keys and shapes of the recipe's model."""
+    wrong = [f"{k}: saved {list(weights[k].shape)}, model {list(v.shape)}"
+             for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    missing = [f"{k} missing" for k in expected if k not in weights]
+    unexpected = [f"{k} not in the model" for k in weights if k not in expected]
+    problems = wrong + missing + unexpected
+    if problems:
+        saved = (f"; it was saved for {saved_for.get('builder')} with "
+                 f"{shown(saved_for.get('kwargs'))}" if saved_for else "")
+        raise ConfigError(
+            f"{path} holds weights of another model ({problems[0]}, {len(problems)} "
+            f"mismatch(es)); the recipe's model is {spec.builder} with {shown(spec.kwargs)}"
+            f"{saved}: resume with that model, or start a new run without --resume")

@@ -7,6 +7,7 @@ one line of error instead of N crashed workers.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from surge.errors import ConfigError, SurgeError, shown
+from surge.platform import available_cores
 from surge.repository.repository import check_name
 from surge.tasks import get_task
 from surge.train.checkpoint import latest_checkpoint
@@ -57,7 +59,24 @@ def _check_options(options: LaunchOptions) -> None:
     if options.node_rank is not None and not 0 <= options.node_rank < options.nnodes:
         raise ConfigError(f"--node-rank {options.node_rank} must be in [0, {options.nnodes})")
     if options.rdzv:
-        _host_port(options.rdzv)
+        _check_resolves(*_host_port(options.rdzv))
+
+
+def _check_resolves(host: str, port: int) -> None:
+    """torchrun retries a rendezvous host that does not resolve for many minutes."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise ConfigError(f"--rdzv {host}:{port}: the host {host!r} does not resolve "
+                          f"({reason})") from None
+
+
+def _warn_oversubscribed(device: torch.device, nproc: int, cores: int) -> None:
+    """More CPU processes than cores trains, but each step waits for the slowest process."""
+    if device.type == "cpu" and nproc > cores:
+        print(f"warning: --nproc {nproc} on {cores} available core(s): the processes share "
+              f"cores and train slower than --nproc {cores} would", file=sys.stderr)
 
 
 def _check_gpus_per_process(device: torch.device, nproc: int, gpus: int) -> None:
@@ -142,6 +161,7 @@ def validate(config: TrainConfig, options: LaunchOptions) -> None:
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda: no CUDA device is visible")
     _check_gpus_per_process(device, options.nproc, torch.cuda.device_count())
+    _warn_oversubscribed(device, options.nproc, available_cores())
     check_precision(config.precision, device)
     if config.parallelism == "pipeline" and config.precision == "fp16":
         raise ConfigError("precision fp16 is not supported with parallelism pipeline; use bf16")

@@ -6,6 +6,7 @@ each process finds its rank in the environment.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surge.errors import ConfigError
+from surge.errors import ConfigError, SurgeError
 from surge.tasks import Task, TrainMetric, get_task
 from surge.train import checkpoint as ckpt
 from surge.train.config import TrainConfig
@@ -44,6 +45,11 @@ from surge.train.parallel import (
 from surge.train.precision import Precision, make_precision
 from surge.train.publish import Published, check_target
 from surge.train.runlog import RunLog
+
+
+class DivergedError(SurgeError):
+    """The loss or the weights became NaN or infinite: the run stops before it checkpoints or
+    exports them."""
 
 
 @dataclass(frozen=True)
@@ -98,13 +104,15 @@ class Recipe:
         )
         self.optimizer = make_optimizer(self.plan.module, config)
         self.scheduler = make_schedule(self.optimizer, config, self.steps * config.epochs)
-        self.trainer = ckpt.TrainerState(world_size=state.world_size,
-                                         parallelism=config.parallelism)
+        self.trainer = ckpt.TrainerState(
+            world_size=state.world_size, parallelism=config.parallelism,
+            model={"builder": config.model.builder, "kwargs": config.model.kwargs},
+            optimizer=config.optimizer.name)
         self.checkpoint_dir = Path(config.checkpoint.dir)
-        self.resumed_from = self.restore() if resume else 0
+        self._eval_model: nn.Module | None = None
+        self.resumed_from = self.restore() if resume else self.start_over()
         self.log = RunLog(Path(config.log_dir), state.is_main, self.trainer.history,
                           (self.metric.record, self.metric.label))
-        self._eval_model: nn.Module | None = None
 
     def restore(self) -> int:
         """Load the newest complete checkpoint; return the epochs it had done (0: none, only
@@ -117,13 +125,23 @@ class Recipe:
                 raise ConfigError(f"resume: no checkpoint in {self.checkpoint_dir} (no "
                                   f"{ckpt.LATEST} there)")
             return 0
-        saved = ckpt.load_checkpoint(path, self.config.parallelism, self.state)
+        saved = ckpt.load_checkpoint(path, self.config, self.state)
+        ckpt.check_weights_fit(path, saved.weights, self.eval_model().state_dict(),
+                               self.config.model, saved.trainer.model)
         ckpt.load_model_state(self.plan.module, saved.weights, self.config.parallelism)
         ckpt.restore_optimizer(saved.bundle, self.plan.module, self.optimizer, self.scheduler,
                                saved.trainer.step, self.precision.scaler, self.config.parallelism)
+        ckpt.restore_best(path, self.state)
         self.trainer = saved.trainer
         self.trainer.world_size = self.state.world_size
         return saved.trainer.epoch
+
+    def start_over(self) -> int:
+        """A new run: forget an earlier run's `latest.json` in checkpoint.dir, which an elastic
+        restart of this run (--max-restarts) would otherwise resume from."""
+        if self.state.is_main:
+            (self.checkpoint_dir / ckpt.LATEST).unlink(missing_ok=True)
+        return 0
 
     # -- the run -------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> TrainResult:
@@ -142,6 +160,7 @@ class Recipe:
         for epoch in range(self.resumed_from, config.epochs):
             train_loss, samples_per_s, seconds = self.train_epoch(epoch)
             weights = self.full_weights()
+            self.check_finite_weights(weights, epoch)
             val_loss, val_accuracy = self.validate(weights)
             self.record(epoch + 1, train_loss, val_loss, val_accuracy, samples_per_s, seconds)
             if self.improves(val_accuracy):
@@ -166,10 +185,11 @@ class Recipe:
         with self.log.progress() as progress:
             task = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=self.steps,
                                      status="")
-            for inputs, labels in batches:
+            for index, (inputs, labels) in enumerate(batches):
                 loss = self.plan.step(inputs.to(state.device), labels.to(state.device))
+                self.check_finite_loss(loss, epoch, index)
                 self.optimizer_step()
-                if loss is not None:
+                if loss is not None and math.isfinite(loss):
                     loss_sum, loss_count = loss_sum + loss, loss_count + 1
                 status = f"loss {loss:.4f}" if loss is not None else ""
                 progress.update(task, advance=1, status=status)
@@ -189,6 +209,29 @@ class Recipe:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.trainer.step += 1
+
+    def check_finite_loss(self, loss: float | None, epoch: int, index: int) -> None:
+        """Stop at the first NaN or infinite loss, before its optimizer step. With fp16 the
+        GradScaler skips such steps itself (and lowers its scale), so training goes on."""
+        if loss is None or math.isfinite(loss) or self.precision.scaler.is_enabled():
+            return
+        raise DivergedError(
+            f"epoch {epoch + 1}, step {index + 1}/{self.steps} (step {self.trainer.step + 1} of "
+            f"the run): the training loss is {loss}; {self.diverged_advice()}")
+
+    def check_finite_weights(self, weights: dict[str, torch.Tensor], epoch: int) -> None:
+        bad = next((k for k, v in weights.items()
+                    if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+        if bad is not None:
+            raise DivergedError(f"epoch {epoch + 1}: weight {bad} holds NaN or infinite "
+                                   f"values; {self.diverged_advice()}")
+
+    def diverged_advice(self) -> str:
+        latest = ckpt.latest_checkpoint(self.checkpoint_dir)
+        kept = f"the last checkpoint is {latest}" if latest else "no checkpoint was written"
+        return (f"training stopped without checkpointing or exporting this epoch ({kept}); "
+                f"lower optimizer.lr ({self.config.optimizer.lr:g}) or look for NaN or "
+                "infinite values in the data")
 
     def full_weights(self) -> dict[str, torch.Tensor]:
         weights = ckpt.full_model_state(self.plan.module, self.config.parallelism, self.state)

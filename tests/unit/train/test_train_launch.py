@@ -88,12 +88,25 @@ def test_torchrun_commands_for_one_and_many_machines(tmp_path: Path) -> None:
     (LaunchOptions(nnodes=2, rdzv="nohostport"), "must look like host:port"),
     (LaunchOptions(nnodes=2, node_rank=2, rdzv="h:1"), "--node-rank 2 must be in [0, 2)"),
     (LaunchOptions(nproc=0), "must be >= 1"),
+    (LaunchOptions(nnodes=2, rdzv="no-such-host.invalid:29400"),
+     "--rdzv no-such-host.invalid:29400: the host 'no-such-host.invalid' does not resolve"),
 ])
 def test_bad_launch_options(tmp_path: Path, options: LaunchOptions, message: str) -> None:
     config = parse_train_config(recipe(tmp_path, parallelism="ddp"), "r")
     with pytest.raises(ConfigError) as info:
         validate(config, options)
     assert message in str(info.value)
+
+
+def test_more_cpu_processes_than_cores_are_allowed_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(launch_module, "available_cores", lambda: 2)
+    config = parse_train_config(recipe(tmp_path, parallelism="ddp"), "r")
+    validate(config, LaunchOptions(nproc=2))
+    assert capsys.readouterr().err == ""
+    validate(config, LaunchOptions(nproc=4))
+    assert "warning: --nproc 4 on 2 available core(s)" in capsys.readouterr().err
 
 
 def test_balanced_split_starts_stages_where_parameter_counts_balance() -> None:

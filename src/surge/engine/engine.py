@@ -53,7 +53,6 @@ class Engine:
                  residency: ResidencyOptions | None = None) -> None:
         self.repository = repository
         self.metrics = SurgeMetrics()
-        self.metrics.models_loaded.set_function(lambda: sum(1 for v in self._served.values() if v))
         # Load on demand, the memory budget and LRU eviction (docs/many-models.md).
         self.on_demand = OnDemand(self, residency or ResidencyOptions())
         self._selected = models
@@ -258,9 +257,15 @@ class Engine:
         self.metrics.model_loads.labels(name, "success").inc()
         old = self._served.get(name, {})
         self._served[name] = fresh
+        self._count_loaded()
         self._state.pop(name, None)
         await asyncio.gather(*(m.stop(UNLOAD_GRACE_S) for m in old.values()))
         await self.on_demand.after_load(name, fresh.values(), next(iter(fresh.values())).config)
+
+    def _count_loaded(self) -> None:
+        """Set the loaded-models gauge (set, not computed at scrape: with several front ends
+        a scrape reads the values each front end wrote)."""
+        self.metrics.models_loaded.set(sum(1 for versions in self._served.values() if versions))
 
     def _load_failed(self, name: str, error: Exception) -> None:
         if isinstance(error, NotFoundError) and name not in self.repository.model_names():
@@ -327,6 +332,7 @@ class Engine:
                 self.repository.model_dir(name)  # NotFoundError for an unknown model
             await asyncio.gather(*(m.stop(UNLOAD_GRACE_S) for m in (old or {}).values()))
             self._served.pop(name, None)
+            self._count_loaded()
             self._state[name] = ("UNAVAILABLE", "unloaded")
             self.on_demand.forget(name)
 
@@ -338,6 +344,7 @@ class Engine:
             return False
         async with lock:  # free: taken at once, so nothing can slip in between
             old = self._served.pop(name)
+            self._count_loaded()
             self._state[name] = ("EVICTED", EVICTED_REASON)
             self.on_demand.evicted(name)
             await asyncio.gather(*(m.stop(UNLOAD_GRACE_S) for m in old.values()))

@@ -24,7 +24,7 @@ import numpy as np
 from surge.engine.interface import ModelHandle
 from surge.engine.route import check_pin, request_route
 from surge.engine.served import ModelHost, ServedModel
-from surge.engine.stats import ModelStats
+from surge.engine.stats import ModelStats, Phases
 from surge.errors import (
     ConfigError,
     DeadlineExceededError,
@@ -294,7 +294,8 @@ class LadderCounters:
             sum(p.execution_count for p in parts.values()),
             max(p.last_inference for p in parts.values()), total("success"), total("fail"),
             total("queue"), total("compute_input"), total("compute_infer"),
-            total("compute_output"), dict(sorted(batches.items())), latency)
+            total("compute_output"), dict(sorted(batches.items())), latency,
+            batch_phases=_summed_phases([p.batch_phases for p in parts.values()]))
 
 
 def all_finite(outputs: Mapping[str, np.ndarray]) -> bool:
@@ -305,6 +306,17 @@ def all_finite(outputs: Mapping[str, np.ndarray]) -> bool:
 
 def _sum_pairs(pairs: list[tuple[int, int]]) -> tuple[int, int]:
     return (sum(p[0] for p in pairs), sum(p[1] for p in pairs))
+
+
+def _summed_phases(parts: list[dict[int, Phases]]) -> dict[int, Phases]:
+    """Per batch size, each phase's (count, ns) summed over the rungs."""
+    sizes = sorted({size for part in parts for size in part})
+    summed: dict[int, Phases] = {}
+    for size in sizes:
+        rows = [part[size] for part in parts if size in part]
+        phase_input, infer, output = (_sum_pairs([row[i] for row in rows]) for i in range(3))
+        summed[size] = (phase_input, infer, output)
+    return summed
 
 
 __all__ = ["LadderRequest", "ServedLadder", "all_finite", "ladder_rungs", "rung_config",

@@ -55,7 +55,8 @@ class SurgeMetrics:
                                     "Worker processes loaded and taking batches.", ["model"],
                                     registry=r, multiprocess_mode="livesum")
         self.models_loaded = Gauge("surge_models_loaded", "Models loaded (serving or "
-                                   "draining), whatever their number of versions.", registry=r)
+                                   "draining), whatever their number of versions.", registry=r,
+                                   multiprocess_mode="livemax")
         self.model_evictions = Counter(
             "surge_model_evictions", "Models unloaded to fit the memory budget (least recently "
             "used first); the next request loads them again.", ["model"], registry=r)
@@ -64,8 +65,8 @@ class SurgeMetrics:
             "unloaded (listed on demand, or evicted).", ["model"], buckets=_SECONDS, registry=r)
         self.model_memory = Gauge(
             "surge_model_memory_bytes", "Resident memory of a model, measured after its last "
-            "load (its worker processes, or what it added to a shared group).", ["model"],
-            registry=r)
+            "load (its worker processes, or what it added to a shared group; several front "
+            "ends: the sum).", ["model"], registry=r, multiprocess_mode="livesum")
 
     def _add_control_metrics(self, r: CollectorRegistry) -> None:
         """The run-time SLO control's metrics: attainment, the chosen waits, the latency

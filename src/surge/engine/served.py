@@ -241,6 +241,7 @@ class ServedModel:
         except QueueFullError as error:
             self._m_refused.inc()
             self._m_shed[error.reason].inc()
+            self._count_failed(request)
             raise
         future: asyncio.Future[dict[str, np.ndarray]] = self._loop.create_future()
         self._futures[request.id] = future
@@ -259,7 +260,8 @@ class ServedModel:
             return outputs
         except asyncio.CancelledError:
             # Client went away: a queued request leaves the queue; a computing one is dropped.
-            self._futures.pop(request.id, None)
+            if self._futures.pop(request.id, None) is not None:
+                self._count_failed(request)
             if self.scheduler.cancel(request.id) is not None:
                 self._m_depth.set(self.scheduler.queued)
                 self.wake()
@@ -364,11 +366,12 @@ class ServedModel:
             if self._timings and (timing := self._timings.get(completed.request.id)) is not None:
                 timing.done = now
                 timing.compute_s = _worker_seconds(result)
-            if future is not None and not future.done():
-                future.set_result(completed.outputs)
-                answered += 1
-                if feedback is not None:
-                    future.add_done_callback(partial(self._judge, completed.request.arrival))
+            if future is None or future.done():  # its client went: counted failed then
+                continue
+            future.set_result(completed.outputs)
+            answered += 1
+            if feedback is not None:
+                future.add_done_callback(partial(self._judge, completed.request.arrival))
             self.counters.success.add(int((now - completed.request.arrival) * 1e9))
             if self._slo_s is not None:
                 latency = now - completed.request.arrival
@@ -474,8 +477,13 @@ class ServedModel:
 
     def _reject(self, request: Request, error: Exception, now: float | None = None) -> None:
         future = self._futures.pop(request.id, None)
-        if future is not None and not future.done():
-            future.set_exception(error)
+        if future is None or future.done():  # its client went: counted failed then
+            return
+        future.set_exception(error)
+        self._count_failed(request, now)
+
+    def _count_failed(self, request: Request, now: float | None = None) -> None:
+        """A request refused, dropped or left by its client: Triton's `fail` statistic."""
         now = self._clock() if now is None else now
         self.counters.fail.add(int((now - request.arrival) * 1e9))
 

@@ -9,6 +9,8 @@ from surge.workers.messages import BatchDone
 
 # (count, total ns): how Triton reports every duration.
 Duration = tuple[int, int]
+# (compute_input, compute_infer, compute_output) of the batches of one size.
+Phases = tuple[Duration, Duration, Duration]
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class ModelStats:
     compute_cpu: Duration = (0, 0)
     # Of compute_cpu: the model's preprocessing steps run in its workers (`preprocess:`).
     preprocess_cpu: Duration = (0, 0)
+    # Per batch size: compute_input, compute_infer and compute_output (Triton's batch_stats).
+    batch_phases: dict[int, Phases] = field(default_factory=dict)
 
 
 class DurationCounter:
@@ -69,6 +73,7 @@ class Counters:
         self.compute_cpu = DurationCounter()
         self.preprocess_cpu = DurationCounter()
         self.batch_stats: dict[int, DurationCounter] = {}
+        self.batch_phases: dict[int, tuple[DurationCounter, ...]] = {}
         # The line (a, b) in seconds of the slowest live instance, asked for at snapshot time.
         self.latency_line: Callable[[], tuple[float, float] | None] = lambda: None
         # Each live instance's own line, by instance (instances on different nodes differ).
@@ -89,6 +94,12 @@ class Counters:
             self.preprocess_cpu.add(done.preprocess_cpu_ns)
         per_size = self.batch_stats.setdefault(size, DurationCounter())
         per_size.add(done.input_ns + done.infer_ns + done.output_ns)
+        phases = self.batch_phases.get(size)
+        if phases is None:
+            phases = self.batch_phases[size] = tuple(DurationCounter() for _ in range(3))
+        for counter, ns in zip(phases, (done.input_ns, done.infer_ns, done.output_ns + split_ns),
+                               strict=True):
+            counter.add(ns)
 
     def snapshot(self, name: str, version: int) -> ModelStats:
         return ModelStats(
@@ -98,7 +109,14 @@ class Counters:
             {size: counter.pair() for size, counter in sorted(self.batch_stats.items())},
             latency_report(self.latency_line(), self.batch_stats, self.instance_lines()),
             compute_cpu=self.compute_cpu.pair(), preprocess_cpu=self.preprocess_cpu.pair(),
+            batch_phases={size: _phases(counters)
+                          for size, counters in sorted(self.batch_phases.items())},
         )
+
+
+def _phases(counters: tuple[DurationCounter, ...]) -> Phases:
+    phase_input, infer, output = (counter.pair() for counter in counters)
+    return (phase_input, infer, output)
 
 
 def latency_report(line: tuple[float, float] | None, measured: dict[int, DurationCounter],

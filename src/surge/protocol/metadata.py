@@ -111,16 +111,24 @@ def _as_dict(stats: Any) -> dict[str, Any]:
 
 
 def _batch_stats(value: Any) -> list[dict[str, Any]]:
-    """Per batch size counters: {size: (count, ns)} (compute time) or Triton-shaped entries."""
+    """Per batch size counters: {size: (input, infer, output)} of (count, ns) pairs, {size:
+    (count, ns)} (the whole compute time, as compute_infer) or Triton-shaped entries."""
     if isinstance(value, Mapping):
-        zero = {"count": 0, "ns": 0}
-        return [{"batch_size": int(size), "compute_input": zero, "compute_infer": _duration(pair),
-                 "compute_output": zero} for size, pair in sorted(value.items())]
+        return [{"batch_size": int(size), **_phase_durations(phases)}
+                for size, phases in sorted(value.items())]
     entries = (_as_dict(b) for b in value)
     return [{"batch_size": int(e.get("batch_size", 0)),
              **{k: _duration(e.get(k, {}))
                 for k in ("compute_input", "compute_infer", "compute_output")}}
             for e in entries]
+
+
+def _phase_durations(phases: Any) -> dict[str, dict[str, int]]:
+    if len(phases) == 3:
+        return {key: _duration(pair) for key, pair in
+                zip(("compute_input", "compute_infer", "compute_output"), phases, strict=True)}
+    zero = {"count": 0, "ns": 0}
+    return {"compute_input": zero, "compute_infer": _duration(phases), "compute_output": zero}
 
 
 def model_statistics(name: str, version: int | str, stats: Any) -> dict[str, Any]:
@@ -134,7 +142,7 @@ def model_statistics(name: str, version: int | str, stats: Any) -> dict[str, Any
         "inference_count": int(data.get("inference_count", 0)),
         "execution_count": int(data.get("execution_count", 0)),
         "inference_stats": {key: _duration(inference.get(key, {})) for key in _DURATIONS},
-        "batch_stats": _batch_stats(data.get("batch_stats", {})),
+        "batch_stats": _batch_stats(data.get("batch_phases") or data.get("batch_stats", {})),
     }
     if data.get("latency"):  # Surge's own: the latency model (HTTP only; gRPC has no field)
         entry["latency"] = data["latency"]

@@ -198,6 +198,17 @@ def test_a_killed_front_end_is_replaced(frontends: ServerProcess) -> None:
     _wait_for(lambda: not any(_alive(pid) for pid in its_workers), timeout=30)
 
 
+def test_gauges_combine_over_live_front_ends_without_a_series_per_process(
+        frontends: ServerProcess) -> None:
+    """After the restart above too: a dead front end's gauges leave the export, and no gauge
+    gets a `pid` label (one series per process, growing with every restart)."""
+    text = httpx.get(frontends.metrics, timeout=10).text
+    assert "pid=" not in text
+    assert "surge_models_loaded 1.0" in text.splitlines()
+    memory = [line for line in text.splitlines() if line.startswith("surge_model_memory_bytes{")]
+    assert len(memory) == 1, memory
+
+
 def test_sigterm_stops_every_process(frontends: ServerProcess) -> None:
     front_ends = worker_pids(frontends.process)
     everything = [*front_ends, *(pid for f in front_ends for pid in _children(f))]

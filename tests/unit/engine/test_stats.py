@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.engine.fakes import Served, serving
+from surge.errors import QueueFullError
+from surge.protocol.metadata import model_statistics
+from tests.unit.engine.fakes import Served, serving, settle
 
 BATCHING = "max_batch_size: 4\nbatching: {max_queue_delay_ms: 2}\n"
 
@@ -71,6 +73,47 @@ def test_failed_requests_are_counted_with_their_time_and_no_execution(tmp_path: 
             assert stats.fail[0] == 1
             assert stats.fail[1] == pytest.approx(3_000_000, abs=10)
             assert (stats.success, stats.inference_count, stats.execution_count) == ((0, 0), 0, 0)
+
+    asyncio.run(body())
+
+
+def test_refused_and_abandoned_requests_count_as_failed_not_answered(tmp_path: Path) -> None:
+    """Triton's `fail` counts what was refused at admission and what its client left, queued or
+    computing; `success` only what was answered (as surge_requests_total{outcome="success"})."""
+    async def body() -> None:
+        config = "max_batch_size: 1\nqueue: {max_size: 1}\n"
+        async with serving(tmp_path, config, depth=1) as s:
+            (computing,) = await s.infer(1)
+            (queued,) = await s.infer(2)
+            (refused,) = await s.infer(3)
+            with pytest.raises(QueueFullError):
+                await refused
+            computing.cancel()
+            queued.cancel()
+            await settle()
+            s.pool.finish()
+            await settle()
+            stats = s.engine.stats("m")
+            assert stats.fail[0] == 3
+            assert stats.success == (0, 0)
+            assert (stats.inference_count, stats.execution_count) == (1, 1)
+
+    asyncio.run(body())
+
+
+def test_batch_stats_give_each_phase_of_each_batch_size(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with serving(tmp_path, BATCHING) as s:
+            tasks = await s.infer(1, 2, 3)
+            await s.tick(0.002)
+            s.pool.finish(input_ns=1_000, infer_ns=4_000, output_ns=500)
+            await asyncio.gather(*tasks)
+            (entry,) = model_statistics("m", 1, s.engine.stats("m"))["batch_stats"]
+            assert entry["batch_size"] == 3
+            assert entry["compute_input"] == {"count": 1, "ns": 1_000}
+            assert entry["compute_infer"] == {"count": 1, "ns": 4_000}
+            assert entry["compute_output"]["count"] == 1
+            assert entry["compute_output"]["ns"] >= 500
 
     asyncio.run(body())
 

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from typing import Any
 
 from surge.cluster.actor import ActorSpec, BatchReply, unpack_batch
@@ -183,7 +184,7 @@ class RayPool:
             self._site.root, spec.ref, spec.version, instance_threads(self._config),
             "cpu" if not self._config.gpus else "cuda", spec.config.spin_wait))
         self._indexes += 1
-        instance = Instance(self._indexes, actor, self._loop.time(), avoided=avoided)
+        instance = Instance(self._indexes, actor, time.monotonic(), avoided=avoided)
         self._instances.append(instance)
         self._spawn(self._load(instance))
         self._update_gauge()
@@ -215,7 +216,7 @@ class RayPool:
             if instance.state is State.DEAD:
                 close_channel(instance)
                 return
-        now = self._loop.time()
+        now = time.monotonic()
         instance.state, instance.node_id, instance.device = State.READY, info.node_id, info.device
         instance.idle_since, self._empty_since = now, None
         self._heartbeat.watch(instance.index, instance.actor,
@@ -250,7 +251,7 @@ class RayPool:
         self._replace_later()
         if model_error and not self.live:
             self._unavailable(f"instance {instance.index} could not load: {instance.error}",
-                              self._loop.time())
+                              time.monotonic())
 
     def _unavailable(self, why: str, now: float) -> None:
         """No instance lives and none is sure to come (its load failed, or none was ready
@@ -319,7 +320,7 @@ class RayPool:
         return await instance.channel.run(batch_id, parts)
 
     def _finished(self, instance: Instance, batch: Batch, reply: BatchReply) -> None:
-        now = self._loop.time()
+        now = time.monotonic()
         self._heartbeat.beat(instance.index)
         if not instance.inflight:
             instance.idle_since = now
@@ -355,7 +356,7 @@ class RayPool:
             self._instances.remove(instance)
         batches = list(instance.inflight.values())
         instance.inflight.clear()
-        now = self._loop.time()
+        now = time.monotonic()
         if was_ready and not self.live:
             self._empty_since = now
         for batch in batches:
@@ -413,7 +414,7 @@ class RayPool:
         while not self._stopping:
             await asyncio.sleep(period)
             try:
-                self._tick(self._loop.time())
+                self._tick(time.monotonic())
             except Exception:  # a bug here must not stop scaling for good
                 log.exception("cluster watch of model %s failed a tick", self.model)
 
@@ -438,11 +439,11 @@ class RayPool:
             nodes = await self._site.node_table()
             if self._empty_since is not None and not fitting_nodes(self._config, nodes):
                 self._unavailable(f"no live node of the Ray cluster can hold one (each needs "
-                                  f"{describe_demand(self._config)})", self._loop.time())
+                                  f"{describe_demand(self._config)})", time.monotonic())
         except Exception as exc:  # the GCS unread: start_timeout_s decides
             log.debug("node table of model %s unread: %s", self.model, exc)
         finally:
-            self._nodes_checked = self._loop.time()
+            self._nodes_checked = time.monotonic()
 
     def _unshun(self) -> None:
         """An instance started while a node was suspected never goes there (Ray fixed its

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any, TypeAlias
 
@@ -130,8 +131,10 @@ class Engine:
     # -- what each served version is built with (ModelHost) -----------------------------------
     @property
     def clock(self) -> Clock:
-        """The drivers' time source: the running event loop's clock unless one was given."""
-        return self._clock or asyncio.get_running_loop().time
+        """The drivers' time source: `time.monotonic` unless one was given. Not the event
+        loop's clock: uvloop's (what `surge serve` runs on) ticks in whole milliseconds, read
+        once per turn of the loop, too coarse for batch times of a millisecond or two."""
+        return self._clock or time.monotonic
 
     def make_pool(self, spec: PoolSpec, events: PoolEvents) -> InstancePool:
         return self._pool_factory(spec, events)

@@ -252,7 +252,7 @@ class V2App:
         request_id = self._ids.accept(headers.get(b"x-request-id"))
         record = self._log.begin("http", name, request_id, _client(scope),
                                  _text(headers.get(b"traceparent")),
-                                 asyncio.get_running_loop().time())
+                                 time.monotonic())
         echo = (b"x-request-id", request_id.encode())
         try:
             payload, answer_headers = await self._infer_once(

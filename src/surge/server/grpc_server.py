@@ -245,7 +245,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         request_id = self._ids.accept(metadata.get(REQUEST_ID_HEADER))
         record = self._log.begin("grpc", name, request_id, context.peer() or "",
                                  _str(metadata.get("traceparent")),
-                                 asyncio.get_running_loop().time())
+                                 time.monotonic())
         try:
             response = await self._logged_infer(name, version, request, record)
         except SurgeError as exc:
@@ -272,7 +272,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except SurgeError as exc:
             return _stream_error(request, exc)
         record = self._log.begin("grpc", name, self._ids.accept(None), context.peer() or "",
-                                 None, asyncio.get_running_loop().time())
+                                 None, time.monotonic())
         try:
             response = await self._logged_infer(name, version, request, record)
         except SurgeError as exc:

@@ -446,7 +446,7 @@ class WorkerPool:
         # (dispatch, or its previous result) to now. Unlike the worker's own timing it
         # includes the hops and the front end's delays, which admission control must count.
         assert self._loop is not None
-        now = self._loop.time()
+        now = time.monotonic()
         # Two results read in one wakeup would make the second look free: never count less
         # than the worker's own time.
         own_s = (done.input_ns + done.infer_ns + done.output_ns) / 1e9

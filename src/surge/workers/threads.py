@@ -166,7 +166,7 @@ class InProcessPool:
             return
         outputs, done = future.result()
         assert self._loop is not None
-        now = self._loop.time()
+        now = time.monotonic()
         own_s = (done.input_ns + done.infer_ns) / 1e9
         service_s = max(own_s, now - max(batch.dispatched, instance.last_done))
         instance.last_done = now

@@ -7,6 +7,7 @@ prints what it returns; scripts and notebooks call the same functions directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -46,37 +47,87 @@ def start_server(repo: Path | str, options: ServeOptions | None = None,
     return server
 
 
+def repository_path(repo: Any, what: str = "repository") -> Path:
+    """`repo` as a Path: a str or a Path, nothing else (None would read as no folder)."""
+    if not isinstance(repo, str | Path) or not str(repo).strip():
+        raise SurgeError(f"{what} {repo!r}: give a path, as a str or a Path")
+    return Path(repo)
+
+
+def checked_options(options: Any, kind: type, example: str, *, required: bool = False) -> Any:
+    """`options` when it is a `kind`; None gives `kind`'s defaults unless it is `required`."""
+    if options is None and not required:
+        return kind()
+    if not isinstance(options, kind):
+        raise SurgeError(f"options {options!r}: give a surge.{kind.__name__}, e.g. "
+                         f"surge.{example}")
+    return options
+
+
+def model_name(model: Any) -> str:
+    if not isinstance(model, str) or not model.strip():
+        raise SurgeError(f"model {model!r}: give the name of a model of the repository")
+    return model
+
+
+def _check_timeout(timeout_s: Any) -> float:
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) \
+            or not 0 < timeout_s < float("inf"):
+        raise SurgeError(f"timeout_s {timeout_s!r}: give the seconds to wait for the server "
+                         f"to start, a positive number (default {STARTUP_TIMEOUT_S:g})")
+    return float(timeout_s)
+
+
 class BackgroundServer:
     """The server of `surge serve` on its own event loop in a daemon thread. No signal
-    handlers: those belong to the main thread, and `stop()` drains instead."""
+    handlers: those belong to the main thread, and `stop()` drains instead. A server starts
+    once; `stop()` may be called at any time, and again."""
 
     def __init__(self, repo: Path | str, options: ServeOptions | None = None) -> None:
         from surge.server.process import ServeOptions
 
-        self.repo = Path(repo)
-        self.options = options or ServeOptions()
+        self.repo = repository_path(repo)
+        self.options = checked_options(options, ServeOptions, "ServeOptions(http_port=0)")
         self._endpoints: Future[Endpoints] = Future()
+        self._lock = threading.Lock()  # orders stop() against the loop's start
+        self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="surge-server", daemon=True)
 
     @property
     def endpoints(self) -> Endpoints:
-        return self._endpoints.result(timeout=0)
+        if self._stopping:
+            raise SurgeError("the server is stopped: start a new one")
+        if not self._endpoints.done():
+            raise SurgeError("the server is not listening yet: call start() first")
+        return self._endpoints.result()
 
     def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> Endpoints:
+        """Start serving; on failure, timeout or KeyboardInterrupt it stops what it started."""
+        timeout_s = _check_timeout(timeout_s)
+        if self._thread.ident is not None or self._stopping:
+            raise SurgeError("this server was started already: a BackgroundServer starts "
+                             "once (make a new one to serve again)")
         self._thread.start()
         try:
             return self._endpoints.result(timeout=timeout_s)
         except TimeoutError:
             self.stop()
             raise SurgeError(f"the server did not start within {timeout_s:g} s") from None
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Refuse new work, finish what was accepted (within the grace period), stop."""
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread.ident is not None:  # started
+        with self._lock:
+            self._stopping = True
+            loop, event = self._loop, self._stop
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed already
+                loop.call_soon_threadsafe(event.set)
+        if self._thread.ident is not None and self._thread is not threading.current_thread():
             self._thread.join()
 
     def __enter__(self) -> BackgroundServer:
@@ -92,13 +143,18 @@ class BackgroundServer:
         except BaseException as exc:  # reaches the caller of start(), not a dead thread
             if not self._endpoints.done():
                 self._endpoints.set_exception(exc)
+        if not self._endpoints.done():
+            self._endpoints.set_exception(SurgeError("the server was stopped as it started"))
 
     async def _serve(self) -> None:
         from surge.engine import Engine
         from surge.repository import Repository
         from surge.server.process import SurgeServer, started_unless_stopped
 
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        with self._lock:  # a stop() before this point is seen here, one after it sets _stop
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            if self._stopping:
+                return
         models = list(self.options.models) if self.options.models else None
         engine = Engine(Repository(self.repo), models=models, residency=self.options.residency)
         server = SurgeServer(engine, self.options)
@@ -116,9 +172,13 @@ def tune(repo: Path | str, model: str, options: TuneOptions, progress: Progress 
          on_stage: Callable[[str], None] | None = None) -> TuningReport:
     """optimize (if the model has no variants) -> evaluate -> profile -> select -> write the
     chosen configuration into config.yaml; returns the report (also saved as JSON)."""
+    from surge.tuning.tune import TuneOptions
     from surge.tuning.tune import tune as run_tune
 
-    return run_tune(Path(repo), model, options, progress, on_stage)
+    example = ("TuneOptions(data='fashion-mnist', task='classification', "
+               "slo=surge.Slo(20.0, surge.Load(rate=100)))")
+    options = checked_options(options, TuneOptions, example, required=True)
+    return run_tune(repository_path(repo), model_name(model), options, progress, on_stage)
 
 
 def optimize(repo: Path | str, model: str, variants: str | Mapping[str, Any],
@@ -126,23 +186,33 @@ def optimize(repo: Path | str, model: str, variants: str | Mapping[str, Any],
     """Make each variant (`surge optimize` names like "int8-static,prune-50", or name ->
     optimize config), check it against the original, keep those within tolerance."""
     from surge.optimize import parse_variants
-    from surge.optimize.pipeline import optimize_model
+    from surge.optimize.pipeline import OptimizeOptions, optimize_model
 
+    if not isinstance(variants, str | Mapping):
+        raise SurgeError(f"variants {variants!r}: give names like 'int8-static,prune-50', or "
+                         "a mapping of name -> optimize config")
     configs = parse_variants(variants) if isinstance(variants, str) else dict(variants)
-    return optimize_model(Path(repo), model, configs, options)
+    options = checked_options(options, OptimizeOptions, "OptimizeOptions()")
+    return optimize_model(repository_path(repo), model_name(model), configs, options)
 
 
 def train(recipe: Path | str | TrainConfig, overrides: Sequence[str] = (),
           options: LaunchOptions | None = None) -> None:
     """Train from a recipe (a YAML path with `key=value` overrides, or a parsed TrainConfig)
     in this process or under torchrun; raises SurgeError if the run fails."""
-    from surge.train import LaunchOptions, launch, load_train_config
+    from surge.train import LaunchOptions, TrainConfig, launch, load_train_config
 
+    if isinstance(overrides, str) or not all(isinstance(item, str) for item in overrides):
+        raise SurgeError(f"overrides {overrides!r}: give a list of 'key=value' strings, e.g. "
+                         "['epochs=1']")
+    options = checked_options(options, LaunchOptions, "LaunchOptions(nproc=2)")
     if isinstance(recipe, str | Path):
-        recipe = load_train_config(recipe, list(overrides))
+        recipe = load_train_config(repository_path(recipe, "recipe"), list(overrides))
     elif overrides:
         raise SurgeError("overrides apply to a recipe file, not to a parsed TrainConfig")
-    launch(recipe, options or LaunchOptions())
+    elif not isinstance(recipe, TrainConfig):
+        raise SurgeError(f"recipe {recipe!r}: give a recipe's YAML path or a TrainConfig")
+    launch(recipe, options)
 
 
 def evaluate(repo: Path | str, model: str, data: str, task: str = "classification", *,
@@ -154,7 +224,12 @@ def evaluate(repo: Path | str, model: str, data: str, task: str = "classificatio
     from surge.evaluate.harness import load_dataset
     from surge.repository import Repository
 
-    loaded = Repository(repo).load(model)
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
+                                or samples < 1):
+        raise SurgeError(f"samples {samples!r}: give a positive number of samples, or None "
+                         "for all")
+    name = model_name(model)
+    loaded = Repository(repository_path(repo)).load(name)
     dataset = load_dataset(data, loaded.signature.input_names[0])
     if samples is not None:
         dataset = dataset.subset(samples)

@@ -157,8 +157,35 @@ def test_batch_size_one_on_a_model_without_a_batch_dimension_is_sent(
 
 
 def test_run_bench_refuses_more_clients_than_it_can_run() -> None:
-    with pytest.raises(SurgeError, match="concurrency levels must be integers from 1 to 10,000"):
+    with pytest.raises(SurgeError, match=r"concurrency \[1, 10001\]: give integers from 1 to "
+                                         "10,000"):
         loadgen.run_bench(URL, "m", [1, 10_001], 1.0)
+
+
+@pytest.mark.parametrize(("url", "model", "kwargs", "message"), [
+    (URL, "m", {"concurrency": "4"}, "concurrency '4': give integers"),
+    (URL, "m", {"concurrency": True}, "concurrency True: give integers"),
+    (URL, "m", {"concurrency": 2.5}, "concurrency 2.5: give integers"),
+    (URL, "m", {"duration_s": float("nan")}, "duration nan: give a positive, finite"),
+    (URL, "m", {"duration_s": float("inf")}, "duration inf: give a positive, finite"),
+    (URL, "m", {"rate": float("nan")}, "rate nan: give requests per second"),
+    (URL, "m", {"batch_size": 0}, "--batch-size 0: give a positive number"),
+    (URL, "m", {"warmup_s": -1}, "warmup_s -1: give a finite number"),
+    (None, "m", {}, "URL None: give the server's address as a string"),
+    (URL, None, {}, "--model None: give the model's name as a string"),
+    ("127.0.0.1:9", "m", {}, "URL '127.0.0.1:9': begin it with http:// or https://, e.g. "
+                             "http://127.0.0.1:9"),
+    ("localhost:9", "m", {}, "begin it with http:// or https://, e.g. http://localhost:9"),
+])
+def test_run_bench_refuses_what_surge_bench_refuses(url: Any, model: Any, kwargs: dict[str, Any],
+                                                    message: str) -> None:
+    """A value of the wrong type or out of range failed deep inside (a TypeError, a
+    ZeroDivisionError), ran forever (an infinite duration), or was taken as something else
+    (True as one client); a URL without a scheme passed the check and failed on the request."""
+    kwargs = {"concurrency": 1, "duration_s": 0.1, **kwargs}
+    with pytest.raises(SurgeError) as error:
+        loadgen.run_bench(url, model, **kwargs)
+    assert message in str(error.value)
 
 
 class _StallsOnce:

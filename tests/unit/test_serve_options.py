@@ -21,6 +21,8 @@ from tests.cli_runner import run_cli
     (["--models", ""], "--models '' names no model"),
     (["--access-log", ""], "--access-log '': give a file, or - for standard output"),
     (["--shared-memory", "cuda"], "--shared-memory 'cuda': use system or none"),
+    # an infinite grace crashed the first listener's start, after the models loaded
+    (["--grace", "inf"], "--grace inf: give the seconds a drain waits, a finite number >= 0"),
 ])
 def test_refused_in_one_line_before_anything_loads(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],

@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
+from surge.bench.checks import MAX_CONCURRENCY as MAX_CONCURRENCY  # where callers look
+from surge.bench.checks import MAX_RATE as MAX_RATE
+from surge.bench.checks import bench_levels, check_load, check_target
 from surge.bench.clients import GrpcTransport, HttpTransport, Transport
 from surge.bench.grpc_client import LeanGrpcTransport
 from surge.bench.payload import (
@@ -30,10 +33,6 @@ from surge.bench.payload import (
 from surge.errors import SurgeError
 
 PROTOCOLS = ("http", "http-json", "grpc")
-MAX_RATE = 1_000_000.0  # arrivals per second: far past what one Python client can send
-# Closed-loop clients, a coroutine and a connection each: far more than one Python process
-# drives (100 million took 2.4 GB in 15 s without sending a request).
-MAX_CONCURRENCY = 10_000
 
 
 @dataclass(frozen=True)
@@ -223,15 +222,19 @@ def check_model_name(model: str) -> None:
 
 
 def check_url(url: str, protocol: str) -> None:
-    """Refuse a server URL that cannot be parsed, before anything is sent."""
+    """Refuse a server URL that cannot be parsed, or (HTTP) has no scheme, before anything is
+    sent."""
     if protocol == "grpc":
         _grpc_target(url)
         return
     _split_url(url, 8000)
     try:
-        httpx.URL(url)
+        scheme = httpx.URL(url).scheme
     except (httpx.InvalidURL, ValueError) as exc:
         raise SurgeError(f"URL {url!r} is not a valid URL ({exc})") from None
+    if scheme not in ("http", "https"):
+        raise SurgeError(f"URL {url!r}: begin it with http:// or https://, e.g. "
+                         f"http://{url.partition('://')[2] or url}")
 
 
 def _grpc_target(url: str) -> tuple[str, int]:
@@ -346,6 +349,7 @@ def prepare_target(url: str, model: str, protocol: str, *, batch_size: int = 1,
     is an error."""
     if protocol not in PROTOCOLS:
         raise SurgeError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    check_target(url, model)
     check_url(url, protocol)
     check_model_name(model)
     metadata = fetch_metadata(url, model, api_key, protocol)
@@ -390,12 +394,14 @@ async def bench_async(
     strict_dataset: bool = False,
 ) -> BenchReport:
     """Run every load level in turn against a live server."""
+    levels = bench_levels(concurrency)
+    check_load(duration_s, rate, batch_size, warmup_s)
     target = await asyncio.to_thread(prepare_target, url, model, protocol,
                                      batch_size=batch_size, api_key=api_key, dataset=dataset,
                                      grpc_client=grpc_client, files=files,
                                      strict_dataset=strict_dataset)
     report = BenchReport(url, model, protocol, batch_size)
-    for level in concurrency:
+    for level in levels:
         transport = target.make_transport(level)
         hook = None if progress is None else _level_progress(progress, level, duration_s)
         try:
@@ -415,12 +421,5 @@ def run_bench(
     """Benchmark a running server; the Python face of `surge bench`."""
     import uvloop
 
-    levels = [concurrency] if isinstance(concurrency, int) else list(concurrency)
-    if not levels or min(levels) < 1 or max(levels) > MAX_CONCURRENCY:
-        raise SurgeError(f"concurrency levels must be integers from 1 to {MAX_CONCURRENCY:,}, "
-                         f"got {levels}")
-    if duration_s <= 0:
-        raise SurgeError(f"duration must be positive, got {duration_s}")
-    if rate is not None and not 0 < rate <= MAX_RATE:
-        raise SurgeError(f"rate must be positive and at most {MAX_RATE:g}/s, got {rate}")
+    levels = bench_levels(concurrency)
     return uvloop.run(bench_async(url, model, levels, duration_s, protocol, rate=rate, **kwargs))

@@ -82,6 +82,9 @@ class ServeOptions:
     shared_memory: str = "system"
 
     def __post_init__(self) -> None:
+        from surge.server.serve_checks import check_serve_options
+
+        object.__setattr__(self, "models", check_serve_options(self))
         if self.grpc_server not in GRPC_SERVERS:
             raise SurgeError(f"--grpc-server {self.grpc_server!r}: use "
                              f"{' or '.join(GRPC_SERVERS)}")

@@ -1,0 +1,111 @@
+"""The checks of `ServeOptions`, run as it is made: `surge serve` and the Python API
+(`surge.serve`, `surge.start_server`) refuse the same values with the same message, before
+any port is bound or any model loads."""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import TYPE_CHECKING, Any
+
+from surge.errors import SurgeError
+
+if TYPE_CHECKING:
+    from surge.server.process import ServeOptions
+
+# ConnectionLimits' timeouts and the `surge serve` options that set them
+LIMIT_OPTIONS = {"idle_timeout_s": "--idle-timeout", "header_timeout_s": "--header-timeout",
+                 "body_timeout_s": "--body-timeout"}
+
+
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool (True would read as 1)."""
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def is_integer(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def check_port(option: str, port: Any) -> None:
+    if not is_integer(port) or not 0 <= port <= 65535:
+        raise SurgeError(f"{option} {port!r}: use a port number from 0 to 65535 (0: any free "
+                         "port)")
+
+
+def check_grace(grace_s: Any) -> None:
+    if not is_number(grace_s) or not 0 <= grace_s < math.inf:
+        raise SurgeError(f"--grace {grace_s!r}: give the seconds a drain waits, a finite "
+                         "number >= 0")
+
+
+def check_models(models: Any) -> tuple[str, ...] | None:
+    """The names to serve as a tuple (a list is taken too); a bare string would be read as its
+    letters, and an empty selection would serve every model."""
+    if models is None:
+        return None
+    if isinstance(models, str) or not isinstance(models, tuple | list):
+        raise SurgeError(f"--models {models!r}: give the model names as a tuple, e.g. "
+                         "('a', 'b')")
+    if not models:
+        raise SurgeError(f"--models {models!r} names no model (None serves them all)")
+    for name in models:
+        if not isinstance(name, str) or not name.strip():
+            raise SurgeError(f"--models {models!r}: {name!r} is not a model name")
+    return tuple(models)
+
+
+def check_limits(limits: Any) -> None:
+    from surge.server.limits import ConnectionLimits
+
+    if not isinstance(limits, ConnectionLimits):
+        raise SurgeError(f"limits {limits!r}: give a surge.server.limits.ConnectionLimits")
+    for name, option in LIMIT_OPTIONS.items():
+        value = getattr(limits, name)
+        if not is_number(value) or not value > 0:  # NaN too
+            raise SurgeError(f"{option} {value!r}: give a positive number of seconds")
+
+
+def check_kinds(options: ServeOptions) -> None:
+    """The option objects and plain values that must have their own type."""
+    from surge.engine.ondemand import ResidencyOptions
+    from surge.server.production import ProductionOptions
+
+    for name, kind in (("residency", ResidencyOptions), ("production", ProductionOptions)):
+        value = getattr(options, name)
+        if not isinstance(value, kind):
+            raise SurgeError(f"{name} {value!r}: give a {kind.__module__}.{kind.__name__}")
+    if not isinstance(options.host, str):
+        raise SurgeError(f"--host {options.host!r}: give the address to bind as a string")
+    if options.api_key is not None and not isinstance(options.api_key, str):
+        raise SurgeError(f"--api-key {options.api_key!r}: give the key as a string")
+    ray = options.ray_address
+    if ray is not None and (not isinstance(ray, str) or not ray.strip()):
+        raise SurgeError(f"--ray {ray!r}: give the cluster's host:port, or 'auto'")
+    if not isinstance(options.reuse_port, bool):
+        raise SurgeError(f"--reuse-port {options.reuse_port!r}: give True or False")
+
+
+def check_sizes(options: ServeOptions) -> None:
+    """The body limit and the number of front ends (the latter by `--frontends`' own check)."""
+    from surge.server.frontends import frontend_count
+
+    size = options.max_body_bytes
+    if not is_integer(size) or size < 1:
+        raise SurgeError(f"max_body_bytes {size!r}: give the largest request body as a "
+                         "positive number of bytes (--max-body-mb: MiB)")
+    if not is_integer(options.frontends):
+        raise SurgeError(f"--frontends {options.frontends!r}: give a positive number of "
+                         "front-end processes")
+    frontend_count(options.frontends)
+
+
+def check_serve_options(options: ServeOptions) -> tuple[str, ...] | None:
+    """Every value `options` holds, checked; returns the models to serve as a tuple."""
+    check_kinds(options)
+    for kind in ("http", "grpc", "metrics"):
+        check_port(f"--{kind}-port", getattr(options, f"{kind}_port"))
+    check_grace(options.grace_s)
+    check_sizes(options)
+    check_limits(options.limits)
+    return check_models(options.models)

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from surge.tuning import Slo
 
 
-MAX_BATCH = 4096  # the largest batch size a search may try
 Repo = Annotated[Path, typer.Argument(help="Model repository directory.")]
 Model = Annotated[str, typer.Option(help="Model (or pipeline) to tune.")]
 Step = Annotated[str | None, typer.Option(
@@ -151,6 +150,8 @@ def _seconds(text: str, option: str) -> float:
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
+    from surge.tuning.space import MAX_BATCH
+
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:

@@ -52,9 +52,9 @@ class ProductionOptions:
     def __post_init__(self) -> None:
         if self.model_control not in ("explicit", "poll"):
             raise ValueError(f"model_control must be explicit or poll, got {self.model_control!r}")
-        if self.poll_interval_s <= 0:
+        if not self.poll_interval_s > 0:  # NaN too
             raise ValueError(f"poll_interval_s must be positive, got {self.poll_interval_s}")
-        if self.keys_check_interval_s <= 0:
+        if not self.keys_check_interval_s > 0:
             raise ValueError("keys_check_interval_s must be positive, got "
                              f"{self.keys_check_interval_s}")
 

@@ -45,7 +45,7 @@ class TlsConfig:
     check_interval_s: float = 5.0  # how often the files' modification times are compared
 
     def __post_init__(self) -> None:
-        if self.check_interval_s <= 0:
+        if not self.check_interval_s > 0:  # NaN too
             raise ValueError(f"check_interval_s must be positive, got {self.check_interval_s}")
 
 

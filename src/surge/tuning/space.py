@@ -8,9 +8,15 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from surge.errors import ConfigError
 from surge.platform import available_cores, settings_grid
+from surge.repository.config import MAX_QUEUE_DELAY_MS
 from surge.repository.config import ORIGINAL as ORIGINAL  # the model as exported
+
+MAX_BATCH = 4096  # the largest batch size a search may try
+MAX_INSTANCES, MAX_THREADS = 64, 256  # as config.yaml allows
 
 
 @dataclass(frozen=True, order=True)
@@ -74,8 +80,8 @@ class Slo:
     load: Load
 
     def __post_init__(self) -> None:
-        if self.p99_ms <= 0:
-            raise ConfigError(f"--slo-p99 must be positive, got {self.p99_ms:g} ms")
+        if not 0 < self.p99_ms < math.inf:  # NaN too
+            raise ConfigError(f"--slo-p99 must be a positive number of ms, got {self.p99_ms:g}")
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,23 @@ class SearchSpace:
     optimize: bool = True  # make variants when the model has none
     variants: str | None = None  # what to make, in `surge optimize` names; None: a default set
 
+    def __post_init__(self) -> None:
+        if not self.max_batch_sizes or not all(_whole(v, 1, MAX_BATCH)
+                                               for v in self.max_batch_sizes):
+            raise ConfigError(f"max_batch_sizes {list(self.max_batch_sizes)}: give integers "
+                              f"from 1 to {MAX_BATCH}, like (1, 8, 32)")
+        if not self.delays_ms or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                         and 0 <= v <= MAX_QUEUE_DELAY_MS
+                                         for v in self.delays_ms):
+            raise ConfigError(f"delays_ms {list(self.delays_ms)}: give numbers from 0 to "
+                              f"{MAX_QUEUE_DELAY_MS:g}, like (0.0, 1.0, 2.0)")
+        if self.settings is not None and not (self.settings and all(
+                len(pair) == 2 and _whole(pair[0], 1, MAX_INSTANCES)
+                and _whole(pair[1], 1, MAX_THREADS) for pair in self.settings)):
+            raise ConfigError(f"settings {self.settings!r}: give (instances, threads) pairs "
+                              f"of at most {MAX_INSTANCES} instances of {MAX_THREADS} threads, "
+                              "like ((1, 2), (2, 1))")
+
     def layouts(self) -> list[tuple[int, int]]:
         """The (instances, threads) layouts to try: the given ones, else every one that fits."""
         return list(self.settings) if self.settings else settings_grid(available_cores())
@@ -136,6 +159,11 @@ class SearchSpace:
         """Every combination whose max batch holds a request of `rows` rows."""
         return [c for c in build_space(variants, self.max_batch_sizes, self.delays_ms,
                                        self.layouts()) if c.max_batch_size >= rows]
+
+
+def _whole(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) \
+        and low <= value <= high
 
 
 @dataclass(frozen=True)

@@ -181,3 +181,11 @@ def test_poller_does_not_retry_a_broken_version_until_it_changes(tmp_path: Path)
     for _ in range(2):
         asyncio.run(poller.poll())
     assert engine.calls == [("load", "a"), ("load", "a")]
+
+
+@pytest.mark.parametrize("field", ["poll_interval_s", "keys_check_interval_s"])
+def test_production_intervals_that_are_not_positive_numbers_are_refused(field: str) -> None:
+    from surge.server.production import ProductionOptions
+
+    with pytest.raises(ValueError, match=f"{field} must be positive, got nan"):
+        ProductionOptions(**{field: float("nan")})  # type: ignore[arg-type]

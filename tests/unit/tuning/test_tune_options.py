@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 import surge.api
-from surge.errors import SurgeError
+from surge.errors import ConfigError, SurgeError
 from surge.tuning import AccuracyBudget
+from surge.tuning.space import Load, SearchSpace, Slo
 from tests.cli_runner import run_cli
 
 
@@ -99,3 +100,26 @@ def test_the_accuracy_budget_refuses_what_is_no_budget() -> None:
     assert AccuracyBudget(0.0).max_drop == 0.0
     with pytest.raises(SurgeError, match="--min-metric nan"):
         AccuracyBudget(1.0, float("nan"))
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ({"max_batch_sizes": ()}, "max_batch_sizes \\[\\]: give integers from 1 to 4096"),
+    ({"max_batch_sizes": (0, 8)}, "max_batch_sizes \\[0, 8\\]"),
+    ({"max_batch_sizes": (8.5,)}, "max_batch_sizes \\[8.5\\]"),
+    ({"max_batch_sizes": (True,)}, "max_batch_sizes \\[True\\]"),
+    ({"delays_ms": (float("nan"),)}, "delays_ms \\[nan\\]: give numbers from 0 to 10000"),
+    ({"delays_ms": (-1.0,)}, "delays_ms \\[-1.0\\]"),
+    ({"settings": ()}, "settings \\(\\): give \\(instances, threads\\) pairs"),
+    ({"settings": ((0, 2),)}, "settings \\(\\(0, 2\\),\\)"),
+    ({"settings": ((1, 2, 3),)}, "settings"),
+])
+def test_a_search_space_of_nothing_or_of_impossible_values_is_refused(
+        space: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SearchSpace(**space)
+
+
+@pytest.mark.parametrize("p99_ms", [float("nan"), float("inf"), 0.0, -5.0])
+def test_an_slo_that_is_no_positive_number_is_refused(p99_ms: float) -> None:
+    with pytest.raises(ConfigError, match="--slo-p99 must be a positive number of ms"):
+        Slo(p99_ms, Load(concurrency=8))

@@ -163,7 +163,7 @@ class SearchSpace:
 
 def _whole(value: object, low: int, high: int) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool) \
-        and low <= value <= high
+        and bool(low <= value <= high)
 
 
 @dataclass(frozen=True)

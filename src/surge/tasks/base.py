@@ -144,6 +144,9 @@ class Task(ABC):
         """The training loss of `model`'s outputs against a batch's targets."""
         raise ConfigError(f"task {self.name} cannot be trained: it has no training loss")
 
+    def check_targets(self, split: Split, what: str) -> None:  # noqa: B027 (optional hook)
+        """Refuse, naming `what`, targets the training loss cannot take (default: any)."""
+
     def flip(self) -> Flip | None:
         """Horizontal-flip augmentation of a batch (None: the task's inputs have no left and
         right)."""

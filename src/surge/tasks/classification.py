@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from surge.errors import ConfigError
 from surge.evaluate.metrics import ClassificationReport, MetricError, classification_report
 from surge.tasks.base import EVAL_BATCH, CheckMeasures, Decoder, Flip, LossFn, Task, TrainMetric
 from surge.tasks.data import EvalDataset, Split
@@ -61,6 +62,22 @@ class Classification(Task):
         from torch import nn
 
         return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def check_targets(self, split: Split, what: str) -> None:
+        """Class ids [N] (whole numbers from 0) or class probabilities [N, classes], what
+        cross-entropy takes: float ids failed deep in the loss ('expected scalar type Long')."""
+        labels = split.labels
+        if labels.dim() == 2 and labels.is_floating_point():
+            return
+        if labels.dim() != 1:
+            raise ConfigError(f"{what} labels have shape {list(labels.shape)}: classification "
+                              "trains on class ids [N] or class probabilities [N, classes]")
+        if labels.is_floating_point() or labels.dtype.is_complex:
+            raise ConfigError(f"{what} labels are {str(labels.dtype).removeprefix('torch.')} "
+                              f"values such as {labels[0].item()!r}: classification trains on "
+                              "whole class ids (an integer array)")
+        if len(labels) and int(labels.min()) < 0:
+            raise ConfigError(f"{what} labels hold {int(labels.min())}: class ids start at 0")
 
     def flip(self) -> Flip | None:
         return flip_images

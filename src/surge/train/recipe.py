@@ -92,6 +92,8 @@ class Recipe:
             config.data, config.model.input_shape, config.seed)
         self.steps = steps_per_epoch(self.train_split, config.batch_size)
         check_validation(self.test_split)
+        self.task.check_targets(self.train_split, "the training split's")
+        self.task.check_targets(self.test_split, "the validation split's")
         self.precision: Precision = make_precision(config.precision, state.device)
         model = build_model(config.model, config.seed)
         self.loss_fn = self.task.loss(model, config.label_smoothing)

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from surge.engine.stats import Counters
+from surge.runtimes.base import Signature, TensorSpec
 from surge.workers.messages import BatchDone
 from surge.workers.transport import PipeTransport, WorkerEnd
 from surge.workers.worker import run_batch
@@ -18,6 +19,8 @@ BURN_MS, SLEEP_MS = 20, 60
 
 class BurnThenSleep:
     """A runner that spins BURN_MS of its thread's CPU, then sleeps SLEEP_MS (no CPU)."""
+
+    signature = Signature((TensorSpec("x", "FP32", (-1, 4)),), (TensorSpec("y", "FP32", (-1, 4)),))
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         until = time.thread_time() + BURN_MS / 1e3
@@ -34,6 +37,7 @@ def test_a_batch_done_carries_the_worker_threads_cpu() -> None:
         transport.send(front, 1, {"x": [np.ones((2, 4), np.float32)]})
         run_batch(BurnThenSleep(), back, end, back.recv())  # type: ignore[arg-type]
         done = front.recv()
+        assert done.error is None, done.error  # else no outputs follow to receive
         transport.receive(front, done)
     finally:
         end.close()

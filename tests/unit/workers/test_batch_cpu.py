@@ -37,7 +37,7 @@ def test_a_batch_done_carries_the_worker_threads_cpu() -> None:
         transport.send(front, 1, {"x": [np.ones((2, 4), np.float32)]})
         run_batch(BurnThenSleep(), back, end, back.recv())  # type: ignore[arg-type]
         done = front.recv()
-        assert done.error is None, done.error  # else no outputs follow to receive
+        assert not done.error, done.error  # else no outputs follow to receive
         transport.receive(front, done)
     finally:
         end.close()

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from surge.errors import SurgeError
+from surge.kinds import is_integer, is_number
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -71,8 +72,7 @@ def model_name(model: Any) -> str:
 
 
 def _check_timeout(timeout_s: Any) -> float:
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) \
-            or not 0 < timeout_s < float("inf"):
+    if not is_number(timeout_s) or not 0 < timeout_s < float("inf"):
         raise SurgeError(f"timeout_s {timeout_s!r}: give the seconds to wait for the server "
                          f"to start, a positive number (default {STARTUP_TIMEOUT_S:g})")
     return float(timeout_s)
@@ -224,8 +224,7 @@ def evaluate(repo: Path | str, model: str, data: str, task: str = "classificatio
     from surge.evaluate.harness import load_dataset
     from surge.repository import Repository
 
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
-                                or samples < 1):
+    if samples is not None and (not is_integer(samples) or samples < 1):
         raise SurgeError(f"samples {samples!r}: give a positive number of samples, or None "
                          "for all")
     name = model_name(model)

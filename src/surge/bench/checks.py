@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from numbers import Integral, Real
 from typing import Any
 
 from surge.errors import SurgeError
+from surge.kinds import is_integer, is_number
 
 MAX_RATE = 1_000_000.0  # arrivals per second: far past what one Python client can send
 # Closed-loop clients, a coroutine and a connection each: far more than one Python process
@@ -16,19 +16,11 @@ MAX_RATE = 1_000_000.0  # arrivals per second: far past what one Python client c
 MAX_CONCURRENCY = 10_000
 
 
-def _is_integer(value: Any) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
 def bench_levels(concurrency: int | Sequence[int]) -> list[int]:
     """One level or several, each a whole number of clients from 1 to MAX_CONCURRENCY."""
     levels = [concurrency] if not isinstance(concurrency, Sequence | set) else list(concurrency)
     if isinstance(concurrency, str) or not levels or not all(
-            _is_integer(level) and 1 <= level <= MAX_CONCURRENCY for level in levels):
+            is_integer(level) and 1 <= level <= MAX_CONCURRENCY for level in levels):
         raise SurgeError(f"concurrency {concurrency!r}: give integers from 1 to "
                          f"{MAX_CONCURRENCY:,}, e.g. 16 or (1, 16, 64)")
     return levels
@@ -36,15 +28,15 @@ def bench_levels(concurrency: int | Sequence[int]) -> list[int]:
 
 def check_load(duration_s: Any, rate: Any, batch_size: Any, warmup_s: Any) -> None:
     """How long, how fast and how large: finite and positive (no warm-up is 0)."""
-    if not _is_number(duration_s) or not 0 < duration_s < math.inf:
+    if not is_number(duration_s) or not 0 < duration_s < math.inf:
         raise SurgeError(f"duration {duration_s!r}: give a positive, finite number of seconds")
-    if rate is not None and (not _is_number(rate) or not 0 < rate <= MAX_RATE):
+    if rate is not None and (not is_number(rate) or not 0 < rate <= MAX_RATE):
         raise SurgeError(f"rate {rate!r}: give requests per second, positive and at most "
                          f"{MAX_RATE:g}")
-    if not _is_integer(batch_size) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise SurgeError(f"--batch-size {batch_size!r}: give a positive number of items per "
                          "request")
-    if not _is_number(warmup_s) or not 0 <= warmup_s < math.inf:
+    if not is_number(warmup_s) or not 0 <= warmup_s < math.inf:
         raise SurgeError(f"warmup_s {warmup_s!r}: give a finite number of seconds >= 0")
 
 

@@ -5,10 +5,10 @@ any port is bound or any model loads."""
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
 from surge.errors import SurgeError
+from surge.kinds import is_integer, is_number
 
 if TYPE_CHECKING:
     from surge.server.process import ServeOptions
@@ -16,15 +16,6 @@ if TYPE_CHECKING:
 # ConnectionLimits' timeouts and the `surge serve` options that set them
 LIMIT_OPTIONS = {"idle_timeout_s": "--idle-timeout", "header_timeout_s": "--header-timeout",
                  "body_timeout_s": "--body-timeout"}
-
-
-def is_number(value: Any) -> bool:
-    """An int or a float, not a bool (True would read as 1)."""
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
-def is_integer(value: Any) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 def check_port(option: str, port: Any) -> None:

@@ -7,10 +7,10 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Any
 
 from surge.errors import ConfigError
+from surge.kinds import is_integer, is_number
 from surge.platform import available_cores, settings_grid
 from surge.repository.config import MAX_QUEUE_DELAY_MS
 from surge.repository.config import ORIGINAL as ORIGINAL  # the model as exported
@@ -139,8 +139,7 @@ class SearchSpace:
                                                for v in self.max_batch_sizes):
             raise ConfigError(f"max_batch_sizes {list(self.max_batch_sizes)}: give integers "
                               f"from 1 to {MAX_BATCH}, like (1, 8, 32)")
-        if not self.delays_ms or not all(isinstance(v, int | float) and not isinstance(v, bool)
-                                         and 0 <= v <= MAX_QUEUE_DELAY_MS
+        if not self.delays_ms or not all(is_number(v) and 0 <= v <= MAX_QUEUE_DELAY_MS
                                          for v in self.delays_ms):
             raise ConfigError(f"delays_ms {list(self.delays_ms)}: give numbers from 0 to "
                               f"{MAX_QUEUE_DELAY_MS:g}, like (0.0, 1.0, 2.0)")
@@ -161,9 +160,8 @@ class SearchSpace:
                                        self.layouts()) if c.max_batch_size >= rows]
 
 
-def _whole(value: object, low: int, high: int) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool) \
-        and bool(low <= value <= high)
+def _whole(value: Any, low: int, high: int) -> bool:
+    return is_integer(value) and bool(low <= value <= high)
 
 
 @dataclass(frozen=True)

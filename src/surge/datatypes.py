@@ -36,6 +36,11 @@ _SENT_AS = "v2_datatype"
 BF16_WORDS = np.dtype("<u2", metadata={_SENT_AS: "BF16"})
 
 
+def bf16_values(words: np.ndarray) -> np.ndarray:
+    """The float32 values of BF16 words (each word is the upper half of an FP32 word)."""
+    return (words.astype(np.uint32) << 16).view(np.float32)
+
+
 def v2_to_numpy(datatype: str) -> np.dtype:
     """Numpy dtype for a V2 datatype name; raises SurgeError naming an unknown datatype."""
     try:

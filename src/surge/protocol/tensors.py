@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from surge.datatypes import BF16_WORDS, V2_DATATYPES, v2_to_numpy
+from surge.datatypes import BF16_WORDS, V2_DATATYPES, bf16_values, v2_to_numpy
 from surge.errors import InputError, shown
 
 _LENGTH = struct.Struct("<I")
@@ -212,7 +212,7 @@ def tensor_to_list(array: np.ndarray, datatype: str) -> list:
     if datatype == "BYTES":
         return [_bytes_to_json(item) for item in flat]
     if datatype == "BF16":
-        flat = (flat.astype(np.uint32) << 16).view(np.float32)
+        flat = bf16_values(flat)
     values = flat.tolist()
     if flat.dtype.kind == "f" and not np.isfinite(flat).all():
         return [_json_float(value) for value in values]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from surge.datatypes import v2_to_numpy
+from surge.datatypes import bf16_values, v2_to_numpy
 from surge.errors import InputError
 
 Bound = int | float
@@ -76,7 +76,7 @@ class ValueRange:
 def widened(array: np.ndarray, datatype: str) -> np.ndarray:
     """The values `array` holds: BF16 words as float32, anything else as it is."""
     if datatype == "BF16":
-        return (array.astype(np.uint32) << 16).view(np.float32)
+        return bf16_values(array)
     return array
 
 

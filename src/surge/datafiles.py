@@ -8,6 +8,7 @@ here before anything reads them.
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 from zipfile import BadZipFile
@@ -32,6 +33,21 @@ def regular_file(path: Path | str, what: str) -> Path:
         raise ConfigError(f"{what} {str(path)!r} is not a regular file (a pipe or a device "
                           "would block the read)")
     return path
+
+
+def file_stamp(*paths: Path) -> tuple[int, ...]:
+    """What tells that files changed on disk: each one's modification time, size and inode (a
+    file renamed over another, as editors and Kubernetes secrets replace one, is a new inode);
+    -1s for one that cannot be read. Files followed while serving compare it."""
+    stamps: list[int] = []
+    for path in paths:
+        try:
+            status = os.stat(path)
+        except OSError:
+            stamps += [-1, -1, -1]
+            continue
+        stamps += [status.st_mtime_ns, status.st_size, status.st_ino]
+    return tuple(stamps)
 
 
 def load_npy(path: Path | str, what: str, npz_hint: str = "") -> np.ndarray:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from surge.datafiles import regular_file
+from surge.datafiles import file_stamp, regular_file
 from surge.errors import ServingError, SurgeError
 
 log = logging.getLogger(__name__)
@@ -181,19 +180,19 @@ class FollowedKeyFile:
 
     def __init__(self, path: Path, ring: KeyRing, fixed: Sequence[ApiKey] = ()) -> None:
         self.path, self.ring, self.fixed = path, ring, tuple(fixed)
-        self._stamp = _stamp(path)
+        self._stamp = file_stamp(path)
         ring.replace([*self.fixed, *read_key_file(path)])  # SurgeError at start: no start
 
     def reload_if_changed(self) -> bool:
         """Read the file again if it changed on disk; True when its keys are now in use."""
-        stamp = _stamp(self.path)
+        stamp = file_stamp(self.path)
         if stamp == self._stamp:
             return False
         return self.reload(stamp)
 
     def reload(self, stamp: tuple[int, ...] | None = None) -> bool:
         """Read the file again; on failure keep the keys in use and log why."""
-        self._stamp = stamp if stamp is not None else _stamp(self.path)
+        self._stamp = stamp if stamp is not None else file_stamp(self.path)
         try:
             keys = read_key_file(self.path)
         except SurgeError as exc:
@@ -202,14 +201,6 @@ class FollowedKeyFile:
         self.ring.replace([*self.fixed, *keys])
         log.warning("API keys reloaded from %s (%d keys)", self.path, len(keys))
         return True
-
-
-def _stamp(path: Path) -> tuple[int, ...]:
-    try:
-        status = os.stat(path)
-    except OSError:
-        return (-1,)
-    return (status.st_mtime_ns, status.st_size, status.st_ino)
 
 
 __all__ = ["ApiKey", "FollowedKeyFile", "ForbiddenError", "KeyRing", "Scope",

@@ -8,14 +8,13 @@ generation: the listeners' contexts switch each new handshake to it as the Clien
 replaces the old one, and open connections keep theirs. With
 `--grpc-server grpcio`, gRPC asks for its certificate through
 `grpc.dynamic_ssl_server_credentials`, whose fetcher returns the new pair once after a reload.
-Files are re-read when their modification time changes (checked every `check_interval_s`)
-or on SIGHUP; a new pair that does not load leaves the old one in use and is logged.
+Files are re-read when their modification time, size or inode changes (checked every
+`check_interval_s`) or on SIGHUP; a new pair that does not load leaves the old one in use and is logged.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import threading
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from surge.datafiles import regular_file
+from surge.datafiles import file_stamp, regular_file
 from surge.errors import ConfigError, SurgeError
 
 log = logging.getLogger(__name__)
@@ -122,16 +121,7 @@ def _generation(config: TlsConfig) -> tuple[KeyPair, tuple[ssl.SSLContext, ssl.S
 
 
 def _stamp(config: TlsConfig) -> tuple[int, ...]:
-    paths = [config.cert, config.key, *([config.ca] if config.ca is not None else [])]
-    stamps: list[int] = []
-    for path in paths:
-        try:
-            status = os.stat(path)
-        except OSError:
-            stamps += [-1, -1]
-            continue
-        stamps += [status.st_mtime_ns, status.st_size]
-    return tuple(stamps)
+    return file_stamp(config.cert, config.key, *([config.ca] if config.ca is not None else []))
 
 
 class Certificates:

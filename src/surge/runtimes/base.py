@@ -195,15 +195,22 @@ def _check_output_rows(runner: Runner, inputs: Mapping[str, np.ndarray],
     """A batched model answers one output row per input row; an output of another length
     cannot be split among the requests of a batch (each would get another's rows, or part of
     its own), so the batch fails as the model's error instead of answering wrongly."""
-    if not runner.signature.batched or not inputs:
+    rows = _batch_rows(runner, inputs)
+    if rows is None:
         return
-    rows = next(iter(inputs.values())).shape[0]
     for name, array in outputs.items():
         if array.ndim == 0 or array.shape[0] != rows:
             raise SurgeError(
                 f"output {name!r} has shape {list(array.shape)} for a batch of {rows} rows: a "
                 "model with max_batch_size above 0 must answer one row per input row (serve "
                 "this one with max_batch_size: 0)")
+
+
+def _batch_rows(runner: Runner, inputs: Mapping[str, np.ndarray]) -> int | None:
+    """The rows of a batch of a batched model; None for a model without a batch dimension."""
+    if not runner.signature.batched or not inputs:
+        return None
+    return int(next(iter(inputs.values())).shape[0])
 
 
 _Failures = dict[int, tuple[str, bool]]  # batch row -> (error text, whether it is an InputError)
@@ -214,8 +221,8 @@ def _isolate(runner: Runner, inputs: Mapping[str, np.ndarray],
     """The batch was refused as bad input: halve it until the rows that fail on their own are
     found, then compute the others in one run. A batch whose rows pass alone (it fails only as
     a whole), or whose every row fails alone with an error not of the input, fails."""
-    rows = next(iter(inputs.values())).shape[0] if runner.signature.batched and inputs else 1
-    if rows == 1:
+    rows = _batch_rows(runner, inputs)
+    if rows is None or rows == 1:
         return {}, ((0, str(error)),)
     failed = (_failing_rows(runner, inputs, 0, rows // 2)
               | _failing_rows(runner, inputs, rows // 2, rows))

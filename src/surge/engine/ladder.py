@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from surge.repository.config import ORIGINAL
 from surge.scheduler.ladder import LadderController, LadderSettings, Rung, WindowRate
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def ladder_rungs(repository: Repository, name: str, config: ModelConfig) -> list[Rung]:
@@ -272,11 +273,8 @@ class LadderCounters:
     def snapshot(self, name: str, version: int) -> ModelStats:
         ladder = self._ladder
         parts = {r: m.counters.snapshot(name, version) for r, m in ladder.rungs.items()}
-        batches: dict[int, tuple[int, int]] = {}
-        for part in parts.values():
-            for size, (count, ns) in part.batch_stats.items():
-                old = batches.get(size, (0, 0))
-                batches[size] = (old[0] + count, old[1] + ns)
+        batches = {size: _sum_pairs(pairs)
+                   for size, pairs in _per_size([p.batch_stats for p in parts.values()]).items()}
         controller = ladder.controller
         predicted = controller.predicted_p99
         latency: dict[str, object] = {
@@ -294,7 +292,7 @@ class LadderCounters:
             sum(p.execution_count for p in parts.values()),
             max(p.last_inference for p in parts.values()), total("success"), total("fail"),
             total("queue"), total("compute_input"), total("compute_infer"),
-            total("compute_output"), dict(sorted(batches.items())), latency,
+            total("compute_output"), batches, latency,
             batch_phases=_summed_phases([p.batch_phases for p in parts.values()]))
 
 
@@ -310,13 +308,18 @@ def _sum_pairs(pairs: list[tuple[int, int]]) -> tuple[int, int]:
 
 def _summed_phases(parts: list[dict[int, Phases]]) -> dict[int, Phases]:
     """Per batch size, each phase's (count, ns) summed over the rungs."""
-    sizes = sorted({size for part in parts for size in part})
-    summed: dict[int, Phases] = {}
-    for size in sizes:
-        rows = [part[size] for part in parts if size in part]
-        phase_input, infer, output = (_sum_pairs([row[i] for row in rows]) for i in range(3))
-        summed[size] = (phase_input, infer, output)
-    return summed
+    return {size: (_sum_pairs([r[0] for r in rows]), _sum_pairs([r[1] for r in rows]),
+                   _sum_pairs([r[2] for r in rows]))
+            for size, rows in _per_size(parts).items()}
+
+
+def _per_size(parts: list[dict[int, T]]) -> dict[int, list[T]]:
+    """The rungs' figures of each batch size, by size."""
+    grouped: dict[int, list[T]] = {}
+    for part in parts:
+        for size, value in part.items():
+            grouped.setdefault(size, []).append(value)
+    return dict(sorted(grouped.items()))
 
 
 __all__ = ["LadderRequest", "ServedLadder", "all_finite", "ladder_rungs", "rung_config",

@@ -36,6 +36,7 @@ class Instance:
     item_s: float | None = None  # its own EWMA of seconds per batch item: nodes differ
     channel: Channel | None = None  # the direct tensor path; None: batches as Ray calls
     avoided: frozenset[str] = frozenset()  # nodes its label selector excludes, for good
+    placed: bool = False  # its actor exists on a node (it may still be loading)
 
     @property
     def free(self) -> int:
@@ -51,3 +52,15 @@ def close_channel(instance: Instance) -> None:
     if instance.channel is not None:
         instance.channel.close()
         instance.channel = None
+
+
+async def note_placement(instance: Instance) -> None:
+    """Mark `instance` placed once its actor exists: a ping is answered by the actor's health
+    group while its model loads, so this tells waiting for a node from loading on one."""
+    from ray.exceptions import RayError
+
+    try:
+        await instance.actor.ping.remote()
+    except RayError:  # the actor died: its load reports that
+        return
+    instance.placed = True

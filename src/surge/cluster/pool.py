@@ -29,7 +29,7 @@ from typing import Any
 from surge.cluster.actor import ActorSpec, BatchReply, unpack_batch
 from surge.cluster.channel import Channel, ChannelClosedError
 from surge.cluster.heartbeat import Heartbeat
-from surge.cluster.instance import Instance, State, close_channel
+from surge.cluster.instance import Instance, State, close_channel, note_placement
 from surge.cluster.paths import open_channel, path_name, ray_call
 from surge.cluster.placement import (
     actor_options,
@@ -187,6 +187,7 @@ class RayPool:
         instance = Instance(self._indexes, actor, time.monotonic(), avoided=avoided)
         self._instances.append(instance)
         self._spawn(self._load(instance))
+        self._spawn(note_placement(instance))
         self._update_gauge()
         return instance
 
@@ -448,10 +449,11 @@ class RayPool:
     def _unshun(self) -> None:
         """An instance started while a node was suspected never goes there (Ray fixed its
         label selector): once that suspicion lapses, one still waiting for a node starts
-        afresh, that node allowed (else, with no room elsewhere, it would wait for ever)."""
+        afresh, that node allowed (else, with no room elsewhere, it would wait for ever). One
+        placed and loading is left to finish its load."""
         suspects = self._site.suspects
-        for instance in [i for i in self._instances
-                         if i.state is State.STARTING and i.avoided - suspects]:
+        for instance in [i for i in self._instances if i.state is State.STARTING
+                         and not i.placed and i.avoided - suspects]:
             self._instances.remove(instance)
             self._retire(instance, None)
             log.info("instance %s[%d] waited for a node while one was avoided; started "

@@ -180,18 +180,28 @@ def test_killing_an_actor_does_not_hold_the_event_loop(tmp_path: Path,
 
 
 class PendingActors:
-    """A Ray actor class whose actors are never placed; it records their options."""
+    """A Ray actor class whose actors never finish loading; it records their options.
+    `placed`: whether they are on a node (loading), or wait for one."""
 
-    def __init__(self) -> None:
+    def __init__(self, placed: bool = False) -> None:
         self.launched: list[dict[str, Any]] = []
+        self.placed = placed
 
     def options(self, **options: Any) -> PendingActors:
         self.launched.append(options)
         return self
 
     def remote(self, spec: object) -> SimpleNamespace:
-        never = asyncio.get_running_loop().create_future
-        return SimpleNamespace(load=SimpleNamespace(remote=never))  # waits for a node
+        loop = asyncio.get_running_loop()
+
+        def answered() -> asyncio.Future[int]:
+            future = loop.create_future()
+            future.set_result(1)
+            return future
+
+        ping = answered if self.placed else loop.create_future
+        return SimpleNamespace(load=SimpleNamespace(remote=loop.create_future),
+                               ping=SimpleNamespace(remote=ping))
 
 
 def test_a_replacement_waiting_while_a_node_was_avoided_starts_afresh_when_it_is_not(
@@ -217,6 +227,28 @@ def test_a_replacement_waiting_while_a_node_was_avoided_starts_afresh_when_it_is
     first, second = asyncio.run(body())
     assert first["label_selector"] == {"ray.io/node-id": "!in(node-a)"}
     assert "label_selector" not in second
+
+
+def test_an_instance_loading_on_a_node_is_not_started_again_when_a_suspicion_lapses(
+        tmp_path: Path) -> None:
+    async def body() -> list[dict[str, Any]]:
+        clock = [0.0]
+        site = ClusterSite(str(tmp_path), clock=lambda: clock[0])
+        actors = PendingActors(placed=True)  # on a node, loading its model
+        site.actor_class = lambda: actors  # type: ignore[method-assign]
+        site.kill = lambda actor: None  # type: ignore[method-assign]
+        site.suspect("node-a")
+        spec = PoolSpec("m", 1, ModelConfig.model_validate({"placement": "cluster"}))
+        pool = RayPool(spec, Events(), site)  # type: ignore[arg-type]
+        first = pool._launch()
+        await asyncio.sleep(0)  # its ping is answered
+        clock[0] = 61.0
+        pool._tick(2.0)
+        assert pool._instances == [first]
+        await pool.stop()
+        return actors.launched
+
+    assert len(asyncio.run(body())) == 1
 
 
 def test_reading_the_node_table_of_a_gone_gcs_fails_in_time(

@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Callable
 
-from surge.errors import ConfigError
+from surge.errors import ConfigError, InvalidNameError
 from surge.optimize.exporting import OnnxExportConfig
 from surge.optimize.low_rank import LowRankConfig
 from surge.optimize.mixed_precision import Bf16Config, Fp16Config
@@ -14,6 +14,7 @@ from surge.optimize.prune import PruneConfig
 from surge.optimize.quantize import Int8DynamicConfig, Int8StaticConfig
 from surge.optimize.registry import OptimizeConfig
 from surge.optimize.tables import Fp16TablesConfig, Int8TablesConfig
+from surge.repository.repository import check_name
 
 KNOWN = ("onnx, int8-dynamic, int8-static[-minmax|-entropy|-percentile], prune-<percent>[-l2], "
          "lowrank-<energy> or lowrank-r<rank>, bf16, fp16, fp16-torch, int8-tables, fp16-tables")
@@ -62,6 +63,12 @@ def parse_variant(name: str) -> OptimizeConfig:
     for pattern, build in _PATTERNS:
         match = pattern.fullmatch(name.strip())
         if match:
+            # the name is the variant's folder and how it is served: one `prune-+50` or
+            # `prune-5e1/` would be written but could never be loaded
+            try:
+                check_name(name.strip(), "variant")
+            except InvalidNameError as exc:
+                raise ConfigError(str(exc)) from None
             return build(match, name)
     raise ConfigError(f"unknown variant {name!r}; known: {KNOWN}")
 

@@ -3,6 +3,8 @@ pass the tolerance under `REPO/NAME/variants/<variant>/` (variant.yaml + model.<
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -18,15 +20,18 @@ from surge.optimize.mixed_precision import PrecisionConfig
 from surge.optimize.quantize import Int8StaticConfig
 from surge.optimize.registry import OptimizeConfig, apply
 from surge.optimize.source import Inputs, ModelSource
+from surge.optimize.twin import factory_module, probe, twin_module
 from surge.optimize.variant import Tolerance, Variant
 from surge.repository import ModelConfig, Repository
-from surge.repository.repository import VARIANT_FILE, VARIANTS_DIR
+from surge.repository.config import ORIGINAL
+from surge.repository.repository import VARIANT_FILE, VARIANTS_DIR, check_name
 from surge.runtimes import Signature, example_inputs
 from surge.tasks import DataOptions, Split, get_dataset, get_task
 from surge.tasks.tabular import unpack
 
 CHECK_ROWS = 10_000  # rows of the model's dataset; all of a 10,000-image test split
 CALIBRATION_ROWS = 512
+SWAP_TRIES = 10
 
 
 @dataclass(frozen=True)
@@ -77,19 +82,10 @@ def default_tolerance(task: str | None, has_labels: bool) -> Tolerance:
     return get_task(task).tolerance(has_labels) if task else Tolerance()
 
 
-def _module_from_factory(repo: Repository, name: str) -> Any:
-    from surge.runtimes.torch_runner import load_state_dict, resolve_factory
-
-    config = repo.config(name)
-    if config.resolved_engine() != "torch_factory" or not config.factory:
-        raise ConfigError(f"--torch-model {name!r} is not a torch_factory model")
-    module = resolve_factory(config.factory)(**config.factory_kwargs)
-    module.load_state_dict(load_state_dict(repo.model_file(name)))
-    return module.eval()
-
-
 def _signature(repo: Repository, name: str) -> Signature:
-    return repo.load(name).signature
+    # the version files', which optimize starts from: the variant the config selects may be
+    # the one this run is to make
+    return repo.load(f"{name}@{ORIGINAL}").signature
 
 
 def _load_calibration(path: Path, signature: Signature) -> Inputs:
@@ -108,6 +104,15 @@ def _load_calibration(path: Path, signature: Signature) -> Inputs:
         if spec.name not in data:
             raise ConfigError(f"{path}: no array for input {spec.name!r}")
         _check_calibration_array(path, signature, spec.name, data[spec.name])
+    # the calibrator feeds every array, in batches cut at the same rows: another name, or
+    # inputs of unequal rows, failed static int8 only once it ran
+    extra = [n for n in data if n not in signature.input_names]
+    if extra:
+        raise ConfigError(f"{path}: array {extra[0]!r} is not an input of the model "
+                          f"(inputs: {signature.input_names})")
+    rows = {n: len(a) for n, a in data.items() if a.ndim and signature.batched}
+    if len(set(rows.values())) > 1:
+        raise ConfigError(f"{path}: the inputs have different row counts {rows}")
     return data
 
 
@@ -129,23 +134,28 @@ def build_source(repo: Repository, name: str, options: OptimizeOptions, work_dir
     signature = _signature(repo, name)  # first: it says what a pipeline or a bad model is
     path = repo.model_file(name)
     module = onnx_path = None
+    twin = options.torch_model or config.parameters.get("torch_model")
+    given_as = "--torch-model" if options.torch_model else f"{name}: parameters.torch_model"
     if config.resolved_engine() == "torch_factory":
-        module = _module_from_factory(repo, name)
+        module, twin = factory_module(repo, name), None
     elif path.suffix == ".onnx":
         onnx_path = path
-        torch_model = options.torch_model or config.parameters.get("torch_model")
-        module = _module_from_factory(repo, torch_model) if torch_model else None
+        module = twin_module(repo, str(twin), name, signature, given_as) if twin else None
     else:
         raise ModelLoadError(f"{path}: optimize starts from an ONNX or torch_factory model")
     calibration = (_load_calibration(options.calibration, signature)
                    if options.calibration else None)
     task = _checked_task(name, config)
     data = _check_data(signature, config.parameters.get("dataset"), task, calibration, options)
-    return ModelSource(
+    source = ModelSource(
         name=name, input_names=signature.input_names, output_names=signature.output_names,
         samples=data.samples, module=module, onnx_path=onnx_path, task=task, labels=data.labels,
         calibration=calibration or data.calibration, finetune=data.finetune, work_dir=work_dir,
     )
+    if module is not None:
+        probe(source, signature, f"{given_as} {twin!r}" if twin else
+              f"the PyTorch module of {name!r}")
+    return source
 
 
 def _checked_task(name: str, config: ModelConfig) -> str | None:
@@ -211,7 +221,8 @@ def _training_split(reader: Any) -> Split | None:
         return None
 
 
-def _check_requests(source: ModelSource, configs: dict[str, OptimizeConfig]) -> None:
+def _check_requests(source: ModelSource, configs: dict[str, OptimizeConfig],
+                    exclude: tuple[str, ...] = ()) -> None:
     """Refuse up front what cannot be made, so nothing is half done."""
     for name, config in configs.items():
         if isinstance(config, Int8StaticConfig) and source.calibration is None:
@@ -220,12 +231,29 @@ def _check_requests(source: ModelSource, configs: dict[str, OptimizeConfig]) -> 
             isinstance(config, PrecisionConfig) and config.engine == "torch")
         if torch_only:
             source.require_module(f"variant {name!r}")
+    if exclude and any(hasattr(c, "exclude") for c in configs.values()):
+        _check_exclude(source, exclude)
+
+
+def _check_exclude(source: ModelSource, exclude: tuple[str, ...]) -> None:
+    """ONNX Runtime skips a node name it does not find: a misspelt --exclude quantized the
+    node it was meant to keep, and variant.yaml still listed it as excluded."""
+    import onnx
+
+    graph = onnx.load(str(source.ensure_onnx()), load_external_data=False).graph
+    nodes = [n.name for n in graph.node]
+    unknown = [n for n in exclude if n not in nodes]
+    if unknown:
+        shown = ", ".join(repr(n) for n in nodes[:8]) + (", ..." if len(nodes) > 8 else "")
+        raise ConfigError(f"--exclude {unknown[0]!r}: no node of that name in the ONNX graph of "
+                          f"{source.name!r} (nodes: {shown or 'none named'})")
 
 
 def optimize_model(repo_path: Path, name: str, configs: dict[str, OptimizeConfig],
                    options: OptimizeOptions | None = None) -> list[Outcome]:
     """Make, check and store each variant; failures are reported, not silently kept."""
     options = options or OptimizeOptions()
+    _check_names(configs)
     repo = Repository(repo_path)
     variants_dir = repo.model_dir(name) / VARIANTS_DIR
     created = not variants_dir.exists()
@@ -235,13 +263,23 @@ def optimize_model(repo_path: Path, name: str, configs: dict[str, OptimizeConfig
             source = build_source(repo, name, options, Path(tmp))
             tolerance = options.tolerance or default_tolerance(source.task,
                                                                source.labels is not None)
-            _check_requests(source, configs)
+            _check_requests(source, configs, options.exclude)
             return [_one(source, variant_name, _with_exclude(config, options.exclude),
                          tolerance, variants_dir, Path(tmp), options.keep_failed)
                     for variant_name, config in configs.items()]
     finally:
         if created and not any(variants_dir.iterdir()):  # a refused request writes nothing
-            variants_dir.rmdir()
+            with contextlib.suppress(OSError):  # another run's work folder just appeared
+                variants_dir.rmdir()
+
+
+def _check_names(configs: dict[str, OptimizeConfig]) -> None:
+    """Each name is a folder under variants/ (API callers name them too: '../x' would be
+    written outside the model), each config one the registry knows."""
+    for name, config in configs.items():
+        check_name(name, "variant")
+        if not isinstance(config, OptimizeConfig):
+            raise ConfigError(f"variant {name!r}: {config!r} is not an optimize config")
 
 
 def _with_exclude(config: OptimizeConfig, exclude: tuple[str, ...]) -> OptimizeConfig:
@@ -276,10 +314,25 @@ def _store(staging: Path, variant: Variant, tolerance: Tolerance, target: Path) 
     info["tolerance"] = tolerance.describe()
     info["kept_despite_failing"] = not variant.check.passed
     (staging / VARIANT_FILE).write_text(yaml.safe_dump(info, sort_keys=False))
-    replaced = staging.with_name(f"{staging.name}.replaced")
-    if target.exists():
-        target.rename(replaced)
-    staging.rename(target)
-    if replaced.exists():
-        shutil.rmtree(replaced)
+    _swap_in(staging, target)
     return stored
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Rename `staging` to `target`, first moving aside (and deleting) the variant there.
+    Another optimize of the same model may store or move the same variant in between: the
+    rename then finds a folder again, or the one to move aside is gone; either way the
+    swap is retried, so the folder holds one run's variant whole (the last one's)."""
+    aside = staging.with_name(f"{staging.name}.replaced")
+    for _ in range(SWAP_TRIES):
+        try:
+            staging.rename(target)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        with contextlib.suppress(FileNotFoundError):  # another run moved it already
+            target.rename(aside)
+            shutil.rmtree(aside)
+    raise SurgeError(f"{target}: other runs kept storing this variant; {staging} was not "
+                     "moved in")

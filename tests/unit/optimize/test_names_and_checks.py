@@ -53,6 +53,9 @@ def test_config_names_round_trip() -> None:
     ("lowrank-1.5", "low-rank energy 1.5 is out of range"),
     ("bf16,bf16", "given twice"),
     (" , ", "no variants given"),
+    # float() reads these, but the names are no folder a variant can be served from
+    ("prune-+50", r"invalid variant name 'prune-\+50'"),
+    ("prune-" + "0" * 130 + "5", "invalid variant name 'prune-0000"),
 ])
 def test_bad_variant_names_give_one_line_errors(spec: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:

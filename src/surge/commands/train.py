@@ -24,12 +24,15 @@ def train(
         help="Restart all workers up to K times after a failure, from the last checkpoint.")] = 0,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue from the newest checkpoint in checkpoint.dir.")] = False,
+    join_timeout: Annotated[float, typer.Option(
+        help="Seconds every machine has to join the rendezvous (multi-machine).")] = 600.0,
 ) -> None:
     """Train a model from a recipe (DDP, pipeline or FSDP2; fp32, bf16 or fp16) via torchrun."""
     from surge.api import train as run_train
     from surge.train import LaunchOptions
 
     options = LaunchOptions(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv,
-                            max_restarts=max_restarts, resume=resume)
+                            max_restarts=max_restarts, resume=resume,
+                            join_timeout_s=join_timeout)
     with exit_on_sigterm():
         run_train(config, overrides or [], options)

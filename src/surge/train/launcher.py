@@ -6,6 +6,8 @@ one line of error instead of N crashed workers.
 
 from __future__ import annotations
 
+import math
+import os
 import signal
 import socket
 import subprocess
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 from surge.errors import ConfigError, SurgeError, shown
+from surge.kinds import is_integer, is_number
 from surge.platform import available_cores
 from surge.repository.repository import check_name
 from surge.tasks import get_task
@@ -24,13 +27,15 @@ from surge.train.config import TrainConfig, dump_train_config
 from surge.train.distributed import pick_device
 from surge.train.parallel import build_model, resolve_split
 from surge.train.precision import check_precision
+from surge.train.supervision import DIVERGED_ENV, DIVERGED_FILE, JOIN_TIMED_OUT, read_diverged
 
 RESOLVED_CONFIG = "config.yaml"
 
 
 @dataclass(frozen=True)
 class LaunchOptions:
-    """How many processes on how many machines, and how to recover from failures."""
+    """How many processes on how many machines, and how to recover from failures. Checked
+    when built (one line naming the value); `validate` checks that the --rdzv host resolves."""
 
     nproc: int = 1
     nnodes: int = 1
@@ -38,6 +43,20 @@ class LaunchOptions:
     rdzv: str | None = None
     max_restarts: int = 0
     resume: bool = False
+    join_timeout_s: float = 600.0  # torchrun's own default for the c10d rendezvous
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if self.nproc < 1 or self.nnodes < 1:
+            raise ConfigError(f"--nproc {self.nproc} and --nnodes {self.nnodes} must be >= 1")
+        if self.max_restarts < 0:
+            raise ConfigError(f"--max-restarts {self.max_restarts} must be >= 0")
+        if self.nnodes > 1 and not self.rdzv:
+            raise ConfigError("--nnodes > 1 needs --rdzv host:port (the rendezvous endpoint)")
+        if self.node_rank is not None and not 0 <= self.node_rank < self.nnodes:
+            raise ConfigError(f"--node-rank {self.node_rank} must be in [0, {self.nnodes})")
+        if self.rdzv is not None:
+            _host_port(self.rdzv)  # its form only: resolving the host is `validate`'s
 
     @property
     def world_size(self) -> int:
@@ -49,15 +68,29 @@ class LaunchOptions:
         return self.world_size == 1 and self.max_restarts == 0
 
 
+def _check_types(options: LaunchOptions) -> None:
+    """Values of the right kind (`True` would read as 1, 2.0 as a count), and a timeout that
+    ends (torchrun would take NaN or inf for no timeout, or fail with a traceback)."""
+    counts = {"--nproc": options.nproc, "--nnodes": options.nnodes,
+              "--max-restarts": options.max_restarts}
+    if options.node_rank is not None:
+        counts["--node-rank"] = options.node_rank
+    for option, value in counts.items():
+        if not is_integer(value):
+            raise ConfigError(f"{option} {value!r}: give a whole number (an int)")
+    timeout = options.join_timeout_s
+    if not is_number(timeout) or not 0 < timeout < math.inf:
+        shown_value = f"{timeout:g}" if is_number(timeout) else repr(timeout)
+        raise ConfigError(f"--join-timeout {shown_value}: give the seconds every machine has to "
+                          "join the rendezvous, a positive number")
+    if options.rdzv is not None and not isinstance(options.rdzv, str):
+        raise ConfigError(f"--rdzv {options.rdzv!r}: give host:port as a str")
+    if not isinstance(options.resume, bool):
+        raise ConfigError(f"resume {options.resume!r}: give True or False")
+
+
 def _check_options(options: LaunchOptions) -> None:
-    if options.nproc < 1 or options.nnodes < 1:
-        raise ConfigError(f"--nproc {options.nproc} and --nnodes {options.nnodes} must be >= 1")
-    if options.max_restarts < 0:
-        raise ConfigError(f"--max-restarts {options.max_restarts} must be >= 0")
-    if options.nnodes > 1 and not options.rdzv:
-        raise ConfigError("--nnodes > 1 needs --rdzv host:port (the rendezvous endpoint)")
-    if options.node_rank is not None and not 0 <= options.node_rank < options.nnodes:
-        raise ConfigError(f"--node-rank {options.node_rank} must be in [0, {options.nnodes})")
+    """What is too slow to check when the options are built: a network lookup."""
     if options.rdzv:
         _check_resolves(*_host_port(options.rdzv))
 
@@ -188,20 +221,25 @@ def _built_model(config: TrainConfig) -> torch.nn.Module:
 
 
 def torchrun_command(config_path: Path, options: LaunchOptions) -> list[str]:
-    """The `python -m torch.distributed.run ...` line that starts this machine's workers."""
-    command = [sys.executable, "-m", "torch.distributed.run",
+    """The line that starts this machine's workers: torchrun, through `surge.train.agent`."""
+    command = [sys.executable, "-m", "surge.train.agent",
                f"--nproc-per-node={options.nproc}", f"--max-restarts={options.max_restarts}"]
+    # torchrun takes whole seconds; rounded up, so that 0.5 stays a timeout.
+    seconds = math.ceil(options.join_timeout_s)
     if options.rdzv is None:
         command.append("--standalone")
     elif options.node_rank is not None:
-        # Static rendezvous: fixed node ranks, node 0 hosts the store at host:port.
+        # Static rendezvous: fixed node ranks, node 0 hosts the store at host:port; its
+        # `timeout` bounds the wait for the other nodes (and the store's operations).
         host, port = _host_port(options.rdzv)
         command += [f"--nnodes={options.nnodes}", f"--node-rank={options.node_rank}",
-                    f"--master-addr={host}", f"--master-port={port}"]
+                    f"--master-addr={host}", f"--master-port={port}",
+                    f"--rdzv-conf=timeout={seconds}"]
     else:
         # Dynamic (c10d) rendezvous: node ranks are assigned as machines join.
         command += [f"--nnodes={options.nnodes}", "--rdzv-backend=c10d",
-                    f"--rdzv-endpoint={options.rdzv}", "--rdzv-id=surge-train"]
+                    f"--rdzv-endpoint={options.rdzv}", "--rdzv-id=surge-train",
+                    f"--rdzv-conf=join_timeout={seconds}"]
     command += ["-m", "surge.train.rank", str(config_path)]
     return [*command, "--resume"] if options.resume else command
 
@@ -216,28 +254,62 @@ def launch(config: TrainConfig, options: LaunchOptions) -> None:
         return
     # The workers read the resolved config, so overrides need no second parse.
     path = dump_train_config(config, Path(config.log_dir) / RESOLVED_CONFIG)
-    code = run_torchrun(torchrun_command(path, options))
+    marker = Path(config.log_dir) / DIVERGED_FILE
+    marker.unlink(missing_ok=True)  # an earlier run's: it must not stop this one
+    code = run_torchrun(torchrun_command(path, options), marker)
     if code != 0:
-        raise SurgeError(f"training failed: torchrun exited with status {code} "
-                         "(the failing rank's error is above)")
+        raise _failure(code, options, marker)
+
+
+def _failure(code: int, options: LaunchOptions, marker: Path) -> SurgeError:
+    """Why torchrun failed, in one line."""
+    diverged = read_diverged(marker)
+    if diverged is not None:
+        from surge.train.recipe import DivergedError
+
+        rank, message = diverged
+        restarts = (f" (not restarted: with --max-restarts {options.max_restarts} it would only "
+                    "diverge again)" if options.max_restarts else "")
+        return DivergedError(f"training diverged on rank {rank}{restarts}: {message}")
+    if code == JOIN_TIMED_OUT:
+        timeout, seconds = options.join_timeout_s, math.ceil(options.join_timeout_s)
+        return SurgeError(
+            f"--join-timeout {timeout:g}: not all {options.nnodes} machines joined the rendezvous "
+            f"at {options.rdzv} within {seconds} s; start `surge train` with the same --nnodes "
+            "and --rdzv on each of them, or give them a longer --join-timeout")
+    return SurgeError(f"training failed: torchrun exited with status {code} "
+                      "(the failing rank's error is above)")
 
 
 TORCHRUN_STOP_S = 60.0  # time torchrun gets to stop its ranks before it is killed
+DIVERGED_POLL_S = 0.2  # how often the divergence marker is looked for
 
 
-def run_torchrun(command: list[str]) -> int:
+def run_torchrun(command: list[str], diverged: Path | None = None) -> int:
     """torchrun's exit status. When this process is stopped (Ctrl-C, or SIGTERM through
     `exit_on_sigterm`), torchrun is sent SIGTERM and waited for: it stops its ranks, which
-    would otherwise keep training, orphaned, and export when done."""
-    process = subprocess.Popen(command)
+    would otherwise keep training, orphaned, and export when done. So is torchrun when a rank
+    writes the file `diverged` (torchrun would restart the workers, to diverge again)."""
+    env = None if diverged is None else {**os.environ, DIVERGED_ENV: str(diverged)}
+    process = subprocess.Popen(command, env=env)
     try:
-        return process.wait()
-    except BaseException:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        while True:
             try:
-                process.wait(timeout=TORCHRUN_STOP_S)
+                return process.wait(timeout=DIVERGED_POLL_S)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                if diverged is not None and diverged.exists():
+                    _stop(process)
+                    return process.returncode
+    except BaseException:
+        _stop(process)
         raise
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=TORCHRUN_STOP_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

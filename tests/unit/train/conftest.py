@@ -11,5 +11,6 @@ import surge.train.launcher as launch_module
 def no_processes(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Record any attempt to start torchrun."""
     started: list[object] = []
-    monkeypatch.setattr(launch_module, "run_torchrun", lambda command: started.append(command))
+    monkeypatch.setattr(launch_module, "run_torchrun",
+                        lambda command, *_: started.append(command))
     return started

@@ -53,7 +53,7 @@ def test_a_valid_multi_process_recipe_starts_torchrun_with_the_resolved_config(
 ) -> None:
     commands: list[list[str]] = []
 
-    def fake_run(command: list[str]) -> int:
+    def fake_run(command: list[str], diverged: Path | None = None) -> int:
         commands.append(command)
         return 0
 
@@ -63,7 +63,7 @@ def test_a_valid_multi_process_recipe_starts_torchrun_with_the_resolved_config(
               "--nproc", "2", "--max-restarts", "1"])
     assert exit_info.value.code == 0
     (command,) = commands
-    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert command[:3] == [sys.executable, "-m", "surge.train.agent"]
     assert "--nproc-per-node=2" in command
     assert "--max-restarts=1" in command
     resolved = Path(command[command.index("surge.train.rank") + 1])
@@ -83,19 +83,84 @@ def test_torchrun_commands_for_one_and_many_machines(tmp_path: Path) -> None:
     assert {"--rdzv-backend=c10d", "--rdzv-endpoint=head:29400"} <= set(dynamic)
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    (LaunchOptions(nnodes=2), "--nnodes > 1 needs --rdzv"),
-    (LaunchOptions(nnodes=2, rdzv="nohostport"), "must look like host:port"),
-    (LaunchOptions(nnodes=2, node_rank=2, rdzv="h:1"), "--node-rank 2 must be in [0, 2)"),
-    (LaunchOptions(nproc=0), "must be >= 1"),
-    (LaunchOptions(nnodes=2, rdzv="no-such-host.invalid:29400"),
-     "--rdzv no-such-host.invalid:29400: the host 'no-such-host.invalid' does not resolve"),
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"nnodes": 2}, "--nnodes > 1 needs --rdzv"),
+    ({"nnodes": 2, "rdzv": "nohostport"}, "--rdzv 'nohostport' must look like host:port"),
+    ({"nnodes": 2, "node_rank": 2, "rdzv": "h:1"}, "--node-rank 2 must be in [0, 2)"),
+    ({"nproc": 0}, "--nproc 0 and --nnodes 1 must be >= 1"),
+    ({"nnodes": -1}, "--nproc 1 and --nnodes -1 must be >= 1"),
+    ({"max_restarts": -1}, "--max-restarts -1 must be >= 0"),
+    ({"nproc": True}, "--nproc True: give a whole number (an int)"),
+    ({"nproc": 2.0}, "--nproc 2.0: give a whole number (an int)"),
+    ({"nnodes": "2"}, "--nnodes '2': give a whole number (an int)"),
+    ({"max_restarts": "1"}, "--max-restarts '1': give a whole number (an int)"),
+    ({"nnodes": 2, "node_rank": 1.0, "rdzv": "h:1"}, "--node-rank 1.0: give a whole number"),
+    ({"rdzv": 29400}, "--rdzv 29400: give host:port as a str"),
+    ({"resume": "yes"}, "resume 'yes': give True or False"),
+    ({"join_timeout_s": 0}, "--join-timeout 0: give the seconds every machine has to join"),
+    ({"join_timeout_s": -5.0}, "--join-timeout -5: give the seconds"),
+    ({"join_timeout_s": float("inf")}, "--join-timeout inf: give the seconds"),
+    ({"join_timeout_s": float("nan")}, "--join-timeout nan: give the seconds"),
+    ({"join_timeout_s": True}, "--join-timeout True: give the seconds"),
+    ({"join_timeout_s": "60"}, "--join-timeout '60': give the seconds"),
 ])
-def test_bad_launch_options(tmp_path: Path, options: LaunchOptions, message: str) -> None:
+def test_launch_options_are_checked_where_they_are_built(
+        changes: dict[str, object], message: str) -> None:
+    """`LaunchOptions(nproc=0)` was accepted until the run started, and `nproc=True` (read as
+    1) or `max_restarts="1"` not refused at all: now building it raises, in one line."""
+    with pytest.raises(ConfigError) as info:
+        LaunchOptions(**changes)  # type: ignore[arg-type]
+    assert message in str(info.value)
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_launch_options_take_numpy_counts_and_any_positive_timeout() -> None:
+    import numpy as np
+
+    options = LaunchOptions(nproc=np.int64(2), join_timeout_s=0.5)  # type: ignore[arg-type]
+    assert options.world_size == 2
+    assert "--rdzv-conf=join_timeout=1" in torchrun_command(  # whole seconds, rounded up
+        Path("c.yaml"), LaunchOptions(nnodes=2, rdzv="h:1", join_timeout_s=0.5))
+
+
+def test_an_unresolvable_rendezvous_host_is_refused_by_validate(tmp_path: Path) -> None:
+    # A network lookup: done when the run is validated, not when the options are built.
+    options = LaunchOptions(nnodes=2, rdzv="no-such-host.invalid:29400")
     config = parse_train_config(recipe(tmp_path, parallelism="ddp"), "r")
     with pytest.raises(ConfigError) as info:
         validate(config, options)
-    assert message in str(info.value)
+    assert ("--rdzv no-such-host.invalid:29400: the host 'no-such-host.invalid' does not "
+            "resolve") in str(info.value)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--nproc", "0"], "--nproc 0 and --nnodes 1 must be >= 1"),
+    (["--join-timeout", "0"], "--join-timeout 0: give the seconds every machine has to join"),
+    (["--join-timeout", "inf"], "--join-timeout inf: give the seconds"),
+    (["--nnodes", "2", "--rdzv", "h:1", "--node-rank", "3"], "--node-rank 3 must be in [0, 2)"),
+])
+def test_bad_launch_options_on_the_command_line_fail_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_processes: list[object],
+    args: list[str], message: str,
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(write_recipe(tmp_path, parallelism="ddp")), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1
+    assert no_processes == []
+
+
+def test_the_join_timeout_goes_to_either_rendezvous(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    dynamic = torchrun_command(config, LaunchOptions(nproc=2, nnodes=2, rdzv="head:29400",
+                                                     join_timeout_s=30))
+    assert "--rdzv-conf=join_timeout=30" in dynamic
+    static = torchrun_command(config, LaunchOptions(nnodes=2, node_rank=0, rdzv="head:29500"))
+    assert "--rdzv-conf=timeout=600" in static  # the default: torchrun's c10d join_timeout
+    assert not any(arg.startswith("--rdzv-conf") for arg in
+                   torchrun_command(config, LaunchOptions(nproc=2)))
 
 
 def test_more_cpu_processes_than_cores_are_allowed_with_a_warning(

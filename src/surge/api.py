@@ -33,16 +33,24 @@ STARTUP_TIMEOUT_S = 120.0
 def serve(repo: Path | str, options: ServeOptions | None = None,
           on_started: Callable[[Endpoints], None] | None = None) -> None:
     """Serve every model of `repo` over V2 HTTP, gRPC and metrics until SIGTERM/SIGINT, then
-    drain accepted requests and return (blocks; see `start_server` for the background)."""
+    drain accepted requests and return (blocks; see `start_server` for the background).
+    Refuses a repository with no model unless `options.production.model_control` is set, as
+    `surge serve` does without --model-control."""
+    from surge.server.process import ServeOptions
     from surge.server.process import serve as serve_until_signal
+    from surge.server.serve_checks import check_has_models
 
-    serve_until_signal(repo, options, on_started)
+    path = repository_path(repo)
+    options = checked_options(options, ServeOptions, "ServeOptions(http_port=0)")
+    check_has_models(path, options)
+    serve_until_signal(path, options, on_started)
 
 
 def start_server(repo: Path | str, options: ServeOptions | None = None,
                  timeout_s: float = STARTUP_TIMEOUT_S) -> BackgroundServer:
     """Serve `repo` from a background thread of this process; returns once every model is
-    ready. Use it as a context manager, or call `stop()`."""
+    ready. Use it as a context manager, or call `stop()`. Refuses a repository with no model
+    unless `options.production.model_control` is set, as `surge serve` does."""
     server = BackgroundServer(repo, options)
     server.start(timeout_s)
     return server
@@ -105,10 +113,13 @@ class BackgroundServer:
 
     def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> Endpoints:
         """Start serving; on failure, timeout or KeyboardInterrupt it stops what it started."""
+        from surge.server.serve_checks import check_has_models
+
         timeout_s = _check_timeout(timeout_s)
         if self._thread.ident is not None or self._stopping:
             raise SurgeError("this server was started already: a BackgroundServer starts "
                              "once (make a new one to serve again)")
+        check_has_models(self.repo, self.options)  # before any port is bound, as the CLI does
         self._thread.start()
         try:
             return self._endpoints.result(timeout=timeout_s)

@@ -19,8 +19,11 @@ from surge.api import BackgroundServer
 from surge.errors import SurgeError
 from surge.server.limits import ConnectionLimits
 from surge.server.process import ServeOptions
+from surge.server.production import ProductionOptions
 
 ANY_PORTS = {"http_port": 0, "grpc_port": 0, "metrics_port": 0}
+# An empty repository is served only when a model-control mode lets models arrive later.
+EMPTY = ServeOptions(**ANY_PORTS, production=ProductionOptions(model_control="explicit"))
 
 
 @pytest.mark.parametrize(("values", "message"), [
@@ -93,7 +96,7 @@ def _listening(server: BackgroundServer) -> bool:
 def test_a_background_server_starts_once_and_stops_any_number_of_times(tmp_path: Path) -> None:
     """A second stop() raised "Event loop is closed", a second start() "threads can only be
     started once", and endpoints before start() a bare TimeoutError."""
-    server = BackgroundServer(tmp_path, ServeOptions(**ANY_PORTS))
+    server = BackgroundServer(tmp_path, EMPTY)
     with pytest.raises(SurgeError, match="not listening yet: call start"):
         server.endpoints  # noqa: B018
     server.start(30)
@@ -146,7 +149,7 @@ def test_giving_up_before_the_event_loop_runs_stops_the_server(
         return run(main)
 
     monkeypatch.setattr(surge.api.asyncio, "run", late_run)
-    server = BackgroundServer(tmp_path, ServeOptions(**ANY_PORTS))
+    server = BackgroundServer(tmp_path, EMPTY)
     server._endpoints = _GivesUp()
     errors = _start_in_a_thread(server, 30)
     assert "did not start within" in str(errors[0])
@@ -163,7 +166,7 @@ class _Interrupted(Future):  # type: ignore[type-arg]
 
 def test_ctrl_c_while_starting_stops_the_server(tmp_path: Path) -> None:
     """The server thread went on serving (ports open) after the KeyboardInterrupt."""
-    server = BackgroundServer(tmp_path, ServeOptions(**ANY_PORTS))
+    server = BackgroundServer(tmp_path, EMPTY)
     server._endpoints = _Interrupted()
     errors = _start_in_a_thread(server, 30)
     assert isinstance(errors[0], KeyboardInterrupt)
@@ -171,7 +174,7 @@ def test_ctrl_c_while_starting_stops_the_server(tmp_path: Path) -> None:
 
 
 def _serve_and_fail(root: Path) -> BackgroundServer:
-    with surge.start_server(root, ServeOptions(**ANY_PORTS), timeout_s=30) as server:
+    with surge.start_server(root, EMPTY, timeout_s=30) as server:
         assert _listening(server)
         raise ValueError(server)
 
@@ -180,3 +183,34 @@ def test_an_error_in_the_with_block_stops_the_server(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="BackgroundServer") as error:
         _serve_and_fail(tmp_path)
     assert not error.value.args[0]._thread.is_alive()
+
+
+@pytest.mark.parametrize("folders", [[], ["junk", "docs/sub"]])
+def test_an_empty_repository_is_refused_as_surge_serve_refuses_it(
+        tmp_path: Path, folders: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """start_server served a repository with no model (and surge.serve would have)."""
+    from tests.cli_runner import run_cli
+
+    for folder in folders:
+        (tmp_path / folder).mkdir(parents=True)
+    code, _, err = run_cli(["serve", str(tmp_path)], capsys)
+    assert code == 2
+    cli_message = err.strip().removeprefix("error: ")
+    assert "no model to serve" in cli_message
+    server = BackgroundServer(tmp_path, ServeOptions(**ANY_PORTS))
+    with pytest.raises(SurgeError) as error:
+        server.start(30)
+    assert str(error.value) == cli_message
+    assert server._thread.ident is None  # refused before any thread or port
+    for call in (lambda: surge.start_server(tmp_path, ServeOptions(**ANY_PORTS), timeout_s=30),
+                 lambda: surge.serve(tmp_path, ServeOptions(**ANY_PORTS))):
+        with pytest.raises(SurgeError) as error:
+            call()
+        assert str(error.value) == cli_message
+
+
+@pytest.mark.parametrize("mode", ["explicit", "poll"])
+def test_an_empty_repository_is_served_when_models_may_arrive(tmp_path: Path, mode: Any) -> None:
+    options = ServeOptions(**ANY_PORTS, production=ProductionOptions(model_control=mode))
+    with surge.start_server(tmp_path, options, timeout_s=30) as server:
+        assert _listening(server)

@@ -52,12 +52,14 @@ def _production(tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None
         raise SurgeError(f"--model-control {mode!r}: use explicit or poll")
     if poll_interval is not None and mode != "poll":
         raise SurgeError("--poll-interval needs --model-control poll")
+    # None when not chosen: explicit, the default, in which an empty repository is refused
+    chosen = model_control or ("poll" if poll_interval is not None else None)
     return ProductionOptions(
         tls=TlsConfig(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None,
         keys_file=_checked_keys_file(api_keys_file),
         metrics_auth=metrics_auth,
         access_log=AccessLogConfig(access_log, access_log_sample) if access_log else None,
-        tracing=_tracing(tracing), model_control=mode,  # type: ignore[arg-type]
+        tracing=_tracing(tracing), model_control=chosen,  # type: ignore[arg-type]
         poll_interval_s=poll_interval or DEFAULT_POLL_INTERVAL_S,
     )
 
@@ -225,7 +227,7 @@ def serve(
                                access_log_sample, tracing, model_control, poll_interval),
     )
     started = _on_started(repo, options, endpoints_file)
-    _check_repository(repo, group_memory_budget or [], model_control, poll_interval)
+    _check_repository(repo, group_memory_budget or [], options)
     run_server(repo, options, started)
     console.print("surge: drained and stopped")
 
@@ -236,26 +238,17 @@ def _body_bytes(max_body_mb: float) -> int:
     return int(max_body_mb * 1024 * 1024)
 
 
-NO_MODEL = ("no model to serve: a model is a folder NAME/ holding a config.yaml, or a version "
-            "folder such as NAME/1/ with its model file (to start without models and add them "
-            "while serving, give --model-control poll or explicit)")
-
-
-def _check_repository(repo: Path, group_budgets: list[str], model_control: str | None,
-                      poll_interval: float | None) -> None:
-    """Refuse, before any port is bound, a repository with no model, and a budget for a worker
-    group no model runs in (a misspelt group would limit nothing). Not when a model-control
-    mode is chosen: models may then be added while serving (found by the poll, or loaded by
-    the API), as in Triton's explicit mode. A missing repository is the server's to report."""
+def _check_repository(repo: Path, group_budgets: list[str], options: ServeOptions) -> None:
+    """Refuse, before any port is bound, a repository with no model (as the Python API does),
+    and a budget for a worker group no model runs in (a misspelt group would limit nothing).
+    Neither when a model-control mode is chosen: models may then be added while serving."""
     from surge.repository import Repository
+    from surge.server.serve_checks import check_has_models
 
-    if model_control is not None or poll_interval is not None or not repo.is_dir():
+    names = check_has_models(repo, options)
+    if names is None:
         return
-    repository = Repository(repo)
-    names = [name for name in repository.model_names() if _is_model(repository, name)]
-    if not names:
-        raise SurgeError(f"{repo}: {NO_MODEL}")
-    groups = _worker_groups(repository, names)
+    groups = _worker_groups(Repository(repo), names)
     for item in group_budgets:
         group = item.partition("=")[0].strip()
         if group not in groups:
@@ -264,20 +257,6 @@ def _check_repository(repo: Path, group_budgets: list[str], model_control: str |
                      "puts it in one")
             raise SurgeError(f"--group-memory-budget {item}: no model of the repository runs "
                              f"in worker group {group!r} ({known})")
-
-
-def _is_model(repository: Repository, name: str) -> bool:
-    """Whether folder `name` is laid out as a model (its load says what else it lacks)."""
-    from surge.repository.config import CONFIG_FILE
-    from surge.repository.repository import VARIANTS_DIR
-
-    folder = repository.root / name
-    if (folder / CONFIG_FILE).is_file() or (folder / VARIANTS_DIR).is_dir():
-        return True
-    try:
-        return bool(repository.versions(name))
-    except SurgeError:  # e.g. a link out of the repository: refused when it loads
-        return True
 
 
 def _worker_groups(repository: Repository, names: list[str]) -> set[str]:

@@ -162,7 +162,8 @@ class Engine:
         placements = plan_instances(config.instances, config.threads, config.device,
                                     available_cores(), cuda_device_count(config.device))
         return InProcessPool(str(self.repository.root), spec.ref, spec.version, placements,
-                             events, spin_wait=config.spin_wait)
+                             events, spin_wait=config.spin_wait,
+                             hang=HangRule(config.hang_multiple, config.hang_min_ms / 1e3))
 
     def _worker_pool(self, spec: PoolSpec, events: PoolEvents) -> InstancePool:
         """Production pools: one worker process per instance, placed to fit the cores, or a view

@@ -444,7 +444,7 @@ class ServedModel:
                    "no time left before its deadline to retry it")
             self._reject(request, WorkerCrashedError(
                 f"the instance of model {self.name!r} computing this request hung and was "
-                f"killed; {why}"), now)
+                f"stopped; {why}"), now)
         self.wake()
 
     def on_unavailable(self, error: Exception) -> None:

@@ -325,7 +325,8 @@ class ModelConfig(StrictConfig):
     hang_multiple: Float = Field(
         10.0, ge=1, le=1000, description="A batch still computing after this multiple of its "
         "predicted time (and at least hang_min_ms) marks its worker hung: the worker is killed "
-        "and restarted, the batch is retried once on another instance when its deadline allows.")
+        "and restarted (in-process: an ONNX Runtime run is interrupted; other engines cannot "
+        "be), the batch is retried once on another instance when its deadline allows.")
     hang_min_ms: Float = Field(
         2000.0, ge=10, le=3_600_000, description="Least time a batch may compute before its "
         "worker can be taken as hung, so that short batches never trip on a scheduling hiccup.")
@@ -334,7 +335,8 @@ class ModelConfig(StrictConfig):
         "local", description="Where instances run: local worker processes, Ray actors on compute "
         "nodes (`cluster`, needs `surge serve --ray`), `auto`: the cluster when serving on one, "
         "or `in-process`: threads of the serving process itself (no hand-off to a worker: the "
-        "lowest latency for small models; no crash isolation, no hang restart).")
+        "lowest latency for small models; no crash isolation; a hung batch is stopped only "
+        "on ONNX Runtime).")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig,
                                    description="Instances on Ray compute nodes.")
     worker: WorkerConfig | None = Field(

@@ -126,6 +126,24 @@ class Runner(Protocol):
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+@runtime_checkable
+class Interruptible(Protocol):
+    """An engine whose run under way another thread can make fail (ONNX Runtime's terminate
+    flag): how an in-process instance gets its thread back from a hung batch, since a thread
+    cannot be killed. Runs of one runner are sequential; `resume` lets the next one go on."""
+
+    def interrupt(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+def interruptible(runner: Runner) -> Interruptible | None:
+    """The engine under `runner`'s wrappers, if its runs can be interrupted (else None)."""
+    while isinstance(runner, WrappedRunner):
+        runner = runner.inner
+    return runner if isinstance(runner, Interruptible) else None
+
+
 class WrappedRunner:
     """A runner in front of another with a signature of its own (`Runner`): the config's
     corrected signature, or the inputs a model's preprocess steps take. It runs `inner` as
@@ -138,6 +156,10 @@ class WrappedRunner:
     @property
     def signature(self) -> Signature:
         return self._signature
+
+    @property
+    def inner(self) -> Runner:
+        return self._inner
 
     @property
     def device(self) -> str:

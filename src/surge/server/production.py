@@ -46,12 +46,15 @@ class ProductionOptions:
     tracing: Any = None
     # explicit: models change only through the load/unload API; poll: the server follows the
     # repository every poll_interval_s and refuses load/unload requests, as Triton does.
-    model_control: ModelControl = "explicit"
+    # None: explicit, but not chosen, so a repository with no model is refused as a mistake
+    # (`serve_checks.check_has_models`), as `surge serve` without --model-control does.
+    model_control: ModelControl | None = None
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
 
     def __post_init__(self) -> None:
-        if self.model_control not in ("explicit", "poll"):
-            raise ValueError(f"model_control must be explicit or poll, got {self.model_control!r}")
+        if self.model_control not in ("explicit", "poll", None):
+            raise ValueError(f"model_control must be explicit, poll or None, got "
+                             f"{self.model_control!r}")
         if not self.poll_interval_s > 0:  # NaN too
             raise ValueError(f"poll_interval_s must be positive, got {self.poll_interval_s}")
         if not self.keys_check_interval_s > 0:
@@ -72,7 +75,7 @@ class Production:
         self.request_log = RequestLog(
             AccessLog(options.access_log) if options.access_log is not None else None,
             _tracer(options.tracing))
-        self.repository_api = options.model_control == "explicit"
+        self.repository_api = options.model_control != "poll"
         self._poller: RepositoryPoller | None = None
         self._watches: list[asyncio.Task[None]] = []
 

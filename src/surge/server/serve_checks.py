@@ -5,12 +5,14 @@ any port is bound or any model loads."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from surge.errors import SurgeError
 from surge.kinds import is_integer, is_number
 
 if TYPE_CHECKING:
+    from surge.repository import Repository
     from surge.server.process import ServeOptions
 
 # ConnectionLimits' timeouts and the `surge serve` options that set them
@@ -100,3 +102,44 @@ def check_serve_options(options: ServeOptions) -> tuple[str, ...] | None:
     check_sizes(options)
     check_limits(options.limits)
     return check_models(options.models)
+
+
+NO_MODEL = ("no model to serve: a model is a folder NAME/ holding a config.yaml, or a version "
+            "folder such as NAME/1/ with its model file (to start without models and add them "
+            "while serving, give --model-control poll or explicit)")
+
+
+def check_has_models(repo: Path, options: ServeOptions) -> list[str] | None:
+    """Refuse, before any port is bound, a repository with no model: `surge serve` and the
+    Python API alike; returns the models found (None: not checked). Not when a model-control
+    mode was chosen (`ProductionOptions.model_control` set; `surge serve --model-control` or
+    `--poll-interval`): models may then be added while serving, as in Triton's explicit mode.
+    A missing repository is the server's to report."""
+    if options.production.model_control is not None or not repo.is_dir():
+        return None
+    return model_names(repo)
+
+
+def model_names(repo: Path) -> list[str]:
+    """The folders of `repo` laid out as models; SurgeError when there is none."""
+    from surge.repository import Repository
+
+    repository = Repository(repo)
+    names = [name for name in repository.model_names() if _is_model(repository, name)]
+    if not names:
+        raise SurgeError(f"{repo}: {NO_MODEL}")
+    return names
+
+
+def _is_model(repository: Repository, name: str) -> bool:
+    """Whether folder `name` is laid out as a model (its load says what else it lacks)."""
+    from surge.repository.config import CONFIG_FILE
+    from surge.repository.repository import VARIANTS_DIR
+
+    folder = repository.root / name
+    if (folder / CONFIG_FILE).is_file() or (folder / VARIANTS_DIR).is_dir():
+        return True
+    try:
+        return bool(repository.versions(name))
+    except SurgeError:  # e.g. a link out of the repository: refused when it loads
+        return True

@@ -33,7 +33,8 @@ class PoolEvents(Protocol):
         """An instance became ready: it can take batches queued meanwhile."""
 
     def on_hung(self, batch: Batch) -> None:
-        """The instance computing `batch` hung and was killed (and is being restarted)."""
+        """The instance computing `batch` hung and was stopped: a worker killed (and being
+        restarted), an in-process instance's run interrupted (its thread serves on)."""
 
     def on_spawn_failure(self) -> None:
         """A restart could not start its instance; the pool tries again after a backoff."""

@@ -59,9 +59,30 @@ def image_sum(path: Path, side: int = 8) -> Path:
     return _save(helper.make_graph(nodes, "image_sum", [x], [total], [axes]), path)
 
 
+def counting_loop(path: Path) -> Path:
+    """y = n + max(n) on INT64 [-1], counted one by one in a Loop of max(n) iterations: a
+    batch of n = 10**15 computes for years (ONNX Runtime checks its terminate flag between
+    iterations)."""
+    n = helper.make_tensor_value_info("n", TensorProto.INT64, ["batch"])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, ["batch"])
+    body = helper.make_graph(
+        [helper.make_node("Add", ["count_in", "one"], ["count_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])], "count",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("count_in", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("count_out", TensorProto.INT64, ["batch"])],
+        [numpy_helper.from_array(np.array(1, np.int64), "one")])
+    nodes = [helper.make_node("ReduceMax", ["n"], ["trips"], keepdims=0),
+             helper.make_node("Loop", ["trips", "", "n"], ["y"], body=body)]
+    return _save(helper.make_graph(nodes, "counting_loop", [n], [y]), path)
+
+
 def make_repo(root: Path, models: dict[str, tuple[str, str]]) -> Path:
-    """models: name -> (kind 'affine' | 'slow' | 'image_sum', config.yaml text); version 1."""
-    builders = {"affine": affine, "slow": slow, "image_sum": image_sum}
+    """models: name -> (kind 'affine' | 'slow' | 'image_sum' | 'loop', config.yaml text);
+    version 1."""
+    builders = {"affine": affine, "slow": slow, "image_sum": image_sum, "loop": counting_loop}
     for name, (kind, config) in models.items():
         builders[kind](root / name / "1" / "model.onnx")
         (root / name / "config.yaml").write_text(config)

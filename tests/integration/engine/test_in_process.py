@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from tests.integration.engine.test_engine import (
 )
 
 from surge.engine import Engine
-from surge.errors import ModelLoadError, ServingError
+from surge.errors import ModelLoadError, ServingError, WorkerCrashedError
 from surge.repository import ModelConfig, Repository
 from surge.runtimes import RunnerOptions
 from surge.workers.threads import InProcessPool
@@ -92,6 +93,76 @@ def test_a_failing_batch_fails_its_requests_and_the_instance_serves_on(tmp_path:
             out = await engine.infer("tiny", None, rows(3.0))
             np.testing.assert_array_equal(out["y"], np.full((1, 4), 7.0))
             assert engine.ready()
+
+    run(body())
+
+
+# A hang limit of 300 ms (the counting loop takes a few microseconds a batch).
+LOOP = ("loop", "max_batch_size: 1\ninstances: 1\nthreads: 1\nplacement: in-process\n"
+                "hang_multiple: 5\nhang_min_ms: 300\n")
+
+
+def count(n: int) -> dict[str, np.ndarray]:
+    return {"n": np.array([n], np.int64)}
+
+
+async def counted(engine: Engine, n: int) -> int:
+    out = await asyncio.wait_for(engine.infer("loop", None, count(n)), 10.0)
+    return int(out["y"][0])
+
+
+def test_a_hung_batch_is_stopped_as_hung_and_the_instance_serves_on(tmp_path: Path) -> None:
+    """A thread cannot be killed: the hung batch kept its instance busy for ever."""
+    async def body() -> None:
+        async with serving(tmp_path, {"loop": LOOP}) as engine:
+            for _ in range(20):  # measured batches: the hang limit's estimate
+                assert await counted(engine, 3) == 6
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            with pytest.raises(WorkerCrashedError, match="hung and was stopped") as error:
+                await counted(engine, 10**15)
+            # Answered as a worker's hung batch is: retried once, then 503.
+            assert "it hung on the retry too" in str(error.value)
+            assert error.value.status == 503
+            assert loop.time() - start < 5.0
+            assert pool_of(engine, "loop").hangs == 2
+            assert engine.metrics.worker_hangs.labels("loop")._value.get() == 2
+            assert engine.model_ready("loop")
+            for n in range(1, 20):  # the same instance, its thread free again
+                assert await counted(engine, n) == 2 * n
+
+    run(body())
+
+
+def test_a_hung_request_without_time_to_retry_fails_at_the_hang_limit(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with serving(tmp_path, {"loop": LOOP}) as engine:
+            for _ in range(20):
+                assert await counted(engine, 3) == 6
+            with pytest.raises(WorkerCrashedError, match="hung .* no time left"):
+                await asyncio.wait_for(
+                    engine.infer("loop", None, count(10**15), timeout_us=200_000), 5.0)
+            assert await counted(engine, 4) == 8
+
+    run(body())
+
+
+def test_stop_interrupts_a_batch_still_computing_after_the_grace(tmp_path: Path) -> None:
+    """Before any measured batch there is no hang limit: stop() frees the thread itself."""
+    async def body() -> None:
+        make_repo(tmp_path, {"loop": LOOP})
+        engine = Engine(Repository(tmp_path))
+        await engine.start()
+        task = asyncio.create_task(engine.infer("loop", None, count(10**15)))
+        await asyncio.sleep(0.2)
+        await engine.stop(grace_s=0.2)
+        with pytest.raises(ServingError, match="stopped"):
+            await task
+        threads = [t for t in threading.enumerate() if t.name.startswith("surge-loop-")]
+        assert threads
+        for thread in threads:
+            thread.join(5.0)
+            assert not thread.is_alive()
 
     run(body())
 

@@ -39,6 +39,30 @@ def test_parse_and_difference_two_scrapes_of_the_real_metrics() -> None:
     assert "p99    50.0 ms" in line  # rank 99 of 100 is the top of the 25-50 ms bucket
 
 
+def test_the_p99_is_of_the_answered_requests_not_the_quick_refusals() -> None:
+    """Under overload most requests are refused in microseconds (503): timed with the answers,
+    they would show a p99 of a fraction of a millisecond while every answer took 40 ms."""
+    metrics = SurgeMetrics()
+    before = MetricsSample.parse(scrape(metrics), "m")
+    for _ in range(20):
+        metrics.observe_request("m", "success", 0.04)
+    for outcome in ("rejected", "expired", "bad_request"):
+        for _ in range(1000):  # 20 answers: under 1% of all requests
+            metrics.observe_request("m", outcome, 0.0003)
+    metrics.observe_request("m", "worker_crashed", 0.0003)
+    after = MetricsSample.parse(scrape(metrics), "m")
+    assert after.answered == 20
+    p99 = float(live_line(before, after, 1.0, 1).split("p99")[1].split("ms")[0])
+    assert 25.0 < p99 <= 50.0  # in the 25-50 ms bucket of the answers
+
+
+def test_a_server_without_the_outcome_label_still_gives_a_p99() -> None:
+    text = ('surge_request_duration_seconds_bucket{le="0.01",model="m"} 5.0\n'
+            'surge_request_duration_seconds_bucket{le="+Inf",model="m"} 5.0\n')
+    sample = MetricsSample.parse(text, "m")
+    assert sample.buckets == ((0.01, 5.0), (float("inf"), 5.0))
+
+
 def test_quantile_interpolates_inside_a_bucket() -> None:
     buckets = [(0.01, 50.0), (0.02, 100.0), (float("inf"), 100.0)]
     assert quantile(buckets, 0.5) == pytest.approx(0.01)

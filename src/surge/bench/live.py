@@ -1,6 +1,6 @@
 """A live per-second line of what the server saw, read from its Prometheus metrics while a bench
-runs: requests/s, p99, goodput (answers within the model's SLO), shed requests by reason and
-the variant mix of a laddered model.
+runs: requests/s, p99 of the answered requests, goodput (answers within the model's SLO), shed
+requests by reason and the variant mix of a laddered model.
 
     live_line(before, after, seconds) -> "  3s  412 req/s  p99 38.1 ms  goodput 405/s ..."
 
@@ -27,7 +27,8 @@ class MetricsSample:
     within_slo: float = 0.0  # answered within slo_p99_ms (models with one)
     shed: dict[str, float] = field(default_factory=dict)  # by reason
     variants: dict[str, float] = field(default_factory=dict)  # answers by variant
-    buckets: tuple[tuple[float, float], ...] = ()  # request duration: (upper bound s, count)
+    # Duration of the answered requests: (upper bound s, count).
+    buckets: tuple[tuple[float, float], ...] = ()
 
     @classmethod
     def parse(cls, text: str, model: str) -> MetricsSample:
@@ -47,7 +48,10 @@ class MetricsSample:
                     shed[s.labels["reason"]] = s.value
                 elif s.name == "surge_variant_requests_total":
                     variants[s.labels["variant"]] = s.value
-                elif s.name == "surge_request_duration_seconds_bucket":
+                elif (s.name == "surge_request_duration_seconds_bucket"
+                      and s.labels.get("outcome", "success") == "success"):
+                    # Answered requests only: quick refusals would pull the p99 down under
+                    # overload. No label: an older server's histogram of every request.
                     buckets.append((float(s.labels["le"]), s.value))
         return cls(answered, within, shed, variants, tuple(sorted(buckets)))
 

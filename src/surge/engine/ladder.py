@@ -293,6 +293,7 @@ class LadderCounters:
             max(p.last_inference for p in parts.values()), total("success"), total("fail"),
             total("queue"), total("compute_input"), total("compute_infer"),
             total("compute_output"), batches, latency,
+            compute_cpu=total("compute_cpu"), preprocess_cpu=total("preprocess_cpu"),
             batch_phases=_summed_phases([p.batch_phases for p in parts.values()]))
 
 

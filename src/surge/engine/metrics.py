@@ -10,6 +10,19 @@ _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
             10.0, 30.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
+# The request counter's outcomes grouped into the request histogram's three: a quick 503 (queue
+# full) in the same histogram as the answers would pull their p99 down under overload, and a
+# label per counter outcome would multiply the buckets for little.
+REFUSED = frozenset({"rejected", "expired", "not_ready", "not_found", "bad_request"})
+
+
+def duration_outcome(outcome: str) -> str:
+    """`success` (answered), `refused` (turned away unanswered: rejected, expired, not_ready,
+    not_found, bad_request) or `error` (worker_crashed, cancelled, error)."""
+    if outcome == "success":
+        return outcome
+    return "refused" if outcome in REFUSED else "error"
+
 
 class SurgeMetrics:
     """Request, queue, compute and worker metrics, labelled by model. A gauge's
@@ -18,11 +31,14 @@ class SurgeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("surge_requests", "Finished inference requests by outcome.",
-                                ["model", "outcome"], registry=r)
+        self.requests = Counter("surge_requests", "Finished inference requests by outcome and "
+                                "protocol (http, grpc).", ["model", "outcome", "protocol"],
+                                registry=r)
         self.request_duration = Histogram(
-            "surge_request_duration_seconds", "Time from receiving a request to answering it.",
-            ["model"], buckets=_SECONDS, registry=r)
+            "surge_request_duration_seconds", "Time from receiving a request to answering it, "
+            "by outcome: success (answered), refused (turned away unanswered: queue full, "
+            "expired, bad request, unknown or unready model), error (failed or cancelled).",
+            ["model", "outcome"], buckets=_SECONDS, registry=r)
         self.queue_duration = Histogram(
             "surge_queue_duration_seconds", "Time a request waited in the queue for its batch.",
             ["model"], buckets=_SECONDS, registry=r)
@@ -108,7 +124,9 @@ class SurgeMetrics:
             "mix at the measured arrival rate (-1: no mix keeps up).", ["model"], registry=r,
             multiprocess_mode="livemax")
 
-    def observe_request(self, model: str, outcome: str, seconds: float) -> None:
-        """Count one finished request (outcome: success, rejected, expired, ...) and its duration."""
-        self.requests.labels(model, outcome).inc()
-        self.request_duration.labels(model).observe(seconds)
+    def observe_request(self, model: str, outcome: str, seconds: float,
+                        protocol: str = "http") -> None:
+        """Count one finished request (outcome: success, rejected, expired, ...) and its duration
+        (the front ends count theirs through surge.server.outcome.RequestObserver, cached)."""
+        self.requests.labels(model, outcome, protocol).inc()
+        self.request_duration.labels(model, duration_outcome(outcome)).observe(seconds)

@@ -7,16 +7,24 @@ registry is read: a prometheus_client child takes a lock and, for a histogram, w
 in Python on every observation (1.7 us a step, three times a request for a three-step pipeline,
 against 0.3 us here). A step keeps its totals across reloads of its pipeline, as a labelled
 child would: counters never go back.
+
+With several front ends (`--frontends N`) a scrape exports prometheus_client's multiprocess files,
+not the registry, so a collector's figures would be missing: `SharedCopy` writes each front end's
+totals into its own files every second and when a pipeline stops (the request path still only
+adds to the plain totals), and they sum over front ends like every other counter and histogram.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, values
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -26,6 +34,12 @@ from surge.engine.metrics import SurgeMetrics
 _SECONDS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             5.0, 10.0, 30.0)
 _LE = tuple(str(bound) for bound in _SECONDS) + ("+Inf",)
+DURATION = ("surge_pipeline_step_duration_seconds", "Time one pipeline step took for a request (a "
+            "model step: its queue and batch; a processor step: its thread).")
+CPU = ("surge_pipeline_step_cpu_seconds", "CPU time of a pipeline's processor step in the front "
+       "end: the thread CPU of each call, on the event loop or in a processor thread.")
+_LABELS = ("model", "step")
+SHARE_EVERY_S = 1.0  # how old another front end's step figures in a scrape can be
 
 
 class StepTimes:
@@ -90,26 +104,84 @@ class StepTotals(Collector):
         return self.cpu.setdefault((pipeline, step), StepCpu())
 
     def collect(self) -> Iterator[Metric]:
-        durations = HistogramMetricFamily(
-            "surge_pipeline_step_duration_seconds",
-            "Time one pipeline step took for a request (a model step: its queue and batch; a "
-            "processor step: its thread).", labels=["model", "step"])
+        durations = HistogramMetricFamily(*DURATION, labels=list(_LABELS))
         for labels, times in list(self.times.items()):
             durations.add_metric(list(labels), times.cumulative(), times.sum)
-        cpu = CounterMetricFamily(
-            "surge_pipeline_step_cpu_seconds",
-            "CPU time of a pipeline's processor step in the front end: the thread CPU of each "
-            "call, on the event loop or in a processor thread.", labels=["model", "step"])
+        cpu = CounterMetricFamily(*CPU, labels=list(_LABELS))
         for labels, totals in list(self.cpu.items()):
             cpu.add_metric(list(labels), totals.cpu_ns / 1e9)
         yield durations
         yield cpu
 
 
+class SharedCopy:
+    """The totals copied into this front end's multiprocess files (prometheus_client's own
+    values, as its Histogram and Counter would write them), by a thread every SHARE_EVERY_S:
+    the event loop never writes a file for them. A copy sets each value to its running total,
+    so it is idempotent and needs no lock with the loop (reads of ints under the GIL)."""
+
+    def __init__(self, totals: StepTotals) -> None:
+        self._totals = totals
+        self._times: dict[tuple[str, str], tuple[list[Any], Any, list[int]]] = {}
+        self._cpu: dict[tuple[str, str], tuple[Any, list[int]]] = {}
+        self._lock = threading.Lock()  # the thread's copy against a stopping pipeline's
+        threading.Thread(target=self._run, name="surge-step-metrics", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(SHARE_EVERY_S)
+            self.copy()
+
+    def copy(self) -> None:
+        with self._lock:
+            for labels, times in list(self._totals.times.items()):
+                self._copy_times(labels, times)
+            for labels, cpu in list(self._totals.cpu.items()):
+                value, copied = self._cpu.get(labels) or self._open_cpu(labels)
+                if cpu.cpu_ns != copied[0]:
+                    copied[0] = cpu.cpu_ns
+                    value.set(copied[0] / 1e9)
+
+    def _copy_times(self, labels: tuple[str, str], times: StepTimes) -> None:
+        buckets, total, copied = self._times.get(labels) or self._open_times(labels)
+        counts = list(times.counts)
+        if counts == copied:
+            return
+        for index, count in enumerate(counts):  # per bucket, not cumulative, as prometheus'
+            if count != copied[index]:
+                buckets[index].set(float(count))
+        copied[:] = counts
+        total.set(times.sum)
+
+    def _open_times(self, labels: tuple[str, str]) -> tuple[list[Any], Any, list[int]]:
+        name = DURATION[0]
+        buckets = [values.ValueClass("histogram", name, name + "_bucket", (*_LABELS, "le"),
+                                     (*labels, le), DURATION[1]) for le in _LE]
+        total = values.ValueClass("histogram", name, name + "_sum", _LABELS, labels, DURATION[1])
+        self._times[labels] = opened = (buckets, total, [0] * len(_LE))
+        return opened
+
+    def _open_cpu(self, labels: tuple[str, str]) -> tuple[Any, list[int]]:
+        value = values.ValueClass("counter", CPU[0], CPU[0] + "_total", _LABELS, labels, CPU[1])
+        self._cpu[labels] = opened = (value, [0])
+        return opened
+
+
+def _multiprocess() -> bool:
+    """Whether prometheus_client writes this process's values to files (several front ends)."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
 @dataclass(frozen=True)
 class StepMetrics:
     totals: StepTotals
     failures: Counter
+    shared: SharedCopy | None = None  # several front ends only
+
+    def share(self) -> None:
+        """Copy the totals into the multiprocess files now (a pipeline stopping)."""
+        if self.shared is not None:
+            self.shared.copy()
 
 
 _by_server: weakref.WeakKeyDictionary[SurgeMetrics, StepMetrics] = weakref.WeakKeyDictionary()
@@ -123,6 +195,7 @@ def step_metrics(metrics: SurgeMetrics) -> StepMetrics:
         metrics.registry.register(totals)
         found = StepMetrics(totals, Counter("surge_pipeline_step_failures",
                                             "Requests a pipeline step failed.", ["model", "step"],
-                                            registry=metrics.registry))
+                                            registry=metrics.registry),
+                            SharedCopy(totals) if _multiprocess() else None)
         _by_server[metrics] = found
     return found

@@ -226,6 +226,7 @@ class ServedPipeline:
             except TimeoutError:
                 log.warning("pipeline %s stopped with %d requests in flight", self.name,
                             self._inflight)
+        self._metrics.share()  # several front ends: its last figures before the process ends
 
     def instances_note(self) -> str:
         return ""

@@ -84,7 +84,7 @@ class V2App:
         self._ids = RequestIds()
         self.repository_api = repository_api  # load/unload requests allowed (explicit control)
         self.accepting = True  # cleared on drain: new requests get 503
-        self._observer = RequestObserver(engine.metrics, served_by(engine))
+        self._observer = RequestObserver(engine.metrics, served_by(engine), "http")
         # One large decode at a time: each holds about 20 bytes of Python objects per JSON byte.
         self._large_decode = asyncio.Semaphore(1)
 

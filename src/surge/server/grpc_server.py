@@ -107,7 +107,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._log = request_log or RequestLog()
         self._ids = RequestIds()
         self.repository_api = repository_api  # load/unload requests allowed (explicit control)
-        self._observer = RequestObserver(engine.metrics, served_by(engine))
+        self._observer = RequestObserver(engine.metrics, served_by(engine), "grpc")
 
     def authorize(self, context: grpc.aio.ServicerContext, needed: Scope = Scope.READ,
                   method: str = "") -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from surge.engine.metrics import SurgeMetrics
+from surge.engine.metrics import SurgeMetrics, duration_outcome
 from surge.engine.route import VariantRoute, answered_version, request_route
 from surge.errors import (
     DeadlineExceededError,
@@ -53,17 +53,21 @@ UNKNOWN_MODEL = "_unknown"
 
 
 class RequestObserver:
-    """Counts finished requests in the engine's request metrics, by model and outcome.
+    """Counts finished requests of one front end (`protocol`: http or grpc) in the engine's
+    request metrics, by model and outcome.
 
     The labelled children are cached: a labels() lookup per request costs more than the
-    observation itself. Only models the engine serves get a label (and a cache entry) of their
-    own; every other name a client sends, whatever the outcome, is counted under UNKNOWN_MODEL,
-    so that neither the metrics nor this cache grow with client input.
+    observation itself (the protocol is fixed per observer, so it adds no lookup). Only models
+    the engine serves get a label (and a cache entry) of their own; every other name a client
+    sends, whatever the outcome, is counted under UNKNOWN_MODEL, so that neither the metrics nor
+    this cache grow with client input.
     """
 
-    def __init__(self, metrics: SurgeMetrics, served: Callable[[str], bool]) -> None:
+    def __init__(self, metrics: SurgeMetrics, served: Callable[[str], bool],
+                 protocol: str) -> None:
         self._metrics = metrics
         self._served = served
+        self._protocol = protocol
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def observe(self, model: str, outcome: str, seconds: float) -> None:
@@ -78,8 +82,8 @@ class RequestObserver:
             model = UNKNOWN_MODEL
         children = self._children.get((model, outcome))
         if children is None:
-            children = (self._metrics.requests.labels(model, outcome),
-                        self._metrics.request_duration.labels(model))
+            children = (self._metrics.requests.labels(model, outcome, self._protocol),
+                        self._metrics.request_duration.labels(model, duration_outcome(outcome)))
             self._children[(model, outcome)] = children
         return children
 

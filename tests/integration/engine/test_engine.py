@@ -130,7 +130,7 @@ def test_engine_metrics(tmp_path: Path) -> None:
             text = generate_latest(engine.metrics.registry).decode()
             assert 'surge_queue_duration_seconds_count{model="tiny"} 10.0' in text
             assert 'surge_batch_size_sum{model="tiny"} 10.0' in text
-            assert 'surge_requests_total{model="tiny",outcome="success"} 1.0' in text
+            assert 'surge_requests_total{model="tiny",outcome="success",protocol="http"} 1.0' in text
             assert 'surge_queue_depth{model="tiny"} 0.0' in text
             for name in ("surge_compute_duration_seconds", "surge_request_duration_seconds",
                          "surge_rejected_total", "surge_expired_total",

@@ -157,7 +157,7 @@ def test_unknown_model_names_share_one_metric_label(attacked: ServerProcess) -> 
             ).status_code == 404
     text = _metrics_text(attacked)
     assert "nosuchmodel" not in text
-    assert 'surge_requests_total{model="_unknown",outcome="bad_request"}' in text
+    assert 'surge_requests_total{model="_unknown",outcome="bad_request",protocol="http"}' in text
 
 
 def test_grpc_checks_the_key_and_the_name_before_counting(attacked: ServerProcess) -> None:

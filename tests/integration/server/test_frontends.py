@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from collections import Counter
@@ -139,7 +140,7 @@ def test_a_region_registered_on_one_front_end_serves_every_front_end(
 def _requests_total(metrics: str) -> float:
     text = httpx.get(metrics, timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith('surge_requests_total{model="tiny",outcome="success"}'))
+               if line.startswith('surge_requests_total{model="tiny",outcome="success",'))
 
 
 def test_metrics_sum_over_front_ends_and_stats_are_each_front_ends_share(
@@ -207,6 +208,59 @@ def test_gauges_combine_over_live_front_ends_without_a_series_per_process(
     assert "surge_models_loaded 1.0" in text.splitlines()
     memory = [line for line in text.splitlines() if line.startswith("surge_model_memory_bytes{")]
     assert len(memory) == 1, memory
+
+
+PIPELINE = """\
+kind: pipeline
+max_batch_size: 8
+inputs:
+  - {name: x, datatype: FP32, shape: [-1, 4]}
+  - {name: n, datatype: INT64, shape: [-1, 3]}
+outputs: [{name: total, datatype: FP32, shape: [-1, 1]}]
+steps:
+  - {name: add, model: tiny, inputs: {x: x, n: n}, outputs: {y: y}}
+  - {name: sum, processor: "pipeline_steps:row_sum", inputs: {y: y}, outputs: {total: total}}
+"""
+
+
+def _step_samples(metrics: str) -> dict[str, float]:
+    """The pipeline's step samples, by name and labels, as the metrics port exports them."""
+    lines = httpx.get(metrics, timeout=10).text.splitlines()
+    return {name: float(value) for name, _, value in (line.rpartition(" ") for line in lines)
+            if name.startswith("surge_pipeline_step_")}
+
+
+def test_pipeline_step_metrics_sum_over_front_ends(tiny_repo: Path, tmp_path: Path) -> None:
+    """Each front end's step durations and CPU reach the export (they are kept as plain totals,
+    not prometheus_client values: copied into the multiprocess files every second)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo)
+    (repo / "p").mkdir()
+    (repo / "p" / "config.yaml").write_text(PIPELINE)
+    server = start_server(repo, tmp_path / "server.log", "--frontends", "2")
+    try:
+        _wait_for(lambda: "front ends 2" in server.output())
+        for _ in range(CONNECTIONS):  # httpx.post: a new connection each time
+            answer = httpx.post(f"{server.http}/v2/models/p/infer", json=BODY, timeout=30)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["outputs"][0]["data"] == [14.0]
+        count = 'surge_pipeline_step_duration_seconds_count{model="p",step="%s"}'
+        _wait_for(lambda: all(_step_samples(server.metrics).get(count % step) == CONNECTIONS
+                              for step in ("add", "sum")), timeout=10)
+        samples = _step_samples(server.metrics)
+        assert not [name for name in samples if "pid=" in name]
+        for step in ("add", "sum"):
+            name = "surge_pipeline_step_duration_seconds"
+            assert samples[f'{name}_bucket{{le="+Inf",model="p",step="{step}"}}'] == CONNECTIONS
+            assert samples[f'{name}_sum{{model="p",step="{step}"}}'] > 0
+        assert samples['surge_pipeline_step_cpu_seconds_total{model="p",step="sum"}'] > 0
+        # Both front ends answered (all on one by chance: 2 ** -15): a front end's own count is
+        # short of the total.
+        shares = {httpx.get(f"{server.http}/v2/models/p/stats", timeout=10)
+                  .json()["model_stats"][0]["inference_count"] for _ in range(CONNECTIONS)}
+        assert max(shares) < CONNECTIONS, shares
+    finally:
+        assert server.stop() == 0, server.output()[-3000:]
 
 
 def test_sigterm_stops_every_process(frontends: ServerProcess) -> None:

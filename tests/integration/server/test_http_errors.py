@@ -143,8 +143,8 @@ def test_metrics_endpoint_counts_requests_by_outcome(server: ServerProcess,
     client.post("/v2/models/tiny/infer", json=_inputs())
     client.post("/v2/models/tiny/infer", json=_inputs([1, 5]))
     text = httpx.get(server.metrics, headers=AUTH).text
-    assert 'surge_requests_total{model="tiny",outcome="success"}' in text
-    assert 'surge_requests_total{model="tiny",outcome="bad_request"}' in text
+    assert 'surge_requests_total{model="tiny",outcome="success",protocol="http"}' in text
+    assert 'surge_requests_total{model="tiny",outcome="bad_request",protocol="http"}' in text
 
 
 def test_compressed_body_is_refused_clearly(client: httpx.Client) -> None:

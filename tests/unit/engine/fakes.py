@@ -93,11 +93,13 @@ class FakePool:
 
     # -- what the test scripts --------------------------------------------------------------------
     def finish(self, index: int = 0, *, input_ns: int = 1_000, infer_ns: int = 4_000,
-               output_ns: int = 500, service_s: float | None = None) -> Batch:
+               output_ns: int = 500, service_s: float | None = None, cpu_ns: int = 0,
+               preprocess_cpu_ns: int = 0) -> Batch:
         """Instance `index` answers the batch it is computing."""
         batch = self.held[index].popleft()
         x = np.concatenate([r.inputs["x"] for r in batch.requests])
-        done = BatchDone(batch.id, input_ns=input_ns, infer_ns=infer_ns, output_ns=output_ns)
+        done = BatchDone(batch.id, input_ns=input_ns, infer_ns=infer_ns, output_ns=output_ns,
+                         cpu_ns=cpu_ns, preprocess_cpu_ns=preprocess_cpu_ns)
         own_s = (input_ns + infer_ns + output_ns) / 1e9
         self.events.on_done(batch, {"y": 2 * x + 1}, None,
                             BatchResult(done, own_s if service_s is None else service_s))

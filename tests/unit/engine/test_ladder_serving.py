@@ -139,6 +139,32 @@ def test_each_answer_says_which_variant_computed_it(tmp_path: Path) -> None:
     run(body())
 
 
+def test_the_ladders_statistics_sum_each_rungs_cpu(tmp_path: Path) -> None:
+    """compute_cpu and preprocess_cpu (the workers' own CPU) add up over the rungs like every
+    other figure; `/v2/models/m/stats` shows the preprocess part."""
+    async def body() -> None:
+        async with laddered(tmp_path) as s:
+            for rung in ("original", "fast"):
+                task = await s.infer(1.0, VariantRoute(variant=rung))
+                pool = s.pool(rung)
+                pool.finish(service_s=seconds(pool, 1), cpu_ns=3_000_000,
+                            preprocess_cpu_ns=1_000_000)
+                await settle()
+                assert task.done()
+            rungs = [m.counters.snapshot("m", 1) for m in s.served.rungs.values()]
+            stats = s.engine.stats("m")
+            for field in ("compute_cpu", "preprocess_cpu", "compute_infer", "queue"):
+                summed = tuple(sum(r) for r in zip(*(getattr(p, field) for p in rungs),
+                                                   strict=True))
+                assert getattr(stats, field) == summed, field
+            assert stats.compute_cpu[1] == 6_000_000  # the load-time probes reported none
+            assert stats.preprocess_cpu == (2, 2_000_000)
+            entry = model_statistics("m", 1, stats)
+            assert entry["preprocess"] == {"batches": 2, "cpu_ns": 2_000_000}
+
+    run(body())
+
+
 async def overload(s: Ladder, waves: int, per_wave: int, route: VariantRoute | None = None
                    ) -> list[asyncio.Task[dict[str, np.ndarray]]]:
     """`per_wave` requests every 50 ms (a rate far past the original's capacity)."""

@@ -3,6 +3,11 @@ read exactly as prometheus_client's own histogram and counter would show them.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from surge.engine.metrics import SurgeMetrics
@@ -49,3 +54,48 @@ def test_a_reloaded_pipeline_keeps_counting_where_it_was() -> None:
     assert totals.step_cpu("p", "decode") is totals.step_cpu("p", "decode")
     assert totals.step_times("p", "decode") is totals.step_times("p", "decode")
     assert totals.step_cpu("p", "keep") is not totals.step_cpu("p", "decode")
+
+
+
+# Run in a process of its own: prometheus_client picks file-backed values when first imported.
+_SEVERAL_FRONT_ENDS = """
+import sys
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from surge.engine.metrics import SurgeMetrics
+from surge.pipeline.metrics import step_metrics
+
+metrics = SurgeMetrics()
+steps = step_metrics(metrics)
+exported = CollectorRegistry()
+multiprocess.MultiProcessCollector(exported)
+times = steps.totals.step_times("p", "decode")
+for seconds in {seconds}:
+    times.observe(seconds)
+steps.totals.step_cpu("p", "decode").add(1_500_000, inline=True)
+steps.share()
+texts = [generate_latest(exported), generate_latest(metrics.registry)]
+times.observe(0.003)  # a request: the files are not written until the next copy
+texts.append(generate_latest(exported))
+steps.share()
+texts += [generate_latest(exported), generate_latest(metrics.registry)]
+sys.stdout.buffer.write(b"\\0".join(texts))
+"""
+
+
+def test_with_several_front_ends_the_totals_are_copied_into_the_shared_files(
+        tmp_path: Path) -> None:
+    """`--frontends N` exports prometheus_client's multiprocess files, not the registry: the
+    step totals are copied there, reading exactly as the registry's collector shows them."""
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    script = _SEVERAL_FRONT_ENDS.format(seconds=SECONDS)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          check=False, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    copied, registry, unchanged, recopied, registry_after = done.stdout.split(b"\0")
+    for prefix in ("surge_pipeline_step_duration_seconds", "surge_pipeline_step_cpu_seconds"):
+        assert _lines(copied, prefix)
+        assert sorted(_lines(copied, prefix)) == sorted(_lines(registry, prefix))
+        assert _lines(unchanged, prefix) == _lines(copied, prefix)
+        assert sorted(_lines(recopied, prefix)) == sorted(_lines(registry_after, prefix))
+    assert _lines(recopied, "surge_pipeline_step_duration_seconds_count") == [
+        f'surge_pipeline_step_duration_seconds_count{{model="p",step="decode"}} {len(SECONDS) + 1}.0']

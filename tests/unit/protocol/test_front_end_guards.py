@@ -118,10 +118,13 @@ def test_only_served_models_get_a_metric_label() -> None:
     asyncio.run(requests())
     labels = {s.labels["model"] for m in engine.metrics.requests.collect() for s in m.samples}
     assert labels == {"_unknown", "double"}
-    counted = engine.metrics.registry.get_sample_value
-    assert counted("surge_requests_total", {"model": "_unknown", "outcome": "bad_request"}) == 50
-    assert counted("surge_requests_total", {"model": "_unknown", "outcome": "not_found"}) == 50
-    assert counted("surge_requests_total", {"model": "double", "outcome": "bad_request"}) == 1
+    def counted(model: str, outcome: str) -> float | None:
+        return engine.metrics.registry.get_sample_value(
+            "surge_requests_total", {"model": model, "outcome": outcome, "protocol": "http"})
+
+    assert counted("_unknown", "bad_request") == 50
+    assert counted("_unknown", "not_found") == 50
+    assert counted("double", "bad_request") == 1
 
 
 def test_failed_load_answers_400_with_the_reason() -> None:

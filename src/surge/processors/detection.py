@@ -3,8 +3,9 @@
 Takes what a detector with its decoding inside answers (boxes FP32 [N, K, 4], scores FP32 [N, K],
 labels INT64 [N, K] class indices) and keeps, per row, the boxes whose score reaches
 `score_threshold` (the model config's `parameters.score_threshold` through `params_from`), best
-first. Rows keep the fixed width K so that they batch: `count` INT32 [N] says how many lead each
-row; the rest have score 0, box 0 and label b"".
+first; a score of 0 or less, or NaN, is never kept (padding, as `detections_to_coco` reads it).
+Rows keep the fixed width K so that they batch: `count` INT32 [N] says how many lead each row;
+the rest have score 0, box 0 and label b"".
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def _threshold(params: Mapping[str, Any]) -> float:
     value = params.get("score_threshold")
     if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
         raise ConfigError(f"params.score_threshold must be a number in [0, 1], got {value!r}")
+    labels = params.get("labels")
+    if labels is not None and not isinstance(labels, list):
+        # a string would be indexed by character: class 1 of "cat,dog" named b"a"
+        raise ConfigError(f"params.labels must be a list of class names, got {labels!r}")
     return float(value)
 
 
@@ -52,7 +57,8 @@ def boxes(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[str,
     rows = np.arange(found.shape[0])[:, None]
     order = np.argsort(-scores, axis=1, kind="stable")
     sorted_scores = scores[rows, order]
-    keep = sorted_scores >= threshold
+    # A score of 0 is padding (as `detections_to_coco` reads it), also at threshold 0.
+    keep = (sorted_scores >= threshold) & (sorted_scores > 0)
     zero = np.float32(0)  # FP32 inputs stay FP32: no cast, no copy
     return {
         "boxes": np.where(keep[..., None], found[rows, order], zero).astype(np.float32,

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from surge.errors import ConfigError
+from surge.evaluate.metrics import MetricError
+from surge.tasks.coco_metrics import box_problem, is_whole
 from surge.tasks.data import DataOptions, Dataset, EvalDataset, Split, limit
 
 if TYPE_CHECKING:
@@ -38,13 +40,25 @@ def detections_to_coco(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
     Image ids default to row + 1, matching split directories. Padding rows (score <= 0) are
     skipped.
     """
+    boxes, scores, labels = np.asarray(boxes), np.asarray(scores), np.asarray(labels)
+    if scores.ndim != 2 or boxes.shape != (*scores.shape, 4) or labels.shape != scores.shape:
+        raise MetricError(f"detection outputs must be boxes [N, K, 4], scores and labels [N, K]; "
+                          f"got {list(boxes.shape)}, {list(scores.shape)}, {list(labels.shape)}")
     n, _ = scores.shape
     ids = np.arange(1, n + 1) if image_ids is None else np.asarray(image_ids)
+    if ids.shape != (n,):
+        raise MetricError(f"{n} rows of detections but {ids.size} image ids")
     rows, cols = np.nonzero(scores > 0)
     picked = boxes[rows, cols]
+    classes = labels[rows, cols]
+    if classes.dtype.kind not in "iu" and not (
+            classes.dtype.kind == "f" and np.isfinite(classes).all()
+            and (classes == np.round(classes)).all()):
+        raise MetricError(f"detection labels must be whole class ids, got {labels.dtype} values "
+                          f"such as {classes[:3].tolist()}")
     xywh = np.concatenate([picked[:, :2], picked[:, 2:] - picked[:, :2]], axis=1)
     return [
-        {"image_id": int(ids[r]), "category_id": int(labels[r, c]) + 1,
+        {"image_id": int(ids[r]), "category_id": int(classes[j]) + 1,
          "bbox": [float(v) for v in xywh[j]], "score": float(scores[r, c])}
         for j, (r, c) in enumerate(zip(rows, cols, strict=True))
     ]
@@ -116,13 +130,66 @@ def packed_targets(ground_truth: dict[str, Any], count: int,
 
 # -- split directories ---------------------------------------------------------------------------
 def read_split(directory: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """(images [N, H, W], COCO ground truth) of a split directory."""
+    """(images [N, H, W], COCO ground truth) of a split directory, its boxes checked."""
     directory = Path(directory)
     images_file, annotations_file = directory / IMAGES_FILE, directory / ANNOTATIONS_FILE
     if not images_file.is_file() or not annotations_file.is_file():
         raise ConfigError(f"{directory}: a split directory needs {IMAGES_FILE} and "
                           f"{ANNOTATIONS_FILE}")
-    return np.load(images_file, allow_pickle=False), json.loads(annotations_file.read_text())
+    try:
+        images = np.load(images_file, allow_pickle=False)
+        ground_truth = json.loads(annotations_file.read_text())
+    except (OSError, ValueError) as exc:  # JSON and .npy format errors are ValueErrors
+        raise ConfigError(f"{directory}: cannot read the split ({type(exc).__name__}: "
+                          f"{str(exc)[:200]})") from None
+    if not isinstance(images, np.ndarray) or images.ndim != 3 or images.dtype.kind not in "uif":
+        shape = list(images.shape) if isinstance(images, np.ndarray) else type(images).__name__
+        raise ConfigError(f"{images_file}: images must be numbers [N, H, W] (one gray channel), "
+                          f"got {shape}")
+    check_annotations(ground_truth, images.shape, annotations_file)
+    return images, ground_truth
+
+
+def check_annotations(ground_truth: Any, shape: tuple[int, ...], where: Path) -> None:
+    """Refuse the boxes training and scoring cannot use: a NaN box stops training with an index
+    error, a category id out of range with a one-hot error; an empty or inverted box, or one
+    off the image, trains on a center and size that are not the object's."""
+    if not isinstance(ground_truth, dict) or not isinstance(ground_truth.get("annotations"), list):
+        raise ConfigError(f"{where}: COCO JSON needs an 'annotations' list")
+    listed = ground_truth.get("categories")
+    if listed is not None and not (isinstance(listed, list) and all(
+            isinstance(c, dict) and is_whole(c.get("id")) for c in listed)):
+        raise ConfigError(f"{where}: COCO 'categories' must be a list of objects with an "
+                          "integer 'id'")
+    categories = None if listed is None else {c["id"] for c in listed}
+    for index, ann in enumerate(ground_truth["annotations"]):
+        if not isinstance(ann, dict):
+            raise ConfigError(f"{where}: annotation {index} is not an object")
+        problem = _annotation_problem(ann, shape, categories)
+        if problem is not None:
+            raise ConfigError(f"{where}: annotation {index} (id {ann.get('id')!r}): {problem}")
+
+
+def _annotation_problem(ann: dict[str, Any], shape: tuple[int, ...],
+                        categories: set[Any] | None) -> str | None:
+    count, height, width = shape[:3]
+    bbox: Any = ann.get("bbox")
+    image: Any = ann.get("image_id")
+    category: Any = ann.get("category_id")
+    problem = box_problem(bbox)
+    if problem is None:
+        x, y, w, h = bbox
+        # a pixel of slack: boxes written as floats may end a rounding error past the edge
+        if x < -1 or y < -1 or x + w > width + 1 or y + h > height + 1:
+            problem = f"reaches outside the {width}x{height} image"
+    if problem is not None:
+        return f"bbox {bbox!r} {problem}"
+    if not (is_whole(image) and 1 <= image <= count):
+        return f"image_id {image!r} is not one of the images 1..{count} ({IMAGES_FILE} rows)"
+    if not (is_whole(category) and category >= 1 and (
+            categories is None or category in categories)):
+        return f"category_id {category!r} is not one of the 'categories' ids"
+    return None
 
 
 def class_names(ground_truth: dict[str, Any]) -> list[str]:
@@ -162,8 +229,13 @@ class CocoSplits(Dataset):
     def training(self, options: DataOptions) -> tuple[Split, Split]:
         self.check(options)
         root = self._root(options)
-        return (split_tensors(root / TRAIN_SPLIT, options.train_size),
-                split_tensors(root / VALIDATION_SPLIT, options.test_size))
+        train = split_tensors(root / TRAIN_SPLIT, options.train_size)
+        val = split_tensors(root / VALIDATION_SPLIT, options.test_size)
+        if not bool((val.labels[..., 4] >= 0).any()):
+            # COCO mAP@0.5, the validation metric, is undefined: said now, not after an epoch
+            raise ConfigError(f"{root / VALIDATION_SPLIT}: the validation canvases hold no boxes "
+                              f"(of {len(val)} images read), so mAP@0.5 cannot be computed")
+        return train, val
 
     def evaluation(self, input_name: str, options: DataOptions) -> EvalDataset:
         root = self._root(options)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,47 +37,115 @@ class CocoReport:
         return 100.0 * self.map
 
 
+def is_real(value: Any) -> bool:
+    """A plain number (numpy's too), not a bool or a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def is_whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
+def box_problem(bbox: Any) -> str | None:
+    """Why a COCO [x, y, width, height] box cannot be ground truth, or None when it can."""
+    if not isinstance(bbox, list | tuple) or len(bbox) != 4 or not all(map(is_real, bbox)):
+        return "is not four numbers [x, y, width, height]"
+    if not all(math.isfinite(v) for v in bbox):
+        return "holds NaN or infinity"
+    if not (bbox[2] > 0 and bbox[3] > 0):
+        return "has no area (width and height must be > 0): no detection can ever match it"
+    return None
+
+
+def _ids(data: dict[str, Any], key: str) -> set[Any]:
+    entries = data[key]
+    if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and is_whole(e.get("id")) for e in entries):
+        raise MetricError(f"COCO ground truth {key!r} must be a list of objects with an "
+                          "integer 'id'")
+    return {e["id"] for e in entries}
+
+
+def _check_annotation(index: int, ann: Any, images: set[Any], categories: set[Any]) -> None:
+    # pycocotools takes a NaN box for a match of anything, and drops an annotation of an
+    # unknown image or category without a word: either would change mAP silently.
+    if not isinstance(ann, dict):
+        raise MetricError(f"ground-truth annotation {index} is not an object")
+    problem = box_problem(ann.get("bbox"))
+    if problem:
+        raise MetricError(f"ground-truth annotation {index}: bbox {ann.get('bbox')!r} {problem}")
+    for key, known in (("image_id", images), ("category_id", categories)):
+        value = ann.get(key)
+        if not is_whole(value) or value not in known:
+            raise MetricError(f"ground-truth annotation {index}: {key} {value!r} is not one of "
+                              f"the ground truth's {key.removesuffix('_id')} ids")
+
+
 def _normalized_ground_truth(ground_truth: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(ground_truth, dict):
+        raise MetricError("COCO ground truth must be an object with images, annotations and "
+                          "categories")
     for key in ("images", "annotations", "categories"):
         if key not in ground_truth:
             raise MetricError(f"COCO ground truth has no {key!r} list")
+    images, categories = _ids(ground_truth, "images"), _ids(ground_truth, "categories")
+    if not isinstance(ground_truth["annotations"], list):
+        raise MetricError("COCO ground truth 'annotations' must be a list")
+    for index, ann in enumerate(ground_truth["annotations"]):
+        _check_annotation(index, ann, images, categories)
     data = copy.deepcopy(ground_truth)
     for index, ann in enumerate(data["annotations"]):
-        if "bbox" not in ann or len(ann["bbox"]) != 4:
-            raise MetricError(f"ground-truth annotation {index} has no [x, y, w, h] 'bbox'")
         ann.setdefault("id", index + 1)
         ann.setdefault("iscrowd", 0)
         ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
     return data
 
 
-def _coco_objects(ground_truth: dict[str, Any]) -> Any:
+def _coco_objects(data: dict[str, Any]) -> Any:
+    """pycocotools' COCO of normalized ground truth."""
     from pycocotools.coco import COCO
 
     coco = COCO()
-    coco.dataset = _normalized_ground_truth(ground_truth)
+    coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco.createIndex()
     return coco
 
 
-def _check_detections(detections: list[dict[str, Any]], image_ids: set[int]) -> None:
+def usable_detections(detections: list[dict[str, Any]],
+                      image_ids: set[Any]) -> list[dict[str, Any]]:
+    """Checked copies of COCO results: a NaN score ranks nowhere, so it is no detection (as in
+    `detections_to_coco`); a box with NaN or infinite corners can only be a miss, so it becomes
+    one that overlaps nothing (pycocotools would match it to every box)."""
+    usable: list[dict[str, Any]] = []
     for index, det in enumerate(detections):
-        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in det]
+        missing = [k for k in ("image_id", "category_id", "bbox", "score")
+                   if not isinstance(det, dict) or k not in det]
         if missing:
             raise MetricError(f"detection {index} lacks {missing} (COCO results format)")
         if det["image_id"] not in image_ids:
             raise MetricError(f"detection {index} names image_id {det['image_id']} not in the "
                               "ground truth")
+        bbox, score = det["bbox"], det["score"]
+        if not is_real(score) or not is_whole(det["category_id"]) or not isinstance(
+                bbox, list | tuple) or len(bbox) != 4 or not all(map(is_real, bbox)):
+            raise MetricError(f"detection {index} needs a number 'score', a whole "
+                              f"'category_id' and 'bbox' [x, y, w, h] numbers, got {det!r}")
+        if math.isnan(score):
+            continue
+        box = [float(v) for v in bbox]
+        usable.append({**det, "score": float(score),
+                       "bbox": box if all(map(math.isfinite, box)) else [0.0, 0.0, 0.0, 0.0]})
+    return usable
 
 
 def coco_map(ground_truth: dict[str, Any], detections: list[dict[str, Any]]) -> CocoReport:
     """COCO box mAP of `detections` (COCO results format) against `ground_truth` (COCO JSON)."""
     from pycocotools.cocoeval import COCOeval
 
-    gt = _coco_objects(ground_truth)
+    gt = _coco_objects(_normalized_ground_truth(ground_truth))
     names = {c["id"]: str(c.get("name", c["id"])) for c in gt.dataset["categories"]}
-    _check_detections(detections, set(gt.getImgIds()))
+    detections = usable_detections(detections, set(gt.getImgIds()))
     if not gt.dataset["annotations"]:
         raise MetricError("COCO ground truth has no annotations: mAP is undefined")
     if not detections:
@@ -83,7 +153,7 @@ def coco_map(ground_truth: dict[str, Any], detections: list[dict[str, Any]]) -> 
         zeros = dict.fromkeys(_categories_with_gt(gt, names), 0.0)
         return CocoReport(0.0, 0.0, 0.0, zeros, len(gt.getImgIds()), 0, [0.0] * 12)
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(copy.deepcopy(detections))
+        dt = gt.loadRes(detections)  # fresh dicts from usable_detections: loadRes edits them
         evaluator = COCOeval(gt, dt, iouType="bbox")
         evaluator.evaluate()
         evaluator.accumulate()
@@ -157,15 +227,16 @@ def _group_boxes(
     return groups
 
 
-def detection_prf(
-    ground_truth: dict[str, Any],
-    detections: list[dict[str, Any]],
-    score_threshold: float = 0.5,
-    iou: float = 0.5,
-) -> DetectionPRReport:
-    """Precision, recall and F1 of detections scoring >= `score_threshold`, same-class IoU match."""
-    data = _normalized_ground_truth(ground_truth)
-    _check_detections(detections, {img["id"] for img in data["images"]})
+def _check_prf_options(score_threshold: Any, iou: Any) -> None:
+    if not is_real(score_threshold) or math.isnan(score_threshold):
+        raise MetricError(f"score threshold must be a number, got {score_threshold!r}")
+    if not is_real(iou) or not 0 < iou <= 1:
+        raise MetricError(f"IoU threshold must be a number in (0, 1], got {iou!r}")
+
+
+def _prf(data: dict[str, Any], detections: list[dict[str, Any]], score_threshold: float,
+         iou: float) -> DetectionPRReport:
+    """detection_prf of normalized ground truth and usable detections."""
     gt_groups = _group_boxes([dict(a, score=1.0) for a in data["annotations"]
                               if not a.get("iscrowd")])
     det_groups = _group_boxes(detections, score_threshold)
@@ -182,6 +253,19 @@ def detection_prf(
     return DetectionPRReport(score_threshold, iou, precision, recall, f1, tp, n_det - tp, n_gt - tp)
 
 
+def detection_prf(
+    ground_truth: dict[str, Any],
+    detections: list[dict[str, Any]],
+    score_threshold: float = 0.5,
+    iou: float = 0.5,
+) -> DetectionPRReport:
+    """Precision, recall and F1 of detections scoring >= `score_threshold`, same-class IoU match."""
+    _check_prf_options(score_threshold, iou)
+    data = _normalized_ground_truth(ground_truth)
+    usable = usable_detections(detections, {img["id"] for img in data["images"]})
+    return _prf(data, usable, score_threshold, iou)
+
+
 def best_f1_threshold(
     ground_truth: dict[str, Any],
     detections: list[dict[str, Any]],
@@ -192,7 +276,11 @@ def best_f1_threshold(
 
     Candidates default to every distinct detection score, so the optimum is exact.
     """
+    data = _normalized_ground_truth(ground_truth)
+    usable = usable_detections(detections, {img["id"] for img in data["images"]})
     if thresholds is None:
-        thresholds = sorted({float(d["score"]) for d in detections}) or [0.5]
-    reports = [detection_prf(ground_truth, detections, t, iou) for t in sorted(thresholds)]
+        thresholds = sorted({d["score"] for d in usable}) or [0.5]
+    for threshold in thresholds:
+        _check_prf_options(threshold, iou)
+    reports = [_prf(data, usable, t, iou) for t in sorted(thresholds)]
     return max(reversed(reports), key=lambda r: r.f1)

@@ -43,19 +43,37 @@ def fashion_detection(
         raise ConfigError(f"OUT {str(out)!r} is a file: name a directory to write the splits "
                           f"into")
     _refuse_oversized_splits({"train": train, "val": val, "test": test}, size)
+    _make_out(out)
     spec = CanvasSpec(size=size, max_scale=min(CanvasSpec.max_scale, size))
     table = Table("split", "canvases", "objects", "source images", "seconds", title=str(out))
     for split, count in (("train", train), ("val", val), ("test", test)):
         started = time.perf_counter()
         data = generate_split(split, count, spec=spec, seed=seed)
-        save_split(data, out / split)
-        if split != "train":
-            save_eval_archive(data, out / f"{split}.npz")
-        if split == "val":  # calibration inputs for static quantization (`surge optimize --calib`)
-            np.save(out / "calib.npy", data.images[:CALIBRATION_CANVASES])
+        try:
+            save_split(data, out / split)
+            if split != "train":
+                save_eval_archive(data, out / f"{split}.npz")
+            if split == "val":  # calibration inputs for static quantization (`optimize --calib`)
+                np.save(out / "calib.npy", data.images[:CALIBRATION_CANVASES])
+        except OSError as exc:  # a full disk, or a split's name taken by a file
+            raise ConfigError(f"cannot write the {split} split into {str(out)!r}: {exc}") from None
         table.add_row(split, str(count), str(len(data.labels)), f"fashion-mnist {data.source_split}",
                       f"{time.perf_counter() - started:.1f}")
     console.print(table)
+
+
+def _make_out(out: Path) -> None:
+    """Create OUT now: a parent that is a file, or no permission, is said before the canvases
+    are drawn (a large train split takes minutes), not as a traceback after."""
+    from surge.errors import ConfigError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".surge-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"OUT {str(out)!r} cannot be written: {exc.strerror or exc}") from None
 
 
 def _refuse_oversized_splits(counts: dict[str, int], size: int) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from surge.errors import ConfigError
 from surge_examples.detection.model import STRIDE, split_maps
 
 SIZE_WEIGHT = 0.1  # CenterNet's weight for the size L1 (in stride units)
@@ -78,6 +79,11 @@ def _center_class_loss(heat: torch.Tensor, targets: Targets, labels: torch.Tenso
 def detection_loss(maps: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
                    classes: int) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss of raw maps against padded boxes/labels, and its parts (for logging)."""
+    top = int(labels.max()) if labels.numel() else -1
+    if top >= classes:  # one_hot would stop the run with "Class values must be smaller ..."
+        raise ConfigError(f"a box of class {top} (category_id {top + 1}), but the model has "
+                          f"{classes} classes (category ids 1..{classes}): set the model's "
+                          f"classes or fix the annotations")
     heat, size, offset = split_maps(maps.float(), classes)
     targets = build_targets(boxes.float(), labels, classes, (heat.shape[2], heat.shape[3]))
     mask = targets.valid.unsqueeze(-1).float()

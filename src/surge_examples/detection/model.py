@@ -26,7 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from surge.errors import ConfigError
+
 STRIDE = 4
+MAX_K = 10_000  # detections per image: K rows of every output; more is a typo, not a need
 # Cross-class soft suppression: IoU above which a box is taken for the same item as a
 # higher-scoring box of another class, and the factor its score is multiplied by then.
 CROSS_CLASS_IOU = 0.5
@@ -136,6 +139,11 @@ class CenterNet(nn.Module):
         return f"{__name__}:detector", {"width": self.width, "classes": self.classes, "k": k}
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.shape[-2] % 16 or image.shape[-1] % 16:
+            # the pyramid adds 2x-upsampled coarse maps to finer ones: a side that does not
+            # halve evenly four times stops it with a tensor-size error
+            raise ConfigError(f"CenterNet takes images whose sides are multiples of 16, got "
+                              f"{image.shape[-2]}x{image.shape[-1]}")
         x4 = self.stem(self.normalize(image))
         x8 = self.down8(x4)
         x16 = self.down16(x8)
@@ -156,7 +164,11 @@ def decode(maps: torch.Tensor, classes: int, k: int = 32) -> tuple[torch.Tensor,
     heat = torch.sigmoid(heat_logits)
     n, c, h, w = heat.shape
     peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat).to(heat.dtype)
-    scores, index = torch.topk(peaks.reshape(n, c * h * w), k)
+    flat = peaks.reshape(n, c * h * w)
+    if k > c * h * w:  # a small image has fewer positions than K: pad with score-0 entries
+        flat = F.pad(flat, (0, k - c * h * w))
+    scores, index = torch.topk(flat, k)
+    index = index.clamp(max=c * h * w - 1)  # padding reads the last position, at score 0
     labels = torch.div(index, h * w, rounding_mode="floor")
     cell = index - labels * (h * w)
     ys = torch.div(cell, w, rounding_mode="floor")
@@ -202,6 +214,10 @@ class Detector(nn.Module):
 
     def __init__(self, net: CenterNet, k: int = 32) -> None:
         super().__init__()
+        # k sizes every output: refused here, not by topk on the first request served
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise ConfigError(f"detector k (detections per image) must be an integer from 1 to "
+                              f"{MAX_K}, got {k!r}")
         self.net = net
         self.k = k
 

@@ -29,10 +29,10 @@ other weights by the outputs' own size."""
 
 def factory_module(repo: Repository, name: str) -> Any:
     """The torch_factory model `name` built from its factory with its version's weights."""
-    from surge.runtimes.torch_runner import load_state_dict, resolve_factory
+    from surge.runtimes.torch_runner import build_module, load_state_dict
 
     config = repo.config(name)
-    module = resolve_factory(str(config.factory))(**config.factory_kwargs)
+    module = build_module(str(config.factory), config.factory_kwargs)
     path = repo.model_file(name)
     try:
         module.load_state_dict(load_state_dict(path))

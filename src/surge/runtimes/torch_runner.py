@@ -91,6 +91,17 @@ def resolve_factory(reference: str) -> Callable[..., Any]:
     return factory
 
 
+def build_module(reference: str, kwargs: Mapping[str, Any] | None) -> Any:
+    """The module `reference`'s factory builds from `kwargs` (a config's `factory_kwargs`): an
+    argument the factory does not take, or a value it refuses, fails the load in one line."""
+    factory = resolve_factory(reference)
+    try:
+        return factory(**dict(kwargs or {}))
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"factory {reference} with factory_kwargs {dict(kwargs or {})}: "
+                             f"{type(exc).__name__}: {exc}") from None
+
+
 def _spec_from_value(name: str, value: Any, batched: bool) -> TensorSpec:
     import torch
 
@@ -225,7 +236,7 @@ class FactoryRunner(_TorchRunnerBase):
 
         options = options or RunnerOptions()
         set_torch_threads(options)
-        module = resolve_factory(factory)(**dict(factory_kwargs or {}))
+        module = build_module(factory, factory_kwargs)
         state = load_state_dict(Path(weights))
         try:
             module.load_state_dict(state)

@@ -30,6 +30,7 @@ def demo(
     from surge.errors import ConfigError
     from surge.evaluate.harness import evaluate, load_dataset
     from surge.repository import Repository
+    from surge.tasks import get_task
 
     loaded = Repository(repo).load(model)
     parameters = loaded.config.parameters
@@ -42,18 +43,21 @@ def demo(
     report = evaluate(loaded, dataset, parameters.get("task", "classification"),
                       batch_size=batch_size)
 
-    inputs = dataset.inputs[name]
+    # Every input the model takes: a column model (credit-mlp) has one per feature.
+    names = loaded.signature.input_names
     single: list[float] = []
-    for i in range(min(300, len(inputs))):
+    for i in range(min(300, len(dataset))):
         t0 = time.perf_counter()
-        loaded.runner.run({name: inputs[i:i + 1]})
+        loaded.runner.run({n: dataset.inputs[n][i:i + 1] for n in names})
         single.append(time.perf_counter() - t0)
 
     table = Table(title=f"{model} ({loaded.path.relative_to(Path(repo).resolve())})")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("test samples", f"{report.count}")
-    table.add_row(f"test {report.metric_name}", f"{report.metric:.2f}%")
+    shown = get_task(parameters.get("task", "classification")).headline_text(
+        report.metric, report.metric_name)
+    table.add_row(f"test {report.metric_name}", shown)
     batch = min(batch_size, loaded.signature.max_batch_size or batch_size)  # as evaluate runs it
     table.add_row(f"throughput (batch {batch})",
                   f"{report.count / report.seconds:,.0f} samples/s")

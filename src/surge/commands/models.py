@@ -109,7 +109,9 @@ def evaluate(
 ) -> None:
     """Score a model on a dataset and print its headline metric."""
     from surge.api import evaluate as run_evaluate
+    from surge.tasks import get_task
 
     report = run_evaluate(repo, model, data, task, metric=metric, samples=samples)
+    shown_metric = get_task(task).headline_text(report.metric, report.metric_name)
     console.print(f"{report.model} on {report.dataset} ({report.count} samples): "
-                  f"{report.metric_name} {report.metric:.2f}% in {report.seconds:.1f} s")
+                  f"{report.metric_name} {shown_metric} in {report.seconds:.1f} s")

@@ -95,7 +95,9 @@ def run_dataset(
     task_id = progress.add_task(description, total=len(dataset)) if progress else None
     chunks: dict[str, list[np.ndarray]] = {}
     for part in _batches(len(dataset), batch_size):
-        outputs = runner.run({n: dataset.inputs[n][part] for n in signature.input_names})
+        batch = {n: dataset.inputs[n][part] for n in signature.input_names}
+        _check_rows(runner, dataset, batch, part)
+        outputs = runner.run(batch)
         if on_batch is not None:
             on_batch(outputs, part)
         for name, array in outputs.items():
@@ -103,6 +105,18 @@ def run_dataset(
         if progress is not None and task_id is not None:
             progress.advance(task_id, part.stop - part.start)
     return {name: np.concatenate(arrays) for name, arrays in chunks.items()}
+
+
+def _check_rows(runner: Runner, dataset: EvalDataset, batch: dict[str, np.ndarray],
+                part: slice) -> None:
+    """Each batch against the values the model's config declares, as `surge serve` checks each
+    request: a NaN feature or an id of -1 past the first row would otherwise be scored (ONNX
+    Gather reads -1 from the end of its table) into a figure nobody could trust."""
+    try:
+        runner.signature.validate_inputs(batch)
+    except InputError as exc:
+        raise MetricError(f"dataset {dataset.name!r}, rows {part.start} to {part.stop - 1}: "
+                          f"{exc}") from None
 
 
 def evaluate(

@@ -23,12 +23,29 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
     every = np.concatenate(diffs)
     first = next(iter(reference))
     ref, cand = reference[first], candidate[first]
-    measures = get_task(task).check(ref, cand, labels) if task else CheckMeasures()
+    broken = _nan_where_finite(reference, candidate)
+    # A NaN error compares false with every bound, so it would pass them; its task measures
+    # (NDCG, AUC) are undefined.
+    measures = (get_task(task).check(ref, cand, labels) if task and not broken
+                else CheckMeasures())
     result = CheckResult(
         samples=int(ref.shape[0]), max_abs=float(every.max(initial=0.0)),
         mean_abs=float(every.mean()) if every.size else 0.0, **asdict(measures),
     )
-    return replace(result, failures=failures(result, tolerance))
+    return replace(result, failures=broken + failures(result, tolerance))
+
+
+def _nan_where_finite(reference: dict[str, np.ndarray],
+                      candidate: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """A failure line per output where the variant answers NaN or inf and the original not."""
+    out = []
+    for name, ref in reference.items():
+        ours = np.asarray(candidate[name], dtype=np.float64)
+        bad = int((~np.isfinite(ours) & np.isfinite(np.asarray(ref, np.float64))).sum())
+        if bad:
+            out.append(f"output {name!r}: {bad} of {ours.size} values NaN or infinite where "
+                       "the original's are finite")
+    return tuple(out)
 
 
 def failures(result: CheckResult, tol: Tolerance) -> tuple[str, ...]:

@@ -93,6 +93,11 @@ class Task(ABC):
         """The headline number of `report` for `metric` (one of `metrics`), in percent."""
         return 100.0 * float(getattr(report, self.metrics[metric]))
 
+    def headline_text(self, headline: float, metric: str) -> str:
+        """A `headline` of `metric` as a person reads it (`surge evaluate` prints it): percent
+        unless the task says otherwise."""
+        return f"{headline:.2f}%"
+
     def headline_range(self, metric: str) -> tuple[float, float]:
         """The values `metric`'s headline can take (`surge tune` refuses a `--min-metric`
         outside): 0 to 100 for the default headline, a fraction in percent; any number for a

@@ -37,12 +37,23 @@ class RegressionReport:
 
 
 def regression_report(targets: np.ndarray, predictions: np.ndarray) -> RegressionReport:
-    targets = np.asarray(targets, dtype=np.float64).reshape(-1)
-    predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
-    if len(targets) != len(predictions):
-        raise MetricError(f"{len(predictions)} predictions for {len(targets)} targets")
+    targets, predictions = np.asarray(targets), np.asarray(predictions)
+    if targets.size != predictions.size:
+        raise MetricError(f"{predictions.size} predictions for {targets.size} targets")
+    if targets.ndim and predictions.ndim and len(targets) != len(predictions):
+        # [N, H] targets against [N * H] outputs would pair values of different rows.
+        raise MetricError(f"{len(predictions)} rows of predictions for {len(targets)} rows of "
+                          "targets")
+    targets = targets.astype(np.float64).reshape(-1)
+    predictions = predictions.astype(np.float64).reshape(-1)
     if not len(targets):
         raise MetricError("no targets to score")
+    # A NaN or infinite value would make every error NaN or inf: a figure that means nothing.
+    for values, what in ((targets, "targets"), (predictions, "predictions")):
+        bad = int((~np.isfinite(values)).sum())
+        if bad:
+            raise MetricError(f"{bad} of {len(values)} {what} are NaN or infinite; the errors "
+                              "are undefined on them")
     error = predictions - targets
     nonzero = targets != 0
     if not nonzero.any():
@@ -73,11 +84,26 @@ class Regression(Task):
     def headline_range(self, metric: str) -> tuple[float, float]:
         return -math.inf, 0.0  # negated errors
 
+    def headline_text(self, headline: float, metric: str) -> str:
+        # The error itself: the negated headline read "mae -14.76%" for an MAE of $14.76.
+        return f"{-headline:.2f}%" if metric == "mape" else f"{-headline:.4g} (target units)"
+
     def loss(self, model: nn.Module, label_smoothing: float) -> LossFn:
         from torch.nn import functional
 
         return lambda outputs, targets: functional.mse_loss(
             outputs.reshape(-1).float(), targets.reshape(-1).float())
+
+    def check_targets(self, split: Split, what: str) -> None:
+        """Finite targets: a NaN one makes the loss NaN at its first batch, and the run stops
+        advising a lower learning rate."""
+        from surge.errors import ConfigError
+
+        labels = split.labels
+        if labels.is_floating_point() and not bool(labels.isfinite().all()):
+            bad = int((~labels.isfinite()).sum())
+            raise ConfigError(f"{what} targets hold {bad} NaN or infinite value(s) of "
+                              f"{labels.numel()}")
 
     def validation_metric(self, model: nn.Module, split: Split, device: torch.device) -> float:
         import torch

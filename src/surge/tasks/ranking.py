@@ -16,7 +16,14 @@ import numpy as np
 from surge.evaluate.metrics import MetricError
 from surge.tasks.base import CheckMeasures, Decoder, LossFn, Task, TrainMetric
 from surge.tasks.data import EvalDataset, Split
-from surge.tasks.tabular import binary_loss, logits_of, publish_columns, roc_auc
+from surge.tasks.tabular import (
+    binary_loss,
+    check_click_targets,
+    logits_of,
+    publish_columns,
+    refuse_nan,
+    roc_auc,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -78,18 +85,34 @@ class RankingReport:
     auc: float
 
 
-def ranking_report(labels: np.ndarray, scores: np.ndarray, k: int = K) -> RankingReport:
+def query_relevance(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query ids, relevance) of [N] or [N, 2] labels. A fractional or NaN query id would be
+    cut to a whole one and merge lists; NaN or negative relevance would count as irrelevant or
+    pull NDCG below 0: all refused."""
     labels = np.asarray(labels)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if labels.ndim == 1:
-        queries, relevance = np.zeros(len(labels), np.int64), labels.astype(np.float64)
+        queries, relevance = np.zeros(len(labels)), labels.astype(np.float64)
     elif labels.ndim == 2 and labels.shape[1] == 2:
-        queries, relevance = labels[:, 0].astype(np.int64), labels[:, 1].astype(np.float64)
+        queries, relevance = labels[:, 0], labels[:, 1].astype(np.float64)
     else:
         raise MetricError(f"ranking labels must be [N] relevance or [N, 2] (query, relevance), "
                           f"got shape {list(labels.shape)}")
+    if queries.dtype.kind == "f" and not (np.isfinite(queries) & (queries == np.round(queries))
+                                          ).all():
+        odd = queries[~np.isfinite(queries) | (queries != np.round(queries))]
+        raise MetricError(f"query ids must be whole numbers, got {odd[0].item()!r}")
+    refuse_nan(relevance, "relevance labels")
+    if len(relevance) and relevance.min() < 0:
+        raise MetricError(f"relevance must be >= 0 (0 = irrelevant), got {relevance.min().item()!r}")
+    return queries.astype(np.int64), relevance
+
+
+def ranking_report(labels: np.ndarray, scores: np.ndarray, k: int = K) -> RankingReport:
+    queries, relevance = query_relevance(labels)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(scores) != len(relevance):
         raise MetricError(f"{len(scores)} scores for {len(relevance)} labelled rows")
+    refuse_nan(scores, "scores")
     ndcg, recall = [], []
     for rel, score in query_lists(queries, relevance, scores):
         if rel.any():
@@ -124,7 +147,13 @@ class Ranking(Task):
         candidates as badly as random scores (NDCG@10 0.26 vs 0.76), and nothing refused it."""
         if labels is None:
             return CheckMeasures()
-        ours, theirs = ranking_report(labels, candidate), ranking_report(labels, reference)
+        try:
+            theirs = ranking_report(labels, reference)
+        except MetricError as exc:  # the data's fault, not the variant's: say which data
+            raise MetricError(f"the ranking check cannot score the original on its "
+                              f"{len(labels)} labelled check rows ({exc}); check on more rows "
+                              "(surge optimize --check-rows)") from None
+        ours = ranking_report(labels, candidate)
         return CheckMeasures(ndcg=ours.ndcg_at_k, reference_ndcg=theirs.ndcg_at_k,
                              auc=ours.auc, reference_auc=theirs.auc)
 
@@ -137,6 +166,9 @@ class Ranking(Task):
 
     def loss(self, model: nn.Module, label_smoothing: float) -> LossFn:
         return binary_loss
+
+    def check_targets(self, split: Split, what: str) -> None:
+        check_click_targets(split, what, graded=True)
 
     def validation_metric(self, model: nn.Module, split: Split, device: torch.device) -> float:
         labels = split.labels.numpy()

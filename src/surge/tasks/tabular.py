@@ -34,8 +34,14 @@ CALIBRATION_BINS = 10
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve: the chance a random positive scores above a random negative,
     ties counting one half (the Mann-Whitney statistic over average ranks)."""
-    labels = np.asarray(labels).reshape(-1) > 0
+    labels = np.asarray(labels).reshape(-1)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(labels) != len(scores):
+        raise MetricError(f"{len(scores)} scores for {len(labels)} labels")
+    # NaN sorts last and ties with nothing, so it would rank as the best score: refuse it.
+    refuse_nan(scores, "scores")
+    refuse_nan(labels, "labels")
+    labels = labels > 0
     positives = int(labels.sum())
     negatives = len(labels) - positives
     if positives == 0 or negatives == 0:
@@ -49,6 +55,27 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     ends = np.r_[starts[1:], len(scores)]
     ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def refuse_nan(values: np.ndarray, what: str) -> None:
+    """A MetricError when `values` hold NaN: every comparison with NaN is false, so metrics
+    would quietly count it as a negative or a low score and print a made-up number."""
+    if values.dtype.kind in "fc":
+        bad = int(np.isnan(values).sum())
+        if bad:
+            raise MetricError(f"{bad} of {len(values)} {what} are NaN; the metric is undefined "
+                              "on them")
+
+
+def binary_labels(labels: np.ndarray) -> np.ndarray:
+    """0/1 labels as booleans; anything else (2, -1, NaN) is refused: it is not a binary
+    target, and `> 0` would quietly make 2 a positive and -1 a negative."""
+    labels = np.asarray(labels).reshape(-1)
+    odd = labels[~np.isin(labels, (0, 1))]
+    if len(odd):
+        raise MetricError(f"binary labels must be 0 or 1, got {odd[0].item()!r} "
+                          f"({len(odd)} of {len(labels)} labels)")
+    return labels > 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +118,7 @@ def positive_probability(array: np.ndarray) -> np.ndarray:
         raise MetricError(f"expected probabilities [N], [N, 1] or [N, 2], got shape "
                           f"{list(array.shape)}")
     array = array.reshape(-1).astype(np.float64)
+    refuse_nan(array, "probabilities")
     if len(array) and (array.min() < 0.0 or array.max() > 1.0):
         raise MetricError("expected probabilities in [0, 1]; export the model with its sigmoid "
                           "(surge train does)")
@@ -117,9 +145,11 @@ class BinaryReport:
 
 def binary_report(labels: np.ndarray, probabilities: np.ndarray,
                   threshold: float = 0.5) -> BinaryReport:
-    truth = np.asarray(labels).reshape(-1) > 0
+    truth = binary_labels(labels)
     if len(truth) != len(probabilities):
         raise MetricError(f"{len(probabilities)} predictions for {len(truth)} labels")
+    if not len(truth):
+        raise MetricError("no samples to score")
     f1 = f1_at(truth, probabilities, threshold)
     ece = expected_calibration_error(truth, probabilities)
     return BinaryReport(
@@ -265,6 +295,29 @@ def declared_inputs(model: nn.Module, columns: Sequence[Column]) -> list[TensorC
     return inputs
 
 
+def check_id_ranges(model: nn.Module, columns: Sequence[Column], split: Split,
+                    what: str) -> None:
+    """Refuse ids of `split`'s packed rows outside the table they index (`model.id_rows()`:
+    rows per INT64 column, in column order): a lookup past a table fails deep in the first
+    training step ('index out of range in self'), and one of -1 would read the last row."""
+    from surge.errors import ConfigError
+
+    id_rows = getattr(model, "id_rows", None)
+    if not callable(id_rows) or not len(split) or split.inputs.dim() != 2:
+        return
+    rows, start = iter(id_rows()), 0
+    for column in columns:
+        count = next(rows, None) if column.datatype != "FP32" else None
+        if count is not None:
+            ids = split.inputs[:, start]
+            outside = ids[(ids < 0) | (ids > count - 1)]
+            if len(outside):
+                raise ConfigError(f"{what} column {column.name!r} holds id {outside[0].item():g}, "
+                                  f"but the model's table for it has {count} rows (ids 0 to "
+                                  f"{count - 1}): size the table in model.kwargs")
+        start += column.size
+
+
 def verify_columns(repo: Any, name: str, version: int, arrays: dict[str, np.ndarray],
                    expected: np.ndarray) -> None:
     """Load the export the way `surge serve` does and compare it with PyTorch."""
@@ -287,6 +340,31 @@ def logits_of(model: nn.Module, split: Split, device: torch.device) -> np.ndarra
         for start in range(0, len(split), EVAL_BATCH):
             parts.append(model(split.inputs[start:start + EVAL_BATCH].to(device)).float().cpu())
     return torch.cat(parts).reshape(len(split), -1)[:, -1].numpy()
+
+
+def check_click_targets(split: Split, what: str, graded: bool = False) -> None:
+    """Refuse targets the binary loss and the validation AUC cannot take: 0/1 (`graded`:
+    relevance >= 0, the last column of [N, 2] (query, relevance) rows) with both classes
+    present. The loss reads `> 0`, so a 2 or a -1 would train without a word, and a split of
+    one class fails the AUC only after the first epoch has trained."""
+    from surge.errors import ConfigError
+
+    labels = split.labels.numpy()
+    labels = labels[:, -1] if labels.ndim == 2 and graded else labels
+    try:
+        refuse_nan(labels.reshape(-1), f"{what} labels")
+        if graded:
+            if len(labels) and labels.min() < 0:
+                raise MetricError(f"relevance must be >= 0, got {labels.min().item()!r}")
+            clicked = labels.reshape(-1) > 0
+        else:
+            clicked = binary_labels(labels)
+    except MetricError as exc:
+        raise ConfigError(f"{what} labels: {exc}") from None
+    if len(clicked) and (clicked.all() or not clicked.any()):
+        raise ConfigError(f"{what} labels hold one class only ({len(clicked)} "
+                          f"{'positive' if clicked.all() else 'negative'}): the AUC that "
+                          "validates each epoch needs both")
 
 
 def binary_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -324,6 +402,9 @@ class TabularClassification(Task):
 
     def loss(self, model: nn.Module, label_smoothing: float) -> LossFn:
         return binary_loss
+
+    def check_targets(self, split: Split, what: str) -> None:
+        check_click_targets(split, what)
 
     def validation_metric(self, model: nn.Module, split: Split, device: torch.device) -> float:
         return roc_auc(split.labels.numpy(), logits_of(model, split, device))

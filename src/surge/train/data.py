@@ -14,10 +14,10 @@ from torch.utils.data import BatchSampler, DistributedSampler
 
 from surge.errors import ConfigError
 from surge.tasks import DataOptions, Dataset, Flip, Split, get_dataset
-from surge.train.config import DataConfig
+from surge.train.config import DataConfig, TrainConfig
 
-__all__ = ["Split", "check_validation", "eval_shard", "load_dataset", "steps_per_epoch",
-           "train_batches"]
+__all__ = ["Split", "check_model_fits", "check_validation", "eval_shard", "load_dataset",
+           "steps_per_epoch", "train_batches"]
 
 
 def data_options(config: DataConfig, input_shape: list[int], seed: int) -> DataOptions:
@@ -75,6 +75,33 @@ def check_validation(split: Split) -> None:
     if not len(split):
         raise ConfigError("the validation split of data.dataset has no samples: nothing to "
                           "score the epochs and choose the best one by")
+
+
+def check_model_fits(model: torch.nn.Module, config: TrainConfig, train: Split,
+                     test: Split) -> None:
+    """Refuse, before any step, a model that cannot take the data: ids past its embedding
+    tables, or a width the data does not have (model.kwargs features=8 for 12 columns) would
+    fail in the first batch with a torch traceback from every rank."""
+    from surge.errors import shown
+    from surge.tasks.tabular import check_id_ranges, dataset_columns
+
+    columns = dataset_columns(config)
+    for split, what in ((train, "the training split's"), (test, "the validation split's")):
+        check_id_ranges(model, columns, split, what)
+    was_training = model.training
+    model.eval()  # no batch statistics or dropout: the weights and RNG stay as they were
+    try:
+        with torch.no_grad():
+            model(train.inputs[:2])
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(
+            f"model.builder {config.model.builder!r} with model.kwargs "
+            f"{shown(config.model.kwargs)} cannot take the training inputs of data.dataset "
+            f"{config.data.dataset!r} (one sample {list(train.inputs.shape[1:])}): "
+            f"{type(exc).__name__}: {reason}") from None
+    finally:
+        model.train(was_training)
 
 
 def eval_shard(split: Split, replicas: int, rank: int) -> Split:

@@ -20,6 +20,7 @@ from surge.tasks import Task, TrainMetric, get_task
 from surge.train import checkpoint as ckpt
 from surge.train.config import TrainConfig
 from surge.train.data import (
+    check_model_fits,
     check_validation,
     eval_shard,
     load_dataset,
@@ -96,6 +97,7 @@ class Recipe:
         self.task.check_targets(self.test_split, "the validation split's")
         self.precision: Precision = make_precision(config.precision, state.device)
         model = build_model(config.model, config.seed)
+        check_model_fits(model, config, self.train_split, self.test_split)
         self.loss_fn = self.task.loss(model, config.label_smoothing)
         self.plan: DataParallelPlan | PipelinePlan = (
             pipeline_plan(model, config.pipeline, config.model.input_shape, config.batch_size,

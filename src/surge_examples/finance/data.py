@@ -55,12 +55,26 @@ def read_rda(path: Path, name: str) -> Any:
                           "r-cran-aer) or set SURGE_AER_DIR")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Unknown encoding. Assumed ASCII." for every file
-        return rdata.read_rda(str(path))[name]
+        try:
+            frames = rdata.read_rda(str(path))
+        except Exception as exc:  # rdata raises what its parser meets (NotImplementedError...)
+            raise ConfigError(f"{path}: cannot be read as R data ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from None
+    if name not in frames:
+        raise ConfigError(f"{path}: holds no data frame {name!r} (it has {sorted(frames)})")
+    return frames[name]
 
 
 def load_hmda(root: Path | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Feature columns (FP32 [N] each) and denial labels (INT64 [N], 1 = denied)."""
-    frame = read_rda(aer_dir(root) / "HMDA.rda", "HMDA")
+    path = aer_dir(root) / "HMDA.rda"
+    frame = read_rda(path, "HMDA")
+    missing = [c for c in ("deny", *NUMERIC, *ORDINAL, *YES_NO) if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"{path}: the HMDA frame lacks column(s) {missing}")
+    if frame.isna().any().any():  # a NA would train and score as a made-up value
+        raise ConfigError(f"{path}: the HMDA frame has missing values in "
+                          f"{[str(c) for c in frame.columns[frame.isna().any()]]}")
     columns = {name: frame[name].to_numpy(np.float32) for name in NUMERIC}
     for name in ORDINAL:
         columns[name] = frame[name].astype(int).to_numpy(np.float32)

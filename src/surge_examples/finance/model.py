@@ -6,9 +6,19 @@ import torch
 from torch import nn
 
 
+def positive_sizes(**sizes: int) -> None:
+    bad = {k: v for k, v in sizes.items() if not isinstance(v, int) or v < 1}
+    if bad:
+        raise ValueError(f"sizes must be whole numbers >= 1, got {bad}")
+
+
 def tabular_mlp(features: int = 12, hidden: int = 64, depth: int = 2) -> nn.Module:
     """Feature rows [N, features] -> one logit [N, 1]. The first BatchNorm standardises the raw
     columns with statistics learnt in training, so clients send values as they are."""
+    # A width of 0 trains to a constant score without a word; depth 0 is logistic regression.
+    positive_sizes(features=features, hidden=hidden)
+    if not isinstance(depth, int) or depth < 0:
+        raise ValueError(f"depth must be a whole number >= 0, got {depth!r}")
     layers: list[nn.Module] = [nn.BatchNorm1d(features)]
     width = features
     for _ in range(depth):
@@ -25,6 +35,7 @@ class PriceForecaster(nn.Module):
 
     def __init__(self, window: int = 12, hidden: int = 32) -> None:
         super().__init__()
+        positive_sizes(window=window, hidden=hidden)
         head = nn.Linear(hidden, 1)
         nn.init.zeros_(head.weight)  # start at the naive forecast: next = last
         nn.init.zeros_(head.bias)

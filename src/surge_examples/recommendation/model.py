@@ -15,6 +15,11 @@ class Dlrm(nn.Module):
     def __init__(self, users: int = 2000, items: int = 1000, categories: int = 20,
                  dense: int = 2, dim: int = 16, hidden: int = 64) -> None:
         super().__init__()
+        sizes = {"users": users, "items": items, "categories": categories, "dense": dense,
+                 "dim": dim, "hidden": hidden}
+        bad = {k: v for k, v in sizes.items() if not isinstance(v, int) or v < 1}
+        if bad:  # a 0 builds empty tables and layers that train to a constant score
+            raise ValueError(f"sizes must be whole numbers >= 1, got {bad}")
         tables = [nn.Embedding(n, dim) for n in (users, items, categories)]
         for table in tables:
             nn.init.normal_(table.weight, std=0.05)

@@ -204,6 +204,17 @@ def validate(config: TrainConfig, options: LaunchOptions) -> None:
     model = _built_model(config)
     if config.parallelism == "pipeline":
         resolve_split(model, config.pipeline, world)
+    if not options.in_process:  # in process, the recipe checks it before its first step
+        _check_model_fits(model, config)
+
+
+def _check_model_fits(model: torch.nn.Module, config: TrainConfig) -> None:
+    """The recipe's check that the model takes its data, made once here: in the ranks it
+    failed in every one, inside torchrun's failure report."""
+    from surge.train.data import check_model_fits, load_dataset
+
+    train, test = load_dataset(config.data, config.model.input_shape, config.seed)
+    check_model_fits(model, config, train, test)
 
 
 def _built_model(config: TrainConfig) -> torch.nn.Module:

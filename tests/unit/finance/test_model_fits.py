@@ -53,3 +53,14 @@ def test_a_width_the_data_lacks_is_a_recipe_error() -> None:
     with pytest.raises(ConfigError, match="window': 6.*one sample \\[12\\].*RuntimeError"):
         check_model_fits(model, config, split, split)
     assert model.training  # the probe left the model as it found it
+
+
+def test_a_multi_process_run_refuses_such_a_model_before_torchrun_starts() -> None:
+    """Checked once by `surge train` itself: in the ranks it failed in each one, inside
+    torchrun's failure report."""
+    from surge.train.launcher import LaunchOptions, validate
+
+    config = load_train_config(RECIPES / "price-forecaster.yaml",
+                               ["model.kwargs.window=6", "parallelism=ddp"])
+    with pytest.raises(ConfigError, match="window': 6.*one sample"):
+        validate(config, LaunchOptions(nproc=2))

@@ -12,6 +12,7 @@ import pytest
 from surge.errors import ConfigError, InputError, ModelLoadError
 from surge.repository import Repository
 from surge.repository.config import parse_config, read_config, write_config
+from surge.runtimes.base import Signature
 from surge.runtimes.values import ValueRange
 from tests.cli_runner import run_cli
 from tests.unit.tiny_models import make_repo
@@ -127,3 +128,17 @@ def test_predict_refuses_a_value_outside_the_range_in_one_line(
     assert "input 'x' holds NaN, but its config declares finite values" in err
     assert len(err.strip().splitlines()) == 1
     assert "Traceback" not in out + err
+
+
+def test_the_shipped_forecaster_refuses_prices_under_a_cent() -> None:
+    """It forecasts from log price ratios with prices floored at 1e-6: a price of 0 or below
+    got a made-up forecast."""
+    examples = Path(__file__).resolve().parents[3] / "examples" / "finance" / "repository"
+    inputs = Repository(examples).config("price-forecaster").inputs
+    signature = Signature(tuple(t.spec() for t in inputs), ())
+    signature.check_input("window", np.full((1, 12), 31.5, np.float32))
+    for price in (0.0, -4.0):
+        window = np.full((1, 12), 31.5, np.float32)
+        window[0, 5] = price
+        with pytest.raises(InputError, match=r"'window' holds -?\d.*values >= 0.01"):
+            signature.check_input("window", window)

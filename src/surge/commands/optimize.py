@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,6 +14,7 @@ from surge.errors import SurgeError
 
 if TYPE_CHECKING:
     from surge.optimize.pipeline import Outcome
+    from surge.optimize.variant import CheckResult
 
 
 def optimize(
@@ -66,16 +68,30 @@ def optimize(
                       "rerun with --keep-failed or a looser --tolerance to keep them")
 
 
+# The task's measures, shown when some variant has them: a ranking model's NDCG and AUC beside
+# the original's (its check has no top-1 or cosine), a classifier's agreement and accuracy.
+MEASURES: tuple[tuple[str, Callable[[CheckResult], str | None]], ...] = (
+    ("top-1 agree", lambda c: _pct(c.top1_agreement)),
+    ("accuracy", lambda c: _pct(c.accuracy)),
+    ("cosine", lambda c: None if c.cosine is None else f"{c.cosine:.4f}"),
+    ("NDCG (original)", lambda c: _versus(c.ndcg, c.reference_ndcg)),
+    ("AUC (original)", lambda c: _versus(c.auc, c.reference_auc)),
+)
+
+
 def _outcome_table(model: str, outcomes: list[Outcome]) -> Table:
+    checks = [o.variant.check for o in outcomes if o.variant is not None]
+    measures = [(name, shown) for name, shown in MEASURES
+                if any(shown(c) is not None for c in checks)]
     table = Table(title=f"variants of {model}")
-    for column in ("variant", "engine", "size", "max abs", "mean abs", "top-1 agree",
-                   "accuracy", "cosine", "result"):
+    for column in ("variant", "engine", "size", "max abs", "mean abs",
+                   *(name for name, _ in measures), "result"):
         table.add_column(column, justify="left" if column in ("variant", "engine", "result")
                          else "right")
     for outcome in outcomes:
         variant = outcome.variant
         if variant is None:
-            table.add_row(outcome.name, "-", "-", "-", "-", "-", "-", "-", f"[red]{outcome.error}")
+            table.add_row(outcome.name, *["-"] * (4 + len(measures)), f"[red]{outcome.error}")
             continue
         check = variant.check
         verdict = ("[green]kept" if check.passed else "[yellow]kept, FAILED: "
@@ -83,11 +99,17 @@ def _outcome_table(model: str, outcomes: list[Outcome]) -> Table:
             "[red]NOT KEPT: " + "; ".join(check.failures))
         table.add_row(
             outcome.name, variant.engine, f"{variant.size_bytes / 1e6:.2f} MB",
-            f"{check.max_abs:.3g}", f"{check.mean_abs:.3g}", _pct(check.top1_agreement),
-            _pct(check.accuracy), "-" if check.cosine is None else f"{check.cosine:.4f}", verdict,
+            f"{check.max_abs:.3g}", f"{check.mean_abs:.3g}",
+            *(shown(check) or "-" for _, shown in measures), verdict,
         )
     return table
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
+def _versus(value: float | None, reference: float | None) -> str | None:
+    if value is None:
+        return None
+    return f"{value:.4f}" + ("" if reference is None else f" ({reference:.4f})")
+
+
+def _pct(value: float | None) -> str | None:
+    return None if value is None else f"{value:.2%}"

@@ -128,3 +128,25 @@ def test_a_variant_is_replaced_whole_or_not_at_all(
     optimize_model(repo, "tiny", parse_variants("int8-dynamic"))
     assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "variant.yaml"]
     assert [p.name for p in folder.parent.iterdir()] == ["int8-dynamic"]
+
+
+def test_the_table_shows_the_measures_the_checks_have() -> None:
+    """A ranking model's check has NDCG and AUC, no top-1 or cosine: the table showed only
+    dashes for it."""
+    from rich.console import Console
+
+    from surge.commands.optimize import _outcome_table
+    from surge.optimize.variant import CheckResult, Variant
+
+    check = CheckResult(samples=100, max_abs=0.01, mean_abs=0.001, ndcg=0.7412,
+                        reference_ndcg=0.745, auc=0.6901, reference_auc=0.6912)
+    made = Variant("int8-tables", Path("model.onnx"), "onnxruntime", "quantize/int8-tables",
+                   {}, check, size_bytes=2_000_000)
+    console = Console(width=200, record=True)
+    console.print(_outcome_table("dlrm", [Outcome("int8-tables", made, True, None),
+                                          Outcome("prune-50", None, False, None, "no torch")]))
+    text = console.export_text()
+    for shown in ("NDCG (original)", "0.7412 (0.7450)", "AUC (original)", "0.6901 (0.6912)"):
+        assert shown in text
+    for absent in ("top-1 agree", "cosine"):
+        assert absent not in text

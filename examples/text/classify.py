@@ -31,6 +31,16 @@ def classify(url: str, model: str, texts: list[str]) -> tuple[np.ndarray, np.nda
     return labels, result.as_numpy("scores")
 
 
+def check_texts(parser: argparse.ArgumentParser, texts: list[str]) -> None:
+    """Exit 2 naming a text argument that is not UTF-8 (a non-UTF-8 command-line byte arrives
+    as a lone surrogate, which `str.encode` refuses with a traceback)."""
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            parser.error(f"text {text!r} is not valid UTF-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("texts", nargs="+")
@@ -38,6 +48,7 @@ def main() -> None:
     parser.add_argument("--model", default="reuters-bag-text")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
+    check_texts(parser, args.texts)
     labels, scores = classify(args.url, args.model, args.texts)
     if args.json:
         print(json.dumps({"labels": labels.tolist(), "scores": scores.tolist()}))

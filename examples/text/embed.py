@@ -29,6 +29,16 @@ def embed(url: str, model: str, texts: list[str], grpc: bool) -> np.ndarray:
     return result.as_numpy("embedding")
 
 
+def check_texts(parser: argparse.ArgumentParser, texts: list[str]) -> None:
+    """Exit 2 naming a text argument that is not UTF-8 (a non-UTF-8 command-line byte arrives
+    as a lone surrogate, which `str.encode` refuses with a traceback)."""
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            parser.error(f"text {text!r} is not valid UTF-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("texts", nargs="+")
@@ -37,6 +47,7 @@ def main() -> None:
     parser.add_argument("--grpc", action="store_true", help="gRPC instead of HTTP")
     parser.add_argument("--json", action="store_true", help="print the vectors as JSON")
     args = parser.parse_args()
+    check_texts(parser, args.texts)
     vectors = embed(args.url, args.model, args.texts, args.grpc)
     if args.json:
         print(json.dumps(vectors.tolist()))

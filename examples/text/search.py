@@ -46,18 +46,51 @@ def embed(client: httpclient.InferenceServerClient, model: str, texts: list[str]
     return np.concatenate(parts)
 
 
+def check_texts(parser: argparse.ArgumentParser, texts: list[str]) -> None:
+    """Exit 2 naming a text argument that is not UTF-8 (a non-UTF-8 command-line byte arrives
+    as a lone surrogate, which `str.encode` refuses with a traceback)."""
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            parser.error(f"text {text!r} is not valid UTF-8")
+
+
+def positive(value: str) -> int:
+    """An integer of at least 1: `--docs 0` would index nothing, and a negative `--top` would
+    slice the best hits off instead of keeping them."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return number
+
+
+def load_corpus(parser: argparse.ArgumentParser, path: Path, docs: int
+                ) -> tuple[list[str], list[str]]:
+    """`read_corpus`, or exit 2 naming the file when it cannot be read or holds no documents."""
+    try:
+        texts, categories = read_corpus(path, docs)
+    except (OSError, UnicodeDecodeError) as exc:
+        parser.error(f"corpus {str(path)!r}: {exc}")
+    if not texts:
+        parser.error(f"corpus {str(path)!r} holds no documents (category<TAB>text lines after "
+                     f"{HEADER_LINES} header lines)")
+    return texts, categories
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus", type=Path)
     parser.add_argument("queries", nargs="+")
     parser.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP host:port")
     parser.add_argument("--model", default="minilm-text")
-    parser.add_argument("--docs", type=int, default=2000, help="documents to index")
-    parser.add_argument("--top", type=int, default=3)
+    parser.add_argument("--docs", type=positive, default=2000, help="documents to index")
+    parser.add_argument("--top", type=positive, default=3)
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args()
+    check_texts(parser, args.queries)
+    texts, categories = load_corpus(parser, args.corpus, args.docs)
     client = httpclient.InferenceServerClient(args.url)
-    texts, categories = read_corpus(args.corpus, args.docs)
     index = embed(client, args.model, texts)
     similarity = embed(client, args.model, args.queries) @ index.T
     best = np.argsort(-similarity, axis=1)[:, :args.top]

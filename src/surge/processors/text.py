@@ -16,12 +16,18 @@ Parameters (`params` of the pipeline step):
   returning such a path (`surge.zoo.minilm:tokenizer_file`: the files the model's package ships,
   wherever it is installed).
 - `root` (default: the current directory): where relative tokenizer paths start.
-- `max_length` (256): tokens per row, special tokens included; longer texts are truncated. A
+- `max_length` (256): tokens per row, special tokens included (more than the tokenizer adds:
+  at 2, MiniLM's rows would all be `[CLS] [SEP]`); longer texts are truncated. A
   row is refused over MAX_TEXT_BYTES (1 MiB); below that, with a WordPiece-style tokenizer (the
   MiniLM one), only about the first 8 * max_length characters of a long row are tokenized
   (`surge.processors.token_prefix`), with the same ids as tokenizing all of it.
 - `input` (`text`): the BYTES input to read.
 - `outputs` (all three): which of `input_ids`, `attention_mask`, `token_type_ids` to return.
+
+There is no `padding` or `truncation` param (refused, not ignored): rows are always padded to
+the batch's longest and truncated to `max_length`. One call returns at most MAX_BATCH_TOKENS
+(rows x padded length); a request with more is refused, before tokenizing where its row count
+alone exceeds it.
 
 The input is BYTES [-1, 1] (one text per row, as Triton clients send strings); every output is
 INT64 [-1, -1].
@@ -29,6 +35,7 @@ INT64 [-1, -1].
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -51,6 +58,11 @@ TOKEN_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # only the part truncation keeps where the tokenizer allows cutting it (`token_prefix`), and the
 # whole row otherwise.
 MAX_TEXT_BYTES = 1 << 20
+# Rows x padded length one call may return (8 MiB per INT64 output). Without it, many tiny rows
+# and one long one (padded to max_length each) cost gigabytes for a request of a megabyte.
+MAX_BATCH_TOKENS = 1 << 20
+_CHUNK_ROWS = 8192  # rows per encode_batch past the budget check: their encodings are dropped
+REFUSED_PARAMS = ("padding", "truncation")
 
 _lock = threading.Lock()
 
@@ -59,6 +71,10 @@ def describe_tokenize(params: Mapping[str, Any]) -> ProcessorSpec:
     """What `tokenize` reads and writes; bad params (a missing tokenizer file) fail here, when
     the pipeline loads, rather than on its first request."""
     name = str(params.get("input", "text"))
+    refused = [key for key in REFUSED_PARAMS if key in params]
+    if refused:
+        raise ConfigError(f"text.tokenize: no param {refused[0]!r} (got {params[refused[0]]!r}): "
+                          "rows are padded to the batch's longest and truncated to max_length")
     load_tokenizer(str(tokenizer_path(params)), max_length(params))
     return ProcessorSpec({name: TensorSpec(name, "BYTES", (-1, 1))},
                          {key: TensorSpec(key, "INT64", (-1, -1)) for key in _outputs(params)})
@@ -78,22 +94,64 @@ def tokenize(inputs: dict[str, np.ndarray], params: Mapping[str, Any]) -> dict[s
     length = max_length(params)
     path = str(tokenizer_path(params))
     tokenizer = load_tokenizer(path, length)
-    encodings = encode_rows(tokenizer, texts, length, load_prefix_plan(path, length))
-    columns = {"input_ids": "ids", "attention_mask": "attention_mask",
-               "token_type_ids": "type_ids"}
-    arrays = {key: np.array([getattr(e, columns[key]) for e in encodings], dtype=np.int64)
-              for key in {*wanted, "attention_mask"}}
-    _refuse_empty(name, arrays["attention_mask"], tokenizer.num_special_tokens_to_add(False),
-                  length)
+    special = tokenizer.num_special_tokens_to_add(False)
+    if len(texts) * length > MAX_BATCH_TOKENS:  # a few requests: checked, padded in numpy
+        arrays = _many_rows(name, path, texts, length, special)
+    else:
+        encodings = encode_rows(tokenizer, texts, length, load_prefix_plan(path, length))
+        arrays = {key: np.array([getattr(e, column) for e in encodings], dtype=np.int64)
+                  for key, column in _COLUMNS.items() if key in wanted or key == "attention_mask"}
+    _refuse_empty(name, arrays["attention_mask"], special)
     return {key: arrays[key] for key in wanted}
 
 
-def _refuse_empty(name: str, mask: np.ndarray, special: int, length: int) -> None:
+_COLUMNS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+
+
+def _many_rows(name: str, path: str, texts: list[str], length: int,
+               special: int) -> dict[str, np.ndarray]:
+    """The three outputs for a call whose rows could pad past MAX_BATCH_TOKENS: refused as
+    soon as its rows must, tokenized in chunks without the tokenizer's own padding (a padded
+    encoding holds a string per token), padded here."""
+    rows = len(texts)
+    if rows * (special + 1) > MAX_BATCH_TOKENS:  # every row holds a token besides the special
+        _refuse_tokens(name, rows, special + 1)
+    tokenizer, plan = load_tokenizer(path, length, pad=False), load_prefix_plan(path, length)
+    ids: list[list[int]] = []
+    types: list[list[int]] = []
+    longest = 0
+    for start in range(0, rows, _CHUNK_ROWS):
+        chunk = encode_rows(tokenizer, texts[start:start + _CHUNK_ROWS], length, plan, pad=False)
+        ids.extend(e.ids for e in chunk)
+        types.extend(e.type_ids for e in chunk)
+        longest = max(longest, *(len(e.ids) for e in chunk))
+        if rows * longest > MAX_BATCH_TOKENS:
+            _refuse_tokens(name, rows, longest)
+    lengths = np.fromiter(map(len, ids), np.int64, count=rows)
+    mask = np.arange(longest) < lengths[:, None]  # right padding: row-major order of the tokens
+    padding = load_tokenizer(path, length).padding or {}
+    return {"input_ids": _padded(mask, ids, padding.get("pad_id", 0)),
+            "token_type_ids": _padded(mask, types, padding.get("pad_type_id", 0)),
+            "attention_mask": mask.astype(np.int64)}
+
+
+def _padded(mask: np.ndarray, rows: list[list[int]], pad: int) -> np.ndarray:
+    out = np.full(mask.shape, pad, dtype=np.int64)
+    out[mask] = np.fromiter(itertools.chain.from_iterable(rows), np.int64,
+                            count=int(mask.sum()))
+    return out
+
+
+def _refuse_tokens(name: str, rows: int, longest: int) -> None:
+    raise InputError(f"input {name!r}: {rows} rows padded to {longest} tokens or more are over "
+                     f"the {MAX_BATCH_TOKENS} tokens one call takes; send fewer rows per request")
+
+
+def _refuse_empty(name: str, mask: np.ndarray, special: int) -> None:
     """A row of special tokens only held no text the tokenizer keeps (control or format
     characters alone: NUL, a zero-width space, a byte-order mark): empty, like a blank row,
-    which would otherwise be answered as the empty string's embedding."""
-    if length <= special:  # truncation leaves no room for a token: every row looks empty
-        return
+    which would otherwise be answered as the empty string's embedding. (`load_tokenizer`
+    leaves room for a token past the special ones.)"""
     empty = np.flatnonzero(mask.sum(axis=1) <= special)
     if empty.size:
         raise InputError(f"input {name!r} row {int(empty[0])}: empty text (no tokens once "
@@ -108,6 +166,9 @@ def decode_texts(inputs: Mapping[str, np.ndarray], name: str) -> list[str]:
     array = np.asarray(inputs[name])
     if array.dtype != object and array.dtype.kind not in "SU":
         raise InputError(f"input {name!r} expects BYTES (UTF-8 text), got {array.dtype}")
+    if array.ndim and not len(array):  # numpy cannot reshape (0, ...) to (0, -1)
+        raise InputError(f"input {name!r} has no rows (shape {list(array.shape)}): send at "
+                         "least one text")
     rows = array.reshape(len(array), -1) if array.ndim else array.reshape(1, 1)
     if rows.shape[1] != 1:
         raise InputError(f"input {name!r} expects one text per row, got shape {list(array.shape)}")
@@ -173,11 +234,13 @@ def tokenizer_path(params: Mapping[str, Any]) -> Path:
 
 
 @lru_cache(maxsize=16)
-def load_tokenizer(path: str, length: int) -> Any:
-    """The tokenizer in `path`, truncating to `length` and padding to each batch's longest row.
+def load_tokenizer(path: str, length: int, pad: bool = True) -> Any:
+    """The tokenizer in `path`, truncating to `length` and padding to each batch's longest row
+    (`pad`; else not padding).
 
-    Cached per (file, length): a pipeline tokenizes every batch with the same one, and its
-    padding and truncation settings are fixed here, never changed on a shared object.
+    Cached per (file, length, pad): a pipeline tokenizes every batch with the same one, and its
+    padding and truncation settings are fixed here, never changed on a shared object. A
+    `length` with no room for a token past the tokenizer's special ones is a ConfigError.
     """
     from tokenizers import Tokenizer
 
@@ -186,8 +249,15 @@ def load_tokenizer(path: str, length: int) -> Any:
             tokenizer = Tokenizer.from_file(path)
         except Exception as exc:  # the library raises a bare Exception for a malformed file
             raise ConfigError(f"text.tokenize: {path}: not a tokenizers file ({exc})") from None
+        special = tokenizer.num_special_tokens_to_add(False)
+        if length <= special:  # every row would be the special tokens alone, whatever its text
+            raise ConfigError(f"text.tokenize: max_length {length} leaves no room for text: "
+                              f"{path} adds {special} special tokens to each row")
         padding = tokenizer.padding or {}
         tokenizer.enable_truncation(max_length=length)
+        if not pad:
+            tokenizer.no_padding()
+            return tokenizer
         tokenizer.enable_padding(pad_id=padding.get("pad_id", 0),
                                  pad_token=padding.get("pad_token", "[PAD]"),
                                  pad_type_id=padding.get("pad_type_id", 0))

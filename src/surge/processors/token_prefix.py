@@ -82,9 +82,10 @@ def _spaces_cjk(normalizers: Sequence[Mapping[str, Any]]) -> bool:
 
 
 def encode_rows(tokenizer: Any, texts: list[str], max_length: int,
-                plan: PrefixPlan | None) -> list[Any]:
-    """`tokenizer.encode_batch(texts)` (truncating to `max_length`, padding to the longest row),
-    with rows longer than the plan's window tokenized only as far as truncation keeps."""
+                plan: PrefixPlan | None, pad: bool = True) -> list[Any]:
+    """`tokenizer.encode_batch(texts)` (truncating to `max_length`, padding to the longest row
+    unless not `pad`), with rows longer than the plan's window tokenized only as far as
+    truncation keeps."""
     long_rows = set() if plan is None else {
         i for i, text in enumerate(texts) if len(text) > plan.window}
     if plan is None or not long_rows:
@@ -96,7 +97,8 @@ def encode_rows(tokenizer: Any, texts: list[str], max_length: int,
     for i in long_rows:
         encodings[i] = encode_prefix(tokenizer, plan.pieces(texts[i]), wanted)
     ordered = [encodings[i] for i in range(len(texts))]
-    _pad_to_longest(tokenizer, ordered)
+    if pad:
+        _pad_to_longest(tokenizer, ordered)
     return ordered
 
 

@@ -299,6 +299,6 @@ def test_text_the_tokenizer_drops_whole_is_refused_as_empty(text: str) -> None:
     kept = tokenize({"text": np.array([[b"hello\x00world"]], dtype=object)},
                     {**params, "outputs": ["input_ids"]})
     assert kept["input_ids"].shape == (1, 4)  # [CLS] hello world [SEP]: NUL dropped, text kept
-    # max_length 2 leaves room for the special tokens only: nothing is refused for it
-    short = tokenize({"text": rows[:1]}, {**params, "max_length": 2})
-    assert short["attention_mask"].tolist() == [[1, 1]]
+    # max_length 2 leaves room for the special tokens only: every row would be [CLS] [SEP]
+    with pytest.raises(ConfigError, match="max_length 2 leaves no room for text"):
+        tokenize({"text": rows[:1]}, {**params, "max_length": 2})

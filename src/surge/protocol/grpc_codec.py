@@ -125,6 +125,10 @@ def _from_contents(name: str, datatype: str, shape: tuple[int, ...], contents: A
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InputError(f"input {name!r}: {datatype} travels only in raw_input_contents")
+    others = [f.name for f, _ in contents.ListFields() if f.name != field]
+    if others:  # they would be dropped without a word, the input read from `field` alone
+        raise InputError(f"input {name!r} is {datatype}, whose values go in {field}, but "
+                         f"{others[0]} holds values")
     values = getattr(contents, field)
     count = math.prod(shape)
     if len(values) != count:

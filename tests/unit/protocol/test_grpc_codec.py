@@ -57,6 +57,11 @@ def _classification(message: Any, count: int) -> None:
     message.outputs.add(name="y").parameters["classification"].int64_param = count
 
 
+def _typed(contents: Any, **fields: list[Any]) -> None:
+    for field, values in fields.items():
+        getattr(contents, field).extend(values)
+
+
 @pytest.mark.parametrize(("build", "message"), [
     (lambda m: (m.inputs.add(name="x", datatype="FP32", shape=[2]),
                 m.raw_input_contents.append(b"\0" * 4)),
@@ -79,6 +84,13 @@ def _classification(message: Any, count: int) -> None:
         [1.0]), m.raw_input_contents.append(b"\0" * 4)),
      "input 'x' has both contents and raw_input_contents"),
     (lambda m: _classification(m, 3), "output 'y': the classification extension is not supported"),
+    # Values in another datatype's field were dropped without a word.
+    (lambda m: _typed(m.inputs.add(name="s", datatype="BYTES", shape=[1]).contents,
+                      bytes_contents=[b"a"], int_contents=[7]),
+     "input 's' is BYTES, whose values go in bytes_contents, but int_contents holds values"),
+    (lambda m: _typed(m.inputs.add(name="x", datatype="FP32", shape=[1]).contents,
+                      fp32_contents=[1.0], fp64_contents=[2.0]),
+     "fp64_contents holds values"),
 ])
 def test_bad_grpc_requests_raise_input_errors(build: object, message: str) -> None:
     request = pb.ModelInferRequest(model_name="m")

@@ -75,3 +75,25 @@ def test_an_idle_second_shows_no_p99() -> None:
     sample = MetricsSample(answered=5.0)
     assert "p99       - ms" in live_line(sample, sample, 1.0, 1)
     assert "0.0 req/s" in live_line(sample, sample, 1.0, 1)
+
+
+def test_a_model_without_an_slo_shows_no_goodput() -> None:
+    """It has no SLO to be on time for: 0/s read as nothing on time."""
+    metrics = SurgeMetrics()
+    before = MetricsSample.parse(scrape(metrics), "m")
+    for _ in range(10):
+        metrics.observe_request("m", "success", 0.004)
+    metrics.slo_requests.labels("laddered", "yes").inc(5)  # another model's SLO
+    after = MetricsSample.parse(scrape(metrics), "m")
+    assert not after.has_slo
+    line = live_line(before, after, 1.0, 1)
+    assert "goodput       -" in line
+    assert "10.0 req/s" in line
+
+
+def test_a_model_with_an_slo_none_on_time_shows_zero_goodput() -> None:
+    metrics = SurgeMetrics()
+    before = MetricsSample.parse(scrape(metrics), "m")
+    metrics.slo_requests.labels("m", "no").inc(7)
+    after = MetricsSample.parse(scrape(metrics), "m")
+    assert "goodput     0.0/s" in live_line(before, after, 1.0, 1)

@@ -29,10 +29,12 @@ class MetricsSample:
     variants: dict[str, float] = field(default_factory=dict)  # answers by variant
     # Duration of the answered requests: (upper bound s, count).
     buckets: tuple[tuple[float, float], ...] = ()
+    has_slo: bool = False  # the server counts its answers against an SLO (slo_p99_ms)
 
     @classmethod
     def parse(cls, text: str, model: str) -> MetricsSample:
         answered = within = 0.0
+        has_slo = False
         shed: dict[str, float] = {}
         variants: dict[str, float] = {}
         buckets: list[tuple[float, float]] = []
@@ -42,8 +44,9 @@ class MetricsSample:
                     continue
                 if s.name == "surge_requests_total" and s.labels.get("outcome") == "success":
                     answered += s.value
-                elif s.name == "surge_slo_requests_total" and s.labels.get("within") == "yes":
-                    within += s.value
+                elif s.name == "surge_slo_requests_total":
+                    has_slo = True
+                    within += s.value if s.labels.get("within") == "yes" else 0.0
                 elif s.name == "surge_shed_requests_total":
                     shed[s.labels["reason"]] = s.value
                 elif s.name == "surge_variant_requests_total":
@@ -53,7 +56,7 @@ class MetricsSample:
                     # Answered requests only: quick refusals would pull the p99 down under
                     # overload. No label: an older server's histogram of every request.
                     buckets.append((float(s.labels["le"]), s.value))
-        return cls(answered, within, shed, variants, tuple(sorted(buckets)))
+        return cls(answered, within, shed, variants, tuple(sorted(buckets)), has_slo)
 
 
 def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
@@ -85,7 +88,9 @@ def live_line(before: MetricsSample, after: MetricsSample, seconds: float, secon
     served = sum(mix.values())
     parts = [f"{second:4d}s", f"{(after.answered - before.answered) / per_s:8.1f} req/s",
              f"p99 {p99 * 1e3:7.1f} ms" if p99 is not None else "p99       - ms",
-             f"goodput {(after.within_slo - before.within_slo) / per_s:7.1f}/s",
+             # a model without slo_p99_ms has no goodput: 0/s would read as none on time
+             f"goodput {(after.within_slo - before.within_slo) / per_s:7.1f}/s"
+             if after.has_slo else "goodput       -  ",
              f"shed {sum(shed.values()):5.0f}"
              + (" (" + ", ".join(f"{r} {v:.0f}" for r, v in sorted(shed.items())) + ")"
                 if shed else "")]

@@ -123,7 +123,7 @@ def tensor_from_list(name: str, datatype: str, shape: tuple[int, ...], data: obj
         if datatype == "BYTES":
             flat = _flat(name, shape, np.array(data, dtype=object))
             array = np.empty(flat.size, dtype=object)
-            array[:] = [_to_bytes(name, item) for item in flat]
+            array[:] = [_to_bytes(name, index, item) for index, item in enumerate(flat)]
         elif datatype == "BF16":
             array = _bf16_words(_flat(name, shape, np.array(data, dtype=np.float32)))
         else:
@@ -197,12 +197,15 @@ def within_range(raw: np.ndarray, dtype: np.dtype) -> bool:
     return True
 
 
-def _to_bytes(name: str, item: object) -> bytes:
+def _to_bytes(name: str, index: int, item: object) -> bytes:
     if isinstance(item, str):
         return item.encode()
     if isinstance(item, bytes):
         return item
-    raise InputError(f"input {name!r}: BYTES data must be strings, got {type(item).__name__}")
+    shown = repr(item)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    raise InputError(f"input {name!r}: BYTES data must be strings, got {type(item).__name__} "
+                     f"{shown} at element {index}")
 
 
 def tensor_to_list(array: np.ndarray, datatype: str) -> list:

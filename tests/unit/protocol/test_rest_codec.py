@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -278,3 +279,17 @@ def test_data_flat_or_nested_to_the_shape_is_accepted(datatype: str, shape: list
                                                       data: object) -> None:
     array = decode_request(_one_input(datatype, shape, data), None).inputs["x"]
     assert list(array.shape) == shape
+
+
+@pytest.mark.parametrize(("data", "shown"), [
+    (["a", 7, "b"], "int 7 at element 1"),
+    ([["a", "b"], ["c", None]], "NoneType None at element 3"),
+    (["a", {"k": "v" * 100}], "dict {'k': 'vvvvvvvvvvvvvvvvvvvvvvvvvvvvvv... at element 1"),
+])
+def test_a_bytes_element_that_is_no_string_is_named(data: list, shown: str) -> None:
+    """The message named only the type: which of thousands of elements was it?"""
+    from surge.protocol.tensors import tensor_from_list
+
+    shape = (2, 2) if isinstance(data[0], list) else (len(data),)
+    with pytest.raises(InputError, match=re.escape(f"BYTES data must be strings, got {shown}")):
+        tensor_from_list("text", "BYTES", shape, data)

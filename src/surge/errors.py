@@ -66,9 +66,17 @@ class DeadlineExceededError(ServingError):
 
 
 class ModelNotReadyError(ServingError):
-    """The model exists but is not loaded or not warm yet (HTTP 503)."""
+    """The model exists but is not loaded or not warm yet (HTTP 503); `retry_after_s`, when
+    the server knows it (a load in progress, a failed load's backoff), is sent as Retry-After."""
 
     status = 503
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[type, tuple[str, float | None]]:
+        return (type(self), (str(self), self.retry_after_s))
 
 
 class WorkerCrashedError(ServingError):

@@ -216,8 +216,7 @@ class Engine:
             if versions:
                 for version, served in sorted(versions.items()):
                     state = "READY" if served.ready else "UNAVAILABLE"
-                    reason = served.instances_note() if served.ready else (
-                        "no live worker" if served.accepting else "draining")
+                    reason = served.instances_note() if served.ready else _unready(served)
                     rows.append({"name": name, "version": str(version), "state": state,
                                  "reason": reason})
                 if name in self._state:  # a reload in progress, or one that failed
@@ -328,6 +327,20 @@ class Engine:
             raise
         return models
 
+    async def files_changed(self, name: str) -> None:
+        """`name`'s files changed on disk (`--model-control poll`): reload it, unless it waits
+        unloaded for its next request (on demand, evicted), which then reads the new files;
+        loading it now would load every model a repository sync touches (and evict others
+        under a budget). A failed load's backoff ends: the files it failed on are gone."""
+        if (name in self.on_demand.cold and not self._served.get(name)
+                and not self.on_demand.loading(name)):
+            self.on_demand.files_changed(name)
+            log.info("model %s: not loaded now; its next request loads the new files", name)
+            if self._state.get(name, ("", ""))[0] == "UNAVAILABLE":  # its last load failed
+                self._state[name] = ("UNLOADED", COLD_REASON)
+            return
+        await self.load(name)
+
     async def unload(self, name: str) -> None:
         """Stop serving `name` after its accepted requests finish."""
         async with self._lock(name):
@@ -383,7 +396,8 @@ class Engine:
         if self.on_demand.tracking:
             self.on_demand.touch(name)
         if not served.ready:
-            raise ModelNotReadyError(f"model {name!r} is not ready")
+            why = _unready(served)
+            raise ModelNotReadyError(f"model {name!r} is not ready" + (f": {why}" if why else ""))
         if isinstance(served, pipelines.ServedPipeline):
             return await served.infer(
                 served.make_request(inputs, outputs, priority, timeout_us, request_id))
@@ -392,3 +406,12 @@ class Engine:
                 served.make_request(inputs, outputs, priority, timeout_us, request_id))
         request = served.make_request(inputs, outputs, priority, timeout_us, request_id)
         return await served.infer(request)
+
+
+def _unready(served: Served) -> str:
+    """Why a served version is not ready (a pipeline: the models of its steps that are not)."""
+    if not served.accepting:
+        return "draining"
+    if isinstance(served, pipelines.ServedPipeline):
+        return served.unready_reason() or "starting"
+    return "no live worker"

@@ -64,6 +64,9 @@ class InferenceEngine(Protocol):
 
     async def unload(self, name: str) -> None: ...
 
+    async def files_changed(self, name: str) -> None:
+        """A model's files changed on disk: reload it (when it is loaded)."""
+
     async def infer(
         self,
         name: str,

@@ -15,6 +15,7 @@ rungs keep their own queues: a pinned request waits only behind the traffic of i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine, Mapping
 from typing import Any, NamedTuple, TypeVar
@@ -128,6 +129,10 @@ class ServedLadder:
         self._m_predicted = metrics.ladder_predicted_p99.labels(name)
         self._m_recomputed = {r: metrics.ladder_recomputed.labels(name, r) for r in self.rungs}
         self._warned: set[str] = set()  # rungs whose non-finite answers were logged
+        # Unpinned requests on a rung below the top, whose answer may go to the top rung.
+        self._handed_up = 0
+        self._none_handed_up = asyncio.Event()
+        self._none_handed_up.set()
 
     def _batch_time(self, rung: str, size: int) -> float | None:
         return self.rungs[rung].scheduler.fitted_time(size)
@@ -149,18 +154,27 @@ class ServedLadder:
 
     @accepting.setter
     def accepting(self, value: bool) -> None:
+        # The rungs keep accepting until `stop`: requests reach them only through the ladder,
+        # and the top rung must still take the answers handed up for a second computation.
         self._accepting = value
-        for rung in self.rungs.values():
-            rung.accepting = value
 
     @property
     def ready(self) -> bool:
-        return all(rung.ready for rung in self.rungs.values())
+        return self._accepting and all(rung.ready for rung in self.rungs.values())
 
     async def stop(self, grace_s: float) -> None:
+        """Drain the rungs below the top, then the top once the non-finite answers they handed
+        up are computed again: stopped first, it refused them (a 503 for accepted requests in
+        a reload or an eviction)."""
         self._accepting = False
-        for rung in self.rungs.values():
-            await rung.stop(grace_s)
+        deadline = self._clock() + grace_s
+        top = self.controller.top
+        await asyncio.gather(*(r.stop(grace_s) for n, r in self.rungs.items() if n != top))
+        if self._handed_up:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._none_handed_up.wait(),
+                                       max(0.0, deadline - self._clock()))
+        await self.rungs[top].stop(max(0.0, deadline - self._clock()))
 
     def instances_note(self) -> str:
         notes = [f"{name}: {note}" for name, rung in self.rungs.items()
@@ -197,21 +211,30 @@ class ServedLadder:
                              arrival: float) -> dict[str, np.ndarray]:
         """A cheaper rung's answer when its floats are all finite, else the top rung's: moving
         down the ladder must not turn the model's finite answer into NaN or infinity (fp16
-        overflows past 65504). The top rung's own answer stands, whatever it holds."""
-        outputs = await work
-        if all_finite(outputs):
-            return outputs
-        top = self.controller.top
-        self._m_recomputed[rung].inc()
-        if rung not in self._warned:
-            self._warned.add(rung)
-            log.warning("model %s: variant %s answered NaN or infinite values; such requests "
-                        "are computed again on %s (counted in surge_ladder_recomputed_total)",
-                        self.name, rung, top)
-        timeout_us = self._time_left(request.timeout_us, arrival, rung)
-        queued = self.rungs[top].make_request(request.inputs, request.outputs, request.priority,
-                                              timeout_us, request.request_id)
-        return await self.rungs[top].infer(queued)
+        overflows past 65504). The top rung's own answer stands, whatever it holds. Counted
+        while in progress: `stop` keeps the top rung up until none is."""
+        self._handed_up += 1
+        self._none_handed_up.clear()
+        try:
+            outputs = await work
+            if all_finite(outputs):
+                return outputs
+            top = self.controller.top
+            self._m_recomputed[rung].inc()
+            if rung not in self._warned:
+                self._warned.add(rung)
+                log.warning("model %s: variant %s answered NaN or infinite values; such "
+                            "requests are computed again on %s (counted in "
+                            "surge_ladder_recomputed_total)", self.name, rung, top)
+            timeout_us = self._time_left(request.timeout_us, arrival, rung)
+            queued = self.rungs[top].make_request(request.inputs, request.outputs,
+                                                  request.priority, timeout_us,
+                                                  request.request_id)
+            return await self.rungs[top].infer(queued)
+        finally:
+            self._handed_up -= 1
+            if not self._handed_up:
+                self._none_handed_up.set()
 
     def _time_left(self, timeout_us: int | None, arrival: float, rung: str) -> int | None:
         """What is left of a request's timeout (microseconds) for its second computation."""

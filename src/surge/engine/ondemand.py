@@ -171,14 +171,14 @@ class OnDemand:
         if failure is not None and now < failure.retry_at and name not in self._loads:
             raise ModelNotReadyError(
                 f"model {name!r} failed to load ({failure.reason}); it is tried again on a "
-                f"request after {failure.retry_at - now:.1f} s")
+                f"request after {failure.retry_at - now:.1f} s", failure.retry_at - now)
         task = self._loads.get(name) or self._start_load(name)
         timeout_s = timeout_us / 1e6 if timeout_us else None
         expected = self._load_s.get(name)
         if timeout_s is not None and expected is not None and expected > timeout_s:
             raise ModelNotReadyError(
                 f"model {name!r} is loading: its cold start takes about {expected:.2f} s, more "
-                f"than the request's timeout of {timeout_s * 1e3:.0f} ms allows")
+                f"than the request's timeout of {timeout_s * 1e3:.0f} ms allows", expected)
         self._waiting[name] += 1
         try:
             error = await self._join(name, task, timeout_s)
@@ -187,7 +187,9 @@ class OnDemand:
             if not self._waiting[name]:
                 del self._waiting[name]
         if error is not None:
-            raise ModelNotReadyError(f"model {name!r} failed to load: {error}")
+            failure = self._failures.get(name)
+            raise ModelNotReadyError(f"model {name!r} failed to load: {error}",
+                                     failure.retry_at - self._host.clock() if failure else None)
         if not timeout_us:
             return timeout_us
         return max(1, timeout_us - int((self._host.clock() - now) * 1e6))
@@ -200,7 +202,7 @@ class OnDemand:
         except TimeoutError:
             raise ModelNotReadyError(
                 f"model {name!r} is loading: not loaded within the request's timeout of "
-                f"{(timeout_s or 0) * 1e3:.0f} ms") from None
+                f"{(timeout_s or 0) * 1e3:.0f} ms", self._load_s.get(name, 1.0)) from None
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if task.cancelled() and current is not None and not current.cancelling():
@@ -294,6 +296,7 @@ class OnDemand:
         """Record what the `served` versions of `name` were measured to use; evict others if
         they did not fit after all."""
         self.cold.discard(name)
+        self._failures.pop(name, None)  # loaded (explicitly, say): an old failure is no reason
         size = measure(pools_of(served))
         self.residency.loaded(name, size, group_of(config), config.pinned, self._host.clock())
         self._host.metrics.model_memory.labels(name).set(size)
@@ -326,6 +329,14 @@ class OnDemand:
         self.residency.unloaded(name)
         self.cold.discard(name)
         self._unloads[name] += 1
+
+    def loading(self, name: str) -> bool:
+        """Whether a request's load of `name` is in progress."""
+        return name in self._loads
+
+    def files_changed(self, name: str) -> None:
+        """`name`'s files changed: its next request tries a load at once, past any backoff."""
+        self._failures.pop(name, None)
 
     async def stop(self) -> None:
         """Cancel the loads in progress (each stops what it started)."""

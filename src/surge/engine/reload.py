@@ -2,10 +2,12 @@
 
 `RepositoryPoller` (`surge serve --model-control poll --poll-interval S`) looks at the
 repository every interval. A model whose files changed (a new version directory, a new
-`config.yaml`, a replaced model file) is loaded again through `InferenceEngine.load`, which
+`config.yaml`, a replaced model file) is loaded again (`InferenceEngine.files_changed`), which
 starts and warms the new instances before switching to them and draining the old ones, so
-requests keep being answered throughout. A load that fails leaves the old version serving; the
-engine reports why (repository index, log, `surge_model_loads_total{outcome="failure"}`).
+requests keep being answered throughout (a model that loads on demand and is not loaded now
+stays so: its next request loads the new files). A load that fails leaves the old version
+serving; the engine reports why (repository index, log,
+`surge_model_loads_total{outcome="failure"}`).
 A change is acted on once the files have stayed the same for one whole interval, so that a
 version directory still being copied is not loaded half written.
 """
@@ -51,8 +53,9 @@ def override_config(base: ModelConfig, override: Mapping[str, Any]) -> ModelConf
         return ModelConfig.model_validate(merged)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"config override: {where}: {first['msg']}") from None
+        loc = ".".join(str(p) for p in first["loc"])
+        where = f"{loc}: " if loc else ""  # a rule across fields names none
+        raise ConfigError(f"config override: {where}{first['msg']}") from None
 
 
 Fingerprint = tuple[tuple[str, int, int], ...]
@@ -138,9 +141,9 @@ class RepositoryPoller:
                 log.error("model %s not unloaded: %s", name, exc)
             return
         self._acted[name] = now  # a broken version is tried again only once its files change
-        log.warning("model %s changed in the repository: loading it", name)
+        log.warning("model %s changed in the repository", name)
         try:
-            await self.engine.load(name)
+            await self.engine.files_changed(name)
         except SurgeError as exc:
             log.error("model %s not reloaded, what was served stays: %s", name, exc)
 

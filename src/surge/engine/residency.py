@@ -157,12 +157,21 @@ class Residency:
             if excess <= 0:
                 return chosen
         where = "the machine" if scope is None else f"worker group {scope!r}"
+        if needed > limit:  # no eviction can help: say so, not that others hold the budget
+            raise NoRoomError(
+                f"model {name!r} needs about {format_bytes(needed)}, more than the whole memory "
+                f"budget of {where} ({format_bytes(limit)})")
         pinned = sum(r.bytes for r in self._loaded.values()
                      if r.pinned and (scope is None or r.group == scope))
+        # Name the holders: "busy" alone left the operator guessing (a loaded pipeline's steps).
+        held = [f"{n} ({'pinned' if r.pinned else 'busy'}, {format_bytes(r.bytes)})"
+                for n, r in self._loaded.items()
+                if n != name and r.bytes > 0 and (r.pinned or n in busy)
+                and (scope is None or r.group == scope)]
         raise NoRoomError(
             f"model {name!r} needs about {format_bytes(needed)} but the memory budget of "
             f"{where} ({format_bytes(limit)}) is held by pinned ({format_bytes(pinned)}) or "
-            "busy models")
+            "busy models" + (f": {', '.join(held)}" if held else ""))
 
     def _candidates(self, scope: str | None, name: str, excluded: Collection[str]) -> list[str]:
         """Unpinned models other than `name`, least recently used first (ties by name)."""

@@ -36,6 +36,7 @@ from surge.errors import (
     DeadlineExceededError,
     InputError,
     ModelNotReadyError,
+    NotFoundError,
     ServingError,
     SurgeError,
 )
@@ -217,6 +218,15 @@ class ServedPipeline:
     def ready(self) -> bool:
         return self.accepting and all(self._host.model_ready(m) for m in self._models)
 
+    def unready_reason(self) -> str:
+        """Why an accepting pipeline is not ready: the models of its steps that are not."""
+        waiting = [m for m in self._models if not self._host.model_ready(m)]
+        if not waiting:
+            return ""
+        if len(waiting) == 1:
+            return f"its step model {waiting[0]!r} is not ready"
+        return f"its step models {', '.join(map(repr, waiting))} are not ready"
+
     async def stop(self, grace_s: float) -> None:
         """Stop accepting; let requests in flight finish within `grace_s`."""
         self.accepting = False
@@ -301,15 +311,19 @@ class ServedPipeline:
                 else:
                     produced = await processor.run_in_thread(inputs, request.rows, step.cpu)
             except Exception as exc:
-                raise self._failed(step.name, exc) from None
+                raise self._failed(step.name, exc, step.model is not None) from None
             step.times.observe(time.perf_counter() - started)
             for own, tensor in step.writes:
                 tensors[tensor] = produced[own]
         return tensors
 
-    def _failed(self, step: str, exc: Exception) -> SurgeError:
+    def _failed(self, step: str, exc: Exception, model_step: bool = False) -> SurgeError:
         """The error a failed step fails its request with: its own, or a ServingError, named."""
         self._metrics.failures.labels(self.name, step).inc()
+        if model_step and isinstance(exc, NotFoundError):
+            # Every step's model is in the repository (checked at load): one not found was
+            # unloaded meanwhile, which the pipeline's client can only wait out.
+            exc = ModelNotReadyError(str(exc))
         if isinstance(exc, SurgeError):
             return named(exc, step)
         log.exception("pipeline %s: step %s failed", self.name, step, exc_info=exc)

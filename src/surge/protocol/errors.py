@@ -10,6 +10,7 @@ from surge.errors import (
     DeadlineExceededError,
     InputError,
     InvalidNameError,
+    ModelNotReadyError,
     NotFoundError,
     QueueFullError,
     ServingError,
@@ -23,8 +24,11 @@ __all__ = ["LoadFailedError", "grpc_code", "http_error", "load_failure", "retry_
 
 
 def retry_after_header(error: Exception) -> str | None:
-    """`Retry-After` seconds (whole, at least 1) for an admission rejection."""
+    """`Retry-After` seconds (whole, at least 1) for an admission rejection, or for a model not
+    ready that knows when to ask again (loading, or a failed load's backoff)."""
     if isinstance(error, QueueFullError):
+        return str(max(1, math.ceil(error.retry_after_s)))
+    if isinstance(error, ModelNotReadyError) and error.retry_after_s is not None:
         return str(max(1, math.ceil(error.retry_after_s)))
     return None
 

@@ -37,6 +37,7 @@ from surge.workers.hang import HangRule
 from surge.workers.messages import BatchDone
 from surge.workers.placement import Placement
 from surge.workers.pool import PIPELINE_DEPTH, BatchResult, dispatch_order
+from surge.workers.shared_worker import rss_bytes
 from surge.workers.worker import WorkerSpec, load
 
 log = logging.getLogger(__name__)
@@ -122,11 +123,13 @@ class InProcessPool:
         self._instances: list[ThreadInstance] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._added = 0  # resident bytes the loads added to this process (memory budgets)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Load and warm up every instance (each on its own thread), then take batches."""
         self._loop = asyncio.get_running_loop()
+        before = rss_bytes()
         for index, placement in enumerate(self.placements):
             thread = ThreadPoolExecutor(1, f"surge-{self.ref}-{index}")
             spec = WorkerSpec(self.root, self.ref, self.version, placement.threads,
@@ -140,6 +143,12 @@ class InProcessPool:
             self._instances.append(ThreadInstance(index, runner, thread,
                                                   engine=interruptible(runner)))
             self.signature = runner.signature
+        self._added = max(0, rss_bytes() - before)
+
+    def resident_bytes(self) -> int:
+        """Memory the instances' loads added to this process: what a memory budget counts for
+        the model (it has no process of its own to measure)."""
+        return self._added if self._instances else 0
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Let the batches computing finish (within `timeout_s`), fail those still held, and

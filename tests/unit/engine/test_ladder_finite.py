@@ -4,6 +4,7 @@ rung; a pinned request, and the top rung's own answer, stand as computed."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,27 @@ def test_all_finite_checks_float_outputs_only() -> None:
     assert not all_finite({"y": np.array([1.0, np.nan], np.float16)})
     assert not all_finite({"a": np.ones(2), "b": np.array([-np.inf], np.float64)})
     assert all_finite({"t": np.array([b"x"], object), "e": np.zeros((0, 4), np.float32)})
+
+
+def test_a_non_finite_answer_while_the_ladder_is_evicted_is_still_computed_on_the_top(
+        tmp_path: Path) -> None:
+    """An eviction (or unload, or the old ladder of a reload) drains the cheaper rungs before
+    the top one: before, the top rung stopped first and refused the second computation of an
+    accepted request (503 "not accepting requests")."""
+    async def body() -> None:
+        async with laddered(tmp_path) as s:
+            all_on_fast(s)
+            route = VariantRoute()
+            task = await s.infer(1.0, route)
+            evicting = asyncio.create_task(s.engine.evict("m"))
+            await settle()
+            answer_non_finite(s.pool("fast"))
+            for _ in range(20):
+                s.finish_all()
+                await settle()
+            assert await evicting
+            np.testing.assert_array_equal(task.result()["y"], np.full((1, 4), 3.0, np.float32))
+            assert route.served == "original"
+            assert s.pool("original").stopped
+
+    run(body())

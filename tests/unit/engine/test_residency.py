@@ -70,6 +70,24 @@ def test_a_reload_does_not_count_its_own_current_size() -> None:
     assert state.victims("a", 100 * MB, None) == []
 
 
+def test_a_model_larger_than_the_whole_budget_is_refused_as_such() -> None:
+    """Not "held by pinned (0.0 MB) or busy models": no eviction could make room."""
+    state = residency(150 * MB)
+    state.loaded("a", 100 * MB, None, False, 0.0)
+    with pytest.raises(NoRoomError, match=r"model 'ladder' needs about 200.0 MB, more than the "
+                                          r"whole memory budget of the machine \(150.0 MB\)"):
+        state.victims("ladder", 200 * MB, None)
+
+
+def test_a_budget_held_by_models_that_cannot_go_names_them() -> None:
+    state = residency(250 * MB)
+    state.loaded("kept", 100 * MB, None, True, 0.0)
+    state.loaded("step", 100 * MB, None, False, 1.0)  # a loaded pipeline's model, say
+    with pytest.raises(NoRoomError, match=r"held by pinned \(100.0 MB\) or busy models: "
+                                          r"kept \(pinned, 100.0 MB\), step \(busy, 100.0 MB\)$"):
+        state.victims("a", 100 * MB, None, busy={"step"})
+
+
 def test_over_budget_after_a_measurement_names_the_others_to_unload() -> None:
     state = residency(250 * MB)
     state.loaded("a", 100 * MB, None, False, 0.0)

@@ -106,6 +106,9 @@ def test_config_override() -> None:
     grouped = ModelConfig.model_validate({"worker": "shared"})
     with pytest.raises(ConfigError, match="a shared group runs local processes"):
         override_config(grouped, {"placement": "in-process"})
+    # A rule across fields names no field: no empty place in the message (was "override: : ").
+    with pytest.raises(ConfigError, match=r"^config override: Value error, worker: a shared"):
+        override_config(grouped, {"placement": "cluster"})
 
 
 @pytest.mark.parametrize(("body", "expected"), [
@@ -142,6 +145,9 @@ class _FakeEngine:
 
     async def unload(self, name: str) -> None:
         self.calls.append(("unload", name))
+
+    async def files_changed(self, name: str) -> None:
+        await self.load(name)
 
 
 def _model(root: Path, name: str, version: int) -> None:

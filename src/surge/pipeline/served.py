@@ -294,6 +294,7 @@ class ServedPipeline:
 
     async def _run(self, request: PipelineRequest) -> dict[str, np.ndarray]:
         tensors = dict(request.inputs)
+        rows = request.rows if self.signature.batched else None  # unbatched: no row count
         for step in self._runs:
             inputs = {own: tensors[tensor] for own, tensor in step.reads}
             started = time.perf_counter()
@@ -307,9 +308,9 @@ class ServedPipeline:
                         timeout_us=None if request.deadline is None else self._remaining_us(request),
                         request_id=request.request_id)
                 elif processor.runs_here(inputs):  # no coroutine for a call on the loop
-                    produced = processor.run_here(inputs, request.rows, step.cpu)
+                    produced = processor.run_here(inputs, rows, step.cpu)
                 else:
-                    produced = await processor.run_in_thread(inputs, request.rows, step.cpu)
+                    produced = await processor.run_in_thread(inputs, rows, step.cpu)
             except Exception as exc:
                 raise self._failed(step.name, exc, step.model is not None) from None
             step.times.observe(time.perf_counter() - started)

@@ -80,7 +80,7 @@ class ProcessorStep:
     params: Mapping[str, Any]
     types: StepTypes
 
-    async def run(self, inputs: dict[str, np.ndarray], rows: int,
+    async def run(self, inputs: dict[str, np.ndarray], rows: int | None,
                   cpu: StepCpu | None = None) -> dict[str, np.ndarray]:
         """The step's outputs for a request's rows; its CPU time goes to `cpu`."""
         if self.runs_here(inputs):
@@ -91,12 +91,12 @@ class ProcessorStep:
         """Whether this call runs on the event loop (`run_here`) rather than in a thread."""
         return self.processor.runs_inline(inputs, self.params)
 
-    def run_here(self, inputs: dict[str, np.ndarray], rows: int,
+    def run_here(self, inputs: dict[str, np.ndarray], rows: int | None,
                  cpu: StepCpu | None = None) -> dict[str, np.ndarray]:
         """The call on the event loop itself: no coroutine, no hand-off."""
         return self._outputs(timed(self.processor.run, inputs, self.params), True, rows, cpu)
 
-    async def run_in_thread(self, inputs: dict[str, np.ndarray], rows: int,
+    async def run_in_thread(self, inputs: dict[str, np.ndarray], rows: int | None,
                             cpu: StepCpu | None = None) -> dict[str, np.ndarray]:
         """The call in a processor thread, awaited on the loop."""
         loop = asyncio.get_running_loop()
@@ -104,7 +104,7 @@ class ProcessorStep:
                                          self.params)
         return self._outputs(ran, False, rows, cpu)
 
-    def _outputs(self, ran: Ran, inline: bool, rows: int,
+    def _outputs(self, ran: Ran, inline: bool, rows: int | None,
                  cpu: StepCpu | None) -> dict[str, np.ndarray]:
         if cpu is not None:
             cpu.add(ran.cpu_ns, inline)
@@ -112,8 +112,9 @@ class ProcessorStep:
         self._check(produced, rows)
         return produced
 
-    def _check(self, produced: Any, rows: int) -> None:
-        """A processor's result must hold every output the step maps, one row per request row."""
+    def _check(self, produced: Any, rows: int | None) -> None:
+        """A processor's result must hold every output the step maps, one row per request row
+        (`rows` None: an unbatched pipeline, whose tensors' first dimension is no batch)."""
         if not isinstance(produced, dict):
             raise ServingError(f"processor {self.processor.name!r} returned "
                                f"{type(produced).__name__}, not a dict of arrays")
@@ -122,7 +123,7 @@ class ProcessorStep:
             if not isinstance(array, np.ndarray):
                 raise ServingError(f"processor {self.processor.name!r} returned no array "
                                    f"{name!r}")
-            if array.ndim == 0 or array.shape[0] != rows:
+            if rows is not None and (array.ndim == 0 or array.shape[0] != rows):
                 raise ServingError(f"processor {self.processor.name!r} returned {name!r} with "
                                    f"shape {list(array.shape)} for {rows} row(s)")
 

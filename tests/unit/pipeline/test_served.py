@@ -265,3 +265,22 @@ def test_metadata_and_config_describe_the_pipeline(tmp_path: Path) -> None:
 
 def test_a_stopped_pipeline_refuses_requests(tmp_path: Path) -> None:
     asyncio.run(_a_stopped_pipeline_refuses_requests(tmp_path))
+
+
+UNBATCHED = PROCESSORS_ONLY.replace("max_batch_size: 8", "max_batch_size: 0")
+
+
+async def _an_unbatched_pipeline_takes_tensors_of_any_leading_size(tmp_path: Path) -> None:
+    repo = repository(tmp_path)
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "config.yaml").write_text(UNBATCHED)
+    async with serving(repo, models=["q"]) as (engine, _):
+        answer = await engine.infer("q", None, values(1.0, rows=9))
+        assert answer["total"].shape == (9, 1)
+        assert engine.stats("q").inference_count == 1  # one request, not nine rows
+
+
+def test_an_unbatched_pipeline_takes_tensors_of_any_leading_size(tmp_path: Path) -> None:
+    """Its first dimension is no batch: a step's 9 output rows for a request counted as one
+    row failed as a processor fault (a 500)."""
+    asyncio.run(_an_unbatched_pipeline_takes_tensors_of_any_leading_size(tmp_path))

@@ -17,6 +17,7 @@ import json
 
 import numpy as np
 import tritonclient.http as httpclient
+from text_args import check_texts
 
 
 def classify(url: str, model: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -29,16 +30,6 @@ def classify(url: str, model: str, texts: list[str]) -> tuple[np.ndarray, np.nda
     result = client.infer(model, [text], outputs=outputs)
     labels = np.vectorize(lambda b: b.decode("utf-8"))(result.as_numpy("labels"))
     return labels, result.as_numpy("scores")
-
-
-def check_texts(parser: argparse.ArgumentParser, texts: list[str]) -> None:
-    """Exit 2 naming a text argument that is not UTF-8 (a non-UTF-8 command-line byte arrives
-    as a lone surrogate, which `str.encode` refuses with a traceback)."""
-    for text in texts:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            parser.error(f"text {text!r} is not valid UTF-8")
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import argparse
 import json
 
 import numpy as np
+from text_args import check_texts
 
 
 def embed(url: str, model: str, texts: list[str], grpc: bool) -> np.ndarray:
@@ -27,16 +28,6 @@ def embed(url: str, model: str, texts: list[str], grpc: bool) -> np.ndarray:
     text.set_data_from_numpy(rows)
     result = client.infer(model, [text], outputs=[client_lib.InferRequestedOutput("embedding")])
     return result.as_numpy("embedding")
-
-
-def check_texts(parser: argparse.ArgumentParser, texts: list[str]) -> None:
-    """Exit 2 naming a text argument that is not UTF-8 (a non-UTF-8 command-line byte arrives
-    as a lone surrogate, which `str.encode` refuses with a traceback)."""
-    for text in texts:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            parser.error(f"text {text!r} is not valid UTF-8")
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.http as httpclient
+from text_args import check_texts
 
 HEADER_LINES = 3
 BATCH = 16  # rows per request: the server batches further across requests
@@ -44,16 +45,6 @@ def embed(client: httpclient.InferenceServerClient, model: str, texts: list[str]
             httpclient.InferRequestedOutput("embedding", binary_data=True)])
         parts.append(result.as_numpy("embedding"))
     return np.concatenate(parts)
-
-
-def check_texts(parser: argparse.ArgumentParser, texts: list[str]) -> None:
-    """Exit 2 naming a text argument that is not UTF-8 (a non-UTF-8 command-line byte arrives
-    as a lone surrogate, which `str.encode` refuses with a traceback)."""
-    for text in texts:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            parser.error(f"text {text!r} is not valid UTF-8")
 
 
 def positive(value: str) -> int:

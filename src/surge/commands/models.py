@@ -101,7 +101,9 @@ def evaluate(
     data: Annotated[str, typer.Option(
         help="'fashion-mnist', an .npz of inputs + labels, or a detection .npz with a COCO "
              ".json beside it.")],
-    task: Annotated[str, typer.Option(help="classification, detection or embedding.")] =
+    task: Annotated[str, typer.Option(
+        help="A registered task (classification, detection, embedding, ranking, ...: "
+             "`surge data list`) or 'package.module:Class'.")] =
         "classification",
     metric: Annotated[str | None, typer.Option(
         help="Headline metric (default: the task's first).")] = None,

@@ -35,9 +35,11 @@ def optimize(
     torch_model: Annotated[str | None, typer.Option(
         help="A torch_factory model with the same weights (for prune/lowrank/bf16 on ONNX).")] = None,
     finetune_epochs: Annotated[int, typer.Option(
-        min=0, help="Fine-tune epochs after pruning the Fashion-MNIST model (0 = none).")] = 2,
+        min=0, help="Fine-tune epochs after pruning, on the training split of the model's "
+             "parameters.dataset (0 = none).")] = 2,
     check_rows: Annotated[int, typer.Option(
-        min=1, help="Fashion-MNIST test images each variant is checked on.")] = 10_000,
+        min=1, help="Rows of the evaluation split of the model's parameters.dataset each variant "
+             "is checked on.")] = 10_000,
     exclude: Annotated[list[str] | None, typer.Option(
         help="ONNX node name left in fp32 by quantization (repeatable).")] = None,
 ) -> None:

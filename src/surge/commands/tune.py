@@ -41,9 +41,9 @@ MaxDrop = Annotated[float | None, typer.Option(
     help="Largest drop of the metric from the original, in points (percent).")]
 MinMetric = Annotated[float | None, typer.Option(help="Smallest acceptable metric (percent).")]
 Metric = Annotated[str | None, typer.Option(
-    help="Metric the accuracy budget applies to: accuracy or macro_f1 (classification), "
-         "mAP, mAP50 or mAP75 (detection), cosine or min_cosine (embedding). Default: "
-         "the first of the task's.")]
+    help="Metric the accuracy budget applies to, one of the task's: e.g. accuracy or "
+         "macro_f1 (classification), mAP50 (detection), cosine (embedding), ndcg@10 or auc "
+         "(ranking), mae (regression, forecasting). Default: the first of the task's.")]
 Budget = Annotated[str, typer.Option(help="Time budget for the whole tune, e.g. 10m.")]
 Protocol = Annotated[str, typer.Option(help="Load protocol: http, http-json or grpc.")]
 ShortRun = Annotated[str, typer.Option(help="Length of a short served run.")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any, TypeAlias
 
@@ -28,7 +29,7 @@ from surge.engine.served import ServedModel
 from surge.engine.stats import ModelStats
 from surge.errors import ConfigError, ModelLoadError, ModelNotReadyError, NotFoundError, SurgeError
 from surge.platform import available_cores
-from surge.repository import Repository, served_version
+from surge.repository import ModelConfig, Repository, served_version
 from surge.repository.config import CONFIG_FILE
 from surge.workers.hang import HangRule
 from surge.workers.pool import WorkerPool, cuda_device_count, plan_instances
@@ -66,6 +67,7 @@ class Engine:
         self._served: dict[str, dict[int, Served]] = {}
         self._state: dict[str, tuple[str, str]] = {}  # name -> (state, reason) when not served
         self._locks: dict[str, asyncio.Lock] = {}
+        self._starting: Counter[str] = Counter()  # the step models of pipelines starting
         self._live = False
         self._started = False  # start() finished: every selected model loaded (or failed)
 
@@ -259,6 +261,9 @@ class Engine:
             raise
         self.metrics.model_loads.labels(name, "success").inc()
         old = self._served.get(name, {})
+        for served in fresh.values():  # a reload under a surge goes on where it stood
+            if isinstance(served, ServedLadder):
+                served.carry_from(old.values())
         self._served[name] = fresh
         self._count_loaded()
         self._state.pop(name, None)
@@ -299,9 +304,7 @@ class Engine:
             config = override_config(config, override)
         await self.on_demand.make_room(name, config)
         if config.kind == "pipeline":
-            pipeline = pipelines.ServedPipeline(self, name, config)
-            await pipeline.start()
-            return {pipeline.version: pipeline}
+            return await self._start_pipeline(name, config)
         served_versions = tuple(
             await asyncio.to_thread(self.repository.served_versions, name, config))
         if config.ladder:
@@ -326,6 +329,23 @@ class Engine:
                                  return_exceptions=True)
             raise
         return models
+
+    async def _start_pipeline(self, name: str, config: ModelConfig) -> dict[int, Served]:
+        """A pipeline whose step models need more than a memory budget together is refused:
+        by their sizes measured before (`make_room`), else by those its start measured. Its
+        steps are busy while it starts: one evicted to load another failed the start."""
+        pipeline = pipelines.ServedPipeline(self, name, config)
+        self._starting.update(pipeline.models)
+        try:
+            await pipeline.start()
+        finally:
+            self._starting.subtract(pipeline.models)
+        try:
+            self.on_demand.steps_fit(name, pipeline.models)
+        except SurgeError:
+            await pipeline.stop(0.0)
+            raise
+        return {pipeline.version: pipeline}
 
     async def files_changed(self, name: str) -> None:
         """`name`'s files changed on disk (`--model-control poll`): reload it, unless it waits
@@ -371,6 +391,7 @@ class Engine:
         """Models being loaded or unloaded now, and the models of loaded pipelines (a pipeline
         is ready only while its models are: evicting one would refuse the pipeline's requests)."""
         busy = {name for name, lock in self._locks.items() if lock.locked()}
+        busy.update(name for name, count in self._starting.items() if count)
         for versions in self._served.values():
             for served in versions.values():
                 if isinstance(served, pipelines.ServedPipeline):

@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from surge.engine.interface import ModelHandle
+from surge.engine.reload import Fingerprint, fingerprint
 from surge.engine.route import check_pin, request_route
 from surge.engine.served import ModelHost, ServedModel
 from surge.engine.stats import ModelStats, Phases
@@ -35,6 +37,7 @@ from surge.errors import (
 )
 from surge.repository import ModelConfig, Repository
 from surge.repository.config import ORIGINAL
+from surge.repository.repository import VARIANTS_DIR
 from surge.scheduler.ladder import LadderController, LadderSettings, Rung, WindowRate
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,14 @@ def ladder_rungs(repository: Repository, name: str, config: ModelConfig) -> list
                 "`surge tune` (it writes ladder_accuracy) or `surge optimize` with labelled data")
         rungs.append(Rung(rung, float(accuracy), config.instances, max(1, config.max_batch_size)))
     return rungs
+
+
+def rung_files(root: Path, name: str, version: int, rungs: Iterable[str]
+               ) -> dict[str, Fingerprint]:
+    """The files each rung loads: the version's directory for the original, the variant's for
+    the others (a reload keeps the settled batch times of the rungs whose files are the same)."""
+    return {r: fingerprint(root, f"{name}/{version}" if r == ORIGINAL
+                           else f"{name}/{VARIANTS_DIR}/{r}") for r in rungs}
 
 
 def _check(repository: Repository, name: str, variant: str) -> dict[str, Any]:
@@ -118,6 +129,7 @@ class ServedLadder:
                      "pinned requests", name, ", ".join(self.controller.excluded),
                      config.max_accuracy_drop)
         self._rate = WindowRate()
+        self.files: dict[str, Fingerprint] = {}  # what each rung was loaded from (`rung_files`)
         self._accepting = False
         self._batched = False  # whether requests carry a batch dimension (known once started)
         self.handle: ModelHandle | None = None
@@ -133,6 +145,24 @@ class ServedLadder:
         self._handed_up = 0
         self._none_handed_up = asyncio.Event()
         self._none_handed_up.set()
+
+    def carry_from(self, old: Iterable[object]) -> None:
+        """A reload: take over the load the ladder among `old` (what served the model) was
+        under, its controller's place and the arrivals of its rate windows, when it had the
+        same rungs. A fresh controller at the top rung admitted the first second of a surge
+        in progress as if idle. Called just before the switch: no arrival comes in between."""
+        previous = next((o for o in old if isinstance(o, ServedLadder)), None)
+        if previous is None:
+            return
+        unchanged = [r for r, files in self.files.items()
+                     if previous.files.get(r) == files and r in previous.rungs
+                     and previous.rungs[r].config == self.rungs[r].config]
+        if not self.controller.carry_from(previous.controller, unchanged):
+            return
+        self._rate = previous._rate  # the old ladder takes no arrival once switched from
+        self._publish_shares()
+        log.info("model %s: the reloaded ladder keeps the shares %s", self.name,
+                 self.controller.shares())
 
     def _batch_time(self, rung: str, size: int) -> float | None:
         return self.rungs[rung].scheduler.fitted_time(size)
@@ -278,6 +308,8 @@ async def start_ladder(host: ModelHost, repository: Repository, name: str,
                              f"{ORIGINAL!r} rung")
     ladder = ServedLadder(host, name, versions[-1] if versions else 1, versions or (1,),
                           config, rungs)
+    ladder.files = await asyncio.to_thread(rung_files, repository.root, name, ladder.version,
+                                           ladder.rungs)
     try:
         await ladder.start()
     except BaseException:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -273,8 +273,13 @@ class OnDemand:
     async def make_room(self, name: str, config: ModelConfig) -> None:
         """Evict the least recently used unpinned models until `name` is expected to fit;
         NoRoomError (the load fails with it) when pinned or busy models hold the budget and
-        `name` was measured before (a first load is tried: its size is only a guess)."""
+        `name` was measured before (a first load is tried: its size is only a guess), or when
+        `name` is a pipeline whose step models were measured too big together. A pipeline
+        evicts nothing: priced at other models' sizes, it evicted one of its own steps."""
         if not self.tracking:
+            return
+        if config.kind == "pipeline":  # no memory of its own: its steps make room as they load
+            self.residency.steps_fit(name, [s.model for s in config.steps if s.model])
             return
         async with self._room:
             await self._handed_over()
@@ -291,6 +296,12 @@ class OnDemand:
                 return
             for victim in victims:
                 await self._evict(victim)
+
+    def steps_fit(self, name: str, steps: Collection[str]) -> None:
+        """NoRoomError (the load fails with it) when pipeline `name`'s step models were measured
+        to need more than a whole budget together (`Residency.steps_fit`)."""
+        if self.tracking:
+            self.residency.steps_fit(name, steps)
 
     async def after_load(self, name: str, served: Iterable[object], config: ModelConfig) -> None:
         """Record what the `served` versions of `name` were measured to use; evict others if

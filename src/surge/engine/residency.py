@@ -118,18 +118,40 @@ class Residency:
         return min(sizes) if group is not None else sum(sizes) // len(sizes)
 
     # -- decisions -----------------------------------------------------------------------------
+    def steps_fit(self, name: str, steps: Collection[str]) -> None:
+        """Raises NoRoomError when the step models of pipeline `name` were measured to need
+        more than a whole budget together: loading one would evict another, in turn for every
+        request. A step never measured counts nothing (as at a model's first load, its size
+        would only be a guess)."""
+        measured = {s: self._measured[s] for s in sorted(steps) if s in self._measured}
+        for scope, limit in self._scopes({group for _, group in measured.values()}):
+            inside = {s: size for s, (size, group) in measured.items()
+                      if scope is None or group == scope}
+            total = sum(inside.values())
+            if total > limit:
+                listed = ", ".join(f"{s} ({format_bytes(size)})" for s, size in inside.items())
+                raise NoRoomError(
+                    f"pipeline {name!r} needs about {format_bytes(total)} for its step models "
+                    f"together, more than the whole memory budget of {_where(scope)} "
+                    f"({format_bytes(limit)}): {listed}")
+
+    def _scopes(self, groups: Collection[str | None]) -> list[tuple[str | None, int]]:
+        """The budgets models of `groups` load under: their groups' (a group's budget only
+        holds its models), then the machine's."""
+        scopes: list[tuple[str | None, int]] = [
+            (group, self.budget.group_bytes[group]) for group in sorted(
+                g for g in groups if g is not None and g in self.budget.group_bytes)]
+        if self.budget.machine_bytes is not None:
+            scopes.append((None, self.budget.machine_bytes))
+        return scopes
+
     def victims(self, name: str, needed: int, group: str | None,
                 busy: Collection[str] = ()) -> list[str]:
         """The models to unload, least recently used first, so that `needed` more bytes for
         `name` (in `group`) fit every budget; pinned and `busy` models are never chosen.
         Raises NoRoomError when even unloading all the others would not make enough room."""
         chosen: list[str] = []
-        scopes: list[tuple[str | None, int]] = []
-        if group is not None and group in self.budget.group_bytes:
-            scopes.append((group, self.budget.group_bytes[group]))
-        if self.budget.machine_bytes is not None:
-            scopes.append((None, self.budget.machine_bytes))
-        for scope, limit in scopes:
+        for scope, limit in self._scopes((group,)):
             chosen += self._victims_in(scope, limit, name, needed, chosen, busy)
         return chosen
 
@@ -156,7 +178,7 @@ class Residency:
             excess -= self._loaded[candidate].bytes
             if excess <= 0:
                 return chosen
-        where = "the machine" if scope is None else f"worker group {scope!r}"
+        where = _where(scope)
         if needed > limit:  # no eviction can help: say so, not that others hold the budget
             raise NoRoomError(
                 f"model {name!r} needs about {format_bytes(needed)}, more than the whole memory "
@@ -179,6 +201,10 @@ class Residency:
                         if n != name and n not in excluded and not r.pinned and r.bytes > 0
                         and (scope is None or r.group == scope))
         return [n for _, n in ranked]
+
+
+def _where(scope: str | None) -> str:
+    return "the machine" if scope is None else f"worker group {scope!r}"
 
 
 __all__ = ["MemoryBudget", "NoRoomError", "Residency", "format_bytes", "parse_bytes"]

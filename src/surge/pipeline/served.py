@@ -179,6 +179,11 @@ class ServedPipeline:
         self._idle = asyncio.Event()
         self._idle.set()
 
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models its steps name."""
+        return self._models
+
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Serve the model steps (loading those not served yet), then check every step's types."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -297,6 +297,28 @@ class LadderController:
             if self.predict(level, rate) <= self.settings.slo_s:
                 break
         return level
+
+    def carry_from(self, old: LadderController, unchanged: Collection[str] = ()) -> bool:
+        """Take over where `old` stands under the current load (a reload of its model): its
+        level and shares, its last prediction and the clocks of its holds, so that a surge in
+        progress is not met again from the top rung. False, and nothing taken, when the usable
+        rungs differ: a level would mean other rungs. The settled batch times only of the
+        rungs `unchanged` (same files, same config); the others' describe other files, and
+        each is priced settled at its times now, its load-time probe, instead (none at all
+        priced the top rung's slowed small share past the calm margin for good)."""
+        if old.names != self.names or [r.name for r in old.rungs] != [
+                r.name for r in self.rungs]:
+            return False
+        self._move(old.level)
+        self.predicted_p99, self._decided = old.predicted_p99, old._decided
+        self._calm_since, self._pressed_since = old._calm_since, old._pressed_since
+        self._calm_rate, self._stepped_up = old._calm_rate, old._stepped_up
+        self._settled_at = old._settled_at
+        self._settled = {
+            r.name: old._settled[r.name] if r.name in unchanged and r.name in old._settled
+            else tuple(self._latency(r.name, size) for size in range(1, r.max_batch + 1))
+            for r in self.rungs}
+        return True
 
     def _move(self, level: float) -> None:
         self.level = level

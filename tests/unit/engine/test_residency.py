@@ -79,6 +79,24 @@ def test_a_model_larger_than_the_whole_budget_is_refused_as_such() -> None:
         state.victims("ladder", 200 * MB, None)
 
 
+def test_a_pipelines_steps_must_fit_each_budget_together_by_their_measurements() -> None:
+    state = residency(500 * MB, small=150 * MB)
+    state.loaded("a", 100 * MB, "small", False, 0.0)
+    state.loaded("b", 80 * MB, "small", False, 1.0)
+    state.unloaded("b")  # measured once: its size is known while unloaded
+    state.loaded("c", 300 * MB, None, False, 2.0)
+    state.steps_fit("p", ["a", "c", "never-loaded"])  # 400 MB of 500; a guess counts nothing
+    with pytest.raises(NoRoomError, match=r"pipeline 'p' needs about 180.0 MB for its step "
+                                          r"models together, more than the whole memory budget "
+                                          r"of worker group 'small' \(150.0 MB\): a \(100.0 MB\), "
+                                          r"b \(80.0 MB\)$"):
+        state.steps_fit("p", ["b", "a"])
+    state.loaded("d", 250 * MB, None, False, 3.0)
+    with pytest.raises(NoRoomError, match=r"of the machine \(500.0 MB\): c \(300.0 MB\), "
+                                          r"d \(250.0 MB\)$"):
+        state.steps_fit("p", ["d", "c"])
+
+
 def test_a_budget_held_by_models_that_cannot_go_names_them() -> None:
     state = residency(250 * MB)
     state.loaded("kept", 100 * MB, None, True, 0.0)

@@ -391,3 +391,43 @@ def surge_mix_reached_after(quick_s: float | None) -> float:
 def test_the_ladder_moves_within_a_tenth_of_a_second_of_a_surge() -> None:
     assert surge_mix_reached_after(0.1) <= 0.1
     assert surge_mix_reached_after(None) > 0.2  # the long window alone reads a ramp
+
+
+def test_a_reloaded_controller_goes_on_where_the_old_one_stood() -> None:
+    old = controller()
+    now = run(old, 0.0, 2.0, rate=0.3 * capacity("original"))
+    now = run(old, now, 1.0, rate=3 * capacity("original"))
+    assert old.level > 0.0
+    new = controller()
+    assert new.carry_from(old)
+    assert (new.level, new.shares(), new.predicted_p99) == (
+        old.level, old.shares(), old.predicted_p99)
+    assert not new.due(now)  # the old one decided at `now`: the interval runs on
+    run(new, now, 0.5, rate=3 * capacity("original"))
+    assert new.level == old.level
+    other = LadderController(RUNGS[:2], LadderSettings(SLO, 1.0), latency)
+    assert not other.carry_from(old)  # other rungs: their levels mean other mixes
+    assert other.level == 0.0
+    wider = controller(max_drop=5.0)  # the same rungs, more of them usable
+    assert not wider.carry_from(old)
+
+
+def test_a_reloaded_controller_keeps_the_settled_times_only_of_unchanged_rungs() -> None:
+    # Reloaded at the bottom of a surge with the same files: the old settled times still
+    # describe the rungs, and the new controller climbs back as the old one would. A rung
+    # whose files changed is priced settled at its times now (its load-time probe).
+    half = capacity("original") / 2
+    for unchanged in (("original", "int8"), ("int8",)):
+        old, _ = shared_cores_ladder(contention=2.5)
+        now = run(old, 0.0, 3.0, rate=half)
+        now = run(old, now, 3.0, rate=3 * capacity("original"))
+        assert old.level == 1.0
+        new, times = shared_cores_ladder(contention=2.5)
+        assert new.carry_from(old, unchanged)
+        kept = new._settled["original"] == old._settled["original"]
+        assert kept == ("original" in unchanged)
+        if kept:
+            run(new, now, 4 * 2.0 + 1.0, rate=half)
+            assert new.level == 0.0
+        else:
+            assert new._settled["original"][0] == times("original", 1)

@@ -111,7 +111,8 @@ def test_directories_of_supervisors_killed_outright_are_removed_by_the_next(
         assert all(path.exists() for path in kept)
         made = sorted(p.name for p in tmp_path.iterdir() if p not in kept)
         assert [name.rsplit("-", 1)[0] for name in made] == [
-            f"surge-metrics-{os.getpid()}", f"surge-shm-registry-{os.getpid()}"]
+            f"surge-metrics-{os.getpid()}", f"surge-model-control-{os.getpid()}",
+            f"surge-shm-registry-{os.getpid()}"]
     finally:
         supervisor.close()
     assert sorted(tmp_path.iterdir()) == sorted(kept)

@@ -32,6 +32,7 @@ from surge.protocol.rest import (
 from surge.protocol.types import SERVER_NAME, InferRequest, extensions
 from surge.repository import check_name, check_version
 from surge.server.keys import ApiKey, ForbiddenError, KeyRing, Scope, UnauthenticatedError
+from surge.server.model_control import RepositoryControl
 from surge.server.observe import RequestIds, RequestLog, RequestRecord
 from surge.server.openapi import OPENAPI_PATH, openapi_document
 from surge.server.outcome import RequestObserver, infer_routed, outcome_of, served_by
@@ -75,8 +76,10 @@ class V2App:
         max_body_bytes: int = DEFAULT_MAX_BODY, keys: KeyRing | None = None,
         request_log: RequestLog | None = None, repository_api: bool = True,
         shared_memory: SharedMemoryRegistry | None = None,
+        control: RepositoryControl | None = None,
     ) -> None:
         self.engine = engine
+        self.control = control or RepositoryControl(engine)  # loads and unloads
         self.shared_memory = shared_memory  # registered regions (None: --shared-memory none)
         self.max_body_bytes = max_body_bytes
         self._keys = keys if keys is not None else KeyRing([ApiKey(api_key)] if api_key else [])
@@ -239,7 +242,7 @@ class V2App:
                 await self._load(name, load_parameters(_json_or_empty(body)))
             else:
                 check_unload(_json_or_empty(body))
-                await self.engine.unload(name)
+                await self.control.unload(name)
             await _respond(send, 200, b"", [])
             return
         raise HttpError(404, f"no route for POST {scope['path']}")
@@ -309,7 +312,7 @@ class V2App:
 
     async def _load(self, name: str, config: dict[str, Any] | None) -> None:
         try:
-            await (self.engine.load(name, config) if config else self.engine.load(name))
+            await self.control.load(name, config)
         except SurgeError as exc:
             raise load_failure(exc) from None
 

@@ -14,6 +14,12 @@ exports the sum (gauges: the sum or the maximum over live front ends, see
 surge/engine/metrics.py). `/v2/models/NAME/stats` answers with the answering front end's own
 share, as each of several Triton servers behind a balancer would.
 
+Load and unload requests (explicit model control) reach one front end, which does the change
+and records it in a directory the supervisor makes; every other front end follows it, and a
+front end restarted after a crash does every recorded change before it listens
+(surge/server/model_control.py). Shared-memory registrations are shared through a directory
+too (surge/server/shared_memory.py).
+
 This module imports only the standard library at the top: a front end's process must set the
 multiprocess directory before prometheus_client is imported.
 """
@@ -50,12 +56,15 @@ log = logging.getLogger(__name__)
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when imported
 # The shared-memory registrations every front end sees (surge/server/shared_memory.py).
 SHARED_MEMORY_DIR_ENV = "SURGE_SHARED_MEMORY_DIR"
+# The loads and unloads every front end follows (surge/server/model_control.py).
+CONTROL_DIR_ENV = "SURGE_MODEL_CONTROL_DIR"
+CONTROL_DONE = "done"  # its folder of each front end's notes of what it followed
 STARTUP_TIMEOUT_S = 600.0  # a front end loads every model before it reports started
 RESTART_BACKOFF_S = (0.5, 30.0)  # first and longest wait before restarting a dead front end
 STABLE_AFTER_S = 60.0  # a front end that lived this long restarts without waiting again
 MAX_FRONTENDS_PER_CORE = 4  # past this the front ends only take turns on the cores
 # The supervisor's directories in the temp dir, named `<prefix><its pid>-<random>`.
-DIR_PREFIXES = ("surge-metrics-", "surge-shm-registry-")
+DIR_PREFIXES = ("surge-metrics-", "surge-shm-registry-", "surge-model-control-")
 
 
 def frontend_count(value: str | int) -> int:
@@ -109,11 +118,12 @@ def _stop_with_parent(supervisor: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _frontend_main(payload: bytes, directories: tuple[str, str], report: Any,
+def _frontend_main(payload: bytes, directories: tuple[str, str, str], report: Any,
                    supervisor: int) -> None:
-    """A front end's process: the multiprocess metrics directory and the shared-memory
-    registrations' first, then the server."""
-    os.environ[METRICS_DIR_ENV], os.environ[SHARED_MEMORY_DIR_ENV] = directories
+    """A front end's process: the multiprocess metrics directory, the shared-memory
+    registrations' and the model control's first, then the server."""
+    (os.environ[METRICS_DIR_ENV], os.environ[SHARED_MEMORY_DIR_ENV],
+     os.environ[CONTROL_DIR_ENV]) = directories
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the server takes it (a reload)
     _stop_with_parent(supervisor)
     from surge.server.process import serve
@@ -144,7 +154,8 @@ class Supervisor:
             raise SurgeError(f"these serve options cannot be handed to front-end processes "
                              f"({exc}); serve them with one front end") from None
         remove_orphaned(DIR_PREFIXES)  # those of supervisors killed outright
-        self._metrics_dir, self._shared_memory_dir = (owned_dir(p) for p in DIR_PREFIXES)
+        self._directories = tuple(owned_dir(p) for p in DIR_PREFIXES)
+        self._metrics_dir = self._directories[0]
         self._context = multiprocessing.get_context("spawn")
         self._processes: list[BaseProcess | None] = [None] * count
         self._started_at = [0.0] * count
@@ -174,8 +185,8 @@ class Supervisor:
         """Release the reserved ports and the directories (after the front ends)."""
         for sock in self._sockets:
             sock.close()
-        shutil.rmtree(self._metrics_dir, ignore_errors=True)
-        shutil.rmtree(self._shared_memory_dir, ignore_errors=True)
+        for directory in self._directories:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def _request_stop(self, _signum: int, _frame: Any) -> None:
         self._stop = True  # only a flag: the loop notices within half a second
@@ -196,7 +207,7 @@ class Supervisor:
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_frontend_main,
-            args=(self._payload, (self._metrics_dir, self._shared_memory_dir), send, os.getpid()),
+            args=(self._payload, self._directories, send, os.getpid()),
             name=f"surge-frontend-{index}", daemon=False)
         process.start()
         send.close()
@@ -243,6 +254,9 @@ class Supervisor:
         assert process is not None
         process.join()
         self._mark_dead(process.pid)
+        # Its notes of the loads it followed: the others wait for it no longer (its pid may
+        # be reused); its replacement does every load and unload before it listens.
+        Path(self._directories[2], CONTROL_DONE, f"{process.pid}.json").unlink(missing_ok=True)
         lived = time.monotonic() - self._started_at[index]
         self._failures[index] = 0 if lived >= STABLE_AFTER_S else self._failures[index] + 1
         wait = restart_delay(self._failures[index])

@@ -26,6 +26,7 @@ from surge.repository import check_name, check_version
 from surge.server import shared_memory_api as shm
 from surge.server.keys import ApiKey, ForbiddenError, KeyRing, Scope, UnauthenticatedError
 from surge.server.limits import ConnectionLimits
+from surge.server.model_control import RepositoryControl
 from surge.server.observe import REQUEST_ID_HEADER, RequestIds, RequestLog, RequestRecord
 from surge.server.outcome import RequestObserver, infer_routed, outcome_of, served_by
 from surge.server.repository_load import check_unload_parameters, config_override
@@ -99,8 +100,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, engine: InferenceEngine, api_key: str | None = None, *,
                  keys: KeyRing | None = None, request_log: RequestLog | None = None,
                  repository_api: bool = True,
-                 shared_memory: SharedMemoryRegistry | None = None) -> None:
+                 shared_memory: SharedMemoryRegistry | None = None,
+                 control: RepositoryControl | None = None) -> None:
         self.engine = engine
+        self.control = control or RepositoryControl(engine)  # loads and unloads
         self.shared_memory = shared_memory  # registered regions (None: --shared-memory none)
         self.accepting = True
         self._keys = keys if keys is not None else KeyRing([ApiKey(api_key)] if api_key else [])
@@ -191,7 +194,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         config = config_override({key: _parameter(value)
                                   for key, value in request.parameters.items()})
         try:
-            await (self.engine.load(name, config) if config else self.engine.load(name))
+            await self.control.load(name, config)
         except SurgeError as exc:
             raise load_failure(exc) from None
         return pb.RepositoryModelLoadResponse()
@@ -202,7 +205,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._check_model_control("unload")
         check_unload_parameters({key: _parameter(value)
                                  for key, value in request.parameters.items()})
-        await self.engine.unload(name)
+        await self.control.unload(name)
         return pb.RepositoryModelUnloadResponse()
 
     # -- the shared-memory extension (surge/server/shared_memory_api.py) ------------------

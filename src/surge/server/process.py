@@ -31,6 +31,7 @@ from surge.server.grpc_listener import start_grpc_h2_server
 from surge.server.grpc_server import InferenceServicer, start_grpc_server
 from surge.server.limits import ConnectionLimits, guarded_protocol
 from surge.server.metrics_port import MetricsApp
+from surge.server.model_control import RepositoryControl, control_for
 from surge.server.production import Production, ProductionOptions
 from surge.server.shared_memory import MODES as SHARED_MEMORY_MODES
 from surge.server.shared_memory import registry_for
@@ -162,10 +163,13 @@ class SurgeServer:
         self.options = options
         self.site = Production(options.production, options.api_key)
         self.shared_memory = registry_for(options.shared_memory)
+        # Loads and unloads, done by every front end when there are several.
+        self.control = (control_for(engine) if self.site.repository_api
+                        else RepositoryControl(engine))
         self.app = V2App(engine, max_body_bytes=options.max_body_bytes, keys=self.site.keys,
                          request_log=self.site.request_log,
                          repository_api=self.site.repository_api,
-                         shared_memory=self.shared_memory)
+                         shared_memory=self.shared_memory, control=self.control)
         self._http: uvicorn.Server | None = None
         self._http_socket: socket.socket | None = None
         self._grpc: Any = None
@@ -182,6 +186,7 @@ class SurgeServer:
         try:
             self.site.before_engine(self.engine, options.models)
             await self.engine.start()
+            await self.control.start()  # a restarted front end: the others' loads and unloads
         except BaseException:
             for sock in sockets:
                 sock.close()
@@ -191,7 +196,7 @@ class SurgeServer:
         servicer = InferenceServicer(self.engine, keys=self.site.keys,
                                      request_log=self.site.request_log,
                                      repository_api=self.site.repository_api,
-                                     shared_memory=self.shared_memory)
+                                     shared_memory=self.shared_memory, control=self.control)
         self._grpc, self._grpc_servicer, grpc_port = await self._start_grpc(servicer, grpc_socket)
         # On the event loop like HTTP, so that the same connection limits guard it.
         metrics_app = self.site.metrics_app(MetricsApp(_exported(self.engine)))
@@ -230,6 +235,7 @@ class SurgeServer:
         """Refuse new work, finish what was accepted (within the grace period), stop."""
         started = time.monotonic()
         await self.site.stop_watching()
+        await self.control.stop()
         self.app.accepting = False
         if self._grpc_servicer is not None:
             self._grpc_servicer.accepting = False

@@ -71,7 +71,7 @@ def timed(client: httpx.Client, name: str, payload: dict[str, Any]) -> float:
 
 
 def metrics(server: Server) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{server.ports[2]}/metrics", timeout=10).text
+    text = httpx.get(server.metrics, timeout=10).text
     values: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith(("surge_cold_start_seconds_", "surge_model_memory_bytes",

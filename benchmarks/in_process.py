@@ -59,17 +59,27 @@ def write_config(model: LoadModel, name: str, layout: tuple[int, int], placement
 
 async def open_loop(engine: Engine, name: str, inputs: dict[str, np.ndarray], rate: float,
                     seconds: float) -> dict[str, float]:
-    """Poisson arrivals; the first second is warm-up and not counted."""
+    """Poisson arrivals; the first second is warm-up and not counted. A request refused at
+    admission (queue full: on a busy machine the capacity measured first can overstate what
+    is left for this leg) is counted in `refused`, not timed."""
+    from surge.errors import QueueFullError
+
     from_schedule: list[float] = []
     from_send: list[float] = []
     late: list[float] = []
+    refused = 0
     rng = random.Random(0)
     start = time.perf_counter()
     pending: set[asyncio.Task[None]] = set()
 
     async def one(at: float) -> None:
+        nonlocal refused
         sent = time.perf_counter() - start
-        await engine.infer(name, None, inputs)
+        try:
+            await engine.infer(name, None, inputs)
+        except QueueFullError:
+            refused += 1
+            return
         if at >= 1.0:
             finished = time.perf_counter() - start
             from_schedule.append(finished - at)
@@ -85,9 +95,12 @@ async def open_loop(engine: Engine, name: str, inputs: dict[str, np.ndarray], ra
         pending.add(task)
         task.add_done_callback(pending.discard)
     await asyncio.gather(*pending)
+    if not from_schedule:
+        raise SystemExit(f"{name}: no request answered after the first second of the open "
+                         f"loop ({refused} refused): give it more --seconds")
     return {"p50_ms": statistics.median(from_schedule) * 1e3,
             "p50_from_send_ms": statistics.median(from_send) * 1e3,
-            "send_late_p50_ms": statistics.median(late) * 1e3}
+            "send_late_p50_ms": statistics.median(late) * 1e3, "refused": float(refused)}
 
 
 async def measure(model: LoadModel, name: str, rate: float | None,
@@ -150,6 +163,11 @@ async def closed_loop_capacity(model: LoadModel, name: str, seconds: float) -> f
         await engine.stop(grace_s=10.0)
 
 
+def refused(half: dict[str, float]) -> str:
+    """', N refused' when the open loop found the queue full N times, else ''."""
+    return f", {half['refused']:.0f} refused" if half.get("refused") else ""
+
+
 def print_row(row: dict[str, Any]) -> None:
     print(f"\n== {row['model']} {row['layout']} (capacity {row['capacity_per_s']:.0f}/s local)")
     for placement in PLACEMENTS:
@@ -157,8 +175,8 @@ def print_row(row: dict[str, Any]) -> None:
         half = r["half_load"]
         print(f"  {placement:10} 1 client p50 {r['one_client']['p50_ms']:6.3f} ms "
               f"{r['one_client']['per_s']:6.0f}/s | half load p50 {half['p50_ms']:6.2f} ms "
-              f"(from send {half['p50_from_send_ms']:5.2f}, sent late {half['send_late_p50_ms']:4.2f})"
-              f" | 64 clients {r['clients_64_per_s']:6.0f}/s")
+              f"(from send {half['p50_from_send_ms']:5.2f}, sent late {half['send_late_p50_ms']:4.2f}"
+              f"{refused(half)}) | 64 clients {r['clients_64_per_s']:6.0f}/s")
     local, threads = row["local"], row["in-process"]
     print(f"  in-process / local: 1 client p50 "
           f"{threads['one_client']['p50_ms'] / local['one_client']['p50_ms']:.2f}x, half-load "

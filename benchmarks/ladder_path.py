@@ -157,7 +157,7 @@ def main() -> None:
                   f"{row['loop_us_per_refusal']:6.2f} us/refusal")
     path = ROOT / "benchmarks" / "results" / args.out
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {path.relative_to(ROOT)}")
+    print(f"saved {path}")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,9 @@ class Server:
 
     def __init__(self, repo: Path, log: Path, *args: str) -> None:
         endpoints = log.with_name(log.name + ".endpoints.json")
+        # A server started before on the same log (density.py starts `dedicated-1` in two
+        # sections) left its file: read, it would name that server's closed ports.
+        endpoints.unlink(missing_ok=True)
         command = [sys.executable, "-c", "from surge.cli import main; main()", "serve", str(repo),
                    "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
                    "--endpoints-file", str(endpoints), *args]
@@ -122,7 +125,7 @@ class Server:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"server did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
-        self.http, self.grpc = bound.http, bound.grpc
+        self.http, self.grpc, self.metrics = bound.http, bound.grpc, bound.metrics
         self.http_port = int(self.http.rsplit(":", 1)[1])
         while not self._ready():
             if self.process.poll() is not None or time.monotonic() > deadline:

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from in_process import closed_loop_capacity, measure  # noqa: E402
+from in_process import closed_loop_capacity, measure, refused  # noqa: E402
 from load_models import BUILDERS, LoadModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def print_row(row: dict[str, Any]) -> None:
         print(f"  spin_wait {way:5}  1 client p50 {r['one_client']['p50_ms']:6.3f} ms "
               f"({r['one_client']['p50_ms'] / base['one_client']['p50_ms']:.2f}x) | half load "
               f"p50 {half['p50_ms']:6.2f} ms ({half['p50_ms'] / base['half_load']['p50_ms']:.2f}x;"
-              f" from send {half['p50_from_send_ms']:5.2f}) | 64 clients "
+              f" from send {half['p50_from_send_ms']:5.2f}{refused(half)}) | 64 clients "
               f"{r['clients_64_per_s']:6.0f}/s "
               f"({r['clients_64_per_s'] / base['clients_64_per_s']:.2f}x)")
 

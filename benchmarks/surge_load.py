@@ -321,10 +321,11 @@ async def untuned_capacity(model: LoadModel) -> float:
 def peak_by_tune(model: LoadModel, rate: float, args: argparse.Namespace) -> dict[str, Any]:
     """`surge tune` picks the peak config; its report goes beside the results."""
     tuned = tune_peak(model, rate, args.slo_ms, adaptive=args.adaptive_layout == "tuned")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{Path(args.out).stem}_tune_{model.name}.json"
+    out = RESULTS / args.out  # an absolute --out stays as given
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.with_name(f"{out.stem}_tune_{model.name}.json")
     path.write_text(json.dumps(tuned.pop("report"), indent=1))
-    tuned["report_file"] = str(path.relative_to(ROOT))
+    tuned["report_file"] = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
     print(f"{model.name}: surge tune picked {tuned['chosen']} for the peak "
           f"({rate:.0f}/s) in {tuned['seconds']:.0f} s; report {path}")
     return tuned

@@ -88,8 +88,8 @@ class Bench:
 # -- models --------------------------------------------------------------------------------------
 def fashion_bench(work: Path, finetune_epochs: int) -> Bench:
     from safetensors.torch import load_file
-    from surge.optimize.finetune import fashion_finetune
 
+    from surge.tasks import DataOptions, get_dataset, get_task
     from surge_examples.fashion.data import load_fashion_mnist, to_model_input
     from surge_examples.fashion.model import fashion_cnn
 
@@ -100,10 +100,14 @@ def fashion_bench(work: Path, finetune_epochs: int) -> Bench:
     test_x, test_y = load_fashion_mnist("test")
     train_x, _ = load_fashion_mnist("train")
     calib = train_x[np.sort(np.random.default_rng(0).permutation(len(train_x))[:512])]
+    # The pruned copies' fine-tune as `surge optimize` runs it: the task's, on the training split.
+    finetune = (get_task("classification").finetune(
+        get_dataset("fashion-mnist").training(DataOptions())[0], finetune_epochs)
+        if finetune_epochs else None)
     source = ModelSource(
         "fashion", ["image"], ["logits"], {"image": to_model_input(test_x)}, module=module.eval(),
-        task="classifier", labels=test_y, calibration={"image": to_model_input(calib)},
-        finetune=fashion_finetune(finetune_epochs) if finetune_epochs else None, work_dir=work,
+        task="classification", labels=test_y, calibration={"image": to_model_input(calib)},
+        finetune=finetune, work_dir=work,
     )
     configs = {
         "fp32": OnnxExportConfig(), "int8-static": Int8StaticConfig(),
@@ -125,7 +129,8 @@ def resnet_bench(work: Path) -> Bench:
     rng = np.random.default_rng(0)
     samples = rng.random((256, 3, 64, 64), dtype=np.float32)
     source = ModelSource(
-        "resnet18", ["image"], ["logits"], {"image": samples}, module=module, task="classifier",
+        "resnet18", ["image"], ["logits"], {"image": samples}, module=module,
+        task="classification",
         calibration={"image": rng.random((128, 3, 64, 64), dtype=np.float32)}, work_dir=work,
     )
     configs = {

@@ -36,14 +36,17 @@ def remove_orphaned(prefixes: Iterable[str], root: Path | str | None = None) -> 
         for path in Path(root or tempfile.gettempdir()).glob(prefix + "*"):
             owner = path.name[len(prefix):].partition("-")[0]
             with contextlib.suppress(OSError):
-                if owner.isdigit() and path.stat().st_uid == os.getuid() and not _alive(
+                if owner.isdigit() and path.stat().st_uid == os.getuid() and not process_alive(
                         int(owner)):
                     shutil.rmtree(path)
                     removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (another user's counts); 0 and negatives name none."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

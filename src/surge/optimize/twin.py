@@ -18,7 +18,7 @@ from surge.optimize.source import ModelSource, run_module, run_onnx
 from surge.repository import Repository
 from surge.repository.config import ORIGINAL
 from surge.runtimes import RunnerOptions, Signature
-from surge.runtimes.base import TensorSpec
+from surge.runtimes.base import TensorSpec, shapes_fit
 
 PROBE_ROWS = 8
 SAME_WEIGHTS = 1e-2
@@ -75,14 +75,9 @@ def signature_mismatch(ours: Signature, theirs: Signature,
         if (by_name and want_names != got_names) or len(want) != len(got):
             return f"{kind}s {want_names} expected, got {got_names}"
         for a, b in zip(want, got, strict=True):
-            if a.datatype != b.datatype or not shapes_fit(a.shape, b.shape):
+            if not a.fits(b):
                 return f"{kind} {a.name!r} expects {a.describe()}, got {b.describe()}"
     return ""
-
-
-def shapes_fit(want: Sequence[int], got: Sequence[int]) -> bool:
-    return len(want) == len(got) and all(-1 in (w, g) or w == g
-                                         for w, g in zip(want, got, strict=True))
 
 
 def probe(source: ModelSource, signature: Signature, what: str) -> None:

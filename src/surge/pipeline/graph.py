@@ -14,7 +14,6 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from surge.errors import ConfigError
-from surge.processors import compatible
 from surge.repository.config import ModelConfig, StepConfig, TensorConfig
 from surge.runtimes.base import TensorSpec
 
@@ -125,7 +124,7 @@ def check_types(pipeline: str, steps: tuple[StepConfig, ...], types: Mapping[str
             known[tensor] = declared.outputs[own] if declared.outputs is not None else None
     for spec in outputs:
         have = known.get(spec.name)
-        if have is not None and not compatible(spec, have):
+        if have is not None and not spec.fits(have):
             raise ConfigError(f"pipeline {pipeline!r}: output {spec.name!r} is declared "
                               f"{spec.describe()}, its step writes {have.describe()}")
 
@@ -140,6 +139,6 @@ def _check_reads(where: str, step: StepConfig, declared: Mapping[str, TensorSpec
         if want is None:
             raise ConfigError(f"{where}: no input {own!r} (inputs: {sorted(declared)})")
         have = known.get(tensor)
-        if have is not None and not compatible(want, have):
+        if have is not None and not want.fits(have):
             raise ConfigError(f"{where}: input {own!r} expects {want.describe()}, "
                               f"tensor {tensor!r} is {have.describe()}")

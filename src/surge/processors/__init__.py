@@ -100,12 +100,6 @@ class Processor:
         return self.inline or (self.inline_when is not None and self.inline_when(inputs, params))
 
 
-def compatible(want: TensorSpec, have: TensorSpec) -> bool:
-    """Same datatype and rank, each dim equal or variable on either side."""
-    return want.datatype == have.datatype and len(want.shape) == len(have.shape) and all(
-        w == -1 or h == -1 or w == h for w, h in zip(want.shape, have.shape, strict=True))
-
-
 def step_params(step: StepConfig, source: ModelConfig) -> dict[str, Any]:
     """The params a processor step gets: `labels` and `parameters` of its source config (a
     pipeline's, its `params_from` model's, or the model a `preprocess:` step runs in), then its

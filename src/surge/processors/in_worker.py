@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from surge.errors import ConfigError, InputError
-from surge.processors import Processor, compatible, resolve, step_params
+from surge.processors import Processor, resolve, step_params
 from surge.repository.config import ModelConfig, StepConfig
 from surge.repository.repository import LoadedModel
 from surge.runtimes.base import RowsRejectedError, Runner, Signature, TensorSpec, WrappedRunner
@@ -116,7 +116,7 @@ class Binder:
         have = self.made.get(tensor, self.served.get(tensor))
         if have is None:
             self.served[tensor] = TensorSpec(tensor, want.datatype, want.shape)
-        elif not compatible(want, have):
+        elif not want.fits(have):
             raise ConfigError(f"{where}: input {own!r} expects {want.datatype} "
                               f"{list(want.shape)}, {tensor!r} is {have.datatype} "
                               f"{list(have.shape)}")
@@ -126,7 +126,7 @@ class Binder:
         want = self.model_inputs.get(tensor)
         if tensor in self.served and want is None:
             raise ConfigError(f"{where} writes {tensor!r}, an input the requests bring")
-        if want is not None and not compatible(want, have):
+        if want is not None and not want.fits(have):
             raise ConfigError(f"{where} writes {have.datatype} {list(have.shape)} to the model "
                               f"input {tensor!r}, which takes {want.datatype} {list(want.shape)}")
         if want is None:

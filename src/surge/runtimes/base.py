@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -39,6 +39,17 @@ class TensorSpec:
         return len(shape) == len(self.shape) and all(
             want in (-1, got) for want, got in zip(self.shape, shape, strict=True)
         )
+
+    def fits(self, other: TensorSpec) -> bool:
+        """Same datatype and rank, each dimension equal or variable on either side (one
+        step's tensor read by another, a twin model's against the served one's)."""
+        return self.datatype == other.datatype and shapes_fit(self.shape, other.shape)
+
+
+def shapes_fit(want: Sequence[int], got: Sequence[int]) -> bool:
+    """Same rank, each dimension equal or -1 (variable) on either side."""
+    return len(want) == len(got) and all(
+        -1 in (w, g) or w == g for w, g in zip(want, got, strict=True))
 
 
 @dataclass(frozen=True)

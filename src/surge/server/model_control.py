@@ -35,6 +35,7 @@ from surge.configfile import write_text_atomically
 from surge.engine import InferenceEngine
 from surge.errors import SurgeError
 from surge.server.frontends import CONTROL_DIR_ENV, CONTROL_DONE
+from surge.tempdirs import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class SharedControl(RepositoryControl):
         for path in (self.directory / DONE).glob("*.json"):
             pid = int(path.stem) if path.stem.isdigit() else 0
             done = _read(path)
-            if pid != self.pid and _alive(pid) and done is not None and done.get(
+            if pid != self.pid and process_alive(pid) and done is not None and done.get(
                     name) != token:
                 behind.append(pid)
         return behind
@@ -189,18 +190,6 @@ def _read(path: Path) -> dict[str, Any] | None:
     except (OSError, orjson.JSONDecodeError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 __all__ = ["CONTROL_DIR_ENV", "RepositoryControl", "SharedControl", "control_for"]

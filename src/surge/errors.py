@@ -111,6 +111,12 @@ def shown(value: object, limit: int = MAX_SHOWN_CHARS) -> str:
     return clipped(short.repr(value), limit)
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of `error`'s message, at most `limit` characters: what a one-line error
+    quotes of a library's exception (torch's and ONNX Runtime's span many lines)."""
+    return (str(error).strip().splitlines() or [""])[0][:limit]
+
+
 def clipped(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
     """`text`, or its first `limit` characters and a marker naming how many were left out."""
     if len(text) <= limit:

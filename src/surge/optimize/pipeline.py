@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from surge.datafiles import load_npy, load_npz
-from surge.errors import ConfigError, InputError, ModelLoadError, SurgeError
+from surge.errors import ConfigError, InputError, ModelLoadError, SurgeError, first_line
 from surge.optimize.mixed_precision import PrecisionConfig
 from surge.optimize.quantize import Int8StaticConfig
 from surge.optimize.registry import OptimizeConfig, apply
@@ -296,7 +296,7 @@ def _one(source: ModelSource, name: str, config: OptimizeConfig, tolerance: Tole
     except SurgeError:
         raise
     except Exception as exc:  # one variant's engine failure must not cost the others
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc)
         return Outcome(name, None, False, None, f"failed: {type(exc).__name__}: {first}")
     kept = variant.check.passed or keep_failed
     if not kept:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from surge.errors import ConfigError, ModelLoadError
+from surge.errors import ConfigError, ModelLoadError, first_line
 from surge.optimize.source import ModelSource, run_module, run_onnx
 from surge.repository import Repository
 from surge.repository.config import ORIGINAL
@@ -37,7 +37,7 @@ def factory_module(repo: Repository, name: str) -> Any:
     try:
         module.load_state_dict(load_state_dict(path))
     except RuntimeError as exc:  # other keys or shapes: torch's message spans many lines
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = first_line(exc)
         raise ModelLoadError(f"{path}: weights do not fit {config.factory} ({first})") from None
     return module.eval()
 
@@ -87,7 +87,7 @@ def probe(source: ModelSource, signature: Signature, what: str) -> None:
     try:
         got = run_module(source.module, rows, source.input_names, source.output_names)
     except Exception as exc:  # whatever the module raises on inputs it was not made for
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc)
         raise ConfigError(f"{what} cannot run the inputs of {source.name!r} ({describe(signature)}): "
                           f"{type(exc).__name__}: {first}") from None
     for spec in signature.outputs:

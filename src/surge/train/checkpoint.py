@@ -37,7 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from surge.errors import ConfigError, shown
+from surge.errors import ConfigError, first_line, shown
 from surge.train.config import ModelSpec, TrainConfig
 from surge.train.distributed import DistState, barrier
 
@@ -239,7 +239,7 @@ def read_file(file: Path, loader: Callable[[Path], T]) -> T:
     try:
         return loader(file)
     except Exception as exc:  # any reader's failure means the same: not a usable checkpoint
-        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        reason = first_line(exc)
         raise ConfigError(
             f"checkpoint file {file} cannot be read ({type(exc).__name__}: {reason}); restore "
             f"it, or remove {file.parent.parent / LATEST} to start afresh") from None

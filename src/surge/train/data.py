@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import BatchSampler, DistributedSampler
 
-from surge.errors import ConfigError
+from surge.errors import ConfigError, first_line
 from surge.tasks import DataOptions, Dataset, Flip, Split, get_dataset
 from surge.train.config import DataConfig, TrainConfig
 
@@ -94,7 +94,7 @@ def check_model_fits(model: torch.nn.Module, config: TrainConfig, train: Split,
         with torch.no_grad():
             model(train.inputs[:2])
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        reason = first_line(exc)
         raise ConfigError(
             f"model.builder {config.model.builder!r} with model.kwargs "
             f"{shown(config.model.kwargs)} cannot take the training inputs of data.dataset "

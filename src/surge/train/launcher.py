@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from surge.errors import ConfigError, SurgeError, shown
+from surge.errors import ConfigError, SurgeError, first_line, shown
 from surge.kinds import is_integer, is_number
 from surge.platform import available_cores
 from surge.repository.repository import check_name
@@ -225,7 +225,7 @@ def _built_model(config: TrainConfig) -> torch.nn.Module:
     except SurgeError as exc:
         raise ConfigError(f"model.builder: {exc}") from None
     except Exception as exc:  # the builder is the recipe's own code: any refusal is its own
-        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        reason = first_line(exc)
         raise ConfigError(f"model.builder {config.model.builder!r} with model.kwargs "
                           f"{shown(config.model.kwargs)}: {type(exc).__name__}: {reason}"
                           ) from None

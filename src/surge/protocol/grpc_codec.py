@@ -92,7 +92,7 @@ def _request(message: Any, inputs: dict[str, np.ndarray], regions: Regions | Non
     params = message.parameters
     priority = parameter_value(params["priority"]) if "priority" in params else 0
     timeout = parameter_value(params["timeout"]) if "timeout" in params else 0
-    outputs = tuple(_requested(o, regions) for o in message.outputs) or None
+    outputs = _requested_outputs(message.outputs, regions)
     variant, full = parse_pin(*(parameter_value(params[k]) if k in params else None
                                 for k in ("accuracy", "variant")))
     return InferRequest(
@@ -111,6 +111,18 @@ def _placement(regions: Regions | None, kind: str, tensor: Any) -> Placement | N
         return None
     params = {key: parameter_value(value) for key, value in tensor.parameters.items()}
     return placement(regions, f"{kind} {tensor.name!r}", params)
+
+
+def _requested_outputs(items: Any, regions: Regions | None
+                       ) -> tuple[RequestedOutput, ...] | None:
+    """The requested outputs (None: every output); a name twice is refused, not answered
+    once (an output placed twice would be written into one of its places only)."""
+    outputs: dict[str, RequestedOutput] = {}
+    for output in items:
+        if output.name in outputs:
+            raise InputError(f"output {output.name!r} is requested twice")
+        outputs[output.name] = _requested(output, regions)
+    return tuple(outputs.values()) or None
 
 
 def _requested(output: Any, regions: Regions | None) -> RequestedOutput:

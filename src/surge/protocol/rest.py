@@ -44,6 +44,7 @@ HEADER_LENGTH = "inference-header-content-length"
 # Longest header value taken as a length: ASCII digits only (`str.isdigit` also accepts '²',
 # which int() refuses), and few enough that int() stays cheap and in range.
 _MAX_LENGTH_DIGITS = 18
+BINARY_SIZE = "binary_data_size"
 
 
 def parse_header_length(value: str | None, body_size: int) -> int | None:
@@ -108,7 +109,7 @@ def decode_request(body: bytes, header_length: int | None,
         request_id=request_id,
         priority=parse_priority(params.get("priority", 0)),
         timeout_us=parse_timeout(params.get("timeout", 0)),
-        binary_default=bool(params.get("binary_data_output", False)),
+        binary_default=_flag(params, "binary_data_output", "request parameter", False),
         **_pin(params),
     )
 
@@ -134,14 +135,16 @@ def _decode_inputs(items: object, binary: memoryview,
         datatype = check_datatype(name, spec.get("datatype"))
         shape = check_shape(name, spec.get("shape"))
         params = _parameters(spec.get("parameters"), f"input {name!r}")
-        size = params.get("binary_data_size")
         if params and _shared(spec, params, regions, inputs, (name, datatype, shape)):
             continue
-        if size is None:
+        if BINARY_SIZE not in params:
             if "data" not in spec:
                 raise InputError(f"input {name!r} has neither 'data' nor 'binary_data_size'")
             inputs[name] = tensor_from_list(name, datatype, shape, spec["data"])
             continue
+        if "data" in spec:  # as Triton: one of them, not the binary bytes with 'data' unread
+            raise InputError(f"input {name!r} has both 'data' and 'binary_data_size': give one")
+        size = params[BINARY_SIZE]
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise InputError(f"input {name!r}: binary_data_size must be a non-negative integer")
         if offset + size > len(binary):
@@ -163,7 +166,7 @@ def _shared(spec: dict[str, Any], params: dict[str, Any], regions: Regions | Non
     place = placement(regions, f"input {name!r}", params)
     if place is None:
         return False
-    if "data" in spec or "binary_data_size" in params:
+    if "data" in spec or BINARY_SIZE in params:
         raise SharedMemoryError(f"input {name!r} names shared memory region "
                                 f"{place.region.name!r} and also carries data: give one")
     inputs[name] = read_input(name, datatype, shape, place)
@@ -177,19 +180,40 @@ def _decode_outputs(
         return None
     if not isinstance(items, list):
         raise InputError("request 'outputs' must be a list")
-    default = bool(params.get("binary_data_output", False))
-    outputs: list[RequestedOutput] = []
+    default = _flag(params, "binary_data_output", "request parameter", False)
+    outputs: dict[str, RequestedOutput] = {}
     for item in items:
         spec = _object(item, "each entry of 'outputs'")
         name = spec.get("name")
         if not isinstance(name, str):
             raise InputError(f"output entry has no string 'name': {str(spec)[:80]}")
-        out_params = _parameters(spec.get("parameters"), f"output {name!r}")
-        if out_params.get("classification"):
-            raise InputError(f"output {name!r}: the classification extension is not supported")
-        place = placement(regions, f"output {name!r}", out_params) if out_params else None
-        outputs.append(RequestedOutput(name, bool(out_params.get("binary_data", default)), place))
-    return tuple(outputs)
+        if name in outputs:
+            raise InputError(f"output {name!r} is requested twice")
+        outputs[name] = _requested_output(name, spec, default, regions)
+    # an empty list asks for no output in particular: every output, as Triton answers
+    return tuple(outputs.values()) or None
+
+
+def _requested_output(name: str, spec: dict[str, Any], default: bool,
+                      regions: Regions | None) -> RequestedOutput:
+    params = _parameters(spec.get("parameters"), f"output {name!r}")
+    if params.get("classification"):
+        raise InputError(f"output {name!r}: the classification extension is not supported")
+    binary = _flag(params, "binary_data", f"output {name!r} parameter", default)
+    place = placement(regions, f"output {name!r}", params) if params else None
+    if place is not None and binary and "binary_data" in params:
+        raise SharedMemoryError(f"output {name!r} names shared memory region "
+                                f"{place.region.name!r} and asks for binary_data: give one")
+    return RequestedOutput(name, binary, place)
+
+
+def _flag(params: Mapping[str, Any], key: str, what: str, default: bool) -> bool:
+    """A boolean parameter (`default` when absent): true or false, as Triton reads it, not
+    any value Python takes as true (the string "false" would ask for binary data)."""
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise InputError(f"{what} {key!r} must be true or false, got {shown(value)}")
+    return value
 
 
 def encode_response(

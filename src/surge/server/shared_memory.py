@@ -220,7 +220,7 @@ class SharedMemoryRegistry:
                                         "the most this server keeps: unregister some first")
             region, inode = map_region(name, key, offset, byte_size,
                                        client_uid(peer) if peer else None, peer is not None)
-            stamp = self._publish(region) if self.directory is not None else (0, 0)
+            stamp = self._publish(region, inode) if self.directory is not None else (0, 0)
             self._regions[name] = _Held(region, stamp, inode)
 
     def unregister(self, name: str = "") -> None:
@@ -254,7 +254,14 @@ class SharedMemoryRegistry:
             raise _not_found(name)
         if known is not None and known.stamp == stamp:
             return known
-        region, inode = map_region(*self._read(name))
+        self._regions.pop(name, None)  # a mapping of what was registered before, if any
+        stored, key, offset, byte_size, registered = self._read(name)
+        region, inode = map_region(stored, key, offset, byte_size)
+        if inode != registered:
+            raise SharedMemoryError(
+                f"shared memory key {region.key!r} is no longer the object region {name!r} "
+                "was registered with (it was removed and made again): unregister the region "
+                "and register it again")
         held = _Held(region, stamp, inode)
         self._sweep()
         self._regions[name] = held
@@ -269,7 +276,7 @@ class SharedMemoryRegistry:
         self._sweep()
         # from the records, not mappings: one front end's status maps nothing
         records = [self._read(name)] if name else sorted(self._published())
-        return [dict(zip(("name", "key", "offset", "byte_size"), record, strict=True))
+        return [dict(zip(("name", "key", "offset", "byte_size"), record[:4], strict=True))
                 for record in records]
 
     # -- the shared directory -------------------------------------------------------------
@@ -282,13 +289,15 @@ class SharedMemoryRegistry:
         assert self.directory is not None
         return self.directory / (hashlib.sha256(name.encode()).hexdigest() + ".json")
 
-    def _publish(self, region: Region) -> tuple[int, int]:
+    def _publish(self, region: Region, inode: int) -> tuple[int, int]:
         """Write the region's file, all at once (a link of a complete file), unless another
-        front end registered the name first."""
+        front end registered the name first. With the object's inode: a front end mapping
+        the region later maps that object only, not one made since under the same key (of
+        another user, perhaps: the registration checked the owner of this one)."""
         record = self._record(region.name)
         partial = record.with_name(f"{record.name}.{os.getpid()}.partial")
         partial.write_text(json.dumps([region.name, region.key, region.offset,
-                                       region.byte_size]))
+                                       region.byte_size, inode]))
         try:
             os.link(partial, record)
         except FileExistsError:
@@ -307,22 +316,23 @@ class SharedMemoryRegistry:
             return None
         return info.st_ino, info.st_ctime_ns
 
-    def _read(self, name: str) -> tuple[str, str, int, int]:
+    def _read(self, name: str) -> tuple[str, str, int, int, int]:
+        """A region's record: name, key, offset, byte size and the object's inode."""
         try:
-            stored, key, offset, byte_size = json.loads(self._record(name).read_text())
+            stored, key, offset, byte_size, inode = json.loads(self._record(name).read_text())
         except FileNotFoundError:
             raise _not_found(name) from None
-        return stored, key, offset, byte_size
+        return stored, key, offset, byte_size, inode
 
-    def _published(self) -> list[tuple[str, str, int, int]]:
+    def _published(self) -> list[tuple[str, str, int, int, int]]:
         """Every region's record, each read once: one unregistered meanwhile is left out."""
         if self.directory is None:
             return []
         records = []
         for path in self.directory.glob("*.json"):
             with contextlib.suppress(FileNotFoundError):
-                stored, key, offset, byte_size = json.loads(path.read_text())
-                records.append((stored, key, offset, byte_size))
+                stored, key, offset, byte_size, inode = json.loads(path.read_text())
+                records.append((stored, key, offset, byte_size, inode))
         return records
 
     def _count(self) -> int:

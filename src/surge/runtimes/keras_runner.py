@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from surge.errors import ModelLoadError
+from surge.datatypes import numpy_to_v2
+from surge.errors import ModelLoadError, SurgeError
 from surge.runtimes.base import RunnerOptions, Signature, TensorSpec, example_inputs
 from surge.runtimes.torch_runner import set_torch_threads
 
@@ -29,19 +30,34 @@ def import_keras() -> Any:
     return keras
 
 
-def _keras_dtype(dtype: str) -> str:
-    table = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "bfloat16": "BF16",
-             "int32": "INT32", "int64": "INT64", "uint8": "UINT8", "int8": "INT8", "bool": "BOOL"}
-    return table.get(str(dtype), "FP32")
+def _keras_dtype(name: str, dtype: str) -> str:
+    """The V2 datatype of a Keras dtype name; ModelLoadError for one without any (`string`):
+    a tensor shown with another datatype would refuse the values it takes, or be fed others."""
+    if str(dtype) == "bfloat16":
+        return "BF16"
+    try:
+        return numpy_to_v2(np.dtype(str(dtype)))
+    except (TypeError, SurgeError):
+        raise ModelLoadError(f"tensor {name!r} has Keras dtype {dtype}, which has no V2 "
+                             "datatype") from None
 
 
 def _spec(name: str, tensor: Any) -> TensorSpec:
     shape = tuple(-1 if d is None else int(d) for d in tensor.shape)
-    return TensorSpec(name, _keras_dtype(tensor.dtype), shape)
+    return TensorSpec(name, _keras_dtype(name, tensor.dtype), shape)
+
+
+def _named_inputs(model: Any) -> list[tuple[str, Any]]:
+    """The model's inputs by the names requests give: the keys of a model called with a dict
+    (it must be called with that dict again), else each input tensor's own name."""
+    structure = getattr(model, "input", None)
+    if isinstance(structure, Mapping):
+        return [(str(key), tensor) for key, tensor in structure.items()]
+    return [(t.name, t) for t in model.inputs]
 
 
 def keras_signature(model: Any) -> Signature:
-    inputs = tuple(_spec(t.name, t) for t in model.inputs)
+    inputs = tuple(_spec(name, t) for name, t in _named_inputs(model))
     names = list(getattr(model, "output_names", None) or [])
     if len(names) != len(model.outputs):
         names = [f"output{i}" for i in range(len(model.outputs))]
@@ -77,7 +93,11 @@ class KerasRunner:
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelLoadError(f"{self.path}: Keras cannot load it ({first})") from None
-        self._signature = keras_signature(self._model)
+        try:
+            self._signature = keras_signature(self._model)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{self.path}: {exc}") from None
+        self._dict_inputs = isinstance(getattr(self._model, "input", None), Mapping)
 
     @property
     def signature(self) -> Signature:
@@ -95,12 +115,38 @@ class KerasRunner:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        args = [inputs[spec.name] for spec in self._signature.inputs]
+        args = [_fed(inputs[spec.name], spec.datatype) for spec in self._signature.inputs]
+        if self._dict_inputs:
+            feed: Any = dict(zip(self._signature.input_names, args, strict=True))
+        else:
+            feed = args[0] if len(args) == 1 else args
         with torch.inference_mode():
-            result = self._model(args[0] if len(args) == 1 else args, training=False)
-        if not isinstance(result, list | tuple):
+            result = self._model(feed, training=False)
+        if isinstance(result, Mapping):
+            result = [result[name] for name in self._signature.output_names]
+        elif not isinstance(result, list | tuple):
             result = [result]
-        return {
-            spec.name: (r.detach().cpu().numpy() if isinstance(r, torch.Tensor) else np.asarray(r))
-            for spec, r in zip(self._signature.outputs, result, strict=True)
-        }
+        return {spec.name: _returned(r, spec.datatype)
+                for spec, r in zip(self._signature.outputs, result, strict=True)}
+
+
+def _fed(array: np.ndarray, datatype: str) -> Any:
+    """What the model is called with: BF16 words as a bfloat16 tensor (Keras would cast the
+    words' integer values), anything else as the array."""
+    if datatype != "BF16":
+        return array
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
+
+
+def _returned(result: Any, datatype: str) -> np.ndarray:
+    """An output as an array: bfloat16 as BF16 words (uint16)."""
+    import torch
+
+    if not isinstance(result, torch.Tensor):
+        return np.asarray(result)
+    tensor = result.detach().cpu()
+    if datatype == "BF16" or tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(np.uint16)
+    return tensor.numpy()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from surge.datatypes import numpy_to_v2
-from surge.errors import ModelLoadError
+from surge.errors import InputError, ModelLoadError
 from surge.runtimes.base import RunnerOptions, Signature, TensorSpec, example_inputs
 
 TFLITE_MAGIC = b"TFL3"  # flatbuffer file identifier, bytes 4..8
@@ -30,7 +30,12 @@ class Quantization:
     scale: float
     zero_point: int
 
-    def quantize(self, values: np.ndarray) -> np.ndarray:
+    def quantize(self, values: np.ndarray, name: str = "") -> np.ndarray:
+        """The integers for `values` (input `name`), rounded and saturated; InputError for a
+        NaN, which no integer stands for (the cast would make it an arbitrary one)."""
+        if values.dtype.kind == "f" and np.isnan(values).any():
+            raise InputError(f"input {name!r} holds NaN, which its {self.dtype} quantized tensor "
+                             "cannot represent")
         info = np.iinfo(self.dtype)
         scaled = np.round(values.astype(np.float32) / self.scale) + self.zero_point
         return np.clip(scaled, info.min, info.max).astype(self.dtype)
@@ -77,9 +82,11 @@ class TfliteRunner:
         try:
             self._interpreter = Interpreter(model_path=str(self.path),
                                             num_threads=options.intra_op_threads or None)
+            self._interpreter.allocate_tensors()  # ops this LiteRT lacks (Flex) fail here
             self._runner = self._interpreter.get_signature_runner()
         except (ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"{self.path}: LiteRT cannot load it ({exc})") from None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelLoadError(f"{self.path}: LiteRT cannot load it ({first[:300]})") from None
         inputs, outputs = self._runner.get_input_details(), self._runner.get_output_details()
         self._quantized = {name: q for name, d in (*inputs.items(), *outputs.items())
                            if (q := _quantization(d)) is not None}
@@ -106,7 +113,7 @@ class TfliteRunner:
         self.run(example_inputs(self._signature, batch_size=1))
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {name: (self._quantized[name].quantize(array) if name in self._quantized
+        feed = {name: (self._quantized[name].quantize(array, name) if name in self._quantized
                        else np.ascontiguousarray(array)) for name, array in inputs.items()}
         with self._lock:  # the runner resizes its tensors to each batch
             results = self._runner(**feed)

@@ -18,7 +18,9 @@ import numpy as np
 from surge.datatypes import torch_to_v2
 from surge.errors import InputError, ModelLoadError
 from surge.runtimes.base import RunnerOptions, Signature, TensorSpec, example_inputs
+from surge.runtimes.dims import batch_limit, check_bounds, run_in_pieces
 from surge.runtimes.torch_archive import read_checked_archive
+from surge.runtimes.torch_program import exported_bounds, exported_signature, to_numpy, to_torch
 from surge.trusted import import_object
 
 
@@ -102,47 +104,6 @@ def build_module(reference: str, kwargs: Mapping[str, Any] | None) -> Any:
                              f"{type(exc).__name__}: {exc}") from None
 
 
-def _spec_from_value(name: str, value: Any, batched: bool) -> TensorSpec:
-    import torch
-
-    shape = []
-    for i, dim in enumerate(value.shape):
-        static = isinstance(dim, int) and not (batched and i == 0)
-        shape.append(int(dim) if static else -1)
-    dtype = value.dtype if isinstance(value, torch.Tensor) or hasattr(value, "dtype") else None
-    return TensorSpec(name, torch_to_v2(dtype), tuple(shape))
-
-
-def _output_names(program: Any, count: int) -> list[str]:
-    """A program whose forward returns a dict names its outputs by the keys (so an exported
-    variant keeps the original's output names); otherwise output / output0, output1, ..."""
-    spec = program.call_spec.out_spec
-    if spec is not None and spec.type is dict and len(spec.context) == count:
-        return [str(key) for key in spec.context]
-    return ["output"] if count == 1 else [f"output{i}" for i in range(count)]
-
-
-def exported_signature(program: Any) -> Signature:
-    """Signature of a `torch.export.ExportedProgram`: dims marked dynamic become -1."""
-    user_inputs = list(program.graph_signature.user_inputs)
-    nodes = {n.name: n for n in program.graph.nodes}
-    input_vals = [nodes[name].meta["val"] for name in user_inputs]
-    output_node = next(n for n in program.graph.nodes if n.op == "output")
-    output_vals = [arg.meta["val"] for arg in output_node.args[0]]
-    all_vals = input_vals + output_vals
-    batched = bool(all_vals) and all(
-        len(v.shape) > 0 and not isinstance(v.shape[0], int) for v in all_vals
-    )
-    # One exported input per model input; names follow the forward() parameters.
-    names = [s.arg.name for s in program.graph_signature.input_specs if s.arg.name in user_inputs]
-    inputs = tuple(_spec_from_value(n, v, batched) for n, v in zip(names, input_vals, strict=True))
-    out_names = _output_names(program, len(output_vals))
-    outputs = tuple(
-        _spec_from_value(n, v, batched) for n, v in zip(out_names, output_vals, strict=True)
-    )
-    return Signature(inputs, outputs, batched=batched, platform="pytorch_export")
-
-
 # What torch's indexing kernels say of an index past the tensor (negative ones included).
 TORCH_INDEX_ERROR = "index out of range in self"
 
@@ -175,25 +136,33 @@ class _TorchRunnerBase:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        args = [torch.from_numpy(_writable(inputs[spec.name])).to(self._device)
+        args = [to_torch(_writable(inputs[spec.name]), spec.datatype).to(self._device)
                 for spec in self._signature.inputs]
         with torch.inference_mode():
             try:
-                result = self._module(*args)
+                result = self._call(args)
             except IndexError as error:
                 if TORCH_INDEX_ERROR not in str(error):
                     raise  # the module's own code
                 # An index tensor past a table (nn.Embedding, index_select): the values fed,
                 # which run_rows then finds among the batch's rows.
                 raise InputError(f"PyTorch refused the input: {error}") from None
-        if isinstance(result, torch.Tensor):
-            result = (result,)
-        elif isinstance(result, Mapping):
-            result = tuple(result[name] for name in self._signature.output_names)
-        return {
-            spec.name: tensor.detach().cpu().numpy()
-            for spec, tensor in zip(self._signature.outputs, result, strict=True)
-        }
+        return dict(zip(self._signature.output_names, map(to_numpy, self._leaves(result)),
+                        strict=True))
+
+    def _call(self, args: list[Any]) -> Any:
+        return self._module(*args)
+
+    def _leaves(self, result: Any) -> list[Any]:
+        """The output tensors of a forward's result, in the signature's order: a dict by the
+        outputs' names when it has them all, else the leaves of any nesting of tuples, lists
+        and dicts (a forward returning `(a, (b, c))` has three outputs)."""
+        from torch.utils import _pytree
+
+        names = self._signature.output_names
+        if isinstance(result, Mapping) and all(name in result for name in names):
+            return [result[name] for name in names]
+        return list(_pytree.tree_leaves(result))
 
 
 class ExportedProgramRunner(_TorchRunnerBase):
@@ -211,9 +180,31 @@ class ExportedProgramRunner(_TorchRunnerBase):
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelLoadError(f"{self.path}: not a valid torch.export program ({first})") from None
-        self._signature = exported_signature(program)
+        try:
+            self._signature = exported_signature(program)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{self.path}: {exc}") from None
+        self._in_spec = program.call_spec.in_spec
+        self._bounds = exported_bounds(program, self._signature.input_names)
+        self._batch_limit = batch_limit(self._bounds) if self._signature.batched else None
         self._device = torch_device(options.device)
         self._module = program.module().to(self._device)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Inputs outside the bounds the program was exported with are refused (InputError),
+        a batch above its batch bound run in pieces that fit."""
+        check_bounds(self._bounds, inputs, self._signature.batched)
+        return run_in_pieces(super().run, inputs, self._batch_limit)
+
+    def _call(self, args: list[Any]) -> Any:
+        """The forward called with the structure it was exported with: a dict or list of
+        tensors is rebuilt from the flat inputs."""
+        from torch.utils import _pytree
+
+        if self._in_spec is None:
+            return self._module(*args)
+        positional, keywords = _pytree.tree_unflatten(args, self._in_spec)
+        return self._module(*positional, **keywords)
 
 
 class FactoryRunner(_TorchRunnerBase):
@@ -262,11 +253,13 @@ class FactoryRunner(_TorchRunnerBase):
         self._signature = trial
         import torch
 
-        args = [torch.from_numpy(probe[s.name]).to(self._device) for s in trial.inputs]
+        args = [to_torch(probe[s.name], s.datatype).to(self._device) for s in trial.inputs]
         with torch.inference_mode():
             result = self._module(*args)
-        tensors = (result,) if isinstance(result, torch.Tensor) else tuple(result)
+        tensors = self._leaves(result)
         names = ["output"] if len(tensors) == 1 else [f"output{i}" for i in range(len(tensors))]
+        if isinstance(result, Mapping) and len(result) == len(tensors):
+            names = [str(key) for key in result]  # run() reads a dict result by these names
         specs = []
         for name, tensor in zip(names, tensors, strict=True):
             shape = tuple(-1 if (trial.batched and i == 0) else d for i, d in enumerate(tensor.shape))

@@ -36,6 +36,21 @@ _SENT_AS = "v2_datatype"
 BF16_WORDS = np.dtype("<u2", metadata={_SENT_AS: "BF16"})
 
 
+def label_bf16(outputs: dict[str, np.ndarray], names: frozenset[str]) -> dict[str, np.ndarray]:
+    """`outputs` with each of `names` that holds BF16 words (uint16, as engines return bfloat16,
+    and as it arrives from a worker process, whose transport keeps no dtype label) viewed as
+    `BF16_WORDS`, so that `sent_datatype` answers BF16 for it. An output of another dtype
+    (a variant computing it in FP32) is left as it is; `outputs` itself is not changed."""
+    labelled = outputs
+    for name in names:
+        array = outputs.get(name)
+        if array is not None and array.dtype == BF16_WORDS:
+            if labelled is outputs:
+                labelled = dict(outputs)
+            labelled[name] = array.view(BF16_WORDS)
+    return labelled
+
+
 def bf16_values(words: np.ndarray) -> np.ndarray:
     """The float32 values of BF16 words (each word is the upper half of an FP32 word)."""
     return (words.astype(np.uint32) << 16).view(np.float32)
@@ -98,8 +113,14 @@ def torch_to_v2(dtype: object) -> str:
 
 
 def sent_datatype(array: np.ndarray) -> str:
-    """The V2 datatype `array` was sent as: its dtype's, or BF16 for BF16 words."""
-    metadata = array.dtype.metadata
-    if metadata and _SENT_AS in metadata:
+    """The V2 datatype `array` was sent as (or is answered as): its dtype's, or BF16 for BF16
+    words. Once per output of every response: a plain dtype is one lookup."""
+    dtype = array.dtype
+    metadata = dtype.metadata
+    if metadata is None:
+        name = _NUMPY_TO_V2.get(dtype)
+        if name is not None:
+            return name
+    elif _SENT_AS in metadata:
         return str(metadata[_SENT_AS])
-    return numpy_to_v2(array.dtype)
+    return numpy_to_v2(dtype)

@@ -18,6 +18,7 @@ import numpy as np
 
 # A module reference: surge.pipeline.served imports this package back (ModelHandle, Counters).
 import surge.pipeline.served as pipelines
+from surge.datatypes import label_bf16
 from surge.engine.groups import SharedGroups
 from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolFactory, PoolSpec
 from surge.engine.interface import ModelHandle
@@ -419,14 +420,19 @@ class Engine:
         if not served.ready:
             why = _unready(served)
             raise ModelNotReadyError(f"model {name!r} is not ready" + (f": {why}" if why else ""))
-        if isinstance(served, pipelines.ServedPipeline):
-            return await served.infer(
+        if isinstance(served, pipelines.ServedPipeline):  # noqa: SIM114 - requests typed apart
+            answer = await served.infer(
                 served.make_request(inputs, outputs, priority, timeout_us, request_id))
-        if isinstance(served, ServedLadder):
-            return await served.infer(
+        elif isinstance(served, ServedLadder):
+            answer = await served.infer(
                 served.make_request(inputs, outputs, priority, timeout_us, request_id))
-        request = served.make_request(inputs, outputs, priority, timeout_us, request_id)
-        return await served.infer(request)
+        else:
+            answer = await served.infer(
+                served.make_request(inputs, outputs, priority, timeout_us, request_id))
+        handle = served.handle
+        if handle is not None and handle.bf16_outputs:  # they came back as uint16 words
+            return label_bf16(answer, handle.bf16_outputs)
+        return answer
 
 
 def _unready(served: Served) -> str:

@@ -7,7 +7,7 @@ put any object with these members behind a front end.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,6 +29,13 @@ class ModelHandle:
     signature: Signature
     platform: str
     devices: tuple[str, ...] = ()  # where the instances run, as their workers reported it
+    # The outputs the signature declares BF16, which engines return as uint16 words: their
+    # answers are labelled BF16 (`label_bf16`). Empty for most models: no work per request.
+    bf16_outputs: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bf16_outputs", frozenset(
+            spec.name for spec in self.signature.outputs if spec.datatype == "BF16"))
 
 
 class InferenceEngine(Protocol):

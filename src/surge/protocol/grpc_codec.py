@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from surge.datatypes import numpy_to_v2, v2_to_numpy
+from surge.datatypes import sent_datatype, v2_to_numpy
 from surge.errors import InputError
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.shared_memory import (
@@ -174,7 +174,7 @@ def encode_infer_response(
         response.parameters[key].string_param = value
     places = request.places()
     for name, array in outputs.items():
-        datatype = numpy_to_v2(array.dtype)
+        datatype = sent_datatype(array)  # BF16 words: BF16 (`label_bf16`)
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
         place = places.get(name)
         if place is None:

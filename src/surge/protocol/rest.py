@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from surge.datatypes import numpy_to_v2
+from surge.datatypes import sent_datatype
 from surge.errors import InputError, clipped, shown
 from surge.protocol.shared_memory import (
     Regions,
@@ -230,7 +230,7 @@ def encode_response(
     entries: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name, array in outputs.items():
-        datatype = numpy_to_v2(array.dtype)
+        datatype = sent_datatype(array)  # BF16 words: BF16 (`label_bf16`)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         place = places.get(name)
         if place is not None:

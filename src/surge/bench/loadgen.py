@@ -71,6 +71,9 @@ class BenchReport:
 
 # An open-loop request sent this long after its scheduled time is counted as sent late.
 SENT_LATE_S = 0.001
+# Requests still unanswered this long after a run's end are given up, counted as TIMEOUT errors.
+GRACE_S = 30.0
+TIMEOUT = "timeout"
 
 
 @dataclass
@@ -111,8 +114,24 @@ async def _timed(transport: Transport, payload: bytes, tally: _Tally,
     if scheduled is not None:
         tally.sent_late += start - scheduled > SENT_LATE_S
         start = min(start, scheduled)
-    outcome = await transport.send(payload)
+    try:
+        outcome = await transport.send(payload)
+    except asyncio.CancelledError:  # unanswered when the run's grace period ran out
+        tally.record(TIMEOUT, time.perf_counter() - start)
+        raise
     tally.record(outcome, time.perf_counter() - start)
+
+
+async def _finish(tasks: set[asyncio.Task[None]], until: float) -> None:
+    """Wait for `tasks` until GRACE_S past the run's end, then cancel what is left (each an
+    unanswered request, counted as a TIMEOUT error): a server that accepts requests and never
+    answers does not hold the run forever."""
+    if tasks:
+        await asyncio.wait(tasks, timeout=max(0.0, until + GRACE_S - time.perf_counter()))
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _closed_loop(transport: Transport, payloads: list[bytes], concurrency: int,
@@ -122,7 +141,7 @@ async def _closed_loop(transport: Transport, payloads: list[bytes], concurrency:
         while time.perf_counter() < until:
             await _timed(transport, next(cycle), tally)
 
-    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    await _finish({asyncio.ensure_future(client(i)) for i in range(concurrency)}, until)
 
 
 async def _open_loop(transport: Transport, payloads: list[bytes], rate: float, poisson: bool,
@@ -143,10 +162,10 @@ async def _open_loop(transport: Transport, payloads: list[bytes], rate: float, p
         pending.add(task)
         task.add_done_callback(pending.discard)
         next_at += rng.exponential(1.0 / rate) if poisson else 1.0 / rate
-    if pending:
-        await asyncio.wait(pending, timeout=max(5.0, until - time.perf_counter() + 30.0))
-    for task in list(pending):  # still unanswered after the grace period
-        task.cancel()
+    # the run lasts its duration even when the next arrival falls after it: the throughput
+    # divides by the time the schedule covered, not by the time to its last arrival
+    await asyncio.sleep(max(0.0, until - time.perf_counter()))
+    await _finish(set(pending), until)
 
 
 async def _progress_loop(tally: _Tally, started: float, duration: float,
@@ -391,9 +410,10 @@ async def bench_async(
     api_key: str | None = None, warmup_s: float = 1.0,
     progress: Callable[[int, float, int, int, float], None] | None = None,
     dataset: str | None = None, grpc_client: str = "surge", files: Sequence[bytes] = (),
-    strict_dataset: bool = False,
+    strict_dataset: bool = False, on_run: Callable[[BenchRun], None] | None = None,
 ) -> BenchReport:
-    """Run every load level in turn against a live server."""
+    """Run every load level in turn against a live server (`on_run` gets each level's run as
+    it ends: what an interrupted bench has measured)."""
     levels = bench_levels(concurrency)
     check_load(duration_s, rate, batch_size, warmup_s)
     target = await asyncio.to_thread(prepare_target, url, model, protocol,
@@ -411,6 +431,8 @@ async def bench_async(
         finally:
             await transport.close()
         report.runs.append(run)
+        if on_run is not None:
+            on_run(run)
     return report
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zipfile import BadZipFile
 
 import numpy as np
 import orjson
@@ -49,7 +50,7 @@ def dataset_inputs(dataset: str, specs: list[InputSpec], count: int,
         return {}
     try:
         held_out = get_dataset(dataset).evaluation(specs[0].name, DataOptions())
-    except (SurgeError, OSError) as exc:
+    except (SurgeError, OSError, ValueError, KeyError, TypeError, BadZipFile) as exc:  # content
         if strict:
             raise SurgeError(f"--data {dataset!r}: cannot read its rows ({exc})") from None
         return {}
@@ -57,16 +58,19 @@ def dataset_inputs(dataset: str, specs: list[InputSpec], count: int,
 
 
 def _require_rows(dataset: str, real: Mapping[str, np.ndarray], specs: list[InputSpec],
-                  count: int) -> None:
+                  count: int, batched: bool) -> None:
     """Every input must come from `dataset` (or files): refuse one it cannot fill."""
     for spec in specs:
         rows = real.get(spec.name)
-        if _fits(rows, spec, count):
+        if _fits(rows, spec, count, batched):
             continue
         if rows is None:
             why = f"has no input {spec.name!r}"
         elif len(rows) < count:
             why = f"has {len(rows)} rows of {spec.name!r}, fewer than the {count} needed"
+        elif not _fits_shape(rows, spec, batched):
+            why = (f"input {spec.name!r} has rows of shape {list(rows.shape[1:])}, not the "
+                   f"model's {list(_row_shape(spec, batched))}")
         else:
             why = (f"input {spec.name!r} is {rows.dtype}, not the model's {spec.datatype}")
         raise SurgeError(f"--data {dataset!r} {why}; it cannot make this model's requests")
@@ -125,14 +129,14 @@ def sample_inputs(
         if rows is not None:
             real[spec.name] = rows
     if dataset and strict_dataset:
-        _require_rows(dataset, real, specs, count)
+        _require_rows(dataset, real, specs, count, batched)
     sets: list[dict[str, np.ndarray]] = []
     for v in range(variants):
         inputs: dict[str, np.ndarray] = {}
         for spec in specs:
             dims = _concrete(spec.shape, batch_size, batched)
             rows = real.get(spec.name)
-            if _fits(rows, spec, variants * batch_size):
+            if _fits(rows, spec, variants * batch_size, batched):
                 assert rows is not None
                 inputs[spec.name] = rows[v * batch_size:(v + 1) * batch_size].reshape(dims)
             else:
@@ -141,12 +145,25 @@ def sample_inputs(
     return sets
 
 
-def _fits(rows: np.ndarray | None, spec: InputSpec, count: int) -> bool:
+def _fits(rows: np.ndarray | None, spec: InputSpec, count: int, batched: bool = True) -> bool:
     if rows is None or len(rows) < count:
         return False
     if spec.datatype == "BYTES":  # files or texts, one per row (a pipeline's input)
         return rows.dtype == object
-    return rows.dtype == v2_to_numpy(spec.datatype)
+    return rows.dtype == v2_to_numpy(spec.datatype) and _fits_shape(rows, spec, batched)
+
+
+def _row_shape(spec: InputSpec, batched: bool) -> tuple[int, ...]:
+    """The shape of one row of `spec`'s input (-1: any size)."""
+    return spec.shape[1:] if batched else spec.shape
+
+
+def _fits_shape(rows: np.ndarray, spec: InputSpec, batched: bool) -> bool:
+    """Each row has the model's shape: rows of another shape (even of as many values, which
+    a reshape would take) are not this model's inputs."""
+    want = _row_shape(spec, batched)
+    have = rows.shape[1:]
+    return len(have) == len(want) and all(w in (-1, h) for w, h in zip(want, have, strict=True))
 
 
 def _random(datatype: str, dims: list[int], rng: np.random.Generator) -> np.ndarray:

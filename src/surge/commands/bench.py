@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +25,7 @@ _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(/s)?\s*$")
 def parse_duration(text: str) -> float:
     """'20s', '500ms', '2m' or '20' (seconds) -> seconds."""
     match = _DURATION.match(text)
-    if not match or float(match.group(1)) <= 0:
+    if not match or not 0 < float(match.group(1)) < math.inf:
         raise SurgeError(f"--duration {text!r} is not a positive duration like 20s, 500ms, 2m")
     scale = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match.group(2)]
     return float(match.group(1)) * scale
@@ -110,8 +112,19 @@ def _print_table(report: Any, model: str, protocol: str, arrivals: float | None,
                       "client fell behind); their latency counts from the schedule")
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinity are not JSON: a figure with no value (no answer came back) is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _write_json(path: Path, report: Any) -> None:
-    text = json.dumps(report.to_dict(), indent=2)
+    text = json.dumps(_finite(report.to_dict()), indent=2, allow_nan=False)
     try:
         path.write_text(text)
     except OSError as exc:  # checked before the run; the report still reaches stdout
@@ -165,7 +178,24 @@ def bench(
         check_metrics(metrics_url, headers)  # read once: a bad one is refused, not warned about
     live = (LiveWatch(metrics_url, model, console.print, headers=headers)
             if metrics_url else nullcontext())
-    with live, Progress(TextColumn("{task.description}"), BarColumn(),
+    done: list[Any] = []
+    try:
+        with live:
+            report = _run(lambda progress: run_bench(
+                url, model, levels, seconds, protocol, arrivals, poisson=poisson,
+                batch_size=batch_size, api_key=api_key, progress=progress, dataset=data,
+                files=rows, strict_dataset=True, on_run=done.append))
+    except KeyboardInterrupt:
+        _print_interrupted(done, url, model, protocol, arrivals, batch_size)
+        raise
+    _print_table(report, model, protocol, arrivals, batch_size)
+    if json_out is not None:
+        _write_json(json_out, report)
+
+
+def _run(start: Callable[[Callable[..., None]], Any]) -> Any:
+    """`start(progress)` under a progress bar per load level."""
+    with Progress(TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.fields[sent]} sent, {task.fields[errors]} errors"),
                   TimeRemainingColumn(), console=console, transient=True) as bar:
         tasks: dict[int, TaskID] = {}
@@ -175,9 +205,16 @@ def bench(
                 tasks[level] = bar.add_task(f"c={level}", total=1.0, sent=0, errors=0)
             bar.update(tasks[level], completed=done, sent=sent, errors=errors)
 
-        report = run_bench(url, model, levels, seconds, protocol, arrivals, poisson=poisson,
-                           batch_size=batch_size, api_key=api_key, progress=progress,
-                           dataset=data, files=rows, strict_dataset=True)
-    _print_table(report, model, protocol, arrivals, batch_size)
-    if json_out is not None:
-        _write_json(json_out, report)
+        return start(progress)
+
+
+def _print_interrupted(done: list[Any], url: str, model: str, protocol: str,
+                       arrivals: float | None, batch_size: int) -> None:
+    """Ctrl-C: the levels measured to the end, and that the rest were not."""
+    from surge.bench import BenchReport
+
+    if done:
+        _print_table(BenchReport(url, model, protocol, batch_size, done), model, protocol,
+                     arrivals, batch_size)
+    console.print(f"interrupted: {len(done)} load level(s) measured to the end"
+                  + ("" if done else "; nothing to report"))

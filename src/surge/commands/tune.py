@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from surge.commands import console, exit_on_sigterm
-from surge.errors import ConfigError
+from surge.errors import ConfigError, SurgeError
 from surge.repository.config import MAX_QUEUE_DELAY_MS
 
 if TYPE_CHECKING:
@@ -97,6 +97,7 @@ def tune(
                       short_runs, finalists, final_rounds, eval_samples),
         protocol=protocol, write_config=write, step=step,
     )
+    _check_report_folder(repo, model, step)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with exit_on_sigterm(), Progress(*columns, console=console, transient=True) as progress:
@@ -125,6 +126,23 @@ def _check_before_work(repo: Path, model: str, protocol: str, write: bool,
     if not os.access(config if config.exists() else folder, os.W_OK):
         raise ConfigError(f"cannot write the choice into {config} (not writable); fix the "
                           f"permissions or pass --no-write")
+
+
+def _check_report_folder(repo: Path, model: str, step: str | None) -> None:
+    """The report (JSON, page and plots) goes to the tuned model's `tuning/` folder once the
+    work is done: refuse one it cannot be written to now."""
+    from surge.report.render import HTML_FILE, PLOTS
+    from surge.repository import Repository
+    from surge.tuning.serving import check_tuning_folder
+    from surge.tuning.target import resolve_target
+    from surge.tuning.tune import REPORT_FILE
+
+    try:
+        repository = Repository(repo)
+        tuned = resolve_target(repository, model, step).model
+    except SurgeError:
+        return  # the tune says what is wrong with the model, before any work as well
+    check_tuning_folder(repository.model_dir(tuned), (REPORT_FILE, HTML_FILE, *PLOTS))
 
 
 def _slo(slo_p99: str, rate: str | None, concurrency: int | None, rows: int = 1) -> Slo:

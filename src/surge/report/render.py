@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from surge.errors import ConfigError, NotFoundError
-from surge.tuning.serving import TUNING_DIR
+from surge.tuning.serving import TUNING_DIR, check_tuning_folder
 from surge.tuning.tune import REPORT_FILE, SCHEMA_VERSION
 
 HTML_FILE = "report.html"
@@ -22,9 +22,9 @@ def load_report(model_dir: Path) -> dict[str, Any]:
     path = model_dir / TUNING_DIR / REPORT_FILE
     if not path.is_file():
         raise NotFoundError(f"no tuning report at {path}: run `surge tune` first")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+    try:  # NaN and Infinity are not JSON: `surge tune` writes null for them, and so reads them
+        data = json.loads(path.read_text(), parse_constant=lambda _: None)
+    except (OSError, ValueError, RecursionError) as exc:
         raise ConfigError(f"{path}: not a report of `surge tune` ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: not a report of `surge tune` (not a JSON object)")
@@ -32,7 +32,17 @@ def load_report(model_dir: Path) -> dict[str, Any]:
     if version != SCHEMA_VERSION:
         raise ConfigError(f"{path}: schema_version {version!r}; this surge reads "
                           f"{SCHEMA_VERSION}: run `surge tune` again")
+    if "model" in data and data["model"] != model_dir.name:
+        raise ConfigError(f"{path}: the tuning report of model {data['model']!r}, not of "
+                          f"{model_dir.name!r}: run `surge tune` on {model_dir.name!r}")
+    slo = data.get("slo_p99_ms", 1.0)  # missing: a KeyError, named when the page is drawn
+    if isinstance(slo, bool) or not isinstance(slo, int | float) or not 0 < slo < math.inf:
+        raise ConfigError(f"{path}: not a report of `surge tune` (slo_p99_ms {slo!r} is not "
+                          "a positive number of ms)")
     return data
+
+
+PLOTS = ("pareto.png", "latency.png", "p99_predicted_vs_measured.png")
 
 
 def _key(c: dict[str, Any]) -> str:
@@ -197,11 +207,14 @@ def render_report(model_dir: Path, trace: Path | None = None) -> Path:
     report = load_report(model_dir)
     trace_data = load_trace(trace) if trace is not None else None
     out = model_dir / TUNING_DIR
+    check_tuning_folder(model_dir, (HTML_FILE, *PLOTS, *((TRACE_PNG,) if trace else ())))
     try:
         page = _page(report, out)
     except _MALFORMED as exc:
         raise ConfigError(f"{out / REPORT_FILE}: not a report of `surge tune` "
                           f"({type(exc).__name__}: {exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write the plots into {out} ({exc})") from None
     if trace_data is not None:
         try:
             page = page.replace(_TRACE_SLOT, trace_section(trace_data, TRACE_PNG))
@@ -210,7 +223,10 @@ def render_report(model_dir: Path, trace: Path | None = None) -> Path:
             raise ConfigError(f"{trace}: not a load-trace JSON ({type(exc).__name__}: "
                               f"{exc})") from None
     path = out / HTML_FILE
-    path.write_text(page.replace(_TRACE_SLOT, ""))
+    try:
+        path.write_text(page.replace(_TRACE_SLOT, ""))
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path} ({exc})") from None
     return path
 
 
@@ -221,9 +237,10 @@ _TRACE_SLOT = "<!-- trace -->"
 
 def _page(report: dict[str, Any], out: Path) -> str:
     """The plots of `report` written to `out`, and the page that shows them."""
-    plot_pareto(report, out / "pareto.png")
-    plot_latency(report, out / "latency.png")
-    plot_prediction(report, out / "p99_predicted_vs_measured.png")
+    pareto, latency, prediction = PLOTS
+    plot_pareto(report, out / pareto)
+    plot_latency(report, out / latency)
+    plot_prediction(report, out / prediction)
     served = [[_key(r["candidate"]), r["rung"], r["measured"]["throughput"],
                r["measured"]["p50_ms"], r["measured"]["p99_ms"], r["predicted"]["p99_ms"],
                r["measured"]["errors"], _fmt(r.get("client_cpu_share"), 2), r["startup_s"],

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from surge.errors import SurgeError
+from surge.errors import ConfigError, SurgeError
 from surge.repository.config import CONFIG_FILE, read_config, write_config
 from surge.repository.repository import VARIANTS_DIR
 from surge.server.process import read_endpoints
@@ -31,6 +31,23 @@ from surge.tuning.predict import Measurement
 from surge.tuning.space import ORIGINAL, Candidate, Load
 
 TUNING_DIR = "tuning"
+
+
+def check_tuning_folder(model_dir: Path, files: tuple[str, ...]) -> None:
+    """Refuse, before any work, a `tuning/` folder (or a file in it) that the report could not
+    be written to: a file where the folder goes, a folder where a file goes, no permission."""
+    folder = model_dir / TUNING_DIR
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file, not a folder: the tuning report goes there; "
+                          "move it away")
+    for name in files:
+        path = folder / name
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder, not a file: the tuning report writes it; "
+                              "move it away")
+        target = path if path.exists() else folder if folder.exists() else model_dir
+        if not os.access(target, os.W_OK):
+            raise ConfigError(f"cannot write {path} ({target} is not writable)")
 
 
 class ServingTrialError(SurgeError):

@@ -103,7 +103,12 @@ class AccuracyBudget:
 
     def check_range(self, metric: str, low: float, high: float) -> None:
         """Refuse a `min_metric` that `metric`, whose headline runs from `low` to `high`, can
-        never reach or always does."""
+        never reach or always does, and a `max_drop` past the whole range (no budget at all,
+        or a fraction taken for points: 0.01 is a hundredth of a point)."""
+        if self.max_drop is not None and math.isfinite(high - low) and self.max_drop > high - low:
+            raise ConfigError(f"--max-accuracy-drop {self.max_drop:g}: {metric} runs from "
+                              f"{low:g} to {high:g} (percent), so a drop is at most "
+                              f"{high - low:g} points")
         if self.min_metric is None or low <= self.min_metric <= high:
             return
         if math.isfinite(low) and math.isfinite(high):
@@ -177,6 +182,30 @@ class Effort:
     final_rounds: int = 2  # untuned vs chosen, served alternately this many times each
     eval_samples: int | None = None  # evaluate on the first N samples only
 
+    def __post_init__(self) -> None:
+        times = {"--budget": self.budget_s, "--profile-time": self.profile_s,
+                 "--short-run": self.short_run_s, "--full-run": self.full_run_s}
+        for option, seconds in times.items():
+            if not (is_number(seconds) and 0 < seconds < math.inf):
+                raise ConfigError(f"{option} {seconds!r}: expected a positive, finite number of "
+                                  "seconds")
+        if self.profile_s > self.budget_s:
+            raise ConfigError(f"--profile-time {self.profile_s:g} s: longer than the whole "
+                              f"--budget {self.budget_s:g} s (it is spent per batch size and "
+                              "setting)")
+        # the served runs the tune makes whatever its budget: the untuned baseline, then the
+        # untuned and the chosen configurations `final_rounds` times each (one short run too)
+        must = (1 + 2 * self.final_rounds) * self.full_run_s + (
+            self.short_run_s if self.short_runs else 0.0)
+        if must > self.budget_s:
+            raise ConfigError(
+                f"--budget {self.budget_s:g} s cannot hold the runs the tune makes whatever its "
+                f"budget: {1 + 2 * self.final_rounds} full runs of {self.full_run_s:g} s "
+                f"(--full-run; the baseline, then --final-rounds {self.final_rounds} of the "
+                f"untuned and the chosen configurations)"
+                + (f" and a short run of {self.short_run_s:g} s" if self.short_runs else "")
+                + f", {must:g} s: raise --budget or shorten the runs")
+
 
 def build_space(
     variants: Iterable[str],
@@ -200,7 +229,7 @@ _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 def parse_duration_s(text: str, option: str, default_unit: str = "s") -> float:
     """'50ms', '2.5s', '10m' -> seconds; a bare number uses `default_unit`."""
     match = _DURATION.match(text)
-    if not match or float(match.group(1)) <= 0:
+    if not match or not 0 < float(match.group(1)) < math.inf:  # 400 digits: inf
         raise ConfigError(f"{option} {text!r}: expected a positive duration like 50ms, 30s, 10m")
     return float(match.group(1)) * _SECONDS[match.group(2) or default_unit]
 

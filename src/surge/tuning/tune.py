@@ -39,7 +39,12 @@ from surge.tuning.predict import (
     predict,
 )
 from surge.tuning.search import Rung, SelectionReport, select
-from surge.tuning.serving import TUNING_DIR, ServingTrialError, measure_served
+from surge.tuning.serving import (
+    TUNING_DIR,
+    ServingTrialError,
+    check_tuning_folder,
+    measure_served,
+)
 from surge.tuning.space import ORIGINAL, AccuracyBudget, Candidate, Effort, SearchSpace, Slo
 from surge.tuning.target import TuneTarget, resolve_target
 from surge.tuning.variants import VariantResult, make_variants
@@ -51,6 +56,7 @@ FULL_RUN = "full run"
 BASELINE = "baseline"
 FINAL = "final"
 SCHEMA_VERSION = 1
+MIN_REQUESTS_PER_RUN = 10  # an open loop's served run: fewer measure no latency percentile
 
 
 @dataclass(frozen=True)
@@ -72,11 +78,25 @@ class TuneOptions:
         task = get_task(self.task)  # an unknown task fails here, before any work
         metric = task.check_metric(self.accuracy.metric)
         self.accuracy.check_range(metric, *task.headline_range(metric))
+        self._check_rate()
         rows, sizes = self.slo.load.rows, self.space.max_batch_sizes
         if max(sizes) < rows:
             raise ConfigError(f"--max-batch {','.join(map(str, sizes))}: every size is below "
                               f"--rows-per-request {rows}; max batch counts rows, so give "
                               f"sizes of at least {rows}, e.g. {rows},{2 * rows},{5 * rows}")
+
+
+    def _check_rate(self) -> None:
+        """An open loop so slow that a served run sends a handful of requests measures no p99
+        (and the throughput of one request or two): refuse it before the work."""
+        rate, effort = self.slo.load.rate, self.effort
+        run_s = effort.short_run_s if effort.short_runs else effort.full_run_s
+        if rate is not None and rate * run_s < MIN_REQUESTS_PER_RUN:
+            which = "--short-run" if effort.short_runs else "--full-run"
+            raise ConfigError(f"--rate {rate:g}/s sends about {rate * run_s:.3g} requests in "
+                              f"a {run_s:g} s run ({which}): fewer than "
+                              f"{MIN_REQUESTS_PER_RUN} measure no p99; raise --rate or "
+                              f"lengthen {which}")
 
 
 @dataclass
@@ -179,6 +199,7 @@ def tune(repo_root: Path, model: str, options: TuneOptions,
     target = resolve_target(repo, model, options.step)
     model = target.model
     model_dir = repo.model_dir(model)
+    check_tuning_folder(model_dir, (REPORT_FILE,))  # saved at the end: refused at the start
     slo = options.slo
     report = _new_report(target, options)
     stages = _Stages(report)

@@ -20,6 +20,23 @@ def example_repo() -> Path:
     return EXAMPLE_REPOSITORY
 
 
+# Written once per session by TensorFlow and Caffe's schema (each in its own venv), and shared
+# by the unit format tests and the served-formats integration test; tests copy them, never
+# change them.
+@pytest.fixture(scope="session")
+def tf_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.unit.formats.builders import build_tf_models
+
+    return build_tf_models(tmp_path_factory.mktemp("tf-models"))
+
+
+@pytest.fixture(scope="session")
+def caffe_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.unit.formats.builders import build_caffe_model
+
+    return build_caffe_model(tmp_path_factory.mktemp("caffe-model"))
+
+
 @pytest.fixture(autouse=True)
 def _restore_root_logger() -> Iterator[None]:
     """A test that starts a server in process configures the root logger; the next test must

@@ -42,7 +42,7 @@ def test_tune_a_pipelines_model_step(tmp_path: Path, capsys: pytest.CaptureFixtu
         str(tmp_path / "val.npz"), "--task", "classification", "--slo-p99", "2s",
         "--concurrency", "4", "--budget", "6m", "--variants", "int8-dynamic",
         "--max-batch", "1,8", "--delays", "0,1", "--settings", "1x1,2x1",
-        "--profile-time", "0.05s", "--full-run", "1s", "--short-runs", "0", "--finalists", "1",
+        "--profile-time", "0.05s", "--full-run", "0.5s", "--short-runs", "0", "--finalists", "1",
         "--final-rounds", "1",
     ], capsys)
     assert code == 0, err

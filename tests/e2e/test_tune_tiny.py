@@ -31,7 +31,7 @@ def test_tune_tiny_model_end_to_end(tiny_repo: tuple[Path, Path],
         "tune", str(repo), "--model", "tiny", "--data", str(data), "--task", "classification",
         "--slo-p99", "2s", "--concurrency", "4", "--max-accuracy-drop", "1.0", "--budget", "2m",
         "--variants", "int8-dynamic", "--max-batch", "1,8", "--delays", "0,1",
-        "--settings", "1x1,2x1", "--profile-time", "0.05s", "--full-run", "1s",
+        "--settings", "1x1,2x1", "--profile-time", "0.05s", "--full-run", "0.5s",
         "--short-runs", "0", "--finalists", "1", "--final-rounds", "1",
     ], capsys)
     assert code == 0, err

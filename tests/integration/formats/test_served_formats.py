@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tests.integration.server.conftest import ServerProcess, start_server, triton_client
-from tests.unit.formats.builders import build_caffe_model, build_openvino_ir, build_tf_models, tiny_onnx
+from tests.unit.formats.builders import build_openvino_ir, tiny_onnx
 
 from surge.runtimes.openvino_runner import OpenVinoRunner
 
@@ -29,9 +29,10 @@ LAYOUT = {
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("sources")
-    return {"tf": build_tf_models(out / "tf"), "caffe": build_caffe_model(out / "caffe")}
+def sources(tf_models: Path, caffe_model: Path) -> dict[str, Path]:
+    """The session's TensorFlow and Caffe models (tests/conftest.py), built once for this and
+    the unit format tests."""
+    return {"tf": tf_models, "caffe": caffe_model}
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""The soak at CI size (about 40 s): mixed models and protocols, clients hanging up, a worker
-killed every 10 s, a model reloaded every 20 s. Every request is answered and the server
+"""The soak at CI size (about 20 s): mixed models and protocols, clients hanging up, a worker
+killed every 5 s, a model reloaded every 10 s. Every request is answered and the server
 drains cleanly; benchmarks/soak.py --duration 1800 is the long version."""
 
 from __future__ import annotations
@@ -17,10 +17,15 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_short_soak_leaves_no_request_unanswered(tmp_path: Path) -> None:
+    # 20 s with the faults twice as often as over the 40 s before: the same three worker kills
+    # (at about 5, 10 and 15 s; a reload blocking the fault loop for seconds only moves the
+    # third) and a reload (at 10 s), under about 17,000 requests from the four HTTP and two
+    # gRPC clients (measured on a 2-core machine), so a single one left unanswered still fails
+    # the test; 5 s windows, each of which must have had traffic.
     out = tmp_path / "soak.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--duration", "40", "--window",
-         "10", "--kill-every", "10", "--reload-every", "20", "--json", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--duration", "20", "--window",
+         "5", "--kill-every", "5", "--reload-every", "10", "--json", str(out)],
         capture_output=True, text=True, timeout=220, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -145,8 +146,13 @@ def test_proto_matches_tritonclient_field_numbers() -> None:
 
 
 def _perf_analyzer(url: str, protocol: str, *args: str, concurrency: int = 8,
-                   window_ms: int = 3000) -> str:
-    """perf_analyzer's output after three windows (~10 s) at concurrency 8 over `protocol`."""
+                   window_ms: int = 1000) -> str:
+    """perf_analyzer's output after three windows (~3 s) at concurrency 8 over `protocol`.
+
+    What the tests check is that every request of the run is answered without an error, not
+    the throughput figure: with 1 s windows (3 s before) perf_analyzer still reported about
+    10,000 requests over gRPC at concurrency 8 on a 2-core machine, and the stability check
+    (three windows within 100 % of each other) only decides when it stops."""
     if not TRITON_PYTHON.exists():
         pytest.skip("tritonclient venv .venv-triton is missing")
     venv = TRITON_PYTHON.parents[1]
@@ -158,7 +164,7 @@ def _perf_analyzer(url: str, protocol: str, *args: str, concurrency: int = 8,
     result = subprocess.run(
         [str(venv / "bin" / "perf_analyzer"), "-m", "tiny", "-u", url, "-i", protocol,
          "--concurrency-range", str(concurrency),
-         # 3 s windows until three agree (its stability check): 9 s of load or a little more
+         # 1 s windows until three agree (its stability check): 3 s of load or a little more
          "--measurement-mode", "time_windows", "--measurement-interval", str(window_ms),
          "--max-trials", "6", "--stability-percentage", "100", *args],
         capture_output=True, text=True, timeout=120, env=env, check=False,
@@ -174,37 +180,38 @@ def _ran_without_errors(output: str, concurrency: int = 8) -> None:
     assert float(match.group(1)) > 0
 
 
-def test_perf_analyzer_runs_10s_at_concurrency_8_without_errors(server: ServerProcess) -> None:
+@pytest.fixture(scope="module")
+def keyless(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server without a key (perf_analyzer sends -H headers over HTTP only), shared by the
+    perf_analyzer runs over gRPC and shared memory; it must still exit cleanly after them."""
+    served = start_server(tiny_repo, tmp_path_factory.mktemp("keyless") / "server.log")
+    yield served
+    assert served.stop() == 0, served.output()
+
+
+def test_perf_analyzer_runs_at_concurrency_8_without_errors(server: ServerProcess) -> None:
     _ran_without_errors(_perf_analyzer(server.http.removeprefix("http://"), "http",
                                        "-H", f"Authorization: Bearer {API_KEY}"))
 
 
 @pytest.mark.parametrize("mode", ["unary", "streaming"])
-def test_perf_analyzer_grpc_runs_10s_at_concurrency_8_without_errors(
-        tiny_repo: Path, tmp_path: Path, mode: str) -> None:
-    # A server without a key: perf_analyzer sends -H headers over HTTP only.
-    served = start_server(tiny_repo, tmp_path / "server.log")
-    try:
-        output = _perf_analyzer(served.grpc, "grpc",
-                                *(["--streaming"] if mode == "streaming" else []))
-    finally:
-        assert served.stop() == 0, served.output()
+def test_perf_analyzer_grpc_runs_at_concurrency_8_without_errors(
+        keyless: ServerProcess, mode: str) -> None:
+    output = _perf_analyzer(keyless.grpc, "grpc", *(["--streaming"] if mode == "streaming" else []))
+    assert keyless.process.poll() is None, keyless.output()
     _ran_without_errors(output)
 
 
 def test_perf_analyzer_with_system_shared_memory_runs_without_errors(
-        tiny_repo: Path, tmp_path: Path) -> None:
+        keyless: ServerProcess) -> None:
     """`--shared-memory system`: perf_analyzer registers regions, sends every input and asks
     every output through them, and unregisters them, over HTTP and gRPC (~3 s each)."""
-    served = start_server(tiny_repo, tmp_path / "server.log")
-    try:
-        outputs = {protocol: _perf_analyzer(url, protocol, "--shared-memory", "system",
-                                            concurrency=2, window_ms=1000)
-                   for protocol, url in (("http", served.http.removeprefix("http://")),
-                                         ("grpc", served.grpc))}
-        left = httpx.get(f"{served.http}/v2/systemsharedmemory/status", timeout=10).json()
-    finally:
-        assert served.stop() == 0, served.output()
+    outputs = {protocol: _perf_analyzer(url, protocol, "--shared-memory", "system",
+                                        concurrency=2)
+               for protocol, url in (("http", keyless.http.removeprefix("http://")),
+                                     ("grpc", keyless.grpc))}
+    left = httpx.get(f"{keyless.http}/v2/systemsharedmemory/status", timeout=10).json()
+    assert keyless.process.poll() is None, keyless.output()
     for output in outputs.values():
         _ran_without_errors(output, concurrency=2)
     assert left == []

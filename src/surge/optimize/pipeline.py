@@ -128,8 +128,11 @@ def _check_calibration_array(path: Path, signature: Signature, name: str,
         raise ConfigError(f"{path}: input {name!r} holds NaN or infinite values")
 
 
-def build_source(repo: Repository, name: str, options: OptimizeOptions, work_dir: Path) -> ModelSource:
-    """The original model (module and/or ONNX), its check samples and calibration data."""
+def build_source(repo: Repository, name: str, options: OptimizeOptions, work_dir: Path,
+                 training: bool = True) -> ModelSource:
+    """The original model (module and/or ONNX), its check samples and calibration data;
+    `training`: whether a variant asks for the dataset's training split (static int8's
+    calibration, a pruning's fine-tune): reading and tokenizing it costs seconds."""
     config = repo.config(name)
     signature = _signature(repo, name)  # first: it says what a pipeline or a bad model is
     path = repo.model_file(name)
@@ -146,7 +149,8 @@ def build_source(repo: Repository, name: str, options: OptimizeOptions, work_dir
     calibration = (_load_calibration(options.calibration, signature)
                    if options.calibration else None)
     task = _checked_task(name, config)
-    data = _check_data(signature, config.parameters.get("dataset"), task, calibration, options)
+    data = _check_data(signature, config.parameters.get("dataset"), task if training else None,
+                       calibration, options)
     source = ModelSource(
         name=name, input_names=signature.input_names, output_names=signature.output_names,
         samples=data.samples, module=module, onnx_path=onnx_path, task=task, labels=data.labels,
@@ -249,6 +253,13 @@ def _check_exclude(source: ModelSource, exclude: tuple[str, ...]) -> None:
                           f"{source.name!r} (nodes: {shown or 'none named'})")
 
 
+def _uses_training(configs: dict[str, OptimizeConfig]) -> bool:
+    """Whether a variant reads the training split: static int8 (calibration rows) or a
+    pruning that fine-tunes with the task's own loop (`finetune: auto`)."""
+    return any(isinstance(config, Int8StaticConfig) or getattr(config, "finetune", None) == "auto"
+               for config in configs.values())
+
+
 def optimize_model(repo_path: Path, name: str, configs: dict[str, OptimizeConfig],
                    options: OptimizeOptions | None = None) -> list[Outcome]:
     """Make, check and store each variant; failures are reported, not silently kept."""
@@ -260,7 +271,7 @@ def optimize_model(repo_path: Path, name: str, configs: dict[str, OptimizeConfig
     variants_dir.mkdir(exist_ok=True)  # the work folder is in it: renames then move variants
     try:
         with tempfile.TemporaryDirectory(dir=variants_dir, prefix=".work-") as tmp:
-            source = build_source(repo, name, options, Path(tmp))
+            source = build_source(repo, name, options, Path(tmp), _uses_training(configs))
             tolerance = options.tolerance or default_tolerance(source.task,
                                                                source.labels is not None)
             _check_requests(source, configs, options.exclude)

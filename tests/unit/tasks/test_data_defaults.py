@@ -12,7 +12,10 @@ import torch
 
 from surge.bench.payload import InputSpec, sample_inputs
 from surge.errors import ConfigError
-from surge.optimize.pipeline import OptimizeOptions, build_source
+from surge.optimize.mixed_precision import Bf16Config
+from surge.optimize.pipeline import OptimizeOptions, _uses_training, build_source
+from surge.optimize.prune import PruneConfig
+from surge.optimize.quantize import Int8DynamicConfig, Int8StaticConfig
 from surge.repository import Repository
 from surge.tasks import DataOptions, Dataset, EvalDataset, Split
 from tests.unit.tiny_models import make_repo
@@ -58,6 +61,32 @@ def test_optimizer_checks_on_the_dataset_the_config_names(tmp_path: Path) -> Non
     assert len(source.calibration["x"]) == ROWS  # every training row: fewer than 512
     assert float(source.calibration["x"].min()) >= 0.0  # from the training split
     assert callable(source.finetune)
+
+
+def test_variants_that_need_no_training_rows_do_not_read_the_training_split(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading (for text, tokenizing) a training split costs seconds: only static int8's
+    calibration and a pruning's own fine-tune read it."""
+    reads: list[int] = []
+    original = FourFeatures.training
+
+    def counted(self: FourFeatures, options: DataOptions) -> tuple[Split, Split]:
+        reads.append(1)
+        return original(self, options)
+
+    monkeypatch.setattr(FourFeatures, "training", counted)
+    repo = _repo(tmp_path, f"{{task: classification, dataset: '{SPEC}'}}")
+    options = OptimizeOptions(finetune_epochs=1, check_rows=10)
+    source = build_source(repo, "tiny", options, tmp_path, training=False)
+    assert reads == []
+    assert (source.task, source.calibration, source.finetune) == ("classification", None, None)
+    assert source.labels is not None  # the held-out checks still score the task
+    build_source(repo, "tiny", options, tmp_path)
+    assert reads == [1]
+    assert not _uses_training({"int8-dynamic": Int8DynamicConfig(), "bf16": Bf16Config()})
+    assert _uses_training({"int8-static": Int8StaticConfig()})
+    assert _uses_training({"prune-50": PruneConfig(ratio=0.5)})
+    assert not _uses_training({"prune-50": PruneConfig(ratio=0.5, finetune=None)})
 
 
 def test_without_a_dataset_the_checks_use_random_inputs(tmp_path: Path) -> None:

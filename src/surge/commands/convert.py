@@ -39,7 +39,8 @@ def convert(
     if source is None:
         raise NotFoundError(f"{directory}: nothing to convert (expected {', '.join(SOURCE_NAMES)})")
     if data is not None and not data.is_file():
-        raise NotFoundError(f"--data {data}: no such file")
+        what = "a directory, not a .npy or .npz file" if data.is_dir() else "no such file"
+        raise NotFoundError(f"--data {data}: {what}")
     with _terminate_as_exit():
         conversion = convert_source(source, real=data, force=force)
     state = "cached, unchanged source" if conversion.cached else "converted"

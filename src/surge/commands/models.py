@@ -22,14 +22,17 @@ def inspect(
     from surge.inspection import describe_path
 
     engine, signature, source = describe_path(path)
-    console.print(f"[bold]{source}[/bold]  engine: {engine}  platform: {signature.platform}")
+    # paths and names are the files' text, not markup: "[red]x.onnx" printed as "x.onnx"
+    console.print(f"[bold]{escape(source)}[/bold]  engine: {escape(engine)}  "
+                  f"platform: {escape(signature.platform)}")
     batch = f"batched, max batch {signature.max_batch_size or 'unlimited'}" if signature.batched \
         else "not batched"
     console.print(f"dim 0: {batch}")
     table = Table("kind", "name", "datatype", "shape")
     for kind, specs in (("input", signature.inputs), ("output", signature.outputs)):
         for spec in specs:
-            table.add_row(kind, spec.name, spec.datatype, str(list(spec.shape)))
+            table.add_row(kind, escape(spec.name), escape(spec.datatype),
+                          escape(str(list(spec.shape))))
     console.print(table)
 
 
@@ -53,14 +56,15 @@ def predict(
     outputs = predict_files(loaded, input)
     if output is not None:
         np.savez(output, **outputs)  # type: ignore[arg-type]
-        console.print(f"saved {', '.join(outputs)} to {output}")
+        console.print(f"saved {escape(', '.join(outputs))} to {escape(str(output))}")
         return
     labels = loaded.config.labels
     for name, array in outputs.items():
-        console.print(f"[bold]{name}[/bold] {array.dtype} {list(array.shape)}")
+        console.print(f"[bold]{escape(name)}[/bold] {array.dtype} {list(array.shape)}")
         if labels and array.ndim == 2 and array.shape[1] == len(labels):
             for row, best in enumerate(array.argmax(axis=1)):
-                console.print(f"  [{row}] {labels[best]} (class {best}, score {array[row, best]:.3f})")
+                console.print(f"  [{row}] {escape(labels[best])} (class {best}, "
+                              f"score {array[row, best]:.3f})")
         else:
             console.print(np.array2string(array, threshold=64, precision=4))
 
@@ -115,5 +119,6 @@ def evaluate(
 
     report = run_evaluate(repo, model, data, task, metric=metric, samples=samples)
     shown_metric = get_task(task).headline_text(report.metric, report.metric_name)
-    console.print(f"{report.model} on {report.dataset} ({report.count} samples): "
-                  f"{report.metric_name} {shown_metric} in {report.seconds:.1f} s")
+    console.print(f"{escape(report.model)} on {escape(report.dataset)} ({report.count} "
+                  f"samples): {escape(report.metric_name)} {escape(shown_metric)} in "
+                  f"{report.seconds:.1f} s")

@@ -52,13 +52,45 @@ def load_dataset(spec: str | Path, input_name: str = "image") -> EvalDataset:
     """The evaluation set of a registered dataset (see `surge data list`), an .npz of input
     arrays plus `labels` (or `image_ids` with a COCO .json beside it), a COCO split directory
     (`images.npy` + `annotations.json`), or a 'package.module:function' returning a Dataset."""
+    if not str(spec).strip():  # Path("") is the current folder, read as a split directory
+        raise ConfigError(f"dataset {str(spec)!r}: give a dataset name or file")
+    _refuse_non_archive(spec)
     try:
-        return get_dataset(spec).evaluation(input_name, DataOptions())
+        dataset = get_dataset(spec).evaluation(input_name, DataOptions())
     except SurgeError:
         raise
-    except (ValueError, KeyError, TypeError, OSError, BadZipFile) as exc:  # wrong content
+    # EOFError: an empty file (click would print a bare "aborted" for it)
+    except (ValueError, KeyError, TypeError, OSError, EOFError, BadZipFile) as exc:
         raise ConfigError(f"dataset {str(spec)!r} cannot be read ({type(exc).__name__}: "
                           f"{str(exc)[:200]})") from None
+    _check_per_sample(dataset)
+    return dataset
+
+
+def _refuse_non_archive(spec: str | Path) -> None:
+    """An .npz file that is no zip archive at all: NumPy would try to unpickle it and say the
+    file 'contains pickled (object) data', which is not what is wrong with it."""
+    path = Path(spec)
+    if path.suffix != ".npz" or not path.is_file():
+        return
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise ConfigError(f"dataset {str(spec)!r} cannot be read ({exc.strerror})") from None
+    if not head.startswith(b"PK"):
+        raise ConfigError(f"dataset {str(spec)!r} is not an .npz archive "
+                          f"({'an empty file' if not head else 'no zip header'})")
+
+
+def _check_per_sample(dataset: EvalDataset) -> None:
+    """One label (and image id) per sample: with `samples` the first N of each would be paired
+    and scored, whatever the rows after them say."""
+    for what, array in (("labels", dataset.labels), ("image_ids", dataset.image_ids)):
+        if array is not None and (np.ndim(array) == 0 or len(array) != len(dataset)):
+            count = "a single value" if np.ndim(array) == 0 else f"{len(array)} {what}"
+            raise ConfigError(f"dataset {dataset.name!r} has {len(dataset)} samples but "
+                              f"{count}: give one per sample")
 
 
 def _runner_of(model: Runner | LoadedModel) -> tuple[Runner, str]:

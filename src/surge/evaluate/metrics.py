@@ -96,6 +96,29 @@ def _first_odd(labels: np.ndarray) -> str:
     return repr(float(odd[0])) if len(odd) else repr(float(labels[0]))
 
 
+def _checked_scores(scores: np.ndarray) -> np.ndarray:
+    """Class scores [N, C] without NaN, or class ids [N]: a NaN row's argmax is whatever index
+    comes first, and a cast of real-valued [N] outputs (a regression model's) would floor 2.7
+    to class 2, either scored as if it were a prediction."""
+    if scores.ndim not in (1, 2):
+        raise MetricError(f"classification scores must be [N, classes] or class ids [N], got "
+                          f"shape {list(scores.shape)}")
+    if scores.dtype.kind not in "biuf":
+        raise MetricError(f"classification scores must be numbers, got {scores.dtype}")
+    if scores.dtype.kind == "f":
+        nan_rows = np.flatnonzero(np.isnan(scores).reshape(len(scores), -1).any(axis=1))
+        if len(nan_rows):
+            raise MetricError(f"the model's scores are NaN in {len(nan_rows)} of {len(scores)} "
+                              f"rows (the first: row {nan_rows[0]}); their predicted class "
+                              "would be arbitrary")
+        if scores.ndim == 1 and not (np.isfinite(scores).all()
+                                     and (scores == np.round(scores)).all()):
+            raise MetricError(f"classification scores must be [N, classes] or whole class ids "
+                              f"[N]; the model gave [N] real values such as "
+                              f"{_first_odd(scores)} (a regression output?)")
+    return scores
+
+
 def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
     """Fraction of predictions equal to the labels."""
     from sklearn.metrics import accuracy_score
@@ -132,7 +155,7 @@ def classification_report(
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     labels = _class_ids(labels, scores.shape[1] if np.ndim(scores) == 2 else None)
-    scores = np.asarray(scores)
+    scores = _checked_scores(np.asarray(scores))
     num_classes = scores.shape[1] if scores.ndim == 2 else int(max(labels.max(), scores.max())) + 1
     if class_names is not None:
         num_classes = max(num_classes, len(class_names))

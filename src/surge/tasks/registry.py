@@ -9,6 +9,7 @@ or a function returning a Dataset), trusted like a model factory.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -85,6 +86,9 @@ class Registry:
                               f"{', '.join(self.task_names())} or a 'package.module:Class'")
         task = import_object(spec, "task")
         if isinstance(task, type) and issubclass(task, Task):
+            if inspect.isabstract(task):  # Task itself, or a subclass missing a method
+                missing = ", ".join(sorted(getattr(task, "__abstractmethods__", ())))
+                raise ConfigError(f"task {spec!r} is abstract (it does not define {missing})")
             return task()
         raise ConfigError(f"task {spec!r} is {type(task).__name__}, not a surge.tasks.Task class")
 

@@ -68,6 +68,10 @@ def test_tasks_by_class_path_and_clear_errors() -> None:
         get_task("tests.e2e.toy_regression:linear")
     with pytest.raises(ConfigError, match="'tests.e2e.toy_regression' has no 'Nope'"):
         get_task("tests.e2e.toy_regression:Nope")
+    # the abstract base itself was instantiated: a TypeError traceback from the CLI
+    with pytest.raises(ConfigError, match=r"task 'surge.tasks.base:Task' is abstract \(it does "
+                                          r"not define .*\)"):
+        get_task("surge.tasks.base:Task")
 
 
 def test_datasets_by_name_function_and_path(tmp_path: Path) -> None:

@@ -16,10 +16,14 @@ import yaml
 
 from surge.datafiles import load_npy, load_npz
 from surge.errors import ConfigError, InputError, ModelLoadError, SurgeError, first_line
+from surge.optimize.exporting import OnnxExportConfig
+from surge.optimize.low_rank import LowRankBase
 from surge.optimize.mixed_precision import PrecisionConfig
-from surge.optimize.quantize import Int8StaticConfig
+from surge.optimize.prune import PruneBase
+from surge.optimize.quantize import Int8DynamicConfig, Int8StaticConfig
 from surge.optimize.registry import OptimizeConfig, apply
 from surge.optimize.source import Inputs, ModelSource
+from surge.optimize.tables import TablesConfig
 from surge.optimize.twin import factory_module, probe, twin_module
 from surge.optimize.variant import Tolerance, Variant
 from surge.repository import ModelConfig, Repository
@@ -253,10 +257,15 @@ def _check_exclude(source: ModelSource, exclude: tuple[str, ...]) -> None:
                           f"{source.name!r} (nodes: {shown or 'none named'})")
 
 
+# Variants that read neither calibration rows nor the task's fine-tune; any other (static int8,
+# a pruning with `finetune: auto`, a plugin's own) is given the training split.
+_NO_TRAINING = (Int8DynamicConfig, PrecisionConfig, LowRankBase, TablesConfig, OnnxExportConfig)
+
+
 def _uses_training(configs: dict[str, OptimizeConfig]) -> bool:
-    """Whether a variant reads the training split: static int8 (calibration rows) or a
-    pruning that fine-tunes with the task's own loop (`finetune: auto`)."""
-    return any(isinstance(config, Int8StaticConfig) or getattr(config, "finetune", None) == "auto"
+    """Whether a variant reads the dataset's training split."""
+    return any(not (isinstance(config, _NO_TRAINING) or
+                    (isinstance(config, PruneBase) and getattr(config, "finetune", None) != "auto"))
                for config in configs.values())
 
 

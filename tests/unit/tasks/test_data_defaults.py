@@ -4,6 +4,7 @@ config names, instead of recognising the model."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,12 @@ import torch
 
 from surge.bench.payload import InputSpec, sample_inputs
 from surge.errors import ConfigError
+from surge.optimize.low_rank import LowRankConfig
 from surge.optimize.mixed_precision import Bf16Config
 from surge.optimize.pipeline import OptimizeOptions, _uses_training, build_source
 from surge.optimize.prune import PruneConfig
 from surge.optimize.quantize import Int8DynamicConfig, Int8StaticConfig
+from surge.optimize.registry import OptimizeConfig
 from surge.repository import Repository
 from surge.tasks import DataOptions, Dataset, EvalDataset, Split
 from tests.unit.tiny_models import make_repo
@@ -87,6 +90,13 @@ def test_variants_that_need_no_training_rows_do_not_read_the_training_split(
     assert _uses_training({"int8-static": Int8StaticConfig()})
     assert _uses_training({"prune-50": PruneConfig(ratio=0.5)})
     assert not _uses_training({"prune-50": PruneConfig(ratio=0.5, finetune=None)})
+    assert not _uses_training({"lowrank": LowRankConfig()})
+
+    @dataclass(frozen=True)
+    class PluginConfig(OptimizeConfig):  # a plugin's variant may read calibration rows
+        verb = "plugin"
+
+    assert _uses_training({"plugin": PluginConfig()})
 
 
 def test_without_a_dataset_the_checks_use_random_inputs(tmp_path: Path) -> None:

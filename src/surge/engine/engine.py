@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -31,7 +31,8 @@ from surge.engine.stats import ModelStats
 from surge.errors import ConfigError, ModelLoadError, ModelNotReadyError, NotFoundError, SurgeError
 from surge.platform import available_cores
 from surge.repository import ModelConfig, Repository, served_version
-from surge.repository.config import CONFIG_FILE
+from surge.repository.config import CONFIG_FILE, ORIGINAL
+from surge.repository.repository import check_labels
 from surge.workers.hang import HangRule
 from surge.workers.pool import WorkerPool, cuda_device_count, plan_instances
 
@@ -310,26 +311,49 @@ class Engine:
             await asyncio.to_thread(self.repository.served_versions, name, config))
         if config.ladder:
             ladder = await start_ladder(self, self.repository, name, served_versions, config)
-            return {ladder.version: ladder}
+            started: dict[int, Served] = {ladder.version: ladder}
+            return await self._check_labels(name, override, started, ladder.rungs.values())
         if config.variant:
             targets: list[tuple[int, str | None]] = [
                 (served_versions[-1] if served_versions else 1, f"{name}@{config.variant}")
             ]
         else:
             if not served_versions:  # the model is there: its config or files are at fault (400)
-                raise ModelLoadError(f"model {name!r}: no version directory matches the "
-                                     f"version_policy of its {CONFIG_FILE}")
+                source = (f"the load's config override of {name}/{CONFIG_FILE}"
+                          if override and "version_policy" in override else None)
+                raise ModelLoadError(await asyncio.to_thread(
+                    self.repository.no_version, name, config, source))
             targets = [(v, None) for v in served_versions]
-        models: dict[int, Served] = {
-            v: ServedModel(self, name, v, served_versions or (v,), config, ref)
-            for v, ref in targets}
+        models = {v: ServedModel(self, name, v, served_versions or (v,), config, ref)
+                  for v, ref in targets}
         try:
             await asyncio.gather(*(m.start() for m in models.values()))
         except BaseException:
             await asyncio.gather(*(m.stop(0.0) for m in models.values()),
                                  return_exceptions=True)
             raise
-        return models
+        return await self._check_labels(name, override, dict(models), models.values())
+
+    async def _check_labels(self, name: str, override: Mapping[str, Any] | None,
+                            started: dict[int, Served], models: Iterable[ServedModel]
+                            ) -> dict[int, Served]:
+        """`started` once an override's `labels` are checked against the models' outputs as
+        config.yaml's are (the workers check those only); stopped when they are refused."""
+        if not override or "labels" not in override:
+            return started
+        try:
+            for model in models:
+                assert model.handle is not None, "a started model has its handle"
+                variant = None if model.variant_name == ORIGINAL else model.variant_name
+                path = await asyncio.to_thread(self.repository.model_file, name, model.version,
+                                               variant)
+                check_labels(name, model.config, model.handle.signature, path,
+                             "the load's config override")
+        except BaseException:
+            await asyncio.gather(*(m.stop(0.0) for m in started.values()),
+                                 return_exceptions=True)
+            raise
+        return started
 
     async def _start_pipeline(self, name: str, config: ModelConfig) -> dict[int, Served]:
         """A pipeline whose step models need more than a memory budget together is refused:

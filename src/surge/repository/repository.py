@@ -156,6 +156,11 @@ class Repository:
             if p.is_dir() and _NAME.fullmatch(p.name) and not p.name.startswith(".")
         )
 
+    def not_model_names(self) -> list[str]:
+        """The folders `model_names` leaves out that are not hidden: names no model may have."""
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()
+                      and not _NAME.fullmatch(p.name) and not p.name.startswith("."))
+
     def versions(self, name: str) -> list[int]:
         model_dir = self.model_dir(name)
         return sorted(
@@ -257,7 +262,7 @@ class Repository:
             served = self.served_versions(name, config)
             variants = self.variants(name)
             if not served:
-                raise ModelLoadError(self._no_version(name, config, versions))
+                raise ModelLoadError(self.no_version(name, config))
             for path, variant in self._served_files(name, config, served):
                 check_loadable(path, engine_config(config, variant, path))
             for rung in set(config.ladder) - {ORIGINAL}:
@@ -282,16 +287,19 @@ class Repository:
                 raise NotFoundError(f"{name}/{CONFIG_FILE}: {key} {variant!r}: {exc}") from None
         return files
 
-    def _no_version(self, name: str, config: ModelConfig, versions: list[int]) -> str:
+    def no_version(self, name: str, config: ModelConfig, source: str | None = None) -> str:
         """Why no version is served: the policy and the folders, those ignored included (a
-        version is a positive integer without leading zeros: `0`, `01` and `v1` are not)."""
+        version is a positive integer without leading zeros: `0`, `01` and `v1` are not).
+        `source` says where the policy comes from (default: the model's config file)."""
+        versions = self.versions(name)
         policy = config.version_policy.model_dump(exclude_defaults=True) or {"latest": 1}
         ignored = sorted(p.name for p in self.model_dir(name).iterdir() if p.is_dir()
                          and not _VERSION.fullmatch(p.name) and p.name != VARIANTS_DIR)
         found = f"version folders {versions}" if versions else "no version folder"
         if ignored:
             found += f" (not versions, ignored: {shown(ignored)})"
-        return f"{name}/{CONFIG_FILE}: version_policy {policy} selects nothing: {found}"
+        where = source or f"{name}/{CONFIG_FILE}"
+        return f"{where}: version_policy {policy} selects nothing: {found}"
 
 
 def engine_config(config: ModelConfig, variant: str | None, path: Path) -> ModelConfig:
@@ -334,11 +342,12 @@ def check_preprocess(config: ModelConfig) -> None:
         binder.bind(config, step)
 
 
-def check_labels(name: str, config: ModelConfig, signature: Signature, path: Path) -> None:
+def check_labels(name: str, config: ModelConfig, signature: Signature, path: Path,
+                 source: str = CONFIG_FILE) -> None:
     """A classifier's `labels` name the classes of its first output, as `surge evaluate` and
     the optimizer read them (task classification, the default of a model with labels): a
     count that differs would name the wrong classes at request time. A variable class
-    dimension cannot be checked."""
+    dimension cannot be checked. `source` says where the labels come from."""
     if config.labels is None or config.task() != "classification":
         return
     output = signature.outputs[0] if signature.outputs else None
@@ -346,7 +355,7 @@ def check_labels(name: str, config: ModelConfig, signature: Signature, path: Pat
         return
     if output.shape[-1] != len(config.labels):
         raise ModelLoadError(
-            f"model {name!r}: {CONFIG_FILE} gives {len(config.labels)} labels, but its output "
+            f"model {name!r}: {source} gives {len(config.labels)} labels, but its output "
             f"{output.name!r} ({path.name}) has {output.shape[-1]} classes "
             f"(shape {list(output.shape)})")
 

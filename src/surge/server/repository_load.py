@@ -10,6 +10,7 @@ a pipeline keeps its steps loaded itself); anything else is refused, as for a lo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,12 +68,26 @@ def config_override(parameters: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     if isinstance(config, str | bytes):
         try:
-            config = orjson.loads(config)
-        except orjson.JSONDecodeError as exc:
+            # orjson keeps a repeated key's last value: the text is read again to refuse one,
+            # as config.yaml's are (an override is small).
+            text = config
+            config = orjson.loads(text)
+            json.loads(text, object_pairs_hook=_no_repeated_key)
+        except (ValueError, RecursionError) as exc:  # orjson's errors are ValueErrors
             raise InputError(f"load parameter 'config' is not valid JSON ({exc})") from None
     if not isinstance(config, dict):
         raise InputError(f"load parameter 'config' must be a JSON object, got {shown(config)}")
     return config
+
+
+def _no_repeated_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The object of `pairs`; InputError naming a key given twice (at any nesting level)."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise InputError(f"load parameter 'config': key {shown(key)} is given twice")
+        seen[key] = value
+    return seen
 
 
 __all__ = ["check_unload", "check_unload_parameters", "config_override", "load_parameters"]

@@ -82,12 +82,17 @@ def _npz_path(path: Path) -> Path:
     return path
 
 
+# what `check_name` allows, as `surge models` says it of the folders it leaves out
+_NAME_PATTERN = "[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+
+
 def models(repo: Annotated[Path, typer.Argument(help="Model repository directory.")]) -> None:
     """List models, their versions, variants and state."""
     from surge.repository import Repository
 
+    repository = Repository(repo)
     table = Table("model", "versions", "served", "variants", "state", "reason")
-    for entry in Repository(repo).entries():
+    for entry in repository.entries():
         table.add_row(  # names and reasons are the repository's text, not markup
             escape(entry.name), ",".join(map(str, entry.versions)) or "-",
             ",".join(map(str, entry.served)) or "-", escape(",".join(entry.variants)) or "-",
@@ -95,6 +100,12 @@ def models(repo: Annotated[Path, typer.Argument(help="Model repository directory
             escape(entry.reason),
         )
     console.print(table)
+    skipped = repository.not_model_names()
+    if skipped:  # `surge inspect` refuses them by name: say why they are not listed
+        shown_names = ", ".join(map(repr, skipped[:20])) + (
+            f", ... ({len(skipped)} in all)" if skipped[20:] else "")
+        console.print(escape(f"not models (names must match {_NAME_PATTERN}): {shown_names}"),
+                      highlight=False, soft_wrap=True)
 
 
 def evaluate(

@@ -91,7 +91,10 @@ class Signature:
         spec = self.input(name)
         # As sent: BF16 words are uint16 to numpy. Plain uint16 words fit a BF16 input (an
         # in-process caller has no other way to give them); BF16 ones no UINT16 input.
-        sent = sent_datatype(array)
+        try:
+            sent = sent_datatype(array)
+        except SurgeError:  # no V2 datatype: the caller's array (a try costs nothing in 3.11)
+            raise InputError(_no_datatype(name, spec, array.dtype)) from None
         other_type = sent != spec.datatype and not (spec.datatype == "BF16" and sent == "UINT16")
         if other_type or not spec.matches_shape(tuple(array.shape)):
             raise InputError(f"input {name!r} expects {spec.describe()}, "
@@ -118,6 +121,18 @@ class Signature:
             batch > self.max_batch_size
         ):
             raise InputError(f"batch size {batch} exceeds the model's max {self.max_batch_size}")
+
+
+def _no_datatype(name: str, spec: TensorSpec, dtype: np.dtype) -> str:
+    """Why input `name`'s dtype is refused: a byte order other than the native one (V2 tensors
+    are native numbers; this check only looks, it copies nothing), or a dtype no V2 datatype
+    has."""
+    native = dtype.newbyteorder("=")
+    if not dtype.isnative and native.kind in "biuf":
+        return (f"input {name!r} expects {spec.describe()}, got {dtype.str} (byte-swapped): "
+                f"send it in native byte order, e.g. array.astype({native.name!r})")
+    return f"input {name!r} expects {spec.describe()}, got numpy dtype {dtype}, which no V2 " \
+           "datatype has"
 
 
 @runtime_checkable

@@ -9,27 +9,10 @@ from typing import Any
 
 import pytest
 
-import surge.api
 from surge.errors import ConfigError, SurgeError
 from surge.tuning import AccuracyBudget
 from surge.tuning.space import Load, SearchSpace, Slo
 from tests.cli_runner import run_cli
-
-
-@pytest.fixture
-def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Any]:
-    """A repository with model `m` as the working folder; the tune's API call, recorded and
-    stopped."""
-    calls: list[Any] = []
-
-    def fake_tune(*args: Any, **kwargs: Any) -> None:
-        calls.append(args)
-        raise SurgeError("stopped after the API call")
-
-    (tmp_path / "m").mkdir()
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(surge.api, "tune", fake_tune)
-    return calls
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-import surge.api
-from surge.errors import ConfigError, SurgeError
+from surge.errors import ConfigError
 from surge.report import render_report
 from surge.tuning.space import Effort, Load, Slo
 from surge.tuning.tune import TuneOptions, tune
@@ -21,22 +20,6 @@ from tests.unit.tiny_models import make_repo
 from tests.unit.tuning.test_report_and_staging import _saved_report
 
 HUGE = "1" + "0" * 400  # a float of inf
-
-
-@pytest.fixture
-def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Any]:
-    """A repository with model `m` as the working folder; the tune's API call, recorded and
-    stopped."""
-    calls: list[Any] = []
-
-    def fake_tune(*args: Any, **kwargs: Any) -> None:
-        calls.append(args)
-        raise SurgeError("stopped after the API call")
-
-    (tmp_path / "m").mkdir()
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(surge.api, "tune", fake_tune)
-    return calls
 
 
 @pytest.mark.parametrize(("args", "message"), [

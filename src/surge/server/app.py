@@ -8,6 +8,7 @@ request objects in between; on a tiny model that per-request overhead is the ser
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -37,7 +38,7 @@ from surge.server.observe import RequestIds, RequestLog, RequestRecord
 from surge.server.openapi import OPENAPI_PATH, openapi_document
 from surge.server.outcome import RequestObserver, infer_routed, outcome_of, served_by
 from surge.server.peers import http_peer
-from surge.server.repository_load import check_unload, load_parameters
+from surge.server.repository_load import check_unload, load_parameters, no_repeated_key
 from surge.server.shared_memory import SharedMemoryRegistry
 from surge.server.shared_memory_api import CHANGES, ROOTS, http_answer
 
@@ -434,6 +435,8 @@ async def _read_body(scope: AsgiScope, receive: Receive, limit: int) -> bytes:
 
 
 def _json_or_empty(body: bytes) -> dict[str, Any]:
+    """A control request's JSON body (index, load, unload). A key given twice is refused, as in
+    config.yaml: orjson keeps the last value, so the (small) body is read again to find one."""
     if not body.strip():
         return {}
     import orjson
@@ -444,6 +447,10 @@ def _json_or_empty(body: bytes) -> dict[str, Any]:
         raise InputError(f"request body is not valid JSON ({exc})") from None
     if not isinstance(value, dict):
         raise InputError("request body must be a JSON object")
+    try:
+        json.loads(body, object_pairs_hook=no_repeated_key)
+    except InputError as exc:
+        raise InputError(f"request body: {exc}") from None
     return value
 
 

@@ -72,7 +72,7 @@ def config_override(parameters: Mapping[str, Any]) -> dict[str, Any] | None:
             # as config.yaml's are (an override is small).
             text = config
             config = orjson.loads(text)
-            json.loads(text, object_pairs_hook=_no_repeated_key)
+            json.loads(text, object_pairs_hook=_no_repeated_config_key)
         except (ValueError, RecursionError) as exc:  # orjson's errors are ValueErrors
             raise InputError(f"load parameter 'config' is not valid JSON ({exc})") from None
     if not isinstance(config, dict):
@@ -80,14 +80,22 @@ def config_override(parameters: Mapping[str, Any]) -> dict[str, Any] | None:
     return config
 
 
-def _no_repeated_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def _no_repeated_config_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    try:
+        return no_repeated_key(pairs)
+    except InputError as exc:
+        raise InputError(f"load parameter 'config': {exc}") from None
+
+
+def no_repeated_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """The object of `pairs`; InputError naming a key given twice (at any nesting level)."""
     seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:
-            raise InputError(f"load parameter 'config': key {shown(key)} is given twice")
+            raise InputError(f"key {shown(key)} is given twice")
         seen[key] = value
     return seen
 
 
-__all__ = ["check_unload", "check_unload_parameters", "config_override", "load_parameters"]
+__all__ = ["check_unload", "check_unload_parameters", "config_override", "load_parameters",
+           "no_repeated_key"]

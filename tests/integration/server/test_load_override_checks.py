@@ -83,3 +83,19 @@ def test_a_policy_that_selects_nothing_is_said_as_the_repository_says_it(url: st
     answer = _load(url, None, "unserved")
     assert answer.status_code == 400, answer.text
     assert reason in answer.json()["error"], answer.text
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('{"parameters": {"config": {"instances": 1, "instances": 2}}}', "'instances'"),
+    ('{"parameters": {"config": {"labels": ["a", "b", "c", "d"]}}, "parameters": {}}',
+     "'parameters'"),
+])
+def test_a_key_given_twice_in_an_override_object_is_refused(url: str, text: str,
+                                                            key: str) -> None:
+    """The override may be an object rather than a JSON string: its keys are checked too."""
+    answer = httpx.post(f"{url}/v2/repository/models/tiny/load", content=text,
+                        headers={"content-type": "application/json"}, timeout=120)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert f"request body: key {key} is given twice" in error, error
+    assert _serves(url)

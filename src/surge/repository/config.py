@@ -371,7 +371,8 @@ class ModelConfig(StrictConfig):
     ladder_accuracy: dict[str, Annotated[Float, Field(ge=0, le=100)]] = Field(
         default_factory=dict, description="Ladder only: the measured accuracy (percent) of each "
         "rung, as `surge tune` writes it; a rung not listed takes it from its variant.yaml.")
-    labels: list[str] | None = Field(None, description="Class names for classifier outputs.")
+    labels: list[str] | None = Field(None, min_length=1,
+                                     description="Class names for classifier outputs.")
     parameters: dict[str, Any] = Field(
         default_factory=dict, description="Free-form parameters for pre/post-processing."
     )

@@ -128,3 +128,9 @@ def test_a_missing_variant_names_the_config_key(tmp_path: Path, config: str, key
     entry = Repository(make_repo(tmp_path, config=config)).entries()[0]
     assert entry.state == "UNAVAILABLE"
     assert entry.reason.startswith(f"tiny/config.yaml: {key}: model 'tiny' has no variant 'nope'")
+
+
+def test_an_empty_label_list_is_refused() -> None:
+    # `labels: []` was taken as no labels: a classifier's config served as a model of no task
+    with pytest.raises(ConfigError, match=r"^m/config.yaml: labels: .*at least 1 item"):
+        parse_config({"labels": []}, "m/config.yaml")

@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from surge import __version__ as SURGE_VERSION
 from surge.cluster.shared import Probe, shares_memory
 from surge.runtimes.base import Runner, Signature, SpinWait, openmp_wait_policy, run_rows
 from surge.workers.messages import TensorMeta
@@ -54,6 +55,17 @@ class InstanceInfo:
     device: str = ""
     signature: Signature | None = None
     error: str = ""
+    surge: str = ""  # the Surge version it runs (one from before this field sends none)
+
+
+def same_surge(info: InstanceInfo) -> InstanceInfo:
+    """`info`, with an error when the instance runs another Surge than this front end: the
+    two ends of the channel must read each other's frames (a field one end does not know of
+    is silently lost, a reply it cannot read loses the instance batch after batch)."""
+    if info.error or info.surge == SURGE_VERSION:
+        return info
+    return replace(info, error=f"it runs Surge {info.surge or '(an older version)'}, this "
+                   f"front end {SURGE_VERSION}: every node needs the front end's environment")
 
 
 @dataclass(frozen=True)
@@ -114,7 +126,7 @@ class InstanceActor:
 
         context = ray.get_runtime_context()
         where = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
-                 "pid": os.getpid()}
+                 "pid": os.getpid(), "surge": SURGE_VERSION}
         for name in _THREAD_ENV:  # before the engine is imported in this process
             os.environ[name] = str(self.spec.threads)
         os.environ["OMP_WAIT_POLICY"] = openmp_wait_policy(self.spec.spin_wait)

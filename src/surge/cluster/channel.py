@@ -84,8 +84,9 @@ def decode(fields: dict[str, Any], body: np.ndarray) -> BatchReply:
     metas = tuple(TensorMeta(n, d, tuple(s), o, b) for n, d, s, o, b in fields["metas"])
     tensors = TensorBatch(metas, body) if metas else None
     input_ns, infer_ns, output_ns = fields.get("ns", (0, 0, 0))
+    rejected = tuple((int(row), str(why)) for row, why in fields.get("rejected", ()))
     return BatchReply(fields["id"], tensors, input_ns, infer_ns, output_ns,
-                      fields.get("error", ""))
+                      fields.get("error", ""), rejected)
 
 
 # -- the actor's end -------------------------------------------------------------------------
@@ -125,7 +126,9 @@ class ChannelServer:
         _recv_into(conn, body.data)
         with self._lock:
             reply, shared = self._compute_one(fields, body, scratch.outputs)
+        # `rejected`: the rows preprocessing refused, answered 400 (their outputs are blanks).
         head = {"id": reply.batch_id, "error": reply.error, "shm": shared,
+                "rejected": reply.rejected,
                 "ns": (reply.input_ns, reply.infer_ns, reply.output_ns),
                 "metas": metas_field(reply.outputs.metas) if reply.outputs else []}
         outputs = None if shared or reply.outputs is None else reply.outputs.buffer
@@ -282,6 +285,10 @@ class Channel:
         except asyncio.CancelledError:
             self._fail(ChannelClosedError("channel closed"))
             raise
+        except Exception as exc:  # a reply this end cannot read (another Surge on that node?)
+            log.warning("channel: unreadable reply (%s: %s); the instance is taken as lost",
+                        type(exc).__name__, exc)
+            self._fail(ChannelClosedError(f"unreadable reply ({type(exc).__name__}: {exc})"))
 
     async def _receive(self, into: np.ndarray) -> np.ndarray:
         view = into.data.cast("B")
@@ -301,9 +308,10 @@ class Channel:
             body = np.frombuffer(lease.pair.outputs.buf, np.uint8)
         elif lease is not None:
             lease.needed = body.nbytes
+        reply = decode(fields, body)  # first: a reply it cannot decode leaves it pending, failed
         future = self._pending.pop(fields["id"], None)
         if future is not None and not future.done():
-            future.set_result(decode(fields, body))
+            future.set_result(reply)
 
     def _fail(self, error: Exception) -> None:
         self._close()

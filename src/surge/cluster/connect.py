@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # (cluster models go unavailable as their nodes go; Ray reconnects if the GCS comes back).
 _DRIVER_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_IMPORT_WARNING": "1",
                "RAY_gcs_rpc_server_reconnect_timeout_s": str(10 * 365 * 86400)}
+AUTH_MODES = ("token", "disabled")  # RAY_AUTH_MODE's values in Ray 2.60 (any case)
 PROBE_TIMEOUT_S = 3.0
 SHUTDOWN_TIMEOUT_S = 10.0  # ray.shutdown waits on a GCS that may be gone
 NAMESPACE = "surge"
@@ -62,7 +63,7 @@ def driver_environment() -> None:
     for name, value in _DRIVER_ENV.items():
         os.environ.setdefault(name, value)
     # A token given without a mode is meant to be used: Ray would otherwise not send it.
-    if "RAY_AUTH_MODE" not in os.environ and (
+    if not os.environ.get("RAY_AUTH_MODE") and (
             os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
         os.environ["RAY_AUTH_MODE"] = "token"
 
@@ -108,6 +109,11 @@ def check_token_present() -> None:
     )
     from ray.exceptions import AuthenticationError
 
+    mode = os.environ.get("RAY_AUTH_MODE", "")
+    if mode and mode.lower() not in AUTH_MODES:  # Ray would take it for "disabled", silently
+        raise ClusterError(f"RAY_AUTH_MODE {mode!r} is not a mode Ray knows "
+                           f"({' or '.join(AUTH_MODES)}): set RAY_AUTH_MODE=token to join a "
+                           "cluster that authenticates its drivers")
     if get_authentication_mode() != AuthenticationMode.TOKEN:
         return
     with contextlib.suppress(AuthenticationError):

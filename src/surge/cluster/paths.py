@@ -14,7 +14,7 @@ from typing import Any
 from surge.cluster.actor import BatchReply, pack_batch
 from surge.cluster.channel import SECRET_BYTES, Channel
 from surge.cluster.shared import ProbeSegment
-from surge.workers.transport import Parts
+from surge.workers.transport import Parts, SlotSpaceError
 
 OFFLOAD_BYTES = 100 * 1024  # Ray copies bigger arguments into its object store: off the loop
 
@@ -41,11 +41,22 @@ async def ray_call(actor: Any, batch_id: int, parts: Parts) -> BatchReply:
     if size < OFFLOAD_BYTES:
         payload: Any = pack_batch(parts)
     else:
-        import ray
-
-        payload = await asyncio.to_thread(lambda: ray.put(pack_batch(parts)))
+        payload = await asyncio.to_thread(_put, parts, size)
     reply: BatchReply = await actor.run.remote(batch_id, payload)
     return reply
+
+
+def _put(parts: Parts, size: int) -> Any:
+    """The batch in this node's object store; a full store fails this batch (503), not the
+    instance it was meant for (Ray's errors otherwise read as a lost actor)."""
+    import ray
+    from ray.exceptions import ObjectStoreFullError, OutOfDiskError
+
+    try:
+        return ray.put(pack_batch(parts))
+    except (ObjectStoreFullError, OutOfDiskError) as exc:
+        raise SlotSpaceError(f"no room in the Ray object store for a batch of {size} bytes "
+                             f"({type(exc).__name__})") from None
 
 
 def path_name(channel: Channel | None) -> str:

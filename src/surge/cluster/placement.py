@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from surge.errors import ModelLoadError
 from surge.repository.config import ClusterConfig
 
 NODE_ID_LABEL = "ray.io/node-id"  # every Ray node carries its id as this label
@@ -62,8 +63,33 @@ def actor_options(config: ClusterConfig, avoid: Iterable[str] = ()) -> dict[str,
     return options
 
 
+def check_settings(config: ClusterConfig, actor_class: Any, ref: str) -> None:
+    """Refuse what Ray would refuse or read otherwise, naming the setting: else the check of
+    the node table reports it as 'no node can hold an instance'."""
+    named = sorted(k for k in config.resources if k in ("CPU", "GPU"))
+    if named:
+        raise ModelLoadError(f"model {ref!r}: cluster.resources names {named[0]}: give it as "
+                             f"cluster.{named[0].lower()}s")
+    try:  # Ray's own check of the options (label selector syntax and the rest)
+        actor_class.options(**actor_options(config))
+    except ValueError as exc:
+        raise ModelLoadError(f"model {ref!r}: Ray refuses its cluster settings: {exc}") from None
+
+
 def _matches(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
-    return all(labels.get(key) == value for key, value in wanted.items())
+    return all(_selects(labels.get(key), value) for key, value in wanted.items())
+
+
+def _selects(label: str | None, selector: str) -> bool:
+    """Ray's label selector on one node label: `v`, `!v`, `in(a, b)`, `!in(a, b)`; a node
+    without the label passes only a negated one (as Ray schedules)."""
+    negated = selector.startswith("!")
+    body = selector[1:] if negated else selector
+    if body.endswith(")") and "(" in body:
+        values = {v.strip() for v in body[body.index("(") + 1:-1].split(",")}
+    else:
+        values = {body}
+    return (label in values) != negated
 
 
 def fitting_nodes(config: ClusterConfig, nodes: Iterable[Mapping[str, Any]]) -> list[str]:

@@ -26,13 +26,14 @@ import math
 import time
 from typing import Any
 
-from surge.cluster.actor import ActorSpec, BatchReply, unpack_batch
+from surge.cluster.actor import ActorSpec, BatchReply, InstanceInfo, same_surge, unpack_batch
 from surge.cluster.channel import Channel, ChannelClosedError
 from surge.cluster.heartbeat import Heartbeat
 from surge.cluster.instance import Instance, State, close_channel, note_placement
 from surge.cluster.paths import open_channel, path_name, ray_call
 from surge.cluster.placement import (
     actor_options,
+    check_settings,
     describe_demand,
     fitting_nodes,
     instance_threads,
@@ -119,6 +120,7 @@ class RayPool:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Place every instance, wait until all loaded the model (ModelLoadError otherwise)."""
+        check_settings(self._config, self._site.actor_class(), self.spec.ref)
         nodes = await self._site.node_table()
         if not fitting_nodes(self._config, nodes):
             raise ModelLoadError(f"model {self.spec.ref!r}: no node of the Ray cluster can hold "
@@ -199,15 +201,16 @@ class RayPool:
     async def _load(self, instance: Instance) -> None:
         from ray.exceptions import RayError
 
+        info: InstanceInfo | None = None
         try:
-            info = await instance.actor.load.remote()
+            info = same_surge(await instance.actor.load.remote())
         except RayError as exc:
-            info = None
             instance.error = f"its actor died while loading ({type(exc).__name__}: {exc})"
         if instance.state is State.DEAD:  # stopped or replaced meanwhile
             return
         if info is None or info.error:
-            instance.error = instance.error or f"on node {info.node_ip}: {info.error}"
+            if info is not None:
+                instance.error = f"on node {info.node_ip}: {info.error}"
             self._failed_load(instance, model_error=info is not None)
             return
         if self.signature is None:
@@ -301,9 +304,10 @@ class RayPool:
             if batch.id in instance.inflight:
                 self._lose(instance, f"{type(exc).__name__}")
             return
-        except Exception as exc:  # packing failed: this batch's inputs, not the instance
+        except Exception as exc:  # not sent (no room for it, say): this batch, not the instance
             if instance.inflight.pop(batch.id, None) is not None:
-                self._events.on_done(batch, None, ServingError(f"batch not sent: {exc}"), None)
+                self._events.on_done(batch, None, exc if isinstance(exc, ServingError) else
+                                     ServingError(f"batch not sent: {exc}"), None)
             return
         try:
             if instance.inflight.pop(batch.id, None) is None:

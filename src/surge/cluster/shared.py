@@ -20,7 +20,7 @@ import os
 import secrets
 from dataclasses import dataclass
 
-from surge.workers.transport import ALIGN, Slot
+from surge.workers.transport import ALIGN, Slot, SlotSpaceError
 
 SHM_DIR = "/dev/shm"  # where POSIX shared memory lies on Linux
 FIRST_SLOT_BYTES = 64 << 10  # a slot grows (1.5x) to the largest batch it carried
@@ -72,18 +72,28 @@ class FrontSlots:
         self._all: list[SlotPair] = []
 
     def take(self) -> SlotPair:
+        """A free pair, or a new one (SlotSpaceError, a 503 for that batch, when /dev/shm is
+        full: the instance is as it was)."""
         if not self._free:
-            pair = SlotPair(Slot(FIRST_SLOT_BYTES), Slot(FIRST_SLOT_BYTES))
+            inputs = _slot(FIRST_SLOT_BYTES)
+            try:
+                pair = SlotPair(inputs, _slot(FIRST_SLOT_BYTES))
+            except SlotSpaceError:
+                _discard(inputs)
+                raise
             self._all.append(pair)
             return pair
         return self._free.pop()
 
     def give(self, pair: SlotPair, outputs_needed: int = 0) -> None:
         """`pair` is free again; its outputs did not fit when `outputs_needed` exceeds it
-        (they came on the socket): grow it for the next batches."""
+        (they came on the socket): grow it for the next batches, when /dev/shm has room (else
+        they keep coming on the socket)."""
         if outputs_needed > pair.outputs.size:
-            old, pair.outputs = pair.outputs, Slot(max(outputs_needed, pair.outputs.size * 3 // 2))
-            _discard(old)
+            with contextlib.suppress(SlotSpaceError):
+                grown = _slot(max(outputs_needed, pair.outputs.size * 3 // 2))
+                old, pair.outputs = pair.outputs, grown
+                _discard(old)
         self._free.append(pair)
 
     def close(self) -> None:
@@ -92,6 +102,14 @@ class FrontSlots:
             _discard(pair.outputs)
         self._all.clear()
         self._free.clear()
+
+
+def _slot(size: int) -> Slot:
+    try:
+        return Slot(size)
+    except OSError as exc:
+        raise SlotSpaceError(f"no shared memory left for a batch's slot of {size} bytes "
+                             f"({exc.strerror or exc}): /dev/shm is full") from None
 
 
 def _discard(slot: Slot) -> None:

@@ -82,3 +82,10 @@ def test_auto_with_a_mismatched_token(cluster_repo: Path, ray_cluster: object) -
                                 RAY_AUTH_TOKEN="not-" + "1" * 28))
     assert f"the Ray cluster at {address} refused this front end's token" in line
     assert time.monotonic() - started < 20  # Ray alone retries for about 20 s
+
+
+def test_a_misspelt_auth_mode(cluster_repo: Path, ray_cluster: object) -> None:
+    # Ray took it for "disabled": the cluster then refused the right token as a wrong one.
+    address = ray_cluster.address  # type: ignore[attr-defined]
+    line = one_line_error(serve(cluster_repo, address, RAY_AUTH_MODE="tokn"))
+    assert "RAY_AUTH_MODE 'tokn' is not a mode Ray knows (token or disabled)" in line

@@ -14,11 +14,13 @@ import pytest
 
 from surge.cluster.actor import BatchReply, Into, TensorBatch, pack_batch, unpack_batch
 from surge.cluster.channel import (
+    PREFIX,
     SECRET_BYTES,
     Channel,
     ChannelClosedError,
     ChannelServer,
     Scratch,
+    _recv_exactly,
 )
 from surge.cluster.paths import path_name
 from surge.cluster.pool import Instance, RayPool
@@ -253,3 +255,36 @@ def test_the_actor_lets_go_of_a_huge_buffer_once_batches_are_small_again() -> No
     assert np.shares_memory(scratch.inputs(1 << 20), small)  # small buffers stay for reuse
     kept = scratch.inputs(16 << 20)
     assert np.shares_memory(scratch.inputs(4 << 20), kept)
+
+
+def test_a_reply_this_end_cannot_read_fails_the_batch_instead_of_hanging_it() -> None:
+    """A reply whose header lacks a field (an actor running another Surge version, say) ended
+    the reader with a KeyError and left the batches waiting on the channel for ever."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_in_another_format() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            _recv_exactly(conn, SECRET_BYTES)
+            header_len, body_len = PREFIX.unpack(_recv_exactly(conn, PREFIX.size))
+            _recv_exactly(conn, header_len + body_len)  # the whole batch
+            header = b'{"id":1,"outputs":[]}'
+            conn.sendall(PREFIX.pack(len(header), 0) + header)
+            conn.recv(1)  # stays open (only the reply is wrong) until the front end closes
+
+    actor = threading.Thread(target=answer_in_another_format, daemon=True)
+    actor.start()
+
+    async def body() -> None:
+        channel = await Channel.open(*listener.getsockname(), SECRET, 5.0)
+        batch = asyncio.ensure_future(channel.run(1, one(np.ones((1, 2), np.float32))))
+        await asyncio.wait([channel._task])
+        await asyncio.wait([batch], timeout=5.0)  # the old reader left it pending for ever
+        assert batch.done()
+        with pytest.raises(ChannelClosedError, match="unreadable reply"):
+            batch.result()
+        assert channel.closed
+
+    asyncio.run(body())
+    actor.join(5.0)
+    listener.close()

@@ -117,3 +117,27 @@ def test_auto_without_a_cluster_on_this_machine_says_so(monkeypatch: pytest.Monk
     monkeypatch.setattr(services, "canonicalize_bootstrap_address", none_found)
     with pytest.raises(ClusterError, match="--ray auto: no Ray cluster runs on this machine"):
         connect.find_cluster()
+
+
+@pytest.mark.parametrize("mode", ["tokn", "k8s"])
+def test_an_auth_mode_ray_does_not_know_is_named(monkeypatch: pytest.MonkeyPatch,
+                                                 mode: str) -> None:
+    """Ray takes an unknown RAY_AUTH_MODE for 'disabled' and joins without the token: a
+    token cluster then refused it as a wrong token ('set RAY_AUTH_TOKEN'), the token set."""
+    pytest.importorskip("ray")
+    from surge.cluster.connect import check_token_present
+
+    monkeypatch.setenv("RAY_AUTH_MODE", mode)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "surge-test-" + "0" * 21)
+    with pytest.raises(ClusterError, match=f"RAY_AUTH_MODE '{mode}' is not a mode Ray knows "
+                                           r"\(token or disabled\)"):
+        check_token_present()
+
+
+def test_an_empty_auth_mode_with_a_token_means_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    from surge.cluster.connect import driver_environment
+
+    environment = {"RAY_AUTH_MODE": "", "RAY_AUTH_TOKEN": "surge-test-" + "0" * 21}
+    monkeypatch.setattr(os, "environ", environment)
+    driver_environment()
+    assert environment["RAY_AUTH_MODE"] == "token"

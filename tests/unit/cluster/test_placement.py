@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,63 @@ def test_a_batch_travels_as_one_contiguous_buffer() -> None:
     out = unpack_batch(batch)
     np.testing.assert_array_equal(out["x"], np.concatenate(parts["x"]))
     assert out["s"].tolist() == [b"ab", b"c", b""]
+
+
+def test_fitting_nodes_reads_ray_label_selector_operators() -> None:
+    """`!v`, `in(a, b)` and `!in(a, b)` are Ray label selectors Ray places actors by: they were
+    compared as plain values, and such a model was refused as fitting no node."""
+    nodes = [
+        {"NodeID": n, "Alive": True, "Resources": {"CPU": 1.0}, "Labels": labels}
+        for n, labels in (("a", {"pool": "a"}), ("b", {"pool": "b"}), ("bare", {}))]
+
+    def fit(selector: str) -> list[str]:
+        return fitting_nodes(ClusterConfig(node_labels={"pool": selector}), nodes)
+
+    assert fit("a") == ["a"]
+    assert fit("!a") == ["b", "bare"]  # a node without the label passes a negated selector
+    assert fit("in(a, b)") == ["a", "b"]
+    assert fit("!in(a,b)") == ["bare"]
+
+
+@pytest.mark.parametrize(("settings", "named"), [
+    ({"node_labels": {"pool": "a,b"}}, "a,b"),
+    ({"node_labels": {"bad key": "a"}}, "bad key"),
+    ({"resources": {"CPU": 4}}, "cluster.resources names CPU: give it as cluster.cpus"),
+])
+def test_settings_ray_refuses_are_named(settings: dict[str, object], named: str) -> None:
+    """Such settings were reported as 'no node of the Ray cluster can hold an instance' (or,
+    for resources CPU, used for the node check while Ray reserved cluster.cpus)."""
+    pytest.importorskip("ray")
+    from surge.cluster.placement import check_settings
+    from surge.cluster.site import remote_instance_class
+    from surge.errors import ModelLoadError
+
+    config = ClusterConfig.model_validate(settings)
+    with pytest.raises(ModelLoadError, match="model 'm'") as refused:
+        check_settings(config, remote_instance_class(), "m")
+    assert named in str(refused.value)
+    check_settings(ClusterConfig(node_labels={"pool": "!in(a, b)"}), remote_instance_class(), "m")
+
+
+def test_a_pool_with_a_malformed_selector_is_refused_for_it(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    import asyncio
+
+    from surge.cluster.pool import RayPool
+    from surge.cluster.site import ClusterSite
+    from surge.engine.instances import PoolSpec
+    from surge.errors import ModelLoadError
+    from surge.repository import ModelConfig
+
+    async def no_match() -> list[dict[str, object]]:
+        return [{"NodeID": "n", "Alive": True, "Resources": {"CPU": 1.0}, "Labels": {}}]
+
+    async def body() -> None:
+        spec = PoolSpec("m", 1, ModelConfig.model_validate(
+            {"placement": "cluster", "cluster": {"node_labels": {"pool": "a,b"}}}))
+        site = ClusterSite(str(tmp_path))
+        site.node_table = no_match  # type: ignore[method-assign]
+        with pytest.raises(ModelLoadError, match="Ray refuses its cluster settings: .*`a,b`"):
+            await RayPool(spec, None, site).start()  # type: ignore[arg-type]
+
+    asyncio.run(body())

@@ -214,6 +214,7 @@ def load_checkpoint(path: Path, config: TrainConfig, state: DistState) -> Checkp
     """The checkpoint at `path`, refused in one line when it cannot be read or resumed by
     `config` on `state`'s processes (the weights are checked by `check_weights_fit`)."""
     trainer = read_trainer(path / "trainer.json")
+    check_epochs(path, trainer, config.epochs)
     parallelism = config.parallelism
     if parallelism != trainer.parallelism or (
         parallelism in ("pipeline", "fsdp") and trainer.world_size != state.world_size
@@ -231,6 +232,16 @@ def load_checkpoint(path: Path, config: TrainConfig, state: DistState) -> Checkp
     bundle = read_file(path / _optimizer_file(parallelism, state.rank),
                        lambda f: torch.load(f, map_location="cpu", weights_only=True))
     return Checkpoint(path, trainer, weights, bundle)
+
+
+def check_epochs(path: Path, trainer: TrainerState, epochs: int) -> None:
+    """A recipe of fewer epochs than the checkpoint has done cannot resume it: its schedule
+    ends before the step count the checkpoint replays (a one-cycle schedule refuses the extra
+    steps), and the export would report a best epoch past the recipe's last one."""
+    if trainer.epoch > epochs:
+        raise ConfigError(
+            f"{path} has done {trainer.epoch} epochs, more than the recipe's epochs {epochs}: "
+            f"resume with epochs={trainer.epoch} (export again) or more (train further)")
 
 
 def read_file(file: Path, loader: Callable[[Path], T]) -> T:
@@ -258,10 +269,34 @@ def read_trainer(file: Path) -> TrainerState:
             f"checkpoint file {file} has schema {schema!r}"
             + (f" and unknown fields {', '.join(unknown)}" if unknown else "")
             + f"; this Surge reads schema {SCHEMA}: resume it with the Surge that wrote it")
-    try:
-        return TrainerState(**data)
-    except TypeError as exc:
-        raise ConfigError(f"checkpoint file {file}: {exc}") from None
+    for name, value in data.items():
+        kind, meaning = _FIELDS[name]
+        if not _of_type(value, kind):
+            raise ConfigError(
+                f"checkpoint file {file}: {name} is {shown(value)}, not {meaning}; restore "
+                f"it, or remove {file.parent.parent / LATEST} to start afresh")
+    return TrainerState(**data)
+
+
+# What each trainer.json field holds, and says so: read back with another type (an edited or
+# foreign file), it failed mid-run with a traceback (a str epoch in range(), an int history).
+_COUNT = (int, "a whole number >= 0")
+_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "epoch": _COUNT, "step": _COUNT, "best_epoch": _COUNT, "world_size": _COUNT,
+    "schema": _COUNT, "best_metric": ((int, float), "a number"),
+    "parallelism": (str, "a str"), "optimizer": (str, "a str"),
+    "history": (list, "a list of epoch records (mappings)"), "model": (dict, "a mapping"),
+}
+
+
+def _of_type(value: Any, kind: type | tuple[type, ...]) -> bool:
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return False
+    if kind is int and isinstance(value, int):
+        return value >= 0
+    if isinstance(value, list):
+        return all(isinstance(record, dict) for record in value)
+    return True
 
 
 def check_weights_fit(path: Path, weights: dict[str, torch.Tensor],

@@ -132,6 +132,7 @@ class ExportConfig(RecipeSection):
         "whose version exists is refused before training.")
     formats: list[Literal["onnx", "pt2"]] = Field(
         default_factory=lambda: ["onnx", "pt2"],  # type: ignore[arg-type]
+        min_length=1,  # the export is checked by loading one of them
         description="Files written into the version.",
     )
     torch_name: str | None = Field(

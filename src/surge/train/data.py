@@ -16,8 +16,8 @@ from surge.errors import ConfigError, first_line
 from surge.tasks import DataOptions, Dataset, Flip, Split, get_dataset
 from surge.train.config import DataConfig, TrainConfig
 
-__all__ = ["Split", "check_model_fits", "check_validation", "eval_shard", "load_dataset",
-           "steps_per_epoch", "train_batches"]
+__all__ = ["Split", "check_model_fits", "check_validation", "eval_shard", "export_example",
+           "load_dataset", "steps_per_epoch", "train_batches"]
 
 
 def data_options(config: DataConfig, input_shape: list[int], seed: int) -> DataOptions:
@@ -77,6 +77,13 @@ def check_validation(split: Split) -> None:
                           "score the epochs and choose the best one by")
 
 
+def export_example(split: Split) -> torch.Tensor:
+    """Two validation inputs to trace and check the export with. A split of one sample gives
+    it twice: exported from a batch of one, torch.export fixes the batch dimension at 1 and
+    refuses the dynamic batch the repository serves."""
+    return split.inputs[torch.tensor([0, min(1, len(split) - 1)])].cpu()
+
+
 def check_model_fits(model: torch.nn.Module, config: TrainConfig, train: Split,
                      test: Split) -> None:
     """Refuse, before any step, a model that cannot take the data: ids past its embedding
@@ -92,7 +99,7 @@ def check_model_fits(model: torch.nn.Module, config: TrainConfig, train: Split,
     model.eval()  # no batch statistics or dropout: the weights and RNG stay as they were
     try:
         with torch.no_grad():
-            model(train.inputs[:2])
+            output = model(train.inputs[:2])
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
         reason = first_line(exc)
         raise ConfigError(
@@ -102,6 +109,30 @@ def check_model_fits(model: torch.nn.Module, config: TrainConfig, train: Split,
             f"{type(exc).__name__}: {reason}") from None
     finally:
         model.train(was_training)
+    if config.task == "classification" and isinstance(output, torch.Tensor) \
+            and output.dim() == 2:
+        check_classes(output.shape[-1], config, train, test)
+
+
+def check_classes(classes: int, config: TrainConfig, train: Split, test: Split) -> None:
+    """A classifier of `classes` scores per sample takes class ids below `classes` (a larger
+    one failed the first step with cross-entropy's IndexError traceback), and is exported with
+    as many `export.labels` (the repository refuses another count when it loads the export,
+    after the whole run)."""
+    builder = f"model.builder {config.model.builder!r} gives {classes} class scores per sample"
+    for split, what in ((train, "the training split's"), (test, "the validation split's")):
+        labels = split.labels
+        if labels.dim() == 1 and len(labels) and not labels.is_floating_point() \
+                and int(labels.max()) >= classes:
+            raise ConfigError(f"{what} labels hold class id {int(labels.max())}, but {builder}: "
+                              f"give the model {int(labels.max()) + 1} classes (model.kwargs)")
+        if labels.dim() == 2 and labels.shape[1] != classes:
+            raise ConfigError(f"{what} labels are probabilities of {labels.shape[1]} classes, "
+                              f"but {builder}")
+    names = config.export.labels
+    if names is not None and len(names) != classes:
+        raise ConfigError(f"export.labels lists {len(names)} names, but {builder}: list "
+                          f"{classes} labels, one per class, or leave export.labels out")
 
 
 def eval_shard(split: Split, replicas: int, rank: int) -> Split:

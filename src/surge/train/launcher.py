@@ -6,6 +6,7 @@ one line of error instead of N crashed workers.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -22,11 +23,12 @@ from surge.kinds import is_integer, is_number
 from surge.platform import available_cores
 from surge.repository.repository import check_name
 from surge.tasks import get_task
-from surge.train.checkpoint import latest_checkpoint
+from surge.train.checkpoint import check_epochs, latest_checkpoint, read_trainer
 from surge.train.config import TrainConfig, dump_train_config
 from surge.train.distributed import pick_device
 from surge.train.parallel import build_model, resolve_split
 from surge.train.precision import check_precision
+from surge.train.runlock import run_lock
 from surge.train.supervision import DIVERGED_ENV, DIVERGED_FILE, JOIN_TIMED_OUT, read_diverged
 
 RESOLVED_CONFIG = "config.yaml"
@@ -173,16 +175,25 @@ def _check_paths(config: TrainConfig, options: LaunchOptions) -> None:
 
     _check_directory("log_dir", config.log_dir)
     _check_directory("checkpoint.dir", config.checkpoint.dir)
-    if options.resume and latest_checkpoint(Path(config.checkpoint.dir)) is None:
-        raise ConfigError(f"--resume: no checkpoint in checkpoint.dir "
-                          f"{shown(config.checkpoint.dir)} (no latest.json there); drop --resume "
-                          "to start a new run")
+    if options.resume:
+        _check_resumable(config)
     if config.export.repo is not None:
         _check_directory("export.repo", config.export.repo)
         check_name(config.export.name)
         if config.export.torch_name:
             check_name(config.export.torch_name)
         check_target(config)
+
+
+def _check_resumable(config: TrainConfig) -> None:
+    """--resume has a checkpoint to resume from, of no more epochs than the recipe's (the
+    ranks would each refuse it, inside torchrun's failure report)."""
+    checkpoint = latest_checkpoint(Path(config.checkpoint.dir))
+    if checkpoint is None:
+        raise ConfigError(f"--resume: no checkpoint in checkpoint.dir "
+                          f"{shown(config.checkpoint.dir)} (no latest.json there); drop --resume "
+                          "to start a new run")
+    check_epochs(checkpoint, read_trainer(checkpoint / "trainer.json"), config.epochs)
 
 
 def validate(config: TrainConfig, options: LaunchOptions) -> None:
@@ -258,6 +269,12 @@ def torchrun_command(config_path: Path, options: LaunchOptions) -> list[str]:
 def launch(config: TrainConfig, options: LaunchOptions) -> None:
     """Validate, then train here or under torchrun; raise SurgeError if the run fails."""
     validate(config, options)
+    # Machines of one run share its folders; on one machine a second run there is refused.
+    with run_lock(config) if options.nnodes == 1 else contextlib.nullcontext():
+        _run(config, options)
+
+
+def _run(config: TrainConfig, options: LaunchOptions) -> None:
     if options.in_process:
         from surge.train.recipe import run
 

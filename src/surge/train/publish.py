@@ -96,16 +96,22 @@ def check_target(config: TrainConfig) -> None:
 
 @contextmanager
 def removed_if_failed(config: TrainConfig, repo: Path, version: int) -> Iterator[None]:
-    """Remove the version folders the block created when it fails (a check against PyTorch, or
-    Ctrl-C): left behind, a new version would be the newest, which `surge serve` serves as if
-    it were good. Folders that were there before (`export.overwrite`) are left alone."""
-    new = [repo / n / str(version) for n in export_names(config)
-           if not (repo / n / str(version)).exists()]
+    """Remove the version folders and generated `config.yaml` files the block created when it
+    fails (a check against PyTorch, or Ctrl-C): left behind, a new version would be the
+    newest, which `surge serve` serves as if it were good, and a config.yaml written for the
+    failed export would win over the next export's own. What was there before
+    (`export.overwrite`, a hand-tuned config) is left alone."""
+    created = [path for n in export_names(config)
+               for path in (repo / n / str(version), repo / n / CONFIG_FILE)
+               if not path.exists()]
     try:
         yield
     except BaseException:
-        for folder in new:
-            shutil.rmtree(folder, ignore_errors=True)
+        for path in created:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         raise
 
 

@@ -23,6 +23,7 @@ from surge.train.data import (
     check_model_fits,
     check_validation,
     eval_shard,
+    export_example,
     load_dataset,
     steps_per_epoch,
     train_batches,
@@ -331,8 +332,7 @@ class Recipe:
             "world_size": self.state.world_size,
             "train_seconds": sum(h["epoch_s"] for h in self.trainer.history),
         }
-        example = self.test_split.inputs[:2].cpu()
-        published = self.task.publish(model, config, metrics, example)
+        published = self.task.publish(model, config, metrics, export_example(self.test_split))
         self.log.say(
             f"exported {published.name} version {published.version} ({self.metric.label} "
             f"{self.trainer.best_metric:.4f}, epoch {self.trainer.best_epoch}) to {published.repo}"

@@ -139,7 +139,8 @@ class ExportConfig(RecipeSection):
         None, description="Also write the weights (safetensors) as this torch_factory model; "
         "the task decides what is served (e.g. the network with its box decoding)."
     )
-    labels: list[str] | None = Field(None, description="Class names for the model config.")
+    labels: list[str] | None = Field(None, min_length=1,
+                                     description="Class names for the model config.")
     max_batch_size: int = Field(64, ge=1, description="max_batch_size of a new model config.")
 
     _repo = field_validator("repo")(_named_directory)

@@ -159,3 +159,9 @@ def test_a_second_run_in_a_run_folder_in_use_is_refused(
         main(args)  # the first run has ended
     assert exit_info.value.code == 0
     assert len(started) == 1
+
+
+def test_an_empty_label_list_is_refused_in_the_recipe(tmp_path: Path) -> None:
+    """A model config refuses `labels: []`: the export would fail after the whole run."""
+    with pytest.raises(ConfigError, match=r"export.labels: List should have at least 1 item"):
+        _config(tmp_path, **{"export.labels": []})

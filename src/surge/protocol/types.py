@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import numpy as np
 
@@ -63,10 +64,21 @@ class InferRequest:
         return {o.name: o.place for o in self.outputs if o.place is not None}
 
 
+# Largest `priority` and `timeout`: both are uint64 in Triton and on the gRPC wire, while a JSON
+# body read by Python's parser (see rest._json_header) may hold an integer of any size, and a
+# timeout past a float's range failed the request with a 500 (OverflowError).
+MAX_UINT64 = 2**64 - 1
+
+
+def _is_uint64(value: object) -> TypeGuard[int]:
+    return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= MAX_UINT64
+
+
 def parse_priority(value: object) -> int:
     """The V2 `priority` parameter: a non-negative integer (0 = default, 1 = highest)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InputError(f"parameter 'priority' must be a non-negative integer, got {shown(value)}")
+    if not _is_uint64(value):
+        raise InputError(f"parameter 'priority' must be a non-negative integer up to "
+                         f"{MAX_UINT64}, got {shown(value)}")
     return value
 
 
@@ -84,8 +96,7 @@ def parse_pin(accuracy: object, variant: object) -> tuple[str | None, bool]:
 
 def parse_timeout(value: object) -> int | None:
     """The V2 `timeout` parameter in microseconds; 0 means no timeout."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InputError(
-            f"parameter 'timeout' must be a non-negative integer of microseconds, got {shown(value)}"
-        )
+    if not _is_uint64(value):
+        raise InputError(f"parameter 'timeout' must be a non-negative integer of microseconds "
+                         f"up to {MAX_UINT64}, got {shown(value)}")
     return value or None

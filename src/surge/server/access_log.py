@@ -13,6 +13,7 @@ writing starts to fail and once when it works again, not once per request.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -22,7 +23,6 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 import orjson
@@ -75,6 +75,9 @@ class AccessLog:
         except OSError as exc:
             from surge.errors import SurgeError
 
+            if exc.errno == errno.ENXIO:
+                raise SurgeError(f"cannot open the access log {path}: it is a FIFO no process "
+                                 "reads; start its reader first") from None
             raise SurgeError(f"cannot open the access log {path} ({exc.strerror})") from None
 
     def wanted(self, failed: bool) -> bool:
@@ -165,8 +168,14 @@ class AccessLog:
 
 
 def _append_to(path: str) -> IO[bytes]:
+    # Opened without blocking: a FIFO with no reader otherwise held the server's start (and a
+    # reopen, the writer) in open() for good, deaf to SIGTERM; now it fails at once with ENXIO.
+    # Writes block again, on the writer thread, as for a file.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC,
+                 0o666)
+    os.set_blocking(fd, True)
     # Unbuffered, one write per batch: a failed write leaves no bytes behind to retry.
-    return Path(path).open("ab", buffering=0)
+    return os.fdopen(fd, "ab", buffering=0)
 
 
 def _identity(stream: IO[bytes]) -> tuple[int, int] | None:

@@ -53,10 +53,20 @@ class MetricsApp:
 
     def _render(self, kind: _Kind) -> tuple[bytes, str]:
         accept, gzipped, names = kind
-        encoder, content_type = choose_encoder(accept)
+        encoder, content_type = _encoder(accept)
         registry = self.registry.restricted_registry(names) if names else self.registry
         body = encoder(registry)
         return (gzip.compress(body) if gzipped else body), content_type
+
+
+def _encoder(accept: str) -> tuple[Callable[[Any], bytes], str]:
+    """prometheus_client's encoder for an Accept header; the text format when the header is
+    one it cannot parse (`version=abc` raised TypeError there, and the scrape got a 500): a
+    scraper sending it still gets the metrics, as with no Accept header at all."""
+    try:
+        return choose_encoder(accept)
+    except (TypeError, ValueError):
+        return choose_encoder("")
 
 
 def _kind(scope: dict[str, Any]) -> _Kind:

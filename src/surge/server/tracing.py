@@ -36,8 +36,12 @@ EXPORTERS = ("console", "otlp")
 
 
 def check_exporter(exporter: str) -> None:
-    """That `exporter` is one of EXPORTERS and its packages are installed (SurgeError)."""
+    """That `exporter` is one of EXPORTERS, its packages are installed and the span processor's
+    OTEL_BSP_* settings are usable (SurgeError)."""
     _span_exporter_class(exporter)
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    _batch_processor(ConsoleSpanExporter()).shutdown()
 
 
 def _span_exporter_class(exporter: str) -> Any:
@@ -61,14 +65,28 @@ def tracer_provider(exporter: str) -> Any:
     span_exporter = _span_exporter_class(exporter)()
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     service = os.environ.get("OTEL_SERVICE_NAME", "surge")
     provider = TracerProvider(resource=Resource.create({"service.name": service}),
                               shutdown_on_exit=False)  # Tracer.close, bounded, instead
-    provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    provider.add_span_processor(_batch_processor(span_exporter))
     _MADE_HERE.add(provider)
     return provider
+
+
+def _batch_processor(span_exporter: Any) -> Any:
+    """The SDK's BatchSpanProcessor for `span_exporter`. It reads OTEL_BSP_* and raises
+    ValueError for a value out of its range (`OTEL_BSP_SCHEDULE_DELAY=-5`): a traceback at
+    start, from each front end; here a SurgeError naming the settings."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    try:
+        return BatchSpanProcessor(span_exporter)
+    except ValueError as exc:
+        settings = ", ".join(f"{k}={v!r}" for k, v in sorted(os.environ.items())
+                             if k.startswith("OTEL_BSP_"))
+        raise SurgeError(f"--tracing: the OpenTelemetry span processor refuses its settings: "
+                         f"{exc} ({settings or 'no OTEL_BSP_* variable set'})") from None
 
 
 class Tracer:

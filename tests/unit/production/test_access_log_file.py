@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -80,3 +83,41 @@ def test_a_full_disk_is_reported_once_and_counted(monkeypatch: pytest.MonkeyPatc
     assert log.written == 2
     # The torn line is ended before the next one: every line after it parses.
     assert disk.data.split(b"\n") == [b'{"n":0}', b'{"n"', b'{"n":100}', b""]
+
+
+# Opening the log at a FIFO in a process of its own: before, open() waited for a reader for
+# good (SIGTERM did not end it), and so did the server's start.
+_OPEN_AT_FIFO = """
+import sys
+from surge.errors import SurgeError
+from surge.server.access_log import AccessLog, AccessLogConfig
+try:
+    AccessLog(AccessLogConfig(sys.argv[1]))
+except SurgeError as exc:
+    print(exc)
+"""
+
+
+def test_a_fifo_no_one_reads_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)
+    try:
+        result = subprocess.run([sys.executable, "-c", _OPEN_AT_FIFO, str(fifo)],
+                                capture_output=True, text=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("opening the access log at a FIFO with no reader never returned")
+    assert result.returncode == 0, result.stderr
+    assert f"cannot open the access log {fifo}: it is a FIFO no process reads" in result.stdout
+
+
+def test_a_fifo_with_a_reader_gets_the_lines(tmp_path: Path) -> None:
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        log = AccessLog(AccessLogConfig(str(fifo)))
+        log.write({"n": 1})
+        log.close()
+        assert os.read(reader, 100) == b'{"n":1}\n'
+    finally:
+        os.close(reader)

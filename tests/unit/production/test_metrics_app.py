@@ -67,3 +67,24 @@ def test_scrapes_share_one_rendering_off_the_loop() -> None:
     for start, body in answers:
         assert start["status"] == 200
         assert b"slow_total 1.0" in body["body"]
+
+
+def test_an_accept_version_that_is_no_number_gets_the_text_format() -> None:
+    # Before: prometheus_client's choose_encoder raised TypeError on `version=abc` and the
+    # scrape was answered 500.
+    registry = CollectorRegistry()
+    registry.register(_Counter())
+    for version in (b"abc", b"1.x.0", b"1e5"):
+        accept = b"application/openmetrics-text; version=" + version
+        start, body = asyncio.run(_scrape(MetricsApp(registry), [(b"accept", accept)]))
+        assert start["status"] == 200
+        assert (b"content-type", b"text/plain; version=0.0.4; charset=utf-8") in start["headers"]
+        assert b"requests_total 1.0" in body["body"]
+
+
+class _Counter(Collector):
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily("requests", "a counter", value=1)

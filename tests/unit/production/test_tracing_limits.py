@@ -62,3 +62,18 @@ def test_an_overlong_traceparent_starts_a_new_trace_quietly(
     assert not caplog.records, [r.getMessage() for r in caplog.records]  # was one per request
     assert len(exporter.get_finished_spans()) == 3
     assert all(span.parent is None for span in exporter.get_finished_spans())
+
+
+@pytest.mark.parametrize(("variable", "value"), [("OTEL_BSP_SCHEDULE_DELAY", "-5"),
+                                                 ("OTEL_BSP_MAX_QUEUE_SIZE", "0")])
+def test_span_processor_settings_out_of_range_are_one_line_errors(
+        monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    from surge.errors import SurgeError
+    from surge.server.tracing import check_exporter, tracer_provider
+
+    monkeypatch.setenv(variable, value)
+    # Before: `surge serve --tracing console` passed its check, then each front end died with
+    # the SDK's ValueError and a traceback (exit code 1).
+    for make in (check_exporter, tracer_provider):
+        with pytest.raises(SurgeError, match=f"refuses its settings: .*{variable}='{value}'"):
+            make("console")

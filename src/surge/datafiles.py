@@ -87,3 +87,34 @@ def load_npz(path: Path | str, what: str) -> dict[str, np.ndarray]:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+def refuse_foreign_files(folder: Path, outputs: dict[str, frozenset[str] | None],
+                         what: str = "OUT") -> None:
+    """Refuse to write a command's outputs into `folder` when it holds anything they are not:
+    a previous output of the same command is written over, other files would end up beside
+    splits they do not belong to (and be read with them). `outputs` names each top-level file
+    (None) or folder (the names it may hold)."""
+    if not folder.is_dir():
+        return
+    try:
+        foreign = sorted(_foreign(folder, outputs))
+    except OSError as exc:
+        raise ConfigError(f"{what} {str(folder)!r} cannot be read ({exc.strerror})") from None
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
+                                          else "")
+        raise ConfigError(f"{what} {str(folder)!r} holds files this command does not write "
+                          f"({shown}): name an empty or new folder, or move them away")
+
+
+def _foreign(folder: Path, outputs: dict[str, frozenset[str] | None]) -> list[str]:
+    found = []
+    for entry in folder.iterdir():
+        inside = outputs.get(entry.name, frozenset())
+        if entry.name not in outputs or (inside is None) == entry.is_dir():
+            found.append(entry.name)  # not an output, or a file where a folder goes
+        elif inside is not None:
+            found += [f"{entry.name}/{sub.name}" for sub in entry.iterdir()
+                      if sub.name not in inside or sub.is_dir()]
+    return found

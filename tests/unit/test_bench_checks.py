@@ -123,7 +123,7 @@ def test_an_open_loop_behind_its_schedule_lets_requests_run_and_ends() -> None:
     until = time.perf_counter() + 0.05
 
     async def drive() -> None:
-        await _open_loop(transport, [b"x"], 1_000_000.0, False, until, tally)
+        await _open_loop(transport, [b"x"], 1_000_000.0, False, until, tally, 5.0)
 
     asyncio.run(drive())
     assert tally.sent > 0
@@ -209,7 +209,7 @@ def test_open_loop_latency_counts_from_the_schedule_not_the_late_send() -> None:
     until = time.perf_counter() + 0.2
 
     async def drive() -> None:
-        await _open_loop(_StallsOnce(0.08), [b"x"], 1000.0, False, until, tally)
+        await _open_loop(_StallsOnce(0.08), [b"x"], 1000.0, False, until, tally, 5.0)
 
     asyncio.run(drive())
     # The requests due during the 80 ms stall went late; timed from their late send they

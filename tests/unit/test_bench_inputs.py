@@ -75,15 +75,14 @@ class _Silent:
         pass
 
 
-def test_a_closed_loop_against_a_server_that_never_answers_ends(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_closed_loop_against_a_server_that_never_answers_ends() -> None:
     """It waited for the answers forever."""
-    monkeypatch.setattr(loadgen, "GRACE_S", 0.2)
     transport, tally = _Silent(), _Tally()
 
     async def drive() -> None:
         until = time.perf_counter() + 0.05
-        await asyncio.wait_for(_closed_loop(transport, [b"x"], 3, until, tally), timeout=5.0)
+        await asyncio.wait_for(_closed_loop(transport, [b"x"], 3, until, tally, 0.2),
+                               timeout=5.0)
 
     asyncio.run(drive())
     assert transport.sent == 3

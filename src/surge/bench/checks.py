@@ -47,3 +47,16 @@ def check_target(url: Any, model: Any) -> None:
                          "http://127.0.0.1:8000")
     if not isinstance(model, str):
         raise SurgeError(f"--model {model!r}: give the model's name as a string")
+
+
+def check_api_key(api_key: Any) -> None:
+    """A key a request header can carry: printable ASCII. A control character failed as
+    "cannot reach" the server (HTTP) or as the server's INTERNAL error (gRPC)."""
+    if api_key is None:
+        return
+    if not isinstance(api_key, str):
+        raise SurgeError("--api-key: give the key as a string")
+    bad = next((i for i, c in enumerate(api_key) if not " " <= c <= "~"), None)
+    if bad is not None:
+        raise SurgeError(f"--api-key holds {api_key[bad]!r} at position {bad + 1}, which a "
+                         "request header cannot carry; give the key as issued")

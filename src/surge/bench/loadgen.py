@@ -17,7 +17,7 @@ import numpy as np
 
 from surge.bench.checks import MAX_CONCURRENCY as MAX_CONCURRENCY  # where callers look
 from surge.bench.checks import MAX_RATE as MAX_RATE
-from surge.bench.checks import bench_levels, check_load, check_target
+from surge.bench.checks import bench_levels, check_api_key, check_load, check_target
 from surge.bench.clients import GrpcTransport, HttpTransport, Transport
 from surge.bench.grpc_client import LeanGrpcTransport
 from surge.bench.payload import (
@@ -71,9 +71,22 @@ class BenchReport:
 
 # An open-loop request sent this long after its scheduled time is counted as sent late.
 SENT_LATE_S = 0.001
-# Requests still unanswered this long after a run's end are given up, counted as TIMEOUT errors.
+# Requests still unanswered after a run's end are given up after its grace, counted as TIMEOUT
+# errors: the run's own length, at least MIN_GRACE_S (a slow answer to a short run) and at most
+# GRACE_S (an unanswering server costs a 1 s run 5 s, not 30 s per warm-up and level).
 GRACE_S = 30.0
+MIN_GRACE_S = 5.0
 TIMEOUT = "timeout"
+
+
+class NoAnswerError(SurgeError):
+    """The warm-up sent requests and got no answer to any of them within its grace: the server
+    accepts requests and answers none (a hung model or server)."""
+
+
+def grace_s(duration_s: float) -> float:
+    """How long a run of `duration_s` waits for its last answers."""
+    return min(GRACE_S, max(MIN_GRACE_S, duration_s))
 
 
 @dataclass
@@ -122,12 +135,12 @@ async def _timed(transport: Transport, payload: bytes, tally: _Tally,
     tally.record(outcome, time.perf_counter() - start)
 
 
-async def _finish(tasks: set[asyncio.Task[None]], until: float) -> None:
-    """Wait for `tasks` until GRACE_S past the run's end, then cancel what is left (each an
+async def _finish(tasks: set[asyncio.Task[None]], until: float, grace: float) -> None:
+    """Wait for `tasks` until `grace` past the run's end, then cancel what is left (each an
     unanswered request, counted as a TIMEOUT error): a server that accepts requests and never
     answers does not hold the run forever."""
     if tasks:
-        await asyncio.wait(tasks, timeout=max(0.0, until + GRACE_S - time.perf_counter()))
+        await asyncio.wait(tasks, timeout=max(0.0, until + grace - time.perf_counter()))
     for task in tasks:
         task.cancel()
     if tasks:
@@ -135,17 +148,17 @@ async def _finish(tasks: set[asyncio.Task[None]], until: float) -> None:
 
 
 async def _closed_loop(transport: Transport, payloads: list[bytes], concurrency: int,
-                       until: float, tally: _Tally) -> None:
+                       until: float, tally: _Tally, grace: float) -> None:
     async def client(offset: int) -> None:
         cycle = itertools.cycle(payloads[offset % len(payloads):] + payloads)
         while time.perf_counter() < until:
             await _timed(transport, next(cycle), tally)
 
-    await _finish({asyncio.ensure_future(client(i)) for i in range(concurrency)}, until)
+    await _finish({asyncio.ensure_future(client(i)) for i in range(concurrency)}, until, grace)
 
 
 async def _open_loop(transport: Transport, payloads: list[bytes], rate: float, poisson: bool,
-                     until: float, tally: _Tally, seed: int = 0) -> None:
+                     until: float, tally: _Tally, grace: float, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     pending: set[asyncio.Task[None]] = set()
     cycle = itertools.cycle(payloads)
@@ -165,7 +178,7 @@ async def _open_loop(transport: Transport, payloads: list[bytes], rate: float, p
     # the run lasts its duration even when the next arrival falls after it: the throughput
     # divides by the time the schedule covered, not by the time to its last arrival
     await asyncio.sleep(max(0.0, until - time.perf_counter()))
-    await _finish(set(pending), until)
+    await _finish(set(pending), until, grace)
 
 
 async def _progress_loop(tally: _Tally, started: float, duration: float,
@@ -176,15 +189,27 @@ async def _progress_loop(tally: _Tally, started: float, duration: float,
                                                           / duration))
 
 
+async def _warm_up(transport: Transport, payloads: list[bytes], clients: int, seconds: float,
+                   grace: float) -> None:
+    """Unmeasured load; a server that answered none of it (every request given up) would only
+    time out the measured run too, so the bench stops here instead."""
+    tally = _Tally()
+    await _closed_loop(transport, payloads, clients, time.perf_counter() + seconds, tally, grace)
+    if tally.sent and tally.errors[TIMEOUT] == tally.sent:
+        raise NoAnswerError(f"no answer to any of the {tally.sent} warm-up request(s) within "
+                            f"{seconds + grace:g} s ({seconds:g} s of warm-up + {grace:g} s)")
+
+
 async def run_level(
     transport: Transport, payloads: list[bytes], *, concurrency: int, duration_s: float,
     rate: float | None = None, poisson: bool = True, warmup_s: float = 1.0,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> BenchRun:
-    """Drive one load level and measure it (after `warmup_s` of unmeasured load)."""
+    """Drive one load level and measure it (after `warmup_s` of unmeasured load); NoAnswerError
+    when the warm-up got no answer at all."""
+    grace = grace_s(duration_s)
     if warmup_s > 0:
-        await _closed_loop(transport, payloads, min(concurrency, 64),
-                           time.perf_counter() + warmup_s, _Tally())
+        await _warm_up(transport, payloads, min(concurrency, 64), warmup_s, grace)
     tally = _Tally()
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
     until = wall0 + duration_s
@@ -192,9 +217,9 @@ async def run_level(
         if progress else None
     try:
         if rate is None:
-            await _closed_loop(transport, payloads, concurrency, until, tally)
+            await _closed_loop(transport, payloads, concurrency, until, tally, grace)
         else:
-            await _open_loop(transport, payloads, rate, poisson, until, tally)
+            await _open_loop(transport, payloads, rate, poisson, until, tally, grace)
     finally:
         if ticker is not None:
             ticker.cancel()
@@ -369,6 +394,7 @@ def prepare_target(url: str, model: str, protocol: str, *, batch_size: int = 1,
     if protocol not in PROTOCOLS:
         raise SurgeError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     check_target(url, model)
+    check_api_key(api_key)
     check_url(url, protocol)
     check_model_name(model)
     metadata = fetch_metadata(url, model, api_key, protocol)
@@ -428,6 +454,10 @@ async def bench_async(
             run = await run_level(transport, target.payloads, concurrency=level,
                                   duration_s=duration_s, rate=rate, poisson=poisson,
                                   warmup_s=warmup_s, progress=hook)
+        except NoAnswerError as exc:
+            raise NoAnswerError(f"{url}: model {model!r} accepts requests but answers none: "
+                                f"{exc}; is the server or the model hung? (a model still "
+                                "loading on demand answers later: bench it again)") from None
         finally:
             await transport.close()
         report.runs.append(run)

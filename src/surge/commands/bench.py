@@ -20,6 +20,7 @@ from surge.errors import SurgeError
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m)?\s*$")
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(/s)?\s*$")
+MIN_DURATION_S = 0.01
 
 
 def parse_duration(text: str) -> float:
@@ -28,7 +29,11 @@ def parse_duration(text: str) -> float:
     if not match or not 0 < float(match.group(1)) < math.inf:
         raise SurgeError(f"--duration {text!r} is not a positive duration like 20s, 500ms, 2m")
     scale = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match.group(2)]
-    return float(match.group(1)) * scale
+    seconds = float(match.group(1)) * scale
+    if seconds < MIN_DURATION_S:  # 1 us sent no request at all: a table of 0.0 req/s
+        raise SurgeError(f"--duration {text!r} is shorter than {MIN_DURATION_S * 1e3:g} ms, "
+                         "too short to measure a load level; give e.g. 500ms or 20s")
+    return seconds
 
 
 DEFAULT_LEVELS = "1,16,64,256"
@@ -139,7 +144,8 @@ def bench(
     model: Annotated[str, typer.Option(help="Model to load.")],
     concurrency: Annotated[str | None, typer.Option(
         help=f"Closed-loop levels (default {DEFAULT_LEVELS}); not with --rate.")] = None,
-    duration: Annotated[str, typer.Option(help="Measured time per level (20s, 500ms).")] = "20s",
+    duration: Annotated[str, typer.Option(help="Measured time per level (20s, 500ms); answers "
+                                          "are awaited as long again (5-30 s).")] = "20s",
     rate: Annotated[str | None, typer.Option(
         help="Open loop: arrivals per second (200/s), instead of --concurrency.")] = None,
     poisson: Annotated[bool, typer.Option(help="Open loop: Poisson (else uniform) arrivals.")] =
@@ -163,6 +169,7 @@ def bench(
 ) -> None:
     """Closed loop at each concurrency (or open loop at --rate): throughput, latency, errors."""
     from surge.bench import PROTOCOLS, run_bench
+    from surge.bench.checks import check_api_key
     from surge.bench.live import LiveWatch, check_metrics
     from surge.bench.payload import read_files
 
@@ -173,21 +180,21 @@ def bench(
     if json_out is not None:
         check_json_out(json_out)
     rows = read_files(files) if files is not None else []
+    check_api_key(api_key)  # before --metrics-url is read with it
     headers = {"authorization": f"Bearer {api_key}"} if api_key else None
     if metrics_url:
         check_metrics(metrics_url, headers)  # read once: a bad one is refused, not warned about
     live = (LiveWatch(metrics_url, model, console.print, headers=headers)
             if metrics_url else nullcontext())
     done: list[Any] = []
-    try:
+
+    def measure() -> Any:
         with live:
-            report = _run(lambda progress: run_bench(
+            return _run(lambda progress: run_bench(
                 url, model, levels, seconds, protocol, arrivals, poisson=poisson,
                 batch_size=batch_size, api_key=api_key, progress=progress, dataset=data,
                 files=rows, strict_dataset=True, on_run=done.append))
-    except KeyboardInterrupt:
-        _print_interrupted(done, url, model, protocol, arrivals, batch_size)
-        raise
+    report = _measured(measure, done, model, protocol, arrivals, batch_size)
     _print_table(report, model, protocol, arrivals, batch_size)
     if json_out is not None:
         _write_json(json_out, report)
@@ -208,13 +215,29 @@ def _run(start: Callable[[Callable[..., None]], Any]) -> Any:
         return start(progress)
 
 
-def _print_interrupted(done: list[Any], url: str, model: str, protocol: str,
-                       arrivals: float | None, batch_size: int) -> None:
-    """Ctrl-C: the levels measured to the end, and that the rest were not."""
+def _measured(measure: Callable[[], Any], done: list[Any], model: str, protocol: str,
+              arrivals: float | None, batch_size: int) -> Any:
+    """`measure()`; Ctrl-C or an error mid-run (a later level's server stopped answering)
+    prints the levels measured before it first: they still count."""
+    try:
+        return measure()
+    except KeyboardInterrupt:
+        _print_measured(done, model, protocol, arrivals, batch_size, "interrupted")
+        raise
+    except SurgeError:
+        _print_measured(done, model, protocol, arrivals, batch_size, "stopped")
+        raise
+
+
+def _print_measured(done: list[Any], model: str, protocol: str, arrivals: float | None,
+                    batch_size: int, why: str) -> None:
+    """Ctrl-C or an error mid-run: the levels measured to the end, and that the rest were not
+    (an error before any level was measured is said alone)."""
     from surge.bench import BenchReport
 
     if done:
-        _print_table(BenchReport(url, model, protocol, batch_size, done), model, protocol,
+        _print_table(BenchReport("", model, protocol, batch_size, done), model, protocol,
                      arrivals, batch_size)
-    console.print(f"interrupted: {len(done)} load level(s) measured to the end"
-                  + ("" if done else "; nothing to report"))
+    if done or why == "interrupted":
+        console.print(f"{why}: {len(done)} load level(s) measured to the end"
+                      + ("" if done else "; nothing to report"))

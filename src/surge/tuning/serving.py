@@ -180,6 +180,7 @@ def measure_served(
     with `pipeline`, the model is one of its steps and the pipeline is served and loaded (with
     the rows of the pipeline's own `parameters.dataset`)."""
     from surge.bench import run_bench
+    from surge.bench.loadgen import NoAnswerError
 
     served = pipeline or model_dir.name
     with owned_tempdir("surge-tune-") as tmp:
@@ -187,10 +188,13 @@ def measure_served(
         if pipeline is not None:
             stage_pipeline(model_dir.parent, pipeline, model_dir.name, stage)
         with serving(stage, served) as server:
-            report = run_bench(server.url, served, load.concurrency or 1, duration_s,
-                               protocol, rate=load.rate, warmup_s=warmup_s,
-                               batch_size=load.rows,
-                               dataset=_payload_dataset(model_dir.parent / served))
+            try:
+                report = run_bench(server.url, served, load.concurrency or 1, duration_s,
+                                   protocol, rate=load.rate, warmup_s=warmup_s,
+                                   batch_size=load.rows,
+                                   dataset=_payload_dataset(model_dir.parent / served))
+            except NoAnswerError as exc:  # this configuration hung: it loses, the tune goes on
+                raise ServingTrialError(str(exc)) from None
     run = report.runs[0]
     errors = sum(run.errors.values())
     measurement = Measurement(run.throughput, run.p99_ms, rung=rung, errors=errors,

@@ -169,6 +169,11 @@ def _whole(value: Any, low: int, high: int) -> bool:
     return is_integer(value) and bool(low <= value <= high)
 
 
+# The fewest evaluation samples a tune takes: below 100 one sample moves an accuracy by more
+# than a point, the default accuracy budget, and the variants' ranking is noise.
+MIN_EVAL_SAMPLES = 100
+
+
 @dataclass(frozen=True)
 class Effort:
     """How much time the tune may spend, and on what."""
@@ -189,6 +194,8 @@ class Effort:
             if not (is_number(seconds) and 0 < seconds < math.inf):
                 raise ConfigError(f"{option} {seconds!r}: expected a positive, finite number of "
                                   "seconds")
+        if self.eval_samples is not None:
+            self.check_samples(self.eval_samples, f"--eval-samples {self.eval_samples}")
         if self.profile_s > self.budget_s:
             raise ConfigError(f"--profile-time {self.profile_s:g} s: longer than the whole "
                               f"--budget {self.budget_s:g} s (it is spent per batch size and "
@@ -205,6 +212,15 @@ class Effort:
                 f"untuned and the chosen configurations)"
                 + (f" and a short run of {self.short_run_s:g} s" if self.short_runs else "")
                 + f", {must:g} s: raise --budget or shorten the runs")
+
+    @staticmethod
+    def check_samples(count: int, what: str) -> None:
+        """Refuse fewer than MIN_EVAL_SAMPLES evaluation samples; `what` names them."""
+        if count < MIN_EVAL_SAMPLES:
+            raise ConfigError(f"{what}: fewer than {MIN_EVAL_SAMPLES} samples measure no "
+                              f"accuracy worth a budget (one sample is "
+                              f"{100 / max(count, 1):.3g} points); give at least "
+                              f"{MIN_EVAL_SAMPLES}")
 
 
 def build_space(

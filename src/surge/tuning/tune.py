@@ -301,7 +301,10 @@ def _reference_dataset(repo: Repository, model: str, options: TuneOptions) -> Ev
     loaded = repo.load(model)
     dataset = load_dataset(options.data, loaded.signature.input_names[0])
     samples = options.effort.eval_samples
-    return dataset.subset(samples) if samples else dataset
+    dataset = dataset.subset(samples) if samples else dataset
+    # an accuracy of 3 rows would pass for a measurement
+    Effort.check_samples(len(dataset), f"--data {options.data!r} has {len(dataset)} sample(s)")
+    return dataset
 
 
 def _evaluate_all(repo: Repository, model: str, variants: list[str], dataset: EvalDataset,

@@ -15,6 +15,12 @@ CALIBRATION_CANVASES = 256
 COMMAND = "fashion-detection"
 MAX_CANVASES = 1_000_000  # 16 GiB of 128x128 canvases; more is a typo
 MAX_SPLIT_BYTES = 16 << 30  # one split's uint8 canvases, held in memory at once
+_SPLIT_FILES = frozenset({"images.npy", "annotations.json"})
+# What the command writes into OUT: a previous run's outputs are written over, anything else
+# would end up beside splits it does not belong to.
+OUTPUTS: dict[str, frozenset[str] | None] = {
+    "train": _SPLIT_FILES, "val": _SPLIT_FILES, "test": _SPLIT_FILES, "val.npz": None,
+    "val.json": None, "test.npz": None, "test.json": None, "calib.npy": None}
 
 
 def fashion_detection(
@@ -35,6 +41,7 @@ def fashion_detection(
     OUT/calib.npy holds the first validation canvases for `surge optimize --calib`.
     """
     from surge.commands import console
+    from surge.datafiles import refuse_foreign_files
     from surge.errors import ConfigError
     from surge_examples.detection.coco import save_eval_archive, save_split
     from surge_examples.detection.dataset import CanvasSpec, generate_split
@@ -43,6 +50,7 @@ def fashion_detection(
         raise ConfigError(f"OUT {str(out)!r} is a file: name a directory to write the splits "
                           f"into")
     _refuse_oversized_splits({"train": train, "val": val, "test": test}, size)
+    refuse_foreign_files(out, OUTPUTS)
     _make_out(out)
     spec = CanvasSpec(size=size, max_scale=min(CanvasSpec.max_scale, size))
     table = Table("split", "canvases", "objects", "source images", "seconds", title=str(out))

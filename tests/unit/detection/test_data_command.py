@@ -73,3 +73,19 @@ def test_out_that_is_a_file_is_refused(tmp_path: Path,
     code, out = _run(["data", "fashion-detection", str(tmp_path / "f"), "--train", "1"], capsys)
     assert code == 2
     assert "is a file: name a directory" in out
+
+
+def test_a_folder_holding_other_files_is_refused_and_a_previous_output_rewritten(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the splits were written beside the folder's other files and read with them later
+    args = ["data", "fashion-detection", str(tmp_path), "--train", "2", "--val", "2",
+            "--test", "2"]
+    (tmp_path / "notes.txt").write_text("x")
+    code, out = _run(args, capsys)
+    assert code == 2, out
+    assert "holds files this command does not write (notes.txt)" in out
+    assert not (tmp_path / "train").exists()
+    (tmp_path / "notes.txt").unlink()
+    assert _run(args, capsys)[0] == 0
+    code, out = _run(args, capsys)  # its own previous output is written over
+    assert code == 0, out

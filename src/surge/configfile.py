@@ -4,12 +4,13 @@ validation errors into one line naming the bad key."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Strict, ValidationError
 
 from surge.errors import ConfigError, clipped, shown
 
@@ -18,6 +19,13 @@ from surge.errors import ConfigError, clipped, shown
 # validate on a busy core) or from expanding aliases into a "billion laughs".
 MAX_CONFIG_BYTES = 256 * 1024
 MAX_CONFIG_DEPTH = 64
+
+
+# A config's numbers and switches are taken as written: `epochs: true` is not 1, `enabled: 'no'`
+# not false, `instances: 2.5` not 2 (pydantic's lax mode would coerce each).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # an int is still a float
+Bool = Annotated[bool, Strict()]
 
 
 class StrictConfig(BaseModel):
@@ -81,7 +89,14 @@ def parse_yaml(text: str | bytes) -> Any:
         loader.dispose()
 
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader, reading `1e-3` and `5E+1` as numbers as YAML 1.2 and JSON do (PyYAML's
+    YAML 1.1 wants a dot, `1.0e-3`, and gave a string: `lr: 1e-3` was refused as no number)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def _check_tree(root: yaml.Node) -> None:

@@ -10,6 +10,9 @@ import yaml
 from pydantic import Field, Strict, ValidationError, field_validator, model_validator
 
 from surge.configfile import (
+    Bool,
+    Float,
+    Int,
     StrictConfig,
     describe_validation_error,
     read_yaml,
@@ -25,11 +28,6 @@ SCHEMA_VERSION = 1
 # The name of a model's own version files on a ladder, in `surge tune` and in responses
 # (the variants `surge optimize` makes have their own names).
 ORIGINAL = "original"
-# Numbers and booleans are taken as written: lax pydantic would read `true` as 1, '64' as 64
-# and 1 or 'yes' as true. A float field still takes an integer (`slo_p99_ms: 50`).
-Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]
-Bool = Annotated[bool, Strict()]
 MAX_BATCH_SIZE = 65_536  # the largest batch a model may declare: transport buffers fit it
 # Times in ms are finite (`.inf` is no deadline in disguise): an hour for a p99, a day for a
 # request's deadline.

@@ -14,7 +14,15 @@ from pydantic import (
     model_validator,
 )
 
-from surge.configfile import StrictConfig, describe_validation_error, read_yaml
+from surge.configfile import (
+    Bool,
+    Float,
+    Int,
+    StrictConfig,
+    describe_validation_error,
+    parse_yaml,
+    read_yaml,
+)
 from surge.errors import ConfigError
 
 
@@ -41,7 +49,7 @@ class ModelSpec(RecipeSection):
     input_name: str = Field("input", description="Input tensor name in the exported model.")
     output_name: str = Field("output", description="Output tensor name in the exported model.")
     input_shape: list[int] = Field(description="One sample's input shape, without the batch dim.")
-    channels_last: bool = Field(
+    channels_last: Bool = Field(
         False, description="Train with 4-D weights (and so activations) channels-last, the "
         "layout oneDNN and cuDNN convolutions run fastest in; with parallelism none or ddp "
         "(FSDP2 and pipeline stages need the default layout and keep it).")
@@ -65,30 +73,30 @@ class DataConfig(RecipeSection):
 
     dataset: str = Field(description="Dataset name, e.g. synthetic, or 'package.module:function'.")
     root: str | None = Field(None, description="Dataset directory (default: the reader's own).")
-    flip: bool = Field(True, description="Random horizontal flips while training (images only).")
-    train_size: int | None = Field(
+    flip: Bool = Field(True, description="Random horizontal flips while training (images only).")
+    train_size: Int | None = Field(
         None, ge=1, description="Use only this many training samples (synthetic: generate them)."
     )
-    test_size: int | None = Field(
+    test_size: Int | None = Field(
         None, ge=1, description="Use only this many test samples (synthetic: generate them)."
     )
-    classes: int = Field(10, ge=2, description="Generated datasets only: number of classes.")
+    classes: Int = Field(10, ge=2, description="Generated datasets only: number of classes.")
 
 
 class OptimizerConfig(RecipeSection):
     """The optimizer; its parameters stay fp32 whatever the precision (master weights)."""
 
     name: Literal["adamw", "sgd"] = Field("adamw", description="adamw or sgd.")
-    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
-    weight_decay: float = Field(1e-4, ge=0, description="Decoupled (adamw) or L2 (sgd) decay.")
-    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only: momentum.")
+    lr: Float = Field(3e-3, gt=0, description="Peak learning rate.")
+    weight_decay: Float = Field(1e-4, ge=0, description="Decoupled (adamw) or L2 (sgd) decay.")
+    momentum: Float = Field(0.9, ge=0, lt=1, description="sgd only: momentum.")
 
 
 class ScheduleConfig(RecipeSection):
     """Learning-rate schedule, stepped once per optimizer step."""
 
     name: Literal["onecycle", "cosine", "constant"] = Field("onecycle", description="Shape.")
-    warmup_fraction: float = Field(
+    warmup_fraction: Float = Field(
         0.3, gt=0, lt=1, description="onecycle only: fraction of steps spent warming up."
     )
 
@@ -97,7 +105,7 @@ class PipelineConfig(RecipeSection):
     """Pipeline parallelism: one stage per process."""
 
     schedule: Literal["gpipe", "1f1b"] = Field("1f1b", description="gpipe or 1f1b.")
-    microbatches: int = Field(4, ge=1, description="Micro-batches per (global) batch.")
+    microbatches: Int = Field(4, ge=1, description="Micro-batches per (global) batch.")
     split_points: list[str] = Field(
         default_factory=list,
         description="Module names each stage after the first begins at; empty = balance the "
@@ -116,7 +124,7 @@ class CheckpointConfig(RecipeSection):
     """Where and how often to checkpoint (weights, optimizer, schedule and sampler state)."""
 
     dir: str = Field("runs/train/checkpoints", description="Checkpoint directory.")
-    interval: int = Field(1, ge=1, description="Save every N epochs (and always at the end).")
+    interval: Int = Field(1, ge=1, description="Save every N epochs (and always at the end).")
 
     _dir = field_validator("dir")(_named_directory)
 
@@ -126,8 +134,8 @@ class ExportConfig(RecipeSection):
 
     repo: str | None = Field(None, description="Surge model repository; None = do not export.")
     name: str = Field("model", description="Model name in the repository.")
-    version: int | None = Field(None, ge=1, description="Version to write (default: next).")
-    overwrite: bool = Field(
+    version: Int | None = Field(None, ge=1, description="Version to write (default: next).")
+    overwrite: Bool = Field(
         False, description="Replace `version` if it already holds files; without it a recipe "
         "whose version exists is refused before training.")
     formats: list[Literal["onnx", "pt2"]] = Field(
@@ -141,7 +149,7 @@ class ExportConfig(RecipeSection):
     )
     labels: list[str] | None = Field(None, min_length=1,
                                      description="Class names for the model config.")
-    max_batch_size: int = Field(64, ge=1, description="max_batch_size of a new model config.")
+    max_batch_size: Int = Field(64, ge=1, description="max_batch_size of a new model config.")
 
     _repo = field_validator("repo")(_named_directory)
 
@@ -158,9 +166,9 @@ class TrainConfig(RecipeSection):
     data: DataConfig = Field(description="The dataset.")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="Optimizer.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="LR schedule.")
-    epochs: int = Field(5, ge=1, description="Passes over the training set.")
-    batch_size: int = Field(128, ge=1, description="Global batch size (all processes together).")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    epochs: Int = Field(5, ge=1, description="Passes over the training set.")
+    batch_size: Int = Field(128, ge=1, description="Global batch size (all processes together).")
+    label_smoothing: Float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
     parallelism: Literal["none", "ddp", "pipeline", "fsdp"] = Field(
         "ddp", description="ddp, pipeline, fsdp, or none (one process)."
     )
@@ -169,8 +177,8 @@ class TrainConfig(RecipeSection):
         "fp32", description="fp32, bf16 (CPU or CUDA) or fp16 (CUDA, with a GradScaler)."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA if present.")
-    threads: int = Field(0, ge=0, description="Torch threads per process; 0 = cores / processes.")
-    seed: int = Field(0, description="Seed for weights, data order and augmentation.")
+    threads: Int = Field(0, ge=0, description="Torch threads per process; 0 = cores / processes.")
+    seed: Int = Field(0, description="Seed for weights, data order and augmentation.")
     log_dir: str = Field("runs/train", description="metrics.jsonl and loss.png go here.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Saves.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="Export at the end.")
@@ -195,9 +203,9 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {item!r} must look like key=value (dotted keys allowed)")
     try:
-        value = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
-        raise ConfigError(f"override {item!r}: value is not valid YAML") from None
+        value = parse_yaml(text) if text else ""
+    except ConfigError as exc:
+        raise ConfigError(f"override {item!r}: {exc}") from None
     *parents, leaf = key.split(".")
     node = data
     for part in parents:

@@ -59,3 +59,14 @@ def test_a_config_written_is_whole_or_not_written_at_all(
     monkeypatch.undo()
     assert read_config(path).max_batch_size == 8
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("slo_p99_ms: 5e1\n", 50.0), ("slo_p99_ms: 2.5E+1\n", 25.0), ("slo_p99_ms: 1_0e0\n", 10.0)])
+def test_exponent_numbers_are_numbers(text: str, value: float) -> None:
+    # PyYAML (YAML 1.1) read `5e1` as the string '5e1', refused as "not a valid number"
+    assert parse_config(parse_yaml(text), "m/config.yaml").slo_p99_ms == value
+
+
+def test_a_quoted_exponent_stays_a_string() -> None:
+    assert parse_yaml("v: '5e1'\n") == {"v": "5e1"}

@@ -28,6 +28,12 @@ def test_overrides_set_nested_keys_with_yaml_typed_values(tmp_path: Path) -> Non
     (["optimiser.lr=0.1"], "unknown key 'optimiser'"),
     (["optimizer.betas=0.9"], "unknown key 'optimizer.betas'"),
     (["epochs=many"], "epochs: Input should be a valid integer"),
+    # numbers and switches as written, as in config.yaml: these were read as 1, 3, 1.0 and true
+    (["epochs=true"], "epochs: Input should be a valid integer (got True)"),
+    (["epochs=3.0"], "epochs: Input should be a valid integer (got 3.0)"),
+    (["optimizer.lr=true"], "optimizer.lr: Input should be a valid number (got True)"),
+    (["data.flip=1"], "data.flip: Input should be a valid boolean (got 1)"),
+    (["export.version=2024-01-01"], "is a YAML timestamp, not plain data"),
     (["precision=fp8"], "precision: Input should be 'fp32', 'bf16' or 'fp16'"),
     (["batch_size=0"], "batch_size: Input should be greater than or equal to 1"),
     (["model.builder=no_colon"], "'no_colon' is not a registered model; a builder must look "

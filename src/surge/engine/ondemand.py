@@ -331,15 +331,22 @@ class OnDemand:
 
     def evicted(self, name: str) -> None:
         """The engine unloaded `name` to make room: its next request loads it again."""
-        self.residency.unloaded(name)
+        self._released(name)
         self.cold.add(name)
         self._host.metrics.model_evictions.labels(name).inc()
 
     def forget(self, name: str) -> None:
         """An explicit unload: `name` stays unloaded until loaded explicitly."""
-        self.residency.unloaded(name)
+        self._released(name)
         self.cold.discard(name)
         self._unloads[name] += 1
+
+    def _released(self, name: str) -> None:
+        """`name` holds no memory now. Its gauge reads 0 rather than losing its series: with
+        several front ends the series lives in the multiprocess files, which a removed child
+        leaves at its last value, and 0 is what a `placement: cluster` model reads too."""
+        self.residency.unloaded(name)
+        self._host.metrics.model_memory.labels(name).set(0)
 
     def loading(self, name: str) -> bool:
         """Whether a request's load of `name` is in progress."""

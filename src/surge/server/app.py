@@ -166,15 +166,17 @@ class V2App:
             return
         if not rest:
             raise HttpError(404, "no route for /v2/models")
+        if method == "POST" and rest[1:] in (["infer"], ["versions", *rest[2:3], "infer"]):
+            # name and version checked there: a bad one is answered with the request's id
+            await self._infer(scope, receive, send, rest[0], rest[2] if len(rest) == 4 else None)
+            return
         name = check_name(rest[0])
         version: int | None = None
         action = rest[1:]
         if action[:1] == ["versions"] and len(action) >= 2:
             version = check_version(action[1])
             action = action[2:]
-        if action == ["infer"] and method == "POST":
-            await self._infer(scope, receive, send, name, version)
-        elif method == "GET" and len(action) <= 1:
+        if method == "GET" and len(action) <= 1:
             await self._model_get(send, name, version, action[0] if action else "")
         else:
             raise HttpError(404, f"no route for {method} {scope['path']}")
@@ -250,17 +252,19 @@ class V2App:
 
     # -- inference: the hot path ----------------------------------------------------------
     async def _infer(
-        self, scope: AsgiScope, receive: Receive, send: Send, name: str, version: int | None
+        self, scope: AsgiScope, receive: Receive, send: Send, name: str, version: str | None
     ) -> None:
         headers = _request_headers(scope)
         request_id = self._ids.accept(headers.get(b"x-request-id"))
         record = self._log.begin("http", name, request_id, _client(scope),
-                                 _text(headers.get(b"traceparent")),
-                                 time.monotonic())
+                                 _text(headers.get(b"traceparent")), time.monotonic(),
+                                 tracestate=_text(headers.get(b"tracestate")))
         echo = (b"x-request-id", request_id.encode())
         try:
+            model = check_name(name)
             payload, answer_headers = await self._infer_once(
-                scope, receive, name, version, headers, record)
+                scope, receive, model, None if version is None else check_version(version),
+                headers, record)
         except ClientDisconnectedError:
             self._log.finish(record, 499, failed=True)  # nginx's "client closed request"
             raise
@@ -361,7 +365,7 @@ async def _until_disconnect(receive: Receive, work: Awaitable[dict[str, np.ndarr
 
 # The request headers the inference path reads, found in one pass over the list.
 _INFER_HEADERS = frozenset({b"inference-header-content-length", b"content-encoding",
-                            b"x-request-id", b"traceparent"})
+                            b"x-request-id", b"traceparent", b"tracestate"})
 
 
 def _path_parts(scope: AsgiScope) -> list[str]:
@@ -380,7 +384,12 @@ def _path_parts(scope: AsgiScope) -> list[str]:
 
 
 def _request_headers(scope: AsgiScope) -> dict[bytes, bytes]:
-    return {key: value for key, value in scope["headers"] if key in _INFER_HEADERS}
+    headers: dict[bytes, bytes] = {}
+    for key, value in scope["headers"]:
+        if key in _INFER_HEADERS:  # tracestate: one list over all its fields (RFC 9110 5.3)
+            joined = key == b"tracestate" and key in headers
+            headers[key] = headers[key] + b"," + value if joined else value
+    return headers
 
 
 def _header_length(headers: dict[bytes, bytes], body_size: int) -> int | None:

@@ -242,50 +242,57 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Not @_guarded: the hot path counts outcomes itself. A client cancel cancels this
         # coroutine, and with it the engine's await, which removes the request from the queue.
         # Checked before anything is counted, as over HTTP: a request without the key, or with a
-        # name that is not a model name, leaves no trace in the per-model metrics.
-        name, version = await self._admit(request, context)
-        metadata = _metadata(context, (REQUEST_ID_HEADER, "traceparent"))
-        request_id = self._ids.accept(metadata.get(REQUEST_ID_HEADER))
-        record = self._log.begin("grpc", name, request_id, context.peer() or "",
-                                 _str(metadata.get("traceparent")),
-                                 time.monotonic())
+        # name that is not a model name (`_logged_infer`), leaves no trace in the per-model
+        # metrics; the second still has its request id and its access-log line.
+        await self._admit(context)
+        call = self._call_ids(context)
+        record = self._log.begin("grpc", request.model_name, call.request_id,
+                                 context.peer() or "", call.traceparent, time.monotonic(),
+                                 tracestate=call.tracestate)
         try:
-            response = await self._logged_infer(name, version, request, record)
+            response = await self._logged_infer(request, record)
         except SurgeError as exc:
-            await _abort(context, exc, request_id)
+            await _abort(context, exc, call.request_id)
             raise AssertionError("unreachable") from exc
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
         return response
+
+    def _call_ids(self, context: Any) -> _CallIds:
+        metadata = _metadata(context, (REQUEST_ID_HEADER, "traceparent", "tracestate"))
+        return _CallIds(self._ids.accept(metadata.get(REQUEST_ID_HEADER)),
+                        _str(metadata.get("traceparent")), _str(metadata.get("tracestate")))
 
     async def ModelStreamInfer(self, requests: AsyncIterator[Any],
                                context: Any) -> AsyncIterator[Any]:
         """The stream's requests, answered concurrently, each answer sent as it completes; a
-        request that fails gets its error in the stream, which goes on (as Triton does)."""
+        request that fails gets its error in the stream, which goes on (as Triton does). The
+        stream's metadata is read once: its requests share its request id (each is told apart
+        by its own `id` field) and are children of its traceparent."""
         try:
             self.authorize(context, Scope.INFER, "ModelStreamInfer")
         except SurgeError as exc:
             await _abort(context, exc)
+        call = self._call_ids(context)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
         async for answer in answered_as_completed(
-                requests, lambda request: self._stream_answer(request, context)):
+                requests, lambda request: self._stream_answer(request, context, call)):
             yield answer
 
-    async def _stream_answer(self, request: Any, context: Any) -> Any:
+    async def _stream_answer(self, request: Any, context: Any, call: _CallIds) -> Any:
+        record = self._log.begin("grpc", request.model_name, call.request_id,
+                                 context.peer() or "", call.traceparent, time.monotonic(),
+                                 tracestate=call.tracestate, item_id=request.id)
         try:
-            name, version = check_name(request.model_name), _version(request.model_version)
-        except SurgeError as exc:
-            return _stream_error(request, exc)
-        record = self._log.begin("grpc", name, self._ids.accept(None), context.peer() or "",
-                                 None, time.monotonic())
-        try:
-            response = await self._logged_infer(name, version, request, record)
+            response = await self._logged_infer(request, record)
         except SurgeError as exc:
             return _stream_error(request, exc)
         return pb.ModelStreamInferResponse(infer_response=response)
 
-    async def _logged_infer(self, name: str, version: int | None, request: Any,
-                            record: RequestRecord | None) -> Any:
-        """`_infer`, with the request log's line finished by how it ended."""
+    async def _logged_infer(self, request: Any, record: RequestRecord | None) -> Any:
+        """`_infer` of the model the request names, with the request log's line finished by
+        how it ended (a name or version that is not one included)."""
         try:
+            name, version = check_name(request.model_name), _version(request.model_version)
             response = await self._infer(name, version, request, record)
         except asyncio.CancelledError:
             self._log.finish(record, "CANCELLED", failed=True)
@@ -322,11 +329,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._observer.observe(name, "success", time.perf_counter() - start)
         return response
 
-    async def _admit(self, request: Any, context: Any) -> tuple[str, int | None]:
-        """(model name, version) of an authorized ModelInfer call, checked as HTTP checks them."""
+    async def _admit(self, context: Any) -> None:
+        """Abort a ModelInfer call without the key, as HTTP refuses it."""
         try:
             self.authorize(context, Scope.INFER, "ModelInfer")
-            return check_name(request.model_name), _version(request.model_version)
         except SurgeError as exc:
             await _abort(context, exc)
             raise AssertionError("unreachable") from exc
@@ -400,9 +406,23 @@ class LoadRefusedError(ServingError):
     status = 400
 
 
+class _CallIds(NamedTuple):
+    """What a call's metadata says of it: its request id (the client's or one made) and the
+    caller's W3C trace context."""
+
+    request_id: str
+    traceparent: str | None
+    tracestate: str | None
+
+
 def _metadata(context: Any, keys: tuple[str, ...]) -> dict[str, bytes]:
-    return {key: _as_bytes(value) for key, value in context.invocation_metadata() or ()
-            if key in keys}
+    found: dict[str, bytes] = {}
+    for key, value in context.invocation_metadata() or ():
+        if key in keys:
+            # tracestate may come as several entries of one list (W3C); else the last counts
+            joined = key == "tracestate" and key in found
+            found[key] = found[key] + b"," + _as_bytes(value) if joined else _as_bytes(value)
+    return found
 
 
 def _str(value: bytes | None) -> str | None:

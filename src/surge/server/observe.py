@@ -1,7 +1,9 @@
 """Request ids, the access log and tracing as the front ends see them.
 
 Each inference request gets an id: the client's `x-request-id` (HTTP header or gRPC metadata)
-when it is a short token, else one made here; the answer carries it back. When an access log
+when it is a short token, else one made here; the answer carries it back. The requests of one
+gRPC stream share the stream's id (its metadata is read once) and are told apart by their own
+`id` field, which their answers echo, as Triton does. When an access log
 or a tracer is configured, the front end also keeps a `RequestRecord` (a few timestamps) and
 hands it to `RequestLog.finish` once the answer is sent.
 """
@@ -22,6 +24,9 @@ from surge.server.access_log import AccessLog
 REQUEST_ID_HEADER = "x-request-id"
 # Ids are echoed into headers and logs: short tokens only, no spaces or control characters.
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
+# A streamed request's own `id`, or a model name that is not one (refused), is any string the
+# client chose: what the log and the span keep of it.
+_MAX_CLIENT_TEXT = 128
 
 
 class RequestIds:
@@ -46,6 +51,8 @@ class RequestRecord:
     client: str
     model: str
     traceparent: str | None
+    tracestate: str | None = None  # the caller's W3C vendor state, kept on its span
+    item_id: str | None = None  # a streamed request's own `id` field (None: not streamed)
     started: float = field(default_factory=time.perf_counter)
     wall_ns: int = field(default_factory=time.time_ns)  # wall clock at `started`
     clock_offset: float = 0.0  # perf_counter minus the engine's clock, at `started`
@@ -93,7 +100,11 @@ class RequestRecord:
             "batch_size": timing.batch_size or None, "queue_ms": _ms(timing.queue_s),
             "compute_ms": _ms(timing.batch_s), "total_ms": _ms(self.finished - self.started),
             "status": self.status,
-        }
+        } | ({} if self.item_id is None else {"id": self.item_id})
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= _MAX_CLIENT_TEXT else text[:_MAX_CLIENT_TEXT] + "..."
 
 
 def _ms(seconds: float) -> float:
@@ -112,11 +123,13 @@ class RequestLog:
         return self.access_log is not None or self.tracer is not None
 
     def begin(self, protocol: str, model: str, request_id: str, client: str,
-              traceparent: str | None, engine_clock: float) -> RequestRecord | None:
+              traceparent: str | None, engine_clock: float, *, tracestate: str | None = None,
+              item_id: str | None = None) -> RequestRecord | None:
         """A record for a new request, or None when nothing would read it."""
         if not self.enabled:
             return None
-        record = RequestRecord(protocol, request_id, client, model, traceparent)
+        record = RequestRecord(protocol, request_id, client, _clipped(model), traceparent,
+                               tracestate, None if item_id is None else _clipped(item_id))
         record.clock_offset = record.started - engine_clock
         return record
 

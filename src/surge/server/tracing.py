@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,13 @@ _INSTALL = "pip install 'surge[tracing]' (opentelemetry-sdk)"
 FLUSH_ON_STOP_S = 5.0  # how long a stopping server gives the collector the last spans
 # A traceparent the W3C propagator would refuse (with a warning per request): left out first.
 _MAX_TRACEPARENT = 512
+# Nor a tracestate it would warn about (too long, too many members, a malformed member): left
+# out, the parent kept. The grammar is W3C's (trace-context, "tracestate" list members).
+_MAX_TRACESTATE = 8192
+_MAX_TRACESTATE_MEMBERS = 32
+_TRACESTATE_MEMBER = re.compile(
+    r"(?:[a-z][_0-9a-z*/-]{0,255}|[a-z0-9][_0-9a-z*/-]{0,240}@[a-z][_0-9a-z*/-]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
 _MADE_HERE: weakref.WeakSet[Any] = weakref.WeakSet()  # providers this module shuts down
 
 
@@ -120,15 +128,14 @@ class Tracer:
 
     def record(self, record: RequestRecord) -> None:
         """The request's span and its children, timed from `record`."""
-        traceparent = record.traceparent
-        carrier = ({"traceparent": traceparent}
-                   if traceparent and len(traceparent) <= _MAX_TRACEPARENT else {})
-        parent = self._propagator.extract(carrier)
+        parent = self._propagator.extract(_carrier(record.traceparent, record.tracestate))
         attributes = {"surge.request_id": record.request_id, "surge.model": record.model,
                       "surge.protocol": record.protocol, "surge.status": str(record.status),
                       "client.address": record.client}
         if record.version is not None:
             attributes["surge.model_version"] = str(record.version)
+        if record.item_id is not None:
+            attributes["surge.id"] = record.item_id
         root = self._tracer.start_span("surge.infer", context=parent,
                                        kind=self._trace.SpanKind.SERVER,
                                        start_time=record.wall(record.started),
@@ -145,6 +152,26 @@ class Tracer:
             if name == "batch":
                 batch = self._trace.set_span_in_context(span)
         root.end(end_time=record.wall(record.finished))
+
+
+def _carrier(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
+    """The W3C headers for the propagator, without those it would warn about once per
+    request: no traceparent starts a trace of its own; no tracestate keeps the parent."""
+    if not traceparent or len(traceparent) > _MAX_TRACEPARENT:
+        return {}
+    carrier = {"traceparent": traceparent}
+    if tracestate is not None and _usable_tracestate(tracestate):
+        carrier["tracestate"] = tracestate
+    return carrier
+
+
+def _usable_tracestate(tracestate: str) -> bool:
+    if len(tracestate) > _MAX_TRACESTATE:
+        return False
+    # empty members and the spaces around members are allowed (W3C, RFC 9110 5.6.1)
+    members = [m for m in (m.strip(" \t") for m in tracestate.split(",")) if m]
+    return (len(members) <= _MAX_TRACESTATE_MEMBERS
+            and all(_TRACESTATE_MEMBER.fullmatch(m) for m in members))
 
 
 __all__ = ["Tracer", "tracer_provider"]

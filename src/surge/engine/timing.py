@@ -15,7 +15,7 @@ import asyncio
 import math
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from surge.scheduler.latency import DecayingLevel
 
@@ -32,14 +32,27 @@ class RequestTiming:
     done: float = 0.0  # its batch's outputs back
     batch_size: int = 0  # rows in the batch it was computed in
     compute_s: float = 0.0  # the worker's own time for the batch (inputs, run, outputs)
+    # A pipeline's request: each model step's own timing, in order (the fields above stay 0:
+    # every step is queued and batched with its model's other requests)
+    steps: list[tuple[str, RequestTiming]] = field(default_factory=list)
 
     @property
     def queue_s(self) -> float:
+        if self.steps:
+            return sum(timing.queue_s for _, timing in self.steps)
         return max(0.0, self.dispatched - self.queued) if self.dispatched else 0.0
 
     @property
     def batch_s(self) -> float:
+        if self.steps:
+            return sum(timing.batch_s for _, timing in self.steps)
         return max(0.0, self.done - self.dispatched) if self.done else 0.0
+
+    def step(self, name: str) -> RequestTiming:
+        """A fresh timing for a pipeline's model step `name`, kept in `steps`."""
+        timing = RequestTiming()
+        self.steps.append((name, timing))
+        return timing
 
 
 # Set by the front end around one `infer` await; read once by the served model.

@@ -31,6 +31,7 @@ from surge.engine.interface import ModelHandle
 from surge.engine.metrics import SurgeMetrics
 from surge.engine.route import check_pin, request_route
 from surge.engine.stats import Counters, ModelStats
+from surge.engine.timing import RequestTiming, request_timing
 from surge.errors import (
     ConfigError,
     DeadlineExceededError,
@@ -300,18 +301,14 @@ class ServedPipeline:
     async def _run(self, request: PipelineRequest) -> dict[str, np.ndarray]:
         tensors = dict(request.inputs)
         rows = request.rows if self.signature.batched else None  # unbatched: no row count
+        timing = request_timing.get()  # the front end's, when it logs or traces the request
         for step in self._runs:
             inputs = {own: tensors[tensor] for own, tensor in step.reads}
             started = time.perf_counter()
             processor = step.processor
             try:
                 if processor is None:
-                    assert step.model is not None
-                    produced = await self._host.infer(
-                        step.model, None, inputs, outputs=step.wanted,
-                        priority=request.priority,
-                        timeout_us=None if request.deadline is None else self._remaining_us(request),
-                        request_id=request.request_id)
+                    produced = await self._model_step(step, inputs, request, timing)
                 elif processor.runs_here(inputs):  # no coroutine for a call on the loop
                     produced = processor.run_here(inputs, rows, step.cpu)
                 else:
@@ -322,6 +319,22 @@ class ServedPipeline:
             for own, tensor in step.writes:
                 tensors[tensor] = produced[own]
         return tensors
+
+    async def _model_step(self, step: StepRun, inputs: dict[str, np.ndarray],
+                          request: PipelineRequest, timing: RequestTiming | None
+                          ) -> dict[str, np.ndarray]:
+        """Run a model step; its queue, batch and compute go into a timing of its own (they
+        overwrote one another in the request's, leaving only the last step's)."""
+        assert step.model is not None
+        token = request_timing.set(timing.step(step.name)) if timing is not None else None
+        try:
+            return await self._host.infer(
+                step.model, None, inputs, outputs=step.wanted, priority=request.priority,
+                timeout_us=None if request.deadline is None else self._remaining_us(request),
+                request_id=request.request_id)
+        finally:
+            if token is not None:
+                request_timing.reset(token)
 
     def _failed(self, step: str, exc: Exception, model_step: bool = False) -> SurgeError:
         """The error a failed step fails its request with: its own, or a ServingError, named."""

@@ -77,18 +77,27 @@ class RequestRecord:
         phases: list[tuple[str, float, float, dict[str, Any]]] = []
         if self.decoded:
             phases.append(("decode", self.started, self.decoded, {}))
-        timing = self.timing
-        if timing.dispatched:
-            queued, dispatched = (self.on_engine_clock(timing.queued),
-                                  self.on_engine_clock(timing.dispatched))
-            phases.append(("queue", queued, dispatched, {}))
-            if timing.done:
-                done = self.on_engine_clock(timing.done)
-                phases.append(("batch", dispatched, done, {"surge.batch_size": timing.batch_size}))
-                compute_start = max(dispatched, done - timing.compute_s)
-                phases.append(("compute", compute_start, done, {}))
+        steps = self.timing.steps or [("", self.timing)]
+        for step, timing in steps:
+            phases += self._engine_phases(timing, {"surge.step": step} if step else {})
         if self.computed and self.finished:
             phases.append(("encode", self.computed, self.finished, {}))
+        return phases
+
+    def _engine_phases(self, timing: RequestTiming, attributes: dict[str, Any]
+                       ) -> list[tuple[str, float, float, dict[str, Any]]]:
+        """Queue, batch and compute of one pass through a model's queue (a pipeline's request
+        makes one a model step, each named by `surge.step`)."""
+        if not timing.dispatched:
+            return []
+        queued, dispatched = (self.on_engine_clock(timing.queued),
+                              self.on_engine_clock(timing.dispatched))
+        phases = [("queue", queued, dispatched, attributes)]
+        if timing.done:
+            done = self.on_engine_clock(timing.done)
+            phases.append(("batch", dispatched, done,
+                           {**attributes, "surge.batch_size": timing.batch_size}))
+            phases.append(("compute", max(dispatched, done - timing.compute_s), done, attributes))
         return phases
 
     def log_line(self) -> dict[str, Any]:

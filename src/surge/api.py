@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from surge.evaluate.harness import EvalReport
     from surge.optimize.pipeline import OptimizeOptions, Outcome
     from surge.server.process import Endpoints, ServeOptions
+    from surge.tasks import Task
     from surge.train import LaunchOptions, TrainConfig
     from surge.tuning.tune import TuneOptions, TuningReport
 
@@ -42,6 +43,13 @@ def serve(repo: Path | str, options: ServeOptions | None = None,
 
     path = repository_path(repo)
     options = checked_options(options, ServeOptions, "ServeOptions(http_port=0)")
+    if on_started is not None and not callable(on_started):  # called only once listening
+        raise SurgeError(f"on_started {on_started!r}: give a function taking the Endpoints, "
+                         "or None")
+    if threading.current_thread() is not threading.main_thread():  # signal handlers: main's
+        raise SurgeError("surge.serve waits for SIGTERM or Ctrl-C, which only the main thread "
+                         "can catch: from another thread, use surge.start_server(...) and "
+                         "its stop()")
     check_has_models(path, options)
     serve_until_signal(path, options, on_started)
 
@@ -79,11 +87,52 @@ def model_name(model: Any) -> str:
     return model
 
 
+def checked_progress(progress: Any) -> Progress | None:
+    """`progress` when it is a rich Progress (or None): anything else failed mid-run."""
+    from rich.progress import Progress
+
+    if progress is not None and not isinstance(progress, Progress):
+        raise SurgeError(f"progress {progress!r}: give a rich.progress.Progress, or None")
+    return progress
+
+
+def _dataset_spec(data: Any) -> str | Path:
+    if not isinstance(data, str | Path):
+        raise SurgeError(f"data {data!r}: give a dataset name such as 'fashion-mnist', or the "
+                         "path of an .npz file or split folder")
+    return data
+
+
+def _task(task: Any) -> Task:
+    """The task, resolved before the model and dataset load: a bad name fails at once."""
+    from surge.tasks import Task, get_task
+
+    if not isinstance(task, str | Task):
+        raise SurgeError(f"task {task!r}: give a task name such as 'classification' (`surge "
+                         "data list`), a 'package.module:Class' or a surge.tasks.Task")
+    return get_task(task)
+
+
+def _in_process_options(options: ServeOptions) -> ServeOptions:
+    """What a server in this process can do: several front-end processes and a Ray cluster
+    are `surge.serve`'s (they were ignored, serving one local front end instead)."""
+    if options.frontends > 1:
+        raise SurgeError(f"frontends {options.frontends}: a BackgroundServer serves from this "
+                         "process; several front-end processes need surge.serve (or `surge "
+                         "serve --frontends N`)")
+    if options.ray_address is not None:
+        raise SurgeError(f"ray_address {options.ray_address!r}: a BackgroundServer runs its "
+                         "instances in this machine's worker processes; serving from a Ray "
+                         "cluster needs surge.serve (or `surge serve --ray ADDRESS`)")
+    return options
+
+
 def _check_timeout(timeout_s: Any) -> float:
     if not is_number(timeout_s) or not 0 < timeout_s < float("inf"):
         raise SurgeError(f"timeout_s {timeout_s!r}: give the seconds to wait for the server "
                          f"to start, a positive number (default {STARTUP_TIMEOUT_S:g})")
-    return float(timeout_s)
+    # past the lock's limit (292 years) a wait raised OverflowError: that long is as good
+    return float(min(timeout_s, threading.TIMEOUT_MAX))
 
 
 class BackgroundServer:
@@ -95,10 +144,12 @@ class BackgroundServer:
         from surge.server.process import ServeOptions
 
         self.repo = repository_path(repo)
-        self.options = checked_options(options, ServeOptions, "ServeOptions(http_port=0)")
+        self.options = _in_process_options(
+            checked_options(options, ServeOptions, "ServeOptions(http_port=0)"))
         self._endpoints: Future[Endpoints] = Future()
         self._lock = threading.Lock()  # orders stop() against the loop's start
         self._stopping = False
+        self._started = False  # set by the start() that claims it, under _lock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="surge-server", daemon=True)
@@ -113,13 +164,19 @@ class BackgroundServer:
 
     def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> Endpoints:
         """Start serving; on failure, timeout or KeyboardInterrupt it stops what it started."""
+        from surge.server.process import configure_logging
         from surge.server.serve_checks import check_has_models
 
         timeout_s = _check_timeout(timeout_s)
-        if self._thread.ident is not None or self._stopping:
-            raise SurgeError("this server was started already: a BackgroundServer starts "
-                             "once (make a new one to serve again)")
-        check_has_models(self.repo, self.options)  # before any port is bound, as the CLI does
+        self._claim_start()
+        try:
+            check_has_models(self.repo, self.options)  # before any port is bound, as serve's
+        except BaseException:
+            with self._lock:
+                self._started = False  # nothing ran: this server may be started again
+            raise
+        if self.options.log_level is not None:  # as surge.serve: the server's own log
+            configure_logging(self.options.log_level)
         self._thread.start()
         try:
             return self._endpoints.result(timeout=timeout_s)
@@ -129,6 +186,18 @@ class BackgroundServer:
         except BaseException:
             self.stop()
             raise
+
+    def _claim_start(self) -> None:
+        """Mark this server started; a second start(), even from another thread at the same
+        moment, is refused here rather than by Thread.start()'s RuntimeError."""
+        with self._lock:
+            if self._started:
+                raise SurgeError("this server was started already: a BackgroundServer starts "
+                                 "once (make a new one to serve again)")
+            if self._stopping:
+                raise SurgeError("this server was stopped before it started: make a new one "
+                                 "to serve")
+            self._started = True
 
     def stop(self) -> None:
         """Refuse new work, finish what was accepted (within the grace period), stop."""
@@ -189,7 +258,11 @@ def tune(repo: Path | str, model: str, options: TuneOptions, progress: Progress 
     example = ("TuneOptions(data='fashion-mnist', task='classification', "
                "slo=surge.Slo(20.0, surge.Load(rate=100)))")
     options = checked_options(options, TuneOptions, example, required=True)
-    return run_tune(repository_path(repo), model_name(model), options, progress, on_stage)
+    if on_stage is not None and not callable(on_stage):
+        raise SurgeError(f"on_stage {on_stage!r}: give a function taking the stage's name, "
+                         "or None")
+    return run_tune(repository_path(repo), model_name(model), options,
+                    checked_progress(progress), on_stage)
 
 
 def optimize(repo: Path | str, model: str, variants: str | Mapping[str, Any],
@@ -213,7 +286,8 @@ def train(recipe: Path | str | TrainConfig, overrides: Sequence[str] = (),
     in this process or under torchrun; raises SurgeError if the run fails."""
     from surge.train import LaunchOptions, TrainConfig, launch, load_train_config
 
-    if isinstance(overrides, str) or not all(isinstance(item, str) for item in overrides):
+    if not isinstance(overrides, Sequence) or isinstance(overrides, str) or not all(
+            isinstance(item, str) for item in overrides):
         raise SurgeError(f"overrides {overrides!r}: give a list of 'key=value' strings, e.g. "
                          "['epochs=1']")
     options = checked_options(options, LaunchOptions, "LaunchOptions(nproc=2)")
@@ -226,9 +300,9 @@ def train(recipe: Path | str | TrainConfig, overrides: Sequence[str] = (),
     launch(recipe, options)
 
 
-def evaluate(repo: Path | str, model: str, data: str, task: str = "classification", *,
-             metric: str | None = None, samples: int | None = None,
-             progress: Progress | None = None) -> EvalReport:
+def evaluate(repo: Path | str, model: str, data: str | Path,
+             task: str | Task = "classification", *, metric: str | None = None,
+             samples: int | None = None, progress: Progress | None = None) -> EvalReport:
     """Score `model` (or `model@variant`) of `repo` on `data`: 'fashion-mnist', an .npz of
     inputs and labels, or a detection .npz with its COCO .json. `samples` keeps the first N."""
     from surge.evaluate.harness import evaluate as run_evaluate
@@ -238,9 +312,11 @@ def evaluate(repo: Path | str, model: str, data: str, task: str = "classificatio
     if samples is not None and (not is_integer(samples) or samples < 1):
         raise SurgeError(f"samples {samples!r}: give a positive number of samples, or None "
                          "for all")
-    name = model_name(model)
+    name, spec, progress = model_name(model), _dataset_spec(data), checked_progress(progress)
+    scored_by = _task(task)
+    scored_by.check_metric(metric)
     loaded = Repository(repository_path(repo)).load(name)
-    dataset = load_dataset(data, loaded.signature.input_names[0])
+    dataset = load_dataset(spec, loaded.signature.input_names[0])
     if samples is not None:
         dataset = dataset.subset(samples)
-    return run_evaluate(loaded, dataset, task, progress=progress, metric=metric)
+    return run_evaluate(loaded, dataset, scored_by, progress=progress, metric=metric)

@@ -90,16 +90,28 @@ def read_inputs(signature: Signature, specs: list[str]) -> dict[str, np.ndarray]
     """`file.npy` (one-input models) or `name=file.npy` items -> validated input arrays."""
     inputs: dict[str, np.ndarray] = {}
     for item in specs:
-        name, sep, file = item.partition("=")
-        if not sep:
-            if len(signature.inputs) != 1:
-                raise InputError(
-                    f"model has inputs {signature.input_names}: pass --input NAME=file.npy"
-                )
-            name, file = signature.inputs[0].name, item
+        name, file = _input_item(signature, item)
+        if name in inputs:  # the last file would silently win over the first
+            raise InputError(f"--input {item!r}: input {name!r} is given twice; pass one file "
+                             "for each input")
         inputs[name] = _with_batch_dim(_load_npy(file), name, signature)
     signature.validate_inputs(inputs)
     return inputs
+
+
+def _input_item(signature: Signature, item: str) -> tuple[str, str]:
+    """(input name, file) of one `--input` item."""
+    name, sep, file = item.partition("=")
+    if not sep:
+        if len(signature.inputs) != 1:
+            raise InputError(
+                f"model has inputs {signature.input_names}: pass --input NAME=file.npy"
+            )
+        name, file = signature.inputs[0].name, item
+    if not file.strip():  # Path("") is ".", refused as "a directory" the user never named
+        raise InputError(f"--input {item!r} names no file: pass --input file.npy or "
+                         "NAME=file.npy")
+    return name, file
 
 
 def predict_files(loaded: LoadedModel, specs: list[str]) -> dict[str, np.ndarray]:

@@ -32,6 +32,9 @@ def demo(
     from surge.repository import Repository
     from surge.tasks import get_task
 
+    if data is not None and not data.strip():  # not read as "the model's own dataset"
+        raise ConfigError(f"--data {data!r}: give a dataset name or file, or leave --data out "
+                          "for the model's parameters.dataset")
     loaded = Repository(repo).load(model)
     parameters = loaded.config.parameters
     dataset_spec = data or parameters.get("dataset")
@@ -58,7 +61,8 @@ def demo(
     shown = get_task(parameters.get("task", "classification")).headline_text(
         report.metric, report.metric_name)
     table.add_row(f"test {report.metric_name}", shown)
-    batch = min(batch_size, loaded.signature.max_batch_size or batch_size)  # as evaluate runs it
+    # as evaluate runs it: a dataset smaller than one batch runs as one batch of its size
+    batch = min(batch_size, loaded.signature.max_batch_size or batch_size, report.count)
     table.add_row(f"throughput (batch {batch})",
                   f"{report.count / report.seconds:,.0f} samples/s")
     table.add_row("latency batch 1 p50", f"{_percentile_ms(single, 50):.3f} ms")

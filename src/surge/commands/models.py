@@ -28,12 +28,21 @@ def inspect(
     batch = f"batched, max batch {signature.max_batch_size or 'unlimited'}" if signature.batched \
         else "not batched"
     console.print(f"dim 0: {batch}")
-    table = Table("kind", "name", "datatype", "shape")
+    table = _table("kind", "name", "datatype", "shape")
     for kind, specs in (("input", signature.inputs), ("output", signature.outputs)):
         for spec in specs:
             table.add_row(kind, escape(spec.name), escape(spec.datatype),
                           escape(str(list(spec.shape))))
     console.print(table)
+
+
+def _table(*headers: str) -> Table:
+    """A table whose long cells wrap: cut at the terminal's width, two long model names
+    sharing a prefix printed alike and a reason lost its path."""
+    table = Table()
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table
 
 
 def predict(
@@ -62,19 +71,34 @@ def predict(
     for name, array in outputs.items():
         console.print(f"[bold]{escape(name)}[/bold] {array.dtype} {list(array.shape)}")
         if labels and array.ndim == 2 and array.shape[1] == len(labels):
-            for row, best in enumerate(array.argmax(axis=1)):
-                console.print(f"  [{row}] {escape(labels[best])} (class {best}, "
-                              f"score {array[row, best]:.3f})")
+            _print_labels(array, labels)
         else:
             console.print(np.array2string(array, threshold=64, precision=4))
+
+
+def _print_labels(scores: np.ndarray, labels: list[str]) -> None:
+    """Each row's best class; a row holding NaN has none (argmax takes the first NaN for the
+    best: a label the scores do not support)."""
+    for row, best in enumerate(scores.argmax(axis=1)):
+        if np.isnan(scores[row].astype(np.float64)).any():  # any float kind, bf16 too
+            console.print(f"  [{row}] no class: its scores hold NaN")
+            continue
+        console.print(f"  [{row}] {escape(labels[best])} (class {best}, "
+                      f"score {scores[row, best]:.3f})")
 
 
 def _npz_path(path: Path) -> Path:
     """The file --output names (np.savez adds .npz to any other name), checked before the
     model runs."""
+    named = path  # a folder named without .npz would get DIR.npz written beside it
     path = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
-    if path.is_dir():
-        raise SurgeError(f"--output {str(path)!r} is a directory")
+    for where in (named, path):
+        if where.is_dir():
+            raise SurgeError(f"--output {str(where)!r} is a directory: name a file in it, "
+                             f"e.g. {str(where / 'outputs.npz')!r}")
+        if where.exists() and not where.is_file():  # a FIFO no one reads blocks the write
+            raise SurgeError(f"--output {str(where)!r} is not a regular file (a pipe or a "
+                             "device): name a new .npz file or an existing one to replace")
     if not path.parent.is_dir():
         raise SurgeError(f"--output {str(path)!r}: directory {str(path.parent)!r} does not exist")
     if not os.access(path if path.exists() else path.parent, os.W_OK):
@@ -91,7 +115,7 @@ def models(repo: Annotated[Path, typer.Argument(help="Model repository directory
     from surge.repository import Repository
 
     repository = Repository(repo)
-    table = Table("model", "versions", "served", "variants", "state", "reason")
+    table = _table("model", "versions", "served", "variants", "state", "reason")
     for entry in repository.entries():
         table.add_row(  # names and reasons are the repository's text, not markup
             escape(entry.name), ",".join(map(str, entry.versions)) or "-",

@@ -63,6 +63,9 @@ def load_npy(path: Path | str, what: str, npz_hint: str = "") -> np.ndarray:
     except (ValueError, OSError, EOFError) as exc:
         raise ConfigError(f"{what} {str(path)!r} is not a plain .npy array "
                           f"({_reason(exc)})") from None
+    except MemoryError:  # numpy allocates what the header claims before reading the data
+        raise ConfigError(f"{what} {str(path)!r}: its header claims an array larger than this "
+                          f"machine's memory ({path.stat().st_size} bytes in the file)") from None
     if loaded is None:
         raise ConfigError(f"{what} {str(path)!r} is an .npz archive, not one .npy array"
                           f"{npz_hint}")

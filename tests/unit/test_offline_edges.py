@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from surge.bench import BenchRun, loadgen, run_bench
@@ -184,3 +185,16 @@ def test_a_folder_holding_other_files_is_refused_by_name(tmp_path: Path, stray: 
 def test_the_python_api_names_the_api_key_too() -> None:
     with pytest.raises(SurgeError, match=r"--api-key holds '\\n' at position 2"):
         run_bench("http://127.0.0.1:9", "m", 1, 0.1, api_key="a\nb")
+
+
+def test_an_npy_header_claiming_exabytes_is_refused(tmp_path: Path) -> None:
+    # numpy allocated what the header claims first: a MemoryError traceback, exit 1
+    from surge.datafiles import load_npy
+
+    path = tmp_path / "huge.npy"
+    with path.open("wb") as file:
+        np.lib.format.write_array_header_1_0(
+            file, {"descr": "<f4", "fortran_order": False, "shape": (2**30, 2**30)})
+        file.write(b"\0" * 64)
+    with pytest.raises(ConfigError, match="header claims an array larger than this machine's"):
+        load_npy(path, "--input")

@@ -63,6 +63,7 @@ STARTUP_TIMEOUT_S = 600.0  # a front end loads every model before it reports sta
 RESTART_BACKOFF_S = (0.5, 30.0)  # first and longest wait before restarting a dead front end
 STABLE_AFTER_S = 60.0  # a front end that lived this long restarts without waiting again
 MAX_FRONTENDS_PER_CORE = 4  # past this the front ends only take turns on the cores
+SHM_ROOT = Path("/dev/shm")  # where a front end's workers' tensor segments lie
 # The supervisor's directories in the temp dir, named `<prefix><its pid>-<random>`.
 DIR_PREFIXES = ("surge-metrics-", "surge-shm-registry-", "surge-model-control-")
 
@@ -254,6 +255,7 @@ class Supervisor:
         assert process is not None
         process.join()
         self._mark_dead(process.pid)
+        remove_segments_of(process.pid)
         # Its notes of the loads it followed: the others wait for it no longer (its pid may
         # be reused); its replacement does every load and unload before it listens.
         Path(self._directories[2], CONTROL_DONE, f"{process.pid}.json").unlink(missing_ok=True)
@@ -296,6 +298,30 @@ class Supervisor:
                 process.join()
 
 
+def remove_segments_of(pid: int | None) -> list[str]:
+    """Remove the tensor segments a dead front end left in shared memory (killed, it could
+    not): each holds its memory until removed, and the resource tracker that would remove them
+    is the supervisor's, which does so only when the supervisor stops, so every SIGKILL of a
+    front end kept its workers' segments for the server's life. Returns their names."""
+    if pid is None:
+        return []
+    from multiprocessing import resource_tracker
+
+    from surge.workers.transport import segment_prefix
+
+    prefix, removed = segment_prefix(pid), []
+    for path in SHM_ROOT.glob(f"{prefix}*"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            # The tracker registered it when the front end made it: forget it there, or it
+            # tries the removal again at the supervisor's exit and warns.
+            resource_tracker.unregister(f"/{path.name}", "shared_memory")
+            removed.append(path.name)
+    if removed:
+        log.info("removed %d shared-memory segments of front end pid %d", len(removed), pid)
+    return removed
+
+
 def serve_frontends(repo: Path | str, options: ServeOptions,
                     on_started: Callable[[Endpoints], None] | None = None) -> None:
     """Serve `repo` from `options.frontends` processes sharing the ports, until a signal."""
@@ -305,4 +331,5 @@ def serve_frontends(repo: Path | str, options: ServeOptions,
     Supervisor(repo, options, options.frontends).run(on_started)
 
 
-__all__ = ["Supervisor", "frontend_count", "restart_delay", "serve_frontends"]
+__all__ = ["Supervisor", "frontend_count", "remove_segments_of", "restart_delay",
+           "serve_frontends"]

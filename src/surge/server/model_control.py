@@ -11,9 +11,16 @@ the kernel gave its connection to, so `SharedControl` makes the change the serve
   the last change wins, as on one server);
 - every front end reads the records every FOLLOW_EVERY_S and does each change it has not
   done, then notes the records it has done in its own file of the directory;
+- a front end whose own load fails first stops serving the model (a version or config the
+  others replaced must not answer beside theirs) and tries the load once more, alone: a
+  transient failure (a worker that could not start) is over, and a load short of memory gets
+  the old version's; a second failure leaves the model unavailable there, the reason in its
+  index and in the answer to requests naming it, and is noted with the change;
 - the receiving front end answers once every other live front end notes the change (or a
-  newer one for the model), or after FOLLOWERS_WAIT_S: the others still follow after that,
-  and one whose own load fails says so in its log and index (it is not retried);
+  newer one for the model), or after FOLLOWERS_WAIT_S: the others still follow after that;
+  a front end that noted a failure of the change makes the answer an error naming it and its
+  reason (HTTP 400, gRPC INVALID_ARGUMENT, as a failed load on one server), although the
+  change stands on the others: loading the model again tries every front end again;
 - a front end that the supervisor starts again after a crash does every recorded change
   after loading its start models and before it listens, so it serves what the others serve.
 """
@@ -33,7 +40,7 @@ import orjson
 
 from surge.configfile import write_text_atomically
 from surge.engine import InferenceEngine
-from surge.errors import SurgeError
+from surge.errors import ServingError, SurgeError, clipped
 from surge.server.frontends import CONTROL_DIR_ENV, CONTROL_DONE
 from surge.tempdirs import process_alive
 
@@ -42,6 +49,13 @@ log = logging.getLogger(__name__)
 FOLLOW_EVERY_S = 0.2  # how soon a front end notices another's change (a listdir and reads)
 FOLLOWERS_WAIT_S = 120.0  # the longest a load or unload waits for the other front ends
 MODELS, DONE = "models", CONTROL_DONE  # the records; each front end's notes of those done
+MAX_REASON_CHARS = 500  # of a front end's failure, in its notes and in the answer
+
+
+class FollowerFailedError(ServingError):
+    """A change done by the receiving front end that another front end could not do."""
+
+    status = 400
 
 
 class RepositoryControl:
@@ -74,6 +88,8 @@ class SharedControl(RepositoryControl):
         (self.directory / MODELS).mkdir(exist_ok=True)
         (self.directory / DONE).mkdir(exist_ok=True)
         self._done: dict[str, str] = {}  # model -> the token of the last record done here
+        # model -> (token, reason) of the last record that failed here
+        self._failed: dict[str, tuple[str, str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._follower: asyncio.Task[None] | None = None
 
@@ -102,8 +118,10 @@ class SharedControl(RepositoryControl):
             record = {**change, "token": uuid.uuid4().hex}
             write_text_atomically(self._record_path(name), orjson.dumps(record).decode())
             self._done[name] = record["token"]
+            self._failed.pop(name, None)
             self._note_done()
         await self._await_followers(name, record["token"])
+        _raise_failures(name, change["action"], self._failures(name, record["token"]))
 
     async def _perform(self, name: str, change: dict[str, Any]) -> None:
         if change["action"] == "load":
@@ -134,13 +152,35 @@ class SharedControl(RepositoryControl):
             record = _read(self._record_path(name))  # again: this front end may have changed it
             if record is None or record.get("token") == self._done.get(name):
                 return
-            try:
-                await self._perform(name, record)
-            except SurgeError as exc:  # the index says why; the record is not done again
-                log.warning("model %r: %s as another front end did failed: %s", name,
-                            record["action"], exc)
+            reason = await self._follow_change(name, record)
             self._done[name] = record["token"]
+            if reason is None:
+                self._failed.pop(name, None)
+            else:  # the receiving front end's answer says so; the record is not done again
+                self._failed[name] = (record["token"], reason)
             self._note_done()
+
+    async def _follow_change(self, name: str, record: dict[str, Any]) -> str | None:
+        """Do another front end's change here: None once done, else why it failed twice.
+        Any error counts (an OSError out of files, say): one left to the follow loop was
+        tried again every FOLLOW_EVERY_S, for ever, and never reached the answer."""
+        try:
+            await self._perform(name, record)
+            return None
+        except Exception as exc:
+            if record["action"] != "load":
+                return _reason(exc)
+            log.warning("model %r: load as another front end did failed: %s; stopping the "
+                        "version served here and loading once more", name, exc)
+        with contextlib.suppress(Exception):  # not served here: nothing to stop
+            await super().unload(name)
+        try:
+            await self._perform(name, record)
+            return None
+        except Exception as exc:  # the engine's index and its requests' answers say why
+            log.error("model %r: load as another front end did failed again, the model is "
+                      "unavailable on this front end: %s", name, exc)
+            return _reason(exc)
 
     async def _await_followers(self, name: str, token: str) -> None:
         deadline = time.monotonic() + self.wait_s
@@ -160,15 +200,28 @@ class SharedControl(RepositoryControl):
         behind = []
         for path in (self.directory / DONE).glob("*.json"):
             pid = int(path.stem) if path.stem.isdigit() else 0
-            done = _read(path)
-            if pid != self.pid and process_alive(pid) and done is not None and done.get(
-                    name) != token:
+            notes = _read(path)  # None: gone, a drained front end's
+            if pid != self.pid and process_alive(pid) and notes is not None and \
+                    _notes(notes)[0].get(name) != token:
                 behind.append(pid)
         return behind
 
+    def _failures(self, name: str, token: str) -> list[tuple[int, str]]:
+        """(pid, reason) of each other live front end that noted a failure of record `token`
+        of `name`."""
+        failures = []
+        for path in (self.directory / DONE).glob("*.json"):
+            pid = int(path.stem) if path.stem.isdigit() else 0
+            failed = _notes(_read(path))[1].get(name)
+            if pid != self.pid and process_alive(pid) and isinstance(failed, list) \
+                    and len(failed) == 2 and failed[0] == token:
+                failures.append((pid, str(failed[1])))
+        return sorted(failures)
+
     def _note_done(self) -> None:
+        notes = {"done": self._done, "failed": self._failed}
         write_text_atomically(self.directory / DONE / f"{self.pid}.json",
-                              orjson.dumps(self._done).decode())
+                              orjson.dumps(notes).decode())
 
     def _record_path(self, name: str) -> Path:
         return self.directory / MODELS / f"{name}.json"
@@ -183,6 +236,31 @@ def control_for(engine: InferenceEngine) -> RepositoryControl:
     return SharedControl(engine, directory) if directory else RepositoryControl(engine)
 
 
+def _raise_failures(name: str, action: str, failures: list[tuple[int, str]]) -> None:
+    if not failures:
+        return
+    where = "; ".join(f"front end pid {pid}: {reason}" for pid, reason in failures)
+    state = ("the model is unavailable there while the other front ends serve the new load"
+             if action == "load" else "the other front ends unloaded it")
+    raise FollowerFailedError(
+        f"model {name!r}: the {action} was done by this front end but failed on {where}; "
+        f"{state}: {action} it again to retry every front end")
+
+
+def _reason(error: Exception) -> str:
+    text = str(error) if isinstance(error, SurgeError) else f"{type(error).__name__}: {error}"
+    return clipped(text, MAX_REASON_CHARS)
+
+
+def _notes(notes: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A front end's notes read: the token of the last record it did and of the last it
+    failed (with why), by model; empty while it has written none (or is gone)."""
+    notes = notes or {}
+    done, failed = notes.get("done"), notes.get("failed")
+    return (done if isinstance(done, dict) else {}), (failed if isinstance(failed, dict)
+                                                        else {})
+
+
 def _read(path: Path) -> dict[str, Any] | None:
     """A record or a front end's notes; None when gone (a drained front end's notes)."""
     try:
@@ -192,4 +270,5 @@ def _read(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-__all__ = ["CONTROL_DIR_ENV", "RepositoryControl", "SharedControl", "control_for"]
+__all__ = ["CONTROL_DIR_ENV", "FollowerFailedError", "RepositoryControl", "SharedControl",
+           "control_for"]

@@ -249,6 +249,8 @@ class SurgeServer:
         await self.engine.stop(remaining)
         if self._metrics is not None and self._metrics_socket is not None:
             await self._metrics.shutdown(sockets=[self._metrics_socket])
+        if self.shared_memory is not None:
+            self.shared_memory.close()
         self.site.close()
 
     async def _drain_http(self, http: uvicorn.Server) -> None:

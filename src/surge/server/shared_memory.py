@@ -10,7 +10,8 @@ end and its inference another: each registration is then also a small file in a 
 supervisor makes (`SHARED_MEMORY_DIR_ENV`), which every front end reads, mapping the object itself
 the first time a request names the region. A file is written once and never changed (a new
 registration under the same name is a new file), so one `stat` per use tells a front end
-whether its mapping is still the registered one.
+whether its mapping is still the registered one. A front end's thread lets go of its mappings
+of regions unregistered through another within SWEEP_EVERY_S, off the request path.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ MAX_NAME_CHARS = 256
 # for everything it maps: past this many registrations the server would run out of its own.
 MAX_REGIONS = 4096
 # How often, at most, a front end checks its mappings of regions registered through another
-# (`SharedMemoryRegistry._sweep`): a stat per mapping, 20 ms for 4,096 of them.
+# (`SharedMemoryRegistry._sweep`): a stat per mapping, 20 ms for 4,096 of them; its sweeper
+# thread looks that often at the directory (one stat), and sweeps when the directory changed.
 SWEEP_EVERY_S = 1.0
 MODES = ("system", "none")
 
@@ -205,6 +207,8 @@ class SharedMemoryRegistry:
         self._regions: dict[str, _Held] = {}
         self._lock = threading.Lock()
         self._swept = -math.inf  # time.monotonic() of the last sweep
+        self._sweeper: threading.Thread | None = None  # started by the first mapping
+        self._closed = threading.Event()
 
     def register(self, name: object, key: object, offset: object, byte_size: object,
                  peer: str | None = None) -> None:
@@ -222,6 +226,8 @@ class SharedMemoryRegistry:
                                        client_uid(peer) if peer else None, peer is not None)
             stamp = self._publish(region, inode) if self.directory is not None else (0, 0)
             self._regions[name] = _Held(region, stamp, inode)
+            if self.directory is not None:
+                self._start_sweeper()
 
     def unregister(self, name: str = "") -> None:
         """Forget region `name` (every region when empty); an unknown name is no error."""
@@ -265,7 +271,14 @@ class SharedMemoryRegistry:
         held = _Held(region, stamp, inode)
         self._sweep()
         self._regions[name] = held
+        self._start_sweeper()
         return held
+
+    def close(self) -> None:
+        """Stop the sweeper thread (at the drain)."""
+        self._closed.set()
+        if self._sweeper is not None:
+            self._sweeper.join()
 
     def status(self, name: str = "") -> list[dict[str, object]]:
         """Triton's status entries: of region `name`, or of every region when empty."""
@@ -340,6 +353,34 @@ class SharedMemoryRegistry:
             return len(self._regions)
         return sum(entry.endswith(".json") for entry in os.listdir(self.directory))
 
+    def _start_sweeper(self) -> None:
+        """A thread letting go of this front end's mappings of regions unregistered through
+        another, which would otherwise stay mapped (the object's memory with them, even once
+        the client removed it) until this front end's next shared-memory call. It holds the
+        registry weakly: a registry dropped without `close` ends it too."""
+        if self._sweeper is not None or self._closed.is_set():
+            return
+        self._sweeper = threading.Thread(target=_sweep_while_open, daemon=True,
+                                         args=(weakref.ref(self), self._closed),
+                                         name="surge-shm-sweeper")
+        self._sweeper.start()
+
+    def _sweep_changed(self, seen: tuple[int, bool]) -> tuple[int, bool]:
+        """Sweep when the directory changed (a record linked or removed) since the look that
+        saw `seen` (its modification time, and whether that look found it unchanged); the
+        look after a change sweeps once more, for a change within the same clock tick as
+        the modification time it read. Returns what this look saw."""
+        assert self.directory is not None
+        try:
+            mtime = os.stat(self.directory).st_mtime_ns
+        except OSError:  # removed: the server is stopping
+            return seen
+        if mtime != seen[0] or not seen[1]:
+            with self._lock:
+                self._swept = -math.inf  # now, whenever the last sweep was
+                self._sweep()
+        return mtime, mtime == seen[0]
+
     def _sweep(self) -> None:
         """Let go of the mappings of regions unregistered, or registered anew, through another
         front end: nothing else would while no request here names them again, and each holds
@@ -349,8 +390,21 @@ class SharedMemoryRegistry:
             return
         self._swept = now
         for name, held in list(self._regions.items()):
-            if self._stamp(name) != held.stamp:
+            # The same mapping only: a request may have mapped the name's new record meanwhile.
+            if self._stamp(name) != held.stamp and self._regions.get(name) is held:
                 self._regions.pop(name, None)
+
+
+def _sweep_while_open(registry: weakref.ref[SharedMemoryRegistry],
+                      closed: threading.Event) -> None:
+    """The sweeper thread: every SWEEP_EVERY_S, a sweep when the directory changed."""
+    seen = (-1, False)
+    while not closed.wait(SWEEP_EVERY_S):
+        alive = registry()
+        if alive is None:
+            return
+        seen = alive._sweep_changed(seen)
+        del alive  # not kept alive between looks
 
 
 def _not_found(name: str) -> RegionNotFoundError:

@@ -75,7 +75,14 @@ class Regression(Task):
               reference: np.ndarray | None, decoder: Decoder | None) -> RegressionReport:
         if dataset.labels is None:
             raise MetricError(f"dataset {dataset.name!r} has no targets to score {self.name}")
-        return regression_report(dataset.labels, outputs[output])
+        values, targets = outputs[output], np.asarray(dataset.labels)
+        if values.size != targets.size:
+            # e.g. a classifier's scores: "50 predictions for 5 targets" named neither
+            raise MetricError(
+                f"output {output!r} has shape {list(values.shape)}, {values.size} values for "
+                f"{targets.size} targets of shape {list(targets.shape)}: a regression model "
+                "answers one value per target (class scores need --task classification)")
+        return regression_report(targets, values)
 
     def headline(self, report: Any, metric: str) -> float:
         value = float(getattr(report, self.metrics[metric]))

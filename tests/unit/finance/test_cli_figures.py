@@ -59,3 +59,15 @@ def test_every_row_meets_the_declared_values(column: str, value: float, match: s
     model = Repository(EXAMPLES / "recommendation/repository").load("dlrm")
     with pytest.raises(MetricError, match=f"rows 0 to 199: {match}"):
         evaluate(model, EvalDataset("clicks", columns, labels), "ranking")
+
+
+def test_class_scores_scored_as_regression_name_the_output_and_the_task() -> None:
+    # "50 predictions for 5 targets" named neither the output nor what to do
+    from surge.tasks.forecasting import Regression
+
+    data = EvalDataset("d", {"x": np.zeros((5, 2), np.float32)}, np.full(5, 2.0, np.float32))
+    with pytest.raises(MetricError, match=r"output 'logits' has shape \[5, 10\], 50 values for "
+                                          r"5 targets .*--task classification"):
+        Regression().score(data, {"logits": np.zeros((5, 10), np.float32)}, "logits", None, None)
+    report = Regression().score(data, {"y": np.ones((5, 1), np.float32)}, "y", None, None)
+    assert report.mae == 1.0

@@ -150,5 +150,6 @@ def test_a_split_name_taken_by_a_file_is_named(tmp_path: Path,
     code, out, err = run_cli(["data", "fashion-detection", str(tmp_path),
                               "--train", "1", "--val", "1", "--test", "1"], capsys)
     assert code == 2, out + err
-    assert "cannot write the val split" in out + err
+    # refused before any canvas is drawn (it was found writing the val split)
+    assert "holds files this command does not write (val)" in out + err
     assert "Traceback" not in out + err

@@ -470,8 +470,10 @@ def run_bench(
     url: str, model: str, concurrency: int | Sequence[int] = (1, 16, 64, 256),
     duration_s: float = 20.0, protocol: str = "http", rate: float | None = None, **kwargs: Any,
 ) -> BenchReport:
-    """Benchmark a running server; the Python face of `surge bench`."""
-    import uvloop
+    """Benchmark a running server; the Python face of `surge bench`. SIGTERM meanwhile (where
+    the caller handles it) cancels the run before the caller's handler runs."""
+    from surge.bench.termination import run_until_terminated
 
     levels = bench_levels(concurrency)
-    return uvloop.run(bench_async(url, model, levels, duration_s, protocol, rate=rate, **kwargs))
+    return run_until_terminated(bench_async(url, model, levels, duration_s, protocol, rate=rate,
+                                            **kwargs))

@@ -89,6 +89,7 @@ def request_bytes(specs: list[InputSpec], batch_size: int, batched: bool) -> int
 
 
 MAX_FILES = 4096
+MAX_FILES_BYTES = 4 << 30  # --files are held in memory, and again as the requests made of them
 
 
 def read_files(folder: Path) -> list[bytes]:
@@ -101,7 +102,23 @@ def read_files(folder: Path) -> list[bytes]:
     if len(paths) > MAX_FILES:
         raise SurgeError(f"--files {folder}: {len(paths)} files, more than the {MAX_FILES} "
                          "a run sends; pick a smaller folder")
+    _check_file_sizes(folder, paths)
     return [p.read_bytes() for p in paths]
+
+
+def _check_file_sizes(folder: Path, paths: list[Path]) -> None:
+    """Refuse, before reading them, files no request could carry or too many bytes to hold:
+    reading them all ran the machine out of memory."""
+    sizes = {path: path.stat().st_size for path in paths}
+    largest = max(sizes, key=sizes.__getitem__)
+    if sizes[largest] > MAX_REQUEST_BYTES:
+        raise SurgeError(f"--files {folder}: {largest.name} has {sizes[largest] >> 20:,} MiB, "
+                         f"more than the {MAX_REQUEST_BYTES >> 20} MiB one request may carry")
+    total = sum(sizes.values())
+    if total > MAX_FILES_BYTES:
+        raise SurgeError(f"--files {folder}: {total >> 20:,} MiB in all, more than the "
+                         f"{MAX_FILES_BYTES >> 20:,} MiB a run holds; pick fewer or smaller "
+                         "files")
 
 
 def _file_rows(files: Sequence[bytes], spec: InputSpec, count: int) -> np.ndarray | None:

@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from surge.commands import console
+from surge.commands import TERMINATED_EXIT, console, exit_on_sigterm
 from surge.errors import SurgeError
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m)?\s*$")
@@ -129,9 +129,13 @@ def _finite(value: Any) -> Any:
 
 
 def _write_json(path: Path, report: Any) -> None:
+    """Whole or not at all: a stop or a full disk mid-write left half a report, which a later
+    reader took for the whole."""
+    from surge.configfile import write_text_atomically
+
     text = json.dumps(_finite(report.to_dict()), indent=2, allow_nan=False)
     try:
-        path.write_text(text)
+        write_text_atomically(path, text)
     except OSError as exc:  # checked before the run; the report still reaches stdout
         print(text)
         raise SurgeError(f"--json {str(path)!r}: cannot write the report ({exc}); "
@@ -217,12 +221,17 @@ def _run(start: Callable[[Callable[..., None]], Any]) -> Any:
 
 def _measured(measure: Callable[[], Any], done: list[Any], model: str, protocol: str,
               arrivals: float | None, batch_size: int) -> Any:
-    """`measure()`; Ctrl-C or an error mid-run (a later level's server stopped answering)
-    prints the levels measured before it first: they still count."""
+    """`measure()`; Ctrl-C, SIGTERM or an error mid-run (a later level's server stopped
+    answering) prints the levels measured before it first: they still count."""
     try:
-        return measure()
+        with exit_on_sigterm():  # as Ctrl-C: a SIGTERM'd bench printed nothing it had measured
+            return measure()
     except KeyboardInterrupt:
         _print_measured(done, model, protocol, arrivals, batch_size, "interrupted")
+        raise
+    except SystemExit as exc:
+        if exc.code == TERMINATED_EXIT:
+            _print_measured(done, model, protocol, arrivals, batch_size, "terminated")
         raise
     except SurgeError:
         _print_measured(done, model, protocol, arrivals, batch_size, "stopped")
@@ -238,6 +247,6 @@ def _print_measured(done: list[Any], model: str, protocol: str, arrivals: float 
     if done:
         _print_table(BenchReport("", model, protocol, batch_size, done), model, protocol,
                      arrivals, batch_size)
-    if done or why == "interrupted":
+    if done or why != "stopped":
         console.print(f"{why}: {len(done)} load level(s) measured to the end"
                       + ("" if done else "; nothing to report"))

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import shutil
+import signal
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -339,12 +341,23 @@ def _store(staging: Path, variant: Variant, tolerance: Tolerance, target: Path) 
 
 
 def _swap_in(staging: Path, target: Path) -> None:
-    """Rename `staging` to `target`, first moving aside (and deleting) the variant there.
-    Another optimize of the same model may store or move the same variant in between: the
-    rename then finds a folder again, or the one to move aside is gone; either way the
-    swap is retried, so the folder holds one run's variant whole (the last one's)."""
-    aside = staging.with_name(f"{staging.name}.replaced")
-    for _ in range(SWAP_TRIES):
+    """Rename `staging` to `target`, first moving aside the variant there (deleted once the
+    new one is in). Another optimize of the same model may store or move the same variant in
+    between: the rename then finds a folder again, or the one to move aside is gone; either
+    way the swap is retried, so the folder holds one run's variant whole (the last one's).
+    Ctrl-C or SIGTERM waits for the renames: between them, the old variant is in the work
+    folder that the stop removes, and the new one too."""
+    asides = [staging.with_name(f"{staging.name}.replaced-{i}") for i in range(SWAP_TRIES)]
+    try:
+        with _stops_deferred():
+            _rename_in(staging, target, asides)
+    finally:
+        for aside in asides:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def _rename_in(staging: Path, target: Path, asides: list[Path]) -> None:
+    for aside in asides:
         try:
             staging.rename(target)
             return
@@ -353,6 +366,16 @@ def _swap_in(staging: Path, target: Path) -> None:
                 raise
         with contextlib.suppress(FileNotFoundError):  # another run moved it already
             target.rename(aside)
-            shutil.rmtree(aside)
     raise SurgeError(f"{target}: other runs kept storing this variant; {staging} was not "
                      "moved in")
+
+
+@contextlib.contextmanager
+def _stops_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM held back in this block, delivered (their handlers run) after it."""
+    stops = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -3,6 +3,8 @@ readers that make them (registered by name, or a `package.module:function` retur
 
 from __future__ import annotations
 
+import math
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,15 +136,54 @@ class NpzDataset(Dataset):
         return EvalDataset(self.name, arrays, labels, None, ground_truth, image_ids)
 
 
+def memory_bytes() -> int:
+    """This machine's physical memory (unknown: no limit)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def _gib(count: int) -> str:
+    return f"{count / 2**30:,.1f} GiB"
+
+
+def check_generated_size(key: str, count: int, sample_bytes: int, what: str) -> None:
+    """Refuse `count` generated samples of `sample_bytes` each that could not fit in this
+    machine's memory, before any is drawn: the allocator's own failure is a traceback."""
+    memory = memory_bytes()
+    if count * sample_bytes > memory:
+        raise ConfigError(
+            f"{key} {count:,}: {_gib(count * sample_bytes)} of {what}, more than this "
+            f"machine's {_gib(memory)} of memory; give at most {memory // sample_bytes:,}")
+
+
 class SyntheticDataset(Dataset):
     """A learnable classification task for tests: labels are the argmax of a fixed random linear
     map of uniform inputs."""
 
     name = "synthetic"
 
+    def check(self, options: DataOptions) -> None:
+        """Sizes whose splits could not be drawn in memory (inputs, the centred copy and the
+        logits of the labels' map, float32; int64 labels) are refused."""
+        features = math.prod(options.input_shape)  # np.prod would wrap round past int64
+        shape = list(options.input_shape)
+        teacher = 4 * features * options.classes
+        if teacher > memory_bytes():
+            raise ConfigError(
+                f"model.input_shape {shape} with data.classes {options.classes:,}: the "
+                f"synthetic labels' linear map needs {_gib(teacher)}, more than this "
+                f"machine's {_gib(memory_bytes())} of memory; lower either")
+        sample = 8 * features + 4 * options.classes + 8
+        what = f"samples of model.input_shape {shape}"
+        check_generated_size("data.train_size", options.train_size or 256, sample, what)
+        check_generated_size("data.test_size", options.test_size or 128, sample, what)
+
     def training(self, options: DataOptions) -> tuple[Split, Split]:
         import torch
 
+        self.check(options)
         generator = torch.Generator().manual_seed(options.seed + 1234)
         features = int(np.prod(options.input_shape))
         teacher = torch.randn(features, options.classes, generator=generator)

@@ -146,13 +146,22 @@ def serving(repo: Path, model: str, timeout_s: float = 120.0) -> Iterator[Runnin
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the server drains), SIGKILL after 15 s; a second Ctrl-C or SIGTERM while it
+    drains kills it at once rather than leaving it serving, orphaned, from a removed stage."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            _kill(process)
+        except BaseException:  # KeyboardInterrupt or SystemExit: the tune still ends
+            _kill(process)
+            raise
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait()
 
 
 def _payload_dataset(model_dir: Path) -> str | None:

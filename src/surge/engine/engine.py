@@ -68,6 +68,7 @@ class Engine:
         self._clock = clock
         self._served: dict[str, dict[int, Served]] = {}
         self._state: dict[str, tuple[str, str]] = {}  # name -> (state, reason) when not served
+        self._failed_version: dict[str, int] = {}  # name -> the version whose last load failed
         self._locks: dict[str, asyncio.Lock] = {}
         self._starting: Counter[str] = Counter()  # the step models of pipelines starting
         self._live = False
@@ -225,7 +226,7 @@ class Engine:
                                  "reason": reason})
                 if name in self._state:  # a reload in progress, or one that failed
                     state, reason = self._state[name]
-                    rows.append({"name": name, "version": self._pending_version(name),
+                    rows.append({"name": name, "version": self._reloading_version(name),
                                  "state": state, "reason": reason})
                 continue
             state, reason = self._state.get(name, ("UNAVAILABLE", "unloaded"))
@@ -256,6 +257,7 @@ class Engine:
 
     async def _load_locked(self, name: str, config: Mapping[str, Any] | None) -> None:
         self._state[name] = ("LOADING", "")
+        self._failed_version.pop(name, None)
         try:
             fresh = await self._start_model(name, config)
         except Exception as exc:
@@ -288,6 +290,13 @@ class Engine:
         self.metrics.model_loads.labels(name, "failure").inc()
         if name in self._served:
             log.error("model %s: reload failed, the served version stays: %s", name, error)
+
+    def _reloading_version(self, name: str) -> str:
+        """The version a failed reload failed on, else the one a reload is about."""
+        failed = self._failed_version.get(name)
+        if failed is not None and self._state[name][0] == "UNAVAILABLE":
+            return str(failed)
+        return self._pending_version(name)
 
     def _pending_version(self, name: str) -> str:
         """The newest version on disk that is not served (what a reload is about), or ''."""
@@ -327,12 +336,20 @@ class Engine:
         models = {v: ServedModel(self, name, v, served_versions or (v,), config, ref)
                   for v, ref in targets}
         try:
-            await asyncio.gather(*(m.start() for m in models.values()))
+            await asyncio.gather(*(self._start_version(name, m) for m in models.values()))
         except BaseException:
             await asyncio.gather(*(m.stop(0.0) for m in models.values()),
                                  return_exceptions=True)
             raise
         return await self._check_labels(name, override, dict(models), models.values())
+
+    async def _start_version(self, name: str, model: ServedModel) -> None:
+        """Start one version of `name`; the index names the one that failed."""
+        try:
+            await model.start()
+        except Exception:
+            self._failed_version.setdefault(name, model.version)
+            raise
 
     async def _check_labels(self, name: str, override: Mapping[str, Any] | None,
                             started: dict[int, Served], models: Iterable[ServedModel]

@@ -45,7 +45,6 @@ from surge.workers.messages import (
 )
 from surge.workers.placement import Placement
 from surge.workers.pool import (
-    PIPELINE_DEPTH,
     BatchResult,
     State,
     Worker,
@@ -53,7 +52,6 @@ from surge.workers.pool import (
     dispatch_order,
 )
 from surge.workers.shared_worker import GroupSpec, group_main
-from surge.workers.transport import make_transport
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +228,9 @@ class WorkerGroup(WorkerPool):
     def _process_ready(self, worker: Worker, message: GroupReady) -> None:
         self._hosted[worker.index] = {}
         self._ops[worker.index] = deque()
-        if worker.transport is None:
-            worker.transport = make_transport(self._transport_kind, SLOT_BYTES, SLOT_BYTES,
-                                              PIPELINE_DEPTH)
+        if worker.transport is None and not self._set_up_transport(worker, SLOT_BYTES,
+                                                                     SLOT_BYTES):
+            return
         self._mark_ready(worker, message.pid, message.threads, "")
 
     def _loaded(self, worker: Worker, message: ModelLoaded) -> None:

@@ -26,13 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from surge.errors import ModelLoadError, ServingError, WorkerCrashedError
 from surge.runtimes.base import Signature, SpinWait
 from surge.scheduler.types import Batch
+from surge.workers.dispatch import Instance as Instance  # re-exported
+from surge.workers.dispatch import dispatch_order as dispatch_order  # re-exported
+from surge.workers.exits import exited_loading
 from surge.workers.hang import HangRule
 from surge.workers.messages import BatchDone, LoadFailed, Ready, Stop
 from surge.workers.placement import Placement, first_slot_bytes
@@ -76,28 +79,6 @@ class Worker:
     def free(self) -> int:
         """Batches this worker can take now."""
         return PIPELINE_DEPTH - len(self.batches) if self.state is State.READY else 0
-
-
-class Instance(Protocol):
-    """What dispatch reads of an instance, whether a worker process or a thread of the server."""
-
-    @property
-    def batches(self) -> deque[Batch]: ...  # in dispatch order; [0] computes
-
-    @property
-    def free(self) -> int: ...  # places left for batches
-
-    @property
-    def last_done(self) -> float: ...  # loop time of its last result
-
-
-def dispatch_order(worker: Instance) -> tuple[int, float]:
-    """Which instance takes the next batch (the largest key): the most free places first; among
-    busy ones, the one whose computing batch started first, which should finish first, so the
-    new batch waits the least behind it."""
-    if not worker.batches:
-        return worker.free, 0.0
-    return worker.free, -max(worker.batches[0].dispatched, worker.last_done)
 
 
 @dataclass(frozen=True)
@@ -178,7 +159,9 @@ class WorkerPool:
             failed = [w for w in self._workers if w is not None and w.state is State.DEAD]
             if failed:
                 await self.stop(0.0)
-                raise ModelLoadError(f"model {self.ref!r}: {failed[0].load_error or 'worker exited'}")
+                why = failed[0].load_error or exited_loading(failed[0].index,
+                                                             failed[0].process.exitcode)
+                raise ModelLoadError(f"model {self.ref!r}: {why}")
             self._changed.clear()
             await self._changed.wait()
         self._warm = True
@@ -314,7 +297,9 @@ class WorkerPool:
             with whole_messages(worker.conn):
                 while worker.state is not State.DEAD and worker.conn.poll():
                     self._handle(worker, worker.conn.recv())
-        except EOFError:
+        except (EOFError, ConnectionResetError):
+            # Reset, not EOF, when it died with messages it never read (a batch in its second
+            # slot, or any batch sent while it was stopped): a death all the same.
             self._crashed(worker)
         except OSError as exc:  # the pipe or a shared-memory slot failed: the worker is lost
             log.warning("worker %s[%d]: %s", self.ref, worker.index, exc, exc_info=True)
@@ -331,14 +316,26 @@ class WorkerPool:
     def _ready(self, worker: Worker, message: Ready) -> None:
         if self.signature is None:
             self.signature = message.signature
-        if worker.transport is None:
-            worker.transport = make_transport(
-                self._transport_kind,
-                first_slot_bytes(message.signature.inputs, self._max_batch),
-                first_slot_bytes(message.signature.outputs, self._max_batch),
-                PIPELINE_DEPTH,
-            )
+        if worker.transport is None and not self._set_up_transport(
+                worker, first_slot_bytes(message.signature.inputs, self._max_batch),
+                first_slot_bytes(message.signature.outputs, self._max_batch)):
+            return
         self._mark_ready(worker, message.pid, message.threads, message.device)
+
+    def _set_up_transport(self, worker: Worker, input_bytes: int, output_bytes: int) -> bool:
+        """Give `worker` its tensor channel; without one (no file descriptor or /dev/shm space
+        left) it cannot take a batch: it is let go and its load fails with the reason."""
+        try:
+            worker.transport = make_transport(self._transport_kind, input_bytes, output_bytes,
+                                              PIPELINE_DEPTH)
+        except OSError as exc:
+            worker.load_error = (f"no shared memory for worker {worker.index}'s tensors "
+                                 f"({exc.strerror or exc}): free file descriptors or /dev/shm "
+                                 f"space, or set SURGE_TRANSPORT=pipe")
+            log.error("worker %s[%d] cannot serve: %s", self.ref, worker.index, worker.load_error)
+            self._crashed(worker, "could not get shared memory for its tensors")
+            return False
+        return True
 
     def _mark_ready(self, worker: Worker, pid: int, threads: int, device: str) -> None:
         """`worker` takes batches from now on."""

@@ -11,14 +11,18 @@ worker killed with SIGKILL leaks nothing.
 
 from __future__ import annotations
 
+import _posixshmem
 import contextlib
+import errno
 import itertools
 import math
+import mmap
 import os
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Protocol
@@ -134,18 +138,52 @@ def segment_prefix(pid: int | None = None) -> str:
     return f"{SEGMENT_PREFIX}-{os.getpid() if pid is None else pid}-"
 
 
-def _create(size: int) -> SharedMemory:
-    name = f"{segment_prefix()}{next(_segments)}-{secrets.token_hex(4)}"
-    shm = SharedMemory(name=name, create=True, size=size)
-    # ftruncate leaves the segment sparse: on a full /dev/shm the first write to a page then
-    # kills the process with SIGBUS. Reserving the pages now turns that into ENOSPC here.
-    try:
-        os.posix_fallocate(shm._fd, 0, size)  # type: ignore[attr-defined]
-    except OSError:
-        shm.close()
-        shm.unlink()
-        raise
-    return shm
+def _create(size: int) -> Segment:
+    return Segment(f"{segment_prefix()}{next(_segments)}-{secrets.token_hex(4)}", size)
+
+
+class Segment:
+    """A shared-memory segment the front end creates, maps, and later unlinks.
+
+    Not `SharedMemory(create=True)`: when its mapping fails (no file descriptor left: mmap
+    duplicates the one it maps) that unlinks the name through the resource tracker, which had
+    not registered it yet and prints a KeyError traceback. This registers only what it made,
+    removes whatever a failed creation left, and keeps one descriptor (the mapping's), not two.
+    """
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name, self.size = name, size
+        self._mmap: mmap.mmap | None = None
+        fd = _posixshmem.shm_open(f"/{name}", os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+        try:
+            os.ftruncate(fd, size)
+            # ftruncate leaves the segment sparse: on a full /dev/shm the first write to a page
+            # then kills the process with SIGBUS. Reserving the pages now makes that ENOSPC here.
+            os.posix_fallocate(fd, 0, size)
+            self._mmap = mmap.mmap(fd, size)
+            resource_tracker.register(f"/{name}", "shared_memory")
+        except BaseException:
+            if self._mmap is not None:
+                self._mmap.close()
+            _posixshmem.shm_unlink(f"/{name}")
+            raise
+        finally:
+            os.close(fd)
+        self.buf: memoryview | None = memoryview(self._mmap)
+
+    def close(self) -> None:
+        """Unmap it (BufferError while a view of it is alive, as SharedMemory.close)."""
+        if self.buf is not None:
+            self.buf.release()
+            self.buf = None
+        if self._mmap is not None:
+            self._mmap.close()
+            self._mmap = None
+
+    def unlink(self) -> None:
+        """Remove its name (FileNotFoundError when it is gone already)."""
+        _posixshmem.shm_unlink(f"/{self.name}")
+        resource_tracker.unregister(f"/{self.name}", "shared_memory")
 
 
 class SlotSpaceError(ServingError):
@@ -153,6 +191,15 @@ class SlotSpaceError(ServingError):
     worker and its slots stay as they were."""
 
     status = 503
+
+
+def _shortage(error: OSError) -> str:
+    """What ran out, as a segment's creation failed with `error`."""
+    if error.errno == errno.ENOSPC:
+        return f"{error.strerror}: /dev/shm is full"
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        return f"{error.strerror}: the server has no file descriptor left"
+    return str(error.strerror or error)
 
 
 class Slot:
@@ -183,9 +230,8 @@ class Slot:
             try:  # the new segment first: the old one stays usable when there is no room
                 bigger = _create(max(size, self.shm.size * 3 // 2))
             except OSError as exc:
-                raise SlotSpaceError(
-                    f"no shared memory left for a batch of {size} bytes "
-                    f"({exc.strerror or exc}): /dev/shm is full") from None
+                raise SlotSpaceError(f"no shared memory left for a batch of {size} bytes: "
+                                     f"{_shortage(exc)}") from None
             self.close()
             self.shm = bigger
         return self.buf
@@ -207,7 +253,18 @@ class ShmTransport:
     kind = "shm"
 
     def __init__(self, input_bytes: int, output_bytes: int, depth: int = 1) -> None:
-        self.pairs = [(Slot(input_bytes), Slot(output_bytes)) for _ in range(depth)]
+        self.pairs: list[tuple[Slot, Slot]] = []
+        try:
+            for _ in range(depth):
+                inputs = Slot(input_bytes)
+                try:
+                    self.pairs.append((inputs, Slot(output_bytes)))
+                except BaseException:
+                    inputs.close()
+                    raise
+        except BaseException:  # none of the segments made so far may outlive the failure
+            self.close()
+            raise
         self._sent = 0
         self._received = 0
 
@@ -376,7 +433,7 @@ class WorkerEnd:
         self._attached.clear()
 
 
-def _buffer(shm: SharedMemory) -> memoryview:
+def _buffer(shm: SharedMemory | Segment) -> memoryview:
     buf = shm.buf
     assert buf is not None, "shared memory segment is closed"
     return buf

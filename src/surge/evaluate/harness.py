@@ -93,6 +93,23 @@ def _check_per_sample(dataset: EvalDataset) -> None:
                               f"{count}: give one per sample")
 
 
+def _check_input_names(names: list[str], dataset: EvalDataset) -> None:
+    """Every model input among the dataset's arrays. A one-array dataset (images, token ids)
+    keys its array by the model's first input, so that name is the model's, not the data's:
+    said as what the array is, not as a column the dataset would have."""
+    missing = [n for n in names if n not in dataset.inputs]
+    if not missing:
+        return
+    arrays = ", ".join(f"{name!r} {array.dtype} {list(np.shape(array))}"
+                       for name, array in dataset.inputs.items())
+    if len(dataset.inputs) == 1 and names[0] in dataset.inputs:
+        array = dataset.inputs[names[0]]
+        arrays = f"one array, {array.dtype} {list(np.shape(array))}"
+    raise MetricError(f"dataset {dataset.name!r} lacks model input(s) {missing}: the model "
+                      f"takes {names}, the dataset holds {arrays}; give a dataset with an "
+                      "array for each model input")
+
+
 def _runner_of(model: Runner | LoadedModel) -> tuple[Runner, str]:
     if isinstance(model, LoadedModel):
         name = f"{model.name}@{model.variant}" if model.variant else model.name
@@ -114,10 +131,7 @@ def run_dataset(
     signature = runner.signature
     if signature.max_batch_size:
         batch_size = min(batch_size, signature.max_batch_size)
-    missing = [n for n in signature.input_names if n not in dataset.inputs]
-    if missing:
-        raise MetricError(f"dataset {dataset.name!r} lacks model input(s) {missing}; "
-                          f"it has {list(dataset.inputs)}")
+    _check_input_names(signature.input_names, dataset)
     if not len(dataset):  # no outputs to score: every task would fail on them differently
         raise MetricError(f"dataset {dataset.name!r} has no samples")
     try:  # here, not as an engine's error on the first batch

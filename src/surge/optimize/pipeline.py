@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import yaml
 
 from surge.datafiles import load_npy, load_npz
 from surge.errors import ConfigError, InputError, ModelLoadError, SurgeError, first_line
+from surge.kinds import is_integer, is_number
 from surge.optimize.exporting import OnnxExportConfig
 from surge.optimize.low_rank import LowRankBase
 from surge.optimize.mixed_precision import PrecisionConfig
@@ -72,6 +74,56 @@ class OptimizeOptions:
     check_rows: int = CHECK_ROWS
     """Rows of the default check data (the evaluation split of the model's
     `parameters.dataset`) each variant is run on."""
+
+    def __post_init__(self) -> None:
+        """Checked where built, with the command line's words: `tolerance=-1` or
+        `check_rows=0` failed only once the first variant was made, or were taken."""
+        if isinstance(self.calibration, str):  # as a path everywhere it is read
+            object.__setattr__(self, "calibration", Path(self.calibration))
+        if isinstance(self.exclude, list):
+            object.__setattr__(self, "exclude", tuple(self.exclude))
+        _check_tolerance(self.tolerance)
+        _check_choices(self)
+
+
+# Tolerance fields as `--tolerance` names them, and those that are shares (at most 1)
+_TOLERANCE_KEYS = {"max_abs": "max_abs", "mean_abs": "mean_abs", "min_top1": "top1",
+                   "min_cosine": "cosine", "max_accuracy_drop": "accuracy_drop",
+                   "max_ndcg_drop": "ndcg_drop", "max_auc_drop": "auc_drop"}
+_SHARES = ("min_top1", "min_cosine")
+
+
+def _check_tolerance(tolerance: object) -> None:
+    if tolerance is None:
+        return
+    if not isinstance(tolerance, Tolerance):
+        raise ConfigError(f"tolerance {tolerance!r}: give a Tolerance, e.g. "
+                          "Tolerance(max_abs=0.1), or None for the task's default")
+    for field, value in asdict(tolerance).items():
+        part = f"{_TOLERANCE_KEYS[field]}={value}"
+        if value is not None and (not is_number(value) or not 0 <= value < math.inf):
+            raise ConfigError(f"tolerance {part!r}: {str(value)!r} is not a number >= 0")
+        if field in _SHARES and value is not None and value > 1:
+            raise ConfigError(f"tolerance {part!r}: {_TOLERANCE_KEYS[field]} is a share, "
+                              "at most 1")
+
+
+def _check_choices(options: OptimizeOptions) -> None:
+    calibration, torch_model, exclude = options.calibration, options.torch_model, options.exclude
+    if calibration is not None and not isinstance(calibration, Path):
+        raise ConfigError(f"--calib {calibration!r}: give the path of a .npy or .npz file")
+    if not isinstance(options.keep_failed, bool):
+        raise ConfigError(f"--keep-failed {options.keep_failed!r}: give True or False")
+    if torch_model is not None and (not isinstance(torch_model, str) or not torch_model.strip()):
+        raise ConfigError(f"--torch-model {torch_model!r}: name a torch_factory model of the "
+                          "repository, or leave it out")
+    for option, value, least in (("--finetune-epochs", options.finetune_epochs, 0),
+                                 ("--check-rows", options.check_rows, 1)):
+        if not is_integer(value) or value < least:
+            raise ConfigError(f"{option} {value!r}: give a whole number >= {least}")
+    # a str would be taken letter by letter as node names
+    if not isinstance(exclude, tuple) or not all(isinstance(n, str) for n in exclude):
+        raise ConfigError(f"--exclude {exclude!r}: give a tuple of ONNX node names")
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,11 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
+from surge.configfile import write_text_atomically
 from surge.errors import ConfigError, NotFoundError
 from surge.tuning.serving import TUNING_DIR, check_tuning_folder
 from surge.tuning.tune import REPORT_FILE, SCHEMA_VERSION
@@ -59,6 +61,18 @@ def _pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
+    """Write the PNG whole or not at all (a rename), as the page: a stop mid-write leaves the
+    previous plot, never half of one; then free the figure."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        fig.savefig(partial, dpi=dpi, format="png")
+        os.replace(partial, path)
+    finally:
+        _pyplot().close(fig)
+        partial.unlink(missing_ok=True)
+
+
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Points (throughput, accuracy) not beaten on both by another, by rising throughput."""
     front = [p for p in points
@@ -94,8 +108,7 @@ def plot_pareto(report: dict[str, Any], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -115,8 +128,7 @@ def plot_latency(report: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"latency per configuration at {report['load']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -137,8 +149,7 @@ def plot_prediction(report: dict[str, Any], path: Path) -> Path:
     ax.set_title("queueing model vs measurement")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -224,7 +235,7 @@ def render_report(model_dir: Path, trace: Path | None = None) -> Path:
                               f"{exc})") from None
     path = out / HTML_FILE
     try:
-        path.write_text(page.replace(_TRACE_SLOT, ""))
+        write_text_atomically(path, page.replace(_TRACE_SLOT, ""))
     except OSError as exc:
         raise ConfigError(f"cannot write {path} ({exc})") from None
     return path

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import stat
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from surge.errors import ConfigError
 
 TRACE_PNG = "load_trace.png"
 MAX_TRACE_BYTES = 64 << 20  # a 90 s trace of two models is well under 1 MB
+# One plot column per model: past this the picture is unreadable, and drawing a column of a
+# trace of thousands took minutes and gigabytes before it failed.
+MAX_TRACE_MODELS = 16
 
 
 def load_trace(path: Path) -> dict[str, Any]:
@@ -26,11 +30,24 @@ def load_trace(path: Path) -> dict[str, Any]:
         if info.st_size > MAX_TRACE_BYTES:
             raise ValueError(f"larger than {MAX_TRACE_BYTES >> 20} MiB")
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # Recursion: nested past the parser
         raise ConfigError(f"{path}: not a load-trace JSON ({error})") from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         raise ConfigError(f"{path}: not a load-trace JSON (no 'models' list)")
+    _check_trace(path, data)
     return data
+
+
+def _check_trace(path: Path, data: dict[str, Any]) -> None:
+    """What the page prints as it is (the SLO in its heading) and how much there is to draw."""
+    slo = data.get("slo_ms")
+    if slo is not None and (isinstance(slo, bool) or not isinstance(slo, int | float)
+                            or not 0 < slo < math.inf):
+        raise ConfigError(f"{path}: not a load-trace JSON (slo_ms {str(slo)[:80]!r} is not a "
+                          "positive number of ms)")
+    if len(data["models"]) > MAX_TRACE_MODELS:
+        raise ConfigError(f"{path}: {len(data['models']):,} models, one plot column each; "
+                          f"the report draws at most {MAX_TRACE_MODELS}: keep those to show")
 
 
 def _downgraded(window: dict[str, Any], top: str) -> float | None:
@@ -42,7 +59,7 @@ def _downgraded(window: dict[str, Any], top: str) -> float | None:
 
 def plot_trace(data: dict[str, Any], path: Path) -> Path:
     """Write the trace PNG; returns its path."""
-    from surge.report.render import _pyplot
+    from surge.report.render import _pyplot, save_figure
 
     plt = _pyplot()
     models = data["models"]
@@ -69,8 +86,7 @@ def plot_trace(data: dict[str, Any], path: Path) -> Path:
         p99_ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path
 
 
@@ -88,14 +104,15 @@ def trace_section(data: dict[str, Any], image: str) -> str:
     head = "".join(f"<th>{h}</th>" for h in (
         "model", "configuration", "goodput in the surge /s", "surge windows within SLO",
         "shed", "mean accuracy of answers", "p50 at half load ms"))
-    return (f'<h2>Load trace (SLO p99 {data.get("slo_ms")} ms)</h2>\n'
+    slo = html.escape(str(data.get("slo_ms")))  # a number or None since load_trace
+    return (f'<h2>Load trace (SLO p99 {slo} ms)</h2>\n'
             f'<img src="{html.escape(image)}" alt="p99, goodput and variant mix over time">\n'
             f"<table><tr>{head}</tr>{''.join(rows)}</table>\n")
 
 
 def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"  # as the tuning tables show no value
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1 else f"{value:,.1f}"
     return str(value)

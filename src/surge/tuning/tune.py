@@ -30,6 +30,7 @@ from surge.runtimes import RunnerOptions
 from surge.tasks import get_task
 from surge.tuning.apply import Measured, choose_ladder, write_engine, write_selection
 from surge.tuning.engines import EngineChoice, choose_engine
+from surge.tuning.options import check_kinds, check_rate
 from surge.tuning.predict import (
     Measurement,
     Observation,
@@ -56,7 +57,6 @@ FULL_RUN = "full run"
 BASELINE = "baseline"
 FINAL = "final"
 SCHEMA_VERSION = 1
-MIN_REQUESTS_PER_RUN = 10  # an open loop's served run: fewer measure no latency percentile
 
 
 @dataclass(frozen=True)
@@ -75,28 +75,17 @@ class TuneOptions:
     step: str | None = None  # tuning a pipeline: its model step to tune (surge.tuning.target)
 
     def __post_init__(self) -> None:
+        check_kinds(self)  # first: the checks below read the fields' attributes
+        object.__setattr__(self, "data", str(self.data))  # a Path: as the report saves it
         task = get_task(self.task)  # an unknown task fails here, before any work
         metric = task.check_metric(self.accuracy.metric)
         self.accuracy.check_range(metric, *task.headline_range(metric))
-        self._check_rate()
+        check_rate(self)
         rows, sizes = self.slo.load.rows, self.space.max_batch_sizes
         if max(sizes) < rows:
             raise ConfigError(f"--max-batch {','.join(map(str, sizes))}: every size is below "
                               f"--rows-per-request {rows}; max batch counts rows, so give "
                               f"sizes of at least {rows}, e.g. {rows},{2 * rows},{5 * rows}")
-
-
-    def _check_rate(self) -> None:
-        """An open loop so slow that a served run sends a handful of requests measures no p99
-        (and the throughput of one request or two): refuse it before the work."""
-        rate, effort = self.slo.load.rate, self.effort
-        run_s = effort.short_run_s if effort.short_runs else effort.full_run_s
-        if rate is not None and rate * run_s < MIN_REQUESTS_PER_RUN:
-            which = "--short-run" if effort.short_runs else "--full-run"
-            raise ConfigError(f"--rate {rate:g}/s sends about {rate * run_s:.3g} requests in "
-                              f"a {run_s:g} s run ({which}): fewer than "
-                              f"{MIN_REQUESTS_PER_RUN} measure no p99; raise --rate or "
-                              f"lengthen {which}")
 
 
 @dataclass

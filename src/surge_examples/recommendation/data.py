@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from surge.errors import ConfigError
 from surge.tasks import DataOptions, Dataset, EvalDataset, Split
+from surge.tasks.data import check_generated_size
 from surge.tasks.tabular import Column, ColumnDataset, pack
 from surge_examples.recommendation.simulator import candidate_lists, impressions, make_world
 
@@ -14,6 +16,9 @@ TRAIN_IMPRESSIONS = 200_000
 VALIDATION_IMPRESSIONS = 20_000
 EVAL_USERS = 200
 CANDIDATES = 100
+# Peak bytes one drawn impression takes while a split is made (ids, taste products, click
+# probabilities, packed row), measured: a size past memory is refused before the first draw.
+IMPRESSION_BYTES = 160
 COLUMNS = (Column("user", "INT64"), Column("item", "INT64"), Column("category", "INT64"),
            Column("dense", "FP32", 2))
 
@@ -25,7 +30,14 @@ class SimulatedClicks(ColumnDataset, Dataset):
     name = "simulated-clicks"
     columns = COLUMNS
 
+    def check(self, options: DataOptions) -> None:
+        """Split sizes that could not be drawn in memory are refused, naming the option."""
+        for key, size in (("data.train_size", options.train_size or TRAIN_IMPRESSIONS),
+                          ("data.test_size", options.test_size or VALIDATION_IMPRESSIONS)):
+            check_generated_size(key, size, IMPRESSION_BYTES, "simulated impressions")
+
     def training(self, options: DataOptions) -> tuple[Split, Split]:
+        self.check(options)
         world = make_world(seed=options.seed)
         splits = []
         for count, seed in ((options.train_size or TRAIN_IMPRESSIONS, 1),
@@ -38,7 +50,12 @@ class SimulatedClicks(ColumnDataset, Dataset):
     def lists(self, options: DataOptions) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """(columns, labels [N, 2] of (user, click), true click probabilities)."""
         world = make_world(seed=options.seed)
-        return candidate_lists(world, options.test_size or EVAL_USERS, CANDIDATES,
+        users = options.test_size or EVAL_USERS
+        if users > world.users:  # each list is a distinct user's
+            raise ConfigError(f"data.test_size {users:,}: the candidate lists are one per "
+                              f"simulated user, and there are {world.users:,}; give at most "
+                              f"{world.users:,}")
+        return candidate_lists(world, users, CANDIDATES,
                                options.seed * 100 + 3)
 
     def evaluation(self, input_name: str, options: DataOptions) -> EvalDataset:

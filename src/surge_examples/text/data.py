@@ -16,6 +16,7 @@ import numpy as np
 
 from surge.errors import ConfigError
 from surge.tasks import DataOptions, Dataset, EvalDataset, Split
+from surge.tasks.data import check_generated_size
 from surge_examples.text.corpus import Documents, corpus_file, read_corpus
 
 DEFAULT_LENGTH = 128
@@ -77,7 +78,11 @@ class TextCorpus(Dataset):
         unknown = sorted(set(documents.categories) - set(index))
         if unknown:
             raise ConfigError(f"{self.name} {split}: categories {unknown} are not in training")
-        ids, mask = encode(documents.texts, sequence_length(options))
+        length = sequence_length(options)
+        # ids and mask, INT64 [N, length] each: a length past memory is refused before either
+        check_generated_size("model.input_shape length", length, 16 * len(documents),
+                             f"token ids for {len(documents):,} documents")
+        ids, mask = encode(documents.texts, length)
         return ids, mask, np.array([index[c] for c in documents.categories], np.int64)
 
     def training(self, options: DataOptions) -> tuple[Split, Split]:

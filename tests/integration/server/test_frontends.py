@@ -26,15 +26,19 @@ BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1
                    {"name": "n", "datatype": "INT64", "shape": [1, 3], "data": [1, 2, 3]}]}
 
 
-@pytest.fixture(scope="module")
-def frontends(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory
-              ) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("frontends") / "server.log"
-    server = start_server(tiny_repo, log, "--frontends", "2")
+def two_frontends(repo: Path, folder: Path) -> Iterator[ServerProcess]:
+    """`surge serve --frontends 2` once both listen; stopped after (exit code 0)."""
+    server = start_server(repo, folder / "server.log", "--frontends", "2")
     _wait_for(lambda: "front ends 2" in server.output())  # announced once both listen
     yield server
     if server.process.poll() is None:
-        server.stop()
+        assert server.stop() == 0, server.output()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def frontends(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[ServerProcess]:
+    yield from two_frontends(tiny_repo, tmp_path_factory.mktemp("frontends"))
 
 
 def _established(port: int) -> set[int]:

@@ -15,12 +15,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from tests.integration.server.conftest import ServerProcess, start_server, worker_pids
+from tests.integration.server.conftest import ServerProcess, worker_pids
 from tests.integration.server.test_frontends import (
     CONNECTIONS,
     SHM_BODY,
     _wait_for,
     connection_owners,
+    two_frontends,
 )
 
 LOAD_TWO = {"parameters": {"config": {"instances": 2}}}  # config.yaml has 1
@@ -29,12 +30,7 @@ LOAD_TWO = {"parameters": {"config": {"instances": 2}}}  # config.yaml has 1
 @pytest.fixture(scope="module")
 def served(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("frontends-consistency") / "server.log"
-    server = start_server(tiny_repo, log, "--frontends", "2")
-    _wait_for(lambda: "front ends 2" in server.output())
-    yield server
-    if server.process.poll() is None:
-        assert server.stop() == 0, server.output()[-3000:]
+    yield from two_frontends(tiny_repo, tmp_path_factory.mktemp("frontends-consistency"))
 
 
 def _port(server: ServerProcess) -> int:

@@ -14,8 +14,13 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from tests.integration.server.conftest import ServerProcess, start_server, worker_pids
-from tests.integration.server.test_frontends import CONNECTIONS, _wait_for, connection_owners
+from tests.integration.server.conftest import ServerProcess, worker_pids
+from tests.integration.server.test_frontends import (
+    CONNECTIONS,
+    _wait_for,
+    connection_owners,
+    two_frontends,
+)
 
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
@@ -26,12 +31,7 @@ OVERRIDE = {"parameters": {"config": {"instances": 2}}}  # config.yaml has 1
 @pytest.fixture(scope="module")
 def served(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("frontends-control") / "server.log"
-    server = start_server(tiny_repo, log, "--frontends", "2")
-    _wait_for(lambda: "front ends 2" in server.output())
-    yield server
-    if server.process.poll() is None:
-        assert server.stop() == 0, server.output()[-3000:]
+    yield from two_frontends(tiny_repo, tmp_path_factory.mktemp("frontends-control"))
 
 
 def _on_every_front_end(server: ServerProcess, ask: Callable[[httpx.Client], Any]) -> list[Any]:

@@ -178,12 +178,45 @@ def take_messages(body: bytearray) -> list[tuple[int, bytes]]:
     return messages
 
 
+def message_over(body: bytearray, limit: int, every: bool) -> int:
+    """The size its prefix declares of the first message at the start of `body` of which more
+    than `limit` bytes arrived (0: none): of the first message only unless `every` (a stream's
+    body may hold the end of one message and the start of the next)."""
+    offset = 0
+    while len(body) - offset >= 5:
+        declared = struct.unpack_from(">I", body, offset + 1)[0]
+        if min(declared, len(body) - offset - 5) > limit:
+            return int(declared)
+        if not every:
+            break
+        offset += 5 + declared
+    return 0
+
+
+def too_large(size: int, limit: int) -> str:
+    """grpc core's words for a message over the cap (tritonclient users see both servers)."""
+    return f"SERVER: Received message larger than max ({size} vs. {limit})"
+
+
 def request_message(body: bytearray, encoding: str, limit: int) -> bytes | memoryview:
     """The one message of a unary request, decompressed (at most `limit` bytes): a view of
     `body` when it is not compressed (parsed in place, not copied first)."""
     if len(body) < 5 or struct.unpack_from(">I", body, 1)[0] != len(body) - 5:
-        raise CallError(grpc.StatusCode.INTERNAL, "a unary request carries one message")
+        raise CallError(grpc.StatusCode.INTERNAL, _not_one_message(body))
     return decompressed(body[0], memoryview(body)[5:], encoding, limit)
+
+
+def _not_one_message(body: bytearray) -> str:
+    """Why a unary request's body is not one whole message (the client ended its half of
+    the call early, or sent more)."""
+    if not body:
+        return "the call ended without a request message"
+    if len(body) < 5:
+        return f"the call ended inside a message's 5-byte prefix ({len(body)} bytes)"
+    declared = struct.unpack_from(">I", body, 1)[0]
+    if declared > len(body) - 5:
+        return f"the call ended inside its request message ({len(body) - 5} of {declared} bytes)"
+    return "a unary call carries one request message, this one more"
 
 
 def decompressed(compressed: int, payload: bytes | memoryview, encoding: str,
@@ -192,6 +225,11 @@ def decompressed(compressed: int, payload: bytes | memoryview, encoding: str,
     for uncompressed messages: a few kilobytes of gzip would otherwise fill the memory)."""
     if not compressed:
         return payload
+    if compressed != 1:
+        raise CallError(grpc.StatusCode.INTERNAL,
+                        f"a message's compressed flag is 0 or 1, got {compressed}")
+    if encoding == "identity":  # as grpc core words it: the call named no grpc-encoding
+        raise CallError(grpc.StatusCode.INTERNAL, "Compression bit set but no encoding configured")
     if encoding == "gzip":
         return _decompress(payload, 16 + zlib.MAX_WBITS, limit)
     if encoding == "deflate":

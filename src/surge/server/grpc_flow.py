@@ -15,7 +15,7 @@ import struct
 from collections.abc import Callable
 
 from surge.protocol import http2 as h2
-from surge.server.grpc_calls import Stream
+from surge.server.grpc_calls import Stream, message_over, too_large
 
 RECEIVE_WINDOW = 16 * 1024 * 1024  # what each stream and the connection may send ahead
 # Requests of the largest size one connection may hold in memory while they arrive.
@@ -69,8 +69,14 @@ class ReceiveFlow:
         over a few times that."""
         self.buffered += size
         limit = self.max_message_bytes
-        if len(stream.body) > limit + 5:
-            return f"Received message larger than max ({len(stream.body) - 5} vs. {limit})"
+        # Each message on its own (not the body's bytes, which may hold the end of one and
+        # the start of the next), refused once more than the cap of it arrived (as grpc core,
+        # which reads it whole), named by the size its prefix declares.
+        declared = message_over(stream.body, limit, every=stream.inbox is not None)
+        if declared:
+            return too_large(declared, limit)
+        if stream.inbox is None and len(stream.body) > limit + 5:
+            return "a unary call carries one request message, this one more"
         if self.buffered > MESSAGES_PER_CONNECTION * (limit + 5):
             return (f"the connection's calls in progress hold more than "
                     f"{MESSAGES_PER_CONNECTION} x {limit} bytes of requests")

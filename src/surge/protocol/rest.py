@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import orjson
@@ -62,6 +63,44 @@ def parse_header_length(value: str | None, body_size: int) -> int | None:
             f"Inference-Header-Content-Length {length} exceeds the body size {body_size}"
         )
     return length
+
+
+# The request headers the inference path reads, found in one pass over the list.
+_INFER_HEADERS = frozenset({b"inference-header-content-length", b"content-encoding",
+                            b"x-request-id", b"traceparent", b"tracestate"})
+
+
+def path_parts(path: str, raw_path: bytes | None) -> list[str]:
+    """The path's segments, each percent-decoded on its own when the client encoded any: `%2F`
+    stays inside its segment (a shared-memory region's name may hold a '/'), and bytes that
+    are not UTF-8 are refused (the server's `path` turns them into U+FFFD, so that `%FF` and
+    `%FE` would name the same region)."""
+    if not raw_path or b"%" not in raw_path:
+        return path.strip("/").split("/")
+    try:
+        return [unquote(part, errors="strict")
+                for part in raw_path.decode("ascii").strip("/").split("/")]
+    except UnicodeError:
+        raise InputError("the request path is not UTF-8 once percent-decoded") from None
+
+
+def request_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The headers inference reads (lower-case names, as the server gives them)."""
+    found: dict[bytes, bytes] = {}
+    for key, value in headers:
+        if key in _INFER_HEADERS:  # tracestate: one list over all its fields (RFC 9110 5.3)
+            joined = key == b"tracestate" and key in found
+            found[key] = found[key] + b"," + value if joined else value
+    return found
+
+
+def request_header_length(headers: dict[bytes, bytes], body_size: int) -> int | None:
+    """The JSON header's length of a body (None: all JSON); a compressed body is refused."""
+    encoding = headers.get(b"content-encoding")
+    if encoding is not None and encoding not in (b"identity", b""):
+        raise InputError(f"unsupported Content-Encoding {encoding.decode('latin-1')!r}")
+    length = headers.get(b"inference-header-content-length")
+    return None if length is None else parse_header_length(length.decode("latin-1"), body_size)
 
 
 def _object(value: object, what: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote
 
 import numpy as np
 
@@ -28,7 +27,9 @@ from surge.protocol.rest import (
     encode_json,
     encode_response,
     error_body,
-    parse_header_length,
+    path_parts,
+    request_header_length,
+    request_headers,
 )
 from surge.protocol.types import SERVER_NAME, InferRequest, extensions
 from surge.repository import check_name, check_version
@@ -111,7 +112,9 @@ class V2App:
 
     # -- routing --------------------------------------------------------------------------
     async def _dispatch(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
-        parts = _path_parts(scope)
+        if scope["method"] == "HEAD":  # answered as GET; the server leaves out the body
+            scope = {**scope, "method": "GET"}
+        parts = path_parts(scope["path"], scope.get("raw_path"))
         if parts[0] != "v2":
             raise HttpError(404, f"no route for {scope['path']}")
         method = scope["method"]
@@ -254,7 +257,7 @@ class V2App:
     async def _infer(
         self, scope: AsgiScope, receive: Receive, send: Send, name: str, version: str | None
     ) -> None:
-        headers = _request_headers(scope)
+        headers = request_headers(scope["headers"])
         request_id = self._ids.accept(headers.get(b"x-request-id"))
         record = self._log.begin("http", name, request_id, _client(scope),
                                  _text(headers.get(b"traceparent")), time.monotonic(),
@@ -287,7 +290,7 @@ class V2App:
         body = await _read_body(scope, receive, self.max_body_bytes)
         token = request_timing.set(record.timing) if record is not None else None
         try:
-            request = await self._decode(body, _header_length(headers, len(body)))
+            request = await self._decode(body, request_header_length(headers, len(body)))
             if record is not None:
                 record.decoded = time.perf_counter()
             outputs, answered, served = await infer_routed(
@@ -363,43 +366,6 @@ async def _until_disconnect(receive: Receive, work: Awaitable[dict[str, np.ndarr
         watcher.cancel()
 
 
-# The request headers the inference path reads, found in one pass over the list.
-_INFER_HEADERS = frozenset({b"inference-header-content-length", b"content-encoding",
-                            b"x-request-id", b"traceparent", b"tracestate"})
-
-
-def _path_parts(scope: AsgiScope) -> list[str]:
-    """The path's segments, each percent-decoded on its own when the client encoded any: `%2F`
-    stays inside its segment (a shared-memory region's name may hold a '/'), and bytes that
-    are not UTF-8 are refused (the server's `path` turns them into U+FFFD, so that `%FF` and
-    `%FE` would name the same region)."""
-    raw = scope.get("raw_path")
-    if not raw or b"%" not in raw:
-        return str(scope["path"]).strip("/").split("/")
-    try:
-        return [unquote(part, errors="strict")
-                for part in raw.decode("ascii").strip("/").split("/")]
-    except UnicodeError:
-        raise HttpError(400, "the request path is not UTF-8 once percent-decoded") from None
-
-
-def _request_headers(scope: AsgiScope) -> dict[bytes, bytes]:
-    headers: dict[bytes, bytes] = {}
-    for key, value in scope["headers"]:
-        if key in _INFER_HEADERS:  # tracestate: one list over all its fields (RFC 9110 5.3)
-            joined = key == b"tracestate" and key in headers
-            headers[key] = headers[key] + b"," + value if joined else value
-    return headers
-
-
-def _header_length(headers: dict[bytes, bytes], body_size: int) -> int | None:
-    encoding = headers.get(b"content-encoding")
-    if encoding not in (None, b"identity", b""):
-        raise InputError(f"unsupported Content-Encoding {_text(encoding)!r}")
-    length = headers.get(b"inference-header-content-length")
-    return None if length is None else parse_header_length(length.decode("latin-1"), body_size)
-
-
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("latin-1")
 
@@ -466,6 +432,8 @@ def _json_or_empty(body: bytes) -> dict[str, Any]:
 async def _respond(
     send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = _JSON
 ) -> None:
+    # A length rather than uvicorn's default, chunked framing, which HTTP/1.0 clients cannot read
+    headers = [*headers, (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -84,6 +85,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._unanswered: list[Any] = []  # request cycles read and not yet answered
+        self._refusal: bytes | None = None  # the 400 for bytes that are no request, once read
+        self._replaying = False  # parsing the head that stands for an ignored upgrade's
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
@@ -104,30 +107,105 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 cycle.message_event.set()
         self._unanswered.clear()
 
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, but bytes after a malformed request are dropped, and a request asking to
+        switch protocols is served as HTTP/1.1 (a loop, not a recursion: a packet may hold
+        hundreds of them)."""
+        while data and self._refusal is None:  # after a refusal: what follows has no known start
+            data = self._feed(data)
+
+    def _feed(self, data: bytes) -> bytes:
+        """Parse `data`; the bytes after the head of a request with `Upgrade`, still to parse."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._ignore_upgrade()
+            return data[upgrade.args[0]:]
+        except httptools.HttpParserError:
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+        return b""
+
+    def _ignore_upgrade(self) -> None:
+        """Serve a request with `Upgrade` (curl --http2 sends `Upgrade: h2c`, a body included)
+        as if it had none, which RFC 9110 7.8 allows. llhttp ends such a request at its head,
+        taking the bytes after it for the new protocol's: a new parser reads them, first as the
+        request's body (fed a head declaring the same body) when it has one."""
+        self.parser = httptools.HttpRequestParser(self)
+        framing = [b"%s: %s\r\n" % (name, value) for name, value in self.headers
+                   if name in (b"content-length", b"transfer-encoding")]
+        if framing and self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.more_body = True  # llhttp said complete; the app has not read it yet
+            self._replaying = True
+            try:
+                self.parser.feed_data(b"POST / HTTP/1.1\r\n%s\r\n" % b"".join(framing))
+            finally:
+                self._replaying = False
+            self._arm(self.limits.body_timeout_s)  # llhttp's early "complete" disarmed it
+
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are not an HTTP request, as JSON naming why (it sent
         plain text, "Invalid HTTP request received."); called while the parser's error is
-        being handled, whose cause is the reason (a head over MAX_HEAD_BYTES: ours)."""
+        being handled, whose cause is the reason (a head over MAX_HEAD_BYTES: ours). Requests
+        read before them on the connection (pipelined) are answered first, in order: written
+        now, the 400 would read as the answer to the first of them."""
         error = sys.exc_info()[1]
         cause = error.__context__ or error if error is not None else None
         reason = f"invalid HTTP request: {cause}" if cause is not None else msg
         body = orjson.dumps({"error": reason[:300]})
-        self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
-                             b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-                             % (len(body), body))
-        self.transport.close()
+        self._refusal = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                         % (len(body), body))
+        if self.cycle is not None and self.cycle.more_body:
+            self._drop(self.cycle)  # its body is malformed: the 400 answers it
+        if self._answering_earlier():
+            self._disarm()  # the malformed request's deadline: it is over
+        else:
+            self._refuse()
+
+    def _drop(self, cycle: Any) -> None:
+        """Forget a request: never started when queued behind others, and not waited for."""
+        for item in [item for item in self.pipeline if item[0] is cycle]:
+            self.pipeline.remove(item)
+        self._unanswered = [c for c in self._unanswered if c is not cycle]
+
+    def _answering_earlier(self) -> bool:
+        """Whether complete requests read before the malformed bytes await their answers."""
+        return any(not cycle.response_complete for cycle in self._unanswered)
+
+    def _refuse(self) -> None:
+        if self._refusal is not None and not self.transport.is_closing():
+            self.transport.write(self._refusal)
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._refusal is not None and not self._answering_earlier():
+            self._refuse()
 
     def on_message_begin(self) -> None:
+        if self._replaying:
+            return  # the request it stands for has begun
         super().on_message_begin()
         self._head_bytes = 0
         self._arm(self.limits.header_timeout_s)
 
     def on_url(self, url: bytes) -> None:
+        if self._replaying:
+            return
         self._count_head(len(url))
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._replaying:
+            return
         self._count_head(len(name) + len(value))
+        if name.lower() == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            # llhttp takes a body ending in chunked as chunked and ignores the codings before
+            # it: a gzip body would reach the app still compressed, read as JSON.
+            raise ValueError(f"unsupported Transfer-Encoding {value.decode('latin-1')!r}: "
+                             "send the body as is, with Content-Length or chunked")
         super().on_header(name, value)
 
     def _count_head(self, size: int) -> None:
@@ -137,10 +215,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             raise ValueError(f"request line and headers exceed {MAX_HEAD_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
+        if self._replaying:
+            return
         super().on_headers_complete()
         self._unanswered = [c for c in self._unanswered if not c.response_complete]
         if self.cycle is not None:
             self._unanswered.append(self.cycle)
+            if self.cycle.waiting_for_100_continue:
+                _close_unless_continued(self.cycle)
         self._arm(self.limits.body_timeout_s)
 
     def on_body(self, body: bytes) -> None:
@@ -164,6 +246,21 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._deadline = None
         if not self.transport.is_closing():
             self.transport.close()  # the app, if it is reading the body, sees a disconnect
+
+
+def _close_unless_continued(cycle: Any) -> None:
+    """Close the connection after the answer to a request with `Expect: 100-continue` that is
+    answered before its body was asked for (a 413, a 401): its client may never send the body,
+    and kept open, the connection would read its next request as that body (RFC 9110 10.1.1:
+    the server says whether it closes)."""
+    send = cycle.send
+
+    async def answer(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and cycle.waiting_for_100_continue:
+            cycle.keep_alive = False  # uvicorn adds `Connection: close` and closes after it
+        await send(message)
+
+    cycle.send = answer
 
 
 def guarded_protocol(limits: ConnectionLimits) -> type[GuardedHttpProtocol]:

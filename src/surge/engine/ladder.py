@@ -123,7 +123,7 @@ class ServedLadder:
             for r in rungs}
         self.controller = LadderController(
             rungs, LadderSettings(config.slo_p99_ms / 1e3, config.max_accuracy_drop),
-            self._batch_time)
+            self._batch_time, self._live_instances)
         if self.controller.excluded:
             log.info("model %s: ladder rungs %s are outside max_accuracy_drop %s and take only "
                      "pinned requests", name, ", ".join(self.controller.excluded),
@@ -167,6 +167,9 @@ class ServedLadder:
     def _batch_time(self, rung: str, size: int) -> float | None:
         return self.rungs[rung].scheduler.fitted_time(size)
 
+    def _live_instances(self, rung: str) -> int:
+        return self.rungs[rung].live
+
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         for rung in self.rungs.values():  # one at a time: each probes its batch times alone
@@ -190,7 +193,9 @@ class ServedLadder:
 
     @property
     def ready(self) -> bool:
-        return self._accepting and all(rung.ready for rung in self.rungs.values())
+        """Accepting, with a rung that takes unpinned traffic able to compute it: one rung's
+        instances lost (restarting) leaves the others to serve."""
+        return self._accepting and any(self.rungs[r.name].ready for r in self.controller.rungs)
 
     async def stop(self, grace_s: float) -> None:
         """Drain the rungs below the top, then the top once the non-finite answers they handed
@@ -230,11 +235,25 @@ class ServedLadder:
             self._decide(now)
         chosen = self.controller.choose(request.pinned)
         rung = self.rungs[chosen]
+        if not rung.ready:  # its instances lost since the last decision
+            chosen = self._ready_rung(chosen, request.pinned)
+            rung = self.rungs[chosen]
         queued = rung.make_request(request.inputs, request.outputs, request.priority,
                                    request.timeout_us, request.request_id)
         if request.pinned is not None or chosen == self.controller.top:
             return rung.infer(queued)
         return self._finite_or_top(rung.infer(queued), request, chosen, now)
+
+    def _ready_rung(self, chosen: str, pinned: str | None) -> str:
+        """The most accurate usable rung that can compute now, for an unpinned request
+        routed to `chosen`, which cannot; a pinned one is refused (it asked for that rung)."""
+        if pinned is None:
+            for rung in self.controller.rungs:
+                if self.rungs[rung.name].ready:
+                    return rung.name
+        raise ModelNotReadyError(
+            f"model {self.name!r}: variant {chosen!r} has no live instance now; retry later"
+            + (", or send the request without the variant pin" if pinned is not None else ""))
 
     async def _finite_or_top(self, work: Coroutine[Any, Any, dict[str, np.ndarray]],
                              request: LadderRequest, rung: str,

@@ -11,6 +11,9 @@ machine over them (no clocks or sockets; the caller hands in `now` and the arriv
   within the SLO (in steps of `step`), but only onto rungs whose accuracy lies within
   `max_accuracy_drop` of the top rung, so the budget holds for every answer (and their mean).
   What the lowest usable rung cannot absorb is left to admission control, which sheds it;
+  when no mix is within the SLO and the bottom is predicted no better than the current level
+  (a cheaper rung measured slower), nothing moves. A rung is priced with its live instances,
+  and a share on one left with none moves off it at once (`rescue_level`);
 - it moves a step back up only after the mix one step up has been predicted within
   `up_margin` of the SLO for `hold_s` without a break (hysteresis: a surge that pauses for a
   moment does not bounce traffic back to the expensive rung). That prediction prices each rung
@@ -30,11 +33,13 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 # Seconds for a batch of `size` items on rung `name`; None before the rung was measured.
 LatencyModel = Callable[[str, int], float | None]
+# Instances of rung `name` taking batches now (lost ones compute nothing).
+LiveInstances = Callable[[str], int]
 QUICK_NOISE_SD = 3.0  # how far past Poisson noise the quick window's count must lie (WindowRate)
 SETTLE_EVERY_S = 0.25  # how often the settled batch times are taken (see LadderController)
 
@@ -184,8 +189,9 @@ class LadderController:
     """Moves a share of the traffic down the ladder under load, and back up with hysteresis."""
 
     def __init__(self, rungs: Sequence[Rung], settings: LadderSettings,
-                 latency: LatencyModel) -> None:
+                 latency: LatencyModel, live: LiveInstances | None = None) -> None:
         self.rungs = usable_rungs(rungs, settings.max_accuracy_drop)
+        self._live = live  # None: every rung at its configured instances
         self.excluded = tuple(r.name for r in rungs if r not in self.rungs)
         self.names = tuple(r.name for r in rungs)
         self.settings = settings
@@ -230,9 +236,45 @@ class LadderController:
             if share > 0.0:
                 batch_time = self._settled_time(rung.name) if settled else partial(
                     self._latency, rung.name)
-                worst = max(worst, rung_p99(rate * share, batch_time, rung,
+                worst = max(worst, rung_p99(rate * share, batch_time, self._as_live(rung),
                                             self.settings.max_utilisation))
         return worst
+
+    def _as_live(self, rung: Rung) -> Rung:
+        """`rung` with the instances it has now: priced at its configured ones, a rung whose
+        instances were lost kept its share, and its requests queued for a restart."""
+        live = rung.workers if self._live is None else max(0, self._live(rung.name))
+        return rung if live == rung.workers else replace(rung, workers=live)
+
+    def _stranded(self, level: float | None = None) -> bool:
+        """Whether a rung taking a share at `level` (default: now) has no live instance."""
+        shares = self._shares if level is None else shares_at(level, len(self.rungs))
+        return any(share > 0.0 and self._as_live(rung).workers == 0
+                   for rung, share in zip(self.rungs, shares, strict=True))
+
+    def rescue_level(self, rate: float) -> float:
+        """The level nearest the current one, up or down, that gives no share to a rung
+        without live instances, one predicted within the SLO if any is; the current level
+        when every level does (nothing can compute: the model is not ready)."""
+        steps = round(self.depth / self.settings.step)
+        levels = sorted({min(self.depth, i * self.settings.step) for i in range(steps + 1)}
+                        | {self.depth})
+        alive = [level for level in levels if not self._stranded(level)]
+        if not alive:
+            return self.level
+        return min(alive, key=lambda level: (self.predict(level, rate) > self.settings.slo_s,
+                                             abs(level - self.level), level))
+
+    def load(self, level: float, rate: float) -> float:
+        """How busy the mix at `level` keeps the cores at `rate` items/s (1.0: all of them),
+        each rung at its largest batch: the rungs share the cores, so their loads add up."""
+        total = 0.0
+        for rung, share in zip(self.rungs, shares_at(level, len(self.rungs)), strict=True):
+            seconds = self._latency(rung.name, rung.max_batch) if share > 0.0 else None
+            if seconds is not None and rate > 0.0:
+                capacity = self._as_live(rung).workers * rung.max_batch
+                total += math.inf if capacity == 0 else rate * share * seconds / capacity
+        return total
 
     def _settled_time(self, name: str) -> Callable[[int], float | None]:
         kept = self._settled.get(name, ())
@@ -262,6 +304,8 @@ class LadderController:
             return
         self._decided = now
         self._settle(now)
+        if self._stranded():  # no blip of slow batches to hold for: off that rung at once
+            self._move(self.rescue_level(rate))
         self.predicted_p99 = self.predict(self.level, rate)
         if self.predicted_p99 > settings.slo_s and self.level < self.depth:
             self._calm_since = None
@@ -290,13 +334,22 @@ class LadderController:
 
     def needed_level(self, rate: float) -> float:
         """The least level below the current one, in steps, predicted within the SLO at
-        `rate`; the bottom of the budget when none is."""
+        `rate`; when none is, the bottom of the budget, unless that is predicted no better
+        than the current level (a cheaper rung measured slower, or with its instances lost,
+        would answer later and less accurately): then the current level."""
         level = self.level
         while level < self.depth:
             level = min(self.depth, level + self.settings.step)
             if self.predict(level, rate) <= self.settings.slo_s:
-                break
+                return level
+        if self._outlook(level, rate) >= self._outlook(self.level, rate):
+            return self.level
         return level
+
+    def _outlook(self, level: float, rate: float) -> tuple[float, float]:
+        """What the mix at `level` is predicted to give, worse is larger: its p99, then (both
+        past capacity: infinite) how far past it the cores are."""
+        return self.predict(level, rate), self.load(level, rate)
 
     def carry_from(self, old: LadderController, unchanged: Collection[str] = ()) -> bool:
         """Take over where `old` stands under the current load (a reload of its model): its

@@ -24,7 +24,7 @@ from itertools import accumulate
 
 import numpy as np
 
-from surge.errors import QueueFullError
+from surge.errors import InputError, QueueFullError
 from surge.scheduler.estimate import InstanceTimes
 from surge.scheduler.latency import ArrivalRate, SloFeedback
 from surge.scheduler.policy import QueueView, late_requests, slo_wait, static_due
@@ -113,14 +113,14 @@ class Scheduler:
 
     # -- admission ---------------------------------------------------------------------------
     def add(self, request: Request, now: float) -> Request:
-        """Queue `request` or raise QueueFullError at once; returns it with its deadline set."""
+        """Queue `request` or raise QueueFullError at once; returns it with its deadline set.
+        InputError for more rows than a batch holds."""
         if request.id in self._live:
             raise ValueError(f"request id {request.id} is already queued")
-        if request.batch_size > self.config.max_batch_size:
-            raise ValueError(
-                f"request brings {request.batch_size} items, max batch size is "
-                f"{self.config.max_batch_size}"
-            )
+        if request.batch_size > self.config.max_batch_size:  # the client's value: a 400
+            raise InputError(
+                f"batch size {request.batch_size} exceeds {self.config.max_batch_size}, the most "
+                "rows a batch of this model holds (1 with batching.enabled: false)")
         self.arrivals.arrive(now)  # offered load, refused requests included
         if len(self._live) >= self.config.max_queue_size:
             raise QueueFullError(

@@ -251,6 +251,52 @@ def test_a_move_down_goes_as_far_as_the_prediction_needs_in_one_decision() -> No
     assert ladder.predict(ladder.level - ladder.settings.step, rate) > SLO
 
 
+def test_a_cheaper_rung_measured_slower_takes_no_traffic_when_no_mix_meets_the_slo() -> None:
+    # int8 on the ladder but measured ten times slower than the original: past the original's
+    # capacity no mix is within the SLO, and all of it on int8 would answer later and less
+    # accurately. The traffic stays where it is and admission sheds what cannot be met.
+    def slower_below(name: str, size: int) -> float | None:
+        seconds = latency("original", size)
+        assert seconds is not None
+        return seconds * (10.0 if name == "int8" else 1.0)
+
+    ladder = LadderController(RUNGS, LadderSettings(SLO, 1.0), slower_below)
+    run(ladder, 0.0, 2.0, rate=3 * capacity("original"))
+    assert ladder.level == 0.0
+    assert {ladder.choose() for _ in range(20)} == {"original"}
+    assert ladder.predicted_p99 > SLO
+
+
+def test_a_rung_is_priced_with_its_live_instances() -> None:
+    # The original's only instance is lost: it computes nothing, and its share goes down the
+    # ladder at the next decision; back, it takes the traffic again after the calm holds.
+    live = {"original": 1, "int8": 1, "prune": 1}
+    ladder = LadderController(RUNGS, LadderSettings(SLO, 1.0, hold_s=2.0), latency,
+                              live.__getitem__)
+    rate = 0.3 * capacity("original")
+    now = run(ladder, 0.0, 2.0, rate)
+    assert ladder.level == 0.0
+    live["original"] = 0
+    now = run(ladder, now, 0.05, rate)
+    assert ladder.shares()["int8"] == 1.0
+    live["original"] = 1
+    run(ladder, now, 4 * 2.0 + 1.0, rate)
+    assert ladder.level == 0.0
+
+
+def test_a_lost_bottom_rung_sends_its_share_back_up_at_once() -> None:
+    live = {"original": 1, "int8": 1, "prune": 1}
+    ladder = LadderController(RUNGS, LadderSettings(SLO, 1.0), latency, live.__getitem__)
+    now = run(ladder, 0.0, 2.0, rate=3 * capacity("original"))
+    assert ladder.level == ladder.depth
+    live["int8"] = 0
+    run(ladder, now, 0.05, rate=3 * capacity("original"))
+    assert ladder.shares() == {"original": 1.0, "int8": 0.0}  # past the SLO, but computed
+    live["original"] = 0
+    run(ladder, now + 0.05, 0.05, rate=3 * capacity("original"))
+    assert ladder.level == 0.0  # nothing can compute: the model is not ready, nothing moves
+
+
 def test_load_between_thresholds_does_not_bounce() -> None:
     """Predicted one step up above up_margin * SLO but below the SLO: no move either way."""
     ladder = controller(hold_s=0.5)

@@ -9,7 +9,7 @@ from functools import partial
 import numpy as np
 import pytest
 
-from surge.errors import QueueFullError
+from surge.errors import InputError, QueueFullError
 from surge.scheduler import Request, Scheduler, SchedulerConfig, shape_key
 
 _ids = itertools.count(1)
@@ -132,7 +132,7 @@ def test_multi_row_requests_fill_up_to_max_batch_size() -> None:
 
 def test_request_larger_than_max_batch_is_refused() -> None:
     s = scheduler(max_batch_size=4)
-    with pytest.raises(ValueError, match="max batch size"):
+    with pytest.raises(InputError, match="batch size 5 exceeds 4"):  # the client's value: a 400
         s.add(req(5), 0.0)
 
 

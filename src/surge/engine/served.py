@@ -44,13 +44,11 @@ from surge.repository import ModelConfig
 from surge.repository.config import ORIGINAL
 from surge.runtimes.base import Signature
 from surge.scheduler import Batch, Request, Scheduler, SchedulerConfig, shape_key
+from surge.scheduler.types import DEFAULT_PRIORITY_LEVEL
 from surge.workers.pool import BatchResult
 
 log = logging.getLogger(__name__)
 
-# Priority 0 means "default", as in Triton: it maps to this level. Levels 1..7 are served
-# before default traffic, higher numbers after it.
-DEFAULT_PRIORITY_LEVEL = 8
 # The load-time latency probe gives up after this long: a model that slow still loads, and
 # learns its batch times from traffic instead.
 PROBE_TIMEOUT_S = 60.0
@@ -80,6 +78,7 @@ def scheduler_config(config: ModelConfig, workers: int) -> SchedulerConfig:
         default_timeout_s=timeout / 1e3 if timeout is not None else None,
         workers=workers,
         slo_s=config.slo_p99_ms / 1e3 if config.slo_p99_ms is not None else None,
+        priorities=config.queue.level_policies(),
     )
 
 

@@ -20,6 +20,10 @@ from surge.configfile import (
 )
 from surge.datatypes import V2_DATATYPES
 from surge.errors import ConfigError, NotFoundError, SurgeError
+from surge.repository.queueing import MAX_QUEUE_DELAY_MS as MAX_QUEUE_DELAY_MS
+from surge.repository.queueing import MAX_TIMEOUT_MS as MAX_TIMEOUT_MS
+from surge.repository.queueing import BatchingConfig, QueueConfig
+from surge.repository.queueing import PriorityQueueConfig as PriorityQueueConfig
 from surge.runtimes.base import TensorSpec
 from surge.runtimes.values import ValueRange, range_problem, written_bound
 
@@ -29,10 +33,9 @@ SCHEMA_VERSION = 1
 # (the variants `surge optimize` makes have their own names).
 ORIGINAL = "original"
 MAX_BATCH_SIZE = 65_536  # the largest batch a model may declare: transport buffers fit it
-# Times in ms are finite (`.inf` is no deadline in disguise): an hour for a p99, a day for a
-# request's deadline.
+# Times in ms are finite (`.inf` is no deadline in disguise): an hour for a p99 (a request's
+# deadline: queueing.MAX_TIMEOUT_MS).
 MAX_SLO_MS = 3_600_000
-MAX_TIMEOUT_MS = 86_400_000
 MAX_DIM = 2**63 - 1  # an int64, as in model files; a larger dim cannot be written as JSON
 
 
@@ -76,35 +79,6 @@ class TensorConfig(StrictConfig):
 
     def spec(self) -> TensorSpec:
         return TensorSpec(self.name, self.datatype, tuple(self.shape), self.values())
-
-
-MAX_QUEUE_DELAY_MS = 10_000.0  # a wait past 10 s is no batching delay but a stall
-
-
-class BatchingConfig(StrictConfig):
-    """Dynamic batching: requests queued together are run as one batch."""
-
-    enabled: Bool = Field(True, description="Combine queued requests into batches.")
-    max_queue_delay_ms: Float = Field(
-        2.0, ge=0, le=MAX_QUEUE_DELAY_MS,
-        description="Longest a request waits for others to join its batch."
-    )
-    preferred_batch_sizes: list[Int] = Field(
-        default_factory=list,
-        description="Batch sizes to form as soon as reached, without waiting out the delay.",
-    )
-
-
-class QueueConfig(StrictConfig):
-    """Admission limits of the model's request queue."""
-
-    max_size: Int = Field(256, ge=1, le=1_000_000_000,
-                          description="Queued requests beyond this are rejected (503).")
-    default_timeout_ms: Float | None = Field(
-        None, ge=0.001, le=MAX_TIMEOUT_MS,
-        description="Deadline for requests that carry no `timeout` parameter (at least a "
-                    "microsecond, the unit of the `timeout` parameter).",
-    )
 
 
 DEFAULT_WORKER_GROUP = "default"
@@ -329,7 +303,8 @@ class ModelConfig(StrictConfig):
     hang_min_ms: Float = Field(
         2000.0, ge=10, le=3_600_000, description="Least time a batch may compute before its "
         "worker can be taken as hung, so that short batches never trip on a scheduling hiccup.")
-    queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue limits.")
+    queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue limits, the "
+                               "whole queue's and (`priorities`) each priority level's own.")
     placement: Literal["local", "cluster", "auto", "in-process"] = Field(
         "local", description="Where instances run: local worker processes, Ray actors on compute "
         "nodes (`cluster`, needs `surge serve --ray`), `auto`: the cluster when serving on one, "

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, bisect_right
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import replace
 from itertools import accumulate
@@ -28,20 +27,8 @@ from surge.errors import InputError, QueueFullError
 from surge.scheduler.estimate import InstanceTimes
 from surge.scheduler.latency import ArrivalRate, SloFeedback
 from surge.scheduler.policy import QueueView, late_requests, slo_wait, static_due
+from surge.scheduler.queues import KeyQueue, LevelCounts
 from surge.scheduler.types import Batch, Completed, Request, SchedulerConfig, ShapeKey
-
-_Entry = tuple[int, int, Request]  # (priority, arrival sequence, request): heap order
-
-
-class _KeyQueue:
-    """Requests of one shape key: a priority heap plus arrival order for the delay rule."""
-
-    __slots__ = ("heap", "arrivals", "items")
-
-    def __init__(self) -> None:
-        self.heap: list[_Entry] = []
-        self.arrivals: deque[Request] = deque()  # may hold gone requests; cleaned from the left
-        self.items = 0
 
 
 class Scheduler:
@@ -50,10 +37,10 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig, *, batched: bool = True) -> None:
         self.config = config
         self.batched = batched
-        self._queues: dict[ShapeKey, _KeyQueue] = {}
+        self._queues: dict[ShapeKey, KeyQueue] = {}
         self._live: dict[int, Request] = {}
         self._deadlines: list[tuple[float, int]] = []  # (deadline, request id), lazy deletion
-        self._items_by_priority: dict[int, int] = {}
+        self._levels = LevelCounts(config.priorities)
         self._inflight: dict[int, Batch] = {}
         self._times = InstanceTimes(config.ewma_alpha, config.outlier_multiple, config.workers)
         self.arrivals = ArrivalRate()
@@ -122,18 +109,26 @@ class Scheduler:
                 f"batch size {request.batch_size} exceeds {self.config.max_batch_size}, the most "
                 "rows a batch of this model holds (1 with batching.enabled: false)")
         self.arrivals.arrive(now)  # offered load, refused requests included
-        if len(self._live) >= self.config.max_queue_size:
-            raise QueueFullError(
-                f"queue full ({self.config.max_queue_size} requests waiting)",
-                retry_after_s=lambda: self._drain_time(now),
-            )
-        if request.deadline is None and self.config.default_timeout_s is not None:
-            request = replace(request, deadline=now + self.config.default_timeout_s)
+        self._check_room(request.priority, now)
+        timeout = self._levels.timeout(request.priority, self.config.default_timeout_s)
+        if request.deadline is None and timeout is not None:
+            request = replace(request, deadline=now + timeout)
         if request.deadline is not None:
             self._admit_deadline(request, request.deadline, now)
             heapq.heappush(self._deadlines, (request.deadline, request.id))
         self._push(request)
         return request
+
+    def _check_room(self, priority: int, now: float) -> None:
+        """QueueFullError when the queue as a whole, or `priority`'s own share, is full."""
+        if len(self._live) >= self.config.max_queue_size:
+            raise QueueFullError(
+                f"queue full ({self.config.max_queue_size} requests waiting)",
+                retry_after_s=lambda: self._drain_time(now),
+            )
+        full = self._levels.full(priority)
+        if full is not None:  # room opens as this level's requests go: the work ahead of them
+            raise QueueFullError(full, retry_after_s=lambda: self._drain_time(now, priority))
 
     def _admit_deadline(self, request: Request, deadline: float, now: float) -> None:
         """Raise QueueFullError when `request` is predicted to finish after `deadline`.
@@ -172,9 +167,7 @@ class Scheduler:
         full_time = self.batch_time(self.config.max_batch_size)
         if full_time is None:
             return None
-        items = request.batch_size + sum(
-            n for p, n in self._items_by_priority.items() if p <= request.priority
-        )
+        items = request.batch_size + self._levels.rows(upto=request.priority)
         return now + self._finish_time(items, now) + self.lag_s
 
     def _finish_time(self, items: int, now: float) -> float:
@@ -218,17 +211,18 @@ class Scheduler:
         times = self._times.estimates(size)
         return sum(times) / len(times) if times else 0.0
 
-    def _drain_time(self, now: float) -> float:
-        """Retry-After hint: time to work off the current queue (1 s before any measurement)."""
+    def _drain_time(self, now: float, upto: int | None = None) -> float:
+        """Retry-After hint: time to work off the current queue, or its levels served no
+        later than `upto` (1 s before any measurement)."""
         if self.batch_time(self.config.max_batch_size) is None:
             return 1.0
-        items = sum(self._items_by_priority.values())
+        items = self._levels.rows(upto)
         return max(0.001, self._busy_wait(now) + self._work_time(items))
 
     def _push(self, request: Request, first: bool = False) -> None:
         queue = self._queues.get(request.key)
         if queue is None:
-            queue = self._queues[request.key] = _KeyQueue()
+            queue = self._queues[request.key] = KeyQueue()
         self._seq += 1
         # A requeued request goes ahead of everything of its priority that arrived later.
         seq = -self._seq if first else self._seq
@@ -239,14 +233,7 @@ class Scheduler:
             queue.arrivals.append(request)
         queue.items += request.batch_size
         self._live[request.id] = request
-        self._count(request, +1)
-
-    def _count(self, request: Request, sign: int) -> None:
-        level = self._items_by_priority.get(request.priority, 0) + sign * request.batch_size
-        if level:
-            self._items_by_priority[request.priority] = level
-        else:
-            self._items_by_priority.pop(request.priority, None)
+        self._levels.count(request, +1)
 
     # -- removal -----------------------------------------------------------------------------
     def cancel(self, request_id: int) -> Request | None:
@@ -295,12 +282,12 @@ class Scheduler:
         heapq.heapify(queue.heap)
         queue.items -= request.batch_size
         del self._live[request.id]
-        self._count(request, -1)
+        self._levels.count(request, -1)
         self._forget_empty(request.key, queue)
         if request.id == self._probe:
             self._probe = None
 
-    def _forget_empty(self, key: ShapeKey, queue: _KeyQueue) -> None:
+    def _forget_empty(self, key: ShapeKey, queue: KeyQueue) -> None:
         if not queue.heap:
             del self._queues[key]
 
@@ -328,7 +315,7 @@ class Scheduler:
         late, self._late = self._late, []
         return late
 
-    def _choose(self, queue: _KeyQueue, now: float, spread: int) -> int:
+    def _choose(self, queue: KeyQueue, now: float, spread: int) -> int:
         """How many requests (from the head, in priority order) to dispatch now; 0 = wait."""
         limit = self.config.max_batch_size
         sizes = list(accumulate(e[2].batch_size for e in heapq.nsmallest(limit, queue.heap)))
@@ -343,11 +330,11 @@ class Scheduler:
                 return hit + 1
         return 0
 
-    def _due(self, queue: _KeyQueue, now: float, spread: int) -> bool:
+    def _due(self, queue: KeyQueue, now: float, spread: int) -> bool:
         """Dispatch without waiting: batch full, no batching, or the batching policy says go."""
         return self._due_at(queue, now, spread) <= now
 
-    def _due_at(self, queue: _KeyQueue, now: float, spread: int = 0) -> float:
+    def _due_at(self, queue: KeyQueue, now: float, spread: int = 0) -> float:
         """When this queue's partial batch stops waiting for more requests (`now`: go now).
 
         `spread` is how many workers have nothing at all to do (0 when only a busy worker's
@@ -367,19 +354,19 @@ class Scheduler:
             return now
         return oldest + config.max_queue_delay_s
 
-    def _oldest(self, queue: _KeyQueue) -> Request:
+    def _oldest(self, queue: KeyQueue) -> Request:
         while self._live.get(queue.arrivals[0].id) is not queue.arrivals[0]:
             queue.arrivals.popleft()
         return queue.arrivals[0]
 
-    def _dispatch(self, key: ShapeKey, queue: _KeyQueue, count: int, now: float
+    def _dispatch(self, key: ShapeKey, queue: KeyQueue, count: int, now: float
                   ) -> Batch | None:
         """The first `count` requests as a batch, less those it would finish too late for
         (None when that is all of them)."""
         requests = tuple(heapq.heappop(queue.heap)[2] for _ in range(count))
         for request in requests:
             del self._live[request.id]
-            self._count(request, -1)
+            self._levels.count(request, -1)
         queue.items -= sum(r.batch_size for r in requests)
         self._forget_empty(key, queue)
         start = now + self._first_free(now) + self.lag_s

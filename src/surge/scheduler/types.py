@@ -8,9 +8,30 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# The level V2 priority 0 ("default", as in Triton) is served at: levels 1..7 go before default
+# traffic, larger numbers after it.
+DEFAULT_PRIORITY_LEVEL = 8
+
 # (input name, dtype, shape without the batch dim) for every input: requests share a batch only
 # when their keys are equal.
 ShapeKey = tuple[tuple[str, str, tuple[int, ...]], ...]
+
+
+@dataclass(frozen=True)
+class LevelPolicy:
+    """One priority level's own queue rules; None leaves a rule to the model's queue."""
+
+    max_queue_size: int | None = None  # requests of this level queued at once
+    default_timeout_s: float | None = None  # deadline for this level's requests that bring none
+    name: str = ""  # how refusals name the level to the client (the level as it was configured)
+
+    def __post_init__(self) -> None:
+        if self.max_queue_size is not None and self.max_queue_size < 1:
+            raise ValueError(f"{self.name or 'a level'}: max_queue_size must be >= 1, got "
+                             f"{self.max_queue_size}")
+        if self.default_timeout_s is not None and not self.default_timeout_s > 0:
+            raise ValueError(f"{self.name or 'a level'}: default_timeout_s must be > 0, got "
+                             f"{self.default_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -36,6 +57,9 @@ class SchedulerConfig:
     # Share of the SLO the batching plans to use; the rest absorbs the spread of batch times
     # around the fitted line (the SLO is a p99, the fit a mean).
     slo_headroom: float = 0.8
+    # Levels with rules of their own (a bound on their queued requests, a default deadline),
+    # by the level requests are queued at (`Request.priority`).
+    priorities: Mapping[int, LevelPolicy] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:

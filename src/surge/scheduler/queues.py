@@ -1,0 +1,75 @@
+"""The scheduler's queue bookkeeping: one heap per shape key, counts per priority level.
+
+A level may carry its own policy (`LevelPolicy`, from the model's `queue.priorities`): a bound
+on its queued requests and a default deadline. The bound is what keeps waiting low-priority
+work from taking the whole queue from urgent requests.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+
+from surge.scheduler.types import LevelPolicy, Request
+
+_Entry = tuple[int, int, Request]  # (priority, arrival sequence, request): heap order
+
+
+class KeyQueue:
+    """Requests of one shape key: a priority heap plus arrival order for the delay rule."""
+
+    __slots__ = ("heap", "arrivals", "items")
+
+    def __init__(self) -> None:
+        self.heap: list[_Entry] = []
+        self.arrivals: deque[Request] = deque()  # may hold gone requests; cleaned from the left
+        self.items = 0
+
+
+class LevelCounts:
+    """Queued requests and rows per priority level, checked against each level's policy."""
+
+    __slots__ = ("_policies", "_rows", "_requests")
+
+    def __init__(self, policies: Mapping[int, LevelPolicy]) -> None:
+        self._policies = policies
+        self._rows: dict[int, int] = {}
+        self._requests: dict[int, int] = {}
+
+    def count(self, request: Request, sign: int) -> None:
+        """`request` joined (+1) or left (-1) the queue."""
+        _bump(self._rows, request.priority, sign * request.batch_size)
+        _bump(self._requests, request.priority, sign)
+
+    def rows(self, upto: int | None = None) -> int:
+        """Queued rows of every level, or of the levels served no later than `upto`."""
+        if upto is None:
+            return sum(self._rows.values())
+        return sum(n for p, n in self._rows.items() if p <= upto)
+
+    def timeout(self, priority: int, model_default: float | None) -> float | None:
+        """The default deadline (seconds) of a request of `priority` that brings none."""
+        policy = self._policies.get(priority)
+        if policy is not None and policy.default_timeout_s is not None:
+            return policy.default_timeout_s
+        return model_default
+
+    def full(self, priority: int) -> str | None:
+        """Why `priority`'s own queue has no room, or None when it has (or has no bound)."""
+        policy = self._policies.get(priority)
+        if policy is None or policy.max_queue_size is None:
+            return None
+        waiting = self._requests.get(priority, 0)
+        if waiting < policy.max_queue_size:
+            return None
+        name = policy.name or f"priority level {priority}"
+        return (f"queue full for {name} ({waiting} requests of that priority waiting, its "
+                "max_size); requests of other priorities are still taken")
+
+
+def _bump(counts: dict[int, int], level: int, by: int) -> None:
+    value = counts.get(level, 0) + by
+    if value:
+        counts[level] = value
+    else:  # empty levels are dropped: sums over the dict stay as short as the live levels
+        counts.pop(level, None)

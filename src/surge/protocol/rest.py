@@ -84,6 +84,27 @@ def path_parts(path: str, raw_path: bytes | None) -> list[str]:
         raise InputError("the request path is not UTF-8 once percent-decoded") from None
 
 
+READ, WRITE = ("GET", "HEAD"), ("POST",)
+
+
+def route_methods(rest: list[str]) -> tuple[str, ...] | None:
+    """The methods a V2 path answers (`rest`: its segments after `v2`; the shared-memory and
+    OpenAPI routes are the server's), None where there is no route: a route asked with another
+    method is a 405 naming them (RFC 9110 15.5.6), not a 404 saying there is none."""
+    if rest in ([], ["models", "stats"], ["health", "live"], ["health", "ready"]):
+        return READ
+    if rest == ["repository", "index"] or (
+            len(rest) == 4 and rest[:2] == ["repository", "models"]
+            and rest[3] in ("load", "unload")):
+        return WRITE
+    if len(rest) < 2 or rest[0] != "models":
+        return None
+    action = rest[4:] if rest[2:3] == ["versions"] and len(rest) >= 4 else rest[2:]
+    if action == ["infer"]:
+        return WRITE
+    return READ if action in ([], ["ready"], ["config"], ["stats"]) else None
+
+
 def request_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
     """The headers inference reads (lower-case names, as the server gives them)."""
     found: dict[bytes, bytes] = {}

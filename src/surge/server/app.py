@@ -23,6 +23,8 @@ from surge.errors import InputError, NotFoundError, SurgeError
 from surge.protocol.errors import http_error, load_failure, retry_after_header
 from surge.protocol.metadata import model_config, model_metadata, model_statistics
 from surge.protocol.rest import (
+    READ,
+    WRITE,
     decode_request,
     encode_json,
     encode_response,
@@ -30,6 +32,7 @@ from surge.protocol.rest import (
     path_parts,
     request_header_length,
     request_headers,
+    route_methods,
 )
 from surge.protocol.types import SERVER_NAME, InferRequest, extensions
 from surge.repository import check_name, check_version
@@ -41,7 +44,7 @@ from surge.server.outcome import RequestObserver, infer_routed, outcome_of, serv
 from surge.server.peers import http_peer
 from surge.server.repository_load import check_unload, load_parameters, no_repeated_key
 from surge.server.shared_memory import SharedMemoryRegistry
-from surge.server.shared_memory_api import CHANGES, ROOTS, http_answer
+from surge.server.shared_memory_api import CHANGES, ROOTS, http_answer, http_route
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +64,11 @@ _JSON = [(b"content-type", b"application/json")]
 class HttpError(Exception):
     """An answer other than 200 decided before the engine is involved."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
 
 
 class ClientDisconnectedError(Exception):
@@ -103,7 +108,7 @@ class V2App:
         except ClientDisconnectedError:
             return
         except HttpError as exc:
-            await _respond(send, exc.status, error_body(str(exc)))
+            await _respond(send, exc.status, error_body(str(exc)), [*_JSON, *exc.headers])
         except SurgeError as exc:
             await _send_error(send, exc)
         except Exception as exc:  # a bug must answer 500, not drop the connection
@@ -119,6 +124,7 @@ class V2App:
             raise HttpError(404, f"no route for {scope['path']}")
         method = scope["method"]
         rest = parts[1:]
+        _check_method(method, scope["path"], rest)
         if rest[:1] == ["health"] and len(rest) == 2 and method == "GET":
             await self._health(rest[1], send)
             return
@@ -364,6 +370,19 @@ async def _until_disconnect(receive: Receive, work: Awaitable[dict[str, np.ndarr
     finally:
         watcher.remove_done_callback(on_message)
         watcher.cancel()
+
+
+def _check_method(method: str, path: str, rest: list[str]) -> None:
+    """A 405 with `Allow` for a route asked with a method it does not answer."""
+    if rest == [OPENAPI_PATH]:
+        allowed: tuple[str, ...] | None = READ
+    elif rest[:1] and rest[0] in ROOTS:
+        allowed = READ if http_route(rest)[2] == "status" else WRITE
+    else:
+        allowed = route_methods(rest)
+    if allowed is not None and method not in allowed:
+        raise HttpError(405, f"method {method} is not allowed on {path}: use "
+                        f"{' or '.join(allowed)}", ((b"allow", ", ".join(allowed).encode()),))
 
 
 def _text(value: bytes | None) -> str | None:

@@ -25,6 +25,17 @@ _CONNECTION_SHARE = 4
 _MAX_DEFAULT_CONNECTIONS = 4096
 # httptools sets no limit on a request's line and headers; a V2 request needs a few hundred bytes.
 MAX_HEAD_BYTES = 64 * 1024
+# Header fields in one request (Apache's LimitRequestFields is 100): 64 KiB of `a:b` lines made
+# 20,000 fields of about 100 bytes of Python objects each, 2 MiB per request held until answered.
+MAX_HEADER_FIELDS = 256
+# The answer to HTTP/2 with prior knowledge (`curl --http2-prior-knowledge`, a gRPC client given
+# this port): grpc core shows "Trying to connect an http1.x server", curl the JSON.
+HTTP2_REFUSED = ("HTTP/2 is not served on this port (the request starts 'PRI * HTTP/2.0'): "
+                 "send HTTP/1.1 here, and gRPC to the gRPC port (--grpc-port)")
+# Requests one connection may have read and not yet answered (pipelined). Each costs about 2 KiB
+# (scope, headers, events) and one read of 256 KiB holds 14,000 minimal ones: uncapped, a few
+# hundred connections that pipeline without reading their answers held gigabytes.
+MAX_PIPELINED = 128
 
 
 def default_max_connections() -> int:
@@ -84,9 +95,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0
+        self._head_fields = 0
         self._unanswered: list[Any] = []  # request cycles read and not yet answered
         self._refusal: bytes | None = None  # the 400 for bytes that are no request, once read
         self._replaying = False  # parsing the head that stands for an ignored upgrade's
+        self._overflow = False  # more requests pipelined than MAX_PIPELINED: the rest ignored
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
@@ -132,6 +145,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         as if it had none, which RFC 9110 7.8 allows. llhttp ends such a request at its head,
         taking the bytes after it for the new protocol's: a new parser reads them, first as the
         request's body (fed a head declaring the same body) when it has one."""
+        if self._overflow:
+            return  # refused: no request of it reaches the app
         self.parser = httptools.HttpRequestParser(self)
         framing = [b"%s: %s\r\n" % (name, value) for name, value in self.headers
                    if name in (b"content-length", b"transfer-encoding")]
@@ -150,13 +165,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         being handled, whose cause is the reason (a head over MAX_HEAD_BYTES: ours). Requests
         read before them on the connection (pipelined) are answered first, in order: written
         now, the 400 would read as the answer to the first of them."""
+        if self._overflow:
+            return  # the bytes after the refused request are not read: the 503 stands
         error = sys.exc_info()[1]
         cause = error.__context__ or error if error is not None else None
         reason = f"invalid HTTP request: {cause}" if cause is not None else msg
-        body = orjson.dumps({"error": reason[:300]})
-        self._refusal = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
-                         b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-                         % (len(body), body))
+        if self.parser.get_method() == b"PRI":  # llhttp: "Pause on PRI/Upgrade"
+            reason = HTTP2_REFUSED
+        self._refusal = _closing_answer(b"400 Bad Request", reason)
         if self.cycle is not None and self.cycle.more_body:
             self._drop(self.cycle)  # its body is malformed: the 400 answers it
         if self._answering_earlier():
@@ -185,22 +201,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._refuse()
 
     def on_message_begin(self) -> None:
-        if self._replaying:
-            return  # the request it stands for has begun
+        if self._replaying or self._overflow:
+            return  # the request it stands for has begun; or one after the refused one
         super().on_message_begin()
         self._head_bytes = 0
+        self._head_fields = 0
         self._arm(self.limits.header_timeout_s)
 
     def on_url(self, url: bytes) -> None:
-        if self._replaying:
+        if self._replaying or self._overflow:
             return
         self._count_head(len(url))
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._replaying:
+        if self._replaying or self._overflow:
             return
         self._count_head(len(name) + len(value))
+        self._head_fields += 1
+        if self._head_fields > MAX_HEADER_FIELDS:
+            raise ValueError(f"more than {MAX_HEADER_FIELDS} header fields in one request")
         if name.lower() == b"transfer-encoding" and value.strip().lower() != b"chunked":
             # llhttp takes a body ending in chunked as chunked and ignores the codings before
             # it: a gzip body would reach the app still compressed, read as JSON.
@@ -217,6 +237,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self._replaying:
             return
+        if self._overflow or len(self.pipeline) >= MAX_PIPELINED:
+            self._refuse_overflow()
+            return
+        if self.url[:1] != b"/":  # absolute-form (or `*`): rare, so parsed twice
+            self.url = _with_path(self.url)
         super().on_headers_complete()
         self._unanswered = [c for c in self._unanswered if not c.response_complete]
         if self.cycle is not None:
@@ -225,11 +250,27 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 _close_unless_continued(self.cycle)
         self._arm(self.limits.body_timeout_s)
 
+    def _refuse_overflow(self) -> None:
+        """Answer the request after the first MAX_PIPELINED unanswered ones with a 503, once
+        they are answered, and close: a client retries the requests it sent after it on another
+        connection (RFC 9112 9.3.2), and their bytes, already read, are dropped unparsed."""
+        if not self._overflow:
+            self._overflow = True
+            self._refusal = _closing_answer(
+                b"503 Service Unavailable",
+                f"more than {MAX_PIPELINED} pipelined requests await their answers on this "
+                "connection: wait for answers before sending more, or open another connection")
+        self._disarm()
+
     def on_body(self, body: bytes) -> None:
+        if self._overflow:
+            return  # a refused request's body: not the body of the last request accepted
         super().on_body(body)
         self._arm(self.limits.body_timeout_s)
 
     def on_message_complete(self) -> None:
+        if self._overflow:
+            return
         super().on_message_complete()
         self._disarm()  # the app answers; then uvicorn's keep-alive timer takes over
 
@@ -246,6 +287,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._deadline = None
         if not self.transport.is_closing():
             self.transport.close()  # the app, if it is reading the body, sees a disconnect
+
+
+def _with_path(url: bytes) -> bytes:
+    """An absolute-form target without a path (`http://host:8000`, `http://host?x=1`) as the
+    origin form of `/` (RFC 9112 3.2.2): uvicorn read its path as None and refused it with
+    "'NoneType' object has no attribute 'decode'". Other targets are kept as they are."""
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        return url  # uvicorn's own parse refuses it
+    if parsed.path is not None:
+        return url
+    return b"/?" + parsed.query if parsed.query else b"/"
+
+
+def _closing_answer(status: bytes, reason: str) -> bytes:
+    """A JSON error answer written straight to the transport, closing the connection."""
+    body = orjson.dumps({"error": reason[:300]})
+    return (b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, len(body), body))
 
 
 def _close_unless_continued(cycle: Any) -> None:

@@ -156,8 +156,32 @@ def test_compressed_body_is_refused_clearly(client: httpx.Client) -> None:
 
 def test_unknown_routes_get_404_json(client: httpx.Client) -> None:
     for method, path in (("GET", "/v3"), ("GET", "/v2/models/tiny/bogus"),
-                         ("DELETE", "/v2/models/tiny"), ("POST", "/v2/repository/zap")):
+                         ("DELETE", "/v2/models/tiny/bogus"), ("POST", "/v2/repository/zap")):
         response = client.request(method, path)
         assert response.status_code == 404, (method, path)
         assert "no route" in response.json()["error"] or "no model endpoint" in \
             response.json()["error"]
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("DELETE", "/v2/models/tiny", "GET, HEAD"),
+    ("GET", "/v2/models/tiny/infer", "POST"),
+    ("PUT", "/v2/models/tiny/versions/1/infer", "POST"),
+    ("POST", "/v2/models/tiny/versions/1/ready", "GET, HEAD"),
+    ("POST", "/v2/health/ready", "GET, HEAD"),
+    ("GET", "/v2/repository/index", "POST"),
+    ("DELETE", "/v2/repository/models/tiny/unload", "POST"),
+    ("POST", "/v2/systemsharedmemory/status", "GET, HEAD"),
+    ("GET", "/v2/systemsharedmemory/region/r/register", "POST"),
+    ("POST", "/v2/openapi.json", "GET, HEAD"),
+    ("HEAD", "/v2/models/tiny/infer", "POST"),
+])
+def test_a_route_asked_with_another_method_gets_405_naming_the_allowed_ones(
+        client: httpx.Client, method: str, path: str, allowed: str) -> None:
+    """RFC 9110 15.5.6: 405 with `Allow`, not a 404 saying there is no such route."""
+    response = client.request(method, path)
+    assert response.status_code == 405, (method, path)
+    assert response.headers["allow"] == allowed
+    if method != "HEAD":
+        assert response.json()["error"] == (
+            f"method {method} is not allowed on {path}: use {allowed.replace(', ', ' or ')}")

@@ -37,3 +37,20 @@ def exit_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+
+# Below this, a drop in accuracy points reads like a fraction (0.01 meant as 1%): said, not refused
+POINTS_NOTE_BELOW = 0.1
+
+
+def points_note(option: str, drop: float | None) -> str | None:
+    """What to say when no variant was within an accuracy-drop budget of `drop` points: a
+    budget under a tenth of a point was likely meant as a fraction. `option` is how the user
+    gives it, `{}` standing for the value (e.g. "--max-accuracy-drop {}")."""
+    if drop is None or not 0 < drop < POINTS_NOTE_BELOW:
+        return None
+    meant = f"{100 * drop:g}"
+    return (f"note: no variant is within {option.format(f'{drop:g}')}, which is in accuracy "
+            f"points (0.01 = one hundredth of a point; 1 = one point): to allow a drop of "
+            f"{meant} point{'' if meant == '1' else 's'}, write {option.format(meant)}")

@@ -116,14 +116,20 @@ def models(repo: Annotated[Path, typer.Argument(help="Model repository directory
 
     repository = Repository(repo)
     table = _table("model", "versions", "served", "variants", "state", "reason")
-    for entry in repository.entries():
+    entries = repository.entries()
+    for entry in entries:
+        variants = [*entry.variants, *(f"{v} (broken)" for v, _ in entry.broken_variants)]
         table.add_row(  # names and reasons are the repository's text, not markup
             escape(entry.name), ",".join(map(str, entry.versions)) or "-",
-            ",".join(map(str, entry.served)) or "-", escape(",".join(entry.variants)) or "-",
+            ",".join(map(str, entry.served)) or "-", escape(",".join(variants)) or "-",
             "[green]READY[/green]" if entry.state == "READY" else "[red]UNAVAILABLE[/red]",
             escape(entry.reason),
         )
     console.print(table)
+    for entry in entries:  # why each marked variant is broken, one line each
+        for variant, why in entry.broken_variants:
+            console.print(escape(f"variant {entry.name}@{variant} is broken: {why}"),
+                          highlight=False, soft_wrap=True)
     skipped = repository.not_model_names()
     if skipped:  # `surge inspect` refuses them by name: say why they are not listed
         shown_names = ", ".join(map(repr, skipped[:20])) + (

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from surge.commands import console, exit_on_sigterm
+from surge.commands import console, exit_on_sigterm, points_note
 from surge.errors import SurgeError
 
 if TYPE_CHECKING:
+    from surge.optimize import Tolerance
     from surge.optimize.pipeline import Outcome
     from surge.optimize.variant import CheckResult
 
@@ -68,6 +69,20 @@ def optimize(
     if rejected:
         console.print(f"[red]not kept (outside tolerance): {', '.join(rejected)}[/red] — "
                       "rerun with --keep-failed or a looser --tolerance to keep them")
+    note = _drop_note(outcomes, options.tolerance)
+    if note:
+        console.print(note, highlight=False, soft_wrap=True)
+
+
+def _drop_note(outcomes: list[Outcome], tolerance: Tolerance | None) -> str | None:
+    """The unit of `accuracy_drop` when no variant passed its check and some missed it."""
+    note = points_note("--tolerance accuracy_drop={}",
+                       tolerance.max_accuracy_drop if tolerance is not None else None)
+    checks = [o.variant.check for o in outcomes if o.variant is not None] if note else []
+    if any(c.passed for c in checks) or not any(
+            f.startswith("accuracy drop ") for c in checks for f in c.failures):
+        return None
+    return note
 
 
 # The task's measures, shown when some variant has them: a ranking model's NDCG and AUC beside

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from surge.commands import console
 
@@ -22,7 +23,10 @@ def report(
     from surge.report import render_report
     from surge.repository import Repository
 
-    path = render_report(Repository(repo).model_dir(model), trace)
+    notes: list[str] = []
+    path = render_report(Repository(repo).model_dir(model), trace, notes)
     console.print(f"report: {path}")
+    for note in notes:  # what the plots leave out of a report too large to draw whole
+        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     for png in sorted(path.parent.glob("*.png")):
         console.print(f"  plot: {png}")

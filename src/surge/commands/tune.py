@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,12 +11,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from surge.commands import console, exit_on_sigterm
+from surge.commands import console, exit_on_sigterm, points_note
 from surge.errors import ConfigError, SurgeError
 from surge.repository.config import MAX_QUEUE_DELAY_MS
 
 if TYPE_CHECKING:
     from surge.tuning import Slo
+    from surge.tuning.tune import TuningReport
 
 
 Repo = Annotated[Path, typer.Argument(help="Model repository directory.")]
@@ -180,14 +182,18 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
+_COUNT = re.compile(r"[0-9]{1,6}")
+
+
 def _settings(text: str | None) -> tuple[tuple[int, int], ...] | None:
     if text is None:
         return None
     pairs = []
     for item in text.split(","):
         instances, _, threads = item.strip().partition("x")
-        if not (instances.isdigit() and threads.isdigit() and 0 < int(instances) <= 64
-                and 0 < int(threads) <= 256):
+        # ASCII digits only: str.isdigit() takes '²', which int() then refuses with a traceback
+        if not (_COUNT.fullmatch(instances) and _COUNT.fullmatch(threads)
+                and 0 < int(instances) <= 64 and 0 < int(threads) <= 256):
             raise ConfigError(f"--settings {text!r}: expected INSTANCESxTHREADS like 1x2,2x1 "
                               f"(at most 64 instances of 256 threads, as config.yaml allows)")
         pairs.append((int(instances), int(threads)))
@@ -222,6 +228,10 @@ def _print_summary(report: object) -> None:
     console.print(table)
     assert report.selection is not None
     console.print(report.selection.message)
+    if _no_variant_within_drop(report):
+        note = points_note("--max-accuracy-drop {}", report.max_accuracy_drop)
+        if note:
+            console.print(note, highlight=False, soft_wrap=True)
     for name, run in (("untuned", report.baseline), ("tuned", report.tuned)):
         if run is not None:
             m = run.measured
@@ -234,3 +244,14 @@ def _print_summary(report: object) -> None:
     if report.config_path:
         console.print(f"wrote {report.config_path}")
     console.print(f"tuned in {report.total_seconds:.0f} s")
+
+
+def _no_variant_within_drop(report: TuningReport) -> bool:
+    """Every variant but the original was scored and lost to the drop budget."""
+    from surge.repository.config import ORIGINAL
+
+    reference, budget = report.reference_metric, report.max_accuracy_drop
+    others = [v for v in report.variants if v.variant != ORIGINAL]
+    if reference is None or budget is None or not others or any(v.accepted for v in others):
+        return False
+    return any(v.metric is not None and reference - v.metric > budget for v in others)

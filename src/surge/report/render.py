@@ -18,12 +18,17 @@ from surge.tuning.serving import TUNING_DIR, check_tuning_folder
 from surge.tuning.tune import REPORT_FILE, SCHEMA_VERSION
 
 HTML_FILE = "report.html"
+MAX_REPORT_BYTES = 64 << 20  # as a load trace; a tune's report is well under 1 MB
+# What one plot draws: a tune serves tens of configurations and keeps a few variants; a
+# hand-edited report of thousands took tens of seconds per plot, to draw bars no one can read.
+MAX_DRAWN = 100
 
 
 def load_report(model_dir: Path) -> dict[str, Any]:
     path = model_dir / TUNING_DIR / REPORT_FILE
     if not path.is_file():
         raise NotFoundError(f"no tuning report at {path}: run `surge tune` first")
+    _check_size(path)
     try:  # NaN and Infinity are not JSON: `surge tune` writes null for them, and so reads them
         data = json.loads(path.read_text(), parse_constant=lambda _: None)
     except (OSError, ValueError, RecursionError) as exc:
@@ -42,6 +47,18 @@ def load_report(model_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a report of `surge tune` (slo_p99_ms {slo!r} is not "
                           "a positive number of ms)")
     return data
+
+
+def _check_size(path: Path) -> None:
+    """Refuse a report larger than MAX_REPORT_BYTES before reading it: it was read whole."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if size > MAX_REPORT_BYTES:
+        raise ConfigError(f"{path}: {size:,} bytes, more than the {MAX_REPORT_BYTES >> 20} MiB "
+                          "a tuning report may have (a tune writes well under 1 MB): run "
+                          "`surge tune` again, or cut the hand-edited report down")
 
 
 PLOTS = ("pareto.png", "latency.png", "p99_predicted_vs_measured.png")
@@ -86,7 +103,7 @@ def plot_pareto(report: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     chosen = (report.get("chosen") or {}).get("variant")
     points = []
-    for v in report["variants"]:
+    for v in report["variants"][:MAX_DRAWN]:
         if v["metric"] is None or v["inprocess_best"] is None:
             continue
         x, y = v["inprocess_best"], v["metric"]
@@ -115,7 +132,7 @@ def plot_pareto(report: dict[str, Any], path: Path) -> Path:
 def plot_latency(report: dict[str, Any], path: Path) -> Path:
     """p50/p90/p99 of every configuration served for real, with the SLO line."""
     plt = _pyplot()
-    runs = report["served"]
+    runs = report["served"][:MAX_DRAWN]
     fig, ax = plt.subplots(figsize=(max(7, 0.6 * len(runs) + 2), 4.5))
     labels = [f"{_key(r['candidate'])}\n({r['rung']})" for r in runs]
     for offset, name in ((-0.25, "p50_ms"), (0.0, "p90_ms"), (0.25, "p99_ms")):
@@ -136,7 +153,8 @@ def plot_prediction(report: dict[str, Any], path: Path) -> Path:
     """Predicted vs measured p99 for every served configuration."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    pairs = [(r["predicted"]["p99_ms"], r["measured"]["p99_ms"]) for r in report["served"]
+    pairs = [(r["predicted"]["p99_ms"], r["measured"]["p99_ms"])
+             for r in report["served"][:MAX_DRAWN]
              if r["predicted"]["p99_ms"] is not None and r["measured"]["p99_ms"] is not None]
     if pairs:
         xs, ys = zip(*pairs, strict=True)
@@ -210,9 +228,11 @@ def _candidate_rows(report: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def render_report(model_dir: Path, trace: Path | None = None) -> Path:
+def render_report(model_dir: Path, trace: Path | None = None,
+                  notes: list[str] | None = None) -> Path:
     """Write the PNG plots and `tuning/report.html`; returns the HTML path. `trace` is the JSON
-    of `benchmarks/surge_load.py`, whose load-trace plot and summary the page then shows."""
+    of `benchmarks/surge_load.py`, whose load-trace plot and summary the page then shows.
+    What the plots leave out is said on the page and appended to `notes`."""
     from surge.report.trace import TRACE_PNG, load_trace, plot_trace, trace_section
 
     report = load_report(model_dir)
@@ -220,7 +240,9 @@ def render_report(model_dir: Path, trace: Path | None = None) -> Path:
     out = model_dir / TUNING_DIR
     check_tuning_folder(model_dir, (HTML_FILE, *PLOTS, *((TRACE_PNG,) if trace else ())))
     try:
-        page = _page(report, out)
+        note = drawn_note(report, out / REPORT_FILE)
+        page = _page(report, out).replace(_NOTE_SLOT, f"<p>{html.escape(note)}</p>\n"
+                                          if note else "")
     except _MALFORMED as exc:
         raise ConfigError(f"{out / REPORT_FILE}: not a report of `surge tune` "
                           f"({type(exc).__name__}: {exc})") from None
@@ -238,12 +260,26 @@ def render_report(model_dir: Path, trace: Path | None = None) -> Path:
         write_text_atomically(path, page.replace(_TRACE_SLOT, ""))
     except OSError as exc:
         raise ConfigError(f"cannot write {path} ({exc})") from None
+    if note and notes is not None:
+        notes.append(note)
     return path
+
+
+def drawn_note(report: dict[str, Any], path: Path) -> str:
+    """What the plots leave out of `report` (read from `path`), or "" when they draw it all."""
+    counts = {"served configurations": len(report["served"]),
+              "variants": len(report["variants"])}
+    over = [f"{count:,} {what}" for what, count in counts.items() if count > MAX_DRAWN]
+    if not over:
+        return ""
+    return (f"{path} holds {' and '.join(over)}: the plots draw the first {MAX_DRAWN} of "
+            "each, the tables list them all")
 
 
 # What a report or trace of the wrong shape raises while it is read
 _MALFORMED = (KeyError, TypeError, AttributeError, ValueError, IndexError)
 _TRACE_SLOT = "<!-- trace -->"
+_NOTE_SLOT = "<!-- note -->"
 
 
 def _page(report: dict[str, Any], out: Path) -> str:
@@ -268,7 +304,7 @@ def _page(report: dict[str, Any], out: Path) -> str:
                        "errors", "load generator cores", "startup s", "error"], served),
         candidates=_table(["configuration", "accuracy", "last rung", "req/s", "p99 ms", "status",
                            "why"], _candidate_rows(report)),
-        trace=_TRACE_SLOT,
+        trace=_TRACE_SLOT, note=_NOTE_SLOT,
     )
 
 
@@ -282,7 +318,7 @@ th {{ background: #f0f0f0; }}
 img {{ max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }}
 </style></head><body>
 <h1>{title}</h1>
-{summary}
+{note}{summary}
 <h2>Variants</h2>
 <img src="pareto.png" alt="accuracy vs throughput">
 {variants}

@@ -77,6 +77,7 @@ class ModelEntry:
     variants: tuple[str, ...]
     state: str  # READY or UNAVAILABLE
     reason: str = ""
+    broken_variants: tuple[tuple[str, str], ...] = ()  # (variant, why), not in `variants`
 
 
 @dataclass
@@ -105,7 +106,11 @@ class Repository:
 
     # -- paths -------------------------------------------------------------------------------
     def _inside(self, path: Path) -> Path:
-        resolved = path.resolve()
+        try:
+            resolved = path.resolve()
+        except RuntimeError:  # Python 3.11 raises it for a symlink loop, not an OSError
+            raise ModelLoadError(f"{path}: a symlink loop (it links to itself, through one "
+                                 "link or more): remove the link or point it at a file") from None
         if self.root not in resolved.parents and resolved != self.root:
             raise InvalidNameError(f"{path} resolves outside the repository {self.root}")
         return resolved
@@ -270,7 +275,31 @@ class Repository:
             check_preprocess(config)
         except (ConfigError, ModelLoadError, NotFoundError, InvalidNameError) as exc:
             return ModelEntry(name, tuple(versions), (), (), "UNAVAILABLE", str(exc))
-        return ModelEntry(name, tuple(versions), tuple(served), tuple(variants), "READY")
+        broken = self.broken_variants(name)
+        return ModelEntry(name, tuple(versions), tuple(served),
+                          tuple(v for v in variants if v not in broken), "READY",
+                          broken_variants=tuple(broken.items()))
+
+    def broken_variants(self, name: str) -> dict[str, str]:
+        """The variant folders `surge models` marks, each with why: a variant.yaml that is not
+        a readable record (bad YAML, not a mapping, a directory, a symlink loop, a `check` of
+        other types) or no model file. Listed as fine, they failed later: a load by name or
+        `surge tune` (no model file), a ladder rung (its record)."""
+        variants_dir = self.model_dir(name) / VARIANTS_DIR
+        if not variants_dir.is_dir():
+            return {}
+        found = {}
+        for folder in sorted(variants_dir.iterdir(), key=lambda p: p.name):
+            record = folder / VARIANT_FILE
+            if not (record.exists() or record.is_symlink()):
+                continue  # not a variant (a folder `surge optimize` is still writing)
+            try:
+                check_name(folder.name, "variant")
+                _check_record(self._regular(record), self.variant_info(name, folder.name))
+                self.model_file(name, variant=folder.name)
+            except SurgeError as exc:
+                found[folder.name] = str(exc)
+        return found
 
     def _served_files(self, name: str, config: ModelConfig, served: list[int]
                       ) -> list[tuple[Path, str | None]]:
@@ -300,6 +329,20 @@ class Repository:
             found += f" (not versions, ignored: {shown(ignored)})"
         where = source or f"{name}/{CONFIG_FILE}"
         return f"{where}: version_policy {policy} selects nothing: {found}"
+
+
+def _check_record(path: Path, record: dict[str, Any]) -> None:
+    """The fields of a variant.yaml that Surge reads hold what `surge optimize` writes."""
+    check = record.get("check", {})
+    if not isinstance(check, dict):
+        raise ConfigError(f"{path}: check is {shown(check)}, not a mapping")
+    for key in ("accuracy", "reference_accuracy", "passed"):
+        value = check.get(key)
+        fraction = not isinstance(value, bool) and isinstance(value, int | float) \
+            and 0 <= value <= 1
+        if value is not None and not (isinstance(value, bool) if key == "passed" else fraction):
+            wanted = "true or false" if key == "passed" else "a fraction between 0 and 1"
+            raise ConfigError(f"{path}: check.{key} is {shown(value)}, not {wanted}")
 
 
 def engine_config(config: ModelConfig, variant: str | None, path: Path) -> ModelConfig:

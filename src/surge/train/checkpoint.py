@@ -199,9 +199,9 @@ def latest_checkpoint(directory: Path) -> Path | None:
     pointer = directory / LATEST
     if not pointer.is_file():
         return None
-    try:
+    try:  # OSError: unreadable, or removed since (a new run in the folder forgets it)
         name = json.loads(pointer.read_text())["checkpoint"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{pointer} is not a checkpoint pointer ({type(exc).__name__}: "
                           f"{exc}); remove it to start afresh") from None
     checkpoint = directory / str(name)
@@ -228,7 +228,7 @@ def load_checkpoint(path: Path, config: TrainConfig, state: DistState) -> Checkp
             f"{path} was saved with optimizer.name {trainer.optimizer}; cannot resume it with "
             f"{config.optimizer.name} (its state would be dropped): set optimizer.name="
             f"{trainer.optimizer}, or start a new run without --resume")
-    weights = read_file(path / "model.safetensors", lambda f: load_file(str(f)))
+    weights = read_weights(path / "model.safetensors")
     bundle = read_file(path / _optimizer_file(parallelism, state.rank),
                        lambda f: torch.load(f, map_location="cpu", weights_only=True))
     return Checkpoint(path, trainer, weights, bundle)
@@ -244,16 +244,50 @@ def check_epochs(path: Path, trainer: TrainerState, epochs: int) -> None:
             f"resume with epochs={trainer.epoch} (export again) or more (train further)")
 
 
-def read_file(file: Path, loader: Callable[[Path], T]) -> T:
+def read_file(file: Path, loader: Callable[[Path], T], directory: Path | None = None) -> T:
     """loader(file), or a one-line ConfigError for a missing, truncated or foreign file (a
-    pickle that holds code is refused by torch.load's weights_only)."""
+    pickle that holds code is refused by torch.load's weights_only). `directory` is the
+    checkpoint.dir the file belongs to (default: its folder's parent, an epoch's file)."""
     try:
         return loader(file)
     except Exception as exc:  # any reader's failure means the same: not a usable checkpoint
         reason = first_line(exc)
+        pointer = (directory or file.parent.parent) / LATEST
         raise ConfigError(
             f"checkpoint file {file} cannot be read ({type(exc).__name__}: {reason}); restore "
-            f"it, or remove {file.parent.parent / LATEST} to start afresh") from None
+            f"it, or remove {pointer} to start afresh") from None
+
+
+def read_weights(file: Path, directory: Path | None = None) -> dict[str, torch.Tensor]:
+    """A safetensors file of weights, refused in one line naming it when it cannot be read."""
+    return read_file(file, lambda f: load_file(str(f)), directory)
+
+
+def best_weights_file(checkpoint: Path) -> Path:
+    """The best weights a run resumed from `checkpoint` starts with: the checkpoint's own copy,
+    else the run's (`restore_best` puts the first in place of the second)."""
+    own = checkpoint / BEST
+    return own if own.is_file() else checkpoint.parent / BEST
+
+
+def check_best(checkpoint: Path, trainer: TrainerState,
+               expected: dict[str, torch.Tensor]) -> None:
+    """The best weights a resumed run would export can be read and fit the model: a damaged
+    or missing file was found only at the export, after the resumed run had trained."""
+    file = best_weights_file(checkpoint)
+    if not file.is_file():
+        if trainer.best_epoch:
+            raise ConfigError(
+                f"{checkpoint} records best epoch {trainer.best_epoch}, but there is no {BEST} "
+                f"in it nor in {checkpoint.parent}: restore it, or remove "
+                f"{checkpoint.parent / LATEST} to start afresh")
+        return
+    problems = mismatches(read_weights(file, checkpoint.parent), expected)
+    if problems:  # the checkpoint's own weights fit: this file is not the run's
+        raise ConfigError(
+            f"{file} holds weights of another model than {checkpoint} ({problems[0]}, "
+            f"{len(problems)} mismatch(es)): restore it, or remove "
+            f"{checkpoint.parent / LATEST} to start afresh")
 
 
 def read_trainer(file: Path) -> TrainerState:
@@ -303,11 +337,7 @@ def check_weights_fit(path: Path, weights: dict[str, torch.Tensor],
                       expected: dict[str, torch.Tensor], spec: ModelSpec,
                       saved_for: dict[str, Any]) -> None:
     """The checkpoint's weights have the keys and shapes of the recipe's model."""
-    wrong = [f"{k}: saved {list(weights[k].shape)}, model {list(v.shape)}"
-             for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
-    missing = [f"{k} missing" for k in expected if k not in weights]
-    unexpected = [f"{k} not in the model" for k in weights if k not in expected]
-    problems = wrong + missing + unexpected
+    problems = mismatches(weights, expected)
     if problems:
         saved = (f"; it was saved for {saved_for.get('builder')} with "
                  f"{shown(saved_for.get('kwargs'))}" if saved_for else "")
@@ -315,3 +345,12 @@ def check_weights_fit(path: Path, weights: dict[str, torch.Tensor],
             f"{path} holds weights of another model ({problems[0]}, {len(problems)} "
             f"mismatch(es)); the recipe's model is {spec.builder} with {shown(spec.kwargs)}"
             f"{saved}: resume with that model, or start a new run without --resume")
+
+
+def mismatches(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+    """How `weights` differ from the model's `expected` ones in keys and shapes."""
+    wrong = [f"{k}: saved {list(weights[k].shape)}, model {list(v.shape)}"
+             for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    missing = [f"{k} missing" for k in expected if k not in weights]
+    unexpected = [f"{k} not in the model" for k in weights if k not in expected]
+    return wrong + missing + unexpected

@@ -158,8 +158,15 @@ def _check_data(config: TrainConfig) -> None:
 
 
 def _check_directory(key: str, value: str) -> None:
-    """`value` is a directory or can become one: no part of it that exists is a file."""
+    """`value` is a directory or can become one: no part of it that exists is a file, and no
+    link on the way leads back to itself (Python 3.11 resolves such a loop with a
+    RuntimeError: a traceback where the run's folders are compared and locked)."""
     path = Path(value)
+    try:
+        path.resolve()
+    except RuntimeError:
+        raise ConfigError(f"{key} {shown(value)}: a symlink loop (a link that leads back to "
+                          "itself): remove the link or give another folder") from None
     for part in (path, *path.parents):
         if part.exists():
             if not part.is_dir():
@@ -179,10 +186,23 @@ def _check_paths(config: TrainConfig, options: LaunchOptions) -> None:
         _check_resumable(config)
     if config.export.repo is not None:
         _check_directory("export.repo", config.export.repo)
+        _check_outside_repo(config, Path(config.export.repo).resolve())
         check_name(config.export.name)
         if config.export.torch_name:
             check_name(config.export.torch_name)
         check_target(config)
+
+
+def _check_outside_repo(config: TrainConfig, repo: Path) -> None:
+    """The run's folders are not in the model repository it exports to: there its epochs
+    were listed as models (or a version folder without a model file), and `surge serve`
+    refused or skipped them."""
+    for key, value in (("checkpoint.dir", config.checkpoint.dir), ("log_dir", config.log_dir)):
+        folder = Path(value).resolve()
+        if folder == repo or repo in folder.parents:
+            raise ConfigError(f"{key} {shown(value)} lies in export.repo "
+                              f"{shown(config.export.repo)}, which would list the run's files "
+                              "as models: give the run a folder outside the repository")
 
 
 def _check_resumable(config: TrainConfig) -> None:

@@ -131,8 +131,10 @@ class Recipe:
                                   f"{ckpt.LATEST} there)")
             return 0
         saved = ckpt.load_checkpoint(path, self.config, self.state)
-        ckpt.check_weights_fit(path, saved.weights, self.eval_model().state_dict(),
-                               self.config.model, saved.trainer.model)
+        expected = self.eval_model().state_dict()
+        ckpt.check_weights_fit(path, saved.weights, expected, self.config.model,
+                               saved.trainer.model)
+        ckpt.check_best(path, saved.trainer, expected)
         ckpt.load_model_state(self.plan.module, saved.weights, self.config.parallelism)
         ckpt.restore_optimizer(saved.bundle, self.plan.module, self.optimizer, self.scheduler,
                                saved.trainer.step, self.precision.scaler, self.config.parallelism)
@@ -316,15 +318,13 @@ class Recipe:
         config = self.config
         if config.export.repo is None or not self.state.is_main:
             return None
-        from safetensors.torch import load_file
-
         best = self.checkpoint_dir / ckpt.BEST
         try:
             check_target(config)  # checked before training too; the version may be new since
         except ConfigError as exc:
             raise ConfigError(f"{exc}; the trained weights are kept in {best}") from None
         model = build_model(config.model, config.seed)
-        model.load_state_dict(load_file(str(best)))
+        model.load_state_dict(ckpt.read_weights(best, self.checkpoint_dir))
         metrics = {
             self.metric.published: self.trainer.best_metric, "epochs": config.epochs,
             "best_epoch": self.trainer.best_epoch, "seed": config.seed,
@@ -332,7 +332,14 @@ class Recipe:
             "world_size": self.state.world_size,
             "train_seconds": sum(h["epoch_s"] for h in self.trainer.history),
         }
-        published = self.task.publish(model, config, metrics, export_example(self.test_split))
+        try:
+            published = self.task.publish(model, config, metrics,
+                                          export_example(self.test_split))
+        except OSError as exc:  # a repository that went read-only, or a full disk
+            raise ConfigError(
+                f"cannot export into export.repo {config.export.repo} ({exc.strerror or exc}); "
+                f"the trained weights are kept in {best}: free or fix it, then run again with "
+                "--resume (it exports without training again)") from None
         self.log.say(
             f"exported {published.name} version {published.version} ({self.metric.label} "
             f"{self.trainer.best_metric:.4f}, epoch {self.trainer.best_epoch}) to {published.repo}"

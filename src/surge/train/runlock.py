@@ -41,8 +41,7 @@ def run_folders(config: TrainConfig) -> list[tuple[str, Path]]:
 
 @contextmanager
 def _locked(key: str, folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a+") as handle:
+    with _lock_file(key, folder) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -57,6 +56,17 @@ def _locked(key: str, folder: Path) -> Iterator[None]:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         yield
+
+
+def _lock_file(key: str, folder: Path) -> IO[str]:
+    """The lock file in `folder`, made with the folder: the first write of the run, refused in
+    one line where it cannot be made (a read-only path) instead of a traceback."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return open(folder / LOCK_FILE, "a+")  # the caller's `with` closes it
+    except OSError as exc:
+        raise ConfigError(f"{key} {shown(str(folder))} cannot be written ({exc.strerror or exc}"
+                          f"): give the run a folder it can write") from None
 
 
 def _holder(handle: IO[str]) -> str:

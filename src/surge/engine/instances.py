@@ -16,8 +16,8 @@ from surge.runtimes.base import Signature
 from surge.scheduler import Batch
 from surge.workers.events import PoolEvents as PoolEvents  # re-exported
 
-# A monotonic time source in seconds. Production uses the event loop's own clock, which the
-# worker pool also reads when it times batches; unit tests hand in a clock they advance.
+# A monotonic time source in seconds. Production uses `time.monotonic` (Engine.clock), which
+# the worker pool also reads when it times batches; unit tests hand in a clock they advance.
 Clock = Callable[[], float]
 
 

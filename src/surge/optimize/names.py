@@ -97,6 +97,8 @@ def parse_tolerance(spec: str) -> dict[str, float]:
             raise ConfigError(f"bad tolerance {part!r}; use KEY=VALUE with KEY one of "
                               f"{', '.join(keys)}")
         number = _tolerance_number(value, part)
+        if keys[key.strip()] in out:  # which of two bounds was meant cannot be told
+            raise ConfigError(f"tolerance {spec!r} gives {key.strip()} twice; give it once")
         if key.strip() in ("top1", "cosine") and number > 1:
             raise ConfigError(f"tolerance {part!r}: {key.strip()} is a share, at most 1")
         out[keys[key.strip()]] = number

@@ -54,7 +54,8 @@ class Load:
         if (self.concurrency is not None and self.concurrency < 1) or (
             self.rate is not None and not self.rate > 0
         ):
-            raise ConfigError(f"load must be positive, got {self.describe()}")
+            option = "--concurrency" if self.concurrency is not None else "--rate"
+            raise ConfigError(f"{option} must be positive, got {self.describe()}")
         if (self.concurrency or 0) > MAX_CONCURRENCY or (self.rate or 0) > MAX_RATE:
             raise ConfigError(f"load {self.describe()} is more than one load generator sends "
                               f"(at most {MAX_CONCURRENCY:,} clients or {MAX_RATE:,.0f}/s)")

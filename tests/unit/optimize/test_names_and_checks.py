@@ -72,7 +72,9 @@ def test_tolerance_parsing() -> None:
         parse_tolerance("top1=x")
     for bad, why in [("top1=nan", "'nan' is not a number >= 0"), ("top1=-1", "'-1' is not"),
                      ("max_abs=inf", "'inf' is not"), ("top1=5", "top1 is a share, at most 1"),
-                     ("", "names no bound"), (" , ", "names no bound")]:
+                     ("", "names no bound"), (" , ", "names no bound"),
+                     # the last of two values was taken silently
+                     ("top1=0.9,top1=0.8", "gives top1 twice; give it once")]:
         with pytest.raises(ConfigError, match=why):  # nan had every variant "kept"
             parse_tolerance(bad)
 

@@ -16,7 +16,7 @@ from tests.cli_runner import run_cli
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--concurrency", "0"], "load must be positive"),  # was taken as the default 64
+    (["--concurrency", "0"], "--concurrency must be positive"),  # was taken as the default 64
     (["--delays", "nan"], "--delays 'nan': expected non-negative numbers"),
     (["--delays", "1,inf"], "--delays '1,inf': expected non-negative numbers"),
     (["--max-accuracy-drop", "nan"], "--max-accuracy-drop nan: expected points >= 0"),

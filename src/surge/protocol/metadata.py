@@ -13,7 +13,9 @@ from typing import Any, Protocol
 
 from surge.datatypes import v2_to_triton
 from surge.repository.config import ModelConfig
+from surge.repository.queueing import MAX_PRIORITY, QueueConfig
 from surge.runtimes.base import Signature, TensorSpec
+from surge.scheduler.types import DEFAULT_PRIORITY_LEVEL
 
 
 class ModelView(Protocol):
@@ -76,11 +78,46 @@ def model_config(model: ModelView) -> dict[str, Any]:
     if config.parameters:
         result["parameters"] = config_parameters(config.parameters)
     if batched and config.batching.enabled:
+        # As in Triton, the queue policy lives in the dynamic batcher: a model that does not
+        # batch shows neither (its queue limits still apply, as config.yaml sets them).
         result["dynamic_batching"] = {
             "preferred_batch_size": list(config.batching.preferred_batch_sizes),
-            "max_queue_delay_microseconds": int(config.batching.max_queue_delay_ms * 1000),
+            "max_queue_delay_microseconds": _microseconds(config.batching.max_queue_delay_ms),
+            **queue_policies(config.queue),
         }
     return result
+
+
+def _microseconds(ms: float | None) -> int:
+    return round(ms * 1000) if ms is not None else 0  # round: 1.001 ms * 1000 is 1000.99...
+
+
+def _policy(max_size: int, timeout_ms: float | None) -> dict[str, Any]:
+    # Surge answers a request whose deadline passes (REJECT), and a request's own `timeout`
+    # parameter replaces the default one (allow_timeout_override).
+    return {"timeout_action": "REJECT", "default_timeout_microseconds": _microseconds(timeout_ms),
+            "allow_timeout_override": True, "max_queue_size": max_size}
+
+
+def queue_policies(queue: QueueConfig) -> dict[str, Any]:
+    """The `queue` section as Triton's dynamic batcher fields.
+
+    Every V2 priority is a level of its own (0 is served at DEFAULT_PRIORITY_LEVEL), so
+    `priority_levels` is the whole uint64 range. `default_queue_policy` is the model's queue
+    (its max_size bounds all levels together); `priority_queue_policy` holds each configured
+    level's effective rules, keyed by the level requests are queued at, with the model's
+    settings where the level leaves one out."""
+    levels = {str(level or DEFAULT_PRIORITY_LEVEL): _policy(
+                  policy.max_size or queue.max_size,
+                  policy.default_timeout_ms if policy.default_timeout_ms is not None
+                  else queue.default_timeout_ms)
+              for level, policy in sorted(queue.priorities.items())}
+    fields: dict[str, Any] = {
+        "priority_levels": MAX_PRIORITY, "default_priority_level": DEFAULT_PRIORITY_LEVEL,
+        "default_queue_policy": _policy(queue.max_size, queue.default_timeout_ms)}
+    if levels:
+        fields["priority_queue_policy"] = levels
+    return fields
 
 
 def config_parameters(parameters: Mapping[str, Any]) -> dict[str, dict[str, str]]:

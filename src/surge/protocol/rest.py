@@ -93,6 +93,8 @@ def route_methods(rest: list[str]) -> tuple[str, ...] | None:
     method is a 405 naming them (RFC 9110 15.5.6), not a 404 saying there is none."""
     if rest in ([], ["models", "stats"], ["health", "live"], ["health", "ready"]):
         return READ
+    if rest == ["logging"]:  # the logging extension: read and change the settings
+        return (*READ, *WRITE)
     if rest == ["repository", "index"] or (
             len(rest) == 4 and rest[:2] == ["repository", "models"]
             and rest[3] in ("load", "unload")):

@@ -37,6 +37,8 @@ from surge.protocol.rest import (
 from surge.protocol.types import SERVER_NAME, InferRequest, extensions
 from surge.repository import check_name, check_version
 from surge.server.keys import ApiKey, ForbiddenError, KeyRing, Scope, UnauthenticatedError
+from surge.server.log_settings import LOGGING_EXTENSION
+from surge.server.log_settings import http_answer as logging_answer
 from surge.server.model_control import RepositoryControl
 from surge.server.observe import RequestIds, RequestLog, RequestRecord
 from surge.server.openapi import OPENAPI_PATH, openapi_document
@@ -137,6 +139,10 @@ class V2App:
             await self._models(scope, receive, send, rest[1:])
         elif rest[:1] == ["repository"] and method == "POST":
             await self._repository(scope, receive, send, rest[1:])
+        elif rest == ["logging"]:
+            limit = min(self.max_body_bytes, MAX_REPOSITORY_BODY)
+            body = await _read_body(scope, receive, limit) if method == "POST" else b""
+            await _respond(send, 200, await logging_answer(method, body))
         elif rest[:1] and rest[0] in ROOTS:
             body = await _read_body(scope, receive, min(self.max_body_bytes, MAX_REPOSITORY_BODY))
             answer = http_answer(self.shared_memory, method, rest, body,
@@ -166,7 +172,7 @@ class V2App:
 
     def _server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": surge.__version__,
-                "extensions": extensions(self.shared_memory is not None)}
+                "extensions": [*extensions(self.shared_memory is not None), LOGGING_EXTENSION]}
 
     async def _models(self, scope: AsgiScope, receive: Receive, send: Send, rest: list[str]) -> None:
         method = scope["method"]
@@ -398,6 +404,8 @@ def _scope_needed(method: str, rest: list[str]) -> Scope:
     """The key scope a request needs: admin to change the repository, infer to infer."""
     if rest[:1] == ["repository"] and rest[-1:] in (["load"], ["unload"]):
         return Scope.ADMIN
+    if rest == ["logging"] and method == "POST":
+        return Scope.ADMIN  # a change of the server's log
     if rest[:1] and rest[0] in ROOTS and rest[-1] in CHANGES:
         return Scope.ADMIN  # a registration makes the server map memory a client names
     if rest[-1:] == ["infer"] and method == "POST":

@@ -18,7 +18,8 @@ Load and unload requests (explicit model control) reach one front end, which doe
 and records it in a directory the supervisor makes; every other front end follows it, and a
 front end restarted after a crash does every recorded change before it listens
 (surge/server/model_control.py). Shared-memory registrations are shared through a directory
-too (surge/server/shared_memory.py).
+too (surge/server/shared_memory.py), and so are the log settings of the logging extension
+(surge/server/log_settings.py), which the supervisor's own log follows as well.
 
 This module imports only the standard library at the top: a front end's process must set the
 multiprocess directory before prometheus_client is imported.
@@ -49,6 +50,7 @@ from surge.tempdirs import owned_dir, remove_orphaned
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
+    from surge.server.log_settings import LogSettings
     from surge.server.process import Endpoints, ServeOptions
 
 log = logging.getLogger(__name__)
@@ -174,13 +176,22 @@ class Supervisor:
             endpoints = [self._await_started(index, pipe) for index, pipe in enumerate(pipes)]
             if on_started is not None and endpoints[-1] is not None:
                 on_started(endpoints[-1])
+            log_settings = self._log_settings()
             while not self._stop:
                 self._watch(timeout=0.5)
+                log_settings.follow()  # its own lines follow a change made on a front end
         finally:
             self._stop_all()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.close()
+
+    def _log_settings(self) -> LogSettings:
+        from surge.server.log_settings import LogSettings
+
+        settings = LogSettings(self._directories[2])
+        settings.note()  # a change is answered once the supervisor follows it too
+        return settings
 
     def close(self) -> None:
         """Release the reserved ports and the directories (after the front ends)."""

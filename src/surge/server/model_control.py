@@ -42,6 +42,7 @@ from surge.configfile import write_text_atomically
 from surge.engine import InferenceEngine
 from surge.errors import ServingError, SurgeError, clipped
 from surge.server.frontends import CONTROL_DIR_ENV, CONTROL_DONE
+from surge.server.log_settings import changes_to_follow
 from surge.tempdirs import process_alive
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class RepositoryControl:
 
     def __init__(self, engine: InferenceEngine) -> None:
         self.engine = engine
+        self._log_follower: asyncio.Task[None] | None = None
 
     async def load(self, name: str, config: dict[str, Any] | None) -> None:
         await (self.engine.load(name, config) if config else self.engine.load(name))
@@ -71,10 +73,16 @@ class RepositoryControl:
         await self.engine.unload(name)
 
     async def start(self) -> None:
-        """Before the front end listens."""
+        """Before the front end listens: the log settings another front end changed (with
+        several), applied now and followed from now on."""
+        self._log_follower = changes_to_follow()
 
     async def stop(self) -> None:
         """At the drain."""
+        if self._log_follower is not None:
+            self._log_follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._log_follower
 
 
 class SharedControl(RepositoryControl):
@@ -100,6 +108,7 @@ class SharedControl(RepositoryControl):
         await self._change(name, {"action": "unload"})
 
     async def start(self) -> None:
+        await super().start()
         await self._catch_up()
         self._note_done()  # the others wait for this front end from now on
         self._follower = asyncio.create_task(self._follow(), name="surge-model-control")
@@ -111,6 +120,7 @@ class SharedControl(RepositoryControl):
                 await self._follower
         # A draining front end is waited for no longer.
         (self.directory / DONE / f"{self.pid}.json").unlink(missing_ok=True)
+        await super().stop()
 
     async def _change(self, name: str, change: dict[str, Any]) -> None:
         async with self._lock(name):  # not interleaved with following another's change

@@ -94,6 +94,16 @@ def _repository_paths() -> dict[str, Any]:
     }
 
 
+def _logging_paths() -> dict[str, Any]:
+    """Triton's logging extension: the settings read and changed whole or in part."""
+    settings = {"$ref": "#/components/schemas/LogSettings"}
+    return {"/v2/logging": {
+        **_get("the server's log settings", settings),
+        "post": {"summary": "change log settings (those left out or null stay as they are)",
+                 "requestBody": {"required": True, **_json(settings)},
+                 "responses": {"200": _ok(settings), **_errors(400, 401, 403)}}}}
+
+
 def _shared_memory_paths() -> dict[str, Any]:
     """The shared-memory extension's system regions and CUDA's (whose register is refused)."""
     region = {"name": "region", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -154,6 +164,13 @@ def _schemas() -> dict[str, Any]:
         "IndexEntry": {"type": "object", "required": ["name", "state"], "properties": {
             "name": {"type": "string"}, "version": {"type": "string"},
             "state": {"type": "string"}, "reason": {"type": "string"}}},
+        "LogSettings": {"type": "object", "properties": {
+            "log_file": {"type": "string", "nullable": True},
+            "log_info": {"type": "boolean", "nullable": True},
+            "log_warning": {"type": "boolean", "nullable": True},
+            "log_error": {"type": "boolean", "nullable": True},
+            "log_verbose_level": {"type": "integer", "minimum": 0, "nullable": True},
+            "log_format": {"type": "string", "enum": ["default", "ISO8601"], "nullable": True}}},
         "LoadRequest": {"type": "object", "properties": {"parameters": {
             "type": "object", "properties": {"config": {"oneOf": [{"type": "string"},
                                                                   {"type": "object"}]}}}}},
@@ -174,6 +191,7 @@ def openapi_document() -> dict[str, Any]:
                                  {"$ref": "#/components/schemas/Statistics"}),
         **_model_paths(),
         **_repository_paths(),
+        **_logging_paths(),
         **_shared_memory_paths(),
     }
     return {

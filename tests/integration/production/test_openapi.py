@@ -40,7 +40,8 @@ def test_description_is_served_and_covers_the_routes(fuzzed: Served) -> None:
     document = answer.json()
     assert document == openapi_document()
     assert {"/v2/models/{model}/infer", "/v2/repository/models/{model}/load",
-            "/v2/health/ready", "/v2/models/{model}/versions/{version}/stats"} <= set(
+            "/v2/health/ready", "/v2/models/{model}/versions/{version}/stats",
+            "/v2/logging"} <= set(
         document["paths"])
 
 

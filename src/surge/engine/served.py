@@ -44,7 +44,7 @@ from surge.repository import ModelConfig
 from surge.repository.config import ORIGINAL
 from surge.runtimes.base import Signature
 from surge.scheduler import Batch, Request, Scheduler, SchedulerConfig, shape_key
-from surge.scheduler.types import DEFAULT_PRIORITY_LEVEL
+from surge.scheduler.types import priority_level
 from surge.workers.pool import BatchResult
 
 log = logging.getLogger(__name__)
@@ -213,8 +213,7 @@ class ServedModel:
         if outputs is not None:
             for name in outputs:
                 signature.output(name)
-        if priority < 0:
-            raise InputError(f"priority must be >= 0, got {priority}")
+        level = priority_level(priority)
         check_pin(request_route.get(), (self.variant_name,))
         if timeout_us is not None and timeout_us < 0:
             raise InputError(f"timeout must be >= 0 microseconds, got {timeout_us}")
@@ -227,7 +226,7 @@ class ServedModel:
         return Request(
             next(self._ids), inputs, batch, shape_key(inputs, signature.batched), now,
             now + timeout_us / 1e6 if timeout_us else None,
-            priority or DEFAULT_PRIORITY_LEVEL,
+            level,
             tuple(outputs) if outputs is not None else None, request_id,
         )
 
@@ -420,7 +419,7 @@ class ServedModel:
             self._m_fit[1].set(line[1])
 
     def on_requeue(self, batch: Batch) -> None:
-        self.scheduler.requeue(batch)
+        self.scheduler.requeue(batch, awaited=self._futures)
         self.wake()
 
     def on_restart(self) -> None:
@@ -438,7 +437,7 @@ class ServedModel:
         if batch.id in self._probes:  # not retried: the model loads and learns from traffic
             self._probe_done(batch, None, WorkerCrashedError("latency probe hung"), None, now)
             return
-        for request in self.scheduler.retry(batch, now):
+        for request in self.scheduler.retry(batch, now, awaited=self._futures):
             why = ("it hung on the retry too" if request.retries else
                    "no time left before its deadline to retry it")
             self._reject(request, WorkerCrashedError(

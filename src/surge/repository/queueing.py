@@ -13,13 +13,12 @@ from pydantic import Field, field_validator, model_validator
 
 from surge.configfile import Bool, Float, Int, StrictConfig
 from surge.errors import shown
-from surge.scheduler.types import DEFAULT_PRIORITY_LEVEL, LevelPolicy
+from surge.scheduler.types import DEFAULT_PRIORITY_LEVEL, MAX_PRIORITY, LevelPolicy
 
 # A request's deadline is finite (`.inf` is no deadline in disguise): a day at most.
 MAX_TIMEOUT_MS = 86_400_000
 MAX_QUEUE_DELAY_MS = 10_000.0  # a wait past 10 s is no batching delay but a stall
 MAX_QUEUE_SIZE = 1_000_000_000
-MAX_PRIORITY = 2**64 - 1  # the V2 `priority` parameter is a uint64, as in Triton
 _DIGITS = re.compile(r"0|[1-9][0-9]*")  # a level written as a string: JSON keys always are
 
 

@@ -41,6 +41,10 @@ class LevelCounts:
         _bump(self._rows, request.priority, sign * request.batch_size)
         _bump(self._requests, request.priority, sign)
 
+    def waiting(self, priority: int) -> int:
+        """Queued requests of `priority`."""
+        return self._requests.get(priority, 0)
+
     def rows(self, upto: int | None = None) -> int:
         """Queued rows of every level, or of the levels served no later than `upto`."""
         if upto is None:
@@ -54,17 +58,26 @@ class LevelCounts:
             return policy.default_timeout_s
         return model_default
 
+    def timeout_source(self, priority: int) -> str:
+        """Where the default deadline of a request of `priority` comes from, for messages."""
+        policy = self._policies.get(priority)
+        if policy is not None and policy.default_timeout_s is not None:
+            return f"the default timeout of {policy.name or f'priority level {priority}'}"
+        return "the model's queue.default_timeout_ms"
+
     def full(self, priority: int) -> str | None:
         """Why `priority`'s own queue has no room, or None when it has (or has no bound)."""
         policy = self._policies.get(priority)
         if policy is None or policy.max_queue_size is None:
             return None
-        waiting = self._requests.get(priority, 0)
+        waiting = self.waiting(priority)
         if waiting < policy.max_queue_size:
             return None
         name = policy.name or f"priority level {priority}"
-        return (f"queue full for {name} ({waiting} requests of that priority waiting, its "
-                "max_size); requests of other priorities are still taken")
+        # Both numbers: requests sent back to the queue are kept past the bound.
+        return (f"queue full for {name} ({waiting} request{'s' if waiting > 1 else ''} of "
+                f"that priority waiting; its max_size is {policy.max_queue_size}); requests "
+                "of other priorities are still taken")
 
 
 def _bump(counts: dict[int, int], level: int, by: int) -> None:

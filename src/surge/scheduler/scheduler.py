@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import replace
 from itertools import accumulate
 
@@ -111,10 +111,11 @@ class Scheduler:
         self.arrivals.arrive(now)  # offered load, refused requests included
         self._check_room(request.priority, now)
         timeout = self._levels.timeout(request.priority, self.config.default_timeout_s)
+        defaulted = False  # the deadline is a default timeout's, not the client's own
         if request.deadline is None and timeout is not None:
-            request = replace(request, deadline=now + timeout)
+            request, defaulted = replace(request, deadline=now + timeout), True
         if request.deadline is not None:
-            self._admit_deadline(request, request.deadline, now)
+            self._admit_deadline(request, request.deadline, now, defaulted)
             heapq.heappush(self._deadlines, (request.deadline, request.id))
         self._push(request)
         return request
@@ -130,8 +131,10 @@ class Scheduler:
         if full is not None:  # room opens as this level's requests go: the work ahead of them
             raise QueueFullError(full, retry_after_s=lambda: self._drain_time(now, priority))
 
-    def _admit_deadline(self, request: Request, deadline: float, now: float) -> None:
-        """Raise QueueFullError when `request` is predicted to finish after `deadline`.
+    def _admit_deadline(self, request: Request, deadline: float, now: float,
+                        defaulted: bool = False) -> None:
+        """Raise QueueFullError when `request` is predicted to finish after `deadline`
+        (`defaulted`: a default timeout's, not the client's own).
 
         Unless the refusal rests on the estimate alone (a worker idle, nothing queued) and no
         probe ran lately: then the estimate may be stale (measured while a worker stalled,
@@ -146,10 +149,13 @@ class Scheduler:
         if self._may_probe(now):
             self._probe, self._last_probe = request.id, now
             return
+        # A client that sent no `timeout` is told whose deadline it was, and how to set its own.
+        source = (f" ({self._levels.timeout_source(request.priority)}; a `timeout` parameter "
+                  "sets another)") if defaulted else ""
         raise QueueFullError(
             f"cannot meet the deadline: predicted completion in "
-            f"{(predicted - now) * 1e3:.1f} ms, deadline in {(deadline - now) * 1e3:.1f} ms",
-            retry_after_s=lambda: self._drain_time(now), reason="predicted_miss",
+            f"{(predicted - now) * 1e3:.1f} ms, deadline in {(deadline - now) * 1e3:.1f} ms"
+            + source, retry_after_s=lambda: self._drain_time(now), reason="predicted_miss",
         )
 
     def _may_probe(self, now: float) -> bool:
@@ -428,23 +434,28 @@ class Scheduler:
             self._times.record(instance, batch.size, seconds)
         return [Completed(r, o) for r, o in zip(batch.requests, batch.split(outputs), strict=True)]
 
-    def requeue(self, batch: Batch) -> None:
+    def requeue(self, batch: Batch, awaited: Container[int] | None = None) -> None:
         """Put the requests of a batch that never started back in the queue, in their order.
 
-        Admission is not checked again: these requests were accepted already.
+        Admission is not checked again: these requests were accepted already. With `awaited`
+        (the ids whose clients still wait), the others are dropped: computed for nobody, they
+        would hold room in the queue and in their priority level's bound.
         """
         self._inflight.pop(batch.id, None)
-        self._push_first(batch.requests)
+        self._push_first(tuple(r for r in batch.requests if awaited is None or r.id in awaited))
 
-    def retry(self, batch: Batch, now: float) -> tuple[Request, ...]:
+    def retry(self, batch: Batch, now: float, awaited: Container[int] | None = None
+              ) -> tuple[Request, ...]:
         """Queue again, once, the requests of a batch whose worker hung; returns the others.
 
-        A request goes back (ahead of later arrivals) while it has retries left and its
-        deadline leaves time for a batch of its size; the caller fails the ones returned.
-        The hung batch's time is no measurement.
+        A request goes back (ahead of later arrivals) while it has retries left, its deadline
+        leaves time for a batch of its size and (with `awaited`, as in `requeue`) its client
+        still waits; the caller fails the ones returned. The hung batch's time is no
+        measurement.
         """
         self.fail(batch)
-        again = [r for r in batch.requests if self._retriable(r, now)]
+        again = [r for r in batch.requests if self._retriable(r, now)
+                 and (awaited is None or r.id in awaited)]
         self._push_first(tuple(replace(r, retries=r.retries + 1) for r in again))
         return tuple(r for r in batch.requests if r not in again)
 

@@ -8,13 +8,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from surge.errors import InputError, shown
+
 # The level V2 priority 0 ("default", as in Triton) is served at: levels 1..7 go before default
 # traffic, larger numbers after it.
 DEFAULT_PRIORITY_LEVEL = 8
+MAX_PRIORITY = 2**64 - 1  # the V2 `priority` parameter is a uint64, as in Triton
 
 # (input name, dtype, shape without the batch dim) for every input: requests share a batch only
 # when their keys are equal.
 ShapeKey = tuple[tuple[str, str, tuple[int, ...]], ...]
+
+
+def priority_level(priority: object) -> int:
+    """The level a request of V2 `priority` is queued at (0, the default, is
+    DEFAULT_PRIORITY_LEVEL). InputError for anything but an integer from 0 to MAX_PRIORITY:
+    the Python API passes the caller's value as it is, and a string or a float would be no
+    level at all, or a level the config's keys cannot name."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not (
+            0 <= priority <= MAX_PRIORITY):
+        raise InputError(f"priority must be an integer from 0 to {MAX_PRIORITY} (0 = the "
+                         f"default level), got {shown(priority)}")
+    return priority or DEFAULT_PRIORITY_LEVEL
 
 
 @dataclass(frozen=True)

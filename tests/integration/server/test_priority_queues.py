@@ -107,7 +107,7 @@ def test_a_full_level_is_unavailable_over_grpc(served: ServerProcess) -> None:
 
     found = asyncio.run(codes())
     assert set(found) == {"OK", f"UNAVAILABLE: {LEVEL_FULL} (3 requests of that priority "
-                          "waiting, its max_size); requests of other priorities are still "
+                          "waiting; its max_size is 3); requests of other priorities are still "
                           "taken"}, found
 
 

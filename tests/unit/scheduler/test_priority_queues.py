@@ -71,7 +71,17 @@ def test_accepted_requests_sent_back_are_kept_past_their_level_bound() -> None:
     s.add(req(priority=BULK), 0.0)
     s.requeue(batch)  # the worker never started it: accepted work is not dropped
     assert s.queued == 4
-    with pytest.raises(QueueFullError):
+    with pytest.raises(QueueFullError, match=r"\(4 requests of that priority waiting; its "
+                       r"max_size is 2\)"):  # the bound named, not taken for the count
+        s.add(req(priority=BULK), 0.0)
+
+
+def test_a_level_full_at_one_request_says_so_in_the_singular() -> None:
+    s = scheduler({BULK: LevelPolicy(max_queue_size=1, name="priority 20")})
+    s.add(req(priority=BULK), 0.0)
+    with pytest.raises(QueueFullError, match=r"^queue full for priority 20 \(1 request of "
+                       r"that priority waiting; its max_size is 1\); requests of other "
+                       "priorities are still taken$"):
         s.add(req(priority=BULK), 0.0)
 
 
@@ -148,3 +158,28 @@ def test_every_rung_of_a_ladder_takes_the_level_policies() -> None:
     for rung in config.ladder:
         levels = scheduler_config(rung_config(config, rung), 1).priorities
         assert levels == {2: LevelPolicy(3, None, "priority 2")}
+
+
+def _measured(s: Scheduler) -> None:
+    """A full batch measured at 100 ms, and a request queued (no probe is admitted then)."""
+    done = s.add(req(4), 0.0)
+    batch = s.next_batch(0.0, 1)
+    assert batch is not None
+    assert ids(batch) == [done.id]
+    s.complete(batch, {"y": np.zeros((4, 4), np.float32)}, 0.1)
+    s.add(req(priority=URGENT, now=1.0), 1.0)
+
+
+def test_a_level_timeout_shorter_than_a_batch_is_refused_naming_the_level() -> None:
+    s = scheduler({BULK: LevelPolicy(default_timeout_s=0.01, name="priority 20")},
+                  default_timeout_s=0.02, max_queue_size=100)
+    _measured(s)
+    with pytest.raises(QueueFullError, match=r"deadline in 10\.0 ms \(the default timeout of "
+                       r"priority 20; a `timeout` parameter sets another\)$") as info:
+        s.add(req(priority=BULK, now=1.0), 1.0)
+    assert info.value.reason == "predicted_miss"
+    with pytest.raises(QueueFullError, match=r"deadline in 20\.0 ms \(the model's "
+                       r"queue\.default_timeout_ms; a `timeout` parameter sets another\)$"):
+        s.add(req(now=1.0), 1.0)
+    with pytest.raises(QueueFullError, match=r"deadline in 30\.0 ms$"):  # the client's own
+        s.add(req(priority=BULK, now=1.0, deadline=1.03), 1.0)

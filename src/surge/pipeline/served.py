@@ -48,6 +48,7 @@ from surge.pipeline.steps import ProcessorStep, processor_step
 from surge.repository import ModelConfig, Repository
 from surge.repository.config import ORIGINAL, StepConfig
 from surge.runtimes.base import Signature
+from surge.scheduler.types import priority_level
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +255,7 @@ class ServedPipeline:
         self._accept.check(inputs)
         for name in outputs or []:
             self.signature.output(name)
-        if priority < 0:
-            raise InputError(f"priority must be >= 0, got {priority}")
+        priority_level(priority)  # the Python API passes the caller's value as it is
         if not self._models:  # no model step to check a pin: none but the original is served
             check_pin(request_route.get(), (ORIGINAL,))
         if timeout_us is not None and timeout_us < 0:

@@ -200,6 +200,17 @@ def test_a_pipeline_without_model_steps_refuses_a_variant_pin(tmp_path: Path) ->
     asyncio.run(_a_pipeline_without_model_steps_refuses_a_variant_pin(tmp_path))
 
 
+@pytest.mark.parametrize("priority", ["1", 1.0, None, -1, 2**64])
+def test_a_priority_no_level_names_is_refused(tmp_path: Path, priority: object) -> None:
+    async def body() -> None:
+        async with serving(repository(tmp_path)) as (engine, pools):
+            with pytest.raises(InputError, match="priority must be an integer from 0 to"):
+                await engine.infer("p", None, values(1), priority=priority)  # type: ignore[arg-type]
+            assert all(not pool.dispatched for pool in pools.built)  # a TypeError for '1'
+
+    asyncio.run(body())
+
+
 def test_the_repository_lists_a_pipeline(tmp_path: Path) -> None:
     entries = {e.name: e for e in repository(tmp_path).entries()}
     assert (entries["p"].state, entries["p"].served) == ("READY", (1,))

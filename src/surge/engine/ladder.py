@@ -42,6 +42,12 @@ from surge.scheduler.ladder import LadderController, LadderSettings, Rung, Windo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Config fields that leave how long a rung's batch of each size computes as it was: a reload
+# changing only these keeps the rung's settled batch times (see `same_batch_times`). The others
+# (engine, threads, instances, device, placement, max_batch_size, parameters...) may change them.
+BATCH_TIME_NEUTRAL: set[str] = {
+    "schema_version", "name", "queue", "slo_p99_ms", "batching", "hang_multiple", "hang_min_ms",
+    "version_policy", "labels", "load", "pinned"}
 
 
 def ladder_rungs(repository: Repository, name: str, config: ModelConfig) -> list[Rung]:
@@ -87,6 +93,14 @@ def _fraction(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if 0.0 <= value <= 1.0 else None
+
+
+def same_batch_times(old: ModelConfig, new: ModelConfig) -> bool:
+    """Whether a rung served with `new` computes its batches as fast as with `old` (its files
+    the same): a reload of queue limits or of the SLO alone once dropped the settled times, and
+    priced at the load-time probe beside a surge, the ladder never climbed back up."""
+    return (old.model_dump(exclude=BATCH_TIME_NEUTRAL)
+            == new.model_dump(exclude=BATCH_TIME_NEUTRAL))
 
 
 def rung_config(config: ModelConfig, rung: str) -> ModelConfig:
@@ -148,18 +162,21 @@ class ServedLadder:
 
     def carry_from(self, old: Iterable[object]) -> None:
         """A reload: take over the load the ladder among `old` (what served the model) was
-        under, its controller's place and the arrivals of its rate windows, when it had the
+        under: the arrivals of its rate windows, and its controller's place when it had the
         same rungs. A fresh controller at the top rung admitted the first second of a surge
-        in progress as if idle. Called just before the switch: no arrival comes in between."""
+        in progress as if idle; with other rungs it starts at the top, and decides on the
+        carried arrivals at the first request. Called just before the switch: no arrival
+        comes in between."""
         previous = next((o for o in old if isinstance(o, ServedLadder)), None)
         if previous is None:
             return
+        if previous._batched == self._batched:  # arrivals counted in the same unit
+            self._rate = previous._rate  # the old ladder takes no arrival once switched from
         unchanged = [r for r, files in self.files.items()
                      if previous.files.get(r) == files and r in previous.rungs
-                     and previous.rungs[r].config == self.rungs[r].config]
+                     and same_batch_times(previous.rungs[r].config, self.rungs[r].config)]
         if not self.controller.carry_from(previous.controller, unchanged):
             return
-        self._rate = previous._rate  # the old ladder takes no arrival once switched from
         self._publish_shares()
         log.info("model %s: the reloaded ladder keeps the shares %s", self.name,
                  self.controller.shares())

@@ -149,7 +149,22 @@ def _json_header(header: memoryview) -> Any:
     if b"NaN" in text or b"Infinity" in text:
         with contextlib.suppress(ValueError, RecursionError):  # RecursionError: deep nesting
             return json.loads(text)
+    if "infinity when parsed as double" in str(error):  # valid JSON all the same
+        raise InputError(f"request body holds a number past the range of a 64-bit float "
+                         f"({error})")
     raise InputError(f"request body is not valid JSON ({error})")
+
+
+def _as_written(params: Mapping[str, Any], name: str, header: memoryview) -> Any:
+    """Request parameter `name` (default 0) as the client wrote it: orjson reads an integer
+    past 64 bits as a float, and a priority of 2**64 was refused as `got
+    1.8446744073709552e+19`. A float, which `priority` and `timeout` refuse anyway, is read
+    again by Python's parser, which keeps integers whole, for the message."""
+    value = params.get(name, 0)
+    if isinstance(value, float):
+        with contextlib.suppress(ValueError, RecursionError, LookupError, TypeError):
+            return json.loads(bytes(header))["parameters"][name]
+    return value
 
 
 def decode_request(body: bytes, header_length: int | None,
@@ -169,8 +184,8 @@ def decode_request(body: bytes, header_length: int | None,
         inputs=inputs,
         outputs=_decode_outputs(header.get("outputs"), params, regions),
         request_id=request_id,
-        priority=parse_priority(params.get("priority", 0)),
-        timeout_us=parse_timeout(params.get("timeout", 0)),
+        priority=parse_priority(_as_written(params, "priority", header_bytes)),
+        timeout_us=parse_timeout(_as_written(params, "timeout", header_bytes)),
         binary_default=_flag(params, "binary_data_output", "request parameter", False),
         **_pin(params),
     )

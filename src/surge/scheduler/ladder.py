@@ -356,9 +356,10 @@ class LadderController:
         level and shares, its last prediction and the clocks of its holds, so that a surge in
         progress is not met again from the top rung. False, and nothing taken, when the usable
         rungs differ: a level would mean other rungs. The settled batch times only of the
-        rungs `unchanged` (same files, same config); the others' describe other files, and
-        each is priced settled at its times now, its load-time probe, instead (none at all
-        priced the top rung's slowed small share past the calm margin for good)."""
+        rungs `unchanged` (same files, and settings that leave batch times); the others' may
+        describe other files or settings, and each is priced settled at its times now, its
+        load-time probe, instead (none at all priced the top rung's slowed small share past
+        the calm margin for good)."""
         if old.names != self.names or [r.name for r in old.rungs] != [
                 r.name for r in self.rungs]:
             return False

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 OVERRIDABLE_FIELDS = frozenset({
     "batching", "instances", "threads", "device", "spin_wait", "hang_multiple", "hang_min_ms",
     "queue", "version_policy", "variant", "slo_p99_ms", "labels", "parameters", "placement",
-    "cluster",
+    "cluster", "ladder", "max_accuracy_drop", "ladder_accuracy",  # the front end's ladder
 })
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from surge.engine.route import VariantRoute
+from surge.errors import ConfigError
 from tests.unit.engine.test_ladder_reload import newest, reloaded
 from tests.unit.engine.test_ladder_serving import (
     LADDER,
@@ -87,5 +88,17 @@ def test_a_reload_narrowing_the_accuracy_budget_leaves_the_excluded_rung(tmp_pat
             assert s.served.controller.excluded == ("fast",)
             # Within the new budget only the original is: it takes everything unpinned.
             assert await first_wave(s, ("original", "fast")) == {"original": 20, "fast": 0}
+
+    run(body())
+
+
+def test_an_override_narrowing_the_accuracy_budget_leaves_the_excluded_rung(
+        tmp_path: Path) -> None:
+    async def body() -> None:  # refused as "read by the workers": the front end reads it
+        async with laddered(tmp_path) as s:
+            await reloaded(s, s.engine.load("m", {"max_accuracy_drop": 0.1}))
+            assert s.served.controller.excluded == ("fast",)
+            with pytest.raises(ConfigError, match="ladder needs two or more different rungs"):
+                await s.engine.load("m", {"ladder": ["original"]})
 
     run(body())

@@ -164,6 +164,7 @@ class Supervisor:
         self._started_at = [0.0] * count
         self._failures = [0] * count
         self._stop = False
+        self._logs: LogSettings | None = None  # followed once every front end has started
 
     def run(self, on_started: Callable[[Endpoints], None] | None = None) -> None:
         """Serve until SIGTERM/SIGINT, then stop every front end and return."""
@@ -176,10 +177,10 @@ class Supervisor:
             endpoints = [self._await_started(index, pipe) for index, pipe in enumerate(pipes)]
             if on_started is not None and endpoints[-1] is not None:
                 on_started(endpoints[-1])
-            log_settings = self._log_settings()
+            self._logs = self._log_settings()
             while not self._stop:
                 self._watch(timeout=0.5)
-                log_settings.follow()  # its own lines follow a change made on a front end
+                self._follow_logs()
         finally:
             self._stop_all()
             for sig, handler in previous.items():
@@ -192,6 +193,16 @@ class Supervisor:
         settings = LogSettings(self._directories[2])
         settings.note()  # a change is answered once the supervisor follows it too
         return settings
+
+    def _follow_logs(self) -> None:
+        """Its own lines follow a change made on a front end; the change waits for this, so
+        it is done while a front end restarts too (else every change waited 10 s meanwhile)."""
+        if self._logs is None:
+            return
+        try:
+            self._logs.follow()
+        except OSError as exc:  # the directory's disk: tried again with the next change
+            log.warning("log settings not followed: %s", exc)
 
     def close(self) -> None:
         """Release the reserved ports and the directories (after the front ends)."""
@@ -239,6 +250,7 @@ class Supervisor:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not self._stop and time.monotonic() < deadline:
             ready = multiprocessing.connection.wait([receive, process.sentinel], timeout=0.5)
+            self._follow_logs()
             if receive in ready:
                 with contextlib.suppress(EOFError):
                     started: _Started = receive.recv()
@@ -270,6 +282,8 @@ class Supervisor:
         # Its notes of the loads it followed: the others wait for it no longer (its pid may
         # be reused); its replacement does every load and unload before it listens.
         Path(self._directories[2], CONTROL_DONE, f"{process.pid}.json").unlink(missing_ok=True)
+        if self._logs is not None:
+            self._logs.forget(process.pid)  # and of the log settings it followed
         lived = time.monotonic() - self._started_at[index]
         self._failures[index] = 0 if lived >= STABLE_AFTER_S else self._failures[index] + 1
         wait = restart_delay(self._failures[index])
@@ -278,6 +292,7 @@ class Supervisor:
         deadline = time.monotonic() + wait
         while not self._stop and time.monotonic() < deadline:
             time.sleep(0.1)
+            self._follow_logs()
         if self._stop:
             return
         try:

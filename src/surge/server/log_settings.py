@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 LOGGING_EXTENSION = "logging"  # as GET /v2 and ServerMetadata list it
 RECORD = "log_settings.json"  # the latest change, in the model control directory
+LOCK = "log_settings.lock"  # held while a change is based on the record and replaces it
 NOTES = "log_settings.done"  # a file per process following the record: the token it applied
 FOLLOW_EVERY_S = 0.2  # how soon the other front ends apply a change
 FOLLOWERS_WAIT_S = 10.0  # the longest a change waits for the others to apply it
@@ -53,6 +55,9 @@ MAX_VERBOSE = 2**32 - 1  # a uint32, as in Triton
 _ISO_DATES = "%Y-%m-%dT%H:%M:%SZ"
 _LINE = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # a handler without a format of its own
 _NOTHING = logging.CRITICAL + 10  # a root level that lets nothing through
+# Loggers whose lines reach stderr through a handler of their own, not the root's: uvicorn's
+# (its errors, "Invalid HTTP request received"), configured anew by each listener it starts.
+_OWN_HANDLERS = ("uvicorn", "uvicorn.error")
 
 
 def check_settings(changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,17 +130,21 @@ class LogSettings:
         """Apply `changes` (checked first: a bad one changes nothing) and record them for the
         other front ends; the record's token (None with one front end)."""
         checked = check_settings(changes)
-        self.follow()  # another front end's change is the base of this one
-        settings = {**self.settings, **checked}
-        self.apply(settings)
-        log.warning("log settings changed: %s", _described(checked))
         if self.directory is None:
+            self._change(checked)
             return None
-        self._token = uuid.uuid4().hex
-        record = {"token": self._token, "settings": settings}
-        write_text_atomically(self.directory / RECORD, json.dumps(record))
+        with _changing(self.directory):
+            self.follow()  # another front end's change is the base of this one
+            self._change(checked)
+            self._token = uuid.uuid4().hex
+            record = {"token": self._token, "settings": self.settings}
+            write_text_atomically(self.directory / RECORD, json.dumps(record))
         self.note()
         return self._token
+
+    def _change(self, checked: dict[str, Any]) -> None:
+        self.apply({**self.settings, **checked})
+        log.warning("log settings changed: %s", _described(checked))
 
     def follow(self) -> None:
         """Apply the recorded settings when another front end changed them, and note so."""
@@ -146,7 +155,7 @@ class LogSettings:
             return
         self._token = record.get("token")
         try:
-            self.apply({**self.settings, **check_settings(record.get("settings") or {})})
+            self.apply({**self.settings, **check_settings(_recorded(record))})
         except InputError as exc:  # written by a server of another version: keep ours
             log.error("log settings of %s not applied: %s", self.directory / RECORD, exc)
         self.note()
@@ -157,10 +166,11 @@ class LogSettings:
             (self.directory / NOTES).mkdir(exist_ok=True)
             write_text_atomically(self.directory / NOTES / str(self.pid), self._token or "")
 
-    def forget(self) -> None:
-        """A draining front end is waited for no longer."""
+    def forget(self, pid: int | None = None) -> None:
+        """A draining front end (or process `pid`, a dead one: its pid may be reused) is
+        waited for no longer."""
         if self.directory is not None:
-            (self.directory / NOTES / str(self.pid)).unlink(missing_ok=True)
+            (self.directory / NOTES / str(pid or self.pid)).unlink(missing_ok=True)
 
     async def followed(self, token: str, wait_s: float = FOLLOWERS_WAIT_S) -> None:
         """Return once every other live process has applied record `token` (or a newer
@@ -202,6 +212,9 @@ class LogSettings:
             if self._filter not in handler.filters:
                 handler.addFilter(self._filter)
             self._format(handler, settings["log_format"])
+        for name in _OWN_HANDLERS:  # on the logger: it keeps its filters when reconfigured
+            if self._filter not in logging.getLogger(name).filters:
+                logging.getLogger(name).addFilter(self._filter)
 
     def _format(self, handler: logging.Handler, log_format: str) -> None:
         original = self._formatters.setdefault(handler, handler.formatter)
@@ -227,12 +240,30 @@ def _described(changes: Mapping[str, Any]) -> str:
     return ", ".join(f"{key}={value!r}" for key, value in changes.items()) or "none"
 
 
+@contextlib.contextmanager
+def _changing(directory: Path) -> Iterator[None]:
+    """One change at a time across the processes: two at once were each based on the record
+    before them, and the one written last dropped the other's settings."""
+    with open(directory / LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held for a read and a write: microseconds
+        yield
+
+
 def _read(path: Path) -> dict[str, Any] | None:
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError):
         return None  # none yet (or being replaced: read again next time)
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict) or not isinstance(value.get("token"), str):
+        return None  # no record this server writes: a change replaces it
+    return value
+
+
+def _recorded(record: dict[str, Any]) -> dict[str, Any]:
+    settings = record.get("settings")
+    if not isinstance(settings, dict):
+        raise InputError(f"its settings are no JSON object: {shown(settings)}")
+    return settings
 
 
 _process: LogSettings | None = None
@@ -272,8 +303,12 @@ def _changes(body: bytes) -> dict[str, Any]:
         raise InputError(f"request body is not valid JSON ({exc})") from None
     if not isinstance(value, dict):
         raise InputError(f"request body must be a JSON object of settings, got "
-                         f"{type(value).__name__}")
+                         f"{_JSON_TYPES.get(type(value), type(value).__name__)}")
     return value
+
+
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
 
 
 async def grpc_answer(request: pb.LogSettingsRequest) -> pb.LogSettingsResponse:

@@ -226,6 +226,17 @@ class LogSettings:
         handler.setFormatter(iso)
 
 
+def drop_severity_filters() -> None:
+    """Take every LogSettings severity filter off the handlers and loggers that hold one: a
+    process that applied settings and goes on with another logging set-up (tests)."""
+    handlers = [ref() for ref in logging._handlerList]  # type: ignore[attr-defined]
+    holders: list[logging.Filterer] = [h for h in handlers if h is not None]
+    holders += [logging.getLogger(name) for name in _OWN_HANDLERS]
+    for holder in holders:
+        for found in [f for f in holder.filters if isinstance(f, _SeverityFilter)]:
+            holder.removeFilter(found)
+
+
 def _settings_of(root: logging.Logger) -> dict[str, Any]:
     """The settings `--log-level` amounts to."""
     level = root.getEffectiveLevel()

@@ -21,6 +21,18 @@ from tests.integration.server.models import make_repository
 from surge.server.process import read_endpoints
 
 HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def _no_severity_filters_left() -> Iterator[None]:
+    """The logging extension's tests apply settings in this process: its severity filter goes
+    onto every root handler, pytest's own capture handlers included, which outlive the test
+    (a later test's `caplog` then saw nothing). Taken off every handler and uvicorn's loggers
+    after each test."""
+    yield
+    from surge.server.log_settings import drop_severity_filters
+
+    drop_severity_filters()
 ROOT = HERE.parents[2]
 TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
 API_KEY = "test-key"

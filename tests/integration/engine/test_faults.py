@@ -114,6 +114,12 @@ def test_restart_that_cannot_start_a_process_is_retried_until_it_can(
     run(body())
 
 
+def _lowest_free_descriptor() -> int:
+    probe = os.open(os.devnull, os.O_RDONLY)  # the kernel hands out the lowest free number
+    os.close(probe)
+    return probe
+
+
 def test_restart_recovers_after_file_descriptors_ran_out(tmp_path: Path) -> None:
     recorder = Recorder()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -121,11 +127,10 @@ def test_restart_recovers_after_file_descriptors_ran_out(tmp_path: Path) -> None
     async def body() -> None:
         async with pool(tmp_path, 1, recorder) as workers:
             (pid,) = workers.pids()
-            # No descriptor can be opened beyond those open now: a new worker needs several.
-            # Earlier tests' objects closed by the collector later would free numbers below
-            # the limit (once, a restart then succeeded and no failure was ever counted).
+            # No descriptor can be opened: the limit is the lowest free number (the count of
+            # open ones let a restart through where earlier tests left gaps below it).
             gc.collect()
-            resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")), hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (_lowest_free_descriptor(), hard))
             try:
                 os.kill(pid, signal.SIGKILL)
                 await until(lambda: workers.spawn_failures >= 2)

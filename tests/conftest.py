@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,8 +42,15 @@ def caffe_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _restore_root_logger() -> Iterator[None]:
     """A test that starts a server in process configures the root logger; the next test must
     not inherit its level and handlers."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    root, surge = logging.getLogger(), logging.getLogger("surge")
+    handlers, level, surge_level = root.handlers[:], root.level, surge.level
+    settings = sys.modules.get("surge.server.log_settings")
+    if settings is not None:  # left by an earlier test: this test's handlers start clean
+        settings.drop_severity_filters()
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    surge.setLevel(surge_level)  # the logging extension's verbose level sets it
+    settings = sys.modules.get("surge.server.log_settings")
+    if settings is not None:  # its severity filter went onto handlers that outlive the test
+        settings.drop_severity_filters()

@@ -30,6 +30,7 @@ import logging
 import os
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,9 @@ def check_settings(changes: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
+_FILTERS: weakref.WeakSet[logging.Filter] = weakref.WeakSet()  # every severity filter made
+
+
 class _SeverityFilter(logging.Filter):
     """Drops the lines of the severities switched off (a level alone cannot: info on with
     warning off)."""
@@ -97,6 +101,7 @@ class _SeverityFilter(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.settings: dict[str, Any] = {}
+        _FILTERS.add(self)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR:
@@ -235,6 +240,8 @@ def drop_severity_filters() -> None:
     for holder in holders:
         for found in [f for f in holder.filters if isinstance(f, _SeverityFilter)]:
             holder.removeFilter(found)
+    for made in list(_FILTERS):  # one still held elsewhere lets every line through
+        made.settings = {}  # type: ignore[attr-defined]
 
 
 def _settings_of(root: logging.Logger) -> dict[str, Any]:

@@ -8,7 +8,6 @@ request objects in between; on a tiny model that per-request overhead is the ser
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -44,7 +43,7 @@ from surge.server.observe import RequestIds, RequestLog, RequestRecord
 from surge.server.openapi import OPENAPI_PATH, openapi_document
 from surge.server.outcome import RequestObserver, infer_routed, outcome_of, served_by
 from surge.server.peers import http_peer
-from surge.server.repository_load import check_unload, load_parameters, no_repeated_key
+from surge.server.repository_load import check_unload, control_body, load_parameters
 from surge.server.shared_memory import SharedMemoryRegistry
 from surge.server.shared_memory_api import CHANGES, ROOTS, http_answer, http_route
 
@@ -245,7 +244,7 @@ class V2App:
     ) -> None:
         body = await _read_body(scope, receive, min(self.max_body_bytes, MAX_REPOSITORY_BODY))
         if rest == ["index"]:
-            ready_only = _json_or_empty(body).get("ready", False)
+            ready_only = control_body(body).get("ready", False)
             if not isinstance(ready_only, bool):
                 raise InputError(f"'ready' must be true or false, got {ready_only!r}")
             index = [dict(e) for e in self.engine.index()]
@@ -257,9 +256,9 @@ class V2App:
             name = check_name(rest[1])
             self._check_model_control(rest[2])
             if rest[2] == "load":
-                await self._load(name, load_parameters(_json_or_empty(body)))
+                await self._load(name, load_parameters(control_body(body)))
             else:
-                check_unload(_json_or_empty(body))
+                check_unload(control_body(body))
                 await self.control.unload(name)
             await _respond(send, 200, b"", [])
             return
@@ -434,26 +433,6 @@ async def _read_body(scope: AsgiScope, receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _json_or_empty(body: bytes) -> dict[str, Any]:
-    """A control request's JSON body (index, load, unload). A key given twice is refused, as in
-    config.yaml: orjson keeps the last value, so the (small) body is read again to find one."""
-    if not body.strip():
-        return {}
-    import orjson
-
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InputError(f"request body is not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise InputError("request body must be a JSON object")
-    try:
-        json.loads(body, object_pairs_hook=no_repeated_key)
-    except InputError as exc:
-        raise InputError(f"request body: {exc}") from None
-    return value
 
 
 async def _respond(

@@ -39,7 +39,7 @@ from surge.configfile import write_text_atomically
 from surge.errors import InputError, shown
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.server.frontends import CONTROL_DIR_ENV
-from surge.server.repository_load import no_repeated_key
+from surge.server.repository_load import control_body
 from surge.tempdirs import process_alive
 
 log = logging.getLogger(__name__)
@@ -315,18 +315,7 @@ def _changes(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise InputError("POST /v2/logging needs a JSON object of settings, e.g. "
                          '{"log_verbose_level": 1}')
-    try:
-        value = json.loads(body, object_pairs_hook=no_repeated_key)
-    except ValueError as exc:
-        raise InputError(f"request body is not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise InputError(f"request body must be a JSON object of settings, got "
-                         f"{_JSON_TYPES.get(type(value), type(value).__name__)}")
-    return value
-
-
-_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
-               bool: "a boolean", type(None): "null"}
+    return control_body(body)
 
 
 async def grpc_answer(request: pb.LogSettingsRequest) -> pb.LogSettingsResponse:

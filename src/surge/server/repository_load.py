@@ -99,3 +99,28 @@ def no_repeated_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 __all__ = ["check_unload", "check_unload_parameters", "config_override", "load_parameters",
            "no_repeated_key"]
+
+
+# How a JSON value that is no object is named in a refusal.
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def control_body(body: bytes) -> dict[str, Any]:
+    """A control request's JSON body (index, load, unload, log settings): {} when empty. A key
+    given twice is refused, as in config.yaml: orjson keeps the last value, so the (small)
+    body is read again to find one."""
+    if not body.strip():
+        return {}
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"request body is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"request body must be a JSON object, got "
+                         f"{_JSON_TYPES.get(type(value), type(value).__name__)}")
+    try:
+        json.loads(body, object_pairs_hook=no_repeated_key)
+    except InputError as exc:
+        raise InputError(f"request body: {exc}") from None
+    return value

@@ -91,7 +91,7 @@ def check_settings(changes: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-_FILTERS: weakref.WeakSet[logging.Filter] = weakref.WeakSet()  # every severity filter made
+_FILTERS: weakref.WeakSet[_SeverityFilter] = weakref.WeakSet()  # every severity filter made
 
 
 class _SeverityFilter(logging.Filter):
@@ -101,7 +101,20 @@ class _SeverityFilter(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.settings: dict[str, Any] = {}
+        self.holders: list[logging.Filterer] = []  # the handlers and loggers it was put on
         _FILTERS.add(self)
+
+    def put_on(self, holder: logging.Filterer) -> None:
+        if self not in holder.filters:
+            holder.addFilter(self)
+            self.holders.append(holder)
+
+    def take_off(self) -> None:
+        """Off every holder, letting every line through where it is still held."""
+        for holder in self.holders:
+            holder.removeFilter(self)
+        self.holders.clear()
+        self.settings = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR:
@@ -214,12 +227,10 @@ class LogSettings:
         # Verbose: Surge's own debug lines, not those of every library in the process.
         logging.getLogger("surge").setLevel(logging.DEBUG if verbose else logging.NOTSET)
         for handler in root.handlers:
-            if self._filter not in handler.filters:
-                handler.addFilter(self._filter)
+            self._filter.put_on(handler)
             self._format(handler, settings["log_format"])
         for name in _OWN_HANDLERS:  # on the logger: it keeps its filters when reconfigured
-            if self._filter not in logging.getLogger(name).filters:
-                logging.getLogger(name).addFilter(self._filter)
+            self._filter.put_on(logging.getLogger(name))
 
     def _format(self, handler: logging.Handler, log_format: str) -> None:
         original = self._formatters.setdefault(handler, handler.formatter)
@@ -232,16 +243,10 @@ class LogSettings:
 
 
 def drop_severity_filters() -> None:
-    """Take every LogSettings severity filter off the handlers and loggers that hold one: a
-    process that applied settings and goes on with another logging set-up (tests)."""
-    handlers = [ref() for ref in logging._handlerList]  # type: ignore[attr-defined]
-    holders: list[logging.Filterer] = [h for h in handlers if h is not None]
-    holders += [logging.getLogger(name) for name in _OWN_HANDLERS]
-    for holder in holders:
-        for found in [f for f in holder.filters if isinstance(f, _SeverityFilter)]:
-            holder.removeFilter(found)
-    for made in list(_FILTERS):  # one still held elsewhere lets every line through
-        made.settings = {}  # type: ignore[attr-defined]
+    """Take every severity filter made off the handlers and loggers it was put on: a process
+    that applied settings and goes on with another logging set-up (tests)."""
+    for made in list(_FILTERS):
+        made.take_off()
 
 
 def _settings_of(root: logging.Logger) -> dict[str, Any]:

@@ -91,3 +91,13 @@ def test_models_says_nothing_more_when_every_folder_is_a_model(
     code, out, _ = run_cli(["models", str(tmp_path)], capsys)
     assert code == 0
     assert "not models" not in out
+
+
+def test_models_names_links_that_point_nowhere(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _fake_repo(tmp_path, "good")
+    (tmp_path / "moved").symlink_to(tmp_path / "gone")
+    (tmp_path / ".hidden-link").symlink_to(tmp_path / "gone")
+    code, out, _ = run_cli(["models", str(tmp_path)], capsys)
+    assert code == 0
+    assert out.strip().splitlines()[-1] == "links to nothing (not models): 'moved'"

@@ -136,6 +136,10 @@ def models(repo: Annotated[Path, typer.Argument(help="Model repository directory
             f", ... ({len(skipped)} in all)" if skipped[20:] else "")
         console.print(escape(f"not models (names must match {_NAME_PATTERN}): {shown_names}"),
                       highlight=False, soft_wrap=True)
+    broken = repository.broken_links()
+    if broken:  # a model whose link points nowhere would otherwise vanish from the list
+        console.print(escape("links to nothing (not models): " + ", ".join(map(repr, broken))),
+                      highlight=False, soft_wrap=True)
 
 
 def evaluate(

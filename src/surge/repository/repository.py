@@ -166,6 +166,11 @@ class Repository:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir()
                       and not _NAME.fullmatch(p.name) and not p.name.startswith("."))
 
+    def broken_links(self) -> list[str]:
+        """Links in the repository whose target is gone: neither a model nor listed as one."""
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_symlink() and not p.exists() and not p.name.startswith("."))
+
     def versions(self, name: str) -> list[int]:
         model_dir = self.model_dir(name)
         return sorted(

@@ -79,10 +79,11 @@ def parse_load(concurrency: str | None, rate: str | None, poisson: bool
 
 
 def parse_levels(text: str) -> list[int]:
-    try:
-        levels = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise SurgeError(f"--concurrency {text!r} must be integers like 1,16,64") from None
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    # ASCII digits only: int() also reads '1_6' as 16 and '٣' as 3
+    if not all(re.fullmatch(r"[0-9]{1,12}", part) for part in parts):
+        raise SurgeError(f"--concurrency {text!r} must be integers like 1,16,64")
+    levels = [int(part) for part in parts]
     from surge.bench.loadgen import MAX_CONCURRENCY
 
     if not levels or min(levels) < 1:

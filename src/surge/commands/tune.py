@@ -172,10 +172,9 @@ def _seconds(text: str, option: str) -> float:
 def _ints(text: str, option: str) -> tuple[int, ...]:
     from surge.tuning.space import MAX_BATCH
 
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        values = ()
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    # ASCII digits only: int() also reads '1_0' as 10 and '٣' as 3
+    values = tuple(int(v) for v in items) if all(_COUNT.fullmatch(v) for v in items) else ()
     if not values or min(values) < 1 or max(values) > MAX_BATCH:
         raise ConfigError(f"{option} {text!r}: expected integers from 1 to {MAX_BATCH} like "
                           f"1,8,32")
@@ -183,6 +182,7 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 
 
 _COUNT = re.compile(r"[0-9]{1,6}")
+_PLAIN_NUMBER = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
 def _settings(text: str | None) -> tuple[tuple[int, int], ...] | None:
@@ -201,10 +201,10 @@ def _settings(text: str | None) -> tuple[tuple[int, int], ...] | None:
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        values = ()
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    # plain numbers only: float() also reads '1_0' as 10 and non-ASCII digits
+    plain = all(_PLAIN_NUMBER.fullmatch(v) for v in items)
+    values = tuple(float(v) for v in items) if plain else ()
     if not values or min(values) < 0 or not max(values) <= MAX_QUEUE_DELAY_MS:
         raise ConfigError(f"{option} {text!r}: expected non-negative numbers up to "
                           f"{MAX_QUEUE_DELAY_MS:g} like 0,1,2")

@@ -71,6 +71,7 @@ def test_cli_prints_a_live_line_per_second_from_the_server_metrics(
 @pytest.mark.parametrize(("args", "message"), [
     (["--duration", "soon"], "--duration 'soon' is not a positive duration"),
     (["--concurrency", "0,4"], "--concurrency '0,4' must list positive integers"),
+    (["--concurrency", "1_6"], "--concurrency '1_6' must be integers like 1,16,64"),  # was 16
     (["--rate", "fast"], "--rate 'fast' is not a positive rate"),
     (["--protocol", "udp"], "--protocol 'udp' is not one of"),
 ])

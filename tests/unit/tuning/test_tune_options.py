@@ -22,6 +22,10 @@ from tests.cli_runner import run_cli
     (["--max-accuracy-drop", "nan"], "--max-accuracy-drop nan: expected points >= 0"),
     (["--max-accuracy-drop", "-1"], "--max-accuracy-drop -1.0: expected points >= 0"),
     (["--max-batch", "100000"], "--max-batch '100000': expected integers from 1 to 4096"),
+    # int() and float() read these as 10, 3 and 10: a typo tuned at another value
+    (["--max-batch", "1_0"], "--max-batch '1_0': expected integers from 1 to 4096"),
+    (["--max-batch", "1,٣"], "--max-batch '1,٣': expected integers from 1 to 4096"),
+    (["--delays", "0,1_0"], "--delays '0,1_0': expected non-negative numbers"),
     (["--protocol", "nosuch"], "--protocol 'nosuch': use http, http-json, grpc"),
     (["--settings", "100x100"], "at most 64 instances of 256 threads"),
     (["--variants", "nosuch"], "nosuch"),  # ignored when the model already had variants

@@ -79,6 +79,8 @@ def scheduler_config(config: ModelConfig, workers: int) -> SchedulerConfig:
         workers=workers,
         slo_s=config.slo_p99_ms / 1e3 if config.slo_p99_ms is not None else None,
         priorities=config.queue.level_policies(),
+        timeout_action=config.queue.timeout_action,
+        allow_timeout_override=config.queue.allow_timeout_override,
     )
 
 

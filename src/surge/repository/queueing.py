@@ -2,18 +2,25 @@
 
 `queue.priorities` gives a priority level rules of its own (Triton's `priority_queue_policy`):
 its keys are levels as the V2 `priority` parameter names them (0 = the default level).
+`timeout_action` and `allow_timeout_override` are Triton's ModelQueuePolicy fields of the same
+names, at the model's level and per priority level.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from surge.configfile import Bool, Float, Int, StrictConfig
 from surge.errors import shown
-from surge.scheduler.types import DEFAULT_PRIORITY_LEVEL, MAX_PRIORITY, LevelPolicy
+from surge.scheduler.types import (
+    DEFAULT_PRIORITY_LEVEL,
+    MAX_PRIORITY,
+    TIMEOUT_ACTIONS,
+    LevelPolicy,
+)
 
 # A request's deadline is finite (`.inf` is no deadline in disguise): a day at most.
 MAX_TIMEOUT_MS = 86_400_000
@@ -40,6 +47,23 @@ def _timeout_field(description: str) -> Any:
     return Field(None, ge=0.001, le=MAX_TIMEOUT_MS, description=description)
 
 
+def _action_name(value: Any) -> Any:
+    """A `timeout_action` as the scheduler names it: Triton writes REJECT and DELAY, YAML
+    configs mostly lower case; both are taken."""
+    if isinstance(value, str) and value.lower() in TIMEOUT_ACTIONS:
+        return value.lower()
+    raise ValueError(f"timeout_action {shown(value)} is no action: give reject (answer 504 "
+                     "when the deadline passes in the queue) or delay (keep the request, "
+                     "served after those still in time), in either case")
+
+
+TimeoutAction = Annotated[Literal["reject", "delay"], BeforeValidator(_action_name)]
+_ACTION_HELP = ("What a deadline passing in the queue does: reject (answered 504) or delay "
+                "(the request stays queued, behind the requests of its level still in time).")
+_OVERRIDE_HELP = ("Whether a request's own `timeout` parameter replaces the default timeout; "
+                  "false: it is ignored and the default timeout applies.")
+
+
 class PriorityQueueConfig(StrictConfig):
     """One priority level's own queue policy (`queue.priorities.<level>`)."""
 
@@ -49,12 +73,17 @@ class PriorityQueueConfig(StrictConfig):
     default_timeout_ms: Float | None = _timeout_field(
         "Deadline for this level's requests that carry no `timeout` parameter; replaces the "
         "model's queue.default_timeout_ms for them.")
+    timeout_action: TimeoutAction | None = Field(
+        None, description=_ACTION_HELP + " Unset: the model's queue.timeout_action.")
+    allow_timeout_override: Bool | None = Field(
+        None, description=_OVERRIDE_HELP + " Unset: the model's queue.allow_timeout_override.")
 
     @model_validator(mode="after")
     def _says_something(self) -> PriorityQueueConfig:
-        if self.max_size is None and self.default_timeout_ms is None:
-            raise ValueError("a priority level's policy sets max_size, default_timeout_ms or "
-                             "both; leave the level out to follow the model's queue")
+        if all(getattr(self, key) is None for key in type(self).model_fields):
+            raise ValueError("a priority level's policy sets max_size, default_timeout_ms, "
+                             "timeout_action or allow_timeout_override (one at least); leave "
+                             "the level out to follow the model's queue")
         return self
 
 
@@ -69,8 +98,11 @@ class QueueConfig(StrictConfig):
         "unit of the `timeout` parameter).")
     priorities: dict[int, PriorityQueueConfig] = Field(
         default_factory=dict, description="Priority level (the V2 `priority` parameter; 0 = "
-        "the default level) -> that level's own max_size and default_timeout_ms. Levels not "
-        "listed follow the settings above.")
+        "the default level) -> that level's own max_size, default_timeout_ms, timeout_action "
+        "and allow_timeout_override. Levels not listed follow the settings above.")
+    timeout_action: TimeoutAction = Field("reject", description=_ACTION_HELP)
+    # True, unlike Triton's default: Surge has always let a request's `timeout` win.
+    allow_timeout_override: Bool = Field(True, description=_OVERRIDE_HELP)
 
     @field_validator("priorities", mode="before")
     @classmethod
@@ -98,11 +130,45 @@ class QueueConfig(StrictConfig):
                     "it or raise queue.max_size")
         return self
 
+    @model_validator(mode="after")
+    def _delay_applies(self) -> QueueConfig:
+        """Refuse a `delay` that no request can ever reach: without a default timeout and with
+        the requests' own `timeout` ignored, no request has a deadline to pass."""
+        rules: list[tuple[str, str, bool, float | None]] = [
+            ("queue", self.timeout_action, self.allow_timeout_override, self.default_timeout_ms)]
+        rules += [(f"queue.priorities.{level}", self._action(p), self._override(p),
+                   self._timeout(p)) for level, p in sorted(self.priorities.items())]
+        for where, action, override, timeout in rules:
+            if action == "delay" and not override and timeout is None:
+                raise ValueError(
+                    f"{where}.timeout_action delay never applies: no deadline there "
+                    "(allow_timeout_override false, no default_timeout_ms); set one")
+        return self
+
+    def _action(self, level: PriorityQueueConfig) -> str:
+        return level.timeout_action or self.timeout_action
+
+    def _override(self, level: PriorityQueueConfig) -> bool:
+        override = level.allow_timeout_override
+        return self.allow_timeout_override if override is None else override
+
+    def _timeout(self, level: PriorityQueueConfig) -> float | None:
+        timeout = level.default_timeout_ms
+        return self.default_timeout_ms if timeout is None else timeout
+
+    def effective(self, level: PriorityQueueConfig) -> dict[str, Any]:
+        """A configured level's rules with the model's where it leaves one out (the keyword
+        arguments of the Triton-field echo's policy)."""
+        return {"max_size": level.max_size or self.max_size,
+                "timeout_ms": self._timeout(level), "action": self._action(level),
+                "override": self._override(level)}
+
     def level_policies(self) -> dict[int, LevelPolicy]:
         """`priorities` for the scheduler: by the level requests are queued at (V2 priority 0
         is DEFAULT_PRIORITY_LEVEL), each named in refusals as configured."""
         return {level or DEFAULT_PRIORITY_LEVEL: LevelPolicy(
-                    policy.max_size, _seconds(policy.default_timeout_ms), f"priority {level}")
+                    policy.max_size, _seconds(policy.default_timeout_ms), f"priority {level}",
+                    policy.timeout_action, policy.allow_timeout_override)
                 for level, policy in self.priorities.items()}
 
 

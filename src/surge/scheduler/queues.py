@@ -1,7 +1,8 @@
 """The scheduler's queue bookkeeping: one heap per shape key, counts per priority level.
 
 A level may carry its own policy (`LevelPolicy`, from the model's `queue.priorities`): a bound
-on its queued requests and a default deadline. The bound is what keeps waiting low-priority
+on its queued requests, a default deadline, what a passed deadline does to its requests and
+whether their own `timeout` counts. The bound is what keeps waiting low-priority
 work from taking the whole queue from urgent requests.
 """
 
@@ -12,7 +13,9 @@ from collections.abc import Mapping
 
 from surge.scheduler.types import LevelPolicy, Request
 
-_Entry = tuple[int, int, Request]  # (priority, arrival sequence, request): heap order
+# (priority, delayed, arrival sequence, request): heap order. A delayed request (its deadline
+# passed under timeout_action "delay") goes behind every request of its level still in time.
+_Entry = tuple[int, bool, int, Request]
 
 
 class KeyQueue:
@@ -29,17 +32,20 @@ class KeyQueue:
 class LevelCounts:
     """Queued requests and rows per priority level, checked against each level's policy."""
 
-    __slots__ = ("_policies", "_rows", "_requests")
+    __slots__ = ("_policies", "_rows", "_requests", "_delayed_rows")
 
     def __init__(self, policies: Mapping[int, LevelPolicy]) -> None:
         self._policies = policies
         self._rows: dict[int, int] = {}
         self._requests: dict[int, int] = {}
+        self._delayed_rows: dict[int, int] = {}  # the part of `_rows` that is delayed
 
     def count(self, request: Request, sign: int) -> None:
         """`request` joined (+1) or left (-1) the queue."""
         _bump(self._rows, request.priority, sign * request.batch_size)
         _bump(self._requests, request.priority, sign)
+        if request.delayed:
+            _bump(self._delayed_rows, request.priority, sign * request.batch_size)
 
     def waiting(self, priority: int) -> int:
         """Queued requests of `priority`."""
@@ -51,11 +57,30 @@ class LevelCounts:
             return sum(self._rows.values())
         return sum(n for p, n in self._rows.items() if p <= upto)
 
+    def ahead(self, priority: int) -> int:
+        """Queued rows served before a new request of `priority`: every more urgent level's
+        and its own level's, less its own level's delayed ones (it goes before those)."""
+        return self.rows(upto=priority) - self._delayed_rows.get(priority, 0)
+
     def timeout(self, priority: int, model_default: float | None) -> float | None:
         """The default deadline (seconds) of a request of `priority` that brings none."""
         policy = self._policies.get(priority)
         if policy is not None and policy.default_timeout_s is not None:
             return policy.default_timeout_s
+        return model_default
+
+    def delays(self, priority: int, model_action: str) -> bool:
+        """Whether a passed deadline delays (rather than rejects) a request of `priority`."""
+        policy = self._policies.get(priority)
+        if policy is not None and policy.timeout_action is not None:
+            return policy.timeout_action == "delay"
+        return model_action == "delay"
+
+    def overrides(self, priority: int, model_default: bool) -> bool:
+        """Whether a request of `priority` may replace the default deadline with its own."""
+        policy = self._policies.get(priority)
+        if policy is not None and policy.allow_timeout_override is not None:
+            return policy.allow_timeout_override
         return model_default
 
     def timeout_source(self, priority: int) -> str:

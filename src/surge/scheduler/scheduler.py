@@ -25,6 +25,7 @@ import numpy as np
 
 from surge.errors import InputError, QueueFullError
 from surge.scheduler.estimate import InstanceTimes
+from surge.scheduler.forecast import Forecast
 from surge.scheduler.latency import ArrivalRate, SloFeedback
 from surge.scheduler.policy import QueueView, late_requests, slo_wait, static_due
 from surge.scheduler.queues import KeyQueue, LevelCounts
@@ -43,6 +44,7 @@ class Scheduler:
         self._levels = LevelCounts(config.priorities)
         self._inflight: dict[int, Batch] = {}
         self._times = InstanceTimes(config.ewma_alpha, config.outlier_multiple, config.workers)
+        self._forecast = Forecast(self._times, self._inflight, config.max_batch_size)
         self.arrivals = ArrivalRate()
         # Seconds a request loses outside the scheduler (the front end's backlog before it
         # arrives and after it is answered), set by the driver; every deadline allows for it.
@@ -110,15 +112,26 @@ class Scheduler:
                 "rows a batch of this model holds (1 with batching.enabled: false)")
         self.arrivals.arrive(now)  # offered load, refused requests included
         self._check_room(request.priority, now)
-        timeout = self._levels.timeout(request.priority, self.config.default_timeout_s)
-        defaulted = False  # the deadline is a default timeout's, not the client's own
-        if request.deadline is None and timeout is not None:
-            request, defaulted = replace(request, deadline=now + timeout), True
+        request, defaulted = self._with_deadline(request, now)
         if request.deadline is not None:
             self._admit_deadline(request, request.deadline, now, defaulted)
             heapq.heappush(self._deadlines, (request.deadline, request.id))
         self._push(request)
         return request
+
+    def _with_deadline(self, request: Request, now: float) -> tuple[Request, bool]:
+        """`request` with the deadline it is queued under, and whether that is a default
+        timeout's: its own `timeout` where its level lets it override the default one
+        (`allow_timeout_override`), else its level's or the model's default timeout."""
+        levels, config = self._levels, self.config
+        if request.deadline is not None and levels.overrides(request.priority,
+                                                             config.allow_timeout_override):
+            return request, False
+        timeout = levels.timeout(request.priority, config.default_timeout_s)
+        if timeout is None:  # no default: an ignored `timeout` leaves no deadline at all
+            return (request if request.deadline is None
+                    else replace(request, deadline=None)), False
+        return replace(request, deadline=now + timeout), True
 
     def _check_room(self, priority: int, now: float) -> None:
         """QueueFullError when the queue as a whole, or `priority`'s own share, is full."""
@@ -149,9 +162,12 @@ class Scheduler:
         if self._may_probe(now):
             self._probe, self._last_probe = request.id, now
             return
-        # A client that sent no `timeout` is told whose deadline it was, and how to set its own.
-        source = (f" ({self._levels.timeout_source(request.priority)}; a `timeout` parameter "
-                  "sets another)") if defaulted else ""
+        # A client on a default deadline is told whose it was, and whether its own would count.
+        own = ("a `timeout` parameter sets another" if self._levels.overrides(
+            request.priority, self.config.allow_timeout_override)
+            else "a `timeout` parameter is ignored here: allow_timeout_override is false")
+        source = (f" ({self._levels.timeout_source(request.priority)}; {own})"
+                  if defaulted else "")
         raise QueueFullError(
             f"cannot meet the deadline: predicted completion in "
             f"{(predicted - now) * 1e3:.1f} ms, deadline in {(deadline - now) * 1e3:.1f} ms"
@@ -173,49 +189,8 @@ class Scheduler:
         full_time = self.batch_time(self.config.max_batch_size)
         if full_time is None:
             return None
-        items = request.batch_size + self._levels.rows(upto=request.priority)
-        return now + self._finish_time(items, now) + self.lag_s
-
-    def _finish_time(self, items: int, now: float) -> float:
-        """Seconds until the last of `items` queued items is computed.
-
-        When the batches fit the idle instances, the last one runs on the slowest instance
-        it reaches: the pool hands batches to the fastest idle instance first, so the busy
-        ones are taken to be the fastest. Otherwise the live instances work the queue off
-        together, after the batches they hold.
-        """
-        limit = self.config.max_batch_size
-        batches = -(-items // limit)
-        busy = min(len(self._inflight), self.workers)
-        if batches <= self.workers - busy:
-            return self._times.estimates(items - (batches - 1) * limit)[busy + batches - 1]
-        return self._busy_wait(now) + self._work_time(items)
-
-    def _work_time(self, items: int) -> float:
-        """Seconds the live instances need together for `items` items, in full batches."""
-        full, rest = divmod(items, self.config.max_batch_size)
-        total = full / (self._times.rate(self.config.max_batch_size) or float("inf"))
-        if rest:
-            total += 1.0 / (self._times.rate(rest) or float("inf"))
-        return total
-
-    def _busy_wait(self, now: float) -> float:
-        """Seconds until the workers are through the batches already handed to them.
-
-        Zero while a worker is idle. A batch waiting behind another in a worker counts as
-        its whole estimate left from its dispatch time: a slight underestimate.
-        """
-        if len(self._inflight) < self.workers:
-            return 0.0
-        left = sum(
-            max(0.0, b.dispatched + self._typical(b.size) - now) for b in self._inflight.values()
-        )
-        return left / self.workers
-
-    def _typical(self, size: int) -> float:
-        """A batch's time on a live instance of average speed (0.0 before any measurement)."""
-        times = self._times.estimates(size)
-        return sum(times) / len(times) if times else 0.0
+        items = request.batch_size + self._levels.ahead(request.priority)
+        return now + self._forecast.finish_time(items, now) + self.lag_s
 
     def _drain_time(self, now: float, upto: int | None = None) -> float:
         """Retry-After hint: time to work off the current queue, or its levels served no
@@ -223,7 +198,7 @@ class Scheduler:
         if self.batch_time(self.config.max_batch_size) is None:
             return 1.0
         items = self._levels.rows(upto)
-        return max(0.001, self._busy_wait(now) + self._work_time(items))
+        return max(0.001, self._forecast.busy_wait(now) + self._forecast.work_time(items))
 
     def _push(self, request: Request, first: bool = False) -> None:
         queue = self._queues.get(request.key)
@@ -232,7 +207,7 @@ class Scheduler:
         self._seq += 1
         # A requeued request goes ahead of everything of its priority that arrived later.
         seq = -self._seq if first else self._seq
-        heapq.heappush(queue.heap, (request.priority, seq, request))
+        heapq.heappush(queue.heap, (request.priority, request.delayed, seq, request))
         if first:
             queue.arrivals.appendleft(request)
         else:
@@ -255,7 +230,8 @@ class Scheduler:
 
         That is, the deadline has passed, or is closer than the earliest it could be answered
         if dispatched now (`_earliest_finish`): computing such a request would only produce an
-        answer nobody waits for.
+        answer nobody waits for. Under timeout_action "delay" such a request is kept instead,
+        behind its level's requests still in time (`_delay`).
         """
         expired: list[Request] = []
         kept: list[tuple[float, int]] = []
@@ -267,6 +243,9 @@ class Scheduler:
                 continue
             if request_id == self._probe and deadline > now:  # admitted to be measured
                 kept.append((deadline, request_id))
+                continue
+            if self._levels.delays(request.priority, self.config.timeout_action):
+                self._delay(request)
                 continue
             self._remove(request)
             expired.append(request)
@@ -281,10 +260,16 @@ class Scheduler:
             self._remove(request)
         return requests
 
+    def _delay(self, request: Request) -> None:
+        """Queue `request` again behind the requests of its level still in time, without a
+        deadline: its client is answered late rather than with an error."""
+        self._remove(request)
+        self._push(replace(request, deadline=None, delayed=True))
+
     def _remove(self, request: Request) -> None:
         # Rare (cancel, expiry): an O(n) rebuild keeps the heaps free of dead entries.
         queue = self._queues[request.key]
-        queue.heap = [e for e in queue.heap if e[2] is not request]
+        queue.heap = [e for e in queue.heap if e[3] is not request]
         heapq.heapify(queue.heap)
         queue.items -= request.batch_size
         del self._live[request.id]
@@ -308,8 +293,11 @@ class Scheduler:
         """
         if idle_workers < 1 or not self._live:
             return None
-        for key, queue in sorted(self._queues.items(), key=lambda kv: kv[1].heap[0][:2]):
-            while key in self._queues and (taken := self._choose(queue, now, spread)):
+        for key in sorted(self._queues, key=lambda k: self._queues[k].heap[0][:3]):
+            # Looked up again each time: a dispatch may empty the key's queue and refill it
+            # with the requests it delays (a new KeyQueue).
+            while (queue := self._queues.get(key)) is not None and (
+                    taken := self._choose(queue, now, spread)):
                 batch = self._dispatch(key, queue, taken, now)
                 if batch is not None:
                     return batch
@@ -324,7 +312,7 @@ class Scheduler:
     def _choose(self, queue: KeyQueue, now: float, spread: int) -> int:
         """How many requests (from the head, in priority order) to dispatch now; 0 = wait."""
         limit = self.config.max_batch_size
-        sizes = list(accumulate(e[2].batch_size for e in heapq.nsmallest(limit, queue.heap)))
+        sizes = list(accumulate(e[3].batch_size for e in heapq.nsmallest(limit, queue.heap)))
         fits = bisect_right(sizes, limit)  # requests that fit one batch, in priority order
         if self._due(queue, now, spread):
             if spread > 1 and queue.items < limit:  # partial batch, several idle workers
@@ -369,17 +357,16 @@ class Scheduler:
                   ) -> Batch | None:
         """The first `count` requests as a batch, less those it would finish too late for
         (None when that is all of them)."""
-        requests = tuple(heapq.heappop(queue.heap)[2] for _ in range(count))
+        requests = tuple(heapq.heappop(queue.heap)[3] for _ in range(count))
         for request in requests:
             del self._live[request.id]
             self._levels.count(request, -1)
         queue.items -= sum(r.batch_size for r in requests)
         self._forget_empty(key, queue)
-        start = now + self._first_free(now) + self.lag_s
+        start = now + self._forecast.first_free(now) + self.lag_s
         late = late_requests(requests, start, self.batch_time, self._probe)
         if late:
-            self._late.extend(r for r in requests if r.id in late)
-            requests = tuple(r for r in requests if r.id not in late)
+            requests = self._hold_late(requests, late)
             if not requests:
                 return None
         offsets = tuple(accumulate((r.batch_size for r in requests), initial=0))
@@ -387,6 +374,19 @@ class Scheduler:
         batch = Batch(self._next_batch_id, requests, offsets, now, self.batched)
         self._inflight[batch.id] = batch
         return batch
+
+    def _hold_late(self, requests: tuple[Request, ...], late: Container[int]
+                   ) -> tuple[Request, ...]:
+        """`requests` less the `late` ones, which are delayed (timeout_action "delay": queued
+        again behind their level's requests in time) or left for the driver to answer."""
+        for request in requests:
+            if request.id not in late:
+                continue
+            if self._levels.delays(request.priority, self.config.timeout_action):
+                self._push(replace(request, deadline=None, delayed=True))
+            else:
+                self._late.append(request)
+        return tuple(r for r in requests if r.id not in late)
 
     def batch_of(self, requests: tuple[Request, ...], now: float) -> Batch:
         """A batch of `requests` that never queued (the latency probe run on load): held in
@@ -485,14 +485,4 @@ class Scheduler:
         """Seconds from now before a request dispatched now could be answered (0: unmeasured):
         a worker freeing up, the fastest batch ever measured, the front end's lag."""
         fastest = self._times.fastest()
-        return fastest + self._first_free(now) + self.lag_s if fastest else 0.0
-
-    def _first_free(self, now: float) -> float:
-        """Seconds until a worker can start a batch handed out now (0.0 while one is idle)."""
-        if len(self._inflight) < self.workers:
-            return 0.0
-        return min(
-            max(0.0, b.dispatched + (self.batch_time(b.size) or 0.0) - now)
-            for b in self._inflight.values()
-        )
-
+        return fastest + self._forecast.first_free(now) + self.lag_s if fastest else 0.0

@@ -14,6 +14,8 @@ from surge.errors import InputError, shown
 # traffic, larger numbers after it.
 DEFAULT_PRIORITY_LEVEL = 8
 MAX_PRIORITY = 2**64 - 1  # the V2 `priority` parameter is a uint64, as in Triton
+# What a deadline passing in the queue does (Triton's `timeout_action`, lower case).
+TIMEOUT_ACTIONS = ("reject", "delay")
 
 # (input name, dtype, shape without the batch dim) for every input: requests share a batch only
 # when their keys are equal.
@@ -39,8 +41,16 @@ class LevelPolicy:
     max_queue_size: int | None = None  # requests of this level queued at once
     default_timeout_s: float | None = None  # deadline for this level's requests that bring none
     name: str = ""  # how refusals name the level to the client (the level as it was configured)
+    # What a passed deadline does to this level's queued requests: "reject" (answered 504) or
+    # "delay" (kept, behind the level's requests still in time); None follows the model's.
+    timeout_action: str | None = None
+    # Whether a request's own `timeout` replaces the default one; None follows the model's.
+    allow_timeout_override: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.timeout_action not in (None, *TIMEOUT_ACTIONS):
+            raise ValueError(f"{self.name or 'a level'}: timeout_action must be one of "
+                             f"{TIMEOUT_ACTIONS}, got {self.timeout_action!r}")
         if self.max_queue_size is not None and self.max_queue_size < 1:
             raise ValueError(f"{self.name or 'a level'}: max_queue_size must be >= 1, got "
                              f"{self.max_queue_size}")
@@ -75,8 +85,16 @@ class SchedulerConfig:
     # Levels with rules of their own (a bound on their queued requests, a default deadline),
     # by the level requests are queued at (`Request.priority`).
     priorities: Mapping[int, LevelPolicy] = field(default_factory=dict)
+    # Levels without rules of their own: what a passed deadline does ("reject": answered 504;
+    # "delay": kept queued behind the requests still in time) and whether a request's own
+    # `timeout` replaces the default one.
+    timeout_action: str = "reject"
+    allow_timeout_override: bool = True
 
     def __post_init__(self) -> None:
+        if self.timeout_action not in TIMEOUT_ACTIONS:
+            raise ValueError(f"timeout_action must be one of {TIMEOUT_ACTIONS}, got "
+                             f"{self.timeout_action!r}")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.max_queue_size < 1:
@@ -116,6 +134,9 @@ class Request:
     outputs: tuple[str, ...] | None = None  # requested outputs; None = all
     request_id: str = ""  # the client's id, for logs
     retries: int = 0  # times a hung worker's batch sent it back to the queue
+    # Its deadline passed in a queue whose timeout_action is "delay": it waits behind the
+    # requests of its level still in time (and has no deadline any more).
+    delayed: bool = False
 
 
 @dataclass(frozen=True, eq=False)

@@ -142,6 +142,9 @@ MemoryBudgetSize = Annotated[str | None, typer.Option(
     "unpinned models are unloaded to fit.")]
 GroupBudgets = Annotated[list[str] | None, typer.Option(
     help="GROUP=SIZE: the memory budget of one worker group (repeatable).")]
+ResponseCacheBytes = Annotated[str, typer.Option(
+    metavar="SIZE", help="Triton's response cache, e.g. 64MB: models whose config.yaml sets "
+    "response_cache answer identical requests from it (0: no cache; one per front end).")]
 
 # A SurgeError from the parser reaches the CLI's one-line error (a ValueError would become
 # click's usage message).
@@ -198,6 +201,7 @@ def serve(
     load: LoadMode = "eager",
     memory_budget: MemoryBudgetSize = None,
     group_memory_budget: GroupBudgets = None,
+    response_cache_bytes: ResponseCacheBytes = "0",
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
@@ -223,6 +227,7 @@ def serve(
         limits=_limits(idle_timeout, header_timeout, body_timeout, max_connections),
         reuse_port=reuse_port, frontends=frontends, log_level=log_level,
         grpc_server=grpc_server, shared_memory=shared_memory,
+        response_cache_bytes=_cache_bytes(response_cache_bytes),
         production=_production(tls_cert, tls_key, tls_ca, api_keys_file, metrics_auth, access_log,
                                access_log_sample, tracing, model_control, poll_interval),
     )
@@ -230,6 +235,19 @@ def serve(
     _check_repository(repo, group_memory_budget or [], options)
     run_server(repo, options, started)
     console.print("surge: drained and stopped")
+
+
+def _cache_bytes(size: str) -> int:
+    """`--response-cache-bytes`: 0 (none), or a size as the memory budgets take it."""
+    from surge.engine.residency import parse_bytes
+
+    if size.strip() == "0":
+        return 0
+    try:
+        return parse_bytes(size)
+    except SurgeError:
+        raise SurgeError(f"--response-cache-bytes {size!r}: give 0 (no cache) or a size such "
+                         "as 64MB, 1GiB or 1048576 (bytes)") from None
 
 
 def _body_bytes(max_body_mb: float) -> int:

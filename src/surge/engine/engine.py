@@ -26,6 +26,7 @@ from surge.engine.ladder import ServedLadder, start_ladder
 from surge.engine.metrics import SurgeMetrics
 from surge.engine.ondemand import OnDemand, ResidencyOptions
 from surge.engine.reload import override_config
+from surge.engine.response_cache import ResponseCache
 from surge.engine.served import ServedModel
 from surge.engine.stats import ModelStats
 from surge.errors import ConfigError, ModelLoadError, ModelNotReadyError, NotFoundError, SurgeError
@@ -57,6 +58,7 @@ class Engine:
                  residency: ResidencyOptions | None = None) -> None:
         self.repository = repository
         self.metrics = SurgeMetrics()
+        self.response_cache = ResponseCache(self.metrics)  # sized by the server (none: 0 bytes)
         # Load on demand, the memory budget and LRU eviction (docs/many-models.md).
         self.on_demand = OnDemand(self, residency or ResidencyOptions())
         self._selected = models
@@ -269,6 +271,7 @@ class Engine:
             if isinstance(served, ServedLadder):
                 served.carry_from(old.values())
         self._served[name] = fresh
+        self.response_cache.loaded(name, next(iter(fresh.values())).config)
         self._count_loaded()
         self._state.pop(name, None)
         await asyncio.gather(*(m.stop(UNLOAD_GRACE_S) for m in old.values()))
@@ -411,6 +414,7 @@ class Engine:
                 self.repository.model_dir(name)  # NotFoundError for an unknown model
             await asyncio.gather(*(m.stop(UNLOAD_GRACE_S) for m in (old or {}).values()))
             self._served.pop(name, None)
+            self.response_cache.forget(name)
             self._count_loaded()
             self._state[name] = ("UNAVAILABLE", "unloaded")
             self.on_demand.forget(name)
@@ -423,6 +427,7 @@ class Engine:
             return False
         async with lock:  # free: taken at once, so nothing can slip in between
             old = self._served.pop(name)
+            self.response_cache.forget(name)
             self._count_loaded()
             self._state[name] = ("EVICTED", EVICTED_REASON)
             self.on_demand.evicted(name)
@@ -461,6 +466,14 @@ class Engine:
         if not served.ready:
             why = _unready(served)
             raise ModelNotReadyError(f"model {name!r} is not ready" + (f": {why}" if why else ""))
+        if isinstance(served, ServedModel) and self.response_cache.serves(served):
+            return await self.response_cache.infer(served, inputs, outputs, lambda: self._compute(
+                served, inputs, outputs, priority, timeout_us, request_id))
+        return await self._compute(served, inputs, outputs, priority, timeout_us, request_id)
+
+    async def _compute(self, served: Served, inputs: dict[str, np.ndarray],
+                       outputs: list[str] | None, priority: int, timeout_us: int | None,
+                       request_id: str) -> dict[str, np.ndarray]:
         if isinstance(served, pipelines.ServedPipeline):  # noqa: SIM114 - requests typed apart
             answer = await served.infer(
                 served.make_request(inputs, outputs, priority, timeout_us, request_id))

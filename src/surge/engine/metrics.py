@@ -67,6 +67,7 @@ class SurgeMetrics:
             "surge_model_loads", "Model loads and reloads by outcome (success, failure); a failed "
             "reload leaves the served version in place.", ["model", "outcome"], registry=r)
         self._add_control_metrics(r)
+        self._add_cache_metrics(r)
         self.live_instances = Gauge("surge_live_instances",
                                     "Worker processes loaded and taking batches.", ["model"],
                                     registry=r, multiprocess_mode="livesum")
@@ -83,6 +84,18 @@ class SurgeMetrics:
             "surge_model_memory_bytes", "Resident memory of a model, measured after its last "
             "load (its worker processes, or what it added to a shared group; several front "
             "ends: the sum).", ["model"], registry=r, multiprocess_mode="livesum")
+
+    def _add_cache_metrics(self, r: CollectorRegistry) -> None:
+        """The response cache's (`surge serve --response-cache-bytes`, docs/serving-engine.md)."""
+        self.cache_hits = Counter(
+            "surge_cache_hits", "Requests answered from the response cache (the model did not "
+            "run).", ["model"], registry=r)
+        self.cache_misses = Counter(
+            "surge_cache_misses", "Requests of a model with response_cache that the cache did "
+            "not hold (computed, then stored when they succeed).", ["model"], registry=r)
+        self.cache_bytes = Gauge(
+            "surge_response_cache_bytes", "Bytes of answers the response cache holds (several "
+            "front ends: the sum of their own caches).", registry=r, multiprocess_mode="livesum")
 
     def _add_control_metrics(self, r: CollectorRegistry) -> None:
         """The run-time SLO control's metrics: attainment, the chosen waits, the latency

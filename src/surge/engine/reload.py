@@ -38,6 +38,7 @@ OVERRIDABLE_FIELDS = frozenset({
     "batching", "instances", "threads", "device", "spin_wait", "hang_multiple", "hang_min_ms",
     "queue", "version_policy", "variant", "slo_p99_ms", "labels", "parameters", "placement",
     "cluster", "ladder", "max_accuracy_drop", "ladder_accuracy",  # the front end's ladder
+    "response_cache",  # the front end's cache (engine/response_cache.py)
 })
 
 

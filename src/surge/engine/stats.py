@@ -38,6 +38,10 @@ class ModelStats:
     preprocess_cpu: Duration = (0, 0)
     # Per batch size: compute_input, compute_infer and compute_output (Triton's batch_stats).
     batch_phases: dict[int, Phases] = field(default_factory=dict)
+    # The response cache's lookups that found an answer (with the time to copy it out) and
+    # those that did not (with the time to store the answer); hits are also in `success`.
+    cache_hit: Duration = (0, 0)
+    cache_miss: Duration = (0, 0)
 
 
 class DurationCounter:
@@ -72,6 +76,8 @@ class Counters:
         self.compute_output = DurationCounter()
         self.compute_cpu = DurationCounter()
         self.preprocess_cpu = DurationCounter()
+        self.cache_hit = DurationCounter()  # kept by engine.response_cache
+        self.cache_miss = DurationCounter()
         self.batch_stats: dict[int, DurationCounter] = {}
         self.batch_phases: dict[int, tuple[DurationCounter, ...]] = {}
         # The line (a, b) in seconds of the slowest live instance, asked for at snapshot time.
@@ -111,6 +117,7 @@ class Counters:
             compute_cpu=self.compute_cpu.pair(), preprocess_cpu=self.preprocess_cpu.pair(),
             batch_phases={size: _phases(counters)
                           for size, counters in sorted(self.batch_phases.items())},
+            cache_hit=self.cache_hit.pair(), cache_miss=self.cache_miss.pair(),
         )
 
 

@@ -74,6 +74,7 @@ def model_config(model: ModelView) -> dict[str, Any]:
         "input": [_config_tensor(s, batched) for s in signature.inputs],
         "output": [_config_tensor(s, batched) for s in signature.outputs],
         "instance_group": [{"name": model.name, "kind": kind, "count": config.instances}],
+        "response_cache": {"enable": config.response_cache},
     }
     if config.parameters:
         result["parameters"] = config_parameters(config.parameters)
@@ -92,11 +93,12 @@ def _microseconds(ms: float | None) -> int:
     return round(ms * 1000) if ms is not None else 0  # round: 1.001 ms * 1000 is 1000.99...
 
 
-def _policy(max_size: int, timeout_ms: float | None) -> dict[str, Any]:
-    # Surge answers a request whose deadline passes (REJECT), and a request's own `timeout`
-    # parameter replaces the default one (allow_timeout_override).
-    return {"timeout_action": "REJECT", "default_timeout_microseconds": _microseconds(timeout_ms),
-            "allow_timeout_override": True, "max_queue_size": max_size}
+def _policy(max_size: int, timeout_ms: float | None, action: str, override: bool
+            ) -> dict[str, Any]:
+    """One level's rules as Triton's ModelQueuePolicy (its enum names are upper case)."""
+    return {"timeout_action": action.upper(),
+            "default_timeout_microseconds": _microseconds(timeout_ms),
+            "allow_timeout_override": override, "max_queue_size": max_size}
 
 
 def queue_policies(queue: QueueConfig) -> dict[str, Any]:
@@ -107,14 +109,12 @@ def queue_policies(queue: QueueConfig) -> dict[str, Any]:
     (its max_size bounds all levels together); `priority_queue_policy` holds each configured
     level's effective rules, keyed by the level requests are queued at, with the model's
     settings where the level leaves one out."""
-    levels = {str(level or DEFAULT_PRIORITY_LEVEL): _policy(
-                  policy.max_size or queue.max_size,
-                  policy.default_timeout_ms if policy.default_timeout_ms is not None
-                  else queue.default_timeout_ms)
+    levels = {str(level or DEFAULT_PRIORITY_LEVEL): _policy(**queue.effective(policy))
               for level, policy in sorted(queue.priorities.items())}
     fields: dict[str, Any] = {
         "priority_levels": MAX_PRIORITY, "default_priority_level": DEFAULT_PRIORITY_LEVEL,
-        "default_queue_policy": _policy(queue.max_size, queue.default_timeout_ms)}
+        "default_queue_policy": _policy(queue.max_size, queue.default_timeout_ms,
+                                        queue.timeout_action, queue.allow_timeout_override)}
     if levels:
         fields["priority_queue_policy"] = levels
     return fields

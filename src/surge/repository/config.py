@@ -344,6 +344,10 @@ class ModelConfig(StrictConfig):
     ladder_accuracy: dict[str, Annotated[Float, Field(ge=0, le=100)]] = Field(
         default_factory=dict, description="Ladder only: the measured accuracy (percent) of each "
         "rung, as `surge tune` writes it; a rung not listed takes it from its variant.yaml.")
+    response_cache: Bool = Field(
+        False, description="Answer identical requests from the server's response cache "
+        "(`surge serve --response-cache-bytes`) without running the model; kind model only, "
+        "without a ladder.")
     labels: list[str] | None = Field(None, min_length=1,
                                      description="Class names for classifier outputs.")
     parameters: dict[str, Any] = Field(
@@ -354,6 +358,12 @@ class ModelConfig(StrictConfig):
     @classmethod
     def _plain_variant(cls, variant: str | None) -> str | None:
         return None if variant is None else _plain(variant, "variant")
+
+    @field_validator("response_cache", mode="before")
+    @classmethod
+    def _cache_form(cls, value: Any) -> Any:
+        """Triton's `{enable: true}` is `true` (any other mapping is refused as not a bool)."""
+        return value["enable"] if isinstance(value, dict) and set(value) == {"enable"} else value
 
     @field_validator("worker", mode="before")
     @classmethod
@@ -373,6 +383,9 @@ class ModelConfig(StrictConfig):
         if self.factory and self.engine not in ("torch_factory", "auto"):
             raise ValueError(f"'factory' is only used by engine torch_factory, not {self.engine}")
         self._check_ladder()
+        if self.response_cache and (self.ladder or self.kind != "model"):
+            raise ValueError("response_cache is for kind model without a ladder (the answer "
+                             "of a ladder or a pipeline can change without a reload of it)")
         self._check_batching()
         _check_unique(self.inputs, "inputs")
         _check_unique(self.outputs, "outputs")

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 from surge.configfile import write_text_atomically
 from surge.engine import InferenceEngine
 from surge.engine.ondemand import ResidencyOptions
+from surge.engine.response_cache import size_cache
 from surge.errors import SurgeError
 from surge.repository import Repository
 from surge.server.app import DEFAULT_MAX_BODY, V2App
@@ -81,6 +82,9 @@ class ServeOptions:
     # Triton's system shared-memory extension: "system" (clients register regions and name
     # them in place of tensor bytes) or "none" (its endpoints refused).
     shared_memory: str = "system"
+    # Bytes of the response cache that models with `response_cache: true` use (0: none;
+    # each front end holds its own; surge/engine/response_cache.py).
+    response_cache_bytes: int = 0
 
     def __post_init__(self) -> None:
         from surge.server.serve_checks import check_serve_options
@@ -96,6 +100,10 @@ class ServeOptions:
                         self.api_key)
         if self.log_level is not None:  # before any model loads, not when logging starts
             check_log_level(self.log_level)
+        if (not isinstance(self.response_cache_bytes, int) or self.response_cache_bytes < 0
+                or isinstance(self.response_cache_bytes, bool)):
+            raise SurgeError(f"--response-cache-bytes {self.response_cache_bytes!r}: give 0 "
+                             "(no cache) or a size in bytes")
 
 
 def _check_exposure(host: str, ports: tuple[int, int, int], api_key: str | None) -> None:
@@ -161,6 +169,7 @@ class SurgeServer:
     def __init__(self, engine: InferenceEngine, options: ServeOptions) -> None:
         self.engine = engine
         self.options = options
+        size_cache(engine, options.response_cache_bytes)
         self.site = Production(options.production, options.api_key)
         self.shared_memory = registry_for(options.shared_memory)
         # Loads and unloads, done by every front end when there are several.

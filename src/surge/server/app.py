@@ -46,6 +46,8 @@ from surge.server.peers import http_peer
 from surge.server.repository_load import check_unload, control_body, load_parameters
 from surge.server.shared_memory import SharedMemoryRegistry
 from surge.server.shared_memory_api import CHANGES, ROOTS, http_answer, http_route
+from surge.server.trace_settings import TRACE_EXTENSION, checked_model, is_route, settings_of
+from surge.server.trace_settings import http_answer as trace_answer
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,8 @@ class V2App:
             await _respond(send, 200, encode_json(self._server_metadata()))
         elif rest == [OPENAPI_PATH] and method == "GET":
             await _respond(send, 200, encode_json(openapi_document()))
+        elif is_route(rest):
+            await self._trace(scope, receive, send, rest)
         elif rest[:1] == ["models"]:
             await self._models(scope, receive, send, rest[1:])
         elif rest[:1] == ["repository"] and method == "POST":
@@ -171,7 +175,16 @@ class V2App:
 
     def _server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": surge.__version__,
-                "extensions": [*extensions(self.shared_memory is not None), LOGGING_EXTENSION]}
+                "extensions": [*extensions(self.shared_memory is not None), LOGGING_EXTENSION,
+                               TRACE_EXTENSION]}
+
+    async def _trace(self, scope: AsgiScope, receive: Receive, send: Send,
+                     rest: list[str]) -> None:
+        """Triton's trace extension: the global settings or a model's (trace_settings.py)."""
+        model = checked_model(self.engine, rest[1]) if rest[0] == "models" else None
+        method, limit = scope["method"], min(self.max_body_bytes, MAX_REPOSITORY_BODY)
+        body = await _read_body(scope, receive, limit) if method == "POST" else b""
+        await _respond(send, 200, trace_answer(settings_of(self._log), model, method, body))
 
     async def _models(self, scope: AsgiScope, receive: Receive, send: Send, rest: list[str]) -> None:
         method = scope["method"]
@@ -381,6 +394,8 @@ def _check_method(method: str, path: str, rest: list[str]) -> None:
     """A 405 with `Allow` for a route asked with a method it does not answer."""
     if rest == [OPENAPI_PATH]:
         allowed: tuple[str, ...] | None = READ
+    elif is_route(rest):
+        allowed = (*READ, *WRITE)
     elif rest[:1] and rest[0] in ROOTS:
         allowed = READ if http_route(rest)[2] == "status" else WRITE
     else:
@@ -403,8 +418,8 @@ def _scope_needed(method: str, rest: list[str]) -> Scope:
     """The key scope a request needs: admin to change the repository, infer to infer."""
     if rest[:1] == ["repository"] and rest[-1:] in (["load"], ["unload"]):
         return Scope.ADMIN
-    if rest == ["logging"] and method == "POST":
-        return Scope.ADMIN  # a change of the server's log
+    if (rest == ["logging"] or is_route(rest)) and method == "POST":
+        return Scope.ADMIN  # a change of the server's log or of what it traces
     if rest[:1] and rest[0] in ROOTS and rest[-1] in CHANGES:
         return Scope.ADMIN  # a registration makes the server map memory a client names
     if rest[-1:] == ["infer"] and method == "POST":

@@ -19,7 +19,8 @@ and records it in a directory the supervisor makes; every other front end follow
 front end restarted after a crash does every recorded change before it listens
 (surge/server/model_control.py). Shared-memory registrations are shared through a directory
 too (surge/server/shared_memory.py), and so are the log settings of the logging extension
-(surge/server/log_settings.py), which the supervisor's own log follows as well.
+(surge/server/log_settings.py), which the supervisor's own log follows as well, and the
+trace settings of the trace extension (surge/server/trace_settings.py).
 
 This module imports only the standard library at the top: a front end's process must set the
 multiprocess directory before prometheus_client is imported.

@@ -23,7 +23,7 @@ from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 from surge.protocol.metadata import model_config, model_metadata, model_statistics
 from surge.protocol.types import SERVER_NAME, extensions
 from surge.repository import check_name, check_version
-from surge.server import log_settings
+from surge.server import log_settings, trace_settings
 from surge.server import shared_memory_api as shm
 from surge.server.keys import ApiKey, ForbiddenError, KeyRing, Scope, UnauthenticatedError
 from surge.server.limits import ConnectionLimits
@@ -148,13 +148,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return pb.ServerMetadataResponse(
             name=SERVER_NAME, version=surge.__version__,
-            extensions=[*extensions(self.shared_memory is not None), LOGGING_EXTENSION])
+            extensions=[*extensions(self.shared_memory is not None), LOGGING_EXTENSION,
+                        trace_settings.TRACE_EXTENSION])
 
     @_guarded
     async def LogSettings(self, request: Any, context: Any) -> Any:
         if request.settings:  # a change of the server's log; reading it needs Scope.READ
             self.authorize(context, Scope.ADMIN, "LogSettings")
         return await log_settings.grpc_answer(request)
+
+    @_guarded
+    async def TraceSetting(self, request: Any, context: Any) -> Any:
+        if request.settings:  # a change of what the server traces; reading needs Scope.READ
+            self.authorize(context, Scope.ADMIN, "TraceSetting")
+        return trace_settings.grpc_answer(trace_settings.settings_of(self._log), self.engine,
+                                          request)
 
     @_guarded
     async def ModelMetadata(self, request: Any, context: Any) -> Any:

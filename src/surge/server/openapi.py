@@ -104,6 +104,18 @@ def _logging_paths() -> dict[str, Any]:
                  "responses": {"200": _ok(settings), **_errors(400, 401, 403)}}}}
 
 
+def _trace_paths() -> dict[str, Any]:
+    """Triton's trace extension: the global settings, or a model's own over them."""
+    settings = {"$ref": "#/components/schemas/TraceSettings"}
+    item = {**_get("the trace settings in force", settings, 400, 404),
+            "post": {"summary": "change trace settings (those left out stay as they are; null "
+                                "clears a model's own, or puts a global one back)",
+                     "requestBody": {"required": False, **_json(settings)},
+                     "responses": {"200": _ok(settings), **_errors(400, 401, 403, 404, 413)}}}
+    return {"/v2/trace/setting": item,
+            "/v2/models/{model}/trace/setting": {**item, "parameters": [_NAME]}}
+
+
 def _shared_memory_paths() -> dict[str, Any]:
     """The shared-memory extension's system regions and CUDA's (whose register is refused)."""
     region = {"name": "region", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -171,6 +183,12 @@ def _schemas() -> dict[str, Any]:
             "log_error": {"type": "boolean", "nullable": True},
             "log_verbose_level": {"type": "integer", "minimum": 0, "nullable": True},
             "log_format": {"type": "string", "enum": ["default", "ISO8601"], "nullable": True}}},
+        "TraceSettings": {"type": "object", "properties": {
+            "trace_level": {"type": "array", "nullable": True, "items": {
+                "type": "string", "enum": ["OFF", "TIMESTAMPS"]}},
+            "trace_rate": {"type": "string", "pattern": "^[0-9]+$", "nullable": True},
+            "trace_count": {"type": "string", "pattern": "^-?[0-9]+$", "nullable": True},
+            "trace_mode": {"type": "string", "enum": ["opentelemetry"], "nullable": True}}},
         "LoadRequest": {"type": "object", "properties": {"parameters": {
             "type": "object", "properties": {"config": {"oneOf": [{"type": "string"},
                                                                   {"type": "object"}]}}}}},
@@ -192,6 +210,7 @@ def openapi_document() -> dict[str, Any]:
         **_model_paths(),
         **_repository_paths(),
         **_logging_paths(),
+        **_trace_paths(),
         **_shared_memory_paths(),
     }
     return {

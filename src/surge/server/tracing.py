@@ -1,7 +1,8 @@
 """OpenTelemetry spans for inference requests (the optional `tracing` extra).
 
-Spans are made after the answer is sent, from timestamps taken along the way: one SERVER span
-`surge.infer` per request (child of the caller's W3C `traceparent` when there is one), with
+Spans are made after the answer is sent, from timestamps taken along the way, for the requests
+the trace settings sample (surge/server/trace_settings.py, Triton's trace extension): one SERVER
+span `surge.infer` per request (child of the caller's W3C `traceparent` when there is one), with
 children `decode`, `queue`, `batch` (with `compute`, the worker's own time, inside it) and
 `encode`. Building them after the fact keeps the SDK off the request path.
 
@@ -20,6 +21,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from surge.errors import SurgeError
+from surge.server.trace_settings import new_settings
 
 if TYPE_CHECKING:
     from surge.server.observe import RequestRecord
@@ -112,6 +114,7 @@ class Tracer:
         self._provider = provider
         self._tracer = (provider or trace.get_tracer_provider()).get_tracer("surge.server")
         self._propagator = TraceContextTextMapPropagator()
+        self.settings = new_settings()  # which requests are traced (the trace extension)
 
     def close(self) -> None:
         """Hand the queued spans to the collector, for at most FLUSH_ON_STOP_S (a provider
@@ -127,7 +130,10 @@ class Tracer:
                         "they are dropped", FLUSH_ON_STOP_S)
 
     def record(self, record: RequestRecord) -> None:
-        """The request's span and its children, timed from `record`."""
+        """The request's span and its children, timed from `record`, when the trace settings
+        sample the request."""
+        if not self.settings.sample(record.model):
+            return
         parent = self._propagator.extract(_carrier(record.traceparent, record.tracestate))
         attributes = {"surge.request_id": record.request_id, "surge.model": record.model,
                       "surge.protocol": record.protocol, "surge.status": str(record.status),

@@ -123,4 +123,6 @@ def control_body(body: bytes) -> dict[str, Any]:
         json.loads(body, object_pairs_hook=no_repeated_key)
     except InputError as exc:
         raise InputError(f"request body: {exc}") from None
+    except RecursionError:  # nesting orjson reads (up to 1,024 levels) but json's frames do not
+        raise InputError("request body nests its arrays and objects too deeply") from None
     return value

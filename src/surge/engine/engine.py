@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -25,15 +25,14 @@ from surge.engine.interface import ModelHandle
 from surge.engine.ladder import ServedLadder, start_ladder
 from surge.engine.metrics import SurgeMetrics
 from surge.engine.ondemand import OnDemand, ResidencyOptions
-from surge.engine.reload import override_config
+from surge.engine.reload import checked_labels, override_config
 from surge.engine.response_cache import ResponseCache
 from surge.engine.served import ServedModel
 from surge.engine.stats import ModelStats
 from surge.errors import ConfigError, ModelLoadError, ModelNotReadyError, NotFoundError, SurgeError
 from surge.platform import available_cores
 from surge.repository import ModelConfig, Repository, served_version
-from surge.repository.config import CONFIG_FILE, ORIGINAL
-from surge.repository.repository import check_labels
+from surge.repository.config import CONFIG_FILE
 from surge.workers.hang import HangRule
 from surge.workers.pool import WorkerPool, cuda_device_count, plan_instances
 
@@ -324,7 +323,7 @@ class Engine:
         if config.ladder:
             ladder = await start_ladder(self, self.repository, name, served_versions, config)
             started: dict[int, Served] = {ladder.version: ladder}
-            return await self._check_labels(name, override, started, ladder.rungs.values())
+            return await checked_labels(self.repository, name, override, started, ladder.rungs.values())
         if config.variant:
             targets: list[tuple[int, str | None]] = [
                 (served_versions[-1] if served_versions else 1, f"{name}@{config.variant}")
@@ -344,7 +343,7 @@ class Engine:
             await asyncio.gather(*(m.stop(0.0) for m in models.values()),
                                  return_exceptions=True)
             raise
-        return await self._check_labels(name, override, dict(models), models.values())
+        return await checked_labels(self.repository, name, override, dict(models), models.values())
 
     async def _start_version(self, name: str, model: ServedModel) -> None:
         """Start one version of `name`; the index names the one that failed."""
@@ -353,27 +352,6 @@ class Engine:
         except Exception:
             self._failed_version.setdefault(name, model.version)
             raise
-
-    async def _check_labels(self, name: str, override: Mapping[str, Any] | None,
-                            started: dict[int, Served], models: Iterable[ServedModel]
-                            ) -> dict[int, Served]:
-        """`started` once an override's `labels` are checked against the models' outputs as
-        config.yaml's are (the workers check those only); stopped when they are refused."""
-        if not override or "labels" not in override:
-            return started
-        try:
-            for model in models:
-                assert model.handle is not None, "a started model has its handle"
-                variant = None if model.variant_name == ORIGINAL else model.variant_name
-                path = await asyncio.to_thread(self.repository.model_file, name, model.version,
-                                               variant)
-                check_labels(name, model.config, model.handle.signature, path,
-                             "the load's config override")
-        except BaseException:
-            await asyncio.gather(*(m.stop(0.0) for m in started.values()),
-                                 return_exceptions=True)
-            raise
-        return started
 
     async def _start_pipeline(self, name: str, config: ModelConfig) -> dict[int, Served]:
         """A pipeline whose step models need more than a memory budget together is refused:
@@ -480,6 +458,9 @@ class Engine:
         elif isinstance(served, ServedLadder):
             answer = await served.infer(
                 served.make_request(inputs, outputs, priority, timeout_us, request_id))
+        elif served.sequences is not None:  # a stateful model: its sequence's state goes along
+            answer = await served.sequences.infer(inputs, outputs, lambda ins, outs: served.infer(
+                served.make_request(ins, outs, priority, timeout_us, request_id)))
         else:
             answer = await served.infer(
                 served.make_request(inputs, outputs, priority, timeout_us, request_id))

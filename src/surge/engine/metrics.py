@@ -71,6 +71,9 @@ class SurgeMetrics:
         self.live_instances = Gauge("surge_live_instances",
                                     "Worker processes loaded and taking batches.", ["model"],
                                     registry=r, multiprocess_mode="livesum")
+        self.live_sequences = Gauge(
+            "surge_live_sequences", "Sequences of a sequence model holding a state (started, "
+            "neither ended nor idled out).", ["model"], registry=r, multiprocess_mode="livesum")
         self.models_loaded = Gauge("surge_models_loaded", "Models loaded (serving or "
                                    "draining), whatever their number of versions.", registry=r,
                                    multiprocess_mode="livemax")

@@ -17,17 +17,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
 from surge.errors import ConfigError, SurgeError
 from surge.repository import ModelConfig, Repository
+from surge.repository.config import ORIGINAL
+from surge.repository.repository import check_labels
 
 if TYPE_CHECKING:
     from surge.engine.interface import InferenceEngine
+    from surge.engine.served import ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,33 @@ def fingerprint(root: Path | str, name: str) -> Fingerprint:
             entries.append((os.path.relpath(path, top), stat.st_mtime_ns, stat.st_size))
     return tuple(entries)
 
+
+
+class _Stoppable(Protocol):
+    def stop(self, grace_s: float) -> Awaitable[None]: ...
+
+
+Started = TypeVar("Started", bound=_Stoppable)
+
+
+async def checked_labels(repository: Repository, name: str, override: Mapping[str, Any] | None,
+                         started: dict[int, Started], models: Iterable[ServedModel]
+                         ) -> dict[int, Started]:
+    """`started` once an override's `labels` are checked against the models' outputs as
+    config.yaml's are (the workers check those only); stopped when they are refused."""
+    if not override or "labels" not in override:
+        return started
+    try:
+        for model in models:
+            assert model.handle is not None, "a started model has its handle"
+            variant = None if model.variant_name == ORIGINAL else model.variant_name
+            path = await asyncio.to_thread(repository.model_file, name, model.version, variant)
+            check_labels(name, model.config, model.handle.signature, path,
+                         "the load's config override")
+    except BaseException:
+        await asyncio.gather(*(m.stop(0.0) for m in started.values()), return_exceptions=True)
+        raise
+    return started
 
 class RepositoryPoller:
     """Loads models whose files changed, and unloads those removed, every `interval_s`."""

@@ -30,8 +30,9 @@ from surge.engine.interface import ModelHandle
 from surge.engine.metrics import SurgeMetrics
 from surge.engine.probe import probe_rows
 from surge.engine.route import check_pin, request_route
+from surge.engine.sequences import SequenceStore, open_sequences
 from surge.engine.stats import Counters
-from surge.engine.timing import LAG_HOPS, LoopLag, RequestTiming, request_timing
+from surge.engine.timing import LAG_HOPS, LoopLag, RequestTiming, request_timing, worker_seconds
 from surge.errors import (
     DeadlineExceededError,
     InputError,
@@ -98,6 +99,7 @@ class ServedModel:
         self.scheduler = Scheduler(scheduler_config(config, self.pool.instances),
                                    batched=config.max_batch_size > 0)
         self.handle: ModelHandle | None = None
+        self.sequences: SequenceStore | None = None  # a sequence model's states (start())
         self.accepting = False
         self.counters = Counters()
         self.counters.latency_line = self.scheduler.latency_line
@@ -141,6 +143,8 @@ class ServedModel:
         assert signature is not None, "a started pool knows the model's signature"
         self.handle = ModelHandle(self.name, self.version, self.versions, self.config, signature,
                                   signature.platform, self.pool.devices())
+        self.sequences = open_sequences(self.name, self.config, signature, self._clock,
+                                        self.metrics.live_sequences)
         self._set_live(self.pool.instances)
         self._task = asyncio.create_task(self._drive(), name=f"surge-dispatch-{self.name}")
         if self.config.slo_p99_ms is not None:
@@ -181,6 +185,8 @@ class ServedModel:
     async def stop(self, grace_s: float) -> None:
         """Stop accepting, let accepted requests finish within `grace_s`, stop the instances."""
         self.accepting = False
+        if self.sequences is not None:  # unload and reload drop every sequence's state
+            self.sequences.close()
         self.wake()
         deadline = self._clock() + grace_s
         while not self.scheduler.idle() and self._clock() < deadline:
@@ -365,7 +371,7 @@ class ServedModel:
             future = self._futures.pop(completed.request.id, None)
             if self._timings and (timing := self._timings.get(completed.request.id)) is not None:
                 timing.done = now
-                timing.compute_s = _worker_seconds(result)
+                timing.compute_s = worker_seconds(result)
             if future is None or future.done():  # its client went: counted failed then
                 continue
             future.set_result(completed.outputs)
@@ -486,11 +492,3 @@ class ServedModel:
         """A request refused, dropped or left by its client: Triton's `fail` statistic."""
         now = self._clock() if now is None else now
         self.counters.fail.add(int((now - request.arrival) * 1e9))
-
-
-def _worker_seconds(result: BatchResult | None) -> float:
-    """The worker's own time for a batch: inputs in, run, outputs out."""
-    if result is None:
-        return 0.0
-    done = result.done
-    return (done.input_ns + done.infer_ns + done.output_ns) / 1e9

@@ -16,8 +16,12 @@ import math
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from surge.scheduler.latency import DecayingLevel
+
+if TYPE_CHECKING:
+    from surge.workers.pool import BatchResult
 
 # A request meets the loop's backlog twice: its arrival waits behind it, and so does its answer.
 LAG_HOPS = 2
@@ -94,3 +98,11 @@ class LoopLag:
 
 
 __all__ = ["LAG_HOPS", "LoopLag", "RequestTiming", "request_timing"]
+
+
+def worker_seconds(result: BatchResult | None) -> float:
+    """The worker's own time for a batch: inputs in, run, outputs out."""
+    if result is None:
+        return 0.0
+    done = result.done
+    return (done.input_ns + done.infer_ns + done.output_ns) / 1e9

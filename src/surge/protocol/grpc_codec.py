@@ -27,10 +27,12 @@ from surge.protocol.tensors import (
     within_range,
 )
 from surge.protocol.types import (
+    SEQUENCE_PARAMETERS,
     InferRequest,
     RequestedOutput,
     parse_pin,
     parse_priority,
+    parse_sequence,
     parse_timeout,
 )
 
@@ -103,6 +105,8 @@ def _request(message: Any, inputs: dict[str, np.ndarray], regions: Regions | Non
         timeout_us=parse_timeout(timeout),
         variant=variant,
         full_accuracy=full,
+        **parse_sequence(*(parameter_value(params[k]) if k in params else None
+                           for k in SEQUENCE_PARAMETERS)),
     )
 
 

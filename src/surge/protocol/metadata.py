@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from surge.datatypes import v2_to_triton
@@ -41,6 +41,16 @@ def _tensor(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
 
 
+def _shown(specs: Sequence[TensorSpec], config: ModelConfig) -> list[TensorSpec]:
+    """The tensors clients send or receive: a sequence model's implicit state is the
+    server's own (surge.engine.sequences)."""
+    sequencing = config.sequence_batching
+    if sequencing is None:
+        return list(specs)
+    hidden = sequencing.hidden()
+    return [spec for spec in specs if spec.name not in hidden]
+
+
 def model_metadata(model: ModelView) -> dict[str, Any]:
     """V2 model metadata: name, versions, platform, inputs and outputs with -1 dims."""
     signature = model.signature
@@ -48,8 +58,8 @@ def model_metadata(model: ModelView) -> dict[str, Any]:
         "name": model.name,
         "versions": [str(v) for v in model.versions],
         "platform": model.platform,
-        "inputs": [_tensor(s) for s in signature.inputs],
-        "outputs": [_tensor(s) for s in signature.outputs],
+        "inputs": [_tensor(s) for s in _shown(signature.inputs, model.config)],
+        "outputs": [_tensor(s) for s in _shown(signature.outputs, model.config)],
     }
 
 
@@ -71,14 +81,16 @@ def model_config(model: ModelView) -> dict[str, Any]:
         "platform": model.platform,
         "backend": "surge",
         "max_batch_size": signature.max_batch_size if batched else 0,
-        "input": [_config_tensor(s, batched) for s in signature.inputs],
-        "output": [_config_tensor(s, batched) for s in signature.outputs],
+        "input": [_config_tensor(s, batched) for s in _shown(signature.inputs, config)],
+        "output": [_config_tensor(s, batched) for s in _shown(signature.outputs, config)],
         "instance_group": [{"name": model.name, "kind": kind, "count": config.instances}],
         "response_cache": {"enable": config.response_cache},
     }
     if config.parameters:
         result["parameters"] = config_parameters(config.parameters)
-    if batched and config.batching.enabled:
+    if config.sequence_batching is not None:  # Triton's scheduling oneof: this or the next
+        result["sequence_batching"] = sequence_batching(config, signature)
+    elif batched and config.batching.enabled:
         # As in Triton, the queue policy lives in the dynamic batcher: a model that does not
         # batch shows neither (its queue limits still apply, as config.yaml sets them).
         result["dynamic_batching"] = {
@@ -87,6 +99,29 @@ def model_config(model: ModelView) -> dict[str, Any]:
             **queue_policies(config.queue),
         }
     return result
+
+
+def sequence_batching(config: ModelConfig, signature: Signature) -> dict[str, Any]:
+    """The `sequence_batching` section as Triton's ModelSequenceBatching: the implicit states
+    (zeros to start) and the oldest strategy, which batches the sequences' requests through
+    the model's dynamic batching."""
+    sequencing = config.sequence_batching
+    assert sequencing is not None
+    states = []
+    for pair in sequencing.state:
+        spec = _config_tensor(signature.input(pair.input), signature.batched)
+        initial = {"data_type": spec["data_type"], "dims": spec["dims"], "zero_data": True,
+                   "name": "zero"}
+        states.append({"input_name": pair.input, "output_name": pair.output,
+                       "data_type": spec["data_type"], "dims": spec["dims"],
+                       "initial_state": [initial]})
+    batching = config.batching.enabled and signature.batched
+    sizes = list(config.batching.preferred_batch_sizes) if batching else []
+    delay = config.batching.max_queue_delay_ms if batching else None
+    oldest = {"max_candidate_sequences": sequencing.max_sequences,
+              "preferred_batch_size": sizes, "max_queue_delay_microseconds": _microseconds(delay)}
+    return {"max_sequence_idle_microseconds": _microseconds(sequencing.max_sequence_idle_ms),
+            "state": states, "oldest": oldest}
 
 
 def _microseconds(ms: float | None) -> int:

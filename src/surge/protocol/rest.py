@@ -38,6 +38,7 @@ from surge.protocol.types import (
     RequestedOutput,
     parse_pin,
     parse_priority,
+    parse_sequence,
     parse_timeout,
 )
 
@@ -188,6 +189,8 @@ def decode_request(body: bytes, header_length: int | None,
         timeout_us=parse_timeout(_as_written(params, "timeout", header_bytes)),
         binary_default=_flag(params, "binary_data_output", "request parameter", False),
         **_pin(params),
+        **parse_sequence(_as_written(params, "sequence_id", header_bytes),
+                         params.get("sequence_start"), params.get("sequence_end")),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeGuard
+from typing import TypedDict, TypeGuard
 
 import numpy as np
 
@@ -52,6 +52,10 @@ class InferRequest:
     binary_default: bool = False  # answer un-listed outputs in binary (HTTP `binary_data_output`)
     variant: str | None = None  # `"variant": NAME`: computed by this variant only
     full_accuracy: bool = False  # `"accuracy": "full"`: by the most accurate variant served
+    # Triton's sequence parameters (0 or '': none); read by sequence models only.
+    sequence_id: int | str = 0
+    sequence_start: bool = False
+    sequence_end: bool = False
 
     @property
     def output_names(self) -> list[str] | None:
@@ -100,3 +104,31 @@ def parse_timeout(value: object) -> int | None:
         raise InputError(f"parameter 'timeout' must be a non-negative integer of microseconds "
                          f"up to {MAX_UINT64}, got {shown(value)}")
     return value or None
+
+
+SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
+
+
+class SequenceFields(TypedDict):
+    """InferRequest's sequence fields, as `parse_sequence` reads them."""
+
+    sequence_id: int | str
+    sequence_start: bool
+    sequence_end: bool
+
+
+def parse_sequence(sequence_id: object, start: object, end: object) -> SequenceFields:
+    """The `sequence_id` (an unsigned integer or a string; absent, 0 or '': none),
+    `sequence_start` and `sequence_end` (bools; absent: false) parameters as InferRequest
+    fields. A model without sequence batching ignores them, as Triton's does."""
+    if sequence_id is None:
+        sequence_id = 0
+    if not (_is_uint64(sequence_id) or isinstance(sequence_id, str)):
+        raise InputError(f"parameter 'sequence_id' must be a non-negative integer up to "
+                         f"{MAX_UINT64} or a string, got {shown(sequence_id)}")
+    for name, value in (("sequence_start", start), ("sequence_end", end)):
+        if value is not None and not isinstance(value, bool):
+            raise InputError(f"parameter {name!r} must be a bool (true or false), got "
+                             f"{shown(value)}")
+    return {"sequence_id": sequence_id, "sequence_start": bool(start),
+            "sequence_end": bool(end)}

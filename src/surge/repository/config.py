@@ -24,6 +24,7 @@ from surge.repository.queueing import MAX_QUEUE_DELAY_MS as MAX_QUEUE_DELAY_MS
 from surge.repository.queueing import MAX_TIMEOUT_MS as MAX_TIMEOUT_MS
 from surge.repository.queueing import BatchingConfig, QueueConfig
 from surge.repository.queueing import PriorityQueueConfig as PriorityQueueConfig
+from surge.repository.sequencing import SequenceBatchingConfig, check_sequencing
 from surge.runtimes.base import TensorSpec
 from surge.runtimes.values import ValueRange, range_problem, written_bound
 
@@ -348,6 +349,9 @@ class ModelConfig(StrictConfig):
         False, description="Answer identical requests from the server's response cache "
         "(`surge serve --response-cache-bytes`) without running the model; kind model only, "
         "without a ladder.")
+    sequence_batching: SequenceBatchingConfig | None = Field(
+        None, description="A stateful model's implicit state, carried from one request of a "
+        "sequence to the next (Triton's sequence batcher; docs/serving-engine.md).")
     labels: list[str] | None = Field(None, min_length=1,
                                      description="Class names for classifier outputs.")
     parameters: dict[str, Any] = Field(
@@ -387,6 +391,7 @@ class ModelConfig(StrictConfig):
             raise ValueError("response_cache is for kind model without a ladder (the answer "
                              "of a ladder or a pipeline can change without a reload of it)")
         self._check_batching()
+        check_sequencing(self)
         _check_unique(self.inputs, "inputs")
         _check_unique(self.outputs, "outputs")
         _check_outputs(self.outputs)

@@ -1,6 +1,6 @@
 """What both front ends do around one engine call: the call on the request's variant route
-(`infer_routed`), and the outcome label a finished request is counted under in the request
-metrics."""
+and sequence (`infer_routed`), and the outcome label a finished request is counted under in
+the request metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 
 from surge.engine.metrics import SurgeMetrics, duration_outcome
 from surge.engine.route import VariantRoute, answered_version, request_route
+from surge.engine.sequences import SequenceFlags, request_sequence
 from surge.errors import (
     DeadlineExceededError,
     InputError,
@@ -101,6 +102,13 @@ def served_by(engine: InferenceEngine) -> Callable[[str], bool]:
     return served
 
 
+def sequence_flags(request: InferRequest) -> SequenceFlags | None:
+    """The request's sequence parameters for a sequence model (None: it sent none)."""
+    if request.sequence_id or request.sequence_start or request.sequence_end:
+        return SequenceFlags(request.sequence_id, request.sequence_start, request.sequence_end)
+    return None
+
+
 async def infer_routed(
     engine: InferenceEngine, name: str, version: int | None, request: InferRequest,
     record: RequestRecord | None,
@@ -112,6 +120,7 @@ async def infer_routed(
     both in `record`."""
     route = VariantRoute(request.variant, request.full_accuracy)
     token = request_route.set(route)
+    sequence = request_sequence.set(sequence_flags(request))
     try:
         work = engine.infer(name, version, request.inputs, outputs=request.output_names,
                             priority=request.priority, timeout_us=request.timeout_us,
@@ -119,6 +128,7 @@ async def infer_routed(
         outputs = await (watch(work) if watch is not None else work)
     finally:
         request_route.reset(token)
+        request_sequence.reset(sequence)
     answered = answered_version(route, engine, name, version)
     if record is not None:
         record.computed = time.perf_counter()

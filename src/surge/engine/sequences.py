@@ -1,0 +1,258 @@
+"""Triton's sequence batcher with implicit state: the state store of one served model version.
+
+A model whose config has `sequence_batching` keeps a state per sequence: each request names its
+sequence (`sequence_id`, with `sequence_start` on the first and `sequence_end` on the last) and
+sends only its real inputs; the store adds the state the sequence's previous request left (zeros
+for a new one) as the state inputs, takes the state outputs off the answer and keeps them for
+the next request. Requests of one sequence run one after the other (the second sees the state
+the first left); requests of different sequences meet in the model's queue and batch together,
+each row with its own sequence's state. A request that fails leaves its sequence's state as it
+was. A sequence nobody continues for `max_sequence_idle_ms` is dropped.
+
+The flags come in through the context variable `request_sequence`, as the variant pin does
+(`surge.engine.route`): the engine's `infer` keeps one signature for every caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from surge.datatypes import v2_to_numpy
+from surge.engine.instances import Clock
+from surge.errors import ConfigError, InputError, QueueFullError, shown
+from surge.repository.config import ModelConfig
+from surge.repository.sequencing import SequenceBatchingConfig
+from surge.runtimes.base import Signature, TensorSpec
+
+Outputs = dict[str, np.ndarray]
+Compute = Callable[[dict[str, np.ndarray], list[str] | None], Awaitable[Outputs]]
+SequenceId = int | str
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceFlags:
+    """A request's V2 sequence parameters (`id` 0 or '' is no sequence, as in Triton)."""
+
+    id: SequenceId
+    start: bool = False
+    end: bool = False
+
+
+# Set by the front end around one engine call (surge.server.outcome.infer_routed).
+request_sequence: ContextVar[SequenceFlags | None] = ContextVar("request_sequence", default=None)
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One live sequence: its state (None until a start succeeded), the lock that runs its
+    requests in order, and the requests holding or awaiting it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    state: dict[str, np.ndarray] | None = None
+    users: int = 0
+    last_used: float = 0.0
+
+
+class SequenceStore:
+    """The live sequences of one model version and their implicit states."""
+
+    def __init__(self, model: str, config: SequenceBatchingConfig,
+                 initial: dict[str, np.ndarray], batched: bool, clock: Clock,
+                 gauge: Any = None) -> None:
+        self.model = model
+        self._pairs = [(pair.input, pair.output) for pair in config.state]
+        self._idle_s = config.max_sequence_idle_ms / 1e3
+        self._max = config.max_sequences
+        self._initial = initial
+        self._batched = batched
+        self._clock = clock
+        self._gauge = gauge
+        self._live: OrderedDict[SequenceId, _Sequence] = OrderedDict()  # least recent first
+        # Ids dropped for idling, so that their next request is told why (bounded).
+        self._timed_out: OrderedDict[SequenceId, None] = OrderedDict()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def live(self) -> int:
+        return len(self._live)
+
+    async def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None,
+                    compute: Compute) -> Outputs:
+        """Run one request of a sequence through `compute` (the model's queue) with its state."""
+        flags = self._flags()
+        self._check_request(inputs, outputs)
+        self.expire(self._clock())
+        sequence = self._admit(flags)
+        sequence.users += 1
+        try:
+            async with sequence.lock:
+                return await self._run(flags, sequence, inputs, outputs, compute)
+        finally:
+            sequence.users -= 1
+            self._release(flags.id, sequence)
+
+    def _flags(self) -> SequenceFlags:
+        flags = request_sequence.get()
+        if flags is None or flags.id in (0, ""):
+            raise InputError(f"inference request to model {self.model!r} must specify a "
+                             "non-zero or non-empty sequence_id: it is a sequence model "
+                             "(sequence_batching)")
+        return flags
+
+    def _check_request(self, inputs: dict[str, np.ndarray], outputs: list[str] | None) -> None:
+        """The state tensors are the server's own; a batched sequence model takes one row."""
+        for state_in, state_out in self._pairs:
+            if state_in in inputs:
+                raise InputError(f"input {state_in!r} of model {self.model!r} is its implicit "
+                                 "sequence state, which the server feeds: leave it out")
+            if outputs is not None and state_out in outputs:
+                raise InputError(f"output {state_out!r} of model {self.model!r} is its implicit "
+                                 "sequence state, which the server keeps: do not ask for it")
+        if self._batched and inputs:
+            rows = next(iter(inputs.values())).shape[:1]
+            if rows != (1,):
+                raise InputError(f"inference request to model {self.model!r} must specify "
+                                 f"batch-size 1 due to requirements of sequence batcher, got "
+                                 f"{rows[0] if rows else 'no batch dim'}")
+
+    def _admit(self, flags: SequenceFlags) -> _Sequence:
+        """The live sequence of `flags.id`; a new one for a start (within max_sequences)."""
+        sequence = self._live.get(flags.id)
+        if sequence is not None:
+            return sequence
+        if not flags.start:
+            raise InputError(self._not_started(flags.id))
+        if len(self._live) >= self._max:
+            raise QueueFullError(
+                f"model {self.model!r} holds {len(self._live)} live sequences, its "
+                f"sequence_batching.max_sequences: sequence {shown(flags.id)} can start once "
+                "one ends or idles out", retry_after_s=self._idle_s)
+        self._timed_out.pop(flags.id, None)
+        sequence = self._live[flags.id] = _Sequence(last_used=self._clock())
+        self._count()
+        return sequence
+
+    def _not_started(self, sequence_id: SequenceId) -> str:
+        if sequence_id in self._timed_out:
+            return (f"sequence {shown(sequence_id)} of model {self.model!r} timed out: no "
+                    f"request for more than {self._idle_s * 1e3:g} ms "
+                    "(sequence_batching.max_sequence_idle_ms) dropped it and its state; send "
+                    "sequence_start to begin it again")
+        return (f"inference request for sequence {shown(sequence_id)} to model {self.model!r} "
+                "must specify the sequence_start flag on the first request of the sequence")
+
+    async def _run(self, flags: SequenceFlags, sequence: _Sequence,
+                   inputs: dict[str, np.ndarray], outputs: list[str] | None,
+                   compute: Compute) -> Outputs:
+        """Under the sequence's lock: the state in, the answer out, the new state kept only
+        once the request succeeded."""
+        if flags.start:
+            state = self._initial
+        elif sequence.state is None:  # ended, or its start failed, while this one waited
+            raise InputError(self._not_started(flags.id))
+        else:
+            state = sequence.state
+        wanted = None if outputs is None else [*outputs, *(out for _, out in self._pairs)]
+        answer = await compute({**inputs, **state}, wanted)
+        kept = {state_in: np.array(answer.pop(state_out), copy=True)  # not a view of a slot
+                for state_in, state_out in self._pairs}
+        sequence.state = None if flags.end else kept
+        return answer
+
+    def _release(self, sequence_id: SequenceId, sequence: _Sequence) -> None:
+        """After a request: the sequence is used now; one with no state left and nobody
+        waiting (ended, or never started) is gone."""
+        sequence.last_used = self._clock()
+        if self._live.get(sequence_id) is not sequence:
+            return
+        if sequence.state is None and sequence.users == 0:
+            del self._live[sequence_id]
+            self._count()
+        else:
+            self._live.move_to_end(sequence_id)
+            self._arm()
+
+    def expire(self, now: float) -> list[SequenceId]:
+        """Drop the sequences idle past max_sequence_idle_ms (none with a request in flight)."""
+        dropped = [key for key, sequence in self._live.items()
+                   if sequence.users == 0 and now - sequence.last_used > self._idle_s]
+        for key in dropped:
+            del self._live[key]
+            self._timed_out[key] = None
+        while len(self._timed_out) > self._max:
+            self._timed_out.popitem(last=False)
+        if dropped:
+            self._count()
+        return dropped
+
+    def _arm(self) -> None:
+        """Expire idle sequences without waiting for the next request (frees their state and
+        sets the gauge); the timer runs while sequences live."""
+        if self._timer is None and self._live:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._idle_s, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.expire(self._clock())
+        self._arm()
+
+    def close(self) -> None:
+        """The model version stopped: every sequence's state goes with it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._live.clear()
+        self._count()
+
+    def _count(self) -> None:
+        if self._gauge is not None:
+            self._gauge.set(len(self._live))
+
+
+def open_sequences(name: str, config: ModelConfig, signature: Signature, clock: Clock,
+                   gauges: Any = None) -> SequenceStore | None:
+    """The state store of a sequence model (None for any other), once its state pairs are
+    checked against the model's signature."""
+    sequencing = config.sequence_batching
+    if sequencing is None:
+        return None
+    initial = {pair.input: _initial_state(name, signature, pair.input, pair.output)
+               for pair in sequencing.state}
+    gauge = gauges.labels(name) if gauges is not None else None  # only sequence models'
+    return SequenceStore(name, sequencing, initial, signature.batched, clock, gauge)
+
+
+def _initial_state(model: str, signature: Signature, state_in: str, state_out: str
+                   ) -> np.ndarray:
+    """Zeros of the state's datatype and shape (one row of a batched model)."""
+    where = f"model {model!r}: sequence_batching.state {{input: {state_in}, output: {state_out}}}"
+    spec_in = _spec(signature.inputs, state_in, "input", signature.input_names, where)
+    spec_out = _spec(signature.outputs, state_out, "output", signature.output_names, where)
+    if spec_in.datatype != spec_out.datatype or tuple(spec_in.shape) != tuple(spec_out.shape):
+        raise ConfigError(f"{where}: input {state_in!r} ({spec_in.describe()}) and output "
+                          f"{state_out!r} ({spec_out.describe()}) must have one datatype and "
+                          "shape")
+    shape = list(spec_in.shape[1:] if signature.batched else spec_in.shape)
+    if any(dim < 0 for dim in shape):
+        raise ConfigError(f"{where}: input {state_in!r} ({spec_in.describe()}) has a variable "
+                          "dim past the batch dim; the initial "
+                          "state needs fixed dims (declare them under `inputs`/`outputs`)")
+    dims = [1, *shape] if signature.batched else shape
+    return np.zeros(dims, dtype=v2_to_numpy(spec_in.datatype))
+
+
+def _spec(specs: Sequence[TensorSpec], name: str, kind: str, names: list[str], where: str
+          ) -> TensorSpec:
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise ConfigError(f"{where}: the model has no {kind} {name!r} (its {kind}s: "
+                      f"{', '.join(names)})")

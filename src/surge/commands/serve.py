@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -237,17 +238,27 @@ def serve(
     console.print("surge: drained and stopped")
 
 
+# ASCII digits, an optional fraction and a unit: no exponent ('1e400' would overflow), no
+# '1_000' or non-ASCII digits, which Python's float() reads as numbers the user did not type.
+_CACHE_SIZE = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*[A-Za-z]*\s*", re.ASCII)
+
+
 def _cache_bytes(size: str) -> int:
-    """`--response-cache-bytes`: 0 (none), or a size as the memory budgets take it."""
+    """`--response-cache-bytes`: 0 (none), or a size as the memory budgets take it, of at
+    least a byte (0.1 would be a cache of none) and at most the machine's memory."""
     from surge.engine.residency import parse_bytes
+    from surge.engine.response_cache import check_cache_size
 
     if size.strip() == "0":
         return 0
     try:
-        return parse_bytes(size)
+        capacity = parse_bytes(size) if _CACHE_SIZE.fullmatch(size) else 0
     except SurgeError:
+        capacity = 0
+    if capacity < 1:
         raise SurgeError(f"--response-cache-bytes {size!r}: give 0 (no cache) or a size such "
-                         "as 64MB, 1GiB or 1048576 (bytes)") from None
+                         "as 64MB, 1GiB or 1048576 (bytes)")
+    return check_cache_size(capacity, size)
 
 
 def _body_bytes(max_body_mb: float) -> int:

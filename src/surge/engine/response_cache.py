@@ -11,7 +11,8 @@ so HTTP (JSON and binary), gRPC and shared-memory requests all go through it:
     hit   -> copies of the cached outputs; `cache_hit` and `success` counted, nothing queued
     miss  -> the request as usual; a successful answer is stored as read-only copies, least
              recently used entries evicted until it fits; one larger than the cache is not
-             stored; a failed request stores nothing
+             stored; a failed request stores nothing, nor one with an input in memory the
+             client may still write (a shared-memory region)
 
 Output shaping that follows the model (binary or JSON encoding, shared-memory output regions)
 happens in the front ends on the answer, so the key leaves it out. Priority, timeout and
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -57,7 +60,13 @@ class Cacheable(Protocol):
     variant_name: str
 
 
-@dataclass(frozen=True)
+# What Python holds for one entry besides its arrays: the key tuple and digest, the entry, its
+# outputs dict and the ordered dict's link (measured: about 480 bytes). Counted, so that a
+# flood of distinct small requests stays within the size instead of 17 times over it.
+_ENTRY_OVERHEAD = 512
+
+
+@dataclass(frozen=True, slots=True)
 class _Entry:
     outputs: Outputs  # read-only copies
     size: int
@@ -123,7 +132,8 @@ class ResponseCache:
         self.metrics.cache_misses.labels(served.name).inc()
         generation = self._generation.get(served.name, 0)
         answer = await compute()
-        if key is not None and generation == self._generation.get(served.name, 0):
+        if (key is not None and generation == self._generation.get(served.name, 0)
+                and not any(_lent(array) for array in inputs.values())):
             stored = time.perf_counter_ns()
             self._store(key, answer)
             served.counters.cache_miss.add(time.perf_counter_ns() - stored, count=0)
@@ -148,7 +158,8 @@ class ResponseCache:
         return answer
 
     def _store(self, key: Key, answer: Outputs) -> None:
-        size = len(key[2]) + sum(_nbytes(array) for array in answer.values())
+        size = _ENTRY_OVERHEAD + sum(sys.getsizeof(name) + _nbytes(array)
+                                     for name, array in answer.items())
         if size > self.capacity or key in self._entries:
             return  # larger than the whole cache (Triton skips it), or stored meanwhile
         self._evict(size)
@@ -205,11 +216,29 @@ def _feed_objects(digest: hashlib.blake2b, array: np.ndarray) -> bool:
     return True
 
 
+def _lent(array: np.ndarray) -> bool:
+    """Whether `array` views memory that its request does not hold and the client may write
+    while the request waits in the queue (a shared-memory region): the model reads what is
+    there at dispatch, which need not be what was keyed, so such an answer is not stored.
+    An array that owns its bytes (JSON data, a decoded BYTES tensor) or views an immutable
+    body (HTTP binary data, gRPC raw contents) is what was keyed."""
+    base: object = array
+    while isinstance(base, np.ndarray):
+        if base.base is None:
+            return False
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return not isinstance(base, bytes)
+
+
 def _nbytes(array: np.ndarray) -> int:
+    """The memory a stored copy of `array` holds: the array object with its data and, for
+    BYTES, each element object."""
+    size = sys.getsizeof(array) + (0 if array.base is None else array.nbytes)
     if array.dtype != object:
-        return int(array.nbytes)
-    return int(array.nbytes) + sum(len(item) if isinstance(item, bytes | str) else 64
-                                   for item in array.reshape(-1))
+        return int(size)
+    return int(size) + sum(sys.getsizeof(item) for item in array.reshape(-1))
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -218,6 +247,26 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     copy = np.array(array, copy=True)
     copy.setflags(write=False)
     return copy
+
+
+def check_cache_size(capacity: int, given: object) -> int:
+    """`capacity` (`--response-cache-bytes`, typed as `given`), refused past the machine's
+    memory: the cache grows as answers come, and a size it can never hold would let a flood
+    of distinct requests take memory until the kernel kills the server and its accepted
+    work (Triton allocates the whole size at start and fails there)."""
+    memory = machine_memory()
+    if memory is not None and capacity > memory:
+        raise SurgeError(f"--response-cache-bytes {given!r}: {capacity} bytes is more than "
+                         f"this machine's memory ({memory} bytes): give a smaller size")
+    return capacity
+
+
+def machine_memory() -> int | None:
+    """The machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def size_cache(engine: object, capacity: int) -> None:

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 from surge.configfile import write_text_atomically
 from surge.engine import InferenceEngine
 from surge.engine.ondemand import ResidencyOptions
-from surge.engine.response_cache import size_cache
+from surge.engine.response_cache import check_cache_size, size_cache
 from surge.errors import SurgeError
 from surge.repository import Repository
 from surge.server.app import DEFAULT_MAX_BODY, V2App
@@ -104,6 +104,7 @@ class ServeOptions:
                 or isinstance(self.response_cache_bytes, bool)):
             raise SurgeError(f"--response-cache-bytes {self.response_cache_bytes!r}: give 0 "
                              "(no cache) or a size in bytes")
+        check_cache_size(self.response_cache_bytes, self.response_cache_bytes)
 
 
 def _check_exposure(host: str, ports: tuple[int, int, int], api_key: str | None) -> None:

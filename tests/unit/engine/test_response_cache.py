@@ -91,12 +91,21 @@ def ask(cache: ResponseCache, model: Model, value: float, size: int = 100
     return asyncio.run(cache.infer(model, x(value), None, model.compute(size)))  # type: ignore[arg-type]
 
 
+def entry_bytes(size: int = 100) -> int:
+    """What one stored answer of `size` bytes counts (the arrays and Python's objects)."""
+    cache = ResponseCache(SurgeMetrics(), capacity=1 << 20)
+    ask(cache, Model(), 0, size)
+    return cache.used
+
+
 def test_least_recently_used_entries_go_first_to_fit_by_bytes() -> None:
-    cache, model = ResponseCache(SurgeMetrics(), capacity=2 * (100 + 32)), Model()
+    entry = entry_bytes()
+    assert entry > 100 + 32  # the objects holding the answer count too
+    cache, model = ResponseCache(SurgeMetrics(), capacity=2 * entry), Model()
     ask(cache, model, 1)
     ask(cache, model, 2)
     ask(cache, model, 1)  # a hit: 1 is now the most recently used
-    assert (model.computed, len(cache), cache.used) == (2, 2, 264)
+    assert (model.computed, len(cache), cache.used) == (2, 2, 2 * entry)
     ask(cache, model, 3)  # evicts 2, not 1
     ask(cache, model, 1)
     assert model.computed == 3
@@ -131,9 +140,9 @@ def test_resizing_evicts_what_no_longer_fits_and_sizes_are_checked() -> None:
     cache, model = ResponseCache(SurgeMetrics(), capacity=10_000), Model()
     for value in range(5):
         ask(cache, model, value)
-    cache.resize(300)
+    cache.resize(2 * entry_bytes() + 10)
     assert len(cache) == 2
-    assert cache.used <= 300
+    assert cache.used <= cache.capacity
     with pytest.raises(SurgeError, match="-1"):
         cache.resize(-1)
     with pytest.raises(SurgeError, match="--response-cache-bytes 5"):

@@ -133,17 +133,24 @@ class QueueConfig(StrictConfig):
     @model_validator(mode="after")
     def _delay_applies(self) -> QueueConfig:
         """Refuse a `delay` that no request can ever reach: without a default timeout and with
-        the requests' own `timeout` ignored, no request has a deadline to pass."""
-        rules: list[tuple[str, str, bool, float | None]] = [
-            ("queue", self.timeout_action, self.allow_timeout_override, self.default_timeout_ms)]
-        rules += [(f"queue.priorities.{level}", self._action(p), self._override(p),
-                   self._timeout(p)) for level, p in sorted(self.priorities.items())]
-        for where, action, override, timeout in rules:
-            if action == "delay" and not override and timeout is None:
-                raise ValueError(
-                    f"{where}.timeout_action delay never applies: no deadline there "
-                    "(allow_timeout_override false, no default_timeout_ms); set one")
+        the requests' own `timeout` ignored, no request has a deadline to pass. Judged where
+        the `delay` is written: a level's own where that level has no deadline; the model's
+        where neither the levels it governs (those not listed, and those listed without an
+        action of their own) have one. A level that only inherits a `delay` it cannot reach
+        is no error: the model's delay still applies elsewhere."""
+        for level, policy in sorted(self.priorities.items()):
+            if policy.timeout_action == "delay" and not self._dated(policy):
+                raise ValueError(_never(f"queue.priorities.{level}"))
+        heirs = [p for p in self.priorities.values() if p.timeout_action is None]
+        if self.timeout_action == "delay" and not (
+                self.allow_timeout_override or self.default_timeout_ms is not None
+                or any(self._dated(p) for p in heirs)):
+            raise ValueError(_never("queue", ", nor a level that follows it with one"))
         return self
+
+    def _dated(self, level: PriorityQueueConfig) -> bool:
+        """Whether a request of `level` can have a deadline."""
+        return self._override(level) or self._timeout(level) is not None
 
     def _action(self, level: PriorityQueueConfig) -> str:
         return level.timeout_action or self.timeout_action
@@ -170,6 +177,11 @@ class QueueConfig(StrictConfig):
                     policy.max_size, _seconds(policy.default_timeout_ms), f"priority {level}",
                     policy.timeout_action, policy.allow_timeout_override)
                 for level, policy in self.priorities.items()}
+
+
+def _never(where: str, levels: str = "") -> str:
+    return (f"{where}.timeout_action delay never applies: no deadline there "
+            f"(allow_timeout_override false, no default_timeout_ms{levels}); set one")
 
 
 def _seconds(ms: float | None) -> float | None:

@@ -8,14 +8,18 @@ work from taking the whole queue from urgent requests.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 
 from surge.scheduler.types import LevelPolicy, Request
 
 # (priority, delayed, arrival sequence, request): heap order. A delayed request (its deadline
 # passed under timeout_action "delay") goes behind every request of its level still in time.
 _Entry = tuple[int, bool, int, Request]
+# Gone requests the arrival deque may hold past twice the queued ones before it is rebuilt:
+# each rebuild is paid for by as many pushes, so the bookkeeping stays O(1) a request.
+_SLACK = 32
 
 
 class KeyQueue:
@@ -27,6 +31,26 @@ class KeyQueue:
         self.heap: list[_Entry] = []
         self.arrivals: deque[Request] = deque()  # may hold gone requests; cleaned from the left
         self.items = 0
+
+    def drop(self, ids: Container[int]) -> None:
+        """Take the requests with these ids out of the heap, in one rebuild."""
+        kept = [entry for entry in self.heap if entry[3].id not in ids]
+        self.items -= sum(entry[3].batch_size for entry in self.heap if entry[3].id in ids)
+        heapq.heapify(kept)
+        self.heap = kept
+
+    def arrived(self, request: Request, first: bool) -> None:
+        """Note `request` in arrival order (`first`: ahead of every other). Requests gone from
+        the heap are dropped here once they outnumber the queued ones: the deque is cleaned
+        from its left only, so a request left waiting at the head (a delayed one behind a
+        steady stream in time) would otherwise keep every later one, inputs and all."""
+        if first:
+            self.arrivals.appendleft(request)
+        else:
+            self.arrivals.append(request)
+        if len(self.arrivals) > 2 * len(self.heap) + _SLACK:
+            queued = {id(entry[3]) for entry in self.heap}
+            self.arrivals = deque(r for r in self.arrivals if id(r) in queued)
 
 
 class LevelCounts:

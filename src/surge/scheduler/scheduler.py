@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, bisect_right
-from collections.abc import Container, Mapping
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import replace
 from itertools import accumulate
 
@@ -208,10 +208,7 @@ class Scheduler:
         # A requeued request goes ahead of everything of its priority that arrived later.
         seq = -self._seq if first else self._seq
         heapq.heappush(queue.heap, (request.priority, request.delayed, seq, request))
-        if first:
-            queue.arrivals.appendleft(request)
-        else:
-            queue.arrivals.append(request)
+        queue.arrived(request, first)
         queue.items += request.batch_size
         self._live[request.id] = request
         self._levels.count(request, +1)
@@ -230,25 +227,28 @@ class Scheduler:
 
         That is, the deadline has passed, or is closer than the earliest it could be answered
         if dispatched now (`_earliest_finish`): computing such a request would only produce an
-        answer nobody waits for. Under timeout_action "delay" such a request is kept instead,
-        behind its level's requests still in time (`_delay`).
+        answer nobody waits for. Under timeout_action "delay" such a request is kept instead:
+        queued again without a deadline, behind its level's requests still in time.
         """
         expired: list[Request] = []
+        delayed: list[Request] = []
+        taken: set[int] = set()  # a requeued request has a second deadline entry
         kept: list[tuple[float, int]] = []
         horizon = now + self._earliest_finish(now)
         while self._deadlines and self._deadlines[0][0] <= horizon:
             deadline, request_id = heapq.heappop(self._deadlines)
             request = self._live.get(request_id)
-            if request is None:
+            if request is None or request_id in taken:
                 continue
             if request_id == self._probe and deadline > now:  # admitted to be measured
                 kept.append((deadline, request_id))
                 continue
-            if self._levels.delays(request.priority, self.config.timeout_action):
-                self._delay(request)
-                continue
-            self._remove(request)
-            expired.append(request)
+            taken.add(request_id)
+            delays = self._levels.delays(request.priority, self.config.timeout_action)
+            (delayed if delays else expired).append(request)
+        self._remove_all([*expired, *delayed])
+        for request in delayed:  # in the order their deadlines passed
+            self._push(replace(request, deadline=None, delayed=True))
         for entry in kept:
             heapq.heappush(self._deadlines, entry)
         return expired
@@ -256,27 +256,27 @@ class Scheduler:
     def drain(self) -> list[Request]:
         """Remove and return every queued request (shutdown past its grace period)."""
         requests = list(self._live.values())
-        for request in requests:
-            self._remove(request)
+        self._remove_all(requests)
         return requests
 
-    def _delay(self, request: Request) -> None:
-        """Queue `request` again behind the requests of its level still in time, without a
-        deadline: its client is answered late rather than with an error."""
-        self._remove(request)
-        self._push(replace(request, deadline=None, delayed=True))
-
     def _remove(self, request: Request) -> None:
-        # Rare (cancel, expiry): an O(n) rebuild keeps the heaps free of dead entries.
-        queue = self._queues[request.key]
-        queue.heap = [e for e in queue.heap if e[3] is not request]
-        heapq.heapify(queue.heap)
-        queue.items -= request.batch_size
-        del self._live[request.id]
-        self._levels.count(request, -1)
-        self._forget_empty(request.key, queue)
-        if request.id == self._probe:
-            self._probe = None
+        self._remove_all((request,))
+
+    def _remove_all(self, requests: Sequence[Request]) -> None:
+        # Rare (cancel, expiry, drain): each heap is rebuilt once however many of its requests
+        # go (once a request, a deadline passing for a whole queue took seconds), so the heaps
+        # keep no dead entries.
+        gone: dict[ShapeKey, set[int]] = {}
+        for request in requests:
+            gone.setdefault(request.key, set()).add(request.id)
+            del self._live[request.id]
+            self._levels.count(request, -1)
+            if request.id == self._probe:
+                self._probe = None
+        for key, ids in gone.items():
+            queue = self._queues[key]
+            queue.drop(ids)
+            self._forget_empty(key, queue)
 
     def _forget_empty(self, key: ShapeKey, queue: KeyQueue) -> None:
         if not queue.heap:
@@ -449,21 +449,30 @@ class Scheduler:
         """Queue again, once, the requests of a batch whose worker hung; returns the others.
 
         A request goes back (ahead of later arrivals) while it has retries left, its deadline
-        leaves time for a batch of its size and (with `awaited`, as in `requeue`) its client
+        leaves time for a batch of its size (or, where it does not, its level delays a deadline
+        it cannot meet: it goes back delayed) and (with `awaited`, as in `requeue`) its client
         still waits; the caller fails the ones returned. The hung batch's time is no
         measurement.
         """
         self.fail(batch)
-        again = [r for r in batch.requests if self._retriable(r, now)
-                 and (awaited is None or r.id in awaited)]
-        self._push_first(tuple(replace(r, retries=r.retries + 1) for r in again))
-        return tuple(r for r in batch.requests if r not in again)
+        again = {r.id: retried for r in batch.requests
+                 if (awaited is None or r.id in awaited)
+                 and (retried := self._retried(r, now)) is not None}
+        self._push_first(tuple(again.values()))
+        return tuple(r for r in batch.requests if r.id not in again)
 
-    def _retriable(self, request: Request, now: float) -> bool:
+    def _retried(self, request: Request, now: float) -> Request | None:
+        """`request` as queued again after a hang, one retry spent; None when it is not."""
         if request.retries >= self.config.retries:
-            return False
+            return None
+        retried = replace(request, retries=request.retries + 1)
         need = self.batch_time(request.batch_size) or 0.0
-        return request.deadline is None or request.deadline > now + need
+        if request.deadline is None or request.deadline > now + need:
+            return retried
+        # Under "delay" a deadline it can no longer meet keeps it, as `expire` would.
+        if self._levels.delays(request.priority, self.config.timeout_action):
+            return replace(retried, deadline=None, delayed=True)
+        return None
 
     def _push_first(self, requests: tuple[Request, ...]) -> None:
         for request in reversed(requests):  # each goes first: the first one ends first

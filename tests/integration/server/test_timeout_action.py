@@ -93,3 +93,19 @@ def test_a_bad_policy_in_a_load_override_is_a_400_naming_it(served: ServerProces
     assert "queue.timeout_action delay never applies" in bad.json()["error"]
     assert httpx.post(f"{served.http}/v2/repository/models/slow/load",
                       timeout=120).status_code == 200  # back to config.yaml
+
+
+def test_the_models_delay_reaching_only_a_level_with_a_deadline_loads(
+        served: ServerProcess) -> None:
+    """Levels not listed ignore the requests' `timeout` and have no default one; level 9
+    follows the model's delay with a default timeout of its own: the delay applies there."""
+    answer = _load(served, {"timeout_action": "delay", "allow_timeout_override": False,
+                            "priorities": {"9": {"default_timeout_ms": 2000}}})
+    assert answer.status_code == 200, answer.text
+    echo = httpx.get(f"{served.http}/v2/models/slow/config").json()["dynamic_batching"]
+    assert echo["default_queue_policy"]["timeout_action"] == "DELAY"
+    assert echo["priority_queue_policy"]["9"] == {
+        "timeout_action": "DELAY", "default_timeout_microseconds": 2_000_000,
+        "allow_timeout_override": False, "max_queue_size": 256}
+    assert httpx.post(f"{served.http}/v2/repository/models/slow/load",
+                      timeout=120).status_code == 200  # back to config.yaml

@@ -109,6 +109,29 @@ def test_delay_is_taken_wherever_a_deadline_can_come_from() -> None:
         "7": {"timeout_action": "delay", "default_timeout_ms": 20}}})
 
 
+def test_the_models_delay_is_taken_where_only_a_level_that_follows_it_has_a_deadline() -> None:
+    # Levels not listed have no deadline, level 9 (following the model's delay) has one.
+    config = _config({"timeout_action": "delay", "allow_timeout_override": False,
+                      "priorities": {"9": {"default_timeout_ms": 2000}}})
+    assert scheduler_config(config, 1).priorities[9].default_timeout_s == 2.0
+    _config({"timeout_action": "delay", "allow_timeout_override": False,
+             "priorities": {"9": {"allow_timeout_override": True}}})
+    # Every level following it without a deadline: refused, naming the model's key.
+    refused = _refusal({"timeout_action": "delay", "allow_timeout_override": False,
+                        "priorities": {"9": {"max_size": 3}, "3": {"timeout_action": "reject",
+                                                               "default_timeout_ms": 5}}})
+    assert "queue.timeout_action delay never applies" in refused
+    assert "nor a level that follows it with one" in refused
+
+
+def test_a_level_that_only_ignores_timeouts_under_the_models_delay_is_taken() -> None:
+    """The level wrote no `delay`: its requests simply have no deadline, while the model's
+    delay still applies to the other levels' `timeout`s."""
+    config = _config({"timeout_action": "delay",
+                      "priorities": {"9": {"allow_timeout_override": False}}})
+    assert config.queue.level_policies()[9].allow_timeout_override is False
+
+
 def test_a_level_that_sets_only_the_new_keys_is_a_policy() -> None:
     levels = _config({"priorities": {"2": {"timeout_action": "delay"},
                                      "0": {"allow_timeout_override": False}}}).queue

@@ -39,6 +39,7 @@ from surge.repository import ModelConfig, Repository
 from surge.repository.config import ORIGINAL
 from surge.repository.repository import VARIANTS_DIR
 from surge.scheduler.ladder import LadderController, LadderSettings, Rung, WindowRate
+from surge.scheduler.types import priority_level
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -292,7 +293,8 @@ class ServedLadder:
                 log.warning("model %s: variant %s answered NaN or infinite values; such "
                             "requests are computed again on %s (counted in "
                             "surge_ladder_recomputed_total)", self.name, rung, top)
-            timeout_us = self._time_left(request.timeout_us, arrival, rung)
+            timeout_us = self._time_left(request.timeout_us, arrival, rung,
+                                         priority_level(request.priority))
             queued = self.rungs[top].make_request(request.inputs, request.outputs,
                                                   request.priority, timeout_us,
                                                   request.request_id)
@@ -302,11 +304,16 @@ class ServedLadder:
             if not self._handed_up:
                 self._none_handed_up.set()
 
-    def _time_left(self, timeout_us: int | None, arrival: float, rung: str) -> int | None:
-        """What is left of a request's timeout (microseconds) for its second computation."""
+    def _time_left(self, timeout_us: int | None, arrival: float, rung: str,
+                   level: int) -> int | None:
+        """What is left of a request's timeout (microseconds) for its second computation;
+        None where the top rung's queue would keep it past its timeout (timeout_action
+        delay, or allow_timeout_override false): its own policy then decides."""
         if not timeout_us:
             return timeout_us
         left = timeout_us - (self._clock() - arrival) * 1e6
+        if left < 1.0 and self.rungs[self.controller.top].config.queue.keeps_late(level):
+            return None
         if left < 1.0:
             raise DeadlineExceededError(
                 f"model {self.name!r}: variant {rung!r} answered NaN or infinite values and the "

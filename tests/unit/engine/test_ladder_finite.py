@@ -16,7 +16,7 @@ from surge.errors import DeadlineExceededError
 from surge.workers.messages import BatchDone
 from surge.workers.pool import BatchResult
 from tests.unit.engine.fakes import FakePool, settle
-from tests.unit.engine.test_ladder_serving import Ladder, laddered, run
+from tests.unit.engine.test_ladder_serving import LADDER, Ladder, laddered, run
 
 
 def answer_non_finite(pool: FakePool, value: float = np.inf) -> None:
@@ -112,6 +112,29 @@ def test_a_recomputation_past_the_deadline_is_a_deadline_error(tmp_path: Path) -
             await settle()
             with pytest.raises(DeadlineExceededError, match="'fast' answered NaN or infinite"):
                 task.result()
+
+    run(body())
+
+
+@pytest.mark.parametrize("queue", ["{timeout_action: delay}", "{allow_timeout_override: false}",
+                                   "{priorities: {0: {timeout_action: delay}}}"])
+def test_a_recomputation_past_the_timeout_follows_a_queue_that_keeps_late_requests(
+        tmp_path: Path, queue: str) -> None:
+    """Under timeout_action delay a passed deadline is answered late, and with
+    allow_timeout_override false the request's own timeout is not its deadline: neither is
+    a 504 at the second computation (it was, from the request's own timeout)."""
+    async def body() -> None:
+        async with laddered(tmp_path, LADDER + f"queue: {queue}\n") as s:
+            all_on_fast(s)
+            route = VariantRoute()
+            task = await s.infer(1.0, route, timeout_us=20_000)
+            s.clock.advance(0.03)
+            answer_non_finite(s.pool("fast"))
+            await settle()
+            s.finish_all()
+            await settle()
+            np.testing.assert_array_equal(task.result()["y"], np.full((1, 4), 3.0, np.float32))
+            assert route.served == "original"
 
     run(body())
 

@@ -103,7 +103,7 @@ def route_methods(rest: list[str]) -> tuple[str, ...] | None:
     if len(rest) < 2 or rest[0] != "models":
         return None
     action = rest[4:] if rest[2:3] == ["versions"] and len(rest) >= 4 else rest[2:]
-    if action == ["infer"]:
+    if action in (["infer"], ["generate"], ["generate_stream"]):
         return WRITE
     return READ if action in ([], ["ready"], ["config"], ["stats"]) else None
 
@@ -174,8 +174,8 @@ def decode_request(body: bytes, header_length: int | None,
     outputs may name the shared-memory `regions` (None: shared memory is off)."""
     view = memoryview(body)
     header_bytes = view if header_length is None else view[:header_length]
-    header = _object(_json_header(header_bytes), "request body")
-    params = _parameters(header.get("parameters"), "request")
+    header = json_object(header_bytes)
+    params = request_parameters(header)
     binary = view[len(header_bytes):]
     inputs = _decode_inputs(header.get("inputs"), binary, regions)
     request_id = header.get("id", "")
@@ -185,16 +185,34 @@ def decode_request(body: bytes, header_length: int | None,
         inputs=inputs,
         outputs=_decode_outputs(header.get("outputs"), params, regions),
         request_id=request_id,
-        priority=parse_priority(_as_written(params, "priority", header_bytes)),
-        timeout_us=parse_timeout(_as_written(params, "timeout", header_bytes)),
         binary_default=_flag(params, "binary_data_output", "request parameter", False),
-        **_pin(params),
-        **parse_sequence(_as_written(params, "sequence_id", header_bytes),
-                         params.get("sequence_start"), params.get("sequence_end")),
+        **parameter_fields(params, header_bytes),
     )
 
 
-def _pin(params: dict[str, Any]) -> dict[str, Any]:
+def json_object(body: memoryview) -> dict[str, Any]:
+    """A request body's JSON object (NaN and infinities read as Python's parser reads them)."""
+    return _object(_json_header(body), "request body")
+
+
+def request_parameters(header: Mapping[str, Any]) -> dict[str, Any]:
+    """A request's `parameters` object ({} when absent)."""
+    return _parameters(header.get("parameters"), "request")
+
+
+def parameter_fields(params: Mapping[str, Any], header: memoryview) -> dict[str, Any]:
+    """The InferRequest fields the request parameters set (scheduling, variant pin, sequence):
+    one reading for /infer and /generate, so that both take the same parameters."""
+    return {
+        "priority": parse_priority(_as_written(params, "priority", header)),
+        "timeout_us": parse_timeout(_as_written(params, "timeout", header)),
+        **_pin(params),
+        **parse_sequence(_as_written(params, "sequence_id", header),
+                         params.get("sequence_start"), params.get("sequence_end")),
+    }
+
+
+def _pin(params: Mapping[str, Any]) -> dict[str, Any]:
     variant, full = parse_pin(params.get("accuracy"), params.get("variant"))
     return {"variant": variant, "full_accuracy": full}
 
@@ -334,6 +352,19 @@ def encode_response(
     if not chunks:
         return head, None
     return b"".join([head, *chunks]), len(head)
+
+
+def encoded_answer(model: str, version: int | str, request: InferRequest,
+                   outputs: Mapping[str, np.ndarray],
+                   variant: str | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """`encode_response` of an answer computed by `variant` (None: a model without a ladder),
+    with the HTTP headers that go with the body."""
+    payload, header_length = encode_response(
+        model, version, request, outputs, {"variant": variant} if variant else None)
+    if header_length is None:
+        return payload, [(b"content-type", b"application/json")]
+    return payload, [(b"content-type", b"application/octet-stream"),
+                     (b"inference-header-content-length", str(header_length).encode())]
 
 
 def _binary_outputs(request: InferRequest, outputs: Mapping[str, np.ndarray]) -> set[str]:

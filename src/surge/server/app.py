@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from surge.protocol.rest import (
     WRITE,
     decode_request,
     encode_json,
-    encode_response,
+    encoded_answer,
     error_body,
     path_parts,
     request_header_length,
@@ -35,6 +36,7 @@ from surge.protocol.rest import (
 )
 from surge.protocol.types import SERVER_NAME, InferRequest, extensions
 from surge.repository import check_name, check_version
+from surge.server.generate import INFER_ROUTES, GenerateCodec, codec_for
 from surge.server.keys import ApiKey, ForbiddenError, KeyRing, Scope, UnauthenticatedError
 from surge.server.log_settings import LOGGING_EXTENSION
 from surge.server.log_settings import http_answer as logging_answer
@@ -193,9 +195,11 @@ class V2App:
             return
         if not rest:
             raise HttpError(404, "no route for /v2/models")
-        if method == "POST" and rest[1:] in (["infer"], ["versions", *rest[2:3], "infer"]):
+        if method == "POST" and rest[-1] in INFER_ROUTES and rest[1:] in (
+                rest[-1:], ["versions", *rest[2:3], rest[-1]]):
             # name and version checked there: a bad one is answered with the request's id
-            await self._infer(scope, receive, send, rest[0], rest[2] if len(rest) == 4 else None)
+            await self._infer(scope, receive, send, rest[0], rest[2] if len(rest) == 4 else None,
+                              codec_for(rest[-1]))
             return
         name = check_name(rest[0])
         version: int | None = None
@@ -279,7 +283,8 @@ class V2App:
 
     # -- inference: the hot path ----------------------------------------------------------
     async def _infer(
-        self, scope: AsgiScope, receive: Receive, send: Send, name: str, version: str | None
+        self, scope: AsgiScope, receive: Receive, send: Send, name: str, version: str | None,
+        codec: GenerateCodec | None = None,
     ) -> None:
         headers = request_headers(scope["headers"])
         request_id = self._ids.accept(headers.get(b"x-request-id"))
@@ -291,7 +296,7 @@ class V2App:
             model = check_name(name)
             payload, answer_headers = await self._infer_once(
                 scope, receive, model, None if version is None else check_version(version),
-                headers, record)
+                headers, record, codec)
         except ClientDisconnectedError:
             self._log.finish(record, 499, failed=True)  # nginx's "client closed request"
             raise
@@ -306,7 +311,7 @@ class V2App:
 
     async def _infer_once(
         self, scope: AsgiScope, receive: Receive, name: str, version: int | None,
-        headers: dict[bytes, bytes], record: RequestRecord | None,
+        headers: dict[bytes, bytes], record: RequestRecord | None, codec: GenerateCodec | None,
     ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         start = time.perf_counter()
         if not self.accepting:
@@ -314,14 +319,15 @@ class V2App:
         body = await _read_body(scope, receive, self.max_body_bytes)
         token = request_timing.set(record.timing) if record is not None else None
         try:
-            request = await self._decode(body, request_header_length(headers, len(body)))
+            decoder = None if codec is None else codec.decoder(self.engine, name, version)
+            request = await self._decode(body, request_header_length(headers, len(body)), decoder)
             if record is not None:
                 record.decoded = time.perf_counter()
             outputs, answered, served = await infer_routed(
                 self.engine, name, version, request, record,
                 lambda work: _until_disconnect(receive, work))
-            payload, header_length = encode_response(
-                name, answered, request, outputs, {"variant": served} if served else None)
+            answer = (encoded_answer if codec is None else codec.encode)(
+                name, answered, request, outputs, served)
         except ClientDisconnectedError:
             self._observe(name, "cancelled", start)
             raise
@@ -332,10 +338,7 @@ class V2App:
             if token is not None:
                 request_timing.reset(token)
         self._observe(name, "success", start)
-        if header_length is None:
-            return payload, _JSON
-        return payload, [(b"content-type", b"application/octet-stream"),
-                         (b"inference-header-content-length", str(header_length).encode())]
+        return answer
 
     def _check_model_control(self, action: str) -> None:
         if not self.repository_api:
@@ -348,13 +351,16 @@ class V2App:
         except SurgeError as exc:
             raise load_failure(exc) from None
 
-    async def _decode(self, body: bytes, header_length: int | None) -> InferRequest:
-        json_bytes = len(body) if header_length is None else header_length
+    async def _decode(self, body: bytes, header_length: int | None,
+                      decoder: Callable[[bytes], InferRequest] | None) -> InferRequest:
+        """`body` decoded by the V2 codec, or by `decoder` (the generate extension's)."""
+        json_bytes = len(body) if header_length is None or decoder else header_length
+        decode = decoder or partial(decode_request, header_length=header_length,
+                                    regions=self.shared_memory)
         if json_bytes < OFFLOAD_DECODE_BYTES:
-            return decode_request(body, header_length, self.shared_memory)
+            return decode(body)
         async with self._large_decode:
-            return await asyncio.to_thread(decode_request, body, header_length,
-                                           self.shared_memory)
+            return await asyncio.to_thread(decode, body)
 
     def _observe(self, name: str, outcome: str, start: float) -> None:
         self._observer.observe(name, outcome, time.perf_counter() - start)
@@ -422,7 +428,7 @@ def _scope_needed(method: str, rest: list[str]) -> Scope:
         return Scope.ADMIN  # a change of the server's log or of what it traces
     if rest[:1] and rest[0] in ROOTS and rest[-1] in CHANGES:
         return Scope.ADMIN  # a registration makes the server map memory a client names
-    if rest[-1:] == ["infer"] and method == "POST":
+    if rest[-1:] and rest[-1] in INFER_ROUTES and method == "POST":
         return Scope.INFER
     return Scope.READ
 

@@ -73,7 +73,29 @@ def _model_paths() -> dict[str, Any]:
                         "schema": {"type": "string"}}],
     }}
     _versioned(paths, "/infer", infer)
+    _generate_paths(paths)
     return paths
+
+
+def _generate_paths(paths: dict[str, Any]) -> None:
+    """Triton's generate extension: inputs as plain JSON values, the answer's outputs too."""
+    body = {"type": "object", "additionalProperties": True, "properties": {
+        "id": {"type": "string"}, "parameters": {"type": "object"}},
+        "description": "one key per model input, its value a string, number, bool or "
+                       "(nested) list of them"}
+    answer = {"type": "object", "required": ["model_name", "model_version"],
+              "additionalProperties": True, "properties": {
+                  "model_name": {"type": "string"}, "model_version": {"type": "string"},
+                  "id": {"type": "string"}, "variant": {"type": "string"}},
+              "description": "one key per output: a single value, or a flat list"}
+    errors = _errors(400, 401, 403, 404, 413, 503, 504)
+    for suffix, summary, content in (
+            ("/generate", "generate extension: plain JSON inputs and outputs", _json(answer)),
+            ("/generate_stream", "generate extension: the answer as one Server-Sent Event",
+             {"content": {"text/event-stream": {"schema": {"type": "string"}}}})):
+        _versioned(paths, suffix, {"post": {
+            "summary": summary, "requestBody": {"required": True, **_json(body)},
+            "responses": {"200": {"description": "success", **content}, **errors}}})
 
 
 def _repository_paths() -> dict[str, Any]:

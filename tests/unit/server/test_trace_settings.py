@@ -197,6 +197,8 @@ def test_changes_made_one_right_after_the_other_all_reach_the_others(
     front end."""
     written = time.time_ns()
     monkeypatch.setattr(trace_settings, "_identity", lambda path: (7, written))
+    # young throughout, however slowly a loaded machine runs the loop
+    monkeypatch.setattr(trace_settings, "SETTLED_NS", 600 * 10**9)
     one, other = TraceSettings(True, tmp_path), TraceSettings(True, tmp_path)
     for rate in range(2, 40):
         one.update(None, {"trace_rate": str(rate)})

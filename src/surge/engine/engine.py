@@ -27,6 +27,7 @@ from surge.engine.metrics import SurgeMetrics
 from surge.engine.ondemand import OnDemand, ResidencyOptions
 from surge.engine.reload import checked_labels, override_config
 from surge.engine.response_cache import ResponseCache
+from surge.engine.sequences import carry_sequences
 from surge.engine.served import ServedModel
 from surge.engine.stats import ModelStats
 from surge.errors import ConfigError, ModelLoadError, ModelNotReadyError, NotFoundError, SurgeError
@@ -269,6 +270,7 @@ class Engine:
         for served in fresh.values():  # a reload under a surge goes on where it stood
             if isinstance(served, ServedLadder):
                 served.carry_from(old.values())
+        carry_sequences(fresh.values(), old.values())  # their next request is told why
         self._served[name] = fresh
         self.response_cache.loaded(name, next(iter(fresh.values())).config)
         self._count_loaded()
@@ -459,8 +461,9 @@ class Engine:
             answer = await served.infer(
                 served.make_request(inputs, outputs, priority, timeout_us, request_id))
         elif served.sequences is not None:  # a stateful model: its sequence's state goes along
-            answer = await served.sequences.infer(inputs, outputs, lambda ins, outs: served.infer(
-                served.make_request(ins, outs, priority, timeout_us, request_id)))
+            answer = await served.sequences.infer(inputs, outputs, lambda ins, outs, left: (
+                served.infer(served.make_request(ins, outs, priority, left, request_id))),
+                timeout_us)
         else:
             answer = await served.infer(
                 served.make_request(inputs, outputs, priority, timeout_us, request_id))

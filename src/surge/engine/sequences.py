@@ -7,7 +7,8 @@ for a new one) as the state inputs, takes the state outputs off the answer and k
 the next request. Requests of one sequence run one after the other (the second sees the state
 the first left); requests of different sequences meet in the model's queue and batch together,
 each row with its own sequence's state. A request that fails leaves its sequence's state as it
-was. A sequence nobody continues for `max_sequence_idle_ms` is dropped.
+was. A sequence nobody continues for `max_sequence_idle_ms` is dropped. A request waits for
+its sequence's earlier ones within its own timeout, which the wait uses up.
 
 The flags come in through the context variable `request_sequence`, as the variant pin does
 (`surge.engine.route`): the engine's `infer` keeps one signature for every caller.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,14 +27,30 @@ import numpy as np
 
 from surge.datatypes import v2_to_numpy
 from surge.engine.instances import Clock
-from surge.errors import ConfigError, InputError, QueueFullError, shown
+from surge.errors import (
+    ConfigError,
+    DeadlineExceededError,
+    InputError,
+    ModelNotReadyError,
+    QueueFullError,
+    shown,
+)
 from surge.repository.config import ModelConfig
 from surge.repository.sequencing import SequenceBatchingConfig
 from surge.runtimes.base import Signature, TensorSpec
 
 Outputs = dict[str, np.ndarray]
-Compute = Callable[[dict[str, np.ndarray], list[str] | None], Awaitable[Outputs]]
+# The model's queue: inputs, outputs asked for, and the timeout (µs) left to the request.
+Compute = Callable[[dict[str, np.ndarray], list[str] | None, int | None], Awaitable[Outputs]]
 SequenceId = int | str
+# A string sequence_id is kept (as the key of its state, and once dropped, to say why) until
+# the sequence ends or idles out: bounded, so that max_sequences bounds the memory it takes.
+MAX_ID_CHARS = 1024
+# Why a sequence that lived is gone, for its next request without sequence_start.
+IDLED, RELOADED = "idled", "reloaded"
+# The expiry timer's shortest period: a sequence with a request in flight keeps it armed, and a
+# period of microseconds would spin the event loop for as long; each request checks exactly.
+MIN_TICK_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,28 +92,54 @@ class SequenceStore:
         self._clock = clock
         self._gauge = gauge
         self._live: OrderedDict[SequenceId, _Sequence] = OrderedDict()  # least recent first
-        # Ids dropped for idling, so that their next request is told why (bounded).
-        self._timed_out: OrderedDict[SequenceId, None] = OrderedDict()
+        # Ids dropped for idling or by a reload, so that their next request is told why
+        # (bounded).
+        self._gone: OrderedDict[SequenceId, str] = OrderedDict()
         self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._counted = 0  # this store's share of the gauge
 
     @property
     def live(self) -> int:
         return len(self._live)
 
     async def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None,
-                    compute: Compute) -> Outputs:
-        """Run one request of a sequence through `compute` (the model's queue) with its state."""
+                    compute: Compute, timeout_us: int | None = None) -> Outputs:
+        """Run one request of a sequence through `compute` (the model's queue) with its state,
+        once its sequence's earlier requests are done (within `timeout_us`, 0 or None: none)."""
         flags = self._flags()
         self._check_request(inputs, outputs)
         self.expire(self._clock())
         sequence = self._admit(flags)
         sequence.users += 1
         try:
-            async with sequence.lock:
-                return await self._run(flags, sequence, inputs, outputs, compute)
+            left = await self._acquire(flags.id, sequence.lock, timeout_us)
+            try:
+                return await self._run(flags, sequence, inputs, outputs, compute, left)
+            finally:
+                sequence.lock.release()
         finally:
             sequence.users -= 1
             self._release(flags.id, sequence)
+
+    async def _acquire(self, sequence_id: SequenceId, lock: asyncio.Lock,
+                       timeout_us: int | None) -> int | None:
+        """Take the sequence's lock within the request's timeout (the earlier requests of a
+        busy sequence can take any time); returns the timeout left for the model's queue."""
+        if not timeout_us:
+            await lock.acquire()
+            return timeout_us
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_us / 1e6
+        try:
+            async with asyncio.timeout_at(deadline):
+                await lock.acquire()
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"deadline exceeded: the request's timeout of {timeout_us} us passed while it "
+                f"waited for the earlier requests of sequence {shown(sequence_id)} of model "
+                f"{self.model!r} (a sequence's requests run one at a time)") from None
+        return max(1, int((deadline - loop.time()) * 1e6))
 
     def _flags(self) -> SequenceFlags:
         flags = request_sequence.get()
@@ -104,6 +147,10 @@ class SequenceStore:
             raise InputError(f"inference request to model {self.model!r} must specify a "
                              "non-zero or non-empty sequence_id: it is a sequence model "
                              "(sequence_batching)")
+        if isinstance(flags.id, str) and len(flags.id) > MAX_ID_CHARS:
+            raise InputError(f"parameter 'sequence_id' of a request to model {self.model!r} is "
+                             f"a string of {len(flags.id)} characters, more than the "
+                             f"{MAX_ID_CHARS} a sequence id may have: use a shorter one")
         return flags
 
     def _check_request(self, inputs: dict[str, np.ndarray], outputs: list[str] | None) -> None:
@@ -133,14 +180,28 @@ class SequenceStore:
             raise QueueFullError(
                 f"model {self.model!r} holds {len(self._live)} live sequences, its "
                 f"sequence_batching.max_sequences: sequence {shown(flags.id)} can start once "
-                "one ends or idles out", retry_after_s=self._idle_s)
-        self._timed_out.pop(flags.id, None)
+                "one ends or idles out", retry_after_s=self._next_idle_out)
+        self._gone.pop(flags.id, None)
         sequence = self._live[flags.id] = _Sequence(last_used=self._clock())
         self._count()
         return sequence
 
+    def _next_idle_out(self) -> float:
+        """Seconds until the least recently used sequence idles out, freeing a slot (the
+        Retry-After of a start refused at max_sequences; the idle time when all are busy)."""
+        now = self._clock()
+        for sequence in self._live.values():
+            if sequence.users == 0:
+                return max(0.0, sequence.last_used + self._idle_s - now)
+        return self._idle_s
+
     def _not_started(self, sequence_id: SequenceId) -> str:
-        if sequence_id in self._timed_out:
+        why = self._gone.get(sequence_id)
+        if why == RELOADED:
+            return (f"sequence {shown(sequence_id)} of model {self.model!r} was dropped with "
+                    "its state when the model was reloaded (every sequence's state goes with "
+                    "the version that held it); send sequence_start to begin it again")
+        if why == IDLED:
             return (f"sequence {shown(sequence_id)} of model {self.model!r} timed out: no "
                     f"request for more than {self._idle_s * 1e3:g} ms "
                     "(sequence_batching.max_sequence_idle_ms) dropped it and its state; send "
@@ -150,9 +211,14 @@ class SequenceStore:
 
     async def _run(self, flags: SequenceFlags, sequence: _Sequence,
                    inputs: dict[str, np.ndarray], outputs: list[str] | None,
-                   compute: Compute) -> Outputs:
+                   compute: Compute, timeout_us: int | None) -> Outputs:
         """Under the sequence's lock: the state in, the answer out, the new state kept only
         once the request succeeded."""
+        if self._closed:  # unloaded or reloaded while it waited: a later one would not know it
+            raise ModelNotReadyError(
+                f"model {self.model!r} was unloaded or reloaded before this request of "
+                f"sequence {shown(flags.id)} ran, and every sequence's state went with it: "
+                "send sequence_start to begin the sequence again")
         if flags.start:
             state = self._initial
         elif sequence.state is None:  # ended, or its start failed, while this one waited
@@ -160,7 +226,7 @@ class SequenceStore:
         else:
             state = sequence.state
         wanted = None if outputs is None else [*outputs, *(out for _, out in self._pairs)]
-        answer = await compute({**inputs, **state}, wanted)
+        answer = await compute({**inputs, **state}, wanted, timeout_us)
         kept = {state_in: np.array(answer.pop(state_out), copy=True)  # not a view of a slot
                 for state_in, state_out in self._pairs}
         sequence.state = None if flags.end else kept
@@ -180,24 +246,43 @@ class SequenceStore:
             self._arm()
 
     def expire(self, now: float) -> list[SequenceId]:
-        """Drop the sequences idle past max_sequence_idle_ms (none with a request in flight)."""
-        dropped = [key for key, sequence in self._live.items()
-                   if sequence.users == 0 and now - sequence.last_used > self._idle_s]
+        """Drop the sequences idle past max_sequence_idle_ms (none with a request in flight).
+        `_live` runs from least to most recently used, so the scan stops at the first sequence
+        still within its idle time: a request costs what expires, not every live sequence."""
+        dropped = []
+        for key, sequence in self._live.items():
+            if now - sequence.last_used <= self._idle_s:
+                break
+            if sequence.users == 0:
+                dropped.append(key)
         for key in dropped:
             del self._live[key]
-            self._timed_out[key] = None
-        while len(self._timed_out) > self._max:
-            self._timed_out.popitem(last=False)
+            self._forget(key, IDLED)
         if dropped:
             self._count()
         return dropped
+
+    def _forget(self, sequence_id: SequenceId, why: str) -> None:
+        self._gone[sequence_id] = why
+        self._gone.move_to_end(sequence_id)
+        while len(self._gone) > self._max:
+            self._gone.popitem(last=False)
+
+    def carry_from(self, old: SequenceStore) -> None:
+        """A reload: the sequences live in the version it replaces lose their state; their
+        next request here is told so rather than that it never started."""
+        for sequence_id in old.live_ids():
+            self._forget(sequence_id, RELOADED)
+
+    def live_ids(self) -> list[SequenceId]:
+        return list(self._live)
 
     def _arm(self) -> None:
         """Expire idle sequences without waiting for the next request (frees their state and
         sets the gauge); the timer runs while sequences live."""
         if self._timer is None and self._live:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._idle_s, self._tick)
+            self._timer = loop.call_later(max(self._idle_s, MIN_TICK_S), self._tick)
 
     def _tick(self) -> None:
         self._timer = None
@@ -206,6 +291,7 @@ class SequenceStore:
 
     def close(self) -> None:
         """The model version stopped: every sequence's state goes with it."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -213,8 +299,20 @@ class SequenceStore:
         self._count()
 
     def _count(self) -> None:
-        if self._gauge is not None:
-            self._gauge.set(len(self._live))
+        """Move the model's gauge by this store's change: the versions of a model, and the old
+        and new one during a reload, share it (set, the last store would hide the others')."""
+        if self._gauge is not None and len(self._live) != self._counted:
+            self._gauge.inc(len(self._live) - self._counted)
+            self._counted = len(self._live)
+
+
+def carry_sequences(fresh: Iterable[object], old: Iterable[object]) -> None:
+    """A reload's new versions learn which sequences the old ones held (`carry_from`)."""
+    stores = [store for served in old if (store := getattr(served, "sequences", None))]
+    for served in fresh:
+        if (store := getattr(served, "sequences", None)) is not None:
+            for before in stores:
+                store.carry_from(before)
 
 
 def open_sequences(name: str, config: ModelConfig, signature: Signature, clock: Clock,

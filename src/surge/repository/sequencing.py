@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 # An idle sequence keeps its state this long at most: an hour (Triton has no bound; a state
 # kept longer is a client that forgot to end it).
 MAX_IDLE_MS = 3_600_000.0
+MIN_IDLE_MS = 0.001  # a microsecond, Triton's unit: the config echo rounds to microseconds
 MAX_SEQUENCES = 1_000_000  # live sequences of one model version, each holding its state
 
 
@@ -41,9 +42,9 @@ class SequenceBatchingConfig(StrictConfig):
     state: list[StatePair] = Field(min_length=1, description="The implicit states: input and "
                                    "output pairs of one datatype and shape; zeros to start.")
     max_sequence_idle_ms: Float = Field(
-        1000.0, gt=0, le=MAX_IDLE_MS, description="A sequence with no request for this long is "
-        "dropped with its state (Triton's max_sequence_idle_microseconds); a later request of "
-        "it without sequence_start is refused.")
+        1000.0, ge=MIN_IDLE_MS, le=MAX_IDLE_MS, description="A sequence with no request for "
+        "this long is dropped with its state (Triton's max_sequence_idle_microseconds); a later "
+        "request of it without sequence_start is refused.")
     max_sequences: Int = Field(
         1024, ge=1, le=MAX_SEQUENCES, description="Live sequences at most; the start of one "
         "more is refused (503, Retry-After) until a sequence ends or idles out.")

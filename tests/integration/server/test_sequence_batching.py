@@ -153,6 +153,8 @@ def test_a_reload_drops_every_state(served: ServerProcess) -> None:
     _sum(served, 2.0, sequence_id="kept", sequence_start=True)
     response = httpx.post(f"{served.http}/v2/repository/models/acc/load", timeout=120)
     assert response.status_code == 200, response.text
+    assert "sequence 'kept' of model 'acc' was dropped with its state when the model was " \
+        "reloaded" in _error(_post(served, _body(1.0, sequence_id="kept")))
     assert "must specify the sequence_start flag" in _error(
-        _post(served, _body(1.0, sequence_id="kept")))
+        _post(served, _body(1.0, sequence_id="never-started")))
     assert _sum(served, 1.0, sequence_id="kept", sequence_start=True, sequence_end=True) == 1.0

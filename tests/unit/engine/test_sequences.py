@@ -59,10 +59,12 @@ class Model:
         self.fail_next = False
         self.running = 0
         self.most_running = 0
+        self.timeouts: list[int | None] = []  # the timeout each call had left
 
-    async def __call__(self, inputs: dict[str, np.ndarray], outputs: list[str] | None
-                       ) -> dict[str, np.ndarray]:
+    async def __call__(self, inputs: dict[str, np.ndarray], outputs: list[str] | None,
+                       timeout_us: int | None = None) -> dict[str, np.ndarray]:
         self.calls.append(inputs)
+        self.timeouts.append(timeout_us)
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         try:
@@ -91,10 +93,12 @@ def store(clock: FakeClock) -> Iterator[SequenceStore]:
 
 
 async def send(store: SequenceStore, model: Model, sequence_id: int | str, value: float,
-               start: bool = False, end: bool = False) -> list[float]:
+               start: bool = False, end: bool = False, timeout_us: int | None = None
+               ) -> list[float]:
     token = request_sequence.set(SequenceFlags(sequence_id, start, end))
     try:
-        answer = await store.infer({"x": np.full((1, 2), value, np.float32)}, None, model)
+        answer = await store.infer({"x": np.full((1, 2), value, np.float32)}, None, model,
+                                   timeout_us)
     finally:
         request_sequence.reset(token)
     assert set(answer) == {"y"}, "the state output is the server's own"

@@ -146,6 +146,9 @@ GroupBudgets = Annotated[list[str] | None, typer.Option(
 ResponseCacheBytes = Annotated[str, typer.Option(
     metavar="SIZE", help="Triton's response cache, e.g. 64MB: models whose config.yaml sets "
     "response_cache answer identical requests from it (0: no cache; one per front end).")]
+MetricsNames = Annotated[str, typer.Option(
+    metavar="surge,triton", help="Metric names the metrics port exports: Surge's surge_*, "
+    "Triton's nv_inference_* and nv_cache_* (from the model statistics), or both.")]
 
 # A SurgeError from the parser reaches the CLI's one-line error (a ValueError would become
 # click's usage message).
@@ -203,6 +206,7 @@ def serve(
     memory_budget: MemoryBudgetSize = None,
     group_memory_budget: GroupBudgets = None,
     response_cache_bytes: ResponseCacheBytes = "0",
+    metrics_names: MetricsNames = "surge,triton",
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
@@ -218,6 +222,7 @@ def serve(
 ) -> None:
     """Serve models until SIGTERM/SIGINT, then drain accepted requests and exit 0."""
     from surge.api import serve as run_server
+    from surge.engine.triton_metrics import metric_names
     from surge.server.process import ServeOptions
 
     options = ServeOptions(
@@ -229,6 +234,7 @@ def serve(
         reuse_port=reuse_port, frontends=frontends, log_level=log_level,
         grpc_server=grpc_server, shared_memory=shared_memory,
         response_cache_bytes=_cache_bytes(response_cache_bytes),
+        metrics_names=metric_names(metrics_names),
         production=_production(tls_cert, tls_key, tls_ca, api_keys_file, metrics_auth, access_log,
                                access_log_sample, tracing, model_control, poll_interval),
     )

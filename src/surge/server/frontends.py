@@ -12,7 +12,9 @@ Metrics aggregate across front ends: every front end writes its Prometheus sampl
 multiprocess directory (prometheus_client's multiprocess mode), and whichever answers a scrape
 exports the sum (gauges: the sum or the maximum over live front ends, see
 surge/engine/metrics.py). `/v2/models/NAME/stats` answers with the answering front end's own
-share, as each of several Triton servers behind a balancer would.
+share, as each of several Triton servers behind a balancer would; Triton's nv_* names, made
+from those statistics, are written into the same directory by every front end once a second
+(surge/engine/triton_metrics.py), so that they too are the whole server's.
 
 Load and unload requests (explicit model control) reach one front end, which does the change
 and records it in a directory the supervisor makes; every other front end follows it, and a

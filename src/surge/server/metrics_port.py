@@ -5,6 +5,9 @@ during which no inference request moved (8 clients scraping in a loop raised inf
 from 1.4 to 43 ms on 2 cores), and it answered 500 to an `Accept` header that is not UTF-8.
 Here the rendering runs in a thread, once for all the scrapes of the same kind that arrive
 while it runs, and headers are read as Latin-1 (which any byte is).
+
+With Triton's names (`--metrics-names`, surge/engine/triton_metrics.py) their families follow
+Surge's: gathered from the engine on the event loop, rendered with the rest in the thread.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+
+from surge.engine import triton_metrics
+from surge.engine.triton_metrics import TritonSource
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 # (Accept header, gzip wanted, metric names asked for with ?name[]=...)
@@ -24,10 +31,13 @@ _Kind = tuple[str, bool, tuple[str, ...]]
 
 
 class MetricsApp:
-    """Answers every HTTP request with the registry's metrics, as prometheus_client's does."""
+    """Answers every HTTP request with the registry's metrics, as prometheus_client's does, and
+    with Triton's when given their source (`surge=False`: only those)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, triton: TritonSource | None = None,
+                 surge: bool = True) -> None:
         self.registry = registry
+        self.triton, self.surge = triton, surge
         self._rendering: dict[_Kind, asyncio.Future[tuple[bytes, str]]] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
@@ -46,17 +56,35 @@ class MetricsApp:
         does not cancel it for the others)."""
         running = self._rendering.get(kind)
         if running is None:
-            running = asyncio.ensure_future(asyncio.to_thread(self._render, kind))
+            own = self.triton.gather() if self.triton is not None else None
+            running = asyncio.ensure_future(asyncio.to_thread(self._render, kind, own))
             self._rendering[kind] = running
             running.add_done_callback(lambda _: self._rendering.pop(kind, None))
         return running
 
-    def _render(self, kind: _Kind) -> tuple[bytes, str]:
+    def _render(self, kind: _Kind, own: list[Metric] | None) -> tuple[bytes, str]:
+        """`own`: this engine's Triton families (None: read from the multiprocess files)."""
         accept, gzipped, names = kind
         encoder, content_type = _encoder(accept)
-        registry = self.registry.restricted_registry(names) if names else self.registry
-        body = encoder(registry)
+        surge, from_files = triton_metrics.split(self.registry.collect())
+        triton = [] if self.triton is None else own if own is not None else from_files
+        surge = triton_metrics.restrict(surge if self.surge else [], names)
+        triton = triton_metrics.restrict(triton, names)
+        if content_type.startswith("application/openmetrics-text"):
+            body = encoder(_Families(surge + triton_metrics.openmetrics(triton)))
+        else:
+            body = encoder(_Families(surge)) + triton_metrics.text(triton)
         return (gzip.compress(body) if gzipped else body), content_type
+
+
+class _Families:
+    """Families already collected, as the encoders take a registry."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        return self.metrics
 
 
 def _encoder(accept: str) -> tuple[Callable[[Any], bytes], str]:

@@ -24,6 +24,7 @@ from surge.configfile import write_text_atomically
 from surge.engine import InferenceEngine
 from surge.engine.ondemand import ResidencyOptions
 from surge.engine.response_cache import check_cache_size, size_cache
+from surge.engine.triton_metrics import METRIC_NAMES, TritonSource, metric_names
 from surge.errors import SurgeError
 from surge.repository import Repository
 from surge.server.app import DEFAULT_MAX_BODY, V2App
@@ -85,6 +86,9 @@ class ServeOptions:
     # Bytes of the response cache that models with `response_cache: true` use (0: none;
     # each front end holds its own; surge/engine/response_cache.py).
     response_cache_bytes: int = 0
+    # The metric names the metrics port exports: Surge's surge_*, Triton's nv_* (made from
+    # the statistics at scrape time, surge/engine/triton_metrics.py), or both.
+    metrics_names: tuple[str, ...] = METRIC_NAMES
 
     def __post_init__(self) -> None:
         from surge.server.serve_checks import check_serve_options
@@ -105,6 +109,7 @@ class ServeOptions:
             raise SurgeError(f"--response-cache-bytes {self.response_cache_bytes!r}: give 0 "
                              "(no cache) or a size in bytes")
         check_cache_size(self.response_cache_bytes, self.response_cache_bytes)
+        object.__setattr__(self, "metrics_names", metric_names(self.metrics_names))
 
 
 def _check_exposure(host: str, ports: tuple[int, int, int], api_key: str | None) -> None:
@@ -186,6 +191,9 @@ class SurgeServer:
         self._grpc_servicer: Any = None
         self._metrics: uvicorn.Server | None = None
         self._metrics_socket: socket.socket | None = None
+        self.triton = (TritonSource(engine, options.response_cache_bytes > 0,
+                                    shared=bool(os.environ.get(METRICS_DIR_ENV)))
+                       if "triton" in options.metrics_names else None)
 
     async def start(self) -> Endpoints:
         options = self.options
@@ -209,7 +217,10 @@ class SurgeServer:
                                      shared_memory=self.shared_memory, control=self.control)
         self._grpc, self._grpc_servicer, grpc_port = await self._start_grpc(servicer, grpc_socket)
         # On the event loop like HTTP, so that the same connection limits guard it.
-        metrics_app = self.site.metrics_app(MetricsApp(_exported(self.engine)))
+        metrics_app = self.site.metrics_app(MetricsApp(
+            _exported(self.engine), self.triton, surge="surge" in options.metrics_names))
+        if self.triton is not None:
+            self.triton.start()
         self._metrics = await _start_uvicorn(metrics_app, self._metrics_socket, options,
                                              self.site.ssl_context)
         self.site.after_start()
@@ -256,6 +267,8 @@ class SurgeServer:
             waits.append(self._grpc.stop(self.options.grace_s))
         await asyncio.gather(*waits)
         remaining = max(1.0, self.options.grace_s - (time.monotonic() - started))
+        if self.triton is not None:  # the listeners' requests answered: their counts written
+            await self.triton.stop()  # (before the engine stops, which forgets its models)
         await self.engine.stop(remaining)
         if self._metrics is not None and self._metrics_socket is not None:
             await self._metrics.shutdown(sockets=[self._metrics_socket])

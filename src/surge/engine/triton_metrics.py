@@ -1,0 +1,297 @@
+"""Triton's Prometheus metric names (`nv_inference_*`, `nv_cache_*`), made from the statistics
+extension's counters (surge/engine/stats.py) when they are asked for, so that dashboards and
+alert rules written for Triton read Surge unchanged and the request path does no extra work.
+
+One front end: the families are built from the engine's statistics at scrape time. Several
+(`--frontends N`): a collector in one process sees only its own engine, so every front end
+copies its statistics into prometheus_client's multiprocess files (`Publisher`, once a second
+and at each scrape it answers), and the scrape reads the sum over front ends from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import Gauge
+from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
+
+from surge.engine.interface import InferenceEngine
+from surge.engine.stats import ModelStats
+from surge.errors import SurgeError
+
+log = logging.getLogger(__name__)
+
+# `--metrics-names`: which names the metrics port exports.
+METRIC_NAMES = ("surge", "triton")
+PUBLISH_INTERVAL_S = 1.0  # how often each of several front ends copies its counters out
+
+
+@dataclass(frozen=True)
+class Family:
+    """One Triton metric: its name, help text and the value a version's statistics give."""
+
+    name: str
+    doc: str
+    value: Callable[[ModelStats], int]
+
+
+def _us(ns: int) -> int:
+    return ns // 1000
+
+
+# Triton's per-model counters, in the order and with the help texts Triton exports them.
+COUNTERS = (
+    Family("nv_inference_request_success", "Number of successful inference requests, all "
+           "batch sizes", lambda s: s.success[0]),
+    Family("nv_inference_request_failure", "Number of failed inference requests, all batch "
+           "sizes", lambda s: s.fail[0]),
+    Family("nv_inference_count", "Number of inferences performed (does not include cached "
+           "requests)", lambda s: s.inference_count),
+    Family("nv_inference_exec_count", "Number of model executions performed (does not include "
+           "cached requests)", lambda s: s.execution_count),
+    Family("nv_inference_request_duration_us", "Cumulative inference request duration in "
+           "microseconds (includes cached requests)", lambda s: _us(s.success[1])),
+    Family("nv_inference_queue_duration_us", "Cumulative inference queuing duration in "
+           "microseconds (includes cached requests)", lambda s: _us(s.queue[1])),
+    Family("nv_inference_compute_input_duration_us", "Cumulative compute input duration in "
+           "microseconds (does not include cached requests)",
+           lambda s: _us(s.compute_input[1])),
+    Family("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration "
+           "in microseconds (does not include cached requests)",
+           lambda s: _us(s.compute_infer[1])),
+    Family("nv_inference_compute_output_duration_us", "Cumulative inference compute output "
+           "duration in microseconds (does not include cached requests)",
+           lambda s: _us(s.compute_output[1])),
+)
+# Exported only by a server with a response cache, as Triton does.
+CACHE_COUNTERS = (
+    Family("nv_cache_num_hits_per_model", "Number of cache hits per model",
+           lambda s: s.cache_hit[0]),
+    Family("nv_cache_num_misses_per_model", "Number of cache misses per model",
+           lambda s: s.cache_miss[0]),
+    Family("nv_cache_hit_duration_per_model", "Total cache hit duration per model, in "
+           "microseconds", lambda s: _us(s.cache_hit[1])),
+    Family("nv_cache_miss_duration_per_model", "Total cache miss (insert) duration per model, "
+           "in microseconds", lambda s: _us(s.cache_miss[1])),
+)
+# A gauge of the queue, not of the statistics: its value comes from VersionSample.pending.
+PENDING = Family("nv_inference_pending_request_count", "Instantaneous number of pending "
+                 "requests awaiting execution per-model.", lambda s: 0)
+GAUGES = frozenset({PENDING.name})
+NAMES = frozenset(f.name for f in (*COUNTERS, *CACHE_COUNTERS, PENDING))
+_ORDER = {f.name: i for i, f in enumerate((*COUNTERS, PENDING, *CACHE_COUNTERS))}
+_LABELS = ("model", "version")
+
+
+def metric_names(value: str | Iterable[str]) -> tuple[str, ...]:
+    """`--metrics-names surge,triton`: which of METRIC_NAMES to export (at least one); the
+    Python API's `ServeOptions(metrics_names=...)` may give a tuple or list of them."""
+    if isinstance(value, str):
+        parts: list[object] = list(value.split(","))
+    elif isinstance(value, (tuple, list, set, frozenset)):
+        parts = list(value)
+    else:  # a number, None...: the same one-line error, not a TypeError
+        parts = [value]
+    names = tuple(dict.fromkeys(str(part).strip().lower() for part in parts))
+    unknown = [name for name in names if name not in METRIC_NAMES]
+    if unknown or not names or names == ("",):
+        raise SurgeError(f"--metrics-names {value!r}: give surge, triton or surge,triton "
+                         "(surge_* names, Triton's nv_* names, or both)")
+    return names
+
+
+@dataclass(frozen=True)
+class VersionSample:
+    """What the Triton families say of one served model version."""
+
+    stats: ModelStats
+    pending: int  # requests of the model waiting in its queue
+
+
+def served_versions(engine: InferenceEngine) -> list[tuple[str, int]]:
+    """(name, version) of every version the engine serves now."""
+    found = set()
+    for row in engine.index():
+        if row["version"].isdigit() and row["state"] in ("READY", "UNAVAILABLE"):
+            found.add((row["name"], int(row["version"])))
+    return sorted(found)
+
+
+def _queue_depths(engine: InferenceEngine) -> dict[str, int]:
+    """surge_queue_depth by model: this process's own value, one per model (not version)."""
+    return {sample.labels["model"]: int(sample.value)
+            for family in engine.metrics.queue_depth.collect() for sample in family.samples}
+
+
+def sample_engine(engine: InferenceEngine) -> list[VersionSample]:
+    """Each served version's statistics, and the queue depth under its latest version (the
+    queue and its depth are the model's; Triton's dashboards sum it by model)."""
+    depths, samples, versions = _queue_depths(engine), [], served_versions(engine)
+    latest = dict(versions)  # sorted: each name's last version is its latest
+    for name, version in versions:
+        try:
+            stats = engine.stats(name, version)
+        except SurgeError:  # unloaded since the index was read
+            continue
+        pending = depths.get(name, 0) if latest[name] == version else 0
+        samples.append(VersionSample(stats, pending))
+    return samples
+
+
+def families(samples: list[VersionSample], cache: bool) -> list[Metric]:
+    """The Triton families (counters typed `counter`) of these versions."""
+    chosen = (*COUNTERS, PENDING, *CACHE_COUNTERS) if cache else (*COUNTERS, PENDING)
+    out = []
+    for family in chosen:
+        metric = Metric(family.name, family.doc, "gauge" if family is PENDING else "counter")
+        for sample in samples:
+            value = sample.pending if family is PENDING else family.value(sample.stats)
+            metric.add_sample(family.name, _labels(sample.stats), value)
+        out.append(metric)
+    return out
+
+
+def _labels(stats: ModelStats) -> dict[str, str]:
+    return {"model": stats.name, "version": str(stats.version)}
+
+
+class Publisher:
+    """Copies one front end's statistics into the multiprocess files as gauges of Triton's
+    names: `sum` over every front end that ever wrote (a dead one's counts stay in the totals,
+    as the surge_* counters' do), `livesum` for the pending count."""
+
+    def __init__(self, cache: bool) -> None:
+        chosen = (*COUNTERS, *CACHE_COUNTERS) if cache else COUNTERS
+        self._counters = [(f, Gauge(f.name, f.doc, _LABELS, registry=None,
+                                    multiprocess_mode="sum")) for f in chosen]
+        self._pending = Gauge(PENDING.name, PENDING.doc, _LABELS, registry=None,
+                              multiprocess_mode="livesum")
+
+    def publish(self, engine: InferenceEngine) -> None:
+        """Write this front end's current values (on the event loop: the counters' own)."""
+        for sample in sample_engine(engine):
+            labels = _labels(sample.stats)
+            for family, gauge in self._counters:
+                gauge.labels(**labels).set(family.value(sample.stats))
+            self._pending.labels(**labels).set(sample.pending)
+
+
+class TritonSource:
+    """The Triton families of one front end's engine. Gathered on the event loop, where the
+    counters change (a snapshot taken from the rendering thread could see a dict grow)."""
+
+    def __init__(self, engine: InferenceEngine, cache: bool, shared: bool) -> None:
+        self.engine, self.cache = engine, cache
+        self.publisher = Publisher(cache) if shared else None
+        self._task: asyncio.Task[None] | None = None
+
+    def gather(self) -> list[Metric] | None:
+        """This engine's families; None with several front ends, whose sums the multiprocess
+        files hold (this front end's share brought up to date first)."""
+        if self.publisher is None:
+            return families(sample_engine(self.engine), self.cache)
+        self.publisher.publish(self.engine)
+        return None
+
+    def start(self) -> None:
+        if self.publisher is not None:
+            self._task = asyncio.ensure_future(self._keep_published(self.publisher))
+
+    async def stop(self) -> None:
+        """Stop publishing, once the listeners drained: their requests' counts written."""
+        if self._task is None or self.publisher is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._publish(self.publisher)
+
+    async def _keep_published(self, publisher: Publisher) -> None:
+        while True:
+            self._publish(publisher)
+            await asyncio.sleep(PUBLISH_INTERVAL_S)
+
+    def _publish(self, publisher: Publisher) -> None:
+        try:
+            publisher.publish(self.engine)
+        except OSError as exc:  # the directory's disk: written again a second later
+            log.warning("Triton metrics not written to the multiprocess directory: %s", exc)
+
+
+def split(collected: Iterable[Metric]) -> tuple[list[Metric], list[Metric]]:
+    """Surge's families and the Triton ones read from the multiprocess files (gauges there),
+    typed back as Triton types them, in Triton's order."""
+    surge, triton = [], []
+    for metric in collected:
+        if metric.name not in NAMES:
+            surge.append(metric)
+            continue
+        typed = Metric(metric.name, metric.documentation,
+                       "gauge" if metric.name in GAUGES else "counter")
+        typed.samples = [s._replace(value=int(s.value)) for s in metric.samples]
+        triton.append(typed)
+    return surge, sorted(triton, key=lambda m: _ORDER[m.name])
+
+
+def restrict(metrics: list[Metric], names: tuple[str, ...]) -> list[Metric]:
+    """The families and samples `?name[]=...` asks for, as prometheus_client's filter keeps."""
+    if not names:
+        return metrics
+    kept = []
+    for metric in metrics:
+        samples = [s for s in metric.samples if s.name in names]
+        if samples:
+            narrowed = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            narrowed.samples = samples
+            kept.append(narrowed)
+    return kept
+
+
+def text(metrics: list[Metric]) -> bytes:
+    """Triton's families in the Prometheus text format as Triton writes them: a counter's
+    name without the `_total` prometheus_client's writer would add."""
+    lines = []
+    for metric in metrics:
+        lines.append(f"# HELP {metric.name} {_escape_help(metric.documentation)}\n")
+        lines.append(f"# TYPE {metric.name} {metric.type}\n")
+        for s in metric.samples:
+            labels = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted(s.labels.items()))
+            lines.append(f"{s.name}{{{labels}}} {_number(s.value)}\n")
+    return "".join(lines).encode("utf-8")
+
+
+def openmetrics(metrics: list[Metric]) -> list[Metric]:
+    """For the OpenMetrics format, whose counters must end in `_total`: Triton's counters as
+    `unknown`, so that their samples keep Triton's names (which PromQL queries name)."""
+    out = []
+    for metric in metrics:
+        retyped = Metric(metric.name, metric.documentation,
+                         "gauge" if metric.type == "gauge" else "unknown")
+        retyped.samples = metric.samples
+        out.append(retyped)
+    return out
+
+
+def _number(value: float) -> str:
+    """Whole numbers as Triton writes them (`3`, not `3.0`)."""
+    if float(value).is_integer():
+        return str(int(value))
+    return floatToGoString(value)
+
+
+def _escape_help(doc: str) -> str:
+    return doc.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+__all__ = ["METRIC_NAMES", "NAMES", "PUBLISH_INTERVAL_S", "Publisher", "TritonSource", "VersionSample",
+           "families", "metric_names", "openmetrics", "restrict", "sample_engine", "split",
+           "text"]

@@ -17,6 +17,7 @@ error, as from /infer, is a status with a JSON `error`, never an event after a 2
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -32,6 +33,7 @@ from surge.protocol.metadata import model_metadata
 from surge.protocol.rest import json_object, parameter_fields, request_parameters
 from surge.protocol.tensors import check_shape, tensor_from_list, tensor_to_list
 from surge.protocol.types import InferRequest
+from surge.server.repository_load import no_repeated_key
 
 GENERATE, GENERATE_STREAM = "generate", "generate_stream"
 # The POST routes of a model that infer: /infer and the generate extension's two.
@@ -41,6 +43,9 @@ _REQUEST_KEYS = ("parameters", "id")
 # Keys of the answer that are not outputs.
 _ANSWER_KEYS = ("id", "model_name", "model_version", "variant")
 _MAX_DIMS = 16  # as check_shape: deeper nesting is refused before it is walked further
+# The states of a model of the repository that its next /infer loads (engine.index).
+_LOADS_ON_REQUEST = ("UNLOADED", "EVICTED")
+_SCALARS = frozenset({str, bool, int, float})  # the JSON values an element may be
 _JSON = (b"content-type", b"application/json")
 _SSE = (b"content-type", b"text/event-stream; charset=utf-8")
 
@@ -77,21 +82,38 @@ def codec_for(route: str) -> GenerateCodec | None:
 def input_specs(engine: InferenceEngine, name: str,
                 version: int | None) -> tuple[list[dict[str, Any]], bool]:
     """The model's inputs as its metadata shows them (name, datatype, shape with -1 dims; a
-    sequence model's implicit state left out) and whether it batches."""
+    sequence model's implicit state left out) and whether it batches. A model whose answer
+    cannot be written as a generate answer is refused here, before it runs: a sequence
+    model's state would otherwise move on for an answer that is never sent."""
     try:
         handle = engine.model(name, version)
     except SurgeError:
         _refuse_cold(engine, name)
         raise
-    return model_metadata(handle)["inputs"], handle.signature.batched
+    metadata = model_metadata(handle)
+    for output in metadata["outputs"]:
+        _check_output_name(output["name"])
+    return metadata["inputs"], handle.signature.batched
+
+
+def _check_output_name(output: str) -> None:
+    if output in _ANSWER_KEYS:  # refused rather than one of the two dropped
+        raise InputError(f"the model's output {output!r} has the name of a key of the "
+                         f"generate answer ({', '.join(_ANSWER_KEYS)}): use /infer")
 
 
 def _refuse_cold(engine: InferenceEngine, name: str) -> None:
-    """A model of the repository that is not loaded (evicted, or loaded on demand) gets a
-    503, not the 404 of an unknown name: the generate body cannot be read without the
-    model's inputs, and only /infer loads a model on its first request."""
+    """A model that loads on its next request (on demand, evicted) or is loading gets a 503,
+    not the 404 of an unknown name: the generate body cannot be read without the model's
+    inputs, and only /infer loads a model on its first request. Any other model that is not
+    loaded (its load failed, or it was unloaded) keeps /infer's answer: /infer loads none."""
     for row in engine.index():
-        if row["name"] == name and row["state"] != "READY":
+        if row["name"] != name:
+            continue
+        if row["state"] == "LOADING":
+            raise ModelNotReadyError(f"model {name!r} is loading: /generate needs its inputs; "
+                                     f"send the request again once it is ready")
+        if row["state"] in _LOADS_ON_REQUEST:
             raise ModelNotReadyError(
                 f"model {name!r} is not loaded ({row['state']}): /generate needs its inputs; "
                 f"load it, or send one request to /v2/models/{name}/infer, which loads it")
@@ -101,8 +123,10 @@ def decode_generate(body: bytes, inputs: list[dict[str, Any]], batched: bool) ->
     """A generate body -> InferRequest of every output, for a model of `inputs` (metadata)."""
     view = memoryview(body)
     header = json_object(view)
-    params = request_parameters(header)
     specs = {spec["name"]: spec for spec in inputs}
+    # an input named `parameters` is that input, as one named `id` is (no request parameters)
+    params = {} if "parameters" in specs else request_parameters(header)
+    _refuse_repeated_keys(body, header, params)
     values = _input_values(header, params, specs)
     missing = [name for name in specs if name not in values]
     if missing:
@@ -114,6 +138,39 @@ def decode_generate(body: bytes, inputs: list[dict[str, Any]], batched: bool) ->
         raise InputError(f"request 'id' must be a string, got {shown(request_id)}")
     return InferRequest(inputs=tensors, outputs=None, request_id=request_id,
                         **parameter_fields(params, view))
+
+
+def _refuse_repeated_keys(body: bytes, header: Mapping[str, Any],
+                          params: Mapping[str, Any]) -> None:
+    """Refuse a key given twice in the body or its `parameters`: orjson keeps the last value,
+    which would drop an input (or a parameter) without a word. A repeated key is in the text
+    twice, or escaped: only then is the body read again by Python's parser, which sees each
+    pair (a large body of numbers is not parsed twice)."""
+    keys = [*header, *_nested_keys(params)]
+    if b"\\" not in body and all(body.count(orjson.dumps(key)) == 1 for key in keys):
+        return
+    try:
+        json.loads(body, object_pairs_hook=no_repeated_key)
+    except InputError as exc:
+        raise InputError(f"request body: {exc}; give each input and parameter once") from None
+    except (ValueError, RecursionError):  # nesting past Python's frames: orjson read it
+        pass
+
+
+def _nested_keys(value: object) -> list[str]:
+    """The keys of the objects in `value`, at every level: walked with a stack, not calls
+    (parameters may nest as deep as orjson reads), and past lists of scalars in one step (an
+    input given in `parameters` may be ten million numbers)."""
+    keys: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            keys.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list) and not set(map(type, item)) <= _SCALARS:
+            stack.extend(item)
+    return keys
 
 
 def _input_values(header: Mapping[str, Any], params: Mapping[str, Any],
@@ -158,6 +215,9 @@ def nested_shape(name: str, value: object, depth: int = 0) -> tuple[int, ...]:
         raise InputError(f"input {name!r} is nested past {_MAX_DIMS} lists")
     if not value:
         return (0,)
+    kinds = set(map(type, value))  # one pass in C: a flat list of 10 million numbers is common
+    if kinds <= _SCALARS:
+        return (len(value),)
     inner = [nested_shape(name, item, depth + 1) for item in value]
     for index, shape in enumerate(inner):
         if shape != inner[0]:
@@ -217,9 +277,7 @@ def generate_answer(name: str, version: int | str, request: InferRequest,
     if variant:  # a response parameter: Triton writes those as keys of the answer
         answer["variant"] = variant
     for output, array in outputs.items():
-        if output in _ANSWER_KEYS:  # refused rather than one of the two dropped
-            raise InputError(f"the model's output {output!r} has the name of a key of the "
-                             f"generate answer ({', '.join(_ANSWER_KEYS)}): use /infer")
+        _check_output_name(output)  # as input_specs did, for an answer of another version
         values = tensor_to_list(array, sent_datatype(array))
         answer[output] = values[0] if len(values) == 1 else values
     return answer

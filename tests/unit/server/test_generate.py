@@ -338,3 +338,110 @@ def test_generate_needs_the_inference_scope_as_infer_does(route: str) -> None:
     status, _, _ = asyncio.run(_call(app, path, BODY,
                                      headers=((b"authorization", b"Bearer caller"),)))
     assert status == 200
+
+
+# -- what the first version got wrong -----------------------------------------------------------
+
+@pytest.mark.parametrize(("body", "key"), [
+    (b'{"x": [1, 2, 3, 4], "n": [1, 2, 3], "x": [5, 6, 7, 8]}', "x"),
+    (b'{"x": [1, 2, 3, 4], "n": [1, 2, 3], "\\u0078": [5, 6, 7, 8]}', "x"),
+    (b'{"x": [NaN, 2, 3, 4], "n": [1, 2, 3], "n": [4, 5, 6]}', "n"),
+    (b'{"x": [1, 2, 3, 4], "n": [1, 2, 3], "parameters": {"priority": 1, "priority": 9}}',
+     "priority"),
+    (b'{"x": [1, 2, 3, 4], "n": [1, 2, 3], "parameters": {}, "parameters": {"priority": 9}}',
+     "parameters"),
+    (b'{"x": [1, 2, 3, 4], "n": [1, 2, 3], "id": "a", "id": "b"}', "id"),
+])
+def test_a_key_given_twice_is_refused_not_kept_last(body: bytes, key: str) -> None:
+    """orjson keeps a repeated key's last value: one of the two inputs was dropped unseen."""
+    with pytest.raises(InputError, match=f"request body: key '{key}' is given twice"):
+        decode_generate(body, INPUTS, True)
+
+
+@pytest.mark.parametrize("nested", [b"[" * 1000 + b"]" * 1000,
+                                    b'{"b": ' * 1000 + b"1" + b"}" * 1000])
+def test_parameters_nested_deep_are_read_without_running_out_of_frames(nested: bytes) -> None:
+    body = b'{"x": [1, 2, 3, 4], "n": [1, 2, 3], "parameters": {"a": ' + nested + b"}}"
+    assert decode_generate(body, INPUTS, True).inputs["n"].tolist() == [[1, 2, 3]]
+
+
+def test_a_key_that_is_also_a_value_is_no_repeated_key() -> None:
+    spec = {"name": "text", "datatype": "BYTES", "shape": [-1]}
+    request = decode_generate(b'{"text": "text", "id": "text"}', [spec], False)
+    assert (request.inputs["text"].tolist(), request.request_id) == ([b"text"], "text")
+
+
+def test_an_input_named_parameters_is_the_input() -> None:
+    spec = {"name": "parameters", "datatype": "INT64", "shape": [-1]}
+    request = decode_generate(b'{"parameters": [5, 6]}', [spec], False)
+    assert request.inputs["parameters"].tolist() == [5, 6]
+    assert request.priority == 0
+
+
+def test_a_flat_list_is_measured_without_a_call_per_element(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten million numbers took five seconds of Python calls, holding the interpreter."""
+    from surge.server import generate
+
+    calls: list[int] = []
+    measure = generate.nested_shape
+
+    def counted(name: str, value: object, depth: int = 0) -> tuple[int, ...]:
+        calls.append(depth)
+        return measure(name, value, depth)
+
+    monkeypatch.setattr(generate, "nested_shape", counted)
+    assert generate.nested_shape("v", list(range(1000))) == (1000,)
+    assert generate.nested_shape("v", [[1.5, 2], [3, 4]]) == (2, 2)
+    assert len(calls) == 1 + 1 + 2
+
+
+CLASHING = Signature(inputs=SIGNATURE.inputs,
+                     outputs=(TensorSpec("id", "FP32", (-1, 4)),
+                              TensorSpec("shout", "BYTES", (-1, 1))), max_batch_size=8)
+
+
+class ClashingEngine(FakeEngine):
+    """`m` with an output named `id`, a key of the generate answer."""
+
+    def model(self, name: str, version: int | None = None) -> ModelHandle:
+        handle = super().model(name, version)
+        return ModelHandle("m", 1, (1,), handle.config, CLASHING, "onnxruntime_onnx")
+
+    async def infer(self, name: str, version: int | None, inputs: dict[str, np.ndarray],
+                    **options: Any) -> dict[str, np.ndarray]:
+        answer = await super().infer(name, version, inputs, **options)
+        return {"id": answer.pop("y"), **answer}
+
+
+def test_an_output_named_as_a_key_of_the_answer_is_refused_before_the_model_runs() -> None:
+    """The model ran (a sequence model's state moved on) for an answer never sent."""
+    engine = ClashingEngine()
+    status, _, body = asyncio.run(_call(V2App(engine), "/v2/models/m/generate", BODY))
+    assert status == 400
+    assert "output 'id' has the name of a key of the generate answer" in orjson.loads(
+        body)["error"]
+    assert engine.calls == []
+
+
+class FailedEngine(FakeEngine):
+    """`broken` failed to load; `late` is loading."""
+
+    def index(self) -> list[dict[str, str]]:
+        return [{"name": "broken", "version": "", "state": "UNAVAILABLE", "reason": "bad file"},
+                {"name": "late", "version": "", "state": "LOADING", "reason": ""}]
+
+
+def test_a_model_that_failed_to_load_keeps_the_404_of_infer() -> None:
+    """It was a 503 saying that one /infer would load it: /infer answers 404, loading none."""
+    status, _, body = asyncio.run(_call(V2App(FailedEngine()), "/v2/models/broken/generate",
+                                        BODY))
+    assert (status, orjson.loads(body)["error"]) == (404, "model 'broken' is not loaded")
+
+
+def test_a_model_being_loaded_is_a_503_to_send_again() -> None:
+    status, _, body = asyncio.run(_call(V2App(FailedEngine()), "/v2/models/late/generate",
+                                        BODY))
+    assert status == 503
+    assert "model 'late' is loading: /generate needs its inputs; send the request again" in (
+        orjson.loads(body)["error"])

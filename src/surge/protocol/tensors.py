@@ -124,12 +124,12 @@ def tensor_from_list(name: str, datatype: str, shape: tuple[int, ...], data: obj
             flat = _flat(name, shape, np.array(data, dtype=object))
             array = np.empty(flat.size, dtype=object)
             array[:] = [_to_bytes(name, index, item) for index, item in enumerate(flat)]
-        elif datatype == "BF16":
-            array = _bf16_words(_flat(name, shape, np.array(data, dtype=np.float32)))
         else:
             raw = np.array(data)
-            if raw.dtype.kind in "UO" and datatype in FLOAT_TYPES:
+            if raw.dtype.kind in "UO" and datatype in _FLOAT_WORDS:
                 raw = _with_non_finite_words(name, datatype, data)
+            elif raw.dtype.kind in "fO" and datatype in _INTEGER_TYPES:
+                raw = _big_integers(data, raw)
             array = _numbers(name, datatype, _flat(name, shape, raw))
     except (ValueError, TypeError, OverflowError) as exc:
         raise InputError(
@@ -142,7 +142,10 @@ def tensor_from_list(name: str, datatype: str, shape: tuple[int, ...], data: obj
     return array.reshape(shape)
 
 
-FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})  # BF16 is parsed as float32 words above
+FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
+_FLOAT_WORDS = FLOAT_TYPES | {"BF16"}  # the types whose JSON data may hold "NaN" and such
+_INTEGER_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
+                            "UINT64"})
 _NON_FINITE_WORDS = {word: float(key) for key, word in {
     "nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}.items()}
 
@@ -173,12 +176,50 @@ def _flat(name: str, shape: tuple[int, ...], values: np.ndarray) -> np.ndarray:
     return values.reshape(-1)
 
 
+def _big_integers(data: object, raw: np.ndarray) -> np.ndarray:
+    """`data` as exact integers (an object array) when every value is a JSON integer: numpy
+    reads [2**64 - 1, 1] and [2**63, -1] as float64, which would call them non-integer (or
+    keep them as objects). Anything else leaves `raw` as it was, refused by its kind."""
+    exact = np.array(data, dtype=object)
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in exact.reshape(-1)):
+        return exact
+    return raw
+
+
+def _exact_integers(name: str, datatype: str, values: np.ndarray) -> np.ndarray:
+    """Python integers of any size, range-checked before they become `datatype`."""
+    info = np.iinfo(v2_to_numpy(datatype))
+    if min(values.flat) < info.min or max(values.flat) > info.max:
+        raise InputError(f"input {name!r}: {datatype} data holds values outside its range")
+    return values.astype(info.dtype)
+
+
+def _booleans(name: str, raw: np.ndarray) -> np.ndarray:
+    """true/false, or the integers 0 and 1: 2 or 0.5 would turn into true unnoticed."""
+    if raw.size and raw.dtype.kind not in "biu":
+        raise InputError(f"input {name!r}: data does not hold BOOL values")
+    if raw.size and raw.dtype.kind != "b" and not bool(((raw == 0) | (raw == 1)).all()):
+        raise InputError(f"input {name!r}: BOOL data holds integers other than 0 and 1")
+    return raw.astype(np.bool_)
+
+
 def _numbers(name: str, datatype: str, raw: np.ndarray) -> np.ndarray:
-    if raw.size and raw.dtype.kind not in ("biuf" if datatype == "BOOL" else "iuf"):
+    if datatype == "BOOL":
+        return _booleans(name, raw)
+    if raw.size and raw.dtype.kind == "O" and datatype in _INTEGER_TYPES:
+        return _exact_integers(name, datatype, raw)
+    if raw.size and raw.dtype.kind not in "iuf":
         raise InputError(f"input {name!r}: data does not hold {datatype} values")
+    if datatype == "BF16":
+        if not within_range(raw, np.dtype(np.float32)):
+            raise InputError(f"input {name!r}: BF16 data holds values outside its range")
+        return _bf16_words(raw)
     dtype = v2_to_numpy(datatype)
     if dtype.kind in "iu" and raw.dtype.kind == "f" and raw.size:  # [] parses as float64
-        raise InputError(f"input {name!r}: {datatype} data holds non-integer values")
+        # integers past 2**64 arrive from the JSON parser as floats: named as out of range
+        past = bool((np.abs(raw[np.isfinite(raw)]) >= 2.0**64).any())
+        raise InputError(f"input {name!r}: {datatype} data holds "
+                         + ("values outside its range" if past else "non-integer values"))
     if raw.size and not within_range(raw, dtype):
         raise InputError(f"input {name!r}: {datatype} data holds values outside its range")
     with np.errstate(over="ignore"):  # a range was checked above: no silent wrap or inf

@@ -293,3 +293,32 @@ def test_a_bytes_element_that_is_no_string_is_named(data: list, shown: str) -> N
     shape = (2, 2) if isinstance(data[0], list) else (len(data),)
     with pytest.raises(InputError, match=re.escape(f"BYTES data must be strings, got {shown}")):
         tensor_from_list("text", "BYTES", shape, data)
+
+
+@pytest.mark.parametrize(("datatype", "data", "expected"), [
+    # numpy reads these lists as float64: the largest values were called non-integer
+    ("UINT64", [2**64 - 1, 1], [2**64 - 1, 1]),
+    ("INT64", [-(2**63), 2**63 - 1], [-(2**63), 2**63 - 1]),
+    ("BOOL", [1, 0], [True, False]),
+])
+def test_json_data_at_the_edges_of_its_type_is_exact(datatype: str, data: list,
+                                                     expected: list) -> None:
+    body = orjson.dumps({"inputs": [{"name": "x", "datatype": datatype,
+                                     "shape": [len(data)], "data": data}]})
+    assert decode_request(body, None).inputs["x"].tolist() == expected
+
+
+@pytest.mark.parametrize(("datatype", "data", "message"), [
+    ("INT64", [2**63, -1], "INT64 data holds values outside its range"),  # was non-integer
+    ("UINT64", [2**64], "UINT64 data holds values outside its range"),
+    ("BOOL", [2, 0], "BOOL data holds integers other than 0 and 1"),  # was true
+    ("BOOL", [0.5], "data does not hold BOOL values"),  # was true
+    ("BF16", [1e39], "BF16 data holds values outside its range"),  # was infinity
+    ("BF16", ["1.5"], "data does not hold BF16 values"),  # a string FP32 refuses
+])
+def test_json_data_its_type_cannot_hold_is_refused(datatype: str, data: list,
+                                                   message: str) -> None:
+    body = json.dumps({"inputs": [{"name": "x", "datatype": datatype,
+                                   "shape": [len(data)], "data": data}]}).encode()
+    with pytest.raises(InputError, match=message):
+        decode_request(body, None)

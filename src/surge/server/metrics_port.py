@@ -7,7 +7,8 @@ Here the rendering runs in a thread, once for all the scrapes of the same kind t
 while it runs, and headers are read as Latin-1 (which any byte is).
 
 With Triton's names (`--metrics-names`, surge/engine/triton_metrics.py) their families follow
-Surge's: gathered from the engine on the event loop, rendered with the rest in the thread.
+Surge's: read from the engine on the event loop (a chunk of versions per turn of it), made
+into families and rendered with the rest in the thread.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
 from surge.engine import triton_metrics
-from surge.engine.triton_metrics import TritonSource
+from surge.engine.triton_metrics import TritonSource, VersionSample
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 # (Accept header, gzip wanted, metric names asked for with ?name[]=...)
@@ -56,18 +57,22 @@ class MetricsApp:
         does not cancel it for the others)."""
         running = self._rendering.get(kind)
         if running is None:
-            own = self.triton.gather() if self.triton is not None else None
-            running = asyncio.ensure_future(asyncio.to_thread(self._render, kind, own))
+            running = asyncio.ensure_future(self._gathered_and_rendered(kind))
             self._rendering[kind] = running
             running.add_done_callback(lambda _: self._rendering.pop(kind, None))
         return running
 
-    def _render(self, kind: _Kind, own: list[Metric] | None) -> tuple[bytes, str]:
-        """`own`: this engine's Triton families (None: read from the multiprocess files)."""
+    async def _gathered_and_rendered(self, kind: _Kind) -> tuple[bytes, str]:
+        own = await self.triton.gather() if self.triton is not None else None
+        return await asyncio.to_thread(self._render, kind, own)
+
+    def _render(self, kind: _Kind, own: list[VersionSample] | None) -> tuple[bytes, str]:
+        """`own`: this engine's Triton samples (None: read from the multiprocess files)."""
         accept, gzipped, names = kind
         encoder, content_type = _encoder(accept)
         surge, from_files = triton_metrics.split(self.registry.collect())
-        triton = [] if self.triton is None else own if own is not None else from_files
+        triton = [] if self.triton is None else from_files if own is None else \
+            triton_metrics.families(own, self.triton.cache)
         surge = triton_metrics.restrict(surge if self.surge else [], names)
         triton = triton_metrics.restrict(triton, names)
         if content_type.startswith("application/openmetrics-text"):

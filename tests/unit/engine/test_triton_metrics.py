@@ -15,7 +15,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from surge.engine.interface import InferenceEngine
 from surge.engine.metrics import SurgeMetrics
 from surge.engine.stats import ModelStats
-from surge.engine.triton_metrics import Publisher, TritonSource, metric_names
+from surge.engine.triton_metrics import TritonSource, metric_names
 from surge.errors import NotFoundError, SurgeError
 from surge.server.metrics_port import MetricsApp
 from tests.unit.engine.fakes import serving, settle
@@ -180,18 +180,18 @@ def shared_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _publish_as(pid: int, engine: _Engine, monkeypatch: pytest.MonkeyPatch) -> Publisher:
-    """A front end's publisher writing the files of process `pid`."""
+def _publish_as(pid: int, engine: _Engine, monkeypatch: pytest.MonkeyPatch) -> TritonSource:
+    """A front end's source writing the files of process `pid`."""
     monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: pid))
-    publisher = Publisher(cache=True)
-    publisher.publish(cast(InferenceEngine, engine))
-    return publisher
+    source = TritonSource(cast(InferenceEngine, engine), cache=True, shared=True)
+    asyncio.run(source.publish())
+    return source
 
 
 def _render_shared(registry: CollectorRegistry) -> str:
     """What a front end's port answers with several front ends: the files' sums."""
     class _FromFiles(TritonSource):
-        def gather(self) -> None:
+        async def gather(self) -> None:
             return None
 
     source = _FromFiles(cast(InferenceEngine, _Engine({})), True, shared=False)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
+from surge.configfile import describe_validation_error
 from surge.errors import ConfigError, SurgeError
 from surge.repository import ModelConfig, Repository
 from surge.repository.config import ORIGINAL
@@ -58,9 +59,10 @@ def override_config(base: ModelConfig, override: Mapping[str, Any]) -> ModelConf
         return ModelConfig.model_validate(merged)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        where = f"{loc}: " if loc else ""  # a rule across fields names none
-        raise ConfigError(f"config override: {where}{first['msg']}") from None
+        if not first["loc"]:  # a rule across fields names no key, nor one value
+            raise ConfigError(f"config override: {first['msg']}") from None
+        # as config.yaml's errors: the key and the value it was given
+        raise ConfigError(f"config override: {describe_validation_error(exc)}") from None
 
 
 Fingerprint = tuple[tuple[str, int, int], ...]

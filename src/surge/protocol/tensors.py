@@ -216,8 +216,10 @@ def _numbers(name: str, datatype: str, raw: np.ndarray) -> np.ndarray:
         return _bf16_words(raw)
     dtype = v2_to_numpy(datatype)
     if dtype.kind in "iu" and raw.dtype.kind == "f" and raw.size:  # [] parses as float64
-        # integers past 2**64 arrive from the JSON parser as floats: named as out of range
-        past = bool((np.abs(raw[np.isfinite(raw)]) >= 2.0**64).any())
+        # integers past 2**64 arrive from the JSON parser as floats: named as out of range,
+        # unless a fraction beside them (2**64 - 1 and 0.5 read as floats) is the fault
+        finite = raw[np.isfinite(raw)]
+        past = bool((np.abs(finite) >= 2.0**64).any()) and bool((finite % 1 == 0).all())
         raise InputError(f"input {name!r}: {datatype} data holds "
                          + ("values outside its range" if past else "non-integer values"))
     if raw.size and not within_range(raw, dtype):

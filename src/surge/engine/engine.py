@@ -34,6 +34,8 @@ from surge.errors import ConfigError, ModelLoadError, ModelNotReadyError, NotFou
 from surge.platform import available_cores
 from surge.repository import ModelConfig, Repository, served_version
 from surge.repository.config import CONFIG_FILE
+from surge.scheduler.queues import own_timeout_fails
+from surge.scheduler.types import check_timeout, priority_level
 from surge.workers.hang import HangRule
 from surge.workers.pool import WorkerPool, cuda_device_count, plan_instances
 
@@ -438,6 +440,9 @@ class Engine:
         request_id: str = "",
     ) -> dict[str, np.ndarray]:
         """Queue one request and await its outputs (see the module docstring for the path)."""
+        # Checked here as well as by the queue: a cache hit or a sequence's wait comes first.
+        priority_level(priority)
+        check_timeout(timeout_us)
         if name in self.on_demand.cold and not self._served.get(name):
             timeout_us = await self.on_demand.wait_loaded(name, timeout_us)
         served = self._find(name, version)
@@ -463,7 +468,8 @@ class Engine:
         elif served.sequences is not None:  # a stateful model: its sequence's state goes along
             answer = await served.sequences.infer(inputs, outputs, lambda ins, outs, left: (
                 served.infer(served.make_request(ins, outs, priority, left, request_id))),
-                timeout_us)
+                timeout_us, bounded=own_timeout_fails(served.scheduler.config,
+                                                      priority_level(priority)))
         else:
             answer = await served.infer(
                 served.make_request(inputs, outputs, priority, timeout_us, request_id))

@@ -104,16 +104,19 @@ class SequenceStore:
         return len(self._live)
 
     async def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None,
-                    compute: Compute, timeout_us: int | None = None) -> Outputs:
+                    compute: Compute, timeout_us: int | None = None, *,
+                    bounded: bool = True) -> Outputs:
         """Run one request of a sequence through `compute` (the model's queue) with its state,
-        once its sequence's earlier requests are done (within `timeout_us`, 0 or None: none)."""
+        once its sequence's earlier requests are done (within `timeout_us`, 0 or None: none;
+        `bounded` False: however long that takes, where the model's queue policy delays a
+        late request or ignores its `timeout`, and the queue then applies that policy)."""
         flags = self._flags()
         self._check_request(inputs, outputs)
         self.expire(self._clock())
         sequence = self._admit(flags)
         sequence.users += 1
         try:
-            left = await self._acquire(flags.id, sequence.lock, timeout_us)
+            left = await self._acquire(flags.id, sequence.lock, timeout_us, bounded)
             try:
                 return await self._run(flags, sequence, inputs, outputs, compute, left)
             finally:
@@ -123,7 +126,7 @@ class SequenceStore:
             self._release(flags.id, sequence)
 
     async def _acquire(self, sequence_id: SequenceId, lock: asyncio.Lock,
-                       timeout_us: int | None) -> int | None:
+                       timeout_us: int | None, bounded: bool = True) -> int | None:
         """Take the sequence's lock within the request's timeout (the earlier requests of a
         busy sequence can take any time); returns the timeout left for the model's queue."""
         if not timeout_us:
@@ -131,6 +134,10 @@ class SequenceStore:
             return timeout_us
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_us / 1e6
+        if not bounded:  # the queue delays it (or ignores its timeout): never a 504 here,
+            await lock.acquire()  # and one that waited past its timeout takes the level's
+            left = int((deadline - loop.time()) * 1e6)
+            return left if left > 0 else None
         try:
             async with asyncio.timeout_at(deadline):
                 await lock.acquire()

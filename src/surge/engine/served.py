@@ -45,7 +45,7 @@ from surge.repository import ModelConfig
 from surge.repository.config import ORIGINAL
 from surge.runtimes.base import Signature
 from surge.scheduler import Batch, Request, Scheduler, SchedulerConfig, shape_key
-from surge.scheduler.types import priority_level
+from surge.scheduler.types import check_timeout, priority_level
 from surge.workers.pool import BatchResult
 
 log = logging.getLogger(__name__)
@@ -223,8 +223,7 @@ class ServedModel:
                 signature.output(name)
         level = priority_level(priority)
         check_pin(request_route.get(), (self.variant_name,))
-        if timeout_us is not None and timeout_us < 0:
-            raise InputError(f"timeout must be >= 0 microseconds, got {timeout_us}")
+        check_timeout(timeout_us)
         batch = 1
         if signature.batched:
             batch = next(iter(inputs.values())).shape[0]

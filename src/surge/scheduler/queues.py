@@ -12,7 +12,7 @@ import heapq
 from collections import deque
 from collections.abc import Container, Mapping
 
-from surge.scheduler.types import LevelPolicy, Request
+from surge.scheduler.types import LevelPolicy, Request, SchedulerConfig
 
 # (priority, delayed, arrival sequence, request): heap order. A delayed request (its deadline
 # passed under timeout_action "delay") goes behind every request of its level still in time.
@@ -135,3 +135,12 @@ def _bump(counts: dict[int, int], level: int, by: int) -> None:
         counts[level] = value
     else:  # empty levels are dropped: sums over the dict stay as short as the live levels
         counts.pop(level, None)
+
+
+def own_timeout_fails(config: SchedulerConfig, priority: int) -> bool:
+    """Whether a request of `priority` (a level) may fail for its own `timeout` before it is
+    queued (a sequence's request waiting for the earlier ones): not where its level delays
+    late requests, nor where its `timeout` is ignored (allow_timeout_override false)."""
+    levels = LevelCounts(config.priorities)
+    return (levels.overrides(priority, config.allow_timeout_override)
+            and not levels.delays(priority, config.timeout_action))

@@ -34,6 +34,12 @@ def priority_level(priority: object) -> int:
     return priority or DEFAULT_PRIORITY_LEVEL
 
 
+def check_timeout(timeout_us: int | None) -> None:
+    """InputError for a negative `timeout` (microseconds; None or 0: none)."""
+    if timeout_us is not None and timeout_us < 0:
+        raise InputError(f"timeout must be >= 0 microseconds, got {timeout_us}")
+
+
 @dataclass(frozen=True)
 class LevelPolicy:
     """One priority level's own queue rules; None leaves a rule to the model's queue."""

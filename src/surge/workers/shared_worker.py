@@ -72,7 +72,10 @@ class SharedWorker:
                     break
                 if isinstance(message, Stop):
                     break
-                self.handle(message)
+                try:
+                    self.handle(message)
+                except (BrokenPipeError, ConnectionResetError):
+                    break  # the front end died (kill -9) before the answer: nobody to tell
         finally:
             self.runners.clear()
             self.end.close()

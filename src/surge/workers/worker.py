@@ -78,7 +78,10 @@ def serve(runner: Runner, conn: Connection) -> None:
             if isinstance(message, Stop):
                 break
             if isinstance(message, RunBatch):
-                run_batch(runner, conn, end, message)
+                try:
+                    run_batch(runner, conn, end, message)
+                except (BrokenPipeError, ConnectionResetError):
+                    break  # the front end died (kill -9) while the batch ran: nobody to answer
     finally:
         end.close()
         conn.close()

@@ -178,20 +178,26 @@ EndpointsFile = Annotated[Path | None, typer.Option(
     help="Once listening, write the endpoints as JSON here ({http, grpc, metrics}): the ports "
     "a script asked as 0 and the system chose.")]
 
+HttpPort = Annotated[int, typer.Option(min=0, max=65535, help="V2 HTTP port.")]
+GrpcPort = Annotated[int, typer.Option(min=0, max=65535, help="V2 gRPC port.")]
+MetricsPort = Annotated[int, typer.Option(min=0, max=65535, help="Prometheus metrics port.")]
+ApiKey = Annotated[str | None, typer.Option(
+    help="Require 'Authorization: Bearer KEY' on all but health endpoints.",
+    envvar="SURGE_API_KEY")]
+ModelNames = Annotated[str | None, typer.Option(help="Serve only these models (a,b).")]
+Grace = Annotated[float, typer.Option(min=0.0, help="Seconds SIGTERM waits for accepted "
+                                                    "requests.")]
+
 
 def serve(
     repo: Annotated[Path, typer.Argument(help="Model repository directory.")],
-    http_port: Annotated[int, typer.Option(min=0, max=65535, help="V2 HTTP port.")] = 8000,
-    grpc_port: Annotated[int, typer.Option(min=0, max=65535, help="V2 gRPC port.")] = 8001,
-    metrics_port: Annotated[int, typer.Option(min=0, max=65535,
-                                              help="Prometheus metrics port.")] = 8002,
+    http_port: HttpPort = 8000,
+    grpc_port: GrpcPort = 8001,
+    metrics_port: MetricsPort = 8002,
     host: HostAddress = "127.0.0.1",
-    api_key: Annotated[str | None, typer.Option(
-        help="Require 'Authorization: Bearer KEY' on all but health endpoints.",
-        envvar="SURGE_API_KEY")] = None,
-    models: Annotated[str | None, typer.Option(help="Serve only these models (a,b).")] = None,
-    grace: Annotated[float, typer.Option(min=0.0, help="Seconds SIGTERM waits for accepted "
-                                                       "requests.")] = 30.0,
+    api_key: ApiKey = None,
+    models: ModelNames = None,
+    grace: Grace = 30.0,
     max_body_mb: MaxBodyMb = 64.0,
     idle_timeout: IdleTimeout = 75.0,
     header_timeout: HeaderTimeout = 10.0,

@@ -39,6 +39,7 @@ from surge.repository import ModelConfig, Repository
 from surge.repository.config import ORIGINAL
 from surge.repository.repository import VARIANTS_DIR
 from surge.scheduler.ladder import LadderController, LadderSettings, Rung, WindowRate
+from surge.scheduler.queues import own_timeout_fails
 from surge.scheduler.types import priority_level
 
 log = logging.getLogger(__name__)
@@ -312,7 +313,8 @@ class ServedLadder:
         if not timeout_us:
             return timeout_us
         left = timeout_us - (self._clock() - arrival) * 1e6
-        if left < 1.0 and self.rungs[self.controller.top].config.queue.keeps_late(level):
+        top = self.rungs[self.controller.top].scheduler.config
+        if left < 1.0 and not own_timeout_fails(top, level):
             return None
         if left < 1.0:
             raise DeadlineExceededError(

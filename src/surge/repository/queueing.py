@@ -163,15 +163,6 @@ class QueueConfig(StrictConfig):
         timeout = level.default_timeout_ms
         return self.default_timeout_ms if timeout is None else timeout
 
-    def keeps_late(self, level: int) -> bool:
-        """Whether a request queued at `level` outlives its own `timeout`: its level delays
-        rather than rejects, or ignores the request's `timeout` for the default one."""
-        policy = next((p for key, p in self.priorities.items()
-                       if (key or DEFAULT_PRIORITY_LEVEL) == level), None)  # key 0 is level 8
-        if policy is None:
-            return self.timeout_action == "delay" or not self.allow_timeout_override
-        return self._action(policy) == "delay" or not self._override(policy)
-
     def effective(self, level: PriorityQueueConfig) -> dict[str, Any]:
         """A configured level's rules with the model's where it leaves one out (the keyword
         arguments of the Triton-field echo's policy)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -250,11 +249,6 @@ def serve(
     console.print("surge: drained and stopped")
 
 
-# ASCII digits, an optional fraction and a unit: no exponent ('1e400' would overflow), no
-# '1_000' or non-ASCII digits, which Python's float() reads as numbers the user did not type.
-_CACHE_SIZE = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*[A-Za-z]*\s*", re.ASCII)
-
-
 def _cache_bytes(size: str) -> int:
     """`--response-cache-bytes`: 0 (none), or a size as the memory budgets take it, of at
     least a byte (0.1 would be a cache of none) and at most the machine's memory."""
@@ -264,7 +258,7 @@ def _cache_bytes(size: str) -> int:
     if size.strip() == "0":
         return 0
     try:
-        capacity = parse_bytes(size) if _CACHE_SIZE.fullmatch(size) else 0
+        capacity = parse_bytes(size)
     except SurgeError:
         capacity = 0
     if capacity < 1:

@@ -10,6 +10,7 @@ made-up figures.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
@@ -19,15 +20,17 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
+_PLAIN_NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?", re.ASCII)
+
+
 def parse_bytes(text: str) -> int:
     """'1.5GB' -> 1500000000, '512MiB' -> 536870912, '2000000' -> 2000000 (positive only)."""
     value = text.strip().lower().replace(" ", "")
     digits = value.rstrip("abcdefghijklmnopqrstuvwxyz")
     unit = value[len(digits):]
-    try:
-        number = float(digits)
-    except ValueError:
-        number = -1.0
+    # ASCII digits and an optional fraction only: float() also reads '1_000', '1e400' (an
+    # infinity int() cannot take) and non-ASCII digits
+    number = float(digits) if _PLAIN_NUMBER.fullmatch(digits) else -1.0
     if unit not in _UNITS or not number > 0:
         raise SurgeError(f"memory size {text!r}: expected a positive number with a unit such "
                          "as 1.5GB, 800MB or 2GiB")

@@ -17,7 +17,7 @@ error, as from /infer, is a status with a JSON `error`, never an event after a 2
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -33,7 +33,7 @@ from surge.protocol.metadata import model_metadata
 from surge.protocol.rest import json_object, parameter_fields, request_parameters
 from surge.protocol.tensors import check_shape, tensor_from_list, tensor_to_list
 from surge.protocol.types import InferRequest
-from surge.server.repository_load import no_repeated_key
+from surge.server.repository_load import refuse_repeated_keys
 
 GENERATE, GENERATE_STREAM = "generate", "generate_stream"
 # The POST routes of a model that infer: /infer and the generate extension's two.
@@ -149,12 +149,8 @@ def _refuse_repeated_keys(body: bytes, header: Mapping[str, Any],
     keys = [*header, *_nested_keys(params)]
     if b"\\" not in body and all(body.count(orjson.dumps(key)) == 1 for key in keys):
         return
-    try:
-        json.loads(body, object_pairs_hook=no_repeated_key)
-    except InputError as exc:
-        raise InputError(f"request body: {exc}; give each input and parameter once") from None
-    except (ValueError, RecursionError):  # nesting past Python's frames: orjson read it
-        pass
+    with contextlib.suppress(ValueError):  # JSON orjson reads and Python's parser does not
+        refuse_repeated_keys(body, "; give each input and parameter once")
 
 
 def _nested_keys(value: object) -> list[str]:

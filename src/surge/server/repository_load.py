@@ -119,10 +119,19 @@ def control_body(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InputError(f"request body must be a JSON object, got "
                          f"{_JSON_TYPES.get(type(value), type(value).__name__)}")
+    if not refuse_repeated_keys(body):
+        raise InputError("request body nests its arrays and objects too deeply")
+    return value
+
+
+def refuse_repeated_keys(body: bytes, advice: str = "") -> bool:
+    """InputError naming a key `body` gives twice in one object (orjson keeps the last value
+    without a word; Python's parser, run here, sees each pair). False when the body nests
+    deeper than Python's frames allow (orjson reads up to 1,024 levels): not checked."""
     try:
         json.loads(body, object_pairs_hook=no_repeated_key)
     except InputError as exc:
-        raise InputError(f"request body: {exc}") from None
-    except RecursionError:  # nesting orjson reads (up to 1,024 levels) but json's frames do not
-        raise InputError("request body nests its arrays and objects too deeply") from None
-    return value
+        raise InputError(f"request body: {exc}{advice}") from None
+    except RecursionError:
+        return False
+    return True

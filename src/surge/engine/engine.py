@@ -440,9 +440,6 @@ class Engine:
         request_id: str = "",
     ) -> dict[str, np.ndarray]:
         """Queue one request and await its outputs (see the module docstring for the path)."""
-        # Checked here as well as by the queue: a cache hit or a sequence's wait comes first.
-        priority_level(priority)
-        check_timeout(timeout_us)
         if name in self.on_demand.cold and not self._served.get(name):
             timeout_us = await self.on_demand.wait_loaded(name, timeout_us)
         served = self._find(name, version)
@@ -452,6 +449,7 @@ class Engine:
             why = _unready(served)
             raise ModelNotReadyError(f"model {name!r} is not ready" + (f": {why}" if why else ""))
         if isinstance(served, ServedModel) and self.response_cache.serves(served):
+            _check_options(priority, timeout_us)  # a hit never reaches the queue's checks
             return await self.response_cache.infer(served, inputs, outputs, lambda: self._compute(
                 served, inputs, outputs, priority, timeout_us, request_id))
         return await self._compute(served, inputs, outputs, priority, timeout_us, request_id)
@@ -466,6 +464,7 @@ class Engine:
             answer = await served.infer(
                 served.make_request(inputs, outputs, priority, timeout_us, request_id))
         elif served.sequences is not None:  # a stateful model: its sequence's state goes along
+            _check_options(priority, timeout_us)  # the wait for its sequence comes first
             answer = await served.sequences.infer(inputs, outputs, lambda ins, outs, left: (
                 served.infer(served.make_request(ins, outs, priority, left, request_id))),
                 timeout_us, bounded=own_timeout_fails(served.scheduler.config,
@@ -477,6 +476,13 @@ class Engine:
         if handle is not None and handle.bf16_outputs:  # they came back as uint16 words
             return label_bf16(answer, handle.bf16_outputs)
         return answer
+
+
+def _check_options(priority: int, timeout_us: int | None) -> None:
+    """InputError for a priority or timeout the queue would refuse, where an answer or a wait
+    comes before the queue."""
+    priority_level(priority)
+    check_timeout(timeout_us)
 
 
 def _unready(served: Served) -> str:

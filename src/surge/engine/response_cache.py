@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sys
 import time
 from collections import OrderedDict
@@ -254,19 +253,13 @@ def check_cache_size(capacity: int, given: object) -> int:
     memory: the cache grows as answers come, and a size it can never hold would let a flood
     of distinct requests take memory until the kernel kills the server and its accepted
     work (Triton allocates the whole size at start and fails there)."""
-    memory = machine_memory()
-    if memory is not None and capacity > memory:
+    from surge.tasks.data import memory_bytes
+
+    memory = memory_bytes()
+    if capacity > memory:
         raise SurgeError(f"--response-cache-bytes {given!r}: {capacity} bytes is more than "
                          f"this machine's memory ({memory} bytes): give a smaller size")
     return capacity
-
-
-def machine_memory() -> int | None:
-    """The machine's physical memory in bytes (None where the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def size_cache(engine: object, capacity: int) -> None:

@@ -171,16 +171,13 @@ class InstanceActor:
 
 
 def _load(spec: ActorSpec) -> Runner:
-    from surge.processors.in_worker import serving_runner
     from surge.repository import Repository
     from surge.runtimes import RunnerOptions
+    from surge.workers.worker import load_warm
 
     if not os.path.isdir(spec.root):
         raise FileNotFoundError(f"model repository {spec.root} is not on this node (compute "
                                 "nodes need it at the same path, e.g. on shared storage)")
     options = RunnerOptions(intra_op_threads=spec.threads, device=spec.device,
                             spin_wait=spec.spin_wait)
-    runner = serving_runner(Repository(spec.root).load(spec.ref, spec.version, options),
-                            spec.threads)
-    runner.warmup()
-    return runner
+    return load_warm(Repository(spec.root), spec.ref, spec.version, options, spec.threads)

@@ -88,6 +88,8 @@ def model_config(model: ModelView) -> dict[str, Any]:
     }
     if config.parameters:
         result["parameters"] = config_parameters(config.parameters)
+    if config.model_warmup:
+        result["model_warmup"] = model_warmup(config)
     if config.sequence_batching is not None:  # Triton's scheduling oneof: this or the next
         result["sequence_batching"] = sequence_batching(config, signature)
     elif batched and config.batching.enabled:
@@ -99,6 +101,23 @@ def model_config(model: ModelView) -> dict[str, Any]:
             **queue_policies(config.queue),
         }
     return result
+
+
+def model_warmup(config: ModelConfig) -> list[dict[str, Any]]:
+    """The warm-up samples as Triton's ModelWarmup entries (Triton's type names; the data
+    source as its oneof, the file by its name in the model's warmup/ folder)."""
+    samples = []
+    for sample in config.model_warmup:
+        inputs = {}
+        for name, given in sample.inputs.items():
+            source: dict[str, Any] = (
+                {"input_data_file": given.input_data_file} if given.input_data_file is not None
+                else {"random_data": True} if given.random_data else {"zero_data": True})
+            inputs[name] = {"data_type": v2_to_triton(given.datatype), "dims": list(given.dims),
+                            **source}
+        samples.append({"name": sample.name, "batch_size": sample.batch_size,
+                        "inputs": inputs, "count": sample.count})
+    return samples
 
 
 def sequence_batching(config: ModelConfig, signature: Signature) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from surge.repository.queueing import MAX_TIMEOUT_MS as MAX_TIMEOUT_MS
 from surge.repository.queueing import BatchingConfig, QueueConfig
 from surge.repository.queueing import PriorityQueueConfig as PriorityQueueConfig
 from surge.repository.sequencing import SequenceBatchingConfig, check_sequencing
+from surge.repository.warmup import WarmupSamples
 from surge.runtimes.base import TensorSpec
 from surge.runtimes.values import ValueRange, range_problem, written_bound
 
@@ -349,6 +350,9 @@ class ModelConfig(StrictConfig):
         False, description="Answer identical requests from the server's response cache "
         "(`surge serve --response-cache-bytes`) without running the model; kind model only, "
         "without a ladder.")
+    model_warmup: WarmupSamples = Field(
+        default_factory=list, description="Warm-up samples (Triton's model_warmup) each instance "
+        "runs before the model is ready; a failing one fails the load (docs/serving-engine.md).")
     sequence_batching: SequenceBatchingConfig | None = Field(
         None, description="A stateful model's implicit state, carried from one request of a "
         "sequence to the next (Triton's sequence batcher; docs/serving-engine.md).")

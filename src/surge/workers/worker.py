@@ -7,10 +7,15 @@ import signal
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 from surge.runtimes.base import Runner, SpinWait, openmp_wait_policy, run_rows
 from surge.workers.messages import BatchDone, LoadFailed, Ready, RunBatch, Stop
 from surge.workers.transport import WorkerEnd
+
+if TYPE_CHECKING:
+    from surge.repository import Repository
+    from surge.runtimes import RunnerOptions
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -54,15 +59,25 @@ def prepare_process(threads: int, spin_wait: SpinWait) -> None:
 
 def load(spec: WorkerSpec) -> Runner:
     """The runner `spec` names, warmed up."""
-    from surge.processors.in_worker import serving_runner
     from surge.repository import Repository
     from surge.runtimes import RunnerOptions
 
     options = RunnerOptions(intra_op_threads=spec.threads, device=spec.device,
                             spin_wait=spec.spin_wait)
-    runner = serving_runner(Repository(spec.root).load(spec.ref, spec.version, options),
-                            spec.threads)
+    return load_warm(Repository(spec.root), spec.ref, spec.version, options, spec.threads)
+
+
+def load_warm(repository: Repository, ref: str, version: int | None, options: RunnerOptions,
+              threads: int) -> Runner:
+    """The serving runner of `ref`, warmed up: the engine's own run of example inputs, then
+    the config's `model_warmup` samples (every instance runs them before it is ready)."""
+    from surge.processors.in_worker import serving_runner
+    from surge.workers.warmup import warm_up
+
+    loaded = repository.load(ref, version, options)
+    runner = serving_runner(loaded, threads)
     runner.warmup()
+    warm_up(runner, loaded.config, repository.model_dir(loaded.name))
     return runner
 
 

@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 from prometheus_client import Counter
 
+from surge.engine.failures import failure_reason
 from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolSpec
 from surge.engine.interface import ModelHandle
 from surge.engine.metrics import SurgeMetrics
@@ -101,7 +102,7 @@ class ServedModel:
         self.handle: ModelHandle | None = None
         self.sequences: SequenceStore | None = None  # a sequence model's states (start())
         self.accepting = False
-        self.counters = Counters()
+        self.counters = Counters(config.response_cache)
         self.counters.latency_line = self.scheduler.latency_line
         self.counters.instance_lines = self.scheduler.instance_lines
         self._futures: dict[int, asyncio.Future[dict[str, np.ndarray]]] = {}
@@ -246,7 +247,7 @@ class ServedModel:
         except QueueFullError as error:
             self._m_refused.inc()
             self._m_shed[error.reason].inc()
-            self._count_failed(request)
+            self._count_failed(request, error)
             raise
         future: asyncio.Future[dict[str, np.ndarray]] = self._loop.create_future()
         self._futures[request.id] = future
@@ -263,10 +264,10 @@ class ServedModel:
                 if route.version is None:
                     route.version = self.version
             return outputs
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
             # Client went away: a queued request leaves the queue; a computing one is dropped.
             if self._futures.pop(request.id, None) is not None:
-                self._count_failed(request)
+                self._count_failed(request, cancelled)
             if self.scheduler.cancel(request.id) is not None:
                 self._m_depth.set(self.scheduler.queued)
                 self.wake()
@@ -485,9 +486,10 @@ class ServedModel:
         if future is None or future.done():  # its client went: counted failed then
             return
         future.set_exception(error)
-        self._count_failed(request, now)
+        self._count_failed(request, error, now)
 
-    def _count_failed(self, request: Request, now: float | None = None) -> None:
-        """A request refused, dropped or left by its client: Triton's `fail` statistic."""
+    def _count_failed(self, request: Request, error: BaseException,
+                      now: float | None = None) -> None:
+        """A request refused, dropped or left by its client: Triton's `fail`, by its reason."""
         now = self._clock() if now is None else now
-        self.counters.fail.add(int((now - request.arrival) * 1e9))
+        self.counters.count_failure(int((now - request.arrival) * 1e9), failure_reason(error))

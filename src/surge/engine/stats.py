@@ -11,6 +11,10 @@ from surge.workers.messages import BatchDone
 Duration = tuple[int, int]
 # (compute_input, compute_infer, compute_output) of the batches of one size.
 Phases = tuple[Duration, Duration, Duration]
+# Why requests failed, in Triton's words (the `reason` of nv_inference_request_failure):
+# refused by the scheduler (queue full, deadline), left by their client, failed by the model's
+# instance, anything else (surge/engine/failures.py says which is which).
+FAIL_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,18 @@ class ModelStats:
     # those that did not (with the time to store the answer); hits are also in `success`.
     cache_hit: Duration = (0, 0)
     cache_miss: Duration = (0, 0)
+    # Of fail's count, by FAIL_REASONS; what it leaves out (a pipeline's failures, whose
+    # reasons are its steps') counts as OTHER.
+    fail_reasons: dict[str, int] = field(default_factory=dict)
+    # Whether the version's config enables the response cache (`response_cache: true`).
+    response_cache: bool = False
+
+    def failures(self, reason: str) -> int:
+        """Failed requests of one of FAIL_REASONS (OTHER: every failure no reason claims)."""
+        if reason != "OTHER":
+            return self.fail_reasons.get(reason, 0)
+        claimed = sum(n for why, n in self.fail_reasons.items() if why != "OTHER")
+        return self.fail[0] - claimed
 
 
 class DurationCounter:
@@ -64,12 +80,14 @@ class DurationCounter:
 class Counters:
     """Mutable running totals behind ModelStats, updated by the driver of one model version."""
 
-    def __init__(self) -> None:
+    def __init__(self, response_cache: bool = False) -> None:
+        self.response_cache = response_cache
         self.inference_count = 0
         self.execution_count = 0
         self.last_inference = 0
         self.success = DurationCounter()
         self.fail = DurationCounter()
+        self.fail_reasons: dict[str, int] = {}
         self.queue = DurationCounter()
         self.compute_input = DurationCounter()
         self.compute_infer = DurationCounter()
@@ -84,6 +102,11 @@ class Counters:
         self.latency_line: Callable[[], tuple[float, float] | None] = lambda: None
         # Each live instance's own line, by instance (instances on different nodes differ).
         self.instance_lines: Callable[[], dict[int, tuple[float, float]]] = dict
+
+    def count_failure(self, ns: int, reason: str) -> None:
+        """One failed request (`ns` after its arrival), for one of FAIL_REASONS."""
+        self.fail.add(ns)
+        self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1
 
     def count_batch(self, size: int, done: BatchDone | None, split_ns: int, now_ms: int) -> None:
         """One computed batch of `size` items; `split_ns` is the front end's share of its output."""
@@ -118,6 +141,7 @@ class Counters:
             batch_phases={size: _phases(counters)
                           for size, counters in sorted(self.batch_phases.items())},
             cache_hit=self.cache_hit.pair(), cache_miss=self.cache_miss.pair(),
+            fail_reasons=dict(self.fail_reasons), response_cache=self.response_cache,
         )
 
 

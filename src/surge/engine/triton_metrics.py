@@ -15,13 +15,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from operator import methodcaller
 
 from prometheus_client import Gauge
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from surge.engine.interface import InferenceEngine
-from surge.engine.stats import ModelStats
+from surge.engine.stats import FAIL_REASONS, ModelStats
 from surge.errors import SurgeError
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ class Family:
     name: str
     doc: str
     value: Callable[[ModelStats], int]
+    reason: str | None = None  # nv_inference_request_failure's: one series per reason
+
+    def labels(self) -> dict[str, str]:
+        """Its labels besides the version's (`model`, `version`)."""
+        return {} if self.reason is None else {"reason": self.reason}
 
 
 def _us(ns: int) -> int:
@@ -48,8 +54,9 @@ def _us(ns: int) -> int:
 COUNTERS = (
     Family("nv_inference_request_success", "Number of successful inference requests, all "
            "batch sizes", lambda s: s.success[0]),
-    Family("nv_inference_request_failure", "Number of failed inference requests, all batch "
-           "sizes", lambda s: s.fail[0]),
+    *(Family("nv_inference_request_failure", "Number of failed inference requests, all "
+             "batch sizes", methodcaller("failures", reason), reason)
+      for reason in FAIL_REASONS),
     Family("nv_inference_count", "Number of inferences performed (does not include cached "
            "requests)", lambda s: s.inference_count),
     Family("nv_inference_exec_count", "Number of model executions performed (does not include "
@@ -68,7 +75,8 @@ COUNTERS = (
            "duration in microseconds (does not include cached requests)",
            lambda s: _us(s.compute_output[1])),
 )
-# Exported only by a server with a response cache, as Triton does.
+# Exported only by a server with a response cache, and there only for the models that enable
+# it (`response_cache: true`), as Triton does.
 CACHE_COUNTERS = (
     Family("nv_cache_num_hits_per_model", "Number of cache hits per model",
            lambda s: s.cache_hit[0]),
@@ -107,7 +115,6 @@ def metric_names(value: str | Iterable[str]) -> tuple[str, ...]:
 
 # Every counter, with or without a cache: the values a VersionSample carries, in this order.
 ALL_COUNTERS = (*COUNTERS, *CACHE_COUNTERS)
-_COUNTER_AT = {f.name: i for i, f in enumerate(ALL_COUNTERS)}
 # Versions read between two turns of the event loop: a scrape or a publication of hundreds
 # of models otherwise held every request for tens of ms (500 versions: 17 ms each second).
 CHUNK = 64
@@ -121,6 +128,7 @@ class VersionSample:
     version: int
     counts: tuple[int, ...]  # ALL_COUNTERS' values, never falling (see Continuity)
     pending: int  # requests of the model waiting in its queue
+    cached: bool = False  # its config enables the response cache: the nv_cache_* are its
 
     def labels(self) -> dict[str, str]:
         return {"model": self.name, "version": str(self.version)}
@@ -180,7 +188,8 @@ async def sample_chunks(engine: InferenceEngine, continuity: Continuity
             except SurgeError:  # unloaded since the index was read
                 continue
             pending = depths.get(name, 0) if latest[name] == version else 0
-            samples.append(VersionSample(name, version, continuity.counts(stats), pending))
+            samples.append(VersionSample(name, version, continuity.counts(stats), pending,
+                                         stats.response_cache))
         yield samples
 
 
@@ -189,17 +198,25 @@ async def sample_engine(engine: InferenceEngine, continuity: Continuity) -> list
 
 
 def families(samples: list[VersionSample], cache: bool) -> list[Metric]:
-    """The Triton families (counters typed `counter`) of these versions."""
-    chosen = (*COUNTERS, PENDING, *CACHE_COUNTERS) if cache else (*COUNTERS, PENDING)
-    out = []
-    for family in chosen:
-        metric = Metric(family.name, family.doc, "gauge" if family is PENDING else "counter")
-        at = _COUNTER_AT.get(family.name, 0)
-        for sample in samples:
-            value = sample.pending if family is PENDING else sample.counts[at]
-            metric.add_sample(family.name, sample.labels(), value)
-        out.append(metric)
-    return out
+    """The Triton families (counters typed `counter`) of these versions; the nv_cache_* ones
+    only of the versions that enable the response cache, on a server that has one (none at
+    all without such a version)."""
+    cached = [sample for sample in samples if sample.cached] if cache else []
+    chosen = [(family, at, samples) for at, family in enumerate(COUNTERS)]
+    chosen.append((PENDING, -1, samples))  # -1: its value is the sample's pending count
+    if cached:
+        chosen += [(family, at, cached) for at, family in enumerate(ALL_COUNTERS)
+                   if at >= len(COUNTERS)]
+    out: dict[str, Metric] = {}  # the failure's reasons: one family, a series each
+    for family, at, shown in chosen:
+        metric = out.get(family.name)
+        if metric is None:
+            metric = out[family.name] = Metric(family.name, family.doc,
+                                               "gauge" if family is PENDING else "counter")
+        for sample in shown:
+            value = sample.pending if at < 0 else sample.counts[at]
+            metric.add_sample(family.name, {**sample.labels(), **family.labels()}, value)
+    return list(out.values())
 
 
 class Publisher:
@@ -210,8 +227,15 @@ class Publisher:
 
     def __init__(self, cache: bool) -> None:
         chosen = ALL_COUNTERS if cache else COUNTERS
-        self._counters = [(_COUNTER_AT[f.name], Gauge(f.name, f.doc, _LABELS, registry=None,
-                                                      multiprocess_mode="sum")) for f in chosen]
+        gauges: dict[str, Gauge] = {}  # one per name: the failure's reasons share theirs
+        for family in chosen:
+            if family.name not in gauges:
+                gauges[family.name] = Gauge(family.name, family.doc,
+                                            (*_LABELS, *family.labels()), registry=None,
+                                            multiprocess_mode="sum")
+        # (index in counts, gauge, its labels besides the version's, a cache counter)
+        self._counters = [(at, gauges[family.name], family.labels(), at >= len(COUNTERS))
+                          for at, family in enumerate(chosen)]
         self._pending = Gauge(PENDING.name, PENDING.doc, _LABELS, registry=None,
                               multiprocess_mode="livesum")
         self._written: dict[tuple[str, int], VersionSample] = {}
@@ -223,8 +247,9 @@ class Publisher:
             if self._written.get(key) == sample:
                 continue
             labels = sample.labels()
-            for at, gauge in self._counters:
-                gauge.labels(**labels).set(sample.counts[at])
+            for at, gauge, extra, of_cache in self._counters:
+                if sample.cached or not of_cache:
+                    gauge.labels(**labels, **extra).set(sample.counts[at])
             self._pending.labels(**labels).set(sample.pending)
             self._written[key] = sample
 

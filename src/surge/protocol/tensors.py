@@ -114,8 +114,11 @@ def _bf16_words(values: np.ndarray) -> np.ndarray:
     return (values.astype(np.float32).view(np.uint32) >> 16).astype(BF16_WORDS)
 
 
-def tensor_from_list(name: str, datatype: str, shape: tuple[int, ...], data: object) -> np.ndarray:
-    """JSON `data`, flat or nested to exactly `shape` -> array of `shape`."""
+def tensor_from_list(name: str, datatype: str, shape: tuple[int, ...], data: object,
+                     bools: bool = True) -> np.ndarray:
+    """JSON `data`, flat or nested to exactly `shape` -> array of `shape`. `bools=False`: the
+    caller knows `data` holds no JSON true or false (rest.py reads it from the body's bytes),
+    and a large number tensor is not looked through element by element for one."""
     count = math.prod(shape)
     if not isinstance(data, list):
         data = [data]
@@ -126,6 +129,9 @@ def tensor_from_list(name: str, datatype: str, shape: tuple[int, ...], data: obj
             array[:] = [_to_bytes(name, index, item) for index, item in enumerate(flat)]
         else:
             raw = np.array(data)
+            if (bools and datatype != "BOOL"
+                    or raw.dtype.kind in "UO" and datatype not in _FLOAT_WORDS):
+                _check_elements(name, datatype, data, raw.ndim > 1)
             if raw.dtype.kind in "UO" and datatype in _FLOAT_WORDS:
                 raw = _with_non_finite_words(name, datatype, data)
             elif raw.dtype.kind in "fO" and datatype in _INTEGER_TYPES:
@@ -165,6 +171,40 @@ def _with_non_finite_words(name: str, datatype: str, data: list[Any]) -> np.ndar
             raise InputError(f"input {name!r}: data does not hold {datatype} values "
                              f"({shown(item)} is not a number, NaN, Infinity or -Infinity)")
     return values
+
+
+_NUMBERS = frozenset({int, float})  # what orjson and json read JSON numbers as
+
+
+def _check_elements(name: str, datatype: str, data: object, nested: bool) -> None:
+    """Refuse, naming it, the first element numpy would read as a value of another kind without
+    a word: true or false in a number type's data (read as 1 and 0, which Triton refuses), and a
+    string, null or object in an integer type's or BOOL's (read as text or objects, refused
+    later without saying which). A float type's strings are `_with_non_finite_words`'."""
+    items = np.array(data, dtype=object).reshape(-1).tolist() if nested else data
+    assert isinstance(items, list), "tensor_from_list puts a lone value in a list"
+    if set(map(type, items)) <= _NUMBERS:  # the common case, at a tenth of a loop's cost
+        return
+    for index, item in enumerate(items):
+        if isinstance(item, bool):
+            if datatype == "BOOL":
+                continue
+            why = "true and false are for BOOL inputs; give numbers"
+        elif isinstance(item, int | float) or datatype in _FLOAT_WORDS:
+            continue  # the range, and BOOL's 0 and 1, are checked on the array
+        else:
+            why = "give true, false, 0 or 1" if datatype == "BOOL" else "give numbers"
+        raise InputError(f"input {name!r}: data does not hold {datatype} values "
+                         f"({_json_text(item)} at element {index}: {why})")
+
+
+def _json_text(item: object) -> str:
+    """An element as its JSON reads (true, false, null), others as `shown` writes them."""
+    if item is None:
+        return "null"
+    if isinstance(item, bool):
+        return "true" if item else "false"
+    return shown(item)
 
 
 def _flat(name: str, shape: tuple[int, ...], values: np.ndarray) -> np.ndarray:

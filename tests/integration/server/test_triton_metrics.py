@@ -1,7 +1,8 @@
 """Triton's metric names on a real `surge serve`: after a known sequence of requests (answered,
 failed, a batch, a cache hit and miss) every nv_* value agrees with `/v2/models/NAME/stats`,
 with one front end and with `--frontends 2` (where the scrape reads the sum of both front
-ends' statistics); `--metrics-names` chooses the names and refuses others."""
+ends' statistics); the failures carry their reason, and only the model that enables the
+response cache has nv_cache_* series; `--metrics-names` chooses the names and refuses others."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ pytestmark = pytest.mark.timeout(300)
 BASE = "max_batch_size: 8\ninstances: 1\nthreads: 1\nbatching: {max_queue_delay_ms: 0}\n"
 SINGLES = 16  # on fresh connections: all on one of two front ends by chance: 2 ** -15
 FAILURES = 2
-SAMPLE = re.compile(r'^(nv_\w+)\{model="([^"]*)",version="([^"]*)"\} (\S+)$', re.MULTILINE)
+SAMPLE = re.compile(r'^(nv_\w+)\{model="([^"]*)",(?:reason="([^"]*)",)?version="([^"]*)"\} (\S+)$',
+                    re.MULTILINE)
+CACHE = ("nv_cache_num_hits_per_model", "nv_cache_num_misses_per_model",
+         "nv_cache_hit_duration_per_model", "nv_cache_miss_duration_per_model")
 # nv_* counter -> (statistic, field) of /v2/models/NAME/stats, `ns` divided by 1000.
 AGREE = {
     "nv_inference_request_success": ("success", "count"),
@@ -92,15 +96,18 @@ def _known_sequence(served: ServerProcess) -> None:
             assert response.status_code == 200
 
 
-def _scrape(served: ServerProcess) -> dict[tuple[str, str], float]:
+def _scrape(served: ServerProcess) -> dict[tuple[str, ...], float]:
     """(name, model) -> value of the nv_* samples of version 1, named as written (a parser
-    that adds `_total` to a counter's samples would hide a wrong name)."""
+    that adds `_total` to a counter's samples would hide a wrong name); a failure's reasons
+    summed there, and each also under (name, model, reason)."""
     text = httpx.get(served.metrics, timeout=30).text
-    found = {}
+    found: dict[tuple[str, ...], float] = {}
     for match in SAMPLE.finditer(text):
-        name, model, version, value = match.groups()
+        name, model, reason, version, value = match.groups()
         if version == "1":
-            found[(name, model)] = float(value)
+            found[(name, model)] = found.get((name, model), 0.0) + float(value)
+            if reason is not None:
+                found[(name, model, reason)] = float(value)
     return found
 
 
@@ -122,10 +129,14 @@ def _expected(stats: list[dict[str, Any]], name: str) -> int:
     return sum(v // 1000 for v in values) if field == "ns" else sum(values)
 
 
-def _assert_agree(scraped: dict[tuple[str, str], float], stats: dict[str, list[dict[str, Any]]]
-                  ) -> None:
+def _assert_agree(scraped: dict[tuple[str, ...], float],
+                  stats: dict[str, list[dict[str, Any]]]) -> None:
+    """Every counter agrees; the nv_cache_* ones are only the cached model's, as Triton's."""
     for model, shares in stats.items():
         for name in (*AGREE, "nv_inference_count", "nv_inference_exec_count"):
+            if name in CACHE and model != "cached":
+                assert (name, model) not in scraped, (name, model)
+                continue
             assert scraped[(name, model)] == _expected(shares, name), (name, model)
 
 
@@ -136,6 +147,9 @@ def test_one_front_end_agrees_with_the_statistics(one: ServerProcess) -> None:
     _assert_agree(scraped, stats)
     assert scraped[("nv_inference_request_success", "tiny")] == SINGLES + 1
     assert scraped[("nv_inference_request_failure", "tiny")] == FAILURES
+    # A deadline no queue meets: refused at admission or expired in the queue, both REJECTED.
+    assert scraped[("nv_inference_request_failure", "tiny", "REJECTED")] == FAILURES
+    assert scraped[("nv_inference_request_failure", "tiny", "BACKEND")] == 0
     assert scraped[("nv_inference_count", "tiny")] == SINGLES + 3
     assert scraped[("nv_cache_num_hits_per_model", "cached")] == 1
     assert scraped[("nv_cache_num_misses_per_model", "cached")] == 1
@@ -172,7 +186,7 @@ def test_two_front_ends_report_the_sum_of_their_statistics(two: ServerProcess) -
     assert all(int(s["inference_stats"]["success"]["count"]) < SINGLES + 1 for s in tiny)
     stats = {"tiny": tiny, "cached": _front_end_shares(two, "cached")}  # one saw none
     _assert_agree(_scrape(two), stats)
-    assert _scrape(two)[("nv_inference_request_failure", "tiny")] == FAILURES
+    assert _scrape(two)[("nv_inference_request_failure", "tiny", "REJECTED")] == FAILURES
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,16 @@ from tests.unit.engine.fakes import serving, settle
 BATCHING = "max_batch_size: 4\nbatching: {max_queue_delay_ms: 2}\n"
 
 
-def _stats(name: str, version: int, scale: int = 1) -> ModelStats:
+def _stats(name: str, version: int, scale: int = 1, cached: bool = True) -> ModelStats:
+    """Statistics of a version whose config enables the response cache (`cached`); one of its
+    two failures REJECTED, the other given no reason (a pipeline's: OTHER)."""
     return ModelStats(
         name, version, inference_count=12 * scale, execution_count=4 * scale,
         last_inference=0, success=(7 * scale, 9_876_543 * scale), fail=(2 * scale, 5_000),
         queue=(9 * scale, 1_234_999 * scale), compute_input=(4 * scale, 40_500 * scale),
         compute_infer=(4 * scale, 400_000 * scale), compute_output=(4 * scale, 4_999 * scale),
-        cache_hit=(3 * scale, 30_000 * scale), cache_miss=(5 * scale, 51_000 * scale))
+        cache_hit=(3 * scale, 30_000 * scale), cache_miss=(5 * scale, 51_000 * scale),
+        fail_reasons={"REJECTED": scale}, response_cache=cached)
 
 
 class _Engine:
@@ -72,16 +75,17 @@ def _app(engine: Any, cache: bool = False, surge: bool = True) -> MetricsApp:
     return MetricsApp(engine.metrics.registry, source, surge=surge)
 
 
-def _value(text: str, name: str, model: str = "m", version: int = 1) -> int:
-    line = f'{name}{{model="{model}",version="{version}"}} '
+def _value(text: str, name: str, model: str = "m", version: int = 1,
+           reason: str | None = None) -> int:
+    why = "" if reason is None else f'reason="{reason}",'
+    line = f'{name}{{model="{model}",{why}version="{version}"}} '
     (found,) = [row for row in text.splitlines() if row.startswith(line)]
     return int(found[len(line):])
 
 
 def test_each_counter_is_the_statistic_it_names_in_microseconds() -> None:
     text = _scrape(_app(_Engine({("m", 1): _stats("m", 1)})))
-    expected = {"nv_inference_request_success": 7, "nv_inference_request_failure": 2,
-                "nv_inference_count": 12, "nv_inference_exec_count": 4,
+    expected = {"nv_inference_request_success": 7, "nv_inference_count": 12, "nv_inference_exec_count": 4,
                 "nv_inference_request_duration_us": 9_876,
                 "nv_inference_queue_duration_us": 1_234,
                 "nv_inference_compute_input_duration_us": 40,
@@ -89,6 +93,9 @@ def test_each_counter_is_the_statistic_it_names_in_microseconds() -> None:
                 "nv_inference_compute_output_duration_us": 4,
                 "nv_inference_pending_request_count": 0}
     assert {name: _value(text, name) for name in expected} == expected
+    reasons = {why: _value(text, "nv_inference_request_failure", reason=why)
+               for why in ("REJECTED", "CANCELED", "BACKEND", "OTHER")}
+    assert reasons == {"REJECTED": 1, "CANCELED": 0, "BACKEND": 0, "OTHER": 1}
     # Typed as Triton types them, named without prometheus_client's `_total`.
     assert "# TYPE nv_inference_request_success counter\n" in text
     assert "# TYPE nv_inference_pending_request_count gauge\n" in text
@@ -158,7 +165,10 @@ def test_the_values_of_a_served_model_agree_with_its_statistics(tmp_path: Path) 
             text = await _scraped(MetricsApp(s.engine.metrics.registry, source))
             stats = s.engine.stats("m")
             assert _value(text, "nv_inference_request_success") == stats.success[0] == 3
-            assert _value(text, "nv_inference_request_failure") == stats.fail[0] == 1
+            # The model raised on its batch: its failure is the backend's, as in Triton.
+            assert stats.fail[0] == 1
+            assert _value(text, "nv_inference_request_failure", reason="BACKEND") == 1
+            assert _value(text, "nv_inference_request_failure", reason="OTHER") == 0
             assert _value(text, "nv_inference_count") == stats.inference_count == 3
             assert _value(text, "nv_inference_exec_count") == stats.execution_count == 1
             assert _value(text, "nv_inference_request_duration_us") == stats.success[1] // 1000

@@ -142,5 +142,6 @@ def test_a_front_end_writes_only_the_versions_that_changed(
                                                             real_set(gauge, value))[1])
     engine._stats[("b", 1)] = _stats("b", 1, scale=2)
     asyncio.run(source.publish())
-    assert len(written) == 10  # b's nine counters and its pending count; nothing of a
+    assert len(written) == 13  # b's twelve counters (failures: four reasons) and its
+    # pending count; nothing of a
     assert _value(_sums(files), "nv_inference_request_success", model="b") == 14

@@ -92,7 +92,8 @@ class WarmupInput(StrictConfig):
 def check_file_name(name: str) -> str:
     """`name` if it names a file inside the warmup/ folder; ValueError saying why not."""
     path = PurePosixPath(name)
-    if not name or name != name.strip() or "\\" in name or "\0" in name:
+    # "." (or "./") names the folder itself, not a file in it
+    if not path.parts or name != name.strip() or "\\" in name or "\0" in name:
         raise ValueError(f"input_data_file {name!r} must be a plain file name in the model's "
                          f"{WARMUP_DIR}/ folder")
     if path.is_absolute() or ".." in path.parts:

@@ -66,6 +66,8 @@ def test_a_sample_reads_with_its_defaults_and_triton_spelling() -> None:
     (one_input(input_data_file="../config.yaml"), {}, "'../config.yaml' must lie in the model's"),
     (one_input(input_data_file="/etc/passwd"), {}, "'/etc/passwd' must lie in the model's"),
     (one_input(input_data_file=""), {}, "input_data_file '' must be a plain file name"),
+    (one_input(input_data_file="."), {}, "input_data_file '.' must be a plain file name"),
+    (one_input(input_data_file="./"), {}, "input_data_file './' must be a plain file name"),
     (sample(inputs={"x": {"datatype": "FP33", "dims": [4], "zero_data": True}}), {},
      "datatype 'FP33' is not one of"),
     (sample(inputs={"x": {"datatype": "FP32", "dims": [0], "zero_data": True}}), {},

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 
@@ -54,3 +57,31 @@ def _restore_root_logger() -> Iterator[None]:
     settings = sys.modules.get("surge.server.log_settings")
     if settings is not None:  # its severity filter went onto handlers that outlive the test
         settings.drop_severity_filters()
+
+
+
+# The suite runs on two pytest-xdist workers (`scripts/test.sh`: -n 2 --dist loadfile; each
+# test file stays on one worker, so a module's shared server starts once). The files that start
+# several processes of their own at once (training ranks under torchrun, Ray clusters) take
+# one lock from their first test to their last, so that two of them never run side by side on
+# a two-core machine; one lock for all of them, so the workers never wait on each other.
+_HEAVY = ("tests/e2e/test_train_", "tests/unit/train/", "tests/integration/cluster/",
+          "tests/unit/cluster/")
+_heavy_lock: list[TextIO] = []  # the open lock file while this worker holds it
+
+
+def is_heavy(item: pytest.Item | None) -> bool:
+    return item is not None and item.path.relative_to(ROOT).as_posix().startswith(_HEAVY)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
+                            ) -> Iterator[None]:
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run and is_heavy(item) and not _heavy_lock:
+        handle = open(Path(tempfile.gettempdir()) / f"surge-tests-{run}.lock", "w")  # noqa: SIM115
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _heavy_lock.append(handle)
+    yield
+    if _heavy_lock and not is_heavy(nextitem):  # its module's fixtures are torn down by now
+        _heavy_lock.pop().close()

@@ -18,7 +18,7 @@ import numpy as np
 
 # A module reference: surge.pipeline.served imports this package back (ModelHandle, Counters).
 import surge.pipeline.served as pipelines
-from surge.datatypes import label_bf16
+from surge.engine.dispatch import check_options, compute
 from surge.engine.groups import SharedGroups
 from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolFactory, PoolSpec
 from surge.engine.interface import ModelHandle
@@ -27,15 +27,13 @@ from surge.engine.metrics import SurgeMetrics
 from surge.engine.ondemand import OnDemand, ResidencyOptions
 from surge.engine.reload import checked_labels, override_config
 from surge.engine.response_cache import ResponseCache
-from surge.engine.sequences import carry_sequences
+from surge.engine.sequences import EVICTED, UNLOADED, DroppedSequences
 from surge.engine.served import ServedModel
 from surge.engine.stats import ModelStats
 from surge.errors import ConfigError, ModelLoadError, ModelNotReadyError, NotFoundError, SurgeError
 from surge.platform import available_cores
 from surge.repository import ModelConfig, Repository, served_version
 from surge.repository.config import CONFIG_FILE
-from surge.scheduler.queues import own_timeout_fails
-from surge.scheduler.types import check_timeout, priority_level
 from surge.workers.hang import HangRule
 from surge.workers.pool import WorkerPool, cuda_device_count, plan_instances
 
@@ -75,6 +73,7 @@ class Engine:
         self._failed_version: dict[str, int] = {}  # name -> the version whose last load failed
         self._locks: dict[str, asyncio.Lock] = {}
         self._starting: Counter[str] = Counter()  # the step models of pipelines starting
+        self.sequence_drops = DroppedSequences()  # why a sequence is gone, across loads
         self._live = False
         self._started = False  # start() finished: every selected model loaded (or failed)
 
@@ -272,7 +271,7 @@ class Engine:
         for served in fresh.values():  # a reload under a surge goes on where it stood
             if isinstance(served, ServedLadder):
                 served.carry_from(old.values())
-        carry_sequences(fresh.values(), old.values())  # their next request is told why
+        self.sequence_drops.carry(name, fresh.values(), old.values())  # told why, next time
         self._served[name] = fresh
         self.response_cache.loaded(name, next(iter(fresh.values())).config)
         self._count_loaded()
@@ -394,6 +393,7 @@ class Engine:
             old = self._served.get(name)
             if old is None:
                 self.repository.model_dir(name)  # NotFoundError for an unknown model
+            self.sequence_drops.left(name, (old or {}).values(), UNLOADED)
             await asyncio.gather(*(m.stop(UNLOAD_GRACE_S) for m in (old or {}).values()))
             self._served.pop(name, None)
             self.response_cache.forget(name)
@@ -410,6 +410,7 @@ class Engine:
         async with lock:  # free: taken at once, so nothing can slip in between
             old = self._served.pop(name)
             self.response_cache.forget(name)
+            self.sequence_drops.left(name, old.values(), EVICTED)
             self._count_loaded()
             self._state[name] = ("EVICTED", EVICTED_REASON)
             self.on_demand.evicted(name)
@@ -441,7 +442,7 @@ class Engine:
     ) -> dict[str, np.ndarray]:
         """Queue one request and await its outputs (see the module docstring for the path)."""
         if name in self.on_demand.cold and not self._served.get(name):
-            timeout_us = await self.on_demand.wait_loaded(name, timeout_us)
+            timeout_us = await self.on_demand.wait_loaded(name, priority, timeout_us)
         served = self._find(name, version)
         if self.on_demand.tracking:
             self.on_demand.touch(name)
@@ -449,40 +450,10 @@ class Engine:
             why = _unready(served)
             raise ModelNotReadyError(f"model {name!r} is not ready" + (f": {why}" if why else ""))
         if isinstance(served, ServedModel) and self.response_cache.serves(served):
-            _check_options(priority, timeout_us)  # a hit never reaches the queue's checks
-            return await self.response_cache.infer(served, inputs, outputs, lambda: self._compute(
-                served, inputs, outputs, priority, timeout_us, request_id))
-        return await self._compute(served, inputs, outputs, priority, timeout_us, request_id)
-
-    async def _compute(self, served: Served, inputs: dict[str, np.ndarray],
-                       outputs: list[str] | None, priority: int, timeout_us: int | None,
-                       request_id: str) -> dict[str, np.ndarray]:
-        if isinstance(served, pipelines.ServedPipeline):  # noqa: SIM114 - requests typed apart
-            answer = await served.infer(
-                served.make_request(inputs, outputs, priority, timeout_us, request_id))
-        elif isinstance(served, ServedLadder):
-            answer = await served.infer(
-                served.make_request(inputs, outputs, priority, timeout_us, request_id))
-        elif served.sequences is not None:  # a stateful model: its sequence's state goes along
-            _check_options(priority, timeout_us)  # the wait for its sequence comes first
-            answer = await served.sequences.infer(inputs, outputs, lambda ins, outs, left: (
-                served.infer(served.make_request(ins, outs, priority, left, request_id))),
-                timeout_us, bounded=own_timeout_fails(served.scheduler.config,
-                                                      priority_level(priority)))
-        else:
-            answer = await served.infer(
-                served.make_request(inputs, outputs, priority, timeout_us, request_id))
-        handle = served.handle
-        if handle is not None and handle.bf16_outputs:  # they came back as uint16 words
-            return label_bf16(answer, handle.bf16_outputs)
-        return answer
-
-
-def _check_options(priority: int, timeout_us: int | None) -> None:
-    """InputError for a priority or timeout the queue would refuse, where an answer or a wait
-    comes before the queue."""
-    priority_level(priority)
-    check_timeout(timeout_us)
+            check_options(priority, timeout_us)  # a hit never reaches the queue's checks
+            return await self.response_cache.infer(served, inputs, outputs, lambda held: compute(
+                served, held, outputs, priority, timeout_us, request_id))
+        return await compute(served, inputs, outputs, priority, timeout_us, request_id)
 
 
 def _unready(served: Served) -> str:

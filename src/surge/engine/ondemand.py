@@ -2,9 +2,10 @@
 least recently used unpinned ones unloaded when another would not fit the memory budget.
 
 The engine calls four hooks: `at_start` (load now, or leave cold), `wait_loaded` (a request
-for a cold model), `make_room` / `after_load` (around every load) and `forget` (an explicit
-unload). Everything that happens to a model goes through the engine's own `load` and `evict`,
-so a dedicated worker pool and a view onto a shared worker group are handled alike.
+for a cold model, bounded as `load_wait` says), `make_room` / `after_load` (around every load)
+and `forget` (an explicit unload). Everything that happens to a model goes through the
+engine's own `load` and `evict`, so a dedicated worker pool and a view onto a shared worker
+group are handled alike.
 
 How much memory a loaded model uses is measured, not guessed: a pool that reports it
 (`ReportsMemory.resident_bytes`, which a shared group answers with its RSS growth from loading
@@ -24,10 +25,13 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from surge.engine.instances import Clock
+from surge.engine.load_wait import LoadWait, load_wait
 from surge.engine.metrics import SurgeMetrics
 from surge.engine.residency import MemoryBudget, NoRoomError, Residency, format_bytes
-from surge.errors import ModelNotReadyError
-from surge.repository import ModelConfig
+from surge.errors import ModelNotReadyError, SurgeError
+from surge.repository import ModelConfig, Repository
+from surge.repository.queueing import QueueConfig
+from surge.scheduler.types import check_timeout, priority_level
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,9 @@ class ResidencyHost(Protocol):
     @property
     def clock(self) -> Clock: ...
 
+    @property
+    def repository(self) -> Repository: ...
+
     async def ensure_served(self, name: str) -> None:
         """Load `name` unless it is served (its load calls `make_room` and `after_load`)."""
 
@@ -141,6 +148,8 @@ class OnDemand:
         self.cold: set[str] = set()  # listed, not loaded: the next request loads them
         self._host = host
         self._loads: dict[str, asyncio.Task[Exception | None]] = {}
+        # The queue policy of each model loading for a request, read once per load.
+        self._policies: dict[str, asyncio.Future[QueueConfig | None]] = {}
         self._failures: dict[str, _Failure] = {}
         self._load_s: dict[str, float] = {}  # the last cold start of each model
         self._room = asyncio.Lock()  # one eviction decision at a time
@@ -162,10 +171,13 @@ class OnDemand:
         self.residency.touch(name, self._host.clock())
 
     # -- a request for a cold model ------------------------------------------------------------
-    async def wait_loaded(self, name: str, timeout_us: int | None) -> int | None:
-        """Start (or join) the load of `name` and wait for it within the request's deadline;
-        returns the timeout left to the request (its wait counts against it). ModelNotReadyError
-        with the reason when the deadline cannot allow the wait or the load fails."""
+    async def wait_loaded(self, name: str, priority: int, timeout_us: int | None) -> int | None:
+        """Start (or join) the load of `name` and wait for it within the deadline the request
+        would be queued under (`load_wait`); returns the timeout left to the request.
+        ModelNotReadyError with the reason when the deadline cannot allow the wait or the load
+        fails; InputError for a priority or timeout the queue would refuse (no load started)."""
+        priority_level(priority)  # bad options start no load
+        check_timeout(timeout_us)
         now = self._host.clock()
         failure = self._failures.get(name)
         if failure is not None and now < failure.retry_at and name not in self._loads:
@@ -173,15 +185,17 @@ class OnDemand:
                 f"model {name!r} failed to load ({failure.reason}); it is tried again on a "
                 f"request after {failure.retry_at - now:.1f} s", failure.retry_at - now)
         task = self._loads.get(name) or self._start_load(name)
-        timeout_s = timeout_us / 1e6 if timeout_us else None
-        expected = self._load_s.get(name)
-        if timeout_s is not None and expected is not None and expected > timeout_s:
-            raise ModelNotReadyError(
-                f"model {name!r} is loading: its cold start takes about {expected:.2f} s, more "
-                f"than the request's timeout of {timeout_s * 1e3:.0f} ms allows", expected)
+        policy, expected = self._policies[name], self._load_s.get(name)  # an earlier load's
+        # Counted from here: an eviction after the load waits for this request to queue.
         self._waiting[name] += 1
         try:
-            error = await self._join(name, task, timeout_s)
+            bound = load_wait(await asyncio.shield(policy), priority, timeout_us)
+            if (bound.seconds is not None and expected is not None and expected > bound.seconds
+                    and not task.done()):
+                raise ModelNotReadyError(
+                    f"model {name!r} is loading: its cold start takes about {expected:.2f} s, "
+                    f"more than {bound.source} allows{bound.note}", expected)
+            error = await self._join(name, task, bound)
         finally:
             self._waiting[name] -= 1
             if not self._waiting[name]:
@@ -190,19 +204,17 @@ class OnDemand:
             failure = self._failures.get(name)
             raise ModelNotReadyError(f"model {name!r} failed to load: {error}",
                                      failure.retry_at - self._host.clock() if failure else None)
-        if not timeout_us:
-            return timeout_us
-        return max(1, timeout_us - int((self._host.clock() - now) * 1e6))
+        return bound.left_us(timeout_us, self._host.clock() - now)
 
     async def _join(self, name: str, task: asyncio.Task[Exception | None],
-                    timeout_s: float | None) -> Exception | None:
+                    bound: LoadWait) -> Exception | None:
         try:
             # shield: a request that gives up (deadline, client gone) leaves the load running.
-            return await asyncio.wait_for(asyncio.shield(task), timeout_s)
+            return await asyncio.wait_for(asyncio.shield(task), bound.seconds)
         except TimeoutError:
             raise ModelNotReadyError(
-                f"model {name!r} is loading: not loaded within the request's timeout of "
-                f"{(timeout_s or 0) * 1e3:.0f} ms", self._load_s.get(name, 1.0)) from None
+                f"model {name!r} is loading: not loaded within {bound.source}{bound.note}",
+                self._load_s.get(name, 1.0)) from None
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if task.cancelled() and current is not None and not current.cancelling():
@@ -212,7 +224,17 @@ class OnDemand:
     def _start_load(self, name: str) -> asyncio.Task[Exception | None]:
         task = asyncio.create_task(self._cold_start(name), name=f"surge-cold-start-{name}")
         self._loads[name] = task
+        # Read from config.yaml once per load (untrusted data: parsed off the event loop), for
+        # every request the load keeps waiting; the next cold start reads it again.
+        self._policies[name] = asyncio.ensure_future(asyncio.to_thread(self._queue_of, name))
         return task
+
+    def _queue_of(self, name: str) -> QueueConfig | None:
+        """`name`'s queue policy; None when its config cannot be read (its load says why)."""
+        try:
+            return self._host.repository.config(name).queue
+        except (SurgeError, OSError, ValueError):
+            return None
 
     async def _cold_start(self, name: str) -> Exception | None:
         """The load a request triggered, off the requests' path: every request for `name`
@@ -227,6 +249,7 @@ class OnDemand:
             return exc
         finally:
             self._loads.pop(name, None)
+            self._policies.pop(name, None)
         seconds = clock() - started
         self._load_s[name] = seconds
         self._failures.pop(name, None)

@@ -11,11 +11,16 @@ so HTTP (JSON and binary), gRPC and shared-memory requests all go through it:
     hit   -> copies of the cached outputs; `cache_hit` and `success` counted, nothing queued
     miss  -> the request as usual; a successful answer is stored as read-only copies, least
              recently used entries evicted until it fits; one larger than the cache is not
-             stored; a failed request stores nothing, nor one with an input in memory the
-             client may still write (a shared-memory region)
+             stored; a failed request stores nothing
+
+An input in memory the client may still write (a system shared-memory region) is copied once,
+as the request is admitted, and only for a model that uses the cache: the key hashes that copy
+and the model computes on it, so a client rewriting its region while the request waits cannot
+make a stored answer disagree with its key (Triton's key hashes the input bytes too).
 
 Output shaping that follows the model (binary or JSON encoding, shared-memory output regions)
-happens in the front ends on the answer, so the key leaves it out. Priority, timeout and
+happens in the front ends on the answer, a hit's as a computed one's, so the key leaves it out
+and a hit still fills the output regions a request names. Priority, timeout and
 request id do not change an answer either. Entries are dropped when their model is reloaded,
 unloaded or evicted. Laddered models and pipelines are refused the option (config.yaml): the
 answer of a ladder depends on the rung the controller picks, and a pipeline's on step models
@@ -47,6 +52,8 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, int, bytes]  # (model, version, digest of the request)
 Outputs = dict[str, np.ndarray]
+# Runs a request on the inputs given: the ones the key was made of.
+Compute = Callable[[dict[str, np.ndarray]], Awaitable[Outputs]]
 
 
 class Cacheable(Protocol):
@@ -116,12 +123,13 @@ class ResponseCache:
         return bool(self.capacity and served.config.response_cache)
 
     async def infer(self, served: Cacheable, inputs: Mapping[str, np.ndarray],
-                    outputs: list[str] | None, compute: Callable[[], Awaitable[Outputs]]
-                    ) -> Outputs:
-        """The answer of one request: from the cache, else `compute()`'s (then stored)."""
+                    outputs: list[str] | None, compute: Compute) -> Outputs:
+        """The answer of one request: from the cache, else `compute(inputs)`'s (then stored),
+        on copies of the inputs the client may still write (`held`)."""
         if not self.serves(served):
-            return await compute()
+            return await compute(dict(inputs))
         started = time.perf_counter_ns()
+        inputs = held(inputs)
         key = request_key(served.name, served.version, inputs, outputs)
         if key is not None and (entry := self._entries.get(key)) is not None:
             return self._hit(served, key, entry, started)
@@ -130,9 +138,8 @@ class ResponseCache:
         served.counters.cache_miss.add(time.perf_counter_ns() - started)
         self.metrics.cache_misses.labels(served.name).inc()
         generation = self._generation.get(served.name, 0)
-        answer = await compute()
-        if (key is not None and generation == self._generation.get(served.name, 0)
-                and not any(_lent(array) for array in inputs.values())):
+        answer = await compute(inputs)
+        if key is not None and generation == self._generation.get(served.name, 0):
             stored = time.perf_counter_ns()
             self._store(key, answer)
             served.counters.cache_miss.add(time.perf_counter_ns() - stored, count=0)
@@ -215,12 +222,20 @@ def _feed_objects(digest: hashlib.blake2b, array: np.ndarray) -> bool:
     return True
 
 
+def held(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`inputs`, each one that lies in memory the client may still write (`_lent`) replaced
+    by a read-only copy taken now: the bytes the key hashes are then the bytes the model
+    computes on, whatever the client writes into its region while the request waits. The
+    others are kept as they are (no copy of a body's bytes)."""
+    return {name: _frozen(array) if _lent(array) else array for name, array in inputs.items()}
+
+
 def _lent(array: np.ndarray) -> bool:
     """Whether `array` views memory that its request does not hold and the client may write
-    while the request waits in the queue (a shared-memory region): the model reads what is
-    there at dispatch, which need not be what was keyed, so such an answer is not stored.
-    An array that owns its bytes (JSON data, a decoded BYTES tensor) or views an immutable
-    body (HTTP binary data, gRPC raw contents) is what was keyed."""
+    while the request waits in the queue (a shared-memory region): the model would read what
+    is there at dispatch, which need not be what was keyed. An array that owns its bytes (JSON
+    data, a decoded BYTES tensor) or views an immutable body (HTTP binary data, gRPC raw
+    contents) is what was keyed."""
     base: object = array
     while isinstance(base, np.ndarray):
         if base.base is None:

@@ -8,7 +8,9 @@ the next request. Requests of one sequence run one after the other (the second s
 the first left); requests of different sequences meet in the model's queue and batch together,
 each row with its own sequence's state. A request that fails leaves its sequence's state as it
 was. A sequence nobody continues for `max_sequence_idle_ms` is dropped. A request waits for
-its sequence's earlier ones within its own timeout, which the wait uses up.
+its sequence's earlier ones within its own timeout, which the wait uses up. A sequence dropped
+because its model was unloaded, evicted or reloaded is told which, and when, on its next request
+(`DroppedSequences` carries that from the stores of one load to those of the next).
 
 The flags come in through the context variable `request_sequence`, as the variant pin does
 (`surge.engine.route`): the engine's `infer` keeps one signature for every caller.
@@ -17,6 +19,7 @@ The flags come in through the context variable `request_sequence`, as the varian
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
@@ -47,7 +50,10 @@ SequenceId = int | str
 # the sequence ends or idles out: bounded, so that max_sequences bounds the memory it takes.
 MAX_ID_CHARS = 1024
 # Why a sequence that lived is gone, for its next request without sequence_start.
-IDLED, RELOADED = "idled", "reloaded"
+IDLED, RELOADED, UNLOADED, EVICTED = "idled", "reloaded", "unloaded", "evicted"
+# How the next request is told its model's sequences went (then "at <when>").
+_MODEL_DROPS = {RELOADED: "reloaded", UNLOADED: "unloaded",
+                EVICTED: "evicted to make room (memory budget, least recently used)"}
 # The expiry timer's shortest period: a sequence with a request in flight keeps it armed, and a
 # period of microseconds would spin the event loop for as long; each request checks exactly.
 MIN_TICK_S = 0.01
@@ -64,6 +70,17 @@ class SequenceFlags:
 
 # Set by the front end around one engine call (surge.server.outcome.infer_routed).
 request_sequence: ContextVar[SequenceFlags | None] = ContextVar("request_sequence", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Why a sequence went (IDLED, RELOADED, UNLOADED or EVICTED) and when (wall clock)."""
+
+    why: str
+    at: float = 0.0
+
+    def when(self) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.at))
 
 
 @dataclass(eq=False)
@@ -92,11 +109,12 @@ class SequenceStore:
         self._clock = clock
         self._gauge = gauge
         self._live: OrderedDict[SequenceId, _Sequence] = OrderedDict()  # least recent first
-        # Ids dropped for idling or by a reload, so that their next request is told why
-        # (bounded).
-        self._gone: OrderedDict[SequenceId, str] = OrderedDict()
+        # Ids dropped for idling, or with their model, so that their next request is told
+        # why (bounded).
+        self._gone: OrderedDict[SequenceId, Drop] = OrderedDict()
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._closing: Drop | None = None  # why the model's version stops, once known
         self._counted = 0  # this store's share of the gauge
 
     @property
@@ -203,11 +221,13 @@ class SequenceStore:
         return self._idle_s
 
     def _not_started(self, sequence_id: SequenceId) -> str:
-        why = self._gone.get(sequence_id)
-        if why == RELOADED:
+        drop = self._gone.get(sequence_id)
+        why = drop.why if drop is not None else None
+        if drop is not None and why in _MODEL_DROPS:
             return (f"sequence {shown(sequence_id)} of model {self.model!r} was dropped with "
-                    "its state when the model was reloaded (every sequence's state goes with "
-                    "the version that held it); send sequence_start to begin it again")
+                    f"its state when the model was {_MODEL_DROPS[drop.why]} at {drop.when()} "
+                    "(every sequence's state goes with the version that held it); send "
+                    "sequence_start to begin it again")
         if why == IDLED:
             return (f"sequence {shown(sequence_id)} of model {self.model!r} timed out: no "
                     f"request for more than {self._idle_s * 1e3:g} ms "
@@ -222,10 +242,12 @@ class SequenceStore:
         """Under the sequence's lock: the state in, the answer out, the new state kept only
         once the request succeeded."""
         if self._closed:  # unloaded or reloaded while it waited: a later one would not know it
+            how = (f"{_MODEL_DROPS[self._closing.why]} at {self._closing.when()}"
+                   if self._closing is not None else "unloaded or reloaded")
             raise ModelNotReadyError(
-                f"model {self.model!r} was unloaded or reloaded before this request of "
-                f"sequence {shown(flags.id)} ran, and every sequence's state went with it: "
-                "send sequence_start to begin the sequence again")
+                f"model {self.model!r} was {how} before this request of sequence "
+                f"{shown(flags.id)} ran, and every sequence's state went with it: send "
+                "sequence_start to begin the sequence again")
         if flags.start:
             state = self._initial
         elif sequence.state is None:  # ended, or its start failed, while this one waited
@@ -264,22 +286,35 @@ class SequenceStore:
                 dropped.append(key)
         for key in dropped:
             del self._live[key]
-            self._forget(key, IDLED)
+            self._forget(key, Drop(IDLED))
         if dropped:
             self._count()
         return dropped
 
-    def _forget(self, sequence_id: SequenceId, why: str) -> None:
-        self._gone[sequence_id] = why
+    def _forget(self, sequence_id: SequenceId, drop: Drop) -> None:
+        self._gone[sequence_id] = drop
         self._gone.move_to_end(sequence_id)
         while len(self._gone) > self._max:
             self._gone.popitem(last=False)
 
-    def carry_from(self, old: SequenceStore) -> None:
+    def carry_from(self, old: SequenceStore, why: str = RELOADED) -> None:
         """A reload: the sequences live in the version it replaces lose their state; their
         next request here is told so rather than that it never started."""
-        for sequence_id in old.live_ids():
-            self._forget(sequence_id, RELOADED)
+        self.learn(old.departures(why, time.time()))
+
+    def departures(self, why: str, at: float) -> dict[SequenceId, Drop]:
+        """The sequences this version loses as its model goes (`why`, at `at`): the live
+        ones, after those already gone (which keep their own reason). Marks the version as
+        going, so that a request still waiting for its sequence is told why too."""
+        self._closing = Drop(why, at)
+        gone: dict[SequenceId, Drop] = dict(self._gone)
+        gone.update(dict.fromkeys(self._live, self._closing))
+        return gone
+
+    def learn(self, departures: dict[SequenceId, Drop]) -> None:
+        """Remember why the sequences of an earlier version of the model went."""
+        for sequence_id, drop in departures.items():
+            self._forget(sequence_id, drop)
 
     def live_ids(self) -> list[SequenceId]:
         return list(self._live)
@@ -315,11 +350,36 @@ class SequenceStore:
 
 def carry_sequences(fresh: Iterable[object], old: Iterable[object]) -> None:
     """A reload's new versions learn which sequences the old ones held (`carry_from`)."""
-    stores = [store for served in old if (store := getattr(served, "sequences", None))]
-    for served in fresh:
-        if (store := getattr(served, "sequences", None)) is not None:
-            for before in stores:
-                store.carry_from(before)
+    DroppedSequences().carry("", fresh, old)
+
+
+def _stores(served: Iterable[object]) -> list[SequenceStore]:
+    return [store for item in served if (store := getattr(item, "sequences", None))]
+
+
+class DroppedSequences:
+    """The sequences each model lost as it was unloaded or evicted, kept until it loads again
+    (bounded by its max_sequences per version): the stores of its next load tell their next
+    requests why they are gone, as a reload's do."""
+
+    def __init__(self) -> None:
+        self._left: dict[str, dict[SequenceId, Drop]] = {}
+
+    def left(self, name: str, served: Iterable[object], why: str) -> None:
+        """Model `name` stops serving `served` (UNLOADED or EVICTED), now."""
+        at = time.time()
+        for store in _stores(served):
+            self._left.setdefault(name, {}).update(store.departures(why, at))
+
+    def carry(self, name: str, fresh: Iterable[object], old: Iterable[object]) -> None:
+        """Model `name` loaded `fresh` versions in place of `old` ones (none after an unload
+        or eviction): the fresh stores learn what went before, `old`'s sequences as reloaded."""
+        gone = self._left.pop(name, {})
+        at = time.time()
+        for store in _stores(old):
+            gone.update(store.departures(RELOADED, at))
+        for store in _stores(fresh):
+            store.learn(gone)
 
 
 def open_sequences(name: str, config: ModelConfig, signature: Signature, clock: Clock,

@@ -1,7 +1,7 @@
-"""The response cache with inputs in a shared-memory region, in a real `surge serve`: the
-client may rewrite a region while its request waits in the queue, so the answer of such a
-request is not stored (it could be the answer of other bytes than the ones keyed), while a
-request over a region still hits what a request with the same bytes left."""
+"""The response cache with inputs and outputs in shared-memory regions, in a real `surge serve`:
+a request over a region is keyed and computed on one copy of the region's bytes taken as it is
+admitted, so it is cached as a request with the bytes in its body is, and a hit still writes
+the answer into the output region the request names."""
 
 from __future__ import annotations
 
@@ -80,12 +80,42 @@ def _counts(served: ServerProcess) -> tuple[int, int]:
     return entry["execution_count"], entry["inference_stats"]["cache_hit"]["count"]
 
 
-def test_a_request_over_a_region_is_computed_not_stored_yet_hits(
+def test_a_request_over_a_region_is_stored_and_hits_like_one_with_its_bytes_in_the_body(
         served: ServerProcess, region: shared_memory.SharedMemory) -> None:
     start = _counts(served)
     assert _infer(served, _in_region()) == [6.0] * 4
     assert _infer(served, _in_region()) == [6.0] * 4
-    assert _counts(served) == (start[0] + 2, start[1])  # each computed: none stored
-    assert _infer(served, _in_json()) == [6.0] * 4  # the same bytes in the body: stored
-    assert _infer(served, _in_region()) == [6.0] * 4
-    assert _counts(served) == (start[0] + 3, start[1] + 1)  # the region's request hit it
+    assert _counts(served) == (start[0] + 1, start[1] + 1)  # stored, then hit
+    assert _infer(served, _in_json()) == [6.0] * 4  # the same bytes in the body: a hit too
+    assert _counts(served) == (start[0] + 1, start[1] + 2)
+
+
+def test_a_rewritten_region_misses_and_a_hit_fills_the_output_region(
+        served: ServerProcess, region: shared_memory.SharedMemory) -> None:
+    out = shared_memory.SharedMemory(create=True, size=16)
+    try:
+        httpx.post(f"{served.http}/v2/systemsharedmemory/region/out/register", timeout=10,
+                   json={"key": "/" + out.name.lstrip("/"), "byte_size": 16}).raise_for_status()
+        region.buf[:len(X)] = np.full((1, 4), 9.0, np.float32).tobytes()
+        start = _counts(served)
+        assert _into_region(served, out) == [10.0] * 4  # new bytes: another key, computed
+        assert _counts(served) == (start[0] + 1, start[1])
+        out.buf[:16] = bytes(16)
+        assert _into_region(served, out) == [10.0] * 4  # a hit, written into the region
+        assert _counts(served) == (start[0] + 1, start[1] + 1)
+    finally:
+        httpx.post(f"{served.http}/v2/systemsharedmemory/region/out/unregister", timeout=10)
+        out.close()
+        out.unlink()
+
+
+def _into_region(served: ServerProcess, out: shared_memory.SharedMemory) -> list[float]:
+    """A request over the input region whose output y goes into region `out`: y as read there."""
+    body = {**_in_region(), "outputs": [{"name": "y", "parameters": {
+        "shared_memory_region": "out", "shared_memory_byte_size": 16}}]}
+    response = httpx.post(f"{served.http}/v2/models/cached/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    assert "data" not in output  # written into the region instead, as Triton does
+    y: list[float] = np.frombuffer(bytes(out.buf[:16]), np.float32).tolist()
+    return y

@@ -80,7 +80,7 @@ class Model:
         self.computed = 0
 
     def compute(self, size: int) -> object:
-        async def run() -> dict[str, np.ndarray]:
+        async def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             self.computed += 1
             return {"y": np.zeros(size, np.uint8)}
         return run

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from surge.engine.metrics import SurgeMetrics
-from surge.engine.response_cache import ResponseCache, request_key
+from surge.engine.response_cache import ResponseCache, held, request_key
 from surge.errors import SurgeError
 from surge.server.process import ServeOptions
 from tests.cli_runner import run_cli
@@ -25,7 +25,7 @@ def _over(memory: bytes | bytearray, value: float) -> np.ndarray:
     return np.frombuffer(memoryview(memory).toreadonly(), np.float32).reshape(1, WIDTH)
 
 
-def test_an_answer_from_a_region_rewritten_while_queued_is_not_handed_to_others(
+def test_a_region_rewritten_while_queued_cannot_make_an_answer_disagree_with_its_key(
         tmp_path: Path) -> None:
     async def body() -> None:
         async with cached(tmp_path) as served:
@@ -35,16 +35,44 @@ def test_an_answer_from_a_region_rewritten_while_queued_is_not_handed_to_others(
             region[:] = np.full((1, WIDTH), 7.0, np.float32).tobytes()  # before dispatch
             served.pool.finish()
             await settle()
-            assert float((await task)["y"].flat[0]) == 15.0  # what the model read
-            assert len(served.engine.response_cache) == 0
-            honest = await answer(served, 1.0)  # the same bytes as keyed: computed
-            assert float(honest["y"].flat[0]) == 3.0
-            assert len(served.pool.dispatched) == 2
-            hit = await served.engine.infer("m", None, {"x": _over(region, 1.0)})
-            assert float(hit["y"].flat[0]) == 3.0  # a region's request may still hit
+            # The model computed on the bytes taken at admission, the ones keyed: 2 * 1 + 1.
+            assert float((await task)["y"].flat[0]) == 3.0
+            assert len(served.engine.response_cache) == 1
+            hit = await answer(served, 1.0, finish=False)  # the same bytes in a body
+            assert float(hit["y"].flat[0]) == 3.0
+            rewritten = await served.infer(7.0)  # what the region holds now: another key
+            served.pool.finish()
+            await settle()
+            assert float((await rewritten[0])["y"].flat[0]) == 15.0
             assert len(served.pool.dispatched) == 2
 
     asyncio.run(body())
+
+
+def test_inputs_over_a_region_are_copied_only_for_a_cached_model(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with cached(tmp_path, capacity=0) as served:  # no cache: served uncached
+            region = bytearray(WIDTH * 4)
+            task = asyncio.create_task(served.engine.infer("m", None, {"x": _over(region, 1.0)}))
+            await settle()
+            (queued,) = served.pool.dispatched[0].requests
+            assert np.shares_memory(queued.inputs["x"], np.frombuffer(region, np.float32))
+            served.pool.finish()
+            await settle()
+            await task
+
+    asyncio.run(body())
+
+
+def test_the_copy_of_a_regions_input_is_read_only_and_others_are_not_copied() -> None:
+    region = bytearray(WIDTH * 4)
+    lent, body = _over(region, 1.0), np.ones((1, WIDTH), np.float32)
+    kept = held({"a": lent, "b": body})
+    assert not np.shares_memory(kept["a"], lent)
+    assert not kept["a"].flags.writeable
+    assert kept["b"] is body
+    region[:] = np.full((1, WIDTH), 9.0, np.float32).tobytes()
+    assert float(kept["a"].flat[0]) == 1.0
 
 
 def test_inputs_over_an_immutable_body_are_stored(tmp_path: Path) -> None:

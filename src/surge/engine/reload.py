@@ -143,10 +143,16 @@ class RepositoryPoller:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            try:
-                await self.poll()
-            except Exception:  # a bug here must not stop polling for good
-                log.exception("repository poll failed")
+            await self.poll_logged()
+
+    async def poll_logged(self) -> None:
+        """One poll; a failure is logged and the next poll tries again."""
+        try:
+            await self.poll()
+        except SurgeError as exc:  # a repository gone for now (unmounted): one line, no trace
+            log.warning("repository poll: %s; looking again in %g s", exc, self.interval_s)
+        except Exception:  # a bug here must not stop polling for good
+            log.exception("repository poll failed")
 
     def _names(self) -> list[str]:
         names = self.repository.model_names()

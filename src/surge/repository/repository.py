@@ -18,6 +18,7 @@ from surge.errors import (
     InvalidNameError,
     ModelLoadError,
     NotFoundError,
+    ServingError,
     SurgeError,
     shown,
 )
@@ -96,6 +97,12 @@ class LoadedModel:
         return self.runner.signature
 
 
+class RepositoryUnreadableError(ServingError):
+    """The repository folder cannot be listed any more (moved, removed, unmounted): 503."""
+
+    status = 503
+
+
 class Repository:
     """Reads models from one directory; never resolves a path outside it."""
 
@@ -155,20 +162,30 @@ class Repository:
         except SurgeError:
             return "model"
 
+    def _entries(self) -> list[Path]:
+        """The repository folder's entries. One gone since the server started is an error
+        naming no server path (each request listing the models raised an OSError: a 500)."""
+        try:
+            return list(self.root.iterdir())
+        except OSError as exc:
+            raise RepositoryUnreadableError(
+                f"the model repository cannot be read ({exc.strerror or exc}): it was moved, "
+                "removed or unmounted; the models loaded keep serving") from None
+
     def model_names(self) -> list[str]:
         return sorted(
-            p.name for p in self.root.iterdir()
+            p.name for p in self._entries()
             if p.is_dir() and _NAME.fullmatch(p.name) and not p.name.startswith(".")
         )
 
     def not_model_names(self) -> list[str]:
         """The folders `model_names` leaves out that are not hidden: names no model may have."""
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir()
+        return sorted(p.name for p in self._entries() if p.is_dir()
                       and not _NAME.fullmatch(p.name) and not p.name.startswith("."))
 
     def broken_links(self) -> list[str]:
         """Links in the repository whose target is gone: neither a model nor listed as one."""
-        return sorted(p.name for p in self.root.iterdir()
+        return sorted(p.name for p in self._entries()
                       if p.is_symlink() and not p.exists() and not p.name.startswith("."))
 
     def versions(self, name: str) -> list[int]:

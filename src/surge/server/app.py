@@ -20,7 +20,7 @@ import surge
 from surge.engine import InferenceEngine
 from surge.engine.timing import request_timing
 from surge.errors import InputError, NotFoundError, SurgeError
-from surge.protocol.errors import http_error, load_failure, retry_after_header
+from surge.protocol.errors import http_error, retry_after_header
 from surge.protocol.metadata import model_config, model_metadata, model_statistics
 from surge.protocol.rest import (
     READ,
@@ -40,7 +40,7 @@ from surge.server.generate import INFER_ROUTES, GenerateCodec, codec_for
 from surge.server.keys import ApiKey, ForbiddenError, KeyRing, Scope, UnauthenticatedError
 from surge.server.log_settings import LOGGING_EXTENSION
 from surge.server.log_settings import http_answer as logging_answer
-from surge.server.model_control import RepositoryControl
+from surge.server.model_control import RepositoryControl, load_answered
 from surge.server.observe import RequestIds, RequestLog, RequestRecord
 from surge.server.openapi import OPENAPI_PATH, openapi_document
 from surge.server.outcome import RequestObserver, infer_routed, outcome_of, served_by
@@ -273,7 +273,7 @@ class V2App:
             name = check_name(rest[1])
             self._check_model_control(rest[2])
             if rest[2] == "load":
-                await self._load(name, load_parameters(control_body(body)))
+                await load_answered(self.control, name, load_parameters(control_body(body)))
             else:
                 check_unload(control_body(body))
                 await self.control.unload(name)
@@ -344,12 +344,6 @@ class V2App:
         if not self.repository_api:
             raise HttpError(400, f"model {action} requests are refused: the server follows its "
                             "repository (--model-control poll)")
-
-    async def _load(self, name: str, config: dict[str, Any] | None) -> None:
-        try:
-            await self.control.load(name, config)
-        except SurgeError as exc:
-            raise load_failure(exc) from None
 
     async def _decode(self, body: bytes, header_length: int | None,
                       decoder: Callable[[bytes], InferRequest] | None) -> InferRequest:

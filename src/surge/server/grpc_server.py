@@ -16,7 +16,7 @@ import surge
 from surge.engine import InferenceEngine
 from surge.engine.timing import request_timing
 from surge.errors import NotFoundError, ServingError, SurgeError
-from surge.protocol.errors import grpc_code, http_error, load_failure
+from surge.protocol.errors import grpc_code, http_error
 from surge.protocol.grpc_codec import decode_infer_request, encode_infer_response
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
@@ -28,7 +28,7 @@ from surge.server import shared_memory_api as shm
 from surge.server.keys import ApiKey, ForbiddenError, KeyRing, Scope, UnauthenticatedError
 from surge.server.limits import ConnectionLimits
 from surge.server.log_settings import LOGGING_EXTENSION
-from surge.server.model_control import RepositoryControl
+from surge.server.model_control import RepositoryControl, load_answered
 from surge.server.observe import REQUEST_ID_HEADER, RequestIds, RequestLog, RequestRecord
 from surge.server.outcome import RequestObserver, infer_routed, outcome_of, served_by
 from surge.server.repository_load import check_unload_parameters, config_override
@@ -188,8 +188,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if request.name:
             handle = self.engine.model(check_name(request.name), _version(request.version))
             return [(handle.name, handle.version)]
+        # Each ready row's own version (the newest was listed once per version served).
         ready = [e for e in self.engine.index() if e.get("state") == "READY"]
-        return [(e["name"], self.engine.model(e["name"]).version) for e in ready]
+        return [(e["name"], self.engine.model(e["name"], _row_version(e)).version)
+                for e in ready]
 
     @_guarded
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
@@ -209,10 +211,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._check_model_control("load")
         config = config_override({key: _parameter(value)
                                   for key, value in request.parameters.items()})
-        try:
-            await self.control.load(name, config)
-        except SurgeError as exc:
-            raise load_failure(exc) from None
+        await load_answered(self.control, name, config)
         return pb.RepositoryModelLoadResponse()
 
     @_guarded
@@ -449,6 +448,12 @@ def _parameter(value: Any) -> Any:
     """The value of a ModelRepositoryParameter (bool, int, string or bytes)."""
     kind = value.WhichOneof("parameter_choice")
     return getattr(value, kind) if kind else None
+
+
+def _row_version(row: dict[str, str]) -> int | None:
+    """The version of a repository index row; None where it names none."""
+    version = str(row.get("version") or "")
+    return int(version) if version.isdigit() else None
 
 
 def _as_bytes(value: str | bytes) -> bytes:

@@ -23,6 +23,10 @@ the kernel gave its connection to, so `SharedControl` makes the change the serve
   change stands on the others: loading the model again tries every front end again;
 - a front end that the supervisor starts again after a crash does every recorded change
   after loading its start models and before it listens, so it serves what the others serve.
+
+At a drain (SIGTERM) a load or unload in progress gets the shutdown grace to finish, less
+`ABANDON_MARGIN_S`; one still running then is cancelled and answered 503 (gRPC UNAVAILABLE)
+while the listeners can still write the answer, and a new one is refused the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +45,10 @@ import orjson
 
 from surge.configfile import write_text_atomically
 from surge.engine import InferenceEngine
+from surge.engine.reload import override_config
 from surge.errors import ServingError, SurgeError, clipped
+from surge.protocol.errors import load_failure
+from surge.repository import Repository
 from surge.server.frontends import CONTROL_DIR_ENV, CONTROL_DONE
 from surge.server.log_settings import changes_to_follow
 from surge.tempdirs import process_alive
@@ -51,6 +59,9 @@ FOLLOW_EVERY_S = 0.2  # how soon a front end notices another's change (a listdir
 FOLLOWERS_WAIT_S = 120.0  # the longest a load or unload waits for the other front ends
 MODELS, DONE = "models", CONTROL_DONE  # the records; each front end's notes of those done
 MAX_REASON_CHARS = 500  # of a front end's failure, in its notes and in the answer
+# A drain abandons the loads still running this long before the grace ends (at most half the
+# grace): the listeners stop writing answers at its end, and the 503 must get out before.
+ABANDON_MARGIN_S = 0.5
 
 
 class FollowerFailedError(ServingError):
@@ -59,18 +70,85 @@ class FollowerFailedError(ServingError):
     status = 400
 
 
+class ChangeAbandonedError(ServingError):
+    """A load or unload the server's drain cut short or refused (HTTP 503, gRPC UNAVAILABLE)."""
+
+    status = 503
+
+
 class RepositoryControl:
     """Loads and unloads on this front end's engine (one front end)."""
 
     def __init__(self, engine: InferenceEngine) -> None:
         self.engine = engine
         self._log_follower: asyncio.Task[None] | None = None
+        self.stopping = False  # the drain began: loads and unloads are refused
+        # The tasks of the requests loading or unloading now -> what each does, in words.
+        self._changes: dict[asyncio.Task[Any], str] = {}
+        self._abandoned: set[asyncio.Task[Any]] = set()  # cancelled by the drain
 
     async def load(self, name: str, config: dict[str, Any] | None) -> None:
-        await (self.engine.load(name, config) if config else self.engine.load(name))
+        async with self._abandonable(f"the load of model {name!r}"):
+            await self._check_load(name, config)
+            await (self.engine.load(name, config) if config else self.engine.load(name))
 
     async def unload(self, name: str) -> None:
-        await self.engine.unload(name)
+        async with self._abandonable(f"the unload of model {name!r}"):
+            await self.engine.unload(name)
+
+    async def _check_load(self, name: str, config: Mapping[str, Any] | None) -> None:
+        """Refuse before the engine is asked what changes nothing, so that its index stays as
+        it was: a repository that cannot be listed (the engine's load left the model LOADING
+        for good), and an override that config.yaml's fields refuse (noted as a failed load, a
+        row beside the served version's). A config.yaml that does not read is left to the
+        engine, which notes that failure as for a load without an override."""
+        repository = getattr(self.engine, "repository", None)
+        if not isinstance(repository, Repository):
+            return
+        await asyncio.to_thread(repository.model_names)
+        if not config:
+            return
+        try:
+            base = await asyncio.to_thread(repository.config, name)
+        except SurgeError:
+            return
+        override_config(base, config)
+
+    @contextlib.asynccontextmanager
+    async def _abandonable(self, what: str) -> AsyncIterator[None]:
+        """Run a load or unload that the drain may cancel (`settle`): its request is then
+        answered ChangeAbandonedError, not cut off by the listener as the grace ends."""
+        if self.stopping:
+            raise ChangeAbandonedError(f"server is stopping: {what} is refused; send it "
+                                       "again once the server is back")
+        task = asyncio.current_task()
+        assert task is not None, "a request is a task"
+        self._changes[task] = what
+        try:
+            yield
+        except asyncio.CancelledError:
+            if task not in self._abandoned:
+                raise
+            task.uncancel()
+            raise ChangeAbandonedError(
+                f"server is stopping: {what} did not finish within the shutdown grace and was "
+                "abandoned; send it again once the server is back") from None
+        finally:
+            self._changes.pop(task, None)
+            self._abandoned.discard(task)
+
+    async def settle(self, grace_s: float) -> None:
+        """At the drain, beside the listeners' wait: the loads and unloads in progress get
+        `grace_s` less a margin to finish; those still running are then cancelled (each
+        stops what it started) and answered 503."""
+        wait_s = max(0.0, grace_s - min(ABANDON_MARGIN_S, grace_s / 2))
+        if self._changes:
+            await asyncio.wait(list(self._changes), timeout=wait_s)
+        for task, what in list(self._changes.items()):
+            log.warning("stopping: %s did not finish within the shutdown grace; abandoning "
+                        "it", what)
+            self._abandoned.add(task)
+            task.cancel()
 
     async def start(self) -> None:
         """Before the front end listens: the log settings another front end changed (with
@@ -79,6 +157,7 @@ class RepositoryControl:
 
     async def stop(self) -> None:
         """At the drain."""
+        self.stopping = True
         if self._log_follower is not None:
             self._log_follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -98,7 +177,9 @@ class SharedControl(RepositoryControl):
         self._done: dict[str, str] = {}  # model -> the token of the last record done here
         # model -> (token, reason) of the last record that failed here
         self._failed: dict[str, tuple[str, str]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        # model -> its lock and how many hold it or wait for it: dropped at none, so that
+        # loads of names the repository lacks leave nothing behind (one lock each, for ever)
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._follower: asyncio.Task[None] | None = None
 
     async def load(self, name: str, config: dict[str, Any] | None) -> None:
@@ -114,6 +195,7 @@ class SharedControl(RepositoryControl):
         self._follower = asyncio.create_task(self._follow(), name="surge-model-control")
 
     async def stop(self) -> None:
+        self.stopping = True  # at once: a load waiting for the others answers now
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -195,6 +277,8 @@ class SharedControl(RepositoryControl):
     async def _await_followers(self, name: str, token: str) -> None:
         deadline = time.monotonic() + self.wait_s
         while (behind := self._behind(name, token)):
+            if self.stopping:  # done here and recorded: the others follow as they restart
+                return
             if time.monotonic() >= deadline:
                 log.warning("model %r: front ends %s have not followed within %.0f s; "
                             "answering (they follow still)", name, behind, self.wait_s)
@@ -236,8 +320,29 @@ class SharedControl(RepositoryControl):
     def _record_path(self, name: str) -> Path:
         return self.directory / MODELS / f"{name}.json"
 
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _lock(self, name: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(name, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[name]
+
+
+async def load_answered(control: RepositoryControl, name: str,
+                        config: dict[str, Any] | None) -> None:
+    """`control.load`, a failure answered as Triton answers a failed load (HTTP 400, gRPC
+    INVALID_ARGUMENT); one the drain abandoned is answered as such (503, UNAVAILABLE)."""
+    try:
+        await control.load(name, config)
+    except ChangeAbandonedError:
+        raise
+    except SurgeError as exc:
+        raise load_failure(exc) from None
 
 
 def control_for(engine: InferenceEngine) -> RepositoryControl:
@@ -280,5 +385,5 @@ def _read(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-__all__ = ["CONTROL_DIR_ENV", "FollowerFailedError", "RepositoryControl", "SharedControl",
-           "control_for"]
+__all__ = ["CONTROL_DIR_ENV", "ChangeAbandonedError", "FollowerFailedError", "RepositoryControl",
+           "SharedControl", "control_for", "load_answered"]

@@ -260,7 +260,7 @@ class SurgeServer:
         self.app.accepting = False
         if self._grpc_servicer is not None:
             self._grpc_servicer.accepting = False
-        waits = []
+        waits = [self.control.settle(self.options.grace_s)]  # before the listeners cut off
         if self._http is not None:
             waits.append(self._drain_http(self._http))
         if self._grpc is not None:

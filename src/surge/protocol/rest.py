@@ -148,8 +148,11 @@ def _json_header(header: memoryview) -> Any:
         error = exc
     text = bytes(header)
     if b"NaN" in text or b"Infinity" in text:
-        with contextlib.suppress(ValueError, RecursionError):  # RecursionError: deep nesting
-            return json.loads(text)
+        # Decoded as UTF-8 here, as orjson reads it: given bytes, Python's parser also takes
+        # UTF-16 and UTF-32 (and a BOM), whose true and false `data_may_hold_bools` would not
+        # find. UnicodeDecodeError is a ValueError; RecursionError: deep nesting.
+        with contextlib.suppress(ValueError, RecursionError):
+            return json.loads(text.decode("utf-8"))
     if "infinity when parsed as double" in str(error):  # valid JSON all the same
         raise InputError(f"request body holds a number past the range of a 64-bit float "
                          f"({error})")

@@ -167,9 +167,9 @@ def _with_non_finite_words(name: str, datatype: str, data: list[Any]) -> np.ndar
             values[index] = _NON_FINITE_WORDS[item]
         elif isinstance(item, int | float) and not isinstance(item, bool):
             values[index] = item
-        else:
+        else:  # named as JSON writes it: null, not Python's None
             raise InputError(f"input {name!r}: data does not hold {datatype} values "
-                             f"({shown(item)} is not a number, NaN, Infinity or -Infinity)")
+                             f"({_json_text(item)} is not a number, NaN, Infinity or -Infinity)")
     return values
 
 

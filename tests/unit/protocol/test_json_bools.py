@@ -112,3 +112,31 @@ def test_the_http_answer_is_a_400_naming_input_and_value() -> None:
     error = orjson.loads(answer)["error"]
     assert "input 'x'" in error
     assert "true at element 1" in error
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16"])
+def test_a_body_not_in_utf8_is_refused_not_read_past_the_bool_check(encoding: str) -> None:
+    """Python's parser, which reads a body holding the bytes `NaN`, takes UTF-16 when given
+    bytes: there `true` is not the bytes the check counts, and INT8 [1, true] was read as
+    [1, 1]. The characters of the id put the bytes `NaN` in the body."""
+    text = ('{"inputs":[{"name":"x","datatype":"INT8","shape":[2],"data":[1,true]}],'
+            '"id":"\u614e\u004e", "parameters": {"n": NaN}}')
+    with pytest.raises(InputError, match="request body is not valid JSON"):
+        decode_request(text.encode(encoding), None)
+
+
+def test_a_utf8_body_with_a_byte_order_mark_is_refused_with_or_without_nan() -> None:
+    """orjson refuses the BOM; the fallback for NaN took it, a body's fate hanging on a NaN."""
+    for data in ("[1.0]", "[NaN]"):
+        body = (b"\xef\xbb\xbf" + b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1],'
+                b'"data":' + data.encode() + b"}]}")
+        with pytest.raises(InputError, match="request body is not valid JSON"):
+            decode_request(body, None)
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64", "BF16"])
+def test_null_in_a_float_type_is_named_as_json_writes_it(datatype: str) -> None:
+    """It was named `None`, a word the JSON the client wrote does not hold."""
+    with pytest.raises(InputError, match=rf"data does not hold {datatype} values \(null is not "
+                                         r"a number, NaN, Infinity or -Infinity\)"):
+        decode_request(_body(datatype, [1.5, None]), None)

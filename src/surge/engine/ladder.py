@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -394,7 +395,8 @@ class LadderCounters:
             total("queue"), total("compute_input"), total("compute_infer"),
             total("compute_output"), batches, latency,
             compute_cpu=total("compute_cpu"), preprocess_cpu=total("preprocess_cpu"),
-            batch_phases=_summed_phases([p.batch_phases for p in parts.values()]))
+            batch_phases=_summed_phases([p.batch_phases for p in parts.values()]),
+            fail_reasons=dict(sum((Counter(p.fail_reasons) for p in parts.values()), Counter())))
 
 
 def all_finite(outputs: Mapping[str, np.ndarray]) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import cast
 
 import pytest
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry, multiprocess, values
 
 from surge.engine.failures import failure_reason
 from surge.engine.interface import InferenceEngine
+from surge.engine.ladder import LadderCounters, ServedLadder
 from surge.engine.stats import FAIL_REASONS, Counters
 from surge.engine.triton_metrics import TritonSource
 from surge.errors import (
@@ -61,7 +63,7 @@ def test_each_error_a_request_fails_with_has_its_reason(error: BaseException,
 
 
 def test_failures_no_reason_claims_count_as_other() -> None:
-    """A pipeline (and a ladder's summed statistics) count failures without a reason."""
+    """A pipeline counts failures without a reason."""
     counters = Counters()
     counters.count_failure(1_000, "BACKEND")
     counters.count_failure(1_000, "REJECTED")
@@ -69,6 +71,22 @@ def test_failures_no_reason_claims_count_as_other() -> None:
     stats = counters.snapshot("m", 1)
     assert [stats.failures(why) for why in FAIL_REASONS] == [1, 0, 1, 1]
     assert stats.fail == (3, 7_000)
+
+
+def test_a_ladders_statistics_sum_its_rungs_reasons() -> None:
+    """A laddered model's failures keep the reasons its rungs counted (they read OTHER)."""
+    rungs = {}
+    for rung, reasons in (("original", ["BACKEND", "REJECTED"]), ("int8", ["REJECTED"])):
+        counters = Counters()
+        for reason in reasons:
+            counters.count_failure(1_000, reason)
+        rungs[rung] = SimpleNamespace(counters=counters)
+    controller = SimpleNamespace(predicted_p99=float("inf"), shares=dict, level=0, excluded=())
+    ladder = cast(ServedLadder, SimpleNamespace(rungs=rungs, controller=controller))
+    stats = LadderCounters(ladder).snapshot("m", 1)
+    assert {why: stats.failures(why) for why in FAIL_REASONS} == {
+        "REJECTED": 2, "CANCELED": 0, "BACKEND": 1, "OTHER": 0}
+    assert stats.fail == (3, 3_000)
 
 
 def test_each_way_a_served_request_fails_counts_under_its_reason(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import logging.config
 import os
 import tempfile
 import threading
@@ -179,11 +180,15 @@ def uvicorn_loggers() -> Iterator[None]:
 
 
 def test_errors_switched_off_are_off_in_uvicorns_lines_too(
-        uvicorn_loggers: None, capsys: pytest.CaptureFixture[str]) -> None:
+        uvicorn_loggers: None, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """uvicorn writes its errors through a handler of its own, made when a listener starts
     (after a restarted front end applied the settings): log_error false left them on."""
     import uvicorn
 
+    # uvicorn's logging.config.dictConfig would close every handler of the test process, the
+    # test runner's own among them: only uvicorn's are wanted here.
+    monkeypatch.setattr(logging.config, "_clearExistingHandlers", lambda: None)
     settings = LogSettings()
     settings.update({"log_error": False})
     uvicorn.Config(lambda *_: None, log_level="warning", access_log=False)  # as a listener

@@ -10,14 +10,16 @@ request's `timeout` means the same whether its model was loaded or not.
     its level's timeout_action is delay                 -> no bound: the queue keeps a late
                                                            request rather than failing it
 
-A model whose config.yaml cannot be read waits for its load (which then fails, saying why)
-within the request's own `timeout` only.
+A model whose config.yaml cannot be read, or is not read within the request's own `timeout`
+(a stalled disk), waits for its load (which then fails, saying why) within that `timeout` only;
+the time the reading took counts against the wait (`LoadWait.spent`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from surge.repository import ModelConfig
 from surge.repository.queueing import QueueConfig
 from surge.scheduler.queues import LevelCounts
 from surge.scheduler.types import check_timeout, priority_level
@@ -32,6 +34,12 @@ class LoadWait:
     source: str  # what set the bound, for the refusal
     note: str = ""  # said after it: why the request's own `timeout` did not count
 
+    def spent(self, seconds: float) -> LoadWait:
+        """This bound with `seconds` of it gone (the wait started that long ago)."""
+        if self.seconds is None:
+            return self
+        return replace(self, seconds=max(0.0, self.seconds - seconds))
+
     def left_us(self, timeout_us: int | None, waited_s: float) -> int | None:
         """The `timeout` the request is queued with once loaded: what is left of its own (at
         least 1 µs; under delay none, so that the queue's policy takes it), else as given
@@ -42,6 +50,14 @@ class LoadWait:
         if self.seconds is None:
             return left if left > 0 else None
         return max(1, left)
+
+
+def queue_policy(config: ModelConfig) -> QueueConfig:
+    """The queue policy the requests of `config`'s model are queued under. A pipeline has
+    no queue of its own: its requests queue at its step models, each under its own policy,
+    with what is left of their `timeout`; its `queue` section applies to none of them, so its
+    load is waited for within the request's own `timeout` only, as the pipeline honours it."""
+    return QueueConfig() if config.kind == "pipeline" else config.queue
 
 
 def load_wait(queue: QueueConfig | None, priority: int, timeout_us: int | None) -> LoadWait:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from surge.engine.instances import Clock
-from surge.engine.load_wait import LoadWait, load_wait
+from surge.engine.load_wait import LoadWait, load_wait, queue_policy
 from surge.engine.metrics import SurgeMetrics
 from surge.engine.residency import MemoryBudget, NoRoomError, Residency, format_bytes
 from surge.errors import ModelNotReadyError, SurgeError
@@ -185,11 +185,11 @@ class OnDemand:
                 f"model {name!r} failed to load ({failure.reason}); it is tried again on a "
                 f"request after {failure.retry_at - now:.1f} s", failure.retry_at - now)
         task = self._loads.get(name) or self._start_load(name)
-        policy, expected = self._policies[name], self._load_s.get(name)  # an earlier load's
+        expected = self._load_s.get(name)  # an earlier load's
         # Counted from here: an eviction after the load waits for this request to queue.
         self._waiting[name] += 1
         try:
-            bound = load_wait(await asyncio.shield(policy), priority, timeout_us)
+            bound = await self._bound(name, priority, timeout_us)
             if (bound.seconds is not None and expected is not None and expected > bound.seconds
                     and not task.done()):
                 raise ModelNotReadyError(
@@ -205,6 +205,18 @@ class OnDemand:
             raise ModelNotReadyError(f"model {name!r} failed to load: {error}",
                                      failure.retry_at - self._host.clock() if failure else None)
         return bound.left_us(timeout_us, self._host.clock() - now)
+
+    async def _bound(self, name: str, priority: int, timeout_us: int | None) -> LoadWait:
+        """The bound on this request's wait for the load, less the time its reading of the
+        queue policy took. That reading waits within the request's own `timeout` only: a
+        config.yaml that does not come (a stalled disk) is one that cannot be read."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        policy = self._policies[name]
+        if not policy.done():  # asyncio.wait, not wait_for: the load goes on reading it
+            await asyncio.wait({policy}, timeout=timeout_us / 1e6 if timeout_us else None)
+        queue = policy.result() if policy.done() else None
+        return load_wait(queue, priority, timeout_us).spent(loop.time() - started)
 
     async def _join(self, name: str, task: asyncio.Task[Exception | None],
                     bound: LoadWait) -> Exception | None:
@@ -222,27 +234,33 @@ class OnDemand:
             raise
 
     def _start_load(self, name: str) -> asyncio.Task[Exception | None]:
-        task = asyncio.create_task(self._cold_start(name), name=f"surge-cold-start-{name}")
-        self._loads[name] = task
         # Read from config.yaml once per load (untrusted data: parsed off the event loop), for
         # every request the load keeps waiting; the next cold start reads it again.
-        self._policies[name] = asyncio.ensure_future(asyncio.to_thread(self._queue_of, name))
+        policy = asyncio.ensure_future(asyncio.to_thread(self._queue_of, name))
+        self._policies[name] = policy
+        task = asyncio.create_task(self._cold_start(name, policy),
+                                   name=f"surge-cold-start-{name}")
+        self._loads[name] = task
         return task
 
     def _queue_of(self, name: str) -> QueueConfig | None:
         """`name`'s queue policy; None when its config cannot be read (its load says why)."""
         try:
-            return self._host.repository.config(name).queue
+            return queue_policy(self._host.repository.config(name))
         except (SurgeError, OSError, ValueError):
             return None
 
-    async def _cold_start(self, name: str) -> Exception | None:
+    async def _cold_start(self, name: str, policy: asyncio.Future[QueueConfig | None]
+                          ) -> Exception | None:
         """The load a request triggered, off the requests' path: every request for `name`
         awaits this one task, while requests for other models are served meanwhile."""
         clock = self._host.clock
-        started = clock()
+        started, unloads = clock(), self._unloads[name]
         try:
-            await self._load_gated(name)
+            # The policy first: a request still reading it when its model is loaded would
+            # not be waiting in the load yet, and another load could evict the model first.
+            await asyncio.wait({policy})
+            await self._load_gated(name, unloads)
         except Exception as exc:  # answered to every waiter, with the reason
             if not isinstance(exc, _UnloadedMeanwhileError):  # no failure of the model's own
                 self._failed(name, exc, clock())
@@ -268,9 +286,9 @@ class OnDemand:
         async with self._gate:
             yield
 
-    async def _load_gated(self, name: str) -> None:
-        """`ensure_served`, behind the other loads when a budget may evict."""
-        unloads = self._unloads[name]
+    async def _load_gated(self, name: str, unloads: int) -> None:
+        """`ensure_served`, behind the other loads when a budget may evict; none when `name`
+        was unloaded explicitly since its `unloads`-th unload."""
         async with self.gated():
             if self._unloads[name] != unloads:  # an explicit unload meanwhile: it stays so
                 raise _UnloadedMeanwhileError(f"model {name!r} was unloaded while its load waited")

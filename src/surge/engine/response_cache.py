@@ -16,7 +16,8 @@ so HTTP (JSON and binary), gRPC and shared-memory requests all go through it:
 An input in memory the client may still write (a system shared-memory region) is copied once,
 as the request is admitted, and only for a model that uses the cache: the key hashes that copy
 and the model computes on it, so a client rewriting its region while the request waits cannot
-make a stored answer disagree with its key (Triton's key hashes the input bytes too).
+make a stored answer disagree with its key (Triton's key hashes the input bytes too). The
+copies in flight take at most the cache's size: past it such a request is served uncached.
 
 Output shaping that follows the model (binary or JSON encoding, shared-memory output regions)
 happens in the front ends on the answer, a hit's as a computed one's, so the key leaves it out
@@ -89,6 +90,9 @@ class ResponseCache:
         # Bumped by `forget`: an answer computed by instances a reload has since replaced
         # arrives after its model's entries were dropped, and must not be stored.
         self._generation: dict[str, int] = {}
+        # Bytes of shared-memory inputs copied (`held`) for the requests in flight: bounded by
+        # `capacity`, as the requests of one region could otherwise copy it queue size times.
+        self.copied = 0
 
     def resize(self, capacity: int) -> None:
         """Set the size in bytes (0: no cache), evicting what no longer fits."""
@@ -128,9 +132,23 @@ class ResponseCache:
         on copies of the inputs the client may still write (`held`)."""
         if not self.serves(served):
             return await compute(dict(inputs))
+        lent = _lent_bytes(inputs)
+        if lent and self.copied + lent > self.capacity:
+            # Past the bound a request over a region is served uncached, read in place as a
+            # model without the cache reads it: neither looked up nor stored.
+            return await compute(dict(inputs))
+        self.copied += lent
+        try:
+            return await self._through(served, inputs, outputs, compute)
+        finally:
+            self.copied -= lent
+
+    async def _through(self, served: Cacheable, inputs: Mapping[str, np.ndarray],
+                       outputs: list[str] | None, compute: Compute) -> Outputs:
+        """A hit, else `compute`'s answer, stored; on `held` copies of `inputs`."""
         started = time.perf_counter_ns()
-        inputs = held(inputs)
-        key = request_key(served.name, served.version, inputs, outputs)
+        kept = held(inputs)
+        key = request_key(served.name, served.version, kept, outputs)
         if key is not None and (entry := self._entries.get(key)) is not None:
             return self._hit(served, key, entry, started)
         # A miss is counted when found, whatever the request's fate; its ns are the lookup's
@@ -138,7 +156,7 @@ class ResponseCache:
         served.counters.cache_miss.add(time.perf_counter_ns() - started)
         self.metrics.cache_misses.labels(served.name).inc()
         generation = self._generation.get(served.name, 0)
-        answer = await compute(inputs)
+        answer = await compute(kept)
         if key is not None and generation == self._generation.get(served.name, 0):
             stored = time.perf_counter_ns()
             self._store(key, answer)
@@ -228,6 +246,11 @@ def held(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     computes on, whatever the client writes into its region while the request waits. The
     others are kept as they are (no copy of a body's bytes)."""
     return {name: _frozen(array) if _lent(array) else array for name, array in inputs.items()}
+
+
+def _lent_bytes(inputs: Mapping[str, np.ndarray]) -> int:
+    """The bytes `held` would copy of `inputs`."""
+    return sum(array.nbytes for array in inputs.values() if _lent(array))
 
 
 def _lent(array: np.ndarray) -> bool:

@@ -297,19 +297,15 @@ class SequenceStore:
         while len(self._gone) > self._max:
             self._gone.popitem(last=False)
 
-    def carry_from(self, old: SequenceStore, why: str = RELOADED) -> None:
-        """A reload: the sequences live in the version it replaces lose their state; their
-        next request here is told so rather than that it never started."""
-        self.learn(old.departures(why, time.time()))
-
     def departures(self, why: str, at: float) -> dict[SequenceId, Drop]:
         """The sequences this version loses as its model goes (`why`, at `at`): the live
-        ones, after those already gone (which keep their own reason). Marks the version as
-        going, so that a request still waiting for its sequence is told why too."""
+        ones, after those already gone (which keep their own reason), max_sequences at most
+        (the most recent: no store remembers more). Marks the version as going, so that a
+        request still waiting for its sequence is told why too."""
         self._closing = Drop(why, at)
         gone: dict[SequenceId, Drop] = dict(self._gone)
         gone.update(dict.fromkeys(self._live, self._closing))
-        return gone
+        return dict(list(gone.items())[-self._max:])
 
     def learn(self, departures: dict[SequenceId, Drop]) -> None:
         """Remember why the sequences of an earlier version of the model went."""
@@ -349,7 +345,7 @@ class SequenceStore:
 
 
 def carry_sequences(fresh: Iterable[object], old: Iterable[object]) -> None:
-    """A reload's new versions learn which sequences the old ones held (`carry_from`)."""
+    """A reload's new versions learn which sequences the old ones held (`departures`)."""
     DroppedSequences().carry("", fresh, old)
 
 

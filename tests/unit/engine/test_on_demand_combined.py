@@ -113,10 +113,14 @@ def test_on_demand_refusals_say_when_to_ask_again(tmp_path: Path) -> None:
             m.pools.load_s["a"] = 3.0
             await m.answer("a")
             await m.engine.evict("a")
+            # Still loading as the request reads the queue policy (a thread's turn away): a
+            # load finished by then would take the request, and nothing here answers it.
+            m.pools.gates["a"] = asyncio.Event()
             # Its cold start is known to take 3 s: a request allowing 1 s is refused at once.
             with pytest.raises(ModelNotReadyError, match="cold start") as slow:
                 await m.send("a", timeout_us=1_000_000)
             assert retry_after_header(slow.value) == "3"
+            m.pools.gates["a"].set()
 
     asyncio.run(body())
 

@@ -5,12 +5,15 @@ default timeout when the request brings none or may not override it; no bound un
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from surge.engine import Engine
 from surge.engine.load_wait import load_wait
+from surge.engine.ondemand import OnDemand, ResidencyOptions
 from surge.errors import InputError, ModelNotReadyError
 from surge.repository.config import parse_config
 from surge.repository.queueing import QueueConfig
@@ -138,5 +141,76 @@ def test_bad_options_for_a_cold_model_are_refused_before_any_load(
             with pytest.raises(InputError, match=message):
                 await send(m, priority=priority, timeout_us=timeout_us)
             assert m.pools.starts["a"] == 0
+
+    asyncio.run(body())
+
+
+def test_a_queue_policy_that_cannot_be_read_in_time_does_not_outlast_the_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    read = threading.Event()  # config.yaml's reading for the policy stalls (a hung disk)
+    queue_of = OnDemand._queue_of
+    monkeypatch.setattr(OnDemand, "_queue_of", lambda self, name: (
+        read.wait(30), queue_of(self, name))[1])
+    async def body() -> None:
+        async with models(tmp_path, {"a": ""}) as m:
+            m.pools.gates["a"] = asyncio.Event()
+            try:
+                task = send(m, timeout_us=20_000)
+                await until(task.done, timeout_s=5.0)
+                with pytest.raises(ModelNotReadyError, match=r"'a' is loading: not loaded "
+                                   r"within the request's timeout of 20 ms"):
+                    await task
+            finally:
+                read.set()
+                m.pools.gates["a"].set()
+
+    asyncio.run(body())
+
+
+def test_a_pipelines_queue_section_does_not_bound_the_wait_for_its_load(tmp_path: Path) -> None:
+    from tests.unit.pipeline.test_served import AutoPool, repository, values
+
+    gate = asyncio.Event()  # its step model's load waits for the test
+
+    class GatedPool(AutoPool):
+        async def start(self) -> None:
+            await gate.wait()
+            await super().start()
+
+    repo = repository(tmp_path)  # the pipeline ignores its queue section once loaded
+    with (tmp_path / "p" / "config.yaml").open("a") as config:
+        config.write("queue: {default_timeout_ms: 20}\n")
+    async def body() -> None:
+        engine = Engine(repo, pool_factory=GatedPool, residency=ResidencyOptions("on-demand"))
+        await engine.start()
+        try:
+            task = asyncio.create_task(engine.infer("p", None, values(1.0)))
+            await asyncio.sleep(0.1)  # well past the 20 ms: no bound of the pipeline's
+            gate.set()
+            assert (await task)["total"].shape == (1, 1)
+        finally:
+            gate.set()
+            await engine.stop(grace_s=0.0)
+
+    asyncio.run(body())
+
+
+def test_a_request_still_reading_the_policy_is_not_evicted_from_under(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    read = threading.Event()  # a's policy comes late (its thread's turn comes late)
+    queue_of = OnDemand._queue_of
+    monkeypatch.setattr(OnDemand, "_queue_of", lambda self, name: (
+        read.wait(30) if name == "a" else None, queue_of(self, name))[1])
+    async def body() -> None:
+        async with models(tmp_path, {"a": "", "b": ""}, budget_mb=150) as m:
+            try:
+                first = m.send("a")
+                await asyncio.sleep(0.2)  # time enough for a's load to have ended, had it begun
+                await m.answer("b")  # room for b alone: a, had it loaded, would be evicted
+                read.set()
+                await m.finish("a", first)
+                assert (await first)["y"].shape == (1, WIDTH)  # before: 404, a not loaded
+            finally:
+                read.set()
 
     asyncio.run(body())

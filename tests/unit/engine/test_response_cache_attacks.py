@@ -75,6 +75,28 @@ def test_the_copy_of_a_regions_input_is_read_only_and_others_are_not_copied() ->
     assert float(kept["a"].flat[0]) == 1.0
 
 
+def test_copies_of_region_inputs_in_flight_stay_within_the_cache_size(tmp_path: Path) -> None:
+    size = WIDTH * 4  # one input's bytes: the cache's size holds one copy, not two
+    async def body() -> None:
+        async with cached(tmp_path, capacity=size * 3 // 2) as served:
+            regions = [bytearray(size), bytearray(size)]
+            tasks = [asyncio.create_task(served.engine.infer("m", None, {"x": _over(region, value)}))
+                     for region, value in zip(regions, (1.0, 2.0), strict=True)]
+            await settle()
+            queued = {float(r.inputs["x"].flat[0]): r.inputs["x"]
+                      for batch in served.pool.dispatched for r in batch.requests}
+            assert not np.shares_memory(queued[1.0], np.frombuffer(regions[0], np.float32))
+            # Past the bound: read in place, uncached, rather than one more copy.
+            assert np.shares_memory(queued[2.0], np.frombuffer(regions[1], np.float32))
+            while any(served.pool.held):
+                served.pool.finish()
+                await settle()
+            assert [float((await t)["y"].flat[0]) for t in tasks] == [3.0, 5.0]
+            assert served.engine.response_cache.copied == 0
+
+    asyncio.run(body())
+
+
 def test_inputs_over_an_immutable_body_are_stored(tmp_path: Path) -> None:
     async def body() -> None:
         async with cached(tmp_path) as served:

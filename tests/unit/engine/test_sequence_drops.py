@@ -164,3 +164,22 @@ def test_a_request_waiting_for_its_sequence_as_the_model_goes_is_told_why(
             await waiting
 
     asyncio.run(body())
+
+
+def test_what_a_model_keeps_of_its_dropped_sequences_is_bounded_by_max_sequences() -> None:
+    async def body() -> None:
+        clock = FakeClock()
+        store = open_sequences("m", config(), STORE_SIGNATURE, clock)  # max_sequences: 2
+        assert store is not None
+        model = Model()
+        for sequence_id in (1, 2):  # they idle out: remembered as gone
+            await send(store, model, sequence_id, 1.0, start=True)
+        clock.advance(5.0)
+        for sequence_id in ("a", "b"):  # live as the model goes
+            await send(store, model, sequence_id, 1.0, start=True)
+        kept = store.departures(UNLOADED, 0.0)  # what the engine keeps until the next load
+        store.close()
+        assert list(kept) == ["a", "b"]  # the most recent, as many as one store remembers
+        assert {drop.why for drop in kept.values()} == {UNLOADED}
+
+    asyncio.run(body())

@@ -60,11 +60,11 @@ def _restore_root_logger() -> Iterator[None]:
 
 
 
-# The suite runs on two pytest-xdist workers (`scripts/test.sh`: -n 2 --dist loadfile; each
-# test file stays on one worker, so a module's shared server starts once). The files that start
-# several processes of their own at once (training ranks under torchrun, Ray clusters) take
-# one lock from their first test to their last, so that two of them never run side by side on
-# a two-core machine; one lock for all of them, so the workers never wait on each other.
+# With pytest-xdist (`./scripts/test.sh -n 2 --dist loadfile`: each test file stays on one
+# worker, so a module's shared server starts once), the files that start several processes
+# of their own at once (training ranks under torchrun, Ray clusters) take one lock from their
+# first test to their last, so that two of them never run side by side; one lock for all of
+# them, so the workers never wait on each other.
 _HEAVY = ("tests/e2e/test_train_", "tests/unit/train/", "tests/integration/cluster/",
           "tests/unit/cluster/")
 _heavy_lock: list[TextIO] = []  # the open lock file while this worker holds it

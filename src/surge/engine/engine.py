@@ -20,6 +20,7 @@ import numpy as np
 import surge.pipeline.served as pipelines
 from surge.engine.dispatch import check_options, compute
 from surge.engine.groups import SharedGroups
+from surge.engine.index import index_rows, unready_reason
 from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolFactory, PoolSpec
 from surge.engine.interface import ModelHandle
 from surge.engine.ladder import ServedLadder, start_ladder
@@ -84,6 +85,17 @@ class Engine:
         self._live = True
         for name in names:  # the index says so while config.yaml is read
             self._state[name] = ("LOADING", "")
+        try:
+            await self._load_all(names)
+        except asyncio.CancelledError:  # stopped while starting: none is left LOADING
+            for name in names:
+                if self._state.get(name, ("", ""))[0] == "LOADING":
+                    self._state[name] = ("UNAVAILABLE", "the server stopped before the model "
+                                         "loaded; load it again")
+            raise
+        self._started = True
+
+    async def _load_all(self, names: list[str]) -> None:
         now = await asyncio.gather(*(self._loads_at_start(n) for n in names))
         names = [name for name, eager in zip(names, now, strict=True) if eager]
         results = await asyncio.gather(*(self._load_at_start(n) for n in names),
@@ -94,7 +106,6 @@ class Engine:
                     await self.stop(0.0)
                     raise result
                 log.warning("model %s not loaded: %s", name, result)
-        self._started = True
 
     async def _load_at_start(self, name: str) -> None:
         """ensure_served, not load: a pipeline may have started its model steps already; under
@@ -217,24 +228,9 @@ class Engine:
         return served.handle
 
     def index(self) -> list[dict[str, str]]:
-        """One row per model in the repository (per served version when loaded)."""
-        rows: list[dict[str, str]] = []
-        for name in self.repository.model_names():
-            versions = self._served.get(name)
-            if versions:
-                for version, served in sorted(versions.items()):
-                    state = "READY" if served.ready else "UNAVAILABLE"
-                    reason = served.instances_note() if served.ready else _unready(served)
-                    rows.append({"name": name, "version": str(version), "state": state,
-                                 "reason": reason})
-                if name in self._state:  # a reload in progress, or one that failed
-                    state, reason = self._state[name]
-                    rows.append({"name": name, "version": self._reloading_version(name),
-                                 "state": state, "reason": reason})
-                continue
-            state, reason = self._state.get(name, ("UNAVAILABLE", "unloaded"))
-            rows.append({"name": name, "version": "", "state": state, "reason": reason})
-        return rows
+        """One row per model in the repository (per served version when loaded; see
+        `surge.engine.index`)."""
+        return index_rows(self.repository, self._served, self._state, self._failed_version)
 
     def stats(self, name: str, version: int | None = None) -> ModelStats:
         served = self._find(name, version)
@@ -266,6 +262,10 @@ class Engine:
         except Exception as exc:
             self._load_failed(name, exc)
             raise
+        except asyncio.CancelledError:  # the server stops: never left LOADING
+            self._load_failed(name, ModelLoadError(
+                f"the load of model {name!r} was cancelled before it finished; load it again"))
+            raise
         self.metrics.model_loads.labels(name, "success").inc()
         old = self._served.get(name, {})
         for served in fresh.values():  # a reload under a surge goes on where it stood
@@ -285,32 +285,24 @@ class Engine:
         self.metrics.models_loaded.set(sum(1 for versions in self._served.values() if versions))
 
     def _load_failed(self, name: str, error: Exception) -> None:
-        if isinstance(error, NotFoundError) and name not in self.repository.model_names():
+        self._state[name] = ("UNAVAILABLE", str(error))  # first: whatever follows fails too
+        if isinstance(error, NotFoundError) and not self._listed(name):
             # Nothing kept for a name the repository lacks (no state, lock or metric label):
             # clients asking to load made-up names must not grow the server.
             self._state.pop(name, None)
             self._locks.pop(name, None)
             return
-        self._state[name] = ("UNAVAILABLE", str(error))
         self.metrics.model_loads.labels(name, "failure").inc()
         if name in self._served:
             log.error("model %s: reload failed, the served version stays: %s", name, error)
 
-    def _reloading_version(self, name: str) -> str:
-        """The version a failed reload failed on, else the one a reload is about."""
-        failed = self._failed_version.get(name)
-        if failed is not None and self._state[name][0] == "UNAVAILABLE":
-            return str(failed)
-        return self._pending_version(name)
-
-    def _pending_version(self, name: str) -> str:
-        """The newest version on disk that is not served (what a reload is about), or ''."""
+    def _listed(self, name: str) -> bool:
+        """Whether the repository lists `name`; True when it cannot be listed (moved,
+        unmounted): the model's failure is kept, with its reason, rather than forgotten."""
         try:
-            versions = self.repository.versions(name)
+            return name in self.repository.model_names()
         except SurgeError:
-            return ""
-        fresh = [v for v in versions if v not in self._served.get(name, {})]
-        return str(max(fresh)) if fresh else ""
+            return True
 
     async def _start_model(self, name: str, override: Mapping[str, Any] | None = None
                            ) -> dict[int, Served]:
@@ -447,7 +439,7 @@ class Engine:
         if self.on_demand.tracking:
             self.on_demand.touch(name)
         if not served.ready:
-            why = _unready(served)
+            why = unready_reason(served)
             raise ModelNotReadyError(f"model {name!r} is not ready" + (f": {why}" if why else ""))
         if isinstance(served, ServedModel) and self.response_cache.serves(served):
             check_options(priority, timeout_us)  # a hit never reaches the queue's checks
@@ -455,11 +447,3 @@ class Engine:
                 served, held, outputs, priority, timeout_us, request_id))
         return await compute(served, inputs, outputs, priority, timeout_us, request_id)
 
-
-def _unready(served: Served) -> str:
-    """Why a served version is not ready (a pipeline: the models of its steps that are not)."""
-    if not served.accepting:
-        return "draining"
-    if isinstance(served, pipelines.ServedPipeline):
-        return served.unready_reason() or "starting"
-    return "no live worker"

@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 
 from surge.datatypes import v2_to_numpy
+from surge.engine.failures import failure_reason
 from surge.engine.instances import Clock
+from surge.engine.stats import Counters
 from surge.errors import (
     ConfigError,
     DeadlineExceededError,
@@ -99,8 +101,11 @@ class SequenceStore:
 
     def __init__(self, model: str, config: SequenceBatchingConfig,
                  initial: dict[str, np.ndarray], batched: bool, clock: Clock,
-                 gauge: Any = None) -> None:
+                 gauge: Any = None, counters: Counters | None = None) -> None:
         self.model = model
+        # The version's statistics: a request refused here never reaches the model's queue,
+        # which counts every other failure (Triton's `fail`, by reason).
+        self._counters = counters
         self._pairs = [(pair.input, pair.output) for pair in config.state]
         self._idle_s = config.max_sequence_idle_ms / 1e3
         self._max = config.max_sequences
@@ -130,11 +135,20 @@ class SequenceStore:
         late request or ignores its `timeout`, and the queue then applies that policy)."""
         flags = self._flags()
         self._check_request(inputs, outputs)
-        self.expire(self._clock())
-        sequence = self._admit(flags)
+        arrival = self._clock()
+        self.expire(arrival)
+        try:
+            sequence = self._admit(flags)
+        except QueueFullError as error:  # max_sequences live
+            self._count_failed(arrival, error)
+            raise
         sequence.users += 1
         try:
-            left = await self._acquire(flags.id, sequence.lock, timeout_us, bounded)
+            try:
+                left = await self._acquire(flags.id, sequence.lock, timeout_us, bounded)
+            except (DeadlineExceededError, asyncio.CancelledError) as error:
+                self._count_failed(arrival, error)  # timed out, or its client left, waiting
+                raise
             try:
                 return await self._run(flags, sequence, inputs, outputs, compute, left)
             finally:
@@ -142,6 +156,12 @@ class SequenceStore:
         finally:
             sequence.users -= 1
             self._release(flags.id, sequence)
+
+    def _count_failed(self, arrival: float, error: BaseException) -> None:
+        """A request that failed before reaching the model's queue: one `fail`, by reason."""
+        if self._counters is not None:
+            self._counters.count_failure(int((self._clock() - arrival) * 1e9),
+                                         failure_reason(error))
 
     async def _acquire(self, sequence_id: SequenceId, lock: asyncio.Lock,
                        timeout_us: int | None, bounded: bool = True) -> int | None:
@@ -379,16 +399,17 @@ class DroppedSequences:
 
 
 def open_sequences(name: str, config: ModelConfig, signature: Signature, clock: Clock,
-                   gauges: Any = None) -> SequenceStore | None:
+                   gauges: Any = None, counters: Counters | None = None
+                   ) -> SequenceStore | None:
     """The state store of a sequence model (None for any other), once its state pairs are
-    checked against the model's signature."""
+    checked against the model's signature; the requests it refuses count in `counters`."""
     sequencing = config.sequence_batching
     if sequencing is None:
         return None
     initial = {pair.input: _initial_state(name, signature, pair.input, pair.output)
                for pair in sequencing.state}
     gauge = gauges.labels(name) if gauges is not None else None  # only sequence models'
-    return SequenceStore(name, sequencing, initial, signature.batched, clock, gauge)
+    return SequenceStore(name, sequencing, initial, signature.batched, clock, gauge, counters)
 
 
 def _initial_state(model: str, signature: Signature, state_in: str, state_out: str

@@ -145,7 +145,7 @@ class ServedModel:
         self.handle = ModelHandle(self.name, self.version, self.versions, self.config, signature,
                                   signature.platform, self.pool.devices())
         self.sequences = open_sequences(self.name, self.config, signature, self._clock,
-                                        self.metrics.live_sequences)
+                                        self.metrics.live_sequences, self.counters)
         self._set_live(self.pool.instances)
         self._task = asyncio.create_task(self._drive(), name=f"surge-dispatch-{self.name}")
         if self.config.slo_p99_ms is not None:

@@ -98,10 +98,10 @@ class RepositoryControl:
 
     async def _check_load(self, name: str, config: Mapping[str, Any] | None) -> None:
         """Refuse before the engine is asked what changes nothing, so that its index stays as
-        it was: a repository that cannot be listed (the engine's load left the model LOADING
-        for good), and an override that config.yaml's fields refuse (noted as a failed load, a
-        row beside the served version's). A config.yaml that does not read is left to the
-        engine, which notes that failure as for a load without an override."""
+        it was: a repository that cannot be listed (answered 503, not noted as a failed load),
+        and an override that config.yaml's fields refuse (a 400 that starts no instances). A
+        config.yaml that does not read is left to the engine, which notes that failure as for
+        a load without an override."""
         repository = getattr(self.engine, "repository", None)
         if not isinstance(repository, Repository):
             return

@@ -68,20 +68,21 @@ def test_a_broken_new_version_is_the_failed_row_and_the_old_one_serves(
     assert _infers(polled, "1")
 
 
-def test_a_served_version_broken_in_place_is_the_failed_row_not_an_older_one(
+def test_a_served_version_broken_in_place_stays_ready_with_the_failure_in_its_row(
     repo: Path, tmp_path: Path,
 ) -> None:
     """Versions 1 and 2 on disk, 2 served (the latest): 2's file replaced by a broken one.
-    The failed row was labelled "1" (the newest version not served) with 2's reason."""
+    Version 2 stays READY (as in Triton, a failed load leaves what serves as it was), its one
+    row saying why the reload failed; no row for 2 beside it, nor for the older 1."""
     tiny_onnx(repo / "tiny" / "2" / "model.onnx")
     server = start_server(repo, tmp_path / "server.log", "--model-control", "poll",
                           "--poll-interval", "0.2")
     try:
         (repo / "tiny" / "2" / "model.onnx").write_bytes(BROKEN)
-        _wait_for(lambda: bool(_failed_rows(server)), server)
-        (failed,) = _failed_rows(server)
-        assert failed["version"] == "2"
-        assert "tiny/2/model.onnx" in failed["reason"]
+        _wait_for(lambda: "tiny/2/model.onnx" in _index(server)[0]["reason"], server)
+        (row,) = _index(server)
+        assert (row["version"], row["state"]) == ("2", "READY")
+        assert "its last load failed, it serves on" in row["reason"]
         assert _infers(server, "2")  # the copy loaded before serves on
     finally:
         assert server.stop() == 0, server.output()[-3000:]

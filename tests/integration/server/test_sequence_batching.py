@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,15 +133,27 @@ def test_a_model_without_sequence_batching_ignores_the_parameters(
     assert response.status_code == 200, response.text
 
 
+def _failures(served: ServerProcess) -> tuple[int, float]:
+    """The model's `fail` count in its statistics, and its REJECTED failures as scraped."""
+    stats = httpx.get(f"{served.http}/v2/models/acc/stats", timeout=30).json()
+    fail = int(stats["model_stats"][0]["inference_stats"]["fail"]["count"])
+    text = httpx.get(f"{served.metrics}/metrics", timeout=30).text
+    found = re.search(r'^nv_inference_request_failure\{model="acc",reason="REJECTED",'
+                      r'version="1"\} (\S+)$', text, re.MULTILINE)
+    return fail, float(found.group(1)) if found else 0.0
+
+
 def test_max_sequences_then_end_frees_a_slot(served: ServerProcess) -> None:
     ids = [51, 52, 53]
     for sequence_id in ids:
         _sum(served, 1.0, sequence_id=sequence_id, sequence_start=True)
     gauge = httpx.get(f"{served.metrics}/metrics", timeout=30).text
     assert 'surge_live_sequences{model="acc"} 3.0' in gauge
+    fail, rejected = _failures(served)
     refused = _post(served, _body(1.0, sequence_id=54, sequence_start=True))
     assert "max_sequences" in _error(refused, 503)
     assert refused.headers["retry-after"] == "60"
+    assert _failures(served) == (fail + 1, rejected + 1), "a refused start is a REJECTED failure"
     _sum(served, 1.0, sequence_id=51, sequence_end=True)
     assert _sum(served, 4.0, sequence_id=54, sequence_start=True) == 4.0
     for sequence_id in (52, 53, 54):

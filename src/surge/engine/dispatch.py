@@ -12,7 +12,7 @@ import surge.pipeline.served as pipelines
 from surge.datatypes import label_bf16
 from surge.engine.ladder import ServedLadder
 from surge.scheduler.queues import own_timeout_fails
-from surge.scheduler.types import check_timeout, priority_level
+from surge.scheduler.types import check_options, priority_level
 
 if TYPE_CHECKING:
     from surge.engine.engine import Served
@@ -42,9 +42,3 @@ async def compute(served: Served, inputs: dict[str, np.ndarray], outputs: list[s
         return label_bf16(answer, handle.bf16_outputs)
     return answer
 
-
-def check_options(priority: int, timeout_us: int | None) -> None:
-    """InputError for a priority or timeout the queue would refuse, where an answer or a wait
-    comes before the queue."""
-    priority_level(priority)
-    check_timeout(timeout_us)

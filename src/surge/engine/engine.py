@@ -18,7 +18,7 @@ import numpy as np
 
 # A module reference: surge.pipeline.served imports this package back (ModelHandle, Counters).
 import surge.pipeline.served as pipelines
-from surge.engine.dispatch import check_options, compute
+from surge.engine.dispatch import compute
 from surge.engine.groups import SharedGroups
 from surge.engine.index import index_rows, unready_reason
 from surge.engine.instances import Clock, InstancePool, PoolEvents, PoolFactory, PoolSpec
@@ -35,6 +35,7 @@ from surge.errors import ConfigError, ModelLoadError, ModelNotReadyError, NotFou
 from surge.platform import available_cores
 from surge.repository import ModelConfig, Repository, served_version
 from surge.repository.config import CONFIG_FILE
+from surge.scheduler.types import check_options
 from surge.workers.hang import HangRule
 from surge.workers.pool import WorkerPool, cuda_device_count, plan_instances
 

@@ -31,7 +31,7 @@ from surge.engine.residency import MemoryBudget, NoRoomError, Residency, format_
 from surge.errors import ModelNotReadyError, SurgeError
 from surge.repository import ModelConfig, Repository
 from surge.repository.queueing import QueueConfig
-from surge.scheduler.types import check_timeout, priority_level
+from surge.scheduler.types import check_options
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +176,7 @@ class OnDemand:
         would be queued under (`load_wait`); returns the timeout left to the request.
         ModelNotReadyError with the reason when the deadline cannot allow the wait or the load
         fails; InputError for a priority or timeout the queue would refuse (no load started)."""
-        priority_level(priority)  # bad options start no load
-        check_timeout(timeout_us)
+        check_options(priority, timeout_us)  # bad options start no load
         now = self._host.clock()
         failure = self._failures.get(name)
         if failure is not None and now < failure.retry_at and name not in self._loads:

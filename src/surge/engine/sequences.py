@@ -364,11 +364,6 @@ class SequenceStore:
             self._counted = len(self._live)
 
 
-def carry_sequences(fresh: Iterable[object], old: Iterable[object]) -> None:
-    """A reload's new versions learn which sequences the old ones held (`departures`)."""
-    DroppedSequences().carry("", fresh, old)
-
-
 def _stores(served: Iterable[object]) -> list[SequenceStore]:
     return [store for item in served if (store := getattr(item, "sequences", None))]
 

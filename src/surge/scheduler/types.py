@@ -40,6 +40,13 @@ def check_timeout(timeout_us: int | None) -> None:
         raise InputError(f"timeout must be >= 0 microseconds, got {timeout_us}")
 
 
+def check_options(priority: int, timeout_us: int | None) -> None:
+    """InputError for a priority or timeout the queue would refuse, where an answer or a wait
+    comes before the queue (a cache hit, a sequence's wait, an on-demand load)."""
+    priority_level(priority)
+    check_timeout(timeout_us)
+
+
 @dataclass(frozen=True)
 class LevelPolicy:
     """One priority level's own queue rules; None leaves a rule to the model's queue."""

@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from surge.engine.sequences import (
     MAX_ID_CHARS,
     MIN_TICK_S,
+    DroppedSequences,
     SequenceStore,
-    carry_sequences,
     open_sequences,
 )
 from surge.errors import (
@@ -179,7 +179,8 @@ async def test_a_sequence_dropped_by_a_reload_is_told_so(clock: FakeClock) -> No
     before, after = roomy(clock, 8), roomy(clock, 8)
     model = Model()
     await send(before, model, 21, 1.0, start=True)
-    carry_sequences([SimpleNamespace(sequences=after)], [SimpleNamespace(sequences=before)])
+    DroppedSequences().carry("m", [SimpleNamespace(sequences=after)],
+                             [SimpleNamespace(sequences=before)])
     before.close()
     with pytest.raises(InputError, match="sequence 21 of model 'm' was dropped with its state "
                        "when the model was reloaded.*send sequence_start"):

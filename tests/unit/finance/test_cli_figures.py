@@ -6,6 +6,7 @@ refused by the row that breaks the model's declared values, not only when it is 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,8 @@ def test_evaluate_prints_the_forecasters_mae_in_dollars(
                               "price-forecaster", "--data", "stock-prices", "--task",
                               "forecasting", "--metric", "mae"], capsys)
     assert code == 0, err
-    assert "mae 14.76 (target units)" in " ".join(out.split())
+    # 14.76 with VNNI; the int8 variant's products round differently on AVX2 alone (14.75)
+    assert re.search(r"mae 14\.7[56] \(target units\)", " ".join(out.split())), out
     assert "-14.76%" not in out
 
 

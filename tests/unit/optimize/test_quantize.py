@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,17 @@ def _weight_types(path: Path) -> set[int]:
     return {t.data_type for t in model.graph.initializer if len(t.dims) >= 2}
 
 
+quantize_module = importlib.import_module("surge.optimize.quantize")  # `quantize` is the function
+# Without VNNI, int8 weights saturate ONNX Runtime's u8s8 products: the weights are uint8 there.
+WEIGHTS = onnx.TensorProto.UINT8 if quantize_module.lacks_vnni() else onnx.TensorProto.INT8
+
+
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
 def test_static_qdq_has_int8_weights_and_stays_close(tmp_path: Path, method: str) -> None:
     source = image_source(tmp_path)
     variant = quantize(source, Int8StaticConfig(method=method), tmp_path / "q",
                        Tolerance(min_top1=0.8))
-    assert _weight_types(variant.path) == {onnx.TensorProto.INT8}
+    assert _weight_types(variant.path) == {WEIGHTS}
     assert variant.details["int8_weights"] == 4
     assert variant.details["float_weights"] == 0
     ops = {n.op_type for n in onnx.load(str(variant.path)).graph.node}
@@ -60,9 +66,38 @@ def test_dynamic_quantizes_matmul_weights(tmp_path: Path) -> None:
     scale = float(np.abs(source.reference_outputs()["y"]).mean())
     variant = quantize(source, Int8DynamicConfig(), tmp_path / "d",
                        Tolerance(mean_abs=0.02 * scale))
-    assert onnx.TensorProto.INT8 in _weight_types(variant.path)
+    assert WEIGHTS in _weight_types(variant.path)
     assert variant.details["int8_weights"] == 3
     assert variant.check.passed, variant.check.failures
+
+
+@pytest.mark.parametrize(("uint8", "weights"), [(True, onnx.TensorProto.UINT8),
+                                                (False, onnx.TensorProto.INT8)])
+def test_weight_type_follows_the_config(tmp_path: Path, uint8: bool, weights: int) -> None:
+    source = image_source(tmp_path)
+    static = quantize(source, Int8StaticConfig(weight_uint8=uint8), tmp_path / "q")
+    assert _weight_types(static.path) == {weights}
+    mlp = vector_source(tmp_path, seeded(MLP()))
+    dynamic = quantize(mlp, Int8DynamicConfig(weight_uint8=uint8), tmp_path / "d")
+    assert weights in _weight_types(dynamic.path)
+
+
+@pytest.mark.parametrize(("machine", "flags", "lacks"), [
+    ("x86_64", "fpu sse2 avx2 fma", True),
+    ("x86_64", "fpu avx2 avx512f avx512_vnni", False),
+    ("x86_64", "fpu avx2 avx_vnni", False),
+    ("aarch64", "fp asimd", False),
+])
+def test_vnni_is_read_from_the_cpus_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                          machine: str, flags: str, lacks: bool) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    monkeypatch.setattr(quantize_module, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(quantize_module.platform, "machine", lambda: machine)
+    assert quantize_module.lacks_vnni() is lacks
+    config = Int8StaticConfig()
+    assert quantize_module._weight_type(config.weight_uint8).name == (
+        "QUInt8" if lacks else "QInt8")
 
 
 def test_static_without_calibration_is_refused(tmp_path: Path) -> None:

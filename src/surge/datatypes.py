@@ -89,10 +89,13 @@ def element_size(datatype: str) -> int:
     return int(v2_to_numpy(datatype).itemsize)
 
 
-# ONNX TensorProto element type number -> V2 name (onnx.TensorProto enum values).
-ONNX_TO_V2: dict[int, str] = {
-    1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64",
-    8: "BYTES", 9: "BOOL", 10: "FP16", 11: "FP64", 12: "UINT32", 13: "UINT64", 16: "BF16",
+# ONNX Runtime's type of a session's input or output -> V2 name.
+ORT_TO_V2: dict[str, str] = {
+    "tensor(float)": "FP32", "tensor(uint8)": "UINT8", "tensor(int8)": "INT8",
+    "tensor(uint16)": "UINT16", "tensor(int16)": "INT16", "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64", "tensor(string)": "BYTES", "tensor(bool)": "BOOL",
+    "tensor(float16)": "FP16", "tensor(double)": "FP64", "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64", "tensor(bfloat16)": "BF16",
 }
 
 

@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from surge.datatypes import (
-    ONNX_TO_V2,
     V2_DATATYPES,
     element_size,
     numpy_to_v2,
@@ -34,11 +33,6 @@ def test_unknown_datatype_named() -> None:
         v2_to_numpy("FP8")
 
 
-def test_onnx_and_torch_mapping_agree() -> None:
-    import onnx
-
-    assert ONNX_TO_V2[onnx.TensorProto.FLOAT] == "FP32"
-    assert ONNX_TO_V2[onnx.TensorProto.INT64] == "INT64"
-    assert ONNX_TO_V2[onnx.TensorProto.STRING] == "BYTES"
+def test_torch_mapping() -> None:
     assert torch_to_v2(torch.bfloat16) == "BF16"
     assert torch_to_v2(torch.int64) == "INT64"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surge.datatypes import ONNX_TO_V2
+from surge.datatypes import ORT_TO_V2
 from surge.errors import InputError, ModelLoadError
 from surge.runtimes.base import RunnerOptions, Signature, TensorSpec, example_inputs
 
@@ -51,26 +51,20 @@ def select_providers(device: str, available: list[str]) -> list[tuple[str, dict[
             for p in chosen] + [(CPU_EP, {})]
 
 
-def _spec(value_info: object) -> TensorSpec:
-    tensor_type = value_info.type.tensor_type  # type: ignore[attr-defined]
-    dims = tuple(
-        d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim
-    )
-    datatype = ONNX_TO_V2.get(tensor_type.elem_type, "FP32")
-    return TensorSpec(value_info.name, datatype, dims)  # type: ignore[attr-defined]
+def _spec(arg: object) -> TensorSpec:
+    """A session input or output (NodeArg): `tensor(float)`, dims as ints, names or None."""
+    kind, shape = arg.type, arg.shape  # type: ignore[attr-defined]
+    datatype = ORT_TO_V2.get(kind, "FP32")
+    dims = tuple(d if isinstance(d, int) else -1 for d in (shape or ()))
+    return TensorSpec(arg.name, datatype, dims)  # type: ignore[attr-defined]
 
 
-def onnx_signature(path: Path) -> Signature:
-    """Read names, datatypes and shapes from the graph; dim 0 symbolic everywhere = batched."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ModelLoadError(f"{path}: not a valid ONNX model ({exc})") from None
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = tuple(_spec(v) for v in model.graph.input if v.name not in initializers)
-    outputs = tuple(_spec(v) for v in model.graph.output)
+def session_signature(session: object) -> Signature:
+    """Names, datatypes and shapes as the session reads them from the graph (initializers are
+    no inputs); dim 0 symbolic everywhere = batched. Read from the session, not with the onnx
+    package, whose import costs each worker a second of CPU (ml_dtypes)."""
+    inputs = tuple(_spec(v) for v in session.get_inputs())  # type: ignore[attr-defined]
+    outputs = tuple(_spec(v) for v in session.get_outputs())  # type: ignore[attr-defined]
     tensors = inputs + outputs
     batched = bool(tensors) and all(t.shape and t.shape[0] == -1 for t in tensors)
     return Signature(inputs, outputs, batched=batched, platform="onnxruntime_onnx")
@@ -81,11 +75,10 @@ class OnnxRunner:
 
     def __init__(self, path: Path, options: RunnerOptions | None = None) -> None:
         import onnxruntime as ort
-        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidProtobuf
 
         options = options or RunnerOptions()
         self.path = Path(path)
-        self._signature = onnx_signature(self.path)
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = options.inter_op_threads
@@ -101,8 +94,11 @@ class OnnxRunner:
                 str(self.path), session_options, providers=[p for p, _ in providers],
                 provider_options=[o for _, o in providers],
             )
+        except InvalidProtobuf as exc:
+            raise ModelLoadError(f"{self.path}: not a valid ONNX model ({exc})") from None
         except Exception as exc:
             raise ModelLoadError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from None
+        self._signature = session_signature(self._session)
         log.info("%s: ONNX Runtime runs it on %s (device %s)", self.path.name,
                  ", ".join(self._session.get_providers()), options.device)
         self._output_names = self._signature.output_names

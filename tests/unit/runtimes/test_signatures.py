@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +75,40 @@ def test_unknown_suffix_and_missing_file(tmp_path: Path) -> None:
 def test_corrupt_onnx_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(ModelLoadError, match=r"model.onnx"):
+    with pytest.raises(ModelLoadError, match=r"model.onnx: not a valid ONNX model"):
         load_runner(bad)
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP16", "BF16", "FP64", "INT8", "UINT8", "INT16",
+                                      "UINT16", "INT32", "UINT32", "INT64", "UINT64", "BOOL",
+                                      "BYTES"])
+def test_onnx_signature_names_each_datatype(tmp_path: Path, datatype: str) -> None:
+    """Read from the session: every element type, fixed, named and unnamed dims, and the
+    initializer that is also a graph input left out."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    element = {"FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
+               "BYTES": TensorProto.STRING}.get(datatype, getattr(TensorProto, datatype, None))
+    element = element if element is not None else getattr(
+        TensorProto, {"FP16": "FLOAT16", "BF16": "BFLOAT16"}[datatype])
+    weight = numpy_helper.from_array(np.ones((1,), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Identity", ["w"], ["v"])],
+        "identity",
+        [helper.make_tensor_value_info("x", element, ["batch", 3, None]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", element, ["batch", 3, None]),
+         helper.make_tensor_value_info("v", TensorProto.FLOAT, [1])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "model.onnx")
+    signature = load_runner(tmp_path / "model.onnx").signature
+    assert [(s.name, s.datatype, s.shape) for s in signature.inputs] == [
+        ("x", datatype, (-1, 3, -1))]
+    assert [(s.name, s.datatype, s.shape) for s in signature.outputs] == [
+        ("y", datatype, (-1, 3, -1)), ("v", "FP32", (1,))]
+    assert not signature.batched  # v has no batch dim
 
 
 def test_onnx_bytes_tensors_round_trip(tmp_path: Path) -> None:
@@ -96,3 +130,14 @@ def test_onnx_bytes_tensors_round_trip(tmp_path: Path) -> None:
     assert echo.tolist() == words.tolist()
     with pytest.raises(InputError, match="UTF-8"):
         runner.run({"text": np.array([[b"\xff", b"a"]], dtype=object)})
+
+
+def test_loading_an_onnx_model_leaves_the_onnx_package_unimported(tmp_path: Path) -> None:
+    """Its import (ml_dtypes) cost each worker a second of CPU before it could load a model."""
+    write_onnx(tmp_path / "model.onnx")
+    script = ("import sys; from surge.runtimes import load_runner; "
+              f"load_runner({str(tmp_path / 'model.onnx')!r}); "
+              "print(sorted(m for m in ('onnx', 'ml_dtypes') if m in sys.modules))")
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=120, check=True).stdout
+    assert shown.strip() == "[]"

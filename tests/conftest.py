@@ -60,28 +60,57 @@ def _restore_root_logger() -> Iterator[None]:
 
 
 
-# With pytest-xdist (`./scripts/test.sh -n 2 --dist loadfile`: each test file stays on one
-# worker, so a module's shared server starts once), the files that start several processes
-# of their own at once (training ranks under torchrun, Ray clusters) take one lock from their
-# first test to their last, so that two of them never run side by side; one lock for all of
-# them, so the workers never wait on each other.
-_HEAVY = ("tests/e2e/test_train_", "tests/unit/train/", "tests/integration/cluster/",
-          "tests/unit/cluster/")
-_heavy_lock: list[TextIO] = []  # the open lock file while this worker holds it
+# With pytest-xdist (`./scripts/test.sh` runs `-n 2 --dist loadfile`: each test file stays
+# on one worker, so a module's shared server starts once), a test runs either beside the other
+# workers' tests or alone. Alone: the files that start several processes of their own at once
+# (training ranks under torchrun, Ray clusters) and any test marked `alone` (its assertions
+# hold a time mark that a second worker's load could make it miss). Two lock files make it so:
+# a test beside others holds the main lock shared; one alone holds it exclusive. A worker that
+# waits to run alone holds the gate, which every other test passes through before it takes the
+# main lock, so the tests that run beside others cannot keep it waiting for ever.
+_ALONE_FILES = ("tests/e2e/test_train_", "tests/unit/train/", "tests/integration/cluster/",
+                "tests/unit/cluster/")
+_held: list[tuple[bool, list[TextIO]]] = []  # (alone, the open lock files) while held
 
 
-def is_heavy(item: pytest.Item | None) -> bool:
-    return item is not None and item.path.relative_to(ROOT).as_posix().startswith(_HEAVY)
+def runs_alone(item: pytest.Item | None) -> bool:
+    if item is None:
+        return False
+    return (item.path.relative_to(ROOT).as_posix().startswith(_ALONE_FILES)
+            or item.get_closest_marker("alone") is not None)
+
+
+def _lock_file(run: str, name: str) -> TextIO:
+    return open(Path(tempfile.gettempdir()) / f"surge-tests-{run}.{name}", "w")  # noqa: SIM115
+
+
+def _take(run: str, alone: bool) -> list[TextIO]:
+    gate, main = _lock_file(run, "gate"), _lock_file(run, "lock")
+    fcntl.flock(gate, fcntl.LOCK_EX)
+    fcntl.flock(main, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+    if alone:
+        return [main, gate]  # the gate stays shut until this test has run
+    gate.close()
+    return [main]
+
+
+def _release() -> None:
+    for handle in _held.pop()[1]:
+        handle.close()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
                             ) -> Iterator[None]:
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if run and is_heavy(item) and not _heavy_lock:
-        handle = open(Path(tempfile.gettempdir()) / f"surge-tests-{run}.lock", "w")  # noqa: SIM115
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        _heavy_lock.append(handle)
+    alone = runs_alone(item)
+    if run and _held and _held[0][0] != alone:
+        _release()
+    if run and not _held:
+        _held.append((alone, _take(run, alone)))
     yield
-    if _heavy_lock and not is_heavy(nextitem):  # its module's fixtures are torn down by now
-        _heavy_lock.pop().close()
+    # A test beside others gives the lock back after each test, so that a worker waiting to run
+    # alone gets in; one alone keeps it through its file (its module's fixtures are torn down
+    # once the next test is not alone).
+    if _held and not (alone and runs_alone(nextitem)):
+        _release()

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from tests.integration.production.conftest import Served, launch
 from tests.integration.server.models import make_repository
 
@@ -45,13 +46,25 @@ def test_description_is_served_and_covers_the_routes(fuzzed: Served) -> None:
         document["paths"])
 
 
-@SCHEMA.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=not FRESH_EXAMPLES,
-          suppress_health_check=list(HealthCheck))
-def test_fuzzed_requests_get_no_5xx_and_match_the_schema(case: object, fuzzed: Served) -> None:
-    case.call_and_validate(  # type: ignore[attr-defined]
-        base_url=fuzzed.http, headers=AUTH, timeout=30,
-        checks=[checks.not_a_server_error, checks.status_code_conformance,
-                checks.content_type_conformance, checks.response_schema_conformance],
-    )
+# One pytest test per operation, with its own id: schemathesis's own parametrize gave every
+# operation the same node id, and pytest-xdist then ran only one of them.
+OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
 
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=[op.label for op in OPERATIONS])
+def test_fuzzed_requests_get_no_5xx_and_match_the_schema(operation: Any, fuzzed: Served) -> None:
+    @given(case=operation.as_strategy())
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=not FRESH_EXAMPLES,
+              suppress_health_check=list(HealthCheck))
+    def call(case: Any) -> None:
+        case.call_and_validate(
+            base_url=fuzzed.http, headers=AUTH, timeout=30,
+            checks=[checks.not_a_server_error, checks.status_code_conformance,
+                    checks.content_type_conformance, checks.response_schema_conformance],
+        )
+
+    call()
+
+
+def test_every_operation_is_fuzzed_under_its_own_id() -> None:
+    assert len({op.label for op in OPERATIONS}) == len(OPERATIONS) >= 30

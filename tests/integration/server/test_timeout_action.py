@@ -16,7 +16,9 @@ import pytest
 from tests.integration.server.conftest import ServerProcess, start_server
 from tests.integration.server.models import make_repository
 
-pytestmark = pytest.mark.timeout(240)
+# alone: the queued request must still wait when the test sees the queue (the default timeout
+# is 100 ms), which a second worker's load beside it could make it miss
+pytestmark = [pytest.mark.timeout(240), pytest.mark.alone]
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
 DELAY = {"max_size": 8, "timeout_action": "DELAY"}
 IGNORED = {"max_size": 8, "default_timeout_ms": 100, "allow_timeout_override": False}

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -114,3 +115,11 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
     # once the next test is not alone).
     if _held and not (alone and runs_alone(nextitem)):
         _release()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Two tests under one node id: pytest-xdist runs only one of them, silently."""
+    counts = Counter(item.nodeid for item in items)
+    twice = sorted(nodeid for nodeid, count in counts.items() if count > 1)
+    if twice:
+        raise pytest.UsageError(f"{len(twice)} node ids name more than one test: {twice[:3]}")

@@ -23,7 +23,9 @@ from tests.integration.server.conftest import ServerProcess, start_server
 from surge.protocol.grpc_gen import grpc_service_pb2 as pb
 from surge.protocol.grpc_gen import grpc_service_pb2_grpc as pb_grpc
 
-pytestmark = pytest.mark.timeout(240)
+# alone: which rung answers follows the load; a second worker beside it made the lower rung
+# answer where the original should
+pytestmark = [pytest.mark.timeout(240), pytest.mark.alone]
 WIDTH = 512
 LADDER = {"max_batch_size": 8, "instances": 1, "threads": 1, "slo_p99_ms": 50,
           "ladder": ["original", "fast"], "max_accuracy_drop": 1.0,

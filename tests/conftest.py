@@ -71,7 +71,7 @@ def _restore_root_logger() -> Iterator[None]:
 # main lock, so the tests that run beside others cannot keep it waiting for ever.
 _ALONE_FILES = ("tests/e2e/test_train_", "tests/unit/train/", "tests/integration/cluster/",
                 "tests/unit/cluster/")
-_held: list[tuple[bool, list[TextIO]]] = []  # (alone, the open lock files) while held
+_held: list[TextIO] = []  # the open lock files while this worker holds the lock
 
 
 def runs_alone(item: pytest.Item | None) -> bool:
@@ -96,8 +96,8 @@ def _take(run: str, alone: bool) -> list[TextIO]:
 
 
 def _release() -> None:
-    for handle in _held.pop()[1]:
-        handle.close()
+    while _held:
+        _held.pop().close()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -105,10 +105,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
                             ) -> Iterator[None]:
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     alone = runs_alone(item)
-    if run and _held and _held[0][0] != alone:
-        _release()
-    if run and not _held:
-        _held.append((alone, _take(run, alone)))
+    if run and not _held:  # still held only by an alone test before this alone one
+        _held.extend(_take(run, alone))
     yield
     # A test beside others gives the lock back after each test, so that a worker waiting to run
     # alone gets in; one alone keeps it through its file (its module's fixtures are torn down

@@ -177,7 +177,8 @@ class TrainConfig(RecipeSection):
         "fp32", description="fp32, bf16 (CPU or CUDA) or fp16 (CUDA, with a GradScaler)."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA if present.")
-    threads: Int = Field(0, ge=0, description="Torch threads per process; 0 = cores / processes.")
+    threads: Int = Field(0, ge=0, description=(
+        "Torch threads per process; 0 = OMP_NUM_THREADS where set, else cores / processes."))
     seed: Int = Field(0, description="Seed for weights, data order and augmentation.")
     log_dir: str = Field("runs/train", description="metrics.jsonl and loss.png go here.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Saves.")

@@ -116,8 +116,16 @@ def all_reduce_sum(values: list[float], state: DistState) -> list[float]:
 
 
 def set_threads(threads: int, state: DistState) -> int:
-    """Give each process on this machine its share of the cores (they would fight otherwise)."""
+    """Give each process on this machine its share of the cores (they would fight otherwise);
+    where `threads` is 0 and OMP_NUM_THREADS names a count, that count, as torch itself reads it
+    (torchrun sets it to 1 for several processes)."""
     if threads <= 0:
-        threads = max(1, available_cores() // max(1, state.local_world_size))
+        threads = omp_threads() or max(1, available_cores() // max(1, state.local_world_size))
     torch.set_num_threads(threads)
     return threads
+
+
+def omp_threads() -> int | None:
+    """OMP_NUM_THREADS where it is a positive whole number (OpenMP also allows a list: None)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None

@@ -25,8 +25,11 @@ batching: {max_queue_delay_ms: 1.0}
 """
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster() -> Iterator[object]:
+    """Three Ray nodes on this machine: a head without CPUs and two compute nodes of one CPU.
+    Package-scoped: its processes (GCS, raylets, agents: about 4% of a core while idle) stop
+    once this package's tests are done rather than idle through the rest of the session."""
     from ray.cluster_utils import Cluster
 
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN",

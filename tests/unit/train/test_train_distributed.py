@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from surge.tasks.classification import flip_images
 from surge.train.data import Split, eval_shard, train_batches
-from surge.train.distributed import state_from_env
+from surge.train.distributed import DistState, set_threads, state_from_env
 
 
 def test_state_from_torchrun_environment() -> None:
@@ -22,6 +23,27 @@ def test_state_from_torchrun_environment() -> None:
 def test_no_environment_means_one_process() -> None:
     state = state_from_env("cpu", {})
     assert (state.rank, state.world_size, state.distributed, state.is_main) == (0, 1, False, True)
+
+
+@pytest.mark.parametrize(("threads", "omp", "expected"), [
+    (0, "1", 1),  # torchrun's setting for several processes, or the user's
+    (0, None, 2),  # cores / local processes: 4 / 2
+    (0, "0", 2), (0, "2,1", 2), (0, "x", 2),  # not one positive count: cores / processes
+    (3, "1", 3),  # an explicit count wins
+])
+def test_threads_follow_the_recipe_then_omp_num_threads_then_the_cores(
+        threads: int, omp: str | None, expected: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    monkeypatch.setattr("surge.train.distributed.available_cores", lambda: 4)
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(threads, DistState(local_world_size=2)) == expected
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
 
 
 def _split(n: int) -> Split:

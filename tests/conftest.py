@@ -67,7 +67,7 @@ def _restore_root_logger() -> Iterator[None]:
 
 
 
-# With pytest-xdist (`./scripts/test.sh -n 2 --dist loadfile`: each test file stays
+# Under pytest-xdist (`./scripts/test.sh` runs `-n 2 --dist loadfile`: each test file stays
 # on one worker, so a module's shared server starts once), a test runs either beside the other
 # workers' tests or alone. Alone: the files that start several processes of their own at once
 # (training ranks under torchrun, Ray clusters) and any test marked `alone` (its assertions

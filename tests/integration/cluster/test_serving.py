@@ -112,10 +112,17 @@ def test_a_second_front_end_owns_its_own_instances(front: ServerProcess, cluster
     assert not metric(front, "surge_cluster_instances_lost_total", model="tiny")
 
 
-def test_node_removed_under_load(front: ServerProcess, ray_cluster: Any) -> None:
+@pytest.fixture
+def victim(ray_cluster: Any) -> Iterator[Any]:
+    """A compute node the test removes; a new one takes its place afterwards, so the cluster's
+    later tests (in whatever order a worker runs the files) find two compute nodes again."""
+    yield next(node for node in ray_cluster.list_all_nodes() if not node.head)
+    ray_cluster.add_node(num_cpus=1, labels={"pool": "compute"})
+
+
+def test_node_removed_under_load(front: ServerProcess, ray_cluster: Any, victim: Any) -> None:
     """Every accepted request is answered; the model serves again within seconds; the lost
     instance is replaced on the surviving node."""
-    victim = next(node for node in ray_cluster.list_all_nodes() if not node.head)
 
     async def scenario() -> tuple[list[tuple[float, int | str]], float]:
         loader = asyncio.create_task(load(front.http, clients=8, seconds=6.0))

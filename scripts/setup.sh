@@ -34,12 +34,12 @@ fi
 
 PYTHON=${PYTHON:-python3.11}
 # pip warns about every missing folder of a local package index this machine may list; hide those.
-# --no-compile: Python compiles a module's bytecode when it is first imported; compiling every
-# module of every package at install took half of the main venv's install time (185 -> 90 s).
+# pip compiles every module's bytecode at install, half of the main venv's install time here;
+# it stays: where PYTHONDONTWRITEBYTECODE is set (this machine's environment) a module not
+# compiled at install is compiled again at every import, by every process.
 pip_install() {
   local pip=$1; shift
-  "$pip" install -q --disable-pip-version-check --no-compile "$@" \
-    2> >(grep -v 'is ignored: it is neither' >&2)
+  "$pip" install -q --disable-pip-version-check "$@" 2> >(grep -v 'is ignored: it is neither' >&2)
 }
 # Triton's clients for the protocol conformance tests: tritonclient 2.51 pins numpy < 2, so it
 # gets its own venv. Its wheel ships bin/perf_analyzer, which needs libb64-0d (above) and the

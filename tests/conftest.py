@@ -14,12 +14,14 @@ from typing import TextIO
 
 import pytest
 
+from surge.platform import THREAD_ENV  # stdlib only: nothing that reads the variables yet
+
 os.environ.setdefault("KERAS_BACKEND", "torch")
 # One OpenMP/BLAS thread in this process and in the processes it starts (servers' workers and
 # training ranks set their own). On a 2-core machine, where another test's processes keep a core
 # busy, two torch threads spin-wait for a descheduled sibling: a small convolution's forward and
 # backward took 66 ms with two threads against 14 ms with one while one other process ran.
-for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+for _threads in THREAD_ENV:
     os.environ.setdefault(_threads, "1")
 
 ROOT = Path(__file__).resolve().parents[1]

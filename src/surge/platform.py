@@ -11,6 +11,9 @@ import math
 import os
 from pathlib import Path
 
+# The variables through which OpenMP, MKL and OpenBLAS take their thread counts: set before an
+# engine (or numpy) is imported in a process.
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
 
@@ -108,3 +111,9 @@ def settings_grid(cores: int) -> list[tuple[int, int]]:
     """Every (instances, threads) layout that fits `cores`: what the tuner searches and
     profiles, by the same rule the worker pool's planner enforces."""
     return [(i, t) for i in range(1, cores + 1) for t in range(1, cores + 1) if fits(i, t, cores)]
+
+
+def set_thread_env(threads: int) -> None:
+    """Tell the OpenMP, MKL and OpenBLAS this process will load to use `threads` threads."""
+    for name in THREAD_ENV:
+        os.environ[name] = str(threads)

@@ -22,6 +22,7 @@ import numpy as np
 
 from surge import __version__ as SURGE_VERSION
 from surge.cluster.shared import Probe, shares_memory
+from surge.platform import set_thread_env
 from surge.runtimes.base import Runner, Signature, SpinWait, openmp_wait_policy, run_rows
 from surge.workers.messages import TensorMeta
 from surge.workers.transport import Parts, pack, unpack
@@ -29,7 +30,6 @@ from surge.workers.transport import Parts, pack, unpack
 if TYPE_CHECKING:
     from surge.cluster.channel import ChannelServer
 
-_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 CONCURRENCY_GROUPS = {"compute": 1, "health": 1}
 
 
@@ -127,8 +127,7 @@ class InstanceActor:
         context = ray.get_runtime_context()
         where = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
                  "pid": os.getpid(), "surge": SURGE_VERSION}
-        for name in _THREAD_ENV:  # before the engine is imported in this process
-            os.environ[name] = str(self.spec.threads)
+        set_thread_env(self.spec.threads)  # before the engine is imported in this process
         os.environ["OMP_WAIT_POLICY"] = openmp_wait_policy(self.spec.spin_wait)
         try:
             self.runner = _load(self.spec)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
+from surge.platform import set_thread_env
 from surge.runtimes.base import Runner, SpinWait, openmp_wait_policy, run_rows
 from surge.workers.messages import BatchDone, LoadFailed, Ready, RunBatch, Stop
 from surge.workers.transport import WorkerEnd
@@ -16,9 +17,6 @@ from surge.workers.transport import WorkerEnd
 if TYPE_CHECKING:
     from surge.repository import Repository
     from surge.runtimes import RunnerOptions
-
-_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -52,8 +50,7 @@ def prepare_process(threads: int, spin_wait: SpinWait) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the front end's reload, to a process group
-    for name in _THREAD_ENV:
-        os.environ[name] = str(threads)
+    set_thread_env(threads)
     os.environ["OMP_WAIT_POLICY"] = openmp_wait_policy(spin_wait)
 
 

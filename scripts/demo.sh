@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+unset PYTHONDONTWRITEBYTECODE  # setup.sh installs without bytecode: compiled at first import
 SURGE=.venv/bin/surge
 WORK=out/demo
 SLO=${SURGE_DEMO_SLO:-50ms}

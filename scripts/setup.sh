@@ -32,12 +32,15 @@ fi
 
 PYTHON=${PYTHON:-python3.11}
 # pip warns about every missing folder of a local package index this machine may list; hide those.
-# pip compiles every module's bytecode at install, half of the main venv's install time here;
-# it stays: where PYTHONDONTWRITEBYTECODE is set (this machine's environment) a module not
-# compiled at install is compiled again at every import, by every process.
+# Installed without bytecode (--no-compile): pip compiling every module of every package was half
+# of the main venv's install time here, and most of those modules are never imported. Each module
+# is compiled once instead, at its first import; that needs bytecode writing on, so the scripts
+# that run Surge (this one, demo.sh, test.sh) unset PYTHONDONTWRITEBYTECODE, which otherwise has
+# every process compile every module it imports again.
+unset PYTHONDONTWRITEBYTECODE
 pip_install() {
   local pip=$1; shift
-  "$pip" install -q --disable-pip-version-check "$@" 2> >(grep -v 'is ignored: it is neither' >&2)
+  "$pip" install -q --disable-pip-version-check --no-compile "$@" 2> >(grep -v 'is ignored: it is neither' >&2)
 }
 # Triton's clients for the protocol conformance tests: tritonclient 2.51 pins numpy < 2, so it
 # gets its own venv. Its wheel ships bin/perf_analyzer, which needs libb64-0d (above) and the

@@ -12,8 +12,8 @@ nice -n 19 .venv/bin/mypy > "$types" 2>&1 &
 mypy_pid=$!
 trap 'kill "$mypy_pid" 2>/dev/null || true; rm -f "$types"' EXIT
 # Two pytest-xdist workers, each test file on one (its module's server starts once);
-# tests/conftest.py runs training ranks, Ray clusters and tests marked `alone` with nothing
-# beside them. Flags given after these win: `-n 0` runs one process.
+# tests/conftest.py runs training ranks and Ray clusters beside unit tests only and tests marked
+# `alone` beside nothing. Flags given after these win: `-n 0` runs one process.
 status=0
 .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@" || status=$?
 wait "$mypy_pid" || status=1

@@ -10,9 +10,10 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import pytest
+from xdist.scheduler import LoadFileScheduling
 
 from surge.platform import THREAD_ENV  # stdlib only: nothing that reads the variables yet
 
@@ -70,37 +71,66 @@ def _restore_root_logger() -> Iterator[None]:
 
 
 # Under pytest-xdist (`./scripts/test.sh` runs `-n 2 --dist loadfile`: each test file stays
-# on one worker, so a module's shared server starts once), a test runs either beside the other
-# workers' tests or alone. Alone: the files that start several processes of their own at once
-# (training ranks under torchrun, Ray clusters) and any test marked `alone` (its assertions
-# hold a time mark that a second worker's load could make it miss). Two lock files make it so:
-# a test beside others holds the main lock shared; one alone holds it exclusive. A worker that
-# waits to run alone holds the gate, which every other test passes through before it takes the
-# main lock, so the tests that run beside others cannot keep it waiting for ever.
-_ALONE_FILES = ("tests/e2e/test_train_", "tests/unit/train/", "tests/integration/cluster/",
+# on one worker, so a module's shared server starts once), each test is one of four kinds:
+# - heavy: the files that start several processes of their own at once (training ranks under
+#   torchrun, Ray clusters): beside light tests only;
+# - alone: a test marked `alone` (its assertions hold a time mark that a second worker's load
+#   could make it miss): beside nothing;
+# - light: the unit tests (tests/unit, but for its heavy folders): beside anything but alone;
+# - the others (servers, end-to-end runs): beside each other and light tests.
+# Two lock files make it so: `lock`, held shared by the others and exclusive by heavy and alone
+# tests, and `quiet`, held shared by light tests and exclusive by alone ones. A worker waiting
+# for an exclusive lock holds the gate, which every test passes through before it takes its
+# lock, so that shared holders cannot keep it waiting for ever.
+_HEAVY_FILES = ("tests/e2e/test_train_", "tests/unit/train/", "tests/integration/cluster/",
                 "tests/unit/cluster/")
-_held: list[TextIO] = []  # the open lock files while this worker holds the lock
+_LIGHT_FILES = ("tests/unit/",)
+_held: list[TextIO] = []  # the open lock files while this worker holds its locks
+
+
+def file_kind(path: str) -> str:
+    """heavy, light or shared, by the test file's path from the repository root."""
+    if path.startswith(_HEAVY_FILES):
+        return "heavy"
+    return "light" if path.startswith(_LIGHT_FILES) else "shared"
+
+
+def kind_of(item: pytest.Item | None) -> str | None:
+    if item is None:
+        return None
+    if item.get_closest_marker("alone") is not None:
+        return "alone"
+    return file_kind(item.path.relative_to(ROOT).as_posix())
 
 
 def runs_alone(item: pytest.Item | None) -> bool:
-    if item is None:
-        return False
-    return (item.path.relative_to(ROOT).as_posix().startswith(_ALONE_FILES)
-            or item.get_closest_marker("alone") is not None)
+    """Whether nothing but light tests runs beside it (heavy) or nothing at all (alone)."""
+    return kind_of(item) in ("heavy", "alone")
+
+
+_LOCKS = {"alone": (("lock", fcntl.LOCK_EX), ("quiet", fcntl.LOCK_EX)),
+          "heavy": (("lock", fcntl.LOCK_EX),),
+          "light": (("quiet", fcntl.LOCK_SH),),
+          "shared": (("lock", fcntl.LOCK_SH),)}
 
 
 def _lock_file(run: str, name: str) -> TextIO:
     return open(Path(tempfile.gettempdir()) / f"surge-tests-{run}.{name}", "w")  # noqa: SIM115
 
 
-def _take(run: str, alone: bool) -> list[TextIO]:
-    gate, main = _lock_file(run, "gate"), _lock_file(run, "lock")
-    fcntl.flock(gate, fcntl.LOCK_EX)
-    fcntl.flock(main, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
-    if alone:
-        return [main, gate]  # the gate stays shut until this test has run
-    gate.close()
-    return [main]
+def _take(run: str, kind: str) -> list[TextIO]:
+    gate = _lock_file(run, "gate")
+    exclusive = kind in ("heavy", "alone")
+    fcntl.flock(gate, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    if not exclusive:  # past the gate: no exclusive one waits
+        gate.close()
+    held = []
+    for name, mode in _LOCKS[kind]:
+        held.append(_lock_file(run, name))
+        fcntl.flock(held[-1], mode)
+    if exclusive:
+        gate.close()
+    return held
 
 
 def _release() -> None:
@@ -112,15 +142,44 @@ def _release() -> None:
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
                             ) -> Iterator[None]:
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    alone = runs_alone(item)
-    if run and not _held:  # still held only by an alone test before this alone one
-        _held.extend(_take(run, alone))
+    kind = kind_of(item)
+    assert kind is not None
+    if run and not _held:  # still held only by a heavy or alone test of the same kind
+        _held.extend(_take(run, kind))
     yield
-    # A test beside others gives the lock back after each test, so that a worker waiting to run
-    # alone gets in; one alone keeps it through its file (its module's fixtures are torn down
-    # once the next test is not alone).
-    if _held and not (alone and runs_alone(nextitem)):
+    # A test beside others gives its lock back after each test, so that a worker waiting for
+    # an exclusive one gets in; a heavy or alone test keeps it while the next is of its kind
+    # (its module's fixtures are torn down once the next test is not).
+    if _held and not (runs_alone(item) and kind_of(nextitem) == kind):
         _release()
+
+
+# Which kinds of file run beside a kind (the `alone` mark is not known here: such files are
+# taken as shared ones and wait for their lock).
+_BESIDE = {"heavy": {"light"}, "light": {"heavy", "light", "shared"}, "shared": {"light", "shared"}}
+_FIRST = ("heavy", "shared", "light")  # light files are kept for while heavy ones run
+
+
+class _PairingScheduling(LoadFileScheduling):
+    """`--dist loadfile`, but a worker is handed the first file that can run beside the files
+    the other workers hold, heavy ones first, rather than the next in line, which would wait
+    for their lock: while one worker runs the training and cluster files, the other runs the
+    unit tests. The order within a kind stays xdist's (files with more tests first)."""
+
+    def _assign_work_unit(self, node: Any) -> None:
+        held = {file_kind(scope) for other, work in self.assigned_work.items() if other is not node
+                for scope, tests in work.items() if not all(tests.values())}
+        for kind in _FIRST:
+            scope = next((scope for scope in self.workqueue if file_kind(scope) == kind), None)
+            if scope is not None and held <= _BESIDE[kind]:
+                self.workqueue.move_to_end(scope, last=False)
+                break
+        super()._assign_work_unit(node)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    return _PairingScheduling(config, log) if config.getoption("dist") == "loadfile" else None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -77,12 +77,13 @@ caffe_venv() {
 }
 
 # The side venvs are independent of .venv: they install beside it, each logging to its own
-# file, and setup waits for all of them (a failure prints its log and fails setup).
+# file, and setup waits for all of them (a failure prints its log and fails setup). They run at
+# a lower CPU priority: .venv is the longest install, which they would otherwise slow.
 SIDE_LOGS=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$SIDE_LOGS"' EXIT
 side_pids=()
 for side in triton_venv tf_venv caffe_venv; do
-  "$side" > "$SIDE_LOGS/$side.log" 2>&1 &
+  (renice -n 10 "$BASHPID" >/dev/null; "$side") > "$SIDE_LOGS/$side.log" 2>&1 &
   side_pids+=("$side:$!")
 done
 wait_side_venvs() {

@@ -76,14 +76,15 @@ def _restore_root_logger() -> Iterator[None]:
 #   torchrun, Ray clusters): beside light tests only;
 # - alone: a test marked `alone` (its assertions hold a time mark that a second worker's load
 #   could make it miss): beside nothing;
-# - light: the unit tests (tests/unit, but for its heavy folders): beside anything but alone;
+# - light: the unit tests (tests/unit, but for its heavy files): beside anything but alone;
 # - the others (servers, end-to-end runs): beside each other and light tests.
 # Two lock files make it so: `lock`, held shared by the others and exclusive by heavy and alone
 # tests, and `quiet`, held shared by light tests and exclusive by alone ones. A worker waiting
 # for an exclusive lock holds the gate, which every test passes through before it takes its
 # lock, so that shared holders cannot keep it waiting for ever.
-_HEAVY_FILES = ("tests/e2e/test_train_", "tests/unit/train/", "tests/integration/cluster/",
-                "tests/unit/cluster/")
+_HEAVY_FILES = ("tests/e2e/test_train_", "tests/integration/cluster/",
+                *(f"tests/unit/train/test_{name}.py" for name in (
+                    "shard_tables", "train_launch", "train_parallel", "train_supervision")))
 _LIGHT_FILES = ("tests/unit/",)
 _held: list[TextIO] = []  # the open lock files while this worker holds its locks
 

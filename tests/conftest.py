@@ -104,15 +104,21 @@ def kind_of(item: pytest.Item | None) -> str | None:
     return file_kind(item.path.relative_to(ROOT).as_posix())
 
 
-def runs_alone(item: pytest.Item | None) -> bool:
-    """Whether nothing but light tests runs beside it (heavy) or nothing at all (alone)."""
-    return kind_of(item) in ("heavy", "alone")
-
-
 _LOCKS = {"alone": (("lock", fcntl.LOCK_EX), ("quiet", fcntl.LOCK_EX)),
           "heavy": (("lock", fcntl.LOCK_EX),),
           "light": (("quiet", fcntl.LOCK_SH),),
           "shared": (("lock", fcntl.LOCK_SH),)}
+
+
+def exclusive(kind: str) -> bool:
+    """Whether a kind holds a lock exclusive (heavy, alone)."""
+    return any(mode == fcntl.LOCK_EX for _, mode in _LOCKS[kind])
+
+
+def beside(kind: str, other: str) -> bool:
+    """Whether two kinds can hold their locks at once: no lock both take with one exclusive."""
+    return not any(name == other_name and fcntl.LOCK_EX in (mode, other_mode)
+                   for name, mode in _LOCKS[kind] for other_name, other_mode in _LOCKS[other])
 
 
 def _lock_file(run: str, name: str) -> TextIO:
@@ -121,15 +127,15 @@ def _lock_file(run: str, name: str) -> TextIO:
 
 def _take(run: str, kind: str) -> list[TextIO]:
     gate = _lock_file(run, "gate")
-    exclusive = kind in ("heavy", "alone")
-    fcntl.flock(gate, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-    if not exclusive:  # past the gate: no exclusive one waits
+    waits_for_all = exclusive(kind)
+    fcntl.flock(gate, fcntl.LOCK_EX if waits_for_all else fcntl.LOCK_SH)
+    if not waits_for_all:  # past the gate: no exclusive one waits
         gate.close()
     held = []
     for name, mode in _LOCKS[kind]:
         held.append(_lock_file(run, name))
         fcntl.flock(held[-1], mode)
-    if exclusive:
+    if waits_for_all:
         gate.close()
     return held
 
@@ -151,13 +157,12 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
     # A test beside others gives its lock back after each test, so that a worker waiting for
     # an exclusive one gets in; a heavy or alone test keeps it while the next is of its kind
     # (its module's fixtures are torn down once the next test is not).
-    if _held and not (runs_alone(item) and kind_of(nextitem) == kind):
+    if _held and not (exclusive(kind) and kind_of(nextitem) == kind):
         _release()
 
 
-# Which kinds of file run beside a kind (the `alone` mark is not known here: such files are
-# taken as shared ones and wait for their lock).
-_BESIDE = {"heavy": {"light"}, "light": {"heavy", "light", "shared"}, "shared": {"light", "shared"}}
+# The `alone` mark is not known to the scheduler: such files are taken as shared ones and wait
+# for their lock.
 _FIRST = ("heavy", "shared", "light")  # light files are kept for while heavy ones run
 
 
@@ -172,7 +177,7 @@ class _PairingScheduling(LoadFileScheduling):
                 for scope, tests in work.items() if not all(tests.values())}
         for kind in _FIRST:
             scope = next((scope for scope in self.workqueue if file_kind(scope) == kind), None)
-            if scope is not None and held <= _BESIDE[kind]:
+            if scope is not None and all(beside(kind, other) for other in held):
                 self.workqueue.move_to_end(scope, last=False)
                 break
         super()._assign_work_unit(node)

@@ -80,6 +80,10 @@ class ClientDisconnectedError(Exception):
     """The client went away before the request was answered."""
 
 
+CUT_OFF_AT_GRACE = ("server is stopping: the request did not finish within the shutdown grace "
+                    "and was abandoned; send it again once the server is back")
+
+
 class V2App:
     """ASGI app serving the V2 HTTP protocol over an Engine."""
 
@@ -112,6 +116,13 @@ class V2App:
             await self._dispatch(scope, receive, send)
         except ClientDisconnectedError:
             return
+        except asyncio.CancelledError:
+            if self.accepting:
+                raise
+            # Draining, and the listener gave up on this request as the grace ended: it was
+            # answered 500 with a traceback in the log.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            await _respond(send, 503, error_body(CUT_OFF_AT_GRACE), _JSON)
         except HttpError as exc:
             await _respond(send, exc.status, error_body(str(exc)), [*_JSON, *exc.headers])
         except SurgeError as exc:

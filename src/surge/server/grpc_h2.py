@@ -101,7 +101,9 @@ class GrpcProtocol(h2.CoalescedWrites):
 
     def connection_made(self, transport: Any) -> None:  # uvloop's are not asyncio.Transport
         self.transport = transport
-        if len(self.state.connections) >= self.state.limits.max_connections:
+        # Draining: accepted as the listener closed, after stop() listed the connections to
+        # close; left open, it outlived the event loop.
+        if self.state.draining or len(self.state.connections) >= self.state.limits.max_connections:
             transport.abort()
             return
         self.state.connections.add(self)

@@ -13,6 +13,7 @@ from surge.protocol.http2 import NO_ERROR
 from surge.server.grpc_calls import service_methods
 from surge.server.grpc_h2 import GrpcProtocol, ServerState
 from surge.server.limits import ConnectionLimits
+from surge.server.sockets import close_listener
 
 
 class GrpcH2Server:
@@ -24,7 +25,7 @@ class GrpcH2Server:
 
     async def stop(self, grace: float | None) -> None:
         self.state.draining = True
-        self.server.close()
+        await close_listener(self.server)
         connections = list(self.state.connections)
         for connection in connections:
             connection.drained = asyncio.Event()

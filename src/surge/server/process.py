@@ -37,7 +37,7 @@ from surge.server.model_control import RepositoryControl, control_for
 from surge.server.production import Production, ProductionOptions
 from surge.server.shared_memory import MODES as SHARED_MEMORY_MODES
 from surge.server.shared_memory import registry_for
-from surge.server.sockets import reserve_all
+from surge.server.sockets import close_listener, reserve_all
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 GRPC_SERVERS = ("surge", "grpcio")
 # How long a drain still answers requests arriving on open HTTP keep-alive connections.
 HTTP_LINGER_S = 0.25
+# How long the requests cut off as the grace ends have to send their 503 before their
+# connections close.
+CUT_OFF_ANSWER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -271,7 +274,7 @@ class SurgeServer:
             await self.triton.stop()  # (before the engine stops, which forgets its models)
         await self.engine.stop(remaining)
         if self._metrics is not None and self._metrics_socket is not None:
-            await self._metrics.shutdown(sockets=[self._metrics_socket])
+            await _shut_down(self._metrics, self._metrics_socket)
         if self.shared_memory is not None:
             self.shared_memory.close()
         self.site.close()
@@ -282,9 +285,22 @@ class SurgeServer:
         down", with `Connection: close`); then uvicorn lets open requests finish and closes the
         idle connections, which would have cut such a request off without an answer."""
         for listener in http.servers:
-            listener.close()
+            await close_listener(listener)
         await asyncio.sleep(HTTP_LINGER_S)
-        await http.shutdown(sockets=[self._http_socket] if self._http_socket else None)
+        await _shut_down(http, self._http_socket)
+
+
+async def _shut_down(server: uvicorn.Server, sock: socket.socket | None) -> None:
+    """uvicorn's shutdown; the requests it cancels as the grace ends get a moment to send
+    their 503, and a connection still open after that is closed (left open, it outlived the
+    event loop, its socket never closed)."""
+    for listener in server.servers:
+        await close_listener(listener)  # uvicorn's shutdown closes it at once
+    await server.shutdown(sockets=[sock] if sock is not None else None)
+    if server.server_state.tasks:  # cancelled as the grace ended: their answers go out
+        await asyncio.wait(list(server.server_state.tasks), timeout=CUT_OFF_ANSWER_S)
+    for connection in list(server.server_state.connections):
+        connection.transport.abort()
 
 
 async def _start_uvicorn(app: Any, sock: socket.socket, options: ServeOptions,

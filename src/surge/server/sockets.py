@@ -3,8 +3,10 @@ server that cannot report what it bound has started."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
+from asyncio.selector_events import BaseSelectorEventLoop
 from pathlib import Path
 
 from surge.errors import cannot_listen
@@ -30,6 +32,27 @@ def reserve(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
         raise cannot_listen(host, port, exc) from None
     sock.setblocking(False)
     return sock
+
+
+async def close_listener(listener: asyncio.Server) -> None:
+    """`listener.close()`, after the connections it has accepted have their transports.
+
+    On asyncio's own loop (Python 3.11), a connection accepted in the loop's turn before
+    close() got its transport after it: attaching it to the closed server failed, that error
+    was swallowed and the connection's socket was never closed. Accepting stops first here;
+    a few turns of the loop later the accepted connections are made, and close() follows.
+    uvloop's listeners accept and make a connection in one step."""
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, BaseSelectorEventLoop) and listener.is_serving():
+        for sock in listener.sockets:
+            loop.remove_reader(sock.fileno())
+        for _ in range(_TURNS_TO_MAKE_A_CONNECTION):
+            await asyncio.sleep(0)
+    listener.close()
+
+
+# accept -> the connection's task starts and builds its transport -> connection_made
+_TURNS_TO_MAKE_A_CONNECTION = 3
 
 
 def reserve_all(host: str, ports: tuple[int, ...], *,

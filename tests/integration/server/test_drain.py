@@ -4,6 +4,8 @@ drain that begins while models still load does not wait for them."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,6 +21,7 @@ from surge.api import start_server
 from surge.engine import Engine
 from surge.errors import SurgeError
 from surge.repository import Repository
+from surge.server.app import CUT_OFF_AT_GRACE
 from surge.server.process import ServeOptions, SurgeServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -116,3 +119,33 @@ def test_a_background_server_that_does_not_start_in_time_stops_without_waiting(
     with pytest.raises(SurgeError, match="did not start within 3 s"):
         start_server(repo, ServeOptions(http_port=0, grpc_port=0, metrics_port=0), timeout_s=3)
     assert time.monotonic() - began < 20
+
+
+def test_a_connection_still_answering_when_the_grace_ends_is_closed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn gives up on the request as its grace ends: it was answered 500 with a
+    traceback in the log, and a connection still open then outlived the event loop."""
+    repo = make_repository(tmp_path / "repo", slow_delay_ms=3000, with_tiny=False)
+    monkeypatch.syspath_prepend(str(HERE))  # the workers import models:slow_double
+    slow = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}'
+
+    async def body() -> None:
+        server = SurgeServer(Engine(Repository(repo)), ServeOptions(
+            http_port=0, grpc_port=0, metrics_port=0, grace_s=1.0))
+        endpoints = await server.start()
+        host, port = endpoints.http.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(_post("/v2/models/slow/infer", slow))
+        await asyncio.sleep(0.5)  # being computed
+        drain = asyncio.create_task(server.drain())
+        answer = await asyncio.wait_for(reader.read(), 10.0)  # to the end: it closes
+        await drain
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"error": CUT_OFF_AT_GRACE}
+        assert b"connection: close" in answer.lower()
+        writer.close()
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(body())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -411,6 +411,25 @@ class FakeTransport:
         return ("127.0.0.1", 5) if name == "peername" else None
 
 
+def test_a_connection_made_while_the_listener_drains_is_closed() -> None:
+    """stop() closes the connections it finds; one made after it (accepted just before the
+    listener closed) was kept, and outlived the event loop with its socket open."""
+    async def main() -> None:
+        state = ServerState({}, ConnectionLimits(), 1 << 16)
+        open_one, late = FakeTransport(), FakeTransport()
+        GrpcProtocol(state).connection_made(open_one)
+        state.draining = True
+        GrpcProtocol(state).connection_made(late)
+        assert late.closing
+        assert not late.sent
+        assert not open_one.closing
+        assert len(state.connections) == 1
+        for connection in list(state.connections):
+            connection.connection_lost(None)  # its timer stopped
+
+    asyncio.run(main())
+
+
 _FRAMES = st.lists(st.tuples(st.integers(0, 10), st.integers(0, 255), st.integers(0, 6),
                              st.binary(max_size=40)), max_size=12)
 

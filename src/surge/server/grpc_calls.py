@@ -52,12 +52,19 @@ class CallContext:
         self.code = grpc.StatusCode.OK
         self.details = ""
         self.trailing: tuple[tuple[str, Any], ...] = ()
+        self.deadline: float | None = None  # on the event loop's clock (grpc-timeout)
 
     def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
         return self._metadata
 
     def peer(self) -> str:
         return self._peer
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the call's deadline; None for a call without one."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - asyncio.get_running_loop().time())
 
     def set_trailing_metadata(self, metadata: Any) -> None:
         self.trailing = tuple(metadata)

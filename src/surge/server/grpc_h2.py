@@ -359,6 +359,8 @@ class GrpcProtocol(h2.CoalescedWrites):
     async def _answer(self, stream: Stream, context: CallContext,
                       work: Coroutine[Any, Any, None]) -> None:
         """Run a call's work within its deadline; end the call with the status it comes to."""
+        if stream.timeout is not None:
+            context.deadline = asyncio.get_running_loop().time() + stream.timeout
         try:
             await (work if stream.timeout is None else asyncio.wait_for(work, stream.timeout))
         except grpc.aio.AbortError:

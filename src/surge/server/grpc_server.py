@@ -265,7 +265,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                  context.peer() or "", call.traceparent, time.monotonic(),
                                  tracestate=call.tracestate)
         try:
-            response = await self._logged_infer(request, record)
+            response = await self._logged_infer(request, record, context)
         except SurgeError as exc:
             await _abort(context, exc, call.request_id)
             raise AssertionError("unreachable") from exc
@@ -298,19 +298,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                  context.peer() or "", call.traceparent, time.monotonic(),
                                  tracestate=call.tracestate, item_id=request.id)
         try:
-            response = await self._logged_infer(request, record)
+            response = await self._logged_infer(request, record, context)
         except SurgeError as exc:
             return _stream_error(request, exc)
         return pb.ModelStreamInferResponse(infer_response=response)
 
-    async def _logged_infer(self, request: Any, record: RequestRecord | None) -> Any:
+    async def _logged_infer(self, request: Any, record: RequestRecord | None,
+                            context: Any) -> Any:
         """`_infer` of the model the request names, with the request log's line finished by
         how it ended (a name or version that is not one included)."""
         try:
             name, version = check_name(request.model_name), _version(request.model_version)
-            response = await self._infer(name, version, request, record)
+            response = await self._infer(name, version, request, record, context)
         except asyncio.CancelledError:
-            self._log.finish(record, "CANCELLED", failed=True)
+            expired = _past_deadline(context)
+            self._log.finish(record, "DEADLINE_EXCEEDED" if expired else "CANCELLED",
+                             failed=True)
             raise
         except SurgeError as exc:
             self._log.finish(record, _code(exc).name, failed=True)
@@ -319,7 +322,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def _infer(self, name: str, version: int | None, request: Any,
-                     record: RequestRecord | None) -> Any:
+                     record: RequestRecord | None, context: Any) -> Any:
         start = time.perf_counter()
         token = request_timing.set(record.timing) if record is not None else None
         try:
@@ -333,7 +336,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = encode_infer_response(
                 name, answered, decoded, outputs, {"variant": served} if served else None)
         except asyncio.CancelledError:
-            self._observer.observe(name, "cancelled", time.perf_counter() - start)
+            outcome = "expired" if _past_deadline(context) else "cancelled"
+            self._observer.observe(name, outcome, time.perf_counter() - start)
             raise
         except SurgeError as exc:
             self._observer.observe(name, outcome_of(exc), time.perf_counter() - start)
@@ -458,6 +462,20 @@ def _row_version(row: dict[str, str]) -> int | None:
 
 def _as_bytes(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
+
+
+def _past_deadline(context: Any) -> bool:
+    """Whether a call cancelled was cancelled as its deadline (grpc-timeout) passed, rather
+    than by its client: counted `expired` as a request past its V2 timeout is, not
+    `cancelled`."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= DEADLINE_SLACK_S
+
+
+# A call cancelled this close to its deadline was cancelled by it: by the server's timer (on
+# uvloop's clock, which ticks in whole milliseconds), or by the client's own, which started
+# before the request was sent and resets the call as its deadline passes.
+DEADLINE_SLACK_S = 0.02
 
 
 async def start_grpc_server(

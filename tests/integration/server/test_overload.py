@@ -66,6 +66,13 @@ def _counted(server: ServerProcess, protocol: str) -> Counter[str]:
     return counted
 
 
+def _ended(server: ServerProcess) -> Counter[str]:
+    """`slow`'s gRPC requests that expired or were cancelled."""
+    return Counter({outcome: _metric(server, "surge_requests_total", model="slow",
+                                     outcome=outcome, protocol="grpc")
+                    for outcome in ("expired", "cancelled")})
+
+
 def _stats(server: ServerProcess) -> dict:
     return httpx.get(f"{server.http}/v2/models/slow/stats").json()["model_stats"][0]
 
@@ -190,11 +197,18 @@ def test_grpc_status_codes_and_cancellation(slow_server: ServerProcess) -> None:
             unknown.model_name = "nope"
             codes = await asyncio.gather(code(bad), code(unknown))
             before = _stats(slow_server)["inference_count"]
+            ended_before = _ended(slow_server)
             cancelled = await asyncio.gather(*(code(request(), timeout=0.1) for _ in range(16)))
             await asyncio.sleep(0.8)
             computed = _stats(slow_server)["inference_count"] - before
             assert Counter(cancelled)["DEADLINE_EXCEEDED"] >= 10, cancelled
             assert computed <= 10, computed
+            ended = _ended(slow_server)
+            ended.subtract(ended_before)
+            # Each past its deadline: the server's timer or the client's reset ended it. Both
+            # were counted `cancelled`, as if the client had given up.
+            assert ended.total() == Counter(cancelled)["DEADLINE_EXCEEDED"], ended
+            assert ended["expired"] >= 1, ended
             return flood, *codes  # type: ignore[return-value]
 
     flood, bad_code, unknown_code = asyncio.run(scenario())

@@ -47,6 +47,7 @@ from surge.repository.config import ORIGINAL
 from surge.runtimes.base import Signature
 from surge.scheduler import Batch, Request, Scheduler, SchedulerConfig, shape_key
 from surge.scheduler.types import check_timeout, priority_level
+from surge.workers.exits import started_within
 from surge.workers.pool import BatchResult
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,8 @@ class ServedModel:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.pool.start()
+        await started_within(self.pool.start(), self.pool.stop, self.config.load_timeout_s,
+                             f"model {self.name!r}")
         signature = self.pool.signature
         assert signature is not None, "a started pool knows the model's signature"
         self.handle = ModelHandle(self.name, self.version, self.versions, self.config, signature,

@@ -305,6 +305,9 @@ class ModelConfig(StrictConfig):
     hang_min_ms: Float = Field(
         2000.0, ge=10, le=3_600_000, description="Least time a batch may compute before its "
         "worker can be taken as hung, so that short batches never trip on a scheduling hiccup.")
+    load_timeout_s: Float = Field(
+        600.0, gt=0, le=86_400, description="Longest the instances may take to load the model "
+        "and run its warm-up samples: past it the load fails and their processes are killed.")
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue limits, the "
                                "whole queue's and (`priorities`) each priority level's own.")
     placement: Literal["local", "cluster", "auto", "in-process"] = Field(

@@ -24,7 +24,7 @@ from surge import __version__ as SURGE_VERSION
 from surge.cluster.shared import Probe, shares_memory
 from surge.platform import set_thread_env
 from surge.runtimes.base import Runner, Signature, SpinWait, openmp_wait_policy, run_rows
-from surge.workers.messages import TensorMeta
+from surge.workers.messages import TensorMeta, Warmup
 from surge.workers.transport import Parts, pack, unpack
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class ActorSpec:
     threads: int
     device: str
     spin_wait: SpinWait = False
+    warmup: Warmup = None  # the front end's model_warmup; None: config.yaml's
 
 
 @dataclass(frozen=True)
@@ -179,4 +180,5 @@ def _load(spec: ActorSpec) -> Runner:
                                 "nodes need it at the same path, e.g. on shared storage)")
     options = RunnerOptions(intra_op_threads=spec.threads, device=spec.device,
                             spin_wait=spec.spin_wait)
-    return load_warm(Repository(spec.root), spec.ref, spec.version, options, spec.threads)
+    return load_warm(Repository(spec.root), spec.ref, spec.version, options, spec.threads,
+                     spec.warmup)

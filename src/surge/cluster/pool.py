@@ -184,7 +184,8 @@ class RayPool:
         options = actor_options(self._config, avoided)
         actor = self._site.actor_class().options(**options).remote(ActorSpec(
             self._site.root, spec.ref, spec.version, instance_threads(self._config),
-            "cpu" if not self._config.gpus else "cuda", spec.config.spin_wait))
+            "cpu" if not self._config.gpus else "cuda", spec.config.spin_wait,
+            tuple(spec.config.model_warmup)))
         self._indexes += 1
         instance = Instance(self._indexes, actor, time.monotonic(), avoided=avoided)
         self._instances.append(instance)

@@ -183,7 +183,8 @@ class Engine:
                                     available_cores(), cuda_device_count(config.device))
         return InProcessPool(str(self.repository.root), spec.ref, spec.version, placements,
                              events, spin_wait=config.spin_wait,
-                             hang=HangRule(config.hang_multiple, config.hang_min_ms / 1e3))
+                             hang=HangRule(config.hang_multiple, config.hang_min_ms / 1e3),
+                             warmup=tuple(config.model_warmup))
 
     def _worker_pool(self, spec: PoolSpec, events: PoolEvents) -> InstancePool:
         """Production pools: one worker process per instance, placed to fit the cores, or a view
@@ -199,7 +200,7 @@ class Engine:
             max_batch_size=max(1, config.max_batch_size), spin_wait=config.spin_wait,
             hang=HangRule(config.hang_multiple, config.hang_min_ms / 1e3),
             estimate=events.batch_estimate, on_hung=events.on_hung,
-            on_spawn_failure=events.on_spawn_failure,
+            on_spawn_failure=events.on_spawn_failure, warmup=tuple(config.model_warmup),
         )
 
     # -- lookup ------------------------------------------------------------------------------

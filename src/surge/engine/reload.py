@@ -42,6 +42,8 @@ OVERRIDABLE_FIELDS = frozenset({
     "batching", "instances", "threads", "device", "spin_wait", "hang_multiple", "hang_min_ms",
     "queue", "version_policy", "variant", "slo_p99_ms", "labels", "parameters", "placement",
     "cluster", "ladder", "max_accuracy_drop", "ladder_accuracy",  # the front end's ladder
+    "model_warmup",  # handed to each instance as it loads (workers/messages.py Warmup)
+    "load_timeout_s",  # the front end waits for the instances (workers/exits.py)
     "response_cache",  # the front end's cache (engine/response_cache.py)
 })
 

@@ -42,6 +42,7 @@ from surge.workers.messages import (
     ModelLoadFailed,
     ModelUnloaded,
     UnloadModel,
+    Warmup,
 )
 from surge.workers.placement import Placement
 from surge.workers.pool import (
@@ -69,6 +70,7 @@ class Member:
     events: PoolEvents
     hang: HangRule = field(default_factory=HangRule)
     spin_wait: SpinWait = False
+    warmup: Warmup = None  # the front end's model_warmup
     id: str = ""
     signature: Signature | None = None
     warm: bool = False  # loaded by every process once
@@ -82,7 +84,7 @@ class Member:
     def load_message(self, index: int) -> LoadModel:
         placement = self.placements[index % len(self.placements)]
         return LoadModel(self.id, self.ref, self.version, placement.threads, placement.device,
-                         self.spin_wait)
+                         self.spin_wait, self.warmup)
 
 
 class WorkerGroup(WorkerPool):

@@ -7,8 +7,16 @@ the pipe with the pipe transport), and `TensorMeta` says where.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from surge.runtimes.base import Signature, SpinWait
+
+if TYPE_CHECKING:
+    from surge.repository.warmup import WarmupSample
+
+# An instance's warm-up samples as the front end's config has them (a load's override may set
+# them); None: the instance reads its config.yaml's.
+Warmup = tuple["WarmupSample", ...] | None
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,7 @@ class LoadModel:
     threads: int
     device: str
     spin_wait: SpinWait = False
+    warmup: Warmup = None  # the front end's model_warmup; None: config.yaml's
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from surge.workers.dispatch import Instance as Instance  # re-exported
 from surge.workers.dispatch import dispatch_order as dispatch_order  # re-exported
 from surge.workers.exits import exited_loading
 from surge.workers.hang import HangRule
-from surge.workers.messages import BatchDone, LoadFailed, Ready, Stop
+from surge.workers.messages import BatchDone, LoadFailed, Ready, Stop, Warmup
 from surge.workers.placement import Placement, first_slot_bytes
 from surge.workers.placement import cuda_device_count as cuda_device_count  # re-exported
 from surge.workers.placement import plan_instances as plan_instances  # re-exported
@@ -116,8 +116,10 @@ class WorkerPool:
         estimate: Callable[[int], float | None] | None = None,
         on_hung: Callable[[Batch], None] | None = None,
         on_spawn_failure: Callable[[], None] | None = None,
+        warmup: Warmup = None,
     ) -> None:
         self.root, self.ref, self.version = root, ref, version
+        self.warmup = warmup  # the front end's model_warmup (a load's override may set it)
         self.label = f"model {ref!r}"  # what its errors and logs call the pool's model
         self.spin_wait = spin_wait
         self.placements = placements
@@ -241,7 +243,7 @@ class WorkerPool:
         """What instance `index` is told to load, and how to run it."""
         placement = self.placements[index]
         return WorkerSpec(self.root, self.ref, self.version, placement.threads, placement.device,
-                          index, self.spin_wait)
+                          index, self.spin_wait, self.warmup)
 
     def _spawn(self, index: int) -> None:
         """Restart instance `index` (a timer callback); one that cannot start is tried again."""

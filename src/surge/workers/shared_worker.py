@@ -102,7 +102,7 @@ class SharedWorker:
 
     def load(self, message: LoadModel) -> None:
         spec = WorkerSpec(self.root, message.ref, message.version, message.threads,
-                          message.device, 0, message.spin_wait)
+                          message.device, 0, message.spin_wait, message.warmup)
         before = rss_bytes()
         try:
             runner = load(spec)

@@ -34,7 +34,7 @@ from surge.runtimes.base import Interruptible, Runner, Signature, SpinWait, inte
 from surge.scheduler import Batch
 from surge.workers.events import PoolEvents
 from surge.workers.hang import HangRule
-from surge.workers.messages import BatchDone
+from surge.workers.messages import BatchDone, Warmup
 from surge.workers.placement import Placement
 from surge.workers.pool import PIPELINE_DEPTH, BatchResult, dispatch_order
 from surge.workers.shared_worker import rss_bytes
@@ -112,8 +112,9 @@ class InProcessPool:
 
     def __init__(self, root: str, ref: str, version: int | None, placements: list[Placement],
                  events: PoolEvents, *, spin_wait: SpinWait = False,
-                 hang: HangRule | None = None) -> None:
+                 hang: HangRule | None = None, warmup: Warmup = None) -> None:
         self.root, self.ref, self.version = root, ref, version
+        self._warmup = warmup  # the front end's model_warmup
         self.placements = placements
         self.signature: Signature | None = None
         self._events = events
@@ -133,7 +134,7 @@ class InProcessPool:
         for index, placement in enumerate(self.placements):
             thread = ThreadPoolExecutor(1, f"surge-{self.ref}-{index}")
             spec = WorkerSpec(self.root, self.ref, self.version, placement.threads,
-                              placement.device, index, self._spin_wait)
+                              placement.device, index, self._spin_wait, self._warmup)
             try:
                 runner = await self._loop.run_in_executor(thread, load, spec)
             except Exception as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,10 +34,12 @@ if TYPE_CHECKING:
 _LENGTH = struct.Struct("<I")  # a BYTES element's length in a data file, as Triton writes it
 
 
-def warm_up(runner: Runner, config: ModelConfig, model_dir: Path) -> None:
-    """Run each of `config`'s warm-up samples `count` times on `runner`, in order."""
+def warm_up(runner: Runner, config: ModelConfig, model_dir: Path,
+            samples: Sequence[WarmupSample] | None = None) -> None:
+    """Run each warm-up sample (`samples`, else `config`'s) `count` times on `runner`, in
+    order."""
     states = config.sequence_batching.state_inputs() if config.sequence_batching else set()
-    for sample in config.model_warmup:
+    for sample in config.model_warmup if samples is None else samples:
         try:
             inputs = sample_inputs(sample, runner.signature, model_dir, states)
         except (ValueError, MemoryError) as exc:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from surge.platform import set_thread_env
 from surge.runtimes.base import Runner, SpinWait, openmp_wait_policy, run_rows
-from surge.workers.messages import BatchDone, LoadFailed, Ready, RunBatch, Stop
+from surge.workers.messages import BatchDone, LoadFailed, Ready, RunBatch, Stop, Warmup
 from surge.workers.transport import WorkerEnd
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ class WorkerSpec:
     device: str
     index: int = 0
     spin_wait: SpinWait = False  # the model config's: how idle engine threads wait
+    warmup: Warmup = None  # the front end's `model_warmup` (a load's override); None: config.yaml's
 
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
@@ -61,20 +62,22 @@ def load(spec: WorkerSpec) -> Runner:
 
     options = RunnerOptions(intra_op_threads=spec.threads, device=spec.device,
                             spin_wait=spec.spin_wait)
-    return load_warm(Repository(spec.root), spec.ref, spec.version, options, spec.threads)
+    return load_warm(Repository(spec.root), spec.ref, spec.version, options, spec.threads,
+                     spec.warmup)
 
 
 def load_warm(repository: Repository, ref: str, version: int | None, options: RunnerOptions,
-              threads: int) -> Runner:
+              threads: int, warmup: Warmup = None) -> Runner:
     """The serving runner of `ref`, warmed up: the engine's own run of example inputs, then
-    the config's `model_warmup` samples (every instance runs them before it is ready)."""
+    the `model_warmup` samples (every instance runs them before it is ready): `warmup`, the
+    front end's, else config.yaml's."""
     from surge.processors.in_worker import serving_runner
     from surge.workers.warmup import warm_up
 
     loaded = repository.load(ref, version, options)
     runner = serving_runner(loaded, threads)
     runner.warmup()
-    warm_up(runner, loaded.config, repository.model_dir(loaded.name))
+    warm_up(runner, loaded.config, repository.model_dir(loaded.name), warmup)
     return runner
 
 

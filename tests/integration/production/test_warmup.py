@@ -170,3 +170,26 @@ def test_the_model_configuration_echoes_the_samples(served: tuple[Served, Path])
     assert list(first.inputs["n"].dims) == [3]
     assert first.inputs["x"].random_data
     assert second.inputs["x"].zero_data
+
+
+ZEROS_ONLY = [{"name": "zeros", "inputs": {
+    "x": {"datatype": "FP32", "dims": [4], "zero_data": True},
+    "n": {"datatype": "INT64", "dims": [3], "zero_data": True}}}]
+
+
+def test_a_load_can_replace_the_samples(served: tuple[Served, Path]) -> None:
+    """`model_warmup` was refused in a load's config override (the workers read config.yaml's):
+    `bad`, whose own samples cannot run, loads with samples that can."""
+    server, _ = served
+    with server.client() as client:
+        answer = client.post("/v2/repository/models/bad/load",
+                             json={"parameters": {"config": {"model_warmup": ZEROS_ONLY}}})
+        assert answer.status_code == 200, answer.text
+        warmup = client.get("/v2/models/bad/config").json()["model_warmup"]
+        assert [sample["name"] for sample in warmup] == ["zeros"]
+        wrong = client.post("/v2/repository/models/bad/load", json={"parameters": {"config": {
+            "model_warmup": [{"name": "z", "inputs": {"x": {"datatype": "FP32", "dims": [5],
+                                                            "zero_data": True}}}]}}})
+        assert wrong.status_code == 400, wrong.text
+        assert "model_warmup sample 'z'" in wrong.json()["error"]
+        assert client.post("/v2/repository/models/bad/unload").status_code == 200

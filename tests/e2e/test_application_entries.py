@@ -13,7 +13,6 @@ import pytest
 
 from surge.errors import InputError
 from surge.evaluate.harness import EvalDataset, evaluate, load_dataset
-from surge.optimize.quantize import lacks_vnni
 from surge.repository import Repository
 from surge.runtimes import RunnerOptions, load_runner
 from surge.tasks import DataOptions, get_task
@@ -71,10 +70,10 @@ def test_credit_entries_score_their_documented_auc() -> None:
     aucs = {ref: _score(FINANCE, ref, dataset, "tabular-classification").auc
             for ref in ("credit-gbm", "credit-mlp@original", "credit-mlp")}
     # credit-mlp serves its tuned int8-dynamic variant, quantized on a VNNI CPU with int8
-    # weights: without VNNI, ONNX Runtime's u8s8 products saturate (docs/optimize.md)
-    int8_auc = 0.7788 if lacks_vnni() else 0.8307
+    # weights: without VNNI, ONNX Runtime's u8s8 products saturate and it scored 0.7788, until
+    # its weights were served as uint8 there (surge/runtimes/int8_weights.py)
     assert aucs == pytest.approx({"credit-gbm": 0.7710, "credit-mlp@original": 0.8294,
-                                  "credit-mlp": int8_auc}, abs=5e-4)
+                                  "credit-mlp": 0.8307}, abs=5e-4)
 
 
 def test_dlrm_entry_and_its_table_variants_rank_as_documented() -> None:

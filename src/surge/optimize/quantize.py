@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,9 +14,9 @@ from surge.errors import ConfigError
 from surge.optimize.registry import Artifact, OptimizeConfig, dispatch, register
 from surge.optimize.source import Inputs, ModelSource
 from surge.optimize.variant import Tolerance, Variant
+from surge.platform import lacks_vnni
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-CPUINFO = Path("/proc/cpuinfo")
 
 
 class QuantizeConfig(OptimizeConfig):
@@ -75,22 +74,6 @@ def quantize(source: ModelSource, config: QuantizeConfig, out_dir: Path,
              tolerance: Tolerance | None = None) -> Variant:
     """Quantize the model's ONNX graph to int8 in the format `config` names."""
     return dispatch("quantize", QuantizeConfig, source, config, out_dir, tolerance)
-
-
-def lacks_vnni() -> bool:
-    """Whether this is an x86 CPU without VNNI. There ONNX Runtime multiplies uint8 activations
-    by int8 weights with VPMADDUBSW, whose 16-bit sums of two products saturate: a tiny CNN's
-    outputs came out 3.5 off on a scale of 19 (0.33 with uint8 weights, 0.76 with 7-bit int8
-    ones). VNNI and AMX sum into 32 bits; other architectures have no such instruction."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        text = CPUINFO.read_text()
-    except OSError:  # not Linux: no way to tell, so int8 weights
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
-    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
 
 
 def _weight_type(uint8: bool | None) -> Any:

@@ -11,6 +11,7 @@ import numpy as np
 from surge.datatypes import ORT_TO_V2
 from surge.errors import InputError, ModelLoadError
 from surge.runtimes.base import RunnerOptions, Signature, TensorSpec, example_inputs
+from surge.runtimes.int8_weights import served_bytes
 
 log = logging.getLogger(__name__)
 CPU_EP = "CPUExecutionProvider"
@@ -70,6 +71,13 @@ def session_signature(session: object) -> Signature:
     return Signature(inputs, outputs, batched=batched, platform="onnxruntime_onnx")
 
 
+def _model(path: Path, providers: list[str]) -> str | bytes:
+    """What the session loads: the file, or on a CPU without VNNI the model with its int8
+    weights as uint8 (`surge.runtimes.int8_weights`; CPU kernels only)."""
+    rewritten = served_bytes(path) if providers == ["CPUExecutionProvider"] else None
+    return rewritten if rewritten is not None else str(path)
+
+
 class OnnxRunner:
     """Runs an `.onnx` file in an ONNX Runtime InferenceSession."""
 
@@ -91,7 +99,8 @@ class OnnxRunner:
         providers = select_providers(options.device, ort.get_available_providers())
         try:
             self._session = ort.InferenceSession(
-                str(self.path), session_options, providers=[p for p, _ in providers],
+                _model(self.path, [p for p, _ in providers]), session_options,
+                providers=[p for p, _ in providers],
                 provider_options=[o for _, o in providers],
             )
         except InvalidProtobuf as exc:

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
+import surge.platform
 from surge.errors import ConfigError
 from surge.optimize import Int8DynamicConfig, Int8StaticConfig, PruneConfig, Tolerance, quantize
 from surge.runtimes import load_runner
@@ -92,9 +93,9 @@ def test_vnni_is_read_from_the_cpus_flags(monkeypatch: pytest.MonkeyPatch, tmp_p
                                           machine: str, flags: str, lacks: bool) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
-    monkeypatch.setattr(quantize_module, "CPUINFO", cpuinfo)
-    monkeypatch.setattr(quantize_module.platform, "machine", lambda: machine)
-    assert quantize_module.lacks_vnni() is lacks
+    monkeypatch.setattr(surge.platform, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(surge.platform.stdlib_platform, "machine", lambda: machine)
+    assert surge.platform.lacks_vnni() is lacks
     config = Int8StaticConfig()
     assert quantize_module._weight_type(config.weight_uint8).name == (
         "QUInt8" if lacks else "QInt8")

@@ -1,0 +1,117 @@
+"""The committed int8 variants served as their files are and with their int8 weights as uint8
+(`surge/runtimes/int8_weights.py`), side by side on this CPU: batch time and how far each
+answers from the float original.
+
+On a CPU with VNNI the int8 files are exact; without it their uint8 x int8 products saturate,
+and the shift serves them with uint8 x uint8 kernels instead. This shows what the shift costs in
+time and what it gives back in answers. One intra-op thread; the two ways alternate over
+`--rounds` rounds of `--seconds` each; medians.
+
+    .venv/bin/python benchmarks/int8_weights.py [--rounds 5] [--seconds 1] [--batch 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from surge.platform import lacks_vnni
+from surge.runtimes.base import example_inputs
+from surge.runtimes.int8_weights import shift_int8_weights
+from surge.runtimes.onnx_runner import session_signature
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+VARIANTS = {  # variant file -> its original's
+    "credit-mlp@int8-dynamic": "examples/finance/repository/credit-mlp",
+    "price-forecaster@int8-dynamic": "examples/finance/repository/price-forecaster",
+    "dlrm@int8-dynamic": "examples/recommendation/repository/dlrm",
+    "detector@int8-static": "examples/repository/detector",
+}
+
+
+def session(model: str | bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def shifted_bytes(path: Path) -> bytes | None:
+    import onnx
+
+    model = onnx.load(str(path))
+    return model.SerializeToString() if shift_int8_weights(model.graph) else None
+
+
+def batch_ms(runner: ort.InferenceSession, feed: dict[str, np.ndarray], seconds: float) -> float:
+    """Median time of one run over `seconds` of back-to-back runs."""
+    times = []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        start = time.perf_counter()
+        runner.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def largest_error(runner: ort.InferenceSession, reference: list[np.ndarray],
+                  feed: dict[str, np.ndarray]) -> float:
+    outputs = runner.run(None, feed)
+    return max(float(np.abs(np.asarray(o, np.float64) - np.asarray(r, np.float64)).max())
+               for o, r in zip(outputs, reference, strict=True)
+               if np.issubdtype(np.asarray(r).dtype, np.floating))
+
+
+def measure(name: str, original_dir: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    model, _, variant = name.partition("@")
+    path = ROOT / original_dir / "variants" / variant / "model.onnx"
+    shifted = shifted_bytes(path)
+    if shifted is None:
+        return None
+    ways = {"as_file": session(str(path)), "uint8_weights": session(shifted)}
+    original = session(str(next((ROOT / original_dir / "1").glob("model.onnx"))))
+    signature = session_signature(ways["as_file"])
+    feed = example_inputs(signature, batch_size=args.batch)
+    reference = original.run(None, feed)
+    times: dict[str, list[float]] = {way: [] for way in ways}
+    for _ in range(args.rounds):
+        for way, runner in ways.items():
+            times[way].append(batch_ms(runner, feed, args.seconds))
+    row = {way: {"batch_ms": statistics.median(times[way]),
+                 "max_abs_error": largest_error(runner, reference, feed)}
+           for way, runner in ways.items()}
+    row["time_ratio"] = row["uint8_weights"]["batch_ms"] / row["as_file"]["batch_ms"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=RESULTS / "int8_weights.json")
+    args = parser.parse_args()
+    rows = {name: row for name, directory in VARIANTS.items()
+            if (row := measure(name, directory, args)) is not None}
+    print(f"CPU without VNNI: {lacks_vnni()}; batch {args.batch}, 1 thread, "
+          f"{args.rounds} rounds")
+    print(f"{'variant':32} {'as file ms':>11} {'uint8 ms':>9} {'ratio':>6} "
+          f"{'err as file':>12} {'err uint8':>10}")
+    for name, row in rows.items():
+        print(f"{name:32} {row['as_file']['batch_ms']:11.3f} "
+              f"{row['uint8_weights']['batch_ms']:9.3f} {row['time_ratio']:6.2f} "
+              f"{row['as_file']['max_abs_error']:12.4f} "
+              f"{row['uint8_weights']['max_abs_error']:10.4f}")
+    args.out.write_text(json.dumps({"lacks_vnni": lacks_vnni(), "batch": args.batch,
+                                    "rounds": args.rounds, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -83,6 +83,20 @@ class CallContext:
         raise grpc.aio.AbortError(f"{code.name}: {details}")
 
 
+def past_deadline(context: Any) -> bool:
+    """Whether a call cancelled was cancelled as its deadline (grpc-timeout) passed, rather
+    than by its client: counted `expired` as a request past its V2 timeout is, not
+    `cancelled`."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= DEADLINE_SLACK_S
+
+
+# A call cancelled this close to its deadline was cancelled by it: by the server's timer (on
+# uvloop's clock, which ticks in whole milliseconds), or by the client's own, which started
+# before the request was sent and resets the call as its deadline passes.
+DEADLINE_SLACK_S = 0.02
+
+
 Handler = Callable[[Any, CallContext], Any]
 
 

@@ -25,6 +25,7 @@ from surge.protocol.types import SERVER_NAME, extensions
 from surge.repository import check_name, check_version
 from surge.server import log_settings, trace_settings
 from surge.server import shared_memory_api as shm
+from surge.server.grpc_calls import past_deadline
 from surge.server.keys import ApiKey, ForbiddenError, KeyRing, Scope, UnauthenticatedError
 from surge.server.limits import ConnectionLimits
 from surge.server.log_settings import LOGGING_EXTENSION
@@ -311,7 +312,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name, version = check_name(request.model_name), _version(request.model_version)
             response = await self._infer(name, version, request, record, context)
         except asyncio.CancelledError:
-            expired = _past_deadline(context)
+            expired = past_deadline(context)
             self._log.finish(record, "DEADLINE_EXCEEDED" if expired else "CANCELLED",
                              failed=True)
             raise
@@ -336,7 +337,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = encode_infer_response(
                 name, answered, decoded, outputs, {"variant": served} if served else None)
         except asyncio.CancelledError:
-            outcome = "expired" if _past_deadline(context) else "cancelled"
+            outcome = "expired" if past_deadline(context) else "cancelled"
             self._observer.observe(name, outcome, time.perf_counter() - start)
             raise
         except SurgeError as exc:
@@ -462,20 +463,6 @@ def _row_version(row: dict[str, str]) -> int | None:
 
 def _as_bytes(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
-
-
-def _past_deadline(context: Any) -> bool:
-    """Whether a call cancelled was cancelled as its deadline (grpc-timeout) passed, rather
-    than by its client: counted `expired` as a request past its V2 timeout is, not
-    `cancelled`."""
-    remaining = context.time_remaining()
-    return remaining is not None and remaining <= DEADLINE_SLACK_S
-
-
-# A call cancelled this close to its deadline was cancelled by it: by the server's timer (on
-# uvloop's clock, which ticks in whole milliseconds), or by the client's own, which started
-# before the request was sent and resets the call as its deadline passes.
-DEADLINE_SLACK_S = 0.02
 
 
 async def start_grpc_server(

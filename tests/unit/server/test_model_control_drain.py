@@ -130,7 +130,7 @@ def test_a_load_waiting_for_other_front_ends_answers_when_the_drain_begins(
 
 
 @pytest.mark.parametrize(("override", "refusal"), [
-    ({"model_warmup": [{"name": "x"}]}, "'model_warmup' is read from config.yaml"),
+    ({"max_batch_size": 4}, "'max_batch_size' is read from config.yaml"),
     ({"instances": 0}, "instances"),
     ({"no_such_field": 1}, "unknown key 'no_such_field'"),
 ])

@@ -201,6 +201,7 @@ class Engine:
             hang=HangRule(config.hang_multiple, config.hang_min_ms / 1e3),
             estimate=events.batch_estimate, on_hung=events.on_hung,
             on_spawn_failure=events.on_spawn_failure, warmup=tuple(config.model_warmup),
+            load_timeout_s=config.load_timeout_s,
         )
 
     # -- lookup ------------------------------------------------------------------------------

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import multiprocessing as mp
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from typing import Any
 
 import numpy as np
@@ -43,42 +40,15 @@ from surge.workers.placement import cuda_device_count as cuda_device_count  # re
 from surge.workers.placement import plan_instances as plan_instances  # re-exported
 from surge.workers.transport import SlotSpaceError, Transport, make_transport, whole_messages
 from surge.workers.worker import WorkerSpec, worker_main
+from surge.workers.worker_state import PIPELINE_DEPTH as PIPELINE_DEPTH  # re-exported
+from surge.workers.worker_state import State as State  # re-exported
+from surge.workers.worker_state import Worker as Worker  # re-exported
 
 log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.1
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 10.0  # a worker alive this long resets the backoff
-PIPELINE_DEPTH = 2  # batches a worker holds: one computing, one waiting in its slot
-
-
-class State(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    DEAD = "dead"
-
-
-@dataclass
-class Worker:
-    """The front end's view of one worker process."""
-
-    index: int
-    placement: Placement
-    process: BaseProcess
-    conn: Connection
-    started: float
-    state: State = State.STARTING
-    transport: Transport | None = None
-    batches: deque[Batch] = field(default_factory=deque)  # in send order; [0] is computing
-    last_done: float = 0.0  # loop time of its last result
-    load_error: str = ""
-    device: str = ""  # where its engine runs, from its Ready message
-    watch: asyncio.TimerHandle | None = None  # fires when batches[0] computes too long
-
-    @property
-    def free(self) -> int:
-        """Batches this worker can take now."""
-        return PIPELINE_DEPTH - len(self.batches) if self.state is State.READY else 0
 
 
 @dataclass(frozen=True)
@@ -117,9 +87,12 @@ class WorkerPool:
         on_hung: Callable[[Batch], None] | None = None,
         on_spawn_failure: Callable[[], None] | None = None,
         warmup: Warmup = None,
+        load_timeout_s: float | None = None,
     ) -> None:
         self.root, self.ref, self.version = root, ref, version
         self.warmup = warmup  # the front end's model_warmup (a load's override may set it)
+        self._load_timeout_s = load_timeout_s  # a restarted worker's; the first start's is
+        # the engine's (exits.started_within)
         self.label = f"model {ref!r}"  # what its errors and logs call the pool's model
         self.spin_wait = spin_wait
         self.placements = placements
@@ -293,6 +266,8 @@ class WorkerPool:
         self._workers[index] = worker
         assert self._loop is not None
         self._loop.add_reader(parent.fileno(), self._readable, worker)
+        if self._warm and self._load_timeout_s is not None:  # a restart
+            worker.watch = self._loop.call_later(self._load_timeout_s, self._load_overdue, worker)
 
     def _readable(self, worker: Worker) -> None:
         try:
@@ -341,6 +316,7 @@ class WorkerPool:
 
     def _mark_ready(self, worker: Worker, pid: int, threads: int, device: str) -> None:
         """`worker` takes batches from now on."""
+        self._watch(worker)  # it has no batch: its load timer stops
         worker.state = State.READY
         worker.device = device
         log.info("worker %s[%d] ready (pid %d, %d threads, %s)", self.ref, worker.index, pid,
@@ -461,6 +437,14 @@ class WorkerPool:
         return self.label
 
     # -- hangs -------------------------------------------------------------------------------
+    def _load_overdue(self, worker: Worker) -> None:
+        """A restarted worker still loading after load_timeout_s (a warm-up that never ends):
+        it would have left its instance out for good. Killed, and restarted again."""
+        worker.watch = None
+        if worker.state is State.STARTING:
+            self._crashed(worker, f"did not load the model within {self._load_timeout_s:g} s "
+                          "(load_timeout_s) and was killed")
+
     def _watch(self, worker: Worker) -> None:
         """Time the batch `worker` computes now (its first), against the hang rule."""
         if worker.watch is not None:

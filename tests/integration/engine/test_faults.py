@@ -9,6 +9,7 @@ import gc
 import os
 import resource
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from multiprocessing.context import SpawnProcess
@@ -443,3 +444,31 @@ def test_stopping_a_pool_kills_a_worker_still_loading_its_model_at_once(tmp_path
         return took
 
     assert asyncio.run(body()) < 30.0
+
+
+def never_loads(spec: object, conn: object) -> None:
+    """A worker process whose load never ends (a warm-up sample the model never finishes)."""
+    time.sleep(600)
+
+
+def test_a_restart_that_never_loads_is_killed_and_restarted_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It stayed loading for good, its instance out of the pool until the model was reloaded
+    (the first start has the engine's load_timeout_s; restarts had none)."""
+    recorder = Recorder()
+
+    async def body() -> None:
+        async with pool(tmp_path, 1, recorder, load_timeout_s=1.0) as workers:
+            (pid,) = workers.pids()
+            monkeypatch.setattr(WorkerPool, "_entry",
+                                lambda self, index: (never_loads, self.spec(index)))
+            os.kill(pid, signal.SIGKILL)
+            await until(lambda: workers.restarts >= 2, timeout=30.0)  # the hung one killed
+            assert not workers.ready
+            monkeypatch.undo()
+            await until(lambda: workers.ready, timeout=60.0)
+            workers.dispatch(batch(asyncio.get_running_loop(), 1.0))
+            await until(lambda: bool(recorder.done))
+            assert recorder.done[-1][2] is None
+
+    run(body())

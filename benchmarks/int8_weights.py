@@ -17,10 +17,12 @@ medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,8 @@ import numpy as np
 import onnxruntime as ort
 
 from surge.platform import lacks_vnni
+from surge.runtimes import int8_weights
 from surge.runtimes.base import example_inputs
-from surge.runtimes.int8_weights import shift_int8_weights
 from surge.runtimes.onnx_runner import session_signature
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,11 +50,20 @@ def session(model: str | bytes) -> ort.InferenceSession:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def shifted_bytes(path: Path) -> bytes | None:
-    import onnx
+@contextlib.contextmanager
+def vnni_lacking(lacks: bool) -> Iterator[None]:
+    """The runners made meanwhile load as on a CPU with (False) or without VNNI, on any CPU."""
+    real, int8_weights.lacks_vnni = int8_weights.lacks_vnni, lambda: lacks
+    try:
+        yield
+    finally:
+        int8_weights.lacks_vnni = real
 
-    model = onnx.load(str(path))
-    return model.SerializeToString() if shift_int8_weights(model.graph) else None
+
+def shifted_bytes(path: Path) -> bytes | None:
+    """What a CPU without VNNI serves for `path` (None: the file as it is)."""
+    with vnni_lacking(True):
+        return int8_weights.served_bytes(path)
 
 
 def batch_ms(runner: ort.InferenceSession, feed: dict[str, np.ndarray], seconds: float) -> float:
@@ -104,7 +115,6 @@ def detection_accuracy(data: Path) -> dict[str, dict[str, float]]:
     from detection import accuracy
 
     from surge.runtimes import RunnerOptions, load_runner
-    from surge.runtimes import int8_weights as module
     from surge_examples.detection.coco import load_split, to_coco
 
     val_split, test_split = load_split(data / "val"), load_split(data / "test")
@@ -116,8 +126,9 @@ def detection_accuracy(data: Path) -> dict[str, dict[str, float]]:
                                 / "model.onnx", False),
                                ("int8-static uint8 weights", directory / "variants"
                                 / "int8-static" / "model.onnx", True)):
-        module.lacks_vnni = lambda shift=shift: shift  # type: ignore[misc]
-        row = accuracy(load_runner(path, RunnerOptions(intra_op_threads=2)), val, test)
+        with vnni_lacking(shift):
+            runner = load_runner(path, RunnerOptions(intra_op_threads=2))
+        row = accuracy(runner, val, test)
         rows[label] = {key: row[key] for key in ("map50", "map", "f1")}
     return rows
 

@@ -74,7 +74,7 @@ def session_signature(session: object) -> Signature:
 def _model(path: Path, providers: list[str]) -> str | bytes:
     """What the session loads: the file, or on a CPU without VNNI the model with its int8
     weights as uint8 (`surge.runtimes.int8_weights`; CPU kernels only)."""
-    rewritten = served_bytes(path) if providers == ["CPUExecutionProvider"] else None
+    rewritten = served_bytes(path) if providers == [CPU_EP] else None
     return rewritten if rewritten is not None else str(path)
 
 
@@ -97,10 +97,10 @@ class OnnxRunner:
         if options.spin_wait == "run":
             session_options.add_session_config_entry("session.force_spinning_stop", "1")
         providers = select_providers(options.device, ort.get_available_providers())
+        names = [p for p, _ in providers]
         try:
             self._session = ort.InferenceSession(
-                _model(self.path, [p for p, _ in providers]), session_options,
-                providers=[p for p, _ in providers],
+                _model(self.path, names), session_options, providers=names,
                 provider_options=[o for _, o in providers],
             )
         except InvalidProtobuf as exc:

@@ -8,13 +8,17 @@ Runtime on THREADS intra-op threads (as the in-process ceiling runs it).
 - litserve: LitServe's LitAPI with its own batching; V2 JSON tensors (the load generator's
   `http-json` protocol), one inference worker;
 - pytriton: NVIDIA PyTriton: Triton's C++ HTTP front end and dynamic batcher in front of a
-  Python model; V2 binary tensors (`http`).
+  Python model; V2 binary tensors (`http`);
+- bentoml: a BentoML service (benchmarks/peer_bentoml.py) with its adaptive batcher, one
+  worker; V2 JSON;
+- rayserve: a Ray Serve deployment (one replica, FastAPI ingress, `@serve.batch`) on a local
+  Ray cluster started here; V2 JSON.
 
-Usage: python benchmarks/peer_server.py litserve|pytriton MODEL_NAME MODEL.onnx PORT THREADS \
+Usage: python benchmarks/peer_server.py litserve|pytriton|bentoml|rayserve MODEL_NAME MODEL.onnx \
+       PORT THREADS \
        GRPC_PORT METRICS_PORT (the ports Triton also opens; peers.py chooses all three)
 """
 
-from __future__ import annotations
 
 import os
 import signal
@@ -149,8 +153,65 @@ def run_pytriton(name: str, path: str, port: int, threads: int, grpc_port: int,
         triton.serve()
 
 
+def run_bentoml(name: str, path: str, port: int, threads: int, *_: int) -> None:
+    """`bentoml serve` in this process's place (its arbiter stops the worker on SIGTERM)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.environ.update(PEER_MODEL_NAME=name, PEER_MODEL_PATH=path, PEER_THREADS=str(threads),
+                      BENTOML_DO_NOT_TRACK="true")
+    bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
+    os.execv(bentoml, [bentoml, "serve", "peer_bentoml:Onnx", "--working-dir", here,
+                       "--host", "127.0.0.1", "--port", str(port)])
+
+
+def run_rayserve(name: str, path: str, port: int, threads: int, *_: int) -> None:
+    import ray
+    from fastapi import FastAPI, Request
+    from ray import serve
+
+    app, meta = FastAPI(), metadata(name, session(path, 1))
+
+    @serve.deployment(num_replicas=1, max_ongoing_requests=2 * MAX_BATCH)
+    @serve.ingress(app)
+    class Onnx:
+        def __init__(self) -> None:
+            self.session = session(path, threads)
+            self.input = self.session.get_inputs()[0].name
+
+        @app.get("/v2/health/ready")
+        def ready(self) -> dict[str, Any]:
+            return {}
+
+        @app.get(f"/v2/models/{name}")
+        def model(self) -> dict[str, Any]:
+            return meta
+
+        @app.post(f"/v2/models/{name}/infer")
+        async def infer(self, request: Request) -> dict[str, Any]:
+            tensor = (await request.json())["inputs"][0]
+            image = np.asarray(tensor["data"], np.float32).reshape(tensor["shape"][1:])
+            row = await self.batched(image)
+            return {"model_name": name, "model_version": "1", "outputs": [
+                {"name": "logits", "datatype": "FP32", "shape": [1, *row.shape],
+                 "data": row.tolist()}]}
+
+        @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=DELAY_S)
+        async def batched(self, images: list[np.ndarray]) -> list[np.ndarray]:
+            return list(self.session.run(None, {self.input: np.stack(images)})[0])
+
+    stop_on_sigterm()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(Onnx.bind(), route_prefix="/")  # type: ignore[attr-defined]
+        signal.pause()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
 if __name__ == "__main__":
     framework, model_name, model_path, *numbers = sys.argv[1:8]
-    runner = {"litserve": run_litserve, "pytriton": run_pytriton}[framework]
+    runner = {"litserve": run_litserve, "pytriton": run_pytriton, "bentoml": run_bentoml,
+              "rayserve": run_rayserve}[framework]
     port, threads, grpc_port, metrics_port = (int(n) for n in numbers)
     runner(model_name, model_path, port, threads, grpc_port, metrics_port)

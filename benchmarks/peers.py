@@ -7,16 +7,17 @@ ResNet-18 3x64x64 (random weights) under the same closed-loop load generator at 
 - surge tuned: one single-threaded instance per core, binary HTTP;
 - surge spin-run (not in the default list): the default with `spin_wait: run`, binary HTTP;
 - naive FastAPI (benchmarks/naive_server.py), V2 JSON, one forward pass per request;
-- LitServe and PyTriton (benchmarks/peer_server.py), installed by this script into their own
-  virtual environment `.venv-peers` on first use; a peer that cannot be installed or started
-  is skipped, and the reason goes into the results.
+- LitServe, PyTriton, BentoML and Ray Serve (benchmarks/peer_server.py), installed by this
+  script into their own virtual environments (`.venv-peers`, `.venv-peers-bentoml`,
+  `.venv-peers-rayserve`) on first use; a peer that cannot be installed or started is skipped,
+  and the reason goes into the results.
 
 Each level's throughput is divided by the in-process ceiling (the bare ONNX Runtime session at
 its best batch and thread count) re-measured just before and after that level, because the
 machine is shared. The load average goes into the results next to the figures.
 
     .venv/bin/python benchmarks/peers.py [--duration 8] [--levels 1,16,64,256]
-        [--peers surge-default,surge-tuned,fastapi,litserve,pytriton]
+        [--peers surge-default,surge-tuned,fastapi,litserve,pytriton,bentoml,rayserve]
 """
 
 from __future__ import annotations
@@ -53,13 +54,20 @@ from serving import (  # noqa: E402
 
 from surge.server.sockets import unused_port  # noqa: E402
 
-PEERS_VENV = ROOT / ".venv-peers"
-# What each peer needs, pinned to the versions measured (ONNX Runtime as in Surge's venv).
+# What each peer needs, pinned to the versions measured (ONNX Runtime as in Surge's venv), and
+# the virtual environment it goes into (BentoML and Ray Serve pin their own web stacks).
 PEER_PACKAGES = {
     "litserve": ["litserve==0.2.19", "onnxruntime==1.32.0", "numpy"],
     "pytriton": ["nvidia-pytriton==0.7.0", "onnxruntime==1.32.0", "numpy"],
+    "bentoml": ["bentoml==1.4.40", "fastapi", "onnxruntime==1.32.0", "numpy"],
+    "rayserve": ["ray[serve]==2.60.0", "onnxruntime==1.32.0", "numpy"],
 }
-PEER_PROTOCOL = {"litserve": "http-json", "pytriton": "http"}
+PEER_MODULE = {"litserve": "litserve", "pytriton": "pytriton", "bentoml": "bentoml, fastapi",
+               "rayserve": "ray.serve"}
+PEER_VENV = {"litserve": ROOT / ".venv-peers", "pytriton": ROOT / ".venv-peers",
+             "bentoml": ROOT / ".venv-peers-bentoml", "rayserve": ROOT / ".venv-peers-rayserve"}
+PEER_PROTOCOL = {"litserve": "http-json", "pytriton": "http", "bentoml": "http-json",
+                 "rayserve": "http-json"}
 SURGE_CONFIGS = {
     "surge-default": "{}\n",
     "surge-tuned": f"instances: {CORES}\nthreads: 1\nmax_batch_size: 32\n",
@@ -68,14 +76,13 @@ SURGE_CONFIGS = {
 
 
 def ensure_peer(peer: str) -> str | None:
-    """Install `peer` into .venv-peers when it is missing; None when ready, else why not."""
-    python = PEERS_VENV / "bin" / "python"
+    """Install `peer` into its venv when it is missing; None when ready, else why not."""
+    python = PEER_VENV[peer] / "bin" / "python"
     try:
         if not python.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True,
+            subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV[peer])], check=True,
                            capture_output=True)
-        module = {"litserve": "litserve", "pytriton": "pytriton"}[peer]
-        if subprocess.run([str(python), "-c", f"import {module}"],
+        if subprocess.run([str(python), "-c", f"import {PEER_MODULE[peer]}"],
                           capture_output=True).returncode == 0:
             return None
         done = subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES[peer]],
@@ -90,7 +97,7 @@ def ensure_peer(peer: str) -> str | None:
 def run_peer(peer: str, model: Path, case: Case, levels: list[int], duration: float,
              probe: CeilingProbe) -> list[dict[str, Any]]:
     port = unused_port()
-    command = [str(PEERS_VENV / "bin" / "python"), str(ROOT / "benchmarks" / "peer_server.py"),
+    command = [str(PEER_VENV[peer] / "bin" / "python"), str(ROOT / "benchmarks" / "peer_server.py"),
                peer, case.name, str(model), str(port), str(CORES), str(unused_port()),
                str(unused_port())]
     log = model.with_name(f"{peer}.log")
@@ -176,7 +183,8 @@ def print_table(rows: dict[str, list[dict[str, Any]]], ceiling: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peers", default="surge-default,surge-tuned,fastapi,litserve,pytriton")
+    parser.add_argument("--peers", default="surge-default,surge-tuned,fastapi,litserve,pytriton,"
+                                           "bentoml,rayserve")
     parser.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")],
                         default=[1, 16, 64, 256])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per level")

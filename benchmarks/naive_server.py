@@ -17,7 +17,7 @@ import onnxruntime as ort
 import uvicorn
 from pydantic import BaseModel
 
-from surge.runtimes.onnx_runner import onnx_signature
+from surge.runtimes.onnx_runner import session_signature
 
 
 class InferInput(BaseModel):
@@ -40,7 +40,7 @@ class Model:
         options.inter_op_num_threads = 1
         self.name = name
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        signature = onnx_signature(path)  # type: ignore[arg-type]
+        signature = session_signature(self.session)
         self.metadata = {
             "name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
             "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}

@@ -37,7 +37,8 @@ class SharedGroups:
         placements = _plan(spec.ref, processes, config.threads, config.device, cores)
         hang = HangRule(config.hang_multiple, config.hang_min_ms / 1e3)
         return GroupMember(group, Member(spec.ref, spec.version, placements, events, hang,
-                                         config.spin_wait, tuple(config.model_warmup)),
+                                         config.spin_wait, tuple(config.model_warmup),
+                                         config.load_timeout_s),
                            rejoin=lambda: self._group(spec.ref, name, processes, cores))
 
     def _group(self, ref: str, name: str, processes: int, cores: int) -> WorkerGroup:

@@ -71,11 +71,13 @@ class Member:
     hang: HangRule = field(default_factory=HangRule)
     spin_wait: SpinWait = False
     warmup: Warmup = None  # the front end's model_warmup
+    load_timeout_s: float | None = None  # how long a restarted process may take to reload it
     id: str = ""
     signature: Signature | None = None
     warm: bool = False  # loaded by every process once
     failed: str = ""  # why its first load failed
     added: dict[int, int] = field(default_factory=dict)  # process -> RSS its load added
+    given_up: set[int] = field(default_factory=set)  # processes whose reload of it timed out
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -105,6 +107,7 @@ class WorkerGroup(WorkerPool):
         self._hosted: dict[int, dict[str, str]] = {}  # process -> member id -> device
         self._ops: dict[int, deque[str]] = {}  # process -> member ids loading/unloading, in order
         self._waiting: dict[str, Member] = {}  # members that found no free place, in order
+        self._reloads: dict[int, asyncio.TimerHandle] = {}  # process -> its reload's time limit
         self._wake_soon = False
         self._started: asyncio.Task[None] | None = None
 
@@ -149,6 +152,7 @@ class WorkerGroup(WorkerPool):
             await self.stop(timeout_s)
             self._changed.set()  # unloads waiting for their answers: there are no processes
             return
+        self._restart_loading(member_id)
         self._reconcile_all()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._until_gone(member_id), timeout_s)
@@ -157,6 +161,15 @@ class WorkerGroup(WorkerPool):
         while any(member_id in self._hosted.get(w.index, {}) for w in self._live_workers()):
             self._changed.clear()
             await self._changed.wait()
+
+    def _restart_loading(self, member_id: str) -> None:
+        """A process still loading a member that left (its load timed out, say) would go on
+        loading it, the other members' loads and batches waiting behind: restart it."""
+        for worker in self._live_workers():
+            ops = self._ops.get(worker.index)
+            if ops and ops[0] == member_id and member_id not in self._hosted[worker.index]:
+                self._crashed(worker, "was still loading a model that was unloaded, and was "
+                              "killed", started=0)
 
     def _empty(self) -> None:
         self.closing = True
@@ -262,6 +275,7 @@ class WorkerGroup(WorkerPool):
         ops = self._ops.get(worker.index)
         if ops and ops[0] == member_id:
             ops.popleft()
+            self._untime_reload(worker.index)
 
     def _reconcile_all(self) -> None:
         for worker in self._live_workers():
@@ -275,8 +289,11 @@ class WorkerGroup(WorkerPool):
         hosted = self._hosted[worker.index]
         message: LoadModel | UnloadModel | None = None
         for member in self.members.values():
-            if member.id not in hosted and not member.failed:
+            if member.id not in hosted and not member.failed and (
+                    worker.index not in member.given_up):
                 message = member.load_message(worker.index)
+                if member.warm:
+                    self._time_reload(worker, member)
                 break
         else:
             gone = [m for m in hosted if m not in self.members]
@@ -288,6 +305,32 @@ class WorkerGroup(WorkerPool):
             worker.conn.send(message)
         except OSError:
             self._crashed(worker)
+
+    def _time_reload(self, worker: Worker, member: Member) -> None:
+        """A restarted process reloads its members one at a time: one whose reload never ends
+        (a warm-up that hangs now) would hold the members after it out for good."""
+        if member.load_timeout_s is None:
+            return
+        assert self._loop is not None
+        self._reloads[worker.index] = self._loop.call_later(
+            member.load_timeout_s, self._reload_overdue, worker, member)
+
+    def _untime_reload(self, index: int) -> None:
+        timer = self._reloads.pop(index, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _reload_overdue(self, worker: Worker, member: Member) -> None:
+        """Killed and restarted without it: it is not loaded there again until it is reloaded
+        (a load replaces the member), and the process's other members come back."""
+        self._reloads.pop(worker.index, None)
+        ops = self._ops.get(worker.index)
+        if self._workers[worker.index] is not worker or not ops or ops[0] != member.id:
+            return
+        member.given_up.add(worker.index)
+        self._crashed(worker, f"did not reload model {member.ref!r} within "
+                      f"{member.load_timeout_s:g} s (load_timeout_s) and was killed; that model "
+                      "is not loaded there again until it is reloaded", started=0)
 
     # -- batches and faults, routed to the member each batch was for --------------------------
     def _route_done(self, batch: Batch, outputs: dict[str, np.ndarray] | None,
@@ -325,6 +368,7 @@ class WorkerGroup(WorkerPool):
         """A process died: its members lose an instance until it has loaded them again."""
         hosted = self._hosted.pop(worker.index, {})
         ops = self._ops.pop(worker.index, deque())
+        self._untime_reload(worker.index)
         loading = self.members.get(ops[0]) if ops else None
         if loading is not None and not loading.warm and loading.id not in hosted:
             # It died loading this model: restarting with it would only crash it again.

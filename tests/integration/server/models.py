@@ -57,6 +57,14 @@ def slow_to_load(load_s: float = 60.0) -> SlowDouble:
     return SlowDouble(0.0)
 
 
+def stalls_when(marker: str, load_s: float = 60.0) -> SlowDouble:
+    """Loads at once, unless the file `marker` exists: then its load takes `load_s` (a
+    reload that hangs where the first load did not)."""
+    if Path(marker).exists():
+        time.sleep(load_s)
+    return SlowDouble(0.0)
+
+
 def write_slow_to_load(root: Path, load_s: float, module: str = "models") -> Path:
     """Model `late` of repository `root`, built by `slow_to_load` (imported as `module`: the
     workers of a server started with this directory on PYTHONPATH find it as `models`)."""

@@ -6,8 +6,10 @@ CONFIG is the resolved recipe `surge train` wrote (overrides applied, already va
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+from typing import NoReturn
 
 from rich.console import Console
 
@@ -45,5 +47,18 @@ def _say(exc: SurgeError) -> None:
     Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
 
 
+def leave(code: int) -> NoReturn:
+    """Exit without the interpreter's finalization. There, objects of torch's gloo transport
+    still held by its C++ threads were destroyed as the interpreter came down, and a rank that
+    had finished its run aborted now and then under load ("terminate called without an active
+    exception", SIGABRT), which torchrun counts as a failed run. The process group is
+    destroyed by then and every file the rank wrote is closed; only the output streams and
+    logging need flushing. It also saves the about 0.9 s finalization takes after torch."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

@@ -29,7 +29,7 @@ def torch_member(root: Path, name: str, factory: str, kwargs: str) -> None:
         f"engine: torch_factory\nfactory: models:{factory}\nfactory_kwargs: {kwargs}\n"
         "inputs: [{name: x, datatype: FP32, shape: [-1, 4]}]\n"
         "outputs: [{name: output, datatype: FP32, shape: [-1, 4]}]\n"
-        f"{SHARED}load_timeout_s: 3\n")
+        f"{SHARED}load_timeout_s: 10\n")
 
 
 def test_a_load_that_timed_out_does_not_hold_the_groups_next_load(
@@ -45,7 +45,7 @@ def test_a_load_that_timed_out_does_not_hold_the_groups_next_load(
         await engine.start()
         try:
             (pid,) = group(engine).pids()
-            with pytest.raises(ModelLoadError, match=r"within 3 s \(load_timeout_s\)"):
+            with pytest.raises(ModelLoadError, match=r"within 10 s \(load_timeout_s\)"):
                 await engine.load("late")
             await asyncio.wait_for(engine.load("m1"), 20.0)
             await asyncio.wait_for(answers_all(engine, names), 20.0)
@@ -74,7 +74,7 @@ def test_a_reload_that_never_ends_is_given_up_there_and_the_others_come_back(
             (pid,) = shared.pids()
             marker.touch()
             os.kill(pid, signal.SIGKILL)
-            await until(lambda: shared.restarts >= 2, 20.0)  # killed once more, reloading
+            await until(lambda: shared.restarts >= 2, 40.0)  # killed once more, reloading
             await until(lambda: engine.model_ready("m0"), 20.0)
             await asyncio.wait_for(answers_all(engine, names), 20.0)
             assert not engine.model_ready("flaky")  # not loaded there again

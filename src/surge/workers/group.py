@@ -166,10 +166,16 @@ class WorkerGroup(WorkerPool):
         """A process still loading a member that left (its load timed out, say) would go on
         loading it, the other members' loads and batches waiting behind: restart it."""
         for worker in self._live_workers():
-            ops = self._ops.get(worker.index)
-            if ops and ops[0] == member_id and member_id not in self._hosted[worker.index]:
+            if self._loading(worker.index) == member_id:
                 self._crashed(worker, "was still loading a model that was unloaded, and was "
                               "killed", started=0)
+
+    def _loading(self, index: int) -> str | None:
+        """The member process `index` is loading now, if any (its ops' head, not yet hosted)."""
+        ops = self._ops.get(index)
+        if ops and ops[0] not in self._hosted.get(index, {}):
+            return ops[0]
+        return None
 
     def _empty(self) -> None:
         self.closing = True
@@ -324,8 +330,7 @@ class WorkerGroup(WorkerPool):
         """Killed and restarted without it: it is not loaded there again until it is reloaded
         (a load replaces the member), and the process's other members come back."""
         self._reloads.pop(worker.index, None)
-        ops = self._ops.get(worker.index)
-        if self._workers[worker.index] is not worker or not ops or ops[0] != member.id:
+        if self._workers[worker.index] is not worker or self._loading(worker.index) != member.id:
             return
         member.given_up.add(worker.index)
         self._crashed(worker, f"did not reload model {member.ref!r} within "

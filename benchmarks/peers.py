@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +55,29 @@ from serving import (  # noqa: E402
 
 from surge.server.sockets import unused_port  # noqa: E402
 
-# What each peer needs, pinned to the versions measured (ONNX Runtime as in Surge's venv), and
-# the virtual environment it goes into (BentoML and Ray Serve pin their own web stacks).
-PEER_PACKAGES = {
-    "litserve": ["litserve==0.2.19", "onnxruntime==1.32.0", "numpy"],
-    "pytriton": ["nvidia-pytriton==0.7.0", "onnxruntime==1.32.0", "numpy"],
-    "bentoml": ["bentoml==1.4.40", "fastapi", "onnxruntime==1.32.0", "numpy"],
-    "rayserve": ["ray[serve]==2.60.0", "onnxruntime==1.32.0", "numpy"],
+
+@dataclass(frozen=True)
+class Peer:
+    """What a peer server needs, pinned to the versions measured (ONNX Runtime as in Surge's
+    venv), the venv it goes into (BentoML and Ray Serve pin their own web stacks), the modules
+    that show it is installed, and the protocol its benchmark clients speak."""
+
+    packages: tuple[str, ...]
+    modules: str
+    venv: Path
+    protocol: str
+
+
+PEERS = {
+    "litserve": Peer(("litserve==0.2.19", "onnxruntime==1.32.0", "numpy"), "litserve",
+                     ROOT / ".venv-peers", "http-json"),
+    "pytriton": Peer(("nvidia-pytriton==0.7.0", "onnxruntime==1.32.0", "numpy"), "pytriton",
+                     ROOT / ".venv-peers", "http"),
+    "bentoml": Peer(("bentoml==1.4.40", "fastapi", "onnxruntime==1.32.0", "numpy"),
+                    "bentoml, fastapi", ROOT / ".venv-peers-bentoml", "http-json"),
+    "rayserve": Peer(("ray[serve]==2.60.0", "onnxruntime==1.32.0", "numpy"), "ray.serve",
+                     ROOT / ".venv-peers-rayserve", "http-json"),
 }
-PEER_MODULE = {"litserve": "litserve", "pytriton": "pytriton", "bentoml": "bentoml, fastapi",
-               "rayserve": "ray.serve"}
-PEER_VENV = {"litserve": ROOT / ".venv-peers", "pytriton": ROOT / ".venv-peers",
-             "bentoml": ROOT / ".venv-peers-bentoml", "rayserve": ROOT / ".venv-peers-rayserve"}
-PEER_PROTOCOL = {"litserve": "http-json", "pytriton": "http", "bentoml": "http-json",
-                 "rayserve": "http-json"}
 SURGE_CONFIGS = {
     "surge-default": "{}\n",
     "surge-tuned": f"instances: {CORES}\nthreads: 1\nmax_batch_size: 32\n",
@@ -77,27 +87,29 @@ SURGE_CONFIGS = {
 
 def ensure_peer(peer: str) -> str | None:
     """Install `peer` into its venv when it is missing; None when ready, else why not."""
-    python = PEER_VENV[peer] / "bin" / "python"
+    needs = PEERS[peer]
+    python = needs.venv / "bin" / "python"
     try:
         if not python.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV[peer])], check=True,
+            subprocess.run([sys.executable, "-m", "venv", str(needs.venv)], check=True,
                            capture_output=True)
-        if subprocess.run([str(python), "-c", f"import {PEER_MODULE[peer]}"],
+        if subprocess.run([str(python), "-c", f"import {needs.modules}"],
                           capture_output=True).returncode == 0:
             return None
-        done = subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES[peer]],
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", *needs.packages],
                               capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.SubprocessError) as exc:
         return f"cannot install {peer}: {exc}"
     if done.returncode != 0:
-        return f"pip install {' '.join(PEER_PACKAGES[peer])} failed: {done.stderr[-400:]}"
+        return f"pip install {' '.join(needs.packages)} failed: {done.stderr[-400:]}"
     return None
 
 
 def run_peer(peer: str, model: Path, case: Case, levels: list[int], duration: float,
              probe: CeilingProbe) -> list[dict[str, Any]]:
     port = unused_port()
-    command = [str(PEER_VENV[peer] / "bin" / "python"), str(ROOT / "benchmarks" / "peer_server.py"),
+    python = PEERS[peer].venv / "bin" / "python"
+    command = [str(python), str(ROOT / "benchmarks" / "peer_server.py"),
                peer, case.name, str(model), str(port), str(CORES), str(unused_port()),
                str(unused_port())]
     log = model.with_name(f"{peer}.log")
@@ -108,7 +120,7 @@ def run_peer(peer: str, model: Path, case: Case, levels: list[int], duration: fl
     try:
         wait_ready(url, process, timeout=300.0)
         wait_model(url, case.name, process)
-        return bench_levels(url, case.name, PEER_PROTOCOL[peer], levels, duration, process.pid,
+        return bench_levels(url, case.name, PEERS[peer].protocol, levels, duration, process.pid,
                             probe)
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}; last error: {last_error(log)}") from None

@@ -9,7 +9,7 @@ server is then simulated on those times: Poisson arrivals at the trace's half-lo
 front-end work, no hand-off, no timer lateness; whenever an instance is free it takes every
 queued request (up to the max batch) at once. Its p50 is a floor for that rung and layout: a
 real server also spends the same cores on HTTP or the engine's event loop. The target is the
-trace's: 1.3 x the in-process batch-1 time (ONNX Runtime's default session) + 1 ms.
+trace's: 1.3 x the in-process batch-1 time (`surge_load.in_process_batch1_ms`) + 1 ms.
 
 `--trace FILE` reads the capacities (and so the half-load rates) from a `surge_load.py` result
 and prints its measured half-load p50s beside the floors; else `--capacity name=rate,...`.
@@ -35,6 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from load_models import BUILDERS, LoadModel  # noqa: E402
+from surge_load import in_process_batch1_ms  # noqa: E402
 
 CORES = os.cpu_count() or 1
 BATCHES = (1, 2, 3, 4, 6, 8, 12, 16)
@@ -119,7 +120,7 @@ def measured(trace: dict[str, Any] | None, name: str) -> dict[str, float]:
 
 def bound_model(model: LoadModel, rate: float, args: argparse.Namespace) -> dict[str, Any]:
     sample = next(iter(model.inputs.values()))
-    reference = batch_times(model.onnx, sample, 0, args.seconds)[1]  # ORT's default threads
+    reference_ms = in_process_batch1_ms(model.onnx, model.inputs)  # the trace's own reference
     rows = []
     for rung, path in rung_paths(model).items():
         for instances, threads in ((1, CORES), (CORES, 1)):
@@ -128,8 +129,8 @@ def bound_model(model: LoadModel, rate: float, args: argparse.Namespace) -> dict
                          "batch_ms": {n: t * 1e3 for n, t in times.items()},
                          "busy_at_batch_1": rate * times[1] / instances,
                          "ideal_p50_ms": ideal_p50_ms(times, instances, rate, args.max_batch)})
-    return {"name": model.name, "half_load_per_s": rate, "batch1_ms": reference * 1e3,
-            "target_ms": 1.3 * reference * 1e3 + 1.0, "rows": rows}
+    return {"name": model.name, "half_load_per_s": rate, "batch1_ms": reference_ms,
+            "target_ms": 1.3 * reference_ms + 1.0, "rows": rows}
 
 
 def print_model(result: dict[str, Any], seen: dict[str, float]) -> None:

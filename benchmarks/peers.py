@@ -67,6 +67,10 @@ class Peer:
     venv: Path
     protocol: str
 
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
 
 PEERS = {
     "litserve": Peer(("litserve==0.2.19", "onnxruntime==1.32.0", "numpy"), "litserve",
@@ -88,7 +92,7 @@ SURGE_CONFIGS = {
 def ensure_peer(peer: str) -> str | None:
     """Install `peer` into its venv when it is missing; None when ready, else why not."""
     needs = PEERS[peer]
-    python = needs.venv / "bin" / "python"
+    python = needs.python
     try:
         if not python.exists():
             subprocess.run([sys.executable, "-m", "venv", str(needs.venv)], check=True,
@@ -108,8 +112,7 @@ def ensure_peer(peer: str) -> str | None:
 def run_peer(peer: str, model: Path, case: Case, levels: list[int], duration: float,
              probe: CeilingProbe) -> list[dict[str, Any]]:
     port = unused_port()
-    python = PEERS[peer].venv / "bin" / "python"
-    command = [str(python), str(ROOT / "benchmarks" / "peer_server.py"),
+    command = [str(PEERS[peer].python), str(ROOT / "benchmarks" / "peer_server.py"),
                peer, case.name, str(model), str(port), str(CORES), str(unused_port()),
                str(unused_port())]
     log = model.with_name(f"{peer}.log")

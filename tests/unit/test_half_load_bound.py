@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.unit.benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bound() -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))  # it imports its sibling load_models
-    spec = importlib.util.spec_from_file_location("half_load_bound",
-                                                  BENCHMARKS / "half_load_bound.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("half_load_bound")
 
 
 TIMES = {1: 0.002, 2: 0.003, 4: 0.005, 8: 0.009, 16: 0.017}  # 2 ms + 1 ms an item after

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import sysconfig
@@ -11,17 +10,12 @@ from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "peer_server.py"
+from tests.unit.benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def peer_server() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("peer_server", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("peer_server")
 
 
 def own_libpython() -> Path:
